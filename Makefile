@@ -1,0 +1,53 @@
+# Everything a person types, installing what it needs on a fresh machine.
+#   make demo    the main job on embedded defaults (see README)
+#   make test    lint, types and the whole test suite (what CI runs)
+#   make bench   benchmarks/: prints a table, writes benchmarks/results.json
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY_STAMP := $(VENV)/.installed
+SERVER_DIR := tests/fhir_server
+SERVER_STAMP := $(SERVER_DIR)/node_modules/.installed
+PROFILES_STAMP := profiles/node_modules/.installed
+
+.PHONY: all install node demo test lint typecheck pytest bench profiles clean
+
+all: test
+
+$(PY_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[service,postgres,dev]'
+	touch $@
+
+install: $(PY_STAMP) node
+
+$(SERVER_STAMP): $(SERVER_DIR)/package-lock.json
+	cd $(SERVER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(PROFILES_STAMP): profiles/package-lock.json
+	cd profiles && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node: $(SERVER_STAMP) $(PROFILES_STAMP)
+
+lint: $(PY_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+typecheck: lint
+
+pytest: install
+	$(BIN)/pytest
+
+test: lint pytest
+
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) $(SERVER_DIR)/node_modules profiles/node_modules profiles/.fhir-cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""FHIR REST client: transport, auth (SMART Backend Services), capabilities, paging, bundles, errors."""

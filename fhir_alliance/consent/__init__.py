@@ -1,0 +1,1 @@
+"""Consent decision engine over consent records (pure: no I/O)."""

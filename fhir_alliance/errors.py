@@ -1,0 +1,238 @@
+"""One exception hierarchy for the whole library, so callers can catch by meaning.
+
+::
+
+    FhirAllianceError
+    ├── InputError                  bad input; ``issues`` name the field paths
+    ├── MappingError                a FHIR resource that does not fit the domain model
+    │   └── ProfileViolation        a resource we built breaks base FHIR or one of our profiles
+    ├── UnsafeLinkError             a server link outside the configured base (never followed)
+    └── ServerError                 the FHIR server said no; ``outcome`` holds its OperationOutcome
+        ├── TransportError          no usable HTTP answer: connection reset, timeout (retryable)
+        ├── InvalidResponseError    an answer that is not the FHIR JSON it should be
+        ├── AuthError               401 / 403, or the token endpoint refused us
+        ├── NotFoundError           404, and 410 Gone (``gone=True``)
+        ├── ConflictError           409
+        ├── PreconditionFailedError 412
+        │   ├── MultipleMatchesError    conditional request matched more than one resource
+        │   └── VersionConflictError    ``If-Match`` named a stale version
+        ├── UnprocessableError      400 / 422: the server rejected the resource
+        └── TransientServerError    429, 500, 502, 503, 504 (retryable; ``retry_after`` seconds)
+
+Every error is a value: ``to_operation_outcome()`` gives a FHIR OperationOutcome dict that the
+service returns as is. Messages never contain patient data; server ``diagnostics`` are kept in
+``outcome`` for the caller, and must not be logged (see :func:`loggable_outcome`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "AuthError",
+    "ConflictError",
+    "FhirAllianceError",
+    "InputError",
+    "InvalidResponseError",
+    "Issue",
+    "MappingError",
+    "MultipleMatchesError",
+    "NotFoundError",
+    "PreconditionFailedError",
+    "ProfileViolation",
+    "ServerError",
+    "TransientServerError",
+    "TransportError",
+    "UnprocessableError",
+    "UnsafeLinkError",
+    "VersionConflictError",
+    "loggable_outcome",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One problem at one place: ``path`` is a dotted field path (``items.3.value``) or a
+    FHIRPath-like element path (``Observation.component[0].code``)."""
+
+    path: str
+    message: str
+    code: str = "invalid"  # FHIR issue-type code
+    severity: str = "error"
+
+    def to_fhir(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "details": {"text": self.message},
+            "expression": [self.path] if self.path else [],
+        }
+
+
+class FhirAllianceError(Exception):
+    """Base of every error this library raises on purpose."""
+
+    #: FHIR issue-type code used when the error becomes an OperationOutcome.
+    issue_code = "exception"
+
+    def __init__(self, message: str, *, issues: Iterable[Issue] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.issues: tuple[Issue, ...] = tuple(issues)
+
+    def to_operation_outcome(self) -> dict[str, Any]:
+        issues = self.issues or (Issue(path="", message=self.message, code=self.issue_code),)
+        return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]}
+
+
+class InputError(FhirAllianceError):
+    """Input that does not fit a schema. ``issues`` carry one entry per bad field path."""
+
+    issue_code = "invalid"
+
+    @classmethod
+    def from_messages(
+        cls, messages: Mapping[str, Any] | list[Any], *, prefix: str = ""
+    ) -> InputError:
+        """Build from marshmallow's nested ``ValidationError.messages``."""
+        issues = list(_flatten_messages(messages, prefix))
+        paths = ", ".join(sorted({i.path or "(root)" for i in issues}))
+        return cls(f"invalid input at {paths}", issues=issues)
+
+
+def _flatten_messages(messages: Any, prefix: str) -> Iterable[Issue]:
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            key_s = "" if key == "_schema" else str(key)
+            path = ".".join(p for p in (prefix, key_s) if p)
+            yield from _flatten_messages(value, path)
+    elif isinstance(messages, list | tuple):
+        for value in messages:
+            if isinstance(value, str):
+                yield Issue(path=prefix, message=value)
+            else:
+                yield from _flatten_messages(value, prefix)
+    else:
+        yield Issue(path=prefix, message=str(messages))
+
+
+class MappingError(FhirAllianceError):
+    """A FHIR resource that cannot be read into the domain model. ``element`` names where."""
+
+    issue_code = "structure"
+
+    def __init__(self, message: str, *, element: str = "", issues: Iterable[Issue] = ()) -> None:
+        issues = tuple(issues) or (Issue(path=element, message=message, code=self.issue_code),)
+        super().__init__(message, issues=issues)
+        self.element = element
+
+
+class ProfileViolation(MappingError):
+    """A resource we produced is not valid against base FHIR or one of our profiles."""
+
+    issue_code = "invariant"
+
+
+class UnsafeLinkError(FhirAllianceError):
+    """A link from a server points outside the configured base URL; it was not followed."""
+
+    issue_code = "security"
+
+
+class ServerError(FhirAllianceError):
+    """The FHIR server answered with an error. ``outcome`` is its OperationOutcome, if any."""
+
+    issue_code = "exception"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        outcome: Mapping[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.outcome: dict[str, Any] | None = dict(outcome) if outcome else None
+        self.retry_after = retry_after
+
+    def to_operation_outcome(self) -> dict[str, Any]:
+        if self.outcome and self.outcome.get("resourceType") == "OperationOutcome":
+            return dict(self.outcome)
+        return super().to_operation_outcome()
+
+
+class TransportError(ServerError):
+    """No usable HTTP answer (connection refused or reset, timeout)."""
+
+    issue_code = "transient"
+    retryable = True
+
+
+class InvalidResponseError(ServerError):
+    """The server's answer is not the FHIR JSON it should be (HTML error page, broken JSON)."""
+
+    issue_code = "exception"
+    retryable = False
+
+
+class AuthError(ServerError):
+    issue_code = "security"
+
+
+class NotFoundError(ServerError):
+    issue_code = "not-found"
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+
+class ConflictError(ServerError):
+    issue_code = "conflict"
+
+
+class PreconditionFailedError(ServerError):
+    issue_code = "conflict"
+
+
+class MultipleMatchesError(PreconditionFailedError):
+    """A conditional create/update/delete matched more than one resource."""
+
+    issue_code = "multiple-matches"
+
+
+class VersionConflictError(PreconditionFailedError):
+    """``If-Match`` named a version that is no longer current."""
+
+    issue_code = "conflict"
+
+
+class UnprocessableError(ServerError):
+    issue_code = "processing"
+
+
+class TransientServerError(ServerError):
+    issue_code = "transient"
+    retryable = True
+
+
+def loggable_outcome(outcome: Mapping[str, Any] | None) -> list[dict[str, str]]:
+    """What of an OperationOutcome may be logged: severity and code of each issue, nothing else.
+
+    ``diagnostics``, ``details.text`` and ``expression`` can echo patient data back to us.
+    """
+    if not outcome:
+        return []
+    issues = outcome.get("issue")
+    if not isinstance(issues, list):
+        return []
+    return [
+        {"severity": str(i.get("severity", "")), "code": str(i.get("code", ""))}
+        for i in issues
+        if isinstance(i, Mapping)
+    ]

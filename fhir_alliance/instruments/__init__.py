@@ -1,0 +1,1 @@
+"""Alliance instruments (WAI-SR, SRS, ORS, seed dimensions, rupture/repair): structure and scoring (pure)."""

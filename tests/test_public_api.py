@@ -1,0 +1,21 @@
+"""The public API is exactly what ``fhir_alliance.__all__`` lists, and every name in it exists."""
+
+import fhir_alliance
+
+
+def test_all_names_exist() -> None:
+    """Every name in __all__ is importable from the package."""
+    missing = [name for name in fhir_alliance.__all__ if not hasattr(fhir_alliance, name)]
+    assert missing == []
+
+
+def test_all_matches_public_names() -> None:
+    """No public (non-underscore) module attribute is left out of __all__, except submodules."""
+    import types
+
+    public = {
+        name
+        for name, value in vars(fhir_alliance).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public == set(fhir_alliance.__all__) - {"__version__"}
