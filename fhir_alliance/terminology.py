@@ -55,3 +55,32 @@ LABEL_BEHAVIORAL_HEALTH: Final = (V3_ACT_CODE, "BH")
 LABEL_PSYCHOTHERAPY_NOTE: Final = (V3_ACT_CODE, "PSYTHPN")
 LABEL_AI_ASSISTED: Final = (V3_OBSERVATION_VALUE, "AIAST")
 LABEL_TEST_DATA: Final = (V3_ACT_REASON, "HTEST")
+
+# --- Alliance observations: our CodeSystems, extensions, profiles and Questionnaires. ---------------
+#: Instruments (panel codes), their items (``wai-sr.3``) and scores (``wai-sr.bond``), plus the codes
+#: of rupture/repair events and their components.
+CS_ALLIANCE_MEASURES: Final = canonical("CodeSystem", "alliance-measures")
+CS_ALLIANCE_DIMENSIONS: Final = canonical("CodeSystem", "alliance-dimensions")
+CS_RATING_SCALES: Final = canonical("CodeSystem", "alliance-rating-scales")
+CS_RATER_ROLES: Final = canonical("CodeSystem", "alliance-rater-roles")
+CS_RUPTURE_TYPES: Final = canonical("CodeSystem", "rupture-types")
+CS_RUPTURE_MARKERS: Final = canonical("CodeSystem", "rupture-markers")
+CS_REPAIR_STRATEGIES: Final = canonical("CodeSystem", "repair-strategies")
+#: Identifier system of automated tools (Device identifiers are ``{tool}@{version}``).
+IDENTIFIER_SYSTEM_TOOLS: Final = f"{IDENTIFIER_SYSTEM_BASE}/automated-rater-tool"
+
+EXT_RATED_COUNTERPART: Final = canonical("StructureDefinition", "rated-counterpart")
+EXT_RATER_ROLE: Final = canonical("StructureDefinition", "rater-role")
+EXT_AUTOMATED_RATER: Final = canonical("StructureDefinition", "automated-rater")
+EXT_RATING_SCALE: Final = canonical("StructureDefinition", "rating-scale")
+EXT_REPAIRS_RUPTURE: Final = canonical("StructureDefinition", "repairs-rupture")
+
+PROFILE_ALLIANCE_PANEL: Final = canonical("StructureDefinition", "alliance-panel")
+PROFILE_ALLIANCE_SCORE: Final = canonical("StructureDefinition", "alliance-score")
+PROFILE_ALLIANCE_ITEM: Final = canonical("StructureDefinition", "alliance-item")
+PROFILE_DIMENSION_RATING: Final = canonical("StructureDefinition", "alliance-dimension-rating")
+PROFILE_RUPTURE: Final = canonical("StructureDefinition", "alliance-rupture")
+PROFILE_REPAIR: Final = canonical("StructureDefinition", "alliance-repair")
+PROFILE_AUTOMATED_PROVENANCE: Final = canonical(
+    "StructureDefinition", "alliance-automated-provenance"
+)
