@@ -7,6 +7,7 @@
     ├── MappingError                a FHIR resource that does not fit the domain model
     │   └── ProfileViolation        a resource we built breaks base FHIR or one of our profiles
     ├── UnsafeLinkError             a server link outside the configured base (never followed)
+    ├── LimitExceededError          a configured bound was reached (pages, response size, entries)
     └── ServerError                 the FHIR server said no; ``outcome`` holds its OperationOutcome
         ├── TransportError          no usable HTTP answer: connection reset, timeout (retryable)
         ├── InvalidResponseError    an answer that is not the FHIR JSON it should be
@@ -37,6 +38,7 @@ __all__ = [
     "InputError",
     "InvalidResponseError",
     "Issue",
+    "LimitExceededError",
     "MappingError",
     "MultipleMatchesError",
     "NotFoundError",
@@ -139,6 +141,13 @@ class UnsafeLinkError(FhirAllianceError):
     """A link from a server points outside the configured base URL; it was not followed."""
 
     issue_code = "security"
+
+
+class LimitExceededError(FhirAllianceError):
+    """A configured bound was reached (pages followed, response bytes, bundle entries); nothing
+    beyond it was read or sent."""
+
+    issue_code = "too-costly"
 
 
 class ServerError(FhirAllianceError):
