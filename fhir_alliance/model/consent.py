@@ -8,15 +8,19 @@ to :attr:`~ConsentRecord.history` and never erases the earlier states.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
+from fhir_alliance.errors import InputError, Issue
 from fhir_alliance.model.common import Coding, Identifier, Ref
 
 __all__ = [
+    "REVOCABLE_STATUSES",
+    "Attachment",
     "ConsentKind",
     "ConsentRecord",
+    "ConsentRevocation",
     "ConsentStatus",
     "DataMeaning",
     "DataRef",
@@ -28,6 +32,7 @@ __all__ = [
     "StatusChange",
     "Verification",
     "VerificationMethod",
+    "apply_revocation",
 ]
 
 
@@ -129,6 +134,18 @@ class DataRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """The source document of a consent carried inline or by URL (FHIR ``sourceAttachment``):
+    ``data`` is base64 as in FHIR. Size and hash are derived from the content and not kept."""
+
+    content_type: str | None = None
+    url: str | None = None
+    title: str | None = None
+    data: str | None = None
+    creation: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Provision:
     """One rule. The root provision's ``type`` is the consent's base decision; every nested provision
     must have a ``type`` and is an exception to its parent. Empty tuples mean "no restriction on that
@@ -175,3 +192,47 @@ class ConsentRecord:
     categories: tuple[Coding, ...] = ()
     intervention: Coding | None = None
     provision: Provision = field(default_factory=Provision)
+    # Added for the FHIR mappings (R5 ``controller``, R4/R5 ``sourceAttachment``):
+    controller: Ref | None = None  # the party legally responsible for the data (R5 controller)
+    source_attachment: Attachment | None = None  # the signed form itself, when not a reference
+
+
+#: States a consent may be revoked from (a draft can be withdrawn before it is in force).
+REVOCABLE_STATUSES = frozenset({ConsentStatus.DRAFT, ConsentStatus.ACTIVE})
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRevocation:
+    """The client (or their representative) withdraws consent ``consent`` at ``at``.
+
+    Applying it (:func:`apply_revocation`) appends a :class:`StatusChange`; nothing is erased.
+    """
+
+    consent: Identifier
+    at: datetime
+    by: Ref | None = None
+    reason: Coding | None = None
+
+
+def apply_revocation(record: ConsentRecord, revocation: ConsentRevocation) -> ConsentRecord:
+    """``record`` with ``revocation`` applied: status ``revoked`` and one more history entry.
+
+    Raises :class:`InputError` (paths ``consent``, ``at``) if the revocation is for another consent,
+    the consent is not in a revocable state, or it predates the last recorded change.
+    """
+    if revocation.consent != record.id:
+        raise InputError(
+            "revocation names another consent",
+            issues=[Issue(path="consent", message="revocation names another consent")],
+        )
+    if record.status not in REVOCABLE_STATUSES:
+        message = f"a consent in state {record.status.value} cannot be revoked"
+        raise InputError(message, issues=[Issue(path="consent", message=message)])
+    last = record.history[-1].at if record.history else record.date
+    if revocation.at < last:
+        message = "revocation predates the consent's last status change"
+        raise InputError(message, issues=[Issue(path="at", message=message)])
+    change = StatusChange(
+        status=ConsentStatus.REVOKED, at=revocation.at, by=revocation.by, reason=revocation.reason
+    )
+    return replace(record, status=ConsentStatus.REVOKED, history=(*record.history, change))
