@@ -34,6 +34,11 @@ $(PROFILES_STAMP): profiles/package-lock.json
 
 node: $(SERVER_STAMP) $(PROFILES_STAMP)
 
+# FSH -> profiles/fsh-generated/resources (offline SUSHI; see docs/profiles.md).
+# PROFILES_ARGS=--strict fails on SUSHI warnings too; --verbose prints SUSHI's whole log.
+profiles: $(PROFILES_STAMP)
+	cd profiles && node tools/build.mjs $(PROFILES_ARGS)
+
 lint: $(PY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
