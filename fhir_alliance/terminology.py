@@ -84,3 +84,65 @@ PROFILE_REPAIR: Final = canonical("StructureDefinition", "alliance-repair")
 PROFILE_AUTOMATED_PROVENANCE: Final = canonical(
     "StructureDefinition", "alliance-automated-provenance"
 )
+
+# --- Consent (fhir_alliance.mapping.consent, profiles/input/fsh/consent-*.fsh) -------------------
+# Every code list a consent is checked against lives here, in one place.
+
+CS_CONSENT_KINDS: Final = canonical("CodeSystem", "consent-kind")
+CS_CONSENT_STATES: Final = canonical("CodeSystem", "consent-state")
+CS_CONSENT_VERIFICATION_METHODS: Final = canonical("CodeSystem", "consent-verification-method")
+
+EXT_CONSENT_STATE: Final = canonical("StructureDefinition", "consent-state")
+EXT_CONSENT_STATUS_CHANGE: Final = canonical("StructureDefinition", "consent-status-change")
+EXT_CONSENT_VERIFICATION_METHOD: Final = canonical(
+    "StructureDefinition", "consent-verification-method"
+)
+EXT_CONSENT_WITNESS: Final = canonical("StructureDefinition", "consent-witness")
+EXT_CONSENT_GRANTEE: Final = canonical("StructureDefinition", "consent-grantee")
+EXT_CONSENT_CONTROLLER: Final = canonical("StructureDefinition", "consent-controller")
+EXT_CONSENT_INTERVENTION: Final = canonical("StructureDefinition", "consent-intervention")
+EXT_CONSENT_POLICY_AUTHORITY: Final = canonical("StructureDefinition", "consent-policy-authority")
+#: R5 modifier extensions: a provision that states when the base decision applies (not an
+#: exception), and the explicit effect of a nested provision that does not negate its parent.
+EXT_CONSENT_ROOT_PROVISION: Final = canonical("StructureDefinition", "consent-root-provision")
+EXT_CONSENT_PROVISION_TYPE: Final = canonical("StructureDefinition", "consent-provision-type")
+#: R4 ``Consent.dateTime`` carried in R5 (whose ``date`` is a date only), cross-version extension.
+R4_CONSENT_DATETIME_EXTENSION: Final = (
+    "http://hl7.org/fhir/4.0/StructureDefinition/extension-Consent.dateTime"
+)
+
+PROFILE_CONSENT_SHARING: Final = canonical("StructureDefinition", "consent-sharing")
+PROFILE_CONSENT_TREATMENT: Final = canonical("StructureDefinition", "consent-treatment")
+PROFILE_CONSENT_RECORDING: Final = canonical("StructureDefinition", "consent-recording")
+PROFILE_CONSENT_RESTRICTION: Final = canonical("StructureDefinition", "consent-restriction")
+
+RESOURCE_TYPES: Final = "http://hl7.org/fhir/resource-types"
+CONSENT_VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/consent-verification"
+
+#: LOINC consent categories: Patient Consent, Privacy policy acknowledgement, Release of information.
+CONSENT_CATEGORY_CODES: Final = frozenset({"59284-0", "57016-8", "64292-6"})
+#: consentscope (R4) codes.
+CONSENT_SCOPE_CODES: Final = frozenset({"patient-privacy", "research", "treatment", "adr"})
+#: consentaction codes.
+CONSENT_ACTION_CODES: Final = frozenset({"collect", "access", "use", "disclose", "correct"})
+#: v3-ActReason codes of the v3 PurposeOfUse value set that a consent may name.
+PURPOSE_OF_USE_CODES: Final = frozenset(
+    {
+        "TREAT", "ETREAT", "BTG", "ERTREAT", "COC", "CLINTRL", "POPHLTH",
+        "HPAYMT", "CLMATTCH", "COVAUTH", "COVERAGE", "ELIGDTRM", "ELIGVER", "ENROLLM", "REMITADV",
+        "HOPERAT", "CAREMGT", "DONAT", "FRAUD", "GOV", "HACCRED", "HCOMPL", "HDECD", "HDIRECT",
+        "HDM", "HLEGAL", "HOUTCOMS", "HPRGRP", "HQUALIMP", "HSYSADMIN", "MEMADMIN", "PATADMIN",
+        "PATSFTY", "PERFMSR", "RECORDMGT", "SYSDEV", "HTEST", "TRAIN", "HMARKT",
+        "HRESCH", "CLINTRCH", "PATRQT", "FAMRQT", "PWATRNY", "SUPNWK", "PUBHLTH", "DISASTER",
+        "THREAT",
+    }
+)  # fmt: skip
+#: v3-Confidentiality codes usable as security labels.
+CONFIDENTIALITY_CODES: Final = frozenset({"U", "L", "M", "N", "R", "V"})
+#: v3-ActCode sensitivity codes (InformationSensitivityPolicy) usable as security labels.
+SENSITIVITY_CODES: Final = frozenset(
+    {
+        "ETH", "ETHUD", "OPIOIDUD", "SUD", "DRGIS", "PSY", "PSYTHPN", "BH", "MH", "SEX", "HIV",
+        "STD", "SDV", "SICKLE", "GDIS", "DEMO", "DIA", "COMPT", "HRCOMPT", "RESCOMPT",
+    }
+)  # fmt: skip
