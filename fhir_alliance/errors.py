@@ -8,6 +8,8 @@
     │   └── ProfileViolation        a resource we built breaks base FHIR or one of our profiles
     ├── UnsafeLinkError             a server link outside the configured base (never followed)
     ├── LimitExceededError          a configured bound was reached (pages, response size, entries)
+    ├── ProfilesPackageError        the built profiles package is missing or unreadable
+    │   └── ArtefactNotFoundError   no such artefact in it (also a ``LookupError``)
     └── ServerError                 the FHIR server said no; ``outcome`` holds its OperationOutcome
         ├── TransportError          no usable HTTP answer: connection reset, timeout (retryable)
         ├── InvalidResponseError    an answer that is not the FHIR JSON it should be
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ArtefactNotFoundError",
     "AuthError",
     "ConflictError",
     "FhirAllianceError",
@@ -44,6 +47,7 @@ __all__ = [
     "NotFoundError",
     "PreconditionFailedError",
     "ProfileViolation",
+    "ProfilesPackageError",
     "ServerError",
     "TransientServerError",
     "TransportError",
@@ -148,6 +152,17 @@ class LimitExceededError(FhirAllianceError):
     beyond it was read or sent."""
 
     issue_code = "too-costly"
+
+
+class ProfilesPackageError(FhirAllianceError):
+    """The FHIR package built from ``profiles/`` is not installed or cannot be read (a packaging
+    or checkout problem, not bad input)."""
+
+    issue_code = "not-found"
+
+
+class ArtefactNotFoundError(ProfilesPackageError, LookupError):
+    """The profiles package has no artefact of that type with that id, name or canonical URL."""
 
 
 class ServerError(FhirAllianceError):
