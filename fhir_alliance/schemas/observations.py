@@ -1,0 +1,440 @@
+"""marshmallow schemas for the JSON form of alliance observation records (one per ``kind``).
+
+``load_record`` reads one record, ``load_batch`` a list (checking that every repair's rupture is in
+the batch or known), ``dump_record`` writes a record back (``load_record(dump_record(r)) == r``).
+Errors are :class:`~fhir_alliance.errors.InputError` with one issue per field path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from marshmallow import ValidationError, fields, post_load, validates_schema
+from marshmallow.validate import Length, Range
+
+from fhir_alliance.errors import InputError, Issue
+from fhir_alliance.instruments.catalog import InstrumentCode, instrument
+from fhir_alliance.instruments.dimensions import SCALES, Dimension, RatingScale
+from fhir_alliance.instruments.ruptures import (
+    MARKER_TYPE,
+    RepairStrategy,
+    RuptureMarker,
+    RuptureType,
+)
+from fhir_alliance.model.common import Identifier, Ref
+from fhir_alliance.model.observations import (
+    AllianceRecord,
+    AutomatedRater,
+    DimensionRating,
+    InstrumentAdministration,
+    ItemResponse,
+    ObservationStatus,
+    Rater,
+    RaterRole,
+    RepairEvent,
+    RuptureEvent,
+)
+from fhir_alliance.schemas.common import (
+    DEFAULT_FUTURE_TOLERANCE,
+    AwareDateTime,
+    IdentifierField,
+    RefSchema,
+    StrictSchema,
+    load_or_raise,
+)
+
+__all__ = [
+    "KIND_ADMINISTRATION",
+    "KIND_DIMENSION_RATING",
+    "KIND_REPAIR",
+    "KIND_RUPTURE",
+    "KINDS",
+    "dump_record",
+    "load_batch",
+    "load_record",
+]
+
+KIND_ADMINISTRATION = "instrument-administration"
+KIND_DIMENSION_RATING = "dimension-rating"
+KIND_RUPTURE = "rupture"
+KIND_REPAIR = "repair"
+KINDS = frozenset({KIND_ADMINISTRATION, KIND_DIMENSION_RATING, KIND_RUPTURE, KIND_REPAIR})
+
+_TEXT_LIMIT = 200
+_NARRATIVE_LIMIT = 20_000
+
+
+class StrictDecimal(fields.Decimal):
+    """A JSON number (not a string, not a boolean, not NaN/Infinity) read as an exact Decimal."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictInteger(fields.Integer):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+
+def _nonblank(limit: int) -> Callable[[str], bool]:
+    def check(value: str) -> bool:
+        if not value.strip() or len(value) > limit:
+            raise ValidationError(f"must be 1..{limit} characters and not blank")
+        return True
+
+    return check
+
+
+class AutomatedRaterSchema(StrictSchema):
+    tool = fields.String(required=True, validate=_nonblank(_TEXT_LIMIT))
+    version = fields.String(required=True, validate=_nonblank(_TEXT_LIMIT))
+    clinician_reviewed = fields.Boolean(required=True, truthy={True}, falsy={False})
+    confidence = StrictDecimal(load_default=None, validate=Range(0, 1))
+    source = fields.Nested(RefSchema, load_default=None)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> AutomatedRater:
+        return AutomatedRater(**data)
+
+
+class RaterSchema(StrictSchema):
+    role = fields.Enum(RaterRole, by_value=True, required=True)
+    who = fields.Nested(RefSchema, load_default=None)
+    automated = fields.Nested(AutomatedRaterSchema, load_default=None)
+
+    @validates_schema
+    def _consistent(self, data: dict[str, Any], **kwargs: Any) -> None:
+        role = data.get("role")
+        if role is None:
+            return
+        errors: dict[str, list[str]] = {}
+        if role is RaterRole.AUTOMATED and data.get("automated") is None:
+            errors["automated"] = ["required when the role is automated"]
+        if role is not RaterRole.AUTOMATED and data.get("automated") is not None:
+            errors["automated"] = ["only allowed when the role is automated"]
+        needs_who = role in (RaterRole.THERAPIST, RaterRole.OBSERVER)
+        if needs_who and data.get("who") is None:
+            errors["who"] = ["required for a therapist or observer rater"]
+        if not needs_who and data.get("who") is not None:
+            errors["who"] = ["not allowed for a client (the record's patient) or automated rater"]
+        if errors:
+            raise ValidationError(errors)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Rater:
+        return Rater(**data)
+
+
+class _RecordSchema(StrictSchema):
+    """Fields every record kind has: identity, context, rater, time and status."""
+
+    KIND = ""
+
+    kind = fields.String(required=True)
+    id = IdentifierField(required=True)
+    patient = fields.Nested(RefSchema, required=True)
+    rater = fields.Nested(RaterSchema, required=True)
+    effective = AwareDateTime(required=True)
+    counterpart = fields.Nested(RefSchema, load_default=None)
+    encounter = fields.Nested(RefSchema, load_default=None)
+    questionnaire_response = fields.Nested(RefSchema, load_default=None)
+    status = fields.Enum(ObservationStatus, by_value=True, load_default=ObservationStatus.FINAL)
+
+    def __init__(self, *, future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE) -> None:
+        super().__init__()
+        field = self.fields["effective"]
+        assert isinstance(field, AwareDateTime)
+        field.future_tolerance = future_tolerance
+
+    @validates_schema
+    def _kind(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("kind") != self.KIND:
+            raise ValidationError(f"expected {self.KIND!r}", field_name="kind")
+
+
+class InstrumentAdministrationSchema(_RecordSchema):
+    KIND = KIND_ADMINISTRATION
+
+    instrument = fields.Enum(InstrumentCode, by_value=True, required=True)
+    #: Item number (as a string key) → answer.
+    responses = fields.Dict(keys=fields.String(), values=StrictDecimal(), required=True)
+    #: Must be true to submit an administration with unanswered items.
+    declared_partial = fields.Boolean(
+        data_key="partial", load_default=False, truthy={True}, falsy={False}
+    )
+
+    @validates_schema
+    def _responses(self, data: dict[str, Any], **kwargs: Any) -> None:
+        code, responses = data.get("instrument"), data.get("responses")
+        if code is None or responses is None:
+            return
+        inst = instrument(code)
+        errors: dict[str, list[str]] = {}
+        for key, value in responses.items():
+            number = int(key) if key.isascii() and key.isdigit() else None
+            spec = inst.item(number) if number is not None else None
+            if spec is None:
+                errors[key] = [f"{code.value} has no item {key!r}; items are 1..{len(inst.items)}"]
+            elif not spec.accepts(value):
+                grid = "an integer" if spec.integral else "a number with at most one decimal"
+                errors[key] = [f"must be {grid} in {spec.minimum}..{spec.maximum}"]
+        answered = {int(k) for k in responses if k.isascii() and k.isdigit()}
+        missing = [n for n in inst.item_numbers if n not in answered]
+        if not answered:
+            errors.setdefault("_schema", []).append("at least one item must be answered")
+        elif missing and not data.get("declared_partial"):
+            for n in missing:
+                errors[str(n)] = ["missing; set partial: true to submit a partial administration"]
+        if errors:
+            raise ValidationError({"responses": errors})
+        role = data["rater"].role if isinstance(data.get("rater"), Rater) else None
+        if role is not None:
+            allowed = (
+                {RaterRole.CLIENT, RaterRole.AUTOMATED}
+                if inst.client_rated
+                else {RaterRole.THERAPIST, RaterRole.AUTOMATED}
+            )
+            if role not in allowed:
+                raise ValidationError(
+                    {"rater": {"role": [f"{code.value} is not rated by a {role.value}"]}}
+                )
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> InstrumentAdministration:
+        data.pop("kind")
+        data.pop("declared_partial")
+        responses = sorted(
+            (ItemResponse(int(k), v) for k, v in data.pop("responses").items()),
+            key=lambda r: r.number,
+        )
+        return InstrumentAdministration(responses=tuple(responses), **data)
+
+
+class DimensionRatingSchema(_RecordSchema):
+    KIND = KIND_DIMENSION_RATING
+
+    dimension = fields.Enum(Dimension, by_value=True, required=True)
+    scale = fields.Enum(RatingScale, by_value=True, required=True)
+    value = StrictDecimal(required=True)
+
+    @validates_schema
+    def _on_scale(self, data: dict[str, Any], **kwargs: Any) -> None:
+        scale, value = data.get("scale"), data.get("value")
+        if scale is None or value is None:
+            return
+        spec = SCALES[scale]
+        if not spec.accepts(value):
+            raise ValidationError(
+                f"not a value of scale {scale.value} ({spec.minimum}..{spec.maximum}, step {spec.step})",
+                field_name="value",
+            )
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> DimensionRating:
+        data.pop("kind")
+        return DimensionRating(**data)
+
+
+_ONE_TO_FIVE = Range(1, 5)
+
+
+class RuptureEventSchema(_RecordSchema):
+    KIND = KIND_RUPTURE
+
+    rupture_type = fields.Enum(RuptureType, by_value=True, required=True)
+    tension = StrictInteger(required=True, validate=_ONE_TO_FIVE)
+    markers = fields.List(fields.Enum(RuptureMarker, by_value=True), load_default=list)
+    repaired = fields.Boolean(load_default=None, truthy={True}, falsy={False})
+    repair_strategies = fields.List(fields.Enum(RepairStrategy, by_value=True), load_default=list)
+    resolution = StrictInteger(load_default=None, validate=_ONE_TO_FIVE)
+    narrative = fields.String(load_default=None, validate=_nonblank(_NARRATIVE_LIMIT))
+
+    @validates_schema
+    def _coherent(self, data: dict[str, Any], **kwargs: Any) -> None:
+        errors: dict[str, Any] = {}
+        kind = data.get("rupture_type")
+        marker_errors = {
+            str(i): [f"a {MARKER_TYPE[m]} marker cannot mark a {kind} rupture"]
+            for i, m in enumerate(data.get("markers") or [])
+            if kind is not None and MARKER_TYPE[m] not in (None, kind)
+        }
+        if marker_errors:
+            errors["markers"] = marker_errors
+        if len(set(data.get("markers") or [])) != len(data.get("markers") or []):
+            errors.setdefault("markers", {})["_schema"] = ["markers repeat"]
+        if data.get("repair_strategies") and data.get("repaired") is not True:
+            errors["repair_strategies"] = ["only given when repaired is true"]
+        if errors:
+            raise ValidationError(errors)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> RuptureEvent:
+        data.pop("kind")
+        data["markers"] = tuple(data["markers"])
+        data["repair_strategies"] = tuple(data["repair_strategies"])
+        return RuptureEvent(**data)
+
+
+class RepairEventSchema(_RecordSchema):
+    KIND = KIND_REPAIR
+
+    rupture = IdentifierField(required=True)
+    strategies = fields.List(
+        fields.Enum(RepairStrategy, by_value=True), required=True, validate=Length(min=1)
+    )
+    resolution = StrictInteger(load_default=None, validate=_ONE_TO_FIVE)
+    narrative = fields.String(load_default=None, validate=_nonblank(_NARRATIVE_LIMIT))
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> RepairEvent:
+        data.pop("kind")
+        data["strategies"] = tuple(data["strategies"])
+        return RepairEvent(**data)
+
+
+_SCHEMAS: dict[str, type[_RecordSchema]] = {
+    KIND_ADMINISTRATION: InstrumentAdministrationSchema,
+    KIND_DIMENSION_RATING: DimensionRatingSchema,
+    KIND_RUPTURE: RuptureEventSchema,
+    KIND_REPAIR: RepairEventSchema,
+}
+
+
+def load_record(
+    data: object,
+    *,
+    prefix: str = "",
+    future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE,
+) -> AllianceRecord:
+    """One record of any observation kind from its JSON form; raises :class:`InputError`."""
+    kind = data.get("kind") if isinstance(data, Mapping) else None
+    if not isinstance(kind, str) or kind not in _SCHEMAS:
+        path = ".".join(p for p in (prefix, "kind") if p)
+        message = f"unknown record kind; expected one of {', '.join(sorted(KINDS))}"
+        raise InputError(message, issues=[Issue(path=path, message=message)])
+    schema = _SCHEMAS[kind](future_tolerance=future_tolerance)
+    record: AllianceRecord = load_or_raise(schema, data, prefix=prefix)
+    return record
+
+
+def load_batch(
+    items: Sequence[object],
+    *,
+    known_ruptures: Collection[Identifier] = (),
+    future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE,
+) -> list[AllianceRecord]:
+    """A list of records. Every repair must name a rupture that is in the batch (anywhere in it) or
+    in ``known_ruptures`` (e.g. already stored). All errors of all items are reported together, with
+    paths prefixed by the item's index (``3.responses.2``)."""
+    records: list[AllianceRecord | None] = []
+    issues: list[Issue] = []
+    for index, item in enumerate(items):
+        try:
+            records.append(load_record(item, prefix=str(index), future_tolerance=future_tolerance))
+        except InputError as exc:
+            records.append(None)
+            issues.extend(exc.issues)
+    ruptures = {r.id for r in records if isinstance(r, RuptureEvent)} | set(known_ruptures)
+    for index, rec in enumerate(records):
+        if isinstance(rec, RepairEvent) and rec.rupture not in ruptures:
+            issues.append(
+                Issue(path=f"{index}.rupture", message="names a rupture not in the batch nor known")
+            )
+    ids = [r.id for r in records if r is not None]
+    for index, rec in enumerate(records):
+        if rec is not None and ids.count(rec.id) > 1:
+            issues.append(Issue(path=f"{index}.id", message="the same record id appears twice"))
+    if issues:
+        paths = ", ".join(sorted({i.path or "(root)" for i in issues}))
+        raise InputError(f"invalid input at {paths}", issues=issues)
+    return [r for r in records if r is not None]
+
+
+# --- dump -------------------------------------------------------------------------------------
+
+
+def _num(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def _ref(ref: Ref | None) -> dict[str, str] | None:
+    if ref is None:
+        return None
+    out: dict[str, str] = {}
+    if ref.reference is not None:
+        out["reference"] = ref.reference
+    if ref.identifier is not None:
+        out["identifier"] = str(ref.identifier)
+    if ref.type is not None:
+        out["type"] = ref.type
+    if ref.display is not None:
+        out["display"] = ref.display
+    return out
+
+
+def _rater(rater: Rater) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": rater.role.value}
+    if rater.who is not None:
+        out["who"] = _ref(rater.who)
+    if rater.automated is not None:
+        auto = rater.automated
+        out["automated"] = {
+            "tool": auto.tool,
+            "version": auto.version,
+            "clinician_reviewed": auto.clinician_reviewed,
+        }
+        if auto.confidence is not None:
+            out["automated"]["confidence"] = _num(auto.confidence)
+        if auto.source is not None:
+            out["automated"]["source"] = _ref(auto.source)
+    return out
+
+
+def dump_record(record: AllianceRecord) -> dict[str, Any]:
+    """A record's JSON form (what :func:`load_record` reads)."""
+    out: dict[str, Any] = {"kind": "", "id": str(record.id)}
+    if isinstance(record, InstrumentAdministration):
+        out["kind"] = KIND_ADMINISTRATION
+        out["instrument"] = record.instrument.value
+    elif isinstance(record, DimensionRating):
+        out["kind"] = KIND_DIMENSION_RATING
+        out.update(dimension=record.dimension.value, scale=record.scale.value)
+        out["value"] = _num(record.value)
+    elif isinstance(record, RuptureEvent):
+        out["kind"] = KIND_RUPTURE
+        out.update(rupture_type=record.rupture_type.value, tension=record.tension)
+        if record.markers:
+            out["markers"] = [m.value for m in record.markers]
+        if record.repaired is not None:
+            out["repaired"] = record.repaired
+        if record.repair_strategies:
+            out["repair_strategies"] = [s.value for s in record.repair_strategies]
+        if record.resolution is not None:
+            out["resolution"] = record.resolution
+    else:
+        out["kind"] = KIND_REPAIR
+        out["rupture"] = str(record.rupture)
+        out["strategies"] = [s.value for s in record.strategies]
+        if record.resolution is not None:
+            out["resolution"] = record.resolution
+    out["patient"] = _ref(record.patient)
+    out["rater"] = _rater(record.rater)
+    out["effective"] = record.effective.isoformat()
+    for name in ("counterpart", "encounter", "questionnaire_response"):
+        value = _ref(getattr(record, name))
+        if value is not None:
+            out[name] = value
+    if record.status is not ObservationStatus.FINAL:
+        out["status"] = record.status.value
+    if isinstance(record, InstrumentAdministration):
+        out["responses"] = {str(r.number): _num(r.value) for r in record.responses}
+        if len(record.responses) < len(instrument(record.instrument).items):
+            out["partial"] = True
+    if isinstance(record, RuptureEvent | RepairEvent) and record.narrative is not None:
+        out["narrative"] = record.narrative
+    return out

@@ -1,0 +1,194 @@
+"""The JSON form of observation records: every example loads, bad input names its field path."""
+
+import copy
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from fhir_alliance.errors import InputError
+from fhir_alliance.model.common import Identifier
+from fhir_alliance.model.observations import InstrumentAdministration, RepairEvent, RuptureEvent
+from fhir_alliance.schemas.observations import dump_record, load_batch, load_record
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "observations"
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.json"))
+
+
+def _example(name: str) -> dict:
+    return json.loads((EXAMPLES / name).read_text())
+
+
+def _paths(exc: pytest.ExceptionInfo[InputError]) -> set[str]:
+    return {i.path for i in exc.value.issues}
+
+
+def test_examples_cover_every_kind() -> None:
+    """The shipped examples include each record kind at least once."""
+    kinds = {json.loads(p.read_text())["kind"] for p in EXAMPLE_FILES}
+    assert kinds == {"instrument-administration", "dimension-rating", "rupture", "repair"}
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_every_example_loads_and_dumps_back(path: Path) -> None:
+    """Each shipped example loads, and dumping it gives the same JSON back."""
+    data = json.loads(path.read_text())
+    record = load_record(data)
+    assert load_record(dump_record(record)) == record
+    assert dump_record(record) == data
+
+
+def test_example_batch_links_repair_to_rupture() -> None:
+    """All examples together load as one batch: the repair finds its rupture."""
+    records = load_batch([json.loads(p.read_text()) for p in EXAMPLE_FILES])
+    repair = next(r for r in records if isinstance(r, RepairEvent))
+    rupture = next(r for r in records if isinstance(r, RuptureEvent))
+    assert repair.rupture == rupture.id
+
+
+def test_responses_become_sorted_exact_decimals() -> None:
+    """Item answers are kept as exact decimals sorted by item number."""
+    record = load_record(_example("srs-administration.json"))
+    assert isinstance(record, InstrumentAdministration)
+    assert [r.number for r in record.responses] == [1, 2, 3, 4]
+    assert record.responses[1].value == Decimal("8.7")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (lambda d: d["responses"].__setitem__("2", 6), "responses.2"),
+        (lambda d: d["responses"].__setitem__("2", 0), "responses.2"),
+        (lambda d: d["responses"].__setitem__("2", 3.5), "responses.2"),
+        (lambda d: d["responses"].__setitem__("13", 3), "responses.13"),
+        (lambda d: d["responses"].__setitem__("2", "4"), "responses.2.value"),
+        (lambda d: d["responses"].__setitem__("2", True), "responses.2.value"),
+        (lambda d: d["responses"].pop("7"), "responses.7"),
+        (lambda d: d.__setitem__("responses", {}), "responses"),
+        (lambda d: d.__setitem__("instrument", "wai-s"), "instrument"),
+        (lambda d: d.__setitem__("effective", "2026-11-20T16:00:00"), "effective"),
+        (lambda d: d.__setitem__("effective", 1700000000), "effective"),
+        (lambda d: d.__setitem__("colour", "blue"), "colour"),
+        (lambda d: d.pop("patient"), "patient"),
+        (lambda d: d["patient"].__setitem__("identifier", "no-bar"), "patient.identifier"),
+        (lambda d: d.__setitem__("id", "just-a-value"), "id"),
+        (lambda d: d.__setitem__("rater", {"role": "therapist"}), "rater.who"),
+        (lambda d: d.__setitem__("rater", {"role": "automated"}), "rater.automated"),
+        (lambda d: d.__setitem__("rater", {"role": "coach"}), "rater.role"),
+        (
+            lambda d: d.__setitem__(
+                "rater", {"role": "therapist", "who": {"reference": "Practitioner/1"}}
+            ),
+            "rater.role",
+        ),
+    ],
+)
+def test_bad_administration_names_the_field_path(mutate, path: str) -> None:
+    """Out-of-range, missing, unknown, wrongly typed or unknown fields are reported at their path."""
+    data = _example("wai-sr-administration.json")
+    mutate(data)
+    with pytest.raises(InputError) as exc:
+        load_record(data)
+    assert path in _paths(exc)
+
+
+def test_partial_administration_needs_the_partial_flag() -> None:
+    """A missing item is accepted only when the record says partial: true."""
+    data = _example("wai-sr-administration.json")
+    del data["responses"]["9"]
+    with pytest.raises(InputError):
+        load_record(data)
+    data["partial"] = True
+    record = load_record(data)
+    assert isinstance(record, InstrumentAdministration) and len(record.responses) == 11
+
+
+def test_srs_value_with_two_decimals_is_refused() -> None:
+    """SRS answers have at most one decimal."""
+    data = _example("srs-administration.json")
+    data["responses"]["1"] = 9.15
+    with pytest.raises(InputError) as exc:
+        load_record(data)
+    assert _paths(exc) == {"responses.1"}
+
+
+def test_timestamp_beyond_future_tolerance_is_refused() -> None:
+    """An effective time more than the tolerance ahead of the clock is refused; within it, accepted."""
+    data = _example("dimension-rating.json")
+    data["effective"] = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    with pytest.raises(InputError) as exc:
+        load_record(data)
+    assert _paths(exc) == {"effective"}
+    data["effective"] = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    load_record(data)
+
+
+def test_unknown_kind_is_refused_at_kind() -> None:
+    """A record with an unknown kind is refused at the kind field."""
+    with pytest.raises(InputError) as exc:
+        load_record({"kind": "mood"})
+    assert _paths(exc) == {"kind"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("value", 6), ("value", 4.5), ("dimension", "warmth"), ("scale", "likert-1-9")],
+)
+def test_dimension_rating_value_must_fit_its_declared_scale(field: str, value: object) -> None:
+    """A rating outside its scale, or of an unknown dimension or scale, is refused at that field."""
+    data = _example("dimension-rating.json")
+    data[field] = value
+    with pytest.raises(InputError) as exc:
+        load_record(data)
+    assert field in _paths(exc)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "path"),
+    [
+        ("tension", 6, "tension"),
+        ("tension", 2.0, "tension"),
+        ("resolution", 0, "resolution"),
+        ("markers", ["minimal-response", "complaint-about-therapist"], "markers.1"),
+        ("rupture_type", "sulking", "rupture_type"),
+        ("repaired", False, "repair_strategies"),
+        ("narrative", "   ", "narrative"),
+    ],
+)
+def test_bad_rupture_names_the_field(field: str, value: object, path: str) -> None:
+    """Rupture rules: tension and resolution 1-5, markers fit the type, strategies need repaired."""
+    data = _example("rupture.json")
+    data[field] = value
+    with pytest.raises(InputError) as exc:
+        load_record(data)
+    assert path in _paths(exc)
+
+
+def test_repair_without_its_rupture_is_refused_in_a_batch() -> None:
+    """A repair whose rupture is neither in the batch nor known is refused at N.rupture."""
+    repair = _example("repair.json")
+    with pytest.raises(InputError) as exc:
+        load_batch([_example("dimension-rating.json"), repair])
+    assert _paths(exc) == {"1.rupture"}
+    known = Identifier.parse(repair["rupture"])
+    assert len(load_batch([repair], known_ruptures={known})) == 1
+
+
+def test_batch_reports_errors_of_all_items_with_index_prefix() -> None:
+    """Errors in several items are all reported, each prefixed with its index."""
+    bad1, bad2 = _example("rupture.json"), copy.deepcopy(_example("srs-administration.json"))
+    bad1["tension"] = 9
+    bad2["responses"]["4"] = 11
+    with pytest.raises(InputError) as exc:
+        load_batch([bad1, bad2])
+    assert _paths(exc) == {"0.tension", "1.responses.4"}
+
+
+def test_duplicate_ids_in_a_batch_are_refused() -> None:
+    """Two records with one id in a batch are refused."""
+    item = _example("dimension-rating.json")
+    with pytest.raises(InputError) as exc:
+        load_batch([item, item])
+    assert _paths(exc) == {"0.id", "1.id"}
