@@ -1,0 +1,713 @@
+"""The FHIR REST client: one ``requests.Session``, timeouts on every call, bounded retries of
+idempotent requests, safe paging, writes with versions, transaction/batch Bundles, and logs free of PHI.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from fhir_alliance import __version__
+from fhir_alliance.client.auth import Auth, NoAuth, oauth_error_code
+from fhir_alliance.client.bundles import (
+    BundleRequest,
+    EntryOutcome,
+    build_bundle,
+    entry_outcomes,
+    parse_location,
+)
+from fhir_alliance.client.bundles import search_token as _search_token
+from fhir_alliance.client.capabilities import ServerCapabilities, WriteStrategy
+from fhir_alliance.client.links import BaseUrl, path_template
+from fhir_alliance.client.responses import (
+    RequestFacts,
+    error_for_status,
+    etag_for,
+    outcome_in,
+    parse_resource,
+    version_from_etag,
+)
+from fhir_alliance.client.retry import Replay, RetryPolicy
+from fhir_alliance.errors import (
+    AuthError,
+    InputError,
+    InvalidResponseError,
+    Issue,
+    LimitExceededError,
+    MappingError,
+    MultipleMatchesError,
+    ServerError,
+    TransportError,
+    loggable_outcome,
+)
+from fhir_alliance.model.common import Identifier
+from fhir_alliance.terminology import CANONICAL_BASE
+
+__all__ = ["FhirClient", "WriteResult", "deterministic_id"]
+
+log = logging.getLogger("fhir_alliance.client")
+
+FHIR_JSON = "application/fhir+json"
+#: Namespace of deterministic ids: uuid5 over ``type|system|value`` of the business identifier.
+ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, f"{CANONICAL_BASE}/id")
+
+
+def deterministic_id(
+    resource_type: str, identifier: Identifier, *, namespace: uuid.UUID = ID_NAMESPACE
+) -> str:
+    """A stable FHIR id for a business identifier: the same record always lands on the same id.
+
+    A UUIDv5 (a hash): the identifier cannot be read back from it, but a guessable identifier can
+    be confirmed by hashing guesses; pass a private ``namespace`` if identifiers are guessable.
+    """
+    return str(uuid.uuid5(namespace, f"{resource_type}|{identifier.system}|{identifier.value}"))
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The server's answer to a write: where the resource is now and at which version."""
+
+    status: int
+    resource_type: str | None
+    id: str | None
+    version_id: str | None
+    etag: str | None
+    location: str | None = None
+    resource: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
+
+    @property
+    def created(self) -> bool:
+        return self.status == 201
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def _identifier_of(resource: Mapping[str, Any]) -> Identifier:
+    """The first business identifier (system and value) of a resource; InputError if none."""
+    ids = resource.get("identifier")
+    if isinstance(ids, dict):  # Consent.identifier is 0..1 in R5 but 0..* in R4
+        ids = [ids]
+    if isinstance(ids, list):
+        for ident in ids:
+            if (
+                isinstance(ident, Mapping)
+                and isinstance(ident.get("system"), str)
+                and isinstance(ident.get("value"), str)
+                and ident["system"]
+                and ident["value"]
+            ):
+                return Identifier(system=ident["system"], value=ident["value"])
+    raise InputError(
+        "an idempotent write needs a business identifier with system and value",
+        issues=[Issue(path="identifier", message="needs an identifier with system and value")],
+    )
+
+
+def _resource_type(resource: Mapping[str, Any]) -> str:
+    rtype = resource.get("resourceType") if isinstance(resource, Mapping) else None
+    if not isinstance(rtype, str) or not rtype.isalpha():
+        raise InputError(
+            "resource without a valid resourceType",
+            issues=[Issue(path="resourceType", message="required")],
+        )
+    return rtype
+
+
+class _RedactUrls(logging.Filter):
+    """Redact request paths in urllib3's debug/warning records (they carry ids and query values)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(
+                _redact(a) if isinstance(a, str) and a.startswith(("/", "http")) else a
+                for a in record.args
+            )
+        return True
+
+
+def _redact(text: str) -> str:
+    """Keep purely alphabetic path segments (``fhir``, ``Observation``) and ``$op``/``_x``; an id
+    or a query value never survives."""
+    parts = urlsplit(text)
+    kept = [
+        s if s.isalpha() or (s[:1] in "$_" and s[1:].replace("-", "").isalpha()) else "{id}"
+        for s in parts.path.split("/")
+        if s
+    ]
+    prefix = f"{parts.scheme}://{parts.netloc}" if parts.scheme else ""
+    return prefix + "/" + "/".join(kept) + ("?…" if parts.query else "")
+
+
+_REDACTOR = _RedactUrls()
+
+
+def _install_redaction() -> None:
+    for name in ("urllib3.connectionpool", "urllib3.util.retry"):
+        logger = logging.getLogger(name)
+        if _REDACTOR not in logger.filters:
+            logger.addFilter(_REDACTOR)
+
+
+class FhirClient:
+    """A client for one FHIR server (one base URL). Thread-safe for concurrent calls.
+
+    ``timeout`` is (connect, read) seconds and applies to every request. ``connect_retries``
+    covers only failures to connect (nothing reached the server); everything else is retried by
+    :class:`RetryPolicy` for idempotent requests only. ``max_pages`` bounds search paging.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: Auth | None = None,
+        timeout: tuple[float, float] = (5.0, 30.0),
+        retry: RetryPolicy | None = None,
+        connect_retries: int = 2,
+        max_pages: int = 100,
+        max_response_bytes: int = 64 * 1024 * 1024,
+        max_bundle_entries: int = 1000,
+        allow_insecure_http: bool = False,
+        pool_maxsize: int = 10,
+    ) -> None:
+        self.base = BaseUrl.parse(base_url)
+        self.auth = auth or NoAuth()
+        if (
+            self.base.scheme == "http"
+            and self.auth.sends_credentials
+            and not self.base.is_loopback
+            and not allow_insecure_http
+        ):
+            raise InputError(
+                "credentials would travel unencrypted; use https",
+                issues=[Issue(path="base_url", message="https required when sending credentials")],
+            )
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.max_pages = max_pages
+        self.max_response_bytes = max_response_bytes
+        self.max_bundle_entries = max_bundle_entries
+        self._allow_insecure_http = allow_insecure_http
+        self._capabilities: ServerCapabilities | None = None
+        self.session = requests.Session()
+        self.session.trust_env = False  # no proxies or .netrc credentials picked up silently
+        adapter = HTTPAdapter(
+            max_retries=Retry(
+                total=connect_retries,
+                connect=connect_retries,
+                read=0,
+                status=0,
+                other=0,
+                redirect=0,
+                backoff_factor=0.1,
+                raise_on_status=False,
+            ),
+            pool_maxsize=pool_maxsize,
+        )
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.session.headers.update(
+            {"Accept": FHIR_JSON, "User-Agent": f"fhir-alliance/{__version__}"}
+        )
+        self.session.verify = True
+        _install_redaction()
+
+    def __repr__(self) -> str:
+        return f"FhirClient({self.base.url!r}, auth={self.auth!r})"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> FhirClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transport
+
+    def _read_body(self, response: requests.Response) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise LimitExceededError("server answer is larger than max_response_bytes")
+        chunks: list[bytes] = []
+        total = 0
+        for chunk in response.iter_content(chunk_size=256 * 1024):
+            total += len(chunk)
+            if total > self.max_response_bytes:
+                raise LimitExceededError("server answer is larger than max_response_bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        replay: Replay,
+        facts: RequestFacts | None = None,
+        send_auth: bool = True,
+        content_type: str = FHIR_JSON,
+        check_status: bool = True,
+    ) -> _Answer:
+        """Send one request with retries as ``replay`` allows; return a 2xx answer or raise.
+
+        With ``check_status=False`` any HTTP answer is returned as is (for non-FHIR endpoints).
+        """
+        policy = self.retry
+        facts = facts or RequestFacts(method=method)
+        template = path_template(self.base, url) if url.startswith(self.base.url) else "[token]"
+        started = policy.clock()
+        attempt = 0
+        renewed = False
+        while True:
+            attempt += 1
+            send_headers = dict(headers or {})
+            if body is not None:
+                send_headers["Content-Type"] = content_type
+            authorization = self.auth.authorization(self) if send_auth else None
+            if authorization:
+                send_headers["Authorization"] = authorization
+            t0 = time.perf_counter()
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    data=body,
+                    headers=send_headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                    stream=True,
+                )
+                try:
+                    content = self._read_body(response)
+                finally:
+                    response.close()
+            except requests.RequestException as exc:
+                # Never chain the requests exception: its text holds the URL with query values.
+                kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
+                error: ServerError = TransportError(f"request {kind} ({type(exc).__name__})")
+                ms = (time.perf_counter() - t0) * 1000
+                log.warning(
+                    "%s %s -> %s after %.0f ms (attempt %d)", method, template, kind, ms, attempt
+                )
+                wait = policy.next_delay(attempt, started, error) if replay.allows(error) else None
+                if wait is None:
+                    raise error from None
+                policy.sleep(wait)
+                continue
+            ms = (time.perf_counter() - t0) * 1000
+            status = response.status_code
+            if (
+                status == 401
+                and authorization
+                and not renewed
+                and self.auth.renew_after_401(authorization)
+            ):
+                log.info("%s %s -> 401; renewing the token once", method, template)
+                renewed = True
+                attempt -= 1
+                continue
+            if not check_status:
+                log.debug("%s %s -> %d in %.0f ms", method, template, status, ms)
+                return _Answer(status=status, headers=response.headers, body=content)
+            outcome = outcome_in(content) if status >= 300 else None
+            error_or_none = error_for_status(
+                status,
+                facts,
+                outcome=outcome,
+                retry_after=response.headers.get("Retry-After"),
+                now=policy.wall_clock(),
+            )
+            if error_or_none is None:
+                log.debug(
+                    "%s %s -> %d in %.0f ms (attempt %d)", method, template, status, ms, attempt
+                )
+                return _Answer(status=status, headers=response.headers, body=content)
+            error = error_or_none
+            wait = policy.next_delay(attempt, started, error) if replay.allows(error) else None
+            log.log(
+                logging.WARNING if error.retryable else logging.INFO,
+                "%s %s -> %d in %.0f ms (attempt %d)%s outcome=%s",
+                method,
+                template,
+                status,
+                ms,
+                attempt,
+                f"; retrying in {wait:.2f} s" if wait is not None else "",
+                loggable_outcome(error.outcome),
+            )
+            if wait is None:
+                raise error
+            policy.sleep(wait)
+
+    def _get_resource(self, url: str, *, expect: str | None = None) -> dict[str, Any]:
+        answer = self._request("GET", url, replay=Replay.IDEMPOTENT)
+        resource = parse_resource(answer.body, status=answer.status)
+        if expect and resource["resourceType"] != expect:
+            raise InvalidResponseError(
+                f"server answered with a {resource['resourceType']}, expected {expect}",
+                status=answer.status,
+            )
+        return resource
+
+    # ------------------------------------------------------------------ TokenTransport
+
+    def smart_configuration(self) -> Mapping[str, Any]:
+        """``[base]/.well-known/smart-configuration`` (sent without credentials)."""
+        try:
+            answer = self._request(
+                "GET",
+                self.base.join(".well-known/smart-configuration"),
+                replay=Replay.IDEMPOTENT,
+                send_auth=False,
+            )
+        except ServerError as exc:
+            raise AuthError(
+                "could not read the server's SMART configuration", status=exc.status
+            ) from None
+        try:
+            data = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise AuthError("SMART configuration is not a JSON object", status=answer.status)
+        return data
+
+    def post_token_request(self, url: str, form: Mapping[str, str]) -> Mapping[str, Any]:
+        """POST a token request; never retried here (each assertion's ``jti`` is single-use)."""
+        parts = urlsplit(url)
+        loopback = (parts.hostname or "") in ("localhost", "127.0.0.1", "::1")
+        if parts.scheme != "https" and not (
+            parts.scheme == "http" and (loopback or self._allow_insecure_http)
+        ):
+            raise AuthError("token endpoint must use https")
+        answer = self._request(
+            "POST",
+            url,
+            body=urlencode(dict(form)).encode("ascii"),
+            headers={"Accept": "application/json"},
+            replay=Replay.NEVER,
+            send_auth=False,
+            content_type="application/x-www-form-urlencoded",
+            check_status=False,
+        )
+        try:
+            data = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            data = None
+        if answer.status in (400, 401, 403):
+            code = oauth_error_code(data) if isinstance(data, dict) else None
+            raise AuthError(
+                f"token endpoint refused the client ({code or 'no error code'})",
+                status=answer.status,
+            )
+        error = error_for_status(
+            answer.status,
+            RequestFacts("POST"),
+            retry_after=answer.headers.get("Retry-After"),
+            now=self.retry.wall_clock(),
+        )
+        if error is not None:
+            raise error
+        if not isinstance(data, dict):
+            raise AuthError("token endpoint answer is not a JSON object", status=answer.status)
+        return data
+
+    # ------------------------------------------------------------------ capabilities
+
+    def capabilities(self, *, refresh: bool = False) -> ServerCapabilities:
+        """The server's CapabilityStatement (``GET [base]/metadata``), read once and cached."""
+        if self._capabilities is None or refresh:
+            statement = self._get_resource(self.base.join("metadata"), expect="CapabilityStatement")
+            try:
+                self._capabilities = ServerCapabilities.from_capability_statement(statement)
+            except MappingError as exc:
+                raise InvalidResponseError(
+                    f"CapabilityStatement unreadable at {exc.element}"
+                ) from None
+        return self._capabilities
+
+    # ------------------------------------------------------------------ reads and search
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """``GET [type]/[id]``; NotFoundError (``gone`` for 410) when absent."""
+        return self._get_resource(self.base.join(f"{resource_type}/{resource_id}"))
+
+    def search_pages(
+        self,
+        resource_type: str,
+        params: Mapping[str, str | Sequence[str]] | Sequence[tuple[str, str]] | None = None,
+        *,
+        max_pages: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Search-set Bundles one page at a time, following ``next`` links inside the base only.
+
+        Raises UnsafeLinkError before requesting a link outside the base, and LimitExceededError
+        when more than ``max_pages`` pages would be needed.
+        """
+        cap = max_pages or self.max_pages
+        query = urlencode(params or {}, doseq=True)
+        url: str | None = self.base.join(resource_type) + (f"?{query}" if query else "")
+        pages = 0
+        while url is not None:
+            if pages >= cap:
+                raise LimitExceededError(f"search needs more than {cap} pages")
+            bundle = self._get_resource(url, expect="Bundle")
+            pages += 1
+            next_link = _link(bundle, "next")
+            yield bundle
+            url = self.base.check_link(next_link, relative_to=url) if next_link else None
+
+    def search(
+        self,
+        resource_type: str,
+        params: Mapping[str, str | Sequence[str]] | Sequence[tuple[str, str]] | None = None,
+        *,
+        max_pages: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Matching resources, streamed page by page (constant memory); includes are skipped."""
+        for bundle in self.search_pages(resource_type, params, max_pages=max_pages):
+            for entry in bundle.get("entry") or []:
+                if not isinstance(entry, Mapping):
+                    continue
+                mode = (entry.get("search") or {}).get("mode", "match")
+                resource = entry.get("resource")
+                if mode == "match" and isinstance(resource, dict):
+                    yield resource
+
+    def find_by_identifier(
+        self, resource_type: str, identifier: Identifier | str, *, limit: int = 10
+    ) -> list[dict[str, Any]]:
+        """Resources carrying this business identifier: what to ask after a write's answer was lost."""
+        ident = identifier if isinstance(identifier, Identifier) else Identifier.parse(identifier)
+        found: list[dict[str, Any]] = []
+        params = {"identifier": _search_token(ident.system, ident.value), "_count": str(limit)}
+        for resource in self.search(resource_type, params, max_pages=1):
+            found.append(resource)
+            if len(found) >= limit:
+                break
+        return found
+
+    # ------------------------------------------------------------------ writes
+
+    def _write_result(self, answer: _Answer) -> WriteResult:
+        location = answer.headers.get("Location") or answer.headers.get("Content-Location")
+        etag = answer.headers.get("ETag")
+        resource = (
+            parse_resource(answer.body, status=answer.status) if answer.body.strip() else None
+        )
+        outcome = None
+        if resource is not None and resource["resourceType"] == "OperationOutcome":
+            outcome, resource = resource, None
+        rtype, rid, vid = parse_location(location) if location else (None, None, None)
+        if resource is not None:
+            rtype = rtype or resource.get("resourceType")
+            rid = rid or resource.get("id")
+            meta = resource.get("meta")
+            if isinstance(meta, Mapping) and isinstance(meta.get("versionId"), str):
+                vid = vid or meta["versionId"]
+        vid = vid or version_from_etag(etag)
+        return WriteResult(
+            status=answer.status,
+            resource_type=rtype,
+            id=rid,
+            version_id=vid,
+            etag=etag or (etag_for(vid) if vid else None),
+            location=location,
+            resource=resource,
+            outcome=outcome,
+        )
+
+    def create(
+        self, resource: Mapping[str, Any], *, if_none_exist: Mapping[str, str] | None = None
+    ) -> WriteResult:
+        """``POST [type]`` (the server assigns the id; any ``id`` given is dropped).
+
+        With ``if_none_exist`` (search params) it is a conditional create: 200 and the existing
+        resource when one matches, MultipleMatchesError when several do. Not retried after a
+        timeout (see docs/client.md).
+        """
+        rtype = _resource_type(resource)
+        body = {k: v for k, v in resource.items() if k != "id"}
+        headers = {}
+        if if_none_exist:
+            headers["If-None-Exist"] = urlencode(dict(if_none_exist))
+        answer = self._request(
+            "POST",
+            self.base.join(rtype),
+            body=orjson.dumps(body),
+            headers=headers,
+            replay=Replay.IF_REFUSED if if_none_exist else Replay.NEVER,
+            facts=RequestFacts("POST", conditional=bool(if_none_exist)),
+        )
+        return self._write_result(answer)
+
+    def update(self, resource: Mapping[str, Any], *, if_match: str | None = None) -> WriteResult:
+        """``PUT [type]/[id]``; with ``if_match`` (a versionId or ETag) only if still that version.
+
+        A stale ``if_match`` raises VersionConflictError. Without it, this is also the create at a
+        deterministic id where the server allows ``updateCreate``.
+        """
+        rtype = _resource_type(resource)
+        rid = resource.get("id")
+        if not isinstance(rid, str) or not rid:
+            raise InputError("update needs the resource id", issues=[Issue("id", "required")])
+        headers = {"If-Match": etag_for(if_match)} if if_match else {}
+        answer = self._request(
+            "PUT",
+            self.base.join(f"{rtype}/{rid}"),
+            body=orjson.dumps(dict(resource)),
+            headers=headers,
+            replay=Replay.IDEMPOTENT,
+            facts=RequestFacts("PUT", if_match=bool(if_match)),
+        )
+        return self._write_result(answer)
+
+    def delete(self, resource_type: str, resource_id: str) -> int:
+        """``DELETE [type]/[id]``; returns the status (200, 202 or 204)."""
+        answer = self._request(
+            "DELETE", self.base.join(f"{resource_type}/{resource_id}"), replay=Replay.IDEMPOTENT
+        )
+        return answer.status
+
+    def create_once(
+        self,
+        resource: Mapping[str, Any],
+        *,
+        strategy: WriteStrategy | None = None,
+        id_namespace: uuid.UUID = ID_NAMESPACE,
+    ) -> WriteResult:
+        """Write ``resource`` so that sending it again never makes a second one.
+
+        Keyed on its first business identifier; the strategy defaults to the best the server's
+        CapabilityStatement allows (PUT to a deterministic id, conditional create, or search then
+        create). The caller keeps one writer per identifier (conditional create is not atomic).
+        """
+        rtype = _resource_type(resource)
+        ident = _identifier_of(resource)
+        chosen = strategy or self.capabilities().write_strategy(rtype)
+        if chosen is None:
+            raise ServerError(f"server offers no idempotent write for {rtype}")
+        if chosen is WriteStrategy.PUT_DETERMINISTIC_ID:
+            body = copy.deepcopy(dict(resource))
+            body["id"] = deterministic_id(rtype, ident, namespace=id_namespace)
+            return self.update(body)
+        if chosen is WriteStrategy.CONDITIONAL_CREATE:
+            return self.create(
+                resource, if_none_exist={"identifier": _search_token(ident.system, ident.value)}
+            )
+        existing = self.find_by_identifier(rtype, ident, limit=2)
+        if len(existing) > 1:
+            raise MultipleMatchesError("more than one resource carries this identifier")
+        if existing:
+            found = existing[0]
+            meta = found.get("meta") if isinstance(found.get("meta"), Mapping) else {}
+            vid = meta.get("versionId") if isinstance(meta, Mapping) else None
+            return WriteResult(
+                status=200,
+                resource_type=rtype,
+                id=found.get("id"),
+                version_id=vid,
+                etag=etag_for(vid) if isinstance(vid, str) else None,
+                resource=found,
+            )
+        return self.create(resource)
+
+    # ------------------------------------------------------------------ bundles
+
+    def transaction(
+        self, requests_: Sequence[BundleRequest], *, chunk_size: int = 100
+    ) -> list[EntryOutcome]:
+        """Send as transaction Bundles of ``chunk_size`` entries; one outcome per request, in order.
+
+        Each chunk is all-or-nothing on its own; a failed chunk gives every entry of it the
+        chunk's error, and the next chunks are still sent.
+        """
+        return self._bundles("transaction", requests_, chunk_size)
+
+    def batch(
+        self, requests_: Sequence[BundleRequest], *, chunk_size: int = 100
+    ) -> list[EntryOutcome]:
+        """Send as batch Bundles: each entry succeeds or fails on its own."""
+        return self._bundles("batch", requests_, chunk_size)
+
+    def _entry_error(
+        self, status: int, outcome: dict[str, Any] | None, request: BundleRequest
+    ) -> ServerError | None:
+        facts = RequestFacts(
+            request.method, if_match=bool(request.if_match), conditional=bool(request.if_none_exist)
+        )
+        return error_for_status(status, facts, outcome=outcome)
+
+    def _bundles(
+        self, kind: str, requests_: Sequence[BundleRequest], chunk_size: int
+    ) -> list[EntryOutcome]:
+        if not 1 <= chunk_size <= self.max_bundle_entries:
+            raise InputError(
+                f"chunk_size must be between 1 and {self.max_bundle_entries}",
+                issues=[Issue(path="chunk_size", message="out of range")],
+            )
+        outcomes: list[EntryOutcome] = []
+        for start in range(0, len(requests_), chunk_size):
+            chunk = list(requests_[start : start + chunk_size])
+            body = orjson.dumps(build_bundle(kind, chunk))
+            try:
+                answer = self._request(
+                    "POST",
+                    self.base.url,
+                    body=body,
+                    replay=Replay.weakest([r.replay for r in chunk]),
+                )
+                response = parse_resource(answer.body, status=answer.status)
+                outcomes.extend(
+                    entry_outcomes(response, chunk, offset=start, error_for=self._entry_error)
+                )
+            except ServerError as exc:
+                outcomes.extend(
+                    EntryOutcome(
+                        index=start + i,
+                        request=req,
+                        status=exc.status,
+                        outcome=exc.outcome,
+                        error=exc,
+                    )
+                    for i, req in enumerate(chunk)
+                )
+        return outcomes
+
+
+def _link(bundle: Mapping[str, Any], relation: str) -> str | None:
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, Mapping) and link.get("relation") == relation:
+            url = link.get("url")
+            return url if isinstance(url, str) and url else None
+    return None
