@@ -23,6 +23,7 @@ __all__ = [
     "RefSchema",
     "StrictSchema",
     "load_or_raise",
+    "not_blank",
 ]
 
 T = TypeVar("T")
@@ -82,9 +83,16 @@ class AwareDateTime(fields.AwareDateTime):
         return result
 
 
+def not_blank(value: str) -> None:
+    """Field validator: refuse empty or whitespace-only strings (marshmallow 4 validators must raise;
+    a validator returning ``False`` is ignored)."""
+    if not value.strip():
+        raise ValidationError("must not be blank")
+
+
 class CodingSchema(StrictSchema):
-    system = fields.String(required=True, validate=lambda s: bool(s.strip()))
-    code = fields.String(required=True, validate=lambda s: bool(s.strip()))
+    system = fields.String(required=True, validate=not_blank)
+    code = fields.String(required=True, validate=not_blank)
     display = fields.String(load_default=None)
 
     @post_load
