@@ -1,0 +1,512 @@
+"""The JSON form of consent records and revocations (see docs/consent.md): load with field-path errors.
+
+Codes are checked against the lists in :mod:`fhir_alliance.terminology`; a revocation is accepted only
+for a consent the caller knows, and applying it appends to the consent's history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from marshmallow import ValidationError, fields, post_load, validate, validates_schema
+
+from fhir_alliance.errors import InputError, Issue
+from fhir_alliance.model.common import Coding, Identifier, Ref
+from fhir_alliance.model.consent import (
+    Attachment,
+    ConsentKind,
+    ConsentRecord,
+    ConsentRevocation,
+    ConsentStatus,
+    DataMeaning,
+    DataRef,
+    Decision,
+    Period,
+    PolicyBasis,
+    Provision,
+    ProvisionActor,
+    StatusChange,
+    Verification,
+    VerificationMethod,
+    apply_revocation,
+)
+from fhir_alliance.schemas.common import (
+    AwareDateTime,
+    CodingSchema,
+    IdentifierField,
+    RefSchema,
+    StrictSchema,
+    load_or_raise,
+)
+from fhir_alliance.terminology import (
+    CONFIDENTIALITY_CODES,
+    CONSENT_ACTION,
+    CONSENT_ACTION_CODES,
+    CONSENT_CATEGORY_CODES,
+    LOINC,
+    PURPOSE_OF_USE_CODES,
+    SENSITIVITY_CODES,
+    V3_ACT_CODE,
+    V3_ACT_REASON,
+    V3_CONFIDENTIALITY,
+)
+
+__all__ = [
+    "RECORD_KIND_CONSENT",
+    "RECORD_KIND_REVOCATION",
+    "ConsentRecordSchema",
+    "ConsentRevocationSchema",
+    "dump_consent",
+    "dump_revocation",
+    "load_consent",
+    "load_consent_records",
+    "load_revocation",
+]
+
+RECORD_KIND_CONSENT = "consent"
+RECORD_KIND_REVOCATION = "consent-revocation"
+
+
+def _checked_coding(what: str, allowed: Mapping[str, frozenset[str]]) -> type[CodingSchema]:
+    """A coding schema that accepts only ``allowed[system]`` codes (errors at ``system``/``code``)."""
+
+    class _Checked(CodingSchema):
+        @validates_schema
+        def _known(self, data: dict[str, Any], **kwargs: Any) -> None:
+            codes = allowed.get(data["system"])
+            if codes is None:
+                raise ValidationError(
+                    f"{what}: code system must be one of {', '.join(sorted(allowed))}",
+                    field_name="system",
+                )
+            if data["code"] not in codes:
+                raise ValidationError(f"unknown {what} code", field_name="code")
+
+    _Checked.__name__ = f"{what.title().replace(' ', '')}CodingSchema"
+    return _Checked
+
+
+PurposeCodingSchema = _checked_coding("purpose of use", {V3_ACT_REASON: PURPOSE_OF_USE_CODES})
+ActionCodingSchema = _checked_coding("consent action", {CONSENT_ACTION: CONSENT_ACTION_CODES})
+CategoryCodingSchema = _checked_coding("consent category", {LOINC: CONSENT_CATEGORY_CODES})
+SecurityLabelCodingSchema = _checked_coding(
+    "security label", {V3_CONFIDENTIALITY: CONFIDENTIALITY_CODES, V3_ACT_CODE: SENSITIVITY_CODES}
+)
+
+
+class PeriodSchema(StrictSchema):
+    """``{start, end}``: either may be open, but not both; the end must lie after the start."""
+
+    start = AwareDateTime(future_tolerance=None, load_default=None)
+    end = AwareDateTime(future_tolerance=None, load_default=None)
+
+    @validates_schema
+    def _ordered(self, data: dict[str, Any], **kwargs: Any) -> None:
+        start, end = data.get("start"), data.get("end")
+        if start is None and end is None:
+            raise ValidationError("give a start, an end, or both")
+        if start is not None and end is not None and end <= start:
+            raise ValidationError("period ends before it starts", field_name="end")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Period:
+        return Period(**data)
+
+
+class StatusChangeSchema(StrictSchema):
+    status = fields.Enum(ConsentStatus, by_value=True, required=True)
+    at = AwareDateTime(required=True)
+    by = fields.Nested(RefSchema, load_default=None)
+    reason = fields.Nested(CodingSchema, load_default=None)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> StatusChange:
+        return StatusChange(**data)
+
+
+class VerificationSchema(StrictSchema):
+    method = fields.Enum(VerificationMethod, by_value=True, required=True)
+    verified_at = AwareDateTime(required=True)
+    witness = fields.Nested(RefSchema, load_default=None)
+    verified_with = fields.Nested(RefSchema, load_default=None)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Verification:
+        return Verification(**data)
+
+
+class PolicyBasisSchema(StrictSchema):
+    """Either a coded policy (``code``, e.g. 42CFRPart2) or a policy document (``uri``/``authority``)."""
+
+    uri = fields.String(load_default=None)
+    code = fields.Nested(CodingSchema, load_default=None)
+    authority = fields.String(load_default=None)
+
+    @validates_schema
+    def _one_kind(self, data: dict[str, Any], **kwargs: Any) -> None:
+        coded = data.get("code") is not None
+        documented = data.get("uri") is not None or data.get("authority") is not None
+        if coded == documented:
+            raise ValidationError("give either a code, or a uri and/or an authority")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> PolicyBasis:
+        return PolicyBasis(**data)
+
+
+class AttachmentSchema(StrictSchema):
+    content_type = fields.String(load_default=None)
+    url = fields.String(load_default=None)
+    title = fields.String(load_default=None)
+    data = fields.String(load_default=None)
+    creation = AwareDateTime(load_default=None)
+
+    @validates_schema
+    def _has_content(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("url") is None and data.get("data") is None:
+            raise ValidationError("give the document's url or its data (base64)")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Attachment:
+        return Attachment(**data)
+
+
+class ProvisionActorSchema(StrictSchema):
+    role = fields.Nested(CodingSchema, required=True)
+    reference = fields.Nested(RefSchema, required=True)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> ProvisionActor:
+        return ProvisionActor(**data)
+
+
+class DataRefSchema(StrictSchema):
+    meaning = fields.Enum(DataMeaning, by_value=True, required=True)
+    reference = fields.Nested(RefSchema, required=True)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> DataRef:
+        return DataRef(**data)
+
+
+def _codings(schema: type[CodingSchema] = CodingSchema) -> fields.List[Any]:
+    return fields.List(fields.Nested(schema), load_default=())
+
+
+class _ProvisionConditions(StrictSchema):
+    """The conditions a provision matches on; shared by the root and nested provisions."""
+
+    actors = fields.List(fields.Nested(ProvisionActorSchema), load_default=())
+    actions = _codings(ActionCodingSchema)
+    security_labels = _codings(SecurityLabelCodingSchema)
+    purposes = _codings(PurposeCodingSchema)
+    classes = _codings()
+    codes = _codings()
+    data_period = fields.Nested(PeriodSchema, load_default=None)
+    data = fields.List(fields.Nested(DataRefSchema), load_default=())
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Provision:
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
+        return Provision(**values)
+
+
+class ProvisionSchema(_ProvisionConditions):
+    """A nested provision: an exception to its parent, so its ``type`` is required."""
+
+    type = fields.Enum(Decision, by_value=True, required=True)
+    period = fields.Nested(PeriodSchema, load_default=None)
+    provisions = fields.List(fields.Nested(lambda: ProvisionSchema()), load_default=())
+
+
+class RootProvisionSchema(_ProvisionConditions):
+    """The root provision: its ``type`` is the consent's ``decision`` (may be omitted) and its time
+    frame is the consent's ``period``."""
+
+    type = fields.Enum(Decision, by_value=True, load_default=None)
+    provisions = fields.List(fields.Nested(ProvisionSchema), load_default=())
+    period = fields.Raw(load_default=None)
+
+    @validates_schema
+    def _no_period(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("period") is not None:
+            raise ValidationError(
+                "the root provision's time frame is the consent's period", field_name="period"
+            )
+
+
+class ConsentRecordSchema(StrictSchema):
+    """A consent record in our JSON form (``kind: "consent"``)."""
+
+    kind = fields.String(required=True, validate=validate.Equal(RECORD_KIND_CONSENT))
+    id = IdentifierField(required=True)
+    consent_kind = fields.Enum(ConsentKind, by_value=True, required=True)
+    patient = fields.Nested(RefSchema, required=True)
+    status = fields.Enum(ConsentStatus, by_value=True, required=True)
+    decision = fields.Enum(Decision, by_value=True, required=True)
+    date = AwareDateTime(required=True)
+    grantor = fields.Nested(RefSchema, load_default=None)
+    grantees = fields.List(fields.Nested(RefSchema), load_default=())
+    manager = fields.Nested(RefSchema, load_default=None)
+    controller = fields.Nested(RefSchema, load_default=None)
+    period = fields.Nested(PeriodSchema, load_default=None)
+    history = fields.List(fields.Nested(StatusChangeSchema), load_default=())
+    verification = fields.List(fields.Nested(VerificationSchema), load_default=())
+    source = fields.Nested(RefSchema, load_default=None)
+    source_attachment = fields.Nested(AttachmentSchema, load_default=None)
+    policy_basis = fields.List(fields.Nested(PolicyBasisSchema), required=True)
+    categories = _codings(CategoryCodingSchema)
+    intervention = fields.Nested(CodingSchema, load_default=None)
+    provision = fields.Nested(RootProvisionSchema, load_default=None)
+
+    @validates_schema
+    def _consistent(self, data: dict[str, Any], **kwargs: Any) -> None:
+        errors: dict[str, Any] = {}
+        history: list[StatusChange] = data.get("history", [])
+        if history and history[-1].status != data["status"]:
+            errors["history"] = ["the last status change must match status"]
+        for i in range(1, len(history)):
+            if history[i].at < history[i - 1].at:
+                errors.setdefault("history", {})
+                if isinstance(errors["history"], dict):
+                    errors["history"][i] = {"at": ["status changes must be in time order"]}
+        provision: Provision | None = data.get("provision")
+        if provision is not None and provision.type not in (None, data["decision"]):
+            errors["provision"] = {"type": ["the root provision's type must equal decision"]}
+        bases: list[PolicyBasis] = data["policy_basis"]
+        if not bases:
+            errors["policy_basis"] = ["give at least one policy basis (FHIR R4 requires one)"]
+        elif sum(b.code is not None for b in bases) > 1 or sum(b.code is None for b in bases) > 1:
+            errors["policy_basis"] = ["give at most one coded policy and one policy document"]
+        is_treatment = data["consent_kind"] is ConsentKind.TREATMENT
+        if is_treatment and data.get("intervention") is None:
+            errors["intervention"] = ["a treatment permission names its intervention"]
+        if not is_treatment and data.get("intervention") is not None:
+            errors["intervention"] = ["only a treatment permission names an intervention"]
+        if errors:
+            raise ValidationError(errors)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> ConsentRecord:
+        data.pop("kind")
+        root: Provision = data.pop("provision") or Provision()
+        data["provision"] = replace(root, type=data["decision"])
+        data["kind"] = data.pop("consent_kind")
+        for name in ("grantees", "history", "verification", "policy_basis", "categories"):
+            data[name] = tuple(data[name])
+        return ConsentRecord(**data)
+
+
+class ConsentRevocationSchema(StrictSchema):
+    """``{kind: "consent-revocation", consent: "system|value", at, by, reason}``."""
+
+    kind = fields.String(required=True, validate=validate.Equal(RECORD_KIND_REVOCATION))
+    consent = IdentifierField(required=True)
+    at = AwareDateTime(required=True)
+    by = fields.Nested(RefSchema, load_default=None)
+    reason = fields.Nested(CodingSchema, load_default=None)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> ConsentRevocation:
+        data.pop("kind")
+        return ConsentRevocation(**data)
+
+
+def load_consent(data: object, *, prefix: str = "") -> ConsentRecord:
+    """Our JSON form → :class:`ConsentRecord`; :class:`InputError` with one issue per field path."""
+    record: ConsentRecord = load_or_raise(ConsentRecordSchema(), data, prefix=prefix)
+    return record
+
+
+def load_revocation(
+    data: object, *, known_consents: Collection[Identifier], prefix: str = ""
+) -> ConsentRevocation:
+    """Our JSON form → :class:`ConsentRevocation`, refusing one for a consent not in ``known_consents``."""
+    revocation: ConsentRevocation = load_or_raise(ConsentRevocationSchema(), data, prefix=prefix)
+    if revocation.consent not in known_consents:
+        path = ".".join(p for p in (prefix, "consent") if p)
+        raise InputError(
+            f"invalid input at {path}",
+            issues=[Issue(path=path, message="revocation of an unknown consent")],
+        )
+    return revocation
+
+
+def load_consent_records(
+    items: Sequence[object], *, known: Mapping[Identifier, ConsentRecord] | None = None
+) -> list[ConsentRecord]:
+    """Load a list of consents and revocations in order; each revocation is applied to its consent
+    (from this list, or from ``known``). Returns the consents of the list and those of ``known`` that a
+    revocation changed, in first-seen order. Errors are prefixed with the item's index."""
+    records: dict[Identifier, ConsentRecord] = dict(known or {})
+    touched: list[Identifier] = []
+    for index, item in enumerate(items):
+        prefix = str(index)
+        kind = item.get("kind") if isinstance(item, Mapping) else None
+        if kind == RECORD_KIND_REVOCATION:
+            revocation = load_revocation(item, known_consents=records.keys(), prefix=prefix)
+            try:
+                records[revocation.consent] = apply_revocation(
+                    records[revocation.consent], revocation
+                )
+            except InputError as exc:
+                raise _prefixed(exc, prefix) from None
+            if revocation.consent not in touched:
+                touched.append(revocation.consent)
+        else:
+            record = load_consent(item, prefix=prefix)
+            if record.id in records:
+                path = f"{prefix}.id"
+                raise InputError(
+                    f"invalid input at {path}",
+                    issues=[Issue(path=path, message="a consent with this id was given before")],
+                )
+            records[record.id] = record
+            touched.append(record.id)
+    return [records[i] for i in touched]
+
+
+def _prefixed(exc: InputError, prefix: str) -> InputError:
+    issues = [Issue(path=f"{prefix}.{i.path}", message=i.message) for i in exc.issues]
+    return InputError(f"invalid input at {', '.join(i.path for i in issues)}", issues=issues)
+
+
+# --- dump: domain → our JSON form (load(dump(r)) == r) ---------------------------------------------
+
+
+def _time(value: datetime) -> str:
+    return value.isoformat()
+
+
+def _ref(ref: Ref) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if ref.reference is not None:
+        out["reference"] = ref.reference
+    if ref.identifier is not None:
+        out["identifier"] = str(ref.identifier)
+    if ref.type is not None:
+        out["type"] = ref.type
+    if ref.display is not None:
+        out["display"] = ref.display
+    return out
+
+
+def _coding(coding: Coding) -> dict[str, Any]:
+    return coding.to_fhir()
+
+
+def _period(period: Period) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if period.start is not None:
+        out["start"] = _time(period.start)
+    if period.end is not None:
+        out["end"] = _time(period.end)
+    return out
+
+
+def _compact(items: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in items.items() if v is not None and v != [] and v != {}}
+
+
+def _provision(p: Provision, *, root: bool) -> dict[str, Any]:
+    return _compact(
+        {
+            "type": None if root or p.type is None else p.type.value,
+            "period": None if root or p.period is None else _period(p.period),
+            "actors": [{"role": _coding(a.role), "reference": _ref(a.reference)} for a in p.actors],
+            "actions": [_coding(c) for c in p.actions],
+            "security_labels": [_coding(c) for c in p.security_labels],
+            "purposes": [_coding(c) for c in p.purposes],
+            "classes": [_coding(c) for c in p.classes],
+            "codes": [_coding(c) for c in p.codes],
+            "data_period": None if p.data_period is None else _period(p.data_period),
+            "data": [{"meaning": d.meaning.value, "reference": _ref(d.reference)} for d in p.data],
+            "provisions": [_provision(c, root=False) for c in p.provisions],
+        }
+    )
+
+
+def dump_consent(record: ConsentRecord) -> dict[str, Any]:
+    """:class:`ConsentRecord` → our JSON form (``load_consent(dump_consent(r)) == r``)."""
+    att = record.source_attachment
+    return _compact(
+        {
+            "kind": RECORD_KIND_CONSENT,
+            "id": str(record.id),
+            "consent_kind": record.kind.value,
+            "patient": _ref(record.patient),
+            "status": record.status.value,
+            "decision": record.decision.value,
+            "date": _time(record.date),
+            "grantor": None if record.grantor is None else _ref(record.grantor),
+            "grantees": [_ref(g) for g in record.grantees],
+            "manager": None if record.manager is None else _ref(record.manager),
+            "controller": None if record.controller is None else _ref(record.controller),
+            "period": None if record.period is None else _period(record.period),
+            "history": [
+                _compact(
+                    {
+                        "status": h.status.value,
+                        "at": _time(h.at),
+                        "by": None if h.by is None else _ref(h.by),
+                        "reason": None if h.reason is None else _coding(h.reason),
+                    }
+                )
+                for h in record.history
+            ],
+            "verification": [
+                _compact(
+                    {
+                        "method": v.method.value,
+                        "verified_at": _time(v.verified_at),
+                        "witness": None if v.witness is None else _ref(v.witness),
+                        "verified_with": None if v.verified_with is None else _ref(v.verified_with),
+                    }
+                )
+                for v in record.verification
+            ],
+            "source": None if record.source is None else _ref(record.source),
+            "source_attachment": None
+            if att is None
+            else _compact(
+                {
+                    "content_type": att.content_type,
+                    "url": att.url,
+                    "title": att.title,
+                    "data": att.data,
+                    "creation": None if att.creation is None else _time(att.creation),
+                }
+            ),
+            "policy_basis": [
+                _compact(
+                    {
+                        "uri": b.uri,
+                        "code": None if b.code is None else _coding(b.code),
+                        "authority": b.authority,
+                    }
+                )
+                for b in record.policy_basis
+            ],
+            "categories": [_coding(c) for c in record.categories],
+            "intervention": None if record.intervention is None else _coding(record.intervention),
+            "provision": _provision(record.provision, root=True) or None,
+        }
+    )
+
+
+def dump_revocation(revocation: ConsentRevocation) -> dict[str, Any]:
+    """:class:`ConsentRevocation` → our JSON form."""
+    return _compact(
+        {
+            "kind": RECORD_KIND_REVOCATION,
+            "consent": str(revocation.consent),
+            "at": _time(revocation.at),
+            "by": None if revocation.by is None else _ref(revocation.by),
+            "reason": None if revocation.reason is None else _coding(revocation.reason),
+        }
+    )
