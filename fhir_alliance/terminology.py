@@ -6,7 +6,12 @@ so the Python side can never drift from the published package.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterable, Mapping
+from functools import cache
+from typing import Any, Final
+
+from fhir_alliance import profiles
+from fhir_alliance.errors import ProfilesPackageError
 
 #: The one canonical base for every artefact of ours (profiles, extensions, code systems, …).
 CANONICAL_BASE: Final = "https://fhir-alliance.org/fhir"
@@ -146,3 +151,41 @@ SENSITIVITY_CODES: Final = frozenset(
         "STD", "SDV", "SICKLE", "GDIS", "DEMO", "DIA", "COMPT", "HRCOMPT", "RESCOMPT",
     }
 )  # fmt: skip
+
+
+def codes(code_system_name: str) -> dict[str, str]:
+    """The codes of one of our CodeSystems, read from the built profiles package:
+    ``{code: display}`` (``""`` when a concept has no display), nested concepts included, in
+    definition order. ``code_system_name`` is the CodeSystem's id, name or canonical URL.
+
+    Raises :class:`~fhir_alliance.errors.ArtefactNotFoundError` for an unknown CodeSystem and
+    :class:`~fhir_alliance.errors.ProfilesPackageError` for one whose content is not complete.
+    """
+    return dict(_codes(code_system_name))
+
+
+@cache
+def _codes(code_system_name: str) -> Mapping[str, str]:
+    system = profiles.code_system(code_system_name)
+    if system.get("content") != "complete":
+        raise ProfilesPackageError(
+            f"CodeSystem {system.get('id')!r} does not list its codes "
+            f"(content={system.get('content')!r}, expected 'complete')"
+        )
+    found: dict[str, str] = {}
+    for concept in _walk(system.get("concept", ())):
+        code = concept.get("code")
+        if not isinstance(code, str) or code in found:
+            raise ProfilesPackageError(
+                f"CodeSystem {system.get('id')!r} has a missing or repeated code {code!r}"
+            )
+        display = concept.get("display")
+        found[code] = display if isinstance(display, str) else ""
+    return found
+
+
+def _walk(concepts: Iterable[Any]) -> Iterable[Mapping[str, Any]]:
+    for concept in concepts:
+        if isinstance(concept, Mapping):
+            yield concept
+            yield from _walk(concept.get("concept", ()))
