@@ -164,7 +164,8 @@ class ServerCapabilities:
         )  # product name, never patient data
         resources: dict[str, ResourceCapabilities] = {}
         system: set[str] = set()
-        rests = statement.get("rest") or []
+        rests = statement.get("rest")
+        rests = [] if rests is None else rests
         if not isinstance(rests, list):
             raise MappingError("rest is not a list", element="rest")
         for ri, rest in enumerate(rests):

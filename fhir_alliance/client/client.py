@@ -16,6 +16,7 @@ from urllib.parse import urlencode, urlsplit
 
 import orjson
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -310,7 +311,7 @@ class FhirClient:
                     response.close()
             except requests.RequestException as exc:
                 # Never chain the requests exception: its text holds the URL with query values.
-                kind = "timed out" if isinstance(exc, requests.Timeout) else "connection failed"
+                kind = "timed out" if _is_timeout(exc) else "connection failed"
                 error: ServerError = TransportError(f"request {kind} ({type(exc).__name__})")
                 ms = (time.perf_counter() - t0) * 1000
                 log.warning(
@@ -700,6 +701,14 @@ class FhirClient:
                     for i, req in enumerate(chunk)
                 )
         return outcomes
+
+
+def _is_timeout(exc: requests.RequestException) -> bool:
+    """requests reports a read timeout as ConnectionError once urllib3 retries are configured."""
+    if isinstance(exc, requests.Timeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, TimeoutError | urllib3.exceptions.TimeoutError)
 
 
 def _link(bundle: Mapping[str, Any], relation: str) -> str | None:

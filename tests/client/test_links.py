@@ -1,0 +1,83 @@
+"""Which server links the client follows: only those inside the configured base."""
+
+import pytest
+
+from fhir_alliance.client.links import BaseUrl, path_template
+from fhir_alliance.errors import InputError, UnsafeLinkError
+
+BASE = BaseUrl.parse("https://ehr.example.org/fhir/R4")
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://ehr.example.org/fhir/R4/Observation?_offset=20",
+        "https://EHR.example.org:443/fhir/R4/Observation?page=2",
+        "https://ehr.example.org/fhir/R4?_getpages=abc&_getpagesoffset=20",
+        "https://ehr.example.org/fhir/R4/",
+        "Observation?_offset=40",
+    ],
+)
+def test_links_inside_the_base_are_followed(link: str) -> None:
+    """Same scheme, host, normalised port and path prefix (HAPI's [base]?_getpages too) pass."""
+    absolute = BASE.check_link(link)
+    assert absolute.lower().startswith("https://ehr.example.org")
+
+
+@pytest.mark.parametrize(
+    ("link", "reason"),
+    [
+        ("https://evil.example.org/fhir/R4/Observation", "host"),
+        ("https://ehr.example.org.evil.net/fhir/R4/Observation", "host"),
+        ("https://ehr.example.org:8443/fhir/R4/Observation", "port"),
+        ("http://ehr.example.org/fhir/R4/Observation", "scheme"),
+        ("https://evil.example/?x=https://ehr.example.org/fhir/R4", "host"),
+        ("https://ehr.example.org/fhir/R4-evil/Observation", "path"),
+        ("https://ehr.example.org/fhir/R/Observation", "path"),
+        ("https://ehr.example.org/fhir/R4/../admin", "dot"),
+        ("https://ehr.example.org/fhir/R4/..%2Fadmin", "encoded"),
+        ("https://user@ehr.example.org/fhir/R4/Observation", "credentials"),
+        ("//evil.example.org/fhir/R4/Observation", "host"),
+    ],
+)
+def test_links_outside_the_base_are_refused(link: str, reason: str) -> None:
+    """Other host, port, scheme, path prefix (segment-wise), dot segments or userinfo: refused."""
+    with pytest.raises(UnsafeLinkError) as caught:
+        BASE.check_link(link)
+    assert reason in caught.value.message
+    assert "evil" not in caught.value.message  # the link itself is never echoed
+
+
+def test_explicit_default_port_in_the_base_is_normalised() -> None:
+    """A base written with :443 accepts links without it, and the reverse."""
+    base = BaseUrl.parse("https://ehr.example.org:443/fhir")
+    assert base.url == "https://ehr.example.org/fhir"
+    assert base.check_link("https://ehr.example.org/fhir/Consent?page=2")
+    assert BaseUrl.parse("http://h/fhir").check_link("http://h:80/fhir?_getpages=1")
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://h/fhir", "https:///fhir", "https://u:p@h/fhir", "https://h/fhir?x=1", "nope"]
+)
+def test_bad_base_urls_are_input_errors(url: str) -> None:
+    """A base URL that is not http(s) with a host, or has credentials or a query, names the field."""
+    with pytest.raises(InputError) as caught:
+        BaseUrl.parse(url)
+    assert caught.value.issues[0].path == "base_url"
+
+
+def test_path_template_hides_ids_and_query_values() -> None:
+    """Logged paths keep resource types and operations, never ids, versions or query values."""
+    base = BaseUrl.parse("http://127.0.0.1:8080/fhir")
+    assert (
+        path_template(base, "http://127.0.0.1:8080/fhir/Observation/abc-123") == "Observation/{id}"
+    )
+    assert (
+        path_template(base, "http://127.0.0.1:8080/fhir/Observation/x/_history/7")
+        == "Observation/{id}/_history/{vid}"
+    )
+    assert path_template(base, "http://127.0.0.1:8080/fhir/Consent?identifier=urn:mrn|123") == (
+        "Consent?…"
+    )
+    assert path_template(base, "http://127.0.0.1:8080/fhir") == "[base]"
+    assert path_template(base, "http://127.0.0.1:8080/fhir/metadata") == "metadata"
