@@ -1,0 +1,131 @@
+"""Small pure helpers shared by the observation mappings: references, instants, numbers, and
+readers that check a FHIR JSON value's type and raise :class:`MappingError` naming the element."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from fhir_alliance.errors import InputError, Issue, MappingError
+from fhir_alliance.mapping.registry import FHIR_VERSIONS
+from fhir_alliance.model.common import Identifier, Ref
+
+__all__ = [
+    "check_version",
+    "fhir_number",
+    "identifier_from_fhir",
+    "obj",
+    "opt_str",
+    "read_decimal",
+    "read_instant",
+    "read_list",
+    "ref_from_fhir",
+    "ref_to_fhir",
+    "req_str",
+]
+
+
+def check_version(version: str) -> str:
+    if version not in FHIR_VERSIONS:
+        message = f"unsupported FHIR version; expected one of {', '.join(FHIR_VERSIONS)}"
+        raise InputError(message, issues=[Issue(path="version", message=message)])
+    return version
+
+
+def fhir_number(value: Decimal) -> int | float:
+    """A Decimal as a JSON number: integers stay integers (``48``), others keep their digits."""
+    if value == value.to_integral_value():
+        return int(value)
+    return float(value)
+
+
+def ref_to_fhir(ref: Ref) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if ref.reference is not None:
+        out["reference"] = ref.reference
+    if ref.type is not None:
+        out["type"] = ref.type
+    if ref.identifier is not None:
+        out["identifier"] = ref.identifier.to_fhir()
+    if ref.display is not None:
+        out["display"] = ref.display
+    return out
+
+
+# --- readers --------------------------------------------------------------------------------
+
+
+def obj(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise MappingError("expected a JSON object", element=path)
+    return value
+
+
+def read_list(value: object, path: str, *, required: bool = False) -> list[Any]:
+    if value is None and not required:
+        return []
+    if not isinstance(value, list) or (required and not value):
+        raise MappingError("expected a non-empty array", element=path)
+    return value
+
+
+def req_str(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise MappingError("expected a non-empty string", element=path)
+    return value
+
+
+def opt_str(value: object, path: str) -> str | None:
+    return None if value is None else req_str(value, path)
+
+
+def read_decimal(value: object, path: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise MappingError("expected a number", element=path)
+    try:
+        result = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise MappingError("expected a number", element=path) from None
+    if not result.is_finite():
+        raise MappingError("expected a finite number", element=path)
+    return result
+
+
+def read_instant(value: object, path: str) -> datetime:
+    """A FHIR dateTime with time and offset (what we emit); partial dates do not fit the model."""
+    text = req_str(value, path)
+    try:
+        result = datetime.fromisoformat(text)
+    except ValueError:
+        raise MappingError("expected a dateTime with time and time zone", element=path) from None
+    if result.tzinfo is None or "T" not in text:
+        raise MappingError("expected a dateTime with time and time zone", element=path)
+    return result
+
+
+def identifier_from_fhir(value: object, path: str) -> Identifier:
+    data = obj(value, path)
+    return Identifier(
+        system=req_str(data.get("system"), f"{path}.system"),
+        value=req_str(data.get("value"), f"{path}.value"),
+    )
+
+
+def ref_from_fhir(value: object, path: str) -> Ref:
+    data = obj(value, path)
+    reference = opt_str(data.get("reference"), f"{path}.reference")
+    identifier = (
+        identifier_from_fhir(data["identifier"], f"{path}.identifier")
+        if data.get("identifier") is not None
+        else None
+    )
+    if reference is None and identifier is None:
+        raise MappingError("a reference needs a literal reference or an identifier", element=path)
+    return Ref(
+        reference=reference,
+        identifier=identifier,
+        type=opt_str(data.get("type"), f"{path}.type"),
+        display=opt_str(data.get("display"), f"{path}.display"),
+    )
