@@ -1,0 +1,203 @@
+"""What the consent engine is asked (:class:`DecisionRequest`) and what it answers (:class:`ConsentDecision`).
+
+Plain frozen values: the engine compiles them into fast matchers; the CLI, the CDS Hooks adapter and
+the service build them from their own input forms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from fhir_alliance.errors import InputError, Issue
+from fhir_alliance.model.common import Coding, Identifier, Ref
+from fhir_alliance.model.consent import DataRef, Decision, Period
+from fhir_alliance.terminology import V3_PARTICIPATION_TYPE
+
+__all__ = [
+    "DEFAULT_ACTOR_ROLE",
+    "CombiningRule",
+    "ConsentDecision",
+    "DecisionBasis",
+    "DecisionOutcome",
+    "DecisionRequest",
+    "RedactMode",
+    "RedactObligation",
+    "RequestActor",
+    "RequestedResource",
+]
+
+#: The role a request actor plays when the request does not say: information recipient (IRCP),
+#: the role IHE PCF gives to whoever a consent permits or denies.
+DEFAULT_ACTOR_ROLE = Coding(system=V3_PARTICIPATION_TYPE, code="IRCP")
+
+
+class DecisionOutcome(StrEnum):
+    PERMIT = "permit"
+    DENY = "deny"
+    #: No consent of this patient applies to the request (the caller's default policy decides;
+    #: the sync service's gate holds the item).
+    NO_CONSENT = "no-consent"
+
+
+class CombiningRule(StrEnum):
+    """How the answers of several applicable consents combine into one."""
+
+    #: Any applicable consent that denies wins; else any that permits; else no consent.
+    DENY_OVERRIDES = "deny-overrides"
+    #: The applicable consent with the latest ``date`` wins (LEAP's rule). Ties: deny before permit,
+    #: then the lower consent identifier (``system|value``, compared as text). Never search order.
+    MOST_RECENT_WINS = "most-recent-wins"
+
+
+class RedactMode(StrEnum):
+    #: Remove content matching the filter; release the rest (LEAP ``codes``).
+    MATCHING = "redact-matching"
+    #: Release only content matching the filter; remove everything else (LEAP ``exceptAnyOfCodes``).
+    ALL_EXCEPT = "redact-all-except"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestActor:
+    """Who asks, named by literal reference, by identifier, or both; ``role`` defaults to IRCP."""
+
+    reference: Ref
+    role: Coding = DEFAULT_ACTOR_ROLE
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedResource:
+    """What is asked for. Leave the request's ``resource`` empty to ask about the patient's data in
+    general (then data-scoped provisions become :class:`RedactObligation` entries).
+
+    ``refers_to`` are the references the resource holds (its subject's encounter, the
+    QuestionnaireResponse it was derived from, …); ``referenced_by`` are resources known to point at it;
+    ``authors`` who wrote it. They serve ``provision.data`` meanings related / dependents / authoredby.
+    """
+
+    type: str | None = None
+    reference: Ref | None = None
+    profiles: tuple[str, ...] = ()
+    codes: tuple[Coding, ...] = ()
+    labels: tuple[Coding, ...] = ()
+    date: datetime | None = None
+    refers_to: tuple[Ref, ...] = ()
+    referenced_by: tuple[Ref, ...] = ()
+    authors: tuple[Ref, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    """One question to the engine: may these actors do ``action`` for ``purposes`` with this patient's
+    data (or this one ``resource``) at instant ``at``?
+
+    ``patient`` lists every way the one patient is known (reference, identifiers); a consent counts
+    when its patient matches any of them. ``categories``, when given, narrows the consents to those
+    with a matching category (LEAP's ``category``).
+    """
+
+    patient: tuple[Ref, ...]
+    actors: tuple[RequestActor, ...]
+    at: datetime
+    purposes: tuple[Coding, ...] = ()
+    action: Coding | None = None
+    resource: RequestedResource | None = None
+    categories: tuple[Coding, ...] = ()
+
+    def __post_init__(self) -> None:
+        issues: list[Issue] = []
+        if not self.patient:
+            issues.append(Issue(path="patient", message="name the patient"))
+        if self.at.tzinfo is None or self.at.utcoffset() is None:
+            issues.append(Issue(path="at", message="the request time needs a UTC offset"))
+        resource = self.resource
+        if resource is not None and resource.date is not None and resource.date.tzinfo is None:
+            issues.append(Issue(path="resource.date", message="the date needs a UTC offset"))
+        if issues:
+            paths = ", ".join(i.path for i in issues)
+            raise InputError(f"invalid decision request at {paths}", issues=issues)
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionBasis:
+    """Which consent and which provision decided. ``path`` is ``root`` for the base decision
+    (R4 root ``provision``, R5 ``Consent.decision``), else dotted 0-based indices of nested provisions:
+    ``0.1`` is ``provision[0].provision[1]`` below the root."""
+
+    consent: Identifier
+    path: str
+    decision: Decision
+    consent_date: datetime
+
+    def __str__(self) -> str:
+        where = "base decision" if self.path == "root" else f"provision {self.path}"
+        return f"consent {self.consent}, {where} ({self.decision.value})"
+
+
+@dataclass(frozen=True, slots=True)
+class RedactObligation:
+    """Content the recipient must remove before use.
+
+    In :attr:`RedactMode.MATCHING` mode content matches when it carries *any* of ``labels``, has any of
+    ``codes``, is of any of ``classes``, was dated inside ``data_period`` or is one of ``data``
+    (the filter of the provision, widened never narrowed). In :attr:`RedactMode.ALL_EXCEPT` mode only
+    content matching the filter may be kept.
+    """
+
+    mode: RedactMode
+    labels: tuple[Coding, ...] = ()
+    codes: tuple[Coding, ...] = ()
+    classes: tuple[Coding, ...] = ()
+    data_period: Period | None = None
+    data: tuple[DataRef, ...] = ()
+    basis: tuple[DecisionBasis, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentDecision:
+    """The engine's answer: the outcome, obligations that come with it, and why.
+
+    ``basis`` lists the consents (and their provisions) that decided, most recent first; ``notes``
+    say what else shaped the answer (an actor that could not be resolved, a label that needs an
+    explicit permit, with ``trace`` each consent that did not count and why). Notes never hold patient
+    identifiers, names or free text.
+    """
+
+    outcome: DecisionOutcome
+    combining: CombiningRule
+    basis: tuple[DecisionBasis, ...] = ()
+    obligations: tuple[RedactObligation, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def explain(self) -> str:
+        """A few human-readable lines: outcome, deciding consent and provision, obligations, notes."""
+        lines = [f"decision: {self.outcome.value.upper()} ({self.combining.value})"]
+        lines.extend(f"  decided by {b}" for b in self.basis)
+        for obligation in self.obligations:
+            what = ", ".join(
+                [f"{c.system}|{c.code}" for c in (*obligation.labels, *obligation.codes)]
+                + [f"class {c.code}" for c in obligation.classes]
+                + (
+                    [f"data dated in {_period_text(obligation.data_period)}"]
+                    if obligation.data_period
+                    else []
+                )
+                + [
+                    f"{d.meaning.value} {d.reference.reference or d.reference.identifier}"
+                    for d in obligation.data
+                ]
+            )
+            verb = "redact" if obligation.mode is RedactMode.MATCHING else "redact all except"
+            lines.append(f"  obligation: {verb} {what}")
+            lines.extend(f"    from {b}" for b in obligation.basis)
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def _period_text(period: Period | None) -> str:
+    if period is None:
+        return "any time"
+    start = period.start.isoformat() if period.start else "…"
+    end = period.end.isoformat() if period.end else "…"
+    return f"[{start}, {end})"

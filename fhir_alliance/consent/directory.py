@@ -1,0 +1,137 @@
+"""Who is who: resolves a literal reference (``Organization/7``) to the business identifiers of the
+resource it names, so that a consent naming an actor one way matches a request naming it the other.
+
+Built from the actor resources supplied with the consents (Organization, Practitioner, Device, …,
+loose or inside Bundles). It never guesses: a reference it was not given resolves to nothing, and an
+identifier carried by two different resources resolves to neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fhir_alliance.errors import MappingError
+from fhir_alliance.model.common import Identifier, Ref
+
+__all__ = ["ACTOR_RESOURCE_TYPES", "ActorDirectory", "RefKey", "normalize_reference"]
+
+#: Resource types whose identifiers the directory records (parties to a consent, and the patient).
+ACTOR_RESOURCE_TYPES = frozenset(
+    {
+        "CareTeam",
+        "Device",
+        "Group",
+        "Organization",
+        "Patient",
+        "Practitioner",
+        "PractitionerRole",
+        "RelatedPerson",
+    }
+)
+
+#: A match key: ``("ref", "Organization/7")`` or ``("id", system, value)``.
+RefKey = tuple[str, ...]
+
+
+def normalize_reference(reference: str) -> str:
+    """Drop a trailing ``/_history/<version>``: a consent about a party is about every version."""
+    head, sep, _version = reference.partition("/_history/")
+    return head if sep else reference
+
+
+class ActorDirectory:
+    """Literal references ⇄ business identifiers of the parties a consent may name."""
+
+    __slots__ = ("_ambiguous", "_by_reference")
+
+    def __init__(self, entries: Iterable[tuple[str, Iterable[Identifier]]] = ()) -> None:
+        by_reference: dict[str, set[Identifier]] = {}
+        for reference, identifiers in entries:
+            by_reference.setdefault(normalize_reference(reference), set()).update(identifiers)
+        owners: dict[Identifier, set[frozenset[Identifier]]] = {}
+        for identifiers in by_reference.values():
+            for identifier in identifiers:
+                owners.setdefault(identifier, set()).add(frozenset(identifiers))
+        # One identifier on two different resources: which one is meant is unknown, so neither.
+        self._ambiguous = frozenset(i for i, sets in owners.items() if len(sets) > 1)
+        self._by_reference = {
+            ref: frozenset(ids - self._ambiguous) for ref, ids in by_reference.items()
+        }
+
+    @classmethod
+    def from_resources(cls, resources: Iterable[Mapping[str, Any]]) -> ActorDirectory:
+        """Collect actor resources (and those inside Bundles, at any depth). A resource is known by
+        ``Type/id`` and by its Bundle entry's ``fullUrl``."""
+        entries: list[tuple[str, list[Identifier]]] = []
+        for index, resource in enumerate(resources):
+            _collect(resource, None, f"[{index}]", entries)
+        return cls(entries)
+
+    def __len__(self) -> int:
+        return len(self._by_reference)
+
+    def knows(self, reference: str) -> bool:
+        return normalize_reference(reference) in self._by_reference
+
+    def identifiers_of(self, reference: str) -> frozenset[Identifier]:
+        """The unambiguous identifiers of the resource ``reference`` names (empty if unknown)."""
+        return self._by_reference.get(normalize_reference(reference), frozenset())
+
+    def is_ambiguous(self, identifier: Identifier) -> bool:
+        return identifier in self._ambiguous
+
+    def keys(self, ref: Ref) -> frozenset[RefKey]:
+        """Every key under which ``ref`` may match another reference."""
+        keys: set[RefKey] = set()
+        if ref.reference is not None:
+            literal = normalize_reference(ref.reference)
+            keys.add(("ref", literal))
+            keys.update(("id", i.system, i.value) for i in self._by_reference.get(literal, ()))
+        if ref.identifier is not None:
+            keys.add(("id", ref.identifier.system, ref.identifier.value))
+        return frozenset(keys)
+
+    def resolvable(self, ref: Ref) -> bool:
+        """Whether ``ref`` can be compared with a reference given in the other form."""
+        if ref.reference is not None and ref.identifier is not None:
+            return True
+        if ref.reference is not None:
+            return bool(self.identifiers_of(ref.reference))
+        return True  # identifier-only: resolvable against any reference the directory knows
+
+
+def _collect(
+    resource: Mapping[str, Any],
+    full_url: str | None,
+    path: str,
+    out: list[tuple[str, list[Identifier]]],
+) -> None:
+    if not isinstance(resource, Mapping):
+        raise MappingError("expected a FHIR resource (JSON object)", element=path)
+    resource_type = resource.get("resourceType")
+    if resource_type == "Bundle":
+        for n, entry in enumerate(resource.get("entry") or ()):
+            if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping):
+                url = entry.get("fullUrl")
+                _collect(
+                    entry["resource"],
+                    url if isinstance(url, str) else None,
+                    f"{path}.entry[{n}].resource",
+                    out,
+                )
+        return
+    if resource_type not in ACTOR_RESOURCE_TYPES:
+        return
+    identifiers: list[Identifier] = []
+    for n, item in enumerate(resource.get("identifier") or ()):
+        if not isinstance(item, Mapping):
+            raise MappingError("identifier must be an object", element=f"{path}.identifier[{n}]")
+        system, value = item.get("system"), item.get("value")
+        if isinstance(system, str) and system and isinstance(value, str) and value:
+            identifiers.append(Identifier(system=system, value=value))
+    resource_id = resource.get("id")
+    if isinstance(resource_id, str) and resource_id:
+        out.append((f"{resource_type}/{resource_id}", identifiers))
+    if full_url:
+        out.append((full_url, identifiers))

@@ -1,0 +1,913 @@
+"""The consent decision engine: compiles consent records once into fast matchers, then answers
+:class:`~fhir_alliance.consent.decision.DecisionRequest` questions (pure, no I/O).
+
+Semantics in brief (the full statement, with examples, is ``docs/consent-decisions.md``):
+
+* A consent counts only if it is about the request's patient, ``active``, its ``period`` contains
+  the request time, its category matches (when the request names categories) and its root provision
+  matches the request. Every provision dimension is honoured at every depth: ``period``, ``actor``
+  (reference and role), ``action``, ``purpose``, ``securityLabel``, ``class``, ``code``,
+  ``dataPeriod`` and ``data`` (by meaning). Empty means "no restriction".
+* Nested provisions are exceptions to their parent, to any depth; the deepest matching provision
+  decides. Among matching siblings, deny overrides permit (first in document order among equals).
+* Consents combine by :class:`~fhir_alliance.consent.decision.CombiningRule`.
+* Labels in :attr:`ConsentEngine.explicit_labels` (PSYTHPN by default) are released only when the
+  deciding provision or one of its ancestors names the label in ``securityLabel``.
+* With a ``resource`` the answer is exact for that resource. Without one, the answer is about the
+  patient's data in general and data-scoped provisions turn into redact obligations (conservatively:
+  an obligation may remove more than strictly needed, never less).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from fhir_alliance.consent.decision import (
+    CombiningRule,
+    ConsentDecision,
+    DecisionBasis,
+    DecisionOutcome,
+    DecisionRequest,
+    RedactMode,
+    RedactObligation,
+)
+from fhir_alliance.consent.directory import ActorDirectory, RefKey
+from fhir_alliance.errors import InputError, Issue
+from fhir_alliance.model.common import Coding, Ref
+from fhir_alliance.model.consent import (
+    ConsentRecord,
+    ConsentStatus,
+    DataMeaning,
+    DataRef,
+    Decision,
+    Period,
+    Provision,
+)
+from fhir_alliance.terminology import LABEL_PSYCHOTHERAPY_NOTE
+
+__all__ = ["DEFAULT_EXPLICIT_LABELS", "RESOURCE_TYPE_SYSTEMS", "ConsentEngine", "decide"]
+
+#: Labels whose content is released only by a provision that names the label (PSYTHPN).
+DEFAULT_EXPLICIT_LABELS: frozenset[tuple[str, str]] = frozenset({LABEL_PSYCHOTHERAPY_NOTE})
+
+#: Code systems whose ``class`` codes are resource types (R4 and R5); any other ``class`` code is
+#: compared with the resource's profiles (``meta.profile``).
+RESOURCE_TYPE_SYSTEMS = frozenset(
+    {"http://hl7.org/fhir/resource-types", "http://hl7.org/fhir/fhir-types"}
+)
+
+_CodeKey = tuple[str, str]
+_EMPTY: frozenset[RefKey] = frozenset()
+
+
+def _code_keys(codings: Iterable[Coding]) -> frozenset[_CodeKey]:
+    return frozenset((c.system, c.code) for c in codings)
+
+
+def _timestamp(value: datetime | None, path: str) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InputError(
+            f"timestamp without a UTC offset at {path}",
+            issues=[Issue(path=path, message="the timestamp needs a UTC offset")],
+        )
+    return value.timestamp()
+
+
+class _Node:
+    """One compiled provision. ``None`` in a filter slot means "no restriction"."""
+
+    __slots__ = (
+        "actions",
+        "actors",
+        "children",
+        "codes",
+        "consent",
+        "data",
+        "data_end",
+        "data_start",
+        "end",
+        "has_filter",
+        "identifier_only_actors",
+        "labels",
+        "named_labels",
+        "path",
+        "permit",
+        "profile_classes",
+        "provision",
+        "purposes",
+        "start",
+        "type_classes",
+        "unresolved_actors",
+    )
+
+    def __init__(
+        self,
+        provision: Provision,
+        permit: bool,
+        path: str,
+        consent: _Consent,
+        directory: ActorDirectory,
+        explicit_labels: frozenset[_CodeKey],
+        inherited_labels: frozenset[_CodeKey],
+        where: str,
+    ) -> None:
+        self.provision = provision
+        self.permit = permit
+        self.path = path
+        self.consent = consent
+        period = provision.period
+        self.start = _timestamp(period.start, f"{where}.period.start") if period else None
+        self.end = _timestamp(period.end, f"{where}.period.end") if period else None
+        self.actions = _code_keys(provision.actions) or None
+        self.purposes = _code_keys(provision.purposes) or None
+        self.actors: tuple[tuple[_CodeKey, frozenset[RefKey]], ...] | None = (
+            tuple(
+                ((a.role.system, a.role.code), directory.keys(a.reference))
+                for a in provision.actors
+            )
+            or None
+        )
+        # Actors that can be compared only with a request actor named the same way.
+        self.unresolved_actors = tuple(
+            a.reference
+            for a in provision.actors
+            if a.reference.identifier is None and not directory.resolvable(a.reference)
+        )
+        self.identifier_only_actors = tuple(
+            a.reference for a in provision.actors if a.reference.reference is None
+        )
+        self.labels = _code_keys(provision.security_labels) or None
+        type_classes = frozenset(
+            c.code for c in provision.classes if c.system in RESOURCE_TYPE_SYSTEMS
+        )
+        profile_classes = frozenset(
+            c.code for c in provision.classes if c.system not in RESOURCE_TYPE_SYSTEMS
+        )
+        self.type_classes = type_classes if provision.classes else None
+        self.profile_classes = profile_classes
+        self.codes = _code_keys(provision.codes) or None
+        dp = provision.data_period
+        self.data_start = _timestamp(dp.start, f"{where}.dataPeriod.start") if dp else None
+        self.data_end = _timestamp(dp.end, f"{where}.dataPeriod.end") if dp else None
+        self.data: tuple[tuple[DataMeaning, frozenset[RefKey]], ...] | None = (
+            tuple((d.meaning, directory.keys(d.reference)) for d in provision.data) or None
+        )
+        self.has_filter = bool(
+            provision.security_labels
+            or provision.classes
+            or provision.codes
+            or dp is not None
+            or provision.data
+        )
+        self.named_labels = inherited_labels | ((self.labels or frozenset()) & explicit_labels)
+        children: list[_Node] = []
+        for n, child in enumerate(provision.provisions):
+            # A nested provision without a type is an exception to its parent: the opposite decision.
+            child_permit = (not permit) if child.type is None else child.type is Decision.PERMIT
+            child_path = str(n) if path == "root" else f"{path}.{n}"
+            children.append(
+                _Node(
+                    child,
+                    child_permit,
+                    child_path,
+                    consent,
+                    directory,
+                    explicit_labels,
+                    self.named_labels,
+                    f"{where}.provisions.{n}",
+                )
+            )
+        self.children = tuple(children)
+
+    def walk(self) -> Iterable[_Node]:
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def basis(self) -> DecisionBasis:
+        consent = self.consent.record
+        return DecisionBasis(
+            consent=consent.id,
+            path=self.path,
+            decision=Decision.PERMIT if self.permit else Decision.DENY,
+            consent_date=consent.date,
+        )
+
+
+class _Consent:
+    """One compiled consent record."""
+
+    __slots__ = (
+        "active_end",
+        "active_more",
+        "active_start",
+        "categories",
+        "date",
+        "end",
+        "has_unresolved_actors",
+        "id_text",
+        "index",
+        "patient_keys",
+        "record",
+        "root",
+        "start",
+    )
+
+    def __init__(
+        self,
+        record: ConsentRecord,
+        index: int,
+        directory: ActorDirectory,
+        explicit_labels: frozenset[_CodeKey],
+    ) -> None:
+        where = f"consents.{index}"
+        self.record = record
+        self.index = index
+        self.id_text = str(record.id)
+        spans = _in_force(record, where)
+        # Most consents have one span: compare two floats; the rest go to ``active_more``.
+        self.active_start, self.active_end = spans[0] if spans else (float("inf"), float("-inf"))
+        self.active_more = spans[1:]
+        period = record.period
+        self.start = _timestamp(period.start, f"{where}.period.start") if period else None
+        self.end = _timestamp(period.end, f"{where}.period.end") if period else None
+        date = _timestamp(record.date, f"{where}.date")
+        self.date = date if date is not None else 0.0
+        self.categories = _code_keys(record.categories)
+        self.patient_keys = directory.keys(record.patient)
+        self.root = _Node(
+            record.provision,
+            record.decision is Decision.PERMIT,
+            "root",
+            self,
+            directory,
+            explicit_labels,
+            frozenset(),
+            f"{where}.provision",
+        )
+        self.has_unresolved_actors = any(
+            n.unresolved_actors or n.identifier_only_actors for n in self.root.walk()
+        )
+
+
+def _in_force(record: ConsentRecord, where: str) -> tuple[tuple[float, float], ...]:
+    """When the consent was ``active``: from its history (status as of each instant), else its
+    current status. Entered in error never counts, whatever the history says."""
+    inf = float("inf")
+    if record.status is ConsentStatus.ENTERED_IN_ERROR:
+        return ()
+    if not record.history:
+        return ((-inf, inf),) if record.status is ConsentStatus.ACTIVE else ()
+    spans: list[tuple[float, float]] = []
+    since: float | None = None
+    for n, change in enumerate(record.history):
+        at = _timestamp(change.at, f"{where}.history.{n}.at")
+        if at is None:  # StatusChange.at is required; a missing one proves nothing
+            continue
+        if change.status is ConsentStatus.ACTIVE:
+            if since is None:
+                since = at
+        elif since is not None:
+            spans.append((since, at))
+            since = None
+    if since is not None:
+        if record.status is not ConsentStatus.ACTIVE:  # history ends active, status says otherwise
+            return tuple(spans)
+        spans.append((since, inf))
+    return tuple(spans)
+
+
+def _active_at(spans: tuple[tuple[float, float], ...], at: float) -> bool:
+    return any(start <= at < end for start, end in spans)
+
+
+class _Request:
+    """One request, compiled: every reference expanded to its match keys, codes to key sets."""
+
+    __slots__ = (
+        "action",
+        "actor_keys",
+        "at",
+        "author_keys",
+        "codes",
+        "date",
+        "explicit_needed",
+        "has_resource",
+        "labels",
+        "profiles",
+        "purposes",
+        "referenced_by_keys",
+        "refers_to_keys",
+        "self_keys",
+        "type",
+    )
+
+    def __init__(
+        self,
+        request: DecisionRequest,
+        directory: ActorDirectory,
+        explicit_labels: frozenset[_CodeKey],
+    ) -> None:
+        self.at = request.at.timestamp()
+        action = request.action
+        self.action = (action.system, action.code) if action is not None else None
+        self.purposes = _code_keys(request.purposes)
+        actor_keys: dict[_CodeKey, frozenset[RefKey]] = {}
+        for actor in request.actors:
+            role = (actor.role.system, actor.role.code)
+            actor_keys[role] = actor_keys.get(role, _EMPTY) | directory.keys(actor.reference)
+        self.actor_keys = actor_keys
+        resource = request.resource
+        self.has_resource = resource is not None
+        if resource is None:
+            self.labels = _code_keys(())
+            self.explicit_needed: frozenset[_CodeKey] = frozenset()
+            self.type = None
+            self.profiles: frozenset[str] = frozenset()
+            self.codes: frozenset[_CodeKey] = frozenset()
+            self.date = None
+            self.self_keys = self.refers_to_keys = self.referenced_by_keys = _EMPTY
+            self.author_keys = _EMPTY
+            return
+        self.labels = _code_keys(resource.labels)
+        self.explicit_needed = self.labels & explicit_labels
+        self.type = resource.type
+        self.profiles = frozenset(resource.profiles)
+        self.codes = _code_keys(resource.codes)
+        self.date = resource.date.timestamp() if resource.date is not None else None
+        self.self_keys = (
+            directory.keys(resource.reference) if resource.reference is not None else _EMPTY
+        )
+        self.refers_to_keys = _keys_of(resource.refers_to, directory)
+        self.referenced_by_keys = _keys_of(resource.referenced_by, directory)
+        self.author_keys = _keys_of(resource.authors, directory)
+
+
+def _keys_of(refs: Iterable[Ref], directory: ActorDirectory) -> frozenset[RefKey]:
+    keys: frozenset[RefKey] = _EMPTY
+    for ref in refs:
+        keys = keys | directory.keys(ref)
+    return keys
+
+
+# --- matching -------------------------------------------------------------------------------------
+
+
+def _context_matches(n: _Node, q: _Request) -> bool:
+    """Period, action, purpose and actor: the circumstances of the request."""
+    if n.start is not None and q.at < n.start:
+        return False
+    if n.end is not None and q.at >= n.end:
+        return False
+    if n.actions is not None and q.action not in n.actions:
+        return False
+    if n.purposes is not None and n.purposes.isdisjoint(q.purposes):
+        return False
+    if n.actors is not None:
+        actor_keys = q.actor_keys
+        for role, keys in n.actors:
+            wanted = actor_keys.get(role)
+            if wanted is not None and not keys.isdisjoint(wanted):
+                break
+        else:
+            return False
+    return True
+
+
+def _data_matches(n: _Node, q: _Request) -> bool:
+    """Labels, class, code, data period and data references: what the resource is."""
+    if n.labels is not None and n.labels.isdisjoint(q.labels):
+        return False
+    if (
+        n.type_classes is not None
+        and q.type not in n.type_classes
+        and n.profile_classes.isdisjoint(q.profiles)
+    ):
+        return False
+    if n.codes is not None and n.codes.isdisjoint(q.codes):
+        return False
+    if n.data_start is not None or n.data_end is not None:
+        date = q.date
+        if date is None:
+            return False
+        if n.data_start is not None and date < n.data_start:
+            return False
+        if n.data_end is not None and date >= n.data_end:
+            return False
+    if n.data is not None:
+        for meaning, keys in n.data:
+            if meaning is DataMeaning.INSTANCE:
+                hit = not keys.isdisjoint(q.self_keys)
+            elif meaning is DataMeaning.RELATED:
+                hit = not (keys.isdisjoint(q.self_keys) and keys.isdisjoint(q.referenced_by_keys))
+            elif meaning is DataMeaning.DEPENDENTS:
+                hit = not (keys.isdisjoint(q.self_keys) and keys.isdisjoint(q.refers_to_keys))
+            else:  # authoredby
+                hit = not keys.isdisjoint(q.author_keys)
+            if hit:
+                break
+        else:
+            return False
+    return True
+
+
+def _walk(n: _Node, q: _Request) -> _Node:
+    """The provision that decides for ``q`` below ``n`` (``n`` itself if no exception matches)."""
+    best = n
+    for child in n.children:
+        if _context_matches(child, q) and _data_matches(child, q):
+            found = _walk(child, q) if child.children else child
+            if best is n or (best.permit and not found.permit):
+                best = found
+    return best
+
+
+# --- answers about the patient's data in general (no resource) --------------------------------------
+
+
+@dataclass(slots=True)
+class _Scoped:
+    """A data-scoped exception met without a resource: ``scope`` is the filtering provision,
+    ``decider`` what decides inside it for this context, ``nested`` the scoped exceptions within."""
+
+    scope: _Node
+    decider: _Node
+    nested: list[_Scoped]
+
+
+def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped]]:
+    best = n
+    best_nested: list[_Scoped] = []
+    scoped: list[_Scoped] = []
+    for child in n.children:
+        if not _context_matches(child, q):
+            continue
+        decider, nested = _walk_general(child, q)
+        if child.has_filter:
+            scoped.append(_Scoped(child, decider, nested))
+        elif best is n or (best.permit and not decider.permit):
+            best, best_nested = decider, nested
+    if best is not n:
+        # An unfiltered sibling matched: inside a scope, deny overrides among siblings, so a scoped
+        # permit adds nothing to what that sibling decided.
+        scoped = [s for s in scoped if not s.decider.permit]
+    return best, scoped + best_nested
+
+
+@dataclass(slots=True)
+class _General:
+    """One consent's answer about the patient's data in general."""
+
+    consent: _Consent
+    base: _Node | None  # decides for content outside every scope; None if the root is scoped
+    permit_only: list[_Scoped]
+    redact: list[_Scoped]
+    explicit: set[_CodeKey]
+    dropped: int  # scoped permits too narrow to express as an obligation (left out: safe side)
+
+    @property
+    def kind(self) -> str:
+        if self.base is not None and self.base.permit:
+            return "permit-all"
+        if self.permit_only:
+            return "permit-only"
+        if self.base is not None:
+            return "deny-all"
+        if self.redact:
+            return "deny-some"
+        return "none"
+
+
+def _flatten(rules: list[_Scoped], outer_permit: bool, depth: int, out: _General) -> None:
+    for rule in rules:
+        permit = rule.decider.permit
+        if permit:
+            out.explicit.update(rule.decider.named_labels)
+        if outer_permit:
+            if not permit:
+                out.redact.append(rule)  # permits nested inside stay redacted (safe side)
+                out.dropped += sum(1 for r in rule.nested if r.decider.permit)
+            else:
+                _flatten(rule.nested, True, depth + 1, out)
+        elif permit:
+            if depth == 0 and _single_dimension(rule.scope):
+                out.permit_only.append(rule)
+                _flatten(rule.nested, True, depth + 1, out)
+            else:
+                out.dropped += 1
+        else:
+            _flatten(rule.nested, False, depth + 1, out)
+
+
+def _single_dimension(n: _Node) -> bool:
+    p = n.provision
+    dims = (p.security_labels, p.classes, p.codes, p.data_period, p.data)
+    return sum(1 for d in dims if d) == 1
+
+
+def _general(c: _Consent, q: _Request) -> _General | None:
+    root = c.root
+    if not _context_matches(root, q):
+        return None
+    decider, rules = _walk_general(root, q)
+    if root.has_filter:
+        rules = [_Scoped(root, decider, rules)]
+        result = _General(c, None, [], [], set(), 0)
+        _flatten(rules, False, 0, result)
+    else:
+        result = _General(c, decider, [], [], set(), 0)
+        _flatten(rules, decider.permit, 0, result)
+    return result
+
+
+# --- indexes ---------------------------------------------------------------------------------------
+
+_OTHER = ("", "")  # stands for any action or purpose that no root provision of the group names
+
+
+class _PatientGroup:
+    """The consents of one patient, pre-sorted by the actions and purposes their roots name, so a
+    request looks at only the consents whose root could match its action and purpose."""
+
+    __slots__ = ("actions", "consents", "purposes", "table")
+
+    def __init__(self, consents: Iterable[_Consent]) -> None:
+        self.consents = tuple(consents)
+        roots = [c.root for c in self.consents]
+        self.actions = frozenset(k for r in roots for k in (r.actions or ()))
+        self.purposes = frozenset(k for r in roots for k in (r.purposes or ()))
+        self.table: dict[tuple[_CodeKey, _CodeKey], tuple[_Consent, ...]] = {}
+        for action in (*self.actions, _OTHER):
+            for purpose in (*self.purposes, _OTHER):
+                self.table[(action, purpose)] = tuple(
+                    c
+                    for c in self.consents
+                    if (c.root.actions is None or action in c.root.actions)
+                    and (c.root.purposes is None or purpose in c.root.purposes)
+                )
+
+    def lookup(self, q: _Request) -> tuple[_Consent, ...]:
+        action = q.action if q.action in self.actions else _OTHER
+        purposes = [p for p in q.purposes if p in self.purposes] or [_OTHER]
+        if len(purposes) == 1:
+            return self.table[(action, purposes[0])]
+        seen = {c.index: c for p in purposes for c in self.table[(action, p)]}
+        return tuple(seen[i] for i in sorted(seen))
+
+
+def _group_by_patient(
+    consents: tuple[_Consent, ...], directory: ActorDirectory
+) -> dict[RefKey, _PatientGroup]:
+    """Consents whose patients share a key (reference or identifier) form one group; each key of
+    the group points at it. Each consent's own keys are still checked at decision time."""
+    parent: dict[RefKey, RefKey] = {}
+
+    def find(key: RefKey) -> RefKey:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for c in consents:
+        keys = sorted(c.patient_keys)
+        for key in keys[1:]:
+            parent[find(key)] = find(keys[0])
+        if keys:
+            find(keys[0])
+    members: dict[RefKey, list[_Consent]] = {}
+    for c in consents:
+        if c.patient_keys:
+            members.setdefault(find(next(iter(c.patient_keys))), []).append(c)
+    groups = {root: _PatientGroup(cs) for root, cs in members.items()}
+    return {key: groups[find(key)] for key in parent}
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+
+class ConsentEngine:
+    """Consent records compiled for fast decisions: build once, call :meth:`decide` many times.
+
+    ``directory`` resolves actors named by reference in one place and by identifier in the other;
+    ``combining`` says how consents combine; ``explicit_labels`` are ``(system, code)`` labels whose
+    content needs a provision naming the label (default: PSYTHPN).
+    """
+
+    def __init__(
+        self,
+        consents: Iterable[ConsentRecord],
+        *,
+        directory: ActorDirectory | None = None,
+        combining: CombiningRule = CombiningRule.DENY_OVERRIDES,
+        explicit_labels: frozenset[tuple[str, str]] = DEFAULT_EXPLICIT_LABELS,
+    ) -> None:
+        self.directory = directory if directory is not None else ActorDirectory()
+        self.combining = CombiningRule(combining)
+        self.explicit_labels = frozenset(explicit_labels)
+        self._consents = tuple(
+            _Consent(record, n, self.directory, self.explicit_labels)
+            for n, record in enumerate(consents)
+        )
+        self._groups = _group_by_patient(self._consents, self.directory)
+
+    @property
+    def consents(self) -> tuple[ConsentRecord, ...]:
+        return tuple(c.record for c in self._consents)
+
+    def _patient_group(self, keys: frozenset[RefKey]) -> _PatientGroup | None:
+        groups = self._groups
+        found: _PatientGroup | None = None
+        merged: list[_PatientGroup] = []
+        for key in keys:
+            group = groups.get(key)
+            if group is None or group is found:
+                continue
+            if found is None:
+                found = group
+            else:
+                merged.append(group)
+        if merged and found is not None:  # the request names two patients' ways: rare, slow path
+            merged.append(found)
+            found = _PatientGroup(
+                sorted({c for g in merged for c in g.consents}, key=lambda c: c.index)
+            )
+        return found
+
+    def decide(self, request: DecisionRequest, *, trace: bool = False) -> ConsentDecision:
+        """Answer ``request``. With ``trace``, notes also say why each other consent did not count."""
+        q = _Request(request, self.directory, self.explicit_labels)
+        notes: list[str] = []
+        patient_keys = _keys_of(request.patient, self.directory)
+        group = self._patient_group(patient_keys)
+        if group is None:
+            candidates: tuple[_Consent, ...] = ()
+        elif trace:
+            candidates = group.consents
+        else:
+            candidates = group.lookup(q)
+        if trace:
+            others = len(self._consents) - (len(group.consents) if group else 0)
+            if others:
+                notes.append(f"{others} consent(s) of other patients ignored")
+        categories = _code_keys(request.categories)
+        at = q.at
+        live: list[_Consent] = []
+        for c in candidates:
+            if c.patient_keys.isdisjoint(patient_keys):  # same person only through another consent
+                continue
+            if not (c.active_start <= at < c.active_end or _active_at(c.active_more, at)):
+                if trace:
+                    notes.append(
+                        f"consent {c.id_text}: not counted, not active at the request time "
+                        f"(status now {c.record.status.value})"
+                    )
+                continue
+            if (c.start is not None and at < c.start) or (c.end is not None and at >= c.end):
+                if trace:
+                    notes.append(f"consent {c.id_text}: not counted, outside its period")
+                continue
+            if categories and categories.isdisjoint(c.categories):
+                if trace:
+                    notes.append(f"consent {c.id_text}: not counted, other category")
+                continue
+            live.append(c)
+        if q.has_resource:
+            decision = self._decide_resource(live, q, notes, trace)
+        else:
+            decision = self._decide_general(live, q, notes, trace)
+        unresolved = [c for c in live if c.has_unresolved_actors]
+        if unresolved:
+            notes.extend(_unresolved_notes(unresolved, request, self.directory))
+        if notes:
+            return ConsentDecision(
+                outcome=decision.outcome,
+                combining=decision.combining,
+                basis=decision.basis,
+                obligations=decision.obligations,
+                notes=tuple(notes),
+            )
+        return decision
+
+    # -- one resource --
+
+    def _decide_resource(
+        self, live: list[_Consent], q: _Request, notes: list[str], trace: bool
+    ) -> ConsentDecision:
+        denies: list[_Node] = []
+        permits: list[_Node] = []
+        silent: list[_Node] = []
+        needed = q.explicit_needed
+        for c in live:
+            root = c.root
+            if not (_context_matches(root, q) and _data_matches(root, q)):
+                if trace:
+                    notes.append(
+                        f"consent {c.id_text}: not counted, base provision does not match "
+                        f"({_first_mismatch(root, q)})"
+                    )
+                continue
+            decider = _walk(root, q) if root.children else root
+            if not decider.permit:
+                denies.append(decider)
+            elif needed and not needed <= decider.named_labels:
+                silent.append(decider)
+            else:
+                permits.append(decider)
+        if silent:
+            labels = ", ".join(sorted(code for _, code in needed))
+            notes.append(
+                f"{len(silent)} permit(s) do not name {labels}: content with that label needs "
+                "a provision that permits it explicitly"
+            )
+        combining = self.combining
+        if combining is CombiningRule.MOST_RECENT_WINS:
+            ranked = sorted(denies + permits, key=_recency)
+            if ranked:
+                winner = ranked[0]
+                outcome = DecisionOutcome.PERMIT if winner.permit else DecisionOutcome.DENY
+                return ConsentDecision(outcome, combining, (winner.basis(),))
+        elif denies:
+            return ConsentDecision(
+                DecisionOutcome.DENY,
+                combining,
+                tuple(n.basis() for n in sorted(denies, key=_recency)),
+            )
+        elif permits:
+            return ConsentDecision(
+                DecisionOutcome.PERMIT,
+                combining,
+                tuple(n.basis() for n in sorted(permits, key=_recency)),
+            )
+        if silent:
+            return ConsentDecision(DecisionOutcome.DENY, combining, ())
+        return ConsentDecision(DecisionOutcome.NO_CONSENT, combining, ())
+
+    # -- the patient's data in general --
+
+    def _decide_general(
+        self, live: list[_Consent], q: _Request, notes: list[str], trace: bool
+    ) -> ConsentDecision:
+        answers: list[_General] = []
+        for c in live:
+            answer = _general(c, q)
+            if answer is None:
+                if trace:
+                    notes.append(
+                        f"consent {c.id_text}: not counted, base provision does not match "
+                        f"({_first_mismatch(c.root, q)})"
+                    )
+                continue
+            if answer.kind != "none":
+                answers.append(answer)
+        combining = self.combining
+        if combining is CombiningRule.MOST_RECENT_WINS and answers:
+            answers = [min(answers, key=_general_recency)]
+        answers.sort(key=_general_recency)
+        for answer in answers:
+            if answer.dropped:
+                notes.append(
+                    f"consent {answer.consent.id_text}: {answer.dropped} narrowly scoped permit(s) "
+                    "cannot be expressed without a resource; ask about the resource itself"
+                )
+        deny_all = [a.base.basis() for a in answers if a.kind == "deny-all" and a.base]
+        if deny_all:
+            return ConsentDecision(DecisionOutcome.DENY, combining, tuple(deny_all))
+        permit_all = [a for a in answers if a.kind == "permit-all"]
+        permit_only = [a for a in answers if a.kind == "permit-only"]
+        if not permit_all and not permit_only:
+            if answers:  # consents that deny some data and permit none
+                return ConsentDecision(
+                    DecisionOutcome.DENY,
+                    combining,
+                    tuple(r.decider.basis() for a in answers for r in a.redact),
+                )
+            return ConsentDecision(DecisionOutcome.NO_CONSENT, combining, ())
+        obligations: list[RedactObligation] = []
+        if permit_all:
+            basis = tuple(a.base.basis() for a in permit_all if a.base is not None)
+        else:
+            keep = [r for a in permit_only for r in a.permit_only]
+            basis = tuple(r.decider.basis() for r in keep)
+            obligations.append(_obligation(RedactMode.ALL_EXCEPT, keep))
+        explicit: set[_CodeKey] = set()
+        for answer in answers:
+            explicit |= answer.explicit
+            obligations.extend(_obligation(RedactMode.MATCHING, [r]) for r in answer.redact)
+        missing = sorted(self.explicit_labels - explicit)
+        if missing:
+            obligations.append(
+                RedactObligation(
+                    RedactMode.MATCHING,
+                    labels=tuple(Coding(system=s, code=c) for s, c in missing),
+                )
+            )
+            notes.append(
+                f"{', '.join(c for _, c in missing)}: never released without a provision that "
+                "permits the label explicitly"
+            )
+        return ConsentDecision(DecisionOutcome.PERMIT, combining, basis, tuple(obligations))
+
+
+def _obligation(mode: RedactMode, rules: list[_Scoped]) -> RedactObligation:
+    labels: dict[tuple[str, str], Coding] = {}
+    codes: dict[tuple[str, str], Coding] = {}
+    classes: dict[tuple[str, str], Coding] = {}
+    data: list[DataRef] = []
+    period: Period | None = None
+    for rule in rules:
+        p = rule.scope.provision
+        labels.update(((c.system, c.code), c) for c in p.security_labels)
+        codes.update(((c.system, c.code), c) for c in p.codes)
+        classes.update(((c.system, c.code), c) for c in p.classes)
+        data.extend(d for d in p.data if d not in data)
+        if p.data_period is not None:
+            period = p.data_period if period is None else _hull(period, p.data_period)
+    return RedactObligation(
+        mode=mode,
+        labels=tuple(labels.values()),
+        codes=tuple(codes.values()),
+        classes=tuple(classes.values()),
+        data_period=period,
+        data=tuple(data),
+        basis=tuple(r.decider.basis() for r in rules),
+    )
+
+
+def _hull(a: Period, b: Period) -> Period:
+    start = None if a.start is None or b.start is None else min(a.start, b.start)
+    end = None if a.end is None or b.end is None else max(a.end, b.end)
+    return Period(start=start, end=end)
+
+
+def _recency(n: _Node) -> tuple[float, int, str]:
+    """Most recent first; on equal dates deny before permit; then the consent identifier."""
+    return (-n.consent.date, 1 if n.permit else 0, n.consent.id_text)
+
+
+def _general_recency(a: _General) -> tuple[float, int, str]:
+    permits = a.kind in ("permit-all", "permit-only")
+    return (-a.consent.date, 1 if permits else 0, a.consent.id_text)
+
+
+def _first_mismatch(n: _Node, q: _Request) -> str:
+    if (n.start is not None and q.at < n.start) or (n.end is not None and q.at >= n.end):
+        return "period"
+    if n.actions is not None and q.action not in n.actions:
+        return "action"
+    if n.purposes is not None and n.purposes.isdisjoint(q.purposes):
+        return "purpose"
+    if n.actors is not None and not _context_matches(n, q):
+        return "actor"
+    return "data: label, class, code, data period or data reference"
+
+
+def _describe(ref: Ref) -> str:
+    """An actor named without its identity (notes may be logged): its resource type only."""
+    if ref.reference is None:
+        return "an actor named by identifier"
+    head = ref.reference.split("/")[-2] if ref.reference.count("/") >= 1 else ""
+    return f"a {head} reference" if head[:1].isupper() else "a reference"
+
+
+def _unresolved_notes(
+    consents: list[_Consent], request: DecisionRequest, directory: ActorDirectory
+) -> list[str]:
+    """Say where an actor could not be compared: named by reference in one place, by identifier in
+    the other, and the directory does not link them. Such an actor never matches."""
+    request_by_identifier = any(a.reference.reference is None for a in request.actors)
+    request_unknown_reference = any(
+        a.reference.identifier is None and not directory.resolvable(a.reference)
+        for a in request.actors
+    )
+    notes: list[str] = []
+    for c in consents:
+        for node in c.root.walk():
+            if request_by_identifier:
+                notes.extend(
+                    f"consent {c.id_text}, provision {node.path}: actor ({_describe(ref)}) is not "
+                    "in the actor directory; it cannot match an actor named by identifier"
+                    for ref in node.unresolved_actors
+                )
+            if request_unknown_reference and node.identifier_only_actors:
+                notes.append(
+                    f"consent {c.id_text}, provision {node.path}: actor named by identifier "
+                    "cannot match a request actor whose reference is not in the actor directory"
+                )
+    return notes
+
+
+def decide(
+    consents: Iterable[ConsentRecord],
+    request: DecisionRequest,
+    *,
+    directory: ActorDirectory | None = None,
+    combining: CombiningRule = CombiningRule.DENY_OVERRIDES,
+    trace: bool = False,
+) -> ConsentDecision:
+    """One-off decision (compiles the consents each time; keep a :class:`ConsentEngine` for many)."""
+    engine = ConsentEngine(consents, directory=directory, combining=combining)
+    return engine.decide(request, trace=trace)
