@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from fhir_alliance.terminology import CANONICAL_BASE
-from tests.fhir_server.plugin import SERVER_DIR, FhirTestServer
+from tests.fhir_server.plugin import SERVER_DIR, FhirTestServer, TimeoutSession
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 ID_SYSTEM = f"{CANONICAL_BASE}/identifier/test-server"
@@ -188,12 +189,27 @@ def test_parallel_identical_conditional_creates_leave_one_resource(
     body = observation(fhir_server, identifier=[ident])
     criteria = f"identifier={ident['system']}|{ident['value']}"
 
-    def attempt(_: int) -> tuple[int, str]:
-        response = post(fhir_server, body, **{"If-None-Exist": criteria})
+    # One warmed-up connection per thread, released together, so the 20 requests really overlap.
+    sessions = [TimeoutSession() for _ in range(20)]
+    for session in sessions:
+        assert session.get(fhir_server.url("metadata")).status_code == 200
+    start = threading.Barrier(20)
+
+    def attempt(session: TimeoutSession) -> tuple[int, str]:
+        start.wait(timeout=30)
+        response = session.post(
+            fhir_server.url("Observation"),
+            json=body,
+            headers={**FHIR_JSON, "If-None-Exist": criteria},
+        )
         return response.status_code, response.json().get("id", "")
 
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        results = list(pool.map(attempt, range(20)))
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            results = list(pool.map(attempt, sessions))
+    finally:
+        for session in sessions:
+            session.close()
     statuses = sorted(status for status, _ in results)
     assert statuses == [200] * 19 + [201]
     assert len({resource_id for _, resource_id in results}) == 1
@@ -468,3 +484,31 @@ def test_reset_drops_runtime_profiles_and_data(fhir_server: FhirTestServer) -> N
     fhir_server.reset()
     assert search(fhir_server, "Observation?_summary=count")["total"] == 0
     assert post(fhir_server, claiming).status_code == 400
+
+
+@pytest.mark.local_fhir_server
+def test_search_without_count_is_paged_at_twenty(fhir_server: FhirTestServer) -> None:
+    """Without _count the local server answers pages of 20 with a next link, so clients must page."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": observation(fhir_server),
+                "request": {"method": "POST", "url": "Observation"},
+            }
+            for _ in range(25)
+        ],
+    }
+    assert fhir_server.http.post(fhir_server.base_url, json=bundle, headers=FHIR_JSON).ok
+    page = search(fhir_server, f"Observation?_tag={fhir_server.run_tag_param}")
+    assert page["total"] == 25
+    assert len(page["entry"]) == 20
+    assert any(link["relation"] == "next" for link in page["link"])
+
+
+def test_unsupported_search_parameter_is_refused(fhir_server: FhirTestServer) -> None:
+    """A search parameter the server does not know is a 400, not a silently empty result."""
+    response = fhir_server.http.get(fhir_server.url("Observation?no-such-param=1"))
+    assert response.status_code == 400
+    assert response.json()["resourceType"] == "OperationOutcome"
