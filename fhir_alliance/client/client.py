@@ -138,7 +138,7 @@ class _RedactUrls(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and record.args:
             record.args = tuple(
-                _redact(a) if isinstance(a, str) and a.startswith(("/", "http")) else a
+                _redact(a) if isinstance(a, str) and (a.startswith("/") or "://" in a) else a
                 for a in record.args
             )
         return True
