@@ -379,35 +379,48 @@ def _context_matches(n: _Node, q: _Request) -> bool:
 
 
 def _data_matches(n: _Node, q: _Request) -> bool:
-    """Labels, class, code, data period and data references: what the resource is."""
+    """Labels, class, code, data period and data references: what the resource is.
+
+    A fact the request leaves out (type, codes, date, reference, authors) is unknown: it matches a
+    deny provision and not a permit, so that missing facts never widen access. Labels are always
+    known: a resource without labels is unlabelled.
+    """
     if n.labels is not None and n.labels.isdisjoint(q.labels):
         return False
-    if (
-        n.type_classes is not None
-        and q.type not in n.type_classes
-        and n.profile_classes.isdisjoint(q.profiles)
-    ):
-        return False
-    if n.codes is not None and n.codes.isdisjoint(q.codes):
-        return False
+    unknown = not n.permit
+    if n.type_classes is not None:
+        if q.type is None and not q.profiles:
+            if not unknown:
+                return False
+        elif q.type not in n.type_classes and n.profile_classes.isdisjoint(q.profiles):
+            return False
+    if n.codes is not None:
+        if not q.codes:
+            if not unknown:
+                return False
+        elif n.codes.isdisjoint(q.codes):
+            return False
     if n.data_start is not None or n.data_end is not None:
         date = q.date
         if date is None:
-            return False
-        if n.data_start is not None and date < n.data_start:
-            return False
-        if n.data_end is not None and date >= n.data_end:
+            if not unknown:
+                return False
+        elif (n.data_start is not None and date < n.data_start) or (
+            n.data_end is not None and date >= n.data_end
+        ):
             return False
     if n.data is not None:
         for meaning, keys in n.data:
-            if meaning is DataMeaning.INSTANCE:
+            if meaning is DataMeaning.AUTHOREDBY:
+                hit = unknown if not q.author_keys else not keys.isdisjoint(q.author_keys)
+            elif not q.self_keys:
+                hit = unknown
+            elif meaning is DataMeaning.INSTANCE:
                 hit = not keys.isdisjoint(q.self_keys)
             elif meaning is DataMeaning.RELATED:
                 hit = not (keys.isdisjoint(q.self_keys) and keys.isdisjoint(q.referenced_by_keys))
-            elif meaning is DataMeaning.DEPENDENTS:
+            else:  # dependents
                 hit = not (keys.isdisjoint(q.self_keys) and keys.isdisjoint(q.refers_to_keys))
-            else:  # authoredby
-                hit = not keys.isdisjoint(q.author_keys)
             if hit:
                 break
         else:
@@ -515,9 +528,15 @@ def _general(c: _Consent, q: _Request) -> _General | None:
         return None
     decider, rules = _walk_general(root, q)
     if root.has_filter:
-        rules = [_Scoped(root, decider, rules)]
+        # The consent speaks only about content in the root's scope: a permit keeps only that
+        # content, a deny redacts it (and any permit nested inside stays redacted: safe side).
+        scoped = _Scoped(root, decider, rules)
         result = _General(c, None, [], [], set(), 0)
-        _flatten(rules, False, 0, result)
+        if decider.permit:
+            _flatten([scoped], False, 0, result)
+        else:
+            result.redact.append(scoped)
+            result.dropped += sum(1 for r in rules if r.decider.permit)
     else:
         result = _General(c, decider, [], [], set(), 0)
         _flatten(rules, decider.permit, 0, result)
@@ -797,7 +816,13 @@ class ConsentEngine:
         for answer in answers:
             explicit |= answer.explicit
             obligations.extend(_obligation(RedactMode.MATCHING, [r]) for r in answer.redact)
-        missing = sorted(self.explicit_labels - explicit)
+        redacted = {
+            (c.system, c.code)
+            for o in obligations
+            if o.mode is RedactMode.MATCHING
+            for c in o.labels
+        }
+        missing = sorted(self.explicit_labels - explicit - redacted)
         if missing:
             obligations.append(
                 RedactObligation(

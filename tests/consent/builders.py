@@ -84,11 +84,9 @@ def period(start: str | None = None, end: str | None = None) -> Period:
 
 def prov(type: str | None = None, *children: Provision, **dims: Any) -> Provision:
     """A provision: ``prov("deny", prov("permit", actors=[...]), labels=[label("PSY")])``."""
-    names = {"labels": "security_labels"}
+    names = {"labels": "security_labels", "provision_period": "period"}
     kwargs = {names.get(k, k): (tuple(v) if isinstance(v, list) else v) for k, v in dims.items()}
-    return Provision(
-        type=Decision(type) if type else None, provisions=tuple(children), **kwargs
-    )
+    return Provision(type=Decision(type) if type else None, provisions=tuple(children), **kwargs)
 
 
 def consent(
