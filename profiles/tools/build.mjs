@@ -232,8 +232,11 @@ function layOutCore() {
   const fingerprint = coreInputsFingerprint();
   if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === fingerprint) return;
 
-  fs.rmSync(target, { recursive: true, force: true });
-  const packageDir = path.join(target, 'package');
+  // Built beside the target and renamed into place, so a concurrent or interrupted build never
+  // sees a half-written package.
+  const staging = `${target}.staging-${process.pid}`;
+  fs.rmSync(staging, { recursive: true, force: true });
+  const packageDir = path.join(staging, 'package');
   fs.mkdirSync(packageDir, { recursive: true });
   const official = loadOfficialElements();
   const report = { removedResources: [], changedDefinitions: {}, incompleteDefinitions: {} };
@@ -284,14 +287,31 @@ function layOutCore() {
     license: 'CC0-1.0',
   };
   fs.writeFileSync(path.join(packageDir, 'package.json'), stableJson(packageJson));
+  fs.writeFileSync(path.join(staging, '.fhir-alliance-stamp'), fingerprint);
+  fs.rmSync(target, { recursive: true, force: true });
+  try {
+    fs.renameSync(staging, target);
+  } catch (error) {
+    // Another build put an identical package in place first.
+    fs.rmSync(staging, { recursive: true, force: true });
+    if (!fs.existsSync(stamp)) throw error;
+  }
   fs.writeFileSync(path.join(CACHE_DIR, 'r4-core-sanitise-report.json'), stableJson(report));
-  fs.writeFileSync(stamp, fingerprint);
   const changed = Object.keys(report.changedDefinitions).length;
   console.log(
     `profiles build: laid out ${CORE.name}#${CORE.version} (${written} resources; ` +
       `${changed} definitions cleaned, ${report.removedResources.length} left out: ` +
       `${report.removedResources.join(', ')}; details in .fhir-cache/r4-core-sanitise-report.json)`,
   );
+}
+
+// Tolerates a concurrent build creating the same link.
+function symlinkOnce(target, link) {
+  try {
+    fs.symlinkSync(target, link, 'dir');
+  } catch (error) {
+    if (error.code !== 'EEXIST' || fs.readlinkSync(link) !== target) throw error;
+  }
 }
 
 function layOutNpmPackages() {
@@ -314,7 +334,7 @@ function layOutNpmPackages() {
     }
     if (current !== wanted) {
       fs.rmSync(link, { recursive: true, force: true });
-      fs.symlinkSync(wanted, link, 'dir');
+      symlinkOnce(wanted, link);
     }
     versions[name] = version;
   }
@@ -332,7 +352,7 @@ function layOutCache() {
   const fhirDir = path.join(HOME_DIR, '.fhir');
   fs.mkdirSync(fhirDir, { recursive: true });
   const link = path.join(fhirDir, 'packages');
-  if (!fs.existsSync(link)) fs.symlinkSync(path.relative(fhirDir, PACKAGES_DIR), link, 'dir');
+  if (!fs.existsSync(link)) symlinkOnce(path.relative(fhirDir, PACKAGES_DIR), link);
   return versions;
 }
 
@@ -393,13 +413,31 @@ function listJson(dir) {
     .sort();
 }
 
+// SUSHI leaves `version` off canonical resources when it expects the IG Publisher to fill it in
+// (FSHOnly: false). We publish no IG, so do what the IG Publisher does: stamp the package version
+// (from the ImplementationGuide) right after `url` on every canonical artefact of ours that lacks one.
+function withPackageVersion(resource, guide) {
+  if (!guide || resource.version || typeof resource.url !== 'string') return resource;
+  const base = guide.url.slice(0, guide.url.indexOf('/ImplementationGuide/'));
+  if (!resource.url.startsWith(`${base}/`)) return resource;
+  const out = {};
+  for (const [key, value] of Object.entries(resource)) {
+    out[key] = value;
+    if (key === 'url') out.version = guide.version;
+  }
+  return out;
+}
+
 // Copies SUSHI's resources into `target` in canonical form; deletes stale files there.
 function publish(generatedDir, target) {
   fs.mkdirSync(target, { recursive: true });
   const produced = listJson(generatedDir);
+  const resources = new Map(produced.map((name) => [name, withoutEmpties(readJson(path.join(generatedDir, name)))]));
+  const guides = [...resources.values()].filter((r) => r.resourceType === 'ImplementationGuide');
+  if (guides.length !== 1) fail(`expected one ImplementationGuide from SUSHI, got ${guides.length}`);
   let changed = 0;
   for (const name of produced) {
-    const text = stableJson(withoutEmpties(readJson(path.join(generatedDir, name))));
+    const text = stableJson(withPackageVersion(resources.get(name), guides[0]));
     const destination = path.join(target, name);
     if (!fs.existsSync(destination) || fs.readFileSync(destination, 'utf8') !== text) {
       fs.writeFileSync(destination, text);
