@@ -1,0 +1,285 @@
+"""Alliance records ⇄ FHIR Observations: round trips, shape, labels, ids, goldens and hostile input."""
+
+import contextlib
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fhir_alliance import terminology as t
+from fhir_alliance.errors import InputError, MappingError, ProfileViolation
+from fhir_alliance.mapping._ids import resource_id
+from fhir_alliance.mapping.observation import MAPPER, from_observations, to_observations
+from fhir_alliance.mapping.registry import mapper_for_kind, mapper_for_resource_type
+from fhir_alliance.mapping.validation import validate_resource, validate_resources
+from fhir_alliance.model.common import Identifier
+from fhir_alliance.schemas.observations import load_record
+from tests.mapping.observation_strategies import records
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples" / "observations").glob("*.json"))
+GOLDEN = ROOT / "tests" / "golden" / "observations"
+VERSIONS = {"r4": "4.0.1", "r5": "5.0.0"}
+REGENERATE = os.environ.get("FHIR_ALLIANCE_REGENERATE_GOLDEN") == "1"
+
+
+def _record(name: str):
+    return load_record(
+        json.loads((ROOT / "examples" / "observations" / f"{name}.json").read_text())
+    )
+
+
+@pytest.mark.parametrize("version", VERSIONS.values())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record=records)
+def test_round_trip_domain_fhir_domain(version: str, record) -> None:
+    """Any valid record maps to FHIR and back unchanged, in R4 and R5."""
+    resources = to_observations(record, version=version)
+    assert from_observations(resources) == [record]
+
+
+@pytest.mark.parametrize("version", VERSIONS.values())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record=records)
+def test_every_resource_passes_base_validation(version: str, record) -> None:
+    """Everything we emit validates with the fhir.resources models of that version."""
+    validate_resources(to_observations(record, version=version), version=version)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("tag", VERSIONS)
+def test_golden_files(path: Path, tag: str) -> None:
+    """Output for each example equals its golden file (set FHIR_ALLIANCE_REGENERATE_GOLDEN=1 to rewrite)."""
+    resources = to_observations(load_record(json.loads(path.read_text())), version=VERSIONS[tag])
+    golden = GOLDEN / tag / f"{path.stem}.json"
+    text = json.dumps(resources, indent=2, ensure_ascii=False) + "\n"
+    if REGENERATE:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+        pytest.fail(
+            f"regenerated {golden.relative_to(ROOT)}; review the diff, then rerun without the flag"
+        )
+    assert golden.exists(), f"missing golden file {golden.relative_to(ROOT)}"
+    assert json.loads(golden.read_text()) == resources
+
+
+def test_wai_sr_panel_has_total_subscales_and_items() -> None:
+    """A full WAI-SR gives a panel whose hasMember lists 1 total, 3 subscales and 12 items."""
+    resources = to_observations(_record("wai-sr-administration"))
+    panel, members = resources[0], resources[1:]
+    assert [m["reference"] for m in panel["hasMember"]] == [
+        f"Observation/{m['id']}" for m in members
+    ]
+    codes = [m["code"]["coding"][0]["code"] for m in members]
+    assert codes[:4] == ["wai-sr.total", "wai-sr.task", "wai-sr.bond", "wai-sr.goal"]
+    assert codes[4:] == [f"wai-sr.{n}" for n in range(1, 13)]
+    bond = members[2]
+    # Bond = items 3, 5, 7, 9 = 5 + 5 + 4 + 5 in the example.
+    assert bond["valueQuantity"]["value"] == 19
+    assert all(m["category"][0]["coding"][0]["code"] == "survey" for m in resources)
+
+
+def test_identifiers_and_ids_are_derived_from_the_record_id() -> None:
+    """Business identifiers are {id}, {id}#total, {id}#item-n; resource ids are their UUIDv5."""
+    record = _record("srs-administration")
+    resources = to_observations(record)
+    values = [r["identifier"][0]["value"] for r in resources]
+    assert values == [
+        "srs-2026-0001",
+        "srs-2026-0001#total",
+        *(f"srs-2026-0001#item-{n}" for n in range(1, 5)),
+    ]
+    for r in resources:
+        ident = r["identifier"][0]
+        assert r["id"] == resource_id(Identifier(ident["system"], ident["value"]))
+    assert to_observations(record) == resources  # deterministic
+
+
+def test_srs_total_below_cutoff_is_interpreted_low_with_reference_range() -> None:
+    """An SRS total of 35 carries interpretation L and the cutoff as referenceRange.low."""
+    data = json.loads((ROOT / "examples/observations/srs-administration.json").read_text())
+    data["responses"] = {"1": 9, "2": 9, "3": 9, "4": 8}
+    total = to_observations(load_record(data))[1]
+    assert total["valueQuantity"]["value"] == 35
+    assert total["interpretation"][0]["coding"][0] == {
+        "system": t.OBSERVATION_INTERPRETATION,
+        "code": "L",
+    }
+    assert total["referenceRange"][0]["low"]["value"] == 36
+
+
+def test_partial_srs_has_no_total_observation() -> None:
+    """A partial SRS (not computable) yields items only, no total."""
+    data = json.loads((ROOT / "examples/observations/srs-administration.json").read_text())
+    del data["responses"]["4"]
+    data["partial"] = True
+    codes = [r["code"]["coding"][0]["code"] for r in to_observations(load_record(data))]
+    assert codes == ["srs", "srs.1", "srs.2", "srs.3"]
+
+
+def test_prorated_score_says_so_in_method() -> None:
+    """A prorated WAI-SR-T total carries method = prorated."""
+    total = to_observations(_record("wai-sr-t-partial-administration"))[1]
+    assert total["method"]["coding"][0]["code"] == "prorated"
+
+
+def _labels(resource) -> set[str]:
+    return {s["code"] for s in resource["meta"]["security"]}
+
+
+def test_security_labels() -> None:
+    """R+BH on all; PSYTHPN with session narrative; AIAST on automated measures and their Provenance."""
+    assert all(_labels(r) == {"R", "BH"} for r in to_observations(_record("srs-administration")))
+    assert _labels(to_observations(_record("rupture"))[0]) == {"R", "BH", "PSYTHPN"}
+    assert _labels(to_observations(_record("repair"))[0]) == {"R", "BH"}
+    auto = to_observations(_record("dimension-rating-automated"))
+    assert all(_labels(r) == {"R", "BH", "AIAST"} for r in auto)
+
+
+def test_automated_measure_gets_provenance_with_device_agent_and_source() -> None:
+    """The Provenance targets the Observation, names the tool as Device and the recording as source."""
+    obs, prov = to_observations(_record("dimension-rating-automated"))
+    assert prov["resourceType"] == "Provenance"
+    assert prov["target"] == [{"reference": f"Observation/{obs['id']}"}]
+    who = prov["agent"][0]["who"]
+    assert (
+        who["type"] == "Device" and who["identifier"]["value"] == "example-alliance-analyser@2.3.1"
+    )
+    assert prov["entity"] == [
+        {"role": "source", "what": {"reference": "DocumentReference/example-session-7-recording"}}
+    ]
+    assert "performer" not in obs
+
+
+def test_repair_links_to_its_rupture_resource() -> None:
+    """The repair's repairs-rupture extension points at the rupture's deterministic resource id."""
+    rupture = to_observations(_record("rupture"))[0]
+    repair = to_observations(_record("repair"))[0]
+    link = next(e for e in repair["extension"] if e["url"] == t.EXT_REPAIRS_RUPTURE)
+    assert link["valueReference"]["reference"] == f"Observation/{rupture['id']}"
+
+
+def test_r4_claims_profiles_and_r5_does_not() -> None:
+    """meta.profile is set for R4 only."""
+    record = _record("rupture")
+    assert to_observations(record)[0]["meta"]["profile"] == [t.PROFILE_RUPTURE]
+    assert "profile" not in to_observations(record, version="5.0.0")[0]["meta"]
+
+
+def test_unknown_version_is_an_input_error() -> None:
+    """Asking for FHIR 3.0.2 is refused at 'version'."""
+    with pytest.raises(InputError) as exc:
+        to_observations(_record("rupture"), version="3.0.2")
+    assert exc.value.issues[0].path == "version"
+
+
+def test_registry_finds_this_mapper() -> None:
+    """The registry hands out MAPPER for our kinds and resource types."""
+    assert mapper_for_kind("rupture") is MAPPER
+    assert mapper_for_resource_type("Observation") is MAPPER
+
+
+# --- foreign and hostile input ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mutate", "element"),
+    [
+        (
+            lambda rs: rs[0]["code"]["coding"][0].__setitem__("system", "http://loinc.org"),
+            "Bundle.entry[0].resource.code.coding",
+        ),
+        (lambda rs: rs[0].__setitem__("status", "preliminary"), "Bundle.entry[0].resource.status"),
+        (
+            lambda rs: rs[0].__setitem__("effectiveDateTime", "2026-11"),
+            "Bundle.entry[0].resource.effectiveDateTime",
+        ),
+        (lambda rs: rs[0].pop("subject"), "Bundle.entry[0].resource.subject"),
+        (lambda rs: rs[0].pop("identifier"), "Bundle.entry[0].resource.identifier"),
+        (lambda rs: rs.pop(3), "Bundle.entry[0].resource.hasMember[2]"),
+        (
+            lambda rs: rs[5].__setitem__("valueQuantity", {"value": 11}),
+            "Bundle.entry[5].resource.value[x]",
+        ),
+        (lambda rs: rs.pop(0), "Bundle.entry[0].resource"),
+        (
+            lambda rs: rs[0]["extension"][0]["valueCoding"].__setitem__("code", "parent"),
+            "Bundle.entry[0].resource.extension[0].valueCoding.code",
+        ),
+    ],
+)
+def test_foreign_observation_raises_mapping_error_naming_the_element(mutate, element: str) -> None:
+    """Observations that do not fit the model raise MappingError at the offending element."""
+    resources = copy.deepcopy(to_observations(_record("srs-administration")))
+    mutate(resources)
+    with pytest.raises(MappingError) as exc:
+        from_observations(resources)
+    assert exc.value.element == element
+
+
+def test_foreign_client_reported_observation_without_our_extension_is_read() -> None:
+    """Without the rater-role extension, a performer that is the patient reads as a client rating."""
+    resources = copy.deepcopy(to_observations(_record("srs-administration")))
+    for r in resources:
+        r["extension"] = [e for e in r["extension"] if e["url"] != t.EXT_RATER_ROLE]
+    [record] = from_observations(resources)
+    assert record == _record("srs-administration")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    record=records,
+    path_seed=st.integers(0, 10_000),
+    replacement=json_values,
+)
+def test_fuzzed_resources_never_crash(record, path_seed: int, replacement) -> None:
+    """Replacing any element of our output with arbitrary JSON gives a record or a MappingError."""
+    resources = copy.deepcopy(to_observations(record))
+    slots = []
+
+    def collect(node, depth=0):
+        if isinstance(node, dict):
+            for key in node:
+                slots.append((node, key))
+                collect(node[key], depth + 1)
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                slots.append((node, i))
+                collect(item, depth + 1)
+
+    collect(resources)
+    container, key = slots[path_seed % len(slots)]
+    container[key] = replacement
+    with contextlib.suppress(MappingError):
+        from_observations(resources)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(json_values, max_size=3))
+def test_arbitrary_json_never_crashes(resources) -> None:
+    """Arbitrary JSON values as resources give records or MappingError, never another exception."""
+    with contextlib.suppress(MappingError):
+        from_observations(resources)
+
+
+def test_validation_rejects_an_invalid_resource_and_names_the_element() -> None:
+    """A wrongly typed element fails validation with its path and without its value."""
+    resource = to_observations(_record("dimension-rating"))[0]
+    resource["valueQuantity"]["value"] = "Mrs Example"
+    with pytest.raises(ProfileViolation) as exc:
+        validate_resource(resource)
+    assert "Observation.valueQuantity.value" in {i.path for i in exc.value.issues}
+    assert "Mrs Example" not in str(exc.value.to_operation_outcome())
