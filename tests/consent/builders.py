@@ -15,6 +15,7 @@ from fhir_alliance.model.consent import (
     DataRef,
     Decision,
     Period,
+    PolicyBasis,
     Provision,
     ProvisionActor,
     StatusChange,
@@ -113,6 +114,7 @@ def consent(
         history=history,
         categories=categories,
         provision=prov(decision, *children, **root),
+        policy_basis=(PolicyBasis(uri="https://clinic.example/privacy-policy"),),
     )
 
 
