@@ -606,7 +606,9 @@ class FhirClient:
     ) -> WriteResult:
         """Write ``resource`` so that sending it again never makes a second one.
 
-        Keyed on its first business identifier; the strategy defaults to the best the server's
+        Keyed on its first business identifier; for PUT, an ``id`` already in the resource (our
+        mappers derive one from the identifier) is kept, else :func:`deterministic_id` gives one.
+        The strategy defaults to the best the server's
         CapabilityStatement allows (PUT to a deterministic id, conditional create, or search then
         create). The caller keeps one writer per identifier (conditional create is not atomic).
         """
@@ -617,7 +619,8 @@ class FhirClient:
             raise ServerError(f"server offers no idempotent write for {rtype}")
         if chosen is WriteStrategy.PUT_DETERMINISTIC_ID:
             body = copy.deepcopy(dict(resource))
-            body["id"] = deterministic_id(rtype, ident, namespace=id_namespace)
+            if not isinstance(body.get("id"), str) or not body["id"]:
+                body["id"] = deterministic_id(rtype, ident, namespace=id_namespace)
             return self.update(body)
         if chosen is WriteStrategy.CONDITIONAL_CREATE:
             return self.create(

@@ -1,0 +1,418 @@
+"""``fhir-alliance check``: prove a FHIR server (a sandbox, a vendor's test system) works with us.
+
+Reads ``/metadata`` and names the capability gaps, then runs a round trip with an Observation and a
+Consent in our profiles: create, search by identifier, update with If-Match, a stale If-Match that
+must fail with 412, delete and confirm. Test data is tagged (run id, HTEST) and always deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fhir_alliance.client import (
+    Auth,
+    BasicAuth,
+    BearerTokenAuth,
+    FhirClient,
+    NoAuth,
+    RetryPolicy,
+    SmartBackendAuth,
+    WriteResult,
+)
+from fhir_alliance.errors import (
+    FhirAllianceError,
+    InputError,
+    Issue,
+    NotFoundError,
+    ServerError,
+    VersionConflictError,
+    loggable_outcome,
+)
+from fhir_alliance.model.common import Identifier
+from fhir_alliance.terminology import CANONICAL_BASE, IDENTIFIER_SYSTEM_BASE, LABEL_TEST_DATA
+
+__all__ = ["RUN_TAG_SYSTEM", "CheckReport", "check_resources", "register", "run_check"]
+
+#: Code system of the run tag in ``meta.tag`` (the same as the test-server plugin's ``run_tag``).
+RUN_TAG_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/test-run"
+#: Identifier system of the records the check writes (synthetic; no real patient).
+CHECK_IDENTIFIER_SYSTEM = f"{IDENTIFIER_SYSTEM_BASE}/sandbox-check"
+CHECK_PATIENT = f"{IDENTIFIER_SYSTEM_BASE}/sandbox-check-patient|synthetic-client-1"
+
+
+def _records(run_id: str, now: str) -> list[dict[str, Any]]:
+    """Two records in our JSON form: a client's trust rating and a sharing consent (synthetic)."""
+    patient = {"identifier": CHECK_PATIENT, "type": "Patient"}
+    return [
+        {
+            "kind": "dimension-rating",
+            "id": f"{CHECK_IDENTIFIER_SYSTEM}|{run_id}-rating",
+            "dimension": "trust",
+            "scale": "likert-1-5",
+            "value": 4,
+            "patient": patient,
+            "effective": now,
+            "rater": {"role": "client"},
+        },
+        {
+            "kind": "consent",
+            "id": f"{CHECK_IDENTIFIER_SYSTEM}|{run_id}-consent",
+            "consent_kind": "sharing",
+            "patient": patient,
+            "status": "active",
+            "decision": "permit",
+            "date": now,
+            "policy_basis": [{"uri": f"{CANONICAL_BASE}/sandbox-check-policy"}],
+            "categories": [{"system": "http://loinc.org", "code": "59284-0"}],
+            "provision": {
+                "actions": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                        "code": "disclose",
+                    }
+                ],
+                "purposes": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                        "code": "TREAT",
+                    }
+                ],
+            },
+        },
+    ]
+
+
+def check_resources(
+    run_id: str, *, version: str = "4.0.1", now: str | None = None
+) -> list[dict[str, Any]]:
+    """The Observation and Consent the check writes, built by our mappers (so: in our profiles),
+    tagged with the run id (``meta.tag``) and as test data (``meta.security`` HTEST)."""
+    from fhir_alliance.mapping.registry import mapper_for_kind
+
+    stamp = now or datetime.now(UTC).replace(microsecond=0).isoformat()
+    resources: list[dict[str, Any]] = []
+    for record_json in _records(run_id, stamp):
+        mapper = mapper_for_kind(record_json["kind"])
+        for resource in mapper.to_fhir(mapper.load(record_json), version=version):
+            meta = resource.setdefault("meta", {})
+            meta["tag"] = [*meta.get("tag", []), {"system": RUN_TAG_SYSTEM, "code": run_id}]
+            test_label = {"system": LABEL_TEST_DATA[0], "code": LABEL_TEST_DATA[1]}
+            meta["security"] = [*meta.get("security", []), test_label]
+            resources.append(resource)
+    return resources
+
+
+def _amended(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """A real content change for the If-Match update (servers skip versions for no-op updates)."""
+    changed = dict(resource)
+    if changed["resourceType"] == "Observation":
+        changed["status"] = "amended" if changed.get("status") != "amended" else "corrected"
+    else:
+        key = "dateTime" if "dateTime" in changed else "date"
+        changed[key] = datetime.now(UTC).replace(microsecond=0).isoformat()
+        if changed.get(key) == resource.get(key):
+            changed[key] = "2000-01-01T00:00:00+00:00"
+    return changed
+
+
+@dataclass
+class Step:
+    name: str
+    resource_type: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class CheckReport:
+    """Everything the check found; ``ok`` only when every round-trip step passed and cleanup did."""
+
+    base_url: str
+    run_id: str
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    gaps: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    cleanup_deleted: int = 0
+    cleanup_remaining: list[str] = field(default_factory=list)
+    fatal: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.fatal is None
+            and bool(self.steps)
+            and all(s.ok for s in self.steps)
+            and not self.cleanup_remaining
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        return out
+
+    def to_text(self) -> str:
+        lines = [f"FHIR server check: {self.base_url}", f"run id: {self.run_id}", ""]
+        caps = self.capabilities
+        if caps:
+            lines.append(
+                f"server: {caps.get('software') or 'unknown software'}, FHIR {caps.get('fhirVersion')}"
+                f" ({caps.get('release') or 'unsupported version'})"
+            )
+        if self.gaps:
+            lines.append("capability gaps:")
+            lines.extend(f"  - {gap}" for gap in self.gaps)
+        elif caps:
+            lines.append("capability gaps: none")
+        if self.steps:
+            lines.append("round trip:")
+            for s in self.steps:
+                lines.append(
+                    f"  [{'ok' if s.ok else 'FAIL'}] {s.resource_type} {s.name}: {s.detail}"
+                )
+        lines.append(
+            f"cleanup: {self.cleanup_deleted} deleted"
+            + (
+                f", NOT deleted: {', '.join(self.cleanup_remaining)}"
+                if self.cleanup_remaining
+                else ""
+            )
+        )
+        if self.fatal:
+            lines.append(f"stopped: {self.fatal}")
+        lines.append("")
+        lines.append("RESULT: " + ("PASS" if self.ok else "FAIL"))
+        return "\n".join(lines)
+
+
+def _describe(exc: FhirAllianceError) -> str:
+    """Our message plus the outcome's issue codes; never the server's diagnostics."""
+    text = exc.message
+    if isinstance(exc, ServerError) and exc.outcome:
+        codes = ",".join(f"{i['severity']}/{i['code']}" for i in loggable_outcome(exc.outcome))
+        text += f" [{codes}]"
+    return text
+
+
+def _round_trip(
+    client: FhirClient, resource: dict[str, Any], report: CheckReport, created: list[str]
+) -> None:
+    rtype = resource["resourceType"]
+
+    def step(name: str, ok: bool, detail: str) -> bool:
+        report.steps.append(Step(name, rtype, ok, detail))
+        return ok
+
+    try:
+        written: WriteResult = client.create_once(resource)
+    except FhirAllianceError as exc:
+        step("create", False, _describe(exc))
+        return
+    if written.id:
+        created.append(f"{rtype}/{written.id}")
+    strategy = client.capabilities().write_strategy(rtype)
+    if not step(
+        "create",
+        bool(written.id and written.version_id),
+        f"HTTP {written.status} via {strategy.value if strategy else 'create'}, version "
+        f"{written.version_id or '(none reported)'}",
+    ):
+        return
+    ident = resource["identifier"]
+    first = ident[0] if isinstance(ident, list) else ident
+    try:
+        found = client.find_by_identifier(rtype, Identifier(first["system"], first["value"]))
+        step(
+            "search by identifier",
+            [r.get("id") for r in found] == [written.id],
+            f"{len(found)} match(es)",
+        )
+        current = client.read(rtype, written.id or "")
+        version = str((current.get("meta") or {}).get("versionId") or written.version_id)
+        updated = client.update(_amended(current), if_match=version)
+        if not step(
+            "update with If-Match",
+            bool(updated.version_id and updated.version_id != version),
+            f"HTTP {updated.status}, version {version} -> {updated.version_id}",
+        ):
+            return
+        try:
+            client.update(_amended(current), if_match=version)
+            step("stale If-Match", False, "server accepted a stale If-Match (expected 412)")
+        except VersionConflictError as exc:
+            step("stale If-Match", True, f"refused with HTTP {exc.status} as expected")
+        status = client.delete(rtype, written.id or "")
+        try:
+            client.read(rtype, written.id or "")
+            step("delete", False, f"HTTP {status}, but the resource can still be read")
+        except NotFoundError as exc:
+            step("delete", True, f"HTTP {status}; then read gives HTTP {exc.status}")
+    except FhirAllianceError as exc:
+        step("round trip", False, _describe(exc))
+
+
+def _cleanup(client: FhirClient, report: CheckReport, created: list[str]) -> None:
+    """Delete what this run created: the ids we know, then anything still carrying the run tag."""
+    targets = list(dict.fromkeys(created))
+    for rtype in ("Observation", "Consent", "Provenance"):
+        try:
+            for resource in client.search(
+                rtype, {"_tag": f"{RUN_TAG_SYSTEM}|{report.run_id}"}, max_pages=10
+            ):
+                targets.append(f"{rtype}/{resource.get('id')}")
+        except FhirAllianceError:
+            continue
+    for reference in dict.fromkeys(targets):
+        rtype, _, rid = reference.partition("/")
+        try:
+            client.read(rtype, rid)
+        except NotFoundError:
+            continue  # deleted by the round trip
+        except FhirAllianceError:
+            pass
+        try:
+            client.delete(rtype, rid)
+            report.cleanup_deleted += 1
+        except NotFoundError:
+            continue
+        except FhirAllianceError:
+            report.cleanup_remaining.append(reference)
+
+
+def run_check(
+    client: FhirClient,
+    *,
+    run_id: str | None = None,
+    resources: Callable[[str, str], list[dict[str, Any]]] | None = None,
+) -> CheckReport:
+    """Run the check against ``client``'s server; never raises for server trouble (it is reported)."""
+    report = CheckReport(base_url=client.base.url, run_id=run_id or str(uuid.uuid4()))
+    make = resources or (lambda rid, version: check_resources(rid, version=version))
+    try:
+        caps = client.capabilities()
+    except FhirAllianceError as exc:
+        report.fatal = f"could not read the CapabilityStatement: {_describe(exc)}"
+        return report
+    report.capabilities = caps.to_summary()
+    report.gaps = caps.gaps()
+    created: list[str] = []
+    try:
+        for resource in make(report.run_id, caps.wire_version):
+            _round_trip(client, resource, report, created)
+    except FhirAllianceError as exc:
+        report.fatal = _describe(exc)
+    finally:
+        _cleanup(client, report, created)
+    return report
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _auth_from_args(args: argparse.Namespace) -> Auth:
+    kind = args.auth
+    if kind == "none":
+        return NoAuth()
+    if kind == "bearer":
+        token = os.environ.get(args.token_env, "")
+        if not token:
+            raise InputError(
+                f"set the bearer token in ${args.token_env}",
+                issues=[Issue(path="--token-env", message=f"${args.token_env} is empty")],
+            )
+        return BearerTokenAuth(token)
+    if kind == "basic":
+        password = os.environ.get(args.password_env, "")
+        return BasicAuth(args.username or "", password)
+    missing = [
+        Issue(path=f"--{name.replace('_', '-')}", message="required for --auth smart")
+        for name in ("client_id", "private_key", "key_id")
+        if not getattr(args, name)
+    ]
+    if missing:
+        raise InputError("SMART backend services needs more options", issues=missing)
+    try:
+        pem = Path(args.private_key).read_bytes()
+    except OSError as exc:
+        raise InputError(
+            "cannot read the private key file",
+            issues=[Issue(path="--private-key", message="cannot be read")],
+        ) from exc
+    return SmartBackendAuth(
+        args.client_id,
+        pem,
+        key_id=args.key_id,
+        algorithm=args.algorithm,
+        scope=args.scope,
+        token_url=args.token_url,
+    )
+
+
+def _handle(args: argparse.Namespace) -> int:
+    auth = _auth_from_args(args)
+    timeout = float(args.timeout)
+    with FhirClient(
+        args.base_url,
+        auth=auth,
+        timeout=(min(timeout, 10.0), timeout),
+        retry=RetryPolicy(max_attempts=3, max_elapsed=max(30.0, timeout * 3)),
+        allow_insecure_http=args.allow_insecure_http,
+    ) as client:
+        report = run_check(client)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(report.to_text())
+    return 0 if report.ok else 1
+
+
+def register(subparsers: Any) -> None:
+    """Add ``check`` to the ``fhir-alliance`` command."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "check",
+        help="check a FHIR server: capabilities and a tagged create/search/update/delete round trip",
+        description=(
+            "Read the server's CapabilityStatement, report gaps, and run a round trip with an "
+            "Observation and a Consent in the fhir-alliance profiles (synthetic, tagged HTEST and "
+            "with a run id; everything created is deleted). Secrets come from environment "
+            "variables, never from the command line. Exit status 0 when every step passed."
+        ),
+    )
+    parser.add_argument(
+        "--base-url", required=True, help="FHIR base URL, e.g. https://hapi.fhir.org/baseR4"
+    )
+    parser.add_argument("--auth", choices=("none", "basic", "bearer", "smart"), default="none")
+    parser.add_argument(
+        "--token-env", default="FHIR_ALLIANCE_TOKEN", help="env var with the bearer token"
+    )
+    parser.add_argument("--username", help="basic auth user name")
+    parser.add_argument(
+        "--password-env",
+        default="FHIR_ALLIANCE_PASSWORD",
+        help="env var with the basic auth password",
+    )
+    parser.add_argument("--client-id", help="SMART backend services client id")
+    parser.add_argument("--private-key", help="PEM file of the registered private key")
+    parser.add_argument("--key-id", help="kid of the registered key")
+    parser.add_argument("--algorithm", choices=("RS384", "ES384"), default="RS384")
+    parser.add_argument("--scope", default="system/Observation.cruds system/Consent.cruds")
+    parser.add_argument(
+        "--token-url", help="token endpoint (default: from .well-known/smart-configuration)"
+    )
+    parser.add_argument("--timeout", default="30", help="read timeout in seconds (default 30)")
+    parser.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow credentials over plain http to a non-loopback host (never for real data)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=_handle)
