@@ -1,0 +1,236 @@
+"""``fhir-alliance decide``: consents (FHIR R4/R5 JSON, Bundles with actors, NDJSON, or our consent
+records) plus one request (our form or a CDS Hooks ``patient-consent-consult`` context) → decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fhir_alliance.consent.cds_hooks import (
+    DEFAULT_HOOK_ACTION,
+    card_response,
+    is_hook_request,
+    request_from_hook,
+)
+from fhir_alliance.consent.decision import CombiningRule
+from fhir_alliance.consent.directory import ActorDirectory
+from fhir_alliance.consent.engine import ConsentEngine
+from fhir_alliance.consent.request_form import decision_to_json, load_decision_request
+from fhir_alliance.errors import InputError, Issue, MappingError
+from fhir_alliance.model.common import Coding, Identifier
+from fhir_alliance.model.consent import ConsentRecord
+from fhir_alliance.terminology import CONSENT_ACTION
+
+__all__ = ["ConsentInputs", "read_consent_inputs", "register", "run_decide"]
+
+#: Largest input file read (consents of one patient, with actors, fit easily).
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "decide",
+        help="decide a request against consents (FHIR R4/R5 or our JSON); LEAP-compatible",
+        description=__doc__,
+    )
+    parser.add_argument(
+        "consents",
+        nargs="+",
+        metavar="CONSENTS",
+        help="files of Consents (FHIR JSON, Bundles with actor resources, NDJSON) or consent records",
+    )
+    parser.add_argument(
+        "-r",
+        "--request",
+        required=True,
+        metavar="FILE",
+        help="the request: our JSON form, or a CDS Hooks patient-consent-consult body/context "
+        "('-' reads standard input)",
+    )
+    parser.add_argument(
+        "--combining",
+        choices=[r.value for r in CombiningRule],
+        default=CombiningRule.DENY_OVERRIDES.value,
+        help="how several applicable consents combine (default: deny-overrides)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--trace", action="store_true", help="also say why each other consent did not count"
+    )
+    parser.add_argument(
+        "--at",
+        metavar="INSTANT",
+        help="request time (ISO 8601 with offset) when the request has none; default: now",
+    )
+    parser.add_argument(
+        "--action",
+        default=DEFAULT_HOOK_ACTION.code,
+        help="consentaction code a CDS Hooks consult asks about (default: access)",
+    )
+    parser.set_defaults(handler=run_decide)
+
+
+class ConsentInputs:
+    """What the consent files held: records, the actor directory, and where each FHIR consent was
+    found (``fullUrl`` or ``Consent/<id>``, for LEAP's ``basedOn``)."""
+
+    def __init__(
+        self,
+        records: list[ConsentRecord],
+        directory: ActorDirectory,
+        locations: dict[Identifier, str],
+    ) -> None:
+        self.records = records
+        self.directory = directory
+        self.locations = locations
+
+
+def _read_json_documents(name: str, text: str) -> list[Any]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        documents = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                documents.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise InputError(
+                    f"{name}: neither JSON nor NDJSON",
+                    issues=[Issue(path=f"{name}:{number}", message="not a JSON value")],
+                ) from None
+        return documents
+    return document if isinstance(document, list) else [document]
+
+
+def _read_text(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read(MAX_INPUT_BYTES + 1)[:MAX_INPUT_BYTES]
+    file = Path(path)
+    try:
+        if file.stat().st_size > MAX_INPUT_BYTES:
+            raise InputError(
+                f"{path}: larger than {MAX_INPUT_BYTES} bytes",
+                issues=[Issue(path=path, message="file too large")],
+            )
+        return file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"{path}: cannot read ({type(exc).__name__})",
+            issues=[Issue(path=path, message="cannot read the file")],
+        ) from None
+
+
+def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
+    """Read consent files: FHIR Consents (R4 or R5, loose, in Bundles or NDJSON), actor resources
+    (for the directory) and our consent records (with revocations, applied in order)."""
+    from fhir_alliance.mapping.consent import from_consent
+    from fhir_alliance.schemas.consent import load_consent_records
+
+    fhir: list[tuple[Mapping[str, Any], str, str | None]] = []  # resource, where, location
+    others: list[Mapping[str, Any]] = []
+    ours: list[Any] = []
+    for path in paths:
+        for index, doc in enumerate(_read_json_documents(path, _read_text(path))):
+            where = f"{path}[{index}]"
+            if not isinstance(doc, Mapping):
+                raise InputError(
+                    f"{where}: expected a JSON object",
+                    issues=[Issue(path=where, message="expected a JSON object")],
+                )
+            resource_type = doc.get("resourceType")
+            if resource_type == "Consent":
+                fhir.append((doc, where, _location(doc, None)))
+            elif resource_type == "Bundle":
+                others.append(doc)
+                for n, entry in enumerate(doc.get("entry") or ()):
+                    res = entry.get("resource") if isinstance(entry, Mapping) else None
+                    if isinstance(res, Mapping) and res.get("resourceType") == "Consent":
+                        full_url = entry.get("fullUrl")
+                        fhir.append(
+                            (
+                                res,
+                                f"{where}.entry[{n}].resource",
+                                _location(res, full_url if isinstance(full_url, str) else None),
+                            )
+                        )
+            elif resource_type is not None:
+                others.append(doc)
+            elif "kind" in doc:
+                ours.append(doc)
+            else:
+                raise InputError(
+                    f"{where}: neither a FHIR resource nor a consent record",
+                    issues=[Issue(path=where, message="no resourceType and no kind")],
+                )
+    records: list[ConsentRecord] = []
+    locations: dict[Identifier, str] = {}
+    for resource, where, location in fhir:
+        try:
+            record = from_consent(resource)
+        except MappingError as exc:
+            element = f"{where}.{exc.element}" if exc.element else where
+            raise MappingError(f"{where}: {exc.message}", element=element) from None
+        records.append(record)
+        if location:
+            locations[record.id] = location
+    if ours:
+        records.extend(load_consent_records(ours))
+    return ConsentInputs(records, ActorDirectory.from_resources(others), locations)
+
+
+def _location(resource: Mapping[str, Any], full_url: str | None) -> str | None:
+    if full_url and not full_url.startswith("urn:"):
+        return full_url
+    resource_id = resource.get("id")
+    return f"Consent/{resource_id}" if isinstance(resource_id, str) and resource_id else None
+
+
+def _instant(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise InputError(
+            "--at needs an ISO 8601 instant with a UTC offset",
+            issues=[Issue(path="--at", message="expected e.g. 2025-06-01T09:00:00Z")],
+        )
+    return value
+
+
+def run_decide(args: argparse.Namespace) -> int:
+    inputs = read_consent_inputs(args.consents)
+    documents = _read_json_documents(args.request, _read_text(args.request))
+    if len(documents) != 1 or not isinstance(documents[0], Mapping):
+        raise InputError(
+            f"{args.request}: expected one JSON object",
+            issues=[Issue(path=args.request, message="expected one JSON object")],
+        )
+    data = documents[0]
+    at = _instant(args.at)
+    engine = ConsentEngine(
+        inputs.records, directory=inputs.directory, combining=CombiningRule(args.combining)
+    )
+    if is_hook_request(data):
+        action = Coding(system=CONSENT_ACTION, code=args.action) if args.action else None
+        request = request_from_hook(data, at=at, action=action)
+        decision = engine.decide(request, trace=args.trace)
+        print(json.dumps(card_response(decision, locations=inputs.locations), indent=2))
+        return 0
+    request = load_decision_request(data, at=at)
+    decision = engine.decide(request, trace=args.trace)
+    if args.json:
+        print(json.dumps(decision_to_json(decision), indent=2))
+    else:
+        print(decision.explain())
+    return 0

@@ -1,0 +1,210 @@
+"""The JSON form of a decision request and of a decision (docs/consent-decisions.md has examples).
+
+Loading rejects unknown fields and reports errors by field path; codes may be given as full codings
+or, for purposes, actions and labels, as bare codes of their usual code systems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from marshmallow import ValidationError, fields, post_load, pre_load, validates_schema
+
+from fhir_alliance.consent.decision import (
+    DEFAULT_ACTOR_ROLE,
+    ConsentDecision,
+    DecisionBasis,
+    DecisionRequest,
+    RedactObligation,
+    RequestActor,
+    RequestedResource,
+)
+from fhir_alliance.model.common import Coding, Ref
+from fhir_alliance.model.consent import Period
+from fhir_alliance.schemas.common import (
+    AwareDateTime,
+    CodingSchema,
+    RefSchema,
+    StrictSchema,
+    load_or_raise,
+    not_blank,
+)
+from fhir_alliance.terminology import (
+    CONFIDENTIALITY_CODES,
+    CONSENT_ACTION,
+    V3_ACT_CODE,
+    V3_ACT_REASON,
+    V3_CONFIDENTIALITY,
+)
+
+__all__ = [
+    "ActorSchema",
+    "DecisionRequestSchema",
+    "ResourceSchema",
+    "decision_to_json",
+    "load_decision_request",
+]
+
+
+class _ShortCoding(fields.Field[Coding]):
+    """A coding ``{system, code}`` or a bare code of ``system`` (labels: confidentiality or ActCode)."""
+
+    default_error_messages = {"invalid": "expected a code or a {{system, code}} object"}  # noqa: RUF012
+
+    def __init__(self, system: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.system = system
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> Coding:
+        if isinstance(value, str):
+            if not value.strip():
+                raise self.make_error("invalid")
+            if self.system is not None:
+                return Coding(system=self.system, code=value)
+            system = V3_CONFIDENTIALITY if value in CONFIDENTIALITY_CODES else V3_ACT_CODE
+            return Coding(system=system, code=value)
+        coding: Coding = CodingSchema().load(value)
+        return coding
+
+
+def _codings(system: str | None) -> fields.List[Any]:
+    return fields.List(_ShortCoding(system), load_default=())
+
+
+class ActorSchema(RefSchema):
+    """An actor: a reference (``reference`` and/or ``identifier``) and an optional ``role``."""
+
+    role = fields.Nested(CodingSchema, load_default=None)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> RequestActor:
+        role = data.pop("role", None) or DEFAULT_ACTOR_ROLE
+        return RequestActor(reference=Ref(**data), role=role)
+
+
+class ResourceSchema(StrictSchema):
+    type = fields.String(load_default=None, validate=not_blank)
+    reference = fields.Nested(RefSchema, load_default=None)
+    profiles = fields.List(fields.String(validate=not_blank), load_default=())
+    codes = fields.List(fields.Nested(CodingSchema), load_default=())
+    labels = _codings(None)
+    date = AwareDateTime(future_tolerance=None, load_default=None)
+    refers_to = fields.List(fields.Nested(RefSchema), load_default=())
+    referenced_by = fields.List(fields.Nested(RefSchema), load_default=())
+    authors = fields.List(fields.Nested(RefSchema), load_default=())
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> RequestedResource:
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
+        return RequestedResource(**values)
+
+
+class DecisionRequestSchema(StrictSchema):
+    """``{patient, actors, at, purposes, action, categories, resource}``; ``patient`` is one reference
+    or a list of the ways the same patient is known."""
+
+    patient = fields.List(fields.Nested(RefSchema), required=True)
+    actors = fields.List(fields.Nested(ActorSchema), required=True)
+    at = AwareDateTime(future_tolerance=None, required=True)
+    purposes = _codings(V3_ACT_REASON)
+    action = _ShortCoding(CONSENT_ACTION, load_default=None)
+    categories = fields.List(fields.Nested(CodingSchema), load_default=())
+    resource = fields.Nested(ResourceSchema, load_default=None)
+
+    @pre_load
+    def _one_patient(self, data: Any, **kwargs: Any) -> Any:
+        if isinstance(data, Mapping) and isinstance(data.get("patient"), Mapping):
+            return {**data, "patient": [data["patient"]]}
+        return data
+
+    @validates_schema
+    def _named(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data.get("patient"):
+            raise ValidationError("name the patient", field_name="patient")
+        if not data.get("actors"):
+            raise ValidationError("name at least one actor", field_name="actors")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> DecisionRequest:
+        return DecisionRequest(
+            patient=tuple(data["patient"]),
+            actors=tuple(data["actors"]),
+            at=data["at"],
+            purposes=tuple(data["purposes"]),
+            action=data["action"],
+            resource=data["resource"],
+            categories=tuple(data["categories"]),
+        )
+
+
+def load_decision_request(data: object, *, at: datetime | None = None) -> DecisionRequest:
+    """Our JSON request form → :class:`DecisionRequest`; ``at`` fills a missing ``at`` (the CLI
+    passes the current time). Raises :class:`InputError` keyed by field path."""
+    if isinstance(data, Mapping) and "at" not in data and at is not None:
+        data = {**data, "at": at.isoformat()}
+    request: DecisionRequest = load_or_raise(DecisionRequestSchema(), data)
+    return request
+
+
+# --- decisions as JSON -------------------------------------------------------------------------
+
+
+def _coding(c: Coding) -> dict[str, str]:
+    return {"system": c.system, "code": c.code}
+
+
+def _period(p: Period) -> dict[str, str]:
+    out = {}
+    if p.start is not None:
+        out["start"] = p.start.isoformat()
+    if p.end is not None:
+        out["end"] = p.end.isoformat()
+    return out
+
+
+def _basis(b: DecisionBasis) -> dict[str, str]:
+    return {
+        "consent": str(b.consent),
+        "provision": b.path,
+        "decision": b.decision.value,
+        "consent_date": b.consent_date.isoformat(),
+    }
+
+
+def _obligation(o: RedactObligation) -> dict[str, Any]:
+    out: dict[str, Any] = {"mode": o.mode.value}
+    if o.labels:
+        out["labels"] = [_coding(c) for c in o.labels]
+    if o.codes:
+        out["codes"] = [_coding(c) for c in o.codes]
+    if o.classes:
+        out["classes"] = [_coding(c) for c in o.classes]
+    if o.data_period is not None:
+        out["data_period"] = _period(o.data_period)
+    if o.data:
+        out["data"] = [
+            {
+                "meaning": d.meaning.value,
+                "reference": d.reference.reference or str(d.reference.identifier),
+            }
+            for d in o.data
+        ]
+    out["basis"] = [_basis(b) for b in o.basis]
+    return out
+
+
+def decision_to_json(decision: ConsentDecision) -> dict[str, Any]:
+    """The machine form of a decision: outcome, combining rule, basis, obligations, notes."""
+    return {
+        "decision": decision.outcome.value,
+        "combining": decision.combining.value,
+        "basis": [_basis(b) for b in decision.basis],
+        "obligations": [_obligation(o) for o in decision.obligations],
+        "notes": list(decision.notes),
+    }
