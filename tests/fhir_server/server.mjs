@@ -8,7 +8,8 @@
 //   --port N        TCP port on 127.0.0.1 (0 = any free port; env FHIR_TEST_SERVER_PORT)
 //   --profiles DIR  load StructureDefinition-*.json from DIR at start-up
 //                   (env FHIR_TEST_SERVER_PROFILES; default ../../profiles/fsh-generated/resources)
-//   --detached      keep running when stdin closes (by default the server exits with its parent)
+//   --detached      keep running when stdin closes (by default, when stdin is a pipe, the server
+//                   exits as soon as it closes: it dies with the test process that started it)
 // Prints exactly one line to stdout: "FHIR_TEST_SERVER <base url>". Everything else goes to stderr.
 
 import { randomUUID } from 'node:crypto';
@@ -1238,8 +1239,17 @@ function shutdown() {
 }
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
-if (!opts.detached) {
-  // Exit with the parent: when the test process dies, our stdin closes.
+// Exit with the parent: when the test process dies, the pipe on our stdin closes. Only a pipe or
+// socket is watched: reading a terminal would steal input, and /dev/zero would spin the CPU.
+function stdinIsPipe() {
+  try {
+    const stat = fs.fstatSync(0);
+    return stat.isFIFO() || stat.isSocket();
+  } catch {
+    return false;
+  }
+}
+if (!opts.detached && stdinIsPipe()) {
   process.stdin.on('end', shutdown);
   process.stdin.on('close', shutdown);
   process.stdin.on('error', shutdown);

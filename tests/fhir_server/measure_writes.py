@@ -1,0 +1,104 @@
+"""Measure the test server's write throughput: one request per resource vs transaction Bundles of 100.
+
+Run: /work/venv/bin/python -m tests.fhir_server.measure_writes [--count 2000] [--base-url URL]
+Starts the local server unless --base-url is given; prints resources/s and the ratio per write path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.fhir_server.plugin import TimeoutSession, start_local_server
+
+FHIR_JSON = {"Content-Type": "application/fhir+json"}
+BUNDLE_SIZE = 100
+
+
+def observation(i: int, run: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "meta": {"tag": [{"system": "urn:measure", "code": run}]},
+        "identifier": [{"system": "urn:measure:obs", "value": f"{run}-{i}"}],
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "72166-2"}]},
+        "subject": {"reference": f"Patient/p{i % 50}"},
+        "effectiveDateTime": "2025-01-01T10:00:00Z",
+        "valueInteger": i % 7,
+    }
+
+
+def one_by_one(http: requests.Session, base: str, count: int, put: bool) -> None:
+    run = str(uuid.uuid4())
+    for i in range(count):
+        body = observation(i, run)
+        if put:
+            body["id"] = f"m-{run}-{i}"
+            response = http.put(f"{base}/Observation/{body['id']}", json=body, headers=FHIR_JSON)
+        else:
+            response = http.post(f"{base}/Observation", json=body, headers=FHIR_JSON)
+        response.raise_for_status()
+
+
+def in_bundles(http: requests.Session, base: str, count: int, put: bool) -> None:
+    run = str(uuid.uuid4())
+    for start in range(0, count, BUNDLE_SIZE):
+        entries = []
+        for i in range(start, min(count, start + BUNDLE_SIZE)):
+            body = observation(i, run)
+            if put:
+                body["id"] = f"m-{run}-{i}"
+                request = {"method": "PUT", "url": f"Observation/{body['id']}"}
+            else:
+                request = {"method": "POST", "url": "Observation"}
+            entries.append({"resource": body, "request": request})
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        response = http.post(base, json=bundle, headers=FHIR_JSON)
+        response.raise_for_status()
+
+
+def rate(fn: Callable[[], None], count: int) -> float:
+    started = time.perf_counter()
+    fn()
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--base-url")
+    args = parser.parse_args()
+    server = None
+    base = args.base_url
+    if not base:
+        server = start_local_server(Path(tempfile.mkdtemp(prefix="fhir-measure-")))
+        base = server.base_url
+    http = TimeoutSession(timeout=120)
+    try:
+        one_by_one(http, base, 200, put=False)  # warm-up (JIT, connections)
+        for label, put in (("POST", False), ("PUT deterministic id", True)):
+            if server:
+                http.post(f"{base}/$reset").raise_for_status()  # each phase starts empty
+            single = rate(lambda put=put: one_by_one(http, base, args.count, put), args.count)
+            if server:
+                http.post(f"{base}/$reset").raise_for_status()
+            bundled = rate(lambda put=put: in_bundles(http, base, args.count, put), args.count)
+            print(
+                f"{label:22s} one by one {single:7.0f}/s   transaction x{BUNDLE_SIZE} "
+                f"{bundled:7.0f}/s   ratio {bundled / single:4.1f}x   ({args.count} Observations)"
+            )
+    finally:
+        http.close()
+        if server:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
