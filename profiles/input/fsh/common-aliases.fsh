@@ -45,3 +45,11 @@ Alias: $R5ConsentDecision = http://hl7.org/fhir/5.0/StructureDefinition/extensio
 // --- Ours (canonical base https://fhir-alliance.org/fhir) -----------------------------
 Alias: $FA = https://fhir-alliance.org/fhir
 Alias: $FA-Identifier = https://fhir-alliance.org/fhir/identifier
+// Alliance observations (CodeSystems of profiles/input/fsh/obs-terminology.fsh)
+Alias: $FAMeasures = https://fhir-alliance.org/fhir/CodeSystem/alliance-measures
+Alias: $FADimensions = https://fhir-alliance.org/fhir/CodeSystem/alliance-dimensions
+Alias: $FARatingScales = https://fhir-alliance.org/fhir/CodeSystem/alliance-rating-scales
+Alias: $FARaterRoles = https://fhir-alliance.org/fhir/CodeSystem/alliance-rater-roles
+Alias: $FARuptureTypes = https://fhir-alliance.org/fhir/CodeSystem/rupture-types
+Alias: $FARuptureMarkers = https://fhir-alliance.org/fhir/CodeSystem/rupture-markers
+Alias: $FARepairStrategies = https://fhir-alliance.org/fhir/CodeSystem/repair-strategies
