@@ -64,9 +64,15 @@ def in_bundles(http: requests.Session, base: str, count: int, put: bool) -> None
         response.raise_for_status()
 
 
-def rate(fn: Callable[[], None], count: int) -> float:
+def rate(
+    write: Callable[[requests.Session, str, int, bool], None],
+    http: requests.Session,
+    base: str,
+    count: int,
+    put: bool,
+) -> float:
     started = time.perf_counter()
-    fn()
+    write(http, base, count, put)
     return count / (time.perf_counter() - started)
 
 
@@ -86,10 +92,10 @@ def main() -> None:
         for label, put in (("POST", False), ("PUT deterministic id", True)):
             if server:
                 http.post(f"{base}/$reset").raise_for_status()  # each phase starts empty
-            single = rate(lambda put=put: one_by_one(http, base, args.count, put), args.count)
+            single = rate(one_by_one, http, base, args.count, put)
             if server:
                 http.post(f"{base}/$reset").raise_for_status()
-            bundled = rate(lambda put=put: in_bundles(http, base, args.count, put), args.count)
+            bundled = rate(in_bundles, http, base, args.count, put)
             print(
                 f"{label:22s} one by one {single:7.0f}/s   transaction x{BUNDLE_SIZE} "
                 f"{bundled:7.0f}/s   ratio {bundled / single:4.1f}x   ({args.count} Observations)"
