@@ -2,8 +2,10 @@
 
 Policy (docs/profiles.md): artefacts of these instruments ship structure only. Questionnaire items
 carry no ``text`` or exactly the neutral placeholder ``Item <n>``; labels elsewhere (code displays,
-definitions, designations, answer options) are short structural names (at most six words, no
-first-person wording, as item statements are written); no narrative ``text``.
+definitions, designations, answer options) are short structural names (at most ten words, no
+first-person wording, as item statements are written); no narrative ``text``. Concepts whose code
+names one of these instruments (``wai-sr.3``, ``srs.total``) are checked in any CodeSystem or
+ValueSet, even one that is not itself about a licensed instrument.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 #: The neutral placeholder allowed as Questionnaire.item.text.
 PLACEHOLDER = re.compile(r"Item [1-9][0-9]*")
-MAX_LABEL_WORDS = 6
+MAX_LABEL_WORDS = 10
 FIRST_PERSON = re.compile(r"\b(I|me|my|mine|myself|we|us|our|ours)\b", re.IGNORECASE)
 LABEL_KEYS = frozenset({"display", "definition", "valueString", "value", "text"})
 _TOKEN = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
@@ -22,6 +24,15 @@ _TOKEN = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 def _tokens(value: str) -> list[str]:
     return [t.lower() for t in _TOKEN.findall(value)]
+
+
+def names_licensed_instrument(value: str) -> bool:
+    """True when an identifier-like string (id, name, code, URL tail) names WAI-SR, SRS or ORS."""
+    tokens = _tokens(value)
+    if {"srs", "ors"} & set(tokens) or "waisr" in "".join(tokens):
+        return True
+    lowered = value.lower()
+    return "session rating scale" in lowered or "outcome rating scale" in lowered
 
 
 def is_licensed_instrument(resource: Mapping[str, Any]) -> bool:
@@ -32,12 +43,7 @@ def is_licensed_instrument(resource: Mapping[str, Any]) -> bool:
             continue
         if key == "url":
             value = value.rstrip("/").rsplit("/", 1)[-1]
-        tokens = _tokens(value)
-        joined = "".join(tokens)
-        if {"srs", "ors"} & set(tokens) or "waisr" in joined:
-            return True
-        lowered = value.lower()
-        if "session rating scale" in lowered or "outcome rating scale" in lowered:
+        if names_licensed_instrument(value):
             return True
     return False
 
@@ -82,12 +88,46 @@ def _walk_labels(value: Any, path: str) -> Iterator[str]:
             yield from _walk_labels(child, f"{path}[{index}]")
 
 
+def _walk_concepts(concepts: Any, path: str) -> Iterator[str]:
+    """Concepts (CodeSystem.concept, ValueSet...include.concept, expansion.contains) whose code
+    names a licensed instrument, with everything under them."""
+    if not isinstance(concepts, list):
+        return
+    for index, concept in enumerate(concepts):
+        if not isinstance(concept, Mapping):
+            continue
+        here = f"{path}[{index}]"
+        code = concept.get("code")
+        if isinstance(code, str) and names_licensed_instrument(code):
+            yield from _walk_labels(dict(concept), here)
+        else:
+            for key in ("concept", "contains"):
+                yield from _walk_concepts(concept.get(key), f"{here}.{key}")
+
+
+def _concept_lists(resource: Mapping[str, Any], kind: str) -> Iterator[tuple[Any, str]]:
+    yield resource.get("concept"), f"{kind}.concept"
+    compose = resource.get("compose")
+    if isinstance(compose, Mapping):
+        for part in ("include", "exclude"):
+            for index, entry in enumerate(compose.get(part) or []):
+                if isinstance(entry, Mapping):
+                    yield entry.get("concept"), f"{kind}.compose.{part}[{index}].concept"
+    expansion = resource.get("expansion")
+    if isinstance(expansion, Mapping):
+        yield expansion.get("contains"), f"{kind}.expansion.contains"
+
+
 def findings(resource: Mapping[str, Any]) -> list[str]:
     """Element paths (with the reason) that may carry licensed wording; empty when clean or when
-    the resource is not about a licensed instrument."""
-    if not is_licensed_instrument(resource):
-        return []
+    nothing in the resource is about a licensed instrument."""
     kind = resource.get("resourceType", "Resource")
+    if not is_licensed_instrument(resource):
+        return [
+            finding
+            for concepts, path in _concept_lists(resource, str(kind))
+            for finding in _walk_concepts(concepts, path)
+        ]
     found: list[str] = []
     if "text" in resource:
         found.append(f"{kind}.text: narrative on a licensed-instrument artefact")

@@ -54,10 +54,45 @@ def test_answer_option_and_code_labels_must_be_short_and_impersonal() -> None:
         "id": "srs-items",
         "concept": [
             {"code": "relationship", "display": "Relationship"},
-            {"code": "x", "display": "x", "definition": "one two three four five six seven"},
+            {
+                "code": "x",
+                "display": "x",
+                "definition": "one two three four five six seven 8 9 10 11",
+            },
         ],
     }
-    assert findings(system) == ["CodeSystem.concept[1].definition: more than 6 words"]
+    assert findings(system) == ["CodeSystem.concept[1].definition: more than 10 words"]
+
+
+def test_instrument_concepts_in_a_general_code_system_are_checked() -> None:
+    """In a CodeSystem not named after an instrument, concepts coded wai-sr.* / srs.* are checked,
+    children included; other concepts may carry any wording."""
+    system = {
+        "resourceType": "CodeSystem",
+        "id": "alliance-measures",
+        "concept": [
+            {"code": "seed.trust", "display": SENTENCE},
+            {
+                "code": "wai-sr",
+                "display": "Working Alliance Inventory - Short Revised",
+                "concept": [
+                    {"code": "wai-sr.1", "display": "WAI-SR item 1"},
+                    {"code": "wai-sr.2", "display": SENTENCE},
+                ],
+            },
+        ],
+    }
+    assert findings(system) == ["CodeSystem.concept[1].concept[1].display: first-person wording"]
+    value_set = {
+        "resourceType": "ValueSet",
+        "id": "alliance-items",
+        "compose": {
+            "include": [{"system": "x", "concept": [{"code": "srs.1", "display": SENTENCE}]}]
+        },
+    }
+    assert findings(value_set) == [
+        "ValueSet.compose.include[0].concept[0].display: first-person wording"
+    ]
 
 
 def test_narrative_on_licensed_artefact_is_flagged() -> None:

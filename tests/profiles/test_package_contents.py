@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,57 @@ def test_structure_definitions_have_snapshots(definition: dict[str, Any]) -> Non
     assert elements, "no snapshot"
     assert elements[0]["path"] == definition["type"]
     assert all(e["path"].split(".")[0] == definition["type"] for e in elements)
+
+
+# Elements Medplum adds to its copy of the R4 definitions, which the build strips from the
+# hl7.fhir.r4.core package it lays out (see profiles/tools/build.mjs). A profile that constrains
+# meta would otherwise carry e.g. Observation.meta.project in its snapshot.
+MEDPLUM_ADDITIONS = re.compile(
+    r"(^|\.)meta\.(project|author|onBehalfOf|account|accounts|compartment|deleted)$"
+    r"|^Binary\.url$"
+)
+
+
+def medplum_traces(resource: dict[str, Any]) -> list[str]:
+    """Element paths or URLs in ``resource`` that come from Medplum, not from FHIR R4."""
+    found = [
+        element["path"]
+        for view in ("snapshot", "differential")
+        for element in resource.get(view, {}).get("element", [])
+        if MEDPLUM_ADDITIONS.search(element["path"])
+    ]
+    if "medplum" in json.dumps(resource).lower():
+        found.append("a reference to medplum")
+    return found
+
+
+@pytest.mark.parametrize("resource", RESOURCES, ids=IDS)
+def test_no_medplum_additions(resource: dict[str, Any]) -> None:
+    """No artefact carries Medplum's additions to R4 (Meta.project, medplum.com targets, ...)."""
+    assert medplum_traces(resource) == []
+
+
+def test_medplum_trace_detector_finds_meta_project() -> None:
+    """The detector flags an unfolded Meta.project and a medplum.com target profile."""
+    polluted = {
+        "snapshot": {
+            "element": [{"path": "Observation.meta"}, {"path": "Observation.meta.project"}]
+        },
+        "differential": {
+            "element": [
+                {
+                    "path": "Observation.performer",
+                    "type": [
+                        {
+                            "code": "Reference",
+                            "targetProfile": ["https://medplum.com/fhir/StructureDefinition/Bot"],
+                        }
+                    ],
+                }
+            ]
+        },
+    }
+    assert medplum_traces(polluted) == ["Observation.meta.project", "a reference to medplum"]
 
 
 @pytest.mark.parametrize("resource", RESOURCES, ids=IDS)
