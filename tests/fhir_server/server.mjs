@@ -136,6 +136,8 @@ function loadR4Definitions() {
   indexStructureDefinitionBundle(resources);
   indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
   narrowSearchExpressions();
+  terminology.addBundle(readJson('fhir/r4/valuesets.json'));
+  terminology.addBundle(readJson('fhir/r4/v3-codesystems.json'));
   return resources.entry
     .map((e) => e.resource)
     .filter((sd) => sd?.resourceType === 'StructureDefinition' && sd.kind === 'resource' && !sd.abstract)
@@ -165,6 +167,141 @@ function narrowSearchExpressions() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Terminology: membership of codes at required bindings, which Medplum's validator does not check
+
+/**
+ * Expands ValueSets that can be expanded locally (explicit concept lists, or whole code systems whose
+ * concepts are known, and expansions shipped in the definition). Anything else (filters, imports of
+ * unknown sets, LOINC, SNOMED) is "not computable" and left unchecked rather than guessed.
+ */
+class Terminology {
+  constructor() {
+    this.codeSystems = new Map(); // url -> Set(code)
+    this.valueSets = new Map(); // url -> ValueSet
+    this.expanded = new Map(); // url -> Map(system -> Set(code)) | null when not computable
+  }
+
+  add(resource) {
+    if (resource?.resourceType === 'CodeSystem' && resource.url && resource.content === 'complete') {
+      const codes = new Set();
+      const walk = (concepts) => {
+        for (const c of concepts ?? []) {
+          if (c.code) codes.add(c.code);
+          walk(c.concept);
+        }
+      };
+      walk(resource.concept);
+      this.codeSystems.set(resource.url, codes);
+    } else if (resource?.resourceType === 'ValueSet' && resource.url) {
+      this.valueSets.set(resource.url, resource);
+    }
+    this.expanded.clear();
+  }
+
+  addBundle(bundle) {
+    for (const entry of bundle.entry ?? []) {
+      this.add(entry.resource);
+    }
+  }
+
+  /** Map(system -> Set(code)) for the ValueSet, or null when it cannot be expanded here. */
+  expand(url, depth = 0) {
+    const key = url.split('|')[0];
+    if (this.expanded.has(key)) {
+      return this.expanded.get(key);
+    }
+    const vs = this.valueSets.get(key);
+    let result = null;
+    if (vs && depth < 5) {
+      result = this.computeExpansion(vs, depth);
+    }
+    this.expanded.set(key, result);
+    return result;
+  }
+
+  computeExpansion(vs, depth) {
+    const out = new Map();
+    const add = (system, code) => {
+      if (!out.has(system)) out.set(system, new Set());
+      out.get(system).add(code);
+    };
+    if (vs.expansion?.contains?.length && !vs.compose) {
+      const walk = (items) => {
+        for (const c of items ?? []) {
+          if (c.system && c.code) add(c.system, c.code);
+          walk(c.contains);
+        }
+      };
+      walk(vs.expansion.contains);
+      return out;
+    }
+    if (!vs.compose?.include?.length || vs.compose.exclude?.length) {
+      return null;
+    }
+    for (const include of vs.compose.include) {
+      if (include.filter?.length) {
+        return null;
+      }
+      for (const imported of include.valueSet ?? []) {
+        const sub = this.expand(imported, depth + 1);
+        if (!sub) return null;
+        for (const [system, codes] of sub) for (const code of codes) add(system, code);
+      }
+      if (!include.system) {
+        continue;
+      }
+      if (include.concept?.length) {
+        for (const c of include.concept) add(include.system, c.code);
+      } else {
+        const codes = this.codeSystems.get(include.system);
+        if (!codes) return null;
+        for (const code of codes) add(include.system, code);
+      }
+    }
+    return out;
+  }
+
+  /** Issues for values collected at required bindings by validateResource({ collect }). */
+  check(tokens) {
+    const issues = [];
+    for (const [valueSetUrl, values] of Object.entries(tokens ?? {})) {
+      const allowed = this.expand(valueSetUrl);
+      if (!allowed) {
+        continue;
+      }
+      for (const { type, value, path: where } of values) {
+        if (!this.matches(allowed, type, value)) {
+          const shown = type === 'code' ? `"${value}"` : 'no coding';
+          issues.push(
+            issue('code-invalid', `Value ${shown} is not in the required ValueSet ${valueSetUrl.split('|')[0]}`, where)
+          );
+        }
+      }
+    }
+    return issues;
+  }
+
+  matches(allowed, type, value) {
+    const inSet = (system, code) =>
+      system === undefined
+        ? [...allowed.values()].some((codes) => codes.has(code))
+        : Boolean(allowed.get(system)?.has(code));
+    switch (type) {
+      case 'code':
+        return typeof value !== 'string' || inSet(undefined, value);
+      case 'Coding':
+        return !value?.code || !value.system || inSet(value.system, value.code);
+      case 'CodeableConcept': {
+        const codings = (value?.coding ?? []).filter((c) => c?.system && c.code);
+        return codings.length === 0 ? Boolean(value?.text) : codings.some((c) => inSet(c.system, c.code));
+      }
+      default:
+        return true; // strings, uris and Quantity units are not checked
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Profiles: loaded at start-up from a directory, or at runtime through POST [base]/$load-profile
 
 class ProfileRegistry {
@@ -178,6 +315,15 @@ class ProfileRegistry {
     if (!fs.existsSync(dir)) {
       logLine(`profile directory ${dir} does not exist; no profiles loaded at start-up`);
       return 0;
+    }
+    for (const file of fs.readdirSync(dir).sort()) {
+      if ((file.startsWith('ValueSet-') || file.startsWith('CodeSystem-')) && file.endsWith('.json')) {
+        try {
+          terminology.add(JSON.parse(fs.readFileSync(path.join(dir, file), 'utf8')));
+        } catch (err) {
+          logLine(`skipping ${file}: not JSON (${err.message})`);
+        }
+      }
     }
     const files = fs
       .readdirSync(dir)
@@ -289,7 +435,9 @@ function validateForStore(resource, profiles) {
     if (typeof resource.resourceType !== 'string' || !isResourceType(resource.resourceType)) {
       return [issue('structure', 'Unknown or missing resourceType', 'Resource.resourceType')];
     }
-    issues.push(...validateResource(resource));
+    const tokens = {};
+    issues.push(...validateResource(resource, { collect: { tokens } }));
+    issues.push(...terminology.check(tokens));
   } catch (err) {
     baseOk = false;
     issues.push(...normalizeOperationOutcome(err).issue);
@@ -327,7 +475,9 @@ function validateForStore(resource, profiles) {
         return; // profile findings would repeat the base ones
       }
       try {
-        issues.push(...validateResource(resource, { profile: sd }).map((x) => withProfile(x, url)));
+        const tokens = {};
+        const found = validateResource(resource, { profile: sd, collect: { tokens } });
+        issues.push(...[...found, ...terminology.check(tokens)].map((x) => withProfile(x, url)));
       } catch (err) {
         issues.push(...normalizeOperationOutcome(err).issue.map((x) => withProfile(x, url)));
       }
@@ -785,6 +935,7 @@ function buildCapabilityStatement(baseUrl, resourceTypes, profiles) {
 // HTTP
 
 const STARTED_AT = new Date().toISOString();
+const terminology = new Terminology();
 const opts = parseArgs(process.argv.slice(2));
 const resourceTypes = loadR4Definitions();
 const profiles = new ProfileRegistry();

@@ -21,6 +21,8 @@ from tests.fhir_server.plugin import SERVER_DIR, FhirTestServer, TimeoutSession
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 ID_SYSTEM = f"{CANONICAL_BASE}/identifier/test-server"
+CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
 
 def observation(server: FhirTestServer, **extra: Any) -> dict[str, Any]:
@@ -176,6 +178,27 @@ def test_unknown_element_is_rejected_with_its_path(fhir_server: FhirTestServer) 
     response = post(fhir_server, bad)
     assert response.status_code == 400
     assert any(e.startswith("Observation.meta") for e in expressions(response.json()))
+
+
+def test_code_outside_a_required_binding_is_rejected(fhir_server: FhirTestServer) -> None:
+    """A code not in its required ValueSet (Observation.status "finished") is 400 naming the element."""
+    response = post(fhir_server, observation(fhir_server, status="finished"))
+    assert response.status_code == 400
+    assert "Observation.status" in expressions(response.json())
+    consent = fhir_server.tagged(
+        {
+            "resourceType": "Consent",
+            "status": "active",
+            "scope": {"coding": [{"system": CONSENT_SCOPE, "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "policyRule": {"coding": [{"system": ACT_CODE, "code": "OPTIN"}]},
+            "provision": {"type": "allow"},
+        }
+    )
+    refused = post(fhir_server, consent)
+    assert refused.status_code == 400
+    assert "Consent.provision.type" in expressions(refused.json())
+    assert post(fhir_server, {**consent, "provision": {"type": "permit"}}).status_code == 201
 
 
 # --- conditional create -----------------------------------------------------------------------
