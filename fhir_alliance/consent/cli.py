@@ -177,7 +177,7 @@ def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
             record = from_consent(resource)
         except MappingError as exc:
             element = f"{where}.{exc.element}" if exc.element else where
-            raise MappingError(f"{where}: {exc.message}", element=element) from None
+            raise MappingError(exc.message, element=element) from None
         records.append(record)
         if location:
             locations[record.id] = location

@@ -738,9 +738,10 @@ class ConsentEngine:
                 permits.append(decider)
         if silent:
             labels = ", ".join(sorted(code for _, code in needed))
-            notes.append(
-                f"{len(silent)} permit(s) do not name {labels}: content with that label needs "
-                "a provision that permits it explicitly"
+            notes.extend(
+                f"consent {n.consent.id_text}, {_where(n)}: permits, but does not name {labels}; "
+                "content with that label needs a provision that permits it explicitly"
+                for n in sorted(silent, key=_recency)
             )
         combining = self.combining
         if combining is CombiningRule.MOST_RECENT_WINS:
@@ -866,6 +867,10 @@ def _hull(a: Period, b: Period) -> Period:
     start = None if a.start is None or b.start is None else min(a.start, b.start)
     end = None if a.end is None or b.end is None else max(a.end, b.end)
     return Period(start=start, end=end)
+
+
+def _where(n: _Node) -> str:
+    return "base decision" if n.path == "root" else f"provision {n.path}"
 
 
 def _recency(n: _Node) -> tuple[float, int, str]:

@@ -635,7 +635,7 @@ SCENARIOS: list[Scenario] = [
         [consent("c1", "permit", **share_with(DR_A))],
         request(DR_A, res=NOTE),
         DENY,
-        note="PSYTHPN",
+        note="base decision: permits, but does not name PSYTHPN",
     ),
     Scenario(
         "psythpn-permitted-by-nested-exception",
