@@ -6,7 +6,6 @@ Pure: the client sends what :func:`build_bundle` makes and reads the answer with
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -89,7 +88,10 @@ def _resource_type(resource: Mapping[str, Any]) -> str:
 
 
 def build_bundle(kind: str, requests: Sequence[BundleRequest]) -> dict[str, Any]:
-    """A ``transaction`` or ``batch`` Bundle, entries in the order given."""
+    """A ``transaction`` or ``batch`` Bundle, entries in the order given.
+
+    The resources are referenced, not copied: serialise the Bundle before changing them.
+    """
     if kind not in ("transaction", "batch"):
         raise InputError("bundle kind must be transaction or batch", issues=[Issue("kind", "")])
     entries = []
@@ -101,7 +103,10 @@ def build_bundle(kind: str, requests: Sequence[BundleRequest]) -> dict[str, Any]
             request["ifNoneExist"] = req.if_none_exist
         entry: dict[str, Any] = {"request": request}
         if req.resource is not None:
-            entry["resource"] = copy.deepcopy(dict(req.resource))
+            # No copy: the Bundle is serialised at once (a deep copy cost a third of the time).
+            entry["resource"] = (
+                req.resource if isinstance(req.resource, dict) else dict(req.resource)
+            )
             if req.method == "POST":
                 entry["fullUrl"] = f"urn:uuid:{uuid.uuid4()}"
         entries.append(entry)
