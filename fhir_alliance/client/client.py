@@ -173,6 +173,7 @@ class FhirClient:
     ``timeout`` is (connect, read) seconds and applies to every request. ``connect_retries``
     covers only failures to connect (nothing reached the server); everything else is retried by
     :class:`RetryPolicy` for idempotent requests only. ``max_pages`` bounds search paging.
+    TLS verification is always on (``ca_bundle`` names a private CA); ``proxies`` are explicit.
     """
 
     def __init__(
@@ -188,6 +189,8 @@ class FhirClient:
         max_bundle_entries: int = 1000,
         allow_insecure_http: bool = False,
         pool_maxsize: int = 10,
+        ca_bundle: str | None = None,
+        proxies: Mapping[str, str] | None = None,
     ) -> None:
         self.base = BaseUrl.parse(base_url)
         self.auth = auth or NoAuth()
@@ -209,7 +212,9 @@ class FhirClient:
         self._allow_insecure_http = allow_insecure_http
         self._capabilities: ServerCapabilities | None = None
         self.session = requests.Session()
-        self.session.trust_env = False  # no proxies or .netrc credentials picked up silently
+        # No proxies, CA paths or .netrc credentials picked up silently from the environment
+        # (.netrc would replace our Authorization header).
+        self.session.trust_env = False
         adapter = HTTPAdapter(
             max_retries=Retry(
                 total=connect_retries,
@@ -228,7 +233,11 @@ class FhirClient:
         self.session.headers.update(
             {"Accept": FHIR_JSON, "User-Agent": f"fhir-alliance/{__version__}"}
         )
-        self.session.verify = True
+        # TLS verification is always on; a private CA is given as a bundle path, never by
+        # switching verification off. Proxies are explicit (environment settings are ignored).
+        self.session.verify = ca_bundle or True
+        if proxies:
+            self.session.proxies.update(proxies)
         _install_redaction()
 
     def __repr__(self) -> str:
