@@ -360,14 +360,14 @@ function layOutCache() {
 const PROBLEM = /^(error|warn)\s/;
 // SUSHI always asks for hl7.fhir.uv.tools.r4#latest, which is on no reachable registry and which
 // nothing here needs; that one warning is expected and not counted.
-const EXPECTED_WARNING = /^warn\s+Failed to load automatically-provided hl7\.fhir\.uv\.tools\.r4#latest\s*$/;
+const EXPECTED_WARNING = /^warn\s+Failed to load automatically-provided hl7\.fhir\.uv\.tools\.r4#latest\b/;
 
 function runSushi(outRoot, { verbose }) {
   const sushi = path.join(NODE_MODULES, 'fsh-sushi', 'dist', 'app.js');
   if (!fs.existsSync(sushi)) fail('fsh-sushi is missing: run `make node` (npm ci in profiles/)');
   const result = spawnSync(
     process.execPath,
-    [sushi, 'build', PROFILES_DIR, '--snapshot', '--out', outRoot, '--log-level', 'warn'],
+    [sushi, 'build', PROFILES_DIR, '--snapshot', '--out', outRoot, '--log-level', verbose ? 'info' : 'warn'],
     {
       cwd: PROFILES_DIR,
       encoding: 'utf8',
@@ -375,9 +375,20 @@ function runSushi(outRoot, { verbose }) {
         ...process.env,
         HOME: HOME_DIR,
         USERPROFILE: HOME_DIR,
-        // No colour codes in logs; no "is there a newer SUSHI" network probe noise.
+        // No colour codes in logs.
         FORCE_COLOR: '0',
         NO_COLOR: '1',
+        // Strictly offline, so a build never depends on (or changes with) a registry: FHIR package
+        // look-ups go to a closed local port and fail at once; SUSHI's own "is there a newer SUSHI"
+        // probes (`npm view`, then HTTPS) answer from npm's cache or fail fast.
+        FPL_REGISTRY: 'http://127.0.0.1:9',
+        npm_config_offline: 'true',
+        HTTPS_PROXY: 'http://127.0.0.1:9',
+        HTTP_PROXY: 'http://127.0.0.1:9',
+        https_proxy: 'http://127.0.0.1:9',
+        http_proxy: 'http://127.0.0.1:9',
+        NO_PROXY: '',
+        no_proxy: '',
       },
       maxBuffer: 64 * 1024 * 1024,
     },
