@@ -43,7 +43,7 @@ def normalize_reference(reference: str) -> str:
 class ActorDirectory:
     """Literal references ⇄ business identifiers of the parties a consent may name."""
 
-    __slots__ = ("_ambiguous", "_by_reference")
+    __slots__ = ("_ambiguous", "_by_reference", "_keys_by_reference")
 
     def __init__(self, entries: Iterable[tuple[str, Iterable[Identifier]]] = ()) -> None:
         by_reference: dict[str, set[Identifier]] = {}
@@ -57,6 +57,11 @@ class ActorDirectory:
         self._ambiguous = frozenset(i for i, sets in owners.items() if len(sets) > 1)
         self._by_reference = {
             ref: frozenset(ids - self._ambiguous) for ref, ids in by_reference.items()
+        }
+        # Match keys of every known reference, worked out once.
+        self._keys_by_reference: dict[str, frozenset[RefKey]] = {
+            ref: frozenset({("ref", ref), *(("id", i.system, i.value) for i in ids)})
+            for ref, ids in self._by_reference.items()
         }
 
     @classmethod
@@ -83,14 +88,21 @@ class ActorDirectory:
 
     def keys(self, ref: Ref) -> frozenset[RefKey]:
         """Every key under which ``ref`` may match another reference."""
-        keys: set[RefKey] = set()
-        if ref.reference is not None:
-            literal = normalize_reference(ref.reference)
-            keys.add(("ref", literal))
-            keys.update(("id", i.system, i.value) for i in self._by_reference.get(literal, ()))
-        if ref.identifier is not None:
-            keys.add(("id", ref.identifier.system, ref.identifier.value))
-        return frozenset(keys)
+        literal = ref.reference
+        identifier = ref.identifier
+        if literal is not None:
+            keys = self._keys_by_reference.get(literal)
+            if keys is None:
+                keys = frozenset({("ref", normalize_reference(literal))}) | frozenset(
+                    ("id", i.system, i.value)
+                    for i in self._by_reference.get(normalize_reference(literal), ())
+                )
+            if identifier is None:
+                return keys
+            return keys | {("id", identifier.system, identifier.value)}
+        if identifier is None:
+            return frozenset()
+        return frozenset({("id", identifier.system, identifier.value)})
 
     def resolvable(self, ref: Ref) -> bool:
         """Whether ``ref`` can be compared with a reference given in the other form."""

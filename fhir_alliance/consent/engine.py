@@ -20,7 +20,7 @@ Semantics in brief (the full statement, with examples, is ``docs/consent-decisio
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -549,33 +549,62 @@ _OTHER = ("", "")  # stands for any action or purpose that no root provision of 
 
 
 class _PatientGroup:
-    """The consents of one patient, pre-sorted by the actions and purposes their roots name, so a
-    request looks at only the consents whose root could match its action and purpose."""
+    """The consents of one patient, indexed by what their root provisions require (action, purpose,
+    actor) as bit masks, so a request looks only at consents whose root could match it."""
 
-    __slots__ = ("actions", "consents", "purposes", "table")
+    __slots__ = ("actions", "actor_masks", "any_actor", "consents", "purposes", "table")
 
     def __init__(self, consents: Iterable[_Consent]) -> None:
         self.consents = tuple(consents)
         roots = [c.root for c in self.consents]
         self.actions = frozenset(k for r in roots for k in (r.actions or ()))
         self.purposes = frozenset(k for r in roots for k in (r.purposes or ()))
-        self.table: dict[tuple[_CodeKey, _CodeKey], tuple[_Consent, ...]] = {}
+        self.table: dict[tuple[_CodeKey, _CodeKey], int] = {}
         for action in (*self.actions, _OTHER):
             for purpose in (*self.purposes, _OTHER):
-                self.table[(action, purpose)] = tuple(
-                    c
-                    for c in self.consents
-                    if (c.root.actions is None or action in c.root.actions)
-                    and (c.root.purposes is None or purpose in c.root.purposes)
-                )
+                mask = 0
+                for bit, root in enumerate(roots):
+                    if (root.actions is None or action in root.actions) and (
+                        root.purposes is None or purpose in root.purposes
+                    ):
+                        mask |= 1 << bit
+                self.table[(action, purpose)] = mask
+        # (role, key) → consents whose root names that actor; any_actor: roots naming no actor.
+        self.actor_masks: dict[tuple[_CodeKey, RefKey], int] = {}
+        self.any_actor = 0
+        for bit, root in enumerate(roots):
+            if root.actors is None:
+                self.any_actor |= 1 << bit
+                continue
+            for role, keys in root.actors:
+                for key in keys:
+                    token = (role, key)
+                    self.actor_masks[token] = self.actor_masks.get(token, 0) | 1 << bit
 
-    def lookup(self, q: _Request) -> tuple[_Consent, ...]:
+    def lookup(self, q: _Request) -> list[_Consent]:
         action = q.action if q.action in self.actions else _OTHER
-        purposes = [p for p in q.purposes if p in self.purposes] or [_OTHER]
-        if len(purposes) == 1:
-            return self.table[(action, purposes[0])]
-        seen = {c.index: c for p in purposes for c in self.table[(action, p)]}
-        return tuple(seen[i] for i in sorted(seen))
+        table = self.table
+        mask = 0
+        matched = False
+        for purpose in q.purposes:
+            if purpose in self.purposes:
+                mask |= table[(action, purpose)]
+                matched = True
+        if not matched:
+            mask = table[(action, _OTHER)]
+        actors = self.any_actor
+        actor_masks = self.actor_masks
+        for role, keys in q.actor_keys.items():
+            for key in keys:
+                actors |= actor_masks.get((role, key), 0)
+        mask &= actors
+        consents = self.consents
+        found = []
+        while mask:
+            low = mask & -mask
+            found.append(consents[low.bit_length() - 1])
+            mask ^= low
+        return found
 
 
 def _group_by_patient(
@@ -662,8 +691,9 @@ class ConsentEngine:
         notes: list[str] = []
         patient_keys = _keys_of(request.patient, self.directory)
         group = self._patient_group(patient_keys)
+        candidates: Sequence[_Consent]
         if group is None:
-            candidates: tuple[_Consent, ...] = ()
+            candidates = ()
         elif trace:
             candidates = group.consents
         else:
