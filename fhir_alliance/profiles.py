@@ -26,15 +26,19 @@ import orjson
 from fhir_alliance.errors import ArtefactNotFoundError, ProfilesPackageError
 
 __all__ = [
+    "Binding",
     "PackageInfo",
     "all_resources",
+    "bindings",
     "code_system",
     "package_info",
     "package_location",
     "questionnaire",
+    "required_bindings",
     "resource",
     "structure_definitions",
     "value_set",
+    "value_set_codes",
 ]
 
 #: Sub-package of ``fhir_alliance`` that holds the JSON in a wheel.
@@ -207,3 +211,109 @@ def package_info() -> PackageInfo:
         },
         origin=package.origin,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A terminology binding in a profile's snapshot: ``element`` is the element id
+    (``Observation.component:tension.code``), ``value_set`` the canonical URL (maybe ``|version``)."""
+
+    element: str
+    path: str
+    strength: str
+    value_set: str
+
+
+def bindings(profile: str) -> list[Binding]:
+    """Every binding with a value set in the snapshot of one of our profiles (by id, name or URL),
+    in snapshot order."""
+    definition = resource("StructureDefinition", profile)
+    elements = definition.get("snapshot", {}).get("element", [])
+    if not elements:
+        raise ProfilesPackageError(f"StructureDefinition {definition.get('id')!r} has no snapshot")
+    found: list[Binding] = []
+    for element in elements:
+        binding = element.get("binding")
+        if isinstance(binding, dict) and isinstance(binding.get("valueSet"), str):
+            found.append(
+                Binding(
+                    element=str(element.get("id", element.get("path", ""))),
+                    path=str(element.get("path", "")),
+                    strength=str(binding.get("strength", "")),
+                    value_set=binding["valueSet"],
+                )
+            )
+    return found
+
+
+def required_bindings(profile: str) -> list[Binding]:
+    """The ``required`` bindings of one of our profiles: the codes a conformant resource must take
+    from a value set. (Medplum's validator does not check these; see docs/profiles.md.)"""
+    return [b for b in bindings(profile) if b.strength == "required"]
+
+
+def value_set_codes(name: str) -> frozenset[tuple[str, str]]:
+    """The ``(system, code)`` pairs of one of our ValueSets, expanded locally: enumerated
+    concepts of any system, whole code systems only when they are ours (in this package), other
+    ValueSets of ours included, excludes applied. Filters and foreign whole systems cannot be
+    expanded offline and raise :class:`~fhir_alliance.errors.ProfilesPackageError`."""
+    return _expand(name, ())
+
+
+@functools.cache
+def _expand(name: str, seen: tuple[str, ...]) -> frozenset[tuple[str, str]]:
+    vs = value_set(name)
+    url = str(vs.get("url", name))
+    if url in seen:
+        raise ProfilesPackageError(f"ValueSet {vs.get('id')!r} includes itself")
+    compose = vs.get("compose")
+    if not isinstance(compose, dict):
+        raise ProfilesPackageError(f"ValueSet {vs.get('id')!r} has no compose to expand")
+    included = _expand_part(vs, compose.get("include", []), (*seen, url))
+    excluded = _expand_part(vs, compose.get("exclude", []), (*seen, url))
+    return frozenset(included - excluded)
+
+
+def _expand_part(vs: dict[str, Any], parts: Any, seen: tuple[str, ...]) -> set[tuple[str, str]]:
+    codes: set[tuple[str, str]] = set()
+    for part in parts if isinstance(parts, list) else ():
+        if not isinstance(part, dict):
+            continue
+        if part.get("filter"):
+            raise ProfilesPackageError(
+                f"ValueSet {vs.get('id')!r} uses a filter; it cannot be expanded offline"
+            )
+        from_system: set[tuple[str, str]] | None = None
+        system = part.get("system")
+        if isinstance(system, str):
+            if isinstance(part.get("concept"), list):
+                from_system = {
+                    (system, str(c["code"]))
+                    for c in part["concept"]
+                    if isinstance(c, dict) and isinstance(c.get("code"), str)
+                }
+            else:
+                try:
+                    whole = code_system(system)
+                except ArtefactNotFoundError:
+                    raise ProfilesPackageError(
+                        f"ValueSet {vs.get('id')!r} includes all of {system}, which is not in "
+                        "this package; it cannot be expanded offline"
+                    ) from None
+                from_system = {(system, code) for code in _concept_codes(whole.get("concept"))}
+        imported: list[set[tuple[str, str]]] = [
+            set(_expand(str(ref), seen)) for ref in part.get("valueSet", []) if isinstance(ref, str)
+        ]
+        # Within one include, system/concepts and imported ValueSets intersect (FHIR R4 rules).
+        selected = from_system
+        for other in imported:
+            selected = other if selected is None else selected & other
+        codes |= selected or set()
+    return codes
+
+
+def _concept_codes(concepts: Any) -> Iterator[str]:
+    for concept in concepts if isinstance(concepts, list) else ():
+        if isinstance(concept, dict) and isinstance(concept.get("code"), str):
+            yield concept["code"]
+            yield from _concept_codes(concept.get("concept"))

@@ -18,6 +18,7 @@ WriteResource = Callable[[dict[str, Any]], Path]
 def _clear_caches() -> None:
     profiles._package.cache_clear()
     profiles.package_info.cache_clear()
+    profiles._expand.cache_clear()
     terminology._codes.cache_clear()
 
 
