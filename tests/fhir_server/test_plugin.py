@@ -113,7 +113,7 @@ def test_delete_tagged_removes_only_this_tests_resources(fhir_server: FhirTestSe
     remote_view.http.close()
 
 
-@pytest.mark.fhir_server
+@pytest.mark.local_fhir_server
 def test_server_exits_when_its_stdin_closes(tmp_path: Path) -> None:
     """The node server dies with its parent: closing its stdin ends the process."""
     server = start_local_server(tmp_path)
