@@ -35,6 +35,7 @@ from fhir_alliance.consent.decision import (
 )
 from fhir_alliance.consent.directory import ActorDirectory, RefKey
 from fhir_alliance.errors import InputError, Issue
+from fhir_alliance.mapping.consent import KIND_SCOPES
 from fhir_alliance.model.common import Coding, Ref
 from fhir_alliance.model.consent import (
     ConsentRecord,
@@ -45,7 +46,7 @@ from fhir_alliance.model.consent import (
     Period,
     Provision,
 )
-from fhir_alliance.terminology import LABEL_PSYCHOTHERAPY_NOTE
+from fhir_alliance.terminology import CONSENT_SCOPE, LABEL_PSYCHOTHERAPY_NOTE
 
 __all__ = ["DEFAULT_EXPLICIT_LABELS", "RESOURCE_TYPE_SYSTEMS", "ConsentEngine", "decide"]
 
@@ -237,7 +238,11 @@ class _Consent:
         self.end = _timestamp(period.end, f"{where}.period.end") if period else None
         date = _timestamp(record.date, f"{where}.date")
         self.date = date if date is not None else 0.0
-        self.categories = _code_keys(record.categories)
+        # A request category matches a consent category or its scope (R4 ``scope``, R5 a
+        # consentscope category), which the mapping turns into the consent's kind.
+        self.categories = _code_keys(record.categories) | {
+            (CONSENT_SCOPE, KIND_SCOPES[record.kind])
+        }
         self.patient_keys = directory.keys(record.patient)
         self.root = _Node(
             record.provision,
@@ -552,10 +557,19 @@ class _PatientGroup:
     """The consents of one patient, indexed by what their root provisions require (action, purpose,
     actor) as bit masks, so a request looks only at consents whose root could match it."""
 
-    __slots__ = ("actions", "actor_masks", "any_actor", "consents", "purposes", "table")
+    __slots__ = (
+        "actions",
+        "actor_masks",
+        "any_actor",
+        "consents",
+        "purposes",
+        "table",
+        "unresolved",
+    )
 
     def __init__(self, consents: Iterable[_Consent]) -> None:
         self.consents = tuple(consents)
+        self.unresolved = tuple(c for c in self.consents if c.has_unresolved_actors)
         roots = [c.root for c in self.consents]
         self.actions = frozenset(k for r in roots for k in (r.actions or ()))
         self.purposes = frozenset(k for r in roots for k in (r.purposes or ()))
@@ -728,9 +742,19 @@ class ConsentEngine:
             decision = self._decide_resource(live, q, notes, trace)
         else:
             decision = self._decide_general(live, q, notes, trace)
-        unresolved = [c for c in live if c.has_unresolved_actors]
-        if unresolved:
-            notes.extend(_unresolved_notes(unresolved, request, self.directory))
+        if group is not None and group.unresolved:
+            # Consents naming an actor that cannot be compared with the request's (the index may
+            # have passed them over): say so, for those in force.
+            unresolved = [
+                c
+                for c in group.unresolved
+                if (c.active_start <= at < c.active_end or _active_at(c.active_more, at))
+                and (c.start is None or c.start <= at)
+                and (c.end is None or at < c.end)
+                and not c.patient_keys.isdisjoint(patient_keys)
+            ]
+            if unresolved:
+                notes.extend(_unresolved_notes(unresolved, request, self.directory))
         if notes:
             return ConsentDecision(
                 outcome=decision.outcome,

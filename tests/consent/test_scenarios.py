@@ -44,3 +44,4 @@ def test_scenario(scenario: Scenario) -> None:
     assert (traced.outcome, summary(traced)) == (decision.outcome, (basis, obligations))
     if scenario.note is not None:
         assert any(scenario.note in n for n in traced.notes), traced.notes
+        assert any(scenario.note in n for n in decision.notes), decision.notes
