@@ -63,8 +63,13 @@ _CodeKey = tuple[str, str]
 _EMPTY: frozenset[RefKey] = frozenset()
 
 
-def _code_keys(codings: Iterable[Coding]) -> frozenset[_CodeKey]:
-    return frozenset((c.system, c.code) for c in codings)
+_NO_CODES: frozenset[_CodeKey] = frozenset()
+
+
+def _code_keys(codings: tuple[Coding, ...] | list[Coding]) -> frozenset[_CodeKey]:
+    if not codings:
+        return _NO_CODES
+    return frozenset([(c.system, c.code) for c in codings])
 
 
 def _timestamp(value: datetime | None, path: str) -> float | None:
@@ -324,7 +329,9 @@ class _Request:
         actor_keys: dict[_CodeKey, frozenset[RefKey]] = {}
         for actor in request.actors:
             role = (actor.role.system, actor.role.code)
-            actor_keys[role] = actor_keys.get(role, _EMPTY) | directory.keys(actor.reference)
+            keys = directory.keys(actor.reference)
+            known = actor_keys.get(role)
+            actor_keys[role] = keys if known is None else known | keys
         self.actor_keys = actor_keys
         resource = request.resource
         self.has_resource = resource is not None
