@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from fhir_alliance.client.responses import etag_for, version_from_etag
 from fhir_alliance.client.retry import Replay
@@ -138,14 +138,22 @@ class EntryOutcome:
 
 
 def parse_location(location: str) -> tuple[str | None, str | None, str | None]:
-    """``[base/]Type/id[/_history/vid]`` → (type, id, vid); Nones where absent."""
-    segments = [s for s in urlsplit(location).path.split("/") if s]
-    if "_history" in segments:
-        h = len(segments) - 1 - segments[::-1].index("_history")
-        vid = segments[h + 1] if h + 1 < len(segments) else None
-        segments = segments[:h]
-    else:
-        vid = None
+    """``[base/]Type/id[/_history/vid]`` → (type, id, vid); Nones where absent.
+
+    Plain string work (no urlsplit): this runs once per Bundle entry.
+    """
+    path = location.split("://", 1)[1] if "://" in location else location
+    if "://" in location:
+        slash = path.find("/")
+        path = path[slash:] if slash >= 0 else ""
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    segments = [s for s in path.split("/") if s]
+    vid = None
+    if len(segments) >= 2 and segments[-2] == "_history":
+        vid = segments[-1]
+        segments = segments[:-2]
+    elif segments and segments[-1] == "_history":
+        segments = segments[:-1]
     if len(segments) >= 2:
         return segments[-2], segments[-1], vid
     return None, None, vid
