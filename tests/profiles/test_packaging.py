@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -79,24 +80,41 @@ def _probe(python: Path, cwd: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel built from this checkout (without build isolation: offline)."""
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sdist, then the wheel built from that sdist (the release path), without build isolation."""
     out = tmp_path_factory.mktemp("dist")
     _run(
-        [
-            sys.executable,
-            "-m",
-            "build",
-            "--wheel",
-            "--no-isolation",
-            "--outdir",
-            str(out),
-            str(REPO),
-        ],
-        cwd=out,
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO)], cwd=out
     )
-    (built,) = out.glob("fhir_alliance-*.whl")
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(dist: Path) -> Path:
+    """The wheel built from the sdist."""
+    (built,) = dist.glob("fhir_alliance-*.whl")
     return built
+
+
+def test_sdist_can_rebuild_the_profiles(dist: Path) -> None:
+    """The sdist carries what `make profiles` needs (FSH, config, lockfile, build script, the npm
+    placeholder for hl7.fhir.r4.core) and the generated JSON, but no node_modules or FHIR cache."""
+    (sdist,) = dist.glob("fhir_alliance-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    for needed in (
+        "profiles/sushi-config.yaml",
+        "profiles/package.json",
+        "profiles/package-lock.json",
+        "profiles/tools/build.mjs",
+        "profiles/tools/r4-core-placeholder/package.json",
+        "profiles/input/fsh/common-aliases.fsh",
+        "service/fhir_alliance_service/__init__.py",
+    ):
+        assert needed in names
+    generated = {n for n in names if n.startswith("profiles/fsh-generated/resources/")}
+    assert {n.rsplit("/", 1)[1] for n in generated} == {p.name for p in COMMITTED.glob("*.json")}
+    assert not [n for n in names if "node_modules" in n or ".fhir-cache" in n]
 
 
 def test_wheel_contents(wheel: Path) -> None:
