@@ -14,6 +14,11 @@ RuleSet: AllianceObservationBase
     RaterRole named raterRole 1..1 and
     RatedCounterpart named ratedCounterpart 0..1 and
     AutomatedRater named automatedRater 0..1
+// Medplum's validator matches extension slices on the slice's own url element: unroll it. Not for
+// the complex automated-rater extension: Medplum would then apply its sub-extension slices to every
+// extension of the resource (presence of automated-rater is checked by alliance-rater-1 instead).
+* extension[raterRole].url = "https://fhir-alliance.org/fhir/StructureDefinition/rater-role" (exactly)
+* extension[ratedCounterpart].url = "https://fhir-alliance.org/fhir/StructureDefinition/rated-counterpart" (exactly)
 * identifier 1..*
 * status from AllianceObservationStatus (required)
 * category ^slicing.discriminator.type = #pattern
@@ -85,6 +90,7 @@ Description: "A rating of one alliance dimension (trust, respect, ...) on a decl
 * ^status = #draft
 * insert AllianceObservationBase
 * extension contains RatingScaleExtension named ratingScale 1..1
+* extension[ratingScale].url = "https://fhir-alliance.org/fhir/StructureDefinition/rating-scale" (exactly)
 * code from AllianceDimensionCodes (required)
 * value[x] 1..1
 * value[x] only Quantity
@@ -145,6 +151,7 @@ Description: "A repair event: the rupture it repairs, the strategies used and th
 * ^status = #draft
 * insert AllianceObservationBase
 * extension contains RepairsRupture named repairsRupture 1..1
+* extension[repairsRupture].url = "https://fhir-alliance.org/fhir/StructureDefinition/repairs-rupture" (exactly)
 * code = $FAMeasures#repair-event
 * value[x] 0..0
 * hasMember 0..0

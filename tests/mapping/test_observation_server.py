@@ -1,0 +1,107 @@
+"""The test FHIR server (our StructureDefinitions loaded, meta.profile enforced) accepts every resource
+the observation mapping produces, PUT to its deterministic id, and rejects what breaks our profiles."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from fhir_alliance import profiles
+from fhir_alliance.mapping.observation import to_observations
+from fhir_alliance.mapping.questionnaire import observations_from_questionnaire_response
+from fhir_alliance.schemas.observations import load_record
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples" / "observations").glob("*.json"))
+_JSON = {"Content-Type": "application/fhir+json"}
+
+
+def _put(server, resource: dict):
+    body = server.tagged(resource)
+    return server.http.put(
+        server.url(f"{resource['resourceType']}/{resource['id']}"), json=body, headers=_JSON
+    )
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_server_accepts_every_resource_we_produce(fhir_server, path: Path) -> None:
+    """Each example's R4 resources are stored under their deterministic ids; a second PUT is a no-op update."""
+    resources = to_observations(load_record(json.loads(path.read_text())))
+    for resource in resources:
+        response = _put(fhir_server, resource)
+        assert response.status_code in (200, 201), response.text[:1500]
+        assert response.json()["id"] == resource["id"]
+    again = _put(fhir_server, resources[0])
+    assert again.status_code == 200, again.text[:1500]
+    found = fhir_server.http.get(
+        fhir_server.url("Observation"),
+        params={
+            "identifier": f"{resources[0]['identifier'][0]['system']}|{resources[0]['identifier'][0]['value']}"
+        },
+    ).json()
+    assert found["total"] == 1
+
+
+def test_server_accepts_observations_extracted_from_a_questionnaire_response(fhir_server) -> None:
+    """SDC-style extraction of a partly answered SRS QuestionnaireResponse yields resources the server accepts."""
+    qr = _srs_qr()
+    resources = observations_from_questionnaire_response(qr)
+    codes = [r["code"]["coding"][0]["code"] for r in resources]
+    assert codes == ["srs", "srs.1", "srs.2", "srs.4"]  # item 3 unanswered: no item, no total
+    for resource in resources:
+        response = _put(fhir_server, resource)
+        assert response.status_code in (200, 201), response.text[:1500]
+
+
+def _srs_qr() -> dict:
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "id": "qr-1",
+        "identifier": {"system": "https://clinic.example.org/qr", "value": "qr-1"},
+        "questionnaire": "https://fhir-alliance.org/fhir/Questionnaire/srs",
+        "status": "completed",
+        "subject": {"reference": "Patient/p1"},
+        "authored": "2026-11-20T15:50:00+00:00",
+        "item": [
+            {"linkId": "1", "answer": [{"valueDecimal": 9.1}]},
+            {"linkId": "2", "answer": [{"valueDecimal": 8.7}]},
+            {"linkId": "3"},
+            {"linkId": "4", "answer": [{"valueDecimal": 9.0}]},
+        ],
+    }
+
+
+@pytest.mark.local_fhir_server
+def test_server_rejects_a_rupture_without_its_tension_component(fhir_server) -> None:
+    """Our rupture profile's tension slice (1..1) is enforced: dropping it is refused."""
+    rupture = to_observations(
+        load_record(json.loads((ROOT / "examples/observations/rupture.json").read_text()))
+    )[0]
+    assert _put(fhir_server, rupture).status_code in (200, 201)
+    broken = copy.deepcopy(rupture)
+    broken["component"] = [
+        c for c in broken["component"] if c["code"]["coding"][0]["code"] != "tension"
+    ]
+    response = _put(fhir_server, broken)
+    assert response.status_code in (400, 422), response.text[:1500]
+
+
+@pytest.mark.local_fhir_server
+def test_tightened_profile_makes_validation_fail(fhir_server) -> None:
+    """Loading a copy of our score profile with referenceRange 2..* makes our score Observation fail."""
+    sd = profiles.resource("StructureDefinition", "alliance-score")
+    tightened = copy.deepcopy(sd)
+    for element in tightened["snapshot"]["element"]:
+        if element["id"] == "Observation.referenceRange":
+            element["min"] = 2
+    score = to_observations(
+        load_record(
+            json.loads((ROOT / "examples/observations/srs-administration.json").read_text())
+        )
+    )[1]
+    assert _put(fhir_server, score).status_code in (200, 201)
+    fhir_server.load_profile(tightened)
+    response = _put(fhir_server, score)
+    assert response.status_code in (400, 422), response.text[:1500]
+    assert "referenceRange" in response.text
