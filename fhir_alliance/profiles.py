@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import orjson
@@ -124,7 +125,7 @@ def _package() -> _Package:
     )
     entries = tuple(_entry_from(item.name, item.read_bytes()) for item in files)
     index: dict[tuple[str, str], _Entry] = {}
-    # Ids first, then names, then URLs: a URL or id always wins over a clashing name.
+    # Names first, then ids, then URLs; later writes win, so an id or URL beats a clashing name.
     for attribute in ("name", "id", "url"):
         for entry in entries:
             key = getattr(entry, attribute)
@@ -153,15 +154,24 @@ def _iter_type(resource_type: str) -> Iterator[_Entry]:
 
 
 def resource(resource_type: str, name_or_url: str) -> dict[str, Any]:
-    """One resource of ``resource_type`` by canonical URL (a ``|version`` suffix is allowed), id or
-    name. Raises :class:`~fhir_alliance.errors.ArtefactNotFoundError` when there is none."""
-    key = name_or_url.split("|", 1)[0] if "://" in name_or_url else name_or_url
+    """One resource of ``resource_type`` by canonical URL, id or name. A ``url|version`` reference
+    must name the version the package holds. Raises
+    :class:`~fhir_alliance.errors.ArtefactNotFoundError` when there is none."""
+    key, version = name_or_url, None
+    if "://" in name_or_url and "|" in name_or_url:
+        key, version = name_or_url.split("|", 1)
     entry = _package().index.get((resource_type, key))
     if entry is None:
         raise ArtefactNotFoundError(
             f"no {resource_type} with id, name or URL {key!r} in the profiles package"
         )
-    return _fresh(entry)
+    found = _fresh(entry)
+    if version is not None and found.get("version") != version:
+        raise ArtefactNotFoundError(
+            f"{resource_type} {key!r} is at version {found.get('version')!r} in the profiles "
+            f"package, not {version!r}"
+        )
+    return found
 
 
 def structure_definitions() -> list[dict[str, Any]]:
@@ -204,11 +214,13 @@ def package_info() -> PackageInfo:
         version=str(guide.get("version", "")),
         canonical=url.split(marker, 1)[0],
         fhir_versions=tuple(str(v) for v in guide.get("fhirVersion", ())),
-        depends_on={
-            str(dep.get("packageId")): str(dep.get("version"))
-            for dep in guide.get("dependsOn", ())
-            if isinstance(dep, dict)
-        },
+        depends_on=MappingProxyType(
+            {
+                str(dep.get("packageId")): str(dep.get("version"))
+                for dep in guide.get("dependsOn", ())
+                if isinstance(dep, dict)
+            }
+        ),
         origin=package.origin,
     )
 

@@ -41,6 +41,8 @@ def test_lookup_by_id_name_url_and_versioned_url(crafted_package: WriteResource)
         assert profiles.code_system(key)["id"] == "rater-role"
     with pytest.raises(ArtefactNotFoundError):
         profiles.value_set("rater-role")
+    with pytest.raises(ArtefactNotFoundError, match=r"version '0\.1\.0'"):
+        profiles.code_system(f"{url}|0.2.0")
 
 
 def test_unknown_artefact_is_a_lookup_error_in_our_tree(crafted_package: WriteResource) -> None:
