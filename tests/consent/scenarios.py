@@ -475,6 +475,20 @@ SCENARIOS: list[Scenario] = [
         ["c1@root"],
     ),
     Scenario(
+        "data-period-end-exclusive",
+        [
+            consent(
+                "c1",
+                "permit",
+                prov("deny", data_period=period("2020-01-01", "2023-01-01")),
+                **share_with(DR_A),
+            )
+        ],
+        request(DR_A, res=resource("Observation", date="2023-01-01")),
+        PERMIT,
+        ["c1@root"],
+    ),
+    Scenario(
         "data-period-undated-resource-deny",
         [
             consent(
