@@ -1,0 +1,65 @@
+"""Engine construction and options: bad consent times, explicit labels, the one-off ``decide``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+import pytest
+
+from fhir_alliance.consent.decision import DecisionOutcome
+from fhir_alliance.consent.engine import ConsentEngine, decide
+from fhir_alliance.errors import InputError
+from fhir_alliance.model.consent import Period
+from tests.consent.builders import V3_ACT_CODE, consent, label, prov, request, resource
+from tests.consent.scenarios import DIRECTORY, DR_A, share_with
+
+
+def test_naive_consent_time_is_an_input_error() -> None:
+    """A consent period without UTC offset is refused with its path, not compared wrongly."""
+    record = consent("c1", "permit", **share_with(DR_A))
+    naive = replace(record, period=Period(start=datetime(2025, 1, 1)))
+    with pytest.raises(InputError) as info:
+        ConsentEngine([record, naive])
+    assert [i.path for i in info.value.issues] == ["consents.1.period.start"]
+
+
+def test_naive_nested_time_names_the_provision() -> None:
+    """A naive dataPeriod deep in the tree is refused at its provision path."""
+    record = consent(
+        "c1",
+        "permit",
+        prov("deny", prov("deny", data_period=Period(end=datetime(2024, 1, 1)))),
+        **share_with(DR_A),
+    )
+    with pytest.raises(InputError) as info:
+        ConsentEngine([record])
+    assert (
+        info.value.issues[0].path == "consents.0.provision.provisions.0.provisions.0.dataPeriod.end"
+    )
+
+
+def test_explicit_labels_are_configurable() -> None:
+    """With SUD as an explicit label, a general permit no longer releases SUD content."""
+    records = [consent("c1", "permit", **share_with(DR_A))]
+    sud = request(DR_A, res=resource(labels=("SUD",)))
+    assert ConsentEngine(records, directory=DIRECTORY).decide(sud).outcome is DecisionOutcome.PERMIT
+    strict = ConsentEngine(
+        records, directory=DIRECTORY, explicit_labels=frozenset({(V3_ACT_CODE, "SUD")})
+    )
+    assert strict.decide(sud).outcome is DecisionOutcome.DENY
+
+
+def test_one_off_decide_matches_engine() -> None:
+    """``decide()`` gives what a compiled engine gives."""
+    records = [consent("c1", "permit", prov("deny", labels=[label("PSY")]), **share_with(DR_A))]
+    req = request(DR_A, res=resource(labels=("PSY",)))
+    assert decide(records, req, directory=DIRECTORY) == ConsentEngine(
+        records, directory=DIRECTORY
+    ).decide(req)
+
+
+def test_engine_exposes_its_consents() -> None:
+    """The engine keeps the records it compiled, in order."""
+    records = [consent("c2", "deny", **share_with(DR_A)), consent("c1", "permit")]
+    assert ConsentEngine(records).consents == tuple(records)
