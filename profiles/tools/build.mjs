@@ -29,7 +29,7 @@ const PACKAGES_DIR = path.join(CACHE_DIR, 'packages');
 const HOME_DIR = path.join(CACHE_DIR, 'home');
 const COMMITTED_OUT = path.join(PROFILES_DIR, 'fsh-generated', 'resources');
 // Bump when the sanitising rules below change, so existing caches are rebuilt.
-const SANITISER_VERSION = '4';
+const SANITISER_VERSION = '5';
 
 const CORE = { name: 'hl7.fhir.r4.core', version: '4.0.1' };
 // Packages taken from npm unchanged (npm unpacks a tarball's package/ folder into node_modules/<name>).
@@ -169,12 +169,14 @@ function sanitiseBaseDefinition(sd, official) {
     const list = sd[view]?.element;
     if (!list) continue;
     const kept = new Set();
+    const listed = new Set(list.map((element) => element.path));
     const out = [];
     for (const element of list) {
       const p = element.path;
       const parent = parentPath(p);
       const last = p.slice(p.lastIndexOf('.') + 1);
-      const parentKept = parent === null || kept.has(parent);
+      // A differential may leave a parent out; only a parent that is listed and removed counts.
+      const parentKept = parent === null || kept.has(parent) || !listed.has(parent);
       const known =
         parent === null ||
         official.isOfficial(p) ||
