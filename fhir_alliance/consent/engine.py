@@ -48,7 +48,13 @@ from fhir_alliance.model.consent import (
 )
 from fhir_alliance.terminology import CONSENT_SCOPE, LABEL_PSYCHOTHERAPY_NOTE
 
-__all__ = ["DEFAULT_EXPLICIT_LABELS", "RESOURCE_TYPE_SYSTEMS", "ConsentEngine", "decide"]
+__all__ = [
+    "DEFAULT_EXPLICIT_LABELS",
+    "MAX_PROVISION_DEPTH",
+    "RESOURCE_TYPE_SYSTEMS",
+    "ConsentEngine",
+    "decide",
+]
 
 #: Labels whose content is released only by a provision that names the label (PSYTHPN).
 DEFAULT_EXPLICIT_LABELS: frozenset[tuple[str, str]] = frozenset({LABEL_PSYCHOTHERAPY_NOTE})
@@ -58,6 +64,9 @@ DEFAULT_EXPLICIT_LABELS: frozenset[tuple[str, str]] = frozenset({LABEL_PSYCHOTHE
 RESOURCE_TYPE_SYSTEMS = frozenset(
     {"http://hl7.org/fhir/resource-types", "http://hl7.org/fhir/fhir-types"}
 )
+
+#: Deepest nesting of provisions compiled (the FHIR mapping reads no deeper either).
+MAX_PROVISION_DEPTH = 32
 
 _CodeKey = tuple[str, str]
 _EMPTY: frozenset[RefKey] = frozenset()
@@ -170,6 +179,11 @@ class _Node:
             or provision.data
         )
         self.named_labels = inherited_labels | ((self.labels or frozenset()) & explicit_labels)
+        if provision.provisions and where.count(".provisions.") >= MAX_PROVISION_DEPTH:
+            raise InputError(
+                f"provisions nested deeper than {MAX_PROVISION_DEPTH} levels at {where}",
+                issues=[Issue(path=f"{where}.provisions", message="nested too deep")],
+            )
         children: list[_Node] = []
         for n, child in enumerate(provision.provisions):
             # A nested provision without a type is an exception to its parent: the opposite decision.

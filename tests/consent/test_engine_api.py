@@ -63,3 +63,15 @@ def test_engine_exposes_its_consents() -> None:
     """The engine keeps the records it compiled, in order."""
     records = [consent("c2", "deny", **share_with(DR_A)), consent("c1", "permit")]
     assert ConsentEngine(records).consents == tuple(records)
+
+
+def test_absurd_nesting_is_an_input_error() -> None:
+    """Provisions nested 40 deep are refused by path instead of exhausting the stack."""
+    provision = prov("deny")
+    for _ in range(40):
+        provision = prov("deny", provision)
+    record = consent("c1", "permit", provision, **share_with(DR_A))
+    with pytest.raises(InputError) as info:
+        ConsentEngine([record])
+    assert info.value.issues[0].path.endswith(".provisions")
+    assert info.value.issues[0].path.count(".provisions.") == 32
