@@ -122,7 +122,38 @@ def _reset(client: FhirClient, is_local: bool) -> None:
         client.session.post(client.base.join("$reset"), timeout=30).raise_for_status()
 
 
-def measure(count: int, chunk: int) -> dict[str, Any]:
+def _one_by_one(client: FhirClient, batch: list[dict[str, Any]]) -> float:
+    start = time.perf_counter()
+    for resource in batch:
+        client.create(resource)
+    return time.perf_counter() - start
+
+
+def _transactions(
+    client: FhirClient, batch: list[dict[str, Any]], chunk: int, use_put: bool
+) -> float:
+    if use_put:
+        requests_ = [
+            BundleRequest.put(
+                r | {"id": deterministic_id("Observation", Identifier(**r["identifier"][0]))}
+            )
+            for r in batch
+        ]
+    else:
+        requests_ = [BundleRequest.create(r) for r in batch]
+    start = time.perf_counter()
+    outcomes = client.transaction(requests_, chunk_size=chunk)
+    elapsed = time.perf_counter() - start
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise SystemExit(f"{len(failed)} transaction entries failed (first: {failed[0].error})")
+    return elapsed
+
+
+def measure(count: int, chunk: int, rounds: int = 5) -> dict[str, Any]:
+    """Push ``count`` resources each way, in ``rounds`` alternating rounds (so both phases see the
+    same machine load), resetting the store before every phase; throughput = total / total time."""
+    per_round = max(1, count // rounds)
     with fhir_server() as (base, is_local), FhirClient(base, timeout=(5, 120)) as client:
         strategy = client.capabilities().write_strategy("Observation")
         use_put = strategy is WriteStrategy.PUT_DETERMINISTIC_ID
@@ -130,37 +161,24 @@ def measure(count: int, chunk: int) -> dict[str, Any]:
         # Warm both paths (server JIT, connection) so neither phase pays for a cold start.
         _reset(client, is_local)
         warm = observations(200, uuid.uuid4().hex)
-        for resource in warm:
-            client.create(resource)
-        client.transaction([BundleRequest.create(r) for r in warm], chunk_size=chunk)
+        _one_by_one(client, warm)
+        _transactions(client, observations(200, uuid.uuid4().hex), chunk, use_put)
 
+        baseline_time = ours_time = 0.0
+        for i in range(rounds):
+            phases = ["baseline", "ours"] if i % 2 == 0 else ["ours", "baseline"]
+            for phase in phases:
+                _reset(client, is_local)
+                batch = observations(per_round, uuid.uuid4().hex)
+                if phase == "baseline":
+                    baseline_time += _one_by_one(client, batch)
+                else:
+                    ours_time += _transactions(client, batch, chunk, use_put)
         _reset(client, is_local)
-        batch = observations(count, uuid.uuid4().hex)
-        start = time.perf_counter()
-        for resource in batch:
-            client.create(resource)
-        baseline = count / (time.perf_counter() - start)
-
-        _reset(client, is_local)
-        batch = observations(count, uuid.uuid4().hex)
-        if use_put:
-            requests_ = [
-                BundleRequest.put(
-                    r | {"id": deterministic_id("Observation", Identifier(**r["identifier"][0]))}
-                )
-                for r in batch
-            ]
-        else:
-            requests_ = [BundleRequest.create(r) for r in batch]
-        start = time.perf_counter()
-        outcomes = client.transaction(requests_, chunk_size=chunk)
-        ours = count / (time.perf_counter() - start)
-        failed = [o for o in outcomes if not o.ok]
-        if failed:
-            raise SystemExit(f"{len(failed)} transaction entries failed (first: {failed[0].error})")
-        _reset(client, is_local)
+    total = per_round * rounds
+    ours, baseline = total / ours_time, total / baseline_time
     return {
-        "name": f"push {count} Observations: transaction Bundles of {chunk} "
+        "name": f"push {total} Observations: transaction Bundles of {chunk} "
         f"({'PUT deterministic id' if use_put else 'POST'}) vs one POST each",
         "ours": round(ours, 1),
         "baseline": round(baseline, 1),
@@ -172,7 +190,7 @@ def measure(count: int, chunk: int) -> dict[str, Any]:
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Bench-runner contract: one entry per measurement."""
-    return [measure(1000 if quick else 5000, 100)]
+    return [measure(1000 if quick else 5000, 100, rounds=2 if quick else 5)]
 
 
 def main() -> int:
@@ -180,9 +198,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1,000 resources instead of 5,000")
     parser.add_argument("--count", type=int)
     parser.add_argument("--chunk", type=int, default=100, help="entries per transaction Bundle")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     args = parser.parse_args()
     count = args.count or (1000 if args.quick else 5000)
-    results = [measure(count, args.chunk)]
+    results = [measure(count, args.chunk, args.rounds)]
     print(
         f"{'benchmark':<90} {'ours':>10} {'baseline':>10} {'unit':>12} {'ratio':>7} {'target':>7}"
     )
