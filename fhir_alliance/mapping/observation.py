@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from fhir_alliance import terminology as t
-from fhir_alliance.errors import MappingError
+from fhir_alliance.errors import Issue, MappingError
 from fhir_alliance.instruments.catalog import INSTRUMENTS, Instrument, InstrumentCode, instrument
 from fhir_alliance.instruments.dimensions import (
     DIMENSION_DISPLAY,
@@ -59,7 +59,7 @@ from fhir_alliance.model.observations import (
     RepairEvent,
     RuptureEvent,
 )
-from fhir_alliance.schemas.observations import KINDS, dump_record, load_record
+from fhir_alliance.schemas.observations import KINDS, batch_issues, dump_record, load_record
 
 __all__ = [
     "MAPPER",
@@ -828,6 +828,15 @@ class ObservationMapper:
 
     def to_fhir(self, record: AllianceRecord, *, version: str = "4.0.1") -> list[dict[str, Any]]:
         return to_observations(record, version=version)
+
+    def check_batch(
+        self,
+        labelled: Sequence[tuple[str, AllianceRecord]],
+        *,
+        known_ruptures: Sequence[Identifier] = (),
+    ) -> list[Issue]:
+        """Rules across records of one batch (see :func:`~fhir_alliance.schemas.observations.batch_issues`)."""
+        return batch_issues(labelled, known_ruptures=known_ruptures)
 
     def from_fhir(self, resources: Sequence[Mapping[str, Any]]) -> list[AllianceRecord]:
         from fhir_alliance.mapping.questionnaire import records_from_questionnaire_response

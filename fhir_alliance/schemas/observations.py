@@ -52,6 +52,7 @@ __all__ = [
     "KIND_REPAIR",
     "KIND_RUPTURE",
     "KINDS",
+    "batch_issues",
     "dump_record",
     "load_batch",
     "load_record",
@@ -339,20 +340,34 @@ def load_batch(
         except InputError as exc:
             records.append(None)
             issues.extend(exc.issues)
-    ruptures = {r.id for r in records if isinstance(r, RuptureEvent)} | set(known_ruptures)
-    for index, rec in enumerate(records):
-        if isinstance(rec, RepairEvent) and rec.rupture not in ruptures:
-            issues.append(
-                Issue(path=f"{index}.rupture", message="names a rupture not in the batch nor known")
-            )
-    ids = [r.id for r in records if r is not None]
-    for index, rec in enumerate(records):
-        if rec is not None and ids.count(rec.id) > 1:
-            issues.append(Issue(path=f"{index}.id", message="the same record id appears twice"))
+    issues += batch_issues(
+        [(str(i), r) for i, r in enumerate(records) if r is not None], known_ruptures=known_ruptures
+    )
     if issues:
         paths = ", ".join(sorted({i.path or "(root)" for i in issues}))
         raise InputError(f"invalid input at {paths}", issues=issues)
     return [r for r in records if r is not None]
+
+
+def batch_issues(
+    labelled: Sequence[tuple[str, AllianceRecord]], *, known_ruptures: Collection[Identifier] = ()
+) -> list[Issue]:
+    """Rules across the records of one batch: every repair's rupture is in the batch or in
+    ``known_ruptures``, and no record id appears twice. ``labelled`` pairs each record with the
+    label its error paths start with."""
+    ruptures = {r.id for _, r in labelled if isinstance(r, RuptureEvent)} | set(known_ruptures)
+    ids = [r.id for _, r in labelled]
+    issues = [
+        Issue(path=f"{label}.rupture", message="names a rupture not in the batch nor known")
+        for label, r in labelled
+        if isinstance(r, RepairEvent) and r.rupture not in ruptures
+    ]
+    issues += [
+        Issue(path=f"{label}.id", message="the same record id appears twice")
+        for label, r in labelled
+        if ids.count(r.id) > 1
+    ]
+    return issues
 
 
 # --- dump -------------------------------------------------------------------------------------

@@ -1,0 +1,187 @@
+"""``fhir-alliance map``: our JSON records → FHIR resources, or FHIR resources → our JSON records.
+
+The direction is detected per input item: an object with ``resourceType`` is FHIR, an object with
+``kind`` is one of our records. Every record kind and resource type is dispatched through
+:mod:`fhir_alliance.mapping.registry`, so the command knows no record kind by name. Resources are
+validated against base FHIR of the chosen version before they are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from fhir_alliance.errors import FhirAllianceError, InputError, Issue
+from fhir_alliance.mapping.registry import (
+    FHIR_VERSIONS,
+    RecordMapper,
+    mapper_for_kind,
+    mapper_for_resource_type,
+)
+from fhir_alliance.mapping.validation import validate_resource
+
+__all__ = ["map_items", "read_items", "register"]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "map",
+        help="convert our JSON records to FHIR resources and back",
+        description=__doc__,
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="FILE",
+        help="JSON files: one record or resource, a list, a Bundle, or NDJSON ('-' reads stdin)",
+    )
+    parser.add_argument(
+        "--fhir-version",
+        choices=FHIR_VERSIONS,
+        default=FHIR_VERSIONS[0],
+        help="FHIR version to write (default %(default)s)",
+    )
+    parser.add_argument(
+        "--ndjson",
+        action="store_true",
+        help="write one item per line instead of a Bundle (FHIR) or a JSON array (records)",
+    )
+    parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    parser.set_defaults(handler=_run)
+
+
+def _parse(text: str, source: str) -> list[Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        items = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError:
+                message = "neither JSON nor NDJSON"
+                raise InputError(
+                    message, issues=[Issue(path=f"{source}:{number}", message=message)]
+                ) from None
+        return items
+    if isinstance(data, list):
+        return data
+    if isinstance(data, Mapping) and data.get("resourceType") == "Bundle":
+        entries = data.get("entry") or []
+        if not isinstance(entries, list):
+            raise InputError("Bundle.entry must be an array", issues=[Issue(source, "bad Bundle")])
+        return [e.get("resource") if isinstance(e, Mapping) else e for e in entries]
+    return [data]
+
+
+def read_items(paths: Iterable[str], stdin: TextIO = sys.stdin) -> list[tuple[str, Any]]:
+    """Every input item with a label for errors: ``file:index``."""
+    items: list[tuple[str, Any]] = []
+    for name in paths:
+        if name == "-":
+            text, source = stdin.read(), "stdin"
+        else:
+            try:
+                text, source = Path(name).read_text(encoding="utf-8"), Path(name).name
+            except (OSError, UnicodeDecodeError) as exc:
+                message = f"cannot read input ({type(exc).__name__})"
+                raise InputError(message, issues=[Issue(path=name, message=message)]) from None
+        items += [(f"{source}:{i}", item) for i, item in enumerate(_parse(text, source))]
+    return items
+
+
+def _prefixed(error: FhirAllianceError, label: str) -> list[Issue]:
+    return [
+        Issue(path=f"{label}.{i.path}" if i.path else label, message=i.message, code=i.code)
+        for i in error.issues
+    ]
+
+
+def map_items(items: list[tuple[str, Any]], *, version: str) -> tuple[str, list[dict[str, Any]]]:
+    """Map every item; returns the direction (``"fhir"`` or ``"records"``) and the output items.
+
+    All errors of all items are collected into one :class:`InputError`.
+    """
+    is_fhir = [isinstance(item, Mapping) and "resourceType" in item for _, item in items]
+    if any(is_fhir) and not all(is_fhir):
+        message = "mixes FHIR resources and records; give one direction per run"
+        raise InputError(message, issues=[Issue(path="(input)", message=message)])
+    if items and all(is_fhir):
+        return "records", _from_fhir(items)
+    return "fhir", _to_fhir(items, version)
+
+
+def _to_fhir(items: list[tuple[str, Any]], version: str) -> list[dict[str, Any]]:
+    issues: list[Issue] = []
+    loaded: list[tuple[str, RecordMapper, Any]] = []
+    for label, item in items:
+        try:
+            kind = item.get("kind") if isinstance(item, Mapping) else None
+            mapper = mapper_for_kind(kind)
+            loaded.append((label, mapper, mapper.load(item)))
+        except InputError as exc:
+            issues += _prefixed(exc, label)
+    checkers = {id(m): m for _, m, _ in loaded if hasattr(m, "check_batch")}
+    for mapper in checkers.values():
+        mine = [(label, record) for label, m, record in loaded if m is mapper]
+        issues += mapper.check_batch(mine)
+    if issues:
+        raise InputError(
+            f"invalid input at {len({i.path for i in issues})} place(s)", issues=issues
+        )
+    resources: list[dict[str, Any]] = []
+    for _, mapper, record in loaded:
+        for resource in mapper.to_fhir(record, version=version):
+            validate_resource(resource, version=version)
+            resources.append(resource)
+    return resources
+
+
+def _from_fhir(items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[int, tuple[RecordMapper, list[Mapping[str, Any]]]] = {}
+    for label, item in items:
+        try:
+            mapper = mapper_for_resource_type(item.get("resourceType"))
+        except FhirAllianceError as exc:
+            raise InputError(exc.message, issues=_prefixed(exc, label)) from None
+        groups.setdefault(id(mapper), (mapper, []))[1].append(item)
+    out: list[dict[str, Any]] = []
+    for mapper, resources in groups.values():
+        out += [mapper.dump(record) for record in mapper.from_fhir(resources)]
+    return out
+
+
+def _write(lines: Iterator[bytes], target: str | None) -> None:
+    if target is None:
+        for line in lines:
+            sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+        return
+    with open(target, "wb") as handle:
+        for line in lines:
+            handle.write(line)
+
+
+def _run(args: argparse.Namespace) -> int:
+    direction, output = map_items(read_items(args.inputs), version=args.fhir_version)
+    if args.ndjson:
+        lines: Iterator[bytes] = (orjson.dumps(item) + b"\n" for item in output)
+    elif direction == "fhir":
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": r} for r in output],
+        }
+        lines = iter([orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n"])
+    else:
+        lines = iter([orjson.dumps(output, option=orjson.OPT_INDENT_2) + b"\n"])
+    _write(lines, args.output)
+    return 0

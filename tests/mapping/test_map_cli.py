@@ -1,0 +1,88 @@
+"""``fhir-alliance map``: records → FHIR Bundle or NDJSON and back, with field-path errors on bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fhir_alliance.cli import main
+from fhir_alliance.schemas.observations import load_record
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "observations"
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["map", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("version", ["4.0.1", "5.0.0"])
+def test_examples_map_to_a_bundle_and_back(tmp_path: Path, capsys, version: str) -> None:
+    """All examples become one collection Bundle; mapping that Bundle back gives the same records."""
+    files = sorted(str(p) for p in EXAMPLES.glob("*.json"))
+    code, out, err = _run(capsys, *files, "--fhir-version", version)
+    assert code == 0, err
+    bundle = json.loads(out)
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
+    bundle_file = tmp_path / "bundle.json"
+    bundle_file.write_text(out)
+    code, out, err = _run(capsys, str(bundle_file))
+    assert code == 0, err
+    back = sorted(json.loads(out), key=lambda r: r["id"])
+    expected = sorted((json.loads(Path(f).read_text()) for f in files), key=lambda r: r["id"])
+    assert [load_record(r) for r in back] == [load_record(r) for r in expected]
+
+
+def test_ndjson_in_and_out(tmp_path: Path, capsys) -> None:
+    """NDJSON input of two records gives one resource per line with --ndjson."""
+    lines = [json.loads((EXAMPLES / n).read_text()) for n in ("rupture.json", "repair.json")]
+    source = tmp_path / "records.ndjson"
+    source.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    code, out, err = _run(capsys, str(source), "--ndjson")
+    assert code == 0, err
+    resources = [json.loads(line) for line in out.splitlines()]
+    assert [r["resourceType"] for r in resources] == ["Observation", "Observation"]
+
+
+def test_bad_input_exits_nonzero_with_field_paths(tmp_path: Path, capsys) -> None:
+    """Errors in several records are all printed with file:index.field paths, and the exit code is 1."""
+    bad = json.loads((EXAMPLES / "srs-administration.json").read_text())
+    bad["responses"]["2"] = 12
+    repair = json.loads((EXAMPLES / "repair.json").read_text())
+    source = tmp_path / "bad.json"
+    source.write_text(json.dumps([bad, repair, {"kind": "mood"}]))
+    code, out, err = _run(capsys, str(source))
+    assert code == 1
+    assert out == ""
+    assert "bad.json:0.responses.2" in err
+    assert "bad.json:1.rupture" in err
+    assert "bad.json:2.kind" in err
+
+
+def test_foreign_resource_exits_nonzero_naming_the_element(tmp_path: Path, capsys) -> None:
+    """A FHIR Observation that does not fit is refused with its element path."""
+    source = tmp_path / "obs.json"
+    source.write_text(
+        json.dumps(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "1-8"}]},
+            }
+        )
+    )
+    code, _, err = _run(capsys, str(source))
+    assert code == 1
+    assert "Bundle.entry[0].resource.code.coding" in err
+
+
+def test_unreadable_file_is_an_error_not_a_crash(tmp_path: Path, capsys) -> None:
+    """A missing file and a file that is neither JSON nor NDJSON exit 1 with a message."""
+    code, _, err = _run(capsys, str(tmp_path / "missing.json"))
+    assert code == 1 and "cannot read input" in err
+    junk = tmp_path / "junk.json"
+    junk.write_text("{not json\n")
+    code, _, err = _run(capsys, str(junk))
+    assert code == 1 and "junk.json:1" in err
