@@ -295,6 +295,56 @@ def test_search_by_identifier_and_tag_finds_only_matches(fhir_server: FhirTestSe
     assert bundle["entry"][0]["resource"]["identifier"] == [wanted]
 
 
+def test_last_updated_search_sees_only_later_writes(fhir_server: FhirTestServer) -> None:
+    """`_lastUpdated=gt<instant>` returns resources written after that instant and not the one written at it."""
+    first = post(fhir_server, observation(fhir_server)).json()
+    second = post(fhir_server, observation(fhir_server)).json()
+    since = first["meta"]["lastUpdated"].replace("+", "%2B")
+    later = search(
+        fhir_server, f"Observation?_lastUpdated=gt{since}&_tag={fhir_server.run_tag_param}"
+    )
+    assert [e["resource"]["id"] for e in later.get("entry", [])] == [second["id"]]
+    both = search(
+        fhir_server, f"Observation?_lastUpdated=ge{since}&_tag={fhir_server.run_tag_param}"
+    )
+    assert both["total"] == 2
+
+
+def test_conditional_update_creates_then_updates_the_match(fhir_server: FhirTestServer) -> None:
+    """PUT [type]?identifier=… creates when nothing matches (201) and updates the one match after (200)."""
+    decoy = post(fhir_server, observation(fhir_server, identifier=[identifier()])).json()
+    ident = identifier()
+    url = fhir_server.url(f"Observation?identifier={ident['system']}|{ident['value']}")
+    body = observation(fhir_server, identifier=[ident])
+    created = fhir_server.http.put(url, json=body, headers=FHIR_JSON)
+    assert created.status_code == 201, created.text
+    updated = fhir_server.http.put(url, json={**body, "valueInteger": 8}, headers=FHIR_JSON)
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["id"] == created.json()["id"]
+    assert updated.json()["meta"]["versionId"] != created.json()["meta"]["versionId"]
+    found = search(fhir_server, f"Observation?identifier={ident['system']}|{ident['value']}")
+    assert found["total"] == 1
+    assert found["entry"][0]["resource"]["valueInteger"] == 8
+    assert (
+        fhir_server.http.get(fhir_server.url(f"Observation/{decoy['id']}")).json()["valueInteger"]
+        == 3
+    )
+
+
+@pytest.mark.local_fhir_server
+def test_conditional_delete_by_tag_removes_every_match(fhir_server: FhirTestServer) -> None:
+    """DELETE [type]?_tag=… on the local server deletes all matching resources, and only those."""
+    for _ in range(3):
+        post(fhir_server, observation(fhir_server))
+    other = post(fhir_server, {**observation(fhir_server), "meta": {}}).json()
+    response = fhir_server.http.delete(
+        fhir_server.url(f"Observation?_tag={fhir_server.run_tag_param}")
+    )
+    assert response.status_code in (200, 204)
+    assert search(fhir_server, f"Observation?_tag={fhir_server.run_tag_param}")["total"] == 0
+    assert fhir_server.http.get(fhir_server.url(f"Observation/{other['id']}")).status_code == 200
+
+
 # --- transaction and batch --------------------------------------------------------------------
 
 
