@@ -190,3 +190,12 @@ def test_missing_secret_names_the_option(
     monkeypatch.delenv("FHIR_ALLIANCE_TOKEN", raising=False)
     code = cli.main(["check", "--base-url", "https://ehr.example.org/fhir", "--auth", "bearer"])
     assert code == 1 and "--token-env" in capsys.readouterr().err
+
+
+def test_smart_options_are_required_together(capsys: pytest.CaptureFixture[str]) -> None:
+    """--auth smart without client id, key and kid names each missing option."""
+    code = cli.main(["check", "--base-url", "https://ehr.example.org/fhir", "--auth", "smart"])
+    err = capsys.readouterr().err
+    assert code == 1
+    for option in ("--client-id", "--private-key", "--key-id"):
+        assert option in err
