@@ -116,7 +116,8 @@ def error_for_status(
 
     Used for whole answers and for each entry of a batch/transaction response. 412 is split:
     "multiple matches" when the outcome says so or the request was conditional without If-Match;
-    "stale version" when the request carried If-Match. ``retry_after`` is the raw header, read
+    "stale version" when the request carried If-Match (also for a 409 answering If-Match, as
+    STU3-era servers send). ``retry_after`` is the raw header, read
     for 429 and 503 against ``now`` (Unix time).
     """
     if 200 <= status < 300:
@@ -147,6 +148,11 @@ def error_for_status(
     if status in (404, 410):
         what = "resource is gone (deleted)" if status == 410 else "not found"
         return NotFoundError(f"{what} (HTTP {status})", **kwargs)
+    if status == 409 and request.if_match:
+        # STU3 servers (and some R4 ones) answer a stale If-Match with 409; R4 says 412.
+        return VersionConflictError(
+            "If-Match named a version that is no longer current (HTTP 409)", **kwargs
+        )
     if status == 409:
         return ConflictError("conflict with the current state on the server (HTTP 409)", **kwargs)
     if status in (400, 422):

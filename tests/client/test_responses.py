@@ -97,6 +97,15 @@ def test_412_outcome_saying_multiple_matches_wins(outcome: dict) -> None:
     assert isinstance(error, MultipleMatchesError)
 
 
+def test_409_answering_if_match_is_a_stale_version() -> None:
+    """A 409 to a request with If-Match (STU3-style servers) is a VersionConflictError; without
+    If-Match, 409 stays a plain ConflictError."""
+    stale = error_for_status(409, RequestFacts("PUT", if_match=True))
+    plain = error_for_status(409, RequestFacts("PUT"))
+    assert isinstance(stale, VersionConflictError) and stale.status == 409
+    assert type(plain) is ConflictError
+
+
 def test_412_otherwise_is_plain_precondition_failed() -> None:
     """412 with no conditional facts and no telling outcome stays PreconditionFailedError."""
     error = error_for_status(412, RequestFacts("DELETE"))
