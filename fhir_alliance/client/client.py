@@ -380,9 +380,10 @@ class FhirClient:
         answer = self._request("GET", url, replay=Replay.IDEMPOTENT)
         resource = parse_resource(answer.body, status=answer.status)
         if expect and resource["resourceType"] != expect:
+            got = resource["resourceType"]
+            got = got if got.isalpha() and len(got) <= 64 else "resource of another type"
             raise InvalidResponseError(
-                f"server answered with a {resource['resourceType']}, expected {expect}",
-                status=answer.status,
+                f"server answered with a {got}, expected {expect}", status=answer.status
             )
         return resource
 
@@ -600,7 +601,11 @@ class FhirClient:
         return self._write_result(answer)
 
     def delete(self, resource_type: str, resource_id: str) -> int:
-        """``DELETE [type]/[id]``; returns the status (200, 202 or 204)."""
+        """``DELETE [type]/[id]``; returns the status (200, 202 or 204).
+
+        Retried like every idempotent request; servers differ on deleting what is already gone
+        (200/204 or 404/410 → NotFoundError), so after a timeout treat NotFoundError as done.
+        """
         answer = self._request(
             "DELETE", self.base.join(f"{resource_type}/{resource_id}"), replay=Replay.IDEMPOTENT
         )
