@@ -1036,7 +1036,7 @@ function locationOf(resource) {
 const STATUS_TEXT = { 200: '200 OK', 201: '201 Created', 204: '204 No Content' };
 
 /** Makes batch/transaction response entries look like a real server's (status text, versioned location). */
-function finishResponseEntries(requestBundle, responseBundle) {
+function finishResponseEntries(requestBundle, responseBundle, minimal = false) {
   responseBundle.entry = (responseBundle.entry ?? []).map((entry, i) => {
     if (!entry) {
       return { response: { status: '500', outcome: serverErrorOutcome('Entry was not processed') } };
@@ -1057,6 +1057,9 @@ function finishResponseEntries(requestBundle, responseBundle) {
       }
       if (resource?.id) {
         out.fullUrl = `${baseUrl}/${resource.resourceType}/${resource.id}`;
+      }
+      if (minimal && ['POST', 'PUT', 'PATCH'].includes(method)) {
+        delete out.resource; // Prefer: return=minimal
       }
     } else {
       out.response.outcome = response.outcome;
@@ -1083,7 +1086,7 @@ function atEntry(issues, index) {
   });
 }
 
-async function handleTransaction(fhirRequest, bundle) {
+async function handleTransaction(fhirRequest, bundle, minimal) {
   const entries = bundle.entry ?? [];
   if (!Array.isArray(entries)) {
     throw httpError(400, 'structure', 'Bundle.entry must be an array', 'Bundle.entry');
@@ -1154,7 +1157,7 @@ async function handleTransaction(fhirRequest, bundle) {
     ];
   }
   repo.commit();
-  return [200, finishResponseEntries(bundle, responseBundle)];
+  return [200, finishResponseEntries(bundle, responseBundle, minimal)];
 }
 
 function searchLinks(type, query, bundle, count, offset) {
@@ -1199,6 +1202,10 @@ function finishSearchBundle(type, query, bundle) {
     link: searchLinks(type, query, bundle, count, offset),
     ...(entry.length ? { entry } : {}),
   };
+}
+
+function preferMinimal(req) {
+  return /return=minimal/.test(String(req.headers.prefer ?? ''));
 }
 
 function singular(v) {
@@ -1280,7 +1287,7 @@ async function route(req, body, url) {
       throw httpError(400, 'invalid', 'POST to the base needs a Bundle of type batch or transaction', 'Bundle.type');
     }
     if (body.type === 'transaction') {
-      return handleTransaction(fhirRequest, body);
+      return handleTransaction(fhirRequest, body, preferMinimal(req));
     }
     if ((body.entry ?? []).length > MAX_BUNDLE_ENTRIES) {
       throw httpError(413, 'too-long', `A batch may hold at most ${MAX_BUNDLE_ENTRIES} entries`, 'Bundle.entry');
@@ -1296,7 +1303,7 @@ async function route(req, body, url) {
     return [status, outcome];
   }
   if (method === 'POST' && segments.length === 0) {
-    return [status, finishResponseEntries(body, resource)];
+    return [status, finishResponseEntries(body, resource, preferMinimal(req))];
   }
   if (isSearch && resource?.resourceType === 'Bundle') {
     return [status, finishSearchBundle(segments[0], query, resource)];
@@ -1314,7 +1321,7 @@ async function route(req, body, url) {
       headers.Location = locationOf(resource);
     }
     const prefer = String(req.headers.prefer ?? '');
-    if (/return=minimal/.test(prefer)) {
+    if (preferMinimal(req)) {
       return [status, undefined, headers];
     }
     if (/return=OperationOutcome/i.test(prefer)) {

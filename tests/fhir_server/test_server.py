@@ -384,6 +384,23 @@ def test_transaction_applies_all_entries_and_resolves_placeholders(
     assert fhir_server.http.get(fhir_server.url(f"Observation/{det_id}")).status_code == 200
 
 
+def test_transaction_with_prefer_minimal_answers_without_bodies(
+    fhir_server: FhirTestServer,
+) -> None:
+    """Prefer: return=minimal keeps each entry's status and location but drops the resource bodies."""
+    bundle = transaction(
+        {"resource": observation(fhir_server), "request": {"method": "POST", "url": "Observation"}}
+    )
+    response = fhir_server.http.post(
+        fhir_server.base_url, json=bundle, headers={**FHIR_JSON, "Prefer": "return=minimal"}
+    )
+    assert response.status_code == 200, response.text
+    (entry,) = response.json()["entry"]
+    assert entry["response"]["status"].startswith("201")
+    assert "/Observation/" in entry["response"]["location"]
+    assert "resource" not in entry
+
+
 def test_transaction_with_an_invalid_entry_stores_nothing(fhir_server: FhirTestServer) -> None:
     """If one entry is invalid the whole transaction fails (400 naming the entry) and no entry is stored."""
     ident = identifier()
