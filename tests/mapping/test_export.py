@@ -1,0 +1,51 @@
+"""The fast path (map, validate, orjson) writes valid resources and refuses invalid ones."""
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+
+from fhir_alliance.errors import ProfileViolation
+from fhir_alliance.mapping.export import dumps_validated, records_to_ndjson
+from fhir_alliance.mapping.observation import to_observations
+from fhir_alliance.schemas.observations import load_record
+
+EXAMPLE = (
+    Path(__file__).resolve().parents[2] / "examples" / "observations" / "wai-sr-administration.json"
+)
+
+
+def test_ndjson_lines_equal_the_mapped_resources() -> None:
+    """Each NDJSON line parses back to the resource the mapping built, in order."""
+    record = load_record(json.loads(EXAMPLE.read_text()))
+    lines = list(records_to_ndjson([record]))
+    assert [orjson.loads(line) for line in lines] == to_observations(record)
+    assert all(line.endswith(b"\n") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda r: r.pop("status"),
+        lambda r: r.__setitem__("effectiveDateTime", "yesterday"),
+        lambda r: r.__setitem__("valueIntegr", 3),
+        lambda r: r["subject"].__setitem__("reference", 42),
+    ],
+)
+def test_fast_path_validation_rejects_invalid_resources(breakage) -> None:
+    """A missing required element, a bad dateTime, an unknown element or a wrong type is refused."""
+    resource = to_observations(load_record(json.loads(EXAMPLE.read_text())))[5]
+    dumps_validated(resource)
+    breakage(resource)
+    with pytest.raises(ProfileViolation):
+        dumps_validated(resource)
+
+
+def test_r5_validation_is_used_for_r5() -> None:
+    """R5 output validates with the R5 models (R5-only element accepted, R4B refuses it)."""
+    resource = to_observations(load_record(json.loads(EXAMPLE.read_text())), version="5.0.0")[0]
+    resource["triggeredBy"] = [{"observation": {"reference": "Observation/x"}, "type": "reflex"}]
+    dumps_validated(resource, version="5.0.0")
+    with pytest.raises(ProfileViolation):
+        dumps_validated(resource, version="4.0.1")
