@@ -194,6 +194,22 @@ class FhirClient:
     ) -> None:
         self.base = BaseUrl.parse(base_url)
         self.auth = auth or NoAuth()
+        bad = [
+            Issue(path=name, message="must be positive")
+            for name, value in (
+                ("timeout.connect", timeout[0]),
+                ("timeout.read", timeout[1]),
+                ("max_pages", max_pages),
+                ("max_response_bytes", max_response_bytes),
+                ("max_bundle_entries", max_bundle_entries),
+                ("pool_maxsize", pool_maxsize),
+            )
+            if not value > 0
+        ]
+        if connect_retries < 0:
+            bad.append(Issue(path="connect_retries", message="must not be negative"))
+        if bad:
+            raise InputError("invalid client settings", issues=bad)
         if (
             self.base.scheme == "http"
             and self.auth.sends_credentials

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
-from fhir_alliance.errors import ServerError, TransportError
+from fhir_alliance.errors import InputError, Issue, ServerError, TransportError
 
 __all__ = ["Replay", "RetryPolicy", "parse_retry_after"]
 
@@ -88,6 +88,26 @@ class RetryPolicy:
     clock: Callable[[], float] = field(default=time.monotonic, compare=False)
     wall_clock: Callable[[], float] = field(default=time.time, compare=False)
     random: Callable[[], float] = field(default=random.random, compare=False)
+
+    def __post_init__(self) -> None:
+        issues = [
+            Issue(path=name, message="must be positive")
+            for name, value in (
+                ("max_attempts", self.max_attempts),
+                ("max_elapsed", self.max_elapsed),
+                ("backoff_max", self.backoff_max),
+            )
+            if value <= 0
+        ] + [
+            Issue(path=name, message="must not be negative")
+            for name, value in (
+                ("backoff_base", self.backoff_base),
+                ("max_retry_after", self.max_retry_after),
+            )
+            if value < 0
+        ]
+        if issues:
+            raise InputError("invalid retry policy", issues=issues)
 
     def delay(self, attempt: int, error: ServerError) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` starts at 1)."""

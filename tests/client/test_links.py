@@ -81,3 +81,16 @@ def test_path_template_hides_ids_and_query_values() -> None:
     )
     assert path_template(base, "http://127.0.0.1:8080/fhir") == "[base]"
     assert path_template(base, "http://127.0.0.1:8080/fhir/metadata") == "metadata"
+
+
+def test_client_settings_are_checked() -> None:
+    """Non-positive timeouts and bounds are InputErrors naming each field."""
+    from fhir_alliance.client import FhirClient
+
+    with pytest.raises(InputError) as caught:
+        FhirClient("https://h/fhir", timeout=(0, 5), max_pages=0, connect_retries=-1)
+    assert {i.path for i in caught.value.issues} == {
+        "timeout.connect",
+        "max_pages",
+        "connect_retries",
+    }

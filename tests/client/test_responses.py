@@ -168,3 +168,12 @@ def test_backoff_is_bounded_by_attempts_time_and_retry_after_cap() -> None:
     assert policy.next_delay(1, 0.0, e500) is None  # total time
     long_wait = TransientServerError("x", status=429, retry_after=60)
     assert RetryPolicy(max_retry_after=30).next_delay(1, 0.0, long_wait) is None
+
+
+def test_retry_policy_settings_are_checked() -> None:
+    """Zero attempts or negative waits are InputErrors naming each field."""
+    from fhir_alliance.errors import InputError
+
+    with pytest.raises(InputError) as caught:
+        RetryPolicy(max_attempts=0, backoff_base=-1)
+    assert {i.path for i in caught.value.issues} == {"max_attempts", "backoff_base"}
