@@ -112,8 +112,8 @@ def request_from_hook(
     general. ``at`` is the time of the consult (the hook carries none); ``action`` is what the
     actors want to do (LEAP ignores it; we do not, so say ``access`` or ``disclose``).
 
-    ``class`` is validated and accepted but does not narrow the answer: the obligations cover every
-    content class (a safe superset)."""
+    ``class`` names the content classes asked about: consents and provisions scoped to other
+    classes are left out of the answer."""
     prefix = ""
     context: Any = data
     if "context" in data or "hook" in data:
@@ -128,7 +128,7 @@ def request_from_hook(
     actors = _identifiers(context.get("actor"), f"{prefix}actor")
     purposes = _purposes(context.get("purposeOfUse"), f"{prefix}purposeOfUse")
     categories = _codings(context.get("category"), f"{prefix}category")
-    _codings(context.get("class"), f"{prefix}class")
+    classes = _codings(context.get("class"), f"{prefix}class")
     return DecisionRequest(
         patient=tuple(Ref(identifier=i) for i in patients),
         actors=tuple(RequestActor(reference=Ref(identifier=i)) for i in actors),
@@ -136,6 +136,7 @@ def request_from_hook(
         purposes=tuple(purposes),
         action=action,
         categories=tuple(categories),
+        content_classes=tuple(classes),
     )
 
 

@@ -104,6 +104,9 @@ class DecisionRequest:
     action: Coding | None = None
     resource: RequestedResource | None = None
     categories: tuple[Coding, ...] = ()
+    #: Without a ``resource``: the content classes asked about (resource types or profiles, as in
+    #: ``provision.class``; LEAP's ``class``). Provisions scoped to other classes are then left out.
+    content_classes: tuple[Coding, ...] = ()
 
     def __post_init__(self) -> None:
         issues: list[Issue] = []

@@ -318,6 +318,8 @@ class _Request:
         "at",
         "author_keys",
         "codes",
+        "content_profiles",
+        "content_types",
         "date",
         "explicit_needed",
         "has_resource",
@@ -349,6 +351,11 @@ class _Request:
         self.actor_keys = actor_keys
         resource = request.resource
         self.has_resource = resource is not None
+        classes = request.content_classes
+        self.content_types = frozenset(c.code for c in classes if c.system in RESOURCE_TYPE_SYSTEMS)
+        self.content_profiles = frozenset(
+            c.code for c in classes if c.system not in RESOURCE_TYPE_SYSTEMS
+        )
         if resource is None:
             self.labels = _code_keys(())
             self.explicit_needed: frozenset[_CodeKey] = frozenset()
@@ -468,6 +475,17 @@ def _walk(n: _Node, q: _Request) -> _Node:
 # --- answers about the patient's data in general (no resource) --------------------------------------
 
 
+def _may_concern(n: _Node, q: _Request) -> bool:
+    """Without a resource: False only when the request names its content classes and the
+    provision is scoped to other classes (it cannot concern the content asked about)."""
+    if n.type_classes is None or not (q.content_types or q.content_profiles):
+        return True
+    return not (
+        n.type_classes.isdisjoint(q.content_types)
+        and n.profile_classes.isdisjoint(q.content_profiles)
+    )
+
+
 @dataclass(slots=True)
 class _Scoped:
     """A data-scoped exception met without a resource: ``scope`` is the filtering provision,
@@ -483,7 +501,7 @@ def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped]]:
     best_nested: list[_Scoped] = []
     scoped: list[_Scoped] = []
     for child in n.children:
-        if not _context_matches(child, q):
+        if not (_context_matches(child, q) and _may_concern(child, q)):
             continue
         decider, nested = _walk_general(child, q)
         if child.has_filter:
@@ -550,7 +568,7 @@ def _single_dimension(n: _Node) -> bool:
 
 def _general(c: _Consent, q: _Request) -> _General | None:
     root = c.root
-    if not _context_matches(root, q):
+    if not (_context_matches(root, q) and _may_concern(root, q)):
         return None
     decider, rules = _walk_general(root, q)
     if root.has_filter:

@@ -116,6 +116,7 @@ class DecisionRequestSchema(StrictSchema):
     action = _ShortCoding(CONSENT_ACTION, load_default=None)
     categories = fields.List(fields.Nested(CodingSchema), load_default=())
     resource = fields.Nested(ResourceSchema, load_default=None)
+    content_classes = fields.List(fields.Nested(CodingSchema), load_default=())
 
     @pre_load
     def _one_patient(self, data: Any, **kwargs: Any) -> Any:
@@ -125,6 +126,11 @@ class DecisionRequestSchema(StrictSchema):
 
     @validates_schema
     def _named(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("content_classes") and data.get("resource") is not None:
+            raise ValidationError(
+                "content classes are for requests without a resource; give resource.type",
+                field_name="content_classes",
+            )
         if not data.get("patient"):
             raise ValidationError("name the patient", field_name="patient")
         if not data.get("actors"):
@@ -140,6 +146,7 @@ class DecisionRequestSchema(StrictSchema):
             action=data["action"],
             resource=data["resource"],
             categories=tuple(data["categories"]),
+            content_classes=tuple(data["content_classes"]),
         )
 
 

@@ -152,6 +152,7 @@ def request(
     res: RequestedResource | None = None,
     role: Coding = IRCP,
     categories: tuple[Coding, ...] = (),
+    classes: tuple[Coding, ...] = (),
 ) -> DecisionRequest:
     return DecisionRequest(
         patient=patient,
@@ -161,4 +162,5 @@ def request(
         action=act(action) if action else None,
         resource=res,
         categories=categories,
+        content_classes=classes,
     )
