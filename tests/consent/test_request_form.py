@@ -72,6 +72,15 @@ def test_missing_time_filled_by_caller() -> None:
         ({"resource": {"colour": "red"}}, "resource.colour"),
         ({"surprise": 1}, "surprise"),
         ({"patient": "Patient/p1"}, "patient"),
+        (
+            {
+                "content_classes": [
+                    {"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}
+                ],
+                "resource": {"type": "Observation"},
+            },
+            "content_classes",
+        ),
     ],
 )
 def test_bad_field_is_named(change: dict[str, Any], path: str) -> None:
