@@ -53,3 +53,8 @@ Alias: $FARaterRoles = https://fhir-alliance.org/fhir/CodeSystem/alliance-rater-
 Alias: $FARuptureTypes = https://fhir-alliance.org/fhir/CodeSystem/rupture-types
 Alias: $FARuptureMarkers = https://fhir-alliance.org/fhir/CodeSystem/rupture-markers
 Alias: $FARepairStrategies = https://fhir-alliance.org/fhir/CodeSystem/repair-strategies
+// Consents (CodeSystems of profiles/input/fsh/consent-terminology.fsh)
+Alias: $FAConsentKinds = https://fhir-alliance.org/fhir/CodeSystem/consent-kind
+Alias: $FAConsentStates = https://fhir-alliance.org/fhir/CodeSystem/consent-state
+Alias: $FAConsentVerificationMethods = https://fhir-alliance.org/fhir/CodeSystem/consent-verification-method
+Alias: $ConsentProvisionTypeVS = http://hl7.org/fhir/ValueSet/consent-provision-type
