@@ -98,6 +98,7 @@ class _Node:
     __slots__ = (
         "actions",
         "actors",
+        "basis_value",
         "children",
         "codes",
         "consent",
@@ -105,6 +106,7 @@ class _Node:
         "data_end",
         "data_start",
         "end",
+        "filter_parts",
         "has_filter",
         "identifier_only_actors",
         "labels",
@@ -178,6 +180,21 @@ class _Node:
             or dp is not None
             or provision.data
         )
+        record = consent.record
+        self.basis_value = DecisionBasis(
+            consent=record.id,
+            path=path,
+            decision=Decision.PERMIT if permit else Decision.DENY,
+            consent_date=record.date,
+        )
+        # This provision's data filter, as the parts of a redact obligation.
+        self.filter_parts = (
+            provision.security_labels,
+            provision.codes,
+            provision.classes,
+            provision.data_period,
+            provision.data,
+        )
         self.named_labels = inherited_labels | ((self.labels or frozenset()) & explicit_labels)
         if provision.provisions and where.count(".provisions.") >= MAX_PROVISION_DEPTH:
             raise InputError(
@@ -209,13 +226,7 @@ class _Node:
             yield from child.walk()
 
     def basis(self) -> DecisionBasis:
-        consent = self.consent.record
-        return DecisionBasis(
-            consent=consent.id,
-            path=self.path,
-            decision=Decision.PERMIT if self.permit else Decision.DENY,
-            consent_date=consent.date,
-        )
+        return self.basis_value
 
 
 class _Consent:
@@ -525,18 +536,18 @@ class _General:
     redact: list[_Scoped]
     explicit: set[_CodeKey]
     dropped: int  # scoped permits too narrow to express as an obligation (left out: safe side)
+    kind: str = "none"
 
-    @property
-    def kind(self) -> str:
+    def classify(self) -> _General:
         if self.base is not None and self.base.permit:
-            return "permit-all"
-        if self.permit_only:
-            return "permit-only"
-        if self.base is not None:
-            return "deny-all"
-        if self.redact:
-            return "deny-some"
-        return "none"
+            self.kind = "permit-all"
+        elif self.permit_only:
+            self.kind = "permit-only"
+        elif self.base is not None:
+            self.kind = "deny-all"
+        elif self.redact:
+            self.kind = "deny-some"
+        return self
 
 
 def _flatten(rules: list[_Scoped], outer_permit: bool, depth: int, out: _General) -> None:
@@ -584,7 +595,7 @@ def _general(c: _Consent, q: _Request) -> _General | None:
     else:
         result = _General(c, decider, [], [], set(), 0)
         _flatten(rules, decider.permit, 0, result)
-    return result
+    return result.classify()
 
 
 # --- indexes ---------------------------------------------------------------------------------------
@@ -904,6 +915,22 @@ class ConsentEngine:
             basis = tuple(a.base.basis() for a in permit_all if a.base is not None)
         else:
             keep = [r for a in permit_only for r in a.permit_only]
+            periods = {r.scope.provision.data_period for r in keep} - {None}
+            if len(periods) > 1:
+                # One obligation cannot keep content from two separate periods (a hull would keep
+                # what lies between): keep the first period's content only, say so.
+                first = next(r for r in keep if r.scope.provision.data_period is not None)
+                left_out = [
+                    r
+                    for r in keep
+                    if r.scope.provision.data_period
+                    not in (None, first.scope.provision.data_period)
+                ]
+                keep = [r for r in keep if r not in left_out]
+                notes.append(
+                    f"{len(left_out)} permit(s) by another data period left out: one answer "
+                    "keeps content from one period; ask about the resource itself"
+                )
             basis = tuple(r.decider.basis() for r in keep)
             obligations.append(_obligation(RedactMode.ALL_EXCEPT, keep))
         explicit: set[_CodeKey] = set()
@@ -932,6 +959,9 @@ class ConsentEngine:
 
 
 def _obligation(mode: RedactMode, rules: list[_Scoped]) -> RedactObligation:
+    if len(rules) == 1:
+        rule = rules[0]
+        return RedactObligation(mode, *rule.scope.filter_parts, (rule.decider.basis_value,))
     labels: dict[tuple[str, str], Coding] = {}
     codes: dict[tuple[str, str], Coding] = {}
     classes: dict[tuple[str, str], Coding] = {}
@@ -944,7 +974,7 @@ def _obligation(mode: RedactMode, rules: list[_Scoped]) -> RedactObligation:
         classes.update(((c.system, c.code), c) for c in p.classes)
         data.extend(d for d in p.data if d not in data)
         if p.data_period is not None:
-            period = p.data_period if period is None else _hull(period, p.data_period)
+            period = p.data_period  # at most one distinct period gets here (see _decide_general)
     return RedactObligation(
         mode=mode,
         labels=tuple(labels.values()),
@@ -954,12 +984,6 @@ def _obligation(mode: RedactMode, rules: list[_Scoped]) -> RedactObligation:
         data=tuple(data),
         basis=tuple(r.decider.basis() for r in rules),
     )
-
-
-def _hull(a: Period, b: Period) -> Period:
-    start = None if a.start is None or b.start is None else min(a.start, b.start)
-    end = None if a.end is None or b.end is None else max(a.end, b.end)
-    return Period(start=start, end=end)
 
 
 def _where(n: _Node) -> str:

@@ -887,6 +887,23 @@ SCENARIOS: list[Scenario] = [
         [("except", ("Observation",)), ("redact", ("PSYTHPN",))],
     ),
     Scenario(
+        "general-two-permitted-periods-keep-one",
+        [
+            consent(
+                "c1",
+                "deny",
+                prov("permit", data_period=period("2020-01-01", "2021-01-01")),
+                prov("permit", data_period=period("2024-01-01", "2025-01-01")),
+                **share_with(DR_A),
+            )
+        ],
+        request(DR_A),
+        PERMIT,
+        ["c1@0"],
+        [("except", ()), ("redact", ("PSYTHPN",))],
+        note="1 permit(s) by another data period left out",
+    ),
+    Scenario(
         "general-no-consent",
         [consent("c1", "permit", **share_with(DR_A))],
         request(DR_B),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -75,3 +75,16 @@ def test_absurd_nesting_is_an_input_error() -> None:
         ConsentEngine([record])
     assert info.value.issues[0].path.endswith(".provisions")
     assert info.value.issues[0].path.count(".provisions.") == 32
+
+
+def test_two_permitted_periods_never_widen_to_their_hull() -> None:
+    """Permits for 2020 and 2024 data keep 2020 content only, never 2020-2024 as one period."""
+    from tests.consent.scenarios import SCENARIOS
+
+    row = next(s for s in SCENARIOS if s.name == "general-two-permitted-periods-keep-one")
+    decision = ConsentEngine(row.consents, directory=DIRECTORY).decide(row.request)
+    kept = decision.obligations[0]
+    assert kept.data_period == Period(
+        start=datetime(2020, 1, 1, tzinfo=UTC), end=datetime(2021, 1, 1, tzinfo=UTC)
+    )
+    assert [b.path for b in kept.basis] == ["0"]
