@@ -175,6 +175,8 @@ _PROVISION_COMMON: Final = frozenset(
 _PROVISION_R4: Final = _PROVISION_COMMON | {"type", "class"}
 _PROVISION_R5: Final = _PROVISION_COMMON | {"documentType", "resourceType"}
 _OUR_MODIFIERS: Final = frozenset({EXT_CONSENT_ROOT_PROVISION, EXT_CONSENT_PROVISION_TYPE})
+#: Deepest nesting of provisions read (hostile input must not exhaust the stack).
+MAX_PROVISION_DEPTH: Final = 32
 
 
 # ================================================================================================
@@ -634,7 +636,7 @@ def _no_foreign_modifiers(obj: Mapping[str, Any], path: _Path) -> list[Mapping[s
     found = []
     for i, ext in enumerate(_list(obj.get("modifierExtension"), path / "modifierExtension")):
         ext = _obj(ext, _Path(f"{path}.modifierExtension[{i}]"))
-        if ext.get("url") not in _OUR_MODIFIERS:
+        if not isinstance(ext.get("url"), str) or ext["url"] not in _OUR_MODIFIERS:
             raise _fail("unknown modifier extension", path / f"modifierExtension[{i}]")
         found.append(ext)
     return found
@@ -811,7 +813,7 @@ def _status_change(ext: Mapping[str, Any], path: _Path) -> StatusChange:
         sub_path = _Path(f"{path}.extension[{i}]")
         wanted = {"status": "valueCode", "at": "valueDateTime", "by": "valueReference"}
         wanted["reason"] = "valueCoding"
-        if name not in wanted or name in parts:
+        if not isinstance(name, str) or name not in wanted or name in parts:
             raise _fail("unexpected part of a status change", sub_path / "url")
         key = wanted[name]
         if key not in sub:
@@ -999,7 +1001,13 @@ def _conditions(obj: Mapping[str, Any], path: _Path, *, r5: bool) -> dict[str, A
     }
 
 
+def _check_depth(path: _Path) -> None:
+    if str(path).count("provision") > MAX_PROVISION_DEPTH:
+        raise _fail(f"provisions nested deeper than {MAX_PROVISION_DEPTH}", path)
+
+
 def _provision_from_r4(obj: Mapping[str, Any], path: _Path, *, root: bool) -> Provision:
+    _check_depth(path)
     _known_keys(obj, _PROVISION_R4, path)
     if _no_foreign_modifiers(obj, path):
         raise _fail("an R5 modifier extension in an R4 consent", path / "modifierExtension")
@@ -1158,6 +1166,7 @@ def _r4_decision(
 
 
 def _provision_from_r5(obj: Mapping[str, Any], path: _Path, parent: Decision) -> Provision:
+    _check_depth(path)
     _known_keys(obj, _PROVISION_R5, path)
     if obj.get("expression") is not None:
         raise _fail("computable expressions are not supported", path / "expression")

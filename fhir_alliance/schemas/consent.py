@@ -48,6 +48,7 @@ from fhir_alliance.terminology import (
     CONSENT_CATEGORY_CODES,
     LOINC,
     PURPOSE_OF_USE_CODES,
+    RESOURCE_TYPES,
     SENSITIVITY_CODES,
     V3_ACT_CODE,
     V3_ACT_REASON,
@@ -213,6 +214,10 @@ class _ProvisionConditions(StrictSchema):
         values: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
         }
+        # Normal form (what the R5 reader gives back): resource types before other classes.
+        values["classes"] = tuple(
+            sorted(values["classes"], key=lambda c: c.system != RESOURCE_TYPES)
+        )
         return Provision(**values)
 
 
@@ -269,12 +274,14 @@ class ConsentRecordSchema(StrictSchema):
         errors: dict[str, Any] = {}
         history: list[StatusChange] = data.get("history", [])
         if history and history[-1].status != data["status"]:
-            errors["history"] = ["the last status change must match status"]
-        for i in range(1, len(history)):
-            if history[i].at < history[i - 1].at:
-                errors.setdefault("history", {})
-                if isinstance(errors["history"], dict):
-                    errors["history"][i] = {"at": ["status changes must be in time order"]}
+            errors["status"] = ["status must equal the last status change in history"]
+        out_of_order = {
+            i: {"at": ["status changes must be in time order"]}
+            for i in range(1, len(history))
+            if history[i].at < history[i - 1].at
+        }
+        if out_of_order:
+            errors["history"] = out_of_order
         provision: Provision | None = data.get("provision")
         if provision is not None and provision.type not in (None, data["decision"]):
             errors["provision"] = {"type": ["the root provision's type must equal decision"]}
@@ -283,6 +290,14 @@ class ConsentRecordSchema(StrictSchema):
             errors["policy_basis"] = ["give at least one policy basis (FHIR R4 requires one)"]
         elif sum(b.code is not None for b in bases) > 1 or sum(b.code is None for b in bases) > 1:
             errors["policy_basis"] = ["give at most one coded policy and one policy document"]
+        if data.get("source") is not None and data.get("source_attachment") is not None:
+            errors["source_attachment"] = [
+                "give the source as a reference or an attachment, not both"
+            ]
+        if data["consent_kind"] is ConsentKind.RECORDING and not (provision and provision.actions):
+            errors["provision"] = {
+                "actions": ["a recording consent names its actions (collect, use)"]
+            }
         is_treatment = data["consent_kind"] is ConsentKind.TREATMENT
         if is_treatment and data.get("intervention") is None:
             errors["intervention"] = ["a treatment permission names its intervention"]
@@ -297,8 +312,10 @@ class ConsentRecordSchema(StrictSchema):
         root: Provision = data.pop("provision") or Provision()
         data["provision"] = replace(root, type=data["decision"])
         data["kind"] = data.pop("consent_kind")
-        for name in ("grantees", "history", "verification", "policy_basis", "categories"):
+        for name in ("grantees", "history", "verification", "categories"):
             data[name] = tuple(data[name])
+        # Normal form (what the FHIR readers give back): the policy document before the coded policy.
+        data["policy_basis"] = tuple(sorted(data["policy_basis"], key=lambda b: b.code is not None))
         return ConsentRecord(**data)
 
 

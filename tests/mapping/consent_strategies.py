@@ -152,19 +152,24 @@ def nested_provisions(depth: int) -> st.SearchStrategy[Provision]:
     )
 
 
-def root_provisions(decision: Decision) -> st.SearchStrategy[Provision]:
+def root_provisions(
+    decision: Decision, *, needs_actions: bool = False
+) -> st.SearchStrategy[Provision]:
     plain = st.builds(
         Provision,
         type=st.just(decision),
-        provisions=st.lists(nested_provisions(2), max_size=3).map(tuple),
+        provisions=st.lists(nested_provisions(1), max_size=3).map(tuple),
     )
+    conditions = _conditions()
+    if needs_actions:
+        conditions["actions"] = st.lists(actions, min_size=1, max_size=2).map(tuple)
     conditioned = st.builds(
         Provision,
         type=st.just(decision),
-        provisions=st.lists(nested_provisions(2), max_size=3).map(tuple),
-        **_conditions(),
+        provisions=st.lists(nested_provisions(1), max_size=3).map(tuple),
+        **conditions,
     )
-    return plain | conditioned
+    return conditioned if needs_actions else plain | conditioned
 
 
 @st.composite
@@ -263,5 +268,5 @@ def consent_records(draw: st.DrawFn) -> ConsentRecord:
         policy_basis=draw(policy_bases(decision)),
         categories=tuple(draw(st.lists(categories, max_size=2))),
         intervention=draw(any_codings) if kind is ConsentKind.TREATMENT else None,
-        provision=draw(root_provisions(decision)),
+        provision=draw(root_provisions(decision, needs_actions=kind is ConsentKind.RECORDING)),
     )
