@@ -7,6 +7,7 @@ Errors are :class:`~fhir_alliance.errors.InputError` with one issue per field pa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
@@ -82,10 +83,18 @@ class StrictInteger(fields.Integer):
         super().__init__(strict=True, **kwargs)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _nonblank(limit: int) -> Callable[[str], bool]:
+    """Text that FHIR can carry: not blank, at most ``limit`` characters, no control characters
+    other than tab and line breaks (FHIR string/markdown forbid them)."""
+
     def check(value: str) -> bool:
         if not value.strip() or len(value) > limit:
             raise ValidationError(f"must be 1..{limit} characters and not blank")
+        if _CONTROL.search(value):
+            raise ValidationError("must not contain control characters")
         return True
 
     return check

@@ -118,7 +118,11 @@ def ratings(draw: st.DrawFn) -> DimensionRating:
     )
 
 
-narratives = st.none() | st.text(min_size=1, max_size=40).filter(lambda s: s.strip() != "")
+narratives = st.none() | st.text(
+    st.characters(blacklist_categories=("Cc", "Cs")) | st.sampled_from("\n\t"),
+    min_size=1,
+    max_size=40,
+).filter(lambda s: s.strip() != "")
 
 
 @st.composite

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from fhir_alliance import profiles
 from fhir_alliance.mapping.observation import to_observations
 from fhir_alliance.mapping.questionnaire import observations_from_questionnaire_response
 from fhir_alliance.schemas.observations import load_record
+from tests.mapping.observation_strategies import records
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples" / "observations").glob("*.json"))
@@ -105,3 +107,16 @@ def test_tightened_profile_makes_validation_fail(fhir_server) -> None:
     response = _put(fhir_server, score)
     assert response.status_code in (400, 422), response.text[:1500]
     assert "referenceRange" in response.text
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(record=records)
+def test_server_accepts_generated_records(fhir_server, record) -> None:
+    """Any valid record (every kind, rater, optional field) maps to resources the server accepts."""
+    for resource in to_observations(record):
+        response = _put(fhir_server, resource)
+        assert response.status_code in (200, 201), response.text[:1500]

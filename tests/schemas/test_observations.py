@@ -155,6 +155,7 @@ def test_dimension_rating_value_must_fit_its_declared_scale(field: str, value: o
         ("rupture_type", "sulking", "rupture_type"),
         ("repaired", False, "repair_strategies"),
         ("narrative", "   ", "narrative"),
+        ("narrative", "bell\x07", "narrative"),
     ],
 )
 def test_bad_rupture_names_the_field(field: str, value: object, path: str) -> None:
