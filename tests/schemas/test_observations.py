@@ -7,11 +7,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
 
 from fhir_alliance.errors import InputError
 from fhir_alliance.model.common import Identifier
 from fhir_alliance.model.observations import InstrumentAdministration, RepairEvent, RuptureEvent
 from fhir_alliance.schemas.observations import dump_record, load_batch, load_record
+from tests.mapping.observation_strategies import records
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "observations"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.json"))
@@ -193,3 +195,10 @@ def test_duplicate_ids_in_a_batch_are_refused() -> None:
     with pytest.raises(InputError) as exc:
         load_batch([item, item])
     assert _paths(exc) == {"0.id", "1.id"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(record=records.filter(lambda r: r.effective < datetime.now(UTC)))
+def test_json_form_round_trip(record) -> None:
+    """Any valid record dumps to JSON that loads back to the same record."""
+    assert load_record(json.loads(json.dumps(dump_record(record)))) == record
