@@ -120,3 +120,16 @@ def test_server_accepts_generated_records(fhir_server, record) -> None:
     for resource in to_observations(record):
         response = _put(fhir_server, resource)
         assert response.status_code in (200, 201), response.text[:1500]
+
+
+@pytest.mark.local_fhir_server
+def test_server_rejects_an_automated_measure_without_its_tool_details(fhir_server) -> None:
+    """Invariant alliance-rater-1: rater role automated requires the automated-rater extension."""
+    data = json.loads((ROOT / "examples/observations/dimension-rating-automated.json").read_text())
+    rating = to_observations(load_record(data))[0]
+    rating["extension"] = [
+        e for e in rating["extension"] if not e["url"].endswith("/automated-rater")
+    ]
+    response = _put(fhir_server, rating)
+    assert response.status_code in (400, 422), response.text[:1500]
+    assert "alliance-rater-1" in response.text
