@@ -111,6 +111,7 @@ class _Node:
         "identifier_only_actors",
         "labels",
         "named_labels",
+        "own_redact",
         "path",
         "permit",
         "profile_classes",
@@ -194,6 +195,10 @@ class _Node:
             provision.classes,
             provision.data_period,
             provision.data,
+        )
+        # The redaction this provision asks for when it decides inside its own scope.
+        self.own_redact = RedactObligation(
+            RedactMode.MATCHING, *self.filter_parts, (self.basis_value,)
         )
         self.named_labels = inherited_labels | ((self.labels or frozenset()) & explicit_labels)
         if provision.provisions and where.count(".provisions.") >= MAX_PROVISION_DEPTH:
@@ -507,14 +512,21 @@ class _Scoped:
     nested: list[_Scoped]
 
 
+_NO_RULES: list[_Scoped] = []  # shared, never mutated: leaves have no nested rules
+
+
 def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped]]:
     best = n
-    best_nested: list[_Scoped] = []
+    best_nested: list[_Scoped] = _NO_RULES
     scoped: list[_Scoped] = []
+    classes = q.content_types or q.content_profiles
     for child in n.children:
-        if not (_context_matches(child, q) and _may_concern(child, q)):
+        if not _context_matches(child, q) or (classes and not _may_concern(child, q)):
             continue
-        decider, nested = _walk_general(child, q)
+        if child.children:
+            decider, nested = _walk_general(child, q)
+        else:
+            decider, nested = child, _NO_RULES
         if child.has_filter:
             scoped.append(_Scoped(child, decider, nested))
         elif best is n or (best.permit and not decider.permit):
@@ -523,7 +535,9 @@ def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped]]:
         # An unfiltered sibling matched: inside a scope, deny overrides among siblings, so a scoped
         # permit adds nothing to what that sibling decided.
         scoped = [s for s in scoped if not s.decider.permit]
-    return best, scoped + best_nested
+    if best_nested:
+        scoped.extend(best_nested)
+    return best, scoped
 
 
 @dataclass(slots=True)
@@ -581,7 +595,12 @@ def _general(c: _Consent, q: _Request) -> _General | None:
     root = c.root
     if not (_context_matches(root, q) and _may_concern(root, q)):
         return None
-    decider, rules = _walk_general(root, q)
+    if not root.children:
+        if not root.has_filter:
+            return _General(c, root, [], [], set(), 0).classify()
+        decider, rules = root, _NO_RULES
+    else:
+        decider, rules = _walk_general(root, q)
     if root.has_filter:
         # The consent speaks only about content in the root's scope: a permit keeps only that
         # content, a deny redacts it (and any permit nested inside stays redacted: safe side).
@@ -594,7 +613,8 @@ def _general(c: _Consent, q: _Request) -> _General | None:
             result.dropped += sum(1 for r in rules if r.decider.permit)
     else:
         result = _General(c, decider, [], [], set(), 0)
-        _flatten(rules, decider.permit, 0, result)
+        if rules:
+            _flatten(rules, decider.permit, 0, result)
     return result.classify()
 
 
@@ -698,6 +718,10 @@ def _group_by_patient(
     return {key: groups[find(key)] for key in parent}
 
 
+#: What a decision path returns: outcome, basis, obligations.
+_Answer = tuple[DecisionOutcome, tuple[DecisionBasis, ...], tuple[RedactObligation, ...]]
+
+
 # --- the engine ---------------------------------------------------------------------------------
 
 
@@ -725,6 +749,12 @@ class ConsentEngine:
             for n, record in enumerate(consents)
         )
         self._groups = _group_by_patient(self._consents, self.directory)
+        # The usual general answer redacts every explicit label: worked out once.
+        self._all_explicit_redacted = (
+            _explicit_label_obligation(sorted(self.explicit_labels))
+            if self.explicit_labels
+            else None
+        )
 
     @property
     def consents(self) -> tuple[ConsentRecord, ...]:
@@ -805,21 +835,14 @@ class ConsentEngine:
             ]
             if unresolved:
                 notes.extend(_unresolved_notes(unresolved, request, self.directory))
-        if notes:
-            return ConsentDecision(
-                outcome=decision.outcome,
-                combining=decision.combining,
-                basis=decision.basis,
-                obligations=decision.obligations,
-                notes=tuple(notes),
-            )
-        return decision
+        outcome, basis, obligations = decision
+        return ConsentDecision(outcome, self.combining, basis, obligations, tuple(notes))
 
     # -- one resource --
 
     def _decide_resource(
         self, live: list[_Consent], q: _Request, notes: list[str], trace: bool
-    ) -> ConsentDecision:
+    ) -> _Answer:
         denies: list[_Node] = []
         permits: list[_Node] = []
         silent: list[_Node] = []
@@ -853,28 +876,28 @@ class ConsentEngine:
             if ranked:
                 winner = ranked[0]
                 outcome = DecisionOutcome.PERMIT if winner.permit else DecisionOutcome.DENY
-                return ConsentDecision(outcome, combining, (winner.basis(),))
+                return (outcome, (winner.basis(),), ())
         elif denies:
-            return ConsentDecision(
+            return (
                 DecisionOutcome.DENY,
-                combining,
                 tuple(n.basis() for n in sorted(denies, key=_recency)),
+                (),
             )
         elif permits:
-            return ConsentDecision(
+            return (
                 DecisionOutcome.PERMIT,
-                combining,
                 tuple(n.basis() for n in sorted(permits, key=_recency)),
+                (),
             )
         if silent:
-            return ConsentDecision(DecisionOutcome.DENY, combining, ())
-        return ConsentDecision(DecisionOutcome.NO_CONSENT, combining, ())
+            return (DecisionOutcome.DENY, (), ())
+        return (DecisionOutcome.NO_CONSENT, (), ())
 
     # -- the patient's data in general --
 
     def _decide_general(
         self, live: list[_Consent], q: _Request, notes: list[str], trace: bool
-    ) -> ConsentDecision:
+    ) -> _Answer:
         answers: list[_General] = []
         for c in live:
             answer = _general(c, q)
@@ -890,7 +913,8 @@ class ConsentEngine:
         combining = self.combining
         if combining is CombiningRule.MOST_RECENT_WINS and answers:
             answers = [min(answers, key=_general_recency)]
-        answers.sort(key=_general_recency)
+        if len(answers) > 1:
+            answers.sort(key=_general_recency)
         for answer in answers:
             if answer.dropped:
                 notes.append(
@@ -899,17 +923,17 @@ class ConsentEngine:
                 )
         deny_all = [a.base.basis() for a in answers if a.kind == "deny-all" and a.base]
         if deny_all:
-            return ConsentDecision(DecisionOutcome.DENY, combining, tuple(deny_all))
+            return (DecisionOutcome.DENY, tuple(deny_all), ())
         permit_all = [a for a in answers if a.kind == "permit-all"]
         permit_only = [a for a in answers if a.kind == "permit-only"]
         if not permit_all and not permit_only:
             if answers:  # consents that deny some data and permit none
-                return ConsentDecision(
+                return (
                     DecisionOutcome.DENY,
-                    combining,
                     tuple(r.decider.basis() for a in answers for r in a.redact),
+                    (),
                 )
-            return ConsentDecision(DecisionOutcome.NO_CONSENT, combining, ())
+            return (DecisionOutcome.NO_CONSENT, (), ())
         obligations: list[RedactObligation] = []
         if permit_all:
             basis = tuple(a.base.basis() for a in permit_all if a.base is not None)
@@ -943,24 +967,34 @@ class ConsentEngine:
             if o.mode is RedactMode.MATCHING
             for c in o.labels
         }
-        missing = sorted(self.explicit_labels - explicit - redacted)
-        if missing:
-            obligations.append(
-                RedactObligation(
-                    RedactMode.MATCHING,
-                    labels=tuple(Coding(system=s, code=c) for s, c in missing),
-                )
-            )
-            notes.append(
-                f"{', '.join(c for _, c in missing)}: never released without a provision that "
-                "permits the label explicitly"
-            )
-        return ConsentDecision(DecisionOutcome.PERMIT, combining, basis, tuple(obligations))
+        if explicit or redacted:
+            missing = sorted(self.explicit_labels - explicit - redacted)
+            if missing:
+                obligation, note = _explicit_label_obligation(missing)
+                obligations.append(obligation)
+                notes.append(note)
+        elif self._all_explicit_redacted is not None:
+            obligations.append(self._all_explicit_redacted[0])
+            notes.append(self._all_explicit_redacted[1])
+        return (DecisionOutcome.PERMIT, basis, tuple(obligations))
+
+
+def _explicit_label_obligation(labels: list[_CodeKey]) -> tuple[RedactObligation, str]:
+    obligation = RedactObligation(
+        RedactMode.MATCHING, labels=tuple(Coding(system=s, code=c) for s, c in labels)
+    )
+    note = (
+        f"{', '.join(c for _, c in labels)}: never released without a provision that "
+        "permits the label explicitly"
+    )
+    return obligation, note
 
 
 def _obligation(mode: RedactMode, rules: list[_Scoped]) -> RedactObligation:
     if len(rules) == 1:
         rule = rules[0]
+        if mode is RedactMode.MATCHING and rule.decider is rule.scope:
+            return rule.scope.own_redact
         return RedactObligation(mode, *rule.scope.filter_parts, (rule.decider.basis_value,))
     labels: dict[tuple[str, str], Coding] = {}
     codes: dict[tuple[str, str], Coding] = {}
