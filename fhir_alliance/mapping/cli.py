@@ -137,6 +137,15 @@ def _to_fhir(items: list[tuple[str, Any]], version: str) -> list[dict[str, Any]]
         raise InputError(
             f"invalid input at {len({i.path for i in issues})} place(s)", issues=issues
         )
+    # A mapper may fold records into others (a consent revocation is applied to its consent).
+    for mapper in {id(m): m for _, m, _ in loaded if hasattr(m, "apply_batch")}.values():
+        mine = [(label, record) for label, m, record in loaded if m is mapper]
+        kept = dict(mapper.apply_batch(mine))  # label -> record; folded records are left out
+        loaded = [
+            (label, m, kept[label] if m is mapper else record)
+            for label, m, record in loaded
+            if m is not mapper or label in kept
+        ]
     resources: list[dict[str, Any]] = []
     for _, mapper, record in loaded:
         for resource in mapper.to_fhir(record, version=version):
