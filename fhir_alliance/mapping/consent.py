@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
-from fhir_alliance.errors import MappingError
+from fhir_alliance.errors import InputError, Issue, MappingError
 from fhir_alliance.mapping._ids import resource_id
 from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.model.consent import (
@@ -32,6 +32,16 @@ from fhir_alliance.model.consent import (
     StatusChange,
     Verification,
     VerificationMethod,
+    apply_revocation,
+)
+from fhir_alliance.schemas.common import load_or_raise
+from fhir_alliance.schemas.consent import (
+    RECORD_KIND_CONSENT,
+    RECORD_KIND_REVOCATION,
+    ConsentRevocationSchema,
+    dump_consent,
+    dump_revocation,
+    load_consent,
 )
 from fhir_alliance.terminology import (
     CONFIDENTIALITY_CODES,
@@ -1318,36 +1328,94 @@ def _root_from_r5(resource: Mapping[str, Any], path: _Path, decision: Decision) 
 
 
 class ConsentMapper:
-    """The consent mapper for :mod:`fhir_alliance.mapping.registry`."""
+    """The consent mapper for :mod:`fhir_alliance.mapping.registry`.
 
-    kinds = frozenset({"consent", "consent-revocation"})
+    A batch may hold consents and revocations: :meth:`check_batch` refuses a revocation whose consent
+    is not earlier in the batch (or in ``known``), and :meth:`apply_batch` folds each revocation into
+    its consent (a new status change; nothing is erased), so only consents are mapped to FHIR.
+    """
+
+    kinds = frozenset({RECORD_KIND_CONSENT, RECORD_KIND_REVOCATION})
     resource_types = frozenset({"Consent"})
 
-    def load(self, data: Mapping[str, Any]) -> Any:
-        from fhir_alliance.schemas.consent import (
-            RECORD_KIND_REVOCATION,
-            load_consent,
-            load_revocation,
-        )
-
-        if data.get("kind") == RECORD_KIND_REVOCATION:
-            return load_revocation(data, known_consents=())
+    def load(self, data: Mapping[str, Any]) -> ConsentRecord | ConsentRevocation:
+        if isinstance(data, Mapping) and data.get("kind") == RECORD_KIND_REVOCATION:
+            revocation: ConsentRevocation = load_or_raise(ConsentRevocationSchema(), data)
+            return revocation
         return load_consent(data)
 
     def dump(self, record: Any) -> dict[str, Any]:
-        from fhir_alliance.schemas.consent import dump_consent, dump_revocation
-
         if isinstance(record, ConsentRevocation):
             return dump_revocation(record)
         return dump_consent(record)
 
+    def check_batch(
+        self,
+        labelled: Sequence[tuple[str, ConsentRecord | ConsentRevocation]],
+        *,
+        known: Mapping[Identifier, ConsentRecord] | None = None,
+    ) -> list[Issue]:
+        """Problems across the records of one batch, each at ``label.field``."""
+        try:
+            self.apply_batch(labelled, known=known)
+        except InputError as exc:
+            return list(exc.issues)
+        return []
+
+    def apply_batch(
+        self,
+        labelled: Sequence[tuple[str, ConsentRecord | ConsentRevocation]],
+        *,
+        known: Mapping[Identifier, ConsentRecord] | None = None,
+    ) -> list[tuple[str, ConsentRecord]]:
+        """The batch's consents with its revocations applied, labelled as given (revocations of
+        consents in ``known`` come back under the revocation's label)."""
+        consents: dict[Identifier, tuple[str, ConsentRecord]] = {
+            record_id: ("", record) for record_id, record in (known or {}).items()
+        }
+        order: list[Identifier] = []
+        issues: list[Issue] = []
+        for label, record in labelled:
+            if isinstance(record, ConsentRevocation):
+                entry = consents.get(record.consent)
+                if entry is None:
+                    issues.append(Issue(f"{label}.consent", "revocation of an unknown consent"))
+                    continue
+                try:
+                    revoked = apply_revocation(entry[1], record)
+                except InputError as exc:
+                    issues += [Issue(f"{label}.{i.path}", i.message) for i in exc.issues]
+                    continue
+                consents[record.consent] = (entry[0] or label, revoked)
+                if record.consent not in order:
+                    order.append(record.consent)
+            else:
+                if record.id in consents:
+                    issues.append(Issue(f"{label}.id", "a consent with this id was given before"))
+                    continue
+                consents[record.id] = (label, record)
+                order.append(record.id)
+        if issues:
+            raise InputError(f"invalid input at {len(issues)} place(s)", issues=issues)
+        return [consents[record_id] for record_id in order]
+
     def to_fhir(self, record: Any, *, version: str = R4) -> list[dict[str, Any]]:
         if not isinstance(record, ConsentRecord):
-            raise MappingError("only a consent record maps to FHIR", element="kind")
+            raise MappingError(
+                "a revocation is applied to its consent (give both in one batch)", element="kind"
+            )
         return [to_consent(record, version=version)]
 
     def from_fhir(self, resources: Sequence[Mapping[str, Any]]) -> list[Any]:
-        return [from_consent(r) for r in resources]
+        out: list[Any] = []
+        for index, resource in enumerate(resources):
+            try:
+                out.append(from_consent(resource))
+            except MappingError as exc:
+                where = exc.element.removeprefix("Consent")
+                element = f"Bundle.entry[{index}].resource{where}"
+                raise MappingError(exc.message, element=element) from None
+        return out
 
 
 MAPPER: Final = ConsentMapper()
