@@ -178,14 +178,12 @@ class CheckReport:
                 lines.append(
                     f"  [{'ok' if s.ok else 'FAIL'}] {s.resource_type} {s.name}: {s.detail}"
                 )
-        lines.append(
-            f"cleanup: {self.cleanup_deleted} deleted"
-            + (
-                f", NOT deleted: {', '.join(self.cleanup_remaining)}"
-                if self.cleanup_remaining
-                else ""
+        if self.cleanup_remaining:
+            lines.append(f"cleanup: NOT deleted: {', '.join(self.cleanup_remaining)}")
+        else:
+            lines.append(
+                f"cleanup: nothing left behind ({self.cleanup_deleted} deleted after the round trip)"
             )
-        )
         if self.fatal:
             lines.append(f"stopped: {self.fatal}")
         lines.append("")
