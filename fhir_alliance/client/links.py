@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from fhir_alliance.errors import InputError, Issue, UnsafeLinkError
 
@@ -87,8 +87,8 @@ class BaseUrl:
         inside ``/fhir``). ``[base]?_getpages=…`` (HAPI) is inside. The link itself never appears in
         the error message: its query can carry identifiers.
         """
-        absolute = urljoin(relative_to or self.url + "/", link.strip())
         try:
+            absolute = urljoin(relative_to or self.url + "/", link.strip())
             parts = urlsplit(absolute)
             port = parts.port
         except ValueError as exc:
@@ -103,11 +103,17 @@ class BaseUrl:
         if (port if port is not None else _DEFAULT_PORTS[scheme]) != self.port:
             raise UnsafeLinkError("server link refused: different port from the base URL")
         segments = _segments(parts.path)
-        if any(s in (".", "..") or "%2f" in s.lower() for s in segments):
+        if any(_unsafe_segment(s) for s in segments):
             raise UnsafeLinkError("server link refused: dot or encoded-slash path segments")
         if segments[: len(self.segments)] != self.segments:
             raise UnsafeLinkError("server link refused: path outside the base URL")
         return parts._replace(fragment="").geturl()
+
+
+def _unsafe_segment(segment: str) -> bool:
+    """A segment that a server could resolve upwards or split: ``..``, ``%2e%2e``, ``a%2fb``."""
+    decoded = unquote(segment)
+    return decoded in (".", "..") or "/" in decoded or "\\" in decoded
 
 
 def path_template(base: BaseUrl, url: str) -> str:

@@ -1,6 +1,8 @@
 """Which server links the client follows: only those inside the configured base."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fhir_alliance.client.links import BaseUrl, path_template
 from fhir_alliance.errors import InputError, UnsafeLinkError
@@ -36,6 +38,8 @@ def test_links_inside_the_base_are_followed(link: str) -> None:
         ("https://ehr.example.org/fhir/R/Observation", "path"),
         ("https://ehr.example.org/fhir/R4/../admin", "dot"),
         ("https://ehr.example.org/fhir/R4/..%2Fadmin", "encoded"),
+        ("https://ehr.example.org/fhir/R4/%2e%2e/admin", "dot"),
+        ("https://ehr.example.org/fhir/R4/a%5cb", "encoded"),
         ("https://user@ehr.example.org/fhir/R4/Observation", "credentials"),
         ("//evil.example.org/fhir/R4/Observation", "host"),
     ],
@@ -94,3 +98,58 @@ def test_client_settings_are_checked() -> None:
         "max_pages",
         "connect_retries",
     }
+
+
+_PIECES = st.sampled_from(
+    [
+        "https://",
+        "http://",
+        "ehr.example.org",
+        "EHR.example.org",
+        "evil.example",
+        ":443",
+        ":8443",
+        ":",
+        "@",
+        "/",
+        "//",
+        "/fhir",
+        "/R4",
+        "/fhir/R4",
+        "-evil",
+        "..",
+        "%2F",
+        "%2f",
+        "?",
+        "#",
+        "=",
+        "\\",
+        "[",
+        "]",
+        "Observation",
+        "_getpages=1",
+        " ",
+        "\t",
+        "%00",
+        "user:pw@",
+    ]
+)
+
+
+@given(st.lists(_PIECES, max_size=8).map("".join) | st.text(max_size=40))
+def test_any_link_is_either_refused_or_inside(link: str) -> None:
+    """Whatever a server sends, a link is refused with UnsafeLinkError or lies inside the base."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        absolute = BASE.check_link(link)
+    except UnsafeLinkError:
+        return
+    parts = urlsplit(absolute)
+    assert parts.scheme == "https"
+    assert parts.hostname == "ehr.example.org"
+    assert (parts.port or 443) == 443
+    assert parts.username is None and parts.password is None
+    segments = [s for s in parts.path.split("/") if s]
+    assert segments[:2] == ["fhir", "R4"]
+    assert not any(unquote(s) in (".", "..") or "/" in unquote(s) for s in segments)
