@@ -324,3 +324,21 @@ def test_redirects_are_not_followed(
     with pytest.raises(InvalidResponseError):
         client.read("Observation", "o1")
     assert other_server.log == []
+
+
+def test_search_streams_one_page_at_a_time(
+    httpserver: HTTPServer, retry_policy: RetryPolicy
+) -> None:
+    """The first result is yielded after one request; the next page is fetched only when needed."""
+    page2 = httpserver.url_for("/fhir/Observation") + "?_offset=1"
+    httpserver.expect_request("/fhir/Observation", query_string="").respond_with_json(
+        searchset(page2)
+    )
+    httpserver.expect_request("/fhir/Observation", query_string="_offset=1").respond_with_json(
+        searchset()
+    )
+    results = client_for(httpserver, retry_policy).search("Observation")
+    assert len(httpserver.log) == 0  # nothing is sent before iteration starts
+    next(results)
+    assert len(httpserver.log) == 1
+    assert list(results) and len(httpserver.log) == 2
