@@ -15,8 +15,10 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 
 // Medplum 5.x expects Node >= 22, where WebSocket is a global; nothing here opens a socket.
 globalThis.WebSocket ??= class WebSocketUnavailable {
@@ -121,7 +123,9 @@ function fail(message) {
 }
 
 function logLine(message) {
-  process.stderr.write(`fhir-test-server: ${message}\n`);
+  if (isMainThread) {
+    process.stderr.write(`fhir-test-server: ${message}\n`);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -720,11 +724,11 @@ class TestRepository extends FhirRepository {
     } else {
       table.set(id, { current: stored, version, versions: [stored] });
     }
-    const result = deepClone(stored);
+    // Returned as is (no second copy): callers only serialise it, and reads hand out copies.
     if (!wasLive) {
-      this.created.add(result);
+      this.created.add(stored);
     }
-    return result;
+    return stored;
   }
 
   wasCreated(resource) {
@@ -1038,7 +1042,7 @@ function buildCapabilityStatement(baseUrl, resourceTypes, profiles) {
 const STARTED_AT = new Date().toISOString();
 const terminology = new Terminology();
 const invariants = new ExtraInvariants();
-const opts = parseArgs(process.argv.slice(2));
+const opts = isMainThread ? parseArgs(process.argv.slice(2)) : workerData.opts;
 const resourceTypes = loadR4Definitions();
 const profiles = new ProfileRegistry();
 const loadedAtStartup = profiles.loadDirectory(opts.profilesDir);
@@ -1046,6 +1050,136 @@ const repo = new TestRepository(profiles);
 const router = new FhirRouter();
 let baseUrl = '';
 let capabilityStatement;
+
+// Validation dominates the cost of a transaction (~60 %), so a worker thread with the same
+// definitions and profiles validates half of each large transaction while this thread does the
+// other half. Profile changes are sent to it in request order, so both always agree.
+const WORKERS = Number.parseInt(
+  process.env.FHIR_TEST_SERVER_WORKERS ?? (os.availableParallelism() > 1 ? '1' : '0'),
+  10
+);
+const PARALLEL_FROM = 16; // entries; below this the message round trip costs more than it saves
+
+class ValidationPool {
+  constructor(size) {
+    this.workers = [];
+    this.pending = new Map();
+    this.nextId = 1;
+    this.settled = new Set(); // workers that are ready or gone
+    this.onSettled = [];
+    for (let i = 0; i < size; i++) {
+      const worker = new Worker(new URL(import.meta.url), { workerData: { opts } });
+      worker.ready = false;
+      worker.on('message', (message) => this.receive(worker, message));
+      worker.on('error', (err) => {
+        logLine(`validation worker failed: ${err?.message ?? err}`);
+        this.retire(worker);
+      });
+      worker.on('exit', () => this.retire(worker));
+      worker.unref();
+      this.workers.push(worker);
+    }
+  }
+
+  receive(worker, message) {
+    if (message.type === 'ready') {
+      worker.ready = true;
+      this.settle(worker);
+      return;
+    }
+    const waiting = this.pending.get(message.id);
+    if (!waiting) return;
+    this.pending.delete(message.id);
+    if (message.type === 'result') {
+      waiting.resolve(message.issues);
+    } else {
+      waiting.reject(new Error(message.error ?? 'validation worker error'));
+    }
+  }
+
+  settle(worker) {
+    this.settled.add(worker);
+    if (this.settled.size === this.workers.length) {
+      for (const done of this.onSettled.splice(0)) done();
+    }
+  }
+
+  /** Resolves once every worker is ready (or has failed), or after `ms`. */
+  whenReady(ms) {
+    if (this.settled.size === this.workers.length) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.onSettled.push(resolve);
+      setTimeout(resolve, ms).unref();
+    });
+  }
+
+  retire(worker) {
+    worker.dead = true;
+    this.settle(worker);
+    for (const [id, waiting] of this.pending) {
+      if (waiting.worker === worker) {
+        this.pending.delete(id);
+        waiting.reject(new Error('validation worker stopped'));
+      }
+    }
+  }
+
+  available() {
+    return this.workers.find((w) => w.ready && !w.dead);
+  }
+
+  broadcast(message) {
+    for (const worker of this.workers) {
+      if (!worker.dead) worker.postMessage(message);
+    }
+  }
+
+  validate(worker, resources) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, worker });
+      worker.postMessage({ type: 'validate', id, resources });
+    });
+  }
+}
+
+/** Issues for each resource (same order), using the worker for half of a large set. */
+async function validateAll(resources) {
+  const worker = pool?.available();
+  if (!worker || resources.length < PARALLEL_FROM) {
+    return resources.map((r) => validateForStore(r, profiles));
+  }
+  const half = Math.floor(resources.length / 2);
+  const far = pool.validate(worker, resources.slice(half));
+  const near = resources.slice(0, half).map((r) => validateForStore(r, profiles));
+  try {
+    return [...near, ...(await far)];
+  } catch {
+    return [...near, ...resources.slice(half).map((r) => validateForStore(r, profiles))];
+  }
+}
+
+function serveValidation() {
+  parentPort.on('message', (message) => {
+    try {
+      if (message.type === 'validate') {
+        const issues = message.resources.map((r) => validateForStore(r, profiles));
+        parentPort.postMessage({ type: 'result', id: message.id, issues });
+      } else if (message.type === 'load-profile') {
+        profiles.loadRuntime(message.sd);
+      } else if (message.type === 'reset') {
+        profiles.resetRuntime();
+      }
+    } catch (err) {
+      if (message.type === 'validate') {
+        parentPort.postMessage({ type: 'error', id: message.id, error: String(err?.message ?? err) });
+      }
+    }
+  });
+  parentPort.postMessage({ type: 'ready' });
+}
+
+const pool = isMainThread && WORKERS > 0 ? new ValidationPool(WORKERS) : undefined;
 
 let tail = Promise.resolve();
 /** Runs `fn` after every request before it has finished: one request at a time touches the store. */
@@ -1201,6 +1335,7 @@ async function handleTransaction(fhirRequest, bundle, minimal) {
   }
   // Validate everything first, and report every invalid entry at once.
   const issues = [];
+  const toValidate = [];
   entries.forEach((entry, i) => {
     const method = entry?.request?.method;
     if (!method || typeof entry.request.url !== 'string') {
@@ -1208,11 +1343,13 @@ async function handleTransaction(fhirRequest, bundle, minimal) {
       return;
     }
     if ((method === 'POST' || method === 'PUT') && entry.resource) {
-      issues.push(...atEntry(validateForStore(entry.resource, profiles), i));
+      toValidate.push(i);
     } else if ((method === 'POST' || method === 'PUT') && !entry.resource) {
       issues.push(issue('required', `${method} entry needs a resource`, `Bundle.entry[${i}].resource`));
     }
   });
+  const found = await validateAll(toValidate.map((i) => entries[i].resource));
+  toValidate.forEach((i, k) => issues.push(...atEntry(found[k], i)));
   if (hasErrors(issues)) {
     return [400, invalidOutcome(issues)];
   }
@@ -1341,11 +1478,13 @@ async function route(req, body, url) {
   if (method === 'POST' && rel === '$reset') {
     repo.clear();
     profiles.resetRuntime();
+    pool?.broadcast({ type: 'reset' });
     capabilityStatement = undefined;
     return [200, { ...allOk, id: undefined }];
   }
   if (method === 'POST' && rel === '$load-profile') {
     profiles.loadRuntime(body);
+    pool?.broadcast({ type: 'load-profile', sd: body });
     capabilityStatement = undefined;
     return [200, { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', details: { text: `Loaded profile ${body.url}` } }] }];
   }
@@ -1479,11 +1618,15 @@ async function handle(req, res) {
   }
 }
 
+function startServer() {
 const server = http.createServer((req, res) => {
   handle(req, res);
 });
 server.keepAliveTimeout = 30_000;
-server.listen(opts.port, '127.0.0.1', () => {
+server.listen(opts.port, '127.0.0.1', async () => {
+  // Announce the URL only when the validation workers can take work, so behaviour does not
+  // depend on how soon the first request comes.
+  await pool?.whenReady(60_000);
   const { port } = server.address();
   baseUrl = `http://127.0.0.1:${port}${BASE_PATH}`;
   process.stdout.write(`FHIR_TEST_SERVER ${baseUrl}\n`);
@@ -1514,4 +1657,11 @@ if (!opts.detached && stdinIsPipe()) {
   process.stdin.on('close', shutdown);
   process.stdin.on('error', shutdown);
   process.stdin.resume();
+}
+}
+
+if (isMainThread) {
+  startServer();
+} else {
+  serveValidation();
 }

@@ -574,6 +574,17 @@ def test_reset_drops_runtime_profiles_and_data(fhir_server: FhirTestServer) -> N
     fhir_server.reset()
     assert search(fhir_server, "Observation?_summary=count")["total"] == 0
     assert post(fhir_server, claiming).status_code == 400
+    # Also in the half of a large transaction that the validation worker checks.
+    plain = {
+        "resource": observation(fhir_server),
+        "request": {"method": "POST", "url": "Observation"},
+    }
+    last = {"resource": claiming, "request": {"method": "POST", "url": "Observation"}}
+    response = fhir_server.http.post(
+        fhir_server.base_url, json=transaction(*[plain] * 19, last), headers=FHIR_JSON
+    )
+    assert response.status_code == 400
+    assert expressions(response.json()) == ["Bundle.entry[19].resource.meta.profile[0]"]
 
 
 @pytest.mark.local_fhir_server
@@ -663,3 +674,28 @@ def test_profile_invariant_using_repeat_is_enforced(fhir_server: FhirTestServer)
     assert "QuestionnaireResponse" in expressions(refused.json())
     answer["item"][0]["item"][0]["linkId"] = "q2"
     assert post(fhir_server, answer).status_code == 201
+
+
+@pytest.mark.local_fhir_server
+def test_runtime_profile_is_enforced_across_a_large_transaction(
+    fhir_server: FhirTestServer,
+) -> None:
+    """In a 20-entry transaction (validated in two halves, one by the worker) the last entry's profile
+    violation is found with its path: both halves know the profile loaded at runtime."""
+    url = f"{CANONICAL_BASE}/StructureDefinition/test-subject-required"
+    fhir_server.load_profile(subject_required_profile(url))
+    good = observation(fhir_server, subject={"reference": "Patient/p1"})
+    good["meta"]["profile"] = [url]
+    bad = {**good, "meta": good["meta"]}
+    bad = {k: v for k, v in bad.items() if k != "subject"}
+    entries = [{"resource": good, "request": {"method": "POST", "url": "Observation"}}] * 19
+    entries.append({"resource": bad, "request": {"method": "POST", "url": "Observation"}})
+    response = fhir_server.http.post(
+        fhir_server.base_url, json=transaction(*entries), headers=FHIR_JSON
+    )
+    assert response.status_code == 400
+    assert expressions(response.json()) == ["Bundle.entry[19].resource.subject"]
+    ok = fhir_server.http.post(
+        fhir_server.base_url, json=transaction(*entries[:19]), headers=FHIR_JSON
+    )
+    assert ok.status_code == 200, ok.text
