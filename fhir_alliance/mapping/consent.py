@@ -82,7 +82,10 @@ __all__ = [
     "R5",
     "ConsentMapper",
     "from_consent",
+    "from_permission",
+    "permission_view",
     "to_consent",
+    "to_permission",
 ]
 
 R4: Final = "4.0.1"
@@ -1336,7 +1339,7 @@ class ConsentMapper:
     """
 
     kinds = frozenset({RECORD_KIND_CONSENT, RECORD_KIND_REVOCATION})
-    resource_types = frozenset({"Consent"})
+    resource_types = frozenset({"Consent", "Permission"})
 
     def load(self, data: Mapping[str, Any]) -> ConsentRecord | ConsentRevocation:
         if isinstance(data, Mapping) and data.get("kind") == RECORD_KIND_REVOCATION:
@@ -1410,12 +1413,250 @@ class ConsentMapper:
         out: list[Any] = []
         for index, resource in enumerate(resources):
             try:
-                out.append(from_consent(resource))
+                if isinstance(resource, Mapping) and resource.get("resourceType") == "Permission":
+                    out.append(from_permission(resource))
+                else:
+                    out.append(from_consent(resource))
             except MappingError as exc:
-                where = exc.element.removeprefix("Consent")
+                where = exc.element.removeprefix("Consent").removeprefix("Permission")
                 element = f"Bundle.entry[{index}].resource{where}"
                 raise MappingError(exc.message, element=element) from None
         return out
 
 
 MAPPER: Final = ConsentMapper()
+
+
+# ================================================================================================
+# R5 Permission (trial use) for treatment permissions
+# ================================================================================================
+
+#: Permission status for each domain state (Permission has no ``inactive``; our state extension
+#: keeps revoked and expired apart).
+PERMISSION_STATUS: Final = {
+    ConsentStatus.DRAFT: "draft",
+    ConsentStatus.ACTIVE: "active",
+    ConsentStatus.REVOKED: "rejected",
+    ConsentStatus.EXPIRED: "rejected",
+    ConsentStatus.ENTERED_IN_ERROR: "entered-in-error",
+}
+_PERMISSION_KEYS: Final = frozenset(
+    {
+        "resourceType",
+        "id",
+        "meta",
+        "implicitRules",
+        "language",
+        "text",
+        "contained",
+        "extension",
+        "modifierExtension",
+        "status",
+        "asserter",
+        "date",
+        "validity",
+        "justification",
+        "combining",
+        "rule",
+    }
+)
+
+
+def permission_view(record: ConsentRecord) -> ConsentRecord:
+    """What of a treatment permission an R5 Permission carries: ``record`` without verification,
+    manager, controller, source attachment, categories and policy documents (Permission has no
+    place for them). ``from_permission(to_permission(r)) == permission_view(r)``."""
+    return replace(
+        record,
+        verification=(),
+        manager=None,
+        controller=None,
+        source_attachment=None,
+        categories=(),
+        policy_basis=tuple(b for b in record.policy_basis if b.code is not None),
+    )
+
+
+def to_permission(record: ConsentRecord) -> dict[str, Any]:
+    """A treatment permission → an R5 Permission (``combining`` deny-overrides, one rule).
+
+    The Permission names the Consent it implements in ``justification.evidence`` (by the record's
+    identifier and the Consent's deterministic id). Only a provision without nested exceptions whose
+    one condition is purpose maps; anything else raises :class:`MappingError`.
+    """
+    if record.kind is not ConsentKind.TREATMENT:
+        raise MappingError("only a treatment permission maps to Permission", element="kind")
+    if record.intervention is None:
+        raise MappingError("a treatment permission names its intervention", element="intervention")
+    _check_root(record)
+    root = record.provision
+    if root.provisions:
+        raise MappingError(
+            "Permission rules cannot nest exceptions", element="provision.provisions"
+        )
+    extra = _conditions_out(replace(root, purposes=()), r5=True)
+    if extra:
+        element = {"actor": "actors", "action": "actions", "securityLabel": "security_labels"}.get(
+            next(iter(extra)), next(iter(extra))
+        )
+        raise MappingError(
+            "a Permission rule carries only purposes", element=f"provision.{element}"
+        )
+    evidence = [
+        {
+            "reference": f"Consent/{resource_id(record.id)}",
+            "type": "Consent",
+            "identifier": record.id.to_fhir(),
+        }
+    ]
+    if record.source is not None:
+        evidence.append(_ref_out(record.source))
+    activity: dict[str, Any] = {}
+    if record.grantees:
+        activity["actor"] = [_ref_out(g) for g in record.grantees]
+    activity["action"] = [_cc(record.intervention)]
+    if root.purposes:
+        activity["purpose"] = [_cc(p) for p in root.purposes]
+    out: dict[str, Any] = {
+        "resourceType": "Permission",
+        "id": resource_id(record.id, "/Permission"),
+        "extension": _lifecycle_extensions(record),
+        "status": PERMISSION_STATUS[record.status],
+    }
+    if record.grantor is not None:
+        out["asserter"] = _ref_out(record.grantor)
+    out["date"] = [_instant(record.date)]
+    if record.period is not None:
+        out["validity"] = _period_out(record.period)
+    justification: dict[str, Any] = {}
+    coded = [b.code for b in record.policy_basis if b.code is not None]
+    if coded:
+        justification["basis"] = [_cc(c) for c in coded]
+    justification["evidence"] = evidence
+    out["justification"] = justification
+    out["combining"] = "deny-overrides"
+    out["rule"] = [
+        {
+            "type": record.decision.value,
+            "data": [
+                {"resource": [{"meaning": "instance", "reference": _ref_out(record.patient)}]}
+            ],
+            "activity": [activity],
+        }
+    ]
+    return out
+
+
+def from_permission(resource: Mapping[str, Any]) -> ConsentRecord:
+    """An R5 Permission written by :func:`to_permission` (or shaped like one) → a treatment
+    permission. Raises :class:`MappingError` naming the element for anything else."""
+    path = _Path("Permission")
+    if not isinstance(resource, Mapping) or resource.get("resourceType") != "Permission":
+        raise _fail("expected a Permission", "resourceType")
+    _known_keys(resource, _PERMISSION_KEYS, path)
+    if resource.get("modifierExtension") is not None:
+        raise _fail("unknown modifier extension", path / "modifierExtension")
+    if resource.get("combining") != "deny-overrides":
+        raise _fail("only deny-overrides with one rule is read", path / "combining")
+    fhir_status = _str(resource.get("status"), path / "status")
+    status, history = _permission_lifecycle(resource, fhir_status, path)
+    rules = _list(resource.get("rule"), path / "rule")
+    if len(rules) != 1:
+        raise _fail("expected exactly one rule", path / "rule")
+    rule_path = _Path(f"{path}.rule[0]")
+    rule = _obj(rules[0], rule_path)
+    _known_keys(rule, frozenset({"id", "extension", "type", "data", "activity"}), rule_path)
+    decision = _enum(Decision, rule.get("type"), rule_path / "type")
+    patient = _permission_patient(rule, rule_path)
+    activities = _list(rule.get("activity"), rule_path / "activity")
+    if len(activities) != 1:
+        raise _fail("expected exactly one activity", rule_path / "activity")
+    act_path = _Path(f"{rule_path}.activity[0]")
+    activity = _obj(activities[0], act_path)
+    actions = _list(activity.get("action"), act_path / "action")
+    if len(actions) != 1:
+        raise _fail("expected the intervention as the one action", act_path / "action")
+    intervention = _first_coding(actions[0], _Path(f"{act_path}.action[0]"))
+    purposes = tuple(
+        _checked(c, _PURPOSES, "purpose of use", _Path(f"{act_path}.purpose[{i}].coding[{j}]"))
+        for i, concept in enumerate(_list(activity.get("purpose"), act_path / "purpose"))
+        for j, c in enumerate(_concept(concept, _Path(f"{act_path}.purpose[{i}]")))
+    )
+    grantees = tuple(
+        _ref(a, _Path(f"{act_path}.actor[{i}]"))
+        for i, a in enumerate(_list(activity.get("actor"), act_path / "actor"))
+    )
+    just_path = path / "justification"
+    justification = _obj(resource.get("justification") or {}, just_path)
+    record_id: Identifier | None = None
+    source: Ref | None = None
+    for i, item in enumerate(_list(justification.get("evidence"), just_path / "evidence")):
+        ref = _ref(item, _Path(f"{just_path}.evidence[{i}]"))
+        if ref.type == "Consent" and record_id is None and ref.identifier is not None:
+            record_id = ref.identifier
+        elif source is None:
+            source = ref
+        else:
+            raise _fail(
+                "more evidence than the consent and its source", f"{just_path}.evidence[{i}]"
+            )
+    if record_id is None:
+        raise _fail("the Consent this Permission implements is not named", just_path / "evidence")
+    bases = tuple(
+        PolicyBasis(code=_first_coding(c, _Path(f"{just_path}.basis[{i}]")))
+        for i, c in enumerate(_list(justification.get("basis"), just_path / "basis"))
+    )
+    dates = _list(resource.get("date"), path / "date")
+    if len(dates) != 1:
+        raise _fail("expected exactly one date", path / "date")
+    return ConsentRecord(
+        id=record_id,
+        kind=ConsentKind.TREATMENT,
+        patient=patient,
+        status=status,
+        decision=decision,
+        date=_datetime(dates[0], _Path(f"{path}.date[0]")),
+        grantor=None
+        if resource.get("asserter") is None
+        else _ref(resource["asserter"], path / "asserter"),
+        grantees=grantees,
+        period=_period(resource.get("validity"), path / "validity"),
+        history=history,
+        source=source,
+        policy_basis=bases,
+        intervention=intervention,
+        provision=Provision(type=decision, purposes=purposes),
+    )
+
+
+def _permission_lifecycle(
+    resource: Mapping[str, Any], fhir_status: str, path: _Path
+) -> tuple[ConsentStatus, tuple[StatusChange, ...]]:
+    states = _ext_values(resource, EXT_CONSENT_STATE, "valueCode", path)
+    if not states:
+        found = {v: k for k, v in PERMISSION_STATUS.items() if k is not ConsentStatus.EXPIRED}
+        if fhir_status not in found:
+            raise _fail("unknown Permission status", path / "status")
+        fake = {"status": FHIR_STATUS[found[fhir_status]]}
+        return _lifecycle({**resource, **fake}, fake["status"], path)
+    status = _enum(ConsentStatus, states[0][1], states[0][0])
+    if PERMISSION_STATUS[status] != fhir_status:
+        raise _fail("status disagrees with the precise consent state", path / "status")
+    return _lifecycle(resource, FHIR_STATUS[status], path)
+
+
+def _permission_patient(rule: Mapping[str, Any], path: _Path) -> Ref:
+    data = _list(rule.get("data"), path / "data")
+    if len(data) != 1:
+        raise _fail("expected the patient as the one data item", path / "data")
+    item = _obj(data[0], _Path(f"{path}.data[0]"))
+    resources = _list(item.get("resource"), _Path(f"{path}.data[0]") / "resource")
+    if len(resources) != 1:
+        raise _fail(
+            "expected the patient as the one resource", _Path(f"{path}.data[0]") / "resource"
+        )
+    res_path = _Path(f"{path}.data[0].resource[0]")
+    res = _obj(resources[0], res_path)
+    if res.get("meaning") != "instance":
+        raise _fail("the patient is named as an instance", res_path / "meaning")
+    return _ref(res.get("reference"), res_path / "reference")
