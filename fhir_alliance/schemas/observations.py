@@ -186,14 +186,14 @@ class InstrumentAdministrationSchema(_RecordSchema):
         inst = instrument(code)
         errors: dict[str, list[str]] = {}
         for key, value in responses.items():
-            number = int(key) if key.isascii() and key.isdigit() else None
+            number = int(key) if key.isascii() and key.isdigit() and str(int(key)) == key else None
             spec = inst.item(number) if number is not None else None
             if spec is None:
                 errors[key] = [f"{code.value} has no item {key!r}; items are 1..{len(inst.items)}"]
             elif not spec.accepts(value):
                 grid = "an integer" if spec.integral else "a number with at most one decimal"
                 errors[key] = [f"must be {grid} in {spec.minimum}..{spec.maximum}"]
-        answered = {int(k) for k in responses if k.isascii() and k.isdigit()}
+        answered = {int(k) for k in responses if k.isascii() and k.isdigit() and str(int(k)) == k}
         missing = [n for n in inst.item_numbers if n not in answered]
         if not answered:
             errors.setdefault("_schema", []).append("at least one item must be answered")

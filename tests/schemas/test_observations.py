@@ -65,6 +65,7 @@ def test_responses_become_sorted_exact_decimals() -> None:
         (lambda d: d["responses"].__setitem__("2", 0), "responses.2"),
         (lambda d: d["responses"].__setitem__("2", 3.5), "responses.2"),
         (lambda d: d["responses"].__setitem__("13", 3), "responses.13"),
+        (lambda d: d["responses"].__setitem__("01", 3), "responses.01"),
         (lambda d: d["responses"].__setitem__("2", "4"), "responses.2.value"),
         (lambda d: d["responses"].__setitem__("2", True), "responses.2.value"),
         (lambda d: d["responses"].pop("7"), "responses.7"),
