@@ -3,6 +3,10 @@ record the same way without knowing observations from consents.
 
 A mapper is any object with the attributes of :class:`RecordMapper`. Each record kind's module
 exposes one as ``MAPPER``; :data:`MAPPER_MODULES` lists them.
+
+A mapper may also offer ``check_batch(labelled: Sequence[tuple[str, record]]) -> list[Issue]`` for
+rules across the records of one batch (e.g. a repair must name a rupture in the batch); ``fhir-alliance
+map`` calls it when present, with each record's label (``file:index``) as the issue path prefix.
 """
 
 from __future__ import annotations
