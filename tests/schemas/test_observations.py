@@ -203,3 +203,15 @@ def test_duplicate_ids_in_a_batch_are_refused() -> None:
 def test_json_form_round_trip(record) -> None:
     """Any valid record dumps to JSON that loads back to the same record."""
     assert load_record(json.loads(json.dumps(dump_record(record)))) == record
+
+
+def test_every_json_block_in_the_docs_is_a_valid_record_equal_to_a_shipped_example() -> None:
+    """docs/observations.md shows only records that load, each identical to a file in examples/."""
+    text = (EXAMPLES.parents[1] / "docs" / "observations.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```json\n")[1:]]
+    assert len(blocks) == len(EXAMPLE_FILES)
+    shipped = [json.loads(p.read_text()) for p in EXAMPLE_FILES]
+    for block in blocks:
+        data = json.loads(block)
+        load_record(data)
+        assert data in shipped
