@@ -106,3 +106,18 @@ def test_profile_rejects_wrong_kind_category(fhir_server: FhirTestServer) -> Non
     resource["category"][0]["coding"][0]["code"] = "sharing"
     response = _put(fhir_server, resource)
     assert response.status_code in (400, 422), response.text[:500]
+
+
+FOREIGN = sorted((Path(__file__).parent / "fixtures" / "consent").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", FOREIGN, ids=[p.stem for p in FOREIGN])
+def test_foreign_consents_rewritten_as_ours_are_accepted(
+    fhir_server: FhirTestServer, path: Path
+) -> None:
+    """A PCF- or LEAP-shaped consent read into the domain is written back as a profiled R4 Consent."""
+    record = from_consent(json.loads(path.read_text()))
+    resource = to_consent(record, version=R4)
+    response = _put(fhir_server, resource)
+    assert response.status_code in (200, 201), response.text[:2000]
+    assert from_consent(resource) == record
