@@ -47,7 +47,9 @@ def one_by_one(http: requests.Session, base: str, count: int, put: bool) -> None
         response.raise_for_status()
 
 
-def in_bundles(http: requests.Session, base: str, count: int, put: bool) -> None:
+def in_bundles(
+    http: requests.Session, base: str, count: int, put: bool, minimal: bool = False
+) -> None:
     run = str(uuid.uuid4())
     for start in range(0, count, BUNDLE_SIZE):
         entries = []
@@ -60,8 +62,13 @@ def in_bundles(http: requests.Session, base: str, count: int, put: bool) -> None
                 request = {"method": "POST", "url": "Observation"}
             entries.append({"resource": body, "request": request})
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        response = http.post(base, json=bundle, headers=FHIR_JSON)
+        headers = {**FHIR_JSON, "Prefer": "return=minimal"} if minimal else FHIR_JSON
+        response = http.post(base, json=bundle, headers=headers)
         response.raise_for_status()
+
+
+def in_bundles_minimal(http: requests.Session, base: str, count: int, put: bool) -> None:
+    in_bundles(http, base, count, put, minimal=True)
 
 
 def rate(
@@ -96,9 +103,13 @@ def main() -> None:
             if server:
                 http.post(f"{base}/$reset").raise_for_status()
             bundled = rate(in_bundles, http, base, args.count, put)
+            if server:
+                http.post(f"{base}/$reset").raise_for_status()
+            minimal = rate(in_bundles_minimal, http, base, args.count, put)
             print(
-                f"{label:22s} one by one {single:7.0f}/s   transaction x{BUNDLE_SIZE} "
-                f"{bundled:7.0f}/s   ratio {bundled / single:4.1f}x   ({args.count} Observations)"
+                f"{label:22s} one by one {single:6.0f}/s   transaction x{BUNDLE_SIZE} "
+                f"{bundled:6.0f}/s ({bundled / single:4.1f}x)   with Prefer: return=minimal "
+                f"{minimal:6.0f}/s ({minimal / single:4.1f}x)   [{args.count} Observations]"
             )
     finally:
         http.close()
