@@ -7,6 +7,8 @@ exposes one as ``MAPPER``; :data:`MAPPER_MODULES` lists them.
 A mapper may also offer ``check_batch(labelled: Sequence[tuple[str, record]]) -> list[Issue]`` for
 rules across the records of one batch (e.g. a repair must name a rupture in the batch); ``fhir-alliance
 map`` calls it when present, with each record's label (``file:index``) as the issue path prefix.
+It may also offer ``apply_batch(labelled) -> list[tuple[str, record]]`` to fold records into others
+before mapping (a consent revocation is applied to its consent); records it leaves out are not mapped.
 """
 
 from __future__ import annotations
