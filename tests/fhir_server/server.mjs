@@ -1066,7 +1066,6 @@ class ValidationPool {
     this.pending = new Map();
     this.nextId = 1;
     this.settled = new Set(); // workers that are ready or gone
-    this.onSettled = [];
     for (let i = 0; i < size; i++) {
       const worker = new Worker(new URL(import.meta.url), { workerData: { opts } });
       worker.ready = false;
@@ -1099,18 +1098,10 @@ class ValidationPool {
 
   settle(worker) {
     this.settled.add(worker);
-    if (this.settled.size === this.workers.length) {
-      for (const done of this.onSettled.splice(0)) done();
-    }
   }
 
-  /** Resolves once every worker is ready (or has failed), or after `ms`. */
-  whenReady(ms) {
-    if (this.settled.size === this.workers.length) return Promise.resolve();
-    return new Promise((resolve) => {
-      this.onSettled.push(resolve);
-      setTimeout(resolve, ms).unref();
-    });
+  readyCount() {
+    return this.workers.filter((w) => w.ready && !w.dead).length;
   }
 
   retire(worker) {
@@ -1179,7 +1170,7 @@ function serveValidation() {
   parentPort.postMessage({ type: 'ready' });
 }
 
-const pool = isMainThread && WORKERS > 0 ? new ValidationPool(WORKERS) : undefined;
+let pool; // started right after the URL is announced, so start-up stays fast
 
 let tail = Promise.resolve();
 /** Runs `fn` after every request before it has finished: one request at a time touches the store. */
@@ -1475,6 +1466,14 @@ async function route(req, body, url) {
     capabilityStatement ??= buildCapabilityStatement(baseUrl, resourceTypes, profiles);
     return [200, capabilityStatement];
   }
+  if (method === 'GET' && rel === '$status') {
+    const parameter = [
+      { name: 'validationWorkers', valueInteger: WORKERS },
+      { name: 'validationWorkersReady', valueInteger: pool?.readyCount() ?? 0 },
+      { name: 'profiles', valueInteger: profiles.urls().length },
+    ];
+    return [200, { resourceType: 'Parameters', parameter }];
+  }
   if (method === 'POST' && rel === '$reset') {
     repo.clear();
     profiles.resetRuntime();
@@ -1623,10 +1622,7 @@ const server = http.createServer((req, res) => {
   handle(req, res);
 });
 server.keepAliveTimeout = 30_000;
-server.listen(opts.port, '127.0.0.1', async () => {
-  // Announce the URL only when the validation workers can take work, so behaviour does not
-  // depend on how soon the first request comes.
-  await pool?.whenReady(60_000);
+server.listen(opts.port, '127.0.0.1', () => {
   const { port } = server.address();
   baseUrl = `http://127.0.0.1:${port}${BASE_PATH}`;
   process.stdout.write(`FHIR_TEST_SERVER ${baseUrl}\n`);
@@ -1634,6 +1630,12 @@ server.listen(opts.port, '127.0.0.1', async () => {
   console.log = console.error;
   console.info = console.error;
   logLine(`listening on ${baseUrl}; ${loadedAtStartup} profile(s) loaded from ${opts.profilesDir}`);
+  // Same tick as the announcement: no request (so no runtime profile) can come before the workers
+  // exist, and every later profile change is sent to them in order. Until a worker is ready,
+  // transactions are validated here.
+  if (WORKERS > 0) {
+    pool = new ValidationPool(WORKERS);
+  }
 });
 
 function shutdown() {

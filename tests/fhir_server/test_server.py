@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -520,6 +521,18 @@ def subject_required_profile(url: str) -> dict[str, Any]:
     }
 
 
+def wait_for_validation_workers(server: FhirTestServer) -> None:
+    """Wait until the local server's validation worker takes work (it starts after the URL is out)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status = server.http.get(server.url("$status")).json()
+        values = {p["name"]: p["valueInteger"] for p in status["parameter"]}
+        if values["validationWorkersReady"] >= min(1, values["validationWorkers"]):
+            return
+        time.sleep(0.2)
+    raise AssertionError("validation worker never became ready")
+
+
 @pytest.mark.local_fhir_server
 def test_loaded_profile_is_enforced(fhir_server: FhirTestServer) -> None:
     """After loading a profile, a resource claiming it but breaking it is 400 with the path; a conforming one is stored."""
@@ -566,6 +579,7 @@ def test_profile_violation_in_transaction_names_the_entry(fhir_server: FhirTestS
 @pytest.mark.local_fhir_server
 def test_reset_drops_runtime_profiles_and_data(fhir_server: FhirTestServer) -> None:
     """$reset empties the store and forgets profiles loaded at runtime."""
+    wait_for_validation_workers(fhir_server)
     url = f"{CANONICAL_BASE}/StructureDefinition/test-subject-required"
     fhir_server.load_profile(subject_required_profile(url))
     claiming = observation(fhir_server, subject={"reference": "Patient/p1"})
@@ -682,6 +696,7 @@ def test_runtime_profile_is_enforced_across_a_large_transaction(
 ) -> None:
     """In a 20-entry transaction (validated in two halves, one by the worker) the last entry's profile
     violation is found with its path: both halves know the profile loaded at runtime."""
+    wait_for_validation_workers(fhir_server)
     url = f"{CANONICAL_BASE}/StructureDefinition/test-subject-required"
     fhir_server.load_profile(subject_required_profile(url))
     good = observation(fhir_server, subject={"reference": "Patient/p1"})
