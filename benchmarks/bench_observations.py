@@ -4,8 +4,10 @@ Three paths over the same records, measured in one run:
 
 * baseline: our mapping, then a ``fhir.resources`` (R4B) model per resource and ``model_dump_json``
   (the naive way: build models, let them serialise);
-* ours: our mapping, then ``validate_resource`` (the same R4B model validation, on our dicts) and
-  ``orjson.dumps`` (:func:`fhir_alliance.mapping.export.records_to_ndjson`);
+* ours: our mapping, then the compiled FHIR R4 JSON-schema validator on every dict (types, element
+  names, primitive formats, base required bindings, required elements; it rejects invalid resources,
+  see tests/mapping/test_export.py) and ``orjson.dumps``
+  (:func:`fhir_alliance.mapping.export.records_to_ndjson`);
 * ceiling: ``orjson.dumps`` of the prebuilt dicts only (no mapping, no validation).
 
 Run alone: ``python benchmarks/bench_observations.py [--quick]``; or through ``benchmarks/run.py``.

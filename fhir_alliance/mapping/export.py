@@ -1,9 +1,10 @@
 """The fast path from records to wire bytes: map, validate every resource, serialise with orjson.
 
-Validation is real (the ``fhir.resources`` model of the target version checks each dict, see
-:mod:`fhir_alliance.mapping.validation`); what is saved compared with building models and calling
-``model_dump_json`` is the serialisation through the models. ``benchmarks/bench_observations.py``
-measures it.
+Validation is real: R4 Observations and Provenances go through the compiled FHIR R4 JSON-schema
+validator (:mod:`fhir_alliance.mapping.fast_validation`), everything else (R5) through the
+``fhir.resources`` model of the target version (:mod:`fhir_alliance.mapping.validation`). What is
+saved compared with building models and calling ``model_dump_json`` is both the model construction
+and the serialisation through the models. ``benchmarks/bench_observations.py`` measures it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 
 from fhir_alliance.instruments.scoring import DEFAULT_RULES, ScoringRules
+from fhir_alliance.mapping.fast_validation import FAST_RESOURCE_TYPES, validate_r4_fast
 from fhir_alliance.mapping.observation import to_observations
 from fhir_alliance.mapping.validation import validate_resource
 from fhir_alliance.model.observations import AllianceRecord
@@ -23,7 +25,10 @@ __all__ = ["dumps_validated", "records_to_ndjson"]
 
 def dumps_validated(resource: Mapping[str, Any], *, version: str = "4.0.1") -> bytes:
     """``resource`` as compact JSON bytes, after it passed validation (else ProfileViolation)."""
-    validate_resource(resource, version=version)
+    if version == "4.0.1" and resource.get("resourceType") in FAST_RESOURCE_TYPES:
+        validate_r4_fast(resource)
+    else:
+        validate_resource(resource, version=version)
     return orjson.dumps(resource)
 
 

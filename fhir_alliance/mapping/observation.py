@@ -81,9 +81,13 @@ CODE_RESOLUTION: Final = "resolution"
 CODE_PRORATED: Final = "prorated"
 
 _SCORE_UNIT: Final = {"unit": "{score}", "system": t.UCUM, "code": "{score}"}
-_SURVEY: Final = [
-    {"coding": [{"system": t.OBSERVATION_CATEGORY, "code": "survey", "display": "Survey"}]}
-]
+
+
+def _survey() -> list[dict[str, Any]]:
+    """A fresh category list per resource: callers may mutate what we return."""
+    return [{"coding": [{"system": t.OBSERVATION_CATEGORY, "code": "survey", "display": "Survey"}]}]
+
+
 _ROLE_PERFORMER_TYPES: Final = {"Patient", "RelatedPerson"}
 
 
@@ -167,7 +171,7 @@ def _observation(
         "extension": [*_rater_extensions(record), *extensions],
         "identifier": [identifier.to_fhir()],
         "status": record.status.value,
-        "category": _SURVEY,
+        "category": _survey(),
         "code": code,
         "subject": ref_to_fhir(record.patient),
     }

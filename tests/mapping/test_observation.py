@@ -283,3 +283,14 @@ def test_validation_rejects_an_invalid_resource_and_names_the_element() -> None:
         validate_resource(resource)
     assert "Observation.valueQuantity.value" in {i.path for i in exc.value.issues}
     assert "Mrs Example" not in str(exc.value.to_operation_outcome())
+
+
+def test_returned_resources_share_no_state() -> None:
+    """Mutating one returned resource changes neither its siblings nor later outputs."""
+    record = _record("srs-administration")
+    first = to_observations(record)
+    first[0]["category"][0]["coding"][0]["code"] = "changed"
+    first[0]["meta"]["security"].clear()
+    assert first[1]["category"][0]["coding"][0]["code"] == "survey"
+    assert to_observations(record)[0]["category"][0]["coding"][0]["code"] == "survey"
+    assert to_observations(record)[0]["meta"]["security"]

@@ -1,0 +1,67 @@
+"""A compiled validator for the R4 resources we emit (Observation, Provenance): the official FHIR R4
+JSON schema (the part these resources reach, ``data/fhir-r4-observation.schema.json``, extracted by
+``tools/extract_fhir_json_schema.py``) compiled to Python code by ``fastjsonschema``.
+
+It checks element names (unknown elements are refused), JSON types, primitive formats (dates, ids,
+codes, strings without control characters), code values of required bindings in the base spec (e.g.
+``Observation.status``) and required elements (``min >= 1``). It does not check invariants or our
+profiles; the test FHIR server does that in the test suite. Errors never carry the offending value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import fastjsonschema
+
+from fhir_alliance.errors import Issue, ProfileViolation
+
+__all__ = ["FAST_RESOURCE_TYPES", "validate_r4_fast"]
+
+#: Resource types the compiled validator covers (others fall back to the model validator).
+FAST_RESOURCE_TYPES = frozenset({"Observation", "Provenance"})
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    text = (
+        resources.files("fhir_alliance.mapping")
+        .joinpath("data", "fhir-r4-observation.schema.json")
+        .read_text(encoding="utf-8")
+    )
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@cache
+def _compiled(resource_type: str) -> Callable[[Any], Any]:
+    schema = {**_schema(), "$ref": f"#/definitions/{resource_type}"}
+    validator: Callable[[Any], Any] = fastjsonschema.compile(schema, use_formats=False)
+    return validator
+
+
+def _element_path(resource_type: str, path: list[Any]) -> str:
+    out = resource_type
+    for part in path[1:]:  # path[0] is "data"; array indices come as digit strings
+        text = str(part)
+        out += f"[{text}]" if text.isdigit() else f".{text}"
+    return out
+
+
+def validate_r4_fast(resource: Mapping[str, Any]) -> None:
+    """Raise :class:`ProfileViolation` unless ``resource`` (Observation or Provenance) is valid R4 JSON."""
+    resource_type = resource.get("resourceType")
+    if resource_type not in FAST_RESOURCE_TYPES:
+        raise ProfileViolation("not a resource type of the fast validator", element="resourceType")
+    try:
+        _compiled(str(resource_type))(resource)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        element = _element_path(str(resource_type), list(exc.path or []))
+        message = f"not valid FHIR R4 (JSON schema rule '{exc.rule}')"
+        raise ProfileViolation(
+            message, issues=[Issue(path=element, message=message, code="structure")]
+        ) from None

