@@ -50,7 +50,7 @@ def _definition_name(path: str) -> str:
     return "_".join([first, *(p[0].upper() + p[1:] for p in rest)])
 
 
-def main() -> None:
+def main(out: Path = OUT) -> None:
     schema = json.loads((DEFINITIONS / "fhir.schema.json").read_text())
     definitions = schema["definitions"]
     # Medplum's Reference.resource (an embedded resource) is not R4.
@@ -75,7 +75,6 @@ def main() -> None:
         # R4 schema does not define: not R4, so they are dropped.
         for prop, value in list(definition.get("properties", {}).items()):
             if any(ref not in definitions for ref in _refs(value)):
-                print(f"dropping non-R4 element {name}.{prop}")
                 del definition["properties"][prop]
         todo.extend(_refs(definition) - wanted)
     subset = {name: definitions[name] for name in sorted(wanted)}
@@ -97,11 +96,11 @@ def main() -> None:
                     required.setdefault(name, set()).add(leaf)
     for name, leaves in required.items():
         subset[name]["required"] = sorted(set(subset[name].get("required", [])) | leaves)
-    OUT.write_text(
+    out.write_text(
         json.dumps({"$schema": schema["$schema"], "definitions": subset}, indent=1, sort_keys=True)
         + "\n"
     )
-    print(f"wrote {OUT.relative_to(ROOT)}: {len(subset)} definitions")
+    print(f"wrote {out}: {len(subset)} definitions")
 
 
 if __name__ == "__main__":
