@@ -1065,7 +1065,6 @@ class ValidationPool {
     this.workers = [];
     this.pending = new Map();
     this.nextId = 1;
-    this.settled = new Set(); // workers that are ready or gone
     for (let i = 0; i < size; i++) {
       const worker = new Worker(new URL(import.meta.url), { workerData: { opts } });
       worker.ready = false;
@@ -1083,7 +1082,6 @@ class ValidationPool {
   receive(worker, message) {
     if (message.type === 'ready') {
       worker.ready = true;
-      this.settle(worker);
       return;
     }
     const waiting = this.pending.get(message.id);
@@ -1096,17 +1094,12 @@ class ValidationPool {
     }
   }
 
-  settle(worker) {
-    this.settled.add(worker);
-  }
-
   readyCount() {
     return this.workers.filter((w) => w.ready && !w.dead).length;
   }
 
   retire(worker) {
     worker.dead = true;
-    this.settle(worker);
     for (const [id, waiting] of this.pending) {
       if (waiting.worker === worker) {
         this.pending.delete(id);
@@ -1219,6 +1212,9 @@ function parseJsonBody(req, raw) {
     return undefined;
   }
   const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+  if (type === 'application/x-www-form-urlencoded') {
+    return new URLSearchParams(raw.toString('utf8')); // search by POST ([type]/_search)
+  }
   const allowed = ['application/fhir+json', 'application/json', 'application/json-patch+json'];
   if (!allowed.includes(type)) {
     throw httpError(415, 'not-supported', 'Only JSON bodies are accepted (application/fhir+json)');
@@ -1459,6 +1455,7 @@ function queryObject(searchParams) {
 
 async function route(req, body, url) {
   const method = req.method;
+  // (req may be a plain object standing in for the request, see search by POST)
   const rel = url.pathname.slice(BASE_PATH.length).replace(/^\/+/, '').replace(/\/+$/, '');
   const segments = rel ? rel.split('/') : [];
 
@@ -1497,12 +1494,22 @@ async function route(req, body, url) {
     throw httpError(404, 'not-supported', 'GraphQL is not offered by the test server');
   }
 
-  // Search: default and maximum page size, so that clients must follow next links.
-  const isSearch = (method === 'GET' && segments.length === 1) || (method === 'POST' && segments.length === 2 && segments[1] === '_search');
-  const params = new URLSearchParams(url.search);
-  if (isSearch && method === 'POST' && body === undefined) {
-    // form-encoded search body is not parsed; use GET
+  if (body instanceof URLSearchParams && !(method === 'POST' && segments[1] === '_search')) {
+    throw httpError(415, 'not-supported', 'Form bodies are accepted only by [type]/_search');
   }
+  if (method === 'POST' && segments.length === 2 && segments[1] === '_search') {
+    // Search by POST: the form parameters join the URL's, then it is the same search as a GET.
+    const merged = new URLSearchParams(url.search);
+    for (const [key, value] of body instanceof URLSearchParams ? body : []) {
+      merged.append(key, value);
+    }
+    url = new URL(`${BASE_PATH}/${segments[0]}?${merged.toString()}`, url);
+    return route({ ...req, method: 'GET', headers: req.headers }, undefined, url);
+  }
+
+  // Search: default and maximum page size, so that clients must follow next links.
+  const isSearch = method === 'GET' && segments.length === 1;
+  const params = new URLSearchParams(url.search);
   let query = queryObject(params);
   if (isSearch) {
     if (params.get('_summary') !== 'count') {
@@ -1533,7 +1540,7 @@ async function route(req, body, url) {
       throw httpError(413, 'too-long', `A batch may hold at most ${MAX_BUNDLE_ENTRIES} entries`, 'Bundle.entry');
     }
   }
-  if ((method === 'PUT' || method === 'POST') && segments.length >= 1 && segments[1] !== '_search' && segments.length <= 2 && body === undefined) {
+  if ((method === 'PUT' || method === 'POST') && segments.length >= 1 && segments.length <= 2 && body === undefined) {
     throw httpError(400, 'required', 'Request needs a JSON body');
   }
 

@@ -346,6 +346,24 @@ def test_conditional_delete_by_tag_removes_every_match(fhir_server: FhirTestServ
     assert fhir_server.http.get(fhir_server.url(f"Observation/{other['id']}")).status_code == 200
 
 
+def test_search_by_post_form_matches_get(fhir_server: FhirTestServer) -> None:
+    """POST [type]/_search with form parameters finds what the same GET search finds."""
+    wanted = identifier()
+    post(fhir_server, observation(fhir_server, identifier=[wanted]))
+    post(fhir_server, observation(fhir_server, identifier=[identifier()]))
+    response = fhir_server.http.post(
+        fhir_server.url("Observation/_search"),
+        data={
+            "identifier": f"{wanted['system']}|{wanted['value']}",
+            "_tag": fhir_server.run_tag_param,
+        },
+    )
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert bundle["total"] == 1
+    assert bundle["entry"][0]["resource"]["identifier"] == [wanted]
+
+
 # --- transaction and batch --------------------------------------------------------------------
 
 
