@@ -1323,11 +1323,22 @@ async function handleTransaction(fhirRequest, bundle, minimal) {
   // Validate everything first, and report every invalid entry at once.
   const issues = [];
   const toValidate = [];
+  const targets = new Map(); // "Type/id" -> first entry index writing it
   entries.forEach((entry, i) => {
     const method = entry?.request?.method;
     if (!method || typeof entry.request.url !== 'string') {
       issues.push(issue('required', 'Entry needs request.method and request.url', `Bundle.entry[${i}].request`));
       return;
+    }
+    const target = entry.request.url.split('?')[0].replace(/^\/+/, '');
+    if (['PUT', 'DELETE', 'PATCH'].includes(method) && !entry.request.url.includes('?') && target.includes('/')) {
+      if (targets.has(target)) {
+        issues.push(
+          issue('invalid', `Entries ${targets.get(target)} and ${i} both change ${target}`, `Bundle.entry[${i}].request.url`)
+        );
+      } else {
+        targets.set(target, i);
+      }
     }
     if ((method === 'POST' || method === 'PUT') && entry.resource) {
       toValidate.push(i);

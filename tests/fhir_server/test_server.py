@@ -478,6 +478,21 @@ def test_transaction_failing_late_rolls_back_earlier_writes(fhir_server: FhirTes
     assert current.json()["meta"]["versionId"] == existing["meta"]["versionId"]
 
 
+def test_transaction_changing_one_resource_twice_is_refused(fhir_server: FhirTestServer) -> None:
+    """Two entries of one transaction writing the same Type/id make it fail, and nothing is stored."""
+    det_id = f"det-{uuid.uuid4()}"
+    first = {**observation(fhir_server), "id": det_id}
+    second = {**first, "valueInteger": 4}
+    url = f"Observation/{det_id}"
+    bundle = transaction(
+        {"resource": first, "request": {"method": "PUT", "url": url}},
+        {"resource": second, "request": {"method": "PUT", "url": url}},
+    )
+    response = fhir_server.http.post(fhir_server.base_url, json=bundle, headers=FHIR_JSON)
+    assert 400 <= response.status_code < 500
+    assert fhir_server.http.get(fhir_server.url(url)).status_code == 404
+
+
 def test_batch_reports_each_entry_on_its_own(fhir_server: FhirTestServer) -> None:
     """In a batch a bad entry gets its own 4xx response while the good entry is stored."""
     bad = observation(fhir_server)
