@@ -39,6 +39,9 @@ node: $(SERVER_STAMP) $(PROFILES_STAMP)
 profiles: $(PROFILES_STAMP)
 	cd profiles && node tools/build.mjs $(PROFILES_ARGS)
 
+demo: install
+	$(BIN)/python examples/demo_sync.py
+
 lint: $(PY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

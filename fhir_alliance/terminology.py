@@ -152,6 +152,9 @@ SENSITIVITY_CODES: Final = frozenset(
     }
 )  # fmt: skip
 
+#: v3-ObservationValue labels this project applies itself (AI-assisted content) and so lets consents name.
+OBSERVATION_VALUE_LABEL_CODES: Final = frozenset({LABEL_AI_ASSISTED[1]})
+
 
 def codes(code_system_name: str) -> dict[str, str]:
     """The codes of one of our CodeSystems, read from the built profiles package:

@@ -47,12 +47,14 @@ from fhir_alliance.terminology import (
     CONSENT_ACTION_CODES,
     CONSENT_CATEGORY_CODES,
     LOINC,
+    OBSERVATION_VALUE_LABEL_CODES,
     PURPOSE_OF_USE_CODES,
     RESOURCE_TYPES,
     SENSITIVITY_CODES,
     V3_ACT_CODE,
     V3_ACT_REASON,
     V3_CONFIDENTIALITY,
+    V3_OBSERVATION_VALUE,
 )
 
 __all__ = [
@@ -94,7 +96,12 @@ PurposeCodingSchema = _checked_coding("purpose of use", {V3_ACT_REASON: PURPOSE_
 ActionCodingSchema = _checked_coding("consent action", {CONSENT_ACTION: CONSENT_ACTION_CODES})
 CategoryCodingSchema = _checked_coding("consent category", {LOINC: CONSENT_CATEGORY_CODES})
 SecurityLabelCodingSchema = _checked_coding(
-    "security label", {V3_CONFIDENTIALITY: CONFIDENTIALITY_CODES, V3_ACT_CODE: SENSITIVITY_CODES}
+    "security label",
+    {
+        V3_CONFIDENTIALITY: CONFIDENTIALITY_CODES,
+        V3_ACT_CODE: SENSITIVITY_CODES,
+        V3_OBSERVATION_VALUE: OBSERVATION_VALUE_LABEL_CODES,
+    },
 )
 
 

@@ -341,3 +341,16 @@ def test_revocation_against_known_consents() -> None:
     record = load_consent(_sharing())
     (revoked,) = load_consent_records([_revocation()], known={record.id: record})
     assert revoked.status is ConsentStatus.REVOKED
+
+
+def test_ai_assisted_label_may_be_named_and_other_observation_values_may_not() -> None:
+    """A provision may name AIAST (our label for AI-assisted content); other ObservationValue codes are refused."""
+    system = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+    data = _sharing()
+    data["provision"]["provisions"][1]["security_labels"] = [{"system": system, "code": "AIAST"}]
+    record = load_consent(data)
+    assert record.provision.provisions[1].security_labels[0].code == "AIAST"
+    data["provision"]["provisions"][1]["security_labels"] = [{"system": system, "code": "NOPE"}]
+    with pytest.raises(InputError) as err:
+        load_consent(data)
+    assert _paths(err) == {"provision.provisions.1.security_labels.0.code"}
