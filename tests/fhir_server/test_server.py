@@ -449,9 +449,17 @@ def test_transaction_with_an_invalid_entry_stores_nothing(fhir_server: FhirTestS
 
 
 def test_transaction_failing_late_rolls_back_earlier_writes(fhir_server: FhirTestServer) -> None:
-    """A transaction whose last entry fails its If-Match (412) undoes the creates and updates before it."""
+    """A transaction whose last entry fails its If-Match (412) undoes the create and update before it."""
     existing = post(fhir_server, observation(fhir_server)).json()
+    other = post(fhir_server, observation(fhir_server)).json()
+    other_ref = f"Observation/{other['id']}"
+    moved = fhir_server.http.put(
+        fhir_server.url(other_ref), json={**other, "valueInteger": 4}, headers=FHIR_JSON
+    )
+    assert moved.status_code == 200  # so If-Match on its first version is now stale
     ref = f"Observation/{existing['id']}"
+    current_etag = f'W/"{existing["meta"]["versionId"]}"'
+    stale_etag = f'W/"{other["meta"]["versionId"]}"'
     ident = identifier()
     bundle = transaction(
         {
@@ -460,15 +468,15 @@ def test_transaction_failing_late_rolls_back_earlier_writes(fhir_server: FhirTes
         },
         {
             "resource": {**existing, "valueInteger": 99},
-            "request": {"method": "PUT", "url": ref, "ifMatch": 'W/"1"'},
+            "request": {"method": "PUT", "url": ref, "ifMatch": current_etag},
         },
         {
-            "resource": {**existing, "valueInteger": 100},
-            "request": {"method": "PUT", "url": ref, "ifMatch": 'W/"1"'},
+            "resource": {**other, "valueInteger": 100},
+            "request": {"method": "PUT", "url": other_ref, "ifMatch": stale_etag},
         },
     )
     response = fhir_server.http.post(fhir_server.base_url, json=bundle, headers=FHIR_JSON)
-    assert 400 <= response.status_code < 500, response.text
+    assert response.status_code == 412, response.text
     assert (
         search(fhir_server, f"Observation?identifier={ident['system']}|{ident['value']}")["total"]
         == 0
@@ -476,6 +484,7 @@ def test_transaction_failing_late_rolls_back_earlier_writes(fhir_server: FhirTes
     current = fhir_server.http.get(fhir_server.url(ref))
     assert current.json()["valueInteger"] == 3
     assert current.json()["meta"]["versionId"] == existing["meta"]["versionId"]
+    assert fhir_server.http.get(fhir_server.url(other_ref)).json()["valueInteger"] == 4
 
 
 def test_transaction_changing_one_resource_twice_is_refused(fhir_server: FhirTestServer) -> None:
