@@ -3,24 +3,22 @@
 Runs on its own (``python benchmarks/bench_client_push.py [--quick] [--count N] [--chunk N]``) or
 through ``benchmarks/run.py`` via :func:`run`. Uses ``FHIR_ALLIANCE_TEST_BASE_URL`` if set (its store
 is NOT reset: point it only at a disposable server), else starts the suite's local server. Both
-phases use one client (one keep-alive Session) and start from an empty store.
+phases use one client (one keep-alive Session, ``Prefer: return=minimal`` on every write, as a sync
+pushing resources would send) and start from an empty store.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,54 +32,25 @@ from fhir_alliance.terminology import (  # noqa: E402
     OBSERVATION_CATEGORY,
 )
 
-SERVER_DIR = ROOT / "tests" / "fhir_server"
 TARGET_RATIO = 5.0
 SYSTEM = f"{IDENTIFIER_SYSTEM_BASE}/bench"
 
 
 @contextmanager
 def fhir_server() -> Iterator[tuple[str, bool]]:
-    """(base URL, is_local): the env's server, or a local one that stops when we do."""
+    """(base URL, is_local): the env's server, or the suite's local one, stopped when we are done."""
     remote = os.environ.get("FHIR_ALLIANCE_TEST_BASE_URL", "").strip()
     if remote:
         yield remote.rstrip("/"), False
         return
-    node = shutil.which("node")
-    if node is None or not (SERVER_DIR / "node_modules").is_dir():
-        raise SystemExit(
-            "the test FHIR server needs Node and `make install` (or set FHIR_ALLIANCE_TEST_BASE_URL)"
-        )
-    process = subprocess.Popen(
-        [node, str(SERVER_DIR / "server.mjs"), "--port", "0"],
-        cwd=SERVER_DIR,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if not line.startswith("FHIR_TEST_SERVER "):
-            raise SystemExit(f"test FHIR server did not start: {line!r}")
-        base = line.split(maxsplit=1)[1].strip()
-        for _ in range(100):
-            try:
-                if requests.get(f"{base}/metadata", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
-        yield base, True
-    finally:
-        if process.stdin:
-            process.stdin.close()
+    from tests.fhir_server.plugin import start_local_server
+
+    with tempfile.TemporaryDirectory() as log_dir:
+        server = start_local_server(Path(log_dir))
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout:
-            process.stdout.close()
+            yield server.base_url, True
+        finally:
+            server.stop()
 
 
 def observations(count: int, run: str) -> list[dict[str, Any]]:
@@ -154,7 +123,10 @@ def measure(count: int, chunk: int, rounds: int = 5) -> dict[str, Any]:
     """Push ``count`` resources each way, in ``rounds`` alternating rounds (so both phases see the
     same machine load), resetting the store before every phase; throughput = total / total time."""
     per_round = max(1, count // rounds)
-    with fhir_server() as (base, is_local), FhirClient(base, timeout=(5, 120)) as client:
+    with (
+        fhir_server() as (base, is_local),
+        FhirClient(base, timeout=(5, 120), return_preference="minimal") as client,
+    ):
         strategy = client.capabilities().write_strategy("Observation")
         use_put = strategy is WriteStrategy.PUT_DETERMINISTIC_ID
 

@@ -167,6 +167,10 @@ def _install_redaction() -> None:
             logger.addFilter(_REDACTOR)
 
 
+#: Values of the ``Prefer: return=`` header (FHIR RESTful API, "Managing Return Content").
+RETURN_PREFERENCES = ("minimal", "representation", "OperationOutcome")
+
+
 class FhirClient:
     """A client for one FHIR server (one base URL). Thread-safe for concurrent calls.
 
@@ -174,6 +178,10 @@ class FhirClient:
     covers only failures to connect (nothing reached the server); everything else is retried by
     :class:`RetryPolicy` for idempotent requests only. ``max_pages`` bounds search paging.
     TLS verification is always on (``ca_bundle`` names a private CA); ``proxies`` are explicit.
+    ``return_preference`` (``"minimal"``, ``"representation"`` or ``"OperationOutcome"``) is sent as
+    ``Prefer: return=…`` on every write: ``"minimal"`` spares the server echoing each resource back
+    (ids and versions still come from ``Location``/``ETag``), which is what a sync pushing many
+    resources wants.
     """
 
     def __init__(
@@ -191,6 +199,7 @@ class FhirClient:
         pool_maxsize: int = 10,
         ca_bundle: str | None = None,
         proxies: Mapping[str, str] | None = None,
+        return_preference: str | None = None,
     ) -> None:
         self.base = BaseUrl.parse(base_url)
         self.auth = auth or NoAuth()
@@ -208,6 +217,13 @@ class FhirClient:
         ]
         if connect_retries < 0:
             bad.append(Issue(path="connect_retries", message="must not be negative"))
+        if return_preference not in (None, *RETURN_PREFERENCES):
+            bad.append(
+                Issue(
+                    path="return_preference",
+                    message=f"expected one of {', '.join(RETURN_PREFERENCES)}",
+                )
+            )
         if bad:
             raise InputError("invalid client settings", issues=bad)
         if (
@@ -221,6 +237,7 @@ class FhirClient:
                 issues=[Issue(path="base_url", message="https required when sending credentials")],
             )
         self.timeout = timeout
+        self._write_headers = {"Prefer": f"return={return_preference}"} if return_preference else {}
         self.retry = retry or RetryPolicy()
         self.max_pages = max_pages
         self.max_response_bytes = max_response_bytes
@@ -582,7 +599,7 @@ class FhirClient:
         """
         rtype = _resource_type(resource)
         body = {k: v for k, v in resource.items() if k != "id"}
-        headers = {}
+        headers = dict(self._write_headers)
         if if_none_exist:
             headers["If-None-Exist"] = urlencode(dict(if_none_exist))
         answer = self._request(
@@ -605,7 +622,9 @@ class FhirClient:
         rid = resource.get("id")
         if not isinstance(rid, str) or not rid:
             raise InputError("update needs the resource id", issues=[Issue("id", "required")])
-        headers = {"If-Match": etag_for(if_match)} if if_match else {}
+        headers = dict(self._write_headers)
+        if if_match:
+            headers["If-Match"] = etag_for(if_match)
         answer = self._request(
             "PUT",
             self.base.join(f"{rtype}/{rid}"),
@@ -716,6 +735,7 @@ class FhirClient:
                     "POST",
                     self.base.url,
                     body=body,
+                    headers=self._write_headers,
                     replay=Replay.weakest([r.replay for r in chunk]),
                 )
                 response = parse_resource(answer.body, status=answer.status)

@@ -14,6 +14,7 @@ from fhir_alliance.client import (
     search_token,
 )
 from fhir_alliance.errors import (
+    InputError,
     MultipleMatchesError,
     NotFoundError,
     UnprocessableError,
@@ -220,3 +221,28 @@ def test_batch_maps_each_entry(client: FhirClient, fhir_server: FhirTestServer) 
     assert outcomes[3].ok
     with pytest.raises(NotFoundError):
         client.read("Observation", existing.id or "")
+
+
+def test_return_minimal_still_reports_ids_and_versions(fhir_server: FhirTestServer) -> None:
+    """With Prefer return=minimal, writes and transactions still yield id and version from headers."""
+    fhir_server.track("Observation")
+    with FhirClient(fhir_server.base_url, return_preference="minimal") as client:
+        created = client.create(observation(fhir_server))
+        assert created.created and created.id and created.version_id
+        updated = client.update(
+            client.read("Observation", created.id) | {"status": "amended"},
+            if_match=created.version_id,
+        )
+        assert updated.id == created.id and updated.version_id != created.version_id
+        outcomes = client.transaction([BundleRequest.create(observation(fhir_server))] * 3)
+        assert all(o.ok and o.id and o.version_id for o in outcomes)
+        if fhir_server.is_local:  # our server honours the preference: no bodies echoed back
+            assert created.resource is None and updated.resource is None
+            assert all(o.resource is None for o in outcomes)
+
+
+def test_unknown_return_preference_is_refused() -> None:
+    """A Prefer value outside the FHIR list is a settings error naming the field."""
+    with pytest.raises(InputError) as caught:
+        FhirClient("http://127.0.0.1:9/fhir", return_preference="everything")
+    assert caught.value.issues[0].path == "return_preference"
