@@ -1,19 +1,40 @@
 """fhir-alliance: therapeutic-alliance measures and client consents over FHIR (R4 and R5).
 
-The public API is what ``__all__`` lists; everything else may change without notice.
+The public API is what ``__all__`` lists; everything else may change without notice. The
+subpackages have public APIs of their own: ``fhir_alliance.instruments`` (scoring),
+``fhir_alliance.mapping`` (``observation.MAPPER``, ``consent.MAPPER``), ``fhir_alliance.schemas``,
+``fhir_alliance.consent`` (the decision engine), ``fhir_alliance.client`` and
+``fhir_alliance.profiles``.
 """
 
+from fhir_alliance._version import __version__
+from fhir_alliance.client import FhirClient, SmartBackendAuth
+from fhir_alliance.consent import (
+    ActorDirectory,
+    CombiningRule,
+    ConsentDecision,
+    ConsentEngine,
+    DecisionOutcome,
+    DecisionRequest,
+    RedactObligation,
+    RequestActor,
+    RequestedResource,
+)
+from fhir_alliance.consent.gate import disclosure_request
 from fhir_alliance.errors import (
+    ArtefactNotFoundError,
     AuthError,
     ConflictError,
     FhirAllianceError,
     InputError,
     InvalidResponseError,
     Issue,
+    LimitExceededError,
     MappingError,
     MultipleMatchesError,
     NotFoundError,
     PreconditionFailedError,
+    ProfilesPackageError,
     ProfileViolation,
     ServerError,
     TransientServerError,
@@ -23,31 +44,76 @@ from fhir_alliance.errors import (
     VersionConflictError,
 )
 from fhir_alliance.model.common import Coding, Identifier, Ref
+from fhir_alliance.model.consent import (
+    ConsentKind,
+    ConsentRecord,
+    ConsentRevocation,
+    ConsentStatus,
+    Decision,
+    Provision,
+    apply_revocation,
+)
+from fhir_alliance.model.observations import (
+    AutomatedRater,
+    DimensionRating,
+    InstrumentAdministration,
+    Rater,
+    RaterRole,
+    RepairEvent,
+    RuptureEvent,
+)
 from fhir_alliance.terminology import CANONICAL_BASE
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "CANONICAL_BASE",
+    "ActorDirectory",
+    "ArtefactNotFoundError",
     "AuthError",
+    "AutomatedRater",
     "Coding",
+    "CombiningRule",
     "ConflictError",
+    "ConsentDecision",
+    "ConsentEngine",
+    "ConsentKind",
+    "ConsentRecord",
+    "ConsentRevocation",
+    "ConsentStatus",
+    "Decision",
+    "DecisionOutcome",
+    "DecisionRequest",
+    "DimensionRating",
     "FhirAllianceError",
+    "FhirClient",
     "Identifier",
     "InputError",
+    "InstrumentAdministration",
     "InvalidResponseError",
     "Issue",
+    "LimitExceededError",
     "MappingError",
     "MultipleMatchesError",
     "NotFoundError",
     "PreconditionFailedError",
     "ProfileViolation",
+    "ProfilesPackageError",
+    "Provision",
+    "Rater",
+    "RaterRole",
+    "RedactObligation",
     "Ref",
+    "RepairEvent",
+    "RequestActor",
+    "RequestedResource",
+    "RuptureEvent",
     "ServerError",
+    "SmartBackendAuth",
     "TransientServerError",
     "TransportError",
     "UnprocessableError",
     "UnsafeLinkError",
     "VersionConflictError",
     "__version__",
+    "apply_revocation",
+    "disclosure_request",
 ]

@@ -20,7 +20,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from fhir_alliance import __version__
+from fhir_alliance._version import __version__
 from fhir_alliance.client.auth import Auth, NoAuth, oauth_error_code
 from fhir_alliance.client.bundles import (
     BundleRequest,
