@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
 from fhir_alliance.errors import InputError, Issue, MappingError
+from fhir_alliance.mapping._fhir_values import ref_to_fhir
 from fhir_alliance.mapping._ids import resource_id
 from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.model.consent import (
@@ -214,19 +215,6 @@ def _instant(value: datetime) -> str:
     return value.isoformat()
 
 
-def _ref_out(ref: Ref) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if ref.reference is not None:
-        out["reference"] = ref.reference
-    if ref.type is not None:
-        out["type"] = ref.type
-    if ref.identifier is not None:
-        out["identifier"] = ref.identifier.to_fhir()
-    if ref.display is not None:
-        out["display"] = ref.display
-    return out
-
-
 def _cc(coding: Coding) -> dict[str, Any]:
     return {"coding": [coding.to_fhir()]}
 
@@ -256,7 +244,7 @@ def _lifecycle_extensions(record: ConsentRecord) -> list[dict[str, Any]]:
             {"url": "at", "valueDateTime": _instant(change.at)},
         ]
         if change.by is not None:
-            parts.append({"url": "by", "valueReference": _ref_out(change.by)})
+            parts.append({"url": "by", "valueReference": ref_to_fhir(change.by)})
         if change.reason is not None:
             parts.append({"url": "reason", "valueCoding": change.reason.to_fhir()})
         out.append({"url": EXT_CONSENT_STATUS_CHANGE, "extension": parts})
@@ -275,7 +263,9 @@ def _conditions_out(p: Provision, *, r5: bool) -> dict[str, Any]:
     if p.period is not None:
         out["period"] = _period_out(p.period)
     if p.actors:
-        out["actor"] = [{"role": _cc(a.role), "reference": _ref_out(a.reference)} for a in p.actors]
+        out["actor"] = [
+            {"role": _cc(a.role), "reference": ref_to_fhir(a.reference)} for a in p.actors
+        ]
     if p.actions:
         out["action"] = [_cc(c) for c in p.actions]
     if p.security_labels:
@@ -298,7 +288,7 @@ def _conditions_out(p: Provision, *, r5: bool) -> dict[str, Any]:
         out["dataPeriod"] = _period_out(p.data_period)
     if p.data:
         out["data"] = [
-            {"meaning": d.meaning.value, "reference": _ref_out(d.reference)} for d in p.data
+            {"meaning": d.meaning.value, "reference": ref_to_fhir(d.reference)} for d in p.data
         ]
     return out
 
@@ -351,11 +341,11 @@ def _to_r4(record: ConsentRecord) -> dict[str, Any]:
         )
     extensions = _lifecycle_extensions(record)
     extensions += [
-        {"url": EXT_CONSENT_GRANTEE, "valueReference": _ref_out(g)} for g in record.grantees
+        {"url": EXT_CONSENT_GRANTEE, "valueReference": ref_to_fhir(g)} for g in record.grantees
     ]
     if record.controller is not None:
         extensions.append(
-            {"url": EXT_CONSENT_CONTROLLER, "valueReference": _ref_out(record.controller)}
+            {"url": EXT_CONSENT_CONTROLLER, "valueReference": ref_to_fhir(record.controller)}
         )
     extensions += _intervention_extension(record)
 
@@ -368,15 +358,15 @@ def _to_r4(record: ConsentRecord) -> dict[str, Any]:
         "status": FHIR_STATUS[record.status],
         "scope": _scope_cc(record.kind),
         "category": [_kind_cc(record.kind), *(_cc(c) for c in record.categories)],
-        "patient": _ref_out(record.patient),
+        "patient": ref_to_fhir(record.patient),
         "dateTime": _instant(record.date),
     }
     if record.grantor is not None:
-        out["performer"] = [_ref_out(record.grantor)]
+        out["performer"] = [ref_to_fhir(record.grantor)]
     if record.manager is not None:
-        out["organization"] = [_ref_out(record.manager)]
+        out["organization"] = [ref_to_fhir(record.manager)]
     if record.source is not None:
-        out["sourceReference"] = _ref_out(record.source)
+        out["sourceReference"] = ref_to_fhir(record.source)
     if record.source_attachment is not None:
         out["sourceAttachment"] = _attachment_out(record.source_attachment)
     if documents:
@@ -436,10 +426,10 @@ def _verification_r4(v: Verification) -> dict[str, Any]:
         {"url": EXT_CONSENT_VERIFICATION_METHOD, "valueCode": v.method.value}
     ]
     if v.witness is not None:
-        extensions.append({"url": EXT_CONSENT_WITNESS, "valueReference": _ref_out(v.witness)})
+        extensions.append({"url": EXT_CONSENT_WITNESS, "valueReference": ref_to_fhir(v.witness)})
     out: dict[str, Any] = {"extension": extensions, "verified": True}
     if v.verified_with is not None:
-        out["verifiedWith"] = _ref_out(v.verified_with)
+        out["verifiedWith"] = ref_to_fhir(v.verified_with)
     out["verificationDate"] = _instant(v.verified_at)
     return out
 
@@ -448,15 +438,15 @@ def _verification_r5(v: Verification) -> dict[str, Any]:
     out: dict[str, Any] = {}
     witness = v.witness
     if witness is not None and witness.type not in _VERIFIED_BY_TYPES:
-        out["extension"] = [{"url": EXT_CONSENT_WITNESS, "valueReference": _ref_out(witness)}]
+        out["extension"] = [{"url": EXT_CONSENT_WITNESS, "valueReference": ref_to_fhir(witness)}]
     out["verified"] = True
     out["verificationType"] = {
         "coding": [{"system": CS_CONSENT_VERIFICATION_METHODS, "code": v.method.value}]
     }
     if witness is not None and witness.type in _VERIFIED_BY_TYPES:
-        out["verifiedBy"] = _ref_out(witness)
+        out["verifiedBy"] = ref_to_fhir(witness)
     if v.verified_with is not None:
-        out["verifiedWith"] = _ref_out(v.verified_with)
+        out["verifiedWith"] = ref_to_fhir(v.verified_with)
     out["verificationDate"] = [_instant(v.verified_at)]
     return out
 
@@ -501,23 +491,23 @@ def _to_r5(record: ConsentRecord) -> dict[str, Any]:
             _scope_cc(record.kind),
             *(_cc(c) for c in record.categories),
         ],
-        "subject": _ref_out(record.patient),
+        "subject": ref_to_fhir(record.patient),
         "date": record.date.date().isoformat(),
     }
     if record.period is not None:
         out["period"] = _period_out(record.period)
     if record.grantor is not None:
-        out["grantor"] = [_ref_out(record.grantor)]
+        out["grantor"] = [ref_to_fhir(record.grantor)]
     if record.grantees:
-        out["grantee"] = [_ref_out(g) for g in record.grantees]
+        out["grantee"] = [ref_to_fhir(g) for g in record.grantees]
     if record.manager is not None:
-        out["manager"] = [_ref_out(record.manager)]
+        out["manager"] = [ref_to_fhir(record.manager)]
     if record.controller is not None:
-        out["controller"] = [_ref_out(record.controller)]
+        out["controller"] = [ref_to_fhir(record.controller)]
     if record.source_attachment is not None:
         out["sourceAttachment"] = [_attachment_out(record.source_attachment)]
     if record.source is not None:
-        out["sourceReference"] = [_ref_out(record.source)]
+        out["sourceReference"] = [ref_to_fhir(record.source)]
     if coded:
         out["regulatoryBasis"] = [_cc(b.code) for b in coded if b.code is not None]
     if documents:
@@ -1510,10 +1500,10 @@ def to_permission(record: ConsentRecord) -> dict[str, Any]:
         }
     ]
     if record.source is not None:
-        evidence.append(_ref_out(record.source))
+        evidence.append(ref_to_fhir(record.source))
     activity: dict[str, Any] = {}
     if record.grantees:
-        activity["actor"] = [_ref_out(g) for g in record.grantees]
+        activity["actor"] = [ref_to_fhir(g) for g in record.grantees]
     activity["action"] = [_cc(record.intervention)]
     if root.purposes:
         activity["purpose"] = [_cc(p) for p in root.purposes]
@@ -1524,7 +1514,7 @@ def to_permission(record: ConsentRecord) -> dict[str, Any]:
         "status": PERMISSION_STATUS[record.status],
     }
     if record.grantor is not None:
-        out["asserter"] = _ref_out(record.grantor)
+        out["asserter"] = ref_to_fhir(record.grantor)
     out["date"] = [_instant(record.date)]
     if record.period is not None:
         out["validity"] = _period_out(record.period)
@@ -1539,7 +1529,7 @@ def to_permission(record: ConsentRecord) -> dict[str, Any]:
         {
             "type": record.decision.value,
             "data": [
-                {"resource": [{"meaning": "instance", "reference": _ref_out(record.patient)}]}
+                {"resource": [{"meaning": "instance", "reference": ref_to_fhir(record.patient)}]}
             ],
             "activity": [activity],
         }

@@ -118,6 +118,20 @@ class RefSchema(StrictSchema):
         return Ref(**data)
 
 
+def dump_ref(ref: Ref) -> dict[str, str]:
+    """The JSON form :class:`RefSchema` loads: only the parts that are set."""
+    out: dict[str, str] = {}
+    if ref.reference is not None:
+        out["reference"] = ref.reference
+    if ref.identifier is not None:
+        out["identifier"] = str(ref.identifier)
+    if ref.type is not None:
+        out["type"] = ref.type
+    if ref.display is not None:
+        out["display"] = ref.display
+    return out
+
+
 def load_or_raise(schema: Schema, data: object, *, prefix: str = "") -> Any:
     """``schema.load(data)``, raising :class:`InputError` with one issue per field path."""
     if not isinstance(data, Mapping):

@@ -14,7 +14,7 @@ from typing import Any
 from marshmallow import ValidationError, fields, post_load, validate, validates_schema
 
 from fhir_alliance.errors import InputError, Issue
-from fhir_alliance.model.common import Coding, Identifier, Ref
+from fhir_alliance.model.common import Coding, Identifier
 from fhir_alliance.model.consent import (
     Attachment,
     ConsentKind,
@@ -39,6 +39,7 @@ from fhir_alliance.schemas.common import (
     IdentifierField,
     RefSchema,
     StrictSchema,
+    dump_ref,
     load_or_raise,
 )
 from fhir_alliance.terminology import (
@@ -407,19 +408,6 @@ def _time(value: datetime) -> str:
     return value.isoformat()
 
 
-def _ref(ref: Ref) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if ref.reference is not None:
-        out["reference"] = ref.reference
-    if ref.identifier is not None:
-        out["identifier"] = str(ref.identifier)
-    if ref.type is not None:
-        out["type"] = ref.type
-    if ref.display is not None:
-        out["display"] = ref.display
-    return out
-
-
 def _coding(coding: Coding) -> dict[str, Any]:
     return coding.to_fhir()
 
@@ -442,14 +430,18 @@ def _provision(p: Provision, *, root: bool) -> dict[str, Any]:
         {
             "type": None if root or p.type is None else p.type.value,
             "period": None if root or p.period is None else _period(p.period),
-            "actors": [{"role": _coding(a.role), "reference": _ref(a.reference)} for a in p.actors],
+            "actors": [
+                {"role": _coding(a.role), "reference": dump_ref(a.reference)} for a in p.actors
+            ],
             "actions": [_coding(c) for c in p.actions],
             "security_labels": [_coding(c) for c in p.security_labels],
             "purposes": [_coding(c) for c in p.purposes],
             "classes": [_coding(c) for c in p.classes],
             "codes": [_coding(c) for c in p.codes],
             "data_period": None if p.data_period is None else _period(p.data_period),
-            "data": [{"meaning": d.meaning.value, "reference": _ref(d.reference)} for d in p.data],
+            "data": [
+                {"meaning": d.meaning.value, "reference": dump_ref(d.reference)} for d in p.data
+            ],
             "provisions": [_provision(c, root=False) for c in p.provisions],
         }
     )
@@ -463,21 +455,21 @@ def dump_consent(record: ConsentRecord) -> dict[str, Any]:
             "kind": RECORD_KIND_CONSENT,
             "id": str(record.id),
             "consent_kind": record.kind.value,
-            "patient": _ref(record.patient),
+            "patient": dump_ref(record.patient),
             "status": record.status.value,
             "decision": record.decision.value,
             "date": _time(record.date),
-            "grantor": None if record.grantor is None else _ref(record.grantor),
-            "grantees": [_ref(g) for g in record.grantees],
-            "manager": None if record.manager is None else _ref(record.manager),
-            "controller": None if record.controller is None else _ref(record.controller),
+            "grantor": None if record.grantor is None else dump_ref(record.grantor),
+            "grantees": [dump_ref(g) for g in record.grantees],
+            "manager": None if record.manager is None else dump_ref(record.manager),
+            "controller": None if record.controller is None else dump_ref(record.controller),
             "period": None if record.period is None else _period(record.period),
             "history": [
                 _compact(
                     {
                         "status": h.status.value,
                         "at": _time(h.at),
-                        "by": None if h.by is None else _ref(h.by),
+                        "by": None if h.by is None else dump_ref(h.by),
                         "reason": None if h.reason is None else _coding(h.reason),
                     }
                 )
@@ -488,13 +480,15 @@ def dump_consent(record: ConsentRecord) -> dict[str, Any]:
                     {
                         "method": v.method.value,
                         "verified_at": _time(v.verified_at),
-                        "witness": None if v.witness is None else _ref(v.witness),
-                        "verified_with": None if v.verified_with is None else _ref(v.verified_with),
+                        "witness": None if v.witness is None else dump_ref(v.witness),
+                        "verified_with": None
+                        if v.verified_with is None
+                        else dump_ref(v.verified_with),
                     }
                 )
                 for v in record.verification
             ],
-            "source": None if record.source is None else _ref(record.source),
+            "source": None if record.source is None else dump_ref(record.source),
             "source_attachment": None
             if att is None
             else _compact(
@@ -530,7 +524,7 @@ def dump_revocation(revocation: ConsentRevocation) -> dict[str, Any]:
             "kind": RECORD_KIND_REVOCATION,
             "consent": str(revocation.consent),
             "at": _time(revocation.at),
-            "by": None if revocation.by is None else _ref(revocation.by),
+            "by": None if revocation.by is None else dump_ref(revocation.by),
             "reason": None if revocation.reason is None else _coding(revocation.reason),
         }
     )

@@ -44,6 +44,7 @@ from fhir_alliance.schemas.common import (
     IdentifierField,
     RefSchema,
     StrictSchema,
+    dump_ref,
     load_or_raise,
 )
 
@@ -387,18 +388,7 @@ def _num(value: Decimal) -> int | float:
 
 
 def _ref(ref: Ref | None) -> dict[str, str] | None:
-    if ref is None:
-        return None
-    out: dict[str, str] = {}
-    if ref.reference is not None:
-        out["reference"] = ref.reference
-    if ref.identifier is not None:
-        out["identifier"] = str(ref.identifier)
-    if ref.type is not None:
-        out["type"] = ref.type
-    if ref.display is not None:
-        out["display"] = ref.display
-    return out
+    return None if ref is None else dump_ref(ref)
 
 
 def _rater(rater: Rater) -> dict[str, Any]:
