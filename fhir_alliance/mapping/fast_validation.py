@@ -1,6 +1,6 @@
 """A compiled validator for the R4 resources we emit (Observation, Provenance): the official FHIR R4
 JSON schema (the part these resources reach, ``data/fhir-r4-observation.schema.json``, extracted by
-``tools/extract_fhir_json_schema.py``) compiled to Python code by ``fastjsonschema``.
+``profiles/tools/extract_fhir_json_schema.py``) compiled to Python code by ``fastjsonschema``.
 
 It checks element names (unknown elements are refused), JSON types, primitive formats (dates, ids,
 codes, strings without control characters), code values of required bindings in the base spec (e.g.

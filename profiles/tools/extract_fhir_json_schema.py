@@ -13,7 +13,7 @@ Source: ``fhir.schema.json`` and the R4 StructureDefinitions in npm ``@medplum/d
 * ``contained`` must be empty: we never emit contained resources, and allowing them would pull in
   every resource type.
 
-Run: ``python tools/extract_fhir_json_schema.py`` → ``fhir_alliance/mapping/data/fhir-r4-observation.schema.json``.
+Run: ``python profiles/tools/extract_fhir_json_schema.py`` → ``fhir_alliance/mapping/data/fhir-r4-observation.schema.json``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFINITIONS = (
     ROOT / "profiles" / "node_modules" / "@medplum" / "definitions" / "dist" / "fhir" / "r4"
 )

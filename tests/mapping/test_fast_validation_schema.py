@@ -1,4 +1,4 @@
-"""The shipped JSON-schema subset equals what tools/extract_fhir_json_schema.py builds today."""
+"""The shipped JSON-schema subset equals what profiles/tools/extract_fhir_json_schema.py builds today."""
 
 import importlib.util
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOL = ROOT / "tools" / "extract_fhir_json_schema.py"
+TOOL = ROOT / "profiles" / "tools" / "extract_fhir_json_schema.py"
 SHIPPED = ROOT / "fhir_alliance" / "mapping" / "data" / "fhir-r4-observation.schema.json"
 
 
