@@ -6,8 +6,10 @@ tests in ``tests/service/store/`` run against both.
 
 Shapes:
 
-* A **record** is one domain record (alliance observation or consent) in our JSON form, identified
-  by its business identifier ``system|value`` (``record_id``). Each change of content makes a new
+* A **record** is one domain record (alliance observation or consent) in our JSON form. Its
+  ``record_id`` is opaque and stable: ``fhir_alliance.mapping._ids.resource_id(identifier)``, the
+  UUIDv5 of its business identifier ``system|value`` (the same id its primary FHIR resource gets),
+  so that URLs and logs never carry the identifier itself. Each change of content makes a new
   ``version`` (1, 2, …); re-posting identical content changes nothing.
 * An **outbox item** is one record version waiting to be synced. Intake writes the record, its
   audit entry and its outbox item in one transaction. A newer version of a record supersedes an
@@ -63,6 +65,7 @@ class NewRecord:
     ``content_hash`` a hash of the canonical body (same content, same hash)."""
 
     record_id: str
+    identifier: str  # the business identifier system|value
     kind: str
     family: str
     patient: str
@@ -73,6 +76,7 @@ class NewRecord:
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
     record_id: str
+    identifier: str
     kind: str
     family: str
     patient: str
