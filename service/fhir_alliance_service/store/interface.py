@@ -254,6 +254,10 @@ class Store(Protocol):
     def consents_for_patient(self, patient: str) -> list[StoredRecord]:
         """Newest version of every consent record of ``patient``."""
 
+    def consents_stamp(self, patient: str) -> str:
+        """A cheap value that changes whenever any consent record of ``patient`` changes (one
+        indexed query), so that compiled consent engines can be cached per patient."""
+
     # -- audit ---------------------------------------------------------------------------------
     def add_audit(self, entries: Sequence[AuditEntry]) -> None: ...
 
