@@ -1,0 +1,169 @@
+"""A patient's stored consents as a compiled decision engine, for the gate, the consult and the API.
+
+Two rules every part of the service shares:
+
+* **The patient key** (:func:`patient_key`): records are filed under the patient's literal
+  reference exactly as posted (``Patient/123``) when the record gives one, else under the
+  identifier token ``system|value``. The gate, the consult and the decision endpoint look up a
+  patient's consents under the same key, so a record and a consent that name the patient the same
+  way meet. (A consent that names the patient only by identifier while the observations name them
+  by reference is filed apart: name the patient the same way in both, or give both in each.)
+* **Unreadable means held, never "no consent"**: a stored consent that no longer loads, or that the
+  engine refuses to compile, is listed in :attr:`PatientConsents.unreadable`; the gate holds every
+  record of that patient while the list is not empty.
+
+Compiled engines are cached per process (bounded LRU) under ``(store, patient,
+store.consents_stamp(patient))``: one indexed query per call, and a new compile only after the
+patient's consents changed.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from fhir_alliance.consent import ConsentEngine
+from fhir_alliance.errors import FhirAllianceError
+from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
+from fhir_alliance.model.common import Ref
+from fhir_alliance.model.consent import ConsentRecord
+from fhir_alliance_service.store.interface import Store, StoredRecord
+
+__all__ = [
+    "ENGINE_CACHE_SIZE",
+    "PatientConsents",
+    "clear_engine_cache",
+    "engine_for_patient",
+    "load_patient_consents",
+    "patient_key",
+]
+
+#: How many compiled patient engines one process keeps (least recently used go first).
+ENGINE_CACHE_SIZE = 4096
+
+
+def patient_key(ref: Ref) -> str:
+    """The key a patient's records and consents are filed under: the literal reference when the
+    record gives one (``Patient/123``), else the identifier token ``system|value``."""
+    if ref.reference is not None:
+        return ref.reference
+    assert ref.identifier is not None  # a Ref always has one or the other
+    return str(ref.identifier)
+
+
+@dataclass(frozen=True, slots=True)
+class PatientConsents:
+    """A patient's stored consents: the readable ones compiled into ``engine``; ``unreadable`` the
+    record ids of stored consents that could not be loaded or compiled (hold, never permit)."""
+
+    patient: str
+    stamp: str
+    engine: ConsentEngine
+    records: tuple[ConsentRecord, ...]
+    unreadable: tuple[str, ...] = ()
+
+
+def _compiles(record: ConsentRecord) -> bool:
+    try:
+        ConsentEngine([record])
+    except FhirAllianceError:
+        return False
+    return True
+
+
+def _load(stored: list[StoredRecord]) -> tuple[list[ConsentRecord], list[str]]:
+    readable: list[ConsentRecord] = []
+    unreadable: list[str] = []
+    for row in stored:
+        try:
+            record = CONSENT_MAPPER.load(row.body)
+        except (FhirAllianceError, ValueError, TypeError):
+            unreadable.append(row.record_id)
+            continue
+        if isinstance(record, ConsentRecord) and _compiles(record):
+            readable.append(record)
+        else:  # a stored revocation or a consent the engine refuses: never silently dropped
+            unreadable.append(row.record_id)
+    return readable, unreadable
+
+
+def load_patient_consents(store: Store, patient: str, *, stamp: str = "") -> PatientConsents:
+    """Load and compile ``patient``'s consents now, without the cache."""
+    readable, unreadable = _load(store.consents_for_patient(patient))
+    return PatientConsents(
+        patient=patient,
+        stamp=stamp,
+        engine=ConsentEngine(readable),
+        records=tuple(readable),
+        unreadable=tuple(sorted(unreadable)),
+    )
+
+
+class _EngineCache:
+    """A bounded LRU of compiled engines per store object; entries of a store that is garbage
+    collected are dropped with it (so a new store at a recycled address never sees them)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        # One entry per (store, patient): the newest compile, which carries its stamp.
+        self._entries: OrderedDict[tuple[int, str], PatientConsents] = OrderedDict()
+        self._watched: set[int] = set()
+
+    def get(self, store: Store, patient: str, stamp: str) -> PatientConsents | None:
+        key = (id(store), patient)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None or found.stamp != stamp:
+                return None
+            self._entries.move_to_end(key)
+            return found
+
+    def put(self, store: Store, value: PatientConsents) -> None:
+        store_id = id(store)
+        with self._lock:
+            if store_id not in self._watched:
+                try:
+                    weakref.finalize(store, self._forget, store_id)
+                except TypeError:  # not weak-referenceable: do not cache rather than risk reuse
+                    return
+                self._watched.add(store_id)
+            key = (store_id, value.patient)
+            self._entries[key] = value  # replaces a compile of an older stamp
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def _forget(self, store_id: int) -> None:
+        with self._lock:
+            self._watched.discard(store_id)
+            for key in [k for k in self._entries if k[0] == store_id]:
+                del self._entries[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_CACHE = _EngineCache(ENGINE_CACHE_SIZE)
+
+
+def engine_for_patient(store: Store, patient: str) -> PatientConsents:
+    """``patient``'s consents compiled, from the process cache when they have not changed since."""
+    stamp = store.consents_stamp(patient)
+    found = _CACHE.get(store, patient, stamp)
+    if found is not None:
+        return found
+    compiled = load_patient_consents(store, patient, stamp=stamp)
+    _CACHE.put(store, compiled)
+    return compiled
+
+
+def clear_engine_cache() -> None:
+    """Forget every compiled engine (tests; a process that changed consents behind the store)."""
+    _CACHE.clear()
