@@ -1,0 +1,316 @@
+"""AuditEvent and Provenance builders (pure): what intake and the worker record about each record.
+
+The shapes follow the IHE Basic Audit Log Patterns (BALP) for FHIR R4: a *privacy disclosure at the
+source* (``type`` DICOM 110106 Export, ``subtype`` ISO 21089 ``disclose``, ``action`` R) for every
+disclosure and, with a failure outcome, for every disclosure the consent gate held back; a RESTful
+*create*/*update* with a patient entity for every record taken in. Every event names the sync service
+as a Device agent (the audit source), the patient as a Person/Patient entity, and the record by its
+opaque ``record_id``. A Provenance per pushed resource names the service as the assembler and the
+source record as the entity.
+
+No free text, no names: the only words in these resources are fixed codes (a held decision carries
+its machine reason code, never the plain-words reason). Ids are deterministic, so that rebuilding an
+entry after a lost response and pushing it again (``PUT``) writes the same resource.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir_alliance.terminology import CANONICAL_BASE, IDENTIFIER_SYSTEM_BASE
+from fhir_alliance_service.store.interface import AuditEntry, SentResource
+
+__all__ = [
+    "DEVICE_IDENTIFIER_SYSTEM",
+    "RECORD_IDENTIFIER_SYSTEM",
+    "SYNC_DEVICE",
+    "dead_letter_event",
+    "disclosure_event",
+    "hold_event",
+    "intake_event",
+    "provenance",
+    "reference_for",
+]
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+ISO_21089_LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
+AUDIT_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+SECURITY_SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+PURPOSE_OF_USE = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+PROVENANCE_PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+
+#: Identifier systems: the sync service as a device, and our records by their opaque id.
+DEVICE_IDENTIFIER_SYSTEM = f"{IDENTIFIER_SYSTEM_BASE}/device"
+RECORD_IDENTIFIER_SYSTEM = f"{IDENTIFIER_SYSTEM_BASE}/record"
+#: The sync service, as every event's source and Provenance's agent (a logical reference).
+SYNC_DEVICE: dict[str, Any] = {
+    "type": "Device",
+    "identifier": {"system": DEVICE_IDENTIFIER_SYSTEM, "value": "fhir-alliance-sync"},
+}
+
+# R4 AuditEvent.outcome codes.
+_SUCCESS = "0"
+_MINOR_FAILURE = "4"  # the disclosure was not made: the gate held it
+_SERIOUS_FAILURE = "8"  # the disclosure failed for good: dead-lettered
+
+
+def _instant(at: datetime) -> str:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError("audit times must be timezone-aware")
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _id(*parts: object) -> str:
+    name = "|".join([CANONICAL_BASE, "audit", *(str(p) for p in parts)])
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
+
+def reference_for(key: str, *, resource_type: str | None = None) -> dict[str, Any]:
+    """A FHIR Reference for a key as the service stores it: ``Type/id`` (a literal reference) or
+    an identifier token ``system|value`` (a logical reference)."""
+    if "|" in key:
+        system, _, value = key.partition("|")
+        ref: dict[str, Any] = {"identifier": {"system": system, "value": value}}
+    else:
+        ref = {"reference": key}
+    if resource_type:
+        ref["type"] = resource_type
+    return ref
+
+
+def _record_reference(record_id: str) -> dict[str, Any]:
+    return {"identifier": {"system": RECORD_IDENTIFIER_SYSTEM, "value": record_id}}
+
+
+def _coding(system: str, code: str) -> dict[str, str]:
+    return {"system": system, "code": code}
+
+
+def _agent(role_code: str, who: Mapping[str, Any], *, network: str | None = None) -> dict[str, Any]:
+    agent: dict[str, Any] = {
+        "type": {"coding": [_coding(DCM, role_code)]},
+        "who": dict(who),
+        "requestor": False,
+    }
+    if network:
+        agent["network"] = {"address": network, "type": "5"}  # 5 = URI
+    return agent
+
+
+def _source() -> dict[str, Any]:
+    return {
+        "observer": dict(SYNC_DEVICE),
+        "type": [_coding(SECURITY_SOURCE_TYPE, "4")],  # 4 = application server
+    }
+
+
+def _patient_entity(patient: str) -> dict[str, Any]:
+    return {
+        "what": reference_for(patient, resource_type="Patient"),
+        "type": _coding(AUDIT_ENTITY_TYPE, "1"),  # person
+        "role": _coding(OBJECT_ROLE, "1"),  # patient
+    }
+
+
+def _record_entity(record_id: str, version: int, kind: str | None = None) -> dict[str, Any]:
+    details = [{"type": "version", "valueString": str(version)}]
+    if kind:
+        details.insert(0, {"type": "kind", "valueString": kind})
+    return {
+        "what": _record_reference(record_id),
+        "type": _coding(AUDIT_ENTITY_TYPE, "2"),  # system object
+        "role": _coding(OBJECT_ROLE, "4"),  # domain resource
+        "detail": details,
+    }
+
+
+def _resource_entity(resource: SentResource | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(resource, SentResource):
+        rtype, rid = resource.resource_type, resource.id
+    else:
+        rtype, rid = str(resource.get("resourceType")), str(resource.get("id"))
+    return {
+        "what": {"reference": f"{rtype}/{rid}", "type": rtype},
+        "type": _coding(AUDIT_ENTITY_TYPE, "2"),
+        "role": _coding(OBJECT_ROLE, "4"),
+    }
+
+
+def _disclosure_shell(
+    event_id: str,
+    *,
+    outcome: str,
+    at: datetime,
+    purpose: str,
+    recipient: str,
+    target_url: str | None,
+) -> dict[str, Any]:
+    return {
+        "resourceType": "AuditEvent",
+        "id": event_id,
+        "type": _coding(DCM, "110106"),  # Export
+        "subtype": [_coding(ISO_21089_LIFECYCLE, "disclose")],
+        "action": "R",
+        "recorded": _instant(at),
+        "outcome": outcome,
+        "purposeOfEvent": [{"coding": [_coding(PURPOSE_OF_USE, purpose)]}],
+        "agent": [
+            _agent("110153", SYNC_DEVICE),  # source role: this service
+            _agent("110152", reference_for(recipient), network=target_url),  # destination
+        ],
+        "source": _source(),
+    }
+
+
+def intake_event(record_id: str, patient: str, kind: str, version: int, at: datetime) -> AuditEntry:
+    """A BALP-style RESTful create (version 1) or update (later versions) of one record, with its
+    patient. ``action`` ``intake``."""
+    interaction = "create" if version == 1 else "update"
+    resource = {
+        "resourceType": "AuditEvent",
+        "id": _id("intake", record_id, version),
+        "type": _coding(AUDIT_EVENT_TYPE, "rest"),
+        "subtype": [_coding(RESTFUL_INTERACTION, interaction)],
+        "action": "C" if version == 1 else "U",
+        "recorded": _instant(at),
+        "outcome": _SUCCESS,
+        "agent": [_agent("110152", SYNC_DEVICE)],  # destination role: the service took it in
+        "source": _source(),
+        "entity": [_patient_entity(patient), _record_entity(record_id, version, kind)],
+    }
+    return AuditEntry(
+        action="intake", record_id=record_id, patient=patient, resource=resource, at=at
+    )
+
+
+def disclosure_event(
+    record_id: str,
+    patient: str,
+    version: int,
+    resources: Sequence[SentResource | Mapping[str, Any]],
+    at: datetime,
+    *,
+    recipient: str,
+    purpose: str,
+    target_url: str | None = None,
+) -> AuditEntry:
+    """One privacy disclosure (BALP PrivacyDisclosure at the source): the record version's
+    ``resources`` went to ``recipient`` for ``purpose`` (a v3 PurposeOfUse code). ``action``
+    ``disclose``."""
+    resource = _disclosure_shell(
+        _id("disclose", record_id, version),
+        outcome=_SUCCESS,
+        at=at,
+        purpose=purpose,
+        recipient=recipient,
+        target_url=target_url,
+    )
+    resource["entity"] = [
+        _patient_entity(patient),
+        _record_entity(record_id, version),
+        *(_resource_entity(r) for r in resources),
+    ]
+    return AuditEntry(
+        action="disclose", record_id=record_id, patient=patient, resource=resource, at=at
+    )
+
+
+def hold_event(
+    record_id: str,
+    patient: str,
+    version: int,
+    reason_code: str,
+    at: datetime,
+    *,
+    recipient: str,
+    purpose: str,
+) -> AuditEntry:
+    """A disclosure the consent gate held back: the BALP disclosure shape with outcome 4 (minor
+    failure: nothing left) and the machine ``reason_code`` in ``outcomeDesc``. One per held
+    decision (a re-evaluation that holds again is a new event). ``action`` ``hold``."""
+    resource = _disclosure_shell(
+        _id("hold", record_id, version, _instant(at)),
+        outcome=_MINOR_FAILURE,
+        at=at,
+        purpose=purpose,
+        recipient=recipient,
+        target_url=None,
+    )
+    resource["outcomeDesc"] = reason_code
+    resource["entity"] = [_patient_entity(patient), _record_entity(record_id, version)]
+    return AuditEntry(action="hold", record_id=record_id, patient=patient, resource=resource, at=at)
+
+
+def dead_letter_event(
+    record_id: str,
+    patient: str,
+    version: int,
+    at: datetime,
+    *,
+    recipient: str,
+    purpose: str,
+    status: int | None = None,
+) -> AuditEntry:
+    """A disclosure that failed for good (the item is dead-lettered): outcome 8, the HTTP status
+    (if any) in ``outcomeDesc``; the OperationOutcome stays on the outbox item. ``action``
+    ``dead-letter``."""
+    resource = _disclosure_shell(
+        _id("dead-letter", record_id, version, _instant(at)),
+        outcome=_SERIOUS_FAILURE,
+        at=at,
+        purpose=purpose,
+        recipient=recipient,
+        target_url=None,
+    )
+    resource["outcomeDesc"] = f"http-{status}" if status else "not-sendable"
+    resource["entity"] = [_patient_entity(patient), _record_entity(record_id, version)]
+    return AuditEntry(
+        action="dead-letter", record_id=record_id, patient=patient, resource=resource, at=at
+    )
+
+
+def provenance(
+    resources: Sequence[SentResource],
+    record_id: str,
+    at: datetime,
+    *,
+    patient: str,
+    version: int,
+) -> list[AuditEntry]:
+    """One Provenance per pushed resource: ``target`` the resource (at its version when known),
+    ``agent`` the sync service (a Device, assembler), ``entity`` the source record (role source).
+    ``action`` ``provenance``."""
+    entries = []
+    for sent in resources:
+        target = f"{sent.resource_type}/{sent.id}"
+        if sent.version_id:
+            target += f"/_history/{sent.version_id}"
+        resource = {
+            "resourceType": "Provenance",
+            "id": _id("provenance", record_id, version, sent.resource_type, sent.id),
+            "target": [{"reference": target}],
+            "recorded": _instant(at),
+            "activity": {
+                "coding": [_coding(DATA_OPERATION, "CREATE" if version == 1 else "UPDATE")]
+            },
+            "agent": [
+                {
+                    "type": {"coding": [_coding(PROVENANCE_PARTICIPANT_TYPE, "assembler")]},
+                    "who": dict(SYNC_DEVICE),
+                }
+            ],
+            "entity": [{"role": "source", "what": _record_reference(record_id)}],
+        }
+        entries.append(
+            AuditEntry(
+                action="provenance", record_id=record_id, patient=patient, resource=resource, at=at
+            )
+        )
+    return entries
