@@ -1,0 +1,248 @@
+"""Strict JSON reading for everything a user hands us: ``map`` and ``decide`` inputs, files or stdin.
+
+Python's ``json`` module lets the last of two equal keys win silently, parses a 5,000-digit
+number only to fail later with a bare ``ValueError``, accepts ``NaN``, and raises ``RecursionError``
+on deep nesting. Here every one of those is an :class:`~fhir_alliance.errors.InputError` whose issue
+path says where, ``source:line:column``, and whose message says why::
+
+    read_input(path_or_dash, *, max_bytes)  -> bytes      # a file, or stdin for "-"; over the cap is an error
+    parse_json(data, *, source)             -> Any        # exactly one JSON value
+    parse_json_documents(data, *, source)   -> list[Any]  # one JSON value, or several: NDJSON / JSON lines
+
+A UTF-8 byte-order mark is accepted and dropped. Numbers are Python ``int`` and ``float`` as with
+``json``; a number literal longer than :data:`MAX_NUMBER_CHARS` characters, or one that overflows to
+infinity, is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from fhir_alliance.errors import InputError, Issue
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_NUMBER_CHARS",
+    "parse_json",
+    "parse_json_documents",
+    "read_input",
+]
+
+#: Largest input read by default (the consents of one patient, or a batch of records, fit easily).
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+#: Longest number literal accepted. A FHIR decimal has at most 18 significant digits; the margin
+#: leaves room for a sign, a fraction and an exponent.
+MAX_NUMBER_CHARS = 64
+
+_WHITESPACE = " \t\r\n"
+
+
+def _error(
+    source: str, reason: str, *, line: int | None = None, column: int | None = None
+) -> InputError:
+    where = source if line is None else f"{source}:{line}:{column}"
+    return InputError(f"{where}: {reason}", issues=[Issue(path=where, message=reason)])
+
+
+def read_input(
+    path_or_dash: str, *, max_bytes: int = DEFAULT_MAX_BYTES, stdin: BinaryIO | None = None
+) -> bytes:
+    """The bytes of a file, or of standard input for ``"-"``; more than ``max_bytes`` is an error
+    (nothing is ever silently cut). ``stdin`` defaults to ``sys.stdin.buffer``."""
+    source = "stdin" if path_or_dash == "-" else path_or_dash
+    try:
+        if path_or_dash == "-":
+            data = (stdin or sys.stdin.buffer).read(max_bytes + 1)
+        else:
+            with Path(path_or_dash).open("rb") as handle:
+                data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise _error(source, f"cannot read the input ({type(exc).__name__})") from None
+    if len(data) > max_bytes:
+        raise _error(source, f"input larger than {max_bytes} bytes; nothing was read")
+    return data
+
+
+def _text(data: bytes | str, source: str) -> str:
+    if isinstance(data, str):
+        return data.removeprefix("\ufeff")
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = len(data[line_start : exc.start].decode("utf-8", errors="replace")) + 1
+        raise _error(source, "not UTF-8 text", line=line, column=column) from None
+
+
+class _BadValue(ValueError):
+    """Raised from inside the decoder's hooks; the position is found afterwards."""
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise _BadValue(f"number longer than {MAX_NUMBER_CHARS} characters")
+    return int(literal)
+
+
+def _parse_float(literal: str) -> float:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise _BadValue(f"number longer than {MAX_NUMBER_CHARS} characters")
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _BadValue("number too large for a decimal")
+    return value
+
+
+def _parse_constant(literal: str) -> Any:
+    raise _BadValue(f"{literal} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _BadValue(f"duplicate key {json.dumps(key)}")
+            seen.add(key)
+    return result
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_keys,
+    parse_int=_parse_int,
+    parse_float=_parse_float,
+    parse_constant=_parse_constant,
+)
+
+
+def _decode_at(text: str, index: int, source: str) -> tuple[Any, int]:
+    """One JSON value starting at ``index``; returns it and the index after it."""
+    try:
+        return _DECODER.raw_decode(text, index)
+    except json.JSONDecodeError as exc:
+        raise _error(source, exc.msg, line=exc.lineno, column=exc.colno) from None
+    except _BadValue as exc:
+        position = _locate_bad_value(text, index)
+        if position is None:
+            raise _error(source, str(exc)) from None
+        line, column = _line_column(text, position[0])
+        raise _error(source, position[1], line=line, column=column) from None
+    except RecursionError:
+        raise _error(source, "JSON nested too deeply") from None
+    except ValueError as exc:  # int() of a huge literal, should the hooks ever let one pass
+        raise _error(source, f"unreadable value ({type(exc).__name__})") from None
+
+
+def _line_column(text: str, index: int) -> tuple[int, int]:
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def parse_json(data: bytes | str, *, source: str) -> Any:
+    """Exactly one JSON value (surrounding whitespace allowed), parsed strictly."""
+    text = _text(data, source)
+    value, end = _decode_at(text, _skip_whitespace(text, 0), source)
+    end = _skip_whitespace(text, end)
+    if end != len(text):
+        line, column = _line_column(text, end)
+        raise _error(source, "extra data after the JSON value", line=line, column=column)
+    return value
+
+
+def parse_json_documents(data: bytes | str, *, source: str) -> list[Any]:
+    """One JSON value, or several each starting on a new line (NDJSON, JSON lines, or pretty-printed
+    values one after another); an empty input gives ``[]``."""
+    text = _text(data, source)
+    documents: list[Any] = []
+    index = _skip_whitespace(text, 0)
+    while index < len(text):
+        value, end = _decode_at(text, index, source)
+        documents.append(value)
+        index = _skip_whitespace(text, end)
+        if index < len(text) and "\n" not in text[end:index]:
+            line, column = _line_column(text, index)
+            raise _error(
+                source,
+                "extra data after a JSON value (several values must each start on a new line)",
+                line=line,
+                column=column,
+            )
+    return documents
+
+
+def _skip_whitespace(text: str, index: int) -> int:
+    while index < len(text) and text[index] in _WHITESPACE:
+        index += 1
+    return index
+
+
+# Finding where a hook refused a value: the C decoder cannot say, so walk the same text again.
+# This runs only after an error, over text the decoder has already read up to the bad value.
+
+_PLAIN_DECODER = json.JSONDecoder()
+#: A JSON number (RFC 8259, section 6).
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
+def _locate_bad_value(text: str, start: int) -> tuple[int, str] | None:
+    """(index, reason) of the first duplicate key or refused number at or after ``start``."""
+    try:
+        return _walk(text, _skip_whitespace(text, start))[1]
+    except (ValueError, RecursionError, IndexError):
+        return None
+
+
+def _walk(text: str, index: int) -> tuple[int, tuple[int, str] | None]:
+    """Walk the value at ``index``; returns the index after it and the first problem found."""
+    char = text[index]
+    if char == "{":
+        seen: set[str] = set()
+        index = _skip_whitespace(text, index + 1)
+        if text[index] == "}":
+            return index + 1, None
+        while True:
+            key_start = index
+            key, index = _PLAIN_DECODER.raw_decode(text, index)
+            if key in seen:
+                return index, (key_start, f"duplicate key {json.dumps(key)}")
+            seen.add(key)
+            index = _skip_whitespace(text, _skip_whitespace(text, index) + 1)  # past ':'
+            index, problem = _walk(text, index)
+            if problem:
+                return index, problem
+            index = _skip_whitespace(text, index)
+            if text[index] == "}":
+                return index + 1, None
+            index = _skip_whitespace(text, index + 1)  # past ','
+    if char == "[":
+        index = _skip_whitespace(text, index + 1)
+        if text[index] == "]":
+            return index + 1, None
+        while True:
+            index, problem = _walk(text, index)
+            if problem:
+                return index, problem
+            index = _skip_whitespace(text, index)
+            if text[index] == "]":
+                return index + 1, None
+            index = _skip_whitespace(text, index + 1)
+    if char in "-0123456789NI":
+        match = _NUMBER.match(text, index)
+        if not match:
+            return index, (index, "NaN and Infinity are not JSON")
+        literal = match.group(0)
+        if len(literal) > MAX_NUMBER_CHARS:
+            return match.end(), (index, f"number longer than {MAX_NUMBER_CHARS} characters")
+        if not math.isfinite(float(literal)):
+            return match.end(), (index, "number too large for a decimal")
+        return match.end(), None
+    return _PLAIN_DECODER.raw_decode(text, index)[1], None
