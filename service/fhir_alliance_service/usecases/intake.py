@@ -1,0 +1,280 @@
+"""Intake: records in our JSON form (any kind the library has) or a FHIR QuestionnaireResponse →
+validated domain records → the store, all or nothing.
+
+:func:`intake_records` loads every payload with its kind's mapper, runs the mapper's rules across
+the batch (a repair names a rupture of the batch or of the store; a revocation names a consent of the
+batch or of the store and is folded into it as a new version), and hands everything to
+``store.put_records`` with one intake AuditEvent per record, in one transaction. Errors of every
+payload are collected into one :class:`~fhir_alliance.errors.InputError` whose issue paths start
+with the payload's label (its index in a list: ``1.responses.3.value``). Held records of a patient
+whose consents changed are re-queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fhir_alliance.errors import InputError, Issue, MappingError
+from fhir_alliance.mapping._ids import resource_id
+from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
+from fhir_alliance.mapping.observation import MAPPER as OBSERVATION_MAPPER
+from fhir_alliance.mapping.questionnaire import records_from_questionnaire_response
+from fhir_alliance.mapping.registry import RecordMapper, mapper_for_kind
+from fhir_alliance.model.common import Identifier
+from fhir_alliance.model.consent import ConsentRecord, ConsentRevocation
+from fhir_alliance.model.observations import RepairEvent
+from fhir_alliance.schemas.observations import KIND_RUPTURE
+from fhir_alliance_service import audit
+from fhir_alliance_service.store.interface import (
+    IntakeResult,
+    NewRecord,
+    PutOutcome,
+    Store,
+    StoredRecord,
+)
+from fhir_alliance_service.usecases.consents import patient_key
+
+__all__ = [
+    "FAMILY_CONSENT",
+    "FAMILY_OBSERVATION",
+    "RecordIntake",
+    "content_hash",
+    "intake_questionnaire_response",
+    "intake_records",
+]
+
+FAMILY_OBSERVATION = "observation"
+FAMILY_CONSENT = "consent"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordIntake(IntakeResult):
+    """The store's :class:`IntakeResult` plus what the caller needs to answer about the record."""
+
+    identifier: str
+    kind: str
+    label: str  # the payload the record came from (its index in a list; "" for one object)
+
+
+def content_hash(body: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``body`` (sorted keys, no spaces): same content, same hash."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _at(label: str, path: str) -> str:
+    return ".".join(p for p in (label, path) if p)
+
+
+def _prefixed(issues: Sequence[Issue], label: str) -> list[Issue]:
+    return [Issue(path=_at(label, i.path), message=i.message, code=i.code) for i in issues]
+
+
+def _family(mapper: RecordMapper) -> str:
+    return FAMILY_CONSENT if mapper is CONSENT_MAPPER else FAMILY_OBSERVATION
+
+
+def _load_all(
+    payloads: Sequence[object], labels: Sequence[str]
+) -> tuple[list[tuple[str, RecordMapper, Any]], list[Issue]]:
+    loaded: list[tuple[str, RecordMapper, Any]] = []
+    issues: list[Issue] = []
+    for label, payload in zip(labels, payloads, strict=True):
+        if not isinstance(payload, Mapping):
+            issues.append(Issue(path=label, message="expected a JSON object"))
+            continue
+        try:
+            mapper = mapper_for_kind(payload.get("kind"), path=_at(label, "kind"))
+        except InputError as exc:
+            issues += exc.issues
+            continue
+        try:
+            loaded.append((label, mapper, mapper.load(payload)))
+        except InputError as exc:
+            issues += _prefixed(exc.issues, label)
+    return loaded, issues
+
+
+def _stored_consent(store: Store, identifier: Identifier) -> ConsentRecord | None:
+    row = store.get_record(resource_id(identifier))
+    if row is None or row.family != FAMILY_CONSENT:
+        return None
+    try:
+        record = CONSENT_MAPPER.load(row.body)
+    except InputError:
+        return None
+    return record if isinstance(record, ConsentRecord) else None
+
+
+def _observations(
+    store: Store, labelled: list[tuple[str, Any]]
+) -> tuple[list[tuple[str, Any]], list[Issue]]:
+    in_batch = {r.id for _, r in labelled}
+    known = [
+        r.rupture
+        for _, r in labelled
+        if isinstance(r, RepairEvent)
+        and r.rupture not in in_batch
+        and (row := store.get_record(resource_id(r.rupture))) is not None
+        and row.kind == KIND_RUPTURE
+    ]
+    return labelled, OBSERVATION_MAPPER.check_batch(labelled, known_ruptures=known)
+
+
+def _consents(
+    store: Store, labelled: list[tuple[str, ConsentRecord | ConsentRevocation]]
+) -> tuple[list[tuple[str, Any]], list[Issue]]:
+    in_batch = {r.id for _, r in labelled if isinstance(r, ConsentRecord)}
+    known: dict[Identifier, ConsentRecord] = {}
+    for _, record in labelled:
+        if isinstance(record, ConsentRevocation) and record.consent not in in_batch:
+            stored = _stored_consent(store, record.consent)
+            if stored is not None:
+                known[record.consent] = stored
+    try:
+        return CONSENT_MAPPER.apply_batch(labelled, known=known), []
+    except InputError as exc:
+        return [], list(exc.issues)
+
+
+def _history_kept(stored: StoredRecord, record: ConsentRecord, label: str) -> list[Issue]:
+    """A consent's lifecycle is append-only: a new version must keep every recorded change."""
+    try:
+        before = CONSENT_MAPPER.load(stored.body)
+    except InputError:
+        return []  # an unreadable stored version is replaced; the gate held it meanwhile
+    if not isinstance(before, ConsentRecord):
+        return []
+    if record.history[: len(before.history)] != before.history:
+        return [
+            Issue(
+                path=_at(label, "history"),
+                message="a new version must keep the consent's recorded status changes",
+                code="business-rule",
+            )
+        ]
+    return []
+
+
+def intake_records(
+    store: Store,
+    payloads: Sequence[object],
+    *,
+    at: datetime,
+    labels: Sequence[str] | None = None,
+) -> list[RecordIntake]:
+    """Validate and store ``payloads`` (our JSON form, any record kind) all or nothing.
+
+    ``labels`` prefix each payload's error paths (default: its index; give ``[""]`` for one object
+    posted on its own). Returns one entry per stored record, in payload order; a revocation comes
+    back as its consent's new version. Raises :class:`InputError` naming every bad field path; then
+    nothing was stored.
+    """
+    labels = [str(i) for i in range(len(payloads))] if labels is None else list(labels)
+    if len(labels) != len(payloads):
+        raise ValueError("one label per payload")
+    loaded, issues = _load_all(payloads, labels)
+
+    by_family: dict[str, list[tuple[str, Any]]] = {FAMILY_OBSERVATION: [], FAMILY_CONSENT: []}
+    mapper_of: dict[str, RecordMapper] = {}
+    for label, mapper, record in loaded:
+        family = _family(mapper)
+        by_family[family].append((label, record))
+        mapper_of[family] = mapper
+    observations, more = _observations(store, by_family[FAMILY_OBSERVATION])
+    issues += more
+    consents, more = _consents(store, by_family[FAMILY_CONSENT])
+    issues += more
+
+    order = {label: n for n, label in enumerate(labels)}
+    ready = sorted(
+        [(label, FAMILY_OBSERVATION, r) for label, r in observations]
+        + [(label, FAMILY_CONSENT, r) for label, r in consents],
+        key=lambda item: order[item[0]],
+    )
+    new_records: list[NewRecord] = []
+    entries: list[tuple[str, NewRecord, int]] = []
+    seen: dict[str, str] = {}
+    for label, family, record in ready:
+        mapper = mapper_of[family]
+        body = mapper.dump(record)
+        new = NewRecord(
+            record_id=resource_id(record.id),
+            identifier=str(record.id),
+            kind=str(body["kind"]),
+            family=family,
+            patient=patient_key(record.patient),
+            body=body,
+            content_hash=content_hash(body),
+        )
+        if new.record_id in seen:
+            issues.append(Issue(_at(label, "id"), "the same record id appears twice"))
+            continue
+        seen[new.record_id] = label
+        stored = store.get_record(new.record_id)
+        if stored is not None and (stored.kind, stored.family) != (new.kind, new.family):
+            issues.append(Issue(_at(label, "id"), "this id belongs to a record of another kind"))
+            continue
+        if stored is not None and family == FAMILY_CONSENT:
+            issues += _history_kept(stored, record, label)
+        next_version = 1 if stored is None else stored.version + 1
+        new_records.append(new)
+        entries.append((label, new, next_version))
+    if issues:
+        paths = ", ".join(sorted({i.path or "(root)" for i in issues}))
+        raise InputError(f"invalid input at {paths}", issues=issues)
+
+    events = [
+        audit.intake_event(new.record_id, new.patient, new.kind, version, at)
+        for _, new, version in entries
+    ]
+    results = store.put_records(new_records, audit=events, at=at)
+    for patient in sorted(
+        {
+            new.patient
+            for (_, new, _), result in zip(entries, results, strict=True)
+            if new.family == FAMILY_CONSENT and result.outcome is not PutOutcome.UNCHANGED
+        }
+    ):
+        store.release_held(patient, at=at)
+    return [
+        RecordIntake(
+            record_id=result.record_id,
+            version=result.version,
+            outcome=result.outcome,
+            identifier=new.identifier,
+            kind=new.kind,
+            label=label,
+        )
+        for (label, new, _), result in zip(entries, results, strict=True)
+    ]
+
+
+def intake_questionnaire_response(
+    store: Store, response: object, *, at: datetime
+) -> list[RecordIntake]:
+    """Extract the alliance records of one FHIR QuestionnaireResponse (R4 or R5) and take them in.
+    Problems with the response raise :class:`InputError` at its element path."""
+    if not isinstance(response, Mapping):
+        raise InputError(
+            "expected a QuestionnaireResponse object",
+            issues=[Issue(path="", message="expected a QuestionnaireResponse object")],
+        )
+    try:
+        records = records_from_questionnaire_response(response)
+    except MappingError as exc:
+        raise InputError(
+            f"invalid QuestionnaireResponse at {exc.element}", issues=exc.issues
+        ) from None
+    if not records:
+        raise InputError(
+            "the QuestionnaireResponse has no answers to extract",
+            issues=[Issue(path="item", message="no answered item of a known questionnaire")],
+        )
+    payloads = [OBSERVATION_MAPPER.dump(record) for record in records]
+    return intake_records(store, payloads, at=at)
