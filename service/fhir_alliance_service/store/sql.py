@@ -1,0 +1,675 @@
+"""``SqlStore``: the :class:`~fhir_alliance_service.store.interface.Store` contract over
+SQLAlchemy 2 Core, for SQLite and PostgreSQL. Each method is one short transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .engine import READ_ONLY
+from .interface import (
+    ApiKey,
+    AuditEntry,
+    IntakeResult,
+    NewRecord,
+    OutboxItem,
+    PutOutcome,
+    SentResource,
+    StoredRecord,
+    SyncState,
+    SyncStatus,
+)
+from .tables import api_keys, meta, outbox, record_heads
+from .tables import audit as audit_log
+from .tables import records as record_versions
+
+__all__ = ["SqlStore"]
+
+#: Rows per IN (...) lookup: well under SQLite's and PostgreSQL's bound-parameter limits.
+LOOKUP_CHUNK = 500
+
+_PENDING = (SyncState.QUEUED.value, SyncState.FAILED.value)
+# An item in these states that is not leased is replaced by a newer version of its record.
+_SUPERSEDABLE = (
+    SyncState.QUEUED.value,
+    SyncState.FAILED.value,
+    SyncState.HELD.value,
+    SyncState.DEAD_LETTERED.value,
+)
+
+
+def _chunks(values: Sequence[str], size: int = LOOKUP_CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+@dataclass(slots=True)
+class _Head:
+    version: int
+    content_hash: str
+    is_new: bool  # no row in record_heads yet (inserted by this batch)
+
+
+_RECORD_COLUMNS = (
+    record_versions.c.record_id,
+    record_versions.c.version,
+    record_versions.c.identifier,
+    record_versions.c.kind,
+    record_versions.c.family,
+    record_versions.c.patient,
+    record_versions.c.body,
+    record_versions.c.content_hash,
+    record_heads.c.created_at.label("first_created_at"),
+    record_versions.c.created_at.label("version_created_at"),
+)
+
+
+def _stored_record(row: Row[Any]) -> StoredRecord:
+    return StoredRecord(
+        record_id=row.record_id,
+        identifier=row.identifier,
+        kind=row.kind,
+        family=row.family,
+        patient=row.patient,
+        version=row.version,
+        body=row.body,
+        content_hash=row.content_hash,
+        created_at=row.first_created_at,
+        updated_at=row.version_created_at,
+    )
+
+
+def _sync_status(row: Row[Any]) -> SyncStatus:
+    return SyncStatus(
+        record_id=row.record_id,
+        record_version=row.record_version,
+        state=SyncState(row.state),
+        attempts=row.attempts,
+        held_reason=row.held_reason,
+        next_attempt_at=row.next_attempt_at,
+        last_outcome=row.last_outcome,
+        sent=tuple(
+            SentResource(entry["resource_type"], entry["id"], entry.get("version_id"))
+            for entry in row.sent or ()
+        ),
+        updated_at=row.updated_at,
+    )
+
+
+def _audit_row(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "action": entry.action,
+        "record_id": entry.record_id,
+        "patient": entry.patient,
+        "resource": entry.resource,
+        "at": entry.at,
+        "pushed": entry.pushed,
+    }
+
+
+class SqlStore:
+    """The store over one SQLAlchemy engine; build it with :func:`open_store`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._reader = engine.execution_options(**{READ_ONLY: True})
+        self._dialect = engine.dialect.name
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._reader.begin() as connection:
+            yield connection
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def ping(self) -> None:
+        with self._read() as connection:
+            connection.execute(select(1)).scalar_one()
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- intake --------------------------------------------------------------------------------
+    def put_records(
+        self, records: Sequence[NewRecord], *, audit: Sequence[AuditEntry], at: datetime
+    ) -> list[IntakeResult]:
+        results: list[IntakeResult] = []
+        record_rows: list[dict[str, Any]] = []
+        outbox_rows: list[dict[str, Any]] = []
+        changed_ids: list[str] = []  # records that existed before this batch and got a version
+        unchanged: set[str] = set()
+        with self._write() as connection:
+            heads = self._load_heads(connection, [record.record_id for record in records])
+            for record in records:
+                head = heads.get(record.record_id)
+                if head is not None and head.content_hash == record.content_hash:
+                    results.append(
+                        IntakeResult(record.record_id, head.version, PutOutcome.UNCHANGED)
+                    )
+                    unchanged.add(record.record_id)
+                    continue
+                if head is None:
+                    head = heads[record.record_id] = _Head(1, record.content_hash, is_new=True)
+                    outcome = PutOutcome.CREATED
+                else:
+                    if not head.is_new:
+                        changed_ids.append(record.record_id)
+                    # A version queued earlier in this batch is superseded straight away.
+                    for row in outbox_rows:
+                        if row["record_id"] == record.record_id:
+                            row["state"] = SyncState.SUPERSEDED.value
+                    head.version += 1
+                    head.content_hash = record.content_hash
+                    outcome = PutOutcome.UPDATED
+                unchanged.discard(record.record_id)
+                results.append(IntakeResult(record.record_id, head.version, outcome))
+                record_rows.append(
+                    {
+                        "record_id": record.record_id,
+                        "version": head.version,
+                        "identifier": record.identifier,
+                        "kind": record.kind,
+                        "family": record.family,
+                        "patient": record.patient,
+                        "body": record.body,
+                        "content_hash": record.content_hash,
+                        "created_at": at,
+                    }
+                )
+                outbox_rows.append(
+                    {
+                        "record_id": record.record_id,
+                        "record_version": head.version,
+                        "patient": record.patient,
+                        "state": SyncState.QUEUED.value,
+                        "attempts": 0,
+                        "created_at": at,
+                        "updated_at": at,
+                    }
+                )
+            if record_rows:
+                self._write_versions(connection, record_rows, heads, changed_ids, at)
+                connection.execute(insert(outbox), outbox_rows)
+            audit_rows = [
+                _audit_row(entry)
+                for entry in audit
+                if entry.record_id is None or entry.record_id not in unchanged
+            ]
+            if audit_rows:
+                connection.execute(insert(audit_log), audit_rows)
+        return results
+
+    def _load_heads(self, connection: Connection, record_ids: Sequence[str]) -> dict[str, _Head]:
+        heads: dict[str, _Head] = {}
+        unique = list(dict.fromkeys(record_ids))
+        for chunk in _chunks(unique):
+            rows = connection.execute(
+                select(
+                    record_heads.c.record_id, record_heads.c.version, record_heads.c.content_hash
+                ).where(record_heads.c.record_id.in_(chunk))
+            )
+            for record_id, version, content_hash in rows:
+                heads[record_id] = _Head(version, content_hash, is_new=False)
+        return heads
+
+    def _write_versions(
+        self,
+        connection: Connection,
+        record_rows: list[dict[str, Any]],
+        heads: dict[str, _Head],
+        changed_ids: list[str],
+        at: datetime,
+    ) -> None:
+        connection.execute(insert(record_versions), record_rows)
+        newest = {row["record_id"]: row for row in record_rows}  # last version per record wins
+        new_heads = [
+            {
+                "record_id": record_id,
+                "version": heads[record_id].version,
+                "family": row["family"],
+                "patient": row["patient"],
+                "content_hash": heads[record_id].content_hash,
+                "created_at": at,
+                "updated_at": at,
+            }
+            for record_id, row in newest.items()
+            if heads[record_id].is_new
+        ]
+        if new_heads:
+            connection.execute(insert(record_heads), new_heads)
+        changed = list(dict.fromkeys(changed_ids))
+        if not changed:
+            return
+        connection.execute(
+            update(record_heads)
+            .where(record_heads.c.record_id == bindparam("b_record_id"))
+            .values(
+                version=bindparam("b_version"),
+                content_hash=bindparam("b_content_hash"),
+                family=bindparam("b_family"),
+                patient=bindparam("b_patient"),
+                updated_at=bindparam("b_updated_at"),
+            ),
+            [
+                {
+                    "b_record_id": record_id,
+                    "b_version": heads[record_id].version,
+                    "b_content_hash": heads[record_id].content_hash,
+                    "b_family": newest[record_id]["family"],
+                    "b_patient": newest[record_id]["patient"],
+                    "b_updated_at": at,
+                }
+                for record_id in changed
+            ],
+        )
+        # Older unsent items of changed records: superseded, unless a worker holds them right now
+        # (they are being sent; the new version waits behind them in patient order).
+        for chunk in _chunks(changed):
+            connection.execute(
+                update(outbox)
+                .where(
+                    outbox.c.record_id.in_(chunk),
+                    outbox.c.state.in_(_SUPERSEDABLE),
+                    or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= at),
+                )
+                .values(
+                    state=SyncState.SUPERSEDED.value,
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=at,
+                )
+            )
+
+    # -- reading -------------------------------------------------------------------------------
+    def get_record(self, record_id: str, *, version: int | None = None) -> StoredRecord | None:
+        wanted = record_heads.c.version if version is None else version
+        query = (
+            select(*_RECORD_COLUMNS)
+            .join(record_heads, record_heads.c.record_id == record_versions.c.record_id)
+            .where(record_versions.c.record_id == record_id, record_versions.c.version == wanted)
+        )
+        with self._read() as connection:
+            row = connection.execute(query).one_or_none()
+        return None if row is None else _stored_record(row)
+
+    def _newest_records(self) -> Any:
+        return select(*_RECORD_COLUMNS).join(
+            record_heads,
+            and_(
+                record_heads.c.record_id == record_versions.c.record_id,
+                record_heads.c.version == record_versions.c.version,
+            ),
+        )
+
+    def list_records(
+        self,
+        *,
+        patient: str | None = None,
+        family: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[StoredRecord]:
+        query = self._newest_records()
+        if patient is not None:
+            query = query.where(record_heads.c.patient == patient)
+        if family is not None:
+            query = query.where(record_heads.c.family == family)
+        if after is not None:
+            query = query.where(record_heads.c.record_id > after)
+        query = query.order_by(record_heads.c.record_id).limit(limit)
+        with self._read() as connection:
+            return [_stored_record(row) for row in connection.execute(query)]
+
+    def patients(self) -> list[str]:
+        query = select(record_heads.c.patient).distinct().order_by(record_heads.c.patient)
+        with self._read() as connection:
+            return list(connection.execute(query).scalars())
+
+    def sync_status(self, record_id: str) -> SyncStatus | None:
+        query = (
+            select(outbox)
+            .where(outbox.c.record_id == record_id)
+            .order_by(outbox.c.item_id.desc())
+            .limit(1)
+        )
+        with self._read() as connection:
+            row = connection.execute(query).one_or_none()
+        return None if row is None else _sync_status(row)
+
+    def counts_by_state(self) -> dict[SyncState, int]:
+        query = select(outbox.c.state, func.count()).group_by(outbox.c.state)
+        counts = dict.fromkeys(SyncState, 0)
+        with self._read() as connection:
+            for state, count in connection.execute(query):
+                counts[SyncState(state)] = count
+        return counts
+
+    def list_by_state(
+        self, state: SyncState, *, limit: int = 100, after: int | None = None
+    ) -> list[SyncStatus]:
+        query = select(outbox).where(outbox.c.state == SyncState(state).value)
+        if after is not None:
+            query = query.where(outbox.c.item_id > after)
+        query = query.order_by(outbox.c.item_id).limit(limit)
+        with self._read() as connection:
+            return [_sync_status(row) for row in connection.execute(query)]
+
+    # -- worker --------------------------------------------------------------------------------
+    def claim(
+        self, worker: str, *, limit: int, lease_seconds: float, now: datetime
+    ) -> list[OutboxItem]:
+        if limit <= 0:
+            return []
+        older = outbox.alias("older")
+        candidates = (
+            select(outbox.c.item_id)
+            .where(
+                outbox.c.state.in_(_PENDING),
+                or_(
+                    outbox.c.state == SyncState.QUEUED.value,
+                    outbox.c.next_attempt_at <= now,
+                ),
+                or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now),
+                ~exists().where(
+                    older.c.patient == outbox.c.patient,
+                    older.c.state.in_(_PENDING),
+                    older.c.item_id < outbox.c.item_id,
+                ),
+            )
+            .order_by(outbox.c.item_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=outbox)
+        )
+        lease_until = now + timedelta(seconds=lease_seconds)
+        with self._write() as connection:
+            item_ids = list(connection.execute(candidates).scalars())
+            if not item_ids:
+                return []
+            connection.execute(
+                update(outbox)
+                .where(outbox.c.item_id.in_(item_ids))
+                .values(lease_owner=worker, lease_until=lease_until, updated_at=now)
+            )
+            rows = connection.execute(
+                select(
+                    outbox.c.item_id,
+                    outbox.c.record_id,
+                    outbox.c.record_version,
+                    outbox.c.patient,
+                    outbox.c.attempts,
+                    record_versions.c.kind,
+                    record_versions.c.family,
+                    record_versions.c.body,
+                )
+                .join(
+                    record_versions,
+                    and_(
+                        record_versions.c.record_id == outbox.c.record_id,
+                        record_versions.c.version == outbox.c.record_version,
+                    ),
+                )
+                .where(outbox.c.item_id.in_(item_ids))
+                .order_by(outbox.c.item_id)
+            )
+            return [
+                OutboxItem(
+                    item_id=row.item_id,
+                    record_id=row.record_id,
+                    record_version=row.record_version,
+                    kind=row.kind,
+                    family=row.family,
+                    patient=row.patient,
+                    body=row.body,
+                    attempts=row.attempts,
+                    lease_owner=worker,
+                    lease_until=lease_until,
+                )
+                for row in rows
+            ]
+
+    def _finish(
+        self,
+        item_id: int,
+        worker: str,
+        values: Mapping[str, Any],
+        audit_entries: Sequence[AuditEntry],
+    ) -> bool:
+        """Compare-and-set: apply ``values`` only while ``worker`` holds the lease on a pending
+        item; the lease is released either way it lands."""
+        with self._write() as connection:
+            result = connection.execute(
+                update(outbox)
+                .where(
+                    outbox.c.item_id == item_id,
+                    outbox.c.lease_owner == worker,
+                    outbox.c.state.in_(_PENDING),
+                )
+                .values(lease_owner=None, lease_until=None, **values)
+            )
+            if result.rowcount != 1:
+                return False
+            if audit_entries:
+                connection.execute(
+                    insert(audit_log), [_audit_row(entry) for entry in audit_entries]
+                )
+            return True
+
+    def mark_sent(
+        self,
+        item_id: int,
+        worker: str,
+        *,
+        sent: Sequence[SentResource],
+        audit: Sequence[AuditEntry],
+        at: datetime,
+    ) -> bool:
+        sent_json = [
+            {"resource_type": item.resource_type, "id": item.id, "version_id": item.version_id}
+            for item in sent
+        ]
+        values = {
+            "state": SyncState.SENT.value,
+            "sent": sent_json,
+            "held_reason": None,
+            "next_attempt_at": None,
+            "updated_at": at,
+        }
+        return self._finish(item_id, worker, values, audit)
+
+    def mark_held(
+        self, item_id: int, worker: str, *, reason: str, audit: Sequence[AuditEntry], at: datetime
+    ) -> bool:
+        values = {
+            "state": SyncState.HELD.value,
+            "held_reason": reason,
+            "next_attempt_at": None,
+            "updated_at": at,
+        }
+        return self._finish(item_id, worker, values, audit)
+
+    def mark_failed(
+        self,
+        item_id: int,
+        worker: str,
+        *,
+        outcome: Mapping[str, Any],
+        next_attempt_at: datetime,
+        at: datetime,
+    ) -> bool:
+        values = {
+            "state": SyncState.FAILED.value,
+            "attempts": outbox.c.attempts + 1,
+            "last_outcome": dict(outcome),
+            "next_attempt_at": next_attempt_at,
+            "updated_at": at,
+        }
+        return self._finish(item_id, worker, values, ())
+
+    def mark_dead(
+        self,
+        item_id: int,
+        worker: str,
+        *,
+        outcome: Mapping[str, Any],
+        audit: Sequence[AuditEntry],
+        at: datetime,
+    ) -> bool:
+        values = {
+            "state": SyncState.DEAD_LETTERED.value,
+            "attempts": outbox.c.attempts + 1,
+            "last_outcome": dict(outcome),
+            "next_attempt_at": None,
+            "updated_at": at,
+        }
+        return self._finish(item_id, worker, values, audit)
+
+    def release_held(self, patient: str, *, at: datetime) -> int:
+        with self._write() as connection:
+            result = connection.execute(
+                update(outbox)
+                .where(outbox.c.patient == patient, outbox.c.state == SyncState.HELD.value)
+                .values(state=SyncState.QUEUED.value, held_reason=None, updated_at=at)
+            )
+            return int(result.rowcount)
+
+    def replay(self, record_id: str | None = None, *, at: datetime) -> int:
+        query = update(outbox).where(outbox.c.state == SyncState.DEAD_LETTERED.value)
+        if record_id is not None:
+            query = query.where(outbox.c.record_id == record_id)
+        query = query.values(
+            state=SyncState.QUEUED.value, attempts=0, next_attempt_at=None, updated_at=at
+        )
+        with self._write() as connection:
+            return int(connection.execute(query).rowcount)
+
+    # -- consents ------------------------------------------------------------------------------
+    def consents_for_patient(self, patient: str) -> list[StoredRecord]:
+        query = (
+            self._newest_records()
+            .where(record_heads.c.patient == patient, record_heads.c.family == "consent")
+            .order_by(record_heads.c.record_id)
+        )
+        with self._read() as connection:
+            return [_stored_record(row) for row in connection.execute(query)]
+
+    def consents_stamp(self, patient: str) -> str:
+        # Versions only ever grow and records are never deleted, so (count, sum of versions)
+        # changes with every new consent record and every new version of one.
+        query = select(func.count(), func.coalesce(func.sum(record_heads.c.version), 0)).where(
+            record_heads.c.patient == patient, record_heads.c.family == "consent"
+        )
+        with self._read() as connection:
+            count, total = connection.execute(query).one()
+        return f"{count}:{total}"
+
+    # -- audit ---------------------------------------------------------------------------------
+    def add_audit(self, entries: Sequence[AuditEntry]) -> None:
+        if not entries:
+            return
+        with self._write() as connection:
+            connection.execute(insert(audit_log), [_audit_row(entry) for entry in entries])
+
+    def list_audit(
+        self, *, record_id: str | None = None, limit: int = 100, after: int | None = None
+    ) -> list[AuditEntry]:
+        query = select(audit_log)
+        if record_id is not None:
+            query = query.where(audit_log.c.record_id == record_id)
+        if after is not None:
+            query = query.where(audit_log.c.id > after)
+        query = query.order_by(audit_log.c.id).limit(limit)
+        with self._read() as connection:
+            return [
+                AuditEntry(
+                    action=row.action,
+                    record_id=row.record_id,
+                    patient=row.patient,
+                    resource=row.resource,
+                    at=row.at,
+                    pushed=row.pushed,
+                    id=row.id,
+                )
+                for row in connection.execute(query)
+            ]
+
+    # -- API keys ------------------------------------------------------------------------------
+    def add_api_key(self, key: ApiKey) -> None:
+        with self._write() as connection:
+            connection.execute(
+                insert(api_keys).values(
+                    key_id=key.key_id,
+                    name=key.name,
+                    scopes=sorted(key.scopes),
+                    secret_hash=key.secret_hash,
+                    created_at=key.created_at,
+                    revoked_at=key.revoked_at,
+                )
+            )
+
+    def find_api_key(self, key_id: str) -> ApiKey | None:
+        with self._read() as connection:
+            row = connection.execute(
+                select(api_keys).where(api_keys.c.key_id == key_id)
+            ).one_or_none()
+        if row is None:
+            return None
+        return ApiKey(
+            key_id=row.key_id,
+            name=row.name,
+            scopes=frozenset(row.scopes),
+            secret_hash=row.secret_hash,
+            created_at=row.created_at,
+            revoked_at=row.revoked_at,
+        )
+
+    def revoke_api_key(self, key_id: str, *, at: datetime) -> bool:
+        with self._write() as connection:
+            result = connection.execute(
+                update(api_keys)
+                .where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=at)
+            )
+            return result.rowcount == 1
+
+    # -- operations ----------------------------------------------------------------------------
+    def set_meta(self, name: str, value: str) -> None:
+        upsert = postgresql.insert(meta) if self._dialect == "postgresql" else sqlite.insert(meta)
+        statement = upsert.values(name=name, value=value)
+        statement = statement.on_conflict_do_update(
+            index_elements=[meta.c.name], set_={"value": statement.excluded.value}
+        )
+        with self._write() as connection:
+            connection.execute(statement)
+
+    def get_meta(self, name: str) -> str | None:
+        with self._read() as connection:
+            value: str | None = connection.execute(
+                select(meta.c.value).where(meta.c.name == name)
+            ).scalar_one_or_none()
+        return value

@@ -1,0 +1,182 @@
+"""The store's tables as SQLAlchemy Core metadata: what the queries in ``sql.py`` are written
+against. The schema itself is created and changed only by the Alembic migrations in
+``migrations/``; a test checks that they and this module agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "PENDING_STATES_SQL",
+    "UtcDateTime",
+    "api_keys",
+    "audit",
+    "meta",
+    "metadata",
+    "outbox",
+    "record_heads",
+    "records",
+]
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes in and out, on both backends. Naive datetimes are refused:
+    the store cannot guess their zone. SQLite keeps naive UTC text (which sorts correctly);
+    PostgreSQL keeps ``timestamptz``."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given to the store: use UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+# Outbox states that keep later items of the same patient waiting (claim order).
+PENDING_STATES_SQL = "state IN ('queued', 'failed')"
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: Every version of every record; never updated, never deleted.
+records = Table(
+    "records",
+    metadata,
+    Column("record_id", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("identifier", Text, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("family", String(32), nullable=False),
+    Column("patient", Text, nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("content_hash", String(128), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),  # when this version was stored
+)
+
+#: One row per record naming its newest version: listing, paging and idempotent intake read this
+#: small table instead of finding the maximum version among all versions.
+record_heads = Table(
+    "record_heads",
+    metadata,
+    Column("record_id", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("family", String(32), nullable=False),
+    Column("patient", Text, nullable=False),
+    Column("content_hash", String(128), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),  # when version 1 was stored
+    Column("updated_at", UtcDateTime, nullable=False),  # when the newest version was stored
+    ForeignKeyConstraint(["record_id", "version"], ["records.record_id", "records.version"]),
+    Index("ix_record_heads_patient_family_record_id", "patient", "family", "record_id"),
+    Index("ix_record_heads_family_record_id", "family", "record_id"),
+)
+
+#: One row per record version to sync; ``state`` is a ``SyncState`` value.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("item_id", AutoId, primary_key=True, autoincrement=True),
+    Column("record_id", String(64), nullable=False),
+    Column("record_version", Integer, nullable=False),
+    Column("patient", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("held_reason", Text),
+    Column("next_attempt_at", UtcDateTime),
+    Column("last_outcome", JSON),
+    Column("sent", JSON),
+    Column("lease_owner", String(200)),
+    Column("lease_until", UtcDateTime),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    ForeignKeyConstraint(["record_id", "record_version"], ["records.record_id", "records.version"]),
+    # Claim: scan pending items oldest first; check "an older pending item of this patient".
+    Index(
+        "ix_outbox_pending_item_id",
+        "item_id",
+        sqlite_where=text(PENDING_STATES_SQL),
+        postgresql_where=text(PENDING_STATES_SQL),
+    ),
+    Index(
+        "ix_outbox_pending_patient_item_id",
+        "patient",
+        "item_id",
+        sqlite_where=text(PENDING_STATES_SQL),
+        postgresql_where=text(PENDING_STATES_SQL),
+    ),
+    Index("ix_outbox_state_item_id", "state", "item_id"),
+    Index("ix_outbox_record_id_item_id", "record_id", "item_id"),
+    Index("ix_outbox_patient_state", "patient", "state"),
+)
+
+#: Local audit trail: AuditEvent / Provenance resources, optionally pushed to the FHIR server.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", AutoId, primary_key=True, autoincrement=True),
+    Column("action", String(32), nullable=False),
+    Column("record_id", String(64)),
+    Column("patient", Text),
+    Column("resource", JSON, nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("pushed", Boolean, nullable=False, server_default=text("false")),
+    Index("ix_audit_record_id_id", "record_id", "id"),
+)
+
+#: API keys: the public prefix, scopes and a hash of the secret (never the secret).
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("secret_hash", String(256), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime),
+)
+
+#: Small named facts (the FHIR server's last contact, its FHIR version, …).
+meta = Table(
+    "meta",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+)
