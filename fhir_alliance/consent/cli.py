@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from fhir_alliance.consent.cds_hooks import (
@@ -23,6 +21,7 @@ from fhir_alliance.consent.directory import ActorDirectory
 from fhir_alliance.consent.engine import ConsentEngine
 from fhir_alliance.consent.request_form import decision_to_json, load_decision_request
 from fhir_alliance.errors import InputError, Issue, MappingError
+from fhir_alliance.jsonio import parse_json_documents, read_input
 from fhir_alliance.model.common import Coding, Identifier
 from fhir_alliance.model.consent import ConsentRecord
 from fhir_alliance.terminology import CONSENT_ACTION
@@ -91,41 +90,18 @@ class ConsentInputs:
         self.locations = locations
 
 
-def _read_json_documents(name: str, text: str) -> list[Any]:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError:
-        documents = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                documents.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise InputError(
-                    f"{name}: neither JSON nor NDJSON",
-                    issues=[Issue(path=f"{name}:{number}", message="not a JSON value")],
-                ) from None
-        return documents
-    return document if isinstance(document, list) else [document]
+def _read_json_documents(name: str, data: bytes | str) -> list[Any]:
+    """One JSON value (an array gives its items) or several, one per line (NDJSON), read strictly
+    (:mod:`fhir_alliance.jsonio`: duplicate keys, positions, huge numbers, deep nesting)."""
+    documents = parse_json_documents(data, source=name)
+    if len(documents) == 1 and isinstance(documents[0], list):
+        return documents[0]
+    return documents
 
 
-def _read_text(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read(MAX_INPUT_BYTES + 1)[:MAX_INPUT_BYTES]
-    file = Path(path)
-    try:
-        if file.stat().st_size > MAX_INPUT_BYTES:
-            raise InputError(
-                f"{path}: larger than {MAX_INPUT_BYTES} bytes",
-                issues=[Issue(path=path, message="file too large")],
-            )
-        return file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(
-            f"{path}: cannot read ({type(exc).__name__})",
-            issues=[Issue(path=path, message="cannot read the file")],
-        ) from None
+def _read_text(path: str) -> bytes:
+    """The bytes of a file, or of stdin for ``-``; over :data:`MAX_INPUT_BYTES` is an error."""
+    return read_input(path, max_bytes=MAX_INPUT_BYTES)
 
 
 def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:

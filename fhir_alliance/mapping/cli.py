@@ -9,15 +9,15 @@ validated against base FHIR of the chosen version before they are written.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 
 from fhir_alliance.errors import FhirAllianceError, InputError, Issue
+from fhir_alliance.jsonio import DEFAULT_MAX_BYTES, parse_json_documents, read_input
 from fhir_alliance.mapping.registry import (
     FHIR_VERSIONS,
     RecordMapper,
@@ -26,7 +26,10 @@ from fhir_alliance.mapping.registry import (
 )
 from fhir_alliance.mapping.validation import validate_resource
 
-__all__ = ["map_items", "read_items", "register"]
+__all__ = ["MAX_INPUT_BYTES", "map_items", "read_items", "register"]
+
+#: Largest input read from one file or from stdin; more is an error, never silently cut.
+MAX_INPUT_BYTES = DEFAULT_MAX_BYTES
 
 
 def register(subparsers: Any) -> None:
@@ -56,45 +59,33 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=_run)
 
 
-def _parse(text: str, source: str) -> list[Any]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        items = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError:
-                message = "neither JSON nor NDJSON"
-                raise InputError(
-                    message, issues=[Issue(path=f"{source}:{number}", message=message)]
-                ) from None
-        return items
+def _items(documents: list[Any], source: str) -> list[Any]:
+    """The items of one input: an array's elements, a Bundle's resources, or the values as given."""
+    if len(documents) != 1:
+        return documents
+    data = documents[0]
     if isinstance(data, list):
         return data
     if isinstance(data, Mapping) and data.get("resourceType") == "Bundle":
         entries = data.get("entry") or []
         if not isinstance(entries, list):
-            raise InputError("Bundle.entry must be an array", issues=[Issue(source, "bad Bundle")])
+            message = "Bundle.entry must be an array"
+            raise InputError(message, issues=[Issue(path=f"{source}.entry", message=message)])
         return [e.get("resource") if isinstance(e, Mapping) else e for e in entries]
     return [data]
 
 
-def read_items(paths: Iterable[str], stdin: TextIO = sys.stdin) -> list[tuple[str, Any]]:
-    """Every input item with a label for errors: ``file:index``."""
+def read_items(paths: Iterable[str], *, max_bytes: int | None = None) -> list[tuple[str, Any]]:
+    """Every input item with a label for errors: ``file:index``. Files and stdin (``-``) are read
+    strictly (:mod:`fhir_alliance.jsonio`); more than ``max_bytes`` (default
+    :data:`MAX_INPUT_BYTES`) from one input is an error."""
     items: list[tuple[str, Any]] = []
     for name in paths:
-        if name == "-":
-            text, source = stdin.read(), "stdin"
-        else:
-            try:
-                text, source = Path(name).read_text(encoding="utf-8"), Path(name).name
-            except (OSError, UnicodeDecodeError) as exc:
-                message = f"cannot read input ({type(exc).__name__})"
-                raise InputError(message, issues=[Issue(path=name, message=message)]) from None
-        items += [(f"{source}:{i}", item) for i, item in enumerate(_parse(text, source))]
+        source = "stdin" if name == "-" else name
+        data = read_input(name, max_bytes=MAX_INPUT_BYTES if max_bytes is None else max_bytes)
+        documents = parse_json_documents(data, source=source)
+        label = "stdin" if name == "-" else Path(name).name
+        items += [(f"{label}:{i}", item) for i, item in enumerate(_items(documents, source))]
     return items
 
 

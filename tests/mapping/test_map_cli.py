@@ -81,7 +81,7 @@ def test_foreign_resource_exits_nonzero_naming_the_element(tmp_path: Path, capsy
 def test_unreadable_file_is_an_error_not_a_crash(tmp_path: Path, capsys) -> None:
     """A missing file and a file that is neither JSON nor NDJSON exit 1 with a message."""
     code, _, err = _run(capsys, str(tmp_path / "missing.json"))
-    assert code == 1 and "cannot read input" in err
+    assert code == 1 and "cannot read the input" in err
     junk = tmp_path / "junk.json"
     junk.write_text("{not json\n")
     code, _, err = _run(capsys, str(junk))
