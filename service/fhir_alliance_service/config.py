@@ -3,13 +3,32 @@ optional file, validated, and frozen. A bad setting stops start-up with one clea
 
 Secrets (the FHIR bearer token, the SMART private key) come from the environment or from files
 (``…_FILE``), never from the command line or the database.
+
+Precedence, lowest first (as Flask's ``from_prefixed_env``): the defaults below; a TOML file named
+by ``FHIR_ALLIANCE_CONFIG_FILE`` (flat ``field = value`` lines, field names as below); the variables
+``FHIR_ALLIANCE_<FIELD>`` (and ``FHIR_ALLIANCE_<FIELD>_FILE`` for secrets: the first line of that
+file); the explicit mapping given to :func:`load_settings`. Every value is coerced from text and
+validated; :class:`ConfigError` names the variable (or file key) in one line, never the secret.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["ConfigError", "Settings"]
+__all__ = ["ENV_PREFIX", "SECRET_FIELDS", "ConfigError", "Settings", "load_settings"]
+
+ENV_PREFIX: Final = "FHIR_ALLIANCE_"
+CONFIG_FILE_VARIABLE: Final = "FHIR_ALLIANCE_CONFIG_FILE"
+#: Fields whose values are never shown (``repr``, error messages) and may come from ``…_FILE``.
+SECRET_FIELDS: Final = frozenset({"fhir_token", "database_url"})
 
 
 class ConfigError(ValueError):
@@ -54,3 +73,321 @@ class Settings:
     bind: str = "127.0.0.1:8080"
     web_workers: int = 2
     log_level: str = "INFO"
+
+    def __repr__(self) -> str:
+        shown = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "fhir_token" and value is not None:
+                value = "***"
+            elif field.name == "database_url":
+                value = _mask_url_password(value)
+            shown.append(f"{field.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+
+def _mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+# -- coercion ---------------------------------------------------------------------------------
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_DATABASE_SCHEMES: Final = ("sqlite", "postgresql")
+_REFERENCE: Final = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")
+_TOKEN: Final = re.compile(r"[^|\s]+\|[^|\s]+")
+
+
+class _Invalid(ValueError):
+    """A value that does not fit; the caller adds the variable's name."""
+
+
+def _as_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected text, got {type(value).__name__}")
+    return value.strip()
+
+
+def _optional_text(value: Any) -> str | None:
+    text = _as_text(value)
+    return text or None
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _as_text(value).lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise _Invalid(f"expected true or false, got {text!r}")
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise _Invalid("expected a positive whole number")
+    if isinstance(value, int):
+        number = value
+    else:
+        try:
+            number = int(_as_text(value))
+        except ValueError:
+            raise _Invalid(f"expected a positive whole number, got {value!r}") from None
+    if number <= 0:
+        raise _Invalid(f"expected a positive whole number, got {number}")
+    return number
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise _Invalid("expected a positive number")
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        try:
+            number = float(_as_text(value))
+        except ValueError:
+            raise _Invalid(f"expected a positive number, got {value!r}") from None
+    if not (number > 0 and number != float("inf")):
+        raise _Invalid(f"expected a positive finite number, got {value!r}")
+    return number
+
+
+def _http_url(value: Any) -> str | None:
+    text = _optional_text(value)
+    if text is None:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid(f"expected an http(s) URL with a host, got {text!r}")
+    if parts.query or parts.fragment:
+        raise _Invalid("expected a base URL without query or fragment")
+    return text.rstrip("/")
+
+
+def _database_url(value: Any) -> str:
+    text = _as_text(value)
+    scheme = text.partition("://")[0].partition("+")[0]
+    if "://" not in text or scheme not in _DATABASE_SCHEMES:
+        raise _Invalid("expected a sqlite:// or postgresql:// URL")
+    return text
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def coerce(value: Any) -> str:
+        text = _as_text(value)
+        if text not in allowed:
+            raise _Invalid(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    return coerce
+
+
+def _optional_choice(*allowed: str) -> Callable[[Any], str | None]:
+    def coerce(value: Any) -> str | None:
+        text = _optional_text(value)
+        if text is not None and text not in allowed:
+            raise _Invalid(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    return coerce
+
+
+def _existing_file(value: Any) -> str | None:
+    text = _optional_text(value)
+    if text is not None and not Path(text).is_file():
+        raise _Invalid(f"no readable file at {text!r}")
+    return text
+
+
+def _secret(value: Any) -> str | None:
+    if not isinstance(value, str):
+        raise _Invalid("expected text")
+    return value.strip() or None
+
+
+def _recipients(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else _as_text(value).split(",")
+    recipients = tuple(_as_text(i) for i in items if not isinstance(i, str) or i.strip())
+    if not recipients:
+        raise _Invalid("expected at least one recipient")
+    for recipient in recipients:
+        if not (_REFERENCE.fullmatch(recipient) or _TOKEN.fullmatch(recipient)):
+            raise _Invalid(
+                f"expected references (Organization/x) or identifiers (system|value), got {recipient!r}"
+            )
+    return recipients
+
+
+def _code(value: Any) -> str:
+    text = _as_text(value)
+    if not text or any(c.isspace() for c in text):
+        raise _Invalid(f"expected a code without spaces, got {text!r}")
+    return text
+
+
+def _label(value: Any) -> str:
+    text = _as_text(value)
+    if not text:
+        raise _Invalid("expected a non-empty label")
+    return text
+
+
+def _log_level(value: Any) -> str:
+    text = _as_text(value).upper()
+    if text not in _LOG_LEVELS:
+        raise _Invalid(f"expected one of {', '.join(_LOG_LEVELS)}, got {text!r}")
+    return text
+
+
+def _bind(value: Any) -> str:
+    text = _as_text(value)
+    if text.startswith("unix:") and len(text) > len("unix:"):
+        return text
+    host, sep, port = text.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise _Invalid(f"expected host:port or unix:PATH, got {text!r}")
+    return text
+
+
+_COERCE: Final[dict[str, Callable[[Any], Any]]] = {
+    "database_url": _database_url,
+    "fhir_base_url": _http_url,
+    "fhir_auth": _choice("none", "bearer", "smart"),
+    "fhir_token": _secret,
+    "smart_client_id": _optional_text,
+    "smart_private_key_file": _existing_file,
+    "smart_key_id": _optional_text,
+    "smart_algorithm": _choice("RS384", "ES384"),
+    "fhir_ca_bundle": _existing_file,
+    "fhir_timeout_seconds": _positive_float,
+    "fhir_version": _optional_choice("4.0.1", "5.0.0"),
+    "recipients": _recipients,
+    "purpose": _code,
+    "push_consents": _as_bool,
+    "push_audit": _as_bool,
+    "worker_batch_size": _positive_int,
+    "lease_seconds": _positive_float,
+    "poll_interval_seconds": _positive_float,
+    "max_attempts": _positive_int,
+    "backoff_base_seconds": _positive_float,
+    "backoff_max_seconds": _positive_float,
+    "max_body_bytes": _positive_int,
+    "max_records_per_request": _positive_int,
+    "cds_source_label": _label,
+    "cds_source_url": _http_url,
+    "bind": _bind,
+    "web_workers": _positive_int,
+    "log_level": _log_level,
+}
+
+
+def _variable(name: str) -> str:
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+def _read_secret_file(path: str, variable: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{variable}: cannot read {path!r} ({type(exc).__name__})") from None
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    if not first_line:
+        raise ConfigError(f"{variable}: the file {path!r} is empty")
+    return first_line
+
+
+def _from_file(environ: Mapping[str, str]) -> tuple[dict[str, Any], str]:
+    path = environ.get(CONFIG_FILE_VARIABLE, "").strip()
+    if not path:
+        return {}, ""
+    try:
+        with Path(path).open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(
+            f"{CONFIG_FILE_VARIABLE}: cannot read {path!r} ({type(exc).__name__})"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{CONFIG_FILE_VARIABLE}: {path!r} is not valid TOML ({exc})") from None
+    for key in data:
+        if key not in _COERCE:
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+    return data, path
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    found: dict[str, tuple[Any, str]] = {}
+    for name in _COERCE:
+        variable = _variable(name)
+        if variable in environ:
+            found[name] = (environ[variable], variable)
+        if name in SECRET_FIELDS and f"{variable}_FILE" in environ:
+            file_variable = f"{variable}_FILE"
+            if variable in environ:
+                raise ConfigError(f"{file_variable}: set either {variable} or {file_variable}")
+            found[name] = (_read_secret_file(environ[file_variable], file_variable), file_variable)
+    return found
+
+
+def load_settings(
+    environ: Mapping[str, str] = os.environ, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Defaults, then the TOML file, then ``FHIR_ALLIANCE_*`` variables, then ``overrides``;
+    coerced, validated, frozen."""
+    raw: dict[str, tuple[Any, str]] = {}
+    file_values, file_path = _from_file(environ)
+    for name, value in file_values.items():
+        raw[name] = (value, f"{file_path}: {name}")
+    raw.update(_from_environ(environ))
+    for name, value in (overrides or {}).items():
+        if name not in _COERCE:
+            raise ConfigError(f"{name}: unknown setting")
+        raw[name] = (value, name)
+    values: dict[str, Any] = {}
+    for name, (value, source) in raw.items():
+        if value is None:
+            values[name] = None
+            continue
+        try:
+            values[name] = _COERCE[name](value)
+        except _Invalid as exc:
+            detail = "invalid value" if name in SECRET_FIELDS else str(exc)
+            raise ConfigError(f"{source}: {detail}") from None
+    settings = Settings(**values)
+    _check_together(settings, {name: source for name, (_, source) in raw.items()})
+    return settings
+
+
+def _check_together(settings: Settings, sources: Mapping[str, str]) -> None:
+    """Rules across fields; the message names the variable to set."""
+
+    def name(field: str) -> str:
+        return sources.get(field, _variable(field))
+
+    if settings.fhir_auth == "bearer" and not settings.fhir_token:
+        raise ConfigError(
+            f"{name('fhir_token')}: fhir_auth=bearer needs a token (or {_variable('fhir_token')}_FILE)"
+        )
+    if settings.fhir_auth == "smart":
+        if not settings.smart_client_id:
+            raise ConfigError(f"{name('smart_client_id')}: fhir_auth=smart needs a client id")
+        if not settings.smart_private_key_file:
+            raise ConfigError(
+                f"{name('smart_private_key_file')}: fhir_auth=smart needs a private key file"
+            )
+    if settings.fhir_auth != "none" and not settings.fhir_base_url:
+        raise ConfigError(f"{name('fhir_base_url')}: fhir_auth={settings.fhir_auth} needs a URL")
+    if settings.backoff_max_seconds < settings.backoff_base_seconds:
+        raise ConfigError(
+            f"{name('backoff_max_seconds')}: must not be less than backoff_base_seconds"
+        )

@@ -1,0 +1,67 @@
+"""The Flask application factory: settings → store → request ids, auth, error handlers, routes.
+
+No application object exists at import time. ``gunicorn 'fhir_alliance_service.app:wsgi_app()'``
+builds one per worker process from the environment, with JSON logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from flask import Flask, current_app
+
+from fhir_alliance_service.api import register_blueprints
+from fhir_alliance_service.auth import register_auth
+from fhir_alliance_service.config import Settings, load_settings
+from fhir_alliance_service.errors import register_error_handlers
+from fhir_alliance_service.logs import configure_logging, register_request_logging
+from fhir_alliance_service.store.interface import Store
+
+__all__ = ["EXTENSION", "ServiceState", "create_app", "current_service", "wsgi_app"]
+
+EXTENSION: Final = "fhir_alliance"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    """What every request handler needs: the settings and the store (one per app)."""
+
+    settings: Settings
+    store: Store
+
+
+def create_app(
+    config: Settings | Mapping[str, Any] | None = None, *, store: Store | None = None
+) -> Flask:
+    """Build the API. ``config``: ready ``Settings``, or overrides applied over the environment,
+    or None (the environment only). ``store``: an open store to use instead of opening
+    ``settings.database_url`` (tests, embedding)."""
+    settings = config if isinstance(config, Settings) else load_settings(overrides=config)
+    if store is None:
+        from fhir_alliance_service.store import open_store
+
+        store = open_store(settings.database_url)
+    app = Flask("fhir_alliance_service", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION] = ServiceState(settings=settings, store=store)
+    register_request_logging(app)  # first: refused requests get an id too
+    register_auth(app)
+    register_error_handlers(app)
+    register_blueprints(app)
+    return app
+
+
+def current_service() -> ServiceState:
+    """The settings and store of the app handling the current request."""
+    state: ServiceState = current_app.extensions[EXTENSION]
+    return state
+
+
+def wsgi_app() -> Flask:
+    """gunicorn's entry point: settings from the environment, JSON logs on stderr."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

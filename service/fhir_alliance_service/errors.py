@@ -1,0 +1,148 @@
+"""One error path for the API: every 4xx and 5xx answer is a FHIR OperationOutcome.
+
+``register_error_handlers(app)`` maps, in one place:
+
+* werkzeug ``HTTPException`` (unknown route 404, 405, 413, 415, …) → its status, one issue;
+* :class:`ApiError` (raised by the service itself, e.g. a malformed body) → its status and issues;
+* the library's ``InputError`` / ``MappingError`` and marshmallow's ``ValidationError`` → 422, one
+  issue per field path (the syntax of a body is 400, its content 422);
+* ``LimitExceededError`` → 413; other ``ServerError`` (the FHIR server said no) → 502, issue codes
+  only: a server's ``diagnostics`` may echo patient data and is neither returned nor logged;
+* anything else → 500 with no detail, logged with the request id and the exception type only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Flask, Response, g, json
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from fhir_alliance.errors import (
+    FhirAllianceError,
+    InputError,
+    Issue,
+    LimitExceededError,
+    MappingError,
+    ServerError,
+)
+
+__all__ = [
+    "FHIR_JSON",
+    "ApiError",
+    "operation_outcome",
+    "outcome_response",
+    "register_error_handlers",
+]
+
+FHIR_JSON = "application/fhir+json"
+log = logging.getLogger(__name__)
+
+#: HTTP status → FHIR issue-type code, for errors that carry no issues of their own.
+_ISSUE_CODES = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    406: "not-supported",
+    409: "conflict",
+    412: "conflict",
+    413: "too-costly",
+    415: "not-supported",
+    422: "invalid",
+    429: "throttled",
+    503: "transient",
+}
+
+
+class ApiError(Exception):
+    """An error the API answers with ``status`` and an OperationOutcome of ``issues``; messages
+    must never contain patient data."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        issues: Iterable[Issue] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.issues = tuple(issues) or (
+            Issue(path="", message=message, code=_ISSUE_CODES.get(status, "processing")),
+        )
+        self.headers = headers or {}
+
+
+def operation_outcome(issues: Iterable[Issue]) -> dict[str, Any]:
+    return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]}
+
+
+def outcome_response(
+    status: int, outcome: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    response = Response(json.dumps(outcome), status=status, mimetype=FHIR_JSON)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _simple(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    issue = Issue(path="", message=message, code=_ISSUE_CODES.get(status, "processing"))
+    return outcome_response(status, operation_outcome([issue]), headers)
+
+
+def _http_exception(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    headers = {}
+    if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+        headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+    if exc.response is not None and "WWW-Authenticate" in exc.response.headers:
+        headers["WWW-Authenticate"] = exc.response.headers["WWW-Authenticate"]
+    message = exc.description or exc.name
+    return _simple(status, message, headers)
+
+
+def _api_error(exc: ApiError) -> Response:
+    return outcome_response(exc.status, operation_outcome(exc.issues), exc.headers)
+
+
+def _library_error(exc: FhirAllianceError) -> Response:
+    if isinstance(exc, InputError | MappingError):
+        return outcome_response(422, exc.to_operation_outcome())
+    if isinstance(exc, LimitExceededError):
+        return outcome_response(413, exc.to_operation_outcome())
+    if isinstance(exc, ServerError):
+        log.warning(
+            "FHIR server error",
+            extra={"error_type": type(exc).__name__, "upstream_status": exc.status},
+        )
+        return _simple(502, f"the FHIR server refused the request ({type(exc).__name__})")
+    return _unexpected(exc)
+
+
+def _validation_error(exc: ValidationError) -> Response:
+    return outcome_response(422, InputError.from_messages(exc.messages).to_operation_outcome())
+
+
+def _unexpected(exc: BaseException) -> Response:
+    # Type only: messages and tracebacks of arbitrary exceptions can carry request data.
+    log.error(
+        "unexpected error",
+        extra={"error_type": type(exc).__name__, "request_id": g.get("request_id")},
+    )
+    return _simple(500, "internal error")
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(HTTPException, _http_exception)
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(FhirAllianceError, _library_error)
+    app.register_error_handler(ValidationError, _validation_error)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,111 @@
+"""Prometheus metrics of the service, in a registry of its own (``REGISTRY``), served at ``/metrics``.
+
+Counters and histograms (``SENDS``, ``SEND_FAILURES``, ``SEND_LATENCY``, ``DECISIONS``, ``HELD``,
+``REQUEST_LATENCY``) count what **this process** did: with several gunicorn workers or several
+``worker`` processes each has its own, and Prometheus sums them across scrape targets. The queue
+depth by state is different: :class:`QueueDepthCollector` reads it from the store at scrape time, so
+it is the truth across every process sharing the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from fhir_alliance_service.store.interface import Store, SyncState
+
+__all__ = [
+    "DECISIONS",
+    "HELD",
+    "REGISTRY",
+    "REQUEST_LATENCY",
+    "SENDS",
+    "SEND_FAILURES",
+    "SEND_LATENCY",
+    "QueueDepthCollector",
+    "render_metrics",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+SENDS = Counter(
+    "fhir_alliance_sends",
+    "FHIR resources sent to the clinic's server (per process).",
+    ["resource_type"],
+    registry=REGISTRY,
+)
+SEND_FAILURES = Counter(
+    "fhir_alliance_send_failures",
+    "Failed sends by kind: transient (retried) or permanent (dead-lettered) (per process).",
+    ["kind"],
+    registry=REGISTRY,
+)
+SEND_LATENCY = Histogram(
+    "fhir_alliance_send_latency_seconds",
+    "Time of one send (one request or Bundle) to the FHIR server (per process).",
+    registry=REGISTRY,
+)
+DECISIONS = Counter(
+    "fhir_alliance_decisions",
+    "Consent decisions by outcome: permit, deny, no-consent (per process).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+HELD = Counter(
+    "fhir_alliance_held",
+    "Outbox items held by the consent gate (per process).",
+    registry=REGISTRY,
+)
+REQUEST_LATENCY = Histogram(
+    "fhir_alliance_request_latency_seconds",
+    "HTTP request latency by route rule (never the raw path) (per process).",
+    ["route"],
+    registry=REGISTRY,
+)
+
+
+class QueueDepthCollector(Collector):
+    """``fhir_alliance_queue_depth{state=…}``: outbox items per sync state, read from the store at
+    each scrape (one query), so the figure is the same whichever process is scraped."""
+
+    def __init__(self, store_provider: Callable[[], Store]) -> None:
+        self._store_provider = store_provider
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        counts = self._store_provider().counts_by_state()
+        for state in SyncState:
+            family.add_metric([state.value], counts.get(state, 0))
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "fhir_alliance_queue_depth",
+            "Outbox items by sync state, read from the store at scrape time (all processes).",
+            labels=["state"],
+        )
+
+
+def render_metrics(store: Store) -> bytes:
+    """The Prometheus text exposition of this process's metrics plus the store's queue depth."""
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(_RegistryView(REGISTRY))
+    scrape.register(QueueDepthCollector(lambda: store))
+    return generate_latest(scrape)
+
+
+class _RegistryView(Collector):
+    """Lets a per-scrape registry include the process-wide one without re-registering metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[object]:  # type: ignore[override]
+        yield from self._registry.collect()
