@@ -1,0 +1,135 @@
+"""The consent gate of the sync: map one claimed record to FHIR and decide whether it may leave.
+
+Every resource made from an alliance record is put to the patient's consent engine (disclose to
+the clinic's EHR, ``settings.recipients``, for ``settings.purpose``, now). The record goes only if
+**every** resource is PERMIT; otherwise it is held with a reason in plain words and a machine code
+(:class:`HoldReason`). A patient with a stored consent that cannot be read is held, never treated as
+"no consent".
+
+Consent records themselves are not put to the engine: they are the patient's own instructions
+about their data, and the EHR needs every one of them, a revoked or denying one most of all (a
+revocation the EHR never hears of would let it keep sharing). They are pushed as Consent resources
+when ``settings.push_consents``, and held ("pushing consent records is turned off") otherwise.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fhir_alliance.consent import ConsentDecision, DecisionOutcome
+from fhir_alliance.consent.gate import disclosure_request
+from fhir_alliance.mapping.registry import mapper_for_kind
+from fhir_alliance.model.common import Coding, Identifier, Ref
+from fhir_alliance.terminology import V3_ACT_REASON
+from fhir_alliance_service.config import Settings
+from fhir_alliance_service.metrics import DECISIONS, HELD
+from fhir_alliance_service.store.interface import OutboxItem, Store
+from fhir_alliance_service.usecases.consents import engine_for_patient
+
+__all__ = ["FAMILY_CONSENT", "GateResult", "HoldReason", "gate_item", "ref_for_key"]
+
+FAMILY_CONSENT = "consent"
+
+
+class HoldReason(enum.Enum):
+    """Why an item was held: a machine code (audit, metrics) and plain words (API, console)."""
+
+    NO_CONSENT = ("no-consent", "no consent to share with the clinic's EHR")
+    DENIED = ("denied", "a consent denies sharing this with the clinic's EHR")
+    NEEDS_EXPLICIT_PERMIT = (
+        "needs-explicit-permit",
+        "psychotherapy-note content needs an explicit permit",
+    )
+    CONSENT_UNREADABLE = ("consent-unreadable", "a consent for this patient could not be read")
+    CONSENT_PUSH_OFF = ("consent-push-off", "pushing consent records is turned off")
+
+    @property
+    def code(self) -> str:
+        return self.value[0]
+
+    @property
+    def words(self) -> str:
+        return self.value[1]
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """What the gate made of one item: the FHIR resources, and a hold reason unless all may go."""
+
+    item: OutboxItem
+    resources: tuple[dict[str, Any], ...]
+    hold: HoldReason | None = None
+    decisions: tuple[ConsentDecision, ...] = field(default=(), compare=False)
+
+    @property
+    def permitted(self) -> bool:
+        return self.hold is None
+
+
+def ref_for_key(key: str, *, resource_type: str | None = None) -> Ref:
+    """A key as the service stores it (``Type/id`` or ``system|value``) as a domain :class:`Ref`."""
+    if "|" in key:
+        return Ref(identifier=Identifier.parse(key, path="key"), type=resource_type)
+    return Ref(reference=key, type=resource_type)
+
+
+def _explicit_labels(resource: Mapping[str, Any], explicit: frozenset[tuple[str, str]]) -> bool:
+    meta = resource.get("meta")
+    labels = meta.get("security") if isinstance(meta, Mapping) else None
+    return any(
+        isinstance(label, Mapping) and (label.get("system"), label.get("code")) in explicit
+        for label in labels or []
+    )
+
+
+def _hold_for(
+    decision: ConsentDecision, resource: Mapping[str, Any], explicit: frozenset[tuple[str, str]]
+) -> HoldReason:
+    if decision.outcome is DecisionOutcome.DENY:
+        return HoldReason.DENIED
+    if _explicit_labels(resource, explicit):
+        return HoldReason.NEEDS_EXPLICIT_PERMIT
+    return HoldReason.NO_CONSENT
+
+
+def gate_item(
+    item: OutboxItem, *, settings: Settings, store: Store, version: str, at: datetime
+) -> GateResult:
+    """Map ``item`` to FHIR ``version`` and decide. Mapping errors (``InputError``,
+    ``MappingError``) propagate: they are permanent, the worker dead-letters them."""
+    mapper = mapper_for_kind(item.kind)
+    record = mapper.load(item.body)
+    resources = tuple(mapper.to_fhir(record, version=version))
+    if item.family == FAMILY_CONSENT:
+        hold = None if settings.push_consents else HoldReason.CONSENT_PUSH_OFF
+        if hold:
+            HELD.inc()
+        return GateResult(item, resources, hold)
+
+    consents = engine_for_patient(store, item.patient)
+    if consents.unreadable:
+        HELD.inc()
+        return GateResult(item, resources, HoldReason.CONSENT_UNREADABLE)
+    engine = consents.engine
+    recipient = [ref_for_key(r) for r in settings.recipients]
+    purposes = [Coding(system=V3_ACT_REASON, code=settings.purpose)]
+    patient = [ref_for_key(item.patient, resource_type="Patient")]
+    decisions: list[ConsentDecision] = []
+    hold: HoldReason | None = None
+    for resource in resources:
+        request = disclosure_request(
+            resource, patient=patient, recipient=recipient, purposes=purposes, at=at
+        )
+        decision = engine.decide(request)
+        DECISIONS.labels(decision.outcome.value).inc()
+        decisions.append(decision)
+        if decision.outcome is not DecisionOutcome.PERMIT:
+            hold = _hold_for(decision, resource, engine.explicit_labels)
+            break  # one resource that may not go holds the whole record
+    if hold:
+        HELD.inc()
+    return GateResult(item, resources, hold, tuple(decisions))

@@ -1,0 +1,439 @@
+"""The sync worker: claim → gate → map → validate → send → record, one batch at a time.
+
+``Worker.run_once`` leases a batch from the outbox (one short transaction), asks the consent gate
+about each item, validates the permitted items' resources, sends them as transaction Bundles of
+``PUT`` to their deterministic ids (no transaction is open meanwhile), and records every outcome in
+its own short transaction: ``mark_sent`` (server ids and versions, with a disclosure AuditEvent and
+a Provenance per resource), ``mark_held``, ``mark_failed`` (transient, with backoff) or
+``mark_dead`` (permanent, with the OperationOutcome). ``run_forever`` polls until ``stop`` is set,
+finishing the batch in hand.
+
+Idempotence: a resource's id comes from its business identifier, so a send repeated after a lost
+answer or a crash writes the same resource again (a new version, never a second resource).
+Isolation: a transaction Bundle is all or nothing, so when one fails for good its items are sent
+again one by one, and only the bad one is dead-lettered.
+
+Logs carry counts, outbox item numbers, HTTP statuses and issue codes: never record content,
+patient keys, identifiers, tokens or ``diagnostics``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random as _random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir_alliance.client import BundleRequest, EntryOutcome, FhirClient
+from fhir_alliance.errors import ServerError, loggable_outcome
+from fhir_alliance.mapping.fast_validation import FAST_RESOURCE_TYPES, validate_r4_fast
+from fhir_alliance.mapping.validation import validate_resource
+from fhir_alliance_service import audit
+from fhir_alliance_service.config import Settings
+from fhir_alliance_service.metrics import SEND_FAILURES, SEND_LATENCY, SENDS
+from fhir_alliance_service.store.interface import AuditEntry, OutboxItem, SentResource, Store
+from fhir_alliance_service.sync.gate import GateResult, gate_item
+from fhir_alliance_service.sync.retry import decide_retry, is_transient
+from fhir_alliance_service.sync.target import note_contact, target_fhir_version
+
+__all__ = ["BatchReport", "Worker", "default_worker_id", "sync_once"]
+
+log = logging.getLogger("fhir_alliance_service.sync")
+
+#: Most entries in one transaction Bundle (an item's resources are never split across Bundles).
+DEFAULT_BUNDLE_ENTRIES = 250
+
+
+def default_worker_id() -> str:
+    """``host-pid-random``: unique per process, so a restarted worker never reuses a lease."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What one ``run_once`` did: items claimed and how each ended, resources sent."""
+
+    claimed: int = 0
+    sent: int = 0
+    held: int = 0
+    failed: int = 0
+    dead: int = 0
+    lease_lost: int = 0  # a mark_* found another worker had taken the item over
+    resources_sent: int = 0
+    #: Why nothing was claimed, in plain words (e.g. the FHIR server could not be reached).
+    error: str | None = None
+
+    def add(self, other: BatchReport) -> None:
+        for name in (
+            "claimed",
+            "sent",
+            "held",
+            "failed",
+            "dead",
+            "lease_lost",
+            "resources_sent",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(slots=True)
+class _Ready:
+    """A permitted, validated item and the resources it sends."""
+
+    item: OutboxItem
+    resources: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class _Sent:
+    item: OutboxItem
+    resources: list[SentResource] = field(default_factory=list)
+
+
+def _validate(resource: Mapping[str, Any], version: str) -> None:
+    if version == "4.0.1" and resource.get("resourceType") in FAST_RESOURCE_TYPES:
+        validate_r4_fast(resource)
+    else:
+        validate_resource(resource, version=version)
+
+
+class Worker:
+    """One worker process's loop over the outbox. ``tags`` are ``meta.tag`` codings added to every
+    resource pushed (a deployment's own marker; the tests' run tag)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        client: FhirClient,
+        *,
+        worker_id: str | None = None,
+        tags: Sequence[Mapping[str, str]] = (),
+        bundle_entries: int = DEFAULT_BUNDLE_ENTRIES,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.worker_id = worker_id or default_worker_id()
+        self.tags = [dict(t) for t in tags]
+        self.bundle_entries = bundle_entries
+        self.clock = clock
+        self.random = random
+
+    # ------------------------------------------------------------------ the loop
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Run batches until ``stop`` is set; sleep ``poll_interval_seconds`` when there is nothing
+        to do. A batch in hand is always finished before returning."""
+        log.info("worker started", extra={"worker": self.worker_id})
+        while not stop.is_set():
+            try:
+                report = self.run_once()
+            except Exception as exc:  # never die on one bad batch; the leases expire
+                log.error("batch failed: %s", type(exc).__name__)
+                report = BatchReport(error=type(exc).__name__)
+            busy = report.claimed >= self.settings.worker_batch_size and report.error is None
+            if not busy:
+                stop.wait(self.settings.poll_interval_seconds)
+        log.info("worker stopped", extra={"worker": self.worker_id})
+
+    def run_once(self) -> BatchReport:
+        """Claim one batch and take every item of it to sent, held, failed or dead."""
+        report = BatchReport()
+        try:
+            version = target_fhir_version(self.settings, self.store, self.client)
+        except ServerError as exc:
+            log.warning(
+                "FHIR server unreachable; nothing claimed: %s %s",
+                type(exc).__name__,
+                exc.status or "",
+            )
+            report.error = "the FHIR server could not be reached"
+            return report
+        now = self.clock()
+        items = self.store.claim(
+            self.worker_id,
+            limit=self.settings.worker_batch_size,
+            lease_seconds=self.settings.lease_seconds,
+            now=now,
+        )
+        report.claimed = len(items)
+        if not items:
+            return report
+        ready: list[_Ready] = []
+        for item in items:
+            prepared = self._prepare(item, version, now, report)
+            if prepared is not None:
+                ready.append(prepared)
+        for group in self._groups(ready):
+            self._send_group(group, report)
+        log.info(
+            "batch done: claimed=%d sent=%d held=%d failed=%d dead=%d lease_lost=%d",
+            report.claimed,
+            report.sent,
+            report.held,
+            report.failed,
+            report.dead,
+            report.lease_lost,
+        )
+        return report
+
+    # ------------------------------------------------------------------ gate and validate
+
+    def _prepare(
+        self, item: OutboxItem, version: str, now: datetime, report: BatchReport
+    ) -> _Ready | None:
+        try:
+            result: GateResult = gate_item(
+                item, settings=self.settings, store=self.store, version=version, at=now
+            )
+        except Exception as exc:  # a record that cannot be mapped: permanent
+            self._fail(item, exc, report)
+            return None
+        if result.hold is not None:
+            entry = audit.hold_event(
+                item.record_id,
+                item.patient,
+                item.record_version,
+                result.hold.code,
+                now,
+                recipient=self.settings.recipients[0],
+                purpose=self.settings.purpose,
+            )
+            self._count(
+                self.store.mark_held(
+                    item.item_id,
+                    self.worker_id,
+                    reason=result.hold.words,
+                    audit=[entry],
+                    at=self.clock(),
+                ),
+                report,
+                "held",
+            )
+            return None
+        resources = [self._tagged(r) for r in result.resources]
+        try:
+            for resource in resources:
+                _validate(resource, version)
+        except Exception as exc:  # ProfileViolation: our mapping made something invalid
+            self._fail(item, exc, report)
+            return None
+        return _Ready(item, resources)
+
+    def _tagged(self, resource: dict[str, Any]) -> dict[str, Any]:
+        if not self.tags:
+            return resource
+        out = copy.copy(resource)
+        meta = dict(out.get("meta") or {})
+        meta["tag"] = [*meta.get("tag", []), *self.tags]
+        out["meta"] = meta
+        return out
+
+    # ------------------------------------------------------------------ send
+
+    def _groups(self, ready: list[_Ready]) -> list[list[_Ready]]:
+        groups: list[list[_Ready]] = []
+        current: list[_Ready] = []
+        size = 0
+        for entry in ready:
+            n = len(entry.resources)
+            if current and size + n > self.bundle_entries:
+                groups.append(current)
+                current, size = [], 0
+            current.append(entry)
+            size += n
+        if current:
+            groups.append(current)
+        return groups
+
+    def _transaction(self, group: list[_Ready]) -> list[EntryOutcome]:
+        requests = [BundleRequest.put(r) for entry in group for r in entry.resources]
+        started = time.perf_counter()
+        try:
+            return self.client.transaction(requests, chunk_size=max(1, len(requests)))
+        finally:
+            SEND_LATENCY.observe(time.perf_counter() - started)
+
+    def _send_group(self, group: list[_Ready], report: BatchReport) -> None:
+        try:
+            outcomes = self._transaction(group)
+        except Exception as exc:  # the client raised instead of reporting per entry
+            for entry in group:
+                self._fail(entry.item, exc, report)
+            return
+        by_item: list[list[EntryOutcome]] = []
+        position = 0
+        for entry in group:
+            by_item.append(outcomes[position : position + len(entry.resources)])
+            position += len(entry.resources)
+        failed = [(e, o) for e, o in zip(group, by_item, strict=True) if not all(x.ok for x in o)]
+        if any(o.status is not None for o in outcomes):
+            note_contact(self.store, self.clock())
+        if not failed:
+            for entry, item_outcomes in zip(group, by_item, strict=True):
+                self._record_sent(entry, item_outcomes, report)
+            return
+        error = next(
+            (x.error for _, o in failed for x in o if x.error is not None),
+            ServerError("bundle entry failed without a status"),
+        )
+        if not is_transient(error) and len(group) > 1:
+            # Atomic Bundle failed for good: find the bad item by sending each on its own.
+            log.info(
+                "transaction refused (%s); isolating %d items", error.status or "-", len(group)
+            )
+            for entry in group:
+                self._send_group([entry], report)
+            return
+        for entry, item_outcomes in zip(group, by_item, strict=True):
+            item_error = next((x.error for x in item_outcomes if x.error is not None), error)
+            self._fail(entry.item, item_error, report)
+
+    # ------------------------------------------------------------------ record
+
+    def _record_sent(
+        self, entry: _Ready, outcomes: list[EntryOutcome], report: BatchReport
+    ) -> None:
+        item = entry.item
+        sent = [
+            SentResource(
+                resource_type=o.resource_type or str(r["resourceType"]),
+                id=o.id or str(r["id"]),
+                version_id=o.version_id,
+            )
+            for r, o in zip(entry.resources, outcomes, strict=True)
+        ]
+        for resource in sent:
+            SENDS.labels(resource.resource_type).inc()
+        at = self.clock()
+        entries = [
+            audit.disclosure_event(
+                item.record_id,
+                item.patient,
+                item.record_version,
+                sent,
+                at,
+                recipient=self.settings.recipients[0],
+                purpose=self.settings.purpose,
+                target_url=self.settings.fhir_base_url,
+            ),
+            *audit.provenance(
+                sent, item.record_id, at, patient=item.patient, version=item.record_version
+            ),
+        ]
+        if self.settings.push_audit:
+            entries = self._push_audit(entries)
+        if self._count(
+            self.store.mark_sent(item.item_id, self.worker_id, sent=sent, audit=entries, at=at),
+            report,
+            "sent",
+        ):
+            report.resources_sent += len(sent)
+
+    def _push_audit(self, entries: list[AuditEntry]) -> list[AuditEntry]:
+        """PUT the AuditEvent/Provenance resources (batch: each on its own); entries the server
+        took are stored as pushed. A failure here never fails the record's send."""
+        requests = [BundleRequest.put(self._tagged(dict(e.resource))) for e in entries]
+        try:
+            outcomes = self.client.batch(requests, chunk_size=max(1, len(requests)))
+        except ServerError as exc:
+            log.warning("audit push failed: %s %s", type(exc).__name__, exc.status or "")
+            return entries
+        return [replace(e, pushed=o.ok) for e, o in zip(entries, outcomes, strict=True)]
+
+    def _fail(self, item: OutboxItem, error: BaseException, report: BatchReport) -> None:
+        now = self.clock()
+        decision = decide_retry(
+            error, attempts=item.attempts, settings=self.settings, now=now, random=self.random
+        )
+        status = error.status if isinstance(error, ServerError) else None
+        issues = loggable_outcome(decision.outcome)
+        SEND_FAILURES.labels("transient" if decision.transient else "permanent").inc()
+        if decision.dead:
+            log.warning(
+                "item %d dead-lettered after %d attempt(s): %s %s %s",
+                item.item_id,
+                item.attempts + 1,
+                type(error).__name__,
+                status or "-",
+                issues,
+            )
+            entry = audit.dead_letter_event(
+                item.record_id,
+                item.patient,
+                item.record_version,
+                now,
+                recipient=self.settings.recipients[0],
+                purpose=self.settings.purpose,
+                status=status,
+            )
+            self._count(
+                self.store.mark_dead(
+                    item.item_id,
+                    self.worker_id,
+                    outcome=decision.outcome,
+                    audit=[entry],
+                    at=now,
+                ),
+                report,
+                "dead",
+            )
+            return
+        assert decision.next_attempt_at is not None
+        log.info(
+            "item %d failed, retry in %.1fs: %s %s",
+            item.item_id,
+            (decision.next_attempt_at - now).total_seconds(),
+            type(error).__name__,
+            status or "-",
+        )
+        self._count(
+            self.store.mark_failed(
+                item.item_id,
+                self.worker_id,
+                outcome=decision.outcome,
+                next_attempt_at=decision.next_attempt_at,
+                at=now,
+            ),
+            report,
+            "failed",
+        )
+
+    def _count(self, recorded: bool, report: BatchReport, field_name: str) -> bool:
+        if recorded:
+            setattr(report, field_name, getattr(report, field_name) + 1)
+        else:
+            report.lease_lost += 1
+            log.warning("lease lost before recording (%s)", field_name)
+        return recorded
+
+
+def sync_once(
+    settings: Settings, store: Store, client: FhirClient, *, max_batches: int | None = None
+) -> BatchReport:
+    """Run batches until nothing is claimable now (or ``max_batches``): ``fhir-alliance
+    sync-once``. Items scheduled for a later retry stay scheduled."""
+    worker = Worker(settings, store, client)
+    total = BatchReport()
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        report = worker.run_once()
+        total.add(report)
+        batches += 1
+        if report.error is not None:
+            total.error = report.error
+            break
+        if report.claimed == 0:
+            break
+    return total
