@@ -7,11 +7,15 @@ from datetime import datetime
 
 from fhir_alliance_service.store.interface import Store, StoredRecord, SyncState, SyncStatus
 
-__all__ = ["RecordNotFound", "RecordStatus", "record_status", "replay_record"]
+__all__ = ["NotDeadLettered", "RecordNotFound", "RecordStatus", "record_status", "replay_record"]
 
 
 class RecordNotFound(LookupError):
     """No record with this id (the message never names it: ids come from URLs)."""
+
+
+class NotDeadLettered(Exception):
+    """Replay asked for a record whose newest item is not dead-lettered; nothing changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,11 +36,10 @@ def record_status(store: Store, record_id: str) -> RecordStatus:
 
 
 def replay_record(store: Store, record_id: str, *, at: datetime) -> RecordStatus:
-    """Re-queue the record's dead-lettered item (attempts start again). Raises
-    :class:`RecordNotFound`; a record that is not dead-lettered is returned unchanged (check
-    ``sync.state``)."""
+    """Re-queue the record's dead-lettered item (attempts start again) and return its new status.
+    Raises :class:`RecordNotFound`, or :class:`NotDeadLettered` (nothing changed)."""
     current = record_status(store, record_id)
-    if current.sync is not None and current.sync.state is SyncState.DEAD_LETTERED:
-        store.replay(record_id, at=at)
-        return record_status(store, record_id)
-    return current
+    if current.sync is None or current.sync.state is not SyncState.DEAD_LETTERED:
+        raise NotDeadLettered("only a dead-lettered record can be replayed")
+    store.replay(record_id, at=at)
+    return record_status(store, record_id)

@@ -1,0 +1,64 @@
+"""Test payloads for intake: the shipped examples (our JSON form), fresh copies on every call."""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[3]
+OBSERVATIONS = ROOT / "examples" / "observations"
+CONSENTS = ROOT / "examples" / "consent"
+
+#: The patient of the example observations, and of the example sharing consent.
+OBSERVATION_PATIENT = "Patient/example-client"
+CONSENT_PATIENT = "Patient/p1"
+EHR = "Organization/ehr-clinic"
+
+
+@cache
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def observation(name: str) -> dict[str, Any]:
+    """``examples/observations/<name>.json`` (e.g. ``srs-administration``)."""
+    data: dict[str, Any] = copy.deepcopy(_read(OBSERVATIONS / f"{name}.json"))
+    return data
+
+
+def consent(name: str) -> dict[str, Any]:
+    """``examples/consent/<name>.json`` (e.g. ``sharing``, ``revocation/withdraw-sharing``)."""
+    data: dict[str, Any] = copy.deepcopy(_read(CONSENTS / f"{name}.json"))
+    return data
+
+
+def for_patient(payload: dict[str, Any], patient: str, *, suffix: str = "") -> dict[str, Any]:
+    """``payload`` about ``patient`` instead, with ``suffix`` appended to its identifier value."""
+    out = copy.deepcopy(payload)
+    out["patient"] = {"reference": patient}
+    out["id"] = out["id"] + suffix
+    if out.get("kind") == "consent" and isinstance(out.get("grantor"), dict):
+        out["grantor"] = {"reference": patient, "type": "Patient"}
+    return out
+
+
+def srs_questionnaire_response(patient: str = "Patient/p1") -> dict[str, Any]:
+    """A completed SRS QuestionnaireResponse of our Questionnaire, item 3 unanswered."""
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "id": "qr-1",
+        "identifier": {"system": "https://clinic.example.org/qr", "value": "qr-1"},
+        "questionnaire": "https://fhir-alliance.org/fhir/Questionnaire/srs",
+        "status": "completed",
+        "subject": {"reference": patient},
+        "authored": "2026-11-20T15:50:00+00:00",
+        "item": [
+            {"linkId": "1", "answer": [{"valueDecimal": 9.1}]},
+            {"linkId": "2", "answer": [{"valueDecimal": 8.7}]},
+            {"linkId": "3"},
+            {"linkId": "4", "answer": [{"valueDecimal": 9.0}]},
+        ],
+    }
