@@ -1,10 +1,414 @@
 """The service's subcommands of ``fhir-alliance`` (serve, worker, sync-once, status, replay,
-create-api-key, db upgrade, load), registered through the ``fhir_alliance.commands`` entry point."""
+create-api-key, db upgrade/current, load), registered through the ``fhir_alliance.commands`` entry
+point.
+
+Every command reads its settings with :func:`~fhir_alliance_service.config.load_settings` (the
+environment, ``FHIR_ALLIANCE_*``); secrets never come from the command line. A bad setting stops
+the command with one line on stderr and exit status 2. Heavy modules (Flask, SQLAlchemy, gunicorn)
+are imported inside the handlers, so that the library's own subcommands stay fast.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fhir_alliance_service.config import Settings
+    from fhir_alliance_service.store.interface import Store
+
+__all__ = ["register"]
+
+#: Exit status when settings (or the database's schema) stop a command before it starts.
+EXIT_CONFIG = 2
+#: Records handed to ``intake_records`` at a time by ``load``.
+DEFAULT_LOAD_BATCH = 500
+#: How many held items ``status`` reads to summarise the held reasons.
+HELD_REASONS_SCAN = 10_000
+
+
+class _StopCommand(Exception):
+    """Ends a command early with a one-line message and an exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def register(subparsers: Any) -> None:
-    """Add the service's sub-parsers (filled in as the commands land)."""
+    """Add the service's sub-parsers to ``fhir-alliance``."""
+    serve = subparsers.add_parser(
+        "serve", help="run the HTTP API under gunicorn", description=_serve.__doc__
+    )
+    serve.add_argument("--bind", help="host:port to listen on (default: FHIR_ALLIANCE_BIND)")
+    serve.add_argument(
+        "--workers", type=int, help="gunicorn worker processes (default: FHIR_ALLIANCE_WEB_WORKERS)"
+    )
+    serve.set_defaults(handler=_guarded(_serve))
+
+    worker = subparsers.add_parser(
+        "worker",
+        help="sync the outbox to the FHIR server until stopped",
+        description=_worker.__doc__,
+    )
+    worker.add_argument("--name", help="this worker's name in leases (default: host:pid)")
+    worker.set_defaults(handler=_guarded(_worker))
+
+    sync_once = subparsers.add_parser(
+        "sync-once",
+        help="sync until nothing is claimable, then exit",
+        description=_sync_once.__doc__,
+    )
+    sync_once.add_argument(
+        "--one-batch", action="store_true", help="claim and process one batch only"
+    )
+    sync_once.set_defaults(handler=_guarded(_sync_once))
+
+    status = subparsers.add_parser(
+        "status", help="outbox counts by state, held reasons, FHIR server contact"
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_guarded(_status))
+
+    replay = subparsers.add_parser(
+        "replay", help="re-queue dead-lettered records", description=_replay.__doc__
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "record",
+        nargs="?",
+        metavar="RECORD_ID",
+        help="a record id (or its identifier system|value)",
+    )
+    which.add_argument("--all", action="store_true", help="every dead-lettered record")
+    replay.set_defaults(handler=_guarded(_replay))
+
+    create_key = subparsers.add_parser(
+        "create-api-key",
+        help="create an API key (printed once; only its hash is stored)",
+        description=_create_api_key.__doc__,
+    )
+    create_key.add_argument("name", metavar="NAME", help="who or what the key is for")
+    create_key.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        required=True,
+        choices=("read", "write", "admin", "consult"),
+        help="a scope the key grants (repeat for several)",
+    )
+    create_key.set_defaults(handler=_guarded(_create_api_key))
+
+    db = subparsers.add_parser("db", help="the database schema (Alembic migrations)")
+    db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)
+    db_commands.add_parser(
+        "upgrade", help="migrate the database to the newest schema"
+    ).set_defaults(handler=_guarded(_db_upgrade))
+    db_commands.add_parser("current", help="print the schema revision in use").set_defaults(
+        handler=_guarded(_db_current)
+    )
+
+    load = subparsers.add_parser(
+        "load", help="bulk intake of JSON / NDJSON record files", description=_load.__doc__
+    )
+    load.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    load.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_LOAD_BATCH,
+        help=f"records stored per transaction (default {DEFAULT_LOAD_BATCH})",
+    )
+    load.set_defaults(handler=_guarded(_load))
+
+
+# -- plumbing -----------------------------------------------------------------------------------
+
+
+def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run ``handler``; a bad setting or a refused start becomes one line on stderr."""
+    from fhir_alliance_service.config import ConfigError
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except _StopCommand as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.status
+
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def _settings() -> Settings:
+    from fhir_alliance_service.config import load_settings
+
+    return load_settings()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@contextmanager
+def _opened_store(settings: Settings) -> Iterator[Store]:
+    """The store, after checking its schema is the newest (else: run ``db upgrade``)."""
+    _require_migrated(settings)
+    from fhir_alliance_service.store import open_store
+
+    store = open_store(settings.database_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _require_migrated(settings: Settings) -> None:
+    from fhir_alliance_service.store.schema import SchemaVersionError, check_at_head
+
+    try:
+        check_at_head(settings.database_url)
+    except SchemaVersionError as exc:
+        raise _StopCommand(str(exc)) from None
+
+
+def _client(settings: Settings) -> Any:
+    if not settings.fhir_base_url:
+        raise _StopCommand("FHIR_ALLIANCE_FHIR_BASE_URL is not set: there is nowhere to sync to")
+    from fhir_alliance_service.sync.target import client_from_settings
+
+    return client_from_settings(settings)
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Serve the HTTP API with gunicorn (never Flask's development server). Each gunicorn worker
+    builds its own app with ``create_app(settings)``; SIGTERM stops gracefully."""
+    settings = _settings()
+    _require_migrated(settings)
+    from fhir_alliance_service.cli_serve import serve
+
+    bind = args.bind or settings.bind
+    workers = args.workers if args.workers is not None else settings.web_workers
+    if workers < 1:
+        raise _StopCommand("--workers must be at least 1")
+    return serve(settings, bind=bind, workers=workers)
+
+
+# -- worker and sync-once -------------------------------------------------------------------------
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """Claim, gate, map and send outbox items until stopped. SIGTERM or SIGINT (Ctrl-C) sets the
+    stop event: the batch in hand is finished and recorded, then the process exits 0."""
+    settings = _settings()
+    client = _client(settings)
+    from fhir_alliance_service.sync.worker import Worker
+
+    stop = threading.Event()
+    with _opened_store(settings) as store, _stop_on_signals(stop):
+        worker = Worker(settings, store, client, **({"name": args.name} if args.name else {}))
+        try:
+            worker.run_forever(stop)
+        finally:
+            _close(client)
+    return 0
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _sync_once(args: argparse.Namespace) -> int:
+    """One pass: process batches until nothing is claimable right now (items waiting for their
+    next attempt stay waiting), or only one batch with ``--one-batch``; then print the counts."""
+    settings = _settings()
+    client = _client(settings)
+    from fhir_alliance_service.sync.worker import Worker
+
+    with _opened_store(settings) as store:
+        worker = Worker(settings, store, client)
+        processed = 0
+        try:
+            while True:
+                handled = _claimed_count(worker.run_once())
+                processed += handled
+                if args.one_batch or handled == 0:
+                    break
+        finally:
+            _close(client)
+        counts = store.counts_by_state()
+    print(f"processed {processed} item(s); " + _counts_line(counts))
+    return 0
+
+
+def _claimed_count(result: Any) -> int:
+    """How many items one ``run_once()`` pass handled (an int, or a summary with ``claimed``)."""
+    if isinstance(result, int):
+        return result
+    return int(getattr(result, "claimed", 0))
+
+
+def _close(client: Any) -> None:
+    close = getattr(client, "close", None)
+    if callable(close):
+        close()
+
+
+# -- status and replay ----------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Counts of outbox items by state, the reasons items are held, and the FHIR server's last
+    contact."""
+    settings = _settings()
+    from fhir_alliance_service.store.interface import SyncState
+    from fhir_alliance_service.sync.target import META_FHIR_VERSION, META_LAST_CONTACT
+
+    with _opened_store(settings) as store:
+        counts = store.counts_by_state()
+        held = Counter(
+            status.held_reason or "(no reason recorded)"
+            for status in store.list_by_state(SyncState.HELD, limit=HELD_REASONS_SCAN)
+        )
+        report = {
+            "counts": {state.value: counts.get(state, 0) for state in SyncState},
+            "held_reasons": dict(held.most_common()),
+            "fhir_server": {
+                "base_url": settings.fhir_base_url,
+                "last_contact": store.get_meta(META_LAST_CONTACT),
+                "fhir_version": store.get_meta(META_FHIR_VERSION),
+            },
+        }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(_counts_line(counts))
+    if held:
+        print("held:")
+        for reason, count in held.most_common():
+            print(f"  {count:6d}  {reason}")
+    server = report["fhir_server"]
+    print(f"FHIR server: {server['base_url'] or '(not configured)'}")
+    print(f"  last contact: {server['last_contact'] or 'never'}")
+    if server["fhir_version"]:
+        print(f"  FHIR version: {server['fhir_version']}")
+    return 0
+
+
+def _counts_line(counts: dict[Any, int]) -> str:
+    from fhir_alliance_service.store.interface import SyncState
+
+    return ", ".join(f"{state.value} {counts.get(state, 0)}" for state in SyncState)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """Re-queue dead-lettered records after the cause is fixed: one (by record id, or by its
+    business identifier ``system|value``) or ``--all``. Attempts start again at 0."""
+    settings = _settings()
+    record_id = None if args.all else _record_id(args.record)
+    with _opened_store(settings) as store:
+        if record_id is not None and store.get_record(record_id) is None:
+            raise _StopCommand("no such record", status=1)
+        count = store.replay(record_id, at=_now())
+    print(f"re-queued {count} dead-lettered item(s)")
+    return 0 if count or args.all else 1
+
+
+def _record_id(given: str) -> str:
+    """A record id as given, or the id of a business identifier ``system|value``."""
+    if "|" not in given:
+        return given
+    from fhir_alliance.mapping._ids import resource_id
+    from fhir_alliance.model.common import Identifier
+
+    system, _, value = given.partition("|")
+    return resource_id(Identifier(system=system, value=value))
+
+
+# -- API keys and the schema ---------------------------------------------------------------------
+
+
+def _create_api_key(args: argparse.Namespace) -> int:
+    """Create an API key with the given scopes and print it once on stdout; only its hash is
+    stored, so it cannot be shown again."""
+    settings = _settings()
+    from fhir_alliance_service.auth import create_api_key
+
+    with _opened_store(settings) as store:
+        try:
+            raw_key = create_api_key(store, args.name, sorted(set(args.scopes)))
+        except ValueError as exc:
+            raise _StopCommand(str(exc), status=1) from None
+    print(raw_key)
+    print(
+        f"created API key {args.name!r} with scopes {', '.join(sorted(set(args.scopes)))}; "
+        "it is shown only this once",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from fhir_alliance_service.store import current_revision, upgrade
+
+    before = current_revision(settings.database_url)
+    upgrade(settings.database_url)
+    after = current_revision(settings.database_url)
+    if before == after:
+        print(f"database already at the newest revision {after}")
+    else:
+        print(f"database upgraded from {before or 'empty'} to {after}")
+    return 0
+
+
+def _db_current(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from fhir_alliance_service.store import current_revision, head_revision
+
+    current, head = current_revision(settings.database_url), head_revision()
+    print(f"{current or 'empty'} ({'newest' if current == head else f'newest is {head}'})")
+    return 0 if current == head else 1
+
+
+# -- load ----------------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> int:
+    """Bulk intake of record files: ``.json`` (one record or a list) and ``.ndjson``/``.jsonl``
+    (one a line), in batches of ``--batch-size`` through the same intake as the API. A bad record
+    is reported as ``file:line`` with its field paths, and its whole batch stores nothing; the
+    other batches go on. Exit status 0 only when every record loaded."""
+    if args.batch_size < 1:
+        raise _StopCommand("--batch-size must be at least 1")
+    settings = _settings()
+    from fhir_alliance_service.cli_load import load_files
+
+    with _opened_store(settings) as store:
+        summary = load_files(store, args.files, batch_size=args.batch_size)
+    print(summary.describe())
+    return 0 if summary.complete else 1

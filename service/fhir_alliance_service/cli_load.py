@@ -1,0 +1,241 @@
+"""Reading bulk intake files for ``fhir-alliance load``: JSON (one record or a list of records) and
+NDJSON (one record a line), each record paired with where it came from (``file:line``), so that a
+bad record can be reported by its place and field path without echoing its content."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fhir_alliance.errors import FhirAllianceError, InputError
+from fhir_alliance.jsonio import parse_json, read_input
+
+if TYPE_CHECKING:
+    from fhir_alliance_service.store.interface import Store
+
+__all__ = [
+    "NDJSON_SUFFIXES",
+    "FileFormatError",
+    "LoadSummary",
+    "SourcedRecord",
+    "load_files",
+    "read_records",
+]
+
+#: Files read one record a line; anything else is read as one JSON document.
+NDJSON_SUFFIXES = frozenset({".ndjson", ".jsonl"})
+
+_WHITESPACE = " \t\n\r"
+
+
+class FileFormatError(ValueError):
+    """A file that is not JSON/NDJSON of records; ``str(exc)`` is ``file:line: what is wrong``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedRecord:
+    """One record payload and the place it was read from."""
+
+    path: str
+    line: int
+    payload: Any
+
+    @property
+    def place(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+def read_records(path: Path) -> Iterator[SourcedRecord]:
+    """Yield the records of one file in order, parsed strictly (:mod:`fhir_alliance.jsonio`:
+    duplicate keys, NaN or absurd numbers are errors). NDJSON is streamed line by line; a JSON
+    document is read whole (up to ``jsonio.DEFAULT_MAX_BYTES``). Raises :class:`FileFormatError`
+    naming ``file:line`` when the file cannot be read; the records already yielded stay yielded."""
+    if path.suffix.lower() in NDJSON_SUFFIXES:
+        yield from _ndjson(path)
+    else:
+        yield from _json_document(path)
+
+
+def _ndjson(path: Path) -> Iterator[SourcedRecord]:
+    try:
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    payload = parse_json(line, source=str(path))
+                except InputError as exc:
+                    reason = exc.issues[0].message if exc.issues else exc.message
+                    raise FileFormatError(f"{path}:{number}: {reason}") from None
+                yield SourcedRecord(str(path), number, payload)
+    except OSError as exc:
+        raise FileFormatError(f"{path}: cannot read the file ({type(exc).__name__})") from None
+
+
+def _json_document(path: Path) -> Iterator[SourcedRecord]:
+    """One record, or a list of records, each located by the line its value starts on."""
+    try:
+        data = read_input(str(path))
+    except InputError as exc:
+        raise FileFormatError(exc.message) from None
+    value = _parsed(data, str(path))
+    if not isinstance(value, list):
+        yield SourcedRecord(str(path), _first_line(data), value)
+        return
+    for line, payload in zip(_element_lines(data.decode("utf-8-sig")), value, strict=True):
+        yield SourcedRecord(str(path), line, payload)
+
+
+def _parsed(data: bytes, source: str) -> Any:
+    try:
+        return parse_json(data, source=source)
+    except InputError as exc:
+        raise FileFormatError(exc.message) from None
+
+
+def _first_line(data: bytes) -> int:
+    stripped = data.removeprefix(b"\xef\xbb\xbf")
+    return stripped[: len(stripped) - len(stripped.lstrip())].count(b"\n") + 1
+
+
+def _element_lines(text: str) -> list[int]:
+    """The line each element of a top-level JSON array starts on (the text is known valid)."""
+    decoder = json.JSONDecoder()
+    lines = _LineCounter(text)
+    position = _skip(text, _skip(text, 0) + 1)  # past "["
+    starts: list[int] = []
+    while position < len(text) and text[position] != "]":
+        starts.append(lines.line_at(position))
+        _, end = decoder.raw_decode(text, position)
+        position = _skip(text, end)
+        if text[position] == ",":
+            position = _skip(text, position + 1)
+    return starts
+
+
+def _skip(text: str, position: int) -> int:
+    while position < len(text) and text[position] in _WHITESPACE:
+        position += 1
+    return position
+
+
+class _LineCounter:
+    """Line numbers of increasing positions in one text, counted once (large lists stay linear)."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._position = 0
+        self._line = 1
+
+    def line_at(self, position: int) -> int:
+        self._line += self._text.count("\n", self._position, position)
+        self._position = position
+        return self._line
+
+
+# -- loading into the store ---------------------------------------------------------------------
+
+#: A leading record index in an issue path: ``3.patient``, ``[3].patient`` or ``3``.
+_INDEXED_PATH = re.compile(r"^\[?(\d+)\]?(?:\.(.*))?$")
+
+
+@dataclass
+class LoadSummary:
+    """What ``load`` did: records stored per outcome, and the problems (one line each, naming
+    ``file:line`` and field paths, never the content)."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+    rejected_records: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+    def describe(self) -> str:
+        stored = ", ".join(f"{outcome} {count}" for outcome, count in sorted(self.outcomes.items()))
+        lines = [f"loaded {sum(self.outcomes.values())} record(s) ({stored or 'none'})"]
+        if self.problems:
+            lines.append(
+                f"NOT loaded: {self.rejected_records} record(s) in batches with errors; "
+                f"{len(self.problems)} problem(s):"
+            )
+            lines.extend(f"  {problem}" for problem in self.problems)
+        return "\n".join(lines)
+
+
+def load_files(
+    store: Store,
+    paths: Sequence[Path],
+    *,
+    batch_size: int,
+    at: Callable[[], datetime] | None = None,
+    progress: bool | None = None,
+) -> LoadSummary:
+    """Read every file and store its records in batches through ``intake_records``; a batch with
+    a bad record stores nothing and is reported; the other batches go on. ``progress``: a tqdm bar
+    on stderr (default: only when stderr is a terminal)."""
+    from tqdm import tqdm
+
+    from fhir_alliance_service.usecases.intake import intake_records
+
+    clock = at or (lambda: datetime.now(UTC))
+    summary = LoadSummary()
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(unit="record", file=sys.stderr, disable=not show, desc="load") as bar:
+
+        def flush(batch: list[SourcedRecord]) -> None:
+            if not batch:
+                return
+            try:
+                results = intake_records(store, [r.payload for r in batch], at=clock())
+            except FhirAllianceError as exc:
+                summary.rejected_records += len(batch)
+                summary.problems.extend(_problems(exc, batch))
+            else:
+                summary.outcomes.update(str(_outcome(result)) for result in results)
+            bar.update(len(batch))
+            batch.clear()
+
+        batch: list[SourcedRecord] = []
+        for path in paths:
+            try:
+                for record in read_records(path):
+                    batch.append(record)
+                    if len(batch) >= batch_size:
+                        flush(batch)
+            except FileFormatError as exc:
+                # The file's records read so far still load; the rest of it cannot be read.
+                summary.problems.append(str(exc))
+            flush(batch)  # batches never span files: a file's problems stay its own
+    return summary
+
+
+def _outcome(result: Any) -> str:
+    outcome = getattr(result, "outcome", None)
+    return str(getattr(outcome, "value", outcome) or "stored")
+
+
+def _problems(exc: FhirAllianceError, batch: list[SourcedRecord]) -> list[str]:
+    """One line per issue: ``file:line: field.path: message`` when the issue names its record."""
+    problems: list[str] = []
+    for issue in exc.issues or ():
+        match = _INDEXED_PATH.match(issue.path or "")
+        index = int(match.group(1)) if match else None
+        if index is not None and 0 <= index < len(batch):
+            where = batch[index].place
+            path = (match.group(2) if match else "") or "(record)"
+        else:
+            where = f"{batch[0].place}..{batch[-1].line}"
+            path = issue.path or "(batch)"
+        problems.append(f"{where}: {path}: {issue.message}")
+    if not problems:
+        problems.append(f"{batch[0].place}..{batch[-1].line}: {exc.message}")
+    return problems

@@ -1,0 +1,77 @@
+"""``fhir-alliance serve``: the Flask app under gunicorn (never the development server), embedded
+through ``gunicorn.app.base.BaseApplication`` so that gunicorn reads no command line and no config
+file of its own: bind and workers come from the settings (or ``--bind`` / ``--workers``).
+
+Each gunicorn worker process builds its own app with ``create_app(settings)`` after the fork, so
+no database connection is shared between processes. The access log is off: request paths may
+carry a patient reference (``/v1/patients/{ref}/…``); the app logs requests itself without PHI.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gunicorn.app.base import BaseApplication
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from fhir_alliance_service.config import Settings
+
+__all__ = ["ServiceApplication", "gunicorn_options", "serve"]
+
+#: Settings only newer gunicorn releases know; skipped on older ones.
+_NEWER_SETTINGS = frozenset({"control_socket_disable"})
+#: gunicorn's graceful timeout: how long a worker may finish its requests after SIGTERM.
+GRACEFUL_TIMEOUT_SECONDS = 20
+
+
+def gunicorn_options(settings: Settings, *, bind: str, workers: int) -> dict[str, Any]:
+    """The gunicorn settings ``serve`` uses (the benchmarks run their baseline with the same)."""
+    return {
+        "bind": [bind],
+        "workers": workers,
+        "worker_class": "sync",
+        "loglevel": settings.log_level.lower(),
+        "accesslog": None,
+        "errorlog": "-",
+        "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
+        "proc_name": "fhir-alliance",
+        # gunicorn >= 25 opens a control socket at one fixed path per user; two services (or a
+        # service and a benchmark) on one machine would fight over it. Nothing here uses it.
+        "control_socket_disable": True,
+        # Body size is capped by the app (max_body_bytes); gunicorn caps header lines itself.
+    }
+
+
+class ServiceApplication(BaseApplication):  # type: ignore[misc]
+    """A gunicorn application whose app comes from a factory called in each worker."""
+
+    def __init__(self, factory: Any, options: dict[str, Any]) -> None:
+        self._factory = factory
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for name, value in self._options.items():
+            if name in _NEWER_SETTINGS and name not in self.cfg.settings:
+                continue  # an older gunicorn without this setting
+            self.cfg.set(name, value)
+
+    def load(self) -> Flask:
+        app: Flask = self._factory()
+        return app
+
+
+def serve(settings: Settings, *, bind: str, workers: int) -> int:
+    """Run gunicorn in the foreground until it is stopped (SIGTERM / SIGINT: graceful)."""
+
+    def service_app() -> Flask:
+        from fhir_alliance_service.app import create_app
+        from fhir_alliance_service.logs import configure_logging
+
+        configure_logging(settings.log_level)
+        return create_app(settings)
+
+    ServiceApplication(service_app, gunicorn_options(settings, bind=bind, workers=workers)).run()
+    return 0

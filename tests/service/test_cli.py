@@ -1,0 +1,353 @@
+"""The service's ``fhir-alliance`` subcommands, run through ``fhir_alliance.cli.main`` (or as a real
+process for ``serve`` and ``worker``) against a migrated SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from fhir_alliance_service.auth import hash_secret, parse_api_key
+from fhir_alliance_service.store import SyncState, open_store
+from fhir_alliance_service.store.interface import Store
+
+from fhir_alliance.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+CLINIC = ROOT / "examples" / "demo" / "clinic"
+SESSIONS = json.loads((CLINIC / "2-sessions.json").read_text(encoding="utf-8"))
+CONSENTS = json.loads((CLINIC / "1-consents.json").read_text(encoding="utf-8"))
+FHIR_ALLIANCE_BIN = Path(sys.executable).with_name("fhir-alliance")
+
+
+@pytest.fixture
+def database(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A migrated SQLite store that every command reads from FHIR_ALLIANCE_DATABASE_URL."""
+    for name in list(os.environ):
+        if name.startswith("FHIR_ALLIANCE_") and name != "FHIR_ALLIANCE_TEST_BASE_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", sqlite_url)
+    return sqlite_url
+
+
+@pytest.fixture
+def opened(database: str) -> Iterator[Store]:
+    store = open_store(database)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _write_ndjson(path: Path, records: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+# -- settings and schema ------------------------------------------------------------------------
+
+
+def test_bad_setting_stops_a_command_with_one_line(
+    database: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad FHIR_ALLIANCE_* value: exit 2 and one line on stderr naming the variable."""
+    monkeypatch.setenv("FHIR_ALLIANCE_WORKER_BATCH_SIZE", "many")
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("error: FHIR_ALLIANCE_WORKER_BATCH_SIZE")
+
+
+def test_commands_refuse_an_unmigrated_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without `db upgrade` a command stops with exit 2 and says what to run."""
+    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", f"sqlite:///{tmp_path / 'new.db'}")
+    assert main(["status"]) == 2
+    assert "fhir-alliance db upgrade" in capsys.readouterr().err
+
+
+def test_db_upgrade_migrates_once_and_db_current_reports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`db current` exits 1 on an empty database, `db upgrade` migrates it, a second is a no-op."""
+    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", f"sqlite:///{tmp_path / 'new.db'}")
+    assert main(["db", "current"]) == 1
+    assert capsys.readouterr().out.startswith("empty")
+    assert main(["db", "upgrade"]) == 0
+    assert "upgraded from empty" in capsys.readouterr().out
+    assert main(["db", "upgrade"]) == 0
+    assert "already at the newest" in capsys.readouterr().out
+    assert main(["db", "current"]) == 0
+    assert "(newest)" in capsys.readouterr().out
+
+
+# -- API keys -----------------------------------------------------------------------------------
+
+
+def test_create_api_key_prints_the_key_once_and_stores_only_its_hash(
+    opened: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The raw key goes to stdout; the store holds its id, scopes and the hash of its secret."""
+    assert main(["create-api-key", "front desk", "--scope", "read", "--scope", "write"]) == 0
+    raw_key = capsys.readouterr().out.strip()
+    parsed = parse_api_key(raw_key)
+    assert parsed is not None
+    key_id, secret = parsed
+    stored = opened.find_api_key(key_id)
+    assert stored is not None
+    assert stored.name == "front desk"
+    assert stored.scopes == frozenset({"read", "write"})
+    assert stored.secret_hash == hash_secret(secret)
+    assert secret not in repr(stored)
+
+
+def test_create_api_key_refuses_an_unknown_scope(
+    database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scopes are checked by the parser: an unknown one exits 2 before anything is stored."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["create-api-key", "x", "--scope", "everything"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+# -- load ---------------------------------------------------------------------------------------
+
+
+def test_load_stores_json_lists_and_ndjson_files(
+    opened: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Consents from a JSON list and sessions from NDJSON are stored and queued; exit 0."""
+    sessions = _write_ndjson(tmp_path / "sessions.ndjson", SESSIONS)
+    assert main(["load", str(CLINIC / "1-consents.json"), str(sessions), "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert f"loaded {len(CONSENTS) + len(SESSIONS)} record(s)" in out
+    assert len(opened.list_records(limit=1000)) == len(CONSENTS) + len(SESSIONS)
+    assert opened.counts_by_state()[SyncState.QUEUED] == len(CONSENTS) + len(SESSIONS)
+
+
+def test_load_again_changes_nothing(opened: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    """Loading the same file twice reports every record unchanged the second time."""
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    capsys.readouterr()
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    assert f"unchanged {len(CONSENTS)}" in capsys.readouterr().out
+
+
+def test_a_bad_record_names_file_line_and_field_and_its_batch_stores_nothing(
+    opened: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Record 4 of 5 is bad: its batch (records 3-4) stores nothing, the others load, exit 1."""
+    records = [dict(r) for r in SESSIONS[:5]]
+    records[3]["responses"] = {"1": "high", "2": 4, "3": 4, "4": 4}
+    path = _write_ndjson(tmp_path / "bad.ndjson", records)
+    assert main(["load", str(path), "--batch-size", "2"]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:4: responses.1.value:" in out
+    assert "loaded 3 record(s)" in out
+    stored_ids = {r.identifier for r in opened.list_records(limit=100)}
+    assert stored_ids == {records[i]["id"] for i in (0, 1, 4)}
+    assert "high" not in out  # the rejected value itself is never echoed
+
+
+def test_a_bad_record_in_a_json_list_is_located_by_its_line(
+    opened: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In a pretty-printed list the report names the line the bad record starts on."""
+    records = [dict(SESSIONS[0]), dict(SESSIONS[1])]
+    records[1]["colour"] = "blue"
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps(records, indent=2), encoding="utf-8")
+    lines = json.dumps(records, indent=2).splitlines()
+    second_line = [n for n, line in enumerate(lines, start=1) if line == "  {"][1]
+    assert main(["load", str(path)]) == 1
+    assert f"{path}:{second_line}: colour: Unknown field." in capsys.readouterr().out
+    assert opened.list_records() == []
+
+
+def test_a_file_that_is_not_json_is_reported_and_the_rest_loads(
+    opened: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broken NDJSON line stops that file at its line; records before it and other files load."""
+    path = tmp_path / "broken.ndjson"
+    path.write_text(json.dumps(SESSIONS[0]) + "\n{not json\n", encoding="utf-8")
+    assert main(["load", str(path), str(CLINIC / "1-consents.json")]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:2:" in out
+    assert len(opened.list_records(limit=100)) == 1 + len(CONSENTS)
+
+
+def test_load_shows_no_progress_bar_when_stderr_is_not_a_terminal(
+    database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Piped or captured stderr stays quiet (tqdm is disabled)."""
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+# -- status and replay --------------------------------------------------------------------------
+
+
+def _dead_letter_one(store: Store) -> str:
+    """Claim the oldest item and dead-letter it the way the worker does; returns its record id."""
+    now = datetime.now(UTC)
+    (item,) = store.claim("test-worker", limit=1, lease_seconds=60, now=now)
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid"}],
+    }
+    assert store.mark_dead(item.item_id, "test-worker", outcome=outcome, audit=[], at=now)
+    return item.record_id
+
+
+def test_status_counts_states_and_says_the_server_was_never_contacted(
+    opened: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status --json` counts items by state; with no sync yet the last contact is null."""
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    _dead_letter_one(opened)
+    capsys.readouterr()
+    assert main(["status", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["queued"] == len(CONSENTS) - 1
+    assert report["counts"]["dead-lettered"] == 1
+    assert report["fhir_server"]["last_contact"] is None
+    assert main(["status"]) == 0
+    assert "dead-lettered 1" in capsys.readouterr().out
+
+
+def test_status_lists_held_reasons(opened: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    """Held items are summarised by their reason, most frequent first."""
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    now = datetime.now(UTC)
+    for reason in ("no consent permits it", "no consent permits it", "PSYTHPN needs a permit"):
+        (item,) = opened.claim("w", limit=1, lease_seconds=60, now=now)
+        assert opened.mark_held(item.item_id, "w", reason=reason, audit=[], at=now)
+    capsys.readouterr()
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["held_reasons"] == {
+        "no consent permits it": 2,
+        "PSYTHPN needs a permit": 1,
+    }
+
+
+def test_replay_requeues_one_dead_letter_by_id_or_identifier(
+    opened: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`replay RECORD_ID` and `replay system|value` re-queue that record's dead letter."""
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    record_id = _dead_letter_one(opened)
+    assert main(["replay", record_id]) == 0
+    assert "re-queued 1" in capsys.readouterr().out
+    status = opened.sync_status(record_id)
+    assert status is not None and status.state is SyncState.QUEUED and status.attempts == 0
+
+    record_id = _dead_letter_one(opened)
+    record = opened.get_record(record_id)
+    assert record is not None
+    assert main(["replay", record.identifier]) == 0
+    status = opened.sync_status(record_id)
+    assert status is not None and status.state is SyncState.QUEUED
+
+
+def test_replay_all_and_unknown_records(opened: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --all` re-queues every dead letter; an unknown record id exits 1."""
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    _dead_letter_one(opened)
+    _dead_letter_one(opened)
+    assert main(["replay", "--all"]) == 0
+    assert "re-queued 2" in capsys.readouterr().out
+    assert opened.counts_by_state().get(SyncState.DEAD_LETTERED, 0) == 0
+    assert main(["replay", "00000000-0000-0000-0000-000000000000"]) == 1
+    assert "no such record" in capsys.readouterr().err
+
+
+# -- serve and worker as real processes ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _service_env(database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_ALLIANCE_")}
+    env["FHIR_ALLIANCE_DATABASE_URL"] = database_url
+    env.update(extra)
+    return env
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    return process.returncode
+
+
+def test_serve_runs_gunicorn_that_answers_healthz_and_stops_on_sigterm(
+    database: str, tmp_path: Path
+) -> None:
+    """`serve --bind … --workers 1` starts gunicorn; /healthz answers 200; SIGTERM ends it."""
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [str(FHIR_ALLIANCE_BIN), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        env=_service_env(database),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        answer = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        assert answer is not None, (tmp_path / "serve.log").read_text(errors="replace")
+        assert answer.status_code == 200
+        assert "gunicorn" in (tmp_path / "serve.log").read_text(errors="replace")
+    finally:
+        code = _stop(process)
+        log.close()
+    assert code == 0
+
+
+def test_serve_with_a_bad_setting_stops_before_binding(database: str) -> None:
+    """A bad bind address stops `serve` with exit 2 and one line; nothing listens."""
+    result = subprocess.run(
+        [str(FHIR_ALLIANCE_BIN), "serve"],
+        env=_service_env(database, FHIR_ALLIANCE_BIND="nowhere"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: FHIR_ALLIANCE_BIND")
+
+
+def test_worker_without_a_fhir_server_setting_refuses_to_start(
+    database: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no FHIR_ALLIANCE_FHIR_BASE_URL there is nowhere to sync: exit 2, one line."""
+    assert main(["worker"]) == 2
+    assert "FHIR_ALLIANCE_FHIR_BASE_URL" in capsys.readouterr().err
