@@ -1,4 +1,5 @@
-"""The HTTP API's blueprints, one per resource family; each module exposes a Blueprint ``bp``.
+"""The HTTP API's blueprints, one per resource family; each module exposes a Blueprint ``bp``
+(``blueprint`` is accepted too).
 
 ``register_blueprints`` adds the operational routes and the CDS consult, and the record and
 consent routes where those modules exist.
@@ -31,4 +32,7 @@ def register_blueprints(app: Flask) -> None:
             if name in _REQUIRED or exc.name != name:
                 raise
             continue
-        app.register_blueprint(module.bp)
+        blueprint = getattr(module, "bp", None) or getattr(module, "blueprint", None)
+        if blueprint is None:
+            raise RuntimeError(f"{name} has no Blueprint named bp")
+        app.register_blueprint(blueprint)
