@@ -61,7 +61,9 @@ def register(subparsers: Any) -> None:
         help="sync the outbox to the FHIR server until stopped",
         description=_worker.__doc__,
     )
-    worker.add_argument("--name", help="this worker's name in leases (default: host:pid)")
+    worker.add_argument(
+        "--name", help="this worker's id in leases (default: host-pid-random, unique per process)"
+    )
     worker.set_defaults(handler=_guarded(_worker))
 
     sync_once = subparsers.add_parser(
@@ -184,6 +186,13 @@ def _require_migrated(settings: Settings) -> None:
         raise _StopCommand(str(exc)) from None
 
 
+def _configure_logging(settings: Settings) -> None:
+    """The service's JSON log lines on stderr (no PHI; see ``logs.py``)."""
+    from fhir_alliance_service.logs import configure_logging
+
+    configure_logging(settings.log_level)
+
+
 def _client(settings: Settings) -> Any:
     if not settings.fhir_base_url:
         raise _StopCommand("FHIR_ALLIANCE_FHIR_BASE_URL is not set: there is nowhere to sync to")
@@ -217,11 +226,12 @@ def _worker(args: argparse.Namespace) -> int:
     stop event: the batch in hand is finished and recorded, then the process exits 0."""
     settings = _settings()
     client = _client(settings)
+    _configure_logging(settings)
     from fhir_alliance_service.sync.worker import Worker
 
     stop = threading.Event()
     with _opened_store(settings) as store, _stop_on_signals(stop):
-        worker = Worker(settings, store, client, **({"name": args.name} if args.name else {}))
+        worker = Worker(settings, store, client, worker_id=args.name)
         try:
             worker.run_forever(stop)
         finally:
@@ -244,32 +254,29 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def _sync_once(args: argparse.Namespace) -> int:
     """One pass: process batches until nothing is claimable right now (items waiting for their
-    next attempt stay waiting), or only one batch with ``--one-batch``; then print the counts."""
+    next attempt stay waiting), or only one batch with ``--one-batch``; then print what happened.
+    Exit 1 when the FHIR server could not be reached."""
     settings = _settings()
     client = _client(settings)
-    from fhir_alliance_service.sync.worker import Worker
+    _configure_logging(settings)
+    from fhir_alliance_service.sync.worker import sync_once
 
     with _opened_store(settings) as store:
-        worker = Worker(settings, store, client)
-        processed = 0
         try:
-            while True:
-                handled = _claimed_count(worker.run_once())
-                processed += handled
-                if args.one_batch or handled == 0:
-                    break
+            report = sync_once(settings, store, client, max_batches=1 if args.one_batch else None)
         finally:
             _close(client)
         counts = store.counts_by_state()
-    print(f"processed {processed} item(s); " + _counts_line(counts))
+    print(
+        f"processed {report.claimed} item(s): sent {report.sent}, held {report.held}, "
+        f"failed {report.failed}, dead-lettered {report.dead} "
+        f"({report.resources_sent} FHIR resource(s) sent)"
+    )
+    print("outbox: " + _counts_line(counts))
+    if report.error:
+        print(f"error: {report.error}", file=sys.stderr)
+        return 1
     return 0
-
-
-def _claimed_count(result: Any) -> int:
-    """How many items one ``run_once()`` pass handled (an int, or a summary with ``claimed``)."""
-    if isinstance(result, int):
-        return result
-    return int(getattr(result, "claimed", 0))
 
 
 def _close(client: Any) -> None:

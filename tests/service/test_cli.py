@@ -4,6 +4,7 @@ process for ``serve`` and ``worker``) against a migrated SQLite store."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -22,12 +23,23 @@ from fhir_alliance_service.store import SyncState, open_store
 from fhir_alliance_service.store.interface import Store
 
 from fhir_alliance.cli import main
+from tests.fhir_server.plugin import FhirTestServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CLINIC = ROOT / "examples" / "demo" / "clinic"
 SESSIONS = json.loads((CLINIC / "2-sessions.json").read_text(encoding="utf-8"))
 CONSENTS = json.loads((CLINIC / "1-consents.json").read_text(encoding="utf-8"))
 FHIR_ALLIANCE_BIN = Path(sys.executable).with_name("fhir-alliance")
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """`worker` and `sync-once` add a JSON handler to the root logger; undo it after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
@@ -351,3 +363,94 @@ def test_worker_without_a_fhir_server_setting_refuses_to_start(
     """With no FHIR_ALLIANCE_FHIR_BASE_URL there is nowhere to sync: exit 2, one line."""
     assert main(["worker"]) == 2
     assert "FHIR_ALLIANCE_FHIR_BASE_URL" in capsys.readouterr().err
+
+
+# -- sync against the real FHIR test server ------------------------------------------------------
+
+
+def _sync_env(monkeypatch: pytest.MonkeyPatch, base_url: str) -> None:
+    monkeypatch.setenv("FHIR_ALLIANCE_FHIR_BASE_URL", base_url)
+    monkeypatch.setenv("FHIR_ALLIANCE_RECIPIENTS", "Organization/demo-ehr")
+
+
+@pytest.mark.local_fhir_server  # pushes untagged resources: only on the suite's own server
+def test_sync_once_sends_what_consent_permits_and_exits(
+    opened: Store,
+    fhir_server: FhirTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`sync-once` drains the queue: the permitted records are on the server, the rest held."""
+    _sync_env(monkeypatch, fhir_server.base_url)
+    assert main(["load", str(CLINIC / "1-consents.json"), str(CLINIC / "2-sessions.json")]) == 0
+    capsys.readouterr()
+    assert main(["sync-once"]) == 0
+    out = capsys.readouterr().out
+    counts = opened.counts_by_state()
+    assert counts.get(SyncState.QUEUED, 0) == 0
+    assert counts[SyncState.SENT] > 0 and counts[SyncState.HELD] > 0
+    assert f"sent {counts[SyncState.SENT]}" in out
+    srs = next(r for r in SESSIONS if r.get("instrument") == "srs")
+    found = fhir_server.http.get(
+        fhir_server.url("Observation"), params={"identifier": srs["id"]}
+    ).json()
+    assert found.get("total", len(found.get("entry", []))) == 1
+    rupture = next(r for r in SESSIONS if r["kind"] == "rupture")
+    status = opened.sync_status(opened_record_id(opened, rupture["id"]))
+    assert status is not None and status.state is SyncState.HELD
+    assert status.held_reason
+
+
+def test_sync_once_reports_an_unreachable_server(
+    opened: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the FHIR server down nothing is claimed, the items stay queued, and exit is 1."""
+    _sync_env(monkeypatch, f"http://127.0.0.1:{_free_port()}/fhir")
+    monkeypatch.setenv("FHIR_ALLIANCE_FHIR_TIMEOUT_SECONDS", "2")
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    assert main(["sync-once"]) == 1
+    assert "could not be reached" in capsys.readouterr().err
+    assert opened.counts_by_state()[SyncState.QUEUED] == len(CONSENTS)
+
+
+def opened_record_id(store: Store, identifier: str) -> str:
+    (record,) = [r for r in store.list_records(limit=1000) if r.identifier == identifier]
+    return record.record_id
+
+
+@pytest.mark.local_fhir_server
+def test_worker_syncs_until_sigterm_and_then_exits_zero(
+    opened: Store, database: str, fhir_server: FhirTestServer, tmp_path: Path
+) -> None:
+    """A `worker` process drains the queue, keeps polling, and exits 0 on SIGTERM."""
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    log = (tmp_path / "worker.log").open("wb")
+    process = subprocess.Popen(
+        [str(FHIR_ALLIANCE_BIN), "worker"],
+        env=_service_env(
+            database,
+            FHIR_ALLIANCE_FHIR_BASE_URL=fhir_server.base_url,
+            FHIR_ALLIANCE_RECIPIENTS="Organization/demo-ehr",
+            FHIR_ALLIANCE_POLL_INTERVAL_SECONDS="0.2",
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if opened.counts_by_state().get(SyncState.QUEUED, 0) == 0:
+                break
+            time.sleep(0.2)
+        assert opened.counts_by_state().get(SyncState.QUEUED, 0) == 0, (
+            tmp_path / "worker.log"
+        ).read_text(errors="replace")
+        assert process.poll() is None, "the worker keeps running when the queue is empty"
+        started = time.monotonic()
+        code = _stop(process)
+        assert time.monotonic() - started < 10
+    finally:
+        _stop(process)
+        log.close()
+    assert code == 0
+    assert "worker stopped" in (tmp_path / "worker.log").read_text(errors="replace")
