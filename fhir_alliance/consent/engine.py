@@ -34,6 +34,7 @@ from fhir_alliance.consent.decision import (
     RedactObligation,
 )
 from fhir_alliance.consent.directory import ActorDirectory, RefKey
+from fhir_alliance.consent.purposes import broader_purposes, narrower_purposes
 from fhir_alliance.errors import InputError, Issue
 from fhir_alliance.mapping.consent import KIND_SCOPES
 from fhir_alliance.model.common import Coding, Ref
@@ -46,7 +47,14 @@ from fhir_alliance.model.consent import (
     Period,
     Provision,
 )
-from fhir_alliance.terminology import CONSENT_SCOPE, LABEL_PSYCHOTHERAPY_NOTE
+from fhir_alliance.terminology import (
+    CONSENT_ACTION,
+    CONSENT_ACTION_CODES,
+    CONSENT_SCOPE,
+    LABEL_PSYCHOTHERAPY_NOTE,
+    PURPOSE_OF_USE_CODES,
+    V3_ACT_REASON,
+)
 
 __all__ = [
     "DEFAULT_EXPLICIT_LABELS",
@@ -68,6 +76,14 @@ RESOURCE_TYPE_SYSTEMS = frozenset(
 #: Deepest nesting of provisions compiled (the FHIR mapping reads no deeper either).
 MAX_PROVISION_DEPTH = 32
 
+#: Codes the engine knows in requests; anything else is a missing fact (matches denies only).
+KNOWN_ACTIONS: frozenset[tuple[str, str]] = frozenset(
+    (CONSENT_ACTION, code) for code in CONSENT_ACTION_CODES
+)
+KNOWN_PURPOSES: frozenset[tuple[str, str]] = frozenset(
+    (V3_ACT_REASON, code) for code in PURPOSE_OF_USE_CODES
+)
+
 _CodeKey = tuple[str, str]
 _EMPTY: frozenset[RefKey] = frozenset()
 
@@ -79,6 +95,21 @@ def _code_keys(codings: tuple[Coding, ...] | list[Coding]) -> frozenset[_CodeKey
     if not codings:
         return _NO_CODES
     return frozenset([(c.system, c.code) for c in codings])
+
+
+def _kind(keys: frozenset[RefKey]) -> str | None:
+    """``"ref"`` or ``"id"`` when ``keys`` name a party only one way, else ``None``."""
+    has_ref = has_id = False
+    for key in keys:
+        if key[0] == "ref":
+            has_ref = True
+        else:
+            has_id = True
+    if has_ref and not has_id:
+        return "ref"
+    if has_id and not has_ref:
+        return "id"
+    return None
 
 
 def _timestamp(value: datetime | None, path: str) -> float | None:
@@ -108,7 +139,6 @@ class _Node:
         "end",
         "filter_parts",
         "has_filter",
-        "identifier_only_actors",
         "labels",
         "named_labels",
         "own_redact",
@@ -117,9 +147,9 @@ class _Node:
         "profile_classes",
         "provision",
         "purposes",
+        "single_kind_actors",
         "start",
         "type_classes",
-        "unresolved_actors",
     )
 
     def __init__(
@@ -141,22 +171,29 @@ class _Node:
         self.start = _timestamp(period.start, f"{where}.period.start") if period else None
         self.end = _timestamp(period.end, f"{where}.period.end") if period else None
         self.actions = _code_keys(provision.actions) or None
-        self.purposes = _code_keys(provision.purposes) or None
-        self.actors: tuple[tuple[_CodeKey, frozenset[RefKey]], ...] | None = (
+        # PurposeOfUse is a hierarchy: a permit for TREAT covers ETREAT; a deny matches when either
+        # purpose subsumes the other.
+        purposes = _code_keys(provision.purposes)
+        if not purposes:
+            self.purposes: frozenset[_CodeKey] | None = None
+        elif permit:
+            self.purposes = narrower_purposes(purposes)
+        else:
+            self.purposes = narrower_purposes(purposes) | broader_purposes(purposes)
+        # (role, match keys, kind): kind is "ref" or "id" for an actor known only by reference
+        # (not in the directory) or only by identifier, which cannot be compared with a request
+        # actor known only the other way; None when both ways are known.
+        self.actors: tuple[tuple[_CodeKey, frozenset[RefKey], str | None], ...] | None = (
             tuple(
-                ((a.role.system, a.role.code), directory.keys(a.reference))
-                for a in provision.actors
+                ((a.role.system, a.role.code), keys, _kind(keys))
+                for a, keys in ((a, directory.keys(a.reference)) for a in provision.actors)
             )
             or None
         )
-        # Actors that can be compared only with a request actor named the same way.
-        self.unresolved_actors = tuple(
-            a.reference
-            for a in provision.actors
-            if a.reference.identifier is None and not directory.resolvable(a.reference)
-        )
-        self.identifier_only_actors = tuple(
-            a.reference for a in provision.actors if a.reference.reference is None
+        self.single_kind_actors = tuple(
+            (a, kind)
+            for a, (_, _, kind) in zip(provision.actors, self.actors or (), strict=True)
+            if kind is not None
         )
         self.labels = _code_keys(provision.security_labels) or None
         type_classes = frozenset(
@@ -201,10 +238,16 @@ class _Node:
             RedactMode.MATCHING, *self.filter_parts, (self.basis_value,)
         )
         self.named_labels = inherited_labels | ((self.labels or frozenset()) & explicit_labels)
-        if provision.provisions and where.count(".provisions.") >= MAX_PROVISION_DEPTH:
+        if provision.provisions and path.count(".") + 1 >= MAX_PROVISION_DEPTH:
+            consent_path = where.split(".provision", 1)[0]
             raise InputError(
-                f"provisions nested deeper than {MAX_PROVISION_DEPTH} levels at {where}",
-                issues=[Issue(path=f"{where}.provisions", message="nested too deep")],
+                f"provisions nested deeper than {MAX_PROVISION_DEPTH} levels in {consent_path}",
+                issues=[
+                    Issue(
+                        path=f"{consent_path}.provision",
+                        message=f"nested deeper than {MAX_PROVISION_DEPTH} levels (the limit)",
+                    )
+                ],
             )
         children: list[_Node] = []
         for n, child in enumerate(provision.provisions):
@@ -289,9 +332,7 @@ class _Consent:
             frozenset(),
             f"{where}.provision",
         )
-        self.has_unresolved_actors = any(
-            n.unresolved_actors or n.identifier_only_actors for n in self.root.walk()
-        )
+        self.has_unresolved_actors = any(n.single_kind_actors for n in self.root.walk())
 
 
 def _in_force(record: ConsentRecord, where: str) -> tuple[tuple[float, float], ...]:
@@ -330,6 +371,7 @@ class _Request:
 
     __slots__ = (
         "action",
+        "action_unknown",
         "actor_keys",
         "at",
         "author_keys",
@@ -339,8 +381,10 @@ class _Request:
         "date",
         "explicit_needed",
         "has_resource",
+        "incomparable",
         "labels",
         "profiles",
+        "purpose_unknown",
         "purposes",
         "referenced_by_keys",
         "refers_to_keys",
@@ -357,14 +401,27 @@ class _Request:
         self.at = request.at.timestamp()
         action = request.action
         self.action = (action.system, action.code) if action is not None else None
+        # A missing or unknown action or purpose is a missing fact: it matches deny provisions
+        # restricted to actions or purposes, never permit provisions.
+        self.action_unknown = self.action not in KNOWN_ACTIONS
         self.purposes = _code_keys(request.purposes)
+        self.purpose_unknown = not self.purposes or not self.purposes <= KNOWN_PURPOSES
         actor_keys: dict[_CodeKey, frozenset[RefKey]] = {}
+        # role → kinds of provision actors that cannot be compared with some request actor of
+        # that role ("ref": a provision actor known only by reference, vs a request actor known
+        # only by identifier; "id" the other way round).
+        incomparable: dict[_CodeKey, frozenset[str]] = {}
         for actor in request.actors:
             role = (actor.role.system, actor.role.code)
             keys = directory.keys(actor.reference)
             known = actor_keys.get(role)
             actor_keys[role] = keys if known is None else known | keys
+            kind = _kind(keys)
+            if kind is not None:
+                other = "ref" if kind == "id" else "id"
+                incomparable[role] = incomparable.get(role, frozenset()) | {other}
         self.actor_keys = actor_keys
+        self.incomparable = incomparable
         resource = request.resource
         self.has_resource = resource is not None
         classes = request.content_classes
@@ -412,15 +469,24 @@ def _context_matches(n: _Node, q: _Request) -> bool:
         return False
     if n.end is not None and q.at >= n.end:
         return False
-    if n.actions is not None and q.action not in n.actions:
+    if n.actions is not None and q.action not in n.actions and (n.permit or not q.action_unknown):
         return False
-    if n.purposes is not None and n.purposes.isdisjoint(q.purposes):
+    if (
+        n.purposes is not None
+        and n.purposes.isdisjoint(q.purposes)
+        and (n.permit or not q.purpose_unknown)
+    ):
         return False
     if n.actors is not None:
         actor_keys = q.actor_keys
-        for role, keys in n.actors:
+        for role, keys, kind in n.actors:
             wanted = actor_keys.get(role)
-            if wanted is not None and not keys.isdisjoint(wanted):
+            if wanted is None:
+                continue
+            if not keys.isdisjoint(wanted):
+                break
+            # An actor that cannot be compared is a missing fact: it matches a deny only.
+            if kind is not None and not n.permit and kind in q.incomparable.get(role, ()):
                 break
         else:
             return False
@@ -632,6 +698,7 @@ class _PatientGroup:
         "actor_masks",
         "any_actor",
         "consents",
+        "deny_roots",
         "purposes",
         "table",
         "unresolved",
@@ -656,11 +723,15 @@ class _PatientGroup:
         # (role, key) → consents whose root names that actor; any_actor: roots naming no actor.
         self.actor_masks: dict[tuple[_CodeKey, RefKey], int] = {}
         self.any_actor = 0
+        # Deny roots: candidates for requests with an unknown action or purpose (missing facts).
+        self.deny_roots = 0
         for bit, root in enumerate(roots):
-            if root.actors is None:
+            if not root.permit:
+                self.deny_roots |= 1 << bit
+            if root.actors is None or (not root.permit and root.single_kind_actors):
                 self.any_actor |= 1 << bit
                 continue
-            for role, keys in root.actors:
+            for role, keys, _kind in root.actors:
                 for key in keys:
                     token = (role, key)
                     self.actor_masks[token] = self.actor_masks.get(token, 0) | 1 << bit
@@ -676,6 +747,8 @@ class _PatientGroup:
                 matched = True
         if not matched:
             mask = table[(action, _OTHER)]
+        if q.action_unknown or q.purpose_unknown:
+            mask |= self.deny_roots
         actors = self.any_actor
         actor_masks = self.actor_masks
         for role, keys in q.actor_keys.items():
@@ -796,6 +869,8 @@ class ConsentEngine:
             others = len(self._consents) - (len(group.consents) if group else 0)
             if others:
                 notes.append(f"{others} consent(s) of other patients ignored")
+        if q.action_unknown or q.purpose_unknown:
+            notes.extend(_unknown_code_notes(request))
         categories = _code_keys(request.categories)
         at = q.at
         live: list[_Consent] = []
@@ -834,7 +909,7 @@ class ConsentEngine:
                 and not c.patient_keys.isdisjoint(patient_keys)
             ]
             if unresolved:
-                notes.extend(_unresolved_notes(unresolved, request, self.directory))
+                notes.extend(_unresolved_notes(unresolved, q))
         outcome, basis, obligations = decision
         return ConsentDecision(outcome, self.combining, basis, obligations, tuple(notes))
 
@@ -976,7 +1051,46 @@ class ConsentEngine:
         elif self._all_explicit_redacted is not None:
             obligations.append(self._all_explicit_redacted[0])
             notes.append(self._all_explicit_redacted[1])
+        if q.content_types or q.content_profiles:
+            removing = _removing_everything(obligations, q)
+            if removing is not None:
+                # A permit whose redactions leave nothing of what was asked for is a deny.
+                asked = ", ".join(sorted(q.content_types | q.content_profiles))
+                notes.append(f"the redactions would remove all content asked for ({asked})")
+                return (
+                    DecisionOutcome.DENY,
+                    tuple(dict.fromkeys(b for o in removing for b in o.basis)),
+                    (),
+                )
         return (DecisionOutcome.PERMIT, basis, tuple(obligations))
+
+
+def _removing_everything(
+    obligations: list[RedactObligation], q: _Request
+) -> list[RedactObligation] | None:
+    """The obligations that together remove every content class the request names, or ``None``
+    when some of that content may be released. A class is removed whole by a ``redact-matching``
+    obligation listing it, or by a ``redact-all-except`` one that keeps only other classes."""
+    asked = [(True, code) for code in q.content_types]
+    asked.extend((False, profile) for profile in q.content_profiles)
+    removing: list[RedactObligation] = []
+    for is_type, code in asked:
+        for o in obligations:
+            listed = any(
+                c.code == code and (c.system in RESOURCE_TYPE_SYSTEMS) is is_type for c in o.classes
+            )
+            if o.mode is RedactMode.MATCHING:
+                removed = listed
+            else:
+                only_classes = not (o.labels or o.codes or o.data_period or o.data)
+                removed = only_classes and not listed
+            if removed:
+                if o not in removing:
+                    removing.append(o)
+                break
+        else:
+            return None
+    return removing
 
 
 def _explicit_label_obligation(labels: list[_CodeKey]) -> tuple[RedactObligation, str]:
@@ -1047,36 +1161,53 @@ def _first_mismatch(n: _Node, q: _Request) -> str:
 
 
 def _describe(ref: Ref) -> str:
-    """An actor named without its identity (notes may be logged): its resource type only."""
-    if ref.reference is None:
-        return "an actor named by identifier"
-    head = ref.reference.split("/")[-2] if ref.reference.count("/") >= 1 else ""
-    return f"a {head} reference" if head[:1].isupper() else "a reference"
+    """An actor as a note may name it: its literal reference, or only the system of its identifier
+    (notes may be logged; a reference names a party, never a patient's identifier or name)."""
+    if ref.reference is not None:
+        return ref.reference
+    system = ref.identifier.system if ref.identifier is not None else "?"
+    return f"named by identifier (system {system})"
 
 
-def _unresolved_notes(
-    consents: list[_Consent], request: DecisionRequest, directory: ActorDirectory
-) -> list[str]:
-    """Say where an actor could not be compared: named by reference in one place, by identifier in
-    the other, and the directory does not link them. Such an actor never matches."""
-    request_by_identifier = any(a.reference.reference is None for a in request.actors)
-    request_unknown_reference = any(
-        a.reference.identifier is None and not directory.resolvable(a.reference)
-        for a in request.actors
+def _unknown_code_notes(request: DecisionRequest) -> list[str]:
+    """Say which action or purpose of the request is missing or unknown (shortened: it is input)."""
+    notes: list[str] = []
+    action = request.action
+    if action is None:
+        notes.append("the request names no action: it matches deny provisions only")
+    elif (action.system, action.code) not in KNOWN_ACTIONS:
+        notes.append(
+            f"action {action.code[:40]} is not a consentaction code: it matches deny provisions only"
+        )
+    if not request.purposes:
+        notes.append("the request names no purpose: it matches deny provisions only")
+    notes.extend(
+        f"purpose {p.code[:40]} is not a v3 PurposeOfUse code: it matches deny provisions only"
+        for p in request.purposes
+        if (p.system, p.code) not in KNOWN_PURPOSES
     )
+    return notes
+
+
+def _unresolved_notes(consents: list[_Consent], q: _Request) -> list[str]:
+    """Say which actor could not be compared with the request's: named by reference in one place
+    and by identifier in the other, and the directory does not link them. Such an actor is a
+    missing fact: it matches deny provisions and never permit provisions."""
     notes: list[str] = []
     for c in consents:
         for node in c.root.walk():
-            if request_by_identifier:
-                notes.extend(
-                    f"consent {c.id_text}, provision {node.path}: actor ({_describe(ref)}) is not "
-                    "in the actor directory; it cannot match an actor named by identifier"
-                    for ref in node.unresolved_actors
+            for actor, kind in node.single_kind_actors:
+                role = (actor.role.system, actor.role.code)
+                if kind not in q.incomparable.get(role, ()):
+                    continue
+                effect = (
+                    "a permit never matches it"
+                    if node.permit
+                    else "it counts as matching this deny provision"
                 )
-            if request_unknown_reference and node.identifier_only_actors:
                 notes.append(
-                    f"consent {c.id_text}, provision {node.path}: actor named by identifier "
-                    "cannot match a request actor whose reference is not in the actor directory"
+                    f"consent {c.id_text}, {_where(node)}: actor {_describe(actor.reference)} "
+                    f"could not be resolved (not in the actor directory); {effect}"
                 )
     return notes
 

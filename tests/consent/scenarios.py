@@ -41,6 +41,8 @@ RECENT = CombiningRule.MOST_RECENT_WINS
 DR_A = Ref(reference="Practitioner/dr-a")
 DR_A_ID = Ref(identifier=Identifier(NPI, "1111111111"))
 DR_B = Ref(reference="Practitioner/dr-b")
+#: A practitioner named by identifier only, in no directory.
+NPI_2222 = Ref(identifier=Identifier(NPI, "2222222222"))
 ORG = Ref(reference="Organization/clinic")
 ORG_ID = Ref(identifier=Identifier(ORG_IDS, "urn:oid:2.16.840.1.113883.20.5"))
 AI = Ref(reference="Device/ai-scribe")
@@ -271,9 +273,9 @@ SCENARIOS: list[Scenario] = [
         "actor-unresolvable-deny-exception",
         [consent("c1", "permit", prov("deny", actors=[actor(DR_B)]), purposes=TREAT_ETC)],
         request(Ref(identifier=Identifier(NPI, "2222222222")), res=OBS),
-        PERMIT,
-        ["c1@root"],
-        note="provision 0: actor (a Practitioner reference) is not in the actor directory",
+        DENY,
+        ["c1@0"],
+        note="provision 0: actor Practitioner/dr-b could not be resolved",
     ),
     Scenario(
         "several-request-actors-one-denied",
@@ -908,5 +910,169 @@ SCENARIOS: list[Scenario] = [
         [consent("c1", "permit", **share_with(DR_A))],
         request(DR_B),
         NONE,
+    ),
+    # --- never fail open: unresolvable actors, unknown codes, redact-everything ---
+    Scenario(
+        "actor-unresolvable-deep-deny",
+        [
+            consent(
+                "c1",
+                "permit",
+                prov("permit", prov("deny", actors=[actor(DR_B)]), purposes=[pou("TREAT")]),
+                **share_with(ORG),
+            )
+        ],
+        request(ORG, NPI_2222, res=OBS),
+        DENY,
+        ["c1@0.0"],
+        note="provision 0.0: actor Practitioner/dr-b could not be resolved",
+    ),
+    Scenario(
+        "actor-unresolvable-never-permits",
+        [consent("c1", "deny", prov("permit", actors=[actor(DR_B)]), **share_with(ORG))],
+        request(ORG, NPI_2222, res=OBS),
+        DENY,
+        ["c1@root"],
+    ),
+    Scenario(
+        "actor-unresolvable-deny-root",
+        [consent("c1", "deny", **share_with(DR_B))],
+        request(NPI_2222, res=OBS),
+        DENY,
+        ["c1@root"],
+        note="base decision: actor Practitioner/dr-b could not be resolved",
+    ),
+    Scenario(
+        "actor-unresolvable-general-deny",
+        [consent("c1", "permit", prov("deny", actors=[actor(DR_B)]), **share_with(ORG))],
+        request(ORG, NPI_2222),
+        DENY,
+        ["c1@0"],
+    ),
+    Scenario(
+        "actor-by-identifier-unresolvable-request-reference",
+        [consent("c1", "permit", prov("deny", actors=[actor(NPI_2222)]), **share_with(ORG))],
+        request(ORG, Ref(reference="Practitioner/unknown"), res=OBS),
+        DENY,
+        ["c1@0"],
+    ),
+    Scenario(
+        "action-misspelled-matches-deny",
+        [consent("c1", "permit", prov("deny", actions=[act("access")]), **share_with(DR_A))],
+        request(DR_A, action="acess", res=OBS),
+        DENY,
+        ["c1@0"],
+        note="action acess is not a consentaction code",
+    ),
+    Scenario(
+        "action-upper-case-matches-deny",
+        [consent("c1", "permit", prov("deny", actions=[act("access")]), **share_with(DR_A))],
+        request(DR_A, action="ACCESS"),
+        DENY,
+        ["c1@0"],
+    ),
+    Scenario(
+        "action-missing-matches-deny",
+        [consent("c1", "permit", prov("deny", actions=[act("access")]), **share_with(DR_A))],
+        request(DR_A, action=None, res=OBS),
+        DENY,
+        ["c1@0"],
+    ),
+    Scenario(
+        "action-unknown-never-permits",
+        [consent("c1", "permit", actions=[act("access")], **share_with(DR_A))],
+        request(DR_A, action="acess", res=OBS),
+        NONE,
+    ),
+    Scenario(
+        "purpose-unknown-matches-deny",
+        [consent("c1", "permit", prov("deny", purposes=[pou("HRESCH")]), actors=[actor(DR_A)])],
+        request(DR_A, purpose="TRAET", res=OBS),
+        DENY,
+        ["c1@0"],
+    ),
+    Scenario(
+        "purpose-unknown-never-permits",
+        [consent("c1", "permit", **share_with(DR_A))],
+        request(DR_A, purpose="TRAET", res=OBS),
+        NONE,
+    ),
+    Scenario(
+        "purpose-permit-covers-narrower",
+        [consent("c1", "permit", **share_with(DR_A, purposes=[pou("TREAT")]))],
+        request(DR_A, purpose="ETREAT", res=OBS),
+        PERMIT,
+        ["c1@root"],
+    ),
+    Scenario(
+        "purpose-permit-covers-two-levels-down",
+        [consent("c1", "permit", **share_with(DR_A, purposes=[pou("TREAT")]))],
+        request(DR_A, purpose="BTG", res=OBS),
+        PERMIT,
+        ["c1@root"],
+    ),
+    Scenario(
+        "purpose-permit-not-broader",
+        [consent("c1", "permit", **share_with(DR_A, purposes=[pou("ETREAT")]))],
+        request(DR_A, purpose="TREAT", res=OBS),
+        NONE,
+    ),
+    Scenario(
+        "purpose-deny-narrower-matches-broader-request",
+        [consent("c1", "permit", prov("deny", purposes=[pou("ETREAT")]), **share_with(DR_A))],
+        request(DR_A, purpose="TREAT", res=OBS),
+        DENY,
+        ["c1@0"],
+    ),
+    Scenario(
+        "purpose-deny-broader-matches-narrower-request",
+        [consent("c1", "permit", prov("deny", purposes=[pou("HOPERAT")]), **share_with(DR_A))],
+        request(DR_A, purpose="HTEST", res=OBS),
+        DENY,
+        ["c1@0"],
+    ),
+    Scenario(
+        "purpose-deny-unrelated-does-not-match",
+        [consent("c1", "permit", prov("deny", purposes=[pou("HPAYMT")]), **share_with(DR_A))],
+        request(DR_A, purpose="ETREAT", res=OBS),
+        PERMIT,
+        ["c1@root"],
+    ),
+    Scenario(
+        "general-redact-everything-asked-is-deny",
+        [
+            consent(
+                "c1",
+                "permit",
+                prov("deny", classes=[klass("MedicationStatement")]),
+                **share_with(DR_A),
+            )
+        ],
+        request(DR_A, classes=(klass("MedicationStatement"),)),
+        DENY,
+        ["c1@0"],
+        note="would remove all content asked for",
+    ),
+    Scenario(
+        "general-permit-only-other-class-is-deny",
+        [consent("c1", "deny", prov("permit", classes=[klass("Observation")]), **share_with(DR_A))],
+        request(DR_A, classes=(klass("MedicationStatement"), klass("Condition"))),
+        DENY,
+        ["c1@root"],
+    ),
+    Scenario(
+        "general-redact-part-of-what-is-asked",
+        [
+            consent(
+                "c1",
+                "permit",
+                prov("deny", classes=[klass("MedicationStatement")]),
+                **share_with(DR_A),
+            )
+        ],
+        request(DR_A, classes=(klass("MedicationStatement"), klass("Observation"))),
+        PERMIT,
+        ["c1@root"],
+        [("redact", ("MedicationStatement",)), ("redact", ("PSYTHPN",))],
     ),
 ]

@@ -73,8 +73,20 @@ def test_absurd_nesting_is_an_input_error() -> None:
     record = consent("c1", "permit", provision, **share_with(DR_A))
     with pytest.raises(InputError) as info:
         ConsentEngine([record])
-    assert info.value.issues[0].path.endswith(".provisions")
-    assert info.value.issues[0].path.count(".provisions.") == 32
+    assert [i.path for i in info.value.issues] == ["consents.0.provision"]
+    assert "32 levels" in info.value.issues[0].message
+    assert len(str(info.value)) < 120, "the error stays short, not a path per level"
+
+
+def test_nesting_at_the_limit_is_compiled() -> None:
+    """Provisions exactly 32 levels below the root compile and decide (the deepest denies)."""
+    provision = prov("deny")
+    for _ in range(31):
+        provision = prov("permit", provision)
+    record = consent("c1", "permit", provision, **share_with(DR_A))
+    decision = ConsentEngine([record], directory=DIRECTORY).decide(request(DR_A, res=resource()))
+    assert decision.outcome is DecisionOutcome.DENY
+    assert decision.basis[0].path.count(".") == 31
 
 
 def test_two_permitted_periods_never_widen_to_their_hull() -> None:

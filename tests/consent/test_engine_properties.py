@@ -18,6 +18,7 @@ from fhir_alliance.consent.decision import (
 )
 from fhir_alliance.consent.directory import ActorDirectory
 from fhir_alliance.consent.engine import ConsentEngine
+from fhir_alliance.consent.purposes import PURPOSE_OF_USE_PARENT
 from fhir_alliance.model.common import Identifier, Ref
 from fhir_alliance.model.consent import (
     ConsentKind,
@@ -31,12 +32,17 @@ from fhir_alliance.model.consent import (
 from tests.consent.builders import CONSENT_IDS, IRCP, NPI, PRCP, act, label, loinc, pou, t
 from tests.consent.test_scenarios import summary
 
-DOCTORS = [f"Practitioner/d{i}" for i in range(4)]
-DIRECTORY = ActorDirectory((d, [Identifier(NPI, str(i))]) for i, d in enumerate(DOCTORS))
+#: The last doctor is not in the directory: named by reference on one side and by identifier on the
+#: other, it cannot be resolved (a missing fact).
+DOCTORS = [f"Practitioner/d{i}" for i in range(5)]
+DIRECTORY = ActorDirectory((d, [Identifier(NPI, str(i))]) for i, d in enumerate(DOCTORS[:-1]))
 PATIENT = Ref(reference="Patient/p1")
 OTHER = Ref(reference="Patient/p2")
-PURPOSES = [pou(c) for c in ("TREAT", "HPAYMT", "HRESCH")]
+PURPOSES = [pou(c) for c in ("TREAT", "ETREAT", "HPAYMT", "HRESCH")]
 ACTIONS = [act(c) for c in ("access", "disclose")]
+#: Requests may carry codes no consent can name: misspelled, or in another system.
+REQUEST_PURPOSES = [*PURPOSES, pou("TRAET")]
+REQUEST_ACTIONS = [*ACTIONS, act("acess"), None]
 LABELS = [label(c) for c in ("R", "PSY", "PSYTHPN", "SUD")]
 CODES = [loinc(c) for c in ("89204-2", "44261-6")]
 BASE = t("2025-01-01")
@@ -129,8 +135,8 @@ def _request(seed: int, general: bool) -> DecisionRequest:
         patient=(PATIENT,),
         actors=(RequestActor(who, rng.choice([IRCP, IRCP, PRCP])),),
         at=_day(rng.randint(0, 250)),
-        purposes=tuple(rng.sample(PURPOSES, rng.randint(0, 2))),
-        action=rng.choice([*ACTIONS, None]),
+        purposes=tuple(rng.sample(REQUEST_PURPOSES, rng.randint(0, 2))),
+        action=rng.choice(REQUEST_ACTIONS),
         resource=resource,
     )
 
@@ -142,6 +148,32 @@ def _keys(ref: Ref) -> frozenset:  # type: ignore[type-arg]
     return DIRECTORY.keys(ref)
 
 
+def _is_a(code: str, broader: str) -> bool:
+    while code is not None:
+        if code == broader:
+            return True
+        code = PURPOSE_OF_USE_PARENT.get(code)  # type: ignore[assignment]
+    return False
+
+
+def _purpose_matches(p: Provision, permit: bool, q: DecisionRequest) -> bool:
+    known = [c.code for c in q.purposes if c.code in PURPOSE_OF_USE_PARENT]
+    if not permit and (not known or len(known) < len(q.purposes)):  # missing or unknown
+        return True
+    return any(
+        _is_a(asked, named.code) or (not permit and _is_a(named.code, asked))
+        for asked in known
+        for named in p.purposes
+    )
+
+
+def _same_actor(a: Ref, b: Ref, permit: bool) -> bool:
+    if _keys(a) & _keys(b):
+        return True
+    kinds_a, kinds_b = ({k[0] for k in _keys(r)} for r in (a, b))
+    return not permit and not kinds_a & kinds_b  # cannot be compared: a deny matches
+
+
 def _matches(p: Provision, permit: bool, q: DecisionRequest) -> bool:
     r = q.resource
     assert r is not None
@@ -149,12 +181,12 @@ def _matches(p: Provision, permit: bool, q: DecisionRequest) -> bool:
     labels = {(c.system, c.code) for c in r.labels}
     if p.period is not None and not p.period.contains(q.at):
         return False
-    if p.actions and (q.action is None or q.action not in p.actions):
+    if p.actions and q.action not in p.actions and (permit or q.action in ACTIONS):
         return False
-    if p.purposes and not set(p.purposes) & set(q.purposes):
+    if p.purposes and not _purpose_matches(p, permit, q):
         return False
     if p.actors and not any(
-        a.role == ra.role and _keys(a.reference) & _keys(ra.reference)
+        a.role == ra.role and _same_actor(a.reference, ra.reference, permit)
         for a in p.actors
         for ra in q.actors
     ):
