@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import socket
+import ssl
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,7 +19,6 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from fhir_alliance._version import __version__
@@ -31,6 +32,8 @@ from fhir_alliance.client.bundles import (
 )
 from fhir_alliance.client.bundles import search_token as _search_token
 from fhir_alliance.client.capabilities import ServerCapabilities, WriteStrategy
+from fhir_alliance.client.deadline import Deadline, DeadlineAdapter, running_under
+from fhir_alliance.client.deadline import current as current_deadline
 from fhir_alliance.client.links import BaseUrl, path_template
 from fhir_alliance.client.responses import (
     RequestFacts,
@@ -167,6 +170,9 @@ def _install_redaction() -> None:
             logger.addFilter(_REDACTOR)
 
 
+#: Seconds one call may take in all (connect, send, read the body, retries and their waits).
+DEFAULT_DEADLINE = 120.0
+
 #: Values of the ``Prefer: return=`` header (FHIR RESTful API, "Managing Return Content").
 RETURN_PREFERENCES = ("minimal", "representation", "OperationOutcome")
 
@@ -200,6 +206,7 @@ class FhirClient:
         ca_bundle: str | None = None,
         proxies: Mapping[str, str] | None = None,
         return_preference: str | None = None,
+        deadline: float = DEFAULT_DEADLINE,
     ) -> None:
         self.base = BaseUrl.parse(base_url)
         self.auth = auth or NoAuth()
@@ -212,6 +219,7 @@ class FhirClient:
                 ("max_response_bytes", max_response_bytes),
                 ("max_bundle_entries", max_bundle_entries),
                 ("pool_maxsize", pool_maxsize),
+                ("deadline", deadline),
             )
             if not value > 0
         ]
@@ -237,6 +245,7 @@ class FhirClient:
                 issues=[Issue(path="base_url", message="https required when sending credentials")],
             )
         self.timeout = timeout
+        self.deadline = float(deadline)
         self._write_headers = {"Prefer": f"return={return_preference}"} if return_preference else {}
         self.retry = retry or RetryPolicy()
         self.max_pages = max_pages
@@ -248,7 +257,7 @@ class FhirClient:
         # No proxies, CA paths or .netrc credentials picked up silently from the environment
         # (.netrc would replace our Authorization header).
         self.session.trust_env = False
-        adapter = HTTPAdapter(
+        adapter = DeadlineAdapter(
             max_retries=Retry(
                 total=connect_retries,
                 connect=connect_retries,
@@ -320,14 +329,54 @@ class FhirClient:
     ) -> _Answer:
         """Send one request with retries as ``replay`` allows; return a 2xx answer or raise.
 
+        The whole call, retries and waits included, runs under the client's ``deadline`` (a call
+        made inside another, such as a token request, gets what is left of the outer one).
         With ``check_status=False`` any HTTP answer is returned as is (for non-FHIR endpoints).
         """
+        outer = current_deadline()
+        seconds = self.deadline if outer is None else min(self.deadline, outer.remaining())
+        if seconds <= 0:
+            raise TransportError(f"request exceeded its deadline of {_secs(outer)} s")
+        with running_under(Deadline(seconds)) as deadline:
+            return self._attempts(
+                method,
+                url,
+                deadline,
+                body=body,
+                headers=headers,
+                replay=replay,
+                facts=facts or RequestFacts(method=method),
+                send_auth=send_auth,
+                content_type=content_type,
+                check_status=check_status,
+            )
+
+    def _attempts(
+        self,
+        method: str,
+        url: str,
+        deadline: Deadline,
+        *,
+        body: bytes | None,
+        headers: Mapping[str, str] | None,
+        replay: Replay,
+        facts: RequestFacts,
+        send_auth: bool,
+        content_type: str,
+        check_status: bool,
+    ) -> _Answer:
         policy = self.retry
-        facts = facts or RequestFacts(method=method)
         template = path_template(self.base, url) if url.startswith(self.base.url) else "[token]"
         started = policy.clock()
         attempt = 0
         renewed = False
+
+        def wait_before_retry(error: ServerError) -> float | None:
+            if not replay.allows(error):
+                return None
+            wait = policy.next_delay(attempt, started, error)
+            return None if wait is None or wait >= deadline.remaining() else wait
+
         while True:
             attempt += 1
             send_headers = dict(headers or {})
@@ -336,6 +385,9 @@ class FhirClient:
             authorization = self.auth.authorization(self) if send_auth else None
             if authorization:
                 send_headers["Authorization"] = authorization
+            left = deadline.remaining()
+            if left <= 0 or deadline.expired:
+                raise _deadline_error(deadline)
             t0 = time.perf_counter()
             try:
                 response = self.session.request(
@@ -343,7 +395,7 @@ class FhirClient:
                     url,
                     data=body,
                     headers=send_headers,
-                    timeout=self.timeout,
+                    timeout=(min(self.timeout[0], left), min(self.timeout[1], left)),
                     allow_redirects=False,
                     stream=True,
                 )
@@ -351,17 +403,34 @@ class FhirClient:
                     content = self._read_body(response)
                 finally:
                     response.close()
+                if deadline.expired:  # the watchdog cut the body short: it is not the answer
+                    raise _deadline_error(deadline)
             except requests.RequestException as exc:
                 # Never chain the requests exception: its text holds the URL with query values.
-                kind = "timed out" if _is_timeout(exc) else "connection failed"
-                error: ServerError = TransportError(f"request {kind} ({type(exc).__name__})")
                 ms = (time.perf_counter() - t0) * 1000
+                if deadline.expired:
+                    log.warning(
+                        "%s %s -> deadline of %s s exceeded after %.0f ms (attempt %d)",
+                        method,
+                        template,
+                        _secs(deadline),
+                        ms,
+                        attempt,
+                    )
+                    raise _deadline_error(deadline) from None
+                failure = transport_error(exc)
+                wait = wait_before_retry(failure)
                 log.warning(
-                    "%s %s -> %s after %.0f ms (attempt %d)", method, template, kind, ms, attempt
+                    "%s %s -> %s after %.0f ms (attempt %d)%s",
+                    method,
+                    template,
+                    failure.message,
+                    ms,
+                    attempt,
+                    f"; retrying in {wait:.2f} s" if wait is not None else "",
                 )
-                wait = policy.next_delay(attempt, started, error) if replay.allows(error) else None
                 if wait is None:
-                    raise error from None
+                    raise failure from None
                 policy.sleep(wait)
                 continue
             ms = (time.perf_counter() - t0) * 1000
@@ -393,7 +462,7 @@ class FhirClient:
                 )
                 return _Answer(status=status, headers=response.headers, body=content)
             error = error_or_none
-            wait = policy.next_delay(attempt, started, error) if replay.allows(error) else None
+            wait = wait_before_retry(error)
             log.log(
                 logging.WARNING if error.retryable else logging.INFO,
                 "%s %s -> %d in %.0f ms (attempt %d)%s outcome=%s",
@@ -756,12 +825,53 @@ class FhirClient:
         return outcomes
 
 
-def _is_timeout(exc: requests.RequestException) -> bool:
-    """requests reports a read timeout as ConnectionError once urllib3 retries are configured."""
-    if isinstance(exc, requests.Timeout):
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, TimeoutError | urllib3.exceptions.TimeoutError)
+def _secs(deadline: Deadline | None) -> str:
+    return f"{deadline.seconds:g}" if deadline is not None else "0"
+
+
+def _deadline_error(deadline: Deadline) -> TransportError:
+    return TransportError(f"request exceeded its deadline of {_secs(deadline)} s")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, what it wraps (urllib3's ``reason``) and its causes, outermost first."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        item = todo.pop(0)
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        nested = [getattr(item, "reason", None), item.__cause__, item.__context__]
+        nested += [a for a in item.args if isinstance(a, BaseException)]
+        todo.extend(n for n in nested if isinstance(n, BaseException))
+
+
+def transport_error(exc: requests.RequestException) -> TransportError:
+    """Name what went wrong without an HTTP answer, without the URL (which the text of requests'
+    exceptions holds). A certificate failure is not retryable: it will not fix itself."""
+    chain = list(_causes(exc))
+    name = type(exc).__name__
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
+        verify = next(e for e in chain if isinstance(e, ssl.SSLCertVerificationError))
+        why = verify.verify_message or "not trusted"
+        error = TransportError(f"TLS certificate verification failed ({why})")
+        error.retryable = False
+        return error
+    if isinstance(exc, requests.exceptions.SSLError):
+        error = TransportError(f"TLS handshake failed ({name})")
+        error.retryable = False
+        return error
+    if any(isinstance(e, socket.gaierror | urllib3.exceptions.NameResolutionError) for e in chain):
+        return TransportError(f"host not found: the name does not resolve ({name})")
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return TransportError(f"connection refused: nothing listens at that port ({name})")
+    if isinstance(exc, requests.Timeout) or any(
+        isinstance(e, TimeoutError | urllib3.exceptions.TimeoutError) for e in chain
+    ):
+        return TransportError(f"request timed out ({name})")
+    return TransportError(f"request connection failed ({name})")
 
 
 def _link(bundle: Mapping[str, Any], relation: str) -> str | None:
