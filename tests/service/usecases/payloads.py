@@ -62,3 +62,32 @@ def srs_questionnaire_response(patient: str = "Patient/p1") -> dict[str, Any]:
             {"linkId": "4", "answer": [{"valueDecimal": 9.0}]},
         ],
     }
+
+
+def plain_sharing(
+    patient: str = CONSENT_PATIENT, *, value: str = "c-plain-1", recipient: str = EHR
+) -> dict[str, Any]:
+    """The example sharing consent without its exceptions: permits ``recipient`` to receive
+    ``patient``'s data for TREAT and HOPERAT from 2025-03-01 to 2026-03-01."""
+    out = for_patient(consent("sharing"), patient)
+    out["id"] = f"https://clinic.example.org/consents|{value}"
+    out["grantees"] = [{"reference": recipient, "type": "Organization"}]
+    out["provision"]["actors"][0]["reference"] = {"reference": recipient, "type": "Organization"}
+    out["provision"]["provisions"] = []
+    return out
+
+
+def plain_restriction(
+    patient: str = CONSENT_PATIENT, *, value: str = "r-plain-1", recipient: str = EHR
+) -> dict[str, Any]:
+    """A restriction (base decision deny) naming only ``recipient``, in force 2025-04-10 to 2027-04-10."""
+    out = for_patient(consent("restriction"), patient)
+    out["id"] = f"https://clinic.example.org/consents|{value}"
+    out["provision"]["actors"] = [
+        {
+            "role": out["provision"]["actors"][0]["role"],
+            "reference": {"reference": recipient, "type": "Organization"},
+        }
+    ]
+    out["provision"].pop("provisions", None)
+    return out

@@ -1,0 +1,83 @@
+"""The patient key rule and the per-patient compiled consent engine with its cache."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fhir_alliance_service.store import SqlStore, open_store, upgrade
+from fhir_alliance_service.store.interface import NewRecord
+from fhir_alliance_service.usecases.consents import engine_for_patient, patient_key
+from fhir_alliance_service.usecases.intake import content_hash, intake_records
+
+from fhir_alliance.model.common import Identifier, Ref
+from tests.service.usecases.payloads import plain_restriction, plain_sharing
+
+AT = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def test_patient_key_prefers_the_reference_then_the_identifier_token() -> None:
+    """A reference wins when given; otherwise the identifier token system|value is the key."""
+    mrn = Identifier("https://clinic.example.org/mrn", "000123")
+    assert patient_key(Ref(reference="Patient/p1", identifier=mrn)) == "Patient/p1"
+    assert patient_key(Ref(identifier=mrn)) == "https://clinic.example.org/mrn|000123"
+
+
+def test_engine_holds_only_the_patients_consents(store: SqlStore) -> None:
+    """The compiled engine of a patient carries that patient's consents, all readable."""
+    intake_records(store, [plain_sharing(), plain_sharing("Patient/p2", value="c-2")], at=AT)
+    found = engine_for_patient(store, "Patient/p1")
+    assert [str(r.id) for r in found.records] == ["https://clinic.example.org/consents|c-plain-1"]
+    assert found.unreadable == ()
+    assert found.engine.consents == found.records
+
+
+def test_engine_is_reused_until_the_patients_consents_change(store: SqlStore) -> None:
+    """Same stamp: the very same compiled object; a new consent of the patient: a new compile."""
+    intake_records(store, [plain_sharing()], at=AT)
+    first = engine_for_patient(store, "Patient/p1")
+    assert engine_for_patient(store, "Patient/p1") is first
+    intake_records(store, [plain_sharing("Patient/p2", value="c-2")], at=AT)
+    assert engine_for_patient(store, "Patient/p1") is first  # another patient's change
+    intake_records(store, [plain_restriction()], at=AT)
+    second = engine_for_patient(store, "Patient/p1")
+    assert second is not first
+    assert len(second.records) == 2
+
+
+def test_two_stores_with_equal_stamps_never_share_an_engine(tmp_path: Path) -> None:
+    """Two databases whose patient has the same consent count and versions get their own engines."""
+    stores = []
+    for name in ("a", "b"):
+        url = f"sqlite:///{tmp_path / name}.db"
+        upgrade(url)
+        stores.append(open_store(url))
+    try:
+        intake_records(stores[0], [plain_sharing()], at=AT)
+        intake_records(stores[1], [plain_restriction()], at=AT)
+        a, b = (engine_for_patient(s, "Patient/p1") for s in stores)
+        assert a.stamp == b.stamp
+        assert [r.kind.value for r in a.records] == ["sharing"]
+        assert [r.kind.value for r in b.records] == ["restriction"]
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_unreadable_consents_are_listed_not_dropped(store: SqlStore) -> None:
+    """A stored consent body that no longer loads is listed in ``unreadable`` by record id."""
+    intake_records(store, [plain_sharing()], at=AT)
+    body = {"kind": "consent", "id": "https://clinic.example.org/consents|old-format", "v": 0}
+    record = NewRecord(
+        record_id="00000000-0000-5000-8000-0000000000aa",
+        identifier="https://clinic.example.org/consents|old-format",
+        kind="consent",
+        family="consent",
+        patient="Patient/p1",
+        body=body,
+        content_hash=content_hash(body),
+    )
+    store.put_records([record], audit=[], at=AT)
+    found = engine_for_patient(store, "Patient/p1")
+    assert found.unreadable == (record.record_id,)
+    assert len(found.records) == 1
