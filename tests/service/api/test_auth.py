@@ -1,0 +1,176 @@
+"""Tests of auth: API keys (hashed, scoped, revocable), 401/403, and deny by default on every route."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from datetime import UTC, datetime
+
+import pytest
+from fhir_alliance_service import auth
+from fhir_alliance_service.auth import create_api_key, grants, parse_api_key, require_scope
+from fhir_alliance_service.store.interface import Store
+from flask import Flask
+from flask.testing import FlaskClient
+
+PUBLIC_PATHS = {"/healthz", "/readyz"}
+
+
+def _concrete_path(rule: str) -> str:
+    """A URL for a rule: every ``<converter:name>`` filled with a syntactically plausible value."""
+    return re.sub(r"<[^>]+>", "0f8fad5b-d9cb-469f-a165-70867728950e", rule)
+
+
+def test_key_format_and_only_the_hash_is_stored(store: Store) -> None:
+    """A new key is fa_<hex id>_<secret>; the store holds the SHA-256 of the secret, not the secret."""
+    key = create_api_key(store, "ehr bridge", ["read", "write"])
+    parsed = parse_api_key(key)
+    assert parsed is not None
+    key_id, secret = parsed
+    assert re.fullmatch(r"fa_[0-9a-f]{12}", key_id)
+    assert len(secret) >= 43  # token_urlsafe(32): 256 bits
+    stored = store.find_api_key(key_id)
+    assert stored is not None
+    assert stored.secret_hash == hashlib.sha256(secret.encode()).hexdigest()
+    assert secret not in repr(stored)
+    assert stored.scopes == {"read", "write"}
+
+
+@pytest.mark.parametrize("scopes", [[], ["read", "superuser"]])
+def test_create_api_key_refuses_bad_scopes(store: Store, scopes: list[str]) -> None:
+    """No scope, or an unknown one, is refused before anything is stored."""
+    with pytest.raises(ValueError, match="scope"):
+        create_api_key(store, "x", scopes)
+
+
+def test_scope_implications() -> None:
+    """admin implies read and write, not consult; other scopes imply nothing."""
+    assert grants({"admin"}, "read") and grants({"admin"}, "write") and grants({"admin"}, "admin")
+    assert not grants({"admin"}, "consult")
+    assert not grants({"write"}, "read")
+    assert not grants({"consult"}, "read")
+
+
+def test_missing_key_is_401_with_challenge(client: FlaskClient) -> None:
+    """Without a key a protected route answers 401, WWW-Authenticate and an OperationOutcome."""
+    response = client.get("/metrics")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert response.mimetype == "application/fhir+json"
+    assert response.json["issue"][0]["code"] == "login"
+
+
+@pytest.mark.parametrize("header", ["Authorization", "X-API-Key"])
+def test_both_key_headers_are_accepted(
+    client: FlaskClient, api_keys: dict[str, str], header: str
+) -> None:
+    """A valid key works as a Bearer token and as X-API-Key."""
+    value = api_keys["read"] if header == "X-API-Key" else f"Bearer {api_keys['read']}"
+    assert client.get("/metrics", headers={header: value}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        "nonsense",
+        "fa_",
+        "fa_zz_secret",
+        "fa_0123456789ab_wrong-secret",
+    ],
+)
+def test_malformed_or_unknown_key_is_401(client: FlaskClient, presented: str) -> None:
+    """Keys that do not parse or name no stored key are refused with 401."""
+    response = client.get("/metrics", headers={"X-API-Key": presented})
+    assert response.status_code == 401
+
+
+def test_wrong_secret_of_a_real_key_is_401(client: FlaskClient, api_keys: dict[str, str]) -> None:
+    """The right key id with a different secret is refused."""
+    key_id, _ = parse_api_key(api_keys["read"]) or ("", "")
+    response = client.get("/metrics", headers={"X-API-Key": f"{key_id}_{'A' * 43}"})
+    assert response.status_code == 401
+
+
+def test_wrong_scope_is_403(client: FlaskClient, auth_headers: dict[str, dict[str, str]]) -> None:
+    """A valid key without the route's scope gets 403 and an OperationOutcome."""
+    response = client.get("/metrics", headers=auth_headers["consult"])
+    assert response.status_code == 403
+    assert response.json["issue"][0]["code"] == "forbidden"
+    assert client.get("/metrics", headers=auth_headers["admin"]).status_code == 200
+
+
+def test_revoked_key_is_401(
+    client: FlaskClient,
+    store: Store,
+    auth_headers: dict[str, dict[str, str]],
+    api_keys: dict[str, str],
+) -> None:
+    """Once revoked, a key that worked is refused."""
+    assert client.get("/metrics", headers=auth_headers["read"]).status_code == 200
+    key_id, _ = parse_api_key(api_keys["read"]) or ("", "")
+    assert store.revoke_api_key(key_id, at=datetime.now(UTC))
+    assert client.get("/metrics", headers=auth_headers["read"]).status_code == 401
+
+
+def test_every_check_path_hashes_and_compares_once(
+    client: FlaskClient, api_keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unknown id, malformed key, wrong secret and a good key all take one constant-time comparison
+    (so the answer time does not tell which part was wrong)."""
+    calls: list[tuple[str, str]] = []
+    real = hmac.compare_digest
+
+    def counting(a: str, b: str) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", counting)
+    key_id, _ = parse_api_key(api_keys["read"]) or ("", "")
+    for presented in ("fa_0123456789ab_x", "garbage", f"{key_id}_wrong", api_keys["read"]):
+        calls.clear()
+        client.get("/metrics", headers={"X-API-Key": presented})
+        assert len(calls) == 1, presented
+        assert all(len(a) == len(b) == 64 for a, b in calls)
+
+
+def test_every_route_but_health_refuses_without_a_key(app: Flask, client: FlaskClient) -> None:
+    """Iterating app.url_map: every rule and method except the health checks is 401 without a key."""
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        if rule.rule in PUBLIC_PATHS:
+            continue
+        for method in sorted((rule.methods or set()) - {"HEAD"}):
+            response = client.open(_concrete_path(rule.rule), method=method)
+            assert response.status_code == 401, (rule.rule, method, response.status_code)
+            checked += 1
+    assert checked >= 6
+
+
+def test_health_checks_are_public(client: FlaskClient) -> None:
+    """/healthz and /readyz answer without a key."""
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+def test_route_without_declared_scope_is_closed(app: Flask, api_keys: dict[str, str]) -> None:
+    """A view someone forgot to decorate is refused even with an admin key."""
+
+    @app.get("/forgotten")
+    def forgotten() -> str:
+        return "secret data"
+
+    response = app.test_client().get("/forgotten", headers={"X-API-Key": api_keys["admin"]})
+    assert response.status_code == 403
+    assert b"secret data" not in response.data
+
+
+def test_decorator_checks_scope_even_without_the_hook(app: Flask) -> None:
+    """require_scope's wrapper refuses on its own when no key was authenticated."""
+
+    @require_scope("read")
+    def view() -> str:
+        return "data"
+
+    with app.test_request_context("/"), pytest.raises(Exception, match="scope"):
+        view()
