@@ -3,7 +3,9 @@ resource it names, so that a consent naming an actor one way matches a request n
 
 Built from the actor resources supplied with the consents (Organization, Practitioner, Device, …,
 loose or inside Bundles). It never guesses: a reference it was not given resolves to nothing, and an
-identifier carried by two different resources resolves to neither.
+identifier carried by two different resources resolves to neither. An absolute reference on the
+server's base (configured, or learned from Bundle ``fullUrl``s when they all share one base) is the
+same party as the relative one (``https://ehr.example/fhir/Practitioner/7`` = ``Practitioner/7``).
 """
 
 from __future__ import annotations
@@ -41,14 +43,23 @@ def normalize_reference(reference: str) -> str:
 
 
 class ActorDirectory:
-    """Literal references ⇄ business identifiers of the parties a consent may name."""
+    """Literal references ⇄ business identifiers of the parties a consent may name.
 
-    __slots__ = ("_ambiguous", "_by_reference", "_keys_by_reference")
+    ``base`` is the FHIR server base that relative references are relative to; absolute
+    references on it are read as relative ones. Without it, absolute and relative references
+    are different parties.
+    """
 
-    def __init__(self, entries: Iterable[tuple[str, Iterable[Identifier]]] = ()) -> None:
+    __slots__ = ("_ambiguous", "_by_reference", "_entries", "_keys_by_reference", "base")
+
+    def __init__(
+        self, entries: Iterable[tuple[str, Iterable[Identifier]]] = (), *, base: str | None = None
+    ) -> None:
+        self.base = base.rstrip("/") if base else None
+        self._entries = [(reference, tuple(identifiers)) for reference, identifiers in entries]
         by_reference: dict[str, set[Identifier]] = {}
-        for reference, identifiers in entries:
-            by_reference.setdefault(normalize_reference(reference), set()).update(identifiers)
+        for reference, identifiers in self._entries:
+            by_reference.setdefault(self.normalize(reference), set()).update(identifiers)
         owners: dict[Identifier, set[frozenset[Identifier]]] = {}
         for identifiers in by_reference.values():
             for identifier in identifiers:
@@ -65,23 +76,45 @@ class ActorDirectory:
         }
 
     @classmethod
-    def from_resources(cls, resources: Iterable[Mapping[str, Any]]) -> ActorDirectory:
+    def from_resources(
+        cls, resources: Iterable[Mapping[str, Any]], *, base: str | None = None
+    ) -> ActorDirectory:
         """Collect actor resources (and those inside Bundles, at any depth). A resource is known by
-        ``Type/id`` and by its Bundle entry's ``fullUrl``."""
+        ``Type/id`` and by its Bundle entry's ``fullUrl``. Without ``base``, the base is learned
+        from ``fullUrl``s ending in ``Type/id``, when they all name the same one."""
         entries: list[tuple[str, list[Identifier]]] = []
+        bases: set[str] = set()
         for index, resource in enumerate(resources):
-            _collect(resource, None, f"[{index}]", entries)
-        return cls(entries)
+            _collect(resource, None, f"[{index}]", entries, bases)
+        if base is None and len(bases) == 1:
+            base = next(iter(bases))
+        return cls(entries, base=base)
+
+    def with_base(self, base: str | None) -> ActorDirectory:
+        """The same parties, with ``base`` as the server base."""
+        return ActorDirectory(self._entries, base=base)
+
+    def normalize(self, reference: str) -> str:
+        """The form references are compared in: no ``/_history/…``, relative when on the base."""
+        reference = normalize_reference(reference)
+        base = self.base
+        if (
+            base is not None
+            and reference.startswith(base)
+            and reference[len(base) : len(base) + 1] == "/"
+        ):
+            return reference[len(base) + 1 :]
+        return reference
 
     def __len__(self) -> int:
         return len(self._by_reference)
 
     def knows(self, reference: str) -> bool:
-        return normalize_reference(reference) in self._by_reference
+        return self.normalize(reference) in self._by_reference
 
     def identifiers_of(self, reference: str) -> frozenset[Identifier]:
         """The unambiguous identifiers of the resource ``reference`` names (empty if unknown)."""
-        return self._by_reference.get(normalize_reference(reference), frozenset())
+        return self._by_reference.get(self.normalize(reference), frozenset())
 
     def is_ambiguous(self, identifier: Identifier) -> bool:
         return identifier in self._ambiguous
@@ -93,9 +126,9 @@ class ActorDirectory:
         if literal is not None:
             keys = self._keys_by_reference.get(literal)
             if keys is None:
-                keys = frozenset({("ref", normalize_reference(literal))}) | frozenset(
-                    ("id", i.system, i.value)
-                    for i in self._by_reference.get(normalize_reference(literal), ())
+                normal = self.normalize(literal)
+                keys = frozenset({("ref", normal)}) | frozenset(
+                    ("id", i.system, i.value) for i in self._by_reference.get(normal, ())
                 )
             if identifier is None:
                 return keys
@@ -118,6 +151,7 @@ def _collect(
     full_url: str | None,
     path: str,
     out: list[tuple[str, list[Identifier]]],
+    bases: set[str],
 ) -> None:
     if not isinstance(resource, Mapping):
         raise MappingError("expected a FHIR resource (JSON object)", element=path)
@@ -131,6 +165,7 @@ def _collect(
                     url if isinstance(url, str) else None,
                     f"{path}.entry[{n}].resource",
                     out,
+                    bases,
                 )
         return
     if resource_type not in ACTOR_RESOURCE_TYPES:
@@ -145,5 +180,8 @@ def _collect(
     resource_id = resource.get("id")
     if isinstance(resource_id, str) and resource_id:
         out.append((f"{resource_type}/{resource_id}", identifiers))
+        tail = f"/{resource_type}/{resource_id}"
+        if full_url and full_url.startswith(("http://", "https://")) and full_url.endswith(tail):
+            bases.add(full_url[: -len(tail)])
     if full_url:
         out.append((full_url, identifiers))

@@ -802,8 +802,10 @@ class ConsentEngine:
     """Consent records compiled for fast decisions: build once, call :meth:`decide` many times.
 
     ``directory`` resolves actors named by reference in one place and by identifier in the other;
-    ``combining`` says how consents combine; ``explicit_labels`` are ``(system, code)`` labels whose
-    content needs a provision naming the label (default: PSYTHPN).
+    ``base`` (the FHIR server base the consents came from) makes absolute references on it equal
+    to relative ones, overriding the directory's; ``combining`` says how consents combine;
+    ``explicit_labels`` are ``(system, code)`` labels whose content needs a provision naming the
+    label (default: PSYTHPN).
     """
 
     def __init__(
@@ -811,10 +813,15 @@ class ConsentEngine:
         consents: Iterable[ConsentRecord],
         *,
         directory: ActorDirectory | None = None,
+        base: str | None = None,
         combining: CombiningRule = CombiningRule.DENY_OVERRIDES,
         explicit_labels: frozenset[tuple[str, str]] = DEFAULT_EXPLICIT_LABELS,
     ) -> None:
-        self.directory = directory if directory is not None else ActorDirectory()
+        if directory is None:
+            directory = ActorDirectory(base=base)
+        elif base is not None:
+            directory = directory.with_base(base)
+        self.directory = directory
         self.combining = CombiningRule(combining)
         self.explicit_labels = frozenset(explicit_labels)
         self._consents = tuple(

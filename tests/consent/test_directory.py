@@ -83,3 +83,46 @@ def test_malformed_identifier_names_element() -> None:
             [bundle((None, {"resourceType": "Device", "id": "d", "identifier": ["x"]}))]
         )
     assert info.value.element == "[0].entry[0].resource.identifier[0]"
+
+
+BASE = "https://ehr.example/fhir"
+
+
+def test_configured_base_equates_absolute_and_relative() -> None:
+    """With a configured base, an absolute reference on it and the relative one are one party."""
+    directory = ActorDirectory(base=f"{BASE}/")
+    absolute = directory.keys(Ref(reference=f"{BASE}/Practitioner/x"))
+    assert absolute == directory.keys(Ref(reference="Practitioner/x"))
+    other_server = directory.keys(Ref(reference="https://other.example/fhir/Practitioner/x"))
+    assert other_server.isdisjoint(directory.keys(Ref(reference="Practitioner/x")))
+
+
+def test_bundle_full_url_teaches_the_base() -> None:
+    """A Bundle entry's fullUrl gives the base: unknown parties on it equal their relative form."""
+    directory = ActorDirectory.from_resources(
+        [bundle((f"{BASE}/Practitioner/a", practitioner("a", "111")))]
+    )
+    assert directory.base == BASE
+    assert directory.keys(Ref(reference=f"{BASE}/Organization/o")) == directory.keys(
+        Ref(reference="Organization/o")
+    )
+
+
+def test_two_bases_equate_nothing() -> None:
+    """Bundles from two servers leave the base unknown: relative references are not guessed."""
+    directory = ActorDirectory.from_resources(
+        [
+            bundle((f"{BASE}/Practitioner/a", practitioner("a", "111"))),
+            bundle(("https://other.example/r4/Practitioner/b", practitioner("b", "222"))),
+        ]
+    )
+    assert directory.base is None
+    assert directory.keys(Ref(reference=f"{BASE}/Organization/o")).isdisjoint(
+        directory.keys(Ref(reference="Organization/o"))
+    )
+
+
+def test_rebased_directory_keeps_its_parties() -> None:
+    """``with_base`` sets the base and keeps every party and identifier."""
+    directory = ActorDirectory.from_resources([practitioner("a", "111")]).with_base(BASE)
+    assert directory.identifiers_of(f"{BASE}/Practitioner/a") == frozenset({Identifier(NPI, "111")})

@@ -10,9 +10,10 @@ import pytest
 from fhir_alliance.consent.decision import DecisionOutcome
 from fhir_alliance.consent.engine import ConsentEngine, decide
 from fhir_alliance.errors import InputError
+from fhir_alliance.model.common import Ref
 from fhir_alliance.model.consent import Period
-from tests.consent.builders import V3_ACT_CODE, consent, label, prov, request, resource
-from tests.consent.scenarios import DIRECTORY, DR_A, share_with
+from tests.consent.builders import V3_ACT_CODE, actor, consent, label, prov, request, resource
+from tests.consent.scenarios import DIRECTORY, DR_A, DR_B, share_with
 
 
 def test_naive_consent_time_is_an_input_error() -> None:
@@ -100,3 +101,19 @@ def test_two_permitted_periods_never_widen_to_their_hull() -> None:
         start=datetime(2020, 1, 1, tzinfo=UTC), end=datetime(2021, 1, 1, tzinfo=UTC)
     )
     assert [b.path for b in kept.basis] == ["0"]
+
+
+def test_absolute_deny_matches_relative_request_on_the_known_base() -> None:
+    """A deny naming https://ehr/fhir/Practitioner/dr-b applies to a request by Practitioner/dr-b."""
+    base = "https://ehr.example/fhir"
+    record = consent(
+        "c1",
+        "permit",
+        prov("deny", actors=[actor(Ref(reference=f"{base}/Practitioner/dr-b"))]),
+        **share_with(DR_A, DR_B),
+    )
+    asked = request(DR_B, res=resource())
+    assert ConsentEngine([record]).decide(asked).outcome is DecisionOutcome.PERMIT
+    assert ConsentEngine([record], base=base).decide(asked).outcome is DecisionOutcome.DENY
+    rebased = ConsentEngine([record], directory=DIRECTORY.with_base(base))
+    assert rebased.decide(asked).outcome is DecisionOutcome.DENY
