@@ -58,8 +58,8 @@ class ActorDirectory:
         self.base = base.rstrip("/") if base else None
         self._entries = [(reference, tuple(identifiers)) for reference, identifiers in entries]
         by_reference: dict[str, set[Identifier]] = {}
-        for reference, identifiers in self._entries:
-            by_reference.setdefault(self.normalize(reference), set()).update(identifiers)
+        for reference, given in self._entries:
+            by_reference.setdefault(self.normalize(reference), set()).update(given)
         owners: dict[Identifier, set[frozenset[Identifier]]] = {}
         for identifiers in by_reference.values():
             for identifier in identifiers:
