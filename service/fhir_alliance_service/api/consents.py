@@ -1,0 +1,143 @@
+"""The /v1 routes for consent records and decisions: post (consents and revocations), read, revoke,
+and the decision for a patient. Thin: parse → call a use case → render an envelope from
+``api/schemas.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, request
+
+from fhir_alliance.consent.request_form import decision_to_json
+from fhir_alliance.errors import InputError, Issue
+from fhir_alliance.schemas.common import load_or_raise
+from fhir_alliance.schemas.consent import (
+    RECORD_KIND_CONSENT,
+    RECORD_KIND_REVOCATION,
+    ConsentRecordSchema,
+    ConsentRevocationSchema,
+)
+from fhir_alliance_service.api.body import json_body
+from fhir_alliance_service.api.openapi import describe
+from fhir_alliance_service.api.records import (
+    intake_response,
+    not_found,
+    record_json,
+    request_payloads,
+    valid_record_id,
+)
+from fhir_alliance_service.api.schemas import (
+    DecisionQuerySchema,
+    DecisionSchema,
+    IntakeResponseSchema,
+    RecordSchema,
+    RevokeRequestSchema,
+    dump,
+)
+from fhir_alliance_service.auth import require_scope
+from fhir_alliance_service.store.interface import Store, StoredRecord
+from fhir_alliance_service.usecases.decisions import decide_for_patient
+from fhir_alliance_service.usecases.intake import FAMILY_CONSENT, intake_records
+
+__all__ = ["blueprint"]
+
+blueprint = Blueprint("consents", __name__, url_prefix="/v1")
+
+_CONSENT_KINDS = frozenset({RECORD_KIND_CONSENT, RECORD_KIND_REVOCATION})
+
+
+def _service() -> Any:
+    from fhir_alliance_service.app import current_service
+
+    return current_service()
+
+
+def _store() -> Store:
+    store: Store = _service().store
+    return store
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stored_consent(store: Store, record_id: str) -> StoredRecord:
+    record = store.get_record(valid_record_id(record_id))
+    if record is None or record.family != FAMILY_CONSENT:
+        raise not_found("consent")
+    return record
+
+
+@blueprint.post("/consents")
+@require_scope("write")
+@describe(
+    body=[ConsentRecordSchema, ConsentRevocationSchema], response=IntakeResponseSchema, status=201
+)
+def post_consents() -> tuple[Any, int]:
+    """Take in one consent or a list (revocations of stored or listed consents too)."""
+    service = _service()
+    payloads, labels = request_payloads(json_body(), limit=service.settings.max_records_per_request)
+    wrong = [
+        Issue(
+            path=".".join(p for p in (label, "kind") if p),
+            message="expected consent or consent-revocation",
+        )
+        for label, payload in zip(labels, payloads, strict=True)
+        if isinstance(payload, Mapping) and payload.get("kind") not in _CONSENT_KINDS
+    ]
+    if wrong:
+        raise InputError(f"invalid input at {', '.join(i.path for i in wrong)}", issues=wrong)
+    results = intake_records(service.store, payloads, at=_now(), labels=labels)
+    return intake_response(results)
+
+
+@blueprint.get("/consents/<record_id>")
+@require_scope("read")
+@describe(response=RecordSchema)
+def get_consent(record_id: str) -> Any:
+    """One consent record's newest version, with its sync status."""
+    store = _store()
+    record = _stored_consent(store, record_id)
+    return dump(RecordSchema, record_json(record, store.sync_status(record.record_id)))
+
+
+@blueprint.post("/consents/<record_id>/revoke")
+@require_scope("write")
+@describe(body=RevokeRequestSchema, response=RecordSchema)
+def revoke_consent(record_id: str) -> Any:
+    """Revoke a stored consent: a new version with status revoked; the patient's held records are
+    re-evaluated."""
+    store = _store()
+    record = _stored_consent(store, record_id)
+    body = json_body()
+    load_or_raise(RevokeRequestSchema(), body)  # field paths of the body itself
+    payload = {**body, "kind": RECORD_KIND_REVOCATION, "consent": record.identifier}
+    intake_records(store, [payload], at=_now(), labels=[""])
+    revoked = _stored_consent(store, record_id)
+    return dump(RecordSchema, record_json(revoked, store.sync_status(revoked.record_id)))
+
+
+@blueprint.get("/patients/<path:ref>/decision")
+@require_scope("read")
+@describe(query=DecisionQuerySchema, response=DecisionSchema)
+def patient_decision(ref: str) -> Any:
+    """The consent decision for a patient: outcome, deciding consent and provision, obligations
+    and the explanation."""
+    query = load_or_raise(DecisionQuerySchema(), request.args.to_dict())
+    answer = decide_for_patient(
+        _store(),
+        ref,
+        query["recipient"],
+        query["purpose"],
+        action=query["action"],
+        at=query["at"] or _now(),
+    )
+    envelope = {
+        **decision_to_json(answer.decision),
+        "explanation": answer.explanation,
+        "unreadable_consents": len(answer.unreadable),
+    }
+    return dump(DecisionSchema, envelope)

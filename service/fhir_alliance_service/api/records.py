@@ -1,0 +1,256 @@
+"""The /v1 routes for alliance records and QuestionnaireResponses: intake, reading, listing by
+patient, sync status and replay. Thin: parse → call a use case → render an envelope from
+``api/schemas.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, request, url_for
+
+from fhir_alliance.errors import InputError, Issue
+from fhir_alliance.schemas.common import load_or_raise
+from fhir_alliance_service.api.body import json_body
+from fhir_alliance_service.api.openapi import describe
+from fhir_alliance_service.api.schemas import (
+    RECORD_BODY_SCHEMAS,
+    IntakeResponseSchema,
+    PageQuerySchema,
+    RecordPageSchema,
+    RecordSchema,
+    SyncStatusSchema,
+    dump,
+)
+from fhir_alliance_service.auth import require_scope
+from fhir_alliance_service.errors import ApiError
+from fhir_alliance_service.store.interface import (
+    PutOutcome,
+    Store,
+    StoredRecord,
+    SyncState,
+    SyncStatus,
+)
+from fhir_alliance_service.usecases.decisions import parse_party
+from fhir_alliance_service.usecases.intake import (
+    RecordIntake,
+    intake_questionnaire_response,
+    intake_records,
+)
+from fhir_alliance_service.usecases.status import (
+    NotDeadLettered,
+    RecordNotFound,
+    record_status,
+    replay_record,
+)
+
+__all__ = [
+    "blueprint",
+    "intake_response",
+    "not_found",
+    "record_json",
+    "request_payloads",
+    "valid_record_id",
+]
+
+blueprint = Blueprint("records", __name__, url_prefix="/v1")
+
+#: Record ids are UUIDs (UUIDv5 of the business identifier); anything else names no record.
+_RECORD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _service() -> Any:
+    from fhir_alliance_service.app import current_service
+
+    return current_service()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def not_found(what: str = "record") -> ApiError:
+    # Never echo the id: it came from the URL and may hold anything.
+    return ApiError(404, f"no such {what}")
+
+
+def valid_record_id(record_id: str) -> str:
+    if not _RECORD_ID.fullmatch(record_id):
+        raise not_found()
+    return record_id
+
+
+def request_payloads(body: object, *, limit: int) -> tuple[list[object], list[str]]:
+    """One object or a list of them → payloads and their error-path labels (``""`` for one object,
+    the index for a list). Refuses an empty list and a list longer than ``limit`` (413)."""
+    if isinstance(body, Mapping):
+        return [body], [""]
+    if isinstance(body, list):
+        if not body:
+            raise InputError(
+                "the list is empty", issues=[Issue(path="", message="give at least one record")]
+            )
+        if len(body) > limit:
+            raise ApiError(413, f"at most {limit} records per request")
+        return list(body), [str(i) for i in range(len(body))]
+    raise InputError(
+        "expected a record object or a list of them",
+        issues=[Issue(path="", message="expected a record object or a list of them")],
+    )
+
+
+def _status_url(record_id: str) -> str:
+    return url_for("records.get_status", record_id=record_id)
+
+
+def intake_response(results: Sequence[RecordIntake]) -> tuple[Any, int]:
+    """201 when any record was created or changed, else 200; one entry per record."""
+    changed = any(r.outcome is not PutOutcome.UNCHANGED for r in results)
+    envelope = {
+        "records": [
+            {
+                "id": r.record_id,
+                "identifier": r.identifier,
+                "kind": r.kind,
+                "version": r.version,
+                "outcome": r.outcome,
+                "status_url": _status_url(r.record_id),
+            }
+            for r in results
+        ]
+    }
+    return dump(IntakeResponseSchema, envelope), 201 if changed else 200
+
+
+def _status_json(status: SyncStatus | None) -> dict[str, Any] | None:
+    if status is None:
+        return None
+    failed = status.state in (SyncState.FAILED, SyncState.DEAD_LETTERED)
+    return {
+        "id": status.record_id,
+        "version": status.record_version,
+        "state": status.state,
+        "attempts": status.attempts,
+        "held_reason": status.held_reason if status.state is SyncState.HELD else None,
+        "next_attempt_at": status.next_attempt_at if status.state is SyncState.FAILED else None,
+        "outcome": dict(status.last_outcome) if failed and status.last_outcome else None,
+        "sent": [
+            {"resource_type": s.resource_type, "id": s.id, "version_id": s.version_id}
+            for s in status.sent
+        ],
+        "updated_at": status.updated_at,
+    }
+
+
+def record_json(record: StoredRecord, status: SyncStatus | None) -> dict[str, Any]:
+    return {
+        "id": record.record_id,
+        "identifier": record.identifier,
+        "kind": record.kind,
+        "family": record.family,
+        "patient": record.patient,
+        "version": record.version,
+        "record": dict(record.body),
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "status": _status_json(status),
+        "status_url": _status_url(record.record_id),
+    }
+
+
+def _store() -> Store:
+    store: Store = _service().store
+    return store
+
+
+@blueprint.post("/records")
+@require_scope("write")
+@describe(body=list(RECORD_BODY_SCHEMAS.values()), response=IntakeResponseSchema, status=201)
+def post_records() -> tuple[Any, int]:
+    """Take in one record or a list (any record kind); all or nothing."""
+    service = _service()
+    payloads, labels = request_payloads(json_body(), limit=service.settings.max_records_per_request)
+    results = intake_records(service.store, payloads, at=_now(), labels=labels)
+    return intake_response(results)
+
+
+@blueprint.post("/questionnaire-responses")
+@require_scope("write")
+@describe(response=IntakeResponseSchema, status=201)
+def post_questionnaire_response() -> tuple[Any, int]:
+    """Take in one FHIR QuestionnaireResponse: its alliance records are extracted and stored."""
+    results = intake_questionnaire_response(_store(), json_body(), at=_now())
+    return intake_response(results)
+
+
+@blueprint.get("/records/<record_id>")
+@require_scope("read")
+@describe(response=RecordSchema)
+def get_record(record_id: str) -> Any:
+    """One record's newest version, with its sync status."""
+    store = _store()
+    record = store.get_record(valid_record_id(record_id))
+    if record is None:
+        raise not_found()
+    return dump(RecordSchema, record_json(record, store.sync_status(record.record_id)))
+
+
+@blueprint.get("/patients/<path:ref>/records")
+@require_scope("read")
+@describe(query=PageQuerySchema, response=RecordPageSchema)
+def list_patient_records(ref: str) -> Any:
+    """A patient's records (observations and consents), keyset paged by record id."""
+    parse_party(ref, path="patient")
+    query = load_or_raise(PageQuerySchema(), request.args.to_dict())
+    after = str(query["after"]) if query["after"] is not None else None
+    store = _store()
+    rows = store.list_records(patient=ref, limit=query["limit"] + 1, after=after)
+    page, more = rows[: query["limit"]], len(rows) > query["limit"]
+    next_url = (
+        url_for(
+            "records.list_patient_records",
+            ref=ref,
+            after=page[-1].record_id,
+            limit=query["limit"],
+        )
+        if more and page
+        else None
+    )
+    envelope = {
+        "records": [record_json(r, store.sync_status(r.record_id)) for r in page],
+        "next": next_url,
+    }
+    return dump(RecordPageSchema, envelope)
+
+
+@blueprint.get("/records/<record_id>/status")
+@require_scope("read")
+@describe(response=SyncStatusSchema)
+def get_status(record_id: str) -> Any:
+    """Queued; held with the reason; sent with server ids and versions; failed with the next
+    attempt; dead-lettered with the OperationOutcome."""
+    try:
+        found = record_status(_store(), valid_record_id(record_id))
+    except RecordNotFound:
+        raise not_found() from None
+    if found.sync is None:
+        raise not_found("sync status")
+    return dump(SyncStatusSchema, _status_json(found.sync))
+
+
+@blueprint.post("/records/<record_id>/replay")
+@require_scope("admin")
+@describe(response=SyncStatusSchema)
+def replay(record_id: str) -> Any:
+    """Re-queue a dead-lettered record; 409 when it is not dead-lettered."""
+    try:
+        found = replay_record(_store(), valid_record_id(record_id), at=_now())
+    except RecordNotFound:
+        raise not_found() from None
+    except NotDeadLettered as exc:
+        raise ApiError(409, str(exc)) from None
+    assert found.sync is not None
+    return dump(SyncStatusSchema, _status_json(found.sync))
