@@ -29,6 +29,7 @@ service returns as is. Messages never contain patient data; server ``diagnostics
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,7 @@ __all__ = [
     "UnsafeLinkError",
     "VersionConflictError",
     "loggable_outcome",
+    "natural_key",
 ]
 
 
@@ -98,14 +100,34 @@ class InputError(FhirAllianceError):
 
     issue_code = "invalid"
 
+    #: Issues spelled out in the message; the rest are counted (all stay in ``issues``).
+    MESSAGE_ISSUES = 10
+
+    @classmethod
+    def from_issues(cls, issues: Iterable[Issue]) -> InputError:
+        """One error for several issues, sorted naturally by path (``responses.2`` before
+        ``responses.10``); the message names each path with its reason."""
+        ordered = sorted(issues, key=lambda issue: natural_key(issue.path))
+        shown = "; ".join(
+            f"{i.path or '(root)'}: {i.message}" for i in ordered[: cls.MESSAGE_ISSUES]
+        )
+        more = len(ordered) - cls.MESSAGE_ISSUES
+        suffix = f" (and {more} more)" if more > 0 else ""
+        return cls(f"invalid input: {shown}{suffix}", issues=ordered)
+
     @classmethod
     def from_messages(
         cls, messages: Mapping[str, Any] | list[Any], *, prefix: str = ""
     ) -> InputError:
         """Build from marshmallow's nested ``ValidationError.messages``."""
-        issues = list(_flatten_messages(messages, prefix))
-        paths = ", ".join(sorted({i.path or "(root)" for i in issues}))
-        return cls(f"invalid input at {paths}", issues=issues)
+        return cls.from_issues(_flatten_messages(messages, prefix))
+
+
+def natural_key(path: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders the numbers inside a path by value: ``items.2`` < ``items.10``."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", path) if part
+    )
 
 
 def _flatten_messages(messages: Any, prefix: str) -> Iterable[Issue]:

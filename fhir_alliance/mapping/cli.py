@@ -125,9 +125,7 @@ def _to_fhir(items: list[tuple[str, Any]], version: str) -> list[dict[str, Any]]
         mine = [(label, record) for label, m, record in loaded if m is mapper]
         issues += mapper.check_batch(mine)
     if issues:
-        raise InputError(
-            f"invalid input at {len({i.path for i in issues})} place(s)", issues=issues
-        )
+        raise InputError.from_issues(issues)
     # A mapper may fold records into others (a consent revocation is applied to its consent).
     for mapper in {id(m): m for _, m, _ in loaded if hasattr(m, "apply_batch")}.values():
         mine = [(label, record) for label, m, record in loaded if m is mapper]

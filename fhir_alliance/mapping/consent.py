@@ -1389,7 +1389,7 @@ class ConsentMapper:
                 consents[record.id] = (label, record)
                 order.append(record.id)
         if issues:
-            raise InputError(f"invalid input at {len(issues)} place(s)", issues=issues)
+            raise InputError.from_issues(issues)
         return [consents[record_id] for record_id in order]
 
     def to_fhir(self, record: Any, *, version: str = R4) -> list[dict[str, Any]]:

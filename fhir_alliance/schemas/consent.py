@@ -355,10 +355,7 @@ def load_revocation(
     revocation: ConsentRevocation = load_or_raise(ConsentRevocationSchema(), data, prefix=prefix)
     if revocation.consent not in known_consents:
         path = ".".join(p for p in (prefix, "consent") if p)
-        raise InputError(
-            f"invalid input at {path}",
-            issues=[Issue(path=path, message="revocation of an unknown consent")],
-        )
+        raise InputError.from_issues([Issue(path=path, message="revocation of an unknown consent")])
     return revocation
 
 
@@ -387,10 +384,8 @@ def load_consent_records(
             record = load_consent(item, prefix=prefix)
             if record.id in records:
                 path = f"{prefix}.id"
-                raise InputError(
-                    f"invalid input at {path}",
-                    issues=[Issue(path=path, message="a consent with this id was given before")],
-                )
+                message = "a consent with this id was given before"
+                raise InputError.from_issues([Issue(path=path, message=message)])
             records[record.id] = record
             touched.append(record.id)
     return [records[i] for i in touched]
@@ -398,7 +393,7 @@ def load_consent_records(
 
 def _prefixed(exc: InputError, prefix: str) -> InputError:
     issues = [Issue(path=f"{prefix}.{i.path}", message=i.message) for i in exc.issues]
-    return InputError(f"invalid input at {', '.join(i.path for i in issues)}", issues=issues)
+    return InputError.from_issues(issues)
 
 
 # --- dump: domain → our JSON form (load(dump(r)) == r) ---------------------------------------------

@@ -354,8 +354,7 @@ def load_batch(
         [(str(i), r) for i, r in enumerate(records) if r is not None], known_ruptures=known_ruptures
     )
     if issues:
-        paths = ", ".join(sorted({i.path or "(root)" for i in issues}))
-        raise InputError(f"invalid input at {paths}", issues=issues)
+        raise InputError.from_issues(issues)
     return [r for r in records if r is not None]
 
 
