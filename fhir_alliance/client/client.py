@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import socket
 import ssl
 import time
@@ -135,36 +136,44 @@ def _resource_type(resource: Mapping[str, Any]) -> str:
     return rtype
 
 
-class _RedactUrls(logging.Filter):
-    """Redact request paths in urllib3's debug/warning records (they carry ids and query values)."""
+#: A URL path (with any query), alone or after ``scheme://host``; ``HTTP/1.1`` is left alone
+#: because its slash follows a letter.
+_URL_PATH = re.compile(r"""(?<![\w.%:/-])((?:[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s'"]*)?)/[^\s'"]*""")
+
+
+class _RedactPaths(logging.Filter):
+    """Drop every URL path and query from the records of the libraries below the client.
+
+    urllib3 logs request paths (``"GET /fhir/Observation/abc?x=1"``), retried URLs and redirect
+    targets: ids and query values, which may be identifiers. The record is rendered, each path is
+    replaced by ``[path]`` (the host is kept), and the record keeps only that text.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(
-                _redact(a) if isinstance(a, str) and (a.startswith("/") or "://" in a) else a
-                for a in record.args
-            )
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):
+            text = str(record.msg)
+        record.msg = _URL_PATH.sub(r"\1/[path]", text)
+        record.args = None
         return True
 
 
-def _redact(text: str) -> str:
-    """Keep purely alphabetic path segments (``fhir``, ``Observation``) and ``$op``/``_x``; an id
-    or a query value never survives."""
-    parts = urlsplit(text)
-    kept = [
-        s if s.isalpha() or (s[:1] in "$_" and s[1:].replace("-", "").isalpha()) else "{id}"
-        for s in parts.path.split("/")
-        if s
-    ]
-    prefix = f"{parts.scheme}://{parts.netloc}" if parts.scheme else ""
-    return prefix + "/" + "/".join(kept) + ("?…" if parts.query else "")
-
-
-_REDACTOR = _RedactUrls()
+_REDACTOR = _RedactPaths()
+#: Loggers of the libraries the client runs on (urllib3 creates one per module at import).
+_LIBRARY_LOGGERS = ("urllib3", "requests", "charset_normalizer")
 
 
 def _install_redaction() -> None:
-    for name in ("urllib3.connectionpool", "urllib3.util.retry"):
+    """Put the filter on every logger of those libraries (a logger's filters only see its own
+    records, not those propagated from its children)."""
+    names = {
+        name
+        for name in logging.Logger.manager.loggerDict
+        if name.split(".", 1)[0] in _LIBRARY_LOGGERS
+    }
+    names.update(("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry"))
+    for name in names:
         logger = logging.getLogger(name)
         if _REDACTOR not in logger.filters:
             logger.addFilter(_REDACTOR)

@@ -1,6 +1,7 @@
 """No token, identifier, name, free text or diagnostics reaches the logs or our error messages."""
 
 import logging
+import socket
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -110,3 +111,51 @@ def test_faults_log_no_phi(httpserver: HTTPServer, caplog: pytest.LogCaptureFixt
     assert NAME in str(errors[0].to_operation_outcome())  # kept for the caller, not logged
     assert "retrying" in caplog.text
     assert_clean(caplog, errors)
+
+
+LETTERS_ID = "quincypublicjane"  # an id of letters only: it looks like a path word
+
+
+def below_the_client(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """Records of the libraries under the client (urllib3, requests), not of the test server."""
+    return [r for r in caplog.records if not r.name.startswith(("werkzeug", "fhir_alliance"))]
+
+
+def test_letters_only_id_and_query_never_reach_the_logs(
+    httpserver: HTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DEBUG on for every logger: urllib3's lines carry neither the id, nor any path or query."""
+    caplog.set_level(logging.DEBUG)
+    httpserver.expect_request(f"/fhir/Observation/{LETTERS_ID}").respond_with_json(
+        {"resourceType": "Observation", "id": LETTERS_ID}
+    )
+    httpserver.expect_request("/fhir/Observation").respond_with_json(
+        {"resourceType": "Bundle", "type": "searchset"}
+    )
+    with FhirClient(httpserver.url_for("/fhir")) as client:
+        client.read("Observation", LETTERS_ID)
+        list(client.search("Observation", {"subject": LETTERS_ID}))
+    records = below_the_client(caplog)
+    assert records, "urllib3 logged nothing: the test would prove nothing"
+    for record in records:
+        text = record.getMessage()
+        assert LETTERS_ID not in text, f"{record.name}: {text}"
+        assert "/fhir" not in text and "Observation" not in text and "?" not in text
+
+
+def test_connect_retry_warnings_carry_no_path(caplog: pytest.LogCaptureFixture) -> None:
+    """urllib3's 'Retrying … after connection broken' warning (it quotes the URL) is redacted."""
+    caplog.set_level(logging.DEBUG)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = FhirClient(
+        f"http://127.0.0.1:{port}/fhir", connect_retries=1, retry=RetryPolicy(max_attempts=1)
+    )
+    with pytest.raises(FhirAllianceError):
+        client.read("Observation", LETTERS_ID)
+    client.close()
+    records = below_the_client(caplog)
+    assert any("Retrying" in r.getMessage() for r in records)
+    for record in records:
+        assert LETTERS_ID not in record.getMessage() and "/fhir" not in record.getMessage()

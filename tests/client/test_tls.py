@@ -85,3 +85,17 @@ def test_private_ca_bundle_is_trusted(tls_server: tuple[HTTPServer, Path]) -> No
     )
     with FhirClient(server.url_for("/fhir"), ca_bundle=str(cert_path)) as client:
         assert client.read("Patient", "p1")["id"] == "p1"
+
+
+def test_certificate_failure_is_named_and_not_retried(tls_server: tuple[HTTPServer, Path]) -> None:
+    """An untrusted certificate is reported as a certificate failure and never retried."""
+    server, _ = tls_server
+    waits: list[float] = []
+    client = FhirClient(
+        server.url_for("/fhir"), retry=RetryPolicy(max_attempts=4, sleep=waits.append)
+    )
+    with pytest.raises(TransportError) as caught:
+        client.read("Patient", "p1")
+    assert "certificate verification failed" in caught.value.message
+    assert not caught.value.retryable and waits == []
+    client.close()
