@@ -7,7 +7,7 @@
 * 413 over ``max_body_bytes`` (checked while reading, so also without ``Content-Length``);
 * 400 for malformed JSON (with line and column), duplicate object keys (path named), ``NaN`` /
   ``Infinity``, numbers with absurdly many digits, nesting deeper than ``MAX_DEPTH``, or text that
-  is not UTF-8.
+  is not UTF-8. The syntax checks are the library's strict reader (``fhir_alliance.jsonio``).
 """
 
 from __future__ import annotations
@@ -18,21 +18,16 @@ from typing import Any, Final
 
 from flask import request
 
-from fhir_alliance.errors import Issue
+from fhir_alliance import jsonio
+from fhir_alliance.errors import InputError, Issue
 from fhir_alliance_service.errors import ApiError
 
-__all__ = ["JSON_TYPES", "MAX_DEPTH", "MAX_NUMBER_DIGITS", "json_body", "parse_json"]
+__all__ = ["JSON_TYPES", "MAX_DEPTH", "json_body", "parse_json"]
 
 JSON_TYPES: Final = frozenset({"application/json", "application/fhir+json"})
 MAX_DEPTH: Final = 64
-MAX_NUMBER_DIGITS: Final = 100
-
-
-class _Refused(Exception):
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(message)
-        self.path = path
-        self.message = message
+_SOURCE: Final = "body"
+_CHUNK: Final = 1 << 16
 
 
 def json_body(max_bytes: int | None = None) -> Any:
@@ -45,41 +40,37 @@ def json_body(max_bytes: int | None = None) -> Any:
     limit = max_bytes if max_bytes is not None else current_service().settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"the body is larger than {limit} bytes")
-    raw = request.stream.read(limit + 1)
-    if len(raw) > limit:
-        raise ApiError(413, f"the body is larger than {limit} bytes")
+    raw = _read_capped(limit)
     return parse_json(raw)
 
 
+def _read_capped(limit: int) -> bytes:
+    """The whole body, or 413 as soon as it passes ``limit`` (streams may return short reads)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := request.stream.read(min(_CHUNK, limit + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the body is larger than {limit} bytes")
+    return b"".join(chunks)
+
+
 def parse_json(raw: bytes) -> Any:
-    """Strictly parse ``raw`` (UTF-8 JSON); :class:`ApiError` 400 naming where it is wrong."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _bad("", f"the body is not UTF-8 (byte {exc.start})") from None
-    if not text.strip():
+    """Strictly parse ``raw`` (UTF-8 JSON) with the library's reader; :class:`ApiError` 400 saying
+    where it is wrong (line and column; the field path of a duplicate key)."""
+    if not raw.strip():
         raise _bad("", "the body is empty")
-    duplicates: list[str] = []
     try:
-        data = json.loads(
-            text,
-            object_pairs_hook=lambda pairs: _object(pairs, duplicates),
-            parse_constant=_no_constant,
-            parse_int=_checked_int,
-            parse_float=_checked_float,
-        )
-    except json.JSONDecodeError as exc:
-        raise _bad(
-            "", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
-    except _Refused as exc:
-        raise _bad(exc.path, exc.message) from None
-    except RecursionError:
-        raise _bad("", f"JSON nested deeper than {MAX_DEPTH} levels") from None
-    if _nesting_depth(text) > MAX_DEPTH:
+        data = jsonio.parse_json(raw, source=_SOURCE)
+    except InputError as exc:
+        issue = exc.issues[0] if exc.issues else None
+        reason = issue.message if issue else exc.message
+        where = _position(issue.path if issue else "")
+        path = _duplicate_path(raw) if reason.startswith("duplicate key") else ""
+        raise _bad(path or "", f"{reason}{where}") from None
+    if _nesting_depth(raw.decode("utf-8")) > MAX_DEPTH:
         raise _bad("", f"JSON nested deeper than {MAX_DEPTH} levels")
-    if duplicates:
-        raise _bad(_find_duplicate(data, "") or "", "duplicate object key")
     return data
 
 
@@ -87,31 +78,45 @@ def _bad(path: str, message: str) -> ApiError:
     return ApiError(400, message, issues=[Issue(path=path, message=message)])
 
 
-class _DuplicateKeys(dict[str, Any]):
-    """An object that had a key twice; remembered until the whole document is read, so that the
-    error can name its full path."""
+def _position(location: str) -> str:
+    """``body:3:7`` (jsonio's issue path) → `` at line 3 column 7``."""
+    _, _, position = location.partition(":")
+    line, _, column = position.partition(":")
+    return f" at line {line} column {column}" if line and column else ""
+
+
+def _duplicate_path(raw: bytes) -> str | None:
+    """The dotted field path of the first duplicate key (only called after jsonio found one)."""
+    try:
+        tree = json.loads(raw, object_pairs_hook=_DuplicateMarker.from_pairs)
+    except (ValueError, RecursionError):
+        return None
+    return _find_duplicate(tree, "")
+
+
+class _DuplicateMarker(dict[str, Any]):
+    """An object that had a key twice, remembered so that the full path can be named."""
 
     duplicate: str = ""
 
-
-def _object(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) == len(pairs):
-        return result
-    marked = _DuplicateKeys(result)
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            marked.duplicate = key
-            break
-        seen.add(key)
-    duplicates.append(marked.duplicate)
-    return marked
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) == len(pairs):
+            return result
+        marked = cls(result)
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                marked.duplicate = key
+                break
+            seen.add(key)
+        return marked
 
 
 def _find_duplicate(value: Any, path: str) -> str | None:
     """The path of the first duplicate key (depth-first), if any."""
-    if isinstance(value, _DuplicateKeys):
+    if isinstance(value, _DuplicateMarker):
         return ".".join(p for p in (path, value.duplicate) if p)
     if isinstance(value, dict):
         items: Any = value.items()
@@ -124,25 +129,6 @@ def _find_duplicate(value: Any, path: str) -> str | None:
         if found is not None:
             return found
     return None
-
-
-def _no_constant(name: str) -> Any:
-    raise _Refused("", f"{name} is not a JSON number")
-
-
-def _checked_int(text: str) -> int:
-    if len(text) > MAX_NUMBER_DIGITS:
-        raise _Refused("", f"a number with more than {MAX_NUMBER_DIGITS} digits")
-    return int(text)
-
-
-def _checked_float(text: str) -> float:
-    if len(text) > MAX_NUMBER_DIGITS:
-        raise _Refused("", f"a number with more than {MAX_NUMBER_DIGITS} digits")
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise _Refused("", "a number too large for a double")
-    return value
 
 
 _STRING: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
