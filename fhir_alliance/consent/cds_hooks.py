@@ -13,6 +13,10 @@ from datetime import datetime
 from typing import Any, Final
 
 from fhir_alliance.consent.decision import (
+    ACTION_MESSAGE,
+    KNOWN_ACTIONS,
+    KNOWN_PURPOSES,
+    PURPOSE_MESSAGE,
     ConsentDecision,
     DecisionOutcome,
     DecisionRequest,
@@ -98,10 +102,9 @@ def _purposes(value: Any, path: str) -> list[Coding]:
         raise _fail(path, "expected a purpose-of-use code or a list of them")
     out = []
     for n, item in enumerate(items):
-        if isinstance(item, str) and item.strip():
-            out.append(Coding(system=V3_ACT_REASON, code=item))
-        else:
-            raise _fail(f"{path}.{n}", "expected a v3 PurposeOfUse code such as TREAT")
+        if not isinstance(item, str) or (V3_ACT_REASON, item) not in KNOWN_PURPOSES:
+            raise _fail(f"{path}.{n}", PURPOSE_MESSAGE)
+        out.append(Coding(system=V3_ACT_REASON, code=item))
     return out
 
 
@@ -129,6 +132,8 @@ def request_from_hook(
     purposes = _purposes(context.get("purposeOfUse"), f"{prefix}purposeOfUse")
     categories = _codings(context.get("category"), f"{prefix}category")
     classes = _codings(context.get("class"), f"{prefix}class")
+    if action is not None and (action.system, action.code) not in KNOWN_ACTIONS:
+        raise _fail("action", ACTION_MESSAGE)
     return DecisionRequest(
         patient=tuple(Ref(identifier=i) for i in patients),
         actors=tuple(RequestActor(reference=Ref(identifier=i)) for i in actors),

@@ -13,10 +13,20 @@ from enum import StrEnum
 from fhir_alliance.errors import InputError, Issue
 from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.model.consent import DataRef, Decision, Period
-from fhir_alliance.terminology import V3_PARTICIPATION_TYPE
+from fhir_alliance.terminology import (
+    CONSENT_ACTION,
+    CONSENT_ACTION_CODES,
+    PURPOSE_OF_USE_CODES,
+    V3_ACT_REASON,
+    V3_PARTICIPATION_TYPE,
+)
 
 __all__ = [
+    "ACTION_MESSAGE",
     "DEFAULT_ACTOR_ROLE",
+    "KNOWN_ACTIONS",
+    "KNOWN_PURPOSES",
+    "PURPOSE_MESSAGE",
     "CombiningRule",
     "ConsentDecision",
     "DecisionBasis",
@@ -31,6 +41,23 @@ __all__ = [
 #: The role a request actor plays when the request does not say: information recipient (IRCP),
 #: the role IHE PCF gives to whoever a consent permits or denies.
 DEFAULT_ACTOR_ROLE = Coding(system=V3_PARTICIPATION_TYPE, code="IRCP")
+
+#: The actions a request may name: the consentaction codes (what consents can restrict).
+KNOWN_ACTIONS: frozenset[tuple[str, str]] = frozenset(
+    (CONSENT_ACTION, code) for code in CONSENT_ACTION_CODES
+)
+#: The purposes a request may name: v3-ActReason codes of the PurposeOfUse value set.
+KNOWN_PURPOSES: frozenset[tuple[str, str]] = frozenset(
+    (V3_ACT_REASON, code) for code in PURPOSE_OF_USE_CODES
+)
+#: The messages of the issues an unknown action or purpose gives (they never repeat the value).
+ACTION_MESSAGE = "not a consentaction code: expected one of " + ", ".join(
+    sorted(CONSENT_ACTION_CODES)
+)
+PURPOSE_MESSAGE = (
+    "not a v3 PurposeOfUse code (http://terminology.hl7.org/CodeSystem/v3-ActReason), "
+    "such as TREAT, ETREAT, HPAYMT, HOPERAT or HRESCH"
+)
 
 
 class DecisionOutcome(StrEnum):

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from fhir_alliance.consent.decision import (
+    KNOWN_ACTIONS,
+    KNOWN_PURPOSES,
     CombiningRule,
     ConsentDecision,
     DecisionBasis,
@@ -47,14 +49,7 @@ from fhir_alliance.model.consent import (
     Period,
     Provision,
 )
-from fhir_alliance.terminology import (
-    CONSENT_ACTION,
-    CONSENT_ACTION_CODES,
-    CONSENT_SCOPE,
-    LABEL_PSYCHOTHERAPY_NOTE,
-    PURPOSE_OF_USE_CODES,
-    V3_ACT_REASON,
-)
+from fhir_alliance.terminology import CONSENT_SCOPE, LABEL_PSYCHOTHERAPY_NOTE
 
 __all__ = [
     "DEFAULT_EXPLICIT_LABELS",
@@ -76,13 +71,6 @@ RESOURCE_TYPE_SYSTEMS = frozenset(
 #: Deepest nesting of provisions compiled (the FHIR mapping reads no deeper either).
 MAX_PROVISION_DEPTH = 32
 
-#: Codes the engine knows in requests; anything else is a missing fact (matches denies only).
-KNOWN_ACTIONS: frozenset[tuple[str, str]] = frozenset(
-    (CONSENT_ACTION, code) for code in CONSENT_ACTION_CODES
-)
-KNOWN_PURPOSES: frozenset[tuple[str, str]] = frozenset(
-    (V3_ACT_REASON, code) for code in PURPOSE_OF_USE_CODES
-)
 
 _CodeKey = tuple[str, str]
 _EMPTY: frozenset[RefKey] = frozenset()

@@ -16,10 +16,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from fhir_alliance.consent.decision import DecisionRequest, RequestActor, RequestedResource
+from fhir_alliance.consent.decision import (
+    KNOWN_PURPOSES,
+    PURPOSE_MESSAGE,
+    DecisionRequest,
+    RequestActor,
+    RequestedResource,
+)
 from fhir_alliance.errors import InputError, Issue
 from fhir_alliance.model.common import Coding, Identifier, Ref
-from fhir_alliance.terminology import CONSENT_ACTION
+from fhir_alliance.terminology import CONSENT_ACTION, V3_ACT_REASON
 
 __all__ = ["DISCLOSE", "disclosure_request", "requested_resource"]
 
@@ -154,21 +160,94 @@ def requested_resource(resource: Mapping[str, Any]) -> RequestedResource:
 def disclosure_request(
     resource: Mapping[str, Any],
     *,
-    patient: Sequence[Ref],
-    recipient: Sequence[Ref],
-    purposes: Sequence[Coding],
+    patient: Ref | str | Sequence[Ref | str],
+    recipient: Ref | str | Sequence[Ref | str],
+    purposes: Sequence[Coding | str],
     at: datetime,
 ) -> DecisionRequest:
     """May ``resource`` be disclosed to ``recipient`` (every way the one recipient is known) for
     ``purposes`` at instant ``at``? ``patient`` lists every way the patient is known; the resource's
-    own subject is added when it names one."""
+    own subject is added when it names one.
+
+    References may be :class:`Ref` values or strings: ``"Patient/p1"`` (or an absolute URL) is a
+    literal reference, ``"system|value"`` an identifier; one reference or a list. Purposes are
+    codings or bare v3 PurposeOfUse codes (``"TREAT"``). Anything else, an unknown purpose or a
+    time without a UTC offset raises :class:`InputError` naming the argument."""
+    issues: list[Issue] = []
+    if not isinstance(resource, Mapping):
+        issues.append(Issue(path="resource", message="expected a FHIR resource (a mapping)"))
+    patients = _ref_arguments(patient, "patient", issues)
+    recipients = _ref_arguments(recipient, "recipient", issues)
+    codings = _purpose_arguments(purposes, issues)
+    if not isinstance(at, datetime) or at.utcoffset() is None:
+        issues.append(Issue(path="at", message="expected a datetime with a UTC offset"))
+    if issues:
+        paths = ", ".join(i.path for i in issues)
+        raise InputError(f"invalid disclosure request at {paths}", issues=issues)
     subject = _ref(resource.get("subject") or resource.get("patient"))
-    patients = tuple(patient) + ((subject,) if subject and subject not in patient else ())
+    if subject is not None and subject not in patients:
+        patients = (*patients, subject)
     return DecisionRequest(
         patient=patients,
-        actors=tuple(RequestActor(reference=r) for r in recipient),
+        actors=tuple(RequestActor(reference=r) for r in recipients),
         at=at,
-        purposes=tuple(purposes),
+        purposes=codings,
         action=DISCLOSE,
         resource=requested_resource(resource),
     )
+
+
+def _ref_from_text(text: str) -> Ref | None:
+    if "|" in text:
+        system, _, value = text.partition("|")
+        return Ref(identifier=Identifier(system=system, value=value)) if system and value else None
+    return Ref(reference=text) if text.strip() == text and text else None
+
+
+def _ref_arguments(value: object, name: str, issues: list[Issue]) -> tuple[Ref, ...]:
+    items: Sequence[object]
+    if isinstance(value, (Ref, str)):
+        items = [value]
+        paths = [name]
+    elif isinstance(value, Sequence) and value:
+        items = value
+        paths = [f"{name}.{n}" for n in range(len(value))]
+    else:
+        issues.append(Issue(path=name, message="expected a Ref or a string, or a non-empty list"))
+        return ()
+    refs: list[Ref] = []
+    for item, path in zip(items, paths, strict=True):
+        ref = (
+            item
+            if isinstance(item, Ref)
+            else _ref_from_text(item)
+            if isinstance(item, str)
+            else None
+        )
+        if ref is None:
+            issues.append(
+                Issue(path=path, message='expected a Ref, "Type/id", a URL or "system|value"')
+            )
+        else:
+            refs.append(ref)
+    return tuple(refs)
+
+
+def _purpose_arguments(value: object, issues: list[Issue]) -> tuple[Coding, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        issues.append(Issue(path="purposes", message="expected a list of codings or codes"))
+        return ()
+    codings: list[Coding] = []
+    for n, item in enumerate(value):
+        coding = (
+            item
+            if isinstance(item, Coding)
+            else Coding(system=V3_ACT_REASON, code=item)
+            if isinstance(item, str)
+            else None
+        )
+        if coding is None or (coding.system, coding.code) not in KNOWN_PURPOSES:
+            issues.append(Issue(path=f"purposes.{n}", message=PURPOSE_MESSAGE))
+        else:
+            codings.append(coding)
+    return tuple(codings)

@@ -13,7 +13,11 @@ from typing import Any
 from marshmallow import ValidationError, fields, post_load, pre_load, validates_schema
 
 from fhir_alliance.consent.decision import (
+    ACTION_MESSAGE,
     DEFAULT_ACTOR_ROLE,
+    KNOWN_ACTIONS,
+    KNOWN_PURPOSES,
+    PURPOSE_MESSAGE,
     ConsentDecision,
     DecisionBasis,
     DecisionRequest,
@@ -49,17 +53,33 @@ __all__ = [
 
 
 class _ShortCoding(fields.Field[Coding]):
-    """A coding ``{system, code}`` or a bare code of ``system`` (labels: confidentiality or ActCode)."""
+    """A coding ``{system, code}`` or a bare code of ``system`` (labels: confidentiality or ActCode).
+    With ``allowed``, only those ``(system, code)`` pairs load; anything else fails with
+    ``unknown_message`` (an unknown code must never reach the engine as if it were a fact)."""
 
     default_error_messages = {"invalid": "expected a code or a {{system, code}} object"}  # noqa: RUF012
 
-    def __init__(self, system: str | None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        system: str | None,
+        allowed: frozenset[tuple[str, str]] | None = None,
+        unknown_message: str = "",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.system = system
+        self.allowed = allowed
+        self.unknown_message = unknown_message
 
     def _deserialize(
         self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
     ) -> Coding:
+        coding = self._coding(value)
+        if self.allowed is not None and (coding.system, coding.code) not in self.allowed:
+            raise ValidationError(self.unknown_message)
+        return coding
+
+    def _coding(self, value: Any) -> Coding:
         if isinstance(value, str):
             if not value.strip():
                 raise self.make_error("invalid")
@@ -71,8 +91,10 @@ class _ShortCoding(fields.Field[Coding]):
         return coding
 
 
-def _codings(system: str | None) -> fields.List[Any]:
-    return fields.List(_ShortCoding(system), load_default=())
+def _codings(
+    system: str | None, allowed: frozenset[tuple[str, str]] | None = None, message: str = ""
+) -> fields.List[Any]:
+    return fields.List(_ShortCoding(system, allowed, message), load_default=())
 
 
 class ActorSchema(RefSchema):
@@ -112,8 +134,8 @@ class DecisionRequestSchema(StrictSchema):
     patient = fields.List(fields.Nested(RefSchema), required=True)
     actors = fields.List(fields.Nested(ActorSchema), required=True)
     at = AwareDateTime(future_tolerance=None, required=True)
-    purposes = _codings(V3_ACT_REASON)
-    action = _ShortCoding(CONSENT_ACTION, load_default=None)
+    purposes = _codings(V3_ACT_REASON, KNOWN_PURPOSES, PURPOSE_MESSAGE)
+    action = _ShortCoding(CONSENT_ACTION, KNOWN_ACTIONS, ACTION_MESSAGE, load_default=None)
     categories = fields.List(fields.Nested(CodingSchema), load_default=())
     resource = fields.Nested(ResourceSchema, load_default=None)
     content_classes = fields.List(fields.Nested(CodingSchema), load_default=())

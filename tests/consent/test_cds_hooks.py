@@ -18,6 +18,7 @@ from fhir_alliance.consent.decision import (
 from fhir_alliance.errors import InputError
 from fhir_alliance.model.common import Coding, Identifier
 from fhir_alliance.model.consent import Decision
+from fhir_alliance.terminology import CONSENT_ACTION
 from tests.consent.builders import label, t
 
 CONTEXT: dict[str, Any] = {
@@ -103,3 +104,21 @@ def test_no_obligations_without_permit(outcome: DecisionOutcome, code: str, indi
         [],
     )
     assert card["extension"]["basedOn"] == "Consent?identifier=urn:c|c1"
+
+
+@pytest.mark.parametrize(
+    ("value", "path"), [("TRAET", "purposeOfUse.0"), (["TREAT", "X"], "purposeOfUse.1")]
+)
+def test_unknown_purpose_of_use_is_refused(value: object, path: str) -> None:
+    """A purposeOfUse outside v3 PurposeOfUse is refused with its path."""
+    with pytest.raises(InputError) as info:
+        request_from_hook({**CONTEXT, "purposeOfUse": value}, at=t("2025-06-01"))
+    assert [i.path for i in info.value.issues] == [path]
+
+
+@pytest.mark.parametrize("code", ["acess", "ACCESS", ""])
+def test_unknown_action_is_refused(code: str) -> None:
+    """The caller's action must be a consentaction code."""
+    with pytest.raises(InputError) as info:
+        request_from_hook(CONTEXT, at=t("2025-06-01"), action=Coding(CONSENT_ACTION, code))
+    assert [i.path for i in info.value.issues] == ["action"]

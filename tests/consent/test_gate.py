@@ -142,3 +142,54 @@ def test_hostile_shapes_do_not_crash() -> None:
     )
     assert facts.labels == () and facts.codes == () and facts.authors == ()
     assert [r.reference for r in facts.refers_to] == ["QuestionnaireResponse/1"]
+
+
+def test_plain_strings_are_converted() -> None:
+    """Strings for references, identifiers and purposes become Refs and codings."""
+    panel = _resources("srs-administration")[0]
+    request = disclosure_request(
+        panel,
+        patient="https://clinic.example.org/mrn|000123",
+        recipient=["Organization/ehr"],
+        purposes=["TREAT"],
+        at=NOW,
+    )
+    assert request.patient[0] == Ref(
+        identifier=Identifier("https://clinic.example.org/mrn", "000123")
+    )
+    assert [a.reference for a in request.actors] == [Ref(reference="Organization/ehr")]
+    assert request.purposes == (TREAT,)
+    consent = _sharing_consent()
+    assert ConsentEngine([consent]).decide(request).outcome is DecisionOutcome.PERMIT
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"purposes": ["TRAET"]}, "purposes.0"),
+        ({"purposes": [Coding(V3_ACT_REASON, "treat")]}, "purposes.0"),
+        ({"purposes": [3]}, "purposes.0"),
+        ({"purposes": "TREAT"}, "purposes"),
+        ({"recipient": []}, "recipient"),
+        ({"recipient": [7]}, "recipient.0"),
+        ({"recipient": [""]}, "recipient.0"),
+        ({"patient": None}, "patient"),
+        ({"at": "2026-11-21T09:00:00Z"}, "at"),
+        ({"at": datetime(2026, 11, 21, 9, 0)}, "at"),
+        ({"resource": "Observation/1"}, "resource"),
+    ],
+)
+def test_bad_arguments_are_input_errors(change: dict[str, Any], path: str) -> None:
+    """Wrong argument types and unknown purposes are refused naming the argument, not later."""
+    arguments: dict[str, Any] = {
+        "resource": _resources("srs-administration")[0],
+        "patient": [PATIENT],
+        "recipient": [EHR],
+        "purposes": [TREAT],
+        "at": NOW,
+        **change,
+    }
+    resource = arguments.pop("resource")
+    with pytest.raises(InputError) as info:
+        disclosure_request(resource, **arguments)
+    assert [i.path for i in info.value.issues] == [path]

@@ -101,3 +101,37 @@ def test_naive_time_refused_by_the_request_type() -> None:
     with pytest.raises(InputError) as info:
         DecisionRequest(patient=(Ref(reference="Patient/p1"),), actors=(), at=datetime(2025, 6, 1))
     assert paths(info.value) == {"at"}
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"action": "acess"}, "action"),
+        ({"action": "ACCESS"}, "action"),
+        ({"action": ""}, "action"),
+        ({"action": {"system": CONSENT_ACTION, "code": "acess"}}, "action"),
+        ({"action": {"system": "urn:other", "code": "access"}}, "action"),
+        ({"purposes": ["TRAET"]}, "purposes.0"),
+        ({"purposes": ["TREAT", "treat"]}, "purposes.1"),
+        ({"purposes": [{"system": "urn:other", "code": "TREAT"}]}, "purposes.0"),
+    ],
+)
+def test_unknown_codes_are_refused(change: dict[str, Any], path: str) -> None:
+    """Actions outside consentaction and purposes outside v3 PurposeOfUse are refused by path."""
+    with pytest.raises(InputError) as info:
+        load_decision_request({**BASE, **change})
+    assert paths(info.value) == {path}
+    assert "acess" not in str(info.value) and "TRAET" not in str(info.value)
+
+
+def test_known_codes_as_codings_are_accepted() -> None:
+    """A full coding of a known action or purpose loads as given."""
+    request = load_decision_request(
+        {
+            **BASE,
+            "action": {"system": CONSENT_ACTION, "code": "access"},
+            "purposes": [{"system": V3_ACT_REASON, "code": "ETREAT"}],
+        }
+    )
+    assert request.action is not None and request.action.code == "access"
+    assert [p.code for p in request.purposes] == ["ETREAT"]
