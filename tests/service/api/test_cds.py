@@ -7,10 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from flask.testing import FlaskClient
-
 from fhir_alliance_service.store.interface import Store
 from fhir_alliance_service.usecases.intake import intake_records
+from flask.testing import FlaskClient
 
 CONSULT = "/cds-services/patient-consent-consult"
 PATIENT = {"system": "urn:oid:2.16.840.1.113883.3.9999.1", "value": "p-001"}

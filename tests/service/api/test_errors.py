@@ -9,15 +9,15 @@ import logging
 from typing import Any
 
 import pytest
+from fhir_alliance_service.api.body import MAX_DEPTH
+from fhir_alliance_service.auth import require_scope
+from fhir_alliance_service.store.interface import Store
 from flask import Flask
 from flask.testing import FlaskClient
 from marshmallow import ValidationError
 from werkzeug.test import TestResponse
 
 from fhir_alliance.errors import TransientServerError
-from fhir_alliance_service.api.body import MAX_DEPTH
-from fhir_alliance_service.auth import require_scope
-from fhir_alliance_service.store.interface import Store
 
 RECORDS = "/v1/records"
 SRS = {
