@@ -1,4 +1,5 @@
-"""`make demo` stays true: the demo sync runs end to end against the real test FHIR server."""
+"""`make demo` stays true: the service, its worker and the synthetic clinic sync end to end against
+the real test FHIR server, and nothing is left running."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.fhir_server.plugin import FhirTestServer
 
@@ -23,17 +25,46 @@ def _demo() -> Any:
     return module
 
 
+def _processes_using(workdir: Path) -> list[int]:
+    """Pids of live processes whose environment names the demo's working directory."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if str(workdir).encode() in environ.read_bytes():
+                pids.append(int(environ.parent.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours
+    return pids
+
+
+@pytest.mark.slow
 @pytest.mark.local_fhir_server  # it pushes untagged demo data: only on the suite's own server
-def test_demo_sync_passes_every_step(
+def test_demo_clinic_syncs_through_the_service(
     fhir_server: FhirTestServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The demo gates, pushes, reads back, re-pushes, revokes and checks, and exits 0."""
-    assert _demo().run(fhir_server.base_url) == 0
+    """The clinic goes through serve + worker: shares are sent, PSYTHPN, AI and revoked held."""
+    demo = _demo()
+    seen: list[Any] = []
+    assert demo.run(fhir_server.base_url, observe=seen.append) == 0
     out = capsys.readouterr().out
-    assert "equals its source: True" in out
-    assert "after the client's revocation: 0 may be disclosed" in out
-    assert "RESULT: PASS" in out
-    pushed = fhir_server.http.get(fhir_server.url("Observation"), params={"_summary": "count"})
-    held_lines = [line for line in out.splitlines() if line.strip().startswith("held")]
-    assert held_lines, "the demo consent holds PSYTHPN and AI-assisted content"
-    assert pushed.json()["total"] > 0
+    assert "NOT as expected" not in out
+    assert "the queue is drained" in out
+    held = [line for line in out.splitlines() if line.strip().startswith("held")]
+    assert any("rupture" in line for line in held)
+    assert any("session-2: no consent" in line and "client-3" in line for line in held)
+    sent = [line for line in out.splitlines() if line.strip().startswith("sent")]
+    assert sent and all(fhir_server.base_url in line for line in sent)
+    rupture = next(r for r in demo._load("2-sessions.json") if r["kind"] == "rupture")
+    on_server = fhir_server.http.get(
+        fhir_server.url("Observation"), params={"identifier": rupture["id"], "_summary": "count"}
+    ).json()
+    assert on_server["total"] == 0, "held session narrative must not reach the server"
+    srs = next(r for r in demo._load("2-sessions.json") if r.get("instrument") == "srs")
+    on_server = fhir_server.http.get(
+        fhir_server.url("Observation"), params={"identifier": srs["id"], "_summary": "count"}
+    ).json()
+    assert on_server["total"] == 1
+    (service,) = seen
+    assert _processes_using(service.workdir) == [], "the demo left service processes running"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{service.api}/healthz", timeout=5)
