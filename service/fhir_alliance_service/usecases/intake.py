@@ -75,6 +75,11 @@ def _prefixed(issues: Sequence[Issue], label: str) -> list[Issue]:
     return [Issue(path=_at(label, i.path), message=i.message, code=i.code) for i in issues]
 
 
+def _tidy(issues: Sequence[Issue]) -> list[Issue]:
+    """Batch rules join ``label.field``; a lone object's empty label leaves a leading dot."""
+    return [Issue(path=i.path.lstrip("."), message=i.message, code=i.code) for i in issues]
+
+
 def _family(mapper: RecordMapper) -> str:
     return FAMILY_CONSENT if mapper is CONSENT_MAPPER else FAMILY_OBSERVATION
 
@@ -123,7 +128,7 @@ def _observations(
         and (row := store.get_record(resource_id(r.rupture))) is not None
         and row.kind == KIND_RUPTURE
     ]
-    return labelled, OBSERVATION_MAPPER.check_batch(labelled, known_ruptures=known)
+    return labelled, _tidy(OBSERVATION_MAPPER.check_batch(labelled, known_ruptures=known))
 
 
 def _consents(
@@ -139,7 +144,7 @@ def _consents(
     try:
         return CONSENT_MAPPER.apply_batch(labelled, known=known), []
     except InputError as exc:
-        return [], list(exc.issues)
+        return [], _tidy(exc.issues)
 
 
 def _history_kept(stored: StoredRecord, record: ConsentRecord, label: str) -> list[Issue]:
