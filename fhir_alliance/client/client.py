@@ -92,6 +92,8 @@ class WriteResult:
     location: str | None = None
     resource: dict[str, Any] | None = None
     outcome: dict[str, Any] | None = None
+    #: What was odd about an answer that still succeeded (e.g. a 201 whose body was unreadable).
+    warnings: tuple[str, ...] = ()
 
     @property
     def created(self) -> bool:
@@ -578,8 +580,11 @@ class FhirClient:
     # ------------------------------------------------------------------ reads and search
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
-        """``GET [type]/[id]``; NotFoundError (``gone`` for 410) when absent."""
-        return self._get_resource(self.base.join(f"{resource_type}/{resource_id}"))
+        """``GET [type]/[id]``; NotFoundError (``gone`` for 410) when absent, InvalidResponseError
+        when the server answers with a resource of another type."""
+        return self._get_resource(
+            self.base.join(f"{resource_type}/{resource_id}"), expect=resource_type
+        )
 
     def search_pages(
         self,
@@ -615,12 +620,17 @@ class FhirClient:
     ) -> Iterator[dict[str, Any]]:
         """Matching resources, streamed page by page (constant memory); includes are skipped."""
         for bundle in self.search_pages(resource_type, params, max_pages=max_pages):
-            for entry in bundle.get("entry") or []:
-                if not isinstance(entry, Mapping):
-                    continue
-                mode = (entry.get("search") or {}).get("mode", "match")
+            entries = bundle.get("entry", [])
+            if not isinstance(entries, list):
+                raise InvalidResponseError("search answer's Bundle.entry is not a list")
+            for i, entry in enumerate(entries):
+                search = entry.get("search", {}) if isinstance(entry, Mapping) else None
+                if not isinstance(search, Mapping):
+                    raise InvalidResponseError(
+                        f"search answer's Bundle.entry[{i}] (or its search) is not an object"
+                    )
                 resource = entry.get("resource")
-                if mode == "match" and isinstance(resource, dict):
+                if search.get("mode", "match") == "match" and isinstance(resource, dict):
                     yield resource
 
     def find_by_identifier(
@@ -638,12 +648,28 @@ class FhirClient:
 
     # ------------------------------------------------------------------ writes
 
-    def _write_result(self, answer: _Answer) -> WriteResult:
+    def _write_result(
+        self, answer: _Answer, *, sent_type: str, sent_id: str | None = None
+    ) -> WriteResult:
+        """Read a write's answer. The write succeeded (2xx), so a body that cannot be read does
+        not undo it: the id comes from ``Location`` (or the id the PUT was sent to), the version
+        from ``Location`` or ``ETag``, and ``warnings`` says so. Only when nothing names the
+        resource is it an InvalidResponseError."""
         location = answer.headers.get("Location") or answer.headers.get("Content-Location")
         etag = answer.headers.get("ETag")
-        resource = (
-            parse_resource(answer.body, status=answer.status) if answer.body.strip() else None
-        )
+        warnings: tuple[str, ...] = ()
+        resource: dict[str, Any] | None = None
+        if answer.body.strip():
+            try:
+                resource = parse_resource(answer.body, status=answer.status)
+            except InvalidResponseError as exc:
+                if not (location or sent_id):
+                    raise
+                warnings = (f"the write succeeded (HTTP {answer.status}) but {exc.message}",)
+                log.warning(
+                    "write answered HTTP %d with an unreadable body; using Location/ETag",
+                    answer.status,
+                )
         outcome = None
         if resource is not None and resource["resourceType"] == "OperationOutcome":
             outcome, resource = resource, None
@@ -657,13 +683,14 @@ class FhirClient:
         vid = vid or version_from_etag(etag)
         return WriteResult(
             status=answer.status,
-            resource_type=rtype,
-            id=rid,
+            resource_type=rtype or sent_type,
+            id=rid or sent_id,
             version_id=vid,
             etag=etag or (etag_for(vid) if vid else None),
             location=location,
             resource=resource,
             outcome=outcome,
+            warnings=warnings,
         )
 
     def create(
@@ -688,7 +715,7 @@ class FhirClient:
             replay=Replay.IF_REFUSED if if_none_exist else Replay.NEVER,
             facts=RequestFacts("POST", conditional=bool(if_none_exist)),
         )
-        return self._write_result(answer)
+        return self._write_result(answer, sent_type=rtype)
 
     def update(self, resource: Mapping[str, Any], *, if_match: str | None = None) -> WriteResult:
         """``PUT [type]/[id]``; with ``if_match`` (a versionId or ETag) only if still that version.
@@ -711,7 +738,7 @@ class FhirClient:
             replay=Replay.IDEMPOTENT,
             facts=RequestFacts("PUT", if_match=bool(if_match)),
         )
-        return self._write_result(answer)
+        return self._write_result(answer, sent_type=rtype, sent_id=rid)
 
     def delete(self, resource_type: str, resource_id: str) -> int:
         """``DELETE [type]/[id]``; returns the status (200, 202 or 204).
