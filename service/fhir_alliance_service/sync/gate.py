@@ -89,10 +89,14 @@ def _explicit_labels(resource: Mapping[str, Any], explicit: frozenset[tuple[str,
 def _hold_for(
     decision: ConsentDecision, resource: Mapping[str, Any], explicit: frozenset[tuple[str, str]]
 ) -> HoldReason:
-    if decision.outcome is DecisionOutcome.DENY:
+    # A consent that denies decides (``basis``); a permit that does not name an explicit label
+    # (PSYTHPN) gives a DENY without a deciding consent.
+    if decision.outcome is DecisionOutcome.DENY and decision.basis:
         return HoldReason.DENIED
     if _explicit_labels(resource, explicit):
         return HoldReason.NEEDS_EXPLICIT_PERMIT
+    if decision.outcome is DecisionOutcome.DENY:
+        return HoldReason.DENIED
     return HoldReason.NO_CONSENT
 
 
