@@ -1,0 +1,177 @@
+"""Tests of the operational routes: /healthz, /readyz, /metrics and the request id."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from fhir_alliance_service.app import create_app
+from fhir_alliance_service.store import SqlStore, make_engine
+from fhir_alliance_service.store.interface import Store
+from flask import Flask
+from flask.testing import FlaskClient
+from pytest_httpserver import HTTPServer
+
+SRS = {
+    "kind": "instrument-administration",
+    "id": "https://clinic.example.org/alliance-records|srs-ops-1",
+    "instrument": "srs",
+    "patient": {"reference": "Patient/example-client"},
+    "effective": "2026-11-20T15:50:00+00:00",
+    "rater": {"role": "client"},
+    "responses": {"1": 9.1, "2": 8.7, "3": 8.0, "4": 9.2},
+}
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _metric_lines(client: FlaskClient, headers: dict[str, str], name: str) -> list[str]:
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    return [line for line in response.text.splitlines() if line.startswith(name)]
+
+
+def test_healthz_needs_no_store(tmp_path: Path) -> None:
+    """/healthz answers 200 even when the database is unreachable (it never touches the store)."""
+    broken = SqlStore(make_engine(f"sqlite:///{tmp_path}/missing-dir/x.db"))
+    app = create_app({"database_url": "sqlite:///unused.db"}, store=broken)
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok"}
+
+
+def test_readyz_ok_with_store_only(client: FlaskClient) -> None:
+    """Without a FHIR server configured, a reachable store is enough."""
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json["checks"] == {"store": "ok"}
+
+
+def test_readyz_503_when_store_is_unreachable(tmp_path: Path) -> None:
+    """A store that cannot connect makes /readyz a 503 OperationOutcome naming the store."""
+    broken = SqlStore(make_engine(f"sqlite:///{tmp_path}/missing-dir/x.db"))
+    app = create_app({"database_url": "sqlite:///unused.db"}, store=broken)
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.mimetype == "application/fhir+json"
+    texts = [i["details"]["text"] for i in response.json["issue"]]
+    assert texts == ["store is not reachable"]
+    assert response.headers["Retry-After"]
+
+
+def test_readyz_checks_the_fhir_server(sqlite_url: str, fhir_base_url: str) -> None:
+    """With a reachable FHIR server (the test server, or FHIR_ALLIANCE_TEST_BASE_URL) it is ready."""
+    app = create_app({"database_url": sqlite_url, "fhir_base_url": fhir_base_url})
+    try:
+        response = app.test_client().get("/readyz")
+    finally:
+        app.extensions["fhir_alliance"].store.close()
+    assert response.status_code == 200, response.json
+    assert response.json["checks"] == {"store": "ok", "fhir_server": "ok"}
+
+
+def test_readyz_503_when_fhir_server_is_down(sqlite_url: str) -> None:
+    """Nothing listening at the FHIR base URL makes /readyz a 503 naming the FHIR server."""
+    app = create_app(
+        {"database_url": sqlite_url, "fhir_base_url": f"http://127.0.0.1:{_unused_port()}/fhir"}
+    )
+    try:
+        response = app.test_client().get("/readyz")
+    finally:
+        app.extensions["fhir_alliance"].store.close()
+    assert response.status_code == 503
+    assert [i["details"]["text"] for i in response.json["issue"]] == [
+        "fhir_server is not reachable"
+    ]
+
+
+def test_readyz_503_when_fhir_server_errors(sqlite_url: str, httpserver: HTTPServer) -> None:
+    """A FHIR server answering /metadata with 500 is not ready."""
+    httpserver.expect_request("/fhir/metadata").respond_with_data("oops", status=500)
+    app = create_app({"database_url": sqlite_url, "fhir_base_url": httpserver.url_for("/fhir")})
+    try:
+        response = app.test_client().get("/readyz")
+    finally:
+        app.extensions["fhir_alliance"].store.close()
+    assert response.status_code == 503
+
+
+def test_metrics_queue_depth_is_read_from_the_store(
+    client: FlaskClient, auth_headers: dict[str, dict[str, str]]
+) -> None:
+    """A posted record shows as one queued item in fhir_alliance_queue_depth."""
+    headers = auth_headers["read"]
+    assert 'fhir_alliance_queue_depth{state="queued"} 0.0' in _metric_lines(
+        client, headers, "fhir_alliance_queue_depth"
+    )
+    posted = client.post(
+        "/v1/records",
+        data=json.dumps(SRS),
+        headers=auth_headers["write"],
+        content_type="application/json",
+    )
+    assert posted.status_code == 201
+    assert 'fhir_alliance_queue_depth{state="queued"} 1.0' in _metric_lines(
+        client, headers, "fhir_alliance_queue_depth"
+    )
+
+
+def test_metrics_label_routes_by_rule_not_path(
+    client: FlaskClient, auth_headers: dict[str, dict[str, str]]
+) -> None:
+    """Request latency is labelled with the URL rule; the raw id in the path never appears."""
+    record_id = "6f1c1ad0-8f0e-5d6b-9a57-000000000001"
+    client.get(f"/v1/records/{record_id}", headers=auth_headers["read"])
+    lines = _metric_lines(client, auth_headers["read"], "fhir_alliance_request_latency_seconds")
+    assert any('route="/v1/records/<record_id>"' in line for line in lines)
+    assert not any(record_id in line for line in lines)
+
+
+def test_metrics_needs_read_scope(
+    client: FlaskClient, auth_headers: dict[str, dict[str, str]]
+) -> None:
+    """/metrics is not public: a consult key gets 403."""
+    assert client.get("/metrics", headers=auth_headers["consult"]).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("offered", "kept"),
+    [
+        ("req-2f9c1b2a-0001", True),
+        ("x", False),
+        ("bad id with spaces", False),
+        ("a" * 200, False),
+    ],
+)
+def test_request_id_is_echoed_or_generated(client: FlaskClient, offered: str, kept: bool) -> None:
+    """A sane X-Request-ID is echoed; anything else is replaced by a generated one."""
+    response = client.get("/healthz", headers={"X-Request-ID": offered})
+    echoed = response.headers["X-Request-ID"]
+    assert (echoed == offered) is kept
+    assert 8 <= len(echoed) <= 64
+
+
+def test_every_response_has_a_request_id(client: FlaskClient) -> None:
+    """Refused requests (401, 404) carry a request id too."""
+    assert client.get("/metrics").headers["X-Request-ID"]
+    assert client.get("/nowhere").headers["X-Request-ID"]
+
+
+def test_app_factory_keeps_apps_apart(app: Flask, sqlite_url: str) -> None:
+    """Two apps from the factory have their own settings and store (no global app object)."""
+    other = create_app({"database_url": sqlite_url, "max_body_bytes": 1234})
+    try:
+        assert other.extensions["fhir_alliance"] is not app.extensions["fhir_alliance"]
+        assert other.config["MAX_CONTENT_LENGTH"] == 1234
+        store: Store = other.extensions["fhir_alliance"].store
+        assert store is not app.extensions["fhir_alliance"].store
+    finally:
+        other.extensions["fhir_alliance"].store.close()
