@@ -1324,7 +1324,7 @@ class ConsentMapper:
     """The consent mapper for :mod:`fhir_alliance.mapping.registry`.
 
     A batch may hold consents and revocations: :meth:`check_batch` refuses a revocation whose consent
-    is not earlier in the batch (or in ``known``), and :meth:`apply_batch` folds each revocation into
+    is not in the batch (or in ``known``), and :meth:`apply_batch` folds each revocation into
     its consent (a new status change; nothing is erased), so only consents are mapped to FHIR.
     """
 
@@ -1362,32 +1362,35 @@ class ConsentMapper:
         known: Mapping[Identifier, ConsentRecord] | None = None,
     ) -> list[tuple[str, ConsentRecord]]:
         """The batch's consents with its revocations applied, labelled as given (revocations of
-        consents in ``known`` come back under the revocation's label)."""
+        consents in ``known`` come back under the revocation's label). Order in the batch does not
+        matter: every consent is taken first, then the revocations in the order of their ``at``."""
         consents: dict[Identifier, tuple[str, ConsentRecord]] = {
             record_id: ("", record) for record_id, record in (known or {}).items()
         }
         order: list[Identifier] = []
         issues: list[Issue] = []
+        revocations: list[tuple[str, ConsentRevocation]] = []
         for label, record in labelled:
             if isinstance(record, ConsentRevocation):
-                entry = consents.get(record.consent)
-                if entry is None:
-                    issues.append(Issue(f"{label}.consent", "revocation of an unknown consent"))
-                    continue
-                try:
-                    revoked = apply_revocation(entry[1], record)
-                except InputError as exc:
-                    issues += [Issue(f"{label}.{i.path}", i.message) for i in exc.issues]
-                    continue
-                consents[record.consent] = (entry[0] or label, revoked)
-                if record.consent not in order:
-                    order.append(record.consent)
+                revocations.append((label, record))
+            elif record.id in consents:
+                issues.append(Issue(f"{label}.id", "a consent with this id was given before"))
             else:
-                if record.id in consents:
-                    issues.append(Issue(f"{label}.id", "a consent with this id was given before"))
-                    continue
                 consents[record.id] = (label, record)
                 order.append(record.id)
+        for label, revocation in sorted(revocations, key=lambda pair: pair[1].at):
+            entry = consents.get(revocation.consent)
+            if entry is None:
+                issues.append(Issue(f"{label}.consent", "revocation of an unknown consent"))
+                continue
+            try:
+                revoked = apply_revocation(entry[1], revocation)
+            except InputError as exc:
+                issues += [Issue(f"{label}.{i.path}", i.message) for i in exc.issues]
+                continue
+            consents[revocation.consent] = (entry[0] or label, revoked)
+            if revocation.consent not in order:
+                order.append(revocation.consent)
         if issues:
             raise InputError.from_issues(issues)
         return [consents[record_id] for record_id in order]

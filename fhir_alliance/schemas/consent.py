@@ -362,32 +362,37 @@ def load_revocation(
 def load_consent_records(
     items: Sequence[object], *, known: Mapping[Identifier, ConsentRecord] | None = None
 ) -> list[ConsentRecord]:
-    """Load a list of consents and revocations in order; each revocation is applied to its consent
-    (from this list, or from ``known``). Returns the consents of the list and those of ``known`` that a
-    revocation changed, in first-seen order. Errors are prefixed with the item's index."""
+    """Load a list of consents and revocations; each revocation is applied to its consent (from
+    this list, or from ``known``). Order in the list does not matter: the consents are loaded first,
+    then the revocations are applied in the order of their ``at``. Returns the consents of the list
+    and those of ``known`` that a revocation changed, in first-seen order. Errors are prefixed with
+    the item's index."""
     records: dict[Identifier, ConsentRecord] = dict(known or {})
     touched: list[Identifier] = []
+    revocation_items: list[tuple[str, object]] = []
     for index, item in enumerate(items):
         prefix = str(index)
         kind = item.get("kind") if isinstance(item, Mapping) else None
         if kind == RECORD_KIND_REVOCATION:
-            revocation = load_revocation(item, known_consents=records.keys(), prefix=prefix)
-            try:
-                records[revocation.consent] = apply_revocation(
-                    records[revocation.consent], revocation
-                )
-            except InputError as exc:
-                raise _prefixed(exc, prefix) from None
-            if revocation.consent not in touched:
-                touched.append(revocation.consent)
-        else:
-            record = load_consent(item, prefix=prefix)
-            if record.id in records:
-                path = f"{prefix}.id"
-                message = "a consent with this id was given before"
-                raise InputError.from_issues([Issue(path=path, message=message)])
-            records[record.id] = record
-            touched.append(record.id)
+            revocation_items.append((prefix, item))
+            continue
+        record = load_consent(item, prefix=prefix)
+        if record.id in records:
+            message = "a consent with this id was given before"
+            raise InputError.from_issues([Issue(path=f"{prefix}.id", message=message)])
+        records[record.id] = record
+        touched.append(record.id)
+    revocations = [
+        (prefix, load_revocation(item, known_consents=records.keys(), prefix=prefix))
+        for prefix, item in revocation_items
+    ]
+    for prefix, revocation in sorted(revocations, key=lambda pair: pair[1].at):
+        try:
+            records[revocation.consent] = apply_revocation(records[revocation.consent], revocation)
+        except InputError as exc:
+            raise _prefixed(exc, prefix) from None
+        if revocation.consent not in touched:
+            touched.append(revocation.consent)
     return [records[i] for i in touched]
 
 

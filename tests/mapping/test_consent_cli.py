@@ -96,3 +96,29 @@ def test_foreign_consent_that_does_not_fit_names_the_element(
     code, _, err = _run(capsys, str(source))
     assert code == 1
     assert "category[1].coding[0].code" in err
+
+
+def test_revocation_before_its_consent_in_the_batch_is_applied(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Order in a batch does not matter: a revocation given before its consent still revokes it."""
+    code, out, err = _run(capsys, str(REVOCATION), str(EXAMPLES / "sharing.json"), "--ndjson")
+    assert code == 0, err
+    (resource,) = [json.loads(line) for line in out.splitlines()]
+    assert resource["status"] == "inactive"
+    state = [e for e in resource["extension"] if e["url"] == EXT_CONSENT_STATE]
+    assert state[0]["valueCode"] == "revoked"
+
+
+def test_revocation_before_its_consent_in_decide_inputs_is_applied(
+    tmp_path: Path,
+) -> None:
+    """Consent records read for ``decide`` apply a revocation listed before its consent."""
+    from fhir_alliance.consent.cli import read_consent_inputs
+
+    batch = tmp_path / "batch.json"
+    sharing = json.loads((EXAMPLES / "sharing.json").read_text())
+    batch.write_text(json.dumps([json.loads(REVOCATION.read_text()), sharing]))
+    (record,) = read_consent_inputs([str(batch)]).records
+    assert record.status.value == "revoked"
+    assert record.history[-1].status.value == "revoked"

@@ -86,3 +86,13 @@ def test_unreadable_file_is_an_error_not_a_crash(tmp_path: Path, capsys) -> None
     junk.write_text("{not json\n")
     code, _, err = _run(capsys, str(junk))
     assert code == 1 and "junk.json:1" in err
+
+
+def test_repair_before_its_rupture_maps(capsys) -> None:
+    """Order in a batch does not matter: a repair listed before its rupture maps, and both come out."""
+    code, out, err = _run(
+        capsys, str(EXAMPLES / "repair.json"), str(EXAMPLES / "rupture.json"), "--ndjson"
+    )
+    assert code == 0, err
+    codes = [json.loads(line)["code"]["coding"][0]["code"] for line in out.splitlines()]
+    assert sorted(codes) == ["repair-event", "rupture-event"]

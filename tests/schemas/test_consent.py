@@ -317,10 +317,17 @@ def test_load_consent_records_applies_revocations_in_order() -> None:
     assert len(records[0].history) == 3
 
 
+def test_load_consent_records_apply_a_revocation_listed_before_its_consent() -> None:
+    """Order in the list does not matter: a revocation before its consent is still applied."""
+    (record,) = load_consent_records([_revocation(), _sharing()])
+    assert record.status is ConsentStatus.REVOKED
+    assert len(record.history) == 3
+
+
 def test_load_consent_records_reports_item_index() -> None:
-    """Errors in a list carry the item's index; a revocation before its consent is unknown."""
+    """Errors in a list carry the item's index; a revocation of a consent not in it is unknown."""
     with pytest.raises(InputError) as err:
-        load_consent_records([_revocation(), _sharing()])
+        load_consent_records([_revocation()])
     assert _paths(err) == {"0.consent"}
     bad = _sharing()
     bad["status"] = "paused"
