@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -16,9 +17,9 @@ from fhir_alliance.consent.cds_hooks import (
     is_hook_request,
     request_from_hook,
 )
-from fhir_alliance.consent.decision import CombiningRule
+from fhir_alliance.consent.decision import ACTION_MESSAGE, KNOWN_ACTIONS, CombiningRule
 from fhir_alliance.consent.directory import ActorDirectory
-from fhir_alliance.consent.engine import ConsentEngine
+from fhir_alliance.consent.engine import MAX_PROVISION_DEPTH, ConsentEngine
 from fhir_alliance.consent.request_form import decision_to_json, load_decision_request
 from fhir_alliance.errors import InputError, Issue, MappingError
 from fhir_alliance.jsonio import parse_json_documents, read_input
@@ -123,12 +124,14 @@ def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
                 )
             resource_type = doc.get("resourceType")
             if resource_type == "Consent":
+                _check_depth(doc, "provision", where)
                 fhir.append((doc, where, _location(doc, None)))
             elif resource_type == "Bundle":
                 others.append(doc)
                 for n, entry in enumerate(doc.get("entry") or ()):
                     res = entry.get("resource") if isinstance(entry, Mapping) else None
                     if isinstance(res, Mapping) and res.get("resourceType") == "Consent":
+                        _check_depth(res, "provision", f"{where}.entry[{n}].resource")
                         full_url = entry.get("fullUrl")
                         fhir.append(
                             (
@@ -140,6 +143,7 @@ def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
             elif resource_type is not None:
                 others.append(doc)
             elif "kind" in doc:
+                _check_depth(doc, "provisions", where)
                 ours.append(doc)
             else:
                 raise InputError(
@@ -160,6 +164,28 @@ def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
     if ours:
         records.extend(load_consent_records(ours))
     return ConsentInputs(records, ActorDirectory.from_resources(others), locations)
+
+
+def _check_depth(document: Mapping[str, Any], key: str, where: str) -> None:
+    """Refuse provisions nested deeper than the engine compiles, before any recursive reader
+    sees them: one short error instead of a path per level or a RecursionError."""
+    stack: list[tuple[Any, int]] = [(document.get("provision"), 0)]
+    while stack:
+        node, depth = stack.pop()
+        for item in node if isinstance(node, list) else [node]:
+            if not isinstance(item, Mapping):
+                continue
+            if depth > MAX_PROVISION_DEPTH:
+                raise InputError(
+                    f"{where}: provisions nested deeper than {MAX_PROVISION_DEPTH} levels",
+                    issues=[
+                        Issue(
+                            path=f"{where}.provision",
+                            message=f"nested deeper than {MAX_PROVISION_DEPTH} levels (the limit)",
+                        )
+                    ],
+                )
+            stack.append((item.get(key), depth + 1))
 
 
 def _location(resource: Mapping[str, Any], full_url: str | None) -> str | None:
@@ -185,7 +211,14 @@ def _instant(text: str | None) -> datetime:
 
 
 def run_decide(args: argparse.Namespace) -> int:
+    if (CONSENT_ACTION, args.action) not in KNOWN_ACTIONS:
+        raise InputError(
+            "--action: unknown consent action",
+            issues=[Issue(path="--action", message=ACTION_MESSAGE)],
+        )
     inputs = read_consent_inputs(args.consents)
+    if not inputs.records:
+        print("decide: no consents were read; the answer can only be no-consent", file=sys.stderr)
     documents = _read_json_documents(args.request, _read_text(args.request))
     if len(documents) != 1 or not isinstance(documents[0], Mapping):
         raise InputError(
@@ -198,7 +231,7 @@ def run_decide(args: argparse.Namespace) -> int:
         inputs.records, directory=inputs.directory, combining=CombiningRule(args.combining)
     )
     if is_hook_request(data):
-        action = Coding(system=CONSENT_ACTION, code=args.action) if args.action else None
+        action = Coding(system=CONSENT_ACTION, code=args.action)
         request = request_from_hook(data, at=at, action=action)
         decision = engine.decide(request, trace=args.trace)
         print(json.dumps(card_response(decision, locations=inputs.locations), indent=2))

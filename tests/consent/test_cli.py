@@ -1,0 +1,87 @@
+"""``fhir-alliance decide``: options checked, empty inputs said out loud, deep nesting refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_alliance.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "decisions"
+REQUEST = EXAMPLES / "requests" / "clinic-observation.json"
+HOOK = EXAMPLES / "requests" / "leap-context-dr-a.json"
+CONSENTS = [str(p) for p in sorted((EXAMPLES / "consents").iterdir())]
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("action", ["acess", "ACCESS", ""])
+def test_unknown_hook_action_is_refused(action: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--action outside consentaction exits 1 naming --action, and decides nothing."""
+    code, out, err = run(["decide", *CONSENTS, "-r", str(HOOK), "--action", action], capsys)
+    assert (code, out) == (1, "")
+    assert "--action" in err
+
+
+def test_empty_consents_input_is_said_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty consents file is allowed: the answer is no-consent and stderr says none were read."""
+    empty = tmp_path / "none.json"
+    empty.write_text("[]")
+    code, out, err = run(["decide", str(empty), "-r", str(REQUEST), "--json"], capsys)
+    assert code == 0
+    assert json.loads(out)["decision"] == "no-consent"
+    assert "no consents were read" in err
+
+
+def _nested(depth: int, key: str) -> str:
+    """JSON text of a provision with ``depth`` nested levels below it (written as text: deeper
+    than Python's recursion limit, it cannot go through json.dumps)."""
+    return f'{{"type": "permit", "{key}": [' * depth + '{"type": "deny"}' + "]}" * depth
+
+
+def _with_nested(document: dict[str, Any], depth: int, key: str) -> str:
+    marker = "__NESTED__"
+    document["provision"] = {**document.get("provision", {}), key: [marker]}
+    return json.dumps(document).replace(f'"{marker}"', _nested(depth, key))
+
+
+@pytest.mark.parametrize("depth", [40, 300, 5000])
+def test_deeply_nested_fhir_consent_is_a_short_error(
+    depth: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Consent nested past the limit (or past Python's recursion limit) exits 1, briefly."""
+    bundle = json.loads((EXAMPLES / "consents" / "r4-bundle.json").read_text())
+    consent = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent"
+    )
+    path = tmp_path / "deep.json"
+    path.write_text(_with_nested(consent, depth, "provision"))
+    code, out, err = run(["decide", str(path), "-r", str(REQUEST)], capsys)
+    assert (code, out) == (1, "")
+    assert "Traceback" not in err and "RecursionError" not in err
+    assert "nested" in err and len(err.replace(str(path), "F")) < 200, err
+
+
+@pytest.mark.parametrize("depth", [40, 300, 5000])
+def test_deeply_nested_consent_record_is_a_short_error(
+    depth: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Our JSON form nested past the limit (or the recursion limit) exits 1, briefly."""
+    records = json.loads((EXAMPLES / "consents" / "records.json").read_text())
+    record = next(r for r in records if r.get("kind") == "consent")
+    path = tmp_path / "deep.json"
+    path.write_text("[" + _with_nested(record, depth, "provisions") + "]")
+    code, out, err = run(["decide", str(path), "-r", str(REQUEST)], capsys)
+    assert (code, out) == (1, "")
+    assert "Traceback" not in err and "RecursionError" not in err
+    assert "nested" in err and len(err.replace(str(path), "F")) < 200, err
