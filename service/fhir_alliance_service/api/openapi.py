@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
 from typing import Any, Final, TypeVar
 
 from apispec import APISpec
@@ -291,10 +292,22 @@ def _component_schemas() -> list[type[Schema]]:
     return schemas + list(RECORD_BODY_SCHEMAS.values())
 
 
+def _json_numbers(value: Any) -> Any:
+    """The document with ``Decimal`` bounds (from marshmallow ``Range`` validators) as JSON numbers,
+    not the strings Flask's encoder would make of them."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_numbers(v) for v in value]
+    return value
+
+
 def openapi_spec() -> dict[str, Any]:
     """The current app's document as a dict (built once per app and cached)."""
     cached: dict[str, Any] | None = current_app.extensions.get(_DESCRIPTION_ATTRIBUTE)
     if cached is None:
-        cached = build_spec(current_app).to_dict()
+        cached = _json_numbers(build_spec(current_app).to_dict())
         current_app.extensions[_DESCRIPTION_ATTRIBUTE] = cached
     return cached
