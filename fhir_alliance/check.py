@@ -34,6 +34,7 @@ from fhir_alliance.errors import (
     Issue,
     NotFoundError,
     ServerError,
+    TransportError,
     VersionConflictError,
     loggable_outcome,
 )
@@ -191,12 +192,32 @@ class CheckReport:
         return "\n".join(lines)
 
 
+#: What to try next, for failures that happen before any HTTP answer (by message prefix).
+_TRANSPORT_HINTS = (
+    (
+        "TLS certificate verification failed",
+        "the server's certificate is not trusted: pass --ca-bundle (or set REQUESTS_CA_BUNDLE "
+        "or SSL_CERT_FILE) with the CA that signed it",
+    ),
+    ("TLS handshake failed", "check that the URL's port speaks https, and --ca-bundle"),
+    ("host not found", "check the host name in --base-url (and DNS)"),
+    ("connection refused", "check that the server runs and the port in --base-url is right"),
+    ("request timed out", "the server did not answer in time: raise --timeout or --deadline"),
+    ("request exceeded its deadline", "the call took too long in all: raise --deadline"),
+)
+
+
 def _describe(exc: FhirAllianceError) -> str:
-    """Our message plus the outcome's issue codes; never the server's diagnostics."""
+    """Our message plus the outcome's issue codes, or a hint for transport failures; never the
+    server's diagnostics."""
     text = exc.message
     if isinstance(exc, ServerError) and exc.outcome:
         codes = ",".join(f"{i['severity']}/{i['code']}" for i in loggable_outcome(exc.outcome))
         text += f" [{codes}]"
+    if isinstance(exc, TransportError):
+        hint = next((h for prefix, h in _TRANSPORT_HINTS if text.startswith(prefix)), None)
+        if hint:
+            text += f"; {hint}"
     return text
 
 
@@ -360,15 +381,51 @@ def _auth_from_args(args: argparse.Namespace) -> Auth:
     )
 
 
+#: Environment variables naming a CA bundle, in the order they are read (requests' own and
+#: OpenSSL's), when ``--ca-bundle`` is not given.
+CA_BUNDLE_ENV = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+def _ca_bundle(args: argparse.Namespace) -> str | None:
+    """The CA bundle path from ``--ca-bundle`` or the environment; InputError if unreadable."""
+    source, path = "--ca-bundle", args.ca_bundle
+    if not path:
+        source, path = next(
+            ((name, os.environ[name]) for name in CA_BUNDLE_ENV if os.environ.get(name)),
+            ("", None),
+        )
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise InputError(
+            "the CA bundle is not a readable file",
+            issues=[Issue(path=source, message="no such file")],
+        )
+    return str(path)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
 def _handle(args: argparse.Namespace) -> int:
     auth = _auth_from_args(args)
     timeout = float(args.timeout)
+    deadline = float(args.deadline)
     with FhirClient(
         args.base_url,
         auth=auth,
         timeout=(min(timeout, 10.0), timeout),
-        retry=RetryPolicy(max_attempts=3, max_elapsed=max(30.0, timeout * 3)),
+        deadline=deadline,
+        retry=RetryPolicy(max_attempts=3, max_elapsed=deadline),
         allow_insecure_http=args.allow_insecure_http,
+        ca_bundle=_ca_bundle(args),
     ) as client:
         report = run_check(client)
     if args.json:
@@ -377,6 +434,16 @@ def _handle(args: argparse.Namespace) -> int:
     else:
         print(report.to_text())
     return 0 if report.ok else 1
+
+
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Each option's help ends with its default, when it has one worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" not in text and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
 
 
 def register(subparsers: Any) -> None:
@@ -390,33 +457,84 @@ def register(subparsers: Any) -> None:
             "with a run id; everything created is deleted). Secrets come from environment "
             "variables, never from the command line. Exit status 0 when every step passed."
         ),
+        formatter_class=_HelpWithDefaults,
     )
     parser.add_argument(
-        "--base-url", required=True, help="FHIR base URL, e.g. https://hapi.fhir.org/baseR4"
+        "--base-url",
+        required=True,
+        metavar="URL",
+        help="FHIR base URL, e.g. https://hapi.fhir.org/baseR4 (required)",
     )
-    parser.add_argument("--auth", choices=("none", "basic", "bearer", "smart"), default="none")
     parser.add_argument(
-        "--token-env", default="FHIR_ALLIANCE_TOKEN", help="env var with the bearer token"
+        "--auth",
+        choices=("none", "basic", "bearer", "smart"),
+        default="none",
+        help="how to authenticate: none, basic (user name and password), bearer (a token), "
+        "smart (SMART Backend Services with a private key)",
     )
-    parser.add_argument("--username", help="basic auth user name")
+    parser.add_argument(
+        "--token-env",
+        default="FHIR_ALLIANCE_TOKEN",
+        metavar="VAR",
+        help="environment variable holding the bearer token (--auth bearer)",
+    )
+    parser.add_argument("--username", help="user name for --auth basic")
     parser.add_argument(
         "--password-env",
         default="FHIR_ALLIANCE_PASSWORD",
-        help="env var with the basic auth password",
+        metavar="VAR",
+        help="environment variable holding the password (--auth basic)",
     )
-    parser.add_argument("--client-id", help="SMART backend services client id")
-    parser.add_argument("--private-key", help="PEM file of the registered private key")
-    parser.add_argument("--key-id", help="kid of the registered key")
-    parser.add_argument("--algorithm", choices=("RS384", "ES384"), default="RS384")
-    parser.add_argument("--scope", default="system/Observation.cruds system/Consent.cruds")
+    parser.add_argument("--client-id", help="SMART client id (--auth smart)")
     parser.add_argument(
-        "--token-url", help="token endpoint (default: from .well-known/smart-configuration)"
+        "--private-key", metavar="PEM", help="file with the registered private key (--auth smart)"
     )
-    parser.add_argument("--timeout", default="30", help="read timeout in seconds (default 30)")
+    parser.add_argument("--key-id", metavar="KID", help="kid of the registered key (--auth smart)")
+    parser.add_argument(
+        "--algorithm",
+        choices=("RS384", "ES384"),
+        default="RS384",
+        help="signing algorithm of the key (--auth smart)",
+    )
+    parser.add_argument(
+        "--scope",
+        default="system/Observation.cruds system/Consent.cruds",
+        help="scopes to ask for (--auth smart)",
+    )
+    parser.add_argument(
+        "--token-url",
+        metavar="URL",
+        help="token endpoint (--auth smart; default: the one named in "
+        "[base]/.well-known/smart-configuration)",
+    )
+    parser.add_argument(
+        "--ca-bundle",
+        metavar="PEM",
+        help="file of CA certificates to trust for https, for a server whose certificate a "
+        "private CA signed (default: $REQUESTS_CA_BUNDLE, else $SSL_CERT_FILE, else the "
+        "system's CAs); certificate checks are never switched off",
+    )
+    parser.add_argument(
+        "--timeout",
+        default="30",
+        type=_positive,
+        metavar="SECONDS",
+        help="read timeout of each request, in seconds (connecting waits at most 10)",
+    )
+    parser.add_argument(
+        "--deadline",
+        default="120",
+        type=_positive,
+        metavar="SECONDS",
+        help="most seconds one request may take in all: connecting, sending, reading the answer "
+        "and retries",
+    )
     parser.add_argument(
         "--allow-insecure-http",
         action="store_true",
         help="allow credentials over plain http to a non-loopback host (never for real data)",
     )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--json", action="store_true", help="print the report as JSON instead of text"
+    )
     parser.set_defaults(handler=_handle)

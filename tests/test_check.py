@@ -1,6 +1,11 @@
 """``fhir-alliance check``: capability gaps, the tagged round trip, cleanup, report and exit status."""
 
+import argparse
 import json
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -8,9 +13,16 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from fhir_alliance import cli
-from fhir_alliance.check import RUN_TAG_SYSTEM, check_resources, run_check
+from fhir_alliance.check import (
+    CA_BUNDLE_ENV,
+    RUN_TAG_SYSTEM,
+    check_resources,
+    register,
+    run_check,
+)
 from fhir_alliance.client import FhirClient, RetryPolicy
 from fhir_alliance.terminology import CANONICAL_BASE, LABEL_TEST_DATA
+from tests.client.tls import self_signed_https_server
 from tests.fhir_server import plugin
 from tests.fhir_server.plugin import FhirTestServer
 
@@ -199,3 +211,117 @@ def test_smart_options_are_required_together(capsys: pytest.CaptureFixture[str])
     assert code == 1
     for option in ("--client-id", "--private-key", "--key-id"):
         assert option in err
+
+
+CAPABILITIES = {
+    "resourceType": "CapabilityStatement",
+    "status": "active",
+    "kind": "instance",
+    "fhirVersion": "4.0.1",
+    "format": ["json"],
+    "rest": [{"mode": "server", "resource": []}],
+}
+
+NOT_FOUND = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "not-found"}],
+}
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[HTTPServer, Path]]:
+    """An https FHIR stub with a self-signed certificate: it serves /metadata, all else is 404."""
+    with self_signed_https_server(tmp_path) as (server, cert):
+        server.expect_request("/fhir/metadata").respond_with_json(CAPABILITIES)
+        server.expect_request(re.compile("/fhir/.*")).respond_with_json(NOT_FOUND, status=404)
+        yield server, cert
+
+
+def check_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+    code = cli.main(["check", *argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def no_ca_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in CA_BUNDLE_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_untrusted_certificate_is_named_with_the_fix(
+    tls_server: tuple[HTTPServer, Path],
+    capsys: pytest.CaptureFixture[str],
+    no_ca_environment: None,
+) -> None:
+    """A self-signed server: the report names the certificate failure and --ca-bundle."""
+    server, _ = tls_server
+    code, report = check_json(["--base-url", server.url_for("/fhir")], capsys)
+    assert code == 1
+    assert "certificate verification failed" in report["fatal"]
+    assert "--ca-bundle" in report["fatal"]
+    assert server.log == []
+
+
+@pytest.mark.parametrize("source", ["option", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"])
+def test_ca_bundle_from_option_or_environment_is_trusted(
+    tls_server: tuple[HTTPServer, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    no_ca_environment: None,
+    source: str,
+) -> None:
+    """--ca-bundle, or else $REQUESTS_CA_BUNDLE or $SSL_CERT_FILE, makes the server trusted."""
+    server, cert = tls_server
+    argv = ["--base-url", server.url_for("/fhir")]
+    if source == "option":
+        argv += ["--ca-bundle", str(cert)]
+    else:
+        monkeypatch.setenv(source, str(cert))
+    _, report = check_json(argv, capsys)
+    assert report["fatal"] is None or "certificate" not in report["fatal"]
+    assert report["capabilities"]["fhirVersion"] == "4.0.1"
+    assert any(request.path == "/fhir/metadata" for request, _ in server.log)
+
+
+def test_missing_ca_bundle_file_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """--ca-bundle naming no file is an input error naming --ca-bundle."""
+    code = cli.main(
+        ["check", "--base-url", "https://ehr.example.org/fhir", "--ca-bundle", "/no/such.pem"]
+    )
+    assert code == 1 and "--ca-bundle" in capsys.readouterr().err
+
+
+def test_refused_and_unknown_host_are_told_apart_from_timeouts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Nothing listening → 'connection refused'; a name that does not resolve → 'host not found'."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _, refused = check_json(["--base-url", f"http://127.0.0.1:{port}/fhir"], capsys)
+    _, unknown = check_json(["--base-url", "http://no-such-host.invalid/fhir"], capsys)
+    assert "connection refused" in refused["fatal"] and "timed out" not in refused["fatal"]
+    assert "host not found" in unknown["fatal"] and "timed out" not in unknown["fatal"]
+
+
+def test_every_option_has_help_with_its_default() -> None:
+    """`check --help` explains every option and gives each default (and the CA variables)."""
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    check = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        "check"
+    ]
+    text = check.format_help()
+    for action in check._actions:
+        assert action.help, f"{action.option_strings} has no help"
+        if action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in " ".join(text.split()), action.dest
+    for variable in (*CA_BUNDLE_ENV, "FHIR_ALLIANCE_TOKEN", "FHIR_ALLIANCE_PASSWORD"):
+        assert variable in text
+
+
+def test_deadline_and_timeout_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    """--deadline 0 is refused by argparse with the option named."""
+    with pytest.raises(SystemExit):
+        cli.main(["check", "--base-url", "https://ehr.example.org/fhir", "--deadline", "0"])
+    assert "--deadline" in capsys.readouterr().err
