@@ -29,7 +29,9 @@ from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.terminology import CONSENT_ACTION, V3_ACT_CODE, V3_ACT_REASON
 
 __all__ = [
+    "BASIS_KEY",
     "CARD_DECISIONS",
+    "NOTES_KEY",
     "HOOK",
     "card_response",
     "is_hook_request",
@@ -48,6 +50,9 @@ _DETAIL: Final = {
     "CONSENT_DENY": "There is a patient consent denying this action.",
     "NO_CONSENT": "No applicable patient consent was found.",
 }
+#: Card extension keys of ours: every deciding consent with its provision path, and the notes.
+BASIS_KEY: Final = "org.fhir-alliance.basis"
+NOTES_KEY: Final = "org.fhir-alliance.notes"
 #: The action a consult asks about when the caller does not say (LEAP does not evaluate actions).
 DEFAULT_HOOK_ACTION: Final = Coding(system=CONSENT_ACTION, code="access")
 
@@ -162,7 +167,12 @@ def card_response(
 ) -> dict[str, Any]:
     """LEAP's answer: ``{"cards": [one card]}`` with ``extension.decision``, REDACT
     ``obligations`` (only with a permit) and ``basedOn``: the deciding consent's location from
-    ``locations`` (e.g. its ``fullUrl``), else a search URL by its identifier."""
+    ``locations`` (e.g. its ``fullUrl``), else a search URL by its identifier.
+
+    Beside LEAP's keys, ``extension`` carries :data:`BASIS_KEY` (every deciding consent, its
+    location, provision path and decision) and :data:`NOTES_KEY` (the engine's notes), and the
+    ``detail`` text repeats them for a client that shows only the card. ``source_label`` and
+    ``source_url`` name the service (the sync service passes its settings)."""
     outcome = decision.outcome
     inexpressible = [o for o in decision.obligations if not _expressible(o)]
     if outcome is DecisionOutcome.PERMIT and inexpressible:
@@ -175,15 +185,31 @@ def card_response(
             extension["obligations"].append(
                 {"id": {"system": V3_ACT_CODE, "code": "REDACT"}, "parameters": {key: _codes(o)}}
             )
+    where = locations or {}
     if decision.basis:
         consent = decision.basis[0].consent
-        extension["basedOn"] = (locations or {}).get(consent) or f"Consent?identifier={consent}"
+        extension["basedOn"] = where.get(consent) or f"Consent?identifier={consent}"
+    # Ours, beside LEAP's keys (reverse-domain names, as CDS Hooks advises for extensions).
+    extension[BASIS_KEY] = [
+        {
+            "consent": str(b.consent),
+            "location": where.get(b.consent),
+            "provision": b.path,
+            "decision": b.decision.value,
+        }
+        for b in decision.basis
+    ]
+    extension[NOTES_KEY] = list(decision.notes)
     detail = _DETAIL[code]
     if inexpressible and decision.outcome is DecisionOutcome.PERMIT:
         detail += (
             " Permitted only with redactions by date or by resource that this card cannot carry;"
             " ask about each resource instead."
         )
+    if decision.basis:
+        detail += " Decided by " + "; ".join(str(b) for b in decision.basis) + "."
+    if decision.notes:
+        detail += "\n\n" + "\n".join(f"- {n}" for n in decision.notes)
     source: dict[str, str] = {"label": source_label}
     if source_url:
         source["url"] = source_url

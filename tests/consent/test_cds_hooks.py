@@ -122,3 +122,35 @@ def test_unknown_action_is_refused(code: str) -> None:
     with pytest.raises(InputError) as info:
         request_from_hook(CONTEXT, at=t("2025-06-01"), action=Coding(CONSENT_ACTION, code))
     assert [i.path for i in info.value.issues] == ["action"]
+
+
+def test_card_says_why() -> None:
+    """The card names the deciding consent, its provision path and the engine's notes, beside
+    LEAP's keys, and repeats them in the detail a LEAP client shows."""
+    deny = DecisionBasis(Identifier("urn:c", "c1"), "0.1", Decision.DENY, t("2025-01-01"))
+    note = "consent urn:c|c1, provision 0.1: actor Practitioner/x could not be resolved"
+    decision = ConsentDecision(
+        DecisionOutcome.DENY, CombiningRule.DENY_OVERRIDES, (deny,), (), (note,)
+    )
+    card = card_response(decision, locations={deny.consent: "https://ehr/fhir/Consent/1"})["cards"][
+        0
+    ]
+    ext = card["extension"]
+    assert {"decision", "obligations", "basedOn"} <= set(ext)
+    assert ext["org.fhir-alliance.basis"] == [
+        {
+            "consent": "urn:c|c1",
+            "location": "https://ehr/fhir/Consent/1",
+            "provision": "0.1",
+            "decision": "deny",
+        }
+    ]
+    assert ext["org.fhir-alliance.notes"] == [note]
+    assert "provision 0.1" in card["detail"] and note in card["detail"]
+
+
+def test_card_source_is_the_callers() -> None:
+    """The source label and URL are the caller's (the service passes its settings)."""
+    decision = ConsentDecision(DecisionOutcome.NO_CONSENT, CombiningRule.DENY_OVERRIDES)
+    card = card_response(decision, source_label="Clinic X", source_url="https://x.example/cds")
+    assert card["cards"][0]["source"] == {"label": "Clinic X", "url": "https://x.example/cds"}
