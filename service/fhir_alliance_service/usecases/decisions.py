@@ -27,6 +27,7 @@ from fhir_alliance.terminology import (
 )
 from fhir_alliance_service.store.interface import Store
 from fhir_alliance_service.usecases.consents import engine_for_patient
+from fhir_alliance_service.usecases.references import IDENTIFIER_MESSAGE, identifier_issues
 
 __all__ = ["PatientDecision", "decide_for_patient", "parse_party"]
 
@@ -51,7 +52,10 @@ def parse_party(text: str, *, path: str) -> Ref:
     """A party named as the service names them: a literal reference ``Type/id`` or an identifier
     token ``system|value``."""
     if "|" in text:
-        return Ref(identifier=Identifier.parse(text, path=path))
+        identifier = Identifier.parse(text, path=path)
+        if identifier_issues(identifier, path):
+            raise _fail(path, IDENTIFIER_MESSAGE)
+        return Ref(identifier=identifier)
     if not _REFERENCE.fullmatch(text):
         raise _fail(path, "expected a reference Type/id or an identifier system|value")
     return Ref(reference=text, type=text.partition("/")[0])

@@ -6,8 +6,9 @@ the batch (a repair names a rupture of the batch or of the store; a revocation n
 batch or of the store and is folded into it as a new version), and hands everything to
 ``store.put_records`` with one intake AuditEvent per record, in one transaction. Errors of every
 payload are collected into one :class:`~fhir_alliance.errors.InputError` whose issue paths start
-with the payload's label (its index in a list: ``1.responses.3.value``). Held records of a patient
-whose consents changed are re-queued.
+with the payload's label (its index in a list: ``1.responses.3.value``). Identifiers, the patient
+and every reference must also pass the service's stricter rules (``usecases/references.py``). Held
+records of a patient whose consents changed are re-queued.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ from fhir_alliance_service.store.interface import (
     StoredRecord,
 )
 from fhir_alliance_service.usecases.consents import patient_key
+from fhir_alliance_service.usecases.references import (
+    identifier_issues,
+    patient_issues,
+    reference_issues,
+)
 
 __all__ = [
     "FAMILY_CONSENT",
@@ -102,6 +108,8 @@ def _load_all(
             loaded.append((label, mapper, mapper.load(payload)))
         except InputError as exc:
             issues += _prefixed(exc.issues, label)
+            continue
+        issues += reference_issues(payload, label)
     return loaded, issues
 
 
@@ -217,6 +225,12 @@ def intake_records(
             body=body,
             content_hash=content_hash(body),
         )
+        identity = identifier_issues(record.id, _at(label, "id")) + patient_issues(
+            record.patient, _at(label, "patient")
+        )
+        if identity:
+            issues += identity
+            continue
         if new.record_id in seen:
             issues.append(Issue(_at(label, "id"), "the same record id appears twice"))
             continue

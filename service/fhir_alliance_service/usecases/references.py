@@ -1,0 +1,89 @@
+"""What the service accepts as a business identifier and as a reference, checked at intake.
+
+The library's JSON form takes any non-empty text in these places; the service is stricter because
+the values become store keys, URL path parts and FHIR search tokens:
+
+* a **business identifier** ``system|value``: ``system`` an absolute URI, ``value`` 1-200 characters
+  without spaces, quotes, ``|``, ``,``, ``\\``, ``$`` or angle brackets (a ``|`` or ``,`` would break
+  the FHIR token search that finds a record again after a lost response);
+* a **literal reference**: ``Type/id`` as FHIR defines it (an optional absolute base before it, an
+  optional ``/_history/<version>`` after it), ``urn:uuid:…``, ``urn:oid:…`` or a ``#contained`` id;
+* the **patient** of a record: ``Patient/<id>`` or a business identifier.
+
+Messages never repeat the refused value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+from fhir_alliance.errors import Issue
+from fhir_alliance.model.common import Identifier, Ref
+
+__all__ = [
+    "IDENTIFIER_MESSAGE",
+    "REFERENCE_MESSAGE",
+    "identifier_issues",
+    "patient_issues",
+    "reference_issues",
+    "valid_literal_reference",
+]
+
+_SYSTEM: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s|,\\'\"<>`$]{1,255}")
+_VALUE: Final = re.compile(r"[^\s|,\\'\"<>`$]{1,200}")
+_ID: Final = r"[A-Za-z0-9\-.]{1,64}"
+_LITERAL: Final = re.compile(
+    rf"(?:https?://[A-Za-z0-9\-.:%/]+/)?[A-Z][A-Za-z]{{1,63}}/{_ID}(?:/_history/{_ID})?"
+    rf"|urn:uuid:[0-9a-fA-F\-]{{36}}|urn:oid:[0-2](?:\.[0-9]+)+|#{_ID}"
+)
+_PATIENT: Final = re.compile(rf"Patient/{_ID}")
+
+IDENTIFIER_MESSAGE: Final = (
+    "expected an identifier system|value: an absolute URI, then a value without spaces, quotes, "
+    "'|' or ','"
+)
+REFERENCE_MESSAGE: Final = "expected a literal reference such as Type/id"
+
+
+def identifier_issues(identifier: Identifier, path: str) -> list[Issue]:
+    if _SYSTEM.fullmatch(identifier.system) and _VALUE.fullmatch(identifier.value):
+        return []
+    return [Issue(path=path, message=IDENTIFIER_MESSAGE)]
+
+
+def valid_literal_reference(text: str) -> bool:
+    return _LITERAL.fullmatch(text) is not None
+
+
+def patient_issues(patient: Ref, path: str) -> list[Issue]:
+    """The patient is named ``Patient/<id>`` and/or by a business identifier."""
+    issues: list[Issue] = []
+    if patient.reference is not None and not _PATIENT.fullmatch(patient.reference):
+        issues.append(Issue(f"{path}.reference", "expected a patient reference Patient/<id>"))
+    if patient.identifier is not None:
+        issues += identifier_issues(patient.identifier, f"{path}.identifier")
+    return issues
+
+
+def _references(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "reference" and isinstance(item, str):
+                yield where, item
+            else:
+                yield from _references(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _references(item, f"{path}.{index}" if path else str(index))
+
+
+def reference_issues(payload: Mapping[str, Any], label: str) -> list[Issue]:
+    """Every ``reference`` in ``payload`` (our JSON form) that is not a literal reference."""
+    return [
+        Issue(path=path, message=REFERENCE_MESSAGE)
+        for path, text in _references(payload, label)
+        if not valid_literal_reference(text)
+    ]
