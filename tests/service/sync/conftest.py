@@ -31,7 +31,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def test_settings(base_url: str, database_url: str, **overrides: Any) -> Settings:
+def sync_settings(base_url: str, database_url: str, **overrides: Any) -> Settings:
     """Settings for a sync against ``base_url``: small batches, quick polls and backoff."""
     base = Settings(
         database_url=database_url,
@@ -112,6 +112,6 @@ class SyncHarness:
 def harness(
     sync_store: SqlStore, sqlite_url: str, fhir_server: FhirTestServer
 ) -> Iterator[SyncHarness]:
-    settings = test_settings(fhir_server.base_url, sqlite_url)
+    settings = sync_settings(fhir_server.base_url, sqlite_url)
     with FhirClient(fhir_server.base_url, retry=QUICK_RETRY) as client:
         yield SyncHarness(sync_store, settings, client, fhir_server, records.run_token())

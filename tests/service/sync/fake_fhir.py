@@ -1,0 +1,152 @@
+"""A small transaction-only FHIR endpoint on pytest-httpserver, for fault injection.
+
+It applies transaction Bundles of ``PUT`` entries to an in-memory map (version per write) and answers
+with a transaction-response, unless the next queued fault says otherwise: a status (503 storms, 429
+with ``Retry-After``), a malformed body, a rejection of Bundles holding a given id (422 with an
+OperationOutcome), or "apply, then answer too late" (a lost response). ``writes`` counts the writes
+applied per ``Type/id``, so tests can tell a harmless re-send from a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+FHIR_JSON = "application/fhir+json"
+Fault = Callable[[dict[str, Any]], Response | str | None]
+
+
+def outcome(code: str, diagnostics: str) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
+    }
+
+
+def status(code: int, *, retry_after: str | None = None) -> Fault:
+    """Answer ``code`` with an OperationOutcome; apply nothing."""
+
+    def fault(bundle: dict[str, Any]) -> Response:
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        body = json.dumps(outcome("transient", "try later"))
+        return Response(body, status=code, headers=headers, content_type=FHIR_JSON)
+
+    return fault
+
+
+def malformed(bundle: dict[str, Any]) -> Response:
+    """A 200 that is not FHIR JSON (a proxy's HTML page); nothing applied."""
+    return Response("<html><body>gateway</body></html>", status=200, content_type="text/html")
+
+
+def late_answer(seconds: float) -> Fault:
+    """Apply the Bundle, then answer only after ``seconds`` (the client has given up)."""
+
+    def fault(bundle: dict[str, Any]) -> str:
+        time.sleep(seconds)
+        return "applied-late"
+
+    return fault
+
+
+@dataclass
+class FakeFhir:
+    server: HTTPServer
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    writes: Counter[str] = field(default_factory=Counter)
+    faults: list[Fault] = field(default_factory=list)
+    #: Ids whose Bundles are refused with 422 (the server's own validation says no).
+    rejected_ids: set[str] = field(default_factory=set)
+    requests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        return self.server.url_for("/fhir")
+
+    def install(self) -> FakeFhir:
+        self.server.expect_request("/fhir", method="POST").respond_with_handler(self.handle)
+        return self
+
+    def handle(self, request: Request) -> Response:
+        bundle = json.loads(request.get_data())
+        with self.lock:
+            self.requests += 1
+            fault = self.faults.pop(0) if self.faults else None
+        if fault is not None:
+            answer = fault(bundle)
+            if isinstance(answer, Response):
+                return answer
+        ids = {e["resource"]["id"] for e in bundle["entry"]}
+        if ids & self.rejected_ids:
+            body = json.dumps(outcome("processing", "Patient Jane Roe: value not allowed"))
+            return Response(body, status=422, content_type=FHIR_JSON)
+        return Response(json.dumps(self.apply(bundle)), status=200, content_type=FHIR_JSON)
+
+    def apply(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        entries = []
+        with self.lock:
+            for entry in bundle["entry"]:
+                assert entry["request"]["method"] == "PUT", "the worker only PUTs"
+                key = entry["request"]["url"]
+                self.writes[key] += 1
+                version = self.writes[key]
+                created = key not in self.resources
+                resource = dict(entry["resource"])
+                resource["meta"] = {**resource.get("meta", {}), "versionId": str(version)}
+                self.resources[key] = resource
+                entries.append(
+                    {
+                        "response": {
+                            "status": "201 Created" if created else "200 OK",
+                            "location": f"{key}/_history/{version}",
+                            "etag": f'W/"{version}"',
+                        }
+                    }
+                )
+        return {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
+
+
+@contextmanager
+def resetting_server() -> Iterator[str]:
+    """A TCP server that reads a request and answers with a connection reset; yields its base."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(2)
+            with suppress(OSError):
+                conn.recv(65536)
+            conn.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/fhir"
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        listener.close()
