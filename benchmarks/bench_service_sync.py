@@ -1,0 +1,227 @@
+"""End to end, intake to the FHIR server: records taken in through the service's intake (the use
+case behind ``/v1/records`` and ``fhir-alliance load``) and synced by the worker (consent gate,
+mapping, validation, transaction Bundles of PUTs, audit and Provenance stored locally), vs a
+one-by-one baseline that maps the same records and POSTs each FHIR resource on its own, with the
+same client settings. Both start from an empty FHIR store; records/s over the whole way.
+Target: at least 10x.
+
+Uses ``FHIR_ALLIANCE_TEST_BASE_URL`` if set (its store is NOT reset: point it only at a disposable
+server), else starts the suite's local FHIR test server.
+
+    python benchmarks/bench_service_sync.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import service_harness as harness
+
+TARGET_RATIO = 10.0
+SYSTEM = "https://bench.example.org/alliance-records"
+CONSENTS = "https://bench.example.org/consents"
+EHR = "Organization/bench-ehr"
+PATIENTS = 40
+INTAKE_BATCH = 500
+
+
+@contextmanager
+def fhir_server() -> Iterator[tuple[str, bool]]:
+    """(base URL, is_local): the env's server, or the suite's local one, stopped afterwards."""
+    remote = os.environ.get("FHIR_ALLIANCE_TEST_BASE_URL", "").strip()
+    if remote:
+        yield remote.rstrip("/"), False
+        return
+    from tests.fhir_server.plugin import start_local_server
+
+    with tempfile.TemporaryDirectory() as log_dir:
+        server = start_local_server(Path(log_dir))
+        try:
+            yield server.base_url, True
+        finally:
+            server.stop()
+
+
+def sharing_consents(run: str) -> list[dict[str, Any]]:
+    """One active sharing consent per patient: disclose to the EHR for treatment."""
+    when = "2026-11-01T09:00:00+00:00"
+    return [
+        {
+            "kind": "consent",
+            "id": f"{CONSENTS}|{run}-{p}",
+            "consent_kind": "sharing",
+            "patient": {"reference": f"Patient/bench-{run}-{p}"},
+            "status": "active",
+            "decision": "permit",
+            "date": when,
+            "period": {"start": when},
+            "policy_basis": [{"uri": "https://bench.example.org/policies/sharing"}],
+            "provision": {
+                "actors": [
+                    {
+                        "role": {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                            "code": "IRCP",
+                        },
+                        "reference": {"reference": EHR},
+                    }
+                ],
+                "actions": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/consentaction",
+                        "code": "disclose",
+                    }
+                ],
+                "purposes": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                        "code": "TREAT",
+                    }
+                ],
+            },
+        }
+        for p in range(PATIENTS)
+    ]
+
+
+def srs_records(count: int, run: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": "instrument-administration",
+            "id": f"{SYSTEM}|{run}-{i}",
+            "instrument": "srs",
+            "patient": {"reference": f"Patient/bench-{run}-{i % PATIENTS}"},
+            "counterpart": {"reference": "Practitioner/bench-therapist"},
+            "effective": "2026-11-20T15:50:00+00:00",
+            "rater": {"role": "client"},
+            "responses": {"1": 9.1, "2": 8.7, "3": 8.0 + (i % 10) / 10, "4": 9.2},
+        }
+        for i in range(count)
+    ]
+
+
+def _reset(client: Any, is_local: bool) -> None:
+    if is_local:
+        client.session.post(client.base.join("$reset"), timeout=60).raise_for_status()
+
+
+def ours(base_url: str, count: int, run: str) -> tuple[float, int]:
+    """Seconds from the first intake to the drained queue, and the resources sent."""
+    from fhir_alliance_service.config import load_settings
+    from fhir_alliance_service.store import SyncState, open_store
+    from fhir_alliance_service.sync.target import client_from_settings
+    from fhir_alliance_service.sync.worker import sync_once
+    from fhir_alliance_service.usecases.intake import intake_records
+
+    with (
+        tempfile.TemporaryDirectory(prefix="fhir-alliance-bench-") as tmp,
+        harness.migrated_store(Path(tmp)) as database_url,
+    ):
+        settings = load_settings(
+            {},
+            {
+                "database_url": database_url,
+                "fhir_base_url": base_url,
+                "recipients": EHR,
+                "worker_batch_size": 250,
+            },
+        )
+        store = open_store(database_url)
+        client = client_from_settings(settings)
+        payloads = sharing_consents(run) + srs_records(count, run)
+        try:
+            started = time.perf_counter()
+            for i in range(0, len(payloads), INTAKE_BATCH):
+                intake_records(store, payloads[i : i + INTAKE_BATCH], at=datetime.now(UTC))
+            report = sync_once(settings, store, client)
+            elapsed = time.perf_counter() - started
+            counts = store.counts_by_state()
+        finally:
+            client.close()
+            store.close()
+    if report.error or counts.get(SyncState.SENT, 0) != len(payloads):
+        raise SystemExit(f"the sync did not send everything: {report} {counts}")
+    return elapsed, report.resources_sent
+
+
+def one_by_one(base_url: str, count: int, run: str) -> tuple[float, int]:
+    """Map each record (and consent) to FHIR R4 and POST every resource on its own."""
+    from fhir_alliance_service.config import load_settings
+    from fhir_alliance_service.sync.target import client_from_settings
+
+    from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
+    from fhir_alliance.mapping.observation import MAPPER as OBSERVATION_MAPPER
+
+    settings = load_settings({}, {"fhir_base_url": base_url})
+    client = client_from_settings(settings)
+    sent = 0
+    try:
+        started = time.perf_counter()
+        for payload in sharing_consents(run):
+            for resource in CONSENT_MAPPER.to_fhir(CONSENT_MAPPER.load(payload), version="4.0.1"):
+                client.create(resource)
+                sent += 1
+        for payload in srs_records(count, run):
+            mapped = OBSERVATION_MAPPER.to_fhir(OBSERVATION_MAPPER.load(payload), version="4.0.1")
+            for resource in mapped:
+                client.create(resource)
+                sent += 1
+        elapsed = time.perf_counter() - started
+    finally:
+        client.close()
+    return elapsed, sent
+
+
+def measure(count: int) -> dict[str, Any]:
+    from fhir_alliance.client import FhirClient
+
+    with fhir_server() as (base_url, is_local), FhirClient(base_url) as admin:
+        _reset(admin, is_local)
+        ours(base_url, 50, f"warm-{uuid.uuid4().hex[:8]}")  # server JIT, imports, connections
+        one_by_one(base_url, 20, f"warm-{uuid.uuid4().hex[:8]}")
+        _reset(admin, is_local)
+        base_seconds, base_sent = one_by_one(base_url, count, uuid.uuid4().hex[:8])
+        _reset(admin, is_local)
+        our_seconds, our_sent = ours(base_url, count, uuid.uuid4().hex[:8])
+        _reset(admin, is_local)
+    records = count + PATIENTS
+    return harness.entry(
+        f"sync end to end: {count} SRS records + {PATIENTS} consents, intake -> worker -> FHIR "
+        "server vs map + one POST per resource",
+        records / our_seconds,
+        records / base_seconds,
+        "records/s",
+        TARGET_RATIO,
+        resources_sent=our_sent,
+        baseline_resources=base_sent,
+    )
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Bench-runner contract: one entry per measurement."""
+    return [measure(300 if quick else 2000)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="300 records instead of 2,000")
+    args = parser.parse_args()
+    entries = run(quick=args.quick)
+    harness.print_entries(entries)
+    return 0 if all(e["ratio"] >= e["target_ratio"] for e in entries) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,272 @@
+"""Shared pieces of the service benchmarks (``bench_service_*.py``): a migrated SQLite store with an
+API key, ``fhir-alliance serve`` as a real gunicorn process, the bare-Flask baseline under the same
+gunicorn configuration, and one HTTP client loop (threads with a ``requests.Session`` each) that
+drives both the same way. Not a benchmark itself (``run.py`` only loads ``bench_*.py``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+#: gunicorn worker processes for both the service and its baseline (the machine has 2 cores).
+WEB_WORKERS = 2
+#: Client threads driving a server; each has its own keep-alive ``requests.Session``.
+CLIENT_THREADS = 4
+STARTUP_TIMEOUT = 60.0
+
+
+def fhir_alliance_command() -> str:
+    beside = Path(sys.executable).with_name("fhir-alliance")
+    return str(beside) if beside.exists() else "fhir-alliance"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(database_url: str, **settings: str) -> dict[str, str]:
+    """The environment for a service process: ours only, nothing inherited from FHIR_ALLIANCE_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_ALLIANCE_")}
+    env["FHIR_ALLIANCE_DATABASE_URL"] = database_url
+    env["FHIR_ALLIANCE_LOG_LEVEL"] = "WARNING"
+    env.update({f"FHIR_ALLIANCE_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+@dataclass
+class RunningServer:
+    url: str
+    api_key: str
+    database_url: str
+    workdir: Path
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(
+                f"server stopped (exit {process.returncode}):\n{log.read_text()[-2000:]}"
+            )
+        with contextlib.suppress(requests.ConnectionError):
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"server at {url} did not answer within {STARTUP_TIMEOUT:.0f} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()  # gunicorn: graceful
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def migrated_store(workdir: Path) -> Iterator[str]:
+    from fhir_alliance_service.store import upgrade
+
+    url = f"sqlite:///{workdir / 'bench.db'}"
+    upgrade(url)
+    yield url
+
+
+def create_key(database_url: str, scopes: Sequence[str]) -> str:
+    from fhir_alliance_service.auth import create_api_key
+    from fhir_alliance_service.store import open_store
+
+    store = open_store(database_url)
+    try:
+        return create_api_key(store, "benchmark", scopes)
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def service(scopes: Sequence[str], **settings: str) -> Iterator[RunningServer]:
+    """``fhir-alliance serve`` (gunicorn, ``WEB_WORKERS`` sync workers) on a fresh SQLite store."""
+    with (
+        tempfile.TemporaryDirectory(prefix="fhir-alliance-bench-") as tmp,
+        migrated_store(Path(tmp)) as database_url,
+    ):
+        key = create_key(database_url, scopes)
+        port = free_port()
+        log = Path(tmp) / "serve.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [
+                    fhir_alliance_command(),
+                    "serve",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    str(WEB_WORKERS),
+                ],
+                env=service_env(database_url, **settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            _wait_for(f"http://127.0.0.1:{port}/healthz", process, log)
+            yield RunningServer(f"http://127.0.0.1:{port}", key, database_url, Path(tmp))
+        finally:
+            _stop(process)
+
+
+#: The baseline server: a bare Flask app whose one POST endpoint only parses the JSON body, run by
+#: the same ``ServiceApplication`` with the same ``gunicorn_options`` as ``fhir-alliance serve``.
+_BARE_SERVER = """
+import sys
+from flask import Flask, request
+from fhir_alliance_service.cli_serve import ServiceApplication, gunicorn_options
+from fhir_alliance_service.config import load_settings
+
+def bare_app():
+    app = Flask("bare")
+
+    @app.post("/<path:anything>")
+    def parse_only(anything):
+        body = request.get_json()
+        return {"parsed": len(body) if isinstance(body, (list, dict)) else 1}, 201
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    return app
+
+options = gunicorn_options(load_settings(), bind=sys.argv[1], workers=int(sys.argv[2]))
+ServiceApplication(bare_app, options).run()
+"""
+
+
+@contextlib.contextmanager
+def bare_flask() -> Iterator[RunningServer]:
+    """The baseline: bare Flask under the same gunicorn configuration as the service."""
+    with tempfile.TemporaryDirectory(prefix="fhir-alliance-bench-bare-") as tmp:
+        port = free_port()
+        log = Path(tmp) / "bare.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _BARE_SERVER, f"127.0.0.1:{port}", str(WEB_WORKERS)],
+                env=service_env(f"sqlite:///{Path(tmp) / 'unused.db'}"),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            _wait_for(f"http://127.0.0.1:{port}/healthz", process, log)
+            yield RunningServer(f"http://127.0.0.1:{port}", "", "", Path(tmp))
+        finally:
+            _stop(process)
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    latencies: list[float]  # seconds, one per request
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def median_ms(self) -> float:
+        return 1000 * statistics.median(self.latencies)
+
+
+def drive(
+    url: str,
+    bodies: Sequence[bytes],
+    *,
+    api_key: str = "",
+    expect: Callable[[int], bool] = lambda status: status < 300,
+    threads: int = CLIENT_THREADS,
+) -> LoadResult:
+    """POST every body once to ``url`` from ``threads`` threads (each its own Session, bodies dealt
+    round-robin); wall time from the first request to the last answer, and each latency."""
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    shares = [bodies[i::threads] for i in range(threads)]
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors: list[str] = []
+    start_gate = threading.Barrier(threads + 1)
+
+    def worker(n: int) -> None:
+        with requests.Session() as session:
+            start_gate.wait()
+            for body in shares[n]:
+                started = time.perf_counter()
+                response = session.post(url, data=body, headers=headers, timeout=60)
+                latencies[n].append(time.perf_counter() - started)
+                if not expect(response.status_code):
+                    errors.append(f"HTTP {response.status_code}: {response.text[:300]}")
+                    return
+
+    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for thread in pool:
+        thread.start()
+    start_gate.wait()
+    started = time.perf_counter()
+    for thread in pool:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise SystemExit(f"{len(errors)} request(s) failed; first: {errors[0]}")
+    flat = [x for part in latencies for x in part]
+    return LoadResult(requests=len(flat), seconds=elapsed, latencies=flat)
+
+
+def entry(
+    name: str, ours: float, baseline: float, unit: str, target_ratio: float, **extra: Any
+) -> dict[str, Any]:
+    """One result in ``benchmarks/run.py``'s shape."""
+    return {
+        "name": name,
+        "ours": round(ours, 1),
+        "baseline": round(baseline, 1),
+        "unit": unit,
+        "ratio": round(ours / baseline, 2) if baseline else 0.0,
+        "target_ratio": target_ratio,
+        **extra,
+    }
+
+
+def print_entries(entries: Sequence[dict[str, Any]]) -> None:
+    for e in entries:
+        extra = {
+            k: v
+            for k, v in e.items()
+            if k not in {"name", "ours", "baseline", "unit", "ratio", "target_ratio"}
+        }
+        print(
+            f"{e['name']}\n  ours {e['ours']:,} {e['unit']}, baseline {e['baseline']:,}, "
+            f"ratio {e['ratio']}x (target >= {e['target_ratio']}x) {extra or ''}"
+        )
