@@ -77,7 +77,17 @@ def _stored_consent(store: Store, record_id: str) -> StoredRecord:
     body=[ConsentRecordSchema, ConsentRevocationSchema], response=IntakeResponseSchema, status=201
 )
 def post_consents() -> tuple[Any, int]:
-    """Take in one consent or a list (revocations of stored or listed consents too)."""
+    """Take in one consent or a list (revocations of stored or listed consents too).
+
+    ---
+    post:
+      responses:
+        200:
+          description: every record was unchanged; nothing new was stored
+          content:
+            application/json:
+              schema: IntakeResponseSchema
+    """
     service = _service()
     payloads, labels = request_payloads(json_body(), limit=service.settings.max_records_per_request)
     wrong = [
@@ -125,7 +135,17 @@ def revoke_consent(record_id: str) -> Any:
 @describe(query=DecisionQuerySchema, response=DecisionSchema)
 def patient_decision(ref: str) -> Any:
     """The consent decision for a patient: outcome, deciding consent and provision, obligations
-    and the explanation."""
+    and the explanation.
+
+    ---
+    get:
+      responses:
+        422:
+          description: a bad patient, recipient, purpose, action or time
+          content:
+            application/fhir+json:
+              schema: OperationOutcomeSchema
+    """
     query = load_or_raise(DecisionQuerySchema(), request.args.to_dict())
     answer = decide_for_patient(
         _store(),

@@ -20,6 +20,7 @@ from fhir_alliance_service.api.schemas import (
     RECORD_BODY_SCHEMAS,
     IntakeResponseSchema,
     PageQuerySchema,
+    QuestionnaireResponseBodySchema,
     RecordPageSchema,
     RecordSchema,
     SyncStatusSchema,
@@ -170,7 +171,17 @@ def _store() -> Store:
 @require_scope("write")
 @describe(body=list(RECORD_BODY_SCHEMAS.values()), response=IntakeResponseSchema, status=201)
 def post_records() -> tuple[Any, int]:
-    """Take in one record or a list (any record kind); all or nothing."""
+    """Take in one record or a list (any record kind); all or nothing.
+
+    ---
+    post:
+      responses:
+        200:
+          description: every record was unchanged; nothing new was stored
+          content:
+            application/json:
+              schema: IntakeResponseSchema
+    """
     service = _service()
     payloads, labels = request_payloads(json_body(), limit=service.settings.max_records_per_request)
     results = intake_records(service.store, payloads, at=_now(), labels=labels)
@@ -179,9 +190,19 @@ def post_records() -> tuple[Any, int]:
 
 @blueprint.post("/questionnaire-responses")
 @require_scope("write")
-@describe(response=IntakeResponseSchema, status=201)
+@describe(body=QuestionnaireResponseBodySchema, response=IntakeResponseSchema, status=201)
 def post_questionnaire_response() -> tuple[Any, int]:
-    """Take in one FHIR QuestionnaireResponse: its alliance records are extracted and stored."""
+    """Take in one FHIR QuestionnaireResponse: its alliance records are extracted and stored.
+
+    ---
+    post:
+      responses:
+        200:
+          description: every record was unchanged; nothing new was stored
+          content:
+            application/json:
+              schema: IntakeResponseSchema
+    """
     results = intake_questionnaire_response(_store(), json_body(), at=_now())
     return intake_response(results)
 
@@ -202,7 +223,17 @@ def get_record(record_id: str) -> Any:
 @require_scope("read")
 @describe(query=PageQuerySchema, response=RecordPageSchema)
 def list_patient_records(ref: str) -> Any:
-    """A patient's records (observations and consents), keyset paged by record id."""
+    """A patient's records (observations and consents), keyset paged by record id.
+
+    ---
+    get:
+      responses:
+        422:
+          description: a bad patient reference or paging parameter
+          content:
+            application/fhir+json:
+              schema: OperationOutcomeSchema
+    """
     parse_party(ref, path="patient")
     query = load_or_raise(PageQuerySchema(), request.args.to_dict())
     after = str(query["after"]) if query["after"] is not None else None
@@ -245,7 +276,17 @@ def get_status(record_id: str) -> Any:
 @require_scope("admin")
 @describe(response=SyncStatusSchema)
 def replay(record_id: str) -> Any:
-    """Re-queue a dead-lettered record; 409 when it is not dead-lettered."""
+    """Re-queue a dead-lettered record; 409 when it is not dead-lettered.
+
+    ---
+    post:
+      responses:
+        409:
+          description: the record is not dead-lettered
+          content:
+            application/fhir+json:
+              schema: OperationOutcomeSchema
+    """
     try:
         found = replay_record(_store(), valid_record_id(record_id), at=_now())
     except RecordNotFound:

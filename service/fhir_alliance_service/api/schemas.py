@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import INCLUDE, Schema, fields, validate
 
 from fhir_alliance.schemas.common import AwareDateTime, CodingSchema, RefSchema, StrictSchema
 from fhir_alliance.schemas.consent import ConsentRecordSchema, ConsentRevocationSchema
@@ -28,6 +28,7 @@ __all__ = [
     "DecisionSchema",
     "IntakeResponseSchema",
     "PageQuerySchema",
+    "QuestionnaireResponseBodySchema",
     "RecordIntakeSchema",
     "RecordPageSchema",
     "RecordSchema",
@@ -80,6 +81,23 @@ class RevokeRequestSchema(StrictSchema):
     at = AwareDateTime(required=True)
     by = fields.Nested(RefSchema, load_default=None)
     reason = fields.Nested(CodingSchema, load_default=None)
+
+
+class QuestionnaireResponseBodySchema(Schema):
+    """A FHIR QuestionnaireResponse (R4 or R5) of one of our Questionnaires; documented here, read
+    by the library's extraction (``fhir_alliance.mapping.questionnaire``)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    resourceType = fields.String(required=True, validate=validate.Equal("QuestionnaireResponse"))
+    identifier = fields.Raw(required=True, metadata={"description": "business identifier"})
+    questionnaire = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(["completed", "amended"]))
+    subject = fields.Dict(required=True)
+    authored = fields.String(required=True)
+    author = fields.Dict()
+    item = fields.List(fields.Dict(), required=True)
 
 
 # --- responses ---------------------------------------------------------------------------------

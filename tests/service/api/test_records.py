@@ -181,3 +181,22 @@ def test_too_many_records_in_one_request_is_413(
     response = _post(client, auth_headers, body)
     assert response.status_code == 413
     assert _store_size(store) == (0, 0, 0)
+
+
+def test_openapi_document_describes_the_record_routes(
+    client: FlaskClient, auth_headers: Headers
+) -> None:
+    """/openapi.json documents POST /v1/records with the library's record schemas and our envelope."""
+    spec = client.get("/openapi.json", headers=auth_headers["read"]).json
+    post = spec["paths"]["/v1/records"]["post"]
+    assert post["x-required-scope"] == "write"
+    body = post["requestBody"]["content"]["application/json"]["schema"]
+    refs = {choice["$ref"] for choice in body["oneOf"][0]["oneOf"]}
+    assert "#/components/schemas/RuptureEvent" in refs
+    assert "#/components/schemas/ConsentRecord" in refs
+    created = post["responses"]["201"]["content"]["application/json"]["schema"]
+    assert created["$ref"] == "#/components/schemas/IntakeResponse"
+    status = spec["paths"]["/v1/records/{record_id}/status"]["get"]
+    assert status["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] == (
+        "#/components/schemas/SyncStatus"
+    )
