@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 import requests
@@ -79,14 +79,20 @@ class FhirTestServer:
     def _note_location(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         """Remember the resource types this test wrote through ``.http`` (for remote cleanup)."""
         location = response.headers.get("Location") or response.headers.get("Content-Location")
-        if location and location.startswith(self.base_url):
-            first = location[len(self.base_url) :].lstrip("/").split("/", 1)[0]
+        absolute = self.resolve(location) if location else None
+        if absolute and _within(absolute, self.base_url):
+            first = absolute[len(self.base_url) :].lstrip("/").split("/", 1)[0]
             if first.isalpha():
                 self.seen_types.add(first)
 
     def url(self, path: str = "") -> str:
         """Absolute URL of ``path`` under the base (``url("Observation?_count=5")``)."""
         return f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
+
+    def resolve(self, location: str) -> str:
+        """An absolute URL for a ``Location`` or link, which FHIR allows to be relative to the base
+        (``Observation/1/_history/2`` in a Bundle response); absolute ones are returned as they are."""
+        return urljoin(self.base_url + "/", location)
 
     @property
     def run_tag_param(self) -> str:
@@ -165,9 +171,9 @@ class FhirTestServer:
                 (link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"),
                 None,
             )
-            if not next_url or not _within(next_url, self.base_url):
+            if not next_url or not _within(self.resolve(next_url), self.base_url):
                 break
-            response = self.http.get(next_url)
+            response = self.http.get(self.resolve(next_url))
         return references
 
 

@@ -1,5 +1,9 @@
-"""Behaviour of the FHIR test server, over plain HTTP; runs unchanged against FHIR_ALLIANCE_TEST_BASE_URL.
+"""Behaviour of the FHIR test server, over plain HTTP: the server's own conformance.
 
+Every test here is marked ``server_conformance``: it checks choices and strictness of the suite's
+server (validation, invariants, 410 after delete, strict search parameters, atomic transactions)
+that another server may lawfully make differently or lack. Against FHIR_ALLIANCE_TEST_BASE_URL they
+show that server's gaps; the client's own tests are ``-m "fhir_server and not server_conformance"``.
 Tests marked ``local_fhir_server`` load profiles at runtime, which only our own server offers.
 """
 
@@ -19,6 +23,8 @@ import pytest
 
 from fhir_alliance.terminology import CANONICAL_BASE
 from tests.fhir_server.plugin import SERVER_DIR, FhirTestServer, TimeoutSession
+
+pytestmark = pytest.mark.server_conformance
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 ID_SYSTEM = f"{CANONICAL_BASE}/identifier/test-server"
@@ -396,8 +402,9 @@ def test_transaction_applies_all_entries_and_resolves_placeholders(
     reply = response.json()
     assert reply["type"] == "transaction-response"
     assert [e["response"]["status"].split()[0] for e in reply["entry"]] == ["201", "201", "201"]
-    patient_id = reply["entry"][0]["response"]["location"].split("/Patient/")[1].split("/")[0]
-    obs_location = reply["entry"][1]["response"]["location"]
+    patient_location = fhir_server.resolve(reply["entry"][0]["response"]["location"])
+    patient_id = patient_location.split("/Patient/")[1].split("/")[0]
+    obs_location = fhir_server.resolve(reply["entry"][1]["response"]["location"])
     stored = fhir_server.http.get(obs_location.split("/_history/")[0]).json()
     assert stored["subject"]["reference"] == f"Patient/{patient_id}"
     assert fhir_server.http.get(fhir_server.url(f"Observation/{det_id}")).status_code == 200
