@@ -6,6 +6,7 @@ the service build them from their own input forms.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -61,6 +62,9 @@ PURPOSE_MESSAGE = (
 
 
 class DecisionOutcome(StrEnum):
+    """The answer, spelled as its value everywhere (text, JSON, docs): ``permit``, ``deny``,
+    ``no-consent``. Only the CDS Hooks card uses LEAP's codes (``CONSENT_PERMIT`` …)."""
+
     PERMIT = "permit"
     DENY = "deny"
     #: No consent of this patient applies to the request (the caller's default policy decides;
@@ -191,7 +195,8 @@ class ConsentDecision:
     ``basis`` lists the consents (and their provisions) that decided, most recent first; ``notes``
     say what else shaped the answer (an actor that could not be resolved, a label that needs an
     explicit permit, with ``trace`` each consent that did not count and why). Notes never hold patient
-    identifiers, names or free text.
+    identifiers, names or free text. A ``no-consent`` answer says why through
+    :meth:`no_consent_reasons` (worked out only when asked: ``explain()`` and the JSON form do).
     """
 
     outcome: DecisionOutcome
@@ -199,10 +204,23 @@ class ConsentDecision:
     basis: tuple[DecisionBasis, ...] = ()
     obligations: tuple[RedactObligation, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    #: Works out :meth:`no_consent_reasons` (set by the engine on ``no-consent`` answers).
+    why_no_consent: Callable[[], tuple[str, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def no_consent_reasons(self) -> tuple[str, ...]:
+        """Why no consent applied: each consent of the patient and why it did not count (e.g.
+        ``revoked on …``), or that the engine holds none for this patient. Empty unless the
+        outcome is ``no-consent``."""
+        if self.outcome is not DecisionOutcome.NO_CONSENT or self.why_no_consent is None:
+            return ()
+        return self.why_no_consent()
 
     def explain(self) -> str:
-        """A few human-readable lines: outcome, deciding consent and provision, obligations, notes."""
-        lines = [f"decision: {self.outcome.value.upper()} ({self.combining.value})"]
+        """A few human-readable lines: outcome, deciding consent and provision, obligations, notes,
+        and for a ``no-consent`` answer the reasons."""
+        lines = [f"decision: {self.outcome.value} ({self.combining.value})"]
         lines.extend(f"  decided by {b}" for b in self.basis)
         for obligation in self.obligations:
             what = ", ".join(
@@ -222,6 +240,7 @@ class ConsentDecision:
             lines.append(f"  obligation: {verb} {what}")
             lines.extend(f"    from {b}" for b in obligation.basis)
         lines.extend(f"  note: {n}" for n in self.notes)
+        lines.extend(f"  reason: {r}" for r in self.no_consent_reasons())
         return "\n".join(lines)
 
 

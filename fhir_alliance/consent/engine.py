@@ -874,10 +874,7 @@ class ConsentEngine:
                 continue
             if not (c.active_start <= at < c.active_end or _active_at(c.active_more, at)):
                 if trace:
-                    notes.append(
-                        f"consent {c.id_text}: not counted, not active at the request time "
-                        f"(status now {c.record.status.value})"
-                    )
+                    notes.append(f"consent {c.id_text}: not counted, {_inactive_reason(c, at)}")
                 continue
             if (c.start is not None and at < c.start) or (c.end is not None and at >= c.end):
                 if trace:
@@ -906,7 +903,14 @@ class ConsentEngine:
             if unresolved:
                 notes.extend(_unresolved_notes(unresolved, q))
         outcome, basis, obligations = decision
-        return ConsentDecision(outcome, self.combining, basis, obligations, tuple(notes))
+        why = None
+        if outcome is DecisionOutcome.NO_CONSENT:
+            consents = group.consents if group is not None else ()
+
+            def why() -> tuple[str, ...]:
+                return _no_consent_reasons(consents, q, patient_keys, categories)
+
+        return ConsentDecision(outcome, self.combining, basis, obligations, tuple(notes), why)
 
     # -- one resource --
 
@@ -1086,6 +1090,48 @@ def _removing_everything(
         else:
             return None
     return removing
+
+
+def _inactive_reason(c: _Consent, at: float) -> str:
+    """Why a consent was not active at ``at``, from its history when it has one."""
+    record = c.record
+    if record.status is ConsentStatus.ENTERED_IN_ERROR:
+        return "entered in error"
+    before = [h for h in record.history if h.at.timestamp() <= at]
+    if before:
+        last = before[-1]
+        if last.status is ConsentStatus.REVOKED:
+            return f"revoked on {last.at.isoformat()}"
+        return f"{last.status.value} since {last.at.isoformat()}"
+    if record.history:
+        return f"not yet active (first recorded {record.history[0].at.isoformat()})"
+    return f"not active (status {record.status.value})"
+
+
+def _no_consent_reasons(
+    consents: Sequence[_Consent],
+    q: _Request,
+    patient_keys: frozenset[RefKey],
+    categories: frozenset[_CodeKey],
+) -> tuple[str, ...]:
+    """Each consent of the patient and why it did not decide (for a ``no-consent`` answer)."""
+    reasons: list[str] = []
+    at = q.at
+    for c in consents:
+        if c.patient_keys.isdisjoint(patient_keys):
+            continue
+        if not (c.active_start <= at < c.active_end or _active_at(c.active_more, at)):
+            why = _inactive_reason(c, at)
+        elif (c.start is not None and at < c.start) or (c.end is not None and at >= c.end):
+            why = "outside its period"
+        elif categories and categories.isdisjoint(c.categories):
+            why = "other category"
+        elif not _context_matches(c.root, q) or (q.has_resource and not _data_matches(c.root, q)):
+            why = f"does not apply to this request ({_first_mismatch(c.root, q)})"
+        else:
+            why = "applies, but decides nothing for this request"
+        reasons.append(f"consent {c.id_text}: {why}")
+    return tuple(reasons) or ("no consent of this patient was given to the engine",)
 
 
 def _explicit_label_obligation(labels: list[_CodeKey]) -> tuple[RedactObligation, str]:

@@ -20,6 +20,7 @@ from fhir_alliance.consent.decision import (
     PURPOSE_MESSAGE,
     ConsentDecision,
     DecisionBasis,
+    DecisionOutcome,
     DecisionRequest,
     RedactObligation,
     RequestActor,
@@ -229,11 +230,15 @@ def _obligation(o: RedactObligation) -> dict[str, Any]:
 
 
 def decision_to_json(decision: ConsentDecision) -> dict[str, Any]:
-    """The machine form of a decision: outcome, combining rule, basis, obligations, notes."""
-    return {
+    """The machine form of a decision: outcome, combining rule, basis, obligations, notes, and
+    for a ``no-consent`` answer its ``reasons``."""
+    out: dict[str, Any] = {
         "decision": decision.outcome.value,
         "combining": decision.combining.value,
         "basis": [_basis(b) for b in decision.basis],
         "obligations": [_obligation(o) for o in decision.obligations],
         "notes": list(decision.notes),
     }
+    if decision.outcome is DecisionOutcome.NO_CONSENT:
+        out["reasons"] = list(decision.no_consent_reasons())
+    return out

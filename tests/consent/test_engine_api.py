@@ -12,7 +12,16 @@ from fhir_alliance.consent.engine import ConsentEngine, decide
 from fhir_alliance.errors import InputError
 from fhir_alliance.model.common import Ref
 from fhir_alliance.model.consent import Period
-from tests.consent.builders import V3_ACT_CODE, actor, consent, label, prov, request, resource
+from tests.consent.builders import (
+    V3_ACT_CODE,
+    actor,
+    consent,
+    label,
+    pou,
+    prov,
+    request,
+    resource,
+)
 from tests.consent.scenarios import DIRECTORY, DR_A, DR_B, share_with
 
 
@@ -117,3 +126,47 @@ def test_absolute_deny_matches_relative_request_on_the_known_base() -> None:
     assert ConsentEngine([record], base=base).decide(asked).outcome is DecisionOutcome.DENY
     rebased = ConsentEngine([record], directory=DIRECTORY.with_base(base))
     assert rebased.decide(asked).outcome is DecisionOutcome.DENY
+
+
+def test_explain_says_why_no_consent_without_trace() -> None:
+    """A no-consent answer explains itself: the revoked consent and when it was revoked."""
+    from tests.consent.scenarios import _revoked
+
+    records = [
+        consent("c1", "permit", history=_revoked("2025-05-01"), **share_with(DR_A)),
+        consent("c2", "permit", **share_with(DR_A, purposes=[pou("HPAYMT")])),
+    ]
+    decision = ConsentEngine(records, directory=DIRECTORY).decide(request(DR_A, res=resource()))
+    assert decision.outcome is DecisionOutcome.NO_CONSENT
+    reasons = decision.no_consent_reasons()
+    assert reasons[0].startswith(
+        "consent https://clinic.example/consent-ids|c1: revoked on 2025-05-01"
+    )
+    assert "purpose" in reasons[1]
+    text = decision.explain()
+    assert all(f"reason: {r}" in text for r in reasons)
+
+
+def test_no_consent_for_an_unknown_patient_says_so() -> None:
+    """With no consent of the patient at all, the reason says that, naming no one."""
+    decision = ConsentEngine([]).decide(request(DR_A, res=resource()))
+    assert decision.no_consent_reasons() == ("no consent of this patient was given to the engine",)
+
+
+def test_a_decided_answer_has_no_no_consent_reasons() -> None:
+    """Permit and deny answers carry no no-consent reasons."""
+    records = [consent("c1", "permit", **share_with(DR_A))]
+    decision = ConsentEngine(records, directory=DIRECTORY).decide(request(DR_A, res=resource()))
+    assert decision.outcome is DecisionOutcome.PERMIT
+    assert decision.no_consent_reasons() == ()
+
+
+@pytest.mark.parametrize("outcome", list(DecisionOutcome))
+def test_one_spelling_per_outcome(outcome: DecisionOutcome) -> None:
+    """Text and JSON spell an outcome the same way: its value (permit, deny, no-consent)."""
+    from fhir_alliance.consent.decision import CombiningRule, ConsentDecision
+    from fhir_alliance.consent.request_form import decision_to_json
+
+    decision = ConsentDecision(outcome, CombiningRule.DENY_OVERRIDES)
+    assert decision.explain().splitlines()[0] == f"decision: {outcome.value} (deny-overrides)"
+    assert decision_to_json(decision)["decision"] == outcome.value
