@@ -90,6 +90,8 @@ class Score:
     #: Cutoff the ``flag`` was computed against (totals of SRS and ORS only).
     cutoff: Decimal | None = None
     flag: Flag | None = None
+    #: True when a value *equal* to the cutoff is flagged too (``srs_cutoff_inclusive``).
+    cutoff_inclusive: bool = False
 
     @property
     def computable(self) -> bool:
@@ -136,14 +138,13 @@ def score(
     total = sum(values, Decimal(0)) if len(values) == len(inst.items) else None
     if inst.code is InstrumentCode.SRS:
         cutoff = rules.srs_cutoff
-        below = total is not None and (
-            total < cutoff or (rules.srs_cutoff_inclusive and total == cutoff)
-        )
+        inclusive = rules.srs_cutoff_inclusive
     else:
         cutoff = rules.ors_clinical_cutoff
-        below = total is not None and total < cutoff
+        inclusive = False
+    below = total is not None and (total < cutoff or (inclusive and total == cutoff))
     flag = None if total is None else (Flag.BELOW_CUTOFF if below else Flag.NORMAL)
-    return (_total(inst, total, len(values), cutoff=cutoff, flag=flag),)
+    return (_total(inst, total, len(values), cutoff=cutoff, flag=flag, cutoff_inclusive=inclusive),)
 
 
 def _total(
@@ -153,6 +154,7 @@ def _total(
     *,
     cutoff: Decimal | None = None,
     flag: Flag | None = None,
+    cutoff_inclusive: bool = False,
 ) -> Score:
     return Score(
         code=inst.score_code("total"),
@@ -164,6 +166,7 @@ def _total(
         maximum=inst.total_maximum,
         cutoff=cutoff,
         flag=flag,
+        cutoff_inclusive=cutoff_inclusive,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from fhir_alliance.errors import InputError, Issue, MappingError
 from fhir_alliance.mapping.registry import FHIR_VERSIONS
 from fhir_alliance.model.common import Identifier, Ref
+from fhir_alliance.schemas.common import json_number
 
 __all__ = [
     "check_version",
@@ -35,10 +36,9 @@ def check_version(version: str) -> str:
 
 
 def fhir_number(value: Decimal) -> int | float:
-    """A Decimal as a JSON number: integers stay integers (``48``), others keep their digits."""
-    if value == value.to_integral_value():
-        return int(value)
-    return float(value)
+    """A Decimal as a JSON number, precision kept: integers stay integers (``48``), ``9.0`` stays
+    ``9.0`` (see :func:`fhir_alliance.schemas.common.json_number`)."""
+    return json_number(value)
 
 
 def ref_to_fhir(ref: Ref) -> dict[str, Any]:

@@ -82,6 +82,17 @@ CODE_PRORATED: Final = "prorated"
 
 _SCORE_UNIT: Final = {"unit": "{score}", "system": t.UCUM, "code": "{score}"}
 
+#: Observation.referenceRange.type of a clinical cutoff: the range of totals not flagged.
+_NORMAL_RANGE: Final = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/referencerange-meaning",
+            "code": "normal",
+            "display": "Normal Range",
+        }
+    ]
+}
+
 
 def _survey() -> list[dict[str, Any]]:
     """A fresh category list per resource: callers may mutate what we return."""
@@ -216,15 +227,33 @@ def _score_observation(
         res["method"] = _coding(
             t.CS_ALLIANCE_MEASURES, CODE_PRORATED, "Prorated from answered items"
         )
-    ranges: dict[str, Any] = {
-        "low": _quantity(sc.cutoff if sc.cutoff is not None else sc.minimum),
-        "high": _quantity(sc.maximum),
-    }
     if sc.cutoff is not None:
-        ranges["text"] = f"a total below {fhir_number(sc.cutoff)} is flagged"
-    res["referenceRange"] = [ranges]
+        res["referenceRange"] = [_cutoff_range(inst.code, sc.cutoff, inclusive=sc.cutoff_inclusive)]
     _derived_from(res, record)
     return res
+
+
+#: What a total below the cutoff means, per instrument (see ``Flag``).
+_BELOW_CUTOFF_MEANS: Final = {
+    InstrumentCode.SRS: "flags a possible alliance problem",
+    InstrumentCode.ORS: "is in the clinical range",
+}
+
+
+def _cutoff_range(code: InstrumentCode, cutoff: Decimal, *, inclusive: bool) -> dict[str, Any]:
+    """The one reference range we emit: the clinical cutoff of a total, as the range of totals
+    that are not flagged. FHIR's ``low`` is inclusive, so an inclusive cutoff (the cutoff itself
+    is flagged) has no ``low`` and says so in ``text``. The scale's own bounds are no reference
+    range and are never given."""
+    number = fhir_number(cutoff)
+    means = _BELOW_CUTOFF_MEANS[code]
+    reference_range: dict[str, Any] = {"type": _NORMAL_RANGE}
+    if inclusive:
+        reference_range["text"] = f"above {number}; a total of {number} or below {means}"
+    else:
+        reference_range["low"] = _quantity(cutoff)
+        reference_range["text"] = f"{number} or more; a total below {number} {means}"
+    return reference_range
 
 
 def _item_observation(
@@ -273,7 +302,6 @@ def _administration(
 
 
 def _dimension_rating(record: DimensionRating, version: str) -> dict[str, Any]:
-    spec = SCALES[record.scale]
     res = _observation(
         record,
         record.id,
@@ -290,7 +318,6 @@ def _dimension_rating(record: DimensionRating, version: str) -> dict[str, Any]:
         ],
     )
     res["valueQuantity"] = _quantity(record.value)
-    res["referenceRange"] = [{"low": _quantity(spec.minimum), "high": _quantity(spec.maximum)}]
     _derived_from(res, record)
     return res
 

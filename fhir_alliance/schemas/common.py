@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validates_schema
@@ -22,6 +23,7 @@ __all__ = [
     "IdentifierField",
     "RefSchema",
     "StrictSchema",
+    "json_number",
     "load_or_raise",
     "not_blank",
 ]
@@ -30,6 +32,15 @@ T = TypeVar("T")
 
 #: How far in the future a timestamp may lie (clock skew between devices) before it is refused.
 DEFAULT_FUTURE_TOLERANCE = timedelta(minutes=5)
+
+
+def json_number(value: Decimal) -> int | float:
+    """A Decimal as a JSON number that keeps how it was written: ``48`` stays an integer and
+    ``9.0`` stays ``9.0`` (a float's shortest form keeps one decimal place; ``9.10`` becomes 9.1)."""
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= 0:
+        return int(value)
+    return float(value)
 
 
 class StrictSchema(Schema):

@@ -45,6 +45,7 @@ from fhir_alliance.schemas.common import (
     RefSchema,
     StrictSchema,
     dump_ref,
+    json_number,
     load_or_raise,
 )
 
@@ -382,8 +383,7 @@ def batch_issues(
 # --- dump -------------------------------------------------------------------------------------
 
 
-def _num(value: Decimal) -> int | float:
-    return int(value) if value == value.to_integral_value() else float(value)
+_num = json_number
 
 
 def _ref(ref: Ref | None) -> dict[str, str] | None:

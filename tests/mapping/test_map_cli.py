@@ -96,3 +96,24 @@ def test_repair_before_its_rupture_maps(capsys) -> None:
     assert code == 0, err
     codes = [json.loads(line)["code"]["coding"][0]["code"] for line in out.splitlines()]
     assert sorted(codes) == ["repair-event", "rupture-event"]
+
+
+def test_decimals_keep_their_precision_through_fhir_and_back(tmp_path: Path, capsys) -> None:
+    """An SRS item entered as 9.0 is 9.0 in the Observation and 9.0 again in the record read back."""
+    record = json.loads((EXAMPLES / "srs-administration.json").read_text())
+    record["responses"] = {"1": 9.0, "2": 8.5, "3": 10, "4": 7.0}
+    source = tmp_path / "srs.json"
+    source.write_text(json.dumps(record))
+    code, out, err = _run(capsys, str(source), "--ndjson")
+    assert code == 0, err
+    lines = {json.loads(line)["code"]["coding"][0]["code"]: line for line in out.splitlines()}
+    assert '"value":9.0,' in lines["srs.1"]
+    assert '"value":10,' in lines["srs.3"]
+    assert '"value":34.5,' in lines["srs.total"]
+    resources = tmp_path / "resources.ndjson"
+    resources.write_text(out)
+    code, out, err = _run(capsys, str(resources))
+    assert code == 0, err
+    (back,) = json.loads(out)
+    assert back["responses"] == {"1": 9.0, "2": 8.5, "3": 10, "4": 7.0}
+    assert '"1": 9.0' in out and '"3": 10' in out

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from fhir_alliance import terminology as t
 from fhir_alliance.errors import InputError, MappingError, ProfileViolation
+from fhir_alliance.instruments.scoring import DEFAULT_RULES, ScoringRules
 from fhir_alliance.mapping._ids import resource_id
 from fhir_alliance.mapping.observation import MAPPER, from_observations, to_observations
 from fhir_alliance.mapping.registry import mapper_for_kind, mapper_for_resource_type
@@ -99,17 +100,70 @@ def test_identifiers_and_ids_are_derived_from_the_record_id() -> None:
     assert to_observations(record) == resources  # deterministic
 
 
-def test_srs_total_below_cutoff_is_interpreted_low_with_reference_range() -> None:
-    """An SRS total of 35 carries interpretation L and the cutoff as referenceRange.low."""
+_NORMAL_RANGE = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/referencerange-meaning",
+            "code": "normal",
+            "display": "Normal Range",
+        }
+    ]
+}
+
+
+def _srs_total(rules: ScoringRules = DEFAULT_RULES, answers=(9, 9, 9, 8)) -> dict:
     data = json.loads((ROOT / "examples/observations/srs-administration.json").read_text())
-    data["responses"] = {"1": 9, "2": 9, "3": 9, "4": 8}
-    total = to_observations(load_record(data))[1]
+    data["responses"] = {str(n): value for n, value in enumerate(answers, start=1)}
+    return to_observations(load_record(data), rules=rules)[1]
+
+
+def test_srs_total_below_cutoff_is_interpreted_low_with_reference_range() -> None:
+    """An SRS total of 35 is L; its one reference range is the cutoff, typed, with the rule as text."""
+    total = _srs_total()
     assert total["valueQuantity"]["value"] == 35
     assert total["interpretation"][0]["coding"][0] == {
         "system": t.OBSERVATION_INTERPRETATION,
         "code": "L",
     }
-    assert total["referenceRange"][0]["low"]["value"] == 36
+    (reference_range,) = total["referenceRange"]
+    assert reference_range["type"] == _NORMAL_RANGE
+    assert reference_range["low"]["value"] == 36
+    assert "high" not in reference_range  # the scale's maximum is not a clinical bound
+    assert reference_range["text"] == (
+        "36 or more; a total below 36 flags a possible alliance problem"
+    )
+
+
+def test_inclusive_srs_cutoff_rule_is_what_the_range_says() -> None:
+    """With srs_cutoff_inclusive, 36 is flagged: the text says so and no low bound claims 36 is fine."""
+    rules = ScoringRules(srs_cutoff_inclusive=True)
+    total = _srs_total(rules, answers=(9, 9, 9, 9))
+    assert total["interpretation"][0]["coding"][0]["code"] == "L"
+    (reference_range,) = total["referenceRange"]
+    assert "low" not in reference_range  # FHIR's low bound is inclusive
+    assert reference_range["text"] == (
+        "above 36; a total of 36 or below flags a possible alliance problem"
+    )
+    assert reference_range["type"] == _NORMAL_RANGE
+
+
+def test_ors_total_carries_its_clinical_cutoff() -> None:
+    """The ORS total's reference range is its clinical cutoff."""
+    total = to_observations(_record("ors-administration"))[1]
+    (reference_range,) = total["referenceRange"]
+    assert reference_range["low"]["value"] == 25
+    assert reference_range["text"] == "25 or more; a total below 25 is in the clinical range"
+
+
+def test_scores_without_a_cutoff_and_ratings_have_no_reference_range() -> None:
+    """A WAI-SR total or subscale, and a dimension rating, carry no reference range: the possible
+    range of a score is not a reference range."""
+    wai = to_observations(_record("wai-sr-administration"))
+    scores = [r for r in wai if r["meta"]["profile"] == [t.PROFILE_ALLIANCE_SCORE]]
+    assert len(scores) == 4
+    assert all("referenceRange" not in r for r in scores)
+    (rating,) = to_observations(_record("dimension-rating"))
+    assert "referenceRange" not in rating
 
 
 def test_partial_srs_has_no_total_observation() -> None:

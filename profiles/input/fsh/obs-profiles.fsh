@@ -95,7 +95,6 @@ Description: "A rating of one alliance dimension (trust, respect, ...) on a decl
 * value[x] 1..1
 * value[x] only Quantity
 * valueQuantity.value 1..1
-* referenceRange 1..1
 * hasMember 0..0
 * component 0..0
 
