@@ -6,6 +6,9 @@
   from a read lock. Read-only work uses :data:`READ_ONLY` and a plain deferred ``BEGIN``.
 * PostgreSQL through psycopg 3: ``postgresql://`` URLs are normalised to ``postgresql+psycopg://``;
   a small pool with ``pool_pre_ping`` so that a restarted database does not fail the first call.
+
+Statement parameters (patient keys, identifiers, bodies) never appear in exception messages or
+SQL logs (``hide_parameters``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,12 @@ def _dump_json(value: Any) -> str:
 def make_engine(url: str | URL) -> Engine:
     """An engine for ``url`` (SQLite file or PostgreSQL) set up as the module docstring says."""
     parsed = normalise_url(url)
-    common: dict[str, Any] = {"json_serializer": _dump_json, "json_deserializer": orjson.loads}
+    common: dict[str, Any] = {
+        "json_serializer": _dump_json,
+        "json_deserializer": orjson.loads,
+        # Statement parameters carry patient data: keep them out of exception text and logs.
+        "hide_parameters": True,
+    }
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             raise ValueError("the SQLite store needs a file: sqlite:///path/to/fhir-alliance.db")

@@ -47,7 +47,9 @@ class SyncState(StrEnum):
     HELD = "held"  # the consent gate said no; ``held_reason`` says why; re-run on consent change
     SENT = "sent"  # on the FHIR server; ``sent`` lists ids and versions
     FAILED = "failed"  # a transient failure; retried at ``next_attempt_at``
-    DEAD_LETTERED = "dead-lettered"  # a permanent failure; ``last_outcome`` holds the OperationOutcome
+    DEAD_LETTERED = (
+        "dead-lettered"  # a permanent failure; ``last_outcome`` holds the OperationOutcome
+    )
     SUPERSEDED = "superseded"  # a newer version of the record replaced it before it was sent
 
 
@@ -277,4 +279,3 @@ class Store(Protocol):
         """Small named facts: the FHIR server's last contact, its FHIR version, …"""
 
     def get_meta(self, name: str) -> str | None: ...
-

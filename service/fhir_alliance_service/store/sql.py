@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Connection,
     Engine,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import StatementError
 
 from .engine import READ_ONLY
 from .interface import (
@@ -114,6 +116,18 @@ def _sync_status(row: Row[Any]) -> SyncStatus:
     )
 
 
+def _first_unserialisable(records: Sequence[NewRecord], audit: Sequence[AuditEntry]) -> str | None:
+    """Where the first value that JSON cannot carry is, e.g. ``records[2].body: …``."""
+    values = [(f"records[{n}].body", r.body) for n, r in enumerate(records)]
+    values += [(f"audit[{n}].resource", e.resource) for n, e in enumerate(audit)]
+    for path, value in values:
+        try:
+            orjson.dumps(value)
+        except TypeError as error:
+            return f"{path} is not JSON-serialisable: {error}"
+    return None
+
+
 def _audit_row(entry: AuditEntry) -> dict[str, Any]:
     return {
         "action": entry.action,
@@ -158,6 +172,19 @@ class SqlStore:
     # -- intake --------------------------------------------------------------------------------
     def put_records(
         self, records: Sequence[NewRecord], *, audit: Sequence[AuditEntry], at: datetime
+    ) -> list[IntakeResult]:
+        try:
+            return self._put_records(records, audit, at)
+        except (TypeError, StatementError):
+            # The transaction is rolled back; say which value could not be stored (the drivers
+            # word this differently, and SQLAlchemy's message would not name the record).
+            problem = _first_unserialisable(records, audit)
+            if problem is None:
+                raise
+            raise TypeError(problem) from None
+
+    def _put_records(
+        self, records: Sequence[NewRecord], audit: Sequence[AuditEntry], at: datetime
     ) -> list[IntakeResult]:
         results: list[IntakeResult] = []
         record_rows: list[dict[str, Any]] = []
