@@ -47,9 +47,7 @@ class SyncState(StrEnum):
     HELD = "held"  # the consent gate said no; ``held_reason`` says why; re-run on consent change
     SENT = "sent"  # on the FHIR server; ``sent`` lists ids and versions
     FAILED = "failed"  # a transient failure; retried at ``next_attempt_at``
-    DEAD_LETTERED = (
-        "dead-lettered"  # a permanent failure; ``last_outcome`` holds the OperationOutcome
-    )
+    DEAD_LETTERED = "dead-lettered"  # permanent failure; ``last_outcome``: the OperationOutcome
     SUPERSEDED = "superseded"  # a newer version of the record replaced it before it was sent
 
 
