@@ -18,6 +18,7 @@ import orjson
 
 from fhir_alliance.errors import FhirAllianceError, InputError, Issue
 from fhir_alliance.jsonio import DEFAULT_MAX_BYTES, parse_json_documents, read_input
+from fhir_alliance.mapping.collection import bundle_resources, collection_bundle
 from fhir_alliance.mapping.registry import (
     FHIR_VERSIONS,
     RecordMapper,
@@ -55,6 +56,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="write one item per line instead of a Bundle (FHIR) or a JSON array (records)",
     )
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="FHIR base the resources will live at: Bundle fullUrls become URL/Type/id "
+        "(default: urn:uuid fullUrls, references inside the Bundle rewritten to them)",
+    )
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     parser.set_defaults(handler=_run)
 
@@ -67,11 +74,7 @@ def _items(documents: list[Any], source: str) -> list[Any]:
     if isinstance(data, list):
         return data
     if isinstance(data, Mapping) and data.get("resourceType") == "Bundle":
-        entries = data.get("entry") or []
-        if not isinstance(entries, list):
-            message = "Bundle.entry must be an array"
-            raise InputError(message, issues=[Issue(path=f"{source}.entry", message=message)])
-        return [e.get("resource") if isinstance(e, Mapping) else e for e in entries]
+        return bundle_resources(data, source=source)
     return [data]
 
 
@@ -173,11 +176,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.ndjson:
         lines: Iterator[bytes] = (orjson.dumps(item) + b"\n" for item in output)
     elif direction == "fhir":
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": r} for r in output],
-        }
+        bundle = collection_bundle(output, base_url=args.base_url)
         lines = iter([orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n"])
     else:
         lines = iter([orjson.dumps(output, option=orjson.OPT_INDENT_2) + b"\n"])

@@ -117,3 +117,60 @@ def test_decimals_keep_their_precision_through_fhir_and_back(tmp_path: Path, cap
     (back,) = json.loads(out)
     assert back["responses"] == {"1": 9.0, "2": 8.5, "3": 10, "4": 7.0}
     assert '"1": 9.0' in out and '"3": 10' in out
+
+
+def _references(value) -> list[str]:
+    if isinstance(value, dict):
+        found = [value["reference"]] if isinstance(value.get("reference"), str) else []
+        return found + [r for v in value.values() for r in _references(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in _references(v)]
+    return []
+
+
+def test_bundle_entries_have_full_urls_and_internal_references_resolve(capsys) -> None:
+    """Every entry has a fullUrl; hasMember and Provenance.target name entries of the Bundle."""
+    files = [
+        str(EXAMPLES / n) for n in ("srs-administration.json", "dimension-rating-automated.json")
+    ]
+    code, out, err = _run(capsys, *files)
+    assert code == 0, err
+    entries = json.loads(out)["entry"]
+    full_urls = [e["fullUrl"] for e in entries]
+    assert all(u.startswith("urn:uuid:") for u in full_urls)
+    assert len(set(full_urls)) == len(entries)
+    assert all(e["fullUrl"] == f"urn:uuid:{e['resource']['id']}" for e in entries)
+    panel = entries[0]["resource"]
+    assert panel["hasMember"] and all(m["reference"] in full_urls for m in panel["hasMember"])
+    (provenance,) = [
+        e["resource"] for e in entries if e["resource"]["resourceType"] == "Provenance"
+    ]
+    assert all(target["reference"] in full_urls for target in provenance["target"])
+    outside = [r for e in entries for r in _references(e["resource"]) if r not in full_urls]
+    assert outside and all(
+        r.split("/")[0]
+        in {
+            "Patient",
+            "Practitioner",
+            "Encounter",
+            "QuestionnaireResponse",
+            "DocumentReference",
+            "Media",
+        }
+        for r in outside
+    )
+
+
+def test_bundle_with_a_base_url_uses_restful_full_urls(capsys) -> None:
+    """With --base-url, fullUrls are base/Type/id and relative references resolve against them."""
+    base = "https://ehr.example.org/fhir"
+    code, out, err = _run(
+        capsys, str(EXAMPLES / "srs-administration.json"), "--base-url", base + "/"
+    )
+    assert code == 0, err
+    entries = json.loads(out)["entry"]
+    assert [e["fullUrl"] for e in entries] == [
+        f"{base}/Observation/{e['resource']['id']}" for e in entries
+    ]
+    members = {m["reference"] for m in entries[0]["resource"]["hasMember"]}
+    assert members == {f"Observation/{e['resource']['id']}" for e in entries[1:]}
