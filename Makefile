@@ -1,7 +1,8 @@
 # Everything a person types, installing what it needs on a fresh machine.
 #   make demo    the main job on embedded defaults (see README)
 #   make test    lint, types and the whole test suite (what CI runs)
-#   make bench   benchmarks/: prints a table, writes benchmarks/results.json
+#   make bench   benchmarks/: each target and its verdict, merged into benchmarks/results.json
+#                (BENCH_ARGS="--strict" fails on a miss, "--quick consent" runs a subset smaller)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
@@ -55,7 +56,7 @@ pytest: install
 test: lint pytest
 
 bench: install
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(SERVER_DIR)/node_modules profiles/node_modules profiles/.fhir-cache .pytest_cache .mypy_cache .ruff_cache
