@@ -20,8 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from fhir_alliance.instruments.catalog import Instrument, InstrumentCode, instrument
+
+if TYPE_CHECKING:
+    from fhir_alliance.model.observations import InstrumentAdministration
 
 __all__ = [
     "DEFAULT_RULES",
@@ -115,15 +119,26 @@ def _prorated(values: list[Decimal], expected: int, minimum: int) -> Decimal | N
 
 
 def score(
-    code: InstrumentCode | str,
-    responses: Mapping[int, Decimal],
+    code: InstrumentCode | str | InstrumentAdministration,
+    responses: Mapping[int, Decimal] | None = None,
     rules: ScoringRules = DEFAULT_RULES,
 ) -> tuple[Score, ...]:
     """Scores of one administration: the total first, then subscales in catalogue order.
 
-    ``responses`` maps item number → answer; items not in it are unanswered. Values are trusted to
-    be valid (the schema checks ranges); unknown item numbers raise ``ValueError``.
+    Either ``score(record)`` with an :class:`~fhir_alliance.model.observations.InstrumentAdministration`,
+    or ``score(code, responses)`` where ``responses`` maps item number → answer; items not in it
+    are unanswered. Values are trusted to be valid (the schema checks ranges); unknown item
+    numbers raise ``ValueError``.
     """
+    from fhir_alliance.model.observations import InstrumentAdministration
+
+    if isinstance(code, InstrumentAdministration):
+        if responses is not None:
+            raise TypeError("score(record) takes its responses from the record; give no others")
+        record = code
+        code, responses = record.instrument, record.answers()
+    elif responses is None:
+        raise TypeError("score(code, responses) needs the responses")
     inst = instrument(code)
     unknown = set(responses) - set(inst.item_numbers)
     if unknown:

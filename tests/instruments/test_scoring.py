@@ -132,3 +132,31 @@ def test_unknown_item_number_is_refused() -> None:
 def test_vas_items_accept_one_decimal_in_range(value: str, ok: bool) -> None:
     """SRS items take 0..10 with at most one decimal."""
     assert instrument(InstrumentCode.SRS).items[0].accepts(D(value)) is ok
+
+
+def test_score_accepts_a_record() -> None:
+    """score(record) scores an administration directly, with the same result as code + answers."""
+    import json
+    from pathlib import Path
+
+    from fhir_alliance.schemas.observations import load_record
+
+    example = Path(__file__).resolve().parents[2] / "examples/observations/srs-administration.json"
+    record = load_record(json.loads(example.read_text()))
+    assert score(record) == score(record.instrument, record.answers())
+    rules = ScoringRules(srs_cutoff=D(30))
+    (total,) = score(record, rules=rules)
+    assert total.cutoff == D(30) and total.flag is Flag.NORMAL
+
+
+def test_score_of_a_record_with_responses_too_is_an_error() -> None:
+    """Giving a record and separate responses is ambiguous and refused."""
+    import json
+    from pathlib import Path
+
+    from fhir_alliance.schemas.observations import load_record
+
+    example = Path(__file__).resolve().parents[2] / "examples/observations/srs-administration.json"
+    record = load_record(json.loads(example.read_text()))
+    with pytest.raises(TypeError):
+        score(record, record.answers())
