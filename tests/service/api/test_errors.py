@@ -280,3 +280,14 @@ def test_fhir_server_error_is_502_without_diagnostics(
     response = failing_app.test_client().get("/test/upstream", headers=auth_headers["read"])
     _outcome(response, 502)
     assert b"Jane" not in response.data
+
+
+@pytest.mark.parametrize("key", ["²", "x¹²", "٣", "Ⅻ"])
+def test_unknown_field_with_unicode_digits_is_422(
+    client: FlaskClient, store: Store, auth_headers: dict[str, dict[str, str]], key: str
+) -> None:
+    """Unknown fields named with superscript or other non-ASCII digits are a 422 naming them, not a
+    crash while sorting the issue paths (found by the fuzz test)."""
+    outcome = _outcome(_post(client, auth_headers["write"], json.dumps({**SRS, key: 1})), 422)
+    assert [key] in [issue["expression"] for issue in outcome["issue"]]
+    _nothing_stored(store)
