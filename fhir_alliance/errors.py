@@ -126,7 +126,9 @@ class InputError(FhirAllianceError):
 def natural_key(path: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that orders the numbers inside a path by value: ``items.2`` < ``items.10``."""
     return tuple(
-        (0, int(part)) if part.isdecimal() else (1, part) for part in re.split(r"(\d+)", path) if part
+        (0, int(part)) if part.isdecimal() else (1, part)
+        for part in re.split(r"(\d+)", path)
+        if part
     )
 
 
