@@ -6,7 +6,7 @@ for a consent the caller knows, and applying it appends to the consent's history
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -349,14 +349,35 @@ def load_consent(data: object, *, prefix: str = "") -> ConsentRecord:
 
 
 def load_revocation(
-    data: object, *, known_consents: Collection[Identifier], prefix: str = ""
+    data: object,
+    *,
+    known_consents: Iterable[ConsentRecord | Identifier | str],
+    prefix: str = "",
 ) -> ConsentRevocation:
-    """Our JSON form → :class:`ConsentRevocation`, refusing one for a consent not in ``known_consents``."""
+    """Our JSON form → :class:`ConsentRevocation`, refusing one for a consent not in
+    ``known_consents``: consent records, their identifiers (or ``system|value`` text), or a
+    mapping keyed by identifier."""
     revocation: ConsentRevocation = load_or_raise(ConsentRevocationSchema(), data, prefix=prefix)
-    if revocation.consent not in known_consents:
+    found = isinstance(known_consents, (Set, Mapping)) and revocation.consent in known_consents
+    if not found and revocation.consent not in _known_identifiers(known_consents):
         path = ".".join(p for p in (prefix, "consent") if p)
         raise InputError.from_issues([Issue(path=path, message="revocation of an unknown consent")])
     return revocation
+
+
+def _known_identifiers(items: Iterable[object]) -> set[Identifier]:
+    known: set[Identifier] = set()
+    for n, item in enumerate(items):
+        if isinstance(item, ConsentRecord):
+            known.add(item.id)
+        elif isinstance(item, Identifier):
+            known.add(item)
+        elif isinstance(item, str):
+            known.add(Identifier.parse(item, path=f"known_consents.{n}"))
+        else:
+            message = "expected a consent record, an Identifier or system|value text"
+            raise InputError.from_issues([Issue(path=f"known_consents.{n}", message=message)])
+    return known
 
 
 def load_consent_records(
