@@ -85,19 +85,40 @@ def _code_keys(codings: tuple[Coding, ...] | list[Coding]) -> frozenset[_CodeKey
     return frozenset([(c.system, c.code) for c in codings])
 
 
-def _kind(keys: frozenset[RefKey]) -> str | None:
-    """``"ref"`` or ``"id"`` when ``keys`` name a party only one way, else ``None``."""
+#: How a party is named when it is named one way only: ``("ref" | "id", resource type or None)``.
+_Facet = tuple[str, str | None]
+
+
+def _facet(ref: Ref, keys: frozenset[RefKey]) -> _Facet | None:
+    """``("ref", type)`` or ``("id", type)`` when ``keys`` name a party only one way (by a
+    reference the directory cannot resolve, or by identifier alone), else ``None``. The resource
+    type, when known, tells two such parties apart: an Organization is never a Practitioner."""
     has_ref = has_id = False
     for key in keys:
         if key[0] == "ref":
             has_ref = True
         else:
             has_id = True
-    if has_ref and not has_id:
-        return "ref"
-    if has_id and not has_ref:
-        return "id"
-    return None
+    if has_ref == has_id:
+        return None
+    return ("ref" if has_ref else "id", _resource_type(ref))
+
+
+def _resource_type(ref: Ref) -> str | None:
+    if ref.type:
+        return ref.type
+    if ref.reference is None:
+        return None
+    parts = ref.reference.split("/_history/")[0].split("/")
+    head = parts[-2] if len(parts) >= 2 else ""
+    return head if head[:1].isupper() and head.isalpha() else None
+
+
+def _incomparable(facet: _Facet, request_facets: tuple[_Facet, ...]) -> bool:
+    """Whether a party named only one way (``facet``) cannot be compared with a request actor
+    named only the other way: then whether they are the same party is a missing fact."""
+    kind, rtype = facet
+    return any(k != kind and (t is None or rtype is None or t == rtype) for k, t in request_facets)
 
 
 def _timestamp(value: datetime | None, path: str) -> float | None:
@@ -171,17 +192,17 @@ class _Node:
         # (role, match keys, kind): kind is "ref" or "id" for an actor known only by reference
         # (not in the directory) or only by identifier, which cannot be compared with a request
         # actor known only the other way; None when both ways are known.
-        self.actors: tuple[tuple[_CodeKey, frozenset[RefKey], str | None], ...] | None = (
+        self.actors: tuple[tuple[_CodeKey, frozenset[RefKey], _Facet | None], ...] | None = (
             tuple(
-                ((a.role.system, a.role.code), keys, _kind(keys))
+                ((a.role.system, a.role.code), keys, _facet(a.reference, keys))
                 for a, keys in ((a, directory.keys(a.reference)) for a in provision.actors)
             )
             or None
         )
         self.single_kind_actors = tuple(
-            (a, kind)
-            for a, (_, _, kind) in zip(provision.actors, self.actors or (), strict=True)
-            if kind is not None
+            (a, facet)
+            for a, (_, _, facet) in zip(provision.actors, self.actors or (), strict=True)
+            if facet is not None
         )
         self.labels = _code_keys(provision.security_labels) or None
         type_classes = frozenset(
@@ -395,19 +416,17 @@ class _Request:
         self.purposes = _code_keys(request.purposes)
         self.purpose_unknown = not self.purposes or not self.purposes <= KNOWN_PURPOSES
         actor_keys: dict[_CodeKey, frozenset[RefKey]] = {}
-        # role → kinds of provision actors that cannot be compared with some request actor of
-        # that role ("ref": a provision actor known only by reference, vs a request actor known
-        # only by identifier; "id" the other way round).
-        incomparable: dict[_CodeKey, frozenset[str]] = {}
+        # role → the request actors of that role named one way only (see _facet): a provision
+        # actor named only the other way cannot be compared with them.
+        incomparable: dict[_CodeKey, tuple[_Facet, ...]] = {}
         for actor in request.actors:
             role = (actor.role.system, actor.role.code)
             keys = directory.keys(actor.reference)
             known = actor_keys.get(role)
             actor_keys[role] = keys if known is None else known | keys
-            kind = _kind(keys)
-            if kind is not None:
-                other = "ref" if kind == "id" else "id"
-                incomparable[role] = incomparable.get(role, frozenset()) | {other}
+            facet = _facet(actor.reference, keys)
+            if facet is not None:
+                incomparable[role] = (*incomparable.get(role, ()), facet)
         self.actor_keys = actor_keys
         self.incomparable = incomparable
         resource = request.resource
@@ -467,14 +486,19 @@ def _context_matches(n: _Node, q: _Request) -> bool:
         return False
     if n.actors is not None:
         actor_keys = q.actor_keys
-        for role, keys, kind in n.actors:
+        for role, keys, facet in n.actors:
             wanted = actor_keys.get(role)
             if wanted is None:
                 continue
             if not keys.isdisjoint(wanted):
                 break
             # An actor that cannot be compared is a missing fact: it matches a deny only.
-            if kind is not None and not n.permit and kind in q.incomparable.get(role, ()):
+            if (
+                facet is not None
+                and not n.permit
+                and role in q.incomparable
+                and _incomparable(facet, q.incomparable[role])
+            ):
                 break
         else:
             return False
@@ -1237,9 +1261,9 @@ def _unresolved_notes(consents: list[_Consent], q: _Request) -> list[str]:
     notes: list[str] = []
     for c in consents:
         for node in c.root.walk():
-            for actor, kind in node.single_kind_actors:
+            for actor, facet in node.single_kind_actors:
                 role = (actor.role.system, actor.role.code)
-                if kind not in q.incomparable.get(role, ()):
+                if not _incomparable(facet, q.incomparable.get(role, ())):
                     continue
                 effect = (
                     "a permit never matches it"

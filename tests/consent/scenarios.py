@@ -957,6 +957,37 @@ SCENARIOS: list[Scenario] = [
         ["c1@0"],
     ),
     Scenario(
+        "actor-unresolvable-other-resource-type-is-another-party",
+        [
+            consent(
+                "c1",
+                "permit",
+                prov(
+                    "deny", actors=[actor(Ref(identifier=NPI_2222.identifier, type="Practitioner"))]
+                ),
+                **share_with(Ref(reference="Organization/ehr")),
+            )
+        ],
+        request(Ref(reference="Organization/ehr"), res=OBS),
+        PERMIT,
+        ["c1@root"],
+    ),
+    Scenario(
+        "actor-unresolvable-untyped-identifier-matches-deny",
+        [
+            consent(
+                "c1",
+                "permit",
+                prov("deny", actors=[actor(NPI_2222)]),
+                **share_with(Ref(reference="Organization/ehr")),
+            )
+        ],
+        request(Ref(reference="Organization/ehr"), res=OBS),
+        DENY,
+        ["c1@0"],
+        note="actor named by identifier (system http://hl7.org/fhir/sid/us-npi) could not be",
+    ),
+    Scenario(
         "action-misspelled-matches-deny",
         [consent("c1", "permit", prov("deny", actions=[act("access")]), **share_with(DR_A))],
         request(DR_A, action="acess", res=OBS),
