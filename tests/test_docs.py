@@ -33,9 +33,9 @@ _LINK = re.compile(r"!?\[[^\]\n]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _REFERENCE_LINK = re.compile(r"^\s{0,3}\[[^\]\n]+\]:\s*<?(\S+?)>?(?:\s+.*)?$", re.MULTILINE)
 
 
-def _markdown_files() -> list[Path]:
+def _markdown_files(root: Path) -> list[Path]:
     found: list[Path] = []
-    for folder, dirs, files in os.walk(ROOT):
+    for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
         found += [Path(folder) / f for f in sorted(files) if f.endswith(".md")]
     return found
@@ -69,19 +69,34 @@ def test_python_examples_run(doc: Path, monkeypatch: pytest.MonkeyPatch) -> None
         exec(compiled, namespace)
 
 
-def test_relative_links_resolve_inside_the_repository() -> None:
-    """No Markdown file links to a missing file or to anything outside the repository."""
+def _broken_links(root: Path) -> list[str]:
+    """``file: target`` of every relative link under ``root`` that is missing or leaves ``root``."""
     broken: list[str] = []
-    for markdown in _markdown_files():
+    for markdown in _markdown_files(root):
         for target in _relative_targets(markdown.read_text()):
             path = unquote(urlsplit(target).path)
-            resolved = (
-                (ROOT / path.lstrip("/")) if path.startswith("/") else (markdown.parent / path)
-            )
-            resolved = resolved.resolve()
-            if not resolved.is_relative_to(ROOT) or not resolved.exists():
-                broken.append(f"{markdown.relative_to(ROOT)}: {target}")
-    assert broken == []
+            base = root if path.startswith("/") else markdown.parent
+            resolved = (base / path.lstrip("/")).resolve()
+            if not resolved.is_relative_to(root.resolve()) or not resolved.exists():
+                broken.append(f"{markdown.relative_to(root)}: {target}")
+    return broken
+
+
+def test_relative_links_resolve_inside_the_repository() -> None:
+    """No Markdown file links to a missing file or to anything outside the repository."""
+    assert _broken_links(ROOT) == []
+
+
+def test_broken_and_escaping_links_are_found(tmp_path: Path) -> None:
+    """A link to a missing file and one leaving the tree are reported; a good one is not."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "outside.md").write_text("")
+    (tmp_path / "docs" / "good.md").write_text("[up](../outside.md) [self](good.md#top)")
+    (tmp_path / "docs" / "bad.md").write_text("[gone](missing.md) [design](../../shared/DESIGN.md)")
+    assert _broken_links(tmp_path) == [
+        "docs/bad.md: missing.md",
+        "docs/bad.md: ../../shared/DESIGN.md",
+    ]
 
 
 def test_link_check_sees_a_broken_link(tmp_path: Path) -> None:
