@@ -36,7 +36,7 @@ def test_permit_with_the_deciding_consent_and_explanation(
             "consent_date": body["basis"][0]["consent_date"],
         }
     ]
-    assert body["explanation"].startswith("decision: PERMIT")
+    assert body["explanation"].startswith("decision: permit")
     assert body["unreadable_consents"] == 0
 
 

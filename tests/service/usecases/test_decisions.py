@@ -28,7 +28,7 @@ def test_permit_names_the_deciding_consent_and_provision(store: SqlStore) -> Non
         "https://clinic.example.org/consents|c-plain-1",
         "root",
     )
-    assert answer.explanation.startswith("decision: PERMIT")
+    assert answer.explanation.startswith("decision: permit")
     assert "c-plain-1, base decision (permit)" in answer.explanation
 
 
