@@ -198,14 +198,38 @@ def test_schema_error_is_422_naming_each_path(
     _nothing_stored(store)
 
 
-def test_injection_strings_are_stored_verbatim(
+def test_injection_in_an_identifier_is_refused_by_path(
     client: FlaskClient, store: Store, auth_headers: dict[str, dict[str, str]]
 ) -> None:
-    """SQL and markup in an identifier are data, not code: stored verbatim, database intact."""
+    """SQL and markup in a business identifier are a 422 naming ``id``; nothing is stored."""
     hostile = "x'); DROP TABLE records; --|<script>alert(1)</script>"
     response = _post(client, auth_headers["write"], json.dumps({**SRS, "id": hostile}))
+    outcome = _outcome(response, 422)
+    assert ["id"] in [issue["expression"] for issue in outcome["issue"]]
+    _nothing_stored(store)
+
+
+def test_injection_in_free_text_is_stored_verbatim(
+    client: FlaskClient, store: Store, auth_headers: dict[str, dict[str, str]]
+) -> None:
+    """SQL and markup in free text are data, not code: stored verbatim, the database intact."""
+    hostile = "'); DROP TABLE records; -- <script>alert(1)</script>"
+    rupture = {
+        "kind": "rupture",
+        "id": "https://clinic.example.org/alliance-records|rupture-err-1",
+        "rupture_type": "withdrawal",
+        "markers": ["minimal-response"],
+        "tension": 3,
+        "repaired": False,
+        "patient": {"reference": "Patient/example-client"},
+        "effective": "2026-11-20T15:30:00+00:00",
+        "rater": {"role": "client"},
+        "narrative": hostile,
+    }
+    response = _post(client, auth_headers["write"], json.dumps(rupture))
     assert response.status_code == 201, response.json
-    assert [r.identifier for r in store.list_records()] == [hostile]
+    (stored,) = store.list_records()
+    assert stored.body["narrative"] == hostile
     assert _post(client, auth_headers["write"], json.dumps(SRS)).status_code == 201
     assert len(store.list_records()) == 2
 
