@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 10
 
 
 def _header(response: Any, name: str) -> str:

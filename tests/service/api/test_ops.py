@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fhir_alliance_service.app import create_app
+from fhir_alliance_service.auth import create_api_key
 from fhir_alliance_service.store import SqlStore, make_engine
 from fhir_alliance_service.store.interface import Store
 from flask import Flask
@@ -175,3 +176,19 @@ def test_app_factory_keeps_apps_apart(app: Flask, sqlite_url: str) -> None:
         assert store is not app.extensions["fhir_alliance"].store
     finally:
         other.extensions["fhir_alliance"].store.close()
+
+
+def test_app_serves_from_each_backend(database_url: str) -> None:
+    """On SQLite and on PostgreSQL: ready, a record is taken in, and the queue depth shows it."""
+    app = create_app({"database_url": database_url})
+    try:
+        store: Store = app.extensions["fhir_alliance"].store
+        key = create_api_key(store, "backend check", ["read", "write"])
+        client = app.test_client()
+        assert client.get("/readyz").status_code == 200
+        posted = client.post("/v1/records", json=SRS, headers={"X-API-Key": key})
+        assert posted.status_code == 201, posted.json
+        lines = _metric_lines(client, {"X-API-Key": key}, "fhir_alliance_queue_depth")
+        assert 'fhir_alliance_queue_depth{state="queued"} 1.0' in lines
+    finally:
+        app.extensions["fhir_alliance"].store.close()
