@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.exc import IntegrityError
 
 from fhir_alliance.errors import InputError, Issue, MappingError
 from fhir_alliance.mapping._ids import resource_id
@@ -53,6 +58,8 @@ __all__ = [
     "intake_questionnaire_response",
     "intake_records",
 ]
+
+log = logging.getLogger(__name__)
 
 FAMILY_OBSERVATION = "observation"
 FAMILY_CONSENT = "consent"
@@ -174,6 +181,10 @@ def _history_kept(stored: StoredRecord, record: ConsentRecord, label: str) -> li
     return []
 
 
+#: How often intake starts again when a concurrent request created the same record first.
+MAX_INTAKE_ATTEMPTS = 10
+
+
 def intake_records(
     store: Store,
     payloads: Sequence[object],
@@ -187,10 +198,27 @@ def intake_records(
     posted on its own). Returns one entry per stored record, in payload order; a revocation comes
     back as its consent's new version. Raises :class:`InputError` naming every bad field path; then
     nothing was stored.
+
+    When a concurrent request stored one of the same new records first (PostgreSQL refuses the
+    second insert), the whole intake runs again against the store as it now is.
     """
     labels = [str(i) for i in range(len(payloads))] if labels is None else list(labels)
     if len(labels) != len(payloads):
         raise ValueError("one label per payload")
+    for attempt in range(1, MAX_INTAKE_ATTEMPTS + 1):
+        try:
+            return _intake_once(store, payloads, labels, at)
+        except IntegrityError:
+            if attempt == MAX_INTAKE_ATTEMPTS:
+                raise
+            log.info("intake raced a concurrent intake; trying again", extra={"attempt": attempt})
+            time.sleep(random.uniform(0.002, 0.01) * attempt)  # noqa: S311 (jitter, not secrets)
+    raise AssertionError("unreachable")
+
+
+def _intake_once(
+    store: Store, payloads: Sequence[object], labels: list[str], at: datetime
+) -> list[RecordIntake]:
     loaded, issues = _load_all(payloads, labels)
 
     by_family: dict[str, list[tuple[str, Any]]] = {FAMILY_OBSERVATION: [], FAMILY_CONSENT: []}
@@ -253,6 +281,13 @@ def intake_records(
         for _, new, version in entries
     ]
     results = store.put_records(new_records, audit=events, at=at)
+    stale = sum(
+        1
+        for (_, _, version), result in zip(entries, results, strict=True)
+        if result.outcome is not PutOutcome.UNCHANGED and result.version != version
+    )
+    if stale:  # a concurrent intake changed the same record between our read and our write
+        log.warning("intake audit events name a stale version", extra={"records": stale})
     for patient in sorted(
         {
             new.patient

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from fhir_alliance_service.store import SqlStore
+from fhir_alliance_service.store import SqlStore, open_store
 from fhir_alliance_service.store.interface import PutOutcome, SyncState
 from fhir_alliance_service.usecases.intake import (
     content_hash,
@@ -209,3 +211,37 @@ def test_questionnaire_response_problems_name_the_element(store: SqlStore) -> No
         intake_questionnaire_response(store, qr, at=AT)
     assert _paths(caught) == {"QuestionnaireResponse.status"}
     assert _nothing_stored(store)
+
+
+@pytest.mark.postgres
+def test_concurrent_intake_of_one_new_record_loses_nothing(postgres_url: str) -> None:
+    """Six requests racing to create and change one record on PostgreSQL all succeed, each
+    distinct content getting its own version (a lost race is run again, never a 500)."""
+    store = open_store(postgres_url)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def post(tension: int) -> None:
+        payload = observation("rupture")
+        payload["tension"] = tension
+        start.wait()
+        try:
+            results.extend(intake_records(store, [payload], at=AT))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=post, args=(1 + n % 5,)) for n in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        changed = sorted(r.version for r in results if r.outcome is not PutOutcome.UNCHANGED)
+        assert changed == list(range(1, len(changed) + 1))
+        assert len(changed) >= 5  # five distinct contents; the sixth repeats one of them
+        head = store.get_record(results[0].record_id)
+        assert head is not None and head.version == len(changed)
+    finally:
+        store.close()
