@@ -223,7 +223,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     """Claim, gate, map and send outbox items until stopped. SIGTERM or SIGINT (Ctrl-C) sets the
-    stop event: the batch in hand is finished and recorded, then the process exits 0."""
+    stop event: the batch in hand is finished and recorded, then the process exits 0. A second
+    Ctrl-C leaves at once (the batch's leases expire and it is sent again later)."""
     settings = _settings()
     client = _client(settings)
     _configure_logging(settings)
@@ -242,6 +243,10 @@ def _worker(args: argparse.Namespace) -> int:
 @contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     def request_stop(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            # Ctrl-C twice: leave now. The unfinished batch's leases expire and another worker
+            # (or this one, restarted) sends it again; sends are idempotent.
+            raise KeyboardInterrupt
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
