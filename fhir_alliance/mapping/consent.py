@@ -1320,6 +1320,10 @@ def _root_from_r5(resource: Mapping[str, Any], path: _Path, decision: Decision) 
 # ================================================================================================
 
 
+#: Built once: a marshmallow schema costs more to build than a record costs to load.
+_REVOCATION_SCHEMA = ConsentRevocationSchema()
+
+
 class ConsentMapper:
     """The consent mapper for :mod:`fhir_alliance.mapping.registry`.
 
@@ -1333,7 +1337,7 @@ class ConsentMapper:
 
     def load(self, data: Mapping[str, Any]) -> ConsentRecord | ConsentRevocation:
         if isinstance(data, Mapping) and data.get("kind") == RECORD_KIND_REVOCATION:
-            revocation: ConsentRevocation = load_or_raise(ConsentRevocationSchema(), data)
+            revocation: ConsentRevocation = load_or_raise(_REVOCATION_SCHEMA, data)
             return revocation
         return load_consent(data)
 

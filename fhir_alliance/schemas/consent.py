@@ -342,9 +342,15 @@ class ConsentRevocationSchema(StrictSchema):
         return ConsentRevocation(**data)
 
 
+#: Built once and reused: building a marshmallow schema costs more than loading a record with it,
+#: and loading keeps no state in the schema.
+_CONSENT_SCHEMA = ConsentRecordSchema()
+_REVOCATION_SCHEMA = ConsentRevocationSchema()
+
+
 def load_consent(data: object, *, prefix: str = "") -> ConsentRecord:
     """Our JSON form → :class:`ConsentRecord`; :class:`InputError` with one issue per field path."""
-    record: ConsentRecord = load_or_raise(ConsentRecordSchema(), data, prefix=prefix)
+    record: ConsentRecord = load_or_raise(_CONSENT_SCHEMA, data, prefix=prefix)
     return record
 
 
@@ -357,7 +363,7 @@ def load_revocation(
     """Our JSON form → :class:`ConsentRevocation`, refusing one for a consent not in
     ``known_consents``: consent records, their identifiers (or ``system|value`` text), or a
     mapping keyed by identifier."""
-    revocation: ConsentRevocation = load_or_raise(ConsentRevocationSchema(), data, prefix=prefix)
+    revocation: ConsentRevocation = load_or_raise(_REVOCATION_SCHEMA, data, prefix=prefix)
     found = isinstance(known_consents, (Set, Mapping)) and revocation.consent in known_consents
     if not found and revocation.consent not in _known_identifiers(known_consents):
         path = ".".join(p for p in (prefix, "consent") if p)

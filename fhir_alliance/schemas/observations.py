@@ -8,9 +8,11 @@ Errors are :class:`~fhir_alliance.errors.InputError` with one issue per field pa
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validates_schema
@@ -329,9 +331,15 @@ def load_record(
         path = ".".join(p for p in (prefix, "kind") if p)
         message = f"unknown record kind; expected one of {', '.join(sorted(KINDS))}"
         raise InputError(message, issues=[Issue(path=path, message=message)])
-    schema = _SCHEMAS[kind](future_tolerance=future_tolerance)
-    record: AllianceRecord = load_or_raise(schema, data, prefix=prefix)
+    record: AllianceRecord = load_or_raise(_schema(kind, future_tolerance), data, prefix=prefix)
     return record
+
+
+@lru_cache(maxsize=64)
+def _schema(kind: str, future_tolerance: timedelta) -> _RecordSchema:
+    """One schema per kind and tolerance, built once: building a marshmallow schema costs more than
+    loading a record with it, and loading keeps no state in the schema (the clock is read per load)."""
+    return _SCHEMAS[kind](future_tolerance=future_tolerance)
 
 
 def load_batch(
@@ -366,7 +374,7 @@ def batch_issues(
     ``known_ruptures``, and no record id appears twice. ``labelled`` pairs each record with the
     label its error paths start with."""
     ruptures = {r.id for _, r in labelled if isinstance(r, RuptureEvent)} | set(known_ruptures)
-    ids = [r.id for _, r in labelled]
+    id_counts = Counter(r.id for _, r in labelled)
     issues = [
         Issue(path=f"{label}.rupture", message="names a rupture not in the batch nor known")
         for label, r in labelled
@@ -375,7 +383,7 @@ def batch_issues(
     issues += [
         Issue(path=f"{label}.id", message="the same record id appears twice")
         for label, r in labelled
-        if ids.count(r.id) > 1
+        if id_counts[r.id] > 1
     ]
     return issues
 

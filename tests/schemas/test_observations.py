@@ -216,3 +216,41 @@ def test_every_json_block_in_the_docs_is_a_valid_record_equal_to_a_shipped_examp
         data = json.loads(block)
         load_record(data)
         assert data in shipped
+
+
+def test_reused_schemas_keep_no_state_between_records() -> None:
+    """Loading bad, good, bad again gives the same errors and the same record each time."""
+    good = _example("srs-administration.json")
+    bad = copy.deepcopy(good)
+    bad["responses"]["2"] = 12
+    errors = []
+    for _ in range(2):
+        with pytest.raises(InputError) as caught:
+            load_record(bad)
+        errors.append([(i.path, i.message) for i in caught.value.issues])
+        assert load_record(good) == load_record(copy.deepcopy(good))
+    assert errors[0] == errors[1] == [("responses.2", errors[0][0][1])]
+
+
+def test_future_tolerance_is_honoured_per_call() -> None:
+    """A record one hour ahead is refused by default and accepted with a two-hour tolerance, in
+    either order (the reused schemas are kept per tolerance)."""
+    ahead = _example("srs-administration.json")
+    ahead["effective"] = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    with pytest.raises(InputError):
+        load_record(ahead)
+    assert load_record(ahead, future_tolerance=timedelta(hours=2)).id is not None
+    with pytest.raises(InputError):
+        load_record(ahead)
+
+
+def test_duplicate_ids_in_a_large_batch_are_each_reported() -> None:
+    """Every record whose id appears twice is reported at its own index (counted once per id)."""
+    rupture = _example("rupture.json")
+    items = [copy.deepcopy(rupture) for _ in range(3)]
+    for index, item in enumerate(items[:2]):
+        item["id"] = f"https://clinic.example.org/alliance-records|r-{index}"
+    items[2]["id"] = items[0]["id"]
+    with pytest.raises(InputError) as caught:
+        load_batch(items)
+    assert _paths(caught) == {"0.id", "2.id"}
