@@ -251,6 +251,36 @@ def test_unresolvable_actor_is_reported() -> None:
     assert any("not in the actor directory" in n for n in decision.notes)
 
 
+def test_unresolvable_actor_in_a_nested_deny_denies() -> None:
+    """A nested deny naming an actor the directory cannot resolve applies to a consult by
+    identifier: whether it is that actor is unknown, so the deny counts (never fail open)."""
+    consent = r4_consent(
+        "c1",
+        provision=[
+            {
+                "type": "deny",
+                "actor": [
+                    {"role": IRCP, "reference": {"reference": "Practitioner/not-in-directory"}}
+                ],
+            }
+        ],
+    )
+    hook = {
+        "patientId": [{"system": "urn:oid:2.16.840.1.113883.3.9999.1", "value": "p-001"}],
+        "actor": [
+            {"system": ACTOR_SYSTEM, "value": ORG_OID},
+            {"system": "http://hl7.org/fhir/sid/us-npi", "value": "9999999999"},
+        ],
+        "purposeOfUse": "TREAT",
+    }
+    decision = engine(consent).decide(
+        request_from_hook(hook, at=t("2025-06-01"), action=act("access"))
+    )
+    assert decision.outcome is DecisionOutcome.DENY
+    assert [b.path for b in decision.basis] == ["0"]
+    assert any("Practitioner/not-in-directory could not be resolved" in n for n in decision.notes)
+
+
 def test_deep_nesting_is_read() -> None:
     """A third-level exception decides (LEAP reads the first level only)."""
     consent = r4_consent(
