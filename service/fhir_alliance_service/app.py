@@ -7,13 +7,13 @@ builds one per worker process from the environment, with JSON logs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from flask import Flask, current_app
 
 from fhir_alliance_service.api import register_blueprints
-from fhir_alliance_service.auth import register_auth
+from fhir_alliance_service.auth import ApiKeyCache, register_auth
 from fhir_alliance_service.config import Settings, load_settings
 from fhir_alliance_service.errors import register_error_handlers
 from fhir_alliance_service.logs import configure_logging, register_request_logging
@@ -26,10 +26,12 @@ EXTENSION: Final = "fhir_alliance"
 
 @dataclass(frozen=True, slots=True)
 class ServiceState:
-    """What every request handler needs: the settings and the store (one per app)."""
+    """What every request handler needs: the settings and the store (one per app), and the
+    app's cache of looked-up API keys."""
 
     settings: Settings
     store: Store
+    api_keys: ApiKeyCache = field(default_factory=lambda: ApiKeyCache(0))
 
 
 def create_app(
@@ -46,7 +48,9 @@ def create_app(
     app = Flask("fhir_alliance_service", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = ServiceState(settings=settings, store=store)
+    app.extensions[EXTENSION] = ServiceState(
+        settings=settings, store=store, api_keys=ApiKeyCache(settings.api_key_cache_seconds)
+    )
     register_request_logging(app)  # first: refused requests get an id too
     register_auth(app)
     register_error_handlers(app)

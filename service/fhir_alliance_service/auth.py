@@ -16,6 +16,8 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import wraps
@@ -28,6 +30,7 @@ from fhir_alliance_service.store.interface import ApiKey, Store
 
 __all__ = [
     "PUBLIC",
+    "ApiKeyCache",
     "SCOPES",
     "create_api_key",
     "grants",
@@ -145,12 +148,46 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, message, headers={"WWW-Authenticate": _REALM})
 
 
-def authenticate(store: Store, raw: str) -> ApiKey | None:
+class ApiKeyCache:
+    """Stored keys by id, trusted for ``ttl`` seconds, so that most requests check their key
+    without a query. Only the stored record is cached: the secret is still hashed and compared on
+    every request. A key revoked by another process keeps working here for at most ``ttl``
+    seconds; ``ttl`` 0 looks the key up every time."""
+
+    MAX_ENTRIES: Final = 1024
+
+    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[ApiKey, float]] = {}
+
+    def find(self, store: Store, key_id: str) -> ApiKey | None:
+        if self.ttl <= 0:
+            return store.find_api_key(key_id)
+        now = self._clock()
+        with self._lock:
+            cached = self._entries.get(key_id)
+        if cached is not None and now - cached[1] < self.ttl:
+            return cached[0]
+        stored = store.find_api_key(key_id)
+        with self._lock:
+            if stored is None:
+                self._entries.pop(key_id, None)
+            else:
+                if len(self._entries) >= self.MAX_ENTRIES:
+                    self._entries.clear()
+                self._entries[key_id] = (stored, now)
+        return stored
+
+
+def authenticate(store: Store, raw: str, cache: ApiKeyCache | None = None) -> ApiKey | None:
     """The stored key for ``raw`` if it is valid and not revoked. Unknown ids, wrong secrets and
     revoked keys take the same path: one hash, one constant-time comparison."""
     parsed = parse_api_key(raw)
     key_id, secret = parsed if parsed else ("", raw)
-    stored = store.find_api_key(key_id) if parsed else None
+    finder = cache.find if cache is not None else (lambda s, k: s.find_api_key(k))
+    stored = finder(store, key_id) if parsed else None
     expected = stored.secret_hash if stored is not None else _DUMMY_HASH
     matches = hmac.compare_digest(hash_secret(secret), expected)
     if stored is None or not matches or stored.revoked_at is not None:
@@ -174,7 +211,8 @@ def _check_request() -> None:
         raise _unauthorized("an API key is required (Authorization: Bearer, or X-API-Key)")
     from fhir_alliance_service.app import current_service
 
-    key = authenticate(current_service().store, raw)
+    service = current_service()
+    key = authenticate(service.store, raw, service.api_keys)
     if key is None:
         raise _unauthorized("the API key is not valid")
     if not grants(key.scopes, scope):

@@ -66,6 +66,9 @@ class Settings:
     backoff_max_seconds: float = 300.0
     # -- the API -------------------------------------------------------------------------------
     max_body_bytes: int = 2_000_000
+    #: How long a process trusts an API key it looked up (0: look up on every request). A key
+    #: revoked elsewhere stops working in every process within this many seconds.
+    api_key_cache_seconds: float = 5.0
     max_records_per_request: int = 1_000
     cds_source_label: str = "fhir-alliance consent consult"
     cds_source_url: str | None = None
@@ -160,6 +163,14 @@ def _positive_float(value: Any) -> float:
     if not (number > 0 and number != float("inf")):
         raise _Invalid(f"expected a positive finite number, got {value!r}")
     return number
+
+
+def _non_negative_float(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    if isinstance(value, str) and value.strip() in ("0", "0.0"):
+        return 0.0
+    return _positive_float(value)
 
 
 def _http_url(value: Any) -> str | None:
@@ -282,6 +293,7 @@ _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "backoff_base_seconds": _positive_float,
     "backoff_max_seconds": _positive_float,
     "max_body_bytes": _positive_int,
+    "api_key_cache_seconds": _non_negative_float,
     "max_records_per_request": _positive_int,
     "cds_source_label": _label,
     "cds_source_url": _http_url,

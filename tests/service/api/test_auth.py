@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 
 import pytest
 from fhir_alliance_service import auth
-from fhir_alliance_service.auth import create_api_key, grants, parse_api_key, require_scope
+from fhir_alliance_service.app import ServiceState, create_app
+from fhir_alliance_service.auth import (
+    ApiKeyCache,
+    create_api_key,
+    grants,
+    parse_api_key,
+    require_scope,
+)
 from fhir_alliance_service.store.interface import Store
 from flask import Flask
 from flask.testing import FlaskClient
@@ -100,17 +107,42 @@ def test_wrong_scope_is_403(client: FlaskClient, auth_headers: dict[str, dict[st
     assert client.get("/metrics", headers=auth_headers["admin"]).status_code == 200
 
 
-def test_revoked_key_is_401(
-    client: FlaskClient,
-    store: Store,
-    auth_headers: dict[str, dict[str, str]],
-    api_keys: dict[str, str],
+def test_revoked_key_is_401_at_once_without_cache(
+    sqlite_url: str, store: Store, api_keys: dict[str, str]
 ) -> None:
-    """Once revoked, a key that worked is refused."""
-    assert client.get("/metrics", headers=auth_headers["read"]).status_code == 200
+    """With api_key_cache_seconds=0, a revoked key is refused on the very next request."""
+    app = create_app({"database_url": sqlite_url, "api_key_cache_seconds": 0})
+    try:
+        client = app.test_client()
+        headers = {"X-API-Key": api_keys["read"]}
+        assert client.get("/metrics", headers=headers).status_code == 200
+        key_id, _ = parse_api_key(api_keys["read"]) or ("", "")
+        assert store.revoke_api_key(key_id, at=datetime.now(UTC))
+        assert client.get("/metrics", headers=headers).status_code == 401
+    finally:
+        app.extensions["fhir_alliance"].store.close()
+
+
+def test_revoked_key_is_refused_once_the_cache_expires(
+    app: Flask, store: Store, api_keys: dict[str, str]
+) -> None:
+    """With a key cache, a key revoked elsewhere works for at most the cache's lifetime."""
+    now = [1000.0]
+    state = app.extensions["fhir_alliance"]
+    app.extensions["fhir_alliance"] = ServiceState(
+        settings=state.settings, store=state.store, api_keys=ApiKeyCache(5.0, clock=lambda: now[0])
+    )
+    client = app.test_client()
+    headers = {"X-API-Key": api_keys["read"]}
+    assert client.get("/metrics", headers=headers).status_code == 200
     key_id, _ = parse_api_key(api_keys["read"]) or ("", "")
     assert store.revoke_api_key(key_id, at=datetime.now(UTC))
-    assert client.get("/metrics", headers=auth_headers["read"]).status_code == 401
+    now[0] += 4.9
+    assert client.get("/metrics", headers=headers).status_code == 200  # documented staleness
+    now[0] += 0.2
+    assert client.get("/metrics", headers=headers).status_code == 401
+    wrong = {"X-API-Key": api_keys["consult"][:-4] + "AAAA"}
+    assert client.get("/metrics", headers=wrong).status_code == 401  # secrets always compared
 
 
 def test_every_check_path_hashes_and_compares_once(
