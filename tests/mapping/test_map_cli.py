@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from fhir_alliance.cli import main
+from fhir_alliance.mapping.validation import validate_resource
 from fhir_alliance.schemas.observations import load_record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,7 +136,9 @@ def test_bundle_entries_have_full_urls_and_internal_references_resolve(capsys) -
     ]
     code, out, err = _run(capsys, *files)
     assert code == 0, err
-    entries = json.loads(out)["entry"]
+    bundle = json.loads(out)
+    validate_resource(bundle, version="4.0.1")  # the Bundle itself is valid FHIR
+    entries = bundle["entry"]
     full_urls = [e["fullUrl"] for e in entries]
     assert all(u.startswith("urn:uuid:") for u in full_urls)
     assert len(set(full_urls)) == len(entries)
