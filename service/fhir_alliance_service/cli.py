@@ -141,6 +141,8 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     from fhir_alliance_service.config import ConfigError
 
     def run(args: argparse.Namespace) -> int:
+        from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
         try:
             return handler(args)
         except ConfigError as exc:
@@ -149,6 +151,16 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         except _StopCommand as exc:
             print(f"error: {exc}", file=sys.stderr)
             return exc.status
+        except OperationalError as exc:
+            # Cannot connect or open the file: the driver's first line says why (host, port or
+            # path; never the password, never statement parameters, which the engine hides).
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+            print(f"error: the database cannot be used: {reason}", file=sys.stderr)
+            return EXIT_CONFIG
+        except SQLAlchemyError as exc:
+            # Other database errors may quote stored values: name the error type only.
+            print(f"error: database error ({type(exc).__name__})", file=sys.stderr)
+            return 1
 
     run.__doc__ = handler.__doc__
     return run

@@ -89,6 +89,19 @@ def test_commands_refuse_an_unmigrated_database(
     assert "fhir-alliance db upgrade" in capsys.readouterr().err
 
 
+def test_an_unreachable_database_is_one_line_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No PostgreSQL on the port: exit 2, one line saying why, and the password is not in it."""
+    url = f"postgresql://clinic:s3cret-pw@127.0.0.1:{_free_port()}/nothing"
+    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", url)
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the database cannot be used:")
+    assert err.count("\n") == 1
+    assert "s3cret-pw" not in err
+
+
 def test_db_upgrade_migrates_once_and_db_current_reports_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -390,6 +403,8 @@ def test_sync_once_sends_what_consent_permits_and_exits(
     assert counts.get(SyncState.QUEUED, 0) == 0
     assert counts[SyncState.SENT] > 0 and counts[SyncState.HELD] > 0
     assert f"sent {counts[SyncState.SENT]}" in out
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fhir_server"]["last_contact"] is not None
     srs = next(r for r in SESSIONS if r.get("instrument") == "srs")
     found = fhir_server.http.get(
         fhir_server.url("Observation"), params={"identifier": srs["id"]}
