@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from fhir_alliance_service.metrics import REGISTRY
 from fhir_alliance_service.store.interface import Store
 from fhir_alliance_service.usecases.intake import intake_records
 from flask.testing import FlaskClient
@@ -207,3 +208,22 @@ def test_consult_needs_the_consult_scope(
     for scope in ("read", "write", "admin"):
         response = client.post(CONSULT, json=_hook(), headers=auth_headers[scope])
         assert response.status_code == 403, scope
+
+
+def test_consults_are_counted_by_outcome(
+    client: FlaskClient, store: Store, auth_headers: dict[str, dict[str, str]]
+) -> None:
+    """Each consult adds one to fhir_alliance_decisions_total for its outcome (this process)."""
+
+    def count(outcome: str) -> float:
+        value = REGISTRY.get_sample_value("fhir_alliance_decisions_total", {"outcome": outcome})
+        return value or 0.0
+
+    before = {o: count(o) for o in ("permit", "deny", "no-consent")}
+    _card(client, auth_headers["consult"], _hook())
+    _store_consents(store, _consent(1, "permit", CLINIC))
+    _card(client, auth_headers["consult"], _hook())
+    _card(client, auth_headers["consult"], _hook())
+    assert count("no-consent") - before["no-consent"] == 1
+    assert count("permit") - before["permit"] == 2
+    assert count("deny") == before["deny"]
