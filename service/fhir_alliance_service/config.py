@@ -14,6 +14,7 @@ validated; :class:`ConfigError` names the variable (or file key) in one line, ne
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -150,27 +151,28 @@ def _positive_int(value: Any) -> int:
     return number
 
 
-def _positive_float(value: Any) -> float:
+def _finite_float(value: Any, *, allow_zero: bool) -> float:
+    wanted = "a number >= 0" if allow_zero else "a positive number"
     if isinstance(value, bool):
-        raise _Invalid("expected a positive number")
+        raise _Invalid(f"expected {wanted}")
     if isinstance(value, int | float):
         number = float(value)
     else:
         try:
             number = float(_as_text(value))
         except ValueError:
-            raise _Invalid(f"expected a positive number, got {value!r}") from None
-    if not (number > 0 and number != float("inf")):
-        raise _Invalid(f"expected a positive finite number, got {value!r}")
+            raise _Invalid(f"expected {wanted}, got {value!r}") from None
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+        raise _Invalid(f"expected {wanted}, got {value!r}")
     return number
 
 
+def _positive_float(value: Any) -> float:
+    return _finite_float(value, allow_zero=False)
+
+
 def _non_negative_float(value: Any) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
-        return 0.0
-    if isinstance(value, str) and value.strip() in ("0", "0.0"):
-        return 0.0
-    return _positive_float(value)
+    return _finite_float(value, allow_zero=True)
 
 
 def _http_url(value: Any) -> str | None:
@@ -179,9 +181,11 @@ def _http_url(value: Any) -> str | None:
         return None
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Invalid(f"expected an http(s) URL with a host, got {text!r}")
+        raise _Invalid("expected an http(s) URL with a host")
     if parts.query or parts.fragment:
         raise _Invalid("expected a base URL without query or fragment")
+    if parts.username or parts.password:
+        raise _Invalid("credentials do not belong in the URL (use fhir_auth and fhir_token)")
     return text.rstrip("/")
 
 

@@ -62,6 +62,8 @@ def test_precedence_file_then_environment_then_overrides(tmp_path: Path) -> None
         ({"API_KEY_CACHE_SECONDS": "-1"}, "FHIR_ALLIANCE_API_KEY_CACHE_SECONDS"),
         ({"FHIR_BASE_URL": "ftp://ehr.example"}, "FHIR_ALLIANCE_FHIR_BASE_URL"),
         ({"FHIR_BASE_URL": "https://"}, "FHIR_ALLIANCE_FHIR_BASE_URL"),
+        ({"FHIR_BASE_URL": "https://u:pw@ehr.example/fhir"}, "FHIR_ALLIANCE_FHIR_BASE_URL"),
+        ({"LEASE_SECONDS": "inf"}, "FHIR_ALLIANCE_LEASE_SECONDS"),
         ({"CDS_SOURCE_URL": "javascript:alert(1)"}, "FHIR_ALLIANCE_CDS_SOURCE_URL"),
         ({"DATABASE_URL": "mysql://db/x"}, "FHIR_ALLIANCE_DATABASE_URL"),
         ({"FHIR_AUTH": "basic"}, "FHIR_ALLIANCE_FHIR_AUTH"),
