@@ -4,6 +4,7 @@
 
     FhirAllianceError
     ├── InputError                  bad input; ``issues`` name the field paths
+    │   └── JsonInputError          text that is not strict JSON: ``line``, ``column``, ``field_path``
     ├── MappingError                a FHIR resource that does not fit the domain model
     │   └── ProfileViolation        a resource we built breaks base FHIR or one of our profiles
     ├── UnsafeLinkError             a server link outside the configured base (never followed)
@@ -42,6 +43,7 @@ __all__ = [
     "InputError",
     "InvalidResponseError",
     "Issue",
+    "JsonInputError",
     "LimitExceededError",
     "MappingError",
     "MultipleMatchesError",
@@ -121,6 +123,29 @@ class InputError(FhirAllianceError):
     ) -> InputError:
         """Build from marshmallow's nested ``ValidationError.messages``."""
         return cls.from_issues(_flatten_messages(messages, prefix))
+
+
+class JsonInputError(InputError):
+    """Input text that is not strict JSON (:mod:`fhir_alliance.jsonio`): where, as values.
+
+    ``line`` and ``column`` (1-based; ``None`` when the reader cannot tell, e.g. for input over the
+    size cap) and, for a duplicate key, ``field_path``, the dotted path of the repeated key
+    (``responses.2``, ``items.1.a``). The issue path is ``source:line:column``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        issues: Iterable[Issue] = (),
+        line: int | None = None,
+        column: int | None = None,
+        field_path: str | None = None,
+    ) -> None:
+        super().__init__(message, issues=issues)
+        self.line = line
+        self.column = column
+        self.field_path = field_path
 
 
 def natural_key(path: str) -> tuple[tuple[int, int | str], ...]:

@@ -5,9 +5,12 @@ number only to fail later with a bare ``ValueError``, accepts ``NaN``, and raise
 on deep nesting. Here every one of those is an :class:`~fhir_alliance.errors.InputError` whose issue
 path says where, ``source:line:column``, and whose message says why::
 
-    read_input(path_or_dash, *, max_bytes)  -> bytes      # a file, or stdin for "-"; over the cap is an error
-    parse_json(data, *, source)             -> Any        # exactly one JSON value
-    parse_json_documents(data, *, source)   -> list[Any]  # one JSON value, or several: NDJSON / JSON lines
+    read_input(path_or_dash, *, max_bytes)             -> bytes      # a file, or stdin for "-"; over the cap is an error
+    parse_json(data, *, source, max_depth=None)           -> Any        # exactly one JSON value
+    parse_json_documents(data, *, source, max_depth=None) -> list[Any]  # one value, or several: NDJSON / JSON lines
+
+Errors are :class:`~fhir_alliance.errors.JsonInputError` (an ``InputError``) with ``line``,
+``column`` and, for a duplicate key, its ``field_path`` (``responses.2``).
 
 A UTF-8 byte-order mark is accepted and dropped. Numbers are Python ``int`` and ``float`` as with
 ``json``; a number literal longer than :data:`MAX_NUMBER_CHARS` characters, or one that overflows to
@@ -21,9 +24,9 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
-from fhir_alliance.errors import InputError, Issue
+from fhir_alliance.errors import Issue, JsonInputError
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -44,10 +47,21 @@ _WHITESPACE = " \t\r\n"
 
 
 def _error(
-    source: str, reason: str, *, line: int | None = None, column: int | None = None
-) -> InputError:
+    source: str,
+    reason: str,
+    *,
+    line: int | None = None,
+    column: int | None = None,
+    field_path: str | None = None,
+) -> JsonInputError:
     where = source if line is None else f"{source}:{line}:{column}"
-    return InputError(f"{where}: {reason}", issues=[Issue(path=where, message=reason)])
+    return JsonInputError(
+        f"{where}: {reason}",
+        issues=[Issue(path=where, message=reason)],
+        line=line,
+        column=column,
+        field_path=field_path,
+    )
 
 
 def read_input(
@@ -131,11 +145,13 @@ def _decode_at(text: str, index: int, source: str) -> tuple[Any, int]:
     except json.JSONDecodeError as exc:
         raise _error(source, exc.msg, line=exc.lineno, column=exc.colno) from None
     except _BadValue as exc:
-        position = _locate_bad_value(text, index)
-        if position is None:
+        problem = _locate_bad_value(text, index)
+        if problem is None:
             raise _error(source, str(exc)) from None
-        line, column = _line_column(text, position[0])
-        raise _error(source, position[1], line=line, column=column) from None
+        line, column = _line_column(text, problem.offset)
+        raise _error(
+            source, problem.reason, line=line, column=column, field_path=problem.field_path
+        ) from None
     except RecursionError:
         raise _error(source, "JSON nested too deeply") from None
     except ValueError as exc:  # int() of a huge literal, should the hooks ever let one pass
@@ -147,25 +163,44 @@ def _line_column(text: str, index: int) -> tuple[int, int]:
     return line, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
-def parse_json(data: bytes | str, *, source: str) -> Any:
-    """Exactly one JSON value (surrounding whitespace allowed), parsed strictly."""
+def parse_json(data: bytes | str, *, source: str, max_depth: int | None = None) -> Any:
+    """Exactly one JSON value (surrounding whitespace allowed), parsed strictly; with
+    ``max_depth``, nesting deeper than that many arrays and objects is an error."""
     text = _text(data, source)
     value, end = _decode_at(text, _skip_whitespace(text, 0), source)
     end = _skip_whitespace(text, end)
     if end != len(text):
         line, column = _line_column(text, end)
         raise _error(source, "extra data after the JSON value", line=line, column=column)
+    _check_depth(value, max_depth, source)
     return value
 
 
-def parse_json_documents(data: bytes | str, *, source: str) -> list[Any]:
+def _check_depth(value: Any, max_depth: int | None, source: str) -> None:
+    """Refuse ``value`` nested deeper than ``max_depth`` containers (iteratively: no recursion)."""
+    if max_depth is None:
+        return
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                raise _error(source, f"JSON nested deeper than {max_depth} levels")
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+
+
+def parse_json_documents(
+    data: bytes | str, *, source: str, max_depth: int | None = None
+) -> list[Any]:
     """One JSON value, or several each starting on a new line (NDJSON, JSON lines, or pretty-printed
-    values one after another); an empty input gives ``[]``."""
+    values one after another); an empty input gives ``[]``. ``max_depth`` as for :func:`parse_json`."""
     text = _text(data, source)
     documents: list[Any] = []
     index = _skip_whitespace(text, 0)
     while index < len(text):
         value, end = _decode_at(text, index, source)
+        _check_depth(value, max_depth, source)
         documents.append(value)
         index = _skip_whitespace(text, end)
         if index < len(text) and "\n" not in text[end:index]:
@@ -193,16 +228,23 @@ _PLAIN_DECODER = json.JSONDecoder()
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 
-def _locate_bad_value(text: str, start: int) -> tuple[int, str] | None:
-    """(index, reason) of the first duplicate key or refused number at or after ``start``."""
+class _Problem(NamedTuple):
+    offset: int
+    reason: str
+    field_path: str | None = None
+
+
+def _locate_bad_value(text: str, start: int) -> _Problem | None:
+    """The first duplicate key or refused number at or after ``start``."""
     try:
-        return _walk(text, _skip_whitespace(text, start))[1]
+        return _walk(text, _skip_whitespace(text, start), ())[1]
     except (ValueError, RecursionError, IndexError):
         return None
 
 
-def _walk(text: str, index: int) -> tuple[int, tuple[int, str] | None]:
-    """Walk the value at ``index``; returns the index after it and the first problem found."""
+def _walk(text: str, index: int, path: tuple[str, ...]) -> tuple[int, _Problem | None]:
+    """Walk the value at ``index`` (at field ``path``); returns the index after it and the first
+    problem found."""
     char = text[index]
     if char == "{":
         seen: set[str] = set()
@@ -213,10 +255,11 @@ def _walk(text: str, index: int) -> tuple[int, tuple[int, str] | None]:
             key_start = index
             key, index = _PLAIN_DECODER.raw_decode(text, index)
             if key in seen:
-                return index, (key_start, f"duplicate key {json.dumps(key)}")
+                reason = f"duplicate key {json.dumps(key)}"
+                return index, _Problem(key_start, reason, ".".join((*path, key)))
             seen.add(key)
             index = _skip_whitespace(text, _skip_whitespace(text, index) + 1)  # past ':'
-            index, problem = _walk(text, index)
+            index, problem = _walk(text, index, (*path, key))
             if problem:
                 return index, problem
             index = _skip_whitespace(text, index)
@@ -227,22 +270,25 @@ def _walk(text: str, index: int) -> tuple[int, tuple[int, str] | None]:
         index = _skip_whitespace(text, index + 1)
         if text[index] == "]":
             return index + 1, None
+        position = 0
         while True:
-            index, problem = _walk(text, index)
+            index, problem = _walk(text, index, (*path, str(position)))
             if problem:
                 return index, problem
             index = _skip_whitespace(text, index)
             if text[index] == "]":
                 return index + 1, None
             index = _skip_whitespace(text, index + 1)
+            position += 1
     if char in "-0123456789NI":
         match = _NUMBER.match(text, index)
         if not match:
-            return index, (index, "NaN and Infinity are not JSON")
+            return index, _Problem(index, "NaN and Infinity are not JSON")
         literal = match.group(0)
         if len(literal) > MAX_NUMBER_CHARS:
-            return match.end(), (index, f"number longer than {MAX_NUMBER_CHARS} characters")
+            reason = f"number longer than {MAX_NUMBER_CHARS} characters"
+            return match.end(), _Problem(index, reason)
         if not math.isfinite(float(literal)):
-            return match.end(), (index, "number too large for a decimal")
+            return match.end(), _Problem(index, "number too large for a decimal")
         return match.end(), None
     return _PLAIN_DECODER.raw_decode(text, index)[1], None

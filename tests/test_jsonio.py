@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fhir_alliance.errors import InputError
+from fhir_alliance.errors import InputError, JsonInputError
 from fhir_alliance.jsonio import (
     MAX_NUMBER_CHARS,
     parse_json,
@@ -131,3 +131,25 @@ def test_read_input_of_a_missing_file_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError) as caught:
         read_input(str(tmp_path / "missing.json"))
     assert caught.value.issues[0].path.endswith("missing.json")
+
+
+def test_errors_carry_line_column_and_the_field_path_of_a_duplicate() -> None:
+    """JsonInputError says where as values: line, column and, for a duplicate key, its field path."""
+    error = _error('{"responses": {"2": 1,\n "2": 3}, "items": [{"a": 1, "a": 2}]}')
+    assert isinstance(error, JsonInputError)
+    assert (error.line, error.column, error.field_path) == (2, 2, "responses.2")
+    nested = _error('{"items": [{"x": 1}, {"a": 1, "a": 2}]}')
+    assert isinstance(nested, JsonInputError) and nested.field_path == "items.1.a"
+    syntax = _error('{"a": }')
+    assert isinstance(syntax, JsonInputError)
+    assert (syntax.line, syntax.column, syntax.field_path) == (1, 7, None)
+
+
+def test_max_depth_refuses_deeper_nesting() -> None:
+    """With max_depth, a value nested deeper is an error; one at the limit is read."""
+    assert parse_json('{"a": [[1]]}', source="x", max_depth=3) == {"a": [[1]]}
+    with pytest.raises(InputError) as caught:
+        parse_json('{"a": [[[1]]]}', source="in.json", max_depth=3)
+    assert "nested deeper than 3" in caught.value.issues[0].message
+    with pytest.raises(InputError):
+        parse_json_documents("[1]\n[[[[2]]]]\n", source="in.json", max_depth=3)
