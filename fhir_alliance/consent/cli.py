@@ -61,6 +61,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
+        "--batch",
+        action="store_true",
+        help="the request file holds many requests, one JSON object per line: print one JSON "
+        "answer per line, in order (a bad request gives an error line; exit status 1)",
+    )
+    parser.add_argument(
         "--trace", action="store_true", help="also say why each other consent did not count"
     )
     parser.add_argument(
@@ -220,21 +226,20 @@ def run_decide(args: argparse.Namespace) -> int:
     if not inputs.records:
         print("decide: no consents were read; the answer can only be no-consent", file=sys.stderr)
     documents = _read_json_documents(args.request, _read_text(args.request))
-    if len(documents) != 1 or not isinstance(documents[0], Mapping):
-        raise InputError(
-            f"{args.request}: expected one JSON object",
-            issues=[Issue(path=args.request, message="expected one JSON object")],
-        )
-    data = documents[0]
     at = _instant(args.at)
     engine = ConsentEngine(
         inputs.records, directory=inputs.directory, combining=CombiningRule(args.combining)
     )
+    if args.batch:
+        return _decide_batch(engine, documents, inputs, args, at)
+    if len(documents) != 1 or not isinstance(documents[0], Mapping):
+        raise InputError(
+            f"{args.request}: expected one JSON object (use --batch for many)",
+            issues=[Issue(path=args.request, message="expected one JSON object")],
+        )
+    data = documents[0]
     if is_hook_request(data):
-        action = Coding(system=CONSENT_ACTION, code=args.action)
-        request = request_from_hook(data, at=at, action=action)
-        decision = engine.decide(request, trace=args.trace)
-        print(json.dumps(card_response(decision, locations=inputs.locations), indent=2))
+        print(json.dumps(_answer(engine, data, inputs, args, at), indent=2))
         return 0
     request = load_decision_request(data, at=at)
     decision = engine.decide(request, trace=args.trace)
@@ -243,3 +248,46 @@ def run_decide(args: argparse.Namespace) -> int:
     else:
         print(decision.explain())
     return 0
+
+
+def _answer(
+    engine: ConsentEngine,
+    data: Mapping[str, Any],
+    inputs: ConsentInputs,
+    args: argparse.Namespace,
+    at: datetime,
+) -> dict[str, Any]:
+    """One request's answer as JSON: LEAP's card for a hook request, else our decision form."""
+    if is_hook_request(data):
+        action = Coding(system=CONSENT_ACTION, code=args.action)
+        decision = engine.decide(request_from_hook(data, at=at, action=action), trace=args.trace)
+        return card_response(decision, locations=inputs.locations)
+    decision = engine.decide(load_decision_request(data, at=at), trace=args.trace)
+    return decision_to_json(decision)
+
+
+def _decide_batch(
+    engine: ConsentEngine,
+    documents: list[Any],
+    inputs: ConsentInputs,
+    args: argparse.Namespace,
+    at: datetime,
+) -> int:
+    """One compiled engine, many requests: one JSON line out per request in, in order."""
+    failed = False
+    for line, data in enumerate(documents, start=1):
+        try:
+            if not isinstance(data, Mapping):
+                raise InputError(
+                    "expected a JSON object", issues=[Issue(path="", message="expected an object")]
+                )
+            answer = _answer(engine, data, inputs, args, at)
+        except InputError as exc:
+            failed = True
+            answer = {
+                "line": line,
+                "error": exc.message,
+                "issues": [{"path": i.path, "message": i.message} for i in exc.issues],
+            }
+        print(json.dumps(answer, separators=(",", ":")))
+    return 1 if failed else 0

@@ -85,3 +85,42 @@ def test_deeply_nested_consent_record_is_a_short_error(
     assert (code, out) == (1, "")
     assert "Traceback" not in err and "RecursionError" not in err
     assert "nested" in err and len(err.replace(str(path), "F")) < 200, err
+
+
+def test_batch_answers_each_request_line_in_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--batch reads JSON lines of requests (our form or hook contexts) and prints one JSON
+    answer per line, in order, each equal to the answer of a single run."""
+    names = ["clinic-observation.json", "leap-context-dr-a.json", "general-clinic.json"]
+    lines = [json.dumps(json.loads((EXAMPLES / "requests" / n).read_text())) for n in names]
+    batch = tmp_path / "requests.jsonl"
+    batch.write_text("\n".join(lines) + "\n")
+    at = ["--at", "2025-06-01T09:00:00Z"]
+    code, out, err = run(["decide", *CONSENTS, "-r", str(batch), "--batch", *at], capsys)
+    assert (code, err) == (0, "")
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert len(answers) == 3
+    for name, answer in zip(names, answers, strict=True):
+        single_code, single_out, _ = run(
+            ["decide", *CONSENTS, "-r", str(EXAMPLES / "requests" / name), "--json", *at], capsys
+        )
+        assert single_code == 0
+        assert answer == json.loads(single_out)
+
+
+def test_batch_reports_a_bad_line_and_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad request in a batch gives an error line naming its line and field path; the others are
+    answered, and the exit status is 1."""
+    good = json.dumps(json.loads(REQUEST.read_text()))
+    bad = json.dumps({**json.loads(REQUEST.read_text()), "action": "acess"})
+    batch = tmp_path / "requests.jsonl"
+    batch.write_text(f"{good}\n{bad}\n{good}\n")
+    code, out, _ = run(["decide", *CONSENTS, "-r", str(batch), "--batch"], capsys)
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert code == 1
+    assert [a.get("decision") for a in answers] == ["permit", None, "permit"]
+    assert answers[1]["line"] == 2
+    assert [i["path"] for i in answers[1]["issues"]] == ["action"]
