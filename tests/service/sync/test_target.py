@@ -1,0 +1,113 @@
+"""The target server: a client built from the settings (auth, CA bundle, timeout) and the FHIR
+version to map to (forced, read from the CapabilityStatement, or remembered in the store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fhir_alliance_service.config import ConfigError, Settings
+from fhir_alliance_service.store import SqlStore
+from fhir_alliance_service.sync.target import (
+    META_FHIR_VERSION,
+    client_from_settings,
+    target_fhir_version,
+)
+from pytest_httpserver import HTTPServer
+
+from fhir_alliance.client import BearerTokenAuth, FhirClient, NoAuth, SmartBackendAuth
+from fhir_alliance.errors import ServerError
+from tests.service.sync.conftest import QUICK_RETRY
+
+BASE = "https://ehr.example.org/fhir"
+
+
+def test_no_base_url_is_a_config_error() -> None:
+    """Without a FHIR base URL there is nothing to sync to: a clear ConfigError."""
+    with pytest.raises(ConfigError, match="FHIR_BASE_URL"):
+        client_from_settings(Settings())
+
+
+def test_auth_none_and_bearer() -> None:
+    """fhir_auth none sends nothing; bearer uses the token; timeout is (connect, read)."""
+    plain = client_from_settings(Settings(fhir_base_url=BASE, fhir_timeout_seconds=12))
+    assert isinstance(plain.auth, NoAuth) and plain.timeout == (5.0, 12.0)
+    bearer = client_from_settings(Settings(fhir_base_url=BASE, fhir_auth="bearer", fhir_token="t"))
+    assert isinstance(bearer.auth, BearerTokenAuth)
+    with pytest.raises(ConfigError, match="TOKEN"):
+        client_from_settings(Settings(fhir_base_url=BASE, fhir_auth="bearer"))
+
+
+def test_smart_backend_services_from_a_key_file(tmp_path: Path) -> None:
+    """fhir_auth smart loads the private key file and asks for audit scopes when pushing audit."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    settings = Settings(
+        fhir_base_url=BASE,
+        fhir_auth="smart",
+        smart_client_id="client",
+        smart_private_key_file=str(pem),
+        smart_key_id="kid-1",
+        smart_algorithm="ES384",
+        push_audit=True,
+    )
+    client = client_from_settings(settings)
+    assert isinstance(client.auth, SmartBackendAuth)
+    assert "system/AuditEvent.cu" in client.auth.scope
+    with pytest.raises(ConfigError, match="cannot be read"):
+        client_from_settings(
+            Settings(**{**_fields(settings), "smart_private_key_file": str(tmp_path / "none")})
+        )
+
+
+def _fields(settings: Settings) -> dict[str, object]:
+    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
+
+
+def test_a_forced_version_wins(sync_store: SqlStore) -> None:
+    """settings.fhir_version is used without asking the server."""
+    settings = Settings(fhir_base_url="http://127.0.0.1:9/fhir", fhir_version="5.0.0")
+    with FhirClient(settings.fhir_base_url or "", retry=QUICK_RETRY) as client:
+        assert target_fhir_version(settings, sync_store, client) == "5.0.0"
+
+
+def test_version_from_capabilities_is_remembered(
+    httpserver: HTTPServer, sync_store: SqlStore
+) -> None:
+    """The server's R5 CapabilityStatement gives 5.0.0, kept in meta for when it is down later."""
+    statement = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "kind": "instance",
+        "fhirVersion": "5.0.0",
+        "format": ["json"],
+        "date": "2026-01-01",
+    }
+    httpserver.expect_ordered_request("/fhir/metadata").respond_with_json(statement)
+    httpserver.expect_ordered_request("/fhir/metadata").respond_with_data("down", status=503)
+    base = httpserver.url_for("/fhir")
+    settings = Settings(fhir_base_url=base)
+    with FhirClient(base, retry=QUICK_RETRY) as client:
+        assert target_fhir_version(settings, sync_store, client) == "5.0.0"
+    assert sync_store.get_meta(META_FHIR_VERSION) == "5.0.0"
+    with FhirClient(base, retry=QUICK_RETRY) as restarted:  # a new process: nothing cached
+        assert target_fhir_version(settings, sync_store, restarted) == "5.0.0"
+
+
+def test_unknown_version_and_server_down_raises(
+    httpserver: HTTPServer, sync_store: SqlStore
+) -> None:
+    """With nothing remembered and the server down, the error is raised (nothing is guessed)."""
+    httpserver.expect_request("/fhir/metadata").respond_with_data("down", status=503)
+    base = httpserver.url_for("/fhir")
+    with FhirClient(base, retry=QUICK_RETRY) as client, pytest.raises(ServerError):
+        target_fhir_version(Settings(fhir_base_url=base), sync_store, client)
