@@ -36,6 +36,7 @@ from fhir_alliance_service.api.schemas import (
     RecordSchema,
     RevokeRequestSchema,
     dump,
+    instance,
 )
 from fhir_alliance_service.auth import require_scope
 from fhir_alliance_service.store.interface import Store, StoredRecord
@@ -123,7 +124,7 @@ def revoke_consent(record_id: str) -> Any:
     store = _store()
     record = _stored_consent(store, record_id)
     body = json_body()
-    load_or_raise(RevokeRequestSchema(), body)  # field paths of the body itself
+    load_or_raise(instance(RevokeRequestSchema), body)  # field paths of the body itself
     payload = {**body, "kind": RECORD_KIND_REVOCATION, "consent": record.identifier}
     intake_records(store, [payload], at=_now(), labels=[""])
     revoked = _stored_consent(store, record_id)
@@ -146,7 +147,7 @@ def patient_decision(ref: str) -> Any:
             application/fhir+json:
               schema: OperationOutcomeSchema
     """
-    query = load_or_raise(DecisionQuerySchema(), request.args.to_dict())
+    query = load_or_raise(instance(DecisionQuerySchema), request.args.to_dict())
     answer = decide_for_patient(
         _store(),
         ref,

@@ -25,6 +25,7 @@ from fhir_alliance_service.api.schemas import (
     RecordSchema,
     SyncStatusSchema,
     dump,
+    instance,
 )
 from fhir_alliance_service.auth import require_scope
 from fhir_alliance_service.errors import ApiError
@@ -235,7 +236,7 @@ def list_patient_records(ref: str) -> Any:
               schema: OperationOutcomeSchema
     """
     parse_party(ref, path="patient")
-    query = load_or_raise(PageQuerySchema(), request.args.to_dict())
+    query = load_or_raise(instance(PageQuerySchema), request.args.to_dict())
     after = str(query["after"]) if query["after"] is not None else None
     store = _store()
     rows = store.list_records(patient=ref, limit=query["limit"] + 1, after=after)

@@ -8,6 +8,7 @@ Request bodies of records and consents are the library's own schemas (``fhir_all
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from marshmallow import INCLUDE, Schema, fields, validate
@@ -197,6 +198,13 @@ class DecisionSchema(Schema):
     )
 
 
+@cache
+def instance(schema: type[Schema]) -> Schema:
+    """One shared instance per schema class: building a marshmallow schema costs more than using
+    it, and these schemas keep no state between calls."""
+    return schema()
+
+
 def dump(schema: type[Schema], value: Any) -> Any:
-    """``schema().dump(value)``: one place the views render envelopes through."""
-    return schema().dump(value)
+    """Render ``value`` with ``schema``: one place the views render envelopes through."""
+    return instance(schema).dump(value)
