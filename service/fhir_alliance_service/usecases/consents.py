@@ -6,8 +6,10 @@ Two rules every part of the service shares:
   reference exactly as posted (``Patient/123``) when the record gives one, else under the
   identifier token ``system|value``. The gate, the consult and the decision endpoint look up a
   patient's consents under the same key, so a record and a consent that name the patient the same
-  way meet. (A consent that names the patient only by identifier while the observations name them
-  by reference is filed apart: name the patient the same way in both, or give both in each.)
+  way meet. A consent that names the patient by identifier only is filed apart from observations
+  that name them by reference, and a consent giving both is filed under the reference, so a
+  consult that knows only the identifier (LEAP's ``patientId``) does not find it: the answer is then
+  "no consent", never a permit. Name the patient the same way everywhere.
 * **Unreadable means held, never "no consent"**: a stored consent that no longer loads, or that the
   engine refuses to compile, is listed in :attr:`PatientConsents.unreadable`; the gate holds every
   record of that patient while the list is not empty.
