@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from fhir_alliance.errors import InputError
 from fhir_alliance.mapping._ids import resource_id
 from fhir_alliance.model.common import Identifier
 from tests.service.usecases.payloads import (
+    ROOT,
     consent,
     for_patient,
     observation,
@@ -245,3 +247,20 @@ def test_concurrent_intake_of_one_new_record_loses_nothing(postgres_url: str) ->
         assert head is not None and head.version == len(changed)
     finally:
         store.close()
+
+
+def test_every_shipped_example_passes_the_service_rules(store: SqlStore) -> None:
+    """The examples and the demo clinic load through intake: the service's stricter identifier and
+    reference rules refuse none of the documented forms."""
+    examples = ROOT / "examples"
+    singles = sorted((examples / "observations").glob("*.json")) + sorted(
+        p for p in (examples / "consent").glob("*.json")
+    )
+    for path in singles:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        if payload["kind"] == "repair":
+            intake_records(store, [observation("rupture")], at=AT)
+        intake_records(store, [payload], at=AT, labels=[path.name])
+    for name in ("1-consents", "2-sessions", "3-later"):
+        batch = json.loads((examples / "demo" / "clinic" / f"{name}.json").read_text("utf-8"))
+        assert intake_records(store, batch, at=AT)
