@@ -1,0 +1,83 @@
+"""The consent gate on one claimed item (no server): every resource must be PERMIT, and a hold
+says why in plain words with a machine code for the audit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_alliance_service.store import SqlStore
+from fhir_alliance_service.sync.gate import HoldReason, gate_item, ref_for_key
+from fhir_alliance_service.usecases.intake import intake_records
+
+from tests.service.sync import records as R
+from tests.service.sync.conftest import now, sync_settings
+
+SETTINGS = sync_settings("http://127.0.0.1:9/fhir", "sqlite://", fhir_version="4.0.1")
+
+
+def _automated(run: str, patient: str = "Patient/p1") -> dict[str, Any]:
+    rating = R.rating(run, 7, patient)
+    rating["rater"] = {
+        "role": "automated",
+        "automated": {
+            "tool": "example-alliance-analyser",
+            "version": "2.3.1",
+            "confidence": 0.82,
+            "clinician_reviewed": True,
+        },
+    }
+    return rating
+
+
+def _gate_all(store: SqlStore) -> dict[str, Any]:
+    items = store.claim("gate-test", limit=100, lease_seconds=60, now=now())
+    return {
+        i.record_id: gate_item(i, settings=SETTINGS, store=store, version="4.0.1", at=now())
+        for i in items
+    }
+
+
+def consent_item(store: SqlStore) -> int:
+    [item] = store.claim("gate-test", limit=1, lease_seconds=60, now=now())
+    return item.item_id
+
+
+def test_a_consent_that_denies_the_content_holds_it_as_denied(sync_store: SqlStore) -> None:
+    """The sharing consent denies AI-assisted content: an automated rating and its Provenance
+    are held as denied, not as 'no consent'."""
+    run = R.run_token()
+    [consent] = intake_records(sync_store, [R.sharing_consent(run)], at=now())
+    sync_store.mark_sent(consent_item(sync_store), "gate-test", sent=[], audit=[], at=now())
+    [automated] = intake_records(sync_store, [_automated(run)], at=now())
+    result = _gate_all(sync_store)[automated.record_id]
+    assert result.hold is HoldReason.DENIED
+    assert result.hold.words == "a consent denies sharing this with the clinic's EHR"
+    assert [r["resourceType"] for r in result.resources] == ["Observation", "Provenance"]
+
+
+def test_every_resource_of_a_permitted_record_is_decided_permit(sync_store: SqlStore) -> None:
+    """An SRS administration under a sharing consent: six resources, six PERMIT decisions."""
+    run = R.run_token()
+    intake_records(sync_store, [R.sharing_consent(run)], at=now())
+    sync_store.mark_sent(consent_item(sync_store), "gate-test", sent=[], audit=[], at=now())
+    [srs] = intake_records(sync_store, [R.srs(run, 1)], at=now())
+    result = _gate_all(sync_store)[srs.record_id]
+    assert result.permitted and len(result.resources) == len(result.decisions) == 6
+    assert {d.outcome.value for d in result.decisions} == {"permit"}
+
+
+def test_consent_records_are_not_put_to_the_engine(sync_store: SqlStore) -> None:
+    """A consent record passes without a decision (the EHR must learn of it, revoked or not)."""
+    run = R.run_token()
+    [consent] = intake_records(sync_store, [R.sharing_consent(run)], at=now())
+    result = _gate_all(sync_store)[consent.record_id]
+    assert result.permitted and result.decisions == ()
+    assert [r["resourceType"] for r in result.resources] == ["Consent"]
+
+
+def test_keys_become_references_or_identifiers() -> None:
+    """A stored key is a literal reference or an identifier token, never guessed otherwise."""
+    assert ref_for_key("Patient/1").reference == "Patient/1"
+    by_identifier = ref_for_key("https://mrn.example|42", resource_type="Patient")
+    assert by_identifier.identifier is not None and by_identifier.identifier.value == "42"
+    assert by_identifier.type == "Patient"

@@ -1,0 +1,136 @@
+"""The worker's own life: run_forever stops after the batch in hand, a lease taken over by another
+worker is never recorded twice, consent pushing can be turned off, and R5 targets get R5."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from fhir_alliance_service.store import SqlStore
+from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.sync import Worker
+from fhir_alliance_service.usecases.intake import intake_records
+from pytest_httpserver import HTTPServer
+
+from fhir_alliance.client import FhirClient
+from tests.service.sync import records as R
+from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
+from tests.service.sync.fake_fhir import FakeFhir
+
+
+def _fake(httpserver: HTTPServer) -> FakeFhir:
+    return FakeFhir(httpserver).install()
+
+
+def test_run_forever_drains_and_stops_when_asked(
+    httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
+) -> None:
+    """run_forever keeps claiming until the outbox is empty and returns once stop is set."""
+    fake = _fake(httpserver)
+    run = R.run_token()
+    intake_records(
+        sync_store,
+        [R.sharing_consent(run)] + [R.rating(run, n) for n in range(5)],
+        at=now(),
+    )
+    settings = sync_settings(fake.base_url, sqlite_url, fhir_version="4.0.1")
+    stop = threading.Event()
+    with FhirClient(fake.base_url, retry=QUICK_RETRY) as client:
+        worker = Worker(settings, sync_store, client)
+        thread = threading.Thread(target=worker.run_forever, args=(stop,))
+        thread.start()
+        try:
+            for _ in range(200):
+                if sync_store.counts_by_state()[SyncState.SENT] == 6:
+                    break
+                stop.wait(0.05)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert sync_store.counts_by_state()[SyncState.SENT] == 6
+    assert len(fake.resources) == 6
+
+
+def test_stop_set_before_start_runs_no_batch(
+    httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
+) -> None:
+    """A worker asked to stop before its first batch claims nothing."""
+    fake = _fake(httpserver)
+    run = R.run_token()
+    intake_records(sync_store, [R.sharing_consent(run)], at=now())
+    stop = threading.Event()
+    stop.set()
+    with FhirClient(fake.base_url, retry=QUICK_RETRY) as client:
+        Worker(sync_settings(fake.base_url, sqlite_url), sync_store, client).run_forever(stop)
+    assert sync_store.counts_by_state()[SyncState.QUEUED] == 1
+    assert fake.requests == 0
+
+
+def test_a_lease_taken_over_mid_send_is_not_recorded_by_the_first_worker(
+    httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
+) -> None:
+    """While worker A sends, its lease expires and B claims the item: A's result is dropped (no
+    second disclosure), and B's send writes the same resource again, never a second one."""
+    fake = _fake(httpserver)
+    run = R.run_token()
+    [consent] = intake_records(sync_store, [R.sharing_consent(run)], at=now())
+    later = now() + timedelta(minutes=10)
+
+    def take_over(bundle: dict[str, object]) -> None:
+        taken = sync_store.claim("worker-b", limit=10, lease_seconds=1, now=later)
+        assert [i.record_id for i in taken] == [consent.record_id]
+
+    fake.faults = [take_over]
+    settings = sync_settings(fake.base_url, sqlite_url, fhir_version="4.0.1")
+    with FhirClient(fake.base_url, retry=QUICK_RETRY) as client:
+        report = Worker(settings, sync_store, client, worker_id="worker-a").run_once()
+        assert report.lease_lost == 1 and report.sent == 0
+        assert sync_store.counts_by_state()[SyncState.QUEUED] == 1
+        assert not [e for e in sync_store.list_audit() if e.action == "disclose"]
+
+        # B's lease (1 s) ran out without a result, as after a crash: B claims and sends again.
+        after = later + timedelta(seconds=5)
+        worker_b = Worker(settings, sync_store, client, worker_id="worker-b", clock=lambda: after)
+        assert worker_b.run_once().sent == 1
+    assert sync_store.counts_by_state()[SyncState.SENT] == 1
+    assert len([e for e in sync_store.list_audit() if e.action == "disclose"]) == 1
+    assert len(fake.resources) == 1 and max(fake.writes.values()) == 2
+
+
+def test_consents_are_held_when_consent_pushing_is_off(
+    httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
+) -> None:
+    """push_consents=False: consent records stay home (held, saying why); permitted data goes."""
+    fake = _fake(httpserver)
+    run = R.run_token()
+    [consent, rating] = intake_records(
+        sync_store, [R.sharing_consent(run), R.rating(run, 1)], at=now()
+    )
+    settings = sync_settings(fake.base_url, sqlite_url, fhir_version="4.0.1", push_consents=False)
+    with FhirClient(fake.base_url, retry=QUICK_RETRY) as client:
+        worker = Worker(settings, sync_store, client)
+        while worker.run_once().claimed:
+            pass
+    status = sync_store.sync_status(consent.record_id)
+    assert status is not None and status.state is SyncState.HELD
+    assert status.held_reason == "pushing consent records is turned off"
+    assert sync_store.sync_status(rating.record_id).state is SyncState.SENT  # type: ignore[union-attr]
+    assert [k.split("/")[0] for k in fake.resources] == ["Observation"]
+
+
+def test_an_r5_target_gets_r5_resources(
+    httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
+) -> None:
+    """With fhir_version 5.0.0 the records are mapped, validated and sent as R5."""
+    fake = _fake(httpserver)
+    run = R.run_token()
+    intake_records(sync_store, [R.sharing_consent(run), R.rating(run, 1)], at=now())
+    settings = sync_settings(fake.base_url, sqlite_url, fhir_version="5.0.0")
+    with FhirClient(fake.base_url, retry=QUICK_RETRY) as client:
+        worker = Worker(settings, sync_store, client)
+        while worker.run_once().claimed:
+            pass
+    assert sync_store.counts_by_state()[SyncState.SENT] == 2
+    [consent] = [r for k, r in fake.resources.items() if k.startswith("Consent/")]
+    assert "decision" in consent  # R5 Consent.decision; R4 has no such element
