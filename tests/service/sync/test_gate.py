@@ -46,7 +46,7 @@ def test_a_consent_that_denies_the_content_holds_it_as_denied(sync_store: SqlSto
     """The sharing consent denies AI-assisted content: an automated rating and its Provenance
     are held as denied, not as 'no consent'."""
     run = R.run_token()
-    [consent] = intake_records(sync_store, [R.sharing_consent(run)], at=now())
+    intake_records(sync_store, [R.sharing_consent(run)], at=now())
     sync_store.mark_sent(consent_item(sync_store), "gate-test", sent=[], audit=[], at=now())
     [automated] = intake_records(sync_store, [_automated(run)], at=now())
     result = _gate_all(sync_store)[automated.record_id]
