@@ -192,3 +192,32 @@ def test_app_serves_from_each_backend(database_url: str) -> None:
         assert 'fhir_alliance_queue_depth{state="queued"} 1.0' in lines
     finally:
         app.extensions["fhir_alliance"].store.close()
+
+
+def test_wsgi_app_reads_the_environment_and_logs_json(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """gunicorn's entry point builds the app from FHIR_ALLIANCE_* and logs JSON lines to stderr."""
+    import logging
+
+    from fhir_alliance_service.app import wsgi_app
+    from fhir_alliance_service.logs import JsonFormatter
+
+    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("FHIR_ALLIANCE_MAX_BODY_BYTES", "4321")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        app = wsgi_app()
+        assert app.config["MAX_CONTENT_LENGTH"] == 4321
+        app.test_client().get("/healthz", headers={"X-Request-ID": "wsgi-check-1"})
+        added = [h for h in root.handlers if isinstance(h.formatter, JsonFormatter)]
+        assert len(added) == 1
+        lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line]
+        assert {"message": "request", "request_id": "wsgi-check-1"}.items() <= lines[-1].items()
+        app.extensions["fhir_alliance"].store.close()
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
