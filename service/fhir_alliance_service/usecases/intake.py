@@ -331,4 +331,35 @@ def intake_questionnaire_response(
             issues=[Issue(path="item", message="no answered item of a known questionnaire")],
         )
     payloads = [OBSERVATION_MAPPER.dump(record) for record in records]
-    return intake_records(store, payloads, at=at)
+    try:
+        return intake_records(store, payloads, at=at)
+    except InputError as exc:
+        issues = [Issue(_qr_path(i.path), i.message, i.code) for i in exc.issues]
+        raise InputError(
+            f"invalid QuestionnaireResponse at {issues[0].path}", issues=issues
+        ) from None
+
+
+#: Fields of the extracted records → the QuestionnaireResponse elements they came from.
+_QR_ELEMENTS = {
+    "id": "identifier",
+    "patient": "subject",
+    "effective": "authored",
+    "rater": "author",
+    "encounter": "encounter",
+    "questionnaire_response": "identifier",
+}
+
+
+def _qr_path(path: str) -> str:
+    """``0.patient.reference`` (an extracted record's field) → ``QuestionnaireResponse.subject.reference``;
+    an answer (``0.responses.3``) → ``QuestionnaireResponse.item.where(linkId='3')``."""
+    parts = path.split(".")[1:]  # drop the record's index
+    if not parts:
+        return "QuestionnaireResponse"
+    if parts[0] == "responses" and len(parts) > 1:
+        return f"QuestionnaireResponse.item.where(linkId='{parts[1]}')"
+    element = _QR_ELEMENTS.get(parts[0])
+    if element is None:
+        return "QuestionnaireResponse"
+    return ".".join(["QuestionnaireResponse", element, *parts[1:]])

@@ -60,7 +60,13 @@ def valid_literal_reference(text: str) -> bool:
 def patient_issues(patient: Ref, path: str) -> list[Issue]:
     """The patient is named ``Patient/<id>`` and/or by a business identifier."""
     issues: list[Issue] = []
-    if patient.reference is not None and not _PATIENT.fullmatch(patient.reference):
+    reference = patient.reference
+    # A reference that is no literal reference at all is reported by reference_issues.
+    if (
+        reference is not None
+        and valid_literal_reference(reference)
+        and not _PATIENT.fullmatch(reference)
+    ):
         issues.append(Issue(f"{path}.reference", "expected a patient reference Patient/<id>"))
     if patient.identifier is not None:
         issues += identifier_issues(patient.identifier, f"{path}.identifier")

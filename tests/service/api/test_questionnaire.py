@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from fhir_alliance_service.store.interface import Store
 from flask.testing import FlaskClient
 
@@ -73,3 +76,24 @@ def test_posting_a_response_needs_the_write_scope(
     """A read key may not post a QuestionnaireResponse."""
     response = client.post(URL, json=srs_questionnaire_response(), headers=auth_headers["read"])
     assert response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("element", "value", "path"),
+    [
+        ("authored", "2099-01-01T00:00:00+00:00", "QuestionnaireResponse.authored"),
+        ("subject", {"reference": "<b>x</b>"}, "QuestionnaireResponse.subject.reference"),
+        ("identifier", {"system": "urn:x", "value": "a b"}, "QuestionnaireResponse.identifier"),
+    ],
+)
+def test_problems_of_the_extracted_records_name_the_response_element(
+    client: FlaskClient, auth_headers: Headers, store: Store, element: str, value: Any, path: str
+) -> None:
+    """A future authored time, a hostile subject or a bad identifier is reported at the
+    QuestionnaireResponse element it came from, not at the extracted record's field."""
+    qr = srs_questionnaire_response()
+    qr[element] = value
+    response = client.post(URL, json=qr, headers=auth_headers["write"])
+    assert response.status_code == 422
+    assert [e for issue in response.json["issue"] for e in issue["expression"]] == [path]
+    assert store.list_records() == []
