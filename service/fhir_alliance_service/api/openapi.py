@@ -29,6 +29,7 @@ from marshmallow import Schema, fields, validate
 
 from fhir_alliance._version import __version__
 from fhir_alliance.schemas.common import IdentifierField
+from fhir_alliance.terminology import PURPOSE_OF_USE_CODES
 from fhir_alliance_service.auth import PUBLIC, declared_scope
 
 __all__ = [
@@ -109,7 +110,7 @@ class _CdsContextSchema(Schema):
     actor = fields.List(
         fields.Nested(_CdsIdentifierSchema), required=True, validate=validate.Length(min=1)
     )
-    purposeOfUse = fields.List(fields.String(validate=validate.Length(min=1)))
+    purposeOfUse = fields.List(fields.String(validate=validate.OneOf(sorted(PURPOSE_OF_USE_CODES))))
     category = fields.List(fields.Nested(_CdsCodingSchema))
     class_ = fields.List(fields.Nested(_CdsCodingSchema), data_key="class")
 
