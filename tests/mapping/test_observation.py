@@ -18,7 +18,7 @@ from fhir_alliance.mapping.observation import MAPPER, from_observations, to_obse
 from fhir_alliance.mapping.registry import mapper_for_kind, mapper_for_resource_type
 from fhir_alliance.mapping.validation import validate_resource, validate_resources
 from fhir_alliance.model.common import Identifier
-from fhir_alliance.schemas.observations import load_record
+from fhir_alliance.schemas.observations import dump_record, load_record
 from tests.mapping.observation_strategies import records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +41,16 @@ def test_round_trip_domain_fhir_domain(version: str, record) -> None:
     """Any valid record maps to FHIR and back unchanged, in R4 and R5."""
     resources = to_observations(record, version=version)
     assert from_observations(resources) == [record]
+
+
+@pytest.mark.parametrize("version", VERSIONS.values())
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record=records)
+def test_round_trip_keeps_the_json_form_to_the_digit(version: str, record) -> None:
+    """Through FHIR and back, the record's JSON form is the same text: 9.0 stays 9.0, 9 stays 9
+    (Decimal equality alone would not notice)."""
+    (back,) = from_observations(to_observations(record, version=version))
+    assert json.dumps(dump_record(back)) == json.dumps(dump_record(record))
 
 
 @pytest.mark.parametrize("version", VERSIONS.values())
