@@ -11,8 +11,11 @@ import pytest
 from fhir_alliance_service import auth
 from fhir_alliance_service.app import ServiceState, create_app
 from fhir_alliance_service.auth import (
+    PUBLIC,
+    SCOPES,
     ApiKeyCache,
     create_api_key,
+    declared_scope,
     grants,
     parse_api_key,
     require_scope,
@@ -206,3 +209,23 @@ def test_decorator_checks_scope_even_without_the_hook(app: Flask) -> None:
 
     with app.test_request_context("/"), pytest.raises(Exception, match="scope"):
         view()
+
+
+def test_every_route_refuses_a_key_without_its_scope(
+    app: Flask, client: FlaskClient, auth_headers: dict[str, dict[str, str]]
+) -> None:
+    """Iterating app.url_map: each protected rule answers 403 to a valid key of another scope."""
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        needed = declared_scope(app.view_functions[rule.endpoint])
+        if needed == PUBLIC:
+            continue
+        assert needed in SCOPES, rule.rule
+        other = next(s for s in sorted(SCOPES) if not grants({s}, needed))
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            response = client.open(
+                _concrete_path(rule.rule), method=method, headers=auth_headers[other]
+            )
+            assert response.status_code == 403, (rule.rule, method, other, response.status_code)
+            checked += 1
+    assert checked >= 10
