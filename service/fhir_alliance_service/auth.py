@@ -181,13 +181,16 @@ class ApiKeyCache:
         return stored
 
 
+_NO_CACHE: Final = ApiKeyCache(0)
+
+
 def authenticate(store: Store, raw: str, cache: ApiKeyCache | None = None) -> ApiKey | None:
     """The stored key for ``raw`` if it is valid and not revoked. Unknown ids, wrong secrets and
     revoked keys take the same path: one hash, one constant-time comparison."""
     parsed = parse_api_key(raw)
     key_id, secret = parsed if parsed else ("", raw)
-    finder = cache.find if cache is not None else (lambda s, k: s.find_api_key(k))
-    stored = finder(store, key_id) if parsed else None
+    lookup = cache or _NO_CACHE
+    stored = lookup.find(store, key_id) if parsed else None
     expected = stored.secret_hash if stored is not None else _DUMMY_HASH
     matches = hmac.compare_digest(hash_secret(secret), expected)
     if stored is None or not matches or stored.revoked_at is not None:
