@@ -157,6 +157,8 @@ _CACHE = _EngineCache(ENGINE_CACHE_SIZE)
 
 def engine_for_patient(store: Store, patient: str) -> PatientConsents:
     """``patient``'s consents compiled, from the process cache when they have not changed since."""
+    # The stamp is read before the consents: a change in between is compiled under the older
+    # stamp and recompiled on the next call, never the other way round (stale under a new stamp).
     stamp = store.consents_stamp(patient)
     found = _CACHE.get(store, patient, stamp)
     if found is not None:
