@@ -43,7 +43,7 @@ def test_example_matches_golden(
 def test_every_request_file_is_an_example() -> None:
     """No request under examples/decisions/requests is left out of the manifest."""
     listed = {e["request"] for e in MANIFEST["examples"]}
-    shipped = {f"requests/{p.name}" for p in (EXAMPLES / "requests").glob("*.json")}
+    shipped = {f"requests/{p.name}" for p in (EXAMPLES / "requests").glob("*.json*")}
     assert shipped == listed
 
 
