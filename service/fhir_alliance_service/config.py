@@ -65,6 +65,8 @@ class Settings:
     max_attempts: int = 8  # transient failures before a dead letter
     backoff_base_seconds: float = 1.0
     backoff_max_seconds: float = 300.0
+    #: ``host:port`` where a worker process publishes its Prometheus metrics; None: not published.
+    worker_metrics_bind: str | None = None
     # -- the API -------------------------------------------------------------------------------
     max_body_bytes: int = 2_000_000
     #: How long a process trusts an API key it looked up (0: look up on every request). A key
@@ -274,6 +276,15 @@ def _bind(value: Any) -> str:
     return text
 
 
+def _optional_host_port(value: Any) -> str | None:
+    text = _optional_text(value)
+    if text is None:
+        return None
+    if text.startswith("unix:"):
+        raise _Invalid("expected host:port")
+    return _bind(text)
+
+
 _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "database_url": _database_url,
     "fhir_base_url": _http_url,
@@ -302,6 +313,7 @@ _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "cds_source_label": _label,
     "cds_source_url": _http_url,
     "bind": _bind,
+    "worker_metrics_bind": _optional_host_port,
     "web_workers": _positive_int,
     "log_level": _log_level,
 }

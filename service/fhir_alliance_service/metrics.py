@@ -5,13 +5,22 @@ Counters and histograms (``SENDS``, ``SEND_FAILURES``, ``SEND_LATENCY``, ``DECIS
 ``worker`` processes each has its own, and Prometheus sums them across scrape targets. The queue
 depth by state is different: :class:`QueueDepthCollector` reads it from the store at scrape time, so
 it is the truth across every process sharing the database.
+
+The API serves them at ``/metrics``; a ``worker`` publishes its own with :func:`serve_metrics`
+when ``worker_metrics_bind`` is set (a separate scrape target per worker process).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_wsgi_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -27,6 +36,7 @@ __all__ = [
     "SEND_LATENCY",
     "QueueDepthCollector",
     "render_metrics",
+    "serve_metrics",
 ]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -93,12 +103,32 @@ class QueueDepthCollector(Collector):
         )
 
 
-def render_metrics(store: Store) -> bytes:
-    """The Prometheus text exposition of this process's metrics plus the store's queue depth."""
+def _scrape_registry(store: Store) -> CollectorRegistry:
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_RegistryView(REGISTRY))
     scrape.register(QueueDepthCollector(lambda: store))
-    return generate_latest(scrape)
+    return scrape
+
+
+def render_metrics(store: Store) -> bytes:
+    """The Prometheus text exposition of this process's metrics plus the store's queue depth."""
+    return generate_latest(_scrape_registry(store))
+
+
+def serve_metrics(bind: str, store: Store) -> Callable[[], None]:
+    """Publish this process's metrics (and the queue depth) at ``http://<bind>/metrics`` from a
+    background thread: how a ``worker`` process, which serves no API, lets Prometheus scrape its
+    send counters. No key is asked (counts only, no data); bind it to a private address.
+    Returns a function that stops the server."""
+    host, _, port = bind.rpartition(":")
+    server, thread = start_wsgi_server(int(port), addr=host, registry=_scrape_registry(store))
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop
 
 
 class _RegistryView(Collector):

@@ -71,6 +71,8 @@ def test_precedence_file_then_environment_then_overrides(tmp_path: Path) -> None
         ({"LOG_LEVEL": "LOUD"}, "FHIR_ALLIANCE_LOG_LEVEL"),
         ({"BIND": "localhost"}, "FHIR_ALLIANCE_BIND"),
         ({"BIND": "0.0.0.0:99999"}, "FHIR_ALLIANCE_BIND"),
+        ({"WORKER_METRICS_BIND": "unix:/run/m.sock"}, "FHIR_ALLIANCE_WORKER_METRICS_BIND"),
+        ({"WORKER_METRICS_BIND": "9464"}, "FHIR_ALLIANCE_WORKER_METRICS_BIND"),
         ({"RECIPIENTS": " , "}, "FHIR_ALLIANCE_RECIPIENTS"),
         ({"RECIPIENTS": "clinic ehr"}, "FHIR_ALLIANCE_RECIPIENTS"),
         ({"FHIR_VERSION": "3.0.2"}, "FHIR_ALLIANCE_FHIR_VERSION"),

@@ -221,3 +221,24 @@ def test_wsgi_app_reads_the_environment_and_logs_json(
             if handler not in handlers:
                 root.removeHandler(handler)
         root.setLevel(level)
+
+
+def test_serve_metrics_publishes_worker_counters(store: Store) -> None:
+    """A worker's metrics server answers /metrics with its own counters and the queue depth, and
+    stops when asked."""
+    import requests
+    from fhir_alliance_service.metrics import REGISTRY, SENDS, serve_metrics
+
+    port = _unused_port()
+    stop = serve_metrics(f"127.0.0.1:{port}", store)
+    try:
+        labels = {"resource_type": "Observation"}
+        before = REGISTRY.get_sample_value("fhir_alliance_sends_total", labels) or 0.0
+        SENDS.labels(resource_type="Observation").inc(3)
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        stop()
+    assert f'fhir_alliance_sends_total{{resource_type="Observation"}} {before + 3}' in text
+    assert 'fhir_alliance_queue_depth{state="queued"} 0.0' in text
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
