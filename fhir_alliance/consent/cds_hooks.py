@@ -32,6 +32,7 @@ __all__ = [
     "BASIS_KEY",
     "CARD_DECISIONS",
     "NOTES_KEY",
+    "REASONS_KEY",
     "HOOK",
     "card_response",
     "is_hook_request",
@@ -53,6 +54,8 @@ _DETAIL: Final = {
 #: Card extension keys of ours: every deciding consent with its provision path, and the notes.
 BASIS_KEY: Final = "org.fhir-alliance.basis"
 NOTES_KEY: Final = "org.fhir-alliance.notes"
+#: With NO_CONSENT: each consent of the patient and why it did not apply.
+REASONS_KEY: Final = "org.fhir-alliance.reasons"
 #: The action a consult asks about when the caller does not say (LEAP does not evaluate actions).
 DEFAULT_HOOK_ACTION: Final = Coding(system=CONSENT_ACTION, code="access")
 
@@ -170,7 +173,8 @@ def card_response(
     ``locations`` (e.g. its ``fullUrl``), else a search URL by its identifier.
 
     Beside LEAP's keys, ``extension`` carries :data:`BASIS_KEY` (every deciding consent, its
-    location, provision path and decision) and :data:`NOTES_KEY` (the engine's notes), and the
+    location, provision path and decision), :data:`NOTES_KEY` (the engine's notes) and, with
+    ``NO_CONSENT``, :data:`REASONS_KEY` (why no consent applied), and the
     ``detail`` text repeats them for a client that shows only the card. ``source_label`` and
     ``source_url`` name the service (the sync service passes its settings)."""
     outcome = decision.outcome
@@ -200,6 +204,9 @@ def card_response(
         for b in decision.basis
     ]
     extension[NOTES_KEY] = list(decision.notes)
+    reasons = decision.no_consent_reasons()
+    if decision.outcome is DecisionOutcome.NO_CONSENT:
+        extension[REASONS_KEY] = list(reasons)
     detail = _DETAIL[code]
     if inexpressible and decision.outcome is DecisionOutcome.PERMIT:
         detail += (
@@ -208,8 +215,8 @@ def card_response(
         )
     if decision.basis:
         detail += " Decided by " + "; ".join(str(b) for b in decision.basis) + "."
-    if decision.notes:
-        detail += "\n\n" + "\n".join(f"- {n}" for n in decision.notes)
+    if decision.notes or reasons:
+        detail += "\n\n" + "\n".join(f"- {n}" for n in (*decision.notes, *reasons))
     source: dict[str, str] = {"label": source_label}
     if source_url:
         source["url"] = source_url

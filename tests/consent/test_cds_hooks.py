@@ -154,3 +154,14 @@ def test_card_source_is_the_callers() -> None:
     decision = ConsentDecision(DecisionOutcome.NO_CONSENT, CombiningRule.DENY_OVERRIDES)
     card = card_response(decision, source_label="Clinic X", source_url="https://x.example/cds")
     assert card["cards"][0]["source"] == {"label": "Clinic X", "url": "https://x.example/cds"}
+
+
+def test_no_consent_card_gives_the_reasons() -> None:
+    """A no-consent card lists why no consent applied, under its own key and in the detail."""
+    reasons = ("consent urn:c|c1: revoked on 2025-05-01T10:00:00+00:00",)
+    decision = ConsentDecision(
+        DecisionOutcome.NO_CONSENT, CombiningRule.DENY_OVERRIDES, why_no_consent=lambda: reasons
+    )
+    card = card_response(decision)["cards"][0]
+    assert card["extension"]["org.fhir-alliance.reasons"] == list(reasons)
+    assert reasons[0] in card["detail"]
