@@ -245,11 +245,22 @@ def _worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     with _opened_store(settings) as store, _stop_on_signals(stop):
         worker = Worker(settings, store, client, worker_id=args.name)
+        stop_metrics = _publish_metrics(settings, store)
         try:
             worker.run_forever(stop)
         finally:
+            stop_metrics()
             _close(client)
     return 0
+
+
+def _publish_metrics(settings: Settings, store: Store) -> Callable[[], None]:
+    """Serve this worker's metrics at ``worker_metrics_bind`` (if set); returns the stopper."""
+    if settings.worker_metrics_bind is None:
+        return lambda: None
+    from fhir_alliance_service.metrics import serve_metrics
+
+    return serve_metrics(settings.worker_metrics_bind, store)
 
 
 @contextmanager
