@@ -61,6 +61,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="FHIR server base the consents come from: absolute references on it equal relative "
+        "ones (default: the one base of the Bundles' fullUrls, if they share one)",
+    )
+    parser.add_argument(
         "--batch",
         action="store_true",
         help="the request file holds many requests, one JSON object per line: print one JSON "
@@ -228,7 +234,10 @@ def run_decide(args: argparse.Namespace) -> int:
     documents = _read_json_documents(args.request, _read_text(args.request))
     at = _instant(args.at)
     engine = ConsentEngine(
-        inputs.records, directory=inputs.directory, combining=CombiningRule(args.combining)
+        inputs.records,
+        directory=inputs.directory,
+        base=args.base_url,
+        combining=CombiningRule(args.combining),
     )
     if args.batch:
         return _decide_batch(engine, documents, inputs, args, at)

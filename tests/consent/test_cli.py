@@ -124,3 +124,48 @@ def test_batch_reports_a_bad_line_and_goes_on(
     assert [a.get("decision") for a in answers] == ["permit", None, "permit"]
     assert answers[1]["line"] == 2
     assert [i["path"] for i in answers[1]["issues"]] == ["action"]
+
+
+def test_base_url_equates_absolute_and_relative_references(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --base-url, a deny naming https://ehr/fhir/Practitioner/x applies to Practitioner/x."""
+    base = "https://ehr.example.net/fhir"
+    v3 = "http://terminology.hl7.org/CodeSystem"
+    ircp = {"system": f"{v3}/v3-ParticipationType", "code": "IRCP"}
+    record = {
+        "kind": "consent",
+        "id": "https://clinic.example/consent-ids|base-1",
+        "consent_kind": "sharing",
+        "patient": {"reference": "Patient/p1"},
+        "status": "active",
+        "decision": "permit",
+        "date": "2025-01-01T00:00:00+00:00",
+        "policy_basis": [{"uri": "https://clinic.example/policy"}],
+        "provision": {
+            "purposes": [{"system": f"{v3}/v3-ActReason", "code": "TREAT"}],
+            "provisions": [
+                {
+                    "type": "deny",
+                    "actors": [
+                        {"role": ircp, "reference": {"reference": f"{base}/Practitioner/x"}}
+                    ],
+                }
+            ],
+        },
+    }
+    request = {
+        "patient": {"reference": "Patient/p1"},
+        "actors": [{"reference": "Practitioner/x"}],
+        "purposes": ["TREAT"],
+        "action": "disclose",
+        "at": "2025-06-01T09:00:00Z",
+    }
+    consents, asked = tmp_path / "consents.json", tmp_path / "request.json"
+    consents.write_text(json.dumps([record]))
+    asked.write_text(json.dumps(request))
+    argv = ["decide", str(consents), "-r", str(asked), "--json"]
+    code, out, err = run(argv, capsys)
+    assert (code, json.loads(out)["decision"]) == (0, "permit"), err
+    code, out, err = run([*argv, "--base-url", f"{base}/"], capsys)
+    assert (code, json.loads(out)["decision"]) == (0, "deny"), err
