@@ -57,12 +57,13 @@ def measure(count: int) -> dict[str, Any]:
             expect=lambda status: status == 201,
         )
     return harness.entry(
-        f"intake: {count} records POSTed one per request to /v1/records (SQLite, durable) "
+        "service intake: records POSTed one per request to /v1/records (SQLite, durable) "
         "vs bare Flask JSON parse, same gunicorn",
         ours.per_second,
         baseline.per_second,
         "records/s",
         TARGET_RATIO,
+        records=count,
         p50_ms=round(ours.median_ms, 2),
         p99_ms=round(ours.percentile_ms(0.99), 2),
         baseline_p50_ms=round(baseline.median_ms, 2),

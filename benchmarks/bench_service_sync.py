@@ -198,12 +198,13 @@ def measure(count: int) -> dict[str, Any]:
         _reset(admin, is_local)
     records = count + PATIENTS
     return harness.entry(
-        f"sync end to end: {count} SRS records + {PATIENTS} consents, intake -> worker -> FHIR "
-        "server vs map + one POST per resource",
+        "service sync end to end: SRS records + consents, intake -> worker -> FHIR server "
+        "vs map + one POST per resource",
         records / our_seconds,
         records / base_seconds,
         "records/s",
         TARGET_RATIO,
+        records=records,
         resources_sent=our_sent,
         baseline_resources=base_sent,
     )
