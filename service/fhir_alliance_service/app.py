@@ -14,7 +14,7 @@ from flask import Flask, current_app
 
 from fhir_alliance_service.api import register_blueprints
 from fhir_alliance_service.auth import ApiKeyCache, register_auth
-from fhir_alliance_service.config import Settings, load_settings
+from fhir_alliance_service.config import Settings, load_settings, validated
 from fhir_alliance_service.errors import register_error_handlers
 from fhir_alliance_service.logs import configure_logging, register_request_logging
 from fhir_alliance_service.store.interface import Store
@@ -37,10 +37,12 @@ class ServiceState:
 def create_app(
     config: Settings | Mapping[str, Any] | None = None, *, store: Store | None = None
 ) -> Flask:
-    """Build the API. ``config``: ready ``Settings``, or overrides applied over the environment,
+    """Build the API. ``config``: ``Settings`` (checked again), or overrides applied over the environment,
     or None (the environment only). ``store``: an open store to use instead of opening
     ``settings.database_url`` (tests, embedding)."""
-    settings = config if isinstance(config, Settings) else load_settings(overrides=config)
+    settings = (
+        validated(config) if isinstance(config, Settings) else load_settings(overrides=config)
+    )
     if store is None:
         from fhir_alliance_service.store import open_store
 

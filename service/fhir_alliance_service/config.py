@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["ENV_PREFIX", "SECRET_FIELDS", "ConfigError", "Settings", "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "SECRET_FIELDS",
+    "ConfigError",
+    "Settings",
+    "load_settings",
+    "validated",
+]
 
 ENV_PREFIX: Final = "FHIR_ALLIANCE_"
 CONFIG_FILE_VARIABLE: Final = "FHIR_ALLIANCE_CONFIG_FILE"
@@ -394,6 +401,11 @@ def load_settings(
     settings = Settings(**values)
     _check_together(settings, {name: source for name, (_, source) in raw.items()})
     return settings
+
+
+def validated(settings: Settings) -> Settings:
+    """``settings`` built in code (not read by :func:`load_settings`), checked by the same rules."""
+    return load_settings({}, dataclasses.asdict(settings))
 
 
 def _check_together(settings: Settings, sources: Mapping[str, str]) -> None:

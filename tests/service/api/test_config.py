@@ -179,3 +179,15 @@ def test_unknown_override_is_refused() -> None:
     """A mapping key that is no setting is refused by name."""
     with pytest.raises(ConfigError, match=r"^databse_url: unknown setting"):
         load_settings({}, {"databse_url": "sqlite://"})
+
+
+def test_settings_built_in_code_are_checked_too() -> None:
+    """validated() applies the same rules to a Settings object made directly; a good one is
+    returned unchanged."""
+    from fhir_alliance_service.config import validated
+
+    assert validated(Settings()) == Settings()
+    with pytest.raises(ConfigError, match=r"^max_body_bytes: "):
+        validated(Settings(max_body_bytes=0))
+    with pytest.raises(ConfigError, match=r"^fhir_token: "):
+        validated(Settings(fhir_auth="bearer", fhir_base_url="https://e.x"))
