@@ -1,5 +1,17 @@
 """``SqlStore``: the :class:`~fhir_alliance_service.store.interface.Store` contract over
-SQLAlchemy 2 Core, for SQLite and PostgreSQL. Each method is one short transaction."""
+SQLAlchemy 2 Core, for SQLite and PostgreSQL. Each method is one short transaction.
+
+Choices the interface leaves open, made here:
+
+* Intake is one transaction of a few bulk statements whatever the batch size: one lookup of the
+  records' newest versions (``record_heads``), then bulk inserts and one update per 500 records.
+* A claimed FAILED item stays FAILED (with its last outcome) until the retry's ``mark_*``.
+* ``mark_*`` succeeds while the item is pending and ``worker`` is its lease owner, even after
+  the lease ran out, as long as no other worker has claimed it since; it releases the lease.
+* A newer version supersedes older unsent items (queued, failed, held, dead-lettered) except
+  one under an unexpired lease: that one is being sent right now, so it keeps its place and
+  the new version waits behind it in patient order (one writer per record at a time).
+"""
 
 from __future__ import annotations
 
@@ -190,7 +202,8 @@ class SqlStore:
         record_rows: list[dict[str, Any]] = []
         outbox_rows: list[dict[str, Any]] = []
         changed_ids: list[str] = []  # records that existed before this batch and got a version
-        unchanged: set[str] = set()
+        written: set[str] = set()  # records that got a new version in this batch
+        queued_in_batch: dict[str, dict[str, Any]] = {}  # record id → its newest item row
         with self._write() as connection:
             heads = self._load_heads(connection, [record.record_id for record in records])
             for record in records:
@@ -199,7 +212,6 @@ class SqlStore:
                     results.append(
                         IntakeResult(record.record_id, head.version, PutOutcome.UNCHANGED)
                     )
-                    unchanged.add(record.record_id)
                     continue
                 if head is None:
                     head = heads[record.record_id] = _Head(1, record.content_hash, is_new=True)
@@ -208,13 +220,12 @@ class SqlStore:
                     if not head.is_new:
                         changed_ids.append(record.record_id)
                     # A version queued earlier in this batch is superseded straight away.
-                    for row in outbox_rows:
-                        if row["record_id"] == record.record_id:
-                            row["state"] = SyncState.SUPERSEDED.value
+                    if record.record_id in queued_in_batch:
+                        queued_in_batch[record.record_id]["state"] = SyncState.SUPERSEDED.value
                     head.version += 1
                     head.content_hash = record.content_hash
                     outcome = PutOutcome.UPDATED
-                unchanged.discard(record.record_id)
+                written.add(record.record_id)
                 results.append(IntakeResult(record.record_id, head.version, outcome))
                 record_rows.append(
                     {
@@ -229,24 +240,26 @@ class SqlStore:
                         "created_at": at,
                     }
                 )
-                outbox_rows.append(
-                    {
-                        "record_id": record.record_id,
-                        "record_version": head.version,
-                        "patient": record.patient,
-                        "state": SyncState.QUEUED.value,
-                        "attempts": 0,
-                        "created_at": at,
-                        "updated_at": at,
-                    }
-                )
+                item = {
+                    "record_id": record.record_id,
+                    "record_version": head.version,
+                    "patient": record.patient,
+                    "state": SyncState.QUEUED.value,
+                    "attempts": 0,
+                    "created_at": at,
+                    "updated_at": at,
+                }
+                outbox_rows.append(item)
+                queued_in_batch[record.record_id] = item
             if record_rows:
                 self._write_versions(connection, record_rows, heads, changed_ids, at)
                 connection.execute(insert(outbox), outbox_rows)
             audit_rows = [
                 _audit_row(entry)
                 for entry in audit
-                if entry.record_id is None or entry.record_id not in unchanged
+                if entry.record_id is None
+                or entry.record_id in written
+                or entry.record_id not in heads  # about a record not in this batch
             ]
             if audit_rows:
                 connection.execute(insert(audit_log), audit_rows)

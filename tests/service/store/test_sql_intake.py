@@ -253,3 +253,17 @@ def test_patients_are_listed_once_each(store: SqlStore) -> None:
         at=T0,
     )
     assert store.patients() == ["Patient/a", "Patient/b"]
+
+
+def test_audit_of_a_record_created_then_repeated_in_one_batch_is_kept(store: SqlStore) -> None:
+    """A record created and then repeated unchanged in the same batch keeps its audit entry;
+    entries about records outside the batch are kept too."""
+    store.put_records(
+        [record(1), record(1)],
+        audit=[audit_entry("intake", "rec-000001"), audit_entry("revoke", "rec-000777")],
+        at=T0,
+    )
+    assert [(e.action, e.record_id) for e in store.list_audit()] == [
+        ("intake", "rec-000001"),
+        ("revoke", "rec-000777"),
+    ]
