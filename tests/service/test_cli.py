@@ -370,6 +370,12 @@ def test_serve_with_a_bad_setting_stops_before_binding(database: str) -> None:
     assert result.stderr.startswith("error: FHIR_ALLIANCE_BIND")
 
 
+def test_serve_refuses_zero_workers(database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve --workers 0` stops before gunicorn starts, with one line."""
+    assert main(["serve", "--workers", "0"]) == 2
+    assert capsys.readouterr().err == "error: --workers must be at least 1\n"
+
+
 def test_worker_without_a_fhir_server_setting_refuses_to_start(
     database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -414,6 +420,23 @@ def test_sync_once_sends_what_consent_permits_and_exits(
     status = opened.sync_status(opened_record_id(opened, rupture["id"]))
     assert status is not None and status.state is SyncState.HELD
     assert status.held_reason
+
+
+@pytest.mark.local_fhir_server
+def test_sync_once_one_batch_processes_one_batch_only(
+    opened: Store,
+    fhir_server: FhirTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--one-batch` with a batch size of 2 handles 2 items and leaves the rest queued."""
+    _sync_env(monkeypatch, fhir_server.base_url)
+    monkeypatch.setenv("FHIR_ALLIANCE_WORKER_BATCH_SIZE", "2")
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    capsys.readouterr()
+    assert main(["sync-once", "--one-batch"]) == 0
+    assert "processed 2 item(s)" in capsys.readouterr().out
+    assert opened.counts_by_state()[SyncState.QUEUED] == len(CONSENTS) - 2
 
 
 def test_sync_once_reports_an_unreachable_server(
