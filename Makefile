@@ -40,8 +40,10 @@ node: $(SERVER_STAMP) $(PROFILES_STAMP)
 profiles: $(PROFILES_STAMP)
 	cd profiles && node tools/build.mjs $(PROFILES_ARGS)
 
+# The sync service, a worker and a synthetic clinic against the local FHIR server (see README).
+# DEMO_ARGS="--base-url URL" uses another R4 server instead (it receives the demo's data).
 demo: install
-	$(BIN)/python examples/demo_sync.py
+	$(BIN)/python examples/demo_sync.py $(DEMO_ARGS)
 
 lint: $(PY_STAMP)
 	$(BIN)/ruff check .
