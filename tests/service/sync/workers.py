@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fhir_alliance_service.store.interface import Store, SyncState
@@ -78,6 +79,31 @@ def wait_until(
             return
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what or 'a condition'}")
+
+
+def read_versions(
+    http: object, base_url: str, references: Iterable[str], threads: int = 4
+) -> dict[str, str | None]:
+    """``versionId`` of each ``Type/id`` as the server holds it (None when it is not there)."""
+
+    def read(reference: str) -> tuple[str, str | None]:
+        response = http.get(f"{base_url}/{reference}")  # type: ignore[attr-defined]
+        if response.status_code in (404, 410):
+            return reference, None
+        response.raise_for_status()
+        return reference, str(response.json()["meta"]["versionId"])
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return dict(pool.map(read, list(references)))
+
+
+def server_count(http: object, base_url: str, resource_type: str) -> int:
+    """How many ``resource_type`` the server holds in all (``_summary=count``)."""
+    response = http.get(  # type: ignore[attr-defined]
+        f"{base_url}/{resource_type}", params={"_summary": "count"}
+    )
+    response.raise_for_status()
+    return int(response.json()["total"])
 
 
 def search_identifiers(
