@@ -69,9 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = handler(args)
     except FhirAllianceError as exc:
         # Messages of our errors never carry patient data; issues carry field paths.
-        print(f"error: {exc.message}", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue.path or '(root)'}: {issue.message}", file=sys.stderr)
+        lines = [f"{issue.path or '(root)'}: {issue.message}" for issue in exc.issues]
+        if len(lines) > 1 and all(line in exc.message for line in lines):
+            # An InputError's message lists its issues on one line: one per line reads better.
+            print(f"error: invalid input at {len(lines)} places", file=sys.stderr)
+        else:
+            print(f"error: {exc.message}", file=sys.stderr)
+        for line in lines:
+            if len(lines) > 1 or line not in exc.message:
+                print(f"  {line}", file=sys.stderr)
         return 1
     return code
 

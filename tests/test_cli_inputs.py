@@ -109,3 +109,17 @@ def test_decide_reads_an_empty_consents_file(
     code, out, err = _run(capsys, "decide", str(empty), "-r", str(REQUEST), "--json")
     assert code == 0, err
     assert json.loads(out)["decision"] != "permit"
+
+
+def test_map_prints_each_issue_once_on_its_own_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Several issues: a count, then one line per issue, none repeated in the headline."""
+    source = tmp_path / "bad.json"
+    source.write_text('[{"kind": "rupture"}, {"kind": "mood"}]')
+    code, _, err = _run(capsys, "map", str(source))
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0] == "error: invalid input at 7 places"
+    assert lines[1:] == sorted(lines[1:], key=lambda line: line.split(":", 2)[1])
+    assert sum("bad.json:1.kind: unknown record kind" in line for line in lines) == 1
