@@ -26,6 +26,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Row,
+    Select,
     and_,
     bindparam,
     exists,
@@ -82,6 +83,8 @@ class _Head:
     is_new: bool  # no row in record_heads yet (inserted by this batch)
 
 
+AnyRow = Row[*tuple[Any, ...]]
+
 _RECORD_COLUMNS = (
     record_versions.c.record_id,
     record_versions.c.version,
@@ -96,7 +99,7 @@ _RECORD_COLUMNS = (
 )
 
 
-def _stored_record(row: Row[Any]) -> StoredRecord:
+def _stored_record(row: AnyRow) -> StoredRecord:
     return StoredRecord(
         record_id=row.record_id,
         identifier=row.identifier,
@@ -111,7 +114,7 @@ def _stored_record(row: Row[Any]) -> StoredRecord:
     )
 
 
-def _sync_status(row: Row[Any]) -> SyncStatus:
+def _sync_status(row: AnyRow) -> SyncStatus:
     return SyncStatus(
         record_id=row.record_id,
         record_version=row.record_version,
@@ -358,7 +361,7 @@ class SqlStore:
             row = connection.execute(query).one_or_none()
         return None if row is None else _stored_record(row)
 
-    def _newest_records(self) -> Any:
+    def _newest_records(self) -> Select[*tuple[Any, ...]]:
         return select(*_RECORD_COLUMNS).join(
             record_heads,
             and_(

@@ -120,3 +120,24 @@ def test_meta_values_are_set_overwritten_and_read(store: SqlStore) -> None:
 def test_ping_answers_on_a_live_database(store: SqlStore) -> None:
     """``ping`` returns quietly while the database is reachable."""
     store.ping()
+
+
+def test_sql_store_implements_every_store_method_with_its_signature() -> None:
+    """``SqlStore`` has every method of the ``Store`` protocol, with the same parameters (names,
+    kinds and defaults), so callers coded against the interface work unchanged."""
+    import inspect
+
+    from fhir_alliance_service.store import Store
+
+    methods = [
+        name
+        for name, member in vars(Store).items()
+        if callable(member) and not name.startswith("_")
+    ]
+    assert {"put_records", "claim", "consents_stamp", "get_meta"} <= set(methods)
+    for name in methods:
+        expected = inspect.signature(getattr(Store, name)).parameters
+        actual = inspect.signature(getattr(SqlStore, name)).parameters
+        assert [(p.name, p.kind, p.default) for p in actual.values()] == [
+            (p.name, p.kind, p.default) for p in expected.values()
+        ], name
