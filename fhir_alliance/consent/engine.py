@@ -217,8 +217,12 @@ class _Node:
         dp = provision.data_period
         self.data_start = _timestamp(dp.start, f"{where}.dataPeriod.start") if dp else None
         self.data_end = _timestamp(dp.end, f"{where}.dataPeriod.end") if dp else None
-        self.data: tuple[tuple[DataMeaning, frozenset[RefKey]], ...] | None = (
-            tuple((d.meaning, directory.keys(d.reference)) for d in provision.data) or None
+        self.data: tuple[tuple[DataMeaning, frozenset[RefKey], _Facet | None], ...] | None = (
+            tuple(
+                (d.meaning, keys, _facet(d.reference, keys))
+                for d, keys in ((d, directory.keys(d.reference)) for d in provision.data)
+            )
+            or None
         )
         self.has_filter = bool(
             provision.security_labels
@@ -388,6 +392,7 @@ class _Request:
         "content_profiles",
         "content_types",
         "date",
+        "directory",
         "explicit_needed",
         "has_resource",
         "incomparable",
@@ -397,6 +402,7 @@ class _Request:
         "purposes",
         "referenced_by_keys",
         "refers_to_keys",
+        "resource",
         "self_keys",
         "type",
     )
@@ -408,6 +414,8 @@ class _Request:
         explicit_labels: frozenset[_CodeKey],
     ) -> None:
         self.at = request.at.timestamp()
+        self.directory = directory
+        self.resource = request.resource
         action = request.action
         self.action = (action.system, action.code) if action is not None else None
         # A missing or unknown action or purpose is a missing fact: it matches deny provisions
@@ -458,6 +466,11 @@ class _Request:
         self.refers_to_keys = _keys_of(resource.refers_to, directory)
         self.referenced_by_keys = _keys_of(resource.referenced_by, directory)
         self.author_keys = _keys_of(resource.authors, directory)
+
+
+def _facets_of(refs: Iterable[Ref], directory: ActorDirectory) -> tuple[_Facet, ...]:
+    facets = (_facet(ref, directory.keys(ref)) for ref in refs)
+    return tuple(f for f in facets if f is not None)
 
 
 def _keys_of(refs: Iterable[Ref], directory: ActorDirectory) -> frozenset[RefKey]:
@@ -537,7 +550,7 @@ def _data_matches(n: _Node, q: _Request) -> bool:
         ):
             return False
     if n.data is not None:
-        for meaning, keys in n.data:
+        for meaning, keys, facet in n.data:
             if meaning is DataMeaning.AUTHOREDBY:
                 hit = unknown if not q.author_keys else not keys.isdisjoint(q.author_keys)
             elif not q.self_keys:
@@ -548,11 +561,30 @@ def _data_matches(n: _Node, q: _Request) -> bool:
                 hit = not (keys.isdisjoint(q.self_keys) and keys.isdisjoint(q.referenced_by_keys))
             else:  # dependents
                 hit = not (keys.isdisjoint(q.self_keys) and keys.isdisjoint(q.refers_to_keys))
-            if hit:
+            if hit or (unknown and facet is not None and _data_incomparable(meaning, facet, q)):
                 break
         else:
             return False
     return True
+
+
+def _data_incomparable(meaning: DataMeaning, facet: _Facet, q: _Request) -> bool:
+    """Whether a data reference named one way only cannot be compared with the references of the
+    request named only the other way (then whether they are the same resource is a missing fact).
+    Rare, so worked out here rather than for every request."""
+    resource = q.resource
+    if resource is None:
+        return False
+    own = (resource.reference,) if resource.reference is not None else ()
+    if meaning is DataMeaning.AUTHOREDBY:
+        refs: tuple[Ref, ...] = resource.authors
+    elif meaning is DataMeaning.INSTANCE:
+        refs = own
+    elif meaning is DataMeaning.RELATED:
+        refs = (*own, *resource.referenced_by)
+    else:  # dependents
+        refs = (*own, *resource.refers_to)
+    return _incomparable(facet, _facets_of(refs, q.directory))
 
 
 def _walk(n: _Node, q: _Request) -> _Node:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fhir_alliance.consent.decision import CombiningRule, DecisionOutcome, DecisionRequest
+from fhir_alliance.consent.decision import (
+    CombiningRule,
+    DecisionOutcome,
+    DecisionRequest,
+    RequestedResource,
+)
 from fhir_alliance.consent.directory import ActorDirectory
 from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.model.consent import ConsentRecord, ConsentStatus, StatusChange
@@ -92,6 +97,14 @@ def share_with(*who: Ref, purposes: list | None = None, **root: object) -> dict:
 OBS = resource("Observation")
 PSY_OBS = resource("Observation", labels=("R", "PSY"))
 NOTE = resource("DocumentReference", labels=("R", "PSYTHPN"))
+#: An Observation known only by its business identifier (no id): a consent naming it by reference
+#: cannot be compared with it.
+OBS_BY_IDENTIFIER = RequestedResource(
+    type="Observation",
+    reference=Ref(
+        identifier=Identifier("https://clinic.example/obs-ids", "o-1"), type="Observation"
+    ),
+)
 
 SCENARIOS: list[Scenario] = [
     # --- the basics ---
@@ -986,6 +999,48 @@ SCENARIOS: list[Scenario] = [
         DENY,
         ["c1@0"],
         note="actor named by identifier (system http://hl7.org/fhir/sid/us-npi) could not be",
+    ),
+    Scenario(
+        "data-instance-unresolvable-matches-deny",
+        [
+            consent(
+                "c1",
+                "permit",
+                prov("deny", data=[data("instance", "Observation/o1")]),
+                **share_with(DR_A),
+            )
+        ],
+        request(DR_A, res=OBS_BY_IDENTIFIER),
+        DENY,
+        ["c1@0"],
+    ),
+    Scenario(
+        "data-instance-unresolvable-never-permits",
+        [
+            consent(
+                "c1",
+                "deny",
+                prov("permit", data=[data("instance", "Observation/o1")]),
+                **share_with(DR_A),
+            )
+        ],
+        request(DR_A, res=OBS_BY_IDENTIFIER),
+        DENY,
+        ["c1@root"],
+    ),
+    Scenario(
+        "data-instance-other-type-is-another-resource",
+        [
+            consent(
+                "c1",
+                "permit",
+                prov("deny", data=[data("instance", "DocumentReference/d1")]),
+                **share_with(DR_A),
+            )
+        ],
+        request(DR_A, res=OBS_BY_IDENTIFIER),
+        PERMIT,
+        ["c1@root"],
     ),
     Scenario(
         "action-misspelled-matches-deny",
