@@ -82,6 +82,15 @@ CODE_PRORATED: Final = "prorated"
 
 _SCORE_UNIT: Final = {"unit": "{score}", "system": t.UCUM, "code": "{score}"}
 
+#: Standard codes given beside ours, only where verified against the publisher's terminology
+#: (sources in docs/observations.md, "Standard codes"). None is known for WAI-SR, WAI-SR-T or SRS.
+_STANDARD_SCORE_CODES: Final[Mapping[str, tuple[Mapping[str, str], ...]]] = {
+    # SNOMED CT International, active: |Outcome Rating Scale total score (observable entity)|.
+    "ors.total": (
+        {"system": t.SNOMED, "code": "716613004", "display": "Outcome Rating Scale total score"},
+    ),
+}
+
 #: Observation.referenceRange.type of a clinical cutoff: the range of totals not flagged.
 _NORMAL_RANGE: Final = {
     "coding": [
@@ -212,12 +221,10 @@ def _score_observation(
 ) -> dict[str, Any]:
     part = "total" if sc.key == "total" else f"subscale-{sc.key}"
     display = f"{inst.code.value.upper()} {'total' if sc.key == 'total' else sc.key} score"
+    code = _coding(t.CS_ALLIANCE_MEASURES, sc.code, display)
+    code["coding"] += [dict(c) for c in _STANDARD_SCORE_CODES.get(sc.code, ())]
     res = _observation(
-        record,
-        member_identifier(record.id, part),
-        t.PROFILE_ALLIANCE_SCORE,
-        _coding(t.CS_ALLIANCE_MEASURES, sc.code, display),
-        version,
+        record, member_identifier(record.id, part), t.PROFILE_ALLIANCE_SCORE, code, version
     )
     assert sc.value is not None
     res["valueQuantity"] = _quantity(sc.value)

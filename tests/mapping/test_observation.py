@@ -165,6 +165,28 @@ def test_ors_total_carries_its_clinical_cutoff() -> None:
     assert reference_range["text"] == "25 or more; a total below 25 is in the clinical range"
 
 
+def test_ors_total_carries_the_verified_snomed_code_beside_ours() -> None:
+    """The ORS total has SNOMED CT 716613004 after our own coding; no other score has a standard
+    code (none could be verified), and reading back ignores the extra coding."""
+    ors = to_observations(_record("ors-administration"))
+    total = ors[1]
+    assert total["code"]["coding"] == [
+        {"system": t.CS_ALLIANCE_MEASURES, "code": "ors.total", "display": "ORS total score"},
+        {
+            "system": "http://snomed.info/sct",
+            "code": "716613004",
+            "display": "Outcome Rating Scale total score",
+        },
+    ]
+    others = [
+        r
+        for name in ("srs-administration", "wai-sr-administration", "dimension-rating")
+        for r in to_observations(_record(name))
+    ] + [ors[0], *ors[2:]]
+    assert all(len(r["code"]["coding"]) == 1 for r in others)
+    assert from_observations(ors) == [_record("ors-administration")]
+
+
 def test_scores_without_a_cutoff_and_ratings_have_no_reference_range() -> None:
     """A WAI-SR total or subscale, and a dimension rating, carry no reference range: the possible
     range of a score is not a reference range."""
