@@ -90,6 +90,7 @@ class _Watchdog:
 
     def watch(self, deadline: Deadline) -> None:
         with self._cond:
+            earliest = not self._heap or deadline.expires_at < self._heap[0][0]
             heapq.heappush(self._heap, (deadline.expires_at, next(self._seq), deadline))
             self._active += 1
             if len(self._heap) > 2 * self._active + 64:  # drop finished ones now and then
@@ -100,7 +101,8 @@ class _Watchdog:
                     target=self._run, name="fhir-alliance-deadlines", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            elif earliest:  # wake the watchdog only when it must wait less than it does now
+                self._cond.notify()
 
     def forget(self) -> None:
         with self._cond:
