@@ -5,16 +5,17 @@ number only to fail later with a bare ``ValueError``, accepts ``NaN``, and raise
 on deep nesting. Here every one of those is an :class:`~fhir_alliance.errors.InputError` whose issue
 path says where, ``source:line:column``, and whose message says why::
 
-    read_input(path_or_dash, *, max_bytes)             -> bytes      # a file, or stdin for "-"; over the cap is an error
+    read_input(path_or_dash, *, max_bytes)                -> bytes      # over the cap: an error
     parse_json(data, *, source, max_depth=None)           -> Any        # exactly one JSON value
-    parse_json_documents(data, *, source, max_depth=None) -> list[Any]  # one value, or several: NDJSON / JSON lines
+    parse_json_documents(data, *, source, max_depth=None) -> list[Any]  # one, or NDJSON lines
 
 Errors are :class:`~fhir_alliance.errors.JsonInputError` (an ``InputError``) with ``line``,
 ``column`` and, for a duplicate key, its ``field_path`` (``responses.2``).
 
-A UTF-8 byte-order mark is accepted and dropped. Numbers are Python ``int`` and ``float`` as with
-``json``; a number literal longer than :data:`MAX_NUMBER_CHARS` characters, or one that overflows to
-infinity, is refused.
+A UTF-8 byte-order mark is accepted and dropped. A string escaping half of a UTF-16 surrogate pair
+(``"\\ud800"``) is refused, as I-JSON (RFC 7493) requires. Numbers are Python ``int`` and ``float``
+as with ``json``; a number literal longer than :data:`MAX_NUMBER_CHARS` characters, or one that
+overflows to infinity, is refused.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ _DECODER = json.JSONDecoder(
 def _decode_at(text: str, index: int, source: str) -> tuple[Any, int]:
     """One JSON value starting at ``index``; returns it and the index after it."""
     try:
-        return _DECODER.raw_decode(text, index)
+        value, end = _DECODER.raw_decode(text, index)
     except json.JSONDecodeError as exc:
         raise _error(source, exc.msg, line=exc.lineno, column=exc.colno) from None
     except _BadValue as exc:
@@ -156,6 +157,14 @@ def _decode_at(text: str, index: int, source: str) -> tuple[Any, int]:
         raise _error(source, "JSON nested too deeply") from None
     except ValueError as exc:  # int() of a huge literal, should the hooks ever let one pass
         raise _error(source, f"unreadable value ({type(exc).__name__})") from None
+    if _SURROGATE_ESCAPE.search(text, index, end):  # rare: only then walk the text again
+        problem = _locate_bad_value(text, index)
+        if problem is not None:
+            line, column = _line_column(text, problem.offset)
+            raise _error(
+                source, problem.reason, line=line, column=column, field_path=problem.field_path
+            )
+    return value, end
 
 
 def _line_column(text: str, index: int) -> tuple[int, int]:
@@ -224,8 +233,15 @@ def _skip_whitespace(text: str, index: int) -> int:
 # This runs only after an error, over text the decoder has already read up to the bad value.
 
 _PLAIN_DECODER = json.JSONDecoder()
+#: An escaped UTF-16 surrogate; whether it is half of a pair is decided on the decoded string.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
 #: A JSON number (RFC 8259, section 6).
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
+_SURROGATE_REASON = "a string escapes half of a UTF-16 surrogate pair (not text)"
 
 
 class _Problem(NamedTuple):
@@ -254,6 +270,8 @@ def _walk(text: str, index: int, path: tuple[str, ...]) -> tuple[int, _Problem |
         while True:
             key_start = index
             key, index = _PLAIN_DECODER.raw_decode(text, index)
+            if _LONE_SURROGATE.search(key):
+                return index, _Problem(key_start, _SURROGATE_REASON, ".".join(path) or None)
             if key in seen:
                 reason = f"duplicate key {json.dumps(key)}"
                 return index, _Problem(key_start, reason, ".".join((*path, key)))
@@ -291,4 +309,7 @@ def _walk(text: str, index: int, path: tuple[str, ...]) -> tuple[int, _Problem |
         if not math.isfinite(float(literal)):
             return match.end(), _Problem(index, "number too large for a decimal")
         return match.end(), None
-    return _PLAIN_DECODER.raw_decode(text, index)[1], None
+    value, end = _PLAIN_DECODER.raw_decode(text, index)
+    if isinstance(value, str) and _LONE_SURROGATE.search(value):
+        return end, _Problem(index, _SURROGATE_REASON, ".".join(path) or None)
+    return end, None

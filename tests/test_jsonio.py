@@ -153,3 +153,26 @@ def test_max_depth_refuses_deeper_nesting() -> None:
     assert "nested deeper than 3" in caught.value.issues[0].message
     with pytest.raises(InputError):
         parse_json_documents("[1]\n[[[[2]]]]\n", source="in.json", max_depth=3)
+
+
+@pytest.mark.parametrize(
+    ("text", "field_path", "column"),
+    [
+        ('{"note": "ok",\n "narrative": "a\\ud800b"}', "narrative", 15),
+        ('{"items": ["\\udc00"]}', "items.0", 12),
+        ('{"\\ud800": 1}', "\\ud800", 2),
+    ],
+)
+def test_lone_surrogates_are_refused(text: str, field_path: str, column: int) -> None:
+    """A string escaping half a UTF-16 pair is not text (RFC 7493): an error at the string."""
+    error = _error(text)
+    assert isinstance(error, JsonInputError)
+    assert error.column == column
+    assert "surrogate" in error.issues[0].message
+    if field_path != "\\ud800":
+        assert error.field_path == field_path
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_fine() -> None:
+    """A proper pair (an emoji) and a literal backslash before 'ud800' are ordinary text."""
+    assert parse_json('["\\ud83d\\ude00", "\\\\ud800"]', source="x") == ["\U0001f600", "\\ud800"]
