@@ -413,6 +413,7 @@ class FhirClient:
                 try:
                     content = self._read_body(response)
                 finally:
+                    deadline.release()  # the connection goes back to the pool: not ours to cut
                     response.close()
                 if deadline.expired:  # the watchdog cut the body short: it is not the answer
                     raise _deadline_error(deadline)

@@ -50,6 +50,12 @@ class Deadline:
         if expired:  # the deadline passed while no socket was attached yet
             _shut_down(connection)
 
+    def release(self) -> None:
+        """Stop watching the connections attached so far: call it before a connection goes back to
+        the pool, where another call may take it."""
+        with self._lock:
+            self._connections.clear()
+
     def expire(self) -> None:
         """Called by the watchdog: mark expired and unblock every read of the call."""
         with self._lock:
