@@ -191,7 +191,9 @@ RETURN_PREFERENCES = ("minimal", "representation", "OperationOutcome")
 class FhirClient:
     """A client for one FHIR server (one base URL). Thread-safe for concurrent calls.
 
-    ``timeout`` is (connect, read) seconds and applies to every request. ``connect_retries``
+    ``timeout`` is (connect, read) seconds and applies to every request; ``deadline`` (seconds,
+    default 120, always on) bounds each call as a whole: connecting, sending, reading the body,
+    retries and their waits (see :mod:`fhir_alliance.client.deadline`). ``connect_retries``
     covers only failures to connect (nothing reached the server); everything else is retried by
     :class:`RetryPolicy` for idempotent requests only. ``max_pages`` bounds search paging.
     TLS verification is always on (``ca_bundle`` names a private CA); ``proxies`` are explicit.
