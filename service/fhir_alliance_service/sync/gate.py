@@ -109,10 +109,10 @@ def gate_item(
     record = mapper.load(item.body)
     resources = tuple(mapper.to_fhir(record, version=version))
     if item.family == FAMILY_CONSENT:
-        hold = None if settings.push_consents else HoldReason.CONSENT_PUSH_OFF
-        if hold:
-            HELD.inc()
-        return GateResult(item, resources, hold)
+        if settings.push_consents:
+            return GateResult(item, resources)
+        HELD.inc()
+        return GateResult(item, resources, HoldReason.CONSENT_PUSH_OFF)
 
     consents = engine_for_patient(store, item.patient)
     if consents.unreadable:
