@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhir_alliance.client import BundleRequest, EntryOutcome, FhirClient
-from fhir_alliance.errors import ServerError, loggable_outcome
+from fhir_alliance.errors import FhirAllianceError, ServerError, loggable_outcome
 from fhir_alliance.mapping.fast_validation import FAST_RESOURCE_TYPES, validate_r4_fast
 from fhir_alliance.mapping.validation import validate_resource
 from fhir_alliance_service import audit
@@ -47,6 +47,10 @@ from fhir_alliance_service.sync.target import note_contact, target_fhir_version
 __all__ = ["BatchReport", "Worker", "default_worker_id", "sync_once"]
 
 log = logging.getLogger("fhir_alliance_service.sync")
+
+#: Errors that say "this record cannot be mapped" (dead letter). Anything else, a database outage
+#: above all, aborts the batch: its leases expire and the items are claimed again later.
+_RECORD_ERRORS = (FhirAllianceError, ValueError, TypeError, LookupError)
 
 #: Most entries in one transaction Bundle (an item's resources are never split across Bundles).
 DEFAULT_BUNDLE_ENTRIES = 250
@@ -197,7 +201,7 @@ class Worker:
             result: GateResult = gate_item(
                 item, settings=self.settings, store=self.store, version=version, at=now
             )
-        except Exception as exc:  # a record that cannot be mapped: permanent
+        except _RECORD_ERRORS as exc:  # a record that cannot be mapped: permanent
             self._fail(item, exc, report)
             return None
         if result.hold is not None:
@@ -226,7 +230,7 @@ class Worker:
         try:
             for resource in resources:
                 _validate(resource, version)
-        except Exception as exc:  # ProfileViolation: our mapping made something invalid
+        except FhirAllianceError as exc:  # ProfileViolation: our mapping made something invalid
             self._fail(item, exc, report)
             return None
         return _Ready(item, resources)
@@ -268,7 +272,7 @@ class Worker:
     def _send_group(self, group: list[_Ready], report: BatchReport) -> None:
         try:
             outcomes = self._transaction(group)
-        except Exception as exc:  # the client raised instead of reporting per entry
+        except FhirAllianceError as exc:  # the client raised instead of reporting per entry
             for entry in group:
                 self._fail(entry.item, exc, report)
             return

@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+from fhir_alliance_service.metrics import REGISTRY
 from fhir_alliance_service.store import SqlStore
-from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.store.interface import NewRecord, SyncState
 from fhir_alliance_service.sync import Worker
 from fhir_alliance_service.usecases.intake import intake_records
 from pytest_httpserver import HTTPServer
@@ -15,7 +16,7 @@ from pytest_httpserver import HTTPServer
 from fhir_alliance.client import FhirClient
 from tests.service.sync import records as R
 from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
-from tests.service.sync.fake_fhir import FakeFhir
+from tests.service.sync.fake_fhir import FakeFhir, status
 
 
 def _fake(httpserver: HTTPServer) -> FakeFhir:
@@ -134,3 +135,83 @@ def test_an_r5_target_gets_r5_resources(
     assert sync_store.counts_by_state()[SyncState.SENT] == 2
     [consent] = [r for k, r in fake.resources.items() if k.startswith("Consent/")]
     assert "decision" in consent  # R5 Consent.decision; R4 has no such element
+
+
+def test_a_record_that_cannot_be_mapped_is_dead_lettered_with_its_field_path(
+    httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
+) -> None:
+    """A stored body the mapper refuses is a permanent failure: dead letter, outcome names the
+    field, nothing sent, and the patient's next record is not blocked."""
+    fake = _fake(httpserver)
+    run = R.run_token()
+    intake_records(sync_store, [R.sharing_consent(run)], at=now())
+    broken = R.rating(run, 1)
+    broken["value"] = "very high"
+    sync_store.put_records(
+        [
+            NewRecord(
+                record_id=f"broken-{run}",
+                identifier=str(broken["id"]),
+                kind="dimension-rating",
+                family="observation",
+                patient="Patient/p1",
+                body=broken,
+                content_hash=f"broken-{run}",
+            )
+        ],
+        audit=[],
+        at=now(),
+    )
+    [good] = intake_records(sync_store, [R.rating(run, 2)], at=now())
+    settings = sync_settings(fake.base_url, sqlite_url, fhir_version="4.0.1")
+    with FhirClient(fake.base_url, retry=QUICK_RETRY) as client:
+        worker = Worker(settings, sync_store, client)
+        while worker.run_once().claimed:
+            pass
+    status = sync_store.sync_status(f"broken-{run}")
+    assert status is not None and status.state is SyncState.DEAD_LETTERED
+    assert status.last_outcome is not None
+    assert status.last_outcome["issue"][0]["expression"] == ["value"]
+    assert sync_store.sync_status(good.record_id).state is SyncState.SENT  # type: ignore[union-attr]
+    assert not any(key.endswith(f"broken-{run}") for key in fake.resources)
+
+
+def test_the_metrics_count_sends_failures_decisions_and_holds(
+    httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
+) -> None:
+    """Sends by resource type, transient failures, decisions by outcome and holds are counted."""
+    fake = _fake(httpserver)
+    run = R.run_token()
+    intake_records(
+        sync_store,
+        [R.sharing_consent(run), R.rating(run, 1), R.rating(run, 2, "Patient/nobody")],
+        at=now(),
+    )
+    before = {name: _sample(name, labels) for name, labels in METRICS}
+    fake.faults = [status(503)]
+    settings = sync_settings(fake.base_url, sqlite_url, fhir_version="4.0.1")
+    clock_offset = [timedelta()]
+    with FhirClient(fake.base_url, retry=QUICK_RETRY) as client:
+        worker = Worker(settings, sync_store, client, clock=lambda: now() + clock_offset[0])
+        for _ in range(10):
+            worker.run_once()
+            clock_offset[0] += timedelta(seconds=5)
+    delta = {name: _sample(name, labels) - before[name] for name, labels in METRICS}
+    assert delta == {
+        "fhir_alliance_sends_total": 1.0,  # the one permitted rating's Observation
+        "fhir_alliance_send_failures_total": 1.0,  # the 503 on the first Bundle (the consent)
+        "fhir_alliance_decisions_total": 1.0,  # the rating, permitted
+        "fhir_alliance_held_total": 1.0,  # the patient without consent
+    }
+
+
+METRICS = [
+    ("fhir_alliance_sends_total", {"resource_type": "Observation"}),
+    ("fhir_alliance_send_failures_total", {"kind": "transient"}),
+    ("fhir_alliance_decisions_total", {"outcome": "permit"}),
+    ("fhir_alliance_held_total", {}),
+]
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
