@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fhir_alliance.client import BundleRequest, EntryOutcome, FhirClient
@@ -71,6 +71,7 @@ class BatchReport:
     failed: int = 0
     dead: int = 0
     lease_lost: int = 0  # a mark_* found another worker had taken the item over
+    deferred: int = 0  # not sent: too little lease left; claimed again after the lease ends
     resources_sent: int = 0
     #: Why nothing was claimed, in plain words (e.g. the FHIR server could not be reached).
     error: str | None = None
@@ -83,6 +84,7 @@ class BatchReport:
             "failed",
             "dead",
             "lease_lost",
+            "deferred",
             "resources_sent",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -179,8 +181,17 @@ class Worker:
             prepared = self._prepare(item, version, now, report)
             if prepared is not None:
                 ready.append(prepared)
+        # A send started after this point could end after the lease: another worker may take the
+        # items meanwhile. Such items are left alone; they are claimed again when the lease ends.
+        margin = min(self.settings.fhir_timeout_seconds, self.settings.lease_seconds / 2)
+        last_start = min(i.lease_until for i in items) - timedelta(seconds=margin)
         for group in self._groups(ready):
+            if self.clock() > last_start:
+                report.deferred += len(group)
+                continue
             self._send_group(group, report)
+        if report.deferred:
+            log.warning("lease running out: %d item(s) left for a later claim", report.deferred)
         log.info(
             "batch done: claimed=%d sent=%d held=%d failed=%d dead=%d lease_lost=%d",
             report.claimed,

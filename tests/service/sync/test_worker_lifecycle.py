@@ -215,3 +215,35 @@ METRICS = [
 
 def _sample(name: str, labels: dict[str, str]) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_items_are_not_sent_when_their_lease_is_running_out(
+    httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
+) -> None:
+    """A slow first Bundle eats the lease: the rest of the batch is not sent (another worker could
+    own it by the time the answer came) and is claimed again once the lease has ended."""
+    fake = _fake(httpserver)
+    run = R.run_token()
+    intake_records(
+        sync_store, [R.sharing_consent(run, p) for p in ("Patient/a", "Patient/b")], at=now()
+    )
+    offset = [timedelta()]
+
+    def slow(bundle: dict[str, object]) -> None:
+        offset[0] += timedelta(seconds=45)  # the server took 45 s of the 60 s lease
+
+    fake.faults = [slow]
+    settings = sync_settings(
+        fake.base_url, sqlite_url, fhir_version="4.0.1", lease_seconds=60, fhir_timeout_seconds=30
+    )
+    with FhirClient(fake.base_url, retry=QUICK_RETRY) as client:
+        worker = Worker(
+            settings, sync_store, client, clock=lambda: now() + offset[0], bundle_entries=1
+        )
+        first = worker.run_once()
+        assert (first.sent, first.deferred) == (1, 1)
+        assert worker.run_once().claimed == 0  # still leased
+        offset[0] += timedelta(seconds=20)  # the lease is over
+        assert worker.run_once().sent == 1
+    assert sync_store.counts_by_state()[SyncState.SENT] == 2
+    assert fake.requests == 2
