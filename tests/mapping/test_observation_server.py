@@ -133,3 +133,28 @@ def test_server_rejects_an_automated_measure_without_its_tool_details(fhir_serve
     response = _put(fhir_server, rating)
     assert response.status_code in (400, 422), response.text[:1500]
     assert "alliance-rater-1" in response.text
+
+
+@pytest.mark.parametrize("restful", [False, True], ids=["urn-uuid", "base-url"])
+def test_server_accepts_the_collection_bundle_map_writes(fhir_server, restful: bool) -> None:
+    """The collection Bundle of several records (urn:uuid fullUrls with references rewritten to
+    them, or the server's base/Type/id) is a valid Bundle for the server: base structure of every
+    entry and the Bundle invariants (bdl-7: unique fullUrls). Medplum warns that it cannot type a
+    urn:uuid reference; a warning, which FHIR's Bundle rules do not share."""
+    from fhir_alliance.mapping.collection import collection_bundle
+
+    names = ("srs-administration", "dimension-rating-automated", "rupture", "repair")
+    resources = [
+        resource
+        for name in names
+        for resource in to_observations(
+            load_record(json.loads((ROOT / "examples/observations" / f"{name}.json").read_text()))
+        )
+    ]
+    fhir_server.track("Bundle")
+    base_url = fhir_server.url("").rstrip("/") if restful else None
+    body = fhir_server.tagged(collection_bundle(resources, base_url=base_url))
+    response = fhir_server.http.post(fhir_server.url("Bundle"), json=body, headers=_JSON)
+    assert response.status_code == 201, response.text[:1500]
+    stored = response.json()
+    assert [e["fullUrl"] for e in stored["entry"]] == [e["fullUrl"] for e in body["entry"]]
