@@ -36,6 +36,7 @@ from fhir_alliance.client import BundleRequest, EntryOutcome, FhirClient
 from fhir_alliance.errors import FhirAllianceError, ServerError, loggable_outcome
 from fhir_alliance.mapping.fast_validation import FAST_RESOURCE_TYPES, validate_r4_fast
 from fhir_alliance.mapping.validation import validate_resource
+from fhir_alliance.terminology import CANONICAL_BASE
 from fhir_alliance_service import audit
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import SEND_FAILURES, SEND_LATENCY, SENDS
@@ -51,6 +52,9 @@ log = logging.getLogger("fhir_alliance_service.sync")
 #: Errors that say "this record cannot be mapped" (dead letter). Anything else, a database outage
 #: above all, aborts the batch: its leases expire and the items are claimed again later.
 _RECORD_ERRORS = (FhirAllianceError, ValueError, TypeError, LookupError)
+
+#: ``meta.source`` of every resource the worker pushes: the system it came from.
+SOURCE_URI = f"{CANONICAL_BASE}/sync-service"
 
 #: Most entries in one transaction Bundle (an item's resources are never split across Bundles).
 DEFAULT_BUNDLE_ENTRIES = 250
@@ -247,11 +251,13 @@ class Worker:
         return _Ready(item, resources)
 
     def _tagged(self, resource: dict[str, Any]) -> dict[str, Any]:
-        if not self.tags:
-            return resource
+        """A copy with ``meta.source`` (this service, unless the mapping set one) and the
+        configured ``meta.tag`` codings; the mapped resource itself is left as it was."""
         out = copy.copy(resource)
         meta = dict(out.get("meta") or {})
-        meta["tag"] = [*meta.get("tag", []), *self.tags]
+        meta.setdefault("source", SOURCE_URI)
+        if self.tags:
+            meta["tag"] = [*meta.get("tag", []), *self.tags]
         out["meta"] = meta
         return out
 

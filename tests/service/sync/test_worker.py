@@ -4,6 +4,7 @@ never leaves, consent changes release and revocations stop, per-patient order is
 from __future__ import annotations
 
 from fhir_alliance_service.store.interface import NewRecord, SyncState
+from fhir_alliance_service.sync.worker import SOURCE_URI
 
 from tests.service.sync import records as R
 from tests.service.sync.conftest import SyncHarness, now
@@ -24,6 +25,7 @@ def test_permitted_records_land_once_with_their_identifiers(harness: SyncHarness
         found = harness.on_server("Observation", f"{RECORD}|trust-{run}-{n}")
         assert len(found) == 1
         assert found[0]["meta"]["versionId"] == "1"
+        assert found[0]["meta"]["source"] == SOURCE_URI
     assert len(harness.on_server("Consent", R.consent_id(run, "Patient/p1"))) == 1
     assert len(harness.tagged("Observation")) == 2 + 6  # two ratings, the SRS panel and members
 
