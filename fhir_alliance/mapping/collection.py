@@ -20,6 +20,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from fhir_alliance.errors import InputError, Issue
 
@@ -62,6 +63,10 @@ def collection_bundle(
             message = "a resource in a collection Bundle needs resourceType and id"
             raise InputError(message, issues=[Issue(path=f"entry[{index}]", message=message)])
     if base_url is not None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            message = "the base URL must be an absolute http(s) URL without a query"
+            raise InputError(message, issues=[Issue(path="base_url", message=message)])
         base = base_url.rstrip("/")
         entries = [{"fullUrl": f"{base}/{_relative(r)}", "resource": r} for r in resources]
     else:

@@ -61,3 +61,13 @@ def test_non_list_entry_is_an_input_error() -> None:
     with pytest.raises(InputError) as caught:
         bundle_resources({"resourceType": "Bundle", "entry": {}}, source="in.json")
     assert caught.value.issues[0].path == "in.json.entry"
+
+
+@pytest.mark.parametrize(
+    "base_url", ["ehr.example/fhir", "ftp://ehr.example/fhir", "https://e/f?x=1"]
+)
+def test_base_url_must_be_an_absolute_http_url(base_url: str) -> None:
+    """A base that would give fullUrls that are not RESTful URLs is refused."""
+    with pytest.raises(InputError) as caught:
+        collection_bundle(_resources(), base_url=base_url)
+    assert caught.value.issues[0].path == "base_url"
