@@ -293,10 +293,13 @@ class Worker:
             for entry in group:
                 self._fail(entry.item, exc, report)
             return
+        # Map every answer back to its item by the request's index in the Bundle.
+        by_index = {o.index: o for o in outcomes}
         by_item: list[list[EntryOutcome]] = []
         position = 0
         for entry in group:
-            by_item.append(outcomes[position : position + len(entry.resources)])
+            indexes = range(position, position + len(entry.resources))
+            by_item.append([by_index[i] for i in indexes])
             position += len(entry.resources)
         failed = [(e, o) for e, o in zip(group, by_item, strict=True) if not all(x.ok for x in o)]
         if any(o.status is not None for o in outcomes):
