@@ -332,6 +332,8 @@ def _status(args: argparse.Namespace) -> int:
         report = {
             "counts": {state.value: counts.get(state, 0) for state in SyncState},
             "held_reasons": dict(held.most_common()),
+            # Reasons are counted over the oldest HELD_REASONS_SCAN held items at most.
+            "held_reasons_of": sum(held.values()),
             "fhir_server": {
                 "base_url": settings.fhir_base_url,
                 "last_contact": store.get_meta(META_LAST_CONTACT),
@@ -343,7 +345,9 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     print(_counts_line(counts))
     if held:
-        print("held:")
+        scanned = sum(held.values())
+        more = counts.get(SyncState.HELD, 0) > scanned
+        print(f"held{f' (reasons of the oldest {scanned})' if more else ''}:")
         for reason, count in held.most_common():
             print(f"  {count:6d}  {reason}")
     server = report["fhir_server"]

@@ -261,10 +261,12 @@ def test_status_lists_held_reasons(opened: Store, capsys: pytest.CaptureFixture[
         assert opened.mark_held(item.item_id, "w", reason=reason, audit=[], at=now)
     capsys.readouterr()
     assert main(["status", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["held_reasons"] == {
-        "no consent permits it": 2,
-        "PSYTHPN needs a permit": 1,
-    }
+    report = json.loads(capsys.readouterr().out)
+    assert report["held_reasons"] == {"no consent permits it": 2, "PSYTHPN needs a permit": 1}
+    assert report["held_reasons_of"] == 3
+    assert main(["status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[lines.index("held:") + 1].split() == ["2", "no", "consent", "permits", "it"]
 
 
 def test_replay_requeues_one_dead_letter_by_id_or_identifier(
