@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from .engine import make_engine
@@ -16,6 +17,9 @@ from .engine import make_engine
 __all__ = ["MIGRATIONS", "SchemaVersionError", "current_revision", "head_revision", "upgrade"]
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+#: PostgreSQL advisory lock key held while migrating (any fixed 64-bit number of our own).
+_LOCK_KEY = 0x66_68_69_72_61_6C_6C_69  # "fhiralli"
 
 
 class SchemaVersionError(RuntimeError):
@@ -50,6 +54,10 @@ def upgrade(url: str | URL, revision: str = "head") -> None:
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Several processes may upgrade at start-up: one migrates, the others then find
+                # the schema at head. (SQLite's BEGIN IMMEDIATE serialises them already.)
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
             config = _config()
             config.attributes["connection"] = connection
             command.upgrade(config, revision)

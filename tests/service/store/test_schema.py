@@ -4,6 +4,7 @@ not at head."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import psycopg
@@ -118,3 +119,25 @@ def test_postgresql_urls_without_a_driver_open_with_psycopg(postgres_url: str) -
         store.ping()
     finally:
         store.close()
+
+
+def test_concurrent_upgrades_of_one_database_both_succeed(empty_url: str) -> None:
+    """Several processes upgrading the same empty database at start-up do not trip over each
+    other: all succeed and the schema ends at head."""
+    errors: list[BaseException] = []
+    # Bounded lock waits, so that a regression fails here instead of hanging the suite.
+    url = empty_url.replace("options=", "options=-clock_timeout%3D15000%20", 1)
+
+    def run() -> None:
+        try:
+            upgrade(url)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert current_revision(empty_url) == head_revision()
