@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhir_alliance.errors import InputError, JsonInputError
 from fhir_alliance.jsonio import (
@@ -176,3 +179,25 @@ def test_lone_surrogates_are_refused(text: str, field_path: str, column: int) ->
 def test_surrogate_pairs_and_escaped_backslashes_are_fine() -> None:
     """A proper pair (an emoji) and a literal backslash before 'ud800' are ordinary text."""
     assert parse_json('["\\ud83d\\ude00", "\\\\ud800"]', source="x") == ["\U0001f600", "\\ud800"]
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**18), 10**18)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_json_values, indent=st.sampled_from([None, 2]))
+def test_every_ordinary_json_value_reads_as_the_standard_reader_does(value, indent) -> None:
+    """Strictness never refuses ordinary JSON: the result equals json.loads, compact or indented."""
+    text = json.dumps(value, indent=indent)
+    assert parse_json(text, source="x") == json.loads(text)
+    assert parse_json_documents(text.encode(), source="x") == [json.loads(text)]
