@@ -10,8 +10,9 @@ as a clinic would run them:
 2. ``fhir-alliance serve`` (gunicorn) and ``fhir-alliance worker``;
 3. the clinic (examples/demo/clinic/) is posted through the API: consents to ``/v1/consents``,
    session measures to ``/v1/records``; the worker gates, maps and sends them;
-4. once the queue is drained, one client revokes her share (``/v1/consents/{id}/revoke``) and her
-   next session is posted: it is held;
+4. once the queue is drained, one client revokes the share (``/v1/consents/{id}/revoke``), the
+   decision endpoint says what that means for the EHR, and the client's next session is posted:
+   it is held;
 5. what was sent (with the server's URLs), what was held and why, then everything is stopped, even
    on failure or Ctrl-C.
 
@@ -230,10 +231,8 @@ def report(records: Sequence[dict[str, Any]], fhir_base_url: str) -> Counter[str
                 urls = [
                     f"{fhir_base_url}/{r['resource_type']}/{r['id']}" for r in sync.get("sent", [])
                 ]
-                print(
-                    f"     sent  {_label(record)}: {urls[0]}"
-                    + (f" (+{len(urls) - 1})" if len(urls) > 1 else "")
-                )
+                more = f" (and {len(urls) - 1} more resources)" if len(urls) > 1 else ""
+                print(f"     sent  {_label(record)}: {urls[0] if urls else '?'}{more}")
             elif state == "held":
                 print(f"     held  {_label(record)}: {sync.get('held_reason')}")
             else:
@@ -267,9 +266,13 @@ def run(fhir_base_url: str, *, observe: Callable[[Service], None] | None = None)
         body = {k: revocation[k] for k in ("at", "by", "reason") if k in revocation}
         revoked = service.call("POST", f"/v1/consents/{sharing['id']}/revoke", body)
         _post(service, "/v1/records", later_sessions)
+        decision = service.call(
+            "GET", f"/v1/patients/{REVOKING_CLIENT}/decision?recipient={EHR}&purpose=TREAT"
+        )
         print(
-            f"4. {REVOKING_CLIENT} revoked her share (consent now {revoked['record']['status']}); "
-            f"posted her {len(later_sessions)} later session records"
+            f"4. {REVOKING_CLIENT} revoked the share (consent now {revoked['record']['status']}); "
+            f"the decision for the EHR is now {decision['decision']}; "
+            f"posted {len(later_sessions)} later session records"
         )
         records = _wait_until_drained(service, patients)
         print("5. the queue is drained:")

@@ -49,6 +49,7 @@ def test_demo_clinic_syncs_through_the_service(
     assert status == 0, out
     assert "NOT as expected" not in out
     assert "the queue is drained" in out
+    assert "the decision for the EHR is now no-consent" in out
     held = [line for line in out.splitlines() if line.strip().startswith("held")]
     assert any("rupture" in line for line in held)
     assert any("session-2: no consent" in line and "client-3" in line for line in held)
