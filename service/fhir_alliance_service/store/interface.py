@@ -179,6 +179,10 @@ class Store(Protocol):
     # -- reading -------------------------------------------------------------------------------
     def get_record(self, record_id: str, *, version: int | None = None) -> StoredRecord | None: ...
 
+    def get_records(self, record_ids: Sequence[str]) -> dict[str, StoredRecord]:
+        """The newest version of each of ``record_ids`` that exists, by record id, in a few
+        queries whatever their number (intake checks a whole batch with one call)."""
+
     def list_records(
         self,
         *,

@@ -361,6 +361,15 @@ class SqlStore:
             row = connection.execute(query).one_or_none()
         return None if row is None else _stored_record(row)
 
+    def get_records(self, record_ids: Sequence[str]) -> dict[str, StoredRecord]:
+        found: dict[str, StoredRecord] = {}
+        with self._read() as connection:
+            for chunk in _chunks(list(dict.fromkeys(record_ids))):
+                query = self._newest_records().where(record_heads.c.record_id.in_(chunk))
+                for row in connection.execute(query):
+                    found[row.record_id] = _stored_record(row)
+        return found
+
     def _newest_records(self) -> Select[*tuple[Any, ...]]:
         return select(*_RECORD_COLUMNS).join(
             record_heads,

@@ -267,3 +267,26 @@ def test_audit_of_a_record_created_then_repeated_in_one_batch_is_kept(store: Sql
         ("intake", "rec-000001"),
         ("revoke", "rec-000777"),
     ]
+
+
+def test_get_records_reads_a_batch_of_newest_versions_in_few_queries(store: SqlStore) -> None:
+    """``get_records`` returns the newest version of each known id (unknown ids left out), with
+    a handful of queries for a thousand ids."""
+    store.put_records([record(n) for n in range(1000)], audit=[], at=T0)
+    store.put_records([record(7, score=2)], audit=[], at=at(1))
+    wanted = [f"rec-{n:06d}" for n in range(1000)] + ["rec-999999", "rec-000007"]
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        found = store.get_records(wanted)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
+    assert len(found) == 1000 and "rec-999999" not in found
+    assert found["rec-000007"].version == 2 and found["rec-000007"].body["score"] == 2
+    assert found["rec-000008"] == store.get_record("rec-000008")
+    assert len(statements) <= 4
+    assert store.get_records([]) == {}
