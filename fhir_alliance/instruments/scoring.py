@@ -106,6 +106,15 @@ class Score:
         return self.value is not None and self.items_answered < self.items_expected
 
 
+def _as_decimal(value: object) -> Decimal:
+    """An answer as an exact Decimal: a float as written (``9.1`` is 9.1, not its binary value)."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Decimal(str(value))
+    raise TypeError(f"an answer must be a number, not {type(value).__name__}")
+
+
 def _round(value: Decimal) -> Decimal:
     return value.quantize(_ONE_DECIMAL, rounding=ROUND_HALF_UP)
 
@@ -120,15 +129,16 @@ def _prorated(values: list[Decimal], expected: int, minimum: int) -> Decimal | N
 
 def score(
     code: InstrumentCode | str | InstrumentAdministration,
-    responses: Mapping[int, Decimal] | None = None,
+    responses: Mapping[int, Decimal | int | float] | None = None,
     rules: ScoringRules = DEFAULT_RULES,
 ) -> tuple[Score, ...]:
     """Scores of one administration: the total first, then subscales in catalogue order.
 
     Either ``score(record)`` with an :class:`~fhir_alliance.model.observations.InstrumentAdministration`,
-    or ``score(code, responses)`` where ``responses`` maps item number → answer; items not in it
-    are unanswered. Values are trusted to be valid (the schema checks ranges); unknown item
-    numbers raise ``ValueError``.
+    or ``score(code, responses)`` where ``responses`` maps item number → answer (a ``Decimal``, or an
+    ``int`` or ``float`` taken as written: ``9.1`` is 9.1); items not in it are unanswered. Values are
+    trusted to be valid (the schema checks ranges); unknown item numbers raise ``ValueError``, a
+    non-number ``TypeError``.
     """
     from fhir_alliance.model.observations import InstrumentAdministration
 
@@ -139,17 +149,18 @@ def score(
         code, responses = record.instrument, record.answers()
     elif responses is None:
         raise TypeError("score(code, responses) needs the responses")
+    answers = {number: _as_decimal(value) for number, value in responses.items()}
     inst = instrument(code)
-    unknown = set(responses) - set(inst.item_numbers)
+    unknown = set(answers) - set(inst.item_numbers)
     if unknown:
         raise ValueError(f"unknown item numbers for {inst.code.value}: {sorted(unknown)}")
     if inst.code is InstrumentCode.WAI_SR:
-        return _score_wai_sr(inst, responses, rules)
+        return _score_wai_sr(inst, answers, rules)
     if inst.code is InstrumentCode.WAI_SR_T:
-        values = [responses[n] for n in inst.item_numbers if n in responses]
+        values = [answers[n] for n in inst.item_numbers if n in answers]
         total = _prorated(values, len(inst.items), rules.wai_t_min_items)
         return (_total(inst, total, len(values)),)
-    values = [responses[n] for n in inst.item_numbers if n in responses]
+    values = [answers[n] for n in inst.item_numbers if n in answers]
     total = sum(values, Decimal(0)) if len(values) == len(inst.items) else None
     if inst.code is InstrumentCode.SRS:
         cutoff = rules.srs_cutoff

@@ -160,3 +160,14 @@ def test_score_of_a_record_with_responses_too_is_an_error() -> None:
     record = load_record(json.loads(example.read_text()))
     with pytest.raises(TypeError):
         score(record, record.answers())
+
+
+def test_score_accepts_plain_numbers_as_written() -> None:
+    """Answers given as int or float score exactly as the same Decimals do (9.1 is 9.1, not a binary
+    fraction); a boolean is not a number."""
+    (from_floats,) = score("srs", {1: 9.1, 2: 8.7, 3: 8, 4: 9.2})
+    (from_decimals,) = score("srs", {1: D("9.1"), 2: D("8.7"), 3: D(8), 4: D("9.2")})
+    assert from_floats == from_decimals
+    assert from_floats.value == D("35.0")
+    with pytest.raises(TypeError):
+        score("srs", {1: True, 2: 8, 3: 8, 4: 8})
