@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 from fhir_alliance_service.auth import hash_secret, parse_api_key
+from fhir_alliance_service.cli_load import load_files
 from fhir_alliance_service.store import SyncState, open_store
 from fhir_alliance_service.store.interface import Store
 
@@ -219,6 +220,17 @@ def test_load_shows_no_progress_bar_when_stderr_is_not_a_terminal(
     """Piped or captured stderr stays quiet (tqdm is disabled)."""
     assert main(["load", str(CLINIC / "1-consents.json")]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_load_draws_a_progress_bar_on_stderr_when_asked(
+    opened: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With progress on (a terminal), tqdm counts the records on stderr, not stdout."""
+    summary = load_files(opened, [CLINIC / "1-consents.json"], batch_size=2, progress=True)
+    assert summary.complete
+    captured = capsys.readouterr()
+    assert f"load: {len(CONSENTS)}record" in captured.err
+    assert captured.out == ""
 
 
 # -- status and replay --------------------------------------------------------------------------
