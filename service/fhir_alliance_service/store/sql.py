@@ -5,6 +5,8 @@ Choices the interface leaves open, made here:
 
 * Intake is one transaction of a few bulk statements whatever the batch size: one lookup of the
   records' newest versions (``record_heads``), then bulk inserts and one update per 500 records.
+  Two intakes racing on one record: SQLite's write lock serialises them; on PostgreSQL the later
+  writer fails whole with ``IntegrityError`` (primary key of the version) and may simply retry.
 * A claimed FAILED item stays FAILED (with its last outcome) until the retry's ``mark_*``.
 * ``mark_*`` succeeds while the item is pending and ``worker`` is its lease owner, even after
   the lease ran out, as long as no other worker has claimed it since; it releases the lease.
