@@ -33,7 +33,9 @@ TARGET_RATIO = 10.0
 SYSTEM = "https://bench.example.org/alliance-records"
 CONSENTS = "https://bench.example.org/consents"
 EHR = "Organization/bench-ehr"
-PATIENTS = 40
+#: Sessions per client: a backfill of N records covers N / 5 clients, each with a sharing consent.
+#: (The worker claims at most one item per client at a time, to keep each client's order.)
+SESSIONS_PER_PATIENT = 5
 INTAKE_BATCH = 500
 
 
@@ -54,7 +56,11 @@ def fhir_server() -> Iterator[tuple[str, bool]]:
             server.stop()
 
 
-def sharing_consents(run: str) -> list[dict[str, Any]]:
+def _patients(count: int) -> int:
+    return max(1, count // SESSIONS_PER_PATIENT)
+
+
+def sharing_consents(run: str, patients: int) -> list[dict[str, Any]]:
     """One active sharing consent per patient: disclose to the EHR for treatment."""
     when = "2026-11-01T09:00:00+00:00"
     return [
@@ -92,7 +98,7 @@ def sharing_consents(run: str) -> list[dict[str, Any]]:
                 ],
             },
         }
-        for p in range(PATIENTS)
+        for p in range(patients)
     ]
 
 
@@ -102,7 +108,7 @@ def srs_records(count: int, run: str) -> list[dict[str, Any]]:
             "kind": "instrument-administration",
             "id": f"{SYSTEM}|{run}-{i}",
             "instrument": "srs",
-            "patient": {"reference": f"Patient/bench-{run}-{i % PATIENTS}"},
+            "patient": {"reference": f"Patient/bench-{run}-{i % _patients(count)}"},
             "counterpart": {"reference": "Practitioner/bench-therapist"},
             "effective": "2026-11-20T15:50:00+00:00",
             "rater": {"role": "client"},
@@ -140,7 +146,7 @@ def ours(base_url: str, count: int, run: str) -> tuple[float, int]:
         )
         store = open_store(database_url)
         client = client_from_settings(settings)
-        payloads = sharing_consents(run) + srs_records(count, run)
+        payloads = sharing_consents(run, _patients(count)) + srs_records(count, run)
         try:
             started = time.perf_counter()
             for i in range(0, len(payloads), INTAKE_BATCH):
@@ -169,7 +175,7 @@ def one_by_one(base_url: str, count: int, run: str) -> tuple[float, int]:
     sent = 0
     try:
         started = time.perf_counter()
-        for payload in sharing_consents(run):
+        for payload in sharing_consents(run, _patients(count)):
             for resource in CONSENT_MAPPER.to_fhir(CONSENT_MAPPER.load(payload), version="4.0.1"):
                 client.create(resource)
                 sent += 1
@@ -196,7 +202,7 @@ def measure(count: int) -> dict[str, Any]:
         _reset(admin, is_local)
         our_seconds, our_sent = ours(base_url, count, uuid.uuid4().hex[:8])
         _reset(admin, is_local)
-    records = count + PATIENTS
+    records = count + _patients(count)
     return harness.entry(
         "service sync end to end: SRS records + consents, intake -> worker -> FHIR server "
         "vs map + one POST per resource",
