@@ -1,4 +1,5 @@
-"""The Flask application factory: settings → store → request ids, auth, error handlers, routes.
+"""The Flask application factory: settings → store → request ids, auth, error handlers, routes
+(the API and the clinic console).
 
 No application object exists at import time. ``gunicorn 'fhir_alliance_service.app:wsgi_app()'``
 builds one per worker process from the environment, with JSON logs.
@@ -15,6 +16,7 @@ from flask import Flask, current_app
 from fhir_alliance_service.api import register_blueprints
 from fhir_alliance_service.auth import ApiKeyCache, register_auth
 from fhir_alliance_service.config import Settings, load_settings, validated
+from fhir_alliance_service.console import register_console
 from fhir_alliance_service.errors import register_error_handlers
 from fhir_alliance_service.logs import configure_logging, register_request_logging
 from fhir_alliance_service.store.interface import Store
@@ -57,6 +59,7 @@ def create_app(
     register_auth(app)
     register_error_handlers(app)
     register_blueprints(app)
+    register_console(app)
     return app
 
 

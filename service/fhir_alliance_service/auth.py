@@ -4,6 +4,9 @@ A key is ``fa_<key_id hex>_<secret>``; the store keeps its public ``key_id`` (``
 scopes and the SHA-256 of the secret, never the secret. Clients send it as
 ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 
+The clinic console (``console/``) signs a browser in with a key that has ``read`` and keeps it in a
+session cookie; such a cookie counts only on the console's own pages.
+
 Scopes: ``read``, ``write``, ``admin`` (implies ``read`` and ``write``), ``consult`` (the CDS
 consult only). Every view declares its scope with :func:`require_scope` (or :func:`public` for the
 two health checks); a ``before_request`` hook refuses any endpoint that declared nothing, so a
@@ -30,6 +33,7 @@ from fhir_alliance_service.store.interface import ApiKey, Store
 
 __all__ = [
     "PUBLIC",
+    "SESSION_AUTHENTICATOR",
     "ApiKeyCache",
     "SCOPES",
     "create_api_key",
@@ -47,6 +51,9 @@ _IMPLIED: Final = {"admin": frozenset({"read", "write"})}
 #: The marker a view carries when it needs no key (only the health checks).
 PUBLIC: Final = "public"
 _SCOPE_ATTRIBUTE: Final = "fhir_alliance_scope"
+#: ``app.extensions`` entry of a callable giving the key of the request's console session, if any
+#: (``console/session.py``); requests without an API key header are checked against it.
+SESSION_AUTHENTICATOR: Final = "fhir_alliance_console_session"
 _KEY_PREFIX: Final = "fa_"
 _REALM: Final = 'Bearer realm="fhir-alliance"'
 #: Compared against when the key id is unknown, so that both paths hash and compare once.
@@ -198,6 +205,16 @@ def authenticate(store: Store, raw: str, cache: ApiKeyCache | None = None) -> Ap
     return stored
 
 
+def _session_key() -> ApiKey | None:
+    """The key of a signed-in console session, when the app has a console that recognises this
+    request (``SESSION_AUTHENTICATOR``: it answers for console pages only, never for the API)."""
+    authenticator = current_app.extensions.get(SESSION_AUTHENTICATOR)
+    if authenticator is None:
+        return None
+    key: ApiKey | None = authenticator()
+    return key
+
+
 def _check_request() -> None:
     """Deny by default: the endpoint must have declared a scope, and the key must grant it."""
     if request.endpoint is None:  # no route matched: let routing answer 404 / 405
@@ -211,13 +228,16 @@ def _check_request() -> None:
         raise ApiError(403, "this route declares no scope and is closed")
     raw = _presented_key()
     if raw is None:
-        raise _unauthorized("an API key is required (Authorization: Bearer, or X-API-Key)")
-    from fhir_alliance_service.app import current_service
+        key = _session_key()
+        if key is None:
+            raise _unauthorized("an API key is required (Authorization: Bearer, or X-API-Key)")
+    else:
+        from fhir_alliance_service.app import current_service
 
-    service = current_service()
-    key = authenticate(service.store, raw, service.api_keys)
-    if key is None:
-        raise _unauthorized("the API key is not valid")
+        service = current_service()
+        key = authenticate(service.store, raw, service.api_keys)
+        if key is None:
+            raise _unauthorized("the API key is not valid")
     if not grants(key.scopes, scope):
         raise ApiError(403, f"this route needs the {scope!r} scope")
     g.api_key = key

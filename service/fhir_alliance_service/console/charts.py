@@ -1,0 +1,144 @@
+"""Charts of the console as SVG, drawn on the server with matplotlib (no pyplot, no JavaScript).
+
+Every series differs by marker and line style as well as colour, so a chart reads in greyscale
+and in print; each page shows the same numbers in a table beside the chart. The SVG is deterministic
+(fixed ids, no date in its metadata) and is embedded as an image (``data:`` URL), so the page needs
+no script and the browser runs none inside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Final
+
+import matplotlib
+import matplotlib.dates as mdates
+from matplotlib.figure import Figure
+
+__all__ = ["Event", "Panel", "Series", "data_url", "time_chart"]
+
+#: Okabe-Ito colours (safe for the common colour-vision deficiencies), then black.
+_COLOURS: Final = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+_MARKERS: Final = ("o", "s", "^", "D", "v", "P", "X")
+_LINES: Final = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)), (0, (8, 2)))
+_EVENT_STYLE: Final = {
+    "rupture": ("--", "#B00020", "rupture"),
+    "repair": (":", "#1B5E20", "repair"),
+}
+_RC: Final = {
+    "svg.hashsalt": "fhir-alliance-console",  # stable element ids: the same data, the same SVG
+    "svg.fonttype": "none",  # text stays text: smaller, selectable, printed sharp
+    "font.size": 9,
+    "axes.titlesize": 10,
+}
+
+Moment = datetime | date
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One line: ``hollow`` draws open markers (the console's sign for automated measures)."""
+
+    label: str
+    points: Sequence[tuple[Moment, float]]
+    hollow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Panel:
+    """One set of axes. ``cutoff`` draws a labelled horizontal line; ``notes`` write a short text
+    (e.g. "▲ improved") beside a point."""
+
+    title: str
+    series: Sequence[Series]
+    y_label: str = ""
+    y_range: tuple[float, float] | None = None
+    cutoff: float | None = None
+    cutoff_label: str = ""
+    notes: Sequence[tuple[Moment, float, str]] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A moment marked on every panel by a vertical line: ``kind`` is ``rupture`` or ``repair``."""
+
+    at: Moment
+    kind: str
+
+
+def time_chart(panels: Sequence[Panel], events: Sequence[Event] = (), *, width: float = 9.0) -> str:
+    """Panels side by side over time, as an SVG document (text)."""
+    with matplotlib.rc_context(_RC):
+        figure = Figure(figsize=(width, 3.2), layout="constrained")
+        axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
+        for axes, panel in zip(axes_list, panels, strict=True):
+            _draw_panel(axes, panel, events)
+        buffer = io.StringIO()
+        figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    return buffer.getvalue()
+
+
+def _draw_panel(axes: matplotlib.axes.Axes, panel: Panel, events: Sequence[Event]) -> None:
+    axes.set_title(panel.title)
+    if panel.y_label:
+        axes.set_ylabel(panel.y_label)
+    if panel.y_range is not None:
+        axes.set_ylim(*panel.y_range)
+    for index, series in enumerate(panel.series):
+        if not series.points:
+            continue
+        colour = _COLOURS[index % len(_COLOURS)]
+        xs = [x for x, _ in series.points]
+        ys = [y for _, y in series.points]
+        axes.plot(
+            xs,
+            ys,
+            label=series.label,
+            color=colour,
+            linestyle=_LINES[index % len(_LINES)],
+            marker=_MARKERS[index % len(_MARKERS)],
+            markerfacecolor="white" if series.hollow else colour,
+            markersize=6,
+            linewidth=1.5,
+        )
+    if panel.cutoff is not None:
+        axes.axhline(panel.cutoff, color="#444444", linestyle=(0, (4, 2)), linewidth=1)
+        axes.annotate(
+            panel.cutoff_label or f"cutoff {panel.cutoff:g}",
+            xy=(0.01, panel.cutoff),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 3),
+            textcoords="offset points",
+            fontsize=8,
+            color="#222222",
+        )
+    for x, y, text in panel.notes:
+        axes.annotate(
+            text, xy=(x, y), xytext=(4, 6), textcoords="offset points", fontsize=8, color="#222222"
+        )
+    shown: set[str] = set()
+    for event in events:
+        style, colour, label = _EVENT_STYLE.get(event.kind, ("-.", "#555555", event.kind))
+        axes.axvline(
+            event.at,
+            color=colour,
+            linestyle=style,
+            linewidth=1.2,
+            label=label if label not in shown else None,
+        )
+        shown.add(label)
+    locator = mdates.AutoDateLocator(minticks=2, maxticks=6)
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    axes.grid(True, color="#dddddd", linewidth=0.6)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7, loc="best", framealpha=0.9)
+
+
+def data_url(svg: str) -> str:
+    """The SVG as a ``data:`` URL for an ``<img>`` (the CSP allows ``img-src data:``)."""
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")

@@ -1,0 +1,518 @@
+"""What each console page shows, read from the store: plain functions, testable without Flask.
+
+Scores come from the library (``fhir_alliance.instruments.score`` and ``ors_reliable_change``);
+nothing here re-computes them. Patients are addressed by an opaque id (:func:`patient_token`, a
+UUIDv5 of the patient key), so no URL carries a patient reference or identifier.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Final
+
+from fhir_alliance.errors import FhirAllianceError
+from fhir_alliance.instruments import (
+    DEFAULT_RULES,
+    Flag,
+    InstrumentCode,
+    ReliableChange,
+    ors_reliable_change,
+    score,
+)
+from fhir_alliance.mapping.registry import mapper_for_kind
+from fhir_alliance.model.consent import ConsentKind, ConsentRecord, ConsentStatus, Decision
+from fhir_alliance.model.observations import (
+    DimensionRating,
+    InstrumentAdministration,
+    RaterRole,
+    RepairEvent,
+    RuptureEvent,
+)
+from fhir_alliance_service.config import Settings
+from fhir_alliance_service.store.interface import (
+    AuditEntry,
+    Store,
+    StoredRecord,
+    SyncState,
+    SyncStatus,
+)
+from fhir_alliance_service.sync.target import (
+    META_FHIR_BASE_URL,
+    META_FHIR_VERSION,
+    META_LAST_CONTACT,
+)
+from fhir_alliance_service.usecases.decisions import decide_for_patient
+
+__all__ = [
+    "SHOWN_STATES",
+    "find_patient",
+    "overview_page",
+    "patient_page",
+    "patient_token",
+    "record_page",
+]
+
+#: The states the overview counts, in the order a record moves through them.
+SHOWN_STATES: Final = (
+    SyncState.QUEUED,
+    SyncState.HELD,
+    SyncState.SENT,
+    SyncState.FAILED,
+    SyncState.DEAD_LETTERED,
+)
+#: Store meta entry: counts by state per day (JSON), written when the overview is shown.
+META_DAILY_COUNTS: Final = "console.daily_counts"
+TREND_DAYS: Final = 14
+#: How many held items the overview reads to group them (the counts above are exact).
+HELD_SCAN_LIMIT: Final = 5_000
+LISTED_PROBLEMS: Final = 50
+_PAGE: Final = 500
+_PATIENT_NAMESPACE: Final = uuid.uuid5(
+    uuid.NAMESPACE_URL, "https://fhir-alliance.org/console/patient"
+)
+
+
+def patient_token(patient: str) -> str:
+    """The opaque id of a patient key in console URLs."""
+    return str(uuid.uuid5(_PATIENT_NAMESPACE, patient))
+
+
+def find_patient(store: Store, token: str) -> str | None:
+    """The patient key whose opaque id is ``token`` (a scan of the store's patients)."""
+    for patient in store.patients():
+        if patient_token(patient) == token:
+            return patient
+    return None
+
+
+# -- overview ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HeldGroup:
+    reason: str
+    count: int
+    examples: tuple[str, ...]  # record ids
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A failed or dead-lettered record: the server's message and when it is tried again."""
+
+    status: SyncStatus
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class PatientLink:
+    token: str
+    patient: str
+
+
+@dataclass(frozen=True, slots=True)
+class OverviewPage:
+    counts: dict[SyncState, int]
+    trend: list[tuple[date, dict[SyncState, int]]]
+    held: list[HeldGroup]
+    held_scanned_all: bool
+    failed: list[Problem]
+    dead_lettered: list[Problem]
+    last_contact: datetime | None
+    fhir_version: str | None
+    fhir_base_url: str | None
+    patients: list[PatientLink]
+
+
+def outcome_message(outcome: Mapping[str, Any] | None) -> str:
+    """The server's words from an OperationOutcome: each issue's text, diagnostics and place."""
+    if not outcome:
+        return "no message"
+    parts: list[str] = []
+    for issue in outcome.get("issue") or []:
+        if not isinstance(issue, Mapping):
+            continue
+        details = issue.get("details")
+        text = details.get("text") if isinstance(details, Mapping) else None
+        words = text or issue.get("diagnostics") or issue.get("code") or "no message"
+        where = ", ".join(str(e) for e in issue.get("expression") or [])
+        parts.append(f"{words}{f' (at {where})' if where else ''}")
+    return "; ".join(parts) or "no message"
+
+
+def _daily_trend(
+    store: Store, counts: Mapping[SyncState, int], today: date
+) -> list[tuple[date, dict[SyncState, int]]]:
+    """Today's counts saved beside those of earlier days (kept for ``TREND_DAYS``)."""
+    try:
+        saved = json.loads(store.get_meta(META_DAILY_COUNTS) or "{}")
+    except ValueError:
+        saved = {}
+    if not isinstance(saved, dict):
+        saved = {}
+    saved[today.isoformat()] = {state.value: counts.get(state, 0) for state in SHOWN_STATES}
+    oldest = today - timedelta(days=TREND_DAYS - 1)
+    kept = {day: value for day, value in saved.items() if _day(day) and _day(day) >= oldest}
+    store.set_meta(META_DAILY_COUNTS, json.dumps(kept, sort_keys=True))
+    trend: list[tuple[date, dict[SyncState, int]]] = []
+    for day_text in sorted(kept):
+        values = kept[day_text]
+        trend.append(
+            (
+                date.fromisoformat(day_text),
+                {s: int(values.get(s.value, 0)) for s in SHOWN_STATES if isinstance(values, dict)},
+            )
+        )
+    return trend
+
+
+def _day(text: Any) -> date | None:
+    try:
+        return date.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def overview_page(store: Store, settings: Settings, *, now: datetime) -> OverviewPage:
+    counts = store.counts_by_state()
+    trend = _daily_trend(store, counts, now.astimezone(UTC).date())
+    # SyncStatus carries no item id to page on: one bounded read; the page says when it is partial.
+    held = store.list_by_state(SyncState.HELD, limit=HELD_SCAN_LIMIT)
+    complete = len(held) < HELD_SCAN_LIMIT
+    reasons = Counter(s.held_reason or "no reason recorded" for s in held)
+    groups = [
+        HeldGroup(
+            reason=reason,
+            count=count,
+            examples=tuple(
+                s.record_id for s in held if (s.held_reason or "no reason recorded") == reason
+            )[:10],
+        )
+        for reason, count in reasons.most_common()
+    ]
+    failed = store.list_by_state(SyncState.FAILED, limit=LISTED_PROBLEMS)
+    dead = store.list_by_state(SyncState.DEAD_LETTERED, limit=LISTED_PROBLEMS)
+    last_contact = store.get_meta(META_LAST_CONTACT)
+    return OverviewPage(
+        counts={state: counts.get(state, 0) for state in SHOWN_STATES},
+        trend=trend,
+        held=groups,
+        held_scanned_all=complete,
+        failed=[Problem(s, outcome_message(s.last_outcome)) for s in failed],
+        dead_lettered=[Problem(s, outcome_message(s.last_outcome)) for s in dead],
+        last_contact=datetime.fromisoformat(last_contact) if last_contact else None,
+        fhir_version=store.get_meta(META_FHIR_VERSION),
+        fhir_base_url=store.get_meta(META_FHIR_BASE_URL) or settings.fhir_base_url,
+        patients=[PatientLink(patient_token(p), p) for p in store.patients()],
+    )
+
+
+# -- patient ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScorePoint:
+    """One administration's total (and subscales) as the library scored it."""
+
+    record_id: str
+    at: datetime
+    instrument: InstrumentCode
+    total: Decimal | None
+    subscales: dict[str, Decimal | None]
+    below_cutoff: bool
+    cutoff: Decimal | None
+    change: ReliableChange | None = None  # ORS: against the previous computable total
+    prorated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RatingPoint:
+    """A single-dimension rating; ``automated`` names the tool when a machine rated it."""
+
+    record_id: str
+    at: datetime
+    dimension: str
+    value: Decimal
+    scale: str
+    rater: str
+    automated: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AllianceEvent:
+    record_id: str
+    at: datetime
+    kind: str  # rupture | repair
+    detail: str
+    rater: str
+    automated: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEvent:
+    at: datetime
+    record_id: str
+    consent: str  # what the consent is, in words
+    event: str  # given, restricted, declined intervention, revoked, …
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionNow:
+    recipient: str
+    purpose: str
+    outcome: str
+    explanation: str
+
+
+@dataclass(frozen=True, slots=True)
+class PatientPage:
+    patient: str
+    token: str
+    scores: dict[InstrumentCode, list[ScorePoint]]
+    ratings: list[RatingPoint]
+    events: list[AllianceEvent]
+    consents: list[ConsentEvent]
+    decisions: list[DecisionNow]
+    unreadable: list[str] = field(default_factory=list)
+    srs_cutoff: Decimal = DEFAULT_RULES.srs_cutoff
+    ors_cutoff: Decimal = DEFAULT_RULES.ors_clinical_cutoff
+    ors_reliable_change: Decimal = DEFAULT_RULES.ors_reliable_change
+
+
+def _records(store: Store, patient: str) -> Iterator[StoredRecord]:
+    after: str | None = None
+    while True:
+        page = store.list_records(patient=patient, limit=_PAGE, after=after)
+        yield from page
+        if len(page) < _PAGE:
+            return
+        after = page[-1].record_id
+
+
+def rater_words(role: RaterRole, automated: Any = None) -> str:
+    if automated is not None:
+        return f"automated ({automated.tool} {automated.version})"
+    return role.value
+
+
+def _automated(record: Any) -> str | None:
+    tool = record.rater.automated
+    if tool is None:
+        return None
+    reviewed = ", reviewed by a clinician" if tool.clinician_reviewed else ""
+    return f"{tool.tool} {tool.version}{reviewed}"
+
+
+def consent_words(record: ConsentRecord) -> str:
+    """What a consent is about, in words a receptionist uses."""
+    if record.kind is ConsentKind.TREATMENT:
+        what = record.intervention.display if record.intervention else None
+        return f"intervention{f' ({what})' if what else ''}"
+    return {
+        ConsentKind.SHARING: "sharing of alliance measures",
+        ConsentKind.RECORDING: "session recording and AI notes",
+        ConsentKind.RESTRICTION: "restriction",
+    }[record.kind]
+
+
+def _consent_event(record: ConsentRecord, status: ConsentStatus) -> str:
+    if status is ConsentStatus.REVOKED:
+        return "revoked"
+    if status is ConsentStatus.EXPIRED:
+        return "expired"
+    if status is ConsentStatus.ENTERED_IN_ERROR:
+        return "entered in error"
+    if status is ConsentStatus.DRAFT:
+        return "drafted"
+    if record.kind is ConsentKind.RESTRICTION:
+        return "restricted"
+    if record.kind is ConsentKind.TREATMENT:
+        return "declined intervention" if record.decision is Decision.DENY else "accepted"
+    return "given" if record.decision is Decision.PERMIT else "declined"
+
+
+def _consent_events(row: StoredRecord, record: ConsentRecord) -> list[ConsentEvent]:
+    what = consent_words(record)
+    changes = record.history or ()
+    if not changes:
+        return [
+            ConsentEvent(record.date, row.record_id, what, _consent_event(record, record.status))
+        ]
+    return [
+        ConsentEvent(c.at, row.record_id, what, _consent_event(record, c.status)) for c in changes
+    ]
+
+
+def patient_page(store: Store, settings: Settings, patient: str, *, now: datetime) -> PatientPage:
+    scores: dict[InstrumentCode, list[ScorePoint]] = {code: [] for code in InstrumentCode}
+    ratings: list[RatingPoint] = []
+    events: list[AllianceEvent] = []
+    consents: list[ConsentEvent] = []
+    unreadable: list[str] = []
+    for row in _records(store, patient):
+        try:
+            record = mapper_for_kind(row.kind).load(row.body)
+        except FhirAllianceError:
+            unreadable.append(row.record_id)
+            continue
+        if isinstance(record, InstrumentAdministration):
+            computed = score(record)
+            total = computed[0]
+            scores[record.instrument].append(
+                ScorePoint(
+                    record_id=row.record_id,
+                    at=record.effective,
+                    instrument=record.instrument,
+                    total=total.value,
+                    subscales={s.key: s.value for s in computed[1:]},
+                    below_cutoff=total.flag is Flag.BELOW_CUTOFF,
+                    cutoff=total.cutoff,
+                    prorated=total.prorated,
+                )
+            )
+        elif isinstance(record, DimensionRating):
+            ratings.append(
+                RatingPoint(
+                    record_id=row.record_id,
+                    at=record.effective,
+                    dimension=record.dimension.value,
+                    value=record.value,
+                    scale=record.scale.value,
+                    rater=record.rater.role.value,
+                    automated=_automated(record),
+                )
+            )
+        elif isinstance(record, RuptureEvent):
+            events.append(
+                AllianceEvent(
+                    row.record_id,
+                    record.effective,
+                    "rupture",
+                    f"{record.rupture_type.value}, tension {record.tension}",
+                    record.rater.role.value,
+                    _automated(record),
+                )
+            )
+        elif isinstance(record, RepairEvent):
+            strategies = ", ".join(s.value for s in record.strategies) or "no strategy named"
+            events.append(
+                AllianceEvent(
+                    row.record_id,
+                    record.effective,
+                    "repair",
+                    strategies,
+                    record.rater.role.value,
+                    _automated(record),
+                )
+            )
+        elif isinstance(record, ConsentRecord):
+            consents += _consent_events(row, record)
+    for points in scores.values():
+        points.sort(key=lambda p: p.at)
+    ors = scores[InstrumentCode.ORS]
+    previous: Decimal | None = None
+    for index, point in enumerate(ors):
+        if point.total is None:
+            continue
+        if previous is not None:
+            change = ors_reliable_change(previous, point.total)
+            ors[index] = ScorePoint(**{**_fields(point), "change": change})
+        previous = point.total
+    ratings.sort(key=lambda r: r.at)
+    events.sort(key=lambda e: e.at)
+    consents.sort(key=lambda c: c.at)
+    decisions = []
+    for recipient in settings.recipients:
+        decided = decide_for_patient(store, patient, recipient, settings.purpose, at=now)
+        decisions.append(
+            DecisionNow(
+                recipient=recipient,
+                purpose=settings.purpose,
+                outcome=decided.decision.outcome.value,
+                explanation=decided.explanation,
+            )
+        )
+    return PatientPage(
+        patient=patient,
+        token=patient_token(patient),
+        scores=scores,
+        ratings=ratings,
+        events=events,
+        consents=consents,
+        decisions=decisions,
+        unreadable=unreadable,
+    )
+
+
+def _fields(point: ScorePoint) -> dict[str, Any]:
+    return {name: getattr(point, name) for name in ScorePoint.__slots__}
+
+
+# -- record -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPage:
+    record: StoredRecord
+    sync: SyncStatus | None
+    sync_message: str | None
+    versions: list[StoredRecord]
+    history: list[AuditEntry]
+    fhir_version: str
+    resources: list[str]  # pretty-printed JSON, one per resource
+    mapping_error: str | None
+    patient_token: str
+
+
+def _audit(store: Store, record_id: str) -> list[AuditEntry]:
+    entries: list[AuditEntry] = []
+    after: int | None = None
+    while True:
+        page = store.list_audit(record_id=record_id, limit=_PAGE, after=after)
+        entries += page
+        if len(page) < _PAGE or page[-1].id is None:
+            return entries
+        after = page[-1].id
+
+
+def record_page(store: Store, record_id: str) -> RecordPage | None:
+    record = store.get_record(record_id)
+    if record is None:
+        return None
+    sync = store.sync_status(record_id)
+    versions = [
+        found
+        for version in range(1, record.version + 1)
+        if (found := store.get_record(record_id, version=version)) is not None
+    ]
+    fhir_version = store.get_meta(META_FHIR_VERSION) or "4.0.1"
+    resources: list[str] = []
+    mapping_error = None
+    try:
+        mapper = mapper_for_kind(record.kind)
+        resources = [
+            json.dumps(r, indent=2, ensure_ascii=False)
+            for r in mapper.to_fhir(mapper.load(record.body), version=fhir_version)
+        ]
+    except FhirAllianceError as exc:
+        mapping_error = f"the stored record cannot be mapped ({type(exc).__name__})"
+    return RecordPage(
+        record=record,
+        sync=sync,
+        sync_message=outcome_message(sync.last_outcome) if sync and sync.last_outcome else None,
+        versions=versions,
+        history=_audit(store, record_id),
+        fhir_version=fhir_version,
+        resources=resources,
+        mapping_error=mapping_error,
+        patient_token=patient_token(record.patient),
+    )
+
+
+def pretty_json(value: Mapping[str, Any] | Sequence[Any]) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)

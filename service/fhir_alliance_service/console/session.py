@@ -1,0 +1,189 @@
+"""Console sign-in: an API key with the ``read`` scope becomes a signed session cookie.
+
+The cookie holds the key's public id, a CSRF token and the time of sign-in, signed with
+itsdangerous (Flask's own signer) under a random key kept in the store (``set_meta``), so that
+every ``serve`` process and every machine sharing the database accepts it. It never holds the key's
+secret. Each request looks the key up again: a revoked key ends its sessions at once (within the
+API-key cache time). Sessions end after :data:`SESSION_SECONDS`.
+
+Cookies are ``HttpOnly``, ``SameSite=Strict``, ``Path=/console`` and ``Secure`` when the request
+came over TLS. Forms carry a CSRF token (:func:`csrf_token`), compared in constant time. The sign-in
+form, which has no session yet, is protected by a double-submit token in a cookie of its own.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any, Final
+
+from flask import Response, g, request
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from fhir_alliance_service.auth import authenticate, grants
+from fhir_alliance_service.errors import ApiError
+from fhir_alliance_service.store.interface import ApiKey, Store
+
+__all__ = [
+    "COOKIE_PATH",
+    "SESSION_COOKIE",
+    "SESSION_SECONDS",
+    "SIGN_IN_COOKIE",
+    "ConsoleSession",
+    "check_csrf",
+    "csrf_token",
+    "current_session",
+    "end_session",
+    "session_api_key",
+    "sign_in",
+    "sign_in_token",
+]
+
+SESSION_COOKIE: Final = "fa_console"
+SIGN_IN_COOKIE: Final = "fa_console_sign_in"
+COOKIE_PATH: Final = "/console"
+#: A session lasts a working day; then the key is asked for again.
+SESSION_SECONDS: Final = 8 * 3600
+SIGN_IN_SECONDS: Final = 3600
+#: The store's meta entry holding the signing key (created on first use).
+META_SIGNING_KEY: Final = "console.signing_key"
+_SALT_SESSION: Final = "fhir-alliance console session"
+_SALT_SIGN_IN: Final = "fhir-alliance console sign-in"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A signed-in browser: the stored API key it signed in with and its CSRF token."""
+
+    key: ApiKey
+    csrf: str
+
+    def may(self, scope: str) -> bool:
+        return grants(self.key.scopes, scope)
+
+
+def _store() -> Store:
+    from fhir_alliance_service.app import current_service
+
+    return current_service().store
+
+
+def _signing_key(store: Store) -> str:
+    """The signing key, created once per database. Two processes creating it at the same moment:
+    the last write wins, and the sessions signed under the other key just ask to sign in again."""
+    key = store.get_meta(META_SIGNING_KEY)
+    if key is None:
+        store.set_meta(META_SIGNING_KEY, secrets.token_urlsafe(48))
+        key = store.get_meta(META_SIGNING_KEY)
+    assert key is not None
+    return key
+
+
+def _serializer(salt: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(_signing_key(_store()), salt=salt)
+
+
+def _set_cookie(response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=COOKIE_PATH,
+        secure=request.is_secure,
+        httponly=True,
+        samesite="Strict",
+    )
+
+
+def _load(cookie: str, salt: str, max_age: int) -> Any:
+    try:
+        return _serializer(salt).loads(cookie, max_age=max_age)
+    except BadSignature:  # also SignatureExpired
+        return None
+
+
+def session_api_key() -> ApiKey | None:
+    """The API key of the console session this request carries, or None. Answers only for the
+    console's own routes: the API never accepts a cookie (``auth.SESSION_AUTHENTICATOR``)."""
+    if request.blueprint != "console":
+        return None
+    session = current_session()
+    return session.key if session is not None else None
+
+
+def current_session() -> ConsoleSession | None:
+    """The valid session of this request (looked up once per request), else None."""
+    if "console_session" in g:
+        found: ConsoleSession | None = g.console_session
+        return found
+    g.console_session = _read_session()
+    return g.console_session
+
+
+def _read_session() -> ConsoleSession | None:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    payload = _load(cookie, _SALT_SESSION, SESSION_SECONDS)
+    if not isinstance(payload, dict):
+        return None
+    key_id, csrf = payload.get("key"), payload.get("csrf")
+    if not isinstance(key_id, str) or not isinstance(csrf, str):
+        return None
+    from fhir_alliance_service.app import current_service
+
+    service = current_service()
+    stored = service.api_keys.find(service.store, key_id)
+    if stored is None or stored.revoked_at is not None or not grants(stored.scopes, "read"):
+        return None
+    return ConsoleSession(key=stored, csrf=csrf)
+
+
+def sign_in_token(response: Response) -> str:
+    """A fresh token for the sign-in form, also set as a cookie (double submit)."""
+    token = secrets.token_urlsafe(24)
+    _set_cookie(response, SIGN_IN_COOKIE, _serializer(_SALT_SIGN_IN).dumps(token), SIGN_IN_SECONDS)
+    return token
+
+
+def sign_in(raw_key: str, form_token: str, response: Response) -> ApiKey:
+    """Check the sign-in form and the key; on success set the session cookie on ``response``.
+    Raises :class:`ApiError` 403 (stale form) or 401 (a key that is not valid or lacks ``read``);
+    the messages never say which part of the key was wrong."""
+    cookie_token = _load(request.cookies.get(SIGN_IN_COOKIE, ""), _SALT_SIGN_IN, SIGN_IN_SECONDS)
+    if not isinstance(cookie_token, str) or not hmac.compare_digest(cookie_token, form_token):
+        raise ApiError(403, "the sign-in form has expired; please try again")
+    from fhir_alliance_service.app import current_service
+
+    service = current_service()
+    key = authenticate(service.store, raw_key.strip(), service.api_keys)
+    if key is None or not grants(key.scopes, "read"):
+        raise ApiError(401, "this key cannot sign in (it needs the read scope)")
+    payload = {"key": key.key_id, "csrf": secrets.token_urlsafe(24)}
+    _set_cookie(
+        response,
+        SESSION_COOKIE,
+        _serializer(_SALT_SESSION).dumps(payload),
+        SESSION_SECONDS,
+    )
+    response.delete_cookie(SIGN_IN_COOKIE, path=COOKIE_PATH)
+    return key
+
+
+def end_session(response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="Strict")
+
+
+def csrf_token() -> str:
+    """The CSRF token for forms of the signed-in session ('' when there is none)."""
+    session = current_session()
+    return session.csrf if session is not None else ""
+
+
+def check_csrf() -> None:
+    """Refuse a POST whose form token does not match the session's (403)."""
+    session = current_session()
+    sent = request.form.get("csrf_token", "")
+    if session is None or not sent or not hmac.compare_digest(sent, session.csrf):
+        raise ApiError(403, "the form's security token is missing or stale; reload the page")

@@ -1,0 +1,356 @@
+"""The console's routes under ``/console/``: sign-in, sync overview, patient view, record view and
+the admin-only replay.
+
+Every page but the sign-in form needs a session with ``read`` (``auth.require_scope``; the app's
+deny-by-default check runs first); replay needs ``admin`` and a CSRF token. Every answer carries a
+Content-Security-Policy without scripts and ``Cache-Control: no-store`` (pages show PHI).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from flask import (
+    Blueprint,
+    Response,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+    url_for,
+)
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from fhir_alliance.instruments import InstrumentCode, ReliableChange
+from fhir_alliance_service.auth import public, require_scope
+from fhir_alliance_service.console import charts
+from fhir_alliance_service.console.pages import (
+    SHOWN_STATES,
+    PatientPage,
+    find_patient,
+    overview_page,
+    patient_page,
+    pretty_json,
+    record_page,
+)
+from fhir_alliance_service.console.session import (
+    check_csrf,
+    csrf_token,
+    current_session,
+    end_session,
+    sign_in,
+    sign_in_token,
+)
+from fhir_alliance_service.errors import ApiError
+from fhir_alliance_service.usecases.status import NotDeadLettered, RecordNotFound, replay_record
+
+__all__ = ["CONTENT_SECURITY_POLICY", "blueprint"]
+
+HERE = Path(__file__).resolve().parent
+blueprint = Blueprint("console", __name__, url_prefix="/console", template_folder="templates")
+
+#: No script at all; styles and images from the service itself (charts as ``data:`` images).
+CONTENT_SECURITY_POLICY: Final = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+_RECORD_ID_PATTERN: Final = "<uuid:record_id>"
+_STATE_WORDS: Final = {
+    "queued": "waiting to be sent",
+    "held": "held back (consent)",
+    "sent": "sent to the EHR",
+    "failed": "failed, will be retried",
+    "dead-lettered": "failed for good (needs a fix and a replay)",
+    "superseded": "replaced by a newer version before it was sent",
+}
+_CHANGE_WORDS: Final = {
+    ReliableChange.IMPROVED: "▲ reliably better",
+    ReliableChange.DETERIORATED: "▼ reliably worse",
+    ReliableChange.NO_RELIABLE_CHANGE: "no reliable change",
+}
+
+
+def _store() -> Any:
+    from fhir_alliance_service.app import current_service
+
+    return current_service().store
+
+
+def _settings() -> Any:
+    from fhir_alliance_service.app import current_service
+
+    return current_service().settings
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@blueprint.after_request
+def _security_headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+@blueprint.context_processor
+def _template_globals() -> dict[str, Any]:
+    session = current_session()
+    return {
+        "csrf_token": csrf_token,
+        "signed_in": session is not None,
+        "may_replay": session is not None and session.may("admin"),
+        "key_name": session.key.name if session is not None else None,
+        "state_words": _STATE_WORDS,
+    }
+
+
+@blueprint.errorhandler(ApiError)
+def _console_error(error: ApiError) -> BaseResponse:
+    if error.status == 401:
+        return redirect(url_for("console.sign_in_form"))
+    return _error_page(error.status, error.message)
+
+
+@blueprint.errorhandler(HTTPException)
+def _console_http_error(error: HTTPException) -> BaseResponse:
+    return _error_page(error.code or 500, error.description or error.name)
+
+
+def _error_page(status: int, message: str) -> Response:
+    return make_response(
+        render_template("console/error.html", status=status, message=message), status
+    )
+
+
+@blueprint.get("/static/<path:filename>")
+@public
+def asset(filename: str) -> Response:
+    """The console's stylesheet (no PHI; cacheable like any static file)."""
+    response = send_from_directory(HERE / "static", filename)
+    return response
+
+
+@blueprint.get("/sign-in")
+@public
+def sign_in_form() -> Response:
+    response = make_response()
+    token = sign_in_token(response)
+    response.set_data(render_template("console/sign_in.html", sign_in_token=token, failed=None))
+    return response
+
+
+@blueprint.post("/sign-in")
+@public
+def sign_in_submit() -> BaseResponse:
+    response = redirect(url_for("console.overview"), code=303)
+    try:
+        sign_in(request.form.get("api_key", ""), request.form.get("sign_in_token", ""), response)
+    except ApiError as error:
+        page = make_response()
+        token = sign_in_token(page)
+        page.set_data(
+            render_template("console/sign_in.html", sign_in_token=token, failed=error.message)
+        )
+        page.status_code = error.status
+        return page
+    return response
+
+
+@blueprint.post("/sign-out")
+@require_scope("read")
+def sign_out() -> BaseResponse:
+    check_csrf()
+    response = redirect(url_for("console.sign_in_form"), code=303)
+    end_session(response)
+    return response
+
+
+@blueprint.get("/")
+@require_scope("read")
+def overview() -> str:
+    page = overview_page(_store(), _settings(), now=_now())
+    trend_chart = None
+    if page.trend:
+        trend_chart = charts.data_url(
+            charts.time_chart(
+                [
+                    charts.Panel(
+                        title="Records by state, per day",
+                        series=[
+                            charts.Series(
+                                state.value,
+                                [(day, counts.get(state, 0)) for day, counts in page.trend],
+                            )
+                            for state in SHOWN_STATES
+                        ],
+                        y_label="records",
+                    )
+                ]
+            )
+        )
+    return render_template(
+        "console/overview.html", page=page, states=SHOWN_STATES, trend_chart=trend_chart
+    )
+
+
+def _score_panels(page: PatientPage) -> dict[str, str]:
+    """The patient's charts as data URLs: SRS, ORS, WAI-SR (client and therapist), ratings."""
+    events = [charts.Event(e.at, e.kind) for e in page.events]
+    drawn: dict[str, str] = {}
+    srs = page.scores[InstrumentCode.SRS]
+    if srs:
+        drawn["srs"] = charts.data_url(
+            charts.time_chart(
+                [
+                    charts.Panel(
+                        "SRS total per session",
+                        [
+                            charts.Series(
+                                "SRS total",
+                                [(p.at, float(p.total)) for p in srs if p.total is not None],
+                            )
+                        ],
+                        y_label="total (0-40)",
+                        y_range=(0, 40),
+                        cutoff=float(page.srs_cutoff),
+                        cutoff_label=f"cutoff {page.srs_cutoff}: below it, talk about the alliance",
+                        notes=[
+                            (p.at, float(p.total), "below cutoff")
+                            for p in srs
+                            if p.below_cutoff and p.total is not None
+                        ],
+                    )
+                ],
+                events,
+            )
+        )
+    ors = page.scores[InstrumentCode.ORS]
+    if ors:
+        drawn["ors"] = charts.data_url(
+            charts.time_chart(
+                [
+                    charts.Panel(
+                        "ORS total per session",
+                        [
+                            charts.Series(
+                                "ORS total",
+                                [(p.at, float(p.total)) for p in ors if p.total is not None],
+                            )
+                        ],
+                        y_label="total (0-40)",
+                        y_range=(0, 40),
+                        cutoff=float(page.ors_cutoff),
+                        cutoff_label=f"clinical cutoff {page.ors_cutoff}",
+                        notes=[
+                            (p.at, float(p.total), _CHANGE_WORDS[p.change])
+                            for p in ors
+                            if p.change is not None
+                            and p.change is not ReliableChange.NO_RELIABLE_CHANGE
+                            and p.total is not None
+                        ],
+                    )
+                ],
+                events,
+            )
+        )
+    client = page.scores[InstrumentCode.WAI_SR]
+    therapist = page.scores[InstrumentCode.WAI_SR_T]
+    panels = []
+    if client:
+        keys = sorted({k for p in client for k in p.subscales})
+        series = [
+            charts.Series("total", [(p.at, float(p.total)) for p in client if p.total is not None])
+        ]
+        series += [
+            charts.Series(
+                key, [(p.at, float(v)) for p in client if (v := p.subscales.get(key)) is not None]
+            )
+            for key in keys
+        ]
+        panels.append(charts.Panel("WAI-SR, client form", series, y_label="score", y_range=(0, 60)))
+    if therapist:
+        panels.append(
+            charts.Panel(
+                "WAI-SR, therapist form",
+                [
+                    charts.Series(
+                        "total", [(p.at, float(p.total)) for p in therapist if p.total is not None]
+                    )
+                ],
+                y_label="score",
+                y_range=(0, 60),
+            )
+        )
+    if panels:
+        drawn["wai"] = charts.data_url(charts.time_chart(panels, events, width=9.0))
+    if page.ratings:
+        by_line: dict[tuple[str, bool], list[Any]] = {}
+        for rating in page.ratings:
+            by_line.setdefault((rating.dimension, rating.automated is not None), []).append(rating)
+        drawn["ratings"] = charts.data_url(
+            charts.time_chart(
+                [
+                    charts.Panel(
+                        "Single ratings (open markers: automated)",
+                        [
+                            charts.Series(
+                                f"{dimension}{' (automated)' if automated else ''}",
+                                [(r.at, float(r.value)) for r in rows],
+                                hollow=automated,
+                            )
+                            for (dimension, automated), rows in sorted(by_line.items())
+                        ],
+                        y_label="rating",
+                    )
+                ],
+                events,
+            )
+        )
+    return drawn
+
+
+@blueprint.get("/patients/<uuid:token>")
+@require_scope("read")
+def patient(token: Any) -> str:
+    store = _store()
+    key = find_patient(store, str(token))
+    if key is None:
+        raise ApiError(404, "no such patient")
+    page = patient_page(store, _settings(), key, now=_now())
+    return render_template(
+        "console/patient.html",
+        page=page,
+        charts=_score_panels(page),
+        codes=InstrumentCode,
+        change_words=_CHANGE_WORDS,
+    )
+
+
+@blueprint.get("/records/<uuid:record_id>")
+@require_scope("read")
+def record(record_id: Any) -> str:
+    page = record_page(_store(), str(record_id))
+    if page is None:
+        raise ApiError(404, "no such record")
+    return render_template("console/record.html", page=page, pretty_json=pretty_json)
+
+
+@blueprint.post("/records/<uuid:record_id>/replay")
+@require_scope("admin")
+def replay(record_id: Any) -> BaseResponse:
+    check_csrf()
+    try:
+        replay_record(_store(), str(record_id), at=_now())
+    except RecordNotFound:
+        raise ApiError(404, "no such record") from None
+    except NotDeadLettered as exc:
+        raise ApiError(409, str(exc)) from None
+    return redirect(url_for("console.record", record_id=record_id, replayed=1), code=303)

@@ -1,0 +1,246 @@
+"""The console's routes through Flask's test client: sign-in, sessions, CSRF, CSP, cache headers,
+scopes and opaque patient ids."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from fhir_alliance_service.console.pages import patient_token
+from fhir_alliance_service.console.session import SESSION_COOKIE
+from fhir_alliance_service.console.views import CONTENT_SECURITY_POLICY
+from fhir_alliance_service.store.interface import SyncState
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from tests.service.console.conftest import load_clinic
+
+PAGES = ("/console/",)
+
+
+def _sign_in_token(client: FlaskClient) -> str:
+    page = client.get("/console/sign-in")
+    found = re.search(r'name="sign_in_token" value="([^"]+)"', page.text)
+    assert found is not None
+    return found.group(1)
+
+
+def sign_in(client: FlaskClient, key: str) -> TestResponse:
+    return client.post(
+        "/console/sign-in", data={"api_key": key, "sign_in_token": _sign_in_token(client)}
+    )
+
+
+def csrf_of(client: FlaskClient) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/console/").text)
+    assert found is not None
+    return found.group(1)
+
+
+def _load_demo(client: FlaskClient, keys: dict[str, str]) -> None:
+    headers = {"Authorization": f"Bearer {keys['write']}"}
+    for name, path in (("1-consents.json", "/v1/consents"), ("2-sessions.json", "/v1/records")):
+        assert client.post(path, json=load_clinic(name), headers=headers).status_code == 201
+
+
+def _dead_letter(app: Flask) -> str:
+    """Dead-letter one claimed item the way the worker does (claim, mark_dead); its record id."""
+    store = app.extensions["fhir_alliance"].store
+    now = datetime.now(UTC)
+    item = store.claim("test-worker", limit=1, lease_seconds=60, now=now)[0]
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "details": {"text": "bad"}}],
+    }
+    assert store.mark_dead(item.item_id, "test-worker", outcome=outcome, audit=[], at=now)
+    record_id: str = item.record_id
+    return record_id
+
+
+def test_a_signed_out_browser_is_sent_to_the_sign_in_page(console_client: FlaskClient) -> None:
+    """Every console page without a session redirects to the sign-in form, never shows data."""
+    for path in ("/console/", f"/console/patients/{patient_token('Patient/x')}"):
+        answer = console_client.get(path)
+        assert answer.status_code == 302
+        assert answer.headers["Location"].endswith("/console/sign-in")
+
+
+def test_a_read_key_signs_in_with_a_strict_http_only_cookie(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """Signing in with a read key sets an HttpOnly, SameSite=Strict cookie scoped to /console that
+    never holds the key's secret; the overview then opens."""
+    answer = sign_in(console_client, console_keys["read"])
+    assert answer.status_code == 303
+    cookie = next(
+        c for c in answer.headers.getlist("Set-Cookie") if c.startswith(f"{SESSION_COOKIE}=")
+    )
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console" in cookie
+    assert "Secure" not in cookie  # plain HTTP here; behind TLS see the next test
+    secret = console_keys["read"].split("_", 2)[2]
+    assert secret not in cookie
+    assert console_client.get("/console/").status_code == 200
+
+
+def test_the_cookie_is_secure_behind_tls(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """Over HTTPS the session cookie carries Secure."""
+    page = console_client.get("/console/sign-in", base_url="https://clinic.example")
+    token = re.search(r'name="sign_in_token" value="([^"]+)"', page.text)
+    assert token is not None
+    answer = console_client.post(
+        "/console/sign-in",
+        data={"api_key": console_keys["read"], "sign_in_token": token.group(1)},
+        base_url="https://clinic.example",
+    )
+    cookie = next(
+        c for c in answer.headers.getlist("Set-Cookie") if c.startswith(f"{SESSION_COOKIE}=")
+    )
+    assert "Secure" in cookie
+
+
+def test_keys_without_read_and_wrong_keys_cannot_sign_in(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """A consult-only key, a write-only key and a made-up key are refused with 401 and no session."""
+    for key in (console_keys["consult"], console_keys["write"], "fa_0123456789ab_not-a-secret"):
+        answer = sign_in(console_client, key)
+        assert answer.status_code == 401
+        assert not any(
+            c.startswith(f"{SESSION_COOKIE}=") for c in answer.headers.getlist("Set-Cookie")
+        )
+        assert console_client.get("/console/").status_code == 302
+
+
+def test_sign_in_needs_the_form_token(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """A sign-in post without the form's token (a cross-site login) is refused."""
+    answer = console_client.post(
+        "/console/sign-in", data={"api_key": console_keys["admin"], "sign_in_token": "forged"}
+    )
+    assert answer.status_code == 403
+    assert console_client.get("/console/").status_code == 302
+
+
+def test_a_revoked_key_ends_its_session(
+    console_app: Flask, console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """Revoking the key a session signed in with signs the browser out at once."""
+    console_app.extensions["fhir_alliance"].api_keys.ttl = 0
+    sign_in(console_client, console_keys["read"])
+    assert console_client.get("/console/").status_code == 200
+    store = console_app.extensions["fhir_alliance"].store
+    store.revoke_api_key("_".join(console_keys["read"].split("_")[:2]), at=datetime.now(UTC))
+    assert console_client.get("/console/").status_code == 302
+
+
+def test_a_tampered_cookie_is_no_session(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """A session cookie whose signature does not match is ignored."""
+    sign_in(console_client, console_keys["read"])
+    cookie = console_client.get_cookie(SESSION_COOKIE, path="/console")
+    assert cookie is not None
+    console_client.set_cookie(SESSION_COOKIE, cookie.value[:-2] + "xx", path="/console")
+    assert console_client.get("/console/").status_code == 302
+
+
+def test_the_api_never_accepts_the_console_cookie(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """A browser's console session opens no /v1 route: the API wants its key in a header."""
+    sign_in(console_client, console_keys["admin"])
+    cookie = console_client.get_cookie(SESSION_COOKIE, path="/console")
+    assert cookie is not None
+    console_client.set_cookie(SESSION_COOKIE, cookie.value, path="/")
+    assert console_client.get("/v1/patients/Patient/demo-client-1/records").status_code == 401
+
+
+def test_pages_carry_a_script_free_csp_and_no_store(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """Sign-in, overview and error pages: a CSP without scripts, no-store, nosniff, no framing."""
+    answers = [console_client.get("/console/sign-in")]
+    sign_in(console_client, console_keys["read"])
+    answers += [
+        console_client.get("/console/"),
+        console_client.get("/console/records/" + "0" * 8 + "-0000-0000-0000-" + "0" * 12),
+    ]
+    for answer in answers:
+        policy = answer.headers["Content-Security-Policy"]
+        assert policy == CONTENT_SECURITY_POLICY
+        assert "script-src" not in policy and "default-src 'none'" in policy
+        assert "unsafe-inline" not in policy
+        assert answer.headers["Cache-Control"] == "no-store"
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["X-Frame-Options"] == "DENY"
+        assert "<script" not in answer.text
+
+
+def test_replay_needs_admin_and_a_csrf_token(
+    console_app: Flask, console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """A read session gets 403 on replay (and sees no button); an admin session needs the CSRF
+    token; with it the dead letter is queued again."""
+    _load_demo(console_client, console_keys)
+    store = console_app.extensions["fhir_alliance"].store
+    record_id = _dead_letter(console_app)
+    replay = f"/console/records/{record_id}/replay"
+
+    sign_in(console_client, console_keys["read"])
+    assert "Replay</button>" not in console_client.get(f"/console/records/{record_id}").text
+    answer = console_client.post(replay, data={"csrf_token": csrf_of(console_client)})
+    assert answer.status_code == 403
+    assert store.sync_status(record_id).state is SyncState.DEAD_LETTERED
+
+    sign_in(console_client, console_keys["admin"])
+    assert "Replay</button>" in console_client.get(f"/console/records/{record_id}").text
+    assert console_client.post(replay, data={}).status_code == 403
+    assert console_client.post(replay, data={"csrf_token": "forged"}).status_code == 403
+    assert store.sync_status(record_id).state is SyncState.DEAD_LETTERED
+
+    answer = console_client.post(replay, data={"csrf_token": csrf_of(console_client)})
+    assert answer.status_code == 303
+    assert store.sync_status(record_id).state is SyncState.QUEUED
+    again = console_client.post(replay, data={"csrf_token": csrf_of(console_client)})
+    assert again.status_code == 409  # nothing dead-lettered any more
+
+
+def test_sign_out_needs_the_csrf_token_and_ends_the_session(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """Sign-out is a POST with the session's token; afterwards the overview asks to sign in."""
+    sign_in(console_client, console_keys["read"])
+    assert console_client.post("/console/sign-out", data={}).status_code == 403
+    assert console_client.get("/console/").status_code == 200
+    token = csrf_of(console_client)
+    assert console_client.post("/console/sign-out", data={"csrf_token": token}).status_code == 303
+    assert console_client.get("/console/").status_code == 302
+
+
+def test_urls_carry_no_patient_reference(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """Links to patients use the opaque id; no href on any page names a patient or identifier."""
+    _load_demo(console_client, console_keys)
+    sign_in(console_client, console_keys["read"])
+    overview = console_client.get("/console/").text
+    patient_links = re.findall(r'href="(/console/patients/[^"]+)"', overview)
+    assert f"/console/patients/{patient_token('Patient/demo-client-1')}" in patient_links
+    pages = [overview, *(console_client.get(link).text for link in patient_links)]
+    for page in pages:
+        for href in re.findall(r'(?:href|action)="([^"]+)"', page):
+            assert "demo-client" not in href and "demo-clinic" not in href
+
+
+def test_unknown_patients_and_records_are_404_pages(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """An opaque id that names no one answers 404 as a page, not a 500 or JSON."""
+    sign_in(console_client, console_keys["read"])
+    answer = console_client.get(f"/console/patients/{patient_token('Patient/nobody')}")
+    assert answer.status_code == 404 and "no such patient" in answer.text
+    assert console_client.get("/console/patients/not-a-uuid").status_code == 404
