@@ -34,6 +34,7 @@ FHIR_VERSIONS = ("4.0.1", "5.0.0")
 MAPPER_MODULES = (
     "fhir_alliance.mapping.observation",
     "fhir_alliance.mapping.consent",
+    "fhir_alliance.mapping.note",
 )
 
 
