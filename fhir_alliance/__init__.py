@@ -2,7 +2,7 @@
 
 The public API is what ``__all__`` lists; everything else may change without notice. The
 subpackages have public APIs of their own: ``fhir_alliance.instruments`` (scoring),
-``fhir_alliance.mapping`` (``observation.MAPPER``, ``consent.MAPPER``), ``fhir_alliance.schemas``,
+``fhir_alliance.mapping`` (``observation.MAPPER``, ``consent.MAPPER``, ``note.MAPPER``), ``fhir_alliance.schemas``,
 ``fhir_alliance.consent`` (the decision engine), ``fhir_alliance.client`` and
 ``fhir_alliance.profiles``.
 """
@@ -53,6 +53,7 @@ from fhir_alliance.model.consent import (
     Provision,
     apply_revocation,
 )
+from fhir_alliance.model.notes import AiDrafting, NoteCategory, NoteStatus, SessionNote
 from fhir_alliance.model.observations import (
     AutomatedRater,
     DimensionRating,
@@ -67,6 +68,7 @@ from fhir_alliance.terminology import CANONICAL_BASE
 __all__ = [
     "CANONICAL_BASE",
     "ActorDirectory",
+    "AiDrafting",
     "ArtefactNotFoundError",
     "AuthError",
     "AutomatedRater",
@@ -93,6 +95,8 @@ __all__ = [
     "LimitExceededError",
     "MappingError",
     "MultipleMatchesError",
+    "NoteCategory",
+    "NoteStatus",
     "NotFoundError",
     "PreconditionFailedError",
     "ProfileViolation",
@@ -107,6 +111,7 @@ __all__ = [
     "RequestedResource",
     "RuptureEvent",
     "ServerError",
+    "SessionNote",
     "SmartBackendAuth",
     "TransientServerError",
     "TransportError",

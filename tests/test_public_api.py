@@ -19,3 +19,8 @@ def test_all_matches_public_names() -> None:
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
     assert public == set(fhir_alliance.__all__) - {"__version__"}
+
+
+def test_session_note_types_are_public() -> None:
+    """The session-note record and its enums are part of the public API (issue 13)."""
+    assert {"SessionNote", "NoteCategory", "NoteStatus", "AiDrafting"} <= set(fhir_alliance.__all__)
