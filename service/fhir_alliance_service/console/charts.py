@@ -12,14 +12,14 @@ import base64
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Final
 
 import matplotlib
 import matplotlib.dates as mdates
 from matplotlib.figure import Figure
 
-__all__ = ["Event", "Panel", "Series", "data_url", "time_chart"]
+__all__ = ["Event", "Panel", "Series", "data_url", "time_chart", "time_range"]
 
 #: Okabe-Ito colours (safe for the common colour-vision deficiencies), then black.
 _COLOURS: Final = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
@@ -70,13 +70,38 @@ class Event:
     kind: str
 
 
-def time_chart(panels: Sequence[Panel], events: Sequence[Event] = (), *, width: float = 9.0) -> str:
-    """Panels side by side over time, as an SVG document (text)."""
+def time_range(moments: Sequence[Moment]) -> tuple[datetime, datetime] | None:
+    """A time axis around ``moments``, padded by a twentieth of their span and at least a day, so
+    that one point or one day still gets a readable axis."""
+    if not moments:
+        return None
+    as_times = [m if isinstance(m, datetime) else datetime(m.year, m.month, m.day) for m in moments]
+    naive = [t.replace(tzinfo=None) for t in as_times]
+    start, end = min(naive), max(naive)
+    pad = max((end - start) / 20, timedelta(days=1))
+    return start - pad, end + pad
+
+
+def time_chart(
+    panels: Sequence[Panel],
+    events: Sequence[Event] = (),
+    *,
+    width: float = 9.0,
+    x_range: tuple[datetime, datetime] | None = None,
+) -> str:
+    """Panels side by side over time, as an SVG document (text). ``x_range`` (naive UTC) lets
+    several charts share one time axis; by default it is fitted to this chart's points."""
+    if x_range is None:
+        x_range = time_range(
+            [x for p in panels for s in p.series for x, _ in s.points] + [e.at for e in events]
+        )
     with matplotlib.rc_context(_RC):
         figure = Figure(figsize=(width, 3.2), layout="constrained")
         axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
         for axes, panel in zip(axes_list, panels, strict=True):
             _draw_panel(axes, panel, events)
+            if x_range is not None:
+                axes.set_xlim(*x_range)
         buffer = io.StringIO()
         figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     return buffer.getvalue()
@@ -111,7 +136,7 @@ def _draw_panel(axes: matplotlib.axes.Axes, panel: Panel, events: Sequence[Event
             panel.cutoff_label or f"cutoff {panel.cutoff:g}",
             xy=(0.01, panel.cutoff),
             xycoords=("axes fraction", "data"),
-            xytext=(0, 3),
+            xytext=(0, -11),
             textcoords="offset points",
             fontsize=8,
             color="#222222",

@@ -204,6 +204,10 @@ def overview() -> str:
 def _score_panels(page: PatientPage) -> dict[str, str]:
     """The patient's charts as data URLs: SRS, ORS, WAI-SR (client and therapist), ratings."""
     events = [charts.Event(e.at, e.kind) for e in page.events]
+    # One time axis for every chart of the patient, so that marks line up from chart to chart.
+    moments = [p.at for points in page.scores.values() for p in points]
+    moments += [r.at for r in page.ratings] + [e.at for e in events]
+    shared = charts.time_range(moments)
     drawn: dict[str, str] = {}
     srs = page.scores[InstrumentCode.SRS]
     if srs:
@@ -230,6 +234,7 @@ def _score_panels(page: PatientPage) -> dict[str, str]:
                     )
                 ],
                 events,
+                x_range=shared,
             )
         )
     ors = page.scores[InstrumentCode.ORS]
@@ -259,6 +264,7 @@ def _score_panels(page: PatientPage) -> dict[str, str]:
                     )
                 ],
                 events,
+                x_range=shared,
             )
         )
     client = page.scores[InstrumentCode.WAI_SR]
@@ -290,7 +296,7 @@ def _score_panels(page: PatientPage) -> dict[str, str]:
             )
         )
     if panels:
-        drawn["wai"] = charts.data_url(charts.time_chart(panels, events, width=9.0))
+        drawn["wai"] = charts.data_url(charts.time_chart(panels, events, x_range=shared))
     if page.ratings:
         by_line: dict[tuple[str, bool], list[Any]] = {}
         for rating in page.ratings:
@@ -312,6 +318,7 @@ def _score_panels(page: PatientPage) -> dict[str, str]:
                     )
                 ],
                 events,
+                x_range=shared,
             )
         )
     return drawn

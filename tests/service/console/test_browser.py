@@ -1,0 +1,248 @@
+"""The console in a real browser (Debian's Chromium, headless, through Selenium): the demo clinic
+synced to the FHIR test server, signed in with API keys; numbers on the pages checked against the
+store and the library's scoring; replay clicked; axe-core finds no serious or critical violation.
+A screenshot of each page goes to ``test-artifacts/console/``."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fhir_alliance_service.console.pages import patient_token
+from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.sync.gate import HoldReason
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
+
+from fhir_alliance.instruments import score
+from fhir_alliance.mapping.registry import mapper_for_kind
+from tests.service.console.conftest import AXE_SCRIPT, SERVER_MESSAGE, Clinic
+
+pytestmark = pytest.mark.slow
+CLIENT_1 = "Patient/demo-client-1"
+
+
+def navigates(browser: webdriver.Chrome, action: Any) -> None:
+    """Run ``action`` (a click, a submit) and wait until the browser has left the current page."""
+    page = browser.find_element(By.TAG_NAME, "html")
+    action()
+    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(page))
+
+
+def sign_in(browser: webdriver.Chrome, clinic: Clinic, scope: str) -> None:
+    browser.delete_all_cookies()
+    browser.get(clinic.url("/console/sign-in"))
+    browser.find_element(By.ID, "api_key").send_keys(clinic.keys[scope])
+    navigates(browser, browser.find_element(By.CSS_SELECTOR, "form.sign-in button").click)
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Sync overview"
+
+
+def table_rows(browser: webdriver.Chrome, table_id: str) -> list[list[str]]:
+    table = browser.find_element(By.ID, table_id)
+    return [
+        [cell.text for cell in row.find_elements(By.CSS_SELECTOR, "th, td")]
+        for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")
+    ]
+
+
+def screenshot(browser: webdriver.Chrome, artifacts: Path, name: str) -> None:
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, min(max(int(height), 800), 6000))
+    assert browser.save_screenshot(str(artifacts / f"{name}.png"))
+    browser.set_window_size(1280, 1600)
+
+
+def serious_violations(browser: webdriver.Chrome) -> list[dict[str, Any]]:
+    """axe-core run in the page (injected through the driver, as the page's CSP allows no script)."""
+    browser.execute_script(AXE_SCRIPT.read_text(encoding="utf-8"))
+    violations: list[dict[str, Any]] = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {resultTypes: ['violations']})"
+        ".then(r => done(r.violations)).catch(e => done([{id: 'axe-error', impact: 'critical',"
+        " help: String(e), nodes: []}]));"
+    )
+    return [v for v in violations if v.get("impact") in ("serious", "critical")]
+
+
+def _describe(violations: list[dict[str, Any]]) -> str:
+    return "; ".join(
+        f"{v['id']}: {v.get('help')} at {[n.get('target') for n in v.get('nodes', [])][:3]}"
+        for v in violations
+    )
+
+
+def test_overview_shows_the_stores_counts_held_reasons_and_the_dead_letter(
+    browser: webdriver.Chrome, clinic: Clinic, artifacts: Path
+) -> None:
+    """The overview's counts equal the store's, held records are grouped by the gate's words, the
+    dead letter shows the server's message, the last contact is shown, axe finds nothing serious."""
+    sign_in(browser, clinic, "admin")
+    counts = clinic.store.counts_by_state()
+    shown = {row[0]: int(row[2]) for row in table_rows(browser, "counts")}
+    assert shown == {
+        state.value: counts[state]
+        for state in (
+            SyncState.QUEUED,
+            SyncState.HELD,
+            SyncState.SENT,
+            SyncState.FAILED,
+            SyncState.DEAD_LETTERED,
+        )
+    }
+    assert shown["sent"] > 0 and shown["held"] > 0 and shown["dead-lettered"] == 1
+    held = clinic.store.list_by_state(SyncState.HELD, limit=1000)
+    expected_reasons: dict[str, int] = {}
+    for status in held:
+        expected_reasons[str(status.held_reason)] = (
+            expected_reasons.get(str(status.held_reason), 0) + 1
+        )
+    assert {row[0]: int(row[1]) for row in table_rows(browser, "held")} == expected_reasons
+    assert expected_reasons and set(expected_reasons) <= {reason.words for reason in HoldReason}
+    dead = table_rows(browser, "dead-lettered")
+    assert len(dead) == 1 and dead[0][0] == clinic.refused_record_id
+    assert SERVER_MESSAGE in dead[0][1]
+    assert browser.find_element(By.ID, "last-contact").text != "never"
+    trend = table_rows(browser, "trend")
+    assert trend and int(trend[-1][3]) == counts[SyncState.SENT]  # today's "sent" column
+    chart = browser.find_element(By.CSS_SELECTOR, "figure img")
+    assert chart.get_attribute("alt") and browser.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0", chart
+    )
+    screenshot(browser, artifacts, "overview")
+    violations = serious_violations(browser)
+    assert not violations, _describe(violations)
+
+
+def test_patient_view_shows_the_librarys_scores_events_consents_and_decision(
+    browser: webdriver.Chrome, clinic: Clinic, artifacts: Path
+) -> None:
+    """Client 1's SRS and ORS totals equal the library's scoring of the stored records; the
+    rupture and repair, the automated rating, the consent timeline and the engine's decision are
+    shown; axe finds nothing serious."""
+    sign_in(browser, clinic, "read")
+    navigates(browser, browser.find_element(By.LINK_TEXT, CLIENT_1).click)
+    assert browser.current_url.endswith(f"/console/patients/{patient_token(CLIENT_1)}")
+    assert "demo-client" not in browser.current_url
+    expected: dict[str, list[Decimal]] = {"srs": [], "ors": [], "wai-sr": []}
+    stored = sorted(
+        (
+            r
+            for r in clinic.store.list_records(patient=CLIENT_1, limit=1000)
+            if r.kind == "instrument-administration"
+        ),
+        key=lambda r: r.body["effective"],
+    )
+    for row in stored:
+        record = mapper_for_kind(row.kind).load(row.body)
+        total = score(record)[0].value
+        assert total is not None
+        expected[record.instrument.value].append(total)
+    for code in ("srs", "ors", "wai-sr"):
+        totals = [Decimal(row[1].split()[0]) for row in table_rows(browser, f"{code}-table")]
+        assert totals == expected[code], code
+    srs_rows = table_rows(browser, "srs-table")
+    below = [row for row in srs_rows if "below the cutoff" in row[2]]
+    assert len(below) == sum(1 for t in expected["srs"] if t < 36)
+    ors_changes = [row[3] for row in table_rows(browser, "ors-table")]
+    assert ors_changes[0] == "first session"
+    events = table_rows(browser, "events")
+    assert [row[1] for row in events] == ["rupture", "repair"]
+    ratings = table_rows(browser, "ratings")
+    assert any(row[3].startswith("automated: demo-alliance-analyser") for row in ratings)
+    consents = browser.find_element(By.ID, "consents").text
+    assert "given: sharing of alliance measures" in consents and "restricted" in consents
+    decision = browser.find_element(By.ID, "decision-1").text
+    assert "Organization/demo-ehr" in decision and "PERMIT" in decision.upper()
+    images = browser.find_elements(By.CSS_SELECTOR, "figure img")
+    assert len(images) == 4  # SRS, ORS, WAI-SR, ratings
+    for image in images:
+        assert image.get_attribute("alt")
+        assert browser.execute_script("return arguments[0].naturalWidth > 0", image)
+    screenshot(browser, artifacts, "patient")
+    violations = serious_violations(browser)
+    assert not violations, _describe(violations)
+
+
+def test_patient_view_of_a_declined_intervention_and_a_revocation(
+    browser: webdriver.Chrome, clinic: Clinic
+) -> None:
+    """Client 2's timeline shows the declined intervention and the engine's deny."""
+    sign_in(browser, clinic, "read")
+    browser.get(clinic.url(f"/console/patients/{patient_token('Patient/demo-client-2')}"))
+    assert "declined intervention" in browser.find_element(By.ID, "consents").text
+    assert "DENY" in browser.find_element(By.ID, "decision-1").text.upper()
+
+
+def test_record_view_shows_history_fhir_resources_and_audit(
+    browser: webdriver.Chrome, clinic: Clinic, artifacts: Path
+) -> None:
+    """A sent record's page lists its audit history and the mapped Observation as JSON."""
+    sign_in(browser, clinic, "read")
+    sent = clinic.store.list_by_state(SyncState.SENT, limit=1)[0]
+    browser.get(clinic.url(f"/console/records/{sent.record_id}"))
+    assert browser.find_element(By.ID, "sync-state").text.startswith("sent")
+    actions = [row[1] for row in table_rows(browser, "history")]
+    assert "intake" in actions and "disclose" in actions
+    resources = browser.find_elements(By.CSS_SELECTOR, "pre.json")
+    assert any(
+        '"resourceType": "Observation"' in r.text or '"resourceType": "Consent"' in r.text
+        for r in resources
+    )
+    screenshot(browser, artifacts, "record")
+    violations = serious_violations(browser)
+    assert not violations, _describe(violations)
+
+
+def test_read_key_and_signed_out_browser_cannot_replay(
+    browser: webdriver.Chrome, clinic: Clinic, artifacts: Path
+) -> None:
+    """A read session sees no replay button and a forged replay form is refused (403); a
+    signed-out browser posting the form lands on the sign-in page; the dead letter stays."""
+    record_url = clinic.url(f"/console/records/{clinic.refused_record_id}")
+    sign_in(browser, clinic, "read")
+    browser.get(record_url)
+    assert not browser.find_elements(By.XPATH, "//button[text()='Replay']")
+    assert SERVER_MESSAGE in browser.find_element(By.ID, "server-message").text
+    token = browser.find_element(By.NAME, "csrf_token").get_attribute("value")
+    _post_form(browser, f"{record_url}/replay", token)
+    assert browser.find_element(By.TAG_NAME, "h1").text.startswith("403")
+    screenshot(browser, artifacts, "replay-refused")
+
+    browser.delete_all_cookies()
+    browser.get(clinic.url("/console/sign-in"))
+    _post_form(browser, f"{record_url}/replay", token)
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Sign in"
+    status = clinic.store.sync_status(clinic.refused_record_id)
+    assert status is not None and status.state is SyncState.DEAD_LETTERED
+
+
+def test_an_admin_replays_a_dead_letter_by_clicking(
+    browser: webdriver.Chrome, clinic: Clinic, artifacts: Path
+) -> None:
+    """An admin clicks Replay on the overview: the record is queued again in the store."""
+    sign_in(browser, clinic, "admin")
+    navigates(browser, browser.find_element(By.CSS_SELECTOR, "#dead-lettered button").click)
+    assert "Queued again" in browser.find_element(By.CSS_SELECTOR, "p.notice").text
+    status = clinic.store.sync_status(clinic.refused_record_id)
+    assert status is not None and status.state is SyncState.QUEUED
+    screenshot(browser, artifacts, "replayed")
+
+
+def _post_form(browser: webdriver.Chrome, action: str, token: str | None) -> None:
+    """Submit a POST form built in the page (as a forged cross-page form would be)."""
+    navigates(
+        browser,
+        lambda: browser.execute_script(
+            "const form = document.createElement('form'); form.method = 'post';"
+            "form.action = arguments[0];"
+            "const input = document.createElement('input'); input.type = 'hidden';"
+            "input.name = 'csrf_token'; input.value = arguments[1] || ''; form.appendChild(input);"
+            "document.body.appendChild(form); form.submit();",
+            action,
+            token,
+        ),
+    )
