@@ -1,5 +1,5 @@
 # Everything a person types, installing what it needs on a fresh machine.
-#   make demo    the main job on embedded defaults (see README)
+#   make demo    the main job on embedded defaults (see README); make demo-console keeps it running
 #   make test    lint, types and the whole test suite (what CI runs)
 #   make bench   benchmarks/: each target and its verdict, merged into benchmarks/results.json
 #                (BENCH_ARGS="--strict" fails on a miss, "--quick consent" runs a subset smaller)
@@ -12,8 +12,13 @@ PY_STAMP := $(VENV)/.installed
 SERVER_DIR := tests/fhir_server
 SERVER_STAMP := $(SERVER_DIR)/node_modules/.installed
 PROFILES_STAMP := profiles/node_modules/.installed
+AXE_DIR := tests/service/console/axe
+AXE_STAMP := $(AXE_DIR)/node_modules/.installed
+# The console's browser tests use Debian's Chromium and its driver, never a downloaded browser.
+BROWSER_PACKAGES := chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all install node demo test lint typecheck pytest bench profiles clean
+.PHONY: all install node browser demo demo-console test lint typecheck pytest bench profiles clean
 
 all: test
 
@@ -33,7 +38,23 @@ $(PROFILES_STAMP): profiles/package-lock.json
 	cd profiles && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-node: $(SERVER_STAMP) $(PROFILES_STAMP)
+# axe-core, injected into the console's pages by its browser tests.
+$(AXE_STAMP): $(AXE_DIR)/package-lock.json
+	cd $(AXE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node: $(SERVER_STAMP) $(PROFILES_STAMP) $(AXE_STAMP)
+
+# Debian's Chromium and chromedriver for tests/service/console (quick when installed; the package
+# lists are refreshed only when the install fails without it).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "chromium and chromedriver are installed"; \
+	else \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -q $(BROWSER_PACKAGES) \
+	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $(BROWSER_PACKAGES); }; \
+	fi
 
 # FSH -> profiles/fsh-generated/resources (offline SUSHI; see docs/profiles.md).
 # PROFILES_ARGS=--strict fails on SUSHI warnings too; --verbose prints SUSHI's whole log.
@@ -45,6 +66,10 @@ profiles: $(PROFILES_STAMP)
 demo: install
 	$(BIN)/python examples/demo_sync.py $(DEMO_ARGS)
 
+# The same demo, then the service keeps running with the clinic console until Ctrl-C.
+demo-console: install
+	$(BIN)/python examples/demo_sync.py --console $(DEMO_ARGS)
+
 lint: $(PY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -52,7 +77,7 @@ lint: $(PY_STAMP)
 
 typecheck: lint
 
-pytest: install
+pytest: install browser
 	$(BIN)/pytest
 
 test: lint pytest
@@ -61,4 +86,4 @@ bench: install
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(SERVER_DIR)/node_modules profiles/node_modules profiles/.fhir-cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVER_DIR)/node_modules profiles/node_modules $(AXE_DIR)/node_modules test-artifacts profiles/.fhir-cache .pytest_cache .mypy_cache .ruff_cache
