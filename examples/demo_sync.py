@@ -13,8 +13,10 @@ as a clinic would run them:
 4. once the queue is drained, one client revokes the share (``/v1/consents/{id}/revoke``), the
    decision endpoint says what that means for the EHR, and the client's next session is posted:
    it is held;
-5. what was sent (with the server's URLs), what was held and why, then everything is stopped, even
-   on failure or Ctrl-C.
+5. what was sent (with the server's URLs), what was held and why;
+6. the clinic console's URL and a sign-in key for it (printed once); with ``--console``
+   (``make demo-console``) the service keeps running until Ctrl-C. Then everything is stopped,
+   even on failure or Ctrl-C.
 
 All data is synthetic. Exit status 0 when the clinic synced as expected.
 """
@@ -240,8 +242,14 @@ def report(records: Sequence[dict[str, Any]], fhir_base_url: str) -> Counter[str
     return states
 
 
-def run(fhir_base_url: str, *, observe: Callable[[Service], None] | None = None) -> int:
-    """The demo against ``fhir_base_url``; ``observe`` (tests) is shown the running service."""
+def run(
+    fhir_base_url: str,
+    *,
+    observe: Callable[[Service], None] | None = None,
+    keep_running: bool = False,
+) -> int:
+    """The demo against ``fhir_base_url``; ``observe`` (tests) is shown the running service;
+    ``keep_running`` leaves the service and the console up until Ctrl-C."""
     consents, sessions = _load("1-consents.json"), _load("2-sessions.json")
     later = _load("3-later.json")
     revocation = next(r for r in later if r["kind"] == "consent-revocation")
@@ -282,8 +290,27 @@ def run(fhir_base_url: str, *, observe: Callable[[Service], None] | None = None)
         for patient in patients:
             print(f"     {fhir_base_url}/Observation?subject={patient}")
         print(f"     {fhir_base_url}/Consent?patient={patients[0]}")
+        show_console(service, keep_running=keep_running)
     print("   stopped the service and its worker")
     return 0 if _as_expected(records) else 1
+
+
+def show_console(service: Service, *, keep_running: bool) -> None:
+    """Print the clinic console's URL and a sign-in key made for it (admin: it may replay), shown
+    once; with ``keep_running`` wait for Ctrl-C (or SIGTERM) before everything is stopped."""
+    console_key = service.run("create-api-key", "console", "--scope", "admin").strip()
+    print(f"6. the clinic console: {service.api}/console/")
+    print(f"   sign in with this key (scope admin; shown once, stored hashed): {console_key}")
+    if not keep_running:
+        print("   (make demo-console, or --console, keeps the service running to look at it)")
+        return
+    print("   the service keeps running; press Ctrl-C to stop it")
+    try:
+        while True:
+            service.check_alive()
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("   stopping")
 
 
 def _as_expected(records: Sequence[dict[str, Any]]) -> bool:
@@ -323,19 +350,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--base-url", help="an R4 server to use instead of the local test server (it gets data!)"
     )
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="keep the service running afterwards, with the clinic console, until Ctrl-C",
+    )
     args = parser.parse_args(argv)
     # A SIGTERM to the demo ends it like Ctrl-C: the finally blocks stop every process.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if args.base_url:
-            return run(args.base_url.rstrip("/"))
+            return run(args.base_url.rstrip("/"), keep_running=args.console)
         from tests.fhir_server.plugin import start_local_server
 
         with tempfile.TemporaryDirectory() as log_dir:
             server = start_local_server(Path(log_dir))
             try:
                 print(f"started the local FHIR R4 test server at {server.base_url}")
-                return run(server.base_url)
+                return run(server.base_url, keep_running=args.console)
             finally:
                 server.stop()
     except KeyboardInterrupt:
