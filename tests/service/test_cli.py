@@ -25,6 +25,7 @@ from fhir_alliance_service.store.interface import Store
 
 from fhir_alliance.cli import main
 from tests.fhir_server.plugin import FhirTestServer
+from tests.service.conftest import postgres_schema_url
 
 ROOT = Path(__file__).resolve().parents[2]
 CLINIC = ROOT / "examples" / "demo" / "clinic"
@@ -116,6 +117,22 @@ def test_db_upgrade_migrates_once_and_db_current_reports_it(
     assert "already at the newest" in capsys.readouterr().out
     assert main(["db", "current"]) == 0
     assert "(newest)" in capsys.readouterr().out
+
+
+@pytest.mark.postgres
+def test_db_upgrade_then_load_and_status_on_postgresql(
+    empty_postgres_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same commands on PostgreSQL: an empty schema is migrated, loaded and counted."""
+    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", postgres_schema_url(empty_postgres_schema))
+    assert main(["db", "current"]) == 1
+    assert main(["db", "upgrade"]) == 0
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    capsys.readouterr()
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["queued"] == len(CONSENTS)
 
 
 # -- API keys -----------------------------------------------------------------------------------
