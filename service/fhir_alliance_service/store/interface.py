@@ -33,6 +33,8 @@ __all__ = [
     "IntakeResult",
     "NewRecord",
     "OutboxItem",
+    "PullCursor",
+    "PulledResource",
     "PutOutcome",
     "SentResource",
     "Store",
@@ -114,6 +116,12 @@ class SyncStatus:
     last_outcome: Mapping[str, Any] | None = None  # OperationOutcome of the last failure
     sent: tuple[SentResource, ...] = ()
     updated_at: datetime | None = None
+    #: Two-way sync (``sync/retract.py``, ``sync/worker.py``): what became of data already shared
+    #: after a revocation (``kept``, ``entered-in-error``, ``deleted``, ``failed``), and how a
+    #: 412 on ``If-Match`` was settled (``overwritten``, ``kept-remote``, ``flagged``).
+    retraction: str | None = None
+    conflict: str | None = None
+    item_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +163,39 @@ class ApiKey:
     secret_hash: str  # hex digest; the secret itself is never stored
     created_at: datetime
     revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PullCursor:
+    """Where the pull of ``resource_type`` from ``server`` stands: the newest ``meta.lastUpdated``
+    seen (as the server wrote it), how many full listings were made (``generation``) and when
+    the last one was."""
+
+    server: str
+    resource_type: str
+    last_updated: str | None = None
+    generation: int = 0
+    full_listing_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PulledResource:
+    """A remote resource the pull has seen. ``origin``: ``ours`` (a resource the service pushed)
+    or ``foreign``; ``state``: what the pull made of it (``merged``, ``unreadable``,
+    ``conflict``, ``revoked``, ``deleted``, ``stored``, ``ignored``); ``record_id`` the local
+    record it is merged into; ``body`` kept only for pulled Observations (read-only)."""
+
+    server: str
+    resource_type: str
+    resource_id: str
+    version_id: str | None
+    last_updated: str | None
+    patient: str | None
+    record_id: str | None
+    origin: str
+    state: str
+    body: Mapping[str, Any] | None = None
+    generation: int = 0
 
 
 class Store(Protocol):
@@ -281,3 +322,75 @@ class Store(Protocol):
         """Small named facts: the FHIR server's last contact, its FHIR version, …"""
 
     def get_meta(self, name: str) -> str | None: ...
+
+    # -- two-way sync (issue 11) ---------------------------------------------------------------
+    def add_patient_alias(self, patient: str, alias: str, *, at: datetime) -> None:
+        """File ``alias`` (another key: ``Patient/<id>`` or ``system|value``) as naming the same
+        patient as ``patient``. Raises ValueError when ``alias`` already names another patient."""
+
+    def patient_keys(self, patient: str) -> list[str]:
+        """Every key of the patient ``patient`` names: the key records are filed under first,
+        then its aliases (sorted); ``[patient]`` when it has none."""
+
+    def set_remote_patient(self, server: str, patient: str, remote: str, *, at: datetime) -> None:
+        """On ``server`` the patient ``patient`` is ``remote`` (``Patient/<id>``)."""
+
+    def remote_patients(self, server: str) -> dict[str, str]:
+        """Local patient key → its reference on ``server``."""
+
+    def get_pull_cursor(self, server: str, resource_type: str) -> PullCursor | None: ...
+
+    def save_pull_cursor(self, cursor: PullCursor, *, at: datetime) -> None: ...
+
+    def pulled(
+        self, server: str, resource_type: str, resource_ids: Sequence[str]
+    ) -> dict[str, PulledResource]:
+        """The pulled resources among ``resource_ids`` that were seen before, by id."""
+
+    def save_pulled(self, resources: Sequence[PulledResource], *, at: datetime) -> None:
+        """Insert or replace these pulled resources (keyed by server, type and id)."""
+
+    def mark_listed(
+        self, server: str, resource_type: str, resource_ids: Sequence[str], generation: int
+    ) -> None:
+        """A full listing number ``generation`` found these resources on the server."""
+
+    def unlisted(
+        self, server: str, resource_type: str, generation: int, *, limit: int = 500
+    ) -> list[PulledResource]:
+        """Pulled resources not deleted and not seen by full listing ``generation``: gone."""
+
+    def put_remote_records(
+        self,
+        records: Sequence[NewRecord],
+        *,
+        origin: str,
+        audit: Sequence[AuditEntry],
+        at: datetime,
+    ) -> list[IntakeResult]:
+        """Like :meth:`put_records` for records pulled from the server ``origin``: new versions
+        are stored with their origin and **no outbox item** (never pushed back)."""
+
+    def consent_stamps(self) -> dict[str, str]:
+        """:meth:`consents_stamp` of every patient with consent records, in one query."""
+
+    def sent_items(self, patient: str) -> list[SyncStatus]:
+        """The newest SENT item of each record of ``patient`` (and its aliases), with
+        ``item_id``: what is on the server for that patient now."""
+
+    def last_sent(self, record_id: str) -> SyncStatus | None:
+        """The newest SENT item of ``record_id``: the versions the server had after our last
+        send (the ``If-Match`` of the next update)."""
+
+    def mark_retraction(
+        self, item_id: int, retraction: str, *, audit: Sequence[AuditEntry], at: datetime
+    ) -> None:
+        """Note on a SENT item what the retraction policy did with it (one transaction with
+        ``audit``)."""
+
+    def mark_conflict(self, item_id: int, conflict: str, *, at: datetime) -> None:
+        """Note on an item how a 412 conflict on ``If-Match`` was settled."""
+
+    def requeue(self, record_id: str, *, at: datetime) -> bool:
+        """Queue the newest version of a local record again (reconcile ``--fix``); False when
+        there is no such record or an item of it is already pending."""

@@ -48,13 +48,24 @@ from .interface import (
     IntakeResult,
     NewRecord,
     OutboxItem,
+    PullCursor,
+    PulledResource,
     PutOutcome,
     SentResource,
     StoredRecord,
     SyncState,
     SyncStatus,
 )
-from .tables import api_keys, meta, outbox, record_heads
+from .tables import (
+    api_keys,
+    meta,
+    outbox,
+    patient_aliases,
+    pull_cursors,
+    pulled_resources,
+    record_heads,
+    remote_patients,
+)
 from .tables import audit as audit_log
 from .tables import records as record_versions
 
@@ -130,6 +141,25 @@ def _sync_status(row: AnyRow) -> SyncStatus:
             for entry in row.sent or ()
         ),
         updated_at=row.updated_at,
+        retraction=row.retraction,
+        conflict=row.conflict,
+        item_id=row.item_id,
+    )
+
+
+def _pulled(row: AnyRow) -> PulledResource:
+    return PulledResource(
+        server=row.server,
+        resource_type=row.resource_type,
+        resource_id=row.resource_id,
+        version_id=row.version_id,
+        last_updated=row.last_updated,
+        patient=row.patient,
+        record_id=row.record_id,
+        origin=row.origin,
+        state=row.state,
+        body=row.body,
+        generation=row.generation,
     )
 
 
@@ -190,8 +220,27 @@ class SqlStore:
     def put_records(
         self, records: Sequence[NewRecord], *, audit: Sequence[AuditEntry], at: datetime
     ) -> list[IntakeResult]:
+        return self._put_checked(records, audit, at, None)
+
+    def put_remote_records(
+        self,
+        records: Sequence[NewRecord],
+        *,
+        origin: str,
+        audit: Sequence[AuditEntry],
+        at: datetime,
+    ) -> list[IntakeResult]:
+        return self._put_checked(records, audit, at, origin)
+
+    def _put_checked(
+        self,
+        records: Sequence[NewRecord],
+        audit: Sequence[AuditEntry],
+        at: datetime,
+        origin: str | None,
+    ) -> list[IntakeResult]:
         try:
-            return self._put_records(records, audit, at)
+            return self._put_records(records, audit, at, origin)
         except (TypeError, StatementError):
             # The transaction is rolled back; say which value could not be stored (the drivers
             # word this differently, and SQLAlchemy's message would not name the record).
@@ -201,7 +250,11 @@ class SqlStore:
             raise TypeError(problem) from None
 
     def _put_records(
-        self, records: Sequence[NewRecord], audit: Sequence[AuditEntry], at: datetime
+        self,
+        records: Sequence[NewRecord],
+        audit: Sequence[AuditEntry],
+        at: datetime,
+        origin: str | None = None,
     ) -> list[IntakeResult]:
         results: list[IntakeResult] = []
         record_rows: list[dict[str, Any]] = []
@@ -257,8 +310,9 @@ class SqlStore:
                 outbox_rows.append(item)
                 queued_in_batch[record.record_id] = item
             if record_rows:
-                self._write_versions(connection, record_rows, heads, changed_ids, at)
-                connection.execute(insert(outbox), outbox_rows)
+                self._write_versions(connection, record_rows, heads, changed_ids, at, origin)
+                if origin is None:  # pulled records are never pushed back
+                    connection.execute(insert(outbox), outbox_rows)
             audit_rows = [
                 _audit_row(entry)
                 for entry in audit
@@ -290,6 +344,7 @@ class SqlStore:
         heads: dict[str, _Head],
         changed_ids: list[str],
         at: datetime,
+        origin: str | None = None,
     ) -> None:
         connection.execute(insert(record_versions), record_rows)
         newest = {row["record_id"]: row for row in record_rows}  # last version per record wins
@@ -302,6 +357,7 @@ class SqlStore:
                 "content_hash": heads[record_id].content_hash,
                 "created_at": at,
                 "updated_at": at,
+                "origin": origin,
             }
             for record_id, row in newest.items()
             if heads[record_id].is_new
@@ -604,10 +660,11 @@ class SqlStore:
         return self._finish(item_id, worker, values, audit)
 
     def release_held(self, patient: str, *, at: datetime) -> int:
+        keys = self.patient_keys(patient)  # a patient's aliases are the same patient
         with self._write() as connection:
             result = connection.execute(
                 update(outbox)
-                .where(outbox.c.patient == patient, outbox.c.state == SyncState.HELD.value)
+                .where(outbox.c.patient.in_(keys), outbox.c.state == SyncState.HELD.value)
                 .values(state=SyncState.QUEUED.value, held_reason=None, updated_at=at)
             )
             return int(result.rowcount)
@@ -727,3 +784,279 @@ class SqlStore:
                 select(meta.c.value).where(meta.c.name == name)
             ).scalar_one_or_none()
         return value
+
+    # -- two-way sync (issue 11) ---------------------------------------------------------------
+    def _upsert(self, table: Any) -> Any:
+        return postgresql.insert(table) if self._dialect == "postgresql" else sqlite.insert(table)
+
+    def add_patient_alias(self, patient: str, alias: str, *, at: datetime) -> None:
+        if alias == patient:
+            return
+        with self._write() as connection:
+            # The patient may itself be an alias: file under the key it names.
+            canonical = connection.execute(
+                select(patient_aliases.c.patient).where(patient_aliases.c.alias == patient)
+            ).scalar_one_or_none()
+            patient = canonical or patient
+            if alias == patient:
+                return
+            known = connection.execute(
+                select(patient_aliases.c.patient).where(patient_aliases.c.alias == alias)
+            ).scalar_one_or_none()
+            if known is not None:
+                if known != patient:
+                    raise ValueError("this alias already names another patient")
+                return
+            if connection.execute(
+                select(func.count()).where(patient_aliases.c.patient == alias)
+            ).scalar_one():
+                raise ValueError("this alias has aliases of its own: register them on it")
+            connection.execute(
+                insert(patient_aliases).values(alias=alias, patient=patient, created_at=at)
+            )
+
+    def patient_keys(self, patient: str) -> list[str]:
+        with self._read() as connection:
+            canonical = connection.execute(
+                select(patient_aliases.c.patient).where(patient_aliases.c.alias == patient)
+            ).scalar_one_or_none()
+            canonical = canonical or patient
+            aliases = connection.execute(
+                select(patient_aliases.c.alias)
+                .where(patient_aliases.c.patient == canonical)
+                .order_by(patient_aliases.c.alias)
+            ).scalars()
+            return [canonical, *aliases]
+
+    def set_remote_patient(self, server: str, patient: str, remote: str, *, at: datetime) -> None:
+        statement = self._upsert(remote_patients).values(
+            server=server, patient=patient, remote=remote, created_at=at
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[remote_patients.c.server, remote_patients.c.patient],
+            set_={"remote": statement.excluded.remote},
+        )
+        with self._write() as connection:
+            connection.execute(statement)
+
+    def remote_patients(self, server: str) -> dict[str, str]:
+        with self._read() as connection:
+            rows = connection.execute(
+                select(remote_patients.c.patient, remote_patients.c.remote).where(
+                    remote_patients.c.server == server
+                )
+            )
+            return {patient: remote for patient, remote in rows}
+
+    def get_pull_cursor(self, server: str, resource_type: str) -> PullCursor | None:
+        with self._read() as connection:
+            row = connection.execute(
+                select(pull_cursors).where(
+                    pull_cursors.c.server == server, pull_cursors.c.resource_type == resource_type
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        return PullCursor(
+            server=row.server,
+            resource_type=row.resource_type,
+            last_updated=row.last_updated,
+            generation=row.generation,
+            full_listing_at=row.full_listing_at,
+        )
+
+    def save_pull_cursor(self, cursor: PullCursor, *, at: datetime) -> None:
+        values = {
+            "last_updated": cursor.last_updated,
+            "generation": cursor.generation,
+            "full_listing_at": cursor.full_listing_at,
+            "updated_at": at,
+        }
+        statement = self._upsert(pull_cursors).values(
+            server=cursor.server, resource_type=cursor.resource_type, **values
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[pull_cursors.c.server, pull_cursors.c.resource_type], set_=values
+        )
+        with self._write() as connection:
+            connection.execute(statement)
+
+    def pulled(
+        self, server: str, resource_type: str, resource_ids: Sequence[str]
+    ) -> dict[str, PulledResource]:
+        found: dict[str, PulledResource] = {}
+        with self._read() as connection:
+            for chunk in _chunks(list(dict.fromkeys(resource_ids))):
+                rows = connection.execute(
+                    select(pulled_resources).where(
+                        pulled_resources.c.server == server,
+                        pulled_resources.c.resource_type == resource_type,
+                        pulled_resources.c.resource_id.in_(chunk),
+                    )
+                )
+                for row in rows:
+                    found[row.resource_id] = _pulled(row)
+        return found
+
+    def save_pulled(self, resources: Sequence[PulledResource], *, at: datetime) -> None:
+        if not resources:
+            return
+        rows = [
+            {
+                "server": r.server,
+                "resource_type": r.resource_type,
+                "resource_id": r.resource_id,
+                "version_id": r.version_id,
+                "last_updated": r.last_updated,
+                "patient": r.patient,
+                "record_id": r.record_id,
+                "origin": r.origin,
+                "state": r.state,
+                "body": None if r.body is None else dict(r.body),
+                "generation": r.generation,
+                "updated_at": at,
+            }
+            for r in {(r.resource_type, r.resource_id): r for r in resources}.values()
+        ]
+        statement = self._upsert(pulled_resources)
+        replaced = (
+            "version_id",
+            "last_updated",
+            "patient",
+            "record_id",
+            "origin",
+            "state",
+            "body",
+            "generation",
+            "updated_at",
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[
+                pulled_resources.c.server,
+                pulled_resources.c.resource_type,
+                pulled_resources.c.resource_id,
+            ],
+            set_={name: getattr(statement.excluded, name) for name in replaced},
+        )
+        with self._write() as connection:
+            connection.execute(statement, rows)
+
+    def mark_listed(
+        self, server: str, resource_type: str, resource_ids: Sequence[str], generation: int
+    ) -> None:
+        with self._write() as connection:
+            for chunk in _chunks(list(resource_ids)):
+                connection.execute(
+                    update(pulled_resources)
+                    .where(
+                        pulled_resources.c.server == server,
+                        pulled_resources.c.resource_type == resource_type,
+                        pulled_resources.c.resource_id.in_(chunk),
+                    )
+                    .values(generation=generation)
+                )
+
+    def unlisted(
+        self, server: str, resource_type: str, generation: int, *, limit: int = 500
+    ) -> list[PulledResource]:
+        query = (
+            select(pulled_resources)
+            .where(
+                pulled_resources.c.server == server,
+                pulled_resources.c.resource_type == resource_type,
+                pulled_resources.c.generation < generation,
+                pulled_resources.c.state != "deleted",
+            )
+            .order_by(pulled_resources.c.resource_id)
+            .limit(limit)
+        )
+        with self._read() as connection:
+            return [_pulled(row) for row in connection.execute(query)]
+
+    def consent_stamps(self) -> dict[str, str]:
+        query = (
+            select(record_heads.c.patient, func.count(), func.sum(record_heads.c.version))
+            .where(record_heads.c.family == "consent")
+            .group_by(record_heads.c.patient)
+        )
+        with self._read() as connection:
+            return {
+                patient: f"{count}:{total}" for patient, count, total in connection.execute(query)
+            }
+
+    def sent_items(self, patient: str) -> list[SyncStatus]:
+        keys = self.patient_keys(patient)
+        newer = outbox.alias("newer")
+        query = (
+            select(outbox)
+            .where(
+                outbox.c.patient.in_(keys),
+                outbox.c.state == SyncState.SENT.value,
+                ~exists().where(
+                    newer.c.record_id == outbox.c.record_id,
+                    newer.c.state == SyncState.SENT.value,
+                    newer.c.item_id > outbox.c.item_id,
+                ),
+            )
+            .order_by(outbox.c.item_id)
+        )
+        with self._read() as connection:
+            return [_sync_status(row) for row in connection.execute(query)]
+
+    def last_sent(self, record_id: str) -> SyncStatus | None:
+        query = (
+            select(outbox)
+            .where(outbox.c.record_id == record_id, outbox.c.state == SyncState.SENT.value)
+            .order_by(outbox.c.item_id.desc())
+            .limit(1)
+        )
+        with self._read() as connection:
+            row = connection.execute(query).one_or_none()
+        return None if row is None else _sync_status(row)
+
+    def mark_retraction(
+        self, item_id: int, retraction: str, *, audit: Sequence[AuditEntry], at: datetime
+    ) -> None:
+        with self._write() as connection:
+            connection.execute(
+                update(outbox)
+                .where(outbox.c.item_id == item_id)
+                .values(retraction=retraction, updated_at=at)
+            )
+            if audit:
+                connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
+
+    def mark_conflict(self, item_id: int, conflict: str, *, at: datetime) -> None:
+        with self._write() as connection:
+            connection.execute(
+                update(outbox).where(outbox.c.item_id == item_id).values(conflict=conflict)
+            )
+
+    def requeue(self, record_id: str, *, at: datetime) -> bool:
+        with self._write() as connection:
+            head = connection.execute(
+                select(record_heads.c.version, record_heads.c.patient, record_heads.c.origin).where(
+                    record_heads.c.record_id == record_id
+                )
+            ).one_or_none()
+            if head is None or head.origin is not None:
+                return False
+            pending = connection.execute(
+                select(func.count()).where(
+                    outbox.c.record_id == record_id, outbox.c.state.in_(_PENDING)
+                )
+            ).scalar_one()
+            if pending:
+                return False
+            connection.execute(
+                insert(outbox).values(
+                    record_id=record_id,
+                    record_version=head.version,
+                    patient=head.patient,
+                    state=SyncState.QUEUED.value,
+                    attempts=0,
+                    created_at=at,
+                    updated_at=at,
+                )
+            )
+            return True

@@ -33,8 +33,12 @@ __all__ = [
     "meta",
     "metadata",
     "outbox",
+    "patient_aliases",
+    "pull_cursors",
+    "pulled_resources",
     "record_heads",
     "records",
+    "remote_patients",
 ]
 
 
@@ -104,6 +108,8 @@ record_heads = Table(
     Column("content_hash", String(128), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),  # when version 1 was stored
     Column("updated_at", UtcDateTime, nullable=False),  # when the newest version was stored
+    # None: a local record; else the base URL of the FHIR server it was pulled from (never pushed).
+    Column("origin", Text),
     ForeignKeyConstraint(["record_id", "version"], ["records.record_id", "records.version"]),
     Index("ix_record_heads_patient_family_record_id", "patient", "family", "record_id"),
     Index("ix_record_heads_family_record_id", "family", "record_id"),
@@ -127,6 +133,9 @@ outbox = Table(
     Column("lease_until", UtcDateTime),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # Two-way sync marks of a sent item (``sync/retract.py``, the worker's 412 policy).
+    Column("retraction", String(32)),
+    Column("conflict", String(32)),
     ForeignKeyConstraint(["record_id", "record_version"], ["records.record_id", "records.version"]),
     # Claim: scan pending items oldest first; check "an older pending item of this patient".
     Index(
@@ -179,4 +188,63 @@ meta = Table(
     metadata,
     Column("name", String(200), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+
+#: Keys that name the same patient as ``patient`` (the key records are filed under): a patient
+#: known by reference and by identifiers is one patient (``usecases/consents.py``).
+patient_aliases = Table(
+    "patient_aliases",
+    metadata,
+    Column("alias", Text, primary_key=True),
+    Column("patient", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_patient_aliases_patient", "patient"),
+)
+
+#: How a local patient is named on each FHIR server the service syncs with (``Patient/<id>``).
+remote_patients = Table(
+    "remote_patients",
+    metadata,
+    Column("server", Text, primary_key=True),
+    Column("patient", Text, primary_key=True),
+    Column("remote", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+#: Where the incremental pull of one resource type from one server stands.
+pull_cursors = Table(
+    "pull_cursors",
+    metadata,
+    Column("server", Text, primary_key=True),
+    Column("resource_type", String(64), primary_key=True),
+    Column("last_updated", Text),  # newest meta.lastUpdated seen, as the server wrote it
+    Column("generation", Integer, nullable=False, server_default=text("0")),  # full listings
+    Column("full_listing_at", UtcDateTime),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+#: Every remote resource the pull has seen: (id, versionId) for dedupe, the listing generation
+#: it was last seen in (deletions), and for pulled Observations their content (read-only).
+pulled_resources = Table(
+    "pulled_resources",
+    metadata,
+    Column("server", Text, primary_key=True),
+    Column("resource_type", String(64), primary_key=True),
+    Column("resource_id", String(64), primary_key=True),
+    Column("version_id", String(64)),
+    Column("last_updated", Text),
+    Column("patient", Text),
+    Column("record_id", String(64)),
+    Column("origin", String(16), nullable=False),  # ours | foreign
+    Column("state", String(32), nullable=False),  # merged | unreadable | conflict | deleted | …
+    Column("body", JSON),
+    Column("generation", Integer, nullable=False, server_default=text("0")),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index(
+        "ix_pulled_resources_server_resource_type_generation",
+        "server",
+        "resource_type",
+        "generation",
+    ),
 )

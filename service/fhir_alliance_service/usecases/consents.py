@@ -9,7 +9,11 @@ Two rules every part of the service shares:
   way meet. A consent that names the patient by identifier only is filed apart from observations
   that name them by reference, and a consent giving both is filed under the reference, so a
   consult that knows only the identifier (LEAP's ``patientId``) does not find it: the answer is then
-  "no consent", never a permit. Name the patient the same way everywhere.
+  "no consent", never a permit. Name the patient the same way everywhere, or register the other
+  keys as **aliases** (``store.add_patient_alias``, ``POST /v1/patients/aliases``): a patient known
+  by reference and by identifiers is then one patient. Their consents are read under every key,
+  and the engine is given a directory linking the references to the identifiers, so a consult by
+  identifier finds consents filed under ``Patient/<id>`` and the other way round.
 * **Unreadable means held, never "no consent"**: a stored consent that no longer loads, or that the
   engine refuses to compile, is listed in :attr:`PatientConsents.unreadable`; the gate holds every
   record of that patient while the list is not empty.
@@ -25,13 +29,21 @@ import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
 from fhir_alliance.consent import ConsentEngine
-from fhir_alliance.errors import FhirAllianceError
+from fhir_alliance.consent.directory import ActorDirectory
+from fhir_alliance.errors import FhirAllianceError, InputError, Issue
 from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
-from fhir_alliance.model.common import Ref
+from fhir_alliance.model.common import Identifier, Ref
 from fhir_alliance.model.consent import ConsentRecord
 from fhir_alliance_service.store.interface import Store, StoredRecord
+from fhir_alliance_service.usecases.references import (
+    IDENTIFIER_MESSAGE,
+    identifier_issues,
+    patient_issues,
+    valid_literal_reference,
+)
 
 __all__ = [
     "ENGINE_CACHE_SIZE",
@@ -40,6 +52,7 @@ __all__ = [
     "engine_for_patient",
     "load_patient_consents",
     "patient_key",
+    "register_patient_alias",
 ]
 
 #: How many compiled patient engines one process keeps (least recently used go first).
@@ -91,13 +104,32 @@ def _load(stored: list[StoredRecord]) -> tuple[list[ConsentRecord], list[str]]:
     return readable, unreadable
 
 
-def load_patient_consents(store: Store, patient: str, *, stamp: str = "") -> PatientConsents:
-    """Load and compile ``patient``'s consents now, without the cache."""
-    readable, unreadable = _load(store.consents_for_patient(patient))
+def _directory(keys: list[str]) -> ActorDirectory | None:
+    """Every reference of the patient linked to every identifier of the patient."""
+    references = [key for key in keys if "|" not in key]
+    identifiers: list[Identifier] = []
+    for key in keys:
+        if "|" in key:
+            try:
+                identifiers.append(Identifier.parse(key, path="patient"))
+            except FhirAllianceError:
+                continue
+    if not references or not identifiers:
+        return None
+    return ActorDirectory([(reference, identifiers) for reference in references])
+
+
+def load_patient_consents(
+    store: Store, patient: str, *, stamp: str = "", keys: list[str] | None = None
+) -> PatientConsents:
+    """Load and compile ``patient``'s consents now (under every key of the patient), without the
+    cache."""
+    keys = store.patient_keys(patient) if keys is None else keys
+    readable, unreadable = _load([row for key in keys for row in store.consents_for_patient(key)])
     return PatientConsents(
         patient=patient,
         stamp=stamp,
-        engine=ConsentEngine(readable),
+        engine=ConsentEngine(readable, directory=_directory(keys)),
         records=tuple(readable),
         unreadable=tuple(sorted(unreadable)),
     )
@@ -159,11 +191,12 @@ def engine_for_patient(store: Store, patient: str) -> PatientConsents:
     """``patient``'s consents compiled, from the process cache when they have not changed since."""
     # The stamp is read before the consents: a change in between is compiled under the older
     # stamp and recompiled on the next call, never the other way round (stale under a new stamp).
-    stamp = store.consents_stamp(patient)
+    keys = store.patient_keys(patient)
+    stamp = ";".join(f"{key}={store.consents_stamp(key)}" for key in keys)
     found = _CACHE.get(store, patient, stamp)
     if found is not None:
         return found
-    compiled = load_patient_consents(store, patient, stamp=stamp)
+    compiled = load_patient_consents(store, patient, stamp=stamp, keys=keys)
     _CACHE.put(store, compiled)
     return compiled
 
@@ -171,3 +204,38 @@ def engine_for_patient(store: Store, patient: str) -> PatientConsents:
 def clear_engine_cache() -> None:
     """Forget every compiled engine (tests; a process that changed consents behind the store)."""
     _CACHE.clear()
+
+
+def register_patient_alias(store: Store, patient: str, alias: str, *, at: datetime) -> list[str]:
+    """File ``alias`` as another key of ``patient`` (each ``Patient/<id>`` or ``system|value``);
+    the patient's held records are re-evaluated with their consents under every key. Returns the
+    patient's keys. Raises :class:`InputError` naming ``patient`` or ``alias``."""
+    issues: list[Issue] = []
+    for path, key in (("patient", patient), ("alias", alias)):
+        issues += _key_issues(key, path)
+    if not issues and patient == alias:
+        issues.append(Issue(path="alias", message="an alias must differ from the patient key"))
+    if issues:
+        raise InputError(f"invalid input at {', '.join(i.path for i in issues)}", issues=issues)
+    try:
+        store.add_patient_alias(patient, alias, at=at)
+    except ValueError as exc:
+        raise InputError(
+            "invalid input at alias", issues=[Issue(path="alias", message=str(exc))]
+        ) from None
+    store.release_held(patient, at=at)
+    return store.patient_keys(patient)
+
+
+def _key_issues(key: object, path: str) -> list[Issue]:
+    if not isinstance(key, str) or not key:
+        return [Issue(path=path, message="expected Patient/<id> or system|value")]
+    if "|" in key:
+        try:
+            identifier = Identifier.parse(key, path=path)
+        except InputError:
+            return [Issue(path=path, message=IDENTIFIER_MESSAGE)]
+        return identifier_issues(identifier, path)
+    if not valid_literal_reference(key) or patient_issues(Ref(reference=key), path):
+        return [Issue(path=path, message="expected Patient/<id> or system|value")]
+    return []

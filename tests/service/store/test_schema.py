@@ -26,6 +26,8 @@ from sqlalchemy import inspect, text
 from tests.service.conftest import POSTGRES_ADMIN_DSN, postgres_schema_url
 
 TABLES = {"alembic_version", "api_keys", "audit", "meta", "outbox", "record_heads", "records"}
+# Two-way sync (migration 0002).
+TABLES |= {"patient_aliases", "pull_cursors", "pulled_resources", "remote_patients"}
 
 
 @pytest.fixture(
