@@ -72,6 +72,15 @@ class Settings:
     max_attempts: int = 8  # transient failures before a dead letter
     backoff_base_seconds: float = 1.0
     backoff_max_seconds: float = 300.0
+    # -- two-way sync (docs/two-way-sync.md) -----------------------------------------------------
+    pull_interval_seconds: float = 30.0  # the worker pulls remote changes this often
+    pull_overlap_seconds: float = 10.0  # re-read this far behind the newest lastUpdated seen
+    pull_full_listing_seconds: float = 3600.0  # list everything this often (deletions)
+    pull_observations: bool = False  # also pull Observations written by others (read-only)
+    #: What happens to data already shared once a consent no longer permits it.
+    retraction_policy: str = "none"  # none | entered-in-error | delete
+    #: What happens when a resource we own was changed on the server (412 on If-Match).
+    conflict_policy: str = "flag"  # overwrite | keep-remote | flag
     #: ``host:port`` where a worker process publishes its Prometheus metrics; None: not published.
     worker_metrics_bind: str | None = None
     # -- the API -------------------------------------------------------------------------------
@@ -312,6 +321,12 @@ _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "lease_seconds": _positive_float,
     "poll_interval_seconds": _positive_float,
     "max_attempts": _positive_int,
+    "pull_interval_seconds": _positive_float,
+    "pull_overlap_seconds": _non_negative_float,
+    "pull_full_listing_seconds": _positive_float,
+    "pull_observations": _as_bool,
+    "retraction_policy": _choice("none", "entered-in-error", "delete"),
+    "conflict_policy": _choice("overwrite", "keep-remote", "flag"),
     "backoff_base_seconds": _positive_float,
     "backoff_max_seconds": _positive_float,
     "max_body_bytes": _positive_int,
