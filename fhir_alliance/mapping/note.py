@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from fhir_alliance import terminology as t
-from fhir_alliance.consent import ConsentDecision, ConsentEngine
+from fhir_alliance.consent import ConsentDecision, ConsentEngine, DecisionOutcome
 from fhir_alliance.consent.decision import DecisionRequest, RequestActor, RequestedResource
 from fhir_alliance.errors import MappingError
 from fhir_alliance.mapping._fhir_values import (
@@ -37,7 +37,7 @@ from fhir_alliance.mapping._fhir_values import (
 )
 from fhir_alliance.mapping._ids import resource_id
 from fhir_alliance.model.common import Coding, Identifier, Ref
-from fhir_alliance.model.consent import ConsentKind, ConsentRecord
+from fhir_alliance.model.consent import ConsentKind, ConsentRecord, ConsentStatus
 from fhir_alliance.model.notes import (
     AiDrafting,
     AiLabelRemoval,
@@ -60,6 +60,7 @@ __all__ = [
     "PROFILE_SESSION_NOTE",
     "PROFILE_SESSION_NOTE_PROVENANCE",
     "NoteMapper",
+    "ai_disclosure_permitted",
     "ai_drafting_decision",
     "ai_drafting_request",
     "from_document_reference",
@@ -627,6 +628,26 @@ def ai_drafting_decision(
     recording = [c for c in consents if c.kind is ConsentKind.RECORDING]
     engine = ConsentEngine(recording, explicit_labels=frozenset())
     return engine.decide(ai_drafting_request(note, patient=patient))
+
+
+#: Consent states that withdraw what a consent permitted.
+_WITHDRAWN = frozenset({ConsentStatus.REVOKED, ConsentStatus.ENTERED_IN_ERROR})
+
+
+def ai_disclosure_permitted(
+    consents: Sequence[ConsentRecord], note: SessionNote, *, patient: Iterable[Ref] = ()
+) -> bool:
+    """May an AI-drafted note leave? Only while its drafting was permitted at the session time
+    (:func:`ai_drafting_decision`) and no consent that permitted it has been revoked (or marked
+    entered-in-error) since: a later revocation holds further disclosure. A note no AI drafted
+    needs nothing here (``True``)."""
+    if note.ai_drafting is None:
+        return True
+    decision = ai_drafting_decision(consents, note, patient=patient)
+    if decision.outcome is not DecisionOutcome.PERMIT:
+        return False
+    status = {c.id: c.status for c in consents}
+    return all(status.get(b.consent) not in _WITHDRAWN for b in decision.basis)
 
 
 class NoteMapper:

@@ -65,6 +65,7 @@ class Settings:
     purpose: str = "TREAT"  # v3 PurposeOfUse code of every push
     push_consents: bool = True  # send consent records to the EHR as Consent resources
     push_audit: bool = False  # also send AuditEvent / Provenance resources
+    push_draft_notes: bool = False  # send session notes before the therapist signs them
     # -- the worker ----------------------------------------------------------------------------
     worker_batch_size: int = 100
     lease_seconds: float = 60.0
@@ -317,6 +318,7 @@ _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "purpose": _code,
     "push_consents": _as_bool,
     "push_audit": _as_bool,
+    "push_draft_notes": _as_bool,
     "worker_batch_size": _positive_int,
     "lease_seconds": _positive_float,
     "poll_interval_seconds": _positive_float,

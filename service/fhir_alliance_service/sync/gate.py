@@ -10,6 +10,9 @@ Consent records themselves are not put to the engine: they are the patient's own
 about their data, and the EHR needs every one of them, a revoked or denying one most of all (a
 revocation the EHR never hears of would let it keep sharing). They are pushed as Consent resources
 when ``settings.push_consents``, and held ("pushing consent records is turned off") otherwise.
+
+Session notes: a draft is held until the therapist signs it unless ``settings.push_draft_notes``;
+an AI-drafted note is held once the recording/AI-notes consent that permitted it is revoked.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from typing import Any
 
 from fhir_alliance.consent import ConsentDecision, DecisionOutcome
 from fhir_alliance.consent.gate import disclosure_request
+from fhir_alliance.mapping.note import ai_disclosure_permitted
 from fhir_alliance.mapping.registry import mapper_for_kind
 from fhir_alliance.model.common import Coding, Identifier, Ref
+from fhir_alliance.model.notes import NoteStatus, SessionNote
 from fhir_alliance.terminology import V3_ACT_REASON
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import DECISIONS, HELD
@@ -46,6 +51,11 @@ class HoldReason(enum.Enum):
     )
     CONSENT_UNREADABLE = ("consent-unreadable", "a consent for this patient could not be read")
     CONSENT_PUSH_OFF = ("consent-push-off", "pushing consent records is turned off")
+    DRAFT_NOTE = ("draft-note", "a draft note is not sent before the therapist signs it")
+    AI_NOTES_NOT_PERMITTED = (
+        "ai-notes-not-permitted",
+        "the client's recording/AI-notes consent no longer permits this AI-drafted note",
+    )
 
     @property
     def code(self) -> str:
@@ -114,10 +124,21 @@ def gate_item(
         HELD.inc()
         return GateResult(item, resources, HoldReason.CONSENT_PUSH_OFF)
 
+    if (
+        isinstance(record, SessionNote)
+        and record.status is NoteStatus.DRAFT
+        and not settings.push_draft_notes
+    ):
+        HELD.inc()
+        return GateResult(item, resources, HoldReason.DRAFT_NOTE)
+
     consents = engine_for_patient(store, item.patient)
     if consents.unreadable:
         HELD.inc()
         return GateResult(item, resources, HoldReason.CONSENT_UNREADABLE)
+    if isinstance(record, SessionNote) and not ai_disclosure_permitted(consents.records, record):
+        HELD.inc()  # drafted by AI, and the consent that permitted it was revoked since
+        return GateResult(item, resources, HoldReason.AI_NOTES_NOT_PERMITTED)
     engine = consents.engine
     recipient = [ref_for_key(r) for r in settings.recipients]
     purposes = [Coding(system=V3_ACT_REASON, code=settings.purpose)]

@@ -8,7 +8,8 @@ batch or of the store and is folded into it as a new version), and hands everyth
 payload are collected into one :class:`~fhir_alliance.errors.InputError` whose issue paths start
 with the payload's label (its index in a list: ``1.responses.3.value``). Identifiers, the patient
 and every reference must also pass the service's stricter rules (``usecases/references.py``). Held
-records of a patient whose consents changed are re-queued.
+records of a patient whose consents changed are re-queued. An AI-drafted session note is refused
+unless the client's recording/AI-notes consent permitted drafting it (``usecases/notes.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from fhir_alliance.errors import InputError, Issue, MappingError
 from fhir_alliance.mapping._ids import resource_id
 from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
+from fhir_alliance.mapping.note import MAPPER as NOTE_MAPPER
 from fhir_alliance.mapping.observation import MAPPER as OBSERVATION_MAPPER
 from fhir_alliance.mapping.questionnaire import records_from_questionnaire_response
 from fhir_alliance.mapping.registry import RecordMapper, mapper_for_kind
@@ -44,6 +46,7 @@ from fhir_alliance_service.store.interface import (
     StoredRecord,
 )
 from fhir_alliance_service.usecases.consents import patient_key
+from fhir_alliance_service.usecases.notes import FAMILY_NOTE, ai_drafting_issues
 from fhir_alliance_service.usecases.references import (
     identifier_issues,
     patient_issues,
@@ -94,6 +97,8 @@ def _tidy(issues: Sequence[Issue]) -> list[Issue]:
 
 
 def _family(mapper: RecordMapper) -> str:
+    if mapper is NOTE_MAPPER:
+        return FAMILY_NOTE
     return FAMILY_CONSENT if mapper is CONSENT_MAPPER else FAMILY_OBSERVATION
 
 
@@ -221,7 +226,11 @@ def _intake_once(
 ) -> list[RecordIntake]:
     loaded, issues = _load_all(payloads, labels)
 
-    by_family: dict[str, list[tuple[str, Any]]] = {FAMILY_OBSERVATION: [], FAMILY_CONSENT: []}
+    by_family: dict[str, list[tuple[str, Any]]] = {
+        FAMILY_OBSERVATION: [],
+        FAMILY_CONSENT: [],
+        FAMILY_NOTE: [],
+    }
     mapper_of: dict[str, RecordMapper] = {}
     for label, mapper, record in loaded:
         family = _family(mapper)
@@ -231,11 +240,17 @@ def _intake_once(
     issues += more
     consents, more = _consents(store, by_family[FAMILY_CONSENT])
     issues += more
+    # An AI-drafted note needs the client's recording/AI-notes consent (usecases/notes.py).
+    notes = by_family[FAMILY_NOTE]
+    issues += ai_drafting_issues(
+        store, notes, [r for _, r in consents if isinstance(r, ConsentRecord)]
+    )
 
     order = {label: n for n, label in enumerate(labels)}
     ready = sorted(
         [(label, FAMILY_OBSERVATION, r) for label, r in observations]
-        + [(label, FAMILY_CONSENT, r) for label, r in consents],
+        + [(label, FAMILY_CONSENT, r) for label, r in consents]
+        + [(label, FAMILY_NOTE, r) for label, r in notes],
         key=lambda item: order[item[0]],
     )
     new_records: list[NewRecord] = []
