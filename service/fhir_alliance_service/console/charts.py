@@ -2,7 +2,7 @@
 
 Every series differs by marker and line style as well as colour, so a chart reads in greyscale
 and in print; each page shows the same numbers in a table beside the chart. The SVG is deterministic
-(fixed ids, no date in its metadata) and is embedded as an image (``data:`` URL), so the page needs
+(fixed ids, no date in its metadata), kept in a small per-process cache, and is embedded as an image (``data:`` URL), so the page needs
 no script and the browser runs none inside it.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -37,6 +39,10 @@ _RC: Final = {
 }
 
 Moment = datetime | date
+#: Drawn charts kept per process (least recently used go first); a chart is 15-40 kB of SVG.
+CACHE_SIZE: Final = 256
+_CACHE: OrderedDict[str, str] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +101,31 @@ def time_chart(
         x_range = time_range(
             [x for p in panels for s in p.series for x, _ in s.points] + [e.at for e in events]
         )
+    # The same inputs give the same SVG: a patient page shown again draws nothing anew.
+    key = repr((panels, events, width, x_range))
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            _CACHE.move_to_end(key)
+            return cached
+    svg = _draw(panels, events, width, x_range)
+    with _CACHE_LOCK:
+        _CACHE[key] = svg
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return svg
+
+
+def _draw(
+    panels: Sequence[Panel],
+    events: Sequence[Event],
+    width: float,
+    x_range: tuple[datetime, datetime] | None,
+) -> str:
     with matplotlib.rc_context(_RC):
-        figure = Figure(figsize=(width, 3.2), layout="constrained")
+        # Fixed margins rather than a layout engine: one drawing pass instead of two.
+        figure = Figure(figsize=(width, 3.2))
+        figure.subplots_adjust(left=0.07, right=0.985, bottom=0.13, top=0.9, wspace=0.22)
         axes_list = figure.subplots(1, len(panels), squeeze=False)[0]
         for axes, panel in zip(axes_list, panels, strict=True):
             _draw_panel(axes, panel, events)
@@ -143,7 +172,13 @@ def _draw_panel(axes: matplotlib.axes.Axes, panel: Panel, events: Sequence[Event
         )
     for x, y, text in panel.notes:
         axes.annotate(
-            text, xy=(x, y), xytext=(4, 6), textcoords="offset points", fontsize=8, color="#222222"
+            text,
+            xy=(x, y),
+            xytext=(0, 7),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+            color="#222222",
         )
     shown: set[str] = set()
     for event in events:

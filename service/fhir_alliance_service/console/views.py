@@ -225,7 +225,7 @@ def _score_panels(page: PatientPage) -> dict[str, str]:
                         y_label="total (0-40)",
                         y_range=(0, 40),
                         cutoff=float(page.srs_cutoff),
-                        cutoff_label=f"cutoff {page.srs_cutoff}: below it, talk about the alliance",
+                        cutoff_label=f"cutoff {page.srs_cutoff}",
                         notes=[
                             (p.at, float(p.total), "below cutoff")
                             for p in srs

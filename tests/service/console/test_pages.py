@@ -1,0 +1,153 @@
+"""What the console's pages read from the store, without a browser: the library's scores with
+cutoff and reliable-change marks, consent events in words, the engine's decision now, the daily
+trend and opaque patient ids."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from fhir_alliance_service.config import Settings
+from fhir_alliance_service.console.pages import (
+    META_DAILY_COUNTS,
+    find_patient,
+    outcome_message,
+    overview_page,
+    patient_page,
+    patient_token,
+)
+from fhir_alliance_service.store import SqlStore, open_store
+from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.usecases.intake import intake_records
+
+from fhir_alliance.instruments import InstrumentCode, ReliableChange
+from tests.service.console.conftest import EHR, load_clinic
+
+NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
+CLIENT_1 = "Patient/demo-client-1"
+SETTINGS = Settings(recipients=(EHR,))
+
+
+@pytest.fixture
+def clinic_store(sqlite_url: str) -> Iterator[SqlStore]:
+    """A store holding the demo clinic's consents and sessions."""
+    store = open_store(sqlite_url)
+    intake_records(store, load_clinic("1-consents.json"), at=NOW)
+    intake_records(store, load_clinic("2-sessions.json"), at=NOW)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _ors(session: int, values: list[float]) -> dict[str, Any]:
+    record = copy.deepcopy(
+        next(r for r in load_clinic("2-sessions.json") if r.get("instrument") == "ors")
+    )
+    record["id"] = f"https://demo-clinic.example.org/alliance-records|ors-client-1-extra-{session}"
+    record["effective"] = (datetime(2026, 11, 20, tzinfo=UTC) + timedelta(days=session)).isoformat()
+    record["responses"] = {str(i + 1): v for i, v in enumerate(values)}
+    return record
+
+
+def test_scores_are_the_librarys_with_cutoff_and_reliable_change(clinic_store: SqlStore) -> None:
+    """ORS totals are summed by the library; a rise of 5 or more is IMPROVED, a fall DETERIORATED,
+    and totals under 25 are below the cutoff."""
+    intake_records(
+        clinic_store, [_ors(1, [7.0, 7.0, 6.0, 6.0]), _ors(2, [5.0, 5.0, 5.0, 5.0])], at=NOW
+    )
+    page = patient_page(clinic_store, SETTINGS, CLIENT_1, now=NOW)
+    ors = page.scores[InstrumentCode.ORS]
+    assert [p.total for p in ors] == [
+        Decimal("17.6"),
+        Decimal("19.8"),
+        Decimal("26.0"),
+        Decimal("20.0"),
+    ]
+    assert [p.change for p in ors] == [
+        None,
+        ReliableChange.NO_RELIABLE_CHANGE,
+        ReliableChange.IMPROVED,
+        ReliableChange.DETERIORATED,
+    ]
+    assert [p.below_cutoff for p in ors] == [True, True, False, True]
+    wai = page.scores[InstrumentCode.WAI_SR][0]
+    assert wai.total == sum(v for v in wai.subscales.values() if v is not None)
+
+
+def test_events_ratings_consents_and_decision_of_a_patient(clinic_store: SqlStore) -> None:
+    """Rupture then repair in time order; the automated rating names its tool; the consents are
+    'given' and 'restricted'; the engine permits sharing with the EHR now."""
+    page = patient_page(clinic_store, SETTINGS, CLIENT_1, now=NOW)
+    assert [e.kind for e in page.events] == ["rupture", "repair"]
+    assert [r.automated for r in page.ratings] == [
+        "demo-alliance-analyser 1.0.0, reviewed by a clinician"
+    ]
+    assert [(c.event, c.consent) for c in page.consents] == [
+        ("given", "sharing of alliance measures"),
+        ("restricted", "restriction"),
+    ]
+    assert [(d.recipient, d.outcome) for d in page.decisions] == [(EHR, "permit")]
+    declined = patient_page(clinic_store, SETTINGS, "Patient/demo-client-2", now=NOW)
+    assert ("declined intervention", "intervention (Cognitive behavioral therapy)") in [
+        (c.event, c.consent) for c in declined.consents
+    ]
+
+
+def test_a_revocation_shows_in_the_timeline_and_the_decision(clinic_store: SqlStore) -> None:
+    """After client 3 revokes her share the timeline ends 'revoked' and nothing is permitted."""
+    revocation = next(r for r in load_clinic("3-later.json") if r["kind"] == "consent-revocation")
+    intake_records(clinic_store, [revocation], at=NOW)
+    page = patient_page(clinic_store, SETTINGS, "Patient/demo-client-3", now=NOW)
+    assert [c.event for c in page.consents] == ["given", "revoked"]
+    assert page.decisions[0].outcome != "permit"
+
+
+def test_overview_counts_trend_and_patients(clinic_store: SqlStore) -> None:
+    """Counts equal the store's; each day's counts are kept for the trend (older than 14 days
+    dropped); patients are listed under opaque ids that lead back to them."""
+    old = (NOW - timedelta(days=30)).date().isoformat()
+    yesterday = (NOW - timedelta(days=1)).date().isoformat()
+    clinic_store.set_meta(
+        META_DAILY_COUNTS, json.dumps({old: {"sent": 1}, yesterday: {"queued": 3, "sent": 2}})
+    )
+    page = overview_page(clinic_store, SETTINGS, now=NOW)
+    queued = clinic_store.counts_by_state()[SyncState.QUEUED]
+    assert page.counts[SyncState.QUEUED] == queued > 0
+    assert [(day.isoformat(), counts[SyncState.QUEUED]) for day, counts in page.trend] == [
+        (yesterday, 3),
+        (NOW.date().isoformat(), queued),
+    ]
+    assert {p.patient for p in page.patients} == {
+        CLIENT_1,
+        "Patient/demo-client-2",
+        "Patient/demo-client-3",
+    }
+    for link in page.patients:
+        assert link.token == patient_token(link.patient) and link.patient not in link.token
+        assert find_patient(clinic_store, link.token) == link.patient
+    assert find_patient(clinic_store, patient_token("Patient/nobody")) is None
+
+
+def test_the_servers_message_is_read_from_the_operation_outcome() -> None:
+    """details.text, else diagnostics, else the code; with the expression it points at."""
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "invalid",
+                "details": {"text": "bad unit"},
+                "expression": ["Observation.value"],
+            },
+            {"severity": "error", "code": "processing", "diagnostics": "rule x"},
+            {"severity": "error", "code": "conflict"},
+        ],
+    }
+    assert outcome_message(outcome) == "bad unit (at Observation.value); rule x; conflict"
+    assert outcome_message(None) == "no message"
