@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from fhir_alliance.consent import ConsentEngine, DecisionOutcome
 from fhir_alliance.consent.gate import disclosure_request
 from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
-from fhir_alliance.mapping.note import ai_drafting_decision, to_fhir
+from fhir_alliance.mapping.note import ai_disclosure_permitted, ai_drafting_decision, to_fhir
 from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.model.consent import (
     ConsentKind,
@@ -23,6 +23,7 @@ from fhir_alliance.model.consent import (
     Decision,
     Provision,
     ProvisionActor,
+    StatusChange,
     apply_revocation,
 )
 from fhir_alliance.model.notes import AiDrafting, DraftingInput, NoteCategory
@@ -205,6 +206,7 @@ def test_a_session_outside_the_consent_period_is_not_permitted() -> None:
 def test_revocation_before_the_session_withdraws_the_permission() -> None:
     """Revoked before the session, the consent no longer permits drafting that session's note."""
     consent = _consent("recording-ai-notes.json")
+    consent = replace(consent, history=(StatusChange(ConsentStatus.ACTIVE, consent.date),))
     note = _note("ai-drafted-progress-note")
     revoked = apply_revocation(
         consent, ConsentRevocation(consent=consent.id, at=note.session_at - timedelta(days=1))
@@ -218,3 +220,24 @@ def test_psychotherapy_notes_can_be_ai_drafted_under_the_same_consent() -> None:
     assert ai_drafting_decision([_consent("recording-ai-notes.json")], note).outcome is (
         DecisionOutcome.PERMIT
     )
+
+
+def test_disclosure_is_held_after_a_later_revocation() -> None:
+    """Drafting was permitted at the session; once the consent is revoked (after the session) the
+    note may no longer leave, though the drafting decision itself still reads PERMIT."""
+    consent = _consent("recording-ai-notes.json")
+    # The lifecycle from its start, so that the revocation ends a span of being in force.
+    consent = replace(consent, history=(StatusChange(ConsentStatus.ACTIVE, consent.date),))
+    note = _note("ai-drafted-progress-note")
+    assert ai_disclosure_permitted([consent], note)
+    revoked = apply_revocation(
+        consent, ConsentRevocation(consent=consent.id, at=note.session_at + timedelta(days=2))
+    )
+    assert ai_drafting_decision([revoked], note).outcome is DecisionOutcome.PERMIT
+    assert not ai_disclosure_permitted([revoked], note)
+
+
+def test_a_note_not_drafted_by_ai_needs_no_ai_notes_consent() -> None:
+    """A hand-written note is never held for want of a recording/AI-notes consent."""
+    note = replace(_note("psychotherapy-note"), ai_drafting=None)
+    assert ai_disclosure_permitted([], note)
