@@ -5,6 +5,7 @@ A screenshot of each page goes to ``test-artifacts/console/``."""
 
 from __future__ import annotations
 
+import base64
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,26 @@ def test_patient_view_shows_the_librarys_scores_events_consents_and_decision(
     screenshot(browser, artifacts, "patient")
     violations = serious_violations(browser)
     assert not violations, _describe(violations)
+
+
+def test_pages_print_without_navigation_or_buttons(
+    browser: webdriver.Chrome, clinic: Clinic, artifacts: Path
+) -> None:
+    """In print media the header's navigation, sign-out and forms are hidden, charts and tables
+    stay; Chromium prints the patient page to PDF (saved beside the screenshots)."""
+    sign_in(browser, clinic, "admin")
+    browser.get(clinic.url(f"/console/patients/{patient_token(CLIENT_1)}"))
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        assert not browser.find_element(By.CSS_SELECTOR, "form.sign-out").is_displayed()
+        assert not browser.find_element(By.CSS_SELECTOR, "header.site nav").is_displayed()
+        assert all(i.is_displayed() for i in browser.find_elements(By.CSS_SELECTOR, "figure img"))
+        assert browser.find_element(By.ID, "srs-table").is_displayed()
+        pdf = base64.b64decode(browser.print_page())
+        assert pdf.startswith(b"%PDF")
+        (artifacts / "patient.pdf").write_bytes(pdf)
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
 
 
 def test_patient_view_of_a_declined_intervention_and_a_revocation(
