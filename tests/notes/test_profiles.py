@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from fhir_alliance import terminology as t
 from fhir_alliance.mapping.note import to_fhir
 from fhir_alliance.model.notes import DraftingInput, NoteCategory
 from fhir_alliance.schemas.notes import load_note
+from tests.notes.note_strategies import notes
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples" / "notes").glob("*.json"))
@@ -85,3 +87,12 @@ def test_server_rejects_a_provenance_without_the_device_author(fhir_server) -> N
     response = _put(fhir_server, provenance)
     assert response.status_code == 400, response.text[:1500]
     assert "session-note-provenance-1" in response.text
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(note=notes())
+def test_server_accepts_any_note_we_produce(fhir_server, note) -> None:
+    """Random valid notes (any status, content kind, AI drafting, sections) pass our profiles."""
+    for resource in to_fhir(note):
+        response = _put(fhir_server, resource)
+        assert response.status_code in (200, 201), response.text[:1500]
