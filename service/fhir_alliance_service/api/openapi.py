@@ -1,9 +1,9 @@
 """The OpenAPI 3 document of the service, generated with apispec from the app's routes and the
 same marshmallow schemas the library and the views use; served at ``/openapi.json``.
 
-Every rule in ``app.url_map`` becomes an operation: the path and its parameters come from the
-rule, ``security`` from the scope the view declared (``auth.require_scope``), the summary from the
-docstring's first line. A view adds the rest in one of two ways:
+Every rule in ``app.url_map`` (but the clinic console's pages) becomes an operation: the path and
+its parameters come from the rule, ``security`` from the scope the view declared
+(``auth.require_scope``), the summary from the docstring's first line. A view adds the rest in one of two ways:
 
 * YAML after a ``---`` line in its docstring (apispec's convention; schema names resolve through
   marshmallow's class registry, e.g. ``schema: OperationOutcomeSchema``), or
@@ -268,6 +268,8 @@ def build_spec(app: Flask) -> APISpec:
     for schema in _component_schemas():
         spec.components.schema(_schema_name(schema), schema=schema)
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        if not is_api_rule(rule.endpoint):
+            continue
         view = app.view_functions[rule.endpoint]
         path = _CONVERTER.sub(r"{\1}", rule.rule)
         params = list(rule.arguments)
@@ -281,6 +283,12 @@ def build_spec(app: Flask) -> APISpec:
         ]
         spec.path(path=path, operations=operations, parameters=parameters)
     return spec
+
+
+def is_api_rule(endpoint: str) -> bool:
+    """Whether a route belongs in the document: all but the clinic console's HTML pages
+    (``docs/console.md``), which are for browsers, not API clients."""
+    return not endpoint.startswith("console.")
 
 
 def _component_schemas() -> list[type[Schema]]:

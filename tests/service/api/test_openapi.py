@@ -7,6 +7,7 @@ from typing import Any
 
 import jsonschema_rs
 import pytest
+from fhir_alliance_service.api.openapi import is_api_rule
 from fhir_alliance_service.auth import PUBLIC, declared_scope
 from flask import Flask
 from flask.testing import FlaskClient
@@ -51,9 +52,13 @@ def test_validator_rejects_a_broken_document(document: dict[str, Any]) -> None:
 
 
 def test_every_route_is_documented(app: Flask, document: dict[str, Any]) -> None:
-    """Every rule and method of app.url_map (but HEAD/OPTIONS) is an operation in the document."""
+    """Every rule and method of app.url_map (but HEAD/OPTIONS and the console's HTML pages) is an
+    operation in the document."""
     operations = _operations(document)
     for rule in app.url_map.iter_rules():
+        if not is_api_rule(rule.endpoint):
+            assert not any(path.startswith("/console") for path, _ in operations)
+            continue
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
             assert (path, method) in operations, (path, method)
@@ -62,7 +67,7 @@ def test_every_route_is_documented(app: Flask, document: dict[str, Any]) -> None
 def test_security_follows_declared_scopes(app: Flask, document: dict[str, Any]) -> None:
     """Public routes say ``security: []``; every other operation names the key schemes and its scope."""
     operations = _operations(document)
-    for rule in app.url_map.iter_rules():
+    for rule in filter(lambda r: is_api_rule(r.endpoint), app.url_map.iter_rules()):
         scope = declared_scope(app.view_functions[rule.endpoint])
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
