@@ -232,11 +232,16 @@ def test_read_key_and_signed_out_browser_cannot_replay(
     _post_form(browser, f"{record_url}/replay", token)
     assert browser.find_element(By.TAG_NAME, "h1").text.startswith("403")
     screenshot(browser, artifacts, "replay-refused")
+    violations = serious_violations(browser)
+    assert not violations, _describe(violations)
 
     browser.delete_all_cookies()
     browser.get(clinic.url("/console/sign-in"))
     _post_form(browser, f"{record_url}/replay", token)
     assert browser.find_element(By.TAG_NAME, "h1").text == "Sign in"
+    screenshot(browser, artifacts, "sign-in")
+    violations = serious_violations(browser)
+    assert not violations, _describe(violations)
     status = clinic.store.sync_status(clinic.refused_record_id)
     assert status is not None and status.state is SyncState.DEAD_LETTERED
 
