@@ -457,12 +457,22 @@ def _fields(point: ScorePoint) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """One line of a record's status history: an audit entry, a stored version, or the state now."""
+
+    at: datetime
+    what: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class RecordPage:
     record: StoredRecord
     sync: SyncStatus | None
     sync_message: str | None
     versions: list[StoredRecord]
     history: list[AuditEntry]
+    timeline: list[HistoryRow]
     fhir_version: str
     resources: list[str]  # pretty-printed JSON, one per resource
     mapping_error: str | None
@@ -501,12 +511,19 @@ def record_page(store: Store, record_id: str) -> RecordPage | None:
         ]
     except FhirAllianceError as exc:
         mapping_error = f"the stored record cannot be mapped ({type(exc).__name__})"
+    history = _audit(store, record_id)
+    timeline = [HistoryRow(e.at, e.action, str(e.resource.get("resourceType"))) for e in history]
+    timeline += [HistoryRow(v.created_at, f"version {v.version} stored", "store") for v in versions]
+    if sync is not None and sync.updated_at is not None:
+        timeline.append(HistoryRow(sync.updated_at, f"now {sync.state.value}", "outbox"))
+    timeline.sort(key=lambda row: row.at)
     return RecordPage(
         record=record,
         sync=sync,
         sync_message=outcome_message(sync.last_outcome) if sync and sync.last_outcome else None,
         versions=versions,
-        history=_audit(store, record_id),
+        history=history,
+        timeline=timeline,
         fhir_version=fhir_version,
         resources=resources,
         mapping_error=mapping_error,

@@ -20,6 +20,7 @@ from fhir_alliance_service.console.pages import (
     overview_page,
     patient_page,
     patient_token,
+    record_page,
 )
 from fhir_alliance_service.store import SqlStore, open_store
 from fhir_alliance_service.store.interface import SyncState
@@ -151,3 +152,42 @@ def test_the_servers_message_is_read_from_the_operation_outcome() -> None:
     }
     assert outcome_message(outcome) == "bad unit (at Observation.value); rule x; conflict"
     assert outcome_message(None) == "no message"
+
+
+def test_record_page_history_is_in_time_order_with_versions_and_the_state_now(
+    clinic_store: SqlStore,
+) -> None:
+    """A changed record shows both stored versions and its audit entries in time order, ending
+    with its state now; the mapped FHIR resource is an Observation for R4."""
+    srs = next(r for r in load_clinic("2-sessions.json") if r.get("instrument") == "srs")
+    changed = {**srs, "responses": {"1": 1.0, "2": 2.0, "3": 3.0, "4": 4.0}}
+    (result,) = intake_records(clinic_store, [changed], at=NOW + timedelta(hours=1))
+    page = record_page(clinic_store, result.record_id)
+    assert page is not None
+    whats = [row.what for row in page.timeline]
+    assert "version 1 stored" in whats and "version 2 stored" in whats
+    assert whats[-1] == "now queued"
+    assert [row.at for row in page.timeline] == sorted(row.at for row in page.timeline)
+    assert page.fhir_version == "4.0.1"
+    assert '"resourceType": "Observation"' in page.resources[0]
+    assert record_page(clinic_store, "00000000-0000-0000-0000-000000000000") is None
+
+
+def test_therapist_and_client_wai_sr_are_kept_apart(clinic_store: SqlStore) -> None:
+    """A WAI-SR-T administration is scored as the therapist form (total only), beside the
+    client form with its subscales."""
+    therapist = {
+        "kind": "instrument-administration",
+        "id": "https://demo-clinic.example.org/alliance-records|wai-sr-t-client-1-session-1",
+        "instrument": "wai-sr-t",
+        "patient": {"reference": CLIENT_1},
+        "counterpart": {"reference": "Practitioner/demo-therapist-1"},
+        "effective": "2026-11-05T16:10:00+00:00",
+        "rater": {"role": "therapist", "who": {"reference": "Practitioner/demo-therapist-1"}},
+        "responses": {str(n): 4 for n in range(1, 13)},
+    }
+    intake_records(clinic_store, [therapist], at=NOW)
+    page = patient_page(clinic_store, SETTINGS, CLIENT_1, now=NOW)
+    (form,) = page.scores[InstrumentCode.WAI_SR_T]
+    assert form.total == Decimal(48) and form.subscales == {}
+    assert len(page.scores[InstrumentCode.WAI_SR]) == 1

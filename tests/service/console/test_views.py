@@ -244,3 +244,25 @@ def test_unknown_patients_and_records_are_404_pages(
     answer = console_client.get(f"/console/patients/{patient_token('Patient/nobody')}")
     assert answer.status_code == 404 and "no such patient" in answer.text
     assert console_client.get("/console/patients/not-a-uuid").status_code == 404
+
+
+def test_patient_page_puts_client_and_therapist_wai_sr_side_by_side(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """With both WAI-SR forms the page has a table for each and one chart of both panels."""
+    _load_demo(console_client, console_keys)
+    therapist = {
+        "kind": "instrument-administration",
+        "id": "https://demo-clinic.example.org/alliance-records|wai-sr-t-client-1-session-1",
+        "instrument": "wai-sr-t",
+        "patient": {"reference": "Patient/demo-client-1"},
+        "effective": "2026-11-05T16:10:00+00:00",
+        "rater": {"role": "therapist", "who": {"reference": "Practitioner/demo-therapist-1"}},
+        "responses": {str(n): 4 for n in range(1, 13)},
+    }
+    headers = {"Authorization": f"Bearer {console_keys['write']}"}
+    assert console_client.post("/v1/records", json=[therapist], headers=headers).status_code == 201
+    sign_in(console_client, console_keys["read"])
+    page = console_client.get(f"/console/patients/{patient_token('Patient/demo-client-1')}").text
+    assert 'id="wai-sr-table"' in page and 'id="wai-sr-t-table"' in page
+    assert "client and therapist forms side by side" in page
