@@ -21,7 +21,7 @@ import matplotlib
 import matplotlib.dates as mdates
 from matplotlib.figure import Figure
 
-__all__ = ["Event", "Panel", "Series", "data_url", "time_chart", "time_range"]
+__all__ = ["Event", "Moment", "Panel", "Series", "data_url", "time_chart", "time_range"]
 
 #: Okabe-Ito colours (safe for the common colour-vision deficiencies), then black.
 _COLOURS: Final = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")

@@ -157,7 +157,9 @@ def _daily_trend(
         saved = {}
     saved[today.isoformat()] = {state.value: counts.get(state, 0) for state in SHOWN_STATES}
     oldest = today - timedelta(days=TREND_DAYS - 1)
-    kept = {day: value for day, value in saved.items() if _day(day) and _day(day) >= oldest}
+    kept = {
+        day: value for day, value in saved.items() if (parsed := _day(day)) and parsed >= oldest
+    }
     store.set_meta(META_DAILY_COUNTS, json.dumps(kept, sort_keys=True))
     trend: list[tuple[date, dict[SyncState, int]]] = []
     for day_text in sorted(kept):

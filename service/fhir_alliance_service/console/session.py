@@ -18,8 +18,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Final
 
-from flask import Response, g, request
+from flask import g, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from werkzeug.wrappers import Response
 
 from fhir_alliance_service.auth import authenticate, grants
 from fhir_alliance_service.errors import ApiError
@@ -117,8 +118,9 @@ def current_session() -> ConsoleSession | None:
     if "console_session" in g:
         found: ConsoleSession | None = g.console_session
         return found
-    g.console_session = _read_session()
-    return g.console_session
+    session = _read_session()
+    g.console_session = session
+    return session
 
 
 def _read_session() -> ConsoleSession | None:

@@ -205,7 +205,7 @@ def _score_panels(page: PatientPage) -> dict[str, str]:
     """The patient's charts as data URLs: SRS, ORS, WAI-SR (client and therapist), ratings."""
     events = [charts.Event(e.at, e.kind) for e in page.events]
     # One time axis for every chart of the patient, so that marks line up from chart to chart.
-    moments = [p.at for points in page.scores.values() for p in points]
+    moments: list[charts.Moment] = [p.at for points in page.scores.values() for p in points]
     moments += [r.at for r in page.ratings] + [e.at for e in events]
     shared = charts.time_range(moments)
     drawn: dict[str, str] = {}
