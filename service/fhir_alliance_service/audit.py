@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from fhir_alliance.terminology import CANONICAL_BASE, IDENTIFIER_SYSTEM_BASE
 from fhir_alliance_service.store.interface import AuditEntry, SentResource
@@ -27,12 +27,14 @@ __all__ = [
     "DEVICE_IDENTIFIER_SYSTEM",
     "RECORD_IDENTIFIER_SYSTEM",
     "SYNC_DEVICE",
+    "TWO_WAY_STEPS",
     "dead_letter_event",
     "disclosure_event",
     "hold_event",
     "intake_event",
     "provenance",
     "reference_for",
+    "two_way_event",
 ]
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -314,3 +316,54 @@ def provenance(
             )
         )
     return entries
+
+
+#: What each two-way sync step is recorded as: (RESTful interaction, AuditEvent.action).
+TWO_WAY_STEPS: Final = {
+    "pull": ("read", "R"),  # a remote change read and merged (sync/pull.py)
+    "retract-entered-in-error": ("update", "U"),  # a shared resource marked entered-in-error
+    "retract-delete": ("delete", "D"),  # a shared resource deleted
+    "retract-kept": ("read", "R"),  # retraction policy none: noted, nothing changed remotely
+    "retract-failed": ("update", "U"),  # the server refused; retried on the next pass
+    "conflict": ("update", "U"),  # a 412 on If-Match, and how the policy settled it
+}
+
+
+def two_way_event(
+    step: str,
+    record_id: str | None,
+    patient: str,
+    at: datetime,
+    *,
+    version: int | None = None,
+    resources: Sequence[SentResource | Mapping[str, Any]] = (),
+    outcome_code: str | None = None,
+    failed: bool = False,
+) -> AuditEntry:
+    """A BALP-style RESTful event for one two-way sync step (:data:`TWO_WAY_STEPS`) about a
+    patient, a record (when there is one) and the remote resources it touched. ``outcome_code`` is
+    a machine word for ``outcomeDesc`` (never free text). ``action`` is the step's name."""
+    interaction, action = TWO_WAY_STEPS[step]
+    entity = [_patient_entity(patient)]
+    if record_id is not None and version is not None:
+        entity.append(_record_entity(record_id, version))
+    entity += [_resource_entity(r) for r in resources]
+    names = [
+        f"{r.resource_type}/{r.id}" if isinstance(r, SentResource) else str(r.get("id"))
+        for r in resources
+    ]
+    resource: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": _id(step, record_id, version, *names, _instant(at)),
+        "type": _coding(AUDIT_EVENT_TYPE, "rest"),
+        "subtype": [_coding(RESTFUL_INTERACTION, interaction)],
+        "action": action,
+        "recorded": _instant(at),
+        "outcome": _MINOR_FAILURE if failed else _SUCCESS,
+        "agent": [_agent("110153", SYNC_DEVICE)],
+        "source": _source(),
+        "entity": entity,
+    }
+    if outcome_code:
+        resource["outcomeDesc"] = outcome_code
+    return AuditEntry(action=step, record_id=record_id, patient=patient, resource=resource, at=at)

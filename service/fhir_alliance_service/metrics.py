@@ -27,10 +27,13 @@ from prometheus_client.registry import Collector
 from fhir_alliance_service.store.interface import Store, SyncState
 
 __all__ = [
+    "CONFLICTS",
     "DECISIONS",
     "HELD",
+    "PULLED",
     "REGISTRY",
     "REQUEST_LATENCY",
+    "RETRACTIONS",
     "SENDS",
     "SEND_FAILURES",
     "SEND_LATENCY",
@@ -139,3 +142,24 @@ class _RegistryView(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._registry.collect()
+
+# -- two-way sync (sync/pull.py, sync/retract.py, the worker's 412 policy) --------------------------
+PULLED = Counter(
+    "fhir_alliance_pulled",
+    "Remote resources the pull read, by type and what became of them (per process).",
+    ["resource_type", "outcome"],
+    registry=REGISTRY,
+)
+CONFLICTS = Counter(
+    "fhir_alliance_conflicts",
+    "Resources we own changed on the server by someone else (412 on If-Match, or seen by the "
+    "pull), by how the conflict policy settled them (per process).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+RETRACTIONS = Counter(
+    "fhir_alliance_retractions",
+    "Shared resources no longer permitted, by what the retraction policy did (per process).",
+    ["outcome"],
+    registry=REGISTRY,
+)

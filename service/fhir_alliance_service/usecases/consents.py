@@ -55,6 +55,10 @@ __all__ = [
     "register_patient_alias",
 ]
 
+#: In the body of a pulled consent that could not be read and was then deleted on the server
+#: (``sync/pull.py``): skipped.
+PULLED_DELETED_MARK = "pulled_deleted"
+
 #: How many compiled patient engines one process keeps (least recently used go first).
 ENGINE_CACHE_SIZE = 4096
 
@@ -92,6 +96,8 @@ def _load(stored: list[StoredRecord]) -> tuple[list[ConsentRecord], list[str]]:
     readable: list[ConsentRecord] = []
     unreadable: list[str] = []
     for row in stored:
+        if row.body.get(PULLED_DELETED_MARK):
+            continue  # pulled, unreadable, then deleted on the server: holds nothing any more
         try:
             record = CONSENT_MAPPER.load(row.body)
         except (FhirAllianceError, ValueError, TypeError):

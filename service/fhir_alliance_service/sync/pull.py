@@ -1,0 +1,663 @@
+"""Pull: read the Consents (and, optionally, Observations) of our patients from the clinic's FHIR
+server, merge them under the source-of-truth rule, and re-run the consent gate for every patient
+whose consents changed. See docs/two-way-sync.md.
+
+* **Which patients**: every patient key the store knows, named on the server as it is here
+  (``Patient/<id>``) or, for a patient known here only by identifier, as the server's
+  ``Patient?identifier=`` answer says (one match only; the link and an alias are stored).
+* **Incremental**: ``[type]?patient=…&_lastUpdated=ge<newest seen - overlap>``,
+  page by page (memory stays flat: one page at a time, one store lookup per page); every resource
+  is deduplicated on (id, versionId) against ``pulled_resources``. A patient seen for the first
+  time is read in full.
+* **Deletions**: the test server (and many others) has no type-level ``_history``, so every
+  ``pull_full_listing_seconds`` the pull lists everything of our patients instead; a resource
+  seen before and missing from a complete listing was deleted.
+* **Source of truth**: a Consent written by someone else (foreign) belongs to the server: it is
+  mapped with the library (IHE PCF / LEAP shapes included) and stored as a *remote-origin* consent
+  record (never pushed back) that joins the patient's engine, deny-overrides. One that cannot be
+  read is stored as unreadable, which holds the patient's records (never "no consent"). Deleted
+  on the server, it is revoked here. A Consent **we** pushed belongs to us: our own versions are
+  skipped; someone else's edit that withdraws it (status no longer active, or a deletion) is
+  adopted at once as a local revocation (so the next push carries it); any other edit is a
+  conflict, counted and noted on the record, settled by the conflict policy at the next push.
+* **Observations** (``pull_observations``) are kept read-only in ``pulled_resources``; never
+  pushed back.
+
+Logs carry counts only: never resource content, patient keys or identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fhir_alliance.client import FhirClient
+from fhir_alliance.client.bundles import search_token
+from fhir_alliance.errors import FhirAllianceError, InputError, ServerError
+from fhir_alliance.mapping._ids import resource_id
+from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
+from fhir_alliance.mapping.consent import from_consent
+from fhir_alliance.model.common import Identifier
+from fhir_alliance.model.consent import (
+    ConsentRecord,
+    ConsentRevocation,
+    ConsentStatus,
+    apply_revocation,
+)
+from fhir_alliance_service import audit
+from fhir_alliance_service.config import Settings
+from fhir_alliance_service.metrics import CONFLICTS, PULLED
+from fhir_alliance_service.store.interface import (
+    NewRecord,
+    PullCursor,
+    PulledResource,
+    PutOutcome,
+    Store,
+)
+from fhir_alliance_service.usecases.consents import PULLED_DELETED_MARK
+from fhir_alliance_service.usecases.intake import content_hash, intake_records
+
+__all__ = [
+    "ORIGIN_FOREIGN",
+    "ORIGIN_OURS",
+    "PullReport",
+    "Puller",
+    "foreign_record_id",
+]
+
+log = logging.getLogger("fhir_alliance_service.sync.pull")
+
+ORIGIN_OURS = "ours"
+ORIGIN_FOREIGN = "foreign"
+FAMILY_CONSENT = "consent"
+
+#: Patients named in one search (``patient=a,b,…``): keeps URLs well under common limits.
+PATIENTS_PER_QUERY = 40
+#: Resources per page asked for (the server may give fewer).
+PAGE_SIZE = 500
+#: Pages one search may take before the client refuses (a bound, not a target).
+MAX_PAGES = 100_000
+#: Unreadable consents are stored with this body: loading it fails, so the gate holds.
+UNREADABLE_KIND = "consent"
+#: In the body of a pulled consent that could not be read and was then deleted on the server:
+#: the consent loader (``usecases/consents.py``) skips it.
+DELETED_MARK = PULLED_DELETED_MARK
+
+
+def foreign_record_id(server: str, resource_id_on_server: str) -> str:
+    """The local record id of a foreign Consent: stable per server and resource id, never equal
+    to the id of a record of ours."""
+    return resource_id(Identifier(f"{server}/Consent", resource_id_on_server), "/pulled")
+
+
+@dataclass(slots=True)
+class PullReport:
+    """What one pull did, by resource: read, skipped as already seen, merged, unreadable,
+    adopted withdrawals of ours, conflicts, deletions; and the patients whose consents changed."""
+
+    read: int = 0
+    duplicates: int = 0
+    merged: int = 0
+    unreadable: int = 0
+    withdrawn: int = 0
+    conflicts: int = 0
+    deleted: int = 0
+    observations: int = 0
+    ignored: int = 0
+    pages: int = 0
+    full_listing: bool = False
+    released: int = 0
+    changed_patients: set[str] = field(default_factory=set)
+    error: str | None = None
+
+
+def _meta(resource: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = resource.get("meta")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _instant(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _search_instant(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Puller:
+    """One pull pass over the server ``client`` talks to (``pull()``); the worker loop runs it
+    every ``settings.pull_interval_seconds``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        client: FhirClient,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.server = client.base.url
+        self.clock = clock
+        self.page_size = page_size
+
+    # ------------------------------------------------------------------ patients
+
+    def patient_map(self) -> tuple[dict[str, str], set[str]]:
+        """Remote reference → local patient key, and the remote references seen for the first
+        time (read in full, whatever the cursor says)."""
+        linked = self.store.remote_patients(self.server)
+        new: set[str] = set()
+        now = self.clock()
+        for key in self.store.patients():
+            if key in linked:
+                continue
+            remote = key if "|" not in key else self._resolve(key)
+            if remote is None:
+                continue
+            self.store.set_remote_patient(self.server, key, remote, at=now)
+            if remote != key:
+                try:  # the server's reference names the same patient as the identifier here
+                    self.store.add_patient_alias(key, remote, at=now)
+                except ValueError:
+                    log.warning("patient link not aliased: the reference names another patient")
+            linked[key] = remote
+            new.add(remote)
+        by_remote: dict[str, str] = {}
+        for key, remote in linked.items():
+            by_remote.setdefault(remote, self.store.patient_keys(key)[0])
+        return by_remote, new
+
+    def _resolve(self, token: str) -> str | None:
+        system, _, value = token.partition("|")
+        try:
+            found = list(
+                self.client.search(
+                    "Patient",
+                    {"identifier": search_token(system, value), "_count": "2"},
+                    max_pages=1,
+                )
+            )
+        except ServerError as exc:
+            log.info("patient lookup failed: %s %s", type(exc).__name__, exc.status or "-")
+            return None
+        if len(found) != 1 or not isinstance(found[0].get("id"), str):
+            return None  # none or several: which one is meant is unknown, so none
+        return f"Patient/{found[0]['id']}"
+
+    # ------------------------------------------------------------------ the pass
+
+    def pull(self, *, full_listing: bool | None = None) -> PullReport:
+        """Read what changed, merge it, re-run the gate for changed patients. ``full_listing``
+        forces (True) or skips (False) the listing that notices deletions; None: when due."""
+        report = PullReport()
+        try:
+            patients, new = self.patient_map()
+            types = ["Consent"] + (["Observation"] if self.settings.pull_observations else [])
+            for resource_type in types:
+                self._pull_type(resource_type, patients, new, full_listing, report)
+        except ServerError as exc:
+            report.error = f"{type(exc).__name__} {exc.status or ''}".strip()
+            log.warning("pull stopped: %s", report.error)
+        now = self.clock()
+        for patient in sorted(report.changed_patients):
+            report.released += self.store.release_held(patient, at=now)
+        log.info(
+            "pull done: read=%d duplicates=%d merged=%d unreadable=%d withdrawn=%d "
+            "conflicts=%d deleted=%d observations=%d pages=%d released=%d",
+            report.read,
+            report.duplicates,
+            report.merged,
+            report.unreadable,
+            report.withdrawn,
+            report.conflicts,
+            report.deleted,
+            report.observations,
+            report.pages,
+            report.released,
+        )
+        return report
+
+    def _pull_type(
+        self,
+        resource_type: str,
+        patients: Mapping[str, str],
+        new: set[str],
+        full_listing: bool | None,
+        report: PullReport,
+    ) -> None:
+        now = self.clock()
+        cursor = self.store.get_pull_cursor(self.server, resource_type) or PullCursor(
+            self.server, resource_type
+        )
+        due = (
+            cursor.full_listing_at is None
+            or (now - cursor.full_listing_at).total_seconds()
+            >= self.settings.pull_full_listing_seconds
+        )
+        full = due if full_listing is None else full_listing
+        generation = cursor.generation + 1 if full else cursor.generation
+        report.full_listing = report.full_listing or full
+        since = None
+        last_seen = _instant(cursor.last_updated)
+        if not full and last_seen is not None:
+            since = last_seen - timedelta(seconds=self.settings.pull_overlap_seconds)
+        newest = cursor.last_updated
+        newest_at = last_seen
+        remotes = sorted(patients)
+        groups: list[tuple[list[str], datetime | None]] = [(remotes, since)]
+        if since is not None and new:
+            groups = [
+                ([r for r in remotes if r not in new], since),
+                (sorted(new & set(remotes)), None),
+            ]
+        for refs, after in groups:
+            for page in self._pages(resource_type, refs, after):
+                report.pages += 1
+                self._merge_page(
+                    resource_type, page, patients, generation if full else None, report
+                )
+                for resource in page:
+                    stamp = _meta(resource).get("lastUpdated")
+                    at = _instant(stamp if isinstance(stamp, str) else None)
+                    if at is not None and (newest_at is None or at > newest_at):
+                        newest_at, newest = at, str(stamp)
+        if full:
+            self._deletions(resource_type, generation, report)
+        self.store.save_pull_cursor(
+            PullCursor(
+                self.server,
+                resource_type,
+                last_updated=newest,
+                generation=generation,
+                full_listing_at=now if full else cursor.full_listing_at,
+            ),
+            at=self.clock(),
+        )
+
+    def _pages(
+        self, resource_type: str, refs: Sequence[str], since: datetime | None
+    ) -> Iterator[list[dict[str, Any]]]:
+        for start in range(0, len(refs), PATIENTS_PER_QUERY):
+            chunk = refs[start : start + PATIENTS_PER_QUERY]
+            # No _sort: the cursor is the newest stamp of the whole pass, saved at its end, so
+            # order does not matter (and the test server refuses _sort=_lastUpdated when
+            # nothing matches).
+            params: list[tuple[str, str]] = [
+                ("patient", ",".join(chunk)),
+                ("_count", str(self.page_size)),
+            ]
+            if since is not None:
+                params.append(("_lastUpdated", f"ge{_search_instant(since)}"))
+            for bundle in self.client.search_pages(resource_type, params, max_pages=MAX_PAGES):
+                entries = bundle.get("entry")
+                resources = [
+                    e["resource"]
+                    for e in (entries if isinstance(entries, list) else [])
+                    if isinstance(e, Mapping)
+                    and isinstance(e.get("resource"), dict)
+                    and e["resource"].get("resourceType") == resource_type
+                    and isinstance(e["resource"].get("id"), str)
+                    and (e.get("search") or {}).get("mode", "match") == "match"
+                ]
+                yield resources
+
+    # ------------------------------------------------------------------ merge
+
+    def _patient_of(self, resource: Mapping[str, Any], patients: Mapping[str, str]) -> str | None:
+        subject = resource.get("patient") or resource.get("subject")
+        reference = subject.get("reference") if isinstance(subject, Mapping) else None
+        if not isinstance(reference, str):
+            return None
+        base = f"{self.server}/"
+        if reference.startswith(base):
+            reference = reference[len(base) :]
+        return patients.get(reference)
+
+    def _merge_page(
+        self,
+        resource_type: str,
+        page: list[dict[str, Any]],
+        patients: Mapping[str, str],
+        generation: int | None,
+        report: PullReport,
+    ) -> None:
+        if not page:
+            return
+        report.read += len(page)
+        ids = [str(r["id"]) for r in page]
+        seen = self.store.pulled(self.server, resource_type, ids)
+        fresh: list[dict[str, Any]] = []
+        for resource in page:
+            before = seen.get(resource["id"])
+            version = _meta(resource).get("versionId")
+            if before is not None and before.version_id == version and before.state != "deleted":
+                report.duplicates += 1
+                PULLED.labels(resource_type, "duplicate").inc()
+                continue
+            fresh.append(resource)
+        if generation is not None:
+            self.store.mark_listed(self.server, resource_type, ids, generation)
+        if not fresh:
+            return
+        if resource_type == "Consent":
+            rows = self._merge_consents(fresh, patients, generation or 0, report)
+        else:
+            rows = self._keep_observations(fresh, patients, generation or 0, report)
+        self.store.save_pulled(rows, at=self.clock())
+
+    def _row(
+        self,
+        resource: Mapping[str, Any],
+        *,
+        patient: str | None,
+        record_id: str | None,
+        origin: str,
+        state: str,
+        generation: int,
+        body: Mapping[str, Any] | None = None,
+    ) -> PulledResource:
+        meta = _meta(resource)
+        version = meta.get("versionId")
+        stamp = meta.get("lastUpdated")
+        return PulledResource(
+            server=self.server,
+            resource_type=str(resource["resourceType"]),
+            resource_id=str(resource["id"]),
+            version_id=version if isinstance(version, str) else None,
+            last_updated=stamp if isinstance(stamp, str) else None,
+            patient=patient,
+            record_id=record_id,
+            origin=origin,
+            state=state,
+            body=body,
+            generation=generation,
+        )
+
+    def _keep_observations(
+        self,
+        page: list[dict[str, Any]],
+        patients: Mapping[str, str],
+        generation: int,
+        report: PullReport,
+    ) -> list[PulledResource]:
+        rows = []
+        for resource in page:
+            patient = self._patient_of(resource, patients)
+            source = _meta(resource).get("source")
+            ours = isinstance(source, str) and source.startswith(_our_source())
+            state = "ours" if ours else "stored"
+            rows.append(
+                self._row(
+                    resource,
+                    patient=patient,
+                    record_id=None,
+                    origin=ORIGIN_OURS if ours else ORIGIN_FOREIGN,
+                    state=state,
+                    generation=generation,
+                    body=None if ours else resource,  # read-only copy of what others wrote
+                )
+            )
+            report.observations += 0 if ours else 1
+            PULLED.labels("Observation", state).inc()
+        return rows
+
+    def _merge_consents(
+        self,
+        page: list[dict[str, Any]],
+        patients: Mapping[str, str],
+        generation: int,
+        report: PullReport,
+    ) -> list[PulledResource]:
+        now = self.clock()
+        ours = self.store.get_records([str(r["id"]) for r in page])
+        rows: list[PulledResource] = []
+        foreign: list[tuple[dict[str, Any], NewRecord]] = []
+        for resource in page:
+            patient = self._patient_of(resource, patients)
+            local = ours.get(str(resource["id"]))
+            if local is not None and local.family == FAMILY_CONSENT:
+                rows.append(
+                    self._merge_ours(resource, local.record_id, local.patient, generation, report)
+                )
+                continue
+            if patient is None:
+                report.ignored += 1
+                PULLED.labels("Consent", "ignored").inc()
+                rows.append(
+                    self._row(
+                        resource,
+                        patient=None,
+                        record_id=None,
+                        origin=ORIGIN_FOREIGN,
+                        state="ignored",
+                        generation=generation,
+                    )
+                )
+                continue
+            record_id = foreign_record_id(self.server, str(resource["id"]))
+            new, state = _foreign_record(resource, record_id, patient)
+            foreign.append((resource, new))
+            rows.append(
+                self._row(
+                    resource,
+                    patient=patient,
+                    record_id=record_id,
+                    origin=ORIGIN_FOREIGN,
+                    state=state,
+                    generation=generation,
+                )
+            )
+            if state == "unreadable":
+                report.unreadable += 1
+            PULLED.labels("Consent", state).inc()
+        if foreign:
+            entries = [
+                audit.two_way_event(
+                    "pull",
+                    new.record_id,
+                    new.patient,
+                    now,
+                    resources=[resource],
+                    outcome_code="merged",
+                )
+                for resource, new in foreign
+            ]
+            results = self.store.put_remote_records(
+                [new for _, new in foreign], origin=self.server, audit=entries, at=now
+            )
+            for (_, new), result in zip(foreign, results, strict=True):
+                if result.outcome is not PutOutcome.UNCHANGED:
+                    report.merged += 1
+                    report.changed_patients.add(new.patient)
+        return rows
+
+    def _merge_ours(
+        self,
+        resource: Mapping[str, Any],
+        record_id: str,
+        patient: str,
+        generation: int,
+        report: PullReport,
+    ) -> PulledResource:
+        """A Consent we pushed, as the server has it now (see the module docstring)."""
+        version = _meta(resource).get("versionId")
+        last = self.store.last_sent(record_id)
+        sent_versions = {s.version_id for s in last.sent} if last is not None else set()
+
+        def row(state: str) -> PulledResource:
+            return self._row(
+                resource,
+                patient=patient,
+                record_id=record_id,
+                origin=ORIGIN_OURS,
+                state=state,
+                generation=generation,
+            )
+
+        if version in sent_versions:
+            return row("merged")  # our own write
+        # Read the status as written: an edit of the status alone leaves our consent-state
+        # extension disagreeing with it, which the mapper (rightly) refuses to read.
+        if resource.get("status") != "active":
+            return row("withdrawn" if self._withdraw_ours(record_id, patient, report) else "merged")
+        report.conflicts += 1
+        CONFLICTS.labels("remote-edit-seen").inc()
+        if last is not None and last.item_id is not None:
+            self.store.mark_conflict(last.item_id, "remote-edited", at=self.clock())
+        return row("conflict")
+
+    def _withdraw_ours(self, record_id: str, patient: str, report: PullReport) -> bool:
+        """Someone withdrew our consent on the server (a changed status or a deletion): revoke
+        it here too, through intake (audited, versioned, pushed back as revoked)."""
+        stored = self.store.get_record(record_id)
+        if stored is None:
+            return False
+        try:
+            record = CONSENT_MAPPER.load(stored.body)
+        except InputError:
+            return False
+        if not isinstance(record, ConsentRecord) or record.status is not ConsentStatus.ACTIVE:
+            return False  # already withdrawn here
+        now = self.clock()
+        payload = {
+            "kind": "consent-revocation",
+            "consent": str(record.id),
+            "at": now.replace(microsecond=0).isoformat(),
+        }
+        intake_records(self.store, [payload], at=now)
+        report.withdrawn += 1
+        report.changed_patients.add(patient)
+        PULLED.labels("Consent", "withdrawn").inc()
+        return True
+
+    # ------------------------------------------------------------------ deletions
+
+    def _deletions(self, resource_type: str, generation: int, report: PullReport) -> None:
+        while True:
+            gone = self.store.unlisted(self.server, resource_type, generation)
+            if not gone:
+                return
+            now = self.clock()
+            rows: list[PulledResource] = []
+            revoked: list[NewRecord] = []
+            entries = []
+            for row in gone:
+                report.deleted += 1
+                PULLED.labels(resource_type, "deleted").inc()
+                rows.append(_replace_state(row, "deleted", generation))
+                if resource_type != "Consent" or row.record_id is None or row.patient is None:
+                    continue
+                if row.origin == ORIGIN_OURS:
+                    self._withdraw_ours(row.record_id, row.patient, report)
+                    continue
+                withdrawn = _revoked_copy(self.store, row.record_id, now)
+                if withdrawn is not None:
+                    revoked.append(withdrawn)
+                    entries.append(
+                        audit.two_way_event(
+                            "pull",
+                            row.record_id,
+                            row.patient,
+                            now,
+                            resources=[{"resourceType": "Consent", "id": row.resource_id}],
+                            outcome_code="deleted",
+                        )
+                    )
+            if revoked:
+                self.store.put_remote_records(revoked, origin=self.server, audit=entries, at=now)
+                report.changed_patients.update(r.patient for r in revoked)
+            self.store.save_pulled(rows, at=now)
+
+
+def _our_source() -> str:
+    from fhir_alliance_service.sync.worker import SOURCE_URI
+
+    return SOURCE_URI
+
+
+def _replace_state(row: PulledResource, state: str, generation: int) -> PulledResource:
+    return PulledResource(
+        server=row.server,
+        resource_type=row.resource_type,
+        resource_id=row.resource_id,
+        version_id=row.version_id,
+        last_updated=row.last_updated,
+        patient=row.patient,
+        record_id=row.record_id,
+        origin=row.origin,
+        state=state,
+        body=None,
+        generation=generation,
+    )
+
+
+def _foreign_record(
+    resource: Mapping[str, Any], record_id: str, patient: str
+) -> tuple[NewRecord, str]:
+    """The local record of a foreign Consent: mapped with the library, or an unreadable
+    placeholder that holds the patient's records until the Consent is fixed on the server."""
+    try:
+        record = from_consent(resource)
+    except FhirAllianceError as exc:
+        body: dict[str, Any] = {"kind": UNREADABLE_KIND, "unreadable": exc.element or "Consent"}
+        identifier = f"urn:fhir-alliance:unreadable|{record_id}"
+        state = "unreadable"
+    else:
+        body = dict(CONSENT_MAPPER.dump(record))
+        identifier = str(record.id)
+        state = "merged"
+    new = NewRecord(
+        record_id=record_id,
+        identifier=identifier,
+        kind=str(body["kind"]),
+        family=FAMILY_CONSENT,
+        patient=patient,
+        body=body,
+        content_hash=content_hash(body),
+    )
+    return new, state
+
+
+def _revoked_copy(store: Store, record_id: str, at: datetime) -> NewRecord | None:
+    """A foreign consent deleted on the server: a revoked version of it; for an unreadable one,
+    a body the consent loader skips (:data:`DELETED_MARK`). None: nothing to change."""
+    stored = store.get_record(record_id)
+    if stored is None:
+        return None
+    try:
+        record = CONSENT_MAPPER.load(stored.body)
+    except InputError:
+        record = None
+    if isinstance(record, ConsentRecord):
+        if record.status is not ConsentStatus.ACTIVE:
+            return None
+        revoked = apply_revocation(
+            record, ConsentRevocation(consent=record.id, at=at.replace(microsecond=0))
+        )
+        body: dict[str, Any] = dict(CONSENT_MAPPER.dump(revoked))
+    else:  # an unreadable consent that is gone no longer holds anything
+        if stored.body.get(DELETED_MARK):
+            return None
+        body = {"kind": stored.kind, DELETED_MARK: True}
+    return NewRecord(
+        record_id=record_id,
+        identifier=stored.identifier,
+        kind=stored.kind,
+        family=FAMILY_CONSENT,
+        patient=stored.patient,
+        body=body,
+        content_hash=content_hash(body),
+    )
