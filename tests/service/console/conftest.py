@@ -108,9 +108,18 @@ class Clinic:
     keys: dict[str, str]
     refused_record_id: str
     fhir_base_url: str
+    refusing_settings: Settings
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
+
+    def sync_to_refusing_server(self) -> None:
+        """Run the worker against the server that refuses everything: what is queued is
+        dead-lettered (as the refused record was when the clinic was loaded)."""
+        with client_from_settings(
+            self.refusing_settings, retry=RetryPolicy(max_attempts=1)
+        ) as client:
+            sync_once(self.refusing_settings, self.store, client)
 
 
 def _refusing_server(server: HTTPServer) -> None:
@@ -186,10 +195,9 @@ def clinic(fhir_base_url: str) -> Iterator[Clinic]:
             fhir_version="4.0.1",
             recipients=(EHR,),
         )
-        refusing_client = client_from_settings(refusing_settings, retry=RetryPolicy(max_attempts=1))
-        sync_once(refusing_settings, store, refusing_client)
-        refusing_client.close()
-        yield Clinic(base_url, store, keys, refused_id, fhir_base_url)
+        loaded = Clinic(base_url, store, keys, refused_id, fhir_base_url, refusing_settings)
+        loaded.sync_to_refusing_server()
+        yield loaded
     finally:
         refusing.clear()
         refusing.stop()

@@ -249,13 +249,17 @@ def test_read_key_and_signed_out_browser_cannot_replay(
 def test_an_admin_replays_a_dead_letter_by_clicking(
     browser: webdriver.Chrome, clinic: Clinic, artifacts: Path
 ) -> None:
-    """An admin clicks Replay on the overview: the record is queued again in the store."""
+    """An admin clicks Replay on the overview: the record is queued again in the store. (The
+    worker then dead-letters it again, so that other tests find the clinic as it was.)"""
     sign_in(browser, clinic, "admin")
     navigates(browser, browser.find_element(By.CSS_SELECTOR, "#dead-lettered button").click)
     assert "Queued again" in browser.find_element(By.CSS_SELECTOR, "p.notice").text
     status = clinic.store.sync_status(clinic.refused_record_id)
     assert status is not None and status.state is SyncState.QUEUED
     screenshot(browser, artifacts, "replayed")
+    clinic.sync_to_refusing_server()
+    status = clinic.store.sync_status(clinic.refused_record_id)
+    assert status is not None and status.state is SyncState.DEAD_LETTERED
 
 
 def _post_form(browser: webdriver.Chrome, action: str, token: str | None) -> None:
