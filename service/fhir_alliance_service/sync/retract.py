@@ -1,0 +1,199 @@
+"""Retraction: what happens to data already on the clinic's server once the patient's consents no
+longer permit it (a revocation here, on the server, or an expiry).
+
+Further pushes stop without this module: the gate runs before every send, so a queued record of a
+patient whose share was revoked is held when it is claimed. This module deals with what was sent
+before. For each patient whose consents changed (and for every patient on a full pass), each
+record whose newest send is still on the server is put to the gate again, now; one that would be
+held is retracted by ``settings.retraction_policy``:
+
+* ``none``: left on the server; the record's status says ``kept``;
+* ``entered-in-error``: each resource sent is read and written back with status
+  ``entered-in-error`` (``If-Match`` its version, so a concurrent edit is not overwritten);
+* ``delete``: each resource sent is deleted (a resource already gone counts as deleted).
+
+Every step is an AuditEvent (``retract-kept``, ``retract-entered-in-error``, ``retract-delete``,
+``retract-failed``) and the outcome is on the record's sync status (``retraction``). A failure is
+audited and tried again on the next pass. Consent records are never retracted: the EHR needs the
+revocation itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from fhir_alliance.client import FhirClient
+from fhir_alliance.errors import FhirAllianceError, NotFoundError, ServerError
+from fhir_alliance_service import audit
+from fhir_alliance_service.config import Settings
+from fhir_alliance_service.metrics import RETRACTIONS
+from fhir_alliance_service.store.interface import OutboxItem, SentResource, Store, SyncStatus
+from fhir_alliance_service.sync.gate import FAMILY_CONSENT, gate_item
+from fhir_alliance_service.sync.target import target_fhir_version
+
+__all__ = ["RetractReport", "Retractor"]
+
+log = logging.getLogger("fhir_alliance_service.sync.retract")
+
+#: The record status values this module writes (``SyncStatus.retraction``).
+KEPT = "kept"
+ENTERED_IN_ERROR = "entered-in-error"
+DELETED = "deleted"
+
+
+@dataclass(slots=True)
+class RetractReport:
+    patients: int = 0
+    checked: int = 0
+    kept: int = 0
+    entered_in_error: int = 0
+    deleted: int = 0
+    failed: int = 0
+    retracted_records: list[str] = field(default_factory=list)
+
+
+class Retractor:
+    """Retraction passes for one store and server. It remembers (per process) the consent stamp
+    of each patient it checked, so a pass looks only at patients whose consents changed."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        client: FhirClient,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.clock = clock
+        self._checked: dict[str, str] = {}
+
+    def run_pass(self, *, everyone: bool = False) -> RetractReport:
+        """Check every patient whose consents changed since the last pass (all of them on the
+        first pass, or with ``everyone``: expiries change no stamp)."""
+        report = RetractReport()
+        stamps = self.store.consent_stamps()
+        for patient, stamp in sorted(stamps.items()):
+            if not everyone and self._checked.get(patient) == stamp:
+                continue
+            self.retract_patient(patient, report)
+            if report.failed == 0:
+                self._checked[patient] = stamp
+        return report
+
+    def retract_patient(self, patient: str, report: RetractReport | None = None) -> RetractReport:
+        """Retract, by the policy, what was sent for ``patient`` and is no longer permitted."""
+        report = report or RetractReport()
+        report.patients += 1
+        version = target_fhir_version(self.settings, self.store, self.client)
+        for status in self.store.sent_items(patient):
+            if status.retraction is not None or status.item_id is None:
+                continue
+            record = self.store.get_record(status.record_id, version=status.record_version)
+            if record is None or record.family == FAMILY_CONSENT:
+                continue
+            report.checked += 1
+            now = self.clock()
+            item = OutboxItem(
+                item_id=status.item_id,
+                record_id=record.record_id,
+                record_version=record.version,
+                kind=record.kind,
+                family=record.family,
+                patient=record.patient,
+                body=record.body,
+                attempts=0,
+                lease_owner="retraction",
+                lease_until=now,
+            )
+            try:
+                gated = gate_item(
+                    item, settings=self.settings, store=self.store, version=version, at=now
+                )
+            except (FhirAllianceError, ValueError, TypeError, LookupError):
+                continue  # a record that no longer maps: the worker dead-letters such records
+            if gated.permitted:
+                continue
+            self._retract(status, record.patient, report)
+        return report
+
+    def _retract(self, status: SyncStatus, patient: str, report: RetractReport) -> None:
+        assert status.item_id is not None
+        policy = self.settings.retraction_policy
+        now = self.clock()
+        sent = list(status.sent)
+        try:
+            if policy == "entered-in-error":
+                sent = [self._mark_entered_in_error(resource) for resource in sent]
+                outcome, step = ENTERED_IN_ERROR, "retract-entered-in-error"
+                report.entered_in_error += 1
+            elif policy == "delete":
+                for resource in sent:
+                    self._delete(resource)
+                outcome, step = DELETED, "retract-delete"
+                report.deleted += 1
+            else:
+                outcome, step = KEPT, "retract-kept"
+                report.kept += 1
+        except ServerError as exc:
+            report.failed += 1
+            RETRACTIONS.labels("failed").inc()
+            log.warning(
+                "retraction of item %d failed: %s %s",
+                status.item_id,
+                type(exc).__name__,
+                exc.status or "-",
+            )
+            self.store.add_audit(
+                [
+                    audit.two_way_event(
+                        "retract-failed",
+                        status.record_id,
+                        patient,
+                        now,
+                        version=status.record_version,
+                        resources=sent,
+                        outcome_code=f"http-{exc.status}" if exc.status else "not-reached",
+                        failed=True,
+                    )
+                ]
+            )
+            return
+        RETRACTIONS.labels(outcome).inc()
+        report.retracted_records.append(status.record_id)
+        entry = audit.two_way_event(
+            step,
+            status.record_id,
+            patient,
+            now,
+            version=status.record_version,
+            resources=sent,
+            outcome_code=f"policy-{policy}",
+        )
+        self.store.mark_retraction(status.item_id, outcome, audit=[entry], at=now)
+
+    def _mark_entered_in_error(self, resource: SentResource) -> SentResource:
+        try:
+            current = self.client.read(resource.resource_type, resource.id)
+        except NotFoundError:
+            return resource  # already gone from the server: nothing left to mark
+        if current.get("status") == "entered-in-error":
+            return resource
+        meta = current.get("meta")
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        written = self.client.update(
+            {**current, "status": "entered-in-error"},
+            if_match=version if isinstance(version, str) else None,
+        )
+        return SentResource(resource.resource_type, resource.id, written.version_id)
+
+    def _delete(self, resource: SentResource) -> None:
+        # Already gone (404 or 410): deleted is what we wanted.
+        with contextlib.suppress(NotFoundError):
+            self.client.delete(resource.resource_type, resource.id)
