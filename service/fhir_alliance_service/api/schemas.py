@@ -15,6 +15,7 @@ from marshmallow import INCLUDE, Schema, fields, validate
 
 from fhir_alliance.schemas.common import AwareDateTime, CodingSchema, RefSchema, StrictSchema
 from fhir_alliance.schemas.consent import ConsentRecordSchema, ConsentRevocationSchema
+from fhir_alliance.schemas.notes import SessionNoteSchema
 from fhir_alliance.schemas.observations import (
     DimensionRatingSchema,
     InstrumentAdministrationSchema,
@@ -46,6 +47,7 @@ RECORD_BODY_SCHEMAS: dict[str, type[Schema]] = {
     "repair": RepairEventSchema,
     "consent": ConsentRecordSchema,
     "consent-revocation": ConsentRevocationSchema,
+    "session-note": SessionNoteSchema,
 }
 
 #: Largest page of records a client may ask for.
