@@ -9,11 +9,12 @@ import copy
 import json
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.store.interface import NewRecord, SyncState
 from fhir_alliance_service.sync import Worker
 from fhir_alliance_service.sync.gate import HoldReason
 from fhir_alliance_service.usecases.consents import clear_engine_cache
@@ -149,6 +150,35 @@ def test_consent_revoked_before_the_session_refuses_the_note(client, auth_header
     response = _post(client, "/v1/notes", _note(run), auth_headers["write"])
     assert response.status_code == 422
     assert response.json["issue"][0]["expression"] == ["ai_drafting"]
+
+
+def test_an_unreadable_consent_refuses_an_ai_drafted_note(client, auth_headers, store) -> None:
+    """A stored consent of the client that cannot be read refuses an AI-drafted note (never read as
+    "no objection"), even beside a recording consent that would permit it."""
+    run = _run()
+    assert (
+        _post(client, "/v1/records", _recording_consent(run), auth_headers["write"]).status_code
+        == 201
+    )
+    store.put_records(
+        [
+            NewRecord(
+                record_id=f"broken-{run}",
+                identifier=f"https://clinic.example.org/consents|broken-{run}",
+                kind="consent",
+                family="consent",
+                patient="Patient/p1",
+                body={"kind": "consent", "status": "no-such-status"},
+                content_hash=f"broken-{run}",
+            )
+        ],
+        audit=[],
+        at=datetime.now(UTC),
+    )
+    response = _post(client, "/v1/notes", _note(run), auth_headers["write"])
+    assert response.status_code == 422
+    assert response.json["issue"][0]["expression"] == ["ai_drafting"]
+    assert "could not be read" in response.json["issue"][0]["details"]["text"]
 
 
 def test_notes_route_takes_only_notes(client, auth_headers) -> None:
