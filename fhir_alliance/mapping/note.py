@@ -305,7 +305,7 @@ def _extensions(resource: Mapping[str, Any], path: str) -> dict[str, list[tuple[
     return found
 
 
-def _one(found: Mapping[str, list[tuple[Any, str]]], url: str, path: str) -> Any:
+def _one(found: Mapping[str, list[tuple[Any, str]]], url: str) -> Any:
     items = found.get(url, [])
     if len(items) > 1:
         raise MappingError(f"more than one {url}", element=items[1][1])
@@ -486,7 +486,7 @@ def _signature(
         if resource.get("authenticator") is None
         else ref_from_fhir(resource["authenticator"], f"{path}.authenticator")
     )
-    signed_at = _one(found, EXT_SIGNED_AT, path)
+    signed_at = _one(found, EXT_SIGNED_AT)
     at = (
         None
         if signed_at is None
@@ -538,8 +538,8 @@ def from_document_reference(
     found = _extensions(resource, path)
     identifiers = read_list(resource.get("identifier"), f"{path}.identifier", required=True)
     category = _category(resource, path)
-    ai_ext = _one(found, EXT_AI_DRAFTING, path)
-    removal_ext = _one(found, EXT_AI_LABEL_REMOVAL, path)
+    ai_ext = _one(found, EXT_AI_DRAFTING)
+    removal_ext = _one(found, EXT_AI_LABEL_REMOVAL)
     ai = None if ai_ext is None else _ai_from_fhir(*ai_ext)
     removal = None if removal_ext is None else _removal_from_fhir(*removal_ext)
     signed_by, signed_at = _signature(resource, path, found)
