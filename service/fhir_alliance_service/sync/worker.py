@@ -33,13 +33,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fhir_alliance.client import BundleRequest, EntryOutcome, FhirClient
-from fhir_alliance.errors import FhirAllianceError, ServerError, loggable_outcome
+from fhir_alliance.errors import (
+    FhirAllianceError,
+    MultipleMatchesError,
+    PreconditionFailedError,
+    ServerError,
+    VersionConflictError,
+    loggable_outcome,
+)
 from fhir_alliance.mapping.fast_validation import FAST_RESOURCE_TYPES, validate_r4_fast
 from fhir_alliance.mapping.validation import validate_resource
 from fhir_alliance.terminology import CANONICAL_BASE
 from fhir_alliance_service import audit
 from fhir_alliance_service.config import Settings
-from fhir_alliance_service.metrics import SEND_FAILURES, SEND_LATENCY, SENDS
+from fhir_alliance_service.metrics import CONFLICTS, SEND_FAILURES, SEND_LATENCY, SENDS
 from fhir_alliance_service.store.interface import AuditEntry, OutboxItem, SentResource, Store
 from fhir_alliance_service.sync.gate import GateResult, gate_item
 from fhir_alliance_service.sync.retry import decide_retry, is_transient
@@ -55,6 +62,11 @@ _RECORD_ERRORS = (FhirAllianceError, ValueError, TypeError, LookupError)
 
 #: ``meta.source`` of every resource the worker pushes: the system it came from.
 SOURCE_URI = f"{CANONICAL_BASE}/sync-service"
+
+#: The held reason of a record whose resource someone else changed (conflict policy ``flag``).
+CONFLICT_HELD_REASON = (
+    "changed on the FHIR server by someone else since our last send: a person must decide"
+)
 
 #: Most entries in one transaction Bundle (an item's resources are never split across Bundles).
 DEFAULT_BUNDLE_ENTRIES = 250
@@ -100,6 +112,9 @@ class _Ready:
 
     item: OutboxItem
     resources: list[dict[str, Any]]
+    #: (resource type, id) → the version we last wrote: sent as If-Match (two-way sync: a
+    #: resource someone else changed since answers 412, settled by ``conflict_policy``).
+    if_match: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -248,7 +263,7 @@ class Worker:
         except FhirAllianceError as exc:  # ProfileViolation: our mapping made something invalid
             self._fail(item, exc, report)
             return None
-        return _Ready(item, resources)
+        return _Ready(item, resources, self._if_match(item))
 
     def _tagged(self, resource: dict[str, Any]) -> dict[str, Any]:
         """A copy with ``meta.source`` (this service, unless the mapping set one) and the
@@ -279,7 +294,11 @@ class Worker:
         return groups
 
     def _transaction(self, group: list[_Ready]) -> list[EntryOutcome]:
-        requests = [BundleRequest.put(r) for entry in group for r in entry.resources]
+        requests = [
+            BundleRequest.put(r, if_match=entry.if_match.get((r["resourceType"], r["id"])))
+            for entry in group
+            for r in entry.resources
+        ]
         started = time.perf_counter()
         try:
             return self.client.transaction(requests, chunk_size=max(1, len(requests)))
@@ -312,6 +331,9 @@ class Worker:
             (x.error for _, o in failed for x in o if x.error is not None),
             ServerError("bundle entry failed without a status"),
         )
+        if len(group) == 1 and group[0].if_match and _stale_version(error):
+            self._conflict(group[0], report)
+            return
         if not is_transient(error) and len(group) > 1:
             # Atomic Bundle failed for good: find the bad item by sending each on its own.
             log.info(
@@ -375,6 +397,104 @@ class Worker:
             log.warning("audit push failed: %s %s", type(exc).__name__, exc.status or "")
             return entries
         return [replace(e, pushed=o.ok) for e, o in zip(entries, outcomes, strict=True)]
+
+    # ------------------------------------------------------------------ two-way sync: conflicts
+
+    def _if_match(self, item: OutboxItem) -> dict[tuple[str, str], str]:
+        """The versions of this record's resources after our last send, for If-Match (none for
+        a record never sent: a PUT to its deterministic id creates it)."""
+        if item.record_version == 1:
+            return {}
+        last = self.store.last_sent(item.record_id)
+        if last is None:
+            return {}
+        versions = {(s.resource_type, s.id): s.version_id for s in last.sent if s.version_id}
+        # A remote edit the pull adopted (someone withdrew our consent on the server) is
+        # accounted for: the next update is made against that version.
+        for rtype, rid in list(versions):
+            seen = self.store.pulled(self.client.base.url, rtype, [rid]).get(rid)
+            if seen is not None and seen.state == "withdrawn" and seen.version_id:
+                versions[(rtype, rid)] = seen.version_id
+        return versions
+
+    def _conflict(self, entry: _Ready, report: BatchReport) -> None:
+        """Someone else changed a resource we own since our last send (412 on If-Match): the
+        conflict policy decides. ``overwrite``: send ours again without If-Match; ``keep-remote``:
+        leave the server's version, record it as what the server holds; ``flag``: hold the record
+        for a person. The outcome is on the record's status (``conflict``), in the metrics and
+        in the audit."""
+        item = entry.item
+        policy = self.settings.conflict_policy
+        log.warning(
+            "item %d: changed on the server by someone else (412); policy %s", item.item_id, policy
+        )
+        now = self.clock()
+        try:
+            current = [
+                self.client.read(str(r["resourceType"]), str(r["id"])) for r in entry.resources
+            ]
+        except ServerError as exc:
+            self._fail(item, exc, report)
+            return
+        held_by_server = [
+            SentResource(
+                str(r["resourceType"]), str(r["id"]), (r.get("meta") or {}).get("versionId")
+            )
+            for r in current
+        ]
+        if all(
+            _content(mine) == _content(theirs)
+            for mine, theirs in zip(entry.resources, current, strict=True)
+        ):
+            # Our own write whose answer was lost (a crash, a timeout): not a conflict.
+            self._count(
+                self.store.mark_sent(
+                    item.item_id, self.worker_id, sent=held_by_server, audit=[], at=now
+                ),
+                report,
+                "sent",
+            )
+            return
+        if policy == "overwrite":
+            outcome = "overwritten"
+            self._send_group([replace(entry, if_match={})], report)
+        elif policy == "keep-remote":
+            outcome = "kept-remote"
+            self._count(
+                self.store.mark_sent(
+                    item.item_id, self.worker_id, sent=held_by_server, audit=[], at=now
+                ),
+                report,
+                "sent",
+            )
+        else:
+            outcome = "flagged"
+            self._count(
+                self.store.mark_held(
+                    item.item_id,
+                    self.worker_id,
+                    reason=CONFLICT_HELD_REASON,
+                    audit=[],
+                    at=now,
+                ),
+                report,
+                "held",
+            )
+        CONFLICTS.labels(outcome).inc()
+        self.store.mark_conflict(item.item_id, outcome, at=now)
+        self.store.add_audit(
+            [
+                audit.two_way_event(
+                    "conflict",
+                    item.record_id,
+                    item.patient,
+                    now,
+                    version=item.record_version,
+                    resources=entry.resources,
+                    outcome_code=outcome,
+                )
+            ]
+        )
 
     def _fail(self, item: OutboxItem, error: BaseException, report: BatchReport) -> None:
         now = self.clock()
@@ -441,6 +561,21 @@ class Worker:
             report.lease_lost += 1
             log.warning("lease lost before recording (%s)", field_name)
         return recorded
+
+
+def _content(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """A resource without what the server stamps on it (``meta``, ``text``)."""
+    return {k: v for k, v in resource.items() if k not in ("meta", "text")}
+
+
+def _stale_version(error: BaseException) -> bool:
+    """A 412 (or a per-entry VersionConflictError) answering our If-Match, not a conditional
+    request's "several matches"."""
+    if isinstance(error, VersionConflictError):
+        return True
+    return isinstance(error, PreconditionFailedError) and not isinstance(
+        error, MultipleMatchesError
+    )
 
 
 def sync_once(
