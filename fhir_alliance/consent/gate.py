@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from fhir_alliance.consent.decision import (
     KNOWN_PURPOSES,
@@ -25,9 +25,9 @@ from fhir_alliance.consent.decision import (
 )
 from fhir_alliance.errors import InputError, Issue
 from fhir_alliance.model.common import Coding, Identifier, Ref
-from fhir_alliance.terminology import CONSENT_ACTION, V3_ACT_REASON
+from fhir_alliance.terminology import CONSENT_ACTION, CONSENT_SCOPE, V3_ACT_REASON
 
-__all__ = ["DISCLOSE", "disclosure_request", "requested_resource"]
+__all__ = ["DISCLOSE", "PRIVACY_SCOPE", "disclosure_request", "requested_resource"]
 
 #: The action every disclosure is asked about (consentaction ``disclose``).
 DISCLOSE = Coding(system=CONSENT_ACTION, code="disclose")
@@ -157,6 +157,10 @@ def requested_resource(resource: Mapping[str, Any]) -> RequestedResource:
     )
 
 
+#: The consent scope a disclosure question concerns (R4 ``Consent.scope``, R5 a category).
+PRIVACY_SCOPE: Final = Coding(system=CONSENT_SCOPE, code="patient-privacy")
+
+
 def disclosure_request(
     resource: Mapping[str, Any],
     *,
@@ -194,6 +198,7 @@ def disclosure_request(
         purposes=codings,
         action=DISCLOSE,
         resource=requested_resource(resource),
+        categories=(PRIVACY_SCOPE,),
     )
 
 

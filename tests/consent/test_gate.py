@@ -193,3 +193,27 @@ def test_bad_arguments_are_input_errors(change: dict[str, Any], path: str) -> No
     with pytest.raises(InputError) as info:
         disclosure_request(resource, **arguments)
     assert [i.path for i in info.value.issues] == [path]
+
+
+def test_declined_intervention_does_not_block_sharing() -> None:
+    """A client who declines an intervention (a treatment consent, decision deny) still shares."""
+    declined = ConsentRecord(
+        id=Identifier("https://clinic.example.org/consents", "gate-declined"),
+        kind=ConsentKind.TREATMENT,
+        patient=PATIENT,
+        status=ConsentStatus.ACTIVE,
+        decision=Decision.DENY,
+        date=datetime(2026, 6, 1, tzinfo=UTC),
+        intervention=Coding("http://snomed.info/sct", "228557008"),
+    )
+    request = disclosure_request(
+        _resources("srs-administration")[0],
+        patient=[PATIENT],
+        recipient=[EHR],
+        purposes=[TREAT],
+        at=NOW,
+    )
+    decision = ConsentEngine([_sharing_consent(), declined]).decide(request)
+    assert decision.outcome is DecisionOutcome.PERMIT
+    alone = ConsentEngine([declined]).decide(request)
+    assert alone.outcome is DecisionOutcome.NO_CONSENT
