@@ -79,14 +79,19 @@ def collection_bundle(
 
 def bundle_resources(bundle: Mapping[str, Any], *, source: str = "Bundle") -> list[Any]:
     """The resources of a Bundle's entries, with references to another entry's ``fullUrl``
-    rewritten to that entry's ``Type/id`` (entries without a resource give ``None``)."""
+    rewritten to that entry's ``Type/id``. An entry without a resource object is an error."""
     entries = bundle.get("entry")
     if entries is None:
         return []
     if not isinstance(entries, list):
         message = "Bundle.entry must be an array"
         raise InputError(message, issues=[Issue(path=f"{source}.entry", message=message)])
-    resources = [e.get("resource") if isinstance(e, Mapping) else e for e in entries]
+    resources = [e.get("resource") if isinstance(e, Mapping) else None for e in entries]
+    missing = [i for i, resource in enumerate(resources) if not isinstance(resource, Mapping)]
+    if missing:
+        message = "a Bundle entry without a resource object"
+        issues = [Issue(path=f"{source}.entry[{i}].resource", message=message) for i in missing]
+        raise InputError.from_issues(issues)
     references: dict[str, str] = {}
     for entry, resource in zip(entries, resources, strict=True):
         full_url = entry.get("fullUrl") if isinstance(entry, Mapping) else None
@@ -101,4 +106,4 @@ def bundle_resources(bundle: Mapping[str, Any], *, source: str = "Bundle") -> li
                 references[full_url] = relative
     if not references:
         return resources
-    return [_rewrite(r, references) if isinstance(r, Mapping) else r for r in resources]
+    return [_rewrite(r, references) for r in resources]

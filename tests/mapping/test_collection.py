@@ -71,3 +71,11 @@ def test_base_url_must_be_an_absolute_http_url(base_url: str) -> None:
     with pytest.raises(InputError) as caught:
         collection_bundle(_resources(), base_url=base_url)
     assert caught.value.issues[0].path == "base_url"
+
+
+def test_entry_without_a_resource_is_named() -> None:
+    """An entry that holds no resource object is an InputError at its path, not a later surprise."""
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": _resources()[0]}, {"fullUrl": "x"}]}
+    with pytest.raises(InputError) as caught:
+        bundle_resources(bundle, source="in.json")
+    assert caught.value.issues[0].path == "in.json.entry[1].resource"
