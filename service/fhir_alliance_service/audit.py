@@ -326,6 +326,8 @@ TWO_WAY_STEPS: Final = {
     "retract-kept": ("read", "R"),  # retraction policy none: noted, nothing changed remotely
     "retract-failed": ("update", "U"),  # the server refused; retried on the next pass
     "conflict": ("update", "U"),  # a 412 on If-Match, and how the policy settled it
+    "reconcile-write": ("update", "U"),  # reconcile --fix wrote a missing or drifted resource
+    "reconcile-delete": ("delete", "D"),  # reconcile --fix deleted a duplicate
 }
 
 

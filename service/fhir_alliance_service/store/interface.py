@@ -391,6 +391,13 @@ class Store(Protocol):
     def mark_conflict(self, item_id: int, conflict: str, *, at: datetime) -> None:
         """Note on an item how a 412 conflict on ``If-Match`` was settled."""
 
-    def requeue(self, record_id: str, *, at: datetime) -> bool:
-        """Queue the newest version of a local record again (reconcile ``--fix``); False when
-        there is no such record or an item of it is already pending."""
+    def record_sent_versions(
+        self,
+        item_id: int,
+        sent: Sequence[SentResource],
+        *,
+        audit: Sequence[AuditEntry],
+        at: datetime,
+    ) -> None:
+        """Replace the versions a SENT item lists (reconcile ``--fix`` wrote its resources
+        again), with ``audit``, in one transaction."""

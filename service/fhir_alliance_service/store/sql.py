@@ -1032,31 +1032,23 @@ class SqlStore:
                 update(outbox).where(outbox.c.item_id == item_id).values(conflict=conflict)
             )
 
-    def requeue(self, record_id: str, *, at: datetime) -> bool:
+    def record_sent_versions(
+        self,
+        item_id: int,
+        sent: Sequence[SentResource],
+        *,
+        audit: Sequence[AuditEntry],
+        at: datetime,
+    ) -> None:
+        sent_json = [
+            {"resource_type": item.resource_type, "id": item.id, "version_id": item.version_id}
+            for item in sent
+        ]
         with self._write() as connection:
-            head = connection.execute(
-                select(record_heads.c.version, record_heads.c.patient, record_heads.c.origin).where(
-                    record_heads.c.record_id == record_id
-                )
-            ).one_or_none()
-            if head is None or head.origin is not None:
-                return False
-            pending = connection.execute(
-                select(func.count()).where(
-                    outbox.c.record_id == record_id, outbox.c.state.in_(_PENDING)
-                )
-            ).scalar_one()
-            if pending:
-                return False
             connection.execute(
-                insert(outbox).values(
-                    record_id=record_id,
-                    record_version=head.version,
-                    patient=head.patient,
-                    state=SyncState.QUEUED.value,
-                    attempts=0,
-                    created_at=at,
-                    updated_at=at,
-                )
+                update(outbox)
+                .where(outbox.c.item_id == item_id, outbox.c.state == SyncState.SENT.value)
+                .values(sent=sent_json, updated_at=at)
             )
-            return True
+            if audit:
+                connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])

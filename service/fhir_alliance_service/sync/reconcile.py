@@ -1,0 +1,296 @@
+"""Reconcile: prove the clinic's server holds exactly what it should, and repair it.
+
+For every local record whose newest send is on the server (SENT, not retracted), each resource the
+mapping gives **now** is looked up on the server by its business identifier:
+
+* **missing**: no resource carries the identifier;
+* **duplicated**: more than one does, or one at another id than ours (e.g. a copy created
+  outside the service);
+* **drifted**: the resource at our id differs from what the mapping gives now (``meta`` and
+  ``text`` aside): someone edited it, or the mapping changed since.
+
+``fix=True`` repairs, each repair audited: duplicates not at our deterministic id are deleted; a
+missing or drifted resource is written again (``PUT`` to its id, ``If-Match`` the version found)
+after the consent gate is asked again, now: a record it would hold is reported
+``held``, never written. The record's status then lists the versions written.
+
+The report names records by their opaque record id and resources by ``Type/id``: never business
+identifiers or content (it may be pasted into a ticket).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir_alliance.client import FhirClient
+from fhir_alliance.errors import FhirAllianceError, NotFoundError, ServerError
+from fhir_alliance.model.common import Identifier
+from fhir_alliance_service import audit
+from fhir_alliance_service.config import Settings
+from fhir_alliance_service.store.interface import (
+    OutboxItem,
+    SentResource,
+    Store,
+    StoredRecord,
+    SyncState,
+    SyncStatus,
+)
+from fhir_alliance_service.sync.gate import gate_item
+from fhir_alliance_service.sync.target import target_fhir_version
+
+__all__ = ["Finding", "ReconcileReport", "Reconciler"]
+
+log = logging.getLogger("fhir_alliance_service.sync.reconcile")
+
+MISSING = "missing"
+DUPLICATED = "duplicated"
+DRIFTED = "drifted"
+
+
+@dataclass(slots=True)
+class Finding:
+    """One resource that is not as it should be. ``found`` lists the server's ``Type/id`` of
+    every resource carrying the identifier; ``fixed``: repaired by ``--fix`` (``held``: the gate
+    now holds the record, so it was not written)."""
+
+    problem: str
+    record_id: str
+    resource: str  # Type/id the mapping gives
+    found: list[str] = field(default_factory=list)
+    fixed: bool = False
+    held: bool = False
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    records: int = 0
+    resources: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    def count(self, problem: str) -> int:
+        return sum(1 for f in self.findings if f.problem == problem)
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "resources": self.resources,
+            "missing": self.count(MISSING),
+            "duplicated": self.count(DUPLICATED),
+            "drifted": self.count(DRIFTED),
+            "fixed": sum(1 for f in self.findings if f.fixed),
+            "findings": [asdict(f) for f in self.findings],
+        }
+
+
+def _content(resource: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k not in ("meta", "text")}
+
+
+def _identifier(resource: Mapping[str, Any]) -> Identifier | None:
+    identifiers = resource.get("identifier")
+    if isinstance(identifiers, list) and identifiers and isinstance(identifiers[0], Mapping):
+        system, value = identifiers[0].get("system"), identifiers[0].get("value")
+        if isinstance(system, str) and isinstance(value, str):
+            return Identifier(system, value)
+    return None
+
+
+class Reconciler:
+    """Compares the store with the server ``client`` talks to (``run``). ``tags``: ``meta.tag``
+    codings for what ``fix`` writes (as the worker's)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        client: FhirClient,
+        *,
+        tags: Sequence[Mapping[str, str]] = (),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.tags = [dict(t) for t in tags]  # meta.tag codings added to what fix writes
+        self.clock = clock
+
+    def run(self, *, patient: str | None = None, fix: bool = False) -> ReconcileReport:
+        """Check every sent record (of ``patient`` and its aliases, if given); repair with
+        ``fix``."""
+        report = ReconcileReport()
+        version = target_fhir_version(self.settings, self.store, self.client)
+        keys = self.store.patient_keys(patient) if patient is not None else [None]
+        for key in keys:
+            after: str | None = None
+            while True:
+                page = self.store.list_records(patient=key, limit=200, after=after)
+                if not page:
+                    break
+                after = page[-1].record_id
+                for record in page:
+                    status = self.store.sync_status(record.record_id)
+                    if status is None or status.state is not SyncState.SENT:
+                        continue  # never sent, superseded, held, pulled: nothing expected
+                    if status.retraction is not None or status.record_version != record.version:
+                        continue
+                    self._check(record, status, version, fix, report)
+        log.info(
+            "reconcile: records=%d resources=%d missing=%d duplicated=%d drifted=%d",
+            report.records,
+            report.resources,
+            report.count(MISSING),
+            report.count(DUPLICATED),
+            report.count(DRIFTED),
+        )
+        return report
+
+    def _check(
+        self,
+        record: StoredRecord,
+        status: SyncStatus,
+        version: str,
+        fix: bool,
+        report: ReconcileReport,
+    ) -> None:
+        now = self.clock()
+        item = OutboxItem(
+            item_id=status.item_id or 0,
+            record_id=record.record_id,
+            record_version=record.version,
+            kind=record.kind,
+            family=record.family,
+            patient=record.patient,
+            body=record.body,
+            attempts=0,
+            lease_owner="reconcile",
+            lease_until=now,
+        )
+        try:
+            gated = gate_item(
+                item, settings=self.settings, store=self.store, version=version, at=now
+            )
+        except (FhirAllianceError, ValueError, TypeError, LookupError):
+            return  # no longer maps: the worker dead-letters such records
+        report.records += 1
+        findings: list[tuple[Finding, dict[str, Any], dict[str, Any] | None]] = []
+        for expected in gated.resources:
+            report.resources += 1
+            rtype, rid = str(expected["resourceType"]), str(expected["id"])
+            identifier = _identifier(expected)
+            if identifier is None:
+                continue
+            found = self.client.find_by_identifier(rtype, identifier, limit=50)
+            ours = next((r for r in found if r.get("id") == rid), None)
+            names = [f"{rtype}/{r.get('id')}" for r in found]
+            if len(found) > 1 or (found and ours is None):
+                findings.append(
+                    (Finding(DUPLICATED, record.record_id, f"{rtype}/{rid}", names), expected, ours)
+                )
+            if ours is None:
+                findings.append(
+                    (Finding(MISSING, record.record_id, f"{rtype}/{rid}", names), expected, None)
+                )
+            elif _content(ours) != _content(expected):
+                findings.append(
+                    (Finding(DRIFTED, record.record_id, f"{rtype}/{rid}", names), expected, ours)
+                )
+        for finding, _, _ in findings:
+            report.findings.append(finding)
+        if fix and findings:
+            self._fix(record, status, gated.permitted, findings)
+
+    def _fix(
+        self,
+        record: StoredRecord,
+        status: SyncStatus,
+        permitted: bool,
+        findings: list[tuple[Finding, dict[str, Any], dict[str, Any] | None]],
+    ) -> None:
+        now = self.clock()
+        entries = []
+        written: dict[tuple[str, str], str | None] = {}
+        for finding, expected, ours in findings:
+            try:
+                if finding.problem == DUPLICATED:
+                    extras = [name for name in finding.found if name != finding.resource]
+                    for name in extras:
+                        rtype, _, rid = name.partition("/")
+                        with contextlib.suppress(NotFoundError):  # already gone: fine
+                            self.client.delete(rtype, rid)
+                    entries.append(
+                        audit.two_way_event(
+                            "reconcile-delete",
+                            record.record_id,
+                            record.patient,
+                            now,
+                            version=record.version,
+                            resources=[
+                                {"resourceType": n.partition("/")[0], "id": n.partition("/")[2]}
+                                for n in extras
+                            ],
+                            outcome_code="duplicate",
+                        )
+                    )
+                    finding.fixed = True
+                    continue
+                if not permitted:
+                    finding.held = True  # the gate would hold it now: never written
+                    continue
+                result = self.client.update(
+                    self._stamped(expected, ours),
+                    if_match=_version(ours) if ours is not None else None,
+                )
+                written[(str(expected["resourceType"]), str(expected["id"]))] = result.version_id
+                entries.append(
+                    audit.two_way_event(
+                        "reconcile-write",
+                        record.record_id,
+                        record.patient,
+                        now,
+                        version=record.version,
+                        resources=[expected],
+                        outcome_code=finding.problem,
+                    )
+                )
+                finding.fixed = True
+            except ServerError as exc:
+                log.warning("reconcile fix failed: %s %s", type(exc).__name__, exc.status or "-")
+        if status.item_id is not None and (written or entries):
+            sent = [
+                SentResource(
+                    s.resource_type, s.id, written.get((s.resource_type, s.id), s.version_id)
+                )
+                for s in status.sent
+            ]
+            self.store.record_sent_versions(status.item_id, sent, audit=entries, at=now)
+
+    def _stamped(
+        self, expected: Mapping[str, Any], ours: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """What the worker would send: ``meta.source`` ours; the tags the server copy carries
+        (a deployment's marker) kept."""
+        from fhir_alliance_service.sync.worker import SOURCE_URI
+
+        meta = dict(expected.get("meta") or {})
+        meta.setdefault("source", SOURCE_URI)
+        tags = list(self.tags)
+        kept = (ours or {}).get("meta", {}).get("tag") or []
+        tags += [t for t in kept if t not in tags]
+        if tags:
+            meta["tag"] = tags
+        return {**expected, "meta": meta}
+
+
+def _version(resource: Mapping[str, Any]) -> str | None:
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, Mapping) else None
+    return version if isinstance(version, str) else None

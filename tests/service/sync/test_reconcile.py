@@ -1,0 +1,143 @@
+"""Reconcile against the test FHIR server: duplicates created outside the service, resources
+deleted or edited on the server are reported by record, and ``fix`` repairs them (audited)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from fhir_alliance_service.sync.reconcile import Reconciler
+
+from tests.service.sync import records as R
+from tests.service.sync import remote
+from tests.service.sync.conftest import SyncHarness
+
+RECORD = R.RECORD_SYSTEM
+
+
+def _reconciler(harness: SyncHarness) -> Reconciler:
+    return Reconciler(
+        harness.settings, harness.store, harness.client, tags=[harness.server.run_tag]
+    )
+
+
+def _sent(harness: SyncHarness) -> list[str]:
+    """A consent, two ratings and an SRS, all sent; their record ids."""
+    run = harness.run
+    results = harness.intake(
+        [R.sharing_consent(run), R.rating(run, 1), R.rating(run, 2), R.srs(run, 3)]
+    )
+    assert harness.drain().sent == 4
+    return [r.record_id for r in results]
+
+
+def _copy_outside(harness: SyncHarness, resource: dict[str, Any]) -> dict[str, Any]:
+    """Someone else POSTs a copy of ``resource`` (same business identifier, a new id)."""
+    duplicate = copy.deepcopy(resource)
+    duplicate.pop("id")
+    duplicate.pop("meta")
+    return remote.create(harness.server, harness.server.tagged(duplicate))
+
+
+def test_a_faithful_server_reconciles_clean(harness: SyncHarness) -> None:
+    """Everything sent is on the server once, as the mapping gives it: nothing to report."""
+    _sent(harness)
+    report = _reconciler(harness).run()
+    assert report.clean, report.to_json()
+    assert (report.records, report.resources) == (4, 1 + 1 + 1 + 6)
+
+
+def test_duplicates_created_outside_are_found_and_fixed(harness: SyncHarness) -> None:
+    """A copy POSTed by someone else is reported as duplicated; fix deletes the copy, keeps
+    ours, and a second run is clean."""
+    ids = _sent(harness)
+    [ours] = harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1")
+    copied = _copy_outside(harness, ours)
+    report = _reconciler(harness).run()
+    [finding] = report.findings
+    assert (finding.problem, finding.record_id) == ("duplicated", ids[1])
+    assert sorted(finding.found) == sorted(
+        [f"Observation/{ours['id']}", f"Observation/{copied['id']}"]
+    )
+
+    fixed = _reconciler(harness).run(fix=True)
+    assert [f.fixed for f in fixed.findings] == [True]
+    [left] = harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1")
+    assert left["id"] == ours["id"]
+    assert _reconciler(harness).run().clean
+    assert harness.store.list_audit(record_id=ids[1])[-1].action == "reconcile-delete"
+
+
+def test_a_deleted_resource_is_missing_and_written_again(harness: SyncHarness) -> None:
+    """A resource deleted on the server is reported missing; fix writes it again, and the
+    record's status lists the new version."""
+    ids = _sent(harness)
+    [ours] = harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-2")
+    remote.delete(harness.server, ours)
+    report = _reconciler(harness).run()
+    assert [(f.problem, f.record_id) for f in report.findings] == [("missing", ids[2])]
+    _reconciler(harness).run(fix=True)
+    [back] = harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-2")
+    assert back["id"] == ours["id"]
+    status = harness.store.sync_status(ids[2])
+    assert status is not None and status.sent[0].version_id == back["meta"]["versionId"]
+    assert _reconciler(harness).run().clean
+
+
+def test_an_edited_resource_drifts_and_is_restored(harness: SyncHarness) -> None:
+    """A member of the SRS panel edited on the server drifts from the mapping; fix restores
+    what the mapping gives, and a later update of the record is no conflict."""
+    ids = _sent(harness)
+    members = [
+        o
+        for o in harness.tagged("Observation")
+        if f"srs-{harness.run}-3" in o["identifier"][0]["value"] and "hasMember" not in o
+    ]
+    edited = remote.update(
+        harness.server, members[0], effectiveDateTime="2026-11-21T15:50:00+00:00"
+    )
+    report = _reconciler(harness).run()
+    assert [(f.problem, f.resource) for f in report.findings] == [
+        ("drifted", f"Observation/{edited['id']}")
+    ]
+    [srs_id] = [
+        i
+        for i in ids
+        if (r := harness.store.get_record(i))
+        and r.kind != "consent"
+        and r.body.get("instrument") == "srs"
+    ]
+    assert report.findings[0].record_id == srs_id
+    _reconciler(harness).run(fix=True)
+    assert _reconciler(harness).run().clean
+    changed = R.srs(harness.run, 3)
+    changed["responses"]["1"] = 7.0
+    harness.intake([changed])
+    assert harness.drain().sent == 1  # If-Match the versions fix wrote: no 412
+    status = harness.store.sync_status(srs_id)
+    assert status is not None and status.conflict is None
+
+
+def test_reconcile_by_patient_looks_at_that_patient_only(harness: SyncHarness) -> None:
+    """``patient`` limits the check to that patient's records (and their aliases)."""
+    _sent(harness)
+    run = harness.run
+    harness.intake([R.sharing_consent(run, "Patient/p2"), R.rating(run, 9, "Patient/p2")])
+    harness.drain()
+    [theirs] = harness.on_server("Observation", f"{RECORD}|trust-{run}-9")
+    _copy_outside(harness, theirs)
+    assert _reconciler(harness).run(patient="Patient/p1").clean
+    assert _reconciler(harness).run(patient="Patient/p2").count("duplicated") == 1
+
+
+def test_a_record_the_gate_now_holds_is_reported_not_written(harness: SyncHarness) -> None:
+    """After a revocation (policy none), a deleted resource of the patient is missing but is not
+    written back: the finding says held."""
+    ids = _sent(harness)
+    harness.intake([R.revocation(harness.run)])
+    [ours] = harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1")
+    remote.delete(harness.server, ours)
+    report = _reconciler(harness).run(fix=True)
+    [finding] = [f for f in report.findings if f.record_id == ids[1]]
+    assert (finding.problem, finding.fixed, finding.held) == ("missing", False, True)
+    assert harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1") == []
