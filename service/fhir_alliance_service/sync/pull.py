@@ -230,6 +230,17 @@ class Puller:
         )
         return report
 
+    def merge(self, resource_type: str, resources: Sequence[dict[str, Any]]) -> PullReport:
+        """Merge resources read outside a pull pass (a subscription notification's focus) as a
+        pull would, and re-run the gate for the patients whose consents changed."""
+        report = PullReport()
+        patients, _ = self.patient_map()
+        self._merge_page(resource_type, list(resources), patients, None, report)
+        now = self.clock()
+        for patient in sorted(report.changed_patients):
+            report.released += self.store.release_held(patient, at=now)
+        return report
+
     def _pull_type(
         self,
         resource_type: str,

@@ -1,0 +1,123 @@
+"""The /v1 routes of the two-way sync: subscription notifications from the clinic's FHIR server,
+and patient aliases. Thin: parse → call a use case → render.
+
+* ``POST /v1/fhir/notifications`` (scope ``write``): a FHIR Subscriptions notification Bundle (R4
+  backport or R5); each focus is read from the server and merged (``sync/subscriptions.py``).
+  503 when no FHIR server is configured.
+* ``POST /v1/patients/aliases`` (scope ``admin``): ``{"patient": …, "alias": …}`` files a second
+  key of the same patient (``usecases/consents.py``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, jsonify
+from marshmallow import Schema, fields
+
+from fhir_alliance.schemas.common import StrictSchema, load_or_raise
+from fhir_alliance_service.api.body import json_body
+from fhir_alliance_service.api.openapi import describe
+from fhir_alliance_service.auth import require_scope
+from fhir_alliance_service.errors import ApiError
+from fhir_alliance_service.usecases.consents import register_patient_alias
+
+__all__ = [
+    "NotificationBundleSchema",
+    "NotificationResultSchema",
+    "PatientAliasSchema",
+    "PatientKeysSchema",
+    "blueprint",
+]
+
+blueprint = Blueprint("two_way", __name__, url_prefix="/v1")
+
+
+class NotificationBundleSchema(Schema):
+    """A FHIR Bundle (``history`` with a backport SubscriptionStatus ``Parameters`` first, or
+    R5 ``subscription-notification``); read by ``sync/subscriptions.py``, not by this schema."""
+
+    resourceType = fields.String(required=True)
+    type = fields.String(required=True)
+    entry = fields.List(fields.Dict(), required=True)
+
+
+class NotificationResultSchema(Schema):
+    type = fields.String()
+    read = fields.Integer()
+    merged = fields.Integer()
+    released = fields.Integer()
+    gap = fields.Boolean()
+
+
+class PatientAliasSchema(StrictSchema):
+    """``patient``: the key records are filed under; ``alias``: another key of the same patient
+    (each ``Patient/<id>`` or ``system|value``)."""
+
+    patient = fields.String(required=True)
+    alias = fields.String(required=True)
+
+
+class PatientKeysSchema(Schema):
+    keys = fields.List(fields.String())
+
+
+def _service() -> Any:
+    from fhir_alliance_service.app import current_service
+
+    return current_service()
+
+
+@blueprint.post("/fhir/notifications")
+@require_scope("write")
+@describe(body=NotificationBundleSchema, response=NotificationResultSchema)
+def notifications() -> Any:
+    """Take a Subscriptions notification: each focus Consent/Observation is read from the
+    server and merged; a gap in event numbers triggers a pull.
+
+    ---
+    post:
+      responses:
+        503:
+          description: no FHIR server is configured, or it could not be reached
+          content:
+            application/fhir+json:
+              schema: OperationOutcomeSchema
+    """
+    from fhir_alliance.errors import ServerError
+    from fhir_alliance_service.sync.pull import Puller
+    from fhir_alliance_service.sync.subscriptions import handle_notification
+    from fhir_alliance_service.sync.target import client_from_settings
+
+    service = _service()
+    body = json_body()
+    if not service.settings.fhir_base_url:
+        raise ApiError(503, "no FHIR server is configured")
+    with client_from_settings(service.settings) as client:
+        try:
+            result = handle_notification(
+                Puller(service.settings, service.store, client), service.store, body
+            )
+        except ServerError:
+            raise ApiError(503, "the FHIR server could not be reached") from None
+    return jsonify(
+        type=result.type,
+        read=result.read,
+        merged=result.merged,
+        released=result.released,
+        gap=result.gap,
+    )
+
+
+@blueprint.post("/patients/aliases")
+@require_scope("admin")
+@describe(body=PatientAliasSchema, response=PatientKeysSchema)
+def patient_alias() -> Any:
+    """File another key of a patient: consents filed under either key count for both, and the
+    patient's held records are re-evaluated."""
+    data = load_or_raise(PatientAliasSchema(), json_body())
+    keys = register_patient_alias(
+        _service().store, data["patient"], data["alias"], at=datetime.now(UTC)
+    )
+    return jsonify(keys=keys)
