@@ -1,5 +1,5 @@
 """The service's subcommands of ``fhir-alliance`` (serve, worker, sync-once, status, replay,
-create-api-key, db upgrade/current, load), registered through the ``fhir_alliance.commands`` entry
+create-api-key, db upgrade/current, load, pull, reconcile), registered through the ``fhir_alliance.commands`` entry
 point.
 
 Every command reads its settings with :func:`~fhir_alliance_service.config.load_settings` (the
@@ -64,7 +64,33 @@ def register(subparsers: Any) -> None:
     worker.add_argument(
         "--name", help="this worker's id in leases (default: host-pid-random, unique per process)"
     )
+    worker.add_argument(
+        "--no-pull",
+        action="store_true",
+        help="push only: no pulls of remote changes and no retraction passes",
+    )
     worker.set_defaults(handler=_guarded(_worker))
+
+    pull = subparsers.add_parser(
+        "pull",
+        help="read remote consent changes once, re-run the gate, retract by policy",
+        description=_pull.__doc__,
+    )
+    pull.add_argument("--full", action="store_true", help="list everything (notices deletions)")
+    pull.add_argument("--json", action="store_true", help="machine-readable output")
+    pull.set_defaults(handler=_guarded(_pull))
+
+    reconcile = subparsers.add_parser(
+        "reconcile",
+        help="compare sent records with the FHIR server: missing, duplicated, drifted",
+        description=_reconcile.__doc__,
+    )
+    reconcile.add_argument(
+        "--patient", help="only this patient's records (Patient/<id> or system|value)"
+    )
+    reconcile.add_argument("--fix", action="store_true", help="repair what is found")
+    reconcile.add_argument("--json", action="store_true", help="machine-readable report")
+    reconcile.set_defaults(handler=_guarded(_reconcile))
 
     sync_once = subparsers.add_parser(
         "sync-once",
@@ -240,11 +266,13 @@ def _worker(args: argparse.Namespace) -> int:
     settings = _settings()
     client = _client(settings)
     _configure_logging(settings)
+    from fhir_alliance_service.sync.pull import TwoWaySync
     from fhir_alliance_service.sync.worker import Worker
 
     stop = threading.Event()
     with _opened_store(settings) as store, _stop_on_signals(stop):
-        worker = Worker(settings, store, client, worker_id=args.name)
+        two_way = None if args.no_pull else TwoWaySync(settings, store, client).tick
+        worker = Worker(settings, store, client, worker_id=args.name, between_batches=two_way)
         stop_metrics = _publish_metrics(settings, store)
         try:
             worker.run_forever(stop)
@@ -305,6 +333,104 @@ def _sync_once(args: argparse.Namespace) -> int:
         print(f"error: {report.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    """One pull of the Consents (and, with FHIR_ALLIANCE_PULL_OBSERVATIONS, Observations) of the
+    store's patients from the FHIR server; the gate is re-run for changed patients, then every
+    patient's shared records are checked against the retraction policy. Exit 1 when the server
+    could not be reached."""
+    settings = _settings()
+    client = _client(settings)
+    _configure_logging(settings)
+    from fhir_alliance_service.sync.pull import Puller
+    from fhir_alliance_service.sync.retract import Retractor
+
+    with _opened_store(settings) as store:
+        try:
+            report = Puller(settings, store, client).pull(full_listing=True if args.full else None)
+            retracted = Retractor(settings, store, client).run_pass(everyone=True)
+        finally:
+            _close(client)
+    summary = {
+        "read": report.read,
+        "duplicates": report.duplicates,
+        "merged": report.merged,
+        "unreadable": report.unreadable,
+        "withdrawn": report.withdrawn,
+        "conflicts": report.conflicts,
+        "deleted": report.deleted,
+        "observations": report.observations,
+        "released": report.released,
+        "full_listing": report.full_listing,
+        "retraction": {
+            "policy": settings.retraction_policy,
+            "kept": retracted.kept,
+            "entered_in_error": retracted.entered_in_error,
+            "deleted": retracted.deleted,
+            "failed": retracted.failed,
+        },
+        "error": report.error,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"pulled {report.read} resource(s): {report.merged} merged, "
+            f"{report.duplicates} already seen, {report.unreadable} unreadable, "
+            f"{report.withdrawn} of ours withdrawn, {report.conflicts} conflict(s), "
+            f"{report.deleted} deleted; {report.released} held item(s) re-queued"
+        )
+        print(
+            f"retraction ({settings.retraction_policy}): kept {retracted.kept}, "
+            f"entered-in-error {retracted.entered_in_error}, deleted {retracted.deleted}, "
+            f"failed {retracted.failed}"
+        )
+    if report.error:
+        print(f"error: {report.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    """Compare every sent record with the FHIR server by business identifier and report the
+    resources that are missing, duplicated or drifted (content differs from what the mapping
+    gives now); ``--fix`` repairs them (the gate is asked again first). Exit 1 when something is
+    found and not fixed."""
+    settings = _settings()
+    client = _client(settings)
+    _configure_logging(settings)
+    from fhir_alliance_service.sync.reconcile import Reconciler
+
+    patient = None
+    if args.patient:
+        from fhir_alliance.errors import InputError
+        from fhir_alliance_service.usecases.decisions import parse_party
+
+        try:
+            parse_party(args.patient, path="--patient")
+        except InputError:
+            raise _StopCommand("--patient: expected Patient/<id> or system|value") from None
+        patient = args.patient
+    with _opened_store(settings) as store:
+        try:
+            report = Reconciler(settings, store, client).run(patient=patient, fix=args.fix)
+        finally:
+            _close(client)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        summary = report.to_json()
+        print(
+            f"checked {report.records} record(s), {report.resources} resource(s): "
+            f"{summary['missing']} missing, {summary['duplicated']} duplicated, "
+            f"{summary['drifted']} drifted; {summary['fixed']} fixed"
+        )
+        for finding in report.findings:
+            state = "fixed" if finding.fixed else "held by the gate" if finding.held else "open"
+            print(f"  {finding.problem:10} record {finding.record_id} {finding.resource} ({state})")
+    unfixed = [f for f in report.findings if not f.fixed]
+    return 1 if unfixed else 0
 
 
 def _close(client: Any) -> None:

@@ -65,6 +65,7 @@ __all__ = [
     "ORIGIN_OURS",
     "PullReport",
     "Puller",
+    "TwoWaySync",
     "foreign_record_id",
 ]
 
@@ -518,8 +519,10 @@ class Puller:
                 generation=generation,
             )
 
-        if version in sent_versions:
-            return row("merged")  # our own write
+        if last is None or version in sent_versions:
+            # Our own write (or one in flight whose send is not recorded yet: a crash between
+            # the PUT and mark_sent; the retry writes it again).
+            return row("merged")
         # Read the status as written: an edit of the status alone leaves our consent-state
         # extension disagreeing with it, which the mapper (rightly) refuses to read.
         if resource.get("status") != "active":
@@ -672,3 +675,45 @@ def _revoked_copy(store: Store, record_id: str, at: datetime) -> NewRecord | Non
         body=body,
         content_hash=content_hash(body),
     )
+
+
+class TwoWaySync:
+    """What the worker loop runs between batches (``tick``): every ``pull_interval_seconds`` a
+    pull, then a retraction pass over the patients whose consents changed since the last one;
+    every ``pull_full_listing_seconds`` the pull lists everything and the retraction pass looks at
+    every patient (expiries change no stamp). At start it only notes the patients' consent
+    stamps: what changed before it started is caught by the first full pass (or by
+    ``fhir-alliance pull``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        client: FhirClient,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        from fhir_alliance_service.sync.retract import Retractor
+
+        self.settings = settings
+        self.puller = Puller(settings, store, client, clock=clock)
+        self.retractor = Retractor(settings, store, client, clock=clock)
+        self.clock = clock
+        self._next_pull: datetime | None = None
+        self._next_full: datetime | None = None
+
+    def tick(self) -> PullReport | None:
+        """Run a pull (and retraction pass) if one is due; the pull's report, or None."""
+        now = self.clock()
+        if self._next_pull is None:  # first tick: note the stamps, pull now
+            self.retractor.seed()
+            self._next_full = now + timedelta(seconds=self.settings.pull_full_listing_seconds)
+        elif now < self._next_pull:
+            return None
+        self._next_pull = now + timedelta(seconds=self.settings.pull_interval_seconds)
+        report = self.puller.pull()
+        everyone = self._next_full is not None and now >= self._next_full
+        if everyone:
+            self._next_full = now + timedelta(seconds=self.settings.pull_full_listing_seconds)
+        self.retractor.run_pass(everyone=everyone)
+        return report

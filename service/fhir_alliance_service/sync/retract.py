@@ -74,6 +74,10 @@ class Retractor:
         self.clock = clock
         self._checked: dict[str, str] = {}
 
+    def seed(self) -> None:
+        """Take the patients' consent stamps as checked (a worker starting up)."""
+        self._checked.update(self.store.consent_stamps())
+
     def run_pass(self, *, everyone: bool = False) -> RetractReport:
         """Check every patient whose consents changed since the last pass (all of them on the
         first pass, or with ``everyone``: expiries change no stamp)."""

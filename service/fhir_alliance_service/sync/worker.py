@@ -145,7 +145,11 @@ class Worker:
         bundle_entries: int = DEFAULT_BUNDLE_ENTRIES,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         random: Callable[[], float] = _random.random,
+        between_batches: Callable[[], object] | None = None,
     ) -> None:
+        #: Called by ``run_forever`` after each batch (the CLI's worker: the two-way sync's
+        #: ``TwoWaySync.tick``, which pulls every ``pull_interval_seconds``).
+        self.between_batches = between_batches
         self.settings = settings
         self.store = store
         self.client = client
@@ -167,6 +171,11 @@ class Worker:
             except Exception as exc:  # never die on one bad batch; the leases expire
                 log.error("batch failed: %s", type(exc).__name__)
                 report = BatchReport(error=type(exc).__name__)
+            if self.between_batches is not None:
+                try:
+                    self.between_batches()
+                except Exception as exc:  # a failed pull never stops the pushes
+                    log.error("two-way sync pass failed: %s", type(exc).__name__)
             busy = report.claimed >= self.settings.worker_batch_size and report.error is None
             if not busy:
                 stop.wait(self.settings.poll_interval_seconds)

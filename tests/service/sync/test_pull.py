@@ -4,12 +4,15 @@ window; our own consents withdrawn on the server; Observations pulled read-only.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from fhir_alliance_service.store.interface import PullCursor, SyncState
-from fhir_alliance_service.sync.pull import Puller
+from fhir_alliance_service.sync.pull import Puller, TwoWaySync
+from fhir_alliance_service.sync.worker import Worker
 
 from tests.service.sync import records as R
 from tests.service.sync import remote
@@ -236,3 +239,34 @@ def test_a_patient_first_known_after_a_pull_is_read_in_full(harness: SyncHarness
     report = _puller(harness).pull(full_listing=False)
     assert report.merged == 2  # the late patient's old consent, the other patient's new one
     assert len(harness.store.consents_for_patient(patient)) == 1
+
+
+def test_the_worker_loop_pulls_every_interval(harness: SyncHarness) -> None:
+    """run_forever with the two-way tick: a consent written on the server while the worker runs
+    reaches the gate within a poll interval, and the held record goes out."""
+    patient = _patient(harness)
+    [rating] = harness.intake([R.rating(harness.run, 1, patient)])
+    settings = replace(harness.settings, pull_interval_seconds=0.2)
+    two_way = TwoWaySync(settings, harness.store, harness.client)
+    worker = Worker(
+        settings,
+        harness.store,
+        harness.client,
+        tags=[harness.server.run_tag],
+        between_batches=two_way.tick,
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run_forever, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while harness.state(rating.record_id) is not SyncState.HELD:
+            assert time.monotonic() < deadline, "never held"
+            time.sleep(0.05)
+        remote.create(harness.server, remote.foreign_consent(harness.server, patient))
+        while harness.state(rating.record_id) is not SyncState.SENT:
+            assert time.monotonic() < deadline, "the pulled consent never released the record"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=30)

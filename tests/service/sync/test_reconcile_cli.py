@@ -1,0 +1,76 @@
+"""``fhir-alliance reconcile`` and ``fhir-alliance pull`` as an operator runs them, against the
+test FHIR server: JSON reports, exit statuses, and ``--fix``."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from fhir_alliance.cli import main
+from tests.service.sync import records as R
+from tests.service.sync import remote
+from tests.service.sync.conftest import SyncHarness
+
+
+@pytest.fixture
+def environment(harness: SyncHarness, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("FHIR_ALLIANCE_FHIR_BASE_URL", harness.server.base_url)
+    monkeypatch.setenv("FHIR_ALLIANCE_RECIPIENTS", ",".join(harness.settings.recipients))
+    monkeypatch.setenv("FHIR_ALLIANCE_LOG_LEVEL", "WARNING")
+
+
+def test_reconcile_json_reports_a_duplicate_and_fix_removes_it(
+    harness: SyncHarness, environment: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy made outside the service: exit 1 and a JSON finding; ``--fix`` deletes the copy
+    (exit 0); a third run is clean."""
+    [_, rating] = harness.intake([R.sharing_consent(harness.run), R.rating(harness.run, 1)])
+    harness.drain()
+    [ours] = harness.on_server("Observation", f"{R.RECORD_SYSTEM}|trust-{harness.run}-1")
+    duplicate = copy.deepcopy(ours)
+    duplicate.pop("id")
+    duplicate.pop("meta")
+    remote.create(harness.server, harness.server.tagged(duplicate))
+    capsys.readouterr()
+
+    assert main(["reconcile", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["duplicated"], report["missing"], report["drifted"]) == (1, 0, 0)
+    assert report["findings"][0]["record_id"] == rating.record_id
+    assert R.RECORD_SYSTEM not in json.dumps(report)  # ids only, never business identifiers
+
+    assert main(["reconcile", "--fix", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fixed"] == 1
+    assert main(["reconcile"]) == 0
+    assert "0 duplicated" in capsys.readouterr().out
+    assert len(harness.on_server("Observation", f"{R.RECORD_SYSTEM}|trust-{harness.run}-1")) == 1
+
+
+def test_reconcile_refuses_a_malformed_patient(
+    environment: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--patient`` that is neither a reference nor an identifier stops with exit 2."""
+    assert main(["reconcile", "--patient", "not a patient"]) == 2
+    assert "--patient" in capsys.readouterr().err
+
+
+def test_pull_json_merges_and_releases(
+    harness: SyncHarness, environment: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``pull --json``: a consent written on the server is merged and the held record is
+    re-queued."""
+    patient = f"Patient/cli-{harness.run}"
+    [rating] = harness.intake([R.rating(harness.run, 1, patient)])
+    harness.drain()
+    remote.create(harness.server, remote.foreign_consent(harness.server, patient))
+    capsys.readouterr()
+    assert main(["pull", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["merged"], summary["released"], summary["error"]) == (1, 1, None)
+    assert summary["retraction"]["policy"] == "none"
+    harness.drain()
+    status = harness.store.sync_status(rating.record_id)
+    assert status is not None and status.state.value == "sent"
