@@ -27,6 +27,7 @@ from fhir_alliance.instruments import (
 )
 from fhir_alliance.mapping.registry import mapper_for_kind
 from fhir_alliance.model.consent import ConsentKind, ConsentRecord, ConsentStatus, Decision
+from fhir_alliance.model.notes import NoteCategory, SessionNote
 from fhir_alliance.model.observations import (
     DimensionRating,
     InstrumentAdministration,
@@ -34,6 +35,7 @@ from fhir_alliance.model.observations import (
     RepairEvent,
     RuptureEvent,
 )
+from fhir_alliance.schemas.notes import KIND_SESSION_NOTE
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.store.interface import (
     AuditEntry,
@@ -50,6 +52,7 @@ from fhir_alliance_service.sync.target import (
 from fhir_alliance_service.usecases.decisions import decide_for_patient
 
 __all__ = [
+    "NOTE_TEXT_WITHHELD",
     "SHOWN_STATES",
     "find_patient",
     "overview_page",
@@ -272,6 +275,22 @@ class DecisionNow:
 
 
 @dataclass(frozen=True, slots=True)
+class NoteRow:
+    """One session note as the patient view lists it: never its text (free text), only what it is,
+    where it stands and whether AI drafted it."""
+
+    record_id: str
+    session_at: datetime
+    kind: str  # "progress note" | "psychotherapy-note content"
+    status: str  # the note's status: draft, final, amended, entered-in-error
+    signed_by: str | None
+    signed_at: datetime | None
+    ai_tool: str | None  # the AI tool that drafted it ("name version"); None: no AI drafted it
+    ai_labelled: bool  # the content carries the AIAST label (False after a stated rewrite)
+    sync: SyncStatus | None
+
+
+@dataclass(frozen=True, slots=True)
 class PatientPage:
     patient: str
     token: str
@@ -281,6 +300,7 @@ class PatientPage:
     consents: list[ConsentEvent]
     decisions: list[DecisionNow]
     unreadable: list[str] = field(default_factory=list)
+    notes: list[NoteRow] = field(default_factory=list)
     srs_cutoff: Decimal = DEFAULT_RULES.srs_cutoff
     ors_cutoff: Decimal = DEFAULT_RULES.ors_clinical_cutoff
     ors_reliable_change: Decimal = DEFAULT_RULES.ors_reliable_change
@@ -350,11 +370,38 @@ def _consent_events(row: StoredRecord, record: ConsentRecord) -> list[ConsentEve
     ]
 
 
+_NOTE_KIND_WORDS: Final = {
+    NoteCategory.PROGRESS_NOTE: "progress note",
+    NoteCategory.PSYCHOTHERAPY_NOTE: "psychotherapy-note content",
+}
+
+
+def _ref_words(ref: Any) -> str:
+    return str(ref.display or ref.reference or ref.identifier.value)
+
+
+def _note_row(store: Store, row: StoredRecord, note: SessionNote) -> NoteRow:
+    return NoteRow(
+        record_id=row.record_id,
+        session_at=note.session_at,
+        kind=_NOTE_KIND_WORDS[note.category],
+        status=note.status.value,
+        signed_by=_ref_words(note.signed_by) if note.signed_by else None,
+        signed_at=note.signed_at,
+        ai_tool=(
+            f"{note.ai_drafting.tool} {note.ai_drafting.version}" if note.ai_drafting else None
+        ),
+        ai_labelled=note.ai_labelled,
+        sync=store.sync_status(row.record_id),
+    )
+
+
 def patient_page(store: Store, settings: Settings, patient: str, *, now: datetime) -> PatientPage:
     scores: dict[InstrumentCode, list[ScorePoint]] = {code: [] for code in InstrumentCode}
     ratings: list[RatingPoint] = []
     events: list[AllianceEvent] = []
     consents: list[ConsentEvent] = []
+    notes: list[NoteRow] = []
     unreadable: list[str] = []
     for row in _records(store, patient):
         try:
@@ -414,6 +461,8 @@ def patient_page(store: Store, settings: Settings, patient: str, *, now: datetim
             )
         elif isinstance(record, ConsentRecord):
             consents += _consent_events(row, record)
+        elif isinstance(record, SessionNote):
+            notes.append(_note_row(store, row, record))
     for points in scores.values():
         points.sort(key=lambda p: p.at)
     ors = scores[InstrumentCode.ORS]
@@ -428,6 +477,7 @@ def patient_page(store: Store, settings: Settings, patient: str, *, now: datetim
     ratings.sort(key=lambda r: r.at)
     events.sort(key=lambda e: e.at)
     consents.sort(key=lambda c: c.at)
+    notes.sort(key=lambda n: (n.session_at, n.record_id))
     decisions = []
     for recipient in settings.recipients:
         decided = decide_for_patient(store, patient, recipient, settings.purpose, at=now)
@@ -448,6 +498,7 @@ def patient_page(store: Store, settings: Settings, patient: str, *, now: datetim
         consents=consents,
         decisions=decisions,
         unreadable=unreadable,
+        notes=notes,
     )
 
 
@@ -492,6 +543,31 @@ def _audit(store: Store, record_id: str) -> list[AuditEntry]:
         after = page[-1].id
 
 
+#: What the record view shows instead of a session note's free text (see ``withhold_note_text``).
+NOTE_TEXT_WITHHELD: Final = "(withheld: the console never shows a session note's text)"
+
+
+def withhold_note_text(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a session note's FHIR resource without its free text: each attachment's ``data``
+    and ``title`` and the therapist's label-removal ``statement`` are replaced by
+    :data:`NOTE_TEXT_WITHHELD` (size and hash stay, so staff can still tell versions apart).
+
+    The console never shows note text, whatever the session's scope: psychotherapy-note content
+    needs an explicit permit to leave, and a console session is no such permit."""
+    copied: dict[str, Any] = json.loads(json.dumps(resource))
+    for content in copied.get("content") or []:
+        attachment = content.get("attachment") if isinstance(content, dict) else None
+        if isinstance(attachment, dict):
+            for name in ("data", "title"):
+                if name in attachment:
+                    attachment[name] = NOTE_TEXT_WITHHELD
+    for extension in copied.get("extension") or []:
+        for part in extension.get("extension") or [] if isinstance(extension, dict) else []:
+            if isinstance(part, dict) and part.get("url") == "statement":
+                part["valueString"] = NOTE_TEXT_WITHHELD
+    return copied
+
+
 def record_page(store: Store, record_id: str) -> RecordPage | None:
     record = store.get_record(record_id)
     if record is None:
@@ -507,10 +583,10 @@ def record_page(store: Store, record_id: str) -> RecordPage | None:
     mapping_error = None
     try:
         mapper = mapper_for_kind(record.kind)
-        resources = [
-            json.dumps(r, indent=2, ensure_ascii=False)
-            for r in mapper.to_fhir(mapper.load(record.body), version=fhir_version)
-        ]
+        mapped = mapper.to_fhir(mapper.load(record.body), version=fhir_version)
+        if record.kind == KIND_SESSION_NOTE:
+            mapped = [withhold_note_text(r) for r in mapped]
+        resources = [json.dumps(r, indent=2, ensure_ascii=False) for r in mapped]
     except FhirAllianceError as exc:
         mapping_error = f"the stored record cannot be mapped ({type(exc).__name__})"
     history = _audit(store, record_id)

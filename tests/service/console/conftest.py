@@ -2,10 +2,10 @@
 
 * ``console_app``, ``console_client``, ``console_keys``: the app on a fresh SQLite store, Flask's
   test client, and one raw API key per scope (for the test-client tests).
-* ``clinic`` (module): the demo clinic (``examples/demo/clinic``) posted through the HTTP API of a
-  live service, synced by the real worker to the FHIR test server (or
-  ``FHIR_ALLIANCE_TEST_BASE_URL``, every resource tagged and deleted afterwards), plus one record
-  the server refuses (pytest-httpserver as the target: a 422 with an OperationOutcome), so that a
+* ``clinic`` (module): the demo clinic (``examples/demo/clinic``) and client 1's session notes
+  (``demo_notes``) posted through the HTTP API of a live service, synced by the real worker to the
+  FHIR test server (or ``FHIR_ALLIANCE_TEST_BASE_URL``, every resource tagged and deleted
+  afterwards), plus one record the server refuses (pytest-httpserver as the target: a 422 with an OperationOutcome), so that a
   dead letter exists to replay.
 * ``browser`` (module): Debian's Chromium, headless, driven by Selenium through Debian's
   chromedriver. Nothing is downloaded: both come from ``make browser`` (apt).
@@ -70,6 +70,63 @@ SERVER_MESSAGE = "Observation.valueQuantity: unit not accepted by this server"
 def load_clinic(name: str) -> list[dict[str, Any]]:
     data: list[dict[str, Any]] = json.loads((CLINIC / name).read_text(encoding="utf-8"))
     return data
+
+
+#: Words in every demo note's text: no console page may show them (nor their base64).
+NOTE_TEXT_MARKER = "private-session-words"
+THERAPIST = {"reference": "Practitioner/demo-therapist-1", "type": "Practitioner"}
+
+
+def demo_notes() -> list[dict[str, Any]]:
+    """Client 1's recording/AI-notes consent and four notes of session 2: a signed progress note
+    (sent), a signed AI-drafted one (held: the sharing consent denies AIAST), signed
+    psychotherapy-note content (held: PSYTHPN) and an AI-drafted draft (held until signed)."""
+    consent = json.loads((ROOT / "examples" / "consent" / "recording-ai-notes.json").read_text())
+    client = {"reference": "Patient/demo-client-1", "type": "Patient"}
+    consent |= {
+        "id": "https://demo-clinic.example.org/consents|recording-client-1",
+        "patient": client,
+        "grantor": client,
+        "date": "2026-11-02T09:00:00+00:00",
+        "period": {"start": "2026-11-02T00:00:00+00:00"},
+    }
+    consent["verification"][0] |= {"verified_at": "2026-11-02T09:00:00+00:00", "witness": THERAPIST}
+    consent["verification"][0]["verified_with"] = client
+    base = {
+        "kind": "session-note",
+        "patient": client,
+        "encounter": {"reference": "Encounter/demo-client-1-session-2", "type": "Encounter"},
+        "author": THERAPIST,
+        "session_at": "2026-11-12T15:00:00+00:00",
+        "written_at": "2026-11-12T16:00:00+00:00",
+        "format": "text/plain",
+        "text": f"Session 2: {NOTE_TEXT_MARKER}.",
+        "sections": [{"title": f"Plan {NOTE_TEXT_MARKER}", "text": NOTE_TEXT_MARKER}],
+    }
+    signed = {"status": "final", "signed_by": THERAPIST, "signed_at": "2026-11-12T17:30:00+00:00"}
+    scribe = {"tool": "session-scribe", "version": "2.3", "inputs": ["recording"]}
+    notes = [
+        base | signed | {"id": "https://demo-clinic.example.org/notes|client-1-progress"},
+        base
+        | signed
+        | {"id": "https://demo-clinic.example.org/notes|client-1-ai", "ai_drafting": scribe},
+        base
+        | signed
+        | {
+            "id": "https://demo-clinic.example.org/notes|client-1-process",
+            "category": "psychotherapy-note",
+            "session_at": "2026-11-12T15:01:00+00:00",
+        },
+        base
+        | {
+            "id": "https://demo-clinic.example.org/notes|client-1-draft",
+            "ai_drafting": scribe,
+            "session_at": "2026-11-12T15:02:00+00:00",
+        },
+    ]
+    for note in notes:
+        note.setdefault("category", "progress-note")
+    return [consent, *notes]
 
 
 # -- the app and the test client ------------------------------------------------------------
@@ -179,6 +236,7 @@ def clinic(fhir_base_url: str) -> Iterator[Clinic]:
                 http.post(
                     f"{base_url}{path}", json=load_clinic(name), timeout=30
                 ).raise_for_status()
+            http.post(f"{base_url}/v1/records", json=demo_notes(), timeout=30).raise_for_status()
             client = client_from_settings(settings, retry=RetryPolicy(max_attempts=1))
             worker = Worker(settings, store, client, tags=[fhir.run_tag])
             for _ in range(20):

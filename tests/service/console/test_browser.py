@@ -21,7 +21,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from fhir_alliance.instruments import score
 from fhir_alliance.mapping.registry import mapper_for_kind
-from tests.service.console.conftest import AXE_SCRIPT, SERVER_MESSAGE, Clinic
+from tests.service.console.conftest import AXE_SCRIPT, NOTE_TEXT_MARKER, SERVER_MESSAGE, Clinic
 
 pytestmark = pytest.mark.slow
 CLIENT_1 = "Patient/demo-client-1"
@@ -164,6 +164,68 @@ def test_patient_view_shows_the_librarys_scores_events_consents_and_decision(
         assert image.get_attribute("alt")
         assert browser.execute_script("return arguments[0].naturalWidth > 0", image)
     screenshot(browser, artifacts, "patient")
+    violations = serious_violations(browser)
+    assert not violations, _describe(violations)
+
+
+def test_patient_view_lists_session_notes_as_the_store_and_the_gate_left_them(
+    browser: webdriver.Chrome, clinic: Clinic, artifacts: Path
+) -> None:
+    """Client 1's notes, synced by the real worker, are listed with their status, the AI label in
+    words and the store's sync state (the gate's hold reasons, the signed progress note sent);
+    no note text is on the page or on a note's record page; axe finds nothing serious."""
+    sign_in(browser, clinic, "read")
+    browser.get(clinic.url(f"/console/patients/{patient_token(CLIENT_1)}"))
+    links = browser.find_elements(By.CSS_SELECTOR, "#notes tbody tr a")
+    record_ids = [str(link.get_attribute("href")).rsplit("/", 1)[-1] for link in links]
+    stored = {
+        r.record_id: r
+        for r in clinic.store.list_records(patient=CLIENT_1, limit=1000)
+        if r.kind == "session-note"
+    }
+    assert sorted(record_ids) == sorted(stored) and len(stored) == 4
+    shown = dict(zip(record_ids, table_rows(browser, "notes"), strict=True))
+    states: dict[str, SyncState] = {}
+    held: dict[str, str] = {}
+    for record_id, cells in shown.items():
+        body = stored[record_id].body
+        status = clinic.store.sync_status(record_id)
+        assert status is not None
+        states[body["id"].rsplit("|", 1)[-1]] = status.state
+        if status.held_reason:
+            held[body["id"].rsplit("|", 1)[-1]] = status.held_reason
+        assert cells[2] == body.get("status", "draft")
+        assert ("AI-drafted by session-scribe 2.3" in cells[4]) == ("ai_drafting" in body)
+        expected_sync = (
+            f"held: {status.held_reason}"
+            if status.state is SyncState.HELD
+            else f"{status.state.value} ("
+        )
+        assert cells[5].startswith(expected_sync), (cells, status)
+    assert states == {
+        "client-1-progress": SyncState.SENT,
+        "client-1-ai": SyncState.HELD,
+        "client-1-process": SyncState.HELD,
+        "client-1-draft": SyncState.HELD,
+    }
+    # The demo sharing consent denies AIAST and client 1's restriction denies PSYTHPN.
+    assert held == {
+        "client-1-ai": HoldReason.DENIED.words,
+        "client-1-process": HoldReason.DENIED.words,
+        "client-1-draft": HoldReason.DRAFT_NOTE.words,
+    }
+    assert NOTE_TEXT_MARKER not in browser.page_source
+    screenshot(browser, artifacts, "patient-notes")
+    violations = serious_violations(browser)
+    assert not violations, _describe(violations)
+    navigates(browser, links[0].click)
+    assert browser.find_element(By.TAG_NAME, "h1").text == f"Record {record_ids[0]}"
+    assert NOTE_TEXT_MARKER not in browser.page_source
+    assert (
+        '"resourceType": "DocumentReference"'
+        in browser.find_element(By.CSS_SELECTOR, "pre.json").text
+    )
+    screenshot(browser, artifacts, "note-record")
     violations = serious_violations(browser)
     assert not violations, _describe(violations)
 

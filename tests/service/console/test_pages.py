@@ -4,6 +4,7 @@ trend and opaque patient ids."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from collections.abc import Iterator
@@ -15,19 +16,22 @@ import pytest
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.console.pages import (
     META_DAILY_COUNTS,
+    NOTE_TEXT_WITHHELD,
     find_patient,
     outcome_message,
     overview_page,
     patient_page,
     patient_token,
     record_page,
+    withhold_note_text,
 )
 from fhir_alliance_service.store import SqlStore, open_store
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.usecases.intake import intake_records
 
 from fhir_alliance.instruments import InstrumentCode, ReliableChange
-from tests.service.console.conftest import EHR, load_clinic
+from fhir_alliance.mapping.note import MAPPER as NOTES
+from tests.service.console.conftest import EHR, ROOT, load_clinic
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
 CLIENT_1 = "Patient/demo-client-1"
@@ -191,3 +195,25 @@ def test_therapist_and_client_wai_sr_are_kept_apart(clinic_store: SqlStore) -> N
     (form,) = page.scores[InstrumentCode.WAI_SR_T]
     assert form.total == Decimal(48) and form.subscales == {}
     assert len(page.scores[InstrumentCode.WAI_SR]) == 1
+
+
+def test_withholding_note_text_keeps_the_structure_and_drops_every_free_text() -> None:
+    """Attachment data and titles and the therapist's label-removal statement are replaced; size,
+    hash, labels and the rest of the DocumentReference stay; the mapper's output is not changed."""
+    example = ROOT / "examples" / "notes" / "signed-rewritten-note.json"
+    note = NOTES.load(json.loads(example.read_text(encoding="utf-8")))
+    document = NOTES.to_fhir(note)[0]
+    original = json.dumps(document, sort_keys=True)
+    shown = withhold_note_text(document)
+    assert json.dumps(document, sort_keys=True) == original
+    text = json.dumps(shown)
+    assert note.text not in text and base64.b64encode(note.text.encode()).decode() not in text
+    assert note.ai_label_removal is not None and note.ai_label_removal.statement not in text
+    for section in note.sections:
+        assert section.title not in text
+    attachments = [c["attachment"] for c in shown["content"]]
+    assert all(a["data"] == NOTE_TEXT_WITHHELD for a in attachments)
+    assert [a["hash"] for a in attachments] == [
+        c["attachment"]["hash"] for c in document["content"]
+    ]
+    assert shown["meta"] == document["meta"] and shown["type"] == document["type"]

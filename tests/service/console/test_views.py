@@ -3,18 +3,19 @@ scopes and opaque patient ids."""
 
 from __future__ import annotations
 
+import base64
 import re
 from datetime import UTC, datetime
 
 from fhir_alliance_service.console.pages import patient_token
 from fhir_alliance_service.console.session import SESSION_COOKIE
 from fhir_alliance_service.console.views import CONTENT_SECURITY_POLICY
-from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.store.interface import SentResource, SyncState
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.service.console.conftest import load_clinic
+from tests.service.console.conftest import NOTE_TEXT_MARKER, demo_notes, load_clinic
 
 PAGES = ("/console/",)
 
@@ -266,3 +267,90 @@ def test_patient_page_puts_client_and_therapist_wai_sr_side_by_side(
     page = console_client.get(f"/console/patients/{patient_token('Patient/demo-client-1')}").text
     assert 'id="wai-sr-table"' in page and 'id="wai-sr-t-table"' in page
     assert "client and therapist forms side by side" in page
+
+
+def _post_notes(client: FlaskClient, keys: dict[str, str]) -> list[str]:
+    """The demo clinic plus client 1's notes; the notes' record ids in the order posted."""
+    _load_demo(client, keys)
+    headers = {"Authorization": f"Bearer {keys['write']}"}
+    answer = client.post("/v1/records", json=demo_notes(), headers=headers)
+    assert answer.status_code == 201, answer.text
+    return [r["id"] for r in answer.json["records"][1:]]
+
+
+def _note_rows(page: str) -> dict[str, list[str]]:
+    """The notes table's cells (tags stripped), by the record id its row links to."""
+    table = re.search(r'<table id="notes">.*?<tbody>(.*?)</tbody>', page, re.S)
+    assert table is not None
+    rows: dict[str, list[str]] = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S):
+        link = re.search(r'href="/console/records/([^"]+)"', row)
+        assert link is not None
+        cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)
+        rows[link.group(1)] = [" ".join(re.sub(r"<[^>]+>", "", c).split()) for c in cells]
+    return rows
+
+
+def test_patient_page_lists_notes_with_status_signer_ai_label_and_sync_state(
+    console_app: Flask, console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """Each note of client 1 is a row linking to its record: session date, kind, status, who
+    signed and when, the AI label in words, and the store's sync state (a held one with the
+    store's reason)."""
+    progress, ai, process, draft = _post_notes(console_client, console_keys)
+    store = console_app.extensions["fhir_alliance"].store
+    now = datetime.now(UTC)
+    held: dict[str, str] = {}
+    # Claim as the worker does (one item of a patient at a time): send the progress note, hold
+    # every other item with a reason of its own.
+    while items := store.claim("test-worker", limit=100, lease_seconds=60, now=now):
+        for item in items:
+            if item.record_id == progress:
+                sent = [SentResource("DocumentReference", item.record_id, "1")]
+                assert store.mark_sent(item.item_id, "test-worker", sent=sent, audit=[], at=now)
+                continue
+            reason = f"held for a test reason {item.record_id[:8]}"
+            assert store.mark_held(item.item_id, "test-worker", reason=reason, audit=[], at=now)
+            held[item.record_id] = reason
+    assert {ai, process, draft} <= set(held)
+    sign_in(console_client, console_keys["read"])
+    page = console_client.get(f"/console/patients/{patient_token('Patient/demo-client-1')}").text
+    rows = _note_rows(page)
+    assert list(rows) == [progress, ai, process, draft] or list(rows) == [
+        ai,
+        progress,
+        process,
+        draft,
+    ]
+    signed = "Practitioner/demo-therapist-1, 2026-11-12 17:30"
+    assert rows[progress][:5] == ["2026-11-12 15:00", "progress note", "final", signed, "no"]
+    assert rows[ai][4] == "AI-drafted by session-scribe 2.3, labelled AIAST"
+    assert rows[process][1:3] == ["psychotherapy-note content", "final"]
+    assert rows[draft][2:5] == [
+        "draft",
+        "not signed",
+        "AI-drafted by session-scribe 2.3, labelled AIAST",
+    ]
+    for record_id in (ai, process, draft):
+        assert store.sync_status(record_id).state is SyncState.HELD
+        assert rows[record_id][5] == f"held: {held[record_id]}"
+    assert store.sync_status(progress).state is SyncState.SENT
+    assert rows[progress][5] == "sent (sent to the EHR)"
+
+
+def test_note_text_is_shown_on_no_console_page(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """Neither the patient view nor a note's record view (for an admin either) shows the note's
+    text, section titles or their base64; the record view still shows the DocumentReference."""
+    note_ids = _post_notes(console_client, console_keys)
+    sign_in(console_client, console_keys["admin"])
+    pages = [console_client.get(f"/console/patients/{patient_token('Patient/demo-client-1')}")]
+    pages += [console_client.get(f"/console/records/{record_id}") for record_id in note_ids]
+    assert all(page.status_code == 200 for page in pages)
+    encoded = base64.b64encode(f"Session 2: {NOTE_TEXT_MARKER}.".encode()).decode()
+    for page in pages:
+        assert NOTE_TEXT_MARKER not in page.text and encoded not in page.text
+    for record_page in pages[1:]:
+        assert "&#34;resourceType&#34;: &#34;DocumentReference&#34;" in record_page.text
+        assert "withheld: the console never shows a session note" in record_page.text
