@@ -3,7 +3,8 @@ and patient aliases. Thin: parse → call a use case → render.
 
 * ``POST /v1/fhir/notifications`` (scope ``write``): a FHIR Subscriptions notification Bundle (R4
   backport or R5); each focus is read from the server and merged (``sync/subscriptions.py``).
-  503 when no FHIR server is configured.
+  422 for a Bundle that is no notification; 409 when no FHIR server is configured; 503 when it
+  cannot be reached.
 * ``POST /v1/patients/aliases`` (scope ``admin``): ``{"patient": …, "alias": …}`` files a second
   key of the same patient (``usecases/consents.py``).
 """
@@ -79,21 +80,27 @@ def notifications() -> Any:
     ---
     post:
       responses:
+        409:
+          description: no FHIR server is configured (notifications are not taken)
+          content:
+            application/fhir+json:
+              schema: OperationOutcomeSchema
         503:
-          description: no FHIR server is configured, or it could not be reached
+          description: the FHIR server could not be reached
           content:
             application/fhir+json:
               schema: OperationOutcomeSchema
     """
     from fhir_alliance.errors import ServerError
     from fhir_alliance_service.sync.pull import Puller
-    from fhir_alliance_service.sync.subscriptions import handle_notification
+    from fhir_alliance_service.sync.subscriptions import handle_notification, parse_notification
     from fhir_alliance_service.sync.target import client_from_settings
 
     service = _service()
     body = json_body()
+    parse_notification(body)  # 422 naming the path before anything else
     if not service.settings.fhir_base_url:
-        raise ApiError(503, "no FHIR server is configured")
+        raise ApiError(409, "no FHIR server is configured: notifications are not taken")
     with client_from_settings(service.settings) as client:
         try:
             result = handle_notification(

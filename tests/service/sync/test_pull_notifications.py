@@ -238,7 +238,7 @@ def test_the_subscription_to_register_is_an_id_only_rest_hook() -> None:
 
 
 def test_notifications_need_a_configured_server(sqlite_url: str, headers: dict[str, str]) -> None:
-    """Without a FHIR server configured the endpoint answers 503 (an OperationOutcome)."""
+    """Without a FHIR server configured the endpoint answers 409 (an OperationOutcome)."""
     application = create_app({"database_url": sqlite_url})
     try:
         response = application.test_client().post(
@@ -246,7 +246,7 @@ def test_notifications_need_a_configured_server(sqlite_url: str, headers: dict[s
         )
     finally:
         application.extensions["fhir_alliance"].store.close()
-    assert response.status_code == 503
+    assert response.status_code == 409
     assert response.json["resourceType"] == "OperationOutcome"
 
 
