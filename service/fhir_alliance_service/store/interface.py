@@ -303,6 +303,11 @@ class Store(Protocol):
         """A cheap value that changes whenever any consent record of ``patient`` changes (one
         indexed query), so that compiled consent engines can be cached per patient."""
 
+    def patient_consents_stamp(self, patient: str) -> tuple[list[str], str]:
+        """:meth:`patient_keys` of ``patient`` and one stamp of the consents under all of them,
+        read in one transaction: the stamp changes whenever an alias is added or any consent
+        record under any key changes (the consult and the gate check their cache with it)."""
+
     # -- audit ---------------------------------------------------------------------------------
     def add_audit(self, entries: Sequence[AuditEntry]) -> None: ...
 

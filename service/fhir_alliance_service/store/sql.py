@@ -29,6 +29,7 @@ from sqlalchemy import (
     Engine,
     Row,
     Select,
+    Text,
     and_,
     bindparam,
     exists,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -84,6 +86,30 @@ _SUPERSEDABLE = (
 )
 
 
+#: A patient's keys (the one records are filed under, flagged, and its aliases) with the count
+#: and the sum of versions of the consents under each: ``patient_consents_stamp`` in one query.
+_KEYS_AND_CONSENT_STAMPS = text(
+    """
+    WITH canonical AS (
+        SELECT COALESCE(
+            (SELECT patient FROM patient_aliases WHERE alias = :patient),
+            CAST(:patient AS TEXT)
+        ) AS patient_key
+    ),
+    patient_keys AS (
+        SELECT patient_key, 1 AS is_canonical FROM canonical
+        UNION ALL
+        SELECT alias, 0 FROM patient_aliases
+        WHERE patient = (SELECT patient_key FROM canonical)
+    )
+    SELECT k.patient_key, k.is_canonical, COUNT(h.record_id), COALESCE(SUM(h.version), 0)
+    FROM patient_keys AS k
+    LEFT JOIN record_heads AS h ON h.patient = k.patient_key AND h.family = 'consent'
+    GROUP BY k.patient_key, k.is_canonical
+    """
+).bindparams(bindparam("patient", type_=Text))
+
+
 def _chunks(values: Sequence[str], size: int = LOOKUP_CHUNK) -> Iterator[Sequence[str]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
@@ -109,6 +135,24 @@ _RECORD_COLUMNS = (
     record_versions.c.content_hash,
     record_heads.c.created_at.label("first_created_at"),
     record_versions.c.created_at.label("version_created_at"),
+)
+
+
+# Statements on the intake path, built once: SQLAlchemy then reuses their cache key and compiled
+# form instead of building and hashing a new statement per request.
+_HEADS_BY_IDS = select(
+    record_heads.c.record_id, record_heads.c.version, record_heads.c.content_hash
+).where(record_heads.c.record_id.in_(bindparam("record_ids", expanding=True)))
+_NEWEST_BY_IDS = (
+    select(*_RECORD_COLUMNS)
+    .join(
+        record_heads,
+        and_(
+            record_heads.c.record_id == record_versions.c.record_id,
+            record_heads.c.version == record_versions.c.version,
+        ),
+    )
+    .where(record_heads.c.record_id.in_(bindparam("record_ids", expanding=True)))
 )
 
 
@@ -328,11 +372,7 @@ class SqlStore:
         heads: dict[str, _Head] = {}
         unique = list(dict.fromkeys(record_ids))
         for chunk in _chunks(unique):
-            rows = connection.execute(
-                select(
-                    record_heads.c.record_id, record_heads.c.version, record_heads.c.content_hash
-                ).where(record_heads.c.record_id.in_(chunk))
-            )
+            rows = connection.execute(_HEADS_BY_IDS, {"record_ids": list(chunk)})
             for record_id, version, content_hash in rows:
                 heads[record_id] = _Head(version, content_hash, is_new=False)
         return heads
@@ -423,8 +463,7 @@ class SqlStore:
         found: dict[str, StoredRecord] = {}
         with self._read() as connection:
             for chunk in _chunks(list(dict.fromkeys(record_ids))):
-                query = self._newest_records().where(record_heads.c.record_id.in_(chunk))
-                for row in connection.execute(query):
+                for row in connection.execute(_NEWEST_BY_IDS, {"record_ids": list(chunk)}):
                     found[row.record_id] = _stored_record(row)
         return found
 
@@ -700,6 +739,17 @@ class SqlStore:
         return f"{count}:{total}"
 
     # -- audit ---------------------------------------------------------------------------------
+    def patient_consents_stamp(self, patient: str) -> tuple[list[str], str]:
+        # One prebuilt statement (the consult and the gate call this on every decision): the
+        # patient's keys and, per key, (count, sum of versions) of its consents.
+        with self._read() as connection:
+            rows = connection.execute(_KEYS_AND_CONSENT_STAMPS, {"patient": patient}).all()
+        canonical = [key for key, is_canonical, _, _ in rows if is_canonical]
+        aliases = sorted(key for key, is_canonical, _, _ in rows if not is_canonical)
+        stamps = {key: f"{count}:{total}" for key, _, count, total in rows}
+        keys = canonical + aliases
+        return keys, ";".join(f"{key}={stamps[key]}" for key in keys)
+
     def add_audit(self, entries: Sequence[AuditEntry]) -> None:
         if not entries:
             return

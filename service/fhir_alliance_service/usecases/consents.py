@@ -19,8 +19,9 @@ Two rules every part of the service shares:
   record of that patient while the list is not empty.
 
 Compiled engines are cached per process (bounded LRU) under ``(store, patient,
-store.consents_stamp(patient))``: one indexed query per call, and a new compile only after the
-patient's consents changed.
+store.patient_consents_stamp(patient))``: one read transaction per call (the patient's keys and
+the stamp of the consents under all of them), and a new compile only after an alias was added or
+the patient's consents changed.
 """
 
 from __future__ import annotations
@@ -197,8 +198,7 @@ def engine_for_patient(store: Store, patient: str) -> PatientConsents:
     """``patient``'s consents compiled, from the process cache when they have not changed since."""
     # The stamp is read before the consents: a change in between is compiled under the older
     # stamp and recompiled on the next call, never the other way round (stale under a new stamp).
-    keys = store.patient_keys(patient)
-    stamp = ";".join(f"{key}={store.consents_stamp(key)}" for key in keys)
+    keys, stamp = store.patient_consents_stamp(patient)
     found = _CACHE.get(store, patient, stamp)
     if found is not None:
         return found

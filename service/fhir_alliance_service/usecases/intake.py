@@ -256,6 +256,8 @@ def _intake_once(
     new_records: list[NewRecord] = []
     entries: list[tuple[str, NewRecord, int]] = []
     seen: dict[str, str] = {}
+    # The stored newest versions of the whole batch in one read (was one read per record).
+    stored_of = store.get_records([resource_id(record.id) for _, _, record in ready])
     for label, family, record in ready:
         mapper = mapper_of[family]
         body = mapper.dump(record)
@@ -278,7 +280,7 @@ def _intake_once(
             issues.append(Issue(_at(label, "id"), "the same record id appears twice"))
             continue
         seen[new.record_id] = label
-        stored = store.get_record(new.record_id)
+        stored = stored_of.get(new.record_id)
         if stored is not None and (stored.kind, stored.family) != (new.kind, new.family):
             issues.append(Issue(_at(label, "id"), "this id belongs to a record of another kind"))
             continue

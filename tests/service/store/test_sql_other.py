@@ -46,6 +46,25 @@ def test_consents_stamp_changes_exactly_when_the_patients_consents_change(
     assert store.consents_stamp("Patient/p1") not in {revised, one, empty}
 
 
+def test_patient_consents_stamp_gives_the_keys_and_moves_with_any_key_or_alias(
+    store: SqlStore,
+) -> None:
+    """One call gives the patient's keys and a stamp that moves on a consent under any key and
+    on a new alias, and not on an observation or another patient's consent."""
+    assert store.patient_consents_stamp("Patient/p1")[0] == ["Patient/p1"]
+    store.put_records([consent(1)], audit=[], at=T0)
+    keys, one = store.patient_consents_stamp("Patient/p1")
+    assert keys == store.patient_keys("Patient/p1")
+    store.put_records([record(2), consent(3, patient="Patient/p2")], audit=[], at=at(1))
+    assert store.patient_consents_stamp("Patient/p1")[1] == one
+    store.add_patient_alias("Patient/p1", "urn:mrn|7", at=at(2))
+    keys, aliased = store.patient_consents_stamp("urn:mrn|7")
+    assert keys == ["Patient/p1", "urn:mrn|7"]
+    assert aliased != one
+    store.put_records([consent(4, patient="urn:mrn|7")], audit=[], at=at(3))
+    assert store.patient_consents_stamp("Patient/p1")[1] not in {one, aliased}
+
+
 def test_audit_entries_are_added_listed_filtered_and_paged(store: SqlStore) -> None:
     """Audit entries come back in insertion order with ids, filtered by record and paged."""
     resource = {"resourceType": "Provenance", "target": [{"reference": "Observation/x"}]}
