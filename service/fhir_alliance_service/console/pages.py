@@ -2,13 +2,13 @@
 
 Scores come from the library (``fhir_alliance.instruments.score`` and ``ors_reliable_change``);
 nothing here re-computes them. Patients are addressed by an opaque id (:func:`patient_token`, a
-UUIDv5 of the patient key), so no URL carries a patient reference or identifier.
+UUIDv5 of the patient key, which the store indexes), so no URL carries a patient reference or
+identifier.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +44,7 @@ from fhir_alliance_service.store.interface import (
     SyncState,
     SyncStatus,
 )
+from fhir_alliance_service.store.patient_tokens import patient_token
 from fhir_alliance_service.sync.target import (
     META_FHIR_BASE_URL,
     META_FHIR_VERSION,
@@ -76,22 +77,11 @@ TREND_DAYS: Final = 14
 HELD_SCAN_LIMIT: Final = 5_000
 LISTED_PROBLEMS: Final = 50
 _PAGE: Final = 500
-_PATIENT_NAMESPACE: Final = uuid.uuid5(
-    uuid.NAMESPACE_URL, "https://fhir-alliance.org/console/patient"
-)
-
-
-def patient_token(patient: str) -> str:
-    """The opaque id of a patient key in console URLs."""
-    return str(uuid.uuid5(_PATIENT_NAMESPACE, patient))
 
 
 def find_patient(store: Store, token: str) -> str | None:
-    """The patient key whose opaque id is ``token`` (a scan of the store's patients)."""
-    for patient in store.patients():
-        if patient_token(patient) == token:
-            return patient
-    return None
+    """The patient key whose opaque id is ``token`` (one indexed read in the store)."""
+    return store.patient_for_token(token)
 
 
 # -- overview ---------------------------------------------------------------------------------

@@ -236,6 +236,10 @@ class Store(Protocol):
 
     def patients(self) -> list[str]: ...
 
+    def patient_for_token(self, token: str) -> str | None:
+        """The patient key whose opaque id (``store.patient_tokens.patient_token``) is ``token``,
+        with one indexed read; None if no record names such a patient."""
+
     def sync_status(self, record_id: str) -> SyncStatus | None: ...
 
     def counts_by_state(self) -> dict[SyncState, int]: ...

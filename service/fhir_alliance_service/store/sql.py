@@ -58,11 +58,13 @@ from .interface import (
     SyncState,
     SyncStatus,
 )
+from .patient_tokens import patient_token
 from .tables import (
     api_keys,
     meta,
     outbox,
     patient_aliases,
+    patient_tokens,
     pull_cursors,
     pulled_resources,
     record_heads,
@@ -404,6 +406,7 @@ class SqlStore:
         ]
         if new_heads:
             connection.execute(insert(record_heads), new_heads)
+        self._add_patient_tokens(connection, {row["patient"] for row in newest.values()})
         changed = list(dict.fromkeys(changed_ids))
         if not changed:
             return
@@ -838,6 +841,23 @@ class SqlStore:
     # -- two-way sync (issue 11) ---------------------------------------------------------------
     def _upsert(self, table: Any) -> Any:
         return postgresql.insert(table) if self._dialect == "postgresql" else sqlite.insert(table)
+
+    # -- patient tokens (the console's opaque patient ids) ---------------------------------------
+    def _add_patient_tokens(self, connection: Connection, patients: set[str]) -> None:
+        """Keep the token of each of ``patients`` (already known ones are left alone)."""
+        if not patients:
+            return
+        rows = [{"token": patient_token(p), "patient": p} for p in sorted(patients)]
+        statement = self._upsert(patient_tokens).on_conflict_do_nothing(
+            index_elements=[patient_tokens.c.token]
+        )
+        connection.execute(statement, rows)
+
+    def patient_for_token(self, token: str) -> str | None:
+        query = select(patient_tokens.c.patient).where(patient_tokens.c.token == token)
+        with self._read() as connection:
+            patient: str | None = connection.execute(query).scalar_one_or_none()
+        return patient
 
     def add_patient_alias(self, patient: str, alias: str, *, at: datetime) -> None:
         if alias == patient:

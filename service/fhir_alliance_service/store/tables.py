@@ -34,6 +34,7 @@ __all__ = [
     "metadata",
     "outbox",
     "patient_aliases",
+    "patient_tokens",
     "pull_cursors",
     "pulled_resources",
     "record_heads",
@@ -247,4 +248,13 @@ pulled_resources = Table(
         "resource_type",
         "generation",
     ),
+)
+
+#: The opaque id (``store/patient_tokens.py``) of every patient key that has a record: the
+#: console looks a patient up by the id in its URL (migration 0003).
+patient_tokens = Table(
+    "patient_tokens",
+    metadata,
+    Column("token", String(36), primary_key=True),
+    Column("patient", Text, nullable=False),
 )

@@ -28,6 +28,8 @@ from tests.service.conftest import POSTGRES_ADMIN_DSN, postgres_schema_url
 TABLES = {"alembic_version", "api_keys", "audit", "meta", "outbox", "record_heads", "records"}
 # Two-way sync (migration 0002).
 TABLES |= {"patient_aliases", "pull_cursors", "pulled_resources", "remote_patients"}
+# The console's opaque patient ids (migration 0003).
+TABLES |= {"patient_tokens"}
 
 
 @pytest.fixture(

@@ -1,0 +1,115 @@
+"""Patient tokens (the console's opaque patient ids): intake indexes every patient key it
+stores, local or pulled, so that a token is found with one read; migration 0003 backfills the
+patients stored before it. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fhir_alliance_service.store import SqlStore, open_store, upgrade
+from fhir_alliance_service.store.engine import make_engine
+from fhir_alliance_service.store.patient_tokens import patient_token
+from fhir_alliance_service.store.tables import patient_tokens, record_heads
+from fhir_alliance_service.store.tables import records as record_versions
+from sqlalchemy import func, insert, select
+
+from .builders import T0, at, record
+
+
+def test_intake_indexes_each_patient_once_and_unknown_tokens_are_none(
+    store: SqlStore, database_url: str
+) -> None:
+    """Each patient of a batch is found by its token; re-posting, a second record of the same
+    patient and an unchanged batch add nothing; a token of no stored patient gives None."""
+    store.put_records([record(1), record(2, patient="Patient/p2")], audit=[], at=T0)
+    store.put_records([record(1), record(3), record(4, patient="Patient/p2")], audit=[], at=at(1))
+    assert store.patient_for_token(patient_token("Patient/p1")) == "Patient/p1"
+    assert store.patient_for_token(patient_token("Patient/p2")) == "Patient/p2"
+    assert store.patient_for_token(patient_token("Patient/nobody")) is None
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:  # the index holds one row per patient
+            count = connection.execute(select(func.count()).select_from(patient_tokens)).scalar()
+    finally:
+        engine.dispose()
+    assert count == 2
+
+
+def test_a_record_moved_to_another_patient_and_a_pulled_record_are_indexed(
+    store: SqlStore,
+) -> None:
+    """A new version that names another patient, and a remote-origin record, make their patients
+    findable (the old patient stays findable: its older versions remain)."""
+    store.put_records([record(1)], audit=[], at=T0)
+    store.put_records([record(1, patient="Patient/moved", score=2)], audit=[], at=at(1))
+    store.put_remote_records(
+        [record(2, patient="Patient/pulled")], origin="https://ehr.example", audit=[], at=at(2)
+    )
+    for patient in ("Patient/p1", "Patient/moved", "Patient/pulled"):
+        assert store.patient_for_token(patient_token(patient)) == patient
+
+
+@pytest.fixture
+def url_at_0002(database_url: str) -> Iterator[str]:
+    """``database_url`` (migrated to head by its fixture) taken back to revision 0002."""
+    from alembic import command
+    from alembic.config import Config
+    from fhir_alliance_service.store.schema import MIGRATIONS
+
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0002")
+    finally:
+        engine.dispose()
+    yield database_url
+
+
+def test_migration_0003_backfills_the_patients_stored_before_it(url_at_0002: str) -> None:
+    """Patients whose records were stored at revision 0002 are found by the tokens that
+    ``patient_token`` gives once the database is upgraded (the migration's copy of the namespace
+    agrees with the code's)."""
+    patients = [f"Patient/before-{n}" for n in range(3)] + ["https://clinic.example|mrn-7"]
+    engine = make_engine(url_at_0002)
+    try:
+        with engine.begin() as connection:
+            for number, patient in enumerate(patients * 2):  # two records per patient
+                row = record(number, patient=patient)
+                connection.execute(
+                    insert(record_versions).values(
+                        record_id=row.record_id,
+                        version=1,
+                        identifier=row.identifier,
+                        kind=row.kind,
+                        family=row.family,
+                        patient=row.patient,
+                        body=dict(row.body),
+                        content_hash=row.content_hash,
+                        created_at=T0,
+                    )
+                )
+                connection.execute(
+                    insert(record_heads).values(
+                        record_id=row.record_id,
+                        version=1,
+                        family=row.family,
+                        patient=row.patient,
+                        content_hash=row.content_hash,
+                        created_at=T0,
+                        updated_at=T0,
+                    )
+                )
+    finally:
+        engine.dispose()
+    upgrade(url_at_0002)
+    store = open_store(url_at_0002)
+    try:
+        for patient in patients:
+            assert store.patient_for_token(patient_token(patient)) == patient
+        assert store.patient_for_token(patient_token("Patient/after")) is None
+    finally:
+        store.close()
