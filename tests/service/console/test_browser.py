@@ -218,9 +218,14 @@ def test_patient_view_lists_session_notes_as_the_store_and_the_gate_left_them(
     screenshot(browser, artifacts, "patient-notes")
     violations = serious_violations(browser)
     assert not violations, _describe(violations)
-    navigates(browser, links[0].click)
-    assert browser.find_element(By.TAG_NAME, "h1").text == f"Record {record_ids[0]}"
-    assert NOTE_TEXT_MARKER not in browser.page_source
+    # The sent progress note's page: its audit entries (disclosure, Provenance) are shown too.
+    sent_note = next(i for i in record_ids if shown[i][5].startswith("sent"))
+    navigates(browser, links[record_ids.index(sent_note)].click)
+    assert browser.find_element(By.TAG_NAME, "h1").text == f"Record {sent_note}"
+    actions = [row[1] for row in table_rows(browser, "history")]
+    assert "disclose" in actions
+    encoded = base64.b64encode(f"Session 2: {NOTE_TEXT_MARKER}.".encode()).decode()
+    assert NOTE_TEXT_MARKER not in browser.page_source and encoded not in browser.page_source
     assert (
         '"resourceType": "DocumentReference"'
         in browser.find_element(By.CSS_SELECTOR, "pre.json").text
