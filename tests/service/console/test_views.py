@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.service.console.conftest import NOTE_TEXT_MARKER, demo_notes, load_clinic
+from tests.service.console.conftest import NOTE_TEXT_MARKER, THERAPIST, demo_notes, load_clinic
 
 PAGES = ("/console/",)
 
@@ -358,3 +358,32 @@ def test_note_text_is_shown_on_no_console_page(
     for record_page in pages[1:]:
         assert "&#34;resourceType&#34;: &#34;DocumentReference&#34;" in record_page.text
         assert "withheld: the console never shows a session note" in record_page.text
+
+
+def test_a_rewritten_ai_note_and_an_entered_in_error_note_are_said_in_words(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """A note the therapist stated they rewrote is "AI-drafted …, rewritten entirely by the
+    therapist (not labelled AIAST)"; a note entered in error shows that status."""
+    progress, *_ = _post_notes(console_client, console_keys)
+    notes = {n["id"].rsplit("|", 1)[-1]: n for n in demo_notes()[1:]}
+    rewritten = notes["client-1-ai"] | {
+        "ai_label_removal": {
+            "by": THERAPIST,
+            "at": "2026-11-12T17:20:00+00:00",
+            "statement": f"I rewrote it: {NOTE_TEXT_MARKER}",
+        }
+    }
+    in_error = notes["client-1-progress"] | {"status": "entered-in-error"}
+    headers = {"Authorization": f"Bearer {console_keys['write']}"}
+    answer = console_client.post("/v1/records", json=[rewritten, in_error], headers=headers)
+    assert answer.status_code == 201, answer.text
+    rewritten_id = answer.json["records"][0]["id"]
+    sign_in(console_client, console_keys["read"])
+    page = console_client.get(f"/console/patients/{patient_token('Patient/demo-client-1')}").text
+    rows = _note_rows(page)
+    assert rows[rewritten_id][4] == (
+        "AI-drafted by session-scribe 2.3, rewritten entirely by the therapist (not labelled AIAST)"
+    )
+    assert rows[progress][2] == "entered-in-error"
+    assert NOTE_TEXT_MARKER not in console_client.get(f"/console/records/{rewritten_id}").text
