@@ -106,6 +106,15 @@ class SentResource:
 
 
 @dataclass(frozen=True, slots=True)
+class SentMark:
+    """One item of :meth:`Store.mark_sent_many`: what :meth:`Store.mark_sent` takes for it."""
+
+    item_id: int
+    sent: Sequence[SentResource]
+    audit: Sequence[AuditEntry]
+
+
+@dataclass(frozen=True, slots=True)
 class SyncStatus:
     record_id: str
     record_version: int
@@ -268,6 +277,11 @@ class Store(Protocol):
     ) -> bool:
         """Record a send. Returns False (and writes nothing) if ``worker`` no longer holds the
         lease: another worker took the item over. Same for the other ``mark_*``."""
+
+    def mark_sent_many(self, worker: str, marks: Sequence[SentMark], *, at: datetime) -> list[bool]:
+        """:meth:`mark_sent` of several items (one transaction Bundle's) in one transaction: one
+        answer per mark, in order. An item whose lease ``worker`` lost writes nothing (False);
+        the others are recorded with their audit entries."""
 
     def mark_held(
         self, item_id: int, worker: str, *, reason: str, audit: Sequence[AuditEntry], at: datetime

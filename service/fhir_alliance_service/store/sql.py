@@ -53,6 +53,7 @@ from .interface import (
     PullCursor,
     PulledResource,
     PutOutcome,
+    SentMark,
     SentResource,
     StoredRecord,
     SyncState,
@@ -155,6 +156,26 @@ _NEWEST_BY_IDS = (
         ),
     )
     .where(record_heads.c.record_id.in_(bindparam("record_ids", expanding=True)))
+)
+
+
+#: ``mark_sent``'s compare-and-set for ``mark_sent_many``, built once for a Bundle's items.
+_MARK_SENT = (
+    update(outbox)
+    .where(
+        outbox.c.item_id == bindparam("b_item_id"),
+        outbox.c.lease_owner == bindparam("b_worker"),
+        outbox.c.state.in_(_PENDING),
+    )
+    .values(
+        state=SyncState.SENT.value,
+        sent=bindparam("b_sent", type_=outbox.c.sent.type),
+        held_reason=None,
+        next_attempt_at=None,
+        updated_at=bindparam("b_at", type_=outbox.c.updated_at.type),
+        lease_owner=None,
+        lease_until=None,
+    )
 )
 
 
@@ -653,6 +674,39 @@ class SqlStore:
             "updated_at": at,
         }
         return self._finish(item_id, worker, values, audit)
+
+    def mark_sent_many(self, worker: str, marks: Sequence[SentMark], *, at: datetime) -> list[bool]:
+        # One transaction for a Bundle's items (was one per item): the same compare-and-set per
+        # item as ``_finish``, then the audit entries of the items that landed in one insert.
+        landed: list[bool] = []
+        with self._write() as connection:
+            for mark in marks:
+                result = connection.execute(
+                    _MARK_SENT,
+                    {
+                        "b_item_id": mark.item_id,
+                        "b_worker": worker,
+                        "b_sent": [
+                            {
+                                "resource_type": s.resource_type,
+                                "id": s.id,
+                                "version_id": s.version_id,
+                            }
+                            for s in mark.sent
+                        ],
+                        "b_at": at,
+                    },
+                )
+                landed.append(result.rowcount == 1)
+            audit_rows = [
+                _audit_row(entry)
+                for mark, ok in zip(marks, landed, strict=True)
+                if ok
+                for entry in mark.audit
+            ]
+            if audit_rows:
+                connection.execute(insert(audit_log), audit_rows)
+        return landed
 
     def mark_held(
         self, item_id: int, worker: str, *, reason: str, audit: Sequence[AuditEntry], at: datetime

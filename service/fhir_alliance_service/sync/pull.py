@@ -75,8 +75,9 @@ ORIGIN_OURS = "ours"
 ORIGIN_FOREIGN = "foreign"
 FAMILY_CONSENT = "consent"
 
-#: Patients named in one search (``patient=a,b,…``): keeps URLs well under common limits.
-PATIENTS_PER_QUERY = 40
+#: Patients named in one search (``patient=a,b,…``): URLs of a few KB, well under common limits
+#: (8 KB and more); fewer searches matter on servers that scan per search (the test server).
+PATIENTS_PER_QUERY = 100
 #: Resources per page asked for (the server may give fewer).
 PAGE_SIZE = 500
 #: Pages one search may take before the client refuses (a bound, not a target).
@@ -176,9 +177,11 @@ class Puller:
                     log.warning("patient link not aliased: the reference names another patient")
             linked[key] = remote
             new.add(remote)
+        # Filed under the key as linked: the patient's engine reads the consents of every key of
+        # the patient (aliases included), so no lookup of the canonical key is needed here.
         by_remote: dict[str, str] = {}
-        for key, remote in linked.items():
-            by_remote.setdefault(remote, self.store.patient_keys(key)[0])
+        for key, remote in sorted(linked.items()):
+            by_remote.setdefault(remote, key)
         return by_remote, new
 
     def _resolve(self, token: str) -> str | None:
@@ -626,7 +629,8 @@ def _foreign_record(
     try:
         record = from_consent(resource)
     except FhirAllianceError as exc:
-        body: dict[str, Any] = {"kind": UNREADABLE_KIND, "unreadable": exc.element or "Consent"}
+        element = getattr(exc, "element", None) or "Consent"  # MappingError names it
+        body: dict[str, Any] = {"kind": UNREADABLE_KIND, "unreadable": element}
         identifier = f"urn:fhir-alliance:unreadable|{record_id}"
         state = "unreadable"
     else:

@@ -2,10 +2,10 @@
 
 ``Worker.run_once`` leases a batch from the outbox (one short transaction), asks the consent gate
 about each item, validates the permitted items' resources, sends them as transaction Bundles of
-``PUT`` to their deterministic ids (no transaction is open meanwhile), and records every outcome in
-its own short transaction: ``mark_sent`` (server ids and versions, with a disclosure AuditEvent and
-a Provenance per resource), ``mark_held``, ``mark_failed`` (transient, with backoff) or
-``mark_dead`` (permanent, with the OperationOutcome). ``run_forever`` polls until ``stop`` is set,
+``PUT`` to their deterministic ids (no transaction is open meanwhile), and records the outcomes in
+short transactions: ``mark_sent_many`` for a Bundle's items together (server ids and versions, with
+a disclosure AuditEvent and a Provenance per resource), ``mark_held``, ``mark_failed`` (transient,
+with backoff) or ``mark_dead`` (permanent, with the OperationOutcome). ``run_forever`` polls until ``stop`` is set,
 finishing the batch in hand.
 
 Idempotence: a resource's id comes from its business identifier, so a send repeated after a lost
@@ -47,7 +47,13 @@ from fhir_alliance.terminology import CANONICAL_BASE
 from fhir_alliance_service import audit
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import CONFLICTS, SEND_FAILURES, SEND_LATENCY, SENDS
-from fhir_alliance_service.store.interface import AuditEntry, OutboxItem, SentResource, Store
+from fhir_alliance_service.store.interface import (
+    AuditEntry,
+    OutboxItem,
+    SentMark,
+    SentResource,
+    Store,
+)
 from fhir_alliance_service.sync.gate import GateResult, gate_item
 from fhir_alliance_service.sync.retry import decide_retry, is_transient
 from fhir_alliance_service.sync.target import note_contact, target_fhir_version
@@ -333,8 +339,7 @@ class Worker:
         if any(o.status is not None for o in outcomes):
             note_contact(self.store, self.clock())
         if not failed:
-            for entry, item_outcomes in zip(group, by_item, strict=True):
-                self._record_sent(entry, item_outcomes, report)
+            self._record_sent(list(zip(group, by_item, strict=True)), report)
             return
         error = next(
             (x.error for _, o in failed for x in o if x.error is not None),
@@ -358,43 +363,45 @@ class Worker:
     # ------------------------------------------------------------------ record
 
     def _record_sent(
-        self, entry: _Ready, outcomes: list[EntryOutcome], report: BatchReport
+        self, sends: list[tuple[_Ready, list[EntryOutcome]]], report: BatchReport
     ) -> None:
-        item = entry.item
-        sent = [
-            SentResource(
-                resource_type=o.resource_type or str(r["resourceType"]),
-                id=o.id or str(r["id"]),
-                version_id=o.version_id,
-            )
-            for r, o in zip(entry.resources, outcomes, strict=True)
-        ]
-        for resource in sent:
-            SENDS.labels(resource.resource_type).inc()
+        """Record a Bundle's items as sent, in one store transaction (``mark_sent_many``)."""
         at = self.clock()
-        entries = [
-            audit.disclosure_event(
-                item.record_id,
-                item.patient,
-                item.record_version,
-                sent,
-                at,
-                recipient=self.settings.recipients[0],
-                purpose=self.settings.purpose,
-                target_url=self.settings.fhir_base_url,
-            ),
-            *audit.provenance(
-                sent, item.record_id, at, patient=item.patient, version=item.record_version
-            ),
-        ]
-        if self.settings.push_audit:
-            entries = self._push_audit(entries)
-        if self._count(
-            self.store.mark_sent(item.item_id, self.worker_id, sent=sent, audit=entries, at=at),
-            report,
-            "sent",
-        ):
-            report.resources_sent += len(sent)
+        marks: list[SentMark] = []
+        for entry, outcomes in sends:
+            item = entry.item
+            sent = [
+                SentResource(
+                    resource_type=o.resource_type or str(r["resourceType"]),
+                    id=o.id or str(r["id"]),
+                    version_id=o.version_id,
+                )
+                for r, o in zip(entry.resources, outcomes, strict=True)
+            ]
+            for resource in sent:
+                SENDS.labels(resource.resource_type).inc()
+            entries = [
+                audit.disclosure_event(
+                    item.record_id,
+                    item.patient,
+                    item.record_version,
+                    sent,
+                    at,
+                    recipient=self.settings.recipients[0],
+                    purpose=self.settings.purpose,
+                    target_url=self.settings.fhir_base_url,
+                ),
+                *audit.provenance(
+                    sent, item.record_id, at, patient=item.patient, version=item.record_version
+                ),
+            ]
+            if self.settings.push_audit:
+                entries = self._push_audit(entries)
+            marks.append(SentMark(item.item_id, sent, entries))
+        landed = self.store.mark_sent_many(self.worker_id, marks, at=at)
+        for mark, recorded in zip(marks, landed, strict=True):
+            if self._count(recorded, report, "sent"):
+                report.resources_sent += len(mark.sent)
 
     def _push_audit(self, entries: list[AuditEntry]) -> list[AuditEntry]:
         """PUT the AuditEvent/Provenance resources (batch: each on its own); entries the server

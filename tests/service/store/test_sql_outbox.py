@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from fhir_alliance_service.store import SentResource, SqlStore, SyncState
+from fhir_alliance_service.store.interface import SentMark
 
 from .builders import T0, at, audit_entry, record
 
@@ -157,6 +158,37 @@ def test_mark_sent_records_resources_and_audit(store: SqlStore) -> None:
     assert (status.state, status.sent, status.updated_at) == (SyncState.SENT, tuple(sent), at(2))
     assert [entry.action for entry in store.list_audit(record_id="rec-000001")] == ["disclose"]
     assert store.claim("w1", limit=1, lease_seconds=30, now=at(3)) == []
+
+
+def test_mark_sent_many_records_each_item_and_skips_one_whose_lease_was_lost(
+    store: SqlStore,
+) -> None:
+    """``mark_sent_many`` records every item it still holds, with its resources and audit, in one
+    call; an item another worker took over writes nothing, neither its state nor its audit."""
+    store.put_records([record(1), record(2, patient="Patient/p2")], audit=[], at=T0)
+    first, second = store.claim("w1", limit=10, lease_seconds=30, now=at(1))
+    [taken] = store.claim("w2", limit=1, lease_seconds=30, now=at(40))  # w1's leases ran out
+    assert taken.item_id == first.item_id
+    marks = [
+        SentMark(
+            item.item_id,
+            [SentResource("Observation", f"obs-{n}", "1")],
+            [audit_entry("disclose", item.record_id)],
+        )
+        for n, item in enumerate((first, second))
+    ]
+    assert store.mark_sent_many("w1", marks, at=at(41)) == [False, True]
+    lost, landed = store.sync_status("rec-000001"), store.sync_status("rec-000002")
+    assert lost is not None and landed is not None
+    assert (lost.state, lost.sent) == (SyncState.QUEUED, ())
+    assert (landed.state, landed.sent, landed.updated_at) == (
+        SyncState.SENT,
+        (SentResource("Observation", "obs-1", "1"),),
+        at(41),
+    )
+    assert store.list_audit(record_id="rec-000001") == []
+    assert [e.action for e in store.list_audit(record_id="rec-000002")] == ["disclose"]
+    assert store.mark_sent_many("w1", marks, at=at(42)) == [False, False]
 
 
 def test_mark_held_keeps_the_reason(store: SqlStore) -> None:

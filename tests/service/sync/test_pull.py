@@ -270,3 +270,30 @@ def test_the_worker_loop_pulls_every_interval(harness: SyncHarness) -> None:
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+def test_a_patient_known_here_by_identifier_is_found_on_the_server(harness: SyncHarness) -> None:
+    """A patient named here only by identifier is looked up on the server (Patient?identifier),
+    linked and aliased; the consent the server holds under Patient/<id> then permits the records
+    filed under the identifier."""
+    mrn = f"urn:oid:2.16.840.1.113883.3.9999.1|mrn-{harness.run}"
+    system, value = mrn.split("|")
+    on_server = remote.create(
+        harness.server,
+        harness.server.tagged(
+            {"resourceType": "Patient", "identifier": [{"system": system, "value": value}]}
+        ),
+    )
+    rating = R.rating(harness.run, 1)
+    rating["patient"] = {"identifier": mrn}
+    [record] = harness.intake([rating])
+    harness.drain()
+    assert harness.state(record.record_id) is SyncState.HELD
+    remote.create(
+        harness.server, remote.foreign_consent(harness.server, f"Patient/{on_server['id']}")
+    )
+    report = _puller(harness).pull()
+    assert (report.merged, report.released) == (1, 1)
+    assert harness.store.patient_keys(mrn) == [mrn, f"Patient/{on_server['id']}"]
+    harness.drain()
+    assert harness.state(record.record_id) is SyncState.SENT
