@@ -358,6 +358,7 @@ def test_note_text_is_shown_on_no_console_page(
     for record_page in pages[1:]:
         assert "&#34;resourceType&#34;: &#34;DocumentReference&#34;" in record_page.text
         assert "withheld: the console never shows a session note" in record_page.text
+        assert 'id="note-text-withheld"' in record_page.text
 
 
 def test_a_rewritten_ai_note_and_an_entered_in_error_note_are_said_in_words(
