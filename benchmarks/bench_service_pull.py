@@ -1,6 +1,6 @@
 """Pull of many remote Consents: N foreign (IHE PCF-shaped) Consents over N/10 patients are loaded
 into the FHIR test server with transaction Bundles (the load itself is timed and printed), then
-the service's pull (``sync/pull.py``: paged search per 40 patients, dedupe lookup per page, merge
+the service's pull (``sync/pull.py``: paged search per 100 patients, dedupe lookup per page, merge
 into the store as remote-origin consent records with their audit) reads them all into a fresh
 SQLite store. Printed: resources/s, and the memory growth of the pull (Python heap peak measured
 with tracemalloc in a second pull into another fresh store, and the process's peak RSS growth
@@ -135,14 +135,17 @@ def pull_once(base_url: str, store: Any) -> tuple[float, int]:
 
 def read_only(base_url: str, run: str, patients: int) -> tuple[float, int]:
     """Baseline: the same paged searches, each resource read and dropped."""
+    from fhir_alliance_service.sync.pull import PATIENTS_PER_QUERY
+
     from fhir_alliance.client import FhirClient
 
     refs = [f"Patient/pull-{run}-{p}" for p in range(patients)]
     seen = 0
     with FhirClient(base_url, deadline=600.0) as client:
         started = time.perf_counter()
-        for start in range(0, len(refs), 40):
-            params = [("patient", ",".join(refs[start : start + 40])), ("_count", "500")]
+        for start in range(0, len(refs), PATIENTS_PER_QUERY):
+            chunk = refs[start : start + PATIENTS_PER_QUERY]
+            params = [("patient", ",".join(chunk)), ("_count", "500")]
             for _ in client.search("Consent", params, max_pages=100_000):
                 seen += 1
         elapsed = time.perf_counter() - started
