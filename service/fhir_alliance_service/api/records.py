@@ -144,6 +144,8 @@ def _status_json(status: SyncStatus | None) -> dict[str, Any] | None:
             for s in status.sent
         ],
         "updated_at": status.updated_at,
+        "retraction": status.retraction,
+        "conflict": status.conflict,
     }
 
 

@@ -141,6 +141,20 @@ class SyncStatusSchema(Schema):
     )
     sent = fields.List(fields.Nested(SentResourceSchema), required=True)
     updated_at = fields.DateTime(allow_none=True)
+    retraction = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "two-way sync: what the retraction policy did with the data already "
+            "shared (kept, entered-in-error, deleted)"
+        },
+    )
+    conflict = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "two-way sync: how a change by someone else on the server was settled "
+            "(remote-edited, overwritten, kept-remote, flagged)"
+        },
+    )
 
 
 class RecordSchema(Schema):

@@ -140,3 +140,24 @@ def test_a_revocation_pulled_from_the_server_retracts(harness: SyncHarness, poli
     assert report.failed == 0
     status = harness.store.sync_status(rating.record_id)
     assert status is not None and status.retraction == policy.replace("delete", "deleted")
+
+
+def test_the_api_status_shows_the_retraction(harness: SyncHarness, sqlite_url: str) -> None:
+    """GET /v1/records/<id>/status carries the retraction the policy made."""
+    from fhir_alliance_service.app import create_app
+    from fhir_alliance_service.auth import create_api_key
+
+    shared = _shared(harness)
+    _revoke(harness)
+    _retractor(harness, "delete").run_pass()
+    key = create_api_key(harness.store, "status", ["read"])
+    app = create_app({"database_url": sqlite_url})
+    try:
+        response = app.test_client().get(
+            f"/v1/records/{shared['rating'].record_id}/status",
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    finally:
+        app.extensions["fhir_alliance"].store.close()
+    assert response.status_code == 200, response.json
+    assert (response.json["retraction"], response.json["conflict"]) == ("deleted", None)
