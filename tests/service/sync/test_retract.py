@@ -4,6 +4,7 @@ audited and shown on the record's status."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -161,3 +162,30 @@ def test_the_api_status_shows_the_retraction(harness: SyncHarness, sqlite_url: s
         app.extensions["fhir_alliance"].store.close()
     assert response.status_code == 200, response.json
     assert (response.json["retraction"], response.json["conflict"]) == ("deleted", None)
+
+
+def test_an_expired_share_stops_pushes_and_is_retracted_on_a_full_pass(
+    harness: SyncHarness,
+) -> None:
+    """A consent whose period ends: nothing more goes out, and a pass over everyone (expiries
+    change no stamp) retracts what was shared under it."""
+    from datetime import timedelta
+
+    from tests.service.sync.conftest import now
+
+    ends = now() + timedelta(seconds=2)
+    consent = R.sharing_consent(harness.run)
+    consent["period"] = {"start": "2026-11-01T00:00:00+00:00", "end": ends.isoformat()}
+    [_, rating] = harness.intake([consent, R.rating(harness.run, 1)])
+    harness.drain()
+    assert harness.state(rating.record_id) is SyncState.SENT
+    retractor = _retractor(harness, "delete")
+    assert retractor.run_pass().deleted == 0  # still permitted
+    while now() <= ends:
+        time.sleep(0.1)
+    [late] = harness.intake([R.rating(harness.run, 2)])
+    harness.drain()
+    assert harness.state(late.record_id) is SyncState.HELD
+    assert retractor.run_pass().deleted == 0  # no consent changed: not looked at
+    assert retractor.run_pass(everyone=True).deleted == 1
+    assert harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1") == []
