@@ -171,6 +171,11 @@ def test_our_consent_withdrawn_on_the_server_is_revoked_here(harness: SyncHarnes
     stored = harness.store.get_record(consent.record_id)
     assert stored is not None and stored.body["status"] == "revoked"
     assert _rating_state(harness, 2, patient) is SyncState.HELD
+    # The revoked version goes out against the version the pull adopted: no conflict.
+    status = harness.store.sync_status(consent.record_id)
+    assert status is not None and status.state is SyncState.SENT and status.conflict is None
+    [after] = harness.on_server("Consent", R.consent_id(harness.run, patient))
+    assert after["meta"]["versionId"] == "3" and after["status"] == "inactive"
 
 
 def test_a_content_edit_of_our_consent_is_a_conflict_not_a_merge(harness: SyncHarness) -> None:
