@@ -143,6 +143,7 @@ class _RegistryView(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._registry.collect()
 
+
 # -- two-way sync (sync/pull.py, sync/retract.py, the worker's 412 policy) --------------------------
 PULLED = Counter(
     "fhir_alliance_pulled",
