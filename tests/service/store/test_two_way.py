@@ -1,0 +1,125 @@
+"""Contract tests of the store's two-way sync additions, on SQLite and PostgreSQL: aliases, remote
+patient links, pull cursors, pulled resources (dedupe, listing generations), remote-origin
+records (no outbox item), sent items, retraction and conflict marks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from fhir_alliance_service.store import SentResource, SqlStore, SyncState
+from fhir_alliance_service.store.interface import PullCursor, PulledResource
+
+from .builders import T0, at, audit_entry, consent, record
+
+SERVER = "http://fhir.example.org/fhir"
+
+
+def _pulled(resource_id: str, version: str, *, generation: int = 0) -> PulledResource:
+    return PulledResource(
+        server=SERVER,
+        resource_type="Consent",
+        resource_id=resource_id,
+        version_id=version,
+        last_updated="2026-03-01T09:00:00.000Z",
+        patient="Patient/p1",
+        record_id=None,
+        origin="foreign",
+        state="merged",
+        generation=generation,
+    )
+
+
+def test_aliases_group_keys_and_refuse_a_second_owner(store: SqlStore) -> None:
+    """An alias joins the patient's keys (from either key); one already owned is refused."""
+    store.add_patient_alias("Patient/p1", "urn:mrn|1", at=T0)
+    store.add_patient_alias("urn:mrn|1", "urn:other|9", at=T0)  # through the alias: same patient
+    assert store.patient_keys("Patient/p1") == ["Patient/p1", "urn:mrn|1", "urn:other|9"]
+    assert store.patient_keys("urn:other|9") == ["Patient/p1", "urn:mrn|1", "urn:other|9"]
+    assert store.patient_keys("Patient/p2") == ["Patient/p2"]
+    store.add_patient_alias("Patient/p1", "urn:mrn|1", at=T0)  # again: nothing changes
+    with pytest.raises(ValueError, match="another patient"):
+        store.add_patient_alias("Patient/p2", "urn:mrn|1", at=T0)
+
+
+def test_release_held_releases_under_every_key_of_the_patient(store: SqlStore) -> None:
+    """Held items filed under an alias are re-queued when the patient's consents change."""
+    store.put_records([record(1, patient="urn:mrn|1")], audit=[], at=T0)
+    [item] = store.claim("w", limit=1, lease_seconds=30, now=at(1))
+    assert store.mark_held(item.item_id, "w", reason="no consent", audit=[], at=at(2))
+    store.add_patient_alias("Patient/p1", "urn:mrn|1", at=at(3))
+    assert store.release_held("Patient/p1", at=at(4)) == 1
+
+
+def test_remote_patients_and_cursors_are_upserted(store: SqlStore) -> None:
+    """Links and cursors are inserted, then replaced, per server."""
+    store.set_remote_patient(SERVER, "urn:mrn|1", "Patient/a", at=T0)
+    store.set_remote_patient(SERVER, "urn:mrn|1", "Patient/b", at=at(1))
+    assert store.remote_patients(SERVER) == {"urn:mrn|1": "Patient/b"}
+    assert store.remote_patients("http://other/fhir") == {}
+    assert store.get_pull_cursor(SERVER, "Consent") is None
+    store.save_pull_cursor(PullCursor(SERVER, "Consent", "2026-03-01T09:00:00Z", 1, T0), at=T0)
+    store.save_pull_cursor(PullCursor(SERVER, "Consent", "2026-03-01T10:00:00Z", 2, at(5)), at=T0)
+    assert store.get_pull_cursor(SERVER, "Consent") == PullCursor(
+        SERVER, "Consent", "2026-03-01T10:00:00Z", 2, at(5)
+    )
+
+
+def test_pulled_resources_dedupe_and_listing_generations(store: SqlStore) -> None:
+    """Saved pulled resources are found by id; a listing marks what it saw; the rest is
+    unlisted (gone) until marked deleted."""
+    store.save_pulled([_pulled("a", "1"), _pulled("b", "1"), _pulled("a", "2")], at=T0)
+    found = store.pulled(SERVER, "Consent", ["a", "b", "c"])
+    assert {k: v.version_id for k, v in found.items()} == {"a": "2", "b": "1"}
+    store.mark_listed(SERVER, "Consent", ["a"], 1)
+    assert [p.resource_id for p in store.unlisted(SERVER, "Consent", 1)] == ["b"]
+    gone = store.unlisted(SERVER, "Consent", 1)[0]
+    store.save_pulled([replace(gone, state="deleted")], at=T0)
+    assert store.unlisted(SERVER, "Consent", 1) == []
+
+
+def test_remote_records_make_no_outbox_item_but_count_as_consents(store: SqlStore) -> None:
+    """A pulled consent is stored (versions, stamp) without anything to push."""
+    before = store.consents_stamp("Patient/p1")
+    store.put_remote_records(
+        [consent(1)], origin=SERVER, audit=[audit_entry("pull", "rec-000001")], at=T0
+    )
+    assert store.sync_status("rec-000001") is None
+    assert [c.record_id for c in store.consents_for_patient("Patient/p1")] == ["rec-000001"]
+    assert store.consents_stamp("Patient/p1") != before
+    assert store.consent_stamps() == {"Patient/p1": store.consents_stamp("Patient/p1")}
+    assert store.claim("w", limit=10, lease_seconds=30, now=at(1)) == []
+    assert [e.action for e in store.list_audit(record_id="rec-000001")] == ["pull"]
+
+
+def test_sent_items_retraction_conflict_and_sent_versions(store: SqlStore) -> None:
+    """The newest SENT item per record is listed with its item id; marks and versions land."""
+    store.put_records([record(1), record(2, patient="Patient/p2")], audit=[], at=T0)
+    items = store.claim("w", limit=10, lease_seconds=30, now=at(1))
+    for item in items:
+        store.mark_sent(
+            item.item_id,
+            "w",
+            sent=[SentResource("Observation", item.record_id, "1")],
+            audit=[],
+            at=at(2),
+        )
+    [sent] = store.sent_items("Patient/p1")
+    assert sent.state is SyncState.SENT and sent.item_id is not None
+    store.mark_retraction(
+        sent.item_id, "deleted", audit=[audit_entry("retract-delete", "rec-000001")], at=at(3)
+    )
+    store.mark_conflict(sent.item_id, "flagged", at=at(3))
+    store.record_sent_versions(
+        sent.item_id, [SentResource("Observation", "rec-000001", "4")], audit=[], at=at(4)
+    )
+    status = store.sync_status("rec-000001")
+    assert status is not None
+    assert (status.retraction, status.conflict, status.sent[0].version_id) == (
+        "deleted",
+        "flagged",
+        "4",
+    )
+    last = store.last_sent("rec-000001")
+    assert last is not None and last.item_id == sent.item_id
+    assert store.last_sent("rec-000002") is not None and store.last_sent("nope") is None
