@@ -109,7 +109,7 @@ def test_a_lost_answer_to_our_own_update_is_not_a_conflict(
     [item] = harness.store.claim("lost", limit=1, lease_seconds=0.01, now=now())
     gated = gate_item(item, settings=harness.settings, store=harness.store, version=R4, at=now())
     [resource] = gated.resources
-    harness.client.update(resource, if_match="1")
+    harness.client.update(harness.server.tagged(resource), if_match="1")  # tagged: cleaned up
     time.sleep(0.02)
     harness.drain(conflict_policy=policy)
     status = harness.store.sync_status(changed.record_id)
