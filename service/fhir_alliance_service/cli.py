@@ -260,9 +260,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    """Claim, gate, map and send outbox items until stopped. SIGTERM or SIGINT (Ctrl-C) sets the
-    stop event: the batch in hand is finished and recorded, then the process exits 0. A second
-    Ctrl-C leaves at once (the batch's leases expire and it is sent again later)."""
+    """Claim, gate, map and send outbox items until stopped; between batches, every
+    FHIR_ALLIANCE_PULL_INTERVAL_SECONDS, pull remote consent changes and retract by policy
+    (``--no-pull``: push only). SIGTERM or SIGINT (Ctrl-C) sets the stop event: the batch in hand
+    is finished and recorded, then the process exits 0. A second Ctrl-C leaves at once (the
+    batch's leases expire and it is sent again later)."""
     settings = _settings()
     client = _client(settings)
     _configure_logging(settings)
