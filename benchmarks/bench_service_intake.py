@@ -1,8 +1,8 @@
 """Intake over HTTP: records/s POSTed one per request to ``/v1/records`` of ``fhir-alliance serve``
 (API-key check, schema validation, record + audit + outbox row committed durably in SQLite WAL)
 vs a bare Flask endpoint that only parses the JSON, both under the same gunicorn configuration
-(``cli_serve.gunicorn_options``, 2 sync workers) and driven by the same client loop (4 threads, a
-``requests.Session`` each). Target: at least 0.5x the bare endpoint.
+(``cli_serve.gunicorn_options``, 2 workers) and driven by the same client loop (4 threads, a
+keep-alive ``http.client`` connection each). Target: at least 0.5x the bare endpoint.
 
     python benchmarks/bench_service_intake.py [--quick]
 """

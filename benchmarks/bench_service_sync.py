@@ -3,7 +3,9 @@ case behind ``/v1/records`` and ``fhir-alliance load``) and synced by the worker
 mapping, validation, transaction Bundles of PUTs, audit and Provenance stored locally), vs a
 one-by-one baseline that maps the same records and POSTs each FHIR resource on its own, with the
 same client settings. Both start from an empty FHIR store; records/s over the whole way.
-Target: at least 10x.
+Target: at least 10x. Also reported: the server's own ceiling (the same resources, mapped
+beforehand, sent in the worker's Bundles with nothing else timed), which bounds the ratio any
+service can reach against this server.
 
 Uses ``FHIR_ALLIANCE_TEST_BASE_URL`` if set (its store is NOT reset: point it only at a disposable
 server), else starts the suite's local FHIR test server.
@@ -190,6 +192,43 @@ def one_by_one(base_url: str, count: int, run: str) -> tuple[float, int]:
     return elapsed, sent
 
 
+def server_ceiling(base_url: str, count: int, run: str) -> tuple[float, int]:
+    """The test server's own share: the same resources, mapped beforehand (untimed), sent as the
+    worker sends them (transaction Bundles of ``DEFAULT_BUNDLE_ENTRIES`` PUTs, same client
+    settings) with nothing else timed. No intake, gate, validation or store: what ``ours`` would
+    reach if the service itself cost nothing."""
+    from fhir_alliance_service.config import load_settings
+    from fhir_alliance_service.sync.target import client_from_settings
+    from fhir_alliance_service.sync.worker import DEFAULT_BUNDLE_ENTRIES
+
+    from fhir_alliance.client import BundleRequest
+    from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
+    from fhir_alliance.mapping.observation import MAPPER as OBSERVATION_MAPPER
+
+    resources = [
+        resource
+        for payload in sharing_consents(run, _patients(count))
+        for resource in CONSENT_MAPPER.to_fhir(CONSENT_MAPPER.load(payload), version="4.0.1")
+    ] + [
+        resource
+        for payload in srs_records(count, run)
+        for resource in OBSERVATION_MAPPER.to_fhir(
+            OBSERVATION_MAPPER.load(payload), version="4.0.1"
+        )
+    ]
+    requests = [BundleRequest.put(resource) for resource in resources]
+    client = client_from_settings(load_settings({}, {"fhir_base_url": base_url}))
+    try:
+        started = time.perf_counter()
+        outcomes = client.transaction(requests, chunk_size=DEFAULT_BUNDLE_ENTRIES)
+        elapsed = time.perf_counter() - started
+    finally:
+        client.close()
+    if not all(outcome.ok for outcome in outcomes):
+        raise SystemExit("the server refused part of the ceiling run")
+    return elapsed, len(requests)
+
+
 def measure(count: int) -> dict[str, Any]:
     from fhir_alliance.client import FhirClient
 
@@ -202,6 +241,8 @@ def measure(count: int) -> dict[str, Any]:
         _reset(admin, is_local)
         our_seconds, our_sent = ours(base_url, count, uuid.uuid4().hex[:8])
         _reset(admin, is_local)
+        ceiling_seconds, _ = server_ceiling(base_url, count, uuid.uuid4().hex[:8])
+        _reset(admin, is_local)
     records = count + _patients(count)
     return harness.entry(
         "service sync end to end: SRS records + consents, intake -> worker -> FHIR server "
@@ -213,6 +254,10 @@ def measure(count: int) -> dict[str, Any]:
         records=records,
         resources_sent=our_sent,
         baseline_resources=base_sent,
+        # The same resources in the same Bundles with nothing of ours timed: ``ratio`` cannot
+        # exceed ``ceiling_ratio`` against this server, whatever the service does.
+        server_ceiling_records_s=round(records / ceiling_seconds, 1),
+        ceiling_ratio=round(base_seconds / ceiling_seconds, 2),
     )
 
 

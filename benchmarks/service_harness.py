@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 #: gunicorn worker processes for both the service and its baseline (the machine has 2 cores).
 WEB_WORKERS = 2
-#: Client threads driving a server; each has its own keep-alive ``requests.Session``.
+#: Client threads driving a server; each has its own keep-alive ``http.client`` connection.
 CLIENT_THREADS = 4
 STARTUP_TIMEOUT = 60.0
 
