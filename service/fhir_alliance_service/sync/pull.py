@@ -154,27 +154,25 @@ class Puller:
         self.server = client.base.url
         self.clock = clock
         self.page_size = page_size
+        self._links: list[tuple[str, str]] = []  # patient links found, saved after their read
 
     # ------------------------------------------------------------------ patients
 
     def patient_map(self) -> tuple[dict[str, str], set[str]]:
         """Remote reference → local patient key, and the remote references seen for the first
-        time (read in full, whatever the cursor says)."""
+        time (read in full, whatever the cursor says). New links are stored by
+        :meth:`_save_links` once their first read has succeeded (a failed pass reads them in
+        full again)."""
         linked = self.store.remote_patients(self.server)
         new: set[str] = set()
-        now = self.clock()
+        self._links = []
         for key in self.store.patients():
             if key in linked:
                 continue
             remote = key if "|" not in key else self._resolve(key)
             if remote is None:
                 continue
-            self.store.set_remote_patient(self.server, key, remote, at=now)
-            if remote != key:
-                try:  # the server's reference names the same patient as the identifier here
-                    self.store.add_patient_alias(key, remote, at=now)
-                except ValueError:
-                    log.warning("patient link not aliased: the reference names another patient")
+            self._links.append((key, remote))
             linked[key] = remote
             new.add(remote)
         # Filed under the key as linked: the patient's engine reads the consents of every key of
@@ -183,6 +181,17 @@ class Puller:
         for key, remote in sorted(linked.items()):
             by_remote.setdefault(remote, key)
         return by_remote, new
+
+    def _save_links(self) -> None:
+        now = self.clock()
+        for key, remote in self._links:
+            self.store.set_remote_patient(self.server, key, remote, at=now)
+            if remote != key:
+                try:  # the server's reference names the same patient as the identifier here
+                    self.store.add_patient_alias(key, remote, at=now)
+                except ValueError:
+                    log.warning("patient link not aliased: the reference names another patient")
+        self._links = []
 
     def _resolve(self, token: str) -> str | None:
         system, _, value = token.partition("|")
@@ -212,6 +221,7 @@ class Puller:
             types = ["Consent"] + (["Observation"] if self.settings.pull_observations else [])
             for resource_type in types:
                 self._pull_type(resource_type, patients, new, full_listing, report)
+            self._save_links()
         except ServerError as exc:
             report.error = f"{type(exc).__name__} {exc.status or ''}".strip()
             log.warning("pull stopped: %s", report.error)
@@ -239,6 +249,7 @@ class Puller:
         pull would, and re-run the gate for the patients whose consents changed."""
         report = PullReport()
         patients, _ = self.patient_map()
+        # New patient links are left to the next pull, which reads those patients in full.
         self._merge_page(resource_type, list(resources), patients, None, report)
         now = self.clock()
         for patient in sorted(report.changed_patients):
