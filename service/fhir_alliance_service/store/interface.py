@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -332,6 +332,14 @@ class Store(Protocol):
     def list_audit(
         self, *, record_id: str | None = None, limit: int = 100, after: int | None = None
     ) -> list[AuditEntry]: ...
+
+    def audit_counts_by_day(
+        self, actions: Sequence[str], *, since: datetime, until: datetime
+    ) -> dict[date, dict[str, int]]:
+        """Per UTC day of the audit entries at ``since`` or later and before ``until``: for each
+        of ``actions``, how many distinct records have an entry of that action that day. One
+        aggregate query; days and actions without an entry are left out."""
+        ...
 
     # -- API keys ------------------------------------------------------------------------------
     def add_api_key(self, key: ApiKey) -> None: ...

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -835,6 +835,33 @@ class SqlStore:
                 )
                 for row in connection.execute(query)
             ]
+
+    def audit_counts_by_day(
+        self, actions: Sequence[str], *, since: datetime, until: datetime
+    ) -> dict[date, dict[str, int]]:
+        if not actions:
+            return {}
+        # The UTC day as ISO text: SQLite keeps naive UTC text, PostgreSQL a timestamptz.
+        if self._dialect == "postgresql":
+            utc_day = func.to_char(func.timezone("UTC", audit_log.c.at), "YYYY-MM-DD")
+        else:
+            utc_day = func.substr(audit_log.c.at, 1, 10)
+        day = utc_day.label("day")
+        query = (
+            select(day, audit_log.c.action, func.count(audit_log.c.record_id.distinct()))
+            .where(
+                audit_log.c.action.in_(list(actions)),
+                audit_log.c.record_id.is_not(None),
+                audit_log.c.at >= since,
+                audit_log.c.at < until,
+            )
+            .group_by(day, audit_log.c.action)
+        )
+        counts: dict[date, dict[str, int]] = {}
+        with self._read() as connection:
+            for day_text, action, count in connection.execute(query):
+                counts.setdefault(date.fromisoformat(day_text), {})[action] = int(count)
+        return counts
 
     # -- API keys ------------------------------------------------------------------------------
     def add_api_key(self, key: ApiKey) -> None:
