@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from fhir_alliance.consent.decision import (
     KNOWN_ACTIONS,
@@ -290,6 +291,15 @@ class _Node:
         return self.basis_value
 
 
+class _UnresolvedActor(NamedTuple):
+    """A provision actor named one way only (see :func:`_facet`), and the note an answer carries
+    when the request names its actors of that role only the other way."""
+
+    role: _CodeKey
+    facet: _Facet
+    note: str
+
+
 class _Consent:
     """One compiled consent record."""
 
@@ -300,13 +310,13 @@ class _Consent:
         "categories",
         "date",
         "end",
-        "has_unresolved_actors",
         "id_text",
         "index",
         "patient_keys",
         "record",
         "root",
         "start",
+        "unresolved_actors",
     )
 
     def __init__(
@@ -345,7 +355,23 @@ class _Consent:
             frozenset(),
             f"{where}.provision",
         )
-        self.has_unresolved_actors = any(n.single_kind_actors for n in self.root.walk())
+        # Every actor named one way only, with the note an answer carries when a request names
+        # its party only the other way: worked out once, not for each request.
+        self.unresolved_actors = tuple(
+            _UnresolvedActor(
+                (actor.role.system, actor.role.code),
+                facet,
+                f"consent {self.id_text}, {_where(node)}: actor {_describe(actor.reference)} "
+                "could not be resolved (not in the actor directory); "
+                + (
+                    "a permit never matches it"
+                    if node.permit
+                    else "it counts as matching this deny provision"
+                ),
+            )
+            for node in self.root.walk()
+            for actor, facet in node.single_kind_actors
+        )
 
 
 def _in_force(record: ConsentRecord, where: str) -> tuple[tuple[float, float], ...]:
@@ -750,7 +776,17 @@ class _PatientGroup:
 
     def __init__(self, consents: Iterable[_Consent]) -> None:
         self.consents = tuple(consents)
-        self.unresolved = tuple(c for c in self.consents if c.has_unresolved_actors)
+        # (role, how the provision actor is named: "ref" or "id") → (order, consent, actor): the
+        # actors a request naming that role only the other way cannot compare, in note order.
+        self.unresolved: dict[tuple[_CodeKey, str], list[tuple[int, _Consent, _UnresolvedActor]]]
+        self.unresolved = {}
+        order = 0
+        for c in self.consents:
+            for actor in c.unresolved_actors:
+                self.unresolved.setdefault((actor.role, actor.facet[0]), []).append(
+                    (order, c, actor)
+                )
+                order += 1
         roots = [c.root for c in self.consents]
         self.actions = frozenset(k for r in roots for k in (r.actions or ()))
         self.purposes = frozenset(k for r in roots for k in (r.purposes or ()))
@@ -945,19 +981,10 @@ class ConsentEngine:
             decision = self._decide_resource(live, q, notes, trace)
         else:
             decision = self._decide_general(live, q, notes, trace)
-        if group is not None and group.unresolved:
+        if group is not None and group.unresolved and q.incomparable:
             # Consents naming an actor that cannot be compared with the request's (the index may
             # have passed them over): say so, for those in force.
-            unresolved = [
-                c
-                for c in group.unresolved
-                if (c.active_start <= at < c.active_end or _active_at(c.active_more, at))
-                and (c.start is None or c.start <= at)
-                and (c.end is None or at < c.end)
-                and not c.patient_keys.isdisjoint(patient_keys)
-            ]
-            if unresolved:
-                notes.extend(_unresolved_notes(unresolved, q))
+            notes.extend(_unresolved_notes(group, q, patient_keys))
         outcome, basis, obligations = decision
         why = None
         if outcome is DecisionOutcome.NO_CONSENT:
@@ -1286,26 +1313,36 @@ def _unknown_code_notes(request: DecisionRequest) -> list[str]:
     return notes
 
 
-def _unresolved_notes(consents: list[_Consent], q: _Request) -> list[str]:
+def _unresolved_notes(
+    group: _PatientGroup, q: _Request, patient_keys: frozenset[RefKey]
+) -> list[str]:
     """Say which actor could not be compared with the request's: named by reference in one place
     and by identifier in the other, and the directory does not link them. Such an actor is a
-    missing fact: it matches deny provisions and never permit provisions."""
+    missing fact: it matches deny provisions and never permit provisions. Only consents of the
+    patient in force at the request's time are named."""
+    found: dict[int, tuple[_Consent, str]] = {}
+    for role, request_facets in q.incomparable.items():
+        for kind, request_type in request_facets:
+            other = "id" if kind == "ref" else "ref"
+            for order, c, actor in group.unresolved.get((role, other), ()):
+                actor_type = actor.facet[1]
+                if request_type is None or actor_type is None or request_type == actor_type:
+                    found[order] = (c, actor.note)
+    at = q.at
+    in_force: dict[_Consent, bool] = {}
     notes: list[str] = []
-    for c in consents:
-        for node in c.root.walk():
-            for actor, facet in node.single_kind_actors:
-                role = (actor.role.system, actor.role.code)
-                if not _incomparable(facet, q.incomparable.get(role, ())):
-                    continue
-                effect = (
-                    "a permit never matches it"
-                    if node.permit
-                    else "it counts as matching this deny provision"
-                )
-                notes.append(
-                    f"consent {c.id_text}, {_where(node)}: actor {_describe(actor.reference)} "
-                    f"could not be resolved (not in the actor directory); {effect}"
-                )
+    for order in sorted(found):
+        c, note = found[order]
+        counted = in_force.get(c)
+        if counted is None:
+            counted = in_force[c] = (
+                (c.active_start <= at < c.active_end or _active_at(c.active_more, at))
+                and (c.start is None or c.start <= at)
+                and (c.end is None or at < c.end)
+                and not c.patient_keys.isdisjoint(patient_keys)
+            )
+        if counted:
+            notes.append(note)
     return notes
 
 

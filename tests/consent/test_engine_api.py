@@ -10,9 +10,10 @@ import pytest
 from fhir_alliance.consent.decision import DecisionOutcome
 from fhir_alliance.consent.engine import ConsentEngine, decide
 from fhir_alliance.errors import InputError
-from fhir_alliance.model.common import Ref
+from fhir_alliance.model.common import Identifier, Ref
 from fhir_alliance.model.consent import Period
 from tests.consent.builders import (
+    MRN,
     V3_ACT_CODE,
     actor,
     consent,
@@ -170,3 +171,43 @@ def test_one_spelling_per_outcome(outcome: DecisionOutcome) -> None:
     decision = ConsentDecision(outcome, CombiningRule.DENY_OVERRIDES)
     assert decision.explain().splitlines()[0] == f"decision: {outcome.value} (deny-overrides)"
     assert decision_to_json(decision)["decision"] == outcome.value
+
+
+def test_unresolvable_actor_note_needs_a_party_of_its_type() -> None:
+    """An unresolvable Organization is named (and denies) for a request actor of unknown type,
+    never for one known to be a Practitioner."""
+    elsewhere = Ref(reference="Organization/elsewhere")
+    engine = ConsentEngine(
+        [consent("c1", "permit", prov("deny", actors=[actor(elsewhere)]), purposes=[pou("TREAT")])]
+    )
+    npi = Identifier("http://hl7.org/fhir/sid/us-npi", "2222222222")
+    untyped = engine.decide(request(Ref(identifier=npi), res=resource()))
+    practitioner = engine.decide(request(Ref(identifier=npi, type="Practitioner"), res=resource()))
+    assert untyped.outcome is DecisionOutcome.DENY
+    assert [n for n in untyped.notes if "Organization/elsewhere could not be resolved" in n]
+    assert practitioner.outcome is DecisionOutcome.PERMIT
+    assert not [n for n in practitioner.notes if "could not be resolved" in n]
+
+
+def test_unresolvable_actor_note_names_only_the_request_patients_consents() -> None:
+    """A consent linked to the patient only through another consent's identifier is not named."""
+    by_reference = Ref(reference="Patient/p1", identifier=Identifier(MRN, "p-001"))
+    by_identifier = Ref(identifier=Identifier(MRN, "p-001"))
+    engine = ConsentEngine(
+        [
+            consent(
+                value,
+                "permit",
+                prov("deny", actors=[actor(DR_B)]),
+                patient=patient,
+                purposes=[pou("TREAT")],
+            )
+            for value, patient in (("c1", by_reference), ("c2", by_identifier))
+        ]
+    )
+    npi = Ref(identifier=Identifier("http://hl7.org/fhir/sid/us-npi", "2222222222"))
+    decision = engine.decide(request(npi, patient=(Ref(reference="Patient/p1"),), res=resource()))
+    named = [n for n in decision.notes if "could not be resolved" in n]
+    assert [b.consent.value for b in decision.basis] == ["c1"]
+    assert len(named) == 1
+    assert named[0].startswith("consent https://clinic.example/consent-ids|c1,")
