@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -55,6 +55,9 @@ from fhir_alliance_service.usecases.decisions import decide_for_patient
 __all__ = [
     "NOTE_TEXT_WITHHELD",
     "SHOWN_STATES",
+    "TREND_DAYS",
+    "TREND_LINES",
+    "daily_trend",
     "find_patient",
     "overview_page",
     "patient_page",
@@ -70,8 +73,6 @@ SHOWN_STATES: Final = (
     SyncState.FAILED,
     SyncState.DEAD_LETTERED,
 )
-#: Store meta entry: counts by state per day (JSON), written when the overview is shown.
-META_DAILY_COUNTS: Final = "console.daily_counts"
 TREND_DAYS: Final = 14
 #: How many held items the overview reads to group them (the counts above are exact).
 HELD_SCAN_LIMIT: Final = 5_000
@@ -109,9 +110,44 @@ class PatientLink:
 
 
 @dataclass(frozen=True, slots=True)
+class TrendLine:
+    """One line of the trend: the audit action it counts, its name and what a number means."""
+
+    action: str
+    label: str
+    meaning: str
+
+
+#: The trend's lines, each counted from the audit trail (``Store.audit_counts_by_day``).
+TREND_LINES: Final = (
+    TrendLine(
+        "intake",
+        "received",
+        "records posted to the service that day (a new record or a new version of one)",
+    ),
+    TrendLine("disclose", "sent", "records sent to the clinic's FHIR server that day"),
+    TrendLine(
+        "hold",
+        "held",
+        "records the consent gate held back that day (a record held again after a consent "
+        "change counts again on the day it is held again)",
+    ),
+    TrendLine("dead-letter", "dead-lettered", "records the FHIR server refused for good that day"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TrendDay:
+    """One UTC day of the trend: distinct records per :data:`TREND_LINES` action."""
+
+    day: date
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class OverviewPage:
     counts: dict[SyncState, int]
-    trend: list[tuple[date, dict[SyncState, int]]]
+    trend: list[TrendDay]
     held: list[HeldGroup]
     held_scanned_all: bool
     failed: list[Problem]
@@ -138,44 +174,21 @@ def outcome_message(outcome: Mapping[str, Any] | None) -> str:
     return "; ".join(parts) or "no message"
 
 
-def _daily_trend(
-    store: Store, counts: Mapping[SyncState, int], today: date
-) -> list[tuple[date, dict[SyncState, int]]]:
-    """Today's counts saved beside those of earlier days (kept for ``TREND_DAYS``)."""
-    try:
-        saved = json.loads(store.get_meta(META_DAILY_COUNTS) or "{}")
-    except ValueError:
-        saved = {}
-    if not isinstance(saved, dict):
-        saved = {}
-    saved[today.isoformat()] = {state.value: counts.get(state, 0) for state in SHOWN_STATES}
-    oldest = today - timedelta(days=TREND_DAYS - 1)
-    kept = {
-        day: value for day, value in saved.items() if (parsed := _day(day)) and parsed >= oldest
-    }
-    store.set_meta(META_DAILY_COUNTS, json.dumps(kept, sort_keys=True))
-    trend: list[tuple[date, dict[SyncState, int]]] = []
-    for day_text in sorted(kept):
-        values = kept[day_text]
-        trend.append(
-            (
-                date.fromisoformat(day_text),
-                {s: int(values.get(s.value, 0)) for s in SHOWN_STATES if isinstance(values, dict)},
-            )
-        )
-    return trend
-
-
-def _day(text: Any) -> date | None:
-    try:
-        return date.fromisoformat(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
+def daily_trend(store: Store, today: date) -> list[TrendDay]:
+    """The last :data:`TREND_DAYS` UTC days up to ``today``, oldest first, from the audit trail:
+    one aggregate query; a day without activity is a row of zeros."""
+    first = today - timedelta(days=TREND_DAYS - 1)
+    since = datetime.combine(first, time(), tzinfo=UTC)
+    until = datetime.combine(today + timedelta(days=1), time(), tzinfo=UTC)
+    actions = [line.action for line in TREND_LINES]
+    found = store.audit_counts_by_day(actions, since=since, until=until)
+    days = (first + timedelta(days=n) for n in range(TREND_DAYS))
+    return [TrendDay(day, {a: found.get(day, {}).get(a, 0) for a in actions}) for day in days]
 
 
 def overview_page(store: Store, settings: Settings, *, now: datetime) -> OverviewPage:
     counts = store.counts_by_state()
-    trend = _daily_trend(store, counts, now.astimezone(UTC).date())
+    trend = daily_trend(store, now.astimezone(UTC).date())
     # SyncStatus carries no item id to page on: one bounded read; the page says when it is partial.
     held = store.list_by_state(SyncState.HELD, limit=HELD_SCAN_LIMIT)
     complete = len(held) < HELD_SCAN_LIMIT

@@ -30,6 +30,7 @@ from fhir_alliance_service.auth import public, require_scope
 from fhir_alliance_service.console import charts
 from fhir_alliance_service.console.pages import (
     SHOWN_STATES,
+    TREND_LINES,
     PatientPage,
     find_patient,
     overview_page,
@@ -177,27 +178,28 @@ def sign_out() -> BaseResponse:
 @require_scope("read")
 def overview() -> str:
     page = overview_page(_store(), _settings(), now=_now())
-    trend_chart = None
-    if page.trend:
-        trend_chart = charts.data_url(
-            charts.time_chart(
-                [
-                    charts.Panel(
-                        title="Records by state, per day",
-                        series=[
-                            charts.Series(
-                                state.value,
-                                [(day, counts.get(state, 0)) for day, counts in page.trend],
-                            )
-                            for state in SHOWN_STATES
-                        ],
-                        y_label="records",
-                    )
-                ]
-            )
+    trend_chart = charts.data_url(
+        charts.time_chart(
+            [
+                charts.Panel(
+                    title="Records per day (UTC)",
+                    series=[
+                        charts.Series(
+                            line.label, [(d.day, d.counts[line.action]) for d in page.trend]
+                        )
+                        for line in TREND_LINES
+                    ],
+                    y_label="records",
+                )
+            ]
         )
+    )
     return render_template(
-        "console/overview.html", page=page, states=SHOWN_STATES, trend_chart=trend_chart
+        "console/overview.html",
+        page=page,
+        states=SHOWN_STATES,
+        trend_lines=TREND_LINES,
+        trend_chart=trend_chart,
     )
 
 

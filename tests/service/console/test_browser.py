@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fhir_alliance_service.console.pages import patient_token
+from fhir_alliance_service.console.pages import TREND_DAYS, patient_token
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync.gate import HoldReason
 from selenium import webdriver
@@ -108,7 +108,15 @@ def test_overview_shows_the_stores_counts_held_reasons_and_the_dead_letter(
     assert SERVER_MESSAGE in dead[0][1]
     assert browser.find_element(By.ID, "last-contact").text != "never"
     trend = table_rows(browser, "trend")
-    assert trend and int(trend[-1][3]) == counts[SyncState.SENT]  # today's "sent" column
+    assert len(trend) == TREND_DAYS
+    today = trend[-1][0]
+    entries = clinic.store.list_audit(limit=100_000)
+    actions = ("intake", "disclose", "hold", "dead-letter")  # the columns after the day
+    assert [int(n) for n in trend[-1][1:]] == [
+        len({e.record_id for e in entries if e.action == a and e.at.date().isoformat() == today})
+        for a in actions
+    ]
+    assert int(trend[-1][2]) >= counts[SyncState.SENT] > 0  # every sent record was sent today
     chart = browser.find_element(By.CSS_SELECTOR, "figure img")
     assert chart.get_attribute("alt") and browser.execute_script(
         "return arguments[0].complete && arguments[0].naturalWidth > 0", chart

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.console.pages import (
-    META_DAILY_COUNTS,
     NOTE_TEXT_WITHHELD,
+    TREND_DAYS,
     find_patient,
     outcome_message,
     overview_page,
@@ -114,20 +114,20 @@ def test_a_revocation_shows_in_the_timeline_and_the_decision(clinic_store: SqlSt
 
 
 def test_overview_counts_trend_and_patients(clinic_store: SqlStore) -> None:
-    """Counts equal the store's; each day's counts are kept for the trend (older than 14 days
-    dropped); patients are listed under opaque ids that lead back to them."""
-    old = (NOW - timedelta(days=30)).date().isoformat()
-    yesterday = (NOW - timedelta(days=1)).date().isoformat()
-    clinic_store.set_meta(
-        META_DAILY_COUNTS, json.dumps({old: {"sent": 1}, yesterday: {"queued": 3, "sent": 2}})
-    )
+    """Counts equal the store's; the trend covers the 14 UTC days up to today from the audit
+    trail (records taken in 15 days ago fall outside it); patients are listed under opaque ids
+    that lead back to them."""
+    early = copy.deepcopy(load_clinic("2-sessions.json")[0])
+    early["id"] = "https://demo-clinic.example.org/alliance-records|early"
+    intake_records(clinic_store, [early], at=NOW - timedelta(days=TREND_DAYS))
     page = overview_page(clinic_store, SETTINGS, now=NOW)
     queued = clinic_store.counts_by_state()[SyncState.QUEUED]
     assert page.counts[SyncState.QUEUED] == queued > 0
-    assert [(day.isoformat(), counts[SyncState.QUEUED]) for day, counts in page.trend] == [
-        (yesterday, 3),
-        (NOW.date().isoformat(), queued),
-    ]
+    days = [NOW.date() - timedelta(days=n) for n in reversed(range(TREND_DAYS))]
+    assert [d.day for d in page.trend] == days
+    received = len(load_clinic("1-consents.json")) + len(load_clinic("2-sessions.json"))
+    assert [d.counts["intake"] for d in page.trend] == [0] * (TREND_DAYS - 1) + [received]
+    assert all(d.counts["disclose"] == 0 for d in page.trend)
     assert {p.patient for p in page.patients} == {
         CLIENT_1,
         "Patient/demo-client-2",

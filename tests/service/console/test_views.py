@@ -4,18 +4,29 @@ scopes and opaque patient ids."""
 from __future__ import annotations
 
 import base64
+import copy
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import pytest
+from fhir_alliance_service import audit
+from fhir_alliance_service.console import views as console_views
 from fhir_alliance_service.console.pages import patient_token
 from fhir_alliance_service.console.session import SESSION_COOKIE
 from fhir_alliance_service.console.views import CONTENT_SECURITY_POLICY
-from fhir_alliance_service.store.interface import SentResource, SyncState
+from fhir_alliance_service.store.interface import OutboxItem, SentResource, Store, SyncState
+from fhir_alliance_service.usecases.intake import intake_records
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.service.console.conftest import NOTE_TEXT_MARKER, THERAPIST, demo_notes, load_clinic
+from tests.service.console.conftest import (
+    EHR,
+    NOTE_TEXT_MARKER,
+    THERAPIST,
+    demo_notes,
+    load_clinic,
+)
 
 PAGES = ("/console/",)
 
@@ -388,3 +399,109 @@ def test_a_rewritten_ai_note_and_an_entered_in_error_note_are_said_in_words(
     )
     assert rows[progress][2] == "entered-in-error"
     assert NOTE_TEXT_MARKER not in console_client.get(f"/console/records/{rewritten_id}").text
+
+
+# -- the trend ------------------------------------------------------------------------------
+
+TREND_NOW = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
+
+
+def _days_ago(days: int, hour: int = 12) -> datetime:
+    return (TREND_NOW - timedelta(days=days)).replace(hour=hour)
+
+
+def _claim_one(store: Store, when: datetime) -> OutboxItem:
+    return store.claim("test-worker", limit=1, lease_seconds=60, now=when)[0]
+
+
+def _send_one(store: Store, when: datetime) -> None:
+    item = _claim_one(store, when)
+    sent = [SentResource("Observation", f"obs-{item.item_id}", "1")]
+    event = audit.disclosure_event(
+        item.record_id,
+        item.patient,
+        item.record_version,
+        sent,
+        when,
+        recipient=EHR,
+        purpose="TREAT",
+    )
+    assert store.mark_sent(item.item_id, "test-worker", sent=sent, audit=[event], at=when)
+
+
+def _hold_one(store: Store, when: datetime) -> None:
+    item = _claim_one(store, when)
+    event = audit.hold_event(
+        item.record_id,
+        item.patient,
+        item.record_version,
+        "deny",
+        when,
+        recipient=EHR,
+        purpose="TREAT",
+    )
+    assert store.mark_held(item.item_id, "test-worker", reason="a consent", audit=[event], at=when)
+
+
+def _dead_letter_one(store: Store, when: datetime) -> None:
+    item = _claim_one(store, when)
+    event = audit.dead_letter_event(
+        item.record_id, item.patient, item.record_version, when, recipient=EHR, purpose="TREAT"
+    )
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "x"}]}
+    assert store.mark_dead(item.item_id, "test-worker", outcome=outcome, audit=[event], at=when)
+
+
+def _trend_table(html: str) -> dict[str, dict[str, int]]:
+    """The trend table's rows: day -> {line label: number}."""
+    table = re.search(r'<table id="trend">(.*?)</table>', html, re.S)
+    assert table is not None
+    rows = re.findall(r'<tr><th scope="row">([0-9-]+)</th>(.*?)</tr>', table.group(1), re.S)
+    return {
+        day: {label: int(n) for label, n in re.findall(r'data-line="([^"]+)">(\d+)<', cells)}
+        for day, cells in rows
+    }
+
+
+def test_the_trend_gives_each_days_figures_from_the_audit_trail_on_first_view(
+    console_app: Flask,
+    console_client: FlaskClient,
+    console_keys: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records taken in, sent, held (again after a release) and dead-lettered at known times over
+    several days give exactly those daily figures, on the page's first view; every one of the 14
+    days has a row, quiet days zeros; nothing is snapshotted into the store's meta."""
+    monkeypatch.setattr(console_views, "_now", lambda: TREND_NOW)
+    store: Store = console_app.extensions["fhir_alliance"].store
+    sessions = load_clinic("2-sessions.json")
+    intake_records(store, sessions[:4], at=_days_ago(6))  # client 1
+    intake_records(store, sessions[8:10], at=_days_ago(5, hour=23))  # client 2
+    changed = copy.deepcopy(sessions[8])
+    changed["effective"] = "2026-11-01T10:00:00+00:00"
+    intake_records(store, [changed], at=_days_ago(5, hour=23))  # same record, same day: once
+    _send_one(store, _days_ago(3))
+    _send_one(store, _days_ago(3))
+    _hold_one(store, _days_ago(3))
+    _dead_letter_one(store, _days_ago(2))
+    assert store.release_held("Patient/demo-client-2", at=_days_ago(2)) == 0
+    assert store.release_held("Patient/demo-client-1", at=_days_ago(2)) == 1
+    _hold_one(store, _days_ago(2, hour=0))  # held again, just after midnight
+    _send_one(store, TREND_NOW)
+    sign_in(console_client, console_keys["read"])
+    shown = _trend_table(console_client.get("/console/").text)
+    zero = {"received": 0, "sent": 0, "held": 0, "dead-lettered": 0}
+    expected = {(TREND_NOW - timedelta(days=n)).date().isoformat(): dict(zero) for n in range(14)}
+    for days, line, figure in (
+        (6, "received", 4),
+        (5, "received", 2),
+        (3, "sent", 2),
+        (3, "held", 1),
+        (2, "held", 1),
+        (2, "dead-lettered", 1),
+        (0, "sent", 1),
+    ):
+        expected[(TREND_NOW - timedelta(days=days)).date().isoformat()][line] = figure
+    assert shown == expected
+    assert list(shown) == sorted(shown)  # oldest first
+    assert store.get_meta("console.daily_counts") is None
