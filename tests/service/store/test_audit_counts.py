@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-from fhir_alliance_service.store import SqlStore
+import pytest
+from fhir_alliance_service.store import SqlStore, open_store
 
 from .builders import audit_entry
 
@@ -62,3 +63,19 @@ def test_no_actions_or_no_entries_give_nothing(store: SqlStore) -> None:
     store.add_audit([audit_entry("intake", "rec-1", when=_on(1, 9))])
     assert store.audit_counts_by_day([], since=SINCE, until=UNTIL) == {}
     assert store.audit_counts_by_day(["intake"], since=UNTIL, until=UNTIL + timedelta(days=1)) == {}
+
+
+@pytest.mark.postgres
+def test_a_postgresql_session_in_another_time_zone_still_counts_utc_days(
+    postgres_url: str,
+) -> None:
+    """A connection whose session time zone is not UTC (here UTC+14) files entries under their
+    UTC day all the same."""
+    store = open_store(f"{postgres_url}%20-ctimezone%3DPacific/Kiritimati")
+    try:
+        store.add_audit([audit_entry("intake", "rec-1", when=_on(1, 20))])  # day 2 at UTC+14
+        assert store.audit_counts_by_day(["intake"], since=SINCE, until=UNTIL) == {
+            date(2026, 3, 1): {"intake": 1}
+        }
+    finally:
+        store.close()
