@@ -48,8 +48,8 @@ from fhir_alliance.schemas.common import (
     StrictSchema,
     dump_ref,
     json_number,
-    load_or_raise,
 )
+from fhir_alliance.schemas.compiled import load_or_raise_fast
 
 __all__ = [
     "KIND_ADMINISTRATION",
@@ -331,7 +331,8 @@ def load_record(
         path = ".".join(p for p in (prefix, "kind") if p)
         message = f"unknown record kind; expected one of {', '.join(sorted(KINDS))}"
         raise InputError(message, issues=[Issue(path=path, message=message)])
-    record: AllianceRecord = load_or_raise(_schema(kind, future_tolerance), data, prefix=prefix)
+    schema = _schema(kind, future_tolerance)
+    record: AllianceRecord = load_or_raise_fast(schema, data, prefix=prefix)
     return record
 
 

@@ -1,0 +1,147 @@
+"""The compiled loader: the same records and the same errors as marshmallow, generated not copied."""
+
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from marshmallow import Schema, fields, post_load, pre_load
+
+from fhir_alliance.errors import InputError
+from fhir_alliance.schemas.common import DEFAULT_FUTURE_TOLERANCE, load_or_raise
+from fhir_alliance.schemas.compiled import CompiledLoader, compiled_loader, json_schema
+from fhir_alliance.schemas.observations import _schema, dump_record, load_record
+from tests.mapping.observation_strategies import records
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.sampled_from(["", " ", "x", "client", "therapist", "a|b", "2026-01-01T00:00:00+00:00"]),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+def _paths(form: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every path to a value inside a JSON form."""
+    out = [prefix] if prefix else []
+    if isinstance(form, dict):
+        for key, value in form.items():
+            out += _paths(value, (*prefix, key))
+    elif isinstance(form, list):
+        for index, value in enumerate(form):
+            out += _paths(value, (*prefix, str(index)))
+    return out
+
+
+@st.composite
+def mutated_forms(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid record's JSON form with up to three changes: a value replaced, a key removed or an
+    unknown key added, at any depth (the kind is kept, so both paths reach a schema)."""
+    form = copy.deepcopy(dump_record(draw(records)))
+    for _ in range(draw(st.integers(0, 3))):
+        candidates = [p for p in _paths(form) if p != ("kind",)]
+        path = draw(st.sampled_from(candidates))
+        parent: Any = form
+        for part in path[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+        last = path[-1]
+        action = draw(st.sampled_from(["replace", "remove", "add"]))
+        if isinstance(parent, list):
+            parent[int(last)] = draw(json_values)
+        elif action == "replace":
+            parent[last] = draw(json_values)
+        elif action == "remove":
+            del parent[last]
+        else:
+            parent[draw(st.sampled_from(["extra", "Id", "partial", "who", "status"]))] = draw(
+                json_values
+            )
+    return form
+
+
+def _outcome(load: Any, form: dict[str, Any]) -> tuple[str, Any]:
+    try:
+        return "ok", load(form)
+    except InputError as exc:
+        return "error", [(i.path, i.message) for i in exc.issues]
+
+
+def _marshmallow_only(form: dict[str, Any]) -> Any:
+    return load_or_raise(_schema(form["kind"], DEFAULT_FUTURE_TOLERANCE), form)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_forms())
+def test_compiled_and_marshmallow_accept_and_reject_the_same(form: dict[str, Any]) -> None:
+    """Valid or broken, a form gets the same record or the same errors at the same paths."""
+    assert _outcome(load_record, copy.deepcopy(form)) == _outcome(_marshmallow_only, form)
+
+
+@settings(max_examples=60, deadline=None)
+@given(records.filter(lambda r: r.effective <= datetime.now(UTC)))
+def test_valid_records_take_the_compiled_path(record: Any) -> None:
+    """A valid form (not dated in the future) is loaded by the compiled gate and plan, never by
+    the marshmallow fallback."""
+    form = dump_record(record)
+    loader = compiled_loader(_schema(form["kind"], DEFAULT_FUTURE_TOLERANCE))
+    assert loader is not None
+    loader.gate(form)
+    assert loader.plan.load(form) == record
+
+
+def test_json_schema_is_generated_from_the_fields() -> None:
+    """The JSON schema follows the marshmallow fields: data keys, required, enums, no extras."""
+    schema = json_schema(_schema("instrument-administration", DEFAULT_FUTURE_TOLERANCE))
+    assert schema["additionalProperties"] is False
+    assert "partial" in schema["properties"]  # the data key, not the attribute name
+    assert "declared_partial" not in schema["properties"]
+    assert {"kind", "id", "patient", "rater", "effective", "instrument", "responses"} <= set(
+        schema["required"]
+    )
+    role = schema["properties"]["rater"]["properties"]["role"]
+    assert set(role["enum"]) == {"client", "therapist", "observer", "automated"}
+    tension = json_schema(_schema("rupture", DEFAULT_FUTURE_TOLERANCE))["properties"]["tension"]
+    assert (tension["minimum"], tension["maximum"]) == (1, 5)
+
+
+class _WithPreLoad(Schema):
+    name = fields.String()
+
+    @pre_load
+    def _strip(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return data
+
+
+def test_schema_with_hooks_it_cannot_replay_is_not_compiled() -> None:
+    """A pre_load hook would be skipped by the plan, so such a schema stays with marshmallow."""
+    with pytest.raises(TypeError):
+        CompiledLoader(_WithPreLoad())
+    assert compiled_loader(_WithPreLoad()) is None
+
+
+class _Named(Schema):
+    name = fields.String(required=True)
+    count = fields.Integer(load_default=0)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> tuple[str, int]:
+        return (data["name"], data["count"])
+
+
+def test_loader_falls_back_to_marshmallow_errors() -> None:
+    """Refused input raises marshmallow's error at marshmallow's path; good input uses the plan."""
+    loader = CompiledLoader(_Named())
+    assert loader.load({"name": "a"}) == ("a", 0)
+    with pytest.raises(InputError) as caught:
+        loader.load({"name": 3}, prefix="7")
+    assert [(i.path, i.message) for i in caught.value.issues] == [("7.name", "Not a valid string.")]
