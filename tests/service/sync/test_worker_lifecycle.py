@@ -1,5 +1,8 @@
 """The worker's own life: run_forever stops after the batch in hand, a lease taken over by another
-worker is never recorded twice, consent pushing can be turned off, and R5 targets get R5."""
+worker is never recorded twice, consent pushing can be turned off, and R5 targets get R5.
+
+Behaviour runs against the real test FHIR server (``harness``); pytest-httpserver stands in only
+where a fault is injected (a lease taken over mid-send) or where no real server exists here (R5)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pytest_httpserver import HTTPServer
 
 from fhir_alliance.client import FhirClient
 from tests.service.sync import records as R
-from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
+from tests.service.sync.conftest import QUICK_RETRY, SyncHarness, now, sync_settings
 from tests.service.sync.fake_fhir import FakeFhir, status
 
 
@@ -23,34 +26,24 @@ def _fake(httpserver: HTTPServer) -> FakeFhir:
     return FakeFhir(httpserver).install()
 
 
-def test_run_forever_drains_and_stops_when_asked(
-    httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
-) -> None:
+def test_run_forever_drains_and_stops_when_asked(harness: SyncHarness) -> None:
     """run_forever keeps claiming until the outbox is empty and returns once stop is set."""
-    fake = _fake(httpserver)
-    run = R.run_token()
-    intake_records(
-        sync_store,
-        [R.sharing_consent(run)] + [R.rating(run, n) for n in range(5)],
-        at=now(),
-    )
-    settings = sync_settings(fake.base_url, sqlite_url, fhir_version="4.0.1")
+    harness.intake([R.sharing_consent(harness.run)] + [R.rating(harness.run, n) for n in range(5)])
     stop = threading.Event()
-    with FhirClient(fake.base_url, retry=QUICK_RETRY) as client:
-        worker = Worker(settings, sync_store, client)
-        thread = threading.Thread(target=worker.run_forever, args=(stop,))
-        thread.start()
-        try:
-            for _ in range(200):
-                if sync_store.counts_by_state()[SyncState.SENT] == 6:
-                    break
-                stop.wait(0.05)
-        finally:
-            stop.set()
-            thread.join(timeout=10)
+    thread = threading.Thread(target=harness.worker().run_forever, args=(stop,))
+    thread.start()
+    try:
+        for _ in range(400):
+            if harness.store.counts_by_state()[SyncState.SENT] == 6:
+                break
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
     assert not thread.is_alive()
-    assert sync_store.counts_by_state()[SyncState.SENT] == 6
-    assert len(fake.resources) == 6
+    assert harness.store.counts_by_state()[SyncState.SENT] == 6
+    assert len(harness.tagged("Observation")) == 5
+    assert len(harness.tagged("Consent")) == 1
 
 
 def test_stop_set_before_start_runs_no_batch(
@@ -99,25 +92,16 @@ def test_a_lease_taken_over_mid_send_is_not_recorded_by_the_first_worker(
     assert len(fake.resources) == 1 and max(fake.writes.values()) == 2
 
 
-def test_consents_are_held_when_consent_pushing_is_off(
-    httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
-) -> None:
+def test_consents_are_held_when_consent_pushing_is_off(harness: SyncHarness) -> None:
     """push_consents=False: consent records stay home (held, saying why); permitted data goes."""
-    fake = _fake(httpserver)
-    run = R.run_token()
-    [consent, rating] = intake_records(
-        sync_store, [R.sharing_consent(run), R.rating(run, 1)], at=now()
-    )
-    settings = sync_settings(fake.base_url, sqlite_url, fhir_version="4.0.1", push_consents=False)
-    with FhirClient(fake.base_url, retry=QUICK_RETRY) as client:
-        worker = Worker(settings, sync_store, client)
-        while worker.run_once().claimed:
-            pass
-    status = sync_store.sync_status(consent.record_id)
+    [consent, rating] = harness.intake([R.sharing_consent(harness.run), R.rating(harness.run, 1)])
+    harness.drain(push_consents=False)
+    status = harness.store.sync_status(consent.record_id)
     assert status is not None and status.state is SyncState.HELD
     assert status.held_reason == "pushing consent records is turned off"
-    assert sync_store.sync_status(rating.record_id).state is SyncState.SENT  # type: ignore[union-attr]
-    assert [k.split("/")[0] for k in fake.resources] == ["Observation"]
+    assert harness.state(rating.record_id) is SyncState.SENT
+    assert harness.tagged("Consent") == []
+    assert len(harness.tagged("Observation")) == 1
 
 
 def test_an_r5_target_gets_r5_resources(
