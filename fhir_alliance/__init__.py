@@ -7,63 +7,127 @@ subpackages have public APIs of their own: ``fhir_alliance.instruments`` (scorin
 ``fhir_alliance.profiles``.
 """
 
+import typing as _typing
+from importlib import import_module as _import_module
+
 from fhir_alliance._version import __version__
-from fhir_alliance.client import FhirClient, SmartBackendAuth
-from fhir_alliance.consent import (
-    ActorDirectory,
-    CombiningRule,
-    ConsentDecision,
-    ConsentEngine,
-    DecisionOutcome,
-    DecisionRequest,
-    RedactObligation,
-    RequestActor,
-    RequestedResource,
-)
-from fhir_alliance.consent.gate import disclosure_request
-from fhir_alliance.errors import (
-    ArtefactNotFoundError,
-    AuthError,
-    ConflictError,
-    FhirAllianceError,
-    InputError,
-    InvalidResponseError,
-    Issue,
-    LimitExceededError,
-    MappingError,
-    MultipleMatchesError,
-    NotFoundError,
-    PreconditionFailedError,
-    ProfilesPackageError,
-    ProfileViolation,
-    ServerError,
-    TransientServerError,
-    TransportError,
-    UnprocessableError,
-    UnsafeLinkError,
-    VersionConflictError,
-)
-from fhir_alliance.model.common import Coding, Identifier, Ref
-from fhir_alliance.model.consent import (
-    ConsentKind,
-    ConsentRecord,
-    ConsentRevocation,
-    ConsentStatus,
-    Decision,
-    Provision,
-    apply_revocation,
-)
-from fhir_alliance.model.notes import AiDrafting, NoteCategory, NoteStatus, SessionNote
-from fhir_alliance.model.observations import (
-    AutomatedRater,
-    DimensionRating,
-    InstrumentAdministration,
-    Rater,
-    RaterRole,
-    RepairEvent,
-    RuptureEvent,
-)
-from fhir_alliance.terminology import CANONICAL_BASE
+
+if _typing.TYPE_CHECKING:
+    from fhir_alliance.client import FhirClient, SmartBackendAuth
+    from fhir_alliance.consent import (
+        ActorDirectory,
+        CombiningRule,
+        ConsentDecision,
+        ConsentEngine,
+        DecisionOutcome,
+        DecisionRequest,
+        RedactObligation,
+        RequestActor,
+        RequestedResource,
+    )
+    from fhir_alliance.consent.gate import disclosure_request
+    from fhir_alliance.errors import (
+        ArtefactNotFoundError,
+        AuthError,
+        ConflictError,
+        FhirAllianceError,
+        InputError,
+        InvalidResponseError,
+        Issue,
+        LimitExceededError,
+        MappingError,
+        MultipleMatchesError,
+        NotFoundError,
+        PreconditionFailedError,
+        ProfilesPackageError,
+        ProfileViolation,
+        ServerError,
+        TransientServerError,
+        TransportError,
+        UnprocessableError,
+        UnsafeLinkError,
+        VersionConflictError,
+    )
+    from fhir_alliance.model.common import Coding, Identifier, Ref
+    from fhir_alliance.model.consent import (
+        ConsentKind,
+        ConsentRecord,
+        ConsentRevocation,
+        ConsentStatus,
+        Decision,
+        Provision,
+        apply_revocation,
+    )
+    from fhir_alliance.model.notes import AiDrafting, NoteCategory, NoteStatus, SessionNote
+    from fhir_alliance.model.observations import (
+        AutomatedRater,
+        DimensionRating,
+        InstrumentAdministration,
+        Rater,
+        RaterRole,
+        RepairEvent,
+        RuptureEvent,
+    )
+    from fhir_alliance.terminology import CANONICAL_BASE
+
+#: Where each public name lives: imported on first use (PEP 562), so that ``import fhir_alliance``
+#: and the CLI's start-up stay fast (the FHIR client, JWT and the consent engine are heavy).
+_LAZY = {
+    "FhirClient": "fhir_alliance.client",
+    "SmartBackendAuth": "fhir_alliance.client",
+    "ActorDirectory": "fhir_alliance.consent",
+    "CombiningRule": "fhir_alliance.consent",
+    "ConsentDecision": "fhir_alliance.consent",
+    "ConsentEngine": "fhir_alliance.consent",
+    "DecisionOutcome": "fhir_alliance.consent",
+    "DecisionRequest": "fhir_alliance.consent",
+    "RedactObligation": "fhir_alliance.consent",
+    "RequestActor": "fhir_alliance.consent",
+    "RequestedResource": "fhir_alliance.consent",
+    "disclosure_request": "fhir_alliance.consent.gate",
+    "ArtefactNotFoundError": "fhir_alliance.errors",
+    "AuthError": "fhir_alliance.errors",
+    "ConflictError": "fhir_alliance.errors",
+    "FhirAllianceError": "fhir_alliance.errors",
+    "InputError": "fhir_alliance.errors",
+    "InvalidResponseError": "fhir_alliance.errors",
+    "Issue": "fhir_alliance.errors",
+    "LimitExceededError": "fhir_alliance.errors",
+    "MappingError": "fhir_alliance.errors",
+    "MultipleMatchesError": "fhir_alliance.errors",
+    "NotFoundError": "fhir_alliance.errors",
+    "PreconditionFailedError": "fhir_alliance.errors",
+    "ProfilesPackageError": "fhir_alliance.errors",
+    "ProfileViolation": "fhir_alliance.errors",
+    "ServerError": "fhir_alliance.errors",
+    "TransientServerError": "fhir_alliance.errors",
+    "TransportError": "fhir_alliance.errors",
+    "UnprocessableError": "fhir_alliance.errors",
+    "UnsafeLinkError": "fhir_alliance.errors",
+    "VersionConflictError": "fhir_alliance.errors",
+    "Coding": "fhir_alliance.model.common",
+    "Identifier": "fhir_alliance.model.common",
+    "Ref": "fhir_alliance.model.common",
+    "ConsentKind": "fhir_alliance.model.consent",
+    "ConsentRecord": "fhir_alliance.model.consent",
+    "ConsentRevocation": "fhir_alliance.model.consent",
+    "ConsentStatus": "fhir_alliance.model.consent",
+    "Decision": "fhir_alliance.model.consent",
+    "Provision": "fhir_alliance.model.consent",
+    "apply_revocation": "fhir_alliance.model.consent",
+    "AiDrafting": "fhir_alliance.model.notes",
+    "NoteCategory": "fhir_alliance.model.notes",
+    "NoteStatus": "fhir_alliance.model.notes",
+    "SessionNote": "fhir_alliance.model.notes",
+    "AutomatedRater": "fhir_alliance.model.observations",
+    "DimensionRating": "fhir_alliance.model.observations",
+    "InstrumentAdministration": "fhir_alliance.model.observations",
+    "Rater": "fhir_alliance.model.observations",
+    "RaterRole": "fhir_alliance.model.observations",
+    "RepairEvent": "fhir_alliance.model.observations",
+    "RuptureEvent": "fhir_alliance.model.observations",
+    "CANONICAL_BASE": "fhir_alliance.terminology",
+}
 
 __all__ = [
     "CANONICAL_BASE",
@@ -122,3 +186,16 @@ __all__ = [
     "apply_revocation",
     "disclosure_request",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fhir_alliance' has no attribute {name!r}")
+    value: object = getattr(_import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -22,12 +22,24 @@ __all__ = ["ENTRY_POINT_GROUP", "build_parser", "main"]
 
 ENTRY_POINT_GROUP = "fhir_alliance.commands"
 
-#: Subcommands that ship with the library, as ``module:function`` registering them.
-_BUILTIN_COMMANDS = (
-    "fhir_alliance.mapping.cli:register",
-    "fhir_alliance.consent.cli:register",
-    "fhir_alliance.check:register",
-)
+#: Subcommands that ship with the library: name → (one-line help, ``module:function`` registering
+#: it). The module is imported only when its command runs: ``fhir-alliance --help`` lists the names
+#: and help from here, so start-up does not pay for the FHIR client, fhir.resources or the engine.
+#: A test checks that each help line is the one its module registers.
+_BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "map": (
+        "convert our JSON records to FHIR resources and back",
+        "fhir_alliance.mapping.cli:register",
+    ),
+    "decide": (
+        "decide a request against consents (FHIR R4/R5 or our JSON); LEAP-compatible",
+        "fhir_alliance.consent.cli:register",
+    ),
+    "check": (
+        "check a FHIR server: capabilities and a tagged create/search/update/delete round trip",
+        "fhir_alliance.check:register",
+    ),
+}
 
 Register = Callable[[Any], None]
 
@@ -39,13 +51,25 @@ def _load(target: str) -> Register:
     return register
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (its first word not starting with ``-``), if any."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: a built-in command named there is loaded fully, the others only
+    listed (name and help); plugins' commands are loaded unless a built-in command is named.
+    Without ``argv`` every command is loaded fully."""
     parser = argparse.ArgumentParser(
         prog="fhir-alliance",
         description="Therapeutic-alliance measures and consents over FHIR.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for target in _BUILTIN_COMMANDS:
+    chosen = None if argv is None else _command_in(argv)
+    for name, (help_text, target) in _BUILTIN_COMMANDS.items():
+        if argv is not None and name != chosen:
+            subparsers.add_parser(name, help=help_text, add_help=False)
+            continue
         try:
             register = _load(target)
         except ModuleNotFoundError as exc:  # a module not written yet must not break the others
@@ -53,14 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         register(subparsers)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()(subparsers)
+    if chosen is None or chosen not in _BUILTIN_COMMANDS:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments)
+    args = parser.parse_args(arguments)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

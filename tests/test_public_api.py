@@ -15,8 +15,9 @@ def test_all_matches_public_names() -> None:
 
     public = {
         name
-        for name, value in vars(fhir_alliance).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(fhir_alliance)  # names are imported on first use (PEP 562)
+        if not name.startswith("_")
+        and not isinstance(getattr(fhir_alliance, name), types.ModuleType)
     }
     assert public == set(fhir_alliance.__all__) - {"__version__"}
 
