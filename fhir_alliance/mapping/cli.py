@@ -19,18 +19,23 @@ import orjson
 from fhir_alliance.errors import FhirAllianceError, InputError, Issue
 from fhir_alliance.jsonio import DEFAULT_MAX_BYTES, parse_json_documents, read_input
 from fhir_alliance.mapping.collection import bundle_resources, collection_bundle
+from fhir_alliance.mapping.export import validate_fastest
 from fhir_alliance.mapping.registry import (
     FHIR_VERSIONS,
     RecordMapper,
     mapper_for_kind,
     mapper_for_resource_type,
 )
-from fhir_alliance.mapping.validation import validate_resource
 
-__all__ = ["MAX_INPUT_BYTES", "map_items", "read_items", "register"]
+__all__ = ["MAX_BUNDLE_ENTRIES", "MAX_INPUT_BYTES", "map_items", "read_items", "register"]
 
 #: Largest input read from one file or from stdin; more is an error, never silently cut.
 MAX_INPUT_BYTES = DEFAULT_MAX_BYTES
+
+#: Most resources written as one Bundle (or records as one JSON array). A Bundle is one JSON value,
+#: so it is held whole in memory before it is written; past this size ``map`` refuses and points
+#: to ``--ndjson`` (one resource per line).
+MAX_BUNDLE_ENTRIES = 20_000
 
 
 def register(subparsers: Any) -> None:
@@ -54,7 +59,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--ndjson",
         action="store_true",
-        help="write one item per line instead of a Bundle (FHIR) or a JSON array (records)",
+        help="write one item per line instead of a Bundle (FHIR) or a JSON array (records); "
+        f"a Bundle or array is held whole in memory and limited to {MAX_BUNDLE_ENTRIES:,} items",
     )
     parser.add_argument(
         "--base-url",
@@ -141,7 +147,7 @@ def _to_fhir(items: list[tuple[str, Any]], version: str) -> list[dict[str, Any]]
     resources: list[dict[str, Any]] = []
     for _, mapper, record in loaded:
         for resource in mapper.to_fhir(record, version=version):
-            validate_resource(resource, version=version)
+            validate_fastest(resource, version=version)
             resources.append(resource)
     return resources
 
@@ -173,6 +179,13 @@ def _write(lines: Iterator[bytes], target: str | None) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     direction, output = map_items(read_items(args.inputs), version=args.fhir_version)
+    if not args.ndjson and len(output) > MAX_BUNDLE_ENTRIES:
+        what = "Bundle" if direction == "fhir" else "JSON array"
+        message = (
+            f"{len(output):,} items: a {what} holds at most {MAX_BUNDLE_ENTRIES:,} (it is built "
+            "whole in memory); use --ndjson to write one item per line"
+        )
+        raise InputError(message, issues=[Issue(path="(output)", message=message)])
     if args.ndjson:
         lines: Iterator[bytes] = (orjson.dumps(item) + b"\n" for item in output)
     elif direction == "fhir":

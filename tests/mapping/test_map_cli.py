@@ -177,3 +177,20 @@ def test_bundle_with_a_base_url_uses_restful_full_urls(capsys) -> None:
     ]
     members = {m["reference"] for m in entries[0]["resource"]["hasMember"]}
     assert members == {f"Observation/{e['resource']['id']}" for e in entries[1:]}
+
+
+def test_bundle_past_its_limit_is_refused_with_a_pointer_to_ndjson(
+    capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More resources than a Bundle may hold: nothing written, exit 1, the message names --ndjson;
+    the same input with --ndjson is written line by line."""
+    from fhir_alliance.mapping import cli as map_cli
+
+    monkeypatch.setattr(map_cli, "MAX_BUNDLE_ENTRIES", 2)
+    files = [str(EXAMPLES / n) for n in ("rupture.json", "repair.json", "srs-administration.json")]
+    code, out, err = _run(capsys, *files)
+    assert code == 1 and out == ""
+    assert "--ndjson" in err and "at most 2" in err
+    code, out, err = _run(capsys, *files, "--ndjson")
+    assert code == 0, err
+    assert len(out.splitlines()) >= 3
