@@ -194,3 +194,16 @@ def test_bundle_past_its_limit_is_refused_with_a_pointer_to_ndjson(
     code, out, err = _run(capsys, *files, "--ndjson")
     assert code == 0, err
     assert len(out.splitlines()) >= 3
+
+
+def test_collector_is_paused_during_a_run_and_restored_after() -> None:
+    """The cycle collector is off inside paused_gc and back on after it, even on an error."""
+    import gc
+
+    from fhir_alliance.mapping.cli import paused_gc
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), paused_gc():
+        assert not gc.isenabled()
+        raise RuntimeError
+    assert gc.isenabled()
