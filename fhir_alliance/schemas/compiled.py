@@ -240,29 +240,45 @@ class _Plan:
             for _, many, options in hooks[tag]:
                 if many or options.get("pass_original"):
                     raise TypeError(f"{type(schema).__name__}: a {tag} hook it cannot replay")
+        if schema.unknown != "raise":
+            raise TypeError(f"{type(schema).__name__} does not refuse unknown fields")
         self.unknown = schema.unknown
-        self.fields: list[tuple[str, str, Convert, bool, Any]] = []
+        #: data key → (attribute, converter) of every field.
+        self.fields: dict[str, tuple[str, Convert]] = {}
+        self.required: frozenset[str] = frozenset()
+        #: Values of absent fields with a constant default, copied into each result first.
+        self.defaults: dict[str, Any] = {}
+        #: (data key, attribute, factory) of fields whose default is computed per load.
+        self.factories: list[tuple[str, str, Callable[[], Any]]] = []
         for name, field in schema.load_fields.items():
             key = field.data_key if field.data_key is not None else name
             attribute = field.attribute or name
-            self.fields.append(
-                (key, attribute, _converter(field), field.required, field.load_default)
-            )
-        self.keys = frozenset(key for key, *_ in self.fields)
+            self.fields[key] = (attribute, _converter(field))
+            if field.required:
+                self.required |= {key}
+            elif callable(field.load_default):
+                self.factories.append((key, attribute, field.load_default))
+            elif field.load_default is not missing:
+                self.defaults[attribute] = field.load_default
+        self.keys = frozenset(self.fields)
         self.validators = [getattr(schema, name) for name, _, _ in hooks["validates_schema"]]
         self.post_loads = [getattr(schema, name) for name, _, _ in hooks["post_load"]]
 
     def load(self, data: Any) -> Any:
-        if type(data) is not dict or (self.unknown == "raise" and not data.keys() <= self.keys):
+        if (
+            type(data) is not dict
+            or not data.keys() <= self.keys
+            or not self.required <= data.keys()
+        ):
             raise _Fallback
-        result: dict[str, Any] = {}
-        for key, attribute, convert, required, default in self.fields:
-            if key in data:
-                result[attribute] = convert(data[key])
-            elif required:
-                raise _Fallback
-            elif default is not missing:
-                result[attribute] = default() if callable(default) else default
+        result = self.defaults.copy()
+        fields_ = self.fields
+        for key, value in data.items():
+            attribute, convert = fields_[key]
+            result[attribute] = convert(value)
+        for key, attribute, factory in self.factories:
+            if key not in data:
+                result[attribute] = factory()
         try:
             for validate in self.validators:
                 validate(result, partial=None, many=False, unknown=self.unknown)
