@@ -31,6 +31,10 @@ _BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
         "convert our JSON records to FHIR resources and back",
         "fhir_alliance.mapping.cli:register",
     ),
+    "export": (
+        "write records as FHIR Bulk Data NDJSON files plus a manifest, gated by consent",
+        "fhir_alliance.mapping.bulk:register",
+    ),
     "decide": (
         "decide a request against consents (FHIR R4/R5 or our JSON); LEAP-compatible",
         "fhir_alliance.consent.cli:register",

@@ -36,6 +36,7 @@ __all__ = [
     "paused_gc",
     "read_items",
     "register",
+    "resource_groups",
 ]
 
 #: Largest input read from one file or from stdin; more is an error, never silently cut.
@@ -129,6 +130,14 @@ def map_items(items: list[tuple[str, Any]], *, version: str) -> tuple[str, list[
 
 
 def _to_fhir(items: list[tuple[str, Any]], version: str) -> list[dict[str, Any]]:
+    return [resource for group in resource_groups(items, version=version) for resource in group]
+
+
+def resource_groups(
+    items: list[tuple[str, Any]], *, version: str
+) -> Iterator[list[dict[str, Any]]]:
+    """Load and check every record first (all errors together, as one :class:`InputError`,
+    before anything is yielded), then yield the validated resources of one record at a time."""
     issues: list[Issue] = []
     loaded: list[tuple[str, RecordMapper, Any]] = []
     for label, item in items:
@@ -153,12 +162,17 @@ def _to_fhir(items: list[tuple[str, Any]], version: str) -> list[dict[str, Any]]
             for label, m, record in loaded
             if m is not mapper or label in kept
         ]
-    resources: list[dict[str, Any]] = []
+    return _mapped(loaded, version)
+
+
+def _mapped(
+    loaded: list[tuple[str, RecordMapper, Any]], version: str
+) -> Iterator[list[dict[str, Any]]]:
     for _, mapper, record in loaded:
-        for resource in mapper.to_fhir(record, version=version):
+        resources = mapper.to_fhir(record, version=version)
+        for resource in resources:
             validate_fastest(resource, version=version)
-            resources.append(resource)
-    return resources
+        yield resources
 
 
 def _from_fhir(items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
