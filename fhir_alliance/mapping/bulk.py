@@ -55,14 +55,13 @@ def export_bulk(
     from fhir_alliance.consent.gate import disclosure_request
     from fhir_alliance.mapping.cli import resource_groups
 
-    labels = [label for label, _ in items]
     groups = resource_groups(items, version=version)  # raises before anything is written
     when = at or datetime.now(UTC)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = BulkResult()
     handles: dict[str, IO[bytes]] = {}
     try:
-        for label, resources in zip(labels, groups, strict=True):
+        for label, resources in groups:
             outcome = DecisionOutcome.PERMIT.value
             for resource in resources:
                 subject = (resource.get("subject") or {}).get("reference")

@@ -130,12 +130,12 @@ def map_items(items: list[tuple[str, Any]], *, version: str) -> tuple[str, list[
 
 
 def _to_fhir(items: list[tuple[str, Any]], version: str) -> list[dict[str, Any]]:
-    return [resource for group in resource_groups(items, version=version) for resource in group]
+    return [resource for _, group in resource_groups(items, version=version) for resource in group]
 
 
 def resource_groups(
     items: list[tuple[str, Any]], *, version: str
-) -> Iterator[list[dict[str, Any]]]:
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """Load and check every record first (all errors together, as one :class:`InputError`,
     before anything is yielded), then yield the validated resources of one record at a time."""
     issues: list[Issue] = []
@@ -167,12 +167,14 @@ def resource_groups(
 
 def _mapped(
     loaded: list[tuple[str, RecordMapper, Any]], version: str
-) -> Iterator[list[dict[str, Any]]]:
-    for _, mapper, record in loaded:
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    loaded.reverse()  # popped from the end: each record is released once it is mapped
+    while loaded:
+        label, mapper, record = loaded.pop()
         resources = mapper.to_fhir(record, version=version)
         for resource in resources:
             validate_fastest(resource, version=version)
-        yield resources
+        yield label, resources
 
 
 def _from_fhir(items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
@@ -221,7 +223,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _map_and_write(args: argparse.Namespace) -> int:
-    direction, output = map_items(read_items(args.inputs), version=args.fhir_version)
+    items = read_items(args.inputs)
+    if args.ndjson and not any(isinstance(i, Mapping) and "resourceType" in i for _, i in items):
+        # Records to FHIR, one line each: no resource is held; the input and the loaded records
+        # are (the checks across records need them all before anything is written).
+        groups = resource_groups(items, version=args.fhir_version)
+        del items
+        _write((orjson.dumps(r) + b"\n" for _, group in groups for r in group), args.output)
+        return 0
+    direction, output = map_items(items, version=args.fhir_version)
     if not args.ndjson and len(output) > MAX_BUNDLE_ENTRIES:
         what = "Bundle" if direction == "fhir" else "JSON array"
         message = (
