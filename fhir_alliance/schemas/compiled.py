@@ -80,12 +80,13 @@ def _validator_rules(field: fields.Field[Any]) -> dict[str, Any]:
     return rules
 
 
-def _field_schema(field: fields.Field[Any]) -> dict[str, Any]:
-    """The JSON schema of one field's value; ``{}`` (anything) where the JSON type is not fixed."""
+def _field_schema(field: fields.Field[Any], stack: tuple[type, ...]) -> dict[str, Any]:
+    """The JSON schema of one field's value; ``{}`` (anything) where the JSON type is not fixed,
+    and where a schema nests itself (``stack``: the schemas being walked)."""
     node: dict[str, Any]
     if isinstance(field, fields.Nested):
         nested = field.schema
-        node = _object_schema(nested)
+        node = {} if type(nested) in stack else _object_schema(nested, stack)
     elif isinstance(field, fields.Enum) and field.by_value:
         node = {"enum": [member.value for member in field.enum]}
     elif isinstance(
@@ -101,21 +102,22 @@ def _field_schema(field: fields.Field[Any]) -> dict[str, Any]:
     elif isinstance(field, fields.Dict):
         node = {"type": "object"}
         if field.value_field is not None:
-            node["additionalProperties"] = _field_schema(field.value_field)
+            node["additionalProperties"] = _field_schema(field.value_field, stack)
     elif isinstance(field, fields.List):
-        node = {"type": "array", "items": _field_schema(field.inner)}
+        node = {"type": "array", "items": _field_schema(field.inner, stack)}
     else:
         node = {}
     node.update(_validator_rules(field))
     return _with_none(node, field)
 
 
-def _object_schema(schema: Schema) -> dict[str, Any]:
+def _object_schema(schema: Schema, stack: tuple[type, ...] = ()) -> dict[str, Any]:
+    stack = (*stack, type(schema))
     properties: dict[str, Any] = {}
     required: list[str] = []
     for name, field in schema.load_fields.items():
         key = field.data_key if field.data_key is not None else name
-        properties[key] = _field_schema(field)
+        properties[key] = _field_schema(field, stack)
         if field.required:
             required.append(key)
     node: dict[str, Any] = {"type": "object", "properties": properties}
@@ -157,16 +159,19 @@ def _is_plain_string(field: fields.Field[Any] | None) -> bool:
     return type(field) is fields.String and not field.validators
 
 
-def _core(field: fields.Field[Any]) -> Convert:
-    """The field's ``_deserialize`` for a non-null value, inlined for the containers we use."""
+def _core(field: fields.Field[Any], stack: tuple[type, ...]) -> Convert:
+    """The field's ``_deserialize`` for a non-null value, inlined for the containers we use; a
+    schema nested in itself (``stack``: the schemas being planned) is left to marshmallow there."""
     if _is_plain_string(field):
         return _identity
     if isinstance(field, fields.Nested) and not field.many:
-        return _Plan(field.schema).load
+        if type(field.schema) in stack:
+            return _raw_deserialize(field)
+        return _Plan(field.schema, stack).load
     if type(field) is fields.Dict and field.value_field is not None:
         if field.key_field is not None and not _is_plain_string(field.key_field):
             return _raw_deserialize(field)
-        values = _converter(field.value_field)
+        values = _converter(field.value_field, stack)
 
         def mapping(value: Any) -> Any:
             if type(value) is not dict:
@@ -175,7 +180,7 @@ def _core(field: fields.Field[Any]) -> Convert:
 
         return mapping
     if type(field) is fields.List:
-        items = _converter(field.inner)
+        items = _converter(field.inner, stack)
 
         def sequence(value: Any) -> Any:
             if type(value) is not list:
@@ -196,11 +201,11 @@ def _raw_deserialize(field: fields.Field[Any]) -> Convert:
     return convert
 
 
-def _converter(field: fields.Field[Any]) -> Convert:
+def _converter(field: fields.Field[Any], stack: tuple[type, ...]) -> Convert:
     """What ``field.deserialize`` does for a present value: null, the value, then validators."""
     if getattr(field, "pre_load", None) or getattr(field, "post_load", None):
         return _deserializer(field)
-    core = _core(field)
+    core = _core(field, stack)
     validators = tuple(field.validators)
     allow_none = field.allow_none
     if core is _identity and not allow_none:
@@ -232,7 +237,8 @@ def _converter(field: fields.Field[Any]) -> Convert:
 class _Plan:
     """How to load one schema's JSON object without marshmallow's per-load machinery."""
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, stack: tuple[type, ...] = ()) -> None:
+        stack = (*stack, type(schema))
         hooks = schema._hooks  # marshmallow's resolved hooks
         if schema.many or any(hooks[tag] for tag in _UNSUPPORTED_HOOKS):
             raise TypeError(f"{type(schema).__name__} uses hooks the compiled loader cannot replay")
@@ -253,7 +259,7 @@ class _Plan:
         for name, field in schema.load_fields.items():
             key = field.data_key if field.data_key is not None else name
             attribute = field.attribute or name
-            self.fields[key] = (attribute, _converter(field))
+            self.fields[key] = (attribute, _converter(field, stack))
             if field.required:
                 self.required |= {key}
             elif callable(field.load_default):

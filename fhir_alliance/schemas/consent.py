@@ -40,8 +40,8 @@ from fhir_alliance.schemas.common import (
     RefSchema,
     StrictSchema,
     dump_ref,
-    load_or_raise,
 )
+from fhir_alliance.schemas.compiled import load_or_raise_fast
 from fhir_alliance.terminology import (
     CONFIDENTIALITY_CODES,
     CONSENT_ACTION,
@@ -350,7 +350,7 @@ _REVOCATION_SCHEMA = ConsentRevocationSchema()
 
 def load_consent(data: object, *, prefix: str = "") -> ConsentRecord:
     """Our JSON form → :class:`ConsentRecord`; :class:`InputError` with one issue per field path."""
-    record: ConsentRecord = load_or_raise(_CONSENT_SCHEMA, data, prefix=prefix)
+    record: ConsentRecord = load_or_raise_fast(_CONSENT_SCHEMA, data, prefix=prefix)
     return record
 
 
@@ -363,7 +363,7 @@ def load_revocation(
     """Our JSON form → :class:`ConsentRevocation`, refusing one for a consent not in
     ``known_consents``: consent records, their identifiers (or ``system|value`` text), or a
     mapping keyed by identifier."""
-    revocation: ConsentRevocation = load_or_raise(_REVOCATION_SCHEMA, data, prefix=prefix)
+    revocation: ConsentRevocation = load_or_raise_fast(_REVOCATION_SCHEMA, data, prefix=prefix)
     found = isinstance(known_consents, (Set, Mapping)) and revocation.consent in known_consents
     if not found and revocation.consent not in _known_identifiers(known_consents):
         path = ".".join(p for p in (prefix, "consent") if p)

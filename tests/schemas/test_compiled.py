@@ -12,7 +12,9 @@ from marshmallow import Schema, fields, post_load, pre_load
 from fhir_alliance.errors import InputError
 from fhir_alliance.schemas.common import DEFAULT_FUTURE_TOLERANCE, load_or_raise
 from fhir_alliance.schemas.compiled import CompiledLoader, compiled_loader, json_schema
+from fhir_alliance.schemas.consent import _CONSENT_SCHEMA, dump_consent, load_consent
 from fhir_alliance.schemas.observations import _schema, dump_record, load_record
+from tests.mapping.consent_strategies import consent_records
 from tests.mapping.observation_strategies import records
 
 json_scalars = st.one_of(
@@ -44,10 +46,12 @@ def _paths(form: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
 
 
 @st.composite
-def mutated_forms(draw: st.DrawFn) -> dict[str, Any]:
+def mutated_forms(
+    draw: st.DrawFn, valid: st.SearchStrategy[Any] = records, dump: Any = dump_record
+) -> dict[str, Any]:
     """A valid record's JSON form with up to three changes: a value replaced, a key removed or an
     unknown key added, at any depth (the kind is kept, so both paths reach a schema)."""
-    form = copy.deepcopy(dump_record(draw(records)))
+    form = copy.deepcopy(dump(draw(valid)))
     for _ in range(draw(st.integers(0, 3))):
         candidates = [p for p in _paths(form) if p != ("kind",)]
         path = draw(st.sampled_from(candidates))
@@ -97,6 +101,15 @@ def test_valid_records_take_the_compiled_path(record: Any) -> None:
     assert loader is not None
     loader.gate(form)
     assert loader.plan.load(form) == record
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_forms(consent_records(), dump_consent))
+def test_consents_load_alike_on_both_paths(form: dict[str, Any]) -> None:
+    """Consent records (recursive provisions included): same record or same errors on both paths."""
+    assert _outcome(load_consent, copy.deepcopy(form)) == _outcome(
+        lambda f: load_or_raise(_CONSENT_SCHEMA, f), form
+    )
 
 
 def test_json_schema_is_generated_from_the_fields() -> None:
