@@ -1,7 +1,9 @@
 """The compiled loader: the same records and the same errors as marshmallow, generated not copied."""
 
 import copy
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,8 @@ from fhir_alliance.schemas.consent import _CONSENT_SCHEMA, dump_consent, load_co
 from fhir_alliance.schemas.observations import _schema, dump_record, load_record
 from tests.mapping.consent_strategies import consent_records
 from tests.mapping.observation_strategies import records
+
+ROOT = Path(__file__).resolve().parents[2]
 
 json_scalars = st.one_of(
     st.none(),
@@ -103,7 +107,7 @@ def test_valid_records_take_the_compiled_path(record: Any) -> None:
     assert loader.plan.load(form) == record
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_forms(consent_records(), dump_consent))
 def test_consents_load_alike_on_both_paths(form: dict[str, Any]) -> None:
     """Consent records (recursive provisions included): same record or same errors on both paths."""
@@ -158,3 +162,25 @@ def test_loader_falls_back_to_marshmallow_errors() -> None:
     with pytest.raises(InputError) as caught:
         loader.load({"name": 3}, prefix="7")
     assert [(i.path, i.message) for i in caught.value.issues] == [("7.name", "Not a valid string.")]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("period", "end"), "2024-01-01T00:00:00+00:00"),  # ends before it starts
+        (("provision", "purposes", 0, "code"), "NOT-A-PURPOSE"),  # unknown code in a checked system
+        (("provision", "provisions", 1, "security_labels", 0, "code"), "NOPE"),  # nested provision
+    ],
+)
+def test_consent_rules_across_fields_refuse_on_both_paths(path: tuple, value: str) -> None:
+    """A consent broken only by a schema-level rule gets marshmallow's errors on the fast path."""
+    form = json.loads((ROOT / "examples" / "consent" / "sharing.json").read_text())
+    parent: Any = form
+    for part in path[:-1]:
+        parent = parent[part]
+    parent[path[-1]] = value
+    fast, slow = (
+        _outcome(load_consent, copy.deepcopy(form)),
+        _outcome(lambda f: load_or_raise(_CONSENT_SCHEMA, f), form),
+    )
+    assert fast == slow and fast[0] == "error"
