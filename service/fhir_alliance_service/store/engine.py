@@ -19,7 +19,13 @@ import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["READ_ONLY", "SQLITE_BUSY_TIMEOUT_MS", "make_engine", "normalise_url"]
+__all__ = [
+    "READ_ONLY",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "connect_raw_autocommit",
+    "make_engine",
+    "normalise_url",
+]
 
 #: Execution option marking a read-only transaction (SQLite then begins a deferred transaction).
 READ_ONLY = "fhir_alliance_read_only"
@@ -63,17 +69,41 @@ def make_engine(url: str | URL) -> Engine:
     )
 
 
+def _set_up_sqlite_connection(dbapi_connection: Any) -> None:
+    # No implicit BEGIN from the sqlite3 module: SQLAlchemy emits BEGIN itself (below), and a
+    # raw autocommit read (``connect_raw``) runs each statement in its own read transaction.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable with WAL except on power loss
+    cursor.close()
+
+
+def connect_raw_autocommit(engine: Engine) -> Any:
+    """A new DBAPI connection to ``engine``'s database, outside its pool, in autocommit mode.
+
+    For hot single-statement reads: each statement is then its own read transaction (a fresh
+    snapshot that sees everything committed before it started, by any process), with no
+    ``BEGIN``/``COMMIT`` round trips and no pool checkout. The caller owns and closes it; it may
+    be closed from another thread than the one that uses it (SQLite: ``check_same_thread`` off).
+    """
+    dialect = engine.dialect
+    args, kwargs = dialect.create_connect_args(engine.url)
+    if dialect.name == "sqlite":
+        kwargs["check_same_thread"] = False
+        connection = dialect.loaded_dbapi.connect(*args, **kwargs)
+        _set_up_sqlite_connection(connection)
+        return connection
+    kwargs["autocommit"] = True
+    return dialect.loaded_dbapi.connect(*args, **kwargs)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy emit BEGIN itself (below) instead of the sqlite3 module's implicit one.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")  # durable with WAL except on power loss
-        cursor.close()
+        _set_up_sqlite_connection(dbapi_connection)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:

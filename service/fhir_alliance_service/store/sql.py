@@ -17,8 +17,11 @@ Choices the interface leaves open, made here:
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -29,7 +32,6 @@ from sqlalchemy import (
     Engine,
     Row,
     Select,
-    Text,
     and_,
     bindparam,
     exists,
@@ -37,13 +39,12 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DBAPIError, StatementError
 
-from .engine import READ_ONLY
+from .engine import READ_ONLY, connect_raw_autocommit
 from .interface import (
     ApiKey,
     AuditEntry,
@@ -91,8 +92,7 @@ _SUPERSEDABLE = (
 
 #: A patient's keys (the one records are filed under, flagged, and its aliases) with the count
 #: and the sum of versions of the consents under each: ``patient_consents_stamp`` in one query.
-_KEYS_AND_CONSENT_STAMPS = text(
-    """
+_KEYS_AND_CONSENT_STAMPS_SQL = """
     WITH canonical AS (
         SELECT COALESCE(
             (SELECT patient FROM patient_aliases WHERE alias = :patient),
@@ -109,8 +109,88 @@ _KEYS_AND_CONSENT_STAMPS = text(
     FROM patient_keys AS k
     LEFT JOIN record_heads AS h ON h.patient = k.patient_key AND h.family = 'consent'
     GROUP BY k.patient_key, k.is_canonical
+"""
+
+
+class _OwnedConnection:
+    """A raw connection and the process that opened it; closed when dropped, in that process
+    only (closing a PostgreSQL connection inherited through ``fork`` would end the parent's)."""
+
+    __slots__ = ("__weakref__", "connection", "pid")
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        if self.pid == os.getpid():
+            with suppress(Exception):
+                self.connection.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class _AutocommitReader:
+    """One raw autocommit DBAPI connection per thread (and process) for the hottest read, the
+    consent stamp that every consult and gate decision runs.
+
+    Through SQLAlchemy that read cost a pool checkout, a ``BEGIN`` and the result wrapping, about
+    seven times the query itself. Here the statement runs directly (the DBAPI module keeps it
+    prepared: sqlite3's statement cache, psycopg's automatic prepare) and, in autocommit, is its
+    own read transaction: a fresh snapshot of everything committed before it started, by any
+    process, so a stamp is never stale. Nothing is held between calls: sqlite3 ends a statement's
+    implicit read transaction once its rows are fetched, and PostgreSQL at the statement's end.
+
+    A thread's connection is closed when the thread ends (its thread-local goes) or on
+    :meth:`close`; a forked child opens its own. A PostgreSQL connection that fails is dropped
+    and the call retried once on a new one (a restarted server). Errors come out as SQLAlchemy's
+    ``DBAPIError`` with the parameters hidden.
     """
-).bindparams(bindparam("patient", type_=Text))
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._retries = 1 if engine.dialect.name == "postgresql" else 0
+        self._local = threading.local()
+        self._open: weakref.WeakSet[_OwnedConnection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def _connection(self) -> Any:
+        owned: _OwnedConnection | None = getattr(self._local, "owned", None)
+        if owned is None or owned.pid != os.getpid():
+            owned = _OwnedConnection(connect_raw_autocommit(self._engine))
+            self._local.owned = owned
+            with self._lock:
+                self._open.add(owned)
+        return owned.connection
+
+    def _drop(self) -> None:
+        owned: _OwnedConnection | None = getattr(self._local, "owned", None)
+        self._local.owned = None
+        if owned is not None:
+            owned.close()
+
+    def rows(self, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        attempts_left = self._retries
+        while True:
+            try:
+                return list(self._connection().execute(statement, params).fetchall())
+            except self._dbapi_error as error:
+                self._drop()
+                if attempts_left == 0:
+                    raise DBAPIError.instance(
+                        statement, params, error, self._dbapi_error, hide_parameters=True
+                    ) from error
+                attempts_left -= 1
+
+    def close(self) -> None:
+        """Close every thread's connection (for ``SqlStore.close``)."""
+        with self._lock:
+            owned_connections = list(self._open)
+            self._open = weakref.WeakSet()
+        for owned in owned_connections:
+            owned.close()
 
 
 def _chunks(values: Sequence[str], size: int = LOOKUP_CHUNK) -> Iterator[Sequence[str]]:
@@ -260,6 +340,10 @@ class SqlStore:
         self._engine = engine
         self._reader = engine.execution_options(**{READ_ONLY: True})
         self._dialect = engine.dialect.name
+        self._stamp_reader = _AutocommitReader(engine)
+        self._stamp_sql = _KEYS_AND_CONSENT_STAMPS_SQL
+        if self._dialect == "postgresql":
+            self._stamp_sql = _KEYS_AND_CONSENT_STAMPS_SQL.replace(":patient", "%(patient)s")
 
     @property
     def engine(self) -> Engine:
@@ -281,6 +365,7 @@ class SqlStore:
             connection.execute(select(1)).scalar_one()
 
     def close(self) -> None:
+        self._stamp_reader.close()
         self._engine.dispose()
 
     # -- intake --------------------------------------------------------------------------------
@@ -797,10 +882,10 @@ class SqlStore:
 
     # -- audit ---------------------------------------------------------------------------------
     def patient_consents_stamp(self, patient: str) -> tuple[list[str], str]:
-        # One prebuilt statement (the consult and the gate call this on every decision): the
-        # patient's keys and, per key, (count, sum of versions) of its consents.
-        with self._read() as connection:
-            rows = connection.execute(_KEYS_AND_CONSENT_STAMPS, {"patient": patient}).all()
+        # One statement (the consult and the gate call this on every decision): the patient's
+        # keys and, per key, (count, sum of versions) of its consents; run on a raw autocommit
+        # connection, a fresh snapshot per call (see _AutocommitReader).
+        rows = self._stamp_reader.rows(self._stamp_sql, {"patient": patient})
         canonical = [key for key, is_canonical, _, _ in rows if is_canonical]
         aliases = sorted(key for key, is_canonical, _, _ in rows if not is_canonical)
         stamps = {key: f"{count}:{total}" for key, _, count, total in rows}
