@@ -50,6 +50,26 @@ def _definition_name(path: str) -> str:
     return "_".join([first, *(p[0].upper() + p[1:] for p in rest)])
 
 
+#: FHIR's string and markdown pattern. It comes from XML Schema, where ``\\s`` is only space, tab,
+#: CR and LF, so it means "any characters" (XML itself forbids control characters). In Python (and
+#: JavaScript) ``\\S`` also excludes Unicode spaces, and the pattern would refuse a no-break space
+#: in a note; it is replaced by what FHIR means: no control characters other than tab, CR and LF.
+FHIR_TEXT_PATTERN = "^[ \\r\\n\\t\\S]+$"
+NO_CONTROL_CHARACTERS = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f]+$"
+
+
+def _xsd_whitespace(node: Any) -> None:
+    """Replace :data:`FHIR_TEXT_PATTERN` everywhere in ``node`` (see there)."""
+    if isinstance(node, dict):
+        if node.get("pattern") == FHIR_TEXT_PATTERN:
+            node["pattern"] = NO_CONTROL_CHARACTERS
+        for value in node.values():
+            _xsd_whitespace(value)
+    elif isinstance(node, list):
+        for value in node:
+            _xsd_whitespace(value)
+
+
 def main(out: Path = OUT) -> None:
     schema = json.loads((DEFINITIONS / "fhir.schema.json").read_text())
     definitions = schema["definitions"]
@@ -96,6 +116,7 @@ def main(out: Path = OUT) -> None:
                     required.setdefault(name, set()).add(leaf)
     for name, leaves in required.items():
         subset[name]["required"] = sorted(set(subset[name].get("required", [])) | leaves)
+    _xsd_whitespace(subset)
     out.write_text(
         json.dumps({"$schema": schema["$schema"], "definitions": subset}, indent=1, sort_keys=True)
         + "\n"

@@ -91,3 +91,18 @@ def test_compiled_validator_rejects_invalid_resources(breakage, element: str) ->
     with pytest.raises(ProfileViolation) as exc:
         validate_r4_fast(resource)
     assert exc.value.issues[0].path == element
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [("a\u00a0b\u2028c", True), ("line\r\nnext\ttab", True), ("bell\x07", False)],
+)
+def test_note_text_allows_unicode_spaces_but_not_control_characters(text: str, valid: bool) -> None:
+    """FHIR's markdown pattern read as XML Schema means it: a no-break space is text, BEL is not."""
+    resource = to_observations(load_record(json.loads(EXAMPLE.read_text())))[0]
+    resource["note"] = [{"text": text}]
+    if valid:
+        validate_r4_fast(resource)
+    else:
+        with pytest.raises(ProfileViolation):
+            validate_r4_fast(resource)
