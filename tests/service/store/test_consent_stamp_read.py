@@ -13,6 +13,7 @@ import threading
 import psycopg
 import pytest
 from fhir_alliance_service.store import SqlStore, open_store
+from sqlalchemy.exc import DBAPIError
 
 from tests.service.conftest import POSTGRES_ADMIN_DSN
 
@@ -160,5 +161,19 @@ def test_a_killed_postgres_connection_is_replaced_and_the_read_answers(
             admin.execute("SELECT pg_terminate_backend(%s)", (connection.info.backend_pid,))
         assert opened.patient_consents_stamp("Patient/p1") == before
         assert _stamp_reader_connection(opened) is not connection
+    finally:
+        opened.close()
+
+
+def test_a_failing_stamp_read_raises_dbapi_error_without_the_patient_key(sqlite_url: str) -> None:
+    """A database error in the raw read comes out as SQLAlchemy's ``DBAPIError``, like every other
+    store error, and its message never carries the patient key it was asked about."""
+    opened = open_store(sqlite_url)
+    try:
+        with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as admin:
+            admin.execute("DROP TABLE record_heads")
+        with pytest.raises(DBAPIError, match="record_heads") as raised:
+            opened.patient_consents_stamp("urn:mrn|secret-7")
+        assert "secret-7" not in str(raised.value)
     finally:
         opened.close()
