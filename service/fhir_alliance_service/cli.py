@@ -92,6 +92,26 @@ def register(subparsers: Any) -> None:
     reconcile.add_argument("--json", action="store_true", help="machine-readable report")
     reconcile.set_defaults(handler=_guarded(_reconcile))
 
+    subscribe = subparsers.add_parser(
+        "subscribe",
+        help="register a rest-hook Subscription for consent changes (where the server offers one)",
+        description=_subscribe.__doc__,
+    )
+    subscribe.add_argument(
+        "--endpoint",
+        required=True,
+        help="this service's notification URL as the FHIR server reaches it, "
+        "e.g. https://sync.clinic.example/v1/fhir/notifications",
+    )
+    subscribe.add_argument(
+        "--key-env",
+        metavar="VARIABLE",
+        help="an environment variable holding an API key (scope write) that the server sends as "
+        "'Authorization: Bearer …' with each notification (never the key itself on the command line)",
+    )
+    subscribe.add_argument("--json", action="store_true", help="machine-readable output")
+    subscribe.set_defaults(handler=_guarded(_subscribe))
+
     sync_once = subparsers.add_parser(
         "sync-once",
         help="sync until nothing is claimable, then exit",
@@ -433,6 +453,46 @@ def _reconcile(args: argparse.Namespace) -> int:
             print(f"  {finding.problem:10} record {finding.record_id} {finding.resource} ({state})")
     unfixed = [f for f in report.findings if not f.fixed]
     return 1 if unfixed else 0
+
+
+def _subscribe(args: argparse.Namespace) -> int:
+    """Register (or refresh) the rest-hook Subscription for consent changes on the FHIR server,
+    notifying --endpoint; registering twice leaves one Subscription. Where the server offers no
+    Subscription, say so: polling (the worker's pulls) is then the only way changes arrive, as it
+    is the fallback everywhere. Exit 0 when registered, 1 when not."""
+    import os
+
+    settings = _settings()
+    header: list[str] = []
+    if args.key_env:
+        key = os.environ.get(args.key_env, "")
+        if not key:
+            raise _StopCommand(f"{args.key_env} is not set or empty")
+        header.append(f"Authorization: Bearer {key}")
+    client = _client(settings)
+    _configure_logging(settings)
+    from fhir_alliance_service.sync.subscriptions import register_subscription
+
+    try:
+        result = register_subscription(client, args.endpoint, header=header)
+    finally:
+        _close(client)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "registered": result.registered,
+                    "reason": result.reason,
+                    "id": result.id,
+                    "version_id": result.version_id,
+                }
+            )
+        )
+    elif result.registered:
+        print(f"subscription Subscription/{result.id} registered; polling continues as well")
+    else:
+        print(f"not registered: {result.reason}; polling stays the only way changes arrive")
+    return 0 if result.registered else 1
 
 
 def _close(client: Any) -> None:

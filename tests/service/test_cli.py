@@ -523,3 +523,32 @@ def test_worker_syncs_until_sigterm_and_then_exits_zero(
         log.close()
     assert code == 0
     assert "worker stopped" in (tmp_path / "worker.log").read_text(errors="replace")
+
+
+@pytest.mark.local_fhir_server  # registers an untagged Subscription (deleted at the end)
+def test_subscribe_registers_one_subscription_and_keeps_the_key_off_the_command_line(
+    database: str,
+    fhir_server: FhirTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`subscribe --endpoint URL --key-env VAR` registers the rest-hook Subscription with the
+    key from the environment; a missing variable stops with one line naming it."""
+    _sync_env(monkeypatch, fhir_server.base_url)
+    endpoint = "https://sync.clinic.example/v1/fhir/notifications"
+    assert main(["subscribe", "--endpoint", endpoint, "--key-env", "NOT_SET_ANYWHERE"]) == 2
+    assert "NOT_SET_ANYWHERE" in capsys.readouterr().err
+    monkeypatch.setenv("SYNC_NOTIFY_KEY", "fa_test_secret")
+    try:
+        assert main(["subscribe", "--endpoint", endpoint, "--key-env", "SYNC_NOTIFY_KEY"]) == 0
+        assert main(["subscribe", "--json", "--endpoint", endpoint]) == 0
+        out = capsys.readouterr().out
+        answer = json.loads(out.splitlines()[-1])
+        assert answer["registered"] is True
+        stored = fhir_server.http.get(fhir_server.url(f"Subscription/{answer['id']}")).json()
+        assert stored["channel"]["endpoint"] == endpoint
+        assert "fa_test_secret" not in out
+    finally:
+        from fhir_alliance_service.sync.subscriptions import subscription_id
+
+        fhir_server.http.delete(fhir_server.url(f"Subscription/{subscription_id(endpoint)}"))

@@ -19,22 +19,27 @@ server** (a notification is a hint, not data to trust), only when it names a Con
 Observation within the configured base; it is merged as a pull would merge it. A gap in event
 numbers (a lost notification) triggers an incremental pull at once.
 
-:func:`subscription_resource` builds the R4 backport rest-hook Subscription the service would
-register. Registering it is left to the operator for now (``POST [base]/Subscription`` with that
-body): a CapabilityStatement listing ``Subscription`` does not prove the server delivers
-notifications (the test server stores Subscriptions and never sends any), so the service does
-not guess.
+:func:`subscription_resource` builds the R4 backport rest-hook Subscription the service
+registers, and :func:`register_subscription` (``fhir-alliance subscribe --endpoint URL``) registers
+it where the server's CapabilityStatement offers Subscription (a PUT to an id derived from the
+endpoint and topic, so registering twice leaves one Subscription), else says that polling stays the
+only way changes arrive. It is an operator's step, not automatic: a CapabilityStatement listing
+``Subscription`` does not prove the server delivers notifications (the test server stores
+Subscriptions and never sends any), and the endpoint must be reachable from the server, which only
+the operator knows. Polling runs either way.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_alliance.client import FhirClient
+from fhir_alliance.client import FhirClient, ServerCapabilities
 from fhir_alliance.errors import InputError, Issue, NotFoundError
+from fhir_alliance.terminology import CANONICAL_BASE
 from fhir_alliance_service.store.interface import Store
 from fhir_alliance_service.sync.pull import Puller, PullReport
 
@@ -45,7 +50,9 @@ __all__ = [
     "NotificationResult",
     "handle_notification",
     "parse_notification",
+    "register_subscription",
     "subscription_resource",
+    "subscription_support",
 ]
 
 log = logging.getLogger("fhir_alliance_service.sync.subscriptions")
@@ -271,3 +278,63 @@ def subscription_resource(
             **({"header": list(header)} if header else {}),
         },
     }
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRegistration:
+    """What ``register_subscription`` did: ``registered`` with the server's id and version, or not
+    (``reason`` says why; polling stays the only way changes arrive)."""
+
+    registered: bool
+    reason: str
+    id: str | None = None
+    version_id: str | None = None
+
+
+def subscription_support(capabilities: ServerCapabilities) -> str | None:
+    """None when the server offers the Subscription resource with update-as-create (the service
+    registers by PUT to a derived id); else why it cannot be registered there, in plain words."""
+    subscriptions = capabilities.resources.get("Subscription")
+    if subscriptions is None:
+        return "the server's CapabilityStatement offers no Subscription resource"
+    if not (subscriptions.supports("update") and subscriptions.update_create):
+        return "the server does not allow Subscriptions to be written at a chosen id (updateCreate)"
+    return None
+
+
+def subscription_id(endpoint: str, topic: str = CONSENT_TOPIC) -> str:
+    """The Subscription's id on the server: the same endpoint and topic always give the same id."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{CANONICAL_BASE}|subscription|{topic}|{endpoint}"))
+
+
+def register_subscription(
+    client: FhirClient,
+    endpoint: str,
+    *,
+    topic: str = CONSENT_TOPIC,
+    header: Sequence[str] = (),
+    tags: Sequence[Mapping[str, str]] = (),
+) -> SubscriptionRegistration:
+    """Register (or refresh) the rest-hook Subscription for consent changes on the server behind
+    ``client``, notifying ``endpoint`` (the service's ``/v1/fhir/notifications``); ``header`` lines
+    go with each notification (e.g. the service's API key). Idempotent."""
+    if not endpoint.startswith(("https://", "http://")):
+        raise InputError(
+            "invalid endpoint", issues=[Issue("endpoint", "expected an absolute http(s) URL")]
+        )
+    reason = subscription_support(client.capabilities())
+    if reason is not None:
+        log.info("subscription not registered: %s; polling continues", reason)
+        return SubscriptionRegistration(registered=False, reason=reason)
+    resource = subscription_resource(endpoint, topic=topic, header=header)
+    resource["id"] = subscription_id(endpoint, topic)
+    if tags:
+        resource["meta"] = {"tag": [dict(t) for t in tags]}
+    result = client.update(resource)
+    log.info("subscription registered for consent changes")
+    return SubscriptionRegistration(
+        registered=True,
+        reason="registered; polling continues as the fallback",
+        id=result.id,
+        version_id=result.version_id,
+    )
