@@ -144,9 +144,12 @@ class OutboxItem:
     family: str
     patient: str
     body: Mapping[str, Any]
-    attempts: int  # failures so far (0 on the first try)
+    attempts: int  # failures so far (0 on the first try), a worker that stopped counting as one
     lease_owner: str
     lease_until: datetime
+    #: This claim took the item over from a worker whose lease expired without a result (it
+    #: crashed, hung or gave the item up); that attempt is already counted in ``attempts``.
+    taken_over: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +267,9 @@ class Store(Protocol):
         """Lease up to ``limit`` claimable items (QUEUED, or FAILED with ``next_attempt_at <= now``,
         not leased or with an expired lease), oldest first, at most the oldest pending item per
         patient. PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so concurrent workers never get one
-        item twice."""
+        item twice. An item whose lease expired without a result is a failed attempt: taking it
+        over adds one to its ``attempts`` and sets ``taken_over`` (so a record that kills every
+        worker reaches ``max_attempts`` and is dead-lettered instead of retried forever)."""
 
     def mark_sent(
         self,
@@ -305,7 +310,10 @@ class Store(Protocol):
         outcome: Mapping[str, Any],
         audit: Sequence[AuditEntry],
         at: datetime,
-    ) -> bool: ...
+        count_attempt: bool = True,
+    ) -> bool:
+        """Dead-letter the item with ``outcome``. ``count_attempt=False`` when the attempt that
+        failed is already counted (a takeover after an expired lease, see :meth:`claim`)."""
 
     def release_held(self, patient: str, *, at: datetime) -> int:
         """Re-queue every HELD item of ``patient`` (their consents changed); returns how many."""

@@ -34,6 +34,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    case,
     exists,
     func,
     insert,
@@ -646,7 +647,7 @@ class SqlStore:
             return []
         older = outbox.alias("older")
         candidates = (
-            select(outbox.c.item_id)
+            select(outbox.c.item_id, outbox.c.lease_until)
             .where(
                 outbox.c.state.in_(_PENDING),
                 or_(
@@ -666,13 +667,23 @@ class SqlStore:
         )
         lease_until = now + timedelta(seconds=lease_seconds)
         with self._write() as connection:
-            item_ids = list(connection.execute(candidates).scalars())
+            leases = {row.item_id: row.lease_until for row in connection.execute(candidates)}
+            item_ids = list(leases)
             if not item_ids:
                 return []
+            # A lease that is still set here expired without a result (every ``mark_*`` clears
+            # it): the worker holding it stopped, which counts as a failed attempt. Otherwise a
+            # record that kills every worker taking it would be retried forever.
             connection.execute(
                 update(outbox)
                 .where(outbox.c.item_id.in_(item_ids))
-                .values(lease_owner=worker, lease_until=lease_until, updated_at=now)
+                .values(
+                    lease_owner=worker,
+                    lease_until=lease_until,
+                    attempts=outbox.c.attempts
+                    + case((outbox.c.lease_until.is_not(None), 1), else_=0),
+                    updated_at=now,
+                )
             )
             rows = connection.execute(
                 select(
@@ -707,6 +718,7 @@ class SqlStore:
                     attempts=row.attempts,
                     lease_owner=worker,
                     lease_until=lease_until,
+                    taken_over=leases[row.item_id] is not None,
                 )
                 for row in rows
             ]
@@ -830,10 +842,11 @@ class SqlStore:
         outcome: Mapping[str, Any],
         audit: Sequence[AuditEntry],
         at: datetime,
+        count_attempt: bool = True,
     ) -> bool:
         values = {
             "state": SyncState.DEAD_LETTERED.value,
-            "attempts": outbox.c.attempts + 1,
+            "attempts": outbox.c.attempts + (1 if count_attempt else 0),
             "last_outcome": dict(outcome),
             "next_attempt_at": None,
             "updated_at": at,

@@ -35,6 +35,7 @@ from typing import Any
 from fhir_alliance.client import BundleRequest, EntryOutcome, FhirClient
 from fhir_alliance.errors import (
     FhirAllianceError,
+    Issue,
     MultipleMatchesError,
     PreconditionFailedError,
     ServerError,
@@ -58,7 +59,13 @@ from fhir_alliance_service.sync.gate import GateResult, gate_item
 from fhir_alliance_service.sync.retry import decide_retry, is_transient
 from fhir_alliance_service.sync.target import note_contact, target_fhir_version
 
-__all__ = ["BatchReport", "Worker", "default_worker_id", "sync_once"]
+__all__ = [
+    "BatchReport",
+    "Worker",
+    "default_worker_id",
+    "sync_once",
+    "worker_stopped_outcome",
+]
 
 log = logging.getLogger("fhir_alliance_service.sync")
 
@@ -242,6 +249,9 @@ class Worker:
     def _prepare(
         self, item: OutboxItem, version: str, now: datetime, report: BatchReport
     ) -> _Ready | None:
+        if item.taken_over and item.attempts >= self.settings.max_attempts:
+            self._dead_after_takeovers(item, report)
+            return None
         try:
             result: GateResult = gate_item(
                 item, settings=self.settings, store=self.store, version=version, at=now
@@ -570,6 +580,38 @@ class Worker:
             "failed",
         )
 
+    def _dead_after_takeovers(self, item: OutboxItem, report: BatchReport) -> None:
+        """Dead-letter an item whose workers kept stopping without a result (a poison record
+        that crashes or hangs whoever takes it): it is not tried again, so it can no longer
+        block its patient's later items. The store already counted the attempts."""
+        now = self.clock()
+        log.warning(
+            "item %d dead-lettered: its worker stopped without a result (%d attempt(s) failed)",
+            item.item_id,
+            item.attempts,
+        )
+        SEND_FAILURES.labels("permanent").inc()
+        entry = audit.dead_letter_event(
+            item.record_id,
+            item.patient,
+            item.record_version,
+            now,
+            recipient=self.settings.recipients[0],
+            purpose=self.settings.purpose,
+        )
+        self._count(
+            self.store.mark_dead(
+                item.item_id,
+                self.worker_id,
+                outcome=worker_stopped_outcome(item.attempts),
+                audit=[entry],
+                at=now,
+                count_attempt=False,
+            ),
+            report,
+            "dead",
+        )
+
     def _count(self, recorded: bool, report: BatchReport, field_name: str) -> bool:
         if recorded:
             setattr(report, field_name, getattr(report, field_name) + 1)
@@ -577,6 +619,17 @@ class Worker:
             report.lease_lost += 1
             log.warning("lease lost before recording (%s)", field_name)
         return recorded
+
+
+def worker_stopped_outcome(attempts: int) -> dict[str, Any]:
+    """The OperationOutcome of an item dead-lettered because the workers that took it stopped
+    without a result (their leases expired) until ``attempts`` reached ``max_attempts``."""
+    message = (
+        f"the worker sending this item stopped without a result; {attempts} attempts failed "
+        "(the last by a lease that expired): not tried again, replay it after a fix"
+    )
+    issue = Issue(path="", message=message, code="exception")
+    return {"resourceType": "OperationOutcome", "issue": [issue.to_fhir()]}
 
 
 def _content(resource: Mapping[str, Any]) -> dict[str, Any]:
