@@ -28,6 +28,7 @@ from fhir_alliance.mapping.registry import (
     mapper_for_kind,
     mapper_for_resource_type,
 )
+from fhir_alliance.mapping.streaming import InputFile, spooled_inputs, stream_ndjson
 
 __all__ = [
     "MAX_BUNDLE_ENTRIES",
@@ -98,14 +99,31 @@ def read_items(paths: Iterable[str], *, max_bytes: int | None = None) -> list[tu
     """Every input item with a label for errors: ``file:index``. Files and stdin (``-``) are read
     strictly (:mod:`fhir_alliance.jsonio`); more than ``max_bytes`` (default
     :data:`MAX_INPUT_BYTES`) from one input is an error."""
+    limit = MAX_INPUT_BYTES if max_bytes is None else max_bytes
     items: list[tuple[str, Any]] = []
     for name in paths:
-        source = "stdin" if name == "-" else name
-        data = read_input(name, max_bytes=MAX_INPUT_BYTES if max_bytes is None else max_bytes)
-        documents = parse_json_documents(data, source=source)
-        label = "stdin" if name == "-" else Path(name).name
-        items += [(f"{label}:{i}", item) for i, item in enumerate(_items(documents, source))]
+        items += _labelled(name, read_input(name, max_bytes=limit))
     return items
+
+
+def _read_files(files: Iterable[InputFile], *, max_bytes: int) -> list[tuple[str, Any]]:
+    """:func:`read_items` over inputs already spooled to files (stdin still named ``stdin``)."""
+    items: list[tuple[str, Any]] = []
+    for file in files:
+        if file.name == "-":
+            with open(file.path, "rb") as spool:
+                data = read_input("-", max_bytes=max_bytes, stdin=spool)
+        else:
+            data = read_input(file.name, max_bytes=max_bytes)
+        items += _labelled(file.name, data)
+    return items
+
+
+def _labelled(name: str, data: bytes) -> list[tuple[str, Any]]:
+    source = "stdin" if name == "-" else name
+    documents = parse_json_documents(data, source=source)
+    label = "stdin" if name == "-" else Path(name).name
+    return [(f"{label}:{i}", item) for i, item in enumerate(_items(documents, source))]
 
 
 def _prefixed(error: FhirAllianceError, label: str) -> list[Issue]:
@@ -223,7 +241,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _map_and_write(args: argparse.Namespace) -> int:
-    items = read_items(args.inputs)
+    if not args.ndjson:
+        return _map_in_memory(args, read_items(args.inputs))
+    with spooled_inputs(args.inputs, max_bytes=MAX_INPUT_BYTES) as files:
+        # JSON-lines records to FHIR NDJSON: two passes over the files, in flat memory.
+        lines = stream_ndjson(files, version=args.fhir_version, max_bytes=MAX_INPUT_BYTES)
+        if lines is not None:
+            _write(lines, args.output)
+            return 0
+        return _map_in_memory(args, _read_files(files, max_bytes=MAX_INPUT_BYTES))
+
+
+def _map_in_memory(args: argparse.Namespace, items: list[tuple[str, Any]]) -> int:
+    """Everything read and loaded at once: Bundles, arrays, FHIR input, and every input with an
+    error (so its messages are those of one whole-batch check)."""
     if args.ndjson and not any(isinstance(i, Mapping) and "resourceType" in i for _, i in items):
         # Records to FHIR, one line each: no resource is held; the input and the loaded records
         # are (the checks across records need them all before anything is written).

@@ -12,9 +12,10 @@ published for R4 only) but are otherwise the same. See ``docs/observations.md``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from fhir_alliance import terminology as t
 from fhir_alliance.errors import Issue, MappingError
@@ -852,6 +853,15 @@ def from_observations(resources: Sequence[Mapping[str, Any]]) -> list[AllianceRe
     return [record for _, record in records]
 
 
+class BatchKey(NamedTuple):
+    """What the rules across a batch read of one record: ``map`` holds these, not the records,
+    while it streams a large input (:meth:`ObservationMapper.check_batch_keys`)."""
+
+    id: Identifier
+    is_rupture: bool
+    rupture: Identifier | None  # the rupture a repair names; None for any other record
+
+
 class ObservationMapper:
     """The :class:`~fhir_alliance.mapping.registry.RecordMapper` for alliance observations."""
 
@@ -875,6 +885,35 @@ class ObservationMapper:
     ) -> list[Issue]:
         """Rules across records of one batch (see :func:`~fhir_alliance.schemas.observations.batch_issues`)."""
         return batch_issues(labelled, known_ruptures=known_ruptures)
+
+    def batch_key(self, record: AllianceRecord) -> BatchKey:
+        """The little of ``record`` that :meth:`check_batch_keys` needs."""
+        return BatchKey(
+            id=record.id,
+            is_rupture=isinstance(record, RuptureEvent),
+            rupture=record.rupture if isinstance(record, RepairEvent) else None,
+        )
+
+    def check_batch_keys(
+        self,
+        labelled: Sequence[tuple[str, BatchKey]],
+        *,
+        known_ruptures: Sequence[Identifier] = (),
+    ) -> list[Issue]:
+        """:meth:`check_batch` over :meth:`batch_key` of each record: the same issues, same order."""
+        ruptures = {key.id for _, key in labelled if key.is_rupture} | set(known_ruptures)
+        id_counts = Counter(key.id for _, key in labelled)
+        issues = [
+            Issue(path=f"{label}.rupture", message="names a rupture not in the batch nor known")
+            for label, key in labelled
+            if key.rupture is not None and key.rupture not in ruptures
+        ]
+        issues += [
+            Issue(path=f"{label}.id", message="the same record id appears twice")
+            for label, key in labelled
+            if id_counts[key.id] > 1
+        ]
+        return issues
 
     def from_fhir(self, resources: Sequence[Mapping[str, Any]]) -> list[AllianceRecord]:
         from fhir_alliance.mapping.questionnaire import records_from_questionnaire_response

@@ -1,0 +1,133 @@
+"""``fhir-alliance map --ndjson`` over JSON lines streams in two passes: same bytes, same errors."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fhir_alliance.cli import main
+from fhir_alliance.mapping import streaming
+from fhir_alliance.mapping.cli import read_items, resource_groups
+from fhir_alliance.mapping.observation import MAPPER as OBSERVATIONS
+from fhir_alliance.schemas.observations import load_record
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def _mixed_batch() -> list[dict[str, Any]]:
+    """Every observation, note and consent example, with a revocation placed before its consent."""
+    names = [
+        *sorted((EXAMPLES / "observations").glob("*.json")),
+        *sorted((EXAMPLES / "notes").glob("*.json")),
+        *sorted((EXAMPLES / "consent").glob("*.json")),
+    ]
+    records = [json.loads(p.read_text()) for p in names]
+    revocation = json.loads(
+        (EXAMPLES / "consent" / "revocation" / "withdraw-sharing.json").read_text()
+    )
+    return [revocation, *records]
+
+
+def _write_lines(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _in_memory_ndjson(path: Path, version: str) -> bytes:
+    """What the whole-batch path writes for the same input (the reference)."""
+    groups = resource_groups(read_items([str(path)]), version=version)
+    return b"".join(orjson.dumps(r) + b"\n" for _, group in groups for r in group)
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["map", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("version", ["4.0.1", "5.0.0"])
+def test_streamed_output_is_byte_identical_to_the_in_memory_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], version: str
+) -> None:
+    """A mixed batch (observations, notes, consents and a revocation) streams to the same bytes."""
+    source = _write_lines(tmp_path / "mixed.ndjson", _mixed_batch())
+    expected = _in_memory_ndjson(source, version)
+    streamed = streaming.stream_ndjson(
+        [streaming.InputFile(str(source), str(source))], version=version, max_bytes=1 << 20
+    )
+    assert streamed is not None, "a clean JSON-lines batch must take the streaming path"
+    assert b"".join(streamed) == expected
+    target = tmp_path / "out.ndjson"
+    code, _, err = _run(
+        capsys, str(source), "--ndjson", "--fhir-version", version, "-o", str(target)
+    )
+    assert code == 0, err
+    assert target.read_bytes() == expected
+
+
+def test_stdin_is_spooled_and_streams_the_same(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JSON lines on stdin give the same lines as the same file."""
+    source = _write_lines(tmp_path / "mixed.ndjson", _mixed_batch())
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(source.read_bytes())))
+    code, out, err = _run(capsys, "-", "--ndjson")
+    assert code == 0, err
+    assert out.encode() == _in_memory_ndjson(source, "4.0.1")
+
+
+def test_batch_errors_are_those_of_the_whole_batch_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A duplicate id and an orphan repair in JSON lines are refused, naming each line, and nothing
+    is written."""
+    rupture = json.loads((EXAMPLES / "observations" / "rupture.json").read_text())
+    repair = json.loads((EXAMPLES / "observations" / "repair.json").read_text())
+    source = _write_lines(tmp_path / "bad.ndjson", [repair, rupture, rupture])
+    assert (
+        streaming.stream_ndjson(
+            [streaming.InputFile(str(source), str(source))], version="4.0.1", max_bytes=1 << 20
+        )
+        is None
+    )
+    stray = {**repair, "id": f"{repair['id']}-2", "rupture": f"{rupture['id']}-elsewhere"}
+    orphan = _write_lines(tmp_path / "orphan.ndjson", [stray])
+    code, out, err = _run(capsys, str(source), str(orphan), "--ndjson")
+    assert code == 1
+    assert out == ""
+    assert err.splitlines()[1:] == [
+        "  bad.ndjson:1.id: the same record id appears twice",
+        "  bad.ndjson:2.id: the same record id appears twice",
+        "  orphan.ndjson:0.rupture: names a rupture not in the batch nor known",
+    ]
+
+
+def test_bad_json_line_is_reported_where_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broken line is reported at file:line:column, as the whole-file reader reports it."""
+    rupture = (EXAMPLES / "observations" / "rupture.json").read_text()
+    source = tmp_path / "broken.ndjson"
+    source.write_text(json.dumps(json.loads(rupture)) + '\n{"kind": }\n')
+    code, out, err = _run(capsys, str(source), "--ndjson")
+    assert code == 1 and out == ""
+    assert "broken.ndjson:2:" in err
+
+
+def test_batch_keys_give_the_same_issues_as_the_records() -> None:
+    """check_batch_keys over batch keys finds what check_batch finds over the records."""
+    rupture = load_record(json.loads((EXAMPLES / "observations" / "rupture.json").read_text()))
+    repair = load_record(json.loads((EXAMPLES / "observations" / "repair.json").read_text()))
+    rating = load_record(
+        json.loads((EXAMPLES / "observations" / "dimension-rating.json").read_text())
+    )
+    for batch in ([("a", repair)], [("a", rupture), ("b", repair), ("c", rupture), ("d", rating)]):
+        keys = [(label, OBSERVATIONS.batch_key(record)) for label, record in batch]
+        assert OBSERVATIONS.check_batch_keys(keys) == OBSERVATIONS.check_batch(batch)
+        assert OBSERVATIONS.check_batch_keys(keys)  # each batch does break a rule
