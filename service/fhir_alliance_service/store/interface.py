@@ -271,6 +271,10 @@ class Store(Protocol):
         over adds one to its ``attempts`` and sets ``taken_over`` (so a record that kills every
         worker reaches ``max_attempts`` and is dead-lettered instead of retried forever)."""
 
+    def release(self, item_ids: Sequence[int], worker: str, *, at: datetime) -> int:
+        """Hand back the leases ``worker`` holds on ``item_ids`` without trying them (its lease
+        was running out): claimable at once, and no attempt is counted. Returns how many."""
+
     def mark_sent(
         self,
         item_id: int,

@@ -723,6 +723,21 @@ class SqlStore:
                 for row in rows
             ]
 
+    def release(self, item_ids: Sequence[int], worker: str, *, at: datetime) -> int:
+        if not item_ids:
+            return 0
+        with self._write() as connection:  # one batch's items: a short IN list
+            result = connection.execute(
+                update(outbox)
+                .where(
+                    outbox.c.item_id.in_(list(item_ids)),
+                    outbox.c.lease_owner == worker,
+                    outbox.c.state.in_(_PENDING),
+                )
+                .values(lease_owner=None, lease_until=None, updated_at=at)
+            )
+            return int(result.rowcount)
+
     def _finish(
         self,
         item_id: int,

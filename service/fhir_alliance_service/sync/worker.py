@@ -100,7 +100,7 @@ class BatchReport:
     failed: int = 0
     dead: int = 0
     lease_lost: int = 0  # a mark_* found another worker had taken the item over
-    deferred: int = 0  # not sent: too little lease left; claimed again after the lease ends
+    deferred: int = 0  # not sent: too little lease left; handed back, no attempt counted
     resources_sent: int = 0
     #: Why nothing was claimed, in plain words (e.g. the FHIR server could not be reached).
     error: str | None = None
@@ -223,15 +223,19 @@ class Worker:
             if prepared is not None:
                 ready.append(prepared)
         # A send started after this point could end after the lease: another worker may take the
-        # items meanwhile. Such items are left alone; they are claimed again when the lease ends.
+        # items meanwhile. Such items are handed back untried and claimed again later.
         margin = min(self.settings.fhir_timeout_seconds, self.settings.lease_seconds / 2)
         last_start = min(i.lease_until for i in items) - timedelta(seconds=margin)
+        deferred: list[int] = []
         for group in self._groups(ready):
             if self.clock() > last_start:
-                report.deferred += len(group)
+                deferred.extend(entry.item.item_id for entry in group)
                 continue
             self._send_group(group, report)
-        if report.deferred:
+        if deferred:
+            # Handed back untried: not an attempt (an expired lease would count as one).
+            report.deferred = len(deferred)
+            self.store.release(deferred, self.worker_id, at=self.clock())
             log.warning("lease running out: %d item(s) left for a later claim", report.deferred)
         log.info(
             "batch done: claimed=%d sent=%d held=%d failed=%d dead=%d lease_lost=%d",

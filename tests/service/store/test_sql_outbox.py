@@ -156,6 +156,21 @@ def test_a_lease_that_expires_without_a_result_counts_as_a_failed_attempt(
     assert (retry.attempts, retry.taken_over) == (3, False)
 
 
+def test_release_hands_items_back_untried_without_counting_an_attempt(store: SqlStore) -> None:
+    """``release`` frees the leases its worker holds (claimable at once, no attempt counted,
+    no takeover); another worker's release, or one of a finished item, changes nothing."""
+    store.put_records([record(1), record(2, patient="Patient/p2")], audit=[], at=T0)
+    first, second = store.claim("w1", limit=2, lease_seconds=30, now=at(1))
+    assert store.release([first.item_id, second.item_id], "stranger", at=at(2)) == 0
+    assert store.claim("w2", limit=2, lease_seconds=30, now=at(2)) == []
+    assert store.mark_held(second.item_id, "w1", reason="no consent", audit=[], at=at(2))
+    assert store.release([first.item_id, second.item_id], "w1", at=at(3)) == 1
+    [again] = store.claim("w2", limit=2, lease_seconds=30, now=at(3))
+    assert (again.item_id, again.attempts, again.taken_over) == (first.item_id, 0, False)
+    held = store.sync_status("rec-000002")
+    assert held is not None and held.state is SyncState.HELD
+
+
 def test_dead_letter_without_counting_keeps_the_attempts_the_takeovers_counted(
     store: SqlStore,
 ) -> None:
