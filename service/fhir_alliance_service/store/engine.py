@@ -4,6 +4,12 @@
   Write transactions take the write lock up front (``BEGIN IMMEDIATE``), so that a web process
   and a worker process sharing the file queue for the lock instead of deadlocking on an upgrade
   from a read lock. Read-only work uses :data:`READ_ONLY` and a plain deferred ``BEGIN``.
+  Before ``BEGIN IMMEDIATE`` the store's writers take their turn from :func:`writer_turn`: a
+  lock per process and an advisory ``flock`` on a file beside the database, so that contending
+  writers (gunicorn workers and their threads) wait in a queue and are woken as soon as the
+  writer before them commits, rather than polling in SQLite's busy handler, whose sleeps (1, 2,
+  5 … 100 ms) made the intake's long tail. ``busy_timeout`` still covers other writers
+  (migrations, the ``sqlite3`` shell).
 * PostgreSQL through psycopg 3: ``postgresql://`` URLs are normalised to ``postgresql+psycopg://``;
   a small pool with ``pool_pre_ping`` so that a restarted database does not fail the first call.
 
@@ -13,11 +19,20 @@ SQL logs (``hide_parameters``).
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: writers then rely on SQLite's busy_timeout alone
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "READ_ONLY",
@@ -25,6 +40,7 @@ __all__ = [
     "connect_raw_autocommit",
     "make_engine",
     "normalise_url",
+    "writer_turn",
 ]
 
 #: Execution option marking a read-only transaction (SQLite then begins a deferred transaction).
@@ -111,3 +127,67 @@ def _configure_sqlite(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN")
         else:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class _WriterQueue:
+    """The writers of one SQLite file in this process: a thread lock, then ``flock`` on the lock
+    file (one open file per process, so other processes' writers queue on the same file)."""
+
+    def __init__(self, lock_path: str) -> None:
+        self._thread_lock = threading.Lock()
+        self._lock_file = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def close(self) -> None:
+        os.close(self._lock_file)
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        if not self._thread_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+            raise TimeoutError("timed out waiting for the SQLite store's write turn")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+
+#: This process's queues by lock file path.
+_writer_queues: dict[str, _WriterQueue] = {}
+_writer_queues_lock = threading.Lock()
+
+
+def _forget_queues_in_child() -> None:
+    # A forked child must not share its parent's open lock file (``flock`` locks belong to the
+    # open file, which ``fork`` shares) nor inherit a thread lock some other thread held.
+    global _writer_queues_lock
+    _writer_queues_lock = threading.Lock()
+    for queue in _writer_queues.values():
+        queue.close()
+    _writer_queues.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_queues_in_child)
+
+
+def writer_turn(engine: Engine) -> Callable[[], AbstractContextManager[None]]:
+    """A context manager factory to hold around each write transaction on ``engine``: for SQLite,
+    the turn of this thread among all writers of the file (see the module docstring); for
+    PostgreSQL, nothing (its row locks need no queue)."""
+    if engine.dialect.name != "sqlite" or fcntl is None or not engine.url.database:
+        return nullcontext
+    lock_path = os.path.abspath(engine.url.database) + "-writer.lock"
+
+    @contextmanager
+    def turn() -> Iterator[None]:
+        with _writer_queues_lock:
+            queue = _writer_queues.get(lock_path)
+            if queue is None:
+                queue = _writer_queues[lock_path] = _WriterQueue(lock_path)
+        with queue.turn():
+            yield
+
+    return turn

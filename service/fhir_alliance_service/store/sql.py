@@ -45,7 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, StatementError
 
-from .engine import READ_ONLY, connect_raw_autocommit
+from .engine import READ_ONLY, connect_raw_autocommit, writer_turn
 from .interface import (
     ApiKey,
     AuditEntry,
@@ -340,6 +340,7 @@ class SqlStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._reader = engine.execution_options(**{READ_ONLY: True})
+        self._writer_turn = writer_turn(engine)
         self._dialect = engine.dialect.name
         self._stamp_reader = _AutocommitReader(engine)
         self._stamp_sql = _KEYS_AND_CONSENT_STAMPS_SQL
@@ -352,7 +353,7 @@ class SqlStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._engine.begin() as connection:
+        with self._writer_turn(), self._engine.begin() as connection:
             yield connection
 
     @contextmanager
