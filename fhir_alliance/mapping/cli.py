@@ -4,6 +4,9 @@ The direction is detected per input item: an object with ``resourceType`` is FHI
 ``kind`` is one of our records. Every record kind and resource type is dispatched through
 :mod:`fhir_alliance.mapping.registry`, so the command knows no record kind by name. Resources are
 validated against base FHIR of the chosen version before they are written.
+
+With ``--ndjson``, JSON-lines records are streamed in two passes in flat memory
+(:mod:`fhir_alliance.mapping.streaming`); everything else is read and checked whole.
 """
 
 from __future__ import annotations
