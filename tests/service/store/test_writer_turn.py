@@ -78,3 +78,37 @@ def test_writers_in_two_processes_hold_the_turn_one_at_a_time_and_all_commit(
         assert len(store.list_records(limit=1000)) == WRITERS * RECORDS_EACH
     finally:
         store.close()
+
+
+def _take_turn_in_child(url: str, entered_path: str) -> None:
+    store = open_store(url)
+    try:
+        with writer_turn(store.engine)():
+            Path(entered_path).write_text(str(time.monotonic()))
+    finally:
+        store.close()
+
+
+def test_a_forked_child_waits_for_the_turn_its_parent_holds(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A child forked while its parent holds the turn queues behind the parent (no shared lock)."""
+    store = open_store(sqlite_url)
+    turn = writer_turn(store.engine)
+    entered_path = tmp_path / "entered"
+    context = multiprocessing.get_context("fork")
+    try:
+        with turn():
+            child = context.Process(
+                target=_take_turn_in_child, args=(sqlite_url, str(entered_path))
+            )
+            child.start()
+            time.sleep(0.5)
+            released = time.monotonic()
+        child.join(timeout=10)
+        if child.is_alive():  # stuck behind a lock it inherited: do not leave it running
+            child.kill()
+        assert child.exitcode == 0
+        assert float(entered_path.read_text()) >= released
+    finally:
+        store.close()
