@@ -69,7 +69,7 @@ def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
             raise SystemExit(
                 f"server stopped (exit {process.returncode}):\n{log.read_text()[-2000:]}"
             )
-        with contextlib.suppress(requests.ConnectionError):
+        with contextlib.suppress(requests.ConnectionError, requests.Timeout):
             if requests.get(url, timeout=5).status_code == 200:
                 return
         time.sleep(0.1)

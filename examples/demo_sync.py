@@ -171,7 +171,7 @@ def _wait_until_ready(service: Service) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         service.check_alive()
-        with contextlib.suppress(requests.ConnectionError):
+        with contextlib.suppress(requests.ConnectionError, requests.Timeout):
             if service.http.get(f"{service.api}/readyz", timeout=5).status_code == 200:
                 return
         time.sleep(0.2)
