@@ -92,17 +92,17 @@ def test_broken_and_escaping_links_are_found(tmp_path: Path) -> None:
     (tmp_path / "docs").mkdir()
     (tmp_path / "outside.md").write_text("")
     (tmp_path / "docs" / "good.md").write_text("[up](../outside.md) [self](good.md#top)")
-    (tmp_path / "docs" / "bad.md").write_text("[gone](missing.md) [design](../../shared/DESIGN.md)")
+    (tmp_path / "docs" / "bad.md").write_text("[gone](missing.md) [design](../../outside/DESIGN.md)")
     assert _broken_links(tmp_path) == [
         "docs/bad.md: missing.md",
-        "docs/bad.md: ../../shared/DESIGN.md",
+        "docs/bad.md: ../../outside/DESIGN.md",
     ]
 
 
 def test_link_check_sees_a_broken_link(tmp_path: Path) -> None:
     """The link extraction finds inline and reference links and skips code and web addresses."""
     text = (
-        "See [design](../shared/DESIGN.md) and [site](https://example.org/x.md).\n"
+        "See [design](../outside/DESIGN.md) and [site](https://example.org/x.md).\n"
         "`[not](a-link.md)`\n\n```\n[also not](b.md)\n```\n[ref]: docs/client.md\n"
     )
-    assert _relative_targets(text) == ["../shared/DESIGN.md", "docs/client.md"]
+    assert _relative_targets(text) == ["../outside/DESIGN.md", "docs/client.md"]
