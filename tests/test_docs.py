@@ -92,7 +92,9 @@ def test_broken_and_escaping_links_are_found(tmp_path: Path) -> None:
     (tmp_path / "docs").mkdir()
     (tmp_path / "outside.md").write_text("")
     (tmp_path / "docs" / "good.md").write_text("[up](../outside.md) [self](good.md#top)")
-    (tmp_path / "docs" / "bad.md").write_text("[gone](missing.md) [design](../../outside/DESIGN.md)")
+    (tmp_path / "docs" / "bad.md").write_text(
+        "[gone](missing.md) [design](../../outside/DESIGN.md)"
+    )
     assert _broken_links(tmp_path) == [
         "docs/bad.md: missing.md",
         "docs/bad.md: ../../outside/DESIGN.md",
