@@ -55,6 +55,9 @@ def test_demo_clinic_syncs_through_the_service(
     assert any("session-2: no consent" in line and "client-3" in line for line in held)
     sent = [line for line in out.splitlines() if line.strip().startswith("sent")]
     assert sent and all(fhir_server.base_url in line for line in sent)
+    # Client 2 declined an intervention: a treatment consent never decides a disclosure.
+    assert not any("client-2" in line for line in held)
+    assert any("srs-client-2" in line for line in sent)
     rupture = next(r for r in demo._load("2-sessions.json") if r["kind"] == "rupture")
     on_server = fhir_server.http.get(
         fhir_server.url("Observation"), params={"identifier": rupture["id"], "_summary": "count"}
