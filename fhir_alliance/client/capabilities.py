@@ -45,6 +45,8 @@ class ResourceCapabilities:
     conditional_update: bool = False
     conditional_delete: str | None = None
     search_params: frozenset[str] = frozenset()
+    #: ``rest.resource.operation`` names, without the ``$`` (e.g. ``import``).
+    operations: frozenset[str] = frozenset()
 
     def supports(self, interaction: str) -> bool:
         return interaction in self.interactions
@@ -77,6 +79,8 @@ class ServerCapabilities:
     resources: Mapping[str, ResourceCapabilities] = field(default_factory=dict)
     system_interactions: frozenset[str] = frozenset()
     software: str = ""
+    #: System-level ``rest.operation`` names, without the ``$`` (e.g. ``import``).
+    operations: frozenset[str] = frozenset()
 
     @property
     def release(self) -> str | None:
@@ -95,6 +99,11 @@ class ServerCapabilities:
     @property
     def supports_batch(self) -> bool:
         return "batch" in self.system_interactions
+
+    def supports_operation(self, name: str) -> bool:
+        """Whether ``$name`` is declared at system level or on any resource type."""
+        name = name.removeprefix("$")
+        return name in self.operations or any(name in r.operations for r in self.resources.values())
 
     def resource(self, resource_type: str) -> ResourceCapabilities:
         """The entry for ``resource_type``; an empty one (nothing supported) if not listed."""
@@ -164,6 +173,7 @@ class ServerCapabilities:
         )  # product name, never patient data
         resources: dict[str, ResourceCapabilities] = {}
         system: set[str] = set()
+        operations: set[str] = set()
         rests = statement.get("rest")
         rests = [] if rests is None else rests
         if not isinstance(rests, list):
@@ -172,6 +182,7 @@ class ServerCapabilities:
             if not isinstance(rest, Mapping) or rest.get("mode", "server") != "server":
                 continue
             system |= _codes(rest.get("interaction"), f"rest[{ri}].interaction")
+            operations |= _operation_names(rest.get("operation"), f"rest[{ri}]")
             entries = rest.get("resource") or []
             if not isinstance(entries, list):
                 raise MappingError("resource is not a list", element=f"rest[{ri}].resource")
@@ -196,12 +207,14 @@ class ServerCapabilities:
                         for p in params
                         if isinstance(p, Mapping) and isinstance(p.get("name"), str)
                     ),
+                    operations=frozenset(_operation_names(entry.get("operation"), where)),
                 )
         return cls(
             fhir_version=version,
             resources=resources,
             system_interactions=frozenset(system),
             software=software_name,
+            operations=frozenset(operations),
         )
 
     def to_summary(self) -> dict[str, Any]:
@@ -233,6 +246,18 @@ def _codes(interactions: object, where: str) -> set[str]:
         raise MappingError("interaction is not a list", element=f"{where}.interaction")
     return {
         i["code"] for i in interactions if isinstance(i, Mapping) and isinstance(i.get("code"), str)
+    }
+
+
+def _operation_names(operations: object, where: str) -> set[str]:
+    if operations is None:
+        return set()
+    if not isinstance(operations, list):
+        raise MappingError("operation is not a list", element=f"{where}.operation")
+    return {
+        o["name"].removeprefix("$")
+        for o in operations
+        if isinstance(o, Mapping) and isinstance(o.get("name"), str)
     }
 
 
