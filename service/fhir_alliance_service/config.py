@@ -77,6 +77,11 @@ class Settings:
     pull_interval_seconds: float = 30.0  # the worker pulls remote changes this often
     pull_overlap_seconds: float = 10.0  # re-read this far behind the newest lastUpdated seen
     pull_full_listing_seconds: float = 3600.0  # list everything this often (deletions)
+    #: How deletions on the server are noticed: ``auto`` reads ``[type]/_history`` where the
+    #: CapabilityStatement offers ``history-type``, else lists everything; ``listing`` always lists.
+    pull_deletions: str = "auto"  # auto | listing
+    #: Where deletions come from ``_history``, the full listing still runs this often (safety net).
+    pull_safety_listing_seconds: float = 86400.0
     pull_observations: bool = False  # also pull Observations written by others (read-only)
     #: What happens to data already shared once a consent no longer permits it.
     retraction_policy: str = "none"  # none | entered-in-error | delete
@@ -326,6 +331,8 @@ _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "pull_interval_seconds": _positive_float,
     "pull_overlap_seconds": _non_negative_float,
     "pull_full_listing_seconds": _positive_float,
+    "pull_deletions": _choice("auto", "listing"),
+    "pull_safety_listing_seconds": _positive_float,
     "pull_observations": _as_bool,
     "retraction_policy": _choice("none", "entered-in-error", "delete"),
     "conflict_policy": _choice("overwrite", "keep-remote", "flag"),
