@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "PENDING_PUSH_SQL",
     "PENDING_STATES_SQL",
     "UtcDateTime",
     "api_keys",
@@ -72,6 +73,9 @@ AutoId = BigInteger().with_variant(Integer(), "sqlite")
 
 # Outbox states that keep later items of the same patient waiting (claim order).
 PENDING_STATES_SQL = "state IN ('queued', 'failed')"
+
+# Audit rows waiting to be pushed to the FHIR server (first try or a retry).
+PENDING_PUSH_SQL = "push_state = 'pending'"
 
 metadata = MetaData(
     naming_convention={
@@ -125,7 +129,10 @@ outbox = Table(
     Column("record_version", Integer, nullable=False),
     Column("patient", Text, nullable=False),
     Column("state", String(16), nullable=False),
+    # Failed sends (transient failures); ``lost_leases``: leases that expired without a result,
+    # since the last result (a worker stopped on it: a poison record, or a database outage).
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("lost_leases", Integer, nullable=False, server_default=text("0")),
     Column("held_reason", Text),
     Column("next_attempt_at", UtcDateTime),
     Column("last_outcome", JSON),
@@ -168,7 +175,21 @@ audit = Table(
     Column("resource", JSON, nullable=False),
     Column("at", UtcDateTime, nullable=False),
     Column("pushed", Boolean, nullable=False, server_default=text("false")),
+    # The push queue (``push_audit`` on): NULL kept locally only; ``pending`` (due at
+    # ``push_next_at``, which is also the lease of the pass pushing it), ``pushed``,
+    # ``dead-lettered`` (``push_outcome`` holds the OperationOutcome). See ``audit_push.py``.
+    Column("push_state", String(16)),
+    Column("push_attempts", Integer, nullable=False, server_default=text("0")),
+    Column("push_next_at", UtcDateTime),
+    Column("push_outcome", JSON),
     Index("ix_audit_record_id_id", "record_id", "id"),
+    Index("ix_audit_at", "at"),
+    Index(
+        "ix_audit_pending_push_id",
+        "id",
+        sqlite_where=text(PENDING_PUSH_SQL),
+        postgresql_where=text(PENDING_PUSH_SQL),
+    ),
 )
 
 #: API keys: the public prefix, scopes and a hash of the secret (never the secret).
