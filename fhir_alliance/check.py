@@ -414,19 +414,23 @@ def _positive(text: str) -> float:
     return value
 
 
-def _handle(args: argparse.Namespace) -> int:
-    auth = _auth_from_args(args)
+def client_from_args(args: argparse.Namespace) -> FhirClient:
+    """The client for the options :func:`add_server_options` added."""
     timeout = float(args.timeout)
     deadline = float(args.deadline)
-    with FhirClient(
+    return FhirClient(
         args.base_url,
-        auth=auth,
+        auth=_auth_from_args(args),
         timeout=(min(timeout, 10.0), timeout),
         deadline=deadline,
         retry=RetryPolicy(max_attempts=3, max_elapsed=deadline),
         allow_insecure_http=args.allow_insecure_http,
         ca_bundle=_ca_bundle(args),
-    ) as client:
+    )
+
+
+def _handle(args: argparse.Namespace) -> int:
+    with client_from_args(args) as client:
         report = run_check(client)
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2)
@@ -459,6 +463,16 @@ def register(subparsers: Any) -> None:
         ),
         formatter_class=_HelpWithDefaults,
     )
+    add_server_options(parser)
+    parser.add_argument(
+        "--json", action="store_true", help="print the report as JSON instead of text"
+    )
+    parser.set_defaults(handler=_handle)
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """The options naming a FHIR server and how to reach it (base URL, auth, TLS, timeouts),
+    shared by the commands that talk to one; :func:`client_from_args` reads them."""
     parser.add_argument(
         "--base-url",
         required=True,
@@ -534,7 +548,3 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="allow credentials over plain http to a non-loopback host (never for real data)",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print the report as JSON instead of text"
-    )
-    parser.set_defaults(handler=_handle)
