@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
-    "PENDING_PUSH_SQL",
+    "UNSETTLED_PUSH_SQL",
     "PENDING_STATES_SQL",
     "UtcDateTime",
     "api_keys",
@@ -74,8 +74,8 @@ AutoId = BigInteger().with_variant(Integer(), "sqlite")
 # Outbox states that keep later items of the same patient waiting (claim order).
 PENDING_STATES_SQL = "state IN ('queued', 'failed')"
 
-# Audit rows waiting to be pushed to the FHIR server (first try or a retry).
-PENDING_PUSH_SQL = "push_state = 'pending'"
+# Audit rows still in the push queue: to push (first try or a retry) or dead-lettered.
+UNSETTLED_PUSH_SQL = "push_state IN ('pending', 'dead-lettered')"
 
 metadata = MetaData(
     naming_convention={
@@ -185,10 +185,11 @@ audit = Table(
     Index("ix_audit_record_id_id", "record_id", "id"),
     Index("ix_audit_at", "at"),
     Index(
-        "ix_audit_pending_push_id",
+        "ix_audit_unsettled_push_state_id",
+        "push_state",
         "id",
-        sqlite_where=text(PENDING_PUSH_SQL),
-        postgresql_where=text(PENDING_PUSH_SQL),
+        sqlite_where=text(UNSETTLED_PUSH_SQL),
+        postgresql_where=text(UNSETTLED_PUSH_SQL),
     ),
 )
 

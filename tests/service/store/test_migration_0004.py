@@ -76,7 +76,7 @@ def test_0004_upgrades_rows_in_place_and_downgrades(url_at_0003: str) -> None:
 
     upgrade(url, "0004")
     assert current_revision(url) == "0004"
-    assert {"ix_audit_at", "ix_audit_pending_push_id"} <= _indexes(url, "audit")
+    assert {"ix_audit_at", "ix_audit_unsettled_push_state_id"} <= _indexes(url, "audit")
     assert "lost_leases" in _columns(url, "outbox")
     engine = make_engine(url)
     try:
@@ -90,7 +90,7 @@ def test_0004_upgrades_rows_in_place_and_downgrades(url_at_0003: str) -> None:
 
     _downgrade(url, "0003")
     assert current_revision(url) == "0003"
-    assert not {"ix_audit_at", "ix_audit_pending_push_id"} & _indexes(url, "audit")
+    assert not {"ix_audit_at", "ix_audit_unsettled_push_state_id"} & _indexes(url, "audit")
     assert not {"push_state", "push_attempts", "push_next_at", "push_outcome"} & _columns(
         url, "audit"
     )

@@ -6,7 +6,7 @@
   behind: ``push_state`` (``pending`` | ``pushed`` | ``dead-lettered``; NULL: kept locally only),
   ``push_attempts``, ``push_next_at`` (the retry time, and the lease of a pass pushing it) and
   ``push_outcome`` (the last OperationOutcome) make it a queue like the outbox; a partial index
-  finds the pending rows. Rows pushed before this revision are marked ``pushed``; rows not pushed
+  finds the rows still queued (pending or dead-lettered). Rows pushed before this revision are marked ``pushed``; rows not pushed
   before it stay local (whether pushing was on when they were written is not known).
 * ``outbox.lost_leases``: leases that expired without a result, counted apart from ``attempts``
   (failed sends), so that a database outage that stopped a worker from recording a result is not
@@ -28,7 +28,8 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-_PENDING_PUSH = sa.text("push_state = 'pending'")
+# Rows still in the queue (the claim and the status counts read these through the index).
+_UNSETTLED_PUSH = sa.text("push_state IN ('pending', 'dead-lettered')")
 
 
 def upgrade() -> None:
@@ -42,11 +43,11 @@ def upgrade() -> None:
         batch.add_column(sa.Column("push_outcome", sa.JSON(), nullable=True))
     op.execute("UPDATE audit SET push_state = 'pushed' WHERE pushed")
     op.create_index(
-        "ix_audit_pending_push_id",
+        "ix_audit_unsettled_push_state_id",
         "audit",
-        ["id"],
-        sqlite_where=_PENDING_PUSH,
-        postgresql_where=_PENDING_PUSH,
+        ["push_state", "id"],
+        sqlite_where=_UNSETTLED_PUSH,
+        postgresql_where=_UNSETTLED_PUSH,
     )
     with op.batch_alter_table("outbox") as batch:
         batch.add_column(
@@ -57,7 +58,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("outbox") as batch:
         batch.drop_column("lost_leases")
-    op.drop_index("ix_audit_pending_push_id", table_name="audit")
+    op.drop_index("ix_audit_unsettled_push_state_id", table_name="audit")
     with op.batch_alter_table("audit") as batch:
         batch.drop_column("push_outcome")
         batch.drop_column("push_next_at")
