@@ -30,6 +30,8 @@ from typing import Any, Protocol
 __all__ = [
     "ApiKey",
     "AuditEntry",
+    "AuditPushFailure",
+    "AuditPushState",
     "IntakeResult",
     "NewRecord",
     "OutboxItem",
@@ -51,6 +53,14 @@ class SyncState(StrEnum):
     FAILED = "failed"  # a transient failure; retried at ``next_attempt_at``
     DEAD_LETTERED = "dead-lettered"  # permanent failure; ``last_outcome``: the OperationOutcome
     SUPERSEDED = "superseded"  # a newer version of the record replaced it before it was sent
+
+
+class AuditPushState(StrEnum):
+    """Where an audit row stands with the FHIR server (``push_audit``; None: kept locally only)."""
+
+    PENDING = "pending"  # to push: first try or a retry at ``push_next_at``
+    PUSHED = "pushed"  # the server took it
+    DEAD_LETTERED = "dead-lettered"  # refused for good; ``push_outcome``: the OperationOutcome
 
 
 class PutOutcome(StrEnum):
@@ -165,6 +175,21 @@ class AuditEntry:
     at: datetime
     pushed: bool = False
     id: int | None = None
+    #: The push queue (``audit_push.py``): None, kept locally only; PENDING, to push (intake of a
+    #: row with PENDING queues it); failed pushes so far; the last failure's OperationOutcome.
+    push_state: AuditPushState | None = None
+    push_attempts: int = 0
+    push_outcome: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPushFailure:
+    """One failed push of the audit row ``entry_id``: tried again at ``next_attempt_at``, or
+    dead-lettered when it is None; ``outcome`` is the OperationOutcome either way."""
+
+    entry_id: int
+    outcome: Mapping[str, Any]
+    next_attempt_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +376,32 @@ class Store(Protocol):
         """Per UTC day of the audit entries at ``since`` or later and before ``until``: for each
         of ``actions``, how many distinct records have an entry of that action that day. One
         aggregate query; days and actions without an entry are left out."""
+        ...
+
+    # -- the audit push queue (``audit_push.py``; SQL in ``store/audit_queue.py``) -------------
+    def claim_audit_pushes(
+        self, *, limit: int, lease_seconds: float, now: datetime
+    ) -> list[AuditEntry]:
+        """Up to ``limit`` PENDING audit rows due at ``now``, oldest first, leased: their next try
+        moves to ``now + lease_seconds``, so that another pass skips them meanwhile and a pass
+        that stops leaves them due again later (no failure counted)."""
+        ...
+
+    def record_audit_pushes(
+        self, pushed: Sequence[int], failed: Sequence[AuditPushFailure], *, at: datetime
+    ) -> None:
+        """In one transaction: the rows ``pushed`` become PUSHED; each failure counts one push
+        attempt and schedules a retry or dead-letters the row. Rows no longer PENDING are left
+        as they are."""
+        ...
+
+    def audit_push_counts(self) -> dict[AuditPushState, int]:
+        """Audit rows still queued: PENDING and DEAD_LETTERED (one indexed count; pushed rows
+        and rows kept locally only are not counted)."""
+        ...
+
+    def replay_audit_pushes(self) -> int:
+        """Re-queue every dead-lettered audit push (attempts start again); how many."""
         ...
 
     # -- API keys ------------------------------------------------------------------------------

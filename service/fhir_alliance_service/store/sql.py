@@ -45,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, StatementError
 
+from .audit_queue import AuditQueueSql, audit_entry, audit_row
 from .engine import READ_ONLY, connect_raw_autocommit, writer_turn
 from .interface import (
     ApiKey,
@@ -323,18 +324,10 @@ def _first_unserialisable(records: Sequence[NewRecord], audit: Sequence[AuditEnt
     return None
 
 
-def _audit_row(entry: AuditEntry) -> dict[str, Any]:
-    return {
-        "action": entry.action,
-        "record_id": entry.record_id,
-        "patient": entry.patient,
-        "resource": entry.resource,
-        "at": entry.at,
-        "pushed": entry.pushed,
-    }
+_audit_row = audit_row
 
 
-class SqlStore:
+class SqlStore(AuditQueueSql):
     """The store over one SQLAlchemy engine; build it with :func:`open_store`."""
 
     def __init__(self, engine: Engine) -> None:
@@ -937,18 +930,7 @@ class SqlStore:
             query = query.where(audit_log.c.id > after)
         query = query.order_by(audit_log.c.id).limit(limit)
         with self._read() as connection:
-            return [
-                AuditEntry(
-                    action=row.action,
-                    record_id=row.record_id,
-                    patient=row.patient,
-                    resource=row.resource,
-                    at=row.at,
-                    pushed=row.pushed,
-                    id=row.id,
-                )
-                for row in connection.execute(query)
-            ]
+            return [audit_entry(row) for row in connection.execute(query)]
 
     def audit_counts_by_day(
         self, actions: Sequence[str], *, since: datetime, until: datetime
