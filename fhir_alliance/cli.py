@@ -35,6 +35,10 @@ _BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
         "write records as FHIR Bulk Data NDJSON files plus a manifest, gated by consent",
         "fhir_alliance.mapping.bulk:register",
     ),
+    "push": (
+        "send export --bulk files to a FHIR server: $import where offered, else transactions",
+        "fhir_alliance.bulk_push:register",
+    ),
     "decide": (
         "decide a request against consents (FHIR R4/R5 or our JSON); LEAP-compatible",
         "fhir_alliance.consent.cli:register",
