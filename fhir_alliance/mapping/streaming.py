@@ -1,14 +1,17 @@
 """Records → FHIR NDJSON in flat memory, for ``fhir-alliance map --ndjson`` over JSON-lines input.
 
-Two passes over each input file. Pass 1 reads one line at a time, loads each record and keeps only
-what the rules across the batch need: a mapper's ``batch_key`` of each record where it offers one
-(an observation's id and rupture link), otherwise the record itself (consents and revocations, which
-``apply_batch`` folds together, are held whole). Pass 2 reads the files again and maps, validates
-and yields one record's resources at a time.
+One pass over the input: each line is parsed, loaded, mapped, validated and serialised at once,
+and its lines go to a spool (a temporary file), not to the output. What the rules across the batch
+need is kept on the side: a mapper's ``batch_key`` of each record where it offers one (an
+observation's id and rupture link), otherwise the record itself (consents and revocations, which
+``apply_batch`` folds together, are held whole and mapped once the batch is folded; their place in
+the output is remembered). Only when the whole input has passed every check is the spool handed
+out, with the folded records' lines spliced in at their places, so an input with an error never
+yields a byte, and each record is parsed and loaded once.
 
-Anything pass 1 cannot settle on its own (a line that is not one whole JSON object, a FHIR
-resource, an input over the size cap, a record that does not load, a batch rule broken) returns
-``None``, and the caller runs the in-memory path, which reports exactly what it always has.
+Anything the pass cannot settle on its own (a line that is not one whole JSON object, a FHIR
+resource, an input over the size cap, a record that does not load or map, a batch rule broken)
+returns ``None``, and the caller runs the in-memory path, which reports exactly what it always has.
 Standard input cannot be read twice: :func:`spooled_inputs` copies it to a temporary file first.
 """
 
@@ -21,11 +24,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 
-from fhir_alliance.errors import InputError, JsonInputError
+from fhir_alliance.errors import FhirAllianceError, InputError, JsonInputError
 from fhir_alliance.jsonio import parse_json
 from fhir_alliance.mapping.export import validate_fastest
 from fhir_alliance.mapping.registry import RecordMapper, mapper_for_kind
@@ -34,6 +37,9 @@ __all__ = ["InputFile", "spooled_inputs", "stream_ndjson"]
 
 _BOM = b"\xef\xbb\xbf"
 _JSON_WHITESPACE = b" \t\r\n"
+_CHUNK = 1 << 20
+#: The spool stays in memory up to this size, then moves to a temporary file.
+_SPOOL_IN_MEMORY = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ def spooled_inputs(names: Sequence[str], *, max_bytes: int) -> Iterator[list[Inp
 def _copy_at_most(source: Any, target: Any, limit: int) -> None:
     remaining = limit
     while remaining > 0:
-        chunk = source.read(min(remaining, 1 << 20))
+        chunk = source.read(min(remaining, _CHUNK))
         if not chunk:
             return
         target.write(chunk)
@@ -77,7 +83,7 @@ def _copy_at_most(source: Any, target: Any, limit: int) -> None:
 
 
 class _NotStreamable(Exception):
-    """Pass 1 met something only the in-memory path handles or reports."""
+    """The pass met something only the in-memory path handles or reports."""
 
 
 def _records(files: Sequence[InputFile], max_bytes: int) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -90,6 +96,8 @@ def _records(files: Sequence[InputFile], max_bytes: int) -> Iterator[tuple[str, 
             handle = open(file.path, "rb")  # noqa: SIM115 - closed below, also if abandoned
         except OSError:
             raise _NotStreamable from None
+        source = file.label
+        prefix = f"{source}:"
         with handle:
             index = 0
             for number, line in enumerate(handle):
@@ -98,81 +106,144 @@ def _records(files: Sequence[InputFile], max_bytes: int) -> Iterator[tuple[str, 
                 if not line.strip(_JSON_WHITESPACE):
                     continue
                 try:
-                    item = parse_json(line, source=file.label)
+                    item = parse_json(line, source=source)
                 except JsonInputError:
                     raise _NotStreamable from None
                 if not isinstance(item, Mapping) or "resourceType" in item:
                     raise _NotStreamable
-                yield f"{file.label}:{index}", item
+                yield f"{prefix}{index}", item
                 index += 1
 
 
-def _mapper(item: Mapping[str, Any]) -> RecordMapper:
-    try:
-        return mapper_for_kind(item.get("kind"))
-    except InputError:
-        raise _NotStreamable from None
+class _Slot(NamedTuple):
+    """Where a folded mapper's record goes in the output: before the spool's byte ``offset``."""
+
+    offset: int
+    label: str
+    mapper: RecordMapper
+
+
+class _Spliced(NamedTuple):
+    """The spool's bytes ``[start, end)``: one folded record's lines, written after the pass."""
+
+    start: int
+    end: int
 
 
 def stream_ndjson(
     files: Sequence[InputFile], *, version: str, max_bytes: int
 ) -> Iterator[bytes] | None:
-    """Every record's validated resources, one NDJSON line each; ``None`` when the input needs the
-    in-memory path (see the module docstring). All loading and batch checks are done before this
-    returns, so an input with an error never yields a line."""
+    """Every record's validated resources as NDJSON (chunks of whole lines, in input order);
+    ``None`` when the input needs the in-memory path (see the module docstring). All loading,
+    mapping, validation and batch checks are done before this returns, so an input with an error
+    never yields a byte."""
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by _spliced
     try:
-        folded = _check(files, max_bytes)
+        body_end, places = _map_to_spool(files, version, max_bytes, spool)
     except _NotStreamable:
+        spool.close()
         return None
-    return _lines(files, version, max_bytes, folded)
+    except BaseException:
+        spool.close()
+        raise
+    return _spliced(spool, body_end, places)
 
 
-def _check(files: Sequence[InputFile], max_bytes: int) -> dict[int, dict[str, Any]]:
-    """Pass 1: load every record, apply the batch rules on keys; returns, per folding mapper, the
-    records it keeps (label → record); everything else is mapped from the input again."""
-    mappers: dict[int, RecordMapper] = {}
+def _map_to_spool(
+    files: Sequence[InputFile], version: str, max_bytes: int, spool: IO[bytes]
+) -> tuple[int, list[tuple[_Slot, _Spliced | None]]]:
+    """The pass: every record mapped to the spool, the batch rules applied; returns where the
+    pass's lines end, the places of the folded mappers' records and where their lines were
+    written after that (``None``: folded into another record)."""
+    by_kind: dict[Any, RecordMapper] = {}
     keys: dict[int, list[tuple[str, Any]]] = {}
     held: dict[int, list[tuple[str, Any]]] = {}
+    mappers: dict[int, RecordMapper] = {}
+    slots: list[_Slot] = []
+    write = spool.write
+    dumps = orjson.dumps
+    newline = orjson.OPT_APPEND_NEWLINE
     for label, item in _records(files, max_bytes):
-        mapper = _mapper(item)
+        kind = item.get("kind")
+        try:
+            mapper = by_kind[kind]
+        except (KeyError, TypeError):
+            try:
+                mapper = mapper_for_kind(kind)
+            except InputError:
+                raise _NotStreamable from None
+            if isinstance(kind, str):
+                by_kind[kind] = mapper
         try:
             record = mapper.load(item)
         except InputError:
             raise _NotStreamable from None
         mine = id(mapper)
         mappers[mine] = mapper
-        if hasattr(mapper, "apply_batch"):
+        if hasattr(mapper, "apply_batch"):  # mapped once the batch is folded
             held.setdefault(mine, []).append((label, record))
-        elif hasattr(mapper, "batch_key"):
-            keys.setdefault(mine, []).append((label, mapper.batch_key(record)))
+            slots.append(_Slot(spool.tell(), label, mapper))
+            continue
+        if hasattr(mapper, "batch_key"):
+            # The label is only read when a rule is broken, and then the in-memory path reports
+            # it: one shared empty label keeps the kept keys small.
+            keys.setdefault(mine, []).append(("", mapper.batch_key(record)))
         elif hasattr(mapper, "check_batch"):  # no keys offered: the rules need the records
             held.setdefault(mine, []).append((label, record))
+        try:
+            for resource in mapper.to_fhir(record, version=version):
+                validate_fastest(resource, version=version)
+                write(dumps(resource, option=newline))
+        except FhirAllianceError:
+            raise _NotStreamable from None
     for mine, labelled_keys in keys.items():
         if mappers[mine].check_batch_keys(labelled_keys):  # type: ignore[attr-defined]
             raise _NotStreamable
-    folded: dict[int, dict[str, Any]] = {}
+    kept: dict[str, Any] = {}
     for mine, labelled in held.items():
         mapper = mappers[mine]
         if hasattr(mapper, "check_batch") and mapper.check_batch(labelled):
             raise _NotStreamable
         if hasattr(mapper, "apply_batch"):
-            folded[mine] = dict(mapper.apply_batch(labelled))
-    return folded
+            kept.update(mapper.apply_batch(labelled))
+    body_end = spool.tell()
+    places: list[tuple[_Slot, _Spliced | None]] = []
+    for slot in slots:
+        record = kept.pop(slot.label, None)
+        if record is None:
+            places.append((slot, None))  # a revocation, folded into its consent
+            continue
+        start = spool.tell()
+        try:
+            for resource in slot.mapper.to_fhir(record, version=version):
+                validate_fastest(resource, version=version)
+                write(dumps(resource, option=newline))
+        except FhirAllianceError:
+            raise _NotStreamable from None
+        places.append((slot, _Spliced(start, spool.tell())))
+    return body_end, places
 
 
-def _lines(
-    files: Sequence[InputFile], version: str, max_bytes: int, folded: dict[int, dict[str, Any]]
+def _spliced(
+    spool: IO[bytes], body_end: int, places: list[tuple[_Slot, _Spliced | None]]
 ) -> Iterator[bytes]:
-    """Pass 2: map, validate and serialise one record at a time."""
-    for label, item in _records(files, max_bytes):
-        mapper = _mapper(item)
-        kept = folded.get(id(mapper))
-        if kept is None:
-            record = mapper.load(item)
-        elif label in kept:
-            record = kept.pop(label)
-        else:
-            continue  # folded into another record (a revocation into its consent)
-        for resource in mapper.to_fhir(record, version=version):
-            validate_fastest(resource, version=version)
-            yield orjson.dumps(resource) + b"\n"
+    """The spool in input order: the pass's lines with each folded record's lines at its place."""
+    with spool:
+        position = 0
+        for slot, spliced in places:
+            yield from _copy(spool, position, slot.offset)
+            position = slot.offset
+            if spliced is not None:
+                yield from _copy(spool, spliced.start, spliced.end)
+        yield from _copy(spool, position, body_end)
+
+
+def _copy(spool: IO[bytes], start: int, end: int) -> Iterator[bytes]:
+    spool.seek(start)
+    remaining = end - start
+    while remaining > 0:
+        chunk = spool.read(min(remaining, _CHUNK))
+        if not chunk:
+            return
+        yield chunk
+        remaining -= len(chunk)

@@ -1,9 +1,10 @@
-"""``fhir-alliance map --ndjson`` over JSON lines streams in two passes: same bytes, same errors."""
+"""``fhir-alliance map --ndjson`` over JSON lines streams in one pass: same bytes, same errors."""
 
 from __future__ import annotations
 
 import io
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,17 @@ def test_batch_keys_give_the_same_issues_as_the_records() -> None:
         keys = [(label, OBSERVATIONS.batch_key(record)) for label, record in batch]
         assert OBSERVATIONS.check_batch_keys(keys) == OBSERVATIONS.check_batch(batch)
         assert OBSERVATIONS.check_batch_keys(keys)  # each batch does break a rule
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_folded_consents_keep_their_place_among_other_records(tmp_path: Path, seed: int) -> None:
+    """Consents (mapped only once the batch is folded) land between the other records' lines
+    exactly where the in-memory path puts them, wherever they stand in the input."""
+    batch = _mixed_batch()
+    random.Random(seed).shuffle(batch)
+    source = _write_lines(tmp_path / "shuffled.ndjson", batch)
+    streamed = streaming.stream_ndjson(
+        [streaming.InputFile(str(source), str(source))], version="4.0.1", max_bytes=1 << 20
+    )
+    assert streamed is not None
+    assert b"".join(streamed) == _in_memory_ndjson(source, "4.0.1")
