@@ -50,11 +50,13 @@ from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import CONFLICTS, SEND_FAILURES, SEND_LATENCY, SENDS
 from fhir_alliance_service.store.interface import (
     AuditEntry,
+    AuditPushState,
     OutboxItem,
     SentMark,
     SentResource,
     Store,
 )
+from fhir_alliance_service.sync.audit_push import push_pending_audit
 from fhir_alliance_service.sync.gate import GateResult, gate_item
 from fhir_alliance_service.sync.retry import decide_retry, is_transient
 from fhir_alliance_service.sync.target import note_contact, target_fhir_version
@@ -207,6 +209,15 @@ class Worker:
             )
             report.error = "the FHIR server could not be reached"
             return report
+        if self.settings.push_audit:  # audit rows queued by earlier batches (bounded)
+            push_pending_audit(
+                self.settings,
+                self.store,
+                self.client,
+                now=self.clock,
+                prepare=self._tagged,
+                random=self.random,
+            )
         now = self.clock()
         items = self.store.claim(
             self.worker_id,
@@ -418,15 +429,10 @@ class Worker:
                 report.resources_sent += len(mark.sent)
 
     def _push_audit(self, entries: list[AuditEntry]) -> list[AuditEntry]:
-        """PUT the AuditEvent/Provenance resources (batch: each on its own); entries the server
-        took are stored as pushed. A failure here never fails the record's send."""
-        requests = [BundleRequest.put(self._tagged(dict(e.resource))) for e in entries]
-        try:
-            outcomes = self.client.batch(requests, chunk_size=max(1, len(requests)))
-        except ServerError as exc:
-            log.warning("audit push failed: %s %s", type(exc).__name__, exc.status or "")
-            return entries
-        return [replace(e, pushed=o.ok) for e, o in zip(entries, outcomes, strict=True)]
+        """Queue the AuditEvent/Provenance resources for the FHIR server: stored PENDING with the
+        send, pushed by the next batch's ``push_pending_audit`` (``sync/audit_push.py``: retried
+        or dead-lettered, never dropped). A failed push never fails the record's send."""
+        return [replace(e, push_state=AuditPushState.PENDING) for e in entries]
 
     # ------------------------------------------------------------------ two-way sync: conflicts
 
