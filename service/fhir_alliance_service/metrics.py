@@ -24,9 +24,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from fhir_alliance_service.store.interface import Store, SyncState
+from fhir_alliance_service.store.interface import AuditPushState, Store, SyncState
 
 __all__ = [
+    "AUDIT_PUSHES",
     "CONFLICTS",
     "DECISIONS",
     "HELD",
@@ -37,6 +38,7 @@ __all__ = [
     "SENDS",
     "SEND_FAILURES",
     "SEND_LATENCY",
+    "AuditPushDepthCollector",
     "QueueDepthCollector",
     "render_metrics",
     "serve_metrics",
@@ -106,10 +108,38 @@ class QueueDepthCollector(Collector):
         )
 
 
+class AuditPushDepthCollector(Collector):
+    """``fhir_alliance_audit_push_depth{state=…}``: audit rows waiting to be pushed (``pending``)
+    and refused for good (``dead-lettered``), read from the store at each scrape (one indexed
+    query; ``sync/audit_push.py``)."""
+
+    def __init__(self, store_provider: Callable[[], Store]) -> None:
+        self._store_provider = store_provider
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        counts = self._store_provider().audit_push_counts()
+        for state in (AuditPushState.PENDING, AuditPushState.DEAD_LETTERED):
+            family.add_metric([state.value], counts.get(state, 0))
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "fhir_alliance_audit_push_depth",
+            "Audit rows to push to the FHIR server, by state, read from the store at scrape time.",
+            labels=["state"],
+        )
+
+
 def _scrape_registry(store: Store) -> CollectorRegistry:
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_RegistryView(REGISTRY))
     scrape.register(QueueDepthCollector(lambda: store))
+    scrape.register(AuditPushDepthCollector(lambda: store))
     return scrape
 
 
@@ -161,6 +191,13 @@ CONFLICTS = Counter(
 RETRACTIONS = Counter(
     "fhir_alliance_retractions",
     "Shared resources no longer permitted, by what the retraction policy did (per process).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+AUDIT_PUSHES = Counter(
+    "fhir_alliance_audit_pushes",
+    "Audit rows pushed to the FHIR server, by what became of them: pushed, retried (a failure "
+    "tried again later), dead-lettered (per process; sync/audit_push.py).",
     ["outcome"],
     registry=REGISTRY,
 )
