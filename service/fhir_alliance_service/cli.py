@@ -139,6 +139,11 @@ def register(subparsers: Any) -> None:
         help="a record id (or its identifier system|value)",
     )
     which.add_argument("--all", action="store_true", help="every dead-lettered record")
+    which.add_argument(
+        "--audit",
+        action="store_true",
+        help="every dead-lettered audit push (AuditEvent/Provenance, push_audit)",
+    )
     replay.set_defaults(handler=_guarded(_replay))
 
     create_key = subparsers.add_parser(
@@ -508,11 +513,12 @@ def _status(args: argparse.Namespace) -> int:
     """Counts of outbox items by state, the reasons items are held, and the FHIR server's last
     contact."""
     settings = _settings()
-    from fhir_alliance_service.store.interface import SyncState
+    from fhir_alliance_service.store.interface import AuditPushState, SyncState
     from fhir_alliance_service.sync.target import META_FHIR_VERSION, META_LAST_CONTACT
 
     with _opened_store(settings) as store:
         counts = store.counts_by_state()
+        audit_push = store.audit_push_counts()
         held = Counter(
             status.held_reason or "(no reason recorded)"
             for status in store.list_by_state(SyncState.HELD, limit=HELD_REASONS_SCAN)
@@ -522,6 +528,11 @@ def _status(args: argparse.Namespace) -> int:
             "held_reasons": dict(held.most_common()),
             # Reasons are counted over the oldest HELD_REASONS_SCAN held items at most.
             "held_reasons_of": sum(held.values()),
+            # Audit rows for the FHIR server (push_audit): waiting, and refused for good.
+            "audit_push": {
+                state.value: audit_push.get(state, 0)
+                for state in (AuditPushState.PENDING, AuditPushState.DEAD_LETTERED)
+            },
             "fhir_server": {
                 "base_url": settings.fhir_base_url,
                 "last_contact": store.get_meta(META_LAST_CONTACT),
@@ -538,6 +549,9 @@ def _status(args: argparse.Namespace) -> int:
         print(f"held{f' (reasons of the oldest {scanned})' if more else ''}:")
         for reason, count in held.most_common():
             print(f"  {count:6d}  {reason}")
+    if audit_push:
+        pushes = report["audit_push"]
+        print(f"audit pushes: pending {pushes['pending']}, dead-lettered {pushes['dead-lettered']}")
     server = report["fhir_server"]
     print(f"FHIR server: {server['base_url'] or '(not configured)'}")
     print(f"  last contact: {server['last_contact'] or 'never'}")
@@ -554,8 +568,14 @@ def _counts_line(counts: dict[Any, int]) -> str:
 
 def _replay(args: argparse.Namespace) -> int:
     """Re-queue dead-lettered records after the cause is fixed: one (by record id, or by its
-    business identifier ``system|value``) or ``--all``. Attempts start again at 0."""
+    business identifier ``system|value``) or ``--all``; ``--audit``: every dead-lettered audit
+    push. Attempts start again at 0."""
     settings = _settings()
+    if args.audit:
+        with _opened_store(settings) as store:
+            count = store.replay_audit_pushes()
+        print(f"re-queued {count} dead-lettered audit push(es)")
+        return 0
     record_id = None if args.all else _record_id(args.record)
     with _opened_store(settings) as store:
         if record_id is not None and store.get_record(record_id) is None:
