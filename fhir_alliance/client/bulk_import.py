@@ -227,8 +227,10 @@ def wait_for_import(
                 status=answer.status,
             )
         told = parse_retry_after(answer.headers.get("Retry-After"), now=client.retry.wall_clock())
-        delay = min(told, policy.max_retry_after) if told is not None else wait
-        wait = min(policy.max_wait, wait * 2)
+        if told is not None:
+            delay = min(told, policy.max_retry_after)
+        else:  # exponential backoff, advanced only by the polls that had no Retry-After
+            delay, wait = wait, min(policy.max_wait, wait * 2)
         elapsed = policy.clock() - started
         if elapsed + delay > policy.timeout:
             raise TransportError(
