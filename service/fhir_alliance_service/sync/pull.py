@@ -9,9 +9,15 @@ whose consents changed. See docs/two-way-sync.md.
   page by page (memory stays flat: one page at a time, one store lookup per page); every resource
   is deduplicated on (id, versionId) against ``pulled_resources``. A patient seen for the first
   time is read in full.
-* **Deletions**: the test server (and many others) has no type-level ``_history``, so every
-  ``pull_full_listing_seconds`` the pull lists everything of our patients instead; a resource
-  seen before and missing from a complete listing was deleted.
+* **Deletions**: where the server's CapabilityStatement offers ``history-type`` for the type
+  (and ``pull_deletions`` is ``auto``), each pass reads ``[type]/_history?_since=<newest history
+  stamp seen - overlap>`` page by page (one page in memory, one store lookup per page): a DELETE
+  entry (or a 410) of a resource we track, not already deleted and not followed by a newer
+  version we have read, is a deletion. The full listing then runs only every
+  ``pull_safety_listing_seconds`` (a safety net for history a server trims or garbles), and at
+  once in a pass whose history answer cannot be read (history is then off for this puller).
+  Elsewhere every ``pull_full_listing_seconds`` the pull lists everything of our patients; a
+  resource seen before and missing from a complete listing was deleted.
 * **Source of truth**: a Consent written by someone else (foreign) belongs to the server: it is
   mapped with the library (IHE PCF / LEAP shapes included) and stored as a *remote-origin* consent
   record (never pushed back) that joins the patient's engine, deny-overrides. One that cannot be
@@ -29,14 +35,23 @@ Logs carry counts only: never resource content, patient keys or identifiers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fhir_alliance.client import FhirClient
 from fhir_alliance.client.bundles import search_token
-from fhir_alliance.errors import FhirAllianceError, InputError, ServerError
+from fhir_alliance.errors import (
+    FhirAllianceError,
+    InputError,
+    InvalidResponseError,
+    LimitExceededError,
+    NotFoundError,
+    ServerError,
+    UnprocessableError,
+    UnsafeLinkError,
+)
 from fhir_alliance.mapping._ids import resource_id
 from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
 from fhir_alliance.mapping.consent import from_consent
@@ -57,6 +72,7 @@ from fhir_alliance_service.store.interface import (
     PutOutcome,
     Store,
 )
+from fhir_alliance_service.sync.history import HistoryEntry, history_entries
 from fhir_alliance_service.usecases.consents import PULLED_DELETED_MARK
 from fhir_alliance_service.usecases.intake import content_hash, intake_records
 
@@ -82,6 +98,21 @@ PATIENTS_PER_QUERY = 100
 PAGE_SIZE = 500
 #: Pages one search may take before the client refuses (a bound, not a target).
 MAX_PAGES = 100_000
+#: How deletions were looked for, per type, in :attr:`PullReport.deletions`.
+DELETIONS_HISTORY = "history"
+DELETIONS_LISTING = "listing"
+DELETIONS_NONE = "none"  # an incremental pass on a server without usable history
+#: The history answers that mean "this server's history is not usable" (the pass lists instead):
+#: not a history Bundle, refused (400/422), not there (404), a link outside the base, too long.
+HISTORY_UNUSABLE = (
+    InvalidResponseError,
+    UnprocessableError,
+    NotFoundError,
+    UnsafeLinkError,
+    LimitExceededError,
+)
+#: Where the newest ``_history`` stamp seen is kept: a pull cursor row of its own.
+HISTORY_CURSOR = "{}/_history"
 #: Unreadable consents are stored with this body: loading it fails, so the gate holds.
 UNREADABLE_KIND = "consent"
 #: In the body of a pulled consent that could not be read and was then deleted on the server:
@@ -98,7 +129,9 @@ def foreign_record_id(server: str, resource_id_on_server: str) -> str:
 @dataclass(slots=True)
 class PullReport:
     """What one pull did, by resource: read, skipped as already seen, merged, unreadable,
-    adopted withdrawals of ours, conflicts, deletions; and the patients whose consents changed."""
+    adopted withdrawals of ours, conflicts, deletions; and the patients whose consents changed.
+    ``deletions`` says, per resource type, how deletions were looked for (``history``,
+    ``listing`` or ``none``); ``history_pages``/``history_entries`` what ``_history`` gave."""
 
     read: int = 0
     duplicates: int = 0
@@ -111,6 +144,10 @@ class PullReport:
     ignored: int = 0
     pages: int = 0
     full_listing: bool = False
+    deletions: dict[str, str] = field(default_factory=dict)
+    history_pages: int = 0
+    history_entries: int = 0
+    history_failed: str | None = None
     released: int = 0
     changed_patients: set[str] = field(default_factory=set)
     error: str | None = None
@@ -155,6 +192,7 @@ class Puller:
         self.clock = clock
         self.page_size = page_size
         self._links: list[tuple[str, str]] = []  # patient links found, saved after their read
+        self._history_off: set[str] = set()  # types whose _history answer could not be read
 
     # ------------------------------------------------------------------ patients
 
@@ -268,12 +306,41 @@ class Puller:
         cursor = self.store.get_pull_cursor(self.server, resource_type) or PullCursor(
             self.server, resource_type
         )
+        history = self._history_offered(resource_type)
+        every = (
+            self.settings.pull_safety_listing_seconds
+            if history
+            else self.settings.pull_full_listing_seconds
+        )
         due = (
             cursor.full_listing_at is None
-            or (now - cursor.full_listing_at).total_seconds()
-            >= self.settings.pull_full_listing_seconds
+            or (now - cursor.full_listing_at).total_seconds() >= every
         )
         full = due if full_listing is None else full_listing
+        history_key = HISTORY_CURSOR.format(resource_type)
+        history_at: str | None = None
+        if history:
+            saved = self.store.get_pull_cursor(self.server, history_key)
+            history_at = saved.last_updated if saved is not None else None
+            try:
+                if full:  # the listing notices what came before; history takes over after it
+                    history_at = self._history_head(resource_type) or history_at
+                else:
+                    history_at = self._history_deletions(resource_type, history_at, report)
+                    report.deletions[resource_type] = DELETIONS_HISTORY
+            except HISTORY_UNUSABLE as exc:
+                self._history_off.add(resource_type)
+                report.history_failed = type(exc).__name__
+                log.warning(
+                    "%s history unusable (%s %s): listing instead",
+                    resource_type,
+                    type(exc).__name__,
+                    getattr(exc, "status", None) or "-",
+                )
+                history, full = False, True
+        if full:
+            report.deletions[resource_type] = DELETIONS_LISTING
+        report.deletions.setdefault(resource_type, DELETIONS_NONE)
         generation = cursor.generation + 1 if full else cursor.generation
         report.full_listing = report.full_listing or full
         since = None
@@ -302,6 +369,10 @@ class Puller:
                         newest_at, newest = at, str(stamp)
         if full:
             self._deletions(resource_type, generation, report)
+        saved_at = self.clock()
+        if history and history_at is not None:
+            cursor_row = PullCursor(self.server, history_key, last_updated=history_at)
+            self.store.save_pull_cursor(cursor_row, at=saved_at)
         self.store.save_pull_cursor(
             PullCursor(
                 self.server,
@@ -310,8 +381,84 @@ class Puller:
                 generation=generation,
                 full_listing_at=now if full else cursor.full_listing_at,
             ),
-            at=self.clock(),
+            at=saved_at,
         )
+
+    # ------------------------------------------------------------------ _history
+
+    def _history_offered(self, resource_type: str) -> bool:
+        """Read deletions from ``[type]/_history``: allowed by ``pull_deletions``, offered by the
+        server's CapabilityStatement (``history-type``), and not found unusable by this puller."""
+        if self.settings.pull_deletions != "auto" or resource_type in self._history_off:
+            return False
+        try:
+            capabilities = self.client.capabilities()
+        except ServerError as exc:
+            log.info("no CapabilityStatement (%s): deletions by listing", type(exc).__name__)
+            return False
+        return capabilities.resource(resource_type).supports("history-type")
+
+    def _history_head(self, resource_type: str) -> str | None:
+        """The newest stamp in ``[type]/_history`` (its first page of one entry: history is
+        newest first), taken before a full listing: where the next pass's history read starts.
+        A server that put the oldest first only makes that read longer, never miss anything."""
+        pages = self.client.search_pages(
+            f"{resource_type}/_history", [("_count", "1")], max_pages=1
+        )
+        first = next(pages, None)  # the next page is never asked for
+        newest = _newest(history_entries(first, resource_type)) if first is not None else None
+        return newest[1] if newest is not None else None
+
+    def _history_deletions(
+        self, resource_type: str, history_at: str | None, report: PullReport
+    ) -> str | None:
+        """Read ``[type]/_history`` since ``history_at`` (minus the overlap), one page at a time,
+        and apply the deletions of resources we track; the newest stamp seen (the next start)."""
+        params = [("_count", str(self.page_size))]
+        start = _instant(history_at)
+        if start is not None:
+            since = start - timedelta(seconds=self.settings.pull_overlap_seconds)
+            params.append(("_since", _search_instant(since)))
+        newest_at = start
+        pages = self.client.search_pages(f"{resource_type}/_history", params, max_pages=MAX_PAGES)
+        for bundle in pages:
+            report.history_pages += 1
+            entries = list(history_entries(bundle, resource_type))
+            report.history_entries += len(entries)
+            page_newest = _newest(entries)
+            if page_newest is not None and (newest_at is None or page_newest[0] > newest_at):
+                newest_at, history_at = page_newest
+            # Per id, the newest entry of the page says what the resource is now.
+            latest: dict[str, tuple[datetime | None, bool, str | None, str | None]] = {}
+            for entry in entries:
+                at = _instant(entry.stamp)
+                known = latest.get(entry.resource_id)
+                if known is None or (at is not None and (known[0] is None or at >= known[0])):
+                    latest[entry.resource_id] = (at, entry.deleted, entry.version_id, entry.stamp)
+            deleted = {rid: facts for rid, facts in latest.items() if facts[1]}
+            if not deleted:
+                continue
+            tracked = self.store.pulled(self.server, resource_type, sorted(deleted))
+            gone: list[PulledResource] = []
+            for rid, row in tracked.items():
+                at, _, version, stamp = deleted[rid]
+                if row.state == "deleted":
+                    continue  # seen before (the overlap, a repeated page): deduplicated
+                seen_at = _instant(row.last_updated)
+                if at is not None and seen_at is not None and seen_at > at:
+                    continue  # a version written after the deletion was read: re-created
+                gone.append(
+                    _replace_state(
+                        row,
+                        "deleted",
+                        row.generation,
+                        version_id=version or row.version_id,
+                        last_updated=stamp or row.last_updated,
+                    )
+                )
+            if gone:
+                self._delete(resource_type, gone, report)
+        return history_at
 
     def _pages(
         self, resource_type: str, refs: Sequence[str], since: datetime | None
@@ -574,40 +721,57 @@ class Puller:
     # ------------------------------------------------------------------ deletions
 
     def _deletions(self, resource_type: str, generation: int, report: PullReport) -> None:
+        """After a complete listing: what was seen before and not listed now was deleted."""
         while True:
             gone = self.store.unlisted(self.server, resource_type, generation)
             if not gone:
                 return
-            now = self.clock()
-            rows: list[PulledResource] = []
-            revoked: list[NewRecord] = []
-            entries = []
-            for row in gone:
-                report.deleted += 1
-                PULLED.labels(resource_type, "deleted").inc()
-                rows.append(_replace_state(row, "deleted", generation))
-                if resource_type != "Consent" or row.record_id is None or row.patient is None:
-                    continue
-                if row.origin == ORIGIN_OURS:
-                    self._withdraw_ours(row.record_id, row.patient, report)
-                    continue
-                withdrawn = _revoked_copy(self.store, row.record_id, now)
-                if withdrawn is not None:
-                    revoked.append(withdrawn)
-                    entries.append(
-                        audit.two_way_event(
-                            "pull",
-                            row.record_id,
-                            row.patient,
-                            now,
-                            resources=[{"resourceType": "Consent", "id": row.resource_id}],
-                            outcome_code="deleted",
-                        )
+            rows = [_replace_state(row, "deleted", generation) for row in gone]
+            self._delete(resource_type, rows, report)
+
+    def _delete(
+        self, resource_type: str, rows: Sequence[PulledResource], report: PullReport
+    ) -> None:
+        """Resources deleted on the server (``rows``, already in state ``deleted``): a foreign
+        consent is revoked here, a withdrawal of ours adopted; the rows are saved."""
+        now = self.clock()
+        revoked: list[NewRecord] = []
+        entries = []
+        for row in rows:
+            report.deleted += 1
+            PULLED.labels(resource_type, "deleted").inc()
+            if resource_type != "Consent" or row.record_id is None or row.patient is None:
+                continue
+            if row.origin == ORIGIN_OURS:
+                self._withdraw_ours(row.record_id, row.patient, report)
+                continue
+            withdrawn = _revoked_copy(self.store, row.record_id, now)
+            if withdrawn is not None:
+                revoked.append(withdrawn)
+                entries.append(
+                    audit.two_way_event(
+                        "pull",
+                        row.record_id,
+                        row.patient,
+                        now,
+                        resources=[{"resourceType": "Consent", "id": row.resource_id}],
+                        outcome_code="deleted",
                     )
-            if revoked:
-                self.store.put_remote_records(revoked, origin=self.server, audit=entries, at=now)
-                report.changed_patients.update(r.patient for r in revoked)
-            self.store.save_pulled(rows, at=now)
+                )
+        if revoked:
+            self.store.put_remote_records(revoked, origin=self.server, audit=entries, at=now)
+            report.changed_patients.update(r.patient for r in revoked)
+        self.store.save_pulled(rows, at=now)
+
+
+def _newest(entries: Iterable[HistoryEntry]) -> tuple[datetime, str] | None:
+    """The newest stamp among history entries, parsed and as the server wrote it."""
+    newest: tuple[datetime, str] | None = None
+    for entry in entries:
+        at = _instant(entry.stamp)
+        if at is not None and entry.stamp is not None and (newest is None or at > newest[0]):
+            newest = (at, entry.stamp)
+    return newest
 
 
 def _our_source() -> str:
@@ -616,13 +780,20 @@ def _our_source() -> str:
     return SOURCE_URI
 
 
-def _replace_state(row: PulledResource, state: str, generation: int) -> PulledResource:
+def _replace_state(
+    row: PulledResource,
+    state: str,
+    generation: int,
+    *,
+    version_id: str | None = None,
+    last_updated: str | None = None,
+) -> PulledResource:
     return PulledResource(
         server=row.server,
         resource_type=row.resource_type,
         resource_id=row.resource_id,
-        version_id=row.version_id,
-        last_updated=row.last_updated,
+        version_id=version_id or row.version_id,
+        last_updated=last_updated or row.last_updated,
         patient=row.patient,
         record_id=row.record_id,
         origin=row.origin,

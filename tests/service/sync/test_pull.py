@@ -1,6 +1,6 @@
-"""The pull against the test FHIR server: Consents created, changed, revoked or deleted on the
-server by someone else change what the worker sends; dedupe on (id, versionId); the overlap
-window; our own consents withdrawn on the server; Observations pulled read-only."""
+"""The pull against the test FHIR server: Consents created, changed or revoked on the server by
+someone else change what the worker sends; dedupe on (id, versionId); the overlap window; our own
+consents withdrawn on the server; Observations pulled read-only. Deletions: test_pull_history.py."""
 
 from __future__ import annotations
 
@@ -82,24 +82,6 @@ def test_a_consent_revoked_on_the_server_holds_new_records(harness: SyncHarness)
     remote.update(harness.server, consent, status="inactive")
     assert _puller(harness).pull().merged == 1
     assert _rating_state(harness, 2, patient) is SyncState.HELD
-
-
-def test_a_consent_deleted_on_the_server_is_noticed_by_the_full_listing(
-    harness: SyncHarness,
-) -> None:
-    """An incremental pull cannot see a deletion; the full listing does, and the consent no
-    longer permits anything."""
-    patient = _patient(harness)
-    consent = remote.create(harness.server, remote.foreign_consent(harness.server, patient))
-    _puller(harness).pull()
-    assert _rating_state(harness, 1, patient) is SyncState.SENT
-
-    remote.delete(harness.server, consent)
-    assert _puller(harness).pull(full_listing=False).deleted == 0
-    assert _rating_state(harness, 2, patient) is SyncState.SENT  # not noticed yet
-    report = _puller(harness).pull(full_listing=True)
-    assert report.deleted == 1
-    assert _rating_state(harness, 3, patient) is SyncState.HELD
 
 
 def test_a_second_pull_skips_what_it_has_seen(harness: SyncHarness) -> None:

@@ -1,0 +1,68 @@
+"""Reading a history Bundle page (sync/history.py): what marks a deletion, where the id, version
+and stamp come from, and what is refused."""
+
+from __future__ import annotations
+
+import pytest
+from fhir_alliance_service.sync.history import HistoryEntry, history_entries
+
+from fhir_alliance.errors import InvalidResponseError
+
+
+def _bundle(*entries: object) -> dict[str, object]:
+    return {"resourceType": "Bundle", "type": "history", "entry": list(entries)}
+
+
+def test_delete_and_410_entries_are_deletions_and_writes_are_not() -> None:
+    """A DELETE request, or a 410 response without a request, is a deletion; a write (its
+    resource in the entry) is not; ids and versions come from whichever element names them."""
+    page = _bundle(
+        {
+            "resource": {
+                "resourceType": "Consent",
+                "id": "a",
+                "meta": {"versionId": "3", "lastUpdated": "2026-12-01T10:00:03Z"},
+            },
+            "request": {"method": "PUT", "url": "Consent/a"},
+            "response": {"status": "200 OK"},
+        },
+        {
+            "request": {"method": "DELETE", "url": "Consent/b"},
+            "response": {"status": "204", "etag": 'W/"2"', "lastModified": "2026-12-01T10:00:02Z"},
+        },
+        {
+            "fullUrl": "https://ehr.example/fhir/Consent/c/_history/5",
+            "response": {"status": "410 Gone"},
+        },
+    )
+    assert list(history_entries(page, "Consent")) == [
+        HistoryEntry("a", "3", "2026-12-01T10:00:03Z", deleted=False),
+        HistoryEntry("b", "2", "2026-12-01T10:00:02Z", deleted=True),
+        HistoryEntry("c", "5", None, deleted=True),
+    ]
+
+
+def test_entries_of_other_types_are_skipped() -> None:
+    """A server that mixes other types into a type's history: they are not ours to read."""
+    page = _bundle({"request": {"method": "DELETE", "url": "Observation/x"}})
+    assert list(history_entries(page, "Consent")) == []
+
+
+@pytest.mark.parametrize(
+    ("bundle", "element"),
+    [
+        ({"resourceType": "Bundle", "type": "searchset"}, "Bundle.type"),
+        ({"resourceType": "Bundle", "type": "history", "entry": {}}, "Bundle.entry"),
+        (_bundle("text"), "Bundle.entry[0]"),
+        (_bundle({"resource": []}), "Bundle.entry[0].resource"),
+        (_bundle({"request": "DELETE"}), "Bundle.entry[0].request"),
+        (_bundle({"request": {"method": "DELETE", "url": "Consent"}}), "Bundle.entry[0]"),
+    ],
+)
+def test_a_malformed_page_is_refused_naming_the_element(
+    bundle: dict[str, object], element: str
+) -> None:
+    """Not a history Bundle, or an entry that names no resource: InvalidResponseError naming the
+    element (never "nothing was deleted")."""
+    with pytest.raises(InvalidResponseError, match=element.replace("[", r"\[").replace("]", r"\]")):
+        list(history_entries(bundle, "Consent"))
