@@ -390,6 +390,7 @@ def _pull(args: argparse.Namespace) -> int:
         "observations": report.observations,
         "released": report.released,
         "full_listing": report.full_listing,
+        "deletions": report.deletions,  # per type: history, listing or none
         "retraction": {
             "policy": settings.retraction_policy,
             "kept": retracted.kept,
