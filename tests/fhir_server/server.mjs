@@ -621,10 +621,18 @@ class TestRepository extends FhirRepository {
     this.skipValidation = false; // set while a pre-validated transaction runs
     this.created = new WeakSet(); // results of writes that created the resource
     this.lastTimestamp = 0;
+    // History: every write and delete as an event, oldest first (timestamps strictly increase, so
+    // this is also _lastUpdated order). The same event objects are in the per-type list and in
+    // the record's own list; rollback pops them from the end of all three.
+    this.log = []; // [{ type, id, versionId, ts, lastUpdated, method, created, resource | null }]
+    this.logByType = new Map(); // type -> events
+    this.journalLogLength = 0;
   }
 
   clear() {
     this.byType.clear();
+    this.log = [];
+    this.logByType.clear();
   }
 
   setMode() {}
@@ -640,6 +648,7 @@ class TestRepository extends FhirRepository {
 
   begin() {
     this.journal = [];
+    this.journalLogLength = this.log.length;
   }
 
   commit() {
@@ -649,6 +658,11 @@ class TestRepository extends FhirRepository {
   rollback() {
     const journal = this.journal ?? [];
     this.journal = undefined;
+    while (this.log.length > this.journalLogLength) {
+      const event = this.log.pop();
+      this.logByType.get(event.type)?.pop();
+      this.record(event.type, event.id)?.events.pop();
+    }
     for (let i = journal.length - 1; i >= 0; i--) {
       const { type, id, record, saved } = journal[i];
       if (!saved) {
@@ -687,6 +701,40 @@ class TestRepository extends FhirRepository {
     return new Date(this.lastTimestamp).toISOString();
   }
 
+  /** Appends a history event for the record's newest version (a write, or a delete when resource is null). */
+  logEvent(type, id, record, method, resource, created) {
+    const event = {
+      type,
+      id,
+      versionId: String(record.version),
+      ts: this.lastTimestamp,
+      lastUpdated: new Date(this.lastTimestamp).toISOString(),
+      method,
+      created,
+      resource,
+    };
+    this.log.push(event);
+    let events = this.logByType.get(type);
+    if (!events) {
+      events = [];
+      this.logByType.set(type, events);
+    }
+    events.push(event);
+    record.events.push(event);
+  }
+
+  /** History events (oldest first) for the whole server, one type, or one resource. */
+  historyEvents(type, id) {
+    if (id !== undefined) {
+      const record = this.record(type, id);
+      if (!record) {
+        throw new OperationOutcomeError(notFound);
+      }
+      return record.events;
+    }
+    return type === undefined ? this.log : (this.logByType.get(type) ?? []);
+  }
+
   validate(resource) {
     if (this.skipValidation) {
       return;
@@ -698,7 +746,7 @@ class TestRepository extends FhirRepository {
   }
 
   /** Stores a new version of type/id; the caller has validated and checked preconditions. */
-  write(resource, id) {
+  write(resource, id, method = 'PUT') {
     const type = resource.resourceType;
     let table = this.byType.get(type);
     if (!table) {
@@ -717,13 +765,16 @@ class TestRepository extends FhirRepository {
       ...rest,
     };
     const wasLive = Boolean(record?.current);
-    if (record) {
-      record.current = stored;
-      record.version = version;
-      record.versions.push(stored);
+    let target = record;
+    if (target) {
+      target.current = stored;
+      target.version = version;
+      target.versions.push(stored);
     } else {
-      table.set(id, { current: stored, version, versions: [stored] });
+      target = { current: stored, version, versions: [stored], events: [] };
+      table.set(id, target);
     }
+    this.logEvent(type, id, target, method, stored, !wasLive);
     // Returned as is (no second copy): callers only serialise it, and reads hand out copies.
     if (!wasLive) {
       this.created.add(stored);
@@ -746,7 +797,7 @@ class TestRepository extends FhirRepository {
     if (this.record(resource.resourceType, id)?.current) {
       throw new OperationOutcomeError(badRequest('Assigned ID is already in use'));
     }
-    return this.write(resource, id);
+    return this.write(resource, id, 'POST');
   }
 
   async updateResource(resource, options) {
@@ -793,7 +844,7 @@ class TestRepository extends FhirRepository {
       throw new OperationOutcomeError(invalidOutcome(issues));
     }
     this.checkIfMatch(resourceType, id, options?.ifMatch);
-    return this.write(resource, id);
+    return this.write(resource, id, 'PATCH');
   }
 
   async readResource(resourceType, id) {
@@ -825,20 +876,13 @@ class TestRepository extends FhirRepository {
     );
   }
 
+  // Instance history as the router asks for it (a GET entry in a batch); direct GETs of every
+  // _history level are answered by historyBundle() with paging links.
   async readHistory(resourceType, id, options) {
-    const record = this.record(resourceType, id);
-    if (!record) {
-      throw new OperationOutcomeError(notFound);
-    }
-    const all = [...record.versions].reverse();
-    const offset = options?.offset ?? 0;
-    const page = all.slice(offset, options?.limit === undefined ? undefined : offset + options.limit);
-    return {
-      resourceType: 'Bundle',
-      type: 'history',
-      total: all.length,
-      entry: page.map((resource) => ({ resource: deepClone(resource) })),
-    };
+    const events = this.historyEvents(resourceType, id);
+    const offset = Math.max(0, options?.offset ?? 0);
+    const count = options?.limit ?? DEFAULT_PAGE_SIZE;
+    return { resourceType: 'Bundle', type: 'history', ...historyPage(events, 0, offset, count) };
   }
 
   async readVersion(resourceType, id, versionId) {
@@ -927,6 +971,8 @@ class TestRepository extends FhirRepository {
     this.remember(resourceType, id, record);
     record.current = null;
     record.version += 1;
+    this.nextTimestamp();
+    this.logEvent(resourceType, id, record, 'DELETE', null, false);
   }
 
   // Conditional delete removes every match (FHIR allows it), which is what cleanup by tag wants.
@@ -941,13 +987,17 @@ class TestRepository extends FhirRepository {
   }
 
   async expungeResource(resourceType, id) {
-    this.byType.get(resourceType)?.delete(id);
+    await this.expungeResources(resourceType, [id]);
   }
 
   async expungeResources(resourceType, ids) {
+    const gone = new Set(ids);
     for (const id of ids) {
       this.byType.get(resourceType)?.delete(id);
     }
+    const keep = (e) => e.type !== resourceType || !gone.has(e.id);
+    this.log = this.log.filter(keep);
+    this.logByType.set(resourceType, (this.logByType.get(resourceType) ?? []).filter(keep));
   }
 }
 
@@ -978,7 +1028,17 @@ function sortBy(resources, rule) {
 // ---------------------------------------------------------------------------------------------
 // CapabilityStatement
 
-const INSTANCE_INTERACTIONS = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'create', 'search-type'];
+const INSTANCE_INTERACTIONS = [
+  'read',
+  'vread',
+  'update',
+  'patch',
+  'delete',
+  'history-instance',
+  'history-type',
+  'create',
+  'search-type',
+];
 
 function buildCapabilityStatement(baseUrl, resourceTypes, profiles) {
   const resource = resourceTypes.map((type) => {
@@ -1024,7 +1084,7 @@ function buildCapabilityStatement(baseUrl, resourceTypes, profiles) {
         documentation:
           'Test-only operations: POST [base]/$reset empties the store; POST [base]/$load-profile loads a StructureDefinition (with snapshot) to enforce.',
         resource,
-        interaction: [{ code: 'transaction' }, { code: 'batch' }],
+        interaction: [{ code: 'transaction' }, { code: 'batch' }, { code: 'history-system' }],
         searchParam: [
           { name: '_count', type: 'number' },
           { name: '_offset', type: 'number' },
@@ -1397,6 +1457,82 @@ async function handleTransaction(fhirRequest, bundle, minimal) {
   return [200, finishResponseEntries(bundle, responseBundle, minimal)];
 }
 
+// ---------------------------------------------------------------------------------------------
+// History: [base]/_history, [type]/_history, [type]/[id]/_history
+
+const HISTORY_PARAMS = new Set(['_since', '_count', '_offset', '_format', '_pretty']);
+const INSTANT = /^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}))?)?)?$/;
+
+/** Index of the first event at or after `since` (ms) in an oldest-first list. */
+function firstAtOrAfter(events, since) {
+  let lo = 0;
+  let hi = events.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (events[mid].ts < since) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** { total, entry } for one page of history, newest first, as the spec's history Bundle has it. */
+function historyPage(events, since, offset, count) {
+  const from = since ? firstAtOrAfter(events, since) : 0;
+  const total = events.length - from;
+  const entry = [];
+  for (let k = offset; k < Math.min(total, offset + count); k++) {
+    entry.push(historyEntry(events[events.length - 1 - k]));
+  }
+  return { total, entry };
+}
+
+function historyEntry(event) {
+  const { type, id, versionId, lastUpdated, method, created, resource } = event;
+  return {
+    fullUrl: `${baseUrl}/${type}/${id}`,
+    ...(resource ? { resource: deepClone(resource) } : {}),
+    request: { method, url: method === 'POST' ? type : `${type}/${id}` },
+    response: {
+      status: method === 'DELETE' ? '204 No Content' : created ? '201 Created' : '200 OK',
+      etag: `W/"${versionId}"`,
+      lastModified: lastUpdated,
+    },
+  };
+}
+
+function historyBundle(segments, params) {
+  for (const key of params.keys()) {
+    if (!HISTORY_PARAMS.has(key)) {
+      const why = ['_at', '_list', '_sort'].includes(key) ? 'is not supported by the test server' : 'is unknown';
+      throw httpError(400, 'not-supported', `History parameter ${key} ${why}`, key);
+    }
+  }
+  const query = queryObject(params);
+  let since = 0;
+  const rawSince = singular(query._since);
+  if (rawSince !== undefined) {
+    since = INSTANT.test(rawSince) ? Date.parse(rawSince) : Number.NaN;
+    if (!Number.isFinite(since)) {
+      throw httpError(400, 'invalid', '_since must be a FHIR instant such as 2026-01-31T12:00:00Z', '_since');
+    }
+  }
+  const count = clampCount(query._count);
+  const offset = Math.max(0, Number.parseInt(singular(query._offset) ?? '0', 10) || 0);
+  const type = segments.length >= 2 ? segments[0] : undefined;
+  const id = segments.length === 3 ? segments[1] : undefined;
+  const events = repo.historyEvents(type, id);
+  const page = historyPage(events, since, offset, count);
+  const at = segments.join('/');
+  return {
+    resourceType: 'Bundle',
+    id: randomUUID(),
+    type: 'history',
+    total: page.total,
+    link: searchLinks(at, query, page, count, offset),
+    ...(page.entry.length ? { entry: page.entry } : {}),
+  };
+}
+
 function searchLinks(type, query, bundle, count, offset) {
   const params = new URLSearchParams();
   for (const [key, value] of Object.entries(query)) {
@@ -1497,6 +1633,11 @@ async function route(req, body, url) {
   }
   if (segments.length > 0 && !segments[0].startsWith('$') && !segments[0].startsWith('_') && !isResourceType(segments[0])) {
     throw httpError(404, 'not-found', `Unknown resource type: ${segments[0]}`);
+  }
+  if (method === 'GET' && segments.length >= 1 && segments.length <= 3 && segments.at(-1) === '_history') {
+    if (segments.length === 1 || isResourceType(segments[0])) {
+      return [200, historyBundle(segments, new URLSearchParams(url.search))];
+    }
   }
   if (segments.length === 0 && method === 'GET') {
     throw httpError(400, 'not-supported', 'System-level search is not supported; search one resource type');
