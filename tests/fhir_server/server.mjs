@@ -1082,9 +1082,10 @@ function buildCapabilityStatement(baseUrl, resourceTypes, profiles) {
       {
         mode: 'server',
         documentation:
-          'Test-only operations: POST [base]/$reset empties the store; POST [base]/$load-profile loads a StructureDefinition (with snapshot) to enforce.',
+          'Test-only operations: POST [base]/$reset empties the store; POST [base]/$load-profile loads a StructureDefinition (with snapshot) to enforce. POST [base]/$import (Bulk Data import, Parameters body, async) fetches NDJSON from http URLs on loopback only.',
         resource,
         interaction: [{ code: 'transaction' }, { code: 'batch' }, { code: 'history-system' }],
+        operation: [{ name: 'import', definition: IMPORT_DEFINITION }],
         searchParam: [
           { name: '_count', type: 'number' },
           { name: '_offset', type: 'number' },
@@ -1291,7 +1292,8 @@ function httpDate(instant) {
 }
 
 function send(res, status, body, headers = {}) {
-  const payload = body === undefined ? '' : JSON.stringify(body);
+  // A string body is sent as it is (NDJSON error files); the caller gives its Content-Type.
+  const payload = body === undefined ? '' : typeof body === 'string' ? body : JSON.stringify(body);
   res.writeHead(status, {
     ...(body === undefined ? {} : { 'Content-Type': JSON_CONTENT_TYPE }),
     'Content-Length': Buffer.byteLength(payload),
@@ -1533,6 +1535,325 @@ function historyBundle(segments, params) {
   };
 }
 
+// ---------------------------------------------------------------------------------------------
+// Bulk Data $import (github.com/smart-on-fhir/bulk-import, the kick-off as a Parameters resource):
+// POST [base]/$import -> 202 + Content-Location [base]/$import-status/<job>; the job fetches each
+// input (http on loopback only), reads NDJSON line by line and stores each valid resource under its
+// own id (update-as-create), a chunk of lines at a time through the request queue.
+
+const NDJSON = 'application/fhir+ndjson';
+const IMPORT_DEFINITION = 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/import';
+const IMPORT_CHUNK_LINES = 250;
+const IMPORT_MAX_LINE_BYTES = MAX_BODY_BYTES;
+const IMPORT_FETCH_TIMEOUT_MS = 30_000;
+const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
+const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
+const importJobs = new Map(); // job id -> ImportJob
+
+/** Reads the kick-off Parameters; throws a 400 naming the parameter path when it is not usable. */
+function parseImportParameters(body) {
+  if (body?.resourceType !== 'Parameters' || !Array.isArray(body.parameter)) {
+    throw httpError(400, 'invalid', '$import needs a Parameters resource', 'Parameters');
+  }
+  const where = (i, j, field) => `Parameters.parameter[${i}]${j === undefined ? '' : `.part[${j}]`}.${field}`;
+  const value = (p) => p?.valueCode ?? p?.valueString ?? p?.valueUri ?? p?.valueUrl;
+  let inputFormat;
+  let inputSource;
+  const inputs = [];
+  body.parameter.forEach((p, i) => {
+    switch (p?.name) {
+      case 'inputFormat':
+        inputFormat = value(p);
+        if (inputFormat !== NDJSON) {
+          throw httpError(400, 'not-supported', `inputFormat must be ${NDJSON}`, where(i, undefined, 'valueCode'));
+        }
+        break;
+      case 'inputSource':
+        inputSource = value(p);
+        if (typeof inputSource !== 'string' || !/^[a-z][a-z0-9+.-]*:\S+$/i.test(inputSource)) {
+          throw httpError(400, 'invalid', 'inputSource must be a URI', where(i, undefined, 'valueUri'));
+        }
+        break;
+      case 'storageDetail': {
+        (p.part ?? []).forEach((part, j) => {
+          if (part?.name === 'type' && !['https', 'http'].includes(value(part))) {
+            throw httpError(400, 'not-supported', 'storageDetail type must be https (files fetched by URL)', where(i, j, 'valueCode'));
+          }
+        });
+        break;
+      }
+      case 'input': {
+        const parts = Array.isArray(p.part) ? p.part : [];
+        const typeAt = parts.findIndex((x) => x?.name === 'type');
+        const urlAt = parts.findIndex((x) => x?.name === 'url');
+        const type = value(parts[typeAt]);
+        const url = value(parts[urlAt]);
+        if (typeAt < 0 || typeof type !== 'string' || !isResourceType(type)) {
+          throw httpError(400, 'invalid', 'input needs a type that is a FHIR resource type', where(i, typeAt < 0 ? undefined : typeAt, typeAt < 0 ? 'part' : 'valueCode'));
+        }
+        if (urlAt < 0 || typeof url !== 'string') {
+          throw httpError(400, 'required', 'input needs a url', where(i, undefined, 'part'));
+        }
+        const why = unsafeImportUrl(url);
+        if (why) {
+          throw httpError(400, 'security', `input url refused: ${why}`, where(i, urlAt, 'valueUrl'));
+        }
+        inputs.push({ type, url });
+        break;
+      }
+      default:
+        throw httpError(400, 'not-supported', `Unknown $import parameter: ${String(p?.name)}`, where(i, undefined, 'name'));
+    }
+  });
+  if (inputFormat === undefined) {
+    throw httpError(400, 'required', `$import needs inputFormat (${NDJSON})`, 'Parameters.parameter');
+  }
+  if (inputSource === undefined) {
+    throw httpError(400, 'required', '$import needs inputSource', 'Parameters.parameter');
+  }
+  if (inputs.length === 0) {
+    throw httpError(400, 'required', '$import needs at least one input', 'Parameters.parameter');
+  }
+  return { inputSource, inputs };
+}
+
+/** Why the test server will not fetch `raw` (only plain http on this machine), or undefined. */
+function unsafeImportUrl(raw) {
+  let url;
+  try {
+    url = new URL(raw);
+  } catch {
+    return 'not an absolute URL';
+  }
+  if (url.protocol !== 'http:') {
+    return 'only http URLs are fetched (the test server fetches from loopback only)';
+  }
+  if (!LOOPBACK_HOSTS.has(url.hostname)) {
+    return 'only loopback hosts (127.0.0.1, localhost, [::1]) are fetched';
+  }
+  if (url.username || url.password) {
+    return 'credentials in the URL are not accepted';
+  }
+  return undefined;
+}
+
+class ImportJob {
+  constructor(id, request, inputSource, inputs) {
+    this.id = id;
+    this.request = request;
+    this.inputSource = inputSource;
+    this.started = new Date().toISOString();
+    this.state = 'running'; // running | complete | cancelled
+    this.fetching = undefined; // AbortController of the input being read
+    this.results = inputs.map((input) => ({ ...input, lines: 0, count: 0, outcomes: [], unreadable: false }));
+    this.current = 0;
+  }
+
+  progress() {
+    const r = this.results[this.current];
+    return `input ${this.current + 1} of ${this.results.length}: ${r?.lines ?? 0} lines read, ${r?.outcomes.length ?? 0} failed`;
+  }
+
+  statusUrl() {
+    return `${baseUrl}/$import-status/${this.id}`;
+  }
+
+  completion() {
+    const output = this.results.map((r) => ({ type: 'OperationOutcome', input: r.url, inputUrl: r.url, count: r.count }));
+    const error = [];
+    this.results.forEach((r, k) => {
+      if (r.outcomes.length) {
+        error.push({
+          type: 'OperationOutcome',
+          input: r.url,
+          inputUrl: r.url,
+          ...(r.unreadable ? {} : { count: r.outcomes.length }),
+          url: `${this.statusUrl()}/error/${k + 1}.ndjson`,
+        });
+      }
+    });
+    return { transactionTime: this.started, request: this.request, requiresAccessToken: false, output, error };
+  }
+
+  async run() {
+    for (let k = 0; k < this.results.length && this.state === 'running'; k++) {
+      this.current = k;
+      try {
+        await this.readInput(this.results[k]);
+      } catch (err) {
+        if (this.state !== 'running') break;
+        const result = this.results[k];
+        result.unreadable = true;
+        result.outcomes.push(importOutcome(result, undefined, [issue('exception', `Input could not be read: ${err?.message ?? err}`, 'input')]));
+      }
+    }
+    if (this.state === 'running') {
+      this.state = 'complete';
+    }
+  }
+
+  async readInput(result) {
+    const controller = new AbortController();
+    this.fetching = controller;
+    const timer = setTimeout(() => controller.abort(new Error('no answer within 30 s')), IMPORT_FETCH_TIMEOUT_MS);
+    let response;
+    try {
+      response = await fetch(result.url, { redirect: 'error', signal: controller.signal, headers: { Accept: NDJSON } });
+    } finally {
+      clearTimeout(timer);
+    }
+    if (response.status !== 200) {
+      throw new Error(`HTTP ${response.status}`);
+    }
+    const decoder = new TextDecoder('utf-8');
+    let pending = '';
+    let chunk = [];
+    const flush = async () => {
+      const lines = chunk;
+      chunk = [];
+      if (lines.length && this.state === 'running') {
+        await serialized(() => this.storeLines(result, lines));
+      }
+    };
+    const take = async (text) => {
+      result.lines += 1;
+      if (text.trim()) {
+        chunk.push({ line: result.lines, text });
+      }
+      if (chunk.length >= IMPORT_CHUNK_LINES) {
+        await flush();
+      }
+    };
+    for await (const bytes of response.body) {
+      if (this.state !== 'running') return;
+      pending += decoder.decode(bytes, { stream: true });
+      let at;
+      while ((at = pending.indexOf('\n')) >= 0) {
+        const text = pending.slice(0, at).replace(/\r$/, '');
+        pending = pending.slice(at + 1);
+        await take(text);
+      }
+      if (pending.length > IMPORT_MAX_LINE_BYTES) {
+        throw new Error(`line ${result.lines + 1} is longer than ${IMPORT_MAX_LINE_BYTES} bytes`);
+      }
+    }
+    pending += decoder.decode();
+    if (pending.length) {
+      await take(pending.replace(/\r$/, ''));
+    }
+    await flush();
+  }
+
+  /** Runs in the request queue: validates a chunk of lines and stores the valid ones. */
+  async storeLines(result, lines) {
+    if (this.state !== 'running') return;
+    const ready = [];
+    for (const { line, text } of lines) {
+      let resource;
+      try {
+        resource = JSON.parse(text);
+      } catch {
+        result.outcomes.push(importOutcome(result, line, [issue('structure', 'Line is not valid JSON', 'Resource')]));
+        continue;
+      }
+      const problem = importLineProblem(resource, result.type);
+      if (problem) {
+        result.outcomes.push(importOutcome(result, line, [problem]));
+        continue;
+      }
+      resource.meta ??= {};
+      if (typeof resource.meta === 'object' && !Array.isArray(resource.meta) && resource.meta.source === undefined) {
+        resource.meta.source = this.inputSource; // the proposal's guidance on provenance (an invalid meta fails validation)
+      }
+      ready.push({ line, resource });
+    }
+    const found = await validateAll(ready.map((x) => x.resource));
+    ready.forEach(({ line, resource }, k) => {
+      if (hasErrors(found[k])) {
+        result.outcomes.push(importOutcome(result, line, invalidOutcome(found[k]).issue));
+      } else {
+        repo.write(resource, resource.id, 'PUT');
+        result.count += 1;
+      }
+    });
+  }
+
+  cancel() {
+    if (this.state === 'running') {
+      this.state = 'cancelled';
+      this.fetching?.abort(new Error('import cancelled'));
+    }
+  }
+}
+
+function importLineProblem(resource, type) {
+  if (!resource || typeof resource !== 'object' || Array.isArray(resource)) {
+    return issue('structure', 'Line is not a FHIR resource', 'Resource');
+  }
+  if (resource.resourceType !== type) {
+    return issue('invalid', `Line holds ${String(resource.resourceType)}, the input is of type ${type}`, 'Resource.resourceType');
+  }
+  if (typeof resource.id !== 'string' || !FHIR_ID.test(resource.id)) {
+    return issue('required', 'An imported resource needs a valid id (it is stored under that id)', `${type}.id`);
+  }
+  return undefined;
+}
+
+/** One OperationOutcome per failed line: the issues, then where the line was. */
+function importOutcome(result, line, issues) {
+  const where = line === undefined ? `input ${result.url}` : `input ${result.url}, line ${line}`;
+  return {
+    resourceType: 'OperationOutcome',
+    issue: [...issues, { severity: 'information', code: 'informational', details: { text: where } }],
+  };
+}
+
+function startImport(req, body) {
+  const { inputSource, inputs } = parseImportParameters(body);
+  const job = new ImportJob(randomUUID(), `${baseUrl}/$import`, inputSource, inputs);
+  importJobs.set(job.id, job);
+  job.run().catch((err) => {
+    logLine(`import job failed: ${err?.stack ?? err}`);
+    job.state = 'complete';
+  });
+  const accepted = {
+    resourceType: 'OperationOutcome',
+    issue: [{ severity: 'information', code: 'informational', details: { text: `Import accepted; poll ${job.statusUrl()}` } }],
+  };
+  return [202, accepted, { 'Content-Location': job.statusUrl() }];
+}
+
+function importStatus(method, segments) {
+  const job = importJobs.get(segments[1]);
+  if (!job || job.state === 'cancelled') {
+    throw httpError(404, 'not-found', 'No such import (finished imports are forgotten after DELETE)');
+  }
+  if (method === 'DELETE' && segments.length === 2) {
+    job.cancel();
+    importJobs.delete(job.id);
+    return [202, { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', details: { text: 'Import cancelled or forgotten' } }] }];
+  }
+  if (method !== 'GET') {
+    throw httpError(405, 'not-supported', 'The import status URL takes GET and DELETE');
+  }
+  if (segments.length === 4 && segments[2] === 'error') {
+    const k = Number.parseInt(segments[3], 10) - 1;
+    const result = job.state === 'complete' ? job.results[k] : undefined;
+    if (!result || `${k + 1}.ndjson` !== segments[3]) {
+      throw httpError(404, 'not-found', 'No such error file');
+    }
+    const text = result.outcomes.map((o) => JSON.stringify(o)).join('\n');
+    return [200, `${text}${text ? '\n' : ''}`, { 'Content-Type': NDJSON }];
+  }
+  if (segments.length !== 2) {
+    throw httpError(404, 'not-found', 'No such import resource');
+  }
+  if (job.state === 'running') {
+    return [202, undefined, { 'Retry-After': '1', 'X-Progress': job.progress() }];
+  }
+  return [200, job.completion(), { 'Content-Type': 'application/json' }];
+}
+
 function searchLinks(type, query, bundle, count, offset) {
   const params = new URLSearchParams();
   for (const [key, value] of Object.entries(query)) {
@@ -1620,6 +1941,10 @@ async function route(req, body, url) {
   }
   if (method === 'POST' && rel === '$reset') {
     repo.clear();
+    for (const job of importJobs.values()) {
+      job.cancel();
+    }
+    importJobs.clear();
     profiles.resetRuntime();
     pool?.broadcast({ type: 'reset' });
     capabilityStatement = undefined;
@@ -1630,6 +1955,12 @@ async function route(req, body, url) {
     pool?.broadcast({ type: 'load-profile', sd: body });
     capabilityStatement = undefined;
     return [200, { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', details: { text: `Loaded profile ${body.url}` } }] }];
+  }
+  if (method === 'POST' && rel === '$import') {
+    return startImport(req, body);
+  }
+  if (segments[0] === '$import-status' && segments.length >= 2) {
+    return importStatus(method, segments);
   }
   if (segments.length > 0 && !segments[0].startsWith('$') && !segments[0].startsWith('_') && !isResourceType(segments[0])) {
     throw httpError(404, 'not-found', `Unknown resource type: ${segments[0]}`);
