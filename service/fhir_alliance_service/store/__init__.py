@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import URL
 
-from .engine import make_engine, normalise_url
+from .engine import DEFAULT_WRITE_WAIT_SECONDS, WriterTurnTimeout, make_engine, normalise_url
 from .interface import (
     ApiKey,
     AuditEntry,
@@ -45,6 +45,7 @@ __all__ = [
     "StoredRecord",
     "SyncState",
     "SyncStatus",
+    "WriterTurnTimeout",
     "current_revision",
     "head_revision",
     "normalise_url",
@@ -53,8 +54,11 @@ __all__ = [
 ]
 
 
-def open_store(url: str | URL) -> SqlStore:
+def open_store(
+    url: str | URL, *, write_wait_seconds: float = DEFAULT_WRITE_WAIT_SECONDS
+) -> SqlStore:
     """A store on the database at ``url`` (``sqlite:///path`` or ``postgresql://…``); raises
-    :class:`SchemaVersionError` unless its schema is at the head revision."""
+    :class:`SchemaVersionError` unless its schema is at the head revision. On SQLite a write
+    waits at most ``write_wait_seconds`` for its turn (then :class:`WriterTurnTimeout`)."""
     check_at_head(url)
-    return SqlStore(make_engine(url))
+    return SqlStore(make_engine(url, write_wait_seconds=write_wait_seconds))

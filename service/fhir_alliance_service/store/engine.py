@@ -9,7 +9,12 @@
   writers (gunicorn workers and their threads) wait in a queue and are woken as soon as the
   writer before them commits, rather than polling in SQLite's busy handler, whose sleeps (1, 2,
   5 … 100 ms) made the intake's long tail. ``busy_timeout`` still covers other writers
-  (migrations, the ``sqlite3`` shell).
+  (migrations, the ``sqlite3`` shell). The wait for a turn is bounded (``write_wait_seconds`` of
+  :func:`make_engine`, the setting ``sqlite_write_wait_seconds``): past it the write raises
+  :class:`WriterTurnTimeout` before its transaction begins, so nothing is half-written, and the
+  caller answers 503 with ``Retry-After`` (intake) or tries again later (the worker). A blocked
+  ``flock`` cannot be interrupted, so a contended one is waited for on a helper thread; a writer
+  that gives up leaves the helper to hand the turn on as soon as it gets it.
 * PostgreSQL through psycopg 3: ``postgresql://`` URLs are normalised to ``postgresql+psycopg://``;
   a small pool with ``pool_pre_ping`` so that a restarted database does not fail the first call.
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -35,8 +41,10 @@ except ImportError:  # not POSIX: writers then rely on SQLite's busy_timeout alo
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "DEFAULT_WRITE_WAIT_SECONDS",
     "READ_ONLY",
     "SQLITE_BUSY_TIMEOUT_MS",
+    "WriterTurnTimeout",
     "connect_raw_autocommit",
     "make_engine",
     "normalise_url",
@@ -47,6 +55,16 @@ __all__ = [
 READ_ONLY = "fhir_alliance_read_only"
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+#: How long a SQLite writer waits for its turn by default (``sqlite_write_wait_seconds``).
+DEFAULT_WRITE_WAIT_SECONDS = 10.0
+#: The engine's execution option carrying that bound (set by :func:`make_engine`).
+_WRITE_WAIT = "fhir_alliance_write_wait_seconds"
+
+
+class WriterTurnTimeout(TimeoutError):
+    """A write waited longer than its bound for its turn among the SQLite file's writers. It
+    never began, so nothing of it was written; trying again later is safe."""
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -61,8 +79,13 @@ def _dump_json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def make_engine(url: str | URL) -> Engine:
-    """An engine for ``url`` (SQLite file or PostgreSQL) set up as the module docstring says."""
+def make_engine(
+    url: str | URL, *, write_wait_seconds: float = DEFAULT_WRITE_WAIT_SECONDS
+) -> Engine:
+    """An engine for ``url`` (SQLite file or PostgreSQL) set up as the module docstring says;
+    ``write_wait_seconds`` bounds a SQLite writer's wait for its turn (:func:`writer_turn`)."""
+    if not write_wait_seconds > 0:
+        raise ValueError("write_wait_seconds must be positive")
     parsed = normalise_url(url)
     common: dict[str, Any] = {
         "json_serializer": _dump_json,
@@ -74,6 +97,7 @@ def make_engine(url: str | URL) -> Engine:
         if parsed.database in (None, "", ":memory:"):
             raise ValueError("the SQLite store needs a file: sqlite:///path/to/fhir-alliance.db")
         engine = create_engine(parsed, pool_size=5, max_overflow=5, **common)
+        engine.update_execution_options(**{_WRITE_WAIT: float(write_wait_seconds)})
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -131,7 +155,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
 class _WriterQueue:
     """The writers of one SQLite file in this process: a thread lock, then ``flock`` on the lock
-    file (one open file per process, so other processes' writers queue on the same file)."""
+    file (one open file per process, so other processes' writers queue on the same file).
+
+    Holding the thread lock is holding this process's place: whoever has it either holds the
+    ``flock`` or is waiting for it. A turn is given back exactly once, by the writer after its
+    transaction, or by the helper thread of a writer that gave up waiting."""
 
     def __init__(self, lock_path: str) -> None:
         self._thread_lock = threading.Lock()
@@ -141,17 +169,74 @@ class _WriterQueue:
         os.close(self._lock_file)
 
     @contextmanager
-    def turn(self) -> Iterator[None]:
-        if not self._thread_lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
-            raise TimeoutError("timed out waiting for the SQLite store's write turn")
+    def turn(self, timeout: float) -> Iterator[None]:
+        deadline = time.monotonic() + timeout
+        if not self._thread_lock.acquire(timeout=timeout):
+            raise WriterTurnTimeout(_timeout_message(timeout))
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process writes: wait in line, within the bound
+            if not self._wait_for_file_lock(deadline - time.monotonic()):
+                raise WriterTurnTimeout(_timeout_message(timeout)) from None
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._thread_lock.release()
+
+    def _wait_for_file_lock(self, remaining: float) -> bool:
+        """Wait up to ``remaining`` seconds for the ``flock`` (the thread lock is held). False:
+        given up; the thread lock then belongs to the helper, which hands the turn on."""
+        waiter = _FileLockWaiter()
+        helper = threading.Thread(
+            target=self._block_for_file_lock, args=(waiter,), name="sqlite-writer-turn", daemon=True
+        )
+        helper.start()
+        waiter.done.wait(max(0.0, remaining))
+        with waiter.guard:
+            if not waiter.done.is_set():
+                waiter.abandoned = True
+                return False
+        if waiter.error is not None:
+            self._thread_lock.release()
+            raise waiter.error
+        return True
+
+    def _block_for_file_lock(self, waiter: _FileLockWaiter) -> None:
+        error: OSError | None = None
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-        finally:
-            self._thread_lock.release()
+        except OSError as exc:  # the file was closed under us: no turn to hand on
+            error = exc
+        with waiter.guard:
+            if not waiter.abandoned:
+                waiter.error = error
+                waiter.done.set()
+                return
+        # The writer gave up: hand the turn on at once.
+        if error is None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+
+class _FileLockWaiter:
+    """Between a writer and the helper thread blocked in ``flock`` for it."""
+
+    def __init__(self) -> None:
+        self.guard = threading.Lock()
+        self.done = threading.Event()
+        self.abandoned = False
+        self.error: OSError | None = None
+
+
+def _timeout_message(timeout: float) -> str:
+    return (
+        f"timed out after {timeout:g} s waiting for the SQLite store's write turn "
+        "(other writers hold it); nothing was written"
+    )
 
 
 #: This process's queues by lock file path.
@@ -175,11 +260,13 @@ if hasattr(os, "register_at_fork"):  # POSIX
 
 def writer_turn(engine: Engine) -> Callable[[], AbstractContextManager[None]]:
     """A context manager factory to hold around each write transaction on ``engine``: for SQLite,
-    the turn of this thread among all writers of the file (see the module docstring); for
-    PostgreSQL, nothing (its row locks need no queue)."""
+    the turn of this thread among all writers of the file (see the module docstring), or
+    :class:`WriterTurnTimeout` after the engine's ``write_wait_seconds``; for PostgreSQL,
+    nothing (its row locks need no queue)."""
     if engine.dialect.name != "sqlite" or fcntl is None or not engine.url.database:
         return nullcontext
     lock_path = os.path.abspath(engine.url.database) + "-writer.lock"
+    timeout = float(engine.get_execution_options().get(_WRITE_WAIT, DEFAULT_WRITE_WAIT_SECONDS))
 
     @contextmanager
     def turn() -> Iterator[None]:
@@ -187,7 +274,7 @@ def writer_turn(engine: Engine) -> Callable[[], AbstractContextManager[None]]:
             queue = _writer_queues.get(lock_path)
             if queue is None:
                 queue = _writer_queues[lock_path] = _WriterQueue(lock_path)
-        with queue.turn():
+        with queue.turn(timeout):
             yield
 
     return turn
