@@ -48,7 +48,9 @@ def create_app(
     if store is None:
         from fhir_alliance_service.store import open_store
 
-        store = open_store(settings.database_url)
+        store = open_store(
+            settings.database_url, write_wait_seconds=settings.sqlite_write_wait_seconds
+        )
     app = Flask("fhir_alliance_service", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]

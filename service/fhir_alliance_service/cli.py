@@ -233,7 +233,7 @@ def _opened_store(settings: Settings) -> Iterator[Store]:
     _require_migrated(settings)
     from fhir_alliance_service.store import open_store
 
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, write_wait_seconds=settings.sqlite_write_wait_seconds)
     try:
         yield store
     finally:

@@ -47,6 +47,9 @@ class ConfigError(ValueError):
 class Settings:
     # -- store ---------------------------------------------------------------------------------
     database_url: str = "sqlite:///fhir-alliance.db"  # FHIR_ALLIANCE_DATABASE_URL
+    #: SQLite: the longest a write waits for its turn among the file's writers; then it fails
+    #: (503 with Retry-After at intake; the worker tries again later), nothing written.
+    sqlite_write_wait_seconds: float = 10.0
     # -- the clinic's FHIR server --------------------------------------------------------------
     fhir_base_url: str | None = None  # FHIR_ALLIANCE_FHIR_BASE_URL; None: intake only, no sync
     fhir_auth: str = "none"  # none | bearer | smart
@@ -309,6 +312,7 @@ def _optional_host_port(value: Any) -> str | None:
 
 _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "database_url": _database_url,
+    "sqlite_write_wait_seconds": _positive_float,
     "fhir_base_url": _http_url,
     "fhir_auth": _choice("none", "bearer", "smart"),
     "fhir_token": _secret,

@@ -8,6 +8,8 @@
   issue per field path (the syntax of a body is 400, its content 422);
 * ``LimitExceededError`` → 413; other ``ServerError`` (the FHIR server said no) → 502, issue codes
   only: a server's ``diagnostics`` may echo patient data and is neither returned nor logged;
+* ``WriterTurnTimeout`` (the SQLite store's writers are busy past ``sqlite_write_wait_seconds``;
+  nothing was written) → 503 with ``Retry-After``;
 * anything else → 500 with no detail, logged with the request id and the exception type only.
 """
 
@@ -29,6 +31,7 @@ from fhir_alliance.errors import (
     MappingError,
     ServerError,
 )
+from fhir_alliance_service.store.engine import WriterTurnTimeout
 
 __all__ = [
     "FHIR_JSON",
@@ -131,6 +134,19 @@ def _validation_error(exc: ValidationError) -> Response:
     return outcome_response(422, InputError.from_messages(exc.messages).to_operation_outcome())
 
 
+#: ``Retry-After`` of a 503 for a busy store: a writer's turn usually comes within milliseconds.
+BUSY_RETRY_AFTER_SECONDS = 1
+
+
+def _store_busy(exc: WriterTurnTimeout) -> Response:
+    log.warning("store busy: write turn timed out", extra={"request_id": g.get("request_id")})
+    return _simple(
+        503,
+        "the store is busy with other writes; nothing was written: try again shortly",
+        {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+    )
+
+
 def _unexpected(exc: BaseException) -> Response:
     # Type only: messages and tracebacks of arbitrary exceptions can carry request data.
     log.error(
@@ -145,4 +161,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(FhirAllianceError, _library_error)
     app.register_error_handler(ValidationError, _validation_error)
+    app.register_error_handler(WriterTurnTimeout, _store_busy)
     app.register_error_handler(Exception, _unexpected)
