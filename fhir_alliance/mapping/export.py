@@ -1,8 +1,9 @@
 """The fast path from records to wire bytes: map, validate every resource, serialise with orjson.
 
-Validation is real: R4 Observations and Provenances go through the compiled FHIR R4 JSON-schema
-validator (:mod:`fhir_alliance.mapping.fast_validation`), everything else (R5) through the
-``fhir.resources`` model of the target version (:mod:`fhir_alliance.mapping.validation`). What is
+Validation is real: Observations and Provenances go through the compiled FHIR JSON-schema
+validator of the target version, R4 or R5 (:mod:`fhir_alliance.mapping.fast_validation`),
+everything else (consents, notes) through the ``fhir.resources`` model of the target version
+(:mod:`fhir_alliance.mapping.validation`). What is
 saved compared with building models and calling ``model_dump_json`` is both the model construction
 and the serialisation through the models. ``benchmarks/bench_observations.py`` measures it.
 """
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 
 from fhir_alliance.instruments.scoring import DEFAULT_RULES, ScoringRules
-from fhir_alliance.mapping.fast_validation import FAST_RESOURCE_TYPES, validate_r4_fast
+from fhir_alliance.mapping.fast_validation import FAST_RESOURCE_TYPES, FAST_VERSIONS, validate_fast
 from fhir_alliance.mapping.observation import to_observations
 from fhir_alliance.mapping.validation import validate_resource
 from fhir_alliance.model.observations import AllianceRecord
@@ -25,10 +26,10 @@ __all__ = ["dumps_validated", "records_to_ndjson", "validate_fastest"]
 
 def validate_fastest(resource: Mapping[str, Any], *, version: str = "4.0.1") -> None:
     """Raise ProfileViolation unless ``resource`` is valid base FHIR of ``version``: with the
-    compiled validator where it covers the resource type (R4 Observation, Provenance), else with
-    the ``fhir.resources`` model. (No R5 JSON schema is available offline to compile one for R5.)"""
-    if version == "4.0.1" and resource.get("resourceType") in FAST_RESOURCE_TYPES:
-        validate_r4_fast(resource)
+    compiled validator where it covers the resource type (Observation, Provenance; R4 and R5),
+    else with the ``fhir.resources`` model."""
+    if resource.get("resourceType") in FAST_RESOURCE_TYPES and version in FAST_VERSIONS:
+        validate_fast(resource, version=version)
     else:
         validate_resource(resource, version=version)
 
@@ -48,4 +49,5 @@ def records_to_ndjson(
     """One validated NDJSON line per resource of every record, in order."""
     for record in records:
         for resource in to_observations(record, version=version, rules=rules):
-            yield dumps_validated(resource, version=version) + b"\n"
+            validate_fastest(resource, version=version)
+            yield orjson.dumps(resource, option=orjson.OPT_APPEND_NEWLINE)
