@@ -322,10 +322,12 @@ class Puller:
         if history:
             saved = self.store.get_pull_cursor(self.server, history_key)
             history_at = saved.last_updated if saved is not None else None
+            if history_at is None and full_listing is None:
+                full = True  # history needs a start (else all of it is read): the listing's
             try:
                 if full:  # the listing notices what came before; history takes over after it
                     history_at = self._history_head(resource_type) or history_at
-                else:
+                elif history_at is not None:
                     history_at = self._history_deletions(resource_type, history_at, report)
                     report.deletions[resource_type] = DELETIONS_HISTORY
             except HISTORY_UNUSABLE as exc:

@@ -67,7 +67,11 @@ class HistoryServer:
 
     def __init__(self, httpserver: HTTPServer) -> None:
         self.listed: list[dict[str, Any]] = [_consent()]
-        self.history: dict[str, Any] | Response = {"resourceType": "Bundle", "type": "history"}
+        self.history: dict[str, Any] | Response = {
+            "resourceType": "Bundle",
+            "type": "history",
+            "entry": [_written_entry()],
+        }
         self.history_queries: list[dict[str, str]] = []
         statement = {
             "resourceType": "CapabilityStatement",
@@ -105,6 +109,14 @@ class HistoryServer:
         return _json(self.history)
 
 
+def _written_entry() -> dict[str, Any]:
+    return {
+        "resource": _consent(),
+        "request": {"method": "PUT", "url": "Consent/c1"},
+        "response": {"status": "201 Created", "etag": 'W/"1"', "lastModified": STAMP},
+    }
+
+
 def _deleted_entry() -> dict[str, Any]:
     return {
         "fullUrl": "http://elsewhere.example/fhir/Consent/c1",
@@ -128,9 +140,9 @@ def test_a_malformed_history_bundle_falls_back_to_the_listing(
     resource. The pass lists everything instead and the deletion is noticed; the same puller
     then stops asking for history."""
     server = HistoryServer(httpserver)
-    server.history = {"resourceType": "Bundle", "type": "history", "entry": [{"fullUrl": 7}]}
     with _first_pull(sync_store, sqlite_url, server) as client:
         server.listed = []
+        server.history = {"resourceType": "Bundle", "type": "history", "entry": [{"fullUrl": 7}]}
         puller = Puller(sync_settings(server.base, sqlite_url), sync_store, client)
         report = puller.pull()
         assert (report.deletions, report.deleted) == ({"Consent": DELETIONS_LISTING}, 1)
@@ -160,13 +172,15 @@ def test_a_delete_entry_in_history_is_the_deletion(
     httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
 ) -> None:
     """History naming the deleted Consent only by URL (no resource, a bare status) is read as
-    its deletion; the history cursor moves to the DELETE's stamp and the next read starts
+    its deletion. The read starts at the stamp the listing noted (the newest in history) less
+    the overlap; the history cursor then moves to the DELETE's stamp and the next read starts
     there less the overlap."""
     server = HistoryServer(httpserver)
     with _first_pull(sync_store, sqlite_url, server) as client:
         server.history = {"resourceType": "Bundle", "type": "history", "entry": [_deleted_entry()]}
         settings = sync_settings(server.base, sqlite_url, pull_overlap_seconds=10.0)
         report = Puller(settings, sync_store, client).pull()
+        assert server.history_queries[-1]["_since"] == "2026-12-01T09:59:50.000Z"
         assert (report.deletions, report.deleted) == ({"Consent": DELETIONS_HISTORY}, 1)
         cursor = sync_store.get_pull_cursor(client.base.url, HISTORY_CURSOR.format("Consent"))
         assert cursor is not None and cursor.last_updated == DELETED_AT
@@ -193,3 +207,18 @@ def test_a_transient_history_failure_stops_the_pass_and_keeps_the_cursor(
         server.history = {"resourceType": "Bundle", "type": "history", "entry": [_deleted_entry()]}
         retried = Puller(settings, sync_store, client).pull()
     assert (retried.deletions, retried.deleted) == ({"Consent": DELETIONS_HISTORY}, 1)
+
+
+def test_without_a_history_start_the_pass_lists_instead_of_reading_all_history(
+    httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
+) -> None:
+    """History was empty when the listing looked (no stamp to start from): the next pass lists
+    again rather than read the server's whole history; history is only ever asked for its
+    newest entry until it has one."""
+    server = HistoryServer(httpserver)
+    server.history = {"resourceType": "Bundle", "type": "history"}
+    with _first_pull(sync_store, sqlite_url, server) as client:
+        server.listed = []
+        report = Puller(sync_settings(server.base, sqlite_url), sync_store, client).pull()
+    assert (report.deletions, report.deleted) == ({"Consent": DELETIONS_LISTING}, 1)
+    assert server.history_queries == [{"_count": "1"}, {"_count": "1"}]
