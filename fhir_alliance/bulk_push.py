@@ -28,12 +28,15 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 import orjson
 
 from fhir_alliance.errors import InputError, Issue, ServerError
+
+if TYPE_CHECKING:
+    from fhir_alliance.client import FhirClient
 
 __all__ = [
     "BulkFile",
@@ -289,7 +292,7 @@ def _send_order(files: Sequence[BulkFile]) -> list[BulkFile]:
 
 
 def push_transactions(
-    client: Any, files: Sequence[BulkFile], report: PushReport, *, bundle_size: int
+    client: FhirClient, files: Sequence[BulkFile], report: PushReport, *, bundle_size: int
 ) -> None:
     """Send every resource as ``PUT [type]/[id]`` in transaction Bundles of ``bundle_size``,
     streaming each file; counts go into ``report``. A failed Bundle (after the client's retries

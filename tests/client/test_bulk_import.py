@@ -5,6 +5,7 @@ tests/test_push_bulk.py.
 """
 
 import json
+import logging
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -284,3 +285,34 @@ def test_error_entries_are_counted_per_input_type(
     assert outcome.imported == {"Observation": 16, "Provenance": 3}
     assert outcome.failed == {"Observation": 2}
     assert not outcome.ok and outcome.error_entries == 1
+
+
+def test_logs_carry_no_file_url_job_id_or_token(
+    httpserver: HTTPServer,
+    retry_policy: RetryPolicy,
+    slept: RecordedSleep,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Debug logs of a whole import name the interaction ($import, its status path as a
+    template) but not the files' URLs, the job id, the bearer token or the server's diagnostics."""
+    caplog.set_level(logging.DEBUG)
+    status = "/fhir/$import-status/job-7f3a9"
+    _accept(httpserver, httpserver.url_for(status))
+    httpserver.expect_oneshot_request(status).respond_with_data("", status=202)
+    httpserver.expect_oneshot_request(status).respond_with_json(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {"severity": "error", "code": "exception", "diagnostics": "Patient Jane Doe"}
+            ],
+        },
+        status=503,
+    )
+    httpserver.expect_request(status).respond_with_json(_completion())
+    client = _client(httpserver, retry_policy, auth=BearerTokenAuth(TOKEN))
+    run_import(client, INPUTS, input_source="urn:x", polling=_polling(slept))
+    # werkzeug logs are pytest-httpserver's (the server side), not ours.
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name != "werkzeug")
+    assert "$import" in text
+    for secret in ("job-7f3a9", "files.example", "abc", TOKEN, "Jane Doe"):
+        assert secret not in text, secret
