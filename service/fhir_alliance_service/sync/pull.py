@@ -16,6 +16,8 @@ whose consents changed. See docs/two-way-sync.md.
   version we have read, is a deletion. The full listing then runs only every
   ``pull_safety_listing_seconds`` (a safety net for history a server trims or garbles), and at
   once in a pass whose history answer cannot be read (history is then off for this puller).
+  Each listing first notes the newest history stamp (``_history?_count=1``): history is read
+  from there on, never from the start (without a stamp the pass lists again).
   Elsewhere every ``pull_full_listing_seconds`` the pull lists everything of our patients; a
   resource seen before and missing from a complete listing was deleted.
 * **Source of truth**: a Consent written by someone else (foreign) belongs to the server: it is
