@@ -129,7 +129,10 @@ class SyncStatus:
     record_id: str
     record_version: int
     state: SyncState
-    attempts: int = 0
+    attempts: int = 0  # failed sends (transient failures) so far
+    #: Leases that expired without a result since the item's last result (its worker stopped:
+    #: a crash, or a database outage that kept it from recording one).
+    lost_leases: int = 0
     held_reason: str | None = None
     next_attempt_at: datetime | None = None
     last_outcome: Mapping[str, Any] | None = None  # OperationOutcome of the last failure
@@ -154,12 +157,16 @@ class OutboxItem:
     family: str
     patient: str
     body: Mapping[str, Any]
-    attempts: int  # failures so far (0 on the first try), a worker that stopped counting as one
+    attempts: int  # failed sends so far (0 on the first try)
     lease_owner: str
     lease_until: datetime
     #: This claim took the item over from a worker whose lease expired without a result (it
-    #: crashed, hung or gave the item up); that attempt is already counted in ``attempts``.
+    #: crashed, hung, or could not reach the database to record one); counted in ``lost_leases``.
     taken_over: bool = False
+    #: Leases lost in a row: workers that stopped on this item since its last result (any
+    #: ``mark_*`` or ``release`` sets it back to 0). ``max_attempts`` of them in a row make a
+    #: poison record, dead-lettered without another try.
+    lost_leases: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,13 +299,16 @@ class Store(Protocol):
         """Lease up to ``limit`` claimable items (QUEUED, or FAILED with ``next_attempt_at <= now``,
         not leased or with an expired lease), oldest first, at most the oldest pending item per
         patient. PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so concurrent workers never get one
-        item twice. An item whose lease expired without a result is a failed attempt: taking it
-        over adds one to its ``attempts`` and sets ``taken_over`` (so a record that kills every
-        worker reaches ``max_attempts`` and is dead-lettered instead of retried forever)."""
+        item twice. An item whose lease expired without a result lost a lease: taking it over
+        adds one to its ``lost_leases`` (not to ``attempts``, the failed sends) and sets
+        ``taken_over``, so a record that kills every worker reaches ``max_attempts`` lost leases
+        in a row and is dead-lettered instead of retried forever, while a database outage, which
+        costs a lease but is followed by a result, is not held against the record."""
 
     def release(self, item_ids: Sequence[int], worker: str, *, at: datetime) -> int:
-        """Hand back the leases ``worker`` holds on ``item_ids`` without trying them (its lease
-        was running out): claimable at once, and no attempt is counted. Returns how many."""
+        """Hand back the leases ``worker`` holds on ``item_ids`` without a result (its lease was
+        running out, or it could not record results during a database outage): claimable at
+        once, no attempt counted and the lost leases forgotten. Returns how many."""
 
     def mark_sent(
         self,

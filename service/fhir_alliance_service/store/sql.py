@@ -257,6 +257,7 @@ _MARK_SENT = (
         updated_at=bindparam("b_at", type_=outbox.c.updated_at.type),
         lease_owner=None,
         lease_until=None,
+        lost_leases=0,
     )
 )
 
@@ -282,6 +283,7 @@ def _sync_status(row: AnyRow) -> SyncStatus:
         record_version=row.record_version,
         state=SyncState(row.state),
         attempts=row.attempts,
+        lost_leases=row.lost_leases,
         held_reason=row.held_reason,
         next_attempt_at=row.next_attempt_at,
         last_outcome=row.last_outcome,
@@ -665,16 +667,18 @@ class SqlStore(AuditQueueSql):
             item_ids = list(leases)
             if not item_ids:
                 return []
-            # A lease that is still set here expired without a result (every ``mark_*`` clears
-            # it): the worker holding it stopped, which counts as a failed attempt. Otherwise a
-            # record that kills every worker taking it would be retried forever.
+            # A lease that is still set here expired without a result (every ``mark_*`` and
+            # ``release`` clears it): the worker holding it stopped, a crash or a database
+            # outage. It counts as a lost lease, apart from the failed sends in ``attempts``;
+            # the next result forgets them. A record that kills every worker taking it still
+            # reaches ``max_attempts`` lost leases in a row and is dead-lettered.
             connection.execute(
                 update(outbox)
                 .where(outbox.c.item_id.in_(item_ids))
                 .values(
                     lease_owner=worker,
                     lease_until=lease_until,
-                    attempts=outbox.c.attempts
+                    lost_leases=outbox.c.lost_leases
                     + case((outbox.c.lease_until.is_not(None), 1), else_=0),
                     updated_at=now,
                 )
@@ -686,6 +690,7 @@ class SqlStore(AuditQueueSql):
                     outbox.c.record_version,
                     outbox.c.patient,
                     outbox.c.attempts,
+                    outbox.c.lost_leases,
                     record_versions.c.kind,
                     record_versions.c.family,
                     record_versions.c.body,
@@ -710,6 +715,7 @@ class SqlStore(AuditQueueSql):
                     patient=row.patient,
                     body=row.body,
                     attempts=row.attempts,
+                    lost_leases=row.lost_leases,
                     lease_owner=worker,
                     lease_until=lease_until,
                     taken_over=leases[row.item_id] is not None,
@@ -728,7 +734,7 @@ class SqlStore(AuditQueueSql):
                     outbox.c.lease_owner == worker,
                     outbox.c.state.in_(_PENDING),
                 )
-                .values(lease_owner=None, lease_until=None, updated_at=at)
+                .values(lease_owner=None, lease_until=None, lost_leases=0, updated_at=at)
             )
             return int(result.rowcount)
 
@@ -740,7 +746,8 @@ class SqlStore(AuditQueueSql):
         audit_entries: Sequence[AuditEntry],
     ) -> bool:
         """Compare-and-set: apply ``values`` only while ``worker`` holds the lease on a pending
-        item; the lease is released either way it lands."""
+        item; the lease is released either way it lands, and the lost leases are forgotten
+        (a result: the worker did not stop on this item)."""
         with self._write() as connection:
             result = connection.execute(
                 update(outbox)
@@ -749,7 +756,7 @@ class SqlStore(AuditQueueSql):
                     outbox.c.lease_owner == worker,
                     outbox.c.state.in_(_PENDING),
                 )
-                .values(lease_owner=None, lease_until=None, **values)
+                .values(lease_owner=None, lease_until=None, lost_leases=0, **values)
             )
             if result.rowcount != 1:
                 return False
@@ -877,7 +884,11 @@ class SqlStore(AuditQueueSql):
         if record_id is not None:
             query = query.where(outbox.c.record_id == record_id)
         query = query.values(
-            state=SyncState.QUEUED.value, attempts=0, next_attempt_at=None, updated_at=at
+            state=SyncState.QUEUED.value,
+            attempts=0,
+            lost_leases=0,
+            next_attempt_at=None,
+            updated_at=at,
         )
         with self._write() as connection:
             return int(connection.execute(query).rowcount)

@@ -134,26 +134,28 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_loses(store: SqlStore,
     assert status is not None and status.state is not SyncState.QUEUED
 
 
-def test_a_lease_that_expires_without_a_result_counts_as_a_failed_attempt(
+def test_a_lease_that_expires_without_a_result_counts_as_a_lost_lease(
     store: SqlStore,
 ) -> None:
-    """Each takeover of an expired lease adds one attempt and says so (``taken_over``); a
-    claim of a fresh item or of a failed one waiting for its retry does not."""
+    """Each takeover of an expired lease adds one lost lease (not a failed send) and says so
+    (``taken_over``); a claim of a fresh item or of a failed one waiting for its retry does not;
+    a result forgets the lost leases, and a failed send counts in ``attempts``."""
     store.put_records([record(1)], audit=[], at=T0)
     [first] = store.claim("w1", limit=1, lease_seconds=30, now=at(1))
-    assert (first.attempts, first.taken_over) == (0, False)
+    assert (first.attempts, first.lost_leases, first.taken_over) == (0, 0, False)
     [second] = store.claim("w2", limit=1, lease_seconds=30, now=at(31))
-    assert (second.attempts, second.taken_over) == (1, True)
+    assert (second.attempts, second.lost_leases, second.taken_over) == (0, 1, True)
     [third] = store.claim("w3", limit=1, lease_seconds=30, now=at(61))
-    assert (third.attempts, third.taken_over) == (2, True)
+    assert (third.attempts, third.lost_leases, third.taken_over) == (0, 2, True)
     status = store.sync_status("rec-000001")
-    assert status is not None and (status.state, status.attempts) == (SyncState.QUEUED, 2)
+    assert status is not None
+    assert (status.state, status.attempts, status.lost_leases) == (SyncState.QUEUED, 0, 2)
     # A failure recorded by the lease holder counts once, and its retry is no takeover.
     assert store.mark_failed(
         third.item_id, "w3", outcome=OUTCOME, next_attempt_at=at(70), at=at(62)
     )
     [retry] = store.claim("w4", limit=1, lease_seconds=30, now=at(70))
-    assert (retry.attempts, retry.taken_over) == (3, False)
+    assert (retry.attempts, retry.lost_leases, retry.taken_over) == (1, 0, False)
 
 
 def test_release_hands_items_back_untried_without_counting_an_attempt(store: SqlStore) -> None:
@@ -171,10 +173,10 @@ def test_release_hands_items_back_untried_without_counting_an_attempt(store: Sql
     assert held is not None and held.state is SyncState.HELD
 
 
-def test_dead_letter_without_counting_keeps_the_attempts_the_takeovers_counted(
+def test_dead_letter_without_counting_keeps_the_attempts_as_they_were(
     store: SqlStore,
 ) -> None:
-    """``mark_dead(count_attempt=False)`` leaves ``attempts`` as the takeovers counted them;
+    """``mark_dead(count_attempt=False)`` leaves ``attempts`` (failed sends) as they were;
     the default counts the failed attempt."""
     store.put_records([record(1), record(2, patient="Patient/p2")], audit=[], at=T0)
     store.claim("w1", limit=2, lease_seconds=30, now=at(1))
@@ -185,8 +187,8 @@ def test_dead_letter_without_counting_keeps_the_attempts_the_takeovers_counted(
     assert store.mark_dead(second.item_id, "w2", outcome=OUTCOME, audit=[], at=at(32))
     counted = [store.sync_status(r) for r in ("rec-000001", "rec-000002")]
     assert [(s.state, s.attempts) for s in counted if s is not None] == [
+        (SyncState.DEAD_LETTERED, 0),
         (SyncState.DEAD_LETTERED, 1),
-        (SyncState.DEAD_LETTERED, 2),
     ]
 
 
