@@ -1,0 +1,122 @@
+"""The leases a worker holds, so that a database outage is not held against its records.
+
+A worker whose store calls fail because the database cannot be reached (or its SQLite writers'
+turn does not come in time) gives its batch up: the error unwinds the batch. Left alone, the
+items' leases would expire and their next claim would count a lost lease against each of them,
+as if the record had killed the worker. :class:`LeaseLedger` wraps the worker's store and keeps
+the ids of the items it holds (claimed and not yet finished by a ``mark_*`` or ``release``).
+When a batch fails with a database outage (:func:`is_store_outage`), :meth:`LeaseLedger.abandon`
+keeps them aside, and the worker's next claim first hands them back with ``Store.release``: no
+attempt and no lost lease counted (if the database is still down, that release fails and nothing
+is claimed either). Any other error leaves the leases to expire: a record that makes the worker
+fail every time is still a poison record, dead-lettered after ``max_attempts`` lost leases.
+
+If the database stays down longer than the lease and another worker takes the items over first,
+that takeover counts one lost lease, which the item's next result forgets (``Store.claim``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+
+from fhir_alliance_service.store.engine import WriterTurnTimeout
+from fhir_alliance_service.store.interface import OutboxItem, SentMark, Store
+
+__all__ = ["LeaseLedger", "is_store_outage"]
+
+#: Errors that say "the database could not be reached or did not answer in time", not "this
+#: record is bad": connections refused or dropped, a server shutting down, a timed-out write turn.
+_OUTAGES = (OperationalError, InterfaceError, DisconnectionError, WriterTurnTimeout)
+
+
+def is_store_outage(error: BaseException) -> bool:
+    """The store failed for want of its database, not because of what was written."""
+    return isinstance(error, _OUTAGES)
+
+
+class LeaseLedger:
+    """A worker's store (every call passed through) that remembers the items it holds."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._held: dict[int, str] = {}  # item id → the worker holding it
+        self._abandoned: dict[int, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    @property
+    def held(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._held)
+
+    def abandon(self, error: BaseException) -> int:
+        """The worker gave its batches up because of ``error``: after a database outage, hand
+        the items it holds back at its next claim; else let their leases expire. How many will
+        be handed back."""
+        with self._lock:
+            if is_store_outage(error):
+                self._abandoned.update(self._held)
+            self._held.clear()
+            return len(self._abandoned)
+
+    # -- the calls that lease and finish items ---------------------------------------------------
+    def claim(
+        self, worker: str, *, limit: int, lease_seconds: float, now: datetime
+    ) -> list[OutboxItem]:
+        with self._lock:
+            abandoned = [i for i, owner in self._abandoned.items() if owner == worker]
+        if abandoned:  # first, what an outage made us give up (raises while it lasts)
+            self._store.release(abandoned, worker, at=now)
+            with self._lock:
+                for item_id in abandoned:
+                    self._abandoned.pop(item_id, None)
+        items = self._store.claim(worker, limit=limit, lease_seconds=lease_seconds, now=now)
+        with self._lock:
+            self._held.update((item.item_id, worker) for item in items)
+        return items
+
+    def _finished(self, item_ids: Sequence[int]) -> None:
+        with self._lock:
+            for item_id in item_ids:
+                self._held.pop(item_id, None)
+
+    def release(self, item_ids: Sequence[int], worker: str, *, at: datetime) -> int:
+        count = self._store.release(item_ids, worker, at=at)
+        self._finished(item_ids)
+        return count
+
+    def mark_sent_many(self, worker: str, marks: Sequence[SentMark], *, at: datetime) -> list[bool]:
+        landed = self._store.mark_sent_many(worker, marks, at=at)
+        self._finished([mark.item_id for mark in marks])
+        return landed
+
+    def mark_sent(self, item_id: int, worker: str, **kwargs: Any) -> bool:
+        recorded = self._store.mark_sent(item_id, worker, **kwargs)
+        self._finished([item_id])
+        return recorded
+
+    def mark_held(self, item_id: int, worker: str, **kwargs: Any) -> bool:
+        recorded = self._store.mark_held(item_id, worker, **kwargs)
+        self._finished([item_id])
+        return recorded
+
+    def mark_failed(self, item_id: int, worker: str, **kwargs: Any) -> bool:
+        recorded = self._store.mark_failed(item_id, worker, **kwargs)
+        self._finished([item_id])
+        return recorded
+
+    def mark_dead(self, item_id: int, worker: str, **kwargs: Any) -> bool:
+        recorded = self._store.mark_dead(item_id, worker, **kwargs)
+        self._finished([item_id])
+        return recorded
+
+    def as_store(self) -> Store:
+        """This ledger where a :class:`Store` is expected (every other call is passed through)."""
+        return cast(Store, self)
