@@ -164,7 +164,8 @@ def resource_groups(
     for label, item in items:
         try:
             kind = item.get("kind") if isinstance(item, Mapping) else None
-            mapper = mapper_for_kind(kind)
+            # A kind that is not a string (an array, an object) is unknown, not a crash.
+            mapper = mapper_for_kind(kind if isinstance(kind, str) else None)
             loaded.append((label, mapper, mapper.load(item)))
         except InputError as exc:
             issues += _prefixed(exc, label)

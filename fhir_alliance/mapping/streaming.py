@@ -38,8 +38,6 @@ __all__ = ["InputFile", "spooled_inputs", "stream_ndjson"]
 _BOM = b"\xef\xbb\xbf"
 _JSON_WHITESPACE = b" \t\r\n"
 _CHUNK = 1 << 20
-#: The spool stays in memory up to this size, then moves to a temporary file.
-_SPOOL_IN_MEMORY = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -137,7 +135,7 @@ def stream_ndjson(
     ``None`` when the input needs the in-memory path (see the module docstring). All loading,
     mapping, validation and batch checks are done before this returns, so an input with an error
     never yields a byte."""
-    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by _spliced
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _spliced
     try:
         body_end, places = _map_to_spool(files, version, max_bytes, spool)
     except _NotStreamable:
@@ -149,63 +147,84 @@ def stream_ndjson(
     return _spliced(spool, body_end, places)
 
 
+class _Route(NamedTuple):
+    """What the pass does with a record kind's records, and where it keeps what the batch rules
+    need (one list per mapper, shared by its kinds): ``folded`` records are held and mapped after
+    the pass (``apply_batch``); otherwise the record is mapped at once, and its ``batch_key`` goes
+    to ``keys`` or, for a mapper with ``check_batch`` but no keys, the record to ``checked``."""
+
+    mapper: RecordMapper
+    folded: list[tuple[str, Any]] | None
+    keys: list[tuple[str, Any]] | None
+    checked: list[tuple[str, Any]] | None
+
+
+def _routes_for(mapper: RecordMapper, routes: dict[Any, _Route]) -> _Route:
+    """The route of ``mapper`` (the one already made for another of its kinds, or a new one)."""
+    for route in routes.values():
+        if route.mapper is mapper:
+            return route
+    if hasattr(mapper, "apply_batch"):
+        return _Route(mapper, [], None, None)
+    if hasattr(mapper, "batch_key"):
+        return _Route(mapper, None, [], None)
+    return _Route(mapper, None, None, [] if hasattr(mapper, "check_batch") else None)
+
+
 def _map_to_spool(
     files: Sequence[InputFile], version: str, max_bytes: int, spool: IO[bytes]
 ) -> tuple[int, list[tuple[_Slot, _Spliced | None]]]:
     """The pass: every record mapped to the spool, the batch rules applied; returns where the
     pass's lines end, the places of the folded mappers' records and where their lines were
     written after that (``None``: folded into another record)."""
-    by_kind: dict[Any, RecordMapper] = {}
-    keys: dict[int, list[tuple[str, Any]]] = {}
-    held: dict[int, list[tuple[str, Any]]] = {}
-    mappers: dict[int, RecordMapper] = {}
+    routes: dict[Any, _Route] = {}  # record kind -> route
     slots: list[_Slot] = []
     write = spool.write
     dumps = orjson.dumps
     newline = orjson.OPT_APPEND_NEWLINE
     for label, item in _records(files, max_bytes):
         kind = item.get("kind")
-        try:
-            mapper = by_kind[kind]
-        except (KeyError, TypeError):
+        route = routes.get(kind) if isinstance(kind, str) else None
+        if route is None:
             try:
-                mapper = mapper_for_kind(kind)
+                route = _routes_for(
+                    mapper_for_kind(kind if isinstance(kind, str) else None), routes
+                )
             except InputError:
                 raise _NotStreamable from None
             if isinstance(kind, str):
-                by_kind[kind] = mapper
+                routes[kind] = route
+        mapper = route.mapper
         try:
             record = mapper.load(item)
         except InputError:
             raise _NotStreamable from None
-        mine = id(mapper)
-        mappers[mine] = mapper
-        if hasattr(mapper, "apply_batch"):  # mapped once the batch is folded
-            held.setdefault(mine, []).append((label, record))
+        if route.folded is not None:  # mapped once the batch is folded
+            route.folded.append((label, record))
             slots.append(_Slot(spool.tell(), label, mapper))
             continue
-        if hasattr(mapper, "batch_key"):
+        if route.keys is not None:
             # The label is only read when a rule is broken, and then the in-memory path reports
             # it: one shared empty label keeps the kept keys small.
-            keys.setdefault(mine, []).append(("", mapper.batch_key(record)))
-        elif hasattr(mapper, "check_batch"):  # no keys offered: the rules need the records
-            held.setdefault(mine, []).append((label, record))
+            route.keys.append(("", mapper.batch_key(record)))  # type: ignore[attr-defined]
+        elif route.checked is not None:  # no keys offered: the rules need the records
+            route.checked.append((label, record))
         try:
             for resource in mapper.to_fhir(record, version=version):
                 validate_fastest(resource, version=version)
                 write(dumps(resource, option=newline))
         except FhirAllianceError:
             raise _NotStreamable from None
-    for mine, labelled_keys in keys.items():
-        if mappers[mine].check_batch_keys(labelled_keys):  # type: ignore[attr-defined]
-            raise _NotStreamable
     kept: dict[str, Any] = {}
-    for mine, labelled in held.items():
-        mapper = mappers[mine]
-        if hasattr(mapper, "check_batch") and mapper.check_batch(labelled):
+    for route in {id(r.mapper): r for r in routes.values()}.values():
+        mapper = route.mapper
+        if route.keys and mapper.check_batch_keys(route.keys):  # type: ignore[attr-defined]
             raise _NotStreamable
-        if hasattr(mapper, "apply_batch"):
-            kept.update(mapper.apply_batch(labelled))
+        held = route.folded if route.folded is not None else route.checked
+        if held and hasattr(mapper, "check_batch") and mapper.check_batch(held):
+            raise _NotStreamable
+        if route.folded:
+            kept.update(mapper.apply_batch(route.folded))  # type: ignore[attr-defined]
     body_end = spool.tell()
     places: list[tuple[_Slot, _Spliced | None]] = []
     for slot in slots:

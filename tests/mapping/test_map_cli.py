@@ -62,6 +62,21 @@ def test_bad_input_exits_nonzero_with_field_paths(tmp_path: Path, capsys) -> Non
     assert "bad.json:2.kind" in err
 
 
+@pytest.mark.parametrize("ndjson", [False, True])
+@pytest.mark.parametrize("kind", [[], {"a": 1}, 3])
+def test_a_kind_that_is_not_a_string_is_an_unknown_kind(
+    tmp_path: Path, capsys, kind: object, ndjson: bool
+) -> None:
+    """``"kind": []`` (or an object, a number) is reported as an unknown kind at its path, with
+    exit code 1, on the whole-file and on the streaming path; never a traceback."""
+    source = tmp_path / "odd.ndjson"
+    source.write_text(json.dumps({"kind": kind}) + "\n")
+    code, out, err = _run(capsys, str(source), *(["--ndjson"] if ndjson else []))
+    assert code == 1
+    assert out == ""
+    assert "odd.ndjson:0.kind: unknown record kind" in err
+
+
 def test_foreign_resource_exits_nonzero_naming_the_element(tmp_path: Path, capsys) -> None:
     """A FHIR Observation that does not fit is refused with its element path."""
     source = tmp_path / "obs.json"
