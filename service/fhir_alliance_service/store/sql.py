@@ -4,7 +4,8 @@ SQLAlchemy 2 Core, for SQLite and PostgreSQL. Each method is one short transacti
 Choices the interface leaves open, made here:
 
 * Intake is one transaction of a few bulk statements whatever the batch size: one lookup of the
-  records' newest versions (``record_heads``), then bulk inserts and one update per 500 records.
+  records' newest versions (``record_heads``), then bulk inserts and one update per 500 records,
+  run as plain SQL on a raw DBAPI connection per thread (``raw.py``; PostgreSQL pipelines them).
   Two intakes racing on one record: SQLite's write lock serialises them; on PostgreSQL the later
   writer fails whole with ``IntegrityError`` (primary key of the version) and may simply retry.
 * A claimed FAILED item stays FAILED (with its last outcome) until the retry's ``mark_*``.
@@ -63,6 +64,7 @@ from .interface import (
     SyncStatus,
 )
 from .patient_tokens import patient_token
+from .raw import RawSql
 from .tables import (
     api_keys,
     meta,
@@ -223,24 +225,6 @@ _RECORD_COLUMNS = (
 )
 
 
-# Statements on the intake path, built once: SQLAlchemy then reuses their cache key and compiled
-# form instead of building and hashing a new statement per request.
-_HEADS_BY_IDS = select(
-    record_heads.c.record_id, record_heads.c.version, record_heads.c.content_hash
-).where(record_heads.c.record_id.in_(bindparam("record_ids", expanding=True)))
-_NEWEST_BY_IDS = (
-    select(*_RECORD_COLUMNS)
-    .join(
-        record_heads,
-        and_(
-            record_heads.c.record_id == record_versions.c.record_id,
-            record_heads.c.version == record_versions.c.version,
-        ),
-    )
-    .where(record_heads.c.record_id.in_(bindparam("record_ids", expanding=True)))
-)
-
-
 #: ``mark_sent``'s compare-and-set for ``mark_sent_many``, built once for a Bundle's items.
 _MARK_SENT = (
     update(outbox)
@@ -338,6 +322,7 @@ class SqlStore(AuditQueueSql):
         self._writer_turn = writer_turn(engine)
         self._dialect = engine.dialect.name
         self._stamp_reader = _AutocommitReader(engine)
+        self._raw = RawSql(engine, self._writer_turn)
         self._stamp_sql = _KEYS_AND_CONSENT_STAMPS_SQL
         if self._dialect == "postgresql":
             self._stamp_sql = _KEYS_AND_CONSENT_STAMPS_SQL.replace(":patient", "%(patient)s")
@@ -361,8 +346,14 @@ class SqlStore(AuditQueueSql):
         with self._read() as connection:
             connection.execute(select(1)).scalar_one()
 
+    @property
+    def raw(self) -> RawSql:
+        """The raw DBAPI access of the intake path (``raw.py``)."""
+        return self._raw
+
     def close(self) -> None:
         self._stamp_reader.close()
+        self._raw.close()
         self._engine.dispose()
 
     # -- intake --------------------------------------------------------------------------------
@@ -405,14 +396,16 @@ class SqlStore(AuditQueueSql):
         at: datetime,
         origin: str | None = None,
     ) -> list[IntakeResult]:
+        # On the raw DBAPI connection of this thread (``raw.py``): one transaction of a lookup
+        # and a few prepared bulk statements, without SQLAlchemy's per-statement machinery.
         results: list[IntakeResult] = []
         record_rows: list[dict[str, Any]] = []
         outbox_rows: list[dict[str, Any]] = []
         changed_ids: list[str] = []  # records that existed before this batch and got a version
         written: set[str] = set()  # records that got a new version in this batch
         queued_in_batch: dict[str, dict[str, Any]] = {}  # record id → its newest item row
-        with self._write() as connection:
-            heads = self._load_heads(connection, [record.record_id for record in records])
+        with self._raw.transaction():
+            heads = self._load_heads([record.record_id for record in records])
             for record in records:
                 head = heads.get(record.record_id)
                 if head is not None and head.content_hash == record.content_hash:
@@ -459,9 +452,9 @@ class SqlStore(AuditQueueSql):
                 outbox_rows.append(item)
                 queued_in_batch[record.record_id] = item
             if record_rows:
-                self._write_versions(connection, record_rows, heads, changed_ids, at, origin)
+                self._write_versions(record_rows, heads, changed_ids, at, origin)
                 if origin is None:  # pulled records are never pushed back
-                    connection.execute(insert(outbox), outbox_rows)
+                    self._raw.insert(outbox, outbox_rows)
             audit_rows = [
                 _audit_row(entry)
                 for entry in audit
@@ -469,88 +462,88 @@ class SqlStore(AuditQueueSql):
                 or entry.record_id in written
                 or entry.record_id not in heads  # about a record not in this batch
             ]
-            if audit_rows:
-                connection.execute(insert(audit_log), audit_rows)
+            self._raw.insert(audit_log, audit_rows)
         return results
 
-    def _load_heads(self, connection: Connection, record_ids: Sequence[str]) -> dict[str, _Head]:
+    def _load_heads(self, record_ids: Sequence[str]) -> dict[str, _Head]:
         heads: dict[str, _Head] = {}
         unique = list(dict.fromkeys(record_ids))
         for chunk in _chunks(unique):
-            rows = connection.execute(_HEADS_BY_IDS, {"record_ids": list(chunk)})
+            rows = self._raw.query(
+                "SELECT record_id, version, content_hash FROM record_heads "  # noqa: S608 (placeholders)
+                f"WHERE record_id IN ({self._raw.placeholders(len(chunk))})",
+                chunk,
+            )
             for record_id, version, content_hash in rows:
                 heads[record_id] = _Head(version, content_hash, is_new=False)
         return heads
 
     def _write_versions(
         self,
-        connection: Connection,
         record_rows: list[dict[str, Any]],
         heads: dict[str, _Head],
         changed_ids: list[str],
         at: datetime,
         origin: str | None = None,
     ) -> None:
-        connection.execute(insert(record_versions), record_rows)
+        raw = self._raw
+        raw.insert(record_versions, record_rows)
         newest = {row["record_id"]: row for row in record_rows}  # last version per record wins
-        new_heads = [
-            {
-                "record_id": record_id,
-                "version": heads[record_id].version,
-                "family": row["family"],
-                "patient": row["patient"],
-                "content_hash": heads[record_id].content_hash,
-                "created_at": at,
-                "updated_at": at,
-                "origin": origin,
-            }
-            for record_id, row in newest.items()
-            if heads[record_id].is_new
-        ]
-        if new_heads:
-            connection.execute(insert(record_heads), new_heads)
-        self._add_patient_tokens(connection, {row["patient"] for row in newest.values()})
+        raw.insert(
+            record_heads,
+            [
+                {
+                    "record_id": record_id,
+                    "version": heads[record_id].version,
+                    "family": row["family"],
+                    "patient": row["patient"],
+                    "content_hash": heads[record_id].content_hash,
+                    "created_at": at,
+                    "updated_at": at,
+                    "origin": origin,
+                }
+                for record_id, row in newest.items()
+                if heads[record_id].is_new
+            ],
+        )
+        # Keep the console's token of each patient (already known ones are left alone).
+        raw.insert(
+            patient_tokens,
+            [
+                {"token": patient_token(p), "patient": p}
+                for p in sorted({row["patient"] for row in newest.values()})
+            ],
+            suffix=" ON CONFLICT (token) DO NOTHING",
+        )
         changed = list(dict.fromkeys(changed_ids))
         if not changed:
             return
-        connection.execute(
-            update(record_heads)
-            .where(record_heads.c.record_id == bindparam("b_record_id"))
-            .values(
-                version=bindparam("b_version"),
-                content_hash=bindparam("b_content_hash"),
-                family=bindparam("b_family"),
-                patient=bindparam("b_patient"),
-                updated_at=bindparam("b_updated_at"),
-            ),
+        stamp = raw.bind_processor(record_heads.c.updated_at)
+        when = stamp(at) if stamp is not None else at
+        raw.executemany(
+            "UPDATE record_heads SET version = ?, content_hash = ?, family = ?, patient = ?, "
+            "updated_at = ? WHERE record_id = ?",
             [
-                {
-                    "b_record_id": record_id,
-                    "b_version": heads[record_id].version,
-                    "b_content_hash": heads[record_id].content_hash,
-                    "b_family": newest[record_id]["family"],
-                    "b_patient": newest[record_id]["patient"],
-                    "b_updated_at": at,
-                }
+                (
+                    heads[record_id].version,
+                    heads[record_id].content_hash,
+                    newest[record_id]["family"],
+                    newest[record_id]["patient"],
+                    when,
+                    record_id,
+                )
                 for record_id in changed
             ],
         )
         # Older unsent items of changed records: superseded, unless a worker holds them right now
         # (they are being sent; the new version waits behind them in patient order).
         for chunk in _chunks(changed):
-            connection.execute(
-                update(outbox)
-                .where(
-                    outbox.c.record_id.in_(chunk),
-                    outbox.c.state.in_(_SUPERSEDABLE),
-                    or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= at),
-                )
-                .values(
-                    state=SyncState.SUPERSEDED.value,
-                    lease_owner=None,
-                    lease_until=None,
-                    updated_at=at,
-                )
+            raw.execute(
+                "UPDATE outbox SET state = ?, lease_owner = NULL, lease_until = NULL, "  # noqa: S608
+                f"updated_at = ? WHERE record_id IN ({raw.placeholders(len(chunk))}) "
+                f"AND state IN ({raw.placeholders(len(_SUPERSEDABLE))}) "
+                "AND (lease_until IS NULL OR lease_until <= ?)",
+                [SyncState.SUPERSEDED.value, when, *chunk, *_SUPERSEDABLE, when],
             )
 
     # -- reading -------------------------------------------------------------------------------
@@ -566,11 +559,29 @@ class SqlStore(AuditQueueSql):
         return None if row is None else _stored_record(row)
 
     def get_records(self, record_ids: Sequence[str]) -> dict[str, StoredRecord]:
+        # Intake's batch lookup: on this thread's raw connection, one read transaction per chunk.
+        raw = self._raw
+        body = raw.result_processor(record_versions.c.body)
+        first_created = raw.result_processor(record_heads.c.created_at)
+        version_created = raw.result_processor(record_versions.c.created_at)
         found: dict[str, StoredRecord] = {}
-        with self._read() as connection:
-            for chunk in _chunks(list(dict.fromkeys(record_ids))):
-                for row in connection.execute(_NEWEST_BY_IDS, {"record_ids": list(chunk)}):
-                    found[row.record_id] = _stored_record(row)
+        for chunk in _chunks(list(dict.fromkeys(record_ids))):
+            rows = raw.query(
+                "SELECT r.record_id, r.identifier, r.kind, r.family, r.patient, r.version, "  # noqa: S608
+                "r.body, r.content_hash, h.created_at, r.created_at "
+                "FROM record_heads AS h JOIN records AS r "
+                "ON r.record_id = h.record_id AND r.version = h.version "
+                f"WHERE h.record_id IN ({raw.placeholders(len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                found[row[0]] = StoredRecord(
+                    *row[:6],
+                    body=row[6] if body is None else body(row[6]),
+                    content_hash=row[7],
+                    created_at=row[8] if first_created is None else first_created(row[8]),
+                    updated_at=row[9] if version_created is None else version_created(row[9]),
+                )
         return found
 
     def _newest_records(self) -> Select[*tuple[Any, ...]]:
@@ -1031,16 +1042,6 @@ class SqlStore(AuditQueueSql):
         return postgresql.insert(table) if self._dialect == "postgresql" else sqlite.insert(table)
 
     # -- patient tokens (the console's opaque patient ids) ---------------------------------------
-    def _add_patient_tokens(self, connection: Connection, patients: set[str]) -> None:
-        """Keep the token of each of ``patients`` (already known ones are left alone)."""
-        if not patients:
-            return
-        rows = [{"token": patient_token(p), "patient": p} for p in sorted(patients)]
-        statement = self._upsert(patient_tokens).on_conflict_do_nothing(
-            index_elements=[patient_tokens.c.token]
-        )
-        connection.execute(statement, rows)
-
     def patient_for_token(self, token: str) -> str | None:
         query = select(patient_tokens.c.patient).where(patient_tokens.c.token == token)
         with self._read() as connection:

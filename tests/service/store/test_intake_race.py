@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from fhir_alliance_service.store import PutOutcome, SyncState, open_store
-from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 
 from .builders import T0, at, record
@@ -22,12 +21,12 @@ def test_the_intake_that_loses_a_race_fails_whole(postgres_url: str, second_scor
     first, second = open_store(postgres_url), open_store(postgres_url)
     looked_up, other_done = threading.Event(), threading.Event()
 
-    def pause_before_writing(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def pause_before_writing(statement: str) -> None:
         if statement.lstrip().upper().startswith("INSERT INTO RECORDS"):
             looked_up.set()
             assert other_done.wait(timeout=30)
 
-    event.listen(first.engine, "before_cursor_execute", pause_before_writing)
+    first.raw.statement_listeners.append(pause_before_writing)
     outcome: list[BaseException | list[Any]] = []
 
     def intake_first() -> None:
