@@ -38,8 +38,11 @@ const {
   allOk,
   applyPatch,
   badRequest,
+  convertToSearchableReferences,
+  convertToSearchableTokens,
   deepClone,
   evalFhirPath,
+  evalFhirPathTyped,
   fhirpathPatchTypedValue,
   getAllDataTypes,
   getStatus,
@@ -56,6 +59,7 @@ const {
   parseFhirPathPatchParameters,
   parseSearchRequest,
   preconditionFailed,
+  splitSearchOnComma,
   toTypedValue,
   tryGetProfile,
   validateResource,
@@ -627,12 +631,19 @@ class TestRepository extends FhirRepository {
     this.log = []; // [{ type, id, versionId, ts, lastUpdated, method, created, resource | null }]
     this.logByType = new Map(); // type -> events
     this.journalLogLength = 0;
+    // Search indexes, built for a (type, parameter) the first time a search uses it, then kept
+    // up to date by every write. They only narrow the candidates (an index may hold stale
+    // entries); every candidate is still checked by Medplum's matcher, so results are the same.
+    this.indexes = new Map(); // type -> Map(code -> Map(key -> Set(record)))
+    this.nextSeq = 0; // record.seq: creation order, the order a full scan visits records in
+    this.forceScan = false; // set per request by the X-Search-Scan header (equivalence tests)
   }
 
   clear() {
     this.byType.clear();
     this.log = [];
     this.logByType.clear();
+    this.indexes.clear();
   }
 
   setMode() {}
@@ -706,6 +717,7 @@ class TestRepository extends FhirRepository {
     const event = {
       type,
       id,
+      record,
       versionId: String(record.version),
       ts: this.lastTimestamp,
       lastUpdated: new Date(this.lastTimestamp).toISOString(),
@@ -771,10 +783,11 @@ class TestRepository extends FhirRepository {
       target.version = version;
       target.versions.push(stored);
     } else {
-      target = { current: stored, version, versions: [stored], events: [] };
+      target = { current: stored, version, versions: [stored], events: [], seq: ++this.nextSeq };
       table.set(id, target);
     }
     this.logEvent(type, id, target, method, stored, !wasLive);
+    this.indexRecord(type, target);
     // Returned as is (no second copy): callers only serialise it, and reads hand out copies.
     if (!wasLive) {
       this.created.add(stored);
@@ -924,15 +937,45 @@ class TestRepository extends FhirRepository {
     this.checkSearchRequest(searchRequest);
     const filters = (searchRequest.filters ?? []).filter((f) => !IGNORED_SEARCH_CODES.has(f.code));
     const request = { ...searchRequest, filters };
-    const table = this.byType.get(searchRequest.resourceType) ?? new Map();
+    const type = searchRequest.resourceType;
+    const table = this.byType.get(type) ?? new Map();
+    const sortRules = searchRequest.sortRules ?? [];
+    const plan = this.forceScan ? undefined : this.plan(type, filters);
     let matches = [];
-    for (const record of table.values()) {
-      if (record.current && matchesSearchRequest(record.current, request)) {
-        matches.push(record.current);
+    let sorted = false;
+    if (!plan) {
+      for (const record of table.values()) {
+        if (record.current && matchesSearchRequest(record.current, request)) {
+          matches.push(record.current);
+        }
       }
+    } else {
+      const rest = { ...request, filters: plan.remaining };
+      const found = [];
+      for (const record of plan.candidates) {
+        const current = record.current;
+        if (
+          current &&
+          table.get(current.id) === record &&
+          (plan.remaining.length === 0 || matchesSearchRequest(current, rest))
+        ) {
+          found.push(record);
+        }
+      }
+      if (plan.byLastUpdated && sortRules[0]?.code === '_lastUpdated') {
+        // Candidates are in _lastUpdated order, which is unique per resource: this is the
+        // order sorting by the first rule gives, and later rules cannot change it.
+        if (sortRules[0].descending) found.reverse();
+        sorted = true;
+      } else {
+        found.sort((a, b) => a.seq - b.seq); // the order a full scan finds them in
+      }
+      matches = found.map((record) => record.current);
     }
-    for (const rule of [...(searchRequest.sortRules ?? [])].reverse()) {
-      matches = sortBy(matches, rule);
+    if (!sorted) {
+      for (const rule of [...sortRules].reverse()) {
+        matches = sortBy(matches, rule, type);
+      }
     }
     const offset = Math.max(0, searchRequest.offset ?? 0);
     const count = searchRequest.count;
@@ -947,6 +990,109 @@ class TestRepository extends FhirRepository {
       );
     }
     return { resourceType: 'Bundle', type: 'searchset', total: matches.length, entry };
+  }
+
+  /**
+   * Narrows a search to candidates from an index, or returns undefined (full scan). Candidates
+   * are a superset of the matches: `remaining` are the filters still to check on each. A
+   * `_lastUpdated` range (ge/gt/le/lt/sa/eb) is answered exactly from the history log: the
+   * log is in timestamp order and each such filter is monotone in the timestamp, so a binary
+   * search with Medplum's own matcher finds where it starts or stops holding.
+   */
+  plan(type, filters) {
+    const choices = [];
+    const ranged = filters.filter(
+      (f) => f.code === '_lastUpdated' && RANGE_OPERATORS.has(f.operator) && !f.value.includes(',')
+    );
+    if (ranged.length) {
+      const events = this.logByType.get(type) ?? [];
+      let lo = 0;
+      let hi = events.length;
+      for (const filter of ranged) {
+        const holds = (k) =>
+          matchesSearchRequest(
+            { resourceType: type, meta: { lastUpdated: events[k].lastUpdated } },
+            { resourceType: type, filters: [filter] }
+          );
+        if (SUFFIX_OPERATORS.has(filter.operator)) {
+          lo = Math.max(lo, firstIndex(events.length, holds));
+        } else {
+          hi = Math.min(hi, firstIndex(events.length, (k) => !holds(k)));
+        }
+      }
+      const candidates = [];
+      for (let k = lo; k < hi; k++) {
+        const event = events[k];
+        if (event.resource && event.record.current === event.resource) {
+          candidates.push(event.record);
+        }
+      }
+      choices.push({ candidates, remaining: filters.filter((f) => !ranged.includes(f)), byLastUpdated: true });
+    }
+    for (const filter of filters) {
+      const keys = this.filterKeys(type, filter);
+      if (!keys) continue;
+      const index = this.index(type, filter.code);
+      const candidates = new Set();
+      for (const key of keys) {
+        for (const record of index.get(key) ?? []) candidates.add(record);
+      }
+      choices.push({ candidates, remaining: filters, byLastUpdated: false });
+    }
+    if (!choices.length) {
+      return undefined;
+    }
+    const size = (c) => (Array.isArray(c.candidates) ? c.candidates.length : c.candidates.size);
+    return choices.reduce((best, c) => (size(c) < size(best) ? c : best));
+  }
+
+  /** Index keys a token/reference filter can only match through, or undefined if it cannot use one. */
+  filterKeys(type, filter) {
+    if (filter.operator !== 'eq' || typeof filter.value !== 'string' || filter.value === '') {
+      return undefined;
+    }
+    const param = globalSchema.types[type]?.searchParams?.[filter.code];
+    if (!param?.expression || (param.type !== 'token' && param.type !== 'reference')) {
+      return undefined;
+    }
+    const keys = [];
+    for (const value of splitSearchOnComma(filter.value)) {
+      if (param.type === 'token') {
+        // As Medplum's token matcher reads it: "system|code", "|code" or "code", case-insensitive.
+        const code = value.includes('|') ? value.split('|')[1] : value;
+        if (!code) return undefined; // "system|" matches on the system alone
+        keys.push(code.toLowerCase());
+      } else {
+        // "Type/id" must equal a reference; a bare "id" must end one after a slash: both end in it.
+        keys.push(value.slice(value.lastIndexOf('/') + 1));
+      }
+    }
+    return keys;
+  }
+
+  /** The index of (type, code), built on first use. */
+  index(type, code) {
+    let byCode = this.indexes.get(type);
+    if (!byCode) {
+      byCode = new Map();
+      this.indexes.set(type, byCode);
+    }
+    let index = byCode.get(code);
+    if (!index) {
+      index = new Map();
+      byCode.set(code, index);
+      for (const record of this.byType.get(type)?.values() ?? []) {
+        if (record.current) addIndexKeys(index, type, code, record);
+      }
+    }
+    return index;
+  }
+
+  /** Adds a record's current keys to every index of its type (old keys stay: harmless). */
+  indexRecord(type, record) {
+    for (const [code, index] of this.indexes.get(type) ?? []) {
+      addIndexKeys(index, type, code, record);
+    }
   }
 
   async searchByReference(searchRequest, referenceField, references) {
@@ -1001,8 +1147,46 @@ class TestRepository extends FhirRepository {
   }
 }
 
-function sortBy(resources, rule) {
-  const param = globalSchema.types[resources[0]?.resourceType]?.searchParams?.[rule.code];
+const RANGE_OPERATORS = new Set(['gt', 'ge', 'lt', 'le', 'sa', 'eb']);
+const SUFFIX_OPERATORS = new Set(['gt', 'ge', 'sa']);
+
+/** The first k in [0, n) where the monotone predicate holds (n when it never does). */
+function firstIndex(n, holds) {
+  let lo = 0;
+  let hi = n;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (holds(mid)) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+function addIndexKeys(index, type, code, record) {
+  const param = globalSchema.types[type].searchParams[code];
+  let typed;
+  try {
+    typed = evalFhirPathTyped(param.expression, [toTypedValue(record.current)]);
+  } catch {
+    return;
+  }
+  const keys =
+    param.type === 'token'
+      ? convertToSearchableTokens(typed).map((t) => t.value?.toLowerCase())
+      : convertToSearchableReferences(typed).map((r) => r?.slice(r.lastIndexOf('/') + 1));
+  for (const key of keys) {
+    if (key === undefined || key === null) continue;
+    let set = index.get(key);
+    if (!set) {
+      set = new Set();
+      index.set(key, set);
+    }
+    set.add(record);
+  }
+}
+
+function sortBy(resources, rule, type = resources[0]?.resourceType) {
+  const param = globalSchema.types[type]?.searchParams?.[rule.code];
   if (!param?.expression) {
     throw new OperationOutcomeError(badRequest(`Unknown sort parameter: ${rule.code}`));
   }
@@ -2082,7 +2266,16 @@ async function handle(req, res) {
     }
     const raw = await readBody(req);
     const body = parseJsonBody(req, raw);
-    const [code, payload, headers] = await serialized(() => route(req, body, url));
+    const [code, payload, headers] = await serialized(async () => {
+      // X-Search-Scan: full makes searches scan every resource instead of using the indexes
+      // (the equivalence tests compare both on one store).
+      repo.forceScan = String(req.headers['x-search-scan'] ?? '') === 'full';
+      try {
+        return await route(req, body, url);
+      } finally {
+        repo.forceScan = false;
+      }
+    });
     status = code;
     send(res, code, payload, headers);
   } catch (err) {
