@@ -5,8 +5,14 @@ about each item, validates the permitted items' resources, sends them as transac
 ``PUT`` to their deterministic ids (no transaction is open meanwhile), and records the outcomes in
 short transactions: ``mark_sent_many`` for a Bundle's items together (server ids and versions, with
 a disclosure AuditEvent and a Provenance per resource), ``mark_held``, ``mark_failed`` (transient,
-with backoff) or ``mark_dead`` (permanent, with the OperationOutcome). ``run_forever`` polls until ``stop`` is set,
-finishing the batch in hand.
+with backoff) or ``mark_dead`` (permanent, with the OperationOutcome). ``run_forever`` polls until
+``stop`` is set, finishing the batches in hand; ``run_batches`` (``sync_once``) runs until nothing
+is claimable.
+
+Pipelined (``_Pipeline``): a preparing thread claims and gates, maps and validates Bundle by
+Bundle, and claims the next batch while the one before is sent (one batch ahead at most); the
+calling thread sends; a recording thread writes each sent Bundle's outcome while the next one is on
+its way. The FHIR server and our own work then overlap instead of waiting for each other.
 
 Idempotence: a resource's id comes from its business identifier, so a send repeated after a lost
 answer or a crash writes the same resource again (a new version, never a second resource).
@@ -22,12 +28,14 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import queue
 import random as _random
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -177,33 +185,53 @@ class Worker:
         self.bundle_entries = bundle_entries
         self.clock = clock
         self.random = random
+        #: The recording thread while a pipeline runs (``_Pipeline``), else None (inline).
+        self._recorder: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ the loop
 
     def run_forever(self, stop: threading.Event) -> None:
         """Run batches until ``stop`` is set; sleep ``poll_interval_seconds`` when there is nothing
-        to do. A batch in hand is always finished before returning."""
+        to do. The batches in hand (the one being sent, the next one being prepared) are always
+        finished before returning."""
         log.info("worker started", extra={"worker": self.worker_id})
         while not stop.is_set():
             try:
-                report = self.run_once()
+                _Pipeline(self, stop=stop, poll=True).run(self._after_batch)
             except Exception as exc:  # never die on one bad batch; the leases expire
                 log.error("batch failed: %s", type(exc).__name__)
                 self.leases.abandon(exc)  # a database outage: handed back at the next claim
-                report = BatchReport(error=type(exc).__name__)
-            if self.between_batches is not None:
-                try:
-                    self.between_batches()
-                except Exception as exc:  # a failed pull never stops the pushes
-                    log.error("two-way sync pass failed: %s", type(exc).__name__)
-            busy = report.claimed >= self.settings.worker_batch_size and report.error is None
-            if not busy:
+                self._after_batch(BatchReport(error=type(exc).__name__))
                 stop.wait(self.settings.poll_interval_seconds)
         log.info("worker stopped", extra={"worker": self.worker_id})
 
+    def _after_batch(self, report: BatchReport) -> None:
+        if self.between_batches is not None:
+            try:
+                self.between_batches()
+            except Exception as exc:  # a failed pull never stops the pushes
+                log.error("two-way sync pass failed: %s", type(exc).__name__)
+
     def run_once(self) -> BatchReport:
-        """Claim one batch and take every item of it to sent, held, failed or dead."""
-        report = BatchReport()
+        """Claim one batch and take every item of it to sent, held, failed or dead (within the
+        batch, preparing the next Bundle and recording the last overlap sending)."""
+        return self.run_batches(max_batches=1)[0]
+
+    def run_batches(
+        self, *, max_batches: int | None = None, stop: threading.Event | None = None
+    ) -> list[BatchReport]:
+        """Run batches until nothing is claimable now (or ``max_batches``, or ``stop``), the
+        next batch claimed and prepared while the one before is sent: one report per batch.
+        A batch that claimed nothing, or could not reach the server, ends the run."""
+        reports: list[BatchReport] = []
+        _Pipeline(self, stop=stop, max_batches=max_batches, poll=False).run(reports.append)
+        return reports
+
+    # ------------------------------------------------------------------ claim
+
+    def _claim_batch(self) -> _Batch:
+        """The preparing thread's first step: the server's FHIR version, the audit rows queued by
+        earlier batches, then a claim. A server that cannot be reached claims nothing."""
         try:
             version = target_fhir_version(self.settings, self.store, self.client)
         except ServerError as exc:
@@ -212,8 +240,7 @@ class Worker:
                 type(exc).__name__,
                 exc.status or "",
             )
-            report.error = "the FHIR server could not be reached"
-            return report
+            return _Batch([], "", self.clock(), error="the FHIR server could not be reached")
         if self.settings.push_audit:  # audit rows queued by earlier batches (bounded)
             push_pending_audit(
                 self.settings,
@@ -230,54 +257,82 @@ class Worker:
             lease_seconds=self.settings.lease_seconds,
             now=now,
         )
-        report.claimed = len(items)
-        if not items:
-            return report
-        ready: list[_Ready] = []
-        for item in items:
-            prepared = self._prepare(item, version, now, report)
-            if prepared is not None:
-                ready.append(prepared)
-        # A send started after this point could end after the lease: another worker may take the
-        # items meanwhile. Such items are handed back untried and claimed again later.
-        margin = min(self.settings.fhir_timeout_seconds, self.settings.lease_seconds / 2)
-        last_start = min(i.lease_until for i in items) - timedelta(seconds=margin)
-        deferred: list[int] = []
-        for group in self._groups(ready):
-            if self.clock() > last_start:
-                deferred.extend(entry.item.item_id for entry in group)
+        batch = _Batch(items, version, now)
+        batch.prepared.claimed = len(items)
+        if items:
+            # A send started after this point could end after the lease: another worker may take
+            # the items meanwhile. Such items are handed back untried and claimed again later.
+            margin = min(self.settings.fhir_timeout_seconds, self.settings.lease_seconds / 2)
+            batch.last_start = min(i.lease_until for i in items) - timedelta(seconds=margin)
+        return batch
+
+    def _prepared_groups(self, batch: _Batch, halt: threading.Event) -> Iterator[list[_Ready]]:
+        """Gate, map and validate the batch's items in order, yielding each Bundle's worth of
+        permitted items as soon as it is full (an item's resources are never split)."""
+        current: list[_Ready] = []
+        size = 0
+        for item in batch.items:
+            if halt.is_set():
+                return  # the sending side gave up: the leases expire, as after a crash
+            if batch.is_blocked(item.patient):
+                batch.defer(item)
                 continue
-            self._send_group(group, report)
-        if deferred:
+            entry = self._prepare(item, batch)
+            if entry is None:
+                continue
+            n = len(entry.resources)
+            if current and size + n > self.bundle_entries:
+                yield current
+                current, size = [], 0
+            current.append(entry)
+            size += n
+        if current:
+            yield current
+
+    def _finish_batch(self, batch: _Batch) -> BatchReport:
+        """The sending thread's last step for a batch: wait for its recordings, hand back what was
+        not tried, add the stages' counts up."""
+        for recording in batch.recordings:
+            recording.result()  # a database error while recording fails the batch here
+        report = BatchReport(error=batch.error)
+        for part in (batch.prepared, batch.sending, batch.recorded):
+            report.add(part)
+        if batch.deferred:
             # Handed back untried: not an attempt (an expired lease would count as one).
-            report.deferred = len(deferred)
-            self.store.release(deferred, self.worker_id, at=self.clock())
-            log.warning("lease running out: %d item(s) left for a later claim", report.deferred)
-        log.info(
-            "batch done: claimed=%d sent=%d held=%d failed=%d dead=%d lease_lost=%d",
-            report.claimed,
-            report.sent,
-            report.held,
-            report.failed,
-            report.dead,
-            report.lease_lost,
-        )
+            report.deferred = len(batch.deferred)
+            self.store.release(batch.deferred, self.worker_id, at=self.clock())
+            log.warning(
+                "lease running out or patient waiting: %d item(s) left for a later claim",
+                report.deferred,
+            )
+        if batch.items:
+            log.info(
+                "batch done: claimed=%d sent=%d held=%d failed=%d dead=%d lease_lost=%d",
+                report.claimed,
+                report.sent,
+                report.held,
+                report.failed,
+                report.dead,
+                report.lease_lost,
+            )
         return report
 
     # ------------------------------------------------------------------ gate and validate
 
-    def _prepare(
-        self, item: OutboxItem, version: str, now: datetime, report: BatchReport
-    ) -> _Ready | None:
+    def _prepare(self, item: OutboxItem, batch: _Batch) -> _Ready | None:
+        """Gate, map and validate one item (the preparing thread): its resources if it may go,
+        else None once it is recorded held, failed or dead."""
+        report = batch.prepared
         if item.taken_over and item.lost_leases >= self.settings.max_attempts:
             self._dead_after_takeovers(item, report)
             return None
+        now = batch.now
         try:
             result: GateResult = gate_item(
-                item, settings=self.settings, store=self.store, version=version, at=now
+                item, settings=self.settings, store=self.store, version=batch.version, at=now
             )
         except _RECORD_ERRORS as exc:  # a record that cannot be mapped: permanent
-            self._fail(item, exc, report)
+            self._fail(item, exc, report, batch)
             return None
         if result.hold is not None:
             entry = audit.hold_event(
@@ -304,9 +359,9 @@ class Worker:
         resources = [self._tagged(r) for r in result.resources]
         try:
             for resource in resources:
-                _validate(resource, version)
+                _validate(resource, batch.version)
         except FhirAllianceError as exc:  # ProfileViolation: our mapping made something invalid
-            self._fail(item, exc, report)
+            self._fail(item, exc, report, batch)
             return None
         return _Ready(item, resources, self._if_match(item))
 
@@ -323,20 +378,22 @@ class Worker:
 
     # ------------------------------------------------------------------ send
 
-    def _groups(self, ready: list[_Ready]) -> list[list[_Ready]]:
-        groups: list[list[_Ready]] = []
-        current: list[_Ready] = []
-        size = 0
-        for entry in ready:
-            n = len(entry.resources)
-            if current and size + n > self.bundle_entries:
-                groups.append(current)
-                current, size = [], 0
-            current.append(entry)
-            size += n
-        if current:
-            groups.append(current)
-        return groups
+    def _send_ready(self, batch: _Batch, group: list[_Ready]) -> None:
+        """Send one prepared Bundle's worth of items (the calling thread), unless the lease is
+        running out; an item whose patient has an earlier item of this batch still pending is
+        handed back instead (it would overtake it)."""
+        if batch.last_start is not None and self.clock() > batch.last_start:
+            for entry in group:
+                batch.defer(entry.item)
+            return
+        sendable: list[_Ready] = []
+        for entry in group:
+            if batch.is_blocked(entry.item.patient):
+                batch.defer(entry.item)
+            else:
+                sendable.append(entry)
+        if sendable:
+            self._send_group(sendable, batch)
 
     def _transaction(self, group: list[_Ready]) -> list[EntryOutcome]:
         requests = [
@@ -350,12 +407,13 @@ class Worker:
         finally:
             SEND_LATENCY.observe(time.perf_counter() - started)
 
-    def _send_group(self, group: list[_Ready], report: BatchReport) -> None:
+    def _send_group(self, group: list[_Ready], batch: _Batch) -> None:
+        report = batch.sending
         try:
             outcomes = self._transaction(group)
         except FhirAllianceError as exc:  # the client raised instead of reporting per entry
             for entry in group:
-                self._fail(entry.item, exc, report)
+                self._fail(entry.item, exc, report, batch)
             return
         # Map every answer back to its item by the request's index in the Bundle.
         by_index = {o.index: o for o in outcomes}
@@ -366,17 +424,18 @@ class Worker:
             by_item.append([by_index[i] for i in indexes])
             position += len(entry.resources)
         failed = [(e, o) for e, o in zip(group, by_item, strict=True) if not all(x.ok for x in o)]
-        if any(o.status is not None for o in outcomes):
-            note_contact(self.store, self.clock())
+        answered = any(o.status is not None for o in outcomes)
         if not failed:
-            self._record_sent(list(zip(group, by_item, strict=True)), report)
+            self._record(batch, list(zip(group, by_item, strict=True)), answered=answered)
             return
+        if answered:
+            note_contact(self.store, self.clock())
         error = next(
             (x.error for _, o in failed for x in o if x.error is not None),
             ServerError("bundle entry failed without a status"),
         )
         if len(group) == 1 and group[0].if_match and _stale_version(error):
-            self._conflict(group[0], report)
+            self._conflict(group[0], batch)
             return
         if not is_transient(error) and len(group) > 1:
             # Atomic Bundle failed for good: find the bad item by sending each on its own.
@@ -384,13 +443,32 @@ class Worker:
                 "transaction refused (%s); isolating %d items", error.status or "-", len(group)
             )
             for entry in group:
-                self._send_group([entry], report)
+                if batch.is_blocked(entry.item.patient):
+                    batch.defer(entry.item)  # an earlier item of its patient failed meanwhile
+                else:
+                    self._send_group([entry], batch)
             return
         for entry, item_outcomes in zip(group, by_item, strict=True):
             item_error = next((x.error for x in item_outcomes if x.error is not None), error)
-            self._fail(entry.item, item_error, report)
+            self._fail(entry.item, item_error, report, batch)
 
     # ------------------------------------------------------------------ record
+
+    def _record(
+        self, batch: _Batch, sends: list[tuple[_Ready, list[EntryOutcome]]], *, answered: bool
+    ) -> None:
+        """Record a sent Bundle on the recording thread while the next one goes out (inline when
+        no pipeline runs)."""
+
+        def record() -> None:
+            if answered:
+                note_contact(self.store, self.clock())
+            self._record_sent(sends, batch.recorded)
+
+        if self._recorder is None:
+            record()
+        else:
+            batch.recordings.append(self._recorder.submit(record))
 
     def _record_sent(
         self, sends: list[tuple[_Ready, list[EntryOutcome]]], report: BatchReport
@@ -458,13 +536,14 @@ class Worker:
                 versions[(rtype, rid)] = seen.version_id
         return versions
 
-    def _conflict(self, entry: _Ready, report: BatchReport) -> None:
+    def _conflict(self, entry: _Ready, batch: _Batch) -> None:
         """Someone else changed a resource we own since our last send (412 on If-Match): the
         conflict policy decides. ``overwrite``: send ours again without If-Match; ``keep-remote``:
         leave the server's version, record it as what the server holds; ``flag``: hold the record
         for a person. The outcome is on the record's status (``conflict``), in the metrics and
         in the audit."""
         item = entry.item
+        report = batch.sending
         policy = self.settings.conflict_policy
         log.warning(
             "item %d: changed on the server by someone else (412); policy %s", item.item_id, policy
@@ -475,7 +554,7 @@ class Worker:
                 self.client.read(str(r["resourceType"]), str(r["id"])) for r in entry.resources
             ]
         except ServerError as exc:
-            self._fail(item, exc, report)
+            self._fail(item, exc, report, batch)
             return
         held_by_server = [
             SentResource(
@@ -498,7 +577,7 @@ class Worker:
             return
         if policy == "overwrite":
             outcome = "overwritten"
-            self._send_group([replace(entry, if_match={})], report)
+            self._send_group([replace(entry, if_match={})], batch)
         elif policy == "keep-remote":
             outcome = "kept-remote"
             self._count(
@@ -537,11 +616,15 @@ class Worker:
             ]
         )
 
-    def _fail(self, item: OutboxItem, error: BaseException, report: BatchReport) -> None:
+    def _fail(
+        self, item: OutboxItem, error: BaseException, report: BatchReport, batch: _Batch
+    ) -> None:
         now = self.clock()
         decision = decide_retry(
             error, attempts=item.attempts, settings=self.settings, now=now, random=self.random
         )
+        if not decision.dead:
+            batch.block(item.patient)  # pending again: the patient's later items wait behind it
         status = error.status if isinstance(error, ServerError) else None
         issues = loggable_outcome(decision.outcome)
         SEND_FAILURES.labels("transient" if decision.transient else "permanent").inc()
@@ -636,6 +719,162 @@ class Worker:
         return recorded
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One claimed batch on its way through the pipeline. Each thread counts in a report of its
+    own (``prepared``: the preparing thread; ``sending``: the calling thread; ``recorded``: the
+    recording thread), added up when the batch is finished."""
+
+    items: list[OutboxItem]
+    version: str
+    now: datetime
+    error: str | None = None
+    last_start: datetime | None = None
+    prepared: BatchReport = field(default_factory=BatchReport)
+    sending: BatchReport = field(default_factory=BatchReport)
+    recorded: BatchReport = field(default_factory=BatchReport)
+    recordings: list[Future[None]] = field(default_factory=list)
+    #: Items handed back untried (the lease running out, or an earlier item of the same patient
+    #: still pending in this batch), and the patients whose later items must wait.
+    deferred: list[int] = field(default_factory=list)
+    blocked: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def block(self, patient: str) -> None:
+        """An item of ``patient`` stays pending (failed, to be retried; or handed back): the
+        patient's later items in this batch are handed back, never sent ahead of it."""
+        with self.lock:
+            self.blocked.add(patient)
+
+    def is_blocked(self, patient: str) -> bool:
+        with self.lock:
+            return patient in self.blocked
+
+    def defer(self, item: OutboxItem) -> None:
+        with self.lock:
+            self.deferred.append(item.item_id)
+            self.blocked.add(item.patient)
+
+
+class _Pipeline:
+    """A worker's batches with their stages overlapped. A preparing thread claims a batch and
+    gates, maps and validates it Bundle by Bundle; the calling thread sends each Bundle as soon
+    as it is ready; a recording thread writes what was sent (``mark_sent_many``, audit) while the
+    next Bundle is on its way. The preparing thread claims the next batch while the one before is
+    being sent, never more than one batch ahead.
+
+    Nothing about the outbox changes: every item is leased by the claim and finished by one
+    compare-and-set ``mark_*``, as without the pipeline. A patient's order holds because an item
+    in hand is still pending, so the next claim cannot take that patient's later items (the
+    store's claim rule), and inside a batch a patient's items go out in claim order, the later
+    ones handed back once an earlier one stays pending."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        *,
+        stop: threading.Event | None,
+        poll: bool,
+        max_batches: int | None = None,
+    ) -> None:
+        self.worker = worker
+        self.stop = stop or threading.Event()
+        self.poll = poll
+        self.max_batches = max_batches
+        #: Set when the calling thread gives up (an error): the preparing thread stops at once.
+        self.halt = threading.Event()
+        self.events: queue.SimpleQueue[tuple[str, _Batch | None, Any]] = queue.SimpleQueue()
+        self.in_flight = 0  # batches claimed and not yet finished
+        self.changed = threading.Condition()
+
+    def run(self, on_batch: Callable[[BatchReport], object]) -> None:
+        preparer = threading.Thread(
+            target=self._prepare_batches, name="fhir-alliance-prepare", daemon=True
+        )
+        recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fhir-alliance-record")
+        self.worker._recorder = recorder
+        preparer.start()
+        try:
+            while True:
+                kind, batch, payload = self.events.get()
+                if kind == "group":
+                    assert batch is not None
+                    self.worker._send_ready(batch, payload)
+                elif kind == "done":
+                    assert batch is not None
+                    report = self.worker._finish_batch(batch)
+                    with self.changed:
+                        self.in_flight -= 1
+                        self.changed.notify_all()
+                    on_batch(report)
+                else:  # "exit": the preparing thread is done
+                    if payload is not None:
+                        raise payload
+                    return
+        finally:
+            self.halt.set()
+            with self.changed:
+                self.changed.notify_all()
+            preparer.join()
+            recorder.shutdown(wait=True)  # what was sent is still recorded
+            self.worker._recorder = None
+
+    # -- the preparing thread
+
+    def _wait_in_flight(self, at_most: int) -> bool:
+        """Wait until at most ``at_most`` batches are in hand; False if the run was halted."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.in_flight <= at_most or self.halt.is_set())
+        return not self.halt.is_set()
+
+    def _sleep(self) -> None:
+        deadline = time.monotonic() + self.worker.settings.poll_interval_seconds
+        while not (self.stop.is_set() or self.halt.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, 0.05))
+
+    def _prepare_batches(self) -> None:
+        error: BaseException | None = None
+        try:
+            self._loop()
+        except BaseException as exc:  # handed to the calling thread, which raises it
+            error = exc
+        self.events.put(("exit", None, error))
+
+    def _loop(self) -> None:
+        worker = self.worker
+        limit = worker.settings.worker_batch_size
+        batches = 0
+        while not (self.stop.is_set() or self.halt.is_set()):
+            if self.max_batches is not None and batches >= self.max_batches:
+                return
+            # One batch ahead at most: claim while the batch before is being sent.
+            if not self._wait_in_flight(1):
+                return
+            batch = worker._claim_batch()
+            if not batch.items and batch.error is None and self.in_flight:
+                # The batches in hand hold their patients' next items back: claim again after.
+                if not self._wait_in_flight(0):
+                    return
+                continue
+            batches += 1
+            with self.changed:
+                self.in_flight += 1
+            for group in worker._prepared_groups(batch, self.halt):
+                self.events.put(("group", batch, group))
+            self.events.put(("done", batch, None))
+            if batch.error is not None or not batch.items:
+                if not self.poll:
+                    return
+                self._sleep()
+            elif len(batch.items) < limit and not self._wait_in_flight(0):
+                # Nothing more was claimable: the next claim waits until the batches in hand
+                # are done (their patients' next items may then be claimable).
+                return
+
+
 def worker_stopped_outcome(lost_leases: int) -> dict[str, Any]:
     """The OperationOutcome of an item dead-lettered because the workers that took it stopped
     without a result (their leases expired) ``lost_leases`` times in a row, ``max_attempts``."""
@@ -667,16 +906,9 @@ def sync_once(
 ) -> BatchReport:
     """Run batches until nothing is claimable now (or ``max_batches``): ``fhir-alliance
     sync-once``. Items scheduled for a later retry stay scheduled."""
-    worker = Worker(settings, store, client)
     total = BatchReport()
-    batches = 0
-    while max_batches is None or batches < max_batches:
-        report = worker.run_once()
+    for report in Worker(settings, store, client).run_batches(max_batches=max_batches):
         total.add(report)
-        batches += 1
         if report.error is not None:
             total.error = report.error
-            break
-        if report.claimed == 0:
-            break
     return total
