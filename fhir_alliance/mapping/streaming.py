@@ -135,7 +135,7 @@ def stream_ndjson(
     ``None`` when the input needs the in-memory path (see the module docstring). All loading,
     mapping, validation and batch checks are done before this returns, so an input with an error
     never yields a byte."""
-    spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _spliced
+    spool = tempfile.TemporaryFile(buffering=_CHUNK)  # noqa: SIM115 - closed by _spliced
     try:
         body_end, places = _map_to_spool(files, version, max_bytes, spool)
     except _NotStreamable:
