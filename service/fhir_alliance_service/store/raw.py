@@ -34,7 +34,7 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Column, Engine, Table
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from .engine import connect_raw_autocommit
 
@@ -83,7 +83,8 @@ class RawSql:
         self._bind: dict[tuple[str, str], Processor] = {}
         self._result: dict[tuple[str, str], Processor] = {}
         self._inserts: dict[
-            tuple[str, tuple[str, ...], str], tuple[str, tuple[Processor, ...]]
+            tuple[str, tuple[str, ...], str],
+            tuple[str, Callable[[Any], Any], tuple[Processor, ...]],
         ] = {}
         #: Called with each statement's text before it runs.
         self.statement_listeners: list[Callable[[str], None]] = []
@@ -112,7 +113,7 @@ class RawSql:
         for owned in owned_connections:
             owned.close()
 
-    def _wrapped(self, statement: str, error: Exception) -> DBAPIError:
+    def _wrapped(self, statement: str, error: Exception) -> StatementError:
         return DBAPIError.instance(statement, None, error, self._dbapi_error, hide_parameters=True)
 
     @contextmanager
@@ -243,14 +244,14 @@ class RawSql:
 
     def bind_processor(self, column: Column[Any]) -> Processor:
         """What SQLAlchemy does to a Python value bound to ``column`` (None: nothing)."""
-        key = (column.table.name, column.name)  # type: ignore[attr-defined]
+        key = (column.table.name, column.name)
         if key not in self._bind:
             self._bind[key] = column.type.dialect_impl(self._dialect).bind_processor(self._dialect)
         return self._bind[key]
 
     def result_processor(self, column: Column[Any]) -> Processor:
         """What SQLAlchemy does to a value of ``column`` read from the database (None: nothing)."""
-        key = (column.table.name, column.name)  # type: ignore[attr-defined]
+        key = (column.table.name, column.name)
         if key not in self._result:
             self._result[key] = column.type.dialect_impl(self._dialect).result_processor(
                 self._dialect, None

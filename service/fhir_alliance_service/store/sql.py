@@ -576,7 +576,12 @@ class SqlStore(AuditQueueSql):
             )
             for row in rows:
                 found[row[0]] = StoredRecord(
-                    *row[:6],
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    row[4],
+                    row[5],
                     body=row[6] if body is None else body(row[6]),
                     content_hash=row[7],
                     created_at=row[8] if first_created is None else first_created(row[8]),
