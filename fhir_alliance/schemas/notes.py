@@ -36,8 +36,8 @@ from fhir_alliance.schemas.common import (
     RefSchema,
     StrictSchema,
     dump_ref,
-    load_or_raise,
 )
+from fhir_alliance.schemas.compiled import load_or_raise_fast
 
 __all__ = ["KIND_SESSION_NOTE", "KINDS", "NOTE_TEXT_LIMIT", "dump_note", "load_note"]
 
@@ -201,7 +201,7 @@ def load_note(
         path = ".".join(p for p in (prefix, "kind") if p)
         message = f"expected kind {KIND_SESSION_NOTE!r}"
         raise InputError(message, issues=[Issue(path=path, message=message)])
-    note: SessionNote = load_or_raise(_schema(future_tolerance), data, prefix=prefix)
+    note: SessionNote = load_or_raise_fast(_schema(future_tolerance), data, prefix=prefix)
     return note
 
 
