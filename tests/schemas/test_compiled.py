@@ -12,12 +12,22 @@ from hypothesis import strategies as st
 from marshmallow import Schema, fields, post_load, pre_load
 
 from fhir_alliance.errors import InputError
+from fhir_alliance.instruments import INSTRUMENTS, InstrumentCode
+from fhir_alliance.schemas import notes as note_schemas
 from fhir_alliance.schemas.common import DEFAULT_FUTURE_TOLERANCE, load_or_raise
 from fhir_alliance.schemas.compiled import CompiledLoader, compiled_loader, json_schema
 from fhir_alliance.schemas.consent import _CONSENT_SCHEMA, dump_consent, load_consent
+from fhir_alliance.schemas.notes import dump_note, load_note
 from fhir_alliance.schemas.observations import _schema, dump_record, load_record
 from tests.mapping.consent_strategies import consent_records
-from tests.mapping.observation_strategies import records
+from tests.mapping.observation_strategies import (
+    administrations,
+    ratings,
+    records,
+    repairs,
+    ruptures,
+)
+from tests.notes.note_strategies import notes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -183,3 +193,171 @@ def test_consent_rules_across_fields_refuse_on_both_paths(path: tuple, value: st
         _outcome(lambda f: load_or_raise(_CONSENT_SCHEMA, f), form),
     )
     assert fast == slow and fast[0] == "error"
+
+
+def _note_marshmallow_only(form: dict[str, Any]) -> Any:
+    return load_or_raise(note_schemas._schema(DEFAULT_FUTURE_TOLERANCE), form)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_forms(notes(), dump_note))
+def test_notes_load_alike_on_both_paths(form: dict[str, Any]) -> None:
+    """Session notes, valid or broken: same note or same errors at the same paths."""
+    assert _outcome(load_note, copy.deepcopy(form)) == _outcome(_note_marshmallow_only, form)
+
+
+def _in_the_past(record: Any) -> bool:
+    now = datetime.now(UTC)
+    times = [getattr(record, name, None) for name in ("effective", "written_at", "signed_at")]
+    return all(t is None or t <= now for t in times)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        notes().filter(_in_the_past).map(lambda n: (note_schemas._schema, dump_note(n), n)),
+        consent_records().map(lambda c: (lambda _: _CONSENT_SCHEMA, dump_consent(c), c)),
+    )
+)
+def test_valid_notes_and_consents_take_the_compiled_path(case: tuple[Any, Any, Any]) -> None:
+    """Valid notes and consents are loaded by the generated function, not by the fallback."""
+    schema, form, expected = case
+    loader = compiled_loader(schema(DEFAULT_FUTURE_TOLERANCE))
+    assert loader is not None
+    assert loader.fast(form) == expected
+
+
+# --- inputs built to break each hook's rule -------------------------------------------------------
+# Each edit takes a valid form and breaks exactly one rule that a @validates_schema hook (or a
+# domain object's check behind a @post_load) enforces; both paths must refuse it alike.
+
+_OTHER_MARKER = {"withdrawal": "complaint-about-therapist", "confrontation": "denial"}
+
+
+def _ref_without_target(form: dict[str, Any]) -> None:
+    form["patient"] = {"type": "Patient"}  # RefSchema: a reference or an identifier
+
+
+def _client_rater_with_who(form: dict[str, Any]) -> None:
+    form["rater"] = {"role": "client", "who": {"reference": "Practitioner/t1"}}
+
+
+def _therapist_rater_without_who(form: dict[str, Any]) -> None:
+    form["rater"] = {"role": "therapist"}
+
+
+def _automated_rater_without_details(form: dict[str, Any]) -> None:
+    form["rater"] = {"role": "automated"}
+
+
+def _unknown_item(form: dict[str, Any]) -> None:
+    form["responses"]["99"] = 1
+
+
+def _item_off_the_grid(form: dict[str, Any]) -> None:
+    form["responses"][next(iter(form["responses"]))] = 3.55
+
+
+def _items_missing_without_partial(form: dict[str, Any]) -> None:
+    first = next(iter(form["responses"]))
+    form["responses"] = {first: form["responses"][first]}
+    form.pop("partial", None)
+
+
+def _no_item_answered(form: dict[str, Any]) -> None:
+    form["responses"] = {}
+
+
+def _instrument_rated_by_the_wrong_role(form: dict[str, Any]) -> None:
+    if INSTRUMENTS[InstrumentCode(form["instrument"])].client_rated:
+        form["rater"] = {"role": "therapist", "who": {"reference": "Practitioner/t1"}}
+    else:
+        form["rater"] = {"role": "client"}
+
+
+def _value_off_the_scale(form: dict[str, Any]) -> None:
+    form["value"] = 1000
+
+
+def _marker_of_the_other_rupture_type(form: dict[str, Any]) -> None:
+    form["markers"] = [_OTHER_MARKER[form["rupture_type"]]]
+
+
+def _marker_repeated(form: dict[str, Any]) -> None:
+    form["markers"] = ["misattunement", "misattunement"]
+
+
+def _strategies_without_repair(form: dict[str, Any]) -> None:
+    form["repaired"] = False
+    form["repair_strategies"] = ["names-rupture"]
+
+
+def _final_note_unsigned(form: dict[str, Any]) -> None:
+    form["status"] = "final"
+    form.pop("signed_by", None)
+    form["signed_at"] = form["written_at"]
+
+
+def _draft_signed(form: dict[str, Any]) -> None:
+    form["status"] = "draft"
+    form["signed_by"] = {"reference": "Practitioner/t1"}
+    form["signed_at"] = form["written_at"]
+
+
+def _label_removed_without_ai(form: dict[str, Any]) -> None:
+    form.pop("ai_drafting", None)
+    form["ai_label_removal"] = {
+        "by": {"reference": "Practitioner/t1"},
+        "at": form["written_at"],
+        "statement": "rewritten entirely",
+    }
+
+
+def _written_before_the_session(form: dict[str, Any]) -> None:
+    form["written_at"] = "1999-12-31T00:00:00+00:00"
+
+
+_ANY_RECORD = st.one_of(administrations(), ratings(), ruptures(), repairs)
+_PAST_NOTES = notes().filter(_in_the_past)
+_HOOK_RULES = [
+    (_ref_without_target, _ANY_RECORD),
+    (_client_rater_with_who, st.one_of(ratings(), ruptures(), repairs)),
+    (_therapist_rater_without_who, _ANY_RECORD),
+    (_automated_rater_without_details, _ANY_RECORD),
+    (_unknown_item, administrations()),
+    (_item_off_the_grid, administrations()),
+    (_items_missing_without_partial, administrations()),
+    (_no_item_answered, administrations()),
+    (_instrument_rated_by_the_wrong_role, administrations()),
+    (_value_off_the_scale, ratings()),
+    (_marker_of_the_other_rupture_type, ruptures()),
+    (_marker_repeated, ruptures()),
+    (_strategies_without_repair, ruptures()),
+    (_ref_without_target, _PAST_NOTES),
+    (_final_note_unsigned, _PAST_NOTES),
+    (_draft_signed, _PAST_NOTES),
+    (_label_removed_without_ai, _PAST_NOTES),
+    (_written_before_the_session, _PAST_NOTES),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "valid"), _HOOK_RULES, ids=[edit.__name__.strip("_") for edit, _ in _HOOK_RULES]
+)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_each_hook_rule_refuses_alike_on_both_paths(edit: Any, valid: Any, data: Any) -> None:
+    """A form broken only by a hook's rule is refused, with marshmallow's errors, on both paths."""
+    record = data.draw(valid)
+    is_note = not hasattr(record, "rater")
+    form = copy.deepcopy(dump_note(record) if is_note else dump_record(record))
+    edit(form)
+    if is_note:
+        fast, slow = (
+            _outcome(load_note, copy.deepcopy(form)),
+            _outcome(_note_marshmallow_only, form),
+        )
+    else:
+        fast, slow = _outcome(load_record, copy.deepcopy(form)), _outcome(_marshmallow_only, form)
+    assert fast == slow
+    assert fast[0] == "error"
