@@ -524,7 +524,7 @@ def _status(args: argparse.Namespace) -> int:
             status.held_reason or "(no reason recorded)"
             for status in store.list_by_state(SyncState.HELD, limit=HELD_REASONS_SCAN)
         )
-        report = {
+        report: dict[str, Any] = {
             "counts": {state.value: counts.get(state, 0) for state in SyncState},
             "held_reasons": dict(held.most_common()),
             # Reasons are counted over the oldest HELD_REASONS_SCAN held items at most.

@@ -50,7 +50,7 @@ def gunicorn_options(settings: Settings, *, bind: str, workers: int) -> dict[str
     }
 
 
-class ServiceApplication(BaseApplication):  # type: ignore[misc]
+class ServiceApplication(BaseApplication):
     """A gunicorn application whose app comes from a factory called in each worker."""
 
     def __init__(self, factory: Any, options: dict[str, Any]) -> None:
@@ -64,7 +64,7 @@ class ServiceApplication(BaseApplication):  # type: ignore[misc]
                 continue  # an older gunicorn without this setting
             self.cfg.set(name, value)
 
-    def load(self) -> Flask:
+    def load(self) -> Any:  # a Flask app; gunicorn's stubs type WSGI apps narrower than Flask's
         app: Flask = self._factory()
         return app
 

@@ -46,7 +46,7 @@ __all__ = [
 
 OPENAPI_VERSION: Final = "3.0.3"
 _FHIR_JSON: Final = "application/fhir+json"
-_SECURITY: Final = [{"bearerKey": []}, {"headerKey": []}]
+_SECURITY: Final[list[dict[str, list[str]]]] = [{"bearerKey": []}, {"headerKey": []}]
 _CONVERTER: Final = re.compile(r"<(?:[a-z_]+(?:\([^)]*\))?:)?([A-Za-z_][A-Za-z0-9_]*)>")
 View = TypeVar("View", bound=Callable[..., Any])
 

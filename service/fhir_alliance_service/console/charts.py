@@ -15,11 +15,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 import matplotlib
 import matplotlib.dates as mdates
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 __all__ = ["Event", "Moment", "Panel", "Series", "data_url", "time_chart", "time_range"]
 
@@ -31,7 +34,7 @@ _EVENT_STYLE: Final = {
     "rupture": ("--", "#B00020", "rupture"),
     "repair": (":", "#1B5E20", "repair"),
 }
-_RC: Final = {
+_RC: Final[dict[RcKeyType, Any]] = {
     "svg.hashsalt": "fhir-alliance-console",  # stable element ids: the same data, the same SVG
     "svg.fonttype": "none",  # text stays text: smaller, selectable, printed sharp
     "font.size": 9,
@@ -149,7 +152,7 @@ def _draw_panel(axes: matplotlib.axes.Axes, panel: Panel, events: Sequence[Event
         xs = [x for x, _ in series.points]
         ys = [y for _, y in series.points]
         axes.plot(
-            xs,
+            xs,  # type: ignore[arg-type]  # dates: matplotlib converts them; its stubs say numbers
             ys,
             label=series.label,
             color=colour,
@@ -184,7 +187,7 @@ def _draw_panel(axes: matplotlib.axes.Axes, panel: Panel, events: Sequence[Event
     for event in events:
         style, colour, label = _EVENT_STYLE.get(event.kind, ("-.", "#555555", event.kind))
         axes.axvline(
-            event.at,
+            event.at,  # type: ignore[arg-type]  # a date, converted like the plotted ones
             color=colour,
             linestyle=style,
             linewidth=1.2,
