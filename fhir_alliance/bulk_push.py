@@ -365,6 +365,11 @@ def push_bulk(args: argparse.Namespace) -> PushReport:
         _files_url_for(args.files_url, files)  # bad options fail before anything is sent
     if args.serve_on:
         host, _ = parse_host_port(args.serve_on)
+        if host in ("0.0.0.0", "::"):  # noqa: S104 (refused, not bound)
+            raise _problem(
+                "--serve-on",
+                "give the address the FHIR server reaches this machine at, not a wildcard",
+            )
         if not _is_loopback(host) and not args.allow_insecure_http:
             raise _problem(
                 "--serve-on",
@@ -402,11 +407,6 @@ def push_bulk(args: argparse.Namespace) -> PushReport:
                 run(_files_url_for(args.files_url, files), args.input_source or args.files_url)
                 return report
             host, port = parse_host_port(args.serve_on or "127.0.0.1:0")
-            if host in ("0.0.0.0", "::"):  # noqa: S104 (refused, not bound)
-                raise _problem(
-                    "--serve-on",
-                    "give the address the FHIR server reaches this machine at, not a wildcard",
-                )
             with serve_files({f.name: f.path for f in files}, host=host, port=port) as served:
                 run(served.urls, args.input_source or served.origin)
                 with served.lock:
@@ -428,8 +428,8 @@ def push_bulk(args: argparse.Namespace) -> PushReport:
             )
         if not caps.supports_transaction:
             raise ServerError(
-                "the server declares no transaction interaction: nothing sent "
-                "(neither $import nor transaction Bundles are offered)"
+                "the server declares no transaction interaction: nothing sent"
+                + ("" if advertised else " (neither $import nor transaction Bundles are offered)")
             )
         report = PushReport(mode="transaction", import_advertised=advertised, files=files)
         push_transactions(client, files, report, bundle_size=args.bundle_size)

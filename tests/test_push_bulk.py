@@ -309,15 +309,24 @@ def test_bad_files_are_refused_before_anything_is_sent(
     assert '"N"' not in err and "text" not in err
 
 
-def test_serving_on_the_network_needs_consent_to_plain_http(
-    bulk_dir: Path, httpserver: HTTPServer, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [("10.1.2.3:0", "plain http"), ("0.0.0.0:8765", "not a wildcard"), ("[::]:0", "wildcard")],
+)
+def test_serving_on_the_network_is_refused_up_front(
+    bulk_dir: Path,
+    httpserver: HTTPServer,
+    capsys: pytest.CaptureFixture[str],
+    address: str,
+    why: str,
 ) -> None:
-    """--serve-on a non-loopback address without --allow-insecure-http is refused up front."""
+    """--serve-on a non-loopback address needs --allow-insecure-http, and a wildcard address is
+    never one the FHIR server could be told to fetch from: refused before any request."""
     code, _, err = _run(
         capsys,
-        _push(str(bulk_dir), "--base-url", httpserver.url_for("/fhir"), "--serve-on", "10.1.2.3:0"),
+        _push(str(bulk_dir), "--base-url", httpserver.url_for("/fhir"), "--serve-on", address),
     )
-    assert code == 1 and "--serve-on" in err and "plain http" in err
+    assert code == 1 and "--serve-on" in err and why in err
     assert httpserver.log == []
 
 
