@@ -276,14 +276,16 @@ def _emit_value(
     indent: int,
     stack: tuple[type, ...],
     attribute: str,
+    not_none: bool = False,
 ) -> None:
     """Lines that set ``out`` to what ``field.deserialize(value)`` returns for a present value, or
-    raise where it would refuse it. ``attribute`` is the field name marshmallow passes along."""
+    raise where it would refuse it. ``attribute`` is the field name marshmallow passes along;
+    ``not_none``: the caller has already handled a null value."""
     if field.pre_load or field.post_load:  # the field's own hooks: its whole deserialize
         call = body.const(field.deserialize, "deserialize")
         body.add(indent, f"{out} = {call}({value}, {attribute!r}, data)")
         return
-    if field.allow_none:
+    if field.allow_none and not not_none:
         body.add(indent, f"if {value} is None:")
         body.add(indent + 1, f"{out} = None")
         body.add(indent, "else:")
@@ -372,7 +374,6 @@ def _generate(schema: Schema, stack: tuple[type, ...], space: _Namespace) -> str
     function = space.name(f"load_{type(schema).__name__}_")
     body = _Lines(space)
     keys: set[str] = set()
-    required: set[str] = set()
     entries: list[str] = []
     for field_name, field in schema.load_fields.items():
         key = field.data_key if field.data_key is not None else field_name
@@ -380,12 +381,19 @@ def _generate(schema: Schema, stack: tuple[type, ...], space: _Namespace) -> str
         keys.add(key)
         value, loaded = body.name("value"), body.name("loaded")
         entries.append(f"{attribute!r}: {loaded}")
-        if field.required:
-            required.add(key)
+        if field.required:  # absent: KeyError, so marshmallow reports it
             body.add(1, f"{value} = data[{key!r}]")
             _emit_value(body, field, value, loaded, 1, stack, field_name)
             continue
         default = field.load_default
+        if default is None and field.allow_none and not (field.pre_load or field.post_load):
+            # absent or null: None either way (what deserialize returns for both)
+            body.add(1, f"{value} = data.get({key!r})")
+            body.add(1, f"if {value} is None:")
+            body.add(2, f"{loaded} = None")
+            body.add(1, "else:")
+            _emit_value(body, field, value, loaded, 2, stack, field_name, not_none=True)
+            continue
         body.add(1, f"{value} = data.get({key!r}, _MISSING)")
         body.add(1, f"if {value} is _MISSING:")
         if callable(default):
@@ -397,11 +405,10 @@ def _generate(schema: Schema, stack: tuple[type, ...], space: _Namespace) -> str
         body.add(1, "else:")
         _emit_value(body, field, value, loaded, 2, stack, field_name)
     known = body.const(frozenset(keys), "keys")
-    needed = body.const(frozenset(required), "required")
     lines = [
         f"def {function}(data):",
         "    if type(data) is not dict: raise _F",
-        f"    if not (data.keys() <= {known} and {needed} <= data.keys()): raise _F",
+        f"    if not data.keys() <= {known}: raise _F",
         *body.lines,
         f"    result = {{{', '.join(entries)}}}",
     ]
@@ -409,10 +416,10 @@ def _generate(schema: Schema, stack: tuple[type, ...], space: _Namespace) -> str
         lines.append("    result = {k: v for k, v in result.items() if v is not _MISSING}")
     hooks = schema._hooks
     for hook, _, _ in hooks["validates_schema"]:
-        call = body.const(getattr(schema, hook), "validate")
+        call = body.const(getattr(schema, hook), "hook_validates_schema_")
         lines.append(f"    {call}(result, partial=None, many=False, unknown={schema.unknown!r})")
     for hook, _, _ in hooks["post_load"]:
-        call = body.const(getattr(schema, hook), "post_load")
+        call = body.const(getattr(schema, hook), "hook_post_load_")
         lines.append(
             f"    result = {call}(result, partial=None, many=False, unknown={schema.unknown!r})"
         )
