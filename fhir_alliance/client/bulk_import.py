@@ -41,6 +41,7 @@ from fhir_alliance.errors import (
     InputError,
     InvalidResponseError,
     Issue,
+    ServerError,
     TransportError,
     UnsafeLinkError,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "ImportInput",
     "ImportOutcome",
     "ImportPolling",
+    "cancel_import",
     "import_parameters",
     "run_import",
     "serve_files",
@@ -249,9 +251,25 @@ def run_import(
     input_source: str,
     polling: ImportPolling | None = None,
 ) -> ImportOutcome:
-    """Kick off the import of ``inputs`` and wait for it to finish."""
+    """Kick off the import of ``inputs`` and wait for it to finish. Interrupted while waiting
+    (Ctrl-C), it asks the server to cancel the job (:func:`cancel_import`) before re-raising."""
     status_url, completion = start_import(client, inputs, input_source=input_source)
-    return wait_for_import(client, status_url, inputs, polling=polling, completion=completion)
+    try:
+        return wait_for_import(client, status_url, inputs, polling=polling, completion=completion)
+    except KeyboardInterrupt:
+        cancel_import(client, status_url)
+        raise
+
+
+def cancel_import(client: FhirClient, status_url: str) -> bool:
+    """``DELETE`` the status URL, the proposal's way to cancel an import; True when the server
+    accepted it. Failures are logged (status only) and reported as False, never raised."""
+    try:
+        client._request("DELETE", status_url, replay=Replay.IDEMPOTENT)
+    except ServerError as exc:
+        log.warning("$import cancel was not accepted (%s)", exc.status or type(exc).__name__)
+        return False
+    return True
 
 
 def _completion_body(body: bytes, *, status: int) -> dict[str, Any]:

@@ -316,3 +316,30 @@ def test_logs_carry_no_file_url_job_id_or_token(
     assert "$import" in text
     for secret in ("job-7f3a9", "files.example", "abc", TOKEN, "Jane Doe"):
         assert secret not in text, secret
+
+
+def test_an_interrupted_wait_cancels_the_job(
+    httpserver: HTTPServer, retry_policy: RetryPolicy
+) -> None:
+    """Ctrl-C while waiting between polls: the job's status URL is sent a DELETE (the
+    proposal's cancel), then the interrupt goes on."""
+    status = "/fhir/$import-status/job1"
+    _accept(httpserver, httpserver.url_for(status))
+    httpserver.expect_request(status, method="GET").respond_with_data("", status=202)
+    httpserver.expect_request(status, method="DELETE").respond_with_data("", status=202)
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_import(
+            _client(httpserver, retry_policy),
+            INPUTS,
+            input_source="urn:x",
+            polling=ImportPolling(sleep=interrupted),
+        )
+    assert [(r.method, r.path) for r, _ in httpserver.log] == [
+        ("POST", "/fhir/$import"),
+        ("GET", status),
+        ("DELETE", status),
+    ]
