@@ -41,8 +41,10 @@ from .engine import connect_raw_autocommit
 __all__ = ["RawSql"]
 
 Processor = Callable[[Any], Any] | None
-#: An INSERT's text, the getter of its values from a row, and their processors.
-_Insert = tuple[str, Callable[[Mapping[str, Any]], Any], tuple[Processor, ...]]
+#: An INSERT's text, the getter of its values from a row, and the processors of those that have one.
+_Insert = tuple[
+    str, Callable[[Mapping[str, Any]], Any], tuple[tuple[int, Callable[[Any], Any]], ...]
+]
 
 
 class _OwnedConnection:
@@ -228,19 +230,23 @@ class RawSql:
                 f"INSERT INTO {table.name} ({', '.join(names)}) "  # noqa: S608 (names from tables.py)
                 f"VALUES ({self.placeholders(len(names))}){suffix}"
             )
-            processors = tuple(self.bind_processor(table.c[name]) for name in names)
+            processors = tuple(
+                (n, process)
+                for n, name in enumerate(names)
+                if (process := self.bind_processor(table.c[name])) is not None
+            )
             prepared = self._inserts[shape] = (statement, itemgetter(*names), processors)
         statement, columns, processors = prepared
-        values = [
-            tuple(
-                value if process is None else process(value)
-                for value, process in zip(
-                    columns(row) if len(names) > 1 else (columns(row),), processors, strict=True
-                )
-            )
-            for row in rows
-        ]
-        self.executemany(statement, values)
+        values: list[list[Any]] = []
+        for row in rows:
+            value = list(columns(row)) if len(names) > 1 else [columns(row)]
+            for n, process in processors:
+                value[n] = process(value[n])
+            values.append(value)
+        if len(values) == 1:
+            self.execute(statement, values[0])
+        else:
+            self.executemany(statement, values)
 
     def bind_processor(self, column: Column[Any]) -> Processor:
         """What SQLAlchemy does to a Python value bound to ``column`` (None: nothing)."""
