@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Final
 
 from flask import request
@@ -62,15 +61,13 @@ def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise _bad("", "the body is empty")
     try:
-        data = jsonio.parse_json(raw, source=_SOURCE)
+        data = jsonio.parse_json(raw, source=_SOURCE, max_depth=MAX_DEPTH)
     except InputError as exc:
         issue = exc.issues[0] if exc.issues else None
         reason = issue.message if issue else exc.message
         where = _position(issue.path if issue else "")
         path = _duplicate_path(raw) if reason.startswith("duplicate key") else ""
         raise _bad(path or "", f"{reason}{where}") from None
-    if _nesting_depth(raw.decode("utf-8")) > MAX_DEPTH:
-        raise _bad("", f"JSON nested deeper than {MAX_DEPTH} levels")
     return data
 
 
@@ -129,19 +126,3 @@ def _find_duplicate(value: Any, path: str) -> str | None:
         if found is not None:
             return found
     return None
-
-
-_STRING: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
-_BRACKET: Final = re.compile(r"[\[\]{}]")
-
-
-def _nesting_depth(text: str) -> int:
-    """Deepest ``[``/``{`` nesting of valid JSON ``text``, brackets inside strings not counted."""
-    depth = deepest = 0
-    for bracket in _BRACKET.findall(_STRING.sub("", text)):
-        if bracket in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest

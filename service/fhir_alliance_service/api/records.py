@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from flask import Blueprint, request, url_for
 
@@ -104,13 +104,22 @@ def request_payloads(body: object, *, limit: int) -> tuple[list[object], list[st
     )
 
 
+#: ``records.get_status``'s path for a record id (a UUID: nothing in it needs quoting). Written
+#: out rather than built by ``url_for`` per record, a tenth of intake's response time; a test
+#: checks that both agree.
+_STATUS_PATH: Final = "/v1/records/{}/status"
+
+
 def _status_url(record_id: str) -> str:
-    return url_for("records.get_status", record_id=record_id)
+    return request.script_root + _STATUS_PATH.format(record_id)
 
 
 def intake_response(results: Sequence[RecordIntake]) -> tuple[Any, int]:
     """201 when any record was created or changed, else 200; one entry per record."""
     changed = any(r.outcome is not PutOutcome.UNCHANGED for r in results)
+    # The envelope IntakeResponseSchema describes, built as plain JSON values directly: all
+    # fields are strings and ints already, and marshmallow's dump cost as much as the rest of
+    # the response (a test checks the schema renders it unchanged).
     envelope = {
         "records": [
             {
@@ -118,13 +127,13 @@ def intake_response(results: Sequence[RecordIntake]) -> tuple[Any, int]:
                 "identifier": r.identifier,
                 "kind": r.kind,
                 "version": r.version,
-                "outcome": r.outcome,
+                "outcome": r.outcome.value,
                 "status_url": _status_url(r.record_id),
             }
             for r in results
         ]
     }
-    return dump(IntakeResponseSchema, envelope), 201 if changed else 200
+    return envelope, 201 if changed else 200
 
 
 def _status_json(status: SyncStatus | None) -> dict[str, Any] | None:

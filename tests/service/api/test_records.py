@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhir_alliance_service.api.schemas import IntakeResponseSchema
 from fhir_alliance_service.store.interface import Store, SyncState
+from flask import Flask, url_for
 from flask.testing import FlaskClient
 
 from fhir_alliance.mapping._ids import resource_id
@@ -200,3 +202,24 @@ def test_openapi_document_describes_the_record_routes(
     assert status["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] == (
         "#/components/schemas/SyncStatus"
     )
+
+
+def test_the_intake_answer_is_what_its_schema_renders_with_url_for_status_urls(
+    app: Flask, client: FlaskClient, auth_headers: Headers
+) -> None:
+    """The intake envelope (built without marshmallow) is exactly what IntakeResponseSchema
+    renders, and its status URLs are the ones ``url_for`` builds, under a mount point too."""
+    body = [observation("rupture"), observation("srs-administration")]
+    mounted = "http://localhost/clinic/"
+    response = client.post(
+        "/v1/records", json=body, headers=auth_headers["write"], base_url=mounted
+    )
+    assert response.status_code == 201, response.json
+    schema = IntakeResponseSchema()
+    assert response.json == schema.dump(schema.load(response.json))
+    with app.test_request_context(base_url=mounted):
+        expected = [
+            url_for("records.get_status", record_id=e["id"]) for e in response.json["records"]
+        ]
+    assert [e["status_url"] for e in response.json["records"]] == expected
+    assert expected[0].startswith("/clinic/v1/records/")
