@@ -256,13 +256,15 @@ def _intake_once(
     new_records: list[NewRecord] = []
     entries: list[tuple[str, NewRecord, int]] = []
     seen: dict[str, str] = {}
-    # The stored newest versions of the whole batch in one read (was one read per record).
-    stored_of = store.get_records([resource_id(record.id) for _, _, record in ready])
-    for label, family, record in ready:
+    # Each record's id (a UUIDv5: computed once), and the stored newest versions of the whole
+    # batch in one read (was one read per record).
+    record_ids = [resource_id(record.id) for _, _, record in ready]
+    stored_of = store.get_records(record_ids)
+    for (label, family, record), record_id in zip(ready, record_ids, strict=True):
         mapper = mapper_of[family]
         body = mapper.dump(record)
         new = NewRecord(
-            record_id=resource_id(record.id),
+            record_id=record_id,
             identifier=str(record.id),
             kind=str(body["kind"]),
             family=family,
