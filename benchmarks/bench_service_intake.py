@@ -3,8 +3,9 @@
 vs a bare Flask endpoint that only parses the JSON, both under the same gunicorn configuration
 (``cli_serve.gunicorn_options``, 2 workers) and driven by the same client loop (4 threads, a
 keep-alive ``http.client`` connection each). Target: at least 0.5x the bare endpoint.
+``--postgres URL`` stores in a fresh schema of that PostgreSQL database instead of SQLite.
 
-    python benchmarks/bench_service_intake.py [--quick]
+    python benchmarks/bench_service_intake.py [--quick] [--postgres postgresql://…/test]
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ def srs_records(count: int, run: str) -> list[bytes]:
     ]
 
 
-def measure(count: int) -> dict[str, Any]:
+def measure(count: int, postgres_url: str | None = None) -> dict[str, Any]:
     warmup = max(50, count // 10)
     with harness.bare_flask() as bare:
         harness.drive(f"{bare.url}/v1/records", srs_records(warmup, "warm"))
         baseline = harness.drive(f"{bare.url}/v1/records", srs_records(count, "bare"))
-    with harness.service(["write"]) as service:
+    with harness.service(["write"], postgres_url=postgres_url) as service:
         url = f"{service.url}/v1/records"
         harness.drive(url, srs_records(warmup, "warm"), api_key=service.api_key)
         ours = harness.drive(
@@ -56,8 +57,9 @@ def measure(count: int) -> dict[str, Any]:
             api_key=service.api_key,
             expect=lambda status: status == 201,
         )
+    store = "SQLite" if postgres_url is None else "PostgreSQL"
     return harness.entry(
-        "service intake: records POSTed one per request to /v1/records (SQLite, durable) "
+        f"service intake: records POSTed one per request to /v1/records ({store}, durable) "
         "vs bare Flask JSON parse, same gunicorn",
         ours.per_second,
         baseline.per_second,
@@ -78,8 +80,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="400 records instead of 4,000")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="store in a fresh schema of this PostgreSQL database (dropped afterwards)",
+    )
     args = parser.parse_args()
-    entries = run(quick=args.quick)
+    entries = [measure(400 if args.quick else 4000, args.postgres)]
     harness.print_entries(entries)
     return 0 if all(e["ratio"] >= e["target_ratio"] for e in entries) else 1
 

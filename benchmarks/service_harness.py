@@ -1,7 +1,8 @@
 """Shared pieces of the service benchmarks (``bench_service_*.py``): a migrated SQLite store with an
 API key, ``fhir-alliance serve`` as a real gunicorn process, the bare-Flask baseline under the same
 gunicorn configuration, and one HTTP client loop (threads with a keep-alive connection each) that
-drives both the same way. Not a benchmark itself (``run.py`` only loads ``bench_*.py``)."""
+drives both the same way. The service's store is SQLite by default, or a fresh schema of a given
+PostgreSQL database. Not a benchmark itself (``run.py`` only loads ``bench_*.py``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +97,29 @@ def migrated_store(workdir: Path) -> Iterator[str]:
     yield url
 
 
+@contextlib.contextmanager
+def migrated_postgres_schema(database_url: str) -> Iterator[str]:
+    """A fresh schema of its own in the PostgreSQL database at ``database_url``, migrated; the
+    store URL (``search_path`` set to it) is yielded and the schema dropped afterwards."""
+    from fhir_alliance_service.store import normalise_url, upgrade
+    from sqlalchemy import create_engine, text
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    base = normalise_url(database_url)
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+        rendered = url.render_as_string(hide_password=False)
+        upgrade(rendered)
+        yield rendered
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
 def create_key(database_url: str, scopes: Sequence[str]) -> str:
     from fhir_alliance_service.auth import create_api_key
     from fhir_alliance_service.store import open_store
@@ -107,11 +132,18 @@ def create_key(database_url: str, scopes: Sequence[str]) -> str:
 
 
 @contextlib.contextmanager
-def service(scopes: Sequence[str], **settings: str) -> Iterator[RunningServer]:
-    """``fhir-alliance serve`` (gunicorn, ``WEB_WORKERS`` sync workers) on a fresh SQLite store."""
+def service(
+    scopes: Sequence[str], *, postgres_url: str | None = None, **settings: str
+) -> Iterator[RunningServer]:
+    """``fhir-alliance serve`` (gunicorn, ``WEB_WORKERS`` workers) on a fresh SQLite store, or
+    with ``postgres_url`` on a fresh schema of that PostgreSQL database (dropped afterwards)."""
     with (
         tempfile.TemporaryDirectory(prefix="fhir-alliance-bench-") as tmp,
-        migrated_store(Path(tmp)) as database_url,
+        (
+            migrated_store(Path(tmp))
+            if postgres_url is None
+            else migrated_postgres_schema(postgres_url)
+        ) as database_url,
     ):
         key = create_key(database_url, scopes)
         port = free_port()
