@@ -1,12 +1,17 @@
-"""Measure the test server's write throughput: one request per resource vs transaction Bundles of 100.
+"""Measure the test server's write throughput: one request per resource vs transaction Bundles.
 
-Run: /work/venv/bin/python -m tests.fhir_server.measure_writes [--count 2000] [--base-url URL]
+Run: .venv/bin/python -m tests.fhir_server.measure_writes [--count 2000] [--bundle-size 100]
+     [--profiled] [--base-url URL]
 Starts the local server unless --base-url is given; prints resources/s and the ratio per write path.
+--profiled writes Observations claiming our alliance-item profile (the golden ORS item), so every
+write is also validated against that profile.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import tempfile
 import time
 import uuid
@@ -20,9 +25,13 @@ from tests.fhir_server.plugin import TimeoutSession, start_local_server
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 BUNDLE_SIZE = 100
+GOLDEN_ITEM = Path(__file__).parents[1] / "golden/observations/r4/ors-administration.json"
+PROFILED = False
 
 
 def observation(i: int, run: str) -> dict[str, Any]:
+    if PROFILED:
+        return profiled_observation(i, run)
     return {
         "resourceType": "Observation",
         "meta": {"tag": [{"system": "urn:measure", "code": run}]},
@@ -33,6 +42,22 @@ def observation(i: int, run: str) -> dict[str, Any]:
         "effectiveDateTime": "2025-01-01T10:00:00Z",
         "valueInteger": i % 7,
     }
+
+
+def profiled_observation(i: int, run: str) -> dict[str, Any]:
+    """The golden ORS item (profile alliance-item) with its own identifier and patient."""
+    items = [
+        r
+        for r in json.loads(GOLDEN_ITEM.read_text(encoding="utf-8"))
+        if r["meta"]["profile"][0].endswith("/alliance-item")
+    ]
+    body: dict[str, Any] = copy.deepcopy(items[0])
+    del body["id"]
+    body["meta"]["tag"] = [{"system": "urn:measure", "code": run}]
+    body["identifier"][0]["value"] = f"{run}-{i}"
+    body["subject"] = {"reference": f"Patient/p{i % 50}"}
+    body["performer"] = [body["subject"]]
+    return body
 
 
 def one_by_one(http: requests.Session, base: str, count: int, put: bool) -> None:
@@ -86,8 +111,12 @@ def rate(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--bundle-size", type=int, default=100)
+    parser.add_argument("--profiled", action="store_true")
     parser.add_argument("--base-url")
     args = parser.parse_args()
+    global BUNDLE_SIZE, PROFILED
+    BUNDLE_SIZE, PROFILED = args.bundle_size, args.profiled
     server = None
     base = args.base_url
     if not base:
@@ -109,7 +138,8 @@ def main() -> None:
             print(
                 f"{label:22s} one by one {single:6.0f}/s   transaction x{BUNDLE_SIZE} "
                 f"{bundled:6.0f}/s ({bundled / single:4.1f}x)   with Prefer: return=minimal "
-                f"{minimal:6.0f}/s ({minimal / single:4.1f}x)   [{args.count} Observations]"
+                f"{minimal:6.0f}/s ({minimal / single:4.1f}x)   [{args.count} "
+                f"{'profiled ' if PROFILED else ''}Observations]"
             )
     finally:
         http.close()
