@@ -164,8 +164,8 @@ class OutboxItem:
     #: crashed, hung, or could not reach the database to record one); counted in ``lost_leases``.
     taken_over: bool = False
     #: Leases lost in a row: workers that stopped on this item since its last result (any
-    #: ``mark_*`` or ``release`` sets it back to 0). ``max_attempts`` of them in a row make a
-    #: poison record, dead-lettered without another try.
+    #: ``mark_*`` sets it back to 0). ``max_attempts`` of them in a row make a poison record,
+    #: dead-lettered without another try.
     lost_leases: int = 0
 
 
@@ -307,8 +307,9 @@ class Store(Protocol):
 
     def release(self, item_ids: Sequence[int], worker: str, *, at: datetime) -> int:
         """Hand back the leases ``worker`` holds on ``item_ids`` without a result (its lease was
-        running out, or it could not record results during a database outage): claimable at
-        once, no attempt counted and the lost leases forgotten. Returns how many."""
+        running out, it could not record results during a database outage, or the item is a
+        second suspect in a batch): claimable at once, nothing counted and nothing forgotten
+        (lost leases stay as they were). Returns how many."""
 
     def mark_sent(
         self,

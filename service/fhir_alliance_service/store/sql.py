@@ -750,7 +750,7 @@ class SqlStore(AuditQueueSql):
                     outbox.c.lease_owner == worker,
                     outbox.c.state.in_(_PENDING),
                 )
-                .values(lease_owner=None, lease_until=None, lost_leases=0, updated_at=at)
+                .values(lease_owner=None, lease_until=None, updated_at=at)
             )
             return int(result.rowcount)
 

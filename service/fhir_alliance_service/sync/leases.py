@@ -10,6 +10,8 @@ keeps them aside, and the worker's next claim first hands them back with ``Store
 attempt and no lost lease counted (if the database is still down, that release fails and nothing
 is claimed either). Any other error leaves the leases to expire: a record that makes the worker
 fail every time is still a poison record, dead-lettered after ``max_attempts`` lost leases.
+Suspects (items whose earlier workers stopped on them) are kept one per batch, so that the records
+a poison record took down with it get a result of their own (:meth:`LeaseLedger.claim`).
 
 If the database stays down longer than the lease and another worker takes the items over first,
 that takeover counts one lost lease, which the item's next result forgets (``Store.claim``).
@@ -78,9 +80,25 @@ class LeaseLedger:
                 for item_id in abandoned:
                     self._abandoned.pop(item_id, None)
         items = self._store.claim(worker, limit=limit, lease_seconds=lease_seconds, now=now)
+        items = self._one_suspect(items, worker, now)
         with self._lock:
             self._held.update((item.item_id, worker) for item in items)
         return items
+
+    def _one_suspect(self, items: list[OutboxItem], worker: str, now: datetime) -> list[OutboxItem]:
+        """Keep at most one *suspect* (an item whose earlier workers stopped on it without a
+        result) in a batch and hand the others back at once, their lost leases kept. A worker
+        that crashes on a poison record takes the records claimed beside it down too; claimed
+        one per batch, those get a result (which forgets their lost leases) while the poison
+        record alone keeps losing leases until it is dead-lettered. A patient's later items
+        claimed with a handed-back suspect go back with it (patient order)."""
+        suspects = [i for i in items if i.taken_over or i.lost_leases > 0]
+        if len(suspects) <= 1:
+            return items
+        back = {i.patient for i in suspects[1:]}
+        returned = [i.item_id for i in items if i.patient in back]
+        self._store.release(returned, worker, at=now)
+        return [i for i in items if i.patient not in back]
 
     def _finished(self, item_ids: Sequence[int]) -> None:
         with self._lock:

@@ -1,7 +1,7 @@
 """Lost leases apart from failed sends (migration 0004): a takeover counts a lost lease, never a
-failed attempt, and any result of the item (each ``mark_*``, ``mark_sent_many``, ``release``,
-``replay``) forgets them, so that only lost leases in a row (a poison record) add up. On SQLite
-and PostgreSQL."""
+failed attempt, and any result of the item (each ``mark_*``, ``mark_sent_many``, ``replay``)
+forgets them, so that only lost leases in a row (a poison record) add up; handing an item back
+untried (``release``) keeps them. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ RESULTS: dict[str, Callable[[SqlStore, OutboxItem], object]] = {
     "dead": lambda s, i: s.mark_dead(
         i.item_id, i.lease_owner, outcome=OUTCOME, audit=[], at=at(100)
     ),
-    "release": lambda s, i: s.release([i.item_id], i.lease_owner, at=at(100)),
 }
 
 
@@ -49,6 +48,14 @@ def test_any_result_forgets_the_lost_leases(store: SqlStore, result: str) -> Non
     status = store.sync_status("rec-000001")
     assert status is not None and status.lost_leases == 0
     assert status.attempts == (1 if result in ("failed", "dead") else 0)
+
+
+def test_release_hands_back_untried_and_keeps_the_lost_leases(store: SqlStore) -> None:
+    """An item handed back untried is claimable at once, no takeover, its lost leases kept."""
+    item = _taken_over_twice(store)
+    assert store.release([item.item_id], "w3", at=at(62)) == 1
+    [again] = store.claim("w4", limit=1, lease_seconds=30, now=at(63))
+    assert (again.lost_leases, again.attempts, again.taken_over) == (2, 0, False)
 
 
 def test_replay_forgets_lost_leases_too(store: SqlStore) -> None:
