@@ -86,7 +86,7 @@ class RawSql:
         self._result: dict[tuple[str, str], Processor] = {}
         self._inserts: dict[
             tuple[str, tuple[str, ...], str],
-            tuple[str, Callable[[Any], Any], tuple[Processor, ...]],
+            tuple[str, Callable[[Any], Any], tuple[tuple[int, Callable[[Any], Any]], ...]],
         ] = {}
         #: Called with each statement's text before it runs.
         self.statement_listeners: list[Callable[[str], None]] = []
