@@ -294,16 +294,25 @@ class Store(Protocol):
 
     # -- worker --------------------------------------------------------------------------------
     def claim(
-        self, worker: str, *, limit: int, lease_seconds: float, now: datetime
+        self,
+        worker: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+        per_patient: int = 1,
     ) -> list[OutboxItem]:
         """Lease up to ``limit`` claimable items (QUEUED, or FAILED with ``next_attempt_at <= now``,
         not leased or with an expired lease), oldest first, at most the oldest pending item per
-        patient. PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so concurrent workers never get one
-        item twice. An item whose lease expired without a result lost a lease: taking it over
-        adds one to its ``lost_leases`` (not to ``attempts``, the failed sends) and sets
-        ``taken_over``, so a record that kills every worker reaches ``max_attempts`` lost leases
-        in a row and is dead-lettered instead of retried forever, while a database outage, which
-        costs a lease but is followed by a result, is not held against the record."""
+        patient; with ``per_patient`` > 1, when those fill fewer than ``limit``, also the claimed
+        patients' next items in order (up to the first that is not claimable now, at most
+        ``per_patient`` per patient in all), which the caller must then send in order.
+        PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so concurrent workers never get one item twice.
+        An item whose lease expired without a result lost a lease: taking it over adds one to its
+        ``lost_leases`` (not to ``attempts``, the failed sends) and sets ``taken_over``, so a
+        record that kills every worker reaches ``max_attempts`` lost leases in a row and is
+        dead-lettered instead of retried forever, while a database outage, which costs a lease
+        but is followed by a result, is not held against the record."""
 
     def release(self, item_ids: Sequence[int], worker: str, *, at: datetime) -> int:
         """Hand back the leases ``worker`` holds on ``item_ids`` without a result (its lease was

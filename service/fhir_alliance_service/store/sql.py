@@ -653,13 +653,19 @@ class SqlStore(AuditQueueSql):
 
     # -- worker --------------------------------------------------------------------------------
     def claim(
-        self, worker: str, *, limit: int, lease_seconds: float, now: datetime
+        self,
+        worker: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+        per_patient: int = 1,
     ) -> list[OutboxItem]:
         if limit <= 0:
             return []
         older = outbox.alias("older")
         candidates = (
-            select(outbox.c.item_id, outbox.c.lease_until)
+            select(outbox.c.item_id, outbox.c.lease_until, outbox.c.patient)
             .where(
                 outbox.c.state.in_(_PENDING),
                 or_(
@@ -679,7 +685,14 @@ class SqlStore(AuditQueueSql):
         )
         lease_until = now + timedelta(seconds=lease_seconds)
         with self._write() as connection:
-            leases = {row.item_id: row.lease_until for row in connection.execute(candidates)}
+            heads = list(connection.execute(candidates))
+            leases = {row.item_id: row.lease_until for row in heads}
+            if per_patient > 1 and 0 < len(heads) < limit:
+                leases.update(
+                    self._followers(
+                        connection, heads, room=limit - len(heads), per_patient=per_patient, now=now
+                    )
+                )
             item_ids = list(leases)
             if not item_ids:
                 return []
@@ -738,6 +751,57 @@ class SqlStore(AuditQueueSql):
                 )
                 for row in rows
             ]
+
+    def _followers(
+        self,
+        connection: Connection,
+        heads: Sequence[AnyRow],
+        *,
+        room: int,
+        per_patient: int,
+        now: datetime,
+    ) -> dict[int, datetime | None]:
+        """The claimed patients' next items (item id → lease) for ``claim(per_patient=…)``: each
+        patient's pending items after its head, in order, up to the first one not claimable now
+        (failed and not due, or leased), at most ``per_patient`` per patient with the head and
+        ``room`` in all.
+
+        Safe beside concurrent claims: another worker can only ever claim a patient's oldest
+        pending item, which is the head this claim holds (locked here until commit, leased
+        after), so a patient's later items are taken by no one else meanwhile; on PostgreSQL the
+        followers are locked too (``FOR UPDATE``), against intake superseding them mid-claim."""
+        claimable = and_(
+            or_(outbox.c.state == SyncState.QUEUED.value, outbox.c.next_attempt_at <= now),
+            or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now),
+        )
+        head_ids = [row.item_id for row in heads]
+        patients = list(dict.fromkeys(row.patient for row in heads))
+        by_patient: dict[str, list[AnyRow]] = {}
+        for chunk in _chunks(patients):
+            rows = connection.execute(
+                select(
+                    outbox.c.item_id,
+                    outbox.c.patient,
+                    outbox.c.lease_until,
+                    case((claimable, 1), else_=0).label("claimable"),
+                )
+                .where(
+                    outbox.c.patient.in_(list(chunk)),
+                    outbox.c.state.in_(_PENDING),
+                    outbox.c.item_id.not_in(head_ids),
+                )
+                .order_by(outbox.c.item_id)
+                .with_for_update(of=outbox)
+            )
+            for row in rows:
+                by_patient.setdefault(row.patient, []).append(row)
+        taken: dict[int, datetime | None] = {}
+        for patient in patients:  # oldest head first
+            for row in by_patient.get(patient, [])[: per_patient - 1]:
+                if not row.claimable or len(taken) >= room:
+                    break  # nothing after a waiting item: it would overtake it
+                taken[row.item_id] = row.lease_until
+        return taken
 
     def release(self, item_ids: Sequence[int], worker: str, *, at: datetime) -> int:
         if not item_ids:
