@@ -70,7 +70,13 @@ class LeaseLedger:
 
     # -- the calls that lease and finish items ---------------------------------------------------
     def claim(
-        self, worker: str, *, limit: int, lease_seconds: float, now: datetime
+        self,
+        worker: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: datetime,
+        per_patient: int = 1,
     ) -> list[OutboxItem]:
         with self._lock:
             abandoned = [i for i, owner in self._abandoned.items() if owner == worker]
@@ -79,7 +85,9 @@ class LeaseLedger:
             with self._lock:
                 for item_id in abandoned:
                     self._abandoned.pop(item_id, None)
-        items = self._store.claim(worker, limit=limit, lease_seconds=lease_seconds, now=now)
+        items = self._store.claim(
+            worker, limit=limit, lease_seconds=lease_seconds, now=now, per_patient=per_patient
+        )
         items = self._one_suspect(items, worker, now)
         with self._lock:
             self._held.update((item.item_id, worker) for item in items)
