@@ -171,7 +171,8 @@ class Worker:
         random: Callable[[], float] = _random.random,
         between_batches: Callable[[], object] | None = None,
     ) -> None:
-        #: Called by ``run_forever`` after each batch (the CLI's worker: the two-way sync's
+        #: Called by ``run_forever`` after each batch is prepared, before the next claim, on the
+        #: preparing thread while that batch is sent (the CLI's worker: the two-way sync's
         #: ``TwoWaySync.tick``, which pulls every ``pull_interval_seconds``).
         self.between_batches = between_batches
         self.settings = settings
@@ -197,15 +198,19 @@ class Worker:
         log.info("worker started", extra={"worker": self.worker_id})
         while not stop.is_set():
             try:
-                _Pipeline(self, stop=stop, poll=True).run(self._after_batch)
+                # The two-way sync pass runs on the preparing thread between its claims, so a
+                # long pull never leaves a claimed batch waiting (its lease running out).
+                _Pipeline(self, stop=stop, poll=True, between=self._between_batches).run(
+                    lambda report: None
+                )
             except Exception as exc:  # never die on one bad batch; the leases expire
                 log.error("batch failed: %s", type(exc).__name__)
                 self.leases.abandon(exc)  # a database outage: handed back at the next claim
-                self._after_batch(BatchReport(error=type(exc).__name__))
+                self._between_batches()
                 stop.wait(self.settings.poll_interval_seconds)
         log.info("worker stopped", extra={"worker": self.worker_id})
 
-    def _after_batch(self, report: BatchReport) -> None:
+    def _between_batches(self) -> None:
         if self.between_batches is not None:
             try:
                 self.between_batches()
@@ -256,6 +261,9 @@ class Worker:
             limit=self.settings.worker_batch_size,
             lease_seconds=self.settings.lease_seconds,
             now=now,
+            # A client's consecutive items come together where the batch has room (a backfill of
+            # few clients fills its batches); sent in claim order (``_Batch.blocked``).
+            per_patient=self.settings.worker_batch_size,
         )
         batch = _Batch(items, version, now)
         batch.prepared.claimed = len(items)
@@ -776,11 +784,14 @@ class _Pipeline:
         stop: threading.Event | None,
         poll: bool,
         max_batches: int | None = None,
+        between: Callable[[], object] | None = None,
     ) -> None:
         self.worker = worker
         self.stop = stop or threading.Event()
         self.poll = poll
         self.max_batches = max_batches
+        #: Run by the preparing thread after each batch it prepared, before its next claim.
+        self.between = between
         #: Set when the calling thread gives up (an error): the preparing thread stops at once.
         self.halt = threading.Event()
         self.events: queue.SimpleQueue[tuple[str, _Batch | None, Any]] = queue.SimpleQueue()
@@ -865,6 +876,8 @@ class _Pipeline:
             for group in worker._prepared_groups(batch, self.halt):
                 self.events.put(("group", batch, group))
             self.events.put(("done", batch, None))
+            if self.between is not None:
+                self.between()
             if batch.error is not None or not batch.items:
                 if not self.poll:
                     return

@@ -19,7 +19,7 @@ from pytest_httpserver import HTTPServer
 from fhir_alliance.client import FhirClient
 from tests.service.sync import records as R
 from tests.service.sync.conftest import QUICK_RETRY, SyncHarness, now, sync_settings
-from tests.service.sync.fake_fhir import FakeFhir
+from tests.service.sync.fake_fhir import FakeFhir, status
 
 
 def test_the_next_batch_is_prepared_while_a_bundle_is_on_the_server(
@@ -80,3 +80,43 @@ def test_draining_waits_for_the_batches_in_hand_before_calling_the_outbox_empty(
 def _state(store: SqlStore, record_id: str) -> SyncState | None:
     status = store.sync_status(record_id)
     return status.state if status is not None else None
+
+
+def test_a_patients_later_items_wait_behind_one_that_failed_in_the_same_batch(
+    httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str
+) -> None:
+    """One client's consent and three ratings come in one batch (its consecutive items claimed
+    together), one Bundle each. The first rating's Bundle meets a 503: the two ratings after it
+    are handed back unsent (no attempt counted), and go, in order, once it has gone."""
+    fake = FakeFhir(httpserver).install()
+    run = R.run_token()
+    patient = "Patient/backfill"
+    intaken = intake_records(
+        sync_store,
+        [R.sharing_consent(run, patient)] + [R.rating(run, n, patient) for n in range(3)],
+        at=now(),
+    )
+    fake.faults = [lambda bundle: None, status(503)]  # the consent goes, the first rating not
+    settings = sync_settings(fake.base_url, sqlite_url, fhir_version="4.0.1")
+    with FhirClient(fake.base_url, retry=QUICK_RETRY) as client:
+        worker = Worker(settings, sync_store, client, bundle_entries=1)
+        first = worker.run_once()
+        assert (first.claimed, first.sent, first.failed, first.deferred) == (4, 1, 1, 2)
+        assert fake.requests == 2
+        statuses = [sync_store.sync_status(result.record_id) for result in intaken]
+        assert [s.state for s in statuses if s is not None] == [
+            SyncState.SENT,
+            SyncState.FAILED,
+            SyncState.QUEUED,
+            SyncState.QUEUED,
+        ]
+        assert [s.attempts for s in statuses if s is not None] == [0, 1, 0, 0]
+        time.sleep(0.1)  # the retry is due (backoff of at most 0.05 s in these settings)
+        second = worker.run_once()
+    assert (second.claimed, second.sent) == (3, 3)
+    ratings = [result.record_id for result in intaken[1:]]
+    order = [key for key in fake.writes if key.startswith("Observation/")]
+    assert len(order) == 3 and fake.requests == 5
+    sent = [sync_store.sync_status(record_id) for record_id in ratings]
+    assert all(s is not None and s.state is SyncState.SENT for s in sent)
+    assert [f"Observation/{s.sent[0].id}" for s in sent if s is not None] == order
