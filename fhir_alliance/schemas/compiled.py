@@ -408,7 +408,7 @@ def _generate(schema: Schema, stack: tuple[type, ...], space: _Namespace) -> str
     lines = [
         f"def {function}(data):",
         "    if type(data) is not dict: raise _F",
-        f"    if not data.keys() <= {known}: raise _F",
+        f"    if not {known}.issuperset(data): raise _F",
         *body.lines,
         f"    result = {{{', '.join(entries)}}}",
     ]
