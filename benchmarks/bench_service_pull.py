@@ -212,6 +212,54 @@ def read_only(
     return elapsed, seen
 
 
+def notice_deletions(
+    base_url: str, run: str, count: int, resource_type: str, timed: Any, traced: Any
+) -> dict[str, Any]:
+    """Delete 1 % of the resources on the server, then time the pass that notices it both ways:
+    an incremental pass on ``timed`` (``_history`` where the server offers it) and a full
+    listing on ``traced`` (``pull_deletions=listing``). Both must find every deletion."""
+    from fhir_alliance_service.config import Settings
+    from fhir_alliance_service.sync.pull import Puller
+
+    from fhir_alliance.client import BundleRequest, FhirClient
+
+    gone = max(1, count // 100)
+    with FhirClient(base_url, return_preference="minimal", deadline=600.0) as client:
+        doomed = [BundleRequest.delete(resource_type, f"pull-{run}-{n}") for n in range(gone)]
+        failed = [o for o in client.transaction(doomed, chunk_size=LOAD_BUNDLE) if not o.ok]
+        if failed:
+            raise RuntimeError(f"delete failed: HTTP {failed[0].status}")
+        history = client.capabilities().resource(resource_type).supports("history-type")
+    found: dict[str, Any] = {"deleted_on_server": gone}
+    passes = [("listing", traced, "listing", True)]
+    if history:
+        passes.insert(0, ("history", timed, "auto", None))
+    else:
+        print("  the server offers no _history: only the listing notices deletions", flush=True)
+    for name, store, mode, full in passes:
+        settings = Settings(
+            database_url="sqlite://",
+            fhir_base_url=base_url,
+            pull_observations=resource_type == "Observation",
+            pull_deletions=mode,
+        )
+        with FhirClient(base_url, deadline=600.0) as client:
+            started = time.perf_counter()
+            report = Puller(settings, store, client).pull(full_listing=full)
+            seconds = time.perf_counter() - started
+        if report.error or report.deleted != gone:
+            raise RuntimeError(f"{name} pass noticed {report.deleted}/{gone} ({report.error})")
+        method = report.deletions.get(resource_type)
+        found[f"{name}_pass"] = {"method": method, "seconds": round(seconds, 1)}
+        print(
+            f"  {gone:,} deleted on the server: noticed by a pass using {method} "
+            f"in {seconds:.1f} s ({report.read:,} resources and {report.history_entries:,} "
+            "history entries read)",
+            flush=True,
+        )
+    return found
+
+
 def measure(count: int, resource_type: str = "Consent") -> list[dict[str, Any]]:
     run = uuid.uuid4().hex[:8]
     patients = max(1, count // PATIENT_SHARE)
@@ -227,30 +275,32 @@ def measure(count: int, resource_type: str = "Consent") -> list[dict[str, Any]]:
         base_seconds, base_seen = read_only(base_url, run, patients, resource_type)
         print(f"  baseline (read and drop): {count / base_seconds:,.0f}/s", flush=True)
 
-        store = _store(workdir, "timed.db", base_url, run, patients)
+        timed = _store(workdir, "timed.db", base_url, run, patients)
         with RssPeak() as rss:
-            our_seconds, merged = pull_once(base_url, store, resource_type)
-        store.close()
+            our_seconds, merged = pull_once(base_url, timed, resource_type)
         print(
             f"  pull: {count / our_seconds:,.0f}/s in {our_seconds:.0f} s; resident memory "
             f"{rss.start:.0f} MB before, peak growth {rss.growth:.1f} MB",
             flush=True,
         )
 
-        store = _store(workdir, "traced.db", base_url, run, patients)
+        traced = _store(workdir, "traced.db", base_url, run, patients)
         gc.collect()
         tracemalloc.start()
         baseline_heap, _ = tracemalloc.get_traced_memory()
-        _, merged_traced = pull_once(base_url, store, resource_type)
+        _, merged_traced = pull_once(base_url, traced, resource_type)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        store.close()
+        deletions = notice_deletions(base_url, run, count, resource_type, timed, traced)
+        timed.close()
+        traced.close()
     heap_growth = (peak - baseline_heap) / 1e6
     rss_growth = rss.growth
     if merged != count or merged_traced != count or base_seen != count:
         raise RuntimeError(f"pulled {merged}/{merged_traced}/{base_seen} of {count}")
     growth = max(heap_growth, rss_growth)
     figures = {
+        **deletions,
         "resources": count,
         "patients": patients,
         "load_seconds": round(load_seconds, 1),
