@@ -432,12 +432,13 @@ class Puller:
             page_newest = _newest(entries)
             if page_newest is not None and (newest_at is None or page_newest[0] > newest_at):
                 newest_at, history_at = page_newest
-            # Per id, the newest entry of the page says what the resource is now.
+            # Per id, the newest entry of the page says what the resource is now (on equal
+            # stamps the first: history is newest first).
             latest: dict[str, tuple[datetime | None, bool, str | None, str | None]] = {}
             for entry in entries:
                 at = _instant(entry.stamp)
                 known = latest.get(entry.resource_id)
-                if known is None or (at is not None and (known[0] is None or at >= known[0])):
+                if known is None or (at is not None and (known[0] is None or at > known[0])):
                     latest[entry.resource_id] = (at, entry.deleted, entry.version_id, entry.stamp)
             deleted = {rid: facts for rid, facts in latest.items() if facts[1]}
             if not deleted:
