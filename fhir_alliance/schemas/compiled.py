@@ -27,8 +27,8 @@ words the errors. So the fast path can only accept what marshmallow accepts and 
 returns; hypothesis property tests (``tests/schemas/test_compiled.py``) check both paths agree.
 
 A schema with hooks this module does not replay (``pre_load``, ``@validates`` field validators,
-``pass_original``), ``many=True``, unknown fields not refused, or a dotted ``attribute`` is not
-compiled: :func:`load_or_raise_fast` then uses marshmallow alone. :func:`json_schema` gives the
+``pass_original``), ``many=True``, ``partial``, unknown fields not refused, or a dotted
+``attribute`` is not compiled: :func:`load_or_raise_fast` then uses marshmallow alone. :func:`json_schema` gives the
 JSON schema (draft 7) of what a schema loads, generated the same way (for documentation and
 clients; the loader does not need it).
 """
@@ -360,6 +360,8 @@ def _check_compilable(schema: Schema) -> None:
                 raise TypeError(f"{name}: a {tag} hook it cannot replay")
     if schema.unknown != "raise":
         raise TypeError(f"{name} does not refuse unknown fields")
+    if schema.partial:
+        raise TypeError(f"{name} loads partially")
     for field_name, field in schema.load_fields.items():
         if "." in (field.attribute or field_name):
             raise TypeError(f"{name}.{field_name}: a dotted attribute")

@@ -173,6 +173,43 @@ def test_loader_falls_back_to_marshmallow_errors() -> None:
     assert [(i.path, i.message) for i in caught.value.issues] == [("7.name", "Not a valid string.")]
 
 
+class _Shouting(fields.String):
+    """A String subclass with its own loading code: it must not be loaded as a plain string."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        return str(super()._deserialize(value, attr, data, **kwargs)).upper()
+
+
+class _StrictCount(fields.Integer):
+    """A subclass that changes no loading method: loaded as marshmallow's Integer."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+
+class _Custom(Schema):
+    class Meta:
+        unknown = "raise"
+
+    word = _Shouting(required=True)
+    count = _StrictCount(load_default=0)
+
+
+def test_field_subclasses_with_their_own_loading_code_are_called() -> None:
+    """A field class that overrides a loading method runs its own code on the fast path; one that
+    overrides none is compiled as its marshmallow base."""
+    loader = CompiledLoader(_Custom())
+    assert loader.fast({"word": "quiet", "count": 2}) == {"word": "QUIET", "count": 2}
+    assert "_deserialize" in loader.source  # the subclass's own method is called
+    with pytest.raises(InputError):
+        loader.load({"word": "x", "count": "2"})  # strict: a string is not an integer
+
+
+def test_partial_schema_is_not_compiled() -> None:
+    """A schema that loads partially would pass ``partial`` to its hooks: marshmallow keeps it."""
+    assert compiled_loader(_Named(partial=True)) is None
+
+
 @pytest.mark.parametrize(
     ("path", "value"),
     [
