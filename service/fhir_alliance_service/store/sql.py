@@ -226,12 +226,12 @@ _RECORD_COLUMNS = (
 
 
 #: ``mark_sent``'s compare-and-set for ``mark_sent_many``, built once for a Bundle's items.
-_MARK_SENT = (
+_MARK_SENT = (  # run as executemany: no expanding IN in it
     update(outbox)
     .where(
         outbox.c.item_id == bindparam("b_item_id"),
         outbox.c.lease_owner == bindparam("b_worker"),
-        outbox.c.state.in_(_PENDING),
+        or_(*(outbox.c.state == state for state in _PENDING)),
     )
     .values(
         state=SyncState.SENT.value,
@@ -869,28 +869,41 @@ class SqlStore(AuditQueueSql):
         return self._finish(item_id, worker, values, audit)
 
     def mark_sent_many(self, worker: str, marks: Sequence[SentMark], *, at: datetime) -> list[bool]:
-        # One transaction for a Bundle's items (was one per item): the same compare-and-set per
-        # item as ``_finish``, then the audit entries of the items that landed in one insert.
-        landed: list[bool] = []
+        # One transaction for a Bundle's items: which items ``worker`` still holds, read once
+        # (locked on PostgreSQL; SQLite's write lock is held), then one executemany of the same
+        # compare-and-set update as ``_finish`` (its WHERE still guards every row) and the audit
+        # entries of the items that landed in one insert. Was one statement per item.
+        ids = [mark.item_id for mark in marks]
+        owned: set[int] = set()
         with self._write() as connection:
-            for mark in marks:
-                result = connection.execute(
-                    _MARK_SENT,
-                    {
-                        "b_item_id": mark.item_id,
-                        "b_worker": worker,
-                        "b_sent": [
-                            {
-                                "resource_type": s.resource_type,
-                                "id": s.id,
-                                "version_id": s.version_id,
-                            }
-                            for s in mark.sent
-                        ],
-                        "b_at": at,
-                    },
+            for start in range(0, len(ids), LOOKUP_CHUNK):
+                owned.update(
+                    connection.execute(
+                        select(outbox.c.item_id)
+                        .where(
+                            outbox.c.item_id.in_(ids[start : start + LOOKUP_CHUNK]),
+                            outbox.c.lease_owner == worker,
+                            outbox.c.state.in_(_PENDING),
+                        )
+                        .with_for_update()
+                    ).scalars()
                 )
-                landed.append(result.rowcount == 1)
+            landed = [mark.item_id in owned for mark in marks]
+            updates = [
+                {
+                    "b_item_id": mark.item_id,
+                    "b_worker": worker,
+                    "b_sent": [
+                        {"resource_type": s.resource_type, "id": s.id, "version_id": s.version_id}
+                        for s in mark.sent
+                    ],
+                    "b_at": at,
+                }
+                for mark, ok in zip(marks, landed, strict=True)
+                if ok
+            ]
+            if updates:
+                connection.execute(_MARK_SENT, updates)
             audit_rows = [
                 _audit_row(entry)
                 for mark, ok in zip(marks, landed, strict=True)
