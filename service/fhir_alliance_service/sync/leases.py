@@ -88,6 +88,10 @@ class LeaseLedger:
         items = self._store.claim(
             worker, limit=limit, lease_seconds=lease_seconds, now=now, per_patient=per_patient
         )
+        with self._lock:
+            # Ours already, still in hand (its lease ran out while another stage of this worker
+            # has it): the claim only renewed the lease. Not claimed twice, and no suspect.
+            items = [i for i in items if i.item_id not in self._held]
         items = self._one_suspect(items, worker, now)
         with self._lock:
             self._held.update((item.item_id, worker) for item in items)

@@ -60,3 +60,22 @@ def test_a_suspect_that_keeps_stopping_its_workers_still_adds_up(store: SqlStore
         items = ledger.claim(f"w{n}", limit=10, lease_seconds=30, now=at(31 + 31 * n))
         counts.append(next((i.record_id, i.lost_leases) for i in items if i.lost_leases))
     assert counts == [("rec-000001", 1), ("rec-000001", 2), ("rec-000001", 3)]
+
+
+def test_an_item_still_in_hand_is_not_claimed_twice_nor_a_suspect(store: SqlStore) -> None:
+    """A claim that meets this worker's own item, still in hand but past its lease (another stage
+    of the worker has it), renews the lease but neither hands it out again nor treats it as a
+    suspect: the fresh items around it are claimed as usual."""
+    store.put_records(
+        [record(1, patient="Patient/p1"), record(2, patient="Patient/p2")], audit=[], at=T0
+    )
+    ledger = LeaseLedger(store)
+    [first, second] = ledger.claim("w1", limit=10, lease_seconds=30, now=at(1))
+    assert store.mark_sent(second.item_id, "w1", sent=[], audit=[], at=at(2))
+    store.put_records(
+        [record(3, patient="Patient/p3"), record(4, patient="Patient/p4")], audit=[], at=at(3)
+    )
+    again = ledger.claim("w1", limit=10, lease_seconds=30, now=at(40))
+    assert [i.record_id for i in again] == ["rec-000003", "rec-000004"]
+    assert first.item_id in ledger.held
+    assert store.mark_sent(first.item_id, "w1", sent=[], audit=[], at=at(41))
