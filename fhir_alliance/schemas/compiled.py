@@ -473,7 +473,11 @@ def compiled_loader(schema: Schema) -> CompiledLoader | None:
 def load_or_raise_fast(schema: Schema, data: object, *, prefix: str = "") -> Any:
     """:func:`~fhir_alliance.schemas.common.load_or_raise` through the compiled loader. Only for
     schema instances that live as long as the process (module constants, cached instances)."""
-    loader = compiled_loader(schema)
+    entry = _LOADERS.get(id(schema))  # compiled_loader, inlined: this runs once per record
+    loader = entry[1] if entry is not None and entry[0] is schema else compiled_loader(schema)
     if loader is None:
         return load_or_raise(schema, data, prefix=prefix)
-    return loader.load(data, prefix=prefix)
+    try:
+        return loader.fast(data)
+    except Exception:  # anything unusual: marshmallow decides
+        return load_or_raise(schema, data, prefix=prefix)
