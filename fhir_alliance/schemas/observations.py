@@ -326,7 +326,7 @@ def load_record(
     future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE,
 ) -> AllianceRecord:
     """One record of any observation kind from its JSON form; raises :class:`InputError`."""
-    kind = data.get("kind") if isinstance(data, Mapping) else None
+    kind = data.get("kind") if type(data) is dict or isinstance(data, Mapping) else None
     if not isinstance(kind, str) or kind not in _SCHEMAS:
         path = ".".join(p for p in (prefix, "kind") if p)
         message = f"unknown record kind; expected one of {', '.join(sorted(KINDS))}"
