@@ -35,6 +35,9 @@ clients; the loader does not need it).
 
 from __future__ import annotations
 
+import ast
+import inspect
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -349,6 +352,44 @@ def _emit_value(
     _check_validators(body, field, out, indent)
 
 
+#: Names through which a function could read its keyword arguments without naming them.
+_INTROSPECTION = frozenset(
+    {"locals", "vars", "eval", "exec", "_getframe", "currentframe", "getframeinfo", "stack"}
+)
+
+
+def _ignores_keywords(method: Any) -> bool:
+    """Whether a hook provably ignores the keyword arguments marshmallow passes it (``partial``,
+    ``many``, ``unknown``): its source (parsed here) is ``def name(self, data, **kwargs)`` and its
+    body never reads ``kwargs`` nor introspects its frame. Then calling it with ``data`` alone
+    behaves the same and skips building the keywords dict (about 0.3 us a call). Anything else
+    (no source, a wrapper, other parameters) gets marshmallow's keywords."""
+    function = getattr(method, "__func__", method)
+    if hasattr(function, "__wrapped__"):
+        return False
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
+        return False
+    node = tree.body[0]
+    params = node.args
+    if (
+        node.name != function.__name__
+        or params.kwarg is None
+        or params.vararg is not None
+        or params.kwonlyargs
+        or params.posonlyargs
+        or len(params.args) != 2
+        or params.defaults
+    ):
+        return False
+    names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    names |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+    return params.kwarg.arg not in names and not names & _INTROSPECTION
+
+
 def _check_compilable(schema: Schema) -> None:
     hooks = schema._hooks  # marshmallow's resolved hooks
     name = type(schema).__name__
@@ -417,14 +458,16 @@ def _generate(schema: Schema, stack: tuple[type, ...], space: _Namespace) -> str
     if any(not f.required and f.load_default is missing for f in schema.load_fields.values()):
         lines.append("    result = {k: v for k, v in result.items() if v is not _MISSING}")
     hooks = schema._hooks
-    for hook, _, _ in hooks["validates_schema"]:
-        call = body.const(getattr(schema, hook), "hook_validates_schema_")
-        lines.append(f"    {call}(result, partial=None, many=False, unknown={schema.unknown!r})")
-    for hook, _, _ in hooks["post_load"]:
-        call = body.const(getattr(schema, hook), "hook_post_load_")
-        lines.append(
-            f"    result = {call}(result, partial=None, many=False, unknown={schema.unknown!r})"
-        )
+    keywords = f"partial=None, many=False, unknown={schema.unknown!r}"  # what marshmallow passes
+    for tag, hint, assign in (
+        ("validates_schema", "hook_validates_schema_", ""),
+        ("post_load", "hook_post_load_", "result = "),
+    ):
+        for hook, _, _ in hooks[tag]:
+            method = getattr(schema, hook)
+            call = body.const(method, hint)
+            arguments = "result" if _ignores_keywords(method) else f"result, {keywords}"
+            lines.append(f"    {assign}{call}({arguments})")
     lines.append("    return result")
     space.functions.append("\n".join(lines))
     return function

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from marshmallow import Schema, fields, post_load, pre_load
+from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validates_schema
 
 from fhir_alliance.errors import InputError
 from fhir_alliance.instruments import INSTRUMENTS, InstrumentCode
@@ -203,6 +203,31 @@ def test_field_subclasses_with_their_own_loading_code_are_called() -> None:
     assert "_deserialize" in loader.source  # the subclass's own method is called
     with pytest.raises(InputError):
         loader.load({"word": "x", "count": "2"})  # strict: a string is not an integer
+
+
+class _ReadsKeywords(Schema):
+    class Meta:
+        unknown = "raise"
+
+    name = fields.String(required=True)
+
+    @validates_schema
+    def _quiet(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data["name"]:
+            raise ValidationError("empty")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> tuple[str, Any]:
+        return (data["name"], kwargs["unknown"])
+
+
+def test_hooks_get_marshmallows_keywords_unless_they_provably_ignore_them() -> None:
+    """A hook whose body reads its ``**kwargs`` gets partial/many/unknown as marshmallow passes
+    them; one that never reads them is called with the data alone (the same behaviour, cheaper)."""
+    loader = CompiledLoader(_ReadsKeywords())
+    assert loader.fast({"name": "a"}) == _ReadsKeywords().load({"name": "a"}) == ("a", "raise")
+    assert "(result)" in loader.source  # _quiet never reads its keywords
+    assert "(result, partial=None, many=False, unknown='raise')" in loader.source
 
 
 def test_partial_schema_is_not_compiled() -> None:
