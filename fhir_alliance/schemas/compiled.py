@@ -16,8 +16,10 @@ the checks and conversion that marshmallow's field class makes for a value it ac
 * validators: marshmallow's ``Range``, ``Length``, ``OneOf`` and ``Equal`` as the comparisons they
   make, any other validator called as it is.
 
-Then the schema's own ``@validates_schema`` and ``@post_load`` methods run, exactly as marshmallow
-calls them, so the domain objects are built by the schemas' own code. A field class is trusted to
+Then the schema's own ``@validates_schema`` and ``@post_load`` methods run as marshmallow calls
+them, so the domain objects are built by the schemas' own code; the keywords marshmallow passes
+them (``partial``, ``many``, ``unknown``) are left out only for a hook whose parsed source provably
+never reads them (:func:`_ignores_keywords`). A field class is trusted to
 load as a marshmallow class only when it overrides none of that class's loading methods
 (:data:`_LOAD_METHODS`); otherwise its own ``_deserialize`` is called.
 
