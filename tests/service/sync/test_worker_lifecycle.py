@@ -183,8 +183,11 @@ def test_the_metrics_count_sends_failures_decisions_and_holds(
     delta = {name: _sample(name, labels) - before[name] for name, labels in METRICS}
     assert delta == {
         "fhir_alliance_sends_total": 1.0,  # the one permitted rating's Observation
-        "fhir_alliance_send_failures_total": 1.0,  # the 503 on the first Bundle (the consent)
-        "fhir_alliance_decisions_total": 1.0,  # the rating, permitted
+        # The 503 on the first Bundle: the consent and the rating of the same patient, claimed
+        # together (its consecutive items), each a transient failure; the rating is permitted at
+        # each of its two tries.
+        "fhir_alliance_send_failures_total": 2.0,
+        "fhir_alliance_decisions_total": 2.0,
         "fhir_alliance_held_total": 1.0,  # the patient without consent
     }
 
