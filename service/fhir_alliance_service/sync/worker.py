@@ -50,8 +50,7 @@ from fhir_alliance.errors import (
     VersionConflictError,
     loggable_outcome,
 )
-from fhir_alliance.mapping.fast_validation import FAST_RESOURCE_TYPES, validate_r4_fast
-from fhir_alliance.mapping.validation import validate_resource
+from fhir_alliance.mapping.export import validate_fastest
 from fhir_alliance.terminology import CANONICAL_BASE
 from fhir_alliance_service import audit
 from fhir_alliance_service.config import Settings
@@ -148,10 +147,8 @@ class _Sent:
 
 
 def _validate(resource: Mapping[str, Any], version: str) -> None:
-    if version == "4.0.1" and resource.get("resourceType") in FAST_RESOURCE_TYPES:
-        validate_r4_fast(resource)
-    else:
-        validate_resource(resource, version=version)
+    # The compiled validator of the version (R4, R5) where it covers the type, else the models.
+    validate_fastest(resource, version=version)
 
 
 class Worker:
