@@ -452,18 +452,8 @@ def _bundle_size(text: str) -> int:
     return int(text)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
-
-
 def register(subparsers: Any) -> None:
-    from fhir_alliance.check import add_server_options
+    from fhir_alliance.check import add_server_options, positive_number
 
     parser = subparsers.add_parser(
         "push",
@@ -499,7 +489,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--import-timeout",
-        type=_seconds,
+        type=positive_number,
         default=3600.0,
         metavar="SECONDS",
         help="most seconds to wait for $import to finish (default %(default)g)",

@@ -404,7 +404,8 @@ def _ca_bundle(args: argparse.Namespace) -> str | None:
     return str(path)
 
 
-def _positive(text: str) -> float:
+def positive_number(text: str) -> float:
+    """argparse type: a number above 0 (seconds, for timeouts and deadlines)."""
     try:
         value = float(text)
     except ValueError:
@@ -531,14 +532,14 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout",
         default="30",
-        type=_positive,
+        type=positive_number,
         metavar="SECONDS",
         help="read timeout of each request, in seconds (connecting waits at most 10)",
     )
     parser.add_argument(
         "--deadline",
         default="120",
-        type=_positive,
+        type=positive_number,
         metavar="SECONDS",
         help="most seconds one request may take in all: connecting, sending, reading the answer "
         "and retries",
