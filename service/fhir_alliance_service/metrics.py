@@ -82,9 +82,12 @@ REQUEST_LATENCY = Histogram(
 )
 
 
-class QueueDepthCollector(Collector):
-    """``fhir_alliance_queue_depth{state=…}``: outbox items per sync state, read from the store at
-    each scrape (one query), so the figure is the same whichever process is scraped."""
+class _StoreDepthCollector(Collector):
+    """A gauge by ``state`` read from the store at each scrape (one query), so the figure is the
+    same whichever process is scraped. Subclasses name the metric, its states and the read."""
+
+    name: str
+    documentation: str
 
     def __init__(self, store_provider: Callable[[], Store]) -> None:
         self._store_provider = store_provider
@@ -94,45 +97,44 @@ class QueueDepthCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = self._family()
-        counts = self._store_provider().counts_by_state()
+        for state, count in self._counts(self._store_provider()):
+            family.add_metric([state], count)
+        yield family
+
+    def _counts(self, store: Store) -> Iterator[tuple[str, int]]:
+        raise NotImplementedError
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation, labels=["state"])
+
+
+class QueueDepthCollector(_StoreDepthCollector):
+    """``fhir_alliance_queue_depth{state=…}``: outbox items per sync state."""
+
+    name = "fhir_alliance_queue_depth"
+    documentation = (
+        "Outbox items by sync state, read from the store at scrape time (all processes)."
+    )
+
+    def _counts(self, store: Store) -> Iterator[tuple[str, int]]:
+        counts = store.counts_by_state()
         for state in SyncState:
-            family.add_metric([state.value], counts.get(state, 0))
-        yield family
-
-    @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "fhir_alliance_queue_depth",
-            "Outbox items by sync state, read from the store at scrape time (all processes).",
-            labels=["state"],
-        )
+            yield state.value, counts.get(state, 0)
 
 
-class AuditPushDepthCollector(Collector):
+class AuditPushDepthCollector(_StoreDepthCollector):
     """``fhir_alliance_audit_push_depth{state=…}``: audit rows waiting to be pushed (``pending``)
-    and refused for good (``dead-lettered``), read from the store at each scrape (one indexed
-    query; ``sync/audit_push.py``)."""
+    and refused for good (``dead-lettered``; one indexed query; ``sync/audit_push.py``)."""
 
-    def __init__(self, store_provider: Callable[[], Store]) -> None:
-        self._store_provider = store_provider
+    name = "fhir_alliance_audit_push_depth"
+    documentation = (
+        "Audit rows to push to the FHIR server, by state, read from the store at scrape time."
+    )
 
-    def describe(self) -> list[GaugeMetricFamily]:
-        return [self._family()]
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = self._family()
-        counts = self._store_provider().audit_push_counts()
+    def _counts(self, store: Store) -> Iterator[tuple[str, int]]:
+        counts = store.audit_push_counts()
         for state in (AuditPushState.PENDING, AuditPushState.DEAD_LETTERED):
-            family.add_metric([state.value], counts.get(state, 0))
-        yield family
-
-    @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "fhir_alliance_audit_push_depth",
-            "Audit rows to push to the FHIR server, by state, read from the store at scrape time.",
-            labels=["state"],
-        )
+            yield state.value, counts.get(state, 0)
 
 
 def _scrape_registry(store: Store) -> CollectorRegistry:
