@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 
 from .engine import connect_raw_autocommit
 
-__all__ = ["RawSql"]
+__all__ = ["OwnedConnection", "RawSql"]
 
 Processor = Callable[[Any], Any] | None
 #: An INSERT's text, the getter of its values from a row, and the processors of those that have one.
@@ -47,7 +47,7 @@ _Insert = tuple[
 ]
 
 
-class _OwnedConnection:
+class OwnedConnection:
     """A raw connection and the process that opened it; closed when dropped, in that process
     only (closing a PostgreSQL connection inherited through ``fork`` would end the parent's)."""
 
@@ -80,7 +80,7 @@ class RawSql:
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._writer_turn = writer_turn
         self._local = threading.local()
-        self._open: weakref.WeakSet[_OwnedConnection] = weakref.WeakSet()
+        self._open: weakref.WeakSet[OwnedConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._bind: dict[tuple[str, str], Processor] = {}
         self._result: dict[tuple[str, str], Processor] = {}
@@ -93,16 +93,16 @@ class RawSql:
 
     # -- connections -------------------------------------------------------------------------
     def _connection(self) -> Any:
-        owned: _OwnedConnection | None = getattr(self._local, "owned", None)
+        owned: OwnedConnection | None = getattr(self._local, "owned", None)
         if owned is None or owned.pid != os.getpid():
-            owned = _OwnedConnection(connect_raw_autocommit(self._engine))
+            owned = OwnedConnection(connect_raw_autocommit(self._engine))
             self._local.owned = owned
             with self._lock:
                 self._open.add(owned)
         return owned.connection
 
     def _drop(self) -> None:
-        owned: _OwnedConnection | None = getattr(self._local, "owned", None)
+        owned: OwnedConnection | None = getattr(self._local, "owned", None)
         self._local.owned = None
         if owned is not None:
             owned.close()

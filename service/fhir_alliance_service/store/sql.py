@@ -22,7 +22,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -64,7 +64,7 @@ from .interface import (
     SyncStatus,
 )
 from .patient_tokens import patient_token
-from .raw import RawSql
+from .raw import OwnedConnection, RawSql
 from .tables import (
     api_keys,
     meta,
@@ -116,25 +116,6 @@ _KEYS_AND_CONSENT_STAMPS_SQL = """
 """
 
 
-class _OwnedConnection:
-    """A raw connection and the process that opened it; closed when dropped, in that process
-    only (closing a PostgreSQL connection inherited through ``fork`` would end the parent's)."""
-
-    __slots__ = ("__weakref__", "connection", "pid")
-
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-        self.pid = os.getpid()
-
-    def close(self) -> None:
-        if self.pid == os.getpid():
-            with suppress(Exception):
-                self.connection.close()
-
-    def __del__(self) -> None:
-        self.close()
-
-
 class _AutocommitReader:
     """One raw autocommit DBAPI connection per thread (and process) for the hottest read, the
     consent stamp that every consult and gate decision runs.
@@ -157,20 +138,20 @@ class _AutocommitReader:
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._retries = 1 if engine.dialect.name == "postgresql" else 0
         self._local = threading.local()
-        self._open: weakref.WeakSet[_OwnedConnection] = weakref.WeakSet()
+        self._open: weakref.WeakSet[OwnedConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def _connection(self) -> Any:
-        owned: _OwnedConnection | None = getattr(self._local, "owned", None)
+        owned: OwnedConnection | None = getattr(self._local, "owned", None)
         if owned is None or owned.pid != os.getpid():
-            owned = _OwnedConnection(connect_raw_autocommit(self._engine))
+            owned = OwnedConnection(connect_raw_autocommit(self._engine))
             self._local.owned = owned
             with self._lock:
                 self._open.add(owned)
         return owned.connection
 
     def _drop(self) -> None:
-        owned: _OwnedConnection | None = getattr(self._local, "owned", None)
+        owned: OwnedConnection | None = getattr(self._local, "owned", None)
         self._local.owned = None
         if owned is not None:
             owned.close()
