@@ -5,7 +5,7 @@ The direction is detected per input item: an object with ``resourceType`` is FHI
 :mod:`fhir_alliance.mapping.registry`, so the command knows no record kind by name. Resources are
 validated against base FHIR of the chosen version before they are written.
 
-With ``--ndjson``, JSON-lines records are streamed in two passes in flat memory
+With ``--ndjson``, JSON-lines records are streamed in one pass in flat memory
 (:mod:`fhir_alliance.mapping.streaming`); everything else is read and checked whole.
 """
 
@@ -31,7 +31,12 @@ from fhir_alliance.mapping.registry import (
     mapper_for_kind,
     mapper_for_resource_type,
 )
-from fhir_alliance.mapping.streaming import InputFile, spooled_inputs, stream_ndjson
+from fhir_alliance.mapping.streaming import (
+    InputFile,
+    spooled_inputs,
+    stream_ndjson,
+    stream_ndjson_to_file,
+)
 
 __all__ = [
     "MAX_BUNDLE_ENTRIES",
@@ -248,7 +253,16 @@ def _map_and_write(args: argparse.Namespace) -> int:
     if not args.ndjson:
         return _map_in_memory(args, read_items(args.inputs))
     with spooled_inputs(args.inputs, max_bytes=MAX_INPUT_BYTES) as files:
-        # JSON-lines records to FHIR NDJSON: two passes over the files, in flat memory.
+        # JSON-lines records to FHIR NDJSON: one pass over the files, in flat memory.
+        if args.output is not None:
+            # A regular output file: the spool is made beside it and becomes it (no copy).
+            written = stream_ndjson_to_file(
+                files, args.output, version=args.fhir_version, max_bytes=MAX_INPUT_BYTES
+            )
+            if written is False:
+                return _map_in_memory(args, _read_files(files, max_bytes=MAX_INPUT_BYTES))
+            if written:
+                return 0
         lines = stream_ndjson(files, version=args.fhir_version, max_bytes=MAX_INPUT_BYTES)
         if lines is not None:
             _write(lines, args.output)

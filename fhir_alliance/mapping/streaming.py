@@ -18,10 +18,12 @@ Standard input cannot be read twice: :func:`spooled_inputs` copies it to a tempo
 from __future__ import annotations
 
 import os
+import secrets
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -33,7 +35,7 @@ from fhir_alliance.jsonio import parse_json
 from fhir_alliance.mapping.export import validate_fastest
 from fhir_alliance.mapping.registry import RecordMapper, mapper_for_kind
 
-__all__ = ["InputFile", "spooled_inputs", "stream_ndjson"]
+__all__ = ["InputFile", "spooled_inputs", "stream_ndjson", "stream_ndjson_to_file"]
 
 _BOM = b"\xef\xbb\xbf"
 _JSON_WHITESPACE = b" \t\r\n"
@@ -149,6 +151,80 @@ def stream_ndjson(
         spool.close()
         raise
     return _spliced(spool, body_end, places)
+
+
+def stream_ndjson_to_file(
+    files: Sequence[InputFile], target: str, *, version: str, max_bytes: int
+) -> bool | None:
+    """:func:`stream_ndjson` written to the regular file ``target`` without copying the spool:
+    the pass spools into a temporary file in ``target``'s own directory, which then replaces
+    ``target`` (``os.replace``: atomic; ``target`` keeps its permission bits). Folded records'
+    lines are spliced into a second temporary file there first. Returns ``True`` once written;
+    ``False`` when the input needs the in-memory path; ``None`` when ``target`` is not a regular
+    file or no temporary file can be made beside it (the caller copies as before). Nothing is
+    written to ``target`` and no temporary file is left behind unless it returns ``True``."""
+    try:
+        existing = os.lstat(target)
+    except FileNotFoundError:
+        mode = None
+    except OSError:
+        return None
+    else:
+        if not stat.S_ISREG(existing.st_mode):
+            return None  # a symlink, a device, a pipe: written through, as before
+        mode = stat.S_IMODE(existing.st_mode)
+    try:
+        body_path, spool = _temporary_beside(target, mode)
+    except OSError:
+        return None
+    made = [body_path]
+    try:
+        with spool:
+            try:
+                body_end, places = _map_to_spool(files, version, max_bytes, spool)
+            except _NotStreamable:
+                spool.close()
+                os.unlink(body_path)
+                return False
+            if any(spliced is not None for _, spliced in places):
+                # Each folded record's lines go at its place: the output is a copy after all.
+                spliced_path, output = _temporary_beside(target, mode)
+                made.append(spliced_path)
+                with output:
+                    spool.flush()
+                    for chunk in _spliced(spool, body_end, places):
+                        output.write(chunk)
+                os.replace(spliced_path, target)
+                os.unlink(body_path)
+                return True
+        os.replace(body_path, target)
+        return True
+    except BaseException:
+        for path in made:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+        raise
+
+
+def _temporary_beside(target: str, mode: int | None) -> tuple[str, IO[bytes]]:
+    """A new, empty, hidden file in ``target``'s directory, opened for writing: ``mode``'s
+    permission bits, or (``None``) those a new file gets under the umask."""
+    directory, name = os.path.split(os.path.abspath(target))
+    for _ in range(100):
+        path = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            return path, open(fd, "w+b", buffering=_CHUNK)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+    raise FileExistsError(f"no free temporary name beside {target}")
 
 
 class _Route(NamedTuple):

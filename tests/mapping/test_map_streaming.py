@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +148,113 @@ def test_folded_consents_keep_their_place_among_other_records(tmp_path: Path, se
     )
     assert streamed is not None
     assert b"".join(streamed) == _in_memory_ndjson(source, "4.0.1")
+
+
+def _observations() -> list[dict[str, Any]]:
+    """Observation examples only: nothing folded, so the spool itself becomes the output."""
+    return [json.loads(p.read_text()) for p in sorted((EXAMPLES / "observations").glob("*.json"))]
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_output_file_is_replaced_whole_and_no_temporary_file_stays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], folded: bool
+) -> None:
+    """``-o`` over an existing file: the same bytes as the in-memory path, the file keeps its
+    permission bits, and nothing but the input and the output is left in the directory."""
+    # Folded: the consents first, so their lines (written after the pass) go before the others'.
+    batch = _mixed_batch()[::-1] if folded else _observations()
+    source = _write_lines(tmp_path / "in.ndjson", batch)
+    target = tmp_path / "out.ndjson"
+    target.write_bytes(b"old contents, longer than nothing\n" * 1000)
+    target.chmod(0o640)
+    code, out, err = _run(capsys, str(source), "--ndjson", "-o", str(target))
+    assert code == 0, err
+    assert out == ""
+    assert target.read_bytes() == _in_memory_ndjson(source, "4.0.1")
+    assert target.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ndjson", "out.ndjson"]
+
+
+def test_new_output_file_gets_the_umask_permissions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new output file is made as ``open(..., "wb")`` would make it (0666 less the umask), not
+    with a temporary file's private 0600."""
+    source = _write_lines(tmp_path / "in.ndjson", _observations())
+    target = tmp_path / "out.ndjson"
+    umask = os.umask(0o022)
+    try:
+        code, _, err = _run(capsys, str(source), "--ndjson", "-o", str(target))
+    finally:
+        os.umask(umask)
+    assert code == 0, err
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_output_through_a_symlink_is_written_through_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``-o`` naming a symlink writes the file it points to; the link stays a link."""
+    source = _write_lines(tmp_path / "in.ndjson", _observations())
+    real = tmp_path / "real.ndjson"
+    real.write_bytes(b"old\n")
+    link = tmp_path / "link.ndjson"
+    link.symlink_to(real)
+    code, _, err = _run(capsys, str(source), "--ndjson", "-o", str(link))
+    assert code == 0, err
+    assert link.is_symlink()
+    assert real.read_bytes() == _in_memory_ndjson(source, "4.0.1")
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_failing_check_leaves_the_output_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], existing: bool
+) -> None:
+    """A batch rule broken late in the input: ``-o``'s file is left as it was (or absent), and no
+    temporary file is left beside it."""
+    rupture = json.loads((EXAMPLES / "observations" / "rupture.json").read_text())
+    source = _write_lines(tmp_path / "bad.ndjson", [*_observations(), rupture, rupture])
+    target = tmp_path / "out.ndjson"
+    if existing:
+        target.write_bytes(b"keep me\n")
+    code, _, err = _run(capsys, str(source), "--ndjson", "-o", str(target))
+    assert code == 1
+    assert "the same record id appears twice" in err
+    if existing:
+        assert target.read_bytes() == b"keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == (
+        ["bad.ndjson", "out.ndjson"] if existing else ["bad.ndjson"]
+    )
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_exception_while_writing_leaves_the_output_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folded: bool
+) -> None:
+    """An unexpected exception while the output is made (a disk full: in the pass, or while the
+    folded consents are spliced in) propagates; the output file is untouched and no temporary
+    file is left behind."""
+    source = _write_lines(tmp_path / "in.ndjson", _mixed_batch() if folded else _observations())
+    target = tmp_path / "out.ndjson"
+    target.write_bytes(b"keep me\n")
+
+    def disk_full_in_the_pass(*_: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    def disk_full_in_the_splice(*_: Any) -> Iterator[bytes]:
+        yield b"{}\n"  # the splice has begun
+        raise OSError(28, "No space left on device")
+
+    if folded:
+        monkeypatch.setattr(streaming, "_spliced", disk_full_in_the_splice)
+    else:
+        monkeypatch.setattr(streaming, "_write_resources", disk_full_in_the_pass)
+    with pytest.raises(OSError, match="No space left"):
+        streaming.stream_ndjson_to_file(
+            [streaming.InputFile(str(source), str(source))],
+            str(target),
+            version="4.0.1",
+            max_bytes=1 << 20,
+        )
+    assert target.read_bytes() == b"keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ndjson", "out.ndjson"]
