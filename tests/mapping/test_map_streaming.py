@@ -14,6 +14,8 @@ import orjson
 import pytest
 
 from fhir_alliance.cli import main
+from fhir_alliance.errors import JsonInputError
+from fhir_alliance.jsonio import parse_json
 from fhir_alliance.mapping import streaming
 from fhir_alliance.mapping.cli import read_items, resource_groups
 from fhir_alliance.mapping.observation import MAPPER as OBSERVATIONS
@@ -258,3 +260,40 @@ def test_exception_while_writing_leaves_the_output_untouched(
         )
     assert target.read_bytes() == b"keep me\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ndjson", "out.ndjson"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"kind":"x","id":"a","id":"b"}\n',  # orjson keeps the last; the strict reader refuses
+        b'{"kind":"x","n":184467440737095516150}\n',  # orjson reads a float; strictly an int
+        b'{"kind":"x","n":' + b"1" * 70 + b"}\n",  # a number longer than the strict cap
+        b'{"kind":"x","n":1e400}\n',
+        b'{"kind":"x","n":1E5,"m":1.0,"k":-0.0,"j":12345678901234567890}\n',
+        b'{"kind":"x","s":"\\u00e9\\/"}\n',
+        b'{"kind":"x","s":"\\ud800"}\n',
+        b'{"kind":"x","s":"caf\xc3\xa9 \\n\\"q\\""}\n',
+        b'{"kind":"x","o":{"a":[1,2.5,null,true]}}\n',
+        b'{"kind": "x", "n": 1}\r\n',
+        b'\xef\xbb\xbf{"kind":"x"}\n',
+        b'{"kind":"x"}',
+        b"[1]\n",
+    ],
+)
+def test_each_line_reads_as_the_strict_reader_reads_it(tmp_path: Path, line: bytes) -> None:
+    """The pass's fast reading of compact lines gives exactly the strict reader's value (int
+    stays int, float stays float), and refuses what it refuses."""
+    source = tmp_path / "one.ndjson"
+    source.write_bytes(line)
+    files = [streaming.InputFile(str(source), str(source))]
+    try:
+        expected = parse_json(line, source="one.ndjson")
+    except JsonInputError:
+        expected = None
+    if not isinstance(expected, dict):  # refused, or not one of our records: not streamed
+        with pytest.raises(streaming._NotStreamable):
+            list(streaming._records(files, 1 << 20))
+        return
+    assert [(label, repr(item)) for label, item in streaming._records(files, 1 << 20)] == [
+        ("one.ndjson:0", repr(expected))
+    ]
