@@ -177,7 +177,7 @@ def stream_ndjson_to_file(
     ``target`` (``os.replace``: atomic; ``target`` keeps its permission bits). Folded records'
     lines are spliced into a second temporary file there first. Returns ``True`` once written;
     ``False`` when the input needs the in-memory path; ``None`` when ``target`` is not a regular
-    file or no temporary file can be made beside it (the caller copies as before). Nothing is
+    file with one link or no temporary file can be made beside it (the caller copies as before). Nothing is
     written to ``target`` and no temporary file is left behind unless it returns ``True``."""
     try:
         existing = os.lstat(target)
@@ -186,8 +186,8 @@ def stream_ndjson_to_file(
     except OSError:
         return None
     else:
-        if not stat.S_ISREG(existing.st_mode):
-            return None  # a symlink, a device, a pipe: written through, as before
+        if not stat.S_ISREG(existing.st_mode) or existing.st_nlink > 1:
+            return None  # a symlink, a device, a pipe, a hard link: written through, as before
         mode = stat.S_IMODE(existing.st_mode)
     try:
         body_path, spool = _temporary_beside(target, mode)

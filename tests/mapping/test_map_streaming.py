@@ -208,6 +208,21 @@ def test_output_through_a_symlink_is_written_through_it(
     assert real.read_bytes() == _in_memory_ndjson(source, "4.0.1")
 
 
+def test_output_with_another_hard_link_is_written_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``-o`` naming a file with a second hard link writes the file itself, so both names see
+    the output (replacing it would leave the other name on the old contents)."""
+    source = _write_lines(tmp_path / "in.ndjson", _observations())
+    target = tmp_path / "out.ndjson"
+    target.write_bytes(b"old\n")
+    other = tmp_path / "other-name.ndjson"
+    other.hardlink_to(target)
+    code, _, err = _run(capsys, str(source), "--ndjson", "-o", str(target))
+    assert code == 0, err
+    assert other.read_bytes() == target.read_bytes() == _in_memory_ndjson(source, "4.0.1")
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_failing_check_leaves_the_output_untouched(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], existing: bool
