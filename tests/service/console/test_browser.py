@@ -15,8 +15,9 @@ from fhir_alliance_service.console.pages import TREND_DAYS, patient_token
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync.gate import HoldReason
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
 from fhir_alliance.instruments import score
@@ -31,7 +32,21 @@ def navigates(browser: webdriver.Chrome, action: Any) -> None:
     """Run ``action`` (a click, a submit) and wait until the browser has left the current page."""
     page = browser.find_element(By.TAG_NAME, "html")
     action()
-    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 15).until(lambda _: _is_gone(page))
+
+
+def _is_gone(element: WebElement) -> bool:
+    """Selenium's ``staleness_of``, also when Chromium answers a node of the page just left with
+    "does not belong to the document" (seen once in CI) instead of a stale element reference."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as error:
+        if "does not belong to the document" in (error.msg or ""):
+            return True
+        raise
+    return False
 
 
 def sign_in(browser: webdriver.Chrome, clinic: Clinic, scope: str) -> None:
