@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 
 from .engine import connect_raw_autocommit
 
-__all__ = ["OwnedConnection", "RawSql"]
+__all__ = ["OwnedConnection", "RawSql", "ThreadConnections"]
 
 Processor = Callable[[Any], Any] | None
 #: An INSERT's text, the getter of its values from a row, and the processors of those that have one.
@@ -66,32 +66,16 @@ class OwnedConnection:
         self.close()
 
 
-class RawSql:
-    """Per-thread raw DBAPI connections to ``engine``'s database, transactions on them, and
-    statements written once per table and column set."""
+class ThreadConnections:
+    """One raw autocommit DBAPI connection to ``engine``'s database per thread (and process: a
+    forked child opens its own), all closed by :meth:`close`."""
 
-    def __init__(
-        self, engine: Engine, writer_turn: Callable[[], AbstractContextManager[None]]
-    ) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._dialect = engine.dialect
-        self.is_postgresql = engine.dialect.name == "postgresql"
-        self._placeholder = "%s" if self.is_postgresql else "?"
-        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
-        self._writer_turn = writer_turn
         self._local = threading.local()
         self._open: weakref.WeakSet[OwnedConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._bind: dict[tuple[str, str], Processor] = {}
-        self._result: dict[tuple[str, str], Processor] = {}
-        self._inserts: dict[
-            tuple[str, tuple[str, ...], str],
-            tuple[str, Callable[[Any], Any], tuple[tuple[int, Callable[[Any], Any]], ...]],
-        ] = {}
-        #: Called with each statement's text before it runs.
-        self.statement_listeners: list[Callable[[str], None]] = []
 
-    # -- connections -------------------------------------------------------------------------
     def _connection(self) -> Any:
         owned: OwnedConnection | None = getattr(self._local, "owned", None)
         if owned is None or owned.pid != os.getpid():
@@ -114,6 +98,29 @@ class RawSql:
             self._open = weakref.WeakSet()
         for owned in owned_connections:
             owned.close()
+
+
+class RawSql(ThreadConnections):
+    """Per-thread raw DBAPI connections to ``engine``'s database, transactions on them, and
+    statements written once per table and column set."""
+
+    def __init__(
+        self, engine: Engine, writer_turn: Callable[[], AbstractContextManager[None]]
+    ) -> None:
+        super().__init__(engine)
+        self._dialect = engine.dialect
+        self.is_postgresql = engine.dialect.name == "postgresql"
+        self._placeholder = "%s" if self.is_postgresql else "?"
+        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._writer_turn = writer_turn
+        self._bind: dict[tuple[str, str], Processor] = {}
+        self._result: dict[tuple[str, str], Processor] = {}
+        self._inserts: dict[
+            tuple[str, tuple[str, ...], str],
+            tuple[str, Callable[[Any], Any], tuple[tuple[int, Callable[[Any], Any]], ...]],
+        ] = {}
+        #: Called with each statement's text before it runs.
+        self.statement_listeners: list[Callable[[str], None]] = []
 
     def _wrapped(self, statement: str, error: Exception) -> StatementError:
         return DBAPIError.instance(statement, None, error, self._dbapi_error, hide_parameters=True)

@@ -18,9 +18,6 @@ Choices the interface leaves open, made here:
 
 from __future__ import annotations
 
-import os
-import threading
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,7 +44,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, StatementError
 
 from .audit_queue import AuditQueueSql, audit_entry, audit_row
-from .engine import READ_ONLY, connect_raw_autocommit, writer_turn
+from .engine import READ_ONLY, writer_turn
 from .interface import (
     ApiKey,
     AuditEntry,
@@ -64,7 +61,7 @@ from .interface import (
     SyncStatus,
 )
 from .patient_tokens import patient_token
-from .raw import OwnedConnection, RawSql
+from .raw import RawSql, ThreadConnections
 from .tables import (
     api_keys,
     meta,
@@ -116,7 +113,7 @@ _KEYS_AND_CONSENT_STAMPS_SQL = """
 """
 
 
-class _AutocommitReader:
+class _AutocommitReader(ThreadConnections):
     """One raw autocommit DBAPI connection per thread (and process) for the hottest read, the
     consent stamp that every consult and gate decision runs.
 
@@ -134,27 +131,9 @@ class _AutocommitReader:
     """
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+        super().__init__(engine)
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._retries = 1 if engine.dialect.name == "postgresql" else 0
-        self._local = threading.local()
-        self._open: weakref.WeakSet[OwnedConnection] = weakref.WeakSet()
-        self._lock = threading.Lock()
-
-    def _connection(self) -> Any:
-        owned: OwnedConnection | None = getattr(self._local, "owned", None)
-        if owned is None or owned.pid != os.getpid():
-            owned = OwnedConnection(connect_raw_autocommit(self._engine))
-            self._local.owned = owned
-            with self._lock:
-                self._open.add(owned)
-        return owned.connection
-
-    def _drop(self) -> None:
-        owned: OwnedConnection | None = getattr(self._local, "owned", None)
-        self._local.owned = None
-        if owned is not None:
-            owned.close()
 
     def rows(self, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         attempts_left = self._retries
@@ -168,14 +147,6 @@ class _AutocommitReader:
                         statement, params, error, self._dbapi_error, hide_parameters=True
                     ) from error
                 attempts_left -= 1
-
-    def close(self) -> None:
-        """Close every thread's connection (for ``SqlStore.close``)."""
-        with self._lock:
-            owned_connections = list(self._open)
-            self._open = weakref.WeakSet()
-        for owned in owned_connections:
-            owned.close()
 
 
 def _chunks(values: Sequence[str], size: int = LOOKUP_CHUNK) -> Iterator[Sequence[str]]:
