@@ -17,6 +17,7 @@ from fhir_alliance_service.config import Settings
 from fhir_alliance_service.store import SqlStore, open_store
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync import BatchReport, Worker
+from fhir_alliance_service.sync.pull import Puller
 from fhir_alliance_service.usecases.intake import RecordIntake, intake_records
 
 from fhir_alliance.client import FhirClient, RetryPolicy
@@ -106,6 +107,26 @@ class SyncHarness:
         )
         response.raise_for_status()
         return [e["resource"] for e in response.json().get("entry", [])]
+
+
+def puller(harness: SyncHarness, **overrides: Any) -> Puller:
+    """A consent puller on the harness's store and server (settings overridden as given)."""
+    settings = replace(harness.settings, **overrides) if overrides else harness.settings
+    return Puller(settings, harness.store, harness.client)
+
+
+def known_patient(harness: SyncHarness, name: str = "a") -> str:
+    """A patient of this test, known to the store (the pull covers the patients it knows)."""
+    patient = f"Patient/pull-{name}-{harness.run}"
+    harness.intake([records.rating(harness.run, 0, patient)])
+    return patient
+
+
+def rating_state(harness: SyncHarness, n: int, patient: str) -> SyncState:
+    """Take in rating ``n`` of ``patient``, drain the worker, and say what became of it."""
+    [rating] = harness.intake([records.rating(harness.run, n, patient)])
+    harness.drain()
+    return harness.state(rating.record_id)
 
 
 @pytest.fixture

@@ -8,45 +8,26 @@ import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
 
 from fhir_alliance_service.store.interface import PullCursor, SyncState
-from fhir_alliance_service.sync.pull import Puller, TwoWaySync
+from fhir_alliance_service.sync.pull import TwoWaySync
 from fhir_alliance_service.sync.worker import Worker
 
 from tests.service.sync import records as R
 from tests.service.sync import remote
-from tests.service.sync.conftest import SyncHarness
-
-
-def _puller(harness: SyncHarness, **overrides: Any) -> Puller:
-    settings = replace(harness.settings, **overrides) if overrides else harness.settings
-    return Puller(settings, harness.store, harness.client)
-
-
-def _patient(harness: SyncHarness, name: str = "a") -> str:
-    """A patient of this test, known to the store (the pull covers the patients it knows)."""
-    patient = f"Patient/pull-{name}-{harness.run}"
-    harness.intake([R.rating(harness.run, 0, patient)])
-    return patient
-
-
-def _rating_state(harness: SyncHarness, n: int, patient: str) -> SyncState:
-    [rating] = harness.intake([R.rating(harness.run, n, patient)])
-    harness.drain()
-    return harness.state(rating.record_id)
+from tests.service.sync.conftest import SyncHarness, known_patient, puller, rating_state
 
 
 def test_a_consent_created_on_the_server_releases_held_records(harness: SyncHarness) -> None:
     """No consent: held. A permit written on the server by someone else is pulled, merged as a
     remote-origin consent, and the held record is released and sent."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     [rating] = harness.intake([R.rating(harness.run, 1, patient)])
     harness.drain()
     assert harness.state(rating.record_id) is SyncState.HELD
 
     remote.create(harness.server, remote.foreign_consent(harness.server, patient))
-    report = _puller(harness).pull()
+    report = puller(harness).pull()
     assert report.error is None
     assert (report.merged, report.released) == (1, 2)  # ratings 0 and 1
     harness.drain()
@@ -60,36 +41,36 @@ def test_a_consent_created_on_the_server_releases_held_records(harness: SyncHarn
 
 def test_a_consent_changed_to_deny_on_the_server_holds_new_records(harness: SyncHarness) -> None:
     """A remote permit edited into a deny is pulled as a new version; what comes next is held."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     consent = remote.create(harness.server, remote.foreign_consent(harness.server, patient))
-    _puller(harness).pull()
-    assert _rating_state(harness, 2, patient) is SyncState.SENT
+    puller(harness).pull()
+    assert rating_state(harness, 2, patient) is SyncState.SENT
 
     provision = {**consent["provision"], "type": "deny"}
     remote.update(harness.server, consent, provision=provision)
-    report = _puller(harness).pull()
+    report = puller(harness).pull()
     assert report.merged == 1
-    assert _rating_state(harness, 3, patient) is SyncState.HELD
+    assert rating_state(harness, 3, patient) is SyncState.HELD
 
 
 def test_a_consent_revoked_on_the_server_holds_new_records(harness: SyncHarness) -> None:
     """A remote consent set inactive (revoked at the front desk) stops further pushes."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     consent = remote.create(harness.server, remote.foreign_consent(harness.server, patient))
-    _puller(harness).pull()
-    assert _rating_state(harness, 1, patient) is SyncState.SENT
+    puller(harness).pull()
+    assert rating_state(harness, 1, patient) is SyncState.SENT
 
     remote.update(harness.server, consent, status="inactive")
-    assert _puller(harness).pull().merged == 1
-    assert _rating_state(harness, 2, patient) is SyncState.HELD
+    assert puller(harness).pull().merged == 1
+    assert rating_state(harness, 2, patient) is SyncState.HELD
 
 
 def test_a_second_pull_skips_what_it_has_seen(harness: SyncHarness) -> None:
     """Resources re-read by the overlap or a full listing are deduplicated on id + versionId."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     remote.create(harness.server, remote.foreign_consent(harness.server, patient))
-    first = _puller(harness).pull()
-    second = _puller(harness).pull(full_listing=True)
+    first = puller(harness).pull()
+    second = puller(harness).pull(full_listing=True)
     assert (first.merged, first.duplicates) == (1, 0)
     assert (second.read, second.merged, second.duplicates) == (1, 0, 1)
 
@@ -99,9 +80,9 @@ def test_the_overlap_window_catches_a_write_stamped_before_the_last_poll(
 ) -> None:
     """A write that became visible after a poll had seen a later stamp (commit order is not
     timestamp order) is missed without an overlap and caught with one."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     first = remote.create(harness.server, remote.foreign_consent(harness.server, patient))
-    _puller(harness).pull()
+    puller(harness).pull()
     late = remote.create(
         harness.server, remote.foreign_consent(harness.server, patient, recipient="Organization/x")
     )
@@ -114,21 +95,21 @@ def test_the_overlap_window_catches_a_write_stamped_before_the_last_poll(
         replace(cursor, last_updated=ahead.isoformat().replace("+00:00", "Z")),
         at=ahead,
     )
-    missed = _puller(harness, pull_overlap_seconds=0.0).pull(full_listing=False)
+    missed = puller(harness, pull_overlap_seconds=0.0).pull(full_listing=False)
     assert missed.read == 0
-    caught = _puller(harness, pull_overlap_seconds=10.0).pull(full_listing=False)
+    caught = puller(harness, pull_overlap_seconds=10.0).pull(full_listing=False)
     assert caught.merged == 1
     assert len(harness.store.consents_for_patient(patient)) == 2
 
 
 def test_an_unreadable_remote_consent_holds_and_never_permits(harness: SyncHarness) -> None:
     """A foreign consent the library cannot read (research scope) holds the patient's records."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     unreadable = remote.foreign_consent(harness.server, patient)
     unreadable["scope"]["coding"][0]["code"] = "research"
     remote.create(harness.server, remote.foreign_consent(harness.server, patient))
     remote.create(harness.server, unreadable)
-    report = _puller(harness).pull()
+    report = puller(harness).pull()
     assert (report.merged, report.unreadable) == (2, 1)
     [rating] = harness.intake([R.rating(harness.run, 1, patient)])
     harness.drain()
@@ -140,7 +121,7 @@ def test_an_unreadable_remote_consent_holds_and_never_permits(harness: SyncHarne
 def test_our_consent_withdrawn_on_the_server_is_revoked_here(harness: SyncHarness) -> None:
     """Our pushed consent set inactive on the server by someone else is adopted as a local
     revocation at once: later records are held, and the revoked version goes back out."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     [consent, _] = harness.intake(
         [R.sharing_consent(harness.run, patient), R.rating(harness.run, 1, patient)]
     )
@@ -148,11 +129,11 @@ def test_our_consent_withdrawn_on_the_server_is_revoked_here(harness: SyncHarnes
     [on_server] = harness.on_server("Consent", R.consent_id(harness.run, patient))
     remote.update(harness.server, on_server, status="inactive")
 
-    report = _puller(harness).pull()
+    report = puller(harness).pull()
     assert report.withdrawn == 1
     stored = harness.store.get_record(consent.record_id)
     assert stored is not None and stored.body["status"] == "revoked"
-    assert _rating_state(harness, 2, patient) is SyncState.HELD
+    assert rating_state(harness, 2, patient) is SyncState.HELD
     # The revoked version goes out against the version the pull adopted: no conflict.
     status = harness.store.sync_status(consent.record_id)
     assert status is not None and status.state is SyncState.SENT and status.conflict is None
@@ -163,12 +144,12 @@ def test_our_consent_withdrawn_on_the_server_is_revoked_here(harness: SyncHarnes
 def test_a_content_edit_of_our_consent_is_a_conflict_not_a_merge(harness: SyncHarness) -> None:
     """Someone else's edit of our consent that keeps it active is noted as a conflict on the
     record's status; our version stays the source of truth."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     [consent] = harness.intake([R.sharing_consent(harness.run, patient)])
     harness.drain()
     [on_server] = harness.on_server("Consent", R.consent_id(harness.run, patient))
     remote.update(harness.server, on_server, dateTime="2026-11-03T09:00:00Z")
-    report = _puller(harness).pull()
+    report = puller(harness).pull()
     assert (report.conflicts, report.merged, report.withdrawn) == (1, 0, 0)
     status = harness.store.sync_status(consent.record_id)
     assert status is not None and status.conflict == "remote-edited"
@@ -177,7 +158,7 @@ def test_a_content_edit_of_our_consent_is_a_conflict_not_a_merge(harness: SyncHa
 def test_observations_written_by_others_are_pulled_read_only(harness: SyncHarness) -> None:
     """With pull_observations, Observations of our patients written by others are kept (content
     included) and never queued for a push; our own are recognised and not copied."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     harness.intake([R.sharing_consent(harness.run, patient), R.rating(harness.run, 1, patient)])
     harness.drain()
     theirs = remote.create(
@@ -193,7 +174,7 @@ def test_observations_written_by_others_are_pulled_read_only(harness: SyncHarnes
         ),
     )
     before = harness.store.counts_by_state()
-    report = _puller(harness, pull_observations=True).pull()
+    report = puller(harness, pull_observations=True).pull()
     assert report.observations == 1
     pulled = harness.store.pulled(harness.client.base.url, "Observation", [theirs["id"]])
     assert pulled[theirs["id"]].body is not None
@@ -203,9 +184,9 @@ def test_observations_written_by_others_are_pulled_read_only(harness: SyncHarnes
 
 def test_a_pull_cursor_is_kept_per_server_and_type(harness: SyncHarness) -> None:
     """After a pull the cursor names the newest lastUpdated seen and the listing generation."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     created = remote.create(harness.server, remote.foreign_consent(harness.server, patient))
-    _puller(harness).pull()
+    puller(harness).pull()
     cursor = harness.store.get_pull_cursor(harness.client.base.url, "Consent")
     assert isinstance(cursor, PullCursor)
     assert cursor.last_updated == created["meta"]["lastUpdated"]
@@ -217,13 +198,13 @@ def test_a_patient_first_known_after_a_pull_is_read_in_full(harness: SyncHarness
     cursor says, once the patient is known."""
     patient = f"Patient/pull-late-{harness.run}"
     remote.create(harness.server, remote.foreign_consent(harness.server, patient))
-    assert _puller(harness).pull().merged == 0  # not our patient (yet)
+    assert puller(harness).pull().merged == 0  # not our patient (yet)
     other = remote.create(
-        harness.server, remote.foreign_consent(harness.server, _patient(harness, "other"))
+        harness.server, remote.foreign_consent(harness.server, known_patient(harness, "other"))
     )
     assert other["meta"]["lastUpdated"]
     harness.intake([R.rating(harness.run, 1, patient)])
-    report = _puller(harness).pull(full_listing=False)
+    report = puller(harness).pull(full_listing=False)
     assert report.merged == 2  # the late patient's old consent, the other patient's new one
     assert len(harness.store.consents_for_patient(patient)) == 1
 
@@ -231,7 +212,7 @@ def test_a_patient_first_known_after_a_pull_is_read_in_full(harness: SyncHarness
 def test_the_worker_loop_pulls_every_interval(harness: SyncHarness) -> None:
     """run_forever with the two-way tick: a consent written on the server while the worker runs
     reaches the gate within a poll interval, and the held record goes out."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     [rating] = harness.intake([R.rating(harness.run, 1, patient)])
     settings = replace(harness.settings, pull_interval_seconds=0.2)
     two_way = TwoWaySync(settings, harness.store, harness.client)
@@ -279,7 +260,7 @@ def test_a_patient_known_here_by_identifier_is_found_on_the_server(harness: Sync
     remote.create(
         harness.server, remote.foreign_consent(harness.server, f"Patient/{on_server['id']}")
     )
-    report = _puller(harness).pull()
+    report = puller(harness).pull()
     assert (report.merged, report.released) == (1, 1)
     assert harness.store.patient_keys(mrn) == [mrn, f"Patient/{on_server['id']}"]
     harness.drain()

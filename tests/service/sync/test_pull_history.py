@@ -5,38 +5,16 @@ under FHIR_ALLIANCE_TEST_BASE_URL) the same tests check that the listing is what
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
-
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync.pull import (
     DELETIONS_HISTORY,
     DELETIONS_LISTING,
     DELETIONS_NONE,
     HISTORY_CURSOR,
-    Puller,
 )
 
-from tests.service.sync import records as R
 from tests.service.sync import remote
-from tests.service.sync.conftest import SyncHarness
-
-
-def _puller(harness: SyncHarness, **overrides: Any) -> Puller:
-    settings = replace(harness.settings, **overrides) if overrides else harness.settings
-    return Puller(settings, harness.store, harness.client)
-
-
-def _patient(harness: SyncHarness, name: str = "h") -> str:
-    patient = f"Patient/pull-{name}-{harness.run}"
-    harness.intake([R.rating(harness.run, 0, patient)])
-    return patient
-
-
-def _rating_state(harness: SyncHarness, n: int, patient: str) -> SyncState:
-    [rating] = harness.intake([R.rating(harness.run, n, patient)])
-    harness.drain()
-    return harness.state(rating.record_id)
+from tests.service.sync.conftest import SyncHarness, known_patient, puller, rating_state
 
 
 def _offers_history(harness: SyncHarness, resource_type: str = "Consent") -> bool:
@@ -50,31 +28,31 @@ def test_a_consent_deleted_on_the_server_is_noticed_through_history(
     a deletion on the server, the next (incremental) pass reads ``Consent/_history``, finds the
     DELETE and revokes the consent: later records are held. The pass after re-reads the DELETE
     (the overlap) and does not count it again."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     consent = remote.create(harness.server, remote.foreign_consent(harness.server, patient))
-    first = _puller(harness).pull()
+    first = puller(harness).pull()
     assert first.deletions == {"Consent": DELETIONS_LISTING} and first.merged == 1
-    assert _rating_state(harness, 1, patient) is SyncState.SENT
+    assert rating_state(harness, 1, patient) is SyncState.SENT
 
     remote.delete(harness.server, consent)
-    report = _puller(harness).pull()
+    report = puller(harness).pull()
     if not _offers_history(harness):  # another server: only the listing notices it
         assert (report.deletions, report.deleted, report.history_pages) == (
             {"Consent": DELETIONS_NONE},
             0,
             0,
         )
-        assert _puller(harness).pull(full_listing=True).deleted == 1
-        assert _rating_state(harness, 2, patient) is SyncState.HELD
+        assert puller(harness).pull(full_listing=True).deleted == 1
+        assert rating_state(harness, 2, patient) is SyncState.HELD
         return
     assert report.deletions == {"Consent": DELETIONS_HISTORY}
     assert not report.full_listing and report.history_pages >= 1
     assert (report.deleted, report.error, report.history_failed) == (1, None, None)
-    assert _rating_state(harness, 2, patient) is SyncState.HELD
+    assert rating_state(harness, 2, patient) is SyncState.HELD
     pulled = harness.store.pulled(harness.client.base.url, "Consent", [consent["id"]])
     assert pulled[consent["id"]].state == "deleted"
 
-    again = _puller(harness).pull()
+    again = puller(harness).pull()
     assert again.deletions == {"Consent": DELETIONS_HISTORY}
     assert again.history_entries >= 1 and again.deleted == 0  # re-read, deduplicated
 
@@ -84,32 +62,32 @@ def test_with_pull_deletions_listing_only_the_full_listing_notices_a_deletion(
 ) -> None:
     """``pull_deletions=listing``: history is never read, whatever the server offers; an
     incremental pass misses the deletion and the full listing finds it."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     consent = remote.create(harness.server, remote.foreign_consent(harness.server, patient))
-    assert _puller(harness, pull_deletions="listing").pull().merged == 1
-    assert _rating_state(harness, 1, patient) is SyncState.SENT
+    assert puller(harness, pull_deletions="listing").pull().merged == 1
+    assert rating_state(harness, 1, patient) is SyncState.SENT
 
     remote.delete(harness.server, consent)
-    missed = _puller(harness, pull_deletions="listing").pull()
+    missed = puller(harness, pull_deletions="listing").pull()
     assert (missed.deletions, missed.deleted, missed.history_pages) == (
         {"Consent": DELETIONS_NONE},
         0,
         0,
     )
-    assert _rating_state(harness, 2, patient) is SyncState.SENT  # not noticed yet
-    listed = _puller(harness, pull_deletions="listing").pull(full_listing=True)
+    assert rating_state(harness, 2, patient) is SyncState.SENT  # not noticed yet
+    listed = puller(harness, pull_deletions="listing").pull(full_listing=True)
     assert (listed.deletions, listed.deleted) == ({"Consent": DELETIONS_LISTING}, 1)
-    assert _rating_state(harness, 3, patient) is SyncState.HELD
+    assert rating_state(harness, 3, patient) is SyncState.HELD
 
 
 def test_the_safety_listing_still_runs_when_history_is_used(harness: SyncHarness) -> None:
     """With history, the listing is due every ``pull_safety_listing_seconds`` (not every
     ``pull_full_listing_seconds``): a zero-length interval makes every pass a listing."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     remote.create(harness.server, remote.foreign_consent(harness.server, patient))
-    _puller(harness).pull()
-    hourly = _puller(harness, pull_full_listing_seconds=1e-9).pull()
-    safety = _puller(harness, pull_safety_listing_seconds=1e-9).pull()
+    puller(harness).pull()
+    hourly = puller(harness, pull_full_listing_seconds=1e-9).pull()
+    safety = puller(harness, pull_safety_listing_seconds=1e-9).pull()
     if _offers_history(harness):
         assert (hourly.full_listing, safety.full_listing) == (False, True)
         assert hourly.deletions == {"Consent": DELETIONS_HISTORY}
@@ -124,18 +102,18 @@ def test_the_safety_listing_still_runs_when_history_is_used(harness: SyncHarness
 def test_a_consent_deleted_and_written_again_is_not_a_deletion(harness: SyncHarness) -> None:
     """A Consent deleted and then written again at the same id before the pass: history holds
     the DELETE and the newer write; the newer one says what the resource is now."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     consent = remote.create(harness.server, remote.foreign_consent(harness.server, patient))
-    _puller(harness).pull()
+    puller(harness).pull()
     capabilities = harness.client.capabilities().resource("Consent")
     if not (_offers_history(harness) and capabilities.update_create):
         return  # another server: nothing to tell apart
     remote.delete(harness.server, consent)
     remote.update(harness.server, consent)  # update-as-create at the same id
-    report = _puller(harness).pull()
+    report = puller(harness).pull()
     assert report.deletions == {"Consent": DELETIONS_HISTORY}
     assert report.history_entries >= 2 and report.deleted == 0
-    assert _rating_state(harness, 1, patient) is SyncState.SENT
+    assert rating_state(harness, 1, patient) is SyncState.SENT
 
 
 def test_an_observation_deleted_on_the_server_is_noticed_through_history(
@@ -143,7 +121,7 @@ def test_an_observation_deleted_on_the_server_is_noticed_through_history(
 ) -> None:
     """With ``pull_observations``, Observations are tracked too: a deleted one is marked deleted
     by the history read (or, on a server without history, by the listing)."""
-    patient = _patient(harness)
+    patient = known_patient(harness)
     theirs = remote.create(
         harness.server,
         harness.server.tagged(
@@ -156,11 +134,11 @@ def test_an_observation_deleted_on_the_server_is_noticed_through_history(
             }
         ),
     )
-    first = _puller(harness, pull_observations=True).pull()
+    first = puller(harness, pull_observations=True).pull()
     assert first.observations == 1
     remote.delete(harness.server, theirs)
     history = _offers_history(harness, "Observation")
-    report = _puller(harness, pull_observations=True).pull(full_listing=None if history else True)
+    report = puller(harness, pull_observations=True).pull(full_listing=None if history else True)
     assert report.deletions["Observation"] == (DELETIONS_HISTORY if history else DELETIONS_LISTING)
     assert report.deleted == 1
     pulled = harness.store.pulled(harness.client.base.url, "Observation", [theirs["id"]])
