@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import logging
 import re
 import sys
@@ -437,13 +436,9 @@ def push_bulk(args: argparse.Namespace) -> PushReport:
 
 
 def _run(args: argparse.Namespace) -> int:
-    report = push_bulk(args)
-    if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(report.to_text())
-    return 0 if report.ok else 1
+    from fhir_alliance.check import print_report
+
+    return print_report(push_bulk(args), as_json=args.json)
 
 
 def _bundle_size(text: str) -> int:

@@ -433,7 +433,13 @@ def client_from_args(args: argparse.Namespace) -> FhirClient:
 def _handle(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         report = run_check(client)
-    if args.json:
+    return print_report(report, as_json=args.json)
+
+
+def print_report(report: Any, *, as_json: bool) -> int:
+    """Print a command's report (``to_json()`` with ``--json``, else ``to_text()``) and return
+    the exit status: 0 when ``report.ok``, else 1."""
+    if as_json:
         json.dump(report.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
