@@ -25,6 +25,7 @@ from typing import Any
 
 from fhir_alliance.consent import ConsentDecision, DecisionOutcome
 from fhir_alliance.consent.gate import disclosure_request
+from fhir_alliance.errors import FhirAllianceError
 from fhir_alliance.mapping.note import ai_disclosure_permitted
 from fhir_alliance.mapping.registry import mapper_for_kind
 from fhir_alliance.model.common import Coding, Identifier, Ref
@@ -32,7 +33,7 @@ from fhir_alliance.model.notes import NoteStatus, SessionNote
 from fhir_alliance.terminology import V3_ACT_REASON
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import DECISIONS, HELD
-from fhir_alliance_service.store.interface import OutboxItem, Store
+from fhir_alliance_service.store.interface import OutboxItem, Store, StoredRecord
 from fhir_alliance_service.usecases.consents import engine_for_patient
 
 __all__ = ["FAMILY_CONSENT", "GateResult", "HoldReason", "gate_item", "ref_for_key"]
@@ -158,3 +159,34 @@ def gate_item(
     if hold:
         HELD.inc()
     return GateResult(item, resources, hold, tuple(decisions))
+
+
+def regate_stored(
+    record: StoredRecord,
+    *,
+    item_id: int,
+    owner: str,
+    settings: Settings,
+    store: Store,
+    version: str,
+    at: datetime,
+) -> GateResult | None:
+    """:func:`gate_item` for a stored record outside a worker's claim (a retraction or reconcile
+    pass, named by ``owner``); ``None`` when the record no longer maps (the worker dead-letters
+    such records)."""
+    item = OutboxItem(
+        item_id=item_id,
+        record_id=record.record_id,
+        record_version=record.version,
+        kind=record.kind,
+        family=record.family,
+        patient=record.patient,
+        body=record.body,
+        attempts=0,
+        lease_owner=owner,
+        lease_until=at,
+    )
+    try:
+        return gate_item(item, settings=settings, store=store, version=version, at=at)
+    except (FhirAllianceError, ValueError, TypeError, LookupError):
+        return None

@@ -28,19 +28,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhir_alliance.client import FhirClient
-from fhir_alliance.errors import FhirAllianceError, NotFoundError, ServerError
+from fhir_alliance.errors import NotFoundError, ServerError
 from fhir_alliance.model.common import Identifier
 from fhir_alliance_service import audit
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.store.interface import (
-    OutboxItem,
     SentResource,
     Store,
     StoredRecord,
     SyncState,
     SyncStatus,
 )
-from fhir_alliance_service.sync.gate import gate_item
+from fhir_alliance_service.sync.gate import regate_stored
 from fhir_alliance_service.sync.target import target_fhir_version
 
 __all__ = ["Finding", "ReconcileReport", "Reconciler"]
@@ -162,23 +161,16 @@ class Reconciler:
         report: ReconcileReport,
     ) -> None:
         now = self.clock()
-        item = OutboxItem(
+        gated = regate_stored(
+            record,
             item_id=status.item_id or 0,
-            record_id=record.record_id,
-            record_version=record.version,
-            kind=record.kind,
-            family=record.family,
-            patient=record.patient,
-            body=record.body,
-            attempts=0,
-            lease_owner="reconcile",
-            lease_until=now,
+            owner="reconcile",
+            settings=self.settings,
+            store=self.store,
+            version=version,
+            at=now,
         )
-        try:
-            gated = gate_item(
-                item, settings=self.settings, store=self.store, version=version, at=now
-            )
-        except (FhirAllianceError, ValueError, TypeError, LookupError):
+        if gated is None:
             return  # no longer maps: the worker dead-letters such records
         report.records += 1
         findings: list[tuple[Finding, dict[str, Any], dict[str, Any] | None]] = []

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fhir_alliance.client import FhirClient
-from fhir_alliance.errors import FhirAllianceError, NotFoundError, ServerError
+from fhir_alliance.errors import NotFoundError, ServerError
 from fhir_alliance_service import audit
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import RETRACTIONS
-from fhir_alliance_service.store.interface import OutboxItem, SentResource, Store, SyncStatus
-from fhir_alliance_service.sync.gate import FAMILY_CONSENT, gate_item
+from fhir_alliance_service.store.interface import SentResource, Store, SyncStatus
+from fhir_alliance_service.sync.gate import FAMILY_CONSENT, regate_stored
 from fhir_alliance_service.sync.target import target_fhir_version
 
 __all__ = ["RetractReport", "Retractor"]
@@ -104,23 +104,16 @@ class Retractor:
                 continue
             report.checked += 1
             now = self.clock()
-            item = OutboxItem(
+            gated = regate_stored(
+                record,
                 item_id=status.item_id,
-                record_id=record.record_id,
-                record_version=record.version,
-                kind=record.kind,
-                family=record.family,
-                patient=record.patient,
-                body=record.body,
-                attempts=0,
-                lease_owner="retraction",
-                lease_until=now,
+                owner="retraction",
+                settings=self.settings,
+                store=self.store,
+                version=version,
+                at=now,
             )
-            try:
-                gated = gate_item(
-                    item, settings=self.settings, store=self.store, version=version, at=now
-                )
-            except (FhirAllianceError, ValueError, TypeError, LookupError):
+            if gated is None:
                 continue  # a record that no longer maps: the worker dead-letters such records
             if gated.permitted:
                 continue
