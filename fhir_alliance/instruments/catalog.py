@@ -6,7 +6,8 @@ live in our CodeSystem :data:`~fhir_alliance.terminology.CS_ALLIANCE_MEASURES`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
@@ -69,6 +70,14 @@ class Instrument:
     subscales: tuple[Subscale, ...] = ()
     #: True when the instrument is rated by the client (SRS, ORS, WAI-SR client form).
     client_rated: bool = True
+    #: Each item under its number written as a JSON form's ``responses`` key (``"7"``).
+    items_by_key: Mapping[str, ItemSpec] = field(init=False, repr=False, compare=False)
+    #: ``(key, number)`` of every item, in the instrument's order.
+    item_keys: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "items_by_key", {str(i.number): i for i in self.items})
+        object.__setattr__(self, "item_keys", tuple((str(i.number), i.number) for i in self.items))
 
     @property
     def questionnaire_url(self) -> str:

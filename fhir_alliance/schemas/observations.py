@@ -73,10 +73,25 @@ _TEXT_LIMIT = 200
 _NARRATIVE_LIMIT = 20_000
 
 
+#: Integers below this magnitude take the direct route in :class:`StrictDecimal`; larger ones go
+#: through ``fields.Decimal`` (its ``str()`` refuses integers of more than 4,300 digits).
+_DIRECT_INT = 10**18
+
+
 class StrictDecimal(fields.Decimal):
     """A JSON number (not a string, not a boolean, not NaN/Infinity) read as an exact Decimal."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        # The two kinds JSON numbers arrive as, answered directly: what ``fields.Decimal`` gives
+        # for them (``Decimal(str(value))``; for an int that equals ``Decimal(value)``), without
+        # its four calls. Everything else (NaN, infinities, huge ints, Decimals, places, refusals)
+        # takes marshmallow's own route below.
+        kind = type(value)
+        if self.places is None:
+            if kind is int and -_DIRECT_INT < value < _DIRECT_INT:
+                return Decimal(value)
+            if kind is float and value - value == 0.0:  # finite: inf - inf and nan - nan are nan
+                return Decimal(str(value))
         if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
             raise self.make_error("invalid")
         return super()._deserialize(value, attr, data, **kwargs)
@@ -188,17 +203,24 @@ class InstrumentAdministrationSchema(_RecordSchema):
         if code is None or responses is None:
             return
         inst = instrument(code)
+        specs = inst.items_by_key
         errors: dict[str, list[str]] = {}
+        items_answered = False
         for key, value in responses.items():
-            number = int(key) if key.isascii() and key.isdigit() and str(int(key)) == key else None
-            spec = inst.item(number) if number is not None else None
+            spec = specs.get(key)  # keys are item numbers written canonically: "7", not "07"
             if spec is None:
                 errors[key] = [f"{code.value} has no item {key!r}; items are 1..{len(inst.items)}"]
-            elif not spec.accepts(value):
-                grid = "an integer" if spec.integral else "a number with at most one decimal"
-                errors[key] = [f"must be {grid} in {spec.minimum}..{spec.maximum}"]
-        answered = {int(k) for k in responses if k.isascii() and k.isdigit() and str(int(k)) == k}
-        missing = [n for n in inst.item_numbers if n not in answered]
+            else:
+                items_answered = True
+                if not spec.accepts(value):
+                    grid = "an integer" if spec.integral else "a number with at most one decimal"
+                    errors[key] = [f"must be {grid} in {spec.minimum}..{spec.maximum}"]
+        # An answer counts when its key is a number, even one the instrument lacks (already an
+        # error above): then "at least one item" is not said on top of it.
+        answered = items_answered or any(
+            k.isascii() and k.isdigit() and str(int(k)) == k for k in responses
+        )
+        missing = [n for k, n in inst.item_keys if k not in responses]
         if not answered:
             errors.setdefault("_schema", []).append("at least one item must be answered")
         elif missing and not data.get("declared_partial"):

@@ -254,3 +254,77 @@ def test_duplicate_ids_in_a_large_batch_are_each_reported() -> None:
     with pytest.raises(InputError) as caught:
         load_batch(items)
     assert _paths(caught) == {"0.id", "2.id"}
+
+
+def _issues_of(responses: dict, **extra: object) -> set[tuple[str, str]] | Decimal:
+    """Every (path, message) a WAI-SR administration with these responses is refused with, or
+    (accepted) the answer to item 2."""
+    data = _example("wai-sr-administration.json") | {"responses": responses, **extra}
+    try:
+        record = load_record(data)
+    except InputError as exc:
+        return {(i.path, i.message) for i in exc.issues}
+    assert isinstance(record, InstrumentAdministration)
+    return next(r.value for r in record.responses if r.number == 2)
+
+
+NO_ITEM = "wai-sr has no item {!r}; items are 1..12"
+NOT_GRID = "must be an integer in 1..5"
+
+
+@pytest.mark.parametrize(
+    ("responses", "extra", "expected"),
+    [
+        # A numeric key the instrument lacks counts as answered: no "at least one item" on top.
+        ({"99": 3}, {"partial": True}, {("responses.99", NO_ITEM.format("99"))}),
+        # A key that is not a number written canonically answers nothing.
+        (
+            {"07": 3},
+            {"partial": True},
+            {
+                ("responses.07", NO_ITEM.format("07")),
+                ("responses", "at least one item must be answered"),
+            },
+        ),
+        (
+            {"2": 4, "x": 1},
+            {"partial": True},
+            {("responses.x", NO_ITEM.format("x"))},
+        ),
+        ({"2": 4}, {"partial": True}, Decimal("4")),
+        ({"2": 4.0}, {"partial": True}, Decimal("4.0")),
+        ({"2": -0.0}, {"partial": True}, {("responses.2", NOT_GRID)}),
+        ({"2": 10**30}, {"partial": True}, {("responses.2", NOT_GRID)}),
+        ({"2": -(10**18)}, {"partial": True}, {("responses.2", NOT_GRID)}),
+        ({"2": 10**5000}, {"partial": True}, {("responses.2.value", "Not a valid number.")}),
+        (
+            {"2": float("nan")},
+            {"partial": True},
+            {("responses.2.value", "Special numeric values (nan or infinity) are not permitted.")},
+        ),
+        (
+            {"2": float("-inf")},
+            {"partial": True},
+            {("responses.2.value", "Special numeric values (nan or infinity) are not permitted.")},
+        ),
+        ({"2": 2.5}, {"partial": True}, {("responses.2", NOT_GRID)}),
+    ],
+)
+def test_response_keys_and_numbers_at_their_edges(responses, extra, expected) -> None:
+    """Item keys and answers at the edges: the exact issues, or the exact Decimal kept."""
+    got = _issues_of(responses, **extra)
+    if isinstance(expected, Decimal):
+        assert isinstance(got, Decimal) and str(got) == str(expected)
+    else:
+        assert got == expected
+
+
+def test_every_item_missing_is_reported_without_partial() -> None:
+    """Without ``partial``, each unanswered item is reported at its own key, in item order."""
+    got = _issues_of({"1": 3, "99": 2})
+    assert isinstance(got, set)
+    expected = {("responses.99", NO_ITEM.format("99"))} | {
+        (f"responses.{n}", "missing; set partial: true to submit a partial administration")
+        for n in range(2, 13)
+    }
+    assert got == expected
