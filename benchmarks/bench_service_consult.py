@@ -119,7 +119,7 @@ def measure(count: int) -> dict[str, Any]:
     path = "/cds-services/patient-consent-consult"
     with harness.bare_flask() as bare:
         harness.drive(f"{bare.url}{path}", warm)
-        baseline = harness.drive(f"{bare.url}{path}", bodies)
+        baseline = harness.drive(f"{bare.url}{path}", bodies, server=bare)
     with harness.service(["write", "consult"]) as service:
         answer = requests.post(
             f"{service.url}/v1/consents",
@@ -135,7 +135,11 @@ def measure(count: int) -> dict[str, Any]:
         outcomes = _outcomes(url, service.api_key, bodies[:200])
         harness.drive(url, warm, api_key=service.api_key)
         ours = harness.drive(
-            url, bodies, api_key=service.api_key, expect=lambda status: status == 200
+            url,
+            bodies,
+            api_key=service.api_key,
+            expect=lambda status: status == 200,
+            server=service,
         )
     result = harness.entry(
         "service consent consult over HTTP: LEAP hook requests, patient with 25 consents of "
@@ -150,6 +154,7 @@ def measure(count: int) -> dict[str, Any]:
         p99_ms=round(ours.percentile_ms(0.99), 2),
         baseline_p50_ms=round(baseline.median_ms, 2),
         outcomes_in_sample=dict(outcomes),
+        **harness.cpu_figures(ours, baseline),
     )
     return result
 

@@ -47,7 +47,7 @@ def measure(count: int, postgres_url: str | None = None) -> dict[str, Any]:
     warmup = max(50, count // 10)
     with harness.bare_flask() as bare:
         harness.drive(f"{bare.url}/v1/records", srs_records(warmup, "warm"))
-        baseline = harness.drive(f"{bare.url}/v1/records", srs_records(count, "bare"))
+        baseline = harness.drive(f"{bare.url}/v1/records", srs_records(count, "bare"), server=bare)
     with harness.service(["write"], postgres_url=postgres_url) as service:
         url = f"{service.url}/v1/records"
         harness.drive(url, srs_records(warmup, "warm"), api_key=service.api_key)
@@ -56,6 +56,7 @@ def measure(count: int, postgres_url: str | None = None) -> dict[str, Any]:
             srs_records(count, "ours"),
             api_key=service.api_key,
             expect=lambda status: status == 201,
+            server=service,
         )
     store = "SQLite" if postgres_url is None else "PostgreSQL"
     return harness.entry(
@@ -69,6 +70,7 @@ def measure(count: int, postgres_url: str | None = None) -> dict[str, Any]:
         p50_ms=round(ours.median_ms, 2),
         p99_ms=round(ours.percentile_ms(0.99), 2),
         baseline_p50_ms=round(baseline.median_ms, 2),
+        **harness.cpu_figures(ours, baseline),
     )
 
 

@@ -62,6 +62,38 @@ class RunningServer:
     api_key: str
     database_url: str
     workdir: Path
+    pid: int = 0  # gunicorn's master process
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server's processes have used so far: gunicorn's master
+        and its workers (``/proc/<pid>/stat``; 0.0 where there is no ``/proc``)."""
+        return process_tree_cpu_seconds(self.pid)
+
+
+_TICKS: float = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and of its children (gunicorn's workers), in seconds."""
+    if not pid or not Path("/proc").is_dir():
+        return 0.0
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        # fields[1] is the parent's pid, [11] utime, [12] stime (stat(5), counted from "state")
+        if fields is not None and (int(entry.name) == pid or int(fields[1]) == pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
 
 
 def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -164,7 +196,9 @@ def service(
             )
         try:
             _wait_for(f"http://127.0.0.1:{port}/healthz", process, log)
-            yield RunningServer(f"http://127.0.0.1:{port}", key, database_url, Path(tmp))
+            yield RunningServer(
+                f"http://127.0.0.1:{port}", key, database_url, Path(tmp), process.pid
+            )
         finally:
             _stop(process)
 
@@ -211,7 +245,7 @@ def bare_flask() -> Iterator[RunningServer]:
             )
         try:
             _wait_for(f"http://127.0.0.1:{port}/healthz", process, log)
-            yield RunningServer(f"http://127.0.0.1:{port}", "", "", Path(tmp))
+            yield RunningServer(f"http://127.0.0.1:{port}", "", "", Path(tmp), process.pid)
         finally:
             _stop(process)
 
@@ -221,6 +255,15 @@ class LoadResult:
     requests: int
     seconds: float
     latencies: list[float]  # seconds, one per request
+    server_cpu_seconds: float = 0.0  # the server's processes over the run (when given)
+    client_cpu_seconds: float = 0.0  # this process (the client loop) over the run
+
+    def server_cpu_ms(self) -> float:
+        """The server's CPU time per request, in ms: steadier than rates on a shared machine."""
+        return 1000 * self.server_cpu_seconds / self.requests
+
+    def client_cpu_ms(self) -> float:
+        return 1000 * self.client_cpu_seconds / self.requests
 
     @property
     def per_second(self) -> float:
@@ -242,10 +285,11 @@ def drive(
     api_key: str = "",
     expect: Callable[[int], bool] = lambda status: status < 300,
     threads: int = CLIENT_THREADS,
+    server: RunningServer | None = None,
 ) -> LoadResult:
     """POST every body once to ``url`` from ``threads`` threads (each its own keep-alive
     connection, bodies dealt round-robin); wall time from the first request to the last answer,
-    and each latency."""
+    each latency, the CPU time of this process and (given ``server``) of the server's."""
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -279,15 +323,44 @@ def drive(
     pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
     for thread in pool:
         thread.start()
+    server_cpu = server.cpu_seconds() if server is not None else 0.0
+    client_cpu = time.process_time()
     start_gate.wait()
     started = time.perf_counter()
     for thread in pool:
         thread.join()
     elapsed = time.perf_counter() - started
+    client_cpu = time.process_time() - client_cpu
+    server_cpu = server.cpu_seconds() - server_cpu if server is not None else 0.0
     if errors:
         raise SystemExit(f"{len(errors)} request(s) failed; first: {errors[0]}")
     flat = [x for part in latencies for x in part]
-    return LoadResult(requests=len(flat), seconds=elapsed, latencies=flat)
+    return LoadResult(
+        requests=len(flat),
+        seconds=elapsed,
+        latencies=flat,
+        server_cpu_seconds=server_cpu,
+        client_cpu_seconds=client_cpu,
+    )
+
+
+def cpu_figures(ours: LoadResult, baseline: LoadResult) -> dict[str, float]:
+    """CPU time per request (ms) of each server's processes and of the client loop, and the ratio
+    those give (the baseline's server + client over ours): steadier than the rates, which swing
+    with whatever else the shared machine runs."""
+    figures = {
+        "server_cpu_ms": round(ours.server_cpu_ms(), 3),
+        "baseline_server_cpu_ms": round(baseline.server_cpu_ms(), 3),
+        "client_cpu_ms": round(ours.client_cpu_ms(), 3),
+        "baseline_client_cpu_ms": round(baseline.client_cpu_ms(), 3),
+    }
+    spent = figures["server_cpu_ms"] + figures["client_cpu_ms"]
+    if spent > 0:
+        figures["cpu_ratio"] = round(
+            (figures["baseline_server_cpu_ms"] + figures["baseline_client_cpu_ms"]) / spent, 3
+        )
+    figures["load_average"] = round(os.getloadavg()[0], 2)
+    return figures
 
 
 def entry(
