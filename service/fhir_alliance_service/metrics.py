@@ -41,6 +41,7 @@ __all__ = [
     "AuditPushDepthCollector",
     "QueueDepthCollector",
     "render_metrics",
+    "request_latency",
     "serve_metrics",
 ]
 
@@ -80,6 +81,19 @@ REQUEST_LATENCY = Histogram(
     ["route"],
     registry=REGISTRY,
 )
+
+
+#: ``REQUEST_LATENCY``'s child per route rule, looked up once (``labels()`` checks and locks on
+#: every call). Bounded: the app's URL rules and ``<unmatched>``.
+_LATENCY_BY_ROUTE: dict[str, Histogram] = {}
+
+
+def request_latency(route: str) -> Histogram:
+    """The request latency histogram of one route rule (what ``REQUEST_LATENCY.labels`` gives)."""
+    child = _LATENCY_BY_ROUTE.get(route)
+    if child is None:
+        child = _LATENCY_BY_ROUTE.setdefault(route, REQUEST_LATENCY.labels(route=route))
+    return child
 
 
 class _StoreDepthCollector(Collector):
