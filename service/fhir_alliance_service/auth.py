@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import threading
 import time
@@ -97,14 +98,14 @@ def create_api_key(
     return f"{key_id}_{secret}"
 
 
+#: ``fa_<key_id hex>_<secret>``: the id's hex digits end at the first ``_``; the secret is the rest.
+_WELL_FORMED_KEY: Final = re.compile(r"(fa_[0-9a-f]+)_(.+)", re.DOTALL)
+
+
 def parse_api_key(raw: str) -> tuple[str, str] | None:
     """``(key_id, secret)`` of a well-formed key, else None."""
-    if not raw.startswith(_KEY_PREFIX):
-        return None
-    key_hex, sep, secret = raw[len(_KEY_PREFIX) :].partition("_")
-    if not (sep and key_hex and secret) or not all(c in "0123456789abcdef" for c in key_hex):
-        return None
-    return f"{_KEY_PREFIX}{key_hex}", secret
+    match = _WELL_FORMED_KEY.fullmatch(raw)
+    return None if match is None else (match[1], match[2])
 
 
 def grants(scopes: Iterable[str], needed: str) -> bool:
@@ -143,11 +144,12 @@ def declared_scope(view: Callable[..., Any] | None) -> str | None:
 
 
 def _presented_key() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    api_key = request.headers.get("X-API-Key", "").strip()
+    # From the WSGI environ directly (what ``request.headers`` reads, without building its view).
+    environ = request.environ
+    scheme, _, value = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
+    if scheme.lower() == "bearer" and (value := value.strip()):
+        return value
+    api_key = str(environ.get("HTTP_X_API_KEY", "")).strip()
     return api_key or None
 
 
@@ -173,8 +175,7 @@ class ApiKeyCache:
         if self.ttl <= 0:
             return store.find_api_key(key_id)
         now = self._clock()
-        with self._lock:
-            cached = self._entries.get(key_id)
+        cached = self._entries.get(key_id)  # one dict read: atomic, no lock needed
         if cached is not None and now - cached[1] < self.ttl:
             return cached[0]
         stored = store.find_api_key(key_id)
