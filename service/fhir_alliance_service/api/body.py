@@ -13,9 +13,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from flask import request
+from werkzeug.wsgi import get_content_length
 
 from fhir_alliance import jsonio
 from fhir_alliance.errors import InputError, Issue
@@ -36,18 +37,32 @@ def json_body(max_bytes: int | None = None) -> Any:
 
     if request.mimetype not in JSON_TYPES:
         raise ApiError(415, "the body must be application/json or application/fhir+json")
+    environ = request.environ
     limit = max_bytes if max_bytes is not None else current_service().settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
+    length = get_content_length(environ)  # what ``request.content_length`` gives, read directly
+    if length is not None and length > limit:
         raise ApiError(413, f"the body is larger than {limit} bytes")
-    raw = _read_capped(limit)
-    return parse_json(raw)
+    # A server that ends the input stream at the body's end itself (gunicorn: Content-Length or
+    # chunked) is read directly, within our limit (the app's MAX_CONTENT_LENGTH is the same
+    # setting); otherwise through werkzeug's stream, which ends it at Content-Length.
+    direct = max_bytes is None and environ.get("wsgi.input_terminated")
+    stream = environ["wsgi.input"] if direct else request.stream
+    return parse_json(_read_capped(stream, limit, length))
 
 
-def _read_capped(limit: int) -> bytes:
-    """The whole body, or 413 as soon as it passes ``limit`` (streams may return short reads)."""
+def _read_capped(stream: IO[bytes], limit: int, length: int | None) -> bytes:
+    """The whole body, or 413 as soon as it passes ``limit`` (streams may return short reads).
+    With a ``Content-Length`` within the limit (``length``), one read of that many bytes when
+    the stream gives them all at once (it holds no more: the server or werkzeug ends it there)."""
     chunks: list[bytes] = []
     size = 0
-    while chunk := request.stream.read(min(_CHUNK, limit + 1 - size)):
+    if length is not None:
+        first = stream.read(length)
+        if len(first) == length:
+            return first
+        chunks.append(first)
+        size = len(first)
+    while chunk := stream.read(min(_CHUNK, limit + 1 - size)):
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
