@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from flask import Blueprint, Response, jsonify
+import orjson
+from flask import Blueprint, Response, current_app, jsonify
 
 from fhir_alliance.consent import ConsentDecision, ConsentEngine, DecisionOutcome
 from fhir_alliance.consent.cds_hooks import HOOK, card_response, request_from_hook
@@ -120,4 +121,16 @@ def consult() -> Response:
     card = card_response(
         decision, source_label=settings.cds_source_label, source_url=settings.cds_source_url
     )
-    return jsonify(card)
+    return _json_response(card)
+
+
+def _json_response(value: Mapping[str, Any]) -> Response:
+    """``value`` as a JSON response, serialised by orjson: Flask's ``jsonify`` (the json module)
+    was about a tenth of a consult's time. Same JSON (UTF-8, not ASCII escapes; compact, one
+    newline at the end); a value orjson cannot write goes to ``jsonify`` as before."""
+    try:
+        body = orjson.dumps(value, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        return jsonify(value)
+    response: Response = current_app.response_class(body, mimetype="application/json")
+    return response
