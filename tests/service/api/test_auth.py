@@ -23,6 +23,8 @@ from fhir_alliance_service.auth import (
 from fhir_alliance_service.store.interface import Store
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import given
+from hypothesis import strategies as st
 
 PUBLIC_PATHS = {"/healthz", "/readyz"}
 #: The console's sign-in form and stylesheet need no session; its other pages answer a request
@@ -233,3 +235,28 @@ def test_every_route_refuses_a_key_without_its_scope(
             assert response.status_code == 403, (rule.rule, method, other, response.status_code)
             checked += 1
     assert checked >= 10
+
+
+def _parse_by_partition(raw: str) -> tuple[str, str] | None:
+    """The key format as first written: prefix, hex id up to the first ``_``, the rest secret."""
+    if not raw.startswith("fa_"):
+        return None
+    key_hex, sep, secret = raw[3:].partition("_")
+    if not (sep and key_hex and secret) or not all(c in "0123456789abcdef" for c in key_hex):
+        return None
+    return f"fa_{key_hex}", secret
+
+
+@given(
+    st.one_of(
+        st.text(),
+        st.builds(
+            lambda key_id, secret: f"fa_{key_id}_{secret}",
+            st.text(alphabet="0123456789abcdefABG_\n", max_size=14),
+            st.text(alphabet=st.characters(codec="utf-8"), max_size=50),
+        ),
+    )
+)
+def test_parse_api_key_accepts_exactly_the_keys_it_always_did(raw: str) -> None:
+    """The regex parse gives what the prefix/partition/hex-check parse gave, for any text."""
+    assert parse_api_key(raw) == _parse_by_partition(raw)
