@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from fhir_alliance.terminology import CANONICAL_BASE, IDENTIFIER_SYSTEM_BASE
 from fhir_alliance_service.store.interface import AuditEntry, SentResource
+from fhir_alliance_service.uuids import uuid5_text
 
 __all__ = [
     "DEVICE_IDENTIFIER_SYSTEM",
@@ -71,7 +72,7 @@ def _instant(at: datetime) -> str:
 
 def _id(*parts: object) -> str:
     name = "|".join([CANONICAL_BASE, "audit", *(str(p) for p in parts)])
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+    return uuid5_text(uuid.NAMESPACE_URL, name)
 
 
 def reference_for(key: str, *, resource_type: str | None = None) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import uuid
 from typing import Final
 
+from fhir_alliance_service.uuids import uuid5_text
+
 __all__ = ["PATIENT_TOKEN_NAMESPACE", "patient_token"]
 
 #: Migration 0003 repeats this value (migrations do not import the code they outlive).
@@ -18,4 +20,4 @@ PATIENT_TOKEN_NAMESPACE: Final = uuid.uuid5(
 
 def patient_token(patient: str) -> str:
     """The opaque id of the patient key ``patient`` (a UUID in its canonical text form)."""
-    return str(uuid.uuid5(PATIENT_TOKEN_NAMESPACE, patient))
+    return uuid5_text(PATIENT_TOKEN_NAMESPACE, patient)
