@@ -37,6 +37,7 @@ from sqlalchemy import Column, Engine, Table
 from sqlalchemy.exc import DBAPIError, StatementError
 
 from .engine import connect_raw_autocommit
+from .tables import UtcDateTime
 
 __all__ = ["OwnedConnection", "RawSql", "ThreadConnections"]
 
@@ -45,6 +46,26 @@ Processor = Callable[[Any], Any] | None
 _Insert = tuple[
     str, Callable[[Mapping[str, Any]], Any], tuple[tuple[int, Callable[[Any], Any]], ...]
 ]
+
+
+def _last_value_kept(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``process`` for immutable values (datetimes), remembering the last one: the same object
+    again gives the same result without converting it again. The pair is replaced whole, so
+    threads sharing it only ever see a matching pair."""
+    last: list[tuple[Any, Any]] = [(_UNSET, None)]
+
+    def kept(value: Any) -> Any:
+        seen, result = last[0]
+        if seen is value:
+            return result
+        result = process(value)
+        last[0] = (value, result)
+        return result
+
+    return kept
+
+
+_UNSET: Any = object()
 
 
 class OwnedConnection:
@@ -256,10 +277,21 @@ class RawSql(ThreadConnections):
             self.executemany(statement, values)
 
     def bind_processor(self, column: Column[Any]) -> Processor:
-        """What SQLAlchemy does to a Python value bound to ``column`` (None: nothing)."""
+        """What SQLAlchemy does to a Python value bound to ``column`` (None: nothing). The
+        ``UtcDateTime`` columns share one, which remembers its last value: an intake binds one
+        ``at`` to half a dozen columns."""
         key = (column.table.name, column.name)
         if key not in self._bind:
-            self._bind[key] = column.type.dialect_impl(self._dialect).bind_processor(self._dialect)
+            if isinstance(column.type, UtcDateTime):  # one conversion, shared by all such columns
+                key = ("", UtcDateTime.__name__)
+                if key in self._bind:
+                    return self._bind[key]
+            process: Processor = column.type.dialect_impl(self._dialect).bind_processor(
+                self._dialect
+            )
+            if process is not None and isinstance(column.type, UtcDateTime):
+                process = _last_value_kept(process)
+            self._bind[key] = process
         return self._bind[key]
 
     def result_processor(self, column: Column[Any]) -> Processor:

@@ -14,6 +14,9 @@ Choices the interface leaves open, made here:
 * A newer version supersedes older unsent items (queued, failed, held, dead-lettered) except
   one under an unexpired lease: that one is being sent right now, so it keeps its place and
   the new version waits behind it in patient order (one writer per record at a time).
+* ``patient_tokens`` rows are only ever inserted, so a store remembers the patients whose token
+  it has committed and does not insert theirs again (up to ``KNOWN_TOKENS_MAX`` of them, then
+  it starts over): intake of a known patient's record writes one statement less.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ __all__ = ["SqlStore"]
 
 #: Rows per IN (...) lookup: well under SQLite's and PostgreSQL's bound-parameter limits.
 LOOKUP_CHUNK = 500
+#: Patients whose ``patient_tokens`` row a store remembers having committed (then forgotten).
+KNOWN_TOKENS_MAX = 100_000
 
 _PENDING = (SyncState.QUEUED.value, SyncState.FAILED.value)
 # An item in these states that is not leased is replaced by a newer version of its record.
@@ -276,6 +281,8 @@ class SqlStore(AuditQueueSql):
         self._stamp_reader = _AutocommitReader(engine)
         self._raw = RawSql(engine, self._writer_turn)
         self._stamp_sql = _KEYS_AND_CONSENT_STAMPS_SQL
+        #: Patients whose token row a transaction of this store has committed (module docstring).
+        self._known_tokens: set[str] = set()
         if self._dialect == "postgresql":
             self._stamp_sql = _KEYS_AND_CONSENT_STAMPS_SQL.replace(":patient", "%(patient)s")
 
@@ -356,6 +363,7 @@ class SqlStore(AuditQueueSql):
         changed_ids: list[str] = []  # records that existed before this batch and got a version
         written: set[str] = set()  # records that got a new version in this batch
         queued_in_batch: dict[str, dict[str, Any]] = {}  # record id → its newest item row
+        tokens_written: list[str] = []  # patients whose token row this transaction inserts
         with self._raw.transaction():
             heads = self._load_heads([record.record_id for record in records])
             for record in records:
@@ -404,7 +412,7 @@ class SqlStore(AuditQueueSql):
                 outbox_rows.append(item)
                 queued_in_batch[record.record_id] = item
             if record_rows:
-                self._write_versions(record_rows, heads, changed_ids, at, origin)
+                tokens_written = self._write_versions(record_rows, heads, changed_ids, at, origin)
                 if origin is None:  # pulled records are never pushed back
                     self._raw.insert(outbox, outbox_rows)
             audit_rows = [
@@ -415,6 +423,10 @@ class SqlStore(AuditQueueSql):
                 or entry.record_id not in heads  # about a record not in this batch
             ]
             self._raw.insert(audit_log, audit_rows)
+        if tokens_written:  # committed: their rows exist for good
+            if len(self._known_tokens) + len(tokens_written) > KNOWN_TOKENS_MAX:
+                self._known_tokens = set()
+            self._known_tokens.update(tokens_written)
         return results
 
     def _load_heads(self, record_ids: Sequence[str]) -> dict[str, _Head]:
@@ -437,7 +449,8 @@ class SqlStore(AuditQueueSql):
         changed_ids: list[str],
         at: datetime,
         origin: str | None = None,
-    ) -> None:
+    ) -> list[str]:
+        """Write the versions, heads and tokens; returns the patients whose token row it inserted."""
         raw = self._raw
         raw.insert(record_versions, record_rows)
         newest = {row["record_id"]: row for row in record_rows}  # last version per record wins
@@ -458,18 +471,18 @@ class SqlStore(AuditQueueSql):
                 if heads[record_id].is_new
             ],
         )
-        # Keep the console's token of each patient (already known ones are left alone).
+        # Keep the console's token of each patient (already known ones are left alone; those
+        # this store committed before are not even sent).
+        known = self._known_tokens
+        new_patients = sorted({row["patient"] for row in newest.values()} - known)
         raw.insert(
             patient_tokens,
-            [
-                {"token": patient_token(p), "patient": p}
-                for p in sorted({row["patient"] for row in newest.values()})
-            ],
+            [{"token": patient_token(p), "patient": p} for p in new_patients],
             suffix=" ON CONFLICT (token) DO NOTHING",
         )
         changed = list(dict.fromkeys(changed_ids))
         if not changed:
-            return
+            return new_patients
         stamp = raw.bind_processor(record_heads.c.updated_at)
         when = stamp(at) if stamp is not None else at
         raw.executemany(
@@ -497,6 +510,7 @@ class SqlStore(AuditQueueSql):
                 "AND (lease_until IS NULL OR lease_until <= ?)",
                 [SyncState.SUPERSEDED.value, when, *chunk, *_SUPERSEDABLE, when],
             )
+        return new_patients
 
     # -- reading -------------------------------------------------------------------------------
     def get_record(self, record_id: str, *, version: int | None = None) -> StoredRecord | None:

@@ -5,6 +5,7 @@ patients stored before it. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from fhir_alliance_service.store import SqlStore, open_store, upgrade
@@ -48,6 +49,28 @@ def test_a_record_moved_to_another_patient_and_a_pulled_record_are_indexed(
     )
     for patient in ("Patient/p1", "Patient/moved", "Patient/pulled"):
         assert store.patient_for_token(patient_token(patient)) == patient
+
+
+def test_a_patient_whose_token_was_committed_is_not_written_again(store: SqlStore) -> None:
+    """Once a transaction of this store committed a patient's token, its later intakes send no
+    token insert for that patient; one that rolled back is still sent the next time."""
+    statements: list[str] = []
+    store.raw.statement_listeners.append(statements.append)
+    try:
+        store.put_records([record(1)], audit=[], at=T0)
+        assert any("patient_tokens" in s for s in statements)
+        statements.clear()
+        store.put_records([record(2)], audit=[], at=at(1))  # same patient, new record
+        assert statements and not any("patient_tokens" in s for s in statements)
+        with pytest.raises(TypeError):  # rolled back: a body that cannot be stored
+            unstorable = replace(record(3, patient="Patient/rolled-back"), body={"x": object()})
+            store.put_records([unstorable], audit=[], at=at(2))
+        statements.clear()
+        store.put_records([record(4, patient="Patient/rolled-back")], audit=[], at=at(3))
+        assert any("patient_tokens" in s for s in statements)
+    finally:
+        store.raw.statement_listeners.remove(statements.append)
+    assert store.patient_for_token(patient_token("Patient/rolled-back")) == "Patient/rolled-back"
 
 
 @pytest.fixture
