@@ -139,6 +139,34 @@ class _AutocommitReader(ThreadConnections):
         super().__init__(engine)
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._retries = 1 if engine.dialect.name == "postgresql" else 0
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    def rows_while_unchanged(
+        self, statement: str, params: Mapping[str, Any], key: str
+    ) -> list[tuple[Any, ...]]:
+        """:meth:`rows`, given again while the database has not changed. On SQLite, this
+        thread's connection asks ``PRAGMA data_version`` (its own read transaction: it moves
+        whenever any other connection, of any process, has committed since, and this connection
+        never writes); while it has not moved, the rows read for ``key`` under it are given
+        again. Rows read while a commit lands are kept under the older version, so they are read
+        again next time: never stale. PostgreSQL has no such counter: every call reads."""
+        if not self._sqlite:
+            return self.rows(statement, params)
+        connection = self._connection()
+        try:
+            version = connection.execute("PRAGMA data_version").fetchone()[0]
+        except self._dbapi_error:
+            return self.rows(statement, params)  # which drops the connection or raises
+        seen: _SeenRows | None = getattr(self._local, "seen", None)
+        if seen is None or seen.connection is not connection or seen.version != version:
+            seen = self._local.seen = _SeenRows(connection, version)
+        found = seen.rows.get(key)
+        if found is None:
+            found = self.rows(statement, params)
+            if len(seen.rows) >= SEEN_ROWS_MAX:
+                seen.rows.clear()
+            seen.rows[key] = found
+        return found
 
     def rows(self, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         attempts_left = self._retries
@@ -152,6 +180,21 @@ class _AutocommitReader(ThreadConnections):
                         statement, params, error, self._dbapi_error, hide_parameters=True
                     ) from error
                 attempts_left -= 1
+
+
+#: Keys whose rows a thread keeps for one ``data_version`` of its SQLite connection.
+SEEN_ROWS_MAX = 1024
+
+
+class _SeenRows:
+    """Rows read on one connection while its ``PRAGMA data_version`` was ``version``."""
+
+    __slots__ = ("connection", "rows", "version")
+
+    def __init__(self, connection: Any, version: int) -> None:
+        self.connection = connection
+        self.version = version
+        self.rows: dict[str, list[tuple[Any, ...]]] = {}
 
 
 def _chunks(values: Sequence[str], size: int = LOOKUP_CHUNK) -> Iterator[Sequence[str]]:
@@ -977,7 +1020,11 @@ class SqlStore(AuditQueueSql):
         # One statement (the consult and the gate call this on every decision): the patient's
         # keys and, per key, (count, sum of versions) of its consents; run on a raw autocommit
         # connection, a fresh snapshot per call (see _AutocommitReader).
-        rows = self._stamp_reader.rows(self._stamp_sql, {"patient": patient})
+        # On SQLite the rows are read again only once the database has changed (any commit, by
+        # any connection): ``PRAGMA data_version`` costs a tenth of the query.
+        rows = self._stamp_reader.rows_while_unchanged(
+            self._stamp_sql, {"patient": patient}, patient
+        )
         canonical = [key for key, is_canonical, _, _ in rows if is_canonical]
         aliases = sorted(key for key, is_canonical, _, _ in rows if not is_canonical)
         stamps = {key: f"{count}:{total}" for key, _, count, total in rows}

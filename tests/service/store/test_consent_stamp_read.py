@@ -177,3 +177,37 @@ def test_a_failing_stamp_read_raises_dbapi_error_without_the_patient_key(sqlite_
         assert "secret-7" not in str(raised.value)
     finally:
         opened.close()
+
+
+def test_on_sqlite_the_stamp_is_read_again_only_after_a_commit(
+    store: SqlStore, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: while no connection has committed anything, the stamp query is not run again
+    (``PRAGMA data_version`` says nothing changed); after any commit, even through another store
+    and of another patient, it is. PostgreSQL reads every time."""
+    store.put_records([consent(1)], audit=[], at=T0)
+    queries: list[str] = []
+    reader = store._stamp_reader
+    real_rows = reader.rows
+
+    def counted(statement: str, params: object) -> list[tuple[object, ...]]:
+        queries.append(statement)
+        return real_rows(statement, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reader, "rows", counted)
+    first = store.patient_consents_stamp("Patient/p1")
+    assert store.patient_consents_stamp("Patient/p1") == first
+    sqlite = database_url.startswith("sqlite")
+    assert len(queries) == (1 if sqlite else 2)
+    other = open_store(database_url)
+    try:
+        other.put_records([consent(2, patient="Patient/p2")], audit=[], at=at(1))
+        assert store.patient_consents_stamp("Patient/p1") == first  # p1 unchanged, read again
+        assert len(queries) == (2 if sqlite else 3)
+        other.put_records([consent(3)], audit=[], at=at(2))
+        second = store.patient_consents_stamp("Patient/p1")
+        assert second[1] != first[1]
+    finally:
+        other.close()
+    store.put_records([consent(4)], audit=[], at=at(3))  # this store's own write counts too
+    assert store.patient_consents_stamp("Patient/p1")[1] != second[1]
