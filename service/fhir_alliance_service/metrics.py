@@ -40,6 +40,7 @@ __all__ = [
     "SEND_LATENCY",
     "AuditPushDepthCollector",
     "QueueDepthCollector",
+    "decision_counter",
     "render_metrics",
     "request_latency",
     "serve_metrics",
@@ -93,6 +94,18 @@ def request_latency(route: str) -> Histogram:
     child = _LATENCY_BY_ROUTE.get(route)
     if child is None:
         child = _LATENCY_BY_ROUTE.setdefault(route, REQUEST_LATENCY.labels(route=route))
+    return child
+
+
+#: ``DECISIONS``'s child per outcome (three values), looked up once like the latency's.
+_DECISIONS_BY_OUTCOME: dict[str, Counter] = {}
+
+
+def decision_counter(outcome: str) -> Counter:
+    """The decision counter of one outcome (what ``DECISIONS.labels`` gives)."""
+    child = _DECISIONS_BY_OUTCOME.get(outcome)
+    if child is None:
+        child = _DECISIONS_BY_OUTCOME.setdefault(outcome, DECISIONS.labels(outcome=outcome))
     return child
 
 

@@ -27,7 +27,7 @@ from fhir_alliance.errors import InputError, Issue
 from fhir_alliance_service.api.body import json_body
 from fhir_alliance_service.app import current_service
 from fhir_alliance_service.auth import require_scope
-from fhir_alliance_service.metrics import DECISIONS
+from fhir_alliance_service.metrics import decision_counter
 from fhir_alliance_service.usecases.consents import engine_for_patient, patient_key
 
 __all__ = ["SERVICE_ID", "bp"]
@@ -116,7 +116,7 @@ def consult() -> Response:
             "invalid hook request", issues=[Issue(path="", message="expected a JSON object")]
         )
     decision = _decide(data)
-    DECISIONS.labels(outcome=decision.outcome.value).inc()
+    decision_counter(decision.outcome.value).inc()
     settings = current_service().settings
     card = card_response(
         decision, source_label=settings.cds_source_label, source_url=settings.cds_source_url
