@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from queue import SimpleQueue
 from typing import Any
 
 import orjson
@@ -160,19 +159,13 @@ class _WriterQueue:
 
     Holding the thread lock is holding this process's place: whoever has it either holds the
     ``flock`` or is waiting for it. A turn is given back exactly once, by the writer after its
-    transaction, or by the helper thread of a writer that gave up waiting. One helper thread
-    per queue, started on the first contended turn and kept, waits in ``flock`` for the writer
-    that holds the place (there is at most one such writer at a time); starting a thread for
-    each contended turn cost more than the rest of the turn."""
+    transaction, or by the helper thread of a writer that gave up waiting."""
 
     def __init__(self, lock_path: str) -> None:
         self._thread_lock = threading.Lock()
         self._lock_file = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._helper_requests: SimpleQueue[_FileLockWaiter | None] = SimpleQueue()
-        self._helper: threading.Thread | None = None
 
     def close(self) -> None:
-        self._helper_requests.put(None)  # the helper, if any, ends after its current wait
         os.close(self._lock_file)
 
     @contextmanager
@@ -198,12 +191,10 @@ class _WriterQueue:
         """Wait up to ``remaining`` seconds for the ``flock`` (the thread lock is held). False:
         given up; the thread lock then belongs to the helper, which hands the turn on."""
         waiter = _FileLockWaiter()
-        if self._helper is None:  # only the holder of the thread lock gets here: no race
-            self._helper = threading.Thread(
-                target=self._serve_waiters, name="sqlite-writer-turn", daemon=True
-            )
-            self._helper.start()
-        self._helper_requests.put(waiter)
+        helper = threading.Thread(
+            target=self._block_for_file_lock, args=(waiter,), name="sqlite-writer-turn", daemon=True
+        )
+        helper.start()
         waiter.done.wait(max(0.0, remaining))
         with waiter.guard:
             if not waiter.done.is_set():
@@ -213,10 +204,6 @@ class _WriterQueue:
             self._thread_lock.release()
             raise waiter.error
         return True
-
-    def _serve_waiters(self) -> None:
-        while (waiter := self._helper_requests.get()) is not None:
-            self._block_for_file_lock(waiter)
 
     def _block_for_file_lock(self, waiter: _FileLockWaiter) -> None:
         error: OSError | None = None
