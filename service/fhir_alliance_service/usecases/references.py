@@ -16,7 +16,7 @@ Messages never repeat the refused value.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from fhir_alliance.errors import Issue
@@ -73,23 +73,28 @@ def patient_issues(patient: Ref, path: str) -> list[Issue]:
     return issues
 
 
-def _references(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+def _at(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _collect_bad_references(value: Any, path: str, issues: list[Issue]) -> None:
+    """Depth-first, in document order: every ``reference`` string that is not a literal
+    reference. Only objects and arrays are descended into (and their paths written out)."""
     if isinstance(value, Mapping):
         for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
             if key == "reference" and isinstance(item, str):
-                yield where, item
-            else:
-                yield from _references(item, where)
+                if not valid_literal_reference(item):
+                    issues.append(Issue(path=_at(path, key), message=REFERENCE_MESSAGE))
+            elif isinstance(item, Mapping | list):
+                _collect_bad_references(item, _at(path, key), issues)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _references(item, f"{path}.{index}" if path else str(index))
+            if isinstance(item, Mapping | list):
+                _collect_bad_references(item, _at(path, index), issues)
 
 
 def reference_issues(payload: Mapping[str, Any], label: str) -> list[Issue]:
     """Every ``reference`` in ``payload`` (our JSON form) that is not a literal reference."""
-    return [
-        Issue(path=path, message=REFERENCE_MESSAGE)
-        for path, text in _references(payload, label)
-        if not valid_literal_reference(text)
-    ]
+    issues: list[Issue] = []
+    _collect_bad_references(payload, label, issues)
+    return issues

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 from fhir_alliance_service.usecases.references import (
+    REFERENCE_MESSAGE,
     identifier_issues,
     patient_issues,
     reference_issues,
     valid_literal_reference,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
+from fhir_alliance.errors import Issue
 from fhir_alliance.model.common import Identifier, Ref
 
 
@@ -72,3 +79,44 @@ def test_every_reference_in_a_payload_is_checked_with_its_path() -> None:
     assert [i.path for i in reference_issues(payload, "2")] == [
         "2.provision.actors.0.reference.reference"
     ]
+
+
+def _references_as_first_written(value: Any, path: str) -> list[tuple[str, str]]:
+    """Every ``reference`` string's path and text, the generator walk first written (document
+    order, depth first)."""
+    found: list[tuple[str, str]] = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "reference" and isinstance(item, str):
+                found.append((where, item))
+            else:
+                found += _references_as_first_written(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _references_as_first_written(item, f"{path}.{index}" if path else str(index))
+    return found
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(["Patient/1", "x y", "", "a|b"]),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(["reference", "patient", "a", "b"]), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["reference", "patient", "rater", "x"]), _JSON), st.text())
+def test_reference_issues_name_what_the_first_walk_found(
+    payload: dict[str, Any], label: str
+) -> None:
+    """The walk that only descends into objects and arrays reports exactly the bad references,
+    paths and order of the walk first written."""
+    expected = [
+        Issue(path=path, message=REFERENCE_MESSAGE)
+        for path, text in _references_as_first_written(payload, label)
+        if not valid_literal_reference(text)
+    ]
+    assert reference_issues(payload, label) == expected
