@@ -77,6 +77,11 @@ def _at(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+#: JSON's scalar types: nothing inside them to walk (checked by type first: ``isinstance`` against
+#: ``Mapping`` goes through the ABC machinery for every value).
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
 def _collect_bad_references(value: Any, path: str, issues: list[Issue]) -> None:
     """Depth-first, in document order: every ``reference`` string that is not a literal
     reference. Only objects and arrays are descended into (and their paths written out)."""
@@ -85,11 +90,11 @@ def _collect_bad_references(value: Any, path: str, issues: list[Issue]) -> None:
             if key == "reference" and isinstance(item, str):
                 if not valid_literal_reference(item):
                     issues.append(Issue(path=_at(path, key), message=REFERENCE_MESSAGE))
-            elif isinstance(item, Mapping | list):
+            elif type(item) not in _SCALARS:
                 _collect_bad_references(item, _at(path, key), issues)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            if isinstance(item, Mapping | list):
+            if type(item) not in _SCALARS:
                 _collect_bad_references(item, _at(path, index), issues)
 
 
