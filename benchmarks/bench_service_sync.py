@@ -13,7 +13,12 @@ emptied only if ``FHIR_ALLIANCE_BENCH_RESET_COMMAND`` names a shell command that
 restarts a disposable server on the same URL); without one, each phase finds the resources of the
 phases before it, which favours the earlier phases on a server that slows as it fills.
 
-    python benchmarks/bench_service_sync.py [--quick]
+With ``--rtt-ms N``, every phase reaches the server through ``latency_relay.py``, a relay in its
+own process that adds an N ms round trip per request (N / 2 each way): a clinic's service and its
+EHR's server are not on one machine, and on loopback a round trip costs nothing, which favours
+the baseline's one request per resource. The entry's name says the round trip.
+
+    python benchmarks/bench_service_sync.py [--quick] [--rtt-ms N]
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -46,6 +52,38 @@ INTAKE_BATCH = 500
 #: A shell command that empties the server named by FHIR_ALLIANCE_TEST_BASE_URL (run before each
 #: timed phase, then /metadata is awaited).
 RESET_COMMAND_ENV = "FHIR_ALLIANCE_BENCH_RESET_COMMAND"
+
+
+@contextmanager
+def latency_relay(base_url: str, rtt_ms: float) -> Iterator[str]:
+    """``base_url`` as reached through a relay adding ``rtt_ms`` per round trip (its own
+    process, stopped afterwards)."""
+    parts = urlsplit(base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if parts.scheme != "http":
+        raise SystemExit("--rtt-ms relays plain http only")
+    relay = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "latency_relay.py"),
+            "--target",
+            f"{parts.hostname}:{port}",
+            "--rtt-ms",
+            str(rtt_ms),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert relay.stdout is not None
+        line = relay.stdout.readline().split()
+        if len(line) != 2 or line[0] != "listening":
+            raise SystemExit("the latency relay did not start")
+        yield urlunsplit(parts._replace(netloc=f"127.0.0.1:{line[1]}"))
+    finally:
+        relay.kill()
+        relay.wait()
 
 
 @contextmanager
@@ -259,25 +297,22 @@ def server_ceiling(base_url: str, count: int, run: str) -> tuple[float, int]:
     return elapsed, len(requests)
 
 
-def measure(count: int) -> dict[str, Any]:
+def measure(count: int, rtt_ms: float = 0.0) -> dict[str, Any]:
     from fhir_alliance.client import FhirClient
 
-    with fhir_server() as (base_url, is_local), FhirClient(base_url) as admin:
-        _reset(admin, is_local)
+    with fhir_server() as (server_url, is_local), FhirClient(server_url) as admin:
+        _reset(admin, is_local)  # the admin's own calls go straight to the server
         software = _software(admin)
-        resets = is_local or bool(os.environ.get(RESET_COMMAND_ENV, "").strip())
-        ours(base_url, 50, f"warm-{uuid.uuid4().hex[:8]}")  # server JIT, imports, connections
-        one_by_one(base_url, 20, f"warm-{uuid.uuid4().hex[:8]}")
-        _reset(admin, is_local)
-        base_seconds, base_sent = one_by_one(base_url, count, uuid.uuid4().hex[:8])
-        _reset(admin, is_local)
-        our_seconds, intake_seconds, our_sent = ours(base_url, count, uuid.uuid4().hex[:8])
-        _reset(admin, is_local)
-        ceiling_seconds, _ = server_ceiling(base_url, count, uuid.uuid4().hex[:8])
-        _reset(admin, is_local)
+        with latency_relay(server_url, rtt_ms) if rtt_ms else nullcontext(server_url) as base_url:
+            phases = _phases(admin, base_url, is_local, count)
+    base_seconds, our_seconds, intake_seconds, our_sent, base_sent, ceiling_seconds = phases
+    resets = is_local or bool(os.environ.get(RESET_COMMAND_ENV, "").strip())
     records = count + _patients(count)
-    # Results are merged by name: another server's figures get an entry of their own.
+    # Results are merged by name: another server's figures, or another round trip, get an entry
+    # of their own.
     server = "" if is_local else f" [{software}]"
+    if rtt_ms:
+        server += f" [round trip +{rtt_ms:g} ms]"
     return harness.entry(
         "service sync end to end: SRS records + consents, intake -> worker -> FHIR server "
         f"vs map + one POST per resource{server}",
@@ -300,19 +335,42 @@ def measure(count: int) -> dict[str, Any]:
         worker_of_ceiling=round(ceiling_seconds / (our_seconds - intake_seconds), 2),
         server=software,
         server_reset_between_phases=resets,
+        added_round_trip_ms=rtt_ms,
     )
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
+def _phases(
+    admin: Any, base_url: str, is_local: bool, count: int
+) -> tuple[float, float, float, int, int, float]:
+    """Warm up, then the baseline, ours and the ceiling, each from a reset server."""
+    ours(base_url, 50, f"warm-{uuid.uuid4().hex[:8]}")  # server JIT, imports, connections
+    one_by_one(base_url, 20, f"warm-{uuid.uuid4().hex[:8]}")
+    _reset(admin, is_local)
+    base_seconds, base_sent = one_by_one(base_url, count, uuid.uuid4().hex[:8])
+    _reset(admin, is_local)
+    our_seconds, intake_seconds, our_sent = ours(base_url, count, uuid.uuid4().hex[:8])
+    _reset(admin, is_local)
+    ceiling_seconds, _ = server_ceiling(base_url, count, uuid.uuid4().hex[:8])
+    _reset(admin, is_local)
+    return base_seconds, our_seconds, intake_seconds, our_sent, base_sent, ceiling_seconds
+
+
+def run(quick: bool = False, rtt_ms: float = 0.0) -> list[dict[str, Any]]:
     """Bench-runner contract: one entry per measurement."""
-    return [measure(300 if quick else 2000)]
+    return [measure(300 if quick else 2000, rtt_ms)]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 records instead of 2,000")
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=0.0,
+        help="reach the server through a relay adding this round trip per request (ms)",
+    )
     args = parser.parse_args()
-    entries = run(quick=args.quick)
+    entries = run(quick=args.quick, rtt_ms=args.rtt_ms)
     harness.print_entries(entries)
     return 0 if all(e["ratio"] >= e["target_ratio"] for e in entries) else 1
 
