@@ -13,6 +13,7 @@ when ``worker_metrics_bind`` is set (a separate scrape target per worker process
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -84,28 +85,29 @@ REQUEST_LATENCY = Histogram(
 )
 
 
-#: ``REQUEST_LATENCY``'s child per route rule, looked up once (``labels()`` checks and locks on
-#: every call). Bounded: the app's URL rules and ``<unmatched>``.
-_LATENCY_BY_ROUTE: dict[str, Histogram] = {}
+#: Each labelled metric's children, looked up once (``labels()`` checks and locks on every call).
+#: Bounded: the app's URL rules and ``<unmatched>``; the three decision outcomes.
+_CHILDREN: dict[tuple[str, str], Any] = {}
+
+
+def _child(metric: Any, value: str) -> Any:
+    """``metric.labels(value)``, remembered."""
+    key = (metric._name, value)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN.setdefault(key, metric.labels(value))
+    return child
 
 
 def request_latency(route: str) -> Histogram:
     """The request latency histogram of one route rule (what ``REQUEST_LATENCY.labels`` gives)."""
-    child = _LATENCY_BY_ROUTE.get(route)
-    if child is None:
-        child = _LATENCY_BY_ROUTE.setdefault(route, REQUEST_LATENCY.labels(route=route))
+    child: Histogram = _child(REQUEST_LATENCY, route)
     return child
-
-
-#: ``DECISIONS``'s child per outcome (three values), looked up once like the latency's.
-_DECISIONS_BY_OUTCOME: dict[str, Counter] = {}
 
 
 def decision_counter(outcome: str) -> Counter:
     """The decision counter of one outcome (what ``DECISIONS.labels`` gives)."""
-    child = _DECISIONS_BY_OUTCOME.get(outcome)
-    if child is None:
-        child = _DECISIONS_BY_OUTCOME.setdefault(outcome, DECISIONS.labels(outcome=outcome))
+    child: Counter = _child(DECISIONS, outcome)
     return child
 
 

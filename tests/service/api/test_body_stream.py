@@ -51,22 +51,6 @@ def test_a_body_read_directly_is_stored(
     assert len(store.list_records()) == 1
 
 
-def test_a_body_over_the_limit_without_a_length_is_413(
-    app: Flask, client: FlaskClient, store: Store, auth_headers: dict[str, dict[str, str]]
-) -> None:
-    """No Content-Length (chunked): reading stops with 413 once past ``max_body_bytes``."""
-    limit = app.extensions["fhir_alliance"].settings.max_body_bytes
-    body = json.dumps({**SRS, "padding": "x" * limit}).encode()
-    response = client.post(
-        RECORDS,
-        input_stream=io.BytesIO(body),
-        headers={**auth_headers["write"], "Content-Type": "application/json"},
-        environ_overrides=CHUNKED,
-    )
-    _outcome(response, 413)
-    _nothing_stored(store)
-
-
 def test_a_length_over_the_limit_is_413_unread(
     app: Flask, client: FlaskClient, store: Store, auth_headers: dict[str, dict[str, str]]
 ) -> None:
