@@ -148,6 +148,7 @@ def _status_json(status: SyncStatus | None) -> dict[str, Any] | None:
         "version": status.record_version,
         "state": status.state,
         "attempts": status.attempts,
+        "lost_leases": status.lost_leases,
         "held_reason": status.held_reason if status.state is SyncState.HELD else None,
         "next_attempt_at": status.next_attempt_at if status.state is SyncState.FAILED else None,
         "outcome": dict(status.last_outcome) if failed and status.last_outcome else None,

@@ -133,7 +133,17 @@ class SyncStatusSchema(Schema):
     id = fields.String(required=True)
     version = fields.Integer(required=True, metadata={"description": "the record version synced"})
     state = fields.Enum(SyncState, by_value=True, required=True)
-    attempts = fields.Integer(required=True)
+    attempts = fields.Integer(
+        required=True, metadata={"description": "failed sends (transient failures) so far"}
+    )
+    lost_leases = fields.Integer(
+        required=True,
+        metadata={
+            "description": "workers that stopped on this item without a result (crashed, hung, "
+            "or lost the database) since its last result; at max_attempts in a row the item is "
+            "dead-lettered as a poison record"
+        },
+    )
     held_reason = fields.String(allow_none=True)
     next_attempt_at = fields.DateTime(allow_none=True)
     outcome = fields.Dict(

@@ -68,6 +68,23 @@ def test_sent_with_server_ids_and_versions(
     ]
 
 
+def test_lost_leases_of_workers_that_stopped_on_the_item(
+    client: FlaskClient, auth_headers: Headers, store: Store
+) -> None:
+    """A queued item whose workers stopped without a result says how many did (a poison record
+    shows before it is dead-lettered); its next result sets the count back to 0."""
+    record_id, _ = _claimed(client, auth_headers, store)  # leased by w1 for 60 s
+    assert _status(client, auth_headers, record_id)["lost_leases"] == 0
+    for n, minutes in enumerate((2, 4), start=2):  # w1's lease, then w2's, expire unanswered
+        [item] = store.claim(
+            f"w{n}", limit=1, lease_seconds=60, now=NOW + timedelta(minutes=minutes)
+        )
+    body = _status(client, auth_headers, record_id)
+    assert (body["state"], body["attempts"], body["lost_leases"]) == ("queued", 0, 2)
+    store.mark_held(item.item_id, "w3", reason="no consent permits TREAT", audit=[], at=NOW)
+    assert _status(client, auth_headers, record_id)["lost_leases"] == 0
+
+
 def test_failed_with_the_next_attempt(
     client: FlaskClient, auth_headers: Headers, store: Store
 ) -> None:
