@@ -174,23 +174,26 @@ def stream_ndjson_to_file(
 ) -> bool | None:
     """:func:`stream_ndjson` written to the regular file ``target`` without copying the spool:
     the pass spools into a temporary file in ``target``'s own directory, which then replaces
-    ``target`` (``os.replace``: atomic; ``target`` keeps its permission bits). Folded records'
-    lines are spliced into a second temporary file there first. Returns ``True`` once written;
-    ``False`` when the input needs the in-memory path; ``None`` when ``target`` is not a regular
-    file with one link or no temporary file can be made beside it (the caller copies as before). Nothing is
-    written to ``target`` and no temporary file is left behind unless it returns ``True``."""
+    ``target`` (``os.replace``: atomic; ``target`` keeps its permission bits and its owner and
+    group). Folded records' lines are spliced into a second temporary file there first. Returns
+    ``True`` once written; ``False`` when the input needs the in-memory path; ``None`` when
+    ``target`` is not a regular file with one link, belongs to an owner or group this process
+    cannot give a new file, or no temporary file can be made beside it (the caller then writes
+    into ``target`` itself, as before). Nothing is written to ``target`` and no temporary file is
+    left behind unless it returns ``True``."""
     try:
         existing = os.lstat(target)
     except FileNotFoundError:
-        mode = None
+        mode = owner = None
     except OSError:
         return None
     else:
         if not stat.S_ISREG(existing.st_mode) or existing.st_nlink > 1:
             return None  # a symlink, a device, a pipe, a hard link: written through, as before
         mode = stat.S_IMODE(existing.st_mode)
+        owner = (existing.st_uid, existing.st_gid)
     try:
-        body_path, spool = _temporary_beside(target, mode)
+        body_path, spool = _temporary_beside(target, mode, owner)
     except OSError:
         return None
     made = [body_path]
@@ -204,7 +207,7 @@ def stream_ndjson_to_file(
                 return False
             if any(spliced is not None for _, spliced in places):
                 # Each folded record's lines go at its place: the output is a copy after all.
-                spliced_path, output = _temporary_beside(target, mode)
+                spliced_path, output = _temporary_beside(target, mode, owner)
                 made.append(spliced_path)
                 with output:
                     spool.flush()
@@ -222,9 +225,13 @@ def stream_ndjson_to_file(
         raise
 
 
-def _temporary_beside(target: str, mode: int | None) -> tuple[str, IO[bytes]]:
+def _temporary_beside(
+    target: str, mode: int | None, owner: tuple[int, int] | None = None
+) -> tuple[str, IO[bytes]]:
     """A new, empty, hidden file in ``target``'s directory, opened for writing: ``mode``'s
-    permission bits, or (``None``) those a new file gets under the umask."""
+    permission bits, or (``None``) those a new file gets under the umask; ``owner``'s user and
+    group, where they differ from a new file's (``PermissionError`` where this process may not
+    give them: the file is then removed)."""
     directory, name = os.path.split(os.path.abspath(target))
     for _ in range(100):
         path = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
@@ -233,6 +240,10 @@ def _temporary_beside(target: str, mode: int | None) -> tuple[str, IO[bytes]]:
         except FileExistsError:
             continue
         try:
+            if owner is not None:
+                made = os.fstat(fd)
+                if (made.st_uid, made.st_gid) != owner:
+                    os.fchown(fd, *owner)  # before the mode: chown may clear set-id bits
             if mode is not None:
                 os.fchmod(fd, mode)
             return path, open(fd, "w+b", buffering=_CHUNK)

@@ -177,6 +177,57 @@ def test_output_file_is_replaced_whole_and_no_temporary_file_stays(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ndjson", "out.ndjson"]
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="giving a file another user's ownership needs root",
+)
+def test_output_file_of_another_user_keeps_its_owner_and_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``-o`` run by root over a file that belongs to someone else (a clinic user's export,
+    refreshed by a root cron job): the new file keeps that owner, group and mode."""
+    source = _write_lines(tmp_path / "in.ndjson", _observations())
+    target = tmp_path / "out.ndjson"
+    target.write_bytes(b"old\n")
+    os.chown(target, 12345, 23456)
+    target.chmod(0o640)
+    code, _, err = _run(capsys, str(source), "--ndjson", "-o", str(target))
+    assert code == 0, err
+    found = target.stat()
+    assert (found.st_uid, found.st_gid, found.st_mode & 0o777) == (12345, 23456, 0o640)
+    assert target.read_bytes() == _in_memory_ndjson(source, "4.0.1")
+
+
+def test_output_file_whose_owner_cannot_be_given_is_written_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where this process may not give a new file the output file's owner (chown refused), the
+    output is written into the existing file instead, which keeps its owner; no temporary file
+    stays behind."""
+    source = _write_lines(tmp_path / "in.ndjson", _observations())
+    target = tmp_path / "out.ndjson"
+    target.write_bytes(b"old contents\n" * 100)
+    before = target.stat()
+    os_stat = os.fstat
+
+    def other_owner(fd: int) -> os.stat_result:  # a new file would not get the target's owner
+        made = os_stat(fd)
+        fields = list(made)
+        fields[4] = before.st_uid + 1
+        return os.stat_result(fields)
+
+    def refused(fd: int, uid: int, gid: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(streaming.os, "fstat", other_owner)
+    monkeypatch.setattr(streaming.os, "fchown", refused)
+    code, _, err = _run(capsys, str(source), "--ndjson", "-o", str(target))
+    assert code == 0, err
+    assert target.read_bytes() == _in_memory_ndjson(source, "4.0.1")
+    assert target.stat().st_ino == before.st_ino  # the same file, written through
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ndjson", "out.ndjson"]
+
+
 def test_new_output_file_gets_the_umask_permissions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
