@@ -167,8 +167,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="600 requests instead of 6,000")
+    harness.add_gunicorn_options(parser)
     args = parser.parse_args()
-    entries = run(quick=args.quick)
+    shown = harness.use_gunicorn_options(args)
+    entries = [{**entry, **shown} for entry in run(quick=args.quick)]
     harness.print_entries(entries)
     return 0 if all(e["ours"] >= e["target_abs"] for e in entries) else 1
 

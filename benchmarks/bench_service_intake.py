@@ -87,8 +87,10 @@ def main() -> int:
         metavar="URL",
         help="store in a fresh schema of this PostgreSQL database (dropped afterwards)",
     )
+    harness.add_gunicorn_options(parser)
     args = parser.parse_args()
-    entries = [measure(400 if args.quick else 4000, args.postgres)]
+    shown = harness.use_gunicorn_options(args)
+    entries = [{**measure(400 if args.quick else 4000, args.postgres), **shown}]
     harness.print_entries(entries)
     return 0 if all(e["ratio"] >= e["target_ratio"] for e in entries) else 1
 

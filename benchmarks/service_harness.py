@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 #: gunicorn worker processes for both the service and its baseline (the machine has 2 cores).
 WEB_WORKERS = 2
+#: Threads per worker process for both (None: the service's default, ``web_threads``).
+WEB_THREADS: int | None = None
 #: Client threads driving a server; each has its own keep-alive ``http.client`` connection.
 CLIENT_THREADS = 4
 STARTUP_TIMEOUT = 60.0
@@ -189,6 +191,7 @@ def service(
                     f"127.0.0.1:{port}",
                     "--workers",
                     str(WEB_WORKERS),
+                    *(["--threads", str(WEB_THREADS)] if WEB_THREADS is not None else []),
                 ],
                 env=service_env(database_url, **settings),
                 stdout=out,
@@ -225,7 +228,10 @@ def bare_app():
 
     return app
 
-options = gunicorn_options(load_settings(), bind=sys.argv[1], workers=int(sys.argv[2]))
+threads = int(sys.argv[3]) if sys.argv[3:] else None
+options = gunicorn_options(
+    load_settings(), bind=sys.argv[1], workers=int(sys.argv[2]), threads=threads
+)
 ServiceApplication(bare_app, options).run()
 """
 
@@ -238,7 +244,14 @@ def bare_flask() -> Iterator[RunningServer]:
         log = Path(tmp) / "bare.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-c", _BARE_SERVER, f"127.0.0.1:{port}", str(WEB_WORKERS)],
+                [
+                    sys.executable,
+                    "-c",
+                    _BARE_SERVER,
+                    f"127.0.0.1:{port}",
+                    str(WEB_WORKERS),
+                    *([str(WEB_THREADS)] if WEB_THREADS is not None else []),
+                ],
                 env=service_env(f"sqlite:///{Path(tmp) / 'unused.db'}"),
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -342,6 +355,23 @@ def drive(
         server_cpu_seconds=server_cpu,
         client_cpu_seconds=client_cpu,
     )
+
+
+def add_gunicorn_options(parser: Any) -> None:
+    """``--workers`` and ``--threads`` for a benchmark's command line (both servers get them)."""
+    parser.add_argument(
+        "--workers", type=int, default=WEB_WORKERS, help=f"gunicorn workers (default {WEB_WORKERS})"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="threads per worker (default: the service's web_threads)"
+    )
+
+
+def use_gunicorn_options(args: Any) -> dict[str, int | None]:
+    """Apply ``--workers``/``--threads`` to both servers; what to print beside the figures."""
+    global WEB_WORKERS, WEB_THREADS
+    WEB_WORKERS, WEB_THREADS = args.workers, args.threads
+    return {"web_workers": WEB_WORKERS, "web_threads": WEB_THREADS}
 
 
 def cpu_figures(ours: LoadResult, baseline: LoadResult) -> dict[str, float]:

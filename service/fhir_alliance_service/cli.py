@@ -54,6 +54,11 @@ def register(subparsers: Any) -> None:
     serve.add_argument(
         "--workers", type=int, help="gunicorn worker processes (default: FHIR_ALLIANCE_WEB_WORKERS)"
     )
+    serve.add_argument(
+        "--threads",
+        type=int,
+        help="threads per worker process (default: FHIR_ALLIANCE_WEB_THREADS)",
+    )
     serve.set_defaults(handler=_guarded(_serve))
 
     worker = subparsers.add_parser(
@@ -278,7 +283,10 @@ def _serve(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else settings.web_workers
     if workers < 1:
         raise _StopCommand("--workers must be at least 1")
-    return serve(settings, bind=bind, workers=workers)
+    threads = args.threads if args.threads is not None else settings.web_threads
+    if threads < 1:
+        raise _StopCommand("--threads must be at least 1")
+    return serve(settings, bind=bind, workers=workers, threads=threads)
 
 
 # -- worker and sync-once -------------------------------------------------------------------------

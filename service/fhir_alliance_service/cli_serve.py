@@ -1,7 +1,8 @@
 """``fhir-alliance serve``: the Flask app under gunicorn (never the development server), embedded
 through ``gunicorn.app.base.BaseApplication`` so that gunicorn reads no command line and no config
 file of its own: bind and workers come from the settings (or ``--bind`` / ``--workers``); each
-worker process runs ``THREADS_PER_WORKER`` threads (gunicorn's ``gthread`` worker, keep-alive).
+worker process runs ``threads`` threads (gunicorn's ``gthread`` worker, keep-alive; the setting
+``web_threads`` by default).
 
 Each gunicorn worker process builds its own app with ``create_app(settings)`` after the fork, so
 no database connection is shared between processes. The access log is off: request paths may
@@ -23,21 +24,22 @@ __all__ = ["ServiceApplication", "gunicorn_options", "serve"]
 
 #: Settings only newer gunicorn releases know; skipped on older ones.
 _NEWER_SETTINGS = frozenset({"control_socket_disable"})
-#: Threads per gunicorn worker process (``gthread`` workers; the app and store are thread-safe).
-THREADS_PER_WORKER = 4
 #: gunicorn's graceful timeout: how long a worker may finish its requests after SIGTERM.
 GRACEFUL_TIMEOUT_SECONDS = 20
 
 
-def gunicorn_options(settings: Settings, *, bind: str, workers: int) -> dict[str, Any]:
-    """The gunicorn settings ``serve`` uses (the benchmarks run their baseline with the same)."""
+def gunicorn_options(
+    settings: Settings, *, bind: str, workers: int, threads: int | None = None
+) -> dict[str, Any]:
+    """The gunicorn settings ``serve`` uses (the benchmarks run their baseline with the same):
+    ``threads`` per worker process, ``settings.web_threads`` when not given."""
     return {
         "bind": [bind],
         "workers": workers,
         # Threaded workers keep client connections alive and overlap SQLite commits with request
         # parsing: 3x the intake rate of sync workers (benchmarks/bench_service_intake.py).
         "worker_class": "gthread",
-        "threads": THREADS_PER_WORKER,
+        "threads": settings.web_threads if threads is None else threads,
         "loglevel": settings.log_level.lower(),
         "accesslog": None,
         "errorlog": "-",
@@ -69,7 +71,7 @@ class ServiceApplication(BaseApplication):
         return app
 
 
-def serve(settings: Settings, *, bind: str, workers: int) -> int:
+def serve(settings: Settings, *, bind: str, workers: int, threads: int | None = None) -> int:
     """Run gunicorn in the foreground until it is stopped (SIGTERM / SIGINT: graceful)."""
 
     def service_app() -> Flask:
@@ -79,5 +81,6 @@ def serve(settings: Settings, *, bind: str, workers: int) -> int:
         configure_logging(settings.log_level)
         return create_app(settings)
 
-    ServiceApplication(service_app, gunicorn_options(settings, bind=bind, workers=workers)).run()
+    options = gunicorn_options(settings, bind=bind, workers=workers, threads=threads)
+    ServiceApplication(service_app, options).run()
     return 0

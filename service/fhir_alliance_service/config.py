@@ -103,6 +103,8 @@ class Settings:
     # -- serve ---------------------------------------------------------------------------------
     bind: str = "127.0.0.1:8080"
     web_workers: int = 2
+    #: Threads per gunicorn worker process (``gthread``): requests one process serves at once.
+    web_threads: int = 4
     log_level: str = "INFO"
 
     def __repr__(self) -> str:
@@ -350,6 +352,7 @@ _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "bind": _bind,
     "worker_metrics_bind": _optional_host_port,
     "web_workers": _positive_int,
+    "web_threads": _positive_int,
     "log_level": _log_level,
 }
 

@@ -360,11 +360,21 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
 def test_serve_runs_gunicorn_that_answers_healthz_and_stops_on_sigterm(
     database: str, tmp_path: Path
 ) -> None:
-    """`serve --bind … --workers 1` starts gunicorn; /healthz answers 200; SIGTERM ends it."""
+    """`serve --bind … --workers 1 --threads 2` starts gunicorn; /healthz answers 200; SIGTERM
+    ends it."""
     port = _free_port()
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
-        [str(FHIR_ALLIANCE_BIN), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        [
+            str(FHIR_ALLIANCE_BIN),
+            "serve",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--threads",
+            "2",
+        ],
         env=_service_env(database),
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -407,6 +417,23 @@ def test_serve_refuses_zero_workers(database: str, capsys: pytest.CaptureFixture
     """`serve --workers 0` stops before gunicorn starts, with one line."""
     assert main(["serve", "--workers", "0"]) == 2
     assert capsys.readouterr().err == "error: --workers must be at least 1\n"
+
+
+def test_serve_refuses_zero_threads(database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve --threads 0` stops before gunicorn starts, with one line."""
+    assert main(["serve", "--threads", "0"]) == 2
+    assert capsys.readouterr().err == "error: --threads must be at least 1\n"
+
+
+def test_gunicorn_threads_come_from_the_option_else_the_setting() -> None:
+    """`serve --threads N` sets gunicorn's threads per worker; without it, web_threads does."""
+    from fhir_alliance_service.cli_serve import gunicorn_options
+    from fhir_alliance_service.config import Settings
+
+    settings = Settings(web_threads=3)
+    assert gunicorn_options(settings, bind="127.0.0.1:1", workers=2)["threads"] == 3
+    options = gunicorn_options(settings, bind="127.0.0.1:1", workers=2, threads=1)
+    assert (options["threads"], options["workers"], options["worker_class"]) == (1, 2, "gthread")
 
 
 def test_worker_without_a_fhir_server_setting_refuses_to_start(

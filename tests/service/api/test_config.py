@@ -26,9 +26,11 @@ def test_environment_values_are_coerced() -> None:
             f"{PREFIX}RECIPIENTS": "Organization/a, urn:oid:1.2|x",
             f"{PREFIX}LOG_LEVEL": "debug",
             f"{PREFIX}API_KEY_CACHE_SECONDS": "0",
+            f"{PREFIX}WEB_THREADS": "2",
         }
     )
     assert settings.api_key_cache_seconds == 0
+    assert settings.web_threads == 2
     assert settings.fhir_base_url == "https://ehr.example/fhir"
     assert settings.worker_batch_size == 25
     assert settings.lease_seconds == 12.5
@@ -57,6 +59,7 @@ def test_precedence_file_then_environment_then_overrides(tmp_path: Path) -> None
     [
         ({"WORKER_BATCH_SIZE": "ten"}, "FHIR_ALLIANCE_WORKER_BATCH_SIZE"),
         ({"WORKER_BATCH_SIZE": "0"}, "FHIR_ALLIANCE_WORKER_BATCH_SIZE"),
+        ({"WEB_THREADS": "0"}, "FHIR_ALLIANCE_WEB_THREADS"),
         ({"LEASE_SECONDS": "-1"}, "FHIR_ALLIANCE_LEASE_SECONDS"),
         ({"LEASE_SECONDS": "nan"}, "FHIR_ALLIANCE_LEASE_SECONDS"),
         ({"API_KEY_CACHE_SECONDS": "-1"}, "FHIR_ALLIANCE_API_KEY_CACHE_SECONDS"),
