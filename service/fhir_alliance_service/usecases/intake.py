@@ -189,6 +189,19 @@ def _history_kept(stored: StoredRecord, record: ConsentRecord, label: str) -> li
 #: How often intake starts again when a concurrent request created the same record first.
 MAX_INTAKE_ATTEMPTS = 10
 
+#: Why a new version naming another patient than the stored record is refused: the copy already
+#: sent for the first patient would stay on the FHIR server, no longer tracked (privacy).
+PATIENT_CHANGE_REFUSED = (
+    "a record's patient cannot change: this id already belongs to a record of another patient. "
+    "Correct that record under its own patient (a new version with status amended), or mark it "
+    "entered-in-error under its own patient and post this one under a new identifier"
+)
+
+
+def _same_patient(store: Store, stored: str, new: str) -> bool:
+    """``stored`` and ``new`` are keys of one patient: equal, or linked as aliases."""
+    return stored == new or stored in store.patient_keys(new)
+
 
 def intake_records(
     store: Store,
@@ -285,6 +298,9 @@ def _intake_once(
         stored = stored_of.get(new.record_id)
         if stored is not None and (stored.kind, stored.family) != (new.kind, new.family):
             issues.append(Issue(_at(label, "id"), "this id belongs to a record of another kind"))
+            continue
+        if stored is not None and not _same_patient(store, stored.patient, new.patient):
+            issues.append(Issue(_at(label, "patient"), PATIENT_CHANGE_REFUSED))
             continue
         if stored is not None and family == FAMILY_CONSENT:
             issues += _history_kept(stored, record, label)
