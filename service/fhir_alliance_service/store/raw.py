@@ -12,7 +12,9 @@ autocommit mode, and runs plain SQL text on it:
 * a read outside a transaction is its own read transaction, a fresh snapshot of everything
   committed before it by any process;
 * statements are kept prepared by the drivers (sqlite3's statement cache, psycopg's automatic
-  prepare), since each statement's text is built once per shape;
+  prepare), since each statement's text is built once per shape; a PostgreSQL connection whose
+  transaction failed is closed and replaced, since psycopg's cache of prepared statements may
+  then name statements the server never prepared;
 * values are converted with the very bind and result processors SQLAlchemy would use for the
   columns of ``tables.py`` (UTC datetimes, JSON through the engine's serialiser, booleans), so a
   row written here reads back the same through SQLAlchemy, and the other way round.
@@ -112,6 +114,15 @@ class ThreadConnections:
         if owned is not None:
             owned.close()
 
+    def _drop_connection(self, connection: Any) -> None:
+        """Close ``connection``, and forget it if it is still this thread's."""
+        owned: OwnedConnection | None = getattr(self._local, "owned", None)
+        if owned is not None and owned.connection is connection:
+            self._drop()
+        else:
+            with suppress(Exception):
+                connection.close()
+
     def close(self) -> None:
         """Close every thread's connection (for ``SqlStore.close``)."""
         with self._lock:
@@ -185,7 +196,17 @@ class RawSql(ThreadConnections):
         # BEGIN alone (so a dead connection is replaced before anything is sent), then the
         # statements and the COMMIT in pipeline mode: psycopg sends them without waiting for each
         # answer, and syncs only where rows are read and at the end. An error of any of them is
-        # raised at the next sync; the transaction is then rolled back whole.
+        # raised at the next sync (the first one: a lost race is the IntegrityError of its
+        # INSERT); the server skips everything queued after it, the COMMIT included.
+        #
+        # The connection is then closed (the server rolls the transaction back) and the thread's
+        # next transaction opens a new one. It must not be used again: psycopg prepares a
+        # statement on its sixth execution, and marks a statement prepared inside the pipeline
+        # as such when it is queued, not when the server has parsed it; a statement queued after
+        # the error is skipped, yet psycopg's cache keeps its name, so each later use of that
+        # statement (the intake's retry included) failed with ``prepared statement "_pg3_…" does
+        # not exist`` (ProgrammingError, not IntegrityError) until the process restarted. A new
+        # connection costs a few milliseconds, on failed transactions only.
         connection = self._begin_postgresql()
         try:
             try:
@@ -195,13 +216,7 @@ class RawSql(ThreadConnections):
             except self._dbapi_error as error:
                 raise self._wrapped("COMMIT", error) from error
         except BaseException:
-            try:
-                if not connection.closed:
-                    connection.execute("ROLLBACK")
-            except self._dbapi_error:
-                self._drop()
-            if connection.broken:
-                self._drop()
+            self._drop_connection(connection)
             raise
 
     def _run(
