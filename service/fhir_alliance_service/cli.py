@@ -305,11 +305,15 @@ def _worker(args: argparse.Namespace) -> int:
     from fhir_alliance_service.sync.worker import Worker
 
     stop = threading.Event()
-    with _opened_store(settings) as store, _stop_on_signals(stop):
+    with _stop_on_signals(stop), _opened_store_once_unlocked(settings, stop) as store:
+        if store is None:  # stopped while the database was locked
+            _close(client)
+            return 0
         two_way = None if args.no_pull else TwoWaySync(settings, store, client).tick
         worker = Worker(settings, store, client, worker_id=args.name, between_batches=two_way)
-        stop_metrics = _publish_metrics(settings, store)
+        stop_metrics = _no_metrics
         try:
+            stop_metrics = _publish_metrics(settings, store)
             worker.run_forever(stop)
         finally:
             stop_metrics()
@@ -317,13 +321,61 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_metrics() -> None:
+    return None
+
+
+@contextmanager
+def _opened_store_once_unlocked(
+    settings: Settings, stop: threading.Event
+) -> Iterator[Store | None]:
+    """:func:`_opened_store` for the worker: a SQLite database locked by another program (its
+    schema check cannot begin) is waited out, logged and tried again every
+    ``poll_interval_seconds``, like an outage once running; None if ``stop`` is set meanwhile."""
+    import logging
+
+    from sqlalchemy.exc import OperationalError
+
+    from fhir_alliance_service.store import open_store
+    from fhir_alliance_service.store.engine import is_sqlite_locked
+
+    while True:
+        try:
+            _require_migrated(settings)
+            store = open_store(
+                settings.database_url, write_wait_seconds=settings.sqlite_write_wait_seconds
+            )
+            break
+        except OperationalError as exc:
+            if not is_sqlite_locked(exc):
+                raise
+            logging.getLogger("fhir_alliance_service.sync").warning(
+                "database is locked by another program: waiting to start"
+            )
+            if stop.wait(settings.poll_interval_seconds):
+                yield None
+                return
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def _publish_metrics(settings: Settings, store: Store) -> Callable[[], None]:
     """Serve this worker's metrics at ``worker_metrics_bind`` (if set); returns the stopper."""
     if settings.worker_metrics_bind is None:
-        return lambda: None
+        return _no_metrics
     from fhir_alliance_service.metrics import serve_metrics
 
-    return serve_metrics(settings.worker_metrics_bind, store)
+    bind = settings.worker_metrics_bind
+    try:
+        return serve_metrics(bind, store)
+    except OSError as exc:  # in use (another worker's port), or an address not of this host
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise _StopCommand(
+            f"FHIR_ALLIANCE_WORKER_METRICS_BIND: cannot listen on {bind}: {reason} "
+            "(each worker process needs its own address)"
+        ) from None
 
 
 @contextmanager

@@ -308,8 +308,11 @@ def _optional_host_port(value: Any) -> str | None:
     if text is None:
         return None
     if text.startswith("unix:"):
-        raise _Invalid("expected host:port")
-    return _bind(text)
+        raise _Invalid(f"expected host:port (a TCP address, not unix:PATH), got {text!r}")
+    try:
+        return _bind(text)
+    except _Invalid:
+        raise _Invalid(f"expected host:port with a port from 1 to 65535, got {text!r}") from None
 
 
 _COERCE: Final[dict[str, Callable[[Any], Any]]] = {

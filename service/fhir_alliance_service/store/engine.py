@@ -12,7 +12,11 @@
   (migrations, the ``sqlite3`` shell). The wait for a turn is bounded (``write_wait_seconds`` of
   :func:`make_engine`, the setting ``sqlite_write_wait_seconds``): past it the write raises
   :class:`WriterTurnTimeout` before its transaction begins, so nothing is half-written, and the
-  caller answers 503 with ``Retry-After`` (intake) or tries again later (the worker). A blocked
+  caller answers 503 with ``Retry-After`` (intake) or tries again later (the worker). The same
+  bound covers a lock held outside the store's writers (the ``sqlite3`` shell, a backup, another
+  program): within a turn, ``BEGIN IMMEDIATE`` waits in SQLite's busy handler only for what is
+  left of the write wait, and a "database is locked" of the transaction (at ``BEGIN IMMEDIATE``,
+  a statement or ``COMMIT``) ends it rolled back as :class:`WriterTurnTimeout`. A blocked
   ``flock`` cannot be interrupted, so a contended one is waited for on a helper thread; a writer
   that gives up leaves the helper to hand the turn on as soon as it gets it.
 * PostgreSQL through psycopg 3: ``postgresql://`` URLs are normalised to ``postgresql+psycopg://``;
@@ -25,6 +29,7 @@ SQL logs (``hide_parameters``).
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +39,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 
 try:
     import fcntl
@@ -46,6 +52,7 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "WriterTurnTimeout",
     "connect_raw_autocommit",
+    "is_sqlite_locked",
     "make_engine",
     "normalise_url",
     "writer_turn",
@@ -65,6 +72,18 @@ _WRITE_WAIT = "fhir_alliance_write_wait_seconds"
 class WriterTurnTimeout(TimeoutError):
     """A write waited longer than its bound for its turn among the SQLite file's writers. It
     never began, so nothing of it was written; trying again later is safe."""
+
+
+def is_sqlite_locked(error: BaseException) -> bool:
+    """``error`` is SQLite's "database is locked" (``SQLITE_BUSY``): another connection held the
+    lock past the busy timeout. Nothing is wrong with the data; the same work can be tried again."""
+    cause: BaseException | None = error.orig if isinstance(error, DBAPIError) else error
+    if not isinstance(cause, sqlite3.OperationalError):
+        return False
+    code = getattr(cause, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == sqlite3.SQLITE_BUSY)
+    return "database is locked" in str(cause)
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -96,7 +115,13 @@ def make_engine(
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             raise ValueError("the SQLite store needs a file: sqlite:///path/to/fhir-alliance.db")
-        engine = create_engine(parsed, pool_size=5, max_overflow=5, **common)
+        engine = create_engine(
+            parsed,
+            pool_size=5,
+            max_overflow=5,
+            connect_args={"factory": _SqliteConnection},
+            **common,
+        )
         engine.update_execution_options(**{_WRITE_WAIT: float(write_wait_seconds)})
         _configure_sqlite(engine)
         return engine
@@ -109,6 +134,51 @@ def make_engine(
     )
 
 
+class _TurnState(threading.local):
+    """This thread's write turn on a SQLite file: when its write wait ends (``None``: no turn
+    held) and the raw connection whose ``BEGIN IMMEDIATE`` it ran."""
+
+    deadline: float | None = None
+    connection: _SqliteConnection | None = None
+
+
+_turn_state = _TurnState()
+
+#: A busy timeout within this much of the rest of the write wait is left as it is (no PRAGMA).
+_BUSY_TIMEOUT_SLACK_MS = 100
+
+
+class _SqliteConnection(sqlite3.Connection):
+    """The store's SQLite connections: they remember their ``busy_timeout``, so that a write's
+    ``BEGIN IMMEDIATE`` waits in SQLite's busy handler only for what is left of its write wait
+    (:func:`_fit_busy_timeout`; the raw path's ``BEGIN IMMEDIATE`` comes through :meth:`execute`,
+    the engine's through its ``begin`` event)."""
+
+    busy_timeout_ms = SQLITE_BUSY_TIMEOUT_MS
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if sql == "BEGIN IMMEDIATE":
+            _fit_busy_timeout(self)
+            _turn_state.connection = self
+        return super().execute(sql, parameters)
+
+
+def _fit_busy_timeout(connection: Any) -> None:
+    """Before ``BEGIN IMMEDIATE``: the busy timeout of ``connection`` set to the rest of this
+    thread's write wait (the default outside a turn), changed only when it is off by more than
+    a little, so that uncontended writes send no PRAGMA."""
+    if not isinstance(connection, _SqliteConnection):
+        return
+    deadline = _turn_state.deadline
+    if deadline is None:
+        wanted = SQLITE_BUSY_TIMEOUT_MS
+    else:
+        wanted = max(1, int((deadline - time.monotonic()) * 1000))
+    if abs(connection.busy_timeout_ms - wanted) > _BUSY_TIMEOUT_SLACK_MS:
+        sqlite3.Connection.execute(connection, f"PRAGMA busy_timeout={wanted}")
+        connection.busy_timeout_ms = wanted
+
+
 def _set_up_sqlite_connection(dbapi_connection: Any) -> None:
     # No implicit BEGIN from the sqlite3 module: SQLAlchemy emits BEGIN itself (below), and a
     # raw autocommit read (``connect_raw``) runs each statement in its own read transaction.
@@ -116,6 +186,8 @@ def _set_up_sqlite_connection(dbapi_connection: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    if isinstance(dbapi_connection, _SqliteConnection):
+        dbapi_connection.busy_timeout_ms = SQLITE_BUSY_TIMEOUT_MS
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable with WAL except on power loss
     cursor.close()
@@ -133,6 +205,7 @@ def connect_raw_autocommit(engine: Engine) -> Any:
     args, kwargs = dialect.create_connect_args(engine.url)
     if dialect.name == "sqlite":
         kwargs["check_same_thread"] = False
+        kwargs["factory"] = _SqliteConnection
         connection = dialect.loaded_dbapi.connect(*args, **kwargs)
         _set_up_sqlite_connection(connection)
         return connection
@@ -150,6 +223,7 @@ def _configure_sqlite(engine: Engine) -> None:
         if connection.get_execution_options().get(READ_ONLY):
             connection.exec_driver_sql("BEGIN")
         else:
+            _fit_busy_timeout(connection.connection.dbapi_connection)
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -261,20 +335,50 @@ if hasattr(os, "register_at_fork"):  # POSIX
 def writer_turn(engine: Engine) -> Callable[[], AbstractContextManager[None]]:
     """A context manager factory to hold around each write transaction on ``engine``: for SQLite,
     the turn of this thread among all writers of the file (see the module docstring), or
-    :class:`WriterTurnTimeout` after the engine's ``write_wait_seconds``; for PostgreSQL,
-    nothing (its row locks need no queue)."""
-    if engine.dialect.name != "sqlite" or fcntl is None or not engine.url.database:
+    :class:`WriterTurnTimeout` after the engine's ``write_wait_seconds``, also when a lock held
+    outside the store's writers keeps the transaction from beginning or committing (it is then
+    rolled back); for PostgreSQL, nothing (its row locks need no queue)."""
+    if engine.dialect.name != "sqlite" or not engine.url.database:
         return nullcontext
     lock_path = os.path.abspath(engine.url.database) + "-writer.lock"
     timeout = float(engine.get_execution_options().get(_WRITE_WAIT, DEFAULT_WRITE_WAIT_SECONDS))
 
     @contextmanager
     def turn() -> Iterator[None]:
-        with _writer_queues_lock:
-            queue = _writer_queues.get(lock_path)
-            if queue is None:
-                queue = _writer_queues[lock_path] = _WriterQueue(lock_path)
-        with queue.turn(timeout):
-            yield
+        state = _turn_state
+        deadline = time.monotonic() + timeout
+        if fcntl is None:  # no queue: the busy handler alone waits, within the bound
+            queue_turn: AbstractContextManager[None] = nullcontext()
+        else:
+            with _writer_queues_lock:
+                queue = _writer_queues.get(lock_path)
+                if queue is None:
+                    queue = _writer_queues[lock_path] = _WriterQueue(lock_path)
+            queue_turn = queue.turn(timeout)
+        with queue_turn:
+            state.deadline, state.connection = deadline, None
+            try:
+                yield
+            except (DBAPIError, sqlite3.OperationalError) as error:
+                if not is_sqlite_locked(error):
+                    raise
+                _roll_back(state.connection)
+                raise WriterTurnTimeout(_locked_message(timeout)) from error
+            finally:
+                state.deadline, state.connection = None, None
 
     return turn
+
+
+def _roll_back(connection: _SqliteConnection | None) -> None:
+    """Whatever of the raw ``connection``'s transaction is still open (a ``COMMIT`` that found
+    the database locked leaves it open) is rolled back: nothing of it is kept."""
+    if connection is not None and connection.in_transaction:
+        sqlite3.Connection.execute(connection, "ROLLBACK")
+
+
+def _locked_message(timeout: float) -> str:
+    return (
+        f"timed out after {timeout:g} s waiting for the SQLite database's write lock "
+        "(held outside this service's writers); nothing was written"
+    )
