@@ -26,8 +26,14 @@ from fhir_alliance_service.metrics import request_latency
 __all__ = ["REQUEST_ID_HEADER", "JsonFormatter", "configure_logging", "register_request_logging"]
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
-#: A client's request id is kept only if it looks like one (no spaces, quotes or control chars).
-_SANE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{8,64}")
+#: A client's request id is kept only if it is a UUID (any version, 8-4-4-4-12 hex) or 16 to 64 hex
+#: characters (trace ids of tracing systems): text of any other shape can carry a name or a medical
+#: record number into every log line, so it is replaced by an id of our own (which the response
+#: echoes).
+_SANE_REQUEST_ID: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{16,64}"
+)
 #: ``extra`` fields that may appear in a line: all are machine values, never free text.
 ALLOWED_FIELDS: Final = (
     "request_id",

@@ -144,11 +144,12 @@ def test_request_line_has_the_documented_fields(
     """The request line carries time, level, logger, message, request id, method, rule, status,
     duration, and the route is the rule, not the path."""
     client.get(
-        "/v1/records/0f8fad5b-d9cb-469f-a165-70867728950e", headers={"X-Request-ID": "req-12345678"}
+        "/v1/records/0f8fad5b-d9cb-469f-a165-70867728950e",
+        headers={"X-Request-ID": "a3ce929d0e0e4736"},
     )
     lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
     (request_line,) = [line for line in lines if line["message"] == "request"]
-    assert request_line["request_id"] == "req-12345678"
+    assert request_line["request_id"] == "a3ce929d0e0e4736"
     assert request_line["method"] == "GET"
     assert request_line["route"] == "/v1/records/<record_id>"
     assert request_line["status"] == 401

@@ -146,7 +146,9 @@ def test_metrics_needs_read_scope(
 @pytest.mark.parametrize(
     ("offered", "kept"),
     [
-        ("req-2f9c1b2a-0001", True),
+        ("2f9c1b2a-0001-4a6b-9c1d-7e0f12345678", True),
+        ("4BF92F3577B34DA6A3CE929D0E0E4736", True),
+        ("req-2f9c1b2a-0001", False),
         ("x", False),
         ("bad id with spaces", False),
         ("a" * 200, False),
@@ -210,11 +212,11 @@ def test_wsgi_app_reads_the_environment_and_logs_json(
     try:
         app = wsgi_app()
         assert app.config["MAX_CONTENT_LENGTH"] == 4321
-        app.test_client().get("/healthz", headers={"X-Request-ID": "wsgi-check-1"})
+        app.test_client().get("/healthz", headers={"X-Request-ID": "0af7651916cd43dd"})
         added = [h for h in root.handlers if isinstance(h.formatter, JsonFormatter)]
         assert len(added) == 1
         lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line]
-        assert {"message": "request", "request_id": "wsgi-check-1"}.items() <= lines[-1].items()
+        assert {"message": "request", "request_id": "0af7651916cd43dd"}.items() <= lines[-1].items()
         app.extensions["fhir_alliance"].store.close()
     finally:
         for handler in root.handlers[:]:
