@@ -73,12 +73,16 @@ class Issue:
     severity: str = "error"
 
     def to_fhir(self) -> dict[str, Any]:
-        return {
+        """The OperationOutcome ``issue``; ``expression`` only with a path (FHIR forbids empty
+        arrays)."""
+        issue: dict[str, Any] = {
             "severity": self.severity,
             "code": self.code,
             "details": {"text": self.message},
-            "expression": [self.path] if self.path else [],
         }
+        if self.path:
+            issue["expression"] = [self.path]
+        return issue
 
 
 class FhirAllianceError(Exception):

@@ -62,7 +62,10 @@ class _IssueSchema(Schema):
     severity = fields.String(required=True, validate=validate.OneOf(["fatal", "error", "warning"]))
     code = fields.String(required=True)
     details = fields.Nested(_IssueDetailsSchema)
-    expression = fields.List(fields.String(), metadata={"description": "field paths"})
+    expression = fields.List(
+        fields.String(),
+        metadata={"description": "field paths; absent when the issue is not about one field"},
+    )
 
 
 class OperationOutcomeSchema(Schema):

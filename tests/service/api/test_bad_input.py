@@ -43,7 +43,7 @@ def _outcome(response: Any, status: int) -> set[str]:
     """Assert an OperationOutcome with ``status``; return the issues' expressions."""
     assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
     assert response.json["resourceType"] == "OperationOutcome"
-    return {e for issue in response.json["issue"] for e in issue["expression"]}
+    return {e for issue in response.json["issue"] for e in issue.get("expression", [])}
 
 
 @pytest.mark.parametrize("url", BODY_ROUTES)
