@@ -14,6 +14,7 @@ validated; :class:`ConfigError` names the variable (or file key) in one line, ne
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
+
+from fhir_alliance.terminology import PURPOSE_OF_USE_CODES
 
 __all__ = [
     "ENV_PREFIX",
@@ -37,6 +40,23 @@ ENV_PREFIX: Final = "FHIR_ALLIANCE_"
 CONFIG_FILE_VARIABLE: Final = "FHIR_ALLIANCE_CONFIG_FILE"
 #: Fields whose values are never shown (``repr``, error messages) and may come from ``…_FILE``.
 SECRET_FIELDS: Final = frozenset({"fhir_token", "database_url"})
+#: ``FHIR_ALLIANCE_*`` variables that are not settings but that the project itself reads or shows
+#: in its docs; any other unknown ``FHIR_ALLIANCE_*`` variable stops start-up (a misspelt setting
+#: must not be ignored). The settings' own variables (and ``…_FILE`` of secrets) come from
+#: :class:`Settings`.
+OTHER_VARIABLES: Final = frozenset(
+    {
+        CONFIG_FILE_VARIABLE,  # the TOML settings file
+        "FHIR_ALLIANCE_TEST_BASE_URL",  # tests and benchmarks: another FHIR server
+        "FHIR_ALLIANCE_REGENERATE_GOLDEN",  # tests: rewrite golden files
+        "FHIR_ALLIANCE_UPDATE_GOLDEN",  # tests: rewrite golden files (consent CLI)
+        "FHIR_ALLIANCE_BENCH_RESET_COMMAND",  # benchmarks/bench_service_sync.py
+        "FHIR_ALLIANCE_TOKEN",  # `fhir-alliance check --token-env` default
+        "FHIR_ALLIANCE_PASSWORD",  # `fhir-alliance check --password-env` default
+        "FHIR_ALLIANCE_KEY",  # docs/service.md: an API key in the shell
+        "FHIR_ALLIANCE_CONSULT_KEY",  # docs/service.md: a consult API key in the shell
+    }
+)
 
 
 class ConfigError(ValueError):
@@ -134,13 +154,32 @@ def _mask_url_password(url: str) -> str:
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_DATABASE_SCHEMES: Final = ("sqlite", "postgresql")
+#: The database URL schemes the store supports: SQLite (the standard library's driver) and
+#: PostgreSQL through psycopg 3 (``postgresql://`` and ``postgres://`` are normalised to
+#: ``postgresql+psycopg://`` by ``store.engine.normalise_url``).
+_DATABASE_SCHEMES: Final = (
+    "sqlite",
+    "sqlite+pysqlite",
+    "postgresql",
+    "postgresql+psycopg",
+    "postgres",
+)
+_DATABASE_EXPECTED: Final = (
+    "expected sqlite:///PATH or postgresql://… (psycopg 3: postgresql+psycopg://… also accepted)"
+)
+#: A URL scheme that may be named in a message (letters, digits, ``+ . -``; never a password).
+_SHOWABLE_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}")
 _REFERENCE: Final = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")
 _TOKEN: Final = re.compile(r"[^|\s]+\|[^|\s]+")
 
 
 class _Invalid(ValueError):
-    """A value that does not fit; the caller adds the variable's name."""
+    """A value that does not fit; the caller adds the variable's name. ``shows_no_value``: the
+    message never quotes the value, so it may be shown for a secret setting too."""
+
+    def __init__(self, message: str, *, shows_no_value: bool = False) -> None:
+        super().__init__(message)
+        self.shows_no_value = shows_no_value
 
 
 def _as_text(value: Any) -> str:
@@ -219,10 +258,19 @@ def _http_url(value: Any) -> str | None:
 
 
 def _database_url(value: Any) -> str:
-    text = _as_text(value)
-    scheme = text.partition("://")[0].partition("+")[0]
-    if "://" not in text or scheme not in _DATABASE_SCHEMES:
-        raise _Invalid("expected a sqlite:// or postgresql:// URL")
+    """A URL of a supported database and driver; the messages never quote the URL (it may hold a
+    password), at most its scheme."""
+    if not isinstance(value, str):
+        raise _Invalid("expected text", shows_no_value=True)
+    text = value.strip()
+    scheme, sep, _ = text.partition("://")
+    if not sep:
+        raise _Invalid(f"not a URL: {_DATABASE_EXPECTED}", shows_no_value=True)
+    if scheme not in _DATABASE_SCHEMES:
+        named = f" {scheme!r}" if _SHOWABLE_SCHEME.fullmatch(scheme) else ""
+        raise _Invalid(
+            f"unsupported database or driver{named}: {_DATABASE_EXPECTED}", shows_no_value=True
+        )
     return text
 
 
@@ -272,10 +320,15 @@ def _recipients(value: Any) -> tuple[str, ...]:
     return recipients
 
 
-def _code(value: Any) -> str:
+def _purpose(value: Any) -> str:
+    """A v3 PurposeOfUse code the consent engine knows (case-sensitive, as codes are)."""
     text = _as_text(value)
-    if not text or any(c.isspace() for c in text):
-        raise _Invalid(f"expected a code without spaces, got {text!r}")
+    if text not in PURPOSE_OF_USE_CODES:
+        hint = f" (did you mean {text.upper()}?)" if text.upper() in PURPOSE_OF_USE_CODES else ""
+        raise _Invalid(
+            f"expected a v3 PurposeOfUse code such as TREAT, ETREAT, HPAYMT, HOPERAT or HRESCH, "
+            f"got {text!r}{hint}"
+        )
     return text
 
 
@@ -329,7 +382,7 @@ _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "fhir_timeout_seconds": _positive_float,
     "fhir_version": _optional_choice("4.0.1", "5.0.0"),
     "recipients": _recipients,
-    "purpose": _code,
+    "purpose": _purpose,
     "push_consents": _as_bool,
     "push_audit": _as_bool,
     "push_draft_notes": _as_bool,
@@ -394,7 +447,27 @@ def _from_file(environ: Mapping[str, str]) -> tuple[dict[str, Any], str]:
     return data, path
 
 
+def _known_variables() -> frozenset[str]:
+    names = {_variable(name) for name in _COERCE}
+    names.update(f"{_variable(name)}_FILE" for name in SECRET_FIELDS)
+    return frozenset(names | OTHER_VARIABLES)
+
+
+def _refuse_unknown_variables(environ: Mapping[str, str]) -> None:
+    """A ``FHIR_ALLIANCE_*`` variable that is no setting is most likely a misspelt one: stop, as
+    for an unknown key of the TOML file, naming the closest known variable."""
+    known = _known_variables()
+    unknown = sorted(n for n in environ if n.startswith(ENV_PREFIX) and n not in known)
+    if not unknown:
+        return
+    variable = unknown[0]
+    close = difflib.get_close_matches(variable, sorted(known), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ConfigError(f"{variable}: unknown setting{hint}")
+
+
 def _from_environ(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    _refuse_unknown_variables(environ)
     found: dict[str, tuple[Any, str]] = {}
     for name in _COERCE:
         variable = _variable(name)
@@ -430,7 +503,8 @@ def load_settings(
         try:
             values[name] = _COERCE[name](value)
         except _Invalid as exc:
-            detail = "invalid value" if name in SECRET_FIELDS else str(exc)
+            shown = name not in SECRET_FIELDS or exc.shows_no_value
+            detail = str(exc) if shown else "invalid value"
             raise ConfigError(f"{source}: {detail}") from None
     settings = Settings(**values)
     _check_together(settings, {name: source for name, (_, source) in raw.items()})
