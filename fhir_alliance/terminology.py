@@ -155,6 +155,33 @@ SENSITIVITY_CODES: Final = frozenset(
 #: v3-ObservationValue labels this project applies itself (AI-assisted content) and so lets consents name.
 OBSERVATION_VALUE_LABEL_CODES: Final = frozenset({LABEL_AI_ASSISTED[1]})
 
+#: The security labels a consent may name, by code system (the JSON form and the FHIR readers
+#: check consents against these).
+CONSENT_LABEL_CODES: Final[Mapping[str, frozenset[str]]] = {
+    V3_CONFIDENTIALITY: CONFIDENTIALITY_CODES,
+    V3_ACT_CODE: SENSITIVITY_CODES,
+    V3_OBSERVATION_VALUE: OBSERVATION_VALUE_LABEL_CODES,
+}
+#: The security labels a resource may carry in ``meta.security``, by HL7 code system: what a
+#: consent may name, and v3 PurposeOfUse codes (``HTEST`` marks test data). A code of one of
+#: these systems that is not listed is refused: the engine must not take it for no label.
+RESOURCE_LABEL_CODES: Final[Mapping[str, frozenset[str]]] = {
+    **CONSENT_LABEL_CODES,
+    V3_ACT_REASON: PURPOSE_OF_USE_CODES,
+}
+#: Other spellings of the HL7 v3 code systems of security labels, to their canonical URIs: the
+#: OIDs (``urn:oid:2.16.840.1.113883.5.4`` is v3 ActCode) and the FHIR STU3 URLs.
+V3_LABEL_SYSTEM_ALIASES: Final[Mapping[str, str]] = {
+    "urn:oid:2.16.840.1.113883.5.4": V3_ACT_CODE,
+    "urn:oid:2.16.840.1.113883.5.25": V3_CONFIDENTIALITY,
+    "urn:oid:2.16.840.1.113883.5.83": V3_OBSERVATION_VALUE,
+    "urn:oid:2.16.840.1.113883.5.8": V3_ACT_REASON,
+    "http://hl7.org/fhir/v3/ActCode": V3_ACT_CODE,
+    "http://hl7.org/fhir/v3/Confidentiality": V3_CONFIDENTIALITY,
+    "http://hl7.org/fhir/v3/ObservationValue": V3_OBSERVATION_VALUE,
+    "http://hl7.org/fhir/v3/ActReason": V3_ACT_REASON,
+}
+
 
 def codes(code_system_name: str) -> dict[str, str]:
     """The codes of one of our CodeSystems, read from the built profiles package:

@@ -37,6 +37,7 @@ from fhir_alliance.model.consent import (
 )
 from fhir_alliance.schemas.common import load_or_raise
 from fhir_alliance.schemas.consent import (
+    MAX_PROVISION_DEPTH,
     RECORD_KIND_CONSENT,
     RECORD_KIND_REVOCATION,
     ConsentRevocationSchema,
@@ -45,9 +46,9 @@ from fhir_alliance.schemas.consent import (
     load_consent,
 )
 from fhir_alliance.terminology import (
-    CONFIDENTIALITY_CODES,
     CONSENT_ACTION,
     CONSENT_ACTION_CODES,
+    CONSENT_LABEL_CODES,
     CONSENT_SCOPE,
     CS_CONSENT_KINDS,
     CS_CONSENT_VERIFICATION_METHODS,
@@ -71,10 +72,8 @@ from fhir_alliance.terminology import (
     R4_CONSENT_DATETIME_EXTENSION,
     R5_CONSENT_DECISION_EXTENSION,
     RESOURCE_TYPES,
-    SENSITIVITY_CODES,
     V3_ACT_CODE,
     V3_ACT_REASON,
-    V3_CONFIDENTIALITY,
 )
 
 __all__ = [
@@ -130,7 +129,7 @@ _VERIFIED_BY_TYPES: Final = frozenset({"Organization", "Practitioner", "Practiti
 #: Codes a provision is checked against (the same lists as the JSON schema).
 _PURPOSES: Final = {V3_ACT_REASON: PURPOSE_OF_USE_CODES}
 _ACTIONS: Final = {CONSENT_ACTION: CONSENT_ACTION_CODES}
-_LABELS: Final = {V3_CONFIDENTIALITY: CONFIDENTIALITY_CODES, V3_ACT_CODE: SENSITIVITY_CODES}
+_LABELS: Final = CONSENT_LABEL_CODES
 
 _R4_ONLY: Final = frozenset(
     {"scope", "patient", "dateTime", "performer", "organization", "policy", "policyRule"}
@@ -189,8 +188,8 @@ _PROVISION_COMMON: Final = frozenset(
 _PROVISION_R4: Final = _PROVISION_COMMON | {"type", "class"}
 _PROVISION_R5: Final = _PROVISION_COMMON | {"documentType", "resourceType"}
 _OUR_MODIFIERS: Final = frozenset({EXT_CONSENT_ROOT_PROVISION, EXT_CONSENT_PROVISION_TYPE})
-#: Deepest nesting of provisions read (hostile input must not exhaust the stack).
-MAX_PROVISION_DEPTH: Final = 32
+# Deepest nesting of provisions below the root read or written: MAX_PROVISION_DEPTH, the JSON
+# form's (hostile input must not exhaust the stack; what we write we can read back).
 
 
 # ================================================================================================
@@ -310,11 +309,16 @@ def _check_root(record: ConsentRecord) -> None:
     _check_nested(root.provisions, "provision.provisions")
 
 
-def _check_nested(provisions: Sequence[Provision], path: str) -> None:
+def _check_nested(provisions: Sequence[Provision], path: str, depth: int = 1) -> None:
     for i, p in enumerate(provisions):
+        if depth > MAX_PROVISION_DEPTH:
+            raise MappingError(
+                f"provisions nested deeper than {MAX_PROVISION_DEPTH} levels (the readers' limit)",
+                element=f"{path}.{i}",
+            )
         if p.type is None:
             raise MappingError("a nested provision needs a type", element=f"{path}.{i}.type")
-        _check_nested(p.provisions, f"{path}.{i}.provisions")
+        _check_nested(p.provisions, f"{path}.{i}.provisions", depth + 1)
 
 
 def _provision_r4(p: Provision) -> dict[str, Any]:
@@ -1004,13 +1008,16 @@ def _conditions(obj: Mapping[str, Any], path: _Path, *, r5: bool) -> dict[str, A
     }
 
 
-def _check_depth(path: _Path) -> None:
-    if str(path).count("provision") > MAX_PROVISION_DEPTH:
-        raise _fail(f"provisions nested deeper than {MAX_PROVISION_DEPTH}", path)
+def _check_depth(depth: int, path: _Path) -> None:
+    """``depth`` counts the levels below the root provision (its children are at 1)."""
+    if depth > MAX_PROVISION_DEPTH:
+        raise _fail(f"provisions nested deeper than {MAX_PROVISION_DEPTH} levels", path)
 
 
-def _provision_from_r4(obj: Mapping[str, Any], path: _Path, *, root: bool) -> Provision:
-    _check_depth(path)
+def _provision_from_r4(
+    obj: Mapping[str, Any], path: _Path, *, root: bool, depth: int = 0
+) -> Provision:
+    _check_depth(depth, path)
     _known_keys(obj, _PROVISION_R4, path)
     if _no_foreign_modifiers(obj, path):
         raise _fail("an R5 modifier extension in an R4 consent", path / "modifierExtension")
@@ -1021,7 +1028,10 @@ def _provision_from_r4(obj: Mapping[str, Any], path: _Path, *, root: bool) -> Pr
         raise _fail("a nested provision needs a type", path / "type")
     children = tuple(
         _provision_from_r4(
-            _obj(c, _Path(f"{path}.provision[{i}]")), _Path(f"{path}.provision[{i}]"), root=False
+            _obj(c, _Path(f"{path}.provision[{i}]")),
+            _Path(f"{path}.provision[{i}]"),
+            root=False,
+            depth=depth + 1,
         )
         for i, c in enumerate(_list(obj.get("provision"), path / "provision"))
     )
@@ -1168,8 +1178,12 @@ def _r4_decision(
     return candidates[0][0]
 
 
-def _provision_from_r5(obj: Mapping[str, Any], path: _Path, parent: Decision) -> Provision:
-    _check_depth(path)
+def _provision_from_r5(
+    obj: Mapping[str, Any], path: _Path, parent: Decision, depth: int = 1
+) -> Provision:
+    """A nested provision ``depth`` levels below the root (top-level ones, and the children of
+    a provision marked as the root, are at 1)."""
+    _check_depth(depth, path)
     _known_keys(obj, _PROVISION_R5, path)
     if obj.get("expression") is not None:
         raise _fail("computable expressions are not supported", path / "expression")
@@ -1185,7 +1199,10 @@ def _provision_from_r5(obj: Mapping[str, Any], path: _Path, parent: Decision) ->
             )
     children = tuple(
         _provision_from_r5(
-            _obj(c, _Path(f"{path}.provision[{i}]")), _Path(f"{path}.provision[{i}]"), effect
+            _obj(c, _Path(f"{path}.provision[{i}]")),
+            _Path(f"{path}.provision[{i}]"),
+            effect,
+            depth + 1,
         )
         for i, c in enumerate(_list(obj.get("provision"), path / "provision"))
     )

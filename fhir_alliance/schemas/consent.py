@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from marshmallow import ValidationError, fields, post_load, validate, validates_schema
 
@@ -43,22 +43,18 @@ from fhir_alliance.schemas.common import (
 )
 from fhir_alliance.schemas.compiled import load_or_raise_fast
 from fhir_alliance.terminology import (
-    CONFIDENTIALITY_CODES,
     CONSENT_ACTION,
     CONSENT_ACTION_CODES,
     CONSENT_CATEGORY_CODES,
+    CONSENT_LABEL_CODES,
     LOINC,
-    OBSERVATION_VALUE_LABEL_CODES,
     PURPOSE_OF_USE_CODES,
     RESOURCE_TYPES,
-    SENSITIVITY_CODES,
-    V3_ACT_CODE,
     V3_ACT_REASON,
-    V3_CONFIDENTIALITY,
-    V3_OBSERVATION_VALUE,
 )
 
 __all__ = [
+    "MAX_PROVISION_DEPTH",
     "RECORD_KIND_CONSENT",
     "RECORD_KIND_REVOCATION",
     "ConsentRecordSchema",
@@ -71,6 +67,10 @@ __all__ = [
 ]
 
 RECORD_KIND_CONSENT = "consent"
+#: Deepest nesting of provisions below the root provision that a consent may have: the consent
+#: engine's ``MAX_PROVISION_DEPTH`` (imported there would be a cycle; a test checks they agree).
+#: The JSON form and both FHIR readers refuse deeper nesting with an error naming where.
+MAX_PROVISION_DEPTH: Final = 32
 RECORD_KIND_REVOCATION = "consent-revocation"
 
 
@@ -96,14 +96,7 @@ def _checked_coding(what: str, allowed: Mapping[str, frozenset[str]]) -> type[Co
 PurposeCodingSchema = _checked_coding("purpose of use", {V3_ACT_REASON: PURPOSE_OF_USE_CODES})
 ActionCodingSchema = _checked_coding("consent action", {CONSENT_ACTION: CONSENT_ACTION_CODES})
 CategoryCodingSchema = _checked_coding("consent category", {LOINC: CONSENT_CATEGORY_CODES})
-SecurityLabelCodingSchema = _checked_coding(
-    "security label",
-    {
-        V3_CONFIDENTIALITY: CONFIDENTIALITY_CODES,
-        V3_ACT_CODE: SENSITIVITY_CODES,
-        V3_OBSERVATION_VALUE: OBSERVATION_VALUE_LABEL_CODES,
-    },
-)
+SecurityLabelCodingSchema = _checked_coding("security label", CONSENT_LABEL_CODES)
 
 
 class PeriodSchema(StrictSchema):
@@ -349,9 +342,35 @@ _REVOCATION_SCHEMA = ConsentRevocationSchema()
 
 
 def load_consent(data: object, *, prefix: str = "") -> ConsentRecord:
-    """Our JSON form → :class:`ConsentRecord`; :class:`InputError` with one issue per field path."""
+    """Our JSON form → :class:`ConsentRecord`; :class:`InputError` with one issue per field path.
+    Provisions nested deeper than :data:`MAX_PROVISION_DEPTH` are refused before anything else."""
+    if isinstance(data, Mapping):
+        _check_depth(data.get("provision"), prefix)
     record: ConsentRecord = load_or_raise_fast(_CONSENT_SCHEMA, data, prefix=prefix)
     return record
+
+
+def _check_depth(root: object, prefix: str) -> None:
+    """Refuse provisions nested deeper than :data:`MAX_PROVISION_DEPTH` below the root provision,
+    naming the first one too deep; iteratively, so that no nesting can exhaust the stack (the
+    loaders recurse once per level). Anything malformed is left to the schema to word."""
+    if not isinstance(root, Mapping):
+        return
+    pending: list[tuple[Mapping[str, Any], str, int]] = [(root, "provision", 0)]
+    while pending:
+        node, path, depth = pending.pop()
+        children = node.get("provisions")
+        if not isinstance(children, list):
+            continue
+        for i, child in enumerate(children):
+            if not isinstance(child, Mapping):
+                continue
+            child_path = f"{path}.provisions.{i}"
+            if depth + 1 > MAX_PROVISION_DEPTH:
+                where = ".".join(p for p in (prefix, child_path) if p)
+                message = f"provisions nested deeper than {MAX_PROVISION_DEPTH} levels (the limit)"
+                raise InputError.from_issues([Issue(path=where, message=message)])
+            pending.append((child, child_path, depth + 1))
 
 
 def load_revocation(

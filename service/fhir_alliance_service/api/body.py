@@ -25,7 +25,12 @@ from fhir_alliance_service.errors import ApiError
 __all__ = ["JSON_TYPES", "MAX_DEPTH", "json_body", "parse_json"]
 
 JSON_TYPES: Final = frozenset({"application/json", "application/fhir+json"})
-MAX_DEPTH: Final = 64
+#: Deepest JSON nesting a body may have (arrays and objects): a hard cap against hostile nesting,
+#: well below what any reader of ours could not handle (Python's recursion limit, orjson's 254),
+#: and above what a consent at the provision limit needs (32 levels below the root: 70 levels in
+#: our JSON form inside a list, about 76 as a FHIR R4 Consent in a CDS Hooks prefetch Bundle;
+#: each provision level costs two, its object and its ``provisions`` array).
+MAX_DEPTH: Final = 128
 _SOURCE: Final = "body"
 _CHUNK: Final = 1 << 16
 
