@@ -18,6 +18,7 @@ from fhir_alliance.terminology import (
     CONSENT_ACTION,
     CONSENT_ACTION_CODES,
     PURPOSE_OF_USE_CODES,
+    RESOURCE_LABEL_CODES,
     V3_ACT_REASON,
     V3_PARTICIPATION_TYPE,
 )
@@ -26,7 +27,10 @@ __all__ = [
     "ACTION_MESSAGE",
     "DEFAULT_ACTOR_ROLE",
     "KNOWN_ACTIONS",
+    "KNOWN_LABELS",
     "KNOWN_PURPOSES",
+    "LABEL_MESSAGE",
+    "LABEL_SYSTEMS",
     "PURPOSE_MESSAGE",
     "CombiningRule",
     "ConsentDecision",
@@ -58,6 +62,20 @@ ACTION_MESSAGE = "not a consentaction code: expected one of " + ", ".join(
 PURPOSE_MESSAGE = (
     "not a v3 PurposeOfUse code (http://terminology.hl7.org/CodeSystem/v3-ActReason), "
     "such as TREAT, ETREAT, HPAYMT, HOPERAT or HRESCH"
+)
+#: The HL7 code systems whose security labels the library knows (canonical URIs); a resource's
+#: label of one of these must be one of :data:`KNOWN_LABELS` (labels of other systems pass as
+#: they are: no consent can name them).
+LABEL_SYSTEMS: frozenset[str] = frozenset(RESOURCE_LABEL_CODES)
+#: The security labels a request's resource may carry: ``(system, code)``, case-sensitive.
+KNOWN_LABELS: frozenset[tuple[str, str]] = frozenset(
+    (system, code) for system, codes in RESOURCE_LABEL_CODES.items() for code in codes
+)
+#: The message of the issue an unknown label of one of :data:`LABEL_SYSTEMS` gives.
+LABEL_MESSAGE = (
+    "not a security label code the library knows (exact case, no spaces): v3-Confidentiality "
+    "U, L, M, N, R, V; v3-ActCode sensitivity codes such as PSY, PSYTHPN, SUD, HIV; "
+    "v3-ObservationValue AIAST; v3-ActReason PurposeOfUse codes such as HTEST"
 )
 
 

@@ -8,16 +8,26 @@ date, what it refers to, who wrote it), and :func:`disclosure_request` wraps the
 
 A fact the resource does not state precisely (a partial date such as ``2025-03``, a date without
 a UTC offset) is left out rather than guessed; the engine then lets it match deny provisions only.
+An element whose loss could widen an answer (``resourceType``, ``id`` and ``identifier``,
+``meta.security``, ``meta.profile``, a coding in ``code.coding``) is never dropped when malformed:
+the resource is refused with an :class:`InputError` naming the element (``meta.security[0]``).
+Security labels of the HL7 v3 code systems are read in their canonical form (the OIDs and FHIR STU3
+URLs of those systems become the ``http://terminology.hl7.org/CodeSystem/v3-…`` URIs) and must be
+codes the library knows (:data:`~fhir_alliance.consent.decision.KNOWN_LABELS`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
 from fhir_alliance.consent.decision import (
+    KNOWN_LABELS,
     KNOWN_PURPOSES,
+    LABEL_MESSAGE,
+    LABEL_SYSTEMS,
     PURPOSE_MESSAGE,
     DecisionRequest,
     RequestActor,
@@ -25,9 +35,21 @@ from fhir_alliance.consent.decision import (
 )
 from fhir_alliance.errors import InputError, Issue
 from fhir_alliance.model.common import Coding, Identifier, Ref
-from fhir_alliance.terminology import CONSENT_ACTION, CONSENT_SCOPE, V3_ACT_REASON
+from fhir_alliance.terminology import (
+    CONSENT_ACTION,
+    CONSENT_SCOPE,
+    V3_ACT_REASON,
+    V3_LABEL_SYSTEM_ALIASES,
+)
 
-__all__ = ["DISCLOSE", "PRIVACY_SCOPE", "disclosure_request", "requested_resource"]
+__all__ = [
+    "DISCLOSE",
+    "PRIVACY_SCOPE",
+    "disclosure_request",
+    "label_problem",
+    "normal_label",
+    "requested_resource",
+]
 
 #: The action every disclosure is asked about (consentaction ``disclose``).
 DISCLOSE = Coding(system=CONSENT_ACTION, code="disclose")
@@ -74,14 +96,148 @@ def _instant(text: object) -> datetime | None:
     return value if value.utcoffset() is not None else None
 
 
-def _codings(value: object) -> Iterable[Coding]:
+#: A resource type name (``Observation``).
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]*")
+#: The HL7 label systems by any spelling, case folded: a system that matches one of these only
+#: when case is ignored is a misspelling, not another code system.
+_FOLDED_LABEL_SYSTEMS: Final = frozenset(
+    s.casefold() for s in (*LABEL_SYSTEMS, *V3_LABEL_SYSTEM_ALIASES)
+)
+
+
+def _token(value: object) -> str | None:
+    """``value`` if it is a non-empty string without spaces at either end (a FHIR code, a uri)."""
+    return value if isinstance(value, str) and value and value.strip() == value else None
+
+
+def normal_label(system: str) -> str:
+    """The canonical URI of an HL7 v3 label code system given by OID or FHIR STU3 URL; any
+    other system as it is."""
+    return V3_LABEL_SYSTEM_ALIASES.get(system, system)
+
+
+def label_problem(system: str, code: str) -> str | None:
+    """Why ``(system, code)`` (system already :func:`normal_label`) cannot be a security label the
+    engine reads, or ``None``: a code of an HL7 label system that the library does not know, or a
+    system that is one of those misspelt (letter case), or spaces around either. Labels of other
+    systems pass."""
+    if _token(system) is None or _token(code) is None:
+        return "a security label needs a system and a code (strings without spaces)"
+    if system in LABEL_SYSTEMS:
+        return None if (system, code) in KNOWN_LABELS else LABEL_MESSAGE
+    if system.casefold() in _FOLDED_LABEL_SYSTEMS:
+        return "an HL7 v3 code system misspelt (letter case): use its canonical URI"
+    return None
+
+
+def _labels(meta: Mapping[str, Any], issues: list[Issue]) -> tuple[Coding, ...]:
+    """``meta.security`` read strictly: every label is kept (normalised) or the resource refused,
+    since a label left out could keep a deny provision scoped to it from matching."""
+    value = meta.get("security")
+    if value is None:
+        return ()
     if not isinstance(value, list):
-        return
-    for coding in value:
-        if isinstance(coding, Mapping):
-            system, code = coding.get("system"), coding.get("code")
-            if isinstance(system, str) and isinstance(code, str) and system and code:
-                yield Coding(system=system, code=code)
+        issues.append(Issue(path="meta.security", message="expected a list of Coding objects"))
+        return ()
+    labels: list[Coding] = []
+    for i, item in enumerate(value):
+        path = f"meta.security[{i}]"
+        if not isinstance(item, Mapping):
+            issues.append(Issue(path=path, message="expected a Coding object {system, code}"))
+            continue
+        system, code = _token(item.get("system")), _token(item.get("code"))
+        if system is None or code is None:
+            message = "a security label needs a system and a code (strings without spaces)"
+            issues.append(Issue(path=path, message=message))
+            continue
+        system = normal_label(system)
+        problem = label_problem(system, code)
+        if problem is not None:
+            issues.append(Issue(path=path, message=problem))
+            continue
+        labels.append(Coding(system=system, code=code))
+    return tuple(labels)
+
+
+def _profiles(meta: Mapping[str, Any], issues: list[Issue]) -> tuple[str, ...]:
+    """``meta.profile`` read strictly (a deny scoped to a profile must see each one). A versioned
+    canonical (``…|1.0``) counts as itself and as its unversioned URL."""
+    value = meta.get("profile")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        issues.append(Issue(path="meta.profile", message="expected a list of canonical URLs"))
+        return ()
+    profiles: list[str] = []
+    for i, item in enumerate(value):
+        url = _token(item)
+        if url is None or any(c.isspace() for c in url):
+            message = "expected a canonical URL (a string without spaces)"
+            issues.append(Issue(path=f"meta.profile[{i}]", message=message))
+            continue
+        for form in (url, url.partition("|")[0]):
+            if form and form not in profiles:
+                profiles.append(form)
+    return tuple(profiles)
+
+
+def _codes(resource: Mapping[str, Any], issues: list[Issue]) -> tuple[Coding, ...]:
+    """The codings of ``code`` (a CodeableConcept). A ``code`` of another shape (the Coding list
+    or code of definitional resources) is left out: unknown codes match deny provisions scoped by
+    code and no permit, so leaving all of them out never widens an answer, while leaving out one
+    of several could (a deny scoped to it would be missed); so a malformed coding refuses the
+    resource. A coding without a system or without a code is skipped: it can equal no provision's
+    code (those always have both)."""
+    concept = resource.get("code")
+    if not isinstance(concept, Mapping) or concept.get("coding") is None:
+        return ()
+    value = concept["coding"]
+    if not isinstance(value, list):
+        issues.append(Issue(path="code.coding", message="expected a list of Coding objects"))
+        return ()
+    codes: list[Coding] = []
+    for i, item in enumerate(value):
+        path = f"code.coding[{i}]"
+        if not isinstance(item, Mapping):
+            issues.append(Issue(path=path, message="expected a Coding object {system, code}"))
+            continue
+        if item.get("system") is None or item.get("code") is None:
+            continue
+        system, code = _token(item["system"]), _token(item["code"])
+        if system is None or code is None:
+            message = "expected a system and a code (strings without spaces)"
+            issues.append(Issue(path=path, message=message))
+            continue
+        coding = Coding(system=system, code=code)
+        if coding not in codes:
+            codes.append(coding)
+    return tuple(codes)
+
+
+def _identifiers(resource: Mapping[str, Any], issues: list[Issue]) -> list[Identifier]:
+    """``identifier`` read strictly (a deny scoped to this resource by identifier must see it);
+    an identifier without a system or a value is skipped (no provision can name it)."""
+    value = resource.get("identifier")
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        issues.append(Issue(path="identifier", message="expected a list of Identifier objects"))
+        return []
+    found: list[Identifier] = []
+    for i, item in enumerate(value):
+        path = f"identifier[{i}]"
+        if not isinstance(item, Mapping):
+            issues.append(Issue(path=path, message="expected an Identifier object"))
+            continue
+        if item.get("system") is None or item.get("value") is None:
+            continue
+        system, text = _token(item["system"]), _token(item["value"])
+        if system is None or text is None:
+            message = "expected a system and a value (strings without spaces at either end)"
+            issues.append(Issue(path=path, message=message))
+            continue
+        found.append(Identifier(system=system, value=text))
+    return found
 
 
 def _ref(value: object) -> Ref | None:
@@ -118,30 +274,42 @@ def _refs(resource: Mapping[str, Any], elements: Sequence[str]) -> tuple[Ref, ..
 
 
 def requested_resource(resource: Mapping[str, Any]) -> RequestedResource:
-    """The engine's view of one FHIR resource (R4 or R5). Raises :class:`InputError` on a resource
-    without a ``resourceType``; every other missing fact is simply left out."""
+    """The engine's view of one FHIR resource (R4 or R5). Raises :class:`InputError`, an issue per
+    element, on a resource without a ``resourceType`` or with a malformed element the engine needs
+    (see the module docstring); every missing fact is simply left out."""
+    if not isinstance(resource, Mapping):
+        raise _fail("resource", "expected a FHIR resource (a mapping)")
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str) or not resource_type:
         raise _fail("resourceType", "a FHIR resource needs a resourceType")
+    issues: list[Issue] = []
+    if not _RESOURCE_TYPE.fullmatch(resource_type):
+        issues.append(Issue(path="resourceType", message="expected a FHIR resource type name"))
     meta = resource.get("meta")
-    if not isinstance(meta, Mapping):
+    if meta is None:
+        meta = {}
+    elif not isinstance(meta, Mapping):
+        issues.append(Issue(path="meta", message="expected a Meta object"))
         meta = {}
     resource_id = resource.get("id")
-    identifiers = [
-        i for i in (_ref({"identifier": x}) for x in resource.get("identifier") or []) if i
-    ]
+    if resource_id is not None and _token(resource_id) is None:
+        issues.append(Issue(path="id", message="expected a FHIR id (a string without spaces)"))
+    identifiers = _identifiers(resource, issues)
+    codes = _codes(resource, issues)
+    profiles = _profiles(meta, issues)
+    labels = _labels(meta, issues)
+    if issues:
+        paths = ", ".join(i.path for i in issues)
+        raise InputError(f"invalid resource at {paths}", issues=issues)
     reference = None
-    if isinstance(resource_id, str) and resource_id:
+    if isinstance(resource_id, str):
         reference = Ref(
             reference=f"{resource_type}/{resource_id}",
-            identifier=identifiers[0].identifier if identifiers else None,
+            identifier=identifiers[0] if identifiers else None,
             type=resource_type,
         )
     elif identifiers:
-        reference = Ref(identifier=identifiers[0].identifier, type=resource_type)
-    code = resource.get("code")
-    codes = tuple(_codings(code.get("coding"))) if isinstance(code, Mapping) else ()
-    profiles = tuple(p for p in meta.get("profile") or [] if isinstance(p, str))
+        reference = Ref(identifier=identifiers[0], type=resource_type)
     date = next(
         (d for d in (_instant(_dig(resource, e)) for e in _DATE_ELEMENTS) if d is not None), None
     )
@@ -150,7 +318,7 @@ def requested_resource(resource: Mapping[str, Any]) -> RequestedResource:
         reference=reference,
         profiles=profiles,
         codes=codes,
-        labels=tuple(_codings(meta.get("security"))),
+        labels=labels,
         date=date,
         refers_to=_refs(resource, _REFERS_TO),
         authors=_refs(resource, _AUTHORS),

@@ -26,6 +26,7 @@ from fhir_alliance.consent.decision import (
     RequestActor,
     RequestedResource,
 )
+from fhir_alliance.consent.gate import label_problem, normal_label
 from fhir_alliance.model.common import Coding, Ref
 from fhir_alliance.model.consent import Period
 from fhir_alliance.schemas.common import (
@@ -92,6 +93,27 @@ class _ShortCoding(fields.Field[Coding]):
         return coding
 
 
+class _Label(_ShortCoding):
+    """A resource's security label: a coding or a bare confidentiality or ActCode code, its
+    system normalised (OIDs of the HL7 v3 label systems become their canonical URIs) and refused
+    when it is a code of one of those systems the library does not know (``psy``, ``"PSY "``):
+    as in :func:`~fhir_alliance.consent.gate.requested_resource`, a label must never be taken
+    for no label."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(None, **kwargs)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> Coding:
+        coding = self._coding(value)
+        system = normal_label(coding.system)
+        problem = label_problem(system, coding.code)
+        if problem is not None:
+            raise ValidationError(problem)
+        return coding if system == coding.system else Coding(system=system, code=coding.code)
+
+
 def _codings(
     system: str | None, allowed: frozenset[tuple[str, str]] | None = None, message: str = ""
 ) -> fields.List[Any]:
@@ -114,7 +136,7 @@ class ResourceSchema(StrictSchema):
     reference = fields.Nested(RefSchema, load_default=None)
     profiles = fields.List(fields.String(validate=not_blank), load_default=())
     codes = fields.List(fields.Nested(CodingSchema), load_default=())
-    labels = _codings(None)
+    labels = fields.List(_Label(), load_default=())
     date = AwareDateTime(future_tolerance=None, load_default=None)
     refers_to = fields.List(fields.Nested(RefSchema), load_default=())
     referenced_by = fields.List(fields.Nested(RefSchema), load_default=())
