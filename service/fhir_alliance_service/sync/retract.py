@@ -14,7 +14,10 @@ held is retracted by ``settings.retraction_policy``:
 
 Every step is an AuditEvent (``retract-kept``, ``retract-entered-in-error``, ``retract-delete``,
 ``retract-failed``) and the outcome is on the record's sync status (``retraction``). A failure is
-audited and tried again on the next pass. Consent records are never retracted: the EHR needs the
+audited and tried again on the next pass. ``kept`` means kept under the policy in force then: once
+the policy is ``entered-in-error`` or ``delete``, a kept record still not permitted is retracted by
+it on the next pass (a worker starting up checks the patients who have one); an entered-in-error
+or deleted record is never retracted again. Consent records are never retracted: the EHR needs the
 revocation itself.
 """
 
@@ -75,8 +78,25 @@ class Retractor:
         self._checked: dict[str, str] = {}
 
     def seed(self) -> None:
-        """Take the patients' consent stamps as checked (a worker starting up)."""
-        self._checked.update(self.store.consent_stamps())
+        """Take the patients' consent stamps as checked (a worker starting up). Under a policy that
+        retracts, a patient with a record ``kept`` (under ``none``, in force when it was checked)
+        is left unchecked: the first pass retracts it under the policy now in force."""
+        stamps = self.store.consent_stamps()
+        if self.settings.retraction_policy != "none":
+            stamps = {
+                patient: stamp
+                for patient, stamp in stamps.items()
+                if not any(s.retraction == KEPT for s in self.store.sent_items(patient))
+            }
+        self._checked.update(stamps)
+
+    def _to_check(self, retraction: str | None) -> bool:
+        """Whether a send whose status says ``retraction`` is put to the gate again: one not
+        retracted yet, and one ``kept`` (by the policy ``none`` in force then) once the policy
+        retracts. Entered-in-error and deleted ones are done."""
+        if retraction is None:
+            return True
+        return retraction == KEPT and self.settings.retraction_policy != "none"
 
     def run_pass(self, *, everyone: bool = False) -> RetractReport:
         """Check every patient whose consents changed since the last pass (all of them on the
@@ -97,7 +117,7 @@ class Retractor:
         report.patients += 1
         version = target_fhir_version(self.settings, self.store, self.client)
         for status in self.store.sent_items(patient):
-            if status.retraction is not None or status.item_id is None:
+            if status.item_id is None or not self._to_check(status.retraction):
                 continue
             record = self.store.get_record(status.record_id, version=status.record_version)
             if record is None or record.family == FAMILY_CONSENT:
