@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from .engine import make_engine
+from .engine import READ_ONLY, make_engine
 
 __all__ = ["MIGRATIONS", "SchemaVersionError", "current_revision", "head_revision", "upgrade"]
 
@@ -40,10 +40,11 @@ def head_revision() -> str:
 
 
 def current_revision(url: str | URL) -> str | None:
-    """The migration the database at ``url`` is at (None: never migrated)."""
+    """The migration the database at ``url`` is at (None: never migrated). A read: on SQLite a
+    deferred transaction, so a write lock held by another program does not delay it."""
     engine = make_engine(url)
     try:
-        with engine.connect() as connection:
+        with engine.execution_options(**{READ_ONLY: True}).connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
