@@ -182,6 +182,13 @@ V3_LABEL_SYSTEM_ALIASES: Final[Mapping[str, str]] = {
     "http://hl7.org/fhir/v3/ActReason": V3_ACT_REASON,
 }
 
+#: Other spellings of the external code systems a resource's ``code`` uses, to their canonical
+#: URIs: the HL7 OIDs of LOINC and SNOMED CT (a consent names ``http://loinc.org``).
+CODE_SYSTEM_ALIASES: Final[Mapping[str, str]] = {
+    "urn:oid:2.16.840.1.113883.6.1": LOINC,
+    "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+}
+
 
 def codes(code_system_name: str) -> dict[str, str]:
     """The codes of one of our CodeSystems, read from the built profiles package:

@@ -13,7 +13,17 @@ An element whose loss could widen an answer (``resourceType``, ``id`` and ``iden
 the resource is refused with an :class:`InputError` naming the element (``meta.security[0]``).
 Security labels of the HL7 v3 code systems are read in their canonical form (the OIDs and FHIR STU3
 URLs of those systems become the ``http://terminology.hl7.org/CodeSystem/v3-…`` URIs) and must be
-codes the library knows (:data:`~fhir_alliance.consent.decision.KNOWN_LABELS`).
+codes the library knows (:data:`~fhir_alliance.consent.decision.KNOWN_LABELS`); codes in
+``code.coding`` likewise (the OIDs of LOINC and SNOMED CT become ``http://loinc.org`` and
+``http://snomed.info/sct``).
+
+The references a resource holds (``encounter``, ``derivedFrom``, …) and its authors
+(``performer``, ``author``) are read strictly too: an entry that is not a Reference object, whose
+``reference`` is not a non-empty string or whose ``identifier`` is not ``{system, value}`` strings
+is refused at its path (``performer[1].reference``). A Reference that names nobody (a
+``display`` only) leaves that fact unknown rather than incomplete: an author so named leaves the
+authors unknown (none), a reference so named leaves the resource without its own reference; either
+way a deny scoped by ``provision.data`` applies and a permit so scoped does not.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from enum import Enum
 from typing import Any, Final
 
 from fhir_alliance.consent.decision import (
@@ -36,6 +47,7 @@ from fhir_alliance.consent.decision import (
 from fhir_alliance.errors import InputError, Issue
 from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.terminology import (
+    CODE_SYSTEM_ALIASES,
     CONSENT_ACTION,
     CONSENT_SCOPE,
     V3_ACT_REASON,
@@ -47,6 +59,7 @@ __all__ = [
     "PRIVACY_SCOPE",
     "disclosure_request",
     "label_problem",
+    "normal_code",
     "normal_label",
     "requested_resource",
 ]
@@ -114,6 +127,14 @@ def normal_label(system: str) -> str:
     """The canonical URI of an HL7 v3 label code system given by OID or FHIR STU3 URL; any
     other system as it is."""
     return V3_LABEL_SYSTEM_ALIASES.get(system, system)
+
+
+def normal_code(coding: Coding) -> Coding:
+    """``coding`` with its system in canonical form (the OIDs of LOINC and SNOMED CT become
+    ``http://loinc.org`` and ``http://snomed.info/sct``), so that a consent scoped by the code
+    sees it whichever way the resource spells the system."""
+    system = CODE_SYSTEM_ALIASES.get(coding.system)
+    return coding if system is None else Coding(system, coding.code, coding.display)
 
 
 def label_problem(system: str, code: str) -> str | None:
@@ -187,7 +208,7 @@ def _codes(resource: Mapping[str, Any], issues: list[Issue]) -> tuple[Coding, ..
     code and no permit, so leaving all of them out never widens an answer, while leaving out one
     of several could (a deny scoped to it would be missed); so a malformed coding refuses the
     resource. A coding without a system or without a code is skipped: it can equal no provision's
-    code (those always have both)."""
+    code (those always have both). Systems are read in canonical form (:func:`normal_code`)."""
     concept = resource.get("code")
     if not isinstance(concept, Mapping) or concept.get("coding") is None:
         return ()
@@ -208,7 +229,7 @@ def _codes(resource: Mapping[str, Any], issues: list[Issue]) -> tuple[Coding, ..
             message = "expected a system and a code (strings without spaces)"
             issues.append(Issue(path=path, message=message))
             continue
-        coding = Coding(system=system, code=code)
+        coding = normal_code(Coding(system=system, code=code))
         if coding not in codes:
             codes.append(coding)
     return tuple(codes)
@@ -241,6 +262,7 @@ def _identifiers(resource: Mapping[str, Any], issues: list[Issue]) -> list[Ident
 
 
 def _ref(value: object) -> Ref | None:
+    """A Reference read leniently (the resource's subject): ``None`` unless it names someone."""
     if not isinstance(value, Mapping):
         return None
     reference = value.get("reference")
@@ -262,15 +284,70 @@ def _ref(value: object) -> Ref | None:
     )
 
 
-def _refs(resource: Mapping[str, Any], elements: Sequence[str]) -> tuple[Ref, ...]:
+class _Unread(Enum):
+    """Why an entry of a reference element gave no :class:`Ref`."""
+
+    #: A Reference without a ``reference`` and an ``identifier`` (a ``display`` only, or a
+    #: backbone element of another shape): it may name anyone, so the fact is unknown.
+    NOBODY = "nobody"
+    #: Malformed: an issue was added.
+    MALFORMED = "malformed"
+
+
+def _strict_ref(value: object, path: str, issues: list[Issue]) -> Ref | _Unread:
+    """One entry of a reference element read strictly: its :class:`Ref`, or why not. Malformed
+    (an issue added at ``path``): not an object, a ``reference`` that is not a non-empty string
+    without spaces at either end, an ``identifier`` that is not ``{system, value}`` strings."""
+    if isinstance(value, Mapping) and value.get("who") is not None:
+        value, path = value["who"], f"{path}.who"  # an agent-like backbone element
+    if not isinstance(value, Mapping):
+        issues.append(Issue(path=path, message="expected a Reference object"))
+        return _Unread.MALFORMED
+    reference = value.get("reference")
+    if reference is not None and _token(reference) is None:
+        message = "expected a reference (a non-empty string without spaces at either end)"
+        issues.append(Issue(path=f"{path}.reference", message=message))
+        return _Unread.MALFORMED
+    ident = value.get("identifier")
+    identifier = None
+    if ident is not None:
+        system = _token(ident.get("system")) if isinstance(ident, Mapping) else None
+        text = _token(ident.get("value")) if isinstance(ident, Mapping) else None
+        if system is None or text is None:
+            message = (
+                "expected an Identifier {system, value} (strings without spaces at either end)"
+            )
+            issues.append(Issue(path=f"{path}.identifier", message=message))
+            return _Unread.MALFORMED
+        identifier = Identifier(system=system, value=text)
+    if reference is None and identifier is None:
+        return _Unread.NOBODY
+    kind = value.get("type")
+    return Ref(
+        reference=reference, identifier=identifier, type=kind if isinstance(kind, str) else None
+    )
+
+
+def _refs(
+    resource: Mapping[str, Any], elements: Sequence[str], issues: list[Issue]
+) -> tuple[tuple[Ref, ...], bool]:
+    """The references of ``elements``, and whether they are complete (no entry names nobody).
+    A malformed entry adds an issue at its path (``performer[1].reference``): left out, a deny
+    scoped by the party it names would be missed."""
     found: list[Ref] = []
+    complete = True
     for element in elements:
         value = resource.get(element)
-        for item in value if isinstance(value, list) else [value]:
-            ref = _ref(item.get("who") if isinstance(item, Mapping) and "who" in item else item)
-            if ref is not None and ref not in found:
+        if value is None:
+            continue
+        many = isinstance(value, list)
+        for i, item in enumerate(value if many else [value]):
+            ref = _strict_ref(item, f"{element}[{i}]" if many else element, issues)
+            if ref is _Unread.NOBODY:
+                complete = False
+            elif isinstance(ref, Ref) and ref not in found:
                 found.append(ref)
-    return tuple(found)
+    return tuple(found), complete
 
 
 def requested_resource(resource: Mapping[str, Any]) -> RequestedResource:
@@ -298,17 +375,23 @@ def requested_resource(resource: Mapping[str, Any]) -> RequestedResource:
     codes = _codes(resource, issues)
     profiles = _profiles(meta, issues)
     labels = _labels(meta, issues)
+    refers_to, relations_known = _refs(resource, _REFERS_TO, issues)
+    authors, authors_known = _refs(resource, _AUTHORS, issues)
     if issues:
         paths = ", ".join(i.path for i in issues)
         raise InputError(f"invalid resource at {paths}", issues=issues)
+    # A reference that names nothing (display only): what this resource depends on is unknown.
+    # The engine has no unknown ``refers_to`` but reads every data reference of a resource
+    # without its own reference as unknown (a deny by data reference applies, a permit does
+    # not); the known references alone could miss a deny by dependents.
     reference = None
-    if isinstance(resource_id, str):
+    if relations_known and isinstance(resource_id, str):
         reference = Ref(
             reference=f"{resource_type}/{resource_id}",
             identifier=identifiers[0] if identifiers else None,
             type=resource_type,
         )
-    elif identifiers:
+    elif relations_known and identifiers:
         reference = Ref(identifier=identifiers[0], type=resource_type)
     date = next(
         (d for d in (_instant(_dig(resource, e)) for e in _DATE_ELEMENTS) if d is not None), None
@@ -320,8 +403,10 @@ def requested_resource(resource: Mapping[str, Any]) -> RequestedResource:
         codes=codes,
         labels=labels,
         date=date,
-        refers_to=_refs(resource, _REFERS_TO),
-        authors=_refs(resource, _AUTHORS),
+        refers_to=refers_to,
+        # An author named by display only: the authors are unknown (none), so a deny by author
+        # applies and a permit by author does not; the known ones alone could miss a deny.
+        authors=authors if authors_known else (),
     )
 
 

@@ -26,7 +26,7 @@ from fhir_alliance.consent.decision import (
     RequestActor,
     RequestedResource,
 )
-from fhir_alliance.consent.gate import label_problem, normal_label
+from fhir_alliance.consent.gate import label_problem, normal_code, normal_label
 from fhir_alliance.model.common import Coding, Ref
 from fhir_alliance.model.consent import Period
 from fhir_alliance.schemas.common import (
@@ -147,6 +147,8 @@ class ResourceSchema(StrictSchema):
         values: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
         }
+        # Codes in canonical form, as the gate reads them (LOINC's OID is http://loinc.org).
+        values["codes"] = tuple(normal_code(c) for c in values["codes"])
         return RequestedResource(**values)
 
 

@@ -128,14 +128,30 @@ def test_resource_without_type_is_refused() -> None:
     assert caught.value.issues[0].path == "resourceType"
 
 
-def test_hostile_shapes_do_not_crash() -> None:
-    """Wrong JSON types in meta, code and references are ignored, never a crash."""
+def test_hostile_shapes_are_input_errors_or_ignored() -> None:
+    """Wrong JSON types in meta, code and references are refused at their paths, never a crash;
+    a reference element holding one Reference instead of a list is read."""
+    with pytest.raises(InputError) as caught:
+        requested_resource(
+            {
+                "resourceType": "Observation",
+                "meta": {"security": [1, {"system": 2}], "profile": [3]},
+                "code": {"coding": "x"},
+                "performer": [{"reference": 5}, "y"],
+                "identifier": [{"system": "s"}],
+            }
+        )
+    assert {i.path for i in caught.value.issues} == {
+        "meta.security[0]",
+        "meta.security[1]",
+        "meta.profile[0]",
+        "code.coding",
+        "performer[0].reference",
+        "performer[1]",
+    }
     facts = requested_resource(
         {
             "resourceType": "Observation",
-            "meta": {"security": [1, {"system": 2}], "profile": [3]},
-            "code": {"coding": "x"},
-            "performer": [{"reference": 5}, "y"],
             "derivedFrom": {"reference": "QuestionnaireResponse/1"},
             "identifier": [{"system": "s"}],
         }
