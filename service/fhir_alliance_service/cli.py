@@ -1,5 +1,5 @@
 """The service's subcommands of ``fhir-alliance`` (serve, worker, sync-once, status, replay,
-create-api-key, db upgrade/current, load, pull, reconcile), registered through the ``fhir_alliance.commands`` entry
+create-api-key, list-api-keys, revoke-api-key, db upgrade/current, load, pull, reconcile), registered through the ``fhir_alliance.commands`` entry
 point.
 
 Every command reads its settings with :func:`~fhir_alliance_service.config.load_settings` (the
@@ -167,6 +167,24 @@ def register(subparsers: Any) -> None:
     )
     create_key.set_defaults(handler=_guarded(_create_api_key))
 
+    list_keys = subparsers.add_parser(
+        "list-api-keys",
+        help="list the API keys: id, name, scopes, created, revoked (never a secret)",
+        description=_list_api_keys.__doc__,
+    )
+    list_keys.add_argument("--json", action="store_true", help="machine-readable output")
+    list_keys.set_defaults(handler=_guarded(_list_api_keys))
+
+    revoke_key = subparsers.add_parser(
+        "revoke-api-key",
+        help="revoke an API key by its id (fa_…, as list-api-keys shows)",
+        description=_revoke_api_key.__doc__,
+    )
+    revoke_key.add_argument(
+        "key_id", metavar="KEY_ID", help="the key's id, fa_<hex> (never the whole key)"
+    )
+    revoke_key.set_defaults(handler=_guarded(_revoke_api_key))
+
     db = subparsers.add_parser("db", help="the database schema (Alembic migrations)")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)
     db_commands.add_parser(
@@ -264,9 +282,21 @@ def _configure_logging(settings: Settings) -> None:
 def _client(settings: Settings) -> Any:
     if not settings.fhir_base_url:
         raise _StopCommand("FHIR_ALLIANCE_FHIR_BASE_URL is not set: there is nowhere to sync to")
+    from fhir_alliance.errors import InputError
     from fhir_alliance_service.sync.target import client_from_settings
 
-    return client_from_settings(settings)
+    try:
+        return client_from_settings(settings)
+    except InputError as exc:
+        # The SMART key file holds no usable key: name the setting (never the key's content).
+        key_issues = [issue.message for issue in exc.issues if issue.path == "private_key"]
+        if not key_issues:
+            raise
+        raise _StopCommand(
+            f"FHIR_ALLIANCE_SMART_PRIVATE_KEY_FILE: {'; '.join(key_issues)} "
+            f"in {settings.smart_private_key_file!r} "
+            f"(FHIR_ALLIANCE_SMART_ALGORITHM is {settings.smart_algorithm})"
+        ) from None
 
 
 # -- serve --------------------------------------------------------------------------------------
@@ -276,17 +306,27 @@ def _serve(args: argparse.Namespace) -> int:
     """Serve the HTTP API with gunicorn (never Flask's development server). Each gunicorn worker
     builds its own app with ``create_app(settings)``; SIGTERM stops gracefully."""
     settings = _settings()
-    _require_migrated(settings)
-    from fhir_alliance_service.cli_serve import serve
-
-    bind = args.bind or settings.bind
+    bind = settings.bind if args.bind is None else _checked_bind(args.bind)
     workers = args.workers if args.workers is not None else settings.web_workers
     if workers < 1:
         raise _StopCommand("--workers must be at least 1")
     threads = args.threads if args.threads is not None else settings.web_threads
     if threads < 1:
         raise _StopCommand("--threads must be at least 1")
+    _require_migrated(settings)
+    from fhir_alliance_service.cli_serve import serve
+
     return serve(settings, bind=bind, workers=workers, threads=threads)
+
+
+def _checked_bind(given: str) -> str:
+    """``--bind`` checked as FHIR_ALLIANCE_BIND is (host:port or unix:PATH)."""
+    from fhir_alliance_service.config import _bind, _Invalid
+
+    try:
+        return _bind(given)
+    except _Invalid as exc:
+        raise _StopCommand(f"--bind: {exc}") from None
 
 
 # -- worker and sync-once -------------------------------------------------------------------------
@@ -642,8 +682,29 @@ def _replay(args: argparse.Namespace) -> int:
         if record_id is not None and store.get_record(record_id) is None:
             raise _StopCommand("no such record", status=1)
         count = store.replay(record_id, at=_now())
+        if record_id is not None and not count:
+            raise _StopCommand(_not_replayed(record_id, store.sync_status(record_id)), status=1)
     print(f"re-queued {count} dead-lettered item(s)")
-    return 0 if count or args.all else 1
+    return 0
+
+
+def _not_replayed(record_id: str, status: Any) -> str:
+    """Why ``replay RECORD_ID`` re-queued nothing: the state of the record's newest outbox item."""
+    from fhir_alliance_service.store.interface import SyncState
+
+    if status is None:
+        return f"record {record_id} has no outbox item: nothing to re-queue"
+    state: SyncState = status.state
+    detail = ""
+    if state is SyncState.HELD and status.held_reason:
+        detail = f" ({status.held_reason})"
+    elif state is SyncState.FAILED and status.next_attempt_at is not None:
+        detail = f" (next attempt at {_when(status.next_attempt_at)})"
+    return (
+        f"record {record_id} is {state.value}{detail}, not dead-lettered "
+        f"(version {status.record_version}): nothing to re-queue; replay takes dead-lettered "
+        "records only"
+    )
 
 
 def _record_id(given: str) -> str:
@@ -662,11 +723,26 @@ def _record_id(given: str) -> str:
 
 def _create_api_key(args: argparse.Namespace) -> int:
     """Create an API key with the given scopes and print it once on stdout; only its hash is
-    stored, so it cannot be shown again."""
+    stored, so it cannot be shown again. Names identify keys: a name (compared without case)
+    that a key not revoked already has is refused; revoke that key first."""
     settings = _settings()
     from fhir_alliance_service.auth import create_api_key
 
+    name = args.name.strip()
     with _opened_store(settings) as store:
+        # Checked here, not by the database (a unique index on active names needs a migration):
+        # two create-api-key runs at the same instant could still both pass.
+        same = [
+            key
+            for key in store.list_api_keys()
+            if key.revoked_at is None and key.name.casefold() == name.casefold()
+        ]
+        if name and same:
+            raise _StopCommand(
+                f"an API key named {same[0].name!r} already exists ({same[0].key_id}); "
+                f"revoke it first (fhir-alliance revoke-api-key {same[0].key_id}) or choose "
+                "another name"
+            )
         try:
             raw_key = create_api_key(store, args.name, sorted(set(args.scopes)))
         except ValueError as exc:
@@ -676,6 +752,93 @@ def _create_api_key(args: argparse.Namespace) -> int:
         f"created API key {args.name!r} with scopes {', '.join(sorted(set(args.scopes)))}; "
         "it is shown only this once",
         file=sys.stderr,
+    )
+    return 0
+
+
+#: What ``list-api-keys`` and ``revoke-api-key`` accept as a key id (never a whole key).
+_KEY_ID_SHAPE = "fa_ followed by hex digits"
+
+
+def _list_api_keys(args: argparse.Namespace) -> int:
+    """List every API key, revoked ones too, oldest first: its id (the public part of the key,
+    ``fa_<hex>``), name, scopes, when it was created and when it was revoked. Never the secret
+    or its hash."""
+    settings = _settings()
+    with _opened_store(settings) as store:
+        keys = store.list_api_keys()
+    if args.json:
+        listing = [
+            {
+                "key_id": key.key_id,
+                "name": key.name,
+                "scopes": sorted(key.scopes),
+                "created_at": key.created_at.isoformat(),
+                "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+            }
+            for key in keys
+        ]
+        print(json.dumps(listing, indent=2))
+        return 0
+    if not keys:
+        print("no API keys (fhir-alliance create-api-key NAME --scope S creates one)")
+        return 0
+    rows = [
+        (
+            key.key_id,
+            ",".join(sorted(key.scopes)),
+            _when(key.created_at),
+            _when(key.revoked_at) if key.revoked_at else "-",
+            key.name,
+        )
+        for key in keys
+    ]
+    header = ("KEY ID", "SCOPES", "CREATED", "REVOKED", "NAME")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
+        print("  ".join([*cells, row[4]]))
+    return 0
+
+
+def _when(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _revoke_api_key(args: argparse.Namespace) -> int:
+    """Revoke an API key by its id (``fa_<hex>``, as ``list-api-keys`` shows; never the whole
+    key). A running service stops accepting it within FHIR_ALLIANCE_API_KEY_CACHE_SECONDS.
+    Revoking a key that is already revoked changes nothing and exits 0."""
+    import re
+
+    from fhir_alliance_service.auth import parse_api_key
+
+    given = args.key_id.strip()
+    if parse_api_key(given) is not None:
+        # A whole key: never echo it (its secret), and do not take it from the command line.
+        raise _StopCommand(
+            "give the key's id (fa_<hex>, the part before the second '_'; list-api-keys shows "
+            "it), not the whole key"
+        )
+    if not re.fullmatch(r"fa_[0-9a-f]+", given):
+        raise _StopCommand(
+            f"not an API key id: expected {_KEY_ID_SHAPE} (list-api-keys shows them)"
+        )
+    settings = _settings()
+    with _opened_store(settings) as store:
+        key = store.find_api_key(given)
+        if key is None:
+            raise _StopCommand(f"no API key {given} (list-api-keys shows the keys)")
+        revoked = key.revoked_at is None and store.revoke_api_key(given, at=_now())
+        if not revoked:
+            key = store.find_api_key(given) or key
+    if not revoked:
+        when = f" at {_when(key.revoked_at)}" if key.revoked_at else ""
+        print(f"API key {key.key_id} ({key.name!r}) was already revoked{when}; nothing changed")
+        return 0
+    print(
+        f"revoked API key {key.key_id} ({key.name!r}); running services stop accepting it within "
+        f"FHIR_ALLIANCE_API_KEY_CACHE_SECONDS ({settings.api_key_cache_seconds:g} s)"
     )
     return 0
 
@@ -710,7 +873,10 @@ def _load(args: argparse.Namespace) -> int:
     """Bulk intake of record files: ``.json`` (one record or a list) and ``.ndjson``/``.jsonl``
     (one a line), in batches of ``--batch-size`` through the same intake as the API. A bad record
     is reported as ``file:line`` with its field paths, and its whole batch stores nothing; the
-    other batches go on. Exit status 0 only when every record loaded."""
+    other batches go on. A line that is not JSON counts as a bad record of its batch (reported
+    as ``file:line``; the batch's records read before it store nothing) and the rest of that
+    file is not read; the file's earlier batches and the other files load. Exit status 0 only
+    when every record loaded."""
     if args.batch_size < 1:
         raise _StopCommand("--batch-size must be at least 1")
     settings = _settings()

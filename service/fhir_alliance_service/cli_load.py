@@ -180,7 +180,10 @@ def load_files(
     progress: bool | None = None,
 ) -> LoadSummary:
     """Read every file and store its records in batches through ``intake_records``; a batch with
-    a bad record stores nothing and is reported; the other batches go on. ``progress``: a tqdm bar
+    a bad record stores nothing and is reported; the other batches go on. A line that cannot be
+    parsed (or a file that cannot be read) counts as a bad record of its batch: that batch stores
+    nothing, the file's earlier batches stay stored, the rest of that file is not read, and the
+    other files go on. ``progress``: a tqdm bar
     on stderr (default: only when stderr is a terminal)."""
     from tqdm import tqdm
 
@@ -206,16 +209,37 @@ def load_files(
 
         batch: list[SourcedRecord] = []
         for path in paths:
+            read = 0
             try:
                 for record in read_records(path):
+                    read += 1
                     batch.append(record)
                     if len(batch) >= batch_size:
                         flush(batch)
             except FileFormatError as exc:
-                # The file's records read so far still load; the rest of it cannot be read.
-                summary.problems.append(str(exc))
+                # An unparsable line (or a read error) is a bad record of the batch it falls in:
+                # the batch's records read before it store nothing, like a batch with a record the
+                # intake refuses; the batches of the file before it are stored. The rest of the
+                # file is not read (past a broken line its records cannot be trusted to line up).
+                summary.rejected_records += len(batch)
+                summary.problems.append(f"{exc}; {_not_loaded(read, len(batch))}")
+                bar.update(len(batch))
+                batch.clear()
             flush(batch)  # batches never span files: a file's problems stay its own
     return summary
+
+
+def _not_loaded(read: int, dropped: int) -> str:
+    """What an unreadable place costs: ``read`` records of the file came before it, the last
+    ``dropped`` of them in its batch."""
+    if not read:
+        return "nothing of this file is loaded"
+    if not dropped:
+        return "the rest of this file is not loaded (the records before this line are)"
+    return (
+        f"not loaded: the {dropped} record(s) of this line's batch read before it "
+        "and the rest of this file"
+    )
 
 
 def _outcome(result: Any) -> str:

@@ -431,6 +431,10 @@ class Store(Protocol):
 
     def revoke_api_key(self, key_id: str, *, at: datetime) -> bool: ...
 
+    def list_api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones too, oldest first (``fhir-alliance list-api-keys``)."""
+        ...
+
     # -- operations ----------------------------------------------------------------------------
     def set_meta(self, name: str, value: str) -> None:
         """Small named facts: the FHIR server's last contact, its FHIR version, …"""

@@ -282,6 +282,17 @@ def _sync_status(row: AnyRow) -> SyncStatus:
     )
 
 
+def _api_key(row: AnyRow) -> ApiKey:
+    return ApiKey(
+        key_id=row.key_id,
+        name=row.name,
+        scopes=frozenset(row.scopes),
+        secret_hash=row.secret_hash,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
 def _pulled(row: AnyRow) -> PulledResource:
     return PulledResource(
         server=row.server,
@@ -1095,16 +1106,12 @@ class SqlStore(AuditQueueSql):
             row = connection.execute(
                 select(api_keys).where(api_keys.c.key_id == key_id)
             ).one_or_none()
-        if row is None:
-            return None
-        return ApiKey(
-            key_id=row.key_id,
-            name=row.name,
-            scopes=frozenset(row.scopes),
-            secret_hash=row.secret_hash,
-            created_at=row.created_at,
-            revoked_at=row.revoked_at,
-        )
+        return None if row is None else _api_key(row)
+
+    def list_api_keys(self) -> list[ApiKey]:
+        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.key_id)
+        with self._read() as connection:
+            return [_api_key(row) for row in connection.execute(query)]
 
     def revoke_api_key(self, key_id: str, *, at: datetime) -> bool:
         with self._write() as connection:
