@@ -35,6 +35,7 @@ __all__ = [
     "IntakeResult",
     "NewRecord",
     "OutboxItem",
+    "PatientChangeRefused",
     "PullCursor",
     "PulledResource",
     "PutOutcome",
@@ -61,6 +62,17 @@ class AuditPushState(StrEnum):
     PENDING = "pending"  # to push: first try or a retry at ``push_next_at``
     PUSHED = "pushed"  # the server took it
     DEAD_LETTERED = "dead-lettered"  # refused for good; ``push_outcome``: the OperationOutcome
+
+
+class PatientChangeRefused(ValueError):
+    """``put_records`` found, inside its write transaction, that a new version names another
+    patient than the record's newest stored version (nor an alias of it): a concurrent intake
+    stored the record for another patient after the use case checked. Nothing was written; the use
+    case answers as its own check does (422 at ``patient``). ``record_ids``: the refused records."""
+
+    def __init__(self, record_ids: Sequence[str]) -> None:
+        super().__init__(f"a record's patient cannot change ({len(record_ids)} record(s))")
+        self.record_ids: tuple[str, ...] = tuple(record_ids)
 
 
 class PutOutcome(StrEnum):
@@ -259,7 +271,8 @@ class Store(Protocol):
         → version 1 and an outbox item; same content as the newest version → UNCHANGED, nothing
         written; changed content → a new version and an outbox item (older unsent items of the
         record become SUPERSEDED). ``audit`` entries whose ``record_id`` names an UNCHANGED record are
-        not written."""
+        not written. A changed version naming another patient than the record's newest version
+        (and not an alias of that patient) raises :class:`PatientChangeRefused`, nothing written."""
 
     # -- reading -------------------------------------------------------------------------------
     def get_record(self, record_id: str, *, version: int | None = None) -> StoredRecord | None: ...

@@ -54,6 +54,7 @@ from .interface import (
     IntakeResult,
     NewRecord,
     OutboxItem,
+    PatientChangeRefused,
     PullCursor,
     PulledResource,
     PutOutcome,
@@ -207,6 +208,7 @@ class _Head:
     version: int
     content_hash: str
     is_new: bool  # no row in record_heads yet (inserted by this batch)
+    patient: str  # the patient of the newest version (stored, or written by this batch)
 
 
 AnyRow = Row[*tuple[Any, ...]]
@@ -418,6 +420,7 @@ class SqlStore(AuditQueueSql):
         written: set[str] = set()  # records that got a new version in this batch
         queued_in_batch: dict[str, dict[str, Any]] = {}  # record id → its newest item row
         tokens_written: list[str] = []  # patients whose token row this transaction inserts
+        moved: list[str] = []  # records whose new version names another patient (refused)
         with self._raw.transaction():
             heads = self._load_heads([record.record_id for record in records])
             for record in records:
@@ -428,9 +431,23 @@ class SqlStore(AuditQueueSql):
                     )
                     continue
                 if head is None:
-                    head = heads[record.record_id] = _Head(1, record.content_hash, is_new=True)
+                    head = heads[record.record_id] = _Head(
+                        1, record.content_hash, is_new=True, patient=record.patient
+                    )
                     outcome = PutOutcome.CREATED
                 else:
+                    # A record's patient cannot change (the intake's rule, checked again here,
+                    # in the write transaction: a concurrent intake may have stored the record for
+                    # another patient since the use case read it). Pulled records (``origin``) are
+                    # not the intake's.
+                    if (
+                        origin is None
+                        and head.patient != record.patient
+                        and not self._same_patient(head.patient, record.patient)
+                    ):
+                        moved.append(record.record_id)
+                        continue
+                    head.patient = record.patient
                     if not head.is_new:
                         changed_ids.append(record.record_id)
                     # A version queued earlier in this batch is superseded straight away.
@@ -465,6 +482,8 @@ class SqlStore(AuditQueueSql):
                 }
                 outbox_rows.append(item)
                 queued_in_batch[record.record_id] = item
+            if moved:  # raised inside the transaction: rolled back, nothing of the batch kept
+                raise PatientChangeRefused(list(dict.fromkeys(moved)))
             if record_rows:
                 tokens_written = self._write_versions(record_rows, heads, changed_ids, at, origin)
                 if origin is None:  # pulled records are never pushed back
@@ -488,13 +507,30 @@ class SqlStore(AuditQueueSql):
         unique = list(dict.fromkeys(record_ids))
         for chunk in _chunks(unique):
             rows = self._raw.query(
-                "SELECT record_id, version, content_hash FROM record_heads "  # noqa: S608 (placeholders)
+                "SELECT record_id, version, content_hash, patient FROM record_heads "  # noqa: S608 (placeholders)
                 f"WHERE record_id IN ({self._raw.placeholders(len(chunk))})",
                 chunk,
             )
-            for record_id, version, content_hash in rows:
-                heads[record_id] = _Head(version, content_hash, is_new=False)
+            for record_id, version, content_hash, patient in rows:
+                heads[record_id] = _Head(version, content_hash, is_new=False, patient=patient)
         return heads
+
+    def _same_patient(self, stored: str, new: str) -> bool:
+        """``stored`` is ``new`` or one of its keys (``patient_keys``: its canonical patient and
+        that patient's aliases), read in the write transaction under way (only for a record whose
+        patient key differs: rare)."""
+        if stored == new:
+            return True
+        raw = self._raw
+        rows = raw.query("SELECT patient FROM patient_aliases WHERE alias = ?", [new])
+        canonical = rows[0][0] if rows else new
+        if stored == canonical:
+            return True
+        return bool(
+            raw.query(
+                "SELECT 1 FROM patient_aliases WHERE patient = ? AND alias = ?", [canonical, stored]
+            )
+        )
 
     def _write_versions(
         self,

@@ -41,6 +41,7 @@ from fhir_alliance_service import audit
 from fhir_alliance_service.store.interface import (
     IntakeResult,
     NewRecord,
+    PatientChangeRefused,
     PutOutcome,
     Store,
     StoredRecord,
@@ -315,7 +316,19 @@ def _intake_once(
         audit.intake_event(new.record_id, new.patient, new.kind, version, at)
         for _, new, version in entries
     ]
-    results = store.put_records(new_records, audit=events, at=at)
+    try:
+        results = store.put_records(new_records, audit=events, at=at)
+    except PatientChangeRefused as exc:
+        # A concurrent intake stored one of these records for another patient after our check
+        # (the store checks again in its write transaction): the same answer as our own check.
+        refused = set(exc.record_ids)
+        issues = [
+            Issue(_at(label, "patient"), PATIENT_CHANGE_REFUSED)
+            for label, new, _ in entries
+            if new.record_id in refused
+        ]
+        paths = ", ".join(sorted({i.path or "(root)" for i in issues}))
+        raise InputError(f"invalid input at {paths}", issues=issues) from None
     stale = sum(
         1
         for (_, _, version), result in zip(entries, results, strict=True)
