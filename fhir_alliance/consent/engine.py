@@ -616,10 +616,23 @@ def _data_incomparable(meaning: DataMeaning, facet: _Facet, q: _Request) -> bool
 def _walk(n: _Node, q: _Request) -> _Node:
     """The provision that decides for ``q`` below ``n`` (``n`` itself if no exception matches)."""
     best = n
+    needed = q.explicit_needed
     for child in n.children:
         if _context_matches(child, q) and _data_matches(child, q):
             found = _walk(child, q) if child.children else child
-            if best is n or (best.permit and not found.permit):
+            if (
+                best is n
+                or (best.permit and not found.permit)
+                # Among matching permits, one that names the labels the resource needs named
+                # (PSYTHPN) decides: it permits that content explicitly.
+                or (
+                    needed
+                    and best.permit
+                    and found.permit
+                    and not needed <= best.named_labels
+                    and needed <= found.named_labels
+                )
+            ):
                 best = found
     return best
 
@@ -628,14 +641,15 @@ def _walk(n: _Node, q: _Request) -> _Node:
 
 
 def _may_concern(n: _Node, q: _Request) -> bool:
-    """Without a resource: False only when the request names its content classes and the
-    provision is scoped to other classes (it cannot concern the content asked about)."""
+    """Without a resource: False only when the provision certainly cannot concern the content the
+    request names: both name resource types only, and none in common (a resource has one type).
+    A profile tells nothing certain about a resource's type, nor about the other profiles it may
+    claim, so a provision or a request naming profiles may concern any content."""
     if n.type_classes is None or not (q.content_types or q.content_profiles):
         return True
-    return not (
-        n.type_classes.isdisjoint(q.content_types)
-        and n.profile_classes.isdisjoint(q.content_profiles)
-    )
+    if n.profile_classes or q.content_profiles:
+        return True
+    return not n.type_classes.isdisjoint(q.content_types)
 
 
 @dataclass(slots=True)
@@ -655,6 +669,7 @@ def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped]]:
     best = n
     best_nested: list[_Scoped] = _NO_RULES
     scoped: list[_Scoped] = []
+    passed_over: list[list[_Scoped]] = []  # the nested rules of unfiltered siblings not chosen
     classes = q.content_types or q.content_profiles
     for child in n.children:
         if not _context_matches(child, q) or (classes and not _may_concern(child, q)):
@@ -666,14 +681,44 @@ def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped]]:
         if child.has_filter:
             scoped.append(_Scoped(child, decider, nested))
         elif best is n or (best.permit and not decider.permit):
+            if best is not n:
+                passed_over.append(best_nested)
             best, best_nested = decider, nested
+        elif not best.permit and not decider.permit:
+            # Two denies: content either one denies is denied, so what stays released is what
+            # the exceptions of both permit; no obligation can say that much: neither's permits
+            # are kept (the safe side), the denies within them still count.
+            best_nested = [*_denies_within(best_nested), *_denies_within(nested)]
+        else:
+            passed_over.append(nested)
     if best is not n:
         # An unfiltered sibling matched: inside a scope, deny overrides among siblings, so a scoped
-        # permit adds nothing to what that sibling decided.
-        scoped = [s for s in scoped if not s.decider.permit]
+        # permit adds nothing to what that sibling decided; but what it denies further in (its
+        # nested scoped denies) still overrides a permit of that sibling.
+        kept: list[_Scoped] = []
+        for s in scoped:
+            if not s.decider.permit:
+                kept.append(s)
+            else:
+                kept.extend(_denies_within(s.nested))
+        scoped = kept
     if best_nested:
         scoped.extend(best_nested)
+    for nested in passed_over:
+        # An unfiltered sibling that did not decide still denies inside its scoped exceptions,
+        # and there a deny overrides whatever the deciding sibling permits.
+        scoped.extend(_denies_within(nested))
     return best, scoped
+
+
+def _denies_within(rules: list[_Scoped]) -> Iterable[_Scoped]:
+    """The scoped denies among ``rules`` and, through permits, further in (each redacts its own
+    scope: more than the intersection with the scopes around it, never less)."""
+    for rule in rules:
+        if rule.decider.permit:
+            yield from _denies_within(rule.nested)
+        else:
+            yield rule
 
 
 @dataclass(slots=True)
@@ -703,7 +748,10 @@ class _General:
 def _flatten(rules: list[_Scoped], outer_permit: bool, depth: int, out: _General) -> None:
     for rule in rules:
         permit = rule.decider.permit
-        if permit:
+        if permit and depth == 0 and _labels_only(rule.scope):
+            # Content carrying the label is released whole only by a permit scoped by labels
+            # alone; one narrowed further (a code, a class, a data period, a scope around it)
+            # releases only part of it, which no label obligation can say: it stays redacted.
             out.explicit.update(rule.decider.named_labels)
         if outer_permit:
             if not permit:
@@ -717,8 +765,20 @@ def _flatten(rules: list[_Scoped], outer_permit: bool, depth: int, out: _General
                 _flatten(rule.nested, True, depth + 1, out)
             else:
                 out.dropped += 1
+                # Its content is not kept, but what it denies further in still overrides the
+                # permits of other consents (deny overrides).
+                out.redact.extend(_denies_within(rule.nested))
         else:
+            if depth == 0:
+                # A scoped deny beside the scoped permits kept below overrides them inside its
+                # scope (deny overrides among siblings): redacted, should a permit keep content.
+                out.redact.append(rule)
             _flatten(rule.nested, False, depth + 1, out)
+
+
+def _labels_only(n: _Node) -> bool:
+    p = n.provision
+    return bool(p.security_labels) and not (p.classes or p.codes or p.data_period or p.data)
 
 
 def _single_dimension(n: _Node) -> bool:
@@ -1095,25 +1155,22 @@ class ConsentEngine:
         if permit_all:
             basis = tuple(a.base.basis() for a in permit_all if a.base is not None)
         else:
-            keep = [r for a in permit_only for r in a.permit_only]
-            periods = {r.scope.provision.data_period for r in keep} - {None}
-            if len(periods) > 1:
-                # One obligation cannot keep content from two separate periods (a hull would keep
-                # what lies between): keep the first period's content only, say so.
-                first = next(r for r in keep if r.scope.provision.data_period is not None)
-                left_out = [
-                    r
-                    for r in keep
-                    if r.scope.provision.data_period
-                    not in (None, first.scope.provision.data_period)
-                ]
-                keep = [r for r in keep if r not in left_out]
-                notes.append(
-                    f"{len(left_out)} permit(s) by another data period left out: one answer "
-                    "keeps content from one period; ask about the resource itself"
-                )
+            keep = _one_period([r for a in permit_only for r in a.permit_only], notes)
             basis = tuple(r.decider.basis() for r in keep)
-            obligations.append(_obligation(RedactMode.ALL_EXCEPT, keep))
+            if len(permit_only) == 1 or any(a.base is None for a in permit_only):
+                # (When every one denies all but its exceptions, their own obligations below
+                # say it all.)
+                obligations.append(_obligation(RedactMode.ALL_EXCEPT, keep))
+        # A consent that denies everything but what it permits (an unscoped deny with permitted
+        # exceptions) keeps only that content whatever the others permit: deny overrides. Each
+        # such consent gets its own obligation (obligations add up: content must pass them all),
+        # unless it alone made the one above.
+        if permit_all or len(permit_only) > 1:
+            obligations.extend(
+                _obligation(RedactMode.ALL_EXCEPT, _one_period(a.permit_only, notes))
+                for a in permit_only
+                if a.base is not None
+            )
         explicit: set[_CodeKey] = set()
         for answer in answers:
             explicit |= answer.explicit
@@ -1145,6 +1202,26 @@ class ConsentEngine:
                     (),
                 )
         return (DecisionOutcome.PERMIT, basis, tuple(obligations))
+
+
+def _one_period(keep: list[_Scoped], notes: list[str]) -> list[_Scoped]:
+    """``keep`` as rules for one ``redact-all-except`` obligation. One obligation cannot keep
+    content from two separate data periods (a hull would keep what lies between): the first
+    period's content only is kept, and a note says so."""
+    periods = {r.scope.provision.data_period for r in keep} - {None}
+    if len(periods) <= 1:
+        return keep
+    first = next(r for r in keep if r.scope.provision.data_period is not None)
+    left_out = [
+        r
+        for r in keep
+        if r.scope.provision.data_period not in (None, first.scope.provision.data_period)
+    ]
+    notes.append(
+        f"{len(left_out)} permit(s) by another data period left out: one answer "
+        "keeps content from one period; ask about the resource itself"
+    )
+    return [r for r in keep if r not in left_out]
 
 
 def _removing_everything(

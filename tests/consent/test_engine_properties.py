@@ -212,13 +212,20 @@ def _deepest(p: Provision, permit: bool, path: str, named: set, q: DecisionReque
     named = named | ({(c.system, c.code) for c in p.security_labels} & {PSYTHPN})
     best = (permit, path, named)
     found = False
+    needs = {(c.system, c.code) for c in q.resource.labels} & {PSYTHPN} if q.resource else set()
     for i, child in enumerate(p.provisions):
         child_permit = child.type is Decision.PERMIT
         if _matches(child, child_permit, q):
             result = _deepest(
                 child, child_permit, f"{path}.{i}" if path != "root" else str(i), named, q
             )
-            if not found or (best[0] and not result[0]):
+            # Deny overrides among siblings; among permits, one naming PSYTHPN (when the
+            # resource carries it) decides, else the first.
+            if (
+                not found
+                or (best[0] and not result[0])
+                or (best[0] and result[0] and needs and needs <= result[2] and not needs <= best[2])
+            ):
                 best, found = result, True
     return best
 

@@ -1,0 +1,157 @@
+"""The general answer (no resource) never releases what the exact answer for a resource denies.
+
+``docs/consent-decisions.md`` promises that an answer about the patient's data in general may
+remove more than strictly needed, never less. Checked here over random consents (those of
+``test_engine_properties``, with provisions also scoped by ``class``: resource types and profiles),
+random general requests (with and without content classes) and random resources of the asked
+content: whenever the general answer is PERMIT and a resource survives every obligation it carries,
+the engine asked about that very resource must say PERMIT too. The obligations are applied as a
+careful recipient would (``RedactObligation``'s documented semantics; a fact the resource does not
+state, such as its date or its codes, is redacted by a ``redact-matching`` filter on it and never
+kept by a ``redact-all-except`` one: the engine reads a missing fact the same way)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fhir_alliance.consent.decision import (
+    DecisionOutcome,
+    DecisionRequest,
+    RedactMode,
+    RedactObligation,
+    RequestedResource,
+)
+from fhir_alliance.consent.engine import RESOURCE_TYPE_SYSTEMS, ConsentEngine
+from fhir_alliance.model.common import Coding
+from fhir_alliance.model.consent import ConsentRecord, Provision
+from tests.consent.builders import RESOURCE_TYPES
+from tests.consent.test_engine_properties import (
+    CODES,
+    DIRECTORY,
+    LABELS,
+    SEEDS,
+    _consents,
+    _day,
+    _request,
+)
+
+PROFILES = ["https://clinic.example/StructureDefinition/wai-sr", "https://clinic.example/sd/srs"]
+TYPES = ["Observation", "DocumentReference"]
+#: Classes a provision or a request may name: resource types, profiles, and a type whose system
+#: is misspelled (then it counts as a profile, which no resource here has).
+CLASSES = [
+    *(Coding(RESOURCE_TYPES, t) for t in TYPES),
+    *(Coding("http://hl7.org/fhir/StructureDefinition", p) for p in PROFILES),
+    Coding("http://hl7.org/fhir/resource-type", "Observation"),
+]
+
+
+def _with_classes(p: Provision, rng: random.Random) -> Provision:
+    classes = tuple(rng.sample(CLASSES, rng.randint(1, 2))) if rng.random() < 0.25 else ()
+    return dataclasses.replace(
+        p,
+        classes=classes,
+        provisions=tuple(_with_classes(child, rng) for child in p.provisions),
+    )
+
+
+def _consents_with_classes(seed: int, n: int) -> list[ConsentRecord]:
+    rng = random.Random(seed ^ 0x5EED)
+    out = []
+    for c in _consents(seed, n):
+        root = _with_classes(c.provision, rng)
+        out.append(dataclasses.replace(c, provision=root))
+    return out
+
+
+def _resource(rng: random.Random, asked: tuple[Coding, ...]) -> RequestedResource | None:
+    """A resource of the content asked about (any, when nothing is asked); None when none of the
+    resources tried is (the misspelled class: no resource has it)."""
+    for _ in range(50):
+        kind = rng.choice(TYPES)
+        profiles = tuple(rng.sample(PROFILES, rng.randint(0, 2)))
+        resource = RequestedResource(
+            type=kind,
+            profiles=profiles,
+            codes=tuple(rng.sample(CODES, rng.randint(0, 1))),
+            labels=tuple(rng.sample(LABELS, rng.randint(0, 2))),
+            date=None if rng.random() < 0.1 else _day(rng.randint(-400, 200)),
+        )
+        if not asked or any(_is_of_class(resource, c) for c in asked):
+            return resource
+    return None
+
+
+def _is_of_class(r: RequestedResource, c: Coding) -> bool:
+    if c.system in RESOURCE_TYPE_SYSTEMS:
+        return r.type == c.code
+    return c.code in r.profiles
+
+
+def _hits(o: RedactObligation, r: RequestedResource, *, unknown: bool) -> bool:
+    """Whether ``r`` matches the obligation's filter (any of its parts); ``unknown``: what a fact
+    the resource does not state counts as."""
+    keys = {(c.system, c.code) for c in r.labels}
+    if any((c.system, c.code) in keys for c in o.labels):
+        return True
+    if o.codes:
+        if not r.codes:
+            if unknown:
+                return True
+        elif {(c.system, c.code) for c in o.codes} & {(c.system, c.code) for c in r.codes}:
+            return True
+    if any(_is_of_class(r, c) for c in o.classes):
+        return True
+    if o.data_period is not None:
+        if r.date is None:
+            if unknown:
+                return True
+        elif o.data_period.contains(r.date):
+            return True
+    assert not o.data  # the generator names no data references
+    return False
+
+
+def _survives(obligations: tuple[RedactObligation, ...], r: RequestedResource) -> bool:
+    for o in obligations:
+        if o.mode is RedactMode.MATCHING and _hits(o, r, unknown=True):
+            return False
+        if o.mode is RedactMode.ALL_EXCEPT and not _hits(o, r, unknown=False):
+            return False
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(SEEDS, SEEDS, SEEDS, st.integers(min_value=1, max_value=8), st.booleans())
+def test_the_general_answer_never_releases_what_the_resource_answer_denies(
+    consent_seed: int, request_seed: int, resource_seed: int, n: int, with_classes: bool
+) -> None:
+    consents = _consents_with_classes(consent_seed, n)
+    rng = random.Random(resource_seed)
+    asked = tuple(rng.sample(CLASSES, rng.randint(1, 2))) if with_classes else ()
+    general = dataclasses.replace(_request(request_seed, general=True), content_classes=asked)
+    engine = ConsentEngine(consents, directory=DIRECTORY)
+    answer = engine.decide(general)
+    if answer.outcome is not DecisionOutcome.PERMIT:
+        return
+    for _ in range(8):
+        resource = _resource(rng, asked)
+        if resource is None or not _survives(answer.obligations, resource):
+            continue
+        exact = DecisionRequest(
+            patient=general.patient,
+            actors=general.actors,
+            at=general.at,
+            purposes=general.purposes,
+            action=general.action,
+            resource=resource,
+        )
+        decided = engine.decide(exact)
+        assert decided.outcome is DecisionOutcome.PERMIT, (
+            f"general: permit with {answer.obligations}; this resource: {decided.outcome} "
+            f"({resource})"
+        )
