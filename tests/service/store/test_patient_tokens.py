@@ -43,6 +43,8 @@ def test_a_record_moved_to_another_patient_and_a_pulled_record_are_indexed(
     """A new version that names another patient, and a remote-origin record, make their patients
     findable (the old patient stays findable: its older versions remain)."""
     store.put_records([record(1)], audit=[], at=T0)
+    # Only another key of the same patient may carry a record on (intake refuses a real move).
+    store.add_patient_alias("Patient/p1", "Patient/moved", at=T0)
     store.put_records([record(1, patient="Patient/moved", score=2)], audit=[], at=at(1))
     store.put_remote_records(
         [record(2, patient="Patient/pulled")], origin="https://ehr.example", audit=[], at=at(2)

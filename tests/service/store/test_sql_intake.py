@@ -99,7 +99,9 @@ def test_held_and_dead_lettered_items_are_superseded(store: SqlStore) -> None:
     first, second = store.claim("w1", limit=2, lease_seconds=30, now=T0)
     assert store.mark_held(first.item_id, "w1", reason="no permit", audit=[], at=at(1))
     assert store.mark_dead(second.item_id, "w1", outcome={"x": 1}, audit=[], at=at(1))
-    store.put_records([record(1, score=9), record(2, score=9)], audit=[], at=at(2))
+    store.put_records(
+        [record(1, score=9), record(2, patient="Patient/p2", score=9)], audit=[], at=at(2)
+    )
     counts = store.counts_by_state()
     assert (counts[SyncState.SUPERSEDED], counts[SyncState.QUEUED]) == (2, 2)
     assert counts[SyncState.HELD] == counts[SyncState.DEAD_LETTERED] == 0
