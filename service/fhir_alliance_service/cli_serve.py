@@ -11,6 +11,7 @@ carry a patient reference (``/v1/patients/{ref}/…``); the app logs requests it
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
     from fhir_alliance_service.config import Settings
 
-__all__ = ["ServiceApplication", "gunicorn_options", "serve"]
+__all__ = ["RequestTextFilter", "ServiceApplication", "gunicorn_options", "serve"]
 
 #: Settings only newer gunicorn releases know; skipped on older ones.
 _NEWER_SETTINGS = frozenset({"control_socket_disable"})
@@ -52,6 +53,36 @@ def gunicorn_options(
     }
 
 
+class RequestTextFilter(logging.Filter):
+    """Keeps request text out of gunicorn's own log lines. gunicorn quotes a request line it cannot
+    parse ("Invalid request from ip=…: Invalid HTTP request line: 'GET /v1/patients/…'") and names
+    the URI of a request that failed outside the app; paths carry patient references. Such lines
+    are kept, without the request's text and without the exception's message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("Invalid request from ip="):
+            record.msg = "invalid HTTP request refused (its text is not logged)"
+        elif message.startswith("Error handling request"):
+            kind = record.exc_info[0] if record.exc_info else None
+            record.msg = "error handling a request outside the app" + (
+                f" ({kind.__name__})" if kind is not None else ""
+            )
+        else:
+            return True
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def keep_request_text_out_of_gunicorn_logs() -> None:
+    """Install :class:`RequestTextFilter` on gunicorn's error log (once per process)."""
+    error_log = logging.getLogger("gunicorn.error")
+    if not any(isinstance(f, RequestTextFilter) for f in error_log.filters):
+        error_log.addFilter(RequestTextFilter())
+
+
 class ServiceApplication(BaseApplication):
     """A gunicorn application whose app comes from a factory called in each worker."""
 
@@ -67,6 +98,7 @@ class ServiceApplication(BaseApplication):
             self.cfg.set(name, value)
 
     def load(self) -> Any:  # a Flask app; gunicorn's stubs type WSGI apps narrower than Flask's
+        keep_request_text_out_of_gunicorn_logs()  # in each worker, where requests are parsed
         app: Flask = self._factory()
         return app
 

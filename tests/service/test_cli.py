@@ -394,10 +394,18 @@ def test_serve_runs_gunicorn_that_answers_healthz_and_stops_on_sigterm(
         assert answer is not None, (tmp_path / "serve.log").read_text(errors="replace")
         assert answer.status_code == 200
         assert "gunicorn" in (tmp_path / "serve.log").read_text(errors="replace")
+        # A request line gunicorn cannot parse, naming a patient: refused, and its text kept out
+        # of gunicorn's log line about it.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"GET /v1/patients/Patient/mrn-4711/records HTTP/1.1 x\r\nHost: a\r\n\r\n")
+            assert raw.recv(4096).startswith(b"HTTP/1.1 400")
     finally:
         code = _stop(process)
         log.close()
     assert code == 0
+    logged = (tmp_path / "serve.log").read_text(errors="replace")
+    assert "invalid HTTP request refused (its text is not logged)" in logged
+    assert "mrn-4711" not in logged
 
 
 def test_serve_with_a_bad_setting_stops_before_binding(database: str) -> None:
