@@ -313,6 +313,7 @@ class _Consent:
         "id_text",
         "index",
         "patient_keys",
+        "privacy",
         "record",
         "root",
         "start",
@@ -344,6 +345,9 @@ class _Consent:
         self.categories = _code_keys(record.categories) | {
             (CONSENT_SCOPE, KIND_SCOPES[record.kind])
         }
+        #: A privacy consent (sharing, recording, restriction) restricts disclosure whatever
+        #: category it is filed under; a treatment consent is about care, not disclosure.
+        self.privacy = KIND_SCOPES[record.kind] == "patient-privacy"
         self.patient_keys = directory.keys(record.patient)
         self.root = _Node(
             record.provision,
@@ -1021,6 +1025,9 @@ class ConsentEngine:
         categories = _code_keys(request.categories)
         at = q.at
         live: list[_Consent] = []
+        # Consents of other categories than the request names: they only take away (a
+        # restriction filed under another category still restricts), they never permit.
+        restricting: list[_Consent] = []
         for c in candidates:
             if c.patient_keys.isdisjoint(patient_keys):  # same person only through another consent
                 continue
@@ -1033,14 +1040,20 @@ class ConsentEngine:
                     notes.append(f"consent {c.id_text}: not counted, outside its period")
                 continue
             if categories and categories.isdisjoint(c.categories):
-                if trace:
+                if c.privacy:
+                    if trace:
+                        notes.append(
+                            f"consent {c.id_text}: other category, counts only where it denies"
+                        )
+                    restricting.append(c)
+                elif trace:
                     notes.append(f"consent {c.id_text}: not counted, other category")
                 continue
             live.append(c)
         if q.has_resource:
-            decision = self._decide_resource(live, q, notes, trace)
+            decision = self._decide_resource(live, q, notes, trace, restricting)
         else:
-            decision = self._decide_general(live, q, notes, trace)
+            decision = self._decide_general(live, q, notes, trace, restricting)
         if group is not None and group.unresolved and q.incomparable:
             # Consents naming an actor that cannot be compared with the request's (the index may
             # have passed them over): say so, for those in force.
@@ -1058,8 +1071,30 @@ class ConsentEngine:
     # -- one resource --
 
     def _decide_resource(
-        self, live: list[_Consent], q: _Request, notes: list[str], trace: bool
+        self,
+        live: list[_Consent],
+        q: _Request,
+        notes: list[str],
+        trace: bool,
+        restricting: Sequence[_Consent] = (),
     ) -> _Answer:
+        restrictions: list[_Node] = []
+        for c in restricting:
+            root = c.root
+            if _context_matches(root, q) and _data_matches(root, q):
+                decider = _walk(root, q) if root.children else root
+                if not decider.permit:
+                    restrictions.append(decider)
+        if restrictions:  # a deny of another category: whatever the combining rule
+            notes.append(
+                "a consent of another category than the request names denies: it counts "
+                "where it denies"
+            )
+            return (
+                DecisionOutcome.DENY,
+                tuple(n.basis() for n in sorted(restrictions, key=_recency)),
+                (),
+            )
         denies: list[_Node] = []
         permits: list[_Node] = []
         silent: list[_Node] = []
@@ -1113,8 +1148,21 @@ class ConsentEngine:
     # -- the patient's data in general --
 
     def _decide_general(
-        self, live: list[_Consent], q: _Request, notes: list[str], trace: bool
+        self,
+        live: list[_Consent],
+        q: _Request,
+        notes: list[str],
+        trace: bool,
+        restricting: Sequence[_Consent] = (),
     ) -> _Answer:
+        restrictions = [
+            a for a in (_general(c, q) for c in restricting) if a is not None and a.kind != "none"
+        ]
+        if restrictions:
+            notes.append(
+                f"{len(restrictions)} consent(s) of another category than the request names: "
+                "they count only where they deny"
+            )
         answers: list[_General] = []
         for c in live:
             answer = _general(c, q)
@@ -1138,7 +1186,9 @@ class ConsentEngine:
                     f"consent {answer.consent.id_text}: {answer.dropped} narrowly scoped permit(s) "
                     "cannot be expressed without a resource; ask about the resource itself"
                 )
-        deny_all = [a.base.basis() for a in answers if a.kind == "deny-all" and a.base]
+        deny_all = [
+            a.base.basis() for a in (*answers, *restrictions) if a.kind == "deny-all" and a.base
+        ]
         if deny_all:
             return (DecisionOutcome.DENY, tuple(deny_all), ())
         permit_all = [a for a in answers if a.kind == "permit-all"]
@@ -1175,6 +1225,11 @@ class ConsentEngine:
         for answer in answers:
             explicit |= answer.explicit
             obligations.extend(_obligation(RedactMode.MATCHING, [r]) for r in answer.redact)
+        for answer in restrictions:  # what they deny, never what they permit
+            obligations.extend(_obligation(RedactMode.MATCHING, [r]) for r in answer.redact)
+            if answer.kind == "permit-only" and answer.base is not None:
+                keep = _one_period(answer.permit_only, notes)
+                obligations.append(_obligation(RedactMode.ALL_EXCEPT, keep))
         redacted = {
             (c.system, c.code)
             for o in obligations

@@ -4,12 +4,14 @@ for a resource, which is exact."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from fhir_alliance.consent import ConsentEngine, DecisionOutcome
 from fhir_alliance.consent.decision import RedactMode
 from fhir_alliance.consent.request_form import load_decision_request
-from fhir_alliance.model.consent import ConsentRecord
+from fhir_alliance.model.common import Coding
+from fhir_alliance.model.consent import ConsentKind, ConsentRecord
 from fhir_alliance.schemas.consent import load_consent
 
 V3 = "http://terminology.hl7.org/CodeSystem"
@@ -166,3 +168,49 @@ def test_among_matching_permits_the_one_naming_psythpn_decides() -> None:
     decided = ask(engine, resource=resource)
     assert decided.outcome is DecisionOutcome.PERMIT
     assert [b.path for b in decided.basis] == ["1"]
+
+
+PATIENT_CONSENT = {"system": "http://loinc.org", "code": "59284-0"}
+RELEASE_OF_INFORMATION = {"system": "http://loinc.org", "code": "64292-6"}
+
+
+def categorised(
+    n: int, decision: str, kind: str, category: dict[str, str], provision: Any = None
+) -> ConsentRecord:
+    return dataclasses.replace(
+        consent(n, decision, provision),
+        kind=ConsentKind(kind),
+        categories=(Coding(system=category["system"], code=category["code"]),),
+    )
+
+
+def test_a_restriction_filed_under_another_category_still_restricts() -> None:
+    """A request naming the sharing consent's category (LEAP's consult as shipped) still counts a
+    privacy consent of another category where it denies; it never counts where it permits."""
+    sharing = categorised(1, "permit", "sharing", PATIENT_CONSENT)
+    restriction = categorised(2, "deny", "restriction", RELEASE_OF_INFORMATION)
+    engine = ConsentEngine([sharing, restriction])
+    asked = {"categories": [PATIENT_CONSENT]}
+    assert ask(engine, **asked).outcome is DecisionOutcome.DENY
+    assert ask(engine, resource={"type": "Observation"}, **asked).outcome is DecisionOutcome.DENY
+    # A partial restriction (deny PSY inside a permit) of another category: redacts PSY only.
+    psy = {"provisions": [{"type": "deny", "security_labels": [label("PSY")]}]}
+    partial = categorised(2, "permit", "restriction", RELEASE_OF_INFORMATION, provision=psy)
+    engine = ConsentEngine([sharing, partial])
+    general = ask(engine, **asked)
+    assert general.outcome is DecisionOutcome.PERMIT
+    assert ["PSY"] in [[c.code for c in o.labels] for o in general.obligations]
+    tagged = {"type": "Observation", "labels": ["PSY"]}
+    assert ask(engine, resource=tagged, **asked).outcome is DecisionOutcome.DENY
+    # Another category's permit alone permits nothing.
+    only_other = ConsentEngine([categorised(1, "permit", "sharing", RELEASE_OF_INFORMATION)])
+    assert ask(only_other, **asked).outcome is DecisionOutcome.NO_CONSENT
+
+
+def test_a_treatment_consent_of_another_category_is_not_counted() -> None:
+    """A declined intervention is about care, not disclosure: asked about sharing, it is left
+    out as before."""
+    sharing = categorised(1, "permit", "sharing", PATIENT_CONSENT)
+    declined = categorised(2, "deny", "treatment", RELEASE_OF_INFORMATION)
+    engine = ConsentEngine([sharing, declined])
+    assert ask(engine, categories=[PATIENT_CONSENT]).outcome is DecisionOutcome.PERMIT
