@@ -188,6 +188,12 @@ CODE_SYSTEM_ALIASES: Final[Mapping[str, str]] = {
     "urn:oid:2.16.840.1.113883.6.1": LOINC,
     "urn:oid:2.16.840.1.113883.6.96": SNOMED,
 }
+#: Other spellings of the code system of resource types in a consent's ``class``, to the one the
+#: consent readers write: R5's ``fhir-types`` (the engine reads both alike; the R5 writer puts only
+#: ``resource-types`` codes in ``resourceType``).
+CLASS_SYSTEM_ALIASES: Final[Mapping[str, str]] = {
+    "http://hl7.org/fhir/fhir-types": RESOURCE_TYPES,
+}
 
 
 def codes(code_system_name: str) -> dict[str, str]:

@@ -41,11 +41,14 @@ from fhir_alliance.schemas.consent import (
     RECORD_KIND_CONSENT,
     RECORD_KIND_REVOCATION,
     ConsentRevocationSchema,
+    canonical_coding,
     dump_consent,
     dump_revocation,
     load_consent,
 )
 from fhir_alliance.terminology import (
+    CLASS_SYSTEM_ALIASES,
+    CODE_SYSTEM_ALIASES,
     CONSENT_ACTION,
     CONSENT_ACTION_CODES,
     CONSENT_LABEL_CODES,
@@ -74,6 +77,7 @@ from fhir_alliance.terminology import (
     RESOURCE_TYPES,
     V3_ACT_CODE,
     V3_ACT_REASON,
+    V3_LABEL_SYSTEM_ALIASES,
 )
 
 __all__ = [
@@ -130,6 +134,7 @@ _VERIFIED_BY_TYPES: Final = frozenset({"Organization", "Practitioner", "Practiti
 _PURPOSES: Final = {V3_ACT_REASON: PURPOSE_OF_USE_CODES}
 _ACTIONS: Final = {CONSENT_ACTION: CONSENT_ACTION_CODES}
 _LABELS: Final = CONSENT_LABEL_CODES
+_LABEL_ALIASES: Final = V3_LABEL_SYSTEM_ALIASES
 
 _R4_ONLY: Final = frozenset(
     {"scope", "patient", "dateTime", "performer", "organization", "policy", "policyRule"}
@@ -858,8 +863,9 @@ def _categories(
     rest: list[Coding] = []
     for i, concept in enumerate(_list(resource.get("category"), path / "category")):
         cat_path = _Path(f"{path}.category[{i}]")
-        for j, coding in enumerate(_concept(concept, cat_path)):
+        for j, read in enumerate(_concept(concept, cat_path)):
             coding_path = _Path(f"{cat_path}.coding[{j}]")
+            coding = canonical_coding(read, CODE_SYSTEM_ALIASES)  # LOINC by its OID
             if coding.system == CS_CONSENT_KINDS:
                 found = _enum(ConsentKind, coding.code, coding_path / "code")
                 if kind is not None and kind != found:
@@ -952,9 +958,11 @@ def _conditions(obj: Mapping[str, Any], path: _Path, *, r5: bool) -> dict[str, A
         for i, concept in enumerate(_list(obj.get("action"), path / "action"))
         for j, c in enumerate(_concept(concept, _Path(f"{path}.action[{i}]")))
     ]
+    # Systems in canonical form (OIDs, STU3 URLs), as the gate reads resources: a consent naming a
+    # code or label by its OID must still match them.
     labels = [
         _checked(
-            _coding(c, _Path(f"{path}.securityLabel[{i}]")),
+            canonical_coding(_coding(c, _Path(f"{path}.securityLabel[{i}]")), _LABEL_ALIASES),
             _LABELS,
             "security label",
             _Path(f"{path}.securityLabel[{i}]"),
@@ -974,12 +982,13 @@ def _conditions(obj: Mapping[str, Any], path: _Path, *, r5: bool) -> dict[str, A
     names = ("resourceType", "documentType") if r5 else ("class",)
     for name in names:
         for i, c in enumerate(_list(obj.get(name), path / name)):
-            classes.append(_coding(c, _Path(f"{path}.{name}[{i}]")))
+            coding = _coding(c, _Path(f"{path}.{name}[{i}]"))
+            classes.append(canonical_coding(coding, CLASS_SYSTEM_ALIASES))
     raw_codes = obj.get("code")
     if isinstance(raw_codes, Mapping):  # LEAP writes R4 code as one object (the R5 shape of old)
         raw_codes = [raw_codes]
     codes = [
-        c
+        canonical_coding(c, CODE_SYSTEM_ALIASES)
         for i, concept in enumerate(_list(raw_codes, path / "code"))
         for c in _concept(concept, _Path(f"{path}.code[{i}]"))
     ]

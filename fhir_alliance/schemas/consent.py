@@ -43,6 +43,8 @@ from fhir_alliance.schemas.common import (
 )
 from fhir_alliance.schemas.compiled import load_or_raise_fast
 from fhir_alliance.terminology import (
+    CLASS_SYSTEM_ALIASES,
+    CODE_SYSTEM_ALIASES,
     CONSENT_ACTION,
     CONSENT_ACTION_CODES,
     CONSENT_CATEGORY_CODES,
@@ -51,6 +53,7 @@ from fhir_alliance.terminology import (
     PURPOSE_OF_USE_CODES,
     RESOURCE_TYPES,
     V3_ACT_REASON,
+    V3_LABEL_SYSTEM_ALIASES,
 )
 
 __all__ = [
@@ -59,6 +62,7 @@ __all__ = [
     "RECORD_KIND_REVOCATION",
     "ConsentRecordSchema",
     "ConsentRevocationSchema",
+    "canonical_coding",
     "dump_consent",
     "dump_revocation",
     "load_consent",
@@ -74,13 +78,26 @@ MAX_PROVISION_DEPTH: Final = 32
 RECORD_KIND_REVOCATION = "consent-revocation"
 
 
-def _checked_coding(what: str, allowed: Mapping[str, frozenset[str]]) -> type[CodingSchema]:
-    """A coding schema that accepts only ``allowed[system]`` codes (errors at ``system``/``code``)."""
+def canonical_coding(coding: Coding, aliases: Mapping[str, str]) -> Coding:
+    """``coding`` with its system in canonical form (``aliases``: other spelling → canonical URI,
+    e.g. :data:`~fhir_alliance.terminology.CODE_SYSTEM_ALIASES`). Every consent reader normalises
+    a consent's codes, labels and classes so: resources are read in canonical form by the consent
+    gate, and a consent that names a code by an OID must still match them (a deny would be missed)."""
+    system = aliases.get(coding.system)
+    return coding if system is None else replace(coding, system=system)
+
+
+def _checked_coding(
+    what: str, allowed: Mapping[str, frozenset[str]], aliases: Mapping[str, str] | None = None
+) -> type[CodingSchema]:
+    """A coding schema that accepts only ``allowed[system]`` codes (errors at ``system``/``code``);
+    a system is looked up in canonical form (``aliases``), the loader normalising it after."""
+    other_spellings: Mapping[str, str] = aliases or {}
 
     class _Checked(CodingSchema):
         @validates_schema
         def _known(self, data: dict[str, Any], **kwargs: Any) -> None:
-            codes = allowed.get(data["system"])
+            codes = allowed.get(other_spellings.get(data["system"], data["system"]))
             if codes is None:
                 raise ValidationError(
                     f"{what}: code system must be one of {', '.join(sorted(allowed))}",
@@ -95,8 +112,12 @@ def _checked_coding(what: str, allowed: Mapping[str, frozenset[str]]) -> type[Co
 
 PurposeCodingSchema = _checked_coding("purpose of use", {V3_ACT_REASON: PURPOSE_OF_USE_CODES})
 ActionCodingSchema = _checked_coding("consent action", {CONSENT_ACTION: CONSENT_ACTION_CODES})
-CategoryCodingSchema = _checked_coding("consent category", {LOINC: CONSENT_CATEGORY_CODES})
-SecurityLabelCodingSchema = _checked_coding("security label", CONSENT_LABEL_CODES)
+CategoryCodingSchema = _checked_coding(
+    "consent category", {LOINC: CONSENT_CATEGORY_CODES}, CODE_SYSTEM_ALIASES
+)
+SecurityLabelCodingSchema = _checked_coding(
+    "security label", CONSENT_LABEL_CODES, V3_LABEL_SYSTEM_ALIASES
+)
 
 
 class PeriodSchema(StrictSchema):
@@ -194,6 +215,14 @@ class DataRefSchema(StrictSchema):
         return DataRef(**data)
 
 
+#: The provision elements whose codings are normalised, with the other spellings of their systems.
+_PROVISION_ALIASES: Final[tuple[tuple[str, Mapping[str, str]], ...]] = (
+    ("security_labels", V3_LABEL_SYSTEM_ALIASES),
+    ("classes", CLASS_SYSTEM_ALIASES),
+    ("codes", CODE_SYSTEM_ALIASES),
+)
+
+
 def _codings(schema: type[CodingSchema] = CodingSchema) -> fields.List[Any]:
     return fields.List(fields.Nested(schema), load_default=())
 
@@ -215,6 +244,9 @@ class _ProvisionConditions(StrictSchema):
         values: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
         }
+        # Systems in canonical form, as the FHIR readers give them and the gate reads resources.
+        for name, aliases in _PROVISION_ALIASES:
+            values[name] = tuple(canonical_coding(c, aliases) for c in values[name])
         # Normal form (what the R5 reader gives back): resource types before other classes.
         values["classes"] = tuple(
             sorted(values["classes"], key=lambda c: c.system != RESOURCE_TYPES)
@@ -315,6 +347,9 @@ class ConsentRecordSchema(StrictSchema):
         data["kind"] = data.pop("consent_kind")
         for name in ("grantees", "history", "verification", "categories"):
             data[name] = tuple(data[name])
+        data["categories"] = tuple(
+            canonical_coding(c, CODE_SYSTEM_ALIASES) for c in data["categories"]
+        )
         # Normal form (what the FHIR readers give back): the policy document before the coded policy.
         data["policy_basis"] = tuple(sorted(data["policy_basis"], key=lambda b: b.code is not None))
         return ConsentRecord(**data)
