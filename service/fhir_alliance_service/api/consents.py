@@ -39,7 +39,9 @@ from fhir_alliance_service.api.schemas import (
     instance,
 )
 from fhir_alliance_service.auth import require_scope
+from fhir_alliance_service.errors import ApiError
 from fhir_alliance_service.store.interface import Store, StoredRecord
+from fhir_alliance_service.usecases.consents import AlreadyRevoked, revoke_stored_consent
 from fhir_alliance_service.usecases.decisions import decide_for_patient
 from fhir_alliance_service.usecases.intake import FAMILY_CONSENT, intake_records
 
@@ -120,15 +122,52 @@ def get_consent(record_id: str) -> Any:
 @describe(body=RevokeRequestSchema, response=RecordSchema)
 def revoke_consent(record_id: str) -> Any:
     """Revoke a stored consent: a new version with status revoked; the patient's held records are
-    re-evaluated."""
+    re-evaluated. Idempotent: the same revocation posted again (a retry after a lost answer) is
+    200 with the consent as it is, nothing stored; another revocation of a revoked consent is 409.
+
+    ---
+    post:
+      responses:
+        409:
+          description: the consent is already revoked by another revocation (another at, by or
+            reason); the same revocation posted again is 200 with the consent as it is
+          content:
+            application/fhir+json:
+              schema: OperationOutcomeSchema
+    """
     store = _store()
     record = _stored_consent(store, record_id)
     body = json_body()
     load_or_raise(instance(RevokeRequestSchema), body)  # field paths of the body itself
-    payload = {**body, "kind": RECORD_KIND_REVOCATION, "consent": record.identifier}
-    intake_records(store, [payload], at=_now(), labels=[""])
+    try:
+        revoke_stored_consent(store, record, body, at=_now())
+    except AlreadyRevoked as exc:
+        raise ApiError(409, str(exc)) from None
     revoked = _stored_consent(store, record_id)
     return dump(RecordSchema, record_json(revoked, store.sync_status(revoked.record_id)))
+
+
+#: Why a parameter of the decision may not repeat. Several recipients are not several ways one
+#: recipient is known: answering for all of them could disclose to a party the consent does not
+#: name, and answering for the first alone would mislead about the others.
+_ONE_VALUE = {
+    "recipient": "give one recipient per question",
+    "purpose": "give one purpose per question",
+    "action": "give one action per question",
+    "at": "give one time per question",
+}
+
+
+def _refuse_repeated_parameters() -> None:
+    """422 naming every parameter of the question given more than once (``to_dict()`` would keep
+    only its first value); unknown parameters are left to the schema, which refuses them."""
+    issues = [
+        Issue(path=name, message=_ONE_VALUE[name])
+        for name, values in request.args.lists()
+        if name in _ONE_VALUE and len(values) > 1
+    ]
+    if issues:
+        raise InputError(f"invalid input at {', '.join(i.path for i in issues)}", issues=issues)
 
 
 @blueprint.get("/patients/<path:ref>/decision")
@@ -138,15 +177,19 @@ def patient_decision(ref: str) -> Any:
     """The consent decision for a patient: outcome, deciding consent and provision, obligations
     and the explanation.
 
+    One question per request: a parameter given twice (two recipients, two purposes, …) is
+    refused with 422 at that parameter, never answered for its first value alone.
+
     ---
     get:
       responses:
         422:
-          description: a bad patient, recipient, purpose, action or time
+          description: a bad patient, recipient, purpose, action or time, or a parameter given twice
           content:
             application/fhir+json:
               schema: OperationOutcomeSchema
     """
+    _refuse_repeated_parameters()
     query = load_or_raise(instance(DecisionQuerySchema), request.args.to_dict())
     answer = decide_for_patient(
         _store(),

@@ -29,15 +29,18 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from fhir_alliance.consent import ConsentEngine
 from fhir_alliance.consent.directory import ActorDirectory
 from fhir_alliance.errors import FhirAllianceError, InputError, Issue
 from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
 from fhir_alliance.model.common import Identifier, Ref
-from fhir_alliance.model.consent import ConsentRecord
+from fhir_alliance.model.consent import ConsentRecord, ConsentRevocation, ConsentStatus
+from fhir_alliance.schemas.consent import RECORD_KIND_REVOCATION
 from fhir_alliance_service.store.interface import Store, StoredRecord
 from fhir_alliance_service.usecases.references import (
     IDENTIFIER_MESSAGE,
@@ -48,12 +51,14 @@ from fhir_alliance_service.usecases.references import (
 
 __all__ = [
     "ENGINE_CACHE_SIZE",
+    "AlreadyRevoked",
     "PatientConsents",
     "clear_engine_cache",
     "engine_for_patient",
     "load_patient_consents",
     "patient_key",
     "register_patient_alias",
+    "revoke_stored_consent",
 ]
 
 #: In the body of a pulled consent that could not be read and was then deleted on the server
@@ -245,3 +250,59 @@ def _key_issues(key: object, path: str) -> list[Issue]:
     if not valid_literal_reference(key) or patient_issues(Ref(reference=key), path):
         return [Issue(path=path, message="expected Patient/<id> or system|value")]
     return []
+
+
+class AlreadyRevoked(ValueError):
+    """The consent is revoked already, by another revocation than the one asked for (409)."""
+
+
+def _same_revocation_stored(row: StoredRecord, revocation: ConsentRevocation) -> bool:
+    """``True`` when ``row`` is revoked by exactly ``revocation`` (same ``at``, ``by`` and
+    ``reason``): a retry, nothing to do. ``False`` when ``row`` is not revoked (or cannot be
+    read: intake decides). Raises :class:`AlreadyRevoked` when it is revoked by another one."""
+    try:
+        record = CONSENT_MAPPER.load(row.body)
+    except (FhirAllianceError, ValueError, TypeError):
+        return False
+    if not isinstance(record, ConsentRecord) or record.status is not ConsentStatus.REVOKED:
+        return False
+    changes = [c for c in record.history if c.status is ConsentStatus.REVOKED]
+    if not changes:
+        raise AlreadyRevoked("the consent is already revoked")
+    last = changes[-1]
+    if (last.at, last.by, last.reason) == (revocation.at, revocation.by, revocation.reason):
+        return True
+    raise AlreadyRevoked(
+        f"the consent is already revoked (at {last.at.isoformat()}); only the same revocation "
+        "(the same at, by and reason) may be posted again"
+    )
+
+
+def revoke_stored_consent(
+    store: Store, row: StoredRecord, body: Mapping[str, Any], *, at: datetime
+) -> bool:
+    """Revoke the stored consent ``row`` with the revoke ``body`` (``at``, ``by``?, ``reason``?):
+    ``True`` when a new version was stored (queued, audited; the patient's held records are
+    re-evaluated). Idempotent: when the consent is already revoked by exactly this revocation
+    (a retry after a lost answer) nothing is stored and the answer is ``False``. Raises
+    :class:`AlreadyRevoked` when it was revoked by another revocation, :class:`InputError` for a
+    bad body or a consent that cannot be revoked."""
+    from fhir_alliance_service.usecases.intake import intake_records  # intake imports this module
+
+    payload = {**body, "kind": RECORD_KIND_REVOCATION, "consent": row.identifier}
+    revocation = CONSENT_MAPPER.load(payload)
+    if not isinstance(revocation, ConsentRevocation):  # pragma: no cover - the kind says so
+        raise TypeError("expected a consent revocation")
+    if _same_revocation_stored(row, revocation):
+        return False
+    try:
+        intake_records(store, [payload], at=at, labels=[""])
+    except InputError:
+        # A concurrent revoke may have stored its version since ``row`` was read.
+        current = store.get_record(row.record_id)
+        if current is None or current.version == row.version:
+            raise
+        if not _same_revocation_stored(current, revocation):
+            raise
+        return False
+    return True
