@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import IO, Any, Final
 
 from flask import request
@@ -22,7 +23,7 @@ from fhir_alliance import jsonio
 from fhir_alliance.errors import InputError, Issue
 from fhir_alliance_service.errors import ApiError
 
-__all__ = ["JSON_TYPES", "MAX_DEPTH", "json_body", "parse_json"]
+__all__ = ["JSON_TYPES", "MAX_DEPTH", "json_body", "parse_json", "single_query_args"]
 
 JSON_TYPES: Final = frozenset({"application/json", "application/fhir+json"})
 #: Deepest JSON nesting a body may have (arrays and objects): a hard cap against hostile nesting,
@@ -146,3 +147,18 @@ def _find_duplicate(value: Any, path: str) -> str | None:
         if found is not None:
             return found
     return None
+
+
+def single_query_args(messages: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The request's query parameters, each given once; a parameter given twice is a 422 at its
+    name (``messages`` may word why it may not repeat), since keeping its first value alone, as
+    ``to_dict()`` does, would answer another question than the one asked."""
+    words = messages or {}
+    issues = [
+        Issue(path=name, message=words.get(name, f"give {name} once"))
+        for name, values in request.args.lists()
+        if len(values) > 1
+    ]
+    if issues:
+        raise InputError(f"invalid input at {', '.join(i.path for i in issues)}", issues=issues)
+    return request.args.to_dict()

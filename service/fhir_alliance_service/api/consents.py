@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 
 from fhir_alliance.consent.request_form import decision_to_json
 from fhir_alliance.errors import InputError, Issue
@@ -20,7 +20,7 @@ from fhir_alliance.schemas.consent import (
     ConsentRecordSchema,
     ConsentRevocationSchema,
 )
-from fhir_alliance_service.api.body import json_body
+from fhir_alliance_service.api.body import json_body, single_query_args
 from fhir_alliance_service.api.openapi import describe
 from fhir_alliance_service.api.records import (
     intake_response,
@@ -158,18 +158,6 @@ _ONE_VALUE = {
 }
 
 
-def _refuse_repeated_parameters() -> None:
-    """422 naming every parameter of the question given more than once (``to_dict()`` would keep
-    only its first value); unknown parameters are left to the schema, which refuses them."""
-    issues = [
-        Issue(path=name, message=_ONE_VALUE[name])
-        for name, values in request.args.lists()
-        if name in _ONE_VALUE and len(values) > 1
-    ]
-    if issues:
-        raise InputError(f"invalid input at {', '.join(i.path for i in issues)}", issues=issues)
-
-
 @blueprint.get("/patients/<path:ref>/decision")
 @require_scope("read")
 @describe(query=DecisionQuerySchema, response=DecisionSchema)
@@ -189,8 +177,7 @@ def patient_decision(ref: str) -> Any:
             application/fhir+json:
               schema: OperationOutcomeSchema
     """
-    _refuse_repeated_parameters()
-    query = load_or_raise(instance(DecisionQuerySchema), request.args.to_dict())
+    query = load_or_raise(instance(DecisionQuerySchema), single_query_args(_ONE_VALUE))
     answer = decide_for_patient(
         _store(),
         ref,

@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, request, url_for
 
 from fhir_alliance.errors import InputError, Issue
 from fhir_alliance.schemas.common import load_or_raise
-from fhir_alliance_service.api.body import json_body
+from fhir_alliance_service.api.body import json_body, single_query_args
 from fhir_alliance_service.api.openapi import describe
 from fhir_alliance_service.api.schemas import (
     RECORD_BODY_SCHEMAS,
@@ -245,13 +245,13 @@ def list_patient_records(ref: str) -> Any:
     get:
       responses:
         422:
-          description: a bad patient reference or paging parameter
+          description: a bad patient reference or paging parameter, or one given twice
           content:
             application/fhir+json:
               schema: OperationOutcomeSchema
     """
     parse_party(ref, path="patient")
-    query = load_or_raise(instance(PageQuerySchema), request.args.to_dict())
+    query = load_or_raise(instance(PageQuerySchema), single_query_args())
     after = str(query["after"]) if query["after"] is not None else None
     store = _store()
     rows = store.list_records(patient=ref, limit=query["limit"] + 1, after=after)

@@ -152,8 +152,14 @@ def test_patient_records_are_paged_by_record_id(client: FlaskClient, auth_header
 
 
 def test_patient_records_refuse_bad_paging(client: FlaskClient, auth_headers: Headers) -> None:
-    """``limit`` out of range and ``after`` that is no record id are 422 naming the parameter."""
-    for query, field in (("limit=0", "limit"), ("limit=abc", "limit"), ("after=x", "after")):
+    """``limit`` out of range, ``after`` that is no record id, and a paging parameter given twice
+    (its first value alone used to count) are 422 naming the parameter."""
+    for query, field in (
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("after=x", "after"),
+        ("limit=1&limit=50", "limit"),
+    ):
         response = client.get(
             f"/v1/patients/Patient/p7/records?{query}", headers=auth_headers["read"]
         )
