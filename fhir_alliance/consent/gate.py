@@ -212,27 +212,39 @@ def _codes(resource: Mapping[str, Any], issues: list[Issue]) -> tuple[Coding, ..
     concept = resource.get("code")
     if not isinstance(concept, Mapping) or concept.get("coding") is None:
         return ()
-    value = concept["coding"]
-    if not isinstance(value, list):
-        issues.append(Issue(path="code.coding", message="expected a list of Coding objects"))
-        return ()
     codes: list[Coding] = []
-    for i, item in enumerate(value):
-        path = f"code.coding[{i}]"
-        if not isinstance(item, Mapping):
-            issues.append(Issue(path=path, message="expected a Coding object {system, code}"))
-            continue
-        if item.get("system") is None or item.get("code") is None:
-            continue
-        system, code = _token(item["system"]), _token(item["code"])
-        if system is None or code is None:
-            message = "expected a system and a code (strings without spaces)"
-            issues.append(Issue(path=path, message=message))
-            continue
+    for system, code in _system_pairs(concept["coding"], "code.coding", "code", "Coding", issues):
         coding = normal_code(Coding(system=system, code=code))
         if coding not in codes:
             codes.append(coding)
     return tuple(codes)
+
+
+def _system_pairs(
+    value: object, path: str, second: str, kind: str, issues: list[Issue]
+) -> list[tuple[str, str]]:
+    """``(system, second)`` of each entry of the list ``value`` (Codings, Identifiers) read
+    strictly: a list that is not one, an entry that is not an object, or a system or ``second``
+    that is not a string without spaces at either end is an issue at its path; an entry lacking
+    either is skipped (no provision can name it)."""
+    if not isinstance(value, list):
+        issues.append(Issue(path=path, message=f"expected a list of {kind} objects"))
+        return []
+    pairs: list[tuple[str, str]] = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        if not isinstance(item, Mapping):
+            issues.append(Issue(path=where, message=f"expected a {kind} object"))
+            continue
+        if item.get("system") is None or item.get(second) is None:
+            continue
+        system, text = _token(item["system"]), _token(item[second])
+        if system is None or text is None:
+            message = f"expected a system and a {second} (strings without spaces at either end)"
+            issues.append(Issue(path=where, message=message))
+            continue
+        pairs.append((system, text))
+    return pairs
 
 
 def _identifiers(resource: Mapping[str, Any], issues: list[Issue]) -> list[Identifier]:
@@ -241,24 +253,8 @@ def _identifiers(resource: Mapping[str, Any], issues: list[Issue]) -> list[Ident
     value = resource.get("identifier")
     if value is None:
         return []
-    if not isinstance(value, list):
-        issues.append(Issue(path="identifier", message="expected a list of Identifier objects"))
-        return []
-    found: list[Identifier] = []
-    for i, item in enumerate(value):
-        path = f"identifier[{i}]"
-        if not isinstance(item, Mapping):
-            issues.append(Issue(path=path, message="expected an Identifier object"))
-            continue
-        if item.get("system") is None or item.get("value") is None:
-            continue
-        system, text = _token(item["system"]), _token(item["value"])
-        if system is None or text is None:
-            message = "expected a system and a value (strings without spaces at either end)"
-            issues.append(Issue(path=path, message=message))
-            continue
-        found.append(Identifier(system=system, value=text))
-    return found
+    pairs = _system_pairs(value, "identifier", "value", "Identifier", issues)
+    return [Identifier(system=system, value=text) for system, text in pairs]
 
 
 def _ref(value: object) -> Ref | None:
