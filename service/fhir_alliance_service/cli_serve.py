@@ -15,18 +15,40 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 if TYPE_CHECKING:
     from flask import Flask
 
     from fhir_alliance_service.config import Settings
 
-__all__ = ["RequestTextFilter", "ServiceApplication", "gunicorn_options", "serve"]
+__all__ = [
+    "JsonGunicornLogger",
+    "RequestTextFilter",
+    "ServiceApplication",
+    "gunicorn_options",
+    "serve",
+]
 
 #: Settings only newer gunicorn releases know; skipped on older ones.
 _NEWER_SETTINGS = frozenset({"control_socket_disable"})
 #: gunicorn's graceful timeout: how long a worker may finish its requests after SIGTERM.
 GRACEFUL_TIMEOUT_SECONDS = 20
+
+
+class JsonGunicornLogger(Logger):
+    """gunicorn's logger, its error log written by the service's ``JsonFormatter``: one JSON object
+    a line (``time``, ``level``, ``logger``, ``message``; an exception by its type only, never a
+    traceback) instead of gunicorn's ``[time] [pid] [LEVEL] message`` text. The master sets it up
+    (again on SIGHUP); the workers it forks inherit its handlers. The access log stays off."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        from fhir_alliance_service.logs import JsonFormatter
+
+        formatter = JsonFormatter()
+        for handler in self.error_log.handlers:
+            handler.setFormatter(formatter)
 
 
 def gunicorn_options(
@@ -44,6 +66,8 @@ def gunicorn_options(
         "loglevel": settings.log_level.lower(),
         "accesslog": None,
         "errorlog": "-",
+        # gunicorn's own lines (master and workers) as JSON, like the service's.
+        "logger_class": JsonGunicornLogger,
         "graceful_timeout": GRACEFUL_TIMEOUT_SECONDS,
         "proc_name": "fhir-alliance",
         # gunicorn >= 25 opens a control socket at one fixed path per user; two services (or a

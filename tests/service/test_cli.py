@@ -362,7 +362,8 @@ def test_serve_runs_gunicorn_that_answers_healthz_and_stops_on_sigterm(
     database: str, tmp_path: Path
 ) -> None:
     """`serve --bind … --workers 1 --threads 2` starts gunicorn; /healthz answers 200; SIGTERM
-    ends it."""
+    ends it. Every line it writes, gunicorn's own included (master and worker), is one JSON
+    object with the documented fields."""
     port = _free_port()
     log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
@@ -404,8 +405,19 @@ def test_serve_runs_gunicorn_that_answers_healthz_and_stops_on_sigterm(
         log.close()
     assert code == 0
     logged = (tmp_path / "serve.log").read_text(errors="replace")
-    assert "invalid HTTP request refused (its text is not logged)" in logged
     assert "mrn-4711" not in logged
+    assert "Traceback" not in logged
+    lines = [json.loads(line) for line in logged.splitlines() if line.strip()]
+    for line in lines:
+        assert isinstance(line, dict)
+        assert {"time", "level", "logger", "message"} <= line.keys(), line
+        assert datetime.fromisoformat(line["time"]).tzinfo is not None
+    gunicorn_said = {line["message"] for line in lines if line["logger"] == "gunicorn.error"}
+    assert "invalid HTTP request refused (its text is not logged)" in gunicorn_said
+    assert any(message.startswith("Listening at: ") for message in gunicorn_said)  # master
+    assert any(message.startswith("Booting worker with pid: ") for message in gunicorn_said)
+    assert any(message.startswith("Shutting down") for message in gunicorn_said)
+    assert any(line["logger"] == "fhir_alliance_service.request" for line in lines)  # worker app
 
 
 def test_serve_with_a_bad_setting_stops_before_binding(database: str) -> None:
