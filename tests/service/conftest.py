@@ -13,6 +13,7 @@ fail instead, so that CI never passes by skipping them.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
 import uuid
@@ -110,3 +111,33 @@ def store(database_url: str) -> Iterator[SqlStore]:
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture
+def root_logging_restored() -> Iterator[None]:
+    """`worker` and `sync-once` add a JSON handler to the root logger; undo it after the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def database(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A migrated SQLite store that every command reads from FHIR_ALLIANCE_DATABASE_URL (and no
+    other FHIR_ALLIANCE_* setting of the environment the tests run in)."""
+    for name in list(os.environ):
+        if name.startswith("FHIR_ALLIANCE_") and name != "FHIR_ALLIANCE_TEST_BASE_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", sqlite_url)
+    return sqlite_url
+
+
+@pytest.fixture
+def opened(database: str) -> Iterator[SqlStore]:
+    store = open_store(database)
+    try:
+        yield store
+    finally:
+        store.close()

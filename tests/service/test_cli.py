@@ -4,14 +4,12 @@ process for ``serve`` and ``worker``) against a migrated SQLite store."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,47 +18,20 @@ import pytest
 import requests
 from fhir_alliance_service.auth import hash_secret, parse_api_key
 from fhir_alliance_service.cli_load import load_files
-from fhir_alliance_service.store import SyncState, open_store
+from fhir_alliance_service.store import SyncState
 from fhir_alliance_service.store.interface import Store
 
 from fhir_alliance.cli import main
 from tests.fhir_server.plugin import FhirTestServer
 from tests.service.conftest import postgres_schema_url
 
+pytestmark = pytest.mark.usefixtures("root_logging_restored")
+
 ROOT = Path(__file__).resolve().parents[2]
 CLINIC = ROOT / "examples" / "demo" / "clinic"
 SESSIONS = json.loads((CLINIC / "2-sessions.json").read_text(encoding="utf-8"))
 CONSENTS = json.loads((CLINIC / "1-consents.json").read_text(encoding="utf-8"))
 FHIR_ALLIANCE_BIN = Path(sys.executable).with_name("fhir-alliance")
-
-
-@pytest.fixture(autouse=True)
-def _root_logging_restored() -> Iterator[None]:
-    """`worker` and `sync-once` add a JSON handler to the root logger; undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def database(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A migrated SQLite store that every command reads from FHIR_ALLIANCE_DATABASE_URL."""
-    for name in list(os.environ):
-        if name.startswith("FHIR_ALLIANCE_") and name != "FHIR_ALLIANCE_TEST_BASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", sqlite_url)
-    return sqlite_url
-
-
-@pytest.fixture
-def opened(database: str) -> Iterator[Store]:
-    store = open_store(database)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def _write_ndjson(path: Path, records: list[Any]) -> Path:

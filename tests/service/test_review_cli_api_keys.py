@@ -5,35 +5,13 @@ with the same name is refused."""
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 
 import pytest
 from fhir_alliance_service.app import create_app
 from fhir_alliance_service.auth import ApiKeyCache, authenticate, parse_api_key
-from fhir_alliance_service.store import open_store
 from fhir_alliance_service.store.interface import Store
 
 from fhir_alliance.cli import main
-
-
-@pytest.fixture
-def database(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A migrated SQLite store that every command reads from FHIR_ALLIANCE_DATABASE_URL."""
-    for name in list(os.environ):
-        if name.startswith("FHIR_ALLIANCE_") and name != "FHIR_ALLIANCE_TEST_BASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", sqlite_url)
-    return sqlite_url
-
-
-@pytest.fixture
-def opened(database: str) -> Iterator[Store]:
-    store = open_store(database)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def _create(capsys: pytest.CaptureFixture[str], name: str, *scopes: str) -> str:

@@ -6,9 +6,6 @@ dead-lettered says why, ``load`` stores nothing of the batch an unparsable NDJSO
 from __future__ import annotations
 
 import json
-import logging
-import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,46 +13,17 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fhir_alliance_service.store import SyncState, open_store
+from fhir_alliance_service.store import SyncState
 from fhir_alliance_service.store.interface import Store
 
 from fhir_alliance.cli import main
+
+pytestmark = pytest.mark.usefixtures("root_logging_restored")
 
 ROOT = Path(__file__).resolve().parents[2]
 CLINIC = ROOT / "examples" / "demo" / "clinic"
 SESSIONS = json.loads((CLINIC / "2-sessions.json").read_text(encoding="utf-8"))
 CONSENTS = json.loads((CLINIC / "1-consents.json").read_text(encoding="utf-8"))
-
-
-@pytest.fixture(autouse=True)
-def _root_logging_restored() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def database(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A migrated SQLite store that every command reads from FHIR_ALLIANCE_DATABASE_URL."""
-    for name in list(os.environ):
-        if name.startswith("FHIR_ALLIANCE_") and name != "FHIR_ALLIANCE_TEST_BASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", sqlite_url)
-    return sqlite_url
-
-
-@pytest.fixture
-def opened(database: str) -> Iterator[Store]:
-    store = open_store(database)
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-# -- 2. replay of a record that is not dead-lettered -------------------------------------------
 
 
 def test_replay_of_a_record_that_is_not_dead_lettered_says_its_state(

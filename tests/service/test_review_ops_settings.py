@@ -4,10 +4,8 @@ database URL must name a supported driver (and say so without echoing the URL), 
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,28 +20,11 @@ from fhir_alliance.cli import main
 from fhir_alliance.consent.decision import KNOWN_PURPOSES
 from fhir_alliance.terminology import V3_ACT_REASON
 
+pytestmark = pytest.mark.usefixtures("root_logging_restored")
+
 PREFIX = "FHIR_ALLIANCE_"
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-XYZZY-42"
-
-
-@pytest.fixture(autouse=True)
-def _root_logging_restored() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def database(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A migrated SQLite store that a command reads from FHIR_ALLIANCE_DATABASE_URL."""
-    for name in list(os.environ):
-        if name.startswith(PREFIX) and name != "FHIR_ALLIANCE_TEST_BASE_URL":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv(f"{PREFIX}DATABASE_URL", sqlite_url)
-    return sqlite_url
 
 
 def _refused(environ: dict[str, str]) -> str:
