@@ -11,6 +11,13 @@ disclosing every one of them to ``--recipient`` for ``--purpose`` now, with no o
 (a redaction we would have to apply is not applied here: the record is held). Held records are
 reported by their input label and outcome, never written, never with patient data.
 
+Deny by default: every resource is decided. A resource whose patient cannot be determined (no
+``subject``/``patient`` reference or identifier) holds its record (``patient-unknown``); a
+Provenance, which names no patient, goes only with the decided resources of its record. Session
+notes follow the service's gate: a draft is held until the therapist signs it (``draft-note``), and
+an AI-drafted note leaves only while the client's recording/AI-notes consent in the consents files
+permits it (``ai-notes-not-permitted``, :func:`fhir_alliance.mapping.note.ai_disclosure_permitted`).
+
 All records are loaded and checked first (every error reported together, nothing written); then
 resources are mapped, validated, gated and written one record at a time, each line as it is made.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -27,9 +35,54 @@ import orjson
 
 from fhir_alliance.errors import InputError, Issue
 
-__all__ = ["BulkResult", "export_bulk", "register"]
+__all__ = ["HOLD_WORDS", "BulkResult", "export_bulk", "register"]
 
 MANIFEST = "manifest.json"
+
+#: Why a record was held, beyond an engine outcome: machine code -> plain words (the service's
+#: gate uses the same codes).
+HOLD_WORDS = {
+    "patient-unknown": "the patient of a resource cannot be determined, so it cannot be decided",
+    "draft-note": "a draft note is not sent before the therapist signs it",
+    "ai-notes-not-permitted": (
+        "the client's recording/AI-notes consent does not permit disclosing this AI-drafted note"
+    ),
+}
+
+
+def _patient_of(resource: Mapping[str, Any]) -> str | None:
+    """The resource's patient as ``disclosure_request`` takes it (a reference, or an identifier
+    as ``system|value``); ``None`` when it names none that can be used."""
+    ref = resource.get("subject") or resource.get("patient")
+    if not isinstance(ref, Mapping):
+        return None
+    reference = ref.get("reference")
+    if isinstance(reference, str) and reference.strip() == reference and reference:
+        return reference
+    identifier = ref.get("identifier")
+    if isinstance(identifier, Mapping):
+        system, value = identifier.get("system"), identifier.get("value")
+        if isinstance(system, str) and isinstance(value, str) and system and value:
+            return f"{system}|{value}"
+    return None
+
+
+def _note_hold(item: Any, consents: Any) -> str | None:
+    """The service gate's note rules for one input form: a draft is held; an AI-drafted note only
+    while its recording/AI-notes consent permits it. ``None`` for anything else."""
+    from fhir_alliance.mapping.note import ai_disclosure_permitted
+    from fhir_alliance.model.notes import NoteStatus
+    from fhir_alliance.schemas.notes import KINDS, load_note
+
+    kind = item.get("kind") if isinstance(item, Mapping) else None
+    if kind not in KINDS:
+        return None
+    note = load_note(item)
+    if note.status is NoteStatus.DRAFT:
+        return "draft-note"
+    if not ai_disclosure_permitted(consents, note):
+        return "ai-notes-not-permitted"
+    return None
 
 
 class BulkResult:
@@ -56,19 +109,25 @@ def export_bulk(
     from fhir_alliance.mapping.cli import resource_groups
 
     groups = resource_groups(items, version=version)  # raises before anything is written
+    forms = dict(items)  # label -> input form, for the note rules
+    consents = tuple(engine.consents)
     when = at or datetime.now(UTC)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = BulkResult()
     handles: dict[str, IO[bytes]] = {}
     try:
         for label, resources in groups:
-            outcome = DecisionOutcome.PERMIT.value
-            for resource in resources:
-                subject = (resource.get("subject") or {}).get("reference")
-                if subject is None:  # a Provenance follows the record it describes
-                    continue
+            outcome: str | None = _note_hold(forms.get(label), consents)
+            decided = 0
+            for resource in resources if outcome is None else ():
+                patient = _patient_of(resource)
+                if patient is None:
+                    if resource.get("resourceType") == "Provenance":
+                        continue  # follows the record it describes; held unless that is decided
+                    outcome = "patient-unknown"
+                    break
                 request = disclosure_request(
-                    resource, patient=subject, recipient=recipient, purposes=purposes, at=when
+                    resource, patient=patient, recipient=recipient, purposes=purposes, at=when
                 )
                 decision = engine.decide(request)
                 if decision.outcome is not DecisionOutcome.PERMIT or decision.obligations:
@@ -76,7 +135,10 @@ def export_bulk(
                     if decision.obligations:
                         outcome += " with obligations"
                     break
-            if outcome != DecisionOutcome.PERMIT.value:
+                decided += 1
+            if outcome is None and not decided:
+                outcome = "patient-unknown"  # nothing in the record was decided: deny by default
+            if outcome is not None:
                 result.held.append((label, outcome))
                 continue
             for resource in resources:
@@ -148,5 +210,6 @@ def _run(args: argparse.Namespace) -> int:
     written = ", ".join(f"{n} {kind}" for kind, n in sorted(result.counts.items())) or "nothing"
     print(f"wrote {written} to {args.bulk} ({MANIFEST})", file=sys.stderr)
     for label, outcome in result.held:
-        print(f"held {label}: {outcome}", file=sys.stderr)
+        words = HOLD_WORDS.get(outcome)
+        print(f"held {label}: {outcome}" + (f" ({words})" if words else ""), file=sys.stderr)
     return 0
