@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
-from flask import Blueprint, current_app, request, url_for
+from flask import Blueprint, current_app, g, request, url_for
 
 from fhir_alliance.errors import InputError, Issue
 from fhir_alliance.schemas.common import load_or_raise
+from fhir_alliance.schemas.notes import KIND_SESSION_NOTE
 from fhir_alliance_service.api.body import json_body, single_query_args
 from fhir_alliance_service.api.openapi import describe
 from fhir_alliance_service.api.schemas import (
@@ -28,7 +29,7 @@ from fhir_alliance_service.api.schemas import (
     dump,
     instance,
 )
-from fhir_alliance_service.auth import require_scope
+from fhir_alliance_service.auth import grants, require_scope
 from fhir_alliance_service.errors import ApiError
 from fhir_alliance_service.store.interface import (
     PutOutcome,
@@ -43,6 +44,7 @@ from fhir_alliance_service.usecases.intake import (
     intake_questionnaire_response,
     intake_records,
 )
+from fhir_alliance_service.usecases.notes import FAMILY_NOTE, withhold_note_text
 from fhir_alliance_service.usecases.status import (
     NotDeadLettered,
     RecordNotFound,
@@ -162,7 +164,26 @@ def _status_json(status: SyncStatus | None) -> dict[str, Any] | None:
     }
 
 
+#: The scope a key needs to read a session note's text through the API (see ``docs/notes.md``).
+NOTE_TEXT_SCOPE: Final = "admin"
+
+
+def _may_read_note_text() -> bool:
+    """Whether the request's key may read session-note text: deny by default (no key in the
+    request context, or a key without :data:`NOTE_TEXT_SCOPE`, reads no text)."""
+    key = g.get("api_key")
+    return key is not None and grants(key.scopes, NOTE_TEXT_SCOPE)
+
+
 def record_json(record: StoredRecord, status: SyncStatus | None) -> dict[str, Any]:
+    """A stored record as the API returns it. A session note's text is withheld (replaced by
+    ``NOTE_TEXT_WITHHELD``, ``note_text_withheld`` true) unless the request's key has
+    :data:`NOTE_TEXT_SCOPE`: the read key reception signs in to the console with reads no note."""
+    body = dict(record.body)
+    is_note = record.family == FAMILY_NOTE or record.kind == KIND_SESSION_NOTE
+    withheld = is_note and not _may_read_note_text()
+    if withheld:
+        body = withhold_note_text(body)
     return {
         "id": record.record_id,
         "identifier": record.identifier,
@@ -170,7 +191,8 @@ def record_json(record: StoredRecord, status: SyncStatus | None) -> dict[str, An
         "family": record.family,
         "patient": record.patient,
         "version": record.version,
-        "record": dict(record.body),
+        "record": body,
+        "note_text_withheld": withheld,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "status": _status_json(status),

@@ -176,7 +176,21 @@ class RecordSchema(Schema):
     family = fields.String(required=True)
     patient = fields.String(required=True)
     version = fields.Integer(required=True)
-    record = fields.Dict(required=True, metadata={"description": "the record in our JSON form"})
+    record = fields.Dict(
+        required=True,
+        metadata={
+            "description": "the record in our JSON form; a session note's text, section titles "
+            "and texts and label-removal statement read "
+            "'(withheld: a session note's text needs the admin scope)' unless the key has admin"
+        },
+    )
+    note_text_withheld = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "true when this is a session note and its free text was replaced by "
+            "the withheld marker (the key lacks the admin scope); false otherwise"
+        },
+    )
     created_at = fields.DateTime(required=True)
     updated_at = fields.DateTime(required=True)
     status = fields.Nested(SyncStatusSchema, allow_none=True)
