@@ -44,6 +44,7 @@ from typing import Any
 
 from fhir_alliance.client import FhirClient
 from fhir_alliance.client.bundles import search_token
+from fhir_alliance.consent import ActorDirectory
 from fhir_alliance.errors import (
     FhirAllianceError,
     InputError,
@@ -120,6 +121,13 @@ UNREADABLE_KIND = "consent"
 #: In the body of a pulled consent that could not be read and was then deleted on the server:
 #: the consent loader (``usecases/consents.py``) skips it.
 DELETED_MARK = PULLED_DELETED_MARK
+#: Why a foreign Consent was ignored (``PullReport.ignored_why``): its patient is a reference on
+#: another server base; a patient none of ours (by reference, identifier or alias); no patient
+#: could be read from it at all (none given, or not a ``Patient/<id>`` reference or identifier).
+IGNORED_OTHER_SERVER = "other server"
+IGNORED_NOT_OURS = "not our patient"
+IGNORED_NO_PATIENT = "no patient"
+IGNORED_WHY = (IGNORED_OTHER_SERVER, IGNORED_NOT_OURS, IGNORED_NO_PATIENT)
 
 
 def foreign_record_id(server: str, resource_id_on_server: str) -> str:
@@ -132,6 +140,7 @@ def foreign_record_id(server: str, resource_id_on_server: str) -> str:
 class PullReport:
     """What one pull did, by resource: read, skipped as already seen, merged, unreadable,
     adopted withdrawals of ours, conflicts, deletions; and the patients whose consents changed.
+    ``ignored_why`` counts the foreign Consents ignored (``ignored``) by why (:data:`IGNORED_WHY`).
     ``deletions`` says, per resource type, how deletions were looked for (``history``,
     ``listing`` or ``none``); ``history_pages``/``history_entries`` what ``_history`` gave."""
 
@@ -144,6 +153,7 @@ class PullReport:
     deleted: int = 0
     observations: int = 0
     ignored: int = 0
+    ignored_why: dict[str, int] = field(default_factory=dict)
     pages: int = 0
     full_listing: bool = False
     deletions: dict[str, str] = field(default_factory=dict)
@@ -270,7 +280,7 @@ class Puller:
             report.released += self.store.release_held(patient, at=now)
         log.info(
             "pull done: read=%d duplicates=%d merged=%d unreadable=%d withdrawn=%d "
-            "conflicts=%d deleted=%d observations=%d pages=%d released=%d",
+            "conflicts=%d deleted=%d observations=%d ignored=%d pages=%d released=%d",
             report.read,
             report.duplicates,
             report.merged,
@@ -279,6 +289,7 @@ class Puller:
             report.conflicts,
             report.deleted,
             report.observations,
+            report.ignored,
             report.pages,
             report.released,
         )
@@ -494,15 +505,70 @@ class Puller:
 
     # ------------------------------------------------------------------ merge
 
-    def _patient_of(self, resource: Mapping[str, Any], patients: Mapping[str, str]) -> str | None:
+    def _patient_of(
+        self, resource: Mapping[str, Any], patients: Mapping[str, str]
+    ) -> tuple[str | None, str]:
+        """The local patient key ``resource`` is about, or None and why not (one of
+        :data:`IGNORED_WHY`). The reference is read as the consent engine's directory reads it
+        (:meth:`ActorDirectory.normalize`): a ``/_history/<version>`` is dropped and an absolute
+        reference on our server's base is read as the relative one. A reference or identifier
+        the store knows as an alias of one of our patients names that patient."""
         subject = resource.get("patient") or resource.get("subject")
+        if not isinstance(subject, Mapping):
+            return None, IGNORED_NO_PATIENT
+        reference = subject.get("reference")
+        if isinstance(reference, str) and reference:
+            normal = ActorDirectory(base=self.server).normalize(reference)
+            found = patients.get(normal)
+            if found is not None:
+                return found, ""
+            if "://" in normal:
+                return None, IGNORED_OTHER_SERVER  # absolute, and not on our base
+            kind, slash, rid = normal.partition("/")
+            if kind != "Patient" or not slash or not rid or "/" in rid:
+                return None, IGNORED_NO_PATIENT  # not a Patient/<id> reference
+            return self._known_alias(normal, patients)
+        if reference is not None:
+            return None, IGNORED_NO_PATIENT
+        identifier = subject.get("identifier")
+        if not isinstance(identifier, Mapping):
+            return None, IGNORED_NO_PATIENT
+        system, value = identifier.get("system"), identifier.get("value")
+        if not (isinstance(system, str) and system and isinstance(value, str) and value):
+            return None, IGNORED_NO_PATIENT
+        return self._known_alias(f"{system}|{value}", patients)
+
+    def _as_read(self, resource: Mapping[str, Any], patient: str) -> Mapping[str, Any]:
+        """``resource`` with its patient reference written as the patient is known here, so
+        that the mapped consent names the patient as the consent engine knows it (the engine's
+        directory is not given our base, and links references to identifiers, not to other
+        references): ``patient`` itself when that key is a reference, else the reference as
+        :meth:`_patient_of` read it (no ``_history``, relative when on our base). A patient
+        named by identifier is left as written."""
+        field_name = "patient" if resource.get("patient") else "subject"
+        subject = resource.get(field_name)
         reference = subject.get("reference") if isinstance(subject, Mapping) else None
-        if not isinstance(reference, str):
-            return None
-        base = f"{self.server}/"
-        if reference.startswith(base):
-            reference = reference[len(base) :]
-        return patients.get(reference)
+        if not isinstance(subject, Mapping) or not isinstance(reference, str):
+            return resource
+        if "|" in patient:
+            written = ActorDirectory(base=self.server).normalize(reference)
+        else:
+            written = patient
+        if written == reference:
+            return resource
+        return {**resource, field_name: {**subject, "reference": written}}
+
+    def _known_alias(self, key: str, patients: Mapping[str, str]) -> tuple[str | None, str]:
+        """``key`` (``Patient/<id>`` or ``system|value``) as one of our patients: itself a key we
+        pull for, or a key of the same patient as one (its aliases, ``store.patient_keys``)."""
+        ours = set(patients.values())
+        keys = self.store.patient_keys(key)
+        for candidate in keys:
+            if candidate in ours:
+                return candidate, ""
+        if len(keys) > 1:  # an alias of a patient not linked on this server yet: its first key
+            return keys[0], ""
+        return None, IGNORED_NOT_OURS
 
     def _merge_page(
         self,
@@ -573,7 +639,7 @@ class Puller:
     ) -> list[PulledResource]:
         rows = []
         for resource in page:
-            patient = self._patient_of(resource, patients)
+            patient, _ = self._patient_of(resource, patients)
             source = _meta(resource).get("source")
             ours = isinstance(source, str) and source.startswith(_our_source())
             state = "ours" if ours else "stored"
@@ -604,7 +670,7 @@ class Puller:
         rows: list[PulledResource] = []
         foreign: list[tuple[dict[str, Any], NewRecord]] = []
         for resource in page:
-            patient = self._patient_of(resource, patients)
+            patient, why = self._patient_of(resource, patients)
             local = ours.get(str(resource["id"]))
             if local is not None and local.family == FAMILY_CONSENT:
                 rows.append(
@@ -613,6 +679,7 @@ class Puller:
                 continue
             if patient is None:
                 report.ignored += 1
+                report.ignored_why[why] = report.ignored_why.get(why, 0) + 1
                 PULLED.labels("Consent", "ignored").inc()
                 rows.append(
                     self._row(
@@ -626,7 +693,7 @@ class Puller:
                 )
                 continue
             record_id = foreign_record_id(self.server, str(resource["id"]))
-            new, state = _foreign_record(resource, record_id, patient)
+            new, state = _foreign_record(self._as_read(resource, patient), record_id, patient)
             foreign.append((resource, new))
             rows.append(
                 self._row(
