@@ -22,7 +22,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fhir_alliance_service.app import create_app
 from fhir_alliance_service.store import SqlStore, open_store, upgrade
+from flask import Flask
+from flask.testing import FlaskClient
 from psycopg import sql
 
 POSTGRES_HOST = "127.0.0.1"
@@ -141,3 +144,19 @@ def opened(database: str) -> Iterator[SqlStore]:
         yield store
     finally:
         store.close()
+
+
+@pytest.fixture
+def app(sqlite_url: str) -> Iterator[Flask]:
+    """The service's Flask app on a fresh migrated SQLite database."""
+    application = create_app({"database_url": sqlite_url})
+    application.testing = True
+    try:
+        yield application
+    finally:
+        application.extensions["fhir_alliance"].store.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()

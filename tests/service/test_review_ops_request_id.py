@@ -11,27 +11,10 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from fhir_alliance_service.app import create_app
 from fhir_alliance_service.logs import JsonFormatter
-from flask import Flask
 from flask.testing import FlaskClient
 
 OUR_ID = r"[0-9a-f]{32}"
-
-
-@pytest.fixture
-def app(sqlite_url: str) -> Iterator[Flask]:
-    application = create_app({"database_url": sqlite_url})
-    application.testing = True
-    try:
-        yield application
-    finally:
-        application.extensions["fhir_alliance"].store.close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 @pytest.fixture

@@ -12,25 +12,10 @@ per scope.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from fhir_alliance_service.app import create_app
 from fhir_alliance_service.auth import SCOPES, create_api_key
 from fhir_alliance_service.store.interface import Store
 from flask import Flask
-from flask.testing import FlaskClient
-
-
-@pytest.fixture
-def app(sqlite_url: str) -> Iterator[Flask]:
-    """The service's Flask app on a fresh migrated SQLite database."""
-    application = create_app({"database_url": sqlite_url})
-    application.testing = True
-    try:
-        yield application
-    finally:
-        application.extensions["fhir_alliance"].store.close()
 
 
 @pytest.fixture
@@ -38,11 +23,6 @@ def store(app: Flask) -> Store:
     """The store the app writes to."""
     opened: Store = app.extensions["fhir_alliance"].store
     return opened
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fhir_alliance_service.app import create_app
 from fhir_alliance_service.auth import create_api_key
 from fhir_alliance_service.store import SqlStore, open_store
 from fhir_alliance_service.usecases.intake import intake_records
@@ -86,16 +85,6 @@ def test_an_alias_of_the_same_patient_is_the_same_patient(store: SqlStore) -> No
     changed["status"] = "amended"
     [result] = intake_records(store, [changed], at=AT)
     assert result.version == 2
-
-
-@pytest.fixture
-def app(sqlite_url: str) -> Iterator[Flask]:
-    application = create_app({"database_url": sqlite_url})
-    application.testing = True
-    try:
-        yield application
-    finally:
-        application.extensions["fhir_alliance"].store.close()
 
 
 def test_the_api_answers_422_at_patient(app: Flask) -> None:
