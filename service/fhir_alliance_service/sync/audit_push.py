@@ -35,6 +35,7 @@ from fhir_alliance.errors import FhirAllianceError, ServerError
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import AUDIT_PUSHES
 from fhir_alliance_service.store.interface import AuditEntry, AuditPushFailure, Store
+from fhir_alliance_service.sync.outcomes import outcome_to_store
 from fhir_alliance_service.sync.retry import decide_retry
 
 __all__ = ["AuditPushReport", "push_pending_audit"]
@@ -124,7 +125,9 @@ def _failures(
             error, attempts=entry.push_attempts, settings=settings, now=at, random=random
         )
         next_at = None if decision.dead else decision.next_attempt_at
-        failures.append(AuditPushFailure(entry.id, decision.outcome, next_at))
+        failures.append(
+            AuditPushFailure(entry.id, outcome_to_store(error, decision.outcome), next_at)
+        )
         outcome = "dead-lettered" if decision.dead else "retried"
         AUDIT_PUSHES.labels(outcome).inc()
         if decision.dead:

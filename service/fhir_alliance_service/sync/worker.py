@@ -66,6 +66,7 @@ from fhir_alliance_service.store.interface import (
 from fhir_alliance_service.sync.audit_push import push_pending_audit
 from fhir_alliance_service.sync.gate import GateResult, gate_item
 from fhir_alliance_service.sync.leases import LeaseLedger
+from fhir_alliance_service.sync.outcomes import outcome_to_store
 from fhir_alliance_service.sync.retry import decide_retry, is_transient
 from fhir_alliance_service.sync.target import note_contact, target_fhir_version
 
@@ -632,6 +633,7 @@ class Worker:
             batch.block(item.patient)  # pending again: the patient's later items wait behind it
         status = error.status if isinstance(error, ServerError) else None
         issues = loggable_outcome(decision.outcome)
+        stored = outcome_to_store(error, decision.outcome)  # never the server's free text
         SEND_FAILURES.labels("transient" if decision.transient else "permanent").inc()
         if decision.dead:
             log.warning(
@@ -655,7 +657,7 @@ class Worker:
                 self.store.mark_dead(
                     item.item_id,
                     self.worker_id,
-                    outcome=decision.outcome,
+                    outcome=stored,
                     audit=[entry],
                     at=now,
                 ),
@@ -675,7 +677,7 @@ class Worker:
             self.store.mark_failed(
                 item.item_id,
                 self.worker_id,
-                outcome=decision.outcome,
+                outcome=stored,
                 next_attempt_at=decision.next_attempt_at,
                 at=now,
             ),
