@@ -32,6 +32,7 @@ the operator knows. Polling runs either way.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,10 @@ MERGED_TYPES = ("Consent", "Observation")
 MAX_EVENTS = 500
 #: Store meta name: the newest event number taken, per subscription.
 META_EVENTS = "subscription.events."
+#: A FHIR id (``[A-Za-z0-9\-\.]{1,64}``); ``.`` and ``..`` are refused besides.
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+#: Most digits of an event count or number (below 2**63).
+MAX_DIGITS = 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,8 @@ class Notification:
     events_since_start: int | None
     focus: tuple[str, ...]
     event_numbers: tuple[int, ...] = ()
+    #: Where each focus reference is in the Bundle (for errors), in the order of ``focus``.
+    focus_paths: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -106,12 +113,38 @@ def _fail(path: str, message: str) -> InputError:
     return InputError(f"invalid notification at {path}", issues=[Issue(path=path, message=message)])
 
 
-def _int(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
+def _int(value: Any, path: str) -> int | None:
+    """A non-negative count or event number (an unsignedInt, or a string of ASCII digits, as the
+    backport sends them); None when absent. Raises :class:`InputError` at ``path`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**MAX_DIGITS:
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= MAX_DIGITS:
         return int(value)
-    return None
+    raise _fail(path, f"expected a non-negative integer of at most {MAX_DIGITS} digits")
+
+
+def _first(parameter: Mapping[str, Any], *names: str) -> tuple[Any, str]:
+    """The first of ``names`` that ``parameter`` has, and its name (the last name if none)."""
+    for name in names:
+        if parameter.get(name) is not None:
+            return parameter[name], name
+    return None, names[-1]
+
+
+def _code(value: Any, path: str) -> str:
+    if not isinstance(value, str) or value not in NOTIFICATION_TYPES:
+        raise _fail(path, "expected a notification type code")
+    return value
+
+
+def _list(value: Any, path: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _fail(path, "expected a list")
+    return value
 
 
 def parse_notification(bundle: Any) -> Notification:
@@ -125,12 +158,18 @@ def parse_notification(bundle: Any) -> Notification:
     status = entries[0].get("resource")
     if not isinstance(status, Mapping):
         raise _fail("entry[0].resource", "expected the subscription status")
+    notification: Notification | None = None
     if bundle.get("type") == "history" and status.get("resourceType") == "Parameters":
-        return _backport(status)
-    if bundle.get("type") == "subscription-notification" and (
+        notification = _backport(status)
+    elif bundle.get("type") == "subscription-notification" and (
         status.get("resourceType") == "SubscriptionStatus"
     ):
-        return _r5(status)
+        notification = _r5(status)
+    if notification is not None:
+        for reference, path in zip(notification.focus, notification.focus_paths, strict=True):
+            if not reference.startswith(("http://", "https://")):
+                _local(reference, "", path)  # a relative Type/id: its shape is checked now
+        return notification
     raise _fail(
         "type",
         "expected an R4 backport (history + Parameters) or R5 (subscription-notification + "
@@ -152,64 +191,83 @@ def _backport(status: Mapping[str, Any]) -> Notification:
     subscription = None
     since = None
     focus: list[str] = []
+    paths: list[str] = []
     numbers: list[int] = []
     for n, parameter in enumerate(parameters):
+        at = f"entry[0].resource.parameter[{n}]"
         if not isinstance(parameter, Mapping):
-            raise _fail(f"entry[0].resource.parameter[{n}]", "expected an object")
+            raise _fail(at, "expected an object")
         name = parameter.get("name")
         if name == "type":
-            kind = parameter.get("valueCode")
+            kind = _code(parameter.get("valueCode"), "entry[0].resource.parameter.type")
         elif name == "subscription":
             subscription = _reference(parameter.get("valueReference"))
         elif name == "events-since-subscription-start":
-            since = _int(parameter.get("valueString") or parameter.get("valueUnsignedInt"))
+            value, key = _first(parameter, "valueString", "valueUnsignedInt")
+            since = _int(value, f"{at}.{key}")
         elif name == "notification-event":
-            for part in parameter.get("part") or []:
+            for m, part in enumerate(_list(parameter.get("part"), f"{at}.part")):
                 if not isinstance(part, Mapping):
                     continue
                 if part.get("name") == "focus" and (ref := _reference(part.get("valueReference"))):
                     focus.append(ref)
+                    paths.append(f"{at}.part[{m}].valueReference.reference")
                 elif part.get("name") == "event-number":
-                    number = _int(part.get("valueString") or part.get("valueUnsignedInt"))
+                    value, key = _first(part, "valueString", "valueUnsignedInt")
+                    number = _int(value, f"{at}.part[{m}].{key}")
                     if number is not None:
                         numbers.append(number)
-    if kind not in NOTIFICATION_TYPES:
+    if kind is None:
         raise _fail("entry[0].resource.parameter.type", "expected a notification type code")
-    return Notification(str(kind), subscription, since, tuple(focus), tuple(numbers))
+    return Notification(kind, subscription, since, tuple(focus), tuple(numbers), tuple(paths))
 
 
 def _r5(status: Mapping[str, Any]) -> Notification:
-    kind = status.get("type")
-    if kind not in NOTIFICATION_TYPES:
-        raise _fail("entry[0].resource.type", "expected a notification type code")
+    at = "entry[0].resource"
+    kind = _code(status.get("type"), f"{at}.type")
     focus: list[str] = []
+    paths: list[str] = []
     numbers: list[int] = []
-    for event in status.get("notificationEvent") or []:
+    events = _list(status.get("notificationEvent"), f"{at}.notificationEvent")
+    for n, event in enumerate(events):
         if not isinstance(event, Mapping):
             continue
         if ref := _reference(event.get("focus")):
             focus.append(ref)
-        if (number := _int(event.get("eventNumber"))) is not None:
+            paths.append(f"{at}.notificationEvent[{n}].focus.reference")
+        number = _int(event.get("eventNumber"), f"{at}.notificationEvent[{n}].eventNumber")
+        if number is not None:
             numbers.append(number)
     return Notification(
-        str(kind),
+        kind,
         _reference(status.get("subscription")),
-        _int(status.get("eventsSinceSubscriptionStart")),
+        _int(status.get("eventsSinceSubscriptionStart"), f"{at}.eventsSinceSubscriptionStart"),
         tuple(focus),
         tuple(numbers),
+        tuple(paths),
     )
 
 
-def _local(reference: str, base: str) -> tuple[str, str] | None:
-    """``Type/id`` of a focus reference on ``base`` (relative, or absolute within it)."""
+def _fhir_id(value: str) -> bool:
+    return value not in (".", "..") and FHIR_ID.fullmatch(value) is not None
+
+
+def _local(reference: str, base: str, path: str = "focus") -> tuple[str, str] | None:
+    """``Type/id`` of a focus reference on ``base`` (relative, or absolute within it); None for
+    one off the server or of a type not merged. A merged type whose reference is not
+    ``Type/<FHIR id>`` (optionally ``/_history/<FHIR id>``) raises :class:`InputError` at
+    ``path``: nothing else is ever put into a read's URL."""
     if reference.startswith(("http://", "https://")):
         if not reference.startswith(f"{base}/"):
             return None  # never follow a reference off the configured server
         reference = reference[len(base) + 1 :]
     parts = reference.split("/")
-    if len(parts) >= 2 and parts[0] in MERGED_TYPES and parts[1]:
+    if parts[0] not in MERGED_TYPES:
+        return None
+    versioned = len(parts) == 4 and parts[2] == "_history" and _fhir_id(parts[3])
+    if (len(parts) == 2 or versioned) and _fhir_id(parts[1]):
         return parts[0], parts[1]
-    return None
+    raise _fail(path, f"expected {parts[0]}/<id> with a FHIR id ([A-Za-z0-9-.], 1 to 64)")
 
 
 def handle_notification(puller: Puller, store: Store, bundle: Any) -> NotificationResult:
@@ -217,12 +275,17 @@ def handle_notification(puller: Puller, store: Store, bundle: Any) -> Notificati
     numbers run an incremental pull. Raises :class:`InputError` for a Bundle that does not fit."""
     notification = parse_notification(bundle)
     result = NotificationResult(type=notification.type)
+    client: FhirClient = puller.client
+    paths = notification.focus_paths or tuple("focus" for _ in notification.focus)
+    # every focus checked before anything is stored or read
+    locals_ = [
+        _local(reference, client.base.url, path)
+        for reference, path in zip(notification.focus[:MAX_EVENTS], paths, strict=False)
+    ]
     gap = _gap(store, notification)
     if notification.type == "event-notification":
-        client: FhirClient = puller.client
         by_type: dict[str, list[dict[str, Any]]] = {}
-        for reference in notification.focus[:MAX_EVENTS]:
-            local = _local(reference, client.base.url)
+        for local in locals_:
             if local is None:
                 result.ignored.append("focus outside the server or of another type")
                 continue
