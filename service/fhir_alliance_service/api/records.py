@@ -178,10 +178,13 @@ def _may_read_note_text() -> bool:
 def record_json(record: StoredRecord, status: SyncStatus | None) -> dict[str, Any]:
     """A stored record as the API returns it. A session note's text is withheld (replaced by
     ``NOTE_TEXT_WITHHELD``, ``note_text_withheld`` true) unless the request's key has
-    :data:`NOTE_TEXT_SCOPE`: the read key reception signs in to the console with reads no note."""
+    :data:`NOTE_TEXT_SCOPE`: the read key reception signs in to the console with reads no note.
+    A psychotherapy note's text is withheld from every key, ``admin`` included."""
     body = dict(record.body)
     is_note = record.family == FAMILY_NOTE or record.kind == KIND_SESSION_NOTE
-    withheld = is_note and not _may_read_note_text()
+    # Psychotherapy-note content (PSYTHPN) goes to no key: the service is no place to read it.
+    psychotherapy = is_note and body.get("category") == "psychotherapy-note"
+    withheld = is_note and (psychotherapy or not _may_read_note_text())
     if withheld:
         body = withhold_note_text(body)
     return {

@@ -28,14 +28,15 @@ SECTION_TITLE = "Countertransference"
 SECTION_TEXT = "Therapist noticed irritation when the client cancelled again."
 
 
-def _note(*, status: str = "final") -> dict[str, Any]:
+def _note(*, status: str = "final", category: str = "psychotherapy-note") -> dict[str, Any]:
     """The docs' psychotherapy note (hand-written, so no AI-notes consent is needed), with a
-    section, under a fresh identifier."""
+    section, under a fresh identifier; ``category`` progress-note makes it a progress note."""
     note: dict[str, Any] = json.loads(
         (ROOT / "examples/notes/psychotherapy-note.json").read_text("utf-8")
     )
     note["id"] = f"https://clinic.example.org/notes|n-{uuid.uuid4().hex[:10]}"
     note["sections"] = [{"title": SECTION_TITLE, "text": SECTION_TEXT}]
+    note["category"] = category
     if status == "draft":
         for name in ("status", "signed_by", "signed_at"):
             note.pop(name)
@@ -96,14 +97,19 @@ def test_read_key_lists_a_patients_notes_without_their_text(
         _assert_withheld(entry, note)
 
 
-def test_admin_key_reads_the_note_whole(
+def test_admin_key_reads_a_progress_note_whole_and_no_psychotherapy_note(
     client: FlaskClient, auth_headers: dict[str, dict[str, str]], note_id: tuple[str, Any]
 ) -> None:
-    record_id, note = note_id
+    """``admin`` reads a progress note's text; a psychotherapy note's text goes to no key."""
+    psychotherapy_id, psychotherapy = note_id
+    withheld = client.get(f"/v1/records/{psychotherapy_id}", headers=auth_headers["admin"])
+    _assert_withheld(withheld.json, psychotherapy)
+    note = _note(category="progress-note")
+    record_id = _post_note(client, auth_headers["write"], note)
     one = client.get(f"/v1/records/{record_id}", headers=auth_headers["admin"])
     _assert_whole(one.json, note)
     listed = client.get("/v1/patients/Patient/p1/records", headers=auth_headers["admin"])
-    (entry,) = [r for r in listed.json["records"] if r["family"] == "note"]
+    (entry,) = [r for r in listed.json["records"] if r["id"] == record_id]
     _assert_whole(entry, note)
 
 
