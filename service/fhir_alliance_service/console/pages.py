@@ -159,7 +159,9 @@ class OverviewPage:
 
 
 def outcome_message(outcome: Mapping[str, Any] | None) -> str:
-    """The server's words from an OperationOutcome: each issue's text, diagnostics and place."""
+    """What an OperationOutcome says: each issue's text, diagnostics and place. A FHIR server's
+    own text is never stored (``sync/outcomes.py``: it may quote patient data), so for its
+    outcomes this shows the fixed note that says so, with the place."""
     if not outcome:
         return "no message"
     parts: list[str] = []

@@ -14,6 +14,7 @@ import pytest
 from fhir_alliance_service.console.pages import TREND_DAYS, patient_token
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync.gate import HoldReason
+from fhir_alliance_service.sync.outcomes import SERVER_TEXT_NOT_KEPT
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
@@ -120,7 +121,8 @@ def test_overview_shows_the_stores_counts_held_reasons_and_the_dead_letter(
     assert expected_reasons and set(expected_reasons) <= {reason.words for reason in HoldReason}
     dead = table_rows(browser, "dead-lettered")
     assert len(dead) == 1 and dead[0][0] == clinic.refused_record_id
-    assert SERVER_MESSAGE in dead[0][1]
+    # The server's own words are not kept (they may quote patient data); the place is.
+    assert SERVER_MESSAGE not in dead[0][1] and SERVER_TEXT_NOT_KEPT in dead[0][1]
     assert browser.find_element(By.ID, "last-contact").text != "never"
     trend = table_rows(browser, "trend")
     assert len(trend) == TREND_DAYS
@@ -317,7 +319,8 @@ def test_read_key_and_signed_out_browser_cannot_replay(
     sign_in(browser, clinic, "read")
     browser.get(record_url)
     assert not browser.find_elements(By.XPATH, "//button[text()='Replay']")
-    assert SERVER_MESSAGE in browser.find_element(By.ID, "server-message").text
+    shown = browser.find_element(By.ID, "server-message").text
+    assert SERVER_MESSAGE not in shown and SERVER_TEXT_NOT_KEPT in shown
     token = browser.find_element(By.NAME, "csrf_token").get_attribute("value")
     _post_form(browser, f"{record_url}/replay", token)
     assert browser.find_element(By.TAG_NAME, "h1").text.startswith("403")

@@ -10,6 +10,7 @@ import pytest
 from fhir_alliance_service.store import SqlStore
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync import Worker, client_from_settings
+from fhir_alliance_service.sync.outcomes import SERVER_TEXT_NOT_KEPT
 from fhir_alliance_service.usecases.intake import intake_records
 from pytest_httpserver import HTTPServer
 
@@ -106,5 +107,7 @@ def test_dead_letters_and_retries_log_no_server_diagnostics(
     status = sync_store.sync_status(results[1].record_id)
     assert status is not None and status.state is SyncState.DEAD_LETTERED
     assert status.last_outcome is not None
-    assert "Jane Roe" in status.last_outcome["issue"][0]["diagnostics"]  # kept for the operator
+    # The server's text is not kept, in the store either (it may quote patient data).
+    assert "Jane Roe" not in str(status.last_outcome)
+    assert status.last_outcome["issue"][0]["diagnostics"] == SERVER_TEXT_NOT_KEPT
     _assert_clean(caplog, [*secrets, "Jane Roe"])
