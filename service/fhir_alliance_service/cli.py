@@ -483,6 +483,8 @@ def _pull(args: argparse.Namespace) -> int:
         "read": report.read,
         "duplicates": report.duplicates,
         "merged": report.merged,
+        "ignored": report.ignored,
+        "ignored_why": report.ignored_why,  # other server, not our patient, no patient
         "unreadable": report.unreadable,
         "withdrawn": report.withdrawn,
         "conflicts": report.conflicts,
@@ -505,6 +507,7 @@ def _pull(args: argparse.Namespace) -> int:
     else:
         print(
             f"pulled {report.read} resource(s): {report.merged} merged, "
+            f"{report.ignored} ignored (not our patients), "
             f"{report.duplicates} already seen, {report.unreadable} unreadable, "
             f"{report.withdrawn} of ours withdrawn, {report.conflicts} conflict(s), "
             f"{report.deleted} deleted; {report.released} held item(s) re-queued"
