@@ -17,8 +17,9 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -27,6 +28,7 @@ from fhir_alliance_service.store import SqlStore, open_store, upgrade
 from flask import Flask
 from flask.testing import FlaskClient
 from psycopg import sql
+from pytest_httpserver import HTTPServer
 
 POSTGRES_HOST = "127.0.0.1"
 POSTGRES_PORT = 5432
@@ -147,14 +149,42 @@ def opened(database: str) -> Iterator[SqlStore]:
 
 
 @pytest.fixture
-def app(sqlite_url: str) -> Iterator[Flask]:
-    """The service's Flask app on a fresh migrated SQLite database."""
-    application = create_app({"database_url": sqlite_url})
-    application.testing = True
-    try:
-        yield application
-    finally:
+def make_app(sqlite_url: str) -> Iterator[Callable[..., Flask]]:
+    """Make the service's Flask app on the test's fresh SQLite database with these settings (the
+    apps made are closed after the test)."""
+    made: list[Flask] = []
+
+    def make(**settings: Any) -> Flask:
+        application = create_app({"database_url": sqlite_url, **settings})
+        application.testing = True
+        made.append(application)
+        return application
+
+    yield make
+    for application in made:
         application.extensions["fhir_alliance"].store.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    """The service's Flask app on a fresh migrated SQLite database."""
+    return make_app()
+
+
+def answer_metadata(server: HTTPServer, version: str = "4.0.1") -> None:
+    """Have the fault-injection ``server`` answer ``/fhir/metadata`` with a minimal
+    CapabilityStatement of FHIR ``version``."""
+    statement = {
+        "resourceType": "CapabilityStatement",
+        "fhirVersion": version,
+        "status": "active",
+        "kind": "instance",
+        "format": ["json"],
+        "rest": [{"mode": "server"}],
+    }
+    server.expect_request("/fhir/metadata").respond_with_json(
+        statement, content_type="application/fhir+json"
+    )
 
 
 @pytest.fixture

@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fhir_alliance_service.app import create_app
 from fhir_alliance_service.auth import create_api_key
 from fhir_alliance_service.sync.subscriptions import parse_notification
 from flask import Flask
 from flask.testing import FlaskClient
 from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
+
+from tests.service.conftest import answer_metadata
 
 ENDPOINT = "/v1/fhir/notifications"
 STATUS = "entry[0].resource"
@@ -48,37 +47,13 @@ def focus(reference: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def app(sqlite_url: str, httpserver: HTTPServer) -> Iterator[Flask]:
-    def metadata(request: Request) -> Response:
-        statement = {
-            "resourceType": "CapabilityStatement",
-            "fhirVersion": "4.0.1",
-            "status": "active",
-            "kind": "instance",
-            "format": ["json"],
-            "rest": [{"mode": "server"}],
-        }
-        return Response(json.dumps(statement), content_type="application/fhir+json")
-
-    httpserver.expect_request("/fhir/metadata").respond_with_handler(metadata)
-    application = create_app(
-        {
-            "database_url": sqlite_url,
-            "fhir_base_url": httpserver.url_for("/fhir"),
-            "fhir_version": "4.0.1",
-            "recipients": "Organization/demo-ehr",
-        }
+def app(make_app: Callable[..., Flask], httpserver: HTTPServer) -> Flask:
+    answer_metadata(httpserver)
+    return make_app(
+        fhir_base_url=httpserver.url_for("/fhir"),
+        fhir_version="4.0.1",
+        recipients="Organization/demo-ehr",
     )
-    application.testing = True
-    try:
-        yield application
-    finally:
-        application.extensions["fhir_alliance"].store.close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 @pytest.fixture

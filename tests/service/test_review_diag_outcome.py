@@ -7,11 +7,10 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fhir_alliance_service.app import create_app
 from fhir_alliance_service.auth import SCOPES, create_api_key
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.store import SqlStore
@@ -31,6 +30,7 @@ from werkzeug import Request, Response
 
 from fhir_alliance.client import RetryPolicy
 from fhir_alliance.errors import InputError, Issue, UnprocessableError
+from tests.service.conftest import answer_metadata
 from tests.service.console.conftest import EHR, NOTE_TEXT_MARKER, demo_notes, load_clinic
 from tests.service.sync.conftest import sync_store  # noqa: F401  (the rig's fixture)
 from tests.service.sync.test_audit_push import AuditRig, refuse
@@ -70,37 +70,14 @@ def _quoting_server(server: HTTPServer) -> None:
         }
         return Response(json.dumps(body), status=422, content_type=FHIR_JSON)
 
-    def metadata(request: Request) -> Response:
-        statement = {
-            "resourceType": "CapabilityStatement",
-            "fhirVersion": "4.0.1",
-            "status": "active",
-            "kind": "instance",
-            "format": ["json"],
-            "rest": [{"mode": "server"}],
-        }
-        return Response(json.dumps(statement), content_type=FHIR_JSON)
-
-    server.expect_request("/fhir/metadata").respond_with_handler(metadata)
+    answer_metadata(server)
     server.expect_request(re.compile("/fhir.*")).respond_with_handler(refuse)
 
 
 @pytest.fixture
-def app(sqlite_url: str, httpserver: HTTPServer) -> Iterator[Flask]:
+def app(make_app: Callable[..., Flask], httpserver: HTTPServer) -> Flask:
     _quoting_server(httpserver)
-    application = create_app(
-        {
-            "database_url": sqlite_url,
-            "recipients": EHR,
-            "fhir_base_url": httpserver.url_for("/fhir"),
-            "fhir_version": "4.0.1",
-        }
-    )
-    application.testing = True
-    try:
-        yield application
-    finally:
-        application.extensions["fhir_alliance"].store.close()
+    return make_app(recipients=EHR, fhir_base_url=httpserver.url_for("/fhir"), fhir_version="4.0.1")
 
 
 def _sign_in(client: FlaskClient, key: str) -> None:

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fhir_alliance_service.api.openapi import OperationOutcomeSchema
-from fhir_alliance_service.app import create_app
 from fhir_alliance_service.auth import create_api_key
 from flask import Flask
 from flask.testing import FlaskClient
@@ -24,18 +23,8 @@ from fhir_alliance.errors import (
 
 
 @pytest.fixture
-def app(sqlite_url: str) -> Iterator[Flask]:
-    application = create_app({"database_url": sqlite_url, "max_body_bytes": 64})
-    application.testing = True
-    try:
-        yield application
-    finally:
-        application.extensions["fhir_alliance"].store.close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app(max_body_bytes=64)
 
 
 def _empty_arrays(value: Any, path: str = "") -> list[str]:

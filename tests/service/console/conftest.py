@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,13 +133,8 @@ def demo_notes() -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def console_app(sqlite_url: str) -> Iterator[Flask]:
-    application = create_app({"database_url": sqlite_url, "recipients": EHR})
-    application.testing = True
-    try:
-        yield application
-    finally:
-        application.extensions["fhir_alliance"].store.close()
+def console_app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app(recipients=EHR)
 
 
 @pytest.fixture

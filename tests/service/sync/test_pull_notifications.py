@@ -4,7 +4,7 @@ them; each focus is read from the real test server and merged, and the gate re-r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,24 +29,10 @@ SUBSCRIPTION = "Subscription/consent-changes"
 
 
 @pytest.fixture
-def app(harness: SyncHarness, sqlite_url: str) -> Iterator[Flask]:
-    application = create_app(
-        {
-            "database_url": sqlite_url,
-            "fhir_base_url": harness.server.base_url,
-            "recipients": list(harness.settings.recipients),
-        }
+def app(harness: SyncHarness, make_app: Callable[..., Flask]) -> Flask:
+    return make_app(
+        fhir_base_url=harness.server.base_url, recipients=list(harness.settings.recipients)
     )
-    application.testing = True
-    try:
-        yield application
-    finally:
-        application.extensions["fhir_alliance"].store.close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 @pytest.fixture
