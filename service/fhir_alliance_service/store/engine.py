@@ -184,8 +184,11 @@ def _set_up_sqlite_connection(dbapi_connection: Any) -> None:
     # raw autocommit read (``connect_raw``) runs each statement in its own read transaction.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # The busy timeout first: switching a new file to WAL takes an exclusive lock, which
+    # processes opening the same new database at once (several upgrading at start-up) must wait
+    # for rather than fail on ("database is locked").
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode=WAL")
     if isinstance(dbapi_connection, _SqliteConnection):
         dbapi_connection.busy_timeout_ms = SQLITE_BUSY_TIMEOUT_MS
     cursor.execute("PRAGMA foreign_keys=ON")
