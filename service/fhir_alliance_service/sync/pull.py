@@ -201,6 +201,8 @@ class Puller:
         self.store = store
         self.client = client
         self.server = client.base.url
+        #: References read as the consent engine reads them, on our server's base.
+        self._directory = ActorDirectory(base=self.server)
         self.clock = clock
         self.page_size = page_size
         self._links: list[tuple[str, str]] = []  # patient links found, saved after their read
@@ -518,7 +520,7 @@ class Puller:
             return None, IGNORED_NO_PATIENT
         reference = subject.get("reference")
         if isinstance(reference, str) and reference:
-            normal = ActorDirectory(base=self.server).normalize(reference)
+            normal = self._directory.normalize(reference)
             found = patients.get(normal)
             if found is not None:
                 return found, ""
@@ -550,10 +552,7 @@ class Puller:
         reference = subject.get("reference") if isinstance(subject, Mapping) else None
         if not isinstance(subject, Mapping) or not isinstance(reference, str):
             return resource
-        if "|" in patient:
-            written = ActorDirectory(base=self.server).normalize(reference)
-        else:
-            written = patient
+        written = self._directory.normalize(reference) if "|" in patient else patient
         if written == reference:
             return resource
         return {**resource, field_name: {**subject, "reference": written}}
