@@ -505,6 +505,10 @@ class Store(Protocol):
     def consent_stamps(self) -> dict[str, str]:
         """:meth:`consents_stamp` of every patient with consent records, in one query."""
 
+    def patients_with_retraction(self, retraction: str) -> set[str]:
+        """The patient keys of the sent items marked ``retraction`` (e.g. ``kept``), in one
+        query."""
+
     def sent_items(self, patient: str) -> list[SyncStatus]:
         """The newest SENT item of each record of ``patient`` (and its aliases), with
         ``item_id``: what is on the server for that patient now."""

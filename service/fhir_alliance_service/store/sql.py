@@ -1381,6 +1381,15 @@ class SqlStore(AuditQueueSql):
                 patient: f"{count}:{total}" for patient, count, total in connection.execute(query)
             }
 
+    def patients_with_retraction(self, retraction: str) -> set[str]:
+        query = (
+            select(outbox.c.patient)
+            .where(outbox.c.state == SyncState.SENT.value, outbox.c.retraction == retraction)
+            .distinct()
+        )
+        with self._read() as connection:
+            return set(connection.execute(query).scalars())
+
     def sent_items(self, patient: str) -> list[SyncStatus]:
         keys = self.patient_keys(patient)
         newer = outbox.alias("newer")

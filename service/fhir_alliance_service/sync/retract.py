@@ -83,11 +83,13 @@ class Retractor:
         is left unchecked: the first pass retracts it under the policy now in force."""
         stamps = self.store.consent_stamps()
         if self.settings.retraction_policy != "none":
-            stamps = {
-                patient: stamp
-                for patient, stamp in stamps.items()
-                if not any(s.retraction == KEPT for s in self.store.sent_items(patient))
+            # One query for the patients with a kept send (not one per patient), then their keys.
+            unchecked = {
+                key
+                for patient in self.store.patients_with_retraction(KEPT)
+                for key in self.store.patient_keys(patient)
             }
+            stamps = {p: stamp for p, stamp in stamps.items() if p not in unchecked}
         self._checked.update(stamps)
 
     def _to_check(self, retraction: str | None) -> bool:
