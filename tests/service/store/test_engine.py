@@ -10,6 +10,7 @@ from fhir_alliance_service.store import SqlStore, open_store
 from fhir_alliance_service.store.engine import (
     READ_ONLY,
     SQLITE_BUSY_TIMEOUT_MS,
+    connect_raw_autocommit,
     make_engine,
     normalise_url,
 )
@@ -53,6 +54,24 @@ def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(sqlite_url: st
             assert pragma("PRAGMA journal_mode").scalar() == "wal"
             assert pragma("PRAGMA busy_timeout").scalar() == SQLITE_BUSY_TIMEOUT_MS
             assert pragma("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_commits_are_durable_across_power_loss(sqlite_url: str) -> None:
+    """``synchronous=FULL`` on every SQLite connection, the pool's and the raw ones: a commit
+    the API has acknowledged is fsynced, not only handed to the operating system (WAL with
+    ``NORMAL`` survives a process crash, not power loss)."""
+    full = 2
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == full
+        raw = connect_raw_autocommit(engine)
+        try:
+            assert raw.execute("PRAGMA synchronous").fetchone()[0] == full
+        finally:
+            raw.close()
     finally:
         engine.dispose()
 
