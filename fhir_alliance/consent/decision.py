@@ -123,6 +123,13 @@ class RequestedResource:
     ``refers_to`` are the references the resource holds (its subject's encounter, the
     QuestionnaireResponse it was derived from, …); ``referenced_by`` are resources known to point at it;
     ``authors`` who wrote it. They serve ``provision.data`` meanings related / dependents / authoredby.
+
+    ``aliases`` are the other ways the same resource is known, beside ``reference`` (which they
+    need): ``Type/id`` paired with each further identifier, as the gate gives them. A data
+    reference naming the resource any of these ways matches it (instance, related, dependents),
+    for permits and denies alike. Named both ways (by reference and by identifier, in one
+    :class:`Ref` or across several), the resource is taken to be known completely: a data
+    reference naming none of its ways names another resource.
     """
 
     type: str | None = None
@@ -134,6 +141,7 @@ class RequestedResource:
     refers_to: tuple[Ref, ...] = ()
     referenced_by: tuple[Ref, ...] = ()
     authors: tuple[Ref, ...] = ()
+    aliases: tuple[Ref, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +174,10 @@ class DecisionRequest:
         resource = self.resource
         if resource is not None and resource.date is not None and resource.date.tzinfo is None:
             issues.append(Issue(path="resource.date", message="the date needs a UTC offset"))
+        if resource is not None and resource.aliases and resource.reference is None:
+            issues.append(
+                Issue(path="resource.aliases", message="aliases need the resource's reference")
+            )
         if issues:
             paths = ", ".join(i.path for i in issues)
             raise InputError(f"invalid decision request at {paths}", issues=issues)

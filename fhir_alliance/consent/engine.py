@@ -490,8 +490,11 @@ class _Request:
         self.profiles = frozenset(resource.profiles)
         self.codes = _code_keys(resource.codes)
         self.date = resource.date.timestamp() if resource.date is not None else None
+        # Every way the resource itself is known: its reference and the aliases (which need it).
         self.self_keys = (
-            directory.keys(resource.reference) if resource.reference is not None else _EMPTY
+            _keys_of((resource.reference, *resource.aliases), directory)
+            if resource.reference is not None
+            else _EMPTY
         )
         self.refers_to_keys = _keys_of(resource.refers_to, directory)
         self.referenced_by_keys = _keys_of(resource.referenced_by, directory)
@@ -605,16 +608,23 @@ def _data_incomparable(meaning: DataMeaning, facet: _Facet, q: _Request) -> bool
     resource = q.resource
     if resource is None:
         return False
-    own = (resource.reference,) if resource.reference is not None else ()
+    directory = q.directory
     if meaning is DataMeaning.AUTHOREDBY:
-        refs: tuple[Ref, ...] = resource.authors
-    elif meaning is DataMeaning.INSTANCE:
-        refs = own
+        return _incomparable(facet, _facets_of(resource.authors, directory))
+    # The resource itself, known by its reference and its aliases: named both ways among them
+    # (by reference and by identifier, in one Ref or across several), it is known completely and
+    # compares with any data reference; else each way counts as named one way only.
+    kinds = {key[0] for key in q.self_keys}
+    own: tuple[_Facet, ...] = ()
+    if len(kinds) == 1 and resource.reference is not None:
+        own = _facets_of((resource.reference, *resource.aliases), directory)
+    if meaning is DataMeaning.INSTANCE:
+        others: tuple[Ref, ...] = ()
     elif meaning is DataMeaning.RELATED:
-        refs = (*own, *resource.referenced_by)
+        others = resource.referenced_by
     else:  # dependents
-        refs = (*own, *resource.refers_to)
-    return _incomparable(facet, _facets_of(refs, q.directory))
+        others = resource.refers_to
+    return _incomparable(facet, (*own, *_facets_of(others, directory)))
 
 
 def _walk(n: _Node, q: _Request) -> _Node:

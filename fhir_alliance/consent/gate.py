@@ -17,6 +17,10 @@ codes the library knows (:data:`~fhir_alliance.consent.decision.KNOWN_LABELS`); 
 ``code.coding`` likewise (the OIDs of LOINC and SNOMED CT become ``http://loinc.org`` and
 ``http://snomed.info/sct``).
 
+The resource is known by ``Type/id`` and by every identifier it carries: the first identifier goes
+with the reference, each further one with an alias (``RequestedResource.aliases``), so that a
+consent naming it by any of them matches it.
+
 The references a resource holds (``encounter``, ``derivedFrom``, …) and its authors
 (``performer``, ``author``) are read strictly too: an entry that is not a Reference object, whose
 ``reference`` is not a non-empty string or whose ``identifier`` is not ``{system, value}`` strings
@@ -254,7 +258,7 @@ def _identifiers(resource: Mapping[str, Any], issues: list[Issue]) -> list[Ident
     if value is None:
         return []
     pairs = _system_pairs(value, "identifier", "value", "Identifier", issues)
-    return [Identifier(system=system, value=text) for system, text in pairs]
+    return list(dict.fromkeys(Identifier(system=system, value=text) for system, text in pairs))
 
 
 def _ref(value: object) -> Ref | None:
@@ -380,15 +384,25 @@ def requested_resource(resource: Mapping[str, Any]) -> RequestedResource:
     # The engine has no unknown ``refers_to`` but reads every data reference of a resource
     # without its own reference as unknown (a deny by data reference applies, a permit does
     # not); the known references alone could miss a deny by dependents.
+    # Every identifier names the resource: the first goes with the reference, each further one
+    # with an alias. With an id, each alias pairs ``Type/id`` with its identifier: an alias by
+    # identifier alone would leave the resource named one way in it, and a deny by reference to
+    # any other resource would then match as a missing fact (the engine's ``_data_incomparable``).
     reference = None
+    aliases: tuple[Ref, ...] = ()
     if relations_known and isinstance(resource_id, str):
+        literal = f"{resource_type}/{resource_id}"
         reference = Ref(
-            reference=f"{resource_type}/{resource_id}",
+            reference=literal,
             identifier=identifiers[0] if identifiers else None,
             type=resource_type,
         )
+        aliases = tuple(
+            Ref(reference=literal, identifier=i, type=resource_type) for i in identifiers[1:]
+        )
     elif relations_known and identifiers:
         reference = Ref(identifier=identifiers[0], type=resource_type)
+        aliases = tuple(Ref(identifier=i, type=resource_type) for i in identifiers[1:])
     date = next(
         (d for d in (_instant(_dig(resource, e)) for e in _DATE_ELEMENTS) if d is not None), None
     )
@@ -403,6 +417,7 @@ def requested_resource(resource: Mapping[str, Any]) -> RequestedResource:
         # An author named by display only: the authors are unknown (none), so a deny by author
         # applies and a permit by author does not; the known ones alone could miss a deny.
         authors=authors if authors_known else (),
+        aliases=aliases,
     )
 
 

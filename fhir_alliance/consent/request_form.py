@@ -131,9 +131,28 @@ class ActorSchema(RefSchema):
         return RequestActor(reference=Ref(**data), role=role)
 
 
+def _literal(value: str) -> None:
+    """Field validator: a literal reference as the gate reads one (no blank, no spaces at either
+    end): a reference that names nothing must not make the resource look known by reference."""
+    if not value or value.strip() != value:
+        raise ValidationError(
+            "expected a reference (a non-empty string without spaces at either end)"
+        )
+
+
+class _ResourceRefSchema(RefSchema):
+    """A way the resource asked about is known: :class:`RefSchema` with a strict ``reference``."""
+
+    reference = fields.String(load_default=None, validate=_literal)
+
+
 class ResourceSchema(StrictSchema):
+    """The one resource asked about. ``aliases`` are the other ways it is known beside
+    ``reference`` (``Type/id`` with each further identifier): references as ``reference`` is,
+    and only with it."""
+
     type = fields.String(load_default=None, validate=not_blank)
-    reference = fields.Nested(RefSchema, load_default=None)
+    reference = fields.Nested(_ResourceRefSchema, load_default=None)
     profiles = fields.List(fields.String(validate=not_blank), load_default=())
     codes = fields.List(fields.Nested(CodingSchema), load_default=())
     labels = fields.List(_Label(), load_default=())
@@ -141,6 +160,15 @@ class ResourceSchema(StrictSchema):
     refers_to = fields.List(fields.Nested(RefSchema), load_default=())
     referenced_by = fields.List(fields.Nested(RefSchema), load_default=())
     authors = fields.List(fields.Nested(RefSchema), load_default=())
+    aliases = fields.List(fields.Nested(_ResourceRefSchema), load_default=())
+
+    @validates_schema
+    def _aliases_of_reference(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("aliases") and data.get("reference") is None:
+            raise ValidationError(
+                "aliases are further ways of the resource's reference: give reference",
+                field_name="aliases",
+            )
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> RequestedResource:
