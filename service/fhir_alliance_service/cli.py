@@ -263,6 +263,40 @@ def _opened_store(settings: Settings) -> Iterator[Store]:
         store.close()
 
 
+@contextmanager
+def _opened_key_store(settings: Settings) -> Iterator[Store]:
+    """:func:`_opened_store` for ``list-api-keys`` and ``revoke-api-key``, which also open a
+    database at an older revision of this code's migrations: they read and revoke keys through
+    columns every revision has, and keys not revoked that share a name stop ``db upgrade``
+    (migration 0005) until all but one are revoked."""
+    from fhir_alliance_service.store import SqlStore, current_revision
+    from fhir_alliance_service.store.engine import make_engine
+
+    if current_revision(settings.database_url) not in _older_revisions():
+        _require_migrated(settings)  # at head, or one line saying what to run
+    store = SqlStore(
+        make_engine(settings.database_url, write_wait_seconds=settings.sqlite_write_wait_seconds)
+    )
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _older_revisions() -> frozenset[str]:
+    """The revisions of this code's migrations before the newest."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from fhir_alliance_service.store.schema import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    scripts = ScriptDirectory.from_config(config)
+    head = scripts.get_current_head()
+    return frozenset(s.revision for s in scripts.walk_revisions() if s.revision != head)
+
+
 def _require_migrated(settings: Settings) -> None:
     from fhir_alliance_service.store.schema import SchemaVersionError, check_at_head
 
@@ -730,24 +764,18 @@ def _create_api_key(args: argparse.Namespace) -> int:
     that a key not revoked already has is refused; revoke that key first."""
     settings = _settings()
     from fhir_alliance_service.auth import create_api_key
+    from fhir_alliance_service.store.interface import ApiKeyNameTaken
 
-    name = args.name.strip()
     with _opened_store(settings) as store:
-        # Checked here, not by the database (a unique index on active names needs a migration):
-        # two create-api-key runs at the same instant could still both pass.
-        same = [
-            key
-            for key in store.list_api_keys()
-            if key.revoked_at is None and key.name.casefold() == name.casefold()
-        ]
-        if name and same:
-            raise _StopCommand(
-                f"an API key named {same[0].name!r} already exists ({same[0].key_id}); "
-                f"revoke it first (fhir-alliance revoke-api-key {same[0].key_id}) or choose "
-                "another name"
-            )
         try:
+            # The database refuses the name (a unique index on the names of keys not revoked),
+            # so two runs at the same moment cannot both add it.
             raw_key = create_api_key(store, args.name, sorted(set(args.scopes)))
+        except ApiKeyNameTaken as taken:
+            raise _StopCommand(
+                f"{taken}; revoke it first (fhir-alliance revoke-api-key {taken.key_id}) or "
+                "choose another name"
+            ) from None
         except ValueError as exc:
             raise _StopCommand(str(exc), status=1) from None
     print(raw_key)
@@ -768,7 +796,7 @@ def _list_api_keys(args: argparse.Namespace) -> int:
     ``fa_<hex>``), name, scopes, when it was created and when it was revoked. Never the secret
     or its hash."""
     settings = _settings()
-    with _opened_store(settings) as store:
+    with _opened_key_store(settings) as store:
         keys = store.list_api_keys()
     if args.json:
         listing = [
@@ -828,7 +856,7 @@ def _revoke_api_key(args: argparse.Namespace) -> int:
             f"not an API key id: expected {_KEY_ID_SHAPE} (list-api-keys shows them)"
         )
     settings = _settings()
-    with _opened_store(settings) as store:
+    with _opened_key_store(settings) as store:
         key = store.find_api_key(given)
         if key is None:
             raise _StopCommand(f"no API key {given} (list-api-keys shows the keys)")
@@ -849,9 +877,13 @@ def _revoke_api_key(args: argparse.Namespace) -> int:
 def _db_upgrade(args: argparse.Namespace) -> int:
     settings = _settings()
     from fhir_alliance_service.store import current_revision, upgrade
+    from fhir_alliance_service.store.interface import ApiKeyNamesShared
 
     before = current_revision(settings.database_url)
-    upgrade(settings.database_url)
+    try:
+        upgrade(settings.database_url)
+    except ApiKeyNamesShared as exc:
+        raise _StopCommand(str(exc)) from None
     after = current_revision(settings.database_url)
     if before == after:
         print(f"database already at the newest revision {after}")

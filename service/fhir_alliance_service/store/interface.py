@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 __all__ = [
     "ApiKey",
+    "ApiKeyNameTaken",
+    "ApiKeyNamesShared",
     "AuditEntry",
     "AuditPushFailure",
     "AuditPushState",
@@ -44,6 +46,7 @@ __all__ = [
     "StoredRecord",
     "SyncState",
     "SyncStatus",
+    "api_key_name_folded",
 ]
 
 
@@ -219,6 +222,42 @@ class ApiKey:
     secret_hash: str  # hex digest; the secret itself is never stored
     created_at: datetime
     revoked_at: datetime | None = None
+
+
+def api_key_name_folded(name: str) -> str:
+    """An API key's name as names are compared: without surrounding blanks and without case
+    (``str.casefold``), so ``" Front-Desk "`` and ``"front-desk"`` are one name. The store keeps
+    it beside the name, and a unique index lets only one key not revoked hold it."""
+    return name.strip().casefold()
+
+
+class ApiKeyNameTaken(ValueError):
+    """``add_api_key``: a key that is not revoked already has this name (compared by
+    :func:`api_key_name_folded`); nothing was added. ``name`` and ``key_id`` are that key's."""
+
+    def __init__(self, name: str, key_id: str) -> None:
+        super().__init__(f"an API key named {name!r} already exists ({key_id})")
+        self.name = name
+        self.key_id = key_id
+
+
+class ApiKeyNamesShared(RuntimeError):
+    """The schema upgrade that makes names of keys not revoked unique (migration 0005) found keys
+    not revoked that share a name; nothing was changed. ``shared``: each such name (as one of its
+    keys spells it) with the ids of its keys. ``str(exc)`` is one line saying which keys and
+    what to run."""
+
+    def __init__(self, shared: Sequence[tuple[str, Sequence[str]]]) -> None:
+        self.shared: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+            (name, tuple(key_ids)) for name, key_ids in shared
+        )
+        which = "; ".join(f"{name!r}: {', '.join(ids)}" for name, ids in self.shared)
+        super().__init__(
+            "the database was not upgraded: API keys that are not revoked share a name "
+            f"(compared without case), and names must now be unique: {which}. Revoke all but "
+            "one key of each name (fhir-alliance revoke-api-key KEY_ID), then run "
+            "fhir-alliance db upgrade again"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +477,11 @@ class Store(Protocol):
         ...
 
     # -- API keys ------------------------------------------------------------------------------
-    def add_api_key(self, key: ApiKey) -> None: ...
+    def add_api_key(self, key: ApiKey) -> None:
+        """Store a new key. A key not revoked with the same name (:func:`api_key_name_folded`)
+        makes it :class:`ApiKeyNameTaken`, decided by the database (a unique index), so two
+        concurrent adds of one name cannot both succeed."""
+        ...
 
     def find_api_key(self, key_id: str) -> ApiKey | None: ...
 

@@ -44,12 +44,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
 from .audit_queue import AuditQueueSql, audit_entry, audit_row
 from .engine import READ_ONLY, writer_turn
 from .interface import (
     ApiKey,
+    ApiKeyNameTaken,
     AuditEntry,
     IntakeResult,
     NewRecord,
@@ -63,6 +64,7 @@ from .interface import (
     StoredRecord,
     SyncState,
     SyncStatus,
+    api_key_name_folded,
 )
 from .patient_tokens import patient_token
 from .raw import RawSql, ThreadConnections
@@ -282,6 +284,17 @@ def _sync_status(row: AnyRow) -> SyncStatus:
         conflict=row.conflict,
         item_id=row.item_id,
     )
+
+
+#: What an :class:`ApiKey` is read from (``name_folded`` is derived from ``name``).
+_API_KEY_COLUMNS = (
+    api_keys.c.key_id,
+    api_keys.c.name,
+    api_keys.c.scopes,
+    api_keys.c.secret_hash,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+)
 
 
 def _api_key(row: AnyRow) -> ApiKey:
@@ -1125,27 +1138,48 @@ class SqlStore(AuditQueueSql):
 
     # -- API keys ------------------------------------------------------------------------------
     def add_api_key(self, key: ApiKey) -> None:
-        with self._write() as connection:
-            connection.execute(
-                insert(api_keys).values(
-                    key_id=key.key_id,
-                    name=key.name,
-                    scopes=sorted(key.scopes),
-                    secret_hash=key.secret_hash,
-                    created_at=key.created_at,
-                    revoked_at=key.revoked_at,
+        folded = api_key_name_folded(key.name)
+        try:
+            with self._write() as connection:
+                connection.execute(
+                    insert(api_keys).values(
+                        key_id=key.key_id,
+                        name=key.name,
+                        name_folded=folded,
+                        scopes=sorted(key.scopes),
+                        secret_hash=key.secret_hash,
+                        created_at=key.created_at,
+                        revoked_at=key.revoked_at,
+                    )
                 )
-            )
+        except IntegrityError:
+            # The unique index on active names (or, far less likely, the key id). The failed
+            # transaction is gone: look for the key that holds the name in a new one.
+            holder = None if key.revoked_at is not None else self._active_api_key_named(folded)
+            if holder is None:
+                raise
+            raise ApiKeyNameTaken(holder.name, holder.key_id) from None
 
+    def _active_api_key_named(self, folded: str) -> ApiKey | None:
+        query = select(*_API_KEY_COLUMNS).where(
+            api_keys.c.name_folded == folded, api_keys.c.revoked_at.is_(None)
+        )
+        with self._read() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else _api_key(row)
+
+    # find, list and revoke read and write only columns every schema revision has, so that the
+    # CLI can list and revoke keys on a database not yet upgraded (keys sharing a name stop the
+    # upgrade to 0005 until all but one are revoked).
     def find_api_key(self, key_id: str) -> ApiKey | None:
         with self._read() as connection:
             row = connection.execute(
-                select(api_keys).where(api_keys.c.key_id == key_id)
+                select(*_API_KEY_COLUMNS).where(api_keys.c.key_id == key_id)
             ).one_or_none()
         return None if row is None else _api_key(row)
 
     def list_api_keys(self) -> list[ApiKey]:
-        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.key_id)
+        query = select(*_API_KEY_COLUMNS).order_by(api_keys.c.created_at, api_keys.c.key_id)
         with self._read() as connection:
             return [_api_key(row) for row in connection.execute(query)]
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "ACTIVE_API_KEY_SQL",
     "UNSETTLED_PUSH_SQL",
     "PENDING_STATES_SQL",
     "UtcDateTime",
@@ -193,7 +194,12 @@ audit = Table(
     ),
 )
 
+# API keys that are not revoked (only these must have names of their own).
+ACTIVE_API_KEY_SQL = "revoked_at IS NULL"
+
 #: API keys: the public prefix, scopes and a hash of the secret (never the secret).
+#: ``name_folded``: the name as names are compared (``interface.api_key_name_folded``); the
+#: database lets only one key not revoked have it (migration 0005), revoked keys keep theirs.
 api_keys = Table(
     "api_keys",
     metadata,
@@ -203,6 +209,14 @@ api_keys = Table(
     Column("secret_hash", String(256), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("revoked_at", UtcDateTime),
+    Column("name_folded", Text, nullable=False),
+    Index(
+        "uq_api_keys_active_name_folded",
+        "name_folded",
+        unique=True,
+        sqlite_where=text(ACTIVE_API_KEY_SQL),
+        postgresql_where=text(ACTIVE_API_KEY_SQL),
+    ),
 )
 
 #: Small named facts (the FHIR server's last contact, its FHIR version, …).
