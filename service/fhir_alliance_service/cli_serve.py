@@ -11,10 +11,14 @@ carry a patient reference (``/v1/patients/{ref}/…``); the app logs requests it
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
 
 if TYPE_CHECKING:
@@ -26,6 +30,7 @@ __all__ = [
     "JsonGunicornLogger",
     "RequestTextFilter",
     "ServiceApplication",
+    "boot_failure",
     "gunicorn_options",
     "serve",
 ]
@@ -107,8 +112,63 @@ def keep_request_text_out_of_gunicorn_logs() -> None:
         error_log.addFilter(RequestTextFilter())
 
 
+#: A setting's name at the start of a ``ConfigError``'s text (the rest may quote its value).
+_SETTING_NAME = re.compile(r"FHIR_ALLIANCE_[A-Z0-9_]+")
+#: A module's dotted name, as ``ImportError.name`` gives it.
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def boot_failure(error: BaseException) -> tuple[str, dict[str, str]]:
+    """The log line (message and ``extra`` fields) for a worker whose app could not be built:
+    a fixed message for the kind of error, with the setting to look at where it is known
+    (``setting``) and the exception's type (``error_type``). Never the exception's text, which
+    may quote a value, a path or a row."""
+    fields = {"error_type": type(error).__name__}
+    prefix = "worker failed to boot: "
+    if isinstance(error, ImportError):  # first: the imports below may be what is missing
+        module = error.name if error.name and _MODULE_NAME.fullmatch(error.name) else None
+        which = f"module {module}" if module else "a module"
+        return (
+            prefix + f"{which} cannot be imported (is fhir-alliance installed with its "
+            "'service' extra, in the environment serve runs in?)",
+            fields,
+        )
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fhir_alliance_service.config import ConfigError
+    from fhir_alliance_service.store.engine import WriterTurnTimeout
+    from fhir_alliance_service.store.schema import SchemaVersionError
+
+    if isinstance(error, ConfigError):
+        named = _SETTING_NAME.match(str(error))
+        if named is None:
+            return prefix + "a setting is wrong", fields
+        fields["setting"] = named[0]
+        return prefix + f"the setting {named[0]} is wrong", fields
+    if isinstance(error, SchemaVersionError):
+        fields["setting"] = "FHIR_ALLIANCE_DATABASE_URL"
+        return (
+            prefix + "the database's schema is not the one this code expects "
+            '(run "fhir-alliance db upgrade" with this version)',
+            fields,
+        )
+    if isinstance(error, SQLAlchemyError | WriterTurnTimeout):
+        fields["setting"] = "FHIR_ALLIANCE_DATABASE_URL"
+        return prefix + "the database cannot be used", fields
+    code = errno.errorcode.get(error.errno) if isinstance(error, OSError) and error.errno else None
+    if code is not None:
+        return prefix + f"an operating system error ({code})", fields
+    return (
+        prefix + "building the app failed (the error's text is not logged: it may quote data)",
+        fields,
+    )
+
+
 class ServiceApplication(BaseApplication):
-    """A gunicorn application whose app comes from a factory called in each worker."""
+    """A gunicorn application whose app comes from a factory called in each worker. A factory that
+    fails ends the worker as gunicorn does on a boot error (exit status 3, after which the master
+    stops), with one JSON line from :func:`boot_failure` instead of gunicorn's plain line with
+    the exception's text."""
 
     def __init__(self, factory: Any, options: dict[str, Any]) -> None:
         self._factory = factory
@@ -123,7 +183,15 @@ class ServiceApplication(BaseApplication):
 
     def load(self) -> Any:  # a Flask app; gunicorn's stubs type WSGI apps narrower than Flask's
         keep_request_text_out_of_gunicorn_logs()  # in each worker, where requests are parsed
-        app: Flask = self._factory()
+        try:
+            app: Flask = self._factory()
+        except Exception as error:
+            # gunicorn would log "Exception in worker process" and then print str(error) on
+            # stderr as it is: a plain line that may quote data. SystemExit passes through
+            # gunicorn untouched; its master reads status 3 as "Worker failed to boot." and stops.
+            message, fields = boot_failure(error)
+            logging.getLogger("gunicorn.error").error(message, extra=fields)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
         return app
 
 

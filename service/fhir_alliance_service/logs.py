@@ -51,6 +51,7 @@ ALLOWED_FIELDS: Final = (
     "attempts",
     "outcome",
     "codes",
+    "setting",
 )
 
 
