@@ -1,5 +1,5 @@
 """The service's subcommands of ``fhir-alliance`` (serve, worker, sync-once, status, replay,
-create-api-key, list-api-keys, revoke-api-key, db upgrade/current, load, pull, reconcile), registered through the ``fhir_alliance.commands`` entry
+create-api-key, list-api-keys, revoke-api-key, db upgrade/current/backup, load, pull, reconcile), registered through the ``fhir_alliance.commands`` entry
 point.
 
 Every command reads its settings with :func:`~fhir_alliance_service.config.load_settings` (the
@@ -193,6 +193,13 @@ def register(subparsers: Any) -> None:
     db_commands.add_parser("current", help="print the schema revision in use").set_defaults(
         handler=_guarded(_db_current)
     )
+    db_backup = db_commands.add_parser(
+        "backup",
+        help="copy a SQLite store to a new file while serve and worker run",
+        description=_db_backup.__doc__,
+    )
+    db_backup.add_argument("destination", type=Path, metavar="DEST", help="a new file")
+    db_backup.set_defaults(handler=_guarded(_db_backup))
 
     load = subparsers.add_parser(
         "load", help="bulk intake of JSON / NDJSON record files", description=_load.__doc__
@@ -899,6 +906,24 @@ def _db_current(args: argparse.Namespace) -> int:
     current, head = current_revision(settings.database_url), head_revision()
     print(f"{current or 'empty'} ({'newest' if current == head else f'newest is {head}'})")
     return 0 if current == head else 1
+
+
+def _db_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of the SQLite store in the new file DEST (readable by its owner only),
+    made while serve and worker keep running; restore by stopping them and putting the copy in
+    the database's place. PostgreSQL: use pg_dump. See docs/service.md, Backups."""
+    settings = _settings()
+    from fhir_alliance_service.store.backup import BackupError, backup_sqlite
+
+    try:
+        result = backup_sqlite(settings.database_url, args.destination)
+    except BackupError as exc:
+        raise _StopCommand(str(exc)) from None
+    print(
+        f"backed up the store to {result.destination} "
+        f"({result.pages} pages, {result.size_bytes / 1e6:.1f} MB; integrity check ok)"
+    )
+    return 0
 
 
 # -- load ----------------------------------------------------------------------------------------
