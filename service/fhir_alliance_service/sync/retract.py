@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from fhir_alliance.client import FhirClient
@@ -147,20 +147,28 @@ class Retractor:
         policy = self.settings.retraction_policy
         now = self.clock()
         sent = list(status.sent)
+        # What the server holds as each resource is done: the versions our writes made (the
+        # If-Match of the record's next update, once the patient consents again), a deleted
+        # one none (the next PUT creates it again). Kept even when a later resource fails.
+        held = list(status.sent)
         try:
             if policy == "entered-in-error":
-                sent = [self._mark_entered_in_error(resource) for resource in sent]
+                for n, resource in enumerate(sent):
+                    held[n] = self._mark_entered_in_error(resource)
+                sent = held
                 outcome, step = ENTERED_IN_ERROR, "retract-entered-in-error"
                 report.entered_in_error += 1
             elif policy == "delete":
-                for resource in sent:
+                for n, resource in enumerate(sent):
                     self._delete(resource)
+                    held[n] = replace(resource, version_id=None)
                 outcome, step = DELETED, "retract-delete"
                 report.deleted += 1
             else:
                 outcome, step = KEPT, "retract-kept"
                 report.kept += 1
         except ServerError as exc:
+            self._record_held(status, held, now)
             report.failed += 1
             RETRACTIONS.labels("failed").inc()
             log.warning(
@@ -195,7 +203,13 @@ class Retractor:
             resources=sent,
             outcome_code=f"policy-{policy}",
         )
+        self._record_held(status, held, now)  # first: a crash between leaves them right
         self.store.mark_retraction(status.item_id, outcome, audit=[entry], at=now)
+
+    def _record_held(self, status: SyncStatus, held: list[SentResource], now: datetime) -> None:
+        """The versions the server holds after our retraction's writes, on the sent item."""
+        if status.item_id is not None and held != list(status.sent):
+            self.store.record_sent_versions(status.item_id, held, audit=[], at=now)
 
     def _mark_entered_in_error(self, resource: SentResource) -> SentResource:
         try:

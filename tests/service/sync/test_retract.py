@@ -80,7 +80,8 @@ def test_policy_entered_in_error_marks_every_shared_resource(harness: SyncHarnes
     assert {o["status"] for o in observations} == {"entered-in-error"}
     status = harness.store.sync_status(shared["srs"].record_id)
     assert status is not None and status.retraction == "entered-in-error"
-    assert {s.version_id for s in status.sent} == {"1"}  # the send itself is kept as it was
+    # What the server holds now, our entered-in-error versions: the If-Match of a later update.
+    assert {s.version_id for s in status.sent} == {"2"}
     audit = harness.store.list_audit(record_id=shared["srs"].record_id)
     assert audit[-1].action == "retract-entered-in-error"
     assert len(audit[-1].resource["entity"]) == 2 + 6  # patient, record, six resources
@@ -97,6 +98,7 @@ def test_policy_delete_removes_shared_resources(harness: SyncHarness) -> None:
     assert harness.tagged("Observation") == []
     status = harness.store.sync_status(shared["rating"].record_id)
     assert status is not None and status.retraction == "deleted"
+    assert [s.version_id for s in status.sent] == [None]  # nothing left: a later PUT creates
     assert harness.store.list_audit(record_id=shared["rating"].record_id)[-1].action == (
         "retract-delete"
     )
