@@ -4,17 +4,19 @@ update's If-Match, the audit of a lost answer recorded as sent, and sends after 
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.sync.gate import gate_item
 from fhir_alliance_service.sync.retract import Retractor
 from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
 from tests.review_sync.steps import value_of
 from tests.service.sync import records as R
 from tests.service.sync import remote
-from tests.service.sync.conftest import SyncHarness
+from tests.service.sync.conftest import SyncHarness, now
 
 RECORD = R.RECORD_SYSTEM
 R4 = "4.0.1"
@@ -133,3 +135,57 @@ def test_a_remote_edit_after_our_retraction_is_still_a_conflict(harness: SyncHar
     status = harness.store.sync_status(rating.record_id)
     assert status is not None and status.state is SyncState.HELD
     assert status.held_reason == CONFLICT_HELD_REASON and status.conflict == "flagged"
+
+
+# ---------------------------------------------------------------- audit of a lost answer
+
+
+def _answer_lost(harness: SyncHarness, value: int) -> str:
+    """Version 2 of a sent rating: our update lands, its answer is lost (the lease runs out
+    unrecorded, as tests/service/sync/test_conflict.py plays it)."""
+    run = harness.run
+    harness.intake([R.sharing_consent(run), R.rating(run, 1, value=4)])
+    harness.drain()
+    [changed] = harness.intake([R.rating(run, 1, value=value)])
+    [item] = harness.store.claim("lost", limit=1, lease_seconds=0.01, now=now())
+    gated = gate_item(item, settings=harness.settings, store=harness.store, version=R4, at=now())
+    [resource] = gated.resources
+    harness.client.update(harness.server.tagged(resource), if_match="1")
+    time.sleep(0.02)
+    return changed.record_id
+
+
+@pytest.mark.parametrize("policy", ["flag", "keep-remote", "overwrite"])
+def test_a_lost_answer_recorded_as_sent_still_has_its_disclosure_audit(
+    harness: SyncHarness, policy: str
+) -> None:
+    """The next try of the lost answer gets 412, reads the resource back, finds our content
+    and records the item sent (whatever the conflict policy): the disclosure did happen, so it
+    has its AuditEvent ``disclose`` and a Provenance naming the server's version 2."""
+    record_id = _answer_lost(harness, 5)
+    harness.drain(conflict_policy=policy)
+    status = harness.store.sync_status(record_id)
+    assert status is not None and status.state is SyncState.SENT
+    assert status.conflict is None and status.sent[0].version_id == "2"
+    audit = harness.store.list_audit(record_id=record_id)
+    actions = [e.action for e in audit]
+    print(f"state={status.state.value} audit_actions={actions}")
+    assert actions.count("disclose") == 2, "the second disclosure (version 2) is not audited"
+    assert actions.count("provenance") == 2, "no Provenance for the resource pushed again"
+    [provenance] = [e for e in audit if e.action == "provenance"][-1:]
+    targets = [t["reference"] for t in provenance.resource["target"]]
+    assert any(t.endswith("/_history/2") for t in targets), targets
+
+
+def test_a_lost_answer_audit_is_queued_for_the_server_when_pushed(harness: SyncHarness) -> None:
+    """With ``push_audit``, the lost answer's AuditEvent and Provenance are queued for the FHIR
+    server like those of any send."""
+    record_id = _answer_lost(harness, 5)
+    harness.drain(push_audit=True)
+    later = [
+        e
+        for e in harness.store.list_audit(record_id=record_id)
+        if e.action in ("disclose", "provenance")
+    ][2:]
+    assert [e.action for e in later] == ["disclose", "provenance"]
+    assert all(e.push_state is not None for e in later)

@@ -572,14 +572,23 @@ class Worker:
             _content(mine) == _content(theirs)
             for mine, theirs in zip(entry.resources, current, strict=True)
         ):
-            # Our own write whose answer was lost (a crash, a timeout): not a conflict.
-            self._count(
-                self.store.mark_sent(
-                    item.item_id, self.worker_id, sent=held_by_server, audit=[], at=now
-                ),
-                report,
-                "sent",
-            )
+            # Our own write whose answer was lost (a crash, a timeout): not a conflict. Recorded
+            # as any send is, with its disclosure AuditEvent and Provenance (of the server's
+            # versions, which hold our content).
+            answers = [
+                EntryOutcome(
+                    index=n,
+                    request=BundleRequest.put(mine),
+                    status=200,
+                    resource_type=theirs.resource_type,
+                    id=theirs.id,
+                    version_id=theirs.version_id,
+                )
+                for n, (mine, theirs) in enumerate(
+                    zip(entry.resources, held_by_server, strict=True)
+                )
+            ]
+            self._record_sent([(entry, answers)], report)
             return
         if policy == "overwrite":
             outcome = "overwritten"
