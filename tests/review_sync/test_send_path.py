@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.sync import Worker
 from fhir_alliance_service.sync.gate import gate_item
 from fhir_alliance_service.sync.retract import Retractor
 from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
-from tests.review_sync.steps import value_of
+from fhir_alliance_service.usecases.intake import intake_records
+
+from fhir_alliance.client import EntryOutcome
+from fhir_alliance.errors import PreconditionFailedError, ServerError, UnprocessableError
+from tests.review_sync.steps import sent_consent_first, value_of
 from tests.service.sync import records as R
 from tests.service.sync import remote
 from tests.service.sync.conftest import SyncHarness, now
@@ -189,3 +195,101 @@ def test_a_lost_answer_audit_is_queued_for_the_server_when_pushed(harness: SyncH
     ][2:]
     assert [e.action for e in later] == ["disclose", "provenance"]
     assert all(e.push_state is not None for e in later)
+
+
+# ---------------------------------------------------------------- sends after the lease
+
+
+def _lease_runs_out_during_the_bundle(
+    harness: SyncHarness, answer: str
+) -> tuple[list[tuple[int, bool]], Worker]:
+    """Two ratings (1, value 2; and 2) claimed by a first worker, sent in one Bundle; the server
+    takes the whole lease to answer. Meanwhile rating 1 is corrected (value 5, superseding the
+    expired version 1) and another worker takes the batch over and sends the correction and
+    rating 2. Then the first worker's Bundle is answered by ``answer``: ``refused`` (422 on
+    every entry, so the items are isolated) or ``stale`` (412 to a Bundle of rating 1 only).
+    The first worker's transaction calls: (entries, after its lease ran out)."""
+    run = harness.run
+    offset = [timedelta(0)]
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + offset[0]
+
+    settings = replace(harness.settings, lease_seconds=30.0)
+    tags = [harness.server.run_tag]
+    first = Worker(settings, harness.store, harness.client, tags=tags, clock=clock)
+    other = Worker(settings, harness.store, harness.client, tags=tags, clock=clock)
+    original = harness.client.transaction
+    calls: list[tuple[int, bool]] = []
+    lease_until: list[datetime] = []
+    taking_over: list[bool] = []
+
+    def transaction(requests: Any, **kwargs: Any) -> Any:
+        if taking_over:
+            return original(requests, **kwargs)
+        calls.append((len(requests), bool(lease_until) and clock() > lease_until[0]))
+        if lease_until:
+            return original(requests, **kwargs)
+        lease_until.append(clock() + timedelta(seconds=29))  # claimed just before (30 s lease)
+        offset[0] += timedelta(seconds=31)  # the server took the whole lease to answer
+        intake_records(harness.store, [R.rating(run, 1, value=5)], at=clock())  # a correction
+        taking_over.append(True)
+        while other.run_once().claimed:  # the batch taken over, the correction sent
+            pass
+        taking_over.clear()
+        error: ServerError = (
+            UnprocessableError("refused", status=422)
+            if answer == "refused"
+            else PreconditionFailedError("stale", status=412)
+        )
+        return [
+            EntryOutcome(index=i, request=r, status=error.status, error=error)
+            for i, r in enumerate(requests)
+        ]
+
+    harness.client.transaction = transaction  # type: ignore[method-assign,assignment]
+    return calls, first
+
+
+def test_isolation_sends_nothing_once_the_lease_has_run_out(harness: SyncHarness) -> None:
+    """A Bundle of two ratings refused for good after the lease ran out: the first worker
+    isolates nothing (another worker has the items; its send of version 2 stays newest, and
+    rating 2 goes out once)."""
+    run = harness.run
+    sent_consent_first(harness)
+    harness.intake([R.rating(run, 1, value=2), R.rating(run, 2)])
+    calls, first = _lease_runs_out_during_the_bundle(harness, "refused")
+    report = first.run_once()
+    [on_server] = harness.on_server("Observation", f"{RECORD}|trust-{run}-1")
+    [second] = harness.on_server("Observation", f"{RECORD}|trust-{run}-2")
+    late = [n for n, after_lease in calls if after_lease]
+    print(f"value_on_server={value_of(on_server)} calls={calls} sent_after_lease={late}")
+    assert late == [], "sent after its lease had run out"
+    assert value_of(on_server)["value"] == 5, "an older version overwrote the newer one"
+    assert second["meta"]["versionId"] == "1", "rating 2 sent twice"
+    assert report.sent == 0 and report.deferred == 2
+
+
+def test_a_conflict_overwrites_nothing_once_the_lease_has_run_out(harness: SyncHarness) -> None:
+    """Rating 1 (version 2 of the record, sent with If-Match) answered 412 after the lease ran
+    out, policy overwrite: the first worker writes nothing over the server's copy (another
+    worker has sent the newer version meanwhile), settles no conflict (no mark, no AuditEvent)
+    and hands the item back."""
+    run = harness.run
+    sent_consent_first(harness)
+    [rating] = harness.intake([R.rating(run, 1, value=1)])
+    assert harness.drain().sent == 1
+    harness.intake([R.rating(run, 1, value=2)])
+    calls, first = _lease_runs_out_during_the_bundle(harness, "stale")
+    first.settings = replace(first.settings, conflict_policy="overwrite")
+    report = first.run_once()
+    [on_server] = harness.on_server("Observation", f"{RECORD}|trust-{run}-1")
+    late = [n for n, after_lease in calls if after_lease]
+    print(f"value_on_server={value_of(on_server)} calls={calls} sent_after_lease={late}")
+    assert late == [], "sent after its lease had run out"
+    assert value_of(on_server)["value"] == 5, "an older version overwrote the newer one"
+    assert (report.sent, report.held, report.deferred) == (0, 0, 1)
+    status = harness.store.sync_status(rating.record_id)
+    assert status is not None and status.state is SyncState.SENT and status.conflict is None
+    actions = [e.action for e in harness.store.list_audit(record_id=rating.record_id)]
+    assert "conflict" not in actions, "a conflict settled by a worker without the item"

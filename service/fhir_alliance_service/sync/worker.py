@@ -413,8 +413,19 @@ class Worker:
         finally:
             SEND_LATENCY.observe(time.perf_counter() - started)
 
+    def _lease_running_out(self, batch: _Batch) -> bool:
+        """No send may start now: it could end after the lease, when another worker may have
+        taken the items over (and sent them, or a newer version of them)."""
+        return batch.last_start is not None and self.clock() > batch.last_start
+
     def _send_group(self, group: list[_Ready], batch: _Batch) -> None:
         report = batch.sending
+        if self._lease_running_out(batch):
+            # Checked before every send, an isolation's one-by-one sends and a conflict's
+            # overwrite too: the answer to the Bundle before may have taken the lease.
+            for entry in group:
+                batch.defer(entry.item)
+            return
         try:
             outcomes = self._transaction(group)
         except FhirAllianceError as exc:  # the client raised instead of reporting per entry
@@ -551,6 +562,11 @@ class Worker:
         item = entry.item
         report = batch.sending
         policy = self.settings.conflict_policy
+        if self._lease_running_out(batch):
+            # The 412 came after the lease: another worker may hold the item (or a newer version
+            # of it) by now. Handed back; the next claim sends it again and settles any conflict.
+            batch.defer(item)
+            return
         log.warning(
             "item %d: changed on the server by someone else (412); policy %s", item.item_id, policy
         )
