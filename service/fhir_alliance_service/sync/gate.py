@@ -75,6 +75,9 @@ class GateResult:
     resources: tuple[dict[str, Any], ...]
     hold: HoldReason | None = None
     decisions: tuple[ConsentDecision, ...] = field(default=(), compare=False)
+    #: ``store.patient_consents_stamp`` of the consents the decision read (None: it read none,
+    #: e.g. a consent record or a draft note): a later stamp that differs makes it stale.
+    consents_stamp: str | None = None
 
     @property
     def permitted(self) -> bool:
@@ -134,12 +137,13 @@ def gate_item(
         return GateResult(item, resources, HoldReason.DRAFT_NOTE)
 
     consents = engine_for_patient(store, item.patient)
+    stamp = consents.stamp
     if consents.unreadable:
         HELD.inc()
-        return GateResult(item, resources, HoldReason.CONSENT_UNREADABLE)
+        return GateResult(item, resources, HoldReason.CONSENT_UNREADABLE, consents_stamp=stamp)
     if isinstance(record, SessionNote) and not ai_disclosure_permitted(consents.records, record):
         HELD.inc()  # drafted by AI, and the consent that permitted it was revoked since
-        return GateResult(item, resources, HoldReason.AI_NOTES_NOT_PERMITTED)
+        return GateResult(item, resources, HoldReason.AI_NOTES_NOT_PERMITTED, consents_stamp=stamp)
     engine = consents.engine
     recipient = [ref_for_key(r) for r in settings.recipients]
     purposes = [Coding(system=V3_ACT_REASON, code=settings.purpose)]
@@ -158,7 +162,7 @@ def gate_item(
             break  # one resource that may not go holds the whole record
     if hold:
         HELD.inc()
-    return GateResult(item, resources, hold, tuple(decisions))
+    return GateResult(item, resources, hold, tuple(decisions), consents_stamp=stamp)
 
 
 def regate_stored(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -46,6 +47,12 @@ log = logging.getLogger("fhir_alliance_service.sync.retract")
 KEPT = "kept"
 ENTERED_IN_ERROR = "entered-in-error"
 DELETED = "deleted"
+
+#: Per database (``settings.database_url``): the patients whose retraction check after a send
+#: that outran a consent change failed (:meth:`Retractor.check_later`). Their consents stamp no
+#: longer changes, so every pass of this process checks them until one succeeds.
+_LATER: dict[str, set[str]] = {}
+_LATER_LOCK = threading.Lock()
 
 
 @dataclass(slots=True)
@@ -111,7 +118,23 @@ class Retractor:
             self.retract_patient(patient, report)
             if report.failed == 0:
                 self._checked[patient] = stamp
+        database = self.settings.database_url
+        with _LATER_LOCK:
+            later = sorted(_LATER.get(database, ()))
+        for patient in later:
+            failed = report.failed
+            self.retract_patient(patient, report)
+            if report.failed == failed:
+                with _LATER_LOCK:
+                    _LATER.get(database, set()).discard(patient)
         return report
+
+    def check_later(self, patient: str) -> None:
+        """Have every pass of this process check ``patient`` until one succeeds, whether or not
+        their consents change again: a send recorded after their consents changed, whose
+        retraction check failed (``Worker``), would otherwise wait for the full pass."""
+        with _LATER_LOCK:
+            _LATER.setdefault(self.settings.database_url, set()).add(patient)
 
     def retract_patient(self, patient: str, report: RetractReport | None = None) -> RetractReport:
         """Retract, by the policy, what was sent for ``patient`` and is no longer permitted."""

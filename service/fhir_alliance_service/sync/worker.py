@@ -67,6 +67,7 @@ from fhir_alliance_service.sync.audit_push import push_pending_audit
 from fhir_alliance_service.sync.gate import GateResult, gate_item
 from fhir_alliance_service.sync.leases import LeaseLedger
 from fhir_alliance_service.sync.outcomes import outcome_to_store
+from fhir_alliance_service.sync.retract import Retractor
 from fhir_alliance_service.sync.retry import decide_retry, is_transient
 from fhir_alliance_service.sync.target import note_contact, target_fhir_version
 
@@ -139,6 +140,9 @@ class _Ready:
     #: (resource type, id) → the version we last wrote: sent as If-Match (two-way sync: a
     #: resource someone else changed since answers 412, settled by ``conflict_policy``).
     if_match: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: The patient's consents stamp the gate's PERMIT read (``GateResult.consents_stamp``):
+    #: checked again just before the send and after it is recorded.
+    consents_stamp: str | None = None
 
 
 @dataclass(slots=True)
@@ -341,26 +345,7 @@ class Worker:
             self._fail(item, exc, report, batch)
             return None
         if result.hold is not None:
-            entry = audit.hold_event(
-                item.record_id,
-                item.patient,
-                item.record_version,
-                result.hold.code,
-                now,
-                recipient=self.settings.recipients[0],
-                purpose=self.settings.purpose,
-            )
-            self._count(
-                self.store.mark_held(
-                    item.item_id,
-                    self.worker_id,
-                    reason=result.hold.words,
-                    audit=[entry],
-                    at=self.clock(),
-                ),
-                report,
-                "held",
-            )
+            self._hold(result, report, now)
             return None
         resources = [self._tagged(r) for r in result.resources]
         try:
@@ -369,7 +354,80 @@ class Worker:
         except FhirAllianceError as exc:  # ProfileViolation: our mapping made something invalid
             self._fail(item, exc, report, batch)
             return None
-        return _Ready(item, resources, self._if_match(item))
+        return _Ready(item, resources, self._if_match(item), result.consents_stamp)
+
+    def _hold(self, result: GateResult, report: BatchReport, decided_at: datetime) -> None:
+        """Record the gate's hold of ``result.item`` with its audit. A consent stored while the
+        gate decided found nothing held to re-queue (the item was leased, not HELD): when the
+        patient's consents changed since the ones the gate read, their held items are re-queued
+        once this hold has landed, to be gated again (nothing is left held for good)."""
+        item, hold = result.item, result.hold
+        assert hold is not None
+        entry = audit.hold_event(
+            item.record_id,
+            item.patient,
+            item.record_version,
+            hold.code,
+            decided_at,
+            recipient=self.settings.recipients[0],
+            purpose=self.settings.purpose,
+        )
+        held = self._count(
+            self.store.mark_held(
+                item.item_id,
+                self.worker_id,
+                reason=hold.words,
+                audit=[entry],
+                at=self.clock(),
+            ),
+            report,
+            "held",
+        )
+        if held and self._consents_changed(item.patient, result.consents_stamp):
+            released = self.store.release_held(item.patient, at=self.clock())
+            log.info(
+                "item %d: consents changed while gated; %d held re-queued", item.item_id, released
+            )
+
+    def _consents_changed(
+        self, patient: str, stamp: str | None, seen: dict[str, str] | None = None
+    ) -> bool:
+        """Whether ``patient``'s consents stamp differs now from ``stamp``, the one a gate
+        decision read (None: the decision read no consents). ``seen``: stamps already read for
+        this Bundle (cheap on SQLite either way: cached until the database changes)."""
+        if stamp is None:
+            return False
+        if seen is None or patient not in seen:
+            current = self.store.patient_consents_stamp(patient)[1]
+            if seen is None:
+                return current != stamp
+            seen[patient] = current
+        return seen[patient] != stamp
+
+    def _still_permitted(self, entry: _Ready, batch: _Batch, seen: dict[str, str]) -> bool:
+        """Whether ``entry`` may still go, asked just before its Bundle goes out: the gate ran
+        when it was prepared (a Bundle, or a batch, ahead; a pull may run meanwhile). When the
+        patient's consents changed since, it is gated again: held (recorded, left out of the
+        Bundle) unless still permitted."""
+        item = entry.item
+        if not self._consents_changed(item.patient, entry.consents_stamp, seen):
+            return True
+        try:
+            result: GateResult = gate_item(
+                item,
+                settings=self.settings,
+                store=self.store,
+                version=batch.version,
+                at=self.clock(),
+            )
+        except _RECORD_ERRORS as exc:  # it mapped a moment ago; permanent if it no longer does
+            self._fail(item, exc, batch.sending, batch)
+            return False
+        if result.hold is not None:
+            self._hold(result, batch.sending, self.clock())
+            return False
+        entry.consents_stamp = result.consents_stamp
+        return True
 
     def _tagged(self, resource: dict[str, Any]) -> dict[str, Any]:
         """A copy with ``meta.source`` (this service, unless the mapping set one) and the
@@ -393,10 +451,11 @@ class Worker:
                 batch.defer(entry.item)
             return
         sendable: list[_Ready] = []
+        stamps: dict[str, str] = {}  # the patients' consents stamps, read once per Bundle
         for entry in group:
             if batch.is_blocked(entry.item.patient):
                 batch.defer(entry.item)
-            else:
+            elif self._still_permitted(entry, batch, stamps):
                 sendable.append(entry)
         if sendable:
             self._send_group(sendable, batch)
@@ -527,6 +586,35 @@ class Worker:
         for mark, recorded in zip(marks, landed, strict=True):
             if self._count(recorded, report, "sent"):
                 report.resources_sent += len(mark.sent)
+        self._retract_if_revoked_in_flight(
+            [entry for (entry, _), recorded in zip(sends, landed, strict=True) if recorded]
+        )
+
+    def _retract_if_revoked_in_flight(self, sent: list[_Ready]) -> None:
+        """A consent change stored while the Bundle was on its way (after the last check, before
+        the record landed) is not stopped by the gate, and a retraction pass that ran meanwhile
+        found nothing sent and took the patient as checked: such a patient's sends are checked
+        now, by the retraction policy, once they are recorded as SENT (``Retractor``; on failure
+        again by every later pass of this process until one succeeds). A change stored after
+        this check finds the sends SENT: the next pass handles it."""
+        seen: dict[str, str] = {}
+        patients = sorted(
+            {
+                entry.item.patient
+                for entry in sent
+                if self._consents_changed(entry.item.patient, entry.consents_stamp, seen)
+            }
+        )
+        for patient in patients:
+            log.warning("consents changed while a send was on its way: retraction check")
+            retractor = Retractor(self.settings, self.store, self.client, clock=self.clock)
+            try:
+                failed = retractor.retract_patient(patient).failed
+            except ServerError as exc:
+                log.warning("retraction check failed: %s %s", type(exc).__name__, exc.status or "-")
+                failed = 1
+            if failed:  # audited; the next retraction passes of this process try again
+                retractor.check_later(patient)
 
     def _push_audit(self, entries: list[AuditEntry]) -> list[AuditEntry]:
         """Queue the AuditEvent/Provenance resources for the FHIR server: stored PENDING with the
