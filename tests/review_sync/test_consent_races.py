@@ -4,6 +4,7 @@ stored while the gate is holding a record (each played at the exact point of the
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +13,7 @@ from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync import worker as worker_module
 from fhir_alliance_service.sync.gate import gate_item
 from fhir_alliance_service.sync.retract import Retractor
+from fhir_alliance_service.sync.worker import Worker
 
 from fhir_alliance.errors import TransientServerError
 from tests.review_sync.steps import before_send, sent_consent_first
@@ -89,6 +91,41 @@ def test_a_consent_change_that_still_permits_lets_the_gated_record_go(
     assert harness.state(rating.record_id) is SyncState.SENT
     assert report.held == 0
     assert len(harness.on_server("Observation", f"{RECORD}|trust-{run}-1")) == 1
+
+
+def test_a_revocation_stored_while_a_bundle_is_sent_stops_the_next_one_already_gated(
+    harness: SyncHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline: the preparing thread gates the next Bundle while the one before is sent; the
+    revocation, stored while that earlier Bundle is on its way, stops the next Bundle (held,
+    never sent), and the earlier one, which outran it, is retracted by the policy."""
+    run = harness.run
+    harness.settings = replace(harness.settings, retraction_policy="entered-in-error")
+    sent_consent_first(harness)
+    first, second = harness.intake([R.rating(run, 1), R.rating(run, 2)])
+    second_gated = threading.Event()
+
+    def gate_and_note(item: Any, **kwargs: Any) -> Any:
+        result = gate_item(item, **kwargs)
+        if item.record_id == second.record_id:
+            second_gated.set()
+        return result
+
+    def revoke_once_the_next_bundle_is_gated() -> None:
+        assert second_gated.wait(10), "the next Bundle was not gated while this one was sent"
+        harness.intake([R.revocation(run)])
+
+    monkeypatch.setattr(worker_module, "gate_item", gate_and_note)
+    before_send(harness, revoke_once_the_next_bundle_is_gated)
+    worker = Worker(harness.settings, harness.store, harness.client, tags=[harness.server.run_tag])
+    worker.bundle_entries = 1  # one rating a Bundle: the second is gated while the first is sent
+    worker.run_batches()
+    states = [harness.state(first.record_id), harness.state(second.record_id)]
+    print(f"states={[s.value for s in states]}")
+    assert harness.on_server("Observation", f"{RECORD}|trust-{run}-2") == []
+    assert states[1] is SyncState.HELD
+    first_status = harness.store.sync_status(first.record_id)
+    assert first_status is not None and first_status.retraction == "entered-in-error"
 
 
 # ---------------------------------------------------------------- 2. a revocation in flight
