@@ -359,6 +359,9 @@ class Store(Protocol):
         patient; with ``per_patient`` > 1, when those fill fewer than ``limit``, also the claimed
         patients' next items in order (up to the first that is not claimable now, at most
         ``per_patient`` per patient in all), which the caller must then send in order.
+        An item it would take whose record has a newer item (a version that came while the item
+        was leased, so intake could not supersede it) is SUPERSEDED instead, never claimed: an
+        older version never goes out after, or in one Bundle with, a newer one.
         PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so concurrent workers never get one item twice.
         An item whose lease expired without a result lost a lease: taking it over adds one to its
         ``lost_leases`` (not to ``attempts``, the failed sends) and sets ``taken_over``, so a
@@ -414,7 +417,10 @@ class Store(Protocol):
         count_attempt: bool = True,
     ) -> bool:
         """Dead-letter the item with ``outcome``. ``count_attempt=False`` when the attempt that
-        failed is already counted (a takeover after an expired lease, see :meth:`claim`)."""
+        failed is already counted (a takeover after an expired lease, see :meth:`claim`).
+        ``mark_held``, ``mark_failed`` and ``mark_dead`` leave the item SUPERSEDED instead (with
+        the outcome and the audit entries) when its record has a newer item by then: what intake
+        does to an unsent older version that is not leased."""
 
     def release_held(self, patient: str, *, at: datetime) -> int:
         """Re-queue every HELD item of ``patient`` (their consents changed); returns how many."""

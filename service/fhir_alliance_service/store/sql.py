@@ -13,7 +13,9 @@ Choices the interface leaves open, made here:
   the lease ran out, as long as no other worker has claimed it since; it releases the lease.
 * A newer version supersedes older unsent items (queued, failed, held, dead-lettered) except
   one under an unexpired lease: that one is being sent right now, so it keeps its place and
-  the new version waits behind it in patient order (one writer per record at a time).
+  the new version waits behind it in patient order (one writer per record at a time). Unless it
+  is sent, that older item is superseded later: by its ``mark_held``/``mark_failed``/
+  ``mark_dead``, or by the claim that would take it again (its lease ran out).
 * ``patient_tokens`` rows are only ever inserted, so a store remembers the patients whose token
   it has committed and does not insert theirs again (up to ``KNOWN_TOKENS_MAX`` of them, then
   it starts over): intake of a known patient's record writes one statement less.
@@ -96,6 +98,13 @@ _SUPERSEDABLE = (
     SyncState.FAILED.value,
     SyncState.HELD.value,
     SyncState.DEAD_LETTERED.value,
+)
+_newer = outbox.alias("newer")
+#: The outbox row's record has a newer item (a record's items are written in version order, so
+#: a larger item id is a newer version): sending the row would put an older version over a newer
+#: one, after it or in one Bundle with it. It is superseded instead.
+_HAS_NEWER_ITEM = exists().where(
+    _newer.c.record_id == outbox.c.record_id, _newer.c.item_id > outbox.c.item_id
 )
 
 
@@ -248,6 +257,12 @@ _MARK_SENT = (  # run as executemany: no expanding IN in it
         lost_leases=0,
     )
 )
+
+
+def _unless_newer(state: SyncState) -> Any:
+    """``state`` for a ``mark_*`` result, or SUPERSEDED when the item's record got a newer item
+    while the item was leased (intake supersedes an unleased older item at once)."""
+    return case((_HAS_NEWER_ITEM, SyncState.SUPERSEDED.value), else_=state.value)
 
 
 def _stored_record(row: AnyRow) -> StoredRecord:
@@ -754,14 +769,23 @@ class SqlStore(AuditQueueSql):
         )
         lease_until = now + timedelta(seconds=lease_seconds)
         with self._write() as connection:
-            heads = list(connection.execute(candidates))
-            leases = {row.item_id: row.lease_until for row in heads}
-            if per_patient > 1 and 0 < len(heads) < limit:
-                leases.update(
-                    self._followers(
-                        connection, heads, room=limit - len(heads), per_patient=per_patient, now=now
+            while True:
+                heads = list(connection.execute(candidates))
+                leases = {row.item_id: row.lease_until for row in heads}
+                if per_patient > 1 and 0 < len(heads) < limit:
+                    leases.update(
+                        self._followers(
+                            connection,
+                            heads,
+                            room=limit - len(heads),
+                            per_patient=per_patient,
+                            now=now,
+                        )
                     )
-                )
+                # Items of a record that got a newer version while they were leased: superseded,
+                # not claimed; then choose again (a superseded head let its patient's next go).
+                if not leases or not self._supersede_stale(connection, list(leases), now):
+                    break
             item_ids = list(leases)
             if not item_ids:
                 return []
@@ -820,6 +844,19 @@ class SqlStore(AuditQueueSql):
                 )
                 for row in rows
             ]
+
+    @staticmethod
+    def _supersede_stale(connection: Connection, item_ids: Sequence[int], at: datetime) -> int:
+        """Supersede those of ``item_ids`` whose record has a newer item, as intake supersedes an
+        unsent older version (no audit entry; the lease goes); how many."""
+        result = connection.execute(
+            update(outbox)
+            .where(outbox.c.item_id.in_(list(item_ids)), _HAS_NEWER_ITEM)
+            .values(
+                state=SyncState.SUPERSEDED.value, lease_owner=None, lease_until=None, updated_at=at
+            )
+        )
+        return int(result.rowcount)
 
     def _followers(
         self,
@@ -987,7 +1024,7 @@ class SqlStore(AuditQueueSql):
         self, item_id: int, worker: str, *, reason: str, audit: Sequence[AuditEntry], at: datetime
     ) -> bool:
         values = {
-            "state": SyncState.HELD.value,
+            "state": _unless_newer(SyncState.HELD),
             "held_reason": reason,
             "next_attempt_at": None,
             "updated_at": at,
@@ -1004,7 +1041,7 @@ class SqlStore(AuditQueueSql):
         at: datetime,
     ) -> bool:
         values = {
-            "state": SyncState.FAILED.value,
+            "state": _unless_newer(SyncState.FAILED),
             "attempts": outbox.c.attempts + 1,
             "last_outcome": dict(outcome),
             "next_attempt_at": next_attempt_at,
@@ -1023,7 +1060,7 @@ class SqlStore(AuditQueueSql):
         count_attempt: bool = True,
     ) -> bool:
         values = {
-            "state": SyncState.DEAD_LETTERED.value,
+            "state": _unless_newer(SyncState.DEAD_LETTERED),
             "attempts": outbox.c.attempts + (1 if count_attempt else 0),
             "last_outcome": dict(outcome),
             "next_attempt_at": None,
