@@ -714,7 +714,8 @@ def _counts_line(counts: dict[Any, int]) -> str:
 def _replay(args: argparse.Namespace) -> int:
     """Re-queue dead-lettered records after the cause is fixed: one (by record id, or by its
     business identifier ``system|value``) or ``--all``; ``--audit``: every dead-lettered audit
-    push. Attempts start again at 0."""
+    push. Attempts start again at 0. A dead-lettered version of a record that has a newer version
+    is superseded instead (sending it would overwrite the newer one): one line says so."""
     settings = _settings()
     if args.audit:
         with _opened_store(settings) as store:
@@ -725,10 +726,19 @@ def _replay(args: argparse.Namespace) -> int:
     with _opened_store(settings) as store:
         if record_id is not None and store.get_record(record_id) is None:
             raise _StopCommand("no such record", status=1)
-        count = store.replay(record_id, at=_now())
-        if record_id is not None and not count:
+        replayed = store.replay(record_id, at=_now())
+        for superseded_id, version, newest in replayed.superseded:
+            print(
+                f"record {superseded_id} version {version}: superseded by version {newest}, "
+                "not re-queued (sending it would overwrite the newer version)"
+            )
+        if record_id is not None and not replayed.requeued:
             raise _StopCommand(_not_replayed(record_id, store.sync_status(record_id)), status=1)
-    print(f"re-queued {count} dead-lettered item(s)")
+    superseded = len(replayed.superseded)
+    print(
+        f"re-queued {replayed.requeued} dead-lettered item(s)"
+        + (f"; superseded {superseded} by a newer version" if superseded else "")
+    )
     return 0
 
 

@@ -23,7 +23,7 @@ def test_replay_after_a_withdrawal_runs_the_gate_again(harness: SyncHarness) -> 
     assert harness.store.mark_dead(item.item_id, "worker-a", outcome=outcome, audit=[], at=now())
     harness.intake([R.revocation(run)])
     harness.drain()
-    assert harness.store.replay(rating.record_id, at=now()) == 1
+    assert harness.store.replay(rating.record_id, at=now()).requeued == 1
     harness.drain()
     assert harness.state(rating.record_id) is SyncState.HELD
     assert harness.on_server("Observation", f"{RECORD}|trust-{run}-1") == []

@@ -8,12 +8,15 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from fhir_alliance_service.store.interface import SyncState
+
 from fhir_alliance.errors import TransientServerError
 from tests.review_sync.steps import sent_consent_first, value_of
 from tests.service.sync import records as R
 from tests.service.sync.conftest import SyncHarness, now
 
 RECORD = R.RECORD_SYSTEM
+REFUSED = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}
 
 
 def _bundles(harness: SyncHarness) -> list[list[str]]:
@@ -39,6 +42,42 @@ def _item_states(harness: SyncHarness, record_id: str) -> dict[int, str]:
             select(outbox.c.record_version, outbox.c.state).where(outbox.c.record_id == record_id)
         )
         return {version: state for version, state in rows}
+
+
+# ---------------------------------------------------------------- 4. replaying an old version
+
+
+def test_replay_never_sends_an_older_version_over_a_newer_one(harness: SyncHarness) -> None:
+    """Version 1 of a rating is claimed; version 2 arrives meanwhile (not superseded: v1 is
+    leased); v1 is dead-lettered (the server refused it), v2 is sent. ``fhir-alliance replay
+    RECORD_ID`` (or ``--all``) must not re-queue v1, which would overwrite v2 on the server:
+    v1 is superseded by v2, and replay says it re-queued nothing."""
+    run = harness.run
+    sent_consent_first(harness)
+    [first] = harness.intake([R.rating(run, 1, value=2)])
+    [item] = harness.store.claim("worker-a", limit=1, lease_seconds=60, now=now())
+    assert item.record_version == 1
+    harness.intake([R.rating(run, 1, value=5)])  # the correction, while v1 is in hand
+    assert harness.store.mark_dead(item.item_id, "worker-a", outcome=REFUSED, audit=[], at=now())
+    harness.drain()
+    [before] = harness.on_server("Observation", f"{RECORD}|trust-{run}-1")
+    replayed = harness.store.replay(first.record_id, at=now())  # cli.py _replay, RECORD_ID
+    everything = harness.store.replay(at=now())  # --all
+    harness.drain()
+    [after] = harness.on_server("Observation", f"{RECORD}|trust-{run}-1")
+    status = harness.store.sync_status(first.record_id)
+    assert status is not None
+    print(
+        f"replayed={replayed} all={everything} value_before={value_of(before)} "
+        f"value_after={value_of(after)} status_version={status.record_version} "
+        f"state={status.state.value} items={_item_states(harness, first.record_id)}"
+    )
+    assert value_of(after) == value_of(before), "an older version overwrote the newer one"
+    assert value_of(after)["value"] == 5
+    assert after["meta"]["versionId"] == before["meta"]["versionId"], "sent again"
+    assert replayed.requeued == 0 and everything.requeued == 0
+    assert status.record_version == 2 and status.state is SyncState.SENT
+    assert _item_states(harness, first.record_id) == {1: "superseded", 2: "sent"}
 
 
 # ---------------------------------------------------------------- 8. two versions in one Bundle

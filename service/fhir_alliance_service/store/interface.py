@@ -41,6 +41,7 @@ __all__ = [
     "PullCursor",
     "PulledResource",
     "PutOutcome",
+    "ReplayResult",
     "SentResource",
     "Store",
     "StoredRecord",
@@ -119,6 +120,17 @@ class IntakeResult:
     record_id: str
     version: int
     outcome: PutOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What :meth:`Store.replay` did: how many dead-lettered items it re-queued, and the ones it
+    superseded instead, each as (record id, its version, the record's newest version): a newer
+    version of their record came after them, and sending them would put the older version over
+    the newer one on the server."""
+
+    requeued: int
+    superseded: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,8 +437,9 @@ class Store(Protocol):
     def release_held(self, patient: str, *, at: datetime) -> int:
         """Re-queue every HELD item of ``patient`` (their consents changed); returns how many."""
 
-    def replay(self, record_id: str | None = None, *, at: datetime) -> int:
-        """Re-queue DEAD_LETTERED items (one record's, or all); attempts start again at 0."""
+    def replay(self, record_id: str | None = None, *, at: datetime) -> ReplayResult:
+        """Re-queue DEAD_LETTERED items (one record's, or all); attempts start again at 0. An
+        item whose record has a newer item is SUPERSEDED instead (and named in the result)."""
 
     # -- consents ------------------------------------------------------------------------------
     def consents_for_patient(self, patient: str) -> list[StoredRecord]:

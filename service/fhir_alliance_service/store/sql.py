@@ -15,7 +15,7 @@ Choices the interface leaves open, made here:
   one under an unexpired lease: that one is being sent right now, so it keeps its place and
   the new version waits behind it in patient order (one writer per record at a time). Unless it
   is sent, that older item is superseded later: by its ``mark_held``/``mark_failed``/
-  ``mark_dead``, or by the claim that would take it again (its lease ran out).
+  ``mark_dead``, by the claim that would take it again (its lease ran out), or by ``replay``.
 * ``patient_tokens`` rows are only ever inserted, so a store remembers the patients whose token
   it has committed and does not insert theirs again (up to ``KNOWN_TOKENS_MAX`` of them, then
   it starts over): intake of a known patient's record writes one statement less.
@@ -61,6 +61,7 @@ from .interface import (
     PullCursor,
     PulledResource,
     PutOutcome,
+    ReplayResult,
     SentMark,
     SentResource,
     StoredRecord,
@@ -1078,19 +1079,41 @@ class SqlStore(AuditQueueSql):
             )
             return int(result.rowcount)
 
-    def replay(self, record_id: str | None = None, *, at: datetime) -> int:
-        query = update(outbox).where(outbox.c.state == SyncState.DEAD_LETTERED.value)
+    def replay(self, record_id: str | None = None, *, at: datetime) -> ReplayResult:
+        dead = [outbox.c.state == SyncState.DEAD_LETTERED.value]
         if record_id is not None:
-            query = query.where(outbox.c.record_id == record_id)
-        query = query.values(
-            state=SyncState.QUEUED.value,
-            attempts=0,
-            lost_leases=0,
-            next_attempt_at=None,
-            updated_at=at,
+            dead.append(outbox.c.record_id == record_id)
+        # A dead letter whose record has a newer item would overwrite that newer version (or go
+        # in one Bundle with it): superseded, never re-queued.
+        stale = (
+            update(outbox)
+            .where(*dead, _HAS_NEWER_ITEM)
+            .values(state=SyncState.SUPERSEDED.value, updated_at=at)
+            .returning(outbox.c.record_id, outbox.c.record_version)
+        )
+        requeue = (
+            update(outbox)
+            .where(*dead)
+            .values(
+                state=SyncState.QUEUED.value,
+                attempts=0,
+                lost_leases=0,
+                next_attempt_at=None,
+                updated_at=at,
+            )
         )
         with self._write() as connection:
-            return int(connection.execute(query).rowcount)
+            superseded = sorted((r, v) for r, v in connection.execute(stale))
+            newest: dict[str, int] = {}
+            for chunk in _chunks(list(dict.fromkeys(r for r, _ in superseded))):
+                rows = connection.execute(
+                    select(outbox.c.record_id, func.max(outbox.c.record_version))
+                    .where(outbox.c.record_id.in_(list(chunk)))
+                    .group_by(outbox.c.record_id)
+                )
+                newest.update((r, v) for r, v in rows)
+            requeued = int(connection.execute(requeue).rowcount)
+        return ReplayResult(requeued, tuple((r, version, newest[r]) for r, version in superseded))
 
     # -- consents ------------------------------------------------------------------------------
     def consents_for_patient(self, patient: str) -> list[StoredRecord]:

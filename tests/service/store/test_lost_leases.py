@@ -64,7 +64,7 @@ def test_replay_forgets_lost_leases_too(store: SqlStore) -> None:
     assert store.mark_dead(
         item.item_id, "w3", outcome=OUTCOME, audit=[], at=at(62), count_attempt=False
     )
-    assert store.replay("rec-000001", at=at(63)) == 1
+    assert store.replay("rec-000001", at=at(63)).requeued == 1
     [again] = store.claim("w4", limit=1, lease_seconds=30, now=at(64))
     assert (again.attempts, again.lost_leases, again.taken_over) == (0, 0, False)
 

@@ -287,8 +287,8 @@ def test_replay_requeues_dead_letters_with_attempts_reset(store: SqlStore) -> No
         assert store.mark_dead(item.item_id, "w1", outcome=OUTCOME, audit=[], at=at(3))
     dead = store.sync_status("rec-000000")
     assert dead is not None and (dead.state, dead.attempts) == (SyncState.DEAD_LETTERED, 2)
-    assert store.replay("rec-000000", at=at(4)) == 1
-    assert store.replay("rec-000000", at=at(4)) == 0
+    assert store.replay("rec-000000", at=at(4)).requeued == 1
+    assert store.replay("rec-000000", at=at(4)).requeued == 0
     replayed = store.sync_status("rec-000000")
     assert replayed is not None
     assert (replayed.state, replayed.attempts, replayed.next_attempt_at) == (
@@ -297,7 +297,7 @@ def test_replay_requeues_dead_letters_with_attempts_reset(store: SqlStore) -> No
         None,
     )
     assert store.counts_by_state()[SyncState.DEAD_LETTERED] == 2
-    assert store.replay(at=at(5)) == 2
+    assert store.replay(at=at(5)).requeued == 2
     assert store.counts_by_state()[SyncState.DEAD_LETTERED] == 0
     assert len(store.claim("w2", limit=10, lease_seconds=30, now=at(6))) == 3
 

@@ -1,7 +1,7 @@
 """Contract: an older version of a record never goes out over a newer one. A version that came
 while the older item was leased (so intake could not supersede it) supersedes it as soon as the
-item is out of the worker's hands: its ``mark_held``/``mark_failed``/``mark_dead``, or the claim
-that would take it again; on SQLite and PostgreSQL."""
+item is out of the worker's hands: its ``mark_held``/``mark_failed``/``mark_dead``, the claim that
+would take it again, or ``replay``; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def test_a_dead_letter_with_a_newer_version_is_superseded(store: SqlStore) -> No
     assert store.counts_by_state()[SyncState.DEAD_LETTERED] == 0
     [newer] = store.claim("w2", limit=10, lease_seconds=30, now=at(4), per_patient=10)
     assert newer.record_version == 2
-    assert store.replay("rec-000001", at=at(5)) == 0
+    replayed = store.replay("rec-000001", at=at(5))
+    assert (replayed.requeued, replayed.superseded) == (0, ())
 
 
 def test_a_failed_send_with_a_newer_version_is_superseded(store: SqlStore) -> None:
@@ -124,3 +125,40 @@ def _set_state(store: SqlStore, record_id: str, version: int, state: SyncState) 
             .where(outbox.c.record_id == record_id, outbox.c.record_version == version)
             .values(state=state.value)
         )
+
+
+def test_replay_supersedes_a_dead_letter_that_has_a_newer_version(store: SqlStore) -> None:
+    """A dead letter whose record has a newer version (v2 sent), left by an older release of the
+    store: ``replay`` of the record, or ``--all``, supersedes it and says so (record, version,
+    newest version), re-queueing nothing; a dead letter without a newer version is re-queued."""
+    item_id = _newer_version_while_leased(store)
+    assert store.mark_sent(item_id, "w1", sent=[], audit=[], at=at(3))
+    [newer] = store.claim("w2", limit=1, lease_seconds=30, now=at(4))
+    assert store.mark_sent(newer.item_id, "w2", sent=[], audit=[], at=at(5))
+    _set_state(store, "rec-000001", 1, SyncState.DEAD_LETTERED)
+    store.put_records([record(2, patient="Patient/p2")], audit=[], at=at(6))
+    [other] = store.claim("w2", limit=1, lease_seconds=30, now=at(7))
+    assert store.mark_dead(other.item_id, "w2", outcome=OUTCOME, audit=[], at=at(8))
+
+    replayed = store.replay("rec-000001", at=at(9))
+    assert (replayed.requeued, replayed.superseded) == (0, (("rec-000001", 1, 2),))
+    assert _states(store) == {1: "superseded", 2: "sent"}
+    _set_state(store, "rec-000001", 1, SyncState.DEAD_LETTERED)
+    everything = store.replay(at=at(10))
+    assert (everything.requeued, everything.superseded) == (1, (("rec-000001", 1, 2),))
+    assert _states(store) == {1: "superseded", 2: "sent"}
+    assert _states(store, "rec-000002") == {1: "queued"}
+
+
+def test_replay_of_two_dead_versions_requeues_only_the_newer(store: SqlStore) -> None:
+    """v1 and v2 both dead-lettered (v1 left so by an older release): replay supersedes v1 and
+    re-queues v2, which is then claimed alone."""
+    item_id = _newer_version_while_leased(store)
+    assert store.mark_dead(item_id, "w1", outcome=OUTCOME, audit=[], at=at(3))
+    [newer] = store.claim("w2", limit=1, lease_seconds=30, now=at(4))
+    assert store.mark_dead(newer.item_id, "w2", outcome=OUTCOME, audit=[], at=at(5))
+    _set_state(store, "rec-000001", 1, SyncState.DEAD_LETTERED)
+    replayed = store.replay("rec-000001", at=at(6))
+    assert (replayed.requeued, replayed.superseded) == (1, (("rec-000001", 1, 2),))
+    items = store.claim("w3", limit=10, lease_seconds=30, now=at(7), per_patient=10)
+    assert [(i.record_version, i.attempts) for i in items] == [(2, 0)]

@@ -175,7 +175,7 @@ def test_transient_failures_beyond_max_attempts_are_dead_lettered(rig: FaultRig)
     assert rig.fake.resources == {}
 
     rig.fake.faults = []
-    assert rig.store.replay(at=rig.clock()) == len(dead)
+    assert rig.store.replay(at=rig.clock()).requeued == len(dead)
     rig.settle(rig.worker())
     _all_sent_once(rig)
 
