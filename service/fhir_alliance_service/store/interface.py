@@ -598,3 +598,7 @@ class Store(Protocol):
     ) -> None:
         """Replace the versions a SENT item lists (reconcile ``--fix`` wrote its resources
         again), with ``audit``, in one transaction."""
+
+    def held_since(self) -> dict[str, datetime]:
+        """Each patient key with HELD items, and when the oldest of them was held (its
+        ``updated_at``), in one query: the worker's consent time pass (``sync/consent_times.py``)."""

@@ -1552,3 +1552,12 @@ class SqlStore(AuditQueueSql):
             )
             if audit:
                 connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
+
+    def held_since(self) -> dict[str, datetime]:
+        query = (
+            select(outbox.c.patient, func.min(outbox.c.updated_at))
+            .where(outbox.c.state == SyncState.HELD.value)
+            .group_by(outbox.c.patient)
+        )
+        with self._read() as connection:
+            return {patient: held for patient, held in connection.execute(query)}

@@ -64,6 +64,7 @@ from fhir_alliance_service.store.interface import (
     Store,
 )
 from fhir_alliance_service.sync.audit_push import push_pending_audit
+from fhir_alliance_service.sync.consent_times import ConsentTimePass
 from fhir_alliance_service.sync.gate import GateResult, gate_item
 from fhir_alliance_service.sync.leases import LeaseLedger
 from fhir_alliance_service.sync.outcomes import outcome_to_store
@@ -190,6 +191,8 @@ class Worker:
         self.random = random
         #: The recording thread while a pipeline runs (``_Pipeline``), else None (inline).
         self._recorder: ThreadPoolExecutor | None = None
+        #: Held items whose consents a time boundary changed since: re-queued before claims.
+        self.consent_times = ConsentTimePass(settings, self.store, clock=clock)
 
     # ------------------------------------------------------------------ the loop
 
@@ -257,6 +260,7 @@ class Worker:
                 prepare=self._tagged,
                 random=self.random,
             )
+        self.consent_times.run_if_due()  # a consent took effect or ended: held items go again
         now = self.clock()
         items = self.store.claim(
             self.worker_id,
