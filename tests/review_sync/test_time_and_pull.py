@@ -1,5 +1,6 @@
-"""Outside review of the sync worker, finding 9: a held record is decided again once a consent's
-time boundary passes (a period starting or ending, at any depth)."""
+"""Outside review of the sync worker, findings 9 and 10: a held record is decided again once a
+consent's time boundary passes (a period starting or ending, at any depth), and a consent the
+patient revoked here that someone sets back to active on the FHIR server is written back revoked."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from fhir_alliance_service.store import SqlStore, open_store
+from fhir_alliance_service.store import SentResource, SqlStore, open_store
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync import Worker
 
@@ -15,7 +16,7 @@ from tests.service.conftest import (  # noqa: F401 (fixtures: the store on Postg
     empty_postgres_schema,
     postgres_url,
 )
-from tests.service.store.builders import at, record
+from tests.service.store.builders import at, audit_entry, consent, record
 from tests.service.sync import records as R
 from tests.service.sync.conftest import SyncHarness
 
@@ -54,6 +55,44 @@ def test_held_since_gives_each_patient_with_held_items_its_oldest_hold(any_store
     item = items["rec-000004"]
     assert any_store.mark_sent(item.item_id, "w", sent=[], audit=[], at=at(8))
     assert any_store.held_since() == {"Patient/p1": at(3), "Patient/p2": at(7)}
+
+
+def test_queue_again_queues_the_newest_version_once(any_store: SqlStore) -> None:
+    """``queue_again``: a new QUEUED item of the record's newest version, noted with the conflict
+    and audited; none (and no audit) while an item of the record waits, or for a record not
+    stored."""
+    any_store.put_records([consent(1)], audit=[], at=at(0))
+    any_store.put_records([consent(1, status="revoked")], audit=[], at=at(1))
+    [item] = any_store.claim("w", limit=1, lease_seconds=30, now=at(2))
+    assert any_store.mark_sent(
+        item.item_id, "w", sent=[SentResource("Consent", "c1", "2")], audit=[], at=at(3)
+    )
+    queued = any_store.queue_again(
+        "rec-000001",
+        conflict="withdrawal-reasserted",
+        audit=[audit_entry("conflict", "rec-000001")],
+        at=at(4),
+    )
+    assert queued is not None
+    status = any_store.sync_status("rec-000001")
+    assert status is not None
+    assert (status.state, status.record_version, status.conflict, status.item_id) == (
+        SyncState.QUEUED,
+        2,
+        "withdrawal-reasserted",
+        queued,
+    )
+    again = any_store.queue_again(
+        "rec-000001",
+        conflict="withdrawal-reasserted",
+        audit=[audit_entry("conflict", "rec-000001")],
+        at=at(5),
+    )
+    assert again is None
+    assert any_store.queue_again("rec-999999", conflict=None, audit=[], at=at(5)) is None
+    assert [a.action for a in any_store.list_audit(record_id="rec-000001")] == ["conflict"]
+    [claimed] = any_store.claim("w", limit=1, lease_seconds=30, now=at(6))
+    assert (claimed.item_id, claimed.record_version) == (queued, 2)
 
 
 # ---------------------------------------------------------------- 9. a consent taking effect later
@@ -180,3 +219,76 @@ def test_a_boundary_re_gates_a_held_record_once_and_only_once_it_has_passed(
         _drain(_worker_at(harness, datetime(2027, 1, day, tzinfo=UTC)))
     assert harness.state(rating.record_id) is SyncState.HELD
     assert _holds(harness, rating.record_id) == 2
+
+
+# ---------------------------------------------------------------- 10. a revocation undone remotely
+
+
+@pytest.mark.parametrize("put_back_as", ["active", "proposed"])
+def test_a_revoked_consent_set_active_on_the_server_is_not_left_active(
+    harness: SyncHarness, put_back_as: str
+) -> None:
+    """The patient revoked their consent here and the revocation was pushed (the EHR's Consent
+    is inactive). Someone on the FHIR server sets it back to active (or proposed). The pull must
+    not leave it so: the revoked version is written back (the service is the source of truth for
+    its consents, and a withdrawal is never undone by someone else), as a conflict that is
+    audited, counted and on the record's status; the pass after sees our own write."""
+    from tests.service.sync import remote
+    from tests.service.sync.conftest import puller
+
+    run = harness.run
+    harness.intake([R.sharing_consent(run)])
+    harness.drain()
+    [revocation] = harness.intake([R.revocation(run)])
+    harness.drain()
+    [revoked] = harness.on_server("Consent", R.consent_id(run, "Patient/p1"))
+    assert revoked["status"] == "inactive"
+    remote.update(harness.server, revoked, status=put_back_as)
+    report = puller(harness).pull(full_listing=True)
+    drained = harness.drain()
+    [on_server] = harness.on_server("Consent", R.consent_id(run, "Patient/p1"))
+    print(
+        f"pull conflicts={report.conflicts} server_status={on_server['status']} "
+        f"server_version={on_server['meta']['versionId']}"
+    )
+    assert on_server["status"] == "inactive", "the EHR keeps a consent the patient withdrew"
+    assert (report.conflicts, report.reasserted, drained.sent) == (1, 1, 1)
+    status = harness.store.sync_status(revocation.record_id)
+    assert status is not None and status.state is SyncState.SENT
+    assert status.conflict == "withdrawal-reasserted"
+    assert [s.version_id for s in status.sent] == [on_server["meta"]["versionId"]]
+    conflicts = [
+        a
+        for a in harness.store.list_audit(record_id=revocation.record_id)
+        if a.action == "conflict"
+    ]
+    assert [a.resource["outcomeDesc"] for a in conflicts] == ["withdrawal-reasserted"]
+    again = puller(harness).pull(full_listing=True)
+    assert (again.conflicts, again.reasserted, harness.drain().claimed) == (0, 0, 0)
+
+
+def test_a_revocation_still_queued_is_written_over_a_remote_reactivation(
+    harness: SyncHarness,
+) -> None:
+    """The patient revoked here; before the revocation is pushed, someone on the server edits
+    the still-active Consent (a new version). The pull queues nothing more (the revocation is
+    queued already) but lets it be written against the server's version: it is sent, not
+    held as a 412 conflict for a person while the EHR keeps the consent active."""
+    from tests.service.sync import remote
+    from tests.service.sync.conftest import puller
+
+    run = harness.run
+    harness.intake([R.sharing_consent(run)])
+    harness.drain()
+    [sent] = harness.on_server("Consent", R.consent_id(run, "Patient/p1"))
+    [revocation] = harness.intake([R.revocation(run)])
+    remote.update(harness.server, sent, language="en")
+    report = puller(harness).pull(full_listing=True)
+    harness.drain()
+    [on_server] = harness.on_server("Consent", R.consent_id(run, "Patient/p1"))
+    status = harness.store.sync_status(revocation.record_id)
+    assert status is not None
+    print(f"server_status={on_server['status']} state={status.state.value}")
+    assert on_server["status"] == "inactive", "the EHR keeps a consent the patient withdrew"
+    assert status.state is SyncState.SENT
+    assert (report.conflicts, report.reasserted) == (1, 1)

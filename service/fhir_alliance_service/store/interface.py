@@ -602,3 +602,16 @@ class Store(Protocol):
     def held_since(self) -> dict[str, datetime]:
         """Each patient key with HELD items, and when the oldest of them was held (its
         ``updated_at``), in one query: the worker's consent time pass (``sync/consent_times.py``)."""
+
+    def queue_again(
+        self,
+        record_id: str,
+        *,
+        conflict: str | None,
+        audit: Sequence[AuditEntry],
+        at: datetime,
+    ) -> int | None:
+        """Queue the newest version of ``record_id`` to be sent again (a new QUEUED item, noted
+        ``conflict``, with ``audit``, in one transaction): the pull writes back a consent of ours
+        that someone undid on the server. None, and nothing written, when the record is unknown
+        or an item of it is queued, failed or held already (that one carries the version)."""

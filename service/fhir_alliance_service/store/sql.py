@@ -1561,3 +1561,45 @@ class SqlStore(AuditQueueSql):
         )
         with self._read() as connection:
             return {patient: held for patient, held in connection.execute(query)}
+
+    def queue_again(
+        self,
+        record_id: str,
+        *,
+        conflict: str | None,
+        audit: Sequence[AuditEntry],
+        at: datetime,
+    ) -> int | None:
+        waiting = (SyncState.QUEUED.value, SyncState.FAILED.value, SyncState.HELD.value)
+        with self._write() as connection:
+            head = connection.execute(
+                select(record_heads.c.version, record_heads.c.patient).where(
+                    record_heads.c.record_id == record_id
+                )
+            ).one_or_none()
+            if head is None:
+                return None
+            pending = connection.execute(
+                select(outbox.c.item_id)
+                .where(outbox.c.record_id == record_id, outbox.c.state.in_(waiting))
+                .limit(1)
+            ).first()
+            if pending is not None:
+                return None
+            result = connection.execute(
+                insert(outbox).values(
+                    record_id=record_id,
+                    record_version=head.version,
+                    patient=head.patient,
+                    state=SyncState.QUEUED.value,
+                    attempts=0,
+                    conflict=conflict,
+                    created_at=at,
+                    updated_at=at,
+                )
+            )
+            if audit:
+                connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
+            key = result.inserted_primary_key
+            assert key is not None  # an INSERT of one row
+            return int(key[0])

@@ -26,8 +26,11 @@ whose consents changed. See docs/two-way-sync.md.
   read is stored as unreadable, which holds the patient's records (never "no consent"). Deleted
   on the server, it is revoked here. A Consent **we** pushed belongs to us: our own versions are
   skipped; someone else's edit that withdraws it (status no longer active, or a deletion) is
-  adopted at once as a local revocation (so the next push carries it); any other edit is a
-  conflict, counted and noted on the record, settled by the conflict policy at the next push.
+  adopted at once as a local revocation (so the next push carries it); an edit that undoes our
+  withdrawal (a consent revoked, expired or withdrawn here set back to active, draft or proposed
+  there) is never adopted: our version is queued to be written back at once, ``If-Match`` the
+  server's version (a conflict, ``withdrawal-reasserted``); any other edit is a conflict, counted
+  and noted on the record, settled by the conflict policy at the next push.
 * **Observations** (``pull_observations``) are kept read-only in ``pulled_resources``; never
   pushed back.
 
@@ -128,6 +131,11 @@ IGNORED_OTHER_SERVER = "other server"
 IGNORED_NOT_OURS = "not our patient"
 IGNORED_NO_PATIENT = "no patient"
 IGNORED_WHY = (IGNORED_OTHER_SERVER, IGNORED_NOT_OURS, IGNORED_NO_PATIENT)
+#: The conflict of a consent of ours withdrawn here that someone put back in force on the server:
+#: our version is written back (the record's ``conflict``, the metric's and the audit's outcome).
+REASSERTED = "withdrawal-reasserted"
+#: Server statuses (R4 and R5) under which a Consent is, or may come, in force.
+_MAY_BE_IN_FORCE = frozenset({"active", "draft", "proposed"})
 
 
 def foreign_record_id(server: str, resource_id_on_server: str) -> str:
@@ -161,6 +169,9 @@ class PullReport:
     history_entries: int = 0
     history_failed: str | None = None
     released: int = 0
+    #: Consents of ours withdrawn here that someone put back in force on the server, queued to be
+    #: written back (counted in ``conflicts`` too).
+    reasserted: int = 0
     changed_patients: set[str] = field(default_factory=set)
     error: str | None = None
 
@@ -757,6 +768,12 @@ class Puller:
             return row("merged")
         # Read the status as written: an edit of the status alone leaves our consent-state
         # extension disagreeing with it, which the mapper (rightly) refuses to read.
+        ours = _stored_consent(self.store, record_id)
+        if ours is not None and _undoes_withdrawal(resource.get("status"), ours.status):
+            self._reassert_withdrawal(resource, record_id, patient, report)
+            # Noted as "withdrawn": the worker's next update of the record is made against this
+            # version (``Worker._if_match``), so only a further change meets a 412.
+            return row("withdrawn")
         if resource.get("status") != "active":
             return row("withdrawn" if self._withdraw_ours(record_id, patient, report) else "merged")
         report.conflicts += 1
@@ -788,6 +805,32 @@ class Puller:
         report.changed_patients.add(patient)
         PULLED.labels("Consent", "withdrawn").inc()
         return True
+
+    def _reassert_withdrawal(
+        self, resource: Mapping[str, Any], record_id: str, patient: str, report: PullReport
+    ) -> None:
+        """Our consent, withdrawn here, put back in force on the server by someone else: the
+        patient's withdrawal stands (the EHR must not share on a consent the patient withdrew).
+        Our newest version is queued to be written back (unless a push of the record is pending
+        already: it carries that version), audited, and counted as a conflict."""
+        now = self.clock()
+        stored = self.store.get_record(record_id)
+        entry = audit.two_way_event(
+            "conflict",
+            record_id,
+            patient,
+            now,
+            version=stored.version if stored is not None else None,
+            resources=[resource],
+            outcome_code=REASSERTED,
+        )
+        queued = self.store.queue_again(record_id, conflict=REASSERTED, audit=[entry], at=now)
+        if queued is None:
+            self.store.add_audit([entry])
+        report.conflicts += 1
+        report.reasserted += 1
+        CONFLICTS.labels(REASSERTED).inc()
+        log.warning("a consent withdrawn here was put back in force on the server: written back")
 
     # ------------------------------------------------------------------ deletions
 
@@ -900,6 +943,27 @@ def _foreign_record(
         content_hash=content_hash(body),
     )
     return new, state
+
+
+def _stored_consent(store: Store, record_id: str) -> ConsentRecord | None:
+    """The newest stored version of our consent ``record_id``; None if it cannot be read."""
+    stored = store.get_record(record_id)
+    if stored is None:
+        return None
+    try:
+        record = CONSENT_MAPPER.load(stored.body)
+    except InputError:
+        return None
+    return record if isinstance(record, ConsentRecord) else None
+
+
+def _undoes_withdrawal(remote_status: object, ours: ConsentStatus) -> bool:
+    """The server's status puts back in force (or on the way to it) a consent of ours that is not
+    in force here: ``active`` where ours is not; ``draft`` or ``proposed`` where ours was
+    withdrawn (revoked, expired, entered in error)."""
+    if ours is ConsentStatus.ACTIVE or remote_status not in _MAY_BE_IN_FORCE:
+        return False
+    return remote_status == "active" or ours is not ConsentStatus.DRAFT
 
 
 def _revoked_copy(store: Store, record_id: str, at: datetime) -> NewRecord | None:
