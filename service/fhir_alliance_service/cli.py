@@ -529,6 +529,7 @@ def _pull(args: argparse.Namespace) -> int:
         "unreadable": report.unreadable,
         "withdrawn": report.withdrawn,
         "conflicts": report.conflicts,
+        "reasserted": report.reasserted,  # withdrawals undone on the server, written back
         "deleted": report.deleted,
         "observations": report.observations,
         "released": report.released,
@@ -550,7 +551,8 @@ def _pull(args: argparse.Namespace) -> int:
             f"pulled {report.read} resource(s): {report.merged} merged, "
             f"{report.ignored} ignored (not our patients), "
             f"{report.duplicates} already seen, {report.unreadable} unreadable, "
-            f"{report.withdrawn} of ours withdrawn, {report.conflicts} conflict(s), "
+            f"{report.withdrawn} of ours withdrawn, {report.conflicts} conflict(s) "
+            f"({report.reasserted} withdrawal(s) undone on the server, written back), "
             f"{report.deleted} deleted; {report.released} held item(s) re-queued"
         )
         print(

@@ -162,7 +162,7 @@ class SyncStatusSchema(Schema):
         allow_none=True,
         metadata={
             "description": "two-way sync: how a change by someone else on the server was settled "
-            "(remote-edited, overwritten, kept-remote, flagged)"
+            "(remote-edited, overwritten, kept-remote, flagged, withdrawal-reasserted)"
         },
     )
 

@@ -70,6 +70,7 @@ def test_pull_json_merges_and_releases(
     assert main(["pull", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["merged"], summary["released"], summary["error"]) == (1, 1, None)
+    assert summary["reasserted"] == 0  # a foreign consent: no withdrawal of ours undone
     # Consents of patients not ours (the shared test server holds other tests' too) are counted.
     assert sum(summary["ignored_why"].values()) == summary["ignored"]
     assert summary["retraction"]["policy"] == "none"
