@@ -2,7 +2,9 @@
 
 Reads ``/metadata`` and names the capability gaps, then runs a round trip with an Observation and a
 Consent in our profiles: create, search by identifier, update with If-Match, a stale If-Match that
-must fail with 412, delete and confirm. Test data is tagged (run id, HTEST) and always deleted.
+must fail with 412, delete and confirm. Test data is tagged (run id, HTEST) and deleted afterwards;
+the cleanup deletes only what carries the run tag (checked on a read just before each delete) and
+reads each one back. Ctrl-C and SIGTERM stop the round trip, run the cleanup and print the report.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +33,7 @@ from fhir_alliance.client import (
     SmartBackendAuth,
     WriteResult,
 )
+from fhir_alliance.client.links import is_fhir_id
 from fhir_alliance.errors import (
     FhirAllianceError,
     InputError,
@@ -48,6 +54,22 @@ RUN_TAG_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/test-run"
 #: Identifier system of the records the check writes (synthetic; no real patient).
 CHECK_IDENTIFIER_SYSTEM = f"{IDENTIFIER_SYSTEM_BASE}/sandbox-check"
 CHECK_PATIENT = f"{IDENTIFIER_SYSTEM_BASE}/sandbox-check-patient|synthetic-client-1"
+#: Resource types the cleanup searches by the run tag (what the check, or a server, may create).
+CLEANUP_TYPES = ("Observation", "Consent", "Provenance")
+#: Most search pages the cleanup reads per type (a server ignoring ``_tag`` answers everything).
+CLEANUP_MAX_PAGES = 10
+
+
+def carries_run_tag(resource: Mapping[str, Any], run_id: str) -> bool:
+    """Whether ``resource.meta.tag`` holds this run's tag (system and code)."""
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, Mapping) else None
+    return isinstance(tags, list) and any(
+        isinstance(tag, Mapping)
+        and tag.get("system") == RUN_TAG_SYSTEM
+        and tag.get("code") == run_id
+        for tag in tags
+    )
 
 
 def _records(run_id: str, now: str) -> list[dict[str, Any]]:
@@ -135,7 +157,15 @@ class Step:
 
 @dataclass
 class CheckReport:
-    """Everything the check found; ``ok`` only when every round-trip step passed and cleanup did."""
+    """Everything the check found; ``ok`` only when every round-trip step passed, the run was not
+    interrupted and the cleanup confirmed everything of the run deleted.
+
+    ``cleanup_remaining``: resources of this run (``Type/id``) not confirmed deleted.
+    ``cleanup_failures``: what kept the cleanup from knowing (a tag search that failed, an
+    interrupted cleanup). ``cleanup_notes``: what it left alone on purpose (tag-search hits
+    without the run tag: another user's data on a server that ignored ``_tag``).
+    ``interrupted``: the signal (``SIGINT``, ``SIGTERM``) that stopped the run, if one did.
+    """
 
     base_url: str
     run_id: str
@@ -144,19 +174,31 @@ class CheckReport:
     steps: list[Step] = field(default_factory=list)
     cleanup_deleted: int = 0
     cleanup_remaining: list[str] = field(default_factory=list)
+    cleanup_failures: list[str] = field(default_factory=list)
+    cleanup_notes: list[str] = field(default_factory=list)
+    cleanup_ran: bool = False
     fatal: str | None = None
+    interrupted: str | None = None
+
+    @property
+    def run_tag(self) -> str:
+        """The run's ``meta.tag`` as a token search value: ``system|run id``."""
+        return f"{RUN_TAG_SYSTEM}|{self.run_id}"
 
     @property
     def ok(self) -> bool:
         return (
             self.fatal is None
+            and self.interrupted is None
             and bool(self.steps)
             and all(s.ok for s in self.steps)
             and not self.cleanup_remaining
+            and not self.cleanup_failures
         )
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        out["run_tag"] = self.run_tag
         out["ok"] = self.ok
         return out
 
@@ -181,12 +223,24 @@ class CheckReport:
                 )
         if self.cleanup_remaining:
             lines.append(f"cleanup: NOT deleted: {', '.join(self.cleanup_remaining)}")
-        else:
+        lines.extend(f"cleanup: {failure}" for failure in self.cleanup_failures)
+        lines.extend(f"cleanup: {note}" for note in self.cleanup_notes)
+        if self.cleanup_remaining or self.cleanup_failures:
             lines.append(
-                f"cleanup: nothing left behind ({self.cleanup_deleted} deleted after the round trip)"
+                f"  delete by hand what carries meta.tag {self.run_tag} "
+                f"(search e.g. [base]/Observation?_tag={self.run_tag})"
+            )
+        elif self.cleanup_ran:
+            lines.append(
+                "cleanup: every resource of the run deleted and read back as gone "
+                f"({self.cleanup_deleted} deleted by the cleanup); deleted versions may remain in "
+                "the server's _history"
             )
         if self.fatal:
             lines.append(f"stopped: {self.fatal}")
+        if self.interrupted:
+            ran = "the cleanup ran" if self.cleanup_ran else "nothing had been written"
+            lines.append(f"stopped: interrupted ({self.interrupted}); {ran}")
         lines.append("")
         lines.append("RESULT: " + ("PASS" if self.ok else "FAIL"))
         return "\n".join(lines)
@@ -255,6 +309,14 @@ def _round_trip(
             f"{len(found)} match(es)",
         )
         current = client.read(rtype, written.id or "")
+        if not step(
+            "read back",
+            carries_run_tag(current, report.run_id),
+            "carries the run tag"
+            if carries_run_tag(current, report.run_id)
+            else "the resource at the id the server gave lacks the run tag: not changed or deleted",
+        ):
+            return
         version = str((current.get("meta") or {}).get("versionId") or written.version_id)
         updated = client.update(_amended(current), if_match=version)
         if not step(
@@ -284,32 +346,96 @@ def _round_trip(
         step("round trip", False, _describe(exc))
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt for the duration of the check (see ``_sigterm_interrupts``)."""
+
+
+def _signal_name(exc: KeyboardInterrupt) -> str:
+    return "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
+
+
 def _cleanup(client: FhirClient, report: CheckReport, created: list[str]) -> None:
-    """Delete what this run created: the ids we know, then anything still carrying the run tag."""
+    """Delete what this run created: the ids it knows, then what a ``_tag`` search finds.
+
+    Only resources that carry the run tag are deleted, checked on a read just before the delete
+    (a server may ignore ``_tag`` and answer everything; another run's data must survive); a read
+    that fails leaves the resource alone. Each delete is confirmed by a read that must give
+    404/410. An interrupt (Ctrl-C, SIGTERM) during the cleanup lists what was not yet confirmed.
+    """
+    report.cleanup_ran = True
+    run_id = report.run_id
     targets = list(dict.fromkeys(created))
-    for rtype in ("Observation", "Consent", "Provenance"):
-        try:
-            for resource in client.search(
-                rtype, {"_tag": f"{RUN_TAG_SYSTEM}|{report.run_id}"}, max_pages=10
-            ):
-                targets.append(f"{rtype}/{resource.get('id')}")
-        except FhirAllianceError:
-            continue
-    for reference in dict.fromkeys(targets):
-        rtype, _, rid = reference.partition("/")
-        try:
-            client.read(rtype, rid)
-        except NotFoundError:
-            continue  # deleted by the round trip
-        except FhirAllianceError:
-            pass
-        try:
-            client.delete(rtype, rid)
-            report.cleanup_deleted += 1
-        except NotFoundError:
-            continue
-        except FhirAllianceError:
-            report.cleanup_remaining.append(reference)
+    settled: set[str] = set()
+    try:
+        for rtype in CLEANUP_TYPES:
+            untagged = invalid = 0
+            try:
+                for resource in client.search(
+                    rtype, {"_tag": report.run_tag}, max_pages=CLEANUP_MAX_PAGES, strict=True
+                ):
+                    if not carries_run_tag(resource, run_id):
+                        untagged += 1
+                    elif resource.get("resourceType") != rtype or not is_fhir_id(
+                        resource.get("id")
+                    ):
+                        invalid += 1
+                    else:
+                        targets.append(f"{rtype}/{resource['id']}")
+            except FhirAllianceError as exc:
+                report.cleanup_failures.append(
+                    f"cleanup could not search {rtype} by tag {run_id}: {_describe(exc)}"
+                )
+            if untagged:
+                report.cleanup_notes.append(
+                    f"the {rtype} tag search answered {untagged} resource(s) without the run tag "
+                    "(the server may ignore _tag); left alone"
+                )
+            if invalid:
+                report.cleanup_failures.append(
+                    f"the {rtype} tag search answered {invalid} resource(s) with the run tag but "
+                    "an invalid id or another type; not deleted"
+                )
+        for reference in dict.fromkeys(targets):
+            if _delete_if_ours(client, report, reference):
+                report.cleanup_remaining.append(reference)
+            settled.add(reference)
+    except KeyboardInterrupt as exc:
+        report.interrupted = report.interrupted or _signal_name(exc)
+        report.cleanup_failures.append("cleanup interrupted before it finished")
+        report.cleanup_remaining.extend(
+            r
+            for r in dict.fromkeys(targets)
+            if r not in settled and r not in report.cleanup_remaining
+        )
+
+
+def _delete_if_ours(client: FhirClient, report: CheckReport, reference: str) -> bool:
+    """Delete ``reference`` if a read shows it carries the run tag, and confirm it is gone;
+    True when it may still be on the server."""
+    rtype, _, rid = reference.partition("/")
+    try:
+        current = client.read(rtype, rid)
+    except NotFoundError:
+        return False  # deleted by the round trip (or never stored)
+    except FhirAllianceError:
+        return True  # cannot tell what it is: do not delete
+    if not carries_run_tag(current, report.run_id):
+        report.cleanup_notes.append(f"{reference} read back without the run tag; not deleted")
+        return True
+    try:
+        client.delete(rtype, rid)
+    except NotFoundError:
+        pass
+    except FhirAllianceError:
+        return True
+    try:
+        client.read(rtype, rid)
+    except NotFoundError:
+        report.cleanup_deleted += 1
+        return False
+    except FhirAllianceError:
+        return True
+    return True  # the server answered the DELETE but still serves the resource
 
 
 def run_check(
@@ -318,13 +444,21 @@ def run_check(
     run_id: str | None = None,
     resources: Callable[[str, str], list[dict[str, Any]]] | None = None,
 ) -> CheckReport:
-    """Run the check against ``client``'s server; never raises for server trouble (it is reported)."""
+    """Run the check against ``client``'s server; never raises for server trouble (it is reported).
+
+    A KeyboardInterrupt (Ctrl-C; SIGTERM under the command) stops the round trip; the cleanup
+    still runs and the report says ``interrupted``. A second one stops the cleanup, and what it
+    had not confirmed deleted is listed in ``cleanup_remaining``.
+    """
     report = CheckReport(base_url=client.base.url, run_id=run_id or str(uuid.uuid4()))
     make = resources or (lambda rid, version: check_resources(rid, version=version))
     try:
         caps = client.capabilities()
     except FhirAllianceError as exc:
         report.fatal = f"could not read the CapabilityStatement: {_describe(exc)}"
+        return report
+    except KeyboardInterrupt as exc:  # nothing written yet: nothing to clean up
+        report.interrupted = _signal_name(exc)
         return report
     report.capabilities = caps.to_summary()
     report.gaps = caps.gaps()
@@ -334,8 +468,9 @@ def run_check(
             _round_trip(client, resource, report, created)
     except FhirAllianceError as exc:
         report.fatal = _describe(exc)
-    finally:
-        _cleanup(client, report, created)
+    except KeyboardInterrupt as exc:
+        report.interrupted = _signal_name(exc)
+    _cleanup(client, report, created)
     return report
 
 
@@ -430,10 +565,39 @@ def client_from_args(args: argparse.Namespace) -> FhirClient:
     )
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """For the duration of the block, SIGTERM (a CI job's timeout, ``kill``) raises an interrupt
+    like Ctrl-C, so that the check cleans up and reports; the previous handler is restored after.
+    Signal handlers can only be set in the main thread: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+#: Exit status of a check stopped by a signal: 128 + the signal's number, as shells report it.
+_INTERRUPTED_EXIT = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
+
+
 def _handle(args: argparse.Namespace) -> int:
-    with client_from_args(args) as client:
-        report = run_check(client)
-    return print_report(report, as_json=args.json)
+    with _sigterm_interrupts():
+        try:
+            with client_from_args(args) as client:
+                report = run_check(client)
+        except KeyboardInterrupt as exc:  # outside run_check (building or closing the client)
+            print(f"check interrupted ({_signal_name(exc)})", file=sys.stderr)
+            return _INTERRUPTED_EXIT[_signal_name(exc)]
+        code = print_report(report, as_json=args.json)
+    return _INTERRUPTED_EXIT[report.interrupted] if report.interrupted else code
 
 
 def print_report(report: Any, *, as_json: bool) -> int:

@@ -109,7 +109,7 @@ def test_text_report_and_cleanup_on_a_real_server(fhir_server: FhirTestServer) -
 
 def test_server_ignoring_if_match_fails_the_check(httpserver: HTTPServer) -> None:
     """A server that accepts a stale If-Match makes the check fail (exit 1) and still cleans up."""
-    state: dict[str, Any] = {"version": 0, "deleted": False}
+    state: dict[str, Any] = {"version": 0, "deleted": False, "run_id": "r"}
     obs_url = "/fhir/Observation/o1"
 
     def metadata(request: Request) -> Response:
@@ -136,10 +136,8 @@ def test_server_ignoring_if_match_fails_the_check(httpserver: HTTPServer) -> Non
         )
 
     def resource() -> dict[str, Any]:
-        return minimal_resources("r", "4.0.1")[0] | {
-            "id": "o1",
-            "meta": {"versionId": str(state["version"])},
-        }
+        base = minimal_resources(state["run_id"], "4.0.1")[0]
+        return base | {"id": "o1", "meta": base["meta"] | {"versionId": str(state["version"])}}
 
     def observation(request: Request) -> Response:
         if request.method == "DELETE":
@@ -157,6 +155,7 @@ def test_server_ignoring_if_match_fails_the_check(httpserver: HTTPServer) -> Non
 
     def create(request: Request) -> Response:
         state["version"] = 1
+        state["run_id"] = json.loads(request.get_data())["meta"]["tag"][0]["code"]
         return Response(
             json.dumps(resource()),
             status=201,

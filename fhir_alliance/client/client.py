@@ -35,7 +35,7 @@ from fhir_alliance.client.bundles import search_token as _search_token
 from fhir_alliance.client.capabilities import ServerCapabilities, WriteStrategy
 from fhir_alliance.client.deadline import Deadline, DeadlineAdapter, running_under
 from fhir_alliance.client.deadline import current as current_deadline
-from fhir_alliance.client.links import BaseUrl, path_template
+from fhir_alliance.client.links import BaseUrl, is_fhir_id, is_resource_type, path_template
 from fhir_alliance.client.responses import (
     RequestFacts,
     error_for_status,
@@ -136,6 +136,36 @@ def _resource_type(resource: Mapping[str, Any]) -> str:
             issues=[Issue(path="resourceType", message="required")],
         )
     return rtype
+
+
+def _instance_path(resource_type: str, resource_id: object) -> str:
+    """``Type/id`` for a caller-given type and id; InputError unless both are safe as path
+    segments (a FHIR id: 1-64 of ``A-Z a-z 0-9 - .``, not ``.``/``..``). The id is not quoted
+    in the message: ``Observation/../Patient/p1`` must not reach the server (requests would
+    normalise it to ``Patient/p1``)."""
+    if not is_resource_type(resource_type):
+        raise InputError(
+            "not a FHIR resource type", issues=[Issue(path="resource_type", message="invalid")]
+        )
+    if not is_fhir_id(resource_id):
+        raise InputError(
+            f"not a valid FHIR id for {resource_type} (1-64 of A-Z a-z 0-9 - .; not . or ..)",
+            issues=[Issue(path="id", message="not a valid FHIR id")],
+        )
+    return f"{resource_type}/{resource_id}"
+
+
+def _server_id(value: object, *, resource_type: str, source: str) -> str | None:
+    """An id the server gave (``source`` says where), checked before it can become a path:
+    None when absent, InvalidResponseError when not a FHIR id (the value is not quoted)."""
+    if value is None:
+        return None
+    if not is_fhir_id(value):
+        raise InvalidResponseError(
+            f"server gave {resource_type} an invalid FHIR id in {source} "
+            "(not 1-64 of A-Z a-z 0-9 - ., or a dot segment)"
+        )
+    return str(value)
 
 
 #: A URL path (with any query), alone or after ``scheme://host``; ``HTTP/1.1`` is left alone
@@ -492,8 +522,10 @@ class FhirClient:
                 raise error
             policy.sleep(wait)
 
-    def _get_resource(self, url: str, *, expect: str | None = None) -> dict[str, Any]:
-        answer = self._request("GET", url, replay=Replay.IDEMPOTENT)
+    def _get_resource(
+        self, url: str, *, expect: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        answer = self._request("GET", url, headers=headers, replay=Replay.IDEMPOTENT)
         resource = parse_resource(answer.body, status=answer.status)
         if expect and resource["resourceType"] != expect:
             got = resource["resourceType"]
@@ -586,7 +618,7 @@ class FhirClient:
         """``GET [type]/[id]``; NotFoundError (``gone`` for 410) when absent, InvalidResponseError
         when the server answers with a resource of another type."""
         return self._get_resource(
-            self.base.join(f"{resource_type}/{resource_id}"), expect=resource_type
+            self.base.join(_instance_path(resource_type, resource_id)), expect=resource_type
         )
 
     def search_pages(
@@ -595,20 +627,26 @@ class FhirClient:
         params: Mapping[str, str | Sequence[str]] | Sequence[tuple[str, str]] | None = None,
         *,
         max_pages: int | None = None,
+        strict: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Search-set Bundles one page at a time, following ``next`` links inside the base only.
+
+        ``strict`` sends ``Prefer: handling=strict``: a server that does not support a parameter
+        should then refuse the search rather than ignore the parameter (and answer more than was
+        asked for); a server may still ignore the preference, so check what comes back.
 
         Raises UnsafeLinkError before requesting a link outside the base, and LimitExceededError
         when more than ``max_pages`` pages would be needed.
         """
         cap = max_pages or self.max_pages
+        headers = {"Prefer": "handling=strict"} if strict else None
         query = urlencode(params or {}, doseq=True)
         url: str | None = self.base.join(resource_type) + (f"?{query}" if query else "")
         pages = 0
         while url is not None:
             if pages >= cap:
                 raise LimitExceededError(f"search needs more than {cap} pages")
-            bundle = self._get_resource(url, expect="Bundle")
+            bundle = self._get_resource(url, expect="Bundle", headers=headers)
             pages += 1
             next_link = _link(bundle, "next")
             yield bundle
@@ -620,9 +658,11 @@ class FhirClient:
         params: Mapping[str, str | Sequence[str]] | Sequence[tuple[str, str]] | None = None,
         *,
         max_pages: int | None = None,
+        strict: bool = False,
     ) -> Iterator[dict[str, Any]]:
-        """Matching resources, streamed page by page (constant memory); includes are skipped."""
-        for bundle in self.search_pages(resource_type, params, max_pages=max_pages):
+        """Matching resources, streamed page by page (constant memory); includes are skipped.
+        ``strict``: see :meth:`search_pages`."""
+        for bundle in self.search_pages(resource_type, params, max_pages=max_pages, strict=strict):
             entries = bundle.get("entry", [])
             if not isinstance(entries, list):
                 raise InvalidResponseError("search answer's Bundle.entry is not a list")
@@ -677,9 +717,17 @@ class FhirClient:
         if resource is not None and resource["resourceType"] == "OperationOutcome":
             outcome, resource = resource, None
         rtype, rid, vid = parse_location(location) if location else (None, None, None)
+        if rtype is not None and not is_resource_type(rtype):
+            raise InvalidResponseError(
+                f"server answered a {sent_type} write with a Location of no resource type",
+                status=answer.status,
+            )
+        rid = _server_id(rid, resource_type=sent_type, source="Location")
         if resource is not None:
             rtype = rtype or resource.get("resourceType")
-            rid = rid or resource.get("id")
+            rid = rid or _server_id(
+                resource.get("id"), resource_type=sent_type, source="the answer's id"
+            )
             meta = resource.get("meta")
             if isinstance(meta, Mapping) and isinstance(meta.get("versionId"), str):
                 vid = vid or meta["versionId"]
@@ -730,12 +778,13 @@ class FhirClient:
         rid = resource.get("id")
         if not isinstance(rid, str) or not rid:
             raise InputError("update needs the resource id", issues=[Issue("id", "required")])
+        path = _instance_path(rtype, rid)
         headers = dict(self._write_headers)
         if if_match:
             headers["If-Match"] = etag_for(if_match)
         answer = self._request(
             "PUT",
-            self.base.join(f"{rtype}/{rid}"),
+            self.base.join(path),
             body=orjson.dumps(dict(resource)),
             headers=headers,
             replay=Replay.IDEMPOTENT,
@@ -750,7 +799,9 @@ class FhirClient:
         (200/204 or 404/410 → NotFoundError), so after a timeout treat NotFoundError as done.
         """
         answer = self._request(
-            "DELETE", self.base.join(f"{resource_type}/{resource_id}"), replay=Replay.IDEMPOTENT
+            "DELETE",
+            self.base.join(_instance_path(resource_type, resource_id)),
+            replay=Replay.IDEMPOTENT,
         )
         return answer.status
 
@@ -793,7 +844,7 @@ class FhirClient:
             return WriteResult(
                 status=200,
                 resource_type=rtype,
-                id=found.get("id"),
+                id=_server_id(found.get("id"), resource_type=rtype, source="a search answer"),
                 version_id=vid,
                 etag=etag_for(vid) if isinstance(vid, str) else None,
                 resource=found,

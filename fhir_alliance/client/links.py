@@ -12,10 +12,25 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from fhir_alliance.errors import InputError, Issue, UnsafeLinkError
 
-__all__ = ["BaseUrl", "path_template"]
+__all__ = ["FHIR_ID", "BaseUrl", "is_fhir_id", "is_resource_type", "path_template"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+#: FHIR's id datatype: 1 to 64 of ``A-Z a-z 0-9 - .`` (R4 and R5).
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def is_fhir_id(value: object) -> bool:
+    """Whether ``value`` is a FHIR id that is safe as one path segment: FHIR's id syntax, and not
+    ``.`` or ``..`` (which the syntax allows but a URL resolves upwards)."""
+    return (
+        isinstance(value, str) and FHIR_ID.fullmatch(value) is not None and value not in (".", "..")
+    )
+
+
+def is_resource_type(value: object) -> bool:
+    """Whether ``value`` looks like a FHIR resource type name (``Observation``), safe in a path."""
+    return isinstance(value, str) and _RESOURCE_TYPE.fullmatch(value) is not None
 
 
 def _segments(path: str) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -61,7 +62,11 @@ class StubFhir:
     ``ignore_tag``: a ``_tag`` search is answered as if the parameter were unknown (FHIR's
     lenient handling: every Observation). ``fail_tag_search``: a ``_tag`` search answers 500.
     ``extra_tag_hits``: resources added to every ``_tag`` search's answer.
-    ``fail_deletes``: DELETE answers 500. ``store_then_fail``: PUT stores, then answers 500."""
+    ``fail_deletes``: DELETE answers 500. ``store_then_fail``: PUT stores, then answers 500.
+    ``tag_extra_hits``: ``extra_tag_hits`` are given the searched tag (as if they carried it).
+    ``fail_reads``: ids whose read answers 500. ``hold_if_match``: a PUT with If-Match waits
+    for this event (``held`` is set while it waits). ``tag_search_prefer``: the ``Prefer``
+    header of each ``_tag`` search."""
 
     server: HTTPServer
     ignore_deletes: bool = False
@@ -70,6 +75,11 @@ class StubFhir:
     fail_deletes: bool = False
     store_then_fail: bool = False
     extra_tag_hits: list[dict[str, Any]] = field(default_factory=list)
+    tag_extra_hits: bool = False
+    fail_reads: set[str] = field(default_factory=set)
+    hold_if_match: threading.Event | None = None
+    held: threading.Event = field(default_factory=threading.Event)
+    tag_search_prefer: list[str | None] = field(default_factory=list)
     store: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
 
@@ -78,6 +88,10 @@ class StubFhir:
         self.server.expect_request(re.compile(r"^/fhir/Observation.*")).respond_with_handler(
             self.handle
         )
+        for rtype in ("Consent", "Provenance"):  # none are stored: their searches find nothing
+            self.server.expect_request(f"/fhir/{rtype}", method="GET").respond_with_handler(
+                self.empty_search
+            )
 
     @property
     def base_url(self) -> str:
@@ -112,6 +126,8 @@ class StubFhir:
                 self.store.pop(rid, None)
             self.deleted.append(rid)
             return Response("", status=204)
+        if rid in self.fail_reads:
+            return self._json({"resourceType": "OperationOutcome", "issue": []}, 500)
         if rid not in self.store:
             return self._json({"resourceType": "OperationOutcome", "issue": []}, 404)
         res = self.store[rid]
@@ -121,6 +137,9 @@ class StubFhir:
         body = json.loads(request.get_data())
         current = self.store.get(rid)
         match = request.headers.get("If-Match")
+        if match and self.hold_if_match is not None:
+            self.held.set()
+            self.hold_if_match.wait(timeout=30)
         if match and (current is None or match != f'W/"{current["meta"]["versionId"]}"'):
             return self._json({"resourceType": "OperationOutcome", "issue": []}, 412)
         version = int(current["meta"]["versionId"]) + 1 if current else 1
@@ -134,20 +153,30 @@ class StubFhir:
             body, 201 if current is None else 200, ETag=f'W/"{version}"', Location=location
         )
 
+    def empty_search(self, request: Request) -> Response:
+        if self.fail_tag_search and "_tag" in parse_qs(request.query_string.decode()):
+            return self._json({"resourceType": "OperationOutcome", "issue": []}, 500)
+        return self._json({"resourceType": "Bundle", "type": "searchset", "entry": []})
+
     def search(self, request: Request) -> Response:
         query = parse_qs(request.query_string.decode())
         found = list(self.store.values())
         if "_tag" in query:
+            self.tag_search_prefer.append(request.headers.get("Prefer"))
             if self.fail_tag_search:
                 return self._json({"resourceType": "OperationOutcome", "issue": []}, 500)
+            system, _, code = query["_tag"][0].partition("|")
             if not self.ignore_tag:
-                system, _, code = query["_tag"][0].partition("|")
                 found = [
                     r
                     for r in found
                     if {"system": system, "code": code} in r.get("meta", {}).get("tag", [])
                 ]
-            found += self.extra_tag_hits
+            if self.tag_extra_hits:
+                tag = {"system": system, "code": code}
+                found += [hit | {"meta": {"tag": [tag]}} for hit in self.extra_tag_hits]
+            else:
+                found += self.extra_tag_hits
         if "identifier" in query:
             system, _, value = query["identifier"][0].partition("|")
             found = [
