@@ -354,7 +354,12 @@ def _signal_name(exc: KeyboardInterrupt) -> str:
     return "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
 
 
-def _cleanup(client: FhirClient, report: CheckReport, created: list[str]) -> None:
+def _cleanup(
+    client: FhirClient,
+    report: CheckReport,
+    created: list[str],
+    search_types: tuple[str, ...] = CLEANUP_TYPES,
+) -> None:
     """Delete what this run created: the ids it knows, then what a ``_tag`` search finds.
 
     Only resources that carry the run tag are deleted, checked on a read just before the delete
@@ -367,7 +372,7 @@ def _cleanup(client: FhirClient, report: CheckReport, created: list[str]) -> Non
     targets = list(dict.fromkeys(created))
     settled: set[str] = set()
     try:
-        for rtype in CLEANUP_TYPES:
+        for rtype in search_types:
             untagged = invalid = 0
             try:
                 for resource in client.search(
@@ -463,14 +468,19 @@ def run_check(
     report.capabilities = caps.to_summary()
     report.gaps = caps.gaps()
     created: list[str] = []
+    written_types: set[str] = set()
     try:
         for resource in make(report.run_id, caps.wire_version):
+            written_types.add(resource["resourceType"])
             _round_trip(client, resource, report, created)
     except FhirAllianceError as exc:
         report.fatal = _describe(exc)
     except KeyboardInterrupt as exc:
         report.interrupted = _signal_name(exc)
-    _cleanup(client, report, created)
+    # A type the check did not write and the server does not list cannot hold the run's data;
+    # searching it would only fail (and fail the check) on servers without it.
+    search_types = tuple(t for t in CLEANUP_TYPES if t in written_types or t in caps.resources)
+    _cleanup(client, report, created, search_types)
     return report
 
 

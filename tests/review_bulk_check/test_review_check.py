@@ -329,3 +329,13 @@ def test_fhir_ids_that_are_valid_pass() -> None:
         assert is_fhir_id(good)
     for bad in BAD_IDS:
         assert not is_fhir_id(bad)
+
+
+def test_a_type_neither_written_nor_offered_is_not_searched(httpserver: HTTPServer) -> None:
+    """Provenance is not in the stand-in's CapabilityStatement and the check writes none: the
+    cleanup does not search it (a server without Provenance would fail that search, and the
+    check with it, though nothing of the run can be there)."""
+    stub = StubFhir(httpserver)
+    _, report = _check(stub)
+    assert not [r for r, _ in httpserver.log if r.path.startswith("/fhir/Provenance")]
+    assert report.ok, report.to_text()
