@@ -13,15 +13,18 @@ nothing is sent unless all of it is right. Then the server's CapabilityStatement
   ids, streaming each file (at most ``--bundle-size`` resources in memory), retrying transient
   faults as the client does. ``--no-fallback`` makes a missing ``$import`` an error.
 
-Exit status 0 when every resource arrived, 1 otherwise. The report names files, types and counts,
-never resource content, patient data, URLs with tokens, or server ``diagnostics``.
+Exit status 0 when every resource is known to have arrived, 1 otherwise: on the ``$import`` path
+that needs the server's count for every type (the proposal makes counts optional; a type without
+one is reported ``unconfirmed``, not ok) and, when this command serves the files, every file
+fetched. The report names files, types and counts, never resource content, patient data, URLs
+with tokens, or server ``diagnostics``.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -67,6 +70,9 @@ class BulkFile:
     type: str
     path: Path
     count: int
+    #: The file as :func:`check_files` read it (device, inode, size, mtime): what is sent must be
+    #: that file, unchanged; None before the check.
+    checked: os.stat_result | None = field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -96,6 +102,14 @@ class PushReport:
         return totals
 
     @property
+    def unconfirmed(self) -> dict[str, int]:
+        """On the ``$import`` path, the types sent (with how many) that the server gave no count
+        for: whether they arrived is not known. The proposal makes output counts optional."""
+        if self.mode != "import":
+            return {}
+        return {t: n for t, n in self.expected.items() if n and t not in self.imported}
+
+    @property
     def ok(self) -> bool:
         if self.errors or any(self.failed.values()):
             return False
@@ -105,9 +119,8 @@ class PushReport:
                 for t in self.created.keys() | self.updated.keys()
             }
             return all(done.get(t, 0) == n for t, n in self.expected.items())
-        # The proposal makes output counts optional: a type the server gave no count for is not
-        # held against it; one it counted must match.
-        return all(self.imported.get(t, n) == n for t, n in self.expected.items())
+        # A type the server gave no count for is not known to have arrived: not ok.
+        return all(self.imported.get(t, 0) == n for t, n in self.expected.items())
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -121,6 +134,7 @@ class PushReport:
         }
         if self.mode == "import":
             data["imported"] = self.imported
+            data["unconfirmed"] = self.unconfirmed
             data["import"] = self.import_details
         else:
             data |= {"created": self.created, "updated": self.updated, "bundles": self.bundles}
@@ -144,8 +158,19 @@ class PushReport:
             lines.append(
                 "failed: " + ", ".join(f"{n} {t}" for t, n in sorted(self.failed.items()) if n)
             )
+        if self.unconfirmed:
+            lines.append(
+                "unconfirmed: the server gave no count for "
+                + ", ".join(f"{t} ({n} sent)" for t, n in sorted(self.unconfirmed.items()))
+                + "; whether they were imported is not known"
+            )
         lines += [f"error: {e['message']}" for e in self.errors]
-        lines.append("ok" if self.ok else "NOT everything arrived")
+        if self.ok:
+            lines.append("ok")
+        elif self.unconfirmed and not self.errors and not any(self.failed.values()):
+            lines.append("NOT confirmed that everything arrived")
+        else:
+            lines.append("NOT everything arrived")
         return "\n".join(lines)
 
 
@@ -212,9 +237,20 @@ def read_manifest(directory: Path) -> list[BulkFile]:
     return files
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) of every non-blank line, read one at a time."""
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _changed(name: str) -> InputError:
+    return _problem(name, "changed after it was checked (rewritten or replaced): nothing more sent")
+
+
+def _lines(path: Path, checked: os.stat_result | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of every non-blank line, read one at a time; with ``checked``, the
+    file must still be the one checked (InputError otherwise)."""
     with path.open("rb") as handle:
+        if checked is not None and _identity(os.fstat(handle.fileno())) != _identity(checked):
+            raise _changed(path.name)
         for number, line in enumerate(handle, start=1):
             if line.strip():
                 yield number, line
@@ -228,27 +264,34 @@ def check_files(files: Sequence[BulkFile]) -> list[BulkFile]:
     counted: list[BulkFile] = []
     for f in files:
         n = 0
-        for number, line in _lines(f.path):
-            n += 1
-            where = f"{f.name}:{number}"
-            try:
-                resource = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                issues.append(Issue(path=where, message="not JSON"))
-            else:
-                if not isinstance(resource, dict) or resource.get("resourceType") != f.type:
-                    issues.append(Issue(path=where, message=f"not a {f.type}"))
-                elif not isinstance(resource.get("id"), str) or not resource["id"]:
-                    issues.append(Issue(path=where, message="no id"))
-            if len(issues) >= MAX_ISSUES:
-                break
+        with f.path.open("rb") as handle:
+            before = os.fstat(handle.fileno())
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                n += 1
+                where = f"{f.name}:{number}"
+                try:
+                    resource = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    issues.append(Issue(path=where, message="not JSON"))
+                else:
+                    if not isinstance(resource, dict) or resource.get("resourceType") != f.type:
+                        issues.append(Issue(path=where, message=f"not a {f.type}"))
+                    elif not isinstance(resource.get("id"), str) or not resource["id"]:
+                        issues.append(Issue(path=where, message="no id"))
+                if len(issues) >= MAX_ISSUES:
+                    break
+            after = os.stat(f.path)  # by name: also a file replaced while it was read
         if len(issues) >= MAX_ISSUES:
             break
+        if _identity(after) != _identity(before):
+            issues.append(Issue(path=f.name, message="changed while it was being checked"))
         if f.count >= 0 and n != f.count:
             issues.append(
                 Issue(path=f.name, message=f"holds {n} resources, the manifest says {f.count}")
             )
-        counted.append(BulkFile(type=f.type, path=f.path, count=n))
+        counted.append(BulkFile(type=f.type, path=f.path, count=n, checked=before))
     if issues:
         raise InputError(
             f"the bulk files do not match their manifest ({len(issues)} problems"
@@ -277,10 +320,17 @@ def parse_host_port(text: str) -> tuple[str, int]:
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from fhir_alliance.client.bulk_import import numeric_address
+
+    address = numeric_address(host)
+    return address is not None and address.is_loopback
+
+
+def _is_wildcard(host: str) -> bool:
+    from fhir_alliance.client.bulk_import import numeric_address
+
+    address = numeric_address(host)
+    return address is not None and address.is_unspecified
 
 
 # ---------------------------------------------------------------------------- fallback
@@ -326,7 +376,7 @@ def push_transactions(
     for f in _send_order(files):
         chunk: list[BundleRequest] = []
         first = last = 0
-        for number, line in _lines(f.path):
+        for number, line in _lines(f.path, f.checked):
             if not chunk:
                 first = number
             last = number
@@ -364,7 +414,7 @@ def push_bulk(args: argparse.Namespace) -> PushReport:
         _files_url_for(args.files_url, files)  # bad options fail before anything is sent
     if args.serve_on:
         host, _ = parse_host_port(args.serve_on)
-        if host in ("0.0.0.0", "::"):  # noqa: S104 (refused, not bound)
+        if _is_wildcard(host):
             raise _problem(
                 "--serve-on",
                 "give the address the FHIR server reaches this machine at, not a wildcard",
@@ -379,6 +429,14 @@ def push_bulk(args: argparse.Namespace) -> PushReport:
         caps = client.capabilities()
         advertised = caps.supports_operation("import")
         if advertised and not args.no_import:
+            if not args.files_url and not args.serve_on and not client.base.is_loopback:
+                # The default serves on this machine's loopback: a server on another host would
+                # be told 127.0.0.1 URLs it cannot fetch (or fetch whatever listens on its own).
+                raise InputError(
+                    "the FHIR server's base URL is not a loopback address, so it cannot fetch "
+                    "files served on this machine's 127.0.0.1: give --files-url (where DIR is published over https) or "
+                    "--serve-on HOST:PORT (an address the server reaches); or --no-import"
+                )
             report = PushReport(mode="import", import_advertised=True, files=files)
             polling = ImportPolling(timeout=args.import_timeout)
 
@@ -406,11 +464,25 @@ def push_bulk(args: argparse.Namespace) -> PushReport:
                 run(_files_url_for(args.files_url, files), args.input_source or args.files_url)
                 return report
             host, port = parse_host_port(args.serve_on or "127.0.0.1:0")
-            with serve_files({f.name: f.path for f in files}, host=host, port=port) as served:
+            checked = {f.name: f.checked for f in files if f.checked is not None}
+            with serve_files(
+                {f.name: f.path for f in files}, host=host, port=port, checked=checked
+            ) as served:
                 run(served.urls, args.input_source or served.origin)
-                with served.lock:
-                    fetched = sum(1 for f in files if served.fetched.get(f.name))
-            report.import_details = (report.import_details or {}) | {"filesFetched": fetched}
+            # Read once the server has stopped: every download that completed is counted.
+            unfetched = [f.name for f in files if not served.fetched.get(f.name)]
+            report.import_details = (report.import_details or {}) | {
+                "filesFetched": len(files) - len(unfetched)
+            }
+            if unfetched:
+                # Whatever the server's report says, it cannot have imported a file it never read.
+                report.errors.append(
+                    {
+                        "message": f"the server never fetched {', '.join(unfetched)} from the "
+                        "file server this command ran, so it cannot have imported "
+                        + ("them" if len(unfetched) > 1 else "it")
+                    }
+                )
             return report
         if args.no_import:
             print("sending transaction Bundles (--no-import)", file=sys.stderr)

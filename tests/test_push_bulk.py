@@ -407,7 +407,8 @@ def test_500_while_polling_fails_the_command_with_one_line(
     bulk_dir: Path, httpserver: HTTPServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """$import accepted (202), then its status URL answers 500: exit 1 with the client's one-line
-    error, after the client's retries; no transaction Bundle is sent instead."""
+    error, after the client's retries, saying whether the job was cancelled (here the DELETE is
+    refused too); no transaction Bundle is sent instead."""
     httpserver.expect_request("/fhir/metadata").respond_with_json(STATEMENT_WITH_IMPORT)
     httpserver.expect_request("/fhir/$import", method="POST").respond_with_data(
         "", status=202, headers={"Content-Location": httpserver.url_for("/fhir/status/1")}
@@ -429,7 +430,10 @@ def test_500_while_polling_fails_the_command_with_one_line(
         ),
     )
     assert code == 1 and out == ""
-    assert err.strip().splitlines() == ["error: server is unavailable or busy (HTTP 500)"]
+    assert err.strip().splitlines() == [
+        "error: server is unavailable or busy (HTTP 500); "
+        "cancelling the import failed: the server may still import the files"
+    ]
     sent = json.loads(httpserver.log[1][0].get_data())
     urls = [p["part"][1]["valueUrl"] for p in sent["parameter"] if p["name"] == "input"]
     assert urls == ["https://files.example/bulk/Observation.ndjson"]

@@ -5,8 +5,10 @@ FHIR ``Parameters`` resource, as HAPI and Azure take it): ``POST [base]/$import`
 ``inputFormat`` (``application/fhir+ndjson``), ``inputSource``, ``storageDetail`` and one ``input``
 (``type`` and ``url``) per file, sent with ``Prefer: respond-async``; the server answers ``202``
 with ``Content-Location``, the status URL. That URL is polled while it answers ``202``, waiting as
-its ``Retry-After`` says (else with exponential backoff), until ``200`` brings the completion body:
-``output`` and ``error`` entries per input file, with counts.
+its ``Retry-After`` says (never less than ``first_wait``; else with exponential backoff), until
+``200`` brings the completion body: ``output`` and ``error`` entries per input file, with counts.
+A wait that ends without a completion (timeout, an error answer, a body that is not a completion
+report, Ctrl-C) sends the proposal's cancel (``DELETE`` to the status URL) before raising.
 
 :func:`serve_files` serves the files for the server to fetch, read-only, from this machine.
 
@@ -18,10 +20,14 @@ when the server refused it (429/503), since a second import of the same files is
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
+import os
 import secrets
-import shutil
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,9 +41,11 @@ from urllib.parse import quote
 import orjson
 
 from fhir_alliance.client.client import FHIR_JSON, FhirClient
+from fhir_alliance.client.deadline import Deadline, running_under
 from fhir_alliance.client.responses import RequestFacts
 from fhir_alliance.client.retry import Replay, parse_retry_after
 from fhir_alliance.errors import (
+    FhirAllianceError,
     InputError,
     InvalidResponseError,
     Issue,
@@ -54,6 +62,7 @@ __all__ = [
     "ImportPolling",
     "cancel_import",
     "import_parameters",
+    "numeric_address",
     "run_import",
     "serve_files",
     "start_import",
@@ -64,6 +73,10 @@ log = logging.getLogger("fhir_alliance.client.bulk_import")
 
 #: The input format every ``$import`` server must take.
 NDJSON = "application/fhir+ndjson"
+#: Most seconds the cancel of an abandoned import may take, retries included (best effort).
+CANCEL_DEADLINE = 30.0
+#: Seconds the file server waits on a silent connection before it drops it.
+FILE_SERVER_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +217,9 @@ def wait_for_import(
 
     A ``202`` means "still running": the next poll waits ``Retry-After`` (seconds or HTTP-date,
     at most ``polling.max_retry_after``) or else backs off exponentially from ``first_wait`` to
-    ``max_wait``. An error status (after the client's own retries) raises the client's error,
+    ``max_wait``; no wait is shorter than ``first_wait`` (``Retry-After: 0`` or a date in the past
+    would otherwise poll as fast as the server answers). An error status (after the client's own
+    retries) raises the client's error,
     carrying the server's OperationOutcome; a ``200`` whose body is not a completion report raises
     InvalidResponseError; no completion within ``polling.timeout`` raises TransportError.
     """
@@ -230,7 +245,7 @@ def wait_for_import(
             )
         told = parse_retry_after(answer.headers.get("Retry-After"), now=client.retry.wall_clock())
         if told is not None:
-            delay = min(told, policy.max_retry_after)
+            delay = max(policy.first_wait, min(told, policy.max_retry_after))
         else:  # exponential backoff, advanced only by the polls that had no Retry-After
             delay, wait = wait, min(policy.max_wait, wait * 2)
         elapsed = policy.clock() - started
@@ -251,23 +266,52 @@ def run_import(
     input_source: str,
     polling: ImportPolling | None = None,
 ) -> ImportOutcome:
-    """Kick off the import of ``inputs`` and wait for it to finish. Interrupted while waiting
-    (Ctrl-C), it asks the server to cancel the job (:func:`cancel_import`) before re-raising."""
-    status_url, completion = start_import(client, inputs, input_source=input_source)
+    """Kick off the import of ``inputs`` and wait for it to finish.
+
+    A wait given up (no completion within ``polling.timeout``, an error answer after the client's
+    retries, a completion body that is not one) or interrupted (Ctrl-C) leaves a job running that
+    nobody will read: the server is asked to cancel it (:func:`cancel_import`, at most
+    :data:`CANCEL_DEADLINE` seconds) before the error goes on, its message saying whether the
+    server accepted. An interrupt during the kick-off itself cannot cancel: the job's status URL
+    is not known yet.
+    """
+    try:
+        status_url, completion = start_import(client, inputs, input_source=input_source)
+    except KeyboardInterrupt:
+        log.warning(
+            "interrupted during the $import kick-off: if the server accepted it, the import runs "
+            "on and cannot be cancelled from here (its status URL was not received)"
+        )
+        raise
     try:
         return wait_for_import(client, status_url, inputs, polling=polling, completion=completion)
     except KeyboardInterrupt:
-        cancel_import(client, status_url)
+        if cancel_import(client, status_url):
+            log.warning("interrupted: the $import was cancelled (DELETE accepted)")
+        raise
+    except FhirAllianceError as exc:
+        cancelled = cancel_import(client, status_url)
+        exc.message += (
+            "; the import was cancelled (DELETE accepted)"
+            if cancelled
+            else "; cancelling the import failed: the server may still import the files"
+        )
+        exc.args = (exc.message,)
         raise
 
 
 def cancel_import(client: FhirClient, status_url: str) -> bool:
     """``DELETE`` the status URL, the proposal's way to cancel an import; True when the server
-    accepted it. Failures are logged (status only) and reported as False, never raised."""
+    accepted it. Bounded by :data:`CANCEL_DEADLINE` (retries included). Failures are logged
+    (status only) and reported as False, never raised."""
     try:
-        client._request("DELETE", status_url, replay=Replay.IDEMPOTENT)
+        with running_under(Deadline(CANCEL_DEADLINE)):
+            client._request("DELETE", status_url, replay=Replay.IDEMPOTENT)
     except ServerError as exc:
-        log.warning("$import cancel was not accepted (%s)", exc.status or type(exc).__name__)
+        log.warning(
+            "$import cancel was not accepted (%s): the server may still import the files",
+            exc.status or type(exc).__name__,
+        )
         return False
     return True
 
@@ -363,29 +407,65 @@ def _outcome(
 
 class _FileHandler(BaseHTTPRequestHandler):
     """GET/HEAD of exactly the files registered on the server: 404 for any other path (no
-    listing, nothing else of the disk), 501 for any other method."""
+    listing, nothing else of the disk), 501 for any other method.
+
+    One request per connection (HTTP/1.0, ``Connection: close``) and a socket timeout, so that
+    no connection outlives the import; a file that vanished or changed since it was registered
+    is not served, and nothing of its path is printed."""
 
     server: FileServer
-    protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.0"
+    timeout = FILE_SERVER_TIMEOUT
+
+    def _empty(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
 
     def _send(self, body: bool) -> None:
-        path = self.server.routes.get(self.path.split("?", 1)[0])
-        if path is None:
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+        served = self.server.route(self.path.split("?", 1)[0])
+        if served is None:
+            self._empty(404)
             return
-        with path.open("rb") as handle:
-            size = path.stat().st_size
+        path, identity = served
+        try:
+            handle = path.open("rb")
+        except OSError as exc:
+            log.warning("bulk file server: a served file cannot be opened (%s)", type(exc).__name__)
+            self._empty(404 if isinstance(exc, FileNotFoundError) else 500)
+            return
+        with handle:
+            stat = os.fstat(handle.fileno())
+            if _identity(stat) != identity:
+                log.warning("bulk file server: a served file changed after it was checked")
+                self._empty(409)
+                return
             self.send_response(200)
             self.send_header("Content-Type", NDJSON)
-            self.send_header("Content-Length", str(size))
+            self.send_header("Content-Length", str(stat.st_size))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
             self.end_headers()
-            if body:
-                shutil.copyfileobj(handle, self.wfile)
-                with self.server.lock:
-                    self.server.fetched[path.name] = self.server.fetched.get(path.name, 0) + 1
+            if not body:
+                return
+            remaining = stat.st_size
+            try:
+                while remaining > 0:
+                    chunk = handle.read(min(remaining, 1 << 16))
+                    if not chunk:
+                        break
+                    self.wfile.write(chunk)
+                    remaining -= len(chunk)
+            except OSError as exc:  # the fetcher went away, or the server was stopped
+                log.debug("bulk file server: a download ended early (%s)", type(exc).__name__)
+                self.close_connection = True
+                return
+            if remaining:
+                log.warning("bulk file server: a served file shrank while being sent")
+                return
+            with self.server.lock:
+                self.server.fetched[path.name] = self.server.fetched.get(path.name, 0) + 1
 
     def do_GET(self) -> None:
         self._send(body=True)
@@ -398,35 +478,136 @@ class _FileHandler(BaseHTTPRequestHandler):
         log.debug("bulk file server answered a request")
 
 
+_LINGER_OFF = struct.pack("ii", 1, 0)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """What says a file is the one registered: device, inode, size, modification time."""
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 class FileServer(ThreadingHTTPServer):
     """The HTTP server behind :func:`serve_files`: ``urls`` maps each file name to its URL,
-    ``fetched`` counts completed downloads per file name."""
+    ``fetched`` counts completed downloads per file name. :meth:`stop` ends it for good: no
+    route answers any more and every open connection is cut, downloads in flight included."""
 
     daemon_threads = True
 
-    def __init__(self, host: str, port: int, files: Mapping[str, Path]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        files: Mapping[str, Path],
+        checked: Mapping[str, os.stat_result] | None = None,
+    ) -> None:
         if ":" in host:
             self.address_family = socket.AF_INET6
+        # What is served is fixed now (or was when the caller checked the files): a file replaced
+        # or rewritten later is refused (409).
+        identities: dict[str, tuple[int, int, int, int]] = {}
+        for name, path in files.items():
+            try:
+                identities[name] = _identity((checked or {}).get(name) or Path(path).stat())
+            except OSError as exc:
+                why = type(exc).__name__
+                raise InputError(
+                    f"a file to serve cannot be read ({why})",
+                    issues=[Issue(path=name, message=f"cannot be read ({why})")],
+                ) from None
         super().__init__((host, port), _FileHandler)
         token = secrets.token_urlsafe(18)
         netloc = f"[{host}]" if ":" in host else host
         #: Scheme, host and port: what the files are served from, without the secret path.
         self.origin = f"http://{netloc}:{self.server_address[1]}"
-        self.routes = {f"/{token}/{quote(name)}": Path(path) for name, path in files.items()}
+        self.routes = {
+            f"/{token}/{quote(name)}": (Path(path), identities[name])
+            for name, path in files.items()
+        }
         self.urls = {name: f"{self.origin}/{token}/{quote(name)}" for name in files}
         self.fetched: dict[str, int] = {}
         self.lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._idle = threading.Condition(self.lock)
+        self._stopped = False
+
+    def route(self, path: str) -> tuple[Path, tuple[int, int, int, int]] | None:
+        with self.lock:
+            return None if self._stopped else self.routes.get(path)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.lock:
+            stopped = self._stopped
+            if not stopped:
+                self._connections.add(request)
+        if stopped:
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        with self.lock:
+            self._connections.discard(request)
+            if not self._connections:
+                self._idle.notify_all()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # The standard library prints a traceback, which can quote the served file's path (an
+        # export directory is often named after the client): one fixed line instead.
+        kind = sys.exc_info()[0]
+        log.warning("bulk file server: a request failed (%s)", kind.__name__ if kind else "error")
+
+    def stop(self) -> None:
+        """Serve nothing more: clear the routes, stop accepting, cut every open connection, and
+        wait (a few seconds at most) for their handlers to end, so that ``fetched`` is final."""
+        with self.lock:
+            self._stopped = True
+            self.routes.clear()
+        self.shutdown()
+        with self.lock:
+            open_connections = list(self._connections)
+        for connection in open_connections:
+            with contextlib.suppress(OSError):  # already closed by its handler
+                # Linger 0: the handler's close resets the connection, dropping what is still
+                # queued to send (a plain shutdown would deliver it first).
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+                connection.shutdown(socket.SHUT_RDWR)
+        with self.lock:
+            self._idle.wait_for(lambda: not self._connections, timeout=5)
+        self.server_close()
+
+
+def numeric_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as the address a socket binds for it, for every spelling of a numeric address
+    (``::0``, ``0:0:0:0:0:0:0:0``, and the IPv4 shorthands ``0``, ``127.1``, ``0x7f.1`` that the
+    C library reads); None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 @contextmanager
 def serve_files(
-    files: Mapping[str, Path], *, host: str = "127.0.0.1", port: int = 0
+    files: Mapping[str, Path],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    checked: Mapping[str, os.stat_result] | None = None,
 ) -> Iterator[FileServer]:
     """Serve ``files`` (name → path) read-only over HTTP while the ``with`` block runs, each at
-    ``http://HOST:PORT/<random>/<name>``; port 0 picks a free one. InputError when it cannot
-    listen there."""
+    ``http://HOST:PORT/<random>/<name>``; port 0 picks a free one. When the block ends nothing is
+    served any more, not even on a connection opened before.
+
+    A file is served only while it is the one registered: the ``checked`` stat of its name if
+    given (taken when the caller read it), else its stat now; a file rewritten or replaced since
+    gets ``409``. InputError when it cannot listen there or a file cannot be read."""
     try:
-        server = FileServer(host, port, files)
+        server = FileServer(host, port, files, checked)
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         raise InputError(
@@ -438,6 +619,5 @@ def serve_files(
     try:
         yield server
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
         thread.join(timeout=5)

@@ -177,8 +177,9 @@ def test_a_relative_status_url_is_resolved_against_the_base(
 def test_500_on_poll_is_retried_then_raised_with_the_outcome(
     httpserver: HTTPServer, retry_policy: RetryPolicy, slept: RecordedSleep
 ) -> None:
-    """202, then the status URL answers 500: retried as any GET (4 attempts), then the client's
-    TransientServerError carrying the server's OperationOutcome."""
+    """202, then the status URL answers 500: retried as any GET (4 attempts), then the job is
+    cancelled (DELETE, here refused as well, which the message says) and the client's
+    TransientServerError carrying the server's OperationOutcome is raised."""
     status = "/fhir/$import-status/job1"
     _accept(httpserver, httpserver.url_for(status))
     httpserver.expect_request(status).respond_with_json(
@@ -190,7 +191,9 @@ def test_500_on_poll_is_retried_then_raised_with_the_outcome(
             _client(httpserver, retry_policy), INPUTS, input_source="urn:x", polling=_polling(slept)
         )
     assert caught.value.status == 500 and caught.value.outcome is not None
-    assert len([r for r, _ in httpserver.log if r.path == status]) == 4
+    assert "cancelling the import failed" in caught.value.message
+    methods = [r.method for r, _ in httpserver.log if r.path == status]
+    assert methods.count("GET") == 4 and set(methods[4:]) == {"DELETE"}
 
 
 @pytest.mark.parametrize(
