@@ -404,6 +404,23 @@ class Store(Protocol):
         answer per mark, in order. An item whose lease ``worker`` lost writes nothing (False);
         the others are recorded with their audit entries."""
 
+    def mark_sent_late(self, marks: Sequence[SentMark], *, at: datetime) -> int:
+        """Record sends that reached the server although their worker no longer held the lease
+        (:meth:`mark_sent_many` answered False: the send outlasted the lease). What landed is a
+        fact whoever holds the item now: in one transaction each item becomes SENT (from
+        SUPERSEDED, HELD, DEAD_LETTERED, or pending under another worker's lease, which it
+        releases; the other worker's ``mark_*`` then finds it sent) and its audit entries are
+        added (the disclosure happened). An item SENT already keeps, per resource, the newer of
+        the versions it lists and the one given (another worker sent the same item too: the
+        server holds the later write); when one given is newer, a retraction noted on the item is
+        cleared, since the server holds this send's write again. Version ids are compared as
+        numbers where both are; else the one given wins.
+        An older version that landed after a newer item of its record was sent (neither had an
+        If-Match: the record's first send) put older content over newer: the newer SENT item
+        then lists the server's later versions (so that the next update's If-Match holds) and
+        the record's newest version is queued again, unless an item of it waits already
+        (queued, failed or held). Returns how many records were queued again."""
+
     def mark_held(
         self, item_id: int, worker: str, *, reason: str, audit: Sequence[AuditEntry], at: datetime
     ) -> bool: ...

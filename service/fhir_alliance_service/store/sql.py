@@ -266,6 +266,38 @@ def _unless_newer(state: SyncState) -> Any:
     return case((_HAS_NEWER_ITEM, SyncState.SUPERSEDED.value), else_=state.value)
 
 
+def _later_version(given: str | None, listed: str | None) -> bool:
+    """Whether version id ``given`` is a later write than ``listed`` (``mark_sent_late``):
+    compared as numbers where both are (servers count versions up); else a different one is."""
+    if given is None or given == listed:
+        return False
+    if listed is None:
+        return True
+    if given.isdigit() and listed.isdigit():
+        return int(given) > int(listed)
+    return True
+
+
+def _later_versions(
+    listed: Sequence[Mapping[str, Any]] | None, given: Sequence[SentResource]
+) -> tuple[list[dict[str, Any]], bool]:
+    """``given`` (a send's resources) as an item's ``sent`` column, each resource with the later
+    of its given version and the one ``listed`` (the item's column) names; and whether any given
+    one is later (or not listed)."""
+    versions = {(e["resource_type"], e["id"]): e.get("version_id") for e in listed or ()}
+    merged: list[dict[str, Any]] = []
+    newer = False
+    for resource in given:
+        key = (resource.resource_type, resource.id)
+        version = resource.version_id
+        if key in versions and not _later_version(version, versions[key]):
+            version = versions[key]  # the server holds the other send's later write
+        else:
+            newer = True
+        merged.append({"resource_type": key[0], "id": key[1], "version_id": version})
+    return merged, newer
+
+
 def _stored_record(row: AnyRow) -> StoredRecord:
     return StoredRecord(
         record_id=row.record_id,
@@ -1020,6 +1052,101 @@ class SqlStore(AuditQueueSql):
             if audit_rows:
                 connection.execute(insert(audit_log), audit_rows)
         return landed
+
+    def mark_sent_late(self, marks: Sequence[SentMark], *, at: datetime) -> int:
+        if not marks:
+            return 0
+        ids = [mark.item_id for mark in marks]
+        requeued = 0
+        with self._write() as connection:
+            rows = {
+                row.item_id: row
+                for row in connection.execute(
+                    select(outbox.c.item_id, outbox.c.record_id, outbox.c.state, outbox.c.sent)
+                    .where(outbox.c.item_id.in_(ids))  # one Bundle's items: a short IN list
+                    .with_for_update()
+                )
+            }
+            for mark in marks:
+                row = rows.get(mark.item_id)
+                if row is None:
+                    continue
+                sent_json, newer = _later_versions(row.sent, mark.sent)
+                values: dict[str, Any] = {"sent": sent_json, "updated_at": at}
+                if row.state != SyncState.SENT.value:
+                    values.update(
+                        state=SyncState.SENT.value,
+                        held_reason=None,
+                        next_attempt_at=None,
+                        lease_owner=None,
+                        lease_until=None,
+                        lost_leases=0,
+                    )
+                elif newer:
+                    values["retraction"] = None  # our write is on the server again
+                connection.execute(
+                    update(outbox).where(outbox.c.item_id == mark.item_id).values(**values)
+                )
+                requeued += self._overtaken(connection, row.record_id, mark, at)
+            audit_rows = [
+                _audit_row(entry) for mark in marks if mark.item_id in rows for entry in mark.audit
+            ]
+            if audit_rows:
+                connection.execute(insert(audit_log), audit_rows)
+        return requeued
+
+    @staticmethod
+    def _overtaken(connection: Connection, record_id: str, mark: SentMark, at: datetime) -> int:
+        """``mark_sent_late``'s older version that landed after a newer one was sent: the newest
+        SENT item lists the server's later versions (the If-Match of the next update; a
+        retraction noted on it is cleared), and the record's newest version is queued again
+        unless an item of it waits already (queued, failed or held). 1 if queued, else 0."""
+        newest = connection.execute(
+            select(outbox.c.item_id, outbox.c.sent)
+            .where(
+                outbox.c.record_id == record_id,
+                outbox.c.state == SyncState.SENT.value,
+                outbox.c.item_id > mark.item_id,
+            )
+            .order_by(outbox.c.item_id.desc())
+            .limit(1)
+            .with_for_update()
+        ).first()
+        if newest is None:
+            return 0
+        sent_json, newer = _later_versions(newest.sent, mark.sent)
+        if not newer:
+            return 0  # the newer version's write came after ours: the server holds it
+        connection.execute(
+            update(outbox)
+            .where(outbox.c.item_id == newest.item_id)
+            .values(sent=sent_json, retraction=None, updated_at=at)
+        )
+        waiting = (SyncState.QUEUED.value, SyncState.FAILED.value, SyncState.HELD.value)
+        pending = connection.execute(
+            select(outbox.c.item_id)
+            .where(outbox.c.record_id == record_id, outbox.c.state.in_(waiting))
+            .limit(1)
+        ).first()
+        if pending is not None:
+            return 0  # that item carries the newest version
+        head = connection.execute(
+            select(record_heads.c.version, record_heads.c.patient).where(
+                record_heads.c.record_id == record_id
+            )
+        ).one()
+        connection.execute(
+            insert(outbox).values(
+                record_id=record_id,
+                record_version=head.version,
+                patient=head.patient,
+                state=SyncState.QUEUED.value,
+                attempts=0,
+                created_at=at,
+                updated_at=at,
+            )
+        )
+        return 1
 
     def mark_held(
         self, item_id: int, worker: str, *, reason: str, audit: Sequence[AuditEntry], at: datetime

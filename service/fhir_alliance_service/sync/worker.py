@@ -553,7 +553,8 @@ class Worker:
     def _record_sent(
         self, sends: list[tuple[_Ready, list[EntryOutcome]]], report: BatchReport
     ) -> None:
-        """Record a Bundle's items as sent, in one store transaction (``mark_sent_many``)."""
+        """Record a Bundle's items as sent, in one store transaction (``mark_sent_many``); those
+        whose lease was lost meanwhile all the same (``mark_sent_late``): they landed."""
         at = self.clock()
         marks: list[SentMark] = []
         for entry, outcomes in sends:
@@ -590,9 +591,21 @@ class Worker:
         for mark, recorded in zip(marks, landed, strict=True):
             if self._count(recorded, report, "sent"):
                 report.resources_sent += len(mark.sent)
-        self._retract_if_revoked_in_flight(
-            [entry for (entry, _), recorded in zip(sends, landed, strict=True) if recorded]
-        )
+        late = [mark for mark, recorded in zip(marks, landed, strict=True) if not recorded]
+        if late:
+            # The send outlasted the lease (its HTTP timeout is per socket operation, not for the
+            # whole send): another worker or intake may have the item by now, but what landed
+            # is on the server, a disclosure that must stay tracked and retractable. Recorded
+            # whoever holds the item (SENT, with its audit): never left untracked.
+            requeued = self.store.mark_sent_late(late, at=at)
+            log.warning(
+                "%d send(s) landed after the lease ran out: recorded late; %d record(s) whose "
+                "newer version they overwrote queued again",
+                len(late),
+                requeued,
+            )
+        # Late ones too: a revocation that came meanwhile found nothing sent to retract.
+        self._retract_if_revoked_in_flight([entry for entry, _ in sends])
 
     def _retract_if_revoked_in_flight(self, sent: list[_Ready]) -> None:
         """A consent change stored while the Bundle was on its way (after the last check, before
