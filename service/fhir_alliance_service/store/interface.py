@@ -452,7 +452,10 @@ class Store(Protocol):
         does to an unsent older version that is not leased."""
 
     def release_held(self, patient: str, *, at: datetime) -> int:
-        """Re-queue every HELD item of ``patient`` (their consents changed); returns how many."""
+        """Re-queue every HELD item of ``patient`` (their consents changed); returns how many.
+        Items held for a person (a conflict flagged for a person to decide, a draft note before
+        its signature: ``sql.HELD_FOR_A_PERSON``) stay held: a consent change decides nothing
+        for them."""
 
     def replay(self, record_id: str | None = None, *, at: datetime) -> ReplayResult:
         """Re-queue DEAD_LETTERED items (one record's, or all); attempts start again at 0. An
@@ -618,7 +621,8 @@ class Store(Protocol):
 
     def held_since(self) -> dict[str, datetime]:
         """Each patient key with HELD items, and when the oldest of them was held (its
-        ``updated_at``), in one query: the worker's consent time pass (``sync/consent_times.py``)."""
+        ``updated_at``), in one query: the worker's consent time pass (``sync/consent_times.py``).
+        Only the items :meth:`release_held` would re-queue count (not those held for a person)."""
 
     def queue_again(
         self,

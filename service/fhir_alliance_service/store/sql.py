@@ -107,6 +107,22 @@ _newer = outbox.alias("newer")
 _HAS_NEWER_ITEM = exists().where(
     _newer.c.record_id == outbox.c.record_id, _newer.c.item_id > outbox.c.item_id
 )
+#: Held reasons that wait for a person, not for the patient's consents: a record someone else
+#: changed on the FHIR server, flagged by the conflict policy (``sync.worker.CONFLICT_HELD_REASON``),
+#: and a draft note waiting for its signature (``sync.gate.HoldReason.DRAFT_NOTE``; signing stores
+#: a new version, which supersedes the held one). ``release_held`` leaves them held (re-sending a
+#: flagged record meets the same 412 and flags it again) and ``held_since`` ignores them. The words
+#: are repeated here because the store must not import the sync package (which imports the
+#: store); tests/review_sync/test_remote_edits.py pins them to their sources.
+HELD_FOR_A_PERSON = (
+    "changed on the FHIR server by someone else since our last send: a person must decide",
+    "a draft note is not sent before the therapist signs it",
+)
+#: A HELD item that a change of its patient's consents may release (the gate decides it again).
+_HELD_FOR_CONSENTS = and_(
+    outbox.c.state == SyncState.HELD.value,
+    or_(outbox.c.held_reason.is_(None), outbox.c.held_reason.not_in(HELD_FOR_A_PERSON)),
+)
 
 
 #: A patient's keys (the one records are filed under, flagged, and its aliases) with the count
@@ -1201,7 +1217,7 @@ class SqlStore(AuditQueueSql):
         with self._write() as connection:
             result = connection.execute(
                 update(outbox)
-                .where(outbox.c.patient.in_(keys), outbox.c.state == SyncState.HELD.value)
+                .where(outbox.c.patient.in_(keys), _HELD_FOR_CONSENTS)
                 .values(state=SyncState.QUEUED.value, held_reason=None, updated_at=at)
             )
             return int(result.rowcount)
@@ -1683,7 +1699,7 @@ class SqlStore(AuditQueueSql):
     def held_since(self) -> dict[str, datetime]:
         query = (
             select(outbox.c.patient, func.min(outbox.c.updated_at))
-            .where(outbox.c.state == SyncState.HELD.value)
+            .where(_HELD_FOR_CONSENTS)  # what release_held would re-queue
             .group_by(outbox.c.patient)
         )
         with self._read() as connection:
