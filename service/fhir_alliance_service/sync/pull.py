@@ -30,7 +30,8 @@ whose consents changed. See docs/two-way-sync.md.
   withdrawal (a consent revoked, expired or withdrawn here set back to active, draft or proposed
   there) is never adopted: our version is queued to be written back at once, ``If-Match`` the
   server's version (a conflict, ``withdrawal-reasserted``); any other edit is a conflict, counted
-  and noted on the record, settled by the conflict policy at the next push.
+  and noted on the record (``remote-edited``): our version is queued again, ``If-Match`` our last
+  written version, so its 412 is settled by the conflict policy (overwrite, keep-remote, flag).
 * **Observations** (``pull_observations``) are kept read-only in ``pulled_resources``; never
   pushed back.
 
@@ -134,6 +135,10 @@ IGNORED_WHY = (IGNORED_OTHER_SERVER, IGNORED_NOT_OURS, IGNORED_NO_PATIENT)
 #: The conflict of a consent of ours withdrawn here that someone put back in force on the server:
 #: our version is written back (the record's ``conflict``, the metric's and the audit's outcome).
 REASSERTED = "withdrawal-reasserted"
+#: The conflict of a consent of ours someone else edited on the server and left active: our
+#: version is queued again and the conflict policy settles it at its send (the record's
+#: ``conflict`` until then).
+REMOTE_EDITED = "remote-edited"
 #: Server statuses (R4 and R5) under which a Consent is, or may come, in force.
 _MAY_BE_IN_FORCE = frozenset({"active", "draft", "proposed"})
 
@@ -778,8 +783,14 @@ class Puller:
             return row("withdrawn" if self._withdraw_ours(record_id, patient, report) else "merged")
         report.conflicts += 1
         CONFLICTS.labels("remote-edit-seen").inc()
-        if last is not None and last.item_id is not None:
-            self.store.mark_conflict(last.item_id, "remote-edited", at=self.clock())
+        # The service is the source of truth: our newest version is queued again (unless a push
+        # of the record is pending already: it carries that version). Its update is made
+        # If-Match our last written version (the row is noted "conflict", not "withdrawn"), so
+        # it meets the 412 and CONFLICT_POLICY settles the edit: overwrite, keep-remote or flag.
+        now = self.clock()
+        queued = self.store.queue_again(record_id, conflict=REMOTE_EDITED, audit=[], at=now)
+        if queued is None and last.item_id is not None:
+            self.store.mark_conflict(last.item_id, REMOTE_EDITED, at=now)
         return row("conflict")
 
     def _withdraw_ours(self, record_id: str, patient: str, report: PullReport) -> bool:

@@ -643,9 +643,8 @@ class Worker:
 
     def _if_match(self, item: OutboxItem) -> dict[tuple[str, str], str]:
         """The versions of this record's resources after our last send, for If-Match (none for
-        a record never sent: a PUT to its deterministic id creates it)."""
-        if item.record_version == 1:
-            return {}
+        a record never sent: a PUT to its deterministic id creates it). A version sent before,
+        version 1 included (the pull queues our newest version again), is written against them."""
         last = self.store.last_sent(item.record_id)
         if last is None:
             return {}

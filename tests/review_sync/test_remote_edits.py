@@ -1,0 +1,273 @@
+"""Sync review, remote edits of what we own: an active consent of ours edited on the FHIR server is
+settled by the conflict policy (not only noted); a write-back of a record at version 1 carries
+If-Match; conflict-flagged (and draft) holds wait for a person, not for a consent change."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fhir_alliance_service.metrics import REGISTRY
+from fhir_alliance_service.store import SqlStore, open_store
+from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.sync.gate import HoldReason
+from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
+
+from tests.review_sync.steps import before_send, value_of
+from tests.service.conftest import (  # noqa: F401 (fixtures: the store on PostgreSQL)
+    empty_postgres_schema,
+    postgres_url,
+)
+from tests.service.store.builders import at, record
+from tests.service.sync import records as R
+from tests.service.sync import remote
+from tests.service.sync.conftest import SyncHarness, puller
+
+RECORD = R.RECORD_SYSTEM
+EDITED_AT = "2026-11-03T09:00:00+00:00"
+
+
+def _conflicts(outcome: str) -> float:
+    return REGISTRY.get_sample_value("fhir_alliance_conflicts_total", {"outcome": outcome}) or 0.0
+
+
+def _conflict_events(harness: SyncHarness, record_id: str) -> list[str]:
+    return [
+        str(a.resource.get("outcomeDesc"))
+        for a in harness.store.list_audit(record_id=record_id)
+        if a.action == "conflict"
+    ]
+
+
+def _consent_on_server(harness: SyncHarness) -> dict[str, Any]:
+    [on_server] = harness.on_server("Consent", R.consent_id(harness.run, "Patient/p1"))
+    return on_server
+
+
+def _content(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k not in ("meta", "text")}
+
+
+# ---------------------------------------------------------------- 1. an active consent edited
+
+
+def _sent_consent(harness: SyncHarness, *, changed_here: bool) -> tuple[str, dict[str, Any]]:
+    """Our sharing consent of Patient/p1, sent (at record version 2 when ``changed_here``): its
+    record id and the server's copy of our write."""
+    payload = R.sharing_consent(harness.run)
+    [consent] = harness.intake([payload])
+    assert harness.drain().sent == 1
+    if changed_here:
+        payload["date"] = "2026-11-02T09:00:00+00:00"
+        [consent] = harness.intake([payload])
+        assert consent.version == 2 and harness.drain().sent == 1
+    return consent.record_id, _consent_on_server(harness)
+
+
+@pytest.mark.parametrize("changed_here", [False, True], ids=["version-1", "version-2"])
+@pytest.mark.parametrize("policy", ["flag", "overwrite", "keep-remote"])
+def test_an_active_consent_edited_on_the_server_is_settled_by_the_conflict_policy(
+    harness: SyncHarness, policy: str, changed_here: bool
+) -> None:
+    """Someone edits the content of our active consent on the FHIR server and leaves it active.
+    The service is the source of truth: the pull queues our version again, its update is made
+    If-Match our last write, meets the 412, and CONFLICT_POLICY settles it as documented (flag:
+    held for a person, their edit stays; overwrite: ours is written; keep-remote: theirs is
+    recorded as what the server holds), with its conflict AuditEvent. The pass after settles
+    nothing more."""
+    record_id, ours = _sent_consent(harness, changed_here=changed_here)
+    theirs = remote.update(harness.server, ours, dateTime=EDITED_AT)
+    report = puller(harness).pull(full_listing=True)
+    assert report.conflicts == 1
+    status = harness.store.sync_status(record_id)
+    assert status is not None and status.conflict == "remote-edited"
+    harness.drain(conflict_policy=policy)
+    on_server = _consent_on_server(harness)
+    status = harness.store.sync_status(record_id)
+    assert status is not None
+    print(
+        f"policy={policy} state={status.state.value} conflict={status.conflict} "
+        f"server_dateTime={on_server.get('dateTime')} events={_conflict_events(harness, record_id)}"
+    )
+    expected = {"flag": "flagged", "overwrite": "overwritten", "keep-remote": "kept-remote"}
+    assert status.conflict == expected[policy], "the remote edit was never settled"
+    assert _conflict_events(harness, record_id) == [expected[policy]]
+    if policy == "flag":
+        assert status.state is SyncState.HELD and status.held_reason == CONFLICT_HELD_REASON
+        assert on_server["meta"]["versionId"] == theirs["meta"]["versionId"]
+    elif policy == "overwrite":
+        assert status.state is SyncState.SENT
+        assert _content(on_server) == _content(ours), "the EHR keeps someone else's edit"
+        assert [s.version_id for s in status.sent] == [on_server["meta"]["versionId"]]
+    else:
+        assert status.state is SyncState.SENT
+        assert on_server.get("dateTime") == theirs.get("dateTime")
+        assert [s.version_id for s in status.sent] == [theirs["meta"]["versionId"]]
+    again = puller(harness).pull(full_listing=True)
+    assert (again.conflicts, harness.drain(conflict_policy=policy).claimed) == (0, 0)
+
+
+# ---------------------------------------------------------------- 2. If-Match at version 1
+
+
+def _draft_consent_put_in_force(harness: SyncHarness) -> tuple[str, dict[str, Any]]:
+    """Our consent taken in as a draft (record version 1) and sent; someone sets it active on the
+    FHIR server; the pull queues our draft to be written back: its record id, the server's copy."""
+    payload = R.sharing_consent(harness.run)
+    payload["status"] = "draft"
+    payload["history"] = [{"status": "draft", "at": payload["date"], "by": payload["grantor"]}]
+    [draft] = harness.intake([payload])
+    assert draft.version == 1 and harness.drain().sent == 1
+    put_in_force = remote.update(harness.server, _consent_on_server(harness), status="active")
+    report = puller(harness).pull(full_listing=True)
+    assert report.reasserted == 1
+    return draft.record_id, put_in_force
+
+
+def test_a_draft_written_back_at_version_1_goes_if_match_the_version_the_pull_saw(
+    harness: SyncHarness,
+) -> None:
+    """The write-back of a version-1 consent with no further change: written against the server
+    version the pull noted (no 412), the consent is a draft on the server again."""
+    record_id, _ = _draft_consent_put_in_force(harness)
+    if_match: list[str | None] = []
+    original = harness.client.transaction
+
+    def transaction(requests: Any, *args: Any, **kwargs: Any) -> Any:
+        if_match.extend(r.if_match for r in requests)
+        return original(requests, *args, **kwargs)
+
+    harness.client.transaction = transaction  # type: ignore[method-assign]
+    harness.drain(conflict_policy="flag")
+    assert if_match == ['W/"2"']
+    status = harness.store.sync_status(record_id)
+    assert status is not None and status.state is SyncState.SENT
+    assert status.conflict == "withdrawal-reasserted"
+    assert _consent_on_server(harness)["status"] == "draft"
+
+
+@pytest.mark.parametrize("policy", ["flag", "overwrite"])
+def test_a_write_back_at_version_1_does_not_silently_overwrite_a_concurrent_edit(
+    harness: SyncHarness, policy: str
+) -> None:
+    """Between the pull and the write-back of the version-1 draft, someone edits the Consent on
+    the server again. The write-back carries If-Match the version the pull saw, so it meets the
+    412 and the conflict policy decides (flag: held, their edit stays; overwrite: written, and
+    said so), instead of a PUT without If-Match silently overwriting their edit."""
+    record_id, put_in_force = _draft_consent_put_in_force(harness)
+    edited: list[dict[str, Any]] = []
+    before_send(
+        harness,
+        lambda: edited.append(remote.update(harness.server, put_in_force, dateTime=EDITED_AT)),
+    )
+    harness.drain(conflict_policy=policy)
+    on_server = _consent_on_server(harness)
+    status = harness.store.sync_status(record_id)
+    assert status is not None
+    events = _conflict_events(harness, record_id)
+    print(f"policy={policy} state={status.state.value} conflict={status.conflict} events={events}")
+    expected = {"flag": "flagged", "overwrite": "overwritten"}[policy]
+    assert status.conflict == expected, "the concurrent edit was overwritten without a conflict"
+    assert events == ["withdrawal-reasserted", expected]
+    if policy == "flag":
+        assert status.state is SyncState.HELD
+        assert on_server["meta"]["versionId"] == edited[0]["meta"]["versionId"]
+    else:
+        assert status.state is SyncState.SENT and on_server["status"] == "draft"
+
+
+# ---------------------------------------------------------------- 3. holds that wait for a person
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite_url", id="sqlite"),
+        pytest.param("postgres_url", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def any_store(request: pytest.FixtureRequest) -> Iterator[SqlStore]:
+    """A store on a migrated SQLite database, then on PostgreSQL (the contract tests' two)."""
+    opened = open_store(request.getfixturevalue(request.param))
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def test_release_held_leaves_holds_that_wait_for_a_person(any_store: SqlStore) -> None:
+    """``release_held`` re-queues a patient's items held by the consent gate, never those held
+    for a person (a conflict flagged for a person to decide, a draft note before its signature):
+    a consent change decides nothing for them. ``held_since`` (the consent time pass) ignores
+    them likewise, so an old such hold does not make every later pass re-queue the patient."""
+    any_store.put_records([record(n) for n in (1, 2, 3)], audit=[], at=at(0))
+    items = any_store.claim("w", limit=10, lease_seconds=30, now=at(1), per_patient=10)
+    reasons = {
+        "rec-000001": CONFLICT_HELD_REASON,
+        "rec-000002": HoldReason.DRAFT_NOTE.words,
+        "rec-000003": HoldReason.NO_CONSENT.words,
+    }
+    when = {"rec-000001": 2, "rec-000002": 3, "rec-000003": 5}
+    for item in items:
+        held = any_store.mark_held(
+            item.item_id, "w", reason=reasons[item.record_id], audit=[], at=at(when[item.record_id])
+        )
+        assert held
+    conflict = next(i for i in items if i.record_id == "rec-000001")
+    any_store.mark_conflict(conflict.item_id, "flagged", at=at(2))
+    assert any_store.held_since() == {"Patient/p1": at(5)}
+    assert any_store.release_held("Patient/p1", at=at(6)) == 1
+    states = {r: any_store.sync_status(r) for r in reasons}
+    assert {r: s.state if s else None for r, s in states.items()} == {
+        "rec-000001": SyncState.HELD,
+        "rec-000002": SyncState.HELD,
+        "rec-000003": SyncState.QUEUED,
+    }
+    assert {r: s.held_reason if s else None for r, s in states.items() if r != "rec-000003"} == {
+        "rec-000001": CONFLICT_HELD_REASON,
+        "rec-000002": HoldReason.DRAFT_NOTE.words,
+    }
+    assert any_store.held_since() == {}
+    assert any_store.release_held("Patient/p1", at=at(7)) == 0
+
+
+def test_a_consent_change_does_not_resend_a_conflict_flagged_hold(harness: SyncHarness) -> None:
+    """A rating flagged for a person (someone edited it on the server; policy flag). The
+    patient's consents then change (more consents): the flagged rating is not sent again to
+    meet the same 412 and write another conflict AuditEvent; it waits for a person. What a person
+    can do still works: a new version of the record replaces the flagged one and its send is
+    settled by the conflict policy in force (here overwrite)."""
+    run = harness.run
+    harness.intake([R.sharing_consent(run), R.rating(run, 1, value=4)])
+    harness.drain()
+    [theirs] = harness.on_server("Observation", f"{RECORD}|trust-{run}-1")
+    remote.update(harness.server, theirs, valueInteger=1)
+    [rating] = harness.intake([R.rating(run, 1, value=5)])
+    harness.drain(conflict_policy="flag")
+    assert harness.state(rating.record_id) is SyncState.HELD
+    flagged = _conflicts("flagged")
+    for n in (2, 3):
+        harness.intake([R.sharing_consent(run, n=n)])
+        harness.drain(conflict_policy="flag")
+    status = harness.store.sync_status(rating.record_id)
+    assert status is not None
+    events = _conflict_events(harness, rating.record_id)
+    print(f"state={status.state.value} conflict_events={events}")
+    assert status.state is SyncState.HELD and status.held_reason == CONFLICT_HELD_REASON
+    assert events == ["flagged"], "each consent change re-sent the flagged record"
+    assert _conflicts("flagged") == flagged
+    [corrected] = harness.intake([R.rating(run, 1, value=3)])
+    assert harness.drain(conflict_policy="overwrite").sent == 1
+    status = harness.store.sync_status(rating.record_id)
+    assert status is not None and status.record_version == corrected.version == 3
+    assert status.state is SyncState.SENT and status.conflict == "overwritten"
+    [on_server] = harness.on_server("Observation", f"{RECORD}|trust-{run}-1")
+    assert value_of(on_server)["value"] == 3
+
+
+def test_the_store_knows_the_held_reasons_that_wait_for_a_person() -> None:
+    """The store repeats the words of the holds that wait for a person (it must not import the
+    sync package): they are the worker's and the gate's own."""
+    from fhir_alliance_service.store.sql import HELD_FOR_A_PERSON
+
+    assert set(HELD_FOR_A_PERSON) == {CONFLICT_HELD_REASON, HoldReason.DRAFT_NOTE.words}
