@@ -599,6 +599,11 @@ class Store(Protocol):
         """The newest SENT item of ``record_id``: the versions the server had after our last
         send (the ``If-Match`` of the next update)."""
 
+    def sent_versions(self, record_id: str) -> set[SentResource]:
+        """Every resource version that an item of ``record_id`` lists as sent (whichever item,
+        a send recorded late by ``mark_sent_late`` too): the versions on the server that we
+        wrote (the worker's 412 check, ``Worker._conflict``)."""
+
     def mark_retraction(
         self, item_id: int, retraction: str, *, audit: Sequence[AuditEntry], at: datetime
     ) -> None:

@@ -1657,6 +1657,18 @@ class SqlStore(AuditQueueSql):
             row = connection.execute(query).one_or_none()
         return None if row is None else _sync_status(row)
 
+    def sent_versions(self, record_id: str) -> set[SentResource]:
+        query = select(outbox.c.sent).where(
+            outbox.c.record_id == record_id, outbox.c.sent.is_not(None)
+        )
+        with self._read() as connection:
+            rows = connection.execute(query).all()
+        return {
+            SentResource(entry["resource_type"], entry["id"], entry.get("version_id"))
+            for row in rows
+            for entry in row.sent or ()
+        }
+
     def mark_retraction(
         self, item_id: int, retraction: str, *, audit: Sequence[AuditEntry], at: datetime
     ) -> None:

@@ -51,6 +51,7 @@ from fhir_alliance.errors import (
     loggable_outcome,
 )
 from fhir_alliance.mapping.export import validate_fastest
+from fhir_alliance.mapping.registry import mapper_for_kind
 from fhir_alliance.terminology import CANONICAL_BASE
 from fhir_alliance_service import audit
 from fhir_alliance_service.config import Settings
@@ -710,6 +711,14 @@ class Worker:
             ]
             self._record_sent([(entry, answers)], report)
             return
+        ours = self._our_versions(entry, current, batch)
+        if ours is not None:
+            # Our own later write (an older version of this record whose send outlasted its
+            # lease landed after this one was prepared): no one else's edit, nothing to settle.
+            # Sent again against it, and recorded and audited as any send.
+            log.info("item %d: the 412 answered a version we wrote: sent again", item.item_id)
+            self._send_group([replace(entry, if_match=ours)], batch)
+            return
         if policy == "overwrite":
             outcome = "overwritten"
             self._send_group([replace(entry, if_match={})], batch)
@@ -750,6 +759,55 @@ class Worker:
                 )
             ]
         )
+
+    def _our_versions(
+        self, entry: _Ready, current: Sequence[Mapping[str, Any]], batch: _Batch
+    ) -> dict[tuple[str, str], str] | None:
+        """The server's versions of ``entry``'s resources (``current``, read after a 412) when
+        each is one we wrote, as the If-Match of the send again; None when any is someone else's.
+        Ours: a version an item of this record lists as sent (``Store.sent_versions``, late
+        records too), or one holding the content of an older version of this record (a send of
+        ours that landed but is not recorded yet: the worker whose lease it outlasted records it
+        a moment later; our content, so nobody's edit is lost by writing the newer over it)."""
+        item = entry.item
+        recorded = self.store.sent_versions(item.record_id)
+        older: list[list[dict[str, Any]]] | None = None
+        versions: dict[tuple[str, str], str] = {}
+        for theirs in current:
+            key = (str(theirs["resourceType"]), str(theirs["id"]))
+            version = (theirs.get("meta") or {}).get("versionId")
+            if not version:
+                return None
+            versions[key] = str(version)
+            if SentResource(key[0], key[1], str(version)) in recorded:
+                continue
+            if older is None:
+                older = self._older_contents(item, batch.version)
+            if not any(
+                _content(mine) == _content(theirs)
+                for resources in older
+                for mine in resources
+                if (mine.get("resourceType"), mine.get("id")) == key
+            ):
+                return None
+        if versions == entry.if_match:
+            return None  # a 412 against the very versions we sent: not ours to explain
+        return versions
+
+    def _older_contents(self, item: OutboxItem, fhir_version: str) -> list[list[dict[str, Any]]]:
+        """The resources of the record's versions before ``item``'s (the latest few), mapped as
+        the worker maps them; a version that no longer maps is left out."""
+        mapped: list[list[dict[str, Any]]] = []
+        for version in range(item.record_version - 1, max(0, item.record_version - 10), -1):
+            record = self.store.get_record(item.record_id, version=version)
+            if record is None:
+                continue
+            mapper = mapper_for_kind(record.kind)
+            try:
+                mapped.append(list(mapper.to_fhir(mapper.load(record.body), version=fhir_version)))
+            except _RECORD_ERRORS:
+                continue
+        return mapped
 
     def _fail(
         self, item: OutboxItem, error: BaseException, report: BatchReport, batch: _Batch
