@@ -148,24 +148,26 @@ def test_a_412_against_our_own_late_write_sends_again_against_it(
     assert (actions.count("disclose"), actions.count("provenance")) == (3, 3)
 
 
+@pytest.mark.parametrize("value", [7, 1], ids=["new-value", "v1-value-restored"])
 @pytest.mark.parametrize("recorded_first", [True, False], ids=["recorded-first", "recorded-after"])
 def test_someone_elses_edit_after_our_late_write_is_still_a_conflict(
-    harness: SyncHarness, recorded_first: bool
+    harness: SyncHarness, recorded_first: bool, value: int
 ) -> None:
-    """Someone edits the rating after our late v2 landed and before v3 goes: v3's 412 is a
-    conflict, settled by the policy (flag: held for a person, their edit left on the server)."""
+    """Someone edits the rating after our late v2 landed and before v3 goes (to a value of
+    their own, or back to v1's, the version last recorded as sent): v3's 412 is a conflict,
+    settled by the policy (flag: held for a person, their edit left on the server)."""
 
     def edited_remotely() -> None:
         if not edits:
             theirs = _server_rating(harness)
-            quantity = {**theirs["valueQuantity"], "value": 7}
+            quantity = {**theirs["valueQuantity"], "value": value}
             edits.append(remote.update(harness.server, theirs, valueQuantity=quantity))
 
     edits: list[dict[str, Any]] = []
     record_id = _two_sends_of_one_if_match(
         harness, "flag", recorded_first=recorded_first, meanwhile=edited_remotely
     )
-    assert value_of(_server_rating(harness))["value"] == 7
+    assert value_of(_server_rating(harness))["value"] == value
     status = harness.store.sync_status(record_id)
     assert status is not None
     assert (status.record_version, status.state, status.conflict) == (

@@ -766,9 +766,10 @@ class Worker:
         """The server's versions of ``entry``'s resources (``current``, read after a 412) when
         each is one we wrote, as the If-Match of the send again; None when any is someone else's.
         Ours: a version an item of this record lists as sent (``Store.sent_versions``, late
-        records too), or one holding the content of an older version of this record (a send of
-        ours that landed but is not recorded yet: the worker whose lease it outlasted records it
-        a moment later; our content, so nobody's edit is lost by writing the newer over it)."""
+        records too), or one holding the content of a version of this record newer than the one
+        last recorded as sent (a send of ours that landed but is not recorded yet: the worker
+        whose lease it outlasted records it a moment later; our content, so nobody's edit is
+        lost by writing the newer over it)."""
         item = entry.item
         recorded = self.store.sent_versions(item.record_id)
         older: list[list[dict[str, Any]]] | None = None
@@ -795,10 +796,14 @@ class Worker:
         return versions
 
     def _older_contents(self, item: OutboxItem, fhir_version: str) -> list[list[dict[str, Any]]]:
-        """The resources of the record's versions before ``item``'s (the latest few), mapped as
-        the worker maps them; a version that no longer maps is left out."""
+        """The resources of the record's versions between the one last recorded as sent and
+        ``item``'s (the latest few): those whose send may have landed unrecorded, mapped as the
+        worker maps them; a version that no longer maps is left out. The version last recorded
+        is not among them: a remote edit that restores its content is someone else's edit."""
+        last = self.store.last_sent(item.record_id)
+        lowest = max(0 if last is None else last.record_version, item.record_version - 10)
         mapped: list[list[dict[str, Any]]] = []
-        for version in range(item.record_version - 1, max(0, item.record_version - 10), -1):
+        for version in range(item.record_version - 1, lowest, -1):
             record = self.store.get_record(item.record_id, version=version)
             if record is None:
                 continue
