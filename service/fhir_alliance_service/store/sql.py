@@ -282,6 +282,44 @@ def _unless_newer(state: SyncState) -> Any:
     return case((_HAS_NEWER_ITEM, SyncState.SUPERSEDED.value), else_=state.value)
 
 
+def _queue_newest(
+    connection: Connection, record_id: str, *, conflict: str | None, at: datetime
+) -> int | None:
+    """A new QUEUED item for the newest version of ``record_id`` (noted with ``conflict``), in
+    the caller's write transaction: its id, or None when the record is unknown or an item of it
+    is already waiting (queued, failed or held), which then carries the newest version."""
+    head = connection.execute(
+        select(record_heads.c.version, record_heads.c.patient).where(
+            record_heads.c.record_id == record_id
+        )
+    ).one_or_none()
+    if head is None:
+        return None
+    waiting = (SyncState.QUEUED.value, SyncState.FAILED.value, SyncState.HELD.value)
+    pending = connection.execute(
+        select(outbox.c.item_id)
+        .where(outbox.c.record_id == record_id, outbox.c.state.in_(waiting))
+        .limit(1)
+    ).first()
+    if pending is not None:
+        return None
+    result = connection.execute(
+        insert(outbox).values(
+            record_id=record_id,
+            record_version=head.version,
+            patient=head.patient,
+            state=SyncState.QUEUED.value,
+            attempts=0,
+            conflict=conflict,
+            created_at=at,
+            updated_at=at,
+        )
+    )
+    key = result.inserted_primary_key
+    assert key is not None  # an INSERT of one row
+    return int(key[0])
+
+
 def _later_version(given: str | None, listed: str | None) -> bool:
     """Whether version id ``given`` is a later write than ``listed`` (``mark_sent_late``):
     compared as numbers where both are (servers count versions up); else a different one is."""
@@ -1138,31 +1176,8 @@ class SqlStore(AuditQueueSql):
             .where(outbox.c.item_id == newest.item_id)
             .values(sent=sent_json, retraction=None, updated_at=at)
         )
-        waiting = (SyncState.QUEUED.value, SyncState.FAILED.value, SyncState.HELD.value)
-        pending = connection.execute(
-            select(outbox.c.item_id)
-            .where(outbox.c.record_id == record_id, outbox.c.state.in_(waiting))
-            .limit(1)
-        ).first()
-        if pending is not None:
-            return 0  # that item carries the newest version
-        head = connection.execute(
-            select(record_heads.c.version, record_heads.c.patient).where(
-                record_heads.c.record_id == record_id
-            )
-        ).one()
-        connection.execute(
-            insert(outbox).values(
-                record_id=record_id,
-                record_version=head.version,
-                patient=head.patient,
-                state=SyncState.QUEUED.value,
-                attempts=0,
-                created_at=at,
-                updated_at=at,
-            )
-        )
-        return 1
+        # An item still waiting carries the newest version already.
+        return 0 if _queue_newest(connection, record_id, conflict=None, at=at) is None else 1
 
     def mark_held(
         self, item_id: int, worker: str, *, reason: str, audit: Sequence[AuditEntry], at: datetime
@@ -1725,36 +1740,8 @@ class SqlStore(AuditQueueSql):
         audit: Sequence[AuditEntry],
         at: datetime,
     ) -> int | None:
-        waiting = (SyncState.QUEUED.value, SyncState.FAILED.value, SyncState.HELD.value)
         with self._write() as connection:
-            head = connection.execute(
-                select(record_heads.c.version, record_heads.c.patient).where(
-                    record_heads.c.record_id == record_id
-                )
-            ).one_or_none()
-            if head is None:
-                return None
-            pending = connection.execute(
-                select(outbox.c.item_id)
-                .where(outbox.c.record_id == record_id, outbox.c.state.in_(waiting))
-                .limit(1)
-            ).first()
-            if pending is not None:
-                return None
-            result = connection.execute(
-                insert(outbox).values(
-                    record_id=record_id,
-                    record_version=head.version,
-                    patient=head.patient,
-                    state=SyncState.QUEUED.value,
-                    attempts=0,
-                    conflict=conflict,
-                    created_at=at,
-                    updated_at=at,
-                )
-            )
-            if audit:
+            item_id = _queue_newest(connection, record_id, conflict=conflict, at=at)
+            if item_id is not None and audit:
                 connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
-            key = result.inserted_primary_key
-            assert key is not None  # an INSERT of one row
-            return int(key[0])
+            return item_id
