@@ -78,6 +78,7 @@ from fhir_alliance_service.store.interface import (
     PulledResource,
     PutOutcome,
     Store,
+    StoredRecord,
 )
 from fhir_alliance_service.sync.history import HistoryEntry, history_entries
 from fhir_alliance_service.usecases.consents import PULLED_DELETED_MARK
@@ -959,8 +960,11 @@ def _foreign_record(
 def _stored_consent(store: Store, record_id: str) -> ConsentRecord | None:
     """The newest stored version of our consent ``record_id``; None if it cannot be read."""
     stored = store.get_record(record_id)
-    if stored is None:
-        return None
+    return None if stored is None else _readable_consent(stored)
+
+
+def _readable_consent(stored: StoredRecord) -> ConsentRecord | None:
+    """The consent a stored record holds; None if it cannot be read as one."""
     try:
         record = CONSENT_MAPPER.load(stored.body)
     except InputError:
@@ -983,11 +987,8 @@ def _revoked_copy(store: Store, record_id: str, at: datetime) -> NewRecord | Non
     stored = store.get_record(record_id)
     if stored is None:
         return None
-    try:
-        record = CONSENT_MAPPER.load(stored.body)
-    except InputError:
-        record = None
-    if isinstance(record, ConsentRecord):
+    record = _readable_consent(stored)
+    if record is not None:
         if record.status is not ConsentStatus.ACTIVE:
             return None
         revoked = apply_revocation(
