@@ -303,6 +303,8 @@ class PulledResource:
     state: str
     body: Mapping[str, Any] | None = None
     generation: int = 0
+    #: When this row was last saved here (read back from the store; ignored by ``save_pulled``).
+    updated_at: datetime | None = None
 
 
 class Store(Protocol):

@@ -423,6 +423,7 @@ def _pulled(row: AnyRow) -> PulledResource:
         state=row.state,
         body=row.body,
         generation=row.generation,
+        updated_at=row.updated_at,
     )
 
 

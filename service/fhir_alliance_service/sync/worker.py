@@ -60,6 +60,7 @@ from fhir_alliance_service.store.interface import (
     AuditEntry,
     AuditPushState,
     OutboxItem,
+    PulledResource,
     SentMark,
     SentResource,
     Store,
@@ -651,10 +652,16 @@ class Worker:
             return {}
         versions = {(s.resource_type, s.id): s.version_id for s in last.sent if s.version_id}
         # A remote edit the pull adopted (someone withdrew our consent on the server) is
-        # accounted for: the next update is made against that version.
+        # accounted for: the next update is made against that version, unless our own write
+        # landed after it (the pulled row is stale until the next pull sees our write).
         for rtype, rid in list(versions):
             seen = self.store.pulled(self.client.base.url, rtype, [rid]).get(rid)
-            if seen is not None and seen.state == "withdrawn" and seen.version_id:
+            if (
+                seen is not None
+                and seen.state == "withdrawn"
+                and seen.version_id
+                and _pulled_after_ours(seen, versions[(rtype, rid)], last.updated_at)
+            ):
                 versions[(rtype, rid)] = seen.version_id
         return versions
 
@@ -1088,6 +1095,19 @@ def worker_stopped_outcome(lost_leases: int) -> dict[str, Any]:
     )
     issue = Issue(path="", message=message, code="exception")
     return {"resourceType": "OperationOutcome", "issue": [issue.to_fhir()]}
+
+
+def _pulled_after_ours(seen: PulledResource, ours: str, ours_at: datetime | None) -> bool:
+    """Whether the pulled version ``seen`` is a later write than ``ours`` (the version our last
+    send recorded at ``ours_at``): compared as numbers where both are (servers count versions
+    up, whichever of the pull and our send was recorded first); else by when each was recorded
+    here (unknown: the pulled one, as before)."""
+    theirs = seen.version_id or ""
+    if theirs.isdigit() and ours.isdigit():
+        return int(theirs) > int(ours)
+    if seen.updated_at is None or ours_at is None:
+        return True
+    return seen.updated_at > ours_at
 
 
 def _content(resource: Mapping[str, Any]) -> dict[str, Any]:
