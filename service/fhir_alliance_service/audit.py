@@ -29,6 +29,7 @@ __all__ = [
     "RECORD_IDENTIFIER_SYSTEM",
     "SYNC_DEVICE",
     "TWO_WAY_STEPS",
+    "conflict_decision_event",
     "dead_letter_event",
     "disclosure_event",
     "hold_event",
@@ -370,3 +371,50 @@ def two_way_event(
     if outcome_code:
         resource["outcomeDesc"] = outcome_code
     return AuditEntry(action=step, record_id=record_id, patient=patient, resource=resource, at=at)
+
+
+#: Who decided a conflict: an API key by its public id, or the command line (never a name).
+DECIDER_IDENTIFIER_SYSTEM = f"{IDENTIFIER_SYSTEM_BASE}/decided-by"
+
+
+def conflict_decision_event(
+    record_id: str,
+    patient: str,
+    version: int,
+    decision: str,
+    at: datetime,
+    *,
+    decided_by: str,
+    against: Sequence[SentResource],
+) -> AuditEntry:
+    """A person's decision on a conflict flagged for them (``overwrite`` or ``keep-remote``): a
+    BALP-style RESTful update by the requestor ``decided_by`` (an API key id, or ``cli``; never a
+    name), about the record version and the server's versions it was decided against
+    (``against``, each with its version when known). ``action``: ``conflict-decision``."""
+    entity = [_patient_entity(patient), _record_entity(record_id, version)]
+    for theirs in against:
+        entry = _resource_entity(theirs)
+        if theirs.version_id:
+            entry["detail"] = [{"type": "version", "valueString": theirs.version_id}]
+        entity.append(entry)
+    requestor = {
+        "type": {"coding": [_coding(DCM, "110150")]},  # application (an API key, the CLI)
+        "who": {"identifier": {"system": DECIDER_IDENTIFIER_SYSTEM, "value": decided_by}},
+        "requestor": True,
+    }
+    resource: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": _id("conflict-decision", record_id, version, decision, _instant(at)),
+        "type": _coding(AUDIT_EVENT_TYPE, "rest"),
+        "subtype": [_coding(RESTFUL_INTERACTION, "update")],
+        "action": "U",
+        "recorded": _instant(at),
+        "outcome": _SUCCESS,
+        "outcomeDesc": decision,
+        "agent": [requestor, _agent("110153", SYNC_DEVICE)],
+        "source": _source(),
+        "entity": entity,
+    }
+    return AuditEntry(
+        action="conflict-decision", record_id=record_id, patient=patient, resource=resource, at=at
+    )

@@ -1,5 +1,5 @@
 """The service's subcommands of ``fhir-alliance`` (serve, worker, sync-once, status, replay,
-create-api-key, list-api-keys, revoke-api-key, db upgrade/current/backup, load, pull, reconcile), registered through the ``fhir_alliance.commands`` entry
+resolve-conflict, create-api-key, list-api-keys, revoke-api-key, db upgrade/current/backup, load, pull, reconcile), registered through the ``fhir_alliance.commands`` entry
 point.
 
 Every command reads its settings with :func:`~fhir_alliance_service.config.load_settings` (the
@@ -150,6 +150,32 @@ def register(subparsers: Any) -> None:
         help="every dead-lettered audit push (AuditEvent/Provenance, push_audit)",
     )
     replay.set_defaults(handler=_guarded(_replay))
+
+    resolve = subparsers.add_parser(
+        "resolve-conflict",
+        help="decide a conflict flagged for a person (CONFLICT_POLICY=flag)",
+        description=_resolve_conflict.__doc__,
+    )
+    resolve.add_argument(
+        "record", metavar="RECORD_ID", help="a record id (or its identifier system|value)"
+    )
+    decision = resolve.add_mutually_exclusive_group(required=True)
+    decision.add_argument(
+        "--overwrite",
+        dest="decision",
+        action="store_const",
+        const="overwrite",
+        help="write our version over the server's (gated again; If-Match the server's version "
+        "the conflict was flagged against)",
+    )
+    decision.add_argument(
+        "--keep-remote",
+        dest="decision",
+        action="store_const",
+        const="keep-remote",
+        help="keep the server's version (recorded as sent; nothing is sent)",
+    )
+    resolve.set_defaults(handler=_guarded(_resolve_conflict))
 
     create_key = subparsers.add_parser(
         "create-api-key",
@@ -740,6 +766,45 @@ def _replay(args: argparse.Namespace) -> int:
     print(
         f"re-queued {replayed.requeued} dead-lettered item(s)"
         + (f"; superseded {superseded} by a newer version" if superseded else "")
+    )
+    return 0
+
+
+def _resolve_conflict(args: argparse.Namespace) -> int:
+    """Decide a conflict the conflict policy ``flag`` held for a person (someone else changed
+    the record's resource on the FHIR server): ``--overwrite`` queues our version again, gated
+    as any send and sent If-Match the server's version the conflict was flagged against (a
+    change made since is flagged again); ``--keep-remote`` keeps the server's version, recorded
+    as sent. Audited (by ``cli``). Exit status 1, nothing changed, when the record has no
+    flagged conflict."""
+    settings = _settings()
+    from fhir_alliance_service.usecases.conflicts import (
+        NotFlagged,
+        ServerVersionsUnknown,
+        decide_conflict,
+    )
+    from fhir_alliance_service.usecases.status import RecordNotFound
+
+    record_id = _record_id(args.record)
+    with _opened_store(settings) as store:
+        try:
+            found = decide_conflict(store, record_id, args.decision, decided_by="cli", at=_now())
+        except RecordNotFound:
+            raise _StopCommand("no such record", status=1) from None
+        except NotFlagged:
+            status = store.sync_status(record_id)
+            state = "has no outbox item" if status is None else f"is {status.state.value}"
+            raise _StopCommand(
+                f"record {record_id} {state}, with no conflict flagged for a person to decide: "
+                "nothing changed",
+                status=1,
+            ) from None
+        except ServerVersionsUnknown as exc:
+            raise _StopCommand(f"record {record_id}: {exc}", status=1) from None
+    assert found.sync is not None
+    print(
+        f"record {record_id} version {found.sync.record_version}: {args.decision} decided; "
+        f"{found.sync.state.value}"
     )
     return 0
 

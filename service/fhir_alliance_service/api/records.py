@@ -1,6 +1,6 @@
 """The /v1 routes for alliance records and QuestionnaireResponses: intake, reading, listing by
-patient, sync status and replay. Thin: parse → call a use case → render an envelope from
-``api/schemas.py``.
+patient, sync status, replay and a person's conflict decisions. Thin: parse → call a use case →
+render an envelope from ``api/schemas.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from fhir_alliance_service.api.body import json_body, single_query_args
 from fhir_alliance_service.api.openapi import describe
 from fhir_alliance_service.api.schemas import (
     RECORD_BODY_SCHEMAS,
+    ConflictDecisionSchema,
     IntakeResponseSchema,
     PageQuerySchema,
     QuestionnaireResponseBodySchema,
@@ -37,6 +38,11 @@ from fhir_alliance_service.store.interface import (
     StoredRecord,
     SyncState,
     SyncStatus,
+)
+from fhir_alliance_service.usecases.conflicts import (
+    NotFlagged,
+    ServerVersionsUnknown,
+    decide_conflict,
 )
 from fhir_alliance_service.usecases.decisions import parse_party
 from fhir_alliance_service.usecases.intake import (
@@ -161,6 +167,10 @@ def _status_json(status: SyncStatus | None) -> dict[str, Any] | None:
         "updated_at": status.updated_at,
         "retraction": status.retraction,
         "conflict": status.conflict,
+        "conflict_versions": [
+            {"resource_type": s.resource_type, "id": s.id, "version_id": s.version_id}
+            for s in status.conflict_versions
+        ],
     }
 
 
@@ -333,6 +343,39 @@ def replay(record_id: str) -> Any:
     except RecordNotFound:
         raise not_found() from None
     except NotDeadLettered as exc:
+        raise ApiError(409, str(exc)) from None
+    assert found.sync is not None
+    return dump(SyncStatusSchema, _status_json(found.sync))
+
+
+@blueprint.post("/records/<record_id>/conflict")
+@require_scope("admin")
+@describe(body=ConflictDecisionSchema, response=SyncStatusSchema)
+def decide_record_conflict(record_id: str) -> Any:
+    """Decide a conflict flagged for a person (``CONFLICT_POLICY=flag``): ``overwrite`` queues
+    our version again (gated as any send; If-Match the server's version the conflict was flagged
+    against), ``keep-remote`` records the server's version as sent. Audited (by the API key's
+    id); 409 when the record has no flagged conflict.
+
+    ---
+    post:
+      responses:
+        409:
+          description: the record has no conflict flagged for a person to decide (or, for
+            keep-remote, the server's version at the conflict was not noted); nothing changed
+          content:
+            application/fhir+json:
+              schema: OperationOutcomeSchema
+    """
+    valid_id = valid_record_id(record_id)
+    body = load_or_raise(instance(ConflictDecisionSchema), json_body())
+    try:
+        found = decide_conflict(
+            _store(), valid_id, body["decision"], decided_by=g.api_key.key_id, at=_now()
+        )
+    except RecordNotFound:
+        raise not_found() from None
+    except (NotFlagged, ServerVersionsUnknown) as exc:
         raise ApiError(409, str(exc)) from None
     assert found.sync is not None
     return dump(SyncStatusSchema, _status_json(found.sync))

@@ -26,6 +26,7 @@ from fhir_alliance_service.store.interface import PutOutcome, SyncState
 
 __all__ = [
     "RECORD_BODY_SCHEMAS",
+    "ConflictDecisionSchema",
     "DecisionQuerySchema",
     "DecisionSchema",
     "IntakeResponseSchema",
@@ -84,6 +85,21 @@ class RevokeRequestSchema(StrictSchema):
     at = AwareDateTime(required=True)
     by = fields.Nested(RefSchema, load_default=None)
     reason = fields.Nested(CodingSchema, load_default=None)
+
+
+class ConflictDecisionSchema(StrictSchema):
+    """The body of ``POST /v1/records/<id>/conflict``: a person's decision on a conflict flagged
+    for them (``CONFLICT_POLICY=flag``)."""
+
+    decision = fields.String(
+        required=True,
+        validate=validate.OneOf(["overwrite", "keep-remote"]),
+        metadata={
+            "description": "overwrite: our version is sent again (gated; If-Match the server's "
+            "version the conflict was flagged against, so a later change is flagged again); "
+            "keep-remote: the server's version is kept and recorded as sent"
+        },
+    )
 
 
 class QuestionnaireResponseBodySchema(Schema):
@@ -162,7 +178,16 @@ class SyncStatusSchema(Schema):
         allow_none=True,
         metadata={
             "description": "two-way sync: how a change by someone else on the server was settled "
-            "(remote-edited, overwritten, kept-remote, flagged, withdrawal-reasserted)"
+            "(remote-edited, overwritten, kept-remote, flagged, withdrawal-reasserted; a "
+            "person's decision on a flagged one: decided-overwrite, decided-keep-remote)"
+        },
+    )
+    conflict_versions = fields.List(
+        fields.Nested(SentResourceSchema),
+        required=True,
+        metadata={
+            "description": "a conflict flagged for a person: the server's versions then (someone "
+            "else's writes), which a decision is made against"
         },
     )
 

@@ -1,8 +1,9 @@
-"""The console's routes under ``/console/``: sign-in, sync overview, patient view, record view and
-the admin-only replay.
+"""The console's routes under ``/console/``: sign-in, sync overview, patient view, record view, and
+the admin-only replay and conflict decision.
 
 Every page but the sign-in form needs a session with ``read`` (``auth.require_scope``; the app's
-deny-by-default check runs first); replay needs ``admin`` and a CSRF token. Every answer carries a
+deny-by-default check runs first); replay and a conflict decision need ``admin`` and a CSRF
+token. Every answer carries a
 Content-Security-Policy without scripts and ``Cache-Control: no-store`` (pages show PHI).
 """
 
@@ -47,6 +48,12 @@ from fhir_alliance_service.console.session import (
     sign_in_token,
 )
 from fhir_alliance_service.errors import ApiError
+from fhir_alliance_service.usecases.conflicts import (
+    DECISIONS,
+    NotFlagged,
+    ServerVersionsUnknown,
+    decide_conflict,
+)
 from fhir_alliance_service.usecases.status import NotDeadLettered, RecordNotFound, replay_record
 
 __all__ = ["CONTENT_SECURITY_POLICY", "blueprint"]
@@ -363,3 +370,25 @@ def replay(record_id: Any) -> BaseResponse:
     except NotDeadLettered as exc:
         raise ApiError(409, str(exc)) from None
     return redirect(url_for("console.record", record_id=record_id, replayed=1), code=303)
+
+
+@blueprint.post("/records/<uuid:record_id>/conflict")
+@require_scope("admin")
+def decide(record_id: Any) -> BaseResponse:
+    """A person's decision on a conflict flagged for them: the form's ``decision``
+    (``overwrite`` or ``keep-remote``), audited with the signed-in key's id."""
+    check_csrf()
+    session = current_session()
+    assert session is not None  # require_scope signed it in
+    decision = request.form.get("decision", "")
+    if decision not in DECISIONS:
+        raise ApiError(422, "decision must be overwrite or keep-remote")
+    try:
+        decide_conflict(
+            _store(), str(record_id), decision, decided_by=session.key.key_id, at=_now()
+        )
+    except RecordNotFound:
+        raise ApiError(404, "no such record") from None
+    except (NotFlagged, ServerVersionsUnknown) as exc:
+        raise ApiError(409, str(exc)) from None
+    return redirect(url_for("console.record", record_id=record_id, decided=decision), code=303)

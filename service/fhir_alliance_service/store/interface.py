@@ -171,6 +171,9 @@ class SyncStatus:
     retraction: str | None = None
     conflict: str | None = None
     item_id: int | None = None
+    #: A conflict flagged for a person: the versions the server held then (someone else's
+    #: writes): the If-Match of a person's ``overwrite``, what ``keep-remote`` records.
+    conflict_versions: tuple[SentResource, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +197,11 @@ class OutboxItem:
     #: ``mark_*`` sets it back to 0). ``max_attempts`` of them in a row make a poison record,
     #: dead-lettered without another try.
     lost_leases: int = 0
+    #: How a conflict on this item was settled so far (``SyncStatus.conflict``), and the
+    #: server's versions it was flagged against (``SyncStatus.conflict_versions``): a person's
+    #: ``overwrite`` decision is sent If-Match them.
+    conflict: str | None = None
+    conflict_versions: tuple[SentResource, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,6 +622,28 @@ class Store(Protocol):
 
     def mark_conflict(self, item_id: int, conflict: str, *, at: datetime) -> None:
         """Note on an item how a 412 conflict on ``If-Match`` was settled."""
+
+    def note_conflict_versions(
+        self, item_id: int, versions: Sequence[SentResource], *, at: datetime
+    ) -> bool:
+        """Note on an item held for a person by the conflict policy (HELD, conflict ``flagged``)
+        the versions the server held when it was flagged (``conflict_versions``). False, nothing
+        written, when the item is no longer so held (superseded, decided)."""
+
+    def decide_conflict(
+        self,
+        item_id: int,
+        *,
+        keep_remote: bool,
+        conflict: str,
+        audit: Sequence[AuditEntry],
+        at: datetime,
+    ) -> bool:
+        """A person's decision on an item held for a person by the conflict policy (HELD,
+        conflict ``flagged``, not superseded), noted ``conflict``, with ``audit``, in one
+        transaction (compare-and-set: False, nothing written, when the item is no longer so held).
+        ``keep_remote``: SENT, listing its ``conflict_versions`` as what the server holds (the
+        item must have them); else QUEUED again (attempts from 0), to be sent If-Match them."""
 
     def record_sent_versions(
         self,

@@ -118,6 +118,12 @@ HELD_FOR_A_PERSON = (
     "changed on the FHIR server by someone else since our last send: a person must decide",
     "a draft note is not sent before the therapist signs it",
 )
+#: An item held for a person by the conflict policy ``flag`` (``sync.worker._conflict``).
+_FLAGGED_FOR_A_PERSON = and_(
+    outbox.c.state == SyncState.HELD.value,
+    outbox.c.held_reason == HELD_FOR_A_PERSON[0],
+    outbox.c.conflict == "flagged",
+)
 #: A HELD item that a change of its patient's consents may release (the gate decides it again).
 _HELD_FOR_CONSENTS = and_(
     outbox.c.state == SyncState.HELD.value,
@@ -385,6 +391,20 @@ def _sync_status(row: AnyRow) -> SyncStatus:
         retraction=row.retraction,
         conflict=row.conflict,
         item_id=row.item_id,
+        conflict_versions=_sent_resources(row.conflict_versions),
+    )
+
+
+def _sent_json(versions: Sequence[SentResource]) -> list[dict[str, Any]]:
+    return [
+        {"resource_type": v.resource_type, "id": v.id, "version_id": v.version_id} for v in versions
+    ]
+
+
+def _sent_resources(column: Sequence[Mapping[str, Any]] | None) -> tuple[SentResource, ...]:
+    return tuple(
+        SentResource(entry["resource_type"], entry["id"], entry.get("version_id"))
+        for entry in column or ()
     )
 
 
@@ -901,6 +921,8 @@ class SqlStore(AuditQueueSql):
                     outbox.c.patient,
                     outbox.c.attempts,
                     outbox.c.lost_leases,
+                    outbox.c.conflict,
+                    outbox.c.conflict_versions,
                     record_versions.c.kind,
                     record_versions.c.family,
                     record_versions.c.body,
@@ -929,6 +951,8 @@ class SqlStore(AuditQueueSql):
                     lease_owner=worker,
                     lease_until=lease_until,
                     taken_over=leases[row.item_id] is not None,
+                    conflict=row.conflict,
+                    conflict_versions=_sent_resources(row.conflict_versions),
                 )
                 for row in rows
             ]
@@ -1702,6 +1726,43 @@ class SqlStore(AuditQueueSql):
             connection.execute(
                 update(outbox).where(outbox.c.item_id == item_id).values(conflict=conflict)
             )
+
+    def note_conflict_versions(
+        self, item_id: int, versions: Sequence[SentResource], *, at: datetime
+    ) -> bool:
+        with self._write() as connection:
+            result = connection.execute(
+                update(outbox)
+                .where(outbox.c.item_id == item_id, _FLAGGED_FOR_A_PERSON)
+                .values(conflict_versions=_sent_json(versions))
+            )
+            return result.rowcount == 1
+
+    def decide_conflict(
+        self,
+        item_id: int,
+        *,
+        keep_remote: bool,
+        conflict: str,
+        audit: Sequence[AuditEntry],
+        at: datetime,
+    ) -> bool:
+        values: dict[str, Any] = {"held_reason": None, "conflict": conflict, "updated_at": at}
+        flagged = [outbox.c.item_id == item_id, _FLAGGED_FOR_A_PERSON, ~_HAS_NEWER_ITEM]
+        if keep_remote:
+            flagged.append(outbox.c.conflict_versions.is_not(None))
+            values.update(state=SyncState.SENT.value, sent=outbox.c.conflict_versions)
+        else:
+            values.update(
+                state=SyncState.QUEUED.value, attempts=0, lost_leases=0, next_attempt_at=None
+            )
+        with self._write() as connection:
+            result = connection.execute(update(outbox).where(*flagged).values(**values))
+            if result.rowcount != 1:
+                return False
+            if audit:
+                connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
+            return True
 
     def record_sent_versions(
         self,

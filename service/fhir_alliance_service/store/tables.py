@@ -145,6 +145,9 @@ outbox = Table(
     # Two-way sync marks of a sent item (``sync/retract.py``, the worker's 412 policy).
     Column("retraction", String(32)),
     Column("conflict", String(32)),
+    # The server's versions when a conflict was flagged for a person (migration 0006): the
+    # If-Match of a person's overwrite, what keep-remote records. Never versions we wrote.
+    Column("conflict_versions", JSON),
     ForeignKeyConstraint(["record_id", "record_version"], ["records.record_id", "records.version"]),
     # Claim: scan pending items oldest first; check "an older pending item of this patient".
     Index(

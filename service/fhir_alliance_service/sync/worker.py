@@ -64,6 +64,7 @@ from fhir_alliance_service.store.interface import (
     SentMark,
     SentResource,
     Store,
+    SyncState,
 )
 from fhir_alliance_service.sync.audit_push import push_pending_audit
 from fhir_alliance_service.sync.consent_times import ConsentTimePass
@@ -73,6 +74,7 @@ from fhir_alliance_service.sync.outcomes import outcome_to_store
 from fhir_alliance_service.sync.retract import Retractor
 from fhir_alliance_service.sync.retry import decide_retry, is_transient
 from fhir_alliance_service.sync.target import note_contact, target_fhir_version
+from fhir_alliance_service.usecases.conflicts import DECIDED_OVERWRITE
 
 __all__ = [
     "BatchReport",
@@ -518,6 +520,7 @@ class Worker:
         )
         if len(group) == 1 and group[0].if_match and _stale_version(error):
             self._conflict(group[0], batch)
+            self._note_conflict_versions(group[0])
             return
         if not is_transient(error) and len(group) > 1:
             # Atomic Bundle failed for good: find the bad item by sending each on its own.
@@ -643,10 +646,54 @@ class Worker:
 
     # ------------------------------------------------------------------ two-way sync: conflicts
 
+    def _note_conflict_versions(self, entry: _Ready) -> None:
+        """After a conflict held ``entry`` for a person (policy ``flag``): note the versions the
+        server holds, which a person's decision is made against (``usecases/conflicts.py``).
+        Read again here (a moment after the policy read them): a change in between is one the
+        person has not seen either. Not noted if the server cannot be read: an ``overwrite``
+        then goes If-Match our last send, meets the 412 and is flagged again."""
+        item = entry.item
+        status = self.store.sync_status(item.record_id)
+        if (
+            status is None
+            or status.item_id != item.item_id
+            or (status.state, status.conflict) != (SyncState.HELD, "flagged")
+        ):
+            return
+        try:
+            current = [
+                self.client.read(str(r["resourceType"]), str(r["id"])) for r in entry.resources
+            ]
+        except ServerError as exc:
+            log.warning(
+                "item %d: server versions of the conflict not noted: %s %s",
+                item.item_id,
+                type(exc).__name__,
+                exc.status or "-",
+            )
+            return
+        versions = [
+            SentResource(
+                str(r["resourceType"]), str(r["id"]), (r.get("meta") or {}).get("versionId")
+            )
+            for r in current
+        ]
+        self.store.note_conflict_versions(item.item_id, versions, at=self.clock())
+
     def _if_match(self, item: OutboxItem) -> dict[tuple[str, str], str]:
         """The versions of this record's resources after our last send, for If-Match (none for
         a record never sent: a PUT to its deterministic id creates it). A version sent before,
         version 1 included (the pull queues our newest version again), is written against them."""
+        if item.conflict == DECIDED_OVERWRITE and item.conflict_versions:
+            # A person decided to write ours over the version the conflict was flagged against:
+            # against that version only, so a change made on the server since meets a 412 and
+            # is flagged again. (Not known, flagged before they were noted: our last send's, a
+            # 412 again, flagged again with them.)
+            return {
+                (s.resource_type, s.id): s.version_id
+                for s in item.conflict_versions
+                if s.version_id
+            }
         last = self.store.last_sent(item.record_id)
         if last is None:
             return {}

@@ -369,3 +369,48 @@ def _post_form(browser: webdriver.Chrome, action: str, token: str | None) -> Non
             token,
         ),
     )
+
+
+def test_an_admin_decides_a_flagged_conflict_by_clicking(
+    browser: webdriver.Chrome, clinic: Clinic, artifacts: Path
+) -> None:
+    """A record held for a person by the conflict policy: its page shows the EHR's version and,
+    to an admin, the two decisions; axe finds nothing serious; Keep the EHR's version records it
+    sent. (A record of its own patient, so that the other tests find the clinic as it was.)"""
+    from datetime import UTC, datetime
+
+    from fhir_alliance_service.store.interface import SentResource
+    from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
+    from fhir_alliance_service.usecases.intake import intake_records
+
+    from tests.service.usecases.payloads import for_patient, observation
+
+    now = datetime.now(UTC)
+    payload = for_patient(observation("rupture"), "Patient/demo-conflict", suffix="-conflict")
+    [taken] = intake_records(clinic.store, [payload], at=now)
+    items = clinic.store.claim("test-worker", limit=100, lease_seconds=60, now=now)
+    [item] = [i for i in items if i.record_id == taken.record_id]
+    others = [i.item_id for i in items if i.record_id != taken.record_id]
+    clinic.store.release(others, "test-worker", at=now)
+    assert clinic.store.mark_held(
+        item.item_id, "test-worker", reason=CONFLICT_HELD_REASON, audit=[], at=now
+    )
+    clinic.store.mark_conflict(item.item_id, "flagged", at=now)
+    theirs = SentResource("Observation", "theirs-1", "4")
+    assert clinic.store.note_conflict_versions(item.item_id, [theirs], at=now)
+
+    sign_in(browser, clinic, "admin")
+    browser.get(clinic.url(f"/console/records/{taken.record_id}"))
+    assert "Observation/theirs-1 (version 4)" in browser.find_element(By.ID, "conflict").text
+    screenshot(browser, artifacts, "conflict")
+    violations = serious_violations(browser)
+    assert not violations, _describe(violations)
+    keep = browser.find_element(By.XPATH, "//button[@value='keep-remote']")
+    navigates(browser, keep.click)
+    assert "version is kept" in browser.find_element(By.CSS_SELECTOR, "p.notice").text
+    status = clinic.store.sync_status(taken.record_id)
+    assert status is not None and status.state is SyncState.SENT
+    assert status.sent == (theirs,)
+    screenshot(browser, artifacts, "conflict-decided")
+    violations = serious_violations(browser)
+    assert not violations, _describe(violations)

@@ -199,7 +199,7 @@ def test_0005_upgrades_keys_in_place_and_downgrades(url_at_0004: str) -> None:
         ("fa_03", "billing", False),
     ]
     insert_keys_at_0004(url, *keys)
-    upgrade(url)
+    upgrade(url, "0005")
     assert current_revision(url) == "0005"
     assert _rows(url) == keys
     engine = make_engine(url)
@@ -211,6 +211,7 @@ def test_0005_upgrades_keys_in_place_and_downgrades(url_at_0004: str) -> None:
             assert list(folded) == ["front-desk", "front-desk", "billing"]
     finally:
         engine.dispose()
+    upgrade(url)  # the later revisions too, for the store
     store = open_store(url)
     try:
         with pytest.raises(ApiKeyNameTaken, match=r"\(fa_02\)$"):
@@ -221,7 +222,7 @@ def test_0005_upgrades_keys_in_place_and_downgrades(url_at_0004: str) -> None:
     downgrade_to(url, "0004")
     assert "name_folded" not in _columns(url)
     assert _rows(url) == keys
-    upgrade(url)
+    upgrade(url, "0005")
     assert current_revision(url) == "0005"
 
 
@@ -244,7 +245,7 @@ def test_0005_refuses_keys_not_revoked_that_share_a_name_and_changes_nothing(
     ]
     insert_keys_at_0004(url, *keys)
     with pytest.raises(ApiKeyNamesShared) as caught:
-        upgrade(url)
+        upgrade(url, "0005")
     message = str(caught.value)
     assert "\n" not in message
     assert message == (
@@ -272,5 +273,5 @@ def test_0005_refuses_keys_not_revoked_that_share_a_name_and_changes_nothing(
             )
     finally:
         engine.dispose()
-    upgrade(url)
+    upgrade(url, "0005")
     assert current_revision(url) == "0005"
