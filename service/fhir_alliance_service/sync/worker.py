@@ -64,7 +64,6 @@ from fhir_alliance_service.store.interface import (
     SentMark,
     SentResource,
     Store,
-    SyncState,
 )
 from fhir_alliance_service.sync.audit_push import push_pending_audit
 from fhir_alliance_service.sync.consent_times import ConsentTimePass
@@ -520,7 +519,6 @@ class Worker:
         )
         if len(group) == 1 and group[0].if_match and _stale_version(error):
             self._conflict(group[0], batch)
-            self._note_conflict_versions(group[0])
             return
         if not is_transient(error) and len(group) > 1:
             # Atomic Bundle failed for good: find the bad item by sending each on its own.
@@ -646,40 +644,6 @@ class Worker:
 
     # ------------------------------------------------------------------ two-way sync: conflicts
 
-    def _note_conflict_versions(self, entry: _Ready) -> None:
-        """After a conflict held ``entry`` for a person (policy ``flag``): note the versions the
-        server holds, which a person's decision is made against (``usecases/conflicts.py``).
-        Read again here (a moment after the policy read them): a change in between is one the
-        person has not seen either. Not noted if the server cannot be read: an ``overwrite``
-        then goes If-Match our last send, meets the 412 and is flagged again."""
-        item = entry.item
-        status = self.store.sync_status(item.record_id)
-        if (
-            status is None
-            or status.item_id != item.item_id
-            or (status.state, status.conflict) != (SyncState.HELD, "flagged")
-        ):
-            return
-        try:
-            current = [
-                self.client.read(str(r["resourceType"]), str(r["id"])) for r in entry.resources
-            ]
-        except ServerError as exc:
-            log.warning(
-                "item %d: server versions of the conflict not noted: %s %s",
-                item.item_id,
-                type(exc).__name__,
-                exc.status or "-",
-            )
-            return
-        versions = [
-            SentResource(
-                str(r["resourceType"]), str(r["id"]), (r.get("meta") or {}).get("versionId")
-            )
-            for r in current
-        ]
-        self.store.note_conflict_versions(item.item_id, versions, at=self.clock())
-
     def _if_match(self, item: OutboxItem) -> dict[tuple[str, str], str]:
         """The versions of this record's resources after our last send, for If-Match (none for
         a record never sent: a PUT to its deterministic id creates it). A version sent before,
@@ -800,6 +764,10 @@ class Worker:
             )
         CONFLICTS.labels(outcome).inc()
         self.store.mark_conflict(item.item_id, outcome, at=now)
+        if outcome == "flagged":
+            # The versions a person's decision is made against (``usecases/conflicts.py``): an
+            # ``overwrite`` goes If-Match them, so a change made since meets a 412 again.
+            self.store.note_conflict_versions(item.item_id, held_by_server, at=now)
         self.store.add_audit(
             [
                 audit.two_way_event(
