@@ -108,7 +108,8 @@ def _if_match_with(
         store.save_pulled([pulled], at=at(4))
     store.put_records([record(1, score=2)], audit=[], at=at(5))
     [next_item] = store.claim("w", limit=1, lease_seconds=60, now=at(6))
-    return harness.worker()._if_match(next_item)
+    sent_before = frozenset(store.records_sent([next_item.record_id]))
+    return harness.worker()._if_match(next_item, sent_before)
 
 
 def test_numeric_versions_are_compared_as_numbers_whatever_was_recorded_first(

@@ -609,6 +609,10 @@ class Store(Protocol):
         """The newest SENT item of ``record_id``: the versions the server had after our last
         send (the ``If-Match`` of the next update)."""
 
+    def records_sent(self, record_ids: Sequence[str]) -> set[str]:
+        """Those of ``record_ids`` that have a SENT item (one query for a batch: the worker looks
+        up an If-Match, ``last_sent``, only for these)."""
+
     def sent_versions(self, record_id: str) -> set[SentResource]:
         """Every resource version that an item of ``record_id`` lists as sent (whichever item,
         a send recorded late by ``mark_sent_late`` too): the versions on the server that we

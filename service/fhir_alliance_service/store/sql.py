@@ -1697,6 +1697,22 @@ class SqlStore(AuditQueueSql):
             row = connection.execute(query).one_or_none()
         return None if row is None else _sync_status(row)
 
+    def records_sent(self, record_ids: Sequence[str]) -> set[str]:
+        unique = sorted(set(record_ids))
+        found: set[str] = set()
+        with self._read() as connection:
+            for start in range(0, len(unique), LOOKUP_CHUNK):
+                query = (
+                    select(outbox.c.record_id)
+                    .where(
+                        outbox.c.record_id.in_(unique[start : start + LOOKUP_CHUNK]),
+                        outbox.c.state == SyncState.SENT.value,
+                    )
+                    .distinct()
+                )
+                found.update(connection.execute(query).scalars())
+        return found
+
     def sent_versions(self, record_id: str) -> set[SentResource]:
         query = select(outbox.c.sent).where(
             outbox.c.record_id == record_id, outbox.c.sent.is_not(None)

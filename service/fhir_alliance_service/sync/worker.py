@@ -288,6 +288,9 @@ class Worker:
         permitted items as soon as it is full (an item's resources are never split)."""
         current: list[_Ready] = []
         size = 0
+        batch.sent_before = frozenset(
+            self.store.records_sent([item.record_id for item in batch.items])
+        )
         for item in batch.items:
             if halt.is_set():
                 return  # the sending side gave up: the leases expire, as after a crash
@@ -361,7 +364,9 @@ class Worker:
         except FhirAllianceError as exc:  # ProfileViolation: our mapping made something invalid
             self._fail(item, exc, report, batch)
             return None
-        return _Ready(item, resources, self._if_match(item), result.consents_stamp)
+        return _Ready(
+            item, resources, self._if_match(item, batch.sent_before), result.consents_stamp
+        )
 
     def _hold(self, result: GateResult, report: BatchReport, decided_at: datetime) -> None:
         """Record the gate's hold of ``result.item`` with its audit. A consent stored while the
@@ -644,10 +649,13 @@ class Worker:
 
     # ------------------------------------------------------------------ two-way sync: conflicts
 
-    def _if_match(self, item: OutboxItem) -> dict[tuple[str, str], str]:
+    def _if_match(
+        self, item: OutboxItem, sent_before: frozenset[str]
+    ) -> dict[tuple[str, str], str]:
         """The versions of this record's resources after our last send, for If-Match (none for
-        a record never sent: a PUT to its deterministic id creates it). A version sent before,
-        version 1 included (the pull queues our newest version again), is written against them."""
+        a record never sent, not in ``sent_before``: a PUT to its deterministic id creates it). A
+        version sent before, version 1 included (the pull queues our newest version again), is
+        written against them."""
         if item.conflict == DECIDED_OVERWRITE and item.conflict_versions:
             # A person decided to write ours over the version the conflict was flagged against:
             # against that version only, so a change made on the server since meets a 412 and
@@ -658,6 +666,8 @@ class Worker:
                 for s in item.conflict_versions
                 if s.version_id
             }
+        if item.record_id not in sent_before:
+            return {}
         last = self.store.last_sent(item.record_id)
         if last is None:
             return {}
@@ -960,6 +970,9 @@ class _Batch:
     deferred: list[int] = field(default_factory=list)
     blocked: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The batch's records that have a send on the server (``Store.records_sent``, read once when
+    #: preparing begins): only their items look up an If-Match.
+    sent_before: frozenset[str] = frozenset()
 
     def block(self, patient: str) -> None:
         """An item of ``patient`` stays pending (failed, to be retried; or handed back): the

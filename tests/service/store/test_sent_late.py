@@ -149,3 +149,16 @@ def test_an_older_version_landing_before_the_newer_one_queues_nothing(store: Sql
     assert last is not None and (last.record_version, last.sent[0].version_id) == (2, "2")
     assert store.claim("w3", limit=1, lease_seconds=30, now=at(44)) == []
     assert store.counts_by_state()[SyncState.SENT] == 2
+
+
+def test_records_sent_names_the_records_with_a_sent_item(store: SqlStore) -> None:
+    """``records_sent``: of the records asked about, those with a SENT item (held, queued,
+    superseded and unknown ones are not), in one call for any number of them (the worker reads
+    it once per batch and looks up an If-Match only for these)."""
+    store.put_records([record(1), record(2), record(3, patient="Patient/p2")], audit=[], at=T0)
+    items = {i.record_id: i for i in store.claim("w1", limit=10, lease_seconds=30, now=at(1))}
+    assert store.mark_sent_many("w1", [_mark(items["rec-000001"].item_id, "1", when=2)], at=at(2))
+    store.mark_held(items["rec-000003"].item_id, "w1", reason="no consent", audit=[], at=at(2))
+    many = [f"rec-{n:06d}" for n in range(1, 1200)]  # more than one IN list's worth
+    assert store.records_sent(many + ["unknown"]) == {"rec-000001"}
+    assert store.records_sent([]) == set()
