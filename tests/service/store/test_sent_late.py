@@ -160,5 +160,5 @@ def test_records_sent_names_the_records_with_a_sent_item(store: SqlStore) -> Non
     assert store.mark_sent_many("w1", [_mark(items["rec-000001"].item_id, "1", when=2)], at=at(2))
     store.mark_held(items["rec-000003"].item_id, "w1", reason="no consent", audit=[], at=at(2))
     many = [f"rec-{n:06d}" for n in range(1, 1200)]  # more than one IN list's worth
-    assert store.records_sent(many + ["unknown"]) == {"rec-000001"}
+    assert store.records_sent([*many, "unknown"]) == {"rec-000001"}
     assert store.records_sent([]) == set()
