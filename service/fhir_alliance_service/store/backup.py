@@ -2,10 +2,10 @@
 
 SQLite's backup API copies the database inside one read transaction, so the copy is one
 consistent snapshot (every intake in it whole: record, audit entry and outbox row) while ``serve``
-and ``worker`` keep writing. The copy is written beside its destination under a temporary name,
-created readable by its owner only (it holds patient data), checked with ``PRAGMA
-integrity_check``, switched from WAL to a rollback journal (one self-contained file), fsynced, and
-only then given its name, which it never takes from an existing file. PostgreSQL has its own tools
+and ``worker`` keep writing. The copy is written beside its destination under a temporary name
+no other run uses, created readable by its owner only (it holds patient data), checked with
+``PRAGMA integrity_check``, switched from WAL to a rollback journal (one self-contained file),
+fsynced, and only then given its name, which it never takes from an existing file. PostgreSQL has its own tools
 (``pg_dump``); this module refuses it.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import tempfile
 from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +52,13 @@ def backup_sqlite(database_url: str, destination: Path) -> BackupResult:
         raise BackupError(f"{destination.parent} is not a directory")
     if destination.resolve() == source_path.resolve():
         raise BackupError("the destination is the database itself")
-    partial = destination.with_name(f".{destination.name}.partial-{os.getpid()}")
-    # Owner-only from the first byte: the copy holds the same patient data as the store.
-    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    # A new name of its own beside DEST (a partial file that a killed backup left is never
+    # reused nor in the way), owner-only from the first byte: the copy holds patient data.
+    descriptor, name = tempfile.mkstemp(
+        prefix=f".{destination.name}.partial-", dir=destination.parent
+    )
+    os.close(descriptor)
+    partial = Path(name)
     try:
         pages = _copy(source_path, partial)
         _fsync(partial)
