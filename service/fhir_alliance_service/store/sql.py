@@ -101,11 +101,20 @@ _SUPERSEDABLE = (
     SyncState.DEAD_LETTERED.value,
 )
 _newer = outbox.alias("newer")
-#: The outbox row's record has a newer item (a record's items are written in version order, so
-#: a larger item id is a newer version): sending the row would put an older version over a newer
-#: one, after it or in one Bundle with it. It is superseded instead.
+#: The outbox row's record has a newer item: one of a later version, or of the same version
+#: written after it. Sending the row would put an older version over a newer one, after it or in
+#: one Bundle with it; it is superseded instead. By version first, not by item id alone: an item
+#: queued again (``queue_again``) on PostgreSQL while an intake of the next version is still
+#: uncommitted carries the older version under a larger item id.
 _HAS_NEWER_ITEM = exists().where(
-    _newer.c.record_id == outbox.c.record_id, _newer.c.item_id > outbox.c.item_id
+    _newer.c.record_id == outbox.c.record_id,
+    or_(
+        _newer.c.record_version > outbox.c.record_version,
+        and_(
+            _newer.c.record_version == outbox.c.record_version,
+            _newer.c.item_id > outbox.c.item_id,
+        ),
+    ),
 )
 #: Held reasons that wait for a person, not for the patient's consents: a record someone else
 #: changed on the FHIR server, flagged by the conflict policy (``sync.worker.CONFLICT_HELD_REASON``),
@@ -815,10 +824,12 @@ class SqlStore(AuditQueueSql):
             return list(connection.execute(query).scalars())
 
     def sync_status(self, record_id: str) -> SyncStatus | None:
+        # The newest version's newest item (an item queued again may carry an older version
+        # under a larger id: see _HAS_NEWER_ITEM).
         query = (
             select(outbox)
             .where(outbox.c.record_id == record_id)
-            .order_by(outbox.c.item_id.desc())
+            .order_by(outbox.c.record_version.desc(), outbox.c.item_id.desc())
             .limit(1)
         )
         with self._read() as connection:
