@@ -175,6 +175,14 @@ def register(subparsers: Any) -> None:
         const="keep-remote",
         help="keep the server's version (recorded as sent; nothing is sent)",
     )
+    resolve.add_argument(
+        "--against",
+        metavar="VERSIONS",
+        type=_conflict_versions,
+        help="decide only the conflict flagged against these server versions, as this command "
+        "prints them (Type/id/_history/version, joined by commas; '' for none noted); default: "
+        "the versions the record is flagged against when the command reads it",
+    )
     resolve.set_defaults(handler=_guarded(_resolve_conflict))
 
     create_key = subparsers.add_parser(
@@ -775,20 +783,30 @@ def _resolve_conflict(args: argparse.Namespace) -> int:
     the record's resource on the FHIR server): ``--overwrite`` queues our version again, gated
     as any send and sent If-Match the server's version the conflict was flagged against (a
     change made since is flagged again); ``--keep-remote`` keeps the server's version, recorded
-    as sent. Audited (by ``cli``). Exit status 1, nothing changed, when the record has no
-    flagged conflict."""
+    as sent. Audited (by ``cli``). It prints the server versions it decided against;
+    ``--against`` decides only if the record is still flagged against those (the status's
+    ``conflict_versions``, the console's record page). Exit status 1, nothing changed, when the record has no
+    flagged conflict, or one against other versions."""
     settings = _settings()
     from fhir_alliance_service.usecases.conflicts import (
+        ConflictChanged,
         NotFlagged,
         ServerVersionsUnknown,
         decide_conflict,
+        format_versions,
     )
     from fhir_alliance_service.usecases.status import RecordNotFound
 
     record_id = _record_id(args.record)
+    against = args.against
     with _opened_store(settings) as store:
         try:
-            found = decide_conflict(store, record_id, args.decision, decided_by="cli", at=_now())
+            if against is None:  # the conflict as flagged now, printed below
+                status = store.sync_status(record_id)
+                against = status.conflict_versions if status is not None else ()
+            found = decide_conflict(
+                store, record_id, args.decision, against=against, decided_by="cli", at=_now()
+            )
         except RecordNotFound:
             raise _StopCommand("no such record", status=1) from None
         except NotFlagged:
@@ -799,11 +817,12 @@ def _resolve_conflict(args: argparse.Namespace) -> int:
                 "nothing changed",
                 status=1,
             ) from None
-        except ServerVersionsUnknown as exc:
+        except (ConflictChanged, ServerVersionsUnknown) as exc:
             raise _StopCommand(f"record {record_id}: {exc}", status=1) from None
     assert found.sync is not None
     print(
-        f"record {record_id} version {found.sync.record_version}: {args.decision} decided; "
+        f"record {record_id} version {found.sync.record_version}: {args.decision} decided "
+        f"against {format_versions(against) or 'no noted server version'}; "
         f"{found.sync.state.value}"
     )
     return 0
@@ -826,6 +845,16 @@ def _not_replayed(record_id: str, status: Any) -> str:
         f"(version {status.record_version}): nothing to re-queue; replay takes dead-lettered "
         "records only"
     )
+
+
+def _conflict_versions(given: str) -> Any:
+    """``--against``: server versions as ``resolve-conflict`` prints them."""
+    from fhir_alliance_service.usecases.conflicts import parse_versions
+
+    try:
+        return parse_versions(given)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _record_id(given: str) -> str:

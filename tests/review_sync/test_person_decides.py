@@ -38,6 +38,12 @@ def _actions(harness: SyncHarness, record_id: str) -> list[str]:
     return [a.action for a in harness.store.list_audit(record_id=record_id, limit=1000)]
 
 
+def _shown(harness: SyncHarness, record_id: str) -> tuple[SentResource, ...]:
+    """The server versions the record's conflict is flagged against, as a person is shown them."""
+    status = harness.store.sync_status(record_id)
+    return status.conflict_versions if status is not None else ()
+
+
 def _on_server(harness: SyncHarness) -> dict[str, Any]:
     [on_server] = harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1")
     return on_server
@@ -84,7 +90,12 @@ def test_overwrite_writes_ours_over_theirs_gated_and_audited(harness: SyncHarnes
     record_id, _ = _flagged_rating(harness)
     before = _conflicts("decided-overwrite")
     found = decide_conflict(
-        harness.store, record_id, "overwrite", decided_by="fa_0123456789ab", at=_now()
+        harness.store,
+        record_id,
+        "overwrite",
+        against=_shown(harness, record_id),
+        decided_by="fa_0123456789ab",
+        at=_now(),
     )
     assert found.sync is not None and found.sync.state is SyncState.QUEUED
     assert harness.drain(conflict_policy="flag").sent == 1
@@ -110,7 +121,14 @@ def test_overwrite_does_not_clobber_a_change_made_after_the_flag(harness: SyncHa
     their latest change stays on the server."""
     record_id, _ = _flagged_rating(harness)
     later = _edit_on_server(harness, 2)
-    decide_conflict(harness.store, record_id, "overwrite", decided_by="cli", at=_now())
+    decide_conflict(
+        harness.store,
+        record_id,
+        "overwrite",
+        against=_shown(harness, record_id),
+        decided_by="cli",
+        at=_now(),
+    )
     harness.drain(conflict_policy="flag")
     status = harness.store.sync_status(record_id)
     assert status is not None
@@ -126,7 +144,14 @@ def test_overwrite_does_not_clobber_a_change_made_after_the_flag(harness: SyncHa
     ]
     assert conflicts == ["flagged", "flagged"]
     # Decided again, against what the server holds now: it goes.
-    decide_conflict(harness.store, record_id, "overwrite", decided_by="cli", at=_now())
+    decide_conflict(
+        harness.store,
+        record_id,
+        "overwrite",
+        against=_shown(harness, record_id),
+        decided_by="cli",
+        at=_now(),
+    )
     assert harness.drain(conflict_policy="flag").sent == 1
     assert value_of(_on_server(harness))["value"] == 5
 
@@ -135,7 +160,14 @@ def test_keep_remote_records_the_server_version_and_sends_nothing(harness: SyncH
     """``keep-remote``: SENT at the server's version, their value stays, nothing is sent; the
     next change of ours goes If-Match their version (no conflict)."""
     record_id, theirs = _flagged_rating(harness)
-    found = decide_conflict(harness.store, record_id, "keep-remote", decided_by="cli", at=_now())
+    found = decide_conflict(
+        harness.store,
+        record_id,
+        "keep-remote",
+        against=_shown(harness, record_id),
+        decided_by="cli",
+        at=_now(),
+    )
     assert found.sync is not None
     assert (found.sync.state, found.sync.conflict) == (SyncState.SENT, "decided-keep-remote")
     assert found.sync.sent == (
@@ -155,7 +187,14 @@ def test_a_decision_never_bypasses_the_consent_gate(harness: SyncHarness) -> Non
     consents, not for a person); nothing is sent."""
     record_id, _ = _flagged_rating(harness)
     harness.intake([R.revocation(harness.run)])
-    decide_conflict(harness.store, record_id, "overwrite", decided_by="cli", at=_now())
+    decide_conflict(
+        harness.store,
+        record_id,
+        "overwrite",
+        against=_shown(harness, record_id),
+        decided_by="cli",
+        at=_now(),
+    )
     harness.drain(conflict_policy="flag")
     status = harness.store.sync_status(record_id)
     assert status is not None and status.state is SyncState.HELD
@@ -170,7 +209,14 @@ def test_only_a_flagged_conflict_can_be_decided(harness: SyncHarness) -> None:
     [rating] = harness.intake([R.rating(harness.run, 1, value=4)])
     actions = _actions(harness, rating.record_id)
     with pytest.raises(NotFlagged):
-        decide_conflict(harness.store, rating.record_id, "overwrite", decided_by="cli", at=_now())
+        decide_conflict(
+            harness.store,
+            rating.record_id,
+            "overwrite",
+            against=_shown(harness, rating.record_id),
+            decided_by="cli",
+            at=_now(),
+        )
     assert _actions(harness, rating.record_id) == actions
 
 
@@ -188,8 +234,22 @@ def test_keep_remote_needs_the_noted_server_version(harness: SyncHarness) -> Non
             update(outbox).where(outbox.c.item_id == status.item_id).values(conflict_versions=None)
         )
     with pytest.raises(ServerVersionsUnknown):
-        decide_conflict(harness.store, record_id, "keep-remote", decided_by="cli", at=_now())
-    decide_conflict(harness.store, record_id, "overwrite", decided_by="cli", at=_now())
+        decide_conflict(
+            harness.store,
+            record_id,
+            "keep-remote",
+            against=_shown(harness, record_id),
+            decided_by="cli",
+            at=_now(),
+        )
+    decide_conflict(
+        harness.store,
+        record_id,
+        "overwrite",
+        against=_shown(harness, record_id),
+        decided_by="cli",
+        at=_now(),
+    )
     harness.drain(conflict_policy="flag")
     status = harness.store.sync_status(record_id)
     assert status is not None and (status.state, status.conflict) == (SyncState.HELD, "flagged")

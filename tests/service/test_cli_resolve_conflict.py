@@ -20,27 +20,28 @@ CLINIC = Path(__file__).resolve().parents[2] / "examples" / "demo" / "clinic"
 THEIRS = SentResource("Consent", "c-1", "4")
 
 
-def _flag_one(store: Store) -> str:
-    """Hold the oldest item for a person the way the worker's policy flag does."""
+def _flag_one(store: Store, theirs: SentResource = THEIRS) -> str:
+    """Hold the oldest queued item for a person the way the worker's policy flag does."""
     now = datetime.now(UTC)
     (item,) = store.claim("w", limit=1, lease_seconds=60, now=now)
     assert store.mark_held(item.item_id, "w", reason=CONFLICT_HELD_REASON, audit=[], at=now)
     store.mark_conflict(item.item_id, "flagged", at=now)
-    assert store.note_conflict_versions(item.item_id, [THEIRS], at=now)
+    assert store.note_conflict_versions(item.item_id, [theirs], at=now)
     return item.record_id
 
 
 def test_overwrite_queues_the_record_again_audited_by_cli(
     opened: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`--overwrite` (by record id or identifier) queues it; the AuditEvent names `cli`."""
+    """`--overwrite` (by record id or identifier) queues it, saying which server version it was
+    decided against; the AuditEvent names `cli`."""
     assert main(["load", str(CLINIC / "1-consents.json")]) == 0
     record_id = _flag_one(opened)
     record = opened.get_record(record_id)
     assert record is not None
     capsys.readouterr()
     assert main(["resolve-conflict", record.identifier, "--overwrite"]) == 0
-    assert "overwrite decided; queued" in capsys.readouterr().out
+    assert "overwrite decided against Consent/c-1/_history/4; queued" in capsys.readouterr().out
     status = opened.sync_status(record_id)
     assert status is not None
     assert (status.state, status.conflict) == (SyncState.QUEUED, "decided-overwrite")
@@ -77,3 +78,32 @@ def test_a_record_without_a_flagged_conflict_exits_1_and_changes_nothing(
     assert "no such record" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["resolve-conflict", first.record_id])
+
+
+def test_against_decides_only_the_conflict_it_names(
+    opened: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--against` the version printed before: the record, decided and flagged again against
+    version 5 meanwhile, is not decided (exit 1, one line naming version 5); against version 5
+    it is. A malformed `--against` is a usage error."""
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    record_id = _flag_one(opened)
+    capsys.readouterr()
+    assert main(["resolve-conflict", record_id, "--overwrite"]) == 0
+    assert "against Consent/c-1/_history/4;" in capsys.readouterr().out
+    assert _flag_one(opened, SentResource("Consent", "c-1", "5")) == record_id
+    before = opened.sync_status(record_id)
+
+    stale = ["resolve-conflict", record_id, "--keep-remote", "--against", "Consent/c-1/_history/4"]
+    assert main(stale) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "now against Consent/c-1/_history/5" in err
+    assert opened.sync_status(record_id) == before
+
+    assert main([*stale[:-1], "Consent/c-1/_history/5"]) == 0
+    status = opened.sync_status(record_id)
+    assert status is not None
+    assert (status.state, status.sent) == (SyncState.SENT, (SentResource("Consent", "c-1", "5"),))
+    with pytest.raises(SystemExit) as usage:
+        main(["resolve-conflict", record_id, "--overwrite", "--against", "version 4"])
+    assert usage.value.code == 2

@@ -34,12 +34,14 @@ from fhir_alliance_service.auth import grants, require_scope
 from fhir_alliance_service.errors import ApiError
 from fhir_alliance_service.store.interface import (
     PutOutcome,
+    SentResource,
     Store,
     StoredRecord,
     SyncState,
     SyncStatus,
 )
 from fhir_alliance_service.usecases.conflicts import (
+    ConflictChanged,
     NotFlagged,
     ServerVersionsUnknown,
     decide_conflict,
@@ -354,27 +356,39 @@ def replay(record_id: str) -> Any:
 def decide_record_conflict(record_id: str) -> Any:
     """Decide a conflict flagged for a person (``CONFLICT_POLICY=flag``): ``overwrite`` queues
     our version again (gated as any send; If-Match the server's version the conflict was flagged
-    against), ``keep-remote`` records the server's version as sent. Audited (by the API key's
-    id); 409 when the record has no flagged conflict.
+    against), ``keep-remote`` records the server's version as sent. ``against`` names the
+    conflict decided: the status's ``conflict_versions`` as read. Audited (by the API key's id);
+    409 when the record has no flagged conflict, or one against other versions.
 
     ---
     post:
       responses:
         409:
-          description: the record has no conflict flagged for a person to decide (or, for
-            keep-remote, the server's version at the conflict was not noted); nothing changed
+          description: the record has no conflict flagged for a person to decide, or it is
+            flagged against other server versions than ``against`` (decided and flagged again
+            meanwhile; read the status again), or, for keep-remote, the server's version at the
+            conflict was not noted; nothing changed
           content:
             application/fhir+json:
               schema: OperationOutcomeSchema
     """
     valid_id = valid_record_id(record_id)
     body = load_or_raise(instance(ConflictDecisionSchema), json_body())
+    against = [SentResource(v["resource_type"], v["id"], v["version_id"]) for v in body["against"]]
     try:
         found = decide_conflict(
-            _store(), valid_id, body["decision"], decided_by=g.api_key.key_id, at=_now()
+            _store(),
+            valid_id,
+            body["decision"],
+            against=against,
+            decided_by=g.api_key.key_id,
+            at=_now(),
         )
     except RecordNotFound:
         raise not_found() from None
+    except ConflictChanged as exc:
+        issue = Issue(path="against", message=str(exc), code="conflict")
+        raise ApiError(409, str(exc), issues=[issue]) from None
     except (NotFlagged, ServerVersionsUnknown) as exc:
         raise ApiError(409, str(exc)) from None
     assert found.sync is not None

@@ -27,6 +27,7 @@ from fhir_alliance_service.store.interface import PutOutcome, SyncState
 __all__ = [
     "RECORD_BODY_SCHEMAS",
     "ConflictDecisionSchema",
+    "ConflictVersionSchema",
     "DecisionQuerySchema",
     "DecisionSchema",
     "IntakeResponseSchema",
@@ -87,6 +88,15 @@ class RevokeRequestSchema(StrictSchema):
     reason = fields.Nested(CodingSchema, load_default=None)
 
 
+class ConflictVersionSchema(StrictSchema):
+    """One server version a conflict decision is made against, as the status's
+    ``conflict_versions`` lists it."""
+
+    resource_type = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    version_id = fields.String(required=True, allow_none=True, validate=validate.Length(max=64))
+
+
 class ConflictDecisionSchema(StrictSchema):
     """The body of ``POST /v1/records/<id>/conflict``: a person's decision on a conflict flagged
     for them (``CONFLICT_POLICY=flag``)."""
@@ -98,6 +108,17 @@ class ConflictDecisionSchema(StrictSchema):
             "description": "overwrite: our version is sent again (gated; If-Match the server's "
             "version the conflict was flagged against, so a later change is flagged again); "
             "keep-remote: the server's version is kept and recorded as sent"
+        },
+    )
+    against = fields.List(
+        fields.Nested(ConflictVersionSchema),
+        required=True,
+        validate=validate.Length(max=100),
+        metadata={
+            "description": "the conflict this decision is made on: the status's "
+            "conflict_versions as read (any order; [] when none were noted), like If-Match. "
+            "When the record is flagged against other versions now (decided and flagged again "
+            "meanwhile), the answer is 409 and nothing changes"
         },
     )
 

@@ -50,9 +50,12 @@ from fhir_alliance_service.console.session import (
 from fhir_alliance_service.errors import ApiError
 from fhir_alliance_service.usecases.conflicts import (
     DECISIONS,
+    ConflictChanged,
     NotFlagged,
     ServerVersionsUnknown,
     decide_conflict,
+    format_versions,
+    parse_versions,
 )
 from fhir_alliance_service.usecases.status import NotDeadLettered, RecordNotFound, replay_record
 
@@ -353,10 +356,22 @@ def patient(token: Any) -> str:
 @blueprint.get("/records/<uuid:record_id>")
 @require_scope("read")
 def record(record_id: Any) -> str:
-    page = record_page(_store(), str(record_id))
+    return _record(str(record_id))
+
+
+def _record(record_id: str, *, conflict_changed: bool = False) -> str:
+    """The record page; ``conflict_changed``: a decision was refused because the conflict it
+    was made on was decided and flagged again meanwhile (the page shows the new one)."""
+    page = record_page(_store(), record_id)
     if page is None:
         raise ApiError(404, "no such record")
-    return render_template("console/record.html", page=page, pretty_json=pretty_json)
+    return render_template(
+        "console/record.html",
+        page=page,
+        pretty_json=pretty_json,
+        format_versions=format_versions,
+        conflict_changed=conflict_changed,
+    )
 
 
 @blueprint.post("/records/<uuid:record_id>/replay")
@@ -376,7 +391,9 @@ def replay(record_id: Any) -> BaseResponse:
 @require_scope("admin")
 def decide(record_id: Any) -> BaseResponse:
     """A person's decision on a conflict flagged for them: the form's ``decision``
-    (``overwrite`` or ``keep-remote``), audited with the signed-in key's id."""
+    (``overwrite`` or ``keep-remote``) on the conflict the page showed (``against``, the
+    server's versions, hidden), audited with the signed-in key's id. When that conflict was
+    decided and flagged again meanwhile, nothing is decided: 409, the page with the new one."""
     check_csrf()
     session = current_session()
     assert session is not None  # require_scope signed it in
@@ -384,11 +401,24 @@ def decide(record_id: Any) -> BaseResponse:
     if decision not in DECISIONS:
         raise ApiError(422, "decision must be overwrite or keep-remote")
     try:
+        against = parse_versions(request.form["against"])
+    except (KeyError, ValueError):  # a page from before this field, or tampered with
+        raise ApiError(
+            422, "the form does not say which conflict it decides: reload the page"
+        ) from None
+    try:
         decide_conflict(
-            _store(), str(record_id), decision, decided_by=session.key.key_id, at=_now()
+            _store(),
+            str(record_id),
+            decision,
+            against=against,
+            decided_by=session.key.key_id,
+            at=_now(),
         )
     except RecordNotFound:
         raise ApiError(404, "no such record") from None
+    except ConflictChanged:
+        return make_response(_record(str(record_id), conflict_changed=True), 409)
     except (NotFlagged, ServerVersionsUnknown) as exc:
         raise ApiError(409, str(exc)) from None
     return redirect(url_for("console.record", record_id=record_id, decided=decision), code=303)

@@ -638,14 +638,17 @@ class Store(Protocol):
         self,
         item_id: int,
         *,
+        against: Sequence[SentResource],
         keep_remote: bool,
         conflict: str,
         audit: Sequence[AuditEntry],
         at: datetime,
     ) -> bool:
         """A person's decision on an item held for a person by the conflict policy (HELD,
-        conflict ``flagged``, not superseded), noted ``conflict``, with ``audit``, in one
-        transaction (compare-and-set: False, nothing written, when the item is no longer so held).
+        conflict ``flagged``, not superseded) against the server versions ``against`` (its
+        ``conflict_versions`` as read, in their order), noted ``conflict``, with ``audit``, in one
+        transaction (compare-and-set: False, nothing written, when the item is no longer so held,
+        or is flagged against other versions: decided and flagged again meanwhile).
         ``keep_remote``: SENT, listing its ``conflict_versions`` as what the server holds (the
         item must have them); else QUEUED again (attempts from 0), to be sent If-Match them."""
 

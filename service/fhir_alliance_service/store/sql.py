@@ -35,9 +35,11 @@ from sqlalchemy import (
     Engine,
     Row,
     Select,
+    Text,
     and_,
     bindparam,
     case,
+    cast,
     exists,
     func,
     insert,
@@ -1769,13 +1771,22 @@ class SqlStore(AuditQueueSql):
         self,
         item_id: int,
         *,
+        against: Sequence[SentResource],
         keep_remote: bool,
         conflict: str,
         audit: Sequence[AuditEntry],
         at: datetime,
     ) -> bool:
         values: dict[str, Any] = {"held_reason": None, "conflict": conflict, "updated_at": at}
-        flagged = [outbox.c.item_id == item_id, _FLAGGED_FOR_A_PERSON, ~_HAS_NEWER_ITEM]
+        # Flagged against exactly ``against``: the column's text as note_conflict_versions wrote
+        # it (the same serializer, through the column's type; JSON has no portable equality).
+        noted = cast(outbox.c.conflict_versions, Text)
+        if against:
+            shown = bindparam("against", _sent_json(against), type_=outbox.c.conflict_versions.type)
+            same = noted == cast(shown, Text)
+        else:
+            same = or_(outbox.c.conflict_versions.is_(None), noted.in_(["[]", "null"]))
+        flagged = [outbox.c.item_id == item_id, _FLAGGED_FOR_A_PERSON, ~_HAS_NEWER_ITEM, same]
         if keep_remote:
             flagged.append(outbox.c.conflict_versions.is_not(None))
             values.update(state=SyncState.SENT.value, sent=outbox.c.conflict_versions)

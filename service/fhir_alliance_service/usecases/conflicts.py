@@ -8,26 +8,35 @@ the server since meets a 412 and is flagged again. ``keep-remote`` records those
 the server holds (as the ``keep-remote`` policy does): nothing is sent. Either is audited (an
 AuditEvent naming who decided: an API key id, or ``cli``) and counted in
 ``fhir_alliance_conflicts_total``.
+
+A decision names the conflict it was made on: ``against``, the server's versions the person was
+shown (``conflict_versions`` on the status). The same outbox item can be flagged again (an
+``overwrite`` meets a newer change), so the item alone does not say which conflict; a decision
+against other versions than the flagged ones decides nothing (:class:`ConflictChanged`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
 from fhir_alliance_service import audit
 from fhir_alliance_service.metrics import CONFLICTS
-from fhir_alliance_service.store.interface import Store, SyncState, SyncStatus
+from fhir_alliance_service.store.interface import SentResource, Store, SyncState, SyncStatus
 from fhir_alliance_service.usecases.status import RecordStatus, record_status
 
 __all__ = [
     "DECIDED_KEEP_REMOTE",
     "DECIDED_OVERWRITE",
     "DECISIONS",
+    "ConflictChanged",
     "NotFlagged",
     "ServerVersionsUnknown",
     "decide_conflict",
+    "format_versions",
     "is_flagged",
+    "parse_versions",
 ]
 
 #: The decisions, and the ``conflict`` each leaves on the record's status.
@@ -48,18 +57,72 @@ class ServerVersionsUnknown(Exception):
     were, or the server could not be read then); nothing changed."""
 
 
+class ConflictChanged(Exception):
+    """The record's flagged conflict is not against the versions the decision was made on (it was
+    decided meanwhile and flagged again, against a newer change); nothing changed. ``now``: the
+    versions it is flagged against now, to show the person."""
+
+    def __init__(self, now: Sequence[SentResource]) -> None:
+        self.now = tuple(now)
+        super().__init__(
+            "the conflict changed since it was shown: it is now against "
+            f"{format_versions(self.now) or 'no noted version'}; nothing changed, decide again"
+        )
+
+
+def format_versions(versions: Sequence[SentResource]) -> str:
+    """``versions`` as one line, ``Type/id/_history/version`` (``Type/id`` without a version)
+    joined by commas: what the CLI prints and takes back (``--against``), and the console's form
+    carries. The empty string for none."""
+    return ",".join(
+        f"{v.resource_type}/{v.id}" + (f"/_history/{v.version_id}" if v.version_id else "")
+        for v in versions
+    )
+
+
+def parse_versions(text: str) -> tuple[SentResource, ...]:
+    """The versions :func:`format_versions` wrote; ValueError for anything else."""
+    versions = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        pieces = part.split("/")
+        if len(pieces) == 2 and all(pieces):
+            versions.append(SentResource(pieces[0], pieces[1], None))
+        elif len(pieces) == 4 and pieces[2] == "_history" and all(pieces):
+            versions.append(SentResource(pieces[0], pieces[1], pieces[3]))
+        else:
+            raise ValueError("versions must read Type/id/_history/version, joined by commas")
+    return tuple(versions)
+
+
+def _same_versions(a: Sequence[SentResource], b: Sequence[SentResource]) -> bool:
+    """Whether ``a`` and ``b`` name the same versions, in any order."""
+
+    def key(v: SentResource) -> tuple[str, str, str]:
+        return (v.resource_type, v.id, v.version_id or "")
+
+    return sorted(a, key=key) == sorted(b, key=key)
+
+
 def is_flagged(status: SyncStatus | None) -> bool:
     """Whether ``status`` is a conflict held for a person to decide."""
     return status is not None and status.state is SyncState.HELD and status.conflict == _FLAGGED
 
 
 def decide_conflict(
-    store: Store, record_id: str, decision: str, *, decided_by: str, at: datetime
+    store: Store,
+    record_id: str,
+    decision: str,
+    *,
+    against: Sequence[SentResource],
+    decided_by: str,
+    at: datetime,
 ) -> RecordStatus:
     """Apply ``decision`` (``overwrite`` or ``keep-remote``, :data:`DECISIONS`) to the record's
-    flagged conflict and return its new status. ``decided_by``: the API key id, or ``cli``.
-    Raises ``RecordNotFound`` (``usecases/status.py``), :class:`NotFlagged` or :class:`ServerVersionsUnknown`
-    (nothing changed), ValueError for another decision."""
+    flagged conflict, if it is flagged ``against`` these server versions (the
+    ``conflict_versions`` the person was shown, in any order), and return its new status.
+    ``decided_by``: the API key id, or ``cli``. Raises ``RecordNotFound``
+    (``usecases/status.py``), :class:`NotFlagged`, :class:`ConflictChanged` or
+    :class:`ServerVersionsUnknown` (nothing changed), ValueError for another decision."""
     conflict = DECISIONS.get(decision)
     if conflict is None:
         raise ValueError("decision must be overwrite or keep-remote")
@@ -68,6 +131,8 @@ def decide_conflict(
     if not is_flagged(status):
         raise NotFlagged("the record has no conflict flagged for a person to decide")
     assert status is not None and status.item_id is not None
+    if not _same_versions(against, status.conflict_versions):
+        raise ConflictChanged(status.conflict_versions)
     keep_remote = decision == "keep-remote"
     if keep_remote and not status.conflict_versions:
         raise ServerVersionsUnknown(
@@ -84,9 +149,17 @@ def decide_conflict(
         against=status.conflict_versions,
     )
     decided = store.decide_conflict(
-        status.item_id, keep_remote=keep_remote, conflict=conflict, audit=[entry], at=at
+        status.item_id,
+        against=status.conflict_versions,  # as stored: the store compares them as it wrote them
+        keep_remote=keep_remote,
+        conflict=conflict,
+        audit=[entry],
+        at=at,
     )
-    if not decided:  # decided meanwhile, or superseded by a newer version
+    if not decided:  # decided meanwhile (and perhaps flagged again), or superseded
+        now = store.sync_status(record_id)
+        if is_flagged(now) and now is not None:
+            raise ConflictChanged(now.conflict_versions)
         raise NotFlagged("the record has no conflict flagged for a person to decide")
     CONFLICTS.labels(conflict).inc()
     return record_status(store, record_id)

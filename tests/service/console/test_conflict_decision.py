@@ -1,6 +1,7 @@
 """The console's conflict decision on a record page: a conflict flagged for a person shows the
-EHR's version it was flagged against, and an admin session (with the CSRF token) decides it;
-a read session sees no buttons and is refused."""
+EHR's version it was flagged against, and an admin session (with the CSRF token) decides it,
+that conflict only (the form carries the versions shown); a read session sees no buttons and is
+refused."""
 
 from __future__ import annotations
 
@@ -8,34 +9,42 @@ from datetime import UTC, datetime
 
 from fhir_alliance_service.store.interface import SentResource, SyncState
 from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
+from fhir_alliance_service.usecases.conflicts import decide_conflict
 from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.service.console.test_views import _load_demo, csrf_of, sign_in
 
 BUTTON = "Write ours over the EHR's</button>"
+AGAINST = '<input type="hidden" name="against" value="{}">'
 
 
-def _flagged(app: Flask) -> str:
-    """Hold one claimed item for a person the way the worker's policy flag does; its record id."""
+def _flagged(app: Flask, version: str = "4", record_id: str | None = None) -> str:
+    """Claim the next item (of ``record_id``, if given) and hold it for a person against the
+    EHR's ``version``, the way the worker's policy flag does; its record id."""
     store = app.extensions["fhir_alliance"].store
     now = datetime.now(UTC)
-    item = store.claim("test-worker", limit=1, lease_seconds=60, now=now)[0]
+    items = store.claim("test-worker", limit=100, lease_seconds=60, now=now, per_patient=100)
+    [item] = [i for i in items if record_id is None or i.record_id == record_id][:1]
+    store.release([i.item_id for i in items if i.item_id != item.item_id], "test-worker", at=now)
     assert store.mark_held(
         item.item_id, "test-worker", reason=CONFLICT_HELD_REASON, audit=[], at=now
     )
     store.mark_conflict(item.item_id, "flagged", at=now)
-    assert store.note_conflict_versions(item.item_id, [SentResource("Consent", "c-1", "4")], at=now)
-    record_id: str = item.record_id
-    return record_id
+    assert store.note_conflict_versions(
+        item.item_id, [SentResource("Consent", "c-1", version)], at=now
+    )
+    flagged: str = item.record_id
+    return flagged
 
 
 def test_a_decision_needs_admin_and_a_csrf_token(
     console_app: Flask, console_client: FlaskClient, console_keys: dict[str, str]
 ) -> None:
-    """Read: no buttons, 403. Admin: the EHR's version shown; no or a forged token is 403; a bad
-    decision 422; keep-remote then records it sent (303 to the record page, which says so), and
-    deciding again is 409."""
+    """Read: no buttons, 403. Admin: the EHR's version shown (and carried by the form); no or a
+    forged token is 403; a bad decision, or a form that does not say which conflict, 422;
+    keep-remote then records it sent (303 to the record page, which says so), and deciding again
+    is 409."""
     _load_demo(console_client, console_keys)
     store = console_app.extensions["fhir_alliance"].store
     record_id = _flagged(console_app)
@@ -54,15 +63,22 @@ def test_a_decision_needs_admin_and_a_csrf_token(
     sign_in(console_client, console_keys["admin"])
     shown = console_client.get(page).text
     assert BUTTON in shown and "Consent/c-1 (version 4)" in shown
+    assert AGAINST.format("Consent/c-1/_history/4") in shown
     token = csrf_of(console_client)
     assert console_client.post(decide, data={"decision": "overwrite"}).status_code == 403
     forged = {"csrf_token": "forged", "decision": "overwrite"}
     assert console_client.post(decide, data=forged).status_code == 403
-    bad = {"csrf_token": token, "decision": "both"}
+    bad = {"csrf_token": token, "decision": "both", "against": "Consent/c-1/_history/4"}
     assert console_client.post(decide, data=bad).status_code == 422
+    for against in (None, "Consent"):
+        unsaid = {"csrf_token": token, "decision": "keep-remote"}
+        if against is not None:
+            unsaid["against"] = against
+        assert console_client.post(decide, data=unsaid).status_code == 422
     assert store.sync_status(record_id).state is SyncState.HELD
 
-    answer = console_client.post(decide, data={"csrf_token": token, "decision": "keep-remote"})
+    form = {"csrf_token": token, "decision": "keep-remote", "against": "Consent/c-1/_history/4"}
+    answer = console_client.post(decide, data=form)
     assert answer.status_code == 303
     assert "EHR's version is kept" in console_client.get(answer.headers["Location"]).text
     status = store.sync_status(record_id)
@@ -70,5 +86,55 @@ def test_a_decision_needs_admin_and_a_csrf_token(
     [event] = [a for a in store.list_audit(record_id=record_id) if a.action == "conflict-decision"]
     who = event.resource["agent"][0]["who"]["identifier"]["value"]
     assert console_keys["admin"].startswith(who + "_")
-    again = console_client.post(decide, data={"csrf_token": token, "decision": "overwrite"})
+    again = console_client.post(decide, data={**form, "decision": "overwrite"})
     assert again.status_code == 409
+
+
+def test_a_decision_shown_one_conflict_is_not_applied_to_a_later_one(
+    console_app: Flask, console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """The admin's page shows the conflict against version 4; before the click, another admin
+    decides overwrite, the send meets a 412 against version 5 and the same item is flagged again.
+    The click (the form as shown) is refused (409, the page showing the conflict against version
+    5, with a form for it), the record stays flagged; deciding on that page is taken."""
+    _load_demo(console_client, console_keys)
+    store = console_app.extensions["fhir_alliance"].store
+    record_id = _flagged(console_app, "4")
+    page = f"/console/records/{record_id}"
+
+    sign_in(console_client, console_keys["admin"])
+    shown = console_client.get(page).text
+    assert "Consent/c-1 (version 4)" in shown
+    form = {
+        "csrf_token": csrf_of(console_client),
+        "decision": "overwrite",
+        "against": "Consent/c-1/_history/4",
+    }
+
+    # Meanwhile: another admin (or the CLI) decides, the worker sends, someone changed it again.
+    v4 = (SentResource("Consent", "c-1", "4"),)
+    decide_conflict(
+        store, record_id, "overwrite", against=v4, decided_by="cli", at=datetime.now(UTC)
+    )
+    _flagged(console_app, "5", record_id)
+    assert store.sync_status(record_id).conflict_versions == (SentResource("Consent", "c-1", "5"),)
+
+    answer = console_client.post(f"{page}/conflict", data=form)
+    status = store.sync_status(record_id)
+    assert answer.status_code == 409, (
+        f"the stale form decided the conflict against version 5 ({answer.status_code}): "
+        f"{status.state.value}, {status.conflict}"
+    )
+    assert (status.state, status.conflict) == (SyncState.HELD, "flagged")
+    assert 'id="conflict-changed"' in answer.text
+    assert "Consent/c-1 (version 5)" in answer.text
+    assert AGAINST.format("Consent/c-1/_history/5") in answer.text
+    audited = [a for a in store.list_audit(record_id=record_id) if a.action == "conflict-decision"]
+    assert len(audited) == 1  # the other admin's decision only
+
+    answer = console_client.post(
+        f"{page}/conflict", data={**form, "against": "Consent/c-1/_history/5"}
+    )
+    assert answer.status_code == 303
+    status = store.sync_status(record_id)
+    assert (status.state, status.conflict) == (SyncState.QUEUED, "decided-overwrite")

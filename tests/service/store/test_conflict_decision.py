@@ -1,0 +1,59 @@
+"""Contract tests of ``Store.decide_conflict``, on SQLite and PostgreSQL: a person's decision is a
+compare-and-set on the conflict they were shown (the server versions it is flagged against), so
+the same item flagged again against newer versions is not decided by a decision on the old."""
+
+from __future__ import annotations
+
+from fhir_alliance_service.store import SentResource, SqlStore, SyncState
+from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
+
+from .builders import T0, at, record
+
+V4 = (SentResource("Consent", "c-1", "4"), SentResource("Provenance", "p-1", None))
+V5 = (SentResource("Consent", "c-1", "5"), SentResource("Provenance", "p-1", None))
+
+
+def _flag(store: SqlStore, versions: tuple[SentResource, ...] | None) -> int:
+    """Record 1's item held for a person, flagged against ``versions`` (None: none noted)."""
+    [item] = store.claim("w", limit=1, lease_seconds=30, now=at(1))
+    assert store.mark_held(item.item_id, "w", reason=CONFLICT_HELD_REASON, audit=[], at=at(2))
+    store.mark_conflict(item.item_id, "flagged", at=at(2))
+    if versions is not None:
+        assert store.note_conflict_versions(item.item_id, versions, at=at(2))
+    return item.item_id
+
+
+def test_a_decision_against_other_versions_decides_nothing(store: SqlStore) -> None:
+    """Flagged against version 5: a decision against version 4 (either decision) writes
+    nothing; one against version 5 is taken."""
+    store.put_records([record(1)], audit=[], at=T0)
+    item_id = _flag(store, V5)
+    for keep_remote in (False, True):
+        assert not store.decide_conflict(
+            item_id, against=V4, keep_remote=keep_remote, conflict="x", audit=[], at=at(3)
+        )
+        assert not store.decide_conflict(
+            item_id, against=(), keep_remote=keep_remote, conflict="x", audit=[], at=at(3)
+        )
+    status = store.sync_status(record(1).record_id)
+    assert status is not None and (status.state, status.conflict) == (SyncState.HELD, "flagged")
+    assert store.decide_conflict(
+        item_id, against=V5, keep_remote=True, conflict="decided", audit=[], at=at(4)
+    )
+    status = store.sync_status(record(1).record_id)
+    assert status is not None and (status.state, status.sent) == (SyncState.SENT, V5)
+
+
+def test_no_noted_versions_match_an_empty_against(store: SqlStore) -> None:
+    """A conflict flagged without noted versions is decided against none (an empty list), not
+    against some."""
+    store.put_records([record(1)], audit=[], at=T0)
+    item_id = _flag(store, None)
+    assert not store.decide_conflict(
+        item_id, against=V4, keep_remote=False, conflict="x", audit=[], at=at(3)
+    )
+    assert store.decide_conflict(
+        item_id, against=(), keep_remote=False, conflict="decided", audit=[], at=at(3)
+    )
+    status = store.sync_status(record(1).record_id)
+    assert status is not None and status.state is SyncState.QUEUED
