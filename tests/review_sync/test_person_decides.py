@@ -17,6 +17,7 @@ from fhir_alliance_service.usecases.conflicts import (
     ServerVersionsUnknown,
     decide_conflict,
 )
+from fhir_alliance_service.usecases.status import RecordStatus
 
 from tests.review_sync.steps import value_of
 from tests.service.sync import records as R
@@ -42,6 +43,18 @@ def _shown(harness: SyncHarness, record_id: str) -> tuple[SentResource, ...]:
     """The server versions the record's conflict is flagged against, as a person is shown them."""
     status = harness.store.sync_status(record_id)
     return status.conflict_versions if status is not None else ()
+
+
+def _decide(harness: SyncHarness, record_id: str, decision: str) -> RecordStatus:
+    """A person's decision from the command line, against the conflict the status shows now."""
+    return decide_conflict(
+        harness.store,
+        record_id,
+        decision,
+        against=_shown(harness, record_id),
+        decided_by="cli",
+        at=_now(),
+    )
 
 
 def _on_server(harness: SyncHarness) -> dict[str, Any]:
@@ -121,14 +134,7 @@ def test_overwrite_does_not_clobber_a_change_made_after_the_flag(harness: SyncHa
     their latest change stays on the server."""
     record_id, _ = _flagged_rating(harness)
     later = _edit_on_server(harness, 2)
-    decide_conflict(
-        harness.store,
-        record_id,
-        "overwrite",
-        against=_shown(harness, record_id),
-        decided_by="cli",
-        at=_now(),
-    )
+    _decide(harness, record_id, "overwrite")
     harness.drain(conflict_policy="flag")
     status = harness.store.sync_status(record_id)
     assert status is not None
@@ -144,14 +150,7 @@ def test_overwrite_does_not_clobber_a_change_made_after_the_flag(harness: SyncHa
     ]
     assert conflicts == ["flagged", "flagged"]
     # Decided again, against what the server holds now: it goes.
-    decide_conflict(
-        harness.store,
-        record_id,
-        "overwrite",
-        against=_shown(harness, record_id),
-        decided_by="cli",
-        at=_now(),
-    )
+    _decide(harness, record_id, "overwrite")
     assert harness.drain(conflict_policy="flag").sent == 1
     assert value_of(_on_server(harness))["value"] == 5
 
@@ -160,14 +159,7 @@ def test_keep_remote_records_the_server_version_and_sends_nothing(harness: SyncH
     """``keep-remote``: SENT at the server's version, their value stays, nothing is sent; the
     next change of ours goes If-Match their version (no conflict)."""
     record_id, theirs = _flagged_rating(harness)
-    found = decide_conflict(
-        harness.store,
-        record_id,
-        "keep-remote",
-        against=_shown(harness, record_id),
-        decided_by="cli",
-        at=_now(),
-    )
+    found = _decide(harness, record_id, "keep-remote")
     assert found.sync is not None
     assert (found.sync.state, found.sync.conflict) == (SyncState.SENT, "decided-keep-remote")
     assert found.sync.sent == (
@@ -187,14 +179,7 @@ def test_a_decision_never_bypasses_the_consent_gate(harness: SyncHarness) -> Non
     consents, not for a person); nothing is sent."""
     record_id, _ = _flagged_rating(harness)
     harness.intake([R.revocation(harness.run)])
-    decide_conflict(
-        harness.store,
-        record_id,
-        "overwrite",
-        against=_shown(harness, record_id),
-        decided_by="cli",
-        at=_now(),
-    )
+    _decide(harness, record_id, "overwrite")
     harness.drain(conflict_policy="flag")
     status = harness.store.sync_status(record_id)
     assert status is not None and status.state is SyncState.HELD
@@ -234,22 +219,8 @@ def test_keep_remote_needs_the_noted_server_version(harness: SyncHarness) -> Non
             update(outbox).where(outbox.c.item_id == status.item_id).values(conflict_versions=None)
         )
     with pytest.raises(ServerVersionsUnknown):
-        decide_conflict(
-            harness.store,
-            record_id,
-            "keep-remote",
-            against=_shown(harness, record_id),
-            decided_by="cli",
-            at=_now(),
-        )
-    decide_conflict(
-        harness.store,
-        record_id,
-        "overwrite",
-        against=_shown(harness, record_id),
-        decided_by="cli",
-        at=_now(),
-    )
+        _decide(harness, record_id, "keep-remote")
+    _decide(harness, record_id, "overwrite")
     harness.drain(conflict_policy="flag")
     status = harness.store.sync_status(record_id)
     assert status is not None and (status.state, status.conflict) == (SyncState.HELD, "flagged")
