@@ -19,7 +19,8 @@ from sqlalchemy import text
 
 from fhir_alliance.cli import main
 from tests.service.store.builders import T0
-from tests.service.store.test_api_key_names import downgrade_to, insert_keys_at_0004
+from tests.service.store.migrating import downgrade_to
+from tests.service.store.test_api_key_names import insert_keys_at_0004
 
 FHIR_ALLIANCE_BIN = Path(sys.executable).with_name("fhir-alliance")
 

@@ -8,8 +8,6 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from fhir_alliance_service.store import SqlStore, current_revision, open_store, upgrade
 from fhir_alliance_service.store.engine import make_engine
 from fhir_alliance_service.store.interface import (
@@ -18,11 +16,11 @@ from fhir_alliance_service.store.interface import (
     ApiKeyNameTaken,
     api_key_name_folded,
 )
-from fhir_alliance_service.store.schema import MIGRATIONS
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from .builders import at
+from .migrating import downgrade_to
 
 
 def _key(key_id: str, name: str, *, revoked: bool = False) -> ApiKey:
@@ -121,18 +119,6 @@ def test_concurrent_adds_of_one_name_leave_exactly_one_key(database_url: str) ->
 
 
 # -- migration 0005 -------------------------------------------------------------------------------
-
-
-def downgrade_to(url: str, revision: str) -> None:
-    engine = make_engine(url)
-    try:
-        with engine.begin() as connection:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS))
-            config.attributes["connection"] = connection
-            command.downgrade(config, revision)
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

@@ -6,32 +6,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from fhir_alliance_service.store import current_revision, upgrade
 from fhir_alliance_service.store.engine import make_engine
-from fhir_alliance_service.store.schema import MIGRATIONS
 from sqlalchemy import inspect, text
 
 from .builders import T0
-
-
-def _downgrade(url: str, revision: str) -> None:
-    engine = make_engine(url)
-    try:
-        with engine.begin() as connection:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS))
-            config.attributes["connection"] = connection
-            command.downgrade(config, revision)
-    finally:
-        engine.dispose()
+from .migrating import downgrade_to
 
 
 @pytest.fixture
 def url_at_0003(database_url: str) -> Iterator[str]:
     """``database_url`` (migrated to head by its fixture) taken back to revision 0003."""
-    _downgrade(database_url, "0003")
+    downgrade_to(database_url, "0003")
     yield database_url
 
 
@@ -88,7 +74,7 @@ def test_0004_upgrades_rows_in_place_and_downgrades(url_at_0003: str) -> None:
         engine.dispose()
     assert [(bool(p), s, n) for p, s, n in rows] == [(True, "pushed", 0), (False, None, 0)]
 
-    _downgrade(url, "0003")
+    downgrade_to(url, "0003")
     assert current_revision(url) == "0003"
     assert not {"ix_audit_at", "ix_audit_unsettled_push_state_id"} & _indexes(url, "audit")
     assert not {"push_state", "push_attempts", "push_next_at", "push_outcome"} & _columns(
