@@ -34,3 +34,18 @@ def sent_consent_first(harness: SyncHarness) -> None:
     """The patient's sharing consent, sent: later ratings of Patient/p1 are permitted."""
     harness.intake([R.sharing_consent(harness.run)])
     assert harness.drain().sent == 1
+
+
+def conflict_events(harness: SyncHarness, record_id: str) -> list[str]:
+    """The outcomes of the record's ``conflict`` AuditEvents, in order."""
+    return [
+        str(a.resource.get("outcomeDesc"))
+        for a in harness.store.list_audit(record_id=record_id)
+        if a.action == "conflict"
+    ]
+
+
+def consent_on_server(harness: SyncHarness) -> dict[str, Any]:
+    """The Patient/p1 sharing consent as the FHIR server holds it."""
+    [on_server] = harness.on_server("Consent", R.consent_id(harness.run, "Patient/p1"))
+    return on_server

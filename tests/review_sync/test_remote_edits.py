@@ -4,17 +4,16 @@ If-Match; conflict-flagged (and draft) holds wait for a person, not for a consen
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fhir_alliance_service.metrics import REGISTRY
-from fhir_alliance_service.store import SqlStore, open_store
+from fhir_alliance_service.store import SqlStore
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync.gate import HoldReason
 from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
 
-from tests.review_sync.steps import before_send, value_of
+from tests.review_sync.steps import before_send, conflict_events, consent_on_server, value_of
 from tests.service.conftest import (  # noqa: F401 (fixtures: the store on PostgreSQL)
     empty_postgres_schema,
     postgres_url,
@@ -30,19 +29,6 @@ EDITED_AT = "2026-11-03T09:00:00+00:00"
 
 def _conflicts(outcome: str) -> float:
     return REGISTRY.get_sample_value("fhir_alliance_conflicts_total", {"outcome": outcome}) or 0.0
-
-
-def _conflict_events(harness: SyncHarness, record_id: str) -> list[str]:
-    return [
-        str(a.resource.get("outcomeDesc"))
-        for a in harness.store.list_audit(record_id=record_id)
-        if a.action == "conflict"
-    ]
-
-
-def _consent_on_server(harness: SyncHarness) -> dict[str, Any]:
-    [on_server] = harness.on_server("Consent", R.consent_id(harness.run, "Patient/p1"))
-    return on_server
 
 
 def _content(resource: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +48,7 @@ def _sent_consent(harness: SyncHarness, *, changed_here: bool) -> tuple[str, dic
         payload["date"] = "2026-11-02T09:00:00+00:00"
         [consent] = harness.intake([payload])
         assert consent.version == 2 and harness.drain().sent == 1
-    return consent.record_id, _consent_on_server(harness)
+    return consent.record_id, consent_on_server(harness)
 
 
 @pytest.mark.parametrize("changed_here", [False, True], ids=["version-1", "version-2"])
@@ -83,16 +69,16 @@ def test_an_active_consent_edited_on_the_server_is_settled_by_the_conflict_polic
     status = harness.store.sync_status(record_id)
     assert status is not None and status.conflict == "remote-edited"
     harness.drain(conflict_policy=policy)
-    on_server = _consent_on_server(harness)
+    on_server = consent_on_server(harness)
     status = harness.store.sync_status(record_id)
     assert status is not None
     print(
         f"policy={policy} state={status.state.value} conflict={status.conflict} "
-        f"server_dateTime={on_server.get('dateTime')} events={_conflict_events(harness, record_id)}"
+        f"server_dateTime={on_server.get('dateTime')} events={conflict_events(harness, record_id)}"
     )
     expected = {"flag": "flagged", "overwrite": "overwritten", "keep-remote": "kept-remote"}
     assert status.conflict == expected[policy], "the remote edit was never settled"
-    assert _conflict_events(harness, record_id) == [expected[policy]]
+    assert conflict_events(harness, record_id) == [expected[policy]]
     if policy == "flag":
         assert status.state is SyncState.HELD and status.held_reason == CONFLICT_HELD_REASON
         assert on_server["meta"]["versionId"] == theirs["meta"]["versionId"]
@@ -119,7 +105,7 @@ def _draft_consent_put_in_force(harness: SyncHarness) -> tuple[str, dict[str, An
     payload["history"] = [{"status": "draft", "at": payload["date"], "by": payload["grantor"]}]
     [draft] = harness.intake([payload])
     assert draft.version == 1 and harness.drain().sent == 1
-    put_in_force = remote.update(harness.server, _consent_on_server(harness), status="active")
+    put_in_force = remote.update(harness.server, consent_on_server(harness), status="active")
     report = puller(harness).pull(full_listing=True)
     assert report.reasserted == 1
     return draft.record_id, put_in_force
@@ -144,7 +130,7 @@ def test_a_draft_written_back_at_version_1_goes_if_match_the_version_the_pull_sa
     status = harness.store.sync_status(record_id)
     assert status is not None and status.state is SyncState.SENT
     assert status.conflict == "withdrawal-reasserted"
-    assert _consent_on_server(harness)["status"] == "draft"
+    assert consent_on_server(harness)["status"] == "draft"
 
 
 @pytest.mark.parametrize("policy", ["flag", "overwrite"])
@@ -162,10 +148,10 @@ def test_a_write_back_at_version_1_does_not_silently_overwrite_a_concurrent_edit
         lambda: edited.append(remote.update(harness.server, put_in_force, dateTime=EDITED_AT)),
     )
     harness.drain(conflict_policy=policy)
-    on_server = _consent_on_server(harness)
+    on_server = consent_on_server(harness)
     status = harness.store.sync_status(record_id)
     assert status is not None
-    events = _conflict_events(harness, record_id)
+    events = conflict_events(harness, record_id)
     print(f"policy={policy} state={status.state.value} conflict={status.conflict} events={events}")
     expected = {"flag": "flagged", "overwrite": "overwritten"}[policy]
     assert status.conflict == expected, "the concurrent edit was overwritten without a conflict"
@@ -178,21 +164,6 @@ def test_a_write_back_at_version_1_does_not_silently_overwrite_a_concurrent_edit
 
 
 # ---------------------------------------------------------------- 3. holds that wait for a person
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite_url", id="sqlite"),
-        pytest.param("postgres_url", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-def any_store(request: pytest.FixtureRequest) -> Iterator[SqlStore]:
-    """A store on a migrated SQLite database, then on PostgreSQL (the contract tests' two)."""
-    opened = open_store(request.getfixturevalue(request.param))
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def test_release_held_leaves_holds_that_wait_for_a_person(any_store: SqlStore) -> None:
@@ -251,7 +222,7 @@ def test_a_consent_change_does_not_resend_a_conflict_flagged_hold(harness: SyncH
         harness.drain(conflict_policy="flag")
     status = harness.store.sync_status(rating.record_id)
     assert status is not None
-    events = _conflict_events(harness, rating.record_id)
+    events = conflict_events(harness, rating.record_id)
     print(f"state={status.state.value} conflict_events={events}")
     assert status.state is SyncState.HELD and status.held_reason == CONFLICT_HELD_REASON
     assert events == ["flagged"], "each consent change re-sent the flagged record"

@@ -4,27 +4,13 @@ the version our own last write left, whichever of the two was recorded first."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fhir_alliance_service.store.interface import PulledResource, SentResource, SyncState
 
+from tests.review_sync.steps import conflict_events, consent_on_server
 from tests.service.store.builders import at, record
 from tests.service.sync import records as R
 from tests.service.sync import remote
 from tests.service.sync.conftest import SyncHarness, puller
-
-
-def _conflict_events(harness: SyncHarness, record_id: str) -> list[str]:
-    return [
-        str(a.resource.get("outcomeDesc"))
-        for a in harness.store.list_audit(record_id=record_id)
-        if a.action == "conflict"
-    ]
-
-
-def _consent_on_server(harness: SyncHarness) -> dict[str, Any]:
-    [on_server] = harness.on_server("Consent", R.consent_id(harness.run, "Patient/p1"))
-    return on_server
 
 
 def _draft_consent_put_in_force(harness: SyncHarness) -> str:
@@ -36,7 +22,7 @@ def _draft_consent_put_in_force(harness: SyncHarness) -> str:
     payload["history"] = [{"status": "draft", "at": payload["date"], "by": payload["grantor"]}]
     [draft] = harness.intake([payload])
     assert draft.version == 1 and harness.drain().sent == 1
-    remote.update(harness.server, _consent_on_server(harness), status="active")
+    remote.update(harness.server, consent_on_server(harness), status="active")
     assert puller(harness).pull(full_listing=True).reasserted == 1
     return draft.record_id
 
@@ -49,7 +35,7 @@ def test_a_change_after_our_write_back_and_before_the_next_pull_is_no_conflict(
     held for a person."""
     record_id = _draft_consent_put_in_force(harness)
     harness.drain(conflict_policy="flag")
-    assert _consent_on_server(harness)["meta"]["versionId"] == "3"
+    assert consent_on_server(harness)["meta"]["versionId"] == "3"
     payload = R.sharing_consent(harness.run)
     payload["history"] = [
         {"status": "draft", "at": payload["date"], "by": payload["grantor"]},
@@ -62,8 +48,8 @@ def test_a_change_after_our_write_back_and_before_the_next_pull_is_no_conflict(
     assert status is not None
     assert (status.state, status.conflict) == (SyncState.SENT, None)
     assert status.sent[0].version_id == "4"
-    assert _conflict_events(harness, record_id) == ["withdrawal-reasserted"]
-    assert _consent_on_server(harness)["status"] == "active"
+    assert conflict_events(harness, record_id) == ["withdrawal-reasserted"]
+    assert consent_on_server(harness)["status"] == "active"
 
 
 def test_a_withdrawal_pulled_after_our_last_write_is_the_if_match(harness: SyncHarness) -> None:
@@ -71,14 +57,14 @@ def test_a_withdrawal_pulled_after_our_last_write_is_the_if_match(harness: SyncH
     server (version 2) and the pull adopts it: the revocation goes If-Match 2, no conflict."""
     [consent] = harness.intake([R.sharing_consent(harness.run)])
     assert harness.drain().sent == 1
-    remote.update(harness.server, _consent_on_server(harness), status="inactive")
+    remote.update(harness.server, consent_on_server(harness), status="inactive")
     assert puller(harness).pull().withdrawn == 1
     harness.drain(conflict_policy="flag")
     status = harness.store.sync_status(consent.record_id)
     assert status is not None
     assert (status.state, status.conflict) == (SyncState.SENT, None)
-    assert _consent_on_server(harness)["meta"]["versionId"] == "3"
-    assert _conflict_events(harness, consent.record_id) == []
+    assert consent_on_server(harness)["meta"]["versionId"] == "3"
+    assert conflict_events(harness, consent.record_id) == []
 
 
 def _if_match_with(

@@ -4,11 +4,10 @@ patient revoked here that someone sets back to active on the FHIR server is writ
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from fhir_alliance_service.store import SentResource, SqlStore, open_store
+from fhir_alliance_service.store import SentResource, SqlStore
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync import Worker
 
@@ -21,21 +20,6 @@ from tests.service.sync import records as R
 from tests.service.sync.conftest import SyncHarness
 
 # ---------------------------------------------------------------- the store functions they use
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite_url", id="sqlite"),
-        pytest.param("postgres_url", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-def any_store(request: pytest.FixtureRequest) -> Iterator[SqlStore]:
-    """A store on a migrated SQLite database, then on PostgreSQL (the contract tests' two)."""
-    opened = open_store(request.getfixturevalue(request.param))
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def test_held_since_gives_each_patient_with_held_items_its_oldest_hold(any_store: SqlStore) -> None:
