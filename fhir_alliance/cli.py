@@ -113,6 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(lines) > 1 or line not in exc.message:
                 print(f"  {line}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C: the command has said what it left undone (a cancelled $import, the check's
+        # leftovers) before letting it through; one line, not a traceback, and the shell's 130.
+        print("interrupted", file=sys.stderr)
+        return 130
     return code
 
 
