@@ -40,6 +40,7 @@ def replay_record(store: Store, record_id: str, *, at: datetime) -> RecordStatus
     Raises :class:`RecordNotFound`, or :class:`NotDeadLettered` (nothing changed)."""
     current = record_status(store, record_id)
     if current.sync is None or current.sync.state is not SyncState.DEAD_LETTERED:
-        raise NotDeadLettered("only a dead-lettered record can be replayed")
+        state = "not in the outbox" if current.sync is None else current.sync.state.value
+        raise NotDeadLettered(f"only a dead-lettered record can be replayed; this one is {state}")
     store.replay(record_id, at=at)
     return record_status(store, record_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 from fhir_alliance_service.store.interface import SentResource, Store
@@ -120,6 +121,8 @@ def test_replay_of_a_queued_record_is_409(
     record_id, _ = _claimed(client, auth_headers, store)
     response = client.post(f"/v1/records/{record_id}/replay", headers=auth_headers["admin"])
     assert response.status_code == 409
+    [issue] = response.json["issue"]
+    assert "this one is queued" in json.dumps(issue), issue  # says what it is instead
     missing = client.post(
         "/v1/records/00000000-0000-5000-8000-000000000000/replay", headers=auth_headers["admin"]
     )
