@@ -159,12 +159,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.parametrize("exclusive", [False, True], ids=["write-lock", "exclusive-lock"])
 def test_the_worker_waits_out_a_locked_database_at_start(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    exclusive: bool,
 ) -> None:
     """`fhir-alliance worker` started while another program holds the lock past SQLite's busy
-    timeout (shortened here) starts (its schema check is a read), rides the lock out, and stops
-    with 0 on SIGTERM (it used to exit 2: "the database cannot be used: database is locked")."""
+    timeout (shortened here) stops with 0 on SIGTERM (it used to exit 2: "the database cannot be
+    used: database is locked"). Behind a write lock it starts at once (its schema check is a
+    read) and rides the lock out; behind an exclusive lock, which stops reads too (``PRAGMA
+    locking_mode=EXCLUSIVE``), it logs that it waits to start and starts once the lock goes."""
     for name in list(os.environ):
         if name.startswith("FHIR_ALLIANCE_") and name != "FHIR_ALLIANCE_TEST_BASE_URL":
             monkeypatch.delenv(name)
@@ -189,7 +195,12 @@ def test_the_worker_waits_out_a_locked_database_at_start(
     database = make_url(sqlite_url).database
     assert database
     other = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")
+    if exclusive:
+        other.execute("PRAGMA locking_mode=EXCLUSIVE")
+        other.execute("BEGIN EXCLUSIVE")
+        other.execute("CREATE TABLE outside_lock (x)")  # a write: the lock is exclusive now
+    else:
+        other.execute("BEGIN IMMEDIATE")
 
     def hold() -> None:
         unlock.wait()
@@ -211,4 +222,5 @@ def test_the_worker_waits_out_a_locked_database_at_start(
     err = capfd.readouterr().err
     assert code == 0, err
     assert "the database cannot be used" not in err
+    assert ("database is locked by another program: waiting to start" in err) is exclusive, err
     assert "worker started" in err and "worker stopped" in err
