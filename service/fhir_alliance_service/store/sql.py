@@ -356,7 +356,7 @@ def _later_versions(
     of its given version and the one ``listed`` (the item's column) names; and whether any given
     one is later (or not listed)."""
     versions = {(e["resource_type"], e["id"]): e.get("version_id") for e in listed or ()}
-    merged: list[dict[str, Any]] = []
+    merged: list[SentResource] = []
     newer = False
     for resource in given:
         key = (resource.resource_type, resource.id)
@@ -365,8 +365,8 @@ def _later_versions(
             version = versions[key]  # the server holds the other send's later write
         else:
             newer = True
-        merged.append({"resource_type": key[0], "id": key[1], "version_id": version})
-    return merged, newer
+        merged.append(SentResource(key[0], key[1], version))
+    return _sent_json(merged), newer
 
 
 def _stored_record(row: AnyRow) -> StoredRecord:
@@ -394,10 +394,7 @@ def _sync_status(row: AnyRow) -> SyncStatus:
         held_reason=row.held_reason,
         next_attempt_at=row.next_attempt_at,
         last_outcome=row.last_outcome,
-        sent=tuple(
-            SentResource(entry["resource_type"], entry["id"], entry.get("version_id"))
-            for entry in row.sent or ()
-        ),
+        sent=_sent_resources(row.sent),
         updated_at=row.updated_at,
         retraction=row.retraction,
         conflict=row.conflict,
@@ -1086,10 +1083,7 @@ class SqlStore(AuditQueueSql):
         audit: Sequence[AuditEntry],
         at: datetime,
     ) -> bool:
-        sent_json = [
-            {"resource_type": item.resource_type, "id": item.id, "version_id": item.version_id}
-            for item in sent
-        ]
+        sent_json = _sent_json(sent)
         values = {
             "state": SyncState.SENT.value,
             "sent": sent_json,
@@ -1124,10 +1118,7 @@ class SqlStore(AuditQueueSql):
                 {
                     "b_item_id": mark.item_id,
                     "b_worker": worker,
-                    "b_sent": [
-                        {"resource_type": s.resource_type, "id": s.id, "version_id": s.version_id}
-                        for s in mark.sent
-                    ],
+                    "b_sent": _sent_json(mark.sent),
                     "b_at": at,
                 }
                 for mark, ok in zip(marks, landed, strict=True)
@@ -1732,11 +1723,7 @@ class SqlStore(AuditQueueSql):
         )
         with self._read() as connection:
             rows = connection.execute(query).all()
-        return {
-            SentResource(entry["resource_type"], entry["id"], entry.get("version_id"))
-            for row in rows
-            for entry in row.sent or ()
-        }
+        return {resource for row in rows for resource in _sent_resources(row.sent)}
 
     def mark_retraction(
         self, item_id: int, retraction: str, *, audit: Sequence[AuditEntry], at: datetime
@@ -1810,10 +1797,7 @@ class SqlStore(AuditQueueSql):
         audit: Sequence[AuditEntry],
         at: datetime,
     ) -> None:
-        sent_json = [
-            {"resource_type": item.resource_type, "id": item.id, "version_id": item.version_id}
-            for item in sent
-        ]
+        sent_json = _sent_json(sent)
         with self._write() as connection:
             connection.execute(
                 update(outbox)
