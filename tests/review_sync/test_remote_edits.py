@@ -1,5 +1,5 @@
-"""Sync review, remote edits of what we own: an active consent of ours edited on the FHIR server is
-settled by the conflict policy (not only noted); a write-back of a record at version 1 carries
+"""Sync review, remote edits of what we own: an active or draft consent of ours edited on the FHIR
+server is settled by the conflict policy (not only noted); a write-back of a record at version 1 carries
 If-Match; conflict-flagged (and draft) holds wait for a person, not for a consent change."""
 
 from __future__ import annotations
@@ -94,21 +94,82 @@ def test_an_active_consent_edited_on_the_server_is_settled_by_the_conflict_polic
     assert (again.conflicts, harness.drain(conflict_policy=policy).claimed) == (0, 0)
 
 
-# ---------------------------------------------------------------- 2. If-Match at version 1
+# ---------------------------------------------------------------- 2. a draft consent edited
 
 
-def _draft_consent_put_in_force(harness: SyncHarness) -> tuple[str, dict[str, Any]]:
-    """Our consent taken in as a draft (record version 1) and sent; someone sets it active on the
-    FHIR server; the pull queues our draft to be written back: its record id, the server's copy."""
+def _sent_draft(harness: SyncHarness) -> tuple[str, dict[str, Any]]:
+    """Our consent of Patient/p1 taken in as a draft (record version 1) and sent: its record id
+    and the server's copy of our write."""
     payload = R.sharing_consent(harness.run)
     payload["status"] = "draft"
     payload["history"] = [{"status": "draft", "at": payload["date"], "by": payload["grantor"]}]
     [draft] = harness.intake([payload])
     assert draft.version == 1 and harness.drain().sent == 1
-    put_in_force = remote.update(harness.server, consent_on_server(harness), status="active")
+    return draft.record_id, consent_on_server(harness)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [{"dateTime": EDITED_AT}, {"dateTime": EDITED_AT, "status": "proposed"}],
+    ids=["left-draft", "set-proposed"],
+)
+@pytest.mark.parametrize("policy", ["flag", "overwrite", "keep-remote"])
+def test_a_draft_consent_edited_on_the_server_is_settled_by_the_conflict_policy(
+    harness: SyncHarness, policy: str, edit: dict[str, Any]
+) -> None:
+    """Someone edits the content of our draft consent on the FHIR server and leaves it a draft
+    (``draft``, or R4's ``proposed``: not in force, not withdrawn). As for an active consent:
+    the pull counts a conflict, queues our version again, its update meets the 412 and
+    CONFLICT_POLICY settles it (flag: held for a person, their edit stays; overwrite: ours is
+    written; keep-remote: theirs is recorded as what the server holds), with its conflict
+    AuditEvent. The pass after settles nothing more."""
+    record_id, ours = _sent_draft(harness)
+    theirs = remote.update(harness.server, ours, **edit)
+    seen = _conflicts("remote-edit-seen")
+    report = puller(harness).pull(full_listing=True)
+    status = harness.store.sync_status(record_id)
+    assert status is not None
+    print(
+        f"edit={sorted(edit)} pull: conflicts={report.conflicts} merged={report.merged} "
+        f"withdrawn={report.withdrawn} status conflict={status.conflict} "
+        f"state={status.state.value}"
+    )
+    assert (report.conflicts, report.withdrawn, report.reasserted) == (1, 0, 0)
+    assert status.conflict == "remote-edited", "the edit of our draft was merged quietly"
+    assert _conflicts("remote-edit-seen") == seen + 1
+    harness.drain(conflict_policy=policy)
+    on_server = consent_on_server(harness)
+    status = harness.store.sync_status(record_id)
+    assert status is not None
+    expected = {"flag": "flagged", "overwrite": "overwritten", "keep-remote": "kept-remote"}
+    assert status.conflict == expected[policy], "the remote edit was never settled"
+    assert conflict_events(harness, record_id) == [expected[policy]]
+    if policy == "flag":
+        assert status.state is SyncState.HELD and status.held_reason == CONFLICT_HELD_REASON
+        assert on_server["meta"]["versionId"] == theirs["meta"]["versionId"]
+    elif policy == "overwrite":
+        assert status.state is SyncState.SENT
+        assert _content(on_server) == _content(ours), "the EHR keeps someone else's edit"
+        assert [s.version_id for s in status.sent] == [on_server["meta"]["versionId"]]
+    else:
+        assert status.state is SyncState.SENT
+        assert _content(on_server) == _content(theirs)
+        assert [s.version_id for s in status.sent] == [theirs["meta"]["versionId"]]
+    again = puller(harness).pull(full_listing=True)
+    assert (again.conflicts, harness.drain(conflict_policy=policy).claimed) == (0, 0)
+
+
+# ---------------------------------------------------------------- 3. If-Match at version 1
+
+
+def _draft_consent_put_in_force(harness: SyncHarness) -> tuple[str, dict[str, Any]]:
+    """Our consent taken in as a draft (record version 1) and sent; someone sets it active on the
+    FHIR server; the pull queues our draft to be written back: its record id, the server's copy."""
+    record_id, ours = _sent_draft(harness)
+    put_in_force = remote.update(harness.server, ours, status="active")
     report = puller(harness).pull(full_listing=True)
     assert report.reasserted == 1
-    return draft.record_id, put_in_force
+    return record_id, put_in_force
 
 
 def test_a_draft_written_back_at_version_1_goes_if_match_the_version_the_pull_saw(
@@ -163,7 +224,7 @@ def test_a_write_back_at_version_1_does_not_silently_overwrite_a_concurrent_edit
         assert status.state is SyncState.SENT and on_server["status"] == "draft"
 
 
-# ---------------------------------------------------------------- 3. holds that wait for a person
+# ---------------------------------------------------------------- 4. holds that wait for a person
 
 
 def test_release_held_leaves_holds_that_wait_for_a_person(any_store: SqlStore) -> None:

@@ -29,9 +29,10 @@ whose consents changed. See docs/two-way-sync.md.
   adopted at once as a local revocation (so the next push carries it); an edit that undoes our
   withdrawal (a consent revoked, expired or withdrawn here set back to active, draft or proposed
   there) is never adopted: our version is queued to be written back at once, ``If-Match`` the
-  server's version (a conflict, ``withdrawal-reasserted``); any other edit is a conflict, counted
-  and noted on the record (``remote-edited``): our version is queued again, ``If-Match`` our last
-  written version, so its 412 is settled by the conflict policy (overwrite, keep-remote, flag).
+  server's version (a conflict, ``withdrawal-reasserted``); any other edit (of an active consent
+  left active, of a draft left a draft) is a conflict, counted and noted on the record
+  (``remote-edited``): our version is queued again, ``If-Match`` our last written version, so
+  its 412 is settled by the conflict policy (overwrite, keep-remote, flag).
 * **Observations** (``pull_observations``) are kept read-only in ``pulled_resources``; never
   pushed back.
 
@@ -136,12 +137,15 @@ IGNORED_WHY = (IGNORED_OTHER_SERVER, IGNORED_NOT_OURS, IGNORED_NO_PATIENT)
 #: The conflict of a consent of ours withdrawn here that someone put back in force on the server:
 #: our version is written back (the record's ``conflict``, the metric's and the audit's outcome).
 REASSERTED = "withdrawal-reasserted"
-#: The conflict of a consent of ours someone else edited on the server and left active: our
-#: version is queued again and the conflict policy settles it at its send (the record's
+#: The conflict of a consent of ours someone else edited on the server and left active (or left a
+#: draft, for a draft of ours): our version is queued again and the conflict policy settles it at its send (the record's
 #: ``conflict`` until then).
 REMOTE_EDITED = "remote-edited"
+#: Server statuses (R4 and R5) of a Consent not in force yet (what a draft of ours is written as,
+#: and R4's ``proposed``, which the library reads as a draft too).
+_NOT_YET_IN_FORCE = frozenset({"draft", "proposed"})
 #: Server statuses (R4 and R5) under which a Consent is, or may come, in force.
-_MAY_BE_IN_FORCE = frozenset({"active", "draft", "proposed"})
+_MAY_BE_IN_FORCE = _NOT_YET_IN_FORCE | {"active"}
 
 
 def foreign_record_id(server: str, resource_id_on_server: str) -> str:
@@ -780,7 +784,7 @@ class Puller:
             # Noted as "withdrawn": the worker's next update of the record is made against this
             # version (``Worker._if_match``), so only a further change meets a 412.
             return row("withdrawn")
-        if resource.get("status") != "active":
+        if resource.get("status") != "active" and not _still_a_draft(resource.get("status"), ours):
             return row("withdrawn" if self._withdraw_ours(record_id, patient, report) else "merged")
         report.conflicts += 1
         CONFLICTS.labels("remote-edit-seen").inc()
@@ -979,6 +983,16 @@ def _undoes_withdrawal(remote_status: object, ours: ConsentStatus) -> bool:
     if ours is ConsentStatus.ACTIVE or remote_status not in _MAY_BE_IN_FORCE:
         return False
     return remote_status == "active" or ours is not ConsentStatus.DRAFT
+
+
+def _still_a_draft(remote_status: object, ours: ConsentRecord | None) -> bool:
+    """A draft of ours that the server still has as a draft (``draft`` or ``proposed``): an edit
+    of it withdraws nothing, so it is a conflict like an edit of an active consent left active."""
+    return (
+        ours is not None
+        and ours.status is ConsentStatus.DRAFT
+        and remote_status in _NOT_YET_IN_FORCE
+    )
 
 
 def _revoked_copy(store: Store, record_id: str, at: datetime) -> NewRecord | None:
