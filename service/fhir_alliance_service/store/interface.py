@@ -134,6 +134,15 @@ class ReplayResult:
 
 
 @dataclass(frozen=True, slots=True)
+class FlaggedConflicts:
+    """What :meth:`Store.flagged_conflicts` found: how many conflicts wait for a person's
+    decision, and the oldest of them (their sync status, by item id)."""
+
+    count: int
+    items: tuple[SyncStatus, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class SentResource:
     """One FHIR resource as the server holds it after a send."""
 
@@ -633,6 +642,12 @@ class Store(Protocol):
         """Note on an item held for a person by the conflict policy (HELD, conflict ``flagged``)
         the versions the server held when it was flagged (``conflict_versions``). False, nothing
         written, when the item is no longer so held (superseded, decided)."""
+
+    def flagged_conflicts(self, *, limit: int = 100) -> FlaggedConflicts:
+        """The conflicts that wait for a person's decision: items held for a person by the
+        conflict policy (HELD, conflict ``flagged``) and not superseded, the ones
+        :meth:`decide_conflict` can decide. How many, and the oldest ``limit`` of them (by item
+        id); two bounded reads, whatever the outbox holds."""
 
     def decide_conflict(
         self,

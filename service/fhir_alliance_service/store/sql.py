@@ -56,6 +56,7 @@ from .interface import (
     ApiKey,
     ApiKeyNameTaken,
     AuditEntry,
+    FlaggedConflicts,
     IntakeResult,
     NewRecord,
     OutboxItem,
@@ -1753,6 +1754,16 @@ class SqlStore(AuditQueueSql):
                 .values(conflict_versions=_sent_json(versions))
             )
             return result.rowcount == 1
+
+    def flagged_conflicts(self, *, limit: int = 100) -> FlaggedConflicts:
+        flagged = and_(_FLAGGED_FOR_A_PERSON, ~_HAS_NEWER_ITEM)  # what decide_conflict decides
+        count = select(func.count()).select_from(outbox).where(flagged)
+        oldest = select(outbox).where(flagged).order_by(outbox.c.item_id).limit(limit)
+        with self._read() as connection:
+            return FlaggedConflicts(
+                count=connection.execute(count).scalar_one(),
+                items=tuple(_sync_status(row) for row in connection.execute(oldest)),
+            )
 
     def decide_conflict(
         self,

@@ -57,3 +57,33 @@ def test_no_noted_versions_match_an_empty_against(store: SqlStore) -> None:
     )
     status = store.sync_status(record(1).record_id)
     assert status is not None and status.state is SyncState.QUEUED
+
+
+def test_flagged_conflicts_count_and_list_what_a_person_can_decide(store: SqlStore) -> None:
+    """The conflicts that wait for a person (the console's overview): items held for a person by
+    the conflict policy, oldest first, ``limit`` of them and the count of all. Not listed: one
+    decided, one held by the gate, one whose record has a newer version, one settled by the
+    policy (overwritten) or by a person (decided, then sent)."""
+    store.put_records([record(n) for n in range(1, 7)], audit=[], at=T0)
+    items = store.claim("w", limit=10, lease_seconds=30, now=at(1), per_patient=10)
+    item = {int(i.record_id[-1]): i.item_id for i in items}
+    for n in (1, 2, 4, 6):
+        assert store.mark_held(item[n], "w", reason=CONFLICT_HELD_REASON, audit=[], at=at(2))
+        store.mark_conflict(item[n], "flagged", at=at(2))
+        assert store.note_conflict_versions(item[n], V4, at=at(2))
+    assert store.mark_held(item[3], "w", reason="no consent", audit=[], at=at(2))
+    assert store.mark_sent(item[5], "w", sent=list(V4), audit=[], at=at(2))
+    store.mark_conflict(item[5], "overwritten", at=at(2))
+    assert store.decide_conflict(
+        item[2], against=V4, keep_remote=True, conflict="decided-keep-remote", audit=[], at=at(3)
+    )
+    store.put_records([record(4, score=2)], audit=[], at=at(3))  # a new version of record 4
+
+    found = store.flagged_conflicts(limit=10)
+    assert found.count == 2
+    assert [s.record_id for s in found.items] == [record(1).record_id, record(6).record_id]
+    assert all(s.state is SyncState.HELD and s.conflict_versions == V4 for s in found.items)
+    first = store.flagged_conflicts(limit=1)
+    assert (first.count, [s.record_id for s in first.items]) == (2, [record(1).record_id])
+    empty = store.flagged_conflicts(limit=0)
+    assert (empty.count, empty.items) == (2, ())
