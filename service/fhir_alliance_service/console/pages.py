@@ -152,6 +152,10 @@ class OverviewPage:
     held_scanned_all: bool
     failed: list[Problem]
     dead_lettered: list[Problem]
+    #: Conflicts held for a person (``CONFLICT_POLICY=flag``): how many, and the oldest
+    #: :data:`LISTED_PROBLEMS` of them (each decided on its record page).
+    conflicts_count: int
+    conflicts: list[SyncStatus]
     last_contact: datetime | None
     fhir_version: str | None
     fhir_base_url: str | None
@@ -207,6 +211,7 @@ def overview_page(store: Store, settings: Settings, *, now: datetime) -> Overvie
     ]
     failed = store.list_by_state(SyncState.FAILED, limit=LISTED_PROBLEMS)
     dead = store.list_by_state(SyncState.DEAD_LETTERED, limit=LISTED_PROBLEMS)
+    conflicts = store.flagged_conflicts(limit=LISTED_PROBLEMS)
     last_contact = store.get_meta(META_LAST_CONTACT)
     return OverviewPage(
         counts={state: counts.get(state, 0) for state in SHOWN_STATES},
@@ -215,6 +220,8 @@ def overview_page(store: Store, settings: Settings, *, now: datetime) -> Overvie
         held_scanned_all=complete,
         failed=[Problem(s, outcome_message(s.last_outcome)) for s in failed],
         dead_lettered=[Problem(s, outcome_message(s.last_outcome)) for s in dead],
+        conflicts_count=conflicts.count,
+        conflicts=list(conflicts.items),
         last_contact=datetime.fromisoformat(last_contact) if last_contact else None,
         fhir_version=store.get_meta(META_FHIR_VERSION),
         fhir_base_url=store.get_meta(META_FHIR_BASE_URL) or settings.fhir_base_url,

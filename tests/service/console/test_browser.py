@@ -374,9 +374,10 @@ def _post_form(browser: webdriver.Chrome, action: str, token: str | None) -> Non
 def test_an_admin_decides_a_flagged_conflict_by_clicking(
     browser: webdriver.Chrome, clinic: Clinic, artifacts: Path
 ) -> None:
-    """A record held for a person by the conflict policy: its page shows the EHR's version and,
+    """A record held for a person by the conflict policy: the overview counts and lists it,
+    linking to its page (axe finds nothing serious there); its page shows the EHR's version and,
     to an admin, the two decisions; axe finds nothing serious; Keep the EHR's version records it
-    sent. (A record of its own patient, so that the other tests find the clinic as it was.)"""
+    sent, and the overview no longer lists it. (A record of its own patient, so that the other tests find the clinic as it was.)"""
     from datetime import UTC, datetime
 
     from fhir_alliance_service.store.interface import SentResource
@@ -400,7 +401,18 @@ def test_an_admin_decides_a_flagged_conflict_by_clicking(
     assert clinic.store.note_conflict_versions(item.item_id, [theirs], at=now)
 
     sign_in(browser, clinic, "admin")
-    browser.get(clinic.url(f"/console/records/{taken.record_id}"))
+    flagged = clinic.store.flagged_conflicts(limit=100)
+    listed = table_rows(browser, "conflicts")
+    assert [row[0] for row in listed] == [s.record_id for s in flagged.items]
+    assert taken.record_id in [row[0] for row in listed]
+    count = browser.find_element(By.ID, "conflicts-count").text
+    assert count.startswith(f"{flagged.count} record"), count
+    screenshot(browser, artifacts, "overview-conflicts")
+    violations = serious_violations(browser)
+    assert not violations, _describe(violations)
+    link = browser.find_element(By.LINK_TEXT, taken.record_id)
+    navigates(browser, link.click)
+    assert browser.current_url == clinic.url(f"/console/records/{taken.record_id}")
     assert "Observation/theirs-1 (version 4)" in browser.find_element(By.ID, "conflict").text
     screenshot(browser, artifacts, "conflict")
     violations = serious_violations(browser)
@@ -414,3 +426,8 @@ def test_an_admin_decides_a_flagged_conflict_by_clicking(
     screenshot(browser, artifacts, "conflict-decided")
     violations = serious_violations(browser)
     assert not violations, _describe(violations)
+    browser.get(clinic.url("/console/"))
+    left = clinic.store.flagged_conflicts(limit=100).count
+    count = browser.find_element(By.ID, "conflicts-count").text
+    assert count == "None." if left == 0 else count.startswith(f"{left} record"), count
+    assert not browser.find_elements(By.LINK_TEXT, taken.record_id)

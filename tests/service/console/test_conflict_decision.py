@@ -1,12 +1,15 @@
 """The console's conflict decision on a record page: a conflict flagged for a person shows the
 EHR's version it was flagged against, and an admin session (with the CSRF token) decides it,
 that conflict only (the form carries the versions shown); a read session sees no buttons and is
-refused."""
+refused. The overview counts and lists the conflicts waiting for a person."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
+import pytest
+from fhir_alliance_service.console import pages as console_pages
 from fhir_alliance_service.store.interface import SentResource, SyncState
 from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
 from fhir_alliance_service.usecases.conflicts import decide_conflict
@@ -138,3 +141,52 @@ def test_a_decision_shown_one_conflict_is_not_applied_to_a_later_one(
     assert answer.status_code == 303
     status = store.sync_status(record_id)
     assert (status.state, status.conflict) == (SyncState.QUEUED, "decided-overwrite")
+
+
+def _conflicts_section(client: FlaskClient) -> str:
+    """The overview's section on conflicts waiting for a person."""
+    page = client.get("/console/")
+    assert page.status_code == 200
+    found = re.search(
+        r'<section aria-labelledby="conflicts-heading">.*?</section>', page.text, re.S
+    )
+    assert found is not None, "the overview has no section on flagged conflicts"
+    return found.group(0)
+
+
+def test_the_overview_lists_the_conflicts_waiting_for_a_person(
+    console_app: Flask,
+    console_client: FlaskClient,
+    console_keys: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records held for a person by the conflict policy are counted and listed on the overview,
+    oldest first, each linking to the record page where it is decided (to a read session too,
+    which is told an admin decides); no patient reference is shown. Beyond the listed number the
+    caption says only the oldest are listed. A decided conflict leaves the list."""
+    _load_demo(console_client, console_keys)
+    store = console_app.extensions["fhir_alliance"].store
+    sign_in(console_client, console_keys["read"])
+    assert 'id="conflicts-count">None.' in _conflicts_section(console_client)
+
+    first, second = _flagged(console_app, "4"), _flagged(console_app, "5")
+    section = _conflicts_section(console_client)
+    links = re.findall(r'<a href="/console/records/([^"]+)">([^<]+)</a>', section)
+    assert links == [(first, first), (second, second)]
+    assert "2 records: someone else changed them" in section
+    assert "An admin decides on its page" in section
+    assert "Patient/" not in section and "demo-client" not in section
+    sign_in(console_client, console_keys["admin"])
+    assert "Open a record to decide on its page" in _conflicts_section(console_client)
+
+    monkeypatch.setattr(console_pages, "LISTED_PROBLEMS", 1)
+    section = _conflicts_section(console_client)
+    assert re.findall(r'href="/console/records/([^"]+)"', section) == [first]
+    assert "2 records" in section and "(the oldest 1 only)" in section
+    monkeypatch.undo()
+
+    v4 = (SentResource("Consent", "c-1", "4"),)
+    decide_conflict(store, first, "keep-remote", against=v4, decided_by="cli", at=datetime.now(UTC))
+    section = _conflicts_section(console_client)
+    assert re.findall(r'href="/console/records/([^"]+)"', section) == [second]
+    assert "1 record: someone else changed it" in section
