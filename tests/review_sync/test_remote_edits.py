@@ -1,6 +1,7 @@
 """Sync review, remote edits of what we own: an active or draft consent of ours edited on the FHIR
-server is settled by the conflict policy (not only noted); a write-back of a record at version 1 carries
-If-Match; conflict-flagged (and draft) holds wait for a person, not for a consent change."""
+server is settled by the conflict policy (not only noted), and withdrawn there is revoked here; a
+write-back of a record at version 1 carries If-Match; conflict-flagged (and draft) holds wait for a
+person, not for a consent change."""
 
 from __future__ import annotations
 
@@ -151,6 +152,48 @@ def test_a_draft_consent_edited_on_the_server_is_settled_by_the_conflict_policy(
     assert status.conflict == "remote-edited", "the edit of our draft was merged quietly"
     assert _conflicts("remote-edit-seen") == seen + 1
     _settled_by_the_policy(harness, policy, record_id, ours, theirs)
+
+
+@pytest.mark.parametrize("withdrawn_as", ["inactive", "rejected", "entered-in-error"])
+def test_a_draft_consent_withdrawn_on_the_server_is_revoked_here(
+    harness: SyncHarness, withdrawn_as: str
+) -> None:
+    """Someone withdraws our draft consent on the FHIR server (a status that is neither in force
+    nor a draft). As for an active consent, the withdrawal is adopted at once: revoked here
+    through intake (a new version, audited) and the revoked version written back against the
+    version the pull saw, with no conflict."""
+    record_id, ours = _sent_draft(harness)
+    remote.update(harness.server, ours, status=withdrawn_as)
+    report = puller(harness).pull(full_listing=True)
+    stored = harness.store.get_record(record_id)
+    assert stored is not None
+    print(
+        f"withdrawn_as={withdrawn_as} pull: withdrawn={report.withdrawn} "
+        f"conflicts={report.conflicts} stored status={stored.body['status']}"
+    )
+    assert (report.withdrawn, report.conflicts) == (1, 0), "the withdrawal was merged quietly"
+    assert stored.version == 2 and stored.body["status"] == "revoked"
+    harness.drain(conflict_policy="flag")
+    status = harness.store.sync_status(record_id)
+    assert status is not None and status.state is SyncState.SENT and status.conflict is None
+    on_server = consent_on_server(harness)
+    assert on_server["status"] == "inactive" and on_server["meta"]["versionId"] == "3"
+    again = puller(harness).pull(full_listing=True)
+    assert (again.withdrawn, again.conflicts, harness.drain().claimed) == (0, 0, 0)
+
+
+def test_a_draft_consent_deleted_on_the_server_is_revoked_here(harness: SyncHarness) -> None:
+    """Someone deletes our draft consent on the FHIR server: as for an active consent, the
+    deletion is adopted as a withdrawal, revoked here through intake."""
+    record_id, ours = _sent_draft(harness)
+    assert puller(harness).pull(full_listing=True).conflicts == 0  # our write, seen
+    remote.delete(harness.server, ours)
+    report = puller(harness).pull(full_listing=True)
+    stored = harness.store.get_record(record_id)
+    assert stored is not None
+    print(f"pull: deleted={report.deleted} withdrawn={report.withdrawn} {stored.body['status']}")
+    assert (report.deleted, report.withdrawn) == (1, 1), "the deletion was merged quietly"
+    assert stored.version == 2 and stored.body["status"] == "revoked"
 
 
 # ---------------------------------------------------------------- 3. If-Match at version 1

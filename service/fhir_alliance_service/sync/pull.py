@@ -25,8 +25,8 @@ whose consents changed. See docs/two-way-sync.md.
   record (never pushed back) that joins the patient's engine, deny-overrides. One that cannot be
   read is stored as unreadable, which holds the patient's records (never "no consent"). Deleted
   on the server, it is revoked here. A Consent **we** pushed belongs to us: our own versions are
-  skipped; someone else's edit that withdraws it (status no longer active, or a deletion) is
-  adopted at once as a local revocation (so the next push carries it); an edit that undoes our
+  skipped; someone else's edit that withdraws it (status no longer active, for a draft no longer
+  a draft either, or a deletion) is adopted at once as a local revocation (so the next push carries it); an edit that undoes our
   withdrawal (a consent revoked, expired or withdrawn here set back to active, draft or proposed
   there) is never adopted: our version is queued to be written back at once, ``If-Match`` the
   server's version (a conflict, ``withdrawal-reasserted``); any other edit (of an active consent
@@ -65,6 +65,7 @@ from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
 from fhir_alliance.mapping.consent import from_consent
 from fhir_alliance.model.common import Identifier
 from fhir_alliance.model.consent import (
+    REVOCABLE_STATUSES,
     ConsentRecord,
     ConsentRevocation,
     ConsentStatus,
@@ -799,8 +800,9 @@ class Puller:
         return row("conflict")
 
     def _withdraw_ours(self, record_id: str, patient: str, report: PullReport) -> bool:
-        """Someone withdrew our consent on the server (a changed status or a deletion): revoke
-        it here too, through intake (audited, versioned, pushed back as revoked)."""
+        """Someone withdrew our consent (active, or a draft) on the server (a changed status or a
+        deletion): revoke it here too, through intake (audited, versioned, pushed back as
+        revoked)."""
         stored = self.store.get_record(record_id)
         if stored is None:
             return False
@@ -808,7 +810,7 @@ class Puller:
             record = CONSENT_MAPPER.load(stored.body)
         except InputError:
             return False
-        if not isinstance(record, ConsentRecord) or record.status is not ConsentStatus.ACTIVE:
+        if not isinstance(record, ConsentRecord) or record.status not in REVOCABLE_STATUSES:
             return False  # already withdrawn here
         now = self.clock()
         payload = {
