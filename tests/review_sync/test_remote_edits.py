@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from fhir_alliance_service.metrics import REGISTRY
 from fhir_alliance_service.store import SqlStore
-from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.store.interface import StoredRecord, SyncState, SyncStatus
 from fhir_alliance_service.sync.gate import HoldReason
+from fhir_alliance_service.sync.pull import PullReport
 from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
 
 from tests.review_sync.steps import before_send, conflict_events, consent_on_server, value_of
@@ -122,6 +123,23 @@ def _sent_draft(harness: SyncHarness) -> tuple[str, dict[str, Any]]:
     return draft.record_id, consent_on_server(harness)
 
 
+def _pull_and_show(
+    harness: SyncHarness, record_id: str
+) -> tuple[PullReport, SyncStatus, StoredRecord]:
+    """A full pull: its report, then the sync status and the stored newest version of our
+    consent ``record_id``, printed (what a failure shows)."""
+    report = puller(harness).pull(full_listing=True)
+    status = harness.store.sync_status(record_id)
+    stored = harness.store.get_record(record_id)
+    assert status is not None and stored is not None
+    print(
+        f"pull: conflicts={report.conflicts} withdrawn={report.withdrawn} "
+        f"deleted={report.deleted} merged={report.merged}; status conflict={status.conflict} "
+        f"state={status.state.value}; stored v{stored.version} {stored.body['status']}"
+    )
+    return report, status, stored
+
+
 @pytest.mark.parametrize(
     "edit",
     [{"dateTime": EDITED_AT}, {"dateTime": EDITED_AT, "status": "proposed"}],
@@ -140,14 +158,7 @@ def test_a_draft_consent_edited_on_the_server_is_settled_by_the_conflict_policy(
     record_id, ours = _sent_draft(harness)
     theirs = remote.update(harness.server, ours, **edit)
     seen = _conflicts("remote-edit-seen")
-    report = puller(harness).pull(full_listing=True)
-    status = harness.store.sync_status(record_id)
-    assert status is not None
-    print(
-        f"edit={sorted(edit)} pull: conflicts={report.conflicts} merged={report.merged} "
-        f"withdrawn={report.withdrawn} status conflict={status.conflict} "
-        f"state={status.state.value}"
-    )
+    report, status, _ = _pull_and_show(harness, record_id)
     assert (report.conflicts, report.withdrawn, report.reasserted) == (1, 0, 0)
     assert status.conflict == "remote-edited", "the edit of our draft was merged quietly"
     assert _conflicts("remote-edit-seen") == seen + 1
@@ -164,13 +175,7 @@ def test_a_draft_consent_withdrawn_on_the_server_is_revoked_here(
     version the pull saw, with no conflict."""
     record_id, ours = _sent_draft(harness)
     remote.update(harness.server, ours, status=withdrawn_as)
-    report = puller(harness).pull(full_listing=True)
-    stored = harness.store.get_record(record_id)
-    assert stored is not None
-    print(
-        f"withdrawn_as={withdrawn_as} pull: withdrawn={report.withdrawn} "
-        f"conflicts={report.conflicts} stored status={stored.body['status']}"
-    )
+    report, _, stored = _pull_and_show(harness, record_id)
     assert (report.withdrawn, report.conflicts) == (1, 0), "the withdrawal was merged quietly"
     assert stored.version == 2 and stored.body["status"] == "revoked"
     harness.drain(conflict_policy="flag")
@@ -188,10 +193,7 @@ def test_a_draft_consent_deleted_on_the_server_is_revoked_here(harness: SyncHarn
     record_id, ours = _sent_draft(harness)
     assert puller(harness).pull(full_listing=True).conflicts == 0  # our write, seen
     remote.delete(harness.server, ours)
-    report = puller(harness).pull(full_listing=True)
-    stored = harness.store.get_record(record_id)
-    assert stored is not None
-    print(f"pull: deleted={report.deleted} withdrawn={report.withdrawn} {stored.body['status']}")
+    report, _, stored = _pull_and_show(harness, record_id)
     assert (report.deleted, report.withdrawn) == (1, 1), "the deletion was merged quietly"
     assert stored.version == 2 and stored.body["status"] == "revoked"
 
