@@ -633,8 +633,14 @@ class Store(Protocol):
         """Note on a SENT item what the retraction policy did with it (one transaction with
         ``audit``)."""
 
-    def mark_conflict(self, item_id: int, conflict: str, *, at: datetime) -> None:
-        """Note on an item how a 412 conflict on ``If-Match`` was settled."""
+    def mark_conflict(
+        self, item_id: int, conflict: str, *, at: datetime, worker: str | None = None
+    ) -> bool:
+        """Note on an item how a 412 conflict on ``If-Match`` was settled. With ``worker`` (the
+        worker settling it, before it records the outcome): only while ``worker`` holds the
+        item's lease, the same compare-and-set as the ``mark_*`` (the lease is kept: the outcome
+        is recorded next). Without: only on an item no worker holds (the pull's note on a SENT
+        item). False, and nothing written, otherwise (another worker took the item over)."""
 
     def note_conflict_versions(
         self, item_id: int, versions: Sequence[SentResource], *, at: datetime

@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Row,
@@ -1738,11 +1739,19 @@ class SqlStore(AuditQueueSql):
             if audit:
                 connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
 
-    def mark_conflict(self, item_id: int, conflict: str, *, at: datetime) -> None:
+    def mark_conflict(
+        self, item_id: int, conflict: str, *, at: datetime, worker: str | None = None
+    ) -> bool:
+        held: ColumnElement[bool]
+        if worker is None:  # an item no worker holds (the pull's note on a SENT item)
+            held = outbox.c.lease_owner.is_(None)
+        else:  # the worker's own item: the lease condition of ``_finish``, the lease kept
+            held = and_(outbox.c.lease_owner == worker, outbox.c.state.in_(_PENDING))
         with self._write() as connection:
-            connection.execute(
-                update(outbox).where(outbox.c.item_id == item_id).values(conflict=conflict)
+            result = connection.execute(
+                update(outbox).where(outbox.c.item_id == item_id, held).values(conflict=conflict)
             )
+            return result.rowcount == 1
 
     def note_conflict_versions(
         self, item_id: int, versions: Sequence[SentResource], *, at: datetime

@@ -747,11 +747,17 @@ class Worker:
             log.info("item %d: the 412 answered a version we wrote: sent again", item.item_id)
             self._send_group([replace(entry, if_match=ours)], batch)
             return
-        if policy == "overwrite":
-            outcome = "overwritten"
+        outcome = {"overwrite": "overwritten", "keep-remote": "kept-remote"}.get(policy, "flagged")
+        # Noted while this worker still holds the item, before its outcome: the read above may
+        # have outlasted the lease, and another worker that took the item over settles it.
+        if not self.store.mark_conflict(item.item_id, outcome, at=now, worker=self.worker_id):
+            report.lease_lost += 1
+            log.warning("item %d: lease lost before recording its conflict", item.item_id)
+            return
+        CONFLICTS.labels(outcome).inc()
+        if outcome == "overwritten":
             self._send_group([replace(entry, if_match={})], batch)
-        elif policy == "keep-remote":
-            outcome = "kept-remote"
+        elif outcome == "kept-remote":
             self._count(
                 self.store.mark_sent(
                     item.item_id, self.worker_id, sent=held_by_server, audit=[], at=now
@@ -759,22 +765,17 @@ class Worker:
                 report,
                 "sent",
             )
-        else:
-            outcome = "flagged"
-            self._count(
-                self.store.mark_held(
-                    item.item_id,
-                    self.worker_id,
-                    reason=CONFLICT_HELD_REASON,
-                    audit=[],
-                    at=now,
-                ),
-                report,
-                "held",
-            )
-        CONFLICTS.labels(outcome).inc()
-        self.store.mark_conflict(item.item_id, outcome, at=now)
-        if outcome == "flagged":
+        elif self._count(
+            self.store.mark_held(
+                item.item_id,
+                self.worker_id,
+                reason=CONFLICT_HELD_REASON,
+                audit=[],
+                at=now,
+            ),
+            report,
+            "held",
+        ):
             # The versions a person's decision is made against (``usecases/conflicts.py``): an
             # ``overwrite`` goes If-Match them, so a change made since meets a 412 again.
             self.store.note_conflict_versions(item.item_id, held_by_server, at=now)

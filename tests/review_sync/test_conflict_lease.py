@@ -1,0 +1,93 @@
+"""A conflict (412 on If-Match) is noted on its outbox item only while the worker settling it still
+holds the item: the read after the 412 may outlast the lease, and the worker that took the item
+over settles it (the sync edge cases' item 1: ``mark_conflict`` used to write unconditionally)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fhir_alliance_service.store import SqlStore, SyncState
+from fhir_alliance_service.sync import Worker
+from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
+
+from tests.review_sync.steps import conflict_events
+from tests.service.store.builders import at, record
+from tests.service.sync import records as R
+from tests.service.sync import remote
+from tests.service.sync.conftest import SyncHarness
+
+LEASE = 30.0
+
+
+def test_mark_conflict_writes_only_under_the_workers_lease(any_store: SqlStore) -> None:
+    """With ``worker``: written while that worker holds the item's lease (kept), not for another
+    worker, nor once the lease is released. Without: only on an item no worker holds."""
+    any_store.put_records([record(1)], audit=[], at=at(0))
+    [item] = any_store.claim("w-a", limit=1, lease_seconds=LEASE, now=at(1))
+    assert not any_store.mark_conflict(item.item_id, "flagged", at=at(2), worker="w-b")
+    assert not any_store.mark_conflict(item.item_id, "flagged", at=at(2))  # leased by w-a
+    status = any_store.sync_status(item.record_id)
+    assert status is not None and status.conflict is None
+    assert any_store.mark_conflict(item.item_id, "overwritten", at=at(2), worker="w-a")
+    assert any_store.mark_sent(item.item_id, "w-a", sent=[], audit=[], at=at(3))  # lease kept
+    assert not any_store.mark_conflict(item.item_id, "flagged", at=at(4), worker="w-a")
+    assert any_store.mark_conflict(item.item_id, "remote-edited", at=at(4))
+    status = any_store.sync_status(item.record_id)
+    assert status is not None
+    assert (status.state, status.conflict) == (SyncState.SENT, "remote-edited")
+
+
+def test_a_conflict_whose_lease_was_lost_is_left_to_the_new_holder(harness: SyncHarness) -> None:
+    """Rating 1 sent; someone edits it on the server; our version 2 meets the 412. While worker A
+    reads the server's copy its lease runs out and worker B takes the item over. A records
+    nothing about the conflict (counted as a lost lease): the item stays B's, pending, with no
+    conflict noted and no conflict AuditEvent; B then settles it (flagged, once)."""
+    run = harness.run
+    harness.intake([R.sharing_consent(run), R.rating(run, 1, value=4)])
+    harness.drain()
+    [theirs] = harness.on_server("Observation", f"{R.RECORD_SYSTEM}|trust-{run}-1")
+    remote.update(harness.server, theirs, valueQuantity={**theirs["valueQuantity"], "value": 1})
+    [rating] = harness.intake([R.rating(run, 1, value=5)])
+
+    offset: list[timedelta] = [timedelta(0)]
+    taken: list[int] = []
+    original = harness.client.read
+
+    def read(resource_type: str, resource_id: str) -> dict[str, Any]:
+        if not taken:  # the lease ends while the server's copy is read; B claims the item
+            offset[0] += timedelta(seconds=LEASE + 1)
+            claimed = harness.store.claim(
+                "worker-b", limit=10, lease_seconds=LEASE, now=datetime.now(UTC) + offset[0]
+            )
+            taken.extend(i.item_id for i in claimed)
+        return original(resource_type, resource_id)
+
+    harness.client.read = read  # type: ignore[method-assign]
+    worker_a = Worker(
+        replace(harness.settings, lease_seconds=LEASE, conflict_policy="flag"),
+        harness.store,
+        harness.client,
+        tags=[harness.server.run_tag],
+        clock=lambda: datetime.now(UTC) + offset[0],
+        worker_id="worker-a",
+    )
+    report = worker_a.run_once()
+    status = harness.store.sync_status(rating.record_id)
+    assert status is not None and status.item_id in taken
+    assert (report.lease_lost, report.held) == (1, 0)
+    assert (status.state, status.conflict) == (SyncState.QUEUED, None)
+    assert conflict_events(harness, rating.record_id) == []
+
+    harness.client.read = original  # type: ignore[method-assign]
+    harness.store.release(taken, "worker-b", at=datetime.now(UTC))  # B stops: claimable again
+    harness.drain(conflict_policy="flag")
+    status = harness.store.sync_status(rating.record_id)
+    assert status is not None
+    assert (status.state, status.held_reason, status.conflict) == (
+        SyncState.HELD,
+        CONFLICT_HELD_REASON,
+        "flagged",
+    )
+    assert conflict_events(harness, rating.record_id) == ["flagged"]
