@@ -527,7 +527,8 @@ def _sync_once(args: argparse.Namespace) -> int:
         counts = store.counts_by_state()
     print(
         f"processed {report.claimed} item(s): sent {report.sent}, held {report.held}, "
-        f"failed {report.failed}, dead-lettered {report.dead} "
+        f"failed {report.failed}, dead-lettered {report.dead}, "
+        f"superseded {report.superseded} "
         f"({report.resources_sent} FHIR resource(s) sent)"
     )
     print("outbox: " + _counts_line(counts))

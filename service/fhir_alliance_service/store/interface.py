@@ -442,7 +442,10 @@ class Store(Protocol):
 
     def mark_held(
         self, item_id: int, worker: str, *, reason: str, audit: Sequence[AuditEntry], at: datetime
-    ) -> bool: ...
+    ) -> SyncState | None:
+        """Hold the item with ``reason``: the state it was left in, HELD or SUPERSEDED (see
+        :meth:`mark_dead`); None, nothing written, if ``worker`` no longer holds the lease. The
+        same answer from :meth:`mark_failed` and :meth:`mark_dead`."""
 
     def mark_failed(
         self,
@@ -452,7 +455,7 @@ class Store(Protocol):
         outcome: Mapping[str, Any],
         next_attempt_at: datetime,
         at: datetime,
-    ) -> bool: ...
+    ) -> SyncState | None: ...
 
     def mark_dead(
         self,
@@ -463,7 +466,7 @@ class Store(Protocol):
         audit: Sequence[AuditEntry],
         at: datetime,
         count_attempt: bool = True,
-    ) -> bool:
+    ) -> SyncState | None:
         """Dead-letter the item with ``outcome``. ``count_attempt=False`` when the attempt that
         failed is already counted (a takeover after an expired lease, see :meth:`claim`).
         ``mark_held``, ``mark_failed`` and ``mark_dead`` leave the item SUPERSEDED instead (with

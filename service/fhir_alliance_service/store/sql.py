@@ -1054,12 +1054,13 @@ class SqlStore(AuditQueueSql):
         worker: str,
         values: Mapping[str, Any],
         audit_entries: Sequence[AuditEntry],
-    ) -> bool:
+    ) -> SyncState | None:
         """Compare-and-set: apply ``values`` only while ``worker`` holds the lease on a pending
         item; the lease is released either way it lands, and the lost leases are forgotten
-        (a result: the worker did not stop on this item)."""
+        (a result: the worker did not stop on this item). The state the item was left in
+        (``_unless_newer``: SUPERSEDED perhaps), or None when the lease was lost."""
         with self._write() as connection:
-            result = connection.execute(
+            written = connection.execute(
                 update(outbox)
                 .where(
                     outbox.c.item_id == item_id,
@@ -1067,14 +1068,15 @@ class SqlStore(AuditQueueSql):
                     outbox.c.state.in_(_PENDING),
                 )
                 .values(lease_owner=None, lease_until=None, lost_leases=0, **values)
-            )
-            if result.rowcount != 1:
-                return False
+                .returning(outbox.c.state)
+            ).scalar_one_or_none()
+            if written is None:
+                return None
             if audit_entries:
                 connection.execute(
                     insert(audit_log), [_audit_row(entry) for entry in audit_entries]
                 )
-            return True
+            return SyncState(written)
 
     def mark_sent(
         self,
@@ -1093,7 +1095,7 @@ class SqlStore(AuditQueueSql):
             "next_attempt_at": None,
             "updated_at": at,
         }
-        return self._finish(item_id, worker, values, audit)
+        return self._finish(item_id, worker, values, audit) is not None
 
     def mark_sent_many(self, worker: str, marks: Sequence[SentMark], *, at: datetime) -> list[bool]:
         # One transaction for a Bundle's items: which items ``worker`` still holds, read once
@@ -1212,7 +1214,7 @@ class SqlStore(AuditQueueSql):
 
     def mark_held(
         self, item_id: int, worker: str, *, reason: str, audit: Sequence[AuditEntry], at: datetime
-    ) -> bool:
+    ) -> SyncState | None:
         values = {
             "state": _unless_newer(SyncState.HELD),
             "held_reason": reason,
@@ -1229,7 +1231,7 @@ class SqlStore(AuditQueueSql):
         outcome: Mapping[str, Any],
         next_attempt_at: datetime,
         at: datetime,
-    ) -> bool:
+    ) -> SyncState | None:
         values = {
             "state": _unless_newer(SyncState.FAILED),
             "attempts": outbox.c.attempts + 1,
@@ -1248,7 +1250,7 @@ class SqlStore(AuditQueueSql):
         audit: Sequence[AuditEntry],
         at: datetime,
         count_attempt: bool = True,
-    ) -> bool:
+    ) -> SyncState | None:
         values = {
             "state": _unless_newer(SyncState.DEAD_LETTERED),
             "attempts": outbox.c.attempts + (1 if count_attempt else 0),

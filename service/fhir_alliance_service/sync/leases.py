@@ -27,7 +27,7 @@ from typing import Any, cast
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from fhir_alliance_service.store.engine import WriterTurnTimeout
-from fhir_alliance_service.store.interface import OutboxItem, SentMark, Store
+from fhir_alliance_service.store.interface import OutboxItem, SentMark, Store, SyncState
 
 __all__ = ["LeaseLedger", "is_store_outage"]
 
@@ -132,17 +132,17 @@ class LeaseLedger:
         self._finished([item_id])
         return recorded
 
-    def mark_held(self, item_id: int, worker: str, **kwargs: Any) -> bool:
+    def mark_held(self, item_id: int, worker: str, **kwargs: Any) -> SyncState | None:
         recorded = self._store.mark_held(item_id, worker, **kwargs)
         self._finished([item_id])
         return recorded
 
-    def mark_failed(self, item_id: int, worker: str, **kwargs: Any) -> bool:
+    def mark_failed(self, item_id: int, worker: str, **kwargs: Any) -> SyncState | None:
         recorded = self._store.mark_failed(item_id, worker, **kwargs)
         self._finished([item_id])
         return recorded
 
-    def mark_dead(self, item_id: int, worker: str, **kwargs: Any) -> bool:
+    def mark_dead(self, item_id: int, worker: str, **kwargs: Any) -> SyncState | None:
         recorded = self._store.mark_dead(item_id, worker, **kwargs)
         self._finished([item_id])
         return recorded

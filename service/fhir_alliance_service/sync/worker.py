@@ -64,6 +64,7 @@ from fhir_alliance_service.store.interface import (
     SentMark,
     SentResource,
     Store,
+    SyncState,
 )
 from fhir_alliance_service.sync.audit_push import push_pending_audit
 from fhir_alliance_service.sync.consent_times import ConsentTimePass
@@ -115,6 +116,9 @@ class BatchReport:
     held: int = 0
     failed: int = 0
     dead: int = 0
+    #: Ended SUPERSEDED instead of held, failed or dead: a newer version of its record was
+    #: queued while it was in hand (that one carries the record now).
+    superseded: int = 0
     lease_lost: int = 0  # a mark_* found another worker had taken the item over
     deferred: int = 0  # not sent: too little lease left; handed back, no attempt counted
     resources_sent: int = 0
@@ -128,6 +132,7 @@ class BatchReport:
             "held",
             "failed",
             "dead",
+            "superseded",
             "lease_lost",
             "deferred",
             "resources_sent",
@@ -327,12 +332,14 @@ class Worker:
             )
         if batch.items:
             log.info(
-                "batch done: claimed=%d sent=%d held=%d failed=%d dead=%d lease_lost=%d",
+                "batch done: claimed=%d sent=%d held=%d failed=%d dead=%d superseded=%d "
+                "lease_lost=%d",
                 report.claimed,
                 report.sent,
                 report.held,
                 report.failed,
                 report.dead,
+                report.superseded,
                 report.lease_lost,
             )
         return report
@@ -942,13 +949,19 @@ class Worker:
             "dead",
         )
 
-    def _count(self, recorded: bool, report: BatchReport, field_name: str) -> bool:
-        if recorded:
+    def _count(
+        self, recorded: bool | SyncState | None, report: BatchReport, field_name: str
+    ) -> bool:
+        """Count a ``mark_*`` answer in ``field_name``, in ``superseded`` when the item was left
+        SUPERSEDED instead, in ``lease_lost`` when nothing was written; whether it was written."""
+        if recorded is SyncState.SUPERSEDED:
+            report.superseded += 1
+        elif recorded:
             setattr(report, field_name, getattr(report, field_name) + 1)
         else:
             report.lease_lost += 1
             log.warning("lease lost before recording (%s)", field_name)
-        return recorded
+        return bool(recorded)
 
 
 @dataclass(slots=True)

@@ -38,7 +38,8 @@ def test_a_dead_letter_with_a_newer_version_is_superseded(store: SqlStore) -> No
     dead-lettered; v2 is claimed next, alone; replay finds nothing to re-queue."""
     item_id = _newer_version_while_leased(store)
     entry = audit_entry("dead-letter", "rec-000001", when=at(3))
-    assert store.mark_dead(item_id, "w1", outcome=OUTCOME, audit=[entry], at=at(3))
+    left = store.mark_dead(item_id, "w1", outcome=OUTCOME, audit=[entry], at=at(3))
+    assert left is SyncState.SUPERSEDED  # the state it was left in, for the worker's report
     assert _states(store) == {1: "superseded", 2: "queued"}
     [kept] = store.list_by_state(SyncState.SUPERSEDED)
     assert (kept.record_version, kept.last_outcome) == (1, OUTCOME)
@@ -54,7 +55,8 @@ def test_a_failed_send_with_a_newer_version_is_superseded(store: SqlStore) -> No
     """v1 failed transiently after v2 came: superseded, not retried; the next claim (with room
     for a patient's consecutive items) takes v2 alone, never both into one Bundle."""
     item_id = _newer_version_while_leased(store)
-    assert store.mark_failed(item_id, "w1", outcome=OUTCOME, next_attempt_at=at(3), at=at(3))
+    left = store.mark_failed(item_id, "w1", outcome=OUTCOME, next_attempt_at=at(3), at=at(3))
+    assert left is SyncState.SUPERSEDED
     assert _states(store) == {1: "superseded", 2: "queued"}
     items = store.claim("w2", limit=10, lease_seconds=30, now=at(4), per_patient=10)
     assert [(i.record_id, i.record_version) for i in items] == [("rec-000001", 2)]
@@ -65,10 +67,26 @@ def test_a_hold_with_a_newer_version_is_superseded(store: SqlStore) -> None:
     releasing the patient's held items never re-queues it."""
     item_id = _newer_version_while_leased(store)
     entry = audit_entry("hold", "rec-000001", when=at(3))
-    assert store.mark_held(item_id, "w1", reason="no consent", audit=[entry], at=at(3))
+    left = store.mark_held(item_id, "w1", reason="no consent", audit=[entry], at=at(3))
+    assert left is SyncState.SUPERSEDED
     assert _states(store) == {1: "superseded", 2: "queued"}
     assert store.release_held("Patient/p1", at=at(4)) == 0
     assert [e.action for e in store.list_audit(record_id="rec-000001")] == ["hold"]
+
+
+def test_a_result_says_the_state_it_left_the_item_in(store: SqlStore) -> None:
+    """Without a newer version, ``mark_held``/``mark_failed``/``mark_dead`` answer HELD, FAILED,
+    DEAD_LETTERED; None (nothing written) once the worker no longer holds the lease."""
+    store.put_records([record(n) for n in (1, 2, 3)], audit=[], at=T0)
+    items = store.claim("w1", limit=10, lease_seconds=30, now=at(1), per_patient=10)
+    held, failed, dead = (i.item_id for i in items)
+    assert store.mark_held(held, "w1", reason="no consent", audit=[], at=at(2)) is SyncState.HELD
+    left = store.mark_failed(failed, "w1", outcome=OUTCOME, next_attempt_at=at(3), at=at(2))
+    assert left is SyncState.FAILED
+    assert store.mark_dead(dead, "w2", outcome=OUTCOME, audit=[], at=at(2)) is None
+    left = store.mark_dead(dead, "w1", outcome=OUTCOME, audit=[], at=at(2))
+    assert left is SyncState.DEAD_LETTERED
+    assert store.mark_held(held, "w1", reason="no consent", audit=[], at=at(3)) is None
 
 
 def test_a_version_sent_before_the_newer_one_stays_sent(store: SqlStore) -> None:

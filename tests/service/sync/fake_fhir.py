@@ -1,15 +1,17 @@
 """A small transaction-only FHIR endpoint on pytest-httpserver, for fault injection.
 
-It applies transaction Bundles of ``PUT`` entries to an in-memory map (version per write) and answers
-with a transaction-response, unless the next queued fault says otherwise: a status (503 storms, 429
-with ``Retry-After``), a malformed body, a rejection of Bundles holding a given id (422 with an
-OperationOutcome), or "apply, then answer too late" (a lost response). ``writes`` counts the writes
-applied per ``Type/id``, so tests can tell a harmless re-send from a duplicate.
+It applies transaction Bundles of ``PUT`` entries to an in-memory map (version per write), reads
+them back (``GET Type/id``), and answers with a transaction-response, unless the next queued fault
+says otherwise: a status (503 storms, 429 with ``Retry-After``), a malformed body, a rejection of
+Bundles holding a given id (422 with an OperationOutcome), or "apply, then answer too late" (a lost
+response). ``writes`` counts the writes applied per ``Type/id``, so tests can tell a harmless
+re-send from a duplicate.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -76,7 +78,20 @@ class FakeFhir:
 
     def install(self) -> FakeFhir:
         self.server.expect_request("/fhir", method="POST").respond_with_handler(self.handle)
+        self.server.expect_request(
+            re.compile(r"^/fhir/[A-Za-z]+/[^/]+$"), method="GET"
+        ).respond_with_handler(self.read)
         return self
+
+    def read(self, request: Request) -> Response:
+        """``GET Type/id``: the resource as last written (with its ``versionId``), else 404."""
+        key = request.path.removeprefix("/fhir/")
+        with self.lock:
+            resource = self.resources.get(key)
+        if resource is None:
+            body = json.dumps(outcome("not-found", "no such resource"))
+            return Response(body, status=404, content_type=FHIR_JSON)
+        return Response(json.dumps(resource), status=200, content_type=FHIR_JSON)
 
     def handle(self, request: Request) -> Response:
         bundle = json.loads(request.get_data())
