@@ -183,6 +183,14 @@ def register(subparsers: Any) -> None:
         "prints them (Type/id/_history/version, joined by commas; '' for none noted); default: "
         "the versions the record is flagged against when the command reads it",
     )
+    resolve.add_argument(
+        "--record-version",
+        metavar="N",
+        type=int,
+        help="decide only if the conflict is on this version of our record, as this command "
+        "prints it (a newer version may be flagged against the same server versions); default: "
+        "the version flagged when the command reads it",
+    )
     resolve.set_defaults(handler=_guarded(_resolve_conflict))
 
     create_key = subparsers.add_parser(
@@ -786,8 +794,9 @@ def _resolve_conflict(args: argparse.Namespace) -> int:
     change made since is flagged again); ``--keep-remote`` keeps the server's version, recorded
     as sent. Audited (by ``cli``). It prints the server versions it decided against;
     ``--against`` decides only if the record is still flagged against those (the status's
-    ``conflict_versions``, the console's record page). Exit status 1, nothing changed, when the record has no
-    flagged conflict, or one against other versions."""
+    ``conflict_versions``, the console's record page), and ``--record-version`` only if the
+    conflict is still on that version of our record. Exit status 1, nothing changed, when the
+    record has no flagged conflict, or one against other versions."""
     settings = _settings()
     from fhir_alliance_service.usecases.conflicts import (
         ConflictChanged,
@@ -799,14 +808,23 @@ def _resolve_conflict(args: argparse.Namespace) -> int:
     from fhir_alliance_service.usecases.status import RecordNotFound
 
     record_id = _record_id(args.record)
-    against = args.against
+    against, record_version = args.against, args.record_version
     with _opened_store(settings) as store:
         try:
-            if against is None:  # the conflict as flagged now, printed below
+            if against is None or record_version is None:  # as flagged now, printed below
                 status = store.sync_status(record_id)
-                against = status.conflict_versions if status is not None else ()
+                if against is None:
+                    against = status.conflict_versions if status is not None else ()
+                if record_version is None:
+                    record_version = status.record_version if status is not None else 0
             found = decide_conflict(
-                store, record_id, args.decision, against=against, decided_by="cli", at=_now()
+                store,
+                record_id,
+                args.decision,
+                against=against,
+                record_version=record_version,
+                decided_by="cli",
+                at=_now(),
             )
         except RecordNotFound:
             raise _StopCommand("no such record", status=1) from None

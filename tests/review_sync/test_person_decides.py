@@ -14,6 +14,7 @@ from fhir_alliance_service.store.interface import SentResource, SyncState
 from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
 from fhir_alliance_service.usecases.conflicts import (
     NotFlagged,
+    RecordVersionChanged,
     ServerVersionsUnknown,
     decide_conflict,
 )
@@ -45,6 +46,12 @@ def _shown(harness: SyncHarness, record_id: str) -> tuple[SentResource, ...]:
     return status.conflict_versions if status is not None else ()
 
 
+def _version(harness: SyncHarness, record_id: str) -> int:
+    """The version of our record the conflict is flagged on, as a person is shown it."""
+    status = harness.store.sync_status(record_id)
+    return status.record_version if status is not None else 0
+
+
 def _decide(harness: SyncHarness, record_id: str, decision: str) -> RecordStatus:
     """A person's decision from the command line, against the conflict the status shows now."""
     return decide_conflict(
@@ -52,6 +59,7 @@ def _decide(harness: SyncHarness, record_id: str, decision: str) -> RecordStatus
         record_id,
         decision,
         against=_shown(harness, record_id),
+        record_version=_version(harness, record_id),
         decided_by="cli",
         at=_now(),
     )
@@ -107,6 +115,7 @@ def test_overwrite_writes_ours_over_theirs_gated_and_audited(harness: SyncHarnes
         record_id,
         "overwrite",
         against=_shown(harness, record_id),
+        record_version=_version(harness, record_id),
         decided_by="fa_0123456789ab",
         at=_now(),
     )
@@ -199,6 +208,7 @@ def test_only_a_flagged_conflict_can_be_decided(harness: SyncHarness) -> None:
             rating.record_id,
             "overwrite",
             against=_shown(harness, rating.record_id),
+            record_version=_version(harness, rating.record_id),
             decided_by="cli",
             at=_now(),
         )
@@ -226,3 +236,35 @@ def test_keep_remote_needs_the_noted_server_version(harness: SyncHarness) -> Non
     assert status is not None and (status.state, status.conflict) == (SyncState.HELD, "flagged")
     assert status.conflict_versions[0].version_id == theirs["meta"]["versionId"]
     assert value_of(_on_server(harness))["value"] == 1
+
+
+def test_a_decision_on_an_older_record_version_is_refused(harness: SyncHarness) -> None:
+    """A person is shown our version 2 flagged against the server's version 2. Before they
+    decide, our version 3 is taken in and meets the same 412: flagged against the very same
+    server version. Their decision (made looking at version 2) decides nothing
+    (RecordVersionChanged naming version 3; nothing changed or audited); one made on version 3,
+    as shown now, is taken."""
+    record_id, _ = _flagged_rating(harness)
+    shown, seen = _shown(harness, record_id), _version(harness, record_id)
+    assert seen == 2
+    harness.intake([R.rating(harness.run, 1, value=3)])
+    harness.drain(conflict_policy="flag")
+    before = harness.store.sync_status(record_id)
+    assert before is not None and (before.state, before.conflict) == (SyncState.HELD, "flagged")
+    assert (before.record_version, before.conflict_versions) == (3, shown)
+    with pytest.raises(RecordVersionChanged) as changed:
+        decide_conflict(
+            harness.store,
+            record_id,
+            "overwrite",
+            against=shown,
+            record_version=seen,
+            decided_by="cli",
+            at=_now(),
+        )
+    assert changed.value.version == 3 and "record version 3" in str(changed.value)
+    assert harness.store.sync_status(record_id) == before
+    assert "conflict-decision" not in _actions(harness, record_id)
+    _decide(harness, record_id, "overwrite")
+    assert harness.drain(conflict_policy="flag").sent == 1
+    assert value_of(_on_server(harness))["value"] == 3

@@ -107,3 +107,22 @@ def test_against_decides_only_the_conflict_it_names(
     with pytest.raises(SystemExit) as usage:
         main(["resolve-conflict", record_id, "--overwrite", "--against", "version 4"])
     assert usage.value.code == 2
+
+
+def test_record_version_must_be_the_one_flagged(
+    opened: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--record-version` other than the version flagged (a person looked at another version
+    of the record): not decided, exit 1, one line naming the version flagged; nothing changed."""
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    record_id = _flag_one(opened)
+    before = opened.sync_status(record_id)
+    assert before is not None
+    capsys.readouterr()
+    other = str(before.record_version + 1)
+    assert main(["resolve-conflict", record_id, "--overwrite", "--record-version", other]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"on record version {before.record_version}" in err
+    assert opened.sync_status(record_id) == before
+    flagged = str(before.record_version)
+    assert main(["resolve-conflict", record_id, "--overwrite", "--record-version", flagged]) == 0

@@ -357,8 +357,9 @@ def decide_record_conflict(record_id: str) -> Any:
     """Decide a conflict flagged for a person (``CONFLICT_POLICY=flag``): ``overwrite`` queues
     our version again (gated as any send; If-Match the server's version the conflict was flagged
     against), ``keep-remote`` records the server's version as sent. ``against`` names the
-    conflict decided: the status's ``conflict_versions`` as read. Audited (by the API key's id);
-    409 when the record has no flagged conflict, or one against other versions.
+    conflict decided: the status's ``conflict_versions`` as read, and ``record_version`` the
+    version of our record (the status's ``version``), as read. Audited (by the API key's id); 409 when the record has no
+    flagged conflict, or one against other versions or on another record version.
 
     ---
     post:
@@ -366,7 +367,8 @@ def decide_record_conflict(record_id: str) -> Any:
         409:
           description: the record has no conflict flagged for a person to decide, or it is
             flagged against other server versions than ``against`` (decided and flagged again
-            meanwhile; read the status again), or, for keep-remote, the server's version at the
+            meanwhile; read the status again), or on another version of our record than
+            ``record_version`` (a newer one was flagged), or, for keep-remote, the server's version at the
             conflict was not noted; nothing changed
           content:
             application/fhir+json:
@@ -381,13 +383,14 @@ def decide_record_conflict(record_id: str) -> Any:
             valid_id,
             body["decision"],
             against=against,
+            record_version=body["record_version"],
             decided_by=g.api_key.key_id,
             at=_now(),
         )
     except RecordNotFound:
         raise not_found() from None
-    except ConflictChanged as exc:
-        issue = Issue(path="against", message=str(exc), code="conflict")
+    except ConflictChanged as exc:  # ``against`` or ``record_version`` no longer holds
+        issue = Issue(path=exc.path, message=str(exc), code="conflict")
         raise ApiError(409, str(exc), issues=[issue]) from None
     except (NotFlagged, ServerVersionsUnknown) as exc:
         raise ApiError(409, str(exc)) from None

@@ -121,6 +121,17 @@ class ConflictDecisionSchema(StrictSchema):
             "meanwhile), the answer is 409 and nothing changes"
         },
     )
+    record_version = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=1),
+        metadata={
+            "description": "the version of our record this decision is made on: the status's "
+            "version as read. When the conflict is on another version now (a newer one "
+            "was taken in and flagged, perhaps against the same server versions), the answer is "
+            "409 and nothing changes"
+        },
+    )
 
 
 class QuestionnaireResponseBodySchema(Schema):

@@ -392,8 +392,9 @@ def replay(record_id: Any) -> BaseResponse:
 def decide(record_id: Any) -> BaseResponse:
     """A person's decision on a conflict flagged for them: the form's ``decision``
     (``overwrite`` or ``keep-remote``) on the conflict the page showed (``against``, the
-    server's versions, hidden), audited with the signed-in key's id. When that conflict was
-    decided and flagged again meanwhile, nothing is decided: 409, the page with the new one."""
+    server's versions, and ``record_version``, our record's, hidden), audited with the
+    signed-in key's id. When that conflict was decided and flagged again meanwhile, or a newer
+    version of the record was flagged, nothing is decided: 409, the page with the new one."""
     check_csrf()
     session = current_session()
     assert session is not None  # require_scope signed it in
@@ -402,7 +403,8 @@ def decide(record_id: Any) -> BaseResponse:
         raise ApiError(422, "decision must be overwrite or keep-remote")
     try:
         against = parse_versions(request.form["against"])
-    except (KeyError, ValueError):  # a page from before this field, or tampered with
+        record_version = int(request.form["record_version"])
+    except (KeyError, ValueError):  # a page from before these fields, or tampered with
         raise ApiError(
             422, "the form does not say which conflict it decides: reload the page"
         ) from None
@@ -412,6 +414,7 @@ def decide(record_id: Any) -> BaseResponse:
             str(record_id),
             decision,
             against=against,
+            record_version=record_version,
             decided_by=session.key.key_id,
             at=_now(),
         )

@@ -10,9 +10,12 @@ AuditEvent naming who decided: an API key id, or ``cli``) and counted in
 ``fhir_alliance_conflicts_total``.
 
 A decision names the conflict it was made on: ``against``, the server's versions the person was
-shown (``conflict_versions`` on the status). The same outbox item can be flagged again (an
-``overwrite`` meets a newer change), so the item alone does not say which conflict; a decision
-against other versions than the flagged ones decides nothing (:class:`ConflictChanged`).
+shown (``conflict_versions`` on the status), and ``record_version``, the version of our record
+they were shown (the status's ``record_version``). The same outbox item can be flagged again (an
+``overwrite`` meets a newer change), so the item alone does not say which conflict; and a newer
+version of the record can be flagged against the same server versions, so those alone do not
+say which of our versions would be written. A decision against other versions than the flagged
+ones, or on another record version, decides nothing (:class:`ConflictChanged`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "DECISIONS",
     "ConflictChanged",
     "NotFlagged",
+    "RecordVersionChanged",
     "ServerVersionsUnknown",
     "decide_conflict",
     "format_versions",
@@ -60,13 +64,33 @@ class ServerVersionsUnknown(Exception):
 class ConflictChanged(Exception):
     """The record's flagged conflict is not against the versions the decision was made on (it was
     decided meanwhile and flagged again, against a newer change); nothing changed. ``now``: the
-    versions it is flagged against now, to show the person."""
+    versions it is flagged against now, to show the person. ``path``: the decision's field that
+    no longer holds (an API error names it)."""
 
-    def __init__(self, now: Sequence[SentResource]) -> None:
+    path = "against"
+
+    def __init__(self, now: Sequence[SentResource], message: str | None = None) -> None:
         self.now = tuple(now)
         super().__init__(
-            "the conflict changed since it was shown: it is now against "
+            message
+            or "the conflict changed since it was shown: it is now against "
             f"{format_versions(self.now) or 'no noted version'}; nothing changed, decide again"
+        )
+
+
+class RecordVersionChanged(ConflictChanged):
+    """The record's flagged conflict is on another version of our record than the one the
+    decision was made on (a newer version was taken in and flagged, perhaps against the same
+    server versions); nothing changed. ``version``: the record version flagged now."""
+
+    path = "record_version"
+
+    def __init__(self, now: Sequence[SentResource], version: int) -> None:
+        self.version = version
+        super().__init__(
+            now,
+            f"the conflict changed since it was shown: it is now on record version {version}; "
+            "nothing changed, decide again",
         )
 
 
@@ -114,15 +138,18 @@ def decide_conflict(
     decision: str,
     *,
     against: Sequence[SentResource],
+    record_version: int,
     decided_by: str,
     at: datetime,
 ) -> RecordStatus:
     """Apply ``decision`` (``overwrite`` or ``keep-remote``, :data:`DECISIONS`) to the record's
     flagged conflict, if it is flagged ``against`` these server versions (the
-    ``conflict_versions`` the person was shown, in any order), and return its new status.
+    ``conflict_versions`` the person was shown, in any order) on ``record_version`` (the
+    status's ``record_version`` they were shown), and return its new status.
     ``decided_by``: the API key id, or ``cli``. Raises ``RecordNotFound``
-    (``usecases/status.py``), :class:`NotFlagged`, :class:`ConflictChanged` or
-    :class:`ServerVersionsUnknown` (nothing changed), ValueError for another decision."""
+    (``usecases/status.py``), :class:`NotFlagged`, :class:`ConflictChanged` (its
+    :class:`RecordVersionChanged` too) or :class:`ServerVersionsUnknown` (nothing changed),
+    ValueError for another decision."""
     conflict = DECISIONS.get(decision)
     if conflict is None:
         raise ValueError("decision must be overwrite or keep-remote")
@@ -131,6 +158,8 @@ def decide_conflict(
     if not is_flagged(status):
         raise NotFlagged("the record has no conflict flagged for a person to decide")
     assert status is not None and status.item_id is not None
+    if status.record_version != record_version:
+        raise RecordVersionChanged(status.conflict_versions, status.record_version)
     if not _same_versions(against, status.conflict_versions):
         raise ConflictChanged(status.conflict_versions)
     keep_remote = decision == "keep-remote"
@@ -148,7 +177,7 @@ def decide_conflict(
         decided_by=decided_by,
         against=status.conflict_versions,
     )
-    decided = store.decide_conflict(
+    decided = store.decide_conflict(  # the item is of ``record_version``; a newer one supersedes it
         status.item_id,
         against=status.conflict_versions,  # as stored: the store compares them as it wrote them
         keep_remote=keep_remote,
@@ -159,6 +188,8 @@ def decide_conflict(
     if not decided:  # decided meanwhile (and perhaps flagged again), or superseded
         now = store.sync_status(record_id)
         if is_flagged(now) and now is not None:
+            if now.record_version != record_version:
+                raise RecordVersionChanged(now.conflict_versions, now.record_version)
             raise ConflictChanged(now.conflict_versions)
         raise NotFlagged("the record has no conflict flagged for a person to decide")
     CONFLICTS.labels(conflict).inc()

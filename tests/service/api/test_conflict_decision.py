@@ -17,7 +17,7 @@ NOW = datetime.now(UTC)
 THEIRS = SentResource("Observation", "o-1", "7")
 #: The status's ``conflict_versions`` of a record :func:`_flagged` holds.
 AGAINST = [{"resource_type": "Observation", "id": "o-1", "version_id": "7"}]
-OVERWRITE = {"decision": "overwrite", "against": AGAINST}
+OVERWRITE = {"decision": "overwrite", "against": AGAINST, "record_version": 1}
 
 
 def _flagged(
@@ -74,7 +74,7 @@ def test_keep_remote_records_the_server_version_as_sent(
     record_id = _flagged(client, auth_headers, store)
     decided = client.post(
         f"/v1/records/{record_id}/conflict",
-        json={"decision": "keep-remote", "against": AGAINST},
+        json={"decision": "keep-remote", "against": AGAINST, "record_version": 1},
         headers=auth_headers["admin"],
     )
     assert decided.status_code == 200, decided.json
@@ -106,13 +106,16 @@ def test_not_flagged_is_409_unknown_is_404_bad_body_is_422(
     record_id = _flagged(client, auth_headers, store)
     url = f"/v1/records/{record_id}/conflict"
     for body in (
-        {"decision": "replay", "against": AGAINST},
+        {**OVERWRITE, "decision": "replay"},
         {},
         {**OVERWRITE, "force": True},
-        {"decision": "overwrite"},  # which conflict?
-        {"decision": "overwrite", "against": None},
-        {"decision": "overwrite", "against": [{"resource_type": "Observation", "id": "o-1"}]},
-        {"decision": "overwrite", "against": [{**AGAINST[0], "etag": 'W/"7"'}]},
+        {"decision": "overwrite", "record_version": 1},  # which conflict?
+        {"decision": "overwrite", "against": AGAINST},  # on which version of ours?
+        {**OVERWRITE, "record_version": "1"},
+        {**OVERWRITE, "record_version": 0},
+        {**OVERWRITE, "against": None},
+        {**OVERWRITE, "against": [{"resource_type": "Observation", "id": "o-1"}]},
+        {**OVERWRITE, "against": [{**AGAINST[0], "etag": 'W/"7"'}]},
     ):
         bad = client.post(url, json=body, headers=admin)
         assert bad.status_code == 422, body
@@ -137,14 +140,44 @@ def test_a_decision_against_other_versions_than_flagged_is_409(
     status_url = f"/v1/records/{record_id}/status"
     before = client.get(status_url, headers=auth_headers["read"]).json
 
-    stale = client.post(url, json={"decision": "keep-remote", "against": AGAINST}, headers=admin)
+    stale = client.post(url, json={**OVERWRITE, "decision": "keep-remote"}, headers=admin)
     assert stale.status_code == 409, stale.json
     [issue] = stale.json["issue"]
     assert (issue["code"], issue["expression"]) == ("conflict", ["against"])
     assert "Observation/o-1/_history/8" in issue["details"]["text"]
     assert client.get(status_url, headers=auth_headers["read"]).json == before
 
-    now = {"decision": "keep-remote", "against": before["conflict_versions"]}
+    now = {**OVERWRITE, "decision": "keep-remote", "against": before["conflict_versions"]}
     decided = client.post(url, json=now, headers=admin)
     assert decided.status_code == 200, decided.json
     assert (decided.json["state"], decided.json["sent"]) == ("sent", before["conflict_versions"])
+
+
+def test_a_decision_on_an_older_record_version_is_409(
+    client: FlaskClient, auth_headers: Headers, store: Store
+) -> None:
+    """Version 1 of the record is flagged against the server's version 7; version 2 is taken in
+    and flagged against version 7 too. A decision on version 1 (``record_version`` as read
+    before) is 409, an OperationOutcome at ``record_version`` naming version 2, nothing changed;
+    on version 2 it is taken."""
+    record_id = _flagged(client, auth_headers, store)
+    changed = observation("rupture")
+    changed["tension"] = 4  # a new version of the same record
+    answer = client.post("/v1/records", json=changed, headers=auth_headers["write"])
+    assert answer.status_code in (200, 201), answer.json
+    assert _flag_again(store, THEIRS) == record_id
+    status_url = f"/v1/records/{record_id}/status"
+    before = client.get(status_url, headers=auth_headers["read"]).json
+    assert (before["version"], before["conflict_versions"]) == (2, AGAINST)
+
+    url = f"/v1/records/{record_id}/conflict"
+    admin = auth_headers["admin"]
+    stale = client.post(url, json=OVERWRITE, headers=admin)  # made on version 1
+    assert stale.status_code == 409, stale.json
+    [issue] = stale.json["issue"]
+    assert (issue["code"], issue["expression"]) == ("conflict", ["record_version"])
+    assert "record version 2" in issue["details"]["text"]
+    assert client.get(status_url, headers=auth_headers["read"]).json == before
+    decided = client.post(url, json={**OVERWRITE, "record_version": 2}, headers=admin)
+    assert decided.status_code == 200, decided.json
+    assert (decided.json["version"], decided.json["state"]) == (2, "queued")

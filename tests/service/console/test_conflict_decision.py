@@ -20,6 +20,7 @@ from tests.service.console.test_views import _load_demo, csrf_of, sign_in
 
 BUTTON = "Write ours over the EHR's</button>"
 AGAINST = '<input type="hidden" name="against" value="{}">'
+RECORD_VERSION = '<input type="hidden" name="record_version" value="{}">'
 
 
 def _flagged(app: Flask, version: str = "4", record_id: str | None = None) -> str:
@@ -71,16 +72,35 @@ def test_a_decision_needs_admin_and_a_csrf_token(
     assert console_client.post(decide, data={"decision": "overwrite"}).status_code == 403
     forged = {"csrf_token": "forged", "decision": "overwrite"}
     assert console_client.post(decide, data=forged).status_code == 403
-    bad = {"csrf_token": token, "decision": "both", "against": "Consent/c-1/_history/4"}
+    version = str(store.sync_status(record_id).record_version)
+    assert RECORD_VERSION.format(version) in shown
+    bad = {
+        "csrf_token": token,
+        "decision": "both",
+        "against": "Consent/c-1/_history/4",
+        "record_version": version,
+    }
     assert console_client.post(decide, data=bad).status_code == 422
-    for against in (None, "Consent"):
+    for against, record_version in (
+        (None, version),
+        ("Consent", version),
+        ("Consent/c-1/_history/4", None),
+        ("Consent/c-1/_history/4", "v1"),
+    ):
         unsaid = {"csrf_token": token, "decision": "keep-remote"}
         if against is not None:
             unsaid["against"] = against
+        if record_version is not None:
+            unsaid["record_version"] = record_version
         assert console_client.post(decide, data=unsaid).status_code == 422
     assert store.sync_status(record_id).state is SyncState.HELD
 
-    form = {"csrf_token": token, "decision": "keep-remote", "against": "Consent/c-1/_history/4"}
+    form = {
+        "csrf_token": token,
+        "decision": "keep-remote",
+        "against": "Consent/c-1/_history/4",
+        "record_version": version,
+    }
     answer = console_client.post(decide, data=form)
     assert answer.status_code == 303
     assert "EHR's version is kept" in console_client.get(answer.headers["Location"]).text
@@ -112,12 +132,19 @@ def test_a_decision_shown_one_conflict_is_not_applied_to_a_later_one(
         "csrf_token": csrf_of(console_client),
         "decision": "overwrite",
         "against": "Consent/c-1/_history/4",
+        "record_version": str(store.sync_status(record_id).record_version),
     }
 
     # Meanwhile: another admin (or the CLI) decides, the worker sends, someone changed it again.
     v4 = (SentResource("Consent", "c-1", "4"),)
     decide_conflict(
-        store, record_id, "overwrite", against=v4, decided_by="cli", at=datetime.now(UTC)
+        store,
+        record_id,
+        "overwrite",
+        against=v4,
+        record_version=int(form["record_version"]),
+        decided_by="cli",
+        at=datetime.now(UTC),
     )
     _flagged(console_app, "5", record_id)
     assert store.sync_status(record_id).conflict_versions == (SentResource("Consent", "c-1", "5"),)

@@ -37,7 +37,13 @@ def test_against_is_compared_in_any_order(store: SqlStore) -> None:
     store.put_records([record(1)], audit=[], at=T0)
     record_id = _flag(store, V4)
     found = decide_conflict(
-        store, record_id, "keep-remote", against=V4[::-1], decided_by="cli", at=at(3)
+        store,
+        record_id,
+        "keep-remote",
+        against=V4[::-1],
+        record_version=1,
+        decided_by="cli",
+        at=at(3),
     )
     assert found.sync is not None and found.sync.sent == V4
 
@@ -59,7 +65,15 @@ def test_a_conflict_flagged_again_between_read_and_write_is_not_decided(
 
     monkeypatch.setattr(store, "decide_conflict", meanwhile)
     with pytest.raises(ConflictChanged) as changed:
-        decide_conflict(store, record_id, "overwrite", against=V4, decided_by="cli", at=at(4))
+        decide_conflict(
+            store,
+            record_id,
+            "overwrite",
+            against=V4,
+            record_version=1,
+            decided_by="cli",
+            at=at(4),
+        )
     assert changed.value.now == V5
     status = store.sync_status(record_id)
     assert status is not None and (status.state, status.conflict) == (SyncState.HELD, "flagged")
