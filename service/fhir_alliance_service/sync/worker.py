@@ -47,6 +47,7 @@ from fhir_alliance.errors import (
     MultipleMatchesError,
     PreconditionFailedError,
     ServerError,
+    TransportError,
     VersionConflictError,
     loggable_outcome,
 )
@@ -508,7 +509,7 @@ class Worker:
             outcomes = self._transaction(group)
         except FhirAllianceError as exc:  # the client raised instead of reporting per entry
             for entry in group:
-                self._fail(entry.item, exc, report, batch)
+                self._send_failed(entry, exc, report, batch)
             return
         # Map every answer back to its item by the request's index in the Bundle.
         by_index = {o.index: o for o in outcomes}
@@ -545,7 +546,16 @@ class Worker:
             return
         for entry, item_outcomes in zip(group, by_item, strict=True):
             item_error = next((x.error for x in item_outcomes if x.error is not None), error)
-            self._fail(entry.item, item_error, report, batch)
+            self._send_failed(entry, item_error, report, batch)
+
+    def _send_failed(
+        self, entry: _Ready, error: BaseException, report: BatchReport, batch: _Batch
+    ) -> None:
+        """``entry``'s send failed: retried or dead-lettered (``_fail``), unless no answer came
+        (it may have landed) and its read-back finds it did (``_landed_though_superseded``)."""
+        lost = isinstance(error, TransportError)
+        if not (lost and self._landed_though_superseded(entry, report)):
+            self._fail(entry.item, error, report, batch)
 
     # ------------------------------------------------------------------ record
 
@@ -724,28 +734,8 @@ class Worker:
             )
             for r in current
         ]
-        if all(
-            _content(mine) == _content(theirs)
-            for mine, theirs in zip(entry.resources, current, strict=True)
-        ):
-            # Our own write whose answer was lost (a crash, a timeout): not a conflict. Recorded
-            # as any send is, with its disclosure AuditEvent and Provenance (of the server's
-            # versions, which hold our content).
-            answers = [
-                EntryOutcome(
-                    index=n,
-                    request=BundleRequest.put(mine),
-                    status=200,
-                    resource_type=theirs.resource_type,
-                    id=theirs.id,
-                    version_id=theirs.version_id,
-                )
-                for n, (mine, theirs) in enumerate(
-                    zip(entry.resources, held_by_server, strict=True)
-                )
-            ]
-            self._record_sent([(entry, answers)], report)
-            return
+        if self._record_if_ours(entry, current, report):
+            return  # our own write whose answer was lost (a crash, a timeout): not a conflict
         ours = self._our_versions(entry, current, batch)
         if ours is not None:
             # Our own later write (an older version of this record whose send outlasted its
@@ -799,6 +789,60 @@ class Worker:
                 )
             ]
         )
+
+    def _record_if_ours(
+        self, entry: _Ready, current: Sequence[Mapping[str, Any]], report: BatchReport
+    ) -> bool:
+        """When every resource the server holds now (``current``, read back) has ``entry``'s
+        content, our send landed: recorded as any send is, with its disclosure AuditEvent and
+        Provenance (of the server's versions, which hold our content). Whether it was."""
+        if not all(
+            _content(mine) == _content(theirs)
+            for mine, theirs in zip(entry.resources, current, strict=True)
+        ):
+            return False
+        answers = [
+            EntryOutcome(
+                index=n,
+                request=BundleRequest.put(mine),
+                status=200,
+                resource_type=str(theirs["resourceType"]),
+                id=str(theirs["id"]),
+                version_id=(theirs.get("meta") or {}).get("versionId"),
+            )
+            for n, (mine, theirs) in enumerate(zip(entry.resources, current, strict=True))
+        ]
+        self._record_sent([(entry, answers)], report)
+        return True
+
+    def _landed_though_superseded(self, entry: _Ready, report: BatchReport) -> bool:
+        """A send whose answer never came (a timeout, a reset) may have landed. Left to its
+        retry, which writes it again and records it, unless its record got a newer item
+        meanwhile: then the failure would leave the item SUPERSEDED, never retried, and what
+        landed untracked (no disclosure audit, nothing for a retraction or an If-Match to see)
+        until, and unless, the newer version is sent. So the resources are read back now, while
+        this worker still holds the item: ours landed, it is recorded SENT (``_record_if_ours``);
+        else (not there, someone else's, or the read fails too) it fails as before."""
+        item = entry.item
+        newest = self.store.sync_status(item.record_id)
+        if newest is None or newest.item_id == item.item_id:
+            return False
+        try:
+            current = [
+                self.client.read(str(r["resourceType"]), str(r["id"])) for r in entry.resources
+            ]
+        except ServerError as exc:
+            log.warning(
+                "item %d: answer lost, superseded meanwhile, read-back failed: %s %s",
+                item.item_id,
+                type(exc).__name__,
+                exc.status or "-",
+            )
+            return False
+        if not self._record_if_ours(entry, current, report):
+            return False
+        log.info("item %d: answer lost, superseded meanwhile; read back: it landed", item.item_id)
+        return True
 
     def _our_versions(
         self, entry: _Ready, current: Sequence[Mapping[str, Any]], batch: _Batch

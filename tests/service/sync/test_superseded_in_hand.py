@@ -1,9 +1,12 @@
 """An item whose record gets a newer version while a worker has it in hand: its result is recorded
 SUPERSEDED (the newer item carries the record), and the worker's report says so instead of
-counting it held, failed or dead. Faults from pytest-httpserver (``fake_fhir.FakeFhir``)."""
+counting it held, failed or dead; a send of it whose answer was lost but which landed is tracked
+(read back and recorded SENT), not left superseded and untracked. Faults from pytest-httpserver
+(``fake_fhir.FakeFhir``)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -81,3 +84,54 @@ def test_an_item_superseded_in_hand_is_reported_superseded_not_failed(rig: Rig) 
     assert (report.held, report.dead, report.sent, report.lease_lost) == (0, 0, 0, 0)
     later = rig.worker().run_once()
     assert (later.claimed, later.sent, later.superseded) == (1, 1, 0)
+
+
+def _applied_answer_lost(rig: Rig) -> Fault:
+    """Apply the Bundle, then answer after the client gave up (its read timeout is 0.3 s): the
+    server committed, the answer is lost. Short enough that a read right after is served."""
+
+    def fault(bundle: dict[str, Any]) -> Response:
+        rig.fake.apply(bundle)
+        time.sleep(0.45)
+        return Response("{}", status=200, content_type="application/fhir+json")
+
+    return fault
+
+
+def test_a_lost_answer_of_an_item_superseded_meanwhile_is_tracked(rig: Rig) -> None:
+    """Version 1 of a rating is being sent; version 2 is taken in and the patient revokes the
+    sharing (version 2 will be held, never sent); version 1 landed but its answer is lost. It is
+    read back and recorded SENT with the server's version, with its disclosure AuditEvent and
+    Provenance, so that retraction and the next If-Match see it (it used to be left SUPERSEDED,
+    the disclosure on the server untracked)."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    newer = (R.rating(rig.run, 1, value=5), R.revocation(rig.run))
+    rig.fake.faults = [_meanwhile(rig, _applied_answer_lost(rig), *newer)]
+    report = rig.worker().run_once()
+    [(key, on_server)] = [(k, r) for k, r in rig.fake.resources.items() if "Observation" in k]
+    assert (report.sent, report.failed, report.superseded) == (1, 0, 0)
+    assert rig.items(record_id)[1] is SyncState.SENT
+    last = rig.store.last_sent(record_id)
+    assert last is not None and last.record_version == 1
+    assert [f"{s.resource_type}/{s.id}" for s in last.sent] == [key]
+    assert [s.version_id for s in last.sent] == [on_server["meta"]["versionId"]]
+    actions = [e.action for e in rig.store.list_audit(record_id=record_id)]
+    assert (actions.count("disclose"), actions.count("provenance")) == (1, 1)
+    rig.worker().run_once()
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.HELD}
+
+
+def test_a_lost_answer_that_did_not_land_fails_as_before(rig: Rig) -> None:
+    """The same, but nothing reached the server (a 503 after the intake is no lost answer; a
+    reset before it is applied is): read back, not there: superseded, nothing recorded sent."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+
+    def lost_unapplied(bundle: dict[str, Any]) -> Response:
+        time.sleep(0.45)
+        return Response("{}", status=200, content_type="application/fhir+json")
+
+    rig.fake.faults = [_meanwhile(rig, lost_unapplied, R.rating(rig.run, 1, value=5))]
+    report = rig.worker().run_once()
+    assert (report.sent, report.superseded) == (0, 1)
+    assert rig.items(record_id) == {1: SyncState.SUPERSEDED, 2: SyncState.QUEUED}
+    assert rig.store.last_sent(record_id) is None
