@@ -105,14 +105,22 @@ def test_held_and_dead_lettered_items_do_not_block(
 
 
 def _mark_calls(item_id: int, worker: str) -> dict[str, Callable[[SqlStore], bool]]:
+    """Each ``mark_*``: whether it wrote (``mark_held``/``mark_failed``/``mark_dead`` answer the
+    state they left the item in, None when they wrote nothing)."""
     entry = [audit_entry("disclose", "rec-000001")]
     return {
         "sent": lambda s: s.mark_sent(item_id, worker, sent=[], audit=entry, at=at(50)),
-        "held": lambda s: s.mark_held(item_id, worker, reason="r", audit=entry, at=at(50)),
-        "failed": lambda s: s.mark_failed(
-            item_id, worker, outcome=OUTCOME, next_attempt_at=at(60), at=at(50)
+        "held": lambda s: (
+            s.mark_held(item_id, worker, reason="r", audit=entry, at=at(50)) is SyncState.HELD
         ),
-        "dead": lambda s: s.mark_dead(item_id, worker, outcome=OUTCOME, audit=entry, at=at(50)),
+        "failed": lambda s: (
+            s.mark_failed(item_id, worker, outcome=OUTCOME, next_attempt_at=at(60), at=at(50))
+            is SyncState.FAILED
+        ),
+        "dead": lambda s: (
+            s.mark_dead(item_id, worker, outcome=OUTCOME, audit=entry, at=at(50))
+            is SyncState.DEAD_LETTERED
+        ),
     }
 
 
