@@ -12,11 +12,27 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from fhir_alliance.client.links import BaseUrl, is_fhir_id, is_resource_type
 from fhir_alliance.client.responses import etag_for, version_from_etag
 from fhir_alliance.client.retry import Replay
-from fhir_alliance.errors import InputError, InvalidResponseError, Issue, ServerError
+from fhir_alliance.errors import (
+    InputError,
+    InvalidResponseError,
+    Issue,
+    ServerError,
+    UnsafeLinkError,
+)
 
-__all__ = ["BundleRequest", "EntryOutcome", "build_bundle", "entry_outcomes", "search_token"]
+__all__ = [
+    "BundleRequest",
+    "EntryOutcome",
+    "answered_identity",
+    "build_bundle",
+    "entry_outcomes",
+    "parse_location",
+    "search_token",
+    "server_id",
+]
 
 
 def search_token(system: str, value: str) -> str:
@@ -137,26 +153,128 @@ class EntryOutcome:
         return self.error is None and self.status is not None and 200 <= self.status < 300
 
 
-def parse_location(location: str) -> tuple[str | None, str | None, str | None]:
-    """``[base/]Type/id[/_history/vid]`` → (type, id, vid); Nones where absent.
+#: What a server-given id must be to become a request path (FHIR's id syntax, not a dot segment).
+_ID_RULE = "not 1-64 of A-Z a-z 0-9 - ., or a dot segment"
 
-    Plain string work (no urlsplit): this runs once per Bundle entry.
+
+def server_id(
+    value: object, *, resource_type: str, source: str, what: str = "FHIR id"
+) -> str | None:
+    """An id (or, with ``what="versionId"``, a version) the server gave, checked before it can
+    become a path or a header: None when absent, InvalidResponseError when it is not a FHIR id
+    (``source`` says where it came from; the value itself is not quoted)."""
+    if value is None:
+        return None
+    if not is_fhir_id(value):
+        raise InvalidResponseError(
+            f"server gave {resource_type} an invalid {what} in {source} ({_ID_RULE})"
+        )
+    return str(value)
+
+
+def parse_location(
+    location: str,
+    base: BaseUrl,
+    *,
+    source: str,
+    resource_type: str | None = None,
+    resource_id: str | None = None,
+) -> tuple[str, str, str | None] | None:
+    """``[base/]Type/id[/_history/vid]`` from a server's answer → (type, id, vid), checked;
+    None when the path below the base has another shape (``Type``, ``Type?query``): it names no
+    resource, and nothing is taken from it.
+
+    Server data, so untrusted: the location is resolved against ``base`` and must lie inside it
+    (:meth:`BaseUrl.check_link`: same scheme, host and port, no dot or encoded-slash segments),
+    its type must be a resource type name (``resource_type`` when given) and its id and version
+    FHIR ids (the id ``resource_id`` when given). Else InvalidResponseError, naming ``source``
+    and never quoting the location, so that no later read, update or delete can be steered
+    outside what was written.
     """
-    path = location.split("://", 1)[1] if "://" in location else location
-    if "://" in location:
-        slash = path.find("/")
-        path = path[slash:] if slash >= 0 else ""
-    path = path.split("?", 1)[0].split("#", 1)[0]
-    segments = [s for s in path.split("/") if s]
-    vid = None
-    if len(segments) >= 2 and segments[-2] == "_history":
-        vid = segments[-1]
-        segments = segments[:-2]
-    elif segments and segments[-1] == "_history":
-        segments = segments[:-1]
-    if len(segments) >= 2:
-        return segments[-2], segments[-1], vid
-    return None, None, vid
+
+    def refused(why: str) -> InvalidResponseError:
+        return InvalidResponseError(f"{source} {why}")
+
+    try:
+        url = base.check_link(location)
+    except UnsafeLinkError as exc:
+        raise refused(f"is refused: {exc.message.removeprefix('server link refused: ')}") from None
+    path = url.split("://", 1)[1].split("?", 1)[0]
+    segments = [s for s in path.split("/")[1:] if s][len(base.segments) :]
+    if len(segments) == 4 and segments[2] == "_history":
+        rtype, rid, vid = segments[0], segments[1], segments[3]
+    elif len(segments) == 2:
+        rtype, rid, vid = segments[0], segments[1], None
+    else:
+        return None
+    if not is_resource_type(rtype):
+        raise refused("names no resource type")
+    if resource_type is not None and rtype != resource_type:
+        raise refused(f"names a {rtype}, not the {resource_type} sent")
+    if not is_fhir_id(rid):
+        raise refused(f"has an invalid FHIR id ({_ID_RULE})")
+    if resource_id is not None and rid != resource_id:
+        raise refused(f"names another {resource_type or rtype} than the one sent")
+    if vid is not None and not is_fhir_id(vid):
+        raise refused(f"has an invalid versionId ({_ID_RULE})")
+    return rtype, rid, vid
+
+
+def answered_identity(
+    base: BaseUrl,
+    *,
+    location: str | None,
+    etag: str | None,
+    resource: Mapping[str, Any] | None,
+    resource_type: str | None,
+    resource_id: str | None,
+    where: str,
+) -> tuple[str | None, str | None, str | None]:
+    """(type, id, version) that a server's answer to a request names: from ``location`` first
+    (:func:`parse_location`), then the returned ``resource``, then ``etag``; Nones where nothing
+    names them. Each value used is checked, and ``resource_type``/``resource_id`` (what the
+    request was sent to, when known) must match: else InvalidResponseError, ``where`` naming the
+    answer ("the write answer's", "the answer's Bundle.entry[2]")."""
+    expected = resource_type or "the resource"
+    named = (
+        parse_location(
+            location,
+            base,
+            source=f"{where} location",
+            resource_type=resource_type,
+            resource_id=resource_id,
+        )
+        if location
+        else None
+    )
+    rtype, rid, vid = named if named is not None else (None, None, None)
+    if resource is not None:
+        body_type = resource.get("resourceType")
+        if resource_type is not None and body_type != resource_type:
+            raise InvalidResponseError(
+                f"{where} resource is of another type than the {resource_type} sent"
+            )
+        if rid is None:
+            rid = server_id(resource.get("id"), resource_type=expected, source=f"{where} id")
+            if resource_id is not None and rid not in (None, resource_id):
+                raise InvalidResponseError(f"{where} id names another {expected} than the one sent")
+        rtype = rtype or (body_type if isinstance(body_type, str) else None)
+        meta = resource.get("meta")
+        if vid is None and isinstance(meta, Mapping):
+            vid = server_id(
+                meta.get("versionId"),
+                resource_type=expected,
+                source=f"{where} meta.versionId",
+                what="versionId",
+            )
+    if vid is None:
+        vid = server_id(
+            version_from_etag(etag),
+            resource_type=expected,
+            source=f"{where} ETag",
+            what="versionId",
+        )
+    return rtype, rid, vid
 
 
 def _status_code(text: object) -> int | None:
@@ -166,10 +284,20 @@ def _status_code(text: object) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+def _target(request: BundleRequest) -> tuple[str | None, str | None]:
+    """The resource type (and id) a write or delete entry was sent to, which its answer must
+    name; (None, None) for other requests (a search's answer is a Bundle)."""
+    if request.method not in ("POST", "PUT", "DELETE"):
+        return None, None
+    rtype, _, rid = request.url.partition("?")[0].partition("/")
+    return rtype, (rid or None) if request.method != "POST" else None
+
+
 def entry_outcomes(
     response: Mapping[str, Any],
     requests: Sequence[BundleRequest],
     *,
+    base: BaseUrl,
     offset: int = 0,
     error_for: Callable[[int, dict[str, Any] | None, BundleRequest], ServerError | None]
     | None = None,
@@ -178,6 +306,9 @@ def entry_outcomes(
 
     The spec keeps response entries in request order; a response with a different count is
     refused. ``error_for(status, outcome, request)`` turns a failed entry into a :class:`ServerError`.
+    A successful entry whose answer names an unusable id or version (a ``location`` outside
+    ``base``, of another type or id than sent, not FHIR ids: :func:`answered_identity`) gets that
+    InvalidResponseError as its ``error`` and no id: it is not ``ok``.
     """
     if response.get("resourceType") != "Bundle" or response.get("type") not in (
         "transaction-response",
@@ -195,14 +326,7 @@ def entry_outcomes(
         status = _status_code(resp.get("status"))
         location = resp.get("location") if isinstance(resp.get("location"), str) else None
         etag = resp.get("etag") if isinstance(resp.get("etag"), str) else None
-        rtype, rid, vid = parse_location(location) if location else (None, None, None)
         resource = entry.get("resource") if isinstance(entry.get("resource"), dict) else None
-        if resource is not None:
-            rtype = rtype or resource.get("resourceType")
-            rid = rid or resource.get("id")
-            meta = resource.get("meta")
-            if vid is None and isinstance(meta, Mapping):
-                vid = meta.get("versionId")
         outcome = resp.get("outcome") if isinstance(resp.get("outcome"), dict) else None
         if (
             outcome is None
@@ -211,10 +335,25 @@ def entry_outcomes(
         ):
             outcome, resource = resource, None
         error = None
+        rtype = rid = vid = None
         if status is None or not 200 <= status < 300:
             error = error_for(status or 0, outcome, req) if error_for else None
             if error is None:
                 error = ServerError("bundle entry failed", status=status, outcome=outcome)
+        else:
+            sent_type, sent_id = _target(req)
+            try:
+                rtype, rid, vid = answered_identity(
+                    base,
+                    location=location,
+                    etag=etag,
+                    resource=resource,
+                    resource_type=sent_type,
+                    resource_id=sent_id,
+                    where=f"the answer's Bundle.entry[{i}]",
+                )
+            except InvalidResponseError as exc:
+                error = exc
         if req.method == "DELETE" and rtype is None:
             rtype, _, rid = req.url.partition("/")
         out.append(
@@ -224,8 +363,8 @@ def entry_outcomes(
                 status=status,
                 resource_type=rtype,
                 id=rid,
-                version_id=vid or version_from_etag(etag),
-                etag=etag or (etag_for(vid) if vid else None),
+                version_id=vid,
+                etag=etag_for(vid) if vid else None,
                 location=location,
                 outcome=outcome,
                 resource=resource,

@@ -27,9 +27,10 @@ from fhir_alliance.client.auth import Auth, NoAuth, oauth_error_code
 from fhir_alliance.client.bundles import (
     BundleRequest,
     EntryOutcome,
+    answered_identity,
     build_bundle,
     entry_outcomes,
-    parse_location,
+    server_id,
 )
 from fhir_alliance.client.bundles import search_token as _search_token
 from fhir_alliance.client.capabilities import ServerCapabilities, WriteStrategy
@@ -42,7 +43,6 @@ from fhir_alliance.client.responses import (
     etag_for,
     outcome_in,
     parse_resource,
-    version_from_etag,
 )
 from fhir_alliance.client.retry import Replay, RetryPolicy
 from fhir_alliance.errors import (
@@ -153,19 +153,6 @@ def _instance_path(resource_type: str, resource_id: object) -> str:
             issues=[Issue(path="id", message="not a valid FHIR id")],
         )
     return f"{resource_type}/{resource_id}"
-
-
-def _server_id(value: object, *, resource_type: str, source: str) -> str | None:
-    """An id the server gave (``source`` says where), checked before it can become a path:
-    None when absent, InvalidResponseError when not a FHIR id (the value is not quoted)."""
-    if value is None:
-        return None
-    if not is_fhir_id(value):
-        raise InvalidResponseError(
-            f"server gave {resource_type} an invalid FHIR id in {source} "
-            "(not 1-64 of A-Z a-z 0-9 - ., or a dot segment)"
-        )
-    return str(value)
 
 
 #: A URL path (with any query), alone or after ``scheme://host``; ``HTTP/1.1`` is left alone
@@ -716,28 +703,21 @@ class FhirClient:
         outcome = None
         if resource is not None and resource["resourceType"] == "OperationOutcome":
             outcome, resource = resource, None
-        rtype, rid, vid = parse_location(location) if location else (None, None, None)
-        if rtype is not None and not is_resource_type(rtype):
-            raise InvalidResponseError(
-                f"server answered a {sent_type} write with a Location of no resource type",
-                status=answer.status,
-            )
-        rid = _server_id(rid, resource_type=sent_type, source="Location")
-        if resource is not None:
-            rtype = rtype or resource.get("resourceType")
-            rid = rid or _server_id(
-                resource.get("id"), resource_type=sent_type, source="the answer's id"
-            )
-            meta = resource.get("meta")
-            if isinstance(meta, Mapping) and isinstance(meta.get("versionId"), str):
-                vid = vid or meta["versionId"]
-        vid = vid or version_from_etag(etag)
+        rtype, rid, vid = answered_identity(
+            self.base,
+            location=location,
+            etag=etag,
+            resource=resource,
+            resource_type=sent_type,
+            resource_id=sent_id,
+            where="the write answer's",
+        )
         return WriteResult(
             status=answer.status,
             resource_type=rtype or sent_type,
             id=rid or sent_id,
             version_id=vid,
-            etag=etag or (etag_for(vid) if vid else None),
+            etag=etag_for(vid) if vid else None,
             location=location,
             resource=resource,
             outcome=outcome,
@@ -840,13 +820,18 @@ class FhirClient:
         if existing:
             found = existing[0]
             meta = found.get("meta") if isinstance(found.get("meta"), Mapping) else {}
-            vid = meta.get("versionId") if isinstance(meta, Mapping) else None
+            vid = server_id(
+                meta.get("versionId") if isinstance(meta, Mapping) else None,
+                resource_type=rtype,
+                source="a search answer",
+                what="versionId",
+            )
             return WriteResult(
                 status=200,
                 resource_type=rtype,
-                id=_server_id(found.get("id"), resource_type=rtype, source="a search answer"),
+                id=server_id(found.get("id"), resource_type=rtype, source="a search answer"),
                 version_id=vid,
-                etag=etag_for(vid) if isinstance(vid, str) else None,
+                etag=etag_for(vid) if vid else None,
                 resource=found,
             )
         return self.create(resource)
@@ -899,7 +884,13 @@ class FhirClient:
                 )
                 response = parse_resource(answer.body, status=answer.status)
                 outcomes.extend(
-                    entry_outcomes(response, chunk, offset=start, error_for=self._entry_error)
+                    entry_outcomes(
+                        response,
+                        chunk,
+                        base=self.base,
+                        offset=start,
+                        error_for=self._entry_error,
+                    )
                 )
             except ServerError as exc:
                 outcomes.extend(

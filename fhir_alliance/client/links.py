@@ -102,6 +102,11 @@ class BaseUrl:
         inside ``/fhir``). ``[base]?_getpages=…`` (HAPI) is inside. The link itself never appears in
         the error message: its query can carry identifiers.
         """
+        raw_path = link.strip().split("?", 1)[0].split("#", 1)[0]
+        if any(_unsafe_segment(s) for s in raw_path.split("/")):
+            # Checked before joining too: urljoin resolves a relative link's dot segments, and
+            # ``Observation/../Patient/p1`` would pass as ``Patient/p1``.
+            raise UnsafeLinkError("server link refused: dot or encoded-slash path segments")
         try:
             absolute = urljoin(relative_to or self.url + "/", link.strip())
             parts = urlsplit(absolute)

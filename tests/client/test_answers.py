@@ -5,7 +5,7 @@ import logging
 import pytest
 from pytest_httpserver import HTTPServer
 
-from fhir_alliance.client import FhirClient, RetryPolicy
+from fhir_alliance.client import BundleRequest, FhirClient, RetryPolicy
 from fhir_alliance.errors import InvalidResponseError
 
 OBS = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
@@ -91,3 +91,48 @@ def test_200_with_an_unreadable_body_and_no_location_is_still_an_error(
     )
     with pytest.raises(InvalidResponseError):
         client.create(OBS, if_none_exist={"identifier": "urn:x|1"})
+
+
+@pytest.mark.parametrize(
+    ("location", "why"),
+    [
+        ("http://evil.example/fhir/Observation/o1/_history/2", "different host"),
+        ("/fhir/Observation/../Patient/p1/_history/2", "dot or encoded-slash"),
+        ("/fhir/Patient/p1/_history/2", "names a Patient, not the Observation sent"),
+        ("/fhir/Observation/p1/_history/2", "names another Observation than the one sent"),
+        ("/fhir/Observation/o1/_history/2;junk", "invalid versionId"),
+    ],
+)
+def test_a_write_answered_with_a_hostile_location_is_invalid(
+    httpserver: HTTPServer, client: FhirClient, location: str, why: str
+) -> None:
+    """update() answered 200 with a Location outside the base, of another type or id, or with a
+    junk version: InvalidResponseError, and nothing else is requested."""
+    if location.startswith("/"):
+        location = httpserver.url_for(location)
+    httpserver.expect_request("/fhir/Observation/o1", method="PUT").respond_with_json(
+        OBS | {"id": "o1", "meta": {"versionId": "2"}}, headers={"Location": location}
+    )
+    with pytest.raises(InvalidResponseError) as caught:
+        client.update(OBS | {"id": "o1"})
+    assert why in caught.value.message and "write answer's location" in caught.value.message
+    assert [r.path for r, _ in httpserver.log] == ["/fhir/Observation/o1"]
+
+
+def test_a_transaction_entry_with_a_hostile_location_is_an_error_not_an_id(
+    httpserver: HTTPServer, client: FhirClient
+) -> None:
+    """A transaction-response whose entry names another host's resource: that entry carries an
+    InvalidResponseError and no id; the entry beside it is read as usual."""
+    entries = [
+        {"response": {"status": "200 OK", "location": "https://evil.example/fhir/Observation/a"}},
+        {"response": {"status": "201 Created", "location": "Observation/b/_history/1"}},
+    ]
+    httpserver.expect_request("/fhir", method="POST").respond_with_json(
+        {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}
+    )
+    bad, good = client.transaction(
+        [BundleRequest.put(OBS | {"id": "a"}), BundleRequest.put(OBS | {"id": "b"})]
+    )
+    assert isinstance(bad.error, InvalidResponseError) and bad.id is None and not bad.ok
+    assert good.ok and (good.id, good.version_id) == ("b", "1")

@@ -37,6 +37,7 @@ def test_links_inside_the_base_are_followed(link: str) -> None:
         ("https://ehr.example.org/fhir/R4-evil/Observation", "path"),
         ("https://ehr.example.org/fhir/R/Observation", "path"),
         ("https://ehr.example.org/fhir/R4/../admin", "dot"),
+        ("Observation/../Patient/p1", "dot"),
         ("https://ehr.example.org/fhir/R4/..%2Fadmin", "encoded"),
         ("https://ehr.example.org/fhir/R4/%2e%2e/admin", "dot"),
         ("https://ehr.example.org/fhir/R4/a%5cb", "encoded"),

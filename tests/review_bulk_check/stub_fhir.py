@@ -66,7 +66,8 @@ class StubFhir:
     ``tag_extra_hits``: ``extra_tag_hits`` are given the searched tag (as if they carried it).
     ``fail_reads``: ids whose read answers 500. ``hold_if_match``: a PUT with If-Match waits
     for this event (``held`` is set while it waits). ``tag_search_prefer``: the ``Prefer``
-    header of each ``_tag`` search."""
+    header of each ``_tag`` search. ``location``: the ``Location`` a PUT is answered with, a
+    format string of ``base``, ``rid`` and ``version`` (a hostile server's, in tests)."""
 
     server: HTTPServer
     ignore_deletes: bool = False
@@ -80,6 +81,7 @@ class StubFhir:
     hold_if_match: threading.Event | None = None
     held: threading.Event = field(default_factory=threading.Event)
     tag_search_prefer: list[str | None] = field(default_factory=list)
+    location: str = "{base}/Observation/{rid}/_history/{version}"
     store: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
 
@@ -148,7 +150,7 @@ class StubFhir:
         self.store[rid] = body
         if self.store_then_fail:  # stored, but the answer is an error (a lost response)
             return self._json({"resourceType": "OperationOutcome", "issue": []}, 500)
-        location = f"{self.base_url}/Observation/{rid}/_history/{version}"
+        location = self.location.format(base=self.base_url, rid=rid, version=version)
         return self._json(
             body, 201 if current is None else 200, ETag=f'W/"{version}"', Location=location
         )

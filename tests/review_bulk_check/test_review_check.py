@@ -319,7 +319,8 @@ def test_a_write_answer_naming_an_invalid_id_is_an_invalid_response(
     client = FhirClient(httpserver.url_for("/fhir"), retry=RetryPolicy(max_attempts=1))
     with client, pytest.raises(InvalidResponseError) as caught:
         client.create({"resourceType": "Observation", "status": "final"})
-    assert "invalid FHIR id" in caught.value.message
+    message = caught.value.message
+    assert "invalid FHIR id" in message or "refused: dot or encoded-slash" in message, message
     assert "Patient" not in caught.value.message and "a%2Fb" not in caught.value.message
 
 
@@ -339,3 +340,30 @@ def test_a_type_neither_written_nor_offered_is_not_searched(httpserver: HTTPServ
     _, report = _check(stub)
     assert not [r for r, _ in httpserver.log if r.path.startswith("/fhir/Provenance")]
     assert report.ok, report.to_text()
+
+
+@pytest.mark.parametrize(
+    ("location", "why"),
+    [
+        ("{base}/Observation/../Patient/p1/_history/{version}", "dot or encoded-slash"),
+        ("http://evil.example/fhir/Observation/{rid}/_history/{version}", "different host"),
+        ("{base}/Patient/p1/_history/{version}", "names a Patient, not the Observation sent"),
+        ("{base}/Observation/p1/_history/{version}", "another Observation than the one sent"),
+        ("{base}/Observation/{rid}/_history/{version}%20junk", "invalid versionId"),
+    ],
+)
+def test_a_hostile_location_fails_the_create_and_steers_nothing(
+    httpserver: HTTPServer, location: str, why: str
+) -> None:
+    """The server answers the check's PUT with a Location outside the base, of another type or
+    id, or with a junk version: the create step fails saying why, nothing outside the run's own
+    Observation is read or deleted, and the tag search still cleans the Observation up."""
+    stub = StubFhir(httpserver, location=location)
+    run_id, report = _check(stub)
+    text = report.to_text()
+    [create] = [s for s in report.steps if s.name == "create"]
+    assert not create.ok and "write answer's location" in create.detail and why in create.detail
+    paths = {r.path for r, _ in httpserver.log}
+    assert paths <= {"/fhir/metadata", "/fhir/Observation", f"/fhir/Observation/check-{run_id}"}
+    assert not stub.store and report.cleanup_deleted == 1, text
+    assert "RESULT: FAIL" in text and "evil" not in text

@@ -6,7 +6,8 @@ A history entry is a deletion when its ``request.method`` is ``DELETE`` or its
 or ``fullUrl`` (whichever names one), its version from ``response.etag`` (or the URL's
 ``_history/<vid>``), its time from ``response.lastModified`` (or the resource's
 ``meta.lastUpdated``). Anything that is not such a Bundle raises InvalidResponseError naming the
-element, never quoting content.
+element, never quoting content; so do URLs outside the base, and ids or versions of our type that
+are not FHIR ids (``parse_location``, ``server_id``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_alliance.client.bundles import parse_location
+from fhir_alliance.client.bundles import parse_location, server_id
+from fhir_alliance.client.links import BaseUrl
 from fhir_alliance.client.responses import version_from_etag
 from fhir_alliance.errors import InvalidResponseError
 
@@ -44,10 +46,13 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def history_entries(bundle: Mapping[str, Any], resource_type: str) -> Iterator[HistoryEntry]:
+def history_entries(
+    bundle: Mapping[str, Any], resource_type: str, base: BaseUrl
+) -> Iterator[HistoryEntry]:
     """The entries of one page of ``[resource_type]/_history`` that concern ``resource_type``
     (a server may mix in others; they are skipped). Raises InvalidResponseError for a Bundle that
-    is not a history Bundle or an entry that names no resource."""
+    is not a history Bundle, an entry that names no resource, or a URL the id is taken from that
+    lies outside ``base`` or names an invalid id or version (``parse_location``)."""
     if bundle.get("type") != "history":
         raise InvalidResponseError("history answer is not a history Bundle (Bundle.type)")
     entries = bundle.get("entry", [])
@@ -74,13 +79,23 @@ def history_entries(bundle: Mapping[str, Any], resource_type: str) -> Iterator[H
         vid = version_from_etag(_text(response.get("etag")))
         if resource is not None:
             rtype, rid = _text(resource.get("resourceType")), _text(resource.get("id"))
-        for url in (request.get("url"), response.get("location"), entry.get("fullUrl")):
+        urls = (
+            ("request.url", request.get("url")),
+            ("response.location", response.get("location")),
+            ("fullUrl", entry.get("fullUrl")),
+        )
+        for name, value in urls:
+            url = _text(value)
             if rid is not None:
                 break
-            if _text(url) is None:
-                continue
-            rtype, rid, url_vid = parse_location(str(url))
-            vid = vid or url_vid
+            named = (
+                parse_location(url, base, source=f"history answer's {where}.{name}")
+                if url is not None
+                else None
+            )
+            if named is not None:
+                rtype, rid, url_vid = named
+                vid = vid or url_vid
         if rid is None or rtype is None:
             raise InvalidResponseError(f"history answer's {where} names no resource")
         if rtype != resource_type:
@@ -88,5 +103,8 @@ def history_entries(bundle: Mapping[str, Any], resource_type: str) -> Iterator[H
         meta = resource.get("meta") if resource is not None else None
         meta = meta if isinstance(meta, Mapping) else {}
         vid = vid or _text(meta.get("versionId"))
+        source = f"history answer's {where}"
+        rid = server_id(rid, resource_type=resource_type, source=source) or rid
+        vid = server_id(vid, resource_type=resource_type, source=source, what="versionId")
         stamp = _text(response.get("lastModified")) or _text(meta.get("lastUpdated"))
         yield HistoryEntry(resource_id=rid, version_id=vid, stamp=stamp, deleted=deleted)

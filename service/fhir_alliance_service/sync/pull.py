@@ -445,7 +445,11 @@ class Puller:
             f"{resource_type}/_history", [("_count", "1")], max_pages=1
         )
         first = next(pages, None)  # the next page is never asked for
-        newest = _newest(history_entries(first, resource_type)) if first is not None else None
+        newest = (
+            _newest(history_entries(first, resource_type, self.client.base))
+            if first is not None
+            else None
+        )
         return newest[1] if newest is not None else None
 
     def _history_deletions(
@@ -462,7 +466,7 @@ class Puller:
         pages = self.client.search_pages(f"{resource_type}/_history", params, max_pages=MAX_PAGES)
         for bundle in pages:
             report.history_pages += 1
-            entries = list(history_entries(bundle, resource_type))
+            entries = list(history_entries(bundle, resource_type, self.client.base))
             report.history_entries += len(entries)
             page_newest = _newest(entries)
             if page_newest is not None and (newest_at is None or page_newest[0] > newest_at):

@@ -3,9 +3,9 @@
 It applies transaction Bundles of ``PUT`` entries to an in-memory map (version per write), reads
 them back (``GET Type/id``), and answers with a transaction-response, unless the next queued fault
 says otherwise: a status (503 storms, 429 with ``Retry-After``), a malformed body, a rejection of
-Bundles holding a given id (422 with an OperationOutcome), or "apply, then answer too late" (a lost
-response). ``writes`` counts the writes applied per ``Type/id``, so tests can tell a harmless
-re-send from a duplicate.
+Bundles holding a given id (422 with an OperationOutcome), "apply, then answer too late" (a lost
+response), or "apply, then name another resource in the answer" (a hostile ``location``). ``writes``
+counts the writes applied per ``Type/id``, so tests can tell a harmless re-send from a duplicate.
 """
 
 from __future__ import annotations
@@ -57,6 +57,19 @@ def late_answer(seconds: float) -> Fault:
     def fault(bundle: dict[str, Any]) -> str:
         time.sleep(seconds)
         return "applied-late"
+
+    return fault
+
+
+def hostile_location(fake: FakeFhir, location: str) -> Fault:
+    """Apply the Bundle, then answer its first entry with ``location`` (a format string of
+    ``key``, the entry's ``Type/id``): a server naming something other than what was sent."""
+
+    def fault(bundle: dict[str, Any]) -> Response:
+        answer = fake.apply(bundle)
+        key = bundle["entry"][0]["request"]["url"]
+        answer["entry"][0]["response"]["location"] = location.format(key=key)
+        return Response(json.dumps(answer), status=200, content_type=FHIR_JSON)
 
     return fault
 

@@ -22,6 +22,7 @@ from tests.service.sync import records as R
 from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
 from tests.service.sync.fake_fhir import (
     FakeFhir,
+    hostile_location,
     late_answer,
     malformed,
     resetting_server,
@@ -158,6 +159,38 @@ def test_a_malformed_answer_is_retried(rig: FaultRig) -> None:
     rig.fake.faults = [malformed, malformed]
     rig.settle(rig.worker())
     _all_sent_once(rig)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "{key}/../../Patient/p1/_history/1",
+        "https://evil.example/fhir/{key}/_history/1",
+        "Patient/p1/_history/1",
+        "{key}-other/_history/1",
+        "{key}/_history/1%0d%0aX-Injected:%201",
+    ],
+)
+def test_a_hostile_location_is_retried_and_never_recorded(rig: FaultRig, location: str) -> None:
+    """The server applies the Bundle but its answer names a resource outside the base, of
+    another type or id, or a junk version: the Bundle's items fail (a malformed answer: retried
+    with backoff), none is recorded as sent with what the answer named, and the retry records
+    the resources that were PUT."""
+    rig.fake.faults = [hostile_location(rig.fake, location)]
+    worker = rig.worker()
+    first = worker.run_once()
+    assert first.failed > 0
+    failed = rig.store.list_by_state(SyncState.FAILED)
+    assert failed and all(f.next_attempt_at for f in failed)
+    assert failed[0].last_outcome is not None
+    assert "location" in failed[0].last_outcome["issue"][0]["details"]["text"]
+    rig.settle(worker)
+    _all_sent_once(rig)
+    for record_id in rig.record_ids:
+        status_ = rig.store.sync_status(record_id)
+        assert status_ is not None
+        for sent in status_.sent:
+            assert sent.version_id is not None and sent.version_id.isdigit(), sent
 
 
 def test_transient_failures_beyond_max_attempts_are_dead_lettered(rig: FaultRig) -> None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 from fhir_alliance_service.sync.history import HistoryEntry, history_entries
 
+from fhir_alliance.client.links import BaseUrl
 from fhir_alliance.errors import InvalidResponseError
+
+BASE = BaseUrl.parse("https://ehr.example/fhir")
 
 
 def _bundle(*entries: object) -> dict[str, object]:
@@ -35,7 +38,7 @@ def test_delete_and_410_entries_are_deletions_and_writes_are_not() -> None:
             "response": {"status": "410 Gone"},
         },
     )
-    assert list(history_entries(page, "Consent")) == [
+    assert list(history_entries(page, "Consent", BASE)) == [
         HistoryEntry("a", "3", "2026-12-01T10:00:03Z", deleted=False),
         HistoryEntry("b", "2", "2026-12-01T10:00:02Z", deleted=True),
         HistoryEntry("c", "5", None, deleted=True),
@@ -45,7 +48,7 @@ def test_delete_and_410_entries_are_deletions_and_writes_are_not() -> None:
 def test_entries_of_other_types_are_skipped() -> None:
     """A server that mixes other types into a type's history: they are not ours to read."""
     page = _bundle({"request": {"method": "DELETE", "url": "Observation/x"}})
-    assert list(history_entries(page, "Consent")) == []
+    assert list(history_entries(page, "Consent", BASE)) == []
 
 
 @pytest.mark.parametrize(
@@ -65,4 +68,39 @@ def test_a_malformed_page_is_refused_naming_the_element(
     """Not a history Bundle, or an entry that names no resource: InvalidResponseError naming the
     element (never "nothing was deleted")."""
     with pytest.raises(InvalidResponseError, match=element.replace("[", r"\[").replace("]", r"\]")):
-        list(history_entries(bundle, "Consent"))
+        list(history_entries(bundle, "Consent", BASE))
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        (
+            {"request": {"method": "DELETE", "url": "Consent/../Patient/p1"}},
+            "Bundle.entry[0].request.url is refused: dot or encoded-slash",
+        ),
+        (
+            {"fullUrl": "https://evil.example/fhir/Consent/c1", "response": {"status": "410"}},
+            "Bundle.entry[0].fullUrl is refused: different host",
+        ),
+        (
+            {"response": {"status": "410", "location": "Consent/c%0a1/_history/2"}},
+            "Bundle.entry[0].response.location has an invalid FHIR id",
+        ),
+        (
+            {"request": {"method": "DELETE", "url": "Consent/c1/_history/2 junk"}},
+            "Bundle.entry[0].request.url has an invalid versionId",
+        ),
+        (
+            {"request": {"method": "DELETE", "url": "Consent/c1"}, "response": {"etag": 'W/"2;x"'}},
+            "invalid versionId in history answer's Bundle.entry[0]",
+        ),
+    ],
+)
+def test_a_deletion_naming_a_hostile_url_or_version_is_refused(
+    entry: dict[str, object], why: str
+) -> None:
+    """A deletion whose id would come from a URL outside the base, or whose id or version is
+    not a FHIR id: InvalidResponseError (the pull then lists instead), never a deletion of it."""
+    with pytest.raises(InvalidResponseError) as caught:
+        list(history_entries(_bundle(entry), "Consent", BASE))
+    assert why in caught.value.message and "evil" not in caught.value.message
