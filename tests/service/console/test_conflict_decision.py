@@ -213,7 +213,15 @@ def test_the_overview_lists_the_conflicts_waiting_for_a_person(
     monkeypatch.undo()
 
     v4 = (SentResource("Consent", "c-1", "4"),)
-    decide_conflict(store, first, "keep-remote", against=v4, decided_by="cli", at=datetime.now(UTC))
+    decide_conflict(
+        store,
+        first,
+        "keep-remote",
+        against=v4,
+        record_version=store.sync_status(first).record_version,
+        decided_by="cli",
+        at=datetime.now(UTC),
+    )
     section = _conflicts_section(console_client)
     assert re.findall(r'href="/console/records/([^"]+)"', section) == [second]
     assert "1 record: someone else changed it" in section
