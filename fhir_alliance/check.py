@@ -347,7 +347,7 @@ def _round_trip(
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an interrupt for the duration of the check (see ``_sigterm_interrupts``)."""
+    """SIGTERM, turned into an interrupt for the duration of the check (see ``_interrupts``)."""
 
 
 def _signal_name(exc: KeyboardInterrupt) -> str:
@@ -575,23 +575,50 @@ def client_from_args(args: argparse.Namespace) -> FhirClient:
     )
 
 
+class _Interrupts:
+    """How SIGINT and SIGTERM act while ``check`` runs (installed by :func:`_interrupts`).
+
+    Until ``finishing`` is set each raises an interrupt (SIGTERM as :class:`_Terminated`), which
+    stops the round trip or the cleanup. Once the report is final (``run_check`` returned), the
+    first is only noted in ``noted``, so that closing the client and writing the report out
+    finish (a slow reader of stdout cannot make it lose the report); a second one interrupts.
+    """
+
+    def __init__(self) -> None:
+        self.finishing = False
+        self.noted: str | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+        if self.finishing and self.noted is None:
+            self.noted = name
+            return
+        raise _Terminated if name == "SIGTERM" else KeyboardInterrupt
+
+
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """For the duration of the block, SIGTERM (a CI job's timeout, ``kill``) raises an interrupt
-    like Ctrl-C, so that the check cleans up and reports; the previous handler is restored after.
-    Signal handlers can only be set in the main thread: elsewhere this does nothing."""
+def _interrupts() -> Iterator[_Interrupts]:
+    """For the duration of the block, SIGTERM (a CI job's timeout, ``kill``) and SIGINT act as
+    :class:`_Interrupts` says, so that the check cleans up and reports; the previous handlers
+    are restored after. SIGINT is taken over only from Python's default handler (an ignored
+    SIGINT stays ignored). Signal handlers can only be set in the main thread: elsewhere this
+    installs nothing."""
+    state = _Interrupts()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
-
-    def terminated(signum: int, frame: object) -> None:
-        raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminated)
+    previous_term = signal.signal(signal.SIGTERM, state)
+    previous_int = None
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous_int = signal.signal(signal.SIGINT, state)
     try:
-        yield
+        yield state
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        signal.signal(
+            signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL
+        )
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 #: Exit status of a check stopped by a signal: 128 + the signal's number, as shells report it.
@@ -599,15 +626,26 @@ _INTERRUPTED_EXIT = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGT
 
 
 def _handle(args: argparse.Namespace) -> int:
-    with _sigterm_interrupts():
+    with _interrupts() as interrupts:
         try:
             with client_from_args(args) as client:
                 report = run_check(client)
-        except KeyboardInterrupt as exc:  # outside run_check (building or closing the client)
+                # The report is final: from here a signal is noted, not raised, until the
+                # client is closed and the report written out (flushed: a reader that is slow
+                # to take it must not make the report come out half, or not at all).
+                interrupts.finishing = True
+            code = print_report(report, as_json=args.json)
+            sys.stdout.flush()
+        except KeyboardInterrupt as exc:  # building the client, or a second signal at the end
             print(f"check interrupted ({_signal_name(exc)})", file=sys.stderr)
             return _INTERRUPTED_EXIT[_signal_name(exc)]
-        code = print_report(report, as_json=args.json)
-    return _INTERRUPTED_EXIT[report.interrupted] if report.interrupted else code
+    if interrupts.noted and not report.interrupted:
+        print(
+            f"check interrupted ({interrupts.noted}) after it had finished; the report is complete",
+            file=sys.stderr,
+        )
+    stopped = report.interrupted or interrupts.noted
+    return _INTERRUPTED_EXIT[stopped] if stopped else code
 
 
 def print_report(report: Any, *, as_json: bool) -> int:

@@ -3,6 +3,7 @@ after itself": reproductions against hostile or faulty servers (pytest-httpserve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -255,6 +257,127 @@ def test_sigterm_cleans_up_reports_and_exits_143(httpserver: HTTPServer) -> None
     assert not stub.store, f"left on the server: {list(stub.store)}; {out}"
     assert "interrupted (SIGTERM); the cleanup ran" in out, out
     assert "RESULT: FAIL" in out
+
+
+def _check_process(
+    stub: StubFhir, *args: str, module: str = "fhir_alliance.cli", **popen: Any
+) -> subprocess.Popen[str]:
+    """A real ``fhir-alliance check`` against ``stub``, in the repository root, without the
+    environment's FHIR_ALLIANCE settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_ALLIANCE")}
+    return subprocess.Popen(
+        [sys.executable, "-m", module, "check", "--base-url", stub.base_url, *args],
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        **popen,
+    )
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+@pytest.mark.parametrize(
+    ("signum", "count"), [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 2)]
+)
+def test_a_signal_while_the_client_closes_still_prints_the_report(
+    httpserver: HTTPServer, signum: signal.Signals, count: int
+) -> None:
+    """SIGTERM (or Ctrl-C) while the check closes its client (the round trip and cleanup are
+    done): the report is printed all the same and the exit status is 128 + the signal. A second
+    signal then stops it at once, with one line. The close is held open by ``held_close`` until
+    the signals have landed."""
+    stub = StubFhir(httpserver)
+    process = _check_process(
+        stub,
+        module="tests.review_bulk_check.held_close",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    with process:  # closes its pipes
+        try:
+            assert process.stderr is not None and process.stdin is not None
+            before = []
+            for line in process.stderr:  # retry warnings (the stub has no Consent) come first
+                if line == "closing the client\n":
+                    break
+                before.append(line)
+            else:
+                pytest.fail(f"the check never closed its client: {before}")
+            for _ in range(count):
+                process.send_signal(signum)
+                time.sleep(0.3)  # let the signal land while the close waits
+            with contextlib.suppress(BrokenPipeError):  # a check that died of it reads no more
+                process.stdin.write("\n")
+                process.stdin.close()
+            out = process.stdout.read() if process.stdout else ""
+            err = process.stderr.read()
+            process.wait(timeout=60)
+        finally:
+            _stop(process)
+    assert process.returncode == 128 + signum, (process.returncode, out, err)
+    assert not stub.store, out
+    if count == 2:
+        assert out == "" and err.endswith(f"check interrupted ({signum.name})\n"), (out, err)
+        return
+    assert out.startswith("FHIR server check:") and out.rstrip().endswith("RESULT: FAIL"), out
+    assert "every resource of the run deleted" in out, out
+    assert f"check interrupted ({signum.name}) after it had finished" in err, err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ and /proc: Linux")
+@pytest.mark.parametrize("as_json", [False, True])
+def test_sigterm_while_the_report_is_printed_still_prints_it_whole(
+    httpserver: HTTPServer, tmp_path: Path, as_json: bool
+) -> None:
+    """SIGTERM while the report is being written out (to a pipe whose reader is slow): the whole
+    report still comes out (valid JSON with ``--json``) and the exit status is 128 + SIGTERM.
+    The pipe is filled before the check starts, so the check blocks writing its report until
+    the test, having sent the signal, reads."""
+    import fcntl
+
+    stub = StubFhir(httpserver)
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(write_end, False)
+    filled = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filled += os.write(write_end, b"#" * 512)
+    os.set_blocking(write_end, True)
+    with (tmp_path / "stderr").open("w+") as stderr:
+        process = _check_process(
+            stub, *(["--json"] if as_json else []), stdout=write_end, stderr=stderr
+        )
+        os.close(write_end)
+        try:
+            wchan = Path(f"/proc/{process.pid}/wchan")
+            deadline = time.monotonic() + 60
+            while "pipe_write" not in wchan.read_text():
+                assert process.poll() is None and time.monotonic() < deadline, "never blocked"
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)  # let the signal land while the write waits
+            chunks = []
+            while chunk := os.read(read_end, 65536):
+                chunks.append(chunk)
+            process.wait(timeout=60)
+        finally:
+            os.close(read_end)
+            _stop(process)
+        stderr.seek(0)
+        err = stderr.read()
+    out = b"".join(chunks)[filled:].decode()
+    assert process.returncode == 128 + signal.SIGTERM, (process.returncode, out, err)
+    if as_json:
+        assert json.loads(out)["cleanup_remaining"] == [], out
+    else:
+        assert out.startswith("FHIR server check:") and out.rstrip().endswith("RESULT: FAIL"), out
+    assert not stub.store
 
 
 def test_the_sigterm_handler_is_restored_after_the_check(httpserver: HTTPServer) -> None:
