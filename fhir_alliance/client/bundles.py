@@ -10,9 +10,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
-from fhir_alliance.client.links import BaseUrl, is_fhir_id, is_resource_type
+from fhir_alliance.client.links import BaseUrl, is_fhir_id, is_resource_type, unsafe_segment
 from fhir_alliance.client.responses import etag_for, version_from_etag
 from fhir_alliance.client.retry import Replay
 from fhir_alliance.errors import (
@@ -184,12 +184,17 @@ def parse_location(
     None when the path below the base has another shape (``Type``, ``Type?query``): it names no
     resource, and nothing is taken from it.
 
-    Server data, so untrusted: the location is resolved against ``base`` and must lie inside it
-    (:meth:`BaseUrl.check_link`: same scheme, host and port, no dot or encoded-slash segments),
-    its type must be a resource type name (``resource_type`` when given) and its id and version
-    FHIR ids (the id ``resource_id`` when given). Else InvalidResponseError, naming ``source``
-    and never quoting the location, so that no later read, update or delete can be steered
-    outside what was written.
+    Server data, so untrusted: a relative location is resolved against ``base`` and must stay
+    inside it (:meth:`BaseUrl.check_link`: no dot or encoded-slash segments); its type must be a
+    resource type name (``resource_type`` when given) and its id and version FHIR ids (the id
+    ``resource_id`` when given). Else InvalidResponseError, naming ``source`` and never quoting
+    the location, so that no later read, update or delete can be steered outside what was
+    written.
+
+    An absolute location under another origin or path (a server behind a proxy that names
+    itself by its internal address: common, and harmless, because the location is only read,
+    never requested) gives its trailing ``Type/id[/_history/vid]``, checked the same way; dot or
+    encoded-slash segments and credentials are refused there too.
     """
 
     def refused(why: str) -> InvalidResponseError:
@@ -197,10 +202,15 @@ def parse_location(
 
     try:
         url = base.check_link(location)
+        segments = _segments_of(url)[len(base.segments) :]
     except UnsafeLinkError as exc:
-        raise refused(f"is refused: {exc.message.removeprefix('server link refused: ')}") from None
-    path = url.split("://", 1)[1].split("?", 1)[0]
-    segments = [s for s in path.split("/")[1:] if s][len(base.segments) :]
+        foreign = _foreign_tail(location)
+        if foreign is None:
+            why = exc.message.removeprefix("server link refused: ")
+            raise refused(f"is refused: {why}") from None
+        segments = foreign
+        if segments and not is_resource_type(segments[0]):
+            return None  # another origin's path that names no resource: nothing taken from it
     if len(segments) == 4 and segments[2] == "_history":
         rtype, rid, vid = segments[0], segments[1], segments[3]
     elif len(segments) == 2:
@@ -218,6 +228,34 @@ def parse_location(
     if vid is not None and not is_fhir_id(vid):
         raise refused(f"has an invalid versionId ({_ID_RULE})")
     return rtype, rid, vid
+
+
+def _segments_of(url: str) -> list[str]:
+    """The non-empty path segments of an absolute URL (query and fragment dropped)."""
+    path = url.split("://", 1)[1].split("?", 1)[0].split("#", 1)[0]
+    return [s for s in path.split("/")[1:] if s]
+
+
+def _foreign_tail(location: str) -> list[str] | None:
+    """The trailing ``Type/id[/_history/vid]`` segments of an absolute ``location`` that lies
+    outside the base (another origin or path); None when it is not such a URL, or is unsafe
+    (credentials, dot or encoded-slash segments, not parseable): then it stays refused."""
+    text = location.strip()
+    if "://" not in text.split("?", 1)[0] and not text.startswith("//"):
+        return None  # a relative link outside the base: only dot segments get there
+    try:
+        parts = urlsplit(text if "://" in text else "https:" + text)
+        _ = parts.port
+    except ValueError:
+        return None
+    if parts.username is not None or parts.password is not None:
+        return None
+    segments = [s for s in parts.path.split("/") if s]
+    if any(unsafe_segment(s) for s in segments):
+        return None
+    if len(segments) >= 4 and segments[-2] == "_history":
+        return segments[-4:]
+    return segments[-2:]
 
 
 def answered_identity(

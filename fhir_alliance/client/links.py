@@ -12,7 +12,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from fhir_alliance.errors import InputError, Issue, UnsafeLinkError
 
-__all__ = ["FHIR_ID", "BaseUrl", "is_fhir_id", "is_resource_type", "path_template"]
+__all__ = ["FHIR_ID", "BaseUrl", "is_fhir_id", "is_resource_type", "path_template", "unsafe_segment"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
@@ -103,7 +103,7 @@ class BaseUrl:
         the error message: its query can carry identifiers.
         """
         raw_path = link.strip().split("?", 1)[0].split("#", 1)[0]
-        if any(_unsafe_segment(s) for s in raw_path.split("/")):
+        if any(unsafe_segment(s) for s in raw_path.split("/")):
             # Checked before joining too: urljoin resolves a relative link's dot segments, and
             # ``Observation/../Patient/p1`` would pass as ``Patient/p1``.
             raise UnsafeLinkError("server link refused: dot or encoded-slash path segments")
@@ -123,14 +123,14 @@ class BaseUrl:
         if (port if port is not None else _DEFAULT_PORTS[scheme]) != self.port:
             raise UnsafeLinkError("server link refused: different port from the base URL")
         segments = _segments(parts.path)
-        if any(_unsafe_segment(s) for s in segments):
+        if any(unsafe_segment(s) for s in segments):
             raise UnsafeLinkError("server link refused: dot or encoded-slash path segments")
         if segments[: len(self.segments)] != self.segments:
             raise UnsafeLinkError("server link refused: path outside the base URL")
         return parts._replace(fragment="").geturl()
 
 
-def _unsafe_segment(segment: str) -> bool:
+def unsafe_segment(segment: str) -> bool:
     """A segment that a server could resolve upwards or split: ``..``, ``%2e%2e``, ``a%2fb``."""
     decoded = unquote(segment)
     return decoded in (".", "..") or "/" in decoded or "\\" in decoded

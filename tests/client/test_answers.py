@@ -96,7 +96,7 @@ def test_200_with_an_unreadable_body_and_no_location_is_still_an_error(
 @pytest.mark.parametrize(
     ("location", "why"),
     [
-        ("http://evil.example/fhir/Observation/o1/_history/2", "different host"),
+        ("http://evil.example/fhir/Patient/o1/_history/2", "names a Patient, not the Observation"),
         ("/fhir/Observation/../Patient/p1/_history/2", "dot or encoded-slash"),
         ("/fhir/Patient/p1/_history/2", "names a Patient, not the Observation sent"),
         ("/fhir/Observation/p1/_history/2", "names another Observation than the one sent"),
@@ -119,13 +119,27 @@ def test_a_write_answered_with_a_hostile_location_is_invalid(
     assert [r.path for r, _ in httpserver.log] == ["/fhir/Observation/o1"]
 
 
+def test_a_write_answered_with_a_proxied_location_reads_its_version(
+    httpserver: HTTPServer, client: FhirClient
+) -> None:
+    """A server behind a proxy answers with a Location under its internal address: the version
+    is read from it (the resource sent, checked as usual) and nothing is requested there."""
+    httpserver.expect_request("/fhir/Observation/o1", method="PUT").respond_with_json(
+        OBS | {"id": "o1"},
+        headers={"Location": "http://fhir-internal:8080/fhir/Observation/o1/_history/7"},
+    )
+    written = client.update(OBS | {"id": "o1"})
+    assert (written.resource_type, written.id, written.version_id) == ("Observation", "o1", "7")
+    assert [r.path for r, _ in httpserver.log] == ["/fhir/Observation/o1"]
+
+
 def test_a_transaction_entry_with_a_hostile_location_is_an_error_not_an_id(
     httpserver: HTTPServer, client: FhirClient
 ) -> None:
-    """A transaction-response whose entry names another host's resource: that entry carries an
+    """A transaction-response whose entry names another resource than the one PUT: it carries an
     InvalidResponseError and no id; the entry beside it is read as usual."""
     entries = [
-        {"response": {"status": "200 OK", "location": "https://evil.example/fhir/Observation/a"}},
+        {"response": {"status": "200 OK", "location": "https://evil.example/fhir/Observation/z"}},
         {"response": {"status": "201 Created", "location": "Observation/b/_history/1"}},
     ]
     httpserver.expect_request("/fhir", method="POST").respond_with_json(

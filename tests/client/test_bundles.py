@@ -119,17 +119,39 @@ def test_parse_location_and_search_token() -> None:
     assert search_token("urn:a", "x|y,z$\\") == "urn:a|x\\|y\\,z\\$\\\\"
 
 
+@pytest.mark.parametrize(
+    "location",
+    [
+        "https://internal.example:8080/fhir/Observation/o1/_history/3",
+        "http://h/fhir/Observation/o1/_history/3",
+        "https://h:8443/fhir/Observation/o1/_history/3",
+        "https://h/other/base/Observation/o1/_history/3",
+        "//internal.example/fhir/Observation/o1/_history/3",
+    ],
+)
+def test_a_location_under_another_origin_gives_its_trailing_type_id_and_version(
+    location: str,
+) -> None:
+    """A server behind a proxy names itself by its internal address: the location is only read,
+    never requested, so its trailing Type/id/_history/vid is taken, checked like any other (the
+    type and id sent); another shape there names nothing."""
+    assert parse_location(
+        location, BASE, source="x", resource_type="Observation", resource_id="o1"
+    ) == ("Observation", "o1", "3")
+    assert parse_location("https://internal.example/fhir/Observation", BASE, source="x") is None
+
+
 #: Locations a hostile or broken server could answer a write of ``Observation/o1`` with, and
 #: what the refusal says.
 HOSTILE_LOCATIONS = [
     ("../Patient/p1", "refused: dot or encoded-slash"),
     ("Observation/../Patient/p1", "refused: dot or encoded-slash"),
     ("https://h/fhir/Observation/%2e%2e/Patient/p1", "refused: dot or encoded-slash"),
-    ("https://evil.example/fhir/Observation/o1/_history/1", "refused: different host"),
-    ("http://h/fhir/Observation/o1", "refused: different scheme"),
-    ("https://h:8443/fhir/Observation/o1", "refused: different port"),
-    ("https://h/other/Observation/o1", "refused: path outside the base URL"),
-    ("//evil.example/fhir/Observation/o1", "refused: different host"),
+    ("https://evil.example/fhir/Patient/p1/_history/1", "names a Patient, not the Observation"),
+    ("https://evil.example/fhir/Observation/o2", "names another Observation than the one sent"),
+    ("https://evil.example/fhir/Observation/../Patient/p1", "refused: dot or encoded-slash"),
+    ("https://u:pw@evil.example/fhir/Observation/o1", "refused: it carries credentials"),
+    ("//evil.example/fhir/Observation/o1%2Fx", "refused: dot or encoded-slash"),
     ("Patient/o1/_history/1", "names a Patient, not the Observation sent"),
     ("https://h/fhir/Observation/o%201", "invalid FHIR id"),
     ("Observation/o1;x=1/_history/1", "invalid FHIR id"),

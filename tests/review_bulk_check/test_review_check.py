@@ -469,7 +469,7 @@ def test_a_type_neither_written_nor_offered_is_not_searched(httpserver: HTTPServ
     ("location", "why"),
     [
         ("{base}/Observation/../Patient/p1/_history/{version}", "dot or encoded-slash"),
-        ("http://evil.example/fhir/Observation/{rid}/_history/{version}", "different host"),
+        ("http://evil.example/fhir/Patient/{rid}/_history/{version}", "names a Patient"),
         ("{base}/Patient/p1/_history/{version}", "names a Patient, not the Observation sent"),
         ("{base}/Observation/p1/_history/{version}", "another Observation than the one sent"),
         ("{base}/Observation/{rid}/_history/{version}%20junk", "invalid versionId"),

@@ -165,7 +165,7 @@ def test_a_malformed_answer_is_retried(rig: FaultRig) -> None:
     "location",
     [
         "{key}/../../Patient/p1/_history/1",
-        "https://evil.example/fhir/{key}/_history/1",
+        "https://evil.example/fhir/{key}-other/_history/1",
         "Patient/p1/_history/1",
         "{key}-other/_history/1",
         "{key}/_history/1%0d%0aX-Injected:%201",

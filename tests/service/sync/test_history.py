@@ -79,8 +79,8 @@ def test_a_malformed_page_is_refused_naming_the_element(
             "Bundle.entry[0].request.url is refused: dot or encoded-slash",
         ),
         (
-            {"fullUrl": "https://evil.example/fhir/Consent/c1", "response": {"status": "410"}},
-            "Bundle.entry[0].fullUrl is refused: different host",
+            {"fullUrl": "https://u:pw@evil.example/fhir/Consent/c1", "response": {"status": "410"}},
+            "Bundle.entry[0].fullUrl is refused: it carries credentials",
         ),
         (
             {"response": {"status": "410", "location": "Consent/c%0a1/_history/2"}},
