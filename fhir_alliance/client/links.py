@@ -12,7 +12,14 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from fhir_alliance.errors import InputError, Issue, UnsafeLinkError
 
-__all__ = ["FHIR_ID", "BaseUrl", "is_fhir_id", "is_resource_type", "path_template", "unsafe_segment"]
+__all__ = [
+    "FHIR_ID",
+    "BaseUrl",
+    "is_fhir_id",
+    "is_resource_type",
+    "path_template",
+    "unsafe_segment",
+]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
