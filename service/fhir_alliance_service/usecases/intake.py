@@ -288,7 +288,9 @@ def _intake_once(
             issues += identity
             continue
         if new.record_id in seen:
-            issues.append(Issue(_at(label, "id"), "the same record id appears twice"))
+            repeat = Issue(_at(label, "id"), "the same record id appears twice")
+            if repeat not in issues:  # the observations' batch rule names every repeat already
+                issues.append(repeat)
             continue
         seen[new.record_id] = label
         stored = stored_of.get(new.record_id)

@@ -140,6 +140,17 @@ def test_the_same_record_twice_in_one_list_is_refused(store: SqlStore) -> None:
     assert _nothing_stored(store)
 
 
+def test_a_repeated_record_is_reported_once_at_each_place(store: SqlStore) -> None:
+    """The batch rule names both places of a repeated id, and the store's own check of the second
+    one is not added again (it was: ``1.id`` twice, so ``load`` listed that line twice)."""
+    with pytest.raises(InputError) as caught:
+        intake_records(store, [observation("rupture"), observation("rupture")], at=AT)
+    assert [(i.path, i.message) for i in caught.value.issues] == [
+        ("0.id", "the same record id appears twice"),
+        ("1.id", "the same record id appears twice"),
+    ]
+
+
 def test_an_identifier_of_another_kind_is_refused(store: SqlStore) -> None:
     """A record may not take over the identifier of a stored record of another kind."""
     intake_records(store, [observation("rupture")], at=AT)
