@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fhir_alliance.errors import FhirAllianceError, InputError
-from fhir_alliance.jsonio import parse_json, read_input
+from fhir_alliance.jsonio import DEFAULT_MAX_BYTES, parse_json, read_input
 
 if TYPE_CHECKING:
     from fhir_alliance_service.store.interface import Store
 
 __all__ = [
+    "MAX_LINE_BYTES",
     "NDJSON_SUFFIXES",
     "FileFormatError",
     "LoadSummary",
@@ -31,6 +32,9 @@ __all__ = [
 
 #: Files read one record a line; anything else is read as one JSON document.
 NDJSON_SUFFIXES = frozenset({".ndjson", ".jsonl"})
+
+#: Longest NDJSON line (without its newline): one record, capped like a whole ``.json`` file.
+MAX_LINE_BYTES = DEFAULT_MAX_BYTES
 
 _WHITESPACE = " \t\n\r"
 
@@ -52,21 +56,30 @@ class SourcedRecord:
         return f"{self.path}:{self.line}"
 
 
-def read_records(path: Path) -> Iterator[SourcedRecord]:
+def read_records(path: Path, *, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[SourcedRecord]:
     """Yield the records of one file in order, parsed strictly (:mod:`fhir_alliance.jsonio`:
-    duplicate keys, NaN or absurd numbers are errors). NDJSON is streamed line by line; a JSON
+    duplicate keys, NaN or absurd numbers are errors). NDJSON is streamed line by line, a line
+    longer than ``max_line_bytes`` being an error found after reading no more than that; a JSON
     document is read whole (up to ``jsonio.DEFAULT_MAX_BYTES``). Raises :class:`FileFormatError`
     naming ``file:line`` when the file cannot be read; the records already yielded stay yielded."""
     if path.suffix.lower() in NDJSON_SUFFIXES:
-        yield from _ndjson(path)
+        yield from _ndjson(path, max_line_bytes)
     else:
         yield from _json_document(path)
 
 
-def _ndjson(path: Path) -> Iterator[SourcedRecord]:
+def _ndjson(path: Path, max_line_bytes: int) -> Iterator[SourcedRecord]:
     try:
         with path.open("rb") as handle:
-            for number, line in enumerate(handle, start=1):
+            number = 0
+            # At most the cap and its newline at a time: an endless line is never held whole.
+            while line := handle.readline(max_line_bytes + 1):
+                number += 1
+                if len(line.removesuffix(b"\n")) > max_line_bytes:
+                    raise FileFormatError(
+                        f"{path}:{number}: line longer than {max_line_bytes} bytes "
+                        "(one record a line; the cap of a .json file)"
+                    )
                 if not line.strip():
                     continue
                 try:
