@@ -1060,14 +1060,24 @@ def _load(args: argparse.Namespace) -> int:
     is reported as ``file:line`` with its field paths, and its whole batch stores nothing; the
     other batches go on. A line that is not JSON counts as a bad record of its batch (reported
     as ``file:line``; the batch's records read before it store nothing) and the rest of that
-    file is not read; the file's earlier batches and the other files load. Exit status 0 only
-    when every record loaded."""
+    file is not read; the file's earlier batches and the other files load. A record id repeated
+    in a file is a bad record whatever the batch size. The SQLite write turn not obtained in time
+    ends the load: the summary, then one ``error:`` line naming the batch (which wrote nothing),
+    exit 1. Ctrl-C: the summary on stderr before ``interrupted``. Exit status 0 only when every
+    record loaded."""
     if args.batch_size < 1:
         raise _StopCommand("--batch-size must be at least 1")
     settings = _settings()
-    from fhir_alliance_service.cli_load import load_files
+    from fhir_alliance_service.cli_load import LoadSummary, load_files
 
-    with _opened_store(settings) as store:
-        summary = load_files(store, args.files, batch_size=args.batch_size)
+    summary = LoadSummary()
+    try:
+        with _opened_store(settings) as store:
+            load_files(store, args.files, batch_size=args.batch_size, summary=summary)
+    except KeyboardInterrupt:
+        print(summary.describe_interrupted(), file=sys.stderr)  # the earlier batches are stored
+        raise
     print(summary.describe())
+    if summary.stopped:
+        raise _StopCommand(summary.stopped, status=1)
     return 0 if summary.complete else 1

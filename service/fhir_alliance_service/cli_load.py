@@ -4,11 +4,12 @@ bad record can be reported by its place and field path without echoing its conte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,15 +163,30 @@ _INDEXED_PATH = re.compile(r"^\[?(\d+)\]?(?:\.(.*))?$")
 @dataclass
 class LoadSummary:
     """What ``load`` did: records stored per outcome, and the problems (one line each, naming
-    ``file:line`` and field paths, never the content)."""
+    ``file:line`` and field paths, never the content). Filled in batch by batch, so that a load
+    ended early (Ctrl-C) still tells what it stored. ``storing``: the batch in hand
+    (``file:first..last``) while it is stored; ``stopped``: why the load ended before its end."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     rejected_records: int = 0
+    storing: str | None = None
+    stopped: str | None = None
 
     @property
     def complete(self) -> bool:
-        return not self.problems
+        return not self.problems and self.stopped is None
+
+    def describe_interrupted(self) -> str:
+        """:meth:`describe`, then what became of the batch in hand and of the rest."""
+        lines = [self.describe()]
+        if self.storing:
+            lines.append(f"interrupted while storing {self.storing}: stored whole or not at all")
+        lines.append(
+            "the rest is not loaded; loading the same files again is safe "
+            "(the records already stored are reported unchanged)"
+        )
+        return "\n".join(lines)
 
     def describe(self) -> str:
         stored = ", ".join(f"{outcome} {count}" for outcome, count in sorted(self.outcomes.items()))
@@ -191,55 +207,112 @@ def load_files(
     batch_size: int,
     at: Callable[[], datetime] | None = None,
     progress: bool | None = None,
+    summary: LoadSummary | None = None,
 ) -> LoadSummary:
     """Read every file and store its records in batches through ``intake_records``; a batch with
     a bad record stores nothing and is reported; the other batches go on. A line that cannot be
     parsed (or a file that cannot be read) counts as a bad record of its batch: that batch stores
     nothing, the file's earlier batches stay stored, the rest of that file is not read, and the
-    other files go on. ``progress``: a tqdm bar
-    on stderr (default: only when stderr is a terminal)."""
+    other files go on. A record whose id an earlier batch of the same file had is a bad record of
+    its batch too, as it is within one batch: ``batch_size`` never decides whether a file's
+    repeat becomes a new version. The SQLite write turn not obtained in time
+    (:class:`WriterTurnTimeout`: another program writes the file) ends the load: that batch wrote
+    nothing, ``summary.stopped`` says where and why, and nothing more is read.
+    ``summary``: the one to fill in and return (a caller keeps what was stored when Ctrl-C ends
+    the load early). ``progress``: a tqdm bar on stderr (default: only when stderr is a
+    terminal)."""
     from tqdm import tqdm
 
+    from fhir_alliance_service.store.engine import WriterTurnTimeout
     from fhir_alliance_service.usecases.intake import intake_records
 
     clock = at or (lambda: datetime.now(UTC))
-    summary = LoadSummary()
+    summary = LoadSummary() if summary is None else summary
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(unit="record", file=sys.stderr, disable=not show, desc="load") as bar:
 
-        def flush(batch: list[SourcedRecord]) -> None:
+        def flush(batch: list[SourcedRecord], ids: _RecordIds) -> None:
             if not batch:
                 return
-            try:
-                results = intake_records(store, [r.payload for r in batch], at=clock())
-            except FhirAllianceError as exc:
+            repeats = ids.repeats(batch)
+            ids.add(batch)
+            if repeats:  # a version 2 by accident of the batch size: refused like one in a batch
                 summary.rejected_records += len(batch)
-                summary.problems.extend(_problems(exc, batch))
+                summary.problems.extend(repeats)
             else:
-                summary.outcomes.update(str(_outcome(result)) for result in results)
+                summary.storing = f"{batch[0].place}..{batch[-1].line}"
+                try:
+                    results = intake_records(store, [r.payload for r in batch], at=clock())
+                except FhirAllianceError as exc:
+                    summary.rejected_records += len(batch)
+                    summary.problems.extend(_problems(exc, batch))
+                else:
+                    summary.outcomes.update(str(_outcome(result)) for result in results)
+                summary.storing = None
             bar.update(len(batch))
             batch.clear()
 
         batch: list[SourcedRecord] = []
-        for path in paths:
-            read = 0
-            try:
-                for record in read_records(path):
-                    read += 1
-                    batch.append(record)
-                    if len(batch) >= batch_size:
-                        flush(batch)
-            except FileFormatError as exc:
-                # An unparsable line (or a read error) is a bad record of the batch it falls in:
-                # the batch's records read before it store nothing, like a batch with a record the
-                # intake refuses; the batches of the file before it are stored. The rest of the
-                # file is not read (past a broken line its records cannot be trusted to line up).
-                summary.rejected_records += len(batch)
-                summary.problems.append(f"{exc}; {_not_loaded(read, len(batch))}")
-                bar.update(len(batch))
-                batch.clear()
-            flush(batch)  # batches never span files: a file's problems stay its own
+        try:
+            for path in paths:
+                ids, read = _RecordIds(), 0
+                try:
+                    for record in read_records(path):
+                        read += 1
+                        batch.append(record)
+                        if len(batch) >= batch_size:
+                            flush(batch, ids)
+                except FileFormatError as exc:
+                    # An unparsable line (or a read error) is a bad record of the batch it falls
+                    # in: the batch's records read before it store nothing, like a batch with a
+                    # record the intake refuses; the batches of the file before it are stored. The
+                    # rest of the file is not read (past a broken line its records cannot be
+                    # trusted to line up).
+                    summary.rejected_records += len(batch)
+                    summary.problems.append(f"{exc}; {_not_loaded(read, len(batch))}")
+                    bar.update(len(batch))
+                    batch.clear()
+                flush(batch, ids)  # batches never span files: a file's problems stay its own
+        except WriterTurnTimeout as exc:
+            # The next batches would wait as long: stop, saying where (the batch wrote nothing).
+            summary.stopped = f"stopped at {summary.storing}: {exc}; the rest is not loaded"
+            summary.storing = None
     return summary
+
+
+class _RecordIds:
+    """The record ids of one file's batches so far, each kept as a 16-byte digest with the line
+    it was first read on (about 100 bytes a record, whatever the ids' length; never content)."""
+
+    def __init__(self) -> None:
+        self._first_lines: dict[bytes, int] = {}
+
+    def repeats(self, batch: list[SourcedRecord]) -> list[str]:
+        """``file:line: id: ...`` for each record of ``batch`` whose id an earlier batch had."""
+        problems: list[str] = []
+        for record in batch:
+            key = _id_key(record.payload)
+            first = self._first_lines.get(key) if key is not None else None
+            if first is not None:
+                problems.append(
+                    f"{record.place}: id: the same record id appears twice (first on line {first})"
+                )
+        return problems
+
+    def add(self, batch: list[SourcedRecord]) -> None:
+        for record in batch:
+            key = _id_key(record.payload)
+            if key is not None:
+                self._first_lines.setdefault(key, record.line)
+
+
+def _id_key(payload: Any) -> bytes | None:
+    """A digest of a payload's record id (``system|value`` as written, which is what the intake
+    derives the record's identity from); None without one (a revocation, a bad payload)."""
+    record_id = payload.get("id") if isinstance(payload, Mapping) else None
+    if not isinstance(record_id, str):
+        return None
+    return hashlib.blake2b(record_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def _not_loaded(read: int, dropped: int) -> str:

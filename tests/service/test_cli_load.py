@@ -11,10 +11,15 @@ from typing import Any
 import pytest
 from fhir_alliance_service.cli_load import FileFormatError, read_records
 from fhir_alliance_service.store import SqlStore
+from fhir_alliance_service.usecases import intake
 
 from fhir_alliance.cli import main
 from fhir_alliance.jsonio import DEFAULT_MAX_BYTES
 from tests.service.sync import records as R
+from tests.service.test_review_store_sqlite_lock import (
+    nobody_holds_the_write_lock,
+    outside_write_lock,
+)
 
 pytestmark = pytest.mark.usefixtures("root_logging_restored")
 
@@ -81,3 +86,46 @@ def test_an_overlong_line_is_not_read_whole_into_memory(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 4 * MiB, peak
+
+
+def test_the_write_turn_not_obtained_stops_the_load_with_one_line_and_what_was_stored(
+    opened: SqlStore,
+    database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Another program holds the SQLite write lock while the second batch is stored: that batch
+    waits ``FHIR_ALLIANCE_SQLITE_WRITE_WAIT_SECONDS`` and writes nothing; the load stops there
+    (the next batches would wait as long) with the summary of the first batch on stdout, one
+    ``error:`` line naming the batch on stderr, no traceback, exit 1. Loading again once the
+    lock is gone stores the rest."""
+    monkeypatch.setenv("FHIR_ALLIANCE_SQLITE_WRITE_WAIT_SECONDS", "0.3")
+    path = tmp_path / "sessions.ndjson"
+    path.write_bytes(b"".join(_line(R.rating("busy", n, PATIENT)) for n in range(6)))
+    real = intake.intake_records
+    calls: list[int] = []
+
+    def another_program_writes_during_the_second_batch(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) != 2:
+            return real(*args, **kwargs)
+        with outside_write_lock(database):
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(intake, "intake_records", another_program_writes_during_the_second_batch)
+    code = main(["load", str(path), "--batch-size", "2"])
+    captured = capsys.readouterr()
+    assert code == 1, captured
+    assert "Traceback" not in captured.err
+    assert captured.out.startswith("loaded 2 record(s) (created 2)"), captured
+    [error] = captured.err.splitlines()
+    assert error.startswith(f"error: stopped at {path}:3..4: timed out after 0.3 s"), error
+    assert "nothing was written" in error
+    assert len(calls) == 2  # the third batch was not tried
+    assert len(opened.list_records(limit=10)) == 2
+    assert nobody_holds_the_write_lock(database)
+
+    monkeypatch.setattr(intake, "intake_records", real)
+    assert main(["load", str(path), "--batch-size", "2"]) == 0
+    assert "created 4, unchanged 2" in capsys.readouterr().out
