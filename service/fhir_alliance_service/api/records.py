@@ -15,7 +15,6 @@ from flask import Blueprint, current_app, g, request, url_for
 
 from fhir_alliance.errors import InputError, Issue
 from fhir_alliance.schemas.common import load_or_raise
-from fhir_alliance.schemas.notes import KIND_SESSION_NOTE
 from fhir_alliance_service.api.body import json_body, single_query_args
 from fhir_alliance_service.api.openapi import describe
 from fhir_alliance_service.api.schemas import (
@@ -52,12 +51,18 @@ from fhir_alliance_service.usecases.intake import (
     intake_questionnaire_response,
     intake_records,
 )
-from fhir_alliance_service.usecases.notes import FAMILY_NOTE, withhold_note_text
+from fhir_alliance_service.usecases.notes import NOTE_TEXT_WITHHELD
 from fhir_alliance_service.usecases.status import (
     NotDeadLettered,
     RecordNotFound,
     record_status,
     replay_record,
+)
+from fhir_alliance_service.usecases.withholding import (
+    PSYCHOTHERAPY_CONTENT_WITHHELD,
+    Withheld,
+    withheld_text,
+    withhold_record_text,
 )
 
 __all__ = [
@@ -179,6 +184,12 @@ def _status_json(status: SyncStatus | None) -> dict[str, Any] | None:
 #: The scope a key needs to read a session note's text through the API (see ``docs/notes.md``).
 NOTE_TEXT_SCOPE: Final = "admin"
 
+#: The marker that replaces withheld free text, by why it is withheld.
+_WITHHELD_MARKERS: Final = {
+    Withheld.PSYCHOTHERAPY_CONTENT: PSYCHOTHERAPY_CONTENT_WITHHELD,
+    Withheld.NOTE_TEXT: NOTE_TEXT_WITHHELD,
+}
+
 
 def _may_read_note_text() -> bool:
     """Whether the request's key may read session-note text: deny by default (no key in the
@@ -188,17 +199,14 @@ def _may_read_note_text() -> bool:
 
 
 def record_json(record: StoredRecord, status: SyncStatus | None) -> dict[str, Any]:
-    """A stored record as the API returns it. A session note's text is withheld (replaced by
-    ``NOTE_TEXT_WITHHELD``, ``note_text_withheld`` true) unless the request's key has
-    :data:`NOTE_TEXT_SCOPE`: the read key reception signs in to the console with reads no note.
-    A psychotherapy note's text is withheld from every key, ``admin`` included."""
+    """A stored record as the API returns it, its free text withheld by the one rule of
+    ``usecases/withholding.py`` (``note_text_withheld`` true): psychotherapy-note content
+    (PSYTHPN: a psychotherapy note, a rupture's or repair's narrative) from every key, ``admin``
+    included; a session note's text unless the request's key has :data:`NOTE_TEXT_SCOPE`."""
     body = dict(record.body)
-    is_note = record.family == FAMILY_NOTE or record.kind == KIND_SESSION_NOTE
-    # Psychotherapy-note content (PSYTHPN) goes to no key: the service is no place to read it.
-    psychotherapy = is_note and body.get("category") == "psychotherapy-note"
-    withheld = is_note and (psychotherapy or not _may_read_note_text())
-    if withheld:
-        body = withhold_note_text(body)
+    withheld = withheld_text(record, note_text_readable=_may_read_note_text())
+    if withheld is not None:
+        body = withhold_record_text(body, _WITHHELD_MARKERS[withheld])
     return {
         "id": record.record_id,
         "identifier": record.identifier,
@@ -207,7 +215,7 @@ def record_json(record: StoredRecord, status: SyncStatus | None) -> dict[str, An
         "patient": record.patient,
         "version": record.version,
         "record": body,
-        "note_text_withheld": withheld,
+        "note_text_withheld": withheld is not None,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "status": _status_json(status),

@@ -236,16 +236,19 @@ class RecordSchema(Schema):
     record = fields.Dict(
         required=True,
         metadata={
-            "description": "the record in our JSON form; a session note's text, section titles "
-            "and texts and label-removal statement read "
-            "'(withheld: a session note's text needs the admin scope)' unless the key has admin"
+            "description": "the record in our JSON form; its free text (a note's text, section "
+            "titles and texts and label-removal statement, a rupture's or repair's narrative) "
+            "reads a withheld marker when it is psychotherapy-note content (labelled PSYTHPN: "
+            "withheld from every key, admin included) or a session note's text and the key "
+            "lacks admin"
         },
     )
     note_text_withheld = fields.Boolean(
         required=True,
         metadata={
-            "description": "true when this is a session note and its free text was replaced by "
-            "the withheld marker (the key lacks the admin scope); false otherwise"
+            "description": "true when free text in record was replaced by a withheld marker "
+            "(psychotherapy-note content, or a session note's text and the key lacks the admin "
+            "scope); false otherwise"
         },
     )
     created_at = fields.DateTime(required=True)

@@ -35,7 +35,6 @@ from fhir_alliance.model.observations import (
     RepairEvent,
     RuptureEvent,
 )
-from fhir_alliance.schemas.notes import KIND_SESSION_NOTE
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.store.interface import (
     AuditEntry,
@@ -51,10 +50,15 @@ from fhir_alliance_service.sync.target import (
     META_LAST_CONTACT,
 )
 from fhir_alliance_service.usecases.decisions import decide_for_patient
+from fhir_alliance_service.usecases.withholding import (
+    Withheld,
+    withheld_text,
+    withhold_resource_text,
+)
 
 __all__ = [
-    "NOTE_TEXT_WITHHELD",
     "SHOWN_STATES",
+    "TEXT_WITHHELD",
     "TREND_DAYS",
     "TREND_LINES",
     "daily_trend",
@@ -542,6 +546,8 @@ class RecordPage:
     resources: list[str]  # pretty-printed JSON, one per resource
     mapping_error: str | None
     patient_token: str
+    #: Why the resources' free text is withheld (``None``: they carry none, or it is shown).
+    text_withheld: Withheld | None = None
 
 
 def _audit(store: Store, record_id: str) -> list[AuditEntry]:
@@ -555,29 +561,11 @@ def _audit(store: Store, record_id: str) -> list[AuditEntry]:
         after = page[-1].id
 
 
-#: What the record view shows instead of a session note's free text (see ``withhold_note_text``).
-NOTE_TEXT_WITHHELD: Final = "(withheld: the console never shows a session note's text)"
-
-
-def withhold_note_text(resource: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a session note's FHIR resource without its free text: each attachment's ``data``
-    and ``title`` and the therapist's label-removal ``statement`` are replaced by
-    :data:`NOTE_TEXT_WITHHELD` (size and hash stay, so staff can still tell versions apart).
-
-    The console never shows note text, whatever the session's scope: psychotherapy-note content
-    needs an explicit permit to leave, and a console session is no such permit."""
-    copied: dict[str, Any] = json.loads(json.dumps(resource))
-    for content in copied.get("content") or []:
-        attachment = content.get("attachment") if isinstance(content, dict) else None
-        if isinstance(attachment, dict):
-            for name in ("data", "title"):
-                if name in attachment:
-                    attachment[name] = NOTE_TEXT_WITHHELD
-    for extension in copied.get("extension") or []:
-        for part in extension.get("extension") or [] if isinstance(extension, dict) else []:
-            if isinstance(part, dict) and part.get("url") == "statement":
-                part["valueString"] = NOTE_TEXT_WITHHELD
-    return copied
+#: What the record view shows instead of withheld free text (``usecases/withholding.py`` decides
+#: what: a session note's text and psychotherapy-note content, whatever the session's scope).
+TEXT_WITHHELD: Final = (
+    "(withheld: the console never shows a session note's text or psychotherapy-note content)"
+)
 
 
 def record_page(store: Store, record_id: str) -> RecordPage | None:
@@ -593,11 +581,14 @@ def record_page(store: Store, record_id: str) -> RecordPage | None:
     fhir_version = store.get_meta(META_FHIR_VERSION) or "4.0.1"
     resources: list[str] = []
     mapping_error = None
+    text_withheld = None
     try:
         mapper = mapper_for_kind(record.kind)
         mapped = mapper.to_fhir(mapper.load(record.body), version=fhir_version)
-        if record.kind == KIND_SESSION_NOTE:
-            mapped = [withhold_note_text(r) for r in mapped]
+        # A console session may read no note text: it is no admin key, and no PSYTHPN permit.
+        text_withheld = withheld_text(record, resources=mapped, note_text_readable=False)
+        if text_withheld is not None:
+            mapped = [withhold_resource_text(r, TEXT_WITHHELD) for r in mapped]
         resources = [json.dumps(r, indent=2, ensure_ascii=False) for r in mapped]
     except FhirAllianceError as exc:
         mapping_error = f"the stored record cannot be mapped ({type(exc).__name__})"
@@ -618,6 +609,7 @@ def record_page(store: Store, record_id: str) -> RecordPage | None:
         resources=resources,
         mapping_error=mapping_error,
         patient_token=patient_token(record.patient),
+        text_withheld=text_withheld,
     )
 
 

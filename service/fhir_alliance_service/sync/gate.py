@@ -35,6 +35,7 @@ from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import DECISIONS, HELD
 from fhir_alliance_service.store.interface import OutboxItem, Store, StoredRecord
 from fhir_alliance_service.usecases.consents import engine_for_patient
+from fhir_alliance_service.usecases.withholding import carries_label
 
 __all__ = ["FAMILY_CONSENT", "GateResult", "HoldReason", "gate_item", "ref_for_key"]
 
@@ -91,15 +92,6 @@ def ref_for_key(key: str, *, resource_type: str | None = None) -> Ref:
     return Ref(reference=key, type=resource_type)
 
 
-def _explicit_labels(resource: Mapping[str, Any], explicit: frozenset[tuple[str, str]]) -> bool:
-    meta = resource.get("meta")
-    labels = meta.get("security") if isinstance(meta, Mapping) else None
-    return any(
-        isinstance(label, Mapping) and (label.get("system"), label.get("code")) in explicit
-        for label in labels or []
-    )
-
-
 def _hold_for(
     decision: ConsentDecision, resource: Mapping[str, Any], explicit: frozenset[tuple[str, str]]
 ) -> HoldReason:
@@ -107,7 +99,7 @@ def _hold_for(
     # (PSYTHPN) gives a DENY without a deciding consent.
     if decision.outcome is DecisionOutcome.DENY and decision.basis:
         return HoldReason.DENIED
-    if _explicit_labels(resource, explicit):
+    if carries_label(resource, explicit):
         return HoldReason.NEEDS_EXPLICIT_PERMIT
     if decision.outcome is DecisionOutcome.DENY:
         return HoldReason.DENIED

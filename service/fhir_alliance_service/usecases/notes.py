@@ -12,7 +12,7 @@ notes whose consent was revoked since (:func:`fhir_alliance.mapping.note.ai_disc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
@@ -35,7 +35,6 @@ __all__ = [
     "NotADraft",
     "ai_drafting_issues",
     "sign_note",
-    "withhold_note_text",
 ]
 
 FAMILY_NOTE = "note"
@@ -47,33 +46,9 @@ AI_NOT_PERMITTED = (
 _CONSENT_UNREADABLE = "a consent of this client could not be read; AI drafting cannot be checked"
 
 
-#: What the API returns instead of a session note's free text to a key without ``admin``.
+#: What the API returns instead of a session note's free text to a key without ``admin``
+#: (``usecases/withholding.py`` decides; psychotherapy-note content has a marker of its own).
 NOTE_TEXT_WITHHELD: Final = "(withheld: a session note's text needs the admin scope)"
-
-
-def withhold_note_text(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a session note's JSON form without its free text: ``text``, each section's
-    ``title`` and ``text``, and the label-removal ``statement`` are replaced by
-    :data:`NOTE_TEXT_WITHHELD`; every other field (category, status, signatures, AI drafting,
-    references) stays. The input is not changed."""
-    copied = dict(body)
-    if "text" in copied:
-        copied["text"] = NOTE_TEXT_WITHHELD
-    sections = copied.get("sections")
-    if isinstance(sections, list):
-        copied["sections"] = [
-            {**s, **{k: NOTE_TEXT_WITHHELD for k in ("title", "text") if k in s}}
-            if isinstance(s, Mapping)
-            else NOTE_TEXT_WITHHELD
-            for s in sections
-        ]
-    removal = copied.get("ai_label_removal")
-    if isinstance(removal, Mapping):
-        copied["ai_label_removal"] = {
-            **removal,
-            **({"statement": NOTE_TEXT_WITHHELD} if "statement" in removal else {}),
-        }
-    return copied
 
 
 class NoteNotFound(LookupError):

@@ -229,3 +229,48 @@ def test_the_intake_answer_is_what_its_schema_renders_with_url_for_status_urls(
         ]
     assert [e["status_url"] for e in response.json["records"]] == expected
     assert expected[0].startswith("/clinic/v1/records/")
+
+
+def test_no_key_reads_a_rupture_or_repair_narrative(
+    client: FlaskClient, auth_headers: Headers
+) -> None:
+    """Session narrative is psychotherapy-note content (the library labels it PSYTHPN): every
+    record answer, to a ``read`` key and to ``admin`` alike, has the marker in its place and says
+    so; every other field comes back as posted."""
+    from fhir_alliance_service.usecases.withholding import PSYCHOTHERAPY_CONTENT_WITHHELD
+
+    words = "the client spoke of the anniversary"
+    rupture = observation("rupture") | {"narrative": f"Went quiet: {words}."}
+    repair = observation("repair") | {"narrative": f"Named it: {words}."}
+    posted = _post(client, auth_headers, [rupture, repair])
+    assert posted.status_code == 201, posted.json
+    ids = [r["id"] for r in posted.json["records"]]
+    for scope in ("read", "admin"):
+        listed = client.get(
+            f"/v1/patients/{rupture['patient']['reference']}/records",
+            headers=auth_headers[scope],
+        )
+        answers = [client.get(f"/v1/records/{i}", headers=auth_headers[scope]) for i in ids]
+        for answer in (listed, *answers):
+            assert answer.status_code == 200
+            assert words not in answer.get_data(as_text=True), scope
+        entries = [a.json for a in answers] + [r for r in listed.json["records"] if r["id"] in ids]
+        assert sorted(e["id"] for e in entries) == sorted(ids * 2)
+        bodies = dict(zip(ids, (rupture, repair), strict=True))
+        for entry in entries:
+            assert entry["note_text_withheld"] is True
+            expected = bodies[entry["id"]] | {"narrative": PSYCHOTHERAPY_CONTENT_WITHHELD}
+            assert entry["record"] == expected
+
+
+def test_a_rupture_without_narrative_is_returned_whole(
+    client: FlaskClient, auth_headers: Headers
+) -> None:
+    """No narrative, no PSYTHPN label: the read key gets the record as posted."""
+    rupture = observation("rupture")
+    del rupture["narrative"]
+    posted = _post(client, auth_headers, rupture)
+    assert posted.status_code == 201, posted.json
+    got = client.get(f"/v1/records/{posted.json['records'][0]['id']}", headers=auth_headers["read"])
+    assert got.json["note_text_withheld"] is False
+    assert got.json["record"] == rupture

@@ -18,7 +18,11 @@ from typing import Any
 
 import pytest
 from fhir_alliance_service.api.records import record_json
-from fhir_alliance_service.usecases.notes import NOTE_TEXT_WITHHELD, withhold_note_text
+from fhir_alliance_service.usecases.notes import NOTE_TEXT_WITHHELD
+from fhir_alliance_service.usecases.withholding import (
+    PSYCHOTHERAPY_CONTENT_WITHHELD,
+    withhold_record_text,
+)
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -52,10 +56,17 @@ def _post_note(client: FlaskClient, headers: dict[str, str], note: dict[str, Any
 
 
 def _assert_withheld(entry: dict[str, Any], note: dict[str, Any]) -> None:
+    """The note's free text reads the marker for its reason: psychotherapy-note content goes to
+    no key (its own marker); a progress note's text needs ``admin``."""
     assert entry["note_text_withheld"] is True
     body = entry["record"]
-    assert body["text"] == NOTE_TEXT_WITHHELD
-    assert body["sections"] == [{"title": NOTE_TEXT_WITHHELD, "text": NOTE_TEXT_WITHHELD}]
+    marker = (
+        PSYCHOTHERAPY_CONTENT_WITHHELD
+        if note["category"] == "psychotherapy-note"
+        else NOTE_TEXT_WITHHELD
+    )
+    assert body["text"] == marker
+    assert body["sections"] == [{"title": marker, "text": marker}]
     # Everything but the free text stays: what kind of note, whose, its signature and status.
     kept = {k: v for k, v in note.items() if k not in ("text", "sections")}
     assert {k: body[k] for k in kept} == kept
@@ -114,12 +125,13 @@ def test_admin_key_reads_a_progress_note_whole_and_no_psychotherapy_note(
 
 
 def test_a_key_with_read_and_write_still_reads_no_text(
-    client: FlaskClient, store: Any, note_id: tuple[str, Any]
+    client: FlaskClient, store: Any, auth_headers: dict[str, dict[str, str]]
 ) -> None:
-    """Only admin unlocks the text; read and write together do not."""
+    """Only admin unlocks a progress note's text; read and write together do not."""
     from fhir_alliance_service.auth import create_api_key
 
-    record_id, note = note_id
+    note = _note(category="progress-note")
+    record_id = _post_note(client, auth_headers["write"], note)
     key = create_api_key(store, "reception and intake", ["read", "write"])
     response = client.get(f"/v1/records/{record_id}", headers={"Authorization": f"Bearer {key}"})
     _assert_withheld(response.json, note)
@@ -162,7 +174,7 @@ def test_intake_and_sign_answers_echo_no_text(
             assert secret not in response.get_data(as_text=True)
 
 
-def test_withhold_note_text_replaces_every_free_text_and_keeps_the_input() -> None:
+def test_withhold_record_text_replaces_every_free_text_and_keeps_the_input() -> None:
     body = _note()
     body["ai_label_removal"] = {
         "by": body["author"],
@@ -170,7 +182,7 @@ def test_withhold_note_text_replaces_every_free_text_and_keeps_the_input() -> No
         "statement": "I rewrote the draft: the client described a panic attack.",
     }
     before = copy.deepcopy(body)
-    withheld = withhold_note_text(body)
+    withheld = withhold_record_text(body, NOTE_TEXT_WITHHELD)
     assert body == before
     assert withheld["text"] == NOTE_TEXT_WITHHELD
     assert withheld["sections"] == [{"title": NOTE_TEXT_WITHHELD, "text": NOTE_TEXT_WITHHELD}]
@@ -184,25 +196,14 @@ def test_withhold_note_text_replaces_every_free_text_and_keeps_the_input() -> No
 
 
 def test_no_key_in_the_request_context_means_withheld(app: Flask, store: Any) -> None:
-    """Deny by default: ``record_json`` outside an authenticated request withholds."""
+    """Deny by default: ``record_json`` outside an authenticated request withholds a progress
+    note's text."""
     from datetime import UTC, datetime
 
-    from fhir_alliance_service.store.interface import StoredRecord
+    from tests.service.usecases.payloads import stored
 
-    note = _note()
-    at = datetime(2025, 6, 10, tzinfo=UTC)
-    record = StoredRecord(
-        record_id=str(uuid.uuid4()),
-        identifier=note["id"],
-        kind="session-note",
-        family="note",
-        patient="Patient/p1",
-        version=1,
-        body=note,
-        content_hash="0" * 64,
-        created_at=at,
-        updated_at=at,
-    )
+    note = _note(category="progress-note")
+    record = stored(note, family="note", at=datetime(2025, 6, 10, tzinfo=UTC))
     with app.test_request_context("/v1/records/x"):
         entry = record_json(record, None)
     _assert_withheld(entry, note)

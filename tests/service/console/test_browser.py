@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fhir_alliance_service.console.pages import TREND_DAYS, patient_token
+from fhir_alliance_service.console.pages import TEXT_WITHHELD, TREND_DAYS, patient_token
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync.gate import HoldReason
 from fhir_alliance_service.sync.outcomes import SERVER_TEXT_NOT_KEPT
@@ -306,6 +306,36 @@ def test_record_view_shows_history_fhir_resources_and_audit(
         for r in resources
     )
     screenshot(browser, artifacts, "record")
+    violations = serious_violations(browser)
+    assert not violations, _describe(violations)
+
+
+def test_a_ruptures_session_narrative_is_on_no_page(
+    browser: webdriver.Chrome, clinic: Clinic, artifacts: Path
+) -> None:
+    """The demo rupture's narrative (psychotherapy-note content, labelled PSYTHPN) is on neither
+    the patient page nor the rupture's record page, for an admin session either: the
+    Observation's ``note`` reads the marker and the page says why; axe finds nothing serious."""
+    sign_in(browser, clinic, "admin")
+    (rupture,) = [
+        r
+        for r in clinic.store.list_records(patient=CLIENT_1, limit=1000)
+        if r.kind == "rupture" and r.body.get("narrative")
+    ]
+    narrative = rupture.body["narrative"]
+    browser.get(clinic.url(f"/console/patients/{patient_token(CLIENT_1)}"))
+    assert "rupture" in browser.find_element(By.TAG_NAME, "main").text
+    assert narrative not in browser.page_source
+    browser.get(clinic.url(f"/console/records/{rupture.record_id}"))
+    assert narrative not in browser.page_source
+    assert "PSYTHPN" in browser.find_element(By.ID, "note-text-withheld").text
+    (observation,) = [
+        r.text
+        for r in browser.find_elements(By.CSS_SELECTOR, "pre.json")
+        if '"resourceType": "Observation"' in r.text
+    ]
+    assert TEXT_WITHHELD in observation and "PSYTHPN" in observation
+    screenshot(browser, artifacts, "rupture-record")
     violations = serious_violations(browser)
     assert not violations, _describe(violations)
 

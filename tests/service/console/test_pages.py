@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.console.pages import (
-    NOTE_TEXT_WITHHELD,
+    TEXT_WITHHELD,
     TREND_DAYS,
     find_patient,
     outcome_message,
@@ -23,11 +23,11 @@ from fhir_alliance_service.console.pages import (
     patient_page,
     patient_token,
     record_page,
-    withhold_note_text,
 )
 from fhir_alliance_service.store import SqlStore, open_store
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.usecases.intake import intake_records
+from fhir_alliance_service.usecases.withholding import withhold_resource_text
 
 from fhir_alliance.instruments import InstrumentCode, ReliableChange
 from fhir_alliance.mapping.note import MAPPER as NOTES
@@ -204,7 +204,7 @@ def test_withholding_note_text_keeps_the_structure_and_drops_every_free_text() -
     note = NOTES.load(json.loads(example.read_text(encoding="utf-8")))
     document = NOTES.to_fhir(note)[0]
     original = json.dumps(document, sort_keys=True)
-    shown = withhold_note_text(document)
+    shown = withhold_resource_text(document, TEXT_WITHHELD)
     assert json.dumps(document, sort_keys=True) == original
     text = json.dumps(shown)
     assert note.text not in text and base64.b64encode(note.text.encode()).decode() not in text
@@ -212,7 +212,7 @@ def test_withholding_note_text_keeps_the_structure_and_drops_every_free_text() -
     for section in note.sections:
         assert section.title not in text
     attachments = [c["attachment"] for c in shown["content"]]
-    assert all(a["data"] == NOTE_TEXT_WITHHELD for a in attachments)
+    assert all(a["data"] == TEXT_WITHHELD for a in attachments)
     assert [a["hash"] for a in attachments] == [
         c["attachment"]["hash"] for c in document["content"]
     ]

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fhir_alliance_service import audit
 from fhir_alliance_service.console import views as console_views
-from fhir_alliance_service.console.pages import patient_token
+from fhir_alliance_service.console.pages import TEXT_WITHHELD, patient_token
 from fhir_alliance_service.console.session import SESSION_COOKIE
 from fhir_alliance_service.console.views import CONTENT_SECURITY_POLICY
 from fhir_alliance_service.store.interface import OutboxItem, SentResource, Store, SyncState
@@ -27,6 +27,7 @@ from tests.service.console.conftest import (
     demo_notes,
     load_clinic,
 )
+from tests.service.usecases.payloads import observation
 
 PAGES = ("/console/",)
 
@@ -374,6 +375,40 @@ def test_note_text_is_shown_on_no_console_page(
         assert "&#34;resourceType&#34;: &#34;DocumentReference&#34;" in record_page.text
         assert "withheld: the console never shows a session note" in record_page.text
         assert 'id="note-text-withheld"' in record_page.text
+
+
+def test_session_narrative_is_shown_on_no_console_page(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """A rupture's and a repair's narrative is psychotherapy-note content (labelled PSYTHPN): no
+    session, ``admin`` included, sees it on the patient page or the record page, where the
+    Observation's ``note`` reads the marker and the page says why. A rupture without narrative
+    shows its Observation whole, with no such paragraph."""
+    words = "private-narrative-words"
+    rupture = observation("rupture") | {"narrative": f"Went quiet: {words}."}
+    repair = observation("repair") | {"narrative": f"Named the shift: {words}."}
+    plain = observation("rupture")
+    plain["id"] += "-plain"
+    del plain["narrative"]
+    headers = {"Authorization": f"Bearer {console_keys['write']}"}
+    answer = console_client.post("/v1/records", json=[rupture, repair, plain], headers=headers)
+    assert answer.status_code == 201, answer.text
+    narrated, repaired, whole = (r["id"] for r in answer.json["records"])
+    patient = f"/console/patients/{patient_token(rupture['patient']['reference'])}"
+    for scope in ("read", "admin"):
+        sign_in(console_client, console_keys[scope])
+        pages = [console_client.get(p) for p in (patient, f"/console/records/{narrated}")]
+        pages.append(console_client.get(f"/console/records/{repaired}"))
+        assert all(page.status_code == 200 for page in pages)
+        for page in pages:
+            assert words not in page.text, scope
+        for page in pages[1:]:
+            assert "&#34;note&#34;: [" in page.text and TEXT_WITHHELD in page.text.replace(
+                "&#39;", "'"
+            )
+            assert 'id="note-text-withheld"' in page.text and "PSYTHPN" in page.text
+        shown = console_client.get(f"/console/records/{whole}").text
+        assert 'id="note-text-withheld"' not in shown and "withheld" not in shown
 
 
 def test_a_rewritten_ai_note_and_an_entered_in_error_note_are_said_in_words(

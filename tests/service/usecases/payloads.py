@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from fhir_alliance_service.store.interface import StoredRecord
 
 ROOT = Path(__file__).resolve().parents[3]
 OBSERVATIONS = ROOT / "examples" / "observations"
@@ -91,3 +95,19 @@ def plain_restriction(
     ]
     out["provision"].pop("provisions", None)
     return out
+
+
+def stored(body: dict[str, Any], *, family: str, at: datetime) -> StoredRecord:
+    """``body`` as the store would hand it back (version 1, stored at ``at``), without a store."""
+    return StoredRecord(
+        record_id=str(uuid.uuid4()),
+        identifier=str(body.get("id")),
+        kind=str(body.get("kind")),
+        family=family,
+        patient=str(body.get("patient", {}).get("reference")),
+        version=1,
+        body=body,
+        content_hash="0" * 64,
+        created_at=at,
+        updated_at=at,
+    )
