@@ -266,6 +266,8 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def run(args: argparse.Namespace) -> int:
         from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+        from fhir_alliance_service.store.engine import WriterTurnTimeout
+
         try:
             return handler(args)
         except ConfigError as exc:
@@ -274,6 +276,11 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         except _StopCommand as exc:
             print(f"error: {exc}", file=sys.stderr)
             return exc.status
+        except WriterTurnTimeout as exc:
+            # SQLite's write lock stayed with another program: nothing of it was written. The
+            # message says so and holds no stored value.
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         except OperationalError as exc:
             # Cannot connect or open the file: the driver's first line says why (host, port or
             # path; never the password, never statement parameters, which the engine hides).

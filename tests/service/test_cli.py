@@ -24,6 +24,7 @@ from fhir_alliance_service.store.interface import Store
 from fhir_alliance.cli import main
 from tests.fhir_server.plugin import FhirTestServer
 from tests.service.conftest import postgres_schema_url
+from tests.service.test_review_store_sqlite_lock import outside_write_lock
 
 pytestmark = pytest.mark.usefixtures("root_logging_restored")
 
@@ -124,6 +125,26 @@ def test_create_api_key_prints_the_key_once_and_stores_only_its_hash(
     assert stored.scopes == frozenset({"read", "write"})
     assert stored.secret_hash == hash_secret(secret)
     assert secret not in repr(stored)
+
+
+def test_a_command_that_cannot_get_the_write_turn_says_so_in_one_line(
+    opened: Store,
+    database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Another program holds the SQLite write lock past FHIR_ALLIANCE_SQLITE_WRITE_WAIT_SECONDS:
+    a writing command (here create-api-key) ends with one ``error:`` line saying nothing was
+    written, exit 1, no traceback; and indeed nothing was."""
+    monkeypatch.setenv("FHIR_ALLIANCE_SQLITE_WRITE_WAIT_SECONDS", "0.3")
+    with outside_write_lock(database):
+        code = main(["create-api-key", "front desk", "--scope", "read"])
+    captured = capsys.readouterr()
+    assert code == 1, captured
+    assert captured.out == "" and "Traceback" not in captured.err
+    [error] = captured.err.splitlines()
+    assert error.startswith("error: timed out after 0.3 s") and "nothing was written" in error
+    assert opened.list_api_keys() == []
 
 
 def test_create_api_key_refuses_an_unknown_scope(
