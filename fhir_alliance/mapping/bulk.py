@@ -14,9 +14,11 @@ reported by their input label and outcome, never written, never with patient dat
 Deny by default: every resource is decided. A resource whose patient cannot be determined (no
 ``subject``/``patient`` reference or identifier) holds its record (``patient-unknown``); a
 Provenance, which names no patient, goes only with the decided resources of its record. Session
-notes follow the service's gate: a draft is held until the therapist signs it (``draft-note``), and
-an AI-drafted note leaves only while the client's recording/AI-notes consent in the consents files
-permits it (``ai-notes-not-permitted``, :func:`fhir_alliance.mapping.note.ai_disclosure_permitted`).
+notes follow the service's gate: a draft is held until the therapist signs it (``draft-note``), any
+other note nobody signed (entered-in-error without a signature) is held too (``unsigned-note``: an
+export has no earlier version to correct), and an AI-drafted note leaves only while the client's
+recording/AI-notes consent in the consents files permits it (``ai-notes-not-permitted``,
+:func:`fhir_alliance.mapping.note.ai_disclosure_permitted`).
 
 All records are loaded and checked first (every error reported together, nothing written); then
 resources are mapped, validated, gated and written one record at a time, each line as it is made.
@@ -44,6 +46,7 @@ MANIFEST = "manifest.json"
 HOLD_WORDS = {
     "patient-unknown": "the patient of a resource cannot be determined, so it cannot be decided",
     "draft-note": "a draft note is not sent before the therapist signs it",
+    "unsigned-note": "a note nobody signed is not sent",
     "ai-notes-not-permitted": (
         "the client's recording/AI-notes consent does not permit disclosing this AI-drafted note"
     ),
@@ -68,8 +71,9 @@ def _patient_of(resource: Mapping[str, Any]) -> str | None:
 
 
 def _note_hold(item: Any, consents: Any) -> str | None:
-    """The service gate's note rules for one input form: a draft is held; an AI-drafted note only
-    while its recording/AI-notes consent permits it. ``None`` for anything else."""
+    """The service gate's note rules for one input form: a draft is held, and so is any other
+    unsigned note; an AI-drafted note goes only while its recording/AI-notes consent permits it.
+    ``None`` for anything else."""
     from fhir_alliance.mapping.note import ai_disclosure_permitted
     from fhir_alliance.model.notes import NoteStatus
     from fhir_alliance.schemas.notes import KINDS, load_note
@@ -80,6 +84,8 @@ def _note_hold(item: Any, consents: Any) -> str | None:
     note = load_note(item)
     if note.status is NoteStatus.DRAFT:
         return "draft-note"
+    if note.signed_at is None:
+        return "unsigned-note"
     if not ai_disclosure_permitted(consents, note):
         return "ai-notes-not-permitted"
     return None

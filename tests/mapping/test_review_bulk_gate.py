@@ -205,3 +205,17 @@ def test_a_resource_whose_patient_is_unknown_is_held(
     )
     assert result.held == [("in:0", "patient-unknown")] and result.counts == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST]
+
+
+def test_an_unsigned_entered_in_error_note_is_held(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An AI-drafted note marked entered-in-error without a signature is held (``unsigned-note``)
+    even with every consent in place: nobody signed its text, and an export has no earlier
+    version of it to correct. The signed note beside it is written."""
+    voided = _ai_note(signed=False) | {"status": "entered-in-error"}
+    records = {"voided": voided, "signed": _ai_note(signed=True)}
+    out, err = _export(tmp_path, capsys, [_sharing(), _recording()], records)
+    lines = (out / "DocumentReference.ndjson").read_text().splitlines()
+    assert [json.loads(line)["docStatus"] for line in lines] == ["final"]
+    assert f"held voided.json:0: unsigned-note ({HOLD_WORDS['unsigned-note']})" in err

@@ -341,4 +341,8 @@ def test_the_store_knows_the_held_reasons_that_wait_for_a_person() -> None:
     sync package): they are the worker's and the gate's own."""
     from fhir_alliance_service.store.sql import HELD_FOR_A_PERSON
 
-    assert set(HELD_FOR_A_PERSON) == {CONFLICT_HELD_REASON, HoldReason.DRAFT_NOTE.words}
+    assert set(HELD_FOR_A_PERSON) == {
+        CONFLICT_HELD_REASON,
+        HoldReason.DRAFT_NOTE.words,
+        HoldReason.UNSIGNED_NOTE.words,
+    }

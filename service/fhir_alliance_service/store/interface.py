@@ -41,6 +41,9 @@ __all__ = [
     "PullCursor",
     "PulledResource",
     "PutOutcome",
+    "RETRACTION_DELETED",
+    "RETRACTION_ENTERED_IN_ERROR",
+    "RETRACTION_KEPT",
     "ReplayResult",
     "SentResource",
     "Store",
@@ -158,6 +161,13 @@ class SentMark:
     item_id: int
     sent: Sequence[SentResource]
     audit: Sequence[AuditEntry]
+
+
+#: The values of ``SyncStatus.retraction`` (written by ``sync/retract.py``): what the retraction
+#: policy did with a sent record.
+RETRACTION_KEPT = "kept"
+RETRACTION_ENTERED_IN_ERROR = "entered-in-error"
+RETRACTION_DELETED = "deleted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -617,9 +627,10 @@ class Store(Protocol):
         """The newest SENT item of each record of ``patient`` (and its aliases), with
         ``item_id``: what is on the server for that patient now."""
 
-    def last_sent(self, record_id: str) -> SyncStatus | None:
+    def last_sent(self, record_id: str, *, before_version: int | None = None) -> SyncStatus | None:
         """The newest SENT item of ``record_id``: the versions the server had after our last
-        send (the ``If-Match`` of the next update)."""
+        send (the ``If-Match`` of the next update). With ``before_version``, the newest SENT item
+        of an earlier record version than that (what the server held before that version went)."""
 
     def records_sent(self, record_ids: Sequence[str]) -> set[str]:
         """Those of ``record_ids`` that have a SENT item (one query for a batch: the worker looks

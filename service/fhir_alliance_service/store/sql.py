@@ -122,14 +122,16 @@ _HAS_NEWER_ITEM = exists().where(
 )
 #: Held reasons that wait for a person, not for the patient's consents: a record someone else
 #: changed on the FHIR server, flagged by the conflict policy (``sync.worker.CONFLICT_HELD_REASON``),
-#: and a draft note waiting for its signature (``sync.gate.HoldReason.DRAFT_NOTE``; signing stores
-#: a new version, which supersedes the held one). ``release_held`` leaves them held (re-sending a
-#: flagged record meets the same 412 and flags it again) and ``held_since`` ignores them. The words
-#: are repeated here because the store must not import the sync package (which imports the
+#: a draft note waiting for its signature (``sync.gate.HoldReason.DRAFT_NOTE``; signing stores
+#: a new version, which supersedes the held one), and an unsigned entered-in-error note with
+#: nothing on the server to correct (``sync.gate.HoldReason.UNSIGNED_NOTE``; only a new version
+#: changes that). ``release_held`` leaves them held (re-sending a flagged record meets the same
+#: 412 and flags it again) and ``held_since`` ignores them. The words are repeated here because the store must not import the sync package (which imports the
 #: store); tests/review_sync/test_remote_edits.py pins them to their sources.
 HELD_FOR_A_PERSON = (
     "changed on the FHIR server by someone else since our last send: a person must decide",
     "a draft note is not sent before the therapist signs it",
+    "a note nobody signed is not sent, and the server holds nothing of it to correct",
 )
 #: An item held for a person by the conflict policy ``flag`` (``sync.worker._conflict``).
 _FLAGGED_FOR_A_PERSON = and_(
@@ -1694,13 +1696,15 @@ class SqlStore(AuditQueueSql):
         with self._read() as connection:
             return [_sync_status(row) for row in connection.execute(query)]
 
-    def last_sent(self, record_id: str) -> SyncStatus | None:
+    def last_sent(self, record_id: str, *, before_version: int | None = None) -> SyncStatus | None:
         query = (
             select(outbox)
             .where(outbox.c.record_id == record_id, outbox.c.state == SyncState.SENT.value)
             .order_by(outbox.c.item_id.desc())
             .limit(1)
         )
+        if before_version is not None:
+            query = query.where(outbox.c.record_version < before_version)
         with self._read() as connection:
             row = connection.execute(query).one_or_none()
         return None if row is None else _sync_status(row)

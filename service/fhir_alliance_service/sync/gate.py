@@ -11,15 +11,20 @@ about their data, and the EHR needs every one of them, a revoked or denying one 
 revocation the EHR never hears of would let it keep sharing). They are pushed as Consent resources
 when ``settings.push_consents``, and held ("pushing consent records is turned off") otherwise.
 
-Session notes: a draft is held until the therapist signs it unless ``settings.push_draft_notes``;
-an AI-drafted note is held once the recording/AI-notes consent that permitted it is revoked.
+Session notes: a note that no person has signed (``signed_at`` unset: a draft, or a note marked
+entered-in-error without a signature) never leaves as it is unless ``settings.push_draft_notes``.
+A draft is held until the therapist signs it. An unsigned entered-in-error note is held when the
+server holds nothing of it to correct (no earlier version was sent, or the one it holds is already
+entered-in-error or was retracted); otherwise what goes is the version the server last got from us,
+marked entered-in-error: the EHR learns the note is void, and the unsigned text never leaves. An
+AI-drafted note is held once the recording/AI-notes consent that permitted it is revoked.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +38,13 @@ from fhir_alliance.model.notes import NoteStatus, SessionNote
 from fhir_alliance.terminology import V3_ACT_REASON
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import DECISIONS, HELD
-from fhir_alliance_service.store.interface import OutboxItem, Store, StoredRecord
+from fhir_alliance_service.store.interface import (
+    RETRACTION_DELETED,
+    RETRACTION_ENTERED_IN_ERROR,
+    OutboxItem,
+    Store,
+    StoredRecord,
+)
 from fhir_alliance_service.usecases.consents import engine_for_patient
 from fhir_alliance_service.usecases.withholding import carries_label
 
@@ -54,6 +65,10 @@ class HoldReason(enum.Enum):
     CONSENT_UNREADABLE = ("consent-unreadable", "a consent for this patient could not be read")
     CONSENT_PUSH_OFF = ("consent-push-off", "pushing consent records is turned off")
     DRAFT_NOTE = ("draft-note", "a draft note is not sent before the therapist signs it")
+    UNSIGNED_NOTE = (
+        "unsigned-note",
+        "a note nobody signed is not sent, and the server holds nothing of it to correct",
+    )
     AI_NOTES_NOT_PERMITTED = (
         "ai-notes-not-permitted",
         "the client's recording/AI-notes consent no longer permits this AI-drafted note",
@@ -106,6 +121,22 @@ def _hold_for(
     return HoldReason.NO_CONSENT
 
 
+def _entered_in_error_correction(item: OutboxItem, store: Store) -> SessionNote | None:
+    """What an unsigned entered-in-error note may send: the note's version that the server last
+    got from us (an earlier record version than ``item``'s), marked entered-in-error. Its content
+    has been on the server already; the unsigned version's own text is never sent. ``None`` when
+    the server holds nothing of it to correct: no earlier version was sent, the one sent is
+    already entered-in-error, or the retraction policy marked or deleted it since."""
+    sent = store.last_sent(item.record_id, before_version=item.record_version)
+    if sent is None or sent.retraction in (RETRACTION_ENTERED_IN_ERROR, RETRACTION_DELETED):
+        return None
+    earlier = store.get_record(item.record_id, version=sent.record_version)
+    note = None if earlier is None else mapper_for_kind(earlier.kind).load(earlier.body)
+    if not isinstance(note, SessionNote) or note.status is NoteStatus.ENTERED_IN_ERROR:
+        return None
+    return replace(note, status=NoteStatus.ENTERED_IN_ERROR)
+
+
 def gate_item(
     item: OutboxItem, *, settings: Settings, store: Store, version: str, at: datetime
 ) -> GateResult:
@@ -122,11 +153,22 @@ def gate_item(
 
     if (
         isinstance(record, SessionNote)
-        and record.status is NoteStatus.DRAFT
+        and record.signed_at is None
         and not settings.push_draft_notes
     ):
-        HELD.inc()
-        return GateResult(item, resources, HoldReason.DRAFT_NOTE)
+        # Nobody signed it: its own text stays home (a draft waits for its signature; an
+        # entered-in-error note goes only as the correction of what the server holds).
+        correction = None
+        if record.status is not NoteStatus.DRAFT:
+            correction = _entered_in_error_correction(item, store)
+        if correction is None:
+            HELD.inc()
+            draft = record.status is NoteStatus.DRAFT
+            return GateResult(
+                item, resources, HoldReason.DRAFT_NOTE if draft else HoldReason.UNSIGNED_NOTE
+            )
+        record = correction
+        resources = tuple(mapper.to_fhir(record, version=version))
 
     consents = engine_for_patient(store, item.patient)
     stamp = consents.stamp

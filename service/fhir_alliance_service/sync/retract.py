@@ -35,7 +35,14 @@ from fhir_alliance.errors import NotFoundError, ServerError
 from fhir_alliance_service import audit
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import RETRACTIONS
-from fhir_alliance_service.store.interface import SentResource, Store, SyncStatus
+from fhir_alliance_service.store.interface import (
+    RETRACTION_DELETED,
+    RETRACTION_ENTERED_IN_ERROR,
+    RETRACTION_KEPT,
+    SentResource,
+    Store,
+    SyncStatus,
+)
 from fhir_alliance_service.sync.gate import FAMILY_CONSENT, regate_stored
 from fhir_alliance_service.sync.target import target_fhir_version
 
@@ -44,9 +51,9 @@ __all__ = ["RetractReport", "Retractor"]
 log = logging.getLogger("fhir_alliance_service.sync.retract")
 
 #: The record status values this module writes (``SyncStatus.retraction``).
-KEPT = "kept"
-ENTERED_IN_ERROR = "entered-in-error"
-DELETED = "deleted"
+KEPT = RETRACTION_KEPT
+ENTERED_IN_ERROR = RETRACTION_ENTERED_IN_ERROR
+DELETED = RETRACTION_DELETED
 
 #: Per database (``settings.database_url``): the patients whose retraction check after a send
 #: that outran a consent change failed (:meth:`Retractor.check_later`). Their consents stamp no

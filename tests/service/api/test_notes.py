@@ -5,6 +5,7 @@ same DocumentReference."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import uuid
@@ -17,6 +18,7 @@ import pytest
 from fhir_alliance_service.store.interface import NewRecord, SyncState
 from fhir_alliance_service.sync import Worker
 from fhir_alliance_service.sync.gate import HoldReason
+from fhir_alliance_service.sync.reconcile import Reconciler
 from fhir_alliance_service.usecases.consents import clear_engine_cache
 from flask.testing import FlaskClient
 
@@ -375,3 +377,77 @@ def test_psychotherapy_note_needs_an_explicit_permit(
     assert status is not None and status.state is SyncState.HELD
     assert status.held_reason == HoldReason.NEEDS_EXPLICIT_PERMIT.words
     assert _document_references(fhir_server, note["id"]) == []
+
+
+def _text_of(document: dict[str, Any]) -> str:
+    return base64.b64decode(document["content"][0]["attachment"]["data"]).decode()
+
+
+def _voided(note: dict[str, Any]) -> dict[str, Any]:
+    """The note marked entered-in-error by a therapist who did not sign (new, unreviewed text)."""
+    voided = {k: v for k, v in note.items() if k not in ("signed_by", "signed_at")}
+    return voided | {"status": "entered-in-error", "text": f"UNREVIEWED {uuid.uuid4().hex}"}
+
+
+def test_an_unsigned_entered_in_error_note_corrects_only_what_was_sent(
+    client, auth_headers, store, sync, fhir_server, sqlite_url
+) -> None:
+    """The signed note was sent; the therapist then posts it as entered-in-error without signing,
+    with other (unreviewed) text. The EHR learns the note is entered-in-error: its
+    DocumentReference gets a version with status entered-in-error that carries the signed text
+    it already had, and the unsigned text reaches no version of it. Reconcile finds the server as
+    expected. A further unsigned version has nothing left to correct: it is held, nothing sent."""
+    run = _run()
+    note = _note(run)
+    body = [_recording_consent(run), _sharing_consent(run)]
+    assert _post(client, "/v1/records", body, auth_headers["write"]).status_code == 201
+    record_id = _post(client, "/v1/notes", note, auth_headers["write"]).json["records"][0]["id"]
+    _post(client, f"/v1/notes/{record_id}/sign", _sign_body(), auth_headers["write"])
+    sync()
+    [signed] = _document_references(fhir_server, note["id"])
+    assert signed["docStatus"] == "final" and signed["status"] == "current"
+
+    voided = _voided(note)
+    assert _post(client, "/v1/notes", voided, auth_headers["write"]).status_code == 201
+    sync()
+    [corrected] = _document_references(fhir_server, note["id"])
+    assert corrected["status"] == "entered-in-error"
+    assert corrected["docStatus"] == "final"  # the signed version, now void
+    assert _text_of(corrected) == _text_of(signed) == note["text"]
+    versions = _history(fhir_server, record_id)
+    assert len(versions) == 2
+    assert all(voided["text"] not in json.dumps(v) for v in versions)
+    status = store.sync_status(record_id)
+    assert status is not None and status.state is SyncState.SENT and status.record_version == 3
+    settings = sync_settings(fhir_server.base_url, sqlite_url, fhir_version="4.0.1")
+    with FhirClient(fhir_server.base_url, retry=QUICK_RETRY) as fhir:
+        report = Reconciler(settings, store, fhir, tags=[fhir_server.run_tag]).run(
+            patient="Patient/p1"
+        )
+    assert (report.records, report.findings) == (3, [])  # the two consents and the note
+
+    again = _voided(note)
+    assert _post(client, "/v1/notes", again, auth_headers["write"]).status_code == 201
+    sync()
+    status = store.sync_status(record_id)
+    assert status is not None and status.state is SyncState.HELD
+    assert status.held_reason == HoldReason.UNSIGNED_NOTE.words
+    assert len(_history(fhir_server, record_id)) == 2
+
+
+def test_push_draft_notes_sends_an_unsigned_entered_in_error_note_as_it_is(
+    client, auth_headers, store, sync, fhir_server
+) -> None:
+    """FHIR_ALLIANCE_PUSH_DRAFT_NOTES means "send notes before anyone signs them": the clinic
+    that sets it gets an unsigned entered-in-error note as it is, its text included."""
+    run = _run()
+    note = _note(run, ai=False)
+    _post(client, "/v1/records", _sharing_consent(run), auth_headers["write"])
+    assert _post(client, "/v1/notes", _voided(note), auth_headers["write"]).status_code == 201
+    sync()
+    assert _document_references(fhir_server, note["id"]) == []
+    voided = _voided(note)
+    assert _post(client, "/v1/notes", voided, auth_headers["write"]).status_code == 201
+    sync(push_draft_notes=True)
+    [document] = _document_references(fhir_server, note["id"])
+    assert document["status"] == "entered-in-error" and _text_of(document) == voided["text"]

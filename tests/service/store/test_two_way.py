@@ -123,3 +123,25 @@ def test_sent_items_retraction_conflict_and_sent_versions(store: SqlStore) -> No
     last = store.last_sent("rec-000001")
     assert last is not None and last.item_id == sent.item_id
     assert store.last_sent("rec-000002") is not None and store.last_sent("nope") is None
+
+
+def test_last_sent_before_a_version(store: SqlStore) -> None:
+    """``last_sent(before_version=n)``: the newest SENT item of a version older than ``n`` (what
+    the server held before version ``n`` went), whether or not version ``n`` was sent since."""
+    store.put_records([record(1)], audit=[], at=T0)
+    [first] = store.claim("w", limit=1, lease_seconds=30, now=at(1))
+    sent = [SentResource("Observation", "rec-000001", "1")]
+    store.mark_sent(first.item_id, "w", sent=sent, audit=[], at=at(2))
+    store.put_records([record(1, score=2)], audit=[], at=at(3))
+    assert store.last_sent("rec-000001", before_version=1) is None
+
+    def before_two() -> tuple[int | None, int] | None:
+        last = store.last_sent("rec-000001", before_version=2)
+        return None if last is None else (last.item_id, last.record_version)
+
+    assert before_two() == (first.item_id, 1)
+    [second] = store.claim("w", limit=1, lease_seconds=30, now=at(4))
+    store.mark_sent(second.item_id, "w", sent=sent, audit=[], at=at(5))
+    assert before_two() == (first.item_id, 1)  # version 2 sent since: still version 1
+    newest = store.last_sent("rec-000001")
+    assert newest is not None and newest.record_version == 2

@@ -3,12 +3,16 @@ says why in plain words with a machine code for the audit."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
+import pytest
 from fhir_alliance_service.store import SqlStore
+from fhir_alliance_service.store.interface import SentResource
 from fhir_alliance_service.sync.gate import HoldReason, gate_item, ref_for_key
 from fhir_alliance_service.usecases.intake import intake_records
 
+from tests.service.api.test_notes import _note, _sharing_consent
 from tests.service.sync import records as R
 from tests.service.sync.conftest import now, sync_settings
 
@@ -81,3 +85,42 @@ def test_keys_become_references_or_identifiers() -> None:
     by_identifier = ref_for_key("https://mrn.example|42", resource_type="Patient")
     assert by_identifier.identifier is not None and by_identifier.identifier.value == "42"
     assert by_identifier.type == "Patient"
+
+
+@pytest.mark.parametrize(
+    ("retraction", "goes"),
+    [(None, True), ("kept", True), ("entered-in-error", False), ("deleted", False)],
+)
+def test_an_unsigned_entered_in_error_note_goes_only_to_correct_what_the_server_holds(
+    sync_store: SqlStore, retraction: str | None, goes: bool
+) -> None:
+    """A signed note was sent; then it is posted as entered-in-error, unsigned, with new text.
+    While the server holds the signed version (not retracted, or retracted as ``kept``), what may
+    go is that signed version marked entered-in-error: the signed text, never the new one. Once
+    the retraction policy marked it entered-in-error or deleted it, there is nothing left to
+    correct: the note is held (re-creating a deleted note would disclose it again)."""
+    run = R.run_token()
+    intake_records(sync_store, [_sharing_consent(run)], at=now())
+    sync_store.mark_sent(consent_item(sync_store), "gate-test", sent=[], audit=[], at=now())
+    signed = _note(run, ai=False) | {
+        "status": "final",
+        "signed_by": {"reference": "Practitioner/t1", "type": "Practitioner"},
+        "signed_at": "2026-11-20T17:00:00+00:00",
+    }
+    [note] = intake_records(sync_store, [signed], at=now())
+    item_id = consent_item(sync_store)
+    sent = SentResource("DocumentReference", note.record_id, "1")
+    sync_store.mark_sent(item_id, "gate-test", sent=[sent], audit=[], at=now())
+    if retraction is not None:
+        sync_store.mark_retraction(item_id, retraction, audit=[], at=now())
+    voided = signed | {"status": "entered-in-error", "text": "unreviewed text"}
+    del voided["signed_by"], voided["signed_at"]
+    intake_records(sync_store, [voided], at=now())
+    result = _gate_all(sync_store)[note.record_id]
+    [document] = [r for r in result.resources if r["resourceType"] == "DocumentReference"]
+    text = base64.b64decode(document["content"][0]["attachment"]["data"]).decode()
+    if goes:
+        assert result.permitted and document["status"] == "entered-in-error"
+        assert (text, document["docStatus"]) == (signed["text"], "final")
+    else:
+        assert result.hold is HoldReason.UNSIGNED_NOTE
