@@ -217,8 +217,14 @@ class ConsentRevocation:
 def apply_revocation(record: ConsentRecord, revocation: ConsentRevocation) -> ConsentRecord:
     """``record`` with ``revocation`` applied: status ``revoked`` and one more history entry.
 
+    An ``active`` consent without a history has been active since it was given (its ``date``): that
+    span is recorded first (``active`` at ``date``), so the consent still counts as in force from
+    its ``date`` up to the revocation, and not as never active. Before its ``date`` it no longer
+    counts (fail-closed: nothing says it was in force before it was given).
+
     Raises :class:`InputError` (paths ``consent``, ``at``) if the revocation is for another consent,
-    the consent is not in a revocable state, or it predates the last recorded change.
+    the consent is not in a revocable state, or it predates the last recorded change (or, without
+    a history, the consent's ``date``).
     """
     if revocation.consent != record.id:
         raise InputError(
@@ -232,7 +238,10 @@ def apply_revocation(record: ConsentRecord, revocation: ConsentRevocation) -> Co
     if revocation.at < last:
         message = "revocation predates the consent's last status change"
         raise InputError(message, issues=[Issue(path="at", message=message)])
+    history = record.history
+    if not history and record.status is ConsentStatus.ACTIVE:
+        history = (StatusChange(status=ConsentStatus.ACTIVE, at=record.date),)
     change = StatusChange(
         status=ConsentStatus.REVOKED, at=revocation.at, by=revocation.by, reason=revocation.reason
     )
-    return replace(record, status=ConsentStatus.REVOKED, history=(*record.history, change))
+    return replace(record, status=ConsentStatus.REVOKED, history=(*history, change))

@@ -106,3 +106,29 @@ def test_decision_needs_the_read_scope(client: FlaskClient, auth_headers: Header
         headers=auth_headers["consult"],
     )
     assert response.status_code == 403
+
+
+def test_a_decision_before_a_revocation_of_a_consent_without_history_still_permits(
+    client: FlaskClient, auth_headers: Headers
+) -> None:
+    """A sharing consent stored without a history (active since its date, 2025-03-01), revoked
+    through the API on 2025-07-01: asked at 2025-06-01 the answer is still permit, naming the
+    consent; asked after the revocation it is no-consent."""
+    sharing = plain_sharing()
+    del sharing["history"]
+    posted = client.post("/v1/consents", json=sharing, headers=auth_headers["write"])
+    assert posted.status_code == 201, posted.json
+    consent_id = posted.json["records"][0]["id"]
+    assert _decide(client, auth_headers, "Patient/p1").json["decision"] == "permit"
+    revoked = client.post(
+        f"/v1/consents/{consent_id}/revoke",
+        json={"at": "2025-07-01T00:00:00+00:00"},
+        headers=auth_headers["write"],
+    )
+    assert revoked.status_code == 200, revoked.json
+    before = _decide(client, auth_headers, "Patient/p1")
+    assert before.status_code == 200, before.json
+    assert before.json["decision"] == "permit"
+    assert [b["consent"] for b in before.json["basis"]] == [sharing["id"]]
+    after = _decide(client, auth_headers, "Patient/p1", at="2025-07-02T00:00:00+00:00")
+    assert (after.json["decision"], after.json["basis"]) == ("no-consent", [])
