@@ -622,19 +622,22 @@ class FhirClient:
         should then refuse the search rather than ignore the parameter (and answer more than was
         asked for); a server may still ignore the preference, so check what comes back.
 
-        Raises UnsafeLinkError before requesting a link outside the base, and LimitExceededError
-        when more than ``max_pages`` pages would be needed.
+        Raises UnsafeLinkError before requesting a link outside the base, InvalidResponseError
+        before requesting a page already read (a ``next`` link that loops back: the search would
+        never end), and LimitExceededError when more than ``max_pages`` pages would be needed.
         """
         cap = max_pages or self.max_pages
         headers = {"Prefer": "handling=strict"} if strict else None
         query = urlencode(params or {}, doseq=True)
         url: str | None = self.base.join(resource_type) + (f"?{query}" if query else "")
-        pages = 0
+        read: set[str] = set()  # the pages' URLs, as checked (absolute, no fragment)
         while url is not None:
-            if pages >= cap:
+            if url in read:
+                raise InvalidResponseError("search answer's next link repeats a page already read")
+            if len(read) >= cap:
                 raise LimitExceededError(f"search needs more than {cap} pages")
             bundle = self._get_resource(url, expect="Bundle", headers=headers)
-            pages += 1
+            read.add(url)
             next_link = _link(bundle, "next")
             yield bundle
             url = self.base.check_link(next_link, relative_to=url) if next_link else None

@@ -1,5 +1,6 @@
 """Fault injection (pytest-httpserver): retries, timeouts, resets, bad bodies, hostile links."""
 
+import json
 import socket
 import threading
 import time
@@ -274,14 +275,40 @@ def test_paging_follows_next_within_the_base(
 
 
 def test_page_cap_raises(httpserver: HTTPServer, retry_policy: RetryPolicy) -> None:
-    """A server whose next link loops forever is stopped at max_pages with LimitExceededError."""
-    httpserver.expect_request("/fhir/Observation").respond_with_json(
-        searchset(httpserver.url_for("/fhir/Observation") + "?again=1")
-    )
+    """A server whose next links never end (each a new page) is stopped at max_pages with
+    LimitExceededError."""
+    served: list[int] = []
+
+    def endless(request: Request) -> Response:
+        served.append(1)
+        page = httpserver.url_for("/fhir/Observation") + f"?page={len(served) + 1}"
+        return Response(json.dumps(searchset(page)), content_type="application/fhir+json")
+
+    httpserver.expect_request("/fhir/Observation").respond_with_handler(endless)
     client = client_for(httpserver, retry_policy, max_pages=5)
     with pytest.raises(LimitExceededError):
         list(client.search("Observation"))
     assert len(httpserver.log) == 5
+
+
+@pytest.mark.parametrize("loop", ["same-page", "back-to-first"])
+def test_a_next_link_to_a_page_already_read_raises_before_requesting_it(
+    httpserver: HTTPServer, retry_policy: RetryPolicy, loop: str
+) -> None:
+    """A next link naming a page already read (the page itself, or the first page again) is an
+    InvalidResponseError before that page is requested again, not a loop to max_pages."""
+    first = httpserver.url_for("/fhir/Observation")
+    second = first + "?page=2"
+    httpserver.expect_request("/fhir/Observation", query_string="").respond_with_json(
+        searchset(second)
+    )
+    httpserver.expect_request("/fhir/Observation", query_string="page=2").respond_with_json(
+        searchset(second if loop == "same-page" else first)
+    )
+    client = client_for(httpserver, retry_policy, max_pages=50)
+    with pytest.raises(InvalidResponseError, match="repeats a page"):
+        list(client.search("Observation"))
+    assert len(httpserver.log) == 2
 
 
 @pytest.mark.parametrize("kind", ["other-port", "other-host", "look-alike", "path-prefix"])
