@@ -89,6 +89,7 @@ from fhir_alliance_service.usecases.intake import content_hash, intake_records
 __all__ = [
     "ORIGIN_FOREIGN",
     "ORIGIN_OURS",
+    "PASS_ENDING",
     "PullReport",
     "Puller",
     "TwoWaySync",
@@ -121,6 +122,11 @@ HISTORY_UNUSABLE = (
     UnsafeLinkError,
     LimitExceededError,
 )
+#: What a FHIR server's answers can raise that ends a pull pass (``PullReport.error`` names the
+#: type; the patients changed so far are re-gated): the server said no or could not be read
+#: (``ServerError``), a link off the server (``UnsafeLinkError``), an answer or a search over
+#: the client's bounds (``LimitExceededError``).
+PASS_ENDING = (ServerError, UnsafeLinkError, LimitExceededError)
 #: Where the newest ``_history`` stamp seen is kept: a pull cursor row of its own.
 HISTORY_CURSOR = "{}/_history"
 #: Unreadable consents are stored with this body: loading it fails, so the gate holds.
@@ -277,8 +283,9 @@ class Puller:
                     max_pages=1,
                 )
             )
-        except ServerError as exc:
-            log.info("patient lookup failed: %s %s", type(exc).__name__, exc.status or "-")
+        except PASS_ENDING as exc:
+            status = getattr(exc, "status", None)
+            log.info("patient lookup failed: %s %s", type(exc).__name__, status or "-")
             return None
         if len(found) != 1 or not isinstance(found[0].get("id"), str):
             return None  # none or several: which one is meant is unknown, so none
@@ -296,8 +303,9 @@ class Puller:
             for resource_type in types:
                 self._pull_type(resource_type, patients, new, full_listing, report)
             self._save_links()
-        except ServerError as exc:
-            report.error = f"{type(exc).__name__} {exc.status or ''}".strip()
+        except PASS_ENDING as exc:
+            status = getattr(exc, "status", None)  # a ServerError's; never the server's text
+            report.error = f"{type(exc).__name__} {status or ''}".strip()
             log.warning("pull stopped: %s", report.error)
         now = self.clock()
         for patient in sorted(report.changed_patients):
