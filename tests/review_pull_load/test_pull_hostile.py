@@ -85,6 +85,26 @@ def _in_turn(*answers: Response) -> Callable[[Request], Response]:
     return lambda request: queue.pop(0)
 
 
+def _notify(app: Flask, focus: str) -> Any:
+    """POST an R5 event notification naming ``focus`` to ``app``; its answer."""
+    key = create_api_key(app.extensions["fhir_alliance"].store, "notifications", ["write"])
+    event = {"eventNumber": 1, "focus": {"reference": focus}}
+    status = {
+        "resourceType": "SubscriptionStatus",
+        "status": "active",
+        "type": "event-notification",
+        "notificationEvent": [event],
+    }
+    notification = {
+        "resourceType": "Bundle",
+        "type": "subscription-notification",
+        "entry": [{"resource": status}],
+    }
+    return app.test_client().post(
+        "/v1/fhir/notifications", json=notification, headers={"Authorization": f"Bearer {key}"}
+    )
+
+
 def _active_consents(store: SqlStore) -> list[ConsentStatus]:
     statuses = [r.status for r in load_patient_consents(store, PATIENT).records]
     return [s for s in statuses if s is ConsentStatus.ACTIVE]
@@ -206,24 +226,27 @@ def test_a_notification_whose_pull_meets_a_link_off_the_server_is_not_a_500(
     app = make_app(fhir_base_url=base, recipients=[R.EHR])
     store = app.extensions["fhir_alliance"].store
     intake_records(store, [R.rating("hostile", 1, PATIENT)], at=now())
-    key = create_api_key(store, "notifications", ["write"])
-    notification = {
-        "resourceType": "Bundle",
-        "type": "subscription-notification",
-        "entry": [
-            {
-                "resource": {
-                    "resourceType": "SubscriptionStatus",
-                    "status": "active",
-                    "type": "event-notification",
-                    "notificationEvent": [
-                        {"eventNumber": 1, "focus": {"reference": "Consent/gone"}}
-                    ],
-                }
-            }
-        ],
-    }
-    response = app.test_client().post(
-        "/v1/fhir/notifications", json=notification, headers={"Authorization": f"Bearer {key}"}
-    )
+    response = _notify(app, "Consent/gone")
     assert response.status_code in (200, 502, 503), (response.status_code, response.json)
+
+
+@pytest.mark.parametrize("answer", ["too-large", "not-fhir"])
+def test_a_notification_whose_focus_answer_is_refused_is_a_502(
+    httpserver: HTTPServer, make_app: Callable[..., Flask], answer: str
+) -> None:
+    """The focus read answers with more than the client takes (``Content-Length`` over its
+    bound) or with something that is not FHIR: the route answers 502, an OperationOutcome naming
+    the error type only; never 413 (that would blame the notification) nor 500."""
+    base = _server(httpserver, lambda request: _searchset())
+    if answer == "too-large":
+        focus = Response("{}", content_type="application/fhir+json")
+        focus.headers["Content-Length"] = str(10**10)
+    else:
+        focus = Response("<html>login</html>", content_type="text/html")
+    httpserver.expect_request("/fhir/Consent/big").respond_with_response(focus)
+    app = make_app(fhir_base_url=base, recipients=[R.EHR])
+    response = _notify(app, "Consent/big")
+    assert response.status_code == 502, (response.status_code, response.json)
+    assert response.json["resourceType"] == "OperationOutcome"
+    error = "LimitExceededError" if answer == "too-large" else "InvalidResponseError"
+    assert error in response.json["issue"][0]["details"]["text"]

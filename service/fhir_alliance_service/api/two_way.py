@@ -4,7 +4,9 @@ and patient aliases. Thin: parse → call a use case → render.
 * ``POST /v1/fhir/notifications`` (scope ``write``): a FHIR Subscriptions notification Bundle (R4
   backport or R5); each focus is read from the server and merged (``sync/subscriptions.py``).
   422 for a Bundle that is no notification; 409 when no FHIR server is configured; 503 when it
-  cannot be reached.
+  cannot be reached (or is unavailable for now); 502 when its answer is refused (not FHIR, an
+  error, a link off the server, over the client's size or page bounds: never a 413, which would
+  blame the notification). A pull the notification runs reports its own failure (``Puller.pull``).
 * ``POST /v1/patients/aliases`` (scope ``admin``): ``{"patient": …, "alias": …}`` files a second
   key of the same patient (``usecases/consents.py``).
 """
@@ -85,14 +87,20 @@ def notifications() -> Any:
           content:
             application/fhir+json:
               schema: OperationOutcomeSchema
+        502:
+          description: the FHIR server's answer was refused (an error, not FHIR, a link off the
+            server, too large)
+          content:
+            application/fhir+json:
+              schema: OperationOutcomeSchema
         503:
           description: the FHIR server could not be reached
           content:
             application/fhir+json:
               schema: OperationOutcomeSchema
     """
-    from fhir_alliance.errors import ServerError
-    from fhir_alliance_service.sync.pull import Puller
+    from fhir_alliance.errors import TransientServerError, TransportError
+    from fhir_alliance_service.sync.pull import PASS_ENDING, Puller
     from fhir_alliance_service.sync.subscriptions import handle_notification, parse_notification
     from fhir_alliance_service.sync.target import client_from_settings
 
@@ -106,8 +114,12 @@ def notifications() -> Any:
             result = handle_notification(
                 Puller(service.settings, service.store, client), service.store, body
             )
-        except ServerError:
+        except (TransportError, TransientServerError):
             raise ApiError(503, "the FHIR server could not be reached") from None
+        except PASS_ENDING as exc:  # the type only: the server's text may carry patient data
+            raise ApiError(
+                502, f"the FHIR server's answer was refused ({type(exc).__name__})"
+            ) from None
     return jsonify(
         type=result.type,
         read=result.read,
