@@ -250,3 +250,32 @@ def test_a_notification_whose_focus_answer_is_refused_is_a_502(
     assert response.json["resourceType"] == "OperationOutcome"
     error = "LimitExceededError" if answer == "too-large" else "InvalidResponseError"
     assert error in response.json["issue"][0]["details"]["text"]
+
+
+def test_a_copy_that_may_be_older_is_merged_only_when_it_withdraws(
+    httpserver: HTTPServer, known: SqlStore, sqlite_url: str
+) -> None:
+    """A server without version ids gives copies with the same ``lastUpdated`` (nothing says
+    which is newer): a withdrawal among them is adopted (it narrows sharing), a permit after it
+    is not (it would widen sharing on what may be the older copy), and the permit read again
+    while it is what is stored counts as a duplicate."""
+    base = _server(
+        httpserver,
+        _in_turn(
+            _searchset(_consent(None, EARLIER)),
+            _searchset(_consent(None, EARLIER)),
+            _searchset(_consent(None, EARLIER, status="inactive")),
+            _searchset(_consent(None, EARLIER)),
+        ),
+    )
+    with FhirClient(base, retry=QUICK_RETRY) as client:
+        puller = Puller(sync_settings(base, sqlite_url), known, client)
+        assert puller.pull().merged == 1
+        again = puller.pull()
+        withdrawn = puller.pull()
+        assert _active_consents(known) == []
+        permit = puller.pull()
+    assert (again.duplicates, again.merged) == (1, 0)
+    assert (withdrawn.merged, withdrawn.stale) == (1, 0)
+    assert (permit.merged, permit.stale) == (0, 1)
+    assert _active_consents(known) == []

@@ -86,6 +86,7 @@ class PutOutcome(StrEnum):
     CREATED = "created"  # a new record (version 1)
     UPDATED = "updated"  # changed content: a new version, queued
     UNCHANGED = "unchanged"  # same content as the newest version: nothing written
+    STALE = "stale"  # a pulled copy older than the one seen before: nothing written
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,9 +613,15 @@ class Store(Protocol):
         origin: str,
         audit: Sequence[AuditEntry],
         at: datetime,
+        remote: Sequence[PulledResource] = (),
     ) -> list[IntakeResult]:
         """Like :meth:`put_records` for records pulled from the server ``origin``: new versions
-        are stored with their origin and **no outbox item** (never pushed back)."""
+        are stored with their origin and **no outbox item** (never pushed back). ``remote``: the
+        server's copies the records were made from (by ``record_id``), saved as by
+        :meth:`save_pulled` in the same transaction, where each is first compared with the copy
+        saved before (``store/ordering.py``, read locked): a record whose copy is older, or
+        the same version as a copy since deleted, is not written (``PutOutcome.STALE``), so two
+        passes at once never put an older copy over a newer one."""
 
     def consent_stamps(self) -> dict[str, str]:
         """:meth:`consents_stamp` of every patient with consent records, in one query."""

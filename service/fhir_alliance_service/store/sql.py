@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from itertools import groupby
 from typing import Any
 
 import orjson
@@ -73,6 +74,7 @@ from .interface import (
     SyncStatus,
     api_key_name_folded,
 )
+from .ordering import RemoteOrder, remote_order
 from .patient_tokens import patient_token
 from .raw import RawSql, ThreadConnections
 from .tables import (
@@ -459,6 +461,38 @@ def _pulled(row: AnyRow) -> PulledResource:
     )
 
 
+#: The columns of a pulled resource's row an insert-or-replace sets again.
+PULLED_REPLACED = (
+    "version_id",
+    "last_updated",
+    "patient",
+    "record_id",
+    "origin",
+    "state",
+    "body",
+    "generation",
+    "updated_at",
+)
+
+
+def _pulled_row(resource: PulledResource, at: datetime) -> dict[str, Any]:
+    """The ``pulled_resources`` row of ``resource``, saved at ``at``."""
+    return {
+        "server": resource.server,
+        "resource_type": resource.resource_type,
+        "resource_id": resource.resource_id,
+        "version_id": resource.version_id,
+        "last_updated": resource.last_updated,
+        "patient": resource.patient,
+        "record_id": resource.record_id,
+        "origin": resource.origin,
+        "state": resource.state,
+        "body": None if resource.body is None else dict(resource.body),
+        "generation": resource.generation,
+        "updated_at": at,
+    }
+
+
 def _first_unserialisable(records: Sequence[NewRecord], audit: Sequence[AuditEntry]) -> str | None:
     """Where the first value that JSON cannot carry is, e.g. ``records[2].body: …``."""
     values = [(f"records[{n}].body", r.body) for n, r in enumerate(records)]
@@ -532,8 +566,9 @@ class SqlStore(AuditQueueSql):
         origin: str,
         audit: Sequence[AuditEntry],
         at: datetime,
+        remote: Sequence[PulledResource] = (),
     ) -> list[IntakeResult]:
-        return self._put_checked(records, audit, at, origin)
+        return self._put_checked(records, audit, at, origin, remote)
 
     def _put_checked(
         self,
@@ -541,9 +576,10 @@ class SqlStore(AuditQueueSql):
         audit: Sequence[AuditEntry],
         at: datetime,
         origin: str | None,
+        remote: Sequence[PulledResource] = (),
     ) -> list[IntakeResult]:
         try:
-            return self._put_records(records, audit, at, origin)
+            return self._put_records(records, audit, at, origin, remote)
         except (TypeError, StatementError):
             # The transaction is rolled back; say which value could not be stored (the drivers
             # word this differently, and SQLAlchemy's message would not name the record).
@@ -558,6 +594,7 @@ class SqlStore(AuditQueueSql):
         audit: Sequence[AuditEntry],
         at: datetime,
         origin: str | None = None,
+        remote: Sequence[PulledResource] = (),
     ) -> list[IntakeResult]:
         # On the raw DBAPI connection of this thread (``raw.py``): one transaction of a lookup
         # and a few prepared bulk statements, without SQLAlchemy's per-statement machinery.
@@ -570,9 +607,14 @@ class SqlStore(AuditQueueSql):
         tokens_written: list[str] = []  # patients whose token row this transaction inserts
         moved: list[str] = []  # records whose new version names another patient (refused)
         with self._raw.transaction():
+            stale, remote_rows = self._remote_order_checked(remote, at)
             heads = self._load_heads([record.record_id for record in records])
             for record in records:
                 head = heads.get(record.record_id)
+                if record.record_id in stale:
+                    version = head.version if head is not None else 0
+                    results.append(IntakeResult(record.record_id, version, PutOutcome.STALE))
+                    continue
                 if head is not None and head.content_hash == record.content_hash:
                     results.append(
                         IntakeResult(record.record_id, head.version, PutOutcome.UNCHANGED)
@@ -641,14 +683,60 @@ class SqlStore(AuditQueueSql):
                 for entry in audit
                 if entry.record_id is None
                 or entry.record_id in written
-                or entry.record_id not in heads  # about a record not in this batch
+                or (entry.record_id not in heads and entry.record_id not in stale)
             ]
             self._raw.insert(audit_log, audit_rows)
+            self._raw.insert(pulled_resources, remote_rows, suffix=self._pulled_upsert)
         if tokens_written:  # committed: their rows exist for good
             if len(self._known_tokens) + len(tokens_written) > KNOWN_TOKENS_MAX:
                 self._known_tokens = set()
             self._known_tokens.update(tokens_written)
         return results
+
+    #: ``save_pulled``'s insert-or-replace, for the raw connection (SQLite and PostgreSQL).
+    _pulled_upsert = " ON CONFLICT (server, resource_type, resource_id) DO UPDATE SET " + ", ".join(
+        f"{name} = excluded.{name}" for name in PULLED_REPLACED
+    )
+
+    def _remote_order_checked(
+        self, remote: Sequence[PulledResource], at: datetime
+    ) -> tuple[set[str], list[dict[str, Any]]]:
+        """In the write transaction: the record ids whose pulled copy (``remote``) is older than
+        the copy saved before (or the same version as one since deleted), and the rows of the
+        other copies to save. The saved rows are read ``FOR UPDATE`` on PostgreSQL (SQLite's
+        writers take turns), so a concurrent pass writing the same resources waits, then
+        compares with what that pass saved."""
+        if not remote:
+            return set(), []
+        lock = " FOR UPDATE" if self._raw.is_postgresql else ""
+        saved: dict[tuple[str, str, str], tuple[str | None, str | None, str]] = {}
+        keys = sorted({(r.server, r.resource_type, r.resource_id) for r in remote})
+        for (server, resource_type), group in groupby(keys, key=lambda k: k[:2]):
+            ids = [k[2] for k in group]
+            for chunk in _chunks(ids):
+                rows = self._raw.query(
+                    "SELECT resource_id, version_id, last_updated, state "  # noqa: S608 (placeholders)
+                    "FROM pulled_resources WHERE server = ? AND resource_type = ? "
+                    f"AND resource_id IN ({self._raw.placeholders(len(chunk))}){lock}",
+                    [server, resource_type, *chunk],
+                )
+                for resource_id, version_id, last_updated, state in rows:
+                    saved[(server, resource_type, resource_id)] = (version_id, last_updated, state)
+        stale: set[str] = set()
+        kept: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for copy in remote:  # in order: a later copy of the batch is compared with an earlier
+            key = (copy.server, copy.resource_type, copy.resource_id)
+            before = saved.get(key)
+            if before is not None:
+                order = remote_order(before[0], before[1], copy.version_id, copy.last_updated)
+                revived = before[2] == "deleted" and copy.state != "deleted"
+                if order is RemoteOrder.OLDER or (order is RemoteOrder.SAME and revived):
+                    if copy.record_id is not None:
+                        stale.add(copy.record_id)
+                    continue
+            saved[key] = (copy.version_id, copy.last_updated, copy.state)
+            kept[key] = _pulled_row(copy, at)
+        return stale, list(kept.values())
 
     def _load_heads(self, record_ids: Sequence[str]) -> dict[str, _Head]:
         heads: dict[str, _Head] = {}
@@ -1586,34 +1674,11 @@ class SqlStore(AuditQueueSql):
         if not resources:
             return
         rows = [
-            {
-                "server": r.server,
-                "resource_type": r.resource_type,
-                "resource_id": r.resource_id,
-                "version_id": r.version_id,
-                "last_updated": r.last_updated,
-                "patient": r.patient,
-                "record_id": r.record_id,
-                "origin": r.origin,
-                "state": r.state,
-                "body": None if r.body is None else dict(r.body),
-                "generation": r.generation,
-                "updated_at": at,
-            }
+            _pulled_row(r, at)
             for r in {(r.resource_type, r.resource_id): r for r in resources}.values()
         ]
         statement = self._upsert(pulled_resources)
-        replaced = (
-            "version_id",
-            "last_updated",
-            "patient",
-            "record_id",
-            "origin",
-            "state",
-            "body",
-            "generation",
-            "updated_at",
-        )
+        replaced = PULLED_REPLACED
         statement = statement.on_conflict_do_update(
             index_elements=[
                 pulled_resources.c.server,

@@ -82,6 +82,7 @@ from fhir_alliance_service.store.interface import (
     Store,
     StoredRecord,
 )
+from fhir_alliance_service.store.ordering import RemoteOrder, parse_instant, remote_order
 from fhir_alliance_service.sync.history import HistoryEntry, history_entries
 from fhir_alliance_service.usecases.consents import PULLED_DELETED_MARK
 from fhir_alliance_service.usecases.intake import content_hash, intake_records
@@ -186,6 +187,10 @@ class PullReport:
     history_entries: int = 0
     history_failed: str | None = None
     released: int = 0
+    #: Copies not merged because the copy seen before is newer (an older version after a newer
+    #: one: a lagging replica, a cache), or because whether they are newer is unsure and they
+    #: would keep or put a consent in force (see ``store/ordering.py``).
+    stale: int = 0
     #: Consents of ours withdrawn here that someone put back in force on the server, queued to be
     #: written back (counted in ``conflicts`` too).
     reasserted: int = 0
@@ -196,16 +201,6 @@ class PullReport:
 def _meta(resource: Mapping[str, Any]) -> Mapping[str, Any]:
     meta = resource.get("meta")
     return meta if isinstance(meta, Mapping) else {}
-
-
-def _instant(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _search_instant(value: datetime) -> str:
@@ -391,7 +386,7 @@ class Puller:
         generation = cursor.generation + 1 if full else cursor.generation
         report.full_listing = report.full_listing or full
         since = None
-        last_seen = _instant(cursor.last_updated)
+        last_seen = parse_instant(cursor.last_updated)
         if not full and last_seen is not None:
             since = last_seen - timedelta(seconds=self.settings.pull_overlap_seconds)
         newest = cursor.last_updated
@@ -411,7 +406,7 @@ class Puller:
                 )
                 for resource in page:
                     stamp = _meta(resource).get("lastUpdated")
-                    at = _instant(stamp if isinstance(stamp, str) else None)
+                    at = parse_instant(stamp if isinstance(stamp, str) else None)
                     if at is not None and (newest_at is None or at > newest_at):
                         newest_at, newest = at, str(stamp)
         if full:
@@ -466,7 +461,7 @@ class Puller:
         """Read ``[type]/_history`` since ``history_at`` (minus the overlap), one page at a time,
         and apply the deletions of resources we track; the newest stamp seen (the next start)."""
         params = [("_count", str(self.page_size))]
-        start = _instant(history_at)
+        start = parse_instant(history_at)
         if start is not None:
             since = start - timedelta(seconds=self.settings.pull_overlap_seconds)
             params.append(("_since", _search_instant(since)))
@@ -483,7 +478,7 @@ class Puller:
             # stamps the first: history is newest first).
             latest: dict[str, tuple[datetime | None, bool, str | None, str | None]] = {}
             for entry in entries:
-                at = _instant(entry.stamp)
+                at = parse_instant(entry.stamp)
                 known = latest.get(entry.resource_id)
                 if known is None or (at is not None and (known[0] is None or at > known[0])):
                     latest[entry.resource_id] = (at, entry.deleted, entry.version_id, entry.stamp)
@@ -496,7 +491,7 @@ class Puller:
                 at, _, version, stamp = deleted[rid]
                 if row.state == "deleted":
                     continue  # seen before (the overlap, a repeated page): deduplicated
-                seen_at = _instant(row.last_updated)
+                seen_at = parse_instant(row.last_updated)
                 if at is not None and seen_at is not None and seen_at > at:
                     continue  # a version written after the deletion was read: re-created
                 gone.append(
@@ -617,20 +612,37 @@ class Puller:
         ids = [str(r["id"]) for r in page]
         seen = self.store.pulled(self.server, resource_type, ids)
         fresh: list[dict[str, Any]] = []
+        unsure: set[str] = set()  # ids of copies that may or may not be newer
         for resource in page:
-            before = seen.get(resource["id"])
-            version = _meta(resource).get("versionId")
-            if before is not None and before.version_id == version and before.state != "deleted":
+            copy = self._row(
+                resource, patient=None, record_id=None, origin="", state="", generation=0
+            )
+            before = seen.get(copy.resource_id)
+            order = (
+                RemoteOrder.NEWER
+                if before is None
+                else remote_order(
+                    before.version_id, before.last_updated, copy.version_id, copy.last_updated
+                )
+            )
+            if order is RemoteOrder.SAME:  # deleted since: a copy read again stays deleted
                 report.duplicates += 1
                 PULLED.labels(resource_type, "duplicate").inc()
                 continue
+            if order is RemoteOrder.OLDER:
+                report.stale += 1
+                PULLED.labels(resource_type, "stale").inc()
+                continue
+            if order is RemoteOrder.UNSURE:
+                unsure.add(copy.resource_id)
+            seen[copy.resource_id] = copy  # a later copy in the page is compared with this one
             fresh.append(resource)
         if generation is not None:
             self.store.mark_listed(self.server, resource_type, ids, generation)
         if not fresh:
             return
         if resource_type == "Consent":
-            rows = self._merge_consents(fresh, patients, generation or 0, report)
+            rows = self._merge_consents(fresh, patients, generation or 0, report, unsure)
         else:
             rows = self._keep_observations(fresh, patients, generation or 0, report)
         self.store.save_pulled(rows, at=self.clock())
@@ -697,11 +709,17 @@ class Puller:
         patients: Mapping[str, str],
         generation: int,
         report: PullReport,
+        unsure: set[str],
     ) -> list[PulledResource]:
+        """Merge a page of Consents not seen at this version before; the rows to save (those of
+        merged foreign consents are saved by ``put_remote_records``, with its ordering check).
+        A foreign copy in ``unsure`` (maybe older than the one seen) is merged only if it is not
+        in force (a withdrawal, or unreadable: both narrow sharing); else it is skipped as stale
+        (unless it is what is stored already)."""
         now = self.clock()
         ours = self.store.get_records([str(r["id"]) for r in page])
         rows: list[PulledResource] = []
-        foreign: list[tuple[dict[str, Any], NewRecord]] = []
+        foreign: list[tuple[dict[str, Any], NewRecord, PulledResource]] = []
         for resource in page:
             patient, why = self._patient_of(resource, patients)
             local = ours.get(str(resource["id"]))
@@ -727,20 +745,16 @@ class Puller:
                 continue
             record_id = foreign_record_id(self.server, str(resource["id"]))
             new, state = _foreign_record(self._as_read(resource, patient), record_id, patient)
-            foreign.append((resource, new))
-            rows.append(
-                self._row(
-                    resource,
-                    patient=patient,
-                    record_id=record_id,
-                    origin=ORIGIN_FOREIGN,
-                    state=state,
-                    generation=generation,
-                )
+            row = self._row(
+                resource,
+                patient=patient,
+                record_id=record_id,
+                origin=ORIGIN_FOREIGN,
+                state=state,
+                generation=generation,
             )
-            if state == "unreadable":
-                report.unreadable += 1
-            PULLED.labels("Consent", state).inc()
+            foreign.append((resource, new, row))
+        foreign = self._unsure_in_force_skipped(foreign, unsure, report)
         if foreign:
             entries = [
                 audit.two_way_event(
@@ -751,16 +765,59 @@ class Puller:
                     resources=[resource],
                     outcome_code="merged",
                 )
-                for resource, new in foreign
+                for resource, new, _ in foreign
             ]
             results = self.store.put_remote_records(
-                [new for _, new in foreign], origin=self.server, audit=entries, at=now
+                [new for _, new, _ in foreign],
+                origin=self.server,
+                audit=entries,
+                at=now,
+                remote=[row for _, _, row in foreign],
             )
-            for (_, new), result in zip(foreign, results, strict=True):
+            for (_, new, row), result in zip(foreign, results, strict=True):
+                if result.outcome is PutOutcome.STALE:  # a newer copy was saved meanwhile
+                    report.stale += 1
+                    PULLED.labels("Consent", "stale").inc()
+                    continue
+                if row.state == "unreadable":
+                    report.unreadable += 1
+                PULLED.labels("Consent", row.state).inc()
                 if result.outcome is not PutOutcome.UNCHANGED:
                     report.merged += 1
                     report.changed_patients.add(new.patient)
         return rows
+
+    def _unsure_in_force_skipped(
+        self,
+        foreign: list[tuple[dict[str, Any], NewRecord, PulledResource]],
+        unsure: set[str],
+        report: PullReport,
+    ) -> list[tuple[dict[str, Any], NewRecord, PulledResource]]:
+        """``foreign`` without the copies that may be older than the one seen (``unsure``) and
+        would keep or put a consent in force: adopting one could widen sharing on an outdated
+        copy. One that is what is stored already counts as a duplicate."""
+        maybe_widening = [
+            new.record_id
+            for resource, new, _ in foreign
+            if resource["id"] in unsure and _may_permit(new.body)
+        ]
+        if not maybe_widening:
+            return foreign
+        stored = self.store.get_records(maybe_widening)
+        kept = []
+        for resource, new, row in foreign:
+            if new.record_id not in maybe_widening:
+                kept.append((resource, new, row))
+                continue
+            head = stored.get(new.record_id)
+            if head is not None and head.content_hash == new.content_hash:
+                report.duplicates += 1
+                PULLED.labels("Consent", "duplicate").inc()
+            else:
+                report.stale += 1
+                PULLED.labels("Consent", "stale").inc()
+                log.warning("a consent copy maybe older than the one seen was not merged")
+        return kept
 
     def _merge_ours(
         self,
@@ -880,6 +937,7 @@ class Puller:
         consent is revoked here, a withdrawal of ours adopted; the rows are saved."""
         now = self.clock()
         revoked: list[NewRecord] = []
+        revoked_rows: list[PulledResource] = []  # saved with the revocations, order-checked
         entries = []
         for row in rows:
             report.deleted += 1
@@ -892,6 +950,7 @@ class Puller:
             withdrawn = _revoked_copy(self.store, row.record_id, now)
             if withdrawn is not None:
                 revoked.append(withdrawn)
+                revoked_rows.append(row)
                 entries.append(
                     audit.two_way_event(
                         "pull",
@@ -903,16 +962,25 @@ class Puller:
                     )
                 )
         if revoked:
-            self.store.put_remote_records(revoked, origin=self.server, audit=entries, at=now)
-            report.changed_patients.update(r.patient for r in revoked)
-        self.store.save_pulled(rows, at=now)
+            results = self.store.put_remote_records(
+                revoked, origin=self.server, audit=entries, at=now, remote=revoked_rows
+            )
+            report.changed_patients.update(
+                r.patient
+                for r, result in zip(revoked, results, strict=True)
+                if result.outcome is not PutOutcome.STALE
+            )
+        saved = {(r.resource_type, r.resource_id) for r in revoked_rows}
+        self.store.save_pulled(
+            [r for r in rows if (r.resource_type, r.resource_id) not in saved], at=now
+        )
 
 
 def _newest(entries: Iterable[HistoryEntry]) -> tuple[datetime, str] | None:
     """The newest stamp among history entries, parsed and as the server wrote it."""
     newest: tuple[datetime, str] | None = None
     for entry in entries:
-        at = _instant(entry.stamp)
+        at = parse_instant(entry.stamp)
         if at is not None and entry.stamp is not None and (newest is None or at > newest[0]):
             newest = (at, entry.stamp)
     return newest
@@ -973,6 +1041,12 @@ def _foreign_record(
         content_hash=content_hash(body),
     )
     return new, state
+
+
+def _may_permit(body: Mapping[str, Any]) -> bool:
+    """The local body of a foreign consent is in force (active): adopting it may widen sharing.
+    A withdrawn one, a draft and an unreadable placeholder (which holds) cannot."""
+    return "unreadable" not in body and body.get("status") == ConsentStatus.ACTIVE.value
 
 
 def _stored_consent(store: Store, record_id: str) -> ConsentRecord | None:

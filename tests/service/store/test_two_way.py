@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 from fhir_alliance_service.store import SentResource, SqlStore, SyncState
-from fhir_alliance_service.store.interface import PullCursor, PulledResource
+from fhir_alliance_service.store.interface import PullCursor, PulledResource, PutOutcome
 
 from .builders import T0, at, audit_entry, consent, record
 
@@ -145,3 +145,57 @@ def test_last_sent_before_a_version(store: SqlStore) -> None:
     assert before_two() == (first.item_id, 1)  # version 2 sent since: still version 1
     newest = store.last_sent("rec-000001")
     assert newest is not None and newest.record_version == 2
+
+
+def _copy(version: str | None, stamp: str, *, state: str = "merged") -> PulledResource:
+    """The server's copy ``c1`` that record ``rec-000001`` was made from."""
+    return replace(
+        _pulled("c1", "0"),
+        version_id=version,
+        last_updated=stamp,
+        record_id="rec-000001",
+        state=state,
+    )
+
+
+def test_a_remote_copy_older_than_the_one_saved_is_not_written(store: SqlStore) -> None:
+    """``put_remote_records`` compares each copy with the one saved, in its own transaction:
+    an older version after a newer one (here a permit over its withdrawal, as a second pass
+    running at once would write it) is refused as STALE and nothing of it is kept; a newer one
+    is written with its row."""
+    early, late = "2026-03-01T09:00:00.000Z", "2026-03-01T10:00:00.000Z"
+    put = store.put_remote_records
+    put([consent(1)], origin=SERVER, audit=[], at=T0, remote=[_copy("1", early)])
+    [withdrawn] = put(
+        [consent(1, status="revoked")], origin=SERVER, audit=[], at=at(1), remote=[_copy("2", late)]
+    )
+    [stale] = put(
+        [consent(1)],
+        origin=SERVER,
+        audit=[audit_entry("pull", "rec-000001")],
+        at=at(2),
+        remote=[_copy("1", early)],
+    )
+    assert (withdrawn.outcome, stale.outcome) == (PutOutcome.UPDATED, PutOutcome.STALE)
+    stored = store.get_record("rec-000001")
+    assert stored is not None and (stored.version, stored.body["score"]) == (2, "revoked")
+    assert store.pulled(SERVER, "Consent", ["c1"])["c1"].version_id == "2"
+    assert store.list_audit(record_id="rec-000001") == []
+
+
+def test_a_remote_copy_of_a_version_since_deleted_is_not_written(store: SqlStore) -> None:
+    """The deletion of a copy is saved with its version; the same version read again (a lagging
+    replica) does not bring the consent back."""
+    stamp = "2026-03-01T09:00:00.000Z"
+    put = store.put_remote_records
+    put([consent(1)], origin=SERVER, audit=[], at=T0, remote=[_copy("1", stamp)])
+    [deleted] = put(
+        [consent(1, status="revoked")],
+        origin=SERVER,
+        audit=[],
+        at=at(1),
+        remote=[_copy("1", stamp, state="deleted")],
+    )
+    [again] = put([consent(1)], origin=SERVER, audit=[], at=at(2), remote=[_copy("1", stamp)])
+    assert (deleted.outcome, again.outcome) == (PutOutcome.UPDATED, PutOutcome.STALE)
+    assert store.pulled(SERVER, "Consent", ["c1"])["c1"].state == "deleted"
