@@ -717,7 +717,11 @@ class Puller:
         in force (a withdrawal, or unreadable: both narrow sharing); else it is skipped as stale
         (unless it is what is stored already)."""
         now = self.clock()
-        ours = self.store.get_records([str(r["id"]) for r in page])
+        foreign_ids = {str(r["id"]): foreign_record_id(self.server, str(r["id"])) for r in page}
+        # Ours by resource id (the id we pushed it under); foreign ones by their local id: the
+        # patient each is filed under now (a foreign consent whose patient was changed on the
+        # server moves, and both patients' gates must run again).
+        ours = self.store.get_records([*foreign_ids, *foreign_ids.values()])
         rows: list[PulledResource] = []
         foreign: list[tuple[dict[str, Any], NewRecord, PulledResource]] = []
         for resource in page:
@@ -743,7 +747,7 @@ class Puller:
                     )
                 )
                 continue
-            record_id = foreign_record_id(self.server, str(resource["id"]))
+            record_id = foreign_ids[str(resource["id"])]
             new, state = _foreign_record(self._as_read(resource, patient), record_id, patient)
             row = self._row(
                 resource,
@@ -785,6 +789,9 @@ class Puller:
                 if result.outcome is not PutOutcome.UNCHANGED:
                     report.merged += 1
                     report.changed_patients.add(new.patient)
+                    before = ours.get(new.record_id)
+                    if before is not None:  # moved off a patient: theirs changed too
+                        report.changed_patients.add(before.patient)
         return rows
 
     def _unsure_in_force_skipped(

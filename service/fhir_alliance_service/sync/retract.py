@@ -55,6 +55,9 @@ KEPT = RETRACTION_KEPT
 ENTERED_IN_ERROR = RETRACTION_ENTERED_IN_ERROR
 DELETED = RETRACTION_DELETED
 
+#: The consents stamp of a patient without consent records (``Store.consents_stamp``).
+NO_CONSENTS = "0:0"
+
 #: Per database (``settings.database_url``): the patients whose retraction check after a send
 #: that outran a consent change failed (:meth:`Retractor.check_later`). Their consents stamp no
 #: longer changes, so every pass of this process checks them until one succeeds.
@@ -119,6 +122,10 @@ class Retractor:
         first pass, or with ``everyone``: expiries change no stamp)."""
         report = RetractReport()
         stamps = self.store.consent_stamps()
+        # A patient checked before and without consent records now (a pulled consent whose
+        # patient was changed on the server moved to another patient): their stamp changed too.
+        for patient in self._checked.keys() - stamps.keys():
+            stamps[patient] = NO_CONSENTS
         for patient, stamp in sorted(stamps.items()):
             if not everyone and self._checked.get(patient) == stamp:
                 continue

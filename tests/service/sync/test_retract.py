@@ -191,3 +191,39 @@ def test_an_expired_share_stops_pushes_and_is_retracted_on_a_full_pass(
     assert retractor.run_pass().deleted == 0  # no consent changed: not looked at
     assert retractor.run_pass(everyone=True).deleted == 1
     assert harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1") == []
+
+
+def test_a_pulled_consent_moved_to_another_patient_retracts_what_the_first_shared(
+    harness: SyncHarness,
+) -> None:
+    """A foreign permit of patient A, under which A's rating was sent, is moved to patient B on
+    the server (its patient changed): the pull marks both patients changed, the retraction pass
+    retracts A's rating (A no longer has a permit, and has no consent record left at all), B's
+    held rating is released and sent, and A's next rating is held."""
+    first, second = f"Patient/move-a-{harness.run}", f"Patient/move-b-{harness.run}"
+    [rating] = harness.intake([R.rating(harness.run, 1, first)])
+    [other] = harness.intake([R.rating(harness.run, 2, second)])
+    consent = remote.create(harness.server, remote.foreign_consent(harness.server, first))
+    puller = Puller(harness.settings, harness.store, harness.client)
+    retractor = _retractor(harness, "delete")
+    puller.pull()
+    harness.drain()
+    assert (harness.state(rating.record_id), harness.state(other.record_id)) == (
+        SyncState.SENT,
+        SyncState.HELD,
+    )
+    assert retractor.run_pass().retracted_records == []
+
+    remote.update(harness.server, consent, patient={"reference": second})
+    moved = puller.pull()
+    report = retractor.run_pass()
+    assert moved.changed_patients == {first, second}
+    assert report.failed == 0
+    status = harness.store.sync_status(rating.record_id)
+    assert status is not None and status.retraction == "deleted"
+    [later] = harness.intake([R.rating(harness.run, 3, first)])
+    harness.drain()
+    assert (harness.state(other.record_id), harness.state(later.record_id)) == (
+        SyncState.SENT,
+        SyncState.HELD,
+    )
