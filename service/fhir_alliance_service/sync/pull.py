@@ -7,8 +7,11 @@ whose consents changed. See docs/two-way-sync.md.
   ``Patient?identifier=`` answer says (one match only; the link and an alias are stored).
 * **Incremental**: ``[type]?patient=…&_lastUpdated=ge<newest seen - overlap>``,
   page by page (memory stays flat: one page at a time, one store lookup per page); every resource
-  is deduplicated on (id, versionId) against ``pulled_resources``. A patient seen for the first
-  time is read in full.
+  is compared with the copy seen before (``pulled_resources``, ``store/ordering.py``): the same
+  version is a duplicate, an older copy is skipped as stale (never merged over a newer one), and
+  a foreign Consent whose order is unsure is merged only if it is not in force. A patient seen
+  for the first time is read in full. A bad answer (``PASS_ENDING``) ends the pass with
+  ``PullReport.error``.
 * **Deletions**: where the server's CapabilityStatement offers ``history-type`` for the type
   (and ``pull_deletions`` is ``auto``), each pass reads ``[type]/_history?_since=<newest history
   stamp seen - overlap>`` page by page (one page in memory, one store lookup per page): a DELETE
