@@ -1,10 +1,12 @@
 """Console sign-in: an API key with the ``read`` scope becomes a signed session cookie.
 
-The cookie holds the key's public id, a CSRF token and the time of sign-in, signed with
-itsdangerous (Flask's own signer) under a random key kept in the store (``set_meta``), so that
-every ``serve`` process and every machine sharing the database accepts it. It never holds the key's
-secret. Each request looks the key up again: a revoked key ends its sessions at once (within the
-API-key cache time). Sessions end after :data:`SESSION_SECONDS`.
+The cookie holds the key's public id, a random session id, a CSRF token and the time of sign-in,
+signed with itsdangerous (Flask's own signer) under a random key kept in the store (``set_meta``),
+so that every ``serve`` process and every machine sharing the database accepts it. It never holds
+the key's secret. Each request looks the key up again: a revoked key ends its sessions at once
+(within the API-key cache time). Sessions end after :data:`SESSION_SECONDS`, or when they sign
+out: the session id goes into the store's ended sessions (``Store.end_session``), which every
+request checks (one primary-key read), so a copy of the cookie stops working too, in every process.
 
 Cookies are ``HttpOnly``, ``SameSite=Strict``, ``Path=/console`` and ``Secure`` when the request
 came over TLS. Forms carry a CSRF token (:func:`csrf_token`), compared in constant time. The sign-in
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from flask import g, request
@@ -49,16 +52,22 @@ SESSION_SECONDS: Final = 8 * 3600
 SIGN_IN_SECONDS: Final = 3600
 #: The store's meta entry holding the signing key (created on first use).
 META_SIGNING_KEY: Final = "console.signing_key"
+#: How long past its cookie's expiry an ended session is kept: a machine whose clock runs behind
+#: accepts the cookie a little longer.
+_ENDED_KEPT_LONGER: Final = timedelta(hours=1)
 _SALT_SESSION: Final = "fhir-alliance console session"
 _SALT_SIGN_IN: Final = "fhir-alliance console sign-in"
 
 
 @dataclass(frozen=True, slots=True)
 class ConsoleSession:
-    """A signed-in browser: the stored API key it signed in with and its CSRF token."""
+    """A signed-in browser: the stored API key it signed in with, its session id, its CSRF token
+    and when its cookie expires."""
 
     key: ApiKey
+    session_id: str
     csrf: str
+    expires_at: datetime
 
     def may(self, scope: str) -> bool:
         return grants(self.key.scopes, scope)
@@ -97,11 +106,16 @@ def _set_cookie(response: Response, name: str, value: str, max_age: int) -> None
     )
 
 
-def _load(cookie: str, salt: str, max_age: int) -> Any:
+def _load(cookie: str, salt: str, max_age: int) -> tuple[Any, datetime] | None:
+    """The signed value of ``cookie`` and when it was signed; None when the signature is wrong
+    or older than ``max_age`` seconds."""
     try:
-        return _serializer(salt).loads(cookie, max_age=max_age)
+        loaded: tuple[Any, datetime] = _serializer(salt).loads(
+            cookie, max_age=max_age, return_timestamp=True
+        )
     except BadSignature:  # also SignatureExpired
         return None
+    return loaded
 
 
 def session_api_key() -> ApiKey | None:
@@ -127,11 +141,13 @@ def _read_session() -> ConsoleSession | None:
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         return None
-    payload = _load(cookie, _SALT_SESSION, SESSION_SECONDS)
-    if not isinstance(payload, dict):
+    loaded = _load(cookie, _SALT_SESSION, SESSION_SECONDS)
+    if loaded is None or not isinstance(loaded[0], dict):
         return None
-    key_id, csrf = payload.get("key"), payload.get("csrf")
-    if not isinstance(key_id, str) or not isinstance(csrf, str):
+    payload, signed_at = loaded
+    key_id, session_id, csrf = payload.get("key"), payload.get("sid"), payload.get("csrf")
+    # A cookie without a session id (signed before sessions could end) cannot be signed out.
+    if not all(isinstance(value, str) and value for value in (key_id, session_id, csrf)):
         return None
     from fhir_alliance_service.app import current_service
 
@@ -139,7 +155,10 @@ def _read_session() -> ConsoleSession | None:
     stored = service.api_keys.find(service.store, key_id)
     if stored is None or stored.revoked_at is not None or not grants(stored.scopes, "read"):
         return None
-    return ConsoleSession(key=stored, csrf=csrf)
+    if service.store.session_ended(session_id):
+        return None
+    expires_at = signed_at + timedelta(seconds=SESSION_SECONDS)
+    return ConsoleSession(key=stored, session_id=session_id, csrf=csrf, expires_at=expires_at)
 
 
 def sign_in_token(response: Response) -> str:
@@ -153,7 +172,8 @@ def sign_in(raw_key: str, form_token: str, response: Response) -> ApiKey:
     """Check the sign-in form and the key; on success set the session cookie on ``response``.
     Raises :class:`ApiError` 403 (stale form) or 401 (a key that is not valid or lacks ``read``);
     the messages never say which part of the key was wrong."""
-    cookie_token = _load(request.cookies.get(SIGN_IN_COOKIE, ""), _SALT_SIGN_IN, SIGN_IN_SECONDS)
+    loaded = _load(request.cookies.get(SIGN_IN_COOKIE, ""), _SALT_SIGN_IN, SIGN_IN_SECONDS)
+    cookie_token = loaded[0] if loaded is not None else None
     if not isinstance(cookie_token, str) or not hmac.compare_digest(cookie_token, form_token):
         raise ApiError(403, "the sign-in form has expired; please try again")
     from fhir_alliance_service.app import current_service
@@ -162,7 +182,11 @@ def sign_in(raw_key: str, form_token: str, response: Response) -> ApiKey:
     key = authenticate(service.store, raw_key.strip(), service.api_keys)
     if key is None or not grants(key.scopes, "read"):
         raise ApiError(401, "this key cannot sign in (it needs the read scope)")
-    payload = {"key": key.key_id, "csrf": secrets.token_urlsafe(24)}
+    payload = {
+        "key": key.key_id,
+        "sid": secrets.token_urlsafe(24),
+        "csrf": secrets.token_urlsafe(24),
+    }
     _set_cookie(
         response,
         SESSION_COOKIE,
@@ -174,6 +198,16 @@ def sign_in(raw_key: str, form_token: str, response: Response) -> ApiKey:
 
 
 def end_session(response: Response) -> None:
+    """Sign this request's session out: its id goes into the store's ended sessions (so that no
+    copy of its cookie opens anything any more, in any process) and the cookie is deleted."""
+    session = current_session()
+    if session is not None:
+        _store().end_session(
+            session.session_id,
+            expires_at=session.expires_at + _ENDED_KEPT_LONGER,
+            at=datetime.now(UTC),
+        )
+        g.console_session = None
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="Strict")
 
 

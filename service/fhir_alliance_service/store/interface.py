@@ -563,6 +563,18 @@ class Store(Protocol):
         """Every key, revoked ones too, oldest first (``fhir-alliance list-api-keys``)."""
         ...
 
+    # -- console sessions ----------------------------------------------------------------------
+    def end_session(self, session_id: str, *, expires_at: datetime, at: datetime) -> None:
+        """Record that the console session ``session_id`` signed out: :meth:`session_ended`
+        answers True for it from now on, in every process sharing the database. Kept until
+        ``expires_at`` (when its cookie has expired anyway); rows whose ``expires_at`` is before
+        ``at`` are dropped in the same transaction. Ending a session twice changes nothing."""
+        ...
+
+    def session_ended(self, session_id: str) -> bool:
+        """Whether the console session ``session_id`` signed out (one primary-key read)."""
+        ...
+
     # -- operations ----------------------------------------------------------------------------
     def set_meta(self, name: str, value: str) -> None:
         """Small named facts: the FHIR server's last contact, its FHIR version, …"""

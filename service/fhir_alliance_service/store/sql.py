@@ -79,6 +79,7 @@ from .patient_tokens import patient_token
 from .raw import RawSql, ThreadConnections
 from .tables import (
     api_keys,
+    ended_sessions,
     meta,
     outbox,
     patient_aliases,
@@ -1532,6 +1533,18 @@ class SqlStore(AuditQueueSql):
                 .values(revoked_at=at)
             )
             return result.rowcount == 1
+
+    # -- console sessions ----------------------------------------------------------------------
+    def end_session(self, session_id: str, *, expires_at: datetime, at: datetime) -> None:
+        add = self._upsert(ended_sessions).values(session_id=session_id, expires_at=expires_at)
+        with self._write() as connection:
+            connection.execute(ended_sessions.delete().where(ended_sessions.c.expires_at < at))
+            connection.execute(add.on_conflict_do_nothing(index_elements=["session_id"]))
+
+    def session_ended(self, session_id: str) -> bool:
+        query = select(ended_sessions.c.session_id).where(ended_sessions.c.session_id == session_id)
+        with self._read() as connection:
+            return connection.execute(query).first() is not None
 
     # -- operations ----------------------------------------------------------------------------
     def set_meta(self, name: str, value: str) -> None:

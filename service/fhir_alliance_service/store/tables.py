@@ -32,6 +32,7 @@ __all__ = [
     "UtcDateTime",
     "api_keys",
     "audit",
+    "ended_sessions",
     "meta",
     "metadata",
     "outbox",
@@ -220,6 +221,17 @@ api_keys = Table(
         sqlite_where=text(ACTIVE_API_KEY_SQL),
         postgresql_where=text(ACTIVE_API_KEY_SQL),
     ),
+)
+
+#: Console sessions signed out (migration 0007): a signed session cookie naming one of these ids
+#: opens nothing any more, in any process. A row is dropped once its cookie has expired anyway
+#: (``expires_at``), so the table holds at most a working day's sign-outs.
+ended_sessions = Table(
+    "ended_sessions",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Index("ix_ended_sessions_expires_at", "expires_at"),
 )
 
 #: Small named facts (the FHIR server's last contact, its FHIR version, …).

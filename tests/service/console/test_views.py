@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 import copy
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fhir_alliance_service import audit
+from fhir_alliance_service.console import session as console_session
 from fhir_alliance_service.console import views as console_views
 from fhir_alliance_service.console.pages import TEXT_WITHHELD, patient_token
 from fhir_alliance_service.console.session import SESSION_COOKIE
@@ -235,6 +237,47 @@ def test_sign_out_needs_the_csrf_token_and_ends_the_session(
     assert console_client.get("/console/").status_code == 200
     token = csrf_of(console_client)
     assert console_client.post("/console/sign-out", data={"csrf_token": token}).status_code == 303
+    assert console_client.get("/console/").status_code == 302
+
+
+def test_signing_out_ends_the_session_in_every_process(
+    make_app: Callable[..., Flask], console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """Sign-out ends the session on the server: another app on the same database (another
+    gunicorn worker) refuses a copy of the signed-out cookie at once, while another session of
+    the same key stays signed in."""
+    other_worker = make_app(recipients=EHR)
+    sign_in(console_client, console_keys["read"])
+    cookie = console_client.get_cookie(SESSION_COOKIE, path="/console")
+    assert cookie is not None
+    copy_elsewhere = other_worker.test_client()
+    copy_elsewhere.set_cookie(SESSION_COOKIE, cookie.value, path="/console")
+    assert copy_elsewhere.get("/console/").status_code == 200
+    second_browser = other_worker.test_client()
+    sign_in(second_browser, console_keys["read"])
+
+    token = csrf_of(console_client)
+    assert console_client.post("/console/sign-out", data={"csrf_token": token}).status_code == 303
+    refused = copy_elsewhere.get("/console/")
+    assert refused.status_code == 302
+    assert refused.headers["Location"].endswith("/console/sign-in")
+    assert second_browser.get("/console/").status_code == 200
+
+
+def test_a_cookie_without_a_session_id_is_no_session(
+    console_app: Flask, console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """A cookie signed the way sessions were before they could end (no session id) could not be
+    signed out, so it opens nothing: its browser signs in again. The same cookie with a session
+    id opens the console."""
+    key_id = "_".join(console_keys["read"].split("_")[:2])
+    with console_app.app_context():
+        signer = console_session._serializer(console_session._SALT_SESSION)
+        old = signer.dumps({"key": key_id, "csrf": "token"})
+        current = signer.dumps({"key": key_id, "sid": "session", "csrf": "token"})
+    console_client.set_cookie(SESSION_COOKIE, current, path="/console")
+    assert console_client.get("/console/").status_code == 200
+    console_client.set_cookie(SESSION_COOKIE, old, path="/console")
     assert console_client.get("/console/").status_code == 302
 
 

@@ -30,6 +30,8 @@ TABLES = {"alembic_version", "api_keys", "audit", "meta", "outbox", "record_head
 TABLES |= {"patient_aliases", "pull_cursors", "pulled_resources", "remote_patients"}
 # The console's opaque patient ids (migration 0003).
 TABLES |= {"patient_tokens"}
+# Console sessions signed out (migration 0007).
+TABLES |= {"ended_sessions"}
 
 
 @pytest.fixture(
