@@ -16,6 +16,7 @@ __all__ = [
     "FHIR_ID",
     "BaseUrl",
     "is_fhir_id",
+    "is_loopback_host",
     "is_resource_type",
     "path_template",
     "unsafe_segment",
@@ -38,6 +39,12 @@ def is_fhir_id(value: object) -> bool:
 def is_resource_type(value: object) -> bool:
     """Whether ``value`` looks like a FHIR resource type name (``Observation``), safe in a path."""
     return isinstance(value, str) and _RESOURCE_TYPE.fullmatch(value) is not None
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a URL's host name, lower case) is this machine's loopback: the one place
+    plain http may carry credentials."""
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
 
 
 def _segments(path: str) -> tuple[str, ...]:
@@ -95,7 +102,7 @@ class BaseUrl:
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in ("localhost", "127.0.0.1", "::1") or self.host.startswith("127.")
+        return is_loopback_host(self.host)
 
     def join(self, relative: str) -> str:
         """``Observation/1`` → ``{base}/Observation/1`` (``relative`` is our own, not a server link)."""

@@ -18,6 +18,7 @@ import difflib
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from fhir_alliance.client.links import is_loopback_host
 from fhir_alliance.terminology import PURPOSE_OF_USE_CODES
 
 __all__ = [
@@ -301,6 +303,27 @@ def _existing_file(value: Any) -> str | None:
     return text
 
 
+def _too_open(path: str) -> str | None:
+    """Why a file holding a secret must not be used: the group or others may read it (OpenSSH and
+    PostgreSQL refuse such key files too). None when only its owner may, or it cannot be found
+    (reading it then says so)."""
+    try:
+        mode = stat.S_IMODE(Path(path).stat().st_mode)
+    except OSError:
+        return None
+    if not mode & (stat.S_IRGRP | stat.S_IROTH):
+        return None
+    return f"the file {path!r} may be read by group or others (mode {mode:04o}); chmod 600 it"
+
+
+def _secret_file(value: Any) -> str | None:
+    """An existing file holding a secret (the SMART private key), readable by its owner only."""
+    text = _existing_file(value)
+    if text is not None and (why := _too_open(text)):
+        raise _Invalid(why)
+    return text
+
+
 def _secret(value: Any) -> str | None:
     if not isinstance(value, str):
         raise _Invalid("expected text")
@@ -375,7 +398,7 @@ _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "fhir_auth": _choice("none", "bearer", "smart"),
     "fhir_token": _secret,
     "smart_client_id": _optional_text,
-    "smart_private_key_file": _existing_file,
+    "smart_private_key_file": _secret_file,
     "smart_key_id": _optional_text,
     "smart_algorithm": _choice("RS384", "ES384"),
     "fhir_ca_bundle": _existing_file,
@@ -418,6 +441,8 @@ def _variable(name: str) -> str:
 
 
 def _read_secret_file(path: str, variable: str) -> str:
+    if why := _too_open(path):
+        raise ConfigError(f"{variable}: {why}")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -535,6 +560,13 @@ def _check_together(settings: Settings, sources: Mapping[str, str]) -> None:
             )
     if settings.fhir_auth != "none" and not settings.fhir_base_url:
         raise ConfigError(f"{name('fhir_base_url')}: fhir_auth={settings.fhir_auth} needs a URL")
+    if settings.fhir_auth != "none" and settings.fhir_base_url:
+        base = urlsplit(settings.fhir_base_url)
+        if base.scheme == "http" and not is_loopback_host(base.hostname or ""):
+            raise ConfigError(
+                f"{name('fhir_base_url')}: fhir_auth={settings.fhir_auth} sends credentials, "
+                "which plain http would carry unencrypted: use https (http only to a loopback host)"
+            )
     if settings.backoff_max_seconds < settings.backoff_base_seconds:
         raise ConfigError(
             f"{name('backoff_max_seconds')}: must not be less than backoff_base_seconds"

@@ -166,6 +166,7 @@ def test_a_garbage_smart_key_file_stops_with_one_line_naming_the_variable(
     printed."""
     key_file = tmp_path / "smart-key.pem"
     key_file.write_text(GARBAGE_KEY, encoding="utf-8")
+    key_file.chmod(0o600)
     _smart_env(monkeypatch, key_file)
     assert main(command) == 2
     captured = capsys.readouterr()
@@ -190,6 +191,7 @@ def test_a_smart_key_of_the_wrong_kind_names_the_variable_and_the_algorithm(
     )
     key_file = tmp_path / "rsa.pem"
     key_file.write_bytes(pem)
+    key_file.chmod(0o600)
     _smart_env(monkeypatch, key_file, algorithm="ES384")
     assert main(["worker"]) == 2
     captured = capsys.readouterr()

@@ -101,6 +101,7 @@ def test_an_unsupported_database_url_says_what_is_expected_without_the_url(url: 
 def test_a_database_url_from_its_file_is_named_by_the_file_variable(tmp_path: Path) -> None:
     secret = tmp_path / "database-url"
     secret.write_text(f"postgresql+psycopg2://app:{PASSWORD}@db/fa\n")
+    secret.chmod(0o600)
     message = _refused({f"{PREFIX}DATABASE_URL_FILE": str(secret)})
     assert message.startswith(f"{PREFIX}DATABASE_URL_FILE: unsupported database or driver")
     assert PASSWORD not in message

@@ -111,6 +111,7 @@ def test_smart_needs_client_id_and_key_file(tmp_path: Path) -> None:
         load_settings({**base, f"{PREFIX}SMART_CLIENT_ID": "sync"})
     key = tmp_path / "key.pem"
     key.write_text("not checked here: the client loads it")
+    key.chmod(0o600)  # a secret file must be its owner's alone
     settings = load_settings(
         {**base, f"{PREFIX}SMART_CLIENT_ID": "sync", f"{PREFIX}SMART_PRIVATE_KEY_FILE": str(key)}
     )
@@ -121,6 +122,7 @@ def test_secret_from_file_variant(tmp_path: Path) -> None:
     """FHIR_ALLIANCE_FHIR_TOKEN_FILE supplies the token from the file's first line."""
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token-value\n")
+    token_file.chmod(0o600)
     settings = load_settings(
         {
             f"{PREFIX}FHIR_AUTH": "bearer",
