@@ -37,8 +37,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from fhir_alliance.client import FhirClient, ServerCapabilities
+from fhir_alliance.client.links import is_loopback_host
 from fhir_alliance.errors import InputError, Issue, NotFoundError
 from fhir_alliance.terminology import CANONICAL_BASE
 from fhir_alliance_service.store.interface import Store
@@ -370,6 +372,14 @@ def subscription_id(endpoint: str, topic: str = CONSENT_TOPIC) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{CANONICAL_BASE}|subscription|{topic}|{endpoint}"))
 
 
+def _loopback(url: str) -> bool:
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return is_loopback_host(host or "")
+
+
 def register_subscription(
     client: FhirClient,
     endpoint: str,
@@ -384,6 +394,13 @@ def register_subscription(
     if not endpoint.startswith(("https://", "http://")):
         raise InputError(
             "invalid endpoint", issues=[Issue("endpoint", "expected an absolute http(s) URL")]
+        )
+    if header and endpoint.startswith("http://") and not _loopback(endpoint):
+        # The server would send the header (an API key of scope write) in clear text with every
+        # notification: the rule the FHIR client keeps for its own credentials.
+        raise InputError(
+            "a notification header (an API key) needs an https endpoint",
+            issues=[Issue("endpoint", "https required when the notifications carry a header")],
         )
     reason = subscription_support(client.capabilities())
     if reason is not None:
