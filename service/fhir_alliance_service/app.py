@@ -7,9 +7,10 @@ builds one per worker process from the environment, with JSON logs.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from flask import Flask, current_app
 
@@ -21,6 +22,9 @@ from fhir_alliance_service.errors import register_error_handlers
 from fhir_alliance_service.logs import configure_logging, register_request_logging
 from fhir_alliance_service.store.interface import Store
 
+if TYPE_CHECKING:
+    from fhir_alliance_service.sync.target import FhirServerLink
+
 __all__ = ["EXTENSION", "ServiceState", "create_app", "current_service", "wsgi_app"]
 
 EXTENSION: Final = "fhir_alliance"
@@ -28,12 +32,18 @@ EXTENSION: Final = "fhir_alliance"
 
 @dataclass(frozen=True, slots=True)
 class ServiceState:
-    """What every request handler needs: the settings and the store (one per app), and the
-    app's cache of looked-up API keys."""
+    """What every request handler needs: the settings and the store (one per app), the app's
+    cache of looked-up API keys, and its link to the FHIR server (one client per process)."""
 
     settings: Settings
     store: Store
     api_keys: ApiKeyCache = field(default_factory=lambda: ApiKeyCache(0))
+    fhir: FhirServerLink = field(init=False)
+
+    def __post_init__(self) -> None:
+        from fhir_alliance_service.sync.target import FhirServerLink  # the sync loads on use
+
+        object.__setattr__(self, "fhir", FhirServerLink(self.settings))
 
 
 def create_app(
@@ -54,9 +64,12 @@ def create_app(
     app = Flask("fhir_alliance_service", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = ServiceState(
+    state = ServiceState(
         settings=settings, store=store, api_keys=ApiKeyCache(settings.api_key_cache_seconds)
     )
+    app.extensions[EXTENSION] = state
+    # Flask has no shutdown hook: the FHIR clients close when the app goes or the process exits.
+    weakref.finalize(app, state.fhir.close)
     register_request_logging(app)  # first: refused requests get an id too
     register_auth(app)
     register_error_handlers(app)

@@ -2,8 +2,10 @@
 
 * ``GET /healthz`` — public; the process answers (no store access).
 * ``GET /readyz`` — public; the store answers a ping and, when ``fhir_base_url`` is set, the FHIR
-  server answers ``/metadata`` within a short timeout; else 503 with an OperationOutcome naming
-  which part is not ready (never why in detail: errors are logged by type only).
+  server answers ``/metadata`` within a short timeout (asked as the library client asks, without
+  credentials, at most once in ``READINESS_CACHE_SECONDS``: ``FhirServerLink.ready``); else 503
+  with an OperationOutcome naming which part is not ready (never why in detail: errors are logged
+  by type only).
 * ``GET /metrics`` — scope ``read``; Prometheus text format.
 * ``GET /openapi.json`` — scope ``read``: the document describes no data, but keeping it behind a
   key keeps the API surface of a clinic's deployment private by default, like everything else.
@@ -12,9 +14,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Final
 
-import requests
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -23,13 +23,12 @@ from fhir_alliance_service.app import current_service
 from fhir_alliance_service.auth import public, require_scope
 from fhir_alliance_service.errors import operation_outcome, outcome_response
 from fhir_alliance_service.metrics import render_metrics
+from fhir_alliance_service.sync.target import READINESS_TIMEOUT_SECONDS
 
 __all__ = ["READINESS_TIMEOUT_SECONDS", "bp"]
 
 bp = Blueprint("ops", __name__)
 log = logging.getLogger(__name__)
-#: How long ``/readyz`` waits for the FHIR server's CapabilityStatement.
-READINESS_TIMEOUT_SECONDS: Final = 3.0
 
 
 @bp.get("/healthz")
@@ -47,25 +46,6 @@ def healthz() -> Response:
               schema: StatusSchema
     """
     return jsonify(status="ok")
-
-
-def _fhir_server_ready(base_url: str) -> bool:
-    service = current_service()
-    try:
-        response = requests.get(
-            f"{base_url}/metadata",
-            headers={"Accept": "application/fhir+json"},
-            timeout=min(READINESS_TIMEOUT_SECONDS, service.settings.fhir_timeout_seconds),
-            verify=service.settings.fhir_ca_bundle or True,
-            allow_redirects=False,
-        )
-    except requests.RequestException as exc:
-        log.warning("FHIR server not reachable", extra={"error_type": type(exc).__name__})
-        return False
-    if response.status_code != 200:
-        log.warning("FHIR server not ready", extra={"upstream_status": response.status_code})
-        return False
-    return True
 
 
 @bp.get("/readyz")
@@ -95,7 +75,7 @@ def readyz() -> Response:
         log.warning("store not reachable", extra={"error_type": type(exc).__name__})
         checks["store"] = "unavailable"
     if service.settings.fhir_base_url:
-        ready = _fhir_server_ready(service.settings.fhir_base_url)
+        ready = service.fhir.ready()
         checks["fhir_server"] = "ok" if ready else "unavailable"
     failing = sorted(name for name, state in checks.items() if state != "ok")
     if failing:

@@ -102,24 +102,23 @@ def notifications() -> Any:
     from fhir_alliance.errors import TransientServerError, TransportError
     from fhir_alliance_service.sync.pull import PASS_ENDING, Puller
     from fhir_alliance_service.sync.subscriptions import handle_notification, parse_notification
-    from fhir_alliance_service.sync.target import client_from_settings
 
     service = _service()
     body = json_body()
     parse_notification(body)  # 422 naming the path before anything else
     if not service.settings.fhir_base_url:
         raise ApiError(409, "no FHIR server is configured: notifications are not taken")
-    with client_from_settings(service.settings) as client:
-        try:
-            result = handle_notification(
-                Puller(service.settings, service.store, client), service.store, body
-            )
-        except (TransportError, TransientServerError):
-            raise ApiError(503, "the FHIR server could not be reached") from None
-        except PASS_ENDING as exc:  # the type only: the server's text may carry patient data
-            raise ApiError(
-                502, f"the FHIR server's answer was refused ({type(exc).__name__})"
-            ) from None
+    client = service.fhir.client()  # one per process: its SMART token is reused until it expires
+    try:
+        result = handle_notification(
+            Puller(service.settings, service.store, client), service.store, body
+        )
+    except (TransportError, TransientServerError):
+        raise ApiError(503, "the FHIR server could not be reached") from None
+    except PASS_ENDING as exc:  # the type only: the server's text may carry patient data
+        raise ApiError(
+            502, f"the FHIR server's answer was refused ({type(exc).__name__})"
+        ) from None
     return jsonify(
         type=result.type,
         read=result.read,

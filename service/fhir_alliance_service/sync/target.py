@@ -1,12 +1,19 @@
 """The clinic's FHIR server as the worker sees it: a client built from the settings, and the FHIR
 version to map to (forced by ``fhir_version``, else the server's CapabilityStatement, remembered
-in the store's meta so that a restart while the server is down still knows it).
+in the store's meta so that a restart while the server is down still knows it). For the web
+process, :class:`FhirServerLink`: one client shared by its request handlers, and whether the
+server is ready.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Final
 
 from fhir_alliance.client import (
     BearerTokenAuth,
@@ -16,12 +23,15 @@ from fhir_alliance.client import (
     SmartBackendAuth,
 )
 from fhir_alliance.client.auth import Auth
-from fhir_alliance.errors import ServerError
+from fhir_alliance.errors import FhirAllianceError, ServerError
 from fhir_alliance.mapping.registry import FHIR_VERSIONS
 from fhir_alliance_service.config import ConfigError, Settings
 from fhir_alliance_service.store.interface import Store
 
 __all__ = [
+    "READINESS_CACHE_SECONDS",
+    "READINESS_TIMEOUT_SECONDS",
+    "FhirServerLink",
     "META_FHIR_BASE_URL",
     "META_FHIR_VERSION",
     "META_LAST_CONTACT",
@@ -35,6 +45,14 @@ __all__ = [
 META_FHIR_VERSION = "fhir_server.fhir_version"
 META_FHIR_BASE_URL = "fhir_server.base_url"
 META_LAST_CONTACT = "fhir_server.last_contact"
+
+log = logging.getLogger(__name__)
+
+#: How long a readiness check waits for the FHIR server's CapabilityStatement.
+READINESS_TIMEOUT_SECONDS: Final = 3.0
+#: How long a readiness answer is kept: ``/readyz`` is public, and a burst of probes must not turn
+#: into as many requests to the EHR.
+READINESS_CACHE_SECONDS: Final = 5.0
 
 #: The worker's own retries of one HTTP call stay short: longer waits belong to the outbox, which
 #: schedules the item again (``mark_failed``) instead of holding a batch in hand.
@@ -121,3 +139,81 @@ def target_fhir_version(settings: Settings, store: Store, client: FhirClient) ->
     if store.get_meta(META_FHIR_BASE_URL) != client.base.url:
         store.set_meta(META_FHIR_BASE_URL, client.base.url)
     return version
+
+
+class FhirServerLink:
+    """The FHIR server as one web process uses it. :meth:`client`: one :class:`FhirClient` shared by
+    every request handler and thread (it is thread-safe), built on first use under a lock, so its
+    SMART token, the server's discovery document and CapabilityStatement are fetched once and
+    reused rather than once per request. :meth:`ready`: whether the server answers ``/metadata``,
+    asked by a client of its own that sends no credentials, one question at a time, the answer
+    kept for ``keep_for`` seconds. :meth:`close` ends both (the app closes it when it goes)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        keep_for: float = READINESS_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._keep_for = keep_for
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._readiness_lock = threading.Lock()
+        self._client: FhirClient | None = None
+        self._probe: FhirClient | None = None
+        self._answer: tuple[float, bool] | None = None  # (kept until, ready)
+
+    def client(self) -> FhirClient:
+        """The shared client (:func:`client_from_settings`); ConfigError as that raises it."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = client_from_settings(self._settings)
+                client = self._client
+        return client
+
+    def ready(self) -> bool:
+        """Whether the server answered ``/metadata`` with a CapabilityStatement within
+        :data:`READINESS_TIMEOUT_SECONDS`; callers at once wait for one answer and share it."""
+        with self._readiness_lock:
+            if self._answer is not None and self._clock() < self._answer[0]:
+                return self._answer[1]
+            ready = self._ask()
+            self._answer = (self._clock() + self._keep_for, ready)
+            return ready
+
+    def _ask(self) -> bool:
+        seconds = min(READINESS_TIMEOUT_SECONDS, self._settings.fhir_timeout_seconds)
+        try:
+            if self._probe is None:
+                self._probe = FhirClient(
+                    self._settings.fhir_base_url or "",
+                    auth=NoAuth(),
+                    timeout=(seconds, seconds),
+                    deadline=seconds,
+                    retry=RetryPolicy(max_attempts=1),
+                    connect_retries=0,
+                    ca_bundle=self._settings.fhir_ca_bundle,
+                )
+            self._probe.capabilities(refresh=True)
+        except FhirAllianceError as exc:  # by type and status only: never the server's text
+            log.warning(
+                "FHIR server not ready",
+                extra={
+                    "error_type": type(exc).__name__,
+                    "upstream_status": getattr(exc, "status", None),
+                },
+            )
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the clients built so far; a later call builds new ones."""
+        with self._lock, self._readiness_lock:
+            clients = [c for c in (self._client, self._probe) if c is not None]
+            self._client = self._probe = None
+        for client in clients:
+            client.close()

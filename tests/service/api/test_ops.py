@@ -15,6 +15,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from pytest_httpserver import HTTPServer
 
+from tests.service.conftest import answer_metadata
+
 SRS = {
     "kind": "instrument-administration",
     "id": "https://clinic.example.org/alliance-records|srs-ops-1",
@@ -103,6 +105,55 @@ def test_readyz_503_when_fhir_server_errors(sqlite_url: str, httpserver: HTTPSer
     finally:
         app.extensions["fhir_alliance"].store.close()
     assert response.status_code == 503
+
+
+@pytest.mark.parametrize("setting", ["netrc", "proxy"])
+def test_readyz_takes_no_credentials_or_proxy_from_the_environment(
+    sqlite_url: str,
+    httpserver: HTTPServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+) -> None:
+    """/readyz reaches the FHIR server as the library client does: a .netrc entry for the host is
+    not sent along (``Authorization: Basic``) and proxy variables are not followed (the proxy
+    named here does not listen)."""
+    answer_metadata(httpserver)
+    if setting == "netrc":
+        netrc = tmp_path / "netrc"
+        netrc.write_text(f"machine {httpserver.host} login clinic password netrc-s3cret\n")
+        netrc.chmod(0o600)
+        monkeypatch.setenv("NETRC", str(netrc))
+    else:
+        nowhere = f"http://127.0.0.1:{_unused_port()}"
+        for variable in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(variable, nowhere)
+        for variable in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(variable, raising=False)
+    app = create_app({"database_url": sqlite_url, "fhir_base_url": httpserver.url_for("/fhir")})
+    try:
+        response = app.test_client().get("/readyz")
+    finally:
+        app.extensions["fhir_alliance"].store.close()
+    assert response.status_code == 200, response.json
+    sent = [request.headers.get("Authorization") for request, _ in httpserver.log]
+    assert sent == [None]
+
+
+def test_readyz_asks_the_fhir_server_once_in_a_few_seconds(
+    sqlite_url: str, httpserver: HTTPServer
+) -> None:
+    """/readyz is public: a burst of probes makes one request to the FHIR server, not one each
+    (the answer is kept for READINESS_CACHE_SECONDS), and says the same each time."""
+    answer_metadata(httpserver)
+    app = create_app({"database_url": sqlite_url, "fhir_base_url": httpserver.url_for("/fhir")})
+    try:
+        client = app.test_client()
+        statuses = [client.get("/readyz").status_code for _ in range(5)]
+    finally:
+        app.extensions["fhir_alliance"].store.close()
+    assert statuses == [200] * 5
+    assert len(httpserver.log) == 1
 
 
 def test_metrics_queue_depth_is_read_from_the_store(

@@ -3,7 +3,11 @@ version to map to (forced, read from the CapabilityStatement, or remembered in t
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -12,13 +16,16 @@ from fhir_alliance_service.config import ConfigError, Settings
 from fhir_alliance_service.store import SqlStore
 from fhir_alliance_service.sync.target import (
     META_FHIR_VERSION,
+    FhirServerLink,
     client_from_settings,
     target_fhir_version,
 )
 from pytest_httpserver import HTTPServer
 
 from fhir_alliance.client import BearerTokenAuth, FhirClient, NoAuth, SmartBackendAuth
-from fhir_alliance.errors import ServerError
+from fhir_alliance.errors import NotFoundError, ServerError
+from tests.client.test_smart_auth import CLIENT_ID, make_endpoint
+from tests.service.conftest import answer_metadata
 from tests.service.sync.conftest import QUICK_RETRY
 
 BASE = "https://ehr.example.org/fhir"
@@ -111,3 +118,80 @@ def test_unknown_version_and_server_down_raises(
     base = httpserver.url_for("/fhir")
     with FhirClient(base, retry=QUICK_RETRY) as client, pytest.raises(ServerError):
         target_fhir_version(Settings(fhir_base_url=base), sync_store, client)
+
+
+THREADS = 8  # more than gunicorn's gthread default of web_threads (4)
+T = TypeVar("T")
+
+
+def _at_once(call: Callable[[], T], count: int = THREADS) -> list[T]:
+    """``call()`` from ``count`` threads released together; their results."""
+    start = threading.Barrier(count)
+
+    def run() -> T:
+        start.wait()
+        return call()
+
+    with ThreadPoolExecutor(count) as pool:
+        return [f.result() for f in [pool.submit(run) for _ in range(count)]]
+
+
+def test_one_link_shares_one_client_and_one_smart_token_across_threads(
+    httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    """Request threads of one web process build one client between them and read with one SMART
+    token (the EHR's token endpoint is asked once); closing the link closes that client."""
+    endpoint, key = make_endpoint(httpserver, "RS384")
+    httpserver.expect_request("/fhir/Consent/c-1").respond_with_data("{}", status=404)
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    link = FhirServerLink(
+        Settings(
+            fhir_base_url=httpserver.url_for("/fhir"),
+            fhir_auth="smart",
+            smart_client_id=CLIENT_ID,
+            smart_private_key_file=str(pem),
+            smart_key_id=endpoint.kid,
+        )
+    )
+
+    def read() -> FhirClient:
+        client = link.client()
+        with pytest.raises(NotFoundError):
+            client.read("Consent", "c-1")
+        return client
+
+    clients = _at_once(read)
+    assert len({id(c) for c in clients}) == 1
+    assert endpoint.refusals == []
+    assert len(endpoint.issued) == 1
+    link.close()
+    assert link.client() is not clients[0]  # a closed link builds a new client when asked again
+    link.close()
+
+
+def test_readiness_is_asked_once_for_threads_at_once_and_again_once_stale(
+    httpserver: HTTPServer,
+) -> None:
+    """Probes arriving together share one request to the server; after ``keep_for`` seconds the
+    next probe asks again."""
+    answer_metadata(httpserver)
+    now = [100.0]
+    link = FhirServerLink(
+        Settings(fhir_base_url=httpserver.url_for("/fhir")), keep_for=5.0, clock=lambda: now[0]
+    )
+    try:
+        assert _at_once(link.ready) == [True] * THREADS
+        assert len(httpserver.log) == 1
+        now[0] += 4.9
+        assert link.ready() and len(httpserver.log) == 1
+        now[0] += 0.2
+        assert link.ready() and len(httpserver.log) == 2
+    finally:
+        link.close()
