@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 from pathlib import Path
@@ -229,6 +230,26 @@ def test_app_factory_keeps_apps_apart(app: Flask, sqlite_url: str) -> None:
         assert store is not app.extensions["fhir_alliance"].store
     finally:
         other.extensions["fhir_alliance"].store.close()
+
+
+def test_an_apps_fhir_client_is_closed_when_the_app_goes(
+    sqlite_url: str, httpserver: HTTPServer
+) -> None:
+    """The FHIR client an app's request handlers share is closed with the app (Flask has no
+    shutdown hook): its pooled connections to the server are let go."""
+    answer_metadata(httpserver)
+    app = create_app({"database_url": sqlite_url, "fhir_base_url": httpserver.url_for("/fhir")})
+    state = app.extensions["fhir_alliance"]
+    client = state.fhir.client()
+    client.capabilities()
+    pools = client.session.get_adapter(httpserver.url_for("/")).poolmanager.pools
+    assert len(pools) == 1
+    del app
+    gc.collect()
+    try:
+        assert len(pools) == 0
+    finally:
+        state.store.close()
 
 
 def test_app_serves_from_each_backend(database_url: str) -> None:
