@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fhir_alliance_service.config import ConfigError, load_settings
 
 from fhir_alliance.cli import main
+from tests.service.conftest import private_key_file
 
 SECRET_TOKEN = "ehr-bearer-s3cret-7f2c"
 EHR = "https://ehr.clinic.example/fhir"
@@ -19,15 +19,7 @@ EHR = "https://ehr.clinic.example/fhir"
 
 def _private_key_file(path: Path, mode: int) -> Path:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(mode)
-    return path
+    return private_key_file(key, path, mode)
 
 
 def _smart_environ(key_file: Path) -> dict[str, str]:

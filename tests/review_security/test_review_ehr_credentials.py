@@ -12,28 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from fhir_alliance_service.auth import create_api_key
 from flask import Flask
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from tests.client.test_smart_auth import CLIENT_ID, make_endpoint
-from tests.service.conftest import answer_metadata
+from tests.service.conftest import answer_metadata, private_key_file
 
 NOTIFICATIONS = "/v1/fhir/notifications"
-
-
-def _pem(key: Any, path: Path) -> str:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-    return str(path)
 
 
 def _heartbeat() -> dict[str, Any]:
@@ -87,7 +74,7 @@ def test_notifications_reuse_one_smart_token_until_it_expires(
         smart_client_id=CLIENT_ID,
         smart_key_id=endpoint.kid,
         smart_algorithm="RS384",
-        smart_private_key_file=_pem(key, tmp_path / "smart-key.pem"),
+        smart_private_key_file=str(private_key_file(key, tmp_path / "smart-key.pem")),
     )
     api_key = create_api_key(app.extensions["fhir_alliance"].store, "ehr notifications", ["write"])
     client = app.test_client()

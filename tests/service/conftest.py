@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from cryptography.hazmat.primitives import serialization
 from fhir_alliance_service.app import create_app
 from fhir_alliance_service.store import SqlStore, open_store, upgrade
 from flask import Flask
@@ -169,6 +170,20 @@ def make_app(sqlite_url: str) -> Iterator[Callable[..., Flask]]:
 def app(make_app: Callable[..., Flask]) -> Flask:
     """The service's Flask app on a fresh migrated SQLite database."""
     return make_app()
+
+
+def private_key_file(key: Any, path: Path, mode: int = 0o600) -> Path:
+    """``key`` written to ``path`` as an unencrypted PKCS#8 PEM file with ``mode`` (by default only
+    its owner may read it, as the settings require of a secret file)."""
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(mode)
+    return path
 
 
 def answer_metadata(server: HTTPServer, version: str = "4.0.1") -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fhir_alliance_service.config import ConfigError, Settings
 from fhir_alliance_service.store import SqlStore
@@ -25,7 +24,7 @@ from pytest_httpserver import HTTPServer
 from fhir_alliance.client import BearerTokenAuth, FhirClient, NoAuth, SmartBackendAuth
 from fhir_alliance.errors import NotFoundError, ServerError
 from tests.client.test_smart_auth import CLIENT_ID, make_endpoint
-from tests.service.conftest import answer_metadata
+from tests.service.conftest import answer_metadata, private_key_file
 from tests.service.sync.conftest import QUICK_RETRY
 
 BASE = "https://ehr.example.org/fhir"
@@ -47,17 +46,9 @@ def test_auth_none_and_bearer() -> None:
         client_from_settings(Settings(fhir_base_url=BASE, fhir_auth="bearer"))
 
 
-def test_smart_backend_services_from_a_key_file(tmp_path: Path) -> None:
+def test_smart_backend_services_from_aprivate_key_file(tmp_path: Path) -> None:
     """fhir_auth smart loads the private key file and asks for audit scopes when pushing audit."""
-    key = ec.generate_private_key(ec.SECP384R1())
-    pem = tmp_path / "key.pem"
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    pem = private_key_file(ec.generate_private_key(ec.SECP384R1()), tmp_path / "key.pem")
     settings = Settings(
         fhir_base_url=BASE,
         fhir_auth="smart",
@@ -143,14 +134,7 @@ def test_one_link_shares_one_client_and_one_smart_token_across_threads(
     token (the EHR's token endpoint is asked once); closing the link closes that client."""
     endpoint, key = make_endpoint(httpserver, "RS384")
     httpserver.expect_request("/fhir/Consent/c-1").respond_with_data("{}", status=404)
-    pem = tmp_path / "key.pem"
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    pem = private_key_file(key, tmp_path / "key.pem")
     link = FhirServerLink(
         Settings(
             fhir_base_url=httpserver.url_for("/fhir"),
