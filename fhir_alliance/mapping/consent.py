@@ -78,6 +78,7 @@ from fhir_alliance.terminology import (
     V3_ACT_CODE,
     V3_ACT_REASON,
     V3_LABEL_SYSTEM_ALIASES,
+    V3_PARTICIPATION_TYPE,
 )
 
 __all__ = [
@@ -718,8 +719,35 @@ def _concept(value: Any, path: _Path) -> list[Coding]:
     return [_coding(c, _Path(f"{path}.coding[{i}]")) for i, c in enumerate(codings)]
 
 
-def _first_coding(value: Any, path: _Path) -> Coding:
-    return _concept(value, path)[0]
+def _coded_as(
+    value: Any,
+    path: _Path,
+    what: str,
+    system: str | None = None,
+    aliases: Mapping[str, str] | None = None,
+) -> Coding:
+    """The one code a CodeableConcept is read as. A single coding is taken as given; among several
+    (one concept coded several ways, e.g. another EHR's own code beside the standard one) the coding
+    of ``system`` (after ``aliases``) is read. Several codings and none of ``system``, or two
+    different codes of it, raise at ``coding``: taking the first would guess, and a deny whose actor
+    or rule was guessed wrong would not deny."""
+    codings = [canonical_coding(c, aliases or {}) for c in _concept(value, path)]
+    if len(codings) == 1:
+        return codings[0]
+    found = {(c.system, c.code): c for c in codings if system is not None and c.system == system}
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if found:
+        raise _fail(f"two different {what} codes", path / "coding")
+    if system is None:
+        raise _fail(f"{what}: expected one coding", path / "coding")
+    raise _fail(f"{what} coded several ways, none of them in {system}", path / "coding")
+
+
+def _policy_code(value: Any, path: _Path) -> Coding:
+    """A coded policy (R4 ``policyRule``, R5 ``regulatoryBasis``, a Permission's basis): its
+    v3-ActCode coding among several, where an OPTIN/OPTOUT rule implies the base decision."""
+    return _coded_as(value, path, "policy", V3_ACT_CODE, V3_LABEL_SYSTEM_ALIASES)
 
 
 def _checked(
@@ -872,6 +900,9 @@ def _categories(
                     raise _fail("two different consent kinds", coding_path / "code")
                 kind = found
             elif coding.system == CONSENT_SCOPE:
+                # Two scopes would let the last decide whether a restriction is about privacy.
+                if scope is not None and scope != coding.code:
+                    raise _fail("two different consent scopes", coding_path / "code")
                 scope = coding.code
             else:
                 if coding.system == LOINC and not _luhn_ok(coding.code):
@@ -911,7 +942,7 @@ def _intervention(resource: Mapping[str, Any], path: _Path) -> Coding | None:
     found = _ext_values(resource, EXT_CONSENT_INTERVENTION, "valueCodeableConcept", path)
     if len(found) > 1:
         raise _fail("more than one intervention", found[1][0])
-    return _first_coding(found[0][1], found[0][0]) if found else None
+    return _coded_as(found[0][1], found[0][0], "intervention") if found else None
 
 
 def _single_ref_ext(resource: Mapping[str, Any], url: str, path: _Path) -> Ref | None:
@@ -949,7 +980,9 @@ def _conditions(obj: Mapping[str, Any], path: _Path, *, r5: bool) -> dict[str, A
             raise _fail("an actor needs a reference", actor_path / "reference")
         actors.append(
             ProvisionActor(
-                role=_first_coding(actor["role"], actor_path / "role"),
+                role=_coded_as(
+                    actor["role"], actor_path / "role", "actor role", V3_PARTICIPATION_TYPE
+                ),
                 reference=_ref(actor["reference"], actor_path / "reference"),
             )
         )
@@ -1058,7 +1091,7 @@ def _policies_r4(resource: Mapping[str, Any], path: _Path) -> list[PolicyBasis]:
             raise _fail("a policy needs a uri or an authority", policy_path)
         bases.append(PolicyBasis(uri=uri, authority=authority))
     if resource.get("policyRule") is not None:
-        bases.append(PolicyBasis(code=_first_coding(resource["policyRule"], path / "policyRule")))
+        bases.append(PolicyBasis(code=_policy_code(resource["policyRule"], path / "policyRule")))
     return bases
 
 
@@ -1072,11 +1105,16 @@ def _verifications(resource: Mapping[str, Any], path: _Path, *, r5: bool) -> lis
         witness = _single_ref_ext(item, EXT_CONSENT_WITNESS, v_path)
         if r5:
             method_code = None
-            if item.get("verificationType") is not None:
-                for c in _concept(item["verificationType"], v_path / "verificationType"):
-                    if c.system == CS_CONSENT_VERIFICATION_METHODS:
-                        method_code = c.code
             method_path = v_path / "verificationType"
+            if item.get("verificationType") is not None:
+                codes = {
+                    c.code
+                    for c in _concept(item["verificationType"], method_path)
+                    if c.system == CS_CONSENT_VERIFICATION_METHODS
+                }
+                if len(codes) > 1:
+                    raise _fail("two different verification methods", method_path / "coding")
+                method_code = codes.pop() if codes else None
             if item.get("verifiedBy") is not None:
                 if witness is not None:
                     raise _fail("two witnesses", v_path / "verifiedBy")
@@ -1121,6 +1159,8 @@ def _from_r4(resource: Mapping[str, Any]) -> ConsentRecord:
         if len(scope_codes) != 1:
             raise _fail("expected one consentscope code", path / "scope")
         scope = scope_codes.pop()
+        if scope_in_category not in (None, scope):
+            raise _fail("scope disagrees with the consentscope category", path / "scope")
     if resource.get("provision") is None:
         raise _fail("a consent needs a root provision", path / "provision")
     root_path = path / "provision"
@@ -1263,7 +1303,7 @@ def _from_r5(resource: Mapping[str, Any]) -> ConsentRecord:
         regulatory = [regulatory]
     for i, concept in enumerate(_list(regulatory, path / "regulatoryBasis")):
         policies.append(
-            PolicyBasis(code=_first_coding(concept, _Path(f"{path}.regulatoryBasis[{i}]")))
+            PolicyBasis(code=_policy_code(concept, _Path(f"{path}.regulatoryBasis[{i}]")))
         )
     return ConsentRecord(
         id=_record_id(resource, path),
@@ -1599,7 +1639,7 @@ def from_permission(resource: Mapping[str, Any]) -> ConsentRecord:
     actions = _list(activity.get("action"), act_path / "action")
     if len(actions) != 1:
         raise _fail("expected the intervention as the one action", act_path / "action")
-    intervention = _first_coding(actions[0], _Path(f"{act_path}.action[0]"))
+    intervention = _coded_as(actions[0], _Path(f"{act_path}.action[0]"), "intervention")
     purposes = tuple(
         _checked(c, _PURPOSES, "purpose of use", _Path(f"{act_path}.purpose[{i}].coding[{j}]"))
         for i, concept in enumerate(_list(activity.get("purpose"), act_path / "purpose"))
@@ -1626,7 +1666,7 @@ def from_permission(resource: Mapping[str, Any]) -> ConsentRecord:
     if record_id is None:
         raise _fail("the Consent this Permission implements is not named", just_path / "evidence")
     bases = tuple(
-        PolicyBasis(code=_first_coding(c, _Path(f"{just_path}.basis[{i}]")))
+        PolicyBasis(code=_policy_code(c, _Path(f"{just_path}.basis[{i}]")))
         for i, c in enumerate(_list(justification.get("basis"), just_path / "basis"))
     )
     dates = _list(resource.get("date"), path / "date")

@@ -29,12 +29,17 @@ from fhir_alliance.model.consent import (
 )
 from fhir_alliance.schemas.consent import load_consent
 from fhir_alliance.terminology import (
+    CONSENT_SCOPE,
     CS_CONSENT_KINDS,
+    CS_CONSENT_VERIFICATION_METHODS,
+    EXT_CONSENT_INTERVENTION,
     EXT_CONSENT_PROVISION_TYPE,
     EXT_CONSENT_ROOT_PROVISION,
     EXT_CONSENT_STATE,
     EXT_CONSENT_STATUS_CHANGE,
+    V3_ACT_CODE,
     V3_ACT_REASON,
+    V3_PARTICIPATION_TYPE,
 )
 from tests.mapping.consent_strategies import consent_records
 
@@ -402,6 +407,111 @@ MISFITS: list[tuple[str, str, Any, str]] = [
         "Consent.grantor[1]",
     ),
 ]
+
+
+_LOCAL = "https://other-ehr.example/fhir/CodeSystem/local"
+# Several codings of one concept, or parts of backbone elements, that cannot be read faithfully:
+# a guessed coding or an ignored modifier/element could widen what a consent allows.
+MISFITS += [
+    (
+        "leap-r4-optin-deny-code.json",
+        "provision.provision.0.actor.0.role",
+        {"coding": [{"system": _LOCAL, "code": "a"}, {"system": _LOCAL, "code": "b"}]},
+        "Consent.provision.provision[0].actor[0].role.coding",
+    ),
+    (
+        "leap-r4-optin-deny-code.json",
+        "provision.provision.0.actor.0.role",
+        {
+            "coding": [
+                {"system": V3_PARTICIPATION_TYPE, "code": "IRCP"},
+                {"system": V3_PARTICIPATION_TYPE, "code": "PRCP"},
+            ]
+        },
+        "Consent.provision.provision[0].actor[0].role.coding",
+    ),
+    (
+        "leap-r4-optin-deny-code.json",
+        "policyRule",
+        {"coding": [{"system": _LOCAL, "code": "a"}, {"system": _LOCAL, "code": "b"}]},
+        "Consent.policyRule.coding",
+    ),
+    (
+        "leap-r4-optin-deny-code.json",
+        "extension",
+        [
+            {
+                "url": EXT_CONSENT_INTERVENTION,
+                "valueCodeableConcept": {
+                    "coding": [{"system": _LOCAL, "code": "a"}, {"system": _LOCAL, "code": "b"}]
+                },
+            }
+        ],
+        "Consent.extension[0].valueCodeableConcept.coding",
+    ),
+    (
+        "leap-r4-optin-deny-code.json",
+        "category.0.coding.0.code",
+        "treatment",
+        "Consent.scope",
+    ),
+    (
+        "leap-r5-deny-practitioner.json",
+        "regulatoryBasis",
+        {"coding": [{"system": _LOCAL, "code": "a"}, {"system": _LOCAL, "code": "b"}]},
+        "Consent.regulatoryBasis[0].coding",
+    ),
+    (
+        "leap-r5-deny-practitioner.json",
+        "category.1",
+        {"coding": [{"system": CONSENT_SCOPE, "code": "treatment"}]},
+        "Consent.category[1].coding[0].code",
+    ),
+    (
+        "leap-r5-deny-practitioner.json",
+        "verification",
+        [
+            {
+                "verified": True,
+                "verificationType": {
+                    "coding": [
+                        {"system": CS_CONSENT_VERIFICATION_METHODS, "code": "written"},
+                        {"system": CS_CONSENT_VERIFICATION_METHODS, "code": "verbal"},
+                    ]
+                },
+                "verificationDate": ["2020-01-01"],
+            }
+        ],
+        "Consent.verification[0].verificationType.coding",
+    ),
+]
+
+
+def test_actor_role_is_read_from_its_participation_type_coding() -> None:
+    """An actor role coded the other EHR's way first reads as its v3-ParticipationType code."""
+    resource = _foreign("leap-r4-optin-deny-code.json")
+    role = resource["provision"]["provision"][0]["actor"][0]["role"]
+    role["coding"].insert(0, {"system": _LOCAL, "code": "recipient"})
+    actor = from_consent(resource).provision.provisions[0].actors[0]
+    assert actor.role == Coding(V3_PARTICIPATION_TYPE, "IRCP")
+
+
+def test_optout_policy_rule_by_its_oid_beside_a_local_coding_disagrees_with_a_permit() -> None:
+    """The v3-ActCode coding of a policy rule is found among several, by its OID too: an OPTOUT
+    rule under a permit root is refused, not read as a permit."""
+    resource = _foreign("leap-r4-optin-deny-code.json")
+    resource["provision"]["type"] = "permit"
+    resource["policyRule"] = {
+        "coding": [
+            {"system": _LOCAL, "code": "state-act"},
+            {"system": "urn:oid:2.16.840.1.113883.5.4", "code": "OPTOUT"},
+        ]
+    }
+    with pytest.raises(MappingError) as err:
+        from_consent(resource)
+    assert err.value.element == "Consent.policyRule"
+    resource["policyRule"]["coding"][1]["code"] = "OPTIN"
+    assert from_consent(resource).policy_basis[-1].code == Coding(V3_ACT_CODE, "OPTIN")
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,34 @@ def test_misfit_permissions_name_the_element(key: str, value: Any, element: str)
     resource.pop("extension")  # a foreign Permission has no state extension of ours
     from_permission(copy.deepcopy(resource))
     resource[key] = value
+    with pytest.raises(MappingError) as err:
+        from_permission(resource)
+    assert err.value.element == element
+
+
+_LOCAL = "https://other-ehr.example/fhir/CodeSystem/local"
+NESTED_MISFITS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    (
+        "intervention-codings",
+        lambda r: r["rule"][0]["activity"][0]["action"][0]["coding"].append(
+            {"system": _LOCAL, "code": "other"}
+        ),
+        "Permission.rule[0].activity[0].action[0].coding",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "element"), [m[1:] for m in NESTED_MISFITS], ids=[m[0] for m in NESTED_MISFITS]
+)
+def test_misfits_inside_a_permission_name_the_element(
+    change: Callable[[dict[str, Any]], None], element: str
+) -> None:
+    """An intervention coded two ways is refused, naming the element."""
+    resource = to_permission(_example("treatment-accepted"))
+    resource.pop("extension")
+    from_permission(copy.deepcopy(resource))
+    change(resource)
     with pytest.raises(MappingError) as err:
         from_permission(resource)
     assert err.value.element == element
