@@ -160,7 +160,6 @@ _COMMON: Final = frozenset(
         "resourceType",
         "id",
         "meta",
-        "implicitRules",
         "language",
         "text",
         "contained",
@@ -655,6 +654,32 @@ def _no_foreign_modifiers(obj: Mapping[str, Any], path: _Path) -> list[Mapping[s
     return found
 
 
+#: Elements every backbone element may carry (a modifier extension is then refused, see _backbone).
+_BACKBONE: Final = frozenset({"id", "extension", "modifierExtension"})
+
+
+def _backbone(value: Any, path: _Path, elements: frozenset[str]) -> Mapping[str, Any]:
+    """A backbone element (actor, data, verification, policy, a Permission's parts) with only
+    ``elements`` besides id and extensions, and no modifier extension: an unknown element or
+    modifier may narrow or invert what it says, and reading it without would widen a consent."""
+    obj = _obj(value, path)
+    _known_keys(obj, _BACKBONE | elements, path)
+    if _no_foreign_modifiers(obj, path):
+        raise _fail(
+            "a provision modifier extension outside a provision", path / "modifierExtension"
+        )
+    return obj
+
+
+def _no_implicit_rules(resource: Mapping[str, Any], path: _Path) -> None:
+    """``implicitRules`` is a modifier element: rules we do not know change what the resource
+    means, so it is not read at all."""
+    if resource.get("implicitRules") is not None:
+        raise _fail(
+            "implicit rules cannot be applied; the resource is not read", path / "implicitRules"
+        )
+
+
 _DATE_RE: Final = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 
 
@@ -973,7 +998,7 @@ def _conditions(obj: Mapping[str, Any], path: _Path, *, r5: bool) -> dict[str, A
     actors = []
     for i, actor in enumerate(_list(obj.get("actor"), path / "actor")):
         actor_path = _Path(f"{path}.actor[{i}]")
-        actor = _obj(actor, actor_path)
+        actor = _backbone(actor, actor_path, frozenset({"role", "reference"}))
         if actor.get("role") is None:
             raise _fail("an actor needs a role", actor_path / "role")
         if actor.get("reference") is None:
@@ -1028,7 +1053,7 @@ def _conditions(obj: Mapping[str, Any], path: _Path, *, r5: bool) -> dict[str, A
     data = []
     for i, item in enumerate(_list(obj.get("data"), path / "data")):
         item_path = _Path(f"{path}.data[{i}]")
-        item = _obj(item, item_path)
+        item = _backbone(item, item_path, frozenset({"meaning", "reference"}))
         if item.get("reference") is None:
             raise _fail("data needs a reference", item_path / "reference")
         data.append(
@@ -1084,7 +1109,7 @@ def _policies_r4(resource: Mapping[str, Any], path: _Path) -> list[PolicyBasis]:
     bases = []
     for i, policy in enumerate(_list(resource.get("policy"), path / "policy")):
         policy_path = _Path(f"{path}.policy[{i}]")
-        policy = _obj(policy, policy_path)
+        policy = _backbone(policy, policy_path, frozenset({"authority", "uri"}))
         uri = _opt_str(policy.get("uri"), policy_path / "uri")
         authority = _opt_str(policy.get("authority"), policy_path / "authority")
         if uri is None and authority is None:
@@ -1095,11 +1120,15 @@ def _policies_r4(resource: Mapping[str, Any], path: _Path) -> list[PolicyBasis]:
     return bases
 
 
+_VERIFICATION_R4: Final = frozenset({"verified", "verifiedWith", "verificationDate"})
+_VERIFICATION_R5: Final = _VERIFICATION_R4 | {"verificationType", "verifiedBy"}
+
+
 def _verifications(resource: Mapping[str, Any], path: _Path, *, r5: bool) -> list[Verification]:
     out = []
     for i, item in enumerate(_list(resource.get("verification"), path / "verification")):
         v_path = _Path(f"{path}.verification[{i}]")
-        item = _obj(item, v_path)
+        item = _backbone(item, v_path, _VERIFICATION_R5 if r5 else _VERIFICATION_R4)
         if item.get("verified") is not True:
             raise _fail("only a verification that succeeded can be read", v_path / "verified")
         witness = _single_ref_ext(item, EXT_CONSENT_WITNESS, v_path)
@@ -1147,6 +1176,7 @@ def _verifications(resource: Mapping[str, Any], path: _Path, *, r5: bool) -> lis
 
 def _from_r4(resource: Mapping[str, Any]) -> ConsentRecord:
     path = _Path("Consent")
+    _no_implicit_rules(resource, path)
     _known_keys(resource, _COMMON | _R4_ONLY, path)
     if _no_foreign_modifiers(resource, path):
         raise _fail("a provision modifier extension on the consent", path / "modifierExtension")
@@ -1260,6 +1290,7 @@ def _provision_from_r5(
 
 def _from_r5(resource: Mapping[str, Any]) -> ConsentRecord:
     path = _Path("Consent")
+    _no_implicit_rules(resource, path)
     _known_keys(resource, _COMMON | _R5_ONLY, path)
     if _no_foreign_modifiers(resource, path):
         raise _fail("a provision modifier extension on the consent", path / "modifierExtension")
@@ -1289,11 +1320,10 @@ def _from_r5(resource: Mapping[str, Any]) -> ConsentRecord:
     policies: list[PolicyBasis] = []
     if resource.get("policyBasis") is not None:
         basis_path = path / "policyBasis"
-        basis = _obj(resource["policyBasis"], basis_path)
+        basis = _backbone(resource["policyBasis"], basis_path, frozenset({"reference", "url"}))
         if basis.get("reference") is not None:
             raise _fail("a policy basis by reference is not supported", basis_path / "reference")
         authorities = _ext_values(basis, EXT_CONSENT_POLICY_AUTHORITY, "valueUri", basis_path)
-        _known_keys(basis, frozenset({"id", "extension", "reference", "url"}), basis_path)
         uri = _opt_str(basis.get("url"), basis_path / "url")
         authority = _str(authorities[0][1], authorities[0][0]) if authorities else None
         if uri is not None or authority is not None:
@@ -1508,7 +1538,6 @@ _PERMISSION_KEYS: Final = frozenset(
         "resourceType",
         "id",
         "meta",
-        "implicitRules",
         "language",
         "text",
         "contained",
@@ -1616,6 +1645,7 @@ def from_permission(resource: Mapping[str, Any]) -> ConsentRecord:
     path = _Path("Permission")
     if not isinstance(resource, Mapping) or resource.get("resourceType") != "Permission":
         raise _fail("expected a Permission", "resourceType")
+    _no_implicit_rules(resource, path)
     _known_keys(resource, _PERMISSION_KEYS, path)
     if resource.get("modifierExtension") is not None:
         raise _fail("unknown modifier extension", path / "modifierExtension")
@@ -1627,15 +1657,14 @@ def from_permission(resource: Mapping[str, Any]) -> ConsentRecord:
     if len(rules) != 1:
         raise _fail("expected exactly one rule", path / "rule")
     rule_path = _Path(f"{path}.rule[0]")
-    rule = _obj(rules[0], rule_path)
-    _known_keys(rule, frozenset({"id", "extension", "type", "data", "activity"}), rule_path)
+    rule = _backbone(rules[0], rule_path, frozenset({"type", "data", "activity"}))
     decision = _enum(Decision, rule.get("type"), rule_path / "type")
     patient = _permission_patient(rule, rule_path)
     activities = _list(rule.get("activity"), rule_path / "activity")
     if len(activities) != 1:
         raise _fail("expected exactly one activity", rule_path / "activity")
     act_path = _Path(f"{rule_path}.activity[0]")
-    activity = _obj(activities[0], act_path)
+    activity = _backbone(activities[0], act_path, frozenset({"actor", "action", "purpose"}))
     actions = _list(activity.get("action"), act_path / "action")
     if len(actions) != 1:
         raise _fail("expected the intervention as the one action", act_path / "action")
@@ -1650,7 +1679,9 @@ def from_permission(resource: Mapping[str, Any]) -> ConsentRecord:
         for i, a in enumerate(_list(activity.get("actor"), act_path / "actor"))
     )
     just_path = path / "justification"
-    justification = _obj(resource.get("justification") or {}, just_path)
+    justification = _backbone(
+        resource.get("justification") or {}, just_path, frozenset({"basis", "evidence"})
+    )
     record_id: Identifier | None = None
     source: Ref | None = None
     for i, item in enumerate(_list(justification.get("evidence"), just_path / "evidence")):
@@ -1712,14 +1743,14 @@ def _permission_patient(rule: Mapping[str, Any], path: _Path) -> Ref:
     data = _list(rule.get("data"), path / "data")
     if len(data) != 1:
         raise _fail("expected the patient as the one data item", path / "data")
-    item = _obj(data[0], _Path(f"{path}.data[0]"))
+    item = _backbone(data[0], _Path(f"{path}.data[0]"), frozenset({"resource"}))
     resources = _list(item.get("resource"), _Path(f"{path}.data[0]") / "resource")
     if len(resources) != 1:
         raise _fail(
             "expected the patient as the one resource", _Path(f"{path}.data[0]") / "resource"
         )
     res_path = _Path(f"{path}.data[0].resource[0]")
-    res = _obj(resources[0], res_path)
+    res = _backbone(resources[0], res_path, frozenset({"meaning", "reference"}))
     if res.get("meaning") != "instance":
         raise _fail("the patient is named as an instance", res_path / "meaning")
     return _ref(res.get("reference"), res_path / "reference")

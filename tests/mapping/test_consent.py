@@ -37,6 +37,7 @@ from fhir_alliance.terminology import (
     EXT_CONSENT_ROOT_PROVISION,
     EXT_CONSENT_STATE,
     EXT_CONSENT_STATUS_CHANGE,
+    EXT_CONSENT_VERIFICATION_METHOD,
     V3_ACT_CODE,
     V3_ACT_REASON,
     V3_PARTICIPATION_TYPE,
@@ -410,6 +411,7 @@ MISFITS: list[tuple[str, str, Any, str]] = [
 
 
 _LOCAL = "https://other-ehr.example/fhir/CodeSystem/local"
+_FOREIGN_MODIFIER = [{"url": "https://other-ehr.example/all-except", "valueBoolean": True}]
 # Several codings of one concept, or parts of backbone elements, that cannot be read faithfully:
 # a guessed coding or an ignored modifier/element could widen what a consent allows.
 MISFITS += [
@@ -451,6 +453,37 @@ MISFITS += [
     ),
     (
         "leap-r4-optin-deny-code.json",
+        "provision.provision.0.actor.0.excluded",
+        True,
+        "Consent.provision.provision[0].actor[0].excluded",
+    ),
+    (
+        "leap-r4-optin-deny-code.json",
+        "provision.provision.0.actor.0.modifierExtension",
+        [{"url": EXT_CONSENT_PROVISION_TYPE, "valueCode": "deny"}],
+        "Consent.provision.provision[0].actor[0].modifierExtension",
+    ),
+    (
+        "leap-r4-optin-deny-code.json",
+        "policy",
+        [{"uri": "https://other-ehr.example/policy", "modifierExtension": _FOREIGN_MODIFIER}],
+        "Consent.policy[0].modifierExtension[0]",
+    ),
+    (
+        "leap-r4-optin-deny-code.json",
+        "verification",
+        [
+            {
+                "extension": [{"url": EXT_CONSENT_VERIFICATION_METHOD, "valueCode": "written"}],
+                "verified": True,
+                "verifiedBy": {"reference": "Practitioner/1"},  # R5's, unknown in R4
+                "verificationDate": "2020-01-01",
+            }
+        ],
+        "Consent.verification[0].verifiedBy",
+    ),
+    (
+        "leap-r4-optin-deny-code.json",
         "category.0.coding.0.code",
         "treatment",
         "Consent.scope",
@@ -466,6 +499,18 @@ MISFITS += [
         "category.1",
         {"coding": [{"system": CONSENT_SCOPE, "code": "treatment"}]},
         "Consent.category[1].coding[0].code",
+    ),
+    (
+        "leap-r5-deny-practitioner.json",
+        "provision.0.data",
+        [
+            {
+                "modifierExtension": _FOREIGN_MODIFIER,
+                "meaning": "instance",
+                "reference": {"reference": "Observation/1"},
+            }
+        ],
+        "Consent.provision[0].data[0].modifierExtension[0]",
     ),
     (
         "leap-r5-deny-practitioner.json",

@@ -140,8 +140,39 @@ def test_misfit_permissions_name_the_element(key: str, value: Any, element: str)
     assert err.value.element == element
 
 
+_FOREIGN_MODIFIER = [{"url": "https://other-ehr.example/all-except", "valueBoolean": True}]
 _LOCAL = "https://other-ehr.example/fhir/CodeSystem/local"
 NESTED_MISFITS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    (
+        "implicitRules",
+        lambda r: r.update(implicitRules="https://other-ehr.example/rules"),
+        "Permission.implicitRules",
+    ),
+    (
+        "activity-modifier",
+        lambda r: r["rule"][0]["activity"][0].update(modifierExtension=_FOREIGN_MODIFIER),
+        "Permission.rule[0].activity[0].modifierExtension[0]",
+    ),
+    (
+        "rule-modifier",
+        lambda r: r["rule"][0].update(modifierExtension=_FOREIGN_MODIFIER),
+        "Permission.rule[0].modifierExtension[0]",
+    ),
+    (
+        "data-security",  # narrows the data the rule is about: ignoring it widens a permit
+        lambda r: r["rule"][0]["data"][0].update(security=[{"system": "urn:x", "code": "R"}]),
+        "Permission.rule[0].data[0].security",
+    ),
+    (
+        "data-resource-unknown",
+        lambda r: r["rule"][0]["data"][0]["resource"][0].update(other=True),
+        "Permission.rule[0].data[0].resource[0].other",
+    ),
+    (
+        "justification-modifier",
+        lambda r: r["justification"].update(modifierExtension=_FOREIGN_MODIFIER),
+        "Permission.justification.modifierExtension[0]",
+    ),
     (
         "intervention-codings",
         lambda r: r["rule"][0]["activity"][0]["action"][0]["coding"].append(
@@ -158,7 +189,8 @@ NESTED_MISFITS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
 def test_misfits_inside_a_permission_name_the_element(
     change: Callable[[dict[str, Any]], None], element: str
 ) -> None:
-    """An intervention coded two ways is refused, naming the element."""
+    """implicitRules, modifier extensions and unknown elements inside the rule, its data and
+    activity, and an intervention coded two ways are refused, naming the element."""
     resource = to_permission(_example("treatment-accepted"))
     resource.pop("extension")
     from_permission(copy.deepcopy(resource))
