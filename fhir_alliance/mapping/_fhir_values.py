@@ -11,7 +11,7 @@ from typing import Any
 from fhir_alliance.errors import InputError, Issue, MappingError
 from fhir_alliance.mapping.registry import FHIR_VERSIONS
 from fhir_alliance.model.common import Identifier, Ref
-from fhir_alliance.schemas.common import json_number
+from fhir_alliance.schemas.common import json_number, offset_problem
 
 __all__ = [
     "check_version",
@@ -102,6 +102,9 @@ def read_instant(value: object, path: str) -> datetime:
         raise MappingError("expected a dateTime with time and time zone", element=path) from None
     if result.tzinfo is None or "T" not in text:
         raise MappingError("expected a dateTime with time and time zone", element=path)
+    problem = offset_problem(result)
+    if problem is not None:
+        raise MappingError(problem, element=path)
     return result
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "json_number",
     "load_or_raise",
     "not_blank",
+    "offset_problem",
 ]
 
 T = TypeVar("T")
@@ -71,9 +72,25 @@ class IdentifierField(fields.Field[Identifier]):
         return Identifier(system=system, value=code)
 
 
+#: The widest UTC offset a FHIR dateTime allows (``+14:00`` / ``-14:00``).
+_MAX_OFFSET = timedelta(hours=14)
+
+
+def offset_problem(value: datetime) -> str | None:
+    """Why ``value``'s UTC offset cannot be written as a FHIR dateTime (``Z`` or ``±hh:mm`` up to
+    14:00), or ``None``. Python reads offsets with seconds (``+05:30:15``) that FHIR refuses."""
+    offset = value.utcoffset()
+    if offset is None:
+        return "expected a UTC offset"
+    if offset % timedelta(minutes=1) or abs(offset) > _MAX_OFFSET:
+        return "the UTC offset must be whole minutes from -14:00 to +14:00 (±hh:mm)"
+    return None
+
+
 class AwareDateTime(fields.AwareDateTime):
-    """An ISO 8601 timestamp with a UTC offset, not later than the wall clock + ``future_tolerance``
-    (``None`` allows any future time, e.g. for the end of a consent period)."""
+    """An ISO 8601 timestamp with a UTC offset FHIR can carry (``Z`` or ``±hh:mm``), not later than
+    the wall clock + ``future_tolerance`` (``None`` allows any future time, e.g. for the end of a
+    consent period)."""
 
     default_error_messages = {  # noqa: RUF012
         "future": "timestamp lies in the future beyond the allowed tolerance",
@@ -89,6 +106,9 @@ class AwareDateTime(fields.AwareDateTime):
         self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
     ) -> datetime:
         result: datetime = super()._deserialize(value, attr, data, **kwargs)
+        problem = offset_problem(result)
+        if problem is not None:
+            raise ValidationError(problem)
         if self.future_tolerance is not None and result > datetime.now(UTC) + self.future_tolerance:
             raise self.make_error("future")
         return result
