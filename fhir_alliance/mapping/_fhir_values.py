@@ -14,6 +14,7 @@ from fhir_alliance.model.common import Identifier, Ref
 from fhir_alliance.schemas.common import json_number, offset_problem
 
 __all__ = [
+    "check_elements",
     "check_version",
     "fhir_number",
     "identifier_from_fhir",
@@ -61,6 +62,23 @@ def obj(value: object, path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise MappingError("expected a JSON object", element=path)
     return value
+
+
+def check_elements(value: Mapping[str, Any], allowed: frozenset[str], path: str) -> None:
+    """Refuse what the reader would otherwise ignore: an element not in ``allowed`` (its
+    meaning would be lost; ``implicitRules`` is never allowed) and any ``modifierExtension``
+    (none is ours, and one we cannot understand may change what the rest means). Keys of
+    primitive extensions (``_status``) pass."""
+    for key in value:
+        if not isinstance(key, str):
+            raise MappingError("unexpected element", element=path)
+        if key == "modifierExtension":
+            if read_list(value[key], f"{path}.modifierExtension"):
+                raise MappingError(
+                    "unknown modifier extension", element=f"{path}.modifierExtension[0]"
+                )
+        elif key not in allowed and not key.startswith("_"):
+            raise MappingError("not an element we can read", element=f"{path}.{key}")
 
 
 def read_list(value: object, path: str, *, required: bool = False) -> list[Any]:

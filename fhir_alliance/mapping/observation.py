@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
 from fhir_alliance import terminology as t
+from fhir_alliance.consent.gate import label_problem, normal_label
 from fhir_alliance.errors import Issue, MappingError
 from fhir_alliance.instruments.catalog import INSTRUMENTS, Instrument, InstrumentCode, instrument
 from fhir_alliance.instruments.dimensions import (
@@ -35,10 +37,12 @@ from fhir_alliance.instruments.ruptures import (
 )
 from fhir_alliance.instruments.scoring import DEFAULT_RULES, Score, ScoringRules, score
 from fhir_alliance.mapping._fhir_values import (
+    check_elements,
     check_version,
     fhir_number,
     identifier_from_fhir,
     obj,
+    opt_str,
     read_decimal,
     read_instant,
     read_list,
@@ -47,7 +51,7 @@ from fhir_alliance.mapping._fhir_values import (
     req_str,
 )
 from fhir_alliance.mapping._ids import resource_id
-from fhir_alliance.model.common import Identifier, Ref
+from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.model.observations import (
     AllianceRecord,
     AutomatedRater,
@@ -60,7 +64,13 @@ from fhir_alliance.model.observations import (
     RepairEvent,
     RuptureEvent,
 )
-from fhir_alliance.schemas.observations import KINDS, batch_issues, dump_record, load_record
+from fhir_alliance.schemas.observations import (
+    KINDS,
+    batch_issues,
+    derived_labels,
+    dump_record,
+    load_record,
+)
 
 __all__ = [
     "MAPPER",
@@ -121,12 +131,23 @@ def _label(pair: tuple[str, str]) -> dict[str, str]:
     return {"system": pair[0], "code": pair[1]}
 
 
+def _derived_labels(record: AllianceRecord) -> list[tuple[str, str]]:
+    """The labels the mapping gives ``record`` itself (:func:`derived_labels`)."""
+    return derived_labels(
+        narrative=isinstance(record, RuptureEvent | RepairEvent) and record.narrative is not None,
+        automated=record.rater.role is RaterRole.AUTOMATED,
+    )
+
+
 def _security(record: AllianceRecord) -> list[dict[str, str]]:
-    labels = [_label(t.LABEL_RESTRICTED), _label(t.LABEL_BEHAVIORAL_HEALTH)]
-    if isinstance(record, RuptureEvent | RepairEvent) and record.narrative is not None:
-        labels.append(_label(t.LABEL_PSYCHOTHERAPY_NOTE))
-    if record.rater.role is RaterRole.AUTOMATED:
-        labels.append(_label(t.LABEL_AI_ASSISTED))
+    """``meta.security``: the derived labels, then the record's other labels (``SUD`` another
+    system added), each once."""
+    derived = _derived_labels(record)
+    labels = [_label(pair) for pair in derived]
+    for label in record.security_labels:
+        if (label.system, label.code) not in derived:
+            derived.append((label.system, label.code))
+            labels.append(label.to_fhir())
     return labels
 
 
@@ -470,6 +491,44 @@ def to_observations(
 _INSTRUMENT_BY_CODE = {c.value: c for c in InstrumentCode}
 _EVENT_CODES = {CODE_RUPTURE_EVENT, CODE_REPAIR_EVENT}
 
+#: The Observation elements the reader reads, the ones it writes and recomputes (``method``,
+#: ``interpretation``, ``referenceRange`` of a score), and descriptive ones that change nothing
+#: (``text``, ``language``, ``issued``). Any other (``focus``, ``dataAbsentReason``,
+#: ``implicitRules``, …) is refused: dropping it would change what the record says.
+_OBSERVATION_ELEMENTS: Final = frozenset(
+    {
+        "resourceType",
+        "id",
+        "meta",
+        "text",
+        "language",
+        "extension",
+        "identifier",
+        "status",
+        "category",
+        "code",
+        "subject",
+        "encounter",
+        "effectiveDateTime",
+        "issued",
+        "performer",
+        "valueInteger",
+        "valueQuantity",
+        "interpretation",
+        "method",
+        "referenceRange",
+        "hasMember",
+        "derivedFrom",
+        "component",
+        "note",
+    }
+)
+_COMPONENT_ELEMENTS: Final = frozenset(
+    {"id", "extension", "code", "valueCodeableConcept", "valueInteger", "valueBoolean"}
+)
+#: Quantity without ``comparator``: ``< 8.7`` is no answer of 8.7.
+_QUANTITY_ELEMENTS: Final = frozenset({"id", "extension", "value", "unit", "system", "code"})
+
 
 def _primary_code(resource: Mapping[str, Any], path: str) -> tuple[str, str]:
     """The first coding of ``code`` from one of our CodeSystems: (system, code)."""
@@ -575,6 +634,39 @@ def _automated(ext: Mapping[str, Any], path: str) -> AutomatedRater:
     )
 
 
+def _labels(resource: Mapping[str, Any], path: str) -> list[Coding]:
+    """``meta.security``, each label's system normalised (OIDs of the HL7 v3 label systems), a
+    label the consent engine could not read refused at its element, as the gate would."""
+    meta = resource.get("meta")
+    if meta is None:
+        return []
+    labels = []
+    security = read_list(obj(meta, f"{path}.meta").get("security"), f"{path}.meta.security")
+    for i, raw in enumerate(security):
+        label_path = f"{path}.meta.security[{i}]"
+        label = obj(raw, label_path)
+        system = normal_label(req_str(label.get("system"), f"{label_path}.system"))
+        code = req_str(label.get("code"), f"{label_path}.code")
+        problem = label_problem(system, code)
+        if problem is not None:
+            raise MappingError(problem, element=label_path)
+        display = opt_str(label.get("display"), f"{label_path}.display")
+        labels.append(Coding(system=system, code=code, display=display))
+    return labels
+
+
+def _with_labels(record: AllianceRecord, labels: Sequence[Coding]) -> AllianceRecord:
+    """``record`` keeping, once each, the ``labels`` its mapping would not derive (a ``SUD``
+    another system added), so that they are written again and the gate sees them."""
+    seen = set(_derived_labels(record))
+    kept = []
+    for label in labels:
+        if (label.system, label.code) not in seen:
+            seen.add((label.system, label.code))
+            kept.append(label)
+    return replace(record, security_labels=tuple(kept))
+
+
 def _common(resource: Mapping[str, Any], path: str) -> dict[str, Any]:
     """Fields every record reads the same way from its (main) Observation."""
     identifiers = read_list(resource.get("identifier"), f"{path}.identifier", required=True)
@@ -611,6 +703,7 @@ def _value_number(resource: Mapping[str, Any], path: str) -> Decimal:
         return read_decimal(resource["valueInteger"], f"{path}.valueInteger")
     if "valueQuantity" in resource:
         quantity = obj(resource["valueQuantity"], f"{path}.valueQuantity")
+        check_elements(quantity, _QUANTITY_ELEMENTS, f"{path}.valueQuantity")
         return read_decimal(quantity.get("value"), f"{path}.valueQuantity.value")
     raise MappingError("expected valueInteger or valueQuantity", element=f"{path}.value[x]")
 
@@ -621,7 +714,9 @@ def _panel_from_fhir(
     code: InstrumentCode,
     by_ref: Mapping[str, tuple[int, Mapping[str, Any]]],
     consumed: set[int],
+    labels: list[Coding],
 ) -> InstrumentAdministration:
+    """The administration ``resource`` is the panel of; its members' labels join ``labels``."""
     inst = INSTRUMENTS[code]
     responses: dict[int, Decimal] = {}
     for i, raw in enumerate(
@@ -634,6 +729,7 @@ def _panel_from_fhir(
         index, member = by_ref[reference]
         consumed.add(index)
         mpath = f"Bundle.entry[{index}].resource"
+        labels += _labels(member, mpath)
         system, member_code = _primary_code(member, mpath)
         prefix, _, suffix = member_code.partition(".")
         if system != t.CS_ALLIANCE_MEASURES or prefix != code.value or not suffix:
@@ -670,6 +766,7 @@ def _components(resource: Mapping[str, Any], path: str) -> list[tuple[str, Mappi
     for i, raw in enumerate(read_list(resource.get("component"), f"{path}.component")):
         cpath = f"{path}.component[{i}]"
         comp = obj(raw, cpath)
+        check_elements(comp, _COMPONENT_ELEMENTS, cpath)
         codings = read_list(
             obj(comp.get("code"), f"{cpath}.code").get("coding"),
             f"{cpath}.code.coding",
@@ -826,24 +923,25 @@ def from_observations(resources: Sequence[Mapping[str, Any]]) -> list[AllianceRe
             raise MappingError(
                 "expected an Observation or Provenance", element=f"{path}.resourceType"
             )
+        check_elements(resource, _OBSERVATION_ELEMENTS, path)
         system, code = _primary_code(resource, path)
+        labels = _labels(resource, path)
+        record: AllianceRecord
         if system == t.CS_ALLIANCE_DIMENSIONS:
-            records.append((index, _rating_from_fhir(resource, path, code)))
+            record = _rating_from_fhir(resource, path, code)
         elif code in _INSTRUMENT_BY_CODE:
-            records.append(
-                (
-                    index,
-                    _panel_from_fhir(resource, path, _INSTRUMENT_BY_CODE[code], by_ref, consumed),
-                )
-            )
+            instrument_code = _INSTRUMENT_BY_CODE[code]
+            record = _panel_from_fhir(resource, path, instrument_code, by_ref, consumed, labels)
         elif code == CODE_RUPTURE_EVENT:
-            records.append((index, _rupture_from_fhir(resource, path)))
+            record = _rupture_from_fhir(resource, path)
         elif code == CODE_REPAIR_EVENT:
-            records.append((index, _repair_from_fhir(resource, path)))
+            record = _repair_from_fhir(resource, path)
         elif code.partition(".")[0] in _INSTRUMENT_BY_CODE:
             members.append(index)
+            continue
         else:
             raise MappingError("code not known to the alliance mapping", element=f"{path}.code")
+        records.append((index, _with_labels(record, labels)))
     orphans = [i for i in members if i not in consumed]
     if orphans:
         raise MappingError(

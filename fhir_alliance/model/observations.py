@@ -3,6 +3,8 @@
 Records hold what was answered or observed; scores are computed by :mod:`fhir_alliance.instruments`.
 Each record has a stable ``id`` given at intake; the mapping derives resource ids from it.
 Free-text client feedback lives only in the QuestionnaireResponse, never in these records.
+A record keeps the security labels it carries beyond the ones its mapping derives
+(``security_labels``), so that a label another system added is written again and seen by the gate.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from enum import StrEnum
 from fhir_alliance.instruments.catalog import InstrumentCode
 from fhir_alliance.instruments.dimensions import Dimension, RatingScale
 from fhir_alliance.instruments.ruptures import RepairStrategy, RuptureMarker, RuptureType
-from fhir_alliance.model.common import Identifier, Ref
+from fhir_alliance.model.common import Coding, Identifier, Ref
 
 __all__ = [
     "AllianceRecord",
@@ -103,6 +105,9 @@ class InstrumentAdministration:
     encounter: Ref | None = None
     questionnaire_response: Ref | None = None
     status: ObservationStatus = ObservationStatus.FINAL
+    #: Security labels beyond those the mapping derives (R, BH; PSYTHPN for a narrative; AIAST
+    #: for an automated rater), e.g. ``SUD`` another system added: written on every resource.
+    security_labels: tuple[Coding, ...] = ()
 
     def answers(self) -> dict[int, Decimal]:
         return {r.number: r.value for r in self.responses}
@@ -123,6 +128,9 @@ class DimensionRating:
     encounter: Ref | None = None
     questionnaire_response: Ref | None = None
     status: ObservationStatus = ObservationStatus.FINAL
+    #: Security labels beyond those the mapping derives (R, BH; PSYTHPN for a narrative; AIAST
+    #: for an automated rater), e.g. ``SUD`` another system added: written on every resource.
+    security_labels: tuple[Coding, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +154,9 @@ class RuptureEvent:
     questionnaire_response: Ref | None = None
     narrative: str | None = None
     status: ObservationStatus = ObservationStatus.FINAL
+    #: Security labels beyond those the mapping derives (R, BH; PSYTHPN for a narrative; AIAST
+    #: for an automated rater), e.g. ``SUD`` another system added: written on every resource.
+    security_labels: tuple[Coding, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +175,9 @@ class RepairEvent:
     questionnaire_response: Ref | None = None
     narrative: str | None = None
     status: ObservationStatus = ObservationStatus.FINAL
+    #: Security labels beyond those the mapping derives (R, BH; PSYTHPN for a narrative; AIAST
+    #: for an automated rater), e.g. ``SUD`` another system added: written on every resource.
+    security_labels: tuple[Coding, ...] = ()
 
 
 AllianceRecord = InstrumentAdministration | DimensionRating | RuptureEvent | RepairEvent

@@ -18,6 +18,8 @@ from typing import Any
 from marshmallow import ValidationError, fields, post_load, validates_schema
 from marshmallow.validate import Length, Range
 
+from fhir_alliance import terminology as t
+from fhir_alliance.consent.gate import label_problem, normal_label
 from fhir_alliance.errors import InputError, Issue
 from fhir_alliance.instruments.catalog import InstrumentCode, instrument
 from fhir_alliance.instruments.dimensions import SCALES, Dimension, RatingScale
@@ -27,7 +29,7 @@ from fhir_alliance.instruments.ruptures import (
     RuptureMarker,
     RuptureType,
 )
-from fhir_alliance.model.common import Identifier, Ref
+from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.model.observations import (
     AllianceRecord,
     AutomatedRater,
@@ -43,6 +45,7 @@ from fhir_alliance.model.observations import (
 from fhir_alliance.schemas.common import (
     DEFAULT_FUTURE_TOLERANCE,
     AwareDateTime,
+    CodingSchema,
     IdentifierField,
     RefSchema,
     StrictSchema,
@@ -58,6 +61,7 @@ __all__ = [
     "KIND_RUPTURE",
     "KINDS",
     "batch_issues",
+    "derived_labels",
     "dump_record",
     "load_batch",
     "load_record",
@@ -159,6 +163,33 @@ class RaterSchema(StrictSchema):
         return Rater(**data)
 
 
+def derived_labels(*, narrative: bool, automated: bool) -> list[tuple[str, str]]:
+    """The security labels the mapping gives a record itself: R and BH; PSYTHPN when it has a
+    narrative; AIAST when its rater is automated. ``security_labels`` holds only the others."""
+    labels = [t.LABEL_RESTRICTED, t.LABEL_BEHAVIORAL_HEALTH]
+    if narrative:
+        labels.append(t.LABEL_PSYCHOTHERAPY_NOTE)
+    if automated:
+        labels.append(t.LABEL_AI_ASSISTED)
+    return labels
+
+
+class SecurityLabelSchema(CodingSchema):
+    """A security label beyond the derived ones (``SUD``): its system normalised (OIDs of the HL7
+    v3 label systems become their URIs); a code of those systems the library does not know is
+    refused, as the consent gate would refuse it (it must never be taken for no label)."""
+
+    @validates_schema
+    def _readable(self, data: dict[str, Any], **kwargs: Any) -> None:
+        problem = label_problem(normal_label(data["system"]), data["code"])
+        if problem is not None:
+            raise ValidationError(problem)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Coding:
+        return Coding(**{**data, "system": normal_label(data["system"])})
+
+
 class _RecordSchema(StrictSchema):
     """Fields every record kind has: identity, context, rater, time and status."""
 
@@ -173,6 +204,7 @@ class _RecordSchema(StrictSchema):
     encounter = fields.Nested(RefSchema, load_default=None)
     questionnaire_response = fields.Nested(RefSchema, load_default=None)
     status = fields.Enum(ObservationStatus, by_value=True, load_default=ObservationStatus.FINAL)
+    security_labels = fields.List(fields.Nested(SecurityLabelSchema), load_default=list)
 
     def __init__(self, *, future_tolerance: timedelta = DEFAULT_FUTURE_TOLERANCE) -> None:
         super().__init__()
@@ -184,6 +216,32 @@ class _RecordSchema(StrictSchema):
     def _kind(self, data: dict[str, Any], **kwargs: Any) -> None:
         if data.get("kind") != self.KIND:
             raise ValidationError(f"expected {self.KIND!r}", field_name="kind")
+
+    @validates_schema
+    def _labels_once(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """Each label once, none the mapping derives anyway: the record reads back the same."""
+        rater = data.get("rater")
+        seen = set(
+            derived_labels(
+                narrative=data.get("narrative") is not None,
+                automated=isinstance(rater, Rater) and rater.role is RaterRole.AUTOMATED,
+            )
+        )
+        errors: dict[int, list[str]] = {}
+        for i, label in enumerate(data.get("security_labels") or ()):
+            key = (label.system, label.code)
+            if key in seen:
+                errors[i] = ["given twice, or a label the mapping gives the record anyway"]
+            seen.add(key)
+        if errors:
+            raise ValidationError({"security_labels": errors})
+
+    @staticmethod
+    def _record_fields(data: dict[str, Any]) -> dict[str, Any]:
+        """What the record class takes: ``kind`` left out, the labels as a tuple."""
+        data.pop("kind")
+        data["security_labels"] = tuple(data["security_labels"])
+        return data
 
 
 class InstrumentAdministrationSchema(_RecordSchema):
@@ -242,7 +300,7 @@ class InstrumentAdministrationSchema(_RecordSchema):
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> InstrumentAdministration:
-        data.pop("kind")
+        self._record_fields(data)
         data.pop("declared_partial")
         responses = sorted(
             (ItemResponse(int(k), v) for k, v in data.pop("responses").items()),
@@ -272,8 +330,7 @@ class DimensionRatingSchema(_RecordSchema):
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> DimensionRating:
-        data.pop("kind")
-        return DimensionRating(**data)
+        return DimensionRating(**self._record_fields(data))
 
 
 _ONE_TO_FIVE = Range(1, 5)
@@ -310,7 +367,7 @@ class RuptureEventSchema(_RecordSchema):
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> RuptureEvent:
-        data.pop("kind")
+        self._record_fields(data)
         data["markers"] = tuple(data["markers"])
         data["repair_strategies"] = tuple(data["repair_strategies"])
         return RuptureEvent(**data)
@@ -328,7 +385,7 @@ class RepairEventSchema(_RecordSchema):
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> RepairEvent:
-        data.pop("kind")
+        self._record_fields(data)
         data["strategies"] = tuple(data["strategies"])
         return RepairEvent(**data)
 
@@ -481,4 +538,6 @@ def dump_record(record: AllianceRecord) -> dict[str, Any]:
             out["partial"] = True
     if isinstance(record, RuptureEvent | RepairEvent) and record.narrative is not None:
         out["narrative"] = record.narrative
+    if record.security_labels:
+        out["security_labels"] = [label.to_fhir() for label in record.security_labels]
     return out

@@ -4,10 +4,11 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import strategies as st
 
+from fhir_alliance import terminology as t
 from fhir_alliance.instruments import INSTRUMENTS, Dimension, RatingScale
 from fhir_alliance.instruments.dimensions import SCALES
 from fhir_alliance.instruments.ruptures import MARKER_TYPE, RepairStrategy, RuptureType
-from fhir_alliance.model.common import Identifier, Ref
+from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.model.observations import (
     AutomatedRater,
     DimensionRating,
@@ -41,6 +42,19 @@ instants = st.datetimes(
     timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=2))]),
 )
 statuses = st.sampled_from(list(ObservationStatus))
+#: Labels another system may add (never one the mapping derives: R, BH, PSYTHPN, AIAST).
+extra_labels = st.lists(
+    st.sampled_from(
+        [
+            Coding(system=t.V3_ACT_CODE, code="SUD"),
+            Coding(system=t.V3_ACT_CODE, code="HIV"),
+            Coding(system=t.V3_ACT_CODE, code="PSY"),
+            Coding(system=t.V3_CONFIDENTIALITY, code="V", display="very restricted"),
+        ]
+    ),
+    unique=True,
+    max_size=2,
+).map(tuple)
 automated = st.builds(
     AutomatedRater,
     tool=_token,
@@ -69,6 +83,7 @@ def _context() -> dict:
         "encounter": st.none() | refs("Encounter"),
         "questionnaire_response": st.none() | refs("QuestionnaireResponse"),
         "status": statuses,
+        "security_labels": extra_labels,
     }
 
 

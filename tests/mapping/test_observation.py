@@ -380,3 +380,75 @@ def test_returned_resources_share_no_state() -> None:
     assert first[1]["category"][0]["coding"][0]["code"] == "survey"
     assert to_observations(record)[0]["category"][0]["coding"][0]["code"] == "survey"
     assert to_observations(record)[0]["meta"]["security"]
+
+
+# --- labels another system added, and elements the reader would otherwise ignore ---------------
+
+_SUD = {"system": t.V3_ACT_CODE, "code": "SUD"}
+
+
+def test_a_label_on_an_item_only_is_kept_and_written_on_every_resource() -> None:
+    """An EHR labelled one item Observation SUD: the record keeps it (OID system normalised), and
+    every resource it maps to again carries it, which is what the gate reads."""
+    resources = copy.deepcopy(to_observations(_record("srs-administration")))
+    resources[3]["meta"]["security"].append(
+        {"system": "urn:oid:2.16.840.1.113883.5.4", "code": "SUD"}
+    )
+    (record,) = from_observations(resources)
+    assert [(c.system, c.code) for c in record.security_labels] == [(t.V3_ACT_CODE, "SUD")]
+    assert load_record(dump_record(record)) == record
+    for resource in to_observations(record):
+        assert resource["meta"]["security"].count(_SUD) == 1, resource["meta"]["security"]
+
+
+def test_a_label_the_engine_cannot_read_is_refused_at_its_element() -> None:
+    """A v3-ActCode code the library does not know (``sud``) is refused, never taken for none."""
+    resources = copy.deepcopy(to_observations(_record("srs-administration")))
+    resources[0]["meta"]["security"].append({"system": t.V3_ACT_CODE, "code": "sud"})
+    with pytest.raises(MappingError) as caught:
+        from_observations(resources)
+    assert caught.value.element == "Bundle.entry[0].resource.meta.security[2]"
+
+
+@pytest.mark.parametrize(
+    ("example", "mutate", "element"),
+    [
+        (
+            "srs-administration",
+            lambda rs: rs[0].update(focus=[{"reference": "Patient/other"}]),
+            "Bundle.entry[0].resource.focus",
+        ),
+        (
+            "srs-administration",
+            lambda rs: rs[-1].update(dataAbsentReason={"text": "asked"}),
+            "Bundle.entry[{last}].resource.dataAbsentReason",
+        ),
+        (
+            "rupture",
+            lambda rs: rs[0]["component"][0].update(modifierExtension=[{"url": "urn:x"}]),
+            "Bundle.entry[0].resource.component[0].modifierExtension[0]",
+        ),
+        (
+            "rupture",
+            lambda rs: rs[0]["component"][0].update(dataAbsentReason={"text": "x"}),
+            "Bundle.entry[0].resource.component[0].dataAbsentReason",
+        ),
+    ],
+)
+def test_an_element_the_reader_would_drop_is_refused(example: str, mutate, element: str) -> None:
+    """A focus, a dataAbsentReason or a component's modifier changes what the Observation says:
+    refused at the element, not dropped."""
+    resources = copy.deepcopy(to_observations(_record(example)))
+    mutate(resources)
+    with pytest.raises(MappingError) as caught:
+        from_observations(resources)
+    assert caught.value.element == element.format(last=len(resources) - 1)
+
+
+def test_an_effective_offset_with_seconds_is_refused_at_the_element() -> None:
+    """``+05:30:15`` is no FHIR dateTime: reading it would write it again."""
+    resources = copy.deepcopy(to_observations(_record("srs-administration")))
+    resources[0]["effectiveDateTime"] = "2025-01-01T10:00:00+05:30:15"
+    with pytest.raises(MappingError) as caught:
+        from_observations(resources)
+    assert caught.value.element == "Bundle.entry[0].resource.effectiveDateTime"

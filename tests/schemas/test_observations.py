@@ -328,3 +328,55 @@ def test_every_item_missing_is_reported_without_partial() -> None:
         for n in range(2, 13)
     }
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("labels", "path"),
+    [
+        ([{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "sud"}], "0"),
+        ([{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "BH"}], "0"),
+        ([{"system": "urn:x", "code": "a"}, {"system": "urn:x", "code": "a"}], "1"),
+    ],
+)
+def test_security_labels_are_readable_and_not_repeated(labels: list, path: str) -> None:
+    """A label the engine cannot read, one the mapping derives anyway (BH), or one given twice is
+    refused at its index: the record must read back from FHIR the same."""
+    data = _example("srs-administration.json") | {"security_labels": labels}
+    with pytest.raises(InputError) as caught:
+        load_record(data)
+    assert [i.path for i in caught.value.issues] == [f"security_labels.{path}"]
+
+
+def test_a_security_label_system_given_by_oid_is_normalised() -> None:
+    """``urn:oid:2.16.840.1.113883.5.4|SUD`` is v3-ActCode SUD, as the gate reads it."""
+    data = _example("srs-administration.json") | {
+        "security_labels": [{"system": "urn:oid:2.16.840.1.113883.5.4", "code": "SUD"}]
+    }
+    record = load_record(data)
+    assert dump_record(record)["security_labels"] == [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "SUD"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("effective", "refused"),
+    [
+        ("2025-01-01T10:00:00+05:30:15", True),
+        ("2025-01-01T10:00:00+05:30:00.5", True),
+        ("2025-01-01T10:00:00+14:30", True),
+        ("2025-01-01T10:00:00+14:00", False),
+        ("2025-01-01T10:00:00-03:30", False),
+        ("2025-01-01T10:00:00Z", False),
+    ],
+)
+def test_a_utc_offset_fhir_cannot_carry_is_refused_at_the_field(
+    effective: str, refused: bool
+) -> None:
+    """FHIR's dateTime takes ``Z`` or ``±hh:mm`` up to 14:00; Python's reader takes more."""
+    data = _example("srs-administration.json") | {"effective": effective}
+    if not refused:
+        assert load_record(data).effective.isoformat()
+        return
+    with pytest.raises(InputError) as caught:
+        load_record(data)
+    assert [i.path for i in caught.value.issues] == ["effective"]
