@@ -72,7 +72,7 @@ CONTENT_SECURITY_POLICY: Final = (
 _RECORD_ID_PATTERN: Final = "<uuid:record_id>"
 _STATE_WORDS: Final = {
     "queued": "waiting to be sent",
-    "held": "held back (consent)",
+    "held": "held back (by consent, or waiting for a person)",
     "sent": "sent to the EHR",
     "failed": "failed, will be retried",
     "dead-lettered": "failed for good (needs a fix and a replay)",
