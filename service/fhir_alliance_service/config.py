@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from fhir_alliance.client.links import is_loopback_host
 from fhir_alliance.terminology import PURPOSE_OF_USE_CODES
 
 __all__ = [
@@ -561,6 +560,10 @@ def _check_together(settings: Settings, sources: Mapping[str, str]) -> None:
     if settings.fhir_auth != "none" and not settings.fhir_base_url:
         raise ConfigError(f"{name('fhir_base_url')}: fhir_auth={settings.fhir_auth} needs a URL")
     if settings.fhir_auth != "none" and settings.fhir_base_url:
+        # imported here: the package imports the FHIR client (requests, PyJWT), which
+        # `fhir-alliance --help` must not load
+        from fhir_alliance.client.links import is_loopback_host
+
         base = urlsplit(settings.fhir_base_url)
         if base.scheme == "http" and not is_loopback_host(base.hostname or ""):
             raise ConfigError(
