@@ -182,6 +182,13 @@ V3_LABEL_SYSTEM_ALIASES: Final[Mapping[str, str]] = {
     "http://hl7.org/fhir/v3/ActReason": V3_ACT_REASON,
 }
 
+#: Other spellings of v3-ParticipationType (a consent actor's role), to its canonical URI: its
+#: OID and the FHIR STU3 URL. A deny naming the recipient's role that way must still match.
+PARTICIPATION_TYPE_ALIASES: Final[Mapping[str, str]] = {
+    "urn:oid:2.16.840.1.113883.5.90": V3_PARTICIPATION_TYPE,
+    "http://hl7.org/fhir/v3/ParticipationType": V3_PARTICIPATION_TYPE,
+}
+
 #: Other spellings of the external code systems a resource's ``code`` uses, to their canonical
 #: URIs: the HL7 OIDs of LOINC and SNOMED CT (a consent names ``http://loinc.org``).
 CODE_SYSTEM_ALIASES: Final[Mapping[str, str]] = {

@@ -67,6 +67,7 @@ from fhir_alliance.terminology import (
     EXT_CONSENT_WITNESS,
     IDENTIFIER_SYSTEM_BASE,
     LOINC,
+    PARTICIPATION_TYPE_ALIASES,
     PROFILE_CONSENT_RECORDING,
     PROFILE_CONSENT_RESTRICTION,
     PROFILE_CONSENT_SHARING,
@@ -1006,7 +1007,11 @@ def _conditions(obj: Mapping[str, Any], path: _Path, *, r5: bool) -> dict[str, A
         actors.append(
             ProvisionActor(
                 role=_coded_as(
-                    actor["role"], actor_path / "role", "actor role", V3_PARTICIPATION_TYPE
+                    actor["role"],
+                    actor_path / "role",
+                    "actor role",
+                    V3_PARTICIPATION_TYPE,
+                    PARTICIPATION_TYPE_ALIASES,
                 ),
                 reference=_ref(actor["reference"], actor_path / "reference"),
             )

@@ -541,6 +541,28 @@ def test_actor_role_is_read_from_its_participation_type_coding() -> None:
     assert actor.role == Coding(V3_PARTICIPATION_TYPE, "IRCP")
 
 
+@pytest.mark.parametrize(
+    "system",
+    ["urn:oid:2.16.840.1.113883.5.90", "http://hl7.org/fhir/v3/ParticipationType"],
+)
+def test_actor_role_by_the_oid_or_stu3_url_of_participation_type_reads_canonical(
+    system: str,
+) -> None:
+    """An actor role coded with v3-ParticipationType's OID or STU3 URL, alone or beside a local
+    coding, is the same code as the canonical URL's: a deny naming the recipient that way must
+    still match a request for that recipient."""
+    resource = _foreign("leap-r4-optin-deny-code.json")
+    role = resource["provision"]["provision"][0]["actor"][0]["role"]
+    role["coding"][0]["system"] = system
+    assert from_consent(resource).provision.provisions[0].actors[0].role == Coding(
+        V3_PARTICIPATION_TYPE, "IRCP"
+    )
+    role["coding"].insert(0, {"system": _LOCAL, "code": "recipient"})
+    assert from_consent(resource).provision.provisions[0].actors[0].role == Coding(
+        V3_PARTICIPATION_TYPE, "IRCP"
+    )
+
+
 def test_optout_policy_rule_by_its_oid_beside_a_local_coding_disagrees_with_a_permit() -> None:
     """The v3-ActCode coding of a policy rule is found among several, by its OID too: an OPTOUT
     rule under a permit root is refused, not read as a permit."""
