@@ -137,8 +137,8 @@ def score(
     Either ``score(record)`` with an :class:`~fhir_alliance.model.observations.InstrumentAdministration`,
     or ``score(code, responses)`` where ``responses`` maps item number → answer (a ``Decimal``, or an
     ``int`` or ``float`` taken as written: ``9.1`` is 9.1); items not in it are unanswered. Values are
-    trusted to be valid (the schema checks ranges); unknown item numbers raise ``ValueError``, a
-    non-number ``TypeError``.
+    checked against each item's range and resolution as the schema checks them: an answer off the
+    item's scale or an unknown item number raises ``ValueError``, a non-number ``TypeError``.
     """
     from fhir_alliance.model.observations import InstrumentAdministration
 
@@ -154,6 +154,13 @@ def score(
     unknown = set(answers) - set(inst.item_numbers)
     if unknown:
         raise ValueError(f"unknown item numbers for {inst.code.value}: {sorted(unknown)}")
+    for number, value in sorted(answers.items()):
+        spec = inst.item(number)
+        if spec is not None and not spec.accepts(value):
+            raise ValueError(
+                f"item {number} of {inst.code.value}: {value} is not an answer it can take "
+                f"({spec.minimum}..{spec.maximum}, step {spec.step})"
+            )
     if inst.code is InstrumentCode.WAI_SR:
         return _score_wai_sr(inst, answers, rules)
     if inst.code is InstrumentCode.WAI_SR_T:

@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple
 
 from fhir_alliance import terminology as t
 from fhir_alliance.consent.gate import label_problem, normal_label
-from fhir_alliance.errors import Issue, MappingError
+from fhir_alliance.errors import InputError, Issue, MappingError
 from fhir_alliance.instruments.catalog import INSTRUMENTS, Instrument, InstrumentCode, instrument
 from fhir_alliance.instruments.dimensions import (
     DIMENSION_DISPLAY,
@@ -312,6 +312,19 @@ def _administration(
     record: InstrumentAdministration, version: str, rules: ScoringRules
 ) -> list[dict[str, Any]]:
     inst = instrument(record.instrument)
+    issues = [
+        Issue(
+            path=f"responses[{i}].value",
+            message=f"not an answer item {r.number} can take "
+            f"({spec.minimum}..{spec.maximum}, step {spec.step})",
+        )
+        for i, r in enumerate(record.responses)
+        if (spec := inst.item(r.number)) is not None and not spec.accepts(r.value)
+    ]
+    if issues:
+        # A record built in code skips the schema: its total must not be written from an answer
+        # no one could give, nor a Likert answer truncated to a whole number.
+        raise InputError("responses off the instrument's scale", issues=issues)
     members = [
         _score_observation(record, inst, sc, version)
         for sc in score(inst.code, record.answers(), rules)

@@ -120,6 +120,27 @@ def test_wai_sr_t_scores_total_only_with_proration() -> None:
     assert scores[0].prorated
 
 
+@pytest.mark.parametrize(
+    ("code", "answers"),
+    [
+        ("srs", {1: 11, 2: 9, 3: 9, 4: 9}),  # above the 0..10 line
+        ("ors", {1: -0.5, 2: 9, 3: 9, 4: 9}),  # below it
+        ("srs", {1: 9.15, 2: 9, 3: 9, 4: 9}),  # off the 0.1 grid
+        ("wai-sr", {n: 3 for n in range(1, 12)} | {12: 6}),  # a 1..5 Likert item
+        ("wai-sr", {n: 3 for n in range(1, 12)} | {12: D("2.5")}),  # not a whole answer
+        ("srs", {1: float("nan"), 2: 9, 3: 9, 4: 9}),
+    ],
+)
+def test_an_answer_off_the_items_scale_raises_value_error_naming_the_item(
+    code: str, answers: dict[int, object]
+) -> None:
+    """``score(code, responses)`` refuses an answer the item cannot take instead of summing it
+    into a total no one could have given (an SRS of 38 with an 11 in it)."""
+    bad = next(n for n, v in answers.items() if v not in (3, 9))
+    with pytest.raises(ValueError, match=f"item {bad} of {code}"):
+        score(code, answers)  # type: ignore[arg-type]
+
+
 def test_unknown_item_number_is_refused() -> None:
     """An item number the instrument does not have raises ValueError."""
     with pytest.raises(ValueError, match="unknown item"):

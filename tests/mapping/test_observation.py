@@ -263,6 +263,27 @@ def test_unknown_version_is_an_input_error() -> None:
     assert exc.value.issues[0].path == "version"
 
 
+@pytest.mark.parametrize(("item", "value"), [(2, "2.5"), (12, "6")])
+def test_a_record_built_in_code_with_an_answer_off_the_scale_is_an_input_error(
+    item: int, value: str
+) -> None:
+    """A WAI-SR built in code (no schema) with a half-point or out-of-range answer is refused at
+    that response: a 2.5 was written as valueInteger 2 and its total from the truncated and
+    out-of-range values, a score no one gave."""
+    import dataclasses
+    from decimal import Decimal
+
+    record = _record("wai-sr-administration")
+    responses = tuple(
+        dataclasses.replace(r, value=Decimal(value)) if r.number == item else r
+        for r in record.responses
+    )
+    index = next(i for i, r in enumerate(responses) if r.number == item)
+    with pytest.raises(InputError) as exc:
+        to_observations(dataclasses.replace(record, responses=responses))
+    assert [issue.path for issue in exc.value.issues] == [f"responses[{index}].value"]
+
+
 def test_registry_finds_this_mapper() -> None:
     """The registry hands out MAPPER for our kinds and resource types."""
     assert mapper_for_kind("rupture") is MAPPER
