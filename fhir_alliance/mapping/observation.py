@@ -344,6 +344,11 @@ def _administration(
 
 
 def _dimension_rating(record: DimensionRating, version: str) -> dict[str, Any]:
+    spec = SCALES[record.scale]
+    if not spec.accepts(record.value):
+        # a record built in code skips the schema; our reader would refuse what we wrote
+        message = f"not a value of scale {record.scale.value} ({spec.minimum}..{spec.maximum})"
+        raise InputError("rating off its scale", issues=[Issue(path="value", message=message)])
     res = _observation(
         record,
         record.id,

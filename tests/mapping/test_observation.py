@@ -284,6 +284,18 @@ def test_a_record_built_in_code_with_an_answer_off_the_scale_is_an_input_error(
     assert [issue.path for issue in exc.value.issues] == [f"responses[{index}].value"]
 
 
+def test_a_rating_built_in_code_off_its_scale_is_an_input_error() -> None:
+    """A dimension rating of 7 on the 1..5 Likert scale, built in code, is refused at ``value``:
+    it was written as given, a resource our own reader then refuses."""
+    import dataclasses
+    from decimal import Decimal
+
+    record = dataclasses.replace(_record("dimension-rating"), value=Decimal(7))
+    with pytest.raises(InputError) as exc:
+        to_observations(record)
+    assert [issue.path for issue in exc.value.issues] == ["value"]
+
+
 def test_registry_finds_this_mapper() -> None:
     """The registry hands out MAPPER for our kinds and resource types."""
     assert mapper_for_kind("rupture") is MAPPER
