@@ -468,7 +468,25 @@ def _from_file(environ: Mapping[str, str]) -> tuple[dict[str, Any], str]:
     for key in data:
         if key not in _COERCE:
             raise ConfigError(f"{path}: unknown setting {key!r}")
+    held = sorted(key for key, value in data.items() if _is_secret_value(key, value))
+    if held and (why := _too_open(path)):
+        raise ConfigError(f"{CONFIG_FILE_VARIABLE}: holds {held[0]}, and {why}")
     return data, path
+
+
+def _is_secret_value(key: str, value: Any) -> bool:
+    """Whether a settings file's ``key = value`` is a secret: the bearer token, or a database URL
+    carrying a password (in its user part or its query)."""
+    if key == "fhir_token":
+        return True
+    if key != "database_url" or not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    try:
+        password = parts.password
+    except ValueError:  # a malformed URL is refused later, at its setting
+        password = None
+    return bool(password) or "password=" in parts.query.lower()
 
 
 def _known_variables() -> frozenset[str]:

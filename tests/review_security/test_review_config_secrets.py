@@ -103,3 +103,46 @@ def test_sync_once_with_credentials_over_plain_http_stops_with_one_line_naming_t
     assert SECRET_TOKEN not in err
     assert (status, err.count("\n")) == (2, 1), err
     assert err.startswith("error: FHIR_ALLIANCE_FHIR_BASE_URL"), err
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f'fhir_token = "{SECRET_TOKEN}"',
+        'database_url = "postgresql+psycopg://alliance:s3cret-pw@db.clinic.example/alliance"',
+        'database_url = "postgresql+psycopg://alliance@db/alliance?password=s3cret-pw"',
+    ],
+    ids=["token", "url-password", "query-password"],
+)
+def test_a_settings_file_holding_a_secret_that_others_can_read_stops_start_up(
+    tmp_path: Path, line: str
+) -> None:
+    """A TOML settings file is a secret file as soon as it holds a secret: the bearer token or a
+    database URL with its password. World-readable (umask 022), it was accepted without a word,
+    though a ``…_FILE`` holding the same token is refused. One line naming the file variable and
+    the setting, never the secret; owner-only (0600) loads."""
+    config = tmp_path / "fhir-alliance.toml"
+    config.write_text(f'fhir_base_url = "{EHR}"\nfhir_auth = "bearer"\n{line}\n', "utf-8")
+    environ = {"FHIR_ALLIANCE_CONFIG_FILE": str(config)}
+    if "fhir_token" not in line:
+        environ["FHIR_ALLIANCE_FHIR_TOKEN"] = SECRET_TOKEN
+    config.chmod(0o644)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ)
+    message = str(refused.value)
+    assert message.startswith("FHIR_ALLIANCE_CONFIG_FILE"), message
+    assert "chmod 600" in message and "\n" not in message
+    assert SECRET_TOKEN not in message and "s3cret-pw" not in message
+    config.chmod(0o600)
+    assert load_settings(environ).fhir_base_url == EHR
+
+
+def test_a_settings_file_without_secrets_may_be_read_by_others(tmp_path: Path) -> None:
+    """The documented file (no token, no password) stays readable by the group: nothing to hide."""
+    config = tmp_path / "fhir-alliance.toml"
+    config.write_text(
+        f'fhir_base_url = "{EHR}"\ndatabase_url = "sqlite:///{tmp_path}/a.db"\n', "utf-8"
+    )
+    config.chmod(0o644)
+    settings = load_settings({"FHIR_ALLIANCE_CONFIG_FILE": str(config)})
+    assert settings.fhir_base_url == EHR
