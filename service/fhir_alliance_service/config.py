@@ -467,7 +467,9 @@ def _from_file(environ: Mapping[str, str]) -> tuple[dict[str, Any], str]:
         raise ConfigError(f"{CONFIG_FILE_VARIABLE}: {path!r} is not valid TOML ({exc})") from None
     for key in data:
         if key not in _COERCE:
-            raise ConfigError(f"{path}: unknown setting {key!r}")
+            close = difflib.get_close_matches(key, sorted(_COERCE), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{path}: unknown setting {key!r}{hint}")
     held = sorted(key for key, value in data.items() if _is_secret_value(key, value))
     if held and (why := _too_open(path)):
         raise ConfigError(f"{CONFIG_FILE_VARIABLE}: holds {held[0]}, and {why}")

@@ -180,6 +180,21 @@ def test_config_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
         load_settings({f"{PREFIX}CONFIG_FILE": str(config)})
 
 
+def test_an_unknown_config_file_key_names_the_closest_setting(tmp_path: Path) -> None:
+    """A misspelt key of the TOML file is named with the setting it most likely means, as a
+    misspelt FHIR_ALLIANCE_* variable is (docs/service.md, Commands)."""
+    config = tmp_path / "service.toml"
+    config.write_text("worker_batchsize = 3\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"service\.toml: unknown setting 'worker_batchsize' \(did you mean 'worker_batch_size'\?\)$",
+    ):
+        load_settings({f"{PREFIX}CONFIG_FILE": str(config)})
+    config.write_text("zzz = 3\n")  # nothing close: no hint
+    with pytest.raises(ConfigError, match=r"service\.toml: unknown setting 'zzz'$"):
+        load_settings({f"{PREFIX}CONFIG_FILE": str(config)})
+
+
 def test_unknown_override_is_refused() -> None:
     """A mapping key that is no setting is refused by name."""
     with pytest.raises(ConfigError, match=r"^databse_url: unknown setting"):
