@@ -144,6 +144,115 @@ def test_the_route_parser_reads_rows() -> None:
     }
 
 
+# -- the settings table's defaults, secrets and the names beside it -------------------------------
+
+#: A default the table writes in words: the setting has no value (None) unless it is set.
+_NO_DEFAULT = {"none", "—", "system CAs", "from the server"}
+
+
+def _settings_rows(text: str) -> list[tuple[list[str], list[str], bool]]:
+    """(field names, default cells, marked secret) of each row of the settings table; a row that
+    names several variables gives their defaults comma-separated in the same order."""
+    rows = []
+    for line in _section(text, "Settings").splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        names = [name.lower() for name in _VARIABLE.findall(cells[0])]
+        defaults = [d.strip() for d in cells[1].split(", ")] if len(names) > 1 else [cells[1]]
+        assert len(defaults) == len(names), f"one default per variable: {line}"
+        rows.append((names, defaults, "(secret)" in cells[0]))
+    return rows
+
+
+def test_the_settings_table_gives_the_defaults_the_code_has() -> None:
+    """Each default the table shows is the one Settings has: a value in backquotes read as its
+    variable would be, or a word that says there is none."""
+    from fhir_alliance_service.config import load_settings
+
+    defaults = Settings()
+    wrong = []
+    for names, cells, _ in _settings_rows(SERVICE_DOC.read_text(encoding="utf-8")):
+        for name, cell in zip(names, cells, strict=True):
+            actual = getattr(defaults, name)
+            if cell in _NO_DEFAULT:
+                ok = actual is None
+            else:
+                value = cell.strip("`")
+                ok = getattr(load_settings({f"{ENV_PREFIX}{name.upper()}": value}), name) == actual
+            if not ok:
+                wrong.append(f"{ENV_PREFIX}{name.upper()}: docs {cell}, code {actual!r}")
+    assert not wrong, f"docs/service.md's settings table gives other defaults: {wrong}"
+
+
+def test_the_settings_table_marks_exactly_the_secret_settings() -> None:
+    """The rows marked (secret) are the settings that may come from a ``…_FILE`` variable and are
+    never shown: SECRET_FIELDS."""
+    from fhir_alliance_service.config import SECRET_FIELDS
+
+    marked = {
+        name
+        for names, _, secret in _settings_rows(SERVICE_DOC.read_text(encoding="utf-8"))
+        if secret
+        for name in names
+    }
+    assert marked == set(SECRET_FIELDS)
+
+
+def test_the_other_variables_the_code_accepts_are_named_in_the_docs() -> None:
+    """docs/service.md says which FHIR_ALLIANCE_* names besides the settings are accepted ("the
+    list is OTHER_VARIABLES in config.py"); each of them is named there."""
+    from fhir_alliance_service.config import OTHER_VARIABLES
+
+    text = SERVICE_DOC.read_text(encoding="utf-8")
+    missing = sorted(name for name in OTHER_VARIABLES if name not in text)
+    assert not missing, f"docs/service.md does not name these accepted variables: {missing}"
+
+
+def test_the_settings_file_example_loads(tmp_path: Path) -> None:
+    """The TOML example under Settings has only known keys with good values (its key file
+    replaced by one that exists, mode 0600)."""
+    import tomllib
+
+    from fhir_alliance_service.config import load_settings
+
+    text = _section(SERVICE_DOC.read_text(encoding="utf-8"), "Settings")
+    match = re.search(r"<<'EOF'\n(.*?)^EOF$", text, re.M | re.S)
+    assert match is not None, "the settings section has no TOML example"
+    example = tomllib.loads(match.group(1))
+    key = tmp_path / "smart-key.pem"
+    key.write_text("not read here")
+    key.chmod(0o600)
+    assert "smart_private_key_file" in example
+    example["smart_private_key_file"] = str(key)
+    config = tmp_path / "fhir-alliance.toml"
+    config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in example.items()))
+    settings = load_settings({f"{ENV_PREFIX}CONFIG_FILE": str(config)})
+    assert settings.worker_batch_size == example["worker_batch_size"]
+
+
+def test_every_metric_is_named_under_operations(tmp_path: Path) -> None:
+    """Operations lists what /metrics gives: every metric family the service exports (the
+    store's depth gauges and every per-process counter and histogram) is named there."""
+    from fhir_alliance_service.metrics import render_metrics
+    from fhir_alliance_service.store import open_store
+    from fhir_alliance_service.store.schema import upgrade
+
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    upgrade(url)
+    store = open_store(url)
+    try:
+        families = re.findall(r"^# TYPE (\S+) ", render_metrics(store).decode(), re.M)
+    finally:
+        store.close()
+    # prometheus-client adds a ``…_created`` gauge beside each counter and histogram
+    exported = {name for name in families if not name.endswith("_created")}
+    assert "fhir_alliance_queue_depth" in exported
+    operations = _section(SERVICE_DOC.read_text(encoding="utf-8"), "Operations")
+    missing = sorted(name for name in exported if name not in operations)
+    assert not missing, f"metrics missing from docs/service.md's Operations: {missing}"
+
+
 # -- the README's "try it with the examples" -------------------------------------------------
 
 QUICKSTART_CONSENT = ROOT / "examples" / "quickstart" / "sharing-consent.json"
