@@ -577,6 +577,11 @@ def _check_together(settings: Settings, sources: Mapping[str, str]) -> None:
             raise ConfigError(
                 f"{name('smart_private_key_file')}: fhir_auth=smart needs a private key file"
             )
+        if not settings.smart_key_id:
+            raise ConfigError(
+                f"{name('smart_key_id')}: fhir_auth=smart needs a key id (the kid under which "
+                "the FHIR server knows the key)"
+            )
     if settings.fhir_auth != "none" and not settings.fhir_base_url:
         raise ConfigError(f"{name('fhir_base_url')}: fhir_auth={settings.fhir_auth} needs a URL")
     if settings.fhir_auth != "none" and settings.fhir_base_url:

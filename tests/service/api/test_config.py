@@ -102,8 +102,10 @@ def test_bearer_needs_a_token() -> None:
         load_settings({f"{PREFIX}FHIR_AUTH": "bearer", f"{PREFIX}FHIR_BASE_URL": "https://e.x"})
 
 
-def test_smart_needs_client_id_and_key_file(tmp_path: Path) -> None:
-    """fhir_auth=smart names the client id, then the key file, whichever is missing."""
+def test_smart_needs_client_id_key_file_and_key_id(tmp_path: Path) -> None:
+    """fhir_auth=smart names the client id, then the key file, then the key id, whichever is
+    missing. The key id (the JWT's ``kid``) was checked only when the worker built its client,
+    so ``serve`` and ``status`` started with a SMART set-up that could never authenticate."""
     base = {f"{PREFIX}FHIR_AUTH": "smart", f"{PREFIX}FHIR_BASE_URL": "https://e.x"}
     with pytest.raises(ConfigError, match=r"^FHIR_ALLIANCE_SMART_CLIENT_ID: "):
         load_settings(base)
@@ -112,10 +114,16 @@ def test_smart_needs_client_id_and_key_file(tmp_path: Path) -> None:
     key = tmp_path / "key.pem"
     key.write_text("not checked here: the client loads it")
     key.chmod(0o600)  # a secret file must be its owner's alone
-    settings = load_settings(
-        {**base, f"{PREFIX}SMART_CLIENT_ID": "sync", f"{PREFIX}SMART_PRIVATE_KEY_FILE": str(key)}
-    )
+    without_kid = {
+        **base,
+        f"{PREFIX}SMART_CLIENT_ID": "sync",
+        f"{PREFIX}SMART_PRIVATE_KEY_FILE": str(key),
+    }
+    with pytest.raises(ConfigError, match=r"^FHIR_ALLIANCE_SMART_KEY_ID: fhir_auth=smart needs"):
+        load_settings(without_kid)
+    settings = load_settings({**without_kid, f"{PREFIX}SMART_KEY_ID": "key-2026"})
     assert settings.smart_private_key_file == str(key)
+    assert settings.smart_key_id == "key-2026"
 
 
 def test_secret_from_file_variant(tmp_path: Path) -> None:
