@@ -339,3 +339,62 @@ def test_the_quickstart_consent_lets_every_observation_example_go(
         assert held == {resource_id(Identifier(system, value)): HoldReason.NEEDS_EXPLICIT_PERMIT}
     finally:
         store.close()
+
+
+# -- every command is documented ----------------------------------------------------------------
+
+
+def _commands(parser: object, prefix: str = "") -> set[str]:
+    """``name`` of every subcommand of ``parser`` (``db upgrade`` for a nested one)."""
+    import argparse
+
+    found: set[str] = set()
+    for action in getattr(parser, "_actions", []):
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                nested = _commands(sub, f"{prefix}{name} ")
+                found.update(nested or {f"{prefix}{name}"})
+    return found
+
+
+def _table_commands(section: str) -> set[str]:
+    """Command names in the first column of a table: ``fhir-alliance NAME …`` and, after it in
+    the same cell, further backquoted ``NAME …``; the first word or two (``db upgrade``) that are
+    no option or argument."""
+    names: set[str] = set()
+    for cell in _first_cells(section):
+        for span in re.findall(r"`([^`]*)`", cell):
+            words = span.removeprefix("fhir-alliance ").split()
+            if not words or not re.fullmatch(r"[a-z][a-z-]*", words[0]):
+                continue
+            names.add(words[0])
+            if len(words) > 1 and re.fullmatch(r"[a-z][a-z-]*", words[1]):
+                names.add(f"{words[0]} {words[1]}")
+    return names
+
+
+def test_every_command_is_in_the_readme_table() -> None:
+    """The README's command-line table names every subcommand ``fhir-alliance --help`` lists
+    (the library's and the service's)."""
+    from fhir_alliance.cli import build_parser
+
+    top = {name.split()[0] for name in _commands(build_parser())}
+    text = README.read_text(encoding="utf-8")
+    match = re.search(r"^## The command line\s*$(.*?)(?=^## )", text, re.M | re.S)
+    assert match is not None
+    missing = sorted(top - _table_commands(match.group(1)))
+    assert not missing, f"commands missing from the README's command-line table: {missing}"
+
+
+def test_every_service_command_is_in_the_commands_table() -> None:
+    """docs/service.md's Commands table has a row for every command the service adds (``db``'s
+    own subcommands one by one)."""
+    import argparse
+
+    from fhir_alliance_service.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    documented = _table_commands(_section(SERVICE_DOC.read_text(encoding="utf-8"), "Commands"))
+    missing = sorted(_commands(parser) - documented)
+    assert not missing, f"service commands missing from docs/service.md's Commands: {missing}"
