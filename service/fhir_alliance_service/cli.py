@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -284,8 +285,12 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
         except OperationalError as exc:
             # Cannot connect or open the file: the driver's first line says why (host, port or
             # path; never the password, never statement parameters, which the engine hides).
+            # Named by the variable that gave the URL, as every settings error is.
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-            print(f"error: the database cannot be used: {reason}", file=sys.stderr)
+            print(
+                f"error: {_database_url_variable()}: the database cannot be used: {reason}",
+                file=sys.stderr,
+            )
             return EXIT_CONFIG
         except SQLAlchemyError as exc:
             # Other database errors may quote stored values: name the error type only.
@@ -294,6 +299,14 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
     run.__doc__ = handler.__doc__
     return run
+
+
+def _database_url_variable() -> str:
+    """The variable that gave the database URL: ``…_DATABASE_URL_FILE`` when that is set (the
+    two together are refused), else ``FHIR_ALLIANCE_DATABASE_URL`` (also for the default and the
+    settings file's ``database_url``, which that variable would override)."""
+    variable = "FHIR_ALLIANCE_DATABASE_URL"
+    return f"{variable}_FILE" if f"{variable}_FILE" in os.environ else variable
 
 
 def _settings() -> Settings:

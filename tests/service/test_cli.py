@@ -71,9 +71,34 @@ def test_an_unreachable_database_is_one_line_without_the_password(
     monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", url)
     assert main(["status"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: the database cannot be used:")
+    assert err.startswith("error: FHIR_ALLIANCE_DATABASE_URL: the database cannot be used:")
     assert err.count("\n") == 1
     assert "s3cret-pw" not in err
+
+
+def test_a_database_that_cannot_be_opened_names_the_variable_to_look_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SQLite path in a folder that does not exist: SQLite says only "unable to open database
+    file"; the line names the variable that gave the URL (the ``…_FILE`` one when the URL came
+    from a file), as every other settings error does."""
+    url = f"sqlite:///{tmp_path / 'no-such-folder' / 'fhir-alliance.db'}"
+    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", url)
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: FHIR_ALLIANCE_DATABASE_URL: the database cannot be used: "
+        "unable to open database file\n"
+    )
+    url_file = tmp_path / "database-url"
+    url_file.write_text(url + "\n")
+    url_file.chmod(0o600)
+    monkeypatch.delenv("FHIR_ALLIANCE_DATABASE_URL")
+    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL_FILE", str(url_file))
+    assert main(["status"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: FHIR_ALLIANCE_DATABASE_URL_FILE: the database cannot be used: "
+    )
 
 
 def test_db_upgrade_migrates_once_and_db_current_reports_it(
