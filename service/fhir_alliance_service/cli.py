@@ -11,6 +11,7 @@ are imported inside the handlers, so that the library's own subcommands stay fas
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -417,9 +418,31 @@ def _serve(args: argparse.Namespace) -> int:
     if threads < 1:
         raise _StopCommand("--threads must be at least 1")
     _require_migrated(settings)
+    _require_free(bind, "FHIR_ALLIANCE_BIND" if args.bind is None else "--bind")
     from fhir_alliance_service.cli_serve import serve
 
     return serve(settings, bind=bind, workers=workers, threads=threads)
+
+
+def _require_free(bind: str, source: str) -> None:
+    """Stop with one line naming ``source`` when ``bind`` (``host:port``) cannot be listened on:
+    gunicorn would retry for about 5 s and exit 1 with lines naming no setting. Bound and
+    released at once, with gunicorn's SO_REUSEADDR; a ``unix:`` path is left to gunicorn."""
+    import socket
+
+    if bind.startswith("unix:"):
+        return
+    host, _, port = bind.rpartition(":")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        reason = "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise _StopCommand(f"{source}: cannot listen on {bind}: {reason}") from None
 
 
 def _checked_bind(given: str) -> str:

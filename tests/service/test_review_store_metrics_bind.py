@@ -56,3 +56,34 @@ def test_a_bad_metrics_address_is_refused_without_offering_unix_path(value: str)
     assert message.startswith("FHIR_ALLIANCE_WORKER_METRICS_BIND: expected host:port")
     assert "or unix:PATH" not in message
     assert repr(value) in message
+
+
+@pytest.mark.parametrize("by_option", [False, True], ids=["setting", "option"])
+def test_serve_on_an_address_in_use_stops_at_once_naming_the_setting(
+    sqlite_url: str,
+    listening: str,
+    by_option: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """``serve`` on a port another process holds (a second ``serve``, the 8080 default taken):
+    gunicorn retried for about 5 s and exited 1 with its own lines, naming neither
+    FHIR_ALLIANCE_BIND nor ``--bind``. Now one line naming the one that gave the address, exit 2,
+    before gunicorn starts."""
+    for name in list(os.environ):
+        if name.startswith(PREFIX) and name != "FHIR_ALLIANCE_TEST_BASE_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", sqlite_url)
+    assert main(["db", "upgrade"]) == 0
+    capfd.readouterr()
+    if by_option:
+        status = main(["serve", "--bind", listening, "--workers", "1"])
+    else:
+        monkeypatch.setenv("FHIR_ALLIANCE_BIND", listening)
+        status = main(["serve", "--workers", "1"])
+    assert status == 2
+    err = capfd.readouterr().err
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: --bind: " if by_option else "error: FHIR_ALLIANCE_BIND: ")
+    assert listening in line and "in use" in line
+    assert "Traceback" not in err

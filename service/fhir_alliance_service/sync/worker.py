@@ -255,9 +255,9 @@ class Worker:
             version = target_fhir_version(self.settings, self.store, self.client)
         except ServerError as exc:
             log.warning(
-                "FHIR server unreachable; nothing claimed: %s %s",
+                "FHIR server unreachable; nothing claimed: %s%s",
                 type(exc).__name__,
-                exc.status or "",
+                f" {exc.status}" if exc.status else "",
             )
             return _Batch([], "", self.clock(), error="the FHIR server could not be reached")
         if self.settings.push_audit:  # audit rows queued by earlier batches (bounded)
