@@ -14,9 +14,9 @@ as a clinic would run them:
    decision endpoint says what that means for the EHR, and the client's next session is posted:
    it is held;
 5. what was sent (with the server's URLs), what was held and why;
-6. the clinic console's URL and a sign-in key for it (printed once); with ``--console``
-   (``make demo-console``) the service keeps running until Ctrl-C. Then everything is stopped,
-   even on failure or Ctrl-C.
+6. with ``--console`` (``make demo-console``) the clinic console's URL and a sign-in key for it
+   (printed once), and the service keeps running until Ctrl-C. Then everything is stopped, even
+   on failure or Ctrl-C.
 
 All data is synthetic. Exit status 0 when the clinic synced as expected.
 """
@@ -298,12 +298,14 @@ def run(
 def show_console(service: Service, *, keep_running: bool) -> None:
     """Print the clinic console's URL and a sign-in key made for it (admin: it may replay), shown
     once; with ``keep_running`` wait for Ctrl-C (or SIGTERM) before everything is stopped."""
+    if not keep_running:
+        # the service stops with the demo: a key and a URL for it would lead nowhere
+        print("6. the clinic console: make demo-console (or --console) keeps the service")
+        print("   running and prints its URL and a key to sign in with")
+        return
     console_key = service.run("create-api-key", "console", "--scope", "admin").strip()
     print(f"6. the clinic console: {service.api}/console/")
     print(f"   sign in with this key (scope admin; shown once, stored hashed): {console_key}")
-    if not keep_running:
-        print("   (make demo-console, or --console, keeps the service running to look at it)")
-        return
     print("   the service keeps running; press Ctrl-C to stop it")
     try:
         while True:

@@ -49,6 +49,8 @@ def test_demo_clinic_syncs_through_the_service(
     assert status == 0, out
     assert "NOT as expected" not in out
     assert "the queue is drained" in out
+    # Without --console the service is stopped at the end: no sign-in key for it is printed.
+    assert "sign in with this key" not in out and "make demo-console" in out
     assert "the decision for the EHR is now no-consent" in out
     held = [line for line in out.splitlines() if line.strip().startswith("held")]
     assert any("rupture" in line for line in held)
