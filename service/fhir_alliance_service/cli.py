@@ -769,7 +769,9 @@ def _status(args: argparse.Namespace) -> int:
             "fhir_server": {
                 "base_url": settings.fhir_base_url,
                 "last_contact": store.get_meta(META_LAST_CONTACT),
-                "fhir_version": store.get_meta(META_FHIR_VERSION),
+                # what the worker maps to: the setting when given, else what the server announced
+                "fhir_version": settings.fhir_version or store.get_meta(META_FHIR_VERSION),
+                "fhir_version_from": "setting" if settings.fhir_version else "server",
             },
         }
     if args.json:
@@ -789,7 +791,8 @@ def _status(args: argparse.Namespace) -> int:
     print(f"FHIR server: {server['base_url'] or '(not configured)'}")
     print(f"  last contact: {server['last_contact'] or 'never'}")
     if server["fhir_version"]:
-        print(f"  FHIR version: {server['fhir_version']}")
+        forced = " (FHIR_ALLIANCE_FHIR_VERSION)" if server["fhir_version_from"] == "setting" else ""
+        print(f"  FHIR version: {server['fhir_version']}{forced}")
     return 0
 
 

@@ -316,6 +316,27 @@ def test_status_lists_held_reasons(opened: Store, capsys: pytest.CaptureFixture[
     assert lines[lines.index("held:") + 1].split() == ["2", "no", "consent", "permits", "it"]
 
 
+def test_status_shows_the_fhir_version_the_worker_maps_to(
+    opened: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With FHIR_ALLIANCE_FHIR_VERSION set, the worker maps to that version whatever the server
+    announced; status showed the announced one (4.0.1 while R5 resources were sent). It now shows
+    the version the worker uses and where it comes from."""
+    from fhir_alliance_service.sync.target import META_FHIR_VERSION
+
+    opened.set_meta(META_FHIR_VERSION, "4.0.1")  # what the server announced last
+    capsys.readouterr()
+    assert main(["status", "--json"]) == 0
+    server = json.loads(capsys.readouterr().out)["fhir_server"]
+    assert (server["fhir_version"], server["fhir_version_from"]) == ("4.0.1", "server")
+    monkeypatch.setenv("FHIR_ALLIANCE_FHIR_VERSION", "5.0.0")
+    assert main(["status", "--json"]) == 0
+    server = json.loads(capsys.readouterr().out)["fhir_server"]
+    assert (server["fhir_version"], server["fhir_version_from"]) == ("5.0.0", "setting")
+    assert main(["status"]) == 0
+    assert "  FHIR version: 5.0.0 (FHIR_ALLIANCE_FHIR_VERSION)" in capsys.readouterr().out
+
+
 def test_replay_requeues_one_dead_letter_by_id_or_identifier(
     opened: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
