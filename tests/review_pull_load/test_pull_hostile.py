@@ -23,6 +23,7 @@ from fhir_alliance.client import FhirClient
 from fhir_alliance.model.consent import ConsentStatus
 from tests.service.sync import records as R
 from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
+from tests.service.sync.remote import pcf_consent
 
 PATIENT = "Patient/hostile-1"
 EARLIER = "2026-12-01T10:00:00.000Z"
@@ -34,31 +35,7 @@ LOOP_GUARD = 40
 def _consent(version: str | None, stamp: str, status: str = "active") -> dict[str, Any]:
     """A PCF-shaped permit of PATIENT written on the server by someone else."""
     meta = {"lastUpdated": stamp} | ({"versionId": version} if version is not None else {})
-    return {
-        "resourceType": "Consent",
-        "id": "c1",
-        "meta": meta,
-        "status": status,
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": PATIENT},
-        "dateTime": "2026-11-02T09:00:00Z",
-        "policy": [{"uri": "https://ehr.example.org/policies/hie-opt-in"}],
-        "provision": {
-            "type": "permit",
-            "actor": [{"role": {"coding": [R.IRCP]}, "reference": {"reference": R.EHR}}],
-            "purpose": [
-                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}
-            ],
-        },
-    }
+    return {"id": "c1", "meta": meta, **pcf_consent(PATIENT, status=status)}
 
 
 def _searchset(*resources: dict[str, Any], next_url: str | None = None) -> Response:

@@ -12,6 +12,38 @@ from tests.service.sync import records as R
 V3_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 
 
+def pcf_consent(
+    patient: str,
+    *,
+    decision: str = "permit",
+    status: str = "active",
+    recipient: str = R.EHR,
+) -> dict[str, Any]:
+    """A PCF-shaped Consent of ``patient`` sharing with ``recipient`` for treatment (no id, no
+    tag: for a server fake's answers too)."""
+    return {
+        "resourceType": "Consent",
+        "status": status,
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": patient},
+        "dateTime": "2026-11-02T09:00:00Z",
+        "policy": [{"uri": "https://ehr.example.org/policies/hie-opt-in"}],
+        "provision": {
+            "type": decision,
+            "actor": [{"role": {"coding": [R.IRCP]}, "reference": {"reference": recipient}}],
+            "purpose": [{"system": V3_ACT_REASON, "code": "TREAT"}],
+        },
+    }
+
+
 def foreign_consent(
     server: FhirTestServer,
     patient: str,
@@ -20,29 +52,9 @@ def foreign_consent(
     status: str = "active",
     recipient: str = R.EHR,
 ) -> dict[str, Any]:
-    """A PCF-shaped Consent of ``patient`` sharing with ``recipient`` for treatment."""
+    """A PCF-shaped Consent of ``patient`` sharing with ``recipient`` for treatment, tagged."""
     return server.tagged(
-        {
-            "resourceType": "Consent",
-            "status": status,
-            "scope": {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                        "code": "patient-privacy",
-                    }
-                ]
-            },
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-            "patient": {"reference": patient},
-            "dateTime": "2026-11-02T09:00:00Z",
-            "policy": [{"uri": "https://ehr.example.org/policies/hie-opt-in"}],
-            "provision": {
-                "type": decision,
-                "actor": [{"role": {"coding": [R.IRCP]}, "reference": {"reference": recipient}}],
-                "purpose": [{"system": V3_ACT_REASON, "code": "TREAT"}],
-            },
-        }
+        pcf_consent(patient, decision=decision, status=status, recipient=recipient)
     )
 
 

@@ -23,6 +23,7 @@ from werkzeug import Request, Response
 from fhir_alliance.client import FhirClient
 from tests.service.sync import records as R
 from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
+from tests.service.sync.remote import pcf_consent
 
 PATIENT = "Patient/hf1"
 STAMP = "2026-12-01T10:00:00.000Z"
@@ -30,31 +31,7 @@ DELETED_AT = "2026-12-01T11:00:00.000Z"
 
 
 def _consent() -> dict[str, Any]:
-    return {
-        "resourceType": "Consent",
-        "id": "c1",
-        "meta": {"versionId": "1", "lastUpdated": STAMP},
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": PATIENT},
-        "dateTime": "2026-11-02T09:00:00Z",
-        "policy": [{"uri": "https://ehr.example.org/policies/hie-opt-in"}],
-        "provision": {
-            "type": "permit",
-            "actor": [{"role": {"coding": [R.IRCP]}, "reference": {"reference": R.EHR}}],
-            "purpose": [
-                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}
-            ],
-        },
-    }
+    return {"id": "c1", "meta": {"versionId": "1", "lastUpdated": STAMP}, **pcf_consent(PATIENT)}
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
