@@ -256,3 +256,23 @@ def test_a_copy_that_may_be_older_is_merged_only_when_it_withdraws(
     assert (withdrawn.merged, withdrawn.stale) == (1, 0)
     assert (permit.merged, permit.stale) == (0, 1)
     assert _active_consents(known) == []
+
+
+def test_a_copy_that_may_be_older_is_merged_when_it_denies(
+    httpserver: HTTPServer, known: SqlStore, sqlite_url: str
+) -> None:
+    """On a server without version ids, the patient's permit is turned into an opt-out (still
+    active; the root provision now denies) with the same ``lastUpdated``: the order is unsure,
+    but a consent that permits nothing narrows sharing whichever copy is newer, so it is merged.
+    Found: any active copy counted as one that may widen sharing and was skipped as stale, so the
+    permit stayed in force after the patient opted out (fail open)."""
+    deny = _consent(None, EARLIER)
+    deny["provision"] = {**deny["provision"], "type": "deny"}
+    base = _server(httpserver, _in_turn(_searchset(_consent(None, EARLIER)), _searchset(deny)))
+    with FhirClient(base, retry=QUICK_RETRY) as client:
+        puller = Puller(sync_settings(base, sqlite_url), known, client)
+        assert puller.pull().merged == 1
+        opted_out = puller.pull()
+        stored = known.get_record(foreign_record_id(client.base.url, "c1"))
+    assert (opted_out.merged, opted_out.stale) == (1, 0)
+    assert stored is not None and stored.body["decision"] == "deny"

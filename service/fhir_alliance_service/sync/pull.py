@@ -9,7 +9,7 @@ whose consents changed. See docs/two-way-sync.md.
   page by page (memory stays flat: one page at a time, one store lookup per page); every resource
   is compared with the copy seen before (``pulled_resources``, ``store/ordering.py``): the same
   version is a duplicate, an older copy is skipped as stale (never merged over a newer one), and
-  a foreign Consent whose order is unsure is merged only if it is not in force. A patient seen
+  a foreign Consent whose order is unsure is merged only if it permits nothing. A patient seen
   for the first time is read in full. A bad answer (``PASS_ENDING``) ends the pass with
   ``PullReport.error``.
 * **Deletions**: where the server's CapabilityStatement offers ``history-type`` for the type
@@ -716,9 +716,9 @@ class Puller:
     ) -> list[PulledResource]:
         """Merge a page of Consents not seen at this version before; the rows to save (those of
         merged foreign consents are saved by ``put_remote_records``, with its ordering check).
-        A foreign copy in ``unsure`` (maybe older than the one seen) is merged only if it is not
-        in force (a withdrawal, or unreadable: both narrow sharing); else it is skipped as stale
-        (unless it is what is stored already)."""
+        A foreign copy in ``unsure`` (maybe older than the one seen) is merged only if it
+        permits nothing (a withdrawal, unreadable, an opt-out without permit exceptions: all
+        narrow sharing); else it is skipped as stale (unless it is what is stored already)."""
         now = self.clock()
         foreign_ids = {str(r["id"]): foreign_record_id(self.server, str(r["id"])) for r in page}
         # Ours by resource id (the id we pushed it under); foreign ones by their local id: the
@@ -1054,9 +1054,29 @@ def _foreign_record(
 
 
 def _may_permit(body: Mapping[str, Any]) -> bool:
-    """The local body of a foreign consent is in force (active): adopting it may widen sharing.
-    A withdrawn one, a draft and an unreadable placeholder (which holds) cannot."""
-    return "unreadable" not in body and body.get("status") == ConsentStatus.ACTIVE.value
+    """The local body of a foreign consent is in force (active) and permits something (its
+    decision, or a nested exception, is ``permit``): adopting it may widen sharing. A withdrawn
+    one, a draft, an unreadable placeholder (which holds) and an opt-out that permits nothing
+    (a deny without permit exceptions) cannot."""
+    if "unreadable" in body or body.get("status") != ConsentStatus.ACTIVE.value:
+        return False
+    return body.get("decision") != "deny" or _permits_somewhere(body.get("provision"))
+
+
+def _permits_somewhere(provision: object) -> bool:
+    """Whether a provision of our JSON form has a nested ``permit`` (anything unreadable counts
+    as one: deny by default)."""
+    if provision is None:
+        return False
+    if not isinstance(provision, Mapping):
+        return True
+    nested = provision.get("provisions") or []
+    if not isinstance(nested, list):
+        return True
+    return any(
+        not isinstance(p, Mapping) or p.get("type") != "deny" or _permits_somewhere(p)
+        for p in nested
+    )
 
 
 def _stored_consent(store: Store, record_id: str) -> ConsentRecord | None:
