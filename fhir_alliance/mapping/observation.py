@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
 from fhir_alliance import terminology as t
-from fhir_alliance.consent.gate import label_problem, normal_label
+from fhir_alliance.consent.gate import normal_label
 from fhir_alliance.errors import InputError, Issue, MappingError
 from fhir_alliance.instruments.catalog import INSTRUMENTS, Instrument, InstrumentCode, instrument
 from fhir_alliance.instruments.dimensions import (
@@ -69,6 +69,7 @@ from fhir_alliance.schemas.observations import (
     batch_issues,
     derived_labels,
     dump_record,
+    extra_label_problem,
     load_record,
 )
 
@@ -654,7 +655,8 @@ def _automated(ext: Mapping[str, Any], path: str) -> AutomatedRater:
 
 def _labels(resource: Mapping[str, Any], path: str) -> list[Coding]:
     """``meta.security``, each label's system normalised (OIDs of the HL7 v3 label systems), a
-    label the consent engine could not read refused at its element, as the gate would."""
+    label the consent engine could not read refused at its element, as the gate would, and a
+    confidentiality below the R we write (``N``) too (:func:`extra_label_problem`)."""
     meta = resource.get("meta")
     if meta is None:
         return []
@@ -665,7 +667,7 @@ def _labels(resource: Mapping[str, Any], path: str) -> list[Coding]:
         label = obj(raw, label_path)
         system = normal_label(req_str(label.get("system"), f"{label_path}.system"))
         code = req_str(label.get("code"), f"{label_path}.code")
-        problem = label_problem(system, code)
+        problem = extra_label_problem(system, code)
         if problem is not None:
             raise MappingError(problem, element=label_path)
         display = opt_str(label.get("display"), f"{label_path}.display")

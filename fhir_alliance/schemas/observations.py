@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from marshmallow import ValidationError, fields, post_load, validates_schema
 from marshmallow.validate import Length, Range
@@ -62,6 +62,7 @@ __all__ = [
     "KINDS",
     "batch_issues",
     "derived_labels",
+    "extra_label_problem",
     "dump_record",
     "load_batch",
     "load_record",
@@ -174,14 +175,36 @@ def derived_labels(*, narrative: bool, automated: bool) -> list[tuple[str, str]]
     return labels
 
 
+#: v3-Confidentiality codes below the R the mapping gives every record: one beside R would let a
+#: consent that permits only such data (a provision applies when the resource carries any of its
+#: labels) match the record, so a record may not carry one.
+_BELOW_RESTRICTED: Final = frozenset(
+    (t.V3_CONFIDENTIALITY, code) for code in t.CONFIDENTIALITY_CODES - {"R", "V"}
+)
+CONFIDENTIALITY_BELOW_RESTRICTED = (
+    "a confidentiality below R (restricted), which the mapping gives every record: it would let "
+    "a consent for less restricted data match"
+)
+
+
+def extra_label_problem(system: str, code: str) -> str | None:
+    """Why ``(system, code)`` (system already normalised) cannot be one of a record's
+    ``security_labels``: a label the consent engine cannot read, or a confidentiality below R."""
+    problem = label_problem(system, code)
+    if problem is None and (system, code) in _BELOW_RESTRICTED:
+        return CONFIDENTIALITY_BELOW_RESTRICTED
+    return problem
+
+
 class SecurityLabelSchema(CodingSchema):
     """A security label beyond the derived ones (``SUD``): its system normalised (OIDs of the HL7
     v3 label systems become their URIs); a code of those systems the library does not know is
-    refused, as the consent gate would refuse it (it must never be taken for no label)."""
+    refused, as the consent gate would refuse it (it must never be taken for no label), and so
+    is a confidentiality below R (:func:`extra_label_problem`)."""
 
     @validates_schema
     def _readable(self, data: dict[str, Any], **kwargs: Any) -> None:
-        problem = label_problem(normal_label(data["system"]), data["code"])
+        problem = extra_label_problem(normal_label(data["system"]), data["code"])
         if problem is not None:
             raise ValidationError(problem)
 

@@ -485,3 +485,14 @@ def test_an_effective_offset_with_seconds_is_refused_at_the_element() -> None:
     with pytest.raises(MappingError) as caught:
         from_observations(resources)
     assert caught.value.element == "Bundle.entry[0].resource.effectiveDateTime"
+
+
+def test_a_confidentiality_below_restricted_read_back_is_refused_at_its_element() -> None:
+    """Another system relabelled a member ``N`` (normal): writing it again beside our R would let
+    a consent permitting normal-confidentiality data release the record. Refused at the label,
+    as the JSON form refuses it. Found: kept and written on every resource (fail open)."""
+    resources = copy.deepcopy(to_observations(_record("srs-administration")))
+    resources[2]["meta"]["security"].append({"system": t.V3_CONFIDENTIALITY, "code": "N"})
+    with pytest.raises(MappingError) as caught:
+        from_observations(resources)
+    assert caught.value.element == "Bundle.entry[2].resource.meta.security[2]"

@@ -380,3 +380,30 @@ def test_a_utc_offset_fhir_cannot_carry_is_refused_at_the_field(
     with pytest.raises(InputError) as caught:
         load_record(data)
     assert [i.path for i in caught.value.issues] == ["effective"]
+
+
+@pytest.mark.parametrize("code", ["U", "L", "M", "N"])
+def test_a_confidentiality_below_restricted_is_refused(code: str) -> None:
+    """The mapping labels every record R (restricted). A lower v3-Confidentiality code beside it
+    (``N``) would let a consent that permits only normal-confidentiality data match the record
+    (a provision applies when the resource carries any of its labels): refused at its index.
+    Found: accepted and written beside R, so such a permit released the record (fail open)."""
+    data = _example("srs-administration.json") | {
+        "security_labels": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "SUD"},
+            {"system": "urn:oid:2.16.840.1.113883.5.25", "code": code},
+        ]
+    }
+    with pytest.raises(InputError) as caught:
+        load_record(data)
+    assert [i.path for i in caught.value.issues] == ["security_labels.1"]
+
+
+def test_very_restricted_beside_restricted_is_kept() -> None:
+    """``V`` is stricter than the R the mapping gives: kept, so a consent denying V sees it."""
+    data = _example("srs-administration.json") | {
+        "security_labels": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "V"}
+        ]
+    }
+    assert [c.code for c in load_record(data).security_labels] == ["V"]
