@@ -276,3 +276,26 @@ def test_a_copy_that_may_be_older_is_merged_when_it_denies(
         stored = known.get_record(foreign_record_id(client.base.url, "c1"))
     assert (opted_out.merged, opted_out.stale) == (1, 0)
     assert stored is not None and stored.body["decision"] == "deny"
+
+
+def test_a_consent_moved_to_a_patient_not_ours_no_longer_permits_for_the_first(
+    httpserver: HTTPServer, known: SqlStore, sqlite_url: str
+) -> None:
+    """A foreign permit of PATIENT is moved on the server to a patient this service does not
+    know (filed under the wrong patient, then corrected), and the moved copy is read (here as a
+    notification's focus is). It no longer speaks for PATIENT: PATIENT is left without it and
+    marked changed (the retraction pass looks at them). Found: the moved copy is ignored as not
+    our patient and its pulled row loses the record it stood for, so neither it nor the full
+    listing that no longer finds it under PATIENT ever withdraws the permit: PATIENT's records
+    keep being shared under another person's consent (fail open)."""
+    moved = _consent("2", LATER)
+    moved["patient"] = {"reference": "Patient/someone-else"}
+    base = _server(httpserver, _in_turn(_searchset(_consent("1", EARLIER)), _searchset()))
+    with FhirClient(base, retry=QUICK_RETRY) as client:
+        puller = Puller(sync_settings(base, sqlite_url), known, client)
+        assert puller.pull().merged == 1
+        assert len(_active_consents(known)) == 1
+        notified = puller.merge("Consent", [moved])
+        listed = puller.pull(full_listing=True)
+    assert _active_consents(known) == []
+    assert PATIENT in notified.changed_patients | listed.changed_patients

@@ -727,6 +727,7 @@ class Puller:
         ours = self.store.get_records([*foreign_ids, *foreign_ids.values()])
         rows: list[PulledResource] = []
         foreign: list[tuple[dict[str, Any], NewRecord, PulledResource]] = []
+        moved_away: list[tuple[dict[str, Any], NewRecord, PulledResource]] = []
         for resource in page:
             patient, why = self._patient_of(resource, patients)
             local = ours.get(str(resource["id"]))
@@ -739,6 +740,25 @@ class Puller:
                 report.ignored += 1
                 report.ignored_why[why] = report.ignored_why.get(why, 0) + 1
                 PULLED.labels("Consent", "ignored").inc()
+                record_id = foreign_ids[str(resource["id"])]
+                before = ours.get(record_id)
+                if before is not None and before.family == FAMILY_CONSENT:
+                    # Stored for one of our patients, and it names someone we do not know now
+                    # (moved on the server): it no longer speaks for that patient.
+                    row = self._row(
+                        resource,
+                        patient=before.patient,
+                        record_id=record_id,
+                        origin=ORIGIN_FOREIGN,
+                        state="ignored",
+                        generation=generation,
+                    )
+                    withdrawn = _revoked_copy(self.store, record_id, now)
+                    if withdrawn is None:
+                        rows.append(row)
+                    else:
+                        moved_away.append((resource, withdrawn, row))
+                    continue
                 rows.append(
                     self._row(
                         resource,
@@ -761,6 +781,7 @@ class Puller:
                 generation=generation,
             )
             foreign.append((resource, new, row))
+        self._withdraw_moved_away(moved_away, now, report)
         foreign = self._unsure_in_force_skipped(foreign, unsure, report)
         if foreign:
             entries = [
@@ -796,6 +817,44 @@ class Puller:
                     if before is not None:  # moved off a patient: theirs changed too
                         report.changed_patients.add(before.patient)
         return rows
+
+    def _withdraw_moved_away(
+        self,
+        moved: list[tuple[dict[str, Any], NewRecord, PulledResource]],
+        now: datetime,
+        report: PullReport,
+    ) -> None:
+        """Foreign consents of our patients that now name a patient we do not know: revoked here
+        (the revoked copies in ``moved``), as a deletion is, saved with their rows (order-checked,
+        the rows keeping the patient and record they stood for), their patients marked
+        changed."""
+        if not moved:
+            return
+        entries = [
+            audit.two_way_event(
+                "pull",
+                new.record_id,
+                new.patient,
+                now,
+                resources=[{"resourceType": "Consent", "id": row.resource_id}],
+                outcome_code="moved-away",
+            )
+            for _, new, row in moved
+        ]
+        results = self.store.put_remote_records(
+            [new for _, new, _ in moved],
+            origin=self.server,
+            audit=entries,
+            at=now,
+            remote=[row for _, _, row in moved],
+        )
+        for (_, new, _), result in zip(moved, results, strict=True):
+            if result.outcome is PutOutcome.STALE:  # a newer copy was saved meanwhile
+                report.stale += 1
+                PULLED.labels("Consent", "stale").inc()
+            elif result.outcome is not PutOutcome.UNCHANGED:
+                report.changed_patients.add(new.patient)
+        log.info("consents moved to patients not known here were withdrawn: %d", len(moved))
 
     def _unsure_in_force_skipped(
         self,
