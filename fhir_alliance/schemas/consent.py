@@ -50,6 +50,7 @@ from fhir_alliance.terminology import (
     CONSENT_CATEGORY_CODES,
     CONSENT_LABEL_CODES,
     LOINC,
+    PARTICIPATION_TYPE_ALIASES,
     PURPOSE_OF_USE_CODES,
     RESOURCE_TYPES,
     V3_ACT_REASON,
@@ -198,12 +199,17 @@ class AttachmentSchema(StrictSchema):
 
 
 class ProvisionActorSchema(StrictSchema):
+    """An actor of a provision; its role's system in canonical form (v3-ParticipationType by its
+    OID or STU3 URL is that code system), as the FHIR readers give it, so that a deny naming the
+    recipient's role that way matches the recipient."""
+
     role = fields.Nested(CodingSchema, required=True)
     reference = fields.Nested(RefSchema, required=True)
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> ProvisionActor:
-        return ProvisionActor(**data)
+        role = canonical_coding(data["role"], PARTICIPATION_TYPE_ALIASES)
+        return ProvisionActor(**{**data, "role": role})
 
 
 class DataRefSchema(StrictSchema):

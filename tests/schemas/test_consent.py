@@ -361,3 +361,53 @@ def test_ai_assisted_label_may_be_named_and_other_observation_values_may_not() -
     with pytest.raises(InputError) as err:
         load_consent(data)
     assert _paths(err) == {"provision.provisions.1.security_labels.0.code"}
+
+
+@pytest.mark.parametrize(
+    "system", ["urn:oid:2.16.840.1.113883.5.90", "http://hl7.org/fhir/v3/ParticipationType"]
+)
+def test_an_actor_role_given_by_its_oid_or_stu3_url_is_read_as_the_canonical_code(
+    system: str,
+) -> None:
+    """v3-ParticipationType by its OID or STU3 URL is the same role, as the FHIR readers read it:
+    a restriction posted so must deny the recipient it names. Found: kept as written, so the
+    engine never matched it with the recipient (IRCP) and the sharing permit still applied
+    (fail open)."""
+    data = _sharing()
+    data["provision"]["actors"][0]["role"]["system"] = system
+    record = load_consent(data)
+    role = record.provision.actors[0].role
+    assert role.system == "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+    assert dump_consent(record)["provision"]["actors"][0]["role"]["system"] == role.system
+
+
+def test_a_restriction_naming_the_recipient_role_by_oid_denies() -> None:
+    """The sharing example permits the clinic's EHR; a later restriction denying it, its role
+    given by v3-ParticipationType's OID, overrides the permit (deny-overrides)."""
+    from fhir_alliance.consent import ConsentEngine, DecisionOutcome
+    from fhir_alliance.consent.gate import disclosure_request
+
+    sharing = _sharing()
+    restriction = copy.deepcopy(sharing)
+    restriction["id"] = "https://clinic.example.org/consents|c-restriction"
+    restriction["consent_kind"] = "restriction"
+    restriction["decision"] = "deny"
+    restriction["provision"] = {"actors": copy.deepcopy(sharing["provision"]["actors"])}
+    restriction["provision"]["actors"][0]["role"]["system"] = "urn:oid:2.16.840.1.113883.5.90"
+    engine = ConsentEngine([load_consent(sharing), load_consent(restriction)])
+    actor = sharing["provision"]["actors"][0]["reference"]["reference"]
+    resource = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "subject": sharing["patient"],
+        "effectiveDateTime": "2025-05-20T15:00:00+00:00",
+    }
+    request = disclosure_request(
+        resource,
+        patient=sharing["patient"]["reference"],
+        recipient=actor,
+        purposes=["TREAT"],
+        at=datetime(2025, 6, 1, tzinfo=UTC),
+    )
+    assert engine.decide(request).outcome is DecisionOutcome.DENY
