@@ -23,6 +23,7 @@ from typing import Any, Final
 from fhir_alliance import terminology as t
 from fhir_alliance.consent import ConsentDecision, ConsentEngine, DecisionOutcome
 from fhir_alliance.consent.decision import DecisionRequest, RequestActor, RequestedResource
+from fhir_alliance.consent.gate import normal_label
 from fhir_alliance.errors import MappingError
 from fhir_alliance.mapping._fhir_values import (
     check_version,
@@ -371,16 +372,34 @@ def _removal_from_fhir(ext: Mapping[str, Any], path: str) -> AiLabelRemoval:
     )
 
 
-def _labels(resource: Mapping[str, Any], path: str) -> set[tuple[str, str]]:
+def _labels(resource: Mapping[str, Any], path: str) -> list[tuple[str, str]]:
+    """``meta.security`` as ``(system, code)``, in order, each system normalised (the OIDs and
+    STU3 URLs of the HL7 v3 label systems become their URIs, as the consent gate reads them)."""
     meta = resource.get("meta")
     if meta is None:
-        return set()
+        return []
     labels = read_list(obj(meta, f"{path}.meta").get("security"), f"{path}.meta.security")
-    out: set[tuple[str, str]] = set()
+    out: list[tuple[str, str]] = []
     for i, raw in enumerate(labels):
         label = obj(raw, f"{path}.meta.security[{i}]")
-        out.add((str(label.get("system")), str(label.get("code"))))
+        out.append((normal_label(str(label.get("system"))), str(label.get("code"))))
     return out
+
+
+def _only_our_labels(
+    labels: Sequence[tuple[str, str]], note_labels: Sequence[dict[str, str]], path: str
+) -> None:
+    """Refuse a label the note's own mapping does not give it (``SUD`` another system added): the
+    note model cannot keep it, and the note written again without it would escape a consent
+    that denies it."""
+    ours = {(label["system"], label["code"]) for label in note_labels}
+    for i, label in enumerate(labels):
+        if label not in ours:
+            raise MappingError(
+                "a security label the note cannot keep (it carries only R, BH, PSYTHPN, AIAST): "
+                "refused, not dropped",
+                element=f"{path}.meta.security[{i}]",
+            )
 
 
 def _category(resource: Mapping[str, Any], path: str) -> NoteCategory:
@@ -561,7 +580,7 @@ def from_document_reference(
             element=f"{path}.meta",
         )
     try:
-        return SessionNote(
+        note = SessionNote(
             id=identifier_from_fhir(identifiers[0], f"{path}.identifier[0]"),
             category=category,
             patient=ref_from_fhir(resource.get("subject"), f"{path}.subject"),
@@ -581,6 +600,8 @@ def from_document_reference(
         )
     except ValueError as exc:  # the model's own rules (a final note without its signature, …)
         raise MappingError(str(exc), element=path) from None
+    _only_our_labels(labels, _security(note), path)
+    return note
 
 
 def from_fhir(resources: Sequence[Mapping[str, Any]]) -> list[SessionNote]:

@@ -243,3 +243,27 @@ def test_registry_and_map_command_handle_notes() -> None:
         [(f"b:{i}", r) for i, r in enumerate(resources)], version="4.0.1"
     )
     assert (direction, records) == ("records", [payload])
+
+
+@pytest.mark.parametrize("version", VERSIONS.values())
+def test_a_label_another_system_added_is_refused_not_dropped(version: str) -> None:
+    """A note labelled SUD by another system: the note model keeps only the labels its mapping
+    gives (R, BH, PSYTHPN, AIAST), so reading it would lose SUD and write the note again without
+    it, where a consent denying SUD no longer catches it. Refused at the label. Found: dropped."""
+    resource = copy.deepcopy(to_fhir(_example("ai-drafted-progress-note"), version=version)[0])
+    resource["meta"]["security"].append({"system": t.V3_ACT_CODE, "code": "SUD"})
+    index = len(resource["meta"]["security"]) - 1
+    with pytest.raises(MappingError) as caught:
+        from_fhir([resource])
+    assert caught.value.element.endswith(f".meta.security[{index}]"), caught.value.element
+
+
+def test_a_label_system_given_by_oid_is_read_as_its_uri() -> None:
+    """PSYTHPN with v3-ActCode given by its OID is the PSYTHPN label, as the consent gate reads
+    it: the psychotherapy note reads back."""
+    note = _example("psychotherapy-note")
+    resource = copy.deepcopy(to_fhir(note)[0])
+    for label in resource["meta"]["security"]:
+        if label["system"] == t.V3_ACT_CODE:
+            label["system"] = "urn:oid:2.16.840.1.113883.5.4"
+    assert from_fhir([resource]) == [note]
