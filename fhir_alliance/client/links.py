@@ -6,6 +6,7 @@ base is refused *before* any request is made, so the token is never sent anywher
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urljoin, urlsplit
@@ -43,8 +44,14 @@ def is_resource_type(value: object) -> bool:
 
 def is_loopback_host(host: str) -> bool:
     """Whether ``host`` (a URL's host name, lower case) is this machine's loopback: the one place
-    plain http may carry credentials."""
-    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+    plain http may carry credentials. ``localhost`` or a loopback address (``127.0.0.0/8``,
+    ``::1``); a DNS name that only starts with ``127.`` resolves wherever its owner says."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _segments(path: str) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fhir_alliance.client.links import BaseUrl, path_template
+from fhir_alliance.client.links import BaseUrl, is_loopback_host, path_template
 from fhir_alliance.errors import InputError, UnsafeLinkError
 
 BASE = BaseUrl.parse("https://ehr.example.org/fhir/R4")
@@ -154,3 +154,27 @@ def test_any_link_is_either_refused_or_inside(link: str) -> None:
     segments = [s for s in parts.path.split("/") if s]
     assert segments[:2] == ["fhir", "R4"]
     assert not any(unquote(s) in (".", "..") or "/" in unquote(s) for s in segments)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("127.attacker.example", False),
+        ("127.0.0.1.nip.io", False),
+        ("127.0.0.1.attacker.example", False),
+        ("ehr.example.org", False),
+        ("10.0.0.1", False),
+    ],
+)
+def test_only_a_loopback_address_or_localhost_is_loopback(host: str, loopback: bool) -> None:
+    """Plain http may carry credentials only to this machine. A DNS name that merely starts with
+    ``127.`` resolves wherever its owner says. Found: ``127.attacker.example`` counted as
+    loopback, so a bearer token or SMART assertion went there over plain http."""
+    assert is_loopback_host(host) is loopback
+    assert BaseUrl.parse(f"http://{host if ':' not in host else f'[{host}]'}/fhir").is_loopback is (
+        loopback
+    )
