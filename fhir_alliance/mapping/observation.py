@@ -653,7 +653,7 @@ def _automated(ext: Mapping[str, Any], path: str) -> AutomatedRater:
     )
 
 
-def _labels(resource: Mapping[str, Any], path: str) -> list[Coding]:
+def read_labels(resource: Mapping[str, Any], path: str) -> list[Coding]:
     """``meta.security``, each label's system normalised (OIDs of the HL7 v3 label systems), a
     label the consent engine could not read refused at its element, as the gate would, and a
     confidentiality below the R we write (``N``) too (:func:`extra_label_problem`)."""
@@ -675,7 +675,7 @@ def _labels(resource: Mapping[str, Any], path: str) -> list[Coding]:
     return labels
 
 
-def _with_labels(record: AllianceRecord, labels: Sequence[Coding]) -> AllianceRecord:
+def with_labels(record: AllianceRecord, labels: Sequence[Coding]) -> AllianceRecord:
     """``record`` keeping, once each, the ``labels`` its mapping would not derive (a ``SUD``
     another system added), so that they are written again and the gate sees them."""
     seen = set(_derived_labels(record))
@@ -749,7 +749,7 @@ def _panel_from_fhir(
         index, member = by_ref[reference]
         consumed.add(index)
         mpath = f"Bundle.entry[{index}].resource"
-        labels += _labels(member, mpath)
+        labels += read_labels(member, mpath)
         system, member_code = _primary_code(member, mpath)
         prefix, _, suffix = member_code.partition(".")
         if system != t.CS_ALLIANCE_MEASURES or prefix != code.value or not suffix:
@@ -945,7 +945,7 @@ def from_observations(resources: Sequence[Mapping[str, Any]]) -> list[AllianceRe
             )
         check_elements(resource, _OBSERVATION_ELEMENTS, path)
         system, code = _primary_code(resource, path)
-        labels = _labels(resource, path)
+        labels = read_labels(resource, path)
         record: AllianceRecord
         if system == t.CS_ALLIANCE_DIMENSIONS:
             record = _rating_from_fhir(resource, path, code)
@@ -961,7 +961,7 @@ def from_observations(resources: Sequence[Mapping[str, Any]]) -> list[AllianceRe
             continue
         else:
             raise MappingError("code not known to the alliance mapping", element=f"{path}.code")
-        records.append((index, _with_labels(record, labels)))
+        records.append((index, with_labels(record, labels)))
     orphans = [i for i in members if i not in consumed]
     if orphans:
         raise MappingError(

@@ -29,7 +29,7 @@ from fhir_alliance.mapping._fhir_values import (
     ref_from_fhir,
     req_str,
 )
-from fhir_alliance.mapping.observation import to_observations
+from fhir_alliance.mapping.observation import read_labels, to_observations, with_labels
 from fhir_alliance.model.common import Identifier, Ref
 from fhir_alliance.model.observations import (
     AllianceRecord,
@@ -110,7 +110,9 @@ def _identifier(qr: Mapping[str, Any], path: str) -> Identifier:
 def records_from_questionnaire_response(
     qr: Mapping[str, Any], *, path: str = "QuestionnaireResponse"
 ) -> list[AllianceRecord]:
-    """The records one QuestionnaireResponse of our Questionnaires carries (none if unanswered)."""
+    """The records one QuestionnaireResponse of our Questionnaires carries (none if unanswered),
+    each with the QR's security labels beyond those the mapping gives (a label that cannot be
+    kept is refused at ``…meta.security[i]``)."""
     qr = obj(qr, path)
     if qr.get("resourceType") != "QuestionnaireResponse":
         raise MappingError("expected a QuestionnaireResponse", element=f"{path}.resourceType")
@@ -145,14 +147,19 @@ def records_from_questionnaire_response(
             context["counterpart"] = ref_from_fhir(
                 ext.get("valueReference"), f"{path}.extension[{i}].valueReference"
             )
+    # The QR's labels (SUD the system that took it in added) go on every record extracted, so
+    # that every Observation carries them again; those the mapping gives anyway are dropped.
+    labels = read_labels(qr, path)
     if questionnaire == DIMENSIONS_QUESTIONNAIRE:
-        return _dimension_records(qr, path, record_id, context)
-    code = _BY_QUESTIONNAIRE.get(questionnaire)
-    if code is None:
-        raise MappingError(
-            "not one of the alliance Questionnaires", element=f"{path}.questionnaire"
-        )
-    return _administration_records(qr, path, code, record_id, context)
+        records = _dimension_records(qr, path, record_id, context)
+    else:
+        code = _BY_QUESTIONNAIRE.get(questionnaire)
+        if code is None:
+            raise MappingError(
+                "not one of the alliance Questionnaires", element=f"{path}.questionnaire"
+            )
+        records = _administration_records(qr, path, code, record_id, context)
+    return [with_labels(record, labels) for record in records]
 
 
 def _administration_records(

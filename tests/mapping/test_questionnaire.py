@@ -148,3 +148,35 @@ def test_therapist_form_takes_the_practitioner_author_as_rater() -> None:
     assert (
         record.rater.role is RaterRole.THERAPIST and record.rater.who.reference == "Practitioner/t1"
     )
+
+
+V3 = "http://terminology.hl7.org/CodeSystem"
+
+
+@pytest.mark.parametrize("make_qr", [_wai_sr_qr, _dimensions_qr])
+def test_the_labels_of_the_questionnaire_response_reach_every_observation(make_qr) -> None:
+    """A QR labelled SUD (and R, BH) by the system that took it in: every record extracted keeps
+    SUD (R and BH are the mapping's own), so every Observation carries it and a consent denying
+    SUD still catches them. Found: the QR's labels were dropped at extraction."""
+    qr = make_qr()
+    qr["meta"] = {
+        "security": [
+            {"system": f"{V3}/v3-Confidentiality", "code": "R"},
+            {"system": "urn:oid:2.16.840.1.113883.5.4", "code": "SUD"},
+        ]
+    }
+    records = records_from_questionnaire_response(qr)
+    assert records
+    for record in records:
+        assert [(c.system, c.code) for c in record.security_labels] == [(f"{V3}/v3-ActCode", "SUD")]
+    for resource in observations_from_questionnaire_response(qr):
+        assert {"system": f"{V3}/v3-ActCode", "code": "SUD"} in resource["meta"]["security"]
+
+
+def test_a_label_of_the_questionnaire_response_that_cannot_be_kept_is_refused() -> None:
+    """A label the engine cannot read, or a confidentiality below R, is refused at its element."""
+    qr = _wai_sr_qr()
+    qr["meta"] = {"security": [{"system": f"{V3}/v3-Confidentiality", "code": "N"}]}
+    with pytest.raises(MappingError) as caught:
+        records_from_questionnaire_response(qr)
+    assert caught.value.element == "QuestionnaireResponse.meta.security[0]"
