@@ -234,8 +234,9 @@ def test_a_copy_that_may_be_older_is_merged_only_when_it_withdraws(
 ) -> None:
     """A server without version ids gives copies with the same ``lastUpdated`` (nothing says
     which is newer): a withdrawal among them is adopted (it narrows sharing), a permit after it
-    is not (it would widen sharing on what may be the older copy), and the permit read again
-    while it is what is stored counts as a duplicate."""
+    is not (it would widen sharing on what may be the older copy) but holds the patient as an
+    unreadable consent does, and the permit read again while it is what is stored counts as a
+    duplicate."""
     base = _server(
         httpserver,
         _in_turn(
@@ -254,8 +255,9 @@ def test_a_copy_that_may_be_older_is_merged_only_when_it_withdraws(
         permit = puller.pull()
     assert (again.duplicates, again.merged) == (1, 0)
     assert (withdrawn.merged, withdrawn.stale) == (1, 0)
-    assert (permit.merged, permit.stale) == (0, 1)
+    assert (permit.merged, permit.unreadable, permit.stale) == (1, 1, 0)
     assert _active_consents(known) == []
+    assert load_patient_consents(known, PATIENT).unreadable
 
 
 def test_a_copy_that_may_be_older_is_merged_when_it_denies(
@@ -276,6 +278,59 @@ def test_a_copy_that_may_be_older_is_merged_when_it_denies(
         stored = known.get_record(foreign_record_id(client.base.url, "c1"))
     assert (opted_out.merged, opted_out.stale) == (1, 0)
     assert stored is not None and stored.body["decision"] == "deny"
+
+
+def test_a_narrowing_edit_of_unsure_order_holds_the_patient(
+    httpserver: HTTPServer, known: SqlStore, sqlite_url: str
+) -> None:
+    """On a server without version ids, the patient's permit gains a nested deny (no sharing for
+    research any more) and keeps its ``lastUpdated``: the order is unsure and the copy still
+    permits something. Skipping it as maybe older kept the wider permit in force (fail open);
+    adopting it could put an older, wider copy back. Neither is safe, so it is stored as
+    unreadable: the patient's records are held until a copy of sure order arrives (a later
+    edit, a newer stamp), which is then merged."""
+    narrowed = _consent(None, EARLIER)
+    narrowed["provision"] = {
+        **narrowed["provision"],
+        "provision": [
+            {
+                "type": "deny",
+                "purpose": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                        "code": "HRESCH",
+                    }
+                ],
+            }
+        ],
+    }
+    later = {**narrowed, "meta": {"lastUpdated": LATER}}
+    base = _server(
+        httpserver,
+        _in_turn(
+            _searchset(_consent(None, EARLIER)),
+            _searchset(narrowed),
+            _searchset(narrowed),
+            _searchset(later),
+        ),
+    )
+    record_id = None
+    with FhirClient(base, retry=QUICK_RETRY) as client:
+        puller = Puller(sync_settings(base, sqlite_url), known, client)
+        assert puller.pull().merged == 1
+        record_id = foreign_record_id(client.base.url, "c1")
+        unsure = puller.pull()
+        assert _active_consents(known) == []
+        assert load_patient_consents(known, PATIENT).unreadable == (record_id,)
+        again = puller.pull()
+        sure = puller.pull()
+    assert (unsure.merged, unsure.unreadable, unsure.stale) == (1, 1, 0)
+    assert again.merged == 0  # the same copy again: still unsure, still held, nothing new
+    assert (sure.merged, sure.unreadable) == (1, 0)
+    assert load_patient_consents(known, PATIENT).unreadable == ()
+    assert _active_consents(known) == [ConsentStatus.ACTIVE]
+    stored = known.get_record(record_id)
+    assert stored is not None and stored.body["provision"]["provisions"][0]["type"] == "deny"
 
 
 def test_a_consent_moved_to_a_patient_not_ours_no_longer_permits_for_the_first(

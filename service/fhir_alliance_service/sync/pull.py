@@ -9,7 +9,8 @@ whose consents changed. See docs/two-way-sync.md.
   page by page (memory stays flat: one page at a time, one store lookup per page); every resource
   is compared with the copy seen before (``pulled_resources``, ``store/ordering.py``): the same
   version is a duplicate, an older copy is skipped as stale (never merged over a newer one), and
-  a foreign Consent whose order is unsure is merged only if it permits nothing. A patient seen
+  a foreign Consent whose order is unsure is merged only if it permits nothing (one that may
+  permit is held as unreadable until a copy of sure order comes). A patient seen
   for the first time is read in full. A bad answer (``PASS_ENDING``) ends the pass with
   ``PullReport.error``.
 * **Deletions**: where the server's CapabilityStatement offers ``history-type`` for the type
@@ -46,7 +47,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -133,6 +134,9 @@ HISTORY_UNUSABLE = (
 PASS_ENDING = (ServerError, UnsafeLinkError, LimitExceededError)
 #: Where the newest ``_history`` stamp seen is kept: a pull cursor row of its own.
 HISTORY_CURSOR = "{}/_history"
+#: Why a foreign Consent that may permit is held as unreadable although it reads: whether it is
+#: newer than the copy seen before cannot be told (``store/ordering.py``).
+ORDER_UNSURE = "Consent.meta (cannot tell whether this copy is newer than the one read before)"
 #: Unreadable consents are stored with this body: loading it fails, so the gate holds.
 UNREADABLE_KIND = "consent"
 #: In the body of a pulled consent that could not be read and was then deleted on the server:
@@ -718,7 +722,7 @@ class Puller:
         merged foreign consents are saved by ``put_remote_records``, with its ordering check).
         A foreign copy in ``unsure`` (maybe older than the one seen) is merged only if it
         permits nothing (a withdrawal, unreadable, an opt-out without permit exceptions: all
-        narrow sharing); else it is skipped as stale (unless it is what is stored already)."""
+        narrow sharing); else it is held as unreadable (unless it is what is stored already)."""
         now = self.clock()
         foreign_ids = {str(r["id"]): foreign_record_id(self.server, str(r["id"])) for r in page}
         # Ours by resource id (the id we pushed it under); foreign ones by their local id: the
@@ -782,7 +786,7 @@ class Puller:
             )
             foreign.append((resource, new, row))
         self._withdraw_moved_away(moved_away, now, report)
-        foreign = self._unsure_in_force_skipped(foreign, unsure, report)
+        foreign = self._unsure_in_force_held(foreign, unsure, report)
         if foreign:
             entries = [
                 audit.two_way_event(
@@ -856,15 +860,17 @@ class Puller:
                 report.changed_patients.add(new.patient)
         log.info("consents moved to patients not known here were withdrawn: %d", len(moved))
 
-    def _unsure_in_force_skipped(
+    def _unsure_in_force_held(
         self,
         foreign: list[tuple[dict[str, Any], NewRecord, PulledResource]],
         unsure: set[str],
         report: PullReport,
     ) -> list[tuple[dict[str, Any], NewRecord, PulledResource]]:
-        """``foreign`` without the copies that may be older than the one seen (``unsure``) and
-        would keep or put a consent in force: adopting one could widen sharing on an outdated
-        copy. One that is what is stored already counts as a duplicate."""
+        """``foreign`` with each copy that may be older than the one seen (``unsure``) and would
+        keep or put a consent in force replaced by an unreadable placeholder: adopting it could
+        widen sharing on an outdated copy, skipping it could keep a permit a newer edit narrowed.
+        The placeholder holds the patient's records until a copy of sure order arrives. One that
+        is what is stored already counts as a duplicate."""
         maybe_widening = [
             new.record_id
             for resource, new, _ in foreign
@@ -882,10 +888,10 @@ class Puller:
             if head is not None and head.content_hash == new.content_hash:
                 report.duplicates += 1
                 PULLED.labels("Consent", "duplicate").inc()
-            else:
-                report.stale += 1
-                PULLED.labels("Consent", "stale").inc()
-                log.warning("a consent copy maybe older than the one seen was not merged")
+                continue
+            held = _unreadable_record(new.record_id, new.patient, ORDER_UNSURE)
+            kept.append((resource, held, replace(row, state="unreadable")))
+            log.warning("a consent copy of unsure order is held as unreadable")
         return kept
 
     def _merge_ours(
@@ -1093,14 +1099,20 @@ def _foreign_record(
         record = from_consent(resource)
     except FhirAllianceError as exc:
         element = getattr(exc, "element", None) or "Consent"  # MappingError names it
-        body: dict[str, Any] = {"kind": UNREADABLE_KIND, "unreadable": element}
-        identifier = f"urn:fhir-alliance:unreadable|{record_id}"
-        state = "unreadable"
-    else:
-        body = dict(CONSENT_MAPPER.dump(record))
-        identifier = str(record.id)
-        state = "merged"
-    new = NewRecord(
+        return _unreadable_record(record_id, patient, element), "unreadable"
+    body = dict(CONSENT_MAPPER.dump(record))
+    return _new_consent(record_id, str(record.id), patient, body), "merged"
+
+
+def _unreadable_record(record_id: str, patient: str, why: str) -> NewRecord:
+    """The placeholder of a foreign Consent that holds its patient's records: ``why`` is the
+    element that could not be read, or ``ORDER_UNSURE``."""
+    body: dict[str, Any] = {"kind": UNREADABLE_KIND, "unreadable": why}
+    return _new_consent(record_id, f"urn:fhir-alliance:unreadable|{record_id}", patient, body)
+
+
+def _new_consent(record_id: str, identifier: str, patient: str, body: dict[str, Any]) -> NewRecord:
+    return NewRecord(
         record_id=record_id,
         identifier=identifier,
         kind=str(body["kind"]),
@@ -1109,7 +1121,6 @@ def _foreign_record(
         body=body,
         content_hash=content_hash(body),
     )
-    return new, state
 
 
 def _may_permit(body: Mapping[str, Any]) -> bool:
