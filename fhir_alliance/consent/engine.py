@@ -1187,7 +1187,12 @@ class ConsentEngine:
                 answers.append(answer)
         combining = self.combining
         if combining is CombiningRule.MOST_RECENT_WINS and answers:
-            answers = [min(answers, key=_general_recency)]
+            # The newest consents decide. Several of the same date combine deny-overrides: for a
+            # resource, a tie goes to the deny, and a consent that permits some content may deny
+            # the very content another of that date permits; picking one of them by its kind and
+            # identifier released what the other denies.
+            newest = max(a.consent.date for a in answers)
+            answers = [a for a in answers if a.consent.date == newest]
         if len(answers) > 1:
             answers.sort(key=_general_recency)
         for answer in answers:
