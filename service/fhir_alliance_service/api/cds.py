@@ -21,14 +21,14 @@ from typing import Any, Final
 import orjson
 from flask import Blueprint, Response, current_app, jsonify
 
-from fhir_alliance.consent import ConsentDecision, ConsentEngine, DecisionOutcome
+from fhir_alliance.consent import ConsentDecision, DecisionOutcome
 from fhir_alliance.consent.cds_hooks import HOOK, card_response, request_from_hook
 from fhir_alliance.errors import InputError, Issue
 from fhir_alliance_service.api.body import json_body
 from fhir_alliance_service.app import current_service
 from fhir_alliance_service.auth import require_scope
 from fhir_alliance_service.metrics import decision_counter
-from fhir_alliance_service.usecases.consents import engine_for_patient, patient_key
+from fhir_alliance_service.usecases.consents import engine_for_patients, patient_key
 
 __all__ = ["SERVICE_ID", "bp"]
 
@@ -67,12 +67,9 @@ def _decide(data: Mapping[str, Any]) -> ConsentDecision:
     request = request_from_hook(data, at=datetime.now(UTC))
     store = current_service().store
     keys = sorted({patient_key(ref) for ref in request.patient})
-    compiled = [engine_for_patient(store, key) for key in keys]
-    unreadable = [u for c in compiled for u in c.unreadable]
-    if len(compiled) == 1:
-        decision = compiled[0].engine.decide(request)
-    else:  # the patient known by several identifiers: their consents together
-        decision = ConsentEngine([r for c in compiled for r in c.records]).decide(request)
+    consents = engine_for_patients(store, keys)
+    decision = consents.engine.decide(request)
+    unreadable = consents.unreadable
     if unreadable:
         return ConsentDecision(
             outcome=DecisionOutcome.DENY,

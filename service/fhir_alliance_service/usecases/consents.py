@@ -55,6 +55,7 @@ __all__ = [
     "PatientConsents",
     "clear_engine_cache",
     "engine_for_patient",
+    "engine_for_patients",
     "load_patient_consents",
     "patient_key",
     "register_patient_alias",
@@ -210,6 +211,21 @@ def engine_for_patient(store: Store, patient: str) -> PatientConsents:
     compiled = load_patient_consents(store, patient, stamp=stamp, keys=keys)
     _CACHE.put(store, compiled)
     return compiled
+
+
+def engine_for_patients(store: Store, patients: list[str]) -> PatientConsents:
+    """The consents of one patient that the caller names by several keys (a CDS hook's
+    ``patientId`` list), compiled together with a directory linking every reference of the
+    patient to every identifier, as for one key and its aliases. Merged without that
+    directory, a consent filed under an aliased reference no longer matched a request naming
+    the patient by identifier: a restriction dropped out and another consent's permit answered."""
+    distinct = list(dict.fromkeys(patients))
+    if len(distinct) == 1:
+        return engine_for_patient(store, distinct[0])
+    keys: list[str] = []
+    for patient in distinct:
+        keys.extend(key for key in store.patient_keys(patient) if key not in keys)
+    return load_patient_consents(store, distinct[0], keys=keys)
 
 
 def clear_engine_cache() -> None:
