@@ -71,18 +71,20 @@ __all__ = [
 #: The action every disclosure is asked about (consentaction ``disclose``).
 DISCLOSE = Coding(system=CONSENT_ACTION, code="disclose")
 
-#: Where each resource type states when its content happened, first match wins.
+#: Where each resource type states when its content happened: the first element the resource
+#: carries decides. ``effective`` and ``occurred`` are choice types (``effectiveDateTime``,
+#: ``effectivePeriod``, ``effectiveTiming``, …): a Period gives its start, anything else must be
+#: an instant.
 _DATE_ELEMENTS = (
-    "effectiveDateTime",
-    "effectiveInstant",
-    "effectivePeriod.start",
+    "effective",
     "authored",  # QuestionnaireResponse
-    "occurredDateTime",  # Provenance
+    "occurred",  # Provenance
     "recorded",
     "dateTime",  # R4 Consent
     "issued",
     "date",
 )
+_CHOICE_DATES = frozenset({"effective", "occurred"})
 #: Elements holding references to what the resource relates to (provision.data meaning related).
 _REFERS_TO = ("encounter", "derivedFrom", "hasMember", "basedOn", "partOf", "focus", "target")
 #: Elements naming who wrote or performed it (provision.data meaning authoredby).
@@ -91,15 +93,6 @@ _AUTHORS = ("performer", "author")
 
 def _fail(path: str, message: str) -> InputError:
     return InputError(f"{message} at {path}", issues=[Issue(path=path, message=message)])
-
-
-def _dig(resource: Mapping[str, Any], dotted: str) -> Any:
-    value: Any = resource
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    return value
 
 
 def _instant(text: object) -> datetime | None:
@@ -111,6 +104,36 @@ def _instant(text: object) -> datetime | None:
     except ValueError:
         return None
     return value if value.utcoffset() is not None else None
+
+
+def _clinical_date(resource: Mapping[str, Any]) -> datetime | None:
+    """When the content happened: the first of :data:`_DATE_ELEMENTS` the resource carries, as an
+    instant. One it carries but does not state precisely (a date without a time, a time without
+    an offset, a Period without a start, a Timing) leaves the date unknown: a later element
+    (``issued``, when the result was released) is another date, and taking it could carry the
+    content out of a ``dataPeriod`` that a deny names."""
+    for name in _DATE_ELEMENTS:
+        if name in _CHOICE_DATES:
+            found = [
+                key
+                for key in resource
+                if isinstance(key, str)
+                and key.startswith(name)
+                and key[len(name) : len(name) + 1].isupper()
+                and resource[key] is not None
+            ]
+            if not found:
+                continue
+            if len(found) > 1:  # two values of one choice element: which one holds is unknown
+                return None
+            (key,) = found
+            value = resource[key]
+            if key.endswith("Period"):
+                return _instant(value.get("start")) if isinstance(value, Mapping) else None
+            return _instant(value)
+        if resource.get(name) is not None:
+            return _instant(resource[name])
+    return None
 
 
 #: A resource type name (``Observation``).
@@ -403,9 +426,7 @@ def requested_resource(resource: Mapping[str, Any]) -> RequestedResource:
     elif relations_known and identifiers:
         reference = Ref(identifier=identifiers[0], type=resource_type)
         aliases = tuple(Ref(identifier=i, type=resource_type) for i in identifiers[1:])
-    date = next(
-        (d for d in (_instant(_dig(resource, e)) for e in _DATE_ELEMENTS) if d is not None), None
-    )
+    date = _clinical_date(resource)
     return RequestedResource(
         type=resource_type,
         reference=reference,

@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import pytest
+
 from fhir_alliance.consent import ConsentEngine, DecisionOutcome
 from fhir_alliance.consent.decision import CombiningRule
+from fhir_alliance.consent.gate import disclosure_request
 from fhir_alliance.model.common import Ref
 from tests.consent.builders import (
     actor,
     consent,
     label,
     loinc,
+    period,
     prov,
     request,
     resource,
@@ -43,3 +49,66 @@ def test_most_recent_wins_ties_in_a_general_answer_deny_first() -> None:
             if o.mode.value == "redact-all-except"
         ]
         assert any(keep == {"89204-2"} for keep in kept), general.explain()
+
+
+#: Permit, except data dated before 2025 (the sharing example's exception).
+NOT_BEFORE_2025 = consent("c1", "permit", prov("deny", data_period=period(end="2025-01-01")))
+
+
+def _gate(observation: dict[str, object]) -> DecisionOutcome:
+    request = disclosure_request(
+        observation,
+        patient="Patient/p1",
+        recipient="Organization/ehr",
+        purposes=["TREAT"],
+        at=datetime(2025, 6, 1, tzinfo=UTC),
+    )
+    return ConsentEngine([NOT_BEFORE_2025]).decide(request).outcome
+
+
+@pytest.mark.parametrize(
+    "effective",
+    [
+        {"effectiveDateTime": "2024-06-15"},  # a date without a time
+        {"effectiveDateTime": "2024-06"},
+        {"effectiveDateTime": "2024-06-15T10:00:00"},  # a time without an offset
+        {"effectivePeriod": {"start": "2024-06-15"}},
+        {"effectivePeriod": {"end": "2024-06-15T10:00:00Z"}},  # no start
+        {"effectiveTiming": {"event": ["2024-06-15T10:00:00Z"]}},
+    ],
+)
+def test_an_imprecise_clinical_date_is_unknown_not_replaced_by_a_later_one(
+    effective: dict[str, object],
+) -> None:
+    """The gate took the first date it could read precisely: an Observation of June 2024 whose
+    effective date has no time (or no offset) was dated by its ``issued`` instant of 2025, and
+    the deny on data before 2025 let it go. The clinically relevant date is then unknown, which
+    meets the deny (as a resource without any date does)."""
+    observation = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "issued": "2025-02-01T10:00:00Z",
+        **effective,
+    }
+    assert _gate(observation) is DecisionOutcome.DENY
+
+
+def test_a_precise_clinical_date_still_decides() -> None:
+    """The same Observation with a precise effective instant in 2025 goes; in 2024 it does not."""
+    base = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "issued": "2025-02-01T10:00:00Z",
+    }
+    assert (
+        _gate({**base, "effectiveDateTime": "2025-01-15T10:00:00+01:00"}) is DecisionOutcome.PERMIT
+    )
+    assert (
+        _gate({**base, "effectiveDateTime": "2024-12-31T23:30:00-05:00"}) is DecisionOutcome.PERMIT
+    )
+    assert _gate({**base, "effectiveDateTime": "2024-12-31T23:30:00+00:00"}) is DecisionOutcome.DENY
+    assert _gate(base) is DecisionOutcome.PERMIT  # no effective date: issued is the date
