@@ -6,11 +6,12 @@ or, for purposes, actions and labels, as bare codes of their usual code systems.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
-from marshmallow import ValidationError, fields, post_load, pre_load, validates_schema
+from marshmallow import ValidationError, fields, post_load, pre_load, validates, validates_schema
 
 from fhir_alliance.consent.decision import (
     ACTION_MESSAGE,
@@ -40,9 +41,11 @@ from fhir_alliance.schemas.common import (
 from fhir_alliance.terminology import (
     CONFIDENTIALITY_CODES,
     CONSENT_ACTION,
+    PARTICIPATION_TYPE_ALIASES,
     V3_ACT_CODE,
     V3_ACT_REASON,
     V3_CONFIDENTIALITY,
+    V3_PARTICIPATION_TYPE,
 )
 
 __all__ = [
@@ -125,10 +128,36 @@ class ActorSchema(RefSchema):
 
     role = fields.Nested(CodingSchema, load_default=None)
 
+    @validates("role")
+    def _known_role(self, role: object, **kwargs: Any) -> None:
+        # Provision actors match by (system, code): a role that is no v3-ParticipationType code
+        # (``ircp``, ``"IRCP "``) would match no provision, so a deny naming the actor missed.
+        if (
+            isinstance(role, Coding)  # (a role that did not load has its own issue)
+            and _role_system(role.system) == V3_PARTICIPATION_TYPE
+            and not _PARTICIPATION_CODE.fullmatch(role.code)
+        ):
+            raise ValidationError({"code": [ROLE_MESSAGE]})
+
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> RequestActor:
         role = data.pop("role", None) or DEFAULT_ACTOR_ROLE
+        system = _role_system(role.system)
+        if system != role.system:  # the OID or STU3 URL of v3-ParticipationType, as consents read
+            role = Coding(system=system, code=role.code)
         return RequestActor(reference=Ref(**data), role=role)
+
+
+#: A v3-ParticipationType code: upper-case letters (``IRCP``, ``PRCP``, ``DEV``).
+_PARTICIPATION_CODE: Final = re.compile(r"[A-Z]+")
+#: The message of the issue a misspelt v3-ParticipationType role gives.
+ROLE_MESSAGE: Final = (
+    "not a v3-ParticipationType code (exact case, no spaces), such as IRCP, PRCP, AUT or DEV"
+)
+
+
+def _role_system(system: str) -> str:
+    return PARTICIPATION_TYPE_ALIASES.get(system, system)
 
 
 def _literal(value: str) -> None:

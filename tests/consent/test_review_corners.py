@@ -10,8 +10,12 @@ import pytest
 from fhir_alliance.consent import ConsentEngine, DecisionOutcome
 from fhir_alliance.consent.decision import CombiningRule
 from fhir_alliance.consent.gate import disclosure_request
+from fhir_alliance.consent.request_form import load_decision_request
+from fhir_alliance.errors import InputError
 from fhir_alliance.model.common import Ref
+from fhir_alliance.terminology import V3_PARTICIPATION_TYPE
 from tests.consent.builders import (
+    IRCP,
     actor,
     consent,
     label,
@@ -112,3 +116,42 @@ def test_a_precise_clinical_date_still_decides() -> None:
     )
     assert _gate({**base, "effectiveDateTime": "2024-12-31T23:30:00+00:00"}) is DecisionOutcome.DENY
     assert _gate(base) is DecisionOutcome.PERMIT  # no effective date: issued is the date
+
+
+DR_X = Ref(reference="Practitioner/x")
+#: Permit, except to Practitioner/x as information recipient.
+NOT_TO_X = consent("c-not-x", "permit", prov("deny", actors=[actor(DR_X)]))
+
+
+def _ask_as(role: dict[str, str] | None) -> dict[str, object]:
+    who: dict[str, object] = {"reference": "Practitioner/x"}
+    if role is not None:
+        who["role"] = role
+    return {
+        "patient": {"reference": "Patient/p1"},
+        "actors": [who],
+        "purposes": ["TREAT"],
+        "action": "disclose",
+        "at": "2025-06-01T00:00:00Z",
+    }
+
+
+@pytest.mark.parametrize(
+    "system", ["urn:oid:2.16.840.1.113883.5.90", "http://hl7.org/fhir/v3/ParticipationType"]
+)
+def test_a_request_role_by_oid_is_the_canonical_role(system: str) -> None:
+    """The consent reader reads v3-ParticipationType by its OID or STU3 URL as the canonical
+    system; the request form kept it as given, so IRCP by OID escaped the deny naming x as IRCP."""
+    request = load_decision_request(_ask_as({"system": system, "code": "IRCP"}))
+    assert request.actors[0].role == IRCP
+    assert ConsentEngine([NOT_TO_X]).decide(request).outcome is DecisionOutcome.DENY
+
+
+@pytest.mark.parametrize("code", ["ircp", "IRCP ", " IRCP", "Ircp", ""])
+def test_a_misspelt_request_role_is_refused(code: str) -> None:
+    """A v3-ParticipationType role that is no code of it (wrong case, spaces) matched no
+    provision actor, so it escaped the deny naming x: refused at its path, as a misspelt
+    action or purpose is."""
+    with pytest.raises(InputError) as caught:
+        load_decision_request(_ask_as({"system": V3_PARTICIPATION_TYPE, "code": code}))
+    assert [i.path for i in caught.value.issues] == ["actors.0.role.code"]
