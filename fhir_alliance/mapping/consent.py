@@ -857,7 +857,12 @@ def _lifecycle(
     for i, ext in _extensions(resource, path):
         if ext.get("url") != EXT_CONSENT_STATUS_CHANGE:
             continue
-        history.append(_status_change(ext, _Path(f"{path}.extension[{i}]")))
+        change = _status_change(ext, _Path(f"{path}.extension[{i}]"))
+        # The engine reads the changes in order: one out of time order would stretch the span
+        # before it (active January to June where the consent was active in January only).
+        if history and change.at < history[-1].at:
+            raise _fail("status changes must be in time order", _Path(f"{path}.extension[{i}]"))
+        history.append(change)
     if states:
         state_path, code = states[0]
         status = _enum(ConsentStatus, code, state_path)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -11,8 +12,10 @@ from fhir_alliance.consent import ConsentEngine, DecisionOutcome
 from fhir_alliance.consent.decision import CombiningRule
 from fhir_alliance.consent.gate import disclosure_request
 from fhir_alliance.consent.request_form import load_decision_request
-from fhir_alliance.errors import InputError
+from fhir_alliance.errors import InputError, MappingError
+from fhir_alliance.mapping.consent import R4, from_consent, to_consent
 from fhir_alliance.model.common import Ref
+from fhir_alliance.model.consent import ConsentStatus, StatusChange
 from fhir_alliance.terminology import V3_PARTICIPATION_TYPE
 from tests.consent.builders import (
     IRCP,
@@ -24,6 +27,7 @@ from tests.consent.builders import (
     prov,
     request,
     resource,
+    t,
 )
 
 EHR = Ref(reference="Organization/ehr")
@@ -155,3 +159,31 @@ def test_a_misspelt_request_role_is_refused(code: str) -> None:
     with pytest.raises(InputError) as caught:
         load_decision_request(_ask_as({"system": V3_PARTICIPATION_TYPE, "code": code}))
     assert [i.path for i in caught.value.issues] == ["actors.0.role.code"]
+
+
+def test_a_foreign_history_out_of_time_order_is_refused() -> None:
+    """Permit, active from 1 January, back to draft on 1 February, revoked on 1 June: active in
+    January only. Written with the draft change first among the extensions, the reader took it
+    and the engine read the consent as active from January to June: a disclosure in May was
+    permitted. Our JSON form refuses a history out of time order; so does the FHIR reader now,
+    at the change out of order."""
+    ordered = dataclasses.replace(
+        consent("c-hist", "permit", status="revoked"),
+        history=(
+            StatusChange(ConsentStatus.ACTIVE, t("2025-01-01")),
+            StatusChange(ConsentStatus.DRAFT, t("2025-02-01")),
+            StatusChange(ConsentStatus.REVOKED, t("2025-06-01")),
+        ),
+    )
+    assert ConsentEngine([ordered]).decide(request(EHR, at="2025-05-01")).outcome is (
+        DecisionOutcome.NO_CONSENT
+    )
+    wire = to_consent(ordered, version=R4)
+    changes = [n for n, e in enumerate(wire["extension"]) if e["url"].endswith("status-change")]
+    first, second = changes[0], changes[1]
+    ext = wire["extension"]
+    ext[first], ext[second] = ext[second], ext[first]
+    with pytest.raises(MappingError) as caught:
+        from_consent(wire)
+    assert caught.value.element == f"Consent.extension[{second}]"
+    assert from_consent(to_consent(ordered, version=R4)) == ordered
