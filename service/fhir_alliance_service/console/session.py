@@ -174,7 +174,7 @@ def sign_in(raw_key: str, form_token: str, response: Response) -> ApiKey:
     the messages never say which part of the key was wrong."""
     loaded = _load(request.cookies.get(SIGN_IN_COOKIE, ""), _SALT_SIGN_IN, SIGN_IN_SECONDS)
     cookie_token = loaded[0] if loaded is not None else None
-    if not isinstance(cookie_token, str) or not hmac.compare_digest(cookie_token, form_token):
+    if not isinstance(cookie_token, str) or not _same_token(cookie_token, form_token):
         raise ApiError(403, "the sign-in form has expired; please try again")
     from fhir_alliance_service.app import current_service
 
@@ -211,6 +211,12 @@ def end_session(response: Response) -> None:
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="Strict")
 
 
+def _same_token(sent: str, expected: str) -> bool:
+    """Whether a form's token is the expected one, in constant time. Compared as UTF-8 bytes:
+    ``hmac.compare_digest`` raises on text that is not ASCII, which a tampered form may send."""
+    return hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode("utf-8"))
+
+
 def csrf_token() -> str:
     """The CSRF token for forms of the signed-in session ('' when there is none)."""
     session = current_session()
@@ -221,5 +227,5 @@ def check_csrf() -> None:
     """Refuse a POST whose form token does not match the session's (403)."""
     session = current_session()
     sent = request.form.get("csrf_token", "")
-    if session is None or not sent or not hmac.compare_digest(sent, session.csrf):
+    if session is None or not sent or not _same_token(sent, session.csrf):
         raise ApiError(403, "the form's security token is missing or stale; reload the page")

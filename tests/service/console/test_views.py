@@ -587,3 +587,27 @@ def test_the_trend_gives_each_days_figures_from_the_audit_trail_on_first_view(
     assert shown == expected
     assert list(shown) == sorted(shown)  # oldest first
     assert store.get_meta("console.daily_counts") is None
+
+
+def test_a_form_token_that_is_not_ascii_is_refused_not_a_500(
+    console_app: Flask, console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """A sign-in, sign-out, replay or conflict form whose token holds non-ASCII text (a tampered
+    or garbled form) is refused with 403 like any wrong token, never a 500."""
+    console_client.get("/console/sign-in")  # the sign-in cookie is set
+    answer = console_client.post(
+        "/console/sign-in", data={"api_key": console_keys["read"], "sign_in_token": "jeton-é"}
+    )
+    assert answer.status_code == 403
+    assert console_client.get("/console/").status_code == 302
+
+    _load_demo(console_client, console_keys)
+    record_id = _dead_letter(console_app)
+    sign_in(console_client, console_keys["admin"])
+    for path in (
+        "/console/sign-out",
+        f"/console/records/{record_id}/replay",
+        f"/console/records/{record_id}/conflict",
+    ):
+        assert console_client.post(path, data={"csrf_token": "jeton-é"}).status_code == 403
+    assert console_client.get("/console/").status_code == 200
