@@ -69,6 +69,10 @@ CONTENT_SECURITY_POLICY: Final = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
+#: What a browser's ``Sec-Fetch-Site`` says of a form the console's own pages posted (``none``:
+#: the user's own doing, such as a bookmark). Any other site's form is refused.
+_OWN_SITE: Final = frozenset({"same-origin", "none"})
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _RECORD_ID_PATTERN: Final = "<uuid:record_id>"
 _STATE_WORDS: Final = {
     "queued": "waiting to be sent",
@@ -99,6 +103,20 @@ def _settings() -> Any:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@blueprint.before_request
+def _refuse_other_sites_posts() -> None:
+    """Refuse a form posted from another site (403), sign-in included: the browser says where a
+    request comes from in ``Sec-Fetch-Site``, which pages cannot set. A sibling subdomain
+    (``same-site``) is refused too: it can plant cookies on this host, so the sign-in form's
+    double-submit token alone does not stop it signing a browser in with its own key. Browsers
+    that send no ``Sec-Fetch-Site`` still meet ``SameSite=Strict`` and the forms' tokens."""
+    if request.method in _SAFE_METHODS:
+        return
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in _OWN_SITE:
+        raise ApiError(403, "a form from another site cannot post to the console")
 
 
 @blueprint.after_request

@@ -611,3 +611,41 @@ def test_a_form_token_that_is_not_ascii_is_refused_not_a_500(
     ):
         assert console_client.post(path, data={"csrf_token": "jeton-é"}).status_code == 403
     assert console_client.get("/console/").status_code == 200
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_form_posts_from_another_site_are_refused(
+    console_app: Flask, console_client: FlaskClient, console_keys: dict[str, str], site: str
+) -> None:
+    """A form posted from another site, even a sibling subdomain that could plant the sign-in
+    cookie (login CSRF) or knows a token, is refused by the browser's Sec-Fetch-Site: no session
+    is made, nothing is replayed, nobody is signed out. The console's own forms
+    (same-origin) work."""
+    other_site = {"Sec-Fetch-Site": site}
+    token = _sign_in_token(console_client)
+    answer = console_client.post(
+        "/console/sign-in",
+        data={"api_key": console_keys["admin"], "sign_in_token": token},
+        headers=other_site,
+    )
+    assert answer.status_code == 403
+    assert not any(c.startswith(f"{SESSION_COOKIE}=") for c in answer.headers.getlist("Set-Cookie"))
+    assert console_client.get("/console/").status_code == 302
+
+    _load_demo(console_client, console_keys)
+    store = console_app.extensions["fhir_alliance"].store
+    record_id = _dead_letter(console_app)
+    sign_in(console_client, console_keys["admin"])
+    csrf = csrf_of(console_client)
+    for path in (f"/console/records/{record_id}/replay", "/console/sign-out"):
+        refused = console_client.post(path, data={"csrf_token": csrf}, headers=other_site)
+        assert refused.status_code == 403
+    assert store.sync_status(record_id).state is SyncState.DEAD_LETTERED
+    assert console_client.get("/console/").status_code == 200
+
+    same_origin = {"Sec-Fetch-Site": "same-origin"}
+    answer = console_client.post(
+        f"/console/records/{record_id}/replay", data={"csrf_token": csrf}, headers=same_origin
+    )
+    assert answer.status_code == 303
+    assert store.sync_status(record_id).state is SyncState.QUEUED
