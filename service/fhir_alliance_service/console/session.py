@@ -8,9 +8,13 @@ the key's secret. Each request looks the key up again: a revoked key ends its se
 out: the session id goes into the store's ended sessions (``Store.end_session``), which every
 request checks (one primary-key read), so a copy of the cookie stops working too, in every process.
 
-Cookies are ``HttpOnly``, ``SameSite=Strict``, ``Path=/console`` and ``Secure`` when the request
-came over TLS. Forms carry a CSRF token (:func:`csrf_token`), compared in constant time. The sign-in
-form, which has no session yet, is protected by a double-submit token in a cookie of its own.
+Cookies are ``HttpOnly`` and ``SameSite=Strict``. Over TLS they are ``__Host-`` cookies
+(``Secure``, ``Path=/``, no ``Domain``): no other host of the site, a sibling subdomain included,
+can set one, so none can plant a session of its own key or a sign-in token pair of its own in a
+clinic browser (cookie tossing); over TLS only those are read. Over plain HTTP (development) they
+are plain cookies with ``Path=/console``. Forms carry a CSRF token (:func:`csrf_token`), compared
+in constant time. The sign-in form, which has no session yet, is protected by a double-submit
+token in a cookie of its own.
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ from fhir_alliance_service.store.interface import ApiKey, Store
 
 __all__ = [
     "COOKIE_PATH",
+    "SECURE_COOKIE_PREFIX",
     "SESSION_COOKIE",
     "SESSION_SECONDS",
     "SIGN_IN_COOKIE",
     "ConsoleSession",
     "check_csrf",
+    "cookie_name",
     "csrf_token",
     "current_session",
     "end_session",
@@ -47,6 +53,9 @@ __all__ = [
 SESSION_COOKIE: Final = "fa_console"
 SIGN_IN_COOKIE: Final = "fa_console_sign_in"
 COOKIE_PATH: Final = "/console"
+#: Over TLS the cookies' names carry this prefix: browsers then accept them only with ``Secure``,
+#: ``Path=/`` and no ``Domain``, set by this host itself.
+SECURE_COOKIE_PREFIX: Final = "__Host-"
 #: A session lasts a working day; then the key is asked for again.
 SESSION_SECONDS: Final = 8 * 3600
 SIGN_IN_SECONDS: Final = 3600
@@ -94,12 +103,33 @@ def _serializer(salt: str) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(_signing_key(_store()), salt=salt)
 
 
+def cookie_name(name: str) -> str:
+    """The name cookie ``name`` (:data:`SESSION_COOKIE`, :data:`SIGN_IN_COOKIE`) has on this
+    request: ``__Host-`` prefixed over TLS."""
+    return f"{SECURE_COOKIE_PREFIX}{name}" if request.is_secure else name
+
+
+def _cookie_path() -> str:
+    # A __Host- cookie must have Path=/; the API ignores the cookie (session_api_key).
+    return "/" if request.is_secure else COOKIE_PATH
+
+
 def _set_cookie(response: Response, name: str, value: str, max_age: int) -> None:
     response.set_cookie(
-        name,
+        cookie_name(name),
         value,
         max_age=max_age,
-        path=COOKIE_PATH,
+        path=_cookie_path(),
+        secure=request.is_secure,
+        httponly=True,
+        samesite="Strict",
+    )
+
+
+def _delete_cookie(response: Response, name: str) -> None:
+    response.delete_cookie(
+        cookie_name(name),
+        path=_cookie_path(),
         secure=request.is_secure,
         httponly=True,
         samesite="Strict",
@@ -138,7 +168,7 @@ def current_session() -> ConsoleSession | None:
 
 
 def _read_session() -> ConsoleSession | None:
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = request.cookies.get(cookie_name(SESSION_COOKIE))
     if not cookie:
         return None
     loaded = _load(cookie, _SALT_SESSION, SESSION_SECONDS)
@@ -172,7 +202,9 @@ def sign_in(raw_key: str, form_token: str, response: Response) -> ApiKey:
     """Check the sign-in form and the key; on success set the session cookie on ``response``.
     Raises :class:`ApiError` 403 (stale form) or 401 (a key that is not valid or lacks ``read``);
     the messages never say which part of the key was wrong."""
-    loaded = _load(request.cookies.get(SIGN_IN_COOKIE, ""), _SALT_SIGN_IN, SIGN_IN_SECONDS)
+    loaded = _load(
+        request.cookies.get(cookie_name(SIGN_IN_COOKIE), ""), _SALT_SIGN_IN, SIGN_IN_SECONDS
+    )
     cookie_token = loaded[0] if loaded is not None else None
     if not isinstance(cookie_token, str) or not _same_token(cookie_token, form_token):
         raise ApiError(403, "the sign-in form has expired; please try again")
@@ -193,7 +225,7 @@ def sign_in(raw_key: str, form_token: str, response: Response) -> ApiKey:
         _serializer(_SALT_SESSION).dumps(payload),
         SESSION_SECONDS,
     )
-    response.delete_cookie(SIGN_IN_COOKIE, path=COOKIE_PATH)
+    _delete_cookie(response, SIGN_IN_COOKIE)
     return key
 
 
@@ -208,7 +240,7 @@ def end_session(response: Response) -> None:
             at=datetime.now(UTC),
         )
         g.console_session = None
-    response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="Strict")
+    _delete_cookie(response, SESSION_COOKIE)
 
 
 def _same_token(sent: str, expected: str) -> bool:

@@ -101,19 +101,49 @@ def test_a_read_key_signs_in_with_a_strict_http_only_cookie(
 def test_the_cookie_is_secure_behind_tls(
     console_client: FlaskClient, console_keys: dict[str, str]
 ) -> None:
-    """Over HTTPS the session cookie carries Secure."""
-    page = console_client.get("/console/sign-in", base_url="https://clinic.example")
+    """Over HTTPS the console's cookies are __Host- cookies (Secure, Path=/, no Domain), which no
+    other host of the site can set; a plain-named cookie (planted by a sibling subdomain, or a
+    copy of an HTTP session) opens nothing over HTTPS."""
+    https = "https://clinic.example"
+    page = console_client.get("/console/sign-in", base_url=https)
+    sign_in_cookie = next(
+        c for c in page.headers.getlist("Set-Cookie") if c.startswith("__Host-fa_console_sign_in=")
+    )
+    assert "Secure" in sign_in_cookie and "Path=/;" in sign_in_cookie
     token = re.search(r'name="sign_in_token" value="([^"]+)"', page.text)
     assert token is not None
     answer = console_client.post(
         "/console/sign-in",
         data={"api_key": console_keys["read"], "sign_in_token": token.group(1)},
-        base_url="https://clinic.example",
+        base_url=https,
     )
     cookie = next(
-        c for c in answer.headers.getlist("Set-Cookie") if c.startswith(f"{SESSION_COOKIE}=")
+        c for c in answer.headers.getlist("Set-Cookie") if c.startswith(f"__Host-{SESSION_COOKIE}=")
     )
-    assert "Secure" in cookie
+    assert "Secure" in cookie and "Path=/;" in cookie and "Domain" not in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert console_client.get("/console/", base_url=https).status_code == 200
+
+    session = console_client.get_cookie(f"__Host-{SESSION_COOKIE}", domain="clinic.example")
+    assert session is not None
+    planted = console_client.application.test_client()
+    planted.set_cookie(SESSION_COOKIE, session.value, domain="clinic.example", path="/console")
+    assert planted.get("/console/", base_url=https).status_code == 302
+    planted.set_cookie(f"__Host-{SESSION_COOKIE}", session.value, domain="clinic.example")
+    assert planted.get("/console/", base_url=https).status_code == 200
+
+    csrf = re.search(
+        r'name="csrf_token" value="([^"]+)"', console_client.get("/console/", base_url=https).text
+    )
+    assert csrf is not None
+    out = console_client.post(
+        "/console/sign-out", data={"csrf_token": csrf.group(1)}, base_url=https
+    )
+    assert out.status_code == 303
+    deleted = next(
+        c for c in out.headers.getlist("Set-Cookie") if c.startswith(f"__Host-{SESSION_COOKIE}=")
+    )
+    assert "Secure" in deleted and "Path=/;" in deleted and "Max-Age=0" in deleted
 
 
 def test_keys_without_read_and_wrong_keys_cannot_sign_in(
