@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fhir_alliance_service import audit
+from fhir_alliance_service.auth import create_api_key
 from fhir_alliance_service.console import session as console_session
 from fhir_alliance_service.console import views as console_views
 from fhir_alliance_service.console.pages import TEXT_WITHHELD, patient_token
@@ -20,6 +21,7 @@ from fhir_alliance_service.store.interface import OutboxItem, SentResource, Stor
 from fhir_alliance_service.usecases.intake import intake_records
 from flask import Flask
 from flask.testing import FlaskClient
+from markupsafe import escape
 from werkzeug.test import TestResponse
 
 from tests.service.console.conftest import (
@@ -29,7 +31,7 @@ from tests.service.console.conftest import (
     demo_notes,
     load_clinic,
 )
-from tests.service.usecases.payloads import observation
+from tests.service.usecases.payloads import OBSERVATION_PATIENT, consent, observation
 
 PAGES = ("/console/",)
 
@@ -679,3 +681,114 @@ def test_form_posts_from_another_site_are_refused(
     )
     assert answer.status_code == 303
     assert store.sync_status(record_id).state is SyncState.QUEUED
+
+
+HOSTILE = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
+
+
+def test_stored_values_are_escaped_on_every_page(
+    console_app: Flask, console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """Markup in stored values (an automated tool's name and version, a consent's intervention
+    display, a held reason, an OperationOutcome's text and expression, an API key's name) is shown
+    as text on the overview, the patient page and the record pages, never as markup."""
+    headers = {"Authorization": f"Bearer {console_keys['write']}"}
+    rating = observation("dimension-rating-automated")
+    rating["rater"]["automated"] |= {"tool": HOSTILE, "version": HOSTILE}
+    declined = consent("treatment-declined")
+    patient = {"reference": OBSERVATION_PATIENT, "type": "Patient", "display": HOSTILE}
+    declined |= {"patient": patient, "grantor": patient}
+    declined["intervention"]["display"] = HOSTILE
+    held = copy.deepcopy(rating) | {"id": rating["id"] + "-held"}
+    answer = console_client.post("/v1/records", json=[rating, held], headers=headers)
+    assert answer.status_code == 201
+    assert console_client.post("/v1/consents", json=[declined], headers=headers).status_code == 201
+    store = console_app.extensions["fhir_alliance"].store
+    now = datetime.now(UTC)
+    dead = store.claim("test-worker", limit=1, lease_seconds=60, now=now)[0]
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "invalid",
+                "details": {"text": HOSTILE},
+                "diagnostics": HOSTILE,
+                "expression": [HOSTILE],
+            }
+        ],
+    }
+    assert store.mark_dead(dead.item_id, "test-worker", outcome=outcome, audit=[], at=now)
+    held_item = store.claim("test-worker", limit=1, lease_seconds=60, now=now)[0]
+    assert store.mark_held(held_item.item_id, "test-worker", reason=HOSTILE, audit=[], at=now)
+    sign_in(console_client, create_api_key(store, f"staff {HOSTILE}", ["admin"]))
+    overview = console_client.get("/console/").text
+    patient_page = console_client.get(f"/console/patients/{patient_token(OBSERVATION_PATIENT)}")
+    links = set(re.findall(r'href="(/console/records/[^"]+)"', overview + patient_page.text))
+    assert len(links) == 3
+    pages = [overview, patient_page.text, *(console_client.get(link).text for link in links)]
+    for page in pages:
+        assert HOSTILE not in page
+        assert "<script" not in page and "<img src=x" not in page
+        assert str(escape(HOSTILE)) in page  # shown, as text
+
+
+def test_the_stylesheet_route_serves_no_other_file(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """The public static route serves the stylesheet, and no path out of its folder, however
+    spelt."""
+    for path in (
+        "/console/static/../views.py",
+        "/console/static/%2e%2e/views.py",
+        "/console/static/..%2fsession.py",
+        "/console/static/%2e%2e%2f%2e%2e%2fapp.py",
+    ):
+        answer = console_client.get(path)
+        assert answer.status_code == 404, path
+        assert "import" not in answer.text and "root:" not in answer.text
+    with console_client.get("/console/static/console.css") as css:
+        assert css.status_code == 200 and css.mimetype == "text/css"
+
+
+def test_sign_in_never_redirects_off_the_console_and_gets_change_nothing(
+    console_app: Flask, console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """A ``next`` in the sign-in's query or form is ignored: the browser goes to the overview,
+    never to another site. The routes that change something answer GET with 405 and change
+    nothing."""
+    token = _sign_in_token(console_client)
+    answer = console_client.post(
+        "/console/sign-in?next=https://evil.example/",
+        data={"api_key": console_keys["admin"], "sign_in_token": token, "next": "//evil.example"},
+    )
+    assert answer.status_code == 303 and answer.headers["Location"] == "/console/"
+    _load_demo(console_client, console_keys)
+    record_id = _dead_letter(console_app)
+    store = console_app.extensions["fhir_alliance"].store
+    for path in (
+        f"/console/records/{record_id}/replay",
+        f"/console/records/{record_id}/conflict?decision=overwrite",
+        "/console/sign-out",
+    ):
+        assert console_client.get(path).status_code == 405
+    assert store.sync_status(record_id).state is SyncState.DEAD_LETTERED
+    assert console_client.get("/console/").status_code == 200
+
+
+def test_an_unexpected_error_on_a_page_shows_nothing_of_it(
+    console_client: FlaskClient, console_keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error inside a console page answers 500 with the console's headers and neither the
+    exception's text nor a traceback."""
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Patient/secret-client diagnostics")
+
+    monkeypatch.setattr(console_views, "overview_page", failing)
+    sign_in(console_client, console_keys["read"])
+    answer = console_client.get("/console/")
+    assert answer.status_code == 500
+    assert "secret-client" not in answer.text and "Traceback" not in answer.text
+    assert answer.headers["Cache-Control"] == "no-store"
+    assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
