@@ -50,7 +50,7 @@ from fhir_alliance.model.consent import (
     Period,
     Provision,
 )
-from fhir_alliance.terminology import CONSENT_SCOPE, LABEL_PSYCHOTHERAPY_NOTE
+from fhir_alliance.terminology import CONSENT_SCOPE, LABEL_PSYCHOTHERAPY_NOTE, LABEL_VERY_RESTRICTED
 
 __all__ = [
     "DEFAULT_EXPLICIT_LABELS",
@@ -60,8 +60,12 @@ __all__ = [
     "decide",
 ]
 
-#: Labels whose content is released only by a provision that names the label (PSYTHPN).
-DEFAULT_EXPLICIT_LABELS: frozenset[tuple[str, str]] = frozenset({LABEL_PSYCHOTHERAPY_NOTE})
+#: Labels whose content is released only by a provision that names the label: psychotherapy
+#: notes (PSYTHPN) and very restricted content (confidentiality ``V``, which another system may
+#: have put on a record; a permit for ``R`` content does not reach above it).
+DEFAULT_EXPLICIT_LABELS: frozenset[tuple[str, str]] = frozenset(
+    {LABEL_PSYCHOTHERAPY_NOTE, LABEL_VERY_RESTRICTED}
+)
 
 #: Code systems whose ``class`` codes are resource types (R4 and R5); any other ``class`` code is
 #: compared with the resource's profiles (``meta.profile``).

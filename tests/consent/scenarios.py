@@ -776,7 +776,7 @@ SCENARIOS: list[Scenario] = [
         request(DR_A),
         PERMIT,
         ["c1@root"],
-        [("redact", ("PSY",)), ("redact", ("PSYTHPN",))],
+        [("redact", ("PSY",)), ("redact", ("PSYTHPN", "V"))],
     ),
     Scenario(
         "general-deny-with-permitted-label",
@@ -784,7 +784,7 @@ SCENARIOS: list[Scenario] = [
         request(DR_A),
         PERMIT,
         ["c1@0"],
-        [("except", ("BH",)), ("redact", ("PSYTHPN",))],
+        [("except", ("BH",)), ("redact", ("PSYTHPN", "V"))],
     ),
     Scenario(
         "general-psythpn-permitted-for-named-actor",
@@ -799,7 +799,7 @@ SCENARIOS: list[Scenario] = [
         request(DR_A),
         PERMIT,
         ["c1@root"],
-        [],
+        [("redact", ("V",))],
     ),
     Scenario(
         "general-psythpn-denied-for-other-actor",
@@ -814,7 +814,7 @@ SCENARIOS: list[Scenario] = [
         request(DR_B),
         PERMIT,
         ["c1@root"],
-        [("redact", ("PSYTHPN",))],
+        [("redact", ("PSYTHPN",)), ("redact", ("V",))],
     ),
     Scenario(
         "general-deny",
@@ -855,7 +855,7 @@ SCENARIOS: list[Scenario] = [
         request(DR_A),
         PERMIT,
         ["c1@root"],
-        [("redact", ("PSYTHPN",)), ("redact", ("SUD",))],
+        [("redact", ("PSYTHPN", "V")), ("redact", ("SUD",))],
         combining=RECENT,
     ),
     Scenario(
@@ -869,7 +869,7 @@ SCENARIOS: list[Scenario] = [
         request(DR_A),
         PERMIT,
         ["c1@root"],
-        [("redact", ("HIV",)), ("redact", ("PSYTHPN",))],
+        [("redact", ("HIV",)), ("redact", ("PSYTHPN", "V"))],
     ),
     Scenario(
         "general-class-scoped-deny-redacts",
@@ -877,7 +877,7 @@ SCENARIOS: list[Scenario] = [
         request(DR_A),
         PERMIT,
         ["c1@root"],
-        [("redact", ("Observation",)), ("redact", ("PSYTHPN",))],
+        [("redact", ("Observation",)), ("redact", ("PSYTHPN", "V"))],
     ),
     Scenario(
         "general-class-narrows-to-requested-content",
@@ -885,7 +885,7 @@ SCENARIOS: list[Scenario] = [
         request(DR_A, classes=(klass("DocumentReference"),)),
         PERMIT,
         ["c1@root"],
-        [("redact", ("PSYTHPN",))],
+        [("redact", ("PSYTHPN", "V"))],
     ),
     Scenario(
         "general-class-root-for-other-content",
@@ -899,7 +899,7 @@ SCENARIOS: list[Scenario] = [
         request(DR_A, classes=(klass("Observation"),)),
         PERMIT,
         ["c1@root"],
-        [("except", ("Observation",)), ("redact", ("PSYTHPN",))],
+        [("except", ("Observation",)), ("redact", ("PSYTHPN", "V"))],
     ),
     Scenario(
         "general-two-permitted-periods-keep-one",
@@ -915,7 +915,7 @@ SCENARIOS: list[Scenario] = [
         request(DR_A),
         PERMIT,
         ["c1@0"],
-        [("except", ()), ("redact", ("PSYTHPN",))],
+        [("except", ()), ("redact", ("PSYTHPN", "V"))],
         note="1 permit(s) by another data period left out",
     ),
     Scenario(
@@ -1159,6 +1159,6 @@ SCENARIOS: list[Scenario] = [
         request(DR_A, classes=(klass("MedicationStatement"), klass("Observation"))),
         PERMIT,
         ["c1@root"],
-        [("redact", ("MedicationStatement",)), ("redact", ("PSYTHPN",))],
+        [("redact", ("MedicationStatement",)), ("redact", ("PSYTHPN", "V"))],
     ),
 ]

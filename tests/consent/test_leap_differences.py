@@ -328,7 +328,7 @@ def test_labelled_resource_is_denied_not_redacted() -> None:
     redacted = [
         c["code"] for o in card["extension"]["obligations"] for c in o["parameters"]["codes"]
     ]
-    assert redacted == ["PSY", "PSYTHPN"]
+    assert redacted == ["PSY", "PSYTHPN", "V"]
 
 
 def test_data_period_redaction_is_not_sent_as_an_empty_codes_list() -> None:

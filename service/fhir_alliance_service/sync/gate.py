@@ -60,7 +60,7 @@ class HoldReason(enum.Enum):
     DENIED = ("denied", "a consent denies sharing this with the clinic's EHR")
     NEEDS_EXPLICIT_PERMIT = (
         "needs-explicit-permit",
-        "psychotherapy-note content needs an explicit permit",
+        "psychotherapy-note (PSYTHPN) or very restricted (V) content needs a permit naming it",
     )
     CONSENT_UNREADABLE = ("consent-unreadable", "a consent for this patient could not be read")
     CONSENT_PUSH_OFF = ("consent-push-off", "pushing consent records is turned off")

@@ -4,6 +4,7 @@ never leaves, consent changes release and revocations stop, per-patient order is
 from __future__ import annotations
 
 from fhir_alliance_service.store.interface import NewRecord, SyncState
+from fhir_alliance_service.sync.gate import HoldReason
 from fhir_alliance_service.sync.worker import SOURCE_URI
 
 from tests.service.sync import records as R
@@ -92,6 +93,30 @@ def test_a_new_consent_releases_held_records(harness: SyncHarness) -> None:
     assert len(harness.on_server("Observation", f"{RECORD}|trust-{run}-1")) == 1
 
 
+def test_very_restricted_content_needs_a_permit_naming_v(harness: SyncHarness) -> None:
+    """A rating the sender labelled V (very restricted) is held under the general sharing permit,
+    which released it before (only PSYTHPN needed a provision naming it); a permit that names V
+    sends it."""
+    run = harness.run
+    very = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "V"}
+    [_, rating] = harness.intake(
+        [R.sharing_consent(run), {**R.rating(run, 1), "security_labels": [very]}]
+    )
+    harness.drain()
+    status = harness.store.sync_status(rating.record_id)
+    assert status is not None and status.state is SyncState.HELD
+    assert status.held_reason == HoldReason.NEEDS_EXPLICIT_PERMIT.words
+    assert harness.on_server("Observation", f"{RECORD}|trust-{run}-1") == []
+
+    permit_v = R.sharing_consent(run, "Patient/p3")
+    permit_v["provision"]["provisions"].append({"type": "permit", "security_labels": [very]})
+    [_, other] = harness.intake(
+        [permit_v, {**R.rating(run, 2, "Patient/p3"), "security_labels": [very]}]
+    )
+    harness.drain()
+    assert harness.state(other.record_id) is SyncState.SENT
+
+
 def test_psychotherapy_note_content_needs_an_explicit_permit(harness: SyncHarness) -> None:
     """A rupture (PSYTHPN) is held under a general permit, sent under one that names the label."""
     run = harness.run
@@ -99,7 +124,7 @@ def test_psychotherapy_note_content_needs_an_explicit_permit(harness: SyncHarnes
     harness.drain()
     status = harness.store.sync_status(rupture.record_id)
     assert status is not None and status.state is SyncState.HELD
-    assert status.held_reason == "psychotherapy-note content needs an explicit permit"
+    assert status.held_reason == HoldReason.NEEDS_EXPLICIT_PERMIT.words
 
     [_, other] = harness.intake(
         [R.sharing_consent(run, "Patient/p3", permit_psythpn=True), R.rupture(run, 2, "Patient/p3")]
