@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 from fhir_alliance.terminology import PURPOSE_OF_USE_CODES
 
 __all__ = [
+    "CONSOLE_SESSION_MINUTES",
     "ENV_PREFIX",
     "SECRET_FIELDS",
     "ConfigError",
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 ENV_PREFIX: Final = "FHIR_ALLIANCE_"
+#: How long a console session lasts at most, whatever its activity (``console.session`` reads
+#: it; here so that the idle timeout's bound needs no Flask import).
+CONSOLE_SESSION_MINUTES: Final = 8 * 60
 CONFIG_FILE_VARIABLE: Final = "FHIR_ALLIANCE_CONFIG_FILE"
 #: Fields whose values are never shown (``repr``, error messages) and may come from ``…_FILE``.
 SECRET_FIELDS: Final = frozenset({"fhir_token", "database_url"})
@@ -121,6 +125,10 @@ class Settings:
     max_records_per_request: int = 1_000
     cds_source_label: str = "fhir-alliance consent consult"
     cds_source_url: str | None = None
+    # -- the console ---------------------------------------------------------------------------
+    #: A console session not used for this long must sign in again (at most the session's
+    #: absolute 8 hours, :data:`CONSOLE_SESSION_MINUTES`).
+    console_idle_minutes: int = 15
     # -- serve ---------------------------------------------------------------------------------
     bind: str = "127.0.0.1:8080"
     web_workers: int = 2
@@ -242,6 +250,16 @@ def _positive_float(value: Any) -> float:
 
 def _non_negative_float(value: Any) -> float:
     return _finite_float(value, allow_zero=True)
+
+
+def _console_idle_minutes(value: Any) -> int:
+    minutes = _positive_int(value)
+    if minutes > CONSOLE_SESSION_MINUTES:
+        raise _Invalid(
+            f"expected at most {CONSOLE_SESSION_MINUTES} (a console session's 8 hours), "
+            f"got {minutes}"
+        )
+    return minutes
 
 
 def _http_url(value: Any) -> str | None:
@@ -427,6 +445,7 @@ _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "max_records_per_request": _positive_int,
     "cds_source_label": _label,
     "cds_source_url": _http_url,
+    "console_idle_minutes": _console_idle_minutes,
     "bind": _bind,
     "worker_metrics_bind": _optional_host_port,
     "web_workers": _positive_int,

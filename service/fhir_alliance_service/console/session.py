@@ -4,9 +4,13 @@ The cookie holds the key's public id, a random session id, a CSRF token and the 
 signed with itsdangerous (Flask's own signer) under a random key kept in the store (``set_meta``),
 so that every ``serve`` process and every machine sharing the database accepts it. It never holds
 the key's secret. Each request looks the key up again: a revoked key ends its sessions at once
-(within the API-key cache time). Sessions end after :data:`SESSION_SECONDS`, or when they sign
-out: the session id goes into the store's ended sessions (``Store.end_session``), which every
-request checks (one primary-key read), so a copy of the cookie stops working too, in every process.
+(within the API-key cache time). A session ends when it was not used for the idle timeout
+(``Settings.console_idle_minutes``): each request re-issues the cookie signed as of now
+(:func:`refresh_session`), and a cookie signed longer ago than that opens nothing. Whatever the
+activity, it ends :data:`SESSION_SECONDS` after sign-in. It also ends when it signs out, or when
+the browser signs in again: the session id goes into the store's ended sessions
+(``Store.end_session``), which every request checks (one primary-key read), so a copy of the
+cookie stops working too, in every process.
 
 Cookies are ``HttpOnly`` and ``SameSite=Strict``. Over TLS they are ``__Host-`` cookies
 (``Secure``, ``Path=/``, no ``Domain``): no other host of the site, a sibling subdomain included,
@@ -21,15 +25,18 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from flask import g, request
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 
 from fhir_alliance_service.auth import authenticate, grants
+from fhir_alliance_service.config import CONSOLE_SESSION_MINUTES
 from fhir_alliance_service.errors import ApiError
 from fhir_alliance_service.store.interface import ApiKey, Store
 
@@ -45,6 +52,7 @@ __all__ = [
     "csrf_token",
     "current_session",
     "end_session",
+    "refresh_session",
     "session_api_key",
     "sign_in",
     "sign_in_token",
@@ -56,30 +64,43 @@ COOKIE_PATH: Final = "/console"
 #: Over TLS the cookies' names carry this prefix: browsers then accept them only with ``Secure``,
 #: ``Path=/`` and no ``Domain``, set by this host itself.
 SECURE_COOKIE_PREFIX: Final = "__Host-"
-#: A session lasts a working day; then the key is asked for again.
-SESSION_SECONDS: Final = 8 * 3600
+#: A session lasts a working day at most, however busy; then the key is asked for again.
+SESSION_SECONDS: Final = CONSOLE_SESSION_MINUTES * 60
 SIGN_IN_SECONDS: Final = 3600
 #: The store's meta entry holding the signing key (created on first use).
 META_SIGNING_KEY: Final = "console.signing_key"
-#: How long past its cookie's expiry an ended session is kept: a machine whose clock runs behind
+#: How long past its 8 hours an ended session is kept: a machine whose clock runs behind
 #: accepts the cookie a little longer.
 _ENDED_KEPT_LONGER: Final = timedelta(hours=1)
 _SALT_SESSION: Final = "fhir-alliance console session"
 _SALT_SIGN_IN: Final = "fhir-alliance console sign-in"
+#: The console's clock, seconds since the epoch (tests move it).
+_clock: Callable[[], float] = time.time
+
+
+class _Signer(TimestampSigner):
+    """itsdangerous' timestamp signer, on the console's clock."""
+
+    def get_timestamp(self) -> int:
+        return int(_clock())
 
 
 @dataclass(frozen=True, slots=True)
 class ConsoleSession:
     """A signed-in browser: the stored API key it signed in with, its session id, its CSRF token
-    and when its cookie expires."""
+    and when it signed in (seconds since the epoch)."""
 
     key: ApiKey
     session_id: str
     csrf: str
-    expires_at: datetime
+    signed_in: int
 
     def may(self, scope: str) -> bool:
         return grants(self.key.scopes, scope)
+
+
+def _absolute_end(signed_in: int) -> datetime:
+    return datetime.fromtimestamp(signed_in + SESSION_SECONDS, UTC)
 
 
 def _store() -> Store:
@@ -100,7 +121,17 @@ def _signing_key(store: Store) -> str:
 
 
 def _serializer(salt: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(_signing_key(_store()), salt=salt)
+    # The key is read once per request: re-issuing the cookie reads nothing more.
+    key: str | None = g.get("console_signing_key")
+    if key is None:
+        key = g.console_signing_key = _signing_key(_store())
+    return URLSafeTimedSerializer(key, salt=salt, signer=_Signer)
+
+
+def _idle_seconds() -> int:
+    from fhir_alliance_service.app import current_service
+
+    return current_service().settings.console_idle_minutes * 60
 
 
 def cookie_name(name: str) -> str:
@@ -167,28 +198,94 @@ def current_session() -> ConsoleSession | None:
     return session
 
 
-def _read_session() -> ConsoleSession | None:
+@dataclass(frozen=True, slots=True)
+class _SessionCookie:
+    """What a session cookie's signed payload says."""
+
+    key_id: str
+    session_id: str
+    csrf: str
+    signed_in: int
+
+
+def _session_cookie(max_age: int) -> _SessionCookie | None:
+    """The session cookie of this request when its signature is good, it was signed (issued or
+    re-issued) at most ``max_age`` seconds ago, and it is within :data:`SESSION_SECONDS` of its
+    sign-in; else None. Neither the key nor the ended sessions are looked at."""
     cookie = request.cookies.get(cookie_name(SESSION_COOKIE))
     if not cookie:
         return None
-    loaded = _load(cookie, _SALT_SESSION, SESSION_SECONDS)
+    loaded = _load(cookie, _SALT_SESSION, max_age)
     if loaded is None or not isinstance(loaded[0], dict):
         return None
-    payload, signed_at = loaded
+    payload = loaded[0]
     key_id, session_id, csrf = payload.get("key"), payload.get("sid"), payload.get("csrf")
-    # A cookie without a session id (signed before sessions could end) cannot be signed out.
-    if not all(isinstance(value, str) and value for value in (key_id, session_id, csrf)):
+    signed_in = payload.get("since")
+    # A cookie without a session id (signed before sessions could end) cannot be signed out;
+    # one without its sign-in time (signed before the idle timeout) cannot be held to 8 hours.
+    if not (isinstance(key_id, str) and isinstance(session_id, str) and isinstance(csrf, str)):
+        return None
+    if not (key_id and session_id and csrf):
+        return None
+    if not isinstance(signed_in, int) or isinstance(signed_in, bool):
+        return None
+    if int(_clock()) - signed_in > SESSION_SECONDS:
+        return None
+    return _SessionCookie(key_id, session_id, csrf, signed_in)
+
+
+def _read_session() -> ConsoleSession | None:
+    cookie = _session_cookie(_idle_seconds())
+    if cookie is None:
         return None
     from fhir_alliance_service.app import current_service
 
     service = current_service()
-    stored = service.api_keys.find(service.store, key_id)
+    stored = service.api_keys.find(service.store, cookie.key_id)
     if stored is None or stored.revoked_at is not None or not grants(stored.scopes, "read"):
         return None
-    if service.store.session_ended(session_id):
+    if service.store.session_ended(cookie.session_id):
         return None
-    expires_at = signed_at + timedelta(seconds=SESSION_SECONDS)
-    return ConsoleSession(key=stored, session_id=session_id, csrf=csrf, expires_at=expires_at)
+    return ConsoleSession(
+        key=stored, session_id=cookie.session_id, csrf=cookie.csrf, signed_in=cookie.signed_in
+    )
+
+
+def _set_session_cookie(response: Response, session: _SessionCookie | ConsoleSession) -> None:
+    """Set the session cookie, signed as of now. The browser keeps it for the idle time, or for
+    what is left of the session's 8 hours when that is less."""
+    key_id = session.key_id if isinstance(session, _SessionCookie) else session.key.key_id
+    payload = {
+        "key": key_id,
+        "sid": session.session_id,
+        "csrf": session.csrf,
+        "since": session.signed_in,
+    }
+    left = session.signed_in + SESSION_SECONDS - int(_clock())
+    _set_cookie(
+        response,
+        SESSION_COOKIE,
+        _serializer(_SALT_SESSION).dumps(payload),
+        max(0, min(_idle_seconds(), left)),
+    )
+
+
+def refresh_session(response: Response) -> None:
+    """Re-issue the cookie of this request's session (if it has one), signed as of now: using
+    the console keeps the session from going idle. Not after a sign-in or a sign-out: those
+    set or delete the cookie themselves."""
+    session: ConsoleSession | None = g.get("console_session")
+    if session is not None:
+        _set_session_cookie(response, session)
+
+
+def _end(session_id: str, signed_in: int) -> None:
+    """Record the session as ended in the store, kept a little past its absolute end."""
+    _store().end_session(
+        session_id,
+        expires_at=_absolute_end(signed_in) + _ENDED_KEPT_LONGER,
+        at=datetime.fromtimestamp(_clock(), UTC),
+    )
 
 
 def sign_in_token(response: Response) -> str:
@@ -214,17 +311,16 @@ def sign_in(raw_key: str, form_token: str, response: Response) -> ApiKey:
     key = authenticate(service.store, raw_key.strip(), service.api_keys)
     if key is None or not grants(key.scopes, "read"):
         raise ApiError(401, "this key cannot sign in (it needs the read scope)")
-    payload = {
-        "key": key.key_id,
-        "sid": secrets.token_urlsafe(24),
-        "csrf": secrets.token_urlsafe(24),
-    }
-    _set_cookie(
-        response,
-        SESSION_COOKIE,
-        _serializer(_SALT_SESSION).dumps(payload),
-        SESSION_SECONDS,
+    # A session this browser had (even gone idle here: a copy of its cookie may still be in
+    # use elsewhere) ends on the server; the new one replaces it.
+    previous = _session_cookie(SESSION_SECONDS)
+    if previous is not None:
+        _end(previous.session_id, previous.signed_in)
+    g.console_session = None  # nothing left for refresh_session to re-issue
+    new = _SessionCookie(
+        key.key_id, secrets.token_urlsafe(24), secrets.token_urlsafe(24), int(_clock())
     )
+    _set_session_cookie(response, new)
     _delete_cookie(response, SIGN_IN_COOKIE)
     return key
 
@@ -234,11 +330,7 @@ def end_session(response: Response) -> None:
     copy of its cookie opens anything any more, in any process) and the cookie is deleted."""
     session = current_session()
     if session is not None:
-        _store().end_session(
-            session.session_id,
-            expires_at=session.expires_at + _ENDED_KEPT_LONGER,
-            at=datetime.now(UTC),
-        )
+        _end(session.session_id, session.signed_in)
         g.console_session = None
     _delete_cookie(response, SESSION_COOKIE)
 

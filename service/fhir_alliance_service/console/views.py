@@ -44,6 +44,7 @@ from fhir_alliance_service.console.session import (
     csrf_token,
     current_session,
     end_session,
+    refresh_session,
     sign_in,
     sign_in_token,
 )
@@ -117,6 +118,13 @@ def _refuse_other_sites_posts() -> None:
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site not in _OWN_SITE:
         raise ApiError(403, "a form from another site cannot post to the console")
+
+
+@blueprint.after_request
+def _keep_session_alive(response: Response) -> Response:
+    """A request is activity: the session's cookie is re-issued and its idle time starts again."""
+    refresh_session(response)
+    return response
 
 
 @blueprint.after_request

@@ -27,8 +27,10 @@ def test_environment_values_are_coerced() -> None:
             f"{PREFIX}LOG_LEVEL": "debug",
             f"{PREFIX}API_KEY_CACHE_SECONDS": "0",
             f"{PREFIX}WEB_THREADS": "2",
+            f"{PREFIX}CONSOLE_IDLE_MINUTES": "30",
         }
     )
+    assert settings.console_idle_minutes == 30
     assert settings.api_key_cache_seconds == 0
     assert settings.web_threads == 2
     assert settings.fhir_base_url == "https://ehr.example/fhir"
@@ -60,6 +62,10 @@ def test_precedence_file_then_environment_then_overrides(tmp_path: Path) -> None
         ({"WORKER_BATCH_SIZE": "ten"}, "FHIR_ALLIANCE_WORKER_BATCH_SIZE"),
         ({"WORKER_BATCH_SIZE": "0"}, "FHIR_ALLIANCE_WORKER_BATCH_SIZE"),
         ({"WEB_THREADS": "0"}, "FHIR_ALLIANCE_WEB_THREADS"),
+        ({"CONSOLE_IDLE_MINUTES": "0"}, "FHIR_ALLIANCE_CONSOLE_IDLE_MINUTES"),
+        ({"CONSOLE_IDLE_MINUTES": "15.5"}, "FHIR_ALLIANCE_CONSOLE_IDLE_MINUTES"),
+        # longer than the session's absolute 8 hours: it would never apply
+        ({"CONSOLE_IDLE_MINUTES": "481"}, "FHIR_ALLIANCE_CONSOLE_IDLE_MINUTES"),
         ({"LEASE_SECONDS": "-1"}, "FHIR_ALLIANCE_LEASE_SECONDS"),
         ({"LEASE_SECONDS": "nan"}, "FHIR_ALLIANCE_LEASE_SECONDS"),
         ({"API_KEY_CACHE_SECONDS": "-1"}, "FHIR_ALLIANCE_API_KEY_CACHE_SECONDS"),
@@ -219,3 +225,13 @@ def test_settings_built_in_code_are_checked_too() -> None:
         validated(Settings(max_body_bytes=0))
     with pytest.raises(ConfigError, match=r"^fhir_token: "):
         validated(Settings(fhir_auth="bearer", fhir_base_url="https://e.x"))
+
+
+def test_the_console_idle_timeout_is_at_most_the_session_length() -> None:
+    """The idle timeout may be as long as a console session (8 hours), not longer: the
+    setting's bound is the session's own limit."""
+    from fhir_alliance_service.console.session import SESSION_SECONDS
+
+    assert load_settings({}, {"console_idle_minutes": SESSION_SECONDS // 60})
+    with pytest.raises(ConfigError, match=r"^console_idle_minutes: "):
+        load_settings({}, {"console_idle_minutes": SESSION_SECONDS // 60 + 1})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -306,7 +307,9 @@ def test_a_cookie_without_a_session_id_is_no_session(
     with console_app.app_context():
         signer = console_session._serializer(console_session._SALT_SESSION)
         old = signer.dumps({"key": key_id, "csrf": "token"})
-        current = signer.dumps({"key": key_id, "sid": "session", "csrf": "token"})
+        current = signer.dumps(
+            {"key": key_id, "sid": "session", "csrf": "token", "since": int(time.time())}
+        )
     console_client.set_cookie(SESSION_COOKIE, current, path="/console")
     assert console_client.get("/console/").status_code == 200
     console_client.set_cookie(SESSION_COOKIE, old, path="/console")
