@@ -1,6 +1,6 @@
 """Name-based UUIDs (version 5) as text, the way ``str(uuid.uuid5(namespace, name))`` writes them,
-without building a ``UUID`` object: intake makes two of them per record (the audit event's id and
-the patient's token), and the object and its formatting were two thirds of their cost."""
+without building a ``UUID`` object: intake makes them per record (the audit event's id), and the
+object and its formatting were two thirds of their cost."""
 
 from __future__ import annotations
 

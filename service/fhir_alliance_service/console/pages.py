@@ -1,9 +1,9 @@
 """What each console page shows, read from the store: plain functions, testable without Flask.
 
 Scores come from the library (``fhir_alliance.instruments.score`` and ``ors_reliable_change``);
-nothing here re-computes them. Patients are addressed by an opaque id (:func:`patient_token`, a
-UUIDv5 of the patient key, which the store indexes), so no URL carries a patient reference or
-identifier.
+nothing here re-computes them. Patients are addressed by an opaque id (``Store.patient_token``,
+an HMAC of the patient key under the installation's secret, which the store indexes), so no URL
+carries a patient reference or identifier, nor anything computable from one.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from fhir_alliance_service.store.interface import (
     SyncState,
     SyncStatus,
 )
-from fhir_alliance_service.store.patient_tokens import patient_token
 from fhir_alliance_service.sync.target import (
     META_FHIR_BASE_URL,
     META_FHIR_VERSION,
@@ -65,7 +64,6 @@ __all__ = [
     "find_patient",
     "overview_page",
     "patient_page",
-    "patient_token",
     "record_page",
 ]
 
@@ -229,7 +227,7 @@ def overview_page(store: Store, settings: Settings, *, now: datetime) -> Overvie
         last_contact=datetime.fromisoformat(last_contact) if last_contact else None,
         fhir_version=store.get_meta(META_FHIR_VERSION),
         fhir_base_url=store.get_meta(META_FHIR_BASE_URL) or settings.fhir_base_url,
-        patients=[PatientLink(patient_token(p), p) for p in store.patients()],
+        patients=[PatientLink(store.patient_token(p), p) for p in store.patients()],
     )
 
 
@@ -507,7 +505,7 @@ def patient_page(store: Store, settings: Settings, patient: str, *, now: datetim
         )
     return PatientPage(
         patient=patient,
-        token=patient_token(patient),
+        token=store.patient_token(patient),
         scores=scores,
         ratings=ratings,
         events=events,
@@ -608,7 +606,7 @@ def record_page(store: Store, record_id: str) -> RecordPage | None:
         fhir_version=fhir_version,
         resources=resources,
         mapping_error=mapping_error,
-        patient_token=patient_token(record.patient),
+        patient_token=store.patient_token(record.patient),
         text_withheld=text_withheld,
     )
 

@@ -374,9 +374,13 @@ class Store(Protocol):
 
     def patients(self) -> list[str]: ...
 
+    def patient_token(self, patient: str) -> str:
+        """The opaque id of ``patient`` in console URLs: ``store.patient_tokens.patient_token``
+        under this database's secret (read once per store, then kept)."""
+
     def patient_for_token(self, token: str) -> str | None:
-        """The patient key whose opaque id (``store.patient_tokens.patient_token``) is ``token``,
-        with one indexed read; None if no record names such a patient."""
+        """The patient key whose opaque id (:meth:`patient_token`) is ``token``, with one indexed
+        read; None if no record names such a patient."""
 
     def sync_status(self, record_id: str) -> SyncStatus | None: ...
 

@@ -19,6 +19,10 @@ Choices the interface leaves open, made here:
 * ``patient_tokens`` rows are only ever inserted, so a store remembers the patients whose token
   it has committed and does not insert theirs again (up to ``KNOWN_TOKENS_MAX`` of them, then
   it starts over): intake of a known patient's record writes one statement less.
+* The tokens' secret (``patient_tokens.META_PATIENT_TOKEN_KEY``, made by migration 0008) is
+  read once per store and kept: computing a token reads nothing. Where it is missing (deleted by
+  hand), the first store to need it inserts one unless another did meanwhile, then reads it back,
+  so every store on the database uses the same.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ from .interface import (
     api_key_name_folded,
 )
 from .ordering import RemoteOrder, remote_order
-from .patient_tokens import patient_token
+from .patient_tokens import META_PATIENT_TOKEN_KEY, new_patient_token_key, patient_token
 from .raw import RawSql, ThreadConnections
 from .tables import (
     api_keys,
@@ -522,6 +526,8 @@ class SqlStore(AuditQueueSql):
         self._stamp_sql = _KEYS_AND_CONSENT_STAMPS_SQL
         #: Patients whose token row a transaction of this store has committed (module docstring).
         self._known_tokens: set[str] = set()
+        #: The patient tokens' secret, once read (module docstring).
+        self._token_secret: str | None = None
         if self._dialect == "postgresql":
             self._stamp_sql = _KEYS_AND_CONSENT_STAMPS_SQL.replace(":patient", "%(patient)s")
 
@@ -607,6 +613,7 @@ class SqlStore(AuditQueueSql):
         queued_in_batch: dict[str, dict[str, Any]] = {}  # record id → its newest item row
         tokens_written: list[str] = []  # patients whose token row this transaction inserts
         moved: list[str] = []  # records whose new version names another patient (refused)
+        token_secret = self._patient_token_secret()  # before the write transaction: it may write
         with self._raw.transaction():
             stale, remote_rows = self._remote_order_checked(remote, at)
             heads = self._load_heads([record.record_id for record in records])
@@ -676,7 +683,9 @@ class SqlStore(AuditQueueSql):
             if moved:  # raised inside the transaction: rolled back, nothing of the batch kept
                 raise PatientChangeRefused(list(dict.fromkeys(moved)))
             if record_rows:
-                tokens_written = self._write_versions(record_rows, heads, changed_ids, at, origin)
+                tokens_written = self._write_versions(
+                    record_rows, heads, changed_ids, at, token_secret, origin
+                )
                 if origin is None:  # pulled records are never pushed back
                     self._raw.insert(outbox, outbox_rows)
             audit_rows = [
@@ -775,9 +784,11 @@ class SqlStore(AuditQueueSql):
         heads: dict[str, _Head],
         changed_ids: list[str],
         at: datetime,
+        token_secret: str,
         origin: str | None = None,
     ) -> list[str]:
-        """Write the versions, heads and tokens; returns the patients whose token row it inserted."""
+        """Write the versions, heads and tokens (under ``token_secret``); returns the patients
+        whose token row it inserted."""
         raw = self._raw
         raw.insert(record_versions, record_rows)
         newest = {row["record_id"]: row for row in record_rows}  # last version per record wins
@@ -804,7 +815,7 @@ class SqlStore(AuditQueueSql):
         new_patients = sorted({row["patient"] for row in newest.values()} - known)
         raw.insert(
             patient_tokens,
-            [{"token": patient_token(p), "patient": p} for p in new_patients],
+            [{"token": patient_token(token_secret, p), "patient": p} for p in new_patients],
             suffix=" ON CONFLICT (token) DO NOTHING",
         )
         changed = list(dict.fromkeys(changed_ids))
@@ -1568,6 +1579,24 @@ class SqlStore(AuditQueueSql):
         return postgresql.insert(table) if self._dialect == "postgresql" else sqlite.insert(table)
 
     # -- patient tokens (the console's opaque patient ids) ---------------------------------------
+    def patient_token(self, patient: str) -> str:
+        return patient_token(self._patient_token_secret(), patient)
+
+    def _patient_token_secret(self) -> str:
+        secret = self._token_secret
+        if secret is None:
+            secret = self.get_meta(META_PATIENT_TOKEN_KEY)
+            if secret is None:  # only where it was deleted: migration 0008 makes it
+                add = self._upsert(meta).values(
+                    name=META_PATIENT_TOKEN_KEY, value=new_patient_token_key()
+                )
+                with self._write() as connection:
+                    connection.execute(add.on_conflict_do_nothing(index_elements=["name"]))
+                secret = self.get_meta(META_PATIENT_TOKEN_KEY)
+                assert secret is not None
+            self._token_secret = secret
+        return secret
+
     def patient_for_token(self, token: str) -> str | None:
         query = select(patient_tokens.c.patient).where(patient_tokens.c.token == token)
         with self._read() as connection:

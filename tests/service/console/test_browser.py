@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fhir_alliance_service.console.pages import TEXT_WITHHELD, TREND_DAYS, patient_token
+from fhir_alliance_service.console.pages import TEXT_WITHHELD, TREND_DAYS
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync.gate import HoldReason
 from fhir_alliance_service.sync.outcomes import SERVER_TEXT_NOT_KEPT
@@ -151,7 +151,7 @@ def test_patient_view_shows_the_librarys_scores_events_consents_and_decision(
     shown; axe finds nothing serious."""
     sign_in(browser, clinic, "read")
     navigates(browser, browser.find_element(By.LINK_TEXT, CLIENT_1).click)
-    assert browser.current_url.endswith(f"/console/patients/{patient_token(CLIENT_1)}")
+    assert browser.current_url.endswith(f"/console/patients/{clinic.store.patient_token(CLIENT_1)}")
     assert "demo-client" not in browser.current_url
     expected: dict[str, list[Decimal]] = {"srs": [], "ors": [], "wai-sr": []}
     stored = sorted(
@@ -200,7 +200,7 @@ def test_patient_view_lists_session_notes_as_the_store_and_the_gate_left_them(
     words and the store's sync state (the gate's hold reasons, the signed progress note sent);
     no note text is on the page or on a note's record page; axe finds nothing serious."""
     sign_in(browser, clinic, "read")
-    browser.get(clinic.url(f"/console/patients/{patient_token(CLIENT_1)}"))
+    browser.get(clinic.url(f"/console/patients/{clinic.store.patient_token(CLIENT_1)}"))
     links = browser.find_elements(By.CSS_SELECTOR, "#notes tbody tr a")
     record_ids = [str(link.get_attribute("href")).rsplit("/", 1)[-1] for link in links]
     stored = {
@@ -266,7 +266,7 @@ def test_pages_print_without_navigation_or_buttons(
     """In print media the header's navigation, sign-out and forms are hidden, charts and tables
     stay; Chromium prints the patient page to PDF (saved beside the screenshots)."""
     sign_in(browser, clinic, "admin")
-    browser.get(clinic.url(f"/console/patients/{patient_token(CLIENT_1)}"))
+    browser.get(clinic.url(f"/console/patients/{clinic.store.patient_token(CLIENT_1)}"))
     browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
     try:
         assert not browser.find_element(By.CSS_SELECTOR, "form.sign-out").is_displayed()
@@ -285,7 +285,9 @@ def test_patient_view_of_a_declined_intervention_and_a_revocation(
 ) -> None:
     """Client 2's timeline shows the declined intervention and the engine's deny."""
     sign_in(browser, clinic, "read")
-    browser.get(clinic.url(f"/console/patients/{patient_token('Patient/demo-client-2')}"))
+    browser.get(
+        clinic.url(f"/console/patients/{clinic.store.patient_token('Patient/demo-client-2')}")
+    )
     assert "declined intervention" in browser.find_element(By.ID, "consents").text
     assert "DENY" in browser.find_element(By.ID, "decision-1").text.upper()
 
@@ -323,7 +325,7 @@ def test_a_ruptures_session_narrative_is_on_no_page(
         if r.kind == "rupture" and r.body.get("narrative")
     ]
     narrative = rupture.body["narrative"]
-    browser.get(clinic.url(f"/console/patients/{patient_token(CLIENT_1)}"))
+    browser.get(clinic.url(f"/console/patients/{clinic.store.patient_token(CLIENT_1)}"))
     assert "rupture" in browser.find_element(By.TAG_NAME, "main").text
     assert narrative not in browser.page_source
     browser.get(clinic.url(f"/console/records/{rupture.record_id}"))

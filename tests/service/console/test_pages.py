@@ -21,7 +21,6 @@ from fhir_alliance_service.console.pages import (
     outcome_message,
     overview_page,
     patient_page,
-    patient_token,
     record_page,
 )
 from fhir_alliance_service.store import SqlStore, open_store
@@ -134,9 +133,12 @@ def test_overview_counts_trend_and_patients(clinic_store: SqlStore) -> None:
         "Patient/demo-client-3",
     }
     for link in page.patients:
-        assert link.token == patient_token(link.patient) and link.patient not in link.token
+        assert (
+            link.token == clinic_store.patient_token(link.patient)
+            and link.patient not in link.token
+        )
         assert find_patient(clinic_store, link.token) == link.patient
-    assert find_patient(clinic_store, patient_token("Patient/nobody")) is None
+    assert find_patient(clinic_store, clinic_store.patient_token("Patient/nobody")) is None
 
 
 def test_the_servers_message_is_read_from_the_operation_outcome() -> None:

@@ -7,6 +7,7 @@ import base64
 import copy
 import re
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +16,7 @@ from fhir_alliance_service import audit
 from fhir_alliance_service.auth import create_api_key
 from fhir_alliance_service.console import session as console_session
 from fhir_alliance_service.console import views as console_views
-from fhir_alliance_service.console.pages import TEXT_WITHHELD, patient_token
+from fhir_alliance_service.console.pages import TEXT_WITHHELD
 from fhir_alliance_service.console.session import SESSION_COOKIE
 from fhir_alliance_service.console.views import CONTENT_SECURITY_POLICY
 from fhir_alliance_service.store.interface import OutboxItem, SentResource, Store, SyncState
@@ -50,6 +51,12 @@ def sign_in(client: FlaskClient, key: str) -> TestResponse:
     )
 
 
+def patient_path(client: FlaskClient, patient: str) -> str:
+    """The console URL of ``patient``: its token under the store's own secret."""
+    store = client.application.extensions["fhir_alliance"].store
+    return f"/console/patients/{store.patient_token(patient)}"
+
+
 def csrf_of(client: FlaskClient) -> str:
     found = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/console/").text)
     assert found is not None
@@ -78,7 +85,7 @@ def _dead_letter(app: Flask) -> str:
 
 def test_a_signed_out_browser_is_sent_to_the_sign_in_page(console_client: FlaskClient) -> None:
     """Every console page without a session redirects to the sign-in form, never shows data."""
-    for path in ("/console/", f"/console/patients/{patient_token('Patient/x')}"):
+    for path in ("/console/", patient_path(console_client, "Patient/x")):
         answer = console_client.get(path)
         assert answer.status_code == 302
         assert answer.headers["Location"].endswith("/console/sign-in")
@@ -324,11 +331,32 @@ def test_urls_carry_no_patient_reference(
     sign_in(console_client, console_keys["read"])
     overview = console_client.get("/console/").text
     patient_links = re.findall(r'href="(/console/patients/[^"]+)"', overview)
-    assert f"/console/patients/{patient_token('Patient/demo-client-1')}" in patient_links
+    assert patient_path(console_client, "Patient/demo-client-1") in patient_links
     pages = [overview, *(console_client.get(link).text for link in patient_links)]
     for page in pages:
         for href in re.findall(r'(?:href|action)="([^"]+)"', page):
             assert "demo-client" not in href and "demo-clinic" not in href
+
+
+def test_patient_urls_cannot_be_computed_from_a_reference(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """A patient's URL is keyed with the installation's secret: the UUIDv5 of the reference in
+    the fixed public namespace (what anyone with a guessed MRN or id could compute and compare
+    with browser history or a proxy log) is in no link and opens nothing (404). (Another
+    installation's URLs differ: ``tests/service/store/test_patient_tokens.py``.)"""
+    _load_demo(console_client, console_keys)
+    sign_in(console_client, console_keys["read"])
+    overview = console_client.get("/console/").text
+    links = re.findall(r'href="(/console/patients/[^"]+)"', overview)
+    assert len(links) == 3
+    public = uuid.uuid5(uuid.NAMESPACE_URL, "https://fhir-alliance.org/console/patient")
+    for number in (1, 2, 3):
+        guessed = f"/console/patients/{uuid.uuid5(public, f'Patient/demo-client-{number}')}"
+        assert guessed not in links
+        assert console_client.get(guessed).status_code == 404
+    for link in links:
+        assert console_client.get(link).status_code == 200
 
 
 def test_unknown_patients_and_records_are_404_pages(
@@ -336,7 +364,7 @@ def test_unknown_patients_and_records_are_404_pages(
 ) -> None:
     """An opaque id that names no one answers 404 as a page, not a 500 or JSON."""
     sign_in(console_client, console_keys["read"])
-    answer = console_client.get(f"/console/patients/{patient_token('Patient/nobody')}")
+    answer = console_client.get(patient_path(console_client, "Patient/nobody"))
     assert answer.status_code == 404 and "no such patient" in answer.text
     assert console_client.get("/console/patients/not-a-uuid").status_code == 404
 
@@ -358,7 +386,7 @@ def test_patient_page_puts_client_and_therapist_wai_sr_side_by_side(
     headers = {"Authorization": f"Bearer {console_keys['write']}"}
     assert console_client.post("/v1/records", json=[therapist], headers=headers).status_code == 201
     sign_in(console_client, console_keys["read"])
-    page = console_client.get(f"/console/patients/{patient_token('Patient/demo-client-1')}").text
+    page = console_client.get(patient_path(console_client, "Patient/demo-client-1")).text
     assert 'id="wai-sr-table"' in page and 'id="wai-sr-t-table"' in page
     assert "client and therapist forms side by side" in page
 
@@ -408,7 +436,7 @@ def test_patient_page_lists_notes_with_status_signer_ai_label_and_sync_state(
             held[item.record_id] = reason
     assert {ai, process, draft} <= set(held)
     sign_in(console_client, console_keys["read"])
-    page = console_client.get(f"/console/patients/{patient_token('Patient/demo-client-1')}").text
+    page = console_client.get(patient_path(console_client, "Patient/demo-client-1")).text
     rows = _note_rows(page)
     assert list(rows) == [progress, ai, process, draft] or list(rows) == [
         ai,
@@ -439,7 +467,7 @@ def test_note_text_is_shown_on_no_console_page(
     text, section titles or their base64; the record view still shows the DocumentReference."""
     note_ids = _post_notes(console_client, console_keys)
     sign_in(console_client, console_keys["admin"])
-    pages = [console_client.get(f"/console/patients/{patient_token('Patient/demo-client-1')}")]
+    pages = [console_client.get(patient_path(console_client, "Patient/demo-client-1"))]
     pages += [console_client.get(f"/console/records/{record_id}") for record_id in note_ids]
     assert all(page.status_code == 200 for page in pages)
     encoded = [
@@ -472,7 +500,7 @@ def test_session_narrative_is_shown_on_no_console_page(
     answer = console_client.post("/v1/records", json=[rupture, repair, plain], headers=headers)
     assert answer.status_code == 201, answer.text
     narrated, repaired, whole = (r["id"] for r in answer.json["records"])
-    patient = f"/console/patients/{patient_token(rupture['patient']['reference'])}"
+    patient = patient_path(console_client, rupture["patient"]["reference"])
     for scope in ("read", "admin"):
         sign_in(console_client, console_keys[scope])
         pages = [console_client.get(p) for p in (patient, f"/console/records/{narrated}")]
@@ -509,7 +537,7 @@ def test_a_rewritten_ai_note_and_an_entered_in_error_note_are_said_in_words(
     assert answer.status_code == 201, answer.text
     rewritten_id = answer.json["records"][0]["id"]
     sign_in(console_client, console_keys["read"])
-    page = console_client.get(f"/console/patients/{patient_token('Patient/demo-client-1')}").text
+    page = console_client.get(patient_path(console_client, "Patient/demo-client-1")).text
     rows = _note_rows(page)
     assert rows[rewritten_id][4] == (
         "AI-drafted by session-scribe 2.3, rewritten entirely by the therapist (not labelled AIAST)"
@@ -726,7 +754,7 @@ def test_stored_values_are_escaped_on_every_page(
     assert store.mark_held(held_item.item_id, "test-worker", reason=HOSTILE, audit=[], at=now)
     sign_in(console_client, create_api_key(store, f"staff {HOSTILE}", ["admin"]))
     overview = console_client.get("/console/").text
-    patient_page = console_client.get(f"/console/patients/{patient_token(OBSERVATION_PATIENT)}")
+    patient_page = console_client.get(patient_path(console_client, OBSERVATION_PATIENT))
     links = set(re.findall(r'href="(/console/records/[^"]+)"', overview + patient_page.text))
     assert len(links) == 3
     pages = [overview, patient_page.text, *(console_client.get(link).text for link in links)]
