@@ -74,6 +74,8 @@ META_SIGNING_KEY: Final = "console.signing_key"
 _ENDED_KEPT_LONGER: Final = timedelta(hours=1)
 _SALT_SESSION: Final = "fhir-alliance console session"
 _SALT_SIGN_IN: Final = "fhir-alliance console sign-in"
+#: How far ahead of this machine's clock another machine's signature time may be.
+_CLOCK_AHEAD_SECONDS: Final = 60
 #: The console's clock, seconds since the epoch (tests move it).
 _clock: Callable[[], float] = time.time
 
@@ -168,13 +170,16 @@ def _delete_cookie(response: Response, name: str) -> None:
 
 
 def _load(cookie: str, salt: str, max_age: int) -> tuple[Any, datetime] | None:
-    """The signed value of ``cookie`` and when it was signed; None when the signature is wrong
-    or older than ``max_age`` seconds."""
+    """The signed value of ``cookie`` and when it was signed; None when the signature is wrong,
+    older than ``max_age`` seconds, or more than :data:`_CLOCK_AHEAD_SECONDS` in the future (the
+    cookie is re-signed on every request, maybe by another machine whose clock runs ahead;
+    itsdangerous' own check refuses any signature from the future)."""
     try:
-        loaded: tuple[Any, datetime] = _serializer(salt).loads(
-            cookie, max_age=max_age, return_timestamp=True
-        )
-    except BadSignature:  # also SignatureExpired
+        loaded: tuple[Any, datetime] = _serializer(salt).loads(cookie, return_timestamp=True)
+    except BadSignature:
+        return None
+    age = _clock() - loaded[1].timestamp()
+    if age > max_age or age < -_CLOCK_AHEAD_SECONDS:
         return None
     return loaded
 

@@ -218,3 +218,18 @@ def test_an_old_cookie_without_a_sign_in_time_is_no_session(
         old = signer.dumps({"key": key_id, "sid": "session", "csrf": "token"})
     console_client.set_cookie(SESSION_COOKIE, old, path="/console")
     assert console_client.get("/console/").status_code == 302
+
+
+def test_a_cookie_signed_by_a_machine_whose_clock_runs_ahead_still_opens(
+    console_app: Flask, console_client: FlaskClient, console_keys: dict[str, str], clock: Clock
+) -> None:
+    """Several machines serve the console and re-sign the cookie on every request: one whose
+    clock is 30 seconds ahead signs it "in the future" for the others, which still accept it;
+    a signature time more than a minute ahead is refused."""
+    clock.advance(minutes=0.5)  # the machine that signs runs ahead
+    sign_in(console_client, console_keys["read"])
+    cookie = _cookie(console_client)
+    clock.advance(minutes=-0.5)  # the next request lands on a machine on time
+    assert _copy(console_app, cookie).get("/console/").status_code == 200
+    clock.advance(minutes=-2)
+    assert _copy(console_app, cookie).get("/console/").status_code == 302
