@@ -63,6 +63,11 @@ for module in json.loads(sys.argv[1]):
         failed[module] = exc.name or str(exc)
 print(json.dumps(failed))
 """
+# ... then the command line in argv[1:] runs.
+RUN_COMMAND = """
+from fhir_alliance.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _requirements(extras: Iterable[str] = ()) -> list[Requirement]:
@@ -188,3 +193,14 @@ def test_lower_bounds_are_not_older_than_the_code_needs(name: str) -> None:
     bounds = [Version(s.version) for s in requirement.specifier if s.operator in {">=", "=="}]
     assert bounds, f"{name} has no lower bound ({why})"
     assert max(bounds) >= Version(floor), f"{name}: {requirement.specifier} ({why})"
+
+
+def test_a_service_command_without_the_service_extra_says_what_to_install(tmp_path: Path) -> None:
+    """With the library alone installed, ``fhir-alliance db upgrade`` (listed by ``--help``, since
+    the entry point ships in the same wheel) stops with one line naming the extra: no traceback."""
+    result = _run_with(_closure(_requirements()), RUN_COMMAND, "db", "upgrade", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: fhir-alliance db needs the 'service' extra, which is not installed (no module "
+        "sqlalchemy): pip install 'fhir-alliance[service]'"
+    ]

@@ -262,10 +262,28 @@ def register(subparsers: Any) -> None:
 
 
 def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Run ``handler``; a bad setting or a refused start becomes one line on stderr."""
+    """Run ``handler``; a bad setting, a refused start or a missing extra becomes one line on
+    stderr."""
     from fhir_alliance_service.config import ConfigError
 
     def run(args: argparse.Namespace) -> int:
+        try:
+            return run_handler(args)
+        except ModuleNotFoundError as exc:
+            # The wheel registers these commands even when installed without its extras (so
+            # --help lists them): say which extra to install, not a traceback.
+            missing = (exc.name or "").partition(".")[0]
+            if not missing or missing in {"fhir_alliance", "fhir_alliance_service"}:
+                raise
+            extra = "postgres" if missing == "psycopg" else "service"
+            print(
+                f"error: fhir-alliance {args.command} needs the '{extra}' extra, which is not "
+                f"installed (no module {missing}): pip install 'fhir-alliance[{extra}]'",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+
+    def run_handler(args: argparse.Namespace) -> int:
         from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
         from fhir_alliance_service.store.engine import WriterTurnTimeout
