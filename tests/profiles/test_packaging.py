@@ -118,8 +118,9 @@ def test_sdist_can_rebuild_the_profiles(dist: Path) -> None:
 
 
 def test_wheel_contents(wheel: Path) -> None:
-    """The wheel holds py.typed, the committed profiles JSON under fhir_alliance/_profiles, and only
-    the top-level packages fhir_alliance and fhir_alliance_service (no `service`)."""
+    """The wheel holds py.typed (library and service), the committed profiles JSON under
+    fhir_alliance/_profiles, and only the top-level packages fhir_alliance and
+    fhir_alliance_service (no `service`)."""
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         top_level = {name.split("/", 1)[0] for name in names}
@@ -129,6 +130,7 @@ def test_wheel_contents(wheel: Path) -> None:
             if name.startswith("fhir_alliance/_profiles/")
         }
     assert "fhir_alliance/py.typed" in names
+    assert "fhir_alliance_service/py.typed" in names
     assert "fhir_alliance_service/__init__.py" in names
     assert {t for t in top_level if not t.endswith(".dist-info")} == {
         "fhir_alliance",
@@ -172,3 +174,47 @@ def test_editable_install_imports_both_packages(tmp_path: Path) -> None:
     )
     assert probe["origin"] == "source"
     assert Path(probe["location"]) == COMMITTED
+
+
+def test_wheel_carries_the_data_files_the_code_reads(wheel: Path) -> None:
+    """Every file the installed code opens at run time is in the wheel: the compiled validators'
+    JSON schemas, the Alembic migrations (``db upgrade``; no alembic.ini), the console's templates
+    and stylesheet; and tests, examples or node_modules are not."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    needed = {
+        "fhir_alliance/mapping/data/fhir-r4-observation.schema.json",
+        "fhir_alliance/mapping/data/fhir-r5-observation.schema.json",
+        "fhir_alliance_service/store/migrations/env.py",
+        "fhir_alliance_service/store/migrations/script.py.mako",
+        "fhir_alliance_service/console/static/console.css",
+    }
+    service = REPO / "service"
+    for folder in ("store/migrations/versions", "console/templates"):
+        files = (service / "fhir_alliance_service" / folder).rglob("*")
+        needed |= {p.relative_to(service).as_posix() for p in files if p.suffix in {".py", ".html"}}
+    assert needed - names == set()
+    assert not [n for n in names if n.startswith(("tests/", "examples/")) or "node_modules" in n]
+
+
+def test_wheel_and_sdist_carry_the_whole_licence(dist: Path) -> None:
+    """Apache-2.0 asks that recipients get a copy of the licence: its full text (not a pointer to
+    it) is in the wheel's metadata and the sdist, with the NOTICE naming the copyright holder."""
+    (wheel,) = dist.glob("fhir_alliance-*.whl")
+    (sdist,) = dist.glob("fhir_alliance-*.tar.gz")
+    with zipfile.ZipFile(wheel) as archive:
+        licences = {
+            n.rsplit("/", 1)[1]: archive.read(n).decode()
+            for n in archive.namelist()
+            if ".dist-info/licenses/" in n
+        }
+    with tarfile.open(sdist) as archive:
+        root = archive.getnames()[0].split("/", 1)[0]
+        member = archive.extractfile(f"{root}/LICENSE")
+        assert member is not None
+        sdist_licence = member.read().decode()
+    assert set(licences) == {"LICENSE", "NOTICE"}
+    for text in (licences["LICENSE"], sdist_licence):
+        assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+        assert "END OF TERMS AND CONDITIONS" in text
+    assert "fhir-alliance contributors" in licences["NOTICE"]
