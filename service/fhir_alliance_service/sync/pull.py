@@ -79,6 +79,8 @@ from fhir_alliance_service import audit
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import CONFLICTS, PULLED
 from fhir_alliance_service.store.interface import (
+    AuditEntry,
+    IntakeResult,
     NewRecord,
     PullCursor,
     PulledResource,
@@ -799,18 +801,7 @@ class Puller:
                 )
                 for resource, new, _ in foreign
             ]
-            results = self.store.put_remote_records(
-                [new for _, new, _ in foreign],
-                origin=self.server,
-                audit=entries,
-                at=now,
-                remote=[row for _, _, row in foreign],
-            )
-            for (_, new, row), result in zip(foreign, results, strict=True):
-                if result.outcome is PutOutcome.STALE:  # a newer copy was saved meanwhile
-                    report.stale += 1
-                    PULLED.labels("Consent", "stale").inc()
-                    continue
+            for new, row, result in self._save_foreign(foreign, entries, now, report):
                 if row.state == "unreadable":
                     report.unreadable += 1
                 PULLED.labels("Consent", row.state).inc()
@@ -845,20 +836,36 @@ class Puller:
             )
             for _, new, row in moved
         ]
+        for new, _, result in self._save_foreign(moved, entries, now, report):
+            if result.outcome is not PutOutcome.UNCHANGED:
+                report.changed_patients.add(new.patient)
+        log.info("consents moved to patients not known here were withdrawn: %d", len(moved))
+
+    def _save_foreign(
+        self,
+        foreign: list[tuple[dict[str, Any], NewRecord, PulledResource]],
+        audit_entries: list[AuditEntry],
+        now: datetime,
+        report: PullReport,
+    ) -> list[tuple[NewRecord, PulledResource, IntakeResult]]:
+        """Store foreign consents with their pulled rows (order-checked in the store's
+        transaction); those saved, with their results. One a newer copy overtook meanwhile is
+        counted stale."""
         results = self.store.put_remote_records(
-            [new for _, new, _ in moved],
+            [new for _, new, _ in foreign],
             origin=self.server,
-            audit=entries,
+            audit=audit_entries,
             at=now,
-            remote=[row for _, _, row in moved],
+            remote=[row for _, _, row in foreign],
         )
-        for (_, new, _), result in zip(moved, results, strict=True):
+        saved = []
+        for (_, new, row), result in zip(foreign, results, strict=True):
             if result.outcome is PutOutcome.STALE:  # a newer copy was saved meanwhile
                 report.stale += 1
                 PULLED.labels("Consent", "stale").inc()
-            elif result.outcome is not PutOutcome.UNCHANGED:
-                report.changed_patients.add(new.patient)
-        log.info("consents moved to patients not known here were withdrawn: %d", len(moved))
+            else:
+                saved.append((new, row, result))
+        return saved
 
     def _unsure_in_force_held(
         self,
