@@ -1197,8 +1197,20 @@ def _pulled_after_ours(seen: PulledResource, ours: str, ours_at: datetime | None
 
 
 def _content(resource: Mapping[str, Any]) -> dict[str, Any]:
-    """A resource without what the server stamps on it (``meta``, ``text``)."""
-    return {k: v for k, v in resource.items() if k not in ("meta", "text")}
+    """A resource without what the server stamps on it (``meta``, ``text``), but with its
+    security labels (as a set of system and code): a label someone else added narrows who may
+    see the resource, so a copy carrying it is not ours, however equal the rest."""
+    content = {k: v for k, v in resource.items() if k not in ("meta", "text")}
+    meta = resource.get("meta")
+    labels = meta.get("security") if isinstance(meta, Mapping) else None
+    content["meta.security"] = sorted(
+        {
+            (str(label.get("system")), str(label.get("code")))
+            for label in labels or ()
+            if isinstance(label, Mapping)
+        }
+    )
+    return content
 
 
 def _stale_version(error: BaseException) -> bool:

@@ -20,6 +20,7 @@ from tests.service.sync.conftest import SyncHarness, now
 
 RECORD = R.RECORD_SYSTEM
 R4 = "4.0.1"
+V3_CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 
 
 def _conflicts(outcome: str) -> float:
@@ -115,3 +116,30 @@ def test_a_lost_answer_to_our_own_update_is_not_a_conflict(
     status = harness.store.sync_status(changed.record_id)
     assert status is not None and status.state is SyncState.SENT
     assert status.conflict is None and status.sent[0].version_id == "2"
+
+
+def test_a_label_someone_added_makes_an_equal_copy_a_conflict(harness: SyncHarness) -> None:
+    """Someone else changed our rating on the server to the value we then change it to, and
+    labelled it V (very restricted). The 412 must not be read as our own write whose answer was
+    lost: the server's copy carries a label we never wrote. Read as ours, it was recorded as sent
+    at their version, and our next change went out If-Match that version, dropping their label
+    without any conflict."""
+    run = harness.run
+    harness.intake([R.sharing_consent(run), R.rating(run, 1, value=4)])
+    harness.drain()
+    [theirs] = harness.on_server("Observation", f"{RECORD}|trust-{run}-1")
+    labelled = {k: v for k, v in theirs.items() if k != "meta"}
+    labelled["valueQuantity"] = {**theirs["valueQuantity"], "value": 5}
+    security = [*theirs["meta"].get("security", []), {"system": V3_CONFIDENTIALITY, "code": "V"}]
+    labelled["meta"] = {"security": security, "profile": theirs["meta"].get("profile", [])}
+    response = harness.server.http.put(
+        harness.server.url(f"Observation/{theirs['id']}"),
+        json=harness.server.tagged(labelled),
+        headers={"Content-Type": "application/fhir+json"},
+    )
+    assert response.status_code == 200, response.text
+    [ours] = harness.intake([R.rating(run, 1, value=5)])
+    harness.drain(conflict_policy="flag")
+    status = harness.store.sync_status(ours.record_id)
+    assert status is not None and status.state is SyncState.HELD
+    assert status.conflict == "flagged"
