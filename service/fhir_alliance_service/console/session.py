@@ -97,6 +97,10 @@ class ConsoleSession:
     csrf: str
     signed_in: int
 
+    @property
+    def key_id(self) -> str:
+        return self.key.key_id
+
     def may(self, scope: str) -> bool:
         return grants(self.key.scopes, scope)
 
@@ -259,9 +263,8 @@ def _read_session() -> ConsoleSession | None:
 def _set_session_cookie(response: Response, session: _SessionCookie | ConsoleSession) -> None:
     """Set the session cookie, signed as of now. The browser keeps it for the idle time, or for
     what is left of the session's 8 hours when that is less."""
-    key_id = session.key_id if isinstance(session, _SessionCookie) else session.key.key_id
     payload = {
-        "key": key_id,
+        "key": session.key_id,
         "sid": session.session_id,
         "csrf": session.csrf,
         "since": session.signed_in,
