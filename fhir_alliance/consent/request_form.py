@@ -38,6 +38,7 @@ from fhir_alliance.schemas.common import (
     load_or_raise,
     not_blank,
 )
+from fhir_alliance.schemas.consent import canonical_coding
 from fhir_alliance.terminology import (
     CONFIDENTIALITY_CODES,
     CONSENT_ACTION,
@@ -134,17 +135,17 @@ class ActorSchema(RefSchema):
         # (``ircp``, ``"IRCP "``) would match no provision, so a deny naming the actor missed.
         if (
             isinstance(role, Coding)  # (a role that did not load has its own issue)
-            and _role_system(role.system) == V3_PARTICIPATION_TYPE
+            and canonical_coding(role, PARTICIPATION_TYPE_ALIASES).system == V3_PARTICIPATION_TYPE
             and not _PARTICIPATION_CODE.fullmatch(role.code)
         ):
             raise ValidationError({"code": [ROLE_MESSAGE]})
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> RequestActor:
-        role = data.pop("role", None) or DEFAULT_ACTOR_ROLE
-        system = _role_system(role.system)
-        if system != role.system:  # the OID or STU3 URL of v3-ParticipationType, as consents read
-            role = Coding(system=system, code=role.code)
+        # the OID or STU3 URL of v3-ParticipationType read as that code system, as consents are
+        role = canonical_coding(
+            data.pop("role", None) or DEFAULT_ACTOR_ROLE, PARTICIPATION_TYPE_ALIASES
+        )
         return RequestActor(reference=Ref(**data), role=role)
 
 
@@ -154,10 +155,6 @@ _PARTICIPATION_CODE: Final = re.compile(r"[A-Z]+")
 ROLE_MESSAGE: Final = (
     "not a v3-ParticipationType code (exact case, no spaces), such as IRCP, PRCP, AUT or DEV"
 )
-
-
-def _role_system(system: str) -> str:
-    return PARTICIPATION_TYPE_ALIASES.get(system, system)
 
 
 def _literal(value: str) -> None:
