@@ -147,3 +147,37 @@ def test_concurrent_upgrades_of_one_database_both_succeed(empty_url: str) -> Non
         thread.join(timeout=60)
     assert errors == []
     assert current_revision(empty_url) == head_revision()
+
+
+def test_a_new_file_answering_locked_to_the_wal_switch_is_asked_again(tmp_path: Path) -> None:
+    """While another process switches a new SQLite file to WAL, SQLite may answer "database is
+    locked" to ``PRAGMA journal_mode=WAL`` at once, without its busy handler (three threads
+    upgrading one new file: 3 of 60 rounds failed on a loaded machine, and once in CI). The
+    connection's set-up asks again within the busy timeout instead of failing the start-up.
+    Here a real connection answers locked twice, as the racing one did."""
+    import sqlite3
+
+    from fhir_alliance_service.store.engine import _set_up_sqlite_connection
+
+    class RacedConnection(sqlite3.Connection):
+        refusals = 2
+
+        def cursor(self, *args: object, **kwargs: object) -> sqlite3.Cursor:
+            connection = self
+
+            class Cursor(sqlite3.Cursor):
+                def execute(self, sql: str, parameters: object = (), /) -> sqlite3.Cursor:
+                    if sql == "PRAGMA journal_mode=WAL" and connection.refusals:
+                        connection.refusals -= 1
+                        raise sqlite3.OperationalError("database is locked")
+                    return super().execute(sql, parameters)  # type: ignore[arg-type]
+
+            return Cursor(self)
+
+    connection = sqlite3.connect(tmp_path / "new.db", factory=RacedConnection)
+    try:
+        _set_up_sqlite_connection(connection)
+        assert connection.refusals == 0
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        connection.close()
