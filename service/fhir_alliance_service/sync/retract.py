@@ -18,7 +18,8 @@ audited and tried again on the next pass. ``kept`` means kept under the policy i
 the policy is ``entered-in-error`` or ``delete``, a kept record still not permitted is retracted by
 it on the next pass (a worker starting up checks the patients who have one); an entered-in-error
 or deleted record is never retracted again. Consent records are never retracted: the EHR needs the
-revocation itself.
+revocation itself. Only consents decide: a draft note sent while ``push_draft_notes`` was on stays
+on the server once the setting is off.
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ class Retractor:
         self.client = client
         self.clock = clock
         self._checked: dict[str, str] = {}
+        # The gate as the consents alone answer it: a draft sent while ``push_draft_notes`` was
+        # on is not retracted because the setting is off now (it says what to send next, not
+        # what the patient permits), and a consent that no longer permits the draft still
+        # retracts it (the draft rule, checked first, would hide that answer).
+        self._gate_settings = replace(settings, push_draft_notes=True)
 
     def seed(self) -> None:
         """Take the patients' consent stamps as checked (a worker starting up). Under a policy that
@@ -167,7 +173,7 @@ class Retractor:
                 record,
                 item_id=status.item_id,
                 owner="retraction",
-                settings=self.settings,
+                settings=self._gate_settings,
                 store=self.store,
                 version=version,
                 at=now,

@@ -19,6 +19,7 @@ from fhir_alliance_service.store.interface import NewRecord, SyncState
 from fhir_alliance_service.sync import Worker
 from fhir_alliance_service.sync.gate import HoldReason
 from fhir_alliance_service.sync.reconcile import Reconciler
+from fhir_alliance_service.sync.retract import Retractor, RetractReport
 from fhir_alliance_service.usecases.consents import clear_engine_cache
 from flask.testing import FlaskClient
 
@@ -270,6 +271,19 @@ def sync(app, store, sqlite_url, fhir_server):
         yield drain
 
 
+@pytest.fixture
+def retract(store, sqlite_url, fhir_server):
+    """A retraction pass over every patient, on the app's store against the test FHIR server."""
+    settings = sync_settings(fhir_server.base_url, sqlite_url, fhir_version="4.0.1")
+    with FhirClient(fhir_server.base_url, retry=QUICK_RETRY) as fhir:
+
+        def run_pass(**overrides: Any) -> RetractReport:
+            retractor = Retractor(replace(settings, **overrides), store, fhir)
+            return retractor.run_pass(everyone=True)
+
+        yield run_pass
+
+
 def _document_references(fhir_server, identifier: str) -> list[dict[str, Any]]:
     response = fhir_server.http.get(
         fhir_server.url("DocumentReference"),
@@ -342,6 +356,53 @@ def test_sign_flow_gives_one_document_reference_with_two_versions(
         for a in e["resource"]["agent"]
     ]
     assert agents == ["author", "verifier"]
+
+
+def test_turning_draft_pushing_off_retracts_no_draft_already_sent(
+    client, auth_headers, store, sync, retract, fhir_server
+) -> None:
+    """A draft sent while push_draft_notes was on stays on the server once it is turned off:
+    retraction follows the patient's consents, not a setting about what to send next."""
+    run = _run()
+    note = _note(run)
+    _post(
+        client,
+        "/v1/records",
+        [_recording_consent(run), _sharing_consent(run)],
+        auth_headers["write"],
+    )
+    record_id = _post(client, "/v1/notes", note, auth_headers["write"]).json["records"][0]["id"]
+    sync(push_draft_notes=True)
+    report = retract(push_draft_notes=False, retraction_policy="delete")
+    assert (report.checked, report.deleted, report.kept) == (1, 0, 0)
+    [draft] = _document_references(fhir_server, note["id"])
+    assert draft["docStatus"] == "preliminary"
+    status = store.sync_status(record_id)
+    assert status is not None and status.retraction is None
+
+
+def test_a_sent_draft_is_retracted_when_its_consent_is_revoked_with_draft_pushing_off(
+    client, auth_headers, store, sync, retract, fhir_server
+) -> None:
+    """The recording/AI-notes consent revoked after the AI-drafted draft was sent: it is
+    retracted even though push_draft_notes is off now (the draft rule does not hide the
+    consent's answer)."""
+    run = _run()
+    note = _note(run)
+    _post(
+        client,
+        "/v1/records",
+        [_recording_consent(run), _sharing_consent(run)],
+        auth_headers["write"],
+    )
+    record_id = _post(client, "/v1/notes", note, auth_headers["write"]).json["records"][0]["id"]
+    sync(push_draft_notes=True)
+    assert _post(client, "/v1/records", _revocation(run), auth_headers["write"]).status_code == 201
+    report = retract(push_draft_notes=False, retraction_policy="delete")
+    assert report.deleted == 1
+    assert _document_references(fhir_server, note["id"]) == []
+    status = store.sync_status(record_id)
+    assert status is not None and status.retraction == "deleted"
 
 
 def test_a_later_revocation_holds_the_ai_drafted_note(
