@@ -129,6 +129,9 @@ class Settings:
     #: A console session not used for this long must sign in again (at most the session's
     #: absolute 8 hours, :data:`CONSOLE_SESSION_MINUTES`).
     console_idle_minutes: int = 15
+    #: Serve the console over plain HTTP to other machines too (else only over TLS, or to a
+    #: browser on this machine): sign-in keys and session cookies then cross the network in clear.
+    console_allow_plain_http: bool = False
     # -- serve ---------------------------------------------------------------------------------
     bind: str = "127.0.0.1:8080"
     web_workers: int = 2
@@ -446,6 +449,7 @@ _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "cds_source_label": _label,
     "cds_source_url": _http_url,
     "console_idle_minutes": _console_idle_minutes,
+    "console_allow_plain_http": _as_bool,
     "bind": _bind,
     "worker_metrics_bind": _optional_host_port,
     "web_workers": _positive_int,

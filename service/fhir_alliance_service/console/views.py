@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -26,6 +27,7 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
+from fhir_alliance.client.links import is_loopback_host
 from fhir_alliance.instruments import InstrumentCode, ReliableChange
 from fhir_alliance_service.auth import public, require_scope
 from fhir_alliance_service.console import charts
@@ -106,6 +108,36 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+#: ``Strict-Transport-Security`` of console pages served over TLS: a browser that has seen the
+#: console over HTTPS never goes to this host over plain HTTP for a year (no subdomains named).
+STRICT_TRANSPORT_SECURITY: Final = "max-age=31536000"
+#: Why a console page over plain HTTP from another machine is refused (the 403 page says it).
+PLAIN_HTTP_REFUSED: Final = (
+    "the console is served only over HTTPS (sign-in keys and session cookies would cross the "
+    "network in clear): serve it behind TLS, with a proxy that sends X-Forwarded-Proto: https "
+    "(see the console's documentation), or set FHIR_ALLIANCE_CONSOLE_ALLOW_PLAIN_HTTP=true on a "
+    "network you trust"
+)
+
+
+def _from_this_machine() -> bool:
+    """Whether the browser runs on this machine: the connection comes from a loopback address
+    and the page was asked for by a loopback name. A proxy on this machine forwarding other
+    machines' requests connects from loopback too, but passes on their host name."""
+    host = urlsplit(f"//{request.host}").hostname or ""
+    return is_loopback_host(request.remote_addr or "") and is_loopback_host(host)
+
+
+@blueprint.before_request
+def _require_https() -> None:
+    """Refuse (403) a console request over plain HTTP from another machine, unless the clinic
+    allows it (``console_allow_plain_http``): the sign-in form carries an API key, and the
+    session cookie opens the console to whoever reads it off the network."""
+    if request.is_secure or _from_this_machine() or _settings().console_allow_plain_http:
+        return
+    raise ApiError(403, PLAIN_HTTP_REFUSED)
+
+
 @blueprint.before_request
 def _refuse_other_sites_posts() -> None:
     """Refuse a form posted from another site (403), sign-in included: the browser says where a
@@ -134,6 +166,8 @@ def _security_headers(response: Response) -> Response:
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
+    if request.is_secure:
+        response.headers["Strict-Transport-Security"] = STRICT_TRANSPORT_SECURITY
     return response
 
 

@@ -156,6 +156,62 @@ def test_the_cookie_is_secure_behind_tls(
     assert "Secure" in deleted and "Path=/;" in deleted and "Max-Age=0" in deleted
 
 
+#: A staff PC on the clinic's network, asking for the console by the clinic's host name.
+OTHER_MACHINE = {"base_url": "http://clinic.example", "environ_base": {"REMOTE_ADDR": "10.1.2.3"}}
+
+
+def test_plain_http_from_another_machine_is_refused(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """Over plain HTTP from another machine, every console page is refused (403, saying how to
+    serve it over HTTPS) and a sign-in sets no session: the API key and the cookie would cross
+    the network in clear."""
+    for path in ("/console/sign-in", "/console/static/console.css"):
+        page = console_client.get(path, **OTHER_MACHINE)
+        assert page.status_code == 403, path
+        assert "served only over HTTPS" in page.text
+    # A session cookie taken over there opens nothing either.
+    assert sign_in(console_client, console_keys["read"]).status_code == 303
+    session = console_client.get_cookie(SESSION_COOKIE, domain="localhost", path="/console")
+    assert session is not None
+    elsewhere = console_client.application.test_client()
+    elsewhere.set_cookie(SESSION_COOKIE, session.value, domain="clinic.example", path="/console")
+    assert elsewhere.get("/console/", **OTHER_MACHINE).status_code == 403
+    answer = console_client.post(
+        "/console/sign-in",
+        data={"api_key": console_keys["read"], "sign_in_token": "x"},
+        **OTHER_MACHINE,
+    )
+    assert answer.status_code == 403
+    assert not [c for c in answer.headers.getlist("Set-Cookie") if SESSION_COOKIE in c]
+    # A proxy on this machine passing on another machine's request: loopback peer, clinic host.
+    proxied = console_client.get(
+        "/console/sign-in", base_url="http://clinic.example", environ_base={"REMOTE_ADDR": "::1"}
+    )
+    assert proxied.status_code == 403
+    # The same machine by a loopback name (development, the demo), and TLS from anywhere.
+    assert (
+        console_client.get("/console/sign-in", base_url="http://127.0.0.1:8080").status_code == 200
+    )
+    https = {"base_url": "https://clinic.example", "environ_base": {"REMOTE_ADDR": "10.1.2.3"}}
+    assert console_client.get("/console/sign-in", **https).status_code == 200
+
+
+def test_plain_http_to_other_machines_is_a_setting(make_app: Callable[..., Flask]) -> None:
+    """FHIR_ALLIANCE_CONSOLE_ALLOW_PLAIN_HTTP lets a clinic serve the console over plain HTTP on
+    a network it trusts."""
+    client = make_app(recipients=EHR, console_allow_plain_http=True).test_client()
+    assert client.get("/console/sign-in", **OTHER_MACHINE).status_code == 200
+
+
+def test_pages_over_tls_ask_browsers_to_keep_to_https(console_client: FlaskClient) -> None:
+    """Over HTTPS a console page carries Strict-Transport-Security, so the browser never asks
+    this host over plain HTTP again; over plain HTTP (where it would mean nothing) it does not."""
+    over_tls = console_client.get("/console/sign-in", base_url="https://clinic.example")
+    assert over_tls.headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert "Strict-Transport-Security" not in console_client.get("/console/sign-in").headers
+
+
 def test_keys_without_read_and_wrong_keys_cannot_sign_in(
     console_client: FlaskClient, console_keys: dict[str, str]
 ) -> None:
