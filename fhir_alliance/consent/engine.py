@@ -420,6 +420,7 @@ class _Request:
         "action",
         "action_unknown",
         "actor_keys",
+        "all_actor_keys",
         "at",
         "author_keys",
         "codes",
@@ -437,6 +438,7 @@ class _Request:
         "referenced_by_keys",
         "refers_to_keys",
         "resource",
+        "role_systems",
         "self_keys",
         "type",
     )
@@ -471,6 +473,10 @@ class _Request:
                 incomparable[role] = (*incomparable.get(role, ()), facet)
         self.actor_keys = actor_keys
         self.incomparable = incomparable
+        # The role systems the request's actors are coded in, and every key of every actor: a
+        # provision actor whose role is coded in another system cannot be compared by role.
+        self.role_systems = frozenset(system for system, _ in actor_keys)
+        self.all_actor_keys = frozenset().union(*actor_keys.values())
         resource = request.resource
         self.has_resource = resource is not None
         classes = request.content_classes
@@ -539,6 +545,15 @@ def _context_matches(n: _Node, q: _Request) -> bool:
         for role, keys, facet in n.actors:
             wanted = actor_keys.get(role)
             if wanted is None:
+                # A role coded in a system no request actor is coded in (an EHR's own roles)
+                # cannot be compared: a missing fact, which matches a deny naming one of the
+                # request's actors, never a permit.
+                if (
+                    not n.permit
+                    and role[0] not in q.role_systems
+                    and not keys.isdisjoint(q.all_actor_keys)
+                ):
+                    break
                 continue
             if not keys.isdisjoint(wanted):
                 break
@@ -846,6 +861,7 @@ class _PatientGroup:
         "actor_masks",
         "any_actor",
         "consents",
+        "deny_role_systems",
         "deny_roots",
         "purposes",
         "table",
@@ -883,9 +899,16 @@ class _PatientGroup:
         self.any_actor = 0
         # Deny roots: candidates for requests with an unknown action or purpose (missing facts).
         self.deny_roots = 0
+        # Role system → deny roots naming an actor in a role of it: candidates for requests whose
+        # actors are coded in other systems (a role that cannot be compared, a missing fact).
+        self.deny_role_systems: dict[str, int] = {}
         for bit, root in enumerate(roots):
             if not root.permit:
                 self.deny_roots |= 1 << bit
+                for (system, _), _, _ in root.actors or ():
+                    self.deny_role_systems[system] = self.deny_role_systems.get(system, 0) | (
+                        1 << bit
+                    )
             if root.actors is None or (not root.permit and root.single_kind_actors):
                 self.any_actor |= 1 << bit
                 continue
@@ -912,6 +935,9 @@ class _PatientGroup:
         for role, keys in q.actor_keys.items():
             for key in keys:
                 actors |= actor_masks.get((role, key), 0)
+        for system, roots_of_system in self.deny_role_systems.items():
+            if system not in q.role_systems:
+                actors |= roots_of_system
         mask &= actors
         consents = self.consents
         found = []

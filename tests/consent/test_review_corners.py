@@ -14,7 +14,7 @@ from fhir_alliance.consent.gate import disclosure_request
 from fhir_alliance.consent.request_form import load_decision_request
 from fhir_alliance.errors import InputError, MappingError
 from fhir_alliance.mapping.consent import R4, from_consent, to_consent
-from fhir_alliance.model.common import Ref
+from fhir_alliance.model.common import Coding, Ref
 from fhir_alliance.model.consent import ConsentStatus, StatusChange
 from fhir_alliance.terminology import V3_PARTICIPATION_TYPE
 from tests.consent.builders import (
@@ -31,6 +31,7 @@ from tests.consent.builders import (
 )
 
 EHR = Ref(reference="Organization/ehr")
+AUTHOR = Coding(V3_PARTICIPATION_TYPE, "AUT")
 
 
 def test_most_recent_wins_ties_in_a_general_answer_deny_first() -> None:
@@ -187,3 +188,39 @@ def test_a_foreign_history_out_of_time_order_is_refused() -> None:
         from_consent(wire)
     assert caught.value.element == f"Consent.extension[{second}]"
     assert from_consent(to_consent(ordered, version=R4)) == ordered
+
+
+#: An actor role coded in a system the request's actors are not coded in (an EHR's own roles).
+LOCAL_ROLE = Coding("https://ehr.example/fhir/CodeSystem/roles", "recipient")
+
+
+def test_a_deny_naming_the_recipient_in_a_role_system_the_request_does_not_use_denies() -> None:
+    """A nested deny names the EHR with a role coded in the EHR's own system, which the engine
+    cannot compare with the request's IRCP: a missing fact, so the deny matches (the EHR is
+    named), and the permit around it no longer releases everything to the EHR."""
+    shared = consent("share", "permit", prov("deny", actors=[actor(EHR, LOCAL_ROLE)]))
+    engine = ConsentEngine([shared])
+    assert engine.decide(request(EHR)).outcome is DecisionOutcome.DENY
+    # Another actor, and the same role system as the request, are compared as before.
+    other = Ref(reference="Organization/other")
+    assert engine.decide(request(other)).outcome is DecisionOutcome.PERMIT
+    author = consent("share", "permit", prov("deny", actors=[actor(EHR, AUTHOR)]))
+    assert ConsentEngine([author]).decide(request(EHR)).outcome is DecisionOutcome.PERMIT
+
+
+def test_an_opt_out_naming_the_recipient_in_another_role_system_denies() -> None:
+    """The same at the root: a deny consent naming the EHR in a role of another system is found
+    for a request of that EHR (the engine's index of root actors included)."""
+    opt_out = consent("opt-out", "deny", actors=[actor(EHR, LOCAL_ROLE)], date="2025-02-01")
+    shared = consent("share", "permit", date="2025-01-01")
+    engine = ConsentEngine([shared, opt_out])
+    assert engine.decide(request(EHR)).outcome is DecisionOutcome.DENY
+    assert engine.decide(request(Ref(reference="Organization/other"))).outcome is (
+        DecisionOutcome.PERMIT
+    )
+
+
+def test_a_permit_naming_the_recipient_in_another_role_system_permits_nothing() -> None:
+    """A permit is never stretched over a role it cannot compare: deny by default."""
+    shared = consent("share", "permit", actors=[actor(EHR, LOCAL_ROLE)])
+    assert ConsentEngine([shared]).decide(request(EHR)).outcome is not DecisionOutcome.PERMIT
