@@ -181,7 +181,10 @@ def parse_json(data: bytes | str, *, source: str, max_depth: int | None = None) 
     if end != len(text):
         line, column = _line_column(text, end)
         raise _error(source, "extra data after the JSON value", line=line, column=column)
-    _check_depth(value, max_depth, source)
+    # A value holds no more nested containers than the text has brackets opening one (strings
+    # may hold more): a text with few of them needs no walk (the usual API body, 5 to 10).
+    if max_depth is not None and text.count("{") + text.count("[") > max_depth:
+        _check_depth(value, max_depth, source)
     return value
 
 

@@ -148,6 +148,22 @@ def test_errors_carry_line_column_and_the_field_path_of_a_duplicate() -> None:
     assert (syntax.line, syntax.column, syntax.field_path) == (1, 7, None)
 
 
+def test_max_depth_counts_nesting_not_brackets() -> None:
+    """Around the limit, by nesting (the depth check is skipped only for texts with too few
+    brackets to reach it): brackets inside strings add none, and wide values are not deep."""
+    for depth in range(1, 8):
+        text = "[" * depth + "1" + "]" * depth
+        if depth <= 4:
+            assert parse_json(text, source="x", max_depth=4) is not None
+        else:
+            with pytest.raises(InputError, match="nested deeper than 4"):
+                parse_json(text, source="x", max_depth=4)
+    assert parse_json('["[[[[[", {"a": "{{{{"}]', source="x", max_depth=2)
+    assert parse_json('[[1], [2], [3], {"a": {}}]', source="x", max_depth=3)
+    with pytest.raises(InputError, match="nested deeper than 2"):
+        parse_json('["[[", [[1]]]', source="x", max_depth=2)
+
+
 def test_max_depth_refuses_deeper_nesting() -> None:
     """With max_depth, a value nested deeper is an error; one at the limit is read."""
     assert parse_json('{"a": [[1]]}', source="x", max_depth=3) == {"a": [[1]]}
