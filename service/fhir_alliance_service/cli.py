@@ -1072,13 +1072,13 @@ def _revoke_api_key(args: argparse.Namespace) -> int:
 
 def _db_upgrade(args: argparse.Namespace) -> int:
     settings = _settings()
-    from fhir_alliance_service.store import current_revision, upgrade
+    from fhir_alliance_service.store import SchemaVersionError, current_revision, upgrade
     from fhir_alliance_service.store.interface import ApiKeyNamesShared
 
     before = current_revision(settings.database_url)
     try:
         upgrade(settings.database_url)
-    except ApiKeyNamesShared as exc:
+    except (ApiKeyNamesShared, SchemaVersionError) as exc:
         raise _StopCommand(str(exc)) from None
     after = current_revision(settings.database_url)
     if before == after:
@@ -1091,9 +1091,20 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _db_current(args: argparse.Namespace) -> int:
     settings = _settings()
     from fhir_alliance_service.store import current_revision, head_revision
+    from fhir_alliance_service.store.schema import is_known_revision, missing_sqlite_file
 
+    missing = missing_sqlite_file(settings.database_url)
+    if missing is not None:
+        print(f"empty (no database at {missing}; db upgrade creates one)")
+        return 1
     current, head = current_revision(settings.database_url), head_revision()
-    print(f"{current or 'empty'} ({'newest' if current == head else f'newest is {head}'})")
+    if current == head:
+        note = "newest"
+    elif current is not None and not is_known_revision(current):
+        note = f"not known to this release, whose newest is {head}"
+    else:
+        note = f"newest is {head}"
+    print(f"{current or 'empty'} ({note})")
     return 0 if current == head else 1
 
 
