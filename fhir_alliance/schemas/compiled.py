@@ -40,6 +40,7 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -500,6 +501,11 @@ class CompiledLoader:
 
 
 _LOADERS: dict[int, tuple[Schema, CompiledLoader | None]] = {}
+#: Loaders are built one at a time: threads meeting a schema first at once (a service's request
+#: threads just after start) build it once, and CPython 3.11's ``ast.parse``, which building
+#: calls, is not safe to run in several threads at once ("AST constructor recursion depth
+#: mismatch", a SystemError that became a 500).
+_BUILDING = threading.Lock()
 
 
 def compiled_loader(schema: Schema) -> CompiledLoader | None:
@@ -507,11 +513,14 @@ def compiled_loader(schema: Schema) -> CompiledLoader | None:
     the generated loader cannot replay."""
     entry = _LOADERS.get(id(schema))
     if entry is None or entry[0] is not schema:
-        try:
-            loader: CompiledLoader | None = CompiledLoader(schema)
-        except TypeError:
-            loader = None
-        entry = _LOADERS[id(schema)] = (schema, loader)
+        with _BUILDING:
+            entry = _LOADERS.get(id(schema))
+            if entry is None or entry[0] is not schema:
+                try:
+                    loader: CompiledLoader | None = CompiledLoader(schema)
+                except TypeError:
+                    loader = None
+                entry = _LOADERS[id(schema)] = (schema, loader)
     return entry[1]
 
 

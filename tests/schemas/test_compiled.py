@@ -2,6 +2,7 @@
 
 import copy
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from fhir_alliance.schemas.common import DEFAULT_FUTURE_TOLERANCE, load_or_raise
 from fhir_alliance.schemas.compiled import CompiledLoader, compiled_loader, json_schema
 from fhir_alliance.schemas.consent import _CONSENT_SCHEMA, dump_consent, load_consent
 from fhir_alliance.schemas.notes import dump_note, load_note
-from fhir_alliance.schemas.observations import _schema, dump_record, load_record
+from fhir_alliance.schemas.observations import _SCHEMAS, _schema, dump_record, load_record
 from tests.mapping.consent_strategies import consent_records
 from tests.mapping.observation_strategies import (
     administrations,
@@ -423,3 +424,36 @@ def test_each_hook_rule_refuses_alike_on_both_paths(edit: Any, valid: Any, data:
         fast, slow = _outcome(load_record, copy.deepcopy(form)), _outcome(_marshmallow_only, form)
     assert fast == slow
     assert fast[0] == "error"
+
+
+def _built_at_once(schema: Schema, threads: int) -> tuple[list[Any], list[BaseException]]:
+    """``compiled_loader(schema)`` in ``threads`` threads released together: loaders, errors."""
+    start = threading.Barrier(threads)
+    loaders: list[Any] = []
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        start.wait()
+        try:
+            loaders.append(compiled_loader(schema))
+        except BaseException as error:
+            errors.append(error)
+
+    pool = [threading.Thread(target=build) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return loaders, errors
+
+
+def test_threads_meeting_a_schema_first_at_once_share_one_loader() -> None:
+    """Request threads that load a record of a kind nobody loaded yet build its loader once, one
+    thread at a time: CPython 3.11's ast.parse (which building uses) failed in several threads at
+    once with a SystemError, a 500 for whichever request hit it."""
+    for _ in range(5):
+        # A fresh instance: no loader yet.
+        schema = _SCHEMAS["instrument-administration"](future_tolerance=DEFAULT_FUTURE_TOLERANCE)
+        loaders, errors = _built_at_once(schema, 12)
+        assert errors == []
+        assert loaders[0] is not None and all(loader is loaders[0] for loader in loaders)
