@@ -634,6 +634,8 @@ def _pull(args: argparse.Namespace) -> int:
         "withdrawn": report.withdrawn,
         "conflicts": report.conflicts,
         "reasserted": report.reasserted,  # withdrawals undone on the server, written back
+        # permits pulled under another FHIR base URL, which no pull reads any more: revoked
+        "withdrawn_elsewhere": report.withdrawn_elsewhere,
         "deleted": report.deleted,
         "observations": report.observations,
         "released": report.released,

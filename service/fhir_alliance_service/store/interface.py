@@ -502,6 +502,11 @@ class Store(Protocol):
     def consents_for_patient(self, patient: str) -> list[StoredRecord]:
         """Newest version of every consent record of ``patient``."""
 
+    def pulled_consents_elsewhere(self, server: str) -> list[tuple[str, StoredRecord]]:
+        """The newest version of every consent record pulled from a FHIR server other than
+        ``server`` (its base URL), with the base URL it was pulled from: consents no pull of
+        ``server`` will ever update."""
+
     def consents_stamp(self, patient: str) -> str:
         """A cheap value that changes whenever any consent record of ``patient`` changes (one
         indexed query), so that compiled consent engines can be cached per patient."""

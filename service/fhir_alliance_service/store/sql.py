@@ -1418,6 +1418,20 @@ class SqlStore(AuditQueueSql):
         with self._read() as connection:
             return [_stored_record(row) for row in connection.execute(query)]
 
+    def pulled_consents_elsewhere(self, server: str) -> list[tuple[str, StoredRecord]]:
+        query = (
+            self._newest_records()
+            .add_columns(record_heads.c.origin)
+            .where(
+                record_heads.c.family == "consent",
+                record_heads.c.origin.is_not(None),
+                record_heads.c.origin != server,
+            )
+            .order_by(record_heads.c.record_id)
+        )
+        with self._read() as connection:
+            return [(row.origin, _stored_record(row)) for row in connection.execute(query)]
+
     def consents_stamp(self, patient: str) -> str:
         # Versions only ever grow and records are never deleted, so (count, sum of versions)
         # changes with every new consent record and every new version of one.

@@ -203,6 +203,9 @@ class PullReport:
     #: Consents of ours withdrawn here that someone put back in force on the server, queued to be
     #: written back (counted in ``conflicts`` too).
     reasserted: int = 0
+    #: Foreign consents pulled under another base URL, which no pull reads any more, that may
+    #: permit: revoked here (``Puller._withdraw_pulled_elsewhere``).
+    withdrawn_elsewhere: int = 0
     changed_patients: set[str] = field(default_factory=set)
     error: str | None = None
 
@@ -239,6 +242,9 @@ class Puller:
         self.page_size = page_size
         self._links: list[tuple[str, str]] = []  # patient links found, saved after their read
         self._history_off: set[str] = set()  # types whose _history answer could not be read
+        #: Whether the consents pulled from another base URL were withdrawn (once per puller,
+        #: after its first pass without error: ``_withdraw_pulled_elsewhere``).
+        self._elsewhere_checked = False
 
     # ------------------------------------------------------------------ patients
 
@@ -311,6 +317,9 @@ class Puller:
             status = getattr(exc, "status", None)  # a ServerError's; never the server's text
             report.error = f"{type(exc).__name__} {status or ''}".strip()
             log.warning("pull stopped: %s", report.error)
+        if report.error is None and not self._elsewhere_checked:
+            self._withdraw_pulled_elsewhere(report)
+            self._elsewhere_checked = True
         now = self.clock()
         for patient in sorted(report.changed_patients):
             report.released += self.store.release_held(patient, at=now)
@@ -330,6 +339,40 @@ class Puller:
             report.released,
         )
         return report
+
+    def _withdraw_pulled_elsewhere(self, report: PullReport) -> None:
+        """Foreign consents pulled under another base URL (``FHIR_BASE_URL`` changed since: the
+        same server under another name, or another server) are read by no pull any more: a
+        revocation or deletion there would never reach them. Those that may permit are revoked
+        here (audited, outcome ``other-server``), so a stale permit cannot keep releasing data;
+        the consents of the server now configured were all read by this pass without error, so
+        what they permit goes on. Denies, withdrawn and unreadable ones stay as they are: they
+        only narrow sharing."""
+        now = self.clock()
+        by_origin: dict[str, list[NewRecord]] = {}
+        for origin, stored in self.store.pulled_consents_elsewhere(self.server):
+            if not _may_permit(stored.body):
+                continue
+            copy = _revoked_copy(self.store, stored.record_id, now)
+            if copy is not None:
+                by_origin.setdefault(origin, []).append(copy)
+        for origin, withdrawn in sorted(by_origin.items()):
+            entries = [
+                audit.two_way_event(
+                    "pull", new.record_id, new.patient, now, outcome_code="other-server"
+                )
+                for new in withdrawn
+            ]
+            results = self.store.put_remote_records(withdrawn, origin=origin, audit=entries, at=now)
+            for new, result in zip(withdrawn, results, strict=True):
+                if result.outcome is not PutOutcome.UNCHANGED:
+                    report.withdrawn_elsewhere += 1
+                    report.changed_patients.add(new.patient)
+        if report.withdrawn_elsewhere:
+            log.warning(
+                "consents pulled under another FHIR base URL withdrawn: %d",
+                report.withdrawn_elsewhere,
+            )
 
     def merge(self, resource_type: str, resources: Sequence[dict[str, Any]]) -> PullReport:
         """Merge resources read outside a pull pass (a subscription notification's focus) as a

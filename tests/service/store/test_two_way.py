@@ -199,3 +199,18 @@ def test_a_remote_copy_of_a_version_since_deleted_is_not_written(store: SqlStore
     [again] = put([consent(1)], origin=SERVER, audit=[], at=at(2), remote=[_copy("1", stamp)])
     assert (deleted.outcome, again.outcome) == (PutOutcome.UPDATED, PutOutcome.STALE)
     assert store.pulled(SERVER, "Consent", ["c1"])["c1"].state == "deleted"
+
+
+def test_pulled_consents_elsewhere_are_those_of_other_servers(store: SqlStore) -> None:
+    """Consents pulled from another base URL, newest version, with that URL; never local ones
+    or those of the server named."""
+    other = "http://old.example.org/fhir"
+    store.put_records([consent(1)], audit=[], at=T0)  # local: no origin
+    store.put_remote_records([consent(2)], origin=SERVER, audit=[], at=T0)
+    store.put_remote_records([consent(3)], origin=other, audit=[], at=T0)
+    store.put_remote_records([consent(3, status="revoked")], origin=other, audit=[], at=at(1))
+    [(origin, stored)] = store.pulled_consents_elsewhere(SERVER)
+    assert (origin, stored.record_id, stored.version) == (other, consent(3).record_id, 2)
+    assert [r.record_id for _, r in store.pulled_consents_elsewhere(other)] == [
+        consent(2).record_id
+    ]

@@ -1,0 +1,81 @@
+"""Settings changed between runs of the worker: what the store holds from before (held, sent,
+pulled) is handled under the settings now in force, without a send the patient's consents no
+longer permit, a stall or a destructive surprise on the server."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.sync.pull import Puller, _foreign_record, foreign_record_id
+from fhir_alliance_service.sync.retract import Retractor
+
+from fhir_alliance.client import FhirClient
+from tests.service.sync import records as R
+from tests.service.sync import remote
+from tests.service.sync.conftest import QUICK_RETRY, SyncHarness
+
+OLD_SERVER = "https://old-ehr.example.org/fhir"
+
+
+def _statuses(harness: SyncHarness, patient: str) -> dict[str, str]:
+    return {
+        r.record_id: str(r.body.get("status")) for r in harness.store.consents_for_patient(patient)
+    }
+
+
+def test_a_permit_pulled_under_the_old_base_url_does_not_outlive_its_revocation(
+    harness: SyncHarness,
+) -> None:
+    """FHIR_BASE_URL now names the same server another way: the consent pulled under the old
+    URL is withdrawn once the new URL's pass has read the server's copy (nothing is retracted
+    meanwhile), so revoking it on the server stops the sharing: no stale copy keeps permitting."""
+    patient = f"Patient/alias-{harness.run}"
+    [first] = harness.intake([R.rating(harness.run, 1, patient)])
+    consent = remote.create(harness.server, remote.foreign_consent(harness.server, patient))
+    Puller(harness.settings, harness.store, harness.client).pull()
+    harness.drain()
+    assert harness.state(first.record_id) is SyncState.SENT
+
+    alias_url = harness.server.base_url.replace("127.0.0.1", "localhost")
+    assert alias_url != harness.server.base_url
+    settings = replace(harness.settings, fhir_base_url=alias_url, retraction_policy="delete")
+    with FhirClient(alias_url, retry=QUICK_RETRY) as client:
+        moved = replace(harness, settings=settings, client=client)
+        puller = Puller(settings, harness.store, client)
+        assert puller.pull().withdrawn_elsewhere == 1
+        assert sorted(_statuses(harness, patient).values()) == ["active", "revoked"]
+        # The server's consent, read under the new URL, still permits what was sent.
+        assert Retractor(settings, harness.store, client).run_pass().deleted == 0
+        assert (
+            len(harness.on_server("Observation", f"{R.RECORD_SYSTEM}|trust-{harness.run}-1")) == 1
+        )
+
+        remote.update(harness.server, consent, status="inactive")
+        puller.pull()
+        [second] = harness.intake([R.rating(harness.run, 2, patient)])
+        moved.drain()
+        assert harness.state(second.record_id) is SyncState.HELD
+        assert harness.on_server("Observation", f"{R.RECORD_SYSTEM}|trust-{harness.run}-2") == []
+
+
+@pytest.mark.parametrize(("decision", "after"), [("permit", "revoked"), ("deny", "active")])
+def test_consents_pulled_from_another_server_permit_no_more_but_still_deny(
+    harness: SyncHarness, decision: str, after: str
+) -> None:
+    """A consent pulled from a server the service no longer syncs with: its permit is withdrawn
+    (nobody would see its revocation), its deny stays in force (deny by default)."""
+    patient = f"Patient/moved-{harness.run}"
+    harness.intake([R.rating(harness.run, 1, patient)])
+    resource = {**remote.pcf_consent(patient, decision=decision), "id": f"c-{harness.run}"}
+    record_id = foreign_record_id(OLD_SERVER, resource["id"])
+    new, state = _foreign_record(resource, record_id, patient)
+    assert state == "merged"
+    harness.store.put_remote_records([new], origin=OLD_SERVER, audit=[], at=datetime.now(UTC))
+
+    report = Puller(harness.settings, harness.store, harness.client).pull()
+    assert report.error is None
+    assert _statuses(harness, patient) == {record_id: after}
+    assert report.withdrawn_elsewhere == (1 if decision == "permit" else 0)
