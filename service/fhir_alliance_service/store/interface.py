@@ -494,6 +494,12 @@ class Store(Protocol):
         its signature: ``sql.HELD_FOR_A_PERSON``) stay held: a consent change decides nothing
         for them."""
 
+    def release_all_held(self, *, notes: bool, at: datetime) -> int:
+        """Re-queue every HELD item that :meth:`release_held` would re-queue, of every patient
+        (the settings the gate asks with changed); with ``notes`` also those held as a draft or
+        an unsigned note (``push_draft_notes`` was turned on). A conflict flagged for a person
+        stays held. How many."""
+
     def replay(self, record_id: str | None = None, *, at: datetime) -> ReplayResult:
         """Re-queue DEAD_LETTERED items (one record's, or all); attempts start again at 0. An
         item whose record has a newer item is SUPERSEDED instead (and named in the result)."""

@@ -1372,6 +1372,23 @@ class SqlStore(AuditQueueSql):
             )
             return int(result.rowcount)
 
+    def release_all_held(self, *, notes: bool, at: datetime) -> int:
+        released = [_HELD_FOR_CONSENTS]
+        if notes:  # the draft and unsigned-note holds, not a conflict flagged for a person
+            released.append(
+                and_(
+                    outbox.c.state == SyncState.HELD.value,
+                    outbox.c.held_reason.in_(HELD_FOR_A_PERSON[1:]),
+                )
+            )
+        with self._write() as connection:
+            result = connection.execute(
+                update(outbox)
+                .where(or_(*released))
+                .values(state=SyncState.QUEUED.value, held_reason=None, updated_at=at)
+            )
+            return int(result.rowcount)
+
     def replay(self, record_id: str | None = None, *, at: datetime) -> ReplayResult:
         dead = [outbox.c.state == SyncState.DEAD_LETTERED.value]
         if record_id is not None:

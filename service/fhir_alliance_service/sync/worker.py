@@ -70,6 +70,7 @@ from fhir_alliance_service.store.interface import (
 from fhir_alliance_service.sync.audit_push import push_pending_audit
 from fhir_alliance_service.sync.consent_times import ConsentTimePass
 from fhir_alliance_service.sync.gate import GateResult, gate_item
+from fhir_alliance_service.sync.gate_settings import regate_if_settings_changed
 from fhir_alliance_service.sync.leases import LeaseLedger
 from fhir_alliance_service.sync.outcomes import outcome_to_store
 from fhir_alliance_service.sync.retract import Retractor
@@ -202,6 +203,9 @@ class Worker:
         self._recorder: ThreadPoolExecutor | None = None
         #: Held items whose consents a time boundary changed since: re-queued before claims.
         self.consent_times = ConsentTimePass(settings, self.store, clock=clock)
+        #: Whether the held items were checked against the gate settings of the last worker
+        #: (``gate_settings.py``): once, before this worker's first claim.
+        self._gate_settings_checked = False
 
     # ------------------------------------------------------------------ the loop
 
@@ -269,6 +273,9 @@ class Worker:
                 prepare=self._tagged,
                 random=self.random,
             )
+        if not self._gate_settings_checked:  # recipients, purpose, push_* changed: go again
+            regate_if_settings_changed(self.settings, self.store, at=self.clock())
+            self._gate_settings_checked = True
         self.consent_times.run_if_due()  # a consent took effect or ended: held items go again
         now = self.clock()
         items = self.store.claim(

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from fhir_alliance_service.store import SentResource, SqlStore, SyncState
 from fhir_alliance_service.store.interface import SentMark
+from fhir_alliance_service.store.sql import HELD_FOR_A_PERSON
 
 from .builders import T0, at, audit_entry, record
 
@@ -281,6 +282,28 @@ def test_release_held_requeues_one_patients_held_items(store: SqlStore) -> None:
     status = store.sync_status("rec-000001")
     assert status is not None and (status.held_reason, status.updated_at) == (None, at(3))
     assert _ids(store.claim("w1", limit=10, lease_seconds=30, now=at(5))) == ["rec-000001"]
+
+
+def test_release_all_held_requeues_every_patients_held_items_but_a_persons(
+    store: SqlStore,
+) -> None:
+    """``release_all_held`` re-queues what a consent change would, of every patient; the draft
+    and unsigned-note holds only with ``notes``; a conflict flagged for a person never."""
+    draft, unsigned, conflict = HELD_FOR_A_PERSON[1], HELD_FOR_A_PERSON[2], HELD_FOR_A_PERSON[0]
+    reasons = ["no-permit", "no-permit", draft, unsigned, conflict]
+    store.put_records(
+        [record(n, patient=f"Patient/p{n}") for n in range(len(reasons))], audit=[], at=T0
+    )
+    items = store.claim("w1", limit=10, lease_seconds=30, now=at(1))
+    for item, reason in zip(items, reasons, strict=True):
+        if reason == conflict:
+            assert store.mark_conflict(item.item_id, "flagged", at=at(2), worker="w1")
+        assert store.mark_held(item.item_id, "w1", reason=reason, audit=[], at=at(2))
+    assert store.release_all_held(notes=False, at=at(3)) == 2
+    assert store.release_all_held(notes=True, at=at(4)) == 2
+    assert store.release_all_held(notes=True, at=at(5)) == 0
+    counts = store.counts_by_state()
+    assert (counts[SyncState.QUEUED], counts[SyncState.HELD]) == (4, 1)
 
 
 def test_replay_requeues_dead_letters_with_attempts_reset(store: SqlStore) -> None:

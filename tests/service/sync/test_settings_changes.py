@@ -13,6 +13,7 @@ from fhir_alliance_service.sync.pull import Puller, _foreign_record, foreign_rec
 from fhir_alliance_service.sync.retract import Retractor
 
 from fhir_alliance.client import FhirClient
+from tests.service.api.test_notes import _note, _recording_consent, _sharing_consent
 from tests.service.sync import records as R
 from tests.service.sync import remote
 from tests.service.sync.conftest import QUICK_RETRY, SyncHarness
@@ -79,3 +80,53 @@ def test_consents_pulled_from_another_server_permit_no_more_but_still_deny(
     assert report.error is None
     assert _statuses(harness, patient) == {record_id: after}
     assert report.withdrawn_elsewhere == (1 if decision == "permit" else 0)
+
+
+def test_records_held_under_the_old_recipients_go_under_the_new_ones(harness: SyncHarness) -> None:
+    """Recipients corrected to the name the patient's consent gives the EHR: the ratings held as
+    'no consent' under the old name are decided again by the next worker, and sent."""
+    ehr = "Organization/ehr-as-consents-name-it"
+    consent, rating = harness.intake(
+        [R.sharing_consent(harness.run, recipient=ehr), R.rating(harness.run, 1)]
+    )
+    harness.drain()
+    assert harness.state(rating.record_id) is SyncState.HELD
+    harness.drain(recipients=(ehr,))
+    assert harness.state(rating.record_id) is SyncState.SENT
+    assert harness.state(consent.record_id) is SyncState.SENT
+
+
+def test_consent_records_held_while_push_consents_was_off_go_once_it_is_on(
+    harness: SyncHarness,
+) -> None:
+    """Consent records held while pushing them was off reach the EHR once it is turned on."""
+    consent, rating = harness.intake([R.sharing_consent(harness.run), R.rating(harness.run, 1)])
+    harness.drain(push_consents=False)
+    assert harness.state(consent.record_id) is SyncState.HELD
+    assert harness.state(rating.record_id) is SyncState.SENT
+    harness.drain()
+    assert harness.state(consent.record_id) is SyncState.SENT
+    assert len(harness.on_server("Consent", R.consent_id(harness.run, "Patient/p1"))) == 1
+
+
+def test_drafts_held_while_push_draft_notes_was_off_go_once_it_is_on(harness: SyncHarness) -> None:
+    """Draft notes held while push_draft_notes was off go once it is on; a flagged conflict or
+    anything held under unchanged settings is not re-queued again."""
+    run = harness.run
+    *_, note = harness.intake([_recording_consent(run), _sharing_consent(run), _note(run)])
+    harness.drain()
+    assert harness.state(note.record_id) is SyncState.HELD
+    harness.drain()  # the same settings: nothing is decided again
+    status = harness.store.sync_status(note.record_id)
+    assert status is not None and status.state is SyncState.HELD
+    harness.drain(push_draft_notes=True)
+    assert harness.state(note.record_id) is SyncState.SENT
+
+
+def test_unchanged_settings_requeue_nothing(harness: SyncHarness) -> None:
+    """A worker restarted with the same settings leaves held records held (no new hold audit)."""
+    [rating] = harness.intake([R.rating(harness.run, 1)])
+    harness.drain()
+    before = harness.store.list_audit(record_id=rating.record_id)
+    assert harness.drain().claimed == 0
+    assert harness.store.list_audit(record_id=rating.record_id) == before
