@@ -19,7 +19,10 @@ the policy is ``entered-in-error`` or ``delete``, a kept record still not permit
 it on the next pass (a worker starting up checks the patients who have one); an entered-in-error
 or deleted record is never retracted again. Consent records are never retracted: the EHR needs the
 revocation itself. Only consents decide: a draft note sent while ``push_draft_notes`` was on stays
-on the server once the setting is off.
+on the server once the setting is off; and a record the gate would hold under the ``recipients``
+and ``purpose`` now in force is left alone while the patient's consents still permit it under
+earlier ones that a worker ran with (``gate_settings.earlier_audiences``): a clinic renaming its
+EHR in the settings has not had the patient withdraw anything.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ from fhir_alliance_service.store.interface import (
     RETRACTION_KEPT,
     SentResource,
     Store,
+    StoredRecord,
     SyncStatus,
 )
 from fhir_alliance_service.sync.gate import FAMILY_CONSENT, regate_stored
+from fhir_alliance_service.sync.gate_settings import earlier_audiences
 from fhir_alliance_service.sync.target import target_fhir_version
 
 __all__ = ["RetractReport", "Retractor"]
@@ -161,6 +166,7 @@ class Retractor:
         report = report or RetractReport()
         report.patients += 1
         version = target_fhir_version(self.settings, self.store, self.client)
+        earlier: list[Settings] | None = None  # read once a record is no longer permitted
         for status in self.store.sent_items(patient):
             if status.item_id is None or not self._to_check(status.retraction):
                 continue
@@ -182,8 +188,38 @@ class Retractor:
                 continue  # a record that no longer maps: the worker dead-letters such records
             if gated.permitted:
                 continue
+            if earlier is None:
+                earlier = self._earlier_gate_settings()
+            if any(
+                self._permitted_under(record, status.item_id, gate, version) for gate in earlier
+            ):
+                continue  # the settings changed, not the consents: what was sent stays
             self._retract(status, record.patient, report)
         return report
+
+    def _permitted_under(
+        self, record: StoredRecord, item_id: int, settings: Settings, version: str
+    ) -> bool:
+        gated = regate_stored(
+            record,
+            item_id=item_id,
+            owner="retraction",
+            settings=settings,
+            store=self.store,
+            version=version,
+            at=self.clock(),
+        )
+        return gated is not None and gated.permitted
+
+    def _earlier_gate_settings(self) -> list[Settings]:
+        """The gate settings of the earlier recipients and purposes a worker ran with (not the
+        ones in force now), to ask whether the consents still permit a record under them."""
+        current = (tuple(sorted(set(self.settings.recipients))), self.settings.purpose)
+        return [
+            replace(self._gate_settings, recipients=recipients, purpose=purpose)
+            for recipients, purpose in earlier_audiences(self.store)
+            if (recipients, purpose) != current
+        ]
 
     def _retract(self, status: SyncStatus, patient: str, report: RetractReport) -> None:
         assert status.item_id is not None

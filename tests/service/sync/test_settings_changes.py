@@ -130,3 +130,21 @@ def test_unchanged_settings_requeue_nothing(harness: SyncHarness) -> None:
     before = harness.store.list_audit(record_id=rating.record_id)
     assert harness.drain().claimed == 0
     assert harness.store.list_audit(record_id=rating.record_id) == before
+
+
+def test_renaming_the_ehr_in_the_settings_retracts_nothing_a_revocation_still_does(
+    harness: SyncHarness,
+) -> None:
+    """Recipients changed to a name the patient's consent does not use: the full retraction pass
+    deletes nothing (the patient withdrew nothing); once the patient revokes, it deletes."""
+    harness.intake([R.sharing_consent(harness.run), R.rating(harness.run, 1)])
+    assert harness.drain().sent == 2
+    renamed = ("Organization/ehr-renamed",)
+    harness.drain(recipients=renamed)  # a worker starts with the new name
+    settings = replace(harness.settings, recipients=renamed, retraction_policy="delete")
+    retractor = Retractor(settings, harness.store, harness.client)
+    assert retractor.run_pass(everyone=True).deleted == 0
+    assert len(harness.tagged("Observation")) == 1
+    harness.intake([R.revocation(harness.run)])
+    assert retractor.run_pass().deleted == 1
+    assert harness.tagged("Observation") == []
