@@ -358,21 +358,24 @@ def test_sign_flow_gives_one_document_reference_with_two_versions(
     assert agents == ["author", "verifier"]
 
 
+def _ai_draft_sent(client, auth_headers, sync) -> tuple[str, dict[str, Any], str]:
+    """An AI-drafted draft of a patient who consented to recording/AI notes and sharing, sent
+    with push_draft_notes on: its run, the note and its record id."""
+    run = _run()
+    note = _note(run)
+    consents = [_recording_consent(run), _sharing_consent(run)]
+    _post(client, "/v1/records", consents, auth_headers["write"])
+    record_id = _post(client, "/v1/notes", note, auth_headers["write"]).json["records"][0]["id"]
+    sync(push_draft_notes=True)
+    return run, note, record_id
+
+
 def test_turning_draft_pushing_off_retracts_no_draft_already_sent(
     client, auth_headers, store, sync, retract, fhir_server
 ) -> None:
     """A draft sent while push_draft_notes was on stays on the server once it is turned off:
     retraction follows the patient's consents, not a setting about what to send next."""
-    run = _run()
-    note = _note(run)
-    _post(
-        client,
-        "/v1/records",
-        [_recording_consent(run), _sharing_consent(run)],
-        auth_headers["write"],
-    )
-    record_id = _post(client, "/v1/notes", note, auth_headers["write"]).json["records"][0]["id"]
-    sync(push_draft_notes=True)
+    _, note, record_id = _ai_draft_sent(client, auth_headers, sync)
     report = retract(push_draft_notes=False, retraction_policy="delete")
     assert (report.checked, report.deleted, report.kept) == (1, 0, 0)
     [draft] = _document_references(fhir_server, note["id"])
@@ -387,16 +390,7 @@ def test_a_sent_draft_is_retracted_when_its_consent_is_revoked_with_draft_pushin
     """The recording/AI-notes consent revoked after the AI-drafted draft was sent: it is
     retracted even though push_draft_notes is off now (the draft rule does not hide the
     consent's answer)."""
-    run = _run()
-    note = _note(run)
-    _post(
-        client,
-        "/v1/records",
-        [_recording_consent(run), _sharing_consent(run)],
-        auth_headers["write"],
-    )
-    record_id = _post(client, "/v1/notes", note, auth_headers["write"]).json["records"][0]["id"]
-    sync(push_draft_notes=True)
+    run, note, record_id = _ai_draft_sent(client, auth_headers, sync)
     assert _post(client, "/v1/records", _revocation(run), auth_headers["write"]).status_code == 201
     report = retract(push_draft_notes=False, retraction_policy="delete")
     assert report.deleted == 1
