@@ -6,8 +6,9 @@ so the Python side can never drift from the published package.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Final
 
 from fhir_alliance import profiles
@@ -201,7 +202,109 @@ CODE_SYSTEM_ALIASES: Final[Mapping[str, str]] = {
 #: ``resource-types`` codes in ``resourceType``).
 CLASS_SYSTEM_ALIASES: Final[Mapping[str, str]] = {
     "http://hl7.org/fhir/fhir-types": RESOURCE_TYPES,
+    # the value set's URL given as the code system (R4's consent-content-class binds to it)
+    "http://hl7.org/fhir/ValueSet/resource-types": RESOURCE_TYPES,
 }
+
+#: The code systems whose codes consents and requests are matched on, in their canonical form.
+MATCHED_CODE_SYSTEMS: Final = frozenset(
+    {
+        LOINC,
+        SNOMED,
+        V3_CONFIDENTIALITY,
+        V3_ACT_CODE,
+        V3_ACT_REASON,
+        V3_OBSERVATION_VALUE,
+        V3_PARTICIPATION_TYPE,
+        V3_ROLE_CODE,
+        CONSENT_SCOPE,
+        CONSENT_ACTION,
+        RESOURCE_TYPES,
+    }
+)
+#: A bare OID (``2.16.840.1.113883.6.1``), as CDA-derived systems give a code system or an
+#: identifier system (FHIR wants ``urn:oid:`` before it).
+_BARE_OID: Final = re.compile(r"[0-2](?:\.(?:0|[1-9][0-9]*))+")
+#: The edition and version URIs of SNOMED CT (``http://snomed.info/sct/731000124108``, with
+#: ``/version/20230301``): they belong in ``Coding.version`` but are sent as the system too.
+_SNOMED_EDITION: Final = re.compile(r"http://snomed\.info/sct/[0-9]+(?:/version/[0-9]+)?")
+
+
+def _uri_form(uri: str) -> str:
+    """``uri`` in the form that other spellings of one URI are compared in: ``urn:oid:`` in lower
+    case and before a bare OID; the scheme and host of an http(s) URL in lower case (RFC 3986
+    says they are case-insensitive). Spellings of one and the same URI, no more."""
+    lower = uri[:8].casefold()
+    if lower == "urn:oid:":
+        return "urn:oid:" + uri[8:]
+    if _BARE_OID.fullmatch(uri):
+        return "urn:oid:" + uri
+    for scheme in ("http://", "https://"):
+        if lower.startswith(scheme):
+            host, slash, path = uri[len(scheme) :].partition("/")
+            return scheme + host.casefold() + slash + path
+    return uri
+
+
+def _lenient_form(uri: str) -> str:
+    """:func:`_uri_form`, also with https read as http and without a trailing slash: for the
+    well-known code systems only, whose owners publish no other URI under those spellings."""
+    form = _uri_form(uri)
+    if form.startswith("https://"):
+        form = "http://" + form[len("https://") :]
+    return form.rstrip("/") if form.count("/") > 2 else form
+
+
+_SPELLINGS: Final[Mapping[str, str]] = {
+    _lenient_form(spelling): canonical
+    for aliases in (
+        {s: s for s in MATCHED_CODE_SYSTEMS},
+        V3_LABEL_SYSTEM_ALIASES,
+        PARTICIPATION_TYPE_ALIASES,
+        CODE_SYSTEM_ALIASES,
+        CLASS_SYSTEM_ALIASES,
+    )
+    for spelling, canonical in aliases.items()
+}
+
+
+@lru_cache(maxsize=4096)
+def canonical_system(system: str) -> str:
+    """The canonical URI of a code system consents are matched on, however it is spelt: its OID
+    (``urn:oid:`` in any case, or bare), its FHIR STU3 URL, https for http, a trailing slash, the
+    scheme and host in upper case, a SNOMED CT edition URI. Any other system is returned as it
+    is: a code given another way must not slip past a deny that names it."""
+    form = _lenient_form(system)
+    found = _SPELLINGS.get(form)
+    if found is not None:
+        return found
+    if _SNOMED_EDITION.fullmatch(form):
+        return SNOMED
+    return system
+
+
+#: Other spellings of identifier systems, to the one FHIR names: the HL7 OIDs of the US NPI and
+#: SSN (a consent naming a practitioner by NPI must meet a request naming the NPI by OID).
+IDENTIFIER_SYSTEM_ALIASES: Final[Mapping[str, str]] = {
+    "urn:oid:2.16.840.1.113883.4.6": "http://hl7.org/fhir/sid/us-npi",
+    "urn:oid:2.16.840.1.113883.4.1": "http://hl7.org/fhir/sid/us-ssn",
+}
+#: The identifier system whose values are URIs (an organisation by its OID, ``urn:oid:…``).
+URI_IDENTIFIER_SYSTEM: Final = "urn:ietf:rfc:3986"
+
+
+@lru_cache(maxsize=4096)
+def canonical_identifier(system: str, value: str) -> tuple[str, str]:
+    """``(system, value)`` of an identifier in the form identifiers are compared in: the system
+    as an equal URI (``urn:oid:`` in lower case and before a bare OID, an http(s) scheme and host
+    in lower case, the OIDs of NPI and SSN as their FHIR URIs) and, under ``urn:ietf:rfc:3986``,
+    the value likewise. Only spellings of one and the same URI are equated: ``https`` and a
+    trailing slash may name another system and are left as they are."""
+    form = _uri_form(system)
+    form = IDENTIFIER_SYSTEM_ALIASES.get(form, form)
+    if form == URI_IDENTIFIER_SYSTEM:
+        value = _uri_form(value)
+    return form, value
 
 
 def codes(code_system_name: str) -> dict[str, str]:

@@ -50,7 +50,12 @@ from fhir_alliance.model.consent import (
     Period,
     Provision,
 )
-from fhir_alliance.terminology import CONSENT_SCOPE, LABEL_PSYCHOTHERAPY_NOTE, LABEL_VERY_RESTRICTED
+from fhir_alliance.terminology import (
+    CONSENT_SCOPE,
+    LABEL_PSYCHOTHERAPY_NOTE,
+    LABEL_VERY_RESTRICTED,
+    canonical_system,
+)
 
 __all__ = [
     "DEFAULT_EXPLICIT_LABELS",
@@ -84,10 +89,22 @@ _EMPTY: frozenset[RefKey] = frozenset()
 _NO_CODES: frozenset[_CodeKey] = frozenset()
 
 
+def _key(coding: Coding) -> _CodeKey:
+    """``(system, code)`` with the system in canonical form (:func:`canonical_system`: OIDs,
+    https, a trailing slash… of the code systems consents are matched on), whichever reader or
+    caller built the coding: a code spelt another way must not slip past a deny naming it."""
+    return (canonical_system(coding.system), coding.code)
+
+
 def _code_keys(codings: tuple[Coding, ...] | list[Coding]) -> frozenset[_CodeKey]:
     if not codings:
         return _NO_CODES
-    return frozenset([(c.system, c.code) for c in codings])
+    return frozenset([_key(c) for c in codings])
+
+
+def _is_type_class(coding: Coding) -> bool:
+    """Whether a ``class`` coding names a resource type (else a profile)."""
+    return canonical_system(coding.system) in RESOURCE_TYPE_SYSTEMS
 
 
 #: How a party is named when it is named one way only: ``("ref" | "id", resource type or None)``.
@@ -199,7 +216,7 @@ class _Node:
         # actor known only the other way; None when both ways are known.
         self.actors: tuple[tuple[_CodeKey, frozenset[RefKey], _Facet | None], ...] | None = (
             tuple(
-                ((a.role.system, a.role.code), keys, _facet(a.reference, keys))
+                (_key(a.role), keys, _facet(a.reference, keys))
                 for a, keys in ((a, directory.keys(a.reference)) for a in provision.actors)
             )
             or None
@@ -210,12 +227,8 @@ class _Node:
             if facet is not None
         )
         self.labels = _code_keys(provision.security_labels) or None
-        type_classes = frozenset(
-            c.code for c in provision.classes if c.system in RESOURCE_TYPE_SYSTEMS
-        )
-        profile_classes = frozenset(
-            c.code for c in provision.classes if c.system not in RESOURCE_TYPE_SYSTEMS
-        )
+        type_classes = frozenset(c.code for c in provision.classes if _is_type_class(c))
+        profile_classes = frozenset(c.code for c in provision.classes if not _is_type_class(c))
         self.type_classes = type_classes if provision.classes else None
         self.profile_classes = profile_classes
         self.codes = _code_keys(provision.codes) or None
@@ -367,7 +380,7 @@ class _Consent:
         # its party only the other way: worked out once, not for each request.
         self.unresolved_actors = tuple(
             _UnresolvedActor(
-                (actor.role.system, actor.role.code),
+                _key(actor.role),
                 facet,
                 f"consent {self.id_text}, {_where(node)}: actor {_describe(actor.reference)} "
                 "could not be resolved (not in the actor directory); "
@@ -453,7 +466,7 @@ class _Request:
         self.directory = directory
         self.resource = request.resource
         action = request.action
-        self.action = (action.system, action.code) if action is not None else None
+        self.action = _key(action) if action is not None else None
         # A missing or unknown action or purpose is a missing fact: it matches deny provisions
         # restricted to actions or purposes, never permit provisions.
         self.action_unknown = self.action not in KNOWN_ACTIONS
@@ -464,7 +477,7 @@ class _Request:
         # actor named only the other way cannot be compared with them.
         incomparable: dict[_CodeKey, tuple[_Facet, ...]] = {}
         for actor in request.actors:
-            role = (actor.role.system, actor.role.code)
+            role = _key(actor.role)
             keys = directory.keys(actor.reference)
             known = actor_keys.get(role)
             actor_keys[role] = keys if known is None else known | keys
@@ -480,10 +493,8 @@ class _Request:
         resource = request.resource
         self.has_resource = resource is not None
         classes = request.content_classes
-        self.content_types = frozenset(c.code for c in classes if c.system in RESOURCE_TYPE_SYSTEMS)
-        self.content_profiles = frozenset(
-            c.code for c in classes if c.system not in RESOURCE_TYPE_SYSTEMS
-        )
+        self.content_types = frozenset(c.code for c in classes if _is_type_class(c))
+        self.content_profiles = frozenset(c.code for c in classes if not _is_type_class(c))
         if resource is None:
             self.labels = _code_keys(())
             self.explicit_needed: frozenset[_CodeKey] = frozenset()
@@ -1275,12 +1286,7 @@ class ConsentEngine:
             if answer.kind == "permit-only" and answer.base is not None:
                 keep = _one_period(answer.permit_only, notes)
                 obligations.append(_obligation(RedactMode.ALL_EXCEPT, keep))
-        redacted = {
-            (c.system, c.code)
-            for o in obligations
-            if o.mode is RedactMode.MATCHING
-            for c in o.labels
-        }
+        redacted = {_key(c) for o in obligations if o.mode is RedactMode.MATCHING for c in o.labels}
         if explicit or redacted:
             missing = sorted(self.explicit_labels - explicit - redacted)
             if missing:
@@ -1335,9 +1341,7 @@ def _removing_everything(
     removing: list[RedactObligation] = []
     for is_type, code in asked:
         for o in obligations:
-            listed = any(
-                c.code == code and (c.system in RESOURCE_TYPE_SYSTEMS) is is_type for c in o.classes
-            )
+            listed = any(c.code == code and _is_type_class(c) is is_type for c in o.classes)
             if o.mode is RedactMode.MATCHING:
                 removed = listed
             else:
@@ -1476,7 +1480,7 @@ def _unknown_code_notes(request: DecisionRequest) -> list[str]:
     action = request.action
     if action is None:
         notes.append("the request names no action: it matches deny provisions only")
-    elif (action.system, action.code) not in KNOWN_ACTIONS:
+    elif _key(action) not in KNOWN_ACTIONS:
         notes.append(
             f"action {action.code[:40]} is not a consentaction code: it matches deny provisions only"
         )
@@ -1485,7 +1489,7 @@ def _unknown_code_notes(request: DecisionRequest) -> list[str]:
     notes.extend(
         f"purpose {p.code[:40]} is not a v3 PurposeOfUse code: it matches deny provisions only"
         for p in request.purposes
-        if (p.system, p.code) not in KNOWN_PURPOSES
+        if _key(p) not in KNOWN_PURPOSES
     )
     return notes
 

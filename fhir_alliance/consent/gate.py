@@ -56,6 +56,7 @@ from fhir_alliance.terminology import (
     CONSENT_SCOPE,
     V3_ACT_REASON,
     V3_LABEL_SYSTEM_ALIASES,
+    canonical_system,
 )
 
 __all__ = [
@@ -151,17 +152,19 @@ def _token(value: object) -> str | None:
 
 
 def normal_label(system: str) -> str:
-    """The canonical URI of an HL7 v3 label code system given by OID or FHIR STU3 URL; any
-    other system as it is."""
-    return V3_LABEL_SYSTEM_ALIASES.get(system, system)
+    """The canonical URI of an HL7 v3 label code system however it is spelt (by OID, bare or
+    ``urn:oid:``, FHIR STU3 URL, https, a trailing slash: :func:`canonical_system`); any other
+    system as it is."""
+    return V3_LABEL_SYSTEM_ALIASES.get(system) or canonical_system(system)
 
 
 def normal_code(coding: Coding) -> Coding:
-    """``coding`` with its system in canonical form (the OIDs of LOINC and SNOMED CT become
-    ``http://loinc.org`` and ``http://snomed.info/sct``), so that a consent scoped by the code
+    """``coding`` with its system in canonical form (the OIDs of LOINC and SNOMED CT, bare or
+    ``urn:oid:``, ``https://loinc.org``, a SNOMED CT edition URI… become ``http://loinc.org`` and
+    ``http://snomed.info/sct``: :func:`canonical_system`), so that a consent scoped by the code
     sees it whichever way the resource spells the system."""
-    system = CODE_SYSTEM_ALIASES.get(coding.system)
-    return coding if system is None else Coding(system, coding.code, coding.display)
+    system = CODE_SYSTEM_ALIASES.get(coding.system) or canonical_system(coding.system)
+    return coding if system == coding.system else Coding(system, coding.code, coding.display)
 
 
 def label_problem(system: str, code: str) -> str | None:

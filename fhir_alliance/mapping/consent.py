@@ -1022,7 +1022,12 @@ def _conditions(obj: Mapping[str, Any], path: _Path, *, r5: bool) -> dict[str, A
             )
         )
     actions = [
-        _checked(c, _ACTIONS, "consent action", _Path(f"{path}.action[{i}].coding[{j}]"))
+        _checked(
+            canonical_coding(c, {}),
+            _ACTIONS,
+            "consent action",
+            _Path(f"{path}.action[{i}].coding[{j}]"),
+        )
         for i, concept in enumerate(_list(obj.get("action"), path / "action"))
         for j, c in enumerate(_concept(concept, _Path(f"{path}.action[{i}]")))
     ]
@@ -1039,7 +1044,7 @@ def _conditions(obj: Mapping[str, Any], path: _Path, *, r5: bool) -> dict[str, A
     ]
     purposes = [
         _checked(
-            _coding(c, _Path(f"{path}.purpose[{i}]")),
+            canonical_coding(_coding(c, _Path(f"{path}.purpose[{i}]")), {}),
             _PURPOSES,
             "purpose of use",
             _Path(f"{path}.purpose[{i}]"),

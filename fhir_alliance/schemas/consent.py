@@ -55,6 +55,7 @@ from fhir_alliance.terminology import (
     RESOURCE_TYPES,
     V3_ACT_REASON,
     V3_LABEL_SYSTEM_ALIASES,
+    canonical_system,
 )
 
 __all__ = [
@@ -81,11 +82,13 @@ RECORD_KIND_REVOCATION = "consent-revocation"
 
 def canonical_coding(coding: Coding, aliases: Mapping[str, str]) -> Coding:
     """``coding`` with its system in canonical form (``aliases``: other spelling → canonical URI,
-    e.g. :data:`~fhir_alliance.terminology.CODE_SYSTEM_ALIASES`). Every consent reader normalises
-    a consent's codes, labels and classes so: resources are read in canonical form by the consent
-    gate, and a consent that names a code by an OID must still match them (a deny would be missed)."""
-    system = aliases.get(coding.system)
-    return coding if system is None else replace(coding, system=system)
+    e.g. :data:`~fhir_alliance.terminology.CODE_SYSTEM_ALIASES`; then any spelling of a code
+    system consents are matched on, :func:`~fhir_alliance.terminology.canonical_system`). Every
+    consent reader normalises a consent's codes, labels, classes, purposes, actions, roles and
+    categories so: resources and requests are read in canonical form too, and a consent that names
+    a code by an OID or ``https://loinc.org`` must still match them (a deny would be missed)."""
+    system = aliases.get(coding.system) or canonical_system(coding.system)
+    return coding if system == coding.system else replace(coding, system=system)
 
 
 def _checked_coding(
@@ -98,7 +101,8 @@ def _checked_coding(
     class _Checked(CodingSchema):
         @validates_schema
         def _known(self, data: dict[str, Any], **kwargs: Any) -> None:
-            codes = allowed.get(other_spellings.get(data["system"], data["system"]))
+            system = other_spellings.get(data["system"]) or canonical_system(data["system"])
+            codes = allowed.get(system)
             if codes is None:
                 raise ValidationError(
                     f"{what}: code system must be one of {', '.join(sorted(allowed))}",
@@ -226,6 +230,8 @@ _PROVISION_ALIASES: Final[tuple[tuple[str, Mapping[str, str]], ...]] = (
     ("security_labels", V3_LABEL_SYSTEM_ALIASES),
     ("classes", CLASS_SYSTEM_ALIASES),
     ("codes", CODE_SYSTEM_ALIASES),
+    ("purposes", {}),
+    ("actions", {}),
 )
 
 
