@@ -15,6 +15,7 @@ from typing import Any
 
 from fhir_alliance.errors import MappingError
 from fhir_alliance.model.common import Identifier, Ref
+from fhir_alliance.terminology import canonical_identifier
 
 __all__ = ["ACTOR_RESOURCE_TYPES", "ActorDirectory", "RefKey", "normalize_reference"]
 
@@ -34,6 +35,21 @@ ACTOR_RESOURCE_TYPES = frozenset(
 
 #: A match key: ``("ref", "Organization/7")`` or ``("id", system, value)``.
 RefKey = tuple[str, ...]
+
+
+def _canonical(identifier: Identifier) -> Identifier:
+    """``identifier`` in the form identifiers are compared in (:func:`canonical_identifier`: a
+    bare OID or ``URN:OID:`` as ``urn:oid:``, an http(s) host in lower case, the OID of the NPI
+    as ``http://hl7.org/fhir/sid/us-npi``): a deny naming a party one way must meet a request
+    naming it another way."""
+    system, value = canonical_identifier(identifier.system, identifier.value)
+    if system == identifier.system and value == identifier.value:
+        return identifier
+    return Identifier(system=system, value=value)
+
+
+def _id_key(identifier: Identifier) -> RefKey:
+    return ("id", *canonical_identifier(identifier.system, identifier.value))
 
 
 def normalize_reference(reference: str) -> str:
@@ -56,7 +72,10 @@ class ActorDirectory:
         self, entries: Iterable[tuple[str, Iterable[Identifier]]] = (), *, base: str | None = None
     ) -> None:
         self.base = base.rstrip("/") if base else None
-        self._entries = [(reference, tuple(identifiers)) for reference, identifiers in entries]
+        self._entries = [
+            (reference, tuple(_canonical(i) for i in identifiers))
+            for reference, identifiers in entries
+        ]
         by_reference: dict[str, set[Identifier]] = {}
         for reference, given in self._entries:
             by_reference.setdefault(self.normalize(reference), set()).update(given)
@@ -117,7 +136,7 @@ class ActorDirectory:
         return self._by_reference.get(self.normalize(reference), frozenset())
 
     def is_ambiguous(self, identifier: Identifier) -> bool:
-        return identifier in self._ambiguous
+        return _canonical(identifier) in self._ambiguous
 
     def keys(self, ref: Ref) -> frozenset[RefKey]:
         """Every key under which ``ref`` may match another reference."""
@@ -132,10 +151,10 @@ class ActorDirectory:
                 )
             if identifier is None:
                 return keys
-            return keys | {("id", identifier.system, identifier.value)}
+            return keys | {_id_key(identifier)}
         if identifier is None:
             return frozenset()
-        return frozenset({("id", identifier.system, identifier.value)})
+        return frozenset({_id_key(identifier)})
 
     def resolvable(self, ref: Ref) -> bool:
         """Whether ``ref`` can be compared with a reference given in the other form."""
