@@ -169,6 +169,7 @@ class _Node:
         "data_start",
         "end",
         "filter_parts",
+        "folded_types",
         "has_filter",
         "labels",
         "named_labels",
@@ -230,6 +231,14 @@ class _Node:
         type_classes = frozenset(c.code for c in provision.classes if _is_type_class(c))
         profile_classes = frozenset(c.code for c in provision.classes if not _is_type_class(c))
         self.type_classes = type_classes if provision.classes else None
+        # A deny names a resource type in any letter case (``observation``) and a profile in any
+        # version (``…|1.0`` names the profile too): it must not be missed over how the class is
+        # spelt. A permit is read as written.
+        self.folded_types = (
+            frozenset(t.casefold() for t in type_classes) if not permit else frozenset()
+        )
+        if not permit:
+            profile_classes |= {p.partition("|")[0] for p in profile_classes}
         self.profile_classes = profile_classes
         self.codes = _code_keys(provision.codes) or None
         dp = provision.data_period
@@ -595,7 +604,11 @@ def _data_matches(n: _Node, q: _Request) -> bool:
         if q.type is None and not q.profiles:
             if not unknown:
                 return False
-        elif q.type not in n.type_classes and n.profile_classes.isdisjoint(q.profiles):
+        elif (
+            q.type not in n.type_classes
+            and (n.permit or q.type is None or q.type.casefold() not in n.folded_types)
+            and n.profile_classes.isdisjoint(q.profiles)
+        ):
             return False
     if n.codes is not None:
         if not q.codes:
@@ -693,7 +706,9 @@ def _may_concern(n: _Node, q: _Request) -> bool:
         return True
     if n.profile_classes or q.content_profiles:
         return True
-    return not n.type_classes.isdisjoint(q.content_types)
+    if not n.type_classes.isdisjoint(q.content_types):
+        return True
+    return not n.permit and not n.folded_types.isdisjoint(t.casefold() for t in q.content_types)
 
 
 @dataclass(slots=True)
