@@ -65,7 +65,7 @@ PURPOSE_MESSAGE = (
 )
 #: The HL7 code systems whose security labels the library knows (canonical URIs); a resource's
 #: label of one of these must be one of :data:`KNOWN_LABELS` (labels of other systems pass as
-#: they are: no consent can name them).
+#: they are; one whose code is a code of these systems counts as that label for deny provisions).
 LABEL_SYSTEMS: frozenset[str] = frozenset(RESOURCE_LABEL_CODES)
 #: The security labels a request's resource may carry: ``(system, code)``, case-sensitive.
 KNOWN_LABELS: frozenset[tuple[str, str]] = frozenset(
@@ -203,7 +203,9 @@ class DecisionBasis:
 class RedactObligation:
     """Content the recipient must remove before use.
 
-    In :attr:`RedactMode.MATCHING` mode content matches when it carries *any* of ``labels``, has any of
+    In :attr:`RedactMode.MATCHING` mode content matches when it carries *any* of ``labels`` (a label
+    of a code system other than the HL7 label systems counts as its code in each of them that has
+    it: :func:`~fhir_alliance.consent.engine.deny_label_keys`), has any of
     ``codes``, is of any of ``classes``, was dated inside ``data_period`` or is one of ``data``
     (the filter of the provision, widened never narrowed). In :attr:`RedactMode.ALL_EXCEPT` mode only
     content matching the filter may be kept.

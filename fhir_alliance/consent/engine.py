@@ -13,6 +13,10 @@ Semantics in brief (the full statement, with examples, is ``docs/consent-decisio
 * Consents combine by :class:`~fhir_alliance.consent.decision.CombiningRule`.
 * Labels in :attr:`ConsentEngine.explicit_labels` (PSYTHPN by default) are released only when the
   deciding provision or one of its ancestors names the label in ``securityLabel``.
+* A resource label of a code system other than the HL7 label systems, whose code is a code of one
+  of them (``R`` or ``PSYTHPN`` under an EHR's own system), may mean that label: a missing fact.
+  For deny provisions and the explicit-label rule it counts as that code of each such system
+  (:func:`deny_label_keys`); permits match labels exactly as written.
 * With a ``resource`` the answer is exact for that resource. Without one, the answer is about the
   patient's data in general and data-scoped provisions turn into redact obligations (conservatively:
   an obligation may remove more than strictly needed, never less).
@@ -27,7 +31,9 @@ from typing import NamedTuple
 
 from fhir_alliance.consent.decision import (
     KNOWN_ACTIONS,
+    KNOWN_LABELS,
     KNOWN_PURPOSES,
+    LABEL_SYSTEMS,
     CombiningRule,
     ConsentDecision,
     DecisionBasis,
@@ -63,6 +69,7 @@ __all__ = [
     "RESOURCE_TYPE_SYSTEMS",
     "ConsentEngine",
     "decide",
+    "deny_label_keys",
 ]
 
 #: Labels whose content is released only by a provision that names the label: psychotherapy
@@ -100,6 +107,37 @@ def _code_keys(codings: tuple[Coding, ...] | list[Coding]) -> frozenset[_CodeKey
     if not codings:
         return _NO_CODES
     return frozenset([_key(c) for c in codings])
+
+
+#: Each code of the HL7 label systems the library knows, to its ``(system, code)`` in every one of
+#: those systems that has it.
+_LABELS_BY_CODE: dict[str, frozenset[_CodeKey]] = {
+    code: frozenset(k for k in KNOWN_LABELS if k[1] == code) for _, code in KNOWN_LABELS
+}
+
+
+def _foreign_label_keys(labels: frozenset[_CodeKey]) -> frozenset[_CodeKey]:
+    """The known labels that ``labels`` of other code systems may mean (see
+    :func:`deny_label_keys`); empty, and cheap, when every label is of a known system."""
+    found: frozenset[_CodeKey] = _NO_CODES
+    for system, code in labels:
+        if system not in LABEL_SYSTEMS:
+            meant = _LABELS_BY_CODE.get(code)
+            if meant is not None:
+                found = found | meant
+    return found
+
+
+def deny_label_keys(labels: Iterable[Coding]) -> frozenset[tuple[str, str]]:
+    """The labels a resource carrying ``labels`` counts as carrying for deny provisions, for
+    ``redact-matching`` obligations and for the labels that need an explicit permit (PSYTHPN, V):
+    each label as ``(system, code)`` with the system in canonical form, and, for a label of a
+    code system that is not one of the HL7 label systems (an EHR's own, a value set URL given as
+    the system) whose code is a code of one of them (``R``, ``PSYTHPN``, ``HIV``), that code of
+    each of those systems too. Whether the other system's ``PSYTHPN`` means psychotherapy notes
+    is a missing fact: it may, so it never widens access. Permits match the labels as written."""
+    keys = _code_keys(tuple(labels))
+    return keys | _foreign_label_keys(keys)
 
 
 def _is_type_class(coding: Coding) -> bool:
@@ -449,8 +487,10 @@ class _Request:
         "content_profiles",
         "content_types",
         "date",
+        "deny_labels",
         "directory",
         "explicit_needed",
+        "foreign_labels",
         "has_resource",
         "incomparable",
         "labels",
@@ -505,7 +545,7 @@ class _Request:
         self.content_types = frozenset(c.code for c in classes if _is_type_class(c))
         self.content_profiles = frozenset(c.code for c in classes if not _is_type_class(c))
         if resource is None:
-            self.labels = _code_keys(())
+            self.labels = self.deny_labels = self.foreign_labels = _NO_CODES
             self.explicit_needed: frozenset[_CodeKey] = frozenset()
             self.type = None
             self.profiles: frozenset[str] = frozenset()
@@ -515,7 +555,11 @@ class _Request:
             self.author_keys = _EMPTY
             return
         self.labels = _code_keys(resource.labels)
-        self.explicit_needed = self.labels & explicit_labels
+        # Labels of other code systems with a code of the HL7 label systems may mean that label
+        # (a missing fact): they count for deny provisions and for the explicit-label rule.
+        self.foreign_labels = _foreign_label_keys(self.labels)
+        self.deny_labels = self.labels | self.foreign_labels if self.foreign_labels else self.labels
+        self.explicit_needed = self.deny_labels & explicit_labels
         self.type = resource.type
         self.profiles = frozenset(resource.profiles)
         self.codes = _code_keys(resource.codes)
@@ -595,9 +639,10 @@ def _data_matches(n: _Node, q: _Request) -> bool:
 
     A fact the request leaves out (type, codes, date, reference, authors) is unknown: it matches a
     deny provision and not a permit, so that missing facts never widen access. Labels are always
-    known: a resource without labels is unlabelled.
+    known: a resource without labels is unlabelled; one of another code system with a code of the
+    HL7 label systems may mean that label, so it matches a deny provision naming it and no permit.
     """
-    if n.labels is not None and n.labels.isdisjoint(q.labels):
+    if n.labels is not None and n.labels.isdisjoint(q.labels if n.permit else q.deny_labels):
         return False
     unknown = not n.permit
     if n.type_classes is not None:
@@ -1088,6 +1133,12 @@ class ConsentEngine:
                 notes.append(f"{others} consent(s) of other patients ignored")
         if q.action_unknown or q.purpose_unknown:
             notes.extend(_unknown_code_notes(request))
+        if q.foreign_labels:
+            codes = ", ".join(sorted({code for _, code in q.foreign_labels}))
+            notes.append(
+                f"label {codes} of another code system than HL7's: counted as that label for "
+                "deny provisions and the labels that need an explicit permit, never for permits"
+            )
         categories = _code_keys(request.categories)
         at = q.at
         live: list[_Consent] = []

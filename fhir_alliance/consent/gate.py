@@ -171,7 +171,8 @@ def label_problem(system: str, code: str) -> str | None:
     """Why ``(system, code)`` (system already :func:`normal_label`) cannot be a security label the
     engine reads, or ``None``: a code of an HL7 label system that the library does not know, or a
     system that is one of those misspelt (letter case), or spaces around either. Labels of other
-    systems pass."""
+    systems pass as they are; the engine counts one whose code is an HL7 label code as that label
+    for deny provisions and the explicit-permit rule (``deny_label_keys``)."""
     if _token(system) is None or _token(code) is None:
         return "a security label needs a system and a code (strings without spaces)"
     if system in LABEL_SYSTEMS:

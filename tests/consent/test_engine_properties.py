@@ -19,7 +19,7 @@ from fhir_alliance.consent.decision import (
 from fhir_alliance.consent.directory import ActorDirectory
 from fhir_alliance.consent.engine import ConsentEngine
 from fhir_alliance.consent.purposes import PURPOSE_OF_USE_PARENT
-from fhir_alliance.model.common import Identifier, Ref
+from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.model.consent import (
     ConsentKind,
     ConsentRecord,
@@ -29,6 +29,7 @@ from fhir_alliance.model.consent import (
     Provision,
     ProvisionActor,
 )
+from fhir_alliance.terminology import RESOURCE_LABEL_CODES
 from tests.consent.builders import CONSENT_IDS, IRCP, NPI, PRCP, act, label, loinc, pou, t
 from tests.consent.test_scenarios import summary
 
@@ -44,6 +45,10 @@ ACTIONS = [act(c) for c in ("access", "disclose")]
 REQUEST_PURPOSES = [*PURPOSES, pou("TRAET")]
 REQUEST_ACTIONS = [*ACTIONS, act("acess"), None]
 LABELS = [label(c) for c in ("R", "PSY", "PSYTHPN", "SUD")]
+#: Resources may also carry labels of a code system the engine does not know, with an HL7 label
+#: code (which they may mean: a missing fact) or another code.
+FOREIGN_LABELS = [Coding("http://ehr.example/labels", c) for c in ("R", "PSYTHPN", "internal")]
+RESOURCE_LABELS = [*LABELS, *FOREIGN_LABELS]
 CODES = [loinc(c) for c in ("89204-2", "44261-6")]
 BASE = t("2025-01-01")
 PSYTHPN = ("http://terminology.hl7.org/CodeSystem/v3-ActCode", "PSYTHPN")
@@ -128,7 +133,7 @@ def _request(seed: int, general: bool) -> DecisionRequest:
         resource = RequestedResource(
             type="Observation",
             codes=tuple(rng.sample(CODES, rng.randint(0, 1))),
-            labels=tuple(rng.sample(LABELS, rng.randint(0, 2))),
+            labels=tuple(rng.sample(RESOURCE_LABELS, rng.randint(0, 2))),
             date=None if rng.random() < 0.1 else _day(rng.randint(-400, 200)),
         )
     return DecisionRequest(
@@ -142,6 +147,16 @@ def _request(seed: int, general: bool) -> DecisionRequest:
 
 
 # --- a plain reading of the rules, straight over the domain objects --------------------------------
+
+
+def as_denies_read(labels: tuple[Coding, ...]) -> set[tuple[str, str]]:
+    """A resource's labels as deny provisions read them: a label of a system other than the HL7
+    label systems counts also as its code in each of those systems that has it."""
+    keys = {(c.system, c.code) for c in labels}
+    for c in labels:
+        if c.system not in RESOURCE_LABEL_CODES:
+            keys |= {(s, c.code) for s, codes in RESOURCE_LABEL_CODES.items() if c.code in codes}
+    return keys
 
 
 def _keys(ref: Ref) -> frozenset:  # type: ignore[type-arg]
@@ -178,7 +193,7 @@ def _matches(p: Provision, permit: bool, q: DecisionRequest) -> bool:
     r = q.resource
     assert r is not None
     codes = {(c.system, c.code) for c in r.codes}
-    labels = {(c.system, c.code) for c in r.labels}
+    labels = {(c.system, c.code) for c in r.labels} if permit else as_denies_read(r.labels)
     if p.period is not None and not p.period.contains(q.at):
         return False
     if p.actions and q.action not in p.actions and (permit or q.action in ACTIONS):
@@ -212,7 +227,7 @@ def _deepest(p: Provision, permit: bool, path: str, named: set, q: DecisionReque
     named = named | ({(c.system, c.code) for c in p.security_labels} & {PSYTHPN})
     best = (permit, path, named)
     found = False
-    needs = {(c.system, c.code) for c in q.resource.labels} & {PSYTHPN} if q.resource else set()
+    needs = as_denies_read(q.resource.labels) & {PSYTHPN} if q.resource else set()
     for i, child in enumerate(p.provisions):
         child_permit = child.type is Decision.PERMIT
         if _matches(child, child_permit, q):
@@ -234,7 +249,7 @@ def _plain(consents: list[ConsentRecord], q: DecisionRequest) -> tuple[DecisionO
     """deny-overrides, resource requests, consents without history."""
     patient_keys = frozenset().union(*(_keys(p) for p in q.patient))
     assert q.resource is not None
-    needs = {(c.system, c.code) for c in q.resource.labels} & {PSYTHPN}
+    needs = as_denies_read(q.resource.labels) & {PSYTHPN}
     denies, permits, silent = [], [], False
     for c in consents:
         if not _keys(c.patient) & patient_keys or c.status is not ConsentStatus.ACTIVE:

@@ -23,12 +23,13 @@ AI-drafted note is held once the recording/AI-notes consent that permitted it is
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from fhir_alliance.consent import ConsentDecision, DecisionOutcome
+from fhir_alliance.consent.decision import RequestedResource
+from fhir_alliance.consent.engine import deny_label_keys
 from fhir_alliance.consent.gate import disclosure_request
 from fhir_alliance.errors import FhirAllianceError
 from fhir_alliance.mapping.note import ai_disclosure_permitted
@@ -46,7 +47,6 @@ from fhir_alliance_service.store.interface import (
     StoredRecord,
 )
 from fhir_alliance_service.usecases.consents import engine_for_patient
-from fhir_alliance_service.usecases.withholding import carries_label
 
 __all__ = ["FAMILY_CONSENT", "GateResult", "HoldReason", "gate_item", "ref_for_key"]
 
@@ -108,13 +108,16 @@ def ref_for_key(key: str, *, resource_type: str | None = None) -> Ref:
 
 
 def _hold_for(
-    decision: ConsentDecision, resource: Mapping[str, Any], explicit: frozenset[tuple[str, str]]
+    decision: ConsentDecision,
+    resource: RequestedResource | None,
+    explicit: frozenset[tuple[str, str]],
 ) -> HoldReason:
     # A consent that denies decides (``basis``); a permit that does not name an explicit label
-    # (PSYTHPN) gives a DENY without a deciding consent.
+    # (PSYTHPN) gives a DENY without a deciding consent. The labels are read as the engine reads
+    # them for that rule: a PSYTHPN of another code system counts too (``deny_label_keys``).
     if decision.outcome is DecisionOutcome.DENY and decision.basis:
         return HoldReason.DENIED
-    if carries_label(resource, explicit):
+    if resource is not None and not deny_label_keys(resource.labels).isdisjoint(explicit):
         return HoldReason.NEEDS_EXPLICIT_PERMIT
     if decision.outcome is DecisionOutcome.DENY:
         return HoldReason.DENIED
@@ -192,7 +195,7 @@ def gate_item(
         DECISIONS.labels(decision.outcome.value).inc()
         decisions.append(decision)
         if decision.outcome is not DecisionOutcome.PERMIT:
-            hold = _hold_for(decision, resource, engine.explicit_labels)
+            hold = _hold_for(decision, request.resource, engine.explicit_labels)
             break  # one resource that may not go holds the whole record
     if hold:
         HELD.inc()

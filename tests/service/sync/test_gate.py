@@ -124,3 +124,33 @@ def test_an_unsigned_entered_in_error_note_goes_only_to_correct_what_the_server_
         assert (text, document["docStatus"]) == (signed["text"], "final")
     else:
         assert result.hold is HoldReason.UNSIGNED_NOTE
+
+
+def test_psythpn_or_v_under_another_label_system_is_held_for_an_explicit_permit(
+    sync_store: SqlStore,
+) -> None:
+    """A rating another system labelled PSYTHPN (its own system) or V (the value set's URL as the
+    system) is held under the plain sharing permit, which released it before, and the hold says
+    it needs a permit naming the label; a foreign label that is no HL7 label code still goes."""
+    run = R.run_token()
+    value_set = "http://terminology.hl7.org/ValueSet/v3-ConfidentialityClassification"
+    labelled = {
+        "psythpn": {"system": "http://ehr.example/labels", "code": "PSYTHPN"},
+        "v": {"system": value_set, "code": "V"},
+        "other": {"system": "http://ehr.example/labels", "code": "internal"},
+    }
+    patients = [f"Patient/p{n}" for n in range(1, len(labelled) + 1)]
+    intake_records(sync_store, [R.sharing_consent(run, p) for p in patients], at=now())
+    for item in sync_store.claim("gate-test", limit=100, lease_seconds=60, now=now()):
+        sync_store.mark_sent(item.item_id, "gate-test", sent=[], audit=[], at=now())
+    records = {
+        name: intake_records(
+            sync_store, [{**R.rating(run, n, patient), "security_labels": [label]}], at=now()
+        )[0]
+        for n, (patient, (name, label)) in enumerate(zip(patients, labelled.items(), strict=True))
+    }
+    results = _gate_all(sync_store)
+    for name in ("psythpn", "v"):
+        result = results[records[name].record_id]
+        assert result.hold is HoldReason.NEEDS_EXPLICIT_PERMIT, name
+    assert results[records["other"].record_id].permitted
