@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
 from fhir_alliance.consent import ConsentEngine, DecisionOutcome
 from fhir_alliance.consent.decision import DecisionRequest, RequestActor, RequestedResource
-from fhir_alliance.consent.gate import disclosure_request
 from fhir_alliance.errors import InputError
 from fhir_alliance.mapping.consent import R4, R5, from_consent, to_consent
 from fhir_alliance.model.common import Coding, Ref
-from fhir_alliance.model.consent import ConsentRecord
-from fhir_alliance.schemas.consent import load_consent
 from fhir_alliance.terminology import (
     LOINC,
     RESOURCE_TYPES,
@@ -34,44 +30,10 @@ from fhir_alliance.terminology import (
     V3_ACT_REASON,
     V3_CONFIDENTIALITY,
 )
+from tests.consent.test_review_gate2_references import _decide, _observation, _permit_except
 
 AT = datetime(2025, 6, 1, tzinfo=UTC)
 PHQ9 = "44261-6"
-
-
-def _consent(deny: dict[str, Any]) -> ConsentRecord:
-    """A sharing consent (permit) for Organization/ehr, except what the nested ``deny`` names."""
-    return load_consent(
-        {
-            "kind": "consent",
-            "id": "https://c.example|review-spellings",
-            "consent_kind": "sharing",
-            "patient": {"reference": "Patient/p1"},
-            "status": "active",
-            "decision": "permit",
-            "date": "2025-03-01T10:00:00+00:00",
-            "policy_basis": [{"uri": "https://c.example/pol"}],
-            "provision": {"provisions": [{"type": "deny", **deny}]},
-        }
-    )
-
-
-def _observation(**elements: Any) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": "o1",
-        "status": "final",
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": "2025-05-01T00:00:00Z",
-        **elements,
-    }
-
-
-def _decide(consent: ConsentRecord, resource: dict[str, Any]) -> DecisionOutcome:
-    request = disclosure_request(
-        resource, patient="Patient/p1", recipient="Organization/ehr", purposes=["TREAT"], at=AT
-    )
-    return ConsentEngine([consent]).decide(request).outcome
 
 
 LOINC_SPELLINGS = [
@@ -92,7 +54,7 @@ SNOMED_SPELLINGS = [
 @pytest.mark.parametrize("system", LOINC_SPELLINGS)
 def test_resource_code_spelt_another_way_meets_the_deny(system: str) -> None:
     """A PHQ-9 result coded ``system|44261-6`` under a deny of LOINC 44261-6: was permit."""
-    consent = _consent({"codes": [{"system": LOINC, "code": PHQ9}]})
+    consent = _permit_except({"codes": [{"system": LOINC, "code": PHQ9}]})
     coded = _observation(code={"coding": [{"system": system, "code": PHQ9}]})
     assert _decide(consent, coded) is DecisionOutcome.DENY
     other = _observation(code={"coding": [{"system": system, "code": "34117-2"}]})
@@ -101,7 +63,7 @@ def test_resource_code_spelt_another_way_meets_the_deny(system: str) -> None:
 
 @pytest.mark.parametrize("system", SNOMED_SPELLINGS)
 def test_resource_snomed_code_spelt_another_way_meets_the_deny(system: str) -> None:
-    consent = _consent({"codes": [{"system": SNOMED, "code": "35489007"}]})
+    consent = _permit_except({"codes": [{"system": SNOMED, "code": "35489007"}]})
     coded = _observation(code={"coding": [{"system": system, "code": "35489007"}]})
     assert _decide(consent, coded) is DecisionOutcome.DENY
 
@@ -110,7 +72,7 @@ def test_resource_snomed_code_spelt_another_way_meets_the_deny(system: str) -> N
 @pytest.mark.parametrize("version", ["json", R4, R5])
 def test_consent_code_spelt_another_way_meets_the_resource(system: str, version: str) -> None:
     """The deny names LOINC another way (our JSON form, an R4 or R5 Consent): was permit."""
-    consent = _consent({"codes": [{"system": system, "code": PHQ9}]})
+    consent = _permit_except({"codes": [{"system": system, "code": PHQ9}]})
     assert consent.provision.provisions[0].codes == (Coding(LOINC, PHQ9),)
     if version != "json":
         text = json.dumps(to_consent(consent, version=version))
@@ -133,14 +95,14 @@ def test_consent_code_spelt_another_way_meets_the_resource(system: str, version:
 )
 def test_resource_label_spelt_another_way_meets_the_deny(system: str) -> None:
     """A resource labelled PSY by another spelling of v3-ActCode: was permit (an unknown label)."""
-    consent = _consent({"security_labels": [{"system": V3_ACT_CODE, "code": "PSY"}]})
+    consent = _permit_except({"security_labels": [{"system": V3_ACT_CODE, "code": "PSY"}]})
     labelled = _observation(meta={"security": [{"system": system, "code": "PSY"}]})
     assert _decide(consent, labelled) is DecisionOutcome.DENY
 
 
 def test_resource_label_spelt_another_way_is_checked_like_the_canonical_one() -> None:
     """A bare OID of v3-Confidentiality with a code it does not have is refused, as by URI."""
-    consent = _consent({"security_labels": [{"system": V3_CONFIDENTIALITY, "code": "R"}]})
+    consent = _permit_except({"security_labels": [{"system": V3_CONFIDENTIALITY, "code": "R"}]})
     with pytest.raises(InputError):
         _decide(
             consent,
@@ -160,7 +122,7 @@ def test_resource_label_spelt_another_way_is_checked_like_the_canonical_one() ->
 def test_consent_class_system_spelt_another_way_meets_the_type(system: str, version: str) -> None:
     """A deny of class Observation whose system is spelt another way was read as a profile class
     and compared with the resource's profiles: it never met an Observation."""
-    consent = _consent({"classes": [{"system": system, "code": "Observation"}]})
+    consent = _permit_except({"classes": [{"system": system, "code": "Observation"}]})
     assert consent.provision.provisions[0].classes == (Coding(RESOURCE_TYPES, "Observation"),)
     if version == R4:
         fhir = to_consent(consent, version=R4)
@@ -183,7 +145,7 @@ def test_consent_purpose_spelt_another_way_is_read_as_v3_act_reason(system: str)
     https was refused (the ``urn:oid:`` OID was read as the canonical system for labels only);
     it now reads, and its deny for TREAT denies. (The URL of the PurposeOfUse value set is
     still refused: it names no code system.)"""
-    consent = _consent({"purposes": [{"system": V3_ACT_REASON, "code": "TREAT"}]})
+    consent = _permit_except({"purposes": [{"system": V3_ACT_REASON, "code": "TREAT"}]})
     fhir = to_consent(consent, version=R4)
     fhir["provision"]["provision"][0]["purpose"][0]["system"] = system
     read = from_consent(fhir, version=R4)
@@ -193,7 +155,7 @@ def test_consent_purpose_spelt_another_way_is_read_as_v3_act_reason(system: str)
 
 def test_engine_reads_hand_built_records_and_requests_in_canonical_form() -> None:
     """A request (or record) built by hand, past every reader, is compared in canonical form."""
-    consent = _consent({"codes": [{"system": LOINC, "code": PHQ9}]})
+    consent = _permit_except({"codes": [{"system": LOINC, "code": PHQ9}]})
     request = DecisionRequest(
         patient=(Ref(reference="Patient/p1"),),
         actors=(RequestActor(reference=Ref(reference="Organization/ehr")),),
