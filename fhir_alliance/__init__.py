@@ -7,10 +7,17 @@ subpackages have public APIs of their own: ``fhir_alliance.instruments`` (scorin
 ``fhir_alliance.profiles``.
 """
 
+import logging as _logging
 import typing as _typing
 from importlib import import_module as _import_module
 
 from fhir_alliance._version import __version__
+
+# Where the library's log records go is the embedding application's choice: without a handler of
+# its own here, an application that set up no logging would have Python's last-resort handler
+# print the library's warnings on its stderr. The ``fhir-alliance`` command shows them itself
+# (``fhir_alliance.cli``).
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 if _typing.TYPE_CHECKING:
     from fhir_alliance.client import FhirClient, SmartBackendAuth

@@ -5,14 +5,21 @@ Other distributions (the sync service) add theirs through the ``fhir_alliance.co
 group, the way Flask discovers ``flask.commands``: each entry point names a callable
 ``register(subparsers)`` that adds one or more sub-parsers and sets ``handler`` on them.
 A handler takes the parsed ``argparse.Namespace`` and returns the process exit code.
+
+While a command runs, the library's warnings (a retried request, an ``$import`` left running) are
+printed on stderr as ``warning: <message>``: the library itself only has a ``NullHandler``, so that
+applications embedding it print nothing they did not ask for. A command that sets up logging of
+its own (the service's JSON log lines) has them there instead, never twice.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -91,6 +98,51 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _WarningsOnStderr(logging.Handler):
+    """The library's warnings and errors on stderr, one line each (``warning: <message>``,
+    ``error: <message>``), unless another handler is on the record's way up (the root logger's included: logging the process
+    set up itself, such as the service's JSON lines or a test's capture), which then has them
+    alone. The message only, never a traceback (a traceback can quote data); the library's log
+    messages carry no patient data. Written to ``sys.stderr`` as it is at each record, as
+    Python's last-resort handler does."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._handled_elsewhere(record.name):
+            return
+        try:
+            sys.stderr.write(f"{record.levelname.lower()}: {record.getMessage()}\n")
+            sys.stderr.flush()
+        except Exception:  # logging must not fail the command (as in logging.StreamHandler)
+            self.handleError(record)
+
+    def _handled_elsewhere(self, name: str) -> bool:
+        logger: logging.Logger | None = logging.getLogger(name)
+        while logger is not None:
+            if any(
+                h is not self and not isinstance(h, logging.NullHandler) for h in logger.handlers
+            ):
+                return True
+            if not logger.propagate:
+                return False
+            logger = logger.parent
+        return False
+
+
+@contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    """The library's warnings on stderr while a command runs (see :class:`_WarningsOnStderr`)."""
+    library = logging.getLogger("fhir_alliance")
+    handler = _WarningsOnStderr()
+    library.addHandler(handler)
+    try:
+        yield
+    finally:
+        library.removeHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(arguments)
@@ -99,6 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
+    with _warnings_on_stderr():
+        return _run(handler, args)
+
+
+def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         code: int = handler(args)
     except FhirAllianceError as exc:
