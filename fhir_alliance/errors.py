@@ -178,7 +178,16 @@ def _flatten_messages(messages: Any, prefix: str) -> Iterable[Issue]:
 
 
 class MappingError(FhirAllianceError):
-    """A FHIR resource that cannot be read into the domain model. ``element`` names where."""
+    """A FHIR resource that cannot be read into the domain model. ``element`` names where.
+
+    Not an :class:`InputError`, on purpose: whose fault it is depends on where the resource came
+    from, which only the caller knows. In a request body it is bad input (the service answers 422
+    with the element path, ``QuestionnaireResponse.item[1].linkId``); read from a FHIR server it is
+    that server's data (a pulled foreign Consent that does not read is kept as unreadable and
+    holds its patient's records); and :class:`ProfileViolation` is a resource this library built
+    (the worker dead-letters the record: a fix is needed, not other input). Callers that take
+    FHIR resources as input catch both, as the service's error handlers do.
+    """
 
     issue_code = "structure"
 

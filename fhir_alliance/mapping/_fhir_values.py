@@ -14,8 +14,10 @@ from fhir_alliance.model.common import Identifier, Ref
 from fhir_alliance.schemas.common import json_number, offset_problem
 
 __all__ = [
+    "MAX_DIGITS",
     "check_elements",
     "check_version",
+    "digits_value",
     "fhir_number",
     "identifier_from_fhir",
     "obj",
@@ -109,6 +111,18 @@ def read_decimal(value: object, path: str) -> Decimal:
     if not result.is_finite():
         raise MappingError("expected a finite number", element=path)
     return result
+
+
+#: Most digits of a number read from text (an item number in a ``linkId`` or a code, an
+#: attachment's size): none we read comes near, and Python refuses to make an int of more than
+#: 4300 digits (a ``ValueError``, which would escape as a crash instead of a MappingError).
+MAX_DIGITS = 18
+
+
+def digits_value(text: str) -> int | None:
+    """``text`` (ASCII digits) as an int; ``None`` when it has more than :data:`MAX_DIGITS`
+    digits, so that the caller refuses it as matching nothing."""
+    return int(text) if len(text) <= MAX_DIGITS else None
 
 
 def read_instant(value: object, path: str) -> datetime:

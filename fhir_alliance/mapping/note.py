@@ -27,6 +27,7 @@ from fhir_alliance.consent.gate import normal_label
 from fhir_alliance.errors import MappingError
 from fhir_alliance.mapping._fhir_values import (
     check_version,
+    digits_value,
     identifier_from_fhir,
     obj,
     opt_str,
@@ -440,7 +441,9 @@ def _decode(attachment: Mapping[str, Any], path: str) -> tuple[str, NoteFormat, 
         raise MappingError("expected base64 of UTF-8 text", element=f"{path}.data") from None
     size = attachment.get("size")
     if isinstance(size, str) and size.isascii() and size.isdigit():
-        size = int(size)
+        size = digits_value(size)  # R5 integer64; one too long to convert matches no data
+        if size is None:
+            raise MappingError("size does not match the data", element=f"{path}.size")
     if size is not None and (isinstance(size, bool) or size != len(data)):
         raise MappingError("size does not match the data", element=f"{path}.size")
     digest = attachment.get("hash")

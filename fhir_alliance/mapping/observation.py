@@ -39,6 +39,7 @@ from fhir_alliance.instruments.scoring import DEFAULT_RULES, Score, ScoringRules
 from fhir_alliance.mapping._fhir_values import (
     check_elements,
     check_version,
+    digits_value,
     fhir_number,
     identifier_from_fhir,
     obj,
@@ -757,9 +758,9 @@ def _panel_from_fhir(
                 "member code does not belong to the panel's instrument", element=f"{mpath}.code"
             )
         if suffix.isascii() and suffix.isdigit():
-            number = int(suffix)
-            spec = inst.item(number)
-            if spec is None:
+            number = digits_value(suffix)
+            spec = None if number is None else inst.item(number)
+            if number is None or spec is None:
                 raise MappingError("unknown item of the instrument", element=f"{mpath}.code")
             value = _value_number(member, mpath)
             if not spec.accepts(value):

@@ -21,6 +21,7 @@ from fhir_alliance.instruments.catalog import INSTRUMENTS, InstrumentCode
 from fhir_alliance.instruments.dimensions import SCALES, Dimension, RatingScale
 from fhir_alliance.instruments.scoring import DEFAULT_RULES, ScoringRules
 from fhir_alliance.mapping._fhir_values import (
+    digits_value,
     identifier_from_fhir,
     obj,
     read_decimal,
@@ -177,7 +178,8 @@ def _administration_records(
     for link_id, item, ipath in _walk(qr.get("item"), f"{path}.item"):
         if not (link_id.isascii() and link_id.isdigit()):
             continue  # free text (client feedback) and groups are never extracted
-        spec = inst.item(int(link_id))
+        number = digits_value(link_id)
+        spec = None if number is None else inst.item(number)
         if spec is None:
             raise MappingError("no such item in the instrument", element=f"{ipath}.linkId")
         value = _answer(item, ipath)

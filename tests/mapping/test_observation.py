@@ -329,6 +329,10 @@ def test_registry_finds_this_mapper() -> None:
             lambda rs: rs[0]["extension"][0]["valueCoding"].__setitem__("code", "parent"),
             "Bundle.entry[0].resource.extension[0].valueCoding.code",
         ),
+        (  # more digits than Python makes an int of: an unknown item, not a ValueError
+            lambda rs: rs[5]["code"]["coding"][0].__setitem__("code", "srs." + "9" * 5000),
+            "Bundle.entry[5].resource.code",
+        ),
     ],
 )
 def test_foreign_observation_raises_mapping_error_naming_the_element(mutate, element: str) -> None:

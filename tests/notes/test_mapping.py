@@ -173,6 +173,10 @@ def _document() -> dict:
             lambda d: d["content"][0]["attachment"].update(size=3),
             "DocumentReference.content[0].attachment.size",
         ),
+        (  # R5's integer64 as text, more digits than Python makes an int of
+            lambda d: d["content"][0]["attachment"].update(size="9" * 5000),
+            "DocumentReference.content[0].attachment.size",
+        ),
         (
             lambda d: d["content"][0]["attachment"].update(contentType="text/html"),
             "DocumentReference.content[0].attachment.contentType",
@@ -188,6 +192,7 @@ def _document() -> dict:
     ids=[
         "hash",
         "size",
+        "size-too-long",
         "content-type",
         "no-content-kind",
         "aiast-missing",

@@ -97,3 +97,18 @@ def test_problems_of_the_extracted_records_name_the_response_element(
     assert response.status_code == 422
     assert [e for issue in response.json["issue"] for e in issue["expression"]] == [path]
     assert store.list_records() == []
+
+
+def test_an_item_number_too_long_to_convert_is_422_at_its_link_id(
+    client: FlaskClient, auth_headers: Headers, store: Store
+) -> None:
+    """A numeric ``linkId`` of 5000 digits (more than Python makes an int of) is no item of the
+    instrument: 422 at that ``linkId`` like any unknown item, not a 500; nothing stored."""
+    qr = srs_questionnaire_response()
+    qr["item"][1]["linkId"] = "9" * 5000
+    response = client.post(URL, json=qr, headers=auth_headers["write"])
+    assert response.status_code == 422
+    [issue] = response.json["issue"]
+    assert issue["expression"] == ["QuestionnaireResponse.item[1].linkId"]
+    assert issue["details"]["text"] == "no such item in the instrument"
+    assert store.list_records() == []
