@@ -126,7 +126,15 @@ def digits_value(text: str) -> int | None:
 
 
 def read_instant(value: object, path: str) -> datetime:
-    """A FHIR dateTime with time and offset (what we emit); partial dates do not fit the model."""
+    """A FHIR dateTime with time and offset (what we emit); partial dates do not fit the model.
+
+    Strict where a wrong time could come out: a time without a UTC offset is refused, never read
+    as the reader's local time (which would move it by that offset), and so is an offset FHIR
+    cannot carry (seconds, beyond ±14:00). Lenient where the text names one instant only: other
+    ISO 8601 spellings Python reads (no seconds ``T15:50Z``, ``+01`` for ``+01:00``, a week date)
+    are read as that instant, as they are in a record's JSON form; resources read from a server
+    are not refused for them. More than six fractional digits are cut to microseconds.
+    """
     text = req_str(value, path)
     try:
         result = datetime.fromisoformat(text)

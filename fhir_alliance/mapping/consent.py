@@ -35,7 +35,7 @@ from fhir_alliance.model.consent import (
     VerificationMethod,
     apply_revocation,
 )
-from fhir_alliance.schemas.common import load_or_raise
+from fhir_alliance.schemas.common import load_or_raise, offset_problem
 from fhir_alliance.schemas.consent import (
     MAX_PROVISION_DEPTH,
     RECORD_KIND_CONSENT,
@@ -686,7 +686,11 @@ _DATE_RE: Final = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 
 def _datetime(value: Any, path: _Path, *, end: bool = False) -> datetime:
     """A FHIR date/dateTime/instant → aware datetime. A partial date is the first instant of that
-    year/month/day; as a period ``end`` it is the first instant after it (ends are exclusive here)."""
+    year/month/day; as a period ``end`` it is the first instant after it (ends are exclusive here).
+    A time without a UTC offset is refused, never taken as local time (it would move a consent's
+    period by the reader's offset), and so is an offset FHIR cannot carry (seconds, beyond ±14:00).
+    Other ISO 8601 spellings Python reads (``T10:00Z`` without seconds) name one instant and are
+    read as it."""
     text = _str(value, path)
     match = _DATE_RE.match(text)
     if match:
@@ -711,6 +715,9 @@ def _datetime(value: Any, path: _Path, *, end: bool = False) -> datetime:
         raise _fail("not a valid FHIR dateTime", path) from None
     if parsed.tzinfo is None:
         raise _fail("a time needs a UTC offset", path)
+    problem = offset_problem(parsed)  # one the record's JSON form and FHIR refuse (+01:00:30)
+    if problem is not None:
+        raise _fail(problem, path)
     return parsed
 
 
