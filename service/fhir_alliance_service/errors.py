@@ -3,6 +3,9 @@
 ``register_error_handlers(app)`` maps, in one place:
 
 * werkzeug ``HTTPException`` (unknown route 404, 405, 413, 415, …) → its status, one issue;
+  under a path prefix that people open in a browser (``HTML_ERROR_PAGES``: the console's
+  ``/console/``), the HTML error page that area registered instead, since no view of it ran to
+  catch the error (an unknown page 404, a method a page does not take 405);
 * :class:`ApiError` (raised by the service itself, e.g. a malformed body) → its status and issues;
 * the library's ``InputError`` / ``MappingError`` and marshmallow's ``ValidationError`` → 422, one
   issue per field path (the syntax of a body is 400, its content 422);
@@ -16,10 +19,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
 
-from flask import Flask, Response, g, json
+from flask import Flask, Response, current_app, g, json, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -35,7 +38,9 @@ from fhir_alliance_service.store.engine import WriterTurnTimeout
 
 __all__ = [
     "FHIR_JSON",
+    "HTML_ERROR_PAGES",
     "ApiError",
+    "ErrorPage",
     "operation_outcome",
     "outcome_response",
     "register_error_handlers",
@@ -43,6 +48,12 @@ __all__ = [
 
 FHIR_JSON = "application/fhir+json"
 log = logging.getLogger(__name__)
+
+#: The HTML page of an error: ``(status, message, headers)`` → the response.
+ErrorPage = Callable[[int, str, Mapping[str, str]], Response]
+#: ``app.extensions`` key: URL path prefix (``/console/``) → the :data:`ErrorPage` of that area,
+#: used for the HTTP errors no view of the area caught (routing's 404 and 405).
+HTML_ERROR_PAGES: Final = "fhir_alliance.html_error_pages"
 
 #: HTTP status → FHIR issue-type code, for errors that carry no issues of their own.
 _ISSUE_CODES = {
@@ -109,7 +120,19 @@ def _http_exception(exc: HTTPException) -> Response:
     if exc.response is not None and "WWW-Authenticate" in exc.response.headers:
         headers["WWW-Authenticate"] = exc.response.headers["WWW-Authenticate"]
     message = exc.description or exc.name
+    page = _html_error_page(request.path)
+    if page is not None:
+        return page(status, message, headers)
     return _simple(status, message, headers)
+
+
+def _html_error_page(path: str) -> ErrorPage | None:
+    """The error page of the browser area ``path`` lies in, if any (the API has none)."""
+    pages: Mapping[str, ErrorPage] = current_app.extensions.get(HTML_ERROR_PAGES, {})
+    for prefix, page in pages.items():
+        if path.startswith(prefix) or path == prefix.rstrip("/"):
+            return page
+    return None
 
 
 def _api_error(exc: ApiError) -> Response:

@@ -9,6 +9,7 @@ Content-Security-Policy without scripts and ``Cache-Control: no-store`` (pages s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -62,7 +63,7 @@ from fhir_alliance_service.usecases.conflicts import (
 )
 from fhir_alliance_service.usecases.status import NotDeadLettered, RecordNotFound, replay_record
 
-__all__ = ["CONTENT_SECURITY_POLICY", "blueprint"]
+__all__ = ["CONTENT_SECURITY_POLICY", "blueprint", "routing_error_page"]
 
 HERE = Path(__file__).resolve().parent
 blueprint = Blueprint("console", __name__, url_prefix="/console", template_folder="templates")
@@ -199,6 +200,19 @@ def _error_page(status: int, message: str) -> Response:
     return make_response(
         render_template("console/error.html", status=status, message=message), status
     )
+
+
+def routing_error_page(status: int, message: str, headers: Mapping[str, str]) -> Response:
+    """The error page of an address under ``/console/`` that routing refused (404 no such page,
+    405 a method the page does not take; ``headers`` keeps ``Allow``), for the app's error
+    handler. No console view ran, so neither did the console's checks nor its session: the page
+    has the console's layout and headers but shows no session (no key name, no sign-out form)."""
+    response = make_response(
+        render_template("console/error.html", status=status, message=message, signed_in=False),
+        status,
+    )
+    response.headers.update(headers)
+    return _security_headers(response)
 
 
 @blueprint.get("/static/<path:filename>")

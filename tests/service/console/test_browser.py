@@ -280,6 +280,25 @@ def test_pages_print_without_navigation_or_buttons(
         browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
 
 
+def test_an_unknown_console_address_is_a_styled_page_in_the_browser(
+    browser: webdriver.Chrome, clinic: Clinic, artifacts: Path
+) -> None:
+    """A mistyped console address shows the console's 404 page, styled by its stylesheet (the
+    CSP lets it load), with a way back; axe-core finds no serious or critical violation."""
+    sign_in(browser, clinic, "read")
+    browser.get(clinic.url("/console/no-such-page"))
+    assert browser.find_element(By.TAG_NAME, "h1").text.startswith("404: ")
+    assert browser.find_element(By.CSS_SELECTOR, "header.site .brand").is_displayed()
+    skip_link = browser.find_element(By.CSS_SELECTOR, "a.skip")
+    assert skip_link.value_of_css_property("position") == "absolute"  # the stylesheet applies
+    back = browser.find_element(By.LINK_TEXT, "Back to the sync overview")
+    screenshot(browser, artifacts, "not-found")
+    violations = serious_violations(browser)
+    assert not violations, _describe(violations)
+    navigates(browser, back.click)
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Sync overview"
+
+
 def test_patient_view_of_a_declined_intervention_and_a_revocation(
     browser: webdriver.Chrome, clinic: Clinic
 ) -> None:

@@ -879,3 +879,74 @@ def test_an_unexpected_error_on_a_page_shows_nothing_of_it(
     assert "secret-client" not in answer.text and "Traceback" not in answer.text
     assert answer.headers["Cache-Control"] == "no-store"
     assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+
+
+def _is_console_error_page(answer: TestResponse, status: int) -> None:
+    """``answer`` is the console's own error page for ``status``: HTML in the console's layout,
+    with the console's headers, and no OperationOutcome, traceback or detail."""
+    assert answer.status_code == status
+    assert answer.mimetype == "text/html"
+    page = answer.text
+    assert "fhir-alliance clinic console" in page and "/console/static/console.css" in page
+    assert f"<h1>{status}: " in page and 'href="/console/"' in page
+    assert "OperationOutcome" not in page and "Traceback" not in page
+    assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert answer.headers["Cache-Control"] == "no-store"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert answer.headers["X-Frame-Options"] == "DENY"
+    assert answer.headers["Referrer-Policy"] == "no-referrer"
+    assert "<script" not in page
+
+
+def test_an_unknown_console_address_is_a_404_page_not_json(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """A console address no page answers (routing's 404, before any console view) is the
+    console's HTML error page, signed in or not; it echoes nothing of the address and shows no
+    session."""
+    addresses = (
+        "/console/no-such-page",
+        "/console/patients/not-a-uuid",  # the route's converter refuses it
+        "/console/records/MRN-778899/history",
+    )
+    for address in addresses:
+        _is_console_error_page(console_client.get(address), 404)
+    sign_in(console_client, console_keys["read"])
+    for address in addresses:
+        answer = console_client.get(address)
+        _is_console_error_page(answer, 404)
+        assert "778899" not in answer.text
+        assert "test read" not in answer.text and "csrf_token" not in answer.text
+
+
+def test_a_method_a_console_page_does_not_take_is_a_405_page_with_allow(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """GET of a form's target (sign-out) and POST to a page (the overview) answer the console's
+    405 page, ``Allow`` naming the methods the page takes."""
+    sign_in(console_client, console_keys["read"])
+    sign_out = console_client.get("/console/sign-out")
+    _is_console_error_page(sign_out, 405)
+    assert "POST" in sign_out.headers["Allow"] and "GET" not in sign_out.headers["Allow"]
+    overview = console_client.post("/console/", data={"x": "1"})
+    _is_console_error_page(overview, 405)
+    assert "GET" in overview.headers["Allow"]
+    assert console_client.get("/console/").status_code == 200  # still signed in
+
+
+def test_api_and_other_addresses_keep_their_operation_outcome(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """Beside the console, an unknown address (``/v1/…`` or none of ours) and a method a route
+    does not take stay FHIR JSON OperationOutcomes, with ``Allow`` on the 405."""
+    headers = {"Authorization": f"Bearer {console_keys['read']}"}
+    for address in ("/v1/no-such-route", "/no-such-thing", "/consoles/x"):
+        answer = console_client.get(address, headers=headers)
+        assert answer.status_code == 404, address
+        assert answer.mimetype == "application/fhir+json"
+        assert answer.json["resourceType"] == "OperationOutcome"
+        assert answer.json["issue"][0]["code"] == "not-found"
+    answer = console_client.delete("/v1/records", headers=headers)
+    assert answer.status_code == 405 and answer.mimetype == "application/fhir+json"
+    assert answer.json["issue"][0]["code"] == "not-supported"
+    assert set(answer.headers["Allow"].split(", ")) == {"OPTIONS", "POST"}
