@@ -398,3 +398,20 @@ def test_every_service_command_is_in_the_commands_table() -> None:
     documented = _table_commands(_section(SERVICE_DOC.read_text(encoding="utf-8"), "Commands"))
     missing = sorted(_commands(parser) - documented)
     assert not missing, f"service commands missing from docs/service.md's Commands: {missing}"
+
+
+# -- the held reasons an operator reads in the status -------------------------------------------
+
+
+def test_every_held_reason_is_in_the_held_reasons_table() -> None:
+    """The status, ``fhir-alliance status`` and the console show a held record's ``held_reason``
+    in words; docs/service.md's table under Sync states quotes each of them word for word (the
+    gate's reasons and the conflict policy's), so an operator can look up what they read."""
+    from fhir_alliance_service.sync.gate import HoldReason
+    from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
+
+    section = _section(SERVICE_DOC.read_text(encoding="utf-8"), "Sync states")
+    quoted = set(_first_cells(section))
+    reasons = {reason.words for reason in HoldReason} | {CONFLICT_HELD_REASON}
+    missing = sorted(reasons - {cell.strip("| ") for cell in quoted})
+    assert not missing, f"held reasons missing from docs/service.md's Sync states: {missing}"
