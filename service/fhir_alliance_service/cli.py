@@ -329,9 +329,20 @@ def _database_url_variable() -> str:
 
 
 def _settings() -> Settings:
-    from fhir_alliance_service.config import load_settings
+    """The settings, checked; a SQLite URL whose folder does not exist is refused here, naming the
+    folder, for every command (``db upgrade`` makes the database file, never its folder)."""
+    from fhir_alliance_service.config import ConfigError, load_settings
+    from fhir_alliance_service.store.schema import missing_sqlite_folder
 
-    return load_settings()
+    settings = load_settings()
+    folder = missing_sqlite_folder(settings.database_url)
+    if folder is not None:
+        raise ConfigError(
+            f"{_database_url_variable()}: no folder {folder} for the SQLite database: check the "
+            "URL (a typo, a volume not mounted) or create the folder; db upgrade creates the "
+            "database file, never its folder"
+        )
+    return settings
 
 
 def _now() -> datetime:

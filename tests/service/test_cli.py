@@ -79,10 +79,10 @@ def test_an_unreachable_database_is_one_line_without_the_password(
 def test_a_database_that_cannot_be_opened_names_the_variable_to_look_at(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A SQLite path in a folder that does not exist: SQLite says only "unable to open database
-    file"; the line names the variable that gave the URL (the ``…_FILE`` one when the URL came
-    from a file), as every other settings error does."""
-    url = f"sqlite:///{tmp_path / 'no-such-folder' / 'fhir-alliance.db'}"
+    """A SQLite path SQLite cannot open (here a folder): SQLite says only "unable to open
+    database file"; the line names the variable that gave the URL (the ``…_FILE`` one when the
+    URL came from a file), as every other settings error does."""
+    url = f"sqlite:///{tmp_path}"
     monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", url)
     assert main(["status"]) == 2
     err = capsys.readouterr().err
@@ -99,6 +99,31 @@ def test_a_database_that_cannot_be_opened_names_the_variable_to_look_at(
     assert capsys.readouterr().err.startswith(
         "error: FHIR_ALLIANCE_DATABASE_URL_FILE: the database cannot be used: "
     )
+
+
+@pytest.mark.parametrize(
+    "args", [["db", "upgrade"], ["db", "current"], ["status"], ["db", "backup", "copy.db"]]
+)
+def test_a_sqlite_url_in_a_missing_folder_names_the_folder(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+) -> None:
+    """The deploy's ``sqlite:////var/lib/fhir-alliance/…`` before its folder exists (or a typo, a
+    volume not mounted): every command, ``db upgrade`` too, stops with one line naming the
+    variable and the folder, exit 2, and creates nothing. It used to say only "unable to open
+    database file", naming no path."""
+    folder = tmp_path / "no-such-folder"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FHIR_ALLIANCE_DATABASE_URL", f"sqlite:///{folder / 'fhir-alliance.db'}")
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: FHIR_ALLIANCE_DATABASE_URL: no folder {folder} for the SQLite database: check "
+        "the URL (a typo, a volume not mounted) or create the folder; db upgrade creates the "
+        "database file, never its folder\n"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_db_upgrade_migrates_once_and_db_current_reports_it(

@@ -64,6 +64,19 @@ def missing_sqlite_file(url: str | URL) -> str | None:
     return path
 
 
+def missing_sqlite_folder(url: str | URL) -> str | None:
+    """The folder of the SQLite database at ``url`` when that folder does not exist (a typo, a
+    volume not mounted): SQLite can neither open nor create the file then, and says only "unable
+    to open database file". None when it exists, and for PostgreSQL."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:" or parsed.query.get("uri"):
+        return None
+    folder = os.path.dirname(os.path.abspath(parsed.database))
+    return None if os.path.isdir(folder) else folder
+
+
 def _unknown_revision_message(current: str, head: str) -> str:
     return (
         f"database schema is at {current}, expected {head}: {current} is not a revision this "
