@@ -33,6 +33,8 @@ __all__ = ["register"]
 
 #: Exit status when settings (or the database's schema) stop a command before it starts.
 EXIT_CONFIG = 2
+#: PostgreSQL's SQLSTATE for a privilege the database user lacks (``permission denied for …``).
+INSUFFICIENT_PRIVILEGE = "42501"
 #: Records handed to ``intake_records`` at a time by ``load``.
 DEFAULT_LOAD_BATCH = 500
 #: How many held items ``status`` reads to summarise the held reasons.
@@ -284,7 +286,7 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             return EXIT_CONFIG
 
     def run_handler(args: argparse.Namespace) -> int:
-        from sqlalchemy.exc import OperationalError, SQLAlchemyError
+        from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
         from fhir_alliance_service.store.engine import WriterTurnTimeout
 
@@ -308,6 +310,20 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
             print(
                 f"error: {_database_url_variable()}: the database cannot be used: {reason}",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        except ProgrammingError as exc:
+            if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+                print(f"error: database error ({type(exc).__name__})", file=sys.stderr)
+                return 1
+            # The database user may not do this (PostgreSQL 15 lets only a database's owner
+            # create tables in its schema public): the driver's first line names the object,
+            # never a value.
+            reason = str(exc.orig).strip().splitlines()[0]
+            print(
+                f"error: {_database_url_variable()}: the database user lacks a privilege: "
+                f"{reason} (make it the database's owner; see docs/service.md, PostgreSQL)",
                 file=sys.stderr,
             )
             return EXIT_CONFIG

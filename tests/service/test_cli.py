@@ -157,6 +157,52 @@ def test_db_upgrade_then_load_and_status_on_postgresql(
     assert json.loads(capsys.readouterr().out)["counts"]["queued"] == len(CONSENTS)
 
 
+@pytest.mark.postgres
+def test_a_database_user_without_the_privilege_is_told_so_in_one_line(
+    empty_postgres_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """docs/service.md's PostgreSQL example made the database as ``postgres`` and connected as
+    another role, which PostgreSQL 15 lets create no table in it: ``db upgrade`` said only
+    "database error (ProgrammingError)". A privilege the user lacks is now one line naming the
+    variable and what was denied (no value of the database), exit 2."""
+    import psycopg
+    from psycopg import sql
+
+    from tests.service.conftest import POSTGRES_ADMIN_DSN, POSTGRES_HOST, POSTGRES_PORT
+
+    role = f"{empty_postgres_schema}_user"
+    with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as connection:
+        connection.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        # it may use the schema (as any role may use a database's schema public), not create in it
+        connection.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                sql.Identifier(empty_postgres_schema), sql.Identifier(role)
+            )
+        )
+    try:
+        monkeypatch.setenv(
+            "FHIR_ALLIANCE_DATABASE_URL",
+            f"postgresql://{role}@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
+            f"?options=-csearch_path%3D{empty_postgres_schema}",
+        )
+        assert main(["db", "upgrade"]) == 2
+        assert capsys.readouterr().err == (
+            "error: FHIR_ALLIANCE_DATABASE_URL: the database user lacks a privilege: permission "
+            f"denied for schema {empty_postgres_schema} (make it the database's owner; see "
+            "docs/service.md, PostgreSQL)\n"
+        )
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as connection:
+            connection.execute(
+                sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(
+                    sql.Identifier(empty_postgres_schema), sql.Identifier(role)
+                )
+            )
+            connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 # -- API keys -----------------------------------------------------------------------------------
 
 
