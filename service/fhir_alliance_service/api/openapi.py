@@ -30,6 +30,7 @@ from marshmallow import Schema, fields, validate
 from fhir_alliance._version import __version__
 from fhir_alliance.schemas.common import IdentifierField
 from fhir_alliance.terminology import PURPOSE_OF_USE_CODES
+from fhir_alliance_service.api.body import JSON_TYPES
 from fhir_alliance_service.auth import PUBLIC, declared_scope
 
 __all__ = [
@@ -235,6 +236,12 @@ def _operation(rule_methods: str, view: Callable[..., Any], params: list[str]) -
             },
         )
     if "requestBody" in operation:
+        # json_body() takes application/fhir+json as well as application/json (a FHIR server's
+        # notification, a QuestionnaireResponse): the document offers both, with one schema.
+        content = operation["requestBody"].get("content", {})
+        if "application/json" in content:
+            for media_type in sorted(JSON_TYPES):
+                content.setdefault(media_type, dict(content["application/json"]))
         responses.setdefault(400, _outcome_response("malformed JSON"))
         responses.setdefault(413, _outcome_response("the body is too large"))
         responses.setdefault(415, _outcome_response("not a JSON content type"))

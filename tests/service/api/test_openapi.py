@@ -45,6 +45,23 @@ def test_document_is_valid_openapi_3(document: dict[str, Any]) -> None:
     assert errors == []
 
 
+def test_request_bodies_offer_every_content_type_the_api_takes(document: dict[str, Any]) -> None:
+    """Every body the API reads is taken as application/json or application/fhir+json (415
+    otherwise; ``api/body.py``); the document offered only application/json, so a client built
+    from it (or the fuzzing) never sent what a FHIR server sends."""
+    from fhir_alliance_service.api.body import JSON_TYPES
+
+    bodies = {
+        f"{method} {path}": sorted(operation["requestBody"]["content"])
+        for (path, method), operation in _operations(document).items()
+        if "requestBody" in operation
+    }
+    assert "POST /v1/fhir/notifications" in bodies
+    assert "POST /cds-services/patient-consent-consult" in bodies
+    wrong = {where: types for where, types in bodies.items() if types != sorted(JSON_TYPES)}
+    assert not wrong, f"request bodies with other content types than the API takes: {wrong}"
+
+
 def test_validator_rejects_a_broken_document(document: dict[str, Any]) -> None:
     """The meta-schema check is real: the same document without ``info`` is invalid."""
     broken = {k: v for k, v in document.items() if k != "info"}
