@@ -2,7 +2,10 @@
 the API and every setting, is in docs/service.md"): its settings table has a row for each field of
 ``Settings`` (``FHIR_ALLIANCE_<FIELD>``) and its API table a row for each route of the app, so a new
 setting or route that is not documented fails here. Rows for settings or routes that no longer
-exist fail too."""
+exist fail too. Beyond it: the defaults, secrets, scopes, held reasons, metrics and commands it
+gives; every option the commands tables show (README and docs/service.md); and
+docs/two-way-sync.md's own settings table. (Every ``FHIR_ALLIANCE_*`` name in the docs being one
+the service accepts is tests/service/test_review_ops_settings.py's.)"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fhir_alliance_service.config import ENV_PREFIX, Settings
@@ -415,3 +419,124 @@ def test_every_held_reason_is_in_the_held_reasons_table() -> None:
     reasons = {reason.words for reason in HoldReason} | {CONFLICT_HELD_REASON}
     missing = sorted(reasons - {cell.strip("| ") for cell in quoted})
     assert not missing, f"held reasons missing from docs/service.md's Sync states: {missing}"
+
+
+# -- scopes, flags and the settings named anywhere in the docs ----------------------------------
+
+
+def _api_rows(text: str) -> list[tuple[list[tuple[str, str]], str]]:
+    """(routes, scope cell) of each row of the API table."""
+    rows = []
+    for line in _section(text, "The API").splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        routes = [(method, _normal(path)) for method, path in _ROUTE.findall(cells[0])]
+        rows.append((routes, cells[1]))
+    return rows
+
+
+def test_the_api_table_gives_each_route_the_scope_it_declares(tmp_path: Path) -> None:
+    """The scope column of docs/service.md's API table is the scope each view declares
+    (``auth.require_scope``; ``none`` for the public health checks); the console's pages have a
+    row of their own in docs/console.md."""
+    from fhir_alliance_service.app import create_app
+    from fhir_alliance_service.auth import PUBLIC, declared_scope
+    from fhir_alliance_service.store.schema import upgrade
+
+    url = f"sqlite:///{tmp_path / 'scopes.db'}"
+    upgrade(url)
+    app = create_app(Settings(database_url=url))
+    declared = {
+        (method, _normal(rule.rule)): declared_scope(app.view_functions[rule.endpoint])
+        for rule in app.url_map.iter_rules()
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    }
+    wrong = []
+    for routes, cell in _api_rows(SERVICE_DOC.read_text(encoding="utf-8")):
+        for route in routes:
+            if route[1].startswith(CONSOLE_PREFIX):
+                continue
+            scope = declared[route]
+            if cell != ("none" if scope == PUBLIC else scope):
+                wrong.append(f"{route[0]} {route[1]}: docs {cell!r}, code {scope!r}")
+    assert not wrong, f"docs/service.md's API table gives other scopes: {wrong}"
+
+
+def _subcommand(parser: Any, words: list[str]) -> Any:
+    """The parser of ``fhir-alliance WORDS…`` (``db upgrade`` nested), or None."""
+    import argparse
+
+    for word in words:
+        found = None
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) and word in action.choices:
+                found = action.choices[word]
+        if found is None:
+            return parser
+        parser = found
+    return parser
+
+
+def _documented_flags(section: str) -> list[tuple[str, str]]:
+    """(command, flag) for every ``--flag`` in a command's code span in a table's first column."""
+    found = []
+    for cell in _first_cells(section):
+        for span in re.findall(r"`([^`]*)`", cell):
+            words = span.removeprefix("fhir-alliance ").split()
+            if not words or not re.fullmatch(r"[a-z][a-z-]*", words[0]):
+                continue
+            command = " ".join(w for w in words[:2] if re.fullmatch(r"[a-z][a-z-]*", w))
+            found += [(command, flag) for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", span)]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("doc", "heading", "example"),
+    [
+        (README, "The command line", ("map", "--ndjson")),
+        (SERVICE_DOC, "Commands", ("serve", "--workers")),
+    ],
+    ids=["README", "service"],
+)
+def test_every_documented_flag_exists(doc: Path, heading: str, example: tuple[str, str]) -> None:
+    """Each ``--flag`` a commands table shows is an option of that command."""
+    from fhir_alliance.cli import build_parser
+
+    parser = build_parser()
+    text = doc.read_text(encoding="utf-8")
+    match = re.search(rf"^## {re.escape(heading)}\s*$(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match is not None
+    flags = _documented_flags(match.group(1))
+    assert example in flags
+    unknown = []
+    for command, flag in flags:
+        sub = _subcommand(parser, command.split())
+        if flag not in sub._option_string_actions:
+            unknown.append(f"{command} {flag}")
+    assert not unknown, f"{doc.name} shows options the commands do not have: {unknown}"
+
+
+TWO_WAY_DOC = ROOT / "docs" / "two-way-sync.md"
+
+
+def test_the_two_way_sync_settings_table_gives_the_code_defaults() -> None:
+    """docs/two-way-sync.md's own settings table (``FHIR_ALLIANCE_`` left off) names settings
+    that exist, with the defaults Settings has."""
+    from fhir_alliance_service.config import load_settings
+
+    rows = []
+    for line in _section(TWO_WAY_DOC.read_text(encoding="utf-8"), "Settings").splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            rows.append((cells[0].strip("`").lower(), cells[1].strip("`")))
+    assert ("conflict_policy", "flag") in rows
+    defaults = Settings()
+    wrong = [
+        f"{name}: docs {value!r}"
+        for name, value in rows
+        if name not in setting_fields()
+        or getattr(load_settings({f"{ENV_PREFIX}{name.upper()}": value}), name)
+        != getattr(defaults, name)
+    ]
+    assert not wrong, f"docs/two-way-sync.md's settings table is wrong: {wrong}"
