@@ -132,7 +132,9 @@ def register(subparsers: Any) -> None:
     sync_once.set_defaults(handler=_guarded(_sync_once))
 
     status = subparsers.add_parser(
-        "status", help="outbox counts by state, held reasons, FHIR server contact"
+        "status",
+        help="outbox counts by state, held reasons, FHIR server contact",
+        description=_status.__doc__,
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_guarded(_status))
@@ -234,11 +236,11 @@ def register(subparsers: Any) -> None:
     db = subparsers.add_parser("db", help="the database schema (Alembic migrations)")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)
     db_commands.add_parser(
-        "upgrade", help="migrate the database to the newest schema"
+        "upgrade", help="migrate the database to the newest schema", description=_db_upgrade.__doc__
     ).set_defaults(handler=_guarded(_db_upgrade))
-    db_commands.add_parser("current", help="print the schema revision in use").set_defaults(
-        handler=_guarded(_db_current)
-    )
+    db_commands.add_parser(
+        "current", help="print the schema revision in use", description=_db_current.__doc__
+    ).set_defaults(handler=_guarded(_db_current))
     db_backup = db_commands.add_parser(
         "backup",
         help="copy a SQLite store to a new file while serve and worker run",
@@ -790,8 +792,10 @@ def _close(client: Any) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """Counts of outbox items by state, the reasons items are held, and the FHIR server's last
-    contact."""
+    """Counts of outbox items by state, the reasons items are held (of the oldest 10,000 held),
+    audit pushes pending and dead-lettered, the FHIR server's last contact and the FHIR version
+    the worker maps to (FHIR_ALLIANCE_FHIR_VERSION when set, else what the server announced).
+    ``--json``: the same as one object."""
     settings = _settings()
     from fhir_alliance_service.store.interface import AuditPushState, SyncState
     from fhir_alliance_service.sync.target import META_FHIR_VERSION, META_LAST_CONTACT
@@ -889,7 +893,8 @@ def _resolve_conflict(args: argparse.Namespace) -> int:
     ``--against`` decides only if the record is still flagged against those (the status's
     ``conflict_versions``, the console's record page), and ``--record-version`` only if the
     conflict is still on that version of our record. Exit status 1, nothing changed, when the
-    record has no flagged conflict, or one against other versions."""
+    record has no flagged conflict, one against other versions or on another version of our
+    record, or when the store holds no such record."""
     settings = _settings()
     from fhir_alliance_service.usecases.conflicts import (
         ConflictChanged,
@@ -1100,6 +1105,9 @@ def _revoke_api_key(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
+    """Create the store, or migrate it to the newest schema (Alembic); a second run changes
+    nothing. The only command that creates a SQLite database file (never its folder). A database
+    a newer release has upgraded is refused: no release migrates a database back."""
     settings = _settings()
     from fhir_alliance_service.store import SchemaVersionError, current_revision, upgrade
     from fhir_alliance_service.store.interface import ApiKeyNamesShared
@@ -1118,6 +1126,9 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _db_current(args: argparse.Namespace) -> int:
+    """Print the schema revision in use. Exit status 1 when it is not the newest (also for a
+    revision of a newer release, and for a SQLite file that is not there, which it does not
+    create)."""
     settings = _settings()
     from fhir_alliance_service.store import current_revision, head_revision
     from fhir_alliance_service.store.schema import is_known_revision, missing_sqlite_file

@@ -711,3 +711,28 @@ def test_subscribe_registers_one_subscription_and_keeps_the_key_off_the_command_
         from fhir_alliance_service.sync.subscriptions import subscription_id
 
         fhir_server.http.delete(fhir_server.url(f"Subscription/{subscription_id(endpoint)}"))
+
+
+def _leaf_parsers(parser: Any, prefix: str = "") -> dict[str, Any]:
+    """``name`` → parser of every command (``db upgrade`` for a nested one)."""
+    import argparse
+
+    found: dict[str, Any] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.update(_leaf_parsers(sub, f"{prefix}{name} ") or {f"{prefix}{name}": sub})
+    return found
+
+
+def test_every_service_command_help_says_what_it_does() -> None:
+    """``fhir-alliance COMMAND --help`` of every service command has a description, not only its
+    usage: ``status``, ``db upgrade`` and ``db current`` had none."""
+    import argparse
+
+    from fhir_alliance_service.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    bare = sorted(name for name, sub in _leaf_parsers(parser).items() if not sub.description)
+    assert bare == []
