@@ -656,6 +656,7 @@ def _pull(args: argparse.Namespace) -> int:
     summary = {
         "read": report.read,
         "duplicates": report.duplicates,
+        "stale": report.stale,  # older than a copy seen before (or unsure), not merged
         "merged": report.merged,
         "ignored": report.ignored,
         "ignored_why": report.ignored_why,  # other server, not our patient, no patient
@@ -685,7 +686,8 @@ def _pull(args: argparse.Namespace) -> int:
         print(
             f"pulled {report.read} resource(s): {report.merged} merged, "
             f"{report.ignored} ignored (not our patients), "
-            f"{report.duplicates} already seen, {report.unreadable} unreadable, "
+            f"{report.duplicates} already seen, {report.stale} older than a copy seen before, "
+            f"{report.unreadable} unreadable, "
             f"{report.withdrawn} of ours withdrawn, {report.conflicts} conflict(s) "
             f"({report.reasserted} withdrawal(s) undone on the server, written back), "
             f"{report.deleted} deleted; {report.released} held item(s) re-queued"

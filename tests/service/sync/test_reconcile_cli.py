@@ -4,9 +4,11 @@ test FHIR server: JSON reports, exit statuses, and ``--fix``."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
+from fhir_alliance_service.sync.pull import PullReport
 
 from fhir_alliance.cli import main
 from tests.service.sync import records as R
@@ -71,6 +73,9 @@ def test_pull_json_merges_and_releases(
     summary = json.loads(capsys.readouterr().out)
     assert (summary["merged"], summary["released"], summary["error"]) == (1, 1, None)
     assert summary["reasserted"] == 0  # a foreign consent: no withdrawal of ours undone
+    # every outcome PullReport counts (docs/two-way-sync.md names them), the paging aside
+    counters = {f.name for f in dataclasses.fields(PullReport) if f.type == "int"}
+    assert counters - {"pages", "history_pages", "history_entries"} <= summary.keys()
     # Consents of patients not ours (the shared test server holds other tests' too) are counted.
     assert sum(summary["ignored_why"].values()) == summary["ignored"]
     assert summary["retraction"]["policy"] == "none"
