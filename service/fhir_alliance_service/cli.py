@@ -716,13 +716,14 @@ def _reconcile(args: argparse.Namespace) -> int:
     patient = None
     if args.patient:
         from fhir_alliance.errors import InputError
+        from fhir_alliance_service.usecases.consents import patient_key
         from fhir_alliance_service.usecases.decisions import parse_party
 
         try:
-            parse_party(args.patient, path="--patient")
+            # Filed under the canonical key: any spelling of the identifier names the patient.
+            patient = patient_key(parse_party(args.patient, path="--patient"))
         except InputError:
             raise _StopCommand("--patient: expected Patient/<id> or system|value") from None
-        patient = args.patient
     with _opened_store(settings) as store:
         try:
             report = Reconciler(settings, store, client).run(patient=patient, fix=args.fix)

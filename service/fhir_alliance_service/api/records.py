@@ -45,6 +45,7 @@ from fhir_alliance_service.usecases.conflicts import (
     ServerVersionsUnknown,
     decide_conflict,
 )
+from fhir_alliance_service.usecases.consents import patient_key
 from fhir_alliance_service.usecases.decisions import parse_party
 from fhir_alliance_service.usecases.intake import (
     RecordIntake,
@@ -295,11 +296,11 @@ def list_patient_records(ref: str) -> Any:
             application/fhir+json:
               schema: OperationOutcomeSchema
     """
-    parse_party(ref, path="patient")
+    key = patient_key(parse_party(ref, path="patient"))  # any spelling of the identifier
     query = load_or_raise(instance(PageQuerySchema), single_query_args())
     after = str(query["after"]) if query["after"] is not None else None
     store = _store()
-    rows = store.list_records(patient=ref, limit=query["limit"] + 1, after=after)
+    rows = store.list_records(patient=key, limit=query["limit"] + 1, after=after)
     page, more = rows[: query["limit"]], len(rows) > query["limit"]
     next_url = (
         url_for(

@@ -75,6 +75,7 @@ from fhir_alliance.model.consent import (
     ConsentStatus,
     apply_revocation,
 )
+from fhir_alliance.terminology import IDENTIFIER_SYSTEM_ALIASES
 from fhir_alliance_service import audit
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import CONFLICTS, PULLED
@@ -90,7 +91,7 @@ from fhir_alliance_service.store.interface import (
 )
 from fhir_alliance_service.store.ordering import RemoteOrder, parse_instant, remote_order
 from fhir_alliance_service.sync.history import HistoryEntry, history_entries
-from fhir_alliance_service.usecases.consents import PULLED_DELETED_MARK
+from fhir_alliance_service.usecases.consents import PULLED_DELETED_MARK, canonical_patient_key
 from fhir_alliance_service.usecases.intake import content_hash, intake_records
 
 __all__ = [
@@ -284,12 +285,21 @@ class Puller:
         self._links = []
 
     def _resolve(self, token: str) -> str | None:
+        """The server's ``Patient/<id>`` of the patient key ``token`` (``system|value``, stored
+        in canonical form): one search for the identifier under the canonical system and the
+        other systems that are the same one (the OIDs of the US NPI and SSN), so that a server
+        keeping the OID spelling still finds the patient; None unless exactly one matches."""
         system, _, value = token.partition("|")
+        others = (alias for alias, same in IDENTIFIER_SYSTEM_ALIASES.items() if same == system)
+        spellings = [system, *sorted(others)]
         try:
             found = list(
                 self.client.search(
                     "Patient",
-                    {"identifier": search_token(system, value), "_count": "2"},
+                    {
+                        "identifier": ",".join(search_token(s, value) for s in spellings),
+                        "_count": "2",
+                    },
                     max_pages=1,
                 )
             )
@@ -619,7 +629,8 @@ class Puller:
         system, value = identifier.get("system"), identifier.get("value")
         if not (isinstance(system, str) and system and isinstance(value, str) and value):
             return None, IGNORED_NO_PATIENT
-        return self._known_alias(f"{system}|{value}", patients)
+        # Filed under the canonical key: any spelling of the identifier names the patient.
+        return self._known_alias(canonical_patient_key(f"{system}|{value}"), patients)
 
     def _as_read(self, resource: Mapping[str, Any], patient: str) -> Mapping[str, Any]:
         """``resource`` with its patient reference written as the patient is known here, so

@@ -4,13 +4,19 @@ Two rules every part of the service shares:
 
 * **The patient key** (:func:`patient_key`): records are filed under the patient's literal
   reference exactly as posted (``Patient/123``) when the record gives one, else under the
-  identifier token ``system|value``. The gate, the consult and the decision endpoint look up a
-  patient's consents under the same key, so a record and a consent that name the patient the same
-  way meet. A consent that names the patient by identifier only is filed apart from observations
-  that name them by reference, and a consent giving both is filed under the reference, so a
-  consult that knows only the identifier (LEAP's ``patientId``) does not find it: the answer is then
-  "no consent", never a permit. Name the patient the same way everywhere, or register the other
-  keys as **aliases** (``store.add_patient_alias``, ``POST /v1/patients/aliases``): a patient known
+  identifier token ``system|value`` in the form identifiers are compared in
+  (:func:`canonical_patient_key`: ``URN:OID:…`` and a bare OID as ``urn:oid:…``, an http(s) host in
+  lower case, the OIDs of the US NPI and SSN as their FHIR URIs; see
+  :func:`fhir_alliance.terminology.canonical_identifier`). The gate, the consult, the decision
+  endpoint and every other lookup by patient build the key the same way, so a record and a
+  consent that name the patient the same way, or by spellings of one identifier, meet: a deny
+  filed under ``urn:oid:2.16.840.1.113883.4.1|123`` holds the records of
+  ``http://hl7.org/fhir/sid/us-ssn|123``. Literal references are not equated with anything else
+  (``Patient/1`` and an absolute URL naming it are two keys). A consent that names the patient
+  by identifier only is filed apart from observations that name them by reference, and a consent
+  giving both is filed under the reference, so a consult that knows only the identifier (LEAP's
+  ``patientId``) does not find it: the answer is then "no consent", never a permit. Name the
+  patient the same way everywhere, or register the other keys as **aliases** (``store.add_patient_alias``, ``POST /v1/patients/aliases``): a patient known
   by reference and by identifiers is then one patient. Their consents are read under every key,
   and the engine is given a directory linking the references to the identifiers, so a consult by
   identifier finds consents filed under ``Patient/<id>`` and the other way round.
@@ -41,6 +47,7 @@ from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
 from fhir_alliance.model.common import Identifier, Ref
 from fhir_alliance.model.consent import ConsentRecord, ConsentRevocation, ConsentStatus
 from fhir_alliance.schemas.consent import RECORD_KIND_REVOCATION
+from fhir_alliance.terminology import canonical_identifier
 from fhir_alliance_service.store.interface import Store, StoredRecord
 from fhir_alliance_service.usecases.references import (
     IDENTIFIER_MESSAGE,
@@ -53,6 +60,7 @@ __all__ = [
     "ENGINE_CACHE_SIZE",
     "AlreadyRevoked",
     "PatientConsents",
+    "canonical_patient_key",
     "clear_engine_cache",
     "engine_for_patient",
     "engine_for_patients",
@@ -72,11 +80,26 @@ ENGINE_CACHE_SIZE = 4096
 
 def patient_key(ref: Ref) -> str:
     """The key a patient's records and consents are filed under: the literal reference when the
-    record gives one (``Patient/123``), else the identifier token ``system|value``."""
+    record gives one (``Patient/123``), else the identifier token ``system|value`` in its
+    canonical form (:func:`canonical_patient_key`)."""
     if ref.reference is not None:
         return ref.reference
     assert ref.identifier is not None  # a Ref always has one or the other
-    return str(ref.identifier)
+    system, value = canonical_identifier(ref.identifier.system, ref.identifier.value)
+    return f"{system}|{value}"
+
+
+def canonical_patient_key(key: str) -> str:
+    """``key`` as patients are filed (a pure function, cached: no query): an identifier token
+    ``system|value`` as :func:`~fhir_alliance.terminology.canonical_identifier` spells it, so
+    that every spelling of one identifier is one key; a literal reference (no ``|``) as it is.
+    For keys that come in as text (a URL path, an alias, a command's argument). Migration 0009
+    rewrote the keys stored before it the same way (it carries its own copy of the rule)."""
+    system, sep, value = key.partition("|")
+    if not sep:
+        return key
+    system, value = canonical_identifier(system, value)
+    return f"{system}|{value}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,9 +257,11 @@ def clear_engine_cache() -> None:
 
 
 def register_patient_alias(store: Store, patient: str, alias: str, *, at: datetime) -> list[str]:
-    """File ``alias`` as another key of ``patient`` (each ``Patient/<id>`` or ``system|value``);
-    the patient's held records are re-evaluated with their consents under every key. Returns the
-    patient's keys. Raises :class:`InputError` naming ``patient`` or ``alias``."""
+    """File ``alias`` as another key of ``patient`` (each ``Patient/<id>`` or ``system|value``,
+    filed in canonical form: :func:`canonical_patient_key`); the patient's held records are
+    re-evaluated with their consents under every key. Returns the patient's keys. An alias that
+    is another spelling of the patient's own identifier is that key already: nothing is filed.
+    Raises :class:`InputError` naming ``patient`` or ``alias``."""
     issues: list[Issue] = []
     for path, key in (("patient", patient), ("alias", alias)):
         issues += _key_issues(key, path)
@@ -244,6 +269,9 @@ def register_patient_alias(store: Store, patient: str, alias: str, *, at: dateti
         issues.append(Issue(path="alias", message="an alias must differ from the patient key"))
     if issues:
         raise InputError(f"invalid input at {', '.join(i.path for i in issues)}", issues=issues)
+    patient, alias = canonical_patient_key(patient), canonical_patient_key(alias)
+    if patient == alias:  # two spellings of one identifier: one key, one patient already
+        return store.patient_keys(patient)
     try:
         store.add_patient_alias(patient, alias, at=at)
     except ValueError as exc:

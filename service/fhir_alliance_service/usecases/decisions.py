@@ -26,7 +26,7 @@ from fhir_alliance.terminology import (
     V3_ACT_REASON,
 )
 from fhir_alliance_service.store.interface import Store
-from fhir_alliance_service.usecases.consents import engine_for_patient
+from fhir_alliance_service.usecases.consents import engine_for_patient, patient_key
 from fhir_alliance_service.usecases.references import IDENTIFIER_MESSAGE, identifier_issues
 
 __all__ = ["PatientDecision", "decide_for_patient", "parse_party"]
@@ -71,8 +71,9 @@ def decide_for_patient(
     at: datetime,
 ) -> PatientDecision:
     """Decide from ``patient``'s stored consents; ``patient`` is the patient key (see
-    :func:`~fhir_alliance_service.usecases.consents.patient_key`). Raises :class:`InputError` at
-    ``patient``, ``recipient``, ``purpose``, ``action`` or ``at``."""
+    :func:`~fhir_alliance_service.usecases.consents.patient_key`) in any spelling of its
+    identifier. Raises :class:`InputError` at ``patient``, ``recipient``, ``purpose``, ``action``
+    or ``at``."""
     issues: list[Issue] = []
     refs: dict[str, Ref] = {}
     for path, text in (("patient", patient), ("recipient", recipient)):
@@ -95,7 +96,7 @@ def decide_for_patient(
         purposes=(Coding(system=V3_ACT_REASON, code=purpose),),
         action=Coding(system=CONSENT_ACTION, code=action),
     )
-    consents = engine_for_patient(store, patient)
+    consents = engine_for_patient(store, patient_key(refs["patient"]))
     decision = consents.engine.decide(request)
     if consents.unreadable:
         decision = ConsentDecision(
