@@ -1,12 +1,15 @@
 """Upgrading a store that holds data, from each older revision to head, on SQLite and
 PostgreSQL: every row of every table survives (the columns it had; migration 0008 rewrites the
-patient tokens on purpose, keeping one per patient), the current code reads every record, status,
-audit entry and key, and sync works afterwards against the FHIR test server.
+patient tokens on purpose, keeping one per patient, and 0009 files every spelling of a patient's
+identifier under its canonical key), the current code reads every record, status, audit entry and
+key, and sync works afterwards against the FHIR test server.
 
-The data is written by the current code at head (the demo clinic loaded through ``load``, API
-keys, one revoked, outbox items queued, held, failed, dead-lettered and sent, pulled resources, a
-console session signed out), then the database is taken back to the older revision, which drops
-what that revision did not have. (Stores written by the releases at each revision, with the demo
+The data is written by the current code at head (the demo clinic loaded through ``load``, a
+patient named by identifier, API keys, one revoked, outbox items queued, held, failed,
+dead-lettered and sent, pulled resources, a console session signed out), then the database is
+taken back to the older revision, which drops what that revision did not have, and two of the
+identifier patient's records are filed under other spellings of the identifier, as the code
+before 0009 filed records posted so. (Stores written by the releases at each revision, with the demo
 clinic, synced, pulled and dead-lettered, were upgraded by hand the same way when these tests
 were written, with the same result.)"""
 
@@ -16,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,10 +38,13 @@ from fhir_alliance_service.store import (
 )
 from fhir_alliance_service.store.engine import make_engine
 from fhir_alliance_service.store.interface import PullCursor, PulledResource
-from sqlalchemy import MetaData, select, text
+from fhir_alliance_service.usecases.consents import canonical_patient_key
+from fhir_alliance_service.usecases.intake import intake_records
+from sqlalchemy import MetaData, insert, select, text, update
 
 from fhir_alliance.cli import main
 from tests.fhir_server.plugin import FhirTestServer
+from tests.service.api.test_patient_key_spellings import _consent, _rating
 
 from .migrating import downgrade_to
 
@@ -45,9 +52,19 @@ ROOT = Path(__file__).resolve().parents[3]
 CLINIC = ROOT / "examples" / "demo" / "clinic"
 SERVER = "http://ehr.example/fhir"
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
-OLDER = ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+OLDER = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008"]
 #: Tables whose rows a migration rewrites on purpose (compared by patient, not row by row).
 REWRITTEN = {"patient_tokens"}
+#: A patient named by identifier only (a synthetic SSN), filed under the canonical key at head;
+#: at the older revision some of their rows are spelt as the code then filed them (migration
+#: 0009 makes them one key again).
+SSN = "http://hl7.org/fhir/sid/us-ssn|000-00-0042"
+SSN_SPELLINGS = [
+    "urn:oid:2.16.840.1.113883.4.1|000-00-0042",
+    "URN:OID:2.16.840.1.113883.4.1|000-00-0042",
+]
+#: Columns holding patient keys (rewritten to canonical form by 0009).
+KEY_COLUMNS = {"patient", "alias"}
 
 
 def _rows(url: str) -> dict[str, list[dict[str, Any]]]:
@@ -66,6 +83,45 @@ def _rows(url: str) -> dict[str, list[dict[str, Any]]]:
                     rows, key=lambda row: json.dumps(row, sort_keys=True, default=str)
                 )
             return found
+    finally:
+        engine.dispose()
+
+
+def _canonical(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its patient keys as migration 0009 leaves them."""
+    return {
+        column: canonical_patient_key(value)
+        if column in KEY_COLUMNS and isinstance(value, str)
+        else value
+        for column, value in row.items()
+    }
+
+
+def _spell_apart(url: str, patient: str, spellings: list[str]) -> None:
+    """File ``patient``'s records under ``spellings`` in turn (every table holding them at the
+    database's revision), and give each spelling a console token where tokens are kept: what
+    the code before 0009 wrote for records posted in those spellings."""
+    engine = make_engine(url)
+    try:
+        reflected = MetaData()
+        reflected.reflect(engine)
+        with engine.begin() as connection:
+            heads = reflected.tables["record_heads"]
+            query = select(heads.c.record_id).where(heads.c.patient == patient)
+            record_ids = sorted(connection.execute(query).scalars())
+            assert len(record_ids) >= len(spellings)
+            for record_id, spelling in zip(record_ids, spellings, strict=False):
+                for name in ("records", "record_heads", "outbox", "audit"):
+                    table = reflected.tables[name]
+                    connection.execute(
+                        update(table).where(table.c.record_id == record_id).values(patient=spelling)
+                    )
+            tokens = reflected.tables.get("patient_tokens")
+            if tokens is not None:
+                connection.execute(
+                    insert(tokens),
+                    [{"token": str(uuid.uuid4()), "patient": spelling} for spelling in spellings],
+                )
     finally:
         engine.dispose()
 
@@ -90,6 +146,15 @@ def populated(database_url: str) -> Iterator[dict[str, Any]]:
             batch_size=50,
         )
         assert summary.complete
+        intake_records(
+            store,
+            [
+                _consent(SSN, 1, "permit"),
+                _rating(SSN, "populated-1"),
+                _rating(SSN, "populated-2"),
+            ],
+            at=NOW,
+        )
         keys = {
             "front-desk": create_api_key(store, "front-desk", ["read", "write"]),
             "admin": create_api_key(store, "admin", ["admin", "read"]),
@@ -178,6 +243,7 @@ def test_a_populated_store_upgrades_from_each_older_revision_without_loss(
     url = populated["url"]
     downgrade_to(url, revision)
     assert current_revision(url) == revision
+    _spell_apart(url, SSN, SSN_SPELLINGS)
     before = _rows(url)
     upgrade(url)
     after = _rows(url)
@@ -185,9 +251,11 @@ def test_a_populated_store_upgrades_from_each_older_revision_without_loss(
         if table in REWRITTEN:
             continue
         kept = [{column: row[column] for column in rows[0]} for row in after[table]] if rows else []
-        if table == "meta":  # 0008 adds the installation's secret for patient tokens
+        if table == "meta" and revision < "0008":  # 0008 adds the secret for patient tokens
             kept = [row for row in kept if row["name"] != "console.patient_token_key"]
-        assert sorted(map(repr, kept)) == sorted(map(repr, rows)), table
+        # 0009 files every spelling of a patient's identifier under its canonical key.
+        expected = [_canonical(row) for row in rows]
+        assert sorted(map(repr, kept)) == sorted(map(repr, expected)), table
     tokens = after["patient_tokens"]
     assert sorted(row["patient"] for row in tokens) == sorted(populated["patients"])
 
