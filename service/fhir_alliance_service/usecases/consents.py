@@ -27,7 +27,8 @@ Two rules every part of the service shares:
 Compiled engines are cached per process (bounded LRU) under ``(store, patient,
 store.patient_consents_stamp(patient))``: one read transaction per call (the patient's keys and
 the stamp of the consents under all of them), and a new compile only after an alias was added or
-the patient's consents changed.
+the patient's consents changed. The cache is keyed by the canonical key like everything else, so
+spellings of one identifier share one entry (and processes start afresh after ``db upgrade``).
 """
 
 from __future__ import annotations
