@@ -1,11 +1,13 @@
 """One patient, one key, however the identifier's system is spelt (``usecases/consents.py``:
 ``patient_key``): an opt-out filed under one spelling of a patient's identifier decides for the
-records, the decision endpoint and the consult that name the patient by another spelling, and a
-patient's records are found under any spelling. Before, each spelling was a patient of its own:
+records, the decision endpoint and the consult that name the patient by another spelling, a
+patient's records are found under any spelling, and an AI-notes consent counts for a note posted
+under another spelling. Before, each spelling was a patient of its own:
 the deny was never seen (fail open)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +18,7 @@ from fhir_alliance_service.usecases.consents import register_patient_alias
 from flask.testing import FlaskClient
 
 from fhir_alliance.terminology import canonical_identifier
+from tests.service.api.test_notes import _note, _recording_consent
 from tests.service.usecases.payloads import observation
 
 Headers = dict[str, dict[str, str]]
@@ -166,3 +169,22 @@ def test_an_alias_that_is_another_spelling_of_the_patient_is_that_patient(store:
     mrn_upper, mrn = SAME_IDENTIFIER[1][1], SAME_IDENTIFIER[1][0]
     assert register_patient_alias(store, "Patient/p42", mrn_upper, at=now) == ["Patient/p42", mrn]
     assert store.patient_keys(mrn) == ["Patient/p42", mrn]
+
+
+@pytest.mark.parametrize(("first", "second"), SAME_IDENTIFIER, ids=SPELLING_IDS)
+def test_an_ai_notes_consent_under_one_spelling_counts_for_a_note_under_another(
+    client: FlaskClient, auth_headers: Headers, first: str, second: str
+) -> None:
+    """The client's recording/AI-notes consent filed under one spelling permits the AI-drafted
+    note posted under another (before, the note was refused: no consent found)."""
+    run = uuid.uuid4().hex[:10]
+    consent = _recording_consent(run)
+    named = {"identifier": first, "type": "Patient"}
+    consent["patient"] = consent["grantor"] = named
+    consent["verification"][0]["verified_with"] = named
+    consent["history"][0]["by"] = named
+    _post(client, auth_headers, "/v1/records", [consent])
+    note = _note(run)
+    note["patient"] = {"identifier": second, "type": "Patient"}
+    response = client.post("/v1/notes", json=note, headers=auth_headers["write"])
+    assert response.status_code == 201, response.json

@@ -14,6 +14,7 @@ from fhir_alliance.cli import main
 from tests.service.sync import records as R
 from tests.service.sync import remote
 from tests.service.sync.conftest import SyncHarness
+from tests.service.sync.test_patient_key_spellings import _by_identifier
 
 
 @pytest.fixture
@@ -57,6 +58,24 @@ def test_reconcile_refuses_a_malformed_patient(
     """``--patient`` that is neither a reference nor an identifier stops with exit 2."""
     assert main(["reconcile", "--patient", "not a patient"]) == 2
     assert "--patient" in capsys.readouterr().err
+
+
+def test_reconcile_finds_the_patient_by_another_spelling_of_their_identifier(
+    harness: SyncHarness, environment: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--patient`` with the identifier's system spelt otherwise than the records were posted
+    (an OID in capitals) checks that patient's sent records."""
+    mrn = f"urn:oid:2.16.840.1.113883.3.9999.7|mrn-{harness.run}"
+    harness.intake(
+        [
+            _by_identifier(R.sharing_consent(harness.run), mrn),
+            _by_identifier(R.rating(harness.run, 1), mrn),
+        ]
+    )
+    harness.drain()
+    capsys.readouterr()
+    assert main(["reconcile", "--patient", mrn.replace("urn:oid:", "URN:OID:"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 2
 
 
 def test_pull_json_merges_and_releases(
