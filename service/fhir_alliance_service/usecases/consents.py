@@ -16,10 +16,11 @@ Two rules every part of the service shares:
   by identifier only is filed apart from observations that name them by reference, and a consent
   giving both is filed under the reference, so a consult that knows only the identifier (LEAP's
   ``patientId``) does not find it: the answer is then "no consent", never a permit. Name the
-  patient the same way everywhere, or register the other keys as **aliases** (``store.add_patient_alias``, ``POST /v1/patients/aliases``): a patient known
-  by reference and by identifiers is then one patient. Their consents are read under every key,
-  and the engine is given a directory linking the references to the identifiers, so a consult by
-  identifier finds consents filed under ``Patient/<id>`` and the other way round.
+  patient the same way everywhere, or register the other keys as **aliases**
+  (``store.add_patient_alias``, ``POST /v1/patients/aliases``): a patient known by reference and
+  by identifiers is then one patient. Their consents are read under every key, and the engine
+  is given a directory linking the references to the identifiers, so a consult by identifier finds
+  consents filed under ``Patient/<id>`` and the other way round.
 * **Unreadable means held, never "no consent"**: a stored consent that no longer loads, or that the
   engine refuses to compile, is listed in :attr:`PatientConsents.unreadable`; the gate holds every
   record of that patient while the list is not empty.
@@ -91,7 +92,7 @@ def patient_key(ref: Ref) -> str:
 
 
 def canonical_patient_key(key: str) -> str:
-    """``key`` as patients are filed (a pure function, cached: no query): an identifier token
+    """``key`` as patients are filed (a pure function, no query): an identifier token
     ``system|value`` as :func:`~fhir_alliance.terminology.canonical_identifier` spells it, so
     that every spelling of one identifier is one key; a literal reference (no ``|``) as it is.
     For keys that come in as text (a URL path, an alias, a command's argument). Migration 0009
