@@ -324,20 +324,41 @@ def _existing_file(value: Any) -> str | None:
 
 
 def _too_open(path: str) -> str | None:
-    """Why a file holding a secret must not be used: the group or others may read it (OpenSSH and
-    PostgreSQL refuse such key files too). None when only its owner may, or it cannot be found
-    (reading it then says so)."""
+    """Why a file holding a secret must not be used (OpenSSH and PostgreSQL refuse such key files
+    too). None when only its owner may read it, or when only its group may as well and that is
+    how a Kubernetes secret volume under ``fsGroup`` shows it (``_group_may_read``); also None
+    when it cannot be found (reading it then says so)."""
     try:
-        mode = stat.S_IMODE(Path(path).stat().st_mode)
+        found = Path(path).stat()
     except OSError:
         return None
-    if not mode & (stat.S_IRGRP | stat.S_IROTH):
+    mode = stat.S_IMODE(found.st_mode)
+    if mode & stat.S_IROTH:
+        return f"the file {path!r} may be read by others (mode {mode:04o}); chmod 600 it"
+    if not mode & stat.S_IRGRP or _group_may_read(found):
         return None
-    return f"the file {path!r} may be read by group or others (mode {mode:04o}); chmod 600 it"
+    return (
+        f"the file {path!r} may be read by its group (mode {mode:04o}, owner uid {found.st_uid},"
+        f" group gid {found.st_gid}); chmod 600 it (a group may read only a file that root owns,"
+        " that the group cannot write, and whose group this process is in)"
+    )
+
+
+def _group_may_read(found: os.stat_result) -> bool:
+    """Whether a group-readable secret file is still safe: PostgreSQL's rule for a root-owned
+    ``ssl_key_file`` (up to 0640), narrowed to a group this process is in. It is how kubelet
+    lays out a secret volume of a pod with ``securityContext.fsGroup``: files owned by root, group
+    the fsGroup (a supplementary group of the pod's processes), mode ``defaultMode | 0440``. The
+    group may read, nothing more, and nobody else may do anything."""
+    mode = stat.S_IMODE(found.st_mode)
+    if found.st_uid != 0 or mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO):
+        return False
+    return found.st_gid == os.getegid() or found.st_gid in os.getgroups()
 
 
 def _secret_file(value: Any) -> str | None:
-    """An existing file holding a secret (the SMART private key), readable by its owner only."""
+    """An existing file holding a secret (the SMART private key), readable by its owner only (or
+    its group, as ``_too_open`` allows)."""
     text = _existing_file(value)
     if text is not None and (why := _too_open(text)):
         raise _Invalid(why)

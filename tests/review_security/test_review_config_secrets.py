@@ -4,6 +4,7 @@ clear text. A bad setting must stop start-up with one line naming the variable, 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,12 @@ def test_a_smart_key_file_others_can_read_stops_start_up(tmp_path: Path, mode: i
     key file that the group or everyone may read (the 0644 a plain ``openssl genpkey > key.pem``
     under umask 022 gives) is accepted today without a word. OpenSSH and PostgreSQL refuse such
     key files; start-up should too, with one line naming the variable and the mode, never the
-    key."""
+    key. (A group-readable file that root owns may be an fsGroup secret volume's, accepted: run as
+    root, the file is given another owner; see test_config_secret_file_modes.py.)"""
     key_file = _private_key_file(tmp_path / "smart-key.pem", mode)
+    if os.geteuid() == 0:
+        os.chown(key_file, 65534, os.getegid())
+        key_file.chmod(mode)
     with pytest.raises(ConfigError) as refused:
         load_settings(_smart_environ(key_file))
     message = str(refused.value)
