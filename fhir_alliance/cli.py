@@ -10,6 +10,10 @@ While a command runs, the library's warnings (a retried request, an ``$import`` 
 printed on stderr as ``warning: <message>``: the library itself only has a ``NullHandler``, so that
 applications embedding it print nothing they did not ask for. A command that sets up logging of
 its own (the service's JSON log lines) has them there instead, never twice.
+
+A reader that stops reading early (``fhir-alliance map … | head -c 10``) ends the command quietly
+with exit status 141 (:data:`EXIT_BROKEN_PIPE`), what a shell shows for a tool that SIGPIPE
+ended, as Python's "Note on SIGPIPE" describes: no traceback, nothing on stderr.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,9 +30,12 @@ from typing import Any
 
 from fhir_alliance.errors import FhirAllianceError
 
-__all__ = ["ENTRY_POINT_GROUP", "build_parser", "main"]
+__all__ = ["ENTRY_POINT_GROUP", "EXIT_BROKEN_PIPE", "build_parser", "main"]
 
 ENTRY_POINT_GROUP = "fhir_alliance.commands"
+#: Exit status when the command's output went to a pipe whose reader stopped reading (128 + 13,
+#: SIGPIPE: what a shell shows for ``yes | head -1``'s ``yes``), as 130 is for Ctrl-C.
+EXIT_BROKEN_PIPE = 141
 
 #: Subcommands that ship with the library: name → (one-line help, ``module:function`` registering
 #: it). The module is imported only when its command runs: ``fhir-alliance --help`` lists the names
@@ -144,6 +152,33 @@ def _warnings_on_stderr() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # What is still buffered goes now, so that a closed pipe shows here and not in
+            # Python's last flush at exit ("Exception ignored … BrokenPipeError", exit 120).
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``| head``): Python ignores SIGPIPE, so a write failed instead of
+        # the process ending. What is unwritten is discarded, as the signal would have done.
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device, so that Python's flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError):  # no file behind stdout (a test's capture): nothing to flush
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(arguments)
     args = parser.parse_args(arguments)
