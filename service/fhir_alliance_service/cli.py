@@ -995,6 +995,9 @@ def _create_api_key(args: argparse.Namespace) -> int:
     """Create an API key with the given scopes and print it once on stdout; only its hash is
     stored, so it cannot be shown again. Names identify keys: a name (compared without case)
     that a key not revoked already has is refused; revoke that key first."""
+    if not args.name.strip():
+        # A bad argument, refused before the settings and the store as revoke-api-key's key id.
+        raise _StopCommand("an API key needs a name")
     settings = _settings()
     from fhir_alliance_service.auth import create_api_key
     from fhir_alliance_service.store.interface import ApiKeyNameTaken
@@ -1009,8 +1012,8 @@ def _create_api_key(args: argparse.Namespace) -> int:
                 f"{taken}; revoke it first (fhir-alliance revoke-api-key {taken.key_id}) or "
                 "choose another name"
             ) from None
-        except ValueError as exc:
-            raise _StopCommand(str(exc), status=1) from None
+        except ValueError as exc:  # an argument create_api_key refuses: exit 2, as argparse's
+            raise _StopCommand(str(exc)) from None
     print(raw_key)
     print(
         f"created API key {args.name!r} with scopes {', '.join(sorted(set(args.scopes)))}; "

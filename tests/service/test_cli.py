@@ -253,6 +253,18 @@ def test_create_api_key_refuses_an_unknown_scope(
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["", "   "], ids=["empty", "blank"])
+def test_create_api_key_refuses_a_blank_name_as_a_bad_argument(
+    opened: Store, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """A blank NAME is a bad argument, as an unknown scope, a name taken or a malformed key id of
+    revoke-api-key are: one line and exit 2 (it exited 1), nothing stored."""
+    assert main(["create-api-key", name, "--scope", "read"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "error: an API key needs a name\n")
+    assert opened.list_api_keys() == []
+
+
 # -- load ---------------------------------------------------------------------------------------
 
 
