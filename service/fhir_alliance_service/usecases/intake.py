@@ -370,7 +370,12 @@ def intake_questionnaire_response(
     if not records:
         raise InputError(
             "the QuestionnaireResponse has no answers to extract",
-            issues=[Issue(path="item", message="no answered item of a known questionnaire")],
+            issues=[
+                Issue(
+                    path="QuestionnaireResponse.item",
+                    message="no answered item of a known questionnaire",
+                )
+            ],
         )
     payloads = [OBSERVATION_MAPPER.dump(record) for record in records]
     try:

@@ -70,6 +70,20 @@ def test_a_response_of_an_unknown_questionnaire_is_refused(
     assert store.list_records() == []
 
 
+def test_a_response_without_answers_is_422_at_its_items(
+    client: FlaskClient, auth_headers: Headers, store: Store
+) -> None:
+    """No item of the SRS answered: 422 at ``QuestionnaireResponse.item``, an element path as
+    every other issue of a response (it was plain ``item``); nothing stored."""
+    qr = srs_questionnaire_response()
+    qr["item"] = [{"linkId": str(n)} for n in range(1, 5)]
+    response = client.post(URL, json=qr, headers=auth_headers["write"])
+    assert response.status_code == 422
+    expressions = [e for issue in response.json["issue"] for e in issue["expression"]]
+    assert expressions == ["QuestionnaireResponse.item"]
+    assert store.list_records() == []
+
+
 def test_posting_a_response_needs_the_write_scope(
     client: FlaskClient, auth_headers: Headers
 ) -> None:

@@ -226,6 +226,24 @@ def test_questionnaire_response_problems_name_the_element(store: SqlStore) -> No
     assert _nothing_stored(store)
 
 
+@pytest.mark.parametrize("case", ["no answer", "no item"])
+def test_a_response_with_nothing_to_extract_is_refused_at_its_items(
+    store: SqlStore, case: str
+) -> None:
+    """No answered item of a known questionnaire (items without answers, or no items at all):
+    refused at ``QuestionnaireResponse.item``, an element path as every other issue of a
+    QuestionnaireResponse has (it was plain ``item``); nothing is stored."""
+    qr = srs_questionnaire_response()
+    if case == "no answer":
+        qr["item"] = [{"linkId": str(n)} for n in range(1, 5)]
+    else:
+        del qr["item"]
+    with pytest.raises(InputError) as caught:
+        intake_questionnaire_response(store, qr, at=AT)
+    assert _paths(caught) == {"QuestionnaireResponse.item"}
+    assert _nothing_stored(store)
+
+
 @pytest.mark.postgres
 def test_concurrent_intake_of_one_new_record_loses_nothing(postgres_url: str) -> None:
     """Six requests racing to create and change one record on PostgreSQL all succeed, each
