@@ -8,8 +8,10 @@ A handler takes the parsed ``argparse.Namespace`` and returns the process exit c
 
 While a command runs, the library's warnings (a retried request, an ``$import`` left running) are
 printed on stderr as ``warning: <message>``: the library itself only has a ``NullHandler``, so that
-applications embedding it print nothing they did not ask for. A command that sets up logging of
-its own (the service's JSON log lines) has them there instead, never twice.
+applications embedding it print nothing they did not ask for. So are those of the package whose
+command runs (the sync service's ``fhir_alliance_service`` for its commands), found by the
+handler's module, never by name. A command that sets up logging of its own (the service's JSON log
+lines) has them there instead, never twice.
 
 A reader that stops reading early (``fhir-alliance map … | head -c 10``) ends the command quietly
 with exit status 141 (:data:`EXIT_BROKEN_PIPE`), what a shell shows for a tool that SIGPIPE
@@ -107,12 +109,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 class _WarningsOnStderr(logging.Handler):
-    """The library's warnings and errors on stderr, one line each (``warning: <message>``,
-    ``error: <message>``), unless another handler is on the record's way up (the root logger's included: logging the process
-    set up itself, such as the service's JSON lines or a test's capture), which then has them
-    alone. The message only, never a traceback (a traceback can quote data); the library's log
-    messages carry no patient data. Written to ``sys.stderr`` as it is at each record, as
-    Python's last-resort handler does."""
+    """The warnings and errors of the library (and of the package whose command runs) on stderr,
+    one line each (``warning: <message>``, ``error: <message>``), unless another handler is on
+    the record's way up (the root logger's included: logging the process set up itself, such as
+    the service's JSON lines or a test's capture), which then has them alone. The message only,
+    never a traceback (a traceback can quote data); the library's and the service's log messages
+    carry no patient data. Written to ``sys.stderr`` as it is at each record, as Python's
+    last-resort handler does."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -139,16 +142,26 @@ class _WarningsOnStderr(logging.Handler):
         return False
 
 
+def _command_loggers(handler: Callable[[argparse.Namespace], int]) -> list[logging.Logger]:
+    """The library's top logger and that of the package the command's handler comes from (a
+    plugin's, such as the sync service's ``fhir_alliance_service``): the command's own warnings."""
+    package = (getattr(handler, "__module__", None) or "").partition(".")[0]
+    names = dict.fromkeys(["fhir_alliance", package] if package else ["fhir_alliance"])
+    return [logging.getLogger(name) for name in names]
+
+
 @contextmanager
-def _warnings_on_stderr() -> Iterator[None]:
-    """The library's warnings on stderr while a command runs (see :class:`_WarningsOnStderr`)."""
-    library = logging.getLogger("fhir_alliance")
+def _warnings_on_stderr(loggers: Sequence[logging.Logger]) -> Iterator[None]:
+    """The warnings of ``loggers`` on stderr while a command runs (see
+    :class:`_WarningsOnStderr`)."""
     handler = _WarningsOnStderr()
-    library.addHandler(handler)
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        library.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,7 +199,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
-    with _warnings_on_stderr():
+    with _warnings_on_stderr(_command_loggers(handler)):
         return _run(handler, args)
 
 

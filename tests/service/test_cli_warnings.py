@@ -1,0 +1,141 @@
+"""The service's own warnings while one of its commands runs: as ``warning: <message>`` lines on
+stderr, as the library's are, in the commands that set up no logging (``status``, ``load``, …);
+only as JSON lines in those that do (``sync-once``, …); never twice, never a traceback. Each
+command runs as a real process: in this one, pytest's handlers on the root logger would have
+the records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fhir_alliance import cli
+
+pytestmark = pytest.mark.usefixtures("database")
+
+RUPTURE = Path(__file__).resolve().parents[2] / "examples" / "observations" / "rupture.json"
+STALE = "intake audit events name a stale version"
+
+
+def _python(program: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(program)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_load_shows_the_service_warning_of_a_concurrent_intake_as_a_warning_line() -> None:
+    """Another intake of the same record lands between ``load``'s read and its write (the timing
+    forced by running it from inside the store's write call): the intake use case warns that the
+    audit events name a stale version. ``load`` sets up no logging, so Python's last-resort handler
+    printed the bare message; it is now one ``warning:`` line, as for the library's warnings."""
+    ran = _python(
+        f"""
+        import json, sys
+        from datetime import UTC, datetime
+        from fhir_alliance_service.store.sql import SqlStore
+        from fhir_alliance_service.usecases.intake import intake_records
+        from fhir_alliance.cli import main
+
+        put_records = SqlStore.put_records
+        racing = []
+
+        def with_a_concurrent_intake(self, records, **kwargs):
+            if not racing:  # once: the other intake's own write goes straight through
+                racing.append(True)
+                other = json.load(open({str(RUPTURE)!r}, encoding="utf-8"))
+                other["tension"] = 1 + other.get("tension", 0) % 3
+                intake_records(self, [other], at=datetime.now(UTC))
+            return put_records(self, records, **kwargs)
+
+        SqlStore.put_records = with_a_concurrent_intake
+        sys.exit(main(["load", {str(RUPTURE)!r}]))
+        """
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "loaded 1 record(s)" in ran.stdout
+    assert ran.stderr.splitlines() == [f"warning: {STALE}"]
+
+
+def test_a_service_error_with_its_exception_is_one_line_without_the_traceback() -> None:
+    """``log.exception`` in a service module during ``status``: ``error: <message>`` and no
+    traceback. Python's last-resort handler printed the bare message and then the traceback,
+    with the exception's text (which can quote data: here a patient reference)."""
+    ran = _python(
+        """
+        import logging, sys
+        import fhir_alliance_service.cli as service_cli
+        from fhir_alliance.cli import main
+
+        status = service_cli._status
+
+        def status_with_an_error(args):
+            try:
+                raise ValueError("Patient/secret-7 not shown")
+            except ValueError:
+                logging.getLogger("fhir_alliance_service.sync").exception("a step failed")
+            return status(args)
+
+        service_cli._status = status_with_an_error
+        sys.exit(main(["status"]))
+        """
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("queued 0")
+    assert ran.stderr.splitlines() == ["error: a step failed"]
+    assert "secret-7" not in ran.stderr
+
+
+def test_a_command_with_json_logs_has_the_service_warnings_there_alone() -> None:
+    """``sync-once`` against a FHIR server that is down: its warnings (the library's retries and
+    the service's "FHIR server unreachable") are JSON lines, never also ``warning:`` lines."""
+    env = dict(os.environ)
+    env["FHIR_ALLIANCE_FHIR_BASE_URL"] = f"http://127.0.0.1:{_closed_port()}/fhir"
+    env["FHIR_ALLIANCE_FHIR_TIMEOUT_SECONDS"] = "1"
+    ran = subprocess.run(
+        [sys.executable, "-m", "fhir_alliance", "sync-once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert ran.returncode == 1, ran.stderr
+    lines = [line for line in ran.stderr.splitlines() if line.startswith("{")]
+    service = [
+        json.loads(line)
+        for line in lines
+        if json.loads(line)["logger"].startswith("fhir_alliance_service")
+    ]
+    assert any(line["level"] == "WARNING" for line in service), ran.stderr
+    assert "warning:" not in ran.stderr
+
+
+def test_the_command_removes_its_handler_from_the_service_logger(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a service command the service's logger is as before: nothing of the command's stays
+    behind for the rest of the process."""
+    service = logging.getLogger("fhir_alliance_service")
+    before = list(service.handlers)
+    assert cli.main(["status"]) == 0
+    capsys.readouterr()
+    assert service.handlers == before
