@@ -325,9 +325,10 @@ def _existing_file(value: Any) -> str | None:
 
 def _too_open(path: str) -> str | None:
     """Why a file holding a secret must not be used (OpenSSH and PostgreSQL refuse such key files
-    too). None when only its owner may read it, or when only its group may as well and that is
-    how a Kubernetes secret volume under ``fsGroup`` shows it (``_group_may_read``); also None
-    when it cannot be found (reading it then says so)."""
+    too): others may read it, or anyone but its owner may change it. None when only its owner
+    may read it, or when only its group may as well and that is how a Kubernetes secret volume
+    under ``fsGroup`` shows it (``_group_may_read``); also None when it cannot be found (reading
+    it then says so)."""
     try:
         found = Path(path).stat()
     except OSError:
@@ -335,6 +336,9 @@ def _too_open(path: str) -> str | None:
     mode = stat.S_IMODE(found.st_mode)
     if mode & stat.S_IROTH:
         return f"the file {path!r} may be read by others (mode {mode:04o}); chmod 600 it"
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):  # another user could put a secret of theirs there
+        who = "others" if mode & stat.S_IWOTH else "its group"
+        return f"the file {path!r} may be changed by {who} (mode {mode:04o}); chmod 600 it"
     if not mode & stat.S_IRGRP or _group_may_read(found):
         return None
     return (

@@ -95,6 +95,22 @@ def test_a_secret_file_others_may_read_is_refused(tmp_path: Path, mode: int) -> 
     assert "chmod 600" in message
 
 
+@pytest.mark.parametrize(
+    ("mode", "who"),
+    [(0o602, "others"), (0o620, "its group"), (0o622, "others"), (0o660, "its group")],
+    ids=["0602", "0620", "0622", "0660"],
+)
+def test_a_secret_file_another_user_may_change_is_refused(
+    tmp_path: Path, mode: int, who: str
+) -> None:
+    """A file only its owner reads but others (or its group) may write: someone else could put a
+    secret of theirs in it (a token of their choosing). Refused whoever owns it, naming the mode."""
+    owner = (0, os.getegid()) if AS_ROOT else None
+    message = _refusal(_token_file(tmp_path, mode, owner=owner))
+    assert f"may be changed by {who} (mode {mode:04o})" in message, message
+    assert "chmod 600" in message
+
+
 def test_a_group_readable_file_not_owned_by_root_is_refused(tmp_path: Path) -> None:
     """0640 of an ordinary user (the test's own file when it is not root; another user's when it
     is): the group read is not how this process gets at the file, so it only widens who can."""
