@@ -194,6 +194,9 @@ class SyncStatus:
     #: A conflict flagged for a person: the versions the server held then (someone else's
     #: writes): the If-Match of a person's ``overwrite``, what ``keep-remote`` records.
     conflict_versions: tuple[SentResource, ...] = ()
+    #: A send of this item whose answer was lost may have landed, and it is not known yet
+    #: whether it did (:meth:`Store.claim_landing_checks`): read back until it is.
+    landing_unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,6 +473,7 @@ class Store(Protocol):
         outcome: Mapping[str, Any],
         next_attempt_at: datetime,
         at: datetime,
+        landing_check_at: datetime | None = None,
     ) -> SyncState | None: ...
 
     def mark_dead(
@@ -481,12 +485,47 @@ class Store(Protocol):
         audit: Sequence[AuditEntry],
         at: datetime,
         count_attempt: bool = True,
+        landing_check_at: datetime | None = None,
     ) -> SyncState | None:
         """Dead-letter the item with ``outcome``. ``count_attempt=False`` when the attempt that
         failed is already counted (a takeover after an expired lease, see :meth:`claim`).
         ``mark_held``, ``mark_failed`` and ``mark_dead`` leave the item SUPERSEDED instead (with
         the outcome and the audit entries) when its record has a newer item by then: what intake
-        does to an unsent older version that is not leased."""
+        does to an unsent older version that is not leased.
+        ``landing_check_at`` (``mark_failed`` and ``mark_dead``): the failed send's answer was
+        lost, so it may have landed; the item is noted *landing unknown* in the same transaction,
+        to be read back from then on once it is no longer pending (:meth:`claim_landing_checks`).
+        The note stays until the item is recorded SENT (by any ``mark_sent*``, or by
+        :meth:`record_landing_checks`) or found not to have landed."""
+
+    # -- sends whose landing is unknown (``sync/worker.py``, ``Worker._check_landings``) ---------
+    def claim_landing_checks(
+        self, *, limit: int, lease_seconds: float, now: datetime
+    ) -> list[OutboxItem]:
+        """Up to ``limit`` items noted *landing unknown* (see :meth:`mark_dead`) whose read-back
+        is due at ``now`` and that are no longer pending (SUPERSEDED, HELD or DEAD_LETTERED:
+        nothing else will send them, so nothing else will find out), oldest first, with what it
+        takes to map them. Each read-back is moved to ``now + lease_seconds`` (a lease: another
+        worker skips it meanwhile, and one left unsettled is due again then); on PostgreSQL rows
+        another worker is claiming are skipped (``FOR UPDATE SKIP LOCKED``). A first, read-only
+        look finds whether any is due, so a worker with nothing to read back writes nothing.
+        The items come with ``lease_owner`` ``landing-check`` and ``lease_until`` the lease's
+        end; their outbox lease is not touched."""
+
+    def record_landing_checks(
+        self, landed: Sequence[SentMark], absent: Sequence[int], *, at: datetime
+    ) -> list[bool]:
+        """What read-backs found, in one transaction, for items still noted *landing unknown* and
+        still not pending (another worker may have settled one since, or the item was queued
+        again meanwhile: that one is left as it is). ``landed``: the send is on the server, ours:
+        SENT with its versions and audit entries, the note dropped, exactly as
+        :meth:`mark_sent_late` records a late send (an older version over a newer one queues the
+        newest again). ``absent``: not there, or someone else's: the note is dropped, nothing
+        recorded. Whether each of ``landed`` was recorded, in order."""
+
+    def landing_unknown_count(self) -> int:
+        """How many items are noted *landing unknown* (one count over the partial index):
+        ``fhir-alliance status`` and ``fhir_alliance_landing_unknown``."""
 
     def release_held(self, patient: str, *, at: datetime) -> int:
         """Re-queue every HELD item of ``patient`` (their consents changed); returns how many.

@@ -51,6 +51,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -82,6 +83,8 @@ from .ordering import RemoteOrder, remote_order
 from .patient_tokens import META_PATIENT_TOKEN_KEY, new_patient_token_key, patient_token
 from .raw import RawSql, ThreadConnections
 from .tables import (
+    LANDING_UNKNOWN_SQL,
+    UtcDateTime,
     api_keys,
     ended_sessions,
     meta,
@@ -111,6 +114,16 @@ _SUPERSEDABLE = (
     SyncState.HELD.value,
     SyncState.DEAD_LETTERED.value,
 )
+#: States an item noted *landing unknown* is read back in: nothing will send it (again) now.
+_LEFT_UNSENT = (
+    SyncState.SUPERSEDED.value,
+    SyncState.HELD.value,
+    SyncState.DEAD_LETTERED.value,
+)
+# Said in every query of the read-backs so that both backends use the partial index on it.
+_LANDING_UNKNOWN = text(LANDING_UNKNOWN_SQL)
+#: The ``lease_owner`` of the items ``claim_landing_checks`` gives (their outbox lease is not set).
+LANDING_CHECK_OWNER = "landing-check"
 _newer = outbox.alias("newer")
 #: The outbox row's record has a newer item: one of a later version, or of the same version
 #: written after it. Sending the row would put an older version over a newer one, after it or in
@@ -300,6 +313,7 @@ _MARK_SENT = (  # run as executemany: no expanding IN in it
         lease_owner=None,
         lease_until=None,
         lost_leases=0,
+        landing_check_at=None,
     )
 )
 
@@ -411,6 +425,7 @@ def _sync_status(row: AnyRow) -> SyncStatus:
         conflict=row.conflict,
         item_id=row.item_id,
         conflict_versions=_sent_resources(row.conflict_versions),
+        landing_unknown=row.landing_check_at is not None,
     )
 
 
@@ -1156,11 +1171,18 @@ class SqlStore(AuditQueueSql):
         worker: str,
         values: Mapping[str, Any],
         audit_entries: Sequence[AuditEntry],
+        *,
+        landing_check_at: datetime | None = None,
     ) -> SyncState | None:
         """Compare-and-set: apply ``values`` only while ``worker`` holds the lease on a pending
         item; the lease is released either way it lands, and the lost leases are forgotten
         (a result: the worker did not stop on this item). The state the item was left in
-        (``_unless_newer``: SUPERSEDED perhaps), or None when the lease was lost."""
+        (``_unless_newer``: SUPERSEDED perhaps), or None when the lease was lost.
+        ``landing_check_at``: the item is noted *landing unknown* in the same transaction, also
+        when the lease was lost (a send whose answer was lost may have landed, whoever holds the
+        item now), unless it is SENT (then it is tracked already)."""
+        if landing_check_at is not None:
+            values = {**values, "landing_check_at": landing_check_at}
         with self._write() as connection:
             written = connection.execute(
                 update(outbox)
@@ -1173,6 +1195,20 @@ class SqlStore(AuditQueueSql):
                 .returning(outbox.c.state)
             ).scalar_one_or_none()
             if written is None:
+                if landing_check_at is not None:
+                    connection.execute(
+                        update(outbox)
+                        .where(
+                            outbox.c.item_id == item_id,
+                            outbox.c.state != SyncState.SENT.value,
+                        )
+                        .values(
+                            landing_check_at=func.coalesce(
+                                outbox.c.landing_check_at,
+                                bindparam("b_check_at", landing_check_at, type_=UtcDateTime()),
+                            )
+                        )
+                    )
                 return None
             if audit_entries:
                 connection.execute(
@@ -1195,6 +1231,7 @@ class SqlStore(AuditQueueSql):
             "sent": sent_json,
             "held_reason": None,
             "next_attempt_at": None,
+            "landing_check_at": None,
             "updated_at": at,
         }
         return self._finish(item_id, worker, values, audit) is not None
@@ -1258,31 +1295,34 @@ class SqlStore(AuditQueueSql):
             }
             for mark in marks:
                 row = rows.get(mark.item_id)
-                if row is None:
-                    continue
-                sent_json, newer = _later_versions(row.sent, mark.sent)
-                values: dict[str, Any] = {"sent": sent_json, "updated_at": at}
-                if row.state != SyncState.SENT.value:
-                    values.update(
-                        state=SyncState.SENT.value,
-                        held_reason=None,
-                        next_attempt_at=None,
-                        lease_owner=None,
-                        lease_until=None,
-                        lost_leases=0,
-                    )
-                elif newer:
-                    values["retraction"] = None  # our write is on the server again
-                connection.execute(
-                    update(outbox).where(outbox.c.item_id == mark.item_id).values(**values)
-                )
-                requeued += self._overtaken(connection, row.record_id, mark, at)
+                if row is not None:
+                    requeued += self._record_late(connection, row, mark, at)
             audit_rows = [
                 _audit_row(entry) for mark in marks if mark.item_id in rows for entry in mark.audit
             ]
             if audit_rows:
                 connection.execute(insert(audit_log), audit_rows)
         return requeued
+
+    @classmethod
+    def _record_late(cls, connection: Connection, row: AnyRow, mark: SentMark, at: datetime) -> int:
+        """``mark_sent_late`` of one item (``row``: its id, record, state and ``sent``, read
+        locked), its audit entries aside: how many records were queued again (0 or 1)."""
+        sent_json, newer = _later_versions(row.sent, mark.sent)
+        values: dict[str, Any] = {"sent": sent_json, "landing_check_at": None, "updated_at": at}
+        if row.state != SyncState.SENT.value:
+            values.update(
+                state=SyncState.SENT.value,
+                held_reason=None,
+                next_attempt_at=None,
+                lease_owner=None,
+                lease_until=None,
+                lost_leases=0,
+            )
+        elif newer:
+            values["retraction"] = None  # our write is on the server again
+        connection.execute(update(outbox).where(outbox.c.item_id == mark.item_id).values(**values))
+        return cls._overtaken(connection, row.record_id, mark, at)
 
     @staticmethod
     def _overtaken(connection: Connection, record_id: str, mark: SentMark, at: datetime) -> int:
@@ -1333,6 +1373,7 @@ class SqlStore(AuditQueueSql):
         outcome: Mapping[str, Any],
         next_attempt_at: datetime,
         at: datetime,
+        landing_check_at: datetime | None = None,
     ) -> SyncState | None:
         values = {
             "state": _unless_newer(SyncState.FAILED),
@@ -1341,7 +1382,7 @@ class SqlStore(AuditQueueSql):
             "next_attempt_at": next_attempt_at,
             "updated_at": at,
         }
-        return self._finish(item_id, worker, values, ())
+        return self._finish(item_id, worker, values, (), landing_check_at=landing_check_at)
 
     def mark_dead(
         self,
@@ -1352,6 +1393,7 @@ class SqlStore(AuditQueueSql):
         audit: Sequence[AuditEntry],
         at: datetime,
         count_attempt: bool = True,
+        landing_check_at: datetime | None = None,
     ) -> SyncState | None:
         values = {
             "state": _unless_newer(SyncState.DEAD_LETTERED),
@@ -1360,7 +1402,120 @@ class SqlStore(AuditQueueSql):
             "next_attempt_at": None,
             "updated_at": at,
         }
-        return self._finish(item_id, worker, values, audit)
+        return self._finish(item_id, worker, values, audit, landing_check_at=landing_check_at)
+
+    # -- sends whose landing is unknown --------------------------------------------------------
+    def claim_landing_checks(
+        self, *, limit: int, lease_seconds: float, now: datetime
+    ) -> list[OutboxItem]:
+        if limit <= 0:
+            return []
+        due = (
+            _LANDING_UNKNOWN,
+            outbox.c.state.in_(_LEFT_UNSENT),
+            outbox.c.landing_check_at <= now,
+        )
+        with self._read() as connection:  # nothing due (nearly always): no write at all
+            if connection.execute(select(outbox.c.item_id).where(*due).limit(1)).first() is None:
+                return []
+        candidates = (
+            select(outbox.c.item_id)
+            .where(*due)
+            .order_by(outbox.c.item_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        lease_until = now + timedelta(seconds=lease_seconds)
+        with self._write() as connection:
+            item_ids = list(connection.execute(candidates).scalars())
+            if not item_ids:
+                return []
+            connection.execute(
+                update(outbox)
+                .where(outbox.c.item_id.in_(item_ids))
+                .values(landing_check_at=lease_until)
+            )
+            rows = connection.execute(
+                select(
+                    outbox.c.item_id,
+                    outbox.c.record_id,
+                    outbox.c.record_version,
+                    outbox.c.patient,
+                    outbox.c.attempts,
+                    record_versions.c.kind,
+                    record_versions.c.family,
+                    record_versions.c.body,
+                )
+                .join(
+                    record_versions,
+                    and_(
+                        record_versions.c.record_id == outbox.c.record_id,
+                        record_versions.c.version == outbox.c.record_version,
+                    ),
+                )
+                .where(outbox.c.item_id.in_(item_ids))
+                .order_by(outbox.c.item_id)
+            )
+            return [
+                OutboxItem(
+                    item_id=row.item_id,
+                    record_id=row.record_id,
+                    record_version=row.record_version,
+                    kind=row.kind,
+                    family=row.family,
+                    patient=row.patient,
+                    body=row.body,
+                    attempts=row.attempts,
+                    lease_owner=LANDING_CHECK_OWNER,
+                    lease_until=lease_until,
+                )
+                for row in rows
+            ]
+
+    def record_landing_checks(
+        self, landed: Sequence[SentMark], absent: Sequence[int], *, at: datetime
+    ) -> list[bool]:
+        ids = [mark.item_id for mark in landed] + list(absent)
+        if not ids:
+            return []
+        with self._write() as connection:  # a read-back pass's items: a short IN list
+            rows = {
+                row.item_id: row
+                for row in connection.execute(
+                    select(outbox.c.item_id, outbox.c.record_id, outbox.c.state, outbox.c.sent)
+                    .where(
+                        outbox.c.item_id.in_(ids),
+                        _LANDING_UNKNOWN,
+                        outbox.c.state.in_(_LEFT_UNSENT),
+                    )
+                    .with_for_update()
+                )
+            }
+            recorded = [mark.item_id in rows for mark in landed]
+            for mark, ok in zip(landed, recorded, strict=True):
+                if ok:
+                    self._record_late(connection, rows[mark.item_id], mark, at)
+            gone = [item_id for item_id in absent if item_id in rows]
+            if gone:
+                # Only the note: ``updated_at`` says when the item's state changed (a hold's
+                # age counts for the consent time pass, ``held_since``).
+                connection.execute(
+                    update(outbox).where(outbox.c.item_id.in_(gone)).values(landing_check_at=None)
+                )
+            audit_rows = [
+                _audit_row(entry)
+                for mark, ok in zip(landed, recorded, strict=True)
+                if ok
+                for entry in mark.audit
+            ]
+            if audit_rows:
+                connection.execute(insert(audit_log), audit_rows)
+        return recorded
+
+    def landing_unknown_count(self) -> int:
+        query = select(func.count()).select_from(outbox).where(_LANDING_UNKNOWN)
+        with self._read() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def release_held(self, patient: str, *, at: datetime) -> int:
         keys = self.patient_keys(patient)  # a patient's aliases are the same patient
@@ -1940,7 +2095,9 @@ class SqlStore(AuditQueueSql):
         flagged = [outbox.c.item_id == item_id, _FLAGGED_FOR_A_PERSON, ~_HAS_NEWER_ITEM, same]
         if keep_remote:
             flagged.append(outbox.c.conflict_versions.is_not(None))
-            values.update(state=SyncState.SENT.value, sent=outbox.c.conflict_versions)
+            values.update(
+                state=SyncState.SENT.value, sent=outbox.c.conflict_versions, landing_check_at=None
+            )
         else:
             values.update(
                 state=SyncState.QUEUED.value, attempts=0, lost_leases=0, next_attempt_at=None

@@ -27,6 +27,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "ACTIVE_API_KEY_SQL",
+    "LANDING_UNKNOWN_SQL",
     "UNSETTLED_PUSH_SQL",
     "PENDING_STATES_SQL",
     "UtcDateTime",
@@ -75,6 +76,9 @@ AutoId = BigInteger().with_variant(Integer(), "sqlite")
 
 # Outbox states that keep later items of the same patient waiting (claim order).
 PENDING_STATES_SQL = "state IN ('queued', 'failed')"
+
+# Outbox items a send of which may have landed unrecorded (``landing_check_at``, migration 0010).
+LANDING_UNKNOWN_SQL = "landing_check_at IS NOT NULL"
 
 # Audit rows still in the push queue: to push (first try or a retry) or dead-lettered.
 UNSETTLED_PUSH_SQL = "push_state IN ('pending', 'dead-lettered')"
@@ -149,6 +153,10 @@ outbox = Table(
     # The server's versions when a conflict was flagged for a person (migration 0006): the
     # If-Match of a person's overwrite, what keep-remote records. Never versions we wrote.
     Column("conflict_versions", JSON),
+    # A send of this item whose answer was lost (a timeout, a reset) may have landed (migration
+    # 0010): when to read its resources back, once the item is no longer pending (a lease of the
+    # worker reading them meanwhile). NULL: nothing unknown (recorded SENT, or found not there).
+    Column("landing_check_at", UtcDateTime),
     ForeignKeyConstraint(["record_id", "record_version"], ["records.record_id", "records.version"]),
     # Claim: scan pending items oldest first; check "an older pending item of this patient".
     Index(
@@ -167,6 +175,14 @@ outbox = Table(
     Index("ix_outbox_state_item_id", "state", "item_id"),
     Index("ix_outbox_record_id_item_id", "record_id", "item_id"),
     Index("ix_outbox_patient_state", "patient", "state"),
+    # The read-backs due (by state, then time) and their count: a handful of rows, not the outbox.
+    Index(
+        "ix_outbox_landing_unknown_state_landing_check_at",
+        "state",
+        "landing_check_at",
+        sqlite_where=text(LANDING_UNKNOWN_SQL),
+        postgresql_where=text(LANDING_UNKNOWN_SQL),
+    ),
 )
 
 #: Local audit trail: AuditEvent / Provenance resources, optionally pushed to the FHIR server.

@@ -1,0 +1,255 @@
+"""Contract of the *landing unknown* note (migration 0010): a send whose answer was lost may have
+landed, so the failure that records it notes the item, whoever holds it by then; the note survives
+the item being superseded, held or dead-lettered; ``claim_landing_checks`` hands such items out for
+a read-back under a lease (once each, across workers: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL),
+and ``record_landing_checks`` settles them once: landed (SENT with its audit) or not there (the
+note dropped). Any send recorded drops it too. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+import pytest
+from fhir_alliance_service.store import OutboxItem, SentResource, SqlStore, SyncState, open_store
+from fhir_alliance_service.store.interface import SentMark
+from fhir_alliance_service.store.tables import outbox
+from sqlalchemy import select
+
+from .builders import T0, at, audit_entry, record
+
+OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+LEASE = 30
+
+
+def _lost(store: SqlStore, worker: str = "w1", *, now: float = 1, check: float = 40) -> int:
+    """Claim version 1 of the record and fail it as a lost answer, to be read back at ``check``
+    (the worker's ``mark_failed`` with ``landing_check_at``); the item id."""
+    [item] = store.claim(worker, limit=1, lease_seconds=LEASE, now=at(now))
+    store.mark_failed(
+        item.item_id,
+        worker,
+        outcome=OUTCOME,
+        next_attempt_at=at(now + 1),
+        at=at(now),
+        landing_check_at=at(check),
+    )
+    return item.item_id
+
+
+def _mark(item_id: int, version: str = "1") -> SentMark:
+    return SentMark(
+        item_id,
+        [SentResource("Observation", "obs-1", version)],
+        [audit_entry("disclose", "rec-000001", when=at(100))],
+    )
+
+
+def _row(store: SqlStore, item_id: int) -> tuple[str, datetime | None, datetime]:
+    with store.engine.connect() as connection:
+        row = connection.execute(
+            select(outbox.c.state, outbox.c.landing_check_at, outbox.c.updated_at).where(
+                outbox.c.item_id == item_id
+            )
+        ).one()
+    return row.state, row.landing_check_at, row.updated_at
+
+
+def _disclosures(store: SqlStore) -> int:
+    return len([e for e in store.list_audit(record_id="rec-000001") if e.action == "disclose"])
+
+
+def test_a_lost_answer_is_noted_and_read_back_only_once_nothing_will_send_it(
+    store: SqlStore,
+) -> None:
+    """A failed item noted *landing unknown* is left to its own retry (not handed out while
+    pending); once a newer version supersedes it, it is handed out when its check is due, under
+    a lease: not again while the lease runs, again after it."""
+    store.put_records([record(1, score=1)], audit=[], at=T0)
+    item_id = _lost(store)
+    status = store.sync_status("rec-000001")
+    assert status is not None and (status.state, status.landing_unknown) == (SyncState.FAILED, True)
+    assert store.landing_unknown_count() == 1
+    assert store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(50)) == []  # pending
+    store.put_records([record(1, score=2)], audit=[], at=at(2))  # unleased: superseded at once
+    assert _row(store, item_id)[0] == SyncState.SUPERSEDED.value
+    assert store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(39)) == []  # not due
+    [check] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(40))
+    assert (check.item_id, check.record_version, check.lease_until) == (item_id, 1, at(70))
+    assert check.body == record(1, score=1).body
+    assert store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(69)) == []
+    [again] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(70))
+    assert again.item_id == item_id
+    assert store.landing_unknown_count() == 1
+
+
+def test_a_read_back_that_finds_it_landed_records_it_sent_once(store: SqlStore) -> None:
+    """Landed: the superseded item becomes SENT with the server's version and its disclosure,
+    the note dropped; the same finding recorded again (another worker, after the lease) writes
+    nothing more."""
+    store.put_records([record(1, score=1)], audit=[], at=T0)
+    item_id = _lost(store)
+    store.put_records([record(1, score=2)], audit=[], at=at(2))
+    store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(40))
+    assert store.record_landing_checks([_mark(item_id)], [], at=at(41)) == [True]
+    assert store.record_landing_checks([_mark(item_id)], [], at=at(80)) == [False]
+    last = store.last_sent("rec-000001")
+    assert last is not None and (last.item_id, last.record_version) == (item_id, 1)
+    assert last.sent == (SentResource("Observation", "obs-1", "1"),)
+    assert not last.landing_unknown
+    assert [s.item_id for s in store.sent_items("Patient/p1")] == [item_id]
+    assert _disclosures(store) == 1
+    assert store.landing_unknown_count() == 0
+    status = store.sync_status("rec-000001")
+    assert status is not None and (status.record_version, status.state) == (2, SyncState.QUEUED)
+
+
+def test_a_read_back_that_finds_nothing_drops_the_note_and_records_nothing(
+    store: SqlStore,
+) -> None:
+    """Not there: the held item stays HELD as it was (its ``updated_at``, the hold's age, too),
+    the note is dropped and nothing is audited; a late finding that it landed then changes
+    nothing."""
+    store.put_records([record(1)], audit=[], at=T0)
+    item_id = _lost(store)
+    [retry] = store.claim("w2", limit=1, lease_seconds=LEASE, now=at(3))
+    assert store.mark_held(retry.item_id, "w2", reason="no consent", audit=[], at=at(4))
+    held = _row(store, item_id)
+    assert held[0] == SyncState.HELD.value and held[1] is not None
+    store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(40))
+    assert store.record_landing_checks([], [item_id], at=at(41)) == []
+    assert _row(store, item_id) == (SyncState.HELD.value, None, held[2])
+    assert store.record_landing_checks([_mark(item_id)], [], at=at(42)) == [False]
+    assert store.landing_unknown_count() == 0 and _disclosures(store) == 0
+    assert store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(500)) == []
+
+
+def test_a_send_recorded_drops_the_note(store: SqlStore) -> None:
+    """The retry of a noted item is answered: SENT, nothing left to read back."""
+    store.put_records([record(1)], audit=[], at=T0)
+    item_id = _lost(store)
+    [retry] = store.claim("w2", limit=1, lease_seconds=LEASE, now=at(3))
+    assert store.mark_sent(retry.item_id, "w2", sent=[], audit=[], at=at(4))
+    assert _row(store, item_id)[1] is None
+    assert store.landing_unknown_count() == 0
+
+
+def test_a_dead_letter_of_a_lost_answer_is_noted_and_read_back(store: SqlStore) -> None:
+    """The last attempt's answer was lost and the item is dead-lettered: noted, read back."""
+    store.put_records([record(1)], audit=[], at=T0)
+    [item] = store.claim("w1", limit=1, lease_seconds=LEASE, now=at(1))
+    state = store.mark_dead(
+        item.item_id, "w1", outcome=OUTCOME, audit=[], at=at(2), landing_check_at=at(32)
+    )
+    assert state is SyncState.DEAD_LETTERED
+    [check] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(32))
+    assert check.item_id == item.item_id
+    assert store.record_landing_checks([_mark(item.item_id)], [], at=at(33)) == [True]
+    status = store.sync_status("rec-000001")
+    assert status is not None and status.state is SyncState.SENT
+
+
+def test_a_lost_answer_is_noted_whoever_holds_the_item_but_never_on_a_sent_one(
+    store: SqlStore,
+) -> None:
+    """w1's lease ran out during its send and a newer version came: the claim superseded the
+    item. w1's failure then writes no outcome (lease lost), but the note all the same: the send
+    may have landed. An item SENT meanwhile is not noted."""
+    store.put_records([record(1, score=1)], audit=[], at=T0)
+    [item] = store.claim("w1", limit=1, lease_seconds=LEASE, now=at(1))
+    store.put_records([record(1, score=2)], audit=[], at=at(10))  # leased: waits behind it
+    store.claim("w2", limit=10, lease_seconds=LEASE, now=at(40))  # supersedes v1, claims v2
+    assert _row(store, item.item_id)[0] == SyncState.SUPERSEDED.value
+    lost = store.mark_failed(
+        item.item_id,
+        "w1",
+        outcome=OUTCOME,
+        next_attempt_at=at(42),
+        at=at(41),
+        landing_check_at=at(71),
+    )
+    assert lost is None
+    assert _row(store, item.item_id)[:2] == (SyncState.SUPERSEDED.value, at(71))
+
+    store.put_records([record(2)], audit=[], at=at(100))
+    [other] = store.claim("w3", limit=1, lease_seconds=LEASE, now=at(101))
+    store.mark_sent_late([SentMark(other.item_id, [], [])], at=at(102))  # another's late record
+    assert (
+        store.mark_failed(
+            other.item_id,
+            "w3",
+            outcome=OUTCOME,
+            next_attempt_at=at(104),
+            at=at(103),
+            landing_check_at=at(133),
+        )
+        is None
+    )
+    assert _row(store, other.item_id)[:2] == (SyncState.SENT.value, None)
+
+
+def test_workers_sharing_the_store_read_each_item_back_once(database_url: str) -> None:
+    """Two stores (two worker processes) claim the due read-backs one after the other and at
+    once: each item goes to one of them only, and a finding recorded twice is recorded once."""
+    stores = [open_store(database_url) for _ in range(2)]
+    try:
+        first = stores[0]
+        first.put_records([record(n, patient=f"Patient/p{n}") for n in range(6)], audit=[], at=T0)
+        items = first.claim("w1", limit=10, lease_seconds=LEASE, now=at(1), per_patient=1)
+        for item in items:
+            first.mark_dead(
+                item.item_id, "w1", outcome=OUTCOME, audit=[], at=at(2), landing_check_at=at(3)
+            )
+        a = first.claim_landing_checks(limit=3, lease_seconds=LEASE, now=at(5))
+        b = stores[1].claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(5))
+        assert len(a) == 3 and len(b) == 3
+        assert not {i.item_id for i in a} & {i.item_id for i in b}
+        assert stores[1].claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(6)) == []
+        marks = [
+            SentMark(i.item_id, [SentResource("Observation", f"obs-{i.item_id}", "1")], [])
+            for i in a
+        ]
+        assert first.record_landing_checks(marks, [], at=at(7)) == [True] * 3
+        assert stores[1].record_landing_checks(marks, [], at=at(8)) == [False] * 3
+        assert first.landing_unknown_count() == 3
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+@pytest.mark.postgres
+def test_a_read_back_another_worker_is_claiming_is_skipped_not_waited_for(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL: rows another worker's claim has locked (its transaction still open) are
+    skipped, not waited for (``FOR UPDATE SKIP LOCKED``): the claim takes the others."""
+    store = open_store(postgres_url)
+    try:
+        store.put_records([record(n, patient=f"Patient/p{n}") for n in range(4)], audit=[], at=T0)
+        for item in store.claim("w1", limit=10, lease_seconds=LEASE, now=at(1)):
+            store.mark_dead(
+                item.item_id, "w1", outcome=OUTCOME, audit=[], at=at(2), landing_check_at=at(3)
+            )
+        with store.engine.connect() as other, other.begin():
+            locked = list(
+                other.execute(
+                    select(outbox.c.item_id)
+                    .where(outbox.c.landing_check_at.is_not(None))
+                    .order_by(outbox.c.item_id)
+                    .limit(2)
+                    .with_for_update()
+                ).scalars()
+            )
+            claimed: list[OutboxItem] = []
+            claiming = threading.Thread(
+                target=lambda: claimed.extend(
+                    store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(5))
+                )
+            )
+            claiming.start()
+            claiming.join(timeout=10)  # a claim that waited for the locks would still be running
+            assert not claiming.is_alive()
+        assert len(claimed) == 2
+        assert not {i.item_id for i in claimed} & set(locked)
+    finally:
+        store.close()
