@@ -48,7 +48,14 @@ from fhir_alliance_service.store.interface import (
 )
 from fhir_alliance_service.usecases.consents import engine_for_patient
 
-__all__ = ["FAMILY_CONSENT", "GateResult", "HoldReason", "gate_item", "ref_for_key"]
+__all__ = [
+    "FAMILY_CONSENT",
+    "GateResult",
+    "HoldReason",
+    "gate_item",
+    "ref_for_key",
+    "sendable_forms",
+]
 
 FAMILY_CONSENT = "consent"
 
@@ -200,6 +207,28 @@ def gate_item(
     if hold:
         HELD.inc()
     return GateResult(item, resources, hold, tuple(decisions), consents_stamp=stamp)
+
+
+def sendable_forms(
+    item: OutboxItem, *, store: Store, version: str
+) -> list[tuple[dict[str, Any], ...]]:
+    """What a send of ``item`` may have carried, without asking the consents (the worker's check
+    of a send whose landing is unknown compares the server's copy with each): the item's own
+    mapping to FHIR ``version``, and for an unsigned note that is not a draft also the
+    entered-in-error correction :func:`gate_item` sends in its stead while drafts are not
+    pushed. Mapping errors propagate, as from :func:`gate_item`."""
+    mapper = mapper_for_kind(item.kind)
+    record = mapper.load(item.body)
+    forms = [tuple(mapper.to_fhir(record, version=version))]
+    if (
+        isinstance(record, SessionNote)
+        and record.signed_at is None
+        and record.status is not NoteStatus.DRAFT
+    ):
+        correction = _entered_in_error_correction(item, store)
+        if correction is not None:
+            forms.append(tuple(mapper.to_fhir(correction, version=version)))
+    return forms
 
 
 def regate_stored(

@@ -43,8 +43,10 @@ from typing import Any
 from fhir_alliance.client import BundleRequest, EntryOutcome, FhirClient
 from fhir_alliance.errors import (
     FhirAllianceError,
+    InvalidResponseError,
     Issue,
     MultipleMatchesError,
+    NotFoundError,
     PreconditionFailedError,
     ServerError,
     TransportError,
@@ -69,7 +71,7 @@ from fhir_alliance_service.store.interface import (
 )
 from fhir_alliance_service.sync.audit_push import push_pending_audit
 from fhir_alliance_service.sync.consent_times import ConsentTimePass
-from fhir_alliance_service.sync.gate import GateResult, gate_item
+from fhir_alliance_service.sync.gate import GateResult, gate_item, sendable_forms
 from fhir_alliance_service.sync.gate_settings import regate_if_settings_changed
 from fhir_alliance_service.sync.leases import LeaseLedger
 from fhir_alliance_service.sync.outcomes import outcome_to_store
@@ -273,6 +275,7 @@ class Worker:
                 prepare=self._tagged,
                 random=self.random,
             )
+        self._check_landings(version)  # lost answers of items nothing will send again
         if not self._gate_settings_checked:  # recipients, purpose, push_* changed: go again
             regate_if_settings_changed(self.settings, self.store, at=self.clock())
             self._gate_settings_checked = True
@@ -558,11 +561,15 @@ class Worker:
     def _send_failed(
         self, entry: _Ready, error: BaseException, report: BatchReport, batch: _Batch
     ) -> None:
-        """``entry``'s send failed: retried or dead-lettered (``_fail``), unless no answer came
-        (it may have landed) and its read-back finds it did (``_landed_though_superseded``)."""
-        lost = isinstance(error, TransportError)
+        """``entry``'s send failed: retried or dead-lettered (``_fail``). When no answer came (a
+        timeout, a reset), or none that could be read (``InvalidResponseError``: not FHIR JSON,
+        a location naming something else), it may have landed: unless a read-back finds at once
+        that it did (``_landed_though_superseded``), the item is noted *landing unknown* with
+        its failure, so that, should it end without a send that is answered (superseded, held,
+        dead-lettered), it is read back later (``_check_landings``), never left untracked."""
+        lost = isinstance(error, TransportError | InvalidResponseError)
         if not (lost and self._landed_though_superseded(entry, report)):
-            self._fail(entry.item, error, report, batch)
+            self._fail(entry.item, error, report, batch, landing_unknown=lost)
 
     # ------------------------------------------------------------------ record
 
@@ -590,7 +597,6 @@ class Worker:
         at = self.clock()
         marks: list[SentMark] = []
         for entry, outcomes in sends:
-            item = entry.item
             sent = [
                 SentResource(
                     resource_type=o.resource_type or str(r["resourceType"]),
@@ -599,26 +605,7 @@ class Worker:
                 )
                 for r, o in zip(entry.resources, outcomes, strict=True)
             ]
-            for resource in sent:
-                SENDS.labels(resource.resource_type).inc()
-            entries = [
-                audit.disclosure_event(
-                    item.record_id,
-                    item.patient,
-                    item.record_version,
-                    sent,
-                    at,
-                    recipient=self.settings.recipients[0],
-                    purpose=self.settings.purpose,
-                    target_url=self.settings.fhir_base_url,
-                ),
-                *audit.provenance(
-                    sent, item.record_id, at, patient=item.patient, version=item.record_version
-                ),
-            ]
-            if self.settings.push_audit:
-                entries = self._push_audit(entries)
-            marks.append(SentMark(item.item_id, sent, entries))
+            marks.append(self._sent_mark(entry.item, sent, at))
         landed = self.store.mark_sent_many(self.worker_id, marks, at=at)
         for mark, recorded in zip(marks, landed, strict=True):
             if self._count(recorded, report, "sent"):
@@ -639,6 +626,30 @@ class Worker:
         # Late ones too: a revocation that came meanwhile found nothing sent to retract.
         self._retract_if_revoked_in_flight([entry for entry, _ in sends])
 
+    def _sent_mark(self, item: OutboxItem, sent: list[SentResource], at: datetime) -> SentMark:
+        """What recording ``item`` sent takes: the server's versions ``sent``, the disclosure
+        AuditEvent and a Provenance per resource (queued for the server with ``push_audit``)."""
+        for resource in sent:
+            SENDS.labels(resource.resource_type).inc()
+        entries = [
+            audit.disclosure_event(
+                item.record_id,
+                item.patient,
+                item.record_version,
+                sent,
+                at,
+                recipient=self.settings.recipients[0],
+                purpose=self.settings.purpose,
+                target_url=self.settings.fhir_base_url,
+            ),
+            *audit.provenance(
+                sent, item.record_id, at, patient=item.patient, version=item.record_version
+            ),
+        ]
+        if self.settings.push_audit:
+            entries = self._push_audit(entries)
+        return SentMark(item.item_id, sent, entries)
+
     def _retract_if_revoked_in_flight(self, sent: list[_Ready]) -> None:
         """A consent change stored while the Bundle was on its way (after the last check, before
         the record landed) is not stopped by the gate, and a retraction pass that ran meanwhile
@@ -647,15 +658,19 @@ class Worker:
         again by every later pass of this process until one succeeds). A change stored after
         this check finds the sends SENT: the next pass handles it."""
         seen: dict[str, str] = {}
-        patients = sorted(
-            {
-                entry.item.patient
-                for entry in sent
-                if self._consents_changed(entry.item.patient, entry.consents_stamp, seen)
-            }
-        )
-        for patient in patients:
+        patients = {
+            entry.item.patient
+            for entry in sent
+            if self._consents_changed(entry.item.patient, entry.consents_stamp, seen)
+        }
+        if patients:
             log.warning("consents changed while a send was on its way: retraction check")
+        self._retraction_check(patients)
+
+    def _retraction_check(self, patients: set[str]) -> None:
+        """Put what was sent for ``patients`` to the retraction policy now (``Retractor``): on
+        failure (audited) every later retraction pass of this process tries again."""
+        for patient in sorted(patients):
             retractor = Retractor(self.settings, self.store, self.client, clock=self.clock)
             try:
                 failed = retractor.retract_patient(patient).failed
@@ -823,13 +838,13 @@ class Worker:
         return True
 
     def _landed_though_superseded(self, entry: _Ready, report: BatchReport) -> bool:
-        """A send whose answer never came (a timeout, a reset) may have landed. Left to its
-        retry, which writes it again and records it, unless its record got a newer item
-        meanwhile: then the failure would leave the item SUPERSEDED, never retried, and what
-        landed untracked (no disclosure audit, nothing for a retraction or an If-Match to see)
-        until, and unless, the newer version is sent. So the resources are read back now, while
-        this worker still holds the item: ours landed, it is recorded SENT (``_record_if_ours``);
-        else (not there, someone else's, or the read fails too) it fails as before."""
+        """A send whose answer never came (a timeout, a reset) or could not be read may have
+        landed. Left to its retry, which writes it again and records it, unless its record got a
+        newer item meanwhile: then the failure leaves the item SUPERSEDED, never retried. So the
+        resources are read back now, while this worker still holds the item: ours landed, it is
+        recorded SENT (``_record_if_ours``). Else (not there, someone else's, or the read fails
+        too) it fails as before, noted *landing unknown*: a server still writing it, or one that
+        cannot be read now, is read again later (``_check_landings``). Whether it was recorded."""
         item = entry.item
         newest = self.store.sync_status(item.record_id)
         if newest is None or newest.item_id == item.item_id:
@@ -850,6 +865,109 @@ class Worker:
             return False
         log.info("item %d: answer lost, superseded meanwhile; read back: it landed", item.item_id)
         return True
+
+    # ------------------------------------------------------------------ landing unknown
+
+    def _check_landings(self, version: str) -> None:
+        """Read back the sends whose answer was lost, of items noted *landing unknown* that
+        nothing will send again now (superseded, held or dead-lettered; ``Store.
+        claim_landing_checks``, under a lease, so that workers sharing the store read each once).
+        All of an item's resources on the server with the content of a form it was sent in
+        (``sendable_forms``): it landed, and it is recorded SENT with the server's versions, its
+        disclosure AuditEvent and Provenance (``mark_sent_late``'s rules: an older version that
+        landed over a newer one has the newest queued again), then put to the retraction policy
+        at once (a revocation may be why it is held). Not there, someone else's, or server
+        versions that another item of the record is recorded to have written (a newer version
+        of ours written over it, with the same content or not, is tracked by its own send): the
+        note is dropped and nothing is recorded. A read that fails leaves the rest of the pass for later: each is
+        read again when its lease ends. Called before each claim; nothing due costs one read."""
+        items = self.store.claim_landing_checks(
+            limit=self.settings.worker_batch_size,
+            lease_seconds=self.settings.lease_seconds,
+            now=self.clock(),
+        )
+        landed: list[SentMark] = []
+        patients: list[str] = []  # each landed mark's
+        absent: list[int] = []
+        for item in items:
+            try:
+                forms = sendable_forms(item, store=self.store, version=version)
+            except _RECORD_ERRORS as exc:
+                log.warning(
+                    "item %d: landing unknown, its record does not map now (%s): read back later",
+                    item.item_id,
+                    type(exc).__name__,
+                )
+                continue
+            try:
+                current = self._read_back(forms)
+            except ServerError as exc:
+                log.warning(
+                    "landing unknown: read-back failed (%s %s); %d item(s) read back later",
+                    type(exc).__name__,
+                    exc.status or "-",
+                    len(items) - len(landed) - len(absent),
+                )
+                break
+            sent = self._landed_form(forms, current)
+            if sent is None or self._written_by_another_item(item, sent):
+                absent.append(item.item_id)
+                continue
+            landed.append(self._sent_mark(item, sent, self.clock()))
+            patients.append(item.patient)
+        if not (landed or absent):
+            return
+        recorded = self.store.record_landing_checks(landed, absent, at=self.clock())
+        log.info(
+            "landing unknown, read back: %d landed (recorded sent), %d not there",
+            sum(recorded),
+            len(absent),
+        )
+        # A revocation may be why the item is held: what landed goes to the retraction policy.
+        self._retraction_check({p for p, ok in zip(patients, recorded, strict=True) if ok})
+
+    def _read_back(
+        self, forms: Sequence[Sequence[Mapping[str, Any]]]
+    ) -> dict[tuple[str, str], Mapping[str, Any] | None]:
+        """The server's copy of every resource of ``forms`` (None: not there, 404 or 410)."""
+        current: dict[tuple[str, str], Mapping[str, Any] | None] = {}
+        for form in forms:
+            for resource in form:
+                key = (str(resource["resourceType"]), str(resource["id"]))
+                if key not in current:
+                    try:
+                        current[key] = self.client.read(*key)
+                    except NotFoundError:
+                        current[key] = None
+        return current
+
+    def _written_by_another_item(self, item: OutboxItem, sent: list[SentResource]) -> bool:
+        """Whether every server version in ``sent`` is one an item of ``item``'s record lists as
+        sent (``Store.sent_versions``): a later send of the same content wrote it, and the read
+        says nothing of whether ``item``'s own send landed. Unversioned copies never are."""
+        if not all(resource.version_id for resource in sent):
+            return False
+        return set(sent) <= self.store.sent_versions(item.record_id)
+
+    @staticmethod
+    def _landed_form(
+        forms: Sequence[Sequence[Mapping[str, Any]]],
+        current: Mapping[tuple[str, str], Mapping[str, Any] | None],
+    ) -> list[SentResource] | None:
+        """The server's versions of the first of ``forms`` whose every resource the server holds
+        with that content (``_content``: ``meta`` and ``text`` aside); None when none is."""
+        for form in forms:
+            held: list[SentResource] = []
+            for mine in form:
+                key = (str(mine["resourceType"]), str(mine["id"]))
+                theirs = current.get(key)
+                if theirs is None or _content(mine) != _content(theirs):
+                    break
+                version = (theirs.get("meta") or {}).get("versionId")
+                held.append(SentResource(key[0], key[1], str(version) if version else None))
+            else:
+                return held
+        return None
 
     def _our_versions(
         self, entry: _Ready, current: Sequence[Mapping[str, Any]], batch: _Batch
@@ -906,9 +1024,21 @@ class Worker:
         return mapped
 
     def _fail(
-        self, item: OutboxItem, error: BaseException, report: BatchReport, batch: _Batch
+        self,
+        item: OutboxItem,
+        error: BaseException,
+        report: BatchReport,
+        batch: _Batch,
+        *,
+        landing_unknown: bool = False,
     ) -> None:
+        """Record ``item``'s failure: retried (FAILED) or dead-lettered (``decide_retry``), or
+        SUPERSEDED if its record got a newer item. ``landing_unknown``: the failed send's answer
+        was lost, so it may have landed: the item is noted so in the same transaction, to be read
+        back once it ends without a send that is answered, no sooner than a lease from now (a
+        slow server may still be writing it)."""
         now = self.clock()
+        check_at = now + timedelta(seconds=self.settings.lease_seconds) if landing_unknown else None
         decision = decide_retry(
             error, attempts=item.attempts, settings=self.settings, now=now, random=self.random
         )
@@ -943,6 +1073,7 @@ class Worker:
                     outcome=stored,
                     audit=[entry],
                     at=now,
+                    landing_check_at=check_at,
                 ),
                 report,
                 "dead",
@@ -963,6 +1094,7 @@ class Worker:
                 outcome=stored,
                 next_attempt_at=decision.next_attempt_at,
                 at=now,
+                landing_check_at=check_at,
             ),
             report,
             "failed",

@@ -1,10 +1,11 @@
 """A small transaction-only FHIR endpoint on pytest-httpserver, for fault injection.
 
 It applies transaction Bundles of ``PUT`` entries to an in-memory map (version per write), reads
-them back (``GET Type/id``), and answers with a transaction-response, unless the next queued fault
+them back (``GET Type/id``) and deletes them (``DELETE Type/id``), and answers with a transaction-response, unless the next queued fault
 says otherwise: a status (503 storms, 429 with ``Retry-After``), a malformed body, a rejection of
 Bundles holding a given id (422 with an OperationOutcome), "apply, then answer too late" (a lost
-response), or "apply, then name another resource in the answer" (a hostile ``location``). ``writes``
+response), or "apply, then name another resource in the answer" (a hostile ``location``); while
+``read_status`` is set, every read answers that status (a server down for reads). ``writes``
 counts the writes applied per ``Type/id``, so tests can tell a harmless re-send from a duplicate.
 """
 
@@ -82,6 +83,8 @@ class FakeFhir:
     faults: list[Fault] = field(default_factory=list)
     #: Ids whose Bundles are refused with 422 (the server's own validation says no).
     rejected_ids: set[str] = field(default_factory=set)
+    #: While set, every ``GET Type/id`` answers this status with an OperationOutcome (e.g. 503).
+    read_status: int | None = None
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -94,6 +97,9 @@ class FakeFhir:
         self.server.expect_request(
             re.compile(r"^/fhir/[A-Za-z]+/[^/]+$"), method="GET"
         ).respond_with_handler(self.read)
+        self.server.expect_request(
+            re.compile(r"^/fhir/[A-Za-z]+/[^/]+$"), method="DELETE"
+        ).respond_with_handler(self.delete)
         return self
 
     def read(self, request: Request) -> Response:
@@ -101,10 +107,23 @@ class FakeFhir:
         key = request.path.removeprefix("/fhir/")
         with self.lock:
             resource = self.resources.get(key)
+            down = self.read_status
+        if down is not None:
+            return status(down)({})
         if resource is None:
             body = json.dumps(outcome("not-found", "no such resource"))
             return Response(body, status=404, content_type=FHIR_JSON)
         return Response(json.dumps(resource), status=200, content_type=FHIR_JSON)
+
+    def delete(self, request: Request) -> Response:
+        """``DELETE Type/id``: the resource is gone (204), or 404 when there was none."""
+        key = request.path.removeprefix("/fhir/")
+        with self.lock:
+            gone = self.resources.pop(key, None)
+        if gone is None:
+            body = json.dumps(outcome("not-found", "no such resource"))
+            return Response(body, status=404, content_type=FHIR_JSON)
+        return Response(status=204)
 
     def handle(self, request: Request) -> Response:
         bundle = json.loads(request.get_data())

@@ -1,0 +1,214 @@
+"""A send whose answer was lost (a timeout, a reset) may have landed: it is never left untracked.
+When the worker cannot tell at once whether it landed (its read-back fails too, or the item is
+held or dead-lettered before its own retry lands), the item is noted *landing unknown* and read
+back later, until it is known: landed and ours, it is recorded SENT with its disclosure AuditEvent
+and Provenance, and the retraction policy then sees it; not there, the note is dropped and no
+disclosure is audited. Faults from pytest-httpserver (``fake_fhir.FakeFhir``): the transaction is
+applied (or not) and its answer comes after the client gave up, and reads answer 503 while the
+server is down."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from fhir_alliance_service.store import SqlStore
+from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.store.tables import outbox
+from fhir_alliance_service.sync import Worker
+from fhir_alliance_service.usecases.intake import intake_records
+from pytest_httpserver import HTTPServer
+from sqlalchemy import select
+from werkzeug import Response
+
+from fhir_alliance.client import FhirClient
+from tests.service.sync import records as R
+from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
+from tests.service.sync.fake_fhir import FakeFhir, Fault, malformed
+
+
+@dataclass
+class Rig:
+    fake: FakeFhir
+    store: SqlStore
+    sqlite_url: str
+    run: str
+
+    def worker(self, *, later: float = 0.0) -> Worker:
+        """A worker retracting by deleting; ``later``: seconds its clock runs ahead."""
+        settings = replace(
+            sync_settings(self.fake.base_url, self.sqlite_url, fhir_version="4.0.1"),
+            retraction_policy="delete",
+        )
+        client = FhirClient(self.fake.base_url, retry=QUICK_RETRY, timeout=(1.0, 0.3))
+
+        def clock() -> datetime:
+            return now() + timedelta(seconds=later)
+
+        return Worker(settings, self.store, client, clock=clock)
+
+    def intake(self, *payloads: dict[str, Any]) -> list[str]:
+        return [r.record_id for r in intake_records(self.store, list(payloads), at=now())]
+
+    def items(self, record_id: str) -> dict[int, SyncState]:
+        """Every outbox item of ``record_id``: record version → state."""
+        with self.store.engine.connect() as connection:
+            rows = connection.execute(
+                select(outbox.c.record_version, outbox.c.state).where(
+                    outbox.c.record_id == record_id
+                )
+            )
+            return {version: SyncState(state) for version, state in rows}
+
+    def actions(self, record_id: str) -> list[str]:
+        return [e.action for e in self.store.list_audit(record_id=record_id)]
+
+    def observations(self) -> list[str]:
+        return [key for key in self.fake.resources if key.startswith("Observation/")]
+
+
+@pytest.fixture
+def rig(httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str) -> Iterator[Rig]:
+    """The patient's sharing consent sent already: ratings of Patient/p1 may go."""
+    rig = Rig(FakeFhir(httpserver).install(), sync_store, sqlite_url, R.run_token())
+    rig.intake(R.sharing_consent(rig.run))
+    assert rig.worker().run_once().sent == 1
+    yield rig
+
+
+def _answer_lost(rig: Rig, *payloads: dict[str, Any], applied: bool, reads_down: bool) -> Fault:
+    """While the Bundle is on its way: ``payloads`` are taken in, the server stops answering
+    reads (503) if ``reads_down``, the Bundle is applied if ``applied``; its answer then comes
+    after the client gave up (read timeout 0.3 s): lost."""
+
+    def fault(bundle: dict[str, Any]) -> Response:
+        rig.intake(*payloads)
+        if reads_down:
+            rig.fake.read_status = 503
+        if applied:
+            rig.fake.apply(bundle)
+        time.sleep(0.45)
+        return Response("{}", status=200, content_type="application/fhir+json")
+
+    return fault
+
+
+def test_a_landed_send_whose_read_back_failed_is_found_later_and_retracted(rig: Rig) -> None:
+    """Version 1 of a rating is on its way when version 2 is taken in and the patient revokes
+    the sharing (version 2 will be held); version 1 lands, its answer is lost and the read-back
+    fails (503). Version 1 is superseded with its landing unknown (not forgotten: it used to
+    end there, the copy on the server untracked and never retracted). Once the server answers
+    again it is read back: ours, so recorded SENT with its disclosure and Provenance, and the
+    retraction policy (delete) removes it from the server."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    newer = (R.rating(rig.run, 1, value=5), R.revocation(rig.run))
+    rig.fake.faults = [_answer_lost(rig, *newer, applied=True, reads_down=True)]
+    report = rig.worker().run_once()
+    assert (report.sent, report.superseded) == (0, 1)
+    [key] = rig.observations()
+    assert rig.items(record_id) == {1: SyncState.SUPERSEDED, 2: SyncState.QUEUED}
+    assert rig.store.landing_unknown_count() == 1
+
+    rig.worker(later=60).run_once()  # reads still fail: version 2 is held, 1 still unknown
+    assert rig.items(record_id) == {1: SyncState.SUPERSEDED, 2: SyncState.HELD}
+    assert rig.store.landing_unknown_count() == 1
+    assert "disclose" not in rig.actions(record_id)
+
+    rig.fake.read_status = None  # the server is back
+    rig.worker(later=120).run_once()
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.HELD}
+    assert rig.store.landing_unknown_count() == 0
+    actions = rig.actions(record_id)
+    assert (actions.count("disclose"), actions.count("provenance")) == (1, 1)
+    assert actions.count("retract-delete") == 1
+    assert key not in rig.fake.resources
+    last = rig.store.last_sent(record_id)
+    assert last is not None and (last.record_version, last.retraction) == (1, "deleted")
+
+
+def test_a_lost_send_that_never_landed_is_forgotten_without_a_disclosure(rig: Rig) -> None:
+    """The same, but the Bundle was never applied: landing unknown while the server cannot be
+    read; once it can, nothing is there, the note is dropped, and no disclosure is audited."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    newer = (R.rating(rig.run, 1, value=5), R.revocation(rig.run))
+    rig.fake.faults = [_answer_lost(rig, *newer, applied=False, reads_down=True)]
+    rig.worker().run_once()
+    assert rig.items(record_id) == {1: SyncState.SUPERSEDED, 2: SyncState.QUEUED}
+    assert rig.store.landing_unknown_count() == 1
+    rig.fake.read_status = None
+    rig.worker(later=60).run_once()
+    assert rig.items(record_id) == {1: SyncState.SUPERSEDED, 2: SyncState.HELD}
+    assert rig.store.landing_unknown_count() == 0
+    assert rig.observations() == []
+    assert rig.store.last_sent(record_id) is None
+    actions = rig.actions(record_id)
+    assert "disclose" not in actions and "provenance" not in actions
+
+
+def test_a_copy_a_later_send_of_ours_wrote_is_not_taken_for_the_lost_one(rig: Rig) -> None:
+    """Version 1's answer is lost and its read-back fails; version 2 is sent, then version 3,
+    whose content is version 1's again. The server's copy then has version 1's content, but
+    version 3's send wrote it (its server version is recorded): the read-back says nothing of
+    version 1's own send, so the note is dropped and no disclosure of version 1 is audited."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    rig.fake.faults = [
+        _answer_lost(rig, R.rating(rig.run, 1, value=5), applied=True, reads_down=True)
+    ]
+    rig.worker().run_once()
+    rig.fake.read_status = None
+    assert rig.worker().run_once().sent == 1  # version 2
+    rig.intake(R.rating(rig.run, 1, value=2))
+    assert rig.worker().run_once().sent == 1  # version 3: version 1's content
+    rig.worker(later=60).run_once()
+    assert rig.items(record_id) == {
+        1: SyncState.SUPERSEDED,
+        2: SyncState.SENT,
+        3: SyncState.SENT,
+    }
+    assert rig.store.landing_unknown_count() == 0
+    assert rig.actions(record_id).count("disclose") == 2
+
+
+def _applied_answer_unreadable(rig: Rig, *payloads: dict[str, Any]) -> Fault:
+    """While the Bundle is on its way ``payloads`` are taken in; the Bundle is applied and
+    answered with a proxy's HTML page (200): an answer that cannot be read."""
+
+    def fault(bundle: dict[str, Any]) -> Response:
+        rig.intake(*payloads)
+        rig.fake.apply(bundle)
+        return malformed(bundle)
+
+    return fault
+
+
+@pytest.mark.parametrize("answer", ["lost", "unreadable"])
+def test_a_lost_send_held_at_its_retry_is_found_and_retracted(rig: Rig, answer: str) -> None:
+    """No newer version this time: the rating lands, its answer is lost (or cannot be read), and
+    the patient revokes the sharing meanwhile. Its retry is held by the gate (it used to stay
+    held, the copy on the server untracked and never retracted); it is read back, recorded SENT
+    with its disclosure, and retracted."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    revoke = R.revocation(rig.run)
+    if answer == "lost":
+        fault = _answer_lost(rig, revoke, applied=True, reads_down=False)
+    else:
+        fault = _applied_answer_unreadable(rig, revoke)
+    rig.fake.faults = [fault]
+    report = rig.worker().run_once()
+    assert report.failed == 1
+    [key] = rig.observations()
+    assert rig.items(record_id) == {1: SyncState.FAILED}
+    assert rig.store.landing_unknown_count() == 1
+    rig.worker(later=10).run_once()  # the retry: held
+    assert rig.items(record_id) == {1: SyncState.HELD}
+    rig.worker(later=60).run_once()  # read back: it landed
+    assert rig.items(record_id) == {1: SyncState.SENT}
+    actions = rig.actions(record_id)
+    assert (actions.count("disclose"), actions.count("provenance")) == (1, 1)
+    assert actions.count("retract-delete") == 1
+    assert key not in rig.fake.resources
+    assert rig.store.landing_unknown_count() == 0
