@@ -796,8 +796,9 @@ def _close(client: Any) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     """Counts of outbox items by state, the reasons items are held (of the oldest 10,000 held),
-    audit pushes pending and dead-lettered, the FHIR server's last contact and the FHIR version
-    the worker maps to (FHIR_ALLIANCE_FHIR_VERSION when set, else what the server announced).
+    items whose lost send may have landed and is not read back yet (landing unknown), audit
+    pushes pending and dead-lettered, the FHIR server's last contact and the FHIR version the
+    worker maps to (FHIR_ALLIANCE_FHIR_VERSION when set, else what the server announced).
     ``--json``: the same as one object."""
     settings = _settings()
     from fhir_alliance_service.store.interface import AuditPushState, SyncState
@@ -815,6 +816,8 @@ def _status(args: argparse.Namespace) -> int:
             "held_reasons": dict(held.most_common()),
             # Reasons are counted over the oldest HELD_REASONS_SCAN held items at most.
             "held_reasons_of": sum(held.values()),
+            # Sends whose answer was lost that may have landed: read back by the workers.
+            "landing_unknown": store.landing_unknown_count(),
             # Audit rows for the FHIR server (push_audit): waiting, and refused for good.
             "audit_push": {
                 state.value: audit_push.get(state, 0)
@@ -838,6 +841,11 @@ def _status(args: argparse.Namespace) -> int:
         print(f"held{f' (reasons of the oldest {scanned})' if more else ''}:")
         for reason, count in held.most_common():
             print(f"  {count:6d}  {reason}")
+    if report["landing_unknown"]:
+        print(
+            f"landing unknown: {report['landing_unknown']} (a lost send may have landed; "
+            "the workers read it back)"
+        )
     if audit_push:
         pushes = report["audit_push"]
         print(f"audit pushes: pending {pushes['pending']}, dead-lettered {pushes['dead-lettered']}")

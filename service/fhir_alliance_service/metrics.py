@@ -4,7 +4,8 @@ Counters and histograms (``SENDS``, ``SEND_FAILURES``, ``SEND_LATENCY``, ``DECIS
 ``REQUEST_LATENCY``) count what **this process** did: with several gunicorn workers or several
 ``worker`` processes each has its own, and Prometheus sums them across scrape targets. The queue
 depth by state is different: :class:`QueueDepthCollector` reads it from the store at scrape time, so
-it is the truth across every process sharing the database.
+it is the truth across every process sharing the database (so do :class:`AuditPushDepthCollector`
+and :class:`LandingUnknownCollector`).
 
 The API serves them at ``/metrics``; a ``worker`` publishes its own with :func:`serve_metrics`
 when ``worker_metrics_bind`` is set (a separate scrape target per worker process).
@@ -40,6 +41,7 @@ __all__ = [
     "SEND_FAILURES",
     "SEND_LATENCY",
     "AuditPushDepthCollector",
+    "LandingUnknownCollector",
     "QueueDepthCollector",
     "decision_counter",
     "render_metrics",
@@ -166,11 +168,33 @@ class AuditPushDepthCollector(_StoreDepthCollector):
             yield state.value, counts.get(state, 0)
 
 
+class LandingUnknownCollector(Collector):
+    """``fhir_alliance_landing_unknown``: outbox items a send of which may have landed on the
+    FHIR server unrecorded (its answer was lost) and is not known yet to have landed or not,
+    read back by the workers until it is (``Store.landing_unknown_count``, one indexed count)."""
+
+    name = "fhir_alliance_landing_unknown"
+    documentation = (
+        "Outbox items whose lost send may have landed, not yet read back (store, scrape time)."
+    )
+
+    def __init__(self, store_provider: Callable[[], Store]) -> None:
+        self._store_provider = store_provider
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        count = self._store_provider().landing_unknown_count()
+        yield GaugeMetricFamily(self.name, self.documentation, value=count)
+
+
 def _scrape_registry(store: Store) -> CollectorRegistry:
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_RegistryView(REGISTRY))
     scrape.register(QueueDepthCollector(lambda: store))
     scrape.register(AuditPushDepthCollector(lambda: store))
+    scrape.register(LandingUnknownCollector(lambda: store))
     return scrape
 
 

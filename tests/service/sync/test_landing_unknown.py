@@ -9,6 +9,7 @@ server is down."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -16,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from fhir_alliance_service.metrics import render_metrics
 from fhir_alliance_service.store import SqlStore
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.store.tables import outbox
@@ -25,6 +27,7 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy import select
 from werkzeug import Response
 
+from fhir_alliance.cli import main
 from fhir_alliance.client import FhirClient
 from tests.service.sync import records as R
 from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
@@ -212,3 +215,23 @@ def test_a_lost_send_held_at_its_retry_is_found_and_retracted(rig: Rig, answer: 
     assert actions.count("retract-delete") == 1
     assert key not in rig.fake.resources
     assert rig.store.landing_unknown_count() == 0
+
+
+def test_status_and_metrics_count_sends_whose_landing_is_unknown(
+    rig: Rig, database: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a lost send cannot be read back, ``fhir-alliance status`` and
+    ``fhir_alliance_landing_unknown`` say so."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    newer = (R.rating(rig.run, 1, value=5),)
+    rig.fake.faults = [_answer_lost(rig, *newer, applied=True, reads_down=True)]
+    rig.worker().run_once()
+    assert rig.items(record_id)[1] is SyncState.SUPERSEDED
+    assert "fhir_alliance_landing_unknown 1.0" in render_metrics(rig.store).decode()
+    assert database == rig.sqlite_url  # the commands read the rig's store
+    monkeypatch.setenv("FHIR_ALLIANCE_FHIR_BASE_URL", rig.fake.base_url)
+    capsys.readouterr()
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["landing_unknown"] == 1
+    assert main(["status"]) == 0
+    assert "landing unknown: 1" in capsys.readouterr().out
