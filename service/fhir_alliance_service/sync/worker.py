@@ -879,8 +879,9 @@ class Worker:
         at once (a revocation may be why it is held). Not there, someone else's, or server
         versions that another item of the record is recorded to have written (a newer version
         of ours written over it, with the same content or not, is tracked by its own send): the
-        note is dropped and nothing is recorded. A read that fails leaves the rest of the pass for later: each is
-        read again when its lease ends. Called before each claim; nothing due costs one read."""
+        note is dropped and nothing is recorded. A read that fails leaves the rest of the pass
+        for later: each is read again when its lease ends. Called before each claim; nothing due
+        costs one read."""
         items = self.store.claim_landing_checks(
             limit=self.settings.worker_batch_size,
             lease_seconds=self.settings.lease_seconds,
