@@ -22,6 +22,7 @@ from fhir_alliance_service.console.session import SESSION_COOKIE, SIGN_IN_COOKIE
 from fhir_alliance_service.store import open_store, upgrade
 from flask import Flask
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
@@ -161,6 +162,16 @@ def _heading(browser: webdriver.Chrome) -> str:
     return str(browser.find_element(By.TAG_NAME, "h1").text)
 
 
+def _wait(browser: webdriver.Chrome) -> WebDriverWait[webdriver.Chrome]:
+    """A wait that reads the page while it is being replaced: its heading may not be there yet,
+    or belong to the page just left (stale)."""
+    return WebDriverWait(
+        browser,
+        15,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    )
+
+
 def _sign_in_as_staff(browser: webdriver.Chrome, sites: Sites) -> None:
     """The console's own sign-in form, with the staff member's key: it must work whatever the
     attacker planted."""
@@ -168,7 +179,7 @@ def _sign_in_as_staff(browser: webdriver.Chrome, sites: Sites) -> None:
     assert _heading(browser) == "Sign in"
     browser.find_element(By.ID, "api_key").send_keys(sites.keys["victim"])
     browser.find_element(By.CSS_SELECTOR, "form.sign-in button").click()
-    WebDriverWait(browser, 15).until(lambda b: _heading(b) != "Sign in")
+    _wait(browser).until(lambda b: _heading(b) != "Sign in")
     assert _heading(browser) == "Sync overview"
     assert "“victim”" in browser.find_element(By.CSS_SELECTOR, ".who").text
 
@@ -180,7 +191,9 @@ def test_a_sibling_subdomain_cannot_post_the_sign_in_form_with_its_key(
     sign-in cookie: the console answers 403 and the browser has no session. The console's own
     sign-in form, in the same browser, then signs the staff member in."""
     site_browser.get(f"{sites.attacker}/post")
-    WebDriverWait(site_browser, 15).until(lambda b: b.current_url.startswith(sites.console))
+    _wait(site_browser).until(
+        lambda b: b.current_url.startswith(sites.console) and bool(_heading(b))
+    )
     assert _heading(site_browser).startswith("403")
     site_browser.get(f"{sites.console}/console/")
     assert _heading(site_browser) == "Sign in"
