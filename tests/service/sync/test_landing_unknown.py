@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,11 +20,8 @@ import pytest
 from fhir_alliance_service.metrics import render_metrics
 from fhir_alliance_service.store import SqlStore
 from fhir_alliance_service.store.interface import SyncState
-from fhir_alliance_service.store.tables import outbox
 from fhir_alliance_service.sync import Worker
-from fhir_alliance_service.usecases.intake import intake_records
 from pytest_httpserver import HTTPServer
-from sqlalchemy import select
 from werkzeug import Response
 
 from fhir_alliance.cli import main
@@ -32,16 +29,15 @@ from fhir_alliance.client import FhirClient
 from tests.service.sync import records as R
 from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
 from tests.service.sync.fake_fhir import FakeFhir, Fault, malformed
+from tests.service.sync.test_superseded_in_hand import Rig as InHandRig
+from tests.service.sync.test_superseded_in_hand import sent_consent
 
 
-@dataclass
-class Rig:
-    fake: FakeFhir
-    store: SqlStore
-    sqlite_url: str
-    run: str
+class Rig(InHandRig):
+    """The superseded-in-hand tests' rig, with a worker that retracts by deleting and a clock
+    that can run ahead."""
 
-    def worker(self, *, later: float = 0.0) -> Worker:
+    def worker(self, *, later: float = 0.0) -> Worker:  # type: ignore[override]
         """A worker retracting by deleting; ``later``: seconds its clock runs ahead."""
         settings = replace(
             sync_settings(self.fake.base_url, self.sqlite_url, fhir_version="4.0.1"),
@@ -54,19 +50,6 @@ class Rig:
 
         return Worker(settings, self.store, client, clock=clock)
 
-    def intake(self, *payloads: dict[str, Any]) -> list[str]:
-        return [r.record_id for r in intake_records(self.store, list(payloads), at=now())]
-
-    def items(self, record_id: str) -> dict[int, SyncState]:
-        """Every outbox item of ``record_id``: record version → state."""
-        with self.store.engine.connect() as connection:
-            rows = connection.execute(
-                select(outbox.c.record_version, outbox.c.state).where(
-                    outbox.c.record_id == record_id
-                )
-            )
-            return {version: SyncState(state) for version, state in rows}
-
     def actions(self, record_id: str) -> list[str]:
         return [e.action for e in self.store.list_audit(record_id=record_id)]
 
@@ -77,10 +60,9 @@ class Rig:
 @pytest.fixture
 def rig(httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str) -> Iterator[Rig]:
     """The patient's sharing consent sent already: ratings of Patient/p1 may go."""
-    rig = Rig(FakeFhir(httpserver).install(), sync_store, sqlite_url, R.run_token())
-    rig.intake(R.sharing_consent(rig.run))
-    assert rig.worker().run_once().sent == 1
-    yield rig
+    yield from sent_consent(
+        Rig(FakeFhir(httpserver).install(), sync_store, sqlite_url, R.run_token())
+    )
 
 
 def _answer_lost(rig: Rig, *payloads: dict[str, Any], applied: bool, reads_down: bool) -> Fault:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from fhir_alliance_service.store import SqlStore
 from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.store.tables import outbox
 from fhir_alliance_service.sync import Worker
 from fhir_alliance_service.usecases.intake import intake_records
 from pytest_httpserver import HTTPServer
+from sqlalchemy import select
 from werkzeug import Response
 
 from fhir_alliance.client import FhirClient
@@ -42,9 +44,6 @@ class Rig:
 
     def items(self, record_id: str) -> dict[int, SyncState]:
         """Every outbox item of ``record_id``: record version → state."""
-        from fhir_alliance_service.store.tables import outbox
-        from sqlalchemy import select
-
         with self.store.engine.connect() as connection:
             rows = connection.execute(
                 select(outbox.c.record_version, outbox.c.state).where(
@@ -54,13 +53,22 @@ class Rig:
             return {version: SyncState(state) for version, state in rows}
 
 
-@pytest.fixture
-def rig(httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str) -> Iterator[Rig]:
-    """The patient's sharing consent sent already: ratings of Patient/p1 may go."""
-    rig = Rig(FakeFhir(httpserver).install(), sync_store, sqlite_url, R.run_token())
+def sent_consent(rig: RigT) -> Iterator[RigT]:
+    """``rig`` once the patient's sharing consent is sent: ratings of Patient/p1 may go."""
     rig.intake(R.sharing_consent(rig.run))
     assert rig.worker().run_once().sent == 1
     yield rig
+
+
+RigT = TypeVar("RigT", bound=Rig)
+
+
+@pytest.fixture
+def rig(httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str) -> Iterator[Rig]:
+    """The patient's sharing consent sent already: ratings of Patient/p1 may go."""
+    yield from sent_consent(
+        Rig(FakeFhir(httpserver).install(), sync_store, sqlite_url, R.run_token())
+    )
 
 
 def _meanwhile(rig: Rig, fault: Fault, *payloads: dict[str, Any]) -> Fault:
