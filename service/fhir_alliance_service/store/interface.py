@@ -354,7 +354,8 @@ class Store(Protocol):
         """Store ``records`` and ``audit`` all-or-nothing, in one transaction. For each record: new
         → version 1 and an outbox item; same content as the newest version → UNCHANGED, nothing
         written; changed content → a new version and an outbox item (older unsent items of the
-        record become SUPERSEDED). ``audit`` entries whose ``record_id`` names an UNCHANGED record are
+        record become SUPERSEDED, unless a worker's lease on one runs; one whose lease expired is
+        noted *landing unknown*, see :meth:`claim`). ``audit`` entries whose ``record_id`` names an UNCHANGED record are
         not written. A changed version naming another patient than the record's newest version
         (and not an alias of that patient) raises :class:`PatientChangeRefused`, nothing written."""
 
@@ -416,13 +417,28 @@ class Store(Protocol):
         ``lost_leases`` (not to ``attempts``, the failed sends) and sets ``taken_over``, so a
         record that kills every worker reaches ``max_attempts`` lost leases in a row and is
         dead-lettered instead of retried forever, while a database outage, which costs a lease
-        but is followed by a result, is not held against the record."""
+        but is followed by a result, is not held against the record.
+        The worker that stopped may have done so after its send reached the server and before
+        recording it: an item whose lease expired is noted *landing unknown* (see
+        :meth:`mark_dead`) in the same transaction, due at ``now``, whether it is taken over or
+        superseded here; so is one intake supersedes after its lease expired
+        (:meth:`put_records`). A takeover that sends it drops the note; one that holds it, or
+        dead-letters it, leaves it to be read back (:meth:`claim_landing_checks`)."""
 
-    def release(self, item_ids: Sequence[int], worker: str, *, at: datetime) -> int:
+    def release(
+        self,
+        item_ids: Sequence[int],
+        worker: str,
+        *,
+        at: datetime,
+        landing_check_at: datetime | None = None,
+    ) -> int:
         """Hand back the leases ``worker`` holds on ``item_ids`` without a result (its lease was
         running out, it could not record results during a database outage, or the item is a
         second suspect in a batch): claimable at once, nothing counted and nothing forgotten
-        (lost leases stay as they were). Returns how many."""
+        (lost leases stay as they were). ``landing_check_at``: the items were sent and their
+        results could not be recorded (a database outage): noted *landing unknown* in the same
+        transaction, due then (an earlier note is kept). Returns how many."""
 
     def mark_sent(
         self,
@@ -451,7 +467,10 @@ class Store(Protocol):
         the versions it lists and the one given (another worker sent the same item too: the
         server holds the later write); when one given is newer, a retraction noted on the item is
         cleared, since the server holds this send's write again. Version ids are compared as
-        numbers where both are; else the one given wins.
+        numbers where both are; else the one given wins. A send recorded already, the item
+        SENT listing every one of its server versions (a read-back found it first,
+        :meth:`record_landing_checks`), is the same write: nothing is written for it, its audit
+        entries neither.
         An older version that landed after a newer item of its record was sent (neither had an
         If-Match: the record's first send) put older content over newer: the newer SENT item
         then lists the server's later versions (so that the next update's If-Match holds) and

@@ -49,6 +49,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -318,6 +319,22 @@ _MARK_SENT = (  # run as executemany: no expanding IN in it
 )
 
 
+def _noted_if_lease_lost(at: datetime) -> Any:
+    """``landing_check_at`` for an item taken from a lease that expired without a result (a
+    claim taking it over or superseding it, intake superseding it): the worker that held it may
+    have stopped after its send reached the server and before recording it, so the item is
+    noted *landing unknown*, due at ``at`` (an earlier note is kept). An item never leased, or
+    handed back, keeps what it had. The old ``lease_until`` is read: SQL's SET sees the row as
+    it was."""
+    return case(
+        (
+            outbox.c.lease_until.is_not(None),
+            func.coalesce(outbox.c.landing_check_at, literal(at, UtcDateTime())),
+        ),
+        else_=outbox.c.landing_check_at,
+    )
+
+
 def _unless_newer(state: SyncState) -> Any:
     """``state`` for a ``mark_*`` result, or SUPERSEDED when the item's record got a newer item
     while the item was leased (intake supersedes an unleased older item at once)."""
@@ -433,6 +450,17 @@ def _sent_json(versions: Sequence[SentResource]) -> list[dict[str, Any]]:
     return [
         {"resource_type": v.resource_type, "id": v.id, "version_id": v.version_id} for v in versions
     ]
+
+
+def _recorded_already(row: AnyRow, mark: SentMark) -> bool:
+    """Whether ``row`` (an outbox row's ``state`` and ``sent``) is SENT listing every server
+    version of ``mark`` already: the same writes (a server gives each write its own version),
+    recorded once. Not when a version id is missing: two writes cannot be told apart then."""
+    if row.state != SyncState.SENT.value or not mark.sent:
+        return False
+    if not all(resource.version_id for resource in mark.sent):
+        return False
+    return set(mark.sent) <= set(_sent_resources(row.sent))
 
 
 def _sent_resources(column: Sequence[Mapping[str, Any]] | None) -> tuple[SentResource, ...]:
@@ -854,14 +882,18 @@ class SqlStore(AuditQueueSql):
             ],
         )
         # Older unsent items of changed records: superseded, unless a worker holds them right now
-        # (they are being sent; the new version waits behind them in patient order).
+        # (they are being sent; the new version waits behind them in patient order). One whose
+        # lease expired without a result is noted *landing unknown* (``_noted_if_lease_lost``):
+        # its worker may have stopped after its send landed.
         for chunk in _chunks(changed):
             raw.execute(
                 "UPDATE outbox SET state = ?, lease_owner = NULL, lease_until = NULL, "  # noqa: S608
+                "landing_check_at = CASE WHEN lease_until IS NOT NULL "
+                "THEN COALESCE(landing_check_at, ?) ELSE landing_check_at END, "
                 f"updated_at = ? WHERE record_id IN ({raw.placeholders(len(chunk))}) "
                 f"AND state IN ({raw.placeholders(len(_SUPERSEDABLE))}) "
                 "AND (lease_until IS NULL OR lease_until <= ?)",
-                [SyncState.SUPERSEDED.value, when, *chunk, *_SUPERSEDABLE, when],
+                [SyncState.SUPERSEDED.value, when, when, *chunk, *_SUPERSEDABLE, when],
             )
         return new_patients
 
@@ -1030,7 +1062,9 @@ class SqlStore(AuditQueueSql):
             # ``release`` clears it): the worker holding it stopped, a crash or a database
             # outage. It counts as a lost lease, apart from the failed sends in ``attempts``;
             # the next result forgets them. A record that kills every worker taking it still
-            # reaches ``max_attempts`` lost leases in a row and is dead-lettered.
+            # reaches ``max_attempts`` lost leases in a row and is dead-lettered. Its send may
+            # have landed before the worker stopped: noted *landing unknown* (dropped by this
+            # claim's send, read back if it ends held or dead-lettered instead).
             connection.execute(
                 update(outbox)
                 .where(outbox.c.item_id.in_(item_ids))
@@ -1039,6 +1073,7 @@ class SqlStore(AuditQueueSql):
                     lease_until=lease_until,
                     lost_leases=outbox.c.lost_leases
                     + case((outbox.c.lease_until.is_not(None), 1), else_=0),
+                    landing_check_at=_noted_if_lease_lost(now),
                     updated_at=now,
                 )
             )
@@ -1089,12 +1124,17 @@ class SqlStore(AuditQueueSql):
     @staticmethod
     def _supersede_stale(connection: Connection, item_ids: Sequence[int], at: datetime) -> int:
         """Supersede those of ``item_ids`` whose record has a newer item, as intake supersedes an
-        unsent older version (no audit entry; the lease goes); how many."""
+        unsent older version (no audit entry; the lease goes; one that expired is noted
+        *landing unknown*: its worker may have sent it); how many."""
         result = connection.execute(
             update(outbox)
             .where(outbox.c.item_id.in_(list(item_ids)), _HAS_NEWER_ITEM)
             .values(
-                state=SyncState.SUPERSEDED.value, lease_owner=None, lease_until=None, updated_at=at
+                state=SyncState.SUPERSEDED.value,
+                lease_owner=None,
+                lease_until=None,
+                landing_check_at=_noted_if_lease_lost(at),
+                updated_at=at,
             )
         )
         return int(result.rowcount)
@@ -1150,9 +1190,21 @@ class SqlStore(AuditQueueSql):
                 taken[row.item_id] = row.lease_until
         return taken
 
-    def release(self, item_ids: Sequence[int], worker: str, *, at: datetime) -> int:
+    def release(
+        self,
+        item_ids: Sequence[int],
+        worker: str,
+        *,
+        at: datetime,
+        landing_check_at: datetime | None = None,
+    ) -> int:
         if not item_ids:
             return 0
+        values: dict[str, Any] = {"lease_owner": None, "lease_until": None, "updated_at": at}
+        if landing_check_at is not None:
+            values["landing_check_at"] = func.coalesce(
+                outbox.c.landing_check_at, literal(landing_check_at, UtcDateTime())
+            )
         with self._write() as connection:  # one batch's items: a short IN list
             result = connection.execute(
                 update(outbox)
@@ -1161,7 +1213,7 @@ class SqlStore(AuditQueueSql):
                     outbox.c.lease_owner == worker,
                     outbox.c.state.in_(_PENDING),
                 )
-                .values(lease_owner=None, lease_until=None, updated_at=at)
+                .values(**values)
             )
             return int(result.rowcount)
 
@@ -1293,13 +1345,17 @@ class SqlStore(AuditQueueSql):
                     .with_for_update()
                 )
             }
-            for mark in marks:
-                row = rows.get(mark.item_id)
-                if row is not None:
-                    requeued += self._record_late(connection, row, mark, at)
-            audit_rows = [
-                _audit_row(entry) for mark in marks if mark.item_id in rows for entry in mark.audit
+            # A send a read-back recorded already (``record_landing_checks``: the item was noted
+            # *landing unknown* when its lease was taken, while this worker was still sending) is
+            # the same write: not recorded, nor its disclosure audited, twice.
+            fresh = [
+                mark
+                for mark in marks
+                if mark.item_id in rows and not _recorded_already(rows[mark.item_id], mark)
             ]
+            for mark in fresh:
+                requeued += self._record_late(connection, rows[mark.item_id], mark, at)
+            audit_rows = [_audit_row(entry) for mark in fresh for entry in mark.audit]
             if audit_rows:
                 connection.execute(insert(audit_log), audit_rows)
         return requeued

@@ -153,13 +153,13 @@ def test_a_lost_answer_is_noted_whoever_holds_the_item_but_never_on_a_sent_one(
     store: SqlStore,
 ) -> None:
     """w1's lease ran out during its send and a newer version came: the claim superseded the
-    item. w1's failure then writes no outcome (lease lost), but the note all the same: the send
-    may have landed. An item SENT meanwhile is not noted."""
+    item, noting it (its lease expired: the send may have landed). w1's failure then writes no
+    outcome (lease lost), and keeps that earlier note. An item SENT meanwhile is not noted."""
     store.put_records([record(1, score=1)], audit=[], at=T0)
     [item] = store.claim("w1", limit=1, lease_seconds=LEASE, now=at(1))
     store.put_records([record(1, score=2)], audit=[], at=at(10))  # leased: waits behind it
     store.claim("w2", limit=10, lease_seconds=LEASE, now=at(40))  # supersedes v1, claims v2
-    assert _row(store, item.item_id)[0] == SyncState.SUPERSEDED.value
+    assert _row(store, item.item_id)[:2] == (SyncState.SUPERSEDED.value, at(40))
     lost = store.mark_failed(
         item.item_id,
         "w1",
@@ -169,7 +169,7 @@ def test_a_lost_answer_is_noted_whoever_holds_the_item_but_never_on_a_sent_one(
         landing_check_at=at(71),
     )
     assert lost is None
-    assert _row(store, item.item_id)[:2] == (SyncState.SUPERSEDED.value, at(71))
+    assert _row(store, item.item_id)[:2] == (SyncState.SUPERSEDED.value, at(40))
 
     store.put_records([record(2)], audit=[], at=at(100))
     [other] = store.claim("w3", limit=1, lease_seconds=LEASE, now=at(101))
@@ -186,6 +186,88 @@ def test_a_lost_answer_is_noted_whoever_holds_the_item_but_never_on_a_sent_one(
         is None
     )
     assert _row(store, other.item_id)[:2] == (SyncState.SENT.value, None)
+
+
+def test_an_item_taken_over_from_an_expired_lease_is_noted_in_the_claim(store: SqlStore) -> None:
+    """A worker may die after its send landed and before recording it: the claim that takes the
+    item over from its expired lease notes it *landing unknown* (due at once), in the same
+    transaction. Held by the takeover, it is read back; sent by the takeover, the note goes.
+    A first claim, of an item nobody held, notes nothing."""
+    store.put_records([record(1), record(2, patient="Patient/p2")], audit=[], at=T0)
+    first = store.claim("w1", limit=10, lease_seconds=LEASE, now=at(1))
+    assert [_row(store, i.item_id)[1] for i in first] == [None, None]
+    held, sent = store.claim("w2", limit=10, lease_seconds=LEASE, now=at(40))
+    assert held.taken_over and sent.taken_over
+    assert _row(store, held.item_id)[1] == at(40) == _row(store, sent.item_id)[1]
+    assert store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(41)) == []  # pending
+    store.mark_held(held.item_id, "w2", reason="no consent", audit=[], at=at(41))
+    store.mark_sent(sent.item_id, "w2", sent=[], audit=[], at=at(41))
+    assert _row(store, sent.item_id)[1] is None
+    [check] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(42))
+    assert check.item_id == held.item_id
+    assert store.record_landing_checks([_mark(held.item_id)], [], at=at(43)) == [True]
+    assert _disclosures(store) == 1
+
+
+def test_a_late_record_of_a_send_a_read_back_recorded_first_is_not_audited_twice(
+    store: SqlStore,
+) -> None:
+    """The worker whose lease was taken was not dead, only slow: a read-back found its send and
+    recorded it before the worker's own late record came. The same server version is the same
+    write: recorded once, one disclosure. A later write of it (another version) is another."""
+    store.put_records([record(1)], audit=[], at=T0)
+    [item] = store.claim("w1", limit=1, lease_seconds=LEASE, now=at(1))
+    store.claim("w2", limit=1, lease_seconds=LEASE, now=at(40))  # w1's lease taken over
+    store.mark_held(item.item_id, "w2", reason="no consent", audit=[], at=at(41))
+    store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(42))
+    assert store.record_landing_checks([_mark(item.item_id)], [], at=at(43)) == [True]
+    assert store.mark_sent_many("w1", [_mark(item.item_id)], at=at(44)) == [False]
+    store.mark_sent_late([_mark(item.item_id)], at=at(44))  # w1's answer came at last
+    assert _disclosures(store) == 1
+    store.mark_sent_late([_mark(item.item_id, "2")], at=at(45))
+    assert _disclosures(store) == 2
+    last = store.last_sent("rec-000001")
+    assert last is not None and last.sent == (SentResource("Observation", "obs-1", "2"),)
+
+
+@pytest.mark.parametrize("by", ["claim", "intake"])
+def test_an_item_superseded_from_an_expired_lease_is_noted(store: SqlStore, by: str) -> None:
+    """The same when the item is superseded instead of taken over: version 2 came while the dead
+    worker's lease still ran (the next claim supersedes version 1) or after it expired (intake
+    supersedes it). An item superseded that nobody held is not noted."""
+    store.put_records([record(1, score=1), record(2, patient="Patient/p2")], audit=[], at=T0)
+    items = store.claim("w1", limit=10, lease_seconds=LEASE, now=at(1))
+    if by == "claim":
+        store.put_records([record(1, score=2)], audit=[], at=at(10))  # leased: waits behind it
+        assert _row(store, items[0].item_id)[0] == SyncState.QUEUED.value
+        store.claim("w2", limit=10, lease_seconds=LEASE, now=at(40))
+    else:
+        store.put_records([record(1, score=2)], audit=[], at=at(40))
+    assert _row(store, items[0].item_id)[:2] == (SyncState.SUPERSEDED.value, at(40))
+    [check] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(40))
+    assert (check.item_id, check.record_version) == (items[0].item_id, 1)
+
+    store.put_records([record(3, score=1, patient="Patient/p3")], audit=[], at=at(50))
+    store.put_records([record(3, score=2, patient="Patient/p3")], audit=[], at=at(51))
+    status = store.sync_status("rec-000003")
+    assert status is not None and status.record_version == 2
+    assert store.landing_unknown_count() == 1 + (by == "claim")  # w2 holds record 2 now
+
+
+def test_a_hand_back_notes_the_items_only_when_asked(store: SqlStore) -> None:
+    """``release`` with ``landing_check_at`` (items whose send started, handed back after a
+    database outage) notes them in the same transaction; without it, nothing is noted."""
+    store.put_records([record(1), record(2, patient="Patient/p2")], audit=[], at=T0)
+    sent, untried = store.claim("w1", limit=10, lease_seconds=LEASE, now=at(1))
+    assert store.release([sent.item_id], "w1", at=at(2), landing_check_at=at(2)) == 1
+    assert store.release([untried.item_id], "w1", at=at(2)) == 1
+    assert _row(store, sent.item_id)[:2] == (SyncState.QUEUED.value, at(2))
+    assert _row(store, untried.item_id)[1] is None
+    again = store.claim("w1", limit=10, lease_seconds=LEASE, now=at(3))
+    assert not any(i.taken_over for i in again)
+    store.mark_held(sent.item_id, "w1", reason="no consent", audit=[], at=at(4))
+    [check] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(4))
+    assert check.item_id == sent.item_id
 
 
 def test_workers_sharing_the_store_read_each_item_back_once(database_url: str) -> None:
