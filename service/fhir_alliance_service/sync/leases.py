@@ -8,8 +8,12 @@ the ids of the items it holds (claimed and not yet finished by a ``mark_*`` or `
 When a batch fails with a database outage (:func:`is_store_outage`), :meth:`LeaseLedger.abandon`
 keeps them aside, and the worker's next claim first hands them back with ``Store.release``: no
 attempt and no lost lease counted (if the database is still down, that release fails and nothing
-is claimed either). Any other error leaves the leases to expire: a record that makes the worker
-fail every time is still a poison record, dead-lettered after ``max_attempts`` lost leases.
+is claimed either). Those whose send had started (:meth:`LeaseLedger.sending`) may have landed
+unrecorded: they are handed back noted *landing unknown* in the same transaction, so that, should
+they end unsent (superseded, held), they are read back rather than left untracked; the items the
+outage caught before their send are handed back as they were. Any other error leaves the leases
+to expire (the claim that takes them over notes them, ``Store.claim``): a record that makes the
+worker fail every time is still a poison record, dead-lettered after ``max_attempts`` lost leases.
 Suspects (items whose earlier workers stopped on them) are kept one per batch, so that the records
 a poison record took down with it get a result of their own (:meth:`LeaseLedger.claim`).
 
@@ -48,7 +52,9 @@ class LeaseLedger:
         self._store = store
         self._lock = threading.Lock()
         self._held: dict[int, str] = {}  # item id → the worker holding it
+        self._sending: set[int] = set()  # those of them whose send started
         self._abandoned: dict[int, str] = {}
+        self._abandoned_sent: set[int] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -65,8 +71,16 @@ class LeaseLedger:
         with self._lock:
             if is_store_outage(error):
                 self._abandoned.update(self._held)
+                self._abandoned_sent.update(self._sending)
             self._held.clear()
+            self._sending.clear()
             return len(self._abandoned)
+
+    def sending(self, item_ids: Sequence[int]) -> None:
+        """The worker is about to send ``item_ids``: from now on their send may land before its
+        result is recorded (a hand-back after an outage notes them *landing unknown*)."""
+        with self._lock:
+            self._sending.update(i for i in item_ids if i in self._held)
 
     # -- the calls that lease and finish items ---------------------------------------------------
     def claim(
@@ -80,11 +94,15 @@ class LeaseLedger:
     ) -> list[OutboxItem]:
         with self._lock:
             abandoned = [i for i, owner in self._abandoned.items() if owner == worker]
+            sent = [i for i in abandoned if i in self._abandoned_sent]
         if abandoned:  # first, what an outage made us give up (raises while it lasts)
-            self._store.release(abandoned, worker, at=now)
+            if sent:  # their send may have landed: noted landing unknown, due at once
+                self._store.release(sent, worker, at=now, landing_check_at=now)
+            self._store.release([i for i in abandoned if i not in sent], worker, at=now)
             with self._lock:
                 for item_id in abandoned:
                     self._abandoned.pop(item_id, None)
+                    self._abandoned_sent.discard(item_id)
         items = self._store.claim(
             worker, limit=limit, lease_seconds=lease_seconds, now=now, per_patient=per_patient
         )
@@ -116,9 +134,17 @@ class LeaseLedger:
         with self._lock:
             for item_id in item_ids:
                 self._held.pop(item_id, None)
+                self._sending.discard(item_id)
 
-    def release(self, item_ids: Sequence[int], worker: str, *, at: datetime) -> int:
-        count = self._store.release(item_ids, worker, at=at)
+    def release(
+        self,
+        item_ids: Sequence[int],
+        worker: str,
+        *,
+        at: datetime,
+        landing_check_at: datetime | None = None,
+    ) -> int:
+        count = self._store.release(item_ids, worker, at=at, landing_check_at=landing_check_at)
         self._finished(item_ids)
         return count
 

@@ -515,6 +515,9 @@ class Worker:
             for entry in group:
                 batch.defer(entry.item)
             return
+        # From here the send may land before its result is recorded (``LeaseLedger``: a
+        # hand-back after a database outage notes these items *landing unknown*).
+        self.leases.sending([entry.item.item_id for entry in group])
         try:
             outcomes = self._transaction(group)
         except FhirAllianceError as exc:  # the client raised instead of reporting per entry

@@ -21,7 +21,10 @@ from fhir_alliance_service.metrics import render_metrics
 from fhir_alliance_service.store import SqlStore
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync import Worker
+from fhir_alliance_service.sync.leases import LeaseLedger
+from fhir_alliance_service.usecases.intake import intake_records
 from pytest_httpserver import HTTPServer
+from sqlalchemy.exc import OperationalError
 from werkzeug import Response
 
 from fhir_alliance.cli import main
@@ -217,3 +220,133 @@ def test_status_and_metrics_count_sends_whose_landing_is_unknown(
     assert json.loads(capsys.readouterr().out)["landing_unknown"] == 1
     assert main(["status"]) == 0
     assert "landing unknown: 1" in capsys.readouterr().out
+
+
+class Killed(BaseException):
+    """The worker process dies (SIGKILL, OOM, the machine lost): nothing of it runs on."""
+
+
+class FailsFirstRecording:
+    """The real store, except that recording the first send raises ``error`` (the worker dies
+    there, or the database is gone): what was sent is on the server, the leases stay as they
+    were in the database."""
+
+    def __init__(self, store: SqlStore, error: BaseException) -> None:
+        self._store = store
+        self.error: BaseException | None = error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def mark_sent_many(self, *args: Any, **kwargs: Any) -> Any:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return self._store.mark_sent_many(*args, **kwargs)
+
+
+def _worker_on(rig: Rig, store: FailsFirstRecording) -> Worker:
+    worker = rig.worker()
+    worker.leases = LeaseLedger(store)  # type: ignore[arg-type]
+    worker.store = worker.leases.as_store()
+    return worker
+
+
+def _sent_then_killed(rig: Rig) -> Worker:
+    """A worker whose Bundle lands on the server, and that dies before recording it."""
+    worker = _worker_on(rig, FailsFirstRecording(rig.store, Killed()))
+    with pytest.raises(Killed):
+        worker.run_once()
+    return worker
+
+
+@pytest.mark.parametrize("newer", [None, "while-leased", "after-the-lease"])
+def test_a_send_whose_worker_died_before_recording_it_is_found_and_retracted(
+    rig: Rig, newer: str | None
+) -> None:
+    """A worker's Bundle lands, and the worker dies before recording it. The patient revokes
+    the sharing meanwhile (and, but for ``None``, version 2 of the rating comes, taken in while
+    the dead worker's lease still ran or after it expired). The next worker takes the item over
+    and holds it, or the item is superseded (by that claim, or by intake), and version 2 is
+    held: this used to leave the landed copy on the server untracked, no disclosure audited and
+    nothing for the retraction to see. Taken from an expired lease, the item is noted *landing
+    unknown*: it is read back, recorded SENT with its disclosure and Provenance, and retracted."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    _sent_then_killed(rig)
+    [key] = rig.observations()
+    assert rig.items(record_id) == {1: SyncState.QUEUED}  # still leased by the dead worker
+    assert rig.store.landing_unknown_count() == 0
+    later = [R.revocation(rig.run)]
+    if newer is not None:
+        later.insert(0, R.rating(rig.run, 1, value=5))
+    if newer == "after-the-lease":  # the lease (30 s) has expired: intake supersedes it
+        intake_records(rig.store, later, at=now() + timedelta(seconds=40))
+        assert rig.items(record_id) == {1: SyncState.SUPERSEDED, 2: SyncState.QUEUED}
+        assert rig.store.landing_unknown_count() == 1
+    else:
+        intake_records(rig.store, later, at=now())
+        rig.worker(later=40).run_once()  # the lease has expired: taken over, or superseded
+        held = {1: SyncState.HELD} if newer is None else {1: SyncState.SUPERSEDED}
+        if newer is not None:
+            held[2] = SyncState.HELD
+        assert rig.items(record_id) == held
+        assert rig.store.landing_unknown_count() == 1
+    assert "disclose" not in rig.actions(record_id)
+
+    rig.worker(later=50).run_once()  # read back: it landed
+    expected = {1: SyncState.SENT}
+    if newer is not None:
+        expected[2] = SyncState.HELD
+    assert rig.items(record_id) == expected
+    assert rig.store.landing_unknown_count() == 0
+    actions = rig.actions(record_id)
+    assert (actions.count("disclose"), actions.count("provenance")) == (1, 1)
+    assert actions.count("retract-delete") == 1
+    assert key not in rig.fake.resources
+    last = rig.store.last_sent(record_id)
+    assert last is not None and (last.record_version, last.retraction) == (1, "deleted")
+
+
+def test_a_send_whose_worker_died_before_it_went_out_is_forgotten_without_a_disclosure(
+    rig: Rig,
+) -> None:
+    """The same takeover, but the dead worker died before its send (the store cannot tell): the
+    note is read back, nothing is there, the note is dropped and no disclosure is audited."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    assert rig.store.claim("dead", limit=10, lease_seconds=30, now=now())  # then it dies
+    rig.intake(R.revocation(rig.run))
+    rig.worker(later=40).run_once()
+    assert rig.items(record_id) == {1: SyncState.HELD}
+    assert rig.store.landing_unknown_count() == 1
+    rig.worker(later=50).run_once()
+    assert rig.items(record_id) == {1: SyncState.HELD}
+    assert rig.store.landing_unknown_count() == 0
+    actions = rig.actions(record_id)
+    assert "disclose" not in actions and "provenance" not in actions
+
+
+def test_a_send_handed_back_after_a_database_outage_is_found_and_retracted(rig: Rig) -> None:
+    """The worker's Bundle lands and recording it fails for want of the database: the worker
+    gives the batch up and, at its next claim, hands the items back (no lease lost). The patient
+    revokes meanwhile, and the item, claimed again, is held: what landed used to stay untracked.
+    Its send had started, so it is handed back noted *landing unknown*, read back, recorded
+    SENT with its disclosure, and retracted."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    outage = OperationalError("UPDATE outbox", {}, Exception("server closed the connection"))
+    worker = _worker_on(rig, FailsFirstRecording(rig.store, outage))
+    with pytest.raises(OperationalError):
+        worker.run_once()
+    worker.leases.abandon(outage)  # what ``run_forever`` does with a failed batch
+    [key] = rig.observations()
+    rig.intake(R.revocation(rig.run))
+
+    worker.run_once()  # handed back, claimed again, held
+    assert rig.items(record_id) == {1: SyncState.HELD}
+    status = rig.store.sync_status(record_id)
+    assert status is not None and (status.lost_leases, status.landing_unknown) == (0, True)
+    worker.run_once()  # read back: it landed
+    assert rig.items(record_id) == {1: SyncState.SENT}
+    actions = rig.actions(record_id)
+    assert (actions.count("disclose"), actions.count("provenance")) == (1, 1)
+    assert actions.count("retract-delete") == 1
+    assert key not in rig.fake.resources

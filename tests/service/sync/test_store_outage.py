@@ -56,7 +56,8 @@ class Rig:
 
     def run_worker(self, error: BaseException, **overrides: Any) -> dict[str, SyncState]:
         """A worker (1 s leases, ``max_attempts`` 1) runs until every record is sent or
-        dead-lettered, while recording its first send fails with ``error``."""
+        dead-lettered and no send's landing is unknown, while recording its first send fails
+        with ``error``."""
         settings = sync_settings(
             self.base_url,
             "unused",
@@ -74,7 +75,10 @@ class Rig:
             runner.start()
             try:
                 for _ in range(600):
-                    if set(self.states().values()) <= DONE:
+                    if (
+                        set(self.states().values()) <= DONE
+                        and self.store.landing_unknown_count() == 0
+                    ):
                         break
                     stop.wait(0.05)
             finally:
@@ -132,12 +136,20 @@ def test_an_error_that_is_no_outage_still_lets_the_leases_expire(rig: Rig) -> No
     """A batch that fails for another reason (here at recording) keeps the poison-record
     protection: its leases expire, and at ``max_attempts=1`` the takeover dead-letters the one
     suspect it keeps without sending it again; the others, handed back (one suspect per batch),
-    get a try of their own and are sent."""
+    get a try of their own and are sent. The dead-lettered one's first send had landed: taken
+    from an expired lease, it was noted *landing unknown*, so it is read back and recorded sent
+    (its disclosure audited once), not left on the server untracked."""
     states = rig.run_worker(RuntimeError("a bug, or a record that breaks the worker"))
-    assert sorted(states.values()) == sorted(
-        [SyncState.DEAD_LETTERED, SyncState.SENT, SyncState.SENT]
-    )
-    [dead] = [r for r, state in states.items() if state is SyncState.DEAD_LETTERED]
+    assert set(states.values()) == {SyncState.SENT}
+    [dead] = [
+        r
+        for r in rig.record_ids
+        if "dead-letter" in [e.action for e in rig.store.list_audit(record_id=r)]
+    ]
     status = rig.store.sync_status(dead)
     assert status is not None and status.last_outcome is not None
     assert "stopped without a result 1 times in a row" in str(status.last_outcome)
+    actions = [e.action for e in rig.store.list_audit(record_id=dead)]
+    assert actions.count("disclose") == 1
+    assert actions.index("dead-letter") < actions.index("disclose")  # found by the read-back
+    assert sorted(rig.fake.writes.values()) == [1, 2, 2]  # the dead-lettered one: not re-sent
