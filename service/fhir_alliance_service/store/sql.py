@@ -28,6 +28,7 @@ Choices the interface leaves open, made here:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -468,6 +469,62 @@ def _sent_resources(column: Sequence[Mapping[str, Any]] | None) -> tuple[SentRes
         SentResource(entry["resource_type"], entry["id"], entry.get("version_id"))
         for entry in column or ()
     )
+
+
+def _leased_items(
+    connection: Connection,
+    item_ids: Sequence[int],
+    *,
+    owner: str,
+    lease_until: datetime,
+    taken_over: AbstractSet[int] = frozenset(),
+) -> list[OutboxItem]:
+    """The outbox items ``item_ids`` with their record versions' bodies, in item order, as
+    ``owner`` holds them until ``lease_until`` (``taken_over``: those taken from an expired
+    lease)."""
+    rows = connection.execute(
+        select(
+            outbox.c.item_id,
+            outbox.c.record_id,
+            outbox.c.record_version,
+            outbox.c.patient,
+            outbox.c.attempts,
+            outbox.c.lost_leases,
+            outbox.c.conflict,
+            outbox.c.conflict_versions,
+            record_versions.c.kind,
+            record_versions.c.family,
+            record_versions.c.body,
+        )
+        .join(
+            record_versions,
+            and_(
+                record_versions.c.record_id == outbox.c.record_id,
+                record_versions.c.version == outbox.c.record_version,
+            ),
+        )
+        .where(outbox.c.item_id.in_(item_ids))
+        .order_by(outbox.c.item_id)
+    )
+    return [
+        OutboxItem(
+            item_id=row.item_id,
+            record_id=row.record_id,
+            record_version=row.record_version,
+            kind=row.kind,
+            family=row.family,
+            patient=row.patient,
+            body=row.body,
+            attempts=row.attempts,
+            lost_leases=row.lost_leases,
+            lease_owner=owner,
+            lease_until=lease_until,
+            taken_over=row.item_id in taken_over,
+            conflict=row.conflict,
+            conflict_versions=_sent_resources(row.conflict_versions),
+        )
+        for row in rows
+    ]
 
 
 #: What an :class:`ApiKey` is read from (``name_folded`` is derived from ``name``).
@@ -1077,49 +1134,13 @@ class SqlStore(AuditQueueSql):
                     updated_at=now,
                 )
             )
-            rows = connection.execute(
-                select(
-                    outbox.c.item_id,
-                    outbox.c.record_id,
-                    outbox.c.record_version,
-                    outbox.c.patient,
-                    outbox.c.attempts,
-                    outbox.c.lost_leases,
-                    outbox.c.conflict,
-                    outbox.c.conflict_versions,
-                    record_versions.c.kind,
-                    record_versions.c.family,
-                    record_versions.c.body,
-                )
-                .join(
-                    record_versions,
-                    and_(
-                        record_versions.c.record_id == outbox.c.record_id,
-                        record_versions.c.version == outbox.c.record_version,
-                    ),
-                )
-                .where(outbox.c.item_id.in_(item_ids))
-                .order_by(outbox.c.item_id)
+            return _leased_items(
+                connection,
+                item_ids,
+                owner=worker,
+                lease_until=lease_until,
+                taken_over={i for i, lease in leases.items() if lease is not None},
             )
-            return [
-                OutboxItem(
-                    item_id=row.item_id,
-                    record_id=row.record_id,
-                    record_version=row.record_version,
-                    kind=row.kind,
-                    family=row.family,
-                    patient=row.patient,
-                    body=row.body,
-                    attempts=row.attempts,
-                    lost_leases=row.lost_leases,
-                    lease_owner=worker,
-                    lease_until=lease_until,
-                    taken_over=leases[row.item_id] is not None,
-                    conflict=row.conflict,
-                    conflict_versions=_sent_resources(row.conflict_versions),
-                )
-                for row in rows
-            ]
 
     @staticmethod
     def _supersede_stale(connection: Connection, item_ids: Sequence[int], at: datetime) -> int:
@@ -1491,42 +1512,9 @@ class SqlStore(AuditQueueSql):
                 .where(outbox.c.item_id.in_(item_ids))
                 .values(landing_check_at=lease_until)
             )
-            rows = connection.execute(
-                select(
-                    outbox.c.item_id,
-                    outbox.c.record_id,
-                    outbox.c.record_version,
-                    outbox.c.patient,
-                    outbox.c.attempts,
-                    record_versions.c.kind,
-                    record_versions.c.family,
-                    record_versions.c.body,
-                )
-                .join(
-                    record_versions,
-                    and_(
-                        record_versions.c.record_id == outbox.c.record_id,
-                        record_versions.c.version == outbox.c.record_version,
-                    ),
-                )
-                .where(outbox.c.item_id.in_(item_ids))
-                .order_by(outbox.c.item_id)
+            return _leased_items(
+                connection, item_ids, owner=LANDING_CHECK_OWNER, lease_until=lease_until
             )
-            return [
-                OutboxItem(
-                    item_id=row.item_id,
-                    record_id=row.record_id,
-                    record_version=row.record_version,
-                    kind=row.kind,
-                    family=row.family,
-                    patient=row.patient,
-                    body=row.body,
-                    attempts=row.attempts,
-                    lease_owner=LANDING_CHECK_OWNER,
-                    lease_until=lease_until,
-                )
-                for row in rows
-            ]
 
     def record_landing_checks(
         self, landed: Sequence[SentMark], absent: Sequence[int], *, at: datetime
