@@ -253,10 +253,17 @@ class ServerError(FhirAllianceError):
 
 
 class TransportError(ServerError):
-    """No usable HTTP answer (connection refused or reset, timeout)."""
+    """No usable HTTP answer (connection refused or reset, timeout).
+
+    ``may_have_arrived``: whether the request may have reached the server all the same (a write
+    may then have been applied though no answer came): True unless the failure came before any
+    of it was sent (the name did not resolve, the connection was refused or timed out while
+    connecting, the TLS handshake failed).
+    """
 
     issue_code = "transient"
     retryable = True
+    may_have_arrived = True
 
 
 class InvalidResponseError(ServerError):

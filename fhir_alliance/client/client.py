@@ -917,6 +917,13 @@ def _deadline_error(deadline: Deadline) -> TransportError:
     return TransportError(f"request exceeded its deadline of {_secs(deadline)} s")
 
 
+def _not_sent(message: str) -> TransportError:
+    """A :class:`TransportError` from before any of the request was sent."""
+    error = TransportError(message)
+    error.may_have_arrived = False
+    return error
+
+
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     """The exception, what it wraps (urllib3's ``reason``) and its causes, outermost first."""
     seen: set[int] = set()
@@ -934,13 +941,16 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 def transport_error(exc: requests.RequestException) -> TransportError:
     """Name what went wrong without an HTTP answer, without the URL (which the text of requests'
-    exceptions holds). A certificate failure is not retryable: it will not fix itself."""
+    exceptions holds). A certificate failure is not retryable: it will not fix itself. Failures
+    certainly before anything of the request was sent (no such host, refused, a connect timeout,
+    a certificate refused) say so (``may_have_arrived`` False): a write cannot have landed.
+    Any other (a reset, a read timeout, another TLS error) may have come after it was sent."""
     chain = list(_causes(exc))
     name = type(exc).__name__
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
         verify = next(e for e in chain if isinstance(e, ssl.SSLCertVerificationError))
         why = verify.verify_message or "not trusted"
-        error = TransportError(f"TLS certificate verification failed ({why})")
+        error = _not_sent(f"TLS certificate verification failed ({why})")
         error.retryable = False
         return error
     if isinstance(exc, requests.exceptions.SSLError):
@@ -948,9 +958,11 @@ def transport_error(exc: requests.RequestException) -> TransportError:
         error.retryable = False
         return error
     if any(isinstance(e, socket.gaierror | urllib3.exceptions.NameResolutionError) for e in chain):
-        return TransportError(f"host not found: the name does not resolve ({name})")
+        return _not_sent(f"host not found: the name does not resolve ({name})")
     if any(isinstance(e, ConnectionRefusedError) for e in chain):
-        return TransportError(f"connection refused: nothing listens at that port ({name})")
+        return _not_sent(f"connection refused: nothing listens at that port ({name})")
+    if isinstance(exc, requests.ConnectTimeout):
+        return _not_sent(f"request timed out while connecting ({name})")
     if isinstance(exc, requests.Timeout) or any(
         isinstance(e, TimeoutError | urllib3.exceptions.TimeoutError) for e in chain
     ):

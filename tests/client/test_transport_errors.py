@@ -54,3 +54,25 @@ def test_silent_server_is_a_timeout(silent_server: str) -> None:
     with pytest.raises(TransportError) as caught:
         no_retry_client(silent_server, timeout=(1.0, 0.2)).read("Patient", "p1")
     assert "timed out" in caught.value.message
+
+
+def test_a_refusal_or_an_unknown_host_says_nothing_was_sent(closed_port: int) -> None:
+    """Refused, or a name that does not resolve: the request never left, so a write cannot have
+    been applied (``may_have_arrived`` False), which the sync worker relies on not to read back
+    what was never sent."""
+    for base_url in (f"http://127.0.0.1:{closed_port}/fhir", "http://no-such-host.invalid/fhir"):
+        with pytest.raises(TransportError) as caught:
+            no_retry_client(base_url).update({"resourceType": "Patient", "id": "p1"})
+        assert caught.value.may_have_arrived is False, caught.value.message
+
+
+def test_a_server_that_took_the_request_and_never_answered_may_have_applied_it(
+    silent_server: str,
+) -> None:
+    """Connected and sent, then no answer (a read timeout): the write may have been applied."""
+    with pytest.raises(TransportError) as caught:
+        no_retry_client(silent_server, timeout=(1.0, 0.2)).update(
+            {"resourceType": "Patient", "id": "p1"}
+        )
+    assert caught.value.may_have_arrived is True
+    assert caught.value.message.startswith("request timed out (")

@@ -569,8 +569,12 @@ class Worker:
         a location naming something else), it may have landed: unless a read-back finds at once
         that it did (``_landed_though_superseded``), the item is noted *landing unknown* with
         its failure, so that, should it end without a send that is answered (superseded, held,
-        dead-lettered), it is read back later (``_check_landings``), never left untracked."""
-        lost = isinstance(error, TransportError | InvalidResponseError)
+        dead-lettered), it is read back later (``_check_landings``), never left untracked. Not
+        when the failure came before anything was sent (``TransportError.may_have_arrived``:
+        refused, no such host, a connect timeout): then nothing can have landed."""
+        lost = isinstance(error, InvalidResponseError) or (
+            isinstance(error, TransportError) and error.may_have_arrived
+        )
         if not (lost and self._landed_though_superseded(entry, report)):
             self._fail(entry.item, error, report, batch, landing_unknown=lost)
 

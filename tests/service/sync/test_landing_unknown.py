@@ -10,6 +10,7 @@ server is down."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -135,6 +136,23 @@ def test_a_lost_send_that_never_landed_is_forgotten_without_a_disclosure(rig: Ri
     assert rig.store.last_sent(record_id) is None
     actions = rig.actions(record_id)
     assert "disclose" not in actions and "provenance" not in actions
+
+
+def test_a_send_refused_before_it_was_sent_is_not_noted(rig: Rig) -> None:
+    """Nothing listens at the server's port (connection refused): the Bundle never left, so the
+    item fails for a retry without a *landing unknown* note (nothing to read back, no count
+    inflated through an outage). Once the server listens again the retry sends it."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/fhir"
+    settings = sync_settings(closed, rig.sqlite_url, fhir_version="4.0.1")
+    client = FhirClient(closed, retry=QUICK_RETRY, timeout=(1.0, 0.3), connect_retries=0)
+    report = Worker(settings, rig.store, client).run_once()
+    assert (report.sent, report.failed) == (0, 1)
+    assert rig.items(record_id) == {1: SyncState.FAILED}
+    assert rig.store.landing_unknown_count() == 0
+    assert rig.worker(later=3600).run_once().sent == 1
 
 
 def test_a_copy_a_later_send_of_ours_wrote_is_not_taken_for_the_lost_one(rig: Rig) -> None:
