@@ -90,6 +90,10 @@ __all__ = [
 
 log = logging.getLogger("fhir_alliance_service.sync")
 
+#: Statuses a proxy or load balancer answers for the server behind it (bad gateway, gateway
+#: timeout): the request may have reached that server and been applied all the same.
+GATEWAY_ANSWERS = frozenset({502, 504})
+
 #: Errors that say "this record cannot be mapped" (dead letter). Anything else, a database outage
 #: above all, aborts the batch: its leases expire and the items are claimed again later.
 _RECORD_ERRORS = (FhirAllianceError, ValueError, TypeError, LookupError)
@@ -571,9 +575,13 @@ class Worker:
         its failure, so that, should it end without a send that is answered (superseded, held,
         dead-lettered), it is read back later (``_check_landings``), never left untracked. Not
         when the failure came before anything was sent (``TransportError.may_have_arrived``:
-        refused, no such host, a connect timeout): then nothing can have landed."""
-        lost = isinstance(error, InvalidResponseError) or (
-            isinstance(error, TransportError) and error.may_have_arrived
+        refused, no such host, a connect timeout): then nothing can have landed. A gateway's
+        502 or 504 (``GATEWAY_ANSWERS``) is the proxy's answer, not the server's: the server
+        behind it may have applied the Bundle, so it is noted too."""
+        lost = (
+            isinstance(error, InvalidResponseError)
+            or (isinstance(error, TransportError) and error.may_have_arrived)
+            or (isinstance(error, ServerError) and error.status in GATEWAY_ANSWERS)
         )
         if not (lost and self._landed_though_superseded(entry, report)):
             self._fail(entry.item, error, report, batch, landing_unknown=lost)

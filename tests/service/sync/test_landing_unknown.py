@@ -32,7 +32,7 @@ from fhir_alliance.cli import main
 from fhir_alliance.client import FhirClient
 from tests.service.sync import records as R
 from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
-from tests.service.sync.fake_fhir import FakeFhir, Fault, malformed
+from tests.service.sync.fake_fhir import FakeFhir, Fault, malformed, status
 from tests.service.sync.test_superseded_in_hand import Rig as InHandRig
 from tests.service.sync.test_superseded_in_hand import sent_consent
 
@@ -179,30 +179,33 @@ def test_a_copy_a_later_send_of_ours_wrote_is_not_taken_for_the_lost_one(rig: Ri
     assert rig.actions(record_id).count("disclose") == 2
 
 
-def _applied_answer_unreadable(rig: Rig, *payloads: dict[str, Any]) -> Fault:
-    """While the Bundle is on its way ``payloads`` are taken in; the Bundle is applied and
-    answered with a proxy's HTML page (200): an answer that cannot be read."""
+def _applied_then(rig: Rig, answer: Fault, *payloads: dict[str, Any]) -> Fault:
+    """While the Bundle is on its way ``payloads`` are taken in; the Bundle is applied and a
+    proxy answers ``answer`` for it: a page that cannot be read (200), or the gateway's 504."""
 
-    def fault(bundle: dict[str, Any]) -> Response:
+    def fault(bundle: dict[str, Any]) -> Response | str | None:
         rig.intake(*payloads)
         rig.fake.apply(bundle)
-        return malformed(bundle)
+        return answer(bundle)
 
     return fault
 
 
-@pytest.mark.parametrize("answer", ["lost", "unreadable"])
+@pytest.mark.parametrize("answer", ["lost", "unreadable", "gateway-timeout"])
 def test_a_lost_send_held_at_its_retry_is_found_and_retracted(rig: Rig, answer: str) -> None:
-    """No newer version this time: the rating lands, its answer is lost (or cannot be read), and
-    the patient revokes the sharing meanwhile. Its retry is held by the gate (it used to stay
-    held, the copy on the server untracked and never retracted); it is read back, recorded SENT
-    with its disclosure, and retracted."""
+    """No newer version this time: the rating lands, its answer is lost (or cannot be read, or a
+    gateway answers 504 for the server that applied it), and the patient revokes the sharing
+    meanwhile. Its retry is held by the gate (it used to stay held, the copy on the server
+    untracked and never retracted); it is read back, recorded SENT with its disclosure, and
+    retracted."""
     [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
     revoke = R.revocation(rig.run)
     if answer == "lost":
         fault = _answer_lost(rig, revoke, applied=True, reads_down=False)
+    elif answer == "unreadable":
+        fault = _applied_then(rig, malformed, revoke)
     else:
-        fault = _applied_answer_unreadable(rig, revoke)
+        fault = _applied_then(rig, status(504), revoke)
     rig.fake.faults = [fault]
     report = rig.worker().run_once()
     assert report.failed == 1
