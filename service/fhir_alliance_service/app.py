@@ -12,15 +12,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app, request
 
+from fhir_alliance.errors import Issue
 from fhir_alliance_service.api import register_blueprints
 from fhir_alliance_service.auth import ApiKeyCache, register_auth
 from fhir_alliance_service.config import Settings, load_settings, validated
 from fhir_alliance_service.console import register_console
-from fhir_alliance_service.errors import register_error_handlers
+from fhir_alliance_service.errors import (
+    operation_outcome,
+    outcome_response,
+    register_error_handlers,
+)
 from fhir_alliance_service.logs import configure_logging, register_request_logging
 from fhir_alliance_service.store.interface import Store
+from fhir_alliance_service.store.schema_watch import SchemaWatch
 
 if TYPE_CHECKING:
     from fhir_alliance_service.sync.target import FhirServerLink
@@ -33,17 +39,20 @@ EXTENSION: Final = "fhir_alliance"
 @dataclass(frozen=True, slots=True)
 class ServiceState:
     """What every request handler needs: the settings and the store (one per app), the app's
-    cache of looked-up API keys, and its link to the FHIR server (one client per process)."""
+    cache of looked-up API keys, its link to the FHIR server (one client per process), and the
+    watch on the store's schema revision."""
 
     settings: Settings
     store: Store
     api_keys: ApiKeyCache = field(default_factory=lambda: ApiKeyCache(0))
     fhir: FhirServerLink = field(init=False)
+    schema: SchemaWatch = field(init=False)
 
     def __post_init__(self) -> None:
         from fhir_alliance_service.sync.target import FhirServerLink  # the sync loads on use
 
         object.__setattr__(self, "fhir", FhirServerLink(self.settings))
+        object.__setattr__(self, "schema", SchemaWatch(self.store.schema_revision))
 
 
 def create_app(
@@ -71,6 +80,7 @@ def create_app(
     # Flask has no shutdown hook: the FHIR clients close when the app goes or the process exits.
     weakref.finalize(app, state.fhir.close)
     register_request_logging(app)  # first: refused requests get an id too
+    app.before_request(_refuse_if_schema_changed)
     register_auth(app)
     register_error_handlers(app)
     register_blueprints(app)
@@ -82,6 +92,22 @@ def current_service() -> ServiceState:
     """The settings and store of the app handling the current request."""
     state: ServiceState = current_app.extensions[EXTENSION]
     return state
+
+
+#: What every route but ``/healthz`` answers once the store's schema changed under the process.
+SCHEMA_CHANGED_MESSAGE: Final = "the store's schema changed; restart the service"
+
+
+def _refuse_if_schema_changed() -> Response | None:
+    """503 for every route but ``/healthz`` (``/readyz`` too: not ready) once the store's schema
+    is no longer this release's (another release's ``db upgrade`` ran while this process served):
+    writing on would file records the old way (migration 0009's patient keys, for one). The
+    revision is read at most once every ``SCHEMA_CHECK_SECONDS`` per process, not per request;
+    the watch logs the one error line."""
+    if request.path == "/healthz" or current_service().schema.mismatch() is None:
+        return None
+    issue = Issue(path="", message=SCHEMA_CHANGED_MESSAGE, code="exception")
+    return outcome_response(503, operation_outcome([issue]))
 
 
 def wsgi_app() -> Flask:

@@ -510,7 +510,9 @@ def _worker(args: argparse.Namespace) -> int:
     FHIR_ALLIANCE_PULL_INTERVAL_SECONDS, pull remote consent changes and retract by policy
     (``--no-pull``: push only). SIGTERM or SIGINT (Ctrl-C) sets the stop event: the batch in hand
     is finished and recorded, then the process exits 0. A second Ctrl-C leaves at once (the
-    batch's leases expire and it is sent again later)."""
+    batch's leases expire and it is sent again later). The store's schema revision is read again
+    every SCHEMA_CHECK_SECONDS (10 s): once another release's db upgrade changed it, the batches
+    in hand are finished, nothing more is claimed, and the process exits 2 saying so."""
     settings = _settings()
     client = _client(settings)
     _configure_logging(settings)
@@ -531,6 +533,9 @@ def _worker(args: argparse.Namespace) -> int:
         finally:
             stop_metrics()
             _close(client)
+        changed = worker.schema.mismatch()
+        if changed is not None:  # another release's db upgrade ran: restart with that release
+            raise _StopCommand(changed)
     return 0
 
 

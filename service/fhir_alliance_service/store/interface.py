@@ -345,6 +345,9 @@ class Store(Protocol):
     def ping(self) -> None:
         """Raise if the database cannot be reached (``/readyz``)."""
 
+    def schema_revision(self) -> str | None:
+        """The migration the database is at (``alembic_version``; None: none recorded)."""
+
     def close(self) -> None: ...
 
     # -- intake --------------------------------------------------------------------------------

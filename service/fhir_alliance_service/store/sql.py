@@ -650,6 +650,13 @@ class SqlStore(AuditQueueSql):
         with self._read() as connection:
             connection.execute(select(1)).scalar_one()
 
+    def schema_revision(self) -> str | None:
+        with self._read() as connection:
+            revision: str | None = connection.execute(
+                text("SELECT version_num FROM alembic_version")
+            ).scalar()
+            return revision
+
     @property
     def raw(self) -> RawSql:
         """The raw DBAPI access of the intake path (``raw.py``)."""

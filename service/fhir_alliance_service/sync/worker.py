@@ -69,6 +69,7 @@ from fhir_alliance_service.store.interface import (
     Store,
     SyncState,
 )
+from fhir_alliance_service.store.schema_watch import SchemaWatch
 from fhir_alliance_service.sync.audit_push import push_pending_audit
 from fhir_alliance_service.sync.consent_times import ConsentTimePass
 from fhir_alliance_service.sync.gate import GateResult, gate_item, sendable_forms
@@ -212,21 +213,27 @@ class Worker:
         #: Whether the held items were checked against the gate settings of the last worker
         #: (``gate_settings.py``): once, before this worker's first claim.
         self._gate_settings_checked = False
+        #: The store's schema revision, re-read by ``run_forever`` at most every
+        #: ``SCHEMA_CHECK_SECONDS``: another release's ``db upgrade`` stops this worker.
+        self.schema = SchemaWatch(store.schema_revision)
 
     # ------------------------------------------------------------------ the loop
 
     def run_forever(self, stop: threading.Event) -> None:
-        """Run batches until ``stop`` is set; sleep ``poll_interval_seconds`` when there is nothing
-        to do. The batches in hand (the one being sent, the next one being prepared) are always
+        """Run batches until ``stop`` is set, or until the store's schema is no longer this
+        release's (``self.schema.mismatch()`` says so; checked before each claim, at most every
+        ``SCHEMA_CHECK_SECONDS``); sleep ``poll_interval_seconds`` when there is nothing to do.
+        The batches in hand (the one being sent, the next one being prepared) are always
         finished before returning."""
         log.info("worker started", extra={"worker": self.worker_id})
-        while not stop.is_set():
+        while not stop.is_set() and self.schema.mismatch() is None:
             try:
                 # The two-way sync pass runs on the preparing thread between its claims, so a
                 # long pull never leaves a claimed batch waiting (its lease running out).
-                _Pipeline(self, stop=stop, poll=True, between=self._between_batches).run(
-                    lambda report: None
+                pipeline = _Pipeline(
+                    self, stop=stop, poll=True, between=self._between_batches, watch_schema=True
                 )
+                pipeline.run(lambda report: None)
             except Exception as exc:  # never die on one bad batch; the leases expire
                 log.error("batch failed: %s", type(exc).__name__)
                 self.leases.abandon(exc)  # a database outage: handed back at the next claim
@@ -1224,8 +1231,11 @@ class _Pipeline:
         poll: bool,
         max_batches: int | None = None,
         between: Callable[[], object] | None = None,
+        watch_schema: bool = False,
     ) -> None:
         self.worker = worker
+        #: Claim nothing more once the worker's schema watch finds the schema changed.
+        self.watch_schema = watch_schema
         self.stop = stop or threading.Event()
         self.poll = poll
         self.max_batches = max_batches
@@ -1303,6 +1313,8 @@ class _Pipeline:
             # One batch ahead at most: claim while the batch before is being sent.
             if not self._wait_in_flight(1):
                 return
+            if self.watch_schema and worker.schema.mismatch() is not None:
+                return  # the batches in hand are finished; run_forever returns
             batch = worker._claim_batch()
             if not batch.items and batch.error is None and self.in_flight:
                 # The batches in hand hold their patients' next items back: claim again after.
