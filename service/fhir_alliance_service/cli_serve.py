@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 from gunicorn.glogging import Logger
 
 if TYPE_CHECKING:
@@ -206,5 +207,15 @@ def serve(settings: Settings, *, bind: str, workers: int, threads: int | None = 
         return create_app(settings)
 
     options = gunicorn_options(settings, bind=bind, workers=workers, threads=threads)
-    ServiceApplication(service_app, options).run()
+    try:
+        ServiceApplication(service_app, options).run()
+    except HaltServer as halted:
+        # gunicorn's master, stopping because a worker failed to boot, can meet the next
+        # worker's boot failure while it reaps them on the way out: it then lets HaltServer
+        # escape (a plain traceback, exit 1) instead of exiting with the status it names.
+        # The lines gunicorn's halt writes when it is not interrupted.
+        log = logging.getLogger("gunicorn.error")
+        log.info("Shutting down: Master")
+        log.error("Reason: %s", halted.reason)
+        return int(halted.exit_status)
     return 0
