@@ -20,6 +20,7 @@ from fhir_alliance_service.auth import ApiKeyCache, register_auth
 from fhir_alliance_service.config import Settings, load_settings, validated
 from fhir_alliance_service.console import register_console
 from fhir_alliance_service.errors import (
+    html_error_page,
     operation_outcome,
     outcome_response,
     register_error_handlers,
@@ -96,6 +97,8 @@ def current_service() -> ServiceState:
 
 #: What every route but ``/healthz`` answers once the store's schema changed under the process.
 SCHEMA_CHANGED_MESSAGE: Final = "the store's schema changed; restart the service"
+#: The same on a page people open in a browser (the console's): nothing of the cause.
+UNAVAILABLE_PAGE_MESSAGE: Final = "the service is unavailable; please tell its administrator"
 
 
 def _refuse_if_schema_changed() -> Response | None:
@@ -103,9 +106,13 @@ def _refuse_if_schema_changed() -> Response | None:
     is no longer this release's (another release's ``db upgrade`` ran while this process served):
     writing on would file records the old way (migration 0009's patient keys, for one). The
     revision is read at most once every ``SCHEMA_CHECK_SECONDS`` per process, not per request;
-    the watch logs the one error line."""
+    the watch logs the one error line. Under a browser area (the console) the answer is that
+    area's HTML error page, saying nothing of the cause."""
     if request.path == "/healthz" or current_service().schema.mismatch() is None:
         return None
+    page = html_error_page(request.path)
+    if page is not None:
+        return page(503, UNAVAILABLE_PAGE_MESSAGE, {})
     issue = Issue(path="", message=SCHEMA_CHANGED_MESSAGE, code="exception")
     return outcome_response(503, operation_outcome([issue]))
 

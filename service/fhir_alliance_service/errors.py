@@ -5,7 +5,8 @@
 * werkzeug ``HTTPException`` (unknown route 404, 405, 413, 415, …) → its status, one issue;
   under a path prefix that people open in a browser (``HTML_ERROR_PAGES``: the console's
   ``/console/``), the HTML error page that area registered instead, since no view of it ran to
-  catch the error (an unknown page 404, a method a page does not take 405);
+  catch the error (an unknown page 404, a method a page does not take 405; the app's 503 for a
+  store whose schema changed uses that page too);
 * :class:`ApiError` (raised by the service itself, e.g. a malformed body) → its status and issues;
 * the library's ``InputError`` / ``MappingError`` and marshmallow's ``ValidationError`` → 422, one
   issue per field path (the syntax of a body is 400, its content 422);
@@ -41,6 +42,7 @@ __all__ = [
     "HTML_ERROR_PAGES",
     "ApiError",
     "ErrorPage",
+    "html_error_page",
     "operation_outcome",
     "outcome_response",
     "register_error_handlers",
@@ -52,7 +54,8 @@ log = logging.getLogger(__name__)
 #: The HTML page of an error: ``(status, message, headers)`` → the response.
 ErrorPage = Callable[[int, str, Mapping[str, str]], Response]
 #: ``app.extensions`` key: URL path prefix (``/console/``) → the :data:`ErrorPage` of that area,
-#: used for the HTTP errors no view of the area caught (routing's 404 and 405).
+#: used for the answers no view of the area gives: routing's 404 and 405, and the app's 503 once
+#: the store's schema changed under the process.
 HTML_ERROR_PAGES: Final = "fhir_alliance.html_error_pages"
 
 #: HTTP status → FHIR issue-type code, for errors that carry no issues of their own.
@@ -120,13 +123,13 @@ def _http_exception(exc: HTTPException) -> Response:
     if exc.response is not None and "WWW-Authenticate" in exc.response.headers:
         headers["WWW-Authenticate"] = exc.response.headers["WWW-Authenticate"]
     message = exc.description or exc.name
-    page = _html_error_page(request.path)
+    page = html_error_page(request.path)
     if page is not None:
         return page(status, message, headers)
     return _simple(status, message, headers)
 
 
-def _html_error_page(path: str) -> ErrorPage | None:
+def html_error_page(path: str) -> ErrorPage | None:
     """The error page of the browser area ``path`` lies in, if any (the API has none)."""
     pages: Mapping[str, ErrorPage] = current_app.extensions.get(HTML_ERROR_PAGES, {})
     for prefix, page in pages.items():

@@ -52,6 +52,7 @@ __all__ = [
     "csrf_token",
     "current_session",
     "end_session",
+    "no_session",
     "refresh_session",
     "session_api_key",
     "sign_in",
@@ -205,6 +206,13 @@ def current_session() -> ConsoleSession | None:
     session = _read_session()
     g.console_session = session
     return session
+
+
+def no_session() -> None:
+    """This request goes on as if it had no session: nothing looks its cookie up in the store
+    (an error page answered before any console view, the store's schema changed) and
+    :func:`refresh_session` does not re-issue it."""
+    g.console_session = None
 
 
 @dataclass(frozen=True, slots=True)

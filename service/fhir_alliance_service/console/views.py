@@ -47,6 +47,7 @@ from fhir_alliance_service.console.session import (
     csrf_token,
     current_session,
     end_session,
+    no_session,
     refresh_session,
     sign_in,
     sign_in_token,
@@ -63,7 +64,7 @@ from fhir_alliance_service.usecases.conflicts import (
 )
 from fhir_alliance_service.usecases.status import NotDeadLettered, RecordNotFound, replay_record
 
-__all__ = ["CONTENT_SECURITY_POLICY", "blueprint", "routing_error_page"]
+__all__ = ["CONTENT_SECURITY_POLICY", "blueprint", "error_page_without_view"]
 
 HERE = Path(__file__).resolve().parent
 blueprint = Blueprint("console", __name__, url_prefix="/console", template_folder="templates")
@@ -202,11 +203,14 @@ def _error_page(status: int, message: str) -> Response:
     )
 
 
-def routing_error_page(status: int, message: str, headers: Mapping[str, str]) -> Response:
-    """The error page of an address under ``/console/`` that routing refused (404 no such page,
-    405 a method the page does not take; ``headers`` keeps ``Allow``), for the app's error
-    handler. No console view ran, so neither did the console's checks nor its session: the page
-    has the console's layout and headers but shows no session (no key name, no sign-out form)."""
+def error_page_without_view(status: int, message: str, headers: Mapping[str, str]) -> Response:
+    """The error page of an address under ``/console/`` that no console view answers: routing
+    refused it (404 no such page, 405 a method the page does not take; ``headers`` keeps
+    ``Allow``), for the app's error handler, or the app refuses every request (503, the store's
+    schema changed under the process). Neither the console's checks nor its session ran: the
+    page has the console's layout and headers but shows no session (no key name, no sign-out
+    form), and the session is neither looked up in the store nor re-issued."""
+    no_session()
     response = make_response(
         render_template("console/error.html", status=status, message=message, signed_in=False),
         status,

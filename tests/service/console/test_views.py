@@ -13,17 +13,20 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fhir_alliance_service import audit
+from fhir_alliance_service.app import SCHEMA_CHANGED_MESSAGE
 from fhir_alliance_service.auth import create_api_key
 from fhir_alliance_service.console import session as console_session
 from fhir_alliance_service.console import views as console_views
 from fhir_alliance_service.console.pages import TEXT_WITHHELD
 from fhir_alliance_service.console.session import SESSION_COOKIE
 from fhir_alliance_service.console.views import CONTENT_SECURITY_POLICY
+from fhir_alliance_service.store import schema_watch
 from fhir_alliance_service.store.interface import OutboxItem, SentResource, Store, SyncState
 from fhir_alliance_service.usecases.intake import intake_records
 from flask import Flask
 from flask.testing import FlaskClient
 from markupsafe import escape
+from sqlalchemy import event
 from werkzeug.test import TestResponse
 
 from tests.service.console.conftest import (
@@ -33,6 +36,7 @@ from tests.service.console.conftest import (
     demo_notes,
     load_clinic,
 )
+from tests.service.test_cli_schema_mismatch import NEWER, _set_revision
 from tests.service.usecases.payloads import OBSERVATION_PATIENT, consent, observation
 
 PAGES = ("/console/",)
@@ -950,3 +954,46 @@ def test_api_and_other_addresses_keep_their_operation_outcome(
     assert answer.status_code == 405 and answer.mimetype == "application/fhir+json"
     assert answer.json["issue"][0]["code"] == "not-supported"
     assert set(answer.headers["Allow"].split(", ")) == {"OPTIONS", "POST"}
+
+
+def test_a_schema_changed_under_the_service_is_a_503_page_on_the_console(
+    make_app: Callable[..., Flask], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the store's schema changed under the process (another release's ``db upgrade``),
+    console addresses (pages, forms, unknown ones; signed in or not) answer the console's HTML
+    503 page: its headers, no session shown, nothing of the cause, and no statement on the store
+    but the revision's read. The API beside it keeps its OperationOutcome. The console used to
+    answer the API's FHIR JSON to the browser."""
+    monkeypatch.setattr(schema_watch, "SCHEMA_CHECK_SECONDS", 0.0)
+    app = make_app(recipients=EHR)
+    store = app.extensions["fhir_alliance"].store
+    key = create_api_key(store, "test read", ["read"])
+    client = app.test_client()
+    sign_in(client, key)
+    assert client.get("/console/").status_code == 200
+    statements: list[str] = []
+    event.listen(
+        store.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *args: statements.append(statement),
+    )
+    _set_revision(sqlite_url, NEWER)
+    for method, address in [
+        ("get", "/console/"),
+        ("get", "/console/sign-in"),
+        ("post", "/console/sign-out"),
+        ("get", "/console/no-such-page"),
+        ("get", "/console"),
+    ]:
+        answer = getattr(client, method)(address)
+        _is_console_error_page(answer, 503)
+        for detail in ("schema", "restart", "0999", "test read", "csrf_token"):
+            assert detail not in answer.text, (address, detail)
+        assert "Set-Cookie" not in answer.headers, address
+    client.delete_cookie(SESSION_COOKIE, path="/console")
+    _is_console_error_page(client.get("/console/"), 503)
+    others = [s for s in statements if s != "BEGIN" and "alembic_version" not in s]
+    assert others == []  # the session's key and ended sessions were not looked up
+    answer = client.post("/v1/records", json={}, headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 503 and answer.mimetype == "application/fhir+json"
+    assert answer.json["issue"][0]["details"]["text"] == SCHEMA_CHANGED_MESSAGE
