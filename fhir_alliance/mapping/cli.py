@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import select
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -221,12 +222,26 @@ def _from_fhir(items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
 def _write(lines: Iterator[bytes], target: str | None) -> None:
     if target is None:
         for line in lines:
-            sys.stdout.buffer.write(line)
+            _write_all(sys.stdout.buffer, line)
         sys.stdout.flush()
         return
     with open(target, "wb") as handle:
         for line in lines:
             handle.write(line)
+
+
+def _write_all(stream: BinaryIO, data: bytes) -> None:
+    """Write all of ``data``. Under ``PYTHONUNBUFFERED`` stdout's byte layer is the unbuffered
+    file, one ``write(2)`` a call, which a pipe may cut short (a signal; a non-blocking pipe that
+    is nearly full) or refuse until the reader catches up (``None``); a buffered stream takes all
+    at once. A reader gone raises ``BrokenPipeError``, which the command line turns into exit 141."""
+    view = memoryview(data)
+    while view:
+        written: int | None = stream.write(view)
+        if written is None:  # a non-blocking pipe, full: wait until it takes more
+            select.select([], [stream.fileno()], [])
+            continue
+        view = view[written:]
 
 
 @contextmanager

@@ -1,0 +1,106 @@
+"""``fhir-alliance map`` to stdout writes everything, also where one write takes only part of
+what it is given: under ``PYTHONUNBUFFERED`` stdout's byte layer is the unbuffered file itself,
+one ``write(2)`` a call, which a pipe (a non-blocking one, or a signal) may cut short."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fhir_alliance.cli import main
+
+RECORD = json.loads(
+    (Path(__file__).parents[1] / "examples/observations/srs-administration.json").read_text("utf-8")
+)
+
+
+def _records(path: Path, count: int) -> Path:
+    lines = (json.dumps({**RECORD, "id": f"{RECORD['id']}-{n}"}) for n in range(count))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+class _ShortWrites(io.RawIOBase):
+    """An unbuffered output that takes at most ``most`` bytes a call, as ``write(2)`` may."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.taken = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        part = bytes(memoryview(data))[: self.most]  # type: ignore[arg-type]
+        self.taken += part
+        return len(part)
+
+
+@pytest.mark.parametrize("args", [["--ndjson"], []], ids=["ndjson", "bundle"])
+def test_map_to_an_output_taking_part_of_each_write_writes_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """stdout as ``-u`` makes it (text over an unbuffered byte layer) whose writes take 1,000
+    bytes at most: the output is the whole of what ``--output FILE`` writes. Only each write's
+    first 1,000 bytes came out, without a word."""
+    records = _records(tmp_path / "records.ndjson", 50)
+    expected = tmp_path / "expected"
+    assert main(["map", *args, "--output", str(expected), str(records)]) == 0
+    raw = _ShortWrites(1000)
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, write_through=True))
+    assert main(["map", *args, str(records)]) == 0
+    assert bytes(raw.taken) == expected.read_bytes()
+
+
+def test_map_unbuffered_into_a_non_blocking_pipe_read_slowly_writes_everything(
+    tmp_path: Path,
+) -> None:
+    """A real pipe whose writing end is non-blocking (a parent such as Node.js may leave it so)
+    and a reader slower than the command, with ``PYTHONUNBUFFERED=1``: a write into a nearly full
+    pipe takes part, the next one none, and the command waits and writes the rest. Most of the
+    output was lost, exit 0."""
+    records = _records(tmp_path / "records.ndjson", 300)
+    expected = tmp_path / "expected.ndjson"
+    assert main(["map", "--ndjson", "--output", str(expected), str(records)]) == 0
+    assert expected.stat().st_size > 4 * 65536  # far more than a pipe holds
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETFL, fcntl.fcntl(write_end, fcntl.F_GETFL) | os.O_NONBLOCK)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fhir_alliance", "map", "--ndjson", str(records)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+    finally:
+        os.close(write_end)
+    received = bytearray()
+
+    def read_slowly() -> None:
+        time.sleep(0.5)  # the pipe fills up first
+        while chunk := os.read(read_end, 16384):
+            received.extend(chunk)
+            time.sleep(0.01)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    try:
+        assert process.stderr is not None
+        with process.stderr:
+            err = process.stderr.read().decode("utf-8")
+        status = process.wait(timeout=120)
+        reader.join(timeout=120)
+    finally:
+        os.close(read_end)
+    assert (status, err) == (0, "")
+    assert bytes(received) == expected.read_bytes()
