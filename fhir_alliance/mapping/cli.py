@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import orjson
 
@@ -223,7 +223,7 @@ def _write(lines: Iterator[bytes], target: str | None) -> None:
     if target is None:
         for line in lines:
             _write_all(sys.stdout.buffer, line)
-        sys.stdout.flush()
+        _flush_all(sys.stdout)
         return
     with open(target, "wb") as handle:
         for line in lines:
@@ -231,17 +231,38 @@ def _write(lines: Iterator[bytes], target: str | None) -> None:
 
 
 def _write_all(stream: BinaryIO, data: bytes) -> None:
-    """Write all of ``data``. Under ``PYTHONUNBUFFERED`` stdout's byte layer is the unbuffered
-    file, one ``write(2)`` a call, which a pipe may cut short (a signal; a non-blocking pipe that
-    is nearly full) or refuse until the reader catches up (``None``); a buffered stream takes all
-    at once. A reader gone raises ``BrokenPipeError``, which the command line turns into exit 141."""
+    """Write all of ``data`` to stdout's byte layer. Under ``PYTHONUNBUFFERED`` that is the
+    unbuffered file, one ``write(2)`` a call, which a pipe may cut short (a signal; a nearly full
+    non-blocking pipe, as a parent such as Node.js may leave it) or refuse until the reader
+    catches up (``None``); buffered, a full non-blocking pipe raises ``BlockingIOError`` saying
+    how much it took. Either way the rest is written once the pipe takes more. A reader gone
+    raises ``BrokenPipeError``, which the command line turns into exit 141."""
     view = memoryview(data)
     while view:
-        written: int | None = stream.write(view)
-        if written is None:  # a non-blocking pipe, full: wait until it takes more
-            select.select([], [stream.fileno()], [])
+        try:
+            written: int | None = stream.write(view)
+        except BlockingIOError as exc:  # buffered: it took this much (into its buffer)
+            written = exc.characters_written
+            _wait_until_writable(stream)
+        if written is None:  # unbuffered: a full non-blocking pipe took nothing
+            _wait_until_writable(stream)
             continue
         view = view[written:]
+
+
+def _flush_all(stream: IO[Any]) -> None:
+    """Flush ``stream``, waiting while a non-blocking pipe is full."""
+    while True:
+        try:
+            stream.flush()
+        except BlockingIOError:
+            _wait_until_writable(stream)
+        else:
+            return
+
+
+def _wait_until_writable(stream: IO[Any]) -> None:
+    select.select([], [stream.fileno()], [])
 
 
 @contextmanager
