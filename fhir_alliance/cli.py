@@ -10,8 +10,10 @@ While a command runs, the library's warnings (a retried request, an ``$import`` 
 printed on stderr as ``warning: <message>``: the library itself only has a ``NullHandler``, so that
 applications embedding it print nothing they did not ask for. So are those of the package whose
 command runs (the sync service's ``fhir_alliance_service`` for its commands), found by the
-handler's module, never by name. A command that sets up logging of its own (the service's JSON log
-lines) has them there instead, never twice.
+handler's module, never by name. Other packages' warnings that Python would print as bare lines
+(SQLAlchemy's through the ``warnings`` module or its loggers, for one) come out as
+``warning: <category>: <message>``, one line each. A command that sets up logging of its own (the
+service's JSON log lines) has them all there instead, never twice.
 
 A reader that stops reading early (``fhir-alliance map … | head -c 10``) ends the command quietly
 with exit status 141 (:data:`EXIT_BROKEN_PIPE`), what a shell shows for a tool that SIGPIPE
@@ -25,10 +27,11 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, TextIO
 
 from fhir_alliance.errors import FhirAllianceError
 
@@ -108,32 +111,58 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-class _WarningsOnStderr(logging.Handler):
-    """The warnings and errors of the library (and of the package whose command runs) on stderr,
-    one line each (``warning: <message>``, ``error: <message>``), unless another handler is on
-    the record's way up (the root logger's included: logging the process set up itself, such as
-    the service's JSON lines or a test's capture), which then has them alone. The message only,
-    never a traceback (a traceback can quote data); the library's and the service's log messages
-    carry no patient data. Written to ``sys.stderr`` as it is at each record, as Python's
-    last-resort handler does."""
+#: The logger of warnings issued through the ``warnings`` module while a command runs (the one
+#: ``logging.captureWarnings`` uses, so that logging set up for it applies).
+_WARNINGS_LOGGER = "py.warnings"
 
-    def __init__(self) -> None:
+
+class _WarningsOnStderr(logging.Handler):
+    """The warnings and errors of the process on stderr while a command runs, one line each,
+    unless another handler is on the record's way up (the root logger's included: logging the
+    process set up itself, such as the service's JSON lines or a test's capture), which then has
+    them alone. Attached to the root logger.
+
+    * The library's and those of the package whose command runs (``own``: the sync service's
+      ``fhir_alliance_service`` for its commands): ``warning: <message>``, ``error: <message>``;
+      their log messages carry no patient data. Their ``NullHandler`` (the library only has
+      one, so that applications embedding it print nothing they did not ask for) is no handler.
+    * Any other package's (SQLAlchemy's pool, for one): ``warning: <logger>: <message>``, and
+      those of the ``warnings`` module (see :func:`_warning_as_record`): ``warning: <category>:
+      <message>``; one line (line breaks become spaces). Only where nothing would have printed
+      them but Python's last resort: a package that put a ``NullHandler`` on its logger
+      (urllib3, Alembic) asked for silence, which the command keeps.
+
+    The message only, never a traceback (a traceback can quote data). Written to ``sys.stderr``
+    as it is at each record, as Python's last-resort handler does."""
+
+    def __init__(self, own: Sequence[str]) -> None:
         super().__init__(logging.WARNING)
+        self._own = tuple(own)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self._handled_elsewhere(record.name):
+        own = self._is_own(record.name)
+        if self._handled_elsewhere(record.name, null_counts=not own):
             return
         try:
-            sys.stderr.write(f"{record.levelname.lower()}: {record.getMessage()}\n")
+            message = record.getMessage()
+            if not own:
+                if record.name != _WARNINGS_LOGGER:  # a warning's message names its category
+                    message = f"{record.name}: {message}"
+                message = " ".join(message.splitlines())
+            sys.stderr.write(f"{record.levelname.lower()}: {message}\n")
             sys.stderr.flush()
         except Exception:  # logging must not fail the command (as in logging.StreamHandler)
             self.handleError(record)
 
-    def _handled_elsewhere(self, name: str) -> bool:
+    def _is_own(self, name: str) -> bool:
+        return any(name == package or name.startswith(f"{package}.") for package in self._own)
+
+    def _handled_elsewhere(self, name: str, *, null_counts: bool) -> bool:
         logger: logging.Logger | None = logging.getLogger(name)
         while logger is not None:
             if any(
-                h is not self and not isinstance(h, logging.NullHandler) for h in logger.handlers
+                h is not self and (null_counts or not isinstance(h, logging.NullHandler))
+                for h in logger.handlers
             ):
                 return True
             if not logger.propagate:
@@ -142,26 +171,43 @@ class _WarningsOnStderr(logging.Handler):
         return False
 
 
-def _command_loggers(handler: Callable[[argparse.Namespace], int]) -> list[logging.Logger]:
-    """The library's top logger and that of the package the command's handler comes from (a
-    plugin's, such as the sync service's ``fhir_alliance_service``): the command's own warnings."""
+def _command_packages(handler: Callable[[argparse.Namespace], int]) -> list[str]:
+    """The library's top package and the one the command's handler comes from (a plugin's, such
+    as the sync service's ``fhir_alliance_service``): whose warnings are the command's own."""
     package = (getattr(handler, "__module__", None) or "").partition(".")[0]
-    names = dict.fromkeys(["fhir_alliance", package] if package else ["fhir_alliance"])
-    return [logging.getLogger(name) for name in names]
+    return list(dict.fromkeys(["fhir_alliance", package] if package else ["fhir_alliance"]))
+
+
+def _warning_as_record(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` while a command runs: a warning Python's filters let through
+    (once per place by default) becomes a record of :data:`_WARNINGS_LOGGER`, ``<category>:
+    <message>``, without the file, line number and source line Python prints. So it goes where
+    the command's log records go: one ``warning:`` line, or the JSON log alone."""
+    logging.getLogger(_WARNINGS_LOGGER).warning("%s: %s", category.__name__, message)
 
 
 @contextmanager
-def _warnings_on_stderr(loggers: Sequence[logging.Logger]) -> Iterator[None]:
-    """The warnings of ``loggers`` on stderr while a command runs (see
-    :class:`_WarningsOnStderr`)."""
-    handler = _WarningsOnStderr()
-    for logger in loggers:
-        logger.addHandler(handler)
+def _warnings_on_stderr(own: Sequence[str]) -> Iterator[None]:
+    """The warnings of the process on stderr while a command runs (see
+    :class:`_WarningsOnStderr`), those of the ``warnings`` module included."""
+    handler = _WarningsOnStderr(own)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    shown_before = warnings.showwarning
+    warnings.showwarning = _warning_as_record
     try:
         yield
     finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
+        if warnings.showwarning is _warning_as_record:  # unless the command replaced it itself
+            warnings.showwarning = shown_before
+        root.removeHandler(handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,7 +245,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
-    with _warnings_on_stderr(_command_loggers(handler)):
+    with _warnings_on_stderr(_command_packages(handler)):
         return _run(handler, args)
 
 
