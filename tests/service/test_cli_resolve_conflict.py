@@ -24,9 +24,15 @@ def _flag_one(store: Store, theirs: SentResource = THEIRS) -> str:
     """Hold the oldest queued item for a person the way the worker's policy flag does."""
     now = datetime.now(UTC)
     (item,) = store.claim("w", limit=1, lease_seconds=60, now=now)
-    assert store.mark_held(item.item_id, "w", reason=CONFLICT_HELD_REASON, audit=[], at=now)
-    store.mark_conflict(item.item_id, "flagged", at=now)
-    assert store.note_conflict_versions(item.item_id, [theirs], at=now)
+    assert store.mark_held(
+        item.item_id,
+        "w",
+        reason=CONFLICT_HELD_REASON,
+        audit=[],
+        at=now,
+        conflict="flagged",
+        conflict_versions=[theirs],
+    )
     return item.record_id
 
 

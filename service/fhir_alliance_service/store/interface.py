@@ -451,9 +451,12 @@ class Store(Protocol):
         sent: Sequence[SentResource],
         audit: Sequence[AuditEntry],
         at: datetime,
+        conflict: str | None = None,
     ) -> bool:
         """Record a send. Returns False (and writes nothing) if ``worker`` no longer holds the
-        lease: another worker took the item over. Same for the other ``mark_*``."""
+        lease: another worker took the item over. Same for the other ``mark_*``. ``conflict``
+        (the conflict policy ``keep-remote``: ``sent`` lists the server's versions, someone
+        else's): noted on the item in the same write."""
 
     def mark_sent_many(self, worker: str, marks: Sequence[SentMark], *, at: datetime) -> list[bool]:
         """:meth:`mark_sent` of several items (one transaction Bundle's) in one transaction: one
@@ -481,11 +484,23 @@ class Store(Protocol):
         (queued, failed or held). Returns how many records were queued again."""
 
     def mark_held(
-        self, item_id: int, worker: str, *, reason: str, audit: Sequence[AuditEntry], at: datetime
+        self,
+        item_id: int,
+        worker: str,
+        *,
+        reason: str,
+        audit: Sequence[AuditEntry],
+        at: datetime,
+        conflict: str | None = None,
+        conflict_versions: Sequence[SentResource] = (),
     ) -> SyncState | None:
         """Hold the item with ``reason``: the state it was left in, HELD or SUPERSEDED (see
         :meth:`mark_dead`); None, nothing written, if ``worker`` no longer holds the lease. The
-        same answer from :meth:`mark_failed` and :meth:`mark_dead`."""
+        same answer from :meth:`mark_failed` and :meth:`mark_dead`. ``conflict`` (the conflict
+        policy ``flag``, ``flagged``): noted in the same write with ``conflict_versions``, the
+        server's versions it was flagged against (those of an earlier flag replaced), so that
+        the hold, the versions a person's decision is made against (:meth:`decide_conflict`)
+        and the audit entries land together or not at all."""
 
     def mark_failed(
         self,
@@ -746,17 +761,12 @@ class Store(Protocol):
         self, item_id: int, conflict: str, *, at: datetime, worker: str | None = None
     ) -> bool:
         """Note on an item how a 412 conflict on ``If-Match`` was settled. With ``worker`` (the
-        worker settling it, before it records the outcome): only while ``worker`` holds the
-        item's lease, the same compare-and-set as the ``mark_*`` (the lease is kept: the outcome
-        is recorded next). Without: only on an item no worker holds (the pull's note on a SENT
-        item). False, and nothing written, otherwise (another worker took the item over)."""
-
-    def note_conflict_versions(
-        self, item_id: int, versions: Sequence[SentResource], *, at: datetime
-    ) -> bool:
-        """Note on an item held for a person by the conflict policy (HELD, conflict ``flagged``)
-        the versions the server held when it was flagged (``conflict_versions``). False, nothing
-        written, when the item is no longer so held (superseded, decided)."""
+        conflict policy ``overwrite``, before its send): only while ``worker`` holds the item's
+        lease, the same compare-and-set as the ``mark_*`` (the lease is kept: the send is
+        recorded next). Without: only on an item no worker holds (the pull's note on a SENT
+        item). False, and nothing written, otherwise (another worker took the item over). The
+        policies ``flag`` and ``keep-remote`` note theirs with the outcome instead
+        (:meth:`mark_held`, :meth:`mark_sent` with ``conflict``)."""
 
     def flagged_conflicts(self, *, limit: int = 100) -> FlaggedConflicts:
         """The conflicts that wait for a person's decision: items held for a person by the

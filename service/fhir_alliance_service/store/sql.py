@@ -1304,6 +1304,7 @@ class SqlStore(AuditQueueSql):
         sent: Sequence[SentResource],
         audit: Sequence[AuditEntry],
         at: datetime,
+        conflict: str | None = None,
     ) -> bool:
         sent_json = _sent_json(sent)
         values = {
@@ -1314,6 +1315,8 @@ class SqlStore(AuditQueueSql):
             "landing_check_at": None,
             "updated_at": at,
         }
+        if conflict is not None:  # keep-remote: noted with the outcome, never before it
+            values["conflict"] = conflict
         return self._finish(item_id, worker, values, audit) is not None
 
     def mark_sent_many(self, worker: str, marks: Sequence[SentMark], *, at: datetime) -> list[bool]:
@@ -1439,14 +1442,27 @@ class SqlStore(AuditQueueSql):
         return 0 if _queue_newest(connection, record_id, conflict=None, at=at) is None else 1
 
     def mark_held(
-        self, item_id: int, worker: str, *, reason: str, audit: Sequence[AuditEntry], at: datetime
+        self,
+        item_id: int,
+        worker: str,
+        *,
+        reason: str,
+        audit: Sequence[AuditEntry],
+        at: datetime,
+        conflict: str | None = None,
+        conflict_versions: Sequence[SentResource] = (),
     ) -> SyncState | None:
-        values = {
+        values: dict[str, Any] = {
             "state": _unless_newer(SyncState.HELD),
             "held_reason": reason,
             "next_attempt_at": None,
             "updated_at": at,
         }
+        if conflict is not None:
+            # A flag: the hold, the conflict and the versions it is flagged against in one
+            # compare-and-set, so that no one (another worker, a person deciding) ever sees a
+            # conflict noted without its hold, or a hold with an earlier flag's versions.
+            values.update(conflict=conflict, conflict_versions=_sent_json(conflict_versions))
         return self._finish(item_id, worker, values, audit)
 
     def mark_failed(
@@ -2103,17 +2119,6 @@ class SqlStore(AuditQueueSql):
             )
             return result.rowcount == 1
 
-    def note_conflict_versions(
-        self, item_id: int, versions: Sequence[SentResource], *, at: datetime
-    ) -> bool:
-        with self._write() as connection:
-            result = connection.execute(
-                update(outbox)
-                .where(outbox.c.item_id == item_id, _FLAGGED_FOR_A_PERSON)
-                .values(conflict_versions=_sent_json(versions))
-            )
-            return result.rowcount == 1
-
     def flagged_conflicts(self, *, limit: int = 100) -> FlaggedConflicts:
         flagged = and_(_FLAGGED_FOR_A_PERSON, ~_HAS_NEWER_ITEM)  # what decide_conflict decides
         count = select(func.count()).select_from(outbox).where(flagged)
@@ -2135,7 +2140,7 @@ class SqlStore(AuditQueueSql):
         at: datetime,
     ) -> bool:
         values: dict[str, Any] = {"held_reason": None, "conflict": conflict, "updated_at": at}
-        # Flagged against exactly ``against``: the column's text as note_conflict_versions wrote
+        # Flagged against exactly ``against``: the column's text as mark_held (a flag) wrote
         # it (the same serializer, through the column's type; JSON has no portable equality).
         noted = cast(outbox.c.conflict_versions, Text)
         if against:

@@ -789,50 +789,56 @@ class Worker:
             self._send_group([replace(entry, if_match=ours)], batch)
             return
         outcome = {"overwrite": "overwritten", "keep-remote": "kept-remote"}.get(policy, "flagged")
-        # Noted while this worker still holds the item, before its outcome: the read above may
-        # have outlasted the lease, and another worker that took the item over settles it.
-        if not self.store.mark_conflict(item.item_id, outcome, at=now, worker=self.worker_id):
-            report.lease_lost += 1
-            log.warning("item %d: lease lost before recording its conflict", item.item_id)
-            return
-        CONFLICTS.labels(outcome).inc()
+        event = audit.two_way_event(
+            "conflict",
+            item.record_id,
+            item.patient,
+            now,
+            version=item.record_version,
+            resources=entry.resources,
+            outcome_code=outcome,
+        )
         if outcome == "overwritten":
+            # Noted while this worker still holds the item, before its send: the read above may
+            # have outlasted the lease, and another worker that took the item over settles it.
+            if not self.store.mark_conflict(item.item_id, outcome, at=now, worker=self.worker_id):
+                report.lease_lost += 1
+                log.warning("item %d: lease lost before recording its conflict", item.item_id)
+                return
+            CONFLICTS.labels(outcome).inc()
             self._send_group([replace(entry, if_match={})], batch)
-        elif outcome == "kept-remote":
-            self._count(
-                self.store.mark_sent(
-                    item.item_id, self.worker_id, sent=held_by_server, audit=[], at=now
-                ),
-                report,
-                "sent",
+            self.store.add_audit([event])
+            return
+        # ``keep-remote`` and ``flag``: the outcome, the conflict noted and its AuditEvent in one
+        # compare-and-set under this worker's lease. Nothing of it is written when another
+        # worker took the item over (it settles the conflict itself) or a newer version
+        # superseded it after the lease ran out (that version meets the conflict itself); and
+        # a person is never shown a flag without the server's versions it is flagged against
+        # (``usecases/conflicts.py``: an ``overwrite`` goes If-Match them, so a change made
+        # since meets a 412 again).
+        if outcome == "kept-remote":
+            recorded: bool | SyncState | None = self.store.mark_sent(
+                item.item_id,
+                self.worker_id,
+                sent=held_by_server,
+                audit=[event],
+                at=now,
+                conflict=outcome,
             )
-        elif self._count(
-            self.store.mark_held(
+            field_name = "sent"
+        else:
+            recorded = self.store.mark_held(
                 item.item_id,
                 self.worker_id,
                 reason=CONFLICT_HELD_REASON,
-                audit=[],
+                audit=[event],
                 at=now,
-            ),
-            report,
-            "held",
-        ):
-            # The versions a person's decision is made against (``usecases/conflicts.py``): an
-            # ``overwrite`` goes If-Match them, so a change made since meets a 412 again.
-            self.store.note_conflict_versions(item.item_id, held_by_server, at=now)
-        self.store.add_audit(
-            [
-                audit.two_way_event(
-                    "conflict",
-                    item.record_id,
-                    item.patient,
-                    now,
-                    version=item.record_version,
-                    resources=entry.resources,
-                    outcome_code=outcome,
-                )
-            ]
-        )
+                conflict=outcome,
+                conflict_versions=held_by_server,
+            )
+            field_name = "held"
+        if self._count(recorded, report, field_name):
+            CONFLICTS.labels(outcome).inc()
 
     def _record_if_ours(
         self, entry: _Ready, current: Sequence[Mapping[str, Any]], report: BatchReport

@@ -32,9 +32,15 @@ def _flagged(
 def _flag_again(store: Store, theirs: SentResource) -> str:
     """Claim the queued item and hold it for a person, the server at ``theirs``; its record."""
     [item] = store.claim("w1", limit=1, lease_seconds=60, now=NOW)
-    store.mark_held(item.item_id, "w1", reason=CONFLICT_HELD_REASON, audit=[], at=NOW)
-    store.mark_conflict(item.item_id, "flagged", at=NOW)
-    assert store.note_conflict_versions(item.item_id, [theirs], at=NOW)
+    store.mark_held(
+        item.item_id,
+        "w1",
+        reason=CONFLICT_HELD_REASON,
+        audit=[],
+        at=NOW,
+        conflict="flagged",
+        conflict_versions=[theirs],
+    )
     return item.record_id
 
 

@@ -444,12 +444,16 @@ def test_an_admin_decides_a_flagged_conflict_by_clicking(
     [item] = [i for i in items if i.record_id == taken.record_id]
     others = [i.item_id for i in items if i.record_id != taken.record_id]
     clinic.store.release(others, "test-worker", at=now)
-    assert clinic.store.mark_held(
-        item.item_id, "test-worker", reason=CONFLICT_HELD_REASON, audit=[], at=now
-    )
-    clinic.store.mark_conflict(item.item_id, "flagged", at=now)
     theirs = SentResource("Observation", "theirs-1", "4")
-    assert clinic.store.note_conflict_versions(item.item_id, [theirs], at=now)
+    assert clinic.store.mark_held(
+        item.item_id,
+        "test-worker",
+        reason=CONFLICT_HELD_REASON,
+        audit=[],
+        at=now,
+        conflict="flagged",
+        conflict_versions=[theirs],
+    )
 
     sign_in(browser, clinic, "admin")
     flagged = clinic.store.flagged_conflicts(limit=100)

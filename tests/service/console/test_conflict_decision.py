@@ -32,11 +32,13 @@ def _flagged(app: Flask, version: str = "4", record_id: str | None = None) -> st
     [item] = [i for i in items if record_id is None or i.record_id == record_id][:1]
     store.release([i.item_id for i in items if i.item_id != item.item_id], "test-worker", at=now)
     assert store.mark_held(
-        item.item_id, "test-worker", reason=CONFLICT_HELD_REASON, audit=[], at=now
-    )
-    store.mark_conflict(item.item_id, "flagged", at=now)
-    assert store.note_conflict_versions(
-        item.item_id, [SentResource("Consent", "c-1", version)], at=now
+        item.item_id,
+        "test-worker",
+        reason=CONFLICT_HELD_REASON,
+        audit=[],
+        at=now,
+        conflict="flagged",
+        conflict_versions=[SentResource("Consent", "c-1", version)],
     )
     flagged: str = item.record_id
     return flagged

@@ -14,12 +14,22 @@ V5 = (SentResource("Consent", "c-1", "5"), SentResource("Provenance", "p-1", Non
 
 
 def _flag(store: SqlStore, versions: tuple[SentResource, ...] | None) -> int:
-    """Record 1's item held for a person, flagged against ``versions`` (None: none noted)."""
+    """Record 1's item held for a person, flagged against ``versions`` (None: none noted, as a
+    flag written before versions were noted was left)."""
     [item] = store.claim("w", limit=1, lease_seconds=30, now=at(1))
-    assert store.mark_held(item.item_id, "w", reason=CONFLICT_HELD_REASON, audit=[], at=at(2))
-    store.mark_conflict(item.item_id, "flagged", at=at(2))
-    if versions is not None:
-        assert store.note_conflict_versions(item.item_id, versions, at=at(2))
+    if versions is None:
+        assert store.mark_held(item.item_id, "w", reason=CONFLICT_HELD_REASON, audit=[], at=at(2))
+        store.mark_conflict(item.item_id, "flagged", at=at(2))
+    else:
+        assert store.mark_held(
+            item.item_id,
+            "w",
+            reason=CONFLICT_HELD_REASON,
+            audit=[],
+            at=at(2),
+            conflict="flagged",
+            conflict_versions=versions,
+        )
     return item.item_id
 
 
@@ -68,9 +78,15 @@ def test_flagged_conflicts_count_and_list_what_a_person_can_decide(store: SqlSto
     items = store.claim("w", limit=10, lease_seconds=30, now=at(1), per_patient=10)
     item = {int(i.record_id[-1]): i.item_id for i in items}
     for n in (1, 2, 4, 6):
-        assert store.mark_held(item[n], "w", reason=CONFLICT_HELD_REASON, audit=[], at=at(2))
-        store.mark_conflict(item[n], "flagged", at=at(2))
-        assert store.note_conflict_versions(item[n], V4, at=at(2))
+        assert store.mark_held(
+            item[n],
+            "w",
+            reason=CONFLICT_HELD_REASON,
+            audit=[],
+            at=at(2),
+            conflict="flagged",
+            conflict_versions=V4,
+        )
     assert store.mark_held(item[3], "w", reason="no consent", audit=[], at=at(2))
     assert store.mark_sent(item[5], "w", sent=list(V4), audit=[], at=at(2))
     store.mark_conflict(item[5], "overwritten", at=at(2))

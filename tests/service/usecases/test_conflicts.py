@@ -26,9 +26,15 @@ V5 = (SentResource("Consent", "c-1", "5"), SentResource("Provenance", "p-1", Non
 def _flag(store: SqlStore, versions: Sequence[SentResource]) -> str:
     """Record 1's queued item held for a person against ``versions``; its record id."""
     [item] = store.claim("w", limit=1, lease_seconds=30, now=at(1))
-    assert store.mark_held(item.item_id, "w", reason=CONFLICT_HELD_REASON, audit=[], at=at(2))
-    store.mark_conflict(item.item_id, "flagged", at=at(2))
-    assert store.note_conflict_versions(item.item_id, versions, at=at(2))
+    assert store.mark_held(
+        item.item_id,
+        "w",
+        reason=CONFLICT_HELD_REASON,
+        audit=[],
+        at=at(2),
+        conflict="flagged",
+        conflict_versions=versions,
+    )
     return item.record_id
 
 
