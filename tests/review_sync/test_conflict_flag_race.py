@@ -238,3 +238,40 @@ def test_a_decision_on_a_flag_being_written_is_made_on_the_conflict_it_shows(
         if a.action in ("conflict", "conflict-decision")
     ]
     assert actions == ["conflict", "conflict-decision", "conflict", "conflict-decision"]
+
+
+def test_an_overwrite_handed_back_untried_notes_and_audits_nothing(
+    any_harness: SyncHarness,
+) -> None:
+    """Policy ``overwrite``: worker A's read of the server's copy after the 412 ends past the
+    last moment a send may start (its lease still its own). A hands the item back untried:
+    nothing overwritten, so no ``conflict: overwritten`` on the item and no conflict AuditEvent.
+    The next claim meets the 412 again and overwrites: one conflict AuditEvent, ours on the
+    server."""
+    harness = any_harness
+    run = harness.run
+    harness.intake([R.sharing_consent(run), R.rating(run, 1, value=4)])
+    assert harness.drain().sent == 2
+    _edit_on_server(harness, 1)
+    [rating] = harness.intake([R.rating(run, 1, value=5)])
+    clock = _Clock()
+    original = harness.client.read
+
+    def read(resource_type: str, resource_id: str) -> dict[str, Any]:
+        clock.offset = timedelta(seconds=LEASE - 1)  # past the last send start, lease still ours
+        return original(resource_type, resource_id)
+
+    harness.client.read = read  # type: ignore[method-assign]
+    report = _worker(harness, clock, "overwrite").run_once()
+    harness.client.read = original  # type: ignore[method-assign]
+    assert (report.error, report.sent, report.lease_lost) == (None, 0, 0)
+    status = _status(harness, rating.record_id)
+    assert (status.state, status.conflict) == (SyncState.QUEUED, None)
+    assert conflict_events(harness, rating.record_id) == []
+    assert _server_rating(harness)["valueQuantity"]["value"] == 1
+
+    harness.drain(conflict_policy="overwrite")
+    status = _status(harness, rating.record_id)
+    assert (status.state, status.conflict) == (SyncState.SENT, "overwritten")
+    assert conflict_events(harness, rating.record_id) == ["overwritten"]
+    assert _server_rating(harness)["valueQuantity"]["value"] == 5

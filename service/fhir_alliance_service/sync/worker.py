@@ -518,14 +518,16 @@ class Worker:
         taken the items over (and sent them, or a newer version of them)."""
         return batch.last_start is not None and self.clock() > batch.last_start
 
-    def _send_group(self, group: list[_Ready], batch: _Batch) -> None:
+    def _send_group(self, group: list[_Ready], batch: _Batch) -> bool:
+        """Send ``group`` in one transaction Bundle and settle each item's answer. Whether the
+        Bundle went out (False: the lease was running out, the items are handed back untried)."""
         report = batch.sending
         if self._lease_running_out(batch):
             # Checked before every send, an isolation's one-by-one sends and a conflict's
             # overwrite too: the answer to the Bundle before may have taken the lease.
             for entry in group:
                 batch.defer(entry.item)
-            return
+            return False
         # From here the send may land before its result is recorded (``LeaseLedger``: a
         # hand-back after a database outage notes these items *landing unknown*).
         self.leases.sending([entry.item.item_id for entry in group])
@@ -534,7 +536,7 @@ class Worker:
         except FhirAllianceError as exc:  # the client raised instead of reporting per entry
             for entry in group:
                 self._send_failed(entry, exc, report, batch)
-            return
+            return True
         # Map every answer back to its item by the request's index in the Bundle.
         by_index = {o.index: o for o in outcomes}
         by_item: list[list[EntryOutcome]] = []
@@ -547,7 +549,7 @@ class Worker:
         answered = any(o.status is not None for o in outcomes)
         if not failed:
             self._record(batch, list(zip(group, by_item, strict=True)), answered=answered)
-            return
+            return True
         if answered:
             note_contact(self.store, self.clock())
         error = next(
@@ -556,7 +558,7 @@ class Worker:
         )
         if len(group) == 1 and group[0].if_match and _stale_version(error):
             self._conflict(group[0], batch)
-            return
+            return True
         if not is_transient(error) and len(group) > 1:
             # Atomic Bundle failed for good: find the bad item by sending each on its own.
             log.info(
@@ -567,10 +569,11 @@ class Worker:
                     batch.defer(entry.item)  # an earlier item of its patient failed meanwhile
                 else:
                     self._send_group([entry], batch)
-            return
+            return True
         for entry, item_outcomes in zip(group, by_item, strict=True):
             item_error = next((x.error for x in item_outcomes if x.error is not None), error)
             self._send_failed(entry, item_error, report, batch)
+        return True
 
     def _send_failed(
         self, entry: _Ready, error: BaseException, report: BatchReport, batch: _Batch
@@ -799,15 +802,23 @@ class Worker:
             outcome_code=outcome,
         )
         if outcome == "overwritten":
+            if self._lease_running_out(batch):
+                # The read above ended past the last moment a send may start: handed back
+                # untried, nothing overwritten, so nothing noted or audited; the next claim
+                # meets the 412 again and settles it.
+                batch.defer(item)
+                return
             # Noted while this worker still holds the item, before its send: the read above may
             # have outlasted the lease, and another worker that took the item over settles it.
             if not self.store.mark_conflict(item.item_id, outcome, at=now, worker=self.worker_id):
                 report.lease_lost += 1
                 log.warning("item %d: lease lost before recording its conflict", item.item_id)
                 return
-            CONFLICTS.labels(outcome).inc()
-            self._send_group([replace(entry, if_match={})], batch)
-            self.store.add_audit([event])
+            if self._send_group([replace(entry, if_match={})], batch):
+                # Audited once ours went out (not when it was handed back untried: the claim
+                # that sends it meets the 412 again and audits that).
+                CONFLICTS.labels(outcome).inc()
+                self.store.add_audit([event])
             return
         # ``keep-remote`` and ``flag``: the outcome, the conflict noted and its AuditEvent in one
         # compare-and-set under this worker's lease. Nothing of it is written when another
