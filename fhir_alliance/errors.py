@@ -9,6 +9,8 @@
     │   └── ProfileViolation        a resource we built breaks base FHIR or one of our profiles
     ├── UnsafeLinkError             a server link outside the configured base (never followed)
     ├── LimitExceededError          a configured bound was reached (pages, response size, entries)
+    │   └── ResponseTooLargeError   an answer above ``max_response_bytes`` (also an
+    │                               ``InvalidResponseError``: the request reached the server)
     ├── ProfilesPackageError        the built profiles package is missing or unreadable
     │   └── ArtefactNotFoundError   no such artefact in it (also a ``LookupError``)
     └── ServerError                 the FHIR server said no; ``outcome`` holds its OperationOutcome
@@ -51,6 +53,7 @@ __all__ = [
     "PreconditionFailedError",
     "ProfileViolation",
     "ProfilesPackageError",
+    "ResponseTooLargeError",
     "ServerError",
     "TransientServerError",
     "TransportError",
@@ -312,6 +315,14 @@ class UnprocessableError(ServerError):
 class TransientServerError(ServerError):
     issue_code = "transient"
     retryable = True
+
+
+class ResponseTooLargeError(LimitExceededError, InvalidResponseError):
+    """The server's answer is larger than ``max_response_bytes``: not read. A bound reached (the
+    ``LimitExceededError`` of the tree), and an answer that could not be read: the request
+    reached the server, which answered ``status``, so a write it carried may have been applied
+    (an ``InvalidResponseError`` too, as a broken JSON answer is: a caller that repeats a write
+    to a fixed id, or reads it back, treats both alike)."""
 
 
 def loggable_outcome(outcome: Mapping[str, Any] | None) -> list[dict[str, str]]:

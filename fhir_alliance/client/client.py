@@ -53,6 +53,7 @@ from fhir_alliance.errors import (
     LimitExceededError,
     MappingError,
     MultipleMatchesError,
+    ResponseTooLargeError,
     ServerError,
     TransportError,
     loggable_outcome,
@@ -332,15 +333,17 @@ class FhirClient:
     # ------------------------------------------------------------------ transport
 
     def _read_body(self, response: requests.Response) -> bytes:
+        """The answer's body, up to ``max_response_bytes``; beyond it ResponseTooLargeError (the
+        server answered: a write may have been applied)."""
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_response_bytes:
-            raise LimitExceededError("server answer is larger than max_response_bytes")
+            raise _too_large(response)
         chunks: list[bytes] = []
         total = 0
         for chunk in response.iter_content(chunk_size=256 * 1024):
             total += len(chunk)
             if total > self.max_response_bytes:
-                raise LimitExceededError("server answer is larger than max_response_bytes")
+                raise _too_large(response)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -915,6 +918,12 @@ def _secs(deadline: Deadline | None) -> str:
 
 def _deadline_error(deadline: Deadline) -> TransportError:
     return TransportError(f"request exceeded its deadline of {_secs(deadline)} s")
+
+
+def _too_large(response: requests.Response) -> ResponseTooLargeError:
+    return ResponseTooLargeError(
+        "server answer is larger than max_response_bytes", status=response.status_code
+    )
 
 
 def _not_sent(message: str) -> TransportError:

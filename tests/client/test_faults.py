@@ -10,10 +10,11 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from fhir_alliance.client import BearerTokenAuth, FhirClient, RetryPolicy
+from fhir_alliance.client import BearerTokenAuth, BundleRequest, FhirClient, RetryPolicy
 from fhir_alliance.errors import (
     InvalidResponseError,
     LimitExceededError,
+    ResponseTooLargeError,
     TransientServerError,
     TransportError,
     UnprocessableError,
@@ -247,12 +248,31 @@ def test_invalid_json_is_invalid_response(
 
 
 def test_oversized_answer_is_refused(httpserver: HTTPServer, retry_policy: RetryPolicy) -> None:
-    """An answer above max_response_bytes raises LimitExceededError."""
+    """An answer above max_response_bytes raises ResponseTooLargeError with the answer's status:
+    a LimitExceededError (a bound) and an InvalidResponseError (an answer that was not read)."""
     httpserver.expect_request("/fhir/Observation/o1").respond_with_json(
         OBS | {"note": [{"text": "x" * 5000}]}
     )
-    with pytest.raises(LimitExceededError):
+    with pytest.raises(ResponseTooLargeError) as caught:
         client_for(httpserver, retry_policy, max_response_bytes=1000).read("Observation", "o1")
+    assert isinstance(caught.value, LimitExceededError | InvalidResponseError)
+    assert caught.value.status == 200
+    assert caught.value.to_operation_outcome()["issue"][0]["code"] == "too-costly"
+
+
+def test_an_oversized_transaction_answer_is_each_entrys_error(
+    httpserver: HTTPServer, retry_policy: RetryPolicy
+) -> None:
+    """A transaction the server answered with more than max_response_bytes may have been
+    applied: each entry carries the ResponseTooLargeError (not raised past the other chunks),
+    so a caller can tell it from a failure before anything was sent."""
+    padded = {"resourceType": "Bundle", "type": "transaction-response", "id": "x" * 5000}
+    httpserver.expect_request("/fhir", method="POST").respond_with_json(padded)
+    client = client_for(httpserver, retry_policy, max_response_bytes=1000)
+    requests_ = [BundleRequest.put(OBS), BundleRequest.put(OBS | {"id": "o2"})]
+    outcomes = client.transaction(requests_, chunk_size=2)
+    assert [type(o.error) for o in outcomes] == [ResponseTooLargeError] * 2
+    assert [o.status for o in outcomes] == [200, 200] and not any(o.ok for o in outcomes)
 
 
 def test_paging_follows_next_within_the_base(

@@ -225,7 +225,7 @@ def test_a_notification_whose_focus_answer_is_refused_is_a_502(
     response = _notify(app, "Consent/big")
     assert response.status_code == 502, (response.status_code, response.json)
     assert response.json["resourceType"] == "OperationOutcome"
-    error = "LimitExceededError" if answer == "too-large" else "InvalidResponseError"
+    error = "ResponseTooLargeError" if answer == "too-large" else "InvalidResponseError"
     assert error in response.json["issue"][0]["details"]["text"]
 
 

@@ -2,8 +2,9 @@
 
 * **Transient** (the server or the network may do better later): 429 and 5xx
   (``TransientServerError``), timeouts and resets (``TransportError``), an answer that is not FHIR
-  JSON (``InvalidResponseError``: a PUT to a deterministic id is safe to repeat even if the first
-  one landed), and refused credentials (``AuthError``: a configuration to fix, not a bad record).
+  JSON or is larger than the client reads (``InvalidResponseError``, ``ResponseTooLargeError``: a
+  PUT to a deterministic id is safe to repeat even if the first one landed), and refused
+  credentials (``AuthError``: a configuration to fix, not a bad record).
   The item is scheduled again with exponential backoff and full jitter, never sooner than the
   server's ``Retry-After``; after ``settings.max_attempts`` failures it is dead-lettered.
 * **Permanent** (the same request will fail the same way): 400/422, conflicts, a resource that

@@ -85,6 +85,7 @@ __all__ = [
     "BatchReport",
     "Worker",
     "default_worker_id",
+    "may_have_landed",
     "sync_once",
     "worker_stopped_outcome",
 ]
@@ -578,21 +579,12 @@ class Worker:
     def _send_failed(
         self, entry: _Ready, error: BaseException, report: BatchReport, batch: _Batch
     ) -> None:
-        """``entry``'s send failed: retried or dead-lettered (``_fail``). When no answer came (a
-        timeout, a reset), or none that could be read (``InvalidResponseError``: not FHIR JSON,
-        a location naming something else), it may have landed: unless a read-back finds at once
-        that it did (``_landed_though_superseded``), the item is noted *landing unknown* with
-        its failure, so that, should it end without a send that is answered (superseded, held,
-        dead-lettered), it is read back later (``_check_landings``), never left untracked. Not
-        when the failure came before anything was sent (``TransportError.may_have_arrived``:
-        refused, no such host, a connect timeout): then nothing can have landed. A gateway's
-        502 or 504 (``GATEWAY_ANSWERS``) is the proxy's answer, not the server's: the server
-        behind it may have applied the Bundle, so it is noted too."""
-        lost = (
-            isinstance(error, InvalidResponseError)
-            or (isinstance(error, TransportError) and error.may_have_arrived)
-            or (isinstance(error, ServerError) and error.status in GATEWAY_ANSWERS)
-        )
+        """``entry``'s send failed: retried or dead-lettered (``_fail``). When it may have landed
+        all the same (``may_have_landed``): unless a read-back finds at once that it did
+        (``_landed_though_superseded``), the item is noted *landing unknown* with its failure,
+        so that, should it end without a send that is answered (superseded, held,
+        dead-lettered), it is read back later (``_check_landings``), never left untracked."""
+        lost = may_have_landed(error)
         if not (lost and self._landed_though_superseded(entry, report)):
             self._fail(entry.item, error, report, batch, landing_unknown=lost)
 
@@ -1354,6 +1346,22 @@ class _Pipeline:
                 # Nothing more was claimable: the next claim waits until the batches in hand
                 # are done (their patients' next items may then be claimable).
                 return
+
+
+def may_have_landed(error: BaseException) -> bool:
+    """Whether a send that failed with ``error`` may have been applied by the server all the
+    same: no answer came though the request may have arrived (a timeout, a reset:
+    ``TransportError.may_have_arrived``); an answer came that could not be read
+    (``InvalidResponseError``: not FHIR JSON, a location naming something else, or one larger
+    than ``max_response_bytes``, ``ResponseTooLargeError``: the server answered, so the Bundle
+    reached it); or a gateway's 502 or 504 (``GATEWAY_ANSWERS``), the proxy's answer, not the
+    server's, which may have applied it. Not a failure before anything was sent (refused, no
+    such host, a connect timeout), nor an answer of the server's own that can be read."""
+    return (
+        isinstance(error, InvalidResponseError)
+        or (isinstance(error, TransportError) and error.may_have_arrived)
+        or (isinstance(error, ServerError) and error.status in GATEWAY_ANSWERS)
+    )
 
 
 def worker_stopped_outcome(lost_leases: int) -> dict[str, Any]:

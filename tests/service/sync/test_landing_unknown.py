@@ -36,6 +36,9 @@ from tests.service.sync.fake_fhir import FakeFhir, Fault, malformed, status
 from tests.service.sync.test_superseded_in_hand import Rig as InHandRig
 from tests.service.sync.test_superseded_in_hand import sent_consent
 
+#: The rig's clients read answers up to this many bytes (``max_response_bytes``).
+ANSWER_CAP = 64 * 1024
+
 
 class Rig(InHandRig):
     """The superseded-in-hand tests' rig, with a worker that retracts by deleting and a clock
@@ -47,7 +50,12 @@ class Rig(InHandRig):
             sync_settings(self.fake.base_url, self.sqlite_url, fhir_version="4.0.1"),
             retraction_policy="delete",
         )
-        client = FhirClient(self.fake.base_url, retry=QUICK_RETRY, timeout=(1.0, 0.3))
+        client = FhirClient(
+            self.fake.base_url,
+            retry=QUICK_RETRY,
+            timeout=(1.0, 0.3),
+            max_response_bytes=ANSWER_CAP,
+        )
 
         def clock() -> datetime:
             return now() + timedelta(seconds=later)
@@ -179,9 +187,18 @@ def test_a_copy_a_later_send_of_ours_wrote_is_not_taken_for_the_lost_one(rig: Ri
     assert rig.actions(record_id).count("disclose") == 2
 
 
+def oversized(bundle: dict[str, Any]) -> Response:
+    """A 200 larger than the rig's clients read (``ANSWER_CAP``): a transaction-response padded
+    (a server answering with every resource in full, or a proxy's page); nothing applied."""
+    padding = "x" * (ANSWER_CAP + 1)
+    body = {"resourceType": "Bundle", "type": "transaction-response", "id": padding}
+    return Response(json.dumps(body), status=200, content_type="application/fhir+json")
+
+
 def _applied_then(rig: Rig, answer: Fault, *payloads: dict[str, Any]) -> Fault:
     """While the Bundle is on its way ``payloads`` are taken in; the Bundle is applied and a
-    proxy answers ``answer`` for it: a page that cannot be read (200), or the gateway's 504."""
+    proxy answers ``answer`` for it: a page that cannot be read (200), an answer larger than the
+    client reads, or the gateway's 504."""
 
     def fault(bundle: dict[str, Any]) -> Response | str | None:
         rig.intake(*payloads)
@@ -191,12 +208,13 @@ def _applied_then(rig: Rig, answer: Fault, *payloads: dict[str, Any]) -> Fault:
     return fault
 
 
-@pytest.mark.parametrize("answer", ["lost", "unreadable", "gateway-timeout"])
+@pytest.mark.parametrize("answer", ["lost", "unreadable", "oversized", "gateway-timeout"])
 def test_a_lost_send_held_at_its_retry_is_found_and_retracted(rig: Rig, answer: str) -> None:
-    """No newer version this time: the rating lands, its answer is lost (or cannot be read, or a
-    gateway answers 504 for the server that applied it), and the patient revokes the sharing
-    meanwhile. Its retry is held by the gate (it used to stay held, the copy on the server
-    untracked and never retracted); it is read back, recorded SENT with its disclosure, and
+    """No newer version this time: the rating lands, its answer is lost (or cannot be read, is
+    larger than the client reads, or a gateway answers 504 for the server that applied it), and
+    the patient revokes the sharing meanwhile. Its retry is held by the gate (it used to stay
+    held, the copy on the server untracked and never retracted; an oversized answer used to
+    dead-letter it at once, unnoted); it is read back, recorded SENT with its disclosure, and
     retracted."""
     [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
     revoke = R.revocation(rig.run)
@@ -204,6 +222,8 @@ def test_a_lost_send_held_at_its_retry_is_found_and_retracted(rig: Rig, answer: 
         fault = _answer_lost(rig, revoke, applied=True, reads_down=False)
     elif answer == "unreadable":
         fault = _applied_then(rig, malformed, revoke)
+    elif answer == "oversized":
+        fault = _applied_then(rig, oversized, revoke)
     else:
         fault = _applied_then(rig, status(504), revoke)
     rig.fake.faults = [fault]
@@ -220,6 +240,41 @@ def test_a_lost_send_held_at_its_retry_is_found_and_retracted(rig: Rig, answer: 
     assert (actions.count("disclose"), actions.count("provenance")) == (1, 1)
     assert actions.count("retract-delete") == 1
     assert key not in rig.fake.resources
+    assert rig.store.landing_unknown_count() == 0
+
+
+def test_an_oversized_answer_is_retried_into_the_same_resource(rig: Rig) -> None:
+    """The server applies the Bundle and answers with more than the client reads: the send is
+    retried (it used to be dead-lettered at once, permanent, and the copy it left untracked),
+    noted *landing unknown* meanwhile. The retry PUTs the same resource again (a second version,
+    never a second resource), is recorded SENT with one disclosure, and drops the note."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    rig.fake.faults = [_applied_then(rig, oversized)]
+    report = rig.worker().run_once()
+    assert (report.failed, report.dead) == (1, 0)
+    [key] = rig.observations()
+    assert rig.store.landing_unknown_count() == 1
+    assert rig.worker(later=10).run_once().sent == 1
+    assert rig.items(record_id) == {1: SyncState.SENT}
+    assert rig.observations() == [key] and rig.fake.writes[key] == 2
+    last = rig.store.last_sent(record_id)
+    assert last is not None and [s.version_id for s in last.sent] == ["2"]
+    assert rig.actions(record_id).count("disclose") == 1
+    assert rig.store.landing_unknown_count() == 0
+
+
+def test_an_oversized_answer_of_an_item_superseded_meanwhile_is_read_back_at_once(
+    rig: Rig,
+) -> None:
+    """An oversized answer while version 2 is taken in (version 1 would be superseded, never
+    retried): version 1 is read back at once, found landed, and recorded SENT with its
+    disclosure (it used to be dead-lettered unnoted, then superseded, the copy untracked)."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    rig.fake.faults = [_applied_then(rig, oversized, R.rating(rig.run, 1, value=5))]
+    report = rig.worker().run_once()
+    assert (report.sent, report.dead, report.superseded) == (1, 0, 0)
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.QUEUED}
+    assert rig.actions(record_id).count("disclose") == 1
     assert rig.store.landing_unknown_count() == 0
 
 
