@@ -225,6 +225,9 @@ class OutboxItem:
     #: ``overwrite`` decision is sent If-Match them.
     conflict: str | None = None
     conflict_versions: tuple[SentResource, ...] = ()
+    #: An item of :meth:`Store.claim_landing_checks`: when it was left unsent (superseded, held
+    #: or dead-lettered: its state's last change). None from :meth:`Store.claim`.
+    left_unsent_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,7 +553,12 @@ class Store(Protocol):
         end; their outbox lease is not touched."""
 
     def record_landing_checks(
-        self, landed: Sequence[SentMark], absent: Sequence[int], *, at: datetime
+        self,
+        landed: Sequence[SentMark],
+        absent: Sequence[int],
+        *,
+        at: datetime,
+        later: Mapping[int, datetime] | None = None,
     ) -> list[bool]:
         """What read-backs found, in one transaction, for items still noted *landing unknown* and
         still not pending (another worker may have settled one since, or the item was queued
@@ -558,7 +566,9 @@ class Store(Protocol):
         SENT with its versions and audit entries, the note dropped, exactly as
         :meth:`mark_sent_late` records a late send (an older version over a newer one queues the
         newest again). ``absent``: not there, or someone else's: the note is dropped, nothing
-        recorded. Whether each of ``landed`` was recorded, in order."""
+        recorded. ``later``: item id → when to read it back again, a read-back that could not
+        tell (the item's mapping or its read failed): the note is kept (an item no longer noted
+        is left as it is). Whether each of ``landed`` was recorded, in order."""
 
     def landing_unknown_count(self) -> int:
         """How many items are noted *landing unknown* (one count over the partial index):

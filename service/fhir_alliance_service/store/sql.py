@@ -298,6 +298,13 @@ _RECORD_COLUMNS = (
 )
 
 
+#: ``record_landing_checks``'s ``later``: a read-back that could not tell is due again then.
+_LANDING_CHECK_LATER = (  # run as executemany
+    update(outbox)
+    .where(outbox.c.item_id == bindparam("b_item_id"), _LANDING_UNKNOWN)
+    .values(landing_check_at=bindparam("b_check_at", type_=outbox.c.landing_check_at.type))
+)
+
 #: ``mark_sent``'s compare-and-set for ``mark_sent_many``, built once for a Bundle's items.
 _MARK_SENT = (  # run as executemany: no expanding IN in it
     update(outbox)
@@ -478,10 +485,11 @@ def _leased_items(
     owner: str,
     lease_until: datetime,
     taken_over: AbstractSet[int] = frozenset(),
+    left_unsent: bool = False,
 ) -> list[OutboxItem]:
     """The outbox items ``item_ids`` with their record versions' bodies, in item order, as
     ``owner`` holds them until ``lease_until`` (``taken_over``: those taken from an expired
-    lease)."""
+    lease; ``left_unsent``: items of a landing check, with ``left_unsent_at``)."""
     rows = connection.execute(
         select(
             outbox.c.item_id,
@@ -492,6 +500,7 @@ def _leased_items(
             outbox.c.lost_leases,
             outbox.c.conflict,
             outbox.c.conflict_versions,
+            outbox.c.updated_at,
             record_versions.c.kind,
             record_versions.c.family,
             record_versions.c.body,
@@ -522,6 +531,7 @@ def _leased_items(
             taken_over=row.item_id in taken_over,
             conflict=row.conflict,
             conflict_versions=_sent_resources(row.conflict_versions),
+            left_unsent_at=row.updated_at if left_unsent else None,
         )
         for row in rows
     ]
@@ -1536,16 +1546,33 @@ class SqlStore(AuditQueueSql):
                 .values(landing_check_at=lease_until)
             )
             return _leased_items(
-                connection, item_ids, owner=LANDING_CHECK_OWNER, lease_until=lease_until
+                connection,
+                item_ids,
+                owner=LANDING_CHECK_OWNER,
+                lease_until=lease_until,
+                left_unsent=True,
             )
 
     def record_landing_checks(
-        self, landed: Sequence[SentMark], absent: Sequence[int], *, at: datetime
+        self,
+        landed: Sequence[SentMark],
+        absent: Sequence[int],
+        *,
+        at: datetime,
+        later: Mapping[int, datetime] | None = None,
     ) -> list[bool]:
         ids = [mark.item_id for mark in landed] + list(absent)
-        if not ids:
+        if not (ids or later):
             return []
         with self._write() as connection:  # a read-back pass's items: a short IN list
+            if later:
+                # Kept noted, read back again then (never a note made where there is none).
+                connection.execute(
+                    _LANDING_CHECK_LATER,
+                    [{"b_item_id": i, "b_check_at": due} for i, due in later.items()],
+                )
+            if not ids:
+                return []
             rows = {
                 row.item_id: row
                 for row in connection.execute(

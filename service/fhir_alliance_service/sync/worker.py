@@ -42,6 +42,7 @@ from typing import Any
 
 from fhir_alliance.client import BundleRequest, EntryOutcome, FhirClient
 from fhir_alliance.errors import (
+    AuthError,
     FhirAllianceError,
     InvalidResponseError,
     Issue,
@@ -49,6 +50,7 @@ from fhir_alliance.errors import (
     NotFoundError,
     PreconditionFailedError,
     ServerError,
+    TransientServerError,
     TransportError,
     VersionConflictError,
     loggable_outcome,
@@ -74,7 +76,7 @@ from fhir_alliance_service.sync.audit_push import push_pending_audit
 from fhir_alliance_service.sync.consent_times import ConsentTimePass
 from fhir_alliance_service.sync.gate import GateResult, gate_item, sendable_forms
 from fhir_alliance_service.sync.gate_settings import regate_if_settings_changed
-from fhir_alliance_service.sync.leases import LeaseLedger
+from fhir_alliance_service.sync.leases import LeaseLedger, is_store_outage
 from fhir_alliance_service.sync.outcomes import outcome_to_store
 from fhir_alliance_service.sync.retract import Retractor
 from fhir_alliance_service.sync.retry import decide_retry, is_transient
@@ -95,6 +97,13 @@ log = logging.getLogger("fhir_alliance_service.sync")
 #: Statuses a proxy or load balancer answers for the server behind it (bad gateway, gateway
 #: timeout): the request may have reached that server and been applied all the same.
 GATEWAY_ANSWERS = frozenset({502, 504})
+
+#: The longest wait between two read-backs of an item whose landing is unknown that failed.
+LANDING_RECHECK_MAX = timedelta(hours=1)
+
+#: Read-back failures that say "the server cannot be read now", not "this item": they end a pass
+#: of read-backs (``Worker._check_landings``).
+_SERVER_UNAVAILABLE = (TransportError, TransientServerError, AuthError)
 
 #: Errors that say "this record cannot be mapped" (dead letter). Anything else, a database outage
 #: above all, aborts the batch: its leases expire and the items are claimed again later.
@@ -768,10 +777,7 @@ class Worker:
             self._fail(item, exc, report, batch)
             return
         held_by_server = [
-            SentResource(
-                str(r["resourceType"]), str(r["id"]), (r.get("meta") or {}).get("versionId")
-            )
-            for r in current
+            SentResource(str(r["resourceType"]), str(r["id"]), _server_version(r)) for r in current
         ]
         if self._record_if_ours(entry, current, report):
             return  # our own write whose answer was lost (a crash, a timeout): not a conflict
@@ -861,7 +867,7 @@ class Worker:
                 status=200,
                 resource_type=str(theirs["resourceType"]),
                 id=str(theirs["id"]),
-                version_id=(theirs.get("meta") or {}).get("versionId"),
+                version_id=_server_version(theirs),
             )
             for n, (mine, theirs) in enumerate(zip(entry.resources, current, strict=True))
         ]
@@ -910,9 +916,17 @@ class Worker:
         at once (a revocation may be why it is held). Not there, someone else's, or server
         versions that another item of the record is recorded to have written (a newer version
         of ours written over it, with the same content or not, is tracked by its own send): the
-        note is dropped and nothing is recorded. A read that fails leaves the rest of the pass
-        for later: each is read again when its lease ends. Called before each claim; nothing due
-        costs one read."""
+        note is dropped and nothing is recorded.
+        An item whose read-back fails, whatever the reason (its record does not map now, the
+        mapping crashes, the server's answer cannot be read), stays noted and is read back
+        again after a wait as long as it has waited (``_recheck_at``: the waits double, from a
+        lease to ``LANDING_RECHECK_MAX``), with one log line naming the item and the error type;
+        the other items are read back all the same. A failure that says the server cannot be
+        read now (no answer, 429 or 5xx, refused credentials: ``_SERVER_UNAVAILABLE``) also ends
+        the pass: the items not read yet are read again when their lease ends. (The item it
+        came with waits as any other: a resource the server fails on every time must not hold
+        up the items after it.) Only a database outage is raised (the batch is given up, the
+        notes stay). Called before each claim; nothing due costs one read."""
         items = self.store.claim_landing_checks(
             limit=self.settings.worker_batch_size,
             lease_seconds=self.settings.lease_seconds,
@@ -921,42 +935,64 @@ class Worker:
         landed: list[SentMark] = []
         patients: list[str] = []  # each landed mark's
         absent: list[int] = []
-        for item in items:
+        later: dict[int, datetime] = {}
+        for n, item in enumerate(items):
             try:
-                forms = sendable_forms(item, store=self.store, version=version)
-            except _RECORD_ERRORS as exc:
+                mark = self._landing_check(item, version)
+            except Exception as exc:  # one item's failure never stops the others
+                if is_store_outage(exc):
+                    raise
+                later[item.item_id] = due = self._recheck_at(item)
+                status = exc.status if isinstance(exc, ServerError) else None
+                unavailable = isinstance(exc, _SERVER_UNAVAILABLE)
                 log.warning(
-                    "item %d: landing unknown, its record does not map now (%s): read back later",
+                    "item %d: landing unknown, read-back failed (%s %s): read back later, "
+                    "in %.0f s%s",
                     item.item_id,
                     type(exc).__name__,
+                    status or "-",
+                    (due - self.clock()).total_seconds(),
+                    f"; {len(items) - n - 1} other(s) when their lease ends" if unavailable else "",
                 )
+                if unavailable:
+                    break
                 continue
-            try:
-                current = self._read_back(forms)
-            except ServerError as exc:
-                log.warning(
-                    "landing unknown: read-back failed (%s %s); %d item(s) read back later",
-                    type(exc).__name__,
-                    exc.status or "-",
-                    len(items) - len(landed) - len(absent),
-                )
-                break
-            sent = self._landed_form(forms, current)
-            if sent is None or self._written_by_another_item(item, sent):
+            if mark is None:
                 absent.append(item.item_id)
-                continue
-            landed.append(self._sent_mark(item, sent, self.clock()))
-            patients.append(item.patient)
-        if not (landed or absent):
+            else:
+                landed.append(mark)
+                patients.append(item.patient)
+        if not (landed or absent or later):
             return
-        recorded = self.store.record_landing_checks(landed, absent, at=self.clock())
-        log.info(
-            "landing unknown, read back: %d landed (recorded sent), %d not there",
-            sum(recorded),
-            len(absent),
-        )
+        recorded = self.store.record_landing_checks(landed, absent, at=self.clock(), later=later)
+        if landed or absent:
+            log.info(
+                "landing unknown, read back: %d landed (recorded sent), %d not there",
+                sum(recorded),
+                len(absent),
+            )
         # A revocation may be why the item is held: what landed goes to the retraction policy.
         self._retraction_check({p for p, ok in zip(patients, recorded, strict=True) if ok})
+
+    def _landing_check(self, item: OutboxItem, version: str) -> SentMark | None:
+        """Read ``item``'s resources back (``_check_landings``): what recording it SENT takes
+        when a form it was sent in is on the server and ours, else None. Raises whatever the
+        mapping or the reads raise."""
+        forms = sendable_forms(item, store=self.store, version=version)
+        sent = self._landed_form(forms, self._read_back(forms))
+        if sent is None or self._written_by_another_item(item, sent):
+            return None
+        return self._sent_mark(item, sent, self.clock())
+
+    def _recheck_at(self, item: OutboxItem) -> datetime:
+        """When to read back ``item`` again after a read-back that failed: after as long as it
+        has been left unsent (``OutboxItem.left_unsent_at``), so each wait doubles the last, a
+        lease at least and ``LANDING_RECHECK_MAX`` at most (a fix deployed for a record that
+        does not map is then found within that time)."""
+        now = self.clock()
+        lease = timedelta(seconds=self.settings.lease_seconds)
+        waited = now - item.left_unsent_at if item.left_unsent_at is not None else lease
+        return now + min(max(waited, lease), max(LANDING_RECHECK_MAX, lease))
 
     def _read_back(
         self, forms: Sequence[Sequence[Mapping[str, Any]]]
@@ -995,8 +1031,7 @@ class Worker:
                 theirs = current.get(key)
                 if theirs is None or _content(mine) != _content(theirs):
                     break
-                version = (theirs.get("meta") or {}).get("versionId")
-                held.append(SentResource(key[0], key[1], str(version) if version else None))
+                held.append(SentResource(key[0], key[1], _server_version(theirs)))
             else:
                 return held
         return None
@@ -1017,10 +1052,10 @@ class Worker:
         versions: dict[tuple[str, str], str] = {}
         for theirs in current:
             key = (str(theirs["resourceType"]), str(theirs["id"]))
-            version = (theirs.get("meta") or {}).get("versionId")
+            version = _server_version(theirs)
             if not version:
                 return None
-            versions[key] = str(version)
+            versions[key] = version
             if SentResource(key[0], key[1], str(version)) in recorded:
                 continue
             if older is None:
@@ -1386,6 +1421,14 @@ def _pulled_after_ours(seen: PulledResource, ours: str, ours_at: datetime | None
     if seen.updated_at is None or ours_at is None:
         return True
     return seen.updated_at > ours_at
+
+
+def _server_version(resource: Mapping[str, Any]) -> str | None:
+    """The ``meta.versionId`` of a copy read from the server, as text; None when it has none,
+    or its ``meta`` is not an object (a malformed answer: its content may still be ours)."""
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, Mapping) else None
+    return str(version) if version else None
 
 
 def _content(resource: Mapping[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,31 @@ def _disclosures(store: SqlStore) -> int:
     return len([e for e in store.list_audit(record_id="rec-000001") if e.action == "disclose"])
 
 
+def test_a_read_back_that_could_not_tell_stays_noted_and_is_due_when_given(
+    store: SqlStore,
+) -> None:
+    """A read-back item comes with when it was left unsent (``left_unsent_at``: the worker's
+    wait grows with it); ``record_landing_checks(later=…)`` keeps the note of one whose
+    read-back failed and makes it due at the time given, not before; an item whose note is gone
+    meanwhile is not noted again by it. A claim's items have no ``left_unsent_at``."""
+    store.put_records([record(1, score=1)], audit=[], at=T0)
+    item_id = _lost(store)
+    store.put_records([record(1, score=2)], audit=[], at=at(2))  # unleased: superseded at once
+    [check] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(40))
+    assert check.left_unsent_at == at(2)
+    assert store.record_landing_checks([], [], at=at(41), later={item_id: at(500)}) == []
+    assert _row(store, item_id) == (SyncState.SUPERSEDED.value, at(500), at(2))
+    assert store.landing_unknown_count() == 1
+    assert store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(499)) == []
+    [again] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(500))
+    assert again.item_id == item_id
+    assert store.record_landing_checks([], [item_id], at=at(501)) == []  # not there after all
+    assert store.record_landing_checks([], [], at=at(502), later={item_id: at(900)}) == []
+    assert _row(store, item_id)[1] is None and store.landing_unknown_count() == 0
+    [claimed] = store.claim("w2", limit=1, lease_seconds=LEASE, now=at(503))
+    assert claimed.record_version == 2 and claimed.left_unsent_at is None
+
+
 def test_a_lost_answer_is_noted_and_read_back_only_once_nothing_will_send_it(
     store: SqlStore,
 ) -> None:

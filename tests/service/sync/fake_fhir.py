@@ -5,8 +5,10 @@ them back (``GET Type/id``) and deletes them (``DELETE Type/id``), and answers w
 says otherwise: a status (503 storms, 429 with ``Retry-After``), a malformed body, a rejection of
 Bundles holding a given id (422 with an OperationOutcome), "apply, then answer too late" (a lost
 response), or "apply, then name another resource in the answer" (a hostile ``location``); while
-``read_status`` is set, every read answers that status (a server down for reads). ``writes``
-counts the writes applied per ``Type/id``, so tests can tell a harmless re-send from a duplicate.
+``read_status`` is set, every read answers that status (a server down for reads), and a
+``Type/id`` in ``read_answers`` is answered by its function (one poisoned resource). ``writes``
+counts the writes applied per ``Type/id``, so tests can tell a harmless re-send from a duplicate,
+and ``reads`` the reads asked for.
 """
 
 from __future__ import annotations
@@ -85,6 +87,12 @@ class FakeFhir:
     rejected_ids: set[str] = field(default_factory=set)
     #: While set, every ``GET Type/id`` answers this status with an OperationOutcome (e.g. 503).
     read_status: int | None = None
+    #: ``Type/id`` → what its ``GET`` answers instead (given the resource held, or None).
+    read_answers: dict[str, Callable[[dict[str, Any] | None], Response]] = field(
+        default_factory=dict
+    )
+    #: ``GET Type/id`` requests per ``Type/id``.
+    reads: Counter[str] = field(default_factory=Counter)
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -106,10 +114,14 @@ class FakeFhir:
         """``GET Type/id``: the resource as last written (with its ``versionId``), else 404."""
         key = request.path.removeprefix("/fhir/")
         with self.lock:
+            self.reads[key] += 1
             resource = self.resources.get(key)
             down = self.read_status
+            answer = self.read_answers.get(key)
         if down is not None:
             return status(down)({})
+        if answer is not None:
+            return answer(resource)
         if resource is None:
             body = json.dumps(outcome("not-found", "no such resource"))
             return Response(body, status=404, content_type=FHIR_JSON)

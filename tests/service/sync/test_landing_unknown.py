@@ -116,7 +116,8 @@ def test_a_landed_send_whose_read_back_failed_is_found_later_and_retracted(rig: 
     assert "disclose" not in rig.actions(record_id)
 
     rig.fake.read_status = None  # the server is back
-    rig.worker(later=120).run_once()
+    # The read-back that failed at 60 s waits as long as the item had waited: due at 120 s.
+    rig.worker(later=125).run_once()
     assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.HELD}
     assert rig.store.landing_unknown_count() == 0
     actions = rig.actions(record_id)
