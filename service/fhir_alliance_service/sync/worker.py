@@ -695,15 +695,23 @@ class Worker:
 
     def _retraction_check(self, patients: set[str]) -> None:
         """Put what was sent for ``patients`` to the retraction policy now (``Retractor``): on
-        failure (audited) every later retraction pass of this process tries again."""
-        for patient in sorted(patients):
+        failure, whatever it is, every later retraction pass of this process tries again (the
+        passes before may have taken the patient as checked, their consents unchanged since).
+        A database outage is raised once every patient left is noted so."""
+        ordered = sorted(patients)
+        for n, patient in enumerate(ordered):
             retractor = Retractor(self.settings, self.store, self.client, clock=self.clock)
             try:
                 failed = retractor.retract_patient(patient).failed
-            except ServerError as exc:
-                log.warning("retraction check failed: %s %s", type(exc).__name__, exc.status or "-")
+            except Exception as exc:
+                status = exc.status if isinstance(exc, ServerError) else None
+                log.warning("retraction check failed: %s %s", type(exc).__name__, status or "-")
+                if is_store_outage(exc):
+                    for left in ordered[n:]:
+                        retractor.check_later(left)
+                    raise
                 failed = 1
-            if failed:  # audited; the next retraction passes of this process try again
+            if failed:  # a ServerError is audited; the next retraction passes try again
                 retractor.check_later(patient)
 
     def _push_audit(self, entries: list[AuditEntry]) -> list[AuditEntry]:

@@ -23,6 +23,7 @@ from fhir_alliance_service.store import SqlStore
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync import Worker
 from fhir_alliance_service.sync.leases import LeaseLedger
+from fhir_alliance_service.sync.retract import Retractor
 from fhir_alliance_service.usecases.intake import intake_records
 from pytest_httpserver import HTTPServer
 from sqlalchemy.exc import OperationalError
@@ -427,3 +428,61 @@ def test_a_send_handed_back_after_a_database_outage_is_found_and_retracted(rig: 
     assert (actions.count("disclose"), actions.count("provenance")) == (1, 1)
     assert actions.count("retract-delete") == 1
     assert key not in rig.fake.resources
+
+
+class FailsFirstRetraction:
+    """The real store, except that the first retraction check's read of what was sent raises
+    ``error`` (the database gone for a moment, or a bug)."""
+
+    def __init__(self, store: SqlStore, error: BaseException) -> None:
+        self._store = store
+        self.error: BaseException | None = error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def sent_items(self, *args: Any, **kwargs: Any) -> Any:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return self._store.sent_items(*args, **kwargs)
+
+
+@pytest.mark.parametrize("error", ["outage", "bug"])
+def test_a_landed_send_whose_retraction_check_failed_is_retracted_by_the_next_pass(
+    rig: Rig, error: str
+) -> None:
+    """A lost send is held at its retry (the patient revoked meanwhile), and a retraction pass
+    then finds nothing sent for the patient and takes them as checked. The read-back finds the
+    send landed and records it SENT; its retraction check fails (the database gone for a moment,
+    or anything but the server's own error). The patient's next retraction pass checks them
+    again and retracts it (it used to skip them, their consents unchanged since: the copy stayed
+    on the server, tracked but never retracted by this process; a bug also failed the batch)."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    rig.fake.faults = [_answer_lost(rig, R.revocation(rig.run), applied=True, reads_down=False)]
+    rig.worker().run_once()
+    [key] = rig.observations()
+    rig.worker(later=10).run_once()
+    assert rig.items(record_id) == {1: SyncState.HELD}
+    settings, client = rig.worker().settings, rig.worker().client
+    retractor = Retractor(settings, rig.store, client)
+    assert retractor.run_pass().deleted == 0  # nothing sent yet: the patient is checked
+
+    failure: BaseException = (
+        OperationalError("SELECT outbox", {}, Exception("server closed the connection"))
+        if error == "outage"
+        else RuntimeError("a bug")
+    )
+    worker = rig.worker(later=60)
+    worker.leases = LeaseLedger(FailsFirstRetraction(rig.store, failure))  # type: ignore[arg-type]
+    worker.store = worker.leases.as_store()
+    if error == "outage":
+        with pytest.raises(OperationalError):
+            worker.run_once()
+    else:
+        assert worker.run_once().error is None
+    assert rig.items(record_id) == {1: SyncState.SENT}
+    assert key in rig.fake.resources
+    assert retractor.run_pass().deleted == 1
+    assert key not in rig.fake.resources
+    assert rig.actions(record_id).count("retract-delete") == 1
