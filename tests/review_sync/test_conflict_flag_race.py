@@ -10,6 +10,7 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from fhir_alliance_service.usecases.conflicts import decide_conflict
 from fhir_alliance_service.usecases.intake import intake_records
 
 from fhir_alliance.client import FhirClient
+from fhir_alliance.errors import TransientServerError, TransportError
 from tests.fhir_server.plugin import FhirTestServer
 from tests.review_sync.steps import conflict_events
 from tests.service.conftest import (  # noqa: F401 (fixtures: the store on SQLite and PostgreSQL)
@@ -275,3 +277,103 @@ def test_an_overwrite_handed_back_untried_notes_and_audits_nothing(
     assert (status.state, status.conflict) == (SyncState.SENT, "overwritten")
     assert conflict_events(harness, rating.record_id) == ["overwritten"]
     assert _server_rating(harness)["valueQuantity"]["value"] == 5
+
+
+@pytest.mark.parametrize("overwrite", ["handed-back", "failed"])
+def test_an_overwrite_that_never_went_out_leaves_no_conflict_noted(
+    any_harness: SyncHarness, overwrite: str
+) -> None:
+    """Policy ``overwrite``, the read of the server's copy after the 412 done in time. Then either
+    what comes before the overwrite's send (noting the conflict, a slow store) takes worker A
+    past the last moment a send may start, its lease still its own, so the item is handed back
+    untried (``handed-back``); or the overwrite's send is refused for now, a 503 (``failed``).
+    Nothing was overwritten: the item, handed back or to be retried, carries no
+    ``conflict: overwritten`` and no conflict AuditEvent is written. The next claim meets the
+    412 again and overwrites: one conflict AuditEvent, ours on the server, noted overwritten."""
+    harness = any_harness
+    run = harness.run
+    harness.intake([R.sharing_consent(run), R.rating(run, 1, value=4)])
+    assert harness.drain().sent == 2
+    _edit_on_server(harness, 1)
+    [rating] = harness.intake([R.rating(run, 1, value=5)])
+    clock = _Clock()
+    worker = _worker(harness, clock, "overwrite")
+    sends: list[bool] = []
+    send_group = worker._send_group
+    transaction = harness.client.transaction
+
+    def before_the_overwrite(group: Any, batch: Any) -> bool:
+        sends.append(True)
+        if len(sends) == 2 and overwrite == "handed-back":  # the 412's send, then the overwrite
+            clock.offset = timedelta(seconds=LEASE - 1)
+        return send_group(group, batch)
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        if len(sends) == 2:
+            raise TransientServerError("unavailable", status=503)
+        return transaction(*args, **kwargs)
+
+    worker._send_group = before_the_overwrite  # type: ignore[method-assign]
+    if overwrite == "failed":
+        harness.client.transaction = refused  # type: ignore[method-assign]
+    try:
+        report = worker.run_once()
+    finally:
+        harness.client.transaction = transaction  # type: ignore[method-assign]
+    assert len(sends) == 2
+    assert (report.error, report.sent, report.lease_lost) == (None, 0, 0)
+    status = _status(harness, rating.record_id)
+    state = SyncState.QUEUED if overwrite == "handed-back" else SyncState.FAILED
+    assert (status.state, status.conflict) == (state, None)
+    assert conflict_events(harness, rating.record_id) == []
+    assert _server_rating(harness)["valueQuantity"]["value"] == 1
+
+    time.sleep(0.1)  # the failed send's backoff (``sync_settings``: at most 0.05 s)
+    harness.drain(conflict_policy="overwrite")
+    status = _status(harness, rating.record_id)
+    assert (status.state, status.conflict) == (SyncState.SENT, "overwritten")
+    assert conflict_events(harness, rating.record_id) == ["overwritten"]
+    assert _server_rating(harness)["valueQuantity"]["value"] == 5
+
+
+def test_an_overwrite_whose_answer_was_lost_is_noted_when_it_landed(
+    any_harness: SyncHarness,
+) -> None:
+    """Policy ``overwrite``: ours lands on the server but the answer is lost (the connection
+    reset after the write). The overwrite is read back at once: ours is there, so the item is
+    recorded sent, noted ``overwritten``, with one conflict AuditEvent. (Left to its retry, the
+    retry's 412 would find our content and record a lost answer: someone's edit overwritten
+    and never audited as a conflict.)"""
+    harness = any_harness
+    run = harness.run
+    harness.intake([R.sharing_consent(run), R.rating(run, 1, value=4)])
+    assert harness.drain().sent == 2
+    _edit_on_server(harness, 1)
+    [rating] = harness.intake([R.rating(run, 1, value=5)])
+    transaction = harness.client.transaction
+    calls: list[bool] = []
+
+    def answer_lost(*args: Any, **kwargs: Any) -> Any:
+        calls.append(True)
+        outcomes = transaction(*args, **kwargs)
+        if len(calls) == 2:  # the 412's send, then the overwrite: written, its answer lost
+            raise TransportError("connection reset")
+        return outcomes
+
+    harness.client.transaction = answer_lost  # type: ignore[method-assign]
+    try:
+        report = _worker(harness, _Clock(), "overwrite").run_once()
+    finally:
+        harness.client.transaction = transaction  # type: ignore[method-assign]
+    assert len(calls) == 2
+    assert (report.error, report.sent) == (None, 1)
+    status = _status(harness, rating.record_id)
+    assert (status.state, status.conflict, status.landing_unknown) == (
+        SyncState.SENT,
+        "overwritten",
+        False,
+    )
+    assert conflict_events(harness, rating.record_id) == ["overwritten"]
+    assert _server_rating(harness)["valueQuantity"]["value"] == 5
+    harness.drain(conflict_policy="overwrite")
+    assert conflict_events(harness, rating.record_id) == ["overwritten"]

@@ -162,6 +162,10 @@ class SentMark:
     item_id: int
     sent: Sequence[SentResource]
     audit: Sequence[AuditEntry]
+    #: How the 412 this send settled was settled (the conflict policy ``overwrite``:
+    #: ``overwritten``), noted with the send's record, in its write: a send that never went out
+    #: or failed notes nothing. None: the item's conflict note is left as it is.
+    conflict: str | None = None
 
 
 #: The values of ``SyncStatus.retraction`` (written by ``sync/retract.py``): what the retraction
@@ -464,7 +468,7 @@ class Store(Protocol):
     def mark_sent_many(self, worker: str, marks: Sequence[SentMark], *, at: datetime) -> list[bool]:
         """:meth:`mark_sent` of several items (one transaction Bundle's) in one transaction: one
         answer per mark, in order. An item whose lease ``worker`` lost writes nothing (False);
-        the others are recorded with their audit entries."""
+        the others are recorded with their audit entries (and the mark's ``conflict``)."""
 
     def mark_sent_late(self, marks: Sequence[SentMark], *, at: datetime) -> int:
         """Record sends that reached the server although their worker no longer held the lease
@@ -472,7 +476,8 @@ class Store(Protocol):
         fact whoever holds the item now: in one transaction each item becomes SENT (from
         SUPERSEDED, HELD, DEAD_LETTERED, or pending under another worker's lease, which it
         releases; the other worker's ``mark_*`` then finds it sent) and its audit entries are
-        added (the disclosure happened). An item SENT already keeps, per resource, the newer of
+        added (the disclosure happened), with the mark's ``conflict`` noted (the overwrite
+        happened). An item SENT already keeps, per resource, the newer of
         the versions it lists and the one given (another worker sent the same item too: the
         server holds the later write); when one given is newer, a retraction noted on the item is
         cleared, since the server holds this send's write again. Version ids are compared as
@@ -770,13 +775,13 @@ class Store(Protocol):
     def mark_conflict(
         self, item_id: int, conflict: str, *, at: datetime, worker: str | None = None
     ) -> bool:
-        """Note on an item how a 412 conflict on ``If-Match`` was settled. With ``worker`` (the
-        conflict policy ``overwrite``, before its send): only while ``worker`` holds the item's
-        lease, the same compare-and-set as the ``mark_*`` (the lease is kept: the send is
-        recorded next). Without: only on an item no worker holds (the pull's note on a SENT
+        """Note on an item how a 412 conflict on ``If-Match`` was settled. With ``worker``: only
+        while ``worker`` holds the item's lease, the same compare-and-set as the ``mark_*`` (the
+        lease is kept). Without: only on an item no worker holds (the pull's note on a SENT
         item). False, and nothing written, otherwise (another worker took the item over). The
-        policies ``flag`` and ``keep-remote`` note theirs with the outcome instead
-        (:meth:`mark_held`, :meth:`mark_sent` with ``conflict``)."""
+        conflict policies note theirs with the outcome instead, never before it: ``flag`` and
+        ``keep-remote`` with :meth:`mark_held`, :meth:`mark_sent` (``conflict``), ``overwrite``
+        with the record of its send (``SentMark.conflict``)."""
 
     def flagged_conflicts(self, *, limit: int = 100) -> FlaggedConflicts:
         """The conflicts that wait for a person's decision: items held for a person by the

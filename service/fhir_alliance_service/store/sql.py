@@ -323,6 +323,10 @@ _MARK_SENT = (  # run as executemany: no expanding IN in it
         lease_until=None,
         lost_leases=0,
         landing_check_at=None,
+        # ``SentMark.conflict``: an overwrite's note, written with its send; NULL keeps the note.
+        conflict=func.coalesce(
+            bindparam("b_conflict", type_=outbox.c.conflict.type), outbox.c.conflict
+        ),
     )
 )
 
@@ -1356,6 +1360,7 @@ class SqlStore(AuditQueueSql):
                     "b_worker": worker,
                     "b_sent": _sent_json(mark.sent),
                     "b_at": at,
+                    "b_conflict": mark.conflict,
                 }
                 for mark, ok in zip(marks, landed, strict=True)
                 if ok
@@ -1407,6 +1412,8 @@ class SqlStore(AuditQueueSql):
         locked), its audit entries aside: how many records were queued again (0 or 1)."""
         sent_json, newer = _later_versions(row.sent, mark.sent)
         values: dict[str, Any] = {"sent": sent_json, "landing_check_at": None, "updated_at": at}
+        if mark.conflict is not None:  # an overwrite that landed: noted with it
+            values["conflict"] = mark.conflict
         if row.state != SyncState.SENT.value:
             values.update(
                 state=SyncState.SENT.value,

@@ -117,6 +117,9 @@ CONFLICT_HELD_REASON = (
     "changed on the FHIR server by someone else since our last send: a person must decide"
 )
 
+#: The conflict note of a record whose resource the policy ``overwrite`` wrote ours over.
+OVERWRITTEN = "overwritten"
+
 #: Most entries in one transaction Bundle (an item's resources are never split across Bundles).
 DEFAULT_BUNDLE_ENTRIES = 250
 
@@ -171,6 +174,9 @@ class _Ready:
     #: The patient's consents stamp the gate's PERMIT read (``GateResult.consents_stamp``):
     #: checked again just before the send and after it is recorded.
     consents_stamp: str | None = None
+    #: The conflict AuditEvent of an overwrite (the conflict policy ``overwrite``): noted
+    #: ``overwritten`` and audited with the send's record, once it landed (``_sent_mark``).
+    overwrite: AuditEntry | None = None
 
 
 @dataclass(slots=True)
@@ -590,11 +596,11 @@ class Worker:
     ) -> None:
         """``entry``'s send failed: retried or dead-lettered (``_fail``). When it may have landed
         all the same (``may_have_landed``): unless a read-back finds at once that it did
-        (``_landed_though_superseded``), the item is noted *landing unknown* with its failure,
+        (``_landed_after_all``), the item is noted *landing unknown* with its failure,
         so that, should it end without a send that is answered (superseded, held,
         dead-lettered), it is read back later (``_check_landings``), never left untracked."""
         lost = may_have_landed(error)
-        if not (lost and self._landed_though_superseded(entry, report)):
+        if not (lost and self._landed_after_all(entry, report)):
             self._fail(entry.item, error, report, batch, landing_unknown=lost)
 
     # ------------------------------------------------------------------ record
@@ -631,11 +637,13 @@ class Worker:
                 )
                 for r, o in zip(entry.resources, outcomes, strict=True)
             ]
-            marks.append(self._sent_mark(entry.item, sent, at))
+            marks.append(self._sent_mark(entry.item, sent, at, overwrite=entry.overwrite))
         landed = self.store.mark_sent_many(self.worker_id, marks, at=at)
         for mark, recorded in zip(marks, landed, strict=True):
             if self._count(recorded, report, "sent"):
                 report.resources_sent += len(mark.sent)
+            if mark.conflict is not None:  # an overwrite that landed (recorded late too)
+                CONFLICTS.labels(mark.conflict).inc()
         late = [mark for mark, recorded in zip(marks, landed, strict=True) if not recorded]
         if late:
             # The send outlasted the lease (its HTTP timeout is per socket operation, not for the
@@ -652,9 +660,18 @@ class Worker:
         # Late ones too: a revocation that came meanwhile found nothing sent to retract.
         self._retract_if_revoked_in_flight([entry for entry, _ in sends])
 
-    def _sent_mark(self, item: OutboxItem, sent: list[SentResource], at: datetime) -> SentMark:
+    def _sent_mark(
+        self,
+        item: OutboxItem,
+        sent: list[SentResource],
+        at: datetime,
+        *,
+        overwrite: AuditEntry | None = None,
+    ) -> SentMark:
         """What recording ``item`` sent takes: the server's versions ``sent``, the disclosure
-        AuditEvent and a Provenance per resource (queued for the server with ``push_audit``)."""
+        AuditEvent and a Provenance per resource (queued for the server with ``push_audit``).
+        For an overwrite, also ``conflict: overwritten`` and its conflict AuditEvent
+        (``overwrite``; kept locally like every two-way sync event, never pushed)."""
         for resource in sent:
             SENDS.labels(resource.resource_type).inc()
         entries = [
@@ -674,7 +691,9 @@ class Worker:
         ]
         if self.settings.push_audit:
             entries = self._push_audit(entries)
-        return SentMark(item.item_id, sent, entries)
+        if overwrite is None:
+            return SentMark(item.item_id, sent, entries)
+        return SentMark(item.item_id, sent, [*entries, overwrite], conflict=OVERWRITTEN)
 
     def _retract_if_revoked_in_flight(self, sent: list[_Ready]) -> None:
         """A consent change stored while the Bundle was on its way (after the last check, before
@@ -797,7 +816,7 @@ class Worker:
             log.info("item %d: the 412 answered a version we wrote: sent again", item.item_id)
             self._send_group([replace(entry, if_match=ours)], batch)
             return
-        outcome = {"overwrite": "overwritten", "keep-remote": "kept-remote"}.get(policy, "flagged")
+        outcome = {"overwrite": OVERWRITTEN, "keep-remote": "kept-remote"}.get(policy, "flagged")
         event = audit.two_way_event(
             "conflict",
             item.record_id,
@@ -807,24 +826,13 @@ class Worker:
             resources=entry.resources,
             outcome_code=outcome,
         )
-        if outcome == "overwritten":
-            if self._lease_running_out(batch):
-                # The read above ended past the last moment a send may start: handed back
-                # untried, nothing overwritten, so nothing noted or audited; the next claim
-                # meets the 412 again and settles it.
-                batch.defer(item)
-                return
-            # Noted while this worker still holds the item, before its send: the read above may
-            # have outlasted the lease, and another worker that took the item over settles it.
-            if not self.store.mark_conflict(item.item_id, outcome, at=now, worker=self.worker_id):
-                report.lease_lost += 1
-                log.warning("item %d: lease lost before recording its conflict", item.item_id)
-                return
-            if self._send_group([replace(entry, if_match={})], batch):
-                # Audited once ours went out (not when it was handed back untried: the claim
-                # that sends it meets the 412 again and audits that).
-                CONFLICTS.labels(outcome).inc()
-                self.store.add_audit([event])
+        if outcome == OVERWRITTEN:
+            # Ours without If-Match. Noted, counted and audited with the send's own record, once
+            # it landed (``_sent_mark``), never before: a send handed back untried (the read
+            # above, or anything before the send, ended past the last moment a send may start;
+            # another worker may hold the item by then) or one that fails overwrote nothing. The
+            # item keeps what it was noted before; the claim that sends it meets the 412 again.
+            self._send_group([replace(entry, if_match={}, overwrite=event)], batch)
             return
         # ``keep-remote`` and ``flag``: the outcome, the conflict noted and its AuditEvent in one
         # compare-and-set under this worker's lease. Nothing of it is written when another
@@ -882,33 +890,41 @@ class Worker:
         self._record_sent([(entry, answers)], report)
         return True
 
-    def _landed_though_superseded(self, entry: _Ready, report: BatchReport) -> bool:
+    def _landed_after_all(self, entry: _Ready, report: BatchReport) -> bool:
         """A send whose answer never came (a timeout, a reset) or could not be read may have
         landed. Left to its retry, which writes it again and records it, unless its record got a
-        newer item meanwhile: then the failure leaves the item SUPERSEDED, never retried. So the
-        resources are read back now, while this worker still holds the item: ours landed, it is
-        recorded SENT (``_record_if_ours``). Else (not there, someone else's, or the read fails
-        too) it fails as before, noted *landing unknown*: a server still writing it, or one that
-        cannot be read now, is read again later (``_check_landings``). Whether it was recorded."""
+        newer item meanwhile: then the failure leaves the item SUPERSEDED, never retried. Nor is
+        an overwrite's retry the same send: it goes with If-Match again, and its 412 finds our
+        content and records a lost answer, the overwrite neither noted nor audited. So in both
+        cases the resources are read back now, while this worker still holds the item: ours
+        landed, it is recorded SENT (``_record_if_ours``; an overwrite with its conflict). Else
+        (not there, someone else's, or the read fails too) it fails as before, noted *landing
+        unknown*: a server still writing it, or one that cannot be read now, is read again later
+        (``_check_landings``). Whether it was recorded."""
         item = entry.item
-        newest = self.store.sync_status(item.record_id)
-        if newest is None or newest.item_id == item.item_id:
-            return False
+        if entry.overwrite is not None:
+            why = "an overwrite"
+        else:
+            newest = self.store.sync_status(item.record_id)
+            if newest is None or newest.item_id == item.item_id:
+                return False
+            why = "superseded meanwhile"
         try:
             current = [
                 self.client.read(str(r["resourceType"]), str(r["id"])) for r in entry.resources
             ]
         except ServerError as exc:
             log.warning(
-                "item %d: answer lost, superseded meanwhile, read-back failed: %s %s",
+                "item %d: answer lost, %s, read-back failed: %s %s",
                 item.item_id,
+                why,
                 type(exc).__name__,
                 exc.status or "-",
             )
             return False
         if not self._record_if_ours(entry, current, report):
             return False
-        log.info("item %d: answer lost, superseded meanwhile; read back: it landed", item.item_id)
+        log.info("item %d: answer lost, %s; read back: it landed", item.item_id, why)
         return True
 
     # ------------------------------------------------------------------ landing unknown
