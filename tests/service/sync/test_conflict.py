@@ -13,6 +13,7 @@ from fhir_alliance_service.metrics import REGISTRY
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.sync.gate import gate_item
 from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
+from fhir_alliance_service.usecases.conflicts import decide_conflict
 
 from tests.service.sync import records as R
 from tests.service.sync import remote
@@ -94,6 +95,42 @@ def test_policy_keep_remote_leaves_theirs(harness: SyncHarness) -> None:
     assert status.conflict == "kept-remote" and status.sent[0].version_id == "2"
     [on_server] = harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1")
     assert on_server["meta"]["versionId"] == "2" and _value(on_server) == _value(theirs)
+
+
+@pytest.mark.parametrize("policy", ["flag", "keep-remote", "overwrite"])
+def test_push_audit_pushes_the_disclosures_and_keeps_conflict_events_local(
+    harness: SyncHarness, policy: str
+) -> None:
+    """With ``push_audit`` (docs/service.md, Audit) each disclosure's AuditEvent and Provenance
+    go to the FHIR server, an overwrite's (by the policy, or by a person's decision on a flag)
+    as any send's. A conflict's AuditEvent, whatever the policy, and a person's decision stay in
+    the local audit trail, like every two-way sync event: never queued, never on the server."""
+    record_id, _ = _edited_remotely(harness)  # sent before push_audit: kept locally
+    harness.drain(conflict_policy=policy, push_audit=True)
+    if policy == "flag":
+        status = harness.store.sync_status(record_id)
+        assert status is not None and status.conflict == "flagged"
+        decide_conflict(
+            harness.store,
+            record_id,
+            "overwrite",
+            against=status.conflict_versions,
+            record_version=status.record_version,
+            decided_by="cli",
+            at=now(),
+        )
+        harness.drain(conflict_policy=policy, push_audit=True)
+    entries = harness.store.list_audit(record_id=record_id, limit=1000)
+    two_way = [e for e in entries if e.action in ("conflict", "conflict-decision")]
+    expected = ["conflict", "conflict-decision"] if policy == "flag" else ["conflict"]
+    assert [e.action for e in two_way] == expected
+    assert all(e.push_state is None for e in two_way)
+    queued = [e for e in entries if e.push_state is not None]
+    written = policy != "keep-remote"  # ours written over theirs: a disclosure
+    assert sorted(e.action for e in queued) == (["disclose", "provenance"] if written else [])
+    assert all(e.pushed for e in queued)
+    on_server = {r["id"] for r in harness.tagged("AuditEvent") + harness.tagged("Provenance")}
+    assert on_server == {e.resource["id"] for e in queued}
 
 
 @pytest.mark.parametrize("policy", ["flag", "keep-remote", "overwrite"])
