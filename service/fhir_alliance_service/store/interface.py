@@ -45,6 +45,7 @@ __all__ = [
     "RETRACTION_ENTERED_IN_ERROR",
     "RETRACTION_KEPT",
     "ReplayResult",
+    "RetractionCheck",
     "SentResource",
     "Store",
     "StoredRecord",
@@ -173,6 +174,16 @@ class SentMark:
 RETRACTION_KEPT = "kept"
 RETRACTION_ENTERED_IN_ERROR = "entered-in-error"
 RETRACTION_DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class RetractionCheck:
+    """A patient noted for a retraction check (:meth:`Store.note_retraction_checks`). ``note``:
+    the note's id, new each time the patient is noted: :meth:`Store.clear_retraction_check`
+    clears this note only, never a later one."""
+
+    patient: str
+    note: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -771,6 +782,28 @@ class Store(Protocol):
     ) -> None:
         """Note on a SENT item what the retraction policy did with it (one transaction with
         ``audit``)."""
+
+    # -- pending retraction checks (``sync/retract.py``, ``Worker._retraction_check``) ----------
+    def note_retraction_checks(
+        self, patients: Sequence[str], *, lease_until: datetime | None = None
+    ) -> str:
+        """Note that what was sent for each of ``patients`` (store keys) is to be put to the
+        retraction policy (again), by whichever worker claims it (:meth:`claim_retraction_checks`):
+        the note outlives the process that made it. One note per patient: noting again replaces
+        it. ``lease_until``: the caller checks them now, nobody else until then; None: due at
+        once. The new note's id (the same for every patient of the call)."""
+
+    def claim_retraction_checks(
+        self, *, limit: int, lease_seconds: float, now: datetime
+    ) -> list[RetractionCheck]:
+        """Up to ``limit`` noted patients due at ``now`` (a note without a lease, or whose lease
+        ended), in key order, each leased until ``now + lease_seconds`` (another worker skips
+        it meanwhile; on PostgreSQL notes another worker is claiming are skipped, ``FOR UPDATE
+        SKIP LOCKED``). A first, read-only look finds whether any is due."""
+
+    def clear_retraction_check(self, check: RetractionCheck) -> bool:
+        """Drop ``check``'s note once a check of its patient that began after the note was made
+        succeeded; a later note of the patient stays. Whether it was dropped."""
 
     def mark_conflict(
         self, item_id: int, conflict: str, *, at: datetime, worker: str | None = None

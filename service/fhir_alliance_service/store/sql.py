@@ -27,6 +27,7 @@ Choices the interface leaves open, made here:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
@@ -74,6 +75,7 @@ from .interface import (
     PulledResource,
     PutOutcome,
     ReplayResult,
+    RetractionCheck,
     SentMark,
     SentResource,
     StoredRecord,
@@ -97,6 +99,7 @@ from .tables import (
     pulled_resources,
     record_heads,
     remote_patients,
+    retraction_checks,
 )
 from .tables import audit as audit_log
 from .tables import records as record_versions
@@ -2138,6 +2141,68 @@ class SqlStore(AuditQueueSql):
             )
             if audit:
                 connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
+
+    # -- pending retraction checks --------------------------------------------------------------
+    def note_retraction_checks(
+        self, patients: Sequence[str], *, lease_until: datetime | None = None
+    ) -> str:
+        note = str(uuid.uuid4())
+        unique = sorted(set(patients))
+        if not unique:
+            return note
+        with self._write() as connection:
+            for chunk in _chunks(unique):
+                statement = self._upsert(retraction_checks).values(
+                    [{"patient": p, "note": note, "lease_until": lease_until} for p in chunk]
+                )
+                connection.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=[retraction_checks.c.patient],
+                        set_={
+                            "note": statement.excluded.note,
+                            "lease_until": statement.excluded.lease_until,
+                        },
+                    )
+                )
+        return note
+
+    def claim_retraction_checks(
+        self, *, limit: int, lease_seconds: float, now: datetime
+    ) -> list[RetractionCheck]:
+        if limit <= 0:
+            return []
+        lease = retraction_checks.c.lease_until
+        due = or_(lease.is_(None), lease <= now)
+        with self._read() as connection:  # nothing due (nearly always): no write at all
+            query = select(retraction_checks.c.patient).where(due).limit(1)
+            if connection.execute(query).first() is None:
+                return []
+        candidates = (
+            select(retraction_checks.c.patient, retraction_checks.c.note)
+            .where(due)
+            .order_by(retraction_checks.c.patient)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        with self._write() as connection:
+            rows = connection.execute(candidates).all()
+            if rows:
+                connection.execute(
+                    update(retraction_checks)
+                    .where(retraction_checks.c.patient.in_([row.patient for row in rows]))
+                    .values(lease_until=now + timedelta(seconds=lease_seconds))
+                )
+        return [RetractionCheck(row.patient, row.note) for row in rows]
+
+    def clear_retraction_check(self, check: RetractionCheck) -> bool:
+        with self._write() as connection:
+            result = connection.execute(
+                retraction_checks.delete().where(
+                    retraction_checks.c.patient == check.patient,
+                    retraction_checks.c.note == check.note,
+                )
+            )
+            return result.rowcount == 1
 
     def mark_conflict(
         self, item_id: int, conflict: str, *, at: datetime, worker: str | None = None

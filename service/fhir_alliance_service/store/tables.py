@@ -44,6 +44,7 @@ __all__ = [
     "record_heads",
     "records",
     "remote_patients",
+    "retraction_checks",
 ]
 
 
@@ -248,6 +249,19 @@ ended_sessions = Table(
     Column("session_id", String(64), primary_key=True),
     Column("expires_at", UtcDateTime, nullable=False),
     Index("ix_ended_sessions_expires_at", "expires_at"),
+)
+
+#: Patients whose sends are to be put to the retraction policy (again) by any worker's next
+#: retraction pass (migration 0011, ``sync/retract.py``): a check that failed, or one a worker
+#: is making (under its lease: another takes it over once the lease ends). ``note``: a new id each
+#: time the patient is noted, so that a check which began before a later note does not clear it.
+#: ``lease_until``: NULL, due at once; else nobody else checks the patient until then.
+retraction_checks = Table(
+    "retraction_checks",
+    metadata,
+    Column("patient", Text, primary_key=True),
+    Column("note", String(36), nullable=False),
+    Column("lease_until", UtcDateTime),
 )
 
 #: Small named facts (the FHIR server's last contact, its FHIR version, …).

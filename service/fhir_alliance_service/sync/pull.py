@@ -1279,7 +1279,8 @@ class TwoWaySync:
     every ``pull_full_listing_seconds`` the pull lists everything and the retraction pass looks at
     every patient (expiries change no stamp). At start it only notes the patients' consent
     stamps: what changed before it started is caught by the first full pass (or by
-    ``fhir-alliance pull``)."""
+    ``fhir-alliance pull``); the retraction checks noted in the store (one that failed, or that
+    a worker did not finish) are made by its first pass."""
 
     def __init__(
         self,

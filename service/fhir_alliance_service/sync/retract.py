@@ -14,7 +14,9 @@ held is retracted by ``settings.retraction_policy``:
 
 Every step is an AuditEvent (``retract-kept``, ``retract-entered-in-error``, ``retract-delete``,
 ``retract-failed``) and the outcome is on the record's sync status (``retraction``). A failure is
-audited and tried again on the next pass. ``kept`` means kept under the policy in force then: once
+audited, and the patient is noted in the store (``Store.note_retraction_checks``): the next pass
+of any worker sharing the store checks them again, after a restart too, until a check succeeds
+(:meth:`Retractor.check_later`). ``kept`` means kept under the policy in force then: once
 the policy is ``entered-in-error`` or ``delete``, a kept record still not permitted is retracted by
 it on the next pass (a worker starting up checks the patients who have one); an entered-in-error
 or deleted record is never retracted again. Consent records are never retracted: the EHR needs the
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -63,12 +64,6 @@ DELETED = RETRACTION_DELETED
 
 #: The consents stamp of a patient without consent records (``Store.consents_stamp``).
 NO_CONSENTS = "0:0"
-
-#: Per database (``settings.database_url``): the patients whose retraction check after a send
-#: that outran a consent change failed (:meth:`Retractor.check_later`). Their consents stamp no
-#: longer changes, so every pass of this process checks them until one succeeds.
-_LATER: dict[str, set[str]] = {}
-_LATER_LOCK = threading.Lock()
 
 
 @dataclass(slots=True)
@@ -130,36 +125,57 @@ class Retractor:
 
     def run_pass(self, *, everyone: bool = False) -> RetractReport:
         """Check every patient whose consents changed since the last pass (all of them on the
-        first pass, or with ``everyone``: expiries change no stamp)."""
+        first pass, or with ``everyone``: expiries change no stamp), and the patients noted for a
+        check in the store (:meth:`check_later`; claimed under a lease, so that workers sharing
+        the store check each once). A patient whose check fails is noted for the next pass."""
         report = RetractReport()
+        noted = self.store.claim_retraction_checks(
+            limit=self.settings.worker_batch_size,
+            lease_seconds=self.settings.lease_seconds,
+            now=self.clock(),
+        )
         stamps = self.store.consent_stamps()
         # A patient checked before and without consent records now (a pulled consent whose
         # patient was changed on the server moved to another patient): their stamp changed too.
         for patient in self._checked.keys() - stamps.keys():
             stamps[patient] = NO_CONSENTS
+        checked: dict[str, bool] = {}  # patient -> checked without a failure, in this pass
         for patient, stamp in sorted(stamps.items()):
             if not everyone and self._checked.get(patient) == stamp:
                 continue
-            self.retract_patient(patient, report)
+            checked[patient] = self._check(patient, report)
             if report.failed == 0:
                 self._checked[patient] = stamp
-        database = self.settings.database_url
-        with _LATER_LOCK:
-            later = sorted(_LATER.get(database, ()))
-        for patient in later:
-            failed = report.failed
-            self.retract_patient(patient, report)
-            if report.failed == failed:
-                with _LATER_LOCK:
-                    _LATER.get(database, set()).discard(patient)
+        for check in noted:
+            ok = checked.get(check.patient)
+            if ok is None:
+                ok = checked[check.patient] = self._check(check.patient, report)
+            if ok:  # a check that began after the note: done (a later note stays)
+                self.store.clear_retraction_check(check)
         return report
 
+    def _check(self, patient: str, report: RetractReport) -> bool:
+        """:meth:`retract_patient`: whether it went without a failure. A patient whose check
+        failed (audited), or raised, is noted for the next pass of any worker first."""
+        failed = report.failed
+        try:
+            self.retract_patient(patient, report)
+        except Exception:
+            try:
+                self.check_later(patient)
+            except Exception as exc:  # the store is what failed: the error raised says so
+                log.warning("retraction check not noted: %s", type(exc).__name__)
+            raise
+        if report.failed > failed:
+            self.check_later(patient)
+            return False
+        return True
+
     def check_later(self, patient: str) -> None:
-        """Have every pass of this process check ``patient`` until one succeeds, whether or not
-        their consents change again: a send recorded after their consents changed, whose
-        retraction check failed (``Worker``), would otherwise wait for the full pass."""
-        with _LATER_LOCK:
-            _LATER.setdefault(self.settings.database_url, set()).add(patient)
+        """Note ``patient`` in the store for a retraction check by the next pass of any worker
+        sharing it (this one restarted included), until one succeeds, whether or not their
+        consents change again: a check that failed would otherwise wait for the full pass."""
+        self.store.note_retraction_checks([patient])
 
     def retract_patient(self, patient: str, report: RetractReport | None = None) -> RetractReport:
         """Retract, by the policy, what was sent for ``patient`` and is no longer permitted."""

@@ -66,6 +66,7 @@ from fhir_alliance_service.store.interface import (
     AuditPushState,
     OutboxItem,
     PulledResource,
+    RetractionCheck,
     SentMark,
     SentResource,
     Store,
@@ -700,8 +701,8 @@ class Worker:
         the record landed) is not stopped by the gate, and a retraction pass that ran meanwhile
         found nothing sent and took the patient as checked: such a patient's sends are checked
         now, by the retraction policy, once they are recorded as SENT (``Retractor``; on failure
-        again by every later pass of this process until one succeeds). A change stored after
-        this check finds the sends SENT: the next pass handles it."""
+        again by the later passes of any worker until one succeeds: ``_retraction_check``). A
+        change stored after this check finds the sends SENT: the next pass handles it."""
         seen: dict[str, str] = {}
         patients = {
             entry.item.patient
@@ -713,25 +714,32 @@ class Worker:
         self._retraction_check(patients)
 
     def _retraction_check(self, patients: set[str]) -> None:
-        """Put what was sent for ``patients`` to the retraction policy now (``Retractor``): on
-        failure, whatever it is, every later retraction pass of this process tries again (the
-        passes before may have taken the patient as checked, their consents unchanged since).
-        A database outage is raised once every patient left is noted so."""
+        """Put what was sent for ``patients`` to the retraction policy now (``Retractor``). They
+        are noted in the store first, under this worker's lease (``Store.note_retraction_checks``),
+        and each note is cleared once its check succeeds: a check that fails, whatever the
+        failure, is due at once for the next retraction pass of any worker sharing the store (the
+        passes before may have taken the patient as checked, their consents unchanged since),
+        and one this worker does not finish (it dies, or the database goes) is due once the
+        lease ends, after a restart too. A database outage is raised."""
+        if not patients:
+            return
         ordered = sorted(patients)
-        for n, patient in enumerate(ordered):
-            retractor = Retractor(self.settings, self.store, self.client, clock=self.clock)
+        retractor = Retractor(self.settings, self.store, self.client, clock=self.clock)
+        lease_until = self.clock() + timedelta(seconds=self.settings.lease_seconds)
+        note = self.store.note_retraction_checks(ordered, lease_until=lease_until)
+        for patient in ordered:
             try:
                 failed = retractor.retract_patient(patient).failed
             except Exception as exc:
                 status = exc.status if isinstance(exc, ServerError) else None
                 log.warning("retraction check failed: %s %s", type(exc).__name__, status or "-")
                 if is_store_outage(exc):
-                    for left in ordered[n:]:
-                        retractor.check_later(left)
-                    raise
+                    raise  # the notes left are due once the lease ends
                 failed = 1
             if failed:  # a ServerError is audited; the next retraction passes try again
                 retractor.check_later(patient)
+            else:
+                self.store.clear_retraction_check(RetractionCheck(patient, note))
 
     def _push_audit(self, entries: list[AuditEntry]) -> list[AuditEntry]:
         """Queue the AuditEvent/Provenance resources for the FHIR server: stored PENDING with the

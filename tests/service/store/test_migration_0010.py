@@ -8,7 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fhir_alliance_service.store import SyncState, current_revision, open_store, upgrade
+from fhir_alliance_service.store import (
+    SyncState,
+    current_revision,
+    head_revision,
+    open_store,
+    upgrade,
+)
 from fhir_alliance_service.store.engine import make_engine
 from sqlalchemy import inspect
 
@@ -58,6 +64,7 @@ def test_0010_adds_the_note_with_rows_in_place_and_downgrades(url_with_items_at_
     assert current_revision(url) == "0010"
     columns, indexes = _schema(url)
     assert "landing_check_at" in columns and INDEX in indexes
+    upgrade(url)  # later revisions add tables of their own: the store opens at head only
     store = open_store(url)
     try:
         counts = store.counts_by_state()
@@ -77,4 +84,4 @@ def test_0010_adds_the_note_with_rows_in_place_and_downgrades(url_with_items_at_
     columns, indexes = _schema(url)
     assert "landing_check_at" not in columns and INDEX not in indexes
     upgrade(url)
-    assert current_revision(url) == "0010"
+    assert current_revision(url) == head_revision()

@@ -32,6 +32,8 @@ TABLES |= {"patient_aliases", "pull_cursors", "pulled_resources", "remote_patien
 TABLES |= {"patient_tokens"}
 # Console sessions signed out (migration 0007).
 TABLES |= {"ended_sessions"}
+# Pending retraction checks (migration 0011).
+TABLES |= {"retraction_checks"}
 
 
 @pytest.fixture(

@@ -1,18 +1,18 @@
 """Upgrading a store that holds data, from each older revision to head, on SQLite and
 PostgreSQL: every row of every table survives (the columns it had; migration 0008 rewrites the
 patient tokens on purpose, keeping one per patient, and 0009 files every spelling of a patient's
-identifier under its canonical key; 0010 adds a column, NULL on every row), the current code
-reads every record, status, audit entry and key, and sync works afterwards against the FHIR test
-server.
+identifier under its canonical key; 0010 adds a column, NULL on every row; 0011 adds a table,
+empty), the current code reads every record, status, audit entry and key, and sync works
+afterwards against the FHIR test server.
 
 The data is written by the current code at head (the demo clinic loaded through ``load``, a
 patient named by identifier, API keys, one revoked, outbox items queued, held, failed,
-dead-lettered and sent, pulled resources, a console session signed out), then the database is
-taken back to the older revision, which drops what that revision did not have, and (before
-0009) two of the identifier patient's records are filed under other spellings of the identifier,
-as the code before 0009 filed records posted so. (Stores written by the releases at each
-revision, with the demo clinic, synced, pulled and dead-lettered, were upgraded by hand the same
-way when these tests were written, with the same result.)"""
+dead-lettered and sent, pulled resources, a console session signed out, a pending retraction
+check), then the database is taken back to the older revision, which drops what that revision
+did not have, and (before 0009) two of the identifier patient's records are filed under other
+spellings of the identifier, as the code before 0009 filed records posted so. (Stores written by
+the releases at each revision, with the demo clinic, synced, pulled and dead-lettered, were
+upgraded by hand the same way when these tests were written, with the same result.)"""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[3]
 CLINIC = ROOT / "examples" / "demo" / "clinic"
 SERVER = "http://ehr.example/fhir"
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
-OLDER = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
+OLDER = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010"]
 #: Tables whose rows a migration rewrites on purpose (compared by patient, not row by row).
 REWRITTEN = {"patient_tokens"}
 #: A patient named by identifier only (a synthetic SSN), filed under the canonical key at head;
@@ -187,6 +187,7 @@ def populated(database_url: str) -> Iterator[dict[str, Any]]:
             at=NOW,
         )
         store.end_session("session-1", expires_at=NOW + timedelta(days=3650), at=NOW)
+        store.note_retraction_checks([patients[0]])
         store.set_meta("fhir.last_contact", NOW.isoformat())
     finally:
         store.close()

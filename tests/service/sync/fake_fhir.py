@@ -6,7 +6,8 @@ says otherwise: a status (503 storms, 429 with ``Retry-After``), a malformed bod
 Bundles holding a given id (422 with an OperationOutcome), "apply, then answer too late" (a lost
 response), or "apply, then name another resource in the answer" (a hostile ``location``); while
 ``read_status`` is set, every read answers that status (a server down for reads), and a
-``Type/id`` in ``read_answers`` is answered by its function (one poisoned resource). ``writes``
+``Type/id`` in ``read_answers`` is answered by its function (one poisoned resource), and while
+``delete_status`` is set every delete answers that status (a retraction that fails). ``writes``
 counts the writes applied per ``Type/id``, so tests can tell a harmless re-send from a duplicate,
 and ``reads`` the reads asked for.
 """
@@ -87,6 +88,8 @@ class FakeFhir:
     rejected_ids: set[str] = field(default_factory=set)
     #: While set, every ``GET Type/id`` answers this status with an OperationOutcome (e.g. 503).
     read_status: int | None = None
+    #: While set, every ``DELETE Type/id`` answers this status and deletes nothing (e.g. 503).
+    delete_status: int | None = None
     #: ``Type/id`` → what its ``GET`` answers instead (given the resource held, or None).
     read_answers: dict[str, Callable[[dict[str, Any] | None], Response]] = field(
         default_factory=dict
@@ -131,7 +134,10 @@ class FakeFhir:
         """``DELETE Type/id``: the resource is gone (204), or 404 when there was none."""
         key = request.path.removeprefix("/fhir/")
         with self.lock:
-            gone = self.resources.pop(key, None)
+            down = self.delete_status
+            gone = None if down is not None else self.resources.pop(key, None)
+        if down is not None:
+            return status(down)({})
         if gone is None:
             body = json.dumps(outcome("not-found", "no such resource"))
             return Response(body, status=404, content_type=FHIR_JSON)

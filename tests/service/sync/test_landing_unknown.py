@@ -457,7 +457,9 @@ def test_a_landed_send_whose_retraction_check_failed_is_retracted_by_the_next_pa
     send landed and records it SENT; its retraction check fails (the database gone for a moment,
     or anything but the server's own error). The patient's next retraction pass checks them
     again and retracts it (it used to skip them, their consents unchanged since: the copy stayed
-    on the server, tracked but never retracted by this process; a bug also failed the batch)."""
+    on the server, tracked but never retracted by this process; a bug also failed the batch):
+    at once after a bug, and after the database outage once the worker's lease on the check has
+    ended (the worker noted the check in the store before it began)."""
     [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
     rig.fake.faults = [_answer_lost(rig, R.revocation(rig.run), applied=True, reads_down=False)]
     rig.worker().run_once()
@@ -465,7 +467,12 @@ def test_a_landed_send_whose_retraction_check_failed_is_retracted_by_the_next_pa
     rig.worker(later=10).run_once()
     assert rig.items(record_id) == {1: SyncState.HELD}
     settings, client = rig.worker().settings, rig.worker().client
-    retractor = Retractor(settings, rig.store, client)
+    later = 0.0  # seconds the pass's clock runs ahead
+
+    def clock() -> datetime:
+        return now() + timedelta(seconds=later)
+
+    retractor = Retractor(settings, rig.store, client, clock=clock)
     assert retractor.run_pass().deleted == 0  # nothing sent yet: the patient is checked
 
     failure: BaseException = (
@@ -483,6 +490,9 @@ def test_a_landed_send_whose_retraction_check_failed_is_retracted_by_the_next_pa
         assert worker.run_once().error is None
     assert rig.items(record_id) == {1: SyncState.SENT}
     assert key in rig.fake.resources
+    if error == "outage":
+        assert retractor.run_pass().deleted == 0  # the worker's lease on the check runs
+        later = 60 + settings.lease_seconds  # the worker's clock ran 60 s ahead
     assert retractor.run_pass().deleted == 1
     assert key not in rig.fake.resources
     assert rig.actions(record_id).count("retract-delete") == 1

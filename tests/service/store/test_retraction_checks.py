@@ -1,0 +1,121 @@
+"""Contract of the pending retraction checks (migration 0011): a patient whose sends must be put to
+the retraction policy (again) is noted in the store, so that the note outlives the worker that
+made it and every worker sharing the store sees it. ``claim_retraction_checks`` hands the due
+notes out under a lease (once each, across workers: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL),
+and a note is cleared only by a check that started after it was made (its note id), never by one
+that began before the patient was noted again. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fhir_alliance_service.store import SqlStore, open_store
+from fhir_alliance_service.store.interface import RetractionCheck
+from fhir_alliance_service.store.tables import retraction_checks
+from sqlalchemy import func, select
+
+from .builders import at
+
+LEASE = 30
+
+
+def _patients(checks: list[RetractionCheck]) -> list[str]:
+    return [check.patient for check in checks]
+
+
+def test_a_note_is_claimed_by_any_store_once_while_leased(database_url: str) -> None:
+    """Noted through one store (a worker), the checks are claimed through another (another
+    worker process, or the same one restarted), patient by patient in key order; while that
+    claim's lease runs nobody gets them again, after it (the claimer died) they are due again.
+    Cleared, a check is gone for everyone."""
+    stores = [open_store(database_url) for _ in range(2)]
+    try:
+        noting, other = stores
+        noting.note_retraction_checks(["Patient/p2", "Patient/p1"])
+        claimed = other.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(0))
+        assert _patients(claimed) == ["Patient/p1", "Patient/p2"]
+        leased = noting.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(LEASE - 1))
+        assert leased == []
+        again = noting.claim_retraction_checks(limit=1, lease_seconds=LEASE, now=at(LEASE))
+        assert again == claimed[:1]  # the same notes, one as asked
+        assert other.clear_retraction_check(claimed[0])
+        assert not noting.clear_retraction_check(claimed[0])  # already cleared
+        later = noting.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(3 * LEASE))
+        assert later == claimed[1:]
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+def test_a_patient_noted_again_meanwhile_stays_noted(store: SqlStore) -> None:
+    """A check claimed, then the patient noted again while it runs (a send recorded meanwhile
+    that it may not have seen): clearing the claimed check leaves the newer note, which is due
+    at once and cleared by its own check."""
+    store.note_retraction_checks(["Patient/p1"])
+    [first] = store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(0))
+    store.note_retraction_checks(["Patient/p1"])
+    assert not store.clear_retraction_check(first)
+    [second] = store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(1))
+    assert second.patient == "Patient/p1" and second.note != first.note
+    assert store.clear_retraction_check(second)
+    assert store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(3600)) == []
+
+
+def test_a_check_noted_under_a_lease_waits_for_it_and_a_failure_makes_it_due(
+    store: SqlStore,
+) -> None:
+    """A worker notes the patients it is about to check under a lease of its own: nobody claims
+    them until the lease ends (when a worker that died is done for). Noted again without a lease
+    (its check failed), the patient is due at once, whatever the clocks say."""
+    note = store.note_retraction_checks(["Patient/p1", "Patient/p2"], lease_until=at(LEASE))
+    assert store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(LEASE - 1)) == []
+    store.note_retraction_checks(["Patient/p2"])
+    [due] = store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(-3600))
+    assert due.patient == "Patient/p2" and due.note != note
+    assert not store.clear_retraction_check(RetractionCheck("Patient/p2", note))
+    assert store.clear_retraction_check(RetractionCheck("Patient/p1", note))  # checked in time
+    assert store.clear_retraction_check(due)
+    assert store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(3600)) == []
+
+
+def test_noting_a_patient_twice_keeps_one_note(store: SqlStore) -> None:
+    """One row per patient, however often (and in however many calls) they are noted."""
+    store.note_retraction_checks(["Patient/p1", "Patient/p1"])
+    store.note_retraction_checks(["Patient/p1"])
+    store.note_retraction_checks([])
+    with store.engine.connect() as connection:
+        rows = connection.execute(select(func.count()).select_from(retraction_checks)).scalar()
+    assert rows == 1
+    assert store.claim_retraction_checks(limit=0, lease_seconds=LEASE, now=at(0)) == []
+
+
+@pytest.mark.postgres
+def test_a_check_another_worker_is_claiming_is_skipped_not_waited_for(postgres_url: str) -> None:
+    """PostgreSQL: notes another worker's claim has locked (its transaction still open) are
+    skipped, not waited for (``FOR UPDATE SKIP LOCKED``): the claim takes the others."""
+    store = open_store(postgres_url)
+    try:
+        store.note_retraction_checks([f"Patient/p{n}" for n in range(4)])
+        with store.engine.connect() as other, other.begin():
+            locked = list(
+                other.execute(
+                    select(retraction_checks.c.patient)
+                    .order_by(retraction_checks.c.patient)
+                    .limit(2)
+                    .with_for_update()
+                ).scalars()
+            )
+            claimed: list[RetractionCheck] = []
+            claiming = threading.Thread(
+                target=lambda: claimed.extend(
+                    store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(0))
+                )
+            )
+            claiming.start()
+            claiming.join(timeout=10)  # a claim that waited for the locks would still be running
+            assert not claiming.is_alive()
+        assert _patients(claimed) == ["Patient/p2", "Patient/p3"]
+        assert not set(_patients(claimed)) & set(locked)
+    finally:
+        store.close()

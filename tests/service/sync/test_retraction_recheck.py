@@ -1,0 +1,194 @@
+"""A retraction check that failed, or that its worker never finished, is kept in the store until
+one succeeds: a worker started anew (nothing of the one before in its memory) and any other
+worker process sharing the store do it at their next retraction pass, without waiting for the
+full pass (``PULL_FULL_LISTING_SECONDS``). It used to be kept in the memory of the process that
+failed it only: after a restart (a worker starting up takes every patient's consents as checked)
+or in another worker, a copy the patient had withdrawn their consent for stayed on the FHIR server
+until the full pass. Faults from pytest-httpserver (``fake_fhir.FakeFhir``: deletes answer 503
+while the server is down); the workers that take over run in processes of their own, as
+``fhir-alliance worker`` runs (``Worker.run_forever`` with the two-way sync between batches)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from fhir_alliance_service.store import SqlStore, open_store
+from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.sync import Worker
+from fhir_alliance_service.sync.leases import LeaseLedger
+from fhir_alliance_service.sync.pull import TwoWaySync
+from fhir_alliance_service.sync.retract import Retractor
+from pytest_httpserver import HTTPServer
+
+from fhir_alliance.client import FhirClient
+from tests.service.sync import records as R
+from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
+from tests.service.sync.fake_fhir import FakeFhir
+from tests.service.sync.test_landing_unknown import (
+    FailsFirstRetraction,
+    Killed,
+    Rig,
+    _answer_lost,
+)
+from tests.service.sync.test_superseded_in_hand import sent_consent
+from tests.service.sync.workers import wait_until
+
+#: How long a worker process may take to start (a fresh interpreter imports the service).
+START_TIMEOUT = 60.0
+
+
+def _worker_process(
+    database_url: str,
+    base_url: str,
+    later: float,
+    started: Any,
+    stop: Any,
+) -> None:
+    """A worker process retracting by deleting, its clock ``later`` seconds ahead of the test's,
+    pulling (and running a retraction pass) every 0.2 s: ``started`` is set once its first
+    two-way sync pass is done; it stops once ``stop`` is set."""
+    settings = replace(
+        sync_settings(base_url, database_url, fhir_version="4.0.1"),
+        retraction_policy="delete",
+        pull_interval_seconds=0.2,
+    )
+
+    def clock() -> datetime:
+        return now() + timedelta(seconds=later)
+
+    store = open_store(database_url)
+    client = FhirClient(base_url, retry=QUICK_RETRY, timeout=(1.0, 1.0))
+    two_way = TwoWaySync(settings, store, client, clock=clock)
+    halt = threading.Event()
+
+    def between_batches() -> None:
+        two_way.tick()
+        started.set()
+        if stop.is_set():
+            halt.set()
+
+    worker = Worker(settings, store, client, clock=clock, between_batches=between_batches)
+    try:
+        worker.run_forever(halt)
+    finally:
+        client.close()
+        store.close()
+
+
+@contextmanager
+def another_worker(rig: Rig, *, later: float = 0.0) -> Iterator[None]:
+    """A worker in a process of its own on the rig's store and server, running once its first
+    retraction pass is done (the patients' consents as they are then taken as checked)."""
+    context = multiprocessing.get_context("spawn")
+    started, stop = context.Event(), context.Event()
+    process = context.Process(
+        target=_worker_process,
+        args=(rig.sqlite_url, rig.fake.base_url, later, started, stop),
+        daemon=True,
+    )
+    process.start()
+    try:
+        assert started.wait(START_TIMEOUT), "the worker process did not start"
+        yield
+    finally:
+        stop.set()
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+@pytest.fixture
+def rig(httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str) -> Iterator[Rig]:
+    """The patient's sharing consent sent already: ratings of Patient/p1 may go."""
+    yield from sent_consent(
+        Rig(FakeFhir(httpserver).install(), sync_store, sqlite_url, R.run_token())
+    )
+
+
+def _landed_after_the_revocation(rig: Rig) -> tuple[str, str]:
+    """A rating lands while the patient revokes the sharing, and its answer is lost; its retry
+    is held. The record id, and the ``Type/id`` of its copy on the server (not recorded yet)."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    rig.fake.faults = [_answer_lost(rig, R.revocation(rig.run), applied=True, reads_down=False)]
+    rig.worker().run_once()
+    [key] = rig.observations()
+    rig.worker(later=10).run_once()
+    assert rig.items(record_id) == {1: SyncState.HELD}
+    return record_id, key
+
+
+def _retracted(rig: Rig, record_id: str, key: str) -> None:
+    """The copy deleted from the server by one retraction, and no check left to do."""
+    assert key not in rig.fake.resources
+    assert rig.actions(record_id).count("retract-delete") == 1
+    last = rig.store.last_sent(record_id)
+    assert last is not None and last.retraction == "deleted"
+    assert rig.store.claim_retraction_checks(limit=10, lease_seconds=30, now=now()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["landed-late", "revocation", "cut-short"])
+def test_a_failed_retraction_check_is_done_by_the_worker_started_anew(
+    rig: Rig, failure: str
+) -> None:
+    """The FHIR server answers 503 to deletes, and a retraction check fails: the one the worker
+    makes once a read-back finds a send landed after the patient revoked (``landed-late``), or
+    the retraction pass after the revocation itself (``revocation``); or the worker dies in the
+    middle of the read-back's check (``cut-short``). The worker is restarted (a new process;
+    under ``cut-short`` once the dead worker's lease on the check has ended), the server has
+    recovered, and the new worker's first retraction pass deletes the copy: it used to take the
+    patient's consents as checked at start, and leave the copy until the full pass."""
+    if failure == "revocation":
+        [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+        assert rig.worker().run_once().sent == 1
+        [key] = rig.observations()
+        worker = rig.worker()
+        retractor = Retractor(worker.settings, rig.store, worker.client)
+        retractor.seed()  # a worker running before the revocation
+        rig.intake(R.revocation(rig.run))
+        rig.fake.delete_status = 503
+        assert retractor.run_pass().failed == 1
+    else:
+        record_id, key = _landed_after_the_revocation(rig)
+        rig.fake.delete_status = 503
+        worker = rig.worker(later=60)
+        if failure == "cut-short":
+            store = FailsFirstRetraction(rig.store, Killed())
+            worker.leases = LeaseLedger(store)  # type: ignore[arg-type]
+            worker.store = worker.leases.as_store()
+            with pytest.raises(Killed):
+                worker.run_once()  # read back, recorded SENT, then the worker dies
+        else:
+            assert worker.run_once().error is None  # read back, recorded SENT, check failed
+            assert rig.actions(record_id).count("retract-failed") == 1
+        assert rig.items(record_id) == {1: SyncState.SENT}
+    assert key in rig.fake.resources
+
+    rig.fake.delete_status = None  # the server is back; the worker process starts again
+    with another_worker(rig, later=100 if failure == "cut-short" else 0):
+        _retracted(rig, record_id, key)  # by its first pass
+
+
+@pytest.mark.slow
+def test_a_failed_retraction_check_is_done_by_another_worker_process(rig: Rig) -> None:
+    """Another worker process shares the store and has run its retraction passes since before
+    the send landed. This worker's check of the send fails (503); the other worker, which never
+    learnt of it (it used to stay in this process's memory), deletes the copy once the server
+    answers again, with no consent changed since and no full pass."""
+    record_id, key = _landed_after_the_revocation(rig)
+    with another_worker(rig):
+        rig.fake.delete_status = 503
+        assert rig.worker(later=60).run_once().error is None
+        assert rig.items(record_id) == {1: SyncState.SENT}
+        assert key in rig.fake.resources
+        rig.fake.delete_status = None
+        wait_until(lambda: key not in rig.fake.resources, timeout=20, what="the copy retracted")
+    _retracted(rig, record_id, key)
