@@ -316,10 +316,13 @@ def answered_identity(
 
 
 def _status_code(text: object) -> int | None:
+    """The HTTP status an entry's ``response.status`` starts with; None unless ASCII digits
+    (``str.isdigit`` alone takes a superscript ², which ``int`` refuses, and other scripts'
+    digits, which it reads)."""
     if not isinstance(text, str):
         return None
     head = text.strip().split(" ", 1)[0]
-    return int(head) if head.isdigit() else None
+    return int(head) if head.isascii() and head.isdigit() else None
 
 
 def _target(request: BundleRequest) -> tuple[str | None, str | None]:
@@ -372,10 +375,16 @@ def entry_outcomes(
             and resource.get("resourceType") == ("OperationOutcome")
         ):
             outcome, resource = resource, None
-        error = None
+        error: ServerError | None = None
         rtype = rid = vid = None
-        if status is None or not 200 <= status < 300:
-            error = error_for(status or 0, outcome, req) if error_for else None
+        if status is None:
+            # Answered, but not with a status that can be read: it may have been applied.
+            error = InvalidResponseError(
+                f"the answer's Bundle.entry[{i}] has no readable response.status",
+                outcome=outcome,
+            )
+        elif not 200 <= status < 300:
+            error = error_for(status, outcome, req) if error_for else None
             if error is None:
                 error = ServerError("bundle entry failed", status=status, outcome=outcome)
         else:

@@ -336,7 +336,8 @@ class FhirClient:
         """The answer's body, up to ``max_response_bytes``; beyond it ResponseTooLargeError (the
         server answered: a write may have been applied)."""
         declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.max_response_bytes:
+        # ASCII digits only: a superscript passes ``isdigit`` and fails ``int``.
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_response_bytes:
             raise _too_large(response)
         chunks: list[bytes] = []
         total = 0

@@ -59,7 +59,7 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # a superscript passes isdigit(), not float()
         return float(text)
     try:
         when = parsedate_to_datetime(text)

@@ -821,7 +821,7 @@ def _identifier(value: Any, path: _Path) -> Identifier:
 def _luhn_ok(code: str) -> bool:
     """LOINC's mod-10 check digit."""
     body, _, check = code.partition("-")
-    if not body.isdigit() or not check.isdigit() or len(check) != 1:
+    if not (code.isascii() and body.isdigit() and check.isdigit() and len(check) == 1):
         return False
     total = 0
     for i, ch in enumerate(reversed(body)):

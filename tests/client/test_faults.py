@@ -11,6 +11,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from fhir_alliance.client import BearerTokenAuth, BundleRequest, FhirClient, RetryPolicy
+from fhir_alliance.client.retry import parse_retry_after
 from fhir_alliance.errors import (
     InvalidResponseError,
     LimitExceededError,
@@ -389,3 +390,63 @@ def test_search_streams_one_page_at_a_time(
     next(results)
     assert len(httpserver.log) == 1
     assert list(results) and len(httpserver.log) == 2
+
+
+# Digits str.isdigit() accepts that are not ASCII: a superscript two (int() refuses it), and
+# fullwidth and Arabic-Indic digits (int() reads them). HTTP numbers are ASCII digits only. A
+# header reaches the client as Latin-1, so of these only the superscript can be in one.
+OTHER_DIGITS = ["\u00b2", "\uff12", "\u0662"]
+SUPERSCRIPT_TWO = "\u00b2"
+
+
+@pytest.mark.parametrize("digit", OTHER_DIGITS, ids=["superscript", "fullwidth", "arabic-indic"])
+def test_a_bundle_entry_status_in_other_digits_is_an_unreadable_answer(
+    httpserver: HTTPServer, retry_policy: RetryPolicy, digit: str
+) -> None:
+    """A transaction-response entry whose status is "200 OK" with another script's 2: that entry
+    carries an InvalidResponseError (the Bundle was answered, so it may have been applied), the
+    others are read as usual. It used to raise ValueError out of the client (a superscript), or
+    take the entry for a success (digits int() reads)."""
+    hostile = {"status": f"{digit}00 OK", "location": "Observation/o1/_history/1"}
+    fine = {"status": "200 OK", "location": "Observation/o2/_history/1"}
+    answer = {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [{"response": hostile}, {"response": fine}],
+    }
+    httpserver.expect_request("/fhir", method="POST").respond_with_json(answer)
+    requests_ = [BundleRequest.put(OBS), BundleRequest.put(OBS | {"id": "o2"})]
+    first, second = client_for(httpserver, retry_policy).transaction(requests_)
+    assert isinstance(first.error, InvalidResponseError) and not first.ok
+    assert first.status is None and first.id is None
+    assert "status" in first.error.message and digit not in first.error.message
+    assert second.ok and (second.id, second.version_id) == ("o2", "1")
+
+
+def test_a_content_length_in_other_digits_is_not_believed(
+    httpserver: HTTPServer, retry_policy: RetryPolicy
+) -> None:
+    """A Content-Length of superscript digits says nothing: the body is read as one without it,
+    up to ``max_response_bytes`` (it used to raise ValueError out of the client)."""
+    answer = Response(json.dumps(OBS), content_type="application/fhir+json")
+    answer.headers["Content-Length"] = SUPERSCRIPT_TWO * 4  # after the body, which sets its own
+    answer.headers["Connection"] = "close"  # the body ends when the connection does
+    httpserver.expect_request("/fhir/Observation/o1").respond_with_response(answer)
+    client = client_for(httpserver, retry_policy, max_response_bytes=1000)
+    assert client.read("Observation", "o1")["id"] == "o1"
+
+
+def test_a_retry_after_in_other_digits_is_not_believed(
+    httpserver: HTTPServer, retry_policy: RetryPolicy, slept: RecordedSleep
+) -> None:
+    """503 with a Retry-After of superscript digits: unreadable, so the client backs off as
+    without one, then succeeds (it used to raise ValueError out of the client). Nor are digits
+    of other scripts read as a delay (``parse_retry_after``)."""
+    httpserver.expect_oneshot_request("/fhir/Observation/o1").respond_with_data(
+        "", status=503, headers={"Retry-After": SUPERSCRIPT_TWO * 3}
+    )
+    httpserver.expect_request("/fhir/Observation/o1").respond_with_json(OBS)
+    assert client_for(httpserver, retry_policy).read("Observation", "o1")["id"] == "o1"
+    assert slept.waits == [0.5]  # the first backoff (jitter at its ceiling)
+    for digit in OTHER_DIGITS:
+        assert parse_retry_after(digit * 3, now=0.0) is None

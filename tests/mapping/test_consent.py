@@ -316,6 +316,13 @@ MISFITS: list[tuple[str, str, Any, str]] = [
         "59284-6",
         "Consent.category[1].coding[0].code",
     ),
+    # a superscript digit (str.isdigit() takes it, int() does not): not a LOINC code
+    (
+        "leap-r4-optin-deny-code.json",
+        "category.1.coding.0.code",
+        "5928\u00b2-0",
+        "Consent.category[1].coding[0].code",
+    ),
     ("leap-r4-optin-deny-code.json", "scope.coding.0.code", "research", "Consent.scope"),
     ("leap-r4-optin-deny-code.json", "status", "rejected", "Consent.status"),
     (

@@ -401,7 +401,9 @@ def _later_version(given: str | None, listed: str | None) -> bool:
         return False
     if listed is None:
         return True
-    if given.isdigit() and listed.isdigit():
+    # ASCII digits only: a superscript ² passes isdigit(), not int(); other scripts' digits
+    # are no server's version numbers.
+    if given.isascii() and given.isdigit() and listed.isascii() and listed.isdigit():
         return int(given) > int(listed)
     return True
 

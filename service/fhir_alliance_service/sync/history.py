@@ -39,7 +39,7 @@ def _status(text: object) -> int | None:
     if not isinstance(text, str):
         return None
     head = text.strip().split(" ", 1)[0]
-    return int(head) if head.isdigit() else None
+    return int(head) if head.isascii() and head.isdigit() else None  # not ² nor other scripts
 
 
 def _text(value: object) -> str | None:

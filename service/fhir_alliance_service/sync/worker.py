@@ -1442,13 +1442,19 @@ def worker_stopped_outcome(lost_leases: int) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": [issue.to_fhir()]}
 
 
+def _ascii_number(text: str) -> bool:
+    """Whether ``text`` is ASCII digits (``str.isdigit`` alone takes a superscript ², which
+    ``int`` refuses, and other scripts' digits, which it reads)."""
+    return text.isascii() and text.isdigit()
+
+
 def _pulled_after_ours(seen: PulledResource, ours: str, ours_at: datetime | None) -> bool:
     """Whether the pulled version ``seen`` is a later write than ``ours`` (the version our last
     send recorded at ``ours_at``): compared as numbers where both are (servers count versions
     up, whichever of the pull and our send was recorded first); else by when each was recorded
     here (unknown: the pulled one, as before)."""
     theirs = seen.version_id or ""
-    if theirs.isdigit() and ours.isdigit():
+    if _ascii_number(theirs) and _ascii_number(ours):
         return int(theirs) > int(ours)
     if seen.updated_at is None or ours_at is None:
         return True

@@ -5,6 +5,7 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import pytest
 from fhir_alliance_service.store import SentResource, SqlStore, SyncState
 from fhir_alliance_service.store.interface import SentMark
 
@@ -162,3 +163,20 @@ def test_records_sent_names_the_records_with_a_sent_item(store: SqlStore) -> Non
     many = [f"rec-{n:06d}" for n in range(1, 1200)]  # more than one IN list's worth
     assert store.records_sent([*many, "unknown"]) == {"rec-000001"}
     assert store.records_sent([]) == set()
+
+
+@pytest.mark.parametrize("version", ["\u00b2", "\u0662"], ids=["superscript", "arabic-indic"])
+def test_versions_in_other_digits_are_not_compared_as_numbers(
+    store: SqlStore, version: str
+) -> None:
+    """A server version of another script's digits (a superscript 2, which int() refuses; an
+    Arabic-Indic 2, which it reads) is not a number: a send landing late with it is taken as a
+    different, later write than version 3 recorded (it used to raise ValueError out of
+    ``mark_sent_late``, or be taken for version 2, older, and not recorded)."""
+    store.put_records([record(1)], audit=[], at=T0)
+    [item] = store.claim("w1", limit=1, lease_seconds=30, now=at(1))
+    store.claim("w2", limit=1, lease_seconds=30, now=at(40))
+    assert store.mark_sent_many("w2", [_mark(item.item_id, "3", when=41)], at=at(41)) == [True]
+    store.mark_sent_late([_mark(item.item_id, version, when=42)], at=at(42))
+    last = store.last_sent("rec-000001")
+    assert last is not None and last.sent == (SentResource("Observation", "obs-1", version),)

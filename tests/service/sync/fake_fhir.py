@@ -4,7 +4,8 @@ It applies transaction Bundles of ``PUT`` entries to an in-memory map (version p
 them back (``GET Type/id``) and deletes them (``DELETE Type/id``), and answers with a transaction-response, unless the next queued fault
 says otherwise: a status (503 storms, 429 with ``Retry-After``), a malformed body, a rejection of
 Bundles holding a given id (422 with an OperationOutcome), "apply, then answer too late" (a lost
-response), or "apply, then name another resource in the answer" (a hostile ``location``); while
+response), or "apply, then name another resource in the answer" (a hostile ``location``, or a
+status that cannot be read); while
 ``read_status`` is set, every read answers that status (a server down for reads), and a
 ``Type/id`` in ``read_answers`` is answered by its function (one poisoned resource), and while
 ``delete_status`` is set every delete answers that status (a retraction that fails). ``writes``
@@ -73,6 +74,18 @@ def hostile_location(fake: FakeFhir, location: str) -> Fault:
         answer = fake.apply(bundle)
         key = bundle["entry"][0]["request"]["url"]
         answer["entry"][0]["response"]["location"] = location.format(key=key)
+        return Response(json.dumps(answer), status=200, content_type=FHIR_JSON)
+
+    return fault
+
+
+def hostile_status(fake: FakeFhir, answer_status: str) -> Fault:
+    """Apply the Bundle, then answer its first entry with the status ``answer_status`` (e.g.
+    ``²00 OK``, a superscript digit: a status that cannot be read)."""
+
+    def fault(bundle: dict[str, Any]) -> Response:
+        answer = fake.apply(bundle)
+        answer["entry"][0]["response"]["status"] = answer_status
         return Response(json.dumps(answer), status=200, content_type=FHIR_JSON)
 
     return fault

@@ -6,13 +6,14 @@ the metrics and in the audit."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from fhir_alliance_service.metrics import REGISTRY
-from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.store.interface import PulledResource, SyncState
 from fhir_alliance_service.sync.gate import gate_item
-from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON
+from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON, _pulled_after_ours
 from fhir_alliance_service.usecases.conflicts import decide_conflict
 
 from tests.service.sync import records as R
@@ -180,3 +181,26 @@ def test_a_label_someone_added_makes_an_equal_copy_a_conflict(harness: SyncHarne
     status = harness.store.sync_status(ours.record_id)
     assert status is not None and status.state is SyncState.HELD
     assert status.conflict == "flagged"
+
+
+@pytest.mark.parametrize("theirs", ["\u00b2", "\u0662"], ids=["superscript", "arabic-indic"])
+def test_a_pulled_version_in_other_digits_is_not_compared_as_a_number(theirs: str) -> None:
+    """A withdrawn copy the pull read with a ``versionId`` of another script's digits (the pull
+    keeps it as the server wrote it) is not compared with ours as a number: the times it and our
+    send were recorded decide (it used to raise ValueError, failing the worker's batch every
+    time, or compare the digits as a number)."""
+    seen = PulledResource(
+        "https://ehr.example/fhir",
+        "Consent",
+        "c1",
+        theirs,
+        None,
+        "Patient/p1",
+        "rec-1",
+        "ours",
+        "withdrawn",
+        updated_at=now(),
+    )
+    # Read as numbers, the Arabic-Indic 2 would be before 3 and after 1.
+    assert _pulled_after_ours(seen, "3", now() - timedelta(seconds=1))
+    assert not _pulled_after_ours(seen, "1", now() + timedelta(seconds=1))

@@ -23,6 +23,7 @@ from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
 from tests.service.sync.fake_fhir import (
     FakeFhir,
     hostile_location,
+    hostile_status,
     late_answer,
     malformed,
     resetting_server,
@@ -191,6 +192,23 @@ def test_a_hostile_location_is_retried_and_never_recorded(rig: FaultRig, locatio
         assert status_ is not None
         for sent in status_.sent:
             assert sent.version_id is not None and sent.version_id.isdigit(), sent
+
+
+@pytest.mark.parametrize("answer_status", ["\u00b200 OK", "\u0662\u0660\u0660"])
+def test_an_entry_status_that_cannot_be_read_is_retried(rig: FaultRig, answer_status: str) -> None:
+    """The server applies the Bundle and answers its first entry with a status of another
+    script's digits (a superscript 2, which ``int`` refuses; Arabic-Indic 200, which it reads):
+    an answer that cannot be read, so the Bundle's items fail and are retried (a PUT is safe to
+    repeat), and each is sent once. It used to fail the worker's batch with ValueError, or take
+    the entry for a success."""
+    rig.fake.faults = [hostile_status(rig.fake, answer_status)]
+    worker = rig.worker()
+    first = worker.run_once()
+    assert first.error is None and first.failed == first.claimed > 0
+    [failed, *_] = rig.store.list_by_state(SyncState.FAILED)
+    assert failed.next_attempt_at is not None and failed.last_outcome is not None
+    rig.settle(worker)
+    _all_sent_once(rig)
 
 
 def test_transient_failures_beyond_max_attempts_are_dead_lettered(rig: FaultRig) -> None:

@@ -104,3 +104,19 @@ def test_a_deletion_naming_a_hostile_url_or_version_is_refused(
     with pytest.raises(InvalidResponseError) as caught:
         list(history_entries(_bundle(entry), "Consent", BASE))
     assert why in caught.value.message and "evil" not in caught.value.message
+
+
+@pytest.mark.parametrize("digit", ["\u2074", "\uff14", "\u0664"], ids=["superscript", "fw", "ar"])
+def test_a_status_in_other_digits_marks_no_deletion(digit: str) -> None:
+    """A response status of another script's digits ("410 Gone" with its 4 a superscript, or
+    fullwidth or Arabic-Indic) is no status: the entry is no deletion (it used to raise
+    ValueError, failing the pull, or be read as 410)."""
+    page = _bundle(
+        {
+            "fullUrl": "https://ehr.example/fhir/Consent/c/_history/5",
+            "response": {"status": f"{digit}10 Gone"},
+        }
+    )
+    assert list(history_entries(page, "Consent", BASE)) == [
+        HistoryEntry("c", "5", None, deleted=False)
+    ]
