@@ -5,8 +5,10 @@ source* (``type`` DICOM 110106 Export, ``subtype`` ISO 21089 ``disclose``, ``act
 disclosure and, with a failure outcome, for every disclosure the consent gate held back; a RESTful
 *create*/*update* with a patient entity for every record taken in. Every event names the sync service
 as a Device agent (the audit source), the patient as a Person/Patient entity, and the record by its
-opaque ``record_id``. A Provenance per pushed resource names the service as the assembler and the
-source record as the entity.
+opaque ``record_id``. A Provenance per resource version the service writes on the server (a send,
+a retraction's entered-in-error mark, a ``reconcile --fix`` repair) names the service as the
+assembler and the source record as the entity; a delete writes no version and has its AuditEvent
+only.
 
 No free text, no names: the only words in these resources are fixed codes (a held decision carries
 its machine reason code, never the plain-words reason). Ids are deterministic, so that rebuilding an
@@ -29,6 +31,7 @@ __all__ = [
     "RECORD_IDENTIFIER_SYSTEM",
     "SYNC_DEVICE",
     "TWO_WAY_STEPS",
+    "WRITING_STEPS",
     "conflict_decision_event",
     "dead_letter_event",
     "disclosure_event",
@@ -37,6 +40,7 @@ __all__ = [
     "provenance",
     "reference_for",
     "two_way_event",
+    "write_provenance",
 ]
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -280,6 +284,14 @@ def dead_letter_event(
     )
 
 
+def _assembler() -> dict[str, Any]:
+    """Every Provenance's agent: the sync service, as the assembler of the version."""
+    return {
+        "type": {"coding": [_coding(PROVENANCE_PARTICIPANT_TYPE, "assembler")]},
+        "who": dict(SYNC_DEVICE),
+    }
+
+
 def provenance(
     resources: Sequence[SentResource],
     record_id: str,
@@ -304,12 +316,7 @@ def provenance(
             "activity": {
                 "coding": [_coding(DATA_OPERATION, "CREATE" if version == 1 else "UPDATE")]
             },
-            "agent": [
-                {
-                    "type": {"coding": [_coding(PROVENANCE_PARTICIPANT_TYPE, "assembler")]},
-                    "who": dict(SYNC_DEVICE),
-                }
-            ],
+            "agent": [_assembler()],
             "entity": [{"role": "source", "what": _record_reference(record_id)}],
         }
         entries.append(
@@ -318,6 +325,63 @@ def provenance(
             )
         )
     return entries
+
+
+#: The two-way sync steps that write a resource version on the server (each write gets a
+#: :func:`write_provenance`); the others read, delete or write nothing.
+WRITING_STEPS: Final = ("retract-entered-in-error", "reconcile-write")
+
+
+def write_provenance(
+    step: str,
+    written: SentResource,
+    record_id: str,
+    at: datetime,
+    *,
+    patient: str,
+    version: int,
+    activity: str,
+    revises: str | None = None,
+) -> AuditEntry:
+    """The Provenance of one resource version a two-way sync step (:data:`WRITING_STEPS`) wrote
+    on the server: ``target`` the version written (``Type/id/_history/n`` when the server named
+    it), ``activity`` a v3 DataOperation code (``CREATE``, ``UPDATE``), ``agent`` the sync
+    service as :func:`provenance` names it, ``entity`` the source record and, when known, the
+    server's version it replaced (``revises``, role ``revision``). ``action`` ``provenance``, as
+    a disclosure's; its id differs from theirs (the step and the server's version are in it)."""
+    if step not in WRITING_STEPS:
+        raise ValueError(f"{step!r} writes no resource version")
+    target = f"{written.resource_type}/{written.id}"
+    if written.version_id:
+        target += f"/_history/{written.version_id}"
+    entity: list[dict[str, Any]] = [{"role": "source", "what": _record_reference(record_id)}]
+    if revises:
+        entity.append(
+            {
+                "role": "revision",
+                "what": {"reference": f"{written.resource_type}/{written.id}/_history/{revises}"},
+            }
+        )
+    resource = {
+        "resourceType": "Provenance",
+        "id": _id(
+            "provenance",
+            step,
+            record_id,
+            version,
+            written.resource_type,
+            written.id,
+            written.version_id or _instant(at),
+        ),
+        "target": [{"reference": target}],
+        "recorded": _instant(at),
+        "activity": {"coding": [_coding(DATA_OPERATION, activity)]},
+        "agent": [_assembler()],
+        "entity": entity,
+    }
+    return AuditEntry(
+        action="provenance", record_id=record_id, patient=patient, resource=resource, at=at
+    )
 
 
 #: What each two-way sync step is recorded as: (RESTful interaction, AuditEvent.action).

@@ -133,6 +133,49 @@ def test_provenance_one_per_pushed_resource_with_device_agent_and_source_entity(
     assert first["id"] != second["id"]
 
 
+def test_a_two_way_write_has_its_own_provenance_of_the_version_written() -> None:
+    """A retraction's or reconcile's write: a valid Provenance of the server's version written,
+    by the service, from the record, revising the version it replaced; its id is neither the
+    disclosure Provenance's of the same resource nor another version's."""
+    written = SentResource("Observation", "a", "3")
+    entry = audit.write_provenance(
+        "retract-entered-in-error",
+        written,
+        RECORD,
+        AT,
+        patient="Patient/p1",
+        version=2,
+        activity="UPDATE",
+        revises="2",
+    )
+    resource = dict(entry.resource)
+    validate_resource(resource)
+    assert (entry.action, entry.record_id, entry.patient) == ("provenance", RECORD, "Patient/p1")
+    assert resource["target"] == [{"reference": "Observation/a/_history/3"}]
+    assert _codes(resource["activity"]["coding"]) == {(audit.DATA_OPERATION, "UPDATE")}
+    [disclosed] = audit.provenance([written], RECORD, AT, patient="Patient/p1", version=2)
+    assert resource["agent"] == disclosed.resource["agent"]
+    assert resource["entity"] == [
+        *disclosed.resource["entity"],
+        {"role": "revision", "what": {"reference": "Observation/a/_history/2"}},
+    ]
+    assert resource["id"] != disclosed.resource["id"]
+    again = audit.write_provenance(
+        "retract-entered-in-error",
+        SentResource("Observation", "a", "4"),
+        RECORD,
+        AT,
+        patient="Patient/p1",
+        version=2,
+        activity="UPDATE",
+    )
+    assert again.resource["id"] != resource["id"]
+    with pytest.raises(ValueError, match="writes no resource version"):
+        audit.write_provenance(
+            "retract-delete", written, RECORD, AT, patient="P/1", version=2, activity="DELETE"
+        )
+
+
 def test_ids_are_deterministic_so_a_repush_writes_the_same_resource() -> None:
     """Building the same disclosure twice gives the same id (PUT after a lost answer is harmless)."""
     sent = [SentResource("Observation", "a", "1")]
@@ -168,6 +211,9 @@ def test_no_builder_writes_free_text_or_a_display_name() -> None:
             RECORD, "P/1", 1, "no-consent", AT, recipient="O/x", purpose="TREAT"
         ).resource,
         *(e.resource for e in audit.provenance(sent, RECORD, AT, patient="P/1", version=1)),
+        audit.write_provenance(
+            "reconcile-write", sent[0], RECORD, AT, patient="P/1", version=1, activity="CREATE"
+        ).resource,
     ]
     text = json.dumps(resources)
     for forbidden in ('"text"', '"display"', '"name"', '"description"'):

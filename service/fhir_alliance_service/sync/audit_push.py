@@ -1,7 +1,9 @@
 """Pushing the audit trail to the FHIR server (``push_audit``), with the outbox's guarantees.
 
 The worker stores each disclosure's AuditEvent and Provenances with the send, marked PENDING
-(``AuditPushState``), in the same transaction. :func:`push_pending_audit` then claims due PENDING
+(``AuditPushState``, :func:`queued_for_push`), in the same transaction; a retraction's
+entered-in-error marks and ``reconcile --fix`` writes store their Provenances so with their
+AuditEvent (which, like every two-way sync event, stays local). :func:`push_pending_audit` then claims due PENDING
 rows under a lease (``Store.claim_audit_pushes``), ``PUT``\\ s them in a batch Bundle (each entry
 stands alone; ids are deterministic, so a push repeated after a lost answer writes the same
 resource) and records every outcome in one transaction (``Store.record_audit_pushes``):
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 import random as _random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,11 +36,16 @@ from fhir_alliance.client import BundleRequest, EntryOutcome, FhirClient
 from fhir_alliance.errors import FhirAllianceError, ServerError
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import AUDIT_PUSHES
-from fhir_alliance_service.store.interface import AuditEntry, AuditPushFailure, Store
+from fhir_alliance_service.store.interface import (
+    AuditEntry,
+    AuditPushFailure,
+    AuditPushState,
+    Store,
+)
 from fhir_alliance_service.sync.outcomes import outcome_to_store
 from fhir_alliance_service.sync.retry import decide_retry
 
-__all__ = ["AuditPushReport", "push_pending_audit"]
+__all__ = ["AuditPushReport", "push_pending_audit", "queued_for_push"]
 
 log = logging.getLogger("fhir_alliance_service.sync")
 
@@ -53,6 +60,16 @@ class AuditPushReport:
     pushed: int = 0
     retried: int = 0
     dead: int = 0
+
+
+def queued_for_push(settings: Settings, entries: Sequence[AuditEntry]) -> list[AuditEntry]:
+    """``entries`` as they are stored to be pushed: with ``push_audit``, PENDING (the worker's
+    next batch pushes them, :func:`push_pending_audit`; a failed push never fails the change they
+    are about); without, kept locally only. Only what goes to the server goes through here:
+    disclosures' AuditEvents and every Provenance."""
+    if not settings.push_audit:
+        return list(entries)
+    return [replace(e, push_state=AuditPushState.PENDING) for e in entries]
 
 
 def push_pending_audit(

@@ -63,7 +63,6 @@ from fhir_alliance_service.config import Settings
 from fhir_alliance_service.metrics import CONFLICTS, SEND_FAILURES, SEND_LATENCY, SENDS
 from fhir_alliance_service.store.interface import (
     AuditEntry,
-    AuditPushState,
     OutboxItem,
     PulledResource,
     RetractionCheck,
@@ -73,7 +72,7 @@ from fhir_alliance_service.store.interface import (
     SyncState,
 )
 from fhir_alliance_service.store.schema_watch import SchemaWatch
-from fhir_alliance_service.sync.audit_push import push_pending_audit
+from fhir_alliance_service.sync.audit_push import push_pending_audit, queued_for_push
 from fhir_alliance_service.sync.consent_times import ConsentTimePass
 from fhir_alliance_service.sync.gate import GateResult, gate_item, sendable_forms
 from fhir_alliance_service.sync.gate_settings import regate_if_settings_changed
@@ -690,8 +689,7 @@ class Worker:
                 sent, item.record_id, at, patient=item.patient, version=item.record_version
             ),
         ]
-        if self.settings.push_audit:
-            entries = self._push_audit(entries)
+        entries = queued_for_push(self.settings, entries)
         if overwrite is None:
             return SentMark(item.item_id, sent, entries)
         return SentMark(item.item_id, sent, [*entries, overwrite], conflict=OVERWRITTEN)
@@ -740,12 +738,6 @@ class Worker:
                 retractor.check_later(patient)
             else:
                 self.store.clear_retraction_check(RetractionCheck(patient, note))
-
-    def _push_audit(self, entries: list[AuditEntry]) -> list[AuditEntry]:
-        """Queue the AuditEvent/Provenance resources for the FHIR server: stored PENDING with the
-        send, pushed by the next batch's ``push_pending_audit`` (``sync/audit_push.py``: retried
-        or dead-lettered, never dropped). A failed push never fails the record's send."""
-        return [replace(e, push_state=AuditPushState.PENDING) for e in entries]
 
     # ------------------------------------------------------------------ two-way sync: conflicts
 
