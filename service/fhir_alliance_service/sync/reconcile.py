@@ -12,7 +12,11 @@ mapping gives **now** is looked up on the server by its business identifier:
 ``fix=True`` repairs, each repair audited: duplicates not at our deterministic id are deleted; a
 missing or drifted resource is written again (``PUT`` to its id, ``If-Match`` the version found)
 after the consent gate is asked again, now: a record it would hold is reported
-``held``, never written. The record's status then lists the versions written.
+``held``, never written. The record's status then lists the versions written. Each write is a
+``reconcile-write`` AuditEvent and a Provenance of the version written (``CREATE`` for a missing
+resource, ``UPDATE`` for a drifted one), stored together and, with ``push_audit``, the Provenance
+queued for the server; a deleted duplicate is a ``reconcile-delete`` AuditEvent only (a delete
+writes no version).
 
 The report names records by their opaque record id and resources by ``Type/id``: never business
 identifiers or content (it may be pasted into a ticket).
@@ -39,6 +43,7 @@ from fhir_alliance_service.store.interface import (
     SyncState,
     SyncStatus,
 )
+from fhir_alliance_service.sync.audit_push import queued_for_push
 from fhir_alliance_service.sync.gate import regate_stored
 from fhir_alliance_service.sync.target import target_fhir_version
 
@@ -237,11 +242,10 @@ class Reconciler:
                 if not permitted:
                     finding.held = True  # the gate would hold it now: never written
                     continue
-                result = self.client.update(
-                    self._stamped(expected, ours),
-                    if_match=_version(ours) if ours is not None else None,
-                )
-                written[(str(expected["resourceType"]), str(expected["id"]))] = result.version_id
+                replaced = _version(ours) if ours is not None else None
+                result = self.client.update(self._stamped(expected, ours), if_match=replaced)
+                rtype, rid = str(expected["resourceType"]), str(expected["id"])
+                written[(rtype, rid)] = result.version_id
                 entries.append(
                     audit.two_way_event(
                         "reconcile-write",
@@ -252,6 +256,21 @@ class Reconciler:
                         resources=[expected],
                         outcome_code=finding.problem,
                     )
+                )
+                entries += queued_for_push(
+                    self.settings,
+                    [
+                        audit.write_provenance(
+                            "reconcile-write",
+                            SentResource(rtype, rid, result.version_id),
+                            record.record_id,
+                            now,
+                            patient=record.patient,
+                            version=record.version,
+                            activity="CREATE" if finding.problem == MISSING else "UPDATE",
+                            revises=replaced,
+                        )
+                    ],
                 )
                 finding.fixed = True
             except ServerError as exc:

@@ -13,10 +13,14 @@ held is retracted by ``settings.retraction_policy``:
 * ``delete``: each resource sent is deleted (a resource already gone counts as deleted).
 
 Every step is an AuditEvent (``retract-kept``, ``retract-entered-in-error``, ``retract-delete``,
-``retract-failed``) and the outcome is on the record's sync status (``retraction``). A failure is
-audited, and the patient is noted in the store (``Store.note_retraction_checks``): the next pass
-of any worker sharing the store checks them again, after a restart too, until a check succeeds
-(:meth:`Retractor.check_later`). ``kept`` means kept under the policy in force then: once
+``retract-failed``) and the outcome is on the record's sync status (``retraction``). Each
+resource version an entered-in-error mark writes also gets a Provenance
+(``audit.write_provenance``), stored with the step's AuditEvent (``retract-failed`` too, for the
+marks made before a failure) and, with ``push_audit``, queued for the server; a delete writes no
+version and has its AuditEvent only. A failure is audited, and the patient is noted in the store
+(``Store.note_retraction_checks``): the next pass of any worker sharing the store checks them
+again, after a restart too, until a check succeeds (:meth:`Retractor.check_later`). ``kept``
+means kept under the policy in force then: once
 the policy is ``entered-in-error`` or ``delete``, a kept record still not permitted is retracted by
 it on the next pass (a worker starting up checks the patients who have one); an entered-in-error
 or deleted record is never retracted again. Consent records are never retracted: the EHR needs the
@@ -44,11 +48,13 @@ from fhir_alliance_service.store.interface import (
     RETRACTION_DELETED,
     RETRACTION_ENTERED_IN_ERROR,
     RETRACTION_KEPT,
+    AuditEntry,
     SentResource,
     Store,
     StoredRecord,
     SyncStatus,
 )
+from fhir_alliance_service.sync.audit_push import queued_for_push
 from fhir_alliance_service.sync.gate import FAMILY_CONSENT, regate_stored
 from fhir_alliance_service.sync.gate_settings import earlier_audiences
 from fhir_alliance_service.sync.target import target_fhir_version
@@ -246,10 +252,28 @@ class Retractor:
         # If-Match of the record's next update, once the patient consents again), a deleted
         # one none (the next PUT creates it again). Kept even when a later resource fails.
         held = list(status.sent)
+        # A Provenance of each version our marks wrote: kept with the step's AuditEvent (the
+        # failure's too: a mark made before a failure is not made again, it is found made).
+        written: list[AuditEntry] = []
         try:
             if policy == "entered-in-error":
                 for n, resource in enumerate(sent):
-                    held[n] = self._mark_entered_in_error(resource)
+                    marked = self._mark_entered_in_error(resource)
+                    if marked is None:
+                        continue
+                    held[n], replaced = marked
+                    written.append(
+                        audit.write_provenance(
+                            "retract-entered-in-error",
+                            held[n],
+                            status.record_id,
+                            now,
+                            patient=patient,
+                            version=status.record_version,
+                            activity="UPDATE",
+                            revises=replaced,
+                        )
+                    )
                 sent = held
                 outcome, step = ENTERED_IN_ERROR, "retract-entered-in-error"
                 report.entered_in_error += 1
@@ -283,7 +307,8 @@ class Retractor:
                         resources=sent,
                         outcome_code=f"http-{exc.status}" if exc.status else "not-reached",
                         failed=True,
-                    )
+                    ),
+                    *queued_for_push(self.settings, written),
                 ]
             )
             return
@@ -299,27 +324,34 @@ class Retractor:
             outcome_code=f"policy-{policy}",
         )
         self._record_held(status, held, now)  # first: a crash between leaves them right
-        self.store.mark_retraction(status.item_id, outcome, audit=[entry], at=now)
+        self.store.mark_retraction(
+            status.item_id,
+            outcome,
+            audit=[entry, *queued_for_push(self.settings, written)],
+            at=now,
+        )
 
     def _record_held(self, status: SyncStatus, held: list[SentResource], now: datetime) -> None:
         """The versions the server holds after our retraction's writes, on the sent item."""
         if status.item_id is not None and held != list(status.sent):
             self.store.record_sent_versions(status.item_id, held, audit=[], at=now)
 
-    def _mark_entered_in_error(self, resource: SentResource) -> SentResource:
+    def _mark_entered_in_error(
+        self, resource: SentResource
+    ) -> tuple[SentResource, str | None] | None:
+        """Mark ``resource`` entered-in-error on the server: the version written and the one it
+        replaced (when the server named it); None when nothing was written (gone, or marked)."""
         try:
             current = self.client.read(resource.resource_type, resource.id)
         except NotFoundError:
-            return resource  # already gone from the server: nothing left to mark
+            return None  # already gone from the server: nothing left to mark
         if current.get("status") == "entered-in-error":
-            return resource
+            return None
         meta = current.get("meta")
         version = meta.get("versionId") if isinstance(meta, dict) else None
-        written = self.client.update(
-            {**current, "status": "entered-in-error"},
-            if_match=version if isinstance(version, str) else None,
-        )
-        return SentResource(resource.resource_type, resource.id, written.version_id)
+        replaced = version if isinstance(version, str) else None
+        written = self.client.update({**current, "status": "entered-in-error"}, if_match=replaced)
+        return SentResource(resource.resource_type, resource.id, written.version_id), replaced
 
     def _delete(self, resource: SentResource) -> None:
         # Already gone (404 or 410): deleted is what we wanted.

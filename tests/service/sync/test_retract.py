@@ -83,8 +83,9 @@ def test_policy_entered_in_error_marks_every_shared_resource(harness: SyncHarnes
     # What the server holds now, our entered-in-error versions: the If-Match of a later update.
     assert {s.version_id for s in status.sent} == {"2"}
     audit = harness.store.list_audit(record_id=shared["srs"].record_id)
-    assert audit[-1].action == "retract-entered-in-error"
-    assert len(audit[-1].resource["entity"]) == 2 + 6  # patient, record, six resources
+    # The AuditEvent, then a Provenance of each version marked (test_write_provenance.py).
+    assert [e.action for e in audit[-7:]] == ["retract-entered-in-error"] + ["provenance"] * 6
+    assert len(audit[-7].resource["entity"]) == 2 + 6  # patient, record, six resources
     [consent] = harness.on_server("Consent", R.consent_id(harness.run, "Patient/p1"))
     assert consent["status"] != "entered-in-error"
 

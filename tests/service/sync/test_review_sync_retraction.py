@@ -55,7 +55,8 @@ def test_kept_records_are_retracted_once_the_policy_is_entered_in_error(
     status = harness.store.sync_status(shared["srs"].record_id)
     assert status is not None and status.retraction == "entered-in-error"
     actions = [e.action for e in harness.store.list_audit(record_id=shared["rating"].record_id)]
-    assert actions[-2:] == ["retract-kept", "retract-entered-in-error"]
+    # The mark's Provenance (the rating's one resource) is stored with its AuditEvent.
+    assert actions[-3:] == ["retract-kept", "retract-entered-in-error", "provenance"]
 
     # Idempotent: done records are not redone, under this policy or a stricter one.
     again = Retractor(settings, harness.store, harness.client).run_pass(everyone=True)
