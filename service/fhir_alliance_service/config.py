@@ -92,7 +92,7 @@ class Settings:
     recipients: tuple[str, ...] = ("Organization/clinic-ehr",)
     purpose: str = "TREAT"  # v3 PurposeOfUse code of every push
     push_consents: bool = True  # send consent records to the EHR as Consent resources
-    push_audit: bool = False  # also send each disclosure's AuditEvent / Provenances
+    push_audit: bool = False  # also send disclosures' AuditEvents and every Provenance
     push_draft_notes: bool = False  # send session notes before the therapist signs them
     # -- the worker ----------------------------------------------------------------------------
     worker_batch_size: int = 100
