@@ -312,7 +312,8 @@ def parse_host_port(text: str) -> tuple[str, int]:
         port_text = rest.removeprefix(":") or "0"
     elif text.count(":") == 1:
         host, port_text = text.split(":")
-    if not host or not port_text.isdigit() or int(port_text) > 65535:
+    # ASCII digits only: a superscript passes isdigit() but not int().
+    if not host or not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise _problem("--serve-on", "expected HOST:PORT, e.g. 127.0.0.1:8765")
     return host, int(port_text)
 
@@ -514,7 +515,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bundle_size(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 1000:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1000:
         raise argparse.ArgumentTypeError("a whole number from 1 to 1000")
     return int(text)
 

@@ -311,7 +311,13 @@ def test_bad_files_are_refused_before_anything_is_sent(
 
 @pytest.mark.parametrize(
     ("address", "why"),
-    [("10.1.2.3:0", "plain http"), ("0.0.0.0:8765", "not a wildcard"), ("[::]:0", "wildcard")],
+    [
+        ("10.1.2.3:0", "plain http"),
+        ("0.0.0.0:8765", "not a wildcard"),
+        ("[::]:0", "wildcard"),
+        # A superscript passes str.isdigit() but not int(): a traceback, not this line.
+        ("127.0.0.1:\u00b2", "expected HOST:PORT"),
+    ],
 )
 def test_serving_on_the_network_is_refused_up_front(
     bulk_dir: Path,

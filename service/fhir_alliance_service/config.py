@@ -419,7 +419,8 @@ def _bind(value: Any) -> str:
     if text.startswith("unix:") and len(text) > len("unix:"):
         return text
     host, sep, port = text.rpartition(":")
-    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+    # ASCII digits only: a superscript passes isdigit() but not int().
+    if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise _Invalid(f"expected host:port or unix:PATH, got {text!r}")
     return text
 

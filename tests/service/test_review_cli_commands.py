@@ -129,7 +129,8 @@ def test_serve_bind_option_is_checked_like_the_setting(
         return 0
 
     monkeypatch.setattr(cli_serve, "serve", fake_serve)
-    for bad in ("nonsense", "host:0", "host:http", ":8000", "unix:"):
+    # "host:\u00b2": a superscript passes str.isdigit() but not int() (it was a traceback).
+    for bad in ("nonsense", "host:0", "host:http", ":8000", "unix:", "host:\u00b2"):
         assert main(["serve", "--bind", bad]) == 2, bad
         err = capsys.readouterr().err
         assert err.count("\n") == 1
