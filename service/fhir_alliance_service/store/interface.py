@@ -783,15 +783,33 @@ class Store(Protocol):
         """Note on a SENT item what the retraction policy did with it (one transaction with
         ``audit``)."""
 
+    def record_retraction(
+        self,
+        item_id: int,
+        retraction: str | None,
+        *,
+        was: str | None,
+        sent: Sequence[SentResource],
+        audit: Sequence[AuditEntry],
+        at: datetime,
+    ) -> bool:
+        """Record a retraction of a SENT item in one transaction: the versions the server holds
+        of its resources after the retraction's writes (``sent``), what the policy did
+        (``retraction``; a failure passes ``was``, the outcome unchanged) and the step's
+        AuditEvent and Provenances (``audit``). Compare-and-set: only while the item's
+        retraction is still ``was``, what the retraction pass read; False, and nothing written,
+        when another pass recorded one meanwhile (its writes found ours on the server)."""
+
     # -- pending retraction checks (``sync/retract.py``, ``Worker._retraction_check``) ----------
     def note_retraction_checks(
-        self, patients: Sequence[str], *, lease_until: datetime | None = None
+        self, patients: Sequence[str], *, lease_until: datetime | None = None, keep: bool = False
     ) -> str:
         """Note that what was sent for each of ``patients`` (store keys) is to be put to the
         retraction policy (again), by whichever worker claims it (:meth:`claim_retraction_checks`):
         the note outlives the process that made it. One note per patient: noting again replaces
-        it. ``lease_until``: the caller checks them now, nobody else until then; None: due at
-        once. The new note's id (the same for every patient of the call)."""
+        it (with ``keep``, a patient noted already keeps their note, lease and id). ``lease_until``:
+        the caller checks them now, nobody else until then; None: due at once. The new note's id
+        (the same for every patient of the call that it noted)."""
 
     def claim_retraction_checks(
         self, *, limit: int, lease_seconds: float, now: datetime

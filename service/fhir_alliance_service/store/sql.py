@@ -2144,9 +2144,37 @@ class SqlStore(AuditQueueSql):
             if audit:
                 connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
 
+    def record_retraction(
+        self,
+        item_id: int,
+        retraction: str | None,
+        *,
+        was: str | None,
+        sent: Sequence[SentResource],
+        audit: Sequence[AuditEntry],
+        at: datetime,
+    ) -> bool:
+        column = outbox.c.retraction
+        as_read = column.is_(None) if was is None else column == was
+        with self._write() as connection:
+            result = connection.execute(
+                update(outbox)
+                .where(
+                    outbox.c.item_id == item_id,
+                    outbox.c.state == SyncState.SENT.value,
+                    as_read,
+                )
+                .values(sent=_sent_json(sent), retraction=retraction, updated_at=at)
+            )
+            if result.rowcount != 1:
+                return False
+            if audit:
+                connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
+            return True
+
     # -- pending retraction checks --------------------------------------------------------------
     def note_retraction_checks(
-        self, patients: Sequence[str], *, lease_until: datetime | None = None
+        self, patients: Sequence[str], *, lease_until: datetime | None = None, keep: bool = False
     ) -> str:
         note = str(uuid.uuid4())
         unique = sorted(set(patients))
@@ -2157,9 +2185,12 @@ class SqlStore(AuditQueueSql):
                 statement = self._upsert(retraction_checks).values(
                     [{"patient": p, "note": note, "lease_until": lease_until} for p in chunk]
                 )
+                index = [retraction_checks.c.patient]
                 connection.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[retraction_checks.c.patient],
+                    statement.on_conflict_do_nothing(index_elements=index)
+                    if keep
+                    else statement.on_conflict_do_update(
+                        index_elements=index,
                         set_={
                             "note": statement.excluded.note,
                             "lease_until": statement.excluded.lease_until,

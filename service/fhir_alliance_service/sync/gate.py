@@ -23,6 +23,7 @@ AI-drafted note is held once the recording/AI-notes consent that permitted it is
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -53,8 +54,10 @@ __all__ = [
     "GateResult",
     "HoldReason",
     "gate_item",
+    "copy_content",
     "ref_for_key",
     "sendable_forms",
+    "server_version",
 ]
 
 FAMILY_CONSENT = "consent"
@@ -260,3 +263,28 @@ def regate_stored(
         return gate_item(item, settings=settings, store=store, version=version, at=at)
     except (FhirAllianceError, ValueError, TypeError, LookupError):
         return None
+
+
+def server_version(resource: Mapping[str, Any]) -> str | None:
+    """The ``meta.versionId`` of a copy read from the server, as text; None when it has none,
+    or its ``meta`` is not an object (a malformed answer: its content may still be ours)."""
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, Mapping) else None
+    return str(version) if version else None
+
+
+def copy_content(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """A resource without what the server stamps on it (``meta``, ``text``), but with its
+    security labels (as a set of system and code): a label someone else added narrows who may
+    see the resource, so a copy carrying it is not ours, however equal the rest."""
+    content = {k: v for k, v in resource.items() if k not in ("meta", "text")}
+    meta = resource.get("meta")
+    labels = meta.get("security") if isinstance(meta, Mapping) else None
+    content["meta.security"] = sorted(
+        {
+            (str(label.get("system")), str(label.get("code")))
+            for label in labels or ()
+            if isinstance(label, Mapping)
+        }
+    )
+    return content

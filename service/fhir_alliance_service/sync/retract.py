@@ -17,7 +17,13 @@ Every step is an AuditEvent (``retract-kept``, ``retract-entered-in-error``, ``r
 resource version an entered-in-error mark writes also gets a Provenance
 (``audit.write_provenance``), stored with the step's AuditEvent (``retract-failed`` too, for the
 marks made before a failure) and, with ``push_audit``, queued for the server; a delete writes no
-version and has its AuditEvent only. A failure is audited, and the patient is noted in the store
+version and has its AuditEvent only. A retraction's record (the versions the server holds after
+its writes, the outcome, the AuditEvent and Provenances) is one store write
+(``Store.record_retraction``), made only while no other pass has recorded a retraction of the
+send. Before its first write on the server the patient is noted in the store under a lease: a
+process that dies, or loses the database, between a write and its record leaves a check due,
+which finds the marks (entered-in-error, our content, at a version not recorded) and records them
+with their Provenances. A failure is audited, and the patient is noted in the store
 (``Store.note_retraction_checks``): the next pass of any worker sharing the store checks them
 again, after a restart too, until a check succeeds (:meth:`Retractor.check_later`). ``kept``
 means kept under the policy in force then: once
@@ -35,9 +41,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fhir_alliance.client import FhirClient
 from fhir_alliance.errors import NotFoundError, ServerError
@@ -49,13 +56,21 @@ from fhir_alliance_service.store.interface import (
     RETRACTION_ENTERED_IN_ERROR,
     RETRACTION_KEPT,
     AuditEntry,
+    OutboxItem,
+    RetractionCheck,
     SentResource,
     Store,
     StoredRecord,
     SyncStatus,
 )
 from fhir_alliance_service.sync.audit_push import queued_for_push
-from fhir_alliance_service.sync.gate import FAMILY_CONSENT, regate_stored
+from fhir_alliance_service.sync.gate import (
+    FAMILY_CONSENT,
+    copy_content,
+    regate_stored,
+    sendable_forms,
+    server_version,
+)
 from fhir_alliance_service.sync.gate_settings import earlier_audiences
 from fhir_alliance_service.sync.target import target_fhir_version
 
@@ -184,11 +199,18 @@ class Retractor:
         self.store.note_retraction_checks([patient])
 
     def retract_patient(self, patient: str, report: RetractReport | None = None) -> RetractReport:
-        """Retract, by the policy, what was sent for ``patient`` and is no longer permitted."""
+        """Retract, by the policy, what was sent for ``patient`` and is no longer permitted.
+        Before the first retraction that may write on the server, the patient is noted in the
+        store under a lease (unless noted already: :meth:`_note_writes`), and the note is
+        cleared once the check went without a failure: a process that dies, or loses the
+        database, between a write on the server and its record leaves the check due for the
+        next pass of any worker once the lease ends, which finds the writes and records them."""
         report = report or RetractReport()
         report.patients += 1
+        failed = report.failed
         version = target_fhir_version(self.settings, self.store, self.client)
         earlier: list[Settings] | None = None  # read once a record is no longer permitted
+        note: str | None = None
         for status in self.store.sent_items(patient):
             if status.item_id is None or not self._to_check(status.retraction):
                 continue
@@ -216,8 +238,19 @@ class Retractor:
                 self._permitted_under(record, status.item_id, gate, version) for gate in earlier
             ):
                 continue  # the settings changed, not the consents: what was sent stays
-            self._retract(status, record.patient, report)
+            if note is None and self.settings.retraction_policy != "none":
+                note = self._note_writes(patient)
+            self._retract(status, gated.item, version, report)
+        if note is not None and report.failed == failed:
+            self.store.clear_retraction_check(RetractionCheck(patient, note))
         return report
+
+    def _note_writes(self, patient: str) -> str:
+        """Note ``patient`` for a check under a lease before a retraction writes on the server
+        (a note there already is kept: it is cleared by its own check, or due); the note's id,
+        the one :meth:`retract_patient` clears (a kept note has another)."""
+        lease_until = self.clock() + timedelta(seconds=self.settings.lease_seconds)
+        return self.store.note_retraction_checks([patient], lease_until=lease_until, keep=True)
 
     def _permitted_under(
         self, record: StoredRecord, item_id: int, settings: Settings, version: str
@@ -243,22 +276,38 @@ class Retractor:
             if (recipients, purpose) != current
         ]
 
-    def _retract(self, status: SyncStatus, patient: str, report: RetractReport) -> None:
+    def _retract(
+        self, status: SyncStatus, item: OutboxItem, version: str, report: RetractReport
+    ) -> None:
+        """Retract the send ``status`` (of the record ``item``, mapped to FHIR ``version``) by
+        the policy, and record it in one store write (:meth:`Store.record_retraction`): the
+        versions the server holds after our writes (a deleted resource none), the outcome, the
+        step's AuditEvent and a Provenance of each version an entered-in-error mark wrote (or,
+        after a process that wrote it died before its record, found: :meth:`_mark_entered_in_
+        error`). A failure records the marks made before it with the ``retract-failed``
+        AuditEvent, the outcome unchanged; the next pass finds them made and writes, and
+        attests, only the rest. Nothing is recorded when another pass recorded a retraction of
+        the send meanwhile: that pass found our writes on the server and recorded them."""
         assert status.item_id is not None
         policy = self.settings.retraction_policy
+        patient = item.patient
         now = self.clock()
-        sent = list(status.sent)
         # What the server holds as each resource is done: the versions our writes made (the
         # If-Match of the record's next update, once the patient consents again), a deleted
         # one none (the next PUT creates it again). Kept even when a later resource fails.
         held = list(status.sent)
-        # A Provenance of each version our marks wrote: kept with the step's AuditEvent (the
-        # failure's too: a mark made before a failure is not made again, it is found made).
-        written: list[AuditEntry] = []
+        written: list[AuditEntry] = []  # a Provenance of each version our marks wrote
+        forms: list[Sequence[Mapping[str, Any]]] = []  # what the send carried, once asked
+
+        def sent_forms() -> list[Sequence[Mapping[str, Any]]]:
+            if not forms:
+                forms.extend(sendable_forms(item, store=self.store, version=version))
+            return forms
+
         try:
             if policy == "entered-in-error":
-                for n, resource in enumerate(sent):
-                    marked = self._mark_entered_in_error(resource)
+                for n, resource in enumerate(status.sent):
+                    marked = self._mark_entered_in_error(resource, status.item_id, sent_forms)
                     if marked is None:
                         continue
                     held[n], replaced = marked
@@ -274,86 +323,122 @@ class Retractor:
                             revises=replaced,
                         )
                     )
-                sent = held
-                outcome, step = ENTERED_IN_ERROR, "retract-entered-in-error"
-                report.entered_in_error += 1
+                outcome, step, listed = ENTERED_IN_ERROR, "retract-entered-in-error", held
             elif policy == "delete":
-                for n, resource in enumerate(sent):
+                for n, resource in enumerate(status.sent):
                     self._delete(resource)
                     held[n] = replace(resource, version_id=None)
-                outcome, step = DELETED, "retract-delete"
-                report.deleted += 1
+                outcome, step, listed = DELETED, "retract-delete", list(status.sent)
             else:
-                outcome, step = KEPT, "retract-kept"
-                report.kept += 1
+                outcome, step, listed = KEPT, "retract-kept", list(status.sent)
         except ServerError as exc:
-            self._record_held(status, held, now)
-            report.failed += 1
-            RETRACTIONS.labels("failed").inc()
             log.warning(
                 "retraction of item %d failed: %s %s",
                 status.item_id,
                 type(exc).__name__,
                 exc.status or "-",
             )
-            self.store.add_audit(
-                [
-                    audit.two_way_event(
-                        "retract-failed",
-                        status.record_id,
-                        patient,
-                        now,
-                        version=status.record_version,
-                        resources=sent,
-                        outcome_code=f"http-{exc.status}" if exc.status else "not-reached",
-                        failed=True,
-                    ),
-                    *queued_for_push(self.settings, written),
-                ]
+            failure = audit.two_way_event(
+                "retract-failed",
+                status.record_id,
+                patient,
+                now,
+                version=status.record_version,
+                resources=status.sent,
+                outcome_code=f"http-{exc.status}" if exc.status else "not-reached",
+                failed=True,
             )
+            if self._record(
+                status, status.retraction, held, [failure, *queued_for_push(self.settings, written)]
+            ):
+                report.failed += 1
+                RETRACTIONS.labels("failed").inc()
             return
-        RETRACTIONS.labels(outcome).inc()
-        report.retracted_records.append(status.record_id)
         entry = audit.two_way_event(
             step,
             status.record_id,
             patient,
             now,
             version=status.record_version,
-            resources=sent,
+            resources=listed,
             outcome_code=f"policy-{policy}",
         )
-        self._record_held(status, held, now)  # first: a crash between leaves them right
-        self.store.mark_retraction(
+        if self._record(status, outcome, held, [entry, *queued_for_push(self.settings, written)]):
+            RETRACTIONS.labels(outcome).inc()
+            report.retracted_records.append(status.record_id)
+            if outcome == ENTERED_IN_ERROR:
+                report.entered_in_error += 1
+            elif outcome == DELETED:
+                report.deleted += 1
+            else:
+                report.kept += 1
+
+    def _record(
+        self,
+        status: SyncStatus,
+        outcome: str | None,
+        held: list[SentResource],
+        entries: list[AuditEntry],
+    ) -> bool:
+        """:meth:`Store.record_retraction` of ``status``'s send, as read: whether it was."""
+        assert status.item_id is not None
+        recorded = self.store.record_retraction(
             status.item_id,
             outcome,
-            audit=[entry, *queued_for_push(self.settings, written)],
-            at=now,
+            was=status.retraction,
+            sent=held,
+            audit=entries,
+            at=entries[0].at,
         )
-
-    def _record_held(self, status: SyncStatus, held: list[SentResource], now: datetime) -> None:
-        """The versions the server holds after our retraction's writes, on the sent item."""
-        if status.item_id is not None and held != list(status.sent):
-            self.store.record_sent_versions(status.item_id, held, audit=[], at=now)
+        if not recorded:
+            log.info("retraction of item %d: recorded by another pass meanwhile", status.item_id)
+        return recorded
 
     def _mark_entered_in_error(
-        self, resource: SentResource
+        self,
+        resource: SentResource,
+        item_id: int,
+        forms: Callable[[], list[Sequence[Mapping[str, Any]]]],
     ) -> tuple[SentResource, str | None] | None:
         """Mark ``resource`` entered-in-error on the server: the version written and the one it
-        replaced (when the server named it); None when nothing was written (gone, or marked)."""
+        replaced (when the server named it). A copy entered-in-error already, at a version the
+        send does not list, that holds our content (a form the send carried, ``forms``, marked
+        entered-in-error) is a mark of ours never recorded (its process died, or lost the
+        database, before the store write): its version, and the one the send lists as the one
+        it replaced. None when there is nothing to write or record: gone; marked and recorded;
+        or marked by someone else (their content), left as found."""
         try:
             current = self.client.read(resource.resource_type, resource.id)
         except NotFoundError:
             return None  # already gone from the server: nothing left to mark
-        if current.get("status") == "entered-in-error":
+        version = server_version(current)
+        if current.get("status") != "entered-in-error":
+            written = self.client.update(
+                {**current, "status": "entered-in-error"}, if_match=version
+            )
+            return SentResource(resource.resource_type, resource.id, written.version_id), version
+        if version is None or version == resource.version_id:
             return None
-        meta = current.get("meta")
-        version = meta.get("versionId") if isinstance(meta, dict) else None
-        replaced = version if isinstance(version, str) else None
-        written = self.client.update({**current, "status": "entered-in-error"}, if_match=replaced)
-        return SentResource(resource.resource_type, resource.id, written.version_id), replaced
+        if not _marked_from(current, forms()):
+            return None
+        log.info("retraction of item %d: a mark of ours found unrecorded, recorded", item_id)
+        return SentResource(resource.resource_type, resource.id, version), resource.version_id
 
     def _delete(self, resource: SentResource) -> None:
         # Already gone (404 or 410): deleted is what we wanted.
         with contextlib.suppress(NotFoundError):
             self.client.delete(resource.resource_type, resource.id)
+
+
+def _marked_from(current: Mapping[str, Any], forms: Sequence[Sequence[Mapping[str, Any]]]) -> bool:
+    """Whether ``current`` (a copy read from the server) holds the content of a resource of
+    ``forms`` (what a send carried) marked entered-in-error: what our mark writes over our
+    send, ``meta`` and ``text`` aside (``copy_content``)."""
+    key = (current.get("resourceType"), current.get("id"))
+    found = copy_content(current)
+    return any(
+        copy_content({**mine, "status": "entered-in-error"}) == found
+        for form in forms
+        for mine in form
+        if (mine.get("resourceType"), mine.get("id")) == key
+    )

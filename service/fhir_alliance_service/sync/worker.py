@@ -74,7 +74,13 @@ from fhir_alliance_service.store.interface import (
 from fhir_alliance_service.store.schema_watch import SchemaWatch
 from fhir_alliance_service.sync.audit_push import push_pending_audit, queued_for_push
 from fhir_alliance_service.sync.consent_times import ConsentTimePass
-from fhir_alliance_service.sync.gate import GateResult, gate_item, sendable_forms
+from fhir_alliance_service.sync.gate import (
+    GateResult,
+    copy_content,
+    gate_item,
+    sendable_forms,
+    server_version,
+)
 from fhir_alliance_service.sync.gate_settings import regate_if_settings_changed
 from fhir_alliance_service.sync.leases import LeaseLedger, is_store_outage
 from fhir_alliance_service.sync.outcomes import outcome_to_store
@@ -804,7 +810,7 @@ class Worker:
             self._fail(item, exc, report, batch)
             return
         held_by_server = [
-            SentResource(str(r["resourceType"]), str(r["id"]), _server_version(r)) for r in current
+            SentResource(str(r["resourceType"]), str(r["id"]), server_version(r)) for r in current
         ]
         if self._record_if_ours(entry, current, report):
             return  # our own write whose answer was lost (a crash, a timeout): not a conflict
@@ -872,7 +878,7 @@ class Worker:
         content, our send landed: recorded as any send is, with its disclosure AuditEvent and
         Provenance (of the server's versions, which hold our content). Whether it was."""
         if not all(
-            _content(mine) == _content(theirs)
+            copy_content(mine) == copy_content(theirs)
             for mine, theirs in zip(entry.resources, current, strict=True)
         ):
             return False
@@ -883,7 +889,7 @@ class Worker:
                 status=200,
                 resource_type=str(theirs["resourceType"]),
                 id=str(theirs["id"]),
-                version_id=_server_version(theirs),
+                version_id=server_version(theirs),
             )
             for n, (mine, theirs) in enumerate(zip(entry.resources, current, strict=True))
         ]
@@ -1047,15 +1053,15 @@ class Worker:
         current: Mapping[tuple[str, str], Mapping[str, Any] | None],
     ) -> list[SentResource] | None:
         """The server's versions of the first of ``forms`` whose every resource the server holds
-        with that content (``_content``: ``meta`` and ``text`` aside); None when none is."""
+        with that content (``copy_content``: ``meta`` and ``text`` aside); None when none is."""
         for form in forms:
             held: list[SentResource] = []
             for mine in form:
                 key = (str(mine["resourceType"]), str(mine["id"]))
                 theirs = current.get(key)
-                if theirs is None or _content(mine) != _content(theirs):
+                if theirs is None or copy_content(mine) != copy_content(theirs):
                     break
-                held.append(SentResource(key[0], key[1], _server_version(theirs)))
+                held.append(SentResource(key[0], key[1], server_version(theirs)))
             else:
                 return held
         return None
@@ -1076,7 +1082,7 @@ class Worker:
         versions: dict[tuple[str, str], str] = {}
         for theirs in current:
             key = (str(theirs["resourceType"]), str(theirs["id"]))
-            version = _server_version(theirs)
+            version = server_version(theirs)
             if not version:
                 return None
             versions[key] = version
@@ -1085,7 +1091,7 @@ class Worker:
             if older is None:
                 older = self._older_contents(item, batch.version)
             if not any(
-                _content(mine) == _content(theirs)
+                copy_content(mine) == copy_content(theirs)
                 for resources in older
                 for mine in resources
                 if (mine.get("resourceType"), mine.get("id")) == key
@@ -1451,31 +1457,6 @@ def _pulled_after_ours(seen: PulledResource, ours: str, ours_at: datetime | None
     if seen.updated_at is None or ours_at is None:
         return True
     return seen.updated_at > ours_at
-
-
-def _server_version(resource: Mapping[str, Any]) -> str | None:
-    """The ``meta.versionId`` of a copy read from the server, as text; None when it has none,
-    or its ``meta`` is not an object (a malformed answer: its content may still be ours)."""
-    meta = resource.get("meta")
-    version = meta.get("versionId") if isinstance(meta, Mapping) else None
-    return str(version) if version else None
-
-
-def _content(resource: Mapping[str, Any]) -> dict[str, Any]:
-    """A resource without what the server stamps on it (``meta``, ``text``), but with its
-    security labels (as a set of system and code): a label someone else added narrows who may
-    see the resource, so a copy carrying it is not ours, however equal the rest."""
-    content = {k: v for k, v in resource.items() if k not in ("meta", "text")}
-    meta = resource.get("meta")
-    labels = meta.get("security") if isinstance(meta, Mapping) else None
-    content["meta.security"] = sorted(
-        {
-            (str(label.get("system")), str(label.get("code")))
-            for label in labels or ()
-            if isinstance(label, Mapping)
-        }
-    )
-    return content
 
 
 def _stale_version(error: BaseException) -> bool:

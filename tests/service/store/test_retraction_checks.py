@@ -79,6 +79,24 @@ def test_a_check_noted_under_a_lease_waits_for_it_and_a_failure_makes_it_due(
     assert store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(3600)) == []
 
 
+def test_a_note_kept_is_not_replaced_by_a_check_about_to_write(store: SqlStore) -> None:
+    """``keep``: a retraction about to write on the server notes its patient under its lease
+    unless they are noted already: a note there (due, or another check's) keeps its id and
+    lease, and the check's own note id clears nothing; a patient not noted is noted, and
+    cleared by that id."""
+    [earlier] = [RetractionCheck("Patient/p1", store.note_retraction_checks(["Patient/p1"]))]
+    mine = store.note_retraction_checks(
+        ["Patient/p1", "Patient/p2"], lease_until=at(LEASE), keep=True
+    )
+    [due] = store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(0))
+    assert due == earlier  # still due at once, under its own id
+    assert not store.clear_retraction_check(RetractionCheck("Patient/p1", mine))
+    assert store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(LEASE - 1)) == []
+    assert store.clear_retraction_check(RetractionCheck("Patient/p2", mine))
+    assert store.clear_retraction_check(earlier)
+    assert store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(3600)) == []
+
+
 def test_noting_a_patient_twice_keeps_one_note(store: SqlStore) -> None:
     """One row per patient, however often (and in however many calls) they are noted."""
     store.note_retraction_checks(["Patient/p1", "Patient/p1"])

@@ -125,6 +125,71 @@ def test_sent_items_retraction_conflict_and_sent_versions(store: SqlStore) -> No
     assert store.last_sent("rec-000002") is not None and store.last_sent("nope") is None
 
 
+def test_a_retraction_is_recorded_in_one_write_while_the_send_is_as_read(
+    store: SqlStore,
+) -> None:
+    """``record_retraction``: the versions the server holds, the outcome and the audit in one
+    write, only while the send's retraction is what the pass read (``was``); else nothing is
+    written (another pass recorded it meanwhile). A failure's record keeps the outcome as read;
+    a ``kept`` send is retracted by a policy that now retracts."""
+    store.put_records([record(1), record(2)], audit=[], at=T0)
+    for n in (1, 2):  # one item of a patient per claim
+        for item in store.claim("w", limit=10, lease_seconds=30, now=at(n)):
+            store.mark_sent(
+                item.item_id,
+                "w",
+                sent=[SentResource("Observation", item.record_id, "1")],
+                audit=[],
+                at=at(2),
+            )
+    first, second = store.sent_items("Patient/p1")
+    assert first.item_id is not None and second.item_id is not None
+    marked = [SentResource("Observation", "rec-000001", "2")]
+    failed = audit_entry("retract-failed", "rec-000001")
+    assert store.record_retraction(
+        first.item_id, None, was=None, sent=marked, audit=[failed], at=at(3)
+    )
+    status = store.sync_status("rec-000001")
+    assert status is not None and (status.retraction, status.sent) == (None, tuple(marked))
+    done = [SentResource("Observation", "rec-000001", "3")]
+    entries = [
+        audit_entry("retract-entered-in-error", "rec-000001"),
+        audit_entry("provenance", "rec-000001"),
+    ]
+    assert store.record_retraction(
+        first.item_id, "entered-in-error", was=None, sent=done, audit=entries, at=at(4)
+    )
+    # Another pass that read the send before: nothing written, its audit neither.
+    late = [audit_entry("retract-entered-in-error", "rec-000001")]
+    assert not store.record_retraction(
+        first.item_id, "entered-in-error", was=None, sent=marked, audit=late, at=at(5)
+    )
+    status = store.sync_status("rec-000001")
+    assert status is not None
+    assert (status.retraction, status.sent, status.updated_at) == (
+        "entered-in-error",
+        tuple(done),
+        at(4),
+    )
+    assert [e.action for e in store.list_audit(record_id="rec-000001")] == [
+        "retract-failed",
+        "retract-entered-in-error",
+        "provenance",
+    ]
+    # kept, then deleted by a policy that now deletes (the versions none: a PUT creates again).
+    kept = list(second.sent)
+    assert store.record_retraction(second.item_id, "kept", was=None, sent=kept, audit=[], at=at(3))
+    assert not store.record_retraction(
+        second.item_id, "deleted", was=None, sent=kept, audit=[], at=at(4)
+    )
+    gone = [SentResource("Observation", "rec-000002")]
+    assert store.record_retraction(
+        second.item_id, "deleted", was="kept", sent=gone, audit=[], at=at(4)
+    )
+    status = store.sync_status("rec-000002")
+    assert status is not None and (status.retraction, status.sent) == ("deleted", tuple(gone))
+
+
 def test_last_sent_before_a_version(store: SqlStore) -> None:
     """``last_sent(before_version=n)``: the newest SENT item of a version older than ``n`` (what
     the server held before version ``n`` went), whether or not version ``n`` was sent since."""
