@@ -801,8 +801,9 @@ def _close(client: Any) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     """Counts of outbox items by state, the reasons items are held (of the oldest 10,000 held),
-    items whose lost send may have landed and is not read back yet (landing unknown), audit
-    pushes pending and dead-lettered, the FHIR server's last contact and the FHIR version the
+    items whose lost send may have landed and is not read back yet (landing unknown), the
+    retraction checks noted in the store (all, and those due now), audit pushes pending and
+    dead-lettered, the FHIR server's last contact and the FHIR version the
     worker maps to (FHIR_ALLIANCE_FHIR_VERSION when set, else what the server announced).
     ``--json``: the same as one object."""
     settings = _settings()
@@ -823,6 +824,9 @@ def _status(args: argparse.Namespace) -> int:
             "held_reasons_of": sum(held.values()),
             # Sends whose answer was lost that may have landed: read back by the workers.
             "landing_unknown": store.landing_unknown_count(),
+            # Patients whose sends are owed a retraction check (a failed one, or one a worker
+            # did not finish): due now, or leased (a check running, or its worker died).
+            "retraction_checks": _retraction_checks(store),
             # Audit rows for the FHIR server (push_audit): waiting, and refused for good.
             "audit_push": {
                 state.value: audit_push.get(state, 0)
@@ -851,6 +855,12 @@ def _status(args: argparse.Namespace) -> int:
             f"landing unknown: {report['landing_unknown']} (a lost send may have landed; "
             "the workers read it back)"
         )
+    checks = report["retraction_checks"]
+    if checks["pending"]:
+        print(
+            f"retraction checks pending: {checks['pending']} (due now {checks['due']}; the "
+            "workers' next retraction pass makes them)"
+        )
     if audit_push:
         pushes = report["audit_push"]
         print(f"audit pushes: pending {pushes['pending']}, dead-lettered {pushes['dead-lettered']}")
@@ -861,6 +871,11 @@ def _status(args: argparse.Namespace) -> int:
         forced = " (FHIR_ALLIANCE_FHIR_VERSION)" if server["fhir_version_from"] == "setting" else ""
         print(f"  FHIR version: {server['fhir_version']}{forced}")
     return 0
+
+
+def _retraction_checks(store: Store) -> dict[str, int]:
+    pending = store.pending_retraction_checks(now=_now())
+    return {"pending": pending.total, "due": pending.due}
 
 
 def _counts_line(counts: dict[Any, int]) -> str:

@@ -4,8 +4,8 @@ Counters and histograms (``SENDS``, ``SEND_FAILURES``, ``SEND_LATENCY``, ``DECIS
 ``REQUEST_LATENCY``) count what **this process** did: with several gunicorn workers or several
 ``worker`` processes each has its own, and Prometheus sums them across scrape targets. The queue
 depth by state is different: :class:`QueueDepthCollector` reads it from the store at scrape time, so
-it is the truth across every process sharing the database (so do :class:`AuditPushDepthCollector`
-and :class:`LandingUnknownCollector`).
+it is the truth across every process sharing the database (so do :class:`AuditPushDepthCollector`,
+:class:`LandingUnknownCollector` and :class:`RetractionChecksCollector`).
 
 The API serves them at ``/metrics``; a ``worker`` publishes its own with :func:`serve_metrics`
 when ``worker_metrics_bind`` is set (a separate scrape target per worker process).
@@ -14,6 +14,7 @@ when ``worker_metrics_bind`` is set (a separate scrape target per worker process
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import (
@@ -43,6 +44,7 @@ __all__ = [
     "AuditPushDepthCollector",
     "LandingUnknownCollector",
     "QueueDepthCollector",
+    "RetractionChecksCollector",
     "decision_counter",
     "render_metrics",
     "request_latency",
@@ -189,12 +191,29 @@ class LandingUnknownCollector(Collector):
         yield GaugeMetricFamily(self.name, self.documentation, value=count)
 
 
+class RetractionChecksCollector(_StoreDepthCollector):
+    """``fhir_alliance_retraction_checks_pending{state=…}``: patients noted for a retraction
+    check (``sync/retract.py``): ``due`` (the next retraction pass of any worker makes them) and
+    ``leased`` (a check running, or one whose worker died: due once the lease ends; one query,
+    ``Store.pending_retraction_checks``). A ``due`` count that stays above 0 says no worker makes
+    them, or that they keep failing (the log says why)."""
+
+    name = "fhir_alliance_retraction_checks_pending"
+    documentation = "Patients noted for a retraction check, due now or leased (store, scrape time)."
+
+    def _counts(self, store: Store) -> Iterator[tuple[str, int]]:
+        pending = store.pending_retraction_checks(now=datetime.now(UTC))
+        yield "due", pending.due
+        yield "leased", pending.leased
+
+
 def _scrape_registry(store: Store) -> CollectorRegistry:
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_RegistryView(REGISTRY))
     scrape.register(QueueDepthCollector(lambda: store))
     scrape.register(AuditPushDepthCollector(lambda: store))
     scrape.register(LandingUnknownCollector(lambda: store))
+    scrape.register(RetractionChecksCollector(lambda: store))
     return scrape
 
 

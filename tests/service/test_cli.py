@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -397,6 +397,27 @@ def test_status_lists_held_reasons(opened: Store, capsys: pytest.CaptureFixture[
     assert main(["status"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[lines.index("held:") + 1].split() == ["2", "no", "consent", "permits", "it"]
+
+
+def test_status_counts_the_retraction_checks_pending(
+    opened: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Retraction checks noted in the store (a failed check, one a worker did not finish) are
+    counted: all of them and those due now (the others are leased: a check running, or its
+    worker died). Nothing showed them: a check that never succeeds, or that no worker makes,
+    went unseen."""
+    capsys.readouterr()
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["retraction_checks"] == {"pending": 0, "due": 0}
+    assert main(["status"]) == 0
+    assert "retraction checks" not in capsys.readouterr().out
+    opened.note_retraction_checks(["Patient/p1", "Patient/p2"])
+    later = datetime.now(UTC) + timedelta(hours=1)
+    opened.note_retraction_checks(["Patient/p3"], lease_until=later)
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["retraction_checks"] == {"pending": 3, "due": 2}
+    assert main(["status"]) == 0
+    assert "retraction checks pending: 3 (due now 2" in capsys.readouterr().out
 
 
 def test_status_shows_the_fhir_version_the_worker_maps_to(

@@ -38,6 +38,7 @@ __all__ = [
     "NewRecord",
     "OutboxItem",
     "PatientChangeRefused",
+    "PendingRetractionChecks",
     "PullCursor",
     "PulledResource",
     "PutOutcome",
@@ -184,6 +185,20 @@ class RetractionCheck:
 
     patient: str
     note: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRetractionChecks:
+    """:meth:`Store.pending_retraction_checks`: the patients noted for a retraction check that
+    are due (the next retraction pass of any worker makes them) and those leased (a check of
+    them running, or one whose worker died: due once the lease ends)."""
+
+    due: int = 0
+    leased: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.due + self.leased
 
 
 @dataclass(frozen=True, slots=True)
@@ -822,6 +837,10 @@ class Store(Protocol):
     def clear_retraction_check(self, check: RetractionCheck) -> bool:
         """Drop ``check``'s note once a check of its patient that began after the note was made
         succeeded; a later note of the patient stays. Whether it was dropped."""
+
+    def pending_retraction_checks(self, *, now: datetime) -> PendingRetractionChecks:
+        """How many patients are noted for a retraction check, due at ``now`` and leased, in one
+        query: ``fhir-alliance status`` and ``fhir_alliance_retraction_checks_pending``."""
 
     def mark_conflict(
         self, item_id: int, conflict: str, *, at: datetime, worker: str | None = None

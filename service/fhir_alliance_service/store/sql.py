@@ -71,6 +71,7 @@ from .interface import (
     NewRecord,
     OutboxItem,
     PatientChangeRefused,
+    PendingRetractionChecks,
     PullCursor,
     PulledResource,
     PutOutcome,
@@ -2236,6 +2237,16 @@ class SqlStore(AuditQueueSql):
                 )
             )
             return result.rowcount == 1
+
+    def pending_retraction_checks(self, *, now: datetime) -> PendingRetractionChecks:
+        lease = retraction_checks.c.lease_until
+        due = or_(lease.is_(None), lease <= now)
+        query = select(
+            func.count(), func.coalesce(func.sum(case((due, 1), else_=0)), 0)
+        ).select_from(retraction_checks)
+        with self._read() as connection:
+            total, due_now = connection.execute(query).one()
+        return PendingRetractionChecks(due=int(due_now), leased=int(total) - int(due_now))
 
     def mark_conflict(
         self, item_id: int, conflict: str, *, at: datetime, worker: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import socket
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,26 @@ def test_metrics_queue_depth_is_read_from_the_store(
     assert 'fhir_alliance_queue_depth{state="queued"} 1.0' in _metric_lines(
         client, headers, "fhir_alliance_queue_depth"
     )
+
+
+def test_metrics_count_the_retraction_checks_pending(
+    client: FlaskClient, auth_headers: dict[str, dict[str, str]]
+) -> None:
+    """fhir_alliance_retraction_checks_pending{state}: the checks noted in the store, due now and
+    leased (read at scrape time, the same from every process)."""
+    headers = auth_headers["read"]
+    name = "fhir_alliance_retraction_checks_pending"
+    assert sorted(_metric_lines(client, headers, name + "{")) == [
+        f'{name}{{state="due"}} 0.0',
+        f'{name}{{state="leased"}} 0.0',
+    ]
+    store: Store = client.application.extensions["fhir_alliance"].store
+    store.note_retraction_checks(["Patient/p1", "Patient/p2"])
+    store.note_retraction_checks(["Patient/p3"], lease_until=datetime.now(UTC) + timedelta(hours=1))
+    assert sorted(_metric_lines(client, headers, name + "{")) == [
+        f'{name}{{state="due"}} 2.0',
+        f'{name}{{state="leased"}} 1.0',
+    ]
 
 
 def test_metrics_label_routes_by_rule_not_path(

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 from fhir_alliance_service.store import SqlStore, open_store
-from fhir_alliance_service.store.interface import RetractionCheck
+from fhir_alliance_service.store.interface import PendingRetractionChecks, RetractionCheck
 from fhir_alliance_service.store.tables import retraction_checks
 from sqlalchemy import func, select
 
@@ -95,6 +95,21 @@ def test_a_note_kept_is_not_replaced_by_a_check_about_to_write(store: SqlStore) 
     assert store.clear_retraction_check(RetractionCheck("Patient/p2", mine))
     assert store.clear_retraction_check(earlier)
     assert store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(3600)) == []
+
+
+def test_pending_checks_are_counted_due_and_leased(store: SqlStore) -> None:
+    """``pending_retraction_checks(now=)``: the noted patients due at ``now`` (a note without a
+    lease, or whose lease ended) and those leased (a check running, or its worker died): what
+    ``fhir-alliance status`` and ``fhir_alliance_retraction_checks_pending`` show. One query."""
+    assert store.pending_retraction_checks(now=at(0)) == PendingRetractionChecks(due=0, leased=0)
+    store.note_retraction_checks(["Patient/p1", "Patient/p2"])
+    store.note_retraction_checks(["Patient/p3"], lease_until=at(LEASE))
+    pending = store.pending_retraction_checks(now=at(0))
+    assert (pending.due, pending.leased, pending.total) == (2, 1, 3)
+    assert store.pending_retraction_checks(now=at(LEASE)) == PendingRetractionChecks(3, 0)
+    for check in store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(LEASE)):
+        store.clear_retraction_check(check)
+    assert store.pending_retraction_checks(now=at(LEASE)).total == 0
 
 
 def test_noting_a_patient_twice_keeps_one_note(store: SqlStore) -> None:
