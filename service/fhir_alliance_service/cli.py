@@ -76,7 +76,10 @@ def register(subparsers: Any) -> None:
     worker.add_argument(
         "--no-pull",
         action="store_true",
-        help="push only: no pulls of remote changes and no retraction passes",
+        help=(
+            "no pulls of remote changes and no retraction passes (the retraction checks noted "
+            "in the store are still made)"
+        ),
     )
     worker.set_defaults(handler=_guarded(_worker))
 
@@ -508,7 +511,8 @@ def _checked_bind(given: str) -> str:
 def _worker(args: argparse.Namespace) -> int:
     """Claim, gate, map and send outbox items until stopped; between batches, every
     FHIR_ALLIANCE_PULL_INTERVAL_SECONDS, pull remote consent changes and retract by policy
-    (``--no-pull``: push only). SIGTERM or SIGINT (Ctrl-C) sets the stop event: the batch in hand
+    (``--no-pull``: no pulls and no retraction passes; the retraction checks noted in the store
+    are still made). SIGTERM or SIGINT (Ctrl-C) sets the stop event: the batch in hand
     is finished and recorded, then the process exits 0. A second Ctrl-C leaves at once (the
     batch's leases expire and it is sent again later). The store's schema revision is read again
     every SCHEMA_CHECK_SECONDS (10 s): once another release's db upgrade changed it, the batches
@@ -524,7 +528,8 @@ def _worker(args: argparse.Namespace) -> int:
         if store is None:  # stopped while the database was locked
             _close(client)
             return 0
-        two_way = None if args.no_pull else TwoWaySync(settings, store, client).tick
+        # --no-pull: no pulls and no retraction passes, but the checks noted in the store.
+        two_way = TwoWaySync(settings, store, client, pull=not args.no_pull).tick
         worker = Worker(settings, store, client, worker_id=args.name, between_batches=two_way)
         stop_metrics = _no_metrics
         try:

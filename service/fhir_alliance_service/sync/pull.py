@@ -1280,7 +1280,10 @@ class TwoWaySync:
     every patient (expiries change no stamp). At start it only notes the patients' consent
     stamps: what changed before it started is caught by the first full pass (or by
     ``fhir-alliance pull``); the retraction checks noted in the store (one that failed, or that
-    a worker did not finish) are made by its first pass."""
+    a worker did not finish) are made by its first pass. Without ``pull`` (``worker
+    --no-pull``) it neither pulls nor runs retraction passes, but still makes the checks noted
+    in the store as often (:meth:`Retractor.run_noted`): a check owed for a revocation already
+    known, noted by this worker's own read-backs too, is not left to a worker that pulls."""
 
     def __init__(
         self,
@@ -1289,6 +1292,7 @@ class TwoWaySync:
         client: FhirClient,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        pull: bool = True,
     ) -> None:
         from fhir_alliance_service.sync.retract import Retractor
 
@@ -1296,12 +1300,19 @@ class TwoWaySync:
         self.puller = Puller(settings, store, client, clock=clock)
         self.retractor = Retractor(settings, store, client, clock=clock)
         self.clock = clock
+        self.pull = pull
         self._next_pull: datetime | None = None
         self._next_full: datetime | None = None
 
     def tick(self) -> PullReport | None:
-        """Run a pull (and retraction pass) if one is due; the pull's report, or None."""
+        """Run a pull (and retraction pass) if one is due; the pull's report, or None. Without
+        ``pull``: the retraction checks noted in the store, when due; None."""
         now = self.clock()
+        if not self.pull:
+            if self._next_pull is None or now >= self._next_pull:
+                self._next_pull = now + timedelta(seconds=self.settings.pull_interval_seconds)
+                self.retractor.run_noted()
+            return None
         if self._next_pull is None:  # first tick: note the stamps, pull now
             self.retractor.seed()
             self._next_full = now + timedelta(seconds=self.settings.pull_full_listing_seconds)

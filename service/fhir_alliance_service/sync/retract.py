@@ -150,11 +150,7 @@ class Retractor:
         check in the store (:meth:`check_later`; claimed under a lease, so that workers sharing
         the store check each once). A patient whose check fails is noted for the next pass."""
         report = RetractReport()
-        noted = self.store.claim_retraction_checks(
-            limit=self.settings.worker_batch_size,
-            lease_seconds=self.settings.lease_seconds,
-            now=self.clock(),
-        )
+        noted = self._claim_noted()
         stamps = self.store.consent_stamps()
         # A patient checked before and without consent records now (a pulled consent whose
         # patient was changed on the server moved to another patient): their stamp changed too.
@@ -167,13 +163,37 @@ class Retractor:
             checked[patient] = self._check(patient, report)
             if report.failed == 0:
                 self._checked[patient] = stamp
+        self._check_noted(noted, checked, report)
+        return report
+
+    def run_noted(self) -> RetractReport:
+        """Only the checks noted in the store (:meth:`check_later`, claimed under a lease as
+        :meth:`run_pass` claims them), none of the patients whose consents changed: what a
+        worker that runs no retraction passes (``worker --no-pull``) makes, so that a check owed
+        (one that failed, or that a worker did not finish) never waits for a worker that
+        pulls."""
+        report = RetractReport()
+        self._check_noted(self._claim_noted(), {}, report)
+        return report
+
+    def _claim_noted(self) -> list[RetractionCheck]:
+        return self.store.claim_retraction_checks(
+            limit=self.settings.worker_batch_size,
+            lease_seconds=self.settings.lease_seconds,
+            now=self.clock(),
+        )
+
+    def _check_noted(
+        self, noted: list[RetractionCheck], checked: dict[str, bool], report: RetractReport
+    ) -> None:
+        """Check each patient of ``noted`` (unless ``checked`` in this pass already) and clear
+        the note of each check that went without a failure."""
         for check in noted:
             ok = checked.get(check.patient)
             if ok is None:
                 ok = checked[check.patient] = self._check(check.patient, report)
             if ok:  # a check that began after the note: done (a later note stays)
                 self.store.clear_retraction_check(check)
-        return report
 
     def _check(self, patient: str, report: RetractReport) -> bool:
         """:meth:`retract_patient`: whether it went without a failure. A patient whose check

@@ -11,11 +11,16 @@ while the server is down); the workers that take over run in processes of their 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +47,7 @@ from tests.service.sync.workers import wait_until
 
 #: How long a worker process may take to start (a fresh interpreter imports the service).
 START_TIMEOUT = 60.0
+FHIR_ALLIANCE_BIN = Path(sys.executable).with_name("fhir-alliance")
 
 
 def _worker_process(
@@ -192,3 +198,58 @@ def test_a_failed_retraction_check_is_done_by_another_worker_process(rig: Rig) -
         rig.fake.delete_status = None
         wait_until(lambda: key not in rig.fake.resources, timeout=20, what="the copy retracted")
     _retracted(rig, record_id, key)
+
+
+@pytest.mark.slow
+def test_a_worker_that_does_not_pull_makes_the_checks_noted_in_the_store(
+    rig: Rig, httpserver: HTTPServer, tmp_path: Path
+) -> None:
+    """A retraction check fails (503 to deletes) and is noted in the store. The only worker
+    running is ``fhir-alliance worker --no-pull`` (push only: no pulls): it makes the noted
+    check at its next retraction turn, and the copy the patient withdrew consent for is deleted.
+    It used to run no retraction at all, so a check noted by its own read-backs or by a failure
+    waited for a worker that pulls (or ``fhir-alliance pull``), which may never run. It still
+    pulls nothing: no search reaches the server."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    assert rig.worker().run_once().sent == 1
+    [key] = rig.observations()
+    worker = rig.worker()
+    retractor = Retractor(worker.settings, rig.store, worker.client)
+    retractor.seed()
+    rig.intake(R.revocation(rig.run))
+    rig.fake.delete_status = 503
+    assert retractor.run_pass().failed == 1
+    assert rig.store.pending_retraction_checks(now=now()).due == 1
+    rig.fake.delete_status = None
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_ALLIANCE_")}
+    env.update(
+        FHIR_ALLIANCE_DATABASE_URL=rig.sqlite_url,
+        FHIR_ALLIANCE_FHIR_BASE_URL=rig.fake.base_url,
+        FHIR_ALLIANCE_FHIR_VERSION="4.0.1",
+        FHIR_ALLIANCE_RECIPIENTS=R.EHR,
+        FHIR_ALLIANCE_RETRACTION_POLICY="delete",
+        FHIR_ALLIANCE_POLL_INTERVAL_SECONDS="0.2",
+        FHIR_ALLIANCE_PULL_INTERVAL_SECONDS="0.2",
+    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(FHIR_ALLIANCE_BIN), "worker", "--no-pull"],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(
+                lambda: key not in rig.fake.resources or process.poll() is not None,
+                timeout=START_TIMEOUT,
+                what="the copy retracted",
+            )
+            assert process.poll() is None, log.read_text(errors="replace")
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+    _retracted(rig, record_id, key)
+    assert not [r for r, _ in httpserver.log if r.path.rstrip("/").endswith("/Consent")]
