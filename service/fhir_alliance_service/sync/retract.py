@@ -302,9 +302,9 @@ class Retractor:
         """Retract the send ``status`` (of the record ``item``, mapped to FHIR ``version``) by
         the policy, and record it in one store write (:meth:`Store.record_retraction`): the
         versions the server holds after our writes (a deleted resource none), the outcome, the
-        step's AuditEvent and a Provenance of each version an entered-in-error mark wrote (or,
-        after a process that wrote it died before its record, found: :meth:`_mark_entered_in_
-        error`). A failure records the marks made before it with the ``retract-failed``
+        step's AuditEvent and a Provenance of each version an entered-in-error mark wrote, or
+        found written by a process that died before its record (:meth:`_mark_entered_in_error`).
+        A failure records the marks made before it with the ``retract-failed``
         AuditEvent, the outcome unchanged; the next pass finds them made and writes, and
         attests, only the rest. Nothing is recorded when another pass recorded a retraction of
         the send meanwhile: that pass found our writes on the server and recorded them."""
@@ -368,9 +368,8 @@ class Retractor:
                 outcome_code=f"http-{exc.status}" if exc.status else "not-reached",
                 failed=True,
             )
-            if self._record(
-                status, status.retraction, held, [failure, *queued_for_push(self.settings, written)]
-            ):
+            entries = [failure, *queued_for_push(self.settings, written)]
+            if self._record(status, status.retraction, held, entries, now):
                 report.failed += 1
                 RETRACTIONS.labels("failed").inc()
             return
@@ -383,7 +382,8 @@ class Retractor:
             resources=listed,
             outcome_code=f"policy-{policy}",
         )
-        if self._record(status, outcome, held, [entry, *queued_for_push(self.settings, written)]):
+        entries = [entry, *queued_for_push(self.settings, written)]
+        if self._record(status, outcome, held, entries, now):
             RETRACTIONS.labels(outcome).inc()
             report.retracted_records.append(status.record_id)
             if outcome == ENTERED_IN_ERROR:
@@ -399,6 +399,7 @@ class Retractor:
         outcome: str | None,
         held: list[SentResource],
         entries: list[AuditEntry],
+        now: datetime,
     ) -> bool:
         """:meth:`Store.record_retraction` of ``status``'s send, as read: whether it was."""
         assert status.item_id is not None
@@ -408,7 +409,7 @@ class Retractor:
             was=status.retraction,
             sent=held,
             audit=entries,
-            at=entries[0].at,
+            at=now,
         )
         if not recorded:
             log.info("retraction of item %d: recorded by another pass meanwhile", status.item_id)
