@@ -27,18 +27,14 @@ def _conflict_audit(store: SqlStore, record_id: str) -> int:
     return sum(1 for a in store.list_audit(record_id=record_id) if a.action == "conflict")
 
 
-def test_mark_conflict_writes_only_under_the_workers_lease(any_store: SqlStore) -> None:
-    """With ``worker``: written while that worker holds the item's lease (kept), not for another
-    worker, nor once the lease is released. Without: only on an item no worker holds."""
+def test_mark_conflict_writes_only_on_an_item_no_worker_holds(any_store: SqlStore) -> None:
+    """The pull's note: not while a worker holds the item's lease, once it is released yes."""
     any_store.put_records([record(1)], audit=[], at=at(0))
     [item] = any_store.claim("w-a", limit=1, lease_seconds=LEASE, now=at(1))
-    assert not any_store.mark_conflict(item.item_id, "flagged", at=at(2), worker="w-b")
     assert not any_store.mark_conflict(item.item_id, "flagged", at=at(2))  # leased by w-a
     status = any_store.sync_status(item.record_id)
     assert status is not None and status.conflict is None
-    assert any_store.mark_conflict(item.item_id, "overwritten", at=at(2), worker="w-a")
-    assert any_store.mark_sent(item.item_id, "w-a", sent=[], audit=[], at=at(3))  # lease kept
-    assert not any_store.mark_conflict(item.item_id, "flagged", at=at(4), worker="w-a")
+    assert any_store.mark_sent(item.item_id, "w-a", sent=[], audit=[], at=at(3))
     assert any_store.mark_conflict(item.item_id, "remote-edited", at=at(4))
     status = any_store.sync_status(item.record_id)
     assert status is not None

@@ -792,12 +792,6 @@ class Store(Protocol):
         a send recorded late by ``mark_sent_late`` too): the versions on the server that we
         wrote (the worker's 412 check, ``Worker._conflict``)."""
 
-    def mark_retraction(
-        self, item_id: int, retraction: str, *, audit: Sequence[AuditEntry], at: datetime
-    ) -> None:
-        """Note on a SENT item what the retraction policy did with it (one transaction with
-        ``audit``)."""
-
     def record_retraction(
         self,
         item_id: int,
@@ -842,16 +836,12 @@ class Store(Protocol):
         """How many patients are noted for a retraction check, due at ``now`` and leased, in one
         query: ``fhir-alliance status`` and ``fhir_alliance_retraction_checks_pending``."""
 
-    def mark_conflict(
-        self, item_id: int, conflict: str, *, at: datetime, worker: str | None = None
-    ) -> bool:
-        """Note on an item how a 412 conflict on ``If-Match`` was settled. With ``worker``: only
-        while ``worker`` holds the item's lease, the same compare-and-set as the ``mark_*`` (the
-        lease is kept). Without: only on an item no worker holds (the pull's note on a SENT
-        item). False, and nothing written, otherwise (another worker took the item over). The
-        conflict policies note theirs with the outcome instead, never before it: ``flag`` and
-        ``keep-remote`` with :meth:`mark_held`, :meth:`mark_sent` (``conflict``), ``overwrite``
-        with the record of its send (``SentMark.conflict``)."""
+    def mark_conflict(self, item_id: int, conflict: str, *, at: datetime) -> bool:
+        """Note a conflict on an item no worker holds (the pull's ``remote-edited`` note on a
+        SENT item). False, and nothing written, when a worker holds it. The conflict policies
+        note theirs with the outcome instead, never before it: ``flag`` and ``keep-remote`` with
+        :meth:`mark_held`, :meth:`mark_sent` (``conflict``), ``overwrite`` with the record of its
+        send (``SentMark.conflict``)."""
 
     def flagged_conflicts(self, *, limit: int = 100) -> FlaggedConflicts:
         """The conflicts that wait for a person's decision: items held for a person by the

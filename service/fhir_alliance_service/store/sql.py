@@ -38,7 +38,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
     Row,
@@ -2133,18 +2132,6 @@ class SqlStore(AuditQueueSql):
             rows = connection.execute(query).all()
         return {resource for row in rows for resource in _sent_resources(row.sent)}
 
-    def mark_retraction(
-        self, item_id: int, retraction: str, *, audit: Sequence[AuditEntry], at: datetime
-    ) -> None:
-        with self._write() as connection:
-            connection.execute(
-                update(outbox)
-                .where(outbox.c.item_id == item_id)
-                .values(retraction=retraction, updated_at=at)
-            )
-            if audit:
-                connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
-
     def record_retraction(
         self,
         item_id: int,
@@ -2248,17 +2235,11 @@ class SqlStore(AuditQueueSql):
             total, due_now = connection.execute(query).one()
         return PendingRetractionChecks(due=int(due_now), leased=int(total) - int(due_now))
 
-    def mark_conflict(
-        self, item_id: int, conflict: str, *, at: datetime, worker: str | None = None
-    ) -> bool:
-        held: ColumnElement[bool]
-        if worker is None:  # an item no worker holds (the pull's note on a SENT item)
-            held = outbox.c.lease_owner.is_(None)
-        else:  # the worker's own item: the lease condition of ``_finish``, the lease kept
-            held = and_(outbox.c.lease_owner == worker, outbox.c.state.in_(_PENDING))
+    def mark_conflict(self, item_id: int, conflict: str, *, at: datetime) -> bool:
+        unheld = outbox.c.lease_owner.is_(None)  # no worker holds it
         with self._write() as connection:
             result = connection.execute(
-                update(outbox).where(outbox.c.item_id == item_id, held).values(conflict=conflict)
+                update(outbox).where(outbox.c.item_id == item_id, unheld).values(conflict=conflict)
             )
             return result.rowcount == 1
 

@@ -106,10 +106,14 @@ def test_a_later_landing_clears_a_retraction_an_earlier_one_does_not(store: SqlS
     store.put_records([record(1)], audit=[], at=T0)
     [item] = store.claim("w1", limit=1, lease_seconds=30, now=at(1))
     assert store.mark_sent_many("w1", [_mark(item.item_id, "1", when=2)], at=at(2)) == [True]
-    store.record_sent_versions(
-        item.item_id, [SentResource("Observation", "obs-1", "3")], audit=[], at=at(3)
+    assert store.record_retraction(
+        item.item_id,
+        "entered-in-error",
+        was=None,
+        sent=[SentResource("Observation", "obs-1", "3")],
+        audit=[],
+        at=at(3),
     )
-    store.mark_retraction(item.item_id, "entered-in-error", audit=[], at=at(3))
     store.mark_sent_late([_mark(item.item_id, "2", when=4)], at=at(4))
     [status] = store.sent_items("Patient/p1")
     assert (status.retraction, status.sent[0].version_id) == ("entered-in-error", "3")

@@ -296,9 +296,8 @@ def test_release_all_held_requeues_every_patients_held_items_but_a_persons(
     )
     items = store.claim("w1", limit=10, lease_seconds=30, now=at(1))
     for item, reason in zip(items, reasons, strict=True):
-        if reason == conflict:
-            assert store.mark_conflict(item.item_id, "flagged", at=at(2), worker="w1")
-        assert store.mark_held(item.item_id, "w1", reason=reason, audit=[], at=at(2))
+        flag = "flagged" if reason == conflict else None
+        assert store.mark_held(item.item_id, "w1", reason=reason, audit=[], at=at(2), conflict=flag)
     assert store.release_all_held(notes=False, at=at(3)) == 2
     assert store.release_all_held(notes=True, at=at(4)) == 2
     assert store.release_all_held(notes=True, at=at(5)) == 0

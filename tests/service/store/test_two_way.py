@@ -106,8 +106,13 @@ def test_sent_items_retraction_conflict_and_sent_versions(store: SqlStore) -> No
         )
     [sent] = store.sent_items("Patient/p1")
     assert sent.state is SyncState.SENT and sent.item_id is not None
-    store.mark_retraction(
-        sent.item_id, "deleted", audit=[audit_entry("retract-delete", "rec-000001")], at=at(3)
+    assert store.record_retraction(
+        sent.item_id,
+        "deleted",
+        was=None,
+        sent=sent.sent,
+        audit=[audit_entry("retract-delete", "rec-000001")],
+        at=at(3),
     )
     store.mark_conflict(sent.item_id, "flagged", at=at(3))
     store.record_sent_versions(

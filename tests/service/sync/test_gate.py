@@ -112,7 +112,9 @@ def test_an_unsigned_entered_in_error_note_goes_only_to_correct_what_the_server_
     sent = SentResource("DocumentReference", note.record_id, "1")
     sync_store.mark_sent(item_id, "gate-test", sent=[sent], audit=[], at=now())
     if retraction is not None:
-        sync_store.mark_retraction(item_id, retraction, audit=[], at=now())
+        assert sync_store.record_retraction(
+            item_id, retraction, was=None, sent=[sent], audit=[], at=now()
+        )
     voided = signed | {"status": "entered-in-error", "text": "unreviewed text"}
     del voided["signed_by"], voided["signed_at"]
     intake_records(sync_store, [voided], at=now())

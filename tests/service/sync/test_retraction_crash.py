@@ -44,8 +44,9 @@ from tests.service.sync.test_write_provenance import (
 LEASE = 30.0  # the rig's settings (sync_settings)
 
 #: The store writes a retraction's record may go through (before: the versions, then the
-#: outcome with the audit, or on a failure the audit alone; now: one).
-RECORDING = ("record_retraction", "mark_retraction", "record_sent_versions", "add_audit")
+#: outcome with the audit (``mark_retraction``, since removed), or on a failure the audit alone;
+#: now: one).
+RECORDING = ("record_retraction", "record_sent_versions", "add_audit")
 
 
 def _outage() -> OperationalError:
