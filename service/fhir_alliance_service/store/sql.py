@@ -632,6 +632,21 @@ def _first_unserialisable(records: Sequence[NewRecord], audit: Sequence[AuditEnt
 _audit_row = audit_row
 
 
+def _insert_mark_audit(
+    connection: Connection, marks: Sequence[SentMark], recorded: Sequence[bool]
+) -> None:
+    """The audit entries of the ``marks`` whose send was ``recorded``, in ``connection``'s
+    transaction."""
+    rows = [
+        _audit_row(entry)
+        for mark, ok in zip(marks, recorded, strict=True)
+        if ok
+        for entry in mark.audit
+    ]
+    if rows:
+        connection.execute(insert(audit_log), rows)
+
+
 class SqlStore(AuditQueueSql):
     """The store over one SQLAlchemy engine; build it with :func:`open_store`."""
 
@@ -1372,14 +1387,7 @@ class SqlStore(AuditQueueSql):
             ]
             if updates:
                 connection.execute(_MARK_SENT, updates)
-            audit_rows = [
-                _audit_row(entry)
-                for mark, ok in zip(marks, landed, strict=True)
-                if ok
-                for entry in mark.audit
-            ]
-            if audit_rows:
-                connection.execute(insert(audit_log), audit_rows)
+            _insert_mark_audit(connection, marks, landed)
         return landed
 
     def mark_sent_late(self, marks: Sequence[SentMark], *, at: datetime) -> int:
@@ -1608,14 +1616,7 @@ class SqlStore(AuditQueueSql):
                 connection.execute(
                     update(outbox).where(outbox.c.item_id.in_(gone)).values(landing_check_at=None)
                 )
-            audit_rows = [
-                _audit_row(entry)
-                for mark, ok in zip(landed, recorded, strict=True)
-                if ok
-                for entry in mark.audit
-            ]
-            if audit_rows:
-                connection.execute(insert(audit_log), audit_rows)
+            _insert_mark_audit(connection, landed, recorded)
         return recorded
 
     def landing_unknown_count(self) -> int:
