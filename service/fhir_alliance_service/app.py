@@ -24,6 +24,7 @@ from fhir_alliance_service.errors import (
     operation_outcome,
     outcome_response,
     register_error_handlers,
+    serves_without_store,
 )
 from fhir_alliance_service.logs import configure_logging, register_request_logging
 from fhir_alliance_service.store.interface import Store
@@ -102,13 +103,15 @@ UNAVAILABLE_PAGE_MESSAGE: Final = "the service is unavailable; please tell its a
 
 
 def _refuse_if_schema_changed() -> Response | None:
-    """503 for every route but ``/healthz`` (``/readyz`` too: not ready) once the store's schema
-    is no longer this release's (another release's ``db upgrade`` ran while this process served):
+    """503 for every route but those reading nothing of the store (``/healthz``, and the console's
+    stylesheet so that its 503 page is styled: :func:`~.errors.store_free`; ``/readyz`` is not
+    one: not ready) once the store's schema is no longer this release's (another release's
+    ``db upgrade`` ran while this process served):
     writing on would file records the old way (migration 0009's patient keys, for one). The
     revision is read at most once every ``SCHEMA_CHECK_SECONDS`` per process, not per request;
     the watch logs the one error line. Under a browser area (the console) the answer is that
     area's HTML error page, saying nothing of the cause."""
-    if request.path == "/healthz" or current_service().schema.mismatch() is None:
+    if serves_without_store(request.endpoint) or current_service().schema.mismatch() is None:
         return None
     page = html_error_page(request.path)
     if page is not None:

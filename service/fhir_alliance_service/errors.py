@@ -46,6 +46,8 @@ __all__ = [
     "operation_outcome",
     "outcome_response",
     "register_error_handlers",
+    "serves_without_store",
+    "store_free",
 ]
 
 FHIR_JSON = "application/fhir+json"
@@ -57,6 +59,24 @@ ErrorPage = Callable[[int, str, Mapping[str, str]], Response]
 #: used for the answers no view of the area gives: routing's 404 and 405, and the app's 503 once
 #: the store's schema changed under the process.
 HTML_ERROR_PAGES: Final = "fhir_alliance.html_error_pages"
+
+_STORE_FREE_ATTRIBUTE: Final = "_fhir_alliance_store_free"
+_View = Callable[..., Any]
+
+
+def store_free(view: _View) -> _View:
+    """Mark a view that reads nothing of the store (``/healthz``, the console's stylesheet): it
+    is still served once the store's schema changed under the process, when every other route
+    answers 503."""
+    setattr(view, _STORE_FREE_ATTRIBUTE, True)
+    return view
+
+
+def serves_without_store(endpoint: str | None) -> bool:
+    """The view of ``endpoint`` (the request's, once routed) is marked :func:`store_free`."""
+    view = current_app.view_functions.get(endpoint) if endpoint else None
+    return bool(getattr(view, _STORE_FREE_ATTRIBUTE, False))
+
 
 #: HTTP status → FHIR issue-type code, for errors that carry no issues of their own.
 _ISSUE_CODES = {

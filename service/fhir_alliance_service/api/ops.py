@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from fhir_alliance.errors import Issue
 from fhir_alliance_service.app import current_service
 from fhir_alliance_service.auth import public, require_scope
-from fhir_alliance_service.errors import operation_outcome, outcome_response
+from fhir_alliance_service.errors import operation_outcome, outcome_response, store_free
 from fhir_alliance_service.metrics import render_metrics
 from fhir_alliance_service.sync.target import READINESS_TIMEOUT_SECONDS
 
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 @bp.get("/healthz")
 @public
+@store_free
 def healthz() -> Response:
     """---
     get:

@@ -52,7 +52,7 @@ from fhir_alliance_service.console.session import (
     sign_in,
     sign_in_token,
 )
-from fhir_alliance_service.errors import ApiError
+from fhir_alliance_service.errors import ApiError, store_free
 from fhir_alliance_service.usecases.conflicts import (
     DECISIONS,
     ConflictChanged,
@@ -221,6 +221,7 @@ def error_page_without_view(status: int, message: str, headers: Mapping[str, str
 
 @blueprint.get("/static/<path:filename>")
 @public
+@store_free
 def asset(filename: str) -> Response:
     """The console's stylesheet (no PHI; cacheable like any static file)."""
     response = send_from_directory(HERE / "static", filename)

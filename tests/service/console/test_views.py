@@ -962,8 +962,8 @@ def test_a_schema_changed_under_the_service_is_a_503_page_on_the_console(
     """Once the store's schema changed under the process (another release's ``db upgrade``),
     console addresses (pages, forms, unknown ones; signed in or not) answer the console's HTML
     503 page: its headers, no session shown, nothing of the cause, and no statement on the store
-    but the revision's read. The API beside it keeps its OperationOutcome. The console used to
-    answer the API's FHIR JSON to the browser."""
+    but the revision's read; its stylesheet is still served. The API beside it keeps its
+    OperationOutcome. The console used to answer the API's FHIR JSON to the browser."""
     monkeypatch.setattr(schema_watch, "SCHEMA_CHECK_SECONDS", 0.0)
     app = make_app(recipients=EHR)
     store = app.extensions["fhir_alliance"].store
@@ -992,6 +992,11 @@ def test_a_schema_changed_under_the_service_is_a_503_page_on_the_console(
         assert "Set-Cookie" not in answer.headers, address
     client.delete_cookie(SESSION_COOKIE, path="/console")
     _is_console_error_page(client.get("/console/"), 503)
+    # The error page's stylesheet reads nothing of the store: still served, so the page is
+    # styled (it used to get the 503 page too).
+    with client.get("/console/static/console.css") as stylesheet:
+        assert stylesheet.status_code == 200 and stylesheet.mimetype == "text/css"
+    assert client.get("/healthz").status_code == 200
     others = [s for s in statements if s != "BEGIN" and "alembic_version" not in s]
     assert others == []  # the session's key and ended sessions were not looked up
     answer = client.post("/v1/records", json={}, headers={"Authorization": f"Bearer {key}"})
