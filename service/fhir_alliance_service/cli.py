@@ -748,8 +748,13 @@ def _reconcile(args: argparse.Namespace) -> int:
             f"{summary['missing']} missing, {summary['duplicated']} duplicated, "
             f"{summary['drifted']} drifted; {summary['fixed']} fixed"
         )
+        from fhir_alliance_service.sync.gate import HoldReason
+
+        reasons = {reason.code: reason.words for reason in HoldReason}
         for finding in report.findings:
-            state = "fixed" if finding.fixed else "held by the gate" if finding.held else "open"
+            state = "fixed" if finding.fixed else "open"
+            if finding.held:
+                state = f"held by the gate: {reasons.get(finding.held_reason or '', 'no permit')}"
             print(f"  {finding.problem:10} record {finding.record_id} {finding.resource} ({state})")
     unfixed = [f for f in report.findings if not f.fixed]
     return 1 if unfixed else 0

@@ -11,8 +11,11 @@ mapping gives **now** is looked up on the server by its business identifier:
 
 ``fix=True`` repairs, each repair audited: duplicates not at our deterministic id are deleted; a
 missing or drifted resource is written again (``PUT`` to its id, ``If-Match`` the version found)
-after the consent gate is asked again, now: a record it would hold is reported
-``held``, never written. The record's status then lists the versions written. Each write is a
+only with the consent gate's permit, asked again now: a record it would hold is reported
+``held`` with the gate's reason code, never written. The gate is asked when a record's check
+starts; when the patient's consents changed by the time a resource is to be written (the
+searches take a while; a revocation may be stored meanwhile), it is asked again first, as the
+worker does just before a Bundle goes out. The record's status then lists the versions written. Each write is a
 ``reconcile-write`` AuditEvent and a Provenance of the version written (``CREATE`` for a missing
 resource, ``UPDATE`` for a drifted one), stored together and, with ``push_audit``, the Provenance
 queued for the server; a deleted duplicate is a ``reconcile-delete`` AuditEvent only (a delete
@@ -44,7 +47,7 @@ from fhir_alliance_service.store.interface import (
     SyncStatus,
 )
 from fhir_alliance_service.sync.audit_push import queued_for_push
-from fhir_alliance_service.sync.gate import regate_stored
+from fhir_alliance_service.sync.gate import GateResult, regate_stored
 from fhir_alliance_service.sync.target import target_fhir_version
 
 __all__ = ["Finding", "ReconcileReport", "Reconciler"]
@@ -60,7 +63,8 @@ DRIFTED = "drifted"
 class Finding:
     """One resource that is not as it should be. ``found`` lists the server's ``Type/id`` of
     every resource carrying the identifier; ``fixed``: repaired by ``--fix`` (``held``: the gate
-    now holds the record, so it was not written)."""
+    now holds the record, so it was not written; ``held_reason``: why, the gate's machine code,
+    :class:`~fhir_alliance_service.sync.gate.HoldReason`)."""
 
     problem: str
     record_id: str
@@ -68,6 +72,7 @@ class Finding:
     found: list[str] = field(default_factory=list)
     fixed: bool = False
     held: bool = False
+    held_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -203,16 +208,37 @@ class Reconciler:
         for finding, _, _ in findings:
             report.findings.append(finding)
         if fix and findings:
-            self._fix(record, status, gated.permitted, findings)
+            self._fix(record, status, gated, version, findings)
+
+    def _gate_now(
+        self, record: StoredRecord, status: SyncStatus, gated: GateResult, version: str
+    ) -> GateResult | None:
+        """``gated`` while the patient's consents are the ones it read; else the gate asked
+        again, now (``None``: the record no longer maps, so nothing of it is written)."""
+        if gated.consents_stamp is None:
+            return gated  # it read no consents (a consent record, a held draft)
+        if self.store.patient_consents_stamp(record.patient)[1] == gated.consents_stamp:
+            return gated
+        return regate_stored(
+            record,
+            item_id=status.item_id or 0,
+            owner="reconcile",
+            settings=self.settings,
+            store=self.store,
+            version=version,
+            at=self.clock(),
+        )
 
     def _fix(
         self,
         record: StoredRecord,
         status: SyncStatus,
-        permitted: bool,
+        gated: GateResult,
+        version: str,
         findings: list[tuple[Finding, dict[str, Any], dict[str, Any] | None]],
     ) -> None:
         now = self.clock()
+        gate: GateResult | None = gated
         entries = []
         written: dict[tuple[str, str], str | None] = {}
         for finding, expected, ours in findings:
@@ -239,8 +265,13 @@ class Reconciler:
                     )
                     finding.fixed = True
                     continue
-                if not permitted:
+                # Asked again just before the write when the consents changed since.
+                gate = None if gate is None else self._gate_now(record, status, gate, version)
+                if gate is None:
+                    continue  # no longer maps: left open (the worker dead-letters such records)
+                if gate.hold is not None:
                     finding.held = True  # the gate would hold it now: never written
+                    finding.held_reason = gate.hold.code
                     continue
                 replaced = _version(ours) if ours is not None else None
                 result = self.client.update(self._stamped(expected, ours), if_match=replaced)

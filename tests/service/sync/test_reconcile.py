@@ -1,11 +1,15 @@
 """Reconcile against the test FHIR server: duplicates created outside the service, resources
-deleted or edited on the server are reported by record, and ``fix`` repairs them (audited)."""
+deleted or edited on the server are reported by record, and ``fix`` repairs them (audited, and
+never without the gate's permit)."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
+import pytest
+from fhir_alliance_service.sync.gate import HoldReason
 from fhir_alliance_service.sync.reconcile import Reconciler
 
 from tests.service.sync import records as R
@@ -15,10 +19,9 @@ from tests.service.sync.conftest import SyncHarness
 RECORD = R.RECORD_SYSTEM
 
 
-def _reconciler(harness: SyncHarness) -> Reconciler:
-    return Reconciler(
-        harness.settings, harness.store, harness.client, tags=[harness.server.run_tag]
-    )
+def _reconciler(harness: SyncHarness, **overrides: Any) -> Reconciler:
+    settings = replace(harness.settings, **overrides) if overrides else harness.settings
+    return Reconciler(settings, harness.store, harness.client, tags=[harness.server.run_tag])
 
 
 def _sent(harness: SyncHarness) -> list[str]:
@@ -132,7 +135,7 @@ def test_reconcile_by_patient_looks_at_that_patient_only(harness: SyncHarness) -
 
 def test_a_record_the_gate_now_holds_is_reported_not_written(harness: SyncHarness) -> None:
     """After a revocation (policy none), a deleted resource of the patient is missing but is not
-    written back: the finding says held."""
+    written back: the finding says held, and why (the gate's reason code)."""
     ids = _sent(harness)
     harness.intake([R.revocation(harness.run)])
     [ours] = harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1")
@@ -141,3 +144,39 @@ def test_a_record_the_gate_now_holds_is_reported_not_written(harness: SyncHarnes
     [finding] = [f for f in report.findings if f.record_id == ids[1]]
     assert (finding.problem, finding.fixed, finding.held) == ("missing", False, True)
     assert harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1") == []
+    assert finding.held_reason == HoldReason.NO_CONSENT.code
+    assert report.to_json()["findings"][0]["held_reason"] == HoldReason.NO_CONSENT.code
+
+
+def test_a_revocation_stored_while_reconcile_searches_stops_the_write(
+    harness: SyncHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate is asked when a record's check starts; the searches that follow take a while. A
+    revocation stored meanwhile is seen before anything is written: the missing resource is not
+    written again, the finding says held and why, and nothing is recorded as disclosed."""
+    ids = _sent(harness)
+    record_id = ids[1]
+    [ours] = harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1")
+    remote.delete(harness.server, ours)
+    search = harness.client.find_by_identifier
+    revoked: list[bool] = []
+
+    def search_while_the_patient_revokes(
+        resource_type: str, identifier: Any, *, limit: int = 10
+    ) -> list[dict[str, Any]]:
+        if not revoked and identifier.value == f"trust-{harness.run}-1":
+            revoked.append(True)
+            harness.intake([R.revocation(harness.run)])
+        return search(resource_type, identifier, limit=limit)
+
+    monkeypatch.setattr(harness.client, "find_by_identifier", search_while_the_patient_revokes)
+    before = max(e.id or 0 for e in harness.store.list_audit(record_id=record_id, limit=1000))
+
+    report = _reconciler(harness, push_audit=True).run(fix=True)
+    assert revoked
+    assert harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1") == []
+    [finding] = [f for f in report.findings if f.record_id == record_id]
+    assert (finding.problem, finding.fixed, finding.held) == ("missing", False, True)
+    assert finding.held_reason == HoldReason.NO_CONSENT.code
+    new = harness.store.list_audit(record_id=record_id, after=before, limit=1000)
+    assert not {"disclose", "reconcile-write", "provenance"} & {e.action for e in new}

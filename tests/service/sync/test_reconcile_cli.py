@@ -52,6 +52,27 @@ def test_reconcile_json_reports_a_duplicate_and_fix_removes_it(
     assert len(harness.on_server("Observation", f"{R.RECORD_SYSTEM}|trust-{harness.run}-1")) == 1
 
 
+def test_reconcile_fix_says_why_the_gate_holds_what_it_did_not_write(
+    harness: SyncHarness, environment: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resource missing after the patient revoked is not written again: exit 1, the line
+    says the gate holds it and why in plain words, and ``--json`` gives the reason code."""
+    [_, rating] = harness.intake([R.sharing_consent(harness.run), R.rating(harness.run, 1)])
+    harness.drain()
+    harness.intake([R.revocation(harness.run)])
+    [ours] = harness.on_server("Observation", f"{R.RECORD_SYSTEM}|trust-{harness.run}-1")
+    remote.delete(harness.server, ours)
+    capsys.readouterr()
+
+    assert main(["reconcile", "--fix"]) == 1
+    [line] = [x for x in capsys.readouterr().out.splitlines() if rating.record_id in x]
+    assert line.endswith("(held by the gate: no consent to share with the clinic's EHR)")
+    assert main(["reconcile", "--fix", "--json"]) == 1
+    [finding] = json.loads(capsys.readouterr().out)["findings"]
+    assert (finding["held"], finding["held_reason"]) == (True, "no-consent")
+    assert harness.on_server("Observation", f"{R.RECORD_SYSTEM}|trust-{harness.run}-1") == []
+
+
 def test_reconcile_refuses_a_malformed_patient(
     environment: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
