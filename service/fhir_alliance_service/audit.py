@@ -208,12 +208,27 @@ def disclosure_event(
     recipient: str,
     purpose: str,
     target_url: str | None = None,
+    step: str | None = None,
 ) -> AuditEntry:
     """One privacy disclosure (BALP PrivacyDisclosure at the source): the record version's
     ``resources`` went to ``recipient`` for ``purpose`` (a v3 PurposeOfUse code). ``action``
-    ``disclose``."""
+    ``disclose``. ``step``: a two-way sync step that wrote the record version's resources again
+    (``reconcile-write``), after the send: the event's id then names the step, the resources and
+    the time, so that it never takes the send's own id (pushed, a ``PUT`` to that id would
+    replace the send's event on the server). The event is otherwise the send's."""
+    parts: list[object] = [record_id, version]
+    if step is not None:
+        if step not in WRITING_STEPS:
+            raise ValueError(f"{step!r} writes no resource version")
+        names = [
+            f"{r.resource_type}/{r.id}"
+            if isinstance(r, SentResource)
+            else f"{r.get('resourceType')}/{r.get('id')}"
+            for r in resources
+        ]
+        parts += [step, *names, _instant(at)]
     resource = _disclosure_shell(
-        _id("disclose", record_id, version),
+        _id("disclose", *parts),
         outcome=_SUCCESS,
         at=at,
         purpose=purpose,

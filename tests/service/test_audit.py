@@ -80,6 +80,38 @@ def test_disclosure_event_follows_the_balp_privacy_disclosure_source_pattern() -
     assert resource["entity"][2]["what"]["reference"] == "Observation/obs-1"
 
 
+def test_a_disclosure_by_a_two_way_step_is_the_sends_event_under_an_id_of_its_own() -> None:
+    """A reconcile write's disclosure has the send's shape, but an id naming the step, the
+    resources and the time: pushed, it never replaces the send's event, nor an earlier repair's;
+    a step that writes nothing is refused."""
+
+    def event(when: datetime, step: str | None) -> dict[str, object]:
+        return dict(
+            audit.disclosure_event(
+                RECORD,
+                "Patient/p1",
+                1,
+                [SentResource("Observation", "obs-1", "4")],
+                when,
+                recipient="Organization/clinic-ehr",
+                purpose="TREAT",
+                target_url="https://ehr.example/fhir",
+                step=step,
+            ).resource
+        )
+
+    send, repair = event(AT, None), event(AT, "reconcile-write")
+    validate_resource(repair)
+    assert repair["id"] != send["id"]
+    assert {k: v for k, v in repair.items() if k != "id"} == {
+        k: v for k, v in send.items() if k != "id"
+    }
+    assert event(AT + timedelta(days=1), "reconcile-write")["id"] != repair["id"]
+    assert event(AT, "reconcile-write")["id"] == repair["id"]
+    with pytest.raises(ValueError, match="writes no resource version"):
+        event(AT, "reconcile-delete")
+
+
 def test_hold_event_records_the_reason_code_and_a_failure_outcome() -> None:
     """A held decision is a disclosure that did not happen: outcome 4, reason code, no data entity."""
     resource = dict(

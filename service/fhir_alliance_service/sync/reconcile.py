@@ -15,11 +15,14 @@ only with the consent gate's permit, asked again now: a record it would hold is 
 ``held`` with the gate's reason code, never written. The gate is asked when a record's check
 starts; when the patient's consents changed by the time a resource is to be written (the
 searches take a while; a revocation may be stored meanwhile), it is asked again first, as the
-worker does just before a Bundle goes out. The record's status then lists the versions written. Each write is a
-``reconcile-write`` AuditEvent and a Provenance of the version written (``CREATE`` for a missing
-resource, ``UPDATE`` for a drifted one), stored together and, with ``push_audit``, the Provenance
-queued for the server; a deleted duplicate is a ``reconcile-delete`` AuditEvent only (a delete
-writes no version).
+worker does just before a Bundle goes out. The record's status then lists the versions written.
+A write sends the record's data to the server as the worker's send does, so it is audited as
+one: a ``disclose`` AuditEvent per record (the worker's shape, the resources written; an id of
+its own) and a Provenance of each version written (``CREATE`` for a missing resource, ``UPDATE``
+for a drifted one), both queued for the server with ``push_audit``, and a local
+``reconcile-write`` AuditEvent per resource saying why (``missing``, ``drifted``); all stored in
+the one transaction that records the versions written. A deleted duplicate is a
+``reconcile-delete`` AuditEvent only (a delete writes no version, and discloses nothing).
 
 The report names records by their opaque record id and resources by ``Type/id``: never business
 identifiers or content (it may be pasted into a ticket).
@@ -306,6 +309,25 @@ class Reconciler:
                 finding.fixed = True
             except ServerError as exc:
                 log.warning("reconcile fix failed: %s %s", type(exc).__name__, exc.status or "-")
+        if written:
+            # What was written went to the clinic's server as a send does: a disclosure, audited
+            # (and pushed with push_audit) as the worker's, beside the step's local event.
+            entries += queued_for_push(
+                self.settings,
+                [
+                    audit.disclosure_event(
+                        record.record_id,
+                        record.patient,
+                        record.version,
+                        [SentResource(t, i, v) for (t, i), v in written.items()],
+                        now,
+                        recipient=self.settings.recipients[0],
+                        purpose=self.settings.purpose,
+                        target_url=self.settings.fhir_base_url,
+                        step="reconcile-write",
+                    )
+                ],
+            )
         if status.item_id is not None and (written or entries):
             sent = [
                 SentResource(

@@ -1,6 +1,6 @@
 """Reconcile against the test FHIR server: duplicates created outside the service, resources
-deleted or edited on the server are reported by record, and ``fix`` repairs them (audited, and
-never without the gate's permit)."""
+deleted or edited on the server are reported by record, and ``fix`` repairs them (audited, a
+write as the disclosure it is, and never without the gate's permit)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from fhir_alliance_service.store.interface import AuditEntry, AuditPushState, SentResource
 from fhir_alliance_service.sync.gate import HoldReason
 from fhir_alliance_service.sync.reconcile import Reconciler
 
@@ -24,14 +25,35 @@ def _reconciler(harness: SyncHarness, **overrides: Any) -> Reconciler:
     return Reconciler(settings, harness.store, harness.client, tags=[harness.server.run_tag])
 
 
-def _sent(harness: SyncHarness) -> list[str]:
-    """A consent, two ratings and an SRS, all sent; their record ids."""
+def _sent(harness: SyncHarness, **overrides: Any) -> list[str]:
+    """A consent, two ratings and an SRS, all sent (the worker's settings overridden as given);
+    their record ids."""
     run = harness.run
     results = harness.intake(
         [R.sharing_consent(run), R.rating(run, 1), R.rating(run, 2), R.srs(run, 3)]
     )
-    assert harness.drain().sent == 4
+    assert harness.drain(**overrides).sent == 4
     return [r.record_id for r in results]
+
+
+def _audit(harness: SyncHarness, record_id: str, action: str) -> list[AuditEntry]:
+    entries = harness.store.list_audit(record_id=record_id, limit=1000)
+    return [e for e in entries if e.action == action]
+
+
+def _stored_with_the_versions(
+    harness: SyncHarness, monkeypatch: pytest.MonkeyPatch
+) -> list[list[str]]:
+    """The audit actions of each ``record_sent_versions`` call (one transaction each)."""
+    calls: list[list[str]] = []
+    record = harness.store.record_sent_versions
+
+    def spy(item_id: int, sent: list[SentResource], *, audit: list[AuditEntry], at: Any) -> None:
+        calls.append(sorted(e.action for e in audit))
+        record(item_id, sent, audit=audit, at=at)
+
+    monkeypatch.setattr(harness.store, "record_sent_versions", spy)
+    return calls
 
 
 def _copy_outside(harness: SyncHarness, resource: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +168,66 @@ def test_a_record_the_gate_now_holds_is_reported_not_written(harness: SyncHarnes
     assert harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1") == []
     assert finding.held_reason == HoldReason.NO_CONSENT.code
     assert report.to_json()["findings"][0]["held_reason"] == HoldReason.NO_CONSENT.code
+
+
+@pytest.mark.parametrize("push", [False, True], ids=["push-off", "push-on"])
+def test_a_missing_resource_written_again_is_audited_as_a_disclosure(
+    harness: SyncHarness, push: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing a missing resource again discloses the record to the server, as the worker's send
+    did: a ``disclose`` AuditEvent of the send's shape (same type, action, outcome, purpose,
+    agents and entities; only its id and time its own), stored in the one transaction that
+    records the version written, with the reconcile-write event and the Provenance; with
+    push_audit queued and pushed by the worker's next batch, beside the send's own disclosure on
+    the server, never over it."""
+    ids = _sent(harness, push_audit=push)
+    record_id = ids[1]
+    [send] = _audit(harness, record_id, "disclose")
+    [ours] = harness.on_server("Observation", f"{RECORD}|trust-{harness.run}-1")
+    remote.delete(harness.server, ours)
+    transactions = _stored_with_the_versions(harness, monkeypatch)
+
+    report = _reconciler(harness, push_audit=push).run(fix=True)
+    assert [(f.problem, f.fixed) for f in report.findings] == [("missing", True)]
+    assert transactions == [["disclose", "provenance", "reconcile-write"]]
+    [_, again] = _audit(harness, record_id, "disclose")
+    [write] = _audit(harness, record_id, "reconcile-write")
+    assert again.at == write.at
+    assert again.resource["id"] != send.resource["id"]
+    assert again.resource["recorded"] != send.resource["recorded"]
+    assert {k: v for k, v in again.resource.items() if k not in ("id", "recorded")} == {
+        k: v for k, v in send.resource.items() if k not in ("id", "recorded")
+    }
+    assert again.push_state is (AuditPushState.PENDING if push else None)
+
+    harness.drain(push_audit=push)
+    on_server = {e["id"] for e in harness.tagged("AuditEvent")}
+    if push:
+        assert {send.resource["id"], again.resource["id"]} <= on_server
+    else:
+        assert on_server == set()
+
+
+def test_a_drifted_resource_written_back_is_audited_as_a_disclosure(
+    harness: SyncHarness,
+) -> None:
+    """A drifted resource written back sends the mapping's content over someone's edit, as the
+    worker's overwrite of a conflict does: it is a disclosure too, naming the resource written."""
+    ids = _sent(harness)
+    member = next(
+        o
+        for o in harness.tagged("Observation")
+        if f"srs-{harness.run}-3" in o["identifier"][0]["value"] and "hasMember" not in o
+    )
+    remote.update(harness.server, member, effectiveDateTime="2026-11-21T15:50:00+00:00")
+    report = _reconciler(harness).run(fix=True)
+    [finding] = report.findings
+    assert (finding.problem, finding.fixed) == ("drifted", True)
+    disclosures = _audit(harness, ids[3], "disclose")
+    assert len(disclosures) == 2
+    whats = [e["what"] for e in disclosures[-1].resource["entity"]]
+    written = [w for w in whats if w.get("type") == "Observation"]
+    assert written == [{"reference": f"Observation/{member['id']}", "type": "Observation"}]
 
 
 def test_a_revocation_stored_while_reconcile_searches_stops_the_write(
