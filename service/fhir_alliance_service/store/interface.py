@@ -393,7 +393,12 @@ class Store(Protocol):
         record become SUPERSEDED, unless a worker's lease on one runs; one whose lease expired is
         noted *landing unknown*, see :meth:`claim`). ``audit`` entries whose ``record_id`` names an UNCHANGED record are
         not written. A changed version naming another patient than the record's newest version
-        (and not an alias of that patient) raises :class:`PatientChangeRefused`, nothing written."""
+        (and not an alias of that patient) raises :class:`PatientChangeRefused`, nothing written.
+        The patient of each consent (family ``consent``) that gets a version (new, changed, a
+        revocation folded in) is noted for a retraction check, due at once, in the same
+        transaction (as :meth:`note_retraction_checks` notes, replacing a note there), so that
+        any worker puts what was sent for them to the retraction policy, one that runs no
+        retraction passes too; an UNCHANGED consent notes nothing."""
 
     # -- reading -------------------------------------------------------------------------------
     def get_record(self, record_id: str, *, version: int | None = None) -> StoredRecord | None: ...
@@ -765,7 +770,8 @@ class Store(Protocol):
         :meth:`save_pulled` in the same transaction, where each is first compared with the copy
         saved before (``store/ordering.py``, read locked): a record whose copy is older, or
         the same version as a copy since deleted, is not written (``PutOutcome.STALE``), so two
-        passes at once never put an older copy over a newer one."""
+        passes at once never put an older copy over a newer one. No retraction check is noted
+        for a pulled consent: the pull's own retraction pass follows it."""
 
     def consent_stamps(self) -> dict[str, str]:
         """:meth:`consents_stamp` of every patient with consent records, in one query."""

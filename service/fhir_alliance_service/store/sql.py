@@ -829,6 +829,7 @@ class SqlStore(AuditQueueSql):
                 )
                 if origin is None:  # pulled records are never pushed back
                     self._raw.insert(outbox, outbox_rows)
+                    self._note_consent_changes(record_rows)
             audit_rows = [
                 _audit_row(entry)
                 for entry in audit
@@ -843,6 +844,27 @@ class SqlStore(AuditQueueSql):
                 self._known_tokens = set()
             self._known_tokens.update(tokens_written)
         return results
+
+    #: ``note_retraction_checks``' insert-or-replace, for the raw connection (both databases).
+    _retraction_note_upsert = (
+        " ON CONFLICT (patient) DO UPDATE SET note = excluded.note, "
+        "lease_until = excluded.lease_until"
+    )
+
+    def _note_consent_changes(self, record_rows: Sequence[Mapping[str, Any]]) -> None:
+        """In intake's write transaction: note the patient of each consent version written for a
+        retraction check (``note_retraction_checks``, due at once), so that a revocation or a
+        narrowed consent is put to the retraction policy by any worker, whether or not it runs
+        retraction passes, and is never lost to a process that dies after the answer."""
+        patients = sorted({row["patient"] for row in record_rows if row["family"] == "consent"})
+        if not patients:
+            return
+        note = str(uuid.uuid4())
+        self._raw.insert(
+            retraction_checks,
+            [{"patient": p, "note": note, "lease_until": None} for p in patients],
+            suffix=self._retraction_note_upsert,
+        )
 
     #: ``save_pulled``'s insert-or-replace, for the raw connection (SQLite and PostgreSQL).
     _pulled_upsert = " ON CONFLICT (server, resource_type, resource_id) DO UPDATE SET " + ", ".join(

@@ -1283,7 +1283,8 @@ class TwoWaySync:
     a worker did not finish) are made by its first pass. Without ``pull`` (``worker
     --no-pull``) it neither pulls nor runs retraction passes, but still makes the checks noted
     in the store as often (:meth:`Retractor.run_noted`): a check owed for a revocation already
-    known, noted by this worker's own read-backs too, is not left to a worker that pulls."""
+    known, noted by this worker's own read-backs too, or by intake for a consent change made
+    through the API (``Store.put_records``), is not left to a worker that pulls."""
 
     def __init__(
         self,

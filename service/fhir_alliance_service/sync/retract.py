@@ -25,7 +25,10 @@ process that dies, or loses the database, between a write and its record leaves 
 which finds the marks (entered-in-error, our content, at a version not recorded) and records them
 with their Provenances. A failure is audited, and the patient is noted in the store
 (``Store.note_retraction_checks``): the next pass of any worker sharing the store checks them
-again, after a restart too, until a check succeeds (:meth:`Retractor.check_later`). ``kept``
+again, after a restart too, until a check succeeds (:meth:`Retractor.check_later`). Intake
+notes the patient of every consent version it stores the same way, in the consent's own write
+(``Store.put_records``): a revocation made through the API is checked by any worker, one that
+runs no retraction passes (``worker --no-pull``, :meth:`Retractor.run_noted`) included. ``kept``
 means kept under the policy in force then: once
 the policy is ``entered-in-error`` or ``delete``, a kept record still not permitted is retracted by
 it on the next pass (a worker starting up checks the patients who have one); an entered-in-error

@@ -8,8 +8,10 @@ batch or of the store and is folded into it as a new version), and hands everyth
 payload are collected into one :class:`~fhir_alliance.errors.InputError` whose issue paths start
 with the payload's label (its index in a list: ``1.responses.3.value``). Identifiers, the patient
 and every reference must also pass the service's stricter rules (``usecases/references.py``). Held
-records of a patient whose consents changed are re-queued. An AI-drafted session note is refused
-unless the client's recording/AI-notes consent permitted drafting it (``usecases/notes.py``).
+records of a patient whose consents changed are re-queued, and the store notes that patient for
+a retraction check in the consent's own write (``Store.put_records``). An AI-drafted session note
+is refused unless the client's recording/AI-notes consent permitted drafting it
+(``usecases/notes.py``).
 """
 
 from __future__ import annotations

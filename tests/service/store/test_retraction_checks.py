@@ -3,7 +3,10 @@ the retraction policy (again) is noted in the store, so that the note outlives t
 made it and every worker sharing the store sees it. ``claim_retraction_checks`` hands the due
 notes out under a lease (once each, across workers: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL),
 and a note is cleared only by a check that started after it was made (its note id), never by one
-that began before the patient was noted again. On SQLite and PostgreSQL."""
+that began before the patient was noted again. Intake notes the patient of every consent version it
+stores (a new consent, a new version, a revocation) in the write of that version
+(``put_records``), so that a revocation posted through the API is retracted by any worker, one
+that runs no retraction passes (``worker --no-pull``) included. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,11 +14,15 @@ import threading
 
 import pytest
 from fhir_alliance_service.store import SqlStore, open_store
-from fhir_alliance_service.store.interface import PendingRetractionChecks, RetractionCheck
+from fhir_alliance_service.store.interface import (
+    PendingRetractionChecks,
+    PutOutcome,
+    RetractionCheck,
+)
 from fhir_alliance_service.store.tables import retraction_checks
 from sqlalchemy import func, select
 
-from .builders import at
+from .builders import at, audit_entry, consent, record
 
 LEASE = 30
 
@@ -152,3 +159,67 @@ def test_a_check_another_worker_is_claiming_is_skipped_not_waited_for(postgres_u
         assert not set(_patients(claimed)) & set(locked)
     finally:
         store.close()
+
+
+class _AuditInsertFails(RuntimeError):
+    """Raised in place of the intake transaction's audit insert (a statement after the note)."""
+
+
+def test_a_consent_stored_notes_its_patient_in_the_same_transaction(store: SqlStore) -> None:
+    """Intake of a consent notes its patient for a retraction check, due at once, in the write
+    of the consent: when a later statement of that transaction fails, neither the consent nor
+    the note is kept, and the same intake done again keeps both. A new observation notes
+    nothing. (Noted in a transaction of its own after the answer, a process that died between
+    the two left a revocation no worker that runs without pulls ever retracted for.)"""
+    seen: list[str] = []
+
+    def fail_at_audit(statement: str) -> None:
+        seen.append(statement)
+        if statement.lstrip().upper().startswith("INSERT INTO AUDIT "):
+            raise _AuditInsertFails
+
+    batch = [consent(1), record(2, patient="Patient/p2")]
+    intake_audit = [audit_entry("intake", "rec-000001")]
+    store.raw.statement_listeners.append(fail_at_audit)
+    try:
+        with pytest.raises(_AuditInsertFails):
+            store.put_records(batch, audit=intake_audit, at=at(0))
+    finally:
+        store.raw.statement_listeners.remove(fail_at_audit)
+    assert any("retraction_checks" in statement for statement in seen)  # noted, then rolled back
+    assert store.get_record("rec-000001") is None
+    assert store.pending_retraction_checks(now=at(0)).total == 0
+
+    results = store.put_records(batch, audit=intake_audit, at=at(1))
+    assert [r.outcome for r in results] == [PutOutcome.CREATED, PutOutcome.CREATED]
+    assert store.pending_retraction_checks(now=at(1)) == PendingRetractionChecks(due=1, leased=0)
+    claimed = store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(1))
+    assert _patients(claimed) == ["Patient/p1"]
+
+
+def test_each_new_consent_version_notes_its_patient_and_an_unchanged_one_nothing(
+    store: SqlStore,
+) -> None:
+    """A consent's new version (a revocation, a narrowed consent) notes its patient again, under
+    a new note due at once: a check running since before it (leased) does not clear it, since
+    it may have read the consents before the change. The same version posted again (nothing
+    stored) notes nothing; nor does a changed observation or a pulled record."""
+    store.put_records([consent(1), record(2)], audit=[], at=at(0))
+    for check in store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(0)):
+        assert store.clear_retraction_check(check)
+    running = store.note_retraction_checks(["Patient/p1"], lease_until=at(LEASE))
+
+    [revoked] = store.put_records([consent(1, status="revoked")], audit=[], at=at(1))
+    assert revoked.outcome is PutOutcome.UPDATED
+    [due] = store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(1))
+    assert due.patient == "Patient/p1" and due.note != running
+    assert not store.clear_retraction_check(RetractionCheck("Patient/p1", running))
+    assert store.clear_retraction_check(due)
+
+    [again] = store.put_records([consent(1, status="revoked")], audit=[], at=at(2))
+    assert again.outcome is PutOutcome.UNCHANGED
+    store.put_records([record(2, score=5)], audit=[], at=at(3))
+    store.put_remote_records(
+        [consent(4, patient="Patient/p4")], origin="remote", audit=[], at=at(4)
+    )
+    assert store.pending_retraction_checks(now=at(4)).total == 0
