@@ -1307,17 +1307,24 @@ class TwoWaySync:
 
     def tick(self) -> PullReport | None:
         """Run a pull (and retraction pass) if one is due; the pull's report, or None. Without
-        ``pull``: the retraction checks noted in the store, when due; None."""
+        ``pull``: the retraction checks noted in the store, when due; None. While the last claim
+        of noted checks came back full (a backlog: a bulk load of consents notes each patient),
+        every tick between makes the next batch of them, so a revocation behind the backlog
+        waits batches, not ``PULL_INTERVAL_SECONDS`` per ``WORKER_BATCH_SIZE`` patients."""
         now = self.clock()
         if not self.pull:
             if self._next_pull is None or now >= self._next_pull:
                 self._next_pull = now + timedelta(seconds=self.settings.pull_interval_seconds)
                 self.retractor.run_noted()
+            elif self.retractor.more_noted:
+                self.retractor.run_noted()  # a backlog: the next batch of it, not in an interval
             return None
         if self._next_pull is None:  # first tick: note the stamps, pull now
             self.retractor.seed()
             self._next_full = now + timedelta(seconds=self.settings.pull_full_listing_seconds)
         elif now < self._next_pull:
+            if self.retractor.more_noted:
+                self.retractor.run_noted()  # a backlog of noted checks: next batch, no pull
             return None
         self._next_pull = now + timedelta(seconds=self.settings.pull_interval_seconds)
         report = self.puller.pull()

@@ -118,6 +118,10 @@ class Retractor:
         self.client = client
         self.clock = clock
         self._checked: dict[str, str] = {}
+        #: The last claim of noted checks came back full: more are likely due (a backlog, e.g.
+        #: after a bulk load of consents, each noting its patient), so the caller should run
+        #: :meth:`run_noted` again soon rather than after its interval.
+        self.more_noted = False
         # The gate as the consents alone answer it: a draft sent while ``push_draft_notes`` was
         # on is not retracted because the setting is off now (it says what to send next, not
         # what the patient permits), and a consent that no longer permits the draft still
@@ -180,11 +184,12 @@ class Retractor:
         return report
 
     def _claim_noted(self) -> list[RetractionCheck]:
-        return self.store.claim_retraction_checks(
-            limit=self.settings.worker_batch_size,
-            lease_seconds=self.settings.lease_seconds,
-            now=self.clock(),
+        limit = self.settings.worker_batch_size
+        claimed = self.store.claim_retraction_checks(
+            limit=limit, lease_seconds=self.settings.lease_seconds, now=self.clock()
         )
+        self.more_noted = len(claimed) >= limit
+        return claimed
 
     def _check_noted(
         self, noted: list[RetractionCheck], checked: dict[str, bool], report: RetractReport

@@ -253,3 +253,29 @@ def test_a_worker_that_does_not_pull_makes_the_checks_noted_in_the_store(
                 process.wait(timeout=30)
     _retracted(rig, record_id, key)
     assert not [r for r, _ in httpserver.log if r.path.rstrip("/").endswith("/Consent")]
+
+
+@pytest.mark.parametrize("pull", [False, True], ids=["no-pull", "pull"])
+def test_a_backlog_of_noted_checks_is_worked_through_batch_after_batch(
+    sync_store: SqlStore, sqlite_url: str, pull: bool
+) -> None:
+    """Intake notes the patient of every consent version it stores, so a bulk load of consents
+    leaves one noted check per patient. A worker claims ``WORKER_BATCH_SIZE`` of them at a time;
+    while a claim comes back full, each tick between its batches makes the next one, instead of
+    one batch per ``PULL_INTERVAL_SECONDS`` (then 100 patients every 30 s: a revocation behind
+    10,000 noted patients waited 50 minutes). Nothing reaches a server: the patients have
+    nothing sent, and the FHIR version is set."""
+    settings = sync_settings(
+        "http://127.0.0.1:9/fhir", sqlite_url, fhir_version="4.0.1", worker_batch_size=2
+    )
+    frozen = now()
+    sync_store.note_retraction_checks([f"Patient/backlog-{n}" for n in range(5)])
+    with FhirClient(settings.fhir_base_url or "", retry=QUICK_RETRY) as client:
+        two_way = TwoWaySync(settings, sync_store, client, clock=lambda: frozen, pull=pull)
+        if pull:  # the first tick pulls: stand in for it (the server is not there)
+            two_way.puller.pull = lambda: None  # type: ignore[method-assign,assignment,return-value]
+        due = []
+        for _ in range(4):  # the clock stands still: no interval ends between the ticks
+            two_way.tick()
+            due.append(sync_store.pending_retraction_checks(now=frozen).total)
+    assert due == [3, 1, 0, 0]
