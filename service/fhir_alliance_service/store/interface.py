@@ -770,8 +770,10 @@ class Store(Protocol):
         :meth:`save_pulled` in the same transaction, where each is first compared with the copy
         saved before (``store/ordering.py``, read locked): a record whose copy is older, or
         the same version as a copy since deleted, is not written (``PutOutcome.STALE``), so two
-        passes at once never put an older copy over a newer one. No retraction check is noted
-        for a pulled consent: the pull's own retraction pass follows it."""
+        passes at once never put an older copy over a newer one. The patient of each pulled
+        consent written is noted for a retraction check as :meth:`put_records` notes, in the same
+        transaction: the pull's own retraction pass makes it, or, should the worker die first,
+        any worker's next retraction turn."""
 
     def consent_stamps(self) -> dict[str, str]:
         """:meth:`consents_stamp` of every patient with consent records, in one query."""

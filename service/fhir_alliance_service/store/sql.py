@@ -829,7 +829,7 @@ class SqlStore(AuditQueueSql):
                 )
                 if origin is None:  # pulled records are never pushed back
                     self._raw.insert(outbox, outbox_rows)
-                    self._note_consent_changes(record_rows)
+                self._note_consent_changes(record_rows)
             audit_rows = [
                 _audit_row(entry)
                 for entry in audit
@@ -852,10 +852,11 @@ class SqlStore(AuditQueueSql):
     )
 
     def _note_consent_changes(self, record_rows: Sequence[Mapping[str, Any]]) -> None:
-        """In intake's write transaction: note the patient of each consent version written for a
-        retraction check (``note_retraction_checks``, due at once), so that a revocation or a
-        narrowed consent is put to the retraction policy by any worker, whether or not it runs
-        retraction passes, and is never lost to a process that dies after the answer."""
+        """In the write transaction of intake or of a pull: note the patient of each consent
+        version written for a retraction check (``note_retraction_checks``, due at once), so
+        that a revocation or a narrowed consent is put to the retraction policy by any worker,
+        whether or not it runs retraction passes, and is never lost to a process that dies after
+        the write (a pulling worker restarted takes every patient's consents as checked)."""
         patients = sorted({row["patient"] for row in record_rows if row["family"] == "consent"})
         if not patients:
             return

@@ -203,7 +203,9 @@ def test_each_new_consent_version_notes_its_patient_and_an_unchanged_one_nothing
     """A consent's new version (a revocation, a narrowed consent) notes its patient again, under
     a new note due at once: a check running since before it (leased) does not clear it, since
     it may have read the consents before the change. The same version posted again (nothing
-    stored) notes nothing; nor does a changed observation or a pulled record."""
+    stored) notes nothing; nor does a changed observation. A pulled consent notes its patient
+    too: a worker dying between the pull's write and its retraction pass (a restart takes every
+    patient's consents as checked) used to leave the copies until the full pass."""
     store.put_records([consent(1), record(2)], audit=[], at=at(0))
     for check in store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(0)):
         assert store.clear_retraction_check(check)
@@ -219,7 +221,9 @@ def test_each_new_consent_version_notes_its_patient_and_an_unchanged_one_nothing
     [again] = store.put_records([consent(1, status="revoked")], audit=[], at=at(2))
     assert again.outcome is PutOutcome.UNCHANGED
     store.put_records([record(2, score=5)], audit=[], at=at(3))
+    assert store.pending_retraction_checks(now=at(3)).total == 0
     store.put_remote_records(
         [consent(4, patient="Patient/p4")], origin="remote", audit=[], at=at(4)
     )
-    assert store.pending_retraction_checks(now=at(4)).total == 0
+    [pulled] = store.claim_retraction_checks(limit=10, lease_seconds=LEASE, now=at(4))
+    assert pulled.patient == "Patient/p4"
