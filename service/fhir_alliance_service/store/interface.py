@@ -258,6 +258,11 @@ class OutboxItem:
     #: An item of :meth:`Store.claim_landing_checks`: when it was left unsent (superseded, held
     #: or dead-lettered: its state's last change). None from :meth:`Store.claim`.
     left_unsent_at: datetime | None = None
+    #: The conflict AuditEvent of an overwrite of this item (the conflict policy ``overwrite``)
+    #: whose answer was lost, kept with its *landing unknown* note (``lost_overwrite`` of
+    #: :meth:`Store.mark_dead`): found landed (a read-back, or the 412 of a retry finding ours),
+    #: the item is recorded as that overwrite (``SentMark.conflict`` ``overwritten``, with it).
+    lost_overwrite: AuditEntry | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -550,6 +555,7 @@ class Store(Protocol):
         next_attempt_at: datetime,
         at: datetime,
         landing_check_at: datetime | None = None,
+        lost_overwrite: AuditEntry | None = None,
     ) -> SyncState | None: ...
 
     def mark_dead(
@@ -562,6 +568,7 @@ class Store(Protocol):
         at: datetime,
         count_attempt: bool = True,
         landing_check_at: datetime | None = None,
+        lost_overwrite: AuditEntry | None = None,
     ) -> SyncState | None:
         """Dead-letter the item with ``outcome``. ``count_attempt=False`` when the attempt that
         failed is already counted (a takeover after an expired lease, see :meth:`claim`).
@@ -572,7 +579,15 @@ class Store(Protocol):
         lost, so it may have landed; the item is noted *landing unknown* in the same transaction,
         to be read back from then on once it is no longer pending (:meth:`claim_landing_checks`).
         The note stays until the item is recorded SENT (by any ``mark_sent*``, or by
-        :meth:`record_landing_checks`) or found not to have landed."""
+        :meth:`record_landing_checks`) or found not to have landed.
+        ``lost_overwrite`` (with ``landing_check_at``): the failed send was an overwrite (the
+        conflict policy ``overwrite``), and this is its conflict AuditEvent, kept with the note
+        in the same transaction (replacing an earlier one; without it an earlier one is kept),
+        whoever holds the item by then, and handed out with the item
+        (``OutboxItem.lost_overwrite``, by :meth:`claim` and :meth:`claim_landing_checks`), so
+        that the send found landed is recorded as the overwrite it was: noted ``overwritten``
+        with that AuditEvent (``SentMark``). It goes with the note: dropped when the item is
+        recorded SENT or found not to have landed."""
 
     # -- sends whose landing is unknown (``sync/worker.py``, ``Worker._check_landings``) ---------
     def claim_landing_checks(
@@ -601,10 +616,12 @@ class Store(Protocol):
         again meanwhile: that one is left as it is). ``landed``: the send is on the server, ours:
         SENT with its versions and audit entries, the note dropped, exactly as
         :meth:`mark_sent_late` records a late send (an older version over a newer one queues the
-        newest again). ``absent``: not there, or someone else's: the note is dropped, nothing
-        recorded. ``later``: item id → when to read it back again, a read-back that could not
-        tell (the item's mapping or its read failed): the note is kept (an item no longer noted
-        is left as it is). Whether each of ``landed`` was recorded, in order."""
+        newest again; a lost overwrite's mark notes its ``conflict`` and carries its AuditEvent,
+        ``OutboxItem.lost_overwrite``). ``absent``: not there, or someone else's: the note is
+        dropped (a lost overwrite kept with it too), nothing recorded. ``later``: item id → when
+        to read it back again, a read-back that could not tell (the item's mapping or its read
+        failed): the note is kept (an item no longer noted is left as it is). Whether each of
+        ``landed`` was recorded, in order."""
 
     def landing_unknown_count(self) -> int:
         """How many items are noted *landing unknown* (one count over the partial index):

@@ -51,6 +51,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    null,
     or_,
     select,
     text,
@@ -326,6 +327,7 @@ _MARK_SENT = (  # run as executemany: no expanding IN in it
         lease_until=None,
         lost_leases=0,
         landing_check_at=None,
+        lost_overwrite=null(),  # SQL NULL, not JSON ``null`` (as None would write): nothing kept
         # ``SentMark.conflict``: an overwrite's note, written with its send; NULL keeps the note.
         conflict=func.coalesce(
             bindparam("b_conflict", type_=outbox.c.conflict.type), outbox.c.conflict
@@ -487,6 +489,26 @@ def _sent_resources(column: Sequence[Mapping[str, Any]] | None) -> tuple[SentRes
     )
 
 
+def _lost_overwrite_json(entry: AuditEntry) -> dict[str, Any]:
+    """An overwrite's conflict AuditEvent as ``outbox.lost_overwrite`` keeps it (its record and
+    patient are the item's; a two-way sync event is kept locally, never pushed)."""
+    return {"action": entry.action, "at": entry.at.isoformat(), "resource": entry.resource}
+
+
+def _lost_overwrite(row: AnyRow) -> AuditEntry | None:
+    """``row``'s ``lost_overwrite`` (with its ``record_id`` and ``patient``) as the entry given."""
+    kept = row.lost_overwrite
+    if kept is None:
+        return None
+    return AuditEntry(
+        action=kept["action"],
+        record_id=row.record_id,
+        patient=row.patient,
+        resource=kept["resource"],
+        at=datetime.fromisoformat(kept["at"]),
+    )
+
+
 def _leased_items(
     connection: Connection,
     item_ids: Sequence[int],
@@ -510,6 +532,7 @@ def _leased_items(
             outbox.c.conflict,
             outbox.c.conflict_versions,
             outbox.c.updated_at,
+            outbox.c.lost_overwrite,
             record_versions.c.kind,
             record_versions.c.family,
             record_versions.c.body,
@@ -541,6 +564,7 @@ def _leased_items(
             conflict=row.conflict,
             conflict_versions=_sent_resources(row.conflict_versions),
             left_unsent_at=row.updated_at if left_unsent else None,
+            lost_overwrite=_lost_overwrite(row),
         )
         for row in rows
     ]
@@ -1310,6 +1334,7 @@ class SqlStore(AuditQueueSql):
         audit_entries: Sequence[AuditEntry],
         *,
         landing_check_at: datetime | None = None,
+        lost_overwrite: AuditEntry | None = None,
     ) -> SyncState | None:
         """Compare-and-set: apply ``values`` only while ``worker`` holds the lease on a pending
         item; the lease is released either way it lands, and the lost leases are forgotten
@@ -1317,9 +1342,14 @@ class SqlStore(AuditQueueSql):
         (``_unless_newer``: SUPERSEDED perhaps), or None when the lease was lost.
         ``landing_check_at``: the item is noted *landing unknown* in the same transaction, also
         when the lease was lost (a send whose answer was lost may have landed, whoever holds the
-        item now), unless it is SENT (then it is tracked already)."""
+        item now), unless it is SENT (then it is tracked already); with ``lost_overwrite``, the
+        lost send's overwrite is kept with the note (``Store.mark_dead``)."""
+        kept: dict[str, Any] = {}
         if landing_check_at is not None:
             values = {**values, "landing_check_at": landing_check_at}
+            if lost_overwrite is not None:
+                kept["lost_overwrite"] = _lost_overwrite_json(lost_overwrite)
+                values = {**values, **kept}
         with self._write() as connection:
             written = connection.execute(
                 update(outbox)
@@ -1343,7 +1373,8 @@ class SqlStore(AuditQueueSql):
                             landing_check_at=func.coalesce(
                                 outbox.c.landing_check_at,
                                 bindparam("b_check_at", landing_check_at, type_=UtcDateTime()),
-                            )
+                            ),
+                            **kept,
                         )
                     )
                 return None
@@ -1370,6 +1401,7 @@ class SqlStore(AuditQueueSql):
             "held_reason": None,
             "next_attempt_at": None,
             "landing_check_at": None,
+            "lost_overwrite": null(),
             "updated_at": at,
         }
         if conflict is not None:  # keep-remote: noted with the outcome, never before it
@@ -1447,7 +1479,12 @@ class SqlStore(AuditQueueSql):
         """``mark_sent_late`` of one item (``row``: its id, record, state and ``sent``, read
         locked), its audit entries aside: how many records were queued again (0 or 1)."""
         sent_json, newer = _later_versions(row.sent, mark.sent)
-        values: dict[str, Any] = {"sent": sent_json, "landing_check_at": None, "updated_at": at}
+        values: dict[str, Any] = {
+            "sent": sent_json,
+            "landing_check_at": None,
+            "lost_overwrite": null(),
+            "updated_at": at,
+        }
         if mark.conflict is not None:  # an overwrite that landed: noted with it
             values["conflict"] = mark.conflict
         if row.state != SyncState.SENT.value:
@@ -1527,6 +1564,7 @@ class SqlStore(AuditQueueSql):
         next_attempt_at: datetime,
         at: datetime,
         landing_check_at: datetime | None = None,
+        lost_overwrite: AuditEntry | None = None,
     ) -> SyncState | None:
         values = {
             "state": _unless_newer(SyncState.FAILED),
@@ -1535,7 +1573,14 @@ class SqlStore(AuditQueueSql):
             "next_attempt_at": next_attempt_at,
             "updated_at": at,
         }
-        return self._finish(item_id, worker, values, (), landing_check_at=landing_check_at)
+        return self._finish(
+            item_id,
+            worker,
+            values,
+            (),
+            landing_check_at=landing_check_at,
+            lost_overwrite=lost_overwrite,
+        )
 
     def mark_dead(
         self,
@@ -1547,6 +1592,7 @@ class SqlStore(AuditQueueSql):
         at: datetime,
         count_attempt: bool = True,
         landing_check_at: datetime | None = None,
+        lost_overwrite: AuditEntry | None = None,
     ) -> SyncState | None:
         values = {
             "state": _unless_newer(SyncState.DEAD_LETTERED),
@@ -1555,7 +1601,14 @@ class SqlStore(AuditQueueSql):
             "next_attempt_at": None,
             "updated_at": at,
         }
-        return self._finish(item_id, worker, values, audit, landing_check_at=landing_check_at)
+        return self._finish(
+            item_id,
+            worker,
+            values,
+            audit,
+            landing_check_at=landing_check_at,
+            lost_overwrite=lost_overwrite,
+        )
 
     # -- sends whose landing is unknown --------------------------------------------------------
     def claim_landing_checks(
@@ -1637,7 +1690,9 @@ class SqlStore(AuditQueueSql):
                 # Only the note: ``updated_at`` says when the item's state changed (a hold's
                 # age counts for the consent time pass, ``held_since``).
                 connection.execute(
-                    update(outbox).where(outbox.c.item_id.in_(gone)).values(landing_check_at=None)
+                    update(outbox)
+                    .where(outbox.c.item_id.in_(gone))
+                    .values(landing_check_at=None, lost_overwrite=null())
                 )
             _insert_mark_audit(connection, landed, recorded)
         return recorded
@@ -2300,7 +2355,10 @@ class SqlStore(AuditQueueSql):
         if keep_remote:
             flagged.append(outbox.c.conflict_versions.is_not(None))
             values.update(
-                state=SyncState.SENT.value, sent=outbox.c.conflict_versions, landing_check_at=None
+                state=SyncState.SENT.value,
+                sent=outbox.c.conflict_versions,
+                landing_check_at=None,
+                lost_overwrite=null(),
             )
         else:
             values.update(

@@ -158,6 +158,11 @@ outbox = Table(
     # 0010): when to read its resources back, once the item is no longer pending (a lease of the
     # worker reading them meanwhile). NULL: nothing unknown (recorded SENT, or found not there).
     Column("landing_check_at", UtcDateTime),
+    # The conflict AuditEvent (``{"action", "at", "resource"}``) of an overwrite (the conflict
+    # policy ``overwrite``) whose answer was lost (migration 0012): kept with the landing-unknown
+    # note, recorded with the send (``conflict: overwritten``) once ours is found on the server,
+    # dropped with the note. NULL: no overwrite of this item is waiting to be known.
+    Column("lost_overwrite", JSON),
     ForeignKeyConstraint(["record_id", "record_version"], ["records.record_id", "records.version"]),
     # Claim: scan pending items oldest first; check "an older pending item of this patient".
     Index(

@@ -8,11 +8,13 @@ note dropped). Any send recorded drops it too. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 import pytest
 from fhir_alliance_service.store import OutboxItem, SentResource, SqlStore, SyncState, open_store
-from fhir_alliance_service.store.interface import SentMark
+from fhir_alliance_service.store.interface import AuditEntry, SentMark
 from fhir_alliance_service.store.tables import outbox
 from sqlalchemy import select
 
@@ -293,6 +295,158 @@ def test_a_hand_back_notes_the_items_only_when_asked(store: SqlStore) -> None:
     store.mark_held(sent.item_id, "w1", reason="no consent", audit=[], at=at(4))
     [check] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(4))
     assert check.item_id == sent.item_id
+
+
+def _overwrite(when: float) -> AuditEntry:
+    """An overwrite's conflict AuditEvent (the worker's ``audit.two_way_event``), made at ``when``."""
+    entry = audit_entry("conflict", "rec-000001", when=at(when))
+    return replace(entry, resource={**entry.resource, "outcomeDesc": "overwritten"})
+
+
+def _lost_overwrite(store: SqlStore, item_id: int) -> Any:
+    """The item's ``lost_overwrite`` column; None only for SQL NULL (not JSON ``null``)."""
+    with store.engine.connect() as connection:
+        kept = connection.execute(
+            select(outbox.c.lost_overwrite.is_(None), outbox.c.lost_overwrite).where(
+                outbox.c.item_id == item_id
+            )
+        ).one()
+    return None if kept[0] else ("kept", kept[1])
+
+
+def _conflicts(store: SqlStore) -> list[AuditEntry]:
+    return [e for e in store.list_audit(record_id="rec-000001") if e.action == "conflict"]
+
+
+def test_a_lost_overwrite_is_kept_with_the_note_and_recorded_with_the_send_once(
+    store: SqlStore,
+) -> None:
+    """An overwrite's answer was lost: its conflict AuditEvent is kept with the note, handed
+    out with the item (its retry's claim, and the read-back once it is superseded), not audited
+    yet. A read-back that finds it landed records the item SENT noted ``overwritten`` with that
+    AuditEvent, in one transaction, and the kept copy goes with the note; recorded again (another
+    worker), nothing more is written."""
+    store.put_records([record(1, score=1)], audit=[], at=T0)
+    [item] = store.claim("w1", limit=1, lease_seconds=LEASE, now=at(1))
+    assert item.lost_overwrite is None
+    overwrite = _overwrite(1)
+    store.mark_failed(
+        item.item_id,
+        "w1",
+        outcome=OUTCOME,
+        next_attempt_at=at(2),
+        at=at(1),
+        landing_check_at=at(31),
+        lost_overwrite=overwrite,
+    )
+    assert _conflicts(store) == []
+    [retry] = store.claim("w2", limit=1, lease_seconds=LEASE, now=at(3))
+    assert retry.lost_overwrite == overwrite
+    store.mark_failed(  # the retry's answer lost too, no overwrite of its own: the first kept
+        retry.item_id,
+        "w2",
+        outcome=OUTCOME,
+        next_attempt_at=at(5),
+        at=at(4),
+        landing_check_at=at(34),
+    )
+    store.put_records([record(1, score=2)], audit=[], at=at(6))  # unleased: superseded at once
+    [check] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(34))
+    assert check.lost_overwrite == overwrite
+    mark = replace(
+        _mark(item.item_id), audit=[*_mark(item.item_id).audit, overwrite], conflict="overwritten"
+    )
+    assert store.record_landing_checks([mark], [], at=at(35)) == [True]
+    [sent] = [s for s in store.list_by_state(SyncState.SENT) if s.item_id == item.item_id]
+    assert (sent.conflict, sent.landing_unknown) == ("overwritten", False)
+    assert [e.resource for e in _conflicts(store)] == [overwrite.resource]
+    assert _disclosures(store) == 1
+    assert _lost_overwrite(store, item.item_id) is None
+    assert store.record_landing_checks([mark], [], at=at(80)) == [False]
+    store.mark_sent_late([mark], at=at(81))  # the same write, recorded late: not again
+    assert len(_conflicts(store)) == 1 and _disclosures(store) == 1
+
+
+@pytest.mark.parametrize("settled", ["not-there", "sent", "kept-remote"])
+def test_a_lost_overwrite_goes_with_the_note(store: SqlStore, settled: str) -> None:
+    """The kept AuditEvent survives a dead letter and its replay, and goes when the note does:
+    the read-back of the item, held at its retry, finds nothing (nothing is audited), or the
+    retry is recorded SENT (a send of its own, or the conflict policy ``keep-remote``)."""
+    store.put_records([record(1)], audit=[], at=T0)
+    [item] = store.claim("w1", limit=1, lease_seconds=LEASE, now=at(1))
+    store.mark_dead(
+        item.item_id,
+        "w1",
+        outcome=OUTCOME,
+        audit=[],
+        at=at(1),
+        landing_check_at=at(31),
+        lost_overwrite=_overwrite(1),
+    )
+    store.replay("rec-000001", at=at(2))
+    [retry] = store.claim("w2", limit=1, lease_seconds=LEASE, now=at(3))
+    assert retry.lost_overwrite == _overwrite(1)
+    if settled == "not-there":
+        store.mark_held(retry.item_id, "w2", reason="no consent", audit=[], at=at(4))
+        [again] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(31))
+        assert again.lost_overwrite == _overwrite(1)
+        assert store.record_landing_checks([], [item.item_id], at=at(32)) == []
+    elif settled == "sent":
+        assert store.mark_sent_many("w2", [_mark(item.item_id)], at=at(4)) == [True]
+    else:
+        assert store.mark_sent(
+            item.item_id, "w2", sent=[], audit=[], at=at(4), conflict="kept-remote"
+        )
+    assert _lost_overwrite(store, item.item_id) is None
+    assert _conflicts(store) == []
+
+
+def test_a_later_lost_overwrite_replaces_the_earlier_one_whoever_holds_the_item(
+    store: SqlStore,
+) -> None:
+    """The retry overwrote again and lost that answer too: its AuditEvent replaces the first
+    (which, the 412 said, had not landed). Written with the note also when the worker lost its
+    lease meanwhile (the item is another worker's by then), never on an item SENT."""
+    store.put_records([record(1)], audit=[], at=T0)
+    [item] = store.claim("w1", limit=1, lease_seconds=LEASE, now=at(1))
+    store.mark_failed(
+        item.item_id,
+        "w1",
+        outcome=OUTCOME,
+        next_attempt_at=at(2),
+        at=at(1),
+        landing_check_at=at(31),
+        lost_overwrite=_overwrite(1),
+    )
+    store.claim("w2", limit=1, lease_seconds=LEASE, now=at(3))
+    store.claim("w3", limit=1, lease_seconds=LEASE, now=at(40))  # w2's lease taken over
+    lost = store.mark_failed(
+        item.item_id,
+        "w2",
+        outcome=OUTCOME,
+        next_attempt_at=at(42),
+        at=at(41),
+        landing_check_at=at(71),
+        lost_overwrite=_overwrite(41),
+    )
+    assert lost is None  # w3 holds it: no outcome of w2's written, the overwrite kept
+    [held] = store.claim("w4", limit=1, lease_seconds=LEASE, now=at(80))
+    assert held.lost_overwrite == _overwrite(41)
+    assert store.mark_sent(item.item_id, "w4", sent=[], audit=[], at=at(81))
+    assert (
+        store.mark_failed(
+            item.item_id,
+            "w3",
+            outcome=OUTCOME,
+            next_attempt_at=at(83),
+            at=at(82),
+            landing_check_at=at(112),
+            lost_overwrite=_overwrite(82),
+        )
+        is None
+    )
+    assert _lost_overwrite(store, item.item_id) is None
+    assert _row(store, item.item_id)[:2] == (SyncState.SENT.value, None)
 
 
 def test_workers_sharing_the_store_read_each_item_back_once(database_url: str) -> None:

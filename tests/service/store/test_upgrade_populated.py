@@ -2,8 +2,8 @@
 PostgreSQL: every row of every table survives (the columns it had; migration 0008 rewrites the
 patient tokens on purpose, keeping one per patient, and 0009 files every spelling of a patient's
 identifier under its canonical key; 0010 adds a column, NULL on every row; 0011 adds a table,
-empty), the current code reads every record, status, audit entry and key, and sync works
-afterwards against the FHIR test server.
+empty; 0012 adds a column, NULL on every row), the current code reads every record, status,
+audit entry and key, and sync works afterwards against the FHIR test server.
 
 The data is written by the current code at head (the demo clinic loaded through ``load``, a
 patient named by identifier, API keys, one revoked, outbox items queued, held, failed,
@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[3]
 CLINIC = ROOT / "examples" / "demo" / "clinic"
 SERVER = "http://ehr.example/fhir"
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
-OLDER = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010"]
+OLDER = ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011"]
 #: Tables whose rows a migration rewrites on purpose (compared by patient, not row by row).
 REWRITTEN = {"patient_tokens"}
 #: A patient named by identifier only (a synthetic SSN), filed under the canonical key at head;
