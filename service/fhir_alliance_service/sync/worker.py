@@ -181,7 +181,8 @@ class _Ready:
     #: checked again just before the send and after it is recorded.
     consents_stamp: str | None = None
     #: The conflict AuditEvent of an overwrite (the conflict policy ``overwrite``): noted
-    #: ``overwritten`` and audited with the send's record, once it landed (``_sent_mark``).
+    #: ``overwritten`` and audited with the send's record, once it landed (``_sent_mark``);
+    #: kept with the item when its answer is lost (``OutboxItem.lost_overwrite``).
     overwrite: AuditEntry | None = None
 
 
@@ -604,10 +605,15 @@ class Worker:
         all the same (``may_have_landed``): unless a read-back finds at once that it did
         (``_landed_after_all``), the item is noted *landing unknown* with its failure,
         so that, should it end without a send that is answered (superseded, held,
-        dead-lettered), it is read back later (``_check_landings``), never left untracked."""
+        dead-lettered), it is read back later (``_check_landings``), never left untracked. An
+        overwrite's conflict AuditEvent is kept with that note (``OutboxItem.lost_overwrite``), so
+        that, found landed later, it is recorded as the overwrite it was."""
         lost = may_have_landed(error)
         if not (lost and self._landed_after_all(entry, report)):
-            self._fail(entry.item, error, report, batch, landing_unknown=lost)
+            overwrite = entry.overwrite if lost else None
+            self._fail(
+                entry.item, error, report, batch, landing_unknown=lost, lost_overwrite=overwrite
+            )
 
     # ------------------------------------------------------------------ record
 
@@ -838,6 +844,9 @@ class Worker:
             # above, or anything before the send, ended past the last moment a send may start;
             # another worker may hold the item by then) or one that fails overwrote nothing. The
             # item keeps what it was noted before; the claim that sends it meets the 412 again.
+            # One whose answer was lost may have overwritten: its AuditEvent is kept with the
+            # item's landing-unknown note (``_send_failed``), recorded with the send once ours is
+            # found there (a read-back, or that 412: ``_record_if_ours``).
             self._send_group([replace(entry, if_match={}, overwrite=event)], batch)
             return
         # ``keep-remote`` and ``flag``: the outcome, the conflict noted and its AuditEvent in one
@@ -876,7 +885,10 @@ class Worker:
     ) -> bool:
         """When every resource the server holds now (``current``, read back) has ``entry``'s
         content, our send landed: recorded as any send is, with its disclosure AuditEvent and
-        Provenance (of the server's versions, which hold our content). Whether it was."""
+        Provenance (of the server's versions, which hold our content). Whether it was. An
+        overwrite (``entry.overwrite``, or one of the item's whose answer was lost before,
+        ``OutboxItem.lost_overwrite``: this is then its retry's 412) is recorded as that
+        overwrite, with its conflict."""
         if not all(
             copy_content(mine) == copy_content(theirs)
             for mine, theirs in zip(entry.resources, current, strict=True)
@@ -893,20 +905,23 @@ class Worker:
             )
             for n, (mine, theirs) in enumerate(zip(entry.resources, current, strict=True))
         ]
-        self._record_sent([(entry, answers)], report)
+        overwrite = entry.overwrite or entry.item.lost_overwrite
+        self._record_sent([(replace(entry, overwrite=overwrite), answers)], report)
         return True
 
     def _landed_after_all(self, entry: _Ready, report: BatchReport) -> bool:
         """A send whose answer never came (a timeout, a reset) or could not be read may have
         landed. Left to its retry, which writes it again and records it, unless its record got a
         newer item meanwhile: then the failure leaves the item SUPERSEDED, never retried. Nor is
-        an overwrite's retry the same send: it goes with If-Match again, and its 412 finds our
-        content and records a lost answer, the overwrite neither noted nor audited. So in both
-        cases the resources are read back now, while this worker still holds the item: ours
-        landed, it is recorded SENT (``_record_if_ours``; an overwrite with its conflict). Else
-        (not there, someone else's, or the read fails too) it fails as before, noted *landing
-        unknown*: a server still writing it, or one that cannot be read now, is read again later
-        (``_check_landings``). Whether it was recorded."""
+        an overwrite's retry the same send: it goes with If-Match again and meets a 412 (or is
+        held, or dead-lettered, first). So in both cases the resources are read back now, while
+        this worker still holds the item: ours landed, it is recorded SENT
+        (``_record_if_ours``; an overwrite with its conflict). Else (not there, someone else's,
+        or the read fails too) it fails as before, noted *landing unknown*, an overwrite's
+        conflict AuditEvent kept with the note (``OutboxItem.lost_overwrite``): a server still
+        writing it, or one that cannot be read now, is read again later (``_check_landings``),
+        or the retry's 412 finds ours (``_conflict``), and either records it as the overwrite,
+        with that AuditEvent. Whether it was recorded."""
         item = entry.item
         if entry.overwrite is not None:
             why = "an overwrite"
@@ -943,10 +958,12 @@ class Worker:
         (``sendable_forms``): it landed, and it is recorded SENT with the server's versions, its
         disclosure AuditEvent and Provenance (``mark_sent_late``'s rules: an older version that
         landed over a newer one has the newest queued again), then put to the retraction policy
-        at once (a revocation may be why it is held). Not there, someone else's, or server
-        versions that another item of the record is recorded to have written (a newer version
-        of ours written over it, with the same content or not, is tracked by its own send): the
-        note is dropped and nothing is recorded.
+        at once (a revocation may be why it is held). A lost overwrite
+        (``OutboxItem.lost_overwrite``) is recorded as that overwrite, in the same transaction:
+        noted ``overwritten`` with its conflict AuditEvent, and counted. Not there, someone
+        else's, or server versions that another item of the record is recorded to have written
+        (a newer version of ours written over it, with the same content or not, is tracked by
+        its own send): the note is dropped and nothing is recorded.
         An item whose read-back fails, whatever the reason (its record does not map now, the
         mapping crashes, the server's answer cannot be read), stays noted and is read back
         again after a wait as long as it has waited (``_recheck_at``: the waits double, from a
@@ -995,6 +1012,9 @@ class Worker:
         if not (landed or absent or later):
             return
         recorded = self.store.record_landing_checks(landed, absent, at=self.clock(), later=later)
+        for mark, ok in zip(landed, recorded, strict=True):
+            if ok and mark.conflict is not None:  # a lost overwrite that landed
+                CONFLICTS.labels(mark.conflict).inc()
         if landed or absent:
             log.info(
                 "landing unknown, read back: %d landed (recorded sent), %d not there",
@@ -1006,13 +1026,14 @@ class Worker:
 
     def _landing_check(self, item: OutboxItem, version: str) -> SentMark | None:
         """Read ``item``'s resources back (``_check_landings``): what recording it SENT takes
-        when a form it was sent in is on the server and ours, else None. Raises whatever the
-        mapping or the reads raise."""
+        when a form it was sent in is on the server and ours, else None; the overwrite it was,
+        with its conflict, when its lost send was one (``OutboxItem.lost_overwrite``). Raises
+        whatever the mapping or the reads raise."""
         forms = sendable_forms(item, store=self.store, version=version)
         sent = self._landed_form(forms, self._read_back(forms))
         if sent is None or self._written_by_another_item(item, sent):
             return None
-        return self._sent_mark(item, sent, self.clock())
+        return self._sent_mark(item, sent, self.clock(), overwrite=item.lost_overwrite)
 
     def _recheck_at(self, item: OutboxItem) -> datetime:
         """When to read back ``item`` again after a read-back that failed: after as long as it
@@ -1128,12 +1149,14 @@ class Worker:
         batch: _Batch,
         *,
         landing_unknown: bool = False,
+        lost_overwrite: AuditEntry | None = None,
     ) -> None:
         """Record ``item``'s failure: retried (FAILED) or dead-lettered (``decide_retry``), or
         SUPERSEDED if its record got a newer item. ``landing_unknown``: the failed send's answer
         was lost, so it may have landed: the item is noted so in the same transaction, to be read
         back once it ends without a send that is answered, no sooner than a lease from now (a
-        slow server may still be writing it)."""
+        slow server may still be writing it); ``lost_overwrite``: that send was an overwrite,
+        and this its conflict AuditEvent, kept with the note (``Store.mark_dead``)."""
         now = self.clock()
         check_at = now + timedelta(seconds=self.settings.lease_seconds) if landing_unknown else None
         decision = decide_retry(
@@ -1171,6 +1194,7 @@ class Worker:
                     audit=[entry],
                     at=now,
                     landing_check_at=check_at,
+                    lost_overwrite=lost_overwrite,
                 ),
                 report,
                 "dead",
@@ -1192,6 +1216,7 @@ class Worker:
                 next_attempt_at=decision.next_attempt_at,
                 at=now,
                 landing_check_at=check_at,
+                lost_overwrite=lost_overwrite,
             ),
             report,
             "failed",

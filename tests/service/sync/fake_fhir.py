@@ -8,7 +8,9 @@ response), or "apply, then name another resource in the answer" (a hostile ``loc
 status that cannot be read); while
 ``read_status`` is set, every read answers that status (a server down for reads), and a
 ``Type/id`` in ``read_answers`` is answered by its function (one poisoned resource), and while
-``delete_status`` is set every delete answers that status (a retraction that fails). ``writes``
+``delete_status`` is set every delete answers that status (a retraction that fails). With
+``check_if_match`` a Bundle an entry of which carries an ``ifMatch`` that is not its resource's
+current version is refused whole with 412 (someone else wrote it since: a conflict). ``writes``
 counts the writes applied per ``Type/id``, so tests can tell a harmless re-send from a duplicate,
 and ``reads`` the reads asked for.
 """
@@ -109,6 +111,8 @@ class FakeFhir:
     )
     #: ``GET Type/id`` requests per ``Type/id``.
     reads: Counter[str] = field(default_factory=Counter)
+    #: Whether an entry's ``ifMatch`` is checked (a stale one: the Bundle is refused with 412).
+    check_if_match: bool = False
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -169,7 +173,23 @@ class FakeFhir:
         if ids & self.rejected_ids:
             body = json.dumps(outcome("processing", "Patient Jane Roe: value not allowed"))
             return Response(body, status=422, content_type=FHIR_JSON)
+        if self.check_if_match and self._stale(bundle):
+            body = json.dumps(outcome("conflict", "version mismatch"))
+            return Response(body, status=412, content_type=FHIR_JSON)
         return Response(json.dumps(self.apply(bundle)), status=200, content_type=FHIR_JSON)
+
+    def _stale(self, bundle: dict[str, Any]) -> bool:
+        """Whether an entry's ``ifMatch`` names another version than its resource's current one
+        (or one of a resource not there)."""
+        with self.lock:
+            for entry in bundle["entry"]:
+                expected = entry["request"].get("ifMatch")
+                if expected is None:
+                    continue
+                held = self.resources.get(entry["request"]["url"])
+                if held is None or expected != f'W/"{held["meta"]["versionId"]}"':
+                    return True
+        return False
 
     def apply(self, bundle: dict[str, Any]) -> dict[str, Any]:
         entries = []
