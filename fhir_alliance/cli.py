@@ -17,7 +17,9 @@ service's JSON log lines) has them all there instead, never twice.
 
 A reader that stops reading early (``fhir-alliance map … | head -c 10``) ends the command quietly
 with exit status 141 (:data:`EXIT_BROKEN_PIPE`), what a shell shows for a tool that SIGPIPE
-ended, as Python's "Note on SIGPIPE" describes: no traceback, nothing on stderr.
+ended, as Python's "Note on SIGPIPE" describes: no traceback, nothing on stderr. Everything else a
+command writes to stdout reaches the reader whole, also under ``PYTHONUNBUFFERED`` and into a
+non-blocking pipe (:func:`fhir_alliance.stdout.stdout_writing_everything`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from importlib.metadata import entry_points
 from typing import Any, TextIO
 
 from fhir_alliance.errors import FhirAllianceError
+from fhir_alliance.stdout import stdout_writing_everything
 
 __all__ = ["ENTRY_POINT_GROUP", "EXIT_BROKEN_PIPE", "build_parser", "main"]
 
@@ -213,7 +216,8 @@ def _warnings_on_stderr(own: Sequence[str]) -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
-            return _main(argv)
+            with stdout_writing_everything():
+                return _main(argv)
         finally:
             # What is still buffered goes now, so that a closed pipe shows here and not in
             # Python's last flush at exit ("Exception ignored … BrokenPipeError", exit 120).

@@ -73,18 +73,51 @@ def test_map_into_a_non_blocking_pipe_read_slowly_writes_everything(
     expected = tmp_path / "expected.ndjson"
     assert main(["map", "--ndjson", "--output", str(expected), str(records)]) == 0
     assert expected.stat().st_size > 4 * 65536  # far more than a pipe holds
+    received, status, err = _run_into_a_slow_non_blocking_pipe(
+        [sys.executable, "-m", "fhir_alliance", "map", "--ndjson", str(records)], unbuffered
+    )
+    assert (status, err) == (0, "")
+    assert received == expected.read_bytes()
+
+
+BATCH = Path(__file__).parents[1] / "examples/decisions/requests/batch.jsonl"
+CONSENTS = Path(__file__).parents[1] / "examples/decisions/consents/records.json"
+
+
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["unbuffered", "buffered"])
+def test_any_command_printing_into_a_non_blocking_pipe_read_slowly_writes_everything(
+    tmp_path: Path, unbuffered: bool
+) -> None:
+    """What a command prints (here ``decide --batch``: one ``print`` an answer) reaches a
+    non-blocking pipe whole. Python's text layer drops what a short write left over, and a full
+    non-blocking pipe raises ``BlockingIOError`` out of ``print``: with ``PYTHONUNBUFFERED=1``
+    most of the answers were lost, exit 0; without it, a traceback. ``map`` alone wrote
+    everything (its own writes); the command line now gives every command such a stdout."""
+    requests = tmp_path / "requests.jsonl"
+    lines = BATCH.read_text("utf-8").splitlines()
+    requests.write_text("\n".join(lines * 1500) + "\n", encoding="utf-8")
+    command = [sys.executable, "-m", "fhir_alliance", "decide", "--batch", "-r", str(requests)]
+    command.append(str(CONSENTS))
+    expected = subprocess.run(command, capture_output=True, check=True).stdout
+    assert len(expected) > 4 * 65536  # far more than a pipe holds
+    received, status, err = _run_into_a_slow_non_blocking_pipe(command, unbuffered)
+    assert (status, err[-300:]) == (0, "")
+    assert received == expected
+
+
+def _run_into_a_slow_non_blocking_pipe(
+    command: list[str], unbuffered: bool
+) -> tuple[bytes, int, str]:
+    """Run ``command`` with its stdout the non-blocking writing end of a pipe (``PYTHONUNBUFFERED``
+    set or not) read by a reader slower than the command, which lets the pipe fill up first:
+    what the reader got, the exit status and stderr."""
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, fcntl.F_SETFL, fcntl.fcntl(write_end, fcntl.F_GETFL) | os.O_NONBLOCK)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     if unbuffered:
         env["PYTHONUNBUFFERED"] = "1"
     try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fhir_alliance", "map", "--ndjson", str(records)],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
+        process = subprocess.Popen(command, stdout=write_end, stderr=subprocess.PIPE, env=env)
     finally:
         os.close(write_end)
     received = bytearray()
@@ -105,5 +138,4 @@ def test_map_into_a_non_blocking_pipe_read_slowly_writes_everything(
         reader.join(timeout=120)
     finally:
         os.close(read_end)
-    assert (status, err) == (0, "")
-    assert bytes(received) == expected.read_bytes()
+    return bytes(received), status, err

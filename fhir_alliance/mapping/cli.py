@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import select
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any
 
 import orjson
 
@@ -38,6 +37,7 @@ from fhir_alliance.mapping.streaming import (
     stream_ndjson,
     stream_ndjson_to_file,
 )
+from fhir_alliance.stdout import flush_all, write_all
 
 __all__ = [
     "MAX_BUNDLE_ENTRIES",
@@ -222,47 +222,12 @@ def _from_fhir(items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
 def _write(lines: Iterator[bytes], target: str | None) -> None:
     if target is None:
         for line in lines:
-            _write_all(sys.stdout.buffer, line)
-        _flush_all(sys.stdout)
+            write_all(sys.stdout.buffer, line)
+        flush_all(sys.stdout)
         return
     with open(target, "wb") as handle:
         for line in lines:
             handle.write(line)
-
-
-def _write_all(stream: BinaryIO, data: bytes) -> None:
-    """Write all of ``data`` to stdout's byte layer. Under ``PYTHONUNBUFFERED`` that is the
-    unbuffered file, one ``write(2)`` a call, which a pipe may cut short (a signal; a nearly full
-    non-blocking pipe, as a parent such as Node.js may leave it) or refuse until the reader
-    catches up (``None``); buffered, a full non-blocking pipe raises ``BlockingIOError`` saying
-    how much it took. Either way the rest is written once the pipe takes more. A reader gone
-    raises ``BrokenPipeError``, which the command line turns into exit 141."""
-    view = memoryview(data)
-    while view:
-        try:
-            written: int | None = stream.write(view)
-        except BlockingIOError as exc:  # buffered: it took this much (into its buffer)
-            written = exc.characters_written
-            _wait_until_writable(stream)
-        if written is None:  # unbuffered: a full non-blocking pipe took nothing
-            _wait_until_writable(stream)
-            continue
-        view = view[written:]
-
-
-def _flush_all(stream: IO[Any]) -> None:
-    """Flush ``stream``, waiting while a non-blocking pipe is full."""
-    while True:
-        try:
-            stream.flush()
-        except BlockingIOError:
-            _wait_until_writable(stream)
-        else:
-            return
-
-
-def _wait_until_writable(stream: IO[Any]) -> None:
-    select.select([], [stream.fileno()], [])
 
 
 @contextmanager
