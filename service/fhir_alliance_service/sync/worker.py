@@ -972,8 +972,12 @@ class Worker:
         read now (no answer, 429 or 5xx, refused credentials: ``_SERVER_UNAVAILABLE``) also ends
         the pass: the items not read yet are read again when their lease ends. (The item it
         came with waits as any other: a resource the server fails on every time must not hold
-        up the items after it.) Only a database outage is raised (the batch is given up, the
-        notes stay). Called before each claim; nothing due costs one read."""
+        up the items after it.) What was found is recorded in one transaction; if that fails
+        (not for want of the database: one item's stored data corrupted, a bug on its row), the
+        items are recorded one at a time (``_record_landing_checks_apart``), and one whose own
+        record fails waits as a failed read-back does, so it never keeps the others unrecorded.
+        Only a database outage is raised (the batch is given up, the notes stay). Called before
+        each claim; nothing due costs one read."""
         items = self.store.claim_landing_checks(
             limit=self.settings.worker_batch_size,
             lease_seconds=self.settings.lease_seconds,
@@ -1011,7 +1015,20 @@ class Worker:
                 patients.append(item.patient)
         if not (landed or absent or later):
             return
-        recorded = self.store.record_landing_checks(landed, absent, at=self.clock(), later=later)
+        try:
+            recorded = self.store.record_landing_checks(
+                landed, absent, at=self.clock(), later=later
+            )
+        except Exception as exc:  # one item's row must not keep the others unrecorded
+            if is_store_outage(exc):
+                raise
+            log.warning(
+                "landing unknown: recording %d read-back(s) at once failed (%s): "
+                "recorded one at a time",
+                len(landed) + len(absent) + len(later),
+                type(exc).__name__,
+            )
+            recorded = self._record_landing_checks_apart(items, landed, absent, later)
         for mark, ok in zip(landed, recorded, strict=True):
             if ok and mark.conflict is not None:  # a lost overwrite that landed
                 CONFLICTS.labels(mark.conflict).inc()
@@ -1023,6 +1040,47 @@ class Worker:
             )
         # A revocation may be why the item is held: what landed goes to the retraction policy.
         self._retraction_check({p for p, ok in zip(patients, recorded, strict=True) if ok})
+
+    def _record_landing_checks_apart(
+        self,
+        items: Sequence[OutboxItem],
+        landed: Sequence[SentMark],
+        absent: Sequence[int],
+        later: Mapping[int, datetime],
+    ) -> list[bool]:
+        """``Store.record_landing_checks`` of a pass whose record in one transaction failed
+        (not for want of the database): each item in a transaction of its own, so that one
+        whose row cannot be recorded (its stored data corrupted, a bug on that row) no longer
+        keeps the others unrecorded. An item whose own record fails stays noted and is read
+        back again after a wait, as one whose read-back failed (``_recheck_at``), with one log
+        line naming the item and the error type. The store's compare-and-set still records each
+        once (the failed transaction recorded nothing), with its audit entries. A database
+        outage is raised. Whether each of ``landed`` was recorded, in order."""
+        by_id = {item.item_id: item for item in items}
+        recheck = dict(later)  # the read-backs that could not tell, and the records that failed
+
+        def record_one(item_id: int, marks: Sequence[SentMark], gone: Sequence[int]) -> bool:
+            try:
+                return self.store.record_landing_checks(marks, gone, at=self.clock()) == [True]
+            except Exception as exc:
+                if is_store_outage(exc):
+                    raise
+                recheck[item_id] = due = self._recheck_at(by_id[item_id])
+                log.warning(
+                    "item %d: landing unknown, recording its read-back failed (%s): "
+                    "read back later, in %.0f s",
+                    item_id,
+                    type(exc).__name__,
+                    (due - self.clock()).total_seconds(),
+                )
+                return False
+
+        recorded = [record_one(mark.item_id, [mark], []) for mark in landed]
+        for item_id in absent:
+            record_one(item_id, [], [item_id])
+        if recheck:
+            self.store.record_landing_checks([], [], at=self.clock(), later=recheck)
+        return recorded
 
     def _landing_check(self, item: OutboxItem, version: str) -> SentMark | None:
         """Read ``item``'s resources back (``_check_landings``): what recording it SENT takes

@@ -24,6 +24,7 @@ from fhir_alliance_service.sync.leases import LeaseLedger
 from fhir_alliance_service.sync.worker import LANDING_RECHECK_MAX
 from pytest_httpserver import HTTPServer
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from werkzeug import Response
 
 from tests.service.sync import records as R
@@ -268,4 +269,147 @@ def test_a_landed_copy_whose_meta_is_not_an_object_is_found(rig: Rig, when: str)
     assert last is not None and last.record_version == 1
     assert [s.version_id for s in last.sent] == [None]
     assert rig.actions(record_id).count("disclose") == 1
+    assert rig.store.landing_unknown_count() == 0
+
+
+def _three_lost_and_held(rig: Rig) -> tuple[str, str, str]:
+    """Ratings 1, 2 and 3 go out in one Bundle, which lands (rating 3's copy is deleted on the
+    server right after: not there when read back); the answer is lost and the patient revokes
+    meanwhile. All three are held at their retry, noted *landing unknown*. Their record ids, in
+    item order."""
+    ids = rig.intake(*(R.rating(rig.run, n, value=n + 1) for n in (1, 2, 3)))
+    lost = _answer_lost(rig, R.revocation(rig.run), applied=True, reads_down=False)
+
+    def fault(bundle: dict[str, Any]) -> Response:
+        answer = lost(bundle)
+        del rig.fake.resources[_key(rig, 3)]
+        return answer
+
+    rig.fake.faults = [fault]
+    assert rig.worker().run_once().failed == 3
+    assert rig.worker(later=10).run_once().held == 3
+    assert rig.store.landing_unknown_count() == 3
+    first, second, third = ids
+    return first, second, third
+
+
+def _spoil_record(rig: Rig, how: str, record_id: str) -> None:
+    """Make recording the read-back of ``record_id``'s item fail ``how``: its stored ``sent``
+    corrupted (a server version stored as a number: the read-back works, comparing versions
+    when recording it does not), or the database refusing to write that one row (a trigger:
+    an error of the statement, not an outage)."""
+    item_id = _item_id(rig, record_id)
+    with rig.store.engine.begin() as connection:
+        if how == "sent-corrupted":
+            resource_type, resource_id = _key(rig, 1).split("/")
+            corrupted = [{"resource_type": resource_type, "id": resource_id, "version_id": 7}]
+            connection.execute(
+                update(outbox).where(outbox.c.item_id == item_id).values(sent=corrupted)
+            )
+        else:
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_one_row BEFORE UPDATE OF sent ON outbox"
+                f" WHEN OLD.item_id = {item_id} BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+
+
+@pytest.mark.parametrize("how", ["sent-corrupted", "row-refused"])
+def test_recording_a_read_back_failing_for_one_item_records_the_others(
+    rig: Rig, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three held items with their landing unknown, read back in one pass: rating 1 and 2
+    landed, 3 is not there. Recording rating 1's read-back fails (its stored data is corrupted,
+    or the database refuses its row), which used to roll the whole pass back and fail the
+    worker's batch, every lease again: the others were never recorded and their copies stayed
+    untracked. Now the pass is recorded one item at a time: rating 2 SENT with one disclosure
+    (and retracted), rating 3's note dropped, rating 1 still HELD and noted, read back again
+    after a wait as long as it has waited (as a read-back that failed), with one log line
+    naming the item and the error type. The next pass records nothing twice."""
+    first, second, third = _three_lost_and_held(rig)
+    _spoil_record(rig, how, first)
+    spoilt, fine = _key(rig, 1), _key(rig, 2)
+    caplog.set_level(logging.INFO)
+
+    assert rig.worker(later=60).run_once().error is None
+    assert rig.items(second) == {1: SyncState.SENT}
+    actions = rig.actions(second)
+    assert (actions.count("disclose"), actions.count("provenance")) == (1, 1)
+    assert actions.count("retract-delete") == 1
+    assert fine not in rig.fake.resources
+    assert rig.items(third) == {1: SyncState.HELD}
+    assert "disclose" not in rig.actions(third)
+    assert rig.items(first) == {1: SyncState.HELD}
+    assert "disclose" not in rig.actions(first)
+    assert rig.store.landing_unknown_count() == 1
+    assert 49 < _wait(rig, first, 60) < 56  # held at 10 s: waits 50 s, not a lease (30 s)
+
+    reads = rig.fake.reads[spoilt]
+    rig.worker(later=95).run_once()  # a lease on: not read again yet
+    assert rig.fake.reads[spoilt] == reads
+    rig.worker(later=116).run_once()  # due: read back, its record fails again, waits longer
+    assert rig.fake.reads[spoilt] > reads
+    assert 104 < _wait(rig, first, 116) < 112
+    assert rig.items(first) == {1: SyncState.HELD}
+    assert rig.items(second) == {1: SyncState.SENT}
+    for record_id in (first, second, third):
+        actions = rig.actions(record_id)
+        assert actions.count("disclose") == (record_id == second)
+        assert actions.count("retract-delete") == (record_id == second)
+    assert spoilt in rig.fake.resources  # not known to have landed: not retracted
+
+    failures = [r for r in caplog.records if "recording its read-back failed" in r.getMessage()]
+    assert len(failures) == 2
+    for line in caplog.records:
+        text = line.getMessage()
+        assert rig.run not in text and "Patient/" not in text and "refused" not in text
+        assert line.exc_info is None
+
+
+class RecordingFailsFor:
+    """The real store, except that recording read-backs that name an item of ``errors`` raises
+    that item's error (``record_landing_checks``; the first named wins), and every call is
+    counted."""
+
+    def __init__(self, store: SqlStore, errors: dict[int, BaseException]) -> None:
+        self._store = store
+        self.errors = errors
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def record_landing_checks(
+        self, landed: Any, absent: Any, *, at: Any, later: Any = None
+    ) -> list[bool]:
+        self.calls += 1
+        for item_id in [mark.item_id for mark in landed] + list(absent):
+            if item_id in self.errors:
+                raise self.errors[item_id]
+        result: list[bool] = self._store.record_landing_checks(landed, absent, at=at, later=later)
+        return result
+
+
+@pytest.mark.parametrize("when", ["at-once", "one-at-a-time"])
+def test_a_database_outage_recording_read_backs_ends_the_pass(rig: Rig, when: str) -> None:
+    """Recording a pass of read-backs fails for want of the database, in its one transaction
+    or, once a bug on rating 1's row sent it to record one item at a time, on rating 2's: the
+    pass ends as before (the error is raised, nothing more is recorded) and the items stay
+    noted, read back again when their lease ends (then recorded, each once)."""
+    first, second, third = _three_lost_and_held(rig)
+    outage = OperationalError("UPDATE outbox", {}, Exception("server closed the connection"))
+    errors: dict[int, BaseException] = {_item_id(rig, first): outage}
+    if when == "one-at-a-time":
+        errors = {_item_id(rig, first): RuntimeError("a bug"), _item_id(rig, second): outage}
+    failing = RecordingFailsFor(rig.store, errors)
+    worker = rig.worker(later=60)
+    worker.leases = LeaseLedger(failing)  # type: ignore[arg-type]
+    worker.store = worker.leases.as_store()
+    with pytest.raises(OperationalError):
+        worker.run_once()
+    assert failing.calls == (1 if when == "at-once" else 3)  # the pass, rating 1, rating 2
+    assert rig.store.landing_unknown_count() == 3
+    assert all(rig.items(r) == {1: SyncState.HELD} for r in (first, second, third))
+    assert rig.worker(later=95).run_once().error is None  # the lease ended: read back
+    assert rig.items(first) == rig.items(second) == {1: SyncState.SENT}
+    assert rig.actions(first).count("disclose") == rig.actions(second).count("disclose") == 1
     assert rig.store.landing_unknown_count() == 0
