@@ -16,6 +16,7 @@ import pytest
 from fhir_alliance_service.store import OutboxItem, SentResource, SqlStore, SyncState, open_store
 from fhir_alliance_service.store.interface import AuditEntry, SentMark
 from fhir_alliance_service.store.tables import outbox
+from fhir_alliance_service.sync.leases import is_store_outage
 from sqlalchemy import select
 
 from .builders import T0, at, audit_entry, record
@@ -514,3 +515,57 @@ def test_a_read_back_another_worker_is_claiming_is_skipped_not_waited_for(
         assert not {i.item_id for i in claimed} & set(locked)
     finally:
         store.close()
+
+
+def test_a_pass_whose_record_fails_on_one_row_records_nothing_and_each_apart_once(
+    store: SqlStore,
+) -> None:
+    """What the worker's fallback relies on (``Worker._record_landing_checks_apart``): a pass of
+    read-backs whose record fails on one item's row (its stored ``sent`` corrupted: a version
+    stored as a number) raises an error that is no database outage and records nothing, no
+    audit entry either; its items recorded one at a time then are, each once with its audit,
+    the corrupted one still failing alone and kept noted with a later check."""
+    store.put_records([record(n, patient=f"Patient/p{n}") for n in range(3)], audit=[], at=T0)
+    items = store.claim("w1", limit=10, lease_seconds=LEASE, now=at(1), per_patient=1)
+    for item in items:
+        store.mark_dead(
+            item.item_id, "w1", outcome=OUTCOME, audit=[], at=at(2), landing_check_at=at(3)
+        )
+    spoilt, fine, gone = (
+        c.item_id for c in store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(5))
+    )
+    with store.engine.begin() as connection:
+        connection.execute(
+            outbox.update()
+            .where(outbox.c.item_id == spoilt)
+            .values(sent=[{"resource_type": "Observation", "id": f"obs-{spoilt}", "version_id": 7}])
+        )
+    by_id = {item.item_id: item.record_id for item in items}
+    marks = {
+        i: SentMark(
+            i,
+            [SentResource("Observation", f"obs-{i}", "1")],
+            [audit_entry("disclose", by_id[i], when=at(6))],
+        )
+        for i in (spoilt, fine)
+    }
+
+    def disclosures() -> int:
+        return len([e for e in store.list_audit() if e.action == "disclose"])
+
+    with pytest.raises(Exception) as failed:
+        store.record_landing_checks(list(marks.values()), [gone], at=at(6))
+    assert not is_store_outage(failed.value)
+    assert store.landing_unknown_count() == 3 and disclosures() == 0
+
+    with pytest.raises(Exception) as failed:
+        store.record_landing_checks([marks[spoilt]], [], at=at(7))
+    assert not is_store_outage(failed.value)
+    assert store.record_landing_checks([marks[fine]], [], at=at(7)) == [True]
+    assert store.record_landing_checks([], [gone], at=at(7)) == []
+    assert store.record_landing_checks([], [], at=at(7), later={spoilt: at(60)}) == []
+    assert store.record_landing_checks([marks[fine]], [], at=at(8)) == [False]
+    assert _row(store, fine)[:2] == (SyncState.SENT.value, None)
+    assert _row(store, gone)[:2] == (SyncState.DEAD_LETTERED.value, None)
+    assert _row(store, spoilt)[:2] == (SyncState.DEAD_LETTERED.value, at(60))
+    assert store.landing_unknown_count() == 1 and disclosures() == 1
