@@ -236,7 +236,7 @@ class Retractor:
         report = report or RetractReport()
         report.patients += 1
         failed = report.failed
-        version = target_fhir_version(self.settings, self.store, self.client)
+        version: str | None = None  # the server's, asked once a record is to be checked
         earlier: list[Settings] | None = None  # read once a record is no longer permitted
         note: str | None = None
         for status in self.store.sent_items(patient):
@@ -245,6 +245,8 @@ class Retractor:
             record = self.store.get_record(status.record_id, version=status.record_version)
             if record is None or record.family == FAMILY_CONSENT:
                 continue
+            if version is None:
+                version = target_fhir_version(self.settings, self.store, self.client)
             report.checked += 1
             now = self.clock()
             gated = regate_stored(

@@ -279,3 +279,19 @@ def test_a_backlog_of_noted_checks_is_worked_through_batch_after_batch(
             two_way.tick()
             due.append(sync_store.pending_retraction_checks(now=frozen).total)
     assert due == [3, 1, 0, 0]
+
+
+def test_a_check_of_a_patient_with_nothing_sent_asks_the_server_nothing(
+    sync_store: SqlStore, sqlite_url: str
+) -> None:
+    """Intake notes the patient of every consent stored, most of whom have nothing on the server
+    yet. Their check is done from the store alone: it used to ask the server its FHIR version
+    first, so while the server could not be reached (and no version was known) each such check
+    failed and stayed due, and ``status`` showed checks pending with nothing to retract."""
+    settings = sync_settings("http://127.0.0.1:9/fhir", sqlite_url)  # nothing listens there
+    assert settings.fhir_version is None
+    sync_store.note_retraction_checks(["Patient/nothing-sent"])
+    with FhirClient(settings.fhir_base_url or "", retry=QUICK_RETRY, timeout=(0.5, 0.5)) as client:
+        report = Retractor(settings, sync_store, client).run_noted()
+    assert (report.patients, report.checked, report.failed) == (1, 0, 0)
+    assert sync_store.pending_retraction_checks(now=now()).total == 0
