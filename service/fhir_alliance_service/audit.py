@@ -254,12 +254,21 @@ def hold_event(
     *,
     recipient: str,
     purpose: str,
+    step: str | None = None,
 ) -> AuditEntry:
     """A disclosure the consent gate held back: the BALP disclosure shape with outcome 4 (minor
     failure: nothing left) and the machine ``reason_code`` in ``outcomeDesc``. One per held
-    decision (a re-evaluation that holds again is a new event). ``action`` ``hold``."""
+    decision (a re-evaluation that holds again is a new event). ``action`` ``hold``. ``step``: a
+    two-way sync step whose write of the record version the gate held (``reconcile-write``),
+    after the send: the event's id then names the step, so that it never takes the id of the
+    worker's hold of the same version at the same instant. The event is otherwise the worker's."""
+    parts: list[object] = [record_id, version]
+    if step is not None:
+        if step not in WRITING_STEPS:
+            raise ValueError(f"{step!r} writes no resource version")
+        parts.append(step)
     resource = _disclosure_shell(
-        _id("hold", record_id, version, _instant(at)),
+        _id("hold", *parts, _instant(at)),
         outcome=_MINOR_FAILURE,
         at=at,
         purpose=purpose,

@@ -134,6 +134,29 @@ def test_each_held_decision_is_its_own_event() -> None:
     assert first.resource["id"] != later.resource["id"]
 
 
+def test_a_hold_by_a_two_way_step_is_the_workers_hold_under_an_id_of_its_own() -> None:
+    """A held reconcile write is the worker's hold event (same shape, reason and outcome), under
+    an id naming the step: the worker holding the same record version at the same instant never
+    takes it; a step that writes nothing is refused."""
+
+    def event(step: str | None) -> dict[str, object]:
+        return dict(
+            audit.hold_event(
+                RECORD, "P/1", 1, "no-consent", AT, recipient="O/x", purpose="TREAT", step=step
+            ).resource
+        )
+
+    worker, repair = event(None), event("reconcile-write")
+    validate_resource(repair)
+    assert repair["id"] != worker["id"]
+    assert {k: v for k, v in repair.items() if k != "id"} == {
+        k: v for k, v in worker.items() if k != "id"
+    }
+    assert event("reconcile-write")["id"] == repair["id"]
+    with pytest.raises(ValueError, match="writes no resource version"):
+        event("reconcile-delete")
+
+
 def test_dead_letter_event_is_a_serious_failure_with_the_status() -> None:
     """A dead-lettered disclosure has outcome 8 and names the HTTP status only."""
     resource = dict(

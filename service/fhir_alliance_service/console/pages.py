@@ -132,7 +132,8 @@ TREND_LINES: Final = (
         "hold",
         "held",
         "records the consent gate held back that day (a record held again after a consent "
-        "change counts again on the day it is held again)",
+        "change counts again on the day it is held again; a sent record whose repair by "
+        "reconcile --fix the gate held counts too, though it stays sent, not in the held list)",
     ),
     TrendLine("dead-letter", "dead-lettered", "records the FHIR server refused for good that day"),
 )

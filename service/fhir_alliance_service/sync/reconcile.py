@@ -22,7 +22,11 @@ its own) and a Provenance of each version written (``CREATE`` for a missing reso
 for a drifted one), both queued for the server with ``push_audit``, and a local
 ``reconcile-write`` AuditEvent per resource saying why (``missing``, ``drifted``); all stored in
 the one transaction that records the versions written. A deleted duplicate is a
-``reconcile-delete`` AuditEvent only (a delete writes no version, and discloses nothing).
+``reconcile-delete`` AuditEvent only (a delete writes no version, and discloses nothing). A
+record the gate holds is a decision not to disclose, audited as the worker audits a hold: one
+``hold`` AuditEvent per record and run (however many of its resources were held), the worker's
+shape with the gate's reason code, under an id naming the step (never the id of the worker's hold
+of the same version), local only. What writes no version is stored with ``Store.add_audit``.
 
 The report names records by their opaque record id and resources by ``Type/id``: never business
 identifiers or content (it may be pasted into a ticket).
@@ -244,6 +248,7 @@ class Reconciler:
         gate: GateResult | None = gated
         entries = []
         written: dict[tuple[str, str], str | None] = {}
+        held: str | None = None  # the reason code of the gate's first hold in this run
         for finding, expected, ours in findings:
             try:
                 if finding.problem == DUPLICATED:
@@ -275,6 +280,7 @@ class Reconciler:
                 if gate.hold is not None:
                     finding.held = True  # the gate would hold it now: never written
                     finding.held_reason = gate.hold.code
+                    held = held or gate.hold.code
                     continue
                 replaced = _version(ours) if ours is not None else None
                 result = self.client.update(self._stamped(expected, ours), if_match=replaced)
@@ -328,7 +334,22 @@ class Reconciler:
                     )
                 ],
             )
-        if status.item_id is not None and (written or entries):
+        if held is not None:
+            # A decision not to disclose, audited as the worker audits a hold: once per record
+            # and run, under an id of its own; local only, as every held decision's event.
+            entries.append(
+                audit.hold_event(
+                    record.record_id,
+                    record.patient,
+                    record.version,
+                    held,
+                    now,
+                    recipient=self.settings.recipients[0],
+                    purpose=self.settings.purpose,
+                    step="reconcile-write",
+                )
+            )
+        if written and status.item_id is not None:
             sent = [
                 SentResource(
                     s.resource_type, s.id, written.get((s.resource_type, s.id), s.version_id)
@@ -336,6 +357,8 @@ class Reconciler:
                 for s in status.sent
             ]
             self.store.record_sent_versions(status.item_id, sent, audit=entries, at=now)
+        else:
+            self.store.add_audit(entries)  # no version written: the item stays as it is
 
     def _stamped(
         self, expected: Mapping[str, Any], ours: Mapping[str, Any] | None

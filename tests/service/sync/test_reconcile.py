@@ -9,6 +9,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from fhir_alliance_service import audit
+from fhir_alliance_service.console.pages import daily_trend
 from fhir_alliance_service.store.interface import AuditEntry, AuditPushState, SentResource
 from fhir_alliance_service.sync.gate import HoldReason
 from fhir_alliance_service.sync.reconcile import Reconciler
@@ -54,6 +56,15 @@ def _stored_with_the_versions(
 
     monkeypatch.setattr(harness.store, "record_sent_versions", spy)
     return calls
+
+
+def _srs_members(harness: SyncHarness) -> list[dict[str, Any]]:
+    """The item and score Observations of the SRS panel ``_sent`` sent (not the panel)."""
+    return [
+        o
+        for o in harness.tagged("Observation")
+        if f"srs-{harness.run}-3" in o["identifier"][0]["value"] and "hasMember" not in o
+    ]
 
 
 def _copy_outside(harness: SyncHarness, resource: dict[str, Any]) -> dict[str, Any]:
@@ -262,3 +273,42 @@ def test_a_revocation_stored_while_reconcile_searches_stops_the_write(
     assert finding.held_reason == HoldReason.NO_CONSENT.code
     new = harness.store.list_audit(record_id=record_id, after=before, limit=1000)
     assert not {"disclose", "reconcile-write", "provenance"} & {e.action for e in new}
+
+
+def test_a_held_repair_is_audited_once_per_record_and_run(harness: SyncHarness) -> None:
+    """A record the gate now holds is not written again, and that decision not to disclose is
+    audited as the worker audits a hold: one ``hold`` AuditEvent per record and reconcile run
+    (two resources held, one event), the worker's shape and the gate's reason code, under an id
+    of its own, stored though nothing was written, and kept local (a held decision is never
+    pushed). The console's *held* line counts the record on that day."""
+    ids = _sent(harness)
+    srs_id = ids[3]
+    harness.intake([R.revocation(harness.run)])
+    for member in _srs_members(harness)[:2]:
+        remote.delete(harness.server, member)
+
+    report = _reconciler(harness, push_audit=True).run(fix=True)
+    held = [f for f in report.findings if f.record_id == srs_id]
+    assert [(f.problem, f.fixed, f.held) for f in held] == [("missing", False, True)] * 2
+    [hold] = _audit(harness, srs_id, "hold")
+    assert hold.resource["outcome"] == "4"
+    assert hold.resource["outcomeDesc"] == HoldReason.NO_CONSENT.code
+    assert hold.push_state is None
+    workers = audit.hold_event(
+        srs_id,
+        hold.patient,
+        1,
+        HoldReason.NO_CONSENT.code,
+        hold.at,
+        recipient=harness.settings.recipients[0],
+        purpose=harness.settings.purpose,
+    ).resource
+    assert hold.resource["id"] != workers["id"]
+    assert {k: v for k, v in hold.resource.items() if k != "id"} == {
+        k: v for k, v in workers.items() if k != "id"
+    }
+    assert daily_trend(harness.store, hold.at.date())[-1].counts["hold"] == 1
+
+    _reconciler(harness).run(fix=True)
+    first, again = _audit(harness, srs_id, "hold")
+    assert first.resource["id"] != again.resource["id"]
