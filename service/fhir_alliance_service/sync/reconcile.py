@@ -27,6 +27,9 @@ record the gate holds is a decision not to disclose, audited as the worker audit
 ``hold`` AuditEvent per record and run (however many of its resources were held), the worker's
 shape with the gate's reason code, under an id naming the step (never the id of the worker's hold
 of the same version), local only. What writes no version is stored with ``Store.add_audit``.
+What a record's fix did on the server (each deletion, each version written) is recorded even
+when a later step of it raises something other than a server error (a bug, the database, an
+interrupt): the error propagates once that is stored.
 
 The report names records by their opaque record id and resources by ``Type/id``: never business
 identifiers or content (it may be pasted into a ticket).
@@ -47,6 +50,7 @@ from fhir_alliance.model.common import Identifier
 from fhir_alliance_service import audit
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.store.interface import (
+    AuditEntry,
     SentResource,
     Store,
     StoredRecord,
@@ -244,33 +248,51 @@ class Reconciler:
         version: str,
         findings: list[tuple[Finding, dict[str, Any], dict[str, Any] | None]],
     ) -> None:
+        """Repair ``findings`` of ``record``, then record what was done in one transaction. What
+        was deleted and written is recorded even when a later step raises something other than
+        a server error (a bug, the database, an interrupt): a version written on the server is
+        never left unrecorded and unaudited. The error then propagates."""
         now = self.clock()
+        done = _Repairs()
+        try:
+            self._repair(record, status, gated, version, findings, done)
+        except BaseException:
+            try:
+                self._record(record, status, done, now)
+            except Exception as exc:  # the original error is the one to raise
+                log.error(
+                    "reconcile: %d write(s) made before a failure not recorded: %s",
+                    len(done.written),
+                    type(exc).__name__,
+                )
+            raise
+        self._record(record, status, done, now)
+
+    def _repair(
+        self,
+        record: StoredRecord,
+        status: SyncStatus,
+        gated: GateResult,
+        version: str,
+        findings: list[tuple[Finding, dict[str, Any], dict[str, Any] | None]],
+        done: _Repairs,
+    ) -> None:
+        """Delete duplicates and write missing and drifted resources, each noted in ``done`` as
+        soon as the server has done it (a server error leaves that finding open; anything else
+        propagates)."""
         gate: GateResult | None = gated
-        entries = []
-        written: dict[tuple[str, str], str | None] = {}
-        held: str | None = None  # the reason code of the gate's first hold in this run
         for finding, expected, ours in findings:
             try:
                 if finding.problem == DUPLICATED:
-                    extras = [name for name in finding.found if name != finding.resource]
-                    for name in extras:
+                    deleted: list[str] = []
+                    done.steps.append(deleted)
+                    for name in finding.found:
+                        if name == finding.resource:
+                            continue
                         rtype, _, rid = name.partition("/")
                         with contextlib.suppress(NotFoundError):  # already gone: fine
                             self.client.delete(rtype, rid)
-                    entries.append(
-                        audit.two_way_event(
-                            "reconcile-delete",
-                            record.record_id,
-                            record.patient,
-                            now,
-                            version=record.version,
-                            resources=[
-                                {"resourceType": n.partition("/")[0], "id": n.partition("/")[2]}
-                                for n in extras
-                            ],
-                            outcome_code="duplicate",
-                        )
-                    )
+                        deleted.append(name)
                     finding.fixed = True
                     continue
                 # Asked again just before the write when the consents changed since.
@@ -280,41 +302,70 @@ class Reconciler:
                 if gate.hold is not None:
                     finding.held = True  # the gate would hold it now: never written
                     finding.held_reason = gate.hold.code
-                    held = held or gate.hold.code
+                    done.held = done.held or gate.hold.code
                     continue
                 replaced = _version(ours) if ours is not None else None
                 result = self.client.update(self._stamped(expected, ours), if_match=replaced)
-                rtype, rid = str(expected["resourceType"]), str(expected["id"])
-                written[(rtype, rid)] = result.version_id
-                entries.append(
-                    audit.two_way_event(
-                        "reconcile-write",
-                        record.record_id,
-                        record.patient,
-                        now,
-                        version=record.version,
-                        resources=[expected],
-                        outcome_code=finding.problem,
-                    )
-                )
-                entries += queued_for_push(
-                    self.settings,
-                    [
-                        audit.write_provenance(
-                            "reconcile-write",
-                            SentResource(rtype, rid, result.version_id),
-                            record.record_id,
-                            now,
-                            patient=record.patient,
-                            version=record.version,
-                            activity="CREATE" if finding.problem == MISSING else "UPDATE",
-                            revises=replaced,
-                        )
-                    ],
-                )
+                done.steps.append(_Written(finding.problem, expected, result.version_id, replaced))
                 finding.fixed = True
             except ServerError as exc:
                 log.warning("reconcile fix failed: %s %s", type(exc).__name__, exc.status or "-")
+
+    def _record(
+        self, record: StoredRecord, status: SyncStatus, done: _Repairs, now: datetime
+    ) -> None:
+        """Store what ``done`` holds, all in one transaction: per deletion a ``reconcile-delete``
+        event; per write a ``reconcile-write`` event and the Provenance of the version written,
+        one ``disclose`` event naming every resource written, and the record's status listing
+        those versions; a ``hold`` event when the gate held the record."""
+        entries: list[AuditEntry] = []
+        written: dict[tuple[str, str], str | None] = {}
+        for step in done.steps:
+            if isinstance(step, list):
+                if step:
+                    entries.append(
+                        audit.two_way_event(
+                            "reconcile-delete",
+                            record.record_id,
+                            record.patient,
+                            now,
+                            version=record.version,
+                            resources=[
+                                {"resourceType": n.partition("/")[0], "id": n.partition("/")[2]}
+                                for n in step
+                            ],
+                            outcome_code="duplicate",
+                        )
+                    )
+                continue
+            rtype, rid = str(step.resource["resourceType"]), str(step.resource["id"])
+            written[(rtype, rid)] = step.version_id
+            entries.append(
+                audit.two_way_event(
+                    "reconcile-write",
+                    record.record_id,
+                    record.patient,
+                    now,
+                    version=record.version,
+                    resources=[step.resource],
+                    outcome_code=step.problem,
+                )
+            )
+            entries += queued_for_push(
+                self.settings,
+                [
+                    audit.write_provenance(
+                        "reconcile-write",
+                        SentResource(rtype, rid, step.version_id),
+                        record.record_id,
+                        now,
+                        patient=record.patient,
+                        version=record.version,
+                        activity="CREATE" if step.problem == MISSING else "UPDATE",
+                        revises=step.replaced,
+                    )
+                ],
+            )
         if written:
             # What was written went to the clinic's server as a send does: a disclosure, audited
             # (and pushed with push_audit) as the worker's, beside the step's local event.
@@ -334,7 +385,7 @@ class Reconciler:
                     )
                 ],
             )
-        if held is not None:
+        if done.held is not None:
             # A decision not to disclose, audited as the worker audits a hold: once per record
             # and run, under an id of its own; local only, as every held decision's event.
             entries.append(
@@ -342,7 +393,7 @@ class Reconciler:
                     record.record_id,
                     record.patient,
                     record.version,
-                    held,
+                    done.held,
                     now,
                     recipient=self.settings.recipients[0],
                     purpose=self.settings.purpose,
@@ -375,6 +426,31 @@ class Reconciler:
         if tags:
             meta["tag"] = tags
         return {**expected, "meta": meta}
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A resource ``fix`` wrote on the server: why (``problem``), what, the version the server
+    gave it and the one it replaced (None: it was missing)."""
+
+    problem: str
+    resource: dict[str, Any]
+    version_id: str | None
+    replaced: str | None
+
+
+@dataclass(slots=True)
+class _Repairs:
+    """What one record's ``fix`` has done on the server so far, in order: per duplicated
+    finding the ``Type/id`` deleted (a list), and each resource written; ``held``: the gate's
+    reason code when it held the record."""
+
+    steps: list[list[str] | _Written] = field(default_factory=list)
+    held: str | None = None
+
+    @property
+    def written(self) -> list[_Written]:
+        return [s for s in self.steps if isinstance(s, _Written)]
 
 
 def _version(resource: Mapping[str, Any]) -> str | None:

@@ -67,6 +67,10 @@ def _srs_members(harness: SyncHarness) -> list[dict[str, Any]]:
     ]
 
 
+def _last_audit_id(harness: SyncHarness, record_id: str) -> int:
+    return max(e.id or 0 for e in harness.store.list_audit(record_id=record_id, limit=1000))
+
+
 def _copy_outside(harness: SyncHarness, resource: dict[str, Any]) -> dict[str, Any]:
     """Someone else POSTs a copy of ``resource`` (same business identifier, a new id)."""
     duplicate = copy.deepcopy(resource)
@@ -312,3 +316,53 @@ def test_a_held_repair_is_audited_once_per_record_and_run(harness: SyncHarness) 
     _reconciler(harness).run(fix=True)
     first, again = _audit(harness, srs_id, "hold")
     assert first.resource["id"] != again.resource["id"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt], ids=["bug", "interrupt"])
+def test_writes_made_before_a_failure_are_recorded_and_the_failure_raised(
+    harness: SyncHarness, monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
+) -> None:
+    """An error that is no server error (a bug, the database, an interrupt) raised after a
+    resource of a record was written again does not leave that write unrecorded: its version is
+    in the record's status, with its ``disclose`` event (naming it alone), ``reconcile-write``
+    event and Provenance, in one transaction; nothing for the resource not written; the error
+    propagates."""
+    ids = _sent(harness)
+    srs_id = ids[3]
+    for member in _srs_members(harness)[:2]:
+        remote.delete(harness.server, member)
+    update = harness.client.update
+    calls: list[str] = []
+
+    def update_then_fail(resource: Any, *, if_match: str | None = None) -> Any:
+        calls.append(str(resource["id"]))
+        if len(calls) == 2:
+            raise error("a failure after the first write")
+        return update(resource, if_match=if_match)
+
+    monkeypatch.setattr(harness.client, "update", update_then_fail)
+    transactions = _stored_with_the_versions(harness, monkeypatch)
+    before = _last_audit_id(harness, srs_id)
+
+    with pytest.raises(error, match="a failure after the first write"):
+        _reconciler(harness).run(fix=True)
+    written, failed = calls
+    on_server = {o["id"]: o for o in harness.tagged("Observation")}
+    assert written in on_server and failed not in on_server
+    version = on_server[written]["meta"]["versionId"]
+    status = harness.store.sync_status(srs_id)
+    assert status is not None
+    assert SentResource("Observation", written, version) in status.sent
+    assert transactions == [["disclose", "provenance", "reconcile-write"]]
+    new = harness.store.list_audit(record_id=srs_id, after=before, limit=1000)
+    assert sorted(e.action for e in new) == ["disclose", "provenance", "reconcile-write"]
+    by_action = {e.action: e.resource for e in new}
+    named = [
+        e["what"].get("reference")
+        for e in by_action["disclose"]["entity"]
+        if e["what"].get("type") == "Observation"
+    ]
+    assert named == [f"Observation/{written}"]
+    assert by_action["provenance"]["target"] == [
+        {"reference": f"Observation/{written}/_history/{version}"}
+    ]
