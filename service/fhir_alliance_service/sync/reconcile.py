@@ -182,15 +182,7 @@ class Reconciler:
         report: ReconcileReport,
     ) -> None:
         now = self.clock()
-        gated = regate_stored(
-            record,
-            item_id=status.item_id or 0,
-            owner="reconcile",
-            settings=self.settings,
-            store=self.store,
-            version=version,
-            at=now,
-        )
+        gated = self._regate(record, status, version, now)
         if gated is None:
             return  # no longer maps: the worker dead-letters such records
         report.records += 1
@@ -230,6 +222,12 @@ class Reconciler:
             return gated  # it read no consents (a consent record, a held draft)
         if self.store.patient_consents_stamp(record.patient)[1] == gated.consents_stamp:
             return gated
+        return self._regate(record, status, version, self.clock())
+
+    def _regate(
+        self, record: StoredRecord, status: SyncStatus, version: str, at: datetime
+    ) -> GateResult | None:
+        """The consent gate asked about ``record`` at ``at`` (None: it no longer maps)."""
         return regate_stored(
             record,
             item_id=status.item_id or 0,
@@ -237,7 +235,7 @@ class Reconciler:
             settings=self.settings,
             store=self.store,
             version=version,
-            at=self.clock(),
+            at=at,
         )
 
     def _fix(
