@@ -260,8 +260,10 @@ class OutboxItem:
     left_unsent_at: datetime | None = None
     #: The conflict AuditEvent of an overwrite of this item (the conflict policy ``overwrite``)
     #: whose answer was lost, kept with its *landing unknown* note (``lost_overwrite`` of
-    #: :meth:`Store.mark_dead`): found landed (a read-back, or the 412 of a retry finding ours),
-    #: the item is recorded as that overwrite (``SentMark.conflict`` ``overwritten``, with it).
+    #: :meth:`Store.mark_dead`), or whose worker stopped between its send and its record (noted
+    #: before the send, :meth:`Store.note_overwrite`; the claim taking the item over notes it
+    #: landing unknown): found landed (a read-back, or the 412 of a retry finding ours), the item
+    #: is recorded as that overwrite (``SentMark.conflict`` ``overwritten``, with it).
     lost_overwrite: AuditEntry | None = None
 
 
@@ -486,6 +488,22 @@ class Store(Protocol):
         results could not be recorded (a database outage): noted *landing unknown* in the same
         transaction, due then (an earlier note is kept). Returns how many."""
 
+    def note_overwrite(self, item_id: int, worker: str, overwrite: AuditEntry) -> bool:
+        """Before an overwrite's send (the conflict policy ``overwrite``): write its conflict
+        AuditEvent on the item (``OutboxItem.lost_overwrite``, replacing an earlier one), while
+        ``worker`` holds the lease on the pending item (compare-and-set, one short write; the
+        state, its notes and ``updated_at`` are left alone; nothing is audited). Should the
+        worker stop before recording the send (killed, or the database lost), the claim that
+        takes the item over (or the hand-back after the outage) notes it *landing unknown*,
+        and whoever finds ours on the server records the overwrite, with this AuditEvent; one
+        that never went out is found not there and dropped with the note, or replaced by the
+        takeover's own overwrite. The worker's record of the send drops it: any ``mark_sent*``
+        (a landed overwrite's mark carries the AuditEvent), and a failure answered by the
+        server (``mark_held``, ``mark_failed`` or ``mark_dead`` without ``landing_check_at``)
+        unless the item is noted *landing unknown* (an earlier send of it may have landed:
+        kept with that note). Whether it was written (False: the lease is lost, or the item is
+        no longer pending: send nothing)."""
+
     def mark_sent(
         self,
         item_id: int,
@@ -587,7 +605,10 @@ class Store(Protocol):
         (``OutboxItem.lost_overwrite``, by :meth:`claim` and :meth:`claim_landing_checks`), so
         that the send found landed is recorded as the overwrite it was: noted ``overwritten``
         with that AuditEvent (``SentMark``). It goes with the note: dropped when the item is
-        recorded SENT or found not to have landed."""
+        recorded SENT or found not to have landed. Without ``landing_check_at`` (the server's
+        answer said the send failed), an overwrite noted before the send
+        (:meth:`note_overwrite`) is dropped, unless the item is noted *landing unknown* from
+        before (``mark_held`` too)."""
 
     # -- sends whose landing is unknown (``sync/worker.py``, ``Worker._check_landings``) ---------
     def claim_landing_checks(

@@ -352,6 +352,15 @@ def _noted_if_lease_lost(at: datetime) -> Any:
     )
 
 
+#: ``lost_overwrite`` for a result that says the send did not land (``_finish`` without
+#: ``landing_check_at``): an overwrite noted before its send (``note_overwrite``) overwrote
+#: nothing and goes, unless the item is noted *landing unknown* (an earlier send of it may have
+#: landed: the overwrite stays with the note). SQL's SET sees the row as it was.
+_KEPT_WITH_NOTE_ONLY = case(
+    (outbox.c.landing_check_at.is_(None), null()), else_=outbox.c.lost_overwrite
+)
+
+
 def _unless_newer(state: SyncState) -> Any:
     """``state`` for a ``mark_*`` result, or SUPERSEDED when the item's record got a newer item
     while the item was leased (intake supersedes an unleased older item at once)."""
@@ -1326,6 +1335,19 @@ class SqlStore(AuditQueueSql):
             )
             return int(result.rowcount)
 
+    def note_overwrite(self, item_id: int, worker: str, overwrite: AuditEntry) -> bool:
+        with self._write() as connection:
+            result = connection.execute(
+                update(outbox)
+                .where(
+                    outbox.c.item_id == item_id,
+                    outbox.c.lease_owner == worker,
+                    outbox.c.state.in_(_PENDING),
+                )
+                .values(lost_overwrite=_lost_overwrite_json(overwrite))
+            )
+            return int(result.rowcount) == 1
+
     def _finish(
         self,
         item_id: int,
@@ -1343,13 +1365,17 @@ class SqlStore(AuditQueueSql):
         ``landing_check_at``: the item is noted *landing unknown* in the same transaction, also
         when the lease was lost (a send whose answer was lost may have landed, whoever holds the
         item now), unless it is SENT (then it is tracked already); with ``lost_overwrite``, the
-        lost send's overwrite is kept with the note (``Store.mark_dead``)."""
+        lost send's overwrite is kept with the note (``Store.mark_dead``). Without it, an
+        overwrite noted before the send (``note_overwrite``) is kept only on an item noted
+        *landing unknown* already (unless ``values`` say otherwise: ``mark_sent``)."""
         kept: dict[str, Any] = {}
         if landing_check_at is not None:
             values = {**values, "landing_check_at": landing_check_at}
             if lost_overwrite is not None:
                 kept["lost_overwrite"] = _lost_overwrite_json(lost_overwrite)
                 values = {**values, **kept}
+        elif "lost_overwrite" not in values:
+            values = {**values, "lost_overwrite": _KEPT_WITH_NOTE_ONLY}
         with self._write() as connection:
             written = connection.execute(
                 update(outbox)

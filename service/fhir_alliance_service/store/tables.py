@@ -161,7 +161,10 @@ outbox = Table(
     # The conflict AuditEvent (``{"action", "at", "resource"}``) of an overwrite (the conflict
     # policy ``overwrite``) whose answer was lost (migration 0012): kept with the landing-unknown
     # note, recorded with the send (``conflict: overwritten``) once ours is found on the server,
-    # dropped with the note. NULL: no overwrite of this item is waiting to be known.
+    # dropped with the note. Also written before the overwrite's send, under the worker's lease
+    # (``note_overwrite``): a worker that stops before its record leaves it to the takeover
+    # (whose claim notes the item landing unknown). NULL: no overwrite of this item is waiting
+    # to be known.
     Column("lost_overwrite", JSON),
     ForeignKeyConstraint(["record_id", "record_version"], ["records.record_id", "records.version"]),
     # Claim: scan pending items oldest first; check "an older pending item of this patient".

@@ -450,6 +450,100 @@ def test_a_later_lost_overwrite_replaces_the_earlier_one_whoever_holds_the_item(
     assert _row(store, item.item_id)[:2] == (SyncState.SENT.value, None)
 
 
+def test_an_overwrite_noted_before_its_send_is_handed_to_the_takeover_of_a_dead_worker(
+    store: SqlStore,
+) -> None:
+    """``note_overwrite``: before an overwrite goes out, its conflict AuditEvent is written on
+    the item under the worker's lease (compare-and-set: another worker's note writes nothing),
+    not audited and leaving the item's state alone. The worker dies: the claim taking the item
+    over from the expired lease notes it *landing unknown* and hands the overwrite out with it;
+    the takeover's record of the send it found (``overwritten``, with that AuditEvent) audits
+    it once and drops it."""
+    store.put_records([record(1)], audit=[], at=T0)
+    [item] = store.claim("w1", limit=1, lease_seconds=LEASE, now=at(1))
+    before = _row(store, item.item_id)
+    assert store.note_overwrite(item.item_id, "w1", _overwrite(2)) is True
+    assert store.note_overwrite(item.item_id, "w9", _overwrite(3)) is False  # not its lease
+    assert _row(store, item.item_id) == before  # state, note and updated_at as they were
+    assert _lost_overwrite(store, item.item_id) is not None
+    assert _conflicts(store) == []
+    assert store.landing_unknown_count() == 0
+
+    [taken] = store.claim("w2", limit=1, lease_seconds=LEASE, now=at(40))  # w1 died
+    assert taken.taken_over and taken.lost_overwrite == _overwrite(2)
+    assert _row(store, item.item_id)[1] == at(40)
+    mark = replace(
+        _mark(item.item_id),
+        audit=[*_mark(item.item_id).audit, _overwrite(2)],
+        conflict="overwritten",
+    )
+    assert store.mark_sent_many("w2", [mark], at=at(41)) == [True]
+    assert [e.resource for e in _conflicts(store)] == [_overwrite(2).resource]
+    assert _lost_overwrite(store, item.item_id) is None
+    assert _row(store, item.item_id)[:2] == (SyncState.SENT.value, None)
+    assert store.note_overwrite(item.item_id, "w2", _overwrite(42)) is False  # SENT: never
+    assert _lost_overwrite(store, item.item_id) is None
+
+
+@pytest.mark.parametrize(
+    "result", ["sent", "failed", "dead", "superseded", "lost", "noted-before", "lease-lost"]
+)
+def test_an_overwrite_noted_before_its_send_is_kept_only_while_it_may_have_landed(
+    store: SqlStore, result: str
+) -> None:
+    """The worker records its overwrite's result: SENT drops the note (the mark audits it); a
+    failure answered by the server (FAILED, DEAD_LETTERED, or SUPERSEDED by a newer version)
+    overwrote nothing and drops it, unless the item is noted *landing unknown* (an earlier send
+    of it may have landed: kept with that note, to be read back); a lost answer keeps it with
+    its note; a worker whose lease was lost writes nothing, and the taker has it."""
+    store.put_records([record(1)], audit=[], at=T0)
+    [item] = store.claim("w1", limit=1, lease_seconds=LEASE, now=at(1))
+    if result == "noted-before":  # an earlier overwrite's answer lost, then its retry's 412
+        store.mark_failed(
+            item.item_id,
+            "w1",
+            outcome=OUTCOME,
+            next_attempt_at=at(2),
+            at=at(1),
+            landing_check_at=at(31),
+            lost_overwrite=_overwrite(1),
+        )
+        [item] = store.claim("w1", limit=1, lease_seconds=LEASE, now=at(3))
+    assert store.note_overwrite(item.item_id, "w1", _overwrite(4))
+    if result == "superseded":
+        store.put_records([record(1, score=2)], audit=[], at=at(5))  # leased: waits behind it
+    if result == "sent":
+        assert store.mark_sent_many("w1", [_mark(item.item_id)], at=at(6)) == [True]
+    elif result == "dead":
+        state = store.mark_dead(item.item_id, "w1", outcome=OUTCOME, audit=[], at=at(6))
+        assert state is SyncState.DEAD_LETTERED
+    elif result == "lease-lost":
+        store.claim("w2", limit=1, lease_seconds=LEASE, now=at(40))
+        state = store.mark_failed(
+            item.item_id, "w1", outcome=OUTCOME, next_attempt_at=at(42), at=at(41)
+        )
+        assert state is None
+    else:
+        state = store.mark_failed(
+            item.item_id,
+            "w1",
+            outcome=OUTCOME,
+            next_attempt_at=at(7),
+            at=at(6),
+            landing_check_at=at(36) if result == "lost" else None,
+            lost_overwrite=_overwrite(4) if result == "lost" else None,
+        )
+        assert state is (SyncState.SUPERSEDED if result == "superseded" else SyncState.FAILED)
+    kept = _lost_overwrite(store, item.item_id)
+    if result in ("lost", "noted-before", "lease-lost"):
+        assert kept is not None
+        [again] = store.claim("w3", limit=1, lease_seconds=LEASE, now=at(80))
+        assert again.lost_overwrite == _overwrite(4)
+    else:
+        assert kept is None
+    assert _conflicts(store) == []
+
+
 def test_workers_sharing_the_store_read_each_item_back_once(database_url: str) -> None:
     """Two stores (two worker processes) claim the due read-backs one after the other and at
     once: each item goes to one of them only, and a finding recorded twice is recorded once."""
