@@ -31,7 +31,13 @@ from typing import Any, cast
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from fhir_alliance_service.store.engine import WriterTurnTimeout
-from fhir_alliance_service.store.interface import OutboxItem, SentMark, Store, SyncState
+from fhir_alliance_service.store.interface import (
+    AuditEntry,
+    OutboxItem,
+    SentMark,
+    Store,
+    SyncState,
+)
 
 __all__ = ["LeaseLedger", "is_store_outage"]
 
@@ -147,6 +153,12 @@ class LeaseLedger:
         count = self._store.release(item_ids, worker, at=at, landing_check_at=landing_check_at)
         self._finished(item_ids)
         return count
+
+    def note_overwrite(self, item_id: int, worker: str, overwrite: AuditEntry) -> bool:
+        noted = self._store.note_overwrite(item_id, worker, overwrite)
+        if not noted:  # the lease is lost: no longer ours to hand back, nor ours in hand
+            self._finished([item_id])
+        return noted
 
     def mark_sent_many(self, worker: str, marks: Sequence[SentMark], *, at: datetime) -> list[bool]:
         landed = self._store.mark_sent_many(worker, marks, at=at)

@@ -543,7 +543,8 @@ class Worker:
 
     def _send_group(self, group: list[_Ready], batch: _Batch) -> bool:
         """Send ``group`` in one transaction Bundle and settle each item's answer. Whether the
-        Bundle went out (False: the lease was running out, the items are handed back untried)."""
+        Bundle went out (False: the lease was running out, the items are handed back untried;
+        or an overwrite's lease was lost before it went, ``_overwrite_noted``)."""
         report = batch.sending
         if self._lease_running_out(batch):
             # Checked before every send, an isolation's one-by-one sends and a conflict's
@@ -554,6 +555,9 @@ class Worker:
         # From here the send may land before its result is recorded (``LeaseLedger``: a
         # hand-back after a database outage notes these items *landing unknown*).
         self.leases.sending([entry.item.item_id for entry in group])
+        group = [e for e in group if e.overwrite is None or self._overwrite_noted(e, report)]
+        if not group:
+            return False
         try:
             outcomes = self._transaction(group)
         except FhirAllianceError as exc:  # the client raised instead of reporting per entry
@@ -597,6 +601,22 @@ class Worker:
             item_error = next((x.error for x in item_outcomes if x.error is not None), error)
             self._send_failed(entry, item_error, report, batch)
         return True
+
+    def _overwrite_noted(self, entry: _Ready, report: BatchReport) -> bool:
+        """Before an overwrite goes out (``entry.overwrite``, always sent alone): its conflict
+        AuditEvent is written on the item under this worker's lease (``Store.note_overwrite``),
+        so that, should this worker stop between the send and its record (killed, or the
+        database lost), whoever finds ours on the server records the overwrite with it rather
+        than a plain send (the takeover's 412, or a read-back: the claim notes the item
+        *landing unknown*). One that never went out is found not there: dropped, or replaced by
+        the takeover's own overwrite. Whether it was written: False, the lease is lost (another
+        worker holds the item and settles the conflict itself), and nothing is sent."""
+        assert entry.overwrite is not None
+        if self.store.note_overwrite(entry.item.item_id, self.worker_id, entry.overwrite):
+            return True
+        report.lease_lost += 1
+        log.warning("item %d: lease lost before its overwrite: not sent", entry.item.item_id)
+        return False
 
     def _send_failed(
         self, entry: _Ready, error: BaseException, report: BatchReport, batch: _Batch
@@ -846,7 +866,9 @@ class Worker:
             # item keeps what it was noted before; the claim that sends it meets the 412 again.
             # One whose answer was lost may have overwritten: its AuditEvent is kept with the
             # item's landing-unknown note (``_send_failed``), recorded with the send once ours is
-            # found there (a read-back, or that 412: ``_record_if_ours``).
+            # found there (a read-back, or that 412: ``_record_if_ours``). It is written on the
+            # item before the send (``_overwrite_noted``), so a worker that stops before its
+            # record leaves it to whoever takes the item over.
             self._send_group([replace(entry, if_match={}, overwrite=event)], batch)
             return
         # ``keep-remote`` and ``flag``: the outcome, the conflict noted and its AuditEvent in one

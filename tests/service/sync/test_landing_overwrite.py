@@ -10,7 +10,7 @@ gave up, while reads answer 503."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,15 +20,17 @@ from fhir_alliance_service.store import SqlStore
 from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.store.tables import outbox
 from fhir_alliance_service.sync import Worker
+from fhir_alliance_service.sync.leases import LeaseLedger
 from fhir_alliance_service.usecases.conflicts import decide_conflict
 from pytest_httpserver import HTTPServer
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
-from fhir_alliance.client import FhirClient
+from fhir_alliance.client import BundleRequest, FhirClient
 from tests.service.sync import records as R
 from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
-from tests.service.sync.fake_fhir import FakeFhir
-from tests.service.sync.test_landing_unknown import _answer_lost
+from tests.service.sync.fake_fhir import FakeFhir, status
+from tests.service.sync.test_landing_unknown import FailsFirstRecording, Killed, _answer_lost
 from tests.service.sync.test_superseded_in_hand import Rig as InHandRig
 from tests.service.sync.test_superseded_in_hand import sent_consent
 
@@ -238,3 +240,220 @@ def test_a_persons_overwrite_whose_answer_was_lost_stays_decided_and_audited_onc
     assert len(rig.conflict_events(record_id, "conflict-decision")) == 1
     assert rig.store.landing_unknown_count() == 0
     assert rig.fake.resources[key]["status"] != "amended"
+
+
+# -- a worker that stops between the overwrite and its record --------------------------------
+
+
+def _worker_on(rig: Rig, store: Any, *, policy: str = "overwrite") -> Worker:
+    """A worker of ``policy`` whose store calls go through ``store`` (a wrapper of the rig's)."""
+    worker = rig.worker(policy=policy)
+    worker.leases = LeaseLedger(store)
+    worker.store = worker.leases.as_store()
+    return worker
+
+
+def _kept_overwrite(rig: Rig, record_id: str, version: int) -> dict[str, Any] | None:
+    """The ``lost_overwrite`` column of the record's item of ``version`` (None: SQL NULL)."""
+    with rig.store.engine.connect() as connection:
+        kept, value = connection.execute(
+            select(outbox.c.lost_overwrite.is_(None), outbox.c.lost_overwrite).where(
+                outbox.c.record_id == record_id, outbox.c.record_version == version
+            )
+        ).one()
+    return None if kept else dict(value)
+
+
+def _conflict_times(rig: Rig, record_id: str) -> list[datetime]:
+    return [e.at for e in rig.store.list_audit(record_id=record_id) if e.action == "conflict"]
+
+
+@pytest.mark.parametrize("ends", ["retried", "held", "database-outage"])
+def test_an_overwrite_whose_worker_died_before_recording_it_is_recorded_as_the_overwrite(
+    rig: Rig, ends: str
+) -> None:
+    """The policy overwrites someone else's edit, the server applies it, and the worker dies
+    (SIGKILL) before recording it, or loses the database there. Its conflict AuditEvent was
+    noted on the item before the send, so whoever finds ours on the server records the
+    overwrite: the takeover's 412 (``retried``), the read-back of the item the takeover held
+    (the patient revoked meanwhile: ``held``), or the same worker's retry of the items it handed
+    back after the outage. SENT, ``conflict: overwritten``, counted, exactly one conflict
+    AuditEvent (the event lived only in the dead worker's memory, and the overwrite of
+    someone's edit was recorded as a plain send)."""
+    record_id, key = _edited_elsewhere(rig)
+    before = _overwritten()
+    if ends == "database-outage":
+        error: BaseException = OperationalError("UPDATE outbox", {}, Exception("gone"))
+    else:
+        error = Killed()
+    worker = _worker_on(rig, FailsFirstRecording(rig.store, error))
+    with pytest.raises(type(error)):
+        worker.run_once()
+    assert rig.fake.resources[key]["meta"]["versionId"] == "3"  # ours, over theirs
+    assert rig.fake.resources[key]["status"] != "amended"
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.QUEUED}
+    assert rig.conflict_events(record_id) == []
+    assert _kept_overwrite(rig, record_id, 2) is not None  # noted before the send
+
+    if ends == "database-outage":
+        worker.leases.abandon(error)  # what ``run_forever`` does with a failed batch
+        assert worker.run_once().sent == 1  # handed back noted, claimed again: its 412
+    elif ends == "retried":
+        assert rig.worker(later=40).run_once().sent == 1  # the lease expired: taken over
+    else:
+        rig.intake(R.revocation(rig.run))
+        rig.worker(later=40).run_once()  # taken over and held by the gate
+        assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.HELD}
+        assert rig.conflict_events(record_id) == []
+        rig.worker(later=50).run_once()  # read back: it landed
+
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.SENT}
+    assert rig.conflicts(record_id)[2] == "overwritten"
+    assert rig.conflict_events(record_id) == ["overwritten"]
+    assert _overwritten() == before + 1
+    assert rig.store.landing_unknown_count() == 0
+    assert _kept_overwrite(rig, record_id, 2) is None
+    assert rig.fake.writes[key] == 3  # nothing written again
+    last = rig.store.last_sent(record_id)
+    assert last is not None and [s.version_id for s in last.sent] == ["3"]
+    rig.worker(later=200).run_once()
+    assert rig.conflict_events(record_id) == ["overwritten"]
+
+
+class DiesBeforeTheOverwrite:
+    """The worker's FHIR client, except that the worker dies as an overwrite (a Bundle without
+    any ``If-Match``) is about to go out: nothing of it reaches the server."""
+
+    def __init__(self, client: FhirClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def transaction(self, requests: Sequence[BundleRequest], **kwargs: Any) -> Any:
+        if all(request.if_match is None for request in requests):
+            raise Killed()
+        return self._client.transaction(requests, **kwargs)
+
+
+@pytest.mark.parametrize("then", ["overwrite", "held", "flag"])
+def test_an_overwrite_whose_worker_died_before_sending_it_is_never_recorded(
+    rig: Rig, then: str
+) -> None:
+    """The worker notes the overwrite on the item and dies before it goes out: someone else's
+    edit is still on the server. The takeover's 412 finds theirs, and the policy settles it
+    afresh: ``overwrite`` writes ours, audited once with a conflict AuditEvent of its own (the
+    takeover's, not the dead worker's); ``flag`` holds it for a person, flagged, and nothing is
+    noted overwritten. Held by the gate instead (the patient revoked), the read-back finds theirs
+    and drops the noted overwrite: no conflict audited. Nothing of the dead worker's overwrite
+    is recorded as one that happened."""
+    record_id, key = _edited_elsewhere(rig)
+    before = _overwritten()
+    worker = rig.worker()
+    worker.client = DiesBeforeTheOverwrite(worker.client)  # type: ignore[assignment]
+    with pytest.raises(Killed):
+        worker.run_once()
+    assert rig.fake.resources[key]["status"] == "amended"  # theirs, untouched
+    kept = _kept_overwrite(rig, record_id, 2)
+    assert kept is not None and kept["action"] == "conflict"  # noted, not audited
+    assert rig.conflict_events(record_id) == []
+
+    if then == "held":
+        rig.intake(R.revocation(rig.run))
+    takeover = rig.worker(later=40, policy="flag" if then == "flag" else "overwrite")
+    takeover.run_once()
+    rig.worker(later=100, policy="flag").run_once()  # any read-back due
+    assert rig.store.landing_unknown_count() == 0
+    assert _kept_overwrite(rig, record_id, 2) is None
+    if then == "overwrite":
+        assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.SENT}
+        assert rig.fake.resources[key]["status"] != "amended"
+        assert rig.conflicts(record_id)[2] == "overwritten"
+        assert rig.conflict_events(record_id) == ["overwritten"]
+        assert _conflict_times(rig, record_id)[0] >= now() + timedelta(seconds=30)
+        assert _overwritten() == before + 1
+        return
+    assert rig.fake.resources[key]["status"] == "amended"
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.HELD}
+    assert rig.conflict_events(record_id) == ([] if then == "held" else ["flagged"])
+    assert rig.conflicts(record_id)[2] == (None if then == "held" else "flagged")
+    assert _overwritten() == before
+
+
+def test_an_overwrite_refused_with_an_answer_keeps_nothing_noted(rig: Rig) -> None:
+    """The overwrite is noted before its send and the server answers 503: it overwrote nothing,
+    so the note goes with the failure (nothing landing unknown, nothing kept); the retry's 412
+    overwrites then, audited once."""
+    record_id, key = _edited_elsewhere(rig)
+    rig.fake.faults = [_passes, status(503)]
+    rig.worker().run_once()
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.FAILED}
+    assert _kept_overwrite(rig, record_id, 2) is None
+    assert rig.store.landing_unknown_count() == 0
+    assert rig.conflict_events(record_id) == []
+    assert rig.worker(later=10).run_once().sent == 1
+    assert rig.conflict_events(record_id) == ["overwritten"]
+    assert rig.fake.resources[key]["status"] != "amended"
+
+
+class CountsOverwriteNotes:
+    """The rig's store, counting the overwrites noted before their send."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self.noted = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def note_overwrite(self, *args: Any, **kwargs: Any) -> Any:
+        self.noted += 1
+        return self._store.note_overwrite(*args, **kwargs)
+
+
+def test_only_an_overwrite_is_noted_before_its_send(rig: Rig) -> None:
+    """Sends that are not overwrites (a first send, an update If-Match our version) write
+    nothing before they go; the overwrite writes its one note."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    counting = CountsOverwriteNotes(rig.store)
+    assert _worker_on(rig, counting).run_once().sent == 1
+    rig.intake(R.rating(rig.run, 1, value=3))
+    assert _worker_on(rig, counting).run_once().sent == 1
+    assert counting.noted == 0
+    [key] = [k for k in rig.fake.resources if k.startswith("Observation/")]
+    theirs = copy.deepcopy(rig.fake.resources[key])
+    theirs["status"] = "amended"
+    rig.fake.apply({"entry": [{"request": {"method": "PUT", "url": key}, "resource": theirs}]})
+    rig.intake(R.rating(rig.run, 1, value=5))
+    assert _worker_on(rig, counting).run_once().sent == 1
+    assert counting.noted == 1
+    assert rig.conflict_events(record_id) == ["overwritten"]
+
+
+class TakenOverBeforeTheNote:
+    """The rig's store, except that another worker takes the item over (the lease expired)
+    just before the overwrite is noted."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def note_overwrite(self, *args: Any, **kwargs: Any) -> Any:
+        self._store.claim("other", limit=10, lease_seconds=30, now=now() + timedelta(seconds=40))
+        return self._store.note_overwrite(*args, **kwargs)
+
+
+def test_an_overwrite_whose_lease_is_lost_before_its_note_is_not_sent(rig: Rig) -> None:
+    """Another worker took the item over before the overwrite was noted: nothing is noted, and
+    nothing sent (that worker settles the conflict); the lease is counted lost and no longer
+    held by this worker."""
+    record_id, key = _edited_elsewhere(rig)
+    worker = _worker_on(rig, TakenOverBeforeTheNote(rig.store))
+    report = worker.run_once()
+    assert (report.sent, report.lease_lost) == (0, 1)
+    assert worker.leases.held == frozenset()
+    assert rig.fake.resources[key]["status"] == "amended"
+    assert _kept_overwrite(rig, record_id, 2) is None
+    assert rig.conflict_events(record_id) == []
