@@ -674,6 +674,40 @@ def test_sync_once_reports_an_unreachable_server(
     assert opened.counts_by_state()[SyncState.QUEUED] == len(CONSENTS)
 
 
+def test_sync_once_reports_a_server_down_after_it_was_known(
+    opened: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that announced its version before and is down now still makes `sync-once`
+    exit 1 (cron alerts on it): the sends fail and the items wait for their retry."""
+    from fhir_alliance_service.sync.target import META_FHIR_BASE_URL, META_FHIR_VERSION
+
+    base_url = f"http://127.0.0.1:{_free_port()}/fhir"
+    _sync_env(monkeypatch, base_url)
+    monkeypatch.setenv("FHIR_ALLIANCE_FHIR_TIMEOUT_SECONDS", "2")
+    opened.set_meta(META_FHIR_BASE_URL, base_url)  # as the last contact left them
+    opened.set_meta(META_FHIR_VERSION, "4.0.1")
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    capsys.readouterr()
+    assert main(["sync-once", "--one-batch"]) == 1
+    assert "could not be reached" in capsys.readouterr().err
+    assert opened.counts_by_state()[SyncState.FAILED] > 0
+
+
+def test_sync_once_reports_a_server_down_with_the_version_set(
+    opened: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With FHIR_ALLIANCE_FHIR_VERSION set (no /metadata asked) a server that is down makes
+    `sync-once` exit 1 too: its sends fail for want of an answer."""
+    _sync_env(monkeypatch, f"http://127.0.0.1:{_free_port()}/fhir")
+    monkeypatch.setenv("FHIR_ALLIANCE_FHIR_TIMEOUT_SECONDS", "2")
+    monkeypatch.setenv("FHIR_ALLIANCE_FHIR_VERSION", "4.0.1")
+    assert main(["load", str(CLINIC / "1-consents.json")]) == 0
+    capsys.readouterr()
+    assert main(["sync-once", "--one-batch"]) == 1
+    assert "could not be reached" in capsys.readouterr().err
+    assert opened.counts_by_state()[SyncState.FAILED] > 0
+
+
 def opened_record_id(store: Store, identifier: str) -> str:
     (record,) = [r for r in store.list_records(limit=1000) if r.identifier == identifier]
     return record.record_id

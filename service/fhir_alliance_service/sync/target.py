@@ -116,10 +116,17 @@ def note_contact(store: Store, at: datetime) -> None:
     store.set_meta(META_LAST_CONTACT, at.isoformat())
 
 
-def target_fhir_version(settings: Settings, store: Store, client: FhirClient) -> str:
+def target_fhir_version(
+    settings: Settings,
+    store: Store,
+    client: FhirClient,
+    *,
+    on_unreachable: Callable[[ServerError], object] | None = None,
+) -> str:
     """The FHIR version to map to: ``settings.fhir_version`` when set, else the server's (from its
     CapabilityStatement, cached in the store's meta). When the server cannot be reached, the
-    version it last announced at the same base URL is used; with none known the error is raised."""
+    version it last announced at the same base URL is used (``on_unreachable`` is told the
+    error); with none known the error is raised."""
     if settings.fhir_version:
         if settings.fhir_version not in FHIR_VERSIONS:
             raise ConfigError(
@@ -128,10 +135,12 @@ def target_fhir_version(settings: Settings, store: Store, client: FhirClient) ->
         return settings.fhir_version
     try:
         version = client.capabilities().wire_version
-    except ServerError:
+    except ServerError as exc:
         if store.get_meta(META_FHIR_BASE_URL) == client.base.url:
             cached = store.get_meta(META_FHIR_VERSION)
             if cached in FHIR_VERSIONS:
+                if on_unreachable is not None:
+                    on_unreachable(exc)
                 return cached
         raise
     if store.get_meta(META_FHIR_VERSION) != version:

@@ -152,6 +152,10 @@ class BatchReport:
     resources_sent: int = 0
     #: Why nothing was claimed, in plain words (e.g. the FHIR server could not be reached).
     error: str | None = None
+    #: The FHIR server gave no usable answer (to ``/metadata``, its version known from an
+    #: earlier contact; or to a send: no connection, a timeout, 503, a gateway's 502 or 504):
+    #: ``sync-once`` exits 1 for it as when nothing could be claimed.
+    unreachable: bool = False
 
     def add(self, other: BatchReport) -> None:
         for name in (
@@ -166,6 +170,7 @@ class BatchReport:
             "resources_sent",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.unreachable = self.unreachable or other.unreachable
 
 
 @dataclass(slots=True)
@@ -290,9 +295,14 @@ class Worker:
 
     def _claim_batch(self) -> _Batch:
         """The preparing thread's first step: the server's FHIR version, the audit rows queued by
-        earlier batches, then a claim. A server that cannot be reached claims nothing."""
+        earlier batches, then a claim. A server that cannot be reached claims nothing, unless its
+        version is known from an earlier contact: then the batch is claimed (its sends are tried,
+        and retried if they fail) and noted ``unreachable``."""
+        unreachable: list[ServerError] = []
         try:
-            version = target_fhir_version(self.settings, self.store, self.client)
+            version = target_fhir_version(
+                self.settings, self.store, self.client, on_unreachable=unreachable.append
+            )
         except ServerError as exc:
             log.warning(
                 "FHIR server unreachable; nothing claimed: %s%s",
@@ -326,6 +336,7 @@ class Worker:
         )
         batch = _Batch(items, version, now)
         batch.prepared.claimed = len(items)
+        batch.prepared.unreachable = bool(unreachable)
         if items:
             # A send started after this point could end after the lease: another worker may take
             # the items meanwhile. Such items are handed back untried and claimed again later.
@@ -1248,6 +1259,8 @@ class Worker:
         issues = loggable_outcome(decision.outcome)
         stored = outcome_to_store(error, decision.outcome)  # never the server's free text
         SEND_FAILURES.labels("transient" if decision.transient else "permanent").inc()
+        if _no_answer(error):
+            report.unreachable = True
         if decision.dead:
             log.warning(
                 "item %d dead-lettered after %d attempt(s): %s %s %s",
@@ -1518,6 +1531,15 @@ class _Pipeline:
                 return
 
 
+def _no_answer(error: BaseException) -> bool:
+    """Whether a send that failed with ``error`` found no FHIR server to answer it: no usable
+    answer at all (refused, no such host, a timeout, a reset), the server unavailable (503), or a
+    gateway that could not reach it (502, 504)."""
+    return isinstance(error, TransportError) or (
+        isinstance(error, ServerError) and error.status in GATEWAY_ANSWERS | {503}
+    )
+
+
 def may_have_landed(error: BaseException) -> bool:
     """Whether a send that failed with ``error`` may have been applied by the server all the
     same: no answer came though the request may have arrived (a timeout, a reset:
@@ -1578,10 +1600,14 @@ def sync_once(
     settings: Settings, store: Store, client: FhirClient, *, max_batches: int | None = None
 ) -> BatchReport:
     """Run batches until nothing is claimable now (or ``max_batches``): ``fhir-alliance
-    sync-once``. Items scheduled for a later retry stay scheduled."""
+    sync-once``. Items scheduled for a later retry stay scheduled. ``error`` is set when the FHIR
+    server could not be reached, whether nothing was claimed for it or the claimed items'
+    sends found no server (``BatchReport.unreachable``)."""
     total = BatchReport()
     for report in Worker(settings, store, client).run_batches(max_batches=max_batches):
         total.add(report)
         if report.error is not None:
             total.error = report.error
+    if total.error is None and total.unreachable:
+        total.error = "the FHIR server could not be reached"
     return total
