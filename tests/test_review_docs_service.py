@@ -297,6 +297,24 @@ def test_the_readme_status_url_is_the_srs_examples_record() -> None:
     assert f"/v1/records/{record_id}/status" in readme
 
 
+def test_the_readme_names_the_client_of_every_consent_and_note_example() -> None:
+    """The README says the examples of examples/consent/ and examples/notes/ are about
+    `Patient/p1`: one about another client (which a clinic posting it meets with a 422, having
+    no recording/AI-notes consent for it) is named there as the exception."""
+    readme = README.read_text("utf-8")
+    start = readme.index("The examples in `examples/consent/`")
+    paragraph = readme[start : readme.index("\n\n", start)]
+    assert "`Patient/p1`" in paragraph
+    others = [
+        path.name
+        for folder in ("consent", "notes")
+        for path in sorted((ROOT / "examples" / folder).glob("*.json"))
+        if json.loads(path.read_text("utf-8"))["patient"].get("reference") != "Patient/p1"
+    ]
+    unnamed = [name for name in others if f"/{name}`" not in paragraph]
+    assert not unnamed, f"examples about another client than Patient/p1, unnamed: {unnamed}"
+
+
 @pytest.mark.parametrize("years_ahead", [0, 10])
 def test_the_quickstart_consent_lets_every_observation_example_go(
     tmp_path: Path, years_ahead: int
