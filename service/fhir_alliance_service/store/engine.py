@@ -28,6 +28,7 @@ SQL logs (``hide_parameters``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -115,6 +116,7 @@ def make_engine(
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             raise ValueError("the SQLite store needs a file: sqlite:///path/to/fhir-alliance.db")
+        _create_owner_only(parsed.database)
         engine = create_engine(
             parsed,
             pool_size=5,
@@ -132,6 +134,17 @@ def make_engine(
     raise ValueError(
         f"unsupported database URL scheme {parsed.drivername!r}: use sqlite or postgresql"
     )
+
+
+def _create_owner_only(database: str) -> None:
+    """A SQLite store file that does not exist yet is created readable by its owner only (mode
+    0600, whatever the umask), so that the patient data in it is not left to the folder's mode
+    alone; SQLite gives its ``-wal`` and ``-shm`` files the database file's mode. An existing
+    file, or a folder that does not exist (SQLite's own error then says so), is left as it is."""
+    if database.startswith("file:"):
+        return  # a URI filename: SQLite opens it as it says
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
 class _TurnState(threading.local):

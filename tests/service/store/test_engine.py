@@ -3,7 +3,10 @@ failure when the database cannot be reached."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
+from pathlib import Path
 
 import pytest
 from fhir_alliance_service.store import SqlStore, open_store
@@ -148,3 +151,28 @@ def test_ping_raises_when_the_database_is_unreachable(url: str) -> None:
             store.ping()
     finally:
         store.close()
+
+
+def test_a_new_sqlite_store_and_its_wal_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    """``db upgrade`` of a new SQLite store under a permissive umask (022, the usual one): the
+    file and the ``-wal`` and ``-shm`` SQLite makes beside it are mode 0600. They were 0644,
+    patient data left readable by every user of the machine unless the folder was closed."""
+    from fhir_alliance_service.store import upgrade
+
+    old = os.umask(0o022)
+    try:
+        upgrade(f"sqlite:///{tmp_path / 'new.db'}")
+        store = open_store(f"sqlite:///{tmp_path / 'new.db'}")
+        try:
+            store.note_retraction_checks(["Patient/p1"])  # a write: the WAL is there while open
+            modes = {
+                path.name: stat.S_IMODE(path.stat().st_mode)
+                for path in tmp_path.iterdir()
+                if path.name.startswith("new.db")
+            }
+        finally:
+            store.close()
+    finally:
+        os.umask(old)
+    assert {"new.db", "new.db-wal", "new.db-shm"} <= set(modes)
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes
