@@ -102,6 +102,7 @@ __all__ = [
     "Puller",
     "TwoWaySync",
     "foreign_record_id",
+    "withdraw_consent_here",
 ]
 
 log = logging.getLogger("fhir_alliance_service.sync.pull")
@@ -1008,22 +1009,8 @@ class Puller:
         """Someone withdrew our consent (active, or a draft) on the server (a changed status or a
         deletion): revoke it here too, through intake (audited, versioned, pushed back as
         revoked)."""
-        stored = self.store.get_record(record_id)
-        if stored is None:
+        if not withdraw_consent_here(self.store, record_id, self.clock()):
             return False
-        try:
-            record = CONSENT_MAPPER.load(stored.body)
-        except InputError:
-            return False
-        if not isinstance(record, ConsentRecord) or record.status not in REVOCABLE_STATUSES:
-            return False  # already withdrawn here
-        now = self.clock()
-        payload = {
-            "kind": "consent-revocation",
-            "consent": str(record.id),
-            "at": now.replace(microsecond=0).isoformat(),
-        }
-        intake_records(self.store, [payload], at=now)
         report.withdrawn += 1
         report.changed_patients.add(patient)
         PULLED.labels("Consent", "withdrawn").inc()
@@ -1110,6 +1097,29 @@ class Puller:
         self.store.save_pulled(
             [r for r in rows if (r.resource_type, r.resource_id) not in saved], at=now
         )
+
+
+def withdraw_consent_here(store: Store, record_id: str, at: datetime) -> bool:
+    """Our consent ``record_id`` withdrawn on the server (a changed status, or a deletion, found
+    by the pull or by the worker's read-back after a 412): revoked here through intake (audited,
+    versioned, queued to be pushed back as revoked). Whether it was (False: not a readable
+    consent record, or already withdrawn here)."""
+    stored = store.get_record(record_id)
+    if stored is None:
+        return False
+    try:
+        record = CONSENT_MAPPER.load(stored.body)
+    except InputError:
+        return False
+    if not isinstance(record, ConsentRecord) or record.status not in REVOCABLE_STATUSES:
+        return False  # already withdrawn here
+    payload = {
+        "kind": "consent-revocation",
+        "consent": str(record.id),
+        "at": at.replace(microsecond=0).isoformat(),
+    }
+    intake_records(store, [payload], at=at)
+    return True
 
 
 def _newest(entries: Iterable[HistoryEntry]) -> tuple[datetime, str] | None:
