@@ -18,7 +18,7 @@ entry after a lost response and pushing it again (``PUT``) writes the same resou
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -323,10 +323,13 @@ def provenance(
     *,
     patient: str,
     version: int,
+    created: Collection[tuple[str, str]] = (),
 ) -> list[AuditEntry]:
     """One Provenance per pushed resource: ``target`` the resource (at its version when known),
     ``agent`` the sync service (a Device, assembler), ``entity`` the source record (role source).
-    ``action`` ``provenance``."""
+    Activity ``CREATE`` for the record's first version and for the resources (type, id) the
+    server says the send ``created`` (201: one deleted on the server written again), else
+    ``UPDATE``. ``action`` ``provenance``."""
     entries = []
     for sent in resources:
         target = f"{sent.resource_type}/{sent.id}"
@@ -337,9 +340,7 @@ def provenance(
             "id": _id("provenance", record_id, version, sent.resource_type, sent.id),
             "target": [{"reference": target}],
             "recorded": _instant(at),
-            "activity": {
-                "coding": [_coding(DATA_OPERATION, "CREATE" if version == 1 else "UPDATE")]
-            },
+            "activity": {"coding": [_coding(DATA_OPERATION, _activity(sent, version, created))]},
             "agent": [_assembler()],
             "entity": [{"role": "source", "what": _record_reference(record_id)}],
         }
@@ -349,6 +350,12 @@ def provenance(
             )
         )
     return entries
+
+
+def _activity(sent: SentResource, version: int, created: Collection[tuple[str, str]]) -> str:
+    if version == 1 or (sent.resource_type, sent.id) in created:
+        return "CREATE"
+    return "UPDATE"
 
 
 #: The two-way sync steps that write a resource version on the server (each write gets a

@@ -210,8 +210,9 @@ class SyncStatusSchema(Schema):
         allow_none=True,
         metadata={
             "description": "two-way sync: how a change by someone else on the server was settled "
-            "(remote-edited, overwritten, kept-remote, flagged, withdrawal-reasserted; a "
-            "person's decision on a flagged one: decided-overwrite, decided-keep-remote)"
+            "(remote-edited, overwritten, kept-remote, flagged, withdrawal-reasserted, "
+            "withdrawn-on-server: our consent deleted there, revoked here; a person's decision "
+            "on a flagged one: decided-overwrite, decided-keep-remote)"
         },
     )
     conflict_versions = fields.List(

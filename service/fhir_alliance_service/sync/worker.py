@@ -84,6 +84,7 @@ from fhir_alliance_service.sync.gate import (
 from fhir_alliance_service.sync.gate_settings import regate_if_settings_changed
 from fhir_alliance_service.sync.leases import LeaseLedger, is_store_outage
 from fhir_alliance_service.sync.outcomes import outcome_to_store
+from fhir_alliance_service.sync.pull import withdraw_consent_here
 from fhir_alliance_service.sync.retract import Retractor
 from fhir_alliance_service.sync.retry import decide_retry, is_transient
 from fhir_alliance_service.sync.target import note_contact, target_fhir_version
@@ -125,6 +126,15 @@ CONFLICT_HELD_REASON = (
 
 #: The conflict note of a record whose resource the policy ``overwrite`` wrote ours over.
 OVERWRITTEN = "overwritten"
+
+#: The conflict note of a record whose consent someone deleted on the server while a version of
+#: ours in force was on its way: a withdrawal (as the pull takes it), revoked here, never written
+#: back in force whatever the conflict policy.
+WITHDRAWN_ON_SERVER = "withdrawn-on-server"
+
+#: Our consent statuses in force (FHIR ``Consent.status``): written back over a deletion, they
+#: would undo the withdrawal the deletion is.
+_IN_FORCE = frozenset({"active", "draft", "proposed"})
 
 #: Most entries in one transaction Bundle (an item's resources are never split across Bundles).
 DEFAULT_BUNDLE_ENTRIES = 250
@@ -680,7 +690,16 @@ class Worker:
                 )
                 for r, o in zip(entry.resources, outcomes, strict=True)
             ]
-            marks.append(self._sent_mark(entry.item, sent, at, overwrite=entry.overwrite))
+            # A 201 (created): the resource was not there, deleted on the server since our last
+            # send (an overwrite writing it again); its Provenance says CREATE.
+            created = {
+                (s.resource_type, s.id)
+                for s, o in zip(sent, outcomes, strict=True)
+                if o.status == 201
+            }
+            marks.append(
+                self._sent_mark(entry.item, sent, at, overwrite=entry.overwrite, created=created)
+            )
         landed = self.store.mark_sent_many(self.worker_id, marks, at=at)
         for mark, recorded in zip(marks, landed, strict=True):
             if self._count(recorded, report, "sent"):
@@ -710,6 +729,7 @@ class Worker:
         at: datetime,
         *,
         overwrite: AuditEntry | None = None,
+        created: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
     ) -> SentMark:
         """What recording ``item`` sent takes: the server's versions ``sent``, the disclosure
         AuditEvent and a Provenance per resource (queued for the server with ``push_audit``).
@@ -729,7 +749,12 @@ class Worker:
                 target_url=self.settings.fhir_base_url,
             ),
             *audit.provenance(
-                sent, item.record_id, at, patient=item.patient, version=item.record_version
+                sent,
+                item.record_id,
+                at,
+                patient=item.patient,
+                version=item.record_version,
+                created=created,
             ),
         ]
         entries = queued_for_push(self.settings, entries)
@@ -840,15 +865,25 @@ class Worker:
         )
         now = self.clock()
         try:
-            current = [
-                self.client.read(str(r["resourceType"]), str(r["id"])) for r in entry.resources
-            ]
+            current = [self._read_or_gone(r) for r in entry.resources]
         except ServerError as exc:
             self._fail(item, exc, report, batch)
             return
+        # A resource deleted on the server (404/410 on the read-back) is a remote change like an
+        # edit: the server holds no version of it (``None``), and the policy settles it.
         held_by_server = [
-            SentResource(str(r["resourceType"]), str(r["id"]), server_version(r)) for r in current
+            SentResource(
+                str(mine["resourceType"]),
+                str(mine["id"]),
+                server_version(theirs) if theirs is not None else None,
+            )
+            for mine, theirs in zip(entry.resources, current, strict=True)
         ]
+        gone = {
+            (str(mine["resourceType"]), str(mine["id"]))
+            for mine, theirs in zip(entry.resources, current, strict=True)
+            if theirs is None
+        }
         if self._record_if_ours(entry, current, report):
             return  # our own write whose answer was lost (a crash, a timeout): not a conflict
         ours = self._our_versions(entry, current, batch)
@@ -860,6 +895,16 @@ class Worker:
             self._send_group([replace(entry, if_match=ours)], batch)
             return
         outcome = {"overwrite": OVERWRITTEN, "keep-remote": "kept-remote"}.get(policy, "flagged")
+        withdraw_here = False
+        if any(rtype == "Consent" for rtype, _ in gone):
+            # Our consent deleted on the server is a withdrawal (the pull's merge rule), never
+            # undone by the policy: a version of ours in force is not written back (it is revoked
+            # here, and that revocation is written next: no version held, so without If-Match);
+            # a withdrawal of ours is written back (the EHR keeps the revocation itself).
+            if any(_consent_in_force(r) for r in entry.resources):
+                outcome, withdraw_here = WITHDRAWN_ON_SERVER, True
+            else:
+                outcome = OVERWRITTEN
         event = audit.two_way_event(
             "conflict",
             item.record_id,
@@ -889,7 +934,7 @@ class Worker:
         # a person is never shown a flag without the server's versions it is flagged against
         # (``usecases/conflicts.py``: an ``overwrite`` goes If-Match them, so a change made
         # since meets a 412 again).
-        if outcome == "kept-remote":
+        if outcome in ("kept-remote", WITHDRAWN_ON_SERVER):
             recorded: bool | SyncState | None = self.store.mark_sent(
                 item.item_id,
                 self.worker_id,
@@ -912,9 +957,21 @@ class Worker:
             field_name = "held"
         if self._count(recorded, report, field_name):
             CONFLICTS.labels(outcome).inc()
+            if withdraw_here and withdraw_consent_here(self.store, item.record_id, now):
+                log.warning(
+                    "item %d: our consent was deleted on the server: revoked here", item.item_id
+                )
+
+    def _read_or_gone(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The server's copy of ``resource`` (read back after a 412), None when it is not there
+        (404, or 410 Gone: deleted)."""
+        try:
+            return self.client.read(str(resource["resourceType"]), str(resource["id"]))
+        except NotFoundError:
+            return None
 
     def _record_if_ours(
-        self, entry: _Ready, current: Sequence[Mapping[str, Any]], report: BatchReport
+        self, entry: _Ready, current: Sequence[Mapping[str, Any] | None], report: BatchReport
     ) -> bool:
         """When every resource the server holds now (``current``, read back) has ``entry``'s
         content, our send landed: recorded as any send is, with its disclosure AuditEvent and
@@ -922,9 +979,10 @@ class Worker:
         overwrite (``entry.overwrite``, or one of the item's whose answer was lost before,
         ``OutboxItem.lost_overwrite``: this is then its retry's 412) is recorded as that
         overwrite, with its conflict."""
-        if not all(
+        found = [theirs for theirs in current if theirs is not None]
+        if len(found) != len(entry.resources) or not all(
             copy_content(mine) == copy_content(theirs)
-            for mine, theirs in zip(entry.resources, current, strict=True)
+            for mine, theirs in zip(entry.resources, found, strict=True)
         ):
             return False
         answers = [
@@ -936,7 +994,7 @@ class Worker:
                 id=str(theirs["id"]),
                 version_id=server_version(theirs),
             )
-            for n, (mine, theirs) in enumerate(zip(entry.resources, current, strict=True))
+            for n, (mine, theirs) in enumerate(zip(entry.resources, found, strict=True))
         ]
         overwrite = entry.overwrite or entry.item.lost_overwrite
         self._record_sent([(replace(entry, overwrite=overwrite), answers)], report)
@@ -1179,7 +1237,7 @@ class Worker:
         return None
 
     def _our_versions(
-        self, entry: _Ready, current: Sequence[Mapping[str, Any]], batch: _Batch
+        self, entry: _Ready, current: Sequence[Mapping[str, Any] | None], batch: _Batch
     ) -> dict[tuple[str, str], str] | None:
         """The server's versions of ``entry``'s resources (``current``, read after a 412) when
         each is one we wrote, as the If-Match of the send again; None when any is someone else's.
@@ -1193,6 +1251,8 @@ class Worker:
         older: list[list[dict[str, Any]]] | None = None
         versions: dict[tuple[str, str], str] = {}
         for theirs in current:
+            if theirs is None:
+                return None  # deleted on the server: not a version of ours
             key = (str(theirs["resourceType"]), str(theirs["id"]))
             version = server_version(theirs)
             if not version:
@@ -1588,12 +1648,18 @@ def _pulled_after_ours(seen: PulledResource, ours: str, ours_at: datetime | None
 
 def _stale_version(error: BaseException) -> bool:
     """A 412 (or a per-entry VersionConflictError) answering our If-Match, not a conditional
-    request's "several matches"."""
-    if isinstance(error, VersionConflictError):
+    request's "several matches"; also a 404 or 410, which some servers answer to an update
+    If-Match of a resource deleted since (the read-back tells)."""
+    if isinstance(error, VersionConflictError | NotFoundError):
         return True
     return isinstance(error, PreconditionFailedError) and not isinstance(
         error, MultipleMatchesError
     )
+
+
+def _consent_in_force(resource: Mapping[str, Any]) -> bool:
+    """Whether ``resource`` is a Consent of ours that would permit (active, or a draft)."""
+    return resource.get("resourceType") == "Consent" and resource.get("status") in _IN_FORCE
 
 
 def sync_once(
