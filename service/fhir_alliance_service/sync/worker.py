@@ -605,7 +605,7 @@ class Worker:
             ServerError("bundle entry failed without a status"),
         )
         if len(group) == 1 and group[0].if_match and _stale_version(error):
-            self._conflict(group[0], batch)
+            self._conflict(group[0], batch, error)
             return True
         if not is_transient(error) and len(group) > 1:
             # Atomic Bundle failed for good: find the bad item by sending each on its own.
@@ -846,7 +846,7 @@ class Worker:
                 versions[(rtype, rid)] = seen.version_id
         return versions
 
-    def _conflict(self, entry: _Ready, batch: _Batch) -> None:
+    def _conflict(self, entry: _Ready, batch: _Batch, error: BaseException) -> None:
         """Someone else changed a resource we own since our last send (412 on If-Match): the
         conflict policy decides. ``overwrite``: send ours again without If-Match; ``keep-remote``:
         leave the server's version, record it as what the server holds; ``flag``: hold the record
@@ -884,6 +884,12 @@ class Worker:
             for mine, theirs in zip(entry.resources, current, strict=True)
             if theirs is None
         }
+        if isinstance(error, NotFoundError) and not gone:
+            # A 404 or 410 to an update of resources that are all there is no deletion (a
+            # server's answer about something else, a reference say): the send's failure, as
+            # any other. Settled as a conflict, ours would be sent again into the same 404.
+            self._fail(item, error, report, batch)
+            return
         if self._record_if_ours(entry, current, report):
             return  # our own write whose answer was lost (a crash, a timeout): not a conflict
         ours = self._our_versions(entry, current, batch)

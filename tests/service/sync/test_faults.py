@@ -54,6 +54,7 @@ class FaultRig:
     settings: Settings
     clock: Clock
     record_ids: list[str]
+    run: str = ""
 
     def worker(self, client: FhirClient | None = None, **overrides: object) -> Worker:
         settings = replace(self.settings, **overrides) if overrides else self.settings
@@ -95,7 +96,7 @@ def rig(httpserver: HTTPServer, sync_store: SqlStore, sqlite_url: str) -> Iterat
     ]
     results = intake_records(sync_store, payloads, at=now())
     settings = sync_settings(fake.base_url, sqlite_url, fhir_version="4.0.1", max_attempts=4)
-    yield FaultRig(fake, sync_store, settings, Clock(), [r.record_id for r in results])
+    yield FaultRig(fake, sync_store, settings, Clock(), [r.record_id for r in results], run)
 
 
 def _all_sent_once(rig: FaultRig) -> None:
@@ -256,3 +257,22 @@ def test_an_unreachable_server_claims_nothing(httpserver: HTTPServer, rig: Fault
     report = rig.worker(fhir_version=None).run_once()
     assert report.claimed == 0 and report.error
     assert set(rig.states().values()) == {SyncState.QUEUED}
+
+
+def test_a_404_to_an_update_of_a_resource_still_there_is_the_sends_failure(
+    rig: FaultRig,
+) -> None:
+    """A 404 answering an update If-Match (some servers answer so for a resource deleted since)
+    is read back; when every resource is still there it is no deletion but the server's answer
+    about something else, and the send fails as for any 404 (dead-lettered: permanent, with its
+    OperationOutcome). Taken for a conflict, the record was held for a person as "changed on the
+    FHIR server by someone else", though nothing had changed there."""
+    rig.settle(rig.worker())
+    [rating] = intake_records(rig.store, [R.rating(rig.run, 0, PATIENTS[0], value=2)], at=now())
+    rig.fake.faults = [status(404)] * 20
+    before = rig.fake.requests
+    report = rig.worker().run_once()
+    assert rig.fake.requests - before == 1
+    assert report.dead == 1
+    status_ = rig.store.sync_status(rating.record_id)
+    assert status_ is not None and status_.state is SyncState.DEAD_LETTERED
