@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from fhir_alliance_service.config import Settings
 from fhir_alliance_service.store import SqlStore, open_store
-from fhir_alliance_service.store.interface import SyncState
+from fhir_alliance_service.store.interface import Store, SyncState
 from fhir_alliance_service.sync import BatchReport, Worker
 from fhir_alliance_service.sync.pull import Puller
+from fhir_alliance_service.usecases.conflicts import decide_conflict
 from fhir_alliance_service.usecases.intake import RecordIntake, intake_records
 
 from fhir_alliance.client import FhirClient, RetryPolicy
@@ -136,3 +137,19 @@ def harness(
     settings = sync_settings(fhir_server.base_url, sqlite_url)
     with FhirClient(fhir_server.base_url, retry=QUICK_RETRY) as client:
         yield SyncHarness(sync_store, settings, client, fhir_server, records.run_token())
+
+
+def decide_flagged(store: Store, record_id: str, decision: str) -> None:
+    """A person's decision on ``record_id``'s flagged conflict, made on its status as read (as
+    ``resolve-conflict`` makes it)."""
+    status = store.sync_status(record_id)
+    assert status is not None and status.conflict == "flagged"
+    decide_conflict(
+        store,
+        record_id,
+        decision,
+        against=status.conflict_versions,
+        record_version=status.record_version,
+        decided_by="cli",
+        at=now(),
+    )

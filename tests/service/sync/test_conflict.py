@@ -14,11 +14,10 @@ from fhir_alliance_service.metrics import REGISTRY
 from fhir_alliance_service.store.interface import PulledResource, SyncState
 from fhir_alliance_service.sync.gate import gate_item
 from fhir_alliance_service.sync.worker import CONFLICT_HELD_REASON, _pulled_after_ours
-from fhir_alliance_service.usecases.conflicts import decide_conflict
 
 from tests.service.sync import records as R
 from tests.service.sync import remote
-from tests.service.sync.conftest import SyncHarness, now
+from tests.service.sync.conftest import SyncHarness, decide_flagged, now
 
 RECORD = R.RECORD_SYSTEM
 R4 = "4.0.1"
@@ -109,17 +108,7 @@ def test_push_audit_pushes_the_disclosures_and_keeps_conflict_events_local(
     record_id, _ = _edited_remotely(harness)  # sent before push_audit: kept locally
     harness.drain(conflict_policy=policy, push_audit=True)
     if policy == "flag":
-        status = harness.store.sync_status(record_id)
-        assert status is not None and status.conflict == "flagged"
-        decide_conflict(
-            harness.store,
-            record_id,
-            "overwrite",
-            against=status.conflict_versions,
-            record_version=status.record_version,
-            decided_by="cli",
-            at=now(),
-        )
+        decide_flagged(harness.store, record_id, "overwrite")
         harness.drain(conflict_policy=policy, push_audit=True)
     entries = harness.store.list_audit(record_id=record_id, limit=1000)
     two_way = [e for e in entries if e.action in ("conflict", "conflict-decision")]

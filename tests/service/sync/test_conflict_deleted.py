@@ -18,7 +18,7 @@ from fhir_alliance_service.usecases.conflicts import decide_conflict
 
 from fhir_alliance.errors import NotFoundError
 from tests.service.sync import records as R
-from tests.service.sync.conftest import SyncHarness, known_patient, now, puller
+from tests.service.sync.conftest import SyncHarness, decide_flagged, known_patient, now, puller
 
 RECORD = R.RECORD_SYSTEM
 
@@ -141,17 +141,7 @@ def test_flag_then_keep_remote_accepts_the_deletion(harness: SyncHarness) -> Non
     """flag, then the person's keep-remote: sent with no server version, nothing written."""
     record_id = _deleted_remotely(harness)
     harness.drain(conflict_policy="flag")
-    status = harness.store.sync_status(record_id)
-    assert status is not None and status.conflict == "flagged"
-    decide_conflict(
-        harness.store,
-        record_id,
-        "keep-remote",
-        against=status.conflict_versions,
-        record_version=status.record_version,
-        decided_by="cli",
-        at=now(),
-    )
+    decide_flagged(harness.store, record_id, "keep-remote")
     status = harness.store.sync_status(record_id)
     assert status is not None and status.state is SyncState.SENT
     assert status.conflict == "decided-keep-remote"

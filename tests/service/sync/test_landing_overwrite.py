@@ -21,14 +21,13 @@ from fhir_alliance_service.store.interface import SyncState
 from fhir_alliance_service.store.tables import outbox
 from fhir_alliance_service.sync import Worker
 from fhir_alliance_service.sync.leases import LeaseLedger
-from fhir_alliance_service.usecases.conflicts import decide_conflict
 from pytest_httpserver import HTTPServer
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from fhir_alliance.client import BundleRequest, FhirClient
 from tests.service.sync import records as R
-from tests.service.sync.conftest import QUICK_RETRY, now, sync_settings
+from tests.service.sync.conftest import QUICK_RETRY, decide_flagged, now, sync_settings
 from tests.service.sync.fake_fhir import FakeFhir, status
 from tests.service.sync.test_landing_unknown import FailsFirstRecording, Killed, _answer_lost
 from tests.service.sync.test_superseded_in_hand import Rig as InHandRig
@@ -216,17 +215,7 @@ def test_a_persons_overwrite_whose_answer_was_lost_stays_decided_and_audited_onc
     ``decided-overwrite``, the decision audited once and no overwrite of the policy's noted."""
     record_id, key = _edited_elsewhere(rig)
     rig.worker(policy="flag").run_once()
-    status = rig.store.sync_status(record_id)
-    assert status is not None and status.conflict == "flagged"
-    decide_conflict(
-        rig.store,
-        record_id,
-        "overwrite",
-        against=status.conflict_versions,
-        record_version=status.record_version,
-        decided_by="cli",
-        at=now(),
-    )
+    decide_flagged(rig.store, record_id, "overwrite")
     rig.fake.faults = [_answer_lost(rig, applied=True, reads_down=True)]
     rig.worker(policy="flag").run_once()
     rig.fake.read_status = None
