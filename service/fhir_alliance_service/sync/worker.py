@@ -940,6 +940,13 @@ class Worker:
         # a person is never shown a flag without the server's versions it is flagged against
         # (``usecases/conflicts.py``: an ``overwrite`` goes If-Match them, so a change made
         # since meets a 412 again).
+        if withdraw_here and withdraw_consent_here(self.store, item.record_id, now):
+            # First, before the item's outcome: a worker stopping between the two then leaves
+            # the consent revoked here (the gate holds by it; the takeover finds it withdrawn),
+            # never in force here while the EHR has withdrawn it.
+            log.warning(
+                "item %d: our consent was deleted on the server: revoked here", item.item_id
+            )
         if outcome in ("kept-remote", WITHDRAWN_ON_SERVER):
             recorded: bool | SyncState | None = self.store.mark_sent(
                 item.item_id,
@@ -963,10 +970,6 @@ class Worker:
             field_name = "held"
         if self._count(recorded, report, field_name):
             CONFLICTS.labels(outcome).inc()
-            if withdraw_here and withdraw_consent_here(self.store, item.record_id, now):
-                log.warning(
-                    "item %d: our consent was deleted on the server: revoked here", item.item_id
-                )
 
     def _read_or_gone(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
         """The server's copy of ``resource`` (read back after a 412), None when it is not there

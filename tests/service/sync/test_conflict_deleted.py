@@ -194,3 +194,30 @@ def test_the_pulls_revocation_of_our_deleted_consent_is_written_back(
     assert status is not None and status.state is SyncState.SENT
     [after] = harness.on_server("Consent", R.consent_id(harness.run, patient))
     assert after["status"] == "inactive"
+
+
+def test_our_deleted_consent_is_revoked_here_before_the_items_outcome(
+    harness: SyncHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker stops between revoking our deleted consent here and recording the item's
+    outcome (the outcome's write raises): the consent is revoked here all the same, so the gate
+    never permits by a consent the EHR has withdrawn. It used to record the outcome first, so a
+    worker stopping in between left the consent in force here."""
+    patient = known_patient(harness)
+    [consent] = harness.intake([R.sharing_consent(harness.run, patient)])
+    harness.drain()
+    [on_server] = harness.on_server("Consent", R.consent_id(harness.run, patient))
+    harness.client.delete("Consent", on_server["id"])
+    harness.intake([R.sharing_consent(harness.run, patient, permit_psythpn=True)])
+
+    class Stopped(Exception):
+        pass
+
+    def stopped(*args: object, **kwargs: object) -> bool:
+        raise Stopped
+
+    monkeypatch.setattr(harness.store, "mark_sent", stopped)
+    with pytest.raises(Stopped):
+        harness.drain(conflict_policy="keep-remote")
+    stored = harness.store.get_record(consent.record_id)
+    assert stored is not None and stored.body["status"] == "revoked"
