@@ -218,15 +218,13 @@ def disclosure_event(
     replace the send's event on the server). The event is otherwise the send's."""
     parts: list[object] = [record_id, version]
     if step is not None:
-        if step not in WRITING_STEPS:
-            raise ValueError(f"{step!r} writes no resource version")
         names = [
             f"{r.resource_type}/{r.id}"
             if isinstance(r, SentResource)
             else f"{r.get('resourceType')}/{r.get('id')}"
             for r in resources
         ]
-        parts += [step, *names, _instant(at)]
+        parts += [_writing_step(step), *names, _instant(at)]
     resource = _disclosure_shell(
         _id("disclose", *parts),
         outcome=_SUCCESS,
@@ -264,9 +262,7 @@ def hold_event(
     worker's hold of the same version at the same instant. The event is otherwise the worker's."""
     parts: list[object] = [record_id, version]
     if step is not None:
-        if step not in WRITING_STEPS:
-            raise ValueError(f"{step!r} writes no resource version")
-        parts.append(step)
+        parts.append(_writing_step(step))
     resource = _disclosure_shell(
         _id("hold", *parts, _instant(at)),
         outcome=_MINOR_FAILURE,
@@ -363,6 +359,13 @@ def _activity(sent: SentResource, version: int, created: Collection[tuple[str, s
 WRITING_STEPS: Final = ("retract-entered-in-error", "reconcile-write")
 
 
+def _writing_step(step: str) -> str:
+    """``step``, one of :data:`WRITING_STEPS` (a ValueError otherwise)."""
+    if step not in WRITING_STEPS:
+        raise ValueError(f"{step!r} writes no resource version")
+    return step
+
+
 def write_provenance(
     step: str,
     written: SentResource,
@@ -380,8 +383,7 @@ def write_provenance(
     service as :func:`provenance` names it, ``entity`` the source record and, when known, the
     server's version it replaced (``revises``, role ``revision``). ``action`` ``provenance``, as
     a disclosure's; its id differs from theirs (the step and the server's version are in it)."""
-    if step not in WRITING_STEPS:
-        raise ValueError(f"{step!r} writes no resource version")
+    _writing_step(step)
     target = f"{written.resource_type}/{written.id}"
     if written.version_id:
         target += f"/_history/{written.version_id}"
