@@ -87,7 +87,20 @@ def create_app(
     register_error_handlers(app)
     register_blueprints(app)
     register_console(app)
+    app.after_request(_never_cached)
     return app
+
+
+def _never_cached(response: Response) -> Response:
+    """Every answer may carry patient data (a record, a patient's list, an OperationOutcome
+    naming a field): no cache keeps it. A shared cache (a reverse proxy, an organisation's proxy)
+    would otherwise keep a ``200`` to a ``GET`` sent with ``X-API-Key``, which, unlike
+    ``Authorization``, does not stop it, and hand it to the next asker without a key. And no
+    browser reads a JSON answer as another type. The console sets its own (the same and more)."""
+    headers = response.headers
+    headers.setdefault("Cache-Control", "no-store")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
 
 
 def current_service() -> ServiceState:
