@@ -31,7 +31,12 @@ OWN_MODULES = {"fhir_alliance", "fhir_alliance_service"}
 FLOORS: dict[str, tuple[str, str]] = {
     "marshmallow": ("4.3", "schemas/compiled.py reads Field.pre_load/post_load, new in 4.3"),
     "fhir.resources": ("8.3", "older models accept an Extension without its required url"),
-    "urllib3": ("2.0.2", "client.py catches urllib3.exceptions.NameResolutionError (2.0+)"),
+    "urllib3": (
+        "2.6.3",
+        "client.py catches NameResolutionError (2.0+); before 2.6 a compressed answer was "
+        "decompressed whole, past max_response_bytes (CVE-2025-66471, CVE-2025-66418; "
+        "tests/client/test_faults.py), and before 2.6.3 a redirect's (CVE-2026-21441)",
+    ),
     "psycopg": ("3.2.1", "3.2.0 [binary] pins psycopg-binary 3.2.0.dev1, which was never released"),
 }
 

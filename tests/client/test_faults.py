@@ -4,6 +4,8 @@ import json
 import socket
 import threading
 import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -259,6 +261,40 @@ def test_oversized_answer_is_refused(httpserver: HTTPServer, retry_policy: Retry
     assert isinstance(caught.value, LimitExceededError | InvalidResponseError)
     assert caught.value.status == 200
     assert caught.value.to_operation_outcome()["issue"][0]["code"] == "too-costly"
+
+
+def _gzip_bomb(size: int) -> bytes:
+    """A gzip body of ``size`` bytes of JSON-ish text once decompressed (about a thousandth of
+    that compressed), made chunk by chunk so that the test itself never holds ``size`` bytes."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: gzip framing
+    chunk = b" " * (1 << 20)
+    parts = [compressor.compress(b'{"resourceType": "Observation", "id": "o1", "x": "')]
+    parts += [compressor.compress(chunk) for _ in range(size >> 20)]
+    parts.append(compressor.compress(b'"}') + compressor.flush())
+    return b"".join(parts)
+
+
+def test_a_compressed_answer_is_refused_before_it_is_decompressed_whole(
+    httpserver: HTTPServer, retry_policy: RetryPolicy
+) -> None:
+    """max_response_bytes bounds the answer as decompressed, and so the memory it takes: a
+    server's gzip answer of about 128 KiB that would be 128 MiB is refused without the client
+    ever holding much more than the bound. (urllib3 before 2.6 decompressed each chunk read
+    whole: one read of a 256 KiB chunk could become 256 MiB, whatever the bound.)"""
+    body = _gzip_bomb(128 << 20)
+    assert len(body) < 1 << 20
+    httpserver.expect_request("/fhir/Observation/o1").respond_with_data(
+        body, headers={"Content-Encoding": "gzip"}, content_type="application/fhir+json"
+    )
+    client = client_for(httpserver, retry_policy, max_response_bytes=1_000_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ResponseTooLargeError):
+            client.read("Observation", "o1")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak >> 20} MiB held for an answer bounded at 1 MB"
 
 
 def test_an_oversized_transaction_answer_is_each_entrys_error(
