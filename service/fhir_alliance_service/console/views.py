@@ -122,10 +122,25 @@ PLAIN_HTTP_REFUSED: Final = (
 )
 
 
+#: WSGI environ keys of the headers a proxy adds to say whose request it passes on
+#: (``Forwarded``, ``X-Forwarded-For``, ``X-Forwarded-Host``, ``X-Real-IP``); a browser sends none.
+_FORWARDING_HEADERS: Final = (
+    "HTTP_FORWARDED",
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_X_FORWARDED_HOST",
+    "HTTP_X_REAL_IP",
+)
+
+
 def _from_this_machine() -> bool:
-    """Whether the browser runs on this machine: the connection comes from a loopback address
-    and the page was asked for by a loopback name. A proxy on this machine forwarding other
-    machines' requests connects from loopback too, but passes on their host name."""
+    """Whether the browser runs on this machine: the connection comes from a loopback address,
+    the page was asked for by a loopback name, and no proxy says it passes the request on. A
+    proxy on this machine forwarding other machines' requests connects from loopback too; it
+    passes on their host name, or (Apache's default) asks by the upstream's loopback name and
+    adds forwarding headers."""
+    environ = request.environ
+    if any(environ.get(name) for name in _FORWARDING_HEADERS):
+        return False
     host = urlsplit(f"//{request.host}").hostname or ""
     return is_loopback_host(request.remote_addr or "") and is_loopback_host(host)
 

@@ -201,6 +201,49 @@ def test_plain_http_from_another_machine_is_refused(
     assert console_client.get("/console/sign-in", **https).status_code == 200
 
 
+#: How a proxy on this machine says whose request it passes on (Apache's mod_proxy adds the
+#: X-Forwarded-* three by default; nginx configurations add X-Real-IP or X-Forwarded-For).
+FORWARDED_HEADERS = (
+    {"X-Forwarded-For": "10.1.2.3", "X-Forwarded-Host": "clinic.example"},
+    {"X-Forwarded-For": "10.1.2.3"},
+    {"Forwarded": "for=10.1.2.3;host=clinic.example"},
+    {"X-Real-IP": "10.1.2.3"},
+)
+
+
+@pytest.mark.parametrize("forwarded", FORWARDED_HEADERS)
+def test_plain_http_passed_on_by_a_proxy_that_names_the_upstream_is_refused(
+    console_client: FlaskClient, console_keys: dict[str, str], forwarded: dict[str, str]
+) -> None:
+    """A proxy on this machine that asks for the console by the upstream's loopback name
+    (Apache's default, ProxyPreserveHost off) passes on another machine's plain-HTTP request
+    from a loopback address to a loopback name: it says so in its forwarding headers, and such
+    a request is refused (403) like any other from another machine, sign-in included, unless
+    the proxy says the browser came over TLS (X-Forwarded-Proto, read by gunicorn)."""
+    proxied = {
+        "base_url": "http://127.0.0.1:8080",
+        "environ_base": {"REMOTE_ADDR": "127.0.0.1"},
+        "headers": forwarded,
+    }
+    page = console_client.get("/console/sign-in", **proxied)
+    assert page.status_code == 403
+    assert "served only over HTTPS" in page.text
+    answer = console_client.post(
+        "/console/sign-in",
+        data={"api_key": console_keys["read"], "sign_in_token": "x"},
+        **proxied,
+    )
+    assert answer.status_code == 403
+    assert not [c for c in answer.headers.getlist("Set-Cookie") if SESSION_COOKIE in c]
+    # The browser came to the proxy over TLS (gunicorn turned X-Forwarded-Proto into https).
+    over_tls = {**proxied, "base_url": "https://127.0.0.1:8080"}
+    assert console_client.get("/console/sign-in", **over_tls).status_code == 200
+    # A browser on this machine, which sends none of those headers, is still served.
+    assert (
+        console_client.get("/console/sign-in", base_url="http://127.0.0.1:8080").status_code == 200
+    )
+
+
 def test_plain_http_to_other_machines_is_a_setting(make_app: Callable[..., Flask]) -> None:
     """FHIR_ALLIANCE_CONSOLE_ALLOW_PLAIN_HTTP lets a clinic serve the console over plain HTTP on
     a network it trusts."""
