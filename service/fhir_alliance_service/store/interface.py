@@ -612,7 +612,7 @@ class Store(Protocol):
 
     # -- sends whose landing is unknown (``sync/worker.py``, ``Worker._check_landings``) ---------
     def claim_landing_checks(
-        self, *, limit: int, lease_seconds: float, now: datetime
+        self, *, limit: int, lease_seconds: float, now: datetime, record_id: str | None = None
     ) -> list[OutboxItem]:
         """Up to ``limit`` items noted *landing unknown* (see :meth:`mark_dead`) whose read-back
         is due at ``now`` and that are no longer pending (SUPERSEDED, HELD or DEAD_LETTERED:
@@ -622,7 +622,10 @@ class Store(Protocol):
         another worker is claiming are skipped (``FOR UPDATE SKIP LOCKED``). A first, read-only
         look finds whether any is due, so a worker with nothing to read back writes nothing.
         The items come with ``lease_owner`` ``landing-check`` and ``lease_until`` the lease's
-        end; their outbox lease is not touched."""
+        end; their outbox lease is not touched. ``record_id``: that record's items only, due
+        or not (a 412 of a newer version found an older one's content on the server: it is read
+        back now, before the newer version is written over it; :meth:`record_landing_checks`
+        records each once, should another read-back have it in hand too)."""
 
     def record_landing_checks(
         self,

@@ -1638,15 +1638,15 @@ class SqlStore(AuditQueueSql):
 
     # -- sends whose landing is unknown --------------------------------------------------------
     def claim_landing_checks(
-        self, *, limit: int, lease_seconds: float, now: datetime
+        self, *, limit: int, lease_seconds: float, now: datetime, record_id: str | None = None
     ) -> list[OutboxItem]:
         if limit <= 0:
             return []
-        due = (
-            _LANDING_UNKNOWN,
-            outbox.c.state.in_(_LEFT_UNSENT),
-            outbox.c.landing_check_at <= now,
-        )
+        due: tuple[Any, ...] = (_LANDING_UNKNOWN, outbox.c.state.in_(_LEFT_UNSENT))
+        if record_id is None:
+            due = (*due, outbox.c.landing_check_at <= now)
+        else:  # the record's, due or not (``record_landing_checks`` records each once)
+            due = (*due, outbox.c.record_id == record_id)
         with self._read() as connection:  # nothing due (nearly always): no write at all
             if connection.execute(select(outbox.c.item_id).where(*due).limit(1)).first() is None:
                 return []

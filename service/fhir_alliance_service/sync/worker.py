@@ -896,8 +896,13 @@ class Worker:
         if ours is not None:
             # Our own later write (an older version of this record whose send outlasted its
             # lease landed after this one was prepared): no one else's edit, nothing to settle.
-            # Sent again against it, and recorded and audited as any send.
+            # Sent again against it, and recorded and audited as any send. Such an older send
+            # whose answer was lost is noted *landing unknown* on its item, superseded by this
+            # one: read back now, while the server still holds it (once this version is written
+            # over it, its read-back would find this one and drop the note), so that it is
+            # recorded, a lost overwrite as the overwrite it was, with its conflict AuditEvent.
             log.info("item %d: the 412 answered a version we wrote: sent again", item.item_id)
+            self._check_landings(batch.version, record_id=item.record_id)
             self._send_group([replace(entry, if_match=ours)], batch)
             return
         outcome = {"overwrite": OVERWRITTEN, "keep-remote": "kept-remote"}.get(policy, "flagged")
@@ -1050,10 +1055,11 @@ class Worker:
 
     # ------------------------------------------------------------------ landing unknown
 
-    def _check_landings(self, version: str) -> None:
+    def _check_landings(self, version: str, *, record_id: str | None = None) -> None:
         """Read back the sends whose answer was lost, of items noted *landing unknown* that
         nothing will send again now (superseded, held or dead-lettered; ``Store.
-        claim_landing_checks``, under a lease, so that workers sharing the store read each once).
+        claim_landing_checks``, under a lease, so that workers sharing the store read each once;
+        ``record_id``: that record's, due or not: ``_conflict``).
         All of an item's resources on the server with the content of a form it was sent in
         (``sendable_forms``): it landed, and it is recorded SENT with the server's versions, its
         disclosure AuditEvent and Provenance (``mark_sent_late``'s rules: an older version that
@@ -1082,6 +1088,7 @@ class Worker:
             limit=self.settings.worker_batch_size,
             lease_seconds=self.settings.lease_seconds,
             now=self.clock(),
+            record_id=record_id,
         )
         landed: list[SentMark] = []
         patients: list[str] = []  # each landed mark's

@@ -111,6 +111,44 @@ def test_a_lost_answer_is_noted_and_read_back_only_once_nothing_will_send_it(
     assert store.landing_unknown_count() == 1
 
 
+def test_a_records_read_backs_are_handed_out_due_or_not(store: SqlStore) -> None:
+    """``claim_landing_checks(record_id=…)`` (a newer version's 412 found an older one's content
+    on the server) hands out that record's noted items left unsent before they are due, and
+    while another read-back has them in hand; never a pending one, nor another record's. The
+    finding is recorded once whichever read-back records it."""
+
+    def record_checks(now: float) -> list[OutboxItem]:
+        return store.claim_landing_checks(
+            limit=10, lease_seconds=LEASE, now=at(now), record_id="rec-000001"
+        )
+
+    store.put_records([record(1, score=1), record(2, score=1)], audit=[], at=T0)
+    [first, second] = store.claim("w1", limit=2, lease_seconds=LEASE, now=at(1), per_patient=2)
+    for item in (first, second):
+        store.mark_failed(
+            item.item_id,
+            "w1",
+            outcome=OUTCOME,
+            next_attempt_at=at(2),
+            at=at(1),
+            landing_check_at=at(40),
+        )
+    assert record_checks(3) == []  # pending: its retry finds out
+    store.put_records([record(1, score=2), record(2, score=2)], audit=[], at=at(2))
+    assert store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(3)) == []  # not due
+    [check] = record_checks(3)
+    assert (check.item_id, check.record_version, check.lease_until) == (first.item_id, 1, at(33))
+    [again] = record_checks(4)
+    assert again.item_id == first.item_id
+    assert store.record_landing_checks([_mark(first.item_id)], [], at=at(5)) == [True]
+    assert store.record_landing_checks([_mark(first.item_id)], [], at=at(6)) == [False]
+    assert _disclosures(store) == 1
+    assert record_checks(7) == []
+    assert store.landing_unknown_count() == 1  # the other record's, due at 40
+    [other] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(40))
+    assert other.item_id == second.item_id
+
+
 def test_a_read_back_that_finds_it_landed_records_it_sent_once(store: SqlStore) -> None:
     """Landed: the superseded item becomes SENT with the server's version and its disclosure,
     the note dropped; the same finding recorded again (another worker, after the lease) writes

@@ -58,6 +58,9 @@ class Rig(InHandRig):
             if e.action == action
         ]
 
+    def actions(self, record_id: str) -> list[str]:
+        return [e.action for e in self.store.list_audit(record_id=record_id)]
+
     def conflicts(self, record_id: str) -> dict[int, str | None]:
         """Every outbox item of ``record_id``: record version → its conflict note."""
         with self.store.engine.connect() as connection:
@@ -147,6 +150,63 @@ def test_a_lost_overwrite_found_by_a_later_read_back_is_recorded_as_the_overwrit
         assert rig.conflicts(record_id)[3] is None
     rig.worker(later=200).run_once()
     assert rig.conflict_events(record_id) == ["overwritten"]
+
+
+def test_a_lost_overwrite_found_by_the_newer_versions_412_is_recorded_as_the_overwrite(
+    rig: Rig,
+) -> None:
+    """The overwrite lands, its answer is lost and the read-back at once fails; version 3 is
+    taken in meanwhile (it supersedes it) and goes out before the superseded item's read-back is
+    due. Its send, If-Match our last recorded version, meets a 412: the server holds version 2,
+    the overwrite that landed. That 412 records it, as the overwrite (SENT, ``overwritten``,
+    counted, its one conflict AuditEvent, its disclosure), before version 3 is sent again over
+    it. (It used to be sent over it unrecorded: the later read-back then found version 3 there
+    and dropped the note with the conflict AuditEvent, the overwrite of someone's edit never
+    audited.)"""
+    record_id, key = _edited_elsewhere(rig)
+    before = _overwritten()
+    _lost_overwrite(rig, R.rating(rig.run, 1, value=1), applied=True)
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.SUPERSEDED, 3: SyncState.QUEUED}
+    disclosed = rig.actions(record_id).count("disclose")
+
+    assert rig.worker(later=10).run_once().sent == 1  # before version 2's read-back is due
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.SENT, 3: SyncState.SENT}
+    assert rig.conflicts(record_id) == {1: None, 2: "overwritten", 3: None}
+    assert rig.conflict_events(record_id) == ["overwritten"]
+    assert _overwritten() == before + 1
+    assert rig.actions(record_id).count("disclose") == disclosed + 2  # versions 2 and 3
+    assert rig.store.landing_unknown_count() == 0
+    assert rig.fake.resources[key]["meta"]["versionId"] == "4"  # version 3, over ours
+    last = rig.store.last_sent(record_id)
+    assert last is not None and (last.record_version, last.sent[0].version_id) == (3, "4")
+    rig.worker(later=200).run_once()
+    assert rig.conflict_events(record_id) == ["overwritten"]
+
+
+def test_a_lost_send_found_by_the_newer_versions_412_is_recorded_with_its_disclosure(
+    rig: Rig,
+) -> None:
+    """The same for a plain update (no conflict): version 2 lands, its answer is lost and the
+    read-back fails, version 3 supersedes it and meets a 412 against it. Version 2 is recorded
+    SENT with its disclosure (it used to be dropped by its later read-back, which found
+    version 3), and no conflict is noted or audited."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    assert rig.worker().run_once().sent == 1
+    rig.intake(R.rating(rig.run, 1, value=5))
+    newer = R.rating(rig.run, 1, value=1)
+    rig.fake.faults = [_answer_lost(rig, newer, applied=True, reads_down=True)]
+    rig.worker().run_once()
+    rig.fake.read_status = None
+    assert rig.store.landing_unknown_count() == 1
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.SUPERSEDED, 3: SyncState.QUEUED}
+    disclosed = rig.actions(record_id).count("disclose")
+
+    assert rig.worker(later=10).run_once().sent == 1
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.SENT, 3: SyncState.SENT}
+    assert rig.actions(record_id).count("disclose") == disclosed + 2
+    assert rig.conflicts(record_id) == {1: None, 2: None, 3: None}
+    assert rig.conflict_events(record_id) == []
+    assert rig.store.landing_unknown_count() == 0
 
 
 def test_a_lost_overwrite_found_by_its_retry_is_recorded_as_the_overwrite(rig: Rig) -> None:
