@@ -265,6 +265,10 @@ class OutboxItem:
     #: landing unknown): found landed (a read-back, or the 412 of a retry finding ours), the item
     #: is recorded as that overwrite (``SentMark.conflict`` ``overwritten``, with it).
     lost_overwrite: AuditEntry | None = None
+    #: The server's versions that overwrite was written over (as its 412 read them), kept with
+    #: it: a read finding every resource still at its version shows it never landed. Empty when
+    #: not known (a resource was not there or had no version id, or it was kept before).
+    lost_overwrite_against: tuple[SentResource, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,21 +492,42 @@ class Store(Protocol):
         results could not be recorded (a database outage): noted *landing unknown* in the same
         transaction, due then (an earlier note is kept). Returns how many."""
 
-    def note_overwrite(self, item_id: int, worker: str, overwrite: AuditEntry) -> bool:
+    def note_overwrite(
+        self,
+        item_id: int,
+        worker: str,
+        overwrite: AuditEntry,
+        *,
+        against: Sequence[SentResource] = (),
+    ) -> bool:
         """Before an overwrite's send (the conflict policy ``overwrite``): write its conflict
-        AuditEvent on the item (``OutboxItem.lost_overwrite``, replacing an earlier one), while
+        AuditEvent on the item (``OutboxItem.lost_overwrite``, replacing an earlier one; with
+        ``against``, the server's versions it is written over, ``lost_overwrite_against``), while
         ``worker`` holds the lease on the pending item (compare-and-set, one short write; the
         state, its notes and ``updated_at`` are left alone; nothing is audited). Should the
         worker stop before recording the send (killed, or the database lost), the claim that
         takes the item over (or the hand-back after the outage) notes it *landing unknown*,
         and whoever finds ours on the server records the overwrite, with this AuditEvent; one
-        that never went out is found not there and dropped with the note, or replaced by the
-        takeover's own overwrite. The worker's record of the send drops it: any ``mark_sent*``
+        that never went out is found not there: dropped while the server still holds every
+        version of ``against``, else recorded as one whose landing is unknown (someone changed
+        it since: :meth:`settle_lost_overwrite`, :meth:`record_landing_checks`). The worker's
+        record of the send drops it: any ``mark_sent*``
         (a landed overwrite's mark carries the AuditEvent), and a failure answered by the
         server (``mark_held``, ``mark_failed`` or ``mark_dead`` without ``landing_check_at``)
         unless the item is noted *landing unknown* (an earlier send of it may have landed:
         kept with that note). Whether it was written (False: the lease is lost, or the item is
         no longer pending: send nothing)."""
+
+    def settle_lost_overwrite(
+        self, item_id: int, worker: str, *, audit: Sequence[AuditEntry]
+    ) -> bool:
+        """The item's kept overwrite (``OutboxItem.lost_overwrite``) is not what the server holds
+        (its retry's 412 read someone else's version): drop it and add ``audit`` (its conflict
+        AuditEvent recorded as *landing unknown*, or nothing when the read showed it never
+        landed), in one compare-and-set while ``worker`` holds the lease on the pending item and
+        the overwrite is still kept (the item's state, its notes and ``updated_at`` are left
+        alone). Whether it was written (False: the lease is lost, or nothing is kept: nothing
+        written, so an overwrite is settled once)."""
 
     def mark_sent(
         self,
@@ -574,6 +599,7 @@ class Store(Protocol):
         at: datetime,
         landing_check_at: datetime | None = None,
         lost_overwrite: AuditEntry | None = None,
+        lost_overwrite_against: Sequence[SentResource] = (),
     ) -> SyncState | None: ...
 
     def mark_dead(
@@ -587,6 +613,7 @@ class Store(Protocol):
         count_attempt: bool = True,
         landing_check_at: datetime | None = None,
         lost_overwrite: AuditEntry | None = None,
+        lost_overwrite_against: Sequence[SentResource] = (),
     ) -> SyncState | None:
         """Dead-letter the item with ``outcome``. ``count_attempt=False`` when the attempt that
         failed is already counted (a takeover after an expired lease, see :meth:`claim`).
@@ -604,7 +631,8 @@ class Store(Protocol):
         whoever holds the item by then, and handed out with the item
         (``OutboxItem.lost_overwrite``, by :meth:`claim` and :meth:`claim_landing_checks`), so
         that the send found landed is recorded as the overwrite it was: noted ``overwritten``
-        with that AuditEvent (``SentMark``). It goes with the note: dropped when the item is
+        with that AuditEvent (``SentMark``); ``lost_overwrite_against``: the server's versions
+        it was written over, kept with it. It goes with the note: dropped when the item is
         recorded SENT or found not to have landed. Without ``landing_check_at`` (the server's
         answer said the send failed), an overwrite noted before the send
         (:meth:`note_overwrite`) is dropped, unless the item is noted *landing unknown* from
@@ -623,9 +651,9 @@ class Store(Protocol):
         look finds whether any is due, so a worker with nothing to read back writes nothing.
         The items come with ``lease_owner`` ``landing-check`` and ``lease_until`` the lease's
         end; their outbox lease is not touched. ``record_id``: that record's items only, due
-        or not (a 412 of a newer version found an older one's content on the server: it is read
-        back now, before the newer version is written over it; :meth:`record_landing_checks`
-        records each once, should another read-back have it in hand too)."""
+        or not (a 412 met by a newer version of the record: they are read back now, before
+        anything is written over what the server holds; :meth:`record_landing_checks` records
+        each once, should another read-back have it in hand too)."""
 
     def record_landing_checks(
         self,
@@ -634,6 +662,7 @@ class Store(Protocol):
         *,
         at: datetime,
         later: Mapping[int, datetime] | None = None,
+        absent_audit: Mapping[int, Sequence[AuditEntry]] | None = None,
     ) -> list[bool]:
         """What read-backs found, in one transaction, for items still noted *landing unknown* and
         still not pending (another worker may have settled one since, or the item was queued
@@ -642,7 +671,10 @@ class Store(Protocol):
         :meth:`mark_sent_late` records a late send (an older version over a newer one queues the
         newest again; a lost overwrite's mark notes its ``conflict`` and carries its AuditEvent,
         ``OutboxItem.lost_overwrite``). ``absent``: not there, or someone else's: the note is
-        dropped (a lost overwrite kept with it too), nothing recorded. ``later``: item id → when
+        dropped (a lost overwrite kept with it too), nothing recorded but ``absent_audit``'s
+        entries of the item (item id → entries: a lost overwrite not found, which may have
+        landed and been changed since, recorded *landing unknown*), added with the drop only
+        (an item settled meanwhile adds nothing). ``later``: item id → when
         to read it back again, a read-back that could not tell (the item's mapping or its read
         failed): the note is kept (an item no longer noted is left as it is). Whether each of
         ``landed`` was recorded, in order."""

@@ -498,10 +498,19 @@ def _sent_resources(column: Sequence[Mapping[str, Any]] | None) -> tuple[SentRes
     )
 
 
-def _lost_overwrite_json(entry: AuditEntry) -> dict[str, Any]:
+def _lost_overwrite_json(entry: AuditEntry, against: Sequence[SentResource] = ()) -> dict[str, Any]:
     """An overwrite's conflict AuditEvent as ``outbox.lost_overwrite`` keeps it (its record and
-    patient are the item's; a two-way sync event is kept locally, never pushed)."""
-    return {"action": entry.action, "at": entry.at.isoformat(), "resource": entry.resource}
+    patient are the item's; a two-way sync event is kept locally, never pushed), with the
+    server's versions it was written over (``against``: a key added after migration 0012, so
+    absent from the rows kept before; none known then)."""
+    kept: dict[str, Any] = {
+        "action": entry.action,
+        "at": entry.at.isoformat(),
+        "resource": entry.resource,
+    }
+    if against:
+        kept["against"] = _sent_json(against)
+    return kept
 
 
 def _lost_overwrite(row: AnyRow) -> AuditEntry | None:
@@ -516,6 +525,12 @@ def _lost_overwrite(row: AnyRow) -> AuditEntry | None:
         resource=kept["resource"],
         at=datetime.fromisoformat(kept["at"]),
     )
+
+
+def _lost_overwrite_against(row: AnyRow) -> tuple[SentResource, ...]:
+    """The server's versions ``row``'s ``lost_overwrite`` was written over (none: not known)."""
+    kept = row.lost_overwrite
+    return _sent_resources(kept.get("against")) if isinstance(kept, Mapping) else ()
 
 
 def _leased_items(
@@ -574,6 +589,7 @@ def _leased_items(
             conflict_versions=_sent_resources(row.conflict_versions),
             left_unsent_at=row.updated_at if left_unsent else None,
             lost_overwrite=_lost_overwrite(row),
+            lost_overwrite_against=_lost_overwrite_against(row),
         )
         for row in rows
     ]
@@ -1335,7 +1351,14 @@ class SqlStore(AuditQueueSql):
             )
             return int(result.rowcount)
 
-    def note_overwrite(self, item_id: int, worker: str, overwrite: AuditEntry) -> bool:
+    def note_overwrite(
+        self,
+        item_id: int,
+        worker: str,
+        overwrite: AuditEntry,
+        *,
+        against: Sequence[SentResource] = (),
+    ) -> bool:
         with self._write() as connection:
             result = connection.execute(
                 update(outbox)
@@ -1344,9 +1367,29 @@ class SqlStore(AuditQueueSql):
                     outbox.c.lease_owner == worker,
                     outbox.c.state.in_(_PENDING),
                 )
-                .values(lost_overwrite=_lost_overwrite_json(overwrite))
+                .values(lost_overwrite=_lost_overwrite_json(overwrite, against))
             )
             return int(result.rowcount) == 1
+
+    def settle_lost_overwrite(
+        self, item_id: int, worker: str, *, audit: Sequence[AuditEntry]
+    ) -> bool:
+        with self._write() as connection:
+            result = connection.execute(
+                update(outbox)
+                .where(
+                    outbox.c.item_id == item_id,
+                    outbox.c.lease_owner == worker,
+                    outbox.c.state.in_(_PENDING),
+                    outbox.c.lost_overwrite.is_not(None),
+                )
+                .values(lost_overwrite=null())
+            )
+            if int(result.rowcount) != 1:
+                return False
+            if audit:
+                connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
+            return True
 
     def _finish(
         self,
@@ -1357,6 +1400,7 @@ class SqlStore(AuditQueueSql):
         *,
         landing_check_at: datetime | None = None,
         lost_overwrite: AuditEntry | None = None,
+        lost_overwrite_against: Sequence[SentResource] = (),
     ) -> SyncState | None:
         """Compare-and-set: apply ``values`` only while ``worker`` holds the lease on a pending
         item; the lease is released either way it lands, and the lost leases are forgotten
@@ -1372,7 +1416,9 @@ class SqlStore(AuditQueueSql):
         if landing_check_at is not None:
             values = {**values, "landing_check_at": landing_check_at}
             if lost_overwrite is not None:
-                kept["lost_overwrite"] = _lost_overwrite_json(lost_overwrite)
+                kept["lost_overwrite"] = _lost_overwrite_json(
+                    lost_overwrite, lost_overwrite_against
+                )
                 values = {**values, **kept}
         elif "lost_overwrite" not in values:
             values = {**values, "lost_overwrite": _KEPT_WITH_NOTE_ONLY}
@@ -1591,6 +1637,7 @@ class SqlStore(AuditQueueSql):
         at: datetime,
         landing_check_at: datetime | None = None,
         lost_overwrite: AuditEntry | None = None,
+        lost_overwrite_against: Sequence[SentResource] = (),
     ) -> SyncState | None:
         values = {
             "state": _unless_newer(SyncState.FAILED),
@@ -1606,6 +1653,7 @@ class SqlStore(AuditQueueSql):
             (),
             landing_check_at=landing_check_at,
             lost_overwrite=lost_overwrite,
+            lost_overwrite_against=lost_overwrite_against,
         )
 
     def mark_dead(
@@ -1619,6 +1667,7 @@ class SqlStore(AuditQueueSql):
         count_attempt: bool = True,
         landing_check_at: datetime | None = None,
         lost_overwrite: AuditEntry | None = None,
+        lost_overwrite_against: Sequence[SentResource] = (),
     ) -> SyncState | None:
         values = {
             "state": _unless_newer(SyncState.DEAD_LETTERED),
@@ -1634,6 +1683,7 @@ class SqlStore(AuditQueueSql):
             audit,
             landing_check_at=landing_check_at,
             lost_overwrite=lost_overwrite,
+            lost_overwrite_against=lost_overwrite_against,
         )
 
     # -- sends whose landing is unknown --------------------------------------------------------
@@ -1682,6 +1732,7 @@ class SqlStore(AuditQueueSql):
         *,
         at: datetime,
         later: Mapping[int, datetime] | None = None,
+        absent_audit: Mapping[int, Sequence[AuditEntry]] | None = None,
     ) -> list[bool]:
         ids = [mark.item_id for mark in landed] + list(absent)
         if not (ids or later):
@@ -1720,6 +1771,10 @@ class SqlStore(AuditQueueSql):
                     .where(outbox.c.item_id.in_(gone))
                     .values(landing_check_at=None, lost_overwrite=null())
                 )
+                # A lost overwrite not found, which may have landed: its AuditEvent, with the drop.
+                unfound = [e for i in gone for e in (absent_audit or {}).get(i, ())]
+                if unfound:
+                    connection.execute(insert(audit_log), [_audit_row(e) for e in unfound])
             _insert_mark_audit(connection, landed, recorded)
         return recorded
 

@@ -35,6 +35,7 @@ from fhir_alliance_service.store.interface import (
     AuditEntry,
     OutboxItem,
     SentMark,
+    SentResource,
     Store,
     SyncState,
 )
@@ -154,8 +155,15 @@ class LeaseLedger:
         self._finished(item_ids)
         return count
 
-    def note_overwrite(self, item_id: int, worker: str, overwrite: AuditEntry) -> bool:
-        noted = self._store.note_overwrite(item_id, worker, overwrite)
+    def note_overwrite(
+        self,
+        item_id: int,
+        worker: str,
+        overwrite: AuditEntry,
+        *,
+        against: Sequence[SentResource] = (),
+    ) -> bool:
+        noted = self._store.note_overwrite(item_id, worker, overwrite, against=against)
         if not noted:  # the lease is lost: no longer ours to hand back, nor ours in hand
             self._finished([item_id])
         return noted

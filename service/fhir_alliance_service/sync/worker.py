@@ -127,6 +127,10 @@ CONFLICT_HELD_REASON = (
 #: The conflict note of a record whose resource the policy ``overwrite`` wrote ours over.
 OVERWRITTEN = "overwritten"
 
+#: The outcome of the conflict AuditEvent of an overwrite whose answer was lost, recorded when
+#: it is not found on the server and may have landed all the same (changed again since).
+OVERWRITE_LANDING_UNKNOWN = "overwrite-landing-unknown"
+
 #: The conflict note of a record whose consent someone deleted on the server while a version of
 #: ours in force was on its way: a withdrawal (as the pull takes it), revoked here, never written
 #: back in force whatever the conflict policy.
@@ -199,6 +203,9 @@ class _Ready:
     #: ``overwritten`` and audited with the send's record, once it landed (``_sent_mark``);
     #: kept with the item when its answer is lost (``OutboxItem.lost_overwrite``).
     overwrite: AuditEntry | None = None
+    #: The server's versions the overwrite is written over, kept with it (``OutboxItem.
+    #: lost_overwrite_against``); empty when not all known.
+    overwrite_against: tuple[SentResource, ...] = ()
 
 
 @dataclass(slots=True)
@@ -633,7 +640,9 @@ class Worker:
         the takeover's own overwrite. Whether it was written: False, the lease is lost (another
         worker holds the item and settles the conflict itself), and nothing is sent."""
         assert entry.overwrite is not None
-        if self.store.note_overwrite(entry.item.item_id, self.worker_id, entry.overwrite):
+        if self.store.note_overwrite(
+            entry.item.item_id, self.worker_id, entry.overwrite, against=entry.overwrite_against
+        ):
             return True
         report.lease_lost += 1
         log.warning("item %d: lease lost before its overwrite: not sent", entry.item.item_id)
@@ -651,9 +660,14 @@ class Worker:
         that, found landed later, it is recorded as the overwrite it was."""
         lost = may_have_landed(error)
         if not (lost and self._landed_after_all(entry, report)):
-            overwrite = entry.overwrite if lost else None
             self._fail(
-                entry.item, error, report, batch, landing_unknown=lost, lost_overwrite=overwrite
+                entry.item,
+                error,
+                report,
+                batch,
+                landing_unknown=lost,
+                lost_overwrite=entry.overwrite if lost else None,
+                lost_overwrite_against=entry.overwrite_against if lost else (),
             )
 
     # ------------------------------------------------------------------ record
@@ -890,19 +904,23 @@ class Worker:
             # any other. Settled as a conflict, ours would be sent again into the same 404.
             self._fail(item, error, report, batch)
             return
+        # Older sends of this record whose answer was lost, noted *landing unknown* on items
+        # this one superseded: read back now, before anything is written over what the server
+        # holds (their own read-back, later, would find this version there and could no longer
+        # tell), so that one found there is recorded (a lost overwrite as the overwrite it was,
+        # with its conflict AuditEvent; then ours below), and a lost overwrite not found is
+        # audited as one that may have landed, unless the server still holds what it was
+        # written over.
+        self._check_landings(batch.version, record_id=item.record_id)
         if self._record_if_ours(entry, current, report):
             return  # our own write whose answer was lost (a crash, a timeout): not a conflict
+        entry = self._settle_lost_overwrite(entry, current)
         ours = self._our_versions(entry, current, batch)
         if ours is not None:
             # Our own later write (an older version of this record whose send outlasted its
             # lease landed after this one was prepared): no one else's edit, nothing to settle.
-            # Sent again against it, and recorded and audited as any send. Such an older send
-            # whose answer was lost is noted *landing unknown* on its item, superseded by this
-            # one: read back now, while the server still holds it (once this version is written
-            # over it, its read-back would find this one and drop the note), so that it is
-            # recorded, a lost overwrite as the overwrite it was, with its conflict AuditEvent.
+            # Sent again against it, and recorded and audited as any send.
             log.info("item %d: the 412 answered a version we wrote: sent again", item.item_id)
-            self._check_landings(batch.version, record_id=item.record_id)
             self._send_group([replace(entry, if_match=ours)], batch)
             return
         outcome = {"overwrite": OVERWRITTEN, "keep-remote": "kept-remote"}.get(policy, "flagged")
@@ -935,8 +953,14 @@ class Worker:
             # item's landing-unknown note (``_send_failed``), recorded with the send once ours is
             # found there (a read-back, or that 412: ``_record_if_ours``). It is written on the
             # item before the send (``_overwrite_noted``), so a worker that stops before its
-            # record leaves it to whoever takes the item over.
-            self._send_group([replace(entry, if_match={}, overwrite=event)], batch)
+            # record leaves it to whoever takes the item over. The server's versions it is
+            # written over go with it: a later read that finds them still there shows that it
+            # never landed (``_never_landed``); one that finds neither ours nor them records its
+            # AuditEvent as ``overwrite-landing-unknown`` (``_settle_lost_overwrite``,
+            # ``_landing_check``): it may have replaced someone's edit.
+            against = tuple(held_by_server) if all(s.version_id for s in held_by_server) else ()
+            overwrite = replace(entry, if_match={}, overwrite=event, overwrite_against=against)
+            self._send_group([overwrite], batch)
             return
         # ``keep-remote`` and ``flag``: the outcome, the conflict noted and its AuditEvent in one
         # compare-and-set under this worker's lease. Nothing of it is written when another
@@ -975,6 +999,35 @@ class Worker:
             field_name = "held"
         if self._count(recorded, report, field_name):
             CONFLICTS.labels(outcome).inc()
+
+    def _settle_lost_overwrite(
+        self, entry: _Ready, current: Sequence[Mapping[str, Any] | None]
+    ) -> _Ready:
+        """The retry's 412 of an item whose overwrite's answer was lost (``OutboxItem.
+        lost_overwrite``) read what the server holds now (``current``), and it is not ours: that
+        overwrite did not land, or landed and was changed since. Unless the server still holds
+        every version it was written over (``_never_landed``: it did not land), it may have
+        replaced someone's edit, so its conflict AuditEvent is recorded, at the overwrite's
+        time, with the outcome ``overwrite-landing-unknown``; either way it is no longer kept
+        (``Store.settle_lost_overwrite``, under the lease, once), before the policy settles
+        what the server holds now as a conflict of its own. ``entry`` without it."""
+        item = entry.item
+        kept = item.lost_overwrite
+        if kept is None:
+            return entry
+        found = {
+            (str(mine["resourceType"]), str(mine["id"])): theirs
+            for mine, theirs in zip(entry.resources, current, strict=True)
+        }
+        unknown = not _never_landed(item.lost_overwrite_against, found)
+        audit_entries = [_landing_unknown_event(kept)] if unknown else []
+        if self.store.settle_lost_overwrite(item.item_id, self.worker_id, audit=audit_entries):
+            log.warning(
+                "item %d: an overwrite whose answer was lost is not on the server: %s",
+                item.item_id,
+                "audited, landing unknown" if unknown else "it never landed",
+            )
+        return replace(entry, item=replace(item, lost_overwrite=None, lost_overwrite_against=()))
 
     def _read_or_gone(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
         """The server's copy of ``resource`` (read back after a 412), None when it is not there
@@ -1069,7 +1122,10 @@ class Worker:
         noted ``overwritten`` with its conflict AuditEvent, and counted. Not there, someone
         else's, or server versions that another item of the record is recorded to have written
         (a newer version of ours written over it, with the same content or not, is tracked by
-        its own send): the note is dropped and nothing is recorded.
+        its own send): the note is dropped and nothing is recorded, but for a lost overwrite
+        that may have landed and been changed since (the server no longer holds every version
+        it was written over): its conflict AuditEvent is recorded with the drop, outcome
+        ``overwrite-landing-unknown`` (``_landing_check``).
         An item whose read-back fails, whatever the reason (its record does not map now, the
         mapping crashes, the server's answer cannot be read), stays noted and is read back
         again after a wait as long as it has waited (``_recheck_at``: the waits double, from a
@@ -1083,7 +1139,8 @@ class Worker:
         items are recorded one at a time (``_record_landing_checks_apart``), and one whose own
         record fails waits as a failed read-back does, so it never keeps the others unrecorded.
         Only a database outage is raised (the batch is given up, the notes stay). Called before
-        each claim; nothing due costs one read."""
+        each claim, and for its record by each 412 (``_conflict``); nothing due costs one
+        read."""
         items = self.store.claim_landing_checks(
             limit=self.settings.worker_batch_size,
             lease_seconds=self.settings.lease_seconds,
@@ -1093,6 +1150,7 @@ class Worker:
         landed: list[SentMark] = []
         patients: list[str] = []  # each landed mark's
         absent: list[int] = []
+        unfound: dict[int, list[AuditEntry]] = {}  # lost overwrites not found: landing unknown
         later: dict[int, datetime] = {}
         for n, item in enumerate(items):
             try:
@@ -1115,16 +1173,18 @@ class Worker:
                 if unavailable:
                     break
                 continue
-            if mark is None:
-                absent.append(item.item_id)
-            else:
+            if isinstance(mark, SentMark):
                 landed.append(mark)
                 patients.append(item.patient)
+            else:
+                absent.append(item.item_id)
+                if mark is not None:
+                    unfound[item.item_id] = [mark]
         if not (landed or absent or later):
             return
         try:
             recorded = self.store.record_landing_checks(
-                landed, absent, at=self.clock(), later=later
+                landed, absent, at=self.clock(), later=later, absent_audit=unfound
             )
         except Exception as exc:  # one item's row must not keep the others unrecorded
             if is_store_outage(exc):
@@ -1135,15 +1195,17 @@ class Worker:
                 len(landed) + len(absent) + len(later),
                 type(exc).__name__,
             )
-            recorded = self._record_landing_checks_apart(items, landed, absent, later)
+            recorded = self._record_landing_checks_apart(items, landed, absent, later, unfound)
         for mark, ok in zip(landed, recorded, strict=True):
             if ok and mark.conflict is not None:  # a lost overwrite that landed
                 CONFLICTS.labels(mark.conflict).inc()
         if landed or absent:
             log.info(
-                "landing unknown, read back: %d landed (recorded sent), %d not there",
+                "landing unknown, read back: %d landed (recorded sent), %d not there "
+                "(%d of them lost overwrites that may have landed: audited)",
                 sum(recorded),
                 len(absent),
+                len(unfound),
             )
         # A revocation may be why the item is held: what landed goes to the retraction policy.
         self._retraction_check({p for p, ok in zip(patients, recorded, strict=True) if ok})
@@ -1154,6 +1216,7 @@ class Worker:
         landed: Sequence[SentMark],
         absent: Sequence[int],
         later: Mapping[int, datetime],
+        unfound: Mapping[int, Sequence[AuditEntry]],
     ) -> list[bool]:
         """``Store.record_landing_checks`` of a pass whose record in one transaction failed
         (not for want of the database): each item in a transaction of its own, so that one
@@ -1168,7 +1231,13 @@ class Worker:
 
         def record_one(item_id: int, marks: Sequence[SentMark], gone: Sequence[int]) -> bool:
             try:
-                return self.store.record_landing_checks(marks, gone, at=self.clock()) == [True]
+                recorded = self.store.record_landing_checks(
+                    marks,
+                    gone,
+                    at=self.clock(),
+                    absent_audit={i: unfound[i] for i in gone if i in unfound},
+                )
+                return recorded == [True]
             except Exception as exc:
                 if is_store_outage(exc):
                     raise
@@ -1189,15 +1258,23 @@ class Worker:
             self.store.record_landing_checks([], [], at=self.clock(), later=recheck)
         return recorded
 
-    def _landing_check(self, item: OutboxItem, version: str) -> SentMark | None:
+    def _landing_check(self, item: OutboxItem, version: str) -> SentMark | AuditEntry | None:
         """Read ``item``'s resources back (``_check_landings``): what recording it SENT takes
         when a form it was sent in is on the server and ours, else None; the overwrite it was,
-        with its conflict, when its lost send was one (``OutboxItem.lost_overwrite``). Raises
-        whatever the mapping or the reads raise."""
+        with its conflict, when its lost send was one (``OutboxItem.lost_overwrite``). A lost
+        overwrite not found (or found written by another item) may have landed and been
+        changed since: its conflict AuditEvent as recorded then (outcome
+        ``overwrite-landing-unknown``), unless the server still holds every version it was
+        written over (``_never_landed``: it never landed; None). Raises whatever the mapping or
+        the reads raise."""
         forms = sendable_forms(item, store=self.store, version=version)
-        sent = self._landed_form(forms, self._read_back(forms))
+        current = self._read_back(forms)
+        sent = self._landed_form(forms, current)
         if sent is None or self._written_by_another_item(item, sent):
-            return None
+            kept = item.lost_overwrite
+            if kept is None or _never_landed(item.lost_overwrite_against, current):
+                return None
+            return _landing_unknown_event(kept)
         return self._sent_mark(item, sent, self.clock(), overwrite=item.lost_overwrite)
 
     def _recheck_at(self, item: OutboxItem) -> datetime:
@@ -1317,13 +1394,15 @@ class Worker:
         *,
         landing_unknown: bool = False,
         lost_overwrite: AuditEntry | None = None,
+        lost_overwrite_against: Sequence[SentResource] = (),
     ) -> None:
         """Record ``item``'s failure: retried (FAILED) or dead-lettered (``decide_retry``), or
         SUPERSEDED if its record got a newer item. ``landing_unknown``: the failed send's answer
         was lost, so it may have landed: the item is noted so in the same transaction, to be read
         back once it ends without a send that is answered, no sooner than a lease from now (a
         slow server may still be writing it); ``lost_overwrite``: that send was an overwrite,
-        and this its conflict AuditEvent, kept with the note (``Store.mark_dead``)."""
+        and this its conflict AuditEvent, kept with the note (``Store.mark_dead``), with the
+        server's versions it was written over (``lost_overwrite_against``)."""
         now = self.clock()
         check_at = now + timedelta(seconds=self.settings.lease_seconds) if landing_unknown else None
         decision = decide_retry(
@@ -1364,6 +1443,7 @@ class Worker:
                     at=now,
                     landing_check_at=check_at,
                     lost_overwrite=lost_overwrite,
+                    lost_overwrite_against=lost_overwrite_against,
                 ),
                 report,
                 "dead",
@@ -1386,6 +1466,7 @@ class Worker:
                 at=now,
                 landing_check_at=check_at,
                 lost_overwrite=lost_overwrite,
+                lost_overwrite_against=lost_overwrite_against,
             ),
             report,
             "failed",
@@ -1660,6 +1741,27 @@ def _pulled_after_ours(seen: PulledResource, ours: str, ours_at: datetime | None
     if seen.updated_at is None or ours_at is None:
         return True
     return seen.updated_at > ours_at
+
+
+def _never_landed(
+    against: Sequence[SentResource], current: Mapping[tuple[str, str], Mapping[str, Any] | None]
+) -> bool:
+    """Whether the server's copies ``current`` show that an overwrite written over ``against``
+    (the server's versions its 412 read) never landed: every resource is still at that version
+    (a write of it would have made a new one). Not when ``against`` is not known (empty)."""
+    if not against:
+        return False
+    for resource in against:
+        theirs = current.get((resource.resource_type, resource.id))
+        if theirs is None or server_version(theirs) != resource.version_id:
+            return False
+    return True
+
+
+def _landing_unknown_event(kept: AuditEntry) -> AuditEntry:
+    """A lost overwrite's conflict AuditEvent (``kept``, at the overwrite's time) as recorded
+    when it is not found on the server and may have landed: ``overwrite-landing-unknown``."""
+    return replace(kept, resource={**kept.resource, "outcomeDesc": OVERWRITE_LANDING_UNKNOWN})
 
 
 def _stale_version(error: BaseException) -> bool:

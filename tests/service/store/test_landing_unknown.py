@@ -582,6 +582,110 @@ def test_an_overwrite_noted_before_its_send_is_kept_only_while_it_may_have_lande
     assert _conflicts(store) == []
 
 
+AGAINST = (SentResource("Observation", "obs-1", "7"),)
+
+
+def test_a_lost_overwrite_keeps_the_versions_it_was_written_over(store: SqlStore) -> None:
+    """``note_overwrite(against=…)`` and ``mark_failed(lost_overwrite_against=…)`` (also by a
+    worker whose lease was lost) keep the server's versions the overwrite was written over
+    with its AuditEvent, handed out with the item by ``claim`` and ``claim_landing_checks``
+    (``lost_overwrite_against``); an overwrite kept without them has none."""
+    store.put_records([record(1)], audit=[], at=T0)
+    [item] = store.claim("w1", limit=1, lease_seconds=LEASE, now=at(1))
+    assert item.lost_overwrite_against == ()
+    assert store.note_overwrite(item.item_id, "w1", _overwrite(2), against=AGAINST)
+    [taken] = store.claim("w2", limit=1, lease_seconds=LEASE, now=at(40))  # w1 died
+    assert (taken.lost_overwrite, taken.lost_overwrite_against) == (_overwrite(2), AGAINST)
+    store.claim("w3", limit=1, lease_seconds=LEASE, now=at(80))  # w2's lease taken over
+    later = (SentResource("Observation", "obs-1", "9"),)
+    lost = store.mark_failed(
+        item.item_id,
+        "w2",
+        outcome=OUTCOME,
+        next_attempt_at=at(82),
+        at=at(81),
+        landing_check_at=at(111),
+        lost_overwrite=_overwrite(41),
+        lost_overwrite_against=later,
+    )
+    assert lost is None  # w3 holds it: kept all the same
+    store.mark_held(item.item_id, "w3", reason="no consent", audit=[], at=at(82))
+    [check] = store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(111))
+    assert (check.lost_overwrite, check.lost_overwrite_against) == (_overwrite(41), later)
+    assert store.record_landing_checks([], [item.item_id], at=at(112)) == []
+    store.put_records([record(1, score=2)], audit=[], at=at(113))
+    [newer] = store.claim("w4", limit=1, lease_seconds=LEASE, now=at(114))
+    assert store.note_overwrite(newer.item_id, "w4", _overwrite(115))
+    store.mark_failed(
+        newer.item_id,
+        "w4",
+        outcome=OUTCOME,
+        next_attempt_at=at(116),
+        at=at(116),
+        landing_check_at=at(146),
+        lost_overwrite=_overwrite(115),
+    )
+    [retry] = store.claim("w4", limit=1, lease_seconds=LEASE, now=at(117))
+    assert (retry.lost_overwrite, retry.lost_overwrite_against) == (_overwrite(115), ())
+
+
+def test_a_lost_overwrite_its_retry_did_not_find_is_settled_once(store: SqlStore) -> None:
+    """``settle_lost_overwrite``: the retry's 412 did not find the kept overwrite on the server.
+    Under the worker's lease, while it is kept, the kept copy is dropped and the AuditEvent
+    given is added, in one write (the state and the note left as they were); another worker, or
+    a second settlement, writes nothing; an overwrite shown never to have landed is dropped
+    with nothing added."""
+    store.put_records([record(1), record(2, patient="Patient/p2")], audit=[], at=T0)
+    items = store.claim("w1", limit=2, lease_seconds=LEASE, now=at(1))
+    for item in items:
+        store.mark_failed(
+            item.item_id,
+            "w1",
+            outcome=OUTCOME,
+            next_attempt_at=at(2),
+            at=at(1),
+            landing_check_at=at(31),
+            lost_overwrite=_overwrite(1),
+            lost_overwrite_against=AGAINST,
+        )
+    first, second = store.claim("w2", limit=2, lease_seconds=LEASE, now=at(3))
+    before = _row(store, first.item_id)
+    unknown = replace(
+        _overwrite(1), resource={**_overwrite(1).resource, "outcomeDesc": "landing-unknown"}
+    )
+    assert store.settle_lost_overwrite(first.item_id, "w9", audit=[unknown]) is False
+    assert store.settle_lost_overwrite(first.item_id, "w2", audit=[unknown]) is True
+    assert store.settle_lost_overwrite(first.item_id, "w2", audit=[unknown]) is False
+    assert [e.resource for e in _conflicts(store)] == [unknown.resource]
+    assert _lost_overwrite(store, first.item_id) is None
+    assert _row(store, first.item_id) == before
+    assert store.settle_lost_overwrite(second.item_id, "w2", audit=[]) is True
+    assert _lost_overwrite(store, second.item_id) is None
+    assert len(_conflicts(store)) == 1
+    [again] = store.claim("w3", limit=1, lease_seconds=LEASE, now=at(40))
+    assert (again.lost_overwrite, again.lost_overwrite_against) == (None, ())
+
+
+def test_a_read_back_not_finding_a_lost_overwrite_records_its_audit_with_the_drop(
+    store: SqlStore,
+) -> None:
+    """``record_landing_checks(absent_audit=…)``: the entries of an absent item (a lost overwrite
+    not found, audited *landing unknown*) are added in the transaction that drops its note, only
+    while it is noted and left unsent: recorded again (another worker) or for an item pending
+    again, nothing is added."""
+    store.put_records([record(1)], audit=[], at=T0)
+    item_id = _lost(store)
+    [retry] = store.claim("w2", limit=1, lease_seconds=LEASE, now=at(3))
+    assert store.mark_held(retry.item_id, "w2", reason="no consent", audit=[], at=at(4))
+    unknown = {item_id: [_overwrite(1)]}
+    store.claim_landing_checks(limit=10, lease_seconds=LEASE, now=at(40))
+    assert store.record_landing_checks([], [item_id], at=at(41), absent_audit=unknown) == []
+    assert [e.resource for e in _conflicts(store)] == [_overwrite(1).resource]
+    assert _row(store, item_id)[:2] == (SyncState.HELD.value, None)
+    assert store.record_landing_checks([], [item_id], at=at(42), absent_audit=unknown) == []
+    assert len(_conflicts(store)) == 1
+
+
 def test_workers_sharing_the_store_read_each_item_back_once(database_url: str) -> None:
     """Two stores (two worker processes) claim the due read-backs one after the other and at
     once: each item goes to one of them only, and a finding recorded twice is recorded once."""

@@ -266,6 +266,72 @@ def test_a_lost_overwrite_that_did_not_land_and_is_held_is_not_audited(rig: Rig)
     assert rig.fake.resources[key]["status"] == "amended"
 
 
+def _edited_again(rig: Rig, key: str) -> None:
+    """Someone else's edit over whatever the server holds of ``key`` now."""
+    theirs = copy.deepcopy(rig.fake.resources[key])
+    theirs["status"] = "corrected"
+    rig.fake.apply({"entry": [{"request": {"method": "PUT", "url": key}, "resource": theirs}]})
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_a_lost_overwrite_changed_again_before_its_read_back_is_audited_landing_unknown(
+    rig: Rig, applied: bool
+) -> None:
+    """The overwrite's answer is lost and the read-back at once fails; the patient revokes (the
+    retry is held), and someone edits the resource again before the later read-back. That
+    read-back finds neither ours nor the version the overwrite was written over: the overwrite
+    may have landed (and been changed since) or not, and nothing can tell now. Its conflict
+    AuditEvent is recorded all the same, at the time of the overwrite, with the outcome
+    ``overwrite-landing-unknown``, once; nothing is recorded sent, noted ``overwritten`` or
+    counted as an overwrite. (It used to be dropped with the note: an overwrite of someone's
+    edit that did land left no audit trail.)"""
+    record_id, key = _edited_elsewhere(rig)
+    before = _overwritten()
+    _lost_overwrite(rig, R.revocation(rig.run), applied=applied)
+    rig.worker(later=10).run_once()  # the retry: held by the gate
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.HELD}
+    _edited_again(rig, key)
+
+    rig.worker(later=60).run_once()  # read back: someone else's version, not the one overwritten
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.HELD}
+    assert rig.conflict_events(record_id) == ["overwrite-landing-unknown"]
+    assert _conflict_times(rig, record_id)[0] < now() + timedelta(seconds=10)
+    assert rig.conflicts(record_id)[2] is None
+    assert _overwritten() == before
+    assert rig.store.landing_unknown_count() == 0
+    assert _kept_overwrite(rig, record_id, 2) is None
+    rig.worker(later=200).run_once()
+    assert rig.conflict_events(record_id) == ["overwrite-landing-unknown"]
+
+
+@pytest.mark.parametrize("policy", ["overwrite", "keep-remote", "flag"])
+def test_a_lost_overwrite_changed_again_before_its_retry_is_audited_landing_unknown(
+    rig: Rig, policy: str
+) -> None:
+    """The overwrite lands, its answer is lost and the read-back at once fails; someone edits the
+    resource again before the retry. The retry's 412 finds neither ours nor the version the
+    overwrite was written over: the lost overwrite's conflict AuditEvent is recorded with the
+    outcome ``overwrite-landing-unknown`` (it used to be dropped, or replaced by the new
+    overwrite's), and then the policy settles the new edit as a conflict of its own, audited
+    once; a later read-back (the flag holds the item) records nothing more."""
+    record_id, key = _edited_elsewhere(rig)
+    before = _overwritten()
+    _lost_overwrite(rig, applied=True)
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.FAILED}
+    _edited_again(rig, key)
+
+    rig.worker(later=10, policy=policy).run_once()
+    settled = {"overwrite": "overwritten", "keep-remote": "kept-remote", "flag": "flagged"}[policy]
+    assert rig.conflict_events(record_id) == ["overwrite-landing-unknown", settled]
+    assert rig.conflicts(record_id)[2] == settled
+    assert _overwritten() == before + (policy == "overwrite")
+    assert _kept_overwrite(rig, record_id, 2) is None
+    assert (rig.fake.resources[key]["status"] == "corrected") is (policy != "overwrite")
+    rig.worker(later=200, policy=policy).run_once()
+    assert rig.conflict_events(record_id) == ["overwrite-landing-unknown", settled]
+    assert rig.store.landing_unknown_count() == 0
+
+
 def test_a_persons_overwrite_whose_answer_was_lost_stays_decided_and_audited_once(
     rig: Rig,
 ) -> None:

@@ -378,14 +378,12 @@ class RecordingFailsFor:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    def record_landing_checks(
-        self, landed: Any, absent: Any, *, at: Any, later: Any = None
-    ) -> list[bool]:
+    def record_landing_checks(self, landed: Any, absent: Any, **kwargs: Any) -> list[bool]:
         self.calls += 1
         for item_id in [mark.item_id for mark in landed] + list(absent):
             if item_id in self.errors:
                 raise self.errors[item_id]
-        result: list[bool] = self._store.record_landing_checks(landed, absent, at=at, later=later)
+        result: list[bool] = self._store.record_landing_checks(landed, absent, **kwargs)
         return result
 
 
