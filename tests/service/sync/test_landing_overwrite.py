@@ -332,6 +332,37 @@ def test_a_lost_overwrite_changed_again_before_its_retry_is_audited_landing_unkn
     assert rig.store.landing_unknown_count() == 0
 
 
+@pytest.mark.parametrize("meanwhile", ["did-not-land", "changed-again"])
+def test_a_superseded_lost_overwrite_not_found_by_the_newer_versions_412(
+    rig: Rig, meanwhile: str
+) -> None:
+    """Version 2's overwrite is lost and version 3 supersedes it; version 3's 412 comes before
+    version 2's read-back is due, and the server holds someone else's version. Version 2 is
+    read back there and then: still the version it was written over (it never landed), it is
+    dropped with nothing audited; changed again since (it landed, then someone edited), it is
+    audited ``overwrite-landing-unknown``. Version 3 overwrites what is there, audited once."""
+    record_id, key = _edited_elsewhere(rig)
+    before = _overwritten()
+    changed = meanwhile == "changed-again"
+    _lost_overwrite(rig, R.rating(rig.run, 1, value=1), applied=changed)
+    if changed:
+        _edited_again(rig, key)
+
+    assert rig.worker(later=10).run_once().sent == 1
+    assert rig.items(record_id) == {
+        1: SyncState.SENT,
+        2: SyncState.SUPERSEDED,
+        3: SyncState.SENT,
+    }
+    unknown = ["overwrite-landing-unknown"] if changed else []
+    assert rig.conflict_events(record_id) == [*unknown, "overwritten"]
+    assert rig.conflicts(record_id)[3] == "overwritten"
+    assert _overwritten() == before + 1
+    assert rig.store.landing_unknown_count() == 0
+    rig.worker(later=200).run_once()
+    assert rig.conflict_events(record_id) == [*unknown, "overwritten"]
+
+
 def test_a_persons_overwrite_whose_answer_was_lost_stays_decided_and_audited_once(
     rig: Rig,
 ) -> None:
