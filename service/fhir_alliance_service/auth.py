@@ -7,8 +7,11 @@ scopes and the SHA-256 of the secret, never the secret. Clients send it as
 The clinic console (``console/``) signs a browser in with a key that has ``read`` and keeps it in a
 session cookie; such a cookie counts only on the console's own pages.
 
-Scopes: ``read``, ``write``, ``admin`` (implies ``read`` and ``write``), ``consult`` (the CDS
-consult only). Every view declares its scope with :func:`require_scope` (or :func:`public` for the
+Scopes: ``read``, ``write`` (implies ``notify``), ``admin`` (implies ``read``, ``write`` and
+``notify``), ``consult`` (the CDS consult only), ``notify`` (the FHIR Subscriptions notification
+endpoint only: the key a Subscription on the clinic's FHIR server carries, readable by whoever can
+read that Subscription; ``write`` implies it so that Subscriptions registered with a write key
+before it existed keep working). Every view declares its scope with :func:`require_scope` (or :func:`public` for the
 two health checks); a ``before_request`` hook refuses any endpoint that declared nothing, so a
 forgotten decorator closes a route instead of opening it.
 """
@@ -46,9 +49,12 @@ __all__ = [
     "require_scope",
 ]
 
-SCOPES: Final = frozenset({"read", "write", "admin", "consult"})
+SCOPES: Final = frozenset({"read", "write", "admin", "consult", "notify"})
 #: What a scope grants beyond itself.
-_IMPLIED: Final = {"admin": frozenset({"read", "write"})}
+_IMPLIED: Final = {
+    "admin": frozenset({"read", "write", "notify"}),
+    "write": frozenset({"notify"}),
+}
 #: The marker a view carries when it needs no key (only the health checks).
 PUBLIC: Final = "public"
 _SCOPE_ATTRIBUTE: Final = "fhir_alliance_scope"

@@ -213,7 +213,7 @@ def register(subparsers: Any) -> None:
         dest="scopes",
         action="append",
         required=True,
-        choices=("read", "write", "admin", "consult"),
+        choices=("read", "write", "admin", "consult", "notify"),
         help="a scope the key grants (repeat for several)",
     )
     create_key.set_defaults(handler=_guarded(_create_api_key))

@@ -223,6 +223,18 @@ def test_create_api_key_prints_the_key_once_and_stores_only_its_hash(
     assert secret not in repr(stored)
 
 
+def test_create_api_key_makes_a_notify_key(
+    opened: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--scope notify` makes the key for an EHR's Subscription: it opens only the notification
+    endpoint."""
+    assert main(["create-api-key", "ehr subscription", "--scope", "notify"]) == 0
+    parsed = parse_api_key(capsys.readouterr().out.strip())
+    assert parsed is not None
+    stored = opened.find_api_key(parsed[0])
+    assert stored is not None and stored.scopes == frozenset({"notify"})
+
+
 def test_a_command_that_cannot_get_the_write_turn_says_so_in_one_line(
     opened: Store,
     database: str,
@@ -803,3 +815,21 @@ def test_every_service_command_help_says_what_it_does() -> None:
     register(parser.add_subparsers())
     bare = sorted(name for name, sub in _leaf_parsers(parser).items() if not sub.description)
     assert bare == []
+
+
+def test_create_api_key_offers_exactly_the_scopes_auth_knows() -> None:
+    """``--scope`` choices are spelled out in the CLI (which must not import Flask to build its
+    parser): they are auth's SCOPES, so a new scope cannot be left out of the command."""
+    import argparse
+
+    from fhir_alliance_service.auth import SCOPES
+    from fhir_alliance_service.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    [scope] = [
+        action
+        for action in _leaf_parsers(parser)["create-api-key"]._actions
+        if "--scope" in action.option_strings
+    ]
+    assert set(scope.choices or ()) == SCOPES

@@ -3,7 +3,8 @@ same marshmallow schemas the library and the views use; served at ``/openapi.jso
 
 Every rule in ``app.url_map`` (but the clinic console's pages) becomes an operation: the path and
 its parameters come from the rule, ``security`` from the scope the view declared
-(``auth.require_scope``), the summary from the docstring's first line. A view adds the rest in one of two ways:
+(``auth.require_scope``; ``x-required-scope``, and ``x-accepted-scopes``: every scope whose keys
+it lets in), the summary from the docstring's first line. A view adds the rest in one of two ways:
 
 * YAML after a ``---`` line in its docstring (apispec's convention; schema names resolve through
   marshmallow's class registry, e.g. ``schema: OperationOutcomeSchema``), or
@@ -31,7 +32,7 @@ from fhir_alliance._version import __version__
 from fhir_alliance.schemas.common import IdentifierField
 from fhir_alliance.terminology import PURPOSE_OF_USE_CODES
 from fhir_alliance_service.api.body import JSON_TYPES
-from fhir_alliance_service.auth import PUBLIC, declared_scope
+from fhir_alliance_service.auth import PUBLIC, SCOPES, declared_scope, grants
 
 __all__ = [
     "CdsCardsSchema",
@@ -217,6 +218,9 @@ def _operation(rule_methods: str, view: Callable[..., Any], params: list[str]) -
     else:
         operation["security"] = _SECURITY
         operation["x-required-scope"] = scope or "none (closed)"
+        # The scopes whose keys are let in (``admin`` includes ``read`` and ``write``, ``write``
+        # includes ``notify``): a reader need not know the implications.
+        operation["x-accepted-scopes"] = sorted(s for s in SCOPES if scope and grants({s}, scope))
         responses.setdefault(401, _outcome_response("no valid API key"))
         responses.setdefault(403, _outcome_response("the key lacks the scope"))
     described: Mapping[str, Any] = getattr(view, _DESCRIPTION_ATTRIBUTE, {})

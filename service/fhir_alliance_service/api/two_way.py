@@ -1,8 +1,9 @@
 """The /v1 routes of the two-way sync: subscription notifications from the clinic's FHIR server,
 and patient aliases. Thin: parse → call a use case → render.
 
-* ``POST /v1/fhir/notifications`` (scope ``write``): a FHIR Subscriptions notification Bundle (R4
-  backport or R5); each focus is read from the server and merged (``sync/subscriptions.py``).
+* ``POST /v1/fhir/notifications`` (scope ``notify``, which ``write`` and ``admin`` include): a
+  FHIR Subscriptions notification Bundle (R4 backport or R5); each focus is read from the server
+  and merged (``sync/subscriptions.py``).
   422 for a Bundle that is no notification; 409 when no FHIR server is configured; 503 when it
   cannot be reached (or is unavailable for now); 502 when its answer is refused (not FHIR, an
   error, a link off the server, over the client's size or page bounds: never a 413, which would
@@ -73,7 +74,7 @@ def _service() -> Any:
 
 
 @blueprint.post("/fhir/notifications")
-@require_scope("write")
+@require_scope("notify")
 @describe(body=NotificationBundleSchema, response=NotificationResultSchema)
 def notifications() -> Any:
     """Take a Subscriptions notification: each focus Consent/Observation is read from the

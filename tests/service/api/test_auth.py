@@ -60,11 +60,15 @@ def test_create_api_key_refuses_bad_scopes(store: Store, scopes: list[str]) -> N
 
 
 def test_scope_implications() -> None:
-    """admin implies read and write, not consult; other scopes imply nothing."""
+    """admin implies read, write and notify, not consult; write implies notify (the key a
+    Subscription carried before notify existed keeps working); other scopes imply nothing."""
     assert grants({"admin"}, "read") and grants({"admin"}, "write") and grants({"admin"}, "admin")
     assert not grants({"admin"}, "consult")
     assert not grants({"write"}, "read")
     assert not grants({"consult"}, "read")
+    assert grants({"admin"}, "notify") and grants({"write"}, "notify")
+    assert not grants({"read"}, "notify") and not grants({"consult"}, "notify")
+    assert [s for s in sorted(SCOPES) if grants({"notify"}, s)] == ["notify"]
 
 
 def test_missing_key_is_401_with_challenge(client: FlaskClient) -> None:
@@ -233,6 +237,55 @@ def test_every_route_refuses_a_key_without_its_scope(
                 _concrete_path(rule.rule), method=method, headers=auth_headers[other]
             )
             assert response.status_code == 403, (rule.rule, method, other, response.status_code)
+            checked += 1
+    assert checked >= 10
+
+
+NOTIFICATIONS = "/v1/fhir/notifications"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/records"),
+        ("POST", "/v1/consents"),
+        ("POST", "/v1/notes"),
+        ("GET", "/v1/records/0f8fad5b-d9cb-469f-a165-70867728950e"),
+        ("GET", "/v1/consents/0f8fad5b-d9cb-469f-a165-70867728950e"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("POST", "/cds-services/patient-consent-consult"),
+    ],
+)
+def test_a_notify_key_is_refused_elsewhere_with_403(
+    client: FlaskClient, auth_headers: dict[str, dict[str, str]], method: str, path: str
+) -> None:
+    """The key an EHR's Subscription carries cannot post records or consents, nor read anything:
+    403 with the usual OperationOutcome."""
+    response = client.open(path, method=method, headers=auth_headers["notify"], json={})
+    assert response.status_code == 403, response.get_data(as_text=True)
+    assert response.mimetype == "application/fhir+json"
+    assert response.json["issue"][0]["code"] == "forbidden"
+
+
+def test_a_notify_key_opens_the_notification_route_and_nothing_else(
+    app: Flask, client: FlaskClient, auth_headers: dict[str, dict[str, str]]
+) -> None:
+    """Iterating app.url_map: every protected rule but POST /v1/fhir/notifications answers 403 to
+    a notify key (the console's pages too, with their HTML page); that route lets it through (to
+    a 422 here: ``{}`` is no notification)."""
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        if declared_scope(app.view_functions[rule.endpoint]) == PUBLIC:
+            continue
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            response = client.open(
+                _concrete_path(rule.rule), method=method, headers=auth_headers["notify"], json={}
+            )
+            if (method, rule.rule) == ("POST", NOTIFICATIONS):
+                assert response.status_code == 422, response.get_data(as_text=True)
+            else:
+                assert response.status_code == 403, (rule.rule, method, response.status_code)
             checked += 1
     assert checked >= 10
 

@@ -8,7 +8,7 @@ from typing import Any
 import jsonschema_rs
 import pytest
 from fhir_alliance_service.api.openapi import is_api_rule
-from fhir_alliance_service.auth import PUBLIC, declared_scope
+from fhir_alliance_service.auth import PUBLIC, SCOPES, declared_scope, grants
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -81,6 +81,17 @@ def test_every_route_is_documented(app: Flask, document: dict[str, Any]) -> None
             assert (path, method) in operations, (path, method)
 
 
+def test_the_notification_route_names_every_scope_that_opens_it(document: dict[str, Any]) -> None:
+    """POST /v1/fhir/notifications needs ``notify``, and says that ``write`` and ``admin`` keys
+    (which include it) are accepted too: a reader of the document does not conclude that the
+    write key a Subscription already carries stopped working."""
+    operation = _operations(document)[("/v1/fhir/notifications", "POST")]
+    assert operation["x-required-scope"] == "notify"
+    assert operation["x-accepted-scopes"] == ["admin", "notify", "write"]
+    consult = _operations(document)[("/cds-services/patient-consent-consult", "POST")]
+    assert consult["x-accepted-scopes"] == ["consult"]
+
+
 def test_security_follows_declared_scopes(app: Flask, document: dict[str, Any]) -> None:
     """Public routes say ``security: []``; every other operation names the key schemes and its scope."""
     operations = _operations(document)
@@ -94,6 +105,9 @@ def test_security_follows_declared_scopes(app: Flask, document: dict[str, Any]) 
             else:
                 assert {"bearerKey": []} in operation["security"]
                 assert operation["x-required-scope"] == scope
+                assert operation["x-accepted-scopes"] == sorted(
+                    s for s in SCOPES if grants({s}, scope)
+                )
                 assert "401" in operation["responses"]
     schemes = document["components"]["securitySchemes"]
     assert schemes["headerKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}

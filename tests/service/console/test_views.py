@@ -262,8 +262,14 @@ def test_pages_over_tls_ask_browsers_to_keep_to_https(console_client: FlaskClien
 def test_keys_without_read_and_wrong_keys_cannot_sign_in(
     console_client: FlaskClient, console_keys: dict[str, str]
 ) -> None:
-    """A consult-only key, a write-only key and a made-up key are refused with 401 and no session."""
-    for key in (console_keys["consult"], console_keys["write"], "fa_0123456789ab_not-a-secret"):
+    """A consult-only key, a write-only key, a notify-only key (the one an EHR's Subscription
+    carries) and a made-up key are refused with 401 and no session."""
+    for key in (
+        console_keys["consult"],
+        console_keys["write"],
+        console_keys["notify"],
+        "fa_0123456789ab_not-a-secret",
+    ):
         answer = sign_in(console_client, key)
         assert answer.status_code == 401
         assert not any(

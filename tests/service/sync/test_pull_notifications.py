@@ -37,7 +37,14 @@ def app(harness: SyncHarness, make_app: Callable[..., Flask]) -> Flask:
 
 @pytest.fixture
 def headers(harness: SyncHarness) -> dict[str, str]:
-    key = create_api_key(harness.store, "notifications", ["write", "admin"])
+    """The key a Subscription should carry: scope notify only."""
+    key = create_api_key(harness.store, "notifications", ["notify"])
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def admin_headers(harness: SyncHarness) -> dict[str, str]:
+    key = create_api_key(harness.store, "operations", ["admin"])
     return {"Authorization": f"Bearer {key}"}
 
 
@@ -141,6 +148,22 @@ def test_an_r5_notification_with_an_absolute_focus_works_too(
     assert harness.state(record_id) is SyncState.SENT
 
 
+@pytest.mark.parametrize("scope", ["write", "admin"])
+def test_write_and_admin_keys_still_deliver_notifications(
+    harness: SyncHarness, client: FlaskClient, scope: str
+) -> None:
+    """A Subscription registered with a write (or admin) key before the notify scope existed
+    keeps working after an upgrade: both scopes include notify."""
+    _, record_id, consent = _held_then_consent(harness)
+    key = create_api_key(harness.store, f"notifications by {scope}", [scope])
+    body = backport("event-notification", [f"Consent/{consent['id']}"], since=1, first=1)
+    response = client.post(ENDPOINT, json=body, headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200, response.json
+    assert response.json["released"] == 1
+    harness.drain()
+    assert harness.state(record_id) is SyncState.SENT
+
+
 def test_a_focus_off_the_server_is_never_read(
     harness: SyncHarness, client: FlaskClient, headers: dict[str, str]
 ) -> None:
@@ -236,17 +259,21 @@ def test_notifications_need_a_configured_server(sqlite_url: str, headers: dict[s
     assert response.json["resourceType"] == "OperationOutcome"
 
 
-def test_aliases_are_registered_over_http(client: FlaskClient, headers: dict[str, str]) -> None:
+def test_aliases_are_registered_over_http(
+    client: FlaskClient, admin_headers: dict[str, str]
+) -> None:
     """POST /v1/patients/aliases files the alias and answers with the patient's keys; a bad
     alias is a 422 naming the field."""
     good = client.post(
         "/v1/patients/aliases",
         json={"patient": "Patient/p9", "alias": "urn:oid:1.2.3|mrn-9"},
-        headers=headers,
+        headers=admin_headers,
     )
     assert good.status_code == 200 and good.json == {"keys": ["Patient/p9", "urn:oid:1.2.3|mrn-9"]}
     bad = client.post(
-        "/v1/patients/aliases", json={"patient": "Patient/p9", "alias": "nope"}, headers=headers
+        "/v1/patients/aliases",
+        json={"patient": "Patient/p9", "alias": "nope"},
+        headers=admin_headers,
     )
     assert bad.status_code == 422
     assert [i["expression"][0] for i in bad.json["issue"]] == ["alias"]
