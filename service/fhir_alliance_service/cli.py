@@ -118,8 +118,10 @@ def register(subparsers: Any) -> None:
     subscribe.add_argument(
         "--key-env",
         metavar="VARIABLE",
-        help="an environment variable holding an API key (scope write) that the server sends as "
-        "'Authorization: Bearer …' with each notification (never the key itself on the command line)",
+        help="an environment variable holding an API key of scope notify (create-api-key NAME "
+        "--scope notify) that the server sends as 'Authorization: Bearer …' with each "
+        "notification (never the key itself on the command line); a key with more scopes, or "
+        "one this service's store does not accept, is warned about on stderr",
     )
     subscribe.add_argument("--json", action="store_true", help="machine-readable output")
     subscribe.set_defaults(handler=_guarded(_subscribe))
@@ -764,7 +766,12 @@ def _subscribe(args: argparse.Namespace) -> int:
     """Register (or refresh) the rest-hook Subscription for consent changes on the FHIR server,
     notifying --endpoint; registering twice leaves one Subscription. Where the server offers no
     Subscription, say so: polling (the worker's pulls) is then the only way changes arrive, as it
-    is the fallback everywhere. Exit 0 when registered, 1 when not."""
+    is the fallback everywhere. The key of --key-env is kept in the Subscription on the server,
+    where whoever can read the Subscription reads it: it is checked against the store first, and
+    one ``warning:`` line on stderr says so when it can do more than deliver notifications (a
+    key of scope notify only is what it should be), when the service would refuse it, or when
+    the store cannot be read to check it; the registration goes on. Exit 0 when registered, 1
+    when not."""
     import os
 
     settings = _settings()
@@ -773,6 +780,9 @@ def _subscribe(args: argparse.Namespace) -> int:
         key = os.environ.get(args.key_env, "")
         if not key:
             raise _StopCommand(f"{args.key_env} is not set or empty")
+        warning = _notification_key_warning(settings, args.key_env, key)
+        if warning is not None:
+            print(f"warning: {warning}", file=sys.stderr)
         header.append(f"Authorization: Bearer {key}")
     client = _client(settings)
     _configure_logging(settings)
@@ -798,6 +808,43 @@ def _subscribe(args: argparse.Namespace) -> int:
     else:
         print(f"not registered: {result.reason}; polling stays the only way changes arrive")
     return 0 if result.registered else 1
+
+
+def _notification_key_warning(settings: Settings, variable: str, raw_key: str) -> str | None:
+    """What is amiss with the key ``subscribe`` is about to store in the Subscription on the FHIR
+    server: more than the ``notify`` scope, a key the notification endpoint would refuse, or a
+    store that cannot be read to tell; None for a key of scope notify only. Names the key by its
+    public id (as ``list-api-keys`` does), never the key or its secret."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fhir_alliance_service.auth import authenticate, grants
+
+    advice = "use a key of scope notify (fhir-alliance create-api-key NAME --scope notify)"
+    try:
+        with _opened_key_store(settings) as store:
+            # As the endpoint will check it: the Bearer value is stripped there too.
+            key = authenticate(store, raw_key.strip())
+    except (_StopCommand, SQLAlchemyError):  # not migrated, not there, not reachable from here
+        return (
+            f"the key in {variable} could not be checked: this service's store "
+            f"({_database_url_variable()}) cannot be read here; the Subscription should carry a "
+            "key of scope notify only"
+        )
+    if key is None:
+        return (
+            f"{variable} holds no API key this service accepts (unknown, revoked or mistyped): "
+            f"every notification would be refused (401); {advice}"
+        )
+    described = f"the key in {variable} ({key.key_id}, scopes {', '.join(sorted(key.scopes))})"
+    if not grants(key.scopes, "notify"):
+        return f"{described} lacks notify: every notification would be refused (403); {advice}"
+    if key.scopes != {"notify"}:
+        return (
+            f"{described} can do more than deliver notifications, yet the FHIR server keeps it in "
+            f"clear in the Subscription for anyone who can read it there; {advice} instead, then "
+            "revoke this one if nothing else uses it"
+        )
+    return None
 
 
 def _close(client: Any) -> None:

@@ -390,14 +390,16 @@ def register_subscription(
 ) -> SubscriptionRegistration:
     """Register (or refresh) the rest-hook Subscription for consent changes on the server behind
     ``client``, notifying ``endpoint`` (the service's ``/v1/fhir/notifications``); ``header`` lines
-    go with each notification (e.g. the service's API key). Idempotent."""
+    go with each notification (e.g. the service's API key, of scope notify: the server keeps it
+    in the Subscription). Idempotent."""
     if not endpoint.startswith(("https://", "http://")):
         raise InputError(
             "invalid endpoint", issues=[Issue("endpoint", "expected an absolute http(s) URL")]
         )
     if header and endpoint.startswith("http://") and not _loopback(endpoint):
-        # The server would send the header (an API key of scope write) in clear text with every
-        # notification: the rule the FHIR client keeps for its own credentials.
+        # The server would send the header (an API key: of scope notify, or an older write key)
+        # in clear text with every notification: the rule the FHIR client keeps for its own
+        # credentials.
         raise InputError(
             "a notification header (an API key) needs an https endpoint",
             issues=[Issue("endpoint", "https required when the notifications carry a header")],
