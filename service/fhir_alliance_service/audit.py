@@ -11,8 +11,12 @@ assembler and the source record as the entity; a delete writes no version and ha
 only.
 
 No free text, no names: the only words in these resources are fixed codes (a held decision carries
-its machine reason code, never the plain-words reason). Ids are deterministic, so that rebuilding an
-entry after a lost response and pushing it again (``PUT``) writes the same resource.
+its machine reason code, never the plain-words reason). Ids are deterministic (the same event, the
+same id): UUIDv5s of the event's kind, its record version and, for a decision or a step, the
+millisecond it was made. Two different events can still be built under one id (a record version
+sent twice, two holds of it in one millisecond); the store gives the one it stores later an id of
+its own (``store/audit_queue.py``), and the row keeps the id it was stored under, so pushing it
+again (``PUT``) writes the same resource.
 """
 
 from __future__ import annotations

@@ -275,7 +275,9 @@ class OutboxItem:
 class AuditEntry:
     """A local audit row: an AuditEvent or Provenance resource (FHIR JSON, no free text) about a
     record. ``action`` is a short machine word (``intake``, ``disclose``, ``hold``, ``dead-letter``,
-    ``replay``, ``revoke``, …) for listing and metrics."""
+    ``replay``, ``revoke``, …) for listing and metrics. The store writes each under a resource
+    ``id`` no other row has: one whose ``id`` is taken gets another (``store/audit_queue.py``;
+    intake's own write, ``put_records``, stores its ``intake`` events as built)."""
 
     action: str
     record_id: str | None

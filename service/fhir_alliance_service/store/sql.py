@@ -28,7 +28,7 @@ Choices the interface leaves open, made here:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,7 +60,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 
-from .audit_queue import AuditQueueSql, audit_entry, audit_row
+from .audit_queue import (
+    AuditQueueSql,
+    audit_entry,
+    audit_row,
+    event_id_sql,
+    ids_of_their_own,
+    insert_audit,
+)
 from .engine import READ_ONLY, writer_turn
 from .interface import (
     ApiKey,
@@ -686,14 +693,10 @@ def _insert_mark_audit(
 ) -> None:
     """The audit entries of the ``marks`` whose send was ``recorded``, in ``connection``'s
     transaction."""
-    rows = [
-        _audit_row(entry)
-        for mark, ok in zip(marks, recorded, strict=True)
-        if ok
-        for entry in mark.audit
-    ]
-    if rows:
-        connection.execute(insert(audit_log), rows)
+    insert_audit(
+        connection,
+        [entry for mark, ok in zip(marks, recorded, strict=True) if ok for entry in mark.audit],
+    )
 
 
 class SqlStore(AuditQueueSql):
@@ -879,14 +882,19 @@ class SqlStore(AuditQueueSql):
                 if origin is None:  # pulled records are never pushed back
                     self._raw.insert(outbox, outbox_rows)
                 self._note_consent_changes(record_rows)
-            audit_rows = [
-                _audit_row(entry)
+            kept = [
+                entry
                 for entry in audit
                 if entry.record_id is None
                 or entry.record_id in written
                 or (entry.record_id not in heads and entry.record_id not in stale)
             ]
-            self._raw.insert(audit_log, audit_rows)
+            # Intake's own write stores its events as built, unchecked: one round trip more in
+            # the most contended write made concurrent posts of one record run out of retries.
+            # Its ``intake`` events name the record version (two concurrent intakes that read the
+            # same version both name it: both kept, and intake events are never pushed).
+            stored = kept if origin is None else ids_of_their_own(kept, self._taken_event_ids)
+            self._raw.insert(audit_log, [_audit_row(entry) for entry in stored])
             self._raw.insert(pulled_resources, remote_rows, suffix=self._pulled_upsert)
         if tokens_written:  # committed: their rows exist for good
             if len(self._known_tokens) + len(tokens_written) > KNOWN_TOKENS_MAX:
@@ -960,6 +968,24 @@ class SqlStore(AuditQueueSql):
             saved[key] = (copy.version_id, copy.last_updated, copy.state)
             kept[key] = _pulled_row(copy, at)
         return stale, list(kept.values())
+
+    def _taken_event_ids(
+        self, records: Collection[str | None], event_ids: Collection[str] | None
+    ) -> set[str]:
+        """``TakenEventIds`` (``audit_queue.py``) on the raw connection, in the pull's write."""
+        event_id = event_id_sql("postgresql" if self._raw.is_postgresql else "sqlite")
+        known = [record for record in records if record is not None]
+        about: list[str] = []
+        if known:
+            about.append(f"record_id IN ({self._raw.placeholders(len(known))})")
+        if None in records:
+            about.append("record_id IS NULL")
+        statement = f"SELECT {event_id} FROM audit WHERE ({' OR '.join(about)})"  # noqa: S608 (placeholders)
+        params: list[Any] = list(known)
+        if event_ids is not None:
+            statement += f" AND {event_id} IN ({self._raw.placeholders(len(event_ids))})"
+            params += list(event_ids)
+        return {str(value) for (value,) in self._raw.query(statement, params) if value is not None}
 
     def _load_heads(self, record_ids: Sequence[str]) -> dict[str, _Head]:
         heads: dict[str, _Head] = {}
@@ -1450,10 +1476,7 @@ class SqlStore(AuditQueueSql):
                         )
                     )
                 return None
-            if audit_entries:
-                connection.execute(
-                    insert(audit_log), [_audit_row(entry) for entry in audit_entries]
-                )
+            insert_audit(connection, audit_entries)
             return SyncState(written)
 
     def mark_sent(
@@ -1541,9 +1564,7 @@ class SqlStore(AuditQueueSql):
             ]
             for mark in fresh:
                 requeued += self._record_late(connection, rows[mark.item_id], mark, at)
-            audit_rows = [_audit_row(entry) for mark in fresh for entry in mark.audit]
-            if audit_rows:
-                connection.execute(insert(audit_log), audit_rows)
+            insert_audit(connection, [entry for mark in fresh for entry in mark.audit])
         return requeued
 
     @classmethod
@@ -1900,7 +1921,7 @@ class SqlStore(AuditQueueSql):
         if not entries:
             return
         with self._write() as connection:
-            connection.execute(insert(audit_log), [_audit_row(entry) for entry in entries])
+            insert_audit(connection, entries)
 
     def list_audit(
         self, *, record_id: str | None = None, limit: int = 100, after: int | None = None
@@ -2316,8 +2337,7 @@ class SqlStore(AuditQueueSql):
             )
             if result.rowcount != 1:
                 return False
-            if audit:
-                connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
+            insert_audit(connection, audit)
             return True
 
     # -- pending retraction checks --------------------------------------------------------------
@@ -2449,8 +2469,7 @@ class SqlStore(AuditQueueSql):
             result = connection.execute(update(outbox).where(*flagged).values(**values))
             if result.rowcount != 1:
                 return False
-            if audit:
-                connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
+            insert_audit(connection, audit)
             return True
 
     def record_sent_versions(
@@ -2468,8 +2487,7 @@ class SqlStore(AuditQueueSql):
                 .where(outbox.c.item_id == item_id, outbox.c.state == SyncState.SENT.value)
                 .values(sent=sent_json, updated_at=at)
             )
-            if audit:
-                connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
+            insert_audit(connection, audit)
 
     def held_since(self) -> dict[str, datetime]:
         query = (
@@ -2490,6 +2508,6 @@ class SqlStore(AuditQueueSql):
     ) -> int | None:
         with self._write() as connection:
             item_id = _queue_newest(connection, record_id, conflict=conflict, at=at)
-            if item_id is not None and audit:
-                connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
+            if item_id is not None:
+                insert_audit(connection, audit)
             return item_id
