@@ -2,10 +2,11 @@
 the API and every setting, is in docs/service.md"): its settings table has a row for each field of
 ``Settings`` (``FHIR_ALLIANCE_<FIELD>``) and its API table a row for each route of the app, so a new
 setting or route that is not documented fails here. Rows for settings or routes that no longer
-exist fail too. Beyond it: the defaults, secrets, scopes, held reasons, metrics and commands it
-gives; every option the commands tables show (README and docs/service.md); and
-docs/two-way-sync.md's own settings table. (Every ``FHIR_ALLIANCE_*`` name in the docs being one
-the service accepts is tests/service/test_review_ops_settings.py's.)"""
+exist fail too. Beyond it: the defaults, allowed values, secrets, scopes, held reasons, metrics
+and commands it gives; every option the commands tables show (README and docs/service.md);
+docs/console.md's pages; and docs/two-way-sync.md's own settings table. (Every
+``FHIR_ALLIANCE_*`` name in the docs being one the service accepts is
+tests/service/test_review_ops_settings.py's.)"""
 
 from __future__ import annotations
 
@@ -73,8 +74,9 @@ def setting_fields() -> set[str]:
     return {field.name for field in dataclasses.fields(Settings)}
 
 
-def app_routes(tmp_path: Path) -> set[tuple[str, str]]:
-    """(method, path) of every rule of the app ``serve`` runs; the console's under one prefix."""
+def app_routes(tmp_path: Path, *, console_pages: bool = False) -> set[tuple[str, str]]:
+    """(method, path) of every rule of the app ``serve`` runs; the console's under one prefix
+    (or each on its own with ``console_pages``)."""
     from fhir_alliance_service.app import create_app
     from fhir_alliance_service.store.schema import upgrade
 
@@ -84,7 +86,7 @@ def app_routes(tmp_path: Path) -> set[tuple[str, str]]:
     routes: set[tuple[str, str]] = set()
     for rule in app.url_map.iter_rules():
         path = _normal(rule.rule)
-        if path.startswith(CONSOLE_PREFIX):
+        if path.startswith(CONSOLE_PREFIX) and not console_pages:
             path = CONSOLE_PREFIX + "…"
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             routes.add((method, path))
@@ -187,6 +189,39 @@ def test_the_settings_table_gives_the_defaults_the_code_has() -> None:
             if not ok:
                 wrong.append(f"{ENV_PREFIX}{name.upper()}: docs {cell}, code {actual!r}")
     assert not wrong, f"docs/service.md's settings table gives other defaults: {wrong}"
+
+
+def _allowed_values(name: str) -> list[str] | None:
+    """The values a setting with a fixed set of them accepts, as its refusal of another value
+    lists them (``expected one of a, b, c, got …``); None for a setting of any value."""
+    from fhir_alliance_service.config import ConfigError, load_settings
+
+    try:
+        load_settings({f"{ENV_PREFIX}{name.upper()}": "no-such-value"})
+    except ConfigError as exc:
+        match = re.search(r"expected one of (.*), got ", str(exc))
+        return match.group(1).split(", ") if match else None
+    return None
+
+
+def test_the_settings_table_names_every_allowed_value() -> None:
+    """A setting that takes one of a few values has them all in its row, each in backquotes, so
+    the table never leaves out a policy, algorithm or level the code accepts."""
+    text = SERVICE_DOC.read_text(encoding="utf-8")
+    rows = {}
+    for line in _section(text, "Settings").splitlines():
+        if line.startswith("| `"):
+            for name in _VARIABLE.findall(line.split(" | ", 1)[0]):
+                rows[name.lower()] = line
+    choices = {name: _allowed_values(name) for name in sorted(setting_fields())}
+    assert choices["conflict_policy"] == ["overwrite", "keep-remote", "flag"]
+    missing = [
+        f"{ENV_PREFIX}{name.upper()}: `{value}`"
+        for name, values in choices.items()
+        for value in values or []
+        if f"`{value}`" not in rows[name]
+    ]
+    assert not missing, f"docs/service.md's settings table leaves out allowed values: {missing}"
 
 
 def test_the_settings_table_marks_exactly_the_secret_settings() -> None:
@@ -480,6 +515,31 @@ def test_the_api_table_gives_each_route_the_scope_it_declares(tmp_path: Path) ->
             if cell != ("none" if scope == PUBLIC else scope):
                 wrong.append(f"{route[0]} {route[1]}: docs {cell!r}, code {scope!r}")
     assert not wrong, f"docs/service.md's API table gives other scopes: {wrong}"
+
+
+CONSOLE_DOC = ROOT / "docs" / "console.md"
+
+
+def _console_table_pages(text: str) -> set[str]:
+    """The path (``{}`` for each parameter) in the URL column of docs/console.md's Pages table."""
+    pages = set()
+    for line in _section(text, "Pages").splitlines():
+        if line.startswith("| ") and not set(line) <= set("|-: "):
+            pages.update(_normal(path) for path in re.findall(r"`(/console/[^`]*)`", line))
+    return pages
+
+
+def test_every_console_page_is_in_the_pages_table(tmp_path: Path) -> None:
+    """docs/console.md's Pages table has a row for each page the console serves (``GET``, its
+    stylesheets aside), and no row for a page it does not serve."""
+    pages = {
+        path
+        for method, path in app_routes(tmp_path, console_pages=True)
+        if method == "GET" and path.startswith(CONSOLE_PREFIX) and "/static/" not in path
+    }
+    documented = _console_table_pages(CONSOLE_DOC.read_text(encoding="utf-8"))
+    assert "/console/records/{}" in pages
+    assert documented == pages
 
 
 def _subcommand(parser: Any, words: list[str]) -> Any:
