@@ -3,10 +3,10 @@ the API and every setting, is in docs/service.md"): its settings table has a row
 ``Settings`` (``FHIR_ALLIANCE_<FIELD>``) and its API table a row for each route of the app, so a new
 setting or route that is not documented fails here. Rows for settings or routes that no longer
 exist fail too. Beyond it: the defaults, allowed values, secrets, scopes, held reasons, metrics
-and commands it gives; every option the commands tables show (README and docs/service.md);
-docs/console.md's pages; and docs/two-way-sync.md's own settings table. (Every
-``FHIR_ALLIANCE_*`` name in the docs being one the service accepts is
-tests/service/test_review_ops_settings.py's.)"""
+and commands it gives; every option the commands tables show (README and docs/service.md), and
+every option of every command named in the document that describes it; docs/console.md's pages;
+and docs/two-way-sync.md's own settings table. (Every ``FHIR_ALLIANCE_*`` name in the docs being
+one the service accepts is tests/service/test_review_ops_settings.py's.)"""
 
 from __future__ import annotations
 
@@ -594,6 +594,69 @@ def test_every_documented_flag_exists(doc: Path, heading: str, example: tuple[st
         if flag not in sub._option_string_actions:
             unknown.append(f"{command} {flag}")
     assert not unknown, f"{doc.name} shows options the commands do not have: {unknown}"
+
+
+#: Where each of the library's commands is documented; the service's are in docs/service.md.
+#: ``push`` takes ``check``'s server options, which docs/client.md describes.
+LIBRARY_COMMAND_DOCS = {
+    "map": ["observations.md"],
+    "export": ["observations.md"],
+    "push": ["observations.md", "client.md"],
+    "decide": ["consent-decisions.md"],
+    "check": ["client.md"],
+}
+
+
+def _options(parser: Any, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """(command, option strings) of every option of every subcommand of ``parser``, ``--help``
+    left out (``db backup`` for a nested one)."""
+    import argparse
+
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _options(sub, f"{prefix}{name} ")
+        elif action.option_strings and prefix and not isinstance(action, argparse._HelpAction):
+            found.append((prefix.strip(), list(action.option_strings)))
+    return found
+
+
+def test_every_option_of_every_command_is_documented() -> None:
+    """Each option of every command (``-o`` or ``--output`` alike) is named in the document that
+    describes the command, so an option no document mentions is found here."""
+    from fhir_alliance.cli import build_parser
+
+    texts = {path.name: path.read_text(encoding="utf-8") for path in (ROOT / "docs").glob("*.md")}
+    options = _options(build_parser())
+    assert ("map", ["-o", "--output"]) in options
+    service_commands = _service_commands()
+    undocumented, unplaced = [], set()
+    for command, strings in options:
+        top = command.split()[0]
+        docs = LIBRARY_COMMAND_DOCS.get(top, ["service.md"])
+        if top not in LIBRARY_COMMAND_DOCS and top not in service_commands:
+            unplaced.add(top)
+            continue
+        named = any(
+            re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", texts[doc])
+            for option in strings
+            for doc in docs
+        )
+        if not named:
+            undocumented.append(f"{command} {'/'.join(strings)} (docs/{', docs/'.join(docs)})")
+    assert not unplaced, f"say in LIBRARY_COMMAND_DOCS where these are documented: {unplaced}"
+    assert not undocumented, f"options no document names: {undocumented}"
+
+
+def _service_commands() -> set[str]:
+    import argparse
+
+    from fhir_alliance_service.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return {name.split()[0] for name in _commands(parser)}
 
 
 TWO_WAY_DOC = ROOT / "docs" / "two-way-sync.md"
