@@ -3,10 +3,11 @@ the API and every setting, is in docs/service.md"): its settings table has a row
 ``Settings`` (``FHIR_ALLIANCE_<FIELD>``) and its API table a row for each route of the app, so a new
 setting or route that is not documented fails here. Rows for settings or routes that no longer
 exist fail too. Beyond it: the defaults, allowed values, secrets, scopes, held reasons, metrics
-and commands it gives; every option the commands tables show (README and docs/service.md), and
-every option of every command named in the document that describes it; docs/console.md's pages;
-and docs/two-way-sync.md's own settings table. (Every ``FHIR_ALLIANCE_*`` name in the docs being
-one the service accepts is tests/service/test_review_ops_settings.py's.)"""
+and commands it gives; the service's commands in service/README.md; every option the commands
+tables show (README and docs/service.md), and every option of every command named in the
+document that describes it; docs/console.md's pages; and docs/two-way-sync.md's own settings
+table. (Every ``FHIR_ALLIANCE_*`` name in the docs being one the service accepts is
+tests/service/test_review_ops_settings.py's.)"""
 
 from __future__ import annotations
 
@@ -456,6 +457,20 @@ def test_every_service_command_is_in_the_commands_table() -> None:
     documented = _table_commands(_section(SERVICE_DOC.read_text(encoding="utf-8"), "Commands"))
     missing = sorted(_commands(parser) - documented)
     assert not missing, f"service commands missing from docs/service.md's Commands: {missing}"
+
+
+def test_the_service_readme_names_every_service_command() -> None:
+    """service/README.md lists the subcommands the service adds: all of them (``db``'s own
+    subcommands one by one), each in backquotes."""
+    import argparse
+
+    from fhir_alliance_service.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    text = (ROOT / "service" / "README.md").read_text(encoding="utf-8")
+    missing = sorted(name for name in _commands(parser) if f"`{name}`" not in text)
+    assert not missing, f"service commands missing from service/README.md: {missing}"
 
 
 # -- the held reasons an operator reads in the status -------------------------------------------
