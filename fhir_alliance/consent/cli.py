@@ -135,23 +135,14 @@ def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
                     issues=[Issue(path=where, message="expected a JSON object")],
                 )
             resource_type = doc.get("resourceType")
+            if resource_type is not None and not isinstance(resource_type, str):
+                raise _refused(f"{where}.resourceType", "expected a resource type (a string)")
             if resource_type == "Consent":
                 _check_depth(doc, "provision", where)
                 fhir.append((doc, where, _location(doc, None)))
             elif resource_type == "Bundle":
                 others.append(doc)
-                for n, entry in enumerate(doc.get("entry") or ()):
-                    res = entry.get("resource") if isinstance(entry, Mapping) else None
-                    if isinstance(res, Mapping) and res.get("resourceType") == "Consent":
-                        _check_depth(res, "provision", f"{where}.entry[{n}].resource")
-                        full_url = entry.get("fullUrl")
-                        fhir.append(
-                            (
-                                res,
-                                f"{where}.entry[{n}].resource",
-                                _location(res, full_url if isinstance(full_url, str) else None),
-                            )
-                        )
+                _bundle_consents(doc, where, fhir)
             elif resource_type is not None:
                 others.append(doc)
             elif "kind" in doc:
@@ -176,6 +167,44 @@ def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
     if ours:
         records.extend(load_consent_records(ours))
     return ConsentInputs(records, ActorDirectory.from_resources(others), locations)
+
+
+def _refused(where: str, message: str) -> InputError:
+    return InputError(f"{where}: {message}", issues=[Issue(path=where, message=message)])
+
+
+def _bundle_consents(
+    bundle: Mapping[str, Any], where: str, fhir: list[tuple[Mapping[str, Any], str, str | None]]
+) -> None:
+    """The Consents of a Bundle's entries, in Bundles inside it too (as the actor directory reads
+    them). An entry or a resource that is not what FHIR says it is, is an error: skipped, it
+    might have been the Consent that denies."""
+    entries = bundle.get("entry")
+    if entries is None:
+        return
+    if not isinstance(entries, list):
+        raise _refused(f"{where}.entry", "expected an array")
+    for n, entry in enumerate(entries):
+        at = f"{where}.entry[{n}]"
+        if not isinstance(entry, Mapping):
+            raise _refused(at, "expected an object")
+        res = entry.get("resource")
+        if res is None:  # a response or request entry without a resource
+            continue
+        if not isinstance(res, Mapping) or not isinstance(res.get("resourceType"), str):
+            raise _refused(f"{at}.resource", "expected a FHIR resource (with a resourceType)")
+        if res["resourceType"] == "Consent":
+            _check_depth(res, "provision", f"{at}.resource")
+            full_url = entry.get("fullUrl")
+            fhir.append(
+                (
+                    res,
+                    f"{at}.resource",
+                    _location(res, full_url if isinstance(full_url, str) else None),
+                )
+            )
+        elif res["resourceType"] == "Bundle":
+            _bundle_consents(res, f"{at}.resource", fhir)
 
 
 def _check_depth(document: Mapping[str, Any], key: str, where: str) -> None:

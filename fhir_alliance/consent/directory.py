@@ -187,7 +187,8 @@ def _collect(
                     bases,
                 )
         return
-    if resource_type not in ACTOR_RESOURCE_TYPES:
+    # (A resourceType that is not a string, an array say, names no actor: never a TypeError.)
+    if not isinstance(resource_type, str) or resource_type not in ACTOR_RESOURCE_TYPES:
         return
     identifiers: list[Identifier] = []
     for n, item in enumerate(resource.get("identifier") or ()):

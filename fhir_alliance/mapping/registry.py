@@ -72,7 +72,8 @@ def mappers() -> tuple[RecordMapper, ...]:
 
 
 def mapper_for_kind(kind: object, *, path: str = "kind") -> RecordMapper:
-    for mapper in mappers():
+    # A kind that is not a string (an array, an object: unhashable) is unknown, never a TypeError.
+    for mapper in mappers() if isinstance(kind, str) else ():
         if kind in mapper.kinds:
             return mapper
     known = sorted(k for m in mappers() for k in m.kinds)
@@ -85,7 +86,7 @@ def mapper_for_kind(kind: object, *, path: str = "kind") -> RecordMapper:
 
 
 def mapper_for_resource_type(resource_type: object) -> RecordMapper:
-    for mapper in mappers():
+    for mapper in mappers() if isinstance(resource_type, str) else ():
         if resource_type in mapper.resource_types:
             return mapper
     raise MappingError("no mapping for this resource type", element="resourceType")
