@@ -14,7 +14,6 @@ DocumentReference's extensions carry. See ``docs/notes.md``.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -437,7 +436,7 @@ def _decode(attachment: Mapping[str, Any], path: str) -> tuple[str, NoteFormat, 
     try:
         data = base64.b64decode(encoded, validate=True)
         text = data.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and base64's own for non-ASCII text
         raise MappingError("expected base64 of UTF-8 text", element=f"{path}.data") from None
     size = attachment.get("size")
     if isinstance(size, str) and size.isascii() and size.isdigit():
