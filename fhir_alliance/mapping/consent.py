@@ -643,6 +643,15 @@ def _known_keys(obj: Mapping[str, Any], allowed: frozenset[str], path: _Path) ->
             raise _fail("not an element we can read", path / key)
 
 
+def _extension_elements(ext: Mapping[str, Any], path: _Path) -> None:
+    """An Extension has an id, a url, extensions and a value[x]; anything else is refused."""
+    for key in ext:
+        if not isinstance(key, str) or (
+            key not in ("id", "url", "extension") and not key.startswith(("value", "_"))
+        ):
+            raise _fail("not an element we can read", path / str(key))
+
+
 def _no_foreign_modifiers(obj: Mapping[str, Any], path: _Path) -> list[Mapping[str, Any]]:
     """Our modifier extensions in ``obj``; any other modifier extension is refused (its meaning
     would be lost)."""
@@ -651,6 +660,7 @@ def _no_foreign_modifiers(obj: Mapping[str, Any], path: _Path) -> list[Mapping[s
         ext = _obj(ext, _Path(f"{path}.modifierExtension[{i}]"))
         if not isinstance(ext.get("url"), str) or ext["url"] not in _OUR_MODIFIERS:
             raise _fail("unknown modifier extension", path / f"modifierExtension[{i}]")
+        _extension_elements(ext, _Path(f"{path}.modifierExtension[{i}]"))
         found.append(ext)
     return found
 
@@ -669,6 +679,47 @@ def _backbone(value: Any, path: _Path, elements: frozenset[str]) -> Mapping[str,
         raise _fail(
             "a provision modifier extension outside a provision", path / "modifierExtension"
         )
+    return obj
+
+
+#: The elements of the data types a consent is read from, besides ``id`` and ``extension``.
+_COMPLEX_TYPES: Final = {
+    "Coding": frozenset({"system", "version", "code", "display", "userSelected"}),
+    "CodeableConcept": frozenset({"coding", "text"}),
+    "Reference": frozenset({"reference", "type", "identifier", "display"}),
+    "Identifier": frozenset({"use", "type", "system", "value", "period", "assigner"}),
+    "Period": frozenset({"start", "end"}),
+    "Attachment": frozenset(
+        {
+            "contentType",
+            "language",
+            "data",
+            "url",
+            "size",
+            "hash",
+            "title",
+            "creation",
+            "height",
+            "width",
+            "frames",
+            "duration",
+            "pages",
+        }
+    ),
+}
+_ELEMENT: Final = frozenset({"id", "extension"})
+
+
+def _datatype(value: Any, path: _Path, kind: str) -> Mapping[str, Any]:
+    """A value of a complex data type with only its own elements. FHIR gives these types no
+    modifier extension, and an element we cannot read (a misspelt ``end``, a modifier where none
+    belongs) may change what the value means: refused, never read past."""
+    obj = _obj(value, path)
+    if "modifierExtension" in obj:
+        raise _fail(
+            f"a modifier extension, which a {kind} cannot carry", path / "modifierExtension"
+        )
+    _known_keys(obj, _ELEMENT | _COMPLEX_TYPES[kind], path)
     return obj
 
 
@@ -724,7 +775,7 @@ def _datetime(value: Any, path: _Path, *, end: bool = False) -> datetime:
 def _period(value: Any, path: _Path) -> Period | None:
     if value is None:
         return None
-    obj = _obj(value, path)
+    obj = _datatype(value, path, "Period")
     start = None if obj.get("start") is None else _datetime(obj["start"], path / "start")
     end = None if obj.get("end") is None else _datetime(obj["end"], path / "end", end=True)
     if start is None and end is None:
@@ -735,7 +786,7 @@ def _period(value: Any, path: _Path) -> Period | None:
 
 
 def _coding(value: Any, path: _Path) -> Coding:
-    obj = _obj(value, path)
+    obj = _datatype(value, path, "Coding")
     return Coding(
         system=_str(obj.get("system"), path / "system"),
         code=_str(obj.get("code"), path / "code"),
@@ -745,7 +796,7 @@ def _coding(value: Any, path: _Path) -> Coding:
 
 def _concept(value: Any, path: _Path) -> list[Coding]:
     """A CodeableConcept's codings (all of them: they name the same concept)."""
-    obj = _obj(value, path)
+    obj = _datatype(value, path, "CodeableConcept")
     codings = _list(obj.get("coding"), path / "coding")
     if not codings:
         raise _fail("a coded concept is needed (text alone cannot be matched)", path / "coding")
@@ -795,7 +846,7 @@ def _checked(
 
 
 def _ref(value: Any, path: _Path) -> Ref:
-    obj = _obj(value, path)
+    obj = _datatype(value, path, "Reference")
     reference = _opt_str(obj.get("reference"), path / "reference")
     identifier = None
     if obj.get("identifier") is not None:
@@ -811,7 +862,7 @@ def _ref(value: Any, path: _Path) -> Ref:
 
 
 def _identifier(value: Any, path: _Path) -> Identifier:
-    obj = _obj(value, path)
+    obj = _datatype(value, path, "Identifier")
     return Identifier(
         system=_str(obj.get("system"), path / "system"),
         value=_str(obj.get("value"), path / "value"),
@@ -839,6 +890,7 @@ def _extensions(obj: Mapping[str, Any], path: _Path) -> list[tuple[int, Mapping[
         ext_path = _Path(f"{path}.extension[{i}]")
         ext = _obj(ext, ext_path)
         _str(ext.get("url"), ext_path / "url")
+        _extension_elements(ext, ext_path)
         out.append((i, ext))
     return out
 
@@ -991,7 +1043,7 @@ def _single_ref_ext(resource: Mapping[str, Any], url: str, path: _Path) -> Ref |
 
 
 def _attachment(value: Any, path: _Path) -> Attachment:
-    obj = _obj(value, path)
+    obj = _datatype(value, path, "Attachment")
     att = Attachment(
         content_type=_opt_str(obj.get("contentType"), path / "contentType"),
         url=_opt_str(obj.get("url"), path / "url"),
