@@ -136,7 +136,6 @@ def test_the_write_turn_not_obtained_stops_the_load_with_one_line_and_what_was_s
     assert "created 4, unchanged 2" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(strict=True, reason="the stored intake event names a stale version")
 def test_a_record_another_intake_changed_meanwhile_is_audited_at_the_version_loaded(
     opened: SqlStore,
     tmp_path: Path,

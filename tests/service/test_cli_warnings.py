@@ -24,7 +24,7 @@ from fhir_alliance import cli
 pytestmark = pytest.mark.usefixtures("database")
 
 RUPTURE = Path(__file__).resolve().parents[2] / "examples" / "observations" / "rupture.json"
-STALE = "intake audit events name a stale version"
+WARNING = "a service warning during load"
 
 
 def _python(program: str) -> subprocess.CompletedProcess[str]:
@@ -44,37 +44,29 @@ def _closed_port() -> int:
     return port
 
 
-def test_load_shows_the_service_warning_of_a_concurrent_intake_as_a_warning_line() -> None:
-    """Another intake of the same record lands between ``load``'s read and its write (the timing
-    forced by running it from inside the store's write call): the intake use case warns that the
-    audit events name a stale version. ``load`` sets up no logging, so Python's last-resort handler
-    printed the bare message; it is now one ``warning:`` line, as for the library's warnings."""
+def test_load_shows_a_service_warning_as_a_warning_line() -> None:
+    """A service module warns while ``load`` runs (here from inside the store's write call).
+    ``load`` sets up no logging, so Python's last-resort handler printed the bare message; it is
+    one ``warning:`` line, as for the library's warnings."""
     ran = _python(
         f"""
-        import json, sys
-        from datetime import UTC, datetime
+        import logging, sys
         from fhir_alliance_service.store.sql import SqlStore
-        from fhir_alliance_service.usecases.intake import intake_records
         from fhir_alliance.cli import main
 
         put_records = SqlStore.put_records
-        racing = []
 
-        def with_a_concurrent_intake(self, records, **kwargs):
-            if not racing:  # once: the other intake's own write goes straight through
-                racing.append(True)
-                other = json.load(open({str(RUPTURE)!r}, encoding="utf-8"))
-                other["tension"] = 1 + other.get("tension", 0) % 3
-                intake_records(self, [other], at=datetime.now(UTC))
+        def with_a_service_warning(self, records, **kwargs):
+            logging.getLogger("fhir_alliance_service.usecases.intake").warning("{WARNING}")
             return put_records(self, records, **kwargs)
 
-        SqlStore.put_records = with_a_concurrent_intake
+        SqlStore.put_records = with_a_service_warning
         sys.exit(main(["load", {str(RUPTURE)!r}]))
         """
     )
     assert ran.returncode == 0, ran.stderr
     assert "loaded 1 record(s)" in ran.stdout
-    assert ran.stderr.splitlines() == [f"warning: {STALE}"]
+    assert ran.stderr.splitlines() == [f"warning: {WARNING}"]
 
 
 def test_a_service_error_with_its_exception_is_one_line_without_the_traceback() -> None:

@@ -9,7 +9,8 @@ the writers' queue serialises claims. Pushing a row twice is harmless: its id is
 and the push is a ``PUT``.
 
 No two rows share a resource id (:func:`insert_audit`; every write of the trail but intake's own,
-``SqlStore._put_records``, goes through :func:`ids_of_their_own`): the builders (``audit.py``)
+``SqlStore._put_records``, goes through :func:`ids_of_their_own`; intake's events name the record
+version that write gives, each version written once): the builders (``audit.py``)
 name a decision or a step by its record version and its millisecond, and a send by its record
 version, which may be sent more than once, so two events can be built under one id. A ``PUT`` of
 the second would replace the first on the server; the row written later gets an id of its own

@@ -34,6 +34,8 @@ __all__ = [
     "AuditEntry",
     "AuditPushFailure",
     "AuditPushState",
+    "IntakeEventBuilder",
+    "IntakeEvents",
     "IntakeResult",
     "NewRecord",
     "OutboxItem",
@@ -277,7 +279,8 @@ class AuditEntry:
     record. ``action`` is a short machine word (``intake``, ``disclose``, ``hold``, ``dead-letter``,
     ``replay``, ``revoke``, …) for listing and metrics. The store writes each under a resource
     ``id`` no other row has: one whose ``id`` is taken gets another (``store/audit_queue.py``;
-    intake's own write, ``put_records``, stores its ``intake`` events as built)."""
+    intake's own write, ``put_records`` with :class:`IntakeEvents`, needs no such check: each of
+    its events names the record version that write gives, and a version is written once)."""
 
     action: str
     record_id: str | None
@@ -291,6 +294,29 @@ class AuditEntry:
     push_state: AuditPushState | None = None
     push_attempts: int = 0
     push_outcome: Mapping[str, Any] | None = None
+
+
+class IntakeEventBuilder(Protocol):
+    """How intake builds a record's ``intake`` AuditEvent (``audit.intake_event``)."""
+
+    def __call__(
+        self, record_id: str, patient: str, kind: str, version: int, at: datetime
+    ) -> AuditEntry: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeEvents:
+    """The ``intake`` AuditEvent of each record of one :meth:`Store.put_records` call, built
+    before its write: ``entries[n]`` is about ``records[n]`` at ``versions[n]``, the version the
+    caller expects it to get (from its read of the store). The versions are given in the write
+    transaction: a record that gets another one there (another intake wrote it since the caller
+    read the store) has its event built again by ``build``, for the version written (with the
+    record's id, patient and kind and the entry's time), in that transaction. When every version
+    is as expected (the common case) the entries are stored as given."""
+
+    entries: Sequence[AuditEntry]
+    versions: Sequence[int]
+    build: IntakeEventBuilder
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,15 +424,22 @@ class Store(Protocol):
 
     # -- intake --------------------------------------------------------------------------------
     def put_records(
-        self, records: Sequence[NewRecord], *, audit: Sequence[AuditEntry], at: datetime
+        self,
+        records: Sequence[NewRecord],
+        *,
+        audit: Sequence[AuditEntry] | IntakeEvents,
+        at: datetime,
     ) -> list[IntakeResult]:
         """Store ``records`` and ``audit`` all-or-nothing, in one transaction. For each record: new
         → version 1 and an outbox item; same content as the newest version → UNCHANGED, nothing
         written; changed content → a new version and an outbox item (older unsent items of the
         record become SUPERSEDED, unless a worker's lease on one runs; one whose lease expired is
-        noted *landing unknown*, see :meth:`claim`). ``audit`` entries whose ``record_id`` names an UNCHANGED record are
-        not written. A changed version naming another patient than the record's newest version
-        (and not an alias of that patient) raises :class:`PatientChangeRefused`, nothing written.
+        noted *landing unknown*, see :meth:`claim`). ``audit`` entries whose ``record_id`` names
+        an UNCHANGED record are not written. Intake's :class:`IntakeEvents` (one per record) are
+        written for the records that get a version, each naming the version it got (built again
+        for it when the caller expected another). A changed version naming another patient than
+        the record's newest version (and not an alias of that patient) raises
+        :class:`PatientChangeRefused`, nothing written.
         The patient of each consent (family ``consent``) that gets a version (new, changed, a
         revocation folded in) is noted for a retraction check, due at once, in the same
         transaction (as :meth:`note_retraction_checks` notes, replacing a note there), so that

@@ -8,6 +8,9 @@ Choices the interface leaves open, made here:
   run as plain SQL on a raw DBAPI connection per thread (``raw.py``; PostgreSQL pipelines them).
   Two intakes racing on one record: SQLite's write lock serialises them; on PostgreSQL the later
   writer fails whole with ``IntegrityError`` (primary key of the version) and may simply retry.
+  Intake's AuditEvents (``IntakeEvents``) come built for the versions the use case read; one
+  whose record gets another version in the write (another intake committed it meanwhile) is
+  built again there, so each stored event names the version written.
 * A claimed FAILED item stays FAILED (with its last outcome) until the retry's ``mark_*``.
 * ``mark_*`` succeeds while the item is pending and ``worker`` is its lease owner, even after
   the lease ran out, as long as no other worker has claimed it since; it releases the lease.
@@ -74,6 +77,7 @@ from .interface import (
     ApiKeyNameTaken,
     AuditEntry,
     FlaggedConflicts,
+    IntakeEvents,
     IntakeResult,
     NewRecord,
     OutboxItem,
@@ -685,6 +689,27 @@ def _first_unserialisable(records: Sequence[NewRecord], audit: Sequence[AuditEnt
     return None
 
 
+def _intake_events_written(
+    records: Sequence[NewRecord], events: IntakeEvents, results: Sequence[IntakeResult]
+) -> list[AuditEntry]:
+    """In intake's write: the event of each record that got a version (none for one UNCHANGED),
+    naming that version. One built for another version (another intake wrote the record after
+    the use case read the store) is built again for the version written; the others, the common
+    case, are stored as built."""
+    written: list[AuditEntry] = []
+    for record, entry, expected, result in zip(
+        records, events.entries, events.versions, results, strict=True
+    ):
+        if result.outcome is not PutOutcome.CREATED and result.outcome is not PutOutcome.UPDATED:
+            continue
+        if result.version != expected:
+            entry = events.build(
+                record.record_id, record.patient, record.kind, result.version, entry.at
+            )
+        written.append(entry)
+    return written
+
+
 _audit_row = audit_row
 
 
@@ -755,7 +780,11 @@ class SqlStore(AuditQueueSql):
 
     # -- intake --------------------------------------------------------------------------------
     def put_records(
-        self, records: Sequence[NewRecord], *, audit: Sequence[AuditEntry], at: datetime
+        self,
+        records: Sequence[NewRecord],
+        *,
+        audit: Sequence[AuditEntry] | IntakeEvents,
+        at: datetime,
     ) -> list[IntakeResult]:
         return self._put_checked(records, audit, at, None)
 
@@ -773,7 +802,7 @@ class SqlStore(AuditQueueSql):
     def _put_checked(
         self,
         records: Sequence[NewRecord],
-        audit: Sequence[AuditEntry],
+        audit: Sequence[AuditEntry] | IntakeEvents,
         at: datetime,
         origin: str | None,
         remote: Sequence[PulledResource] = (),
@@ -783,7 +812,8 @@ class SqlStore(AuditQueueSql):
         except (TypeError, StatementError):
             # The transaction is rolled back; say which value could not be stored (the drivers
             # word this differently, and SQLAlchemy's message would not name the record).
-            problem = _first_unserialisable(records, audit)
+            entries = audit.entries if isinstance(audit, IntakeEvents) else audit
+            problem = _first_unserialisable(records, entries)
             if problem is None:
                 raise
             raise TypeError(problem) from None
@@ -791,7 +821,7 @@ class SqlStore(AuditQueueSql):
     def _put_records(
         self,
         records: Sequence[NewRecord],
-        audit: Sequence[AuditEntry],
+        audit: Sequence[AuditEntry] | IntakeEvents,
         at: datetime,
         origin: str | None = None,
         remote: Sequence[PulledResource] = (),
@@ -882,18 +912,21 @@ class SqlStore(AuditQueueSql):
                 if origin is None:  # pulled records are never pushed back
                     self._raw.insert(outbox, outbox_rows)
                 self._note_consent_changes(record_rows)
-            kept = [
-                entry
-                for entry in audit
-                if entry.record_id is None
-                or entry.record_id in written
-                or (entry.record_id not in heads and entry.record_id not in stale)
-            ]
-            # Intake's own write stores its events as built, unchecked: one round trip more in
-            # the most contended write made concurrent posts of one record run out of retries.
-            # Its ``intake`` events name the record version (two concurrent intakes that read the
-            # same version both name it: both kept, and intake events are never pushed).
-            stored = kept if origin is None else ids_of_their_own(kept, self._taken_event_ids)
+            if isinstance(audit, IntakeEvents):
+                # Intake's own events name the version each record got here (built again for it
+                # when another intake wrote the record after the use case read the store), and
+                # a version is written once: no id to look up (one round trip more in the most
+                # contended write made concurrent posts of one record run out of retries).
+                stored = _intake_events_written(records, audit, results)
+            else:
+                kept = [
+                    entry
+                    for entry in audit
+                    if entry.record_id is None
+                    or entry.record_id in written
+                    or (entry.record_id not in heads and entry.record_id not in stale)
+                ]
+                stored = kept if origin is None else ids_of_their_own(kept, self._taken_event_ids)
             self._raw.insert(audit_log, [_audit_row(entry) for entry in stored])
             self._raw.insert(pulled_resources, remote_rows, suffix=self._pulled_upsert)
         if tokens_written:  # committed: their rows exist for good

@@ -4,9 +4,10 @@ validated domain records → the store, all or nothing.
 :func:`intake_records` loads every payload with its kind's mapper, runs the mapper's rules across
 the batch (a repair names a rupture of the batch or of the store; a revocation names a consent of the
 batch or of the store and is folded into it as a new version), and hands everything to
-``store.put_records`` with one intake AuditEvent per record, in one transaction. Errors of every
-payload are collected into one :class:`~fhir_alliance.errors.InputError` whose issue paths start
-with the payload's label (its index in a list: ``1.responses.3.value``). Identifiers, the patient
+``store.put_records`` with one intake AuditEvent per record (naming the version the store gives
+it), in one transaction. Errors of every payload are collected into one
+:class:`~fhir_alliance.errors.InputError` whose issue paths start with the payload's label (its
+index in a list: ``1.responses.3.value``). Identifiers, the patient
 and every reference must also pass the service's stricter rules (``usecases/references.py``). Held
 records of a patient whose consents changed are re-queued, and the store notes that patient for
 a retraction check in the consent's own write (``Store.put_records``). An AI-drafted session note
@@ -41,6 +42,7 @@ from fhir_alliance.model.observations import RepairEvent
 from fhir_alliance.schemas.observations import KIND_RUPTURE
 from fhir_alliance_service import audit
 from fhir_alliance_service.store.interface import (
+    IntakeEvents,
     IntakeResult,
     NewRecord,
     PatientChangeRefused,
@@ -308,10 +310,17 @@ def _intake_once(
         paths = ", ".join(sorted({i.path or "(root)" for i in issues}))
         raise InputError(f"invalid input at {paths}", issues=issues)
 
-    events = [
-        audit.intake_event(new.record_id, new.patient, new.kind, version, at)
-        for _, new, version in entries
-    ]
+    # Each event is built for the version read above; the store builds it again, in its write,
+    # for a record another intake wrote since (``IntakeEvents``), so that it names the version
+    # this intake wrote.
+    events = IntakeEvents(
+        entries=[
+            audit.intake_event(new.record_id, new.patient, new.kind, version, at)
+            for _, new, version in entries
+        ],
+        versions=[version for _, _, version in entries],
+        build=audit.intake_event,
+    )
     try:
         results = store.put_records(new_records, audit=events, at=at)
     except PatientChangeRefused as exc:
@@ -325,13 +334,6 @@ def _intake_once(
         ]
         paths = ", ".join(sorted({i.path or "(root)" for i in issues}))
         raise InputError(f"invalid input at {paths}", issues=issues) from None
-    stale = sum(
-        1
-        for (_, _, version), result in zip(entries, results, strict=True)
-        if result.outcome is not PutOutcome.UNCHANGED and result.version != version
-    )
-    if stale:  # a concurrent intake changed the same record between our read and our write
-        log.warning("intake audit events name a stale version", extra={"records": stale})
     for patient in sorted(
         {
             new.patient

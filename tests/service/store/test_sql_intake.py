@@ -6,7 +6,8 @@ import dataclasses
 from datetime import UTC, datetime
 
 import pytest
-from fhir_alliance_service.store import PutOutcome, SqlStore, SyncState
+from fhir_alliance_service.store import AuditEntry, NewRecord, PutOutcome, SqlStore, SyncState
+from fhir_alliance_service.store.interface import IntakeEvents
 
 from .builders import T0, at, audit_entry, consent, record
 
@@ -281,3 +282,75 @@ def test_get_records_reads_a_batch_of_newest_versions_in_few_queries(store: SqlS
     assert found["rec-000008"] == store.get_record("rec-000008")
     assert 0 < len(statements) <= 4
     assert store.get_records([]) == {}
+
+
+def _event(record_id: str, patient: str, kind: str, version: int, when: datetime) -> AuditEntry:
+    """A stand-in for ``audit.intake_event``: an event whose id names ``version``."""
+    resource = {"resourceType": "AuditEvent", "id": f"{record_id}-v{version}", "kind": kind}
+    return AuditEntry("intake", record_id, patient, resource, when)
+
+
+def _intake_events(
+    records: list[NewRecord], versions: list[int], remade: list[tuple[str, int]]
+) -> IntakeEvents:
+    """Events built for ``versions`` (at ``at(60)``); each event the store makes again is noted
+    in ``remade``."""
+
+    def build(record_id: str, patient: str, kind: str, version: int, when: datetime) -> AuditEntry:
+        remade.append((record_id, version))
+        return _event(record_id, patient, kind, version, when)
+
+    entries = [
+        _event(r.record_id, r.patient, r.kind, v, at(60))
+        for r, v in zip(records, versions, strict=True)
+    ]
+    return IntakeEvents(entries=entries, versions=versions, build=build)
+
+
+def test_intake_events_built_for_the_versions_written_are_stored_as_given(
+    store: SqlStore,
+) -> None:
+    """Intake's events (``IntakeEvents``) naming the versions the records get are stored as
+    they are: nothing is built again."""
+    store.put_records([record(1, score=1)], audit=[], at=T0)
+    batch = [record(1, score=2), record(2)]
+    remade: list[tuple[str, int]] = []
+    results = store.put_records(batch, audit=_intake_events(batch, [2, 1], remade), at=at(60))
+    assert [(r.version, r.outcome) for r in results] == [
+        (2, PutOutcome.UPDATED),
+        (1, PutOutcome.CREATED),
+    ]
+    assert remade == []
+    assert [e.resource["id"] for e in store.list_audit()] == ["rec-000001-v2", "rec-000002-v1"]
+
+
+def test_an_intake_event_built_for_another_version_is_made_for_the_version_written(
+    store: SqlStore,
+) -> None:
+    """The caller built record 1's event for version 1 (it read the store before another intake
+    created the record); the write gives it version 2, so the event stored is the one ``build``
+    makes for version 2 (record id, patient, kind, the event's time); record 2's is as given."""
+    store.put_records([record(1, score=1)], audit=[], at=T0)
+    batch = [record(1, score=3), record(2)]
+    remade: list[tuple[str, int]] = []
+    results = store.put_records(batch, audit=_intake_events(batch, [1, 1], remade), at=at(60))
+    assert [r.version for r in results] == [2, 1]
+    assert remade == [("rec-000001", 2)]
+    stored = store.list_audit()
+    assert [(e.record_id, e.resource["id"], e.at) for e in stored] == [
+        ("rec-000001", "rec-000001-v2", at(60)),
+        ("rec-000002", "rec-000002-v1", at(60)),
+    ]
+    assert (stored[0].patient, stored[0].resource["kind"]) == ("Patient/p1", "wai-sr")
+
+
+def test_no_intake_event_is_stored_for_an_unchanged_record(store: SqlStore) -> None:
+    """A record whose content another intake stored already (UNCHANGED) gets no event, however
+    its event was built."""
+    store.put_records([record(1, score=1)], audit=[], at=T0)
+    batch = [record(1, score=1)]
+    remade: list[tuple[str, int]] = []
+    [result] = store.put_records(batch, audit=_intake_events(batch, [2], remade), at=at(60))
+    assert (result.version, result.outcome) == (1, PutOutcome.UNCHANGED)
+    assert remade == []
+    assert store.list_audit() == []

@@ -14,6 +14,7 @@ import pytest
 from fhir_alliance_service.store import SqlStore, open_store
 from fhir_alliance_service.store.interface import (
     AuditEntry,
+    IntakeEvents,
     IntakeResult,
     NewRecord,
     PatientChangeRefused,
@@ -54,7 +55,7 @@ def _write_after(
     original = store.put_records
 
     def put_records(
-        records: Sequence[NewRecord], *, audit: Sequence[AuditEntry], at: datetime
+        records: Sequence[NewRecord], *, audit: Sequence[AuditEntry] | IntakeEvents, at: datetime
     ) -> list[IntakeResult]:
         meanwhile()
         return original(records, audit=audit, at=at)
