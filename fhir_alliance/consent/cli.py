@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -18,7 +19,11 @@ from fhir_alliance.consent.cds_hooks import (
     request_from_hook,
 )
 from fhir_alliance.consent.decision import ACTION_MESSAGE, KNOWN_ACTIONS, CombiningRule
-from fhir_alliance.consent.directory import ActorDirectory
+from fhir_alliance.consent.directory import (
+    ACTOR_RESOURCE_TYPES,
+    ActorDirectory,
+    misspelt_resource_type,
+)
 from fhir_alliance.consent.engine import MAX_PROVISION_DEPTH, ConsentEngine
 from fhir_alliance.consent.request_form import decision_to_json, load_decision_request
 from fhir_alliance.errors import InputError, Issue, MappingError
@@ -31,6 +36,12 @@ __all__ = ["ConsentInputs", "read_consent_inputs", "register", "run_decide"]
 
 #: Largest input file read (consents of one patient, with actors, fit easily).
 MAX_INPUT_BYTES = 64 * 1024 * 1024
+
+#: The resource types the consents input is read for: Consents, the Bundles that hold them, and
+#: the actors of the directory. Resources of other types (a Consent's Provenance, a search
+#: Bundle's OperationOutcome) carry no decision and are passed over.
+_READ_RESOURCE_TYPES = frozenset({"Consent", "Bundle"}) | ACTOR_RESOURCE_TYPES
+_RESOURCE_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
 
 
 def register(subparsers: Any) -> None:
@@ -137,6 +148,8 @@ def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
             resource_type = doc.get("resourceType")
             if resource_type is not None and not isinstance(resource_type, str):
                 raise _refused(f"{where}.resourceType", "expected a resource type (a string)")
+            if resource_type is not None:
+                _check_resource_type(resource_type, where)
             if resource_type == "Consent":
                 _check_depth(doc, "provision", where)
                 fhir.append((doc, where, _location(doc, None)))
@@ -173,6 +186,18 @@ def _refused(where: str, message: str) -> InputError:
     return InputError(f"{where}: {message}", issues=[Issue(path=where, message=message)])
 
 
+def _check_resource_type(resource_type: str, where: str) -> None:
+    """A resource type read (:data:`_READ_RESOURCE_TYPES`) or passed over, never a near miss of one
+    read (``consent``, ``"Consent "``, ``CONSENT``) nor a string that names no resource type:
+    passed over, it could have been the Consent that denies."""
+    meant = misspelt_resource_type(resource_type, _READ_RESOURCE_TYPES)
+    if meant is not None:
+        message = f"expected {meant}: a resource type is spelt exactly (case and spaces count)"
+        raise _refused(f"{where}.resourceType", message)
+    if not _RESOURCE_TYPE_NAME.fullmatch(resource_type):
+        raise _refused(f"{where}.resourceType", "expected a FHIR resource type name")
+
+
 def _bundle_consents(
     bundle: Mapping[str, Any], where: str, fhir: list[tuple[Mapping[str, Any], str, str | None]]
 ) -> None:
@@ -193,6 +218,7 @@ def _bundle_consents(
             continue
         if not isinstance(res, Mapping) or not isinstance(res.get("resourceType"), str):
             raise _refused(f"{at}.resource", "expected a FHIR resource (with a resourceType)")
+        _check_resource_type(res["resourceType"], f"{at}.resource")
         if res["resourceType"] == "Consent":
             _check_depth(res, "provision", f"{at}.resource")
             full_url = entry.get("fullUrl")

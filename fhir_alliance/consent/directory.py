@@ -17,7 +17,13 @@ from fhir_alliance.errors import MappingError
 from fhir_alliance.model.common import Identifier, Ref
 from fhir_alliance.terminology import canonical_identifier
 
-__all__ = ["ACTOR_RESOURCE_TYPES", "ActorDirectory", "RefKey", "normalize_reference"]
+__all__ = [
+    "ACTOR_RESOURCE_TYPES",
+    "ActorDirectory",
+    "RefKey",
+    "misspelt_resource_type",
+    "normalize_reference",
+]
 
 #: Resource types whose identifiers the directory records (parties to a consent, and the patient).
 ACTOR_RESOURCE_TYPES = frozenset(
@@ -32,6 +38,18 @@ ACTOR_RESOURCE_TYPES = frozenset(
         "RelatedPerson",
     }
 )
+
+#: What the directory reads: the actors, and the Bundles that hold them.
+_DIRECTORY_TYPES = ACTOR_RESOURCE_TYPES | {"Bundle"}
+
+
+def misspelt_resource_type(resource_type: str, types: Iterable[str]) -> str | None:
+    """The one of ``types`` that ``resource_type`` nearly is but is not (another case, or blanks
+    around it: ``practitioner``, ``"Consent "``, ``CONSENT``), else None. FHIR resource types are
+    case-sensitive: a reader that passed such a resource over would silently lose it."""
+    folded = resource_type.strip().casefold()
+    return next((t for t in types if t.casefold() == folded and t != resource_type), None)
+
 
 #: A match key: ``("ref", "Organization/7")`` or ``("id", system, value)``.
 RefKey = tuple[str, ...]
@@ -175,6 +193,14 @@ def _collect(
     if not isinstance(resource, Mapping):
         raise MappingError("expected a FHIR resource (JSON object)", element=path)
     resource_type = resource.get("resourceType")
+    meant = (
+        misspelt_resource_type(resource_type, _DIRECTORY_TYPES)
+        if isinstance(resource_type, str)
+        else None
+    )
+    if meant is not None:  # left out, an actor could make another's identifier unambiguous
+        message = f"expected {meant}: a resource type is spelt exactly (case and spaces count)"
+        raise MappingError(message, element=f"{path}.resourceType")
     if resource_type == "Bundle":
         for n, entry in enumerate(resource.get("entry") or ()):
             if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping):

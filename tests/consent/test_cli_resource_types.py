@@ -1,0 +1,197 @@
+"""The consents input of ``decide`` (and ``read_consent_inputs``) refuses a ``resourceType`` that
+misspells one it reads (``consent``, ``"Consent "``, ``CONSENT``, ``bundle``, ``practitioner``) or
+that is no resource type name at all: skipped, it could have been the Consent that denies. Other
+resource types (a Provenance, a search's OperationOutcome) are still passed over."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_alliance.cli import main
+from fhir_alliance.consent import ActorDirectory
+from fhir_alliance.consent.cli import read_consent_inputs
+from fhir_alliance.errors import InputError, MappingError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "decisions"
+REQUEST = EXAMPLES / "requests" / "clinic-observation.json"
+SHARING_BUNDLE = EXAMPLES / "consents" / "r4-bundle.json"
+
+#: Near misses of Consent: another case, or spaces around it.
+CONSENT_SPELLINGS = ["consent", "CONSENT", "ConSent", "Consent ", " Consent", "Consent\n"]
+#: Not the name of any resource type (``\u043e`` is a Cyrillic o).
+NOT_TYPE_NAMES = ["", "Con sent", "Consent\u200b", "C\u043ensent", "Consent-R4"]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _decide(paths: list[Path], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    argv = ["decide", *map(str, paths), "-r", str(REQUEST), "--at", "2025-06-01T09:00:00Z"]
+    return _run([*argv, "--json"], capsys)
+
+
+def _bundle() -> dict[str, Any]:
+    bundle: dict[str, Any] = json.loads(SHARING_BUNDLE.read_text())
+    return bundle
+
+
+def _restriction(resource_type: str = "Consent") -> dict[str, Any]:
+    """The bundle's sharing consent turned into a restriction of the same scope."""
+    restriction: dict[str, Any] = copy.deepcopy(_bundle()["entry"][0]["resource"])
+    restriction["resourceType"] = resource_type
+    restriction["id"] = "restrict-clinic"
+    restriction["identifier"][0]["value"] = "restrict-clinic"
+    restriction["provision"]["type"] = "deny"
+    return restriction
+
+
+def _write(tmp_path: Path, name: str, value: object) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(value))
+    return path
+
+
+def _assert_refused_at(code: int, out: str, err: str, where: str) -> None:
+    assert (code, out) == (1, ""), err
+    assert err.startswith("error: "), err
+    assert where in err, err
+    assert "Traceback" not in err
+
+
+def test_the_restriction_spelt_right_denies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The baseline: the permit alone permits, and the restriction beside it denies."""
+    code, out, err = _decide([SHARING_BUNDLE], capsys)
+    assert code == 0, err
+    assert json.loads(out)["decision"] == "permit"
+    loose = _write(tmp_path, "restriction.json", _restriction())
+    code, out, err = _decide([SHARING_BUNDLE, loose], capsys)
+    assert code == 0, err
+    assert json.loads(out)["decision"] == "deny"
+
+
+@pytest.mark.parametrize("spelling", CONSENT_SPELLINGS + NOT_TYPE_NAMES)
+def test_a_misspelt_loose_consent_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spelling: str
+) -> None:
+    """A restriction whose resourceType misspells Consent, in its own file beside the permit, is
+    an error at its resourceType: before, it was passed over and the permit answered."""
+    loose = _write(tmp_path, "restriction.json", _restriction(spelling))
+    code, out, err = _decide([SHARING_BUNDLE, loose], capsys)
+    _assert_refused_at(code, out, err, f"{loose}[0].resourceType")
+
+
+@pytest.mark.parametrize("spelling", CONSENT_SPELLINGS + NOT_TYPE_NAMES)
+def test_a_misspelt_consent_in_the_bundle_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spelling: str
+) -> None:
+    """The same restriction as an entry of the consents Bundle: an error at the entry."""
+    bundle = _bundle()
+    bundle["entry"].append({"resource": _restriction(spelling)})
+    source = _write(tmp_path, "consents.json", bundle)
+    code, out, err = _decide([source], capsys)
+    _assert_refused_at(code, out, err, f"{source}[0].entry[6].resource.resourceType")
+
+
+def test_a_misspelt_consent_on_an_ndjson_line_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NDJSON: the line of the misspelt Consent is named."""
+    sharing = _bundle()["entry"][0]["resource"]
+    source = tmp_path / "consents.ndjson"
+    source.write_text(f"{json.dumps(sharing)}\n{json.dumps(_restriction('consent'))}\n")
+    code, out, err = _decide([source], capsys)
+    _assert_refused_at(code, out, err, f"{source}[1].resourceType")
+
+
+@pytest.mark.parametrize("spelling", ["bundle", "BUNDLE", "Bundle "])
+def test_a_misspelt_bundle_holding_the_restriction_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spelling: str
+) -> None:
+    """A Bundle misspelt, loose or inside the consents Bundle, would hide every Consent in it."""
+    inner = {
+        "resourceType": spelling,
+        "type": "collection",
+        "entry": [{"resource": _restriction()}],
+    }
+    loose = _write(tmp_path, "restriction.json", inner)
+    code, out, err = _decide([SHARING_BUNDLE, loose], capsys)
+    _assert_refused_at(code, out, err, f"{loose}[0].resourceType")
+    bundle = _bundle()
+    bundle["entry"].append({"resource": inner})
+    source = _write(tmp_path, "consents.json", bundle)
+    code, out, err = _decide([source], capsys)
+    _assert_refused_at(code, out, err, f"{source}[0].entry[6].resource.resourceType")
+
+
+@pytest.mark.parametrize("spelling", ["practitioner", "PRACTITIONER", "Practitioner "])
+def test_a_misspelt_actor_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spelling: str
+) -> None:
+    """An actor resource misspelt would be missing from the actor directory (an identifier it
+    shares with another actor would then resolve to that one): an error at the entry."""
+    bundle = _bundle()
+    assert bundle["entry"][4]["resource"]["resourceType"] == "Practitioner"
+    bundle["entry"][4]["resource"]["resourceType"] = spelling
+    source = _write(tmp_path, "consents.json", bundle)
+    code, out, err = _decide([source], capsys)
+    _assert_refused_at(code, out, err, f"{source}[0].entry[4].resource.resourceType")
+    loose = _write(tmp_path, "actor.json", bundle["entry"][4]["resource"])
+    code, out, err = _decide([SHARING_BUNDLE, loose], capsys)
+    _assert_refused_at(code, out, err, f"{loose}[0].resourceType")
+
+
+def test_read_consent_inputs_names_the_field(tmp_path: Path) -> None:
+    """The library function behind decide (and the bulk export) raises an InputError whose issue
+    path is the misspelt resourceType."""
+    bundle = _bundle()
+    bundle["entry"].append({"resource": _restriction("CONSENT")})
+    source = _write(tmp_path, "consents.json", bundle)
+    with pytest.raises(InputError) as caught:
+        read_consent_inputs([str(source)])
+    assert [i.path for i in caught.value.issues] == [f"{source}[0].entry[6].resource.resourceType"]
+    assert "Consent" in caught.value.issues[0].message
+
+
+#: Resources that may come with consents and carry no consent decision: a Consent's Provenance,
+#: a search Bundle's OperationOutcome, a resource of a type decide does not read.
+OTHER_RESOURCES: list[dict[str, Any]] = [
+    {"resourceType": "Provenance", "id": "pv1", "target": [{"reference": "Consent/share-clinic"}]},
+    {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational"}]},
+    {"resourceType": "Observation", "id": "o1", "status": "final"},
+]  # fmt: skip
+
+
+def test_other_resource_types_are_still_passed_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Resource types decide does not read, spelt as FHIR spells them, loose or in the Bundle,
+    leave the answer as it was."""
+    bundle = _bundle()
+    bundle["entry"] += [{"resource": r, "search": {"mode": "include"}} for r in OTHER_RESOURCES]
+    source = _write(tmp_path, "consents.json", bundle)
+    loose = _write(tmp_path, "others.json", OTHER_RESOURCES)
+    code, out, err = _decide([source, loose], capsys)
+    assert code == 0, err
+    assert json.loads(out)["decision"] == "permit"
+
+
+@pytest.mark.parametrize("spelling", ["practitioner", "Practitioner ", "bundle"])
+def test_actor_directory_refuses_a_misspelt_actor(spelling: str) -> None:
+    """``ActorDirectory.from_resources`` (public) refuses a misspelt actor or Bundle at its path
+    instead of leaving the party out."""
+    bundle = _bundle()
+    bundle["entry"][4]["resource"]["resourceType"] = spelling
+    with pytest.raises(MappingError) as caught:
+        ActorDirectory.from_resources([bundle])
+    assert caught.value.element == "[0].entry[4].resource.resourceType"
