@@ -906,6 +906,18 @@ def _ext_values(obj: Mapping[str, Any], url: str, key: str, path: _Path) -> list
     return found
 
 
+def _one_ext_value(
+    obj: Mapping[str, Any], url: str, key: str, path: _Path
+) -> tuple[_Path, Any] | None:
+    """The value of an extension that takes one: repeated with the same value it is read once;
+    with another, the second is an error (reading the first would pick one of two at random)."""
+    found = _ext_values(obj, url, key, path)
+    for where, value in found[1:]:
+        if value != found[0][1]:
+            raise _fail("a second value of an extension that takes one", where)
+    return found[0] if found else None
+
+
 def _lifecycle(
     resource: Mapping[str, Any], fhir_status: str, path: _Path
 ) -> tuple[ConsentStatus, tuple[StatusChange, ...]]:
@@ -1227,8 +1239,8 @@ def _verifications(resource: Mapping[str, Any], path: _Path, *, r5: bool) -> lis
                 raise _fail("exactly one verification date is needed", v_path / "verificationDate")
             when = _datetime(dates[0], _Path(f"{v_path}.verificationDate[0]"))
         else:
-            methods = _ext_values(item, EXT_CONSENT_VERIFICATION_METHOD, "valueCode", v_path)
-            method_code = methods[0][1] if len(methods) == 1 else None
+            method = _one_ext_value(item, EXT_CONSENT_VERIFICATION_METHOD, "valueCode", v_path)
+            method_code = None if method is None else method[1]
             method_path = v_path / "extension"
             if item.get("verificationDate") is None:
                 raise _fail("a verification needs its date", v_path / "verificationDate")
@@ -1372,9 +1384,9 @@ def _from_r5(resource: Mapping[str, Any]) -> ConsentRecord:
     tagged, scope, categories = _categories(resource, path)
     decision = _enum(Decision, resource.get("decision"), path / "decision")
     root = _root_from_r5(resource, path, decision)
-    recorded = _ext_values(resource, R4_CONSENT_DATETIME_EXTENSION, "valueDateTime", path)
+    recorded = _one_ext_value(resource, R4_CONSENT_DATETIME_EXTENSION, "valueDateTime", path)
     if recorded:
-        when = _datetime(recorded[0][1], recorded[0][0])
+        when = _datetime(recorded[1], recorded[0])
         if (
             resource.get("date") is not None
             and _str(resource["date"], path / "date")[:10] != when.date().isoformat()
@@ -1397,9 +1409,9 @@ def _from_r5(resource: Mapping[str, Any]) -> ConsentRecord:
         basis = _backbone(resource["policyBasis"], basis_path, frozenset({"reference", "url"}))
         if basis.get("reference") is not None:
             raise _fail("a policy basis by reference is not supported", basis_path / "reference")
-        authorities = _ext_values(basis, EXT_CONSENT_POLICY_AUTHORITY, "valueUri", basis_path)
+        authority_ext = _one_ext_value(basis, EXT_CONSENT_POLICY_AUTHORITY, "valueUri", basis_path)
         uri = _opt_str(basis.get("url"), basis_path / "url")
-        authority = _str(authorities[0][1], authorities[0][0]) if authorities else None
+        authority = None if authority_ext is None else _str(authority_ext[1], authority_ext[0])
         if uri is not None or authority is not None:
             policies.append(PolicyBasis(uri=uri, authority=authority))
     regulatory = resource.get("regulatoryBasis")
