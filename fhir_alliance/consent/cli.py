@@ -5,6 +5,7 @@ records) plus one request (our form or a CDS Hooks ``patient-consent-consult`` c
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import re
 import sys
@@ -187,8 +188,9 @@ def _refused(where: str, message: str) -> InputError:
 
 
 def _check_resource_type(resource_type: str, where: str) -> None:
-    """A resource type read (:data:`_READ_RESOURCE_TYPES`) or passed over, never a near miss of one
-    read (``consent``, ``"Consent "``, ``CONSENT``) nor a string that names no resource type:
+    """A resource type read (:data:`_READ_RESOURCE_TYPES`) or another FHIR resource type of R4 or
+    R5 (passed over), never a near miss of one read (``consent``, ``"Consent "``, ``CONSENT``), a
+    name that is no FHIR resource type (``Consnet``, ``Consents``) nor a string that names none:
     passed over, it could have been the Consent that denies."""
     meant = misspelt_resource_type(resource_type, _READ_RESOURCE_TYPES)
     if meant is not None:
@@ -196,6 +198,15 @@ def _check_resource_type(resource_type: str, where: str) -> None:
         raise _refused(f"{where}.resourceType", message)
     if not _RESOURCE_TYPE_NAME.fullmatch(resource_type):
         raise _refused(f"{where}.resourceType", "expected a FHIR resource type name")
+    if resource_type in _READ_RESOURCE_TYPES:
+        return
+    # Only for a type not read here: the check imports that one model (fhir.resources).
+    from fhir_alliance.mapping.validation import is_resource_type
+
+    if not is_resource_type(resource_type):
+        near = difflib.get_close_matches(resource_type, sorted(_READ_RESOURCE_TYPES), n=1)
+        message = "not a FHIR resource type of R4 or R5" + (f" ({near[0]}?)" if near else "")
+        raise _refused(f"{where}.resourceType", message)
 
 
 def _bundle_consents(

@@ -1,12 +1,15 @@
 """The consents input of ``decide`` (and ``read_consent_inputs``) refuses a ``resourceType`` that
-misspells one it reads (``consent``, ``"Consent "``, ``CONSENT``, ``bundle``, ``practitioner``) or
-that is no resource type name at all: skipped, it could have been the Consent that denies. Other
-resource types (a Provenance, a search's OperationOutcome) are still passed over."""
+misspells one it reads (``consent``, ``"Consent "``, ``CONSENT``, ``bundle``, ``practitioner``),
+that is no resource type of FHIR R4 or R5 (``Consnet``, ``Consents``) or no resource type name at
+all: skipped, it could have been the Consent that denies. Other resource types of R4 or R5 (a
+Provenance, a search's OperationOutcome) are still passed over."""
 
 from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +198,118 @@ def test_actor_directory_refuses_a_misspelt_actor(spelling: str) -> None:
     with pytest.raises(MappingError) as caught:
         ActorDirectory.from_resources([bundle])
     assert caught.value.element == "[0].entry[4].resource.resourceType"
+
+
+#: Names that look like a resource type but are none of R4 or R5 (misspelt Consents, Bundles,
+#: actors), a data type, a backbone element and the abstract types no resource is of.
+NOT_FHIR_TYPES = [
+    "Consnet",
+    "Consents",
+    "Concent",
+    "Bundel",
+    "Practitoner",
+    "Organisation",
+    "Address",
+    "ConsentProvision",
+    "Resource",
+    "DomainResource",
+]
+
+
+@pytest.mark.parametrize("name", NOT_FHIR_TYPES)
+def test_a_name_that_is_no_fhir_resource_type_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """A restriction whose resourceType is a name but no FHIR resource type of R4 or R5
+    (``Consnet``), loose beside the permit or in the consents Bundle: an error at its
+    resourceType, one line, exit 1. Before, it was passed over and the permit answered."""
+    loose = _write(tmp_path, "restriction.json", _restriction(name))
+    code, out, err = _decide([SHARING_BUNDLE, loose], capsys)
+    _assert_refused_at(code, out, err, f"{loose}[0].resourceType")
+    assert "not a FHIR resource type" in err
+    assert len(err.strip().splitlines()) == 1, err
+    bundle = _bundle()
+    bundle["entry"].append({"resource": _restriction(name)})
+    source = _write(tmp_path, "consents.json", bundle)
+    code, out, err = _decide([source], capsys)
+    _assert_refused_at(code, out, err, f"{source}[0].entry[6].resource.resourceType")
+
+
+def test_a_misspelt_consent_names_the_type_it_is_near(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error says which type read here the name is near."""
+    loose = _write(tmp_path, "restriction.json", _restriction("Consnet"))
+    code, out, err = _decide([SHARING_BUNDLE, loose], capsys)
+    _assert_refused_at(code, out, err, f"{loose}[0].resourceType")
+    assert "Consent?" in err
+
+
+#: FHIR resource types decide passes over: of R4 and R5, R4 only (dropped by R4B), R4B and R5,
+#: R5 only.
+OTHER_FHIR_TYPES = [
+    "Provenance",
+    "OperationOutcome",
+    "AuditEvent",
+    "MedicinalProduct",
+    "EffectEvidenceSynthesis",
+    "SubscriptionStatus",
+    "ActorDefinition",
+    "Requirements",
+]
+
+
+@pytest.mark.parametrize("name", OTHER_FHIR_TYPES)
+def test_every_fhir_version_s_other_types_are_passed_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """A resource of a FHIR type of R4 or R5 that carries no consent decision is passed over,
+    loose or in the Bundle: the answer stays the permit's."""
+    bundle = _bundle()
+    bundle["entry"].append({"resource": {"resourceType": name, "id": "x1"}})
+    source = _write(tmp_path, "consents.json", bundle)
+    loose = _write(tmp_path, "other.json", {"resourceType": name, "id": "x2"})
+    code, out, err = _decide([source, loose], capsys)
+    assert code == 0, err
+    assert json.loads(out)["decision"] == "permit"
+
+
+def test_export_bulk_refuses_a_name_that_is_no_resource_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``export --bulk`` reads its consents the same way: a ``Consnet`` is an error at its
+    place, and nothing is written."""
+    consents = _write(tmp_path, "consents.json", [_restriction("Consnet")])
+    record = ROOT / "examples" / "observations" / "srs-administration.json"
+    out_dir = tmp_path / "out"
+    argv = ["export", "--bulk", str(out_dir), "--consents", str(consents), str(record)]
+    code, out, err = _run([*argv, "--recipient", "Organization/ehr", "--purpose", "TREAT"], capsys)
+    _assert_refused_at(code, out, err, f"{consents}[0].resourceType")
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def _imported_by_decide(tmp_path: Path, paths: list[Path]) -> set[str]:
+    """Module names a fresh interpreter has imported after deciding over ``paths``."""
+    argv = ["decide", *map(str, paths), "-r", str(REQUEST), "--at", "2025-06-01T09:00:00Z"]
+    script = (
+        "import sys\nfrom fhir_alliance.cli import main\n"
+        f"code = main({argv!r})\nprint('modules:', code, *sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    code, *modules = done.stdout.split("modules:", 1)[1].split()
+    assert code == "0", done.stderr
+    return set(modules)
+
+
+def test_deciding_over_consents_imports_no_fhir_model(tmp_path: Path) -> None:
+    """Consents, Bundles and actors alone: no fhir.resources model is imported to check their
+    types; a Provenance beside them imports that model, not all of them."""
+    loaded = _imported_by_decide(tmp_path, [SHARING_BUNDLE])
+    assert not [m for m in loaded if m.startswith("fhir.resources.")]
+    provenance = _write(tmp_path, "provenance.json", OTHER_RESOURCES[0])
+    loaded = _imported_by_decide(tmp_path, [SHARING_BUNDLE, provenance])
+    loaded = {m for m in loaded if m.startswith("fhir.resources.")}
+    assert {"fhir.resources.provenance", "fhir.resources.R4B.provenance"} & loaded
+    assert len(loaded) < 40, sorted(loaded)
