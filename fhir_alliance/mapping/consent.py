@@ -1640,6 +1640,15 @@ _PERMISSION_KEYS: Final = frozenset(
 )
 
 
+#: Why a Permission whose action is a consentaction code is not read (nor written): such a rule
+#: says who may do what with data, which read as a treatment's intervention would not count where
+#: disclosure is asked about (a lost deny).
+_DATA_ACCESS_ACTION: Final = (
+    "a consentaction code (access, disclose, …) is about data, not a treatment: "
+    "only treatment permissions are read from a Permission"
+)
+
+
 def permission_view(record: ConsentRecord) -> ConsentRecord:
     """What of a treatment permission an R5 Permission carries: ``record`` without verification,
     manager, controller, source attachment, categories and policy documents (Permission has no
@@ -1666,6 +1675,8 @@ def to_permission(record: ConsentRecord) -> dict[str, Any]:
         raise MappingError("only a treatment permission maps to Permission", element="kind")
     if record.intervention is None:
         raise MappingError("a treatment permission names its intervention", element="intervention")
+    if canonical_coding(record.intervention, {}).system == CONSENT_ACTION:
+        raise MappingError(_DATA_ACCESS_ACTION, element="intervention")
     _check_root(record)
     root = record.provision
     if root.provisions:
@@ -1755,6 +1766,8 @@ def from_permission(resource: Mapping[str, Any]) -> ConsentRecord:
     if len(actions) != 1:
         raise _fail("expected the intervention as the one action", act_path / "action")
     intervention = _coded_as(actions[0], _Path(f"{act_path}.action[0]"), "intervention")
+    if intervention.system == CONSENT_ACTION:
+        raise _fail(_DATA_ACCESS_ACTION, f"{act_path}.action[0]")
     purposes = tuple(
         _checked(c, _PURPOSES, "purpose of use", _Path(f"{act_path}.purpose[{i}].coding[{j}]"))
         for i, concept in enumerate(_list(activity.get("purpose"), act_path / "purpose"))

@@ -24,6 +24,7 @@ from fhir_alliance.mapping.consent import (
     to_consent,
     to_permission,
 )
+from fhir_alliance.model.common import Coding
 from fhir_alliance.model.consent import ConsentKind, ConsentRecord, ConsentStatus, Provision
 from fhir_alliance.schemas.consent import load_consent
 from tests.mapping.consent_strategies import any_codings, consent_records, purposes
@@ -115,6 +116,10 @@ def test_what_permission_cannot_carry_is_refused() -> None:
     with pytest.raises(MappingError) as err:
         to_permission(record)
     assert err.value.element == "provision.actors"
+    disclose = Coding(system="http://terminology.hl7.org/CodeSystem/consentaction", code="disclose")
+    with pytest.raises(MappingError) as err:
+        to_permission(replace(_example("treatment-declined"), intervention=disclose))
+    assert err.value.element == "intervention"
 
 
 MISFITS: list[tuple[str, Any, str]] = [
@@ -142,6 +147,7 @@ def test_misfit_permissions_name_the_element(key: str, value: Any, element: str)
 
 _FOREIGN_MODIFIER = [{"url": "https://other-ehr.example/all-except", "valueBoolean": True}]
 _LOCAL = "https://other-ehr.example/fhir/CodeSystem/local"
+_CONSENT_ACTION = "http://terminology.hl7.org/CodeSystem/consentaction"
 NESTED_MISFITS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     (
         "implicitRules",
@@ -180,6 +186,29 @@ NESTED_MISFITS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         ),
         "Permission.rule[0].activity[0].action[0].coding",
     ),
+    (
+        "data-access-action",  # a Permission about data access, not a treatment
+        lambda r: r["rule"][0]["activity"][0].update(
+            action=[{"coding": [{"system": _CONSENT_ACTION, "code": "disclose"}]}]
+        ),
+        "Permission.rule[0].activity[0].action[0]",
+    ),
+    (
+        "data-access-action-spelt-otherwise",
+        lambda r: r["rule"][0]["activity"][0].update(
+            action=[
+                {
+                    "coding": [
+                        {
+                            "system": f"{_CONSENT_ACTION}/".replace("http:", "https:"),
+                            "code": "access",
+                        }
+                    ]
+                }
+            ]
+        ),
+        "Permission.rule[0].activity[0].action[0]",
+    ),
 ]
 
 
@@ -190,7 +219,8 @@ def test_misfits_inside_a_permission_name_the_element(
     change: Callable[[dict[str, Any]], None], element: str
 ) -> None:
     """implicitRules, modifier extensions and unknown elements inside the rule, its data and
-    activity, and an intervention coded two ways are refused, naming the element."""
+    activity, an intervention coded two ways and an action that is a consentaction code (who may
+    do what with data, not a treatment) are refused, naming the element."""
     resource = to_permission(_example("treatment-accepted"))
     resource.pop("extension")
     from_permission(copy.deepcopy(resource))
