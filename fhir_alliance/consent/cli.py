@@ -1,5 +1,6 @@
-"""``fhir-alliance decide``: consents (FHIR R4/R5 JSON, Bundles with actors, NDJSON, or our consent
-records) plus one request (our form or a CDS Hooks ``patient-consent-consult`` context) → decision.
+"""``fhir-alliance decide``: consents (FHIR R4/R5 Consents and R5 Permissions, Bundles with actors,
+NDJSON, or our consent records) plus one request (our form or a CDS Hooks
+``patient-consent-consult`` context) → decision.
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ __all__ = ["ConsentInputs", "read_consent_inputs", "register", "run_decide"]
 #: Largest input file read (consents of one patient, with actors, fit easily).
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 
-#: The resource types the consents input is read for: Consents, the Bundles that hold them, and
-#: the actors of the directory. Resources of other types (a Consent's Provenance, a search
-#: Bundle's OperationOutcome) carry no decision and are passed over.
-_READ_RESOURCE_TYPES = frozenset({"Consent", "Bundle"}) | ACTOR_RESOURCE_TYPES
+#: The resource types that carry a consent decision: Consents, and R5 Permissions (read as the
+#: treatment permissions the library maps them to).
+_DECISION_TYPES = frozenset({"Consent", "Permission"})
+#: The resource types the consents input is read for: those, the Bundles that hold them, and the
+#: actors of the directory. Resources of other types (a Consent's Provenance, a search Bundle's
+#: OperationOutcome) carry no decision and are passed over.
+_READ_RESOURCE_TYPES = _DECISION_TYPES | {"Bundle"} | ACTOR_RESOURCE_TYPES
 _RESOURCE_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
 
 
@@ -55,7 +59,8 @@ def register(subparsers: Any) -> None:
         "consents",
         nargs="+",
         metavar="CONSENTS",
-        help="files of Consents (FHIR JSON, Bundles with actor resources, NDJSON) or consent records",
+        help="files of Consents and R5 Permissions (FHIR JSON, Bundles with actor resources, "
+        "NDJSON) or consent records",
     )
     parser.add_argument(
         "-r",
@@ -101,8 +106,9 @@ def register(subparsers: Any) -> None:
 
 
 class ConsentInputs:
-    """What the consent files held: records, the actor directory, and where each FHIR consent was
-    found (``fullUrl`` or ``Consent/<id>``, for LEAP's ``basedOn``)."""
+    """What the consent files held: records, the actor directory, and where each FHIR Consent was
+    found (``fullUrl`` or ``Consent/<id>``, for LEAP's ``basedOn``; a record read from a Permission
+    has none, so ``basedOn`` names the Consent it implements by identifier)."""
 
     def __init__(
         self,
@@ -130,9 +136,11 @@ def _read_text(path: str) -> bytes:
 
 
 def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
-    """Read consent files: FHIR Consents (R4 or R5, loose, in Bundles or NDJSON), actor resources
-    (for the directory) and our consent records (with revocations, applied in order)."""
-    from fhir_alliance.mapping.consent import from_consent
+    """Read consent files: FHIR Consents (R4 or R5) and R5 Permissions (loose, in Bundles or
+    NDJSON), actor resources (for the directory) and our consent records (with revocations, applied
+    in order). A Permission given beside the Consent it implements is read once, as that Consent,
+    and must agree with it."""
+    from fhir_alliance.mapping.consent import from_consent, from_permission
     from fhir_alliance.schemas.consent import load_consent_records
 
     fhir: list[tuple[Mapping[str, Any], str, str | None]] = []  # resource, where, location
@@ -151,7 +159,7 @@ def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
                 raise _refused(f"{where}.resourceType", "expected a resource type (a string)")
             if resource_type is not None:
                 _check_resource_type(resource_type, where)
-            if resource_type == "Consent":
+            if resource_type in _DECISION_TYPES:
                 _check_depth(doc, "provision", where)
                 fhir.append((doc, where, _location(doc, None)))
             elif resource_type == "Bundle":
@@ -167,20 +175,47 @@ def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
                     f"{where}: neither a FHIR resource nor a consent record",
                     issues=[Issue(path=where, message="no resourceType and no kind")],
                 )
-    records: list[ConsentRecord] = []
+    read: list[tuple[ConsentRecord, str | None]] = []  # with where it was, for a Permission
     locations: dict[Identifier, str] = {}
     for resource, where, location in fhir:
+        permission = resource["resourceType"] == "Permission"
         try:
-            record = from_consent(resource)
+            record = from_permission(resource) if permission else from_consent(resource)
         except MappingError as exc:
             element = f"{where}.{exc.element}" if exc.element else where
             raise MappingError(exc.message, element=element) from None
-        records.append(record)
+        read.append((record, where if permission else None))
         if location:
             locations[record.id] = location
     if ours:
-        records.extend(load_consent_records(ours))
+        read.extend((record, None) for record in load_consent_records(ours))
+    records = _once_with_their_consents(read)
     return ConsentInputs(records, ActorDirectory.from_resources(others), locations)
+
+
+def _once_with_their_consents(read: list[tuple[ConsentRecord, str | None]]) -> list[ConsentRecord]:
+    """The records read, a Permission's left out when the Consent it implements (the record of
+    reference: a Permission carries only part of it) was read too and the Permission says the same
+    (``from_permission(p) == permission_view(consent)``). One that says otherwise (a permit beside
+    the declining Consent, active beside the revoked one) is an error at the Permission: which of
+    the two is right is not for the reader to guess."""
+    from fhir_alliance.mapping.consent import permission_view
+
+    consents: dict[Identifier, list[ConsentRecord]] = {}
+    for record, permission_at in read:
+        if permission_at is None:
+            consents.setdefault(record.id, []).append(record)
+    records: list[ConsentRecord] = []
+    for record, permission_at in read:
+        if permission_at is None or record.id not in consents:
+            records.append(record)
+        elif any(permission_view(consent) != record for consent in consents[record.id]):
+            raise _refused(
+                permission_at,
+                "this Permission disagrees with the Consent it implements, also given: "
+                "give the two as they now are, or the Consent alone",
+            )
+    return records
 
 
 def _refused(where: str, message: str) -> InputError:
@@ -212,9 +247,9 @@ def _check_resource_type(resource_type: str, where: str) -> None:
 def _bundle_consents(
     bundle: Mapping[str, Any], where: str, fhir: list[tuple[Mapping[str, Any], str, str | None]]
 ) -> None:
-    """The Consents of a Bundle's entries, in Bundles inside it too (as the actor directory reads
-    them). An entry or a resource that is not what FHIR says it is, is an error: skipped, it
-    might have been the Consent that denies."""
+    """The Consents and Permissions of a Bundle's entries, in Bundles inside it too (as the actor
+    directory reads them). An entry or a resource that is not what FHIR says it is, is an error:
+    skipped, it might have been the Consent that denies."""
     entries = bundle.get("entry")
     if entries is None:
         return
@@ -230,7 +265,7 @@ def _bundle_consents(
         if not isinstance(res, Mapping) or not isinstance(res.get("resourceType"), str):
             raise _refused(f"{at}.resource", "expected a FHIR resource (with a resourceType)")
         _check_resource_type(res["resourceType"], f"{at}.resource")
-        if res["resourceType"] == "Consent":
+        if res["resourceType"] in _DECISION_TYPES:
             _check_depth(res, "provision", f"{at}.resource")
             full_url = entry.get("fullUrl")
             fhir.append(
@@ -267,6 +302,10 @@ def _check_depth(document: Mapping[str, Any], key: str, where: str) -> None:
 
 
 def _location(resource: Mapping[str, Any], full_url: str | None) -> str | None:
+    """Where a Consent was found, for LEAP's ``basedOn``; none for a Permission (``basedOn`` then
+    names the Consent it implements by identifier, which is what a LEAP client looks up)."""
+    if resource.get("resourceType") != "Consent":
+        return None
     if full_url and not full_url.startswith("urn:"):
         return full_url
     resource_id = resource.get("id")
