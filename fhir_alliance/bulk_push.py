@@ -57,8 +57,8 @@ MANIFEST = "manifest.json"
 DEFAULT_BUNDLE_SIZE = 100
 #: Problems listed before the check of the files stops.
 MAX_ISSUES = 20
-_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.ndjson$")
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.ndjson")
 #: Resource types sent after all others on the fallback path: they point at the others.
 _SENT_LAST = ("Provenance", "AuditEvent")
 
@@ -207,7 +207,7 @@ def read_manifest(directory: Path) -> list[BulkFile]:
         if not isinstance(entry, dict):
             raise _problem(where, "not an object")
         rtype, url, count = entry.get("type"), entry.get("url"), entry.get("count")
-        if not isinstance(rtype, str) or not _RESOURCE_TYPE.match(rtype):
+        if not isinstance(rtype, str) or not _RESOURCE_TYPE.fullmatch(rtype):
             raise _problem(f"{where}.type", "not a resource type")
         if not isinstance(url, str) or not url:
             raise _problem(f"{where}.url", "missing")
@@ -217,7 +217,7 @@ def read_manifest(directory: Path) -> list[BulkFile]:
             raise _problem(f"{where}.count", "negative")
         # The URL's last segment names the file in DIR (the directory may have been moved since).
         name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-        if not _FILE_NAME.match(name):
+        if not _FILE_NAME.fullmatch(name):
             raise _problem(f"{where}.url", "does not end in a plain file name ending .ndjson")
         if name in seen:
             raise _problem(f"{where}.url", "names a file another entry names")

@@ -237,6 +237,20 @@ def _escaping_url(d: Path) -> None:
     _write_manifest(d, m)
 
 
+def _type_with_a_newline(d: Path) -> None:
+    """``re.match`` with ``$`` lets a trailing newline through: ``"Observation\\n"``."""
+    m = _manifest(d)
+    m["output"][0]["type"] += "\n"
+    _write_manifest(d, m)
+
+
+def _file_name_with_a_newline(d: Path) -> None:
+    """The same for the file name the URL ends in (``%0A``, decoded after the URL is split)."""
+    m = _manifest(d)
+    m["output"][0]["url"] += "%0A"
+    _write_manifest(d, m)
+
+
 def _symlink_out(d: Path) -> None:
     (d.parent / "Outside.ndjson").write_text((d / "Observation.ndjson").read_text())
     (d / "Observation.ndjson").unlink()
@@ -282,6 +296,8 @@ def _not_a_manifest(d: Path) -> None:
         (_not_a_manifest, "manifest.json.output: missing or not a list"),
         (_missing_file, "manifest.json.output[0].url: Observation.ndjson is missing"),
         (_escaping_url, "manifest.json.output[0].url: does not end in a plain file name"),
+        (_type_with_a_newline, "manifest.json.output[0].type: not a resource type"),
+        (_file_name_with_a_newline, "manifest.json.output[0].url: does not end in a plain file"),
         (_symlink_out, "manifest.json.output[0].url: the file lies outside the directory"),
         (_broken_count, "Observation.ndjson: holds 18 resources, the manifest says 19"),
         (_wrong_type_line, "Observation.ndjson:19: not a Observation"),
