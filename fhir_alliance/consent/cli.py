@@ -236,9 +236,9 @@ def _check_resource_type(resource_type: str, where: str) -> None:
     if resource_type in _READ_RESOURCE_TYPES:
         return
     # Only for a type not read here: the check imports that one model (fhir.resources).
-    from fhir_alliance.mapping.validation import is_resource_type
+    from fhir_alliance.mapping.validation import is_known_resource_type
 
-    if not is_resource_type(resource_type):
+    if not is_known_resource_type(resource_type):
         near = difflib.get_close_matches(resource_type, sorted(_READ_RESOURCE_TYPES), n=1)
         message = "not a FHIR resource type of R4 or R5" + (f" ({near[0]}?)" if near else "")
         raise _refused(f"{where}.resourceType", message)

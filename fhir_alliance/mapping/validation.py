@@ -20,7 +20,7 @@ from fhir_alliance.mapping._fhir_values import check_version
 
 __all__ = [
     "R4_ONLY_RESOURCE_TYPES",
-    "is_resource_type",
+    "is_known_resource_type",
     "model_class",
     "validate_resource",
     "validate_resources",
@@ -74,7 +74,7 @@ def _model_modules(package: str) -> frozenset[str]:
 
 
 @cache
-def is_resource_type(name: str) -> bool:
+def is_known_resource_type(name: str) -> bool:
     """Whether ``name``, exactly as spelt (case counts), is a resource type of FHIR R4 or R5.
 
     Not a data type (``Address``), a backbone element (``ConsentProvision``) or an abstract type

@@ -1,4 +1,4 @@
-"""``is_resource_type``: the resource types of FHIR R4 and R5, read from the installed
+"""``is_known_resource_type``: the resource types of FHIR R4 and R5, read from the installed
 ``fhir.resources`` models (R4B for R4, plus the R4 types R4B dropped), spelt exactly."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 
-from fhir_alliance.mapping.validation import R4_ONLY_RESOURCE_TYPES, is_resource_type
+from fhir_alliance.mapping.validation import R4_ONLY_RESOURCE_TYPES, is_known_resource_type
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ from fhir_alliance.mapping.validation import R4_ONLY_RESOURCE_TYPES, is_resource
 )
 def test_resource_types_of_either_version_are_known(name: str) -> None:
     """A resource type of R4 (4.0.1, R4B's models and the types R4B dropped) or R5."""
-    assert is_resource_type(name)
+    assert is_known_resource_type(name)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def test_resource_types_of_either_version_are_known(name: str) -> None:
 )
 def test_other_names_are_not(name: str) -> None:
     """Misspellings, other cases, data types, backbone elements, abstract types, other names."""
-    assert not is_resource_type(name)
+    assert not is_known_resource_type(name)
 
 
 @pytest.mark.parametrize("package", ["fhir.resources", "fhir.resources.R4B"])
