@@ -9,8 +9,11 @@ date, what it refers to, who wrote it), and :func:`disclosure_request` wraps the
 A fact the resource does not state precisely (a partial date such as ``2025-03``, a date without
 a UTC offset) is left out rather than guessed; the engine then lets it match deny provisions only.
 An element whose loss could widen an answer (``resourceType``, ``id`` and ``identifier``,
-``meta.security``, ``meta.profile``, a coding in ``code.coding``) is never dropped when malformed:
-the resource is refused with an :class:`InputError` naming the element (``meta.security[0]``).
+``meta.security``, ``meta.profile``, a coding in ``code.coding``, or in a document's ``type`` and
+``category``) is never dropped when malformed: the resource is refused with an
+:class:`InputError` naming the element (``meta.security[0]``). A document (DocumentReference,
+Composition) says what it is in ``type`` and ``category``, which are its codes; one without a
+coding in ``type`` has unknown codes.
 Security labels of the HL7 v3 code systems are read in their canonical form (the OIDs and FHIR STU3
 URLs of those systems become the ``http://terminology.hl7.org/CodeSystem/v3-…`` URIs) and must be
 codes the library knows (:data:`~fhir_alliance.consent.decision.KNOWN_LABELS`); codes in
@@ -234,21 +237,57 @@ def _profiles(meta: Mapping[str, Any], issues: list[Issue]) -> tuple[str, ...]:
 
 
 def _codes(resource: Mapping[str, Any], issues: list[Issue]) -> tuple[Coding, ...]:
-    """The codings of ``code`` (a CodeableConcept). A ``code`` of another shape (the Coding list
-    or code of definitional resources) is left out: unknown codes match deny provisions scoped by
-    code and no permit, so leaving all of them out never widens an answer, while leaving out one
-    of several could (a deny scoped to it would be missed); so a malformed coding refuses the
+    """The codings of ``code`` (a CodeableConcept), or of a document's ``type`` and ``category``
+    (:func:`_document_codes`). A ``code`` of another shape (the Coding list or code of
+    definitional resources) is left out: unknown codes match deny provisions scoped by code and
+    no permit, so leaving all of them out never widens an answer, while leaving out one of
+    several could (a deny scoped to it would be missed); so a malformed coding refuses the
     resource. A coding without a system or without a code is skipped: it can equal no provision's
     code (those always have both). Systems are read in canonical form (:func:`normal_code`)."""
-    concept = resource.get("code")
-    if not isinstance(concept, Mapping) or concept.get("coding") is None:
-        return ()
+    if resource.get("resourceType") in _DOCUMENTS:
+        return _document_codes(resource, issues)
     codes: list[Coding] = []
-    for system, code in _system_pairs(concept["coding"], "code.coding", "code", "Coding", issues):
+    _concept_codes(resource.get("code"), "code", codes, issues)
+    return tuple(codes)
+
+
+#: Resources that say which document they are in ``type`` (LOINC 34904-3 *Mental health Progress
+#: note*, a session note's content kind) and ``category`` (US Core ``clinical-note``), not ``code``.
+_DOCUMENTS: Final = frozenset({"DocumentReference", "Composition"})
+
+
+def _document_codes(resource: Mapping[str, Any], issues: list[Issue]) -> tuple[Coding, ...]:
+    """A document's codes: the codings of its ``type``, then of each ``category``. Without a
+    coding in ``type`` which document it is stays unknown, and so do its codes (none), whatever
+    its categories say: a deny by document type then applies and a permit by it does not; the
+    categories alone would read as every code it has. Malformed codings refuse the resource."""
+    codes: list[Coding] = []
+    _concept_codes(resource.get("type"), "type", codes, issues)
+    typed = bool(codes)
+    categories = resource.get("category")
+    if categories is not None:
+        if not isinstance(categories, list):
+            issues.append(Issue(path="category", message="expected a list of CodeableConcepts"))
+        else:
+            for i, concept in enumerate(categories):
+                if not isinstance(concept, Mapping):
+                    message = "expected a CodeableConcept object"
+                    issues.append(Issue(path=f"category[{i}]", message=message))
+                    continue
+                _concept_codes(concept, f"category[{i}]", codes, issues)
+    return tuple(codes) if typed else ()
+
+
+def _concept_codes(concept: object, path: str, codes: list[Coding], issues: list[Issue]) -> None:
+    """Add the codings of the CodeableConcept ``concept`` (at ``path``) to ``codes``, each once,
+    in canonical form; a ``concept`` that is not one (or has no coding) adds nothing."""
+    if not isinstance(concept, Mapping) or concept.get("coding") is None:
+        return
+    pairs = _system_pairs(concept["coding"], f"{path}.coding", "code", "Coding", issues)
+    for system, code in pairs:
         coding = normal_code(Coding(system=system, code=code))
         if coding not in codes:
             codes.append(coding)
-    return tuple(codes)
 
 
 def _system_pairs(

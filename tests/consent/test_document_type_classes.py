@@ -5,12 +5,14 @@ fact (the resource's codes unknown) for a deny, never for a permit."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from fhir_alliance.consent import ConsentEngine, DecisionOutcome
 from fhir_alliance.consent.decision import DecisionRequest, RequestActor, RequestedResource
-from fhir_alliance.consent.gate import disclosure_request
+from fhir_alliance.consent.gate import disclosure_request, requested_resource
+from fhir_alliance.errors import InputError
 from fhir_alliance.mapping.consent import from_consent, to_consent
 from fhir_alliance.model.common import Coding, Ref
 from fhir_alliance.model.consent import ConsentRecord
@@ -147,3 +149,76 @@ def test_resource_type_and_profile_classes_are_read_as_before() -> None:
         ).outcome
         is DecisionOutcome.DENY
     )
+
+
+# --- the gate: a document's type is its code -------------------------------------------------------
+
+US_CORE_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category"
+NOTE_CONTENT = "https://fhir-alliance.org/fhir/CodeSystem/session-note-content"
+
+
+def _document(resource_type: str = "DocumentReference", **elements: Any) -> dict[str, Any]:
+    return {
+        "resourceType": resource_type,
+        "id": "d1",
+        "status": "current",
+        "subject": {"reference": "Patient/p1"},
+        "date": "2025-05-01T10:00:00Z",
+        **elements,
+    }
+
+
+@pytest.mark.parametrize("resource_type", ["DocumentReference", "Composition"])
+def test_the_gate_reads_a_documents_type_and_category_as_its_codes(resource_type: str) -> None:
+    """A document says what it is in ``type`` (and ``category``), not in ``code``: both are its
+    codes, so a consent scoped by document type (or by ``code``) sees them. Systems are read in
+    canonical form (LOINC by OID is LOINC)."""
+    document = _document(
+        resource_type,
+        type={
+            "coding": [
+                {"system": "urn:oid:2.16.840.1.113883.6.1", "code": "34904-3"},
+                {"system": NOTE_CONTENT, "code": "progress-note"},
+            ]
+        },
+        category=[{"coding": [{"system": US_CORE_CATEGORY, "code": "clinical-note"}]}],
+    )
+    facts = requested_resource(document)
+    assert facts.codes == (
+        PROGRESS_NOTE,
+        Coding(NOTE_CONTENT, "progress-note"),
+        Coding(US_CORE_CATEGORY, "clinical-note"),
+    )
+
+
+def test_a_document_without_a_type_has_unknown_codes() -> None:
+    """A category alone does not say which document it is: the codes stay unknown (a deny by
+    document type applies, a permit by it does not), never the category as if it were all."""
+    untyped = _document(
+        category=[{"coding": [{"system": US_CORE_CATEGORY, "code": "clinical-note"}]}]
+    )
+    assert requested_resource(untyped).codes == ()
+    assert requested_resource(_document(type={"text": "progress note"})).codes == ()
+
+
+@pytest.mark.parametrize(
+    ("elements", "path"),
+    [
+        ({"type": {"coding": [{"system": LOINC, "code": " 34904-3"}]}}, "type.coding[0]"),
+        ({"type": {"coding": "34904-3"}}, "type.coding"),
+        ({"type": {"coding": [{"system": LOINC, "code": "x"}]}, "category": {}}, "category"),
+        (
+            {"type": {"coding": [PROGRESS_NOTE.to_fhir()]}, "category": [{"coding": [7]}]},
+            "category[0].coding[0]",
+        ),
+        ({"type": {"coding": [PROGRESS_NOTE.to_fhir()]}, "category": ["x"]}, "category[0]"),
+    ],
+)
+def test_a_malformed_document_type_is_refused_at_its_path(
+    elements: dict[str, Any], path: str
+) -> None:
+    """A type or category coding that cannot be read could be the one a deny names: the
+    resource is refused, never read as if the coding were not there."""
+    with pytest.raises(InputError) as caught:
+        requested_resource(_document(**elements))
+    assert [i.path for i in caught.value.issues] == [path]

@@ -75,6 +75,11 @@ def _note(**elements: Any) -> dict[str, Any]:
     }
 
 
+def _coded(**elements: Any) -> dict[str, Any]:
+    """A resource that says what it is in ``code`` (a document says it in ``type``)."""
+    return _note(resourceType="Observation", **elements)
+
+
 def _decide(consent: ConsentRecord, resource: dict[str, Any]) -> DecisionOutcome:
     request = disclosure_request(
         resource, patient="Patient/p1", recipient="Organization/ehr", purposes=["TREAT"], at=AT
@@ -280,15 +285,21 @@ def test_an_identifier_without_a_system_is_skipped() -> None:
     assert resource.reference.identifier == Identifier("s", "v")
 
 
+OBS = {"resourceType": "Observation"}
+
+
 @pytest.mark.parametrize(
     ("resource", "paths"),
     [
         ({"id": 5}, {"id"}),
         ({"id": " n1"}, {"id"}),
         ({"resourceType": "Document Reference"}, {"resourceType"}),
-        ({"code": {"coding": {"system": "http://loinc.org", "code": "X"}}}, {"code.coding"}),
-        ({"code": {"coding": ["X"]}}, {"code.coding[0]"}),
-        ({"code": {"coding": [{"system": "http://loinc.org", "code": 5}]}}, {"code.coding[0]"}),
+        ({**OBS, "code": {"coding": {"system": "http://loinc.org", "code": "X"}}}, {"code.coding"}),
+        ({**OBS, "code": {"coding": ["X"]}}, {"code.coding[0]"}),
+        (
+            {**OBS, "code": {"coding": [{"system": "http://loinc.org", "code": 5}]}},
+            {"code.coding[0]"},
+        ),
     ],
 )
 def test_other_malformed_elements_are_refused(resource: dict[str, Any], paths: set[str]) -> None:
@@ -314,7 +325,7 @@ def test_one_bad_coding_among_good_ones_cannot_escape_a_code_deny() -> None:
         {"system": "http://loinc.org", "code": ["11488-4"]},
     ]
     with pytest.raises(InputError):
-        _decide(consent, _note(code={"coding": coding}))
+        _decide(consent, _coded(code={"coding": coding}))
 
 
 def test_codes_left_out_are_unknown_and_meet_a_code_deny() -> None:
@@ -327,15 +338,15 @@ def test_codes_left_out_are_unknown_and_meet_a_code_deny() -> None:
         {"coding": [{"code": "11488-4"}]},
         {"text": "consult note"},
     ):
-        assert requested_resource(_note(code=code)).codes == ()
-        assert _decide(consent, _note(code=code)) is DecisionOutcome.DENY
+        assert requested_resource(_coded(code=code)).codes == ()
+        assert _decide(consent, _coded(code=code)) is DecisionOutcome.DENY
     known = {"coding": [{"system": "http://loinc.org", "code": "1-8"}, {"display": "x"}]}
-    assert _decide(consent, _note(code=known)) is DecisionOutcome.PERMIT
+    assert _decide(consent, _coded(code=known)) is DecisionOutcome.PERMIT
 
 
 def test_issues_are_reported_together() -> None:
     """Every malformed element at once, each at its path."""
-    resource = _note(
+    resource = _coded(
         meta={"security": [1, {"system": 2}], "profile": [3]},
         code={"coding": "x"},
         identifier=[7],
