@@ -120,6 +120,10 @@ class RequestedResource:
     """What is asked for. Leave the request's ``resource`` empty to ask about the patient's data in
     general (then data-scoped provisions become :class:`RedactObligation` entries).
 
+    ``codes`` say what it is: ``code.coding``, or for a document (DocumentReference, Composition)
+    the codings of its ``type`` and ``category``; empty means unknown (a deny scoped by code or
+    document type applies, a permit so scoped does not).
+
     ``refers_to`` are the references the resource holds (its subject's encounter, the
     QuestionnaireResponse it was derived from, …); ``referenced_by`` are resources known to point at it;
     ``authors`` who wrote it. They serve ``provision.data`` meanings related / dependents / authoredby.
@@ -161,8 +165,9 @@ class DecisionRequest:
     action: Coding | None = None
     resource: RequestedResource | None = None
     categories: tuple[Coding, ...] = ()
-    #: Without a ``resource``: the content classes asked about (resource types or profiles, as in
-    #: ``provision.class``; LEAP's ``class``). Provisions scoped to other classes are then left out.
+    #: Without a ``resource``: the content classes asked about (resource types, profiles or
+    #: document types, as in ``provision.class``; LEAP's ``class``). Provisions scoped to other
+    #: classes are then left out.
     content_classes: tuple[Coding, ...] = ()
 
     def __post_init__(self) -> None:
@@ -209,6 +214,12 @@ class RedactObligation:
     ``codes``, is of any of ``classes``, was dated inside ``data_period`` or is one of ``data``
     (the filter of the provision, widened never narrowed). In :attr:`RedactMode.ALL_EXCEPT` mode only
     content matching the filter may be kept.
+
+    A class of ``http://hl7.org/fhir/resource-types`` is a resource type; one whose code is a
+    canonical URL is a profile (``meta.profile``); any other is a document type, which content is
+    of when it has that code (a document's ``type`` or ``category``, others' ``code``). Content
+    whose codes are unknown is redacted by a ``redact-matching`` filter on codes or document types
+    and never kept by a ``redact-all-except`` one.
     """
 
     mode: RedactMode

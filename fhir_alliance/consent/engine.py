@@ -7,7 +7,9 @@ Semantics in brief (the full statement, with examples, is ``docs/consent-decisio
   the request time, its category matches (when the request names categories) and its root provision
   matches the request. Every provision dimension is honoured at every depth: ``period``, ``actor``
   (reference and role), ``action``, ``purpose``, ``securityLabel``, ``class``, ``code``,
-  ``dataPeriod`` and ``data`` (by meaning). Empty means "no restriction".
+  ``dataPeriod`` and ``data`` (by meaning). Empty means "no restriction". A ``class`` names a
+  resource type (by its code system), a profile (a canonical URL) or else a document type (R5
+  ``documentType``, LOINC 34904-3), which is compared with the resource's codes as ``code`` is.
 * Nested provisions are exceptions to their parent, to any depth; the deepest matching provision
   decides. Among matching siblings, deny overrides permit (first in document order among equals).
 * Consents combine by :class:`~fhir_alliance.consent.decision.CombiningRule`.
@@ -24,9 +26,11 @@ Semantics in brief (the full statement, with examples, is ``docs/consent-decisio
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import NamedTuple
 
 from fhir_alliance.consent.decision import (
@@ -79,11 +83,16 @@ DEFAULT_EXPLICIT_LABELS: frozenset[tuple[str, str]] = frozenset(
     {LABEL_PSYCHOTHERAPY_NOTE, LABEL_VERY_RESTRICTED}
 )
 
-#: Code systems whose ``class`` codes are resource types (R4 and R5); any other ``class`` code is
-#: compared with the resource's profiles (``meta.profile``).
+#: Code systems whose ``class`` codes are resource types (R4 and R5). Any other ``class`` code is
+#: a profile when it is a canonical URL (compared with ``meta.profile``), else a document type
+#: (R5 ``documentType``, LOINC 34904-3 in R4 ``class``: compared with the resource's codes).
 RESOURCE_TYPE_SYSTEMS = frozenset(
     {"http://hl7.org/fhir/resource-types", "http://hl7.org/fhir/fhir-types"}
 )
+
+#: A ``class`` code that names a profile: a canonical URL (``https://…/StructureDefinition/x``,
+#: whatever system it is given under) or a URN.
+_PROFILE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+|[Uu][Rr][Nn]:\S+")
 
 #: Deepest nesting of provisions compiled (the FHIR mapping reads no deeper either).
 MAX_PROVISION_DEPTH = 32
@@ -94,6 +103,7 @@ _EMPTY: frozenset[RefKey] = frozenset()
 
 
 _NO_CODES: frozenset[_CodeKey] = frozenset()
+_NO_TYPES: frozenset[str] = frozenset()
 
 
 def _key(coding: Coding) -> _CodeKey:
@@ -140,9 +150,33 @@ def deny_label_keys(labels: Iterable[Coding]) -> frozenset[tuple[str, str]]:
     return keys | _foreign_label_keys(keys)
 
 
-def _is_type_class(coding: Coding) -> bool:
-    """Whether a ``class`` coding names a resource type (else a profile)."""
-    return canonical_system(coding.system) in RESOURCE_TYPE_SYSTEMS
+class _ClassKind(Enum):
+    """What a ``class`` coding names."""
+
+    TYPE = "resource type"  # compared with the resource's type
+    PROFILE = "profile"  # a canonical URL: compared with the resource's profiles
+    DOCUMENT = "document type"  # any other code: compared with the resource's codes
+
+
+def _class_kind(coding: Coding) -> _ClassKind:
+    """What a ``class`` coding names: a resource type (by its code system), a profile (a
+    canonical URL), else a document type (a LOINC document code, a note's content kind), which
+    says what the content is as a ``code`` does."""
+    if canonical_system(coding.system) in RESOURCE_TYPE_SYSTEMS:
+        return _ClassKind.TYPE
+    if _PROFILE_URL.fullmatch(coding.code):
+        return _ClassKind.PROFILE
+    return _ClassKind.DOCUMENT
+
+
+def _class_id(coding: Coding) -> tuple[_ClassKind, str, str]:
+    """A ``class`` coding as what it names: resource types and profiles by their code alone (the
+    system says only that it is one), document types by ``(system, code)`` like any code."""
+    kind = _class_kind(coding)
+    if kind is _ClassKind.DOCUMENT:
+        system, code = _key(coding)
+        return (kind, system, code)
+    return (kind, "", coding.code)
 
 
 #: How a party is named when it is named one way only: ``("ref" | "id", resource type or None)``.
@@ -205,6 +239,7 @@ class _Node:
         "data",
         "data_end",
         "data_start",
+        "document_classes",
         "end",
         "filter_parts",
         "folded_types",
@@ -266,9 +301,13 @@ class _Node:
             if facet is not None
         )
         self.labels = _code_keys(provision.security_labels) or None
-        type_classes = frozenset(c.code for c in provision.classes if _is_type_class(c))
-        profile_classes = frozenset(c.code for c in provision.classes if not _is_type_class(c))
+        kinds = [(_class_kind(c), c) for c in provision.classes]
+        type_classes = frozenset(c.code for k, c in kinds if k is _ClassKind.TYPE)
+        profile_classes = frozenset(c.code for k, c in kinds if k is _ClassKind.PROFILE)
+        # ``type_classes`` is ``None`` when the provision names no class at all.
         self.type_classes = type_classes if provision.classes else None
+        # Document types say what the content is, as codes do: compared with the resource's codes.
+        self.document_classes = frozenset(_key(c) for k, c in kinds if k is _ClassKind.DOCUMENT)
         # A deny names a resource type in any letter case (``observation``) and a profile in any
         # version (``…|1.0`` names the profile too): it must not be missed over how the class is
         # spelt. A permit is read as written.
@@ -484,6 +523,8 @@ class _Request:
         "at",
         "author_keys",
         "codes",
+        "content_classes",
+        "content_documents",
         "content_profiles",
         "content_types",
         "date",
@@ -541,9 +582,14 @@ class _Request:
         self.all_actor_keys = frozenset().union(*actor_keys.values())
         resource = request.resource
         self.has_resource = resource is not None
-        classes = request.content_classes
-        self.content_types = frozenset(c.code for c in classes if _is_type_class(c))
-        self.content_profiles = frozenset(c.code for c in classes if not _is_type_class(c))
+        classes = frozenset(_class_id(c) for c in request.content_classes)
+        #: The content classes asked about (without a resource), as :func:`_class_id` gives them.
+        self.content_classes = classes
+        self.content_types = frozenset(c for k, _, c in classes if k is _ClassKind.TYPE)
+        self.content_profiles = frozenset(c for k, _, c in classes if k is _ClassKind.PROFILE)
+        self.content_documents = frozenset(
+            (s, c) for k, s, c in classes if k is _ClassKind.DOCUMENT
+        )
         if resource is None:
             self.labels = self.deny_labels = self.foreign_labels = _NO_CODES
             self.explicit_needed: frozenset[_CodeKey] = frozenset()
@@ -645,16 +691,8 @@ def _data_matches(n: _Node, q: _Request) -> bool:
     if n.labels is not None and n.labels.isdisjoint(q.labels if n.permit else q.deny_labels):
         return False
     unknown = not n.permit
-    if n.type_classes is not None:
-        if q.type is None and not q.profiles:
-            if not unknown:
-                return False
-        elif (
-            q.type not in n.type_classes
-            and (n.permit or q.type is None or q.type.casefold() not in n.folded_types)
-            and n.profile_classes.isdisjoint(q.profiles)
-        ):
-            return False
+    if n.type_classes is not None and not _class_matches(n, q, unknown):
+        return False
     if n.codes is not None:
         if not q.codes:
             if not unknown:
@@ -687,6 +725,32 @@ def _data_matches(n: _Node, q: _Request) -> bool:
         else:
             return False
     return True
+
+
+def _class_matches(n: _Node, q: _Request, unknown: bool) -> bool:
+    """Whether the resource is of one of the provision's classes: its type, one of its profiles,
+    or a document type among its codes. ``unknown`` is what a fact the request leaves out counts
+    as (true for a deny): the type when neither type nor profiles are known, the codes when none
+    are known."""
+    types = n.type_classes or _NO_TYPES
+    if types or n.profile_classes:
+        if q.type is None:
+            if not q.profiles:
+                if unknown:
+                    return True
+            elif not n.profile_classes.isdisjoint(q.profiles):
+                return True
+        elif (
+            q.type in types
+            or (not n.permit and q.type.casefold() in n.folded_types)
+            or not n.profile_classes.isdisjoint(q.profiles)
+        ):
+            return True
+    if n.document_classes:
+        if not q.codes:
+            return unknown
+        return not n.document_classes.isdisjoint(q.codes)
+    return False
 
 
 def _data_incomparable(meaning: DataMeaning, facet: _Facet, q: _Request) -> bool:
@@ -746,10 +810,12 @@ def _may_concern(n: _Node, q: _Request) -> bool:
     """Without a resource: False only when the provision certainly cannot concern the content the
     request names: both name resource types only, and none in common (a resource has one type).
     A profile tells nothing certain about a resource's type, nor about the other profiles it may
-    claim, so a provision or a request naming profiles may concern any content."""
-    if n.type_classes is None or not (q.content_types or q.content_profiles):
+    claim, and a document type nothing about either (a resource of any type may carry that code,
+    beside others), so a provision or a request naming profiles or document types may concern any
+    content."""
+    if n.type_classes is None or not q.content_classes:
         return True
-    if n.profile_classes or q.content_profiles:
+    if n.profile_classes or n.document_classes or q.content_profiles or q.content_documents:
         return True
     if not n.type_classes.isdisjoint(q.content_types):
         return True
@@ -774,7 +840,7 @@ def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped]]:
     best_nested: list[_Scoped] = _NO_RULES
     scoped: list[_Scoped] = []
     passed_over: list[list[_Scoped]] = []  # the nested rules of unfiltered siblings not chosen
-    classes = q.content_types or q.content_profiles
+    classes = q.content_classes
     for child in n.children:
         if not _context_matches(child, q) or (classes and not _may_concern(child, q)):
             continue
@@ -1362,11 +1428,11 @@ class ConsentEngine:
         elif self._all_explicit_redacted is not None:
             obligations.append(self._all_explicit_redacted[0])
             notes.append(self._all_explicit_redacted[1])
-        if q.content_types or q.content_profiles:
+        if q.content_classes:
             removing = _removing_everything(obligations, q)
             if removing is not None:
                 # A permit whose redactions leave nothing of what was asked for is a deny.
-                asked = ", ".join(sorted(q.content_types | q.content_profiles))
+                asked = ", ".join(sorted({code for _, _, code in q.content_classes}))
                 notes.append(f"the redactions would remove all content asked for ({asked})")
                 return (
                     DecisionOutcome.DENY,
@@ -1402,12 +1468,10 @@ def _removing_everything(
     """The obligations that together remove every content class the request names, or ``None``
     when some of that content may be released. A class is removed whole by a ``redact-matching``
     obligation listing it, or by a ``redact-all-except`` one that keeps only other classes."""
-    asked = [(True, code) for code in q.content_types]
-    asked.extend((False, profile) for profile in q.content_profiles)
     removing: list[RedactObligation] = []
-    for is_type, code in asked:
+    for asked in sorted(q.content_classes, key=_asked_order):
         for o in obligations:
-            listed = any(c.code == code and _is_type_class(c) is is_type for c in o.classes)
+            listed = any(_class_id(c) == asked for c in o.classes)
             if o.mode is RedactMode.MATCHING:
                 removed = listed
             else:
@@ -1420,6 +1484,16 @@ def _removing_everything(
         else:
             return None
     return removing
+
+
+_KIND_ORDER = {_ClassKind.TYPE: 0, _ClassKind.PROFILE: 1, _ClassKind.DOCUMENT: 2}
+
+
+def _asked_order(asked: tuple[_ClassKind, str, str]) -> tuple[int, str, str]:
+    """Resource types, then profiles, then document types; each by code: the basis of a deny
+    for redacting everything asked lists the obligations in this order, whatever the request's."""
+    kind, system, code = asked
+    return (_KIND_ORDER[kind], code, system)
 
 
 def _inactive_reason(c: _Consent, at: float) -> str:

@@ -149,8 +149,8 @@ class Attachment:
 class Provision:
     """One rule. The root provision's ``type`` is the consent's base decision; every nested provision
     must have a ``type`` and is an exception to its parent. Empty tuples mean "no restriction on that
-    dimension". ``classes`` are resource types or profiles (R4 ``class``); ``codes`` are content codes
-    (e.g. an instrument code)."""
+    dimension". ``classes`` are resource types, profiles or document types (R4 ``class``, R5
+    ``resourceType`` and ``documentType``); ``codes`` are content codes (e.g. an instrument code)."""
 
     type: Decision | None = None
     period: Period | None = None

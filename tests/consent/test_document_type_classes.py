@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from fhir_alliance.consent import ConsentEngine, DecisionOutcome
-from fhir_alliance.consent.decision import DecisionRequest, RequestActor, RequestedResource
+from fhir_alliance.consent.decision import (
+    DecisionRequest,
+    RedactMode,
+    RequestActor,
+    RequestedResource,
+)
 from fhir_alliance.consent.gate import disclosure_request, requested_resource
 from fhir_alliance.errors import InputError
 from fhir_alliance.mapping.consent import from_consent, to_consent
@@ -19,13 +24,6 @@ from fhir_alliance.model.consent import ConsentRecord
 from fhir_alliance.terminology import LOINC, RESOURCE_TYPES
 from tests.consent.builders import IRCP, consent, pou, prov
 from tests.consent.scenarios import share_with
-
-#: Known and not fixed yet: the engine compares such a class with the resource's profiles only.
-#: A first fix (compare with the codes) broke the general answers' soundness
-#: (tests/consent/test_review_invariants.py), which must learn document types too.
-OPEN = pytest.mark.xfail(
-    strict=True, reason="document-type classes are compared with profiles only"
-)
 
 V3 = "http://terminology.hl7.org/CodeSystem"
 #: LOINC 34904-3 Mental health Progress note: the document type of the library's session notes.
@@ -57,7 +55,6 @@ def _note_request() -> DecisionRequest:
     )
 
 
-@OPEN
 @pytest.mark.parametrize("version", ["4.0.1", "5.0.0"])
 def test_a_deny_by_document_type_keeps_that_document(version: str) -> None:
     """ "Share, but not my mental health progress notes" (R4 ``class``, R5 ``documentType`` LOINC
@@ -84,11 +81,7 @@ def _request(resource: RequestedResource) -> DecisionRequest:
     ("resource", "outcome"),
     [
         # The document type is the resource's code: it is that document, or another one.
-        pytest.param(
-            RequestedResource(type="DocumentReference", codes=(PROGRESS_NOTE,)),
-            DecisionOutcome.DENY,
-            marks=OPEN,
-        ),
+        (RequestedResource(type="DocumentReference", codes=(PROGRESS_NOTE,)), DecisionOutcome.DENY),
         (
             RequestedResource(type="DocumentReference", codes=(Coding(LOINC, "11488-4"),)),
             DecisionOutcome.PERMIT,
@@ -99,7 +92,7 @@ def _request(resource: RequestedResource) -> DecisionRequest:
             DecisionOutcome.PERMIT,
         ),
         # Nothing says which document it is: a missing fact, which a deny meets.
-        pytest.param(RequestedResource(type="DocumentReference"), DecisionOutcome.DENY, marks=OPEN),
+        (RequestedResource(type="DocumentReference"), DecisionOutcome.DENY),
         (RequestedResource(), DecisionOutcome.DENY),
     ],
 )
@@ -113,7 +106,6 @@ def test_a_document_type_class_is_compared_with_the_resource_codes(
     assert decision.outcome is outcome
 
 
-@OPEN
 def test_a_permit_by_document_type_needs_the_code() -> None:
     """A permit scoped to a document type releases content with that code only, never content
     whose codes are unknown (a missing fact never widens access)."""
@@ -222,3 +214,79 @@ def test_a_malformed_document_type_is_refused_at_its_path(
     with pytest.raises(InputError) as caught:
         requested_resource(_document(**elements))
     assert [i.path for i in caught.value.issues] == [path]
+
+
+def test_a_deny_by_document_type_spelt_by_oid_meets_the_note() -> None:
+    """A consent naming LOINC by its OID names the same document type."""
+    record = _sharing_except(Coding("urn:oid:2.16.840.1.113883.6.1", "34904-3"))
+    assert ConsentEngine([record]).decide(_note_request()).outcome is DecisionOutcome.DENY
+
+
+def test_a_deny_by_session_note_content_keeps_only_psychotherapy_notes() -> None:
+    """The second coding of a session note's type says its content: a deny of psychotherapy-note
+    content keeps those notes and lets progress notes go."""
+    engine = ConsentEngine([_sharing_except(Coding(NOTE_CONTENT, "psychotherapy-note"))])
+    for content, outcome in (
+        ("psychotherapy-note", DecisionOutcome.DENY),
+        ("progress-note", DecisionOutcome.PERMIT),
+    ):
+        codes = (PROGRESS_NOTE, Coding(NOTE_CONTENT, content))
+        resource = RequestedResource(type="DocumentReference", codes=codes)
+        assert engine.decide(_request(resource)).outcome is outcome, content
+
+
+# --- the general answer ----------------------------------------------------------------------------
+
+
+def _general(*classes: Coding) -> DecisionRequest:
+    return DecisionRequest(
+        patient=(Ref(reference="Patient/p1"),),
+        actors=(RequestActor(Ref(reference="Organization/ehr"), IRCP),),
+        at=AT,
+        purposes=(pou("TREAT"),),
+        action=Coding(f"{V3}/consentaction", "access"),
+        content_classes=classes,
+    )
+
+
+def test_the_general_answer_redacts_a_document_type_the_consent_denies() -> None:
+    """Asked without a resource, "share, but not my progress notes" is a permit with the
+    redaction of that document type (as a nested deny by resource type or label is), never a
+    plain permit: a resource it covers would be denied."""
+    engine = ConsentEngine([_sharing_except(PROGRESS_NOTE)])
+    answer = engine.decide(_general())
+    assert answer.outcome is DecisionOutcome.PERMIT
+    redactions = [o for o in answer.obligations if o.mode is RedactMode.MATCHING and o.classes]
+    assert [o.classes for o in redactions] == [(PROGRESS_NOTE,)]
+    assert [b.path for o in redactions for b in o.basis] == ["0"]
+
+
+def test_asking_only_about_the_denied_document_type_is_a_deny() -> None:
+    """Asked about progress notes alone, the redaction would remove everything: deny. Asked
+    about Observations, the deny may concern them too (an Observation may carry that code):
+    the redaction comes with the permit."""
+    engine = ConsentEngine([_sharing_except(PROGRESS_NOTE)])
+    assert engine.decide(_general(PROGRESS_NOTE)).outcome is DecisionOutcome.DENY
+    asked = engine.decide(_general(Coding(RESOURCE_TYPES, "Observation")))
+    assert asked.outcome is DecisionOutcome.PERMIT
+    assert any(PROGRESS_NOTE in o.classes for o in asked.obligations)
+
+
+def test_a_general_permit_by_document_type_keeps_only_that_type() -> None:
+    """Deny everything but progress notes: asked in general, a permit that keeps only that
+    document type; asked about a resource, only a resource with that code is permitted."""
+    permit_notes = consent(
+        "c1",
+        "deny",
+        prov("permit", classes=[PROGRESS_NOTE]),
+        **share_with(Ref(reference="Organization/ehr")),
+    )
+    engine = ConsentEngine([permit_notes])
+    answer = engine.decide(_general())
+    assert answer.outcome is DecisionOutcome.PERMIT
+    keep = [o for o in answer.obligations if o.mode is RedactMode.ALL_EXCEPT]
+    assert [o.classes for o in keep] == [(PROGRESS_NOTE,)]
+    note = RequestedResource(type="DocumentReference", codes=(PROGRESS_NOTE,))
+    assert engine.decide(_request(note)).outcome is DecisionOutcome.PERMIT
+    for other in (RequestedResource(type="DocumentReference"), RequestedResource()):
+        assert engine.decide(_request(other)).outcome is DecisionOutcome.DENY

@@ -2,13 +2,17 @@
 
 ``docs/consent-decisions.md`` promises that an answer about the patient's data in general may
 remove more than strictly needed, never less. Checked here over random consents (those of
-``test_engine_properties``, with provisions also scoped by ``class``: resource types and profiles),
+``test_engine_properties``, with provisions also scoped by ``class``: resource types, profiles
+and document types),
 random general requests (with and without content classes) and random resources of the asked
 content: whenever the general answer is PERMIT and a resource survives every obligation it carries,
 the engine asked about that very resource must say PERMIT too. The obligations are applied as a
 careful recipient would (``RedactObligation``'s documented semantics; a fact the resource does not
 state, such as its date or its codes, is redacted by a ``redact-matching`` filter on it and never
-kept by a ``redact-all-except`` one: the engine reads a missing fact the same way). Provisions may
+kept by a ``redact-all-except`` one: the engine reads a missing fact the same way). A class is a
+resource type by its system, a profile when its code is a canonical URL, else a document type,
+which content is of when it carries that code; content whose codes are unknown may be of any
+document type. Provisions may
 be scoped by data references too, and resources are known by ``Type/id`` and several identifiers
 (``reference`` and ``aliases``): a recipient compares a data reference with every way it knows the
 resource."""
@@ -31,6 +35,7 @@ from fhir_alliance.consent.decision import (
 from fhir_alliance.consent.engine import RESOURCE_TYPE_SYSTEMS, ConsentEngine
 from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.model.consent import ConsentRecord, DataMeaning, DataRef, Provision
+from fhir_alliance.terminology import LOINC
 from tests.consent.builders import RESOURCE_TYPES
 from tests.consent.test_engine_properties import (
     CODES,
@@ -45,11 +50,17 @@ from tests.consent.test_engine_properties import (
 
 PROFILES = ["https://clinic.example/StructureDefinition/wai-sr", "https://clinic.example/sd/srs"]
 TYPES = ["Observation", "DocumentReference"]
-#: Classes a provision or a request may name: resource types, profiles, and a type whose system
-#: is misspelled (then it counts as a profile, which no resource here has).
+#: LOINC 34904-3 Mental health Progress note: a document type, and a code resources may carry.
+PROGRESS_NOTE = Coding(LOINC, "34904-3")
+#: Classes a provision or a request may name: resource types, profiles (one under another
+#: system), document types (one of them also a code of Observations), and a type whose system is
+#: misspelled (then it is a document type, which no resource here carries as a code).
 CLASSES = [
     *(Coding(RESOURCE_TYPES, t) for t in TYPES),
     *(Coding("http://hl7.org/fhir/StructureDefinition", p) for p in PROFILES),
+    Coding("urn:ietf:rfc:3986", PROFILES[0]),
+    PROGRESS_NOTE,
+    CODES[0],
     Coding("http://hl7.org/fhir/resource-type", "Observation"),
 ]
 
@@ -111,7 +122,7 @@ def _resource(rng: random.Random, asked: tuple[Coding, ...]) -> RequestedResourc
             type=kind,
             reference=reference,
             profiles=profiles,
-            codes=tuple(rng.sample(CODES, rng.randint(0, 1))),
+            codes=tuple(rng.sample([*CODES, PROGRESS_NOTE], rng.randint(0, 2))),
             labels=tuple(rng.sample(RESOURCE_LABELS, rng.randint(0, 2))),
             date=None if rng.random() < 0.1 else _day(rng.randint(-400, 200)),
             aliases=aliases,
@@ -158,10 +169,16 @@ def _data_hits(o: RedactObligation, r: RequestedResource, *, unknown: bool) -> b
     return False
 
 
-def _is_of_class(r: RequestedResource, c: Coding) -> bool:
+def _is_of_class(r: RequestedResource, c: Coding, *, unknown: bool = False) -> bool:
+    """Whether ``r`` is of class ``c``; ``unknown``: what it counts as when ``c`` is a document
+    type and the resource's codes are unknown."""
     if c.system in RESOURCE_TYPE_SYSTEMS:
         return r.type == c.code
-    return c.code in r.profiles
+    if "://" in c.code or c.code.startswith("urn:"):
+        return c.code in r.profiles
+    if not r.codes:
+        return unknown
+    return (c.system, c.code) in {(x.system, x.code) for x in r.codes}
 
 
 def _hits(o: RedactObligation, r: RequestedResource, *, unknown: bool) -> bool:
@@ -178,7 +195,7 @@ def _hits(o: RedactObligation, r: RequestedResource, *, unknown: bool) -> bool:
                 return True
         elif {(c.system, c.code) for c in o.codes} & {(c.system, c.code) for c in r.codes}:
             return True
-    if any(_is_of_class(r, c) for c in o.classes):
+    if any(_is_of_class(r, c, unknown=unknown) for c in o.classes):
         return True
     if o.data_period is not None:
         if r.date is None:
