@@ -16,6 +16,8 @@ from tests.service.api.test_notes import _note, _sharing_consent
 from tests.service.sync import records as R
 from tests.service.sync.conftest import now, sync_settings
 
+#: The code system of a session note's content kind (the second coding of its type).
+NOTE_CONTENT = "https://fhir-alliance.org/fhir/CodeSystem/session-note-content"
 SETTINGS = sync_settings("http://127.0.0.1:9/fhir", "sqlite://", fhir_version="4.0.1")
 
 
@@ -156,3 +158,43 @@ def test_psythpn_or_v_under_another_label_system_is_held_for_an_explicit_permit(
         result = results[records[name].record_id]
         assert result.hold is HoldReason.NEEDS_EXPLICIT_PERMIT, name
     assert results[records["other"].record_id].permitted
+
+
+@pytest.mark.parametrize(
+    ("document_type", "held"),
+    [
+        ({"system": "http://loinc.org", "code": "34904-3"}, True),
+        ({"system": "urn:oid:2.16.840.1.113883.6.1", "code": "34904-3"}, True),
+        ({"system": NOTE_CONTENT, "code": "progress-note"}, True),
+        ({"system": NOTE_CONTENT, "code": "psychotherapy-note"}, False),
+        ({"system": "http://loinc.org", "code": "11488-4"}, False),
+    ],
+)
+def test_a_deny_by_document_type_holds_the_session_note(
+    sync_store: SqlStore, document_type: dict[str, str], held: bool
+) -> None:
+    """ "Share, but not my mental health progress notes": a sharing consent with a nested deny
+    by document type (R4 ``class``, R5 ``documentType``: LOINC 34904-3, or the note's content
+    kind) holds a signed progress note as denied, and an SRS administration still goes. Before,
+    the document type was compared with the note's profiles only and the note left. A deny of
+    another document type lets the note go."""
+    run = R.run_token()
+    consents = [_sharing_consent(run, patient) for patient in ("Patient/p1", "Patient/p2")]
+    for consent in consents:
+        consent["provision"]["provisions"] = [{"type": "deny", "classes": [document_type]}]
+    intake_records(sync_store, consents, at=now())
+    for item in sync_store.claim("gate-test", limit=100, lease_seconds=60, now=now()):
+        sync_store.mark_sent(item.item_id, "gate-test", sent=[], audit=[], at=now())
+    signed = _note(run, ai=False) | {
+        "status": "final",
+        "signed_by": {"reference": "Practitioner/t1", "type": "Practitioner"},
+        "signed_at": "2026-11-20T17:00:00+00:00",
+    }
+    [note, srs] = intake_records(sync_store, [signed, R.srs(run, 1, "Patient/p2")], at=now())
+    results = _gate_all(sync_store)
+    if held:
+        assert results[note.record_id].hold is HoldReason.DENIED
+        assert [b.path for b in results[note.record_id].decisions[-1].basis] == ["0"]
+    else:
+        assert results[note.record_id].permitted
+    assert results[srs.record_id].permitted
