@@ -629,8 +629,10 @@ _DEVICE_ROLE = Coding(system=t.V3_PARTICIPATION_TYPE, code="DEV")
 
 def ai_drafting_request(note: SessionNote, *, patient: Iterable[Ref] = ()) -> DecisionRequest:
     """May the note's AI tool (a ``DEV`` actor) use this patient's session data for treatment at
-    the session time? ``patient`` adds other ways the patient is known. Raises ``ValueError`` for a
-    note no AI drafted."""
+    the session time? ``patient`` adds other ways the patient is known. The note is named by its
+    document type (the codes the gate reads from its DocumentReference's ``type`` and
+    ``category``), so a consent excepting a document type ("not my psychotherapy notes") is read
+    for the kind of note drafted. Raises ``ValueError`` for a note no AI drafted."""
     if note.ai_drafting is None:
         raise ValueError("the note was not drafted by AI")
     return DecisionRequest(
@@ -639,7 +641,19 @@ def ai_drafting_request(note: SessionNote, *, patient: Iterable[Ref] = ()) -> De
         at=note.session_at,
         purposes=(_TREAT,),
         action=_USE,
-        resource=RequestedResource(type="DocumentReference", date=note.session_at),
+        resource=RequestedResource(
+            type="DocumentReference", codes=_document_codes(note), date=note.session_at
+        ),
+    )
+
+
+def _document_codes(note: SessionNote) -> tuple[Coding, ...]:
+    """The note's codes as the gate reads them from its DocumentReference: the codings of its
+    ``type`` (LOINC 34904-3, the content kind), then of its ``category``."""
+    return (
+        Coding(system=NOTE_TYPE["system"], code=NOTE_TYPE["code"]),
+        Coding(system=CS_NOTE_CONTENT, code=note.category.value),
+        Coding(system=CLINICAL_NOTE_CATEGORY["system"], code=CLINICAL_NOTE_CATEGORY["code"]),
     )
 
 

@@ -11,9 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fhir_alliance.consent import ConsentEngine, DecisionOutcome
-from fhir_alliance.consent.gate import disclosure_request
+from fhir_alliance.consent.gate import disclosure_request, requested_resource
 from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
-from fhir_alliance.mapping.note import ai_disclosure_permitted, ai_drafting_decision, to_fhir
+from fhir_alliance.mapping.note import (
+    ai_disclosure_permitted,
+    ai_drafting_decision,
+    ai_drafting_request,
+    to_fhir,
+)
 from fhir_alliance.model.common import Coding, Identifier, Ref
 from fhir_alliance.model.consent import (
     ConsentKind,
@@ -241,3 +246,39 @@ def test_a_note_not_drafted_by_ai_needs_no_ai_notes_consent() -> None:
     """A hand-written note is never held for want of a recording/AI-notes consent."""
     note = replace(_note("psychotherapy-note"), ai_drafting=None)
     assert ai_disclosure_permitted([], note)
+
+
+def _except_psychotherapy_notes() -> ConsentRecord:
+    """The recording/AI-notes consent, except (deny) drafting psychotherapy-note content, named
+    by document type (the note's content kind)."""
+    consent = _consent("recording-ai-notes.json")
+    kind = Coding(
+        "https://fhir-alliance.org/fhir/CodeSystem/session-note-content", "psychotherapy-note"
+    )
+    deny = Provision(type=Decision.DENY, classes=(kind,))
+    return replace(
+        consent,
+        provision=replace(consent.provision, provisions=(*consent.provision.provisions, deny)),
+    )
+
+
+def test_a_recording_consent_may_except_a_document_type_from_ai_drafting() -> None:
+    """ "AI may draft my notes, but not psychotherapy notes", by document type: a psychotherapy
+    note may not be drafted, a progress note may. The drafting question names the note's document
+    type as the gate reads it from its DocumentReference; without it the deny met every note."""
+    consent = _except_psychotherapy_notes()
+    progress = _note("ai-drafted-progress-note")
+    psychotherapy = replace(progress, category=NoteCategory.PSYCHOTHERAPY_NOTE)
+    assert ai_drafting_decision([consent], progress).outcome is DecisionOutcome.PERMIT
+    assert ai_drafting_decision([consent], psychotherapy).outcome is DecisionOutcome.DENY
+
+
+def test_the_drafting_question_names_the_codes_the_gate_reads() -> None:
+    """The note's codes in the drafting question are those the gate reads from its
+    DocumentReference (type and category), for either content kind."""
+    for category in NoteCategory:
+        note = replace(_note("ai-drafted-progress-note"), category=category)
+        [document, *_] = to_fhir(note)
+        asked = ai_drafting_request(note).resource
+        assert asked is not None
+        assert asked.codes == requested_resource(document).codes
