@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import NamedTuple
@@ -902,6 +902,8 @@ class _General:
     explicit: set[_CodeKey]
     dropped: int  # scoped permits too narrow to express as an obligation (left out: safe side)
     kind: str = "none"
+    #: Explicit labels permitted only as written (see :func:`_flatten`): they stay redacted.
+    as_written: set[_CodeKey] = field(default_factory=set)
 
     def classify(self) -> _General:
         if self.base is not None and self.base.permit:
@@ -922,7 +924,17 @@ def _flatten(rules: list[_Scoped], outer_permit: bool, depth: int, out: _General
             # Content carrying the label is released whole only by a permit scoped by labels
             # alone; one narrowed further (a code, a class, a data period, a scope around it)
             # releases only part of it, which no label obligation can say: it stays redacted.
-            out.explicit.update(rule.decider.named_labels)
+            named = rule.decider.named_labels
+            if rule.scope.permit:
+                # A permit's scope reads labels as written: it does not meet content labelled
+                # PSYTHPN under another code system alone (asked about, such content is denied),
+                # and no obligation can redact "PSYTHPN of other systems only" (one listing the
+                # code redacts it under every system). So a label that another system's label
+                # may count as (deny_label_keys) stays redacted: more than needed, never less.
+                # A deny's scope reads them as deny_label_keys does: what it releases is whole.
+                out.as_written.update(named & KNOWN_LABELS)
+                named = named - KNOWN_LABELS
+            out.explicit.update(named)
         if outer_permit:
             if not permit:
                 out.redact.append(rule)  # permits nested inside stay redacted (safe side)
@@ -1410,15 +1422,28 @@ class ConsentEngine:
                 if a.base is not None
             )
         explicit: set[_CodeKey] = set()
+        as_written: set[_CodeKey] = set()
         for answer in answers:
             explicit |= answer.explicit
+            as_written |= answer.as_written
             obligations.extend(_obligation(RedactMode.MATCHING, [r]) for r in answer.redact)
         for answer in restrictions:  # what they deny, never what they permit
             obligations.extend(_obligation(RedactMode.MATCHING, [r]) for r in answer.redact)
             if answer.kind == "permit-only" and answer.base is not None:
                 keep = _one_period(answer.permit_only, notes)
                 obligations.append(_obligation(RedactMode.ALL_EXCEPT, keep))
+        if as_written:
+            # Released after all where an obligation keeps only content carrying that label as
+            # written: content labelled so under another system alone does not get through.
+            explicit |= as_written & _kept_only(obligations)
         redacted = {_key(c) for o in obligations if o.mode is RedactMode.MATCHING for c in o.labels}
+        only_as_written = sorted(as_written - explicit - redacted)
+        if only_as_written:
+            notes.append(
+                f"{', '.join(c for _, c in only_as_written)}: permitted explicitly only as labelled "
+                "under HL7's code system, which a redaction cannot tell from the same code under "
+                "another system: still redacted; ask about the resource itself"
+            )
         if explicit or redacted:
             missing = sorted(self.explicit_labels - explicit - redacted)
             if missing:
@@ -1460,6 +1485,20 @@ def _one_period(keep: list[_Scoped], notes: list[str]) -> list[_Scoped]:
         "keeps content from one period; ask about the resource itself"
     )
     return [r for r in keep if r not in left_out]
+
+
+def _kept_only(obligations: list[RedactObligation]) -> set[_CodeKey]:
+    """The labels ``L`` such that one of ``obligations`` keeps only content carrying ``L`` as
+    written (a ``redact-all-except`` listing ``L`` alone, in whatever spellings, and nothing else)."""
+    kept: set[_CodeKey] = set()
+    for o in obligations:
+        if o.mode is RedactMode.ALL_EXCEPT and not (
+            o.codes or o.classes or o.data_period or o.data
+        ):
+            keys = {_key(c) for c in o.labels}
+            if len(keys) == 1:
+                kept |= keys
+    return kept
 
 
 def _removing_everything(

@@ -80,7 +80,9 @@ def test_two_denies_with_exceptions_keep_only_what_both_permit() -> None:
 
 def test_psythpn_is_released_only_by_a_permit_scoped_by_labels_alone() -> None:
     """A permit naming PSYTHPN and a code releases PSYTHPN content of that code only: the
-    general answer keeps redacting PSYTHPN; a permit naming the label alone releases it."""
+    general answer keeps redacting PSYTHPN. A permit naming the label alone releases content
+    labelled PSYTHPN as written, not PSYTHPN of another code system, which no redaction can tell
+    apart: beside a plain permit the general answer still redacts PSYTHPN, and says why."""
     narrow = {
         "provisions": [
             {
@@ -98,12 +100,14 @@ def test_psythpn_is_released_only_by_a_permit_scoped_by_labels_alone() -> None:
     other_code = {"type": "Observation", "labels": ["PSYTHPN"], "codes": []}
     assert ask(engine, resource=other_code).outcome is DecisionOutcome.DENY
     whole = {"provisions": [{"type": "permit", "security_labels": [label("PSYTHPN")]}]}
-    still = [
-        c.code
-        for o in ask(ConsentEngine([consent(1, "permit", whole)])).obligations
-        for c in o.labels
-    ]
-    assert still == ["V"]  # the other explicit label (very restricted) stays redacted
+    general = ask(ConsentEngine([consent(1, "permit", whole)]))
+    still = [c.code for o in general.obligations for c in o.labels]
+    assert still == ["PSYTHPN", "V"]
+    assert any("as labelled under HL7's code system" in n for n in general.notes)
+    # Asked about it, content labelled PSYTHPN (as written) is released.
+    psythpn = {"type": "Observation", "labels": ["PSYTHPN"], "codes": []}
+    released = ask(ConsentEngine([consent(1, "permit", whole)]), resource=psythpn)
+    assert released.outcome is DecisionOutcome.PERMIT
 
 
 def test_a_deny_by_resource_type_concerns_content_asked_for_by_profile() -> None:
