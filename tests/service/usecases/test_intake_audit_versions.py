@@ -5,7 +5,6 @@ PostgreSQL alike (the same ``_put_records``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,14 +13,12 @@ from fhir_alliance_service import audit
 from fhir_alliance_service.store import SqlStore, open_store
 from fhir_alliance_service.store.interface import (
     AuditEntry,
-    IntakeEvents,
-    IntakeResult,
-    NewRecord,
     PutOutcome,
 )
 from fhir_alliance_service.usecases.intake import RecordIntake, intake_records
 
 from tests.service.usecases.payloads import OBSERVATION_PATIENT, observation
+from tests.service.usecases.races import write_after
 
 AT = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 #: The intake that is overtaken: later than every other one, so its event is told apart by time.
@@ -32,37 +29,6 @@ def _rupture(tension: int) -> dict[str, Any]:
     payload = observation("rupture")
     payload["tension"] = tension
     return payload
-
-
-@pytest.fixture
-def two_stores(database_url: str) -> Iterator[tuple[SqlStore, SqlStore]]:
-    """Two stores on one database, as two processes (or two gunicorn workers) have."""
-    first, second = open_store(database_url), open_store(database_url)
-    try:
-        yield first, second
-    finally:
-        first.close()
-        second.close()
-
-
-def _write_after(
-    monkeypatch: pytest.MonkeyPatch, store: SqlStore, meanwhile: Callable[[], object]
-) -> None:
-    """Stage the race: ``store``'s next ``put_records`` (the use case has read the store and
-    built its audit events) first lets ``meanwhile`` run to its end (the other intake, committed),
-    then writes."""
-    original = store.put_records
-    staged: list[bool] = []
-
-    def put_records(
-        records: Sequence[NewRecord], *, audit: IntakeEvents, at: datetime
-    ) -> list[IntakeResult]:
-        if not staged:  # once: a retry of the use case writes straight away
-            staged.append(True)
-            meanwhile()
-        return original(records, audit=audit, at=at)
-
-    monkeypatch.setattr(store, "put_records", put_records)
 
 
 def _version_named(entry: AuditEntry) -> str:
@@ -94,10 +60,11 @@ def test_an_overtaken_update_names_the_version_it_wrote(
     the other intake's event id and version)."""
     first, second = two_stores
     intake_records(second, [_rupture(1)], at=AT)
-    _write_after(
+    write_after(
         monkeypatch,
         first,
         lambda: intake_records(second, [_rupture(2)], at=AT + timedelta(minutes=1)),
+        once=True,
     )
     [late] = intake_records(first, [_rupture(3)], at=LATE)
     assert (late.version, late.outcome) == (3, PutOutcome.UPDATED)
@@ -111,7 +78,7 @@ def test_an_overtaken_create_names_the_update_it_made(
     meanwhile; this one writes version 2, and its event is an update of version 2 (it was a
     create of version 1, under the other intake's event id)."""
     first, second = two_stores
-    _write_after(monkeypatch, first, lambda: intake_records(second, [_rupture(2)], at=AT))
+    write_after(monkeypatch, first, lambda: intake_records(second, [_rupture(2)], at=AT), once=True)
     [late] = intake_records(first, [_rupture(3)], at=LATE)
     assert (late.version, late.outcome) == (2, PutOutcome.UPDATED)
     _assert_truthful(second, late, 2)
@@ -127,10 +94,11 @@ def test_an_overtaken_intake_of_the_same_content_stores_no_event(
     nothing, and stores no event (as an unchanged repost does); the other's event stands."""
     first, second = two_stores
     intake_records(second, [_rupture(1)], at=AT)
-    _write_after(
+    write_after(
         monkeypatch,
         first,
         lambda: intake_records(second, [_rupture(3)], at=AT + timedelta(minutes=1)),
+        once=True,
     )
     [late] = intake_records(first, [_rupture(3)], at=LATE)
     assert (late.version, late.outcome) == (2, PutOutcome.UNCHANGED)
@@ -148,10 +116,11 @@ def test_a_batch_names_each_record_at_its_own_version(
     other = observation("srs-administration")
     intake_records(second, [_rupture(1), other], at=AT)
     other["responses"]["1"] = 5.0
-    _write_after(
+    write_after(
         monkeypatch,
         first,
         lambda: intake_records(second, [_rupture(2)], at=AT + timedelta(minutes=1)),
+        once=True,
     )
     late, changed = intake_records(first, [_rupture(3), other], at=LATE)
     assert (late.version, changed.version) == (3, 2)

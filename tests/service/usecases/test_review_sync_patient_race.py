@@ -6,16 +6,12 @@ patient are still the same patient. SQLite and PostgreSQL alike (the same ``_put
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from fhir_alliance_service.store import SqlStore, open_store
+from fhir_alliance_service.store import SqlStore
 from fhir_alliance_service.store.interface import (
-    AuditEntry,
-    IntakeEvents,
-    IntakeResult,
     NewRecord,
     PatientChangeRefused,
     SyncState,
@@ -28,6 +24,7 @@ from fhir_alliance_service.usecases.intake import (
 
 from fhir_alliance.errors import InputError
 from tests.service.usecases.payloads import for_patient, observation
+from tests.service.usecases.races import write_after
 
 AT = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 
@@ -36,39 +33,12 @@ def _observation(patient: str, *, suffix: str = "") -> dict[str, Any]:
     return for_patient(observation("srs-administration"), patient, suffix=suffix)
 
 
-@pytest.fixture
-def two_stores(database_url: str) -> Iterator[tuple[SqlStore, SqlStore]]:
-    """Two stores on one database, as two processes (or two gunicorn workers) have."""
-    first, second = open_store(database_url), open_store(database_url)
-    try:
-        yield first, second
-    finally:
-        first.close()
-        second.close()
-
-
-def _write_after(
-    monkeypatch: pytest.MonkeyPatch, store: SqlStore, meanwhile: Callable[[], object]
-) -> None:
-    """Stage the race: ``store``'s next ``put_records`` (the use case has read the store and
-    checked the patient) first lets ``meanwhile`` run to its end (the other intake), then writes."""
-    original = store.put_records
-
-    def put_records(
-        records: Sequence[NewRecord], *, audit: Sequence[AuditEntry] | IntakeEvents, at: datetime
-    ) -> list[IntakeResult]:
-        meanwhile()
-        return original(records, audit=audit, at=at)
-
-    monkeypatch.setattr(store, "put_records", put_records)
-
-
 def test_the_intake_that_loses_the_race_is_refused_at_patient(
     two_stores: tuple[SqlStore, SqlStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = two_stores
     won: list[Any] = []
-    _write_after(
+    write_after(
         monkeypatch,
         first,
         lambda: won.extend(intake_records(second, [_observation("Patient/p2")], at=AT)),
@@ -96,7 +66,7 @@ def test_an_alias_of_the_winners_patient_is_the_same_patient(
 ) -> None:
     first, second = two_stores
     second.add_patient_alias("Patient/p1", "Patient/p1-old", at=AT)
-    _write_after(
+    write_after(
         monkeypatch, first, lambda: intake_records(second, [_observation("Patient/p1")], at=AT)
     )
     [result] = intake_records(first, [_observation("Patient/p1-old")], at=AT)
@@ -110,7 +80,7 @@ def test_the_winner_may_be_the_alias(
 ) -> None:
     first, second = two_stores
     second.add_patient_alias("Patient/p1", "Patient/p1-old", at=AT)
-    _write_after(
+    write_after(
         monkeypatch,
         first,
         lambda: intake_records(second, [_observation("Patient/p1-old")], at=AT),
