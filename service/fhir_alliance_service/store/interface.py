@@ -37,6 +37,7 @@ __all__ = [
     "IntakeEventBuilder",
     "IntakeEvents",
     "IntakeResult",
+    "KindChangeRefused",
     "NewRecord",
     "OutboxItem",
     "PatientChangeRefused",
@@ -83,6 +84,17 @@ class PatientChangeRefused(ValueError):
 
     def __init__(self, record_ids: Sequence[str]) -> None:
         super().__init__(f"a record's patient cannot change ({len(record_ids)} record(s))")
+        self.record_ids: tuple[str, ...] = tuple(record_ids)
+
+
+class KindChangeRefused(ValueError):
+    """``put_records`` found, inside its write transaction, that a new version is of another kind
+    (or family) than the record's newest stored version: a concurrent intake stored a record of
+    another kind under the same id after the use case checked. Nothing was written; the use case
+    answers as its own check does (422 at ``id``). ``record_ids``: the refused records."""
+
+    def __init__(self, record_ids: Sequence[str]) -> None:
+        super().__init__(f"a record's kind cannot change ({len(record_ids)} record(s))")
         self.record_ids: tuple[str, ...] = tuple(record_ids)
 
 
@@ -437,9 +449,11 @@ class Store(Protocol):
         noted *landing unknown*, see :meth:`claim`). ``audit`` entries whose ``record_id`` names
         an UNCHANGED record are not written. Intake's :class:`IntakeEvents` (one per record) are
         written for the records that get a version, each naming the version it got (built again
-        for it when the caller expected another). A changed version naming another patient than
-        the record's newest version (and not an alias of that patient) raises
-        :class:`PatientChangeRefused`, nothing written.
+        for it when the caller expected another). A changed version of another kind or family
+        than the record's newest version raises :class:`KindChangeRefused`, and one naming
+        another patient than it (and not an alias of that patient) raises
+        :class:`PatientChangeRefused` (when a batch has both, the kind's is raised); nothing
+        written. Records pulled (:meth:`put_remote_records`) are checked for neither.
         The patient of each consent (family ``consent``) that gets a version (new, changed, a
         revocation folded in) is noted for a retraction check, due at once, in the same
         transaction (as :meth:`note_retraction_checks` notes, replacing a note there), so that

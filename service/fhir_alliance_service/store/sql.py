@@ -79,6 +79,7 @@ from .interface import (
     FlaggedConflicts,
     IntakeEvents,
     IntakeResult,
+    KindChangeRefused,
     NewRecord,
     OutboxItem,
     PatientChangeRefused,
@@ -295,6 +296,7 @@ class _Head:
     content_hash: str
     is_new: bool  # no row in record_heads yet (inserted by this batch)
     patient: str  # the patient of the newest version (stored, or written by this batch)
+    kind: tuple[str, str]  # the (kind, family) of the record, which never changes
 
 
 AnyRow = Row[*tuple[Any, ...]]
@@ -836,6 +838,7 @@ class SqlStore(AuditQueueSql):
         queued_in_batch: dict[str, dict[str, Any]] = {}  # record id → its newest item row
         tokens_written: list[str] = []  # patients whose token row this transaction inserts
         moved: list[str] = []  # records whose new version names another patient (refused)
+        rekinded: list[str] = []  # records whose new version is of another kind (refused)
         token_secret = self._patient_token_secret()  # before the write transaction: it may write
         with self._raw.transaction():
             stale, remote_rows = self._remote_order_checked(remote, at)
@@ -853,10 +856,19 @@ class SqlStore(AuditQueueSql):
                     continue
                 if head is None:
                     head = heads[record.record_id] = _Head(
-                        1, record.content_hash, is_new=True, patient=record.patient
+                        1,
+                        record.content_hash,
+                        is_new=True,
+                        patient=record.patient,
+                        kind=(record.kind, record.family),
                     )
                     outcome = PutOutcome.CREATED
                 else:
+                    # Nor can its kind (the intake's rule too, checked again here for the same
+                    # reason: two intakes creating one id with different kinds both pass it).
+                    if origin is None and head.kind != (record.kind, record.family):
+                        rekinded.append(record.record_id)
+                        continue
                     # A record's patient cannot change (the intake's rule, checked again here,
                     # in the write transaction: a concurrent intake may have stored the record for
                     # another patient since the use case read it). Pulled records (``origin``) are
@@ -903,7 +915,10 @@ class SqlStore(AuditQueueSql):
                 }
                 outbox_rows.append(item)
                 queued_in_batch[record.record_id] = item
-            if moved:  # raised inside the transaction: rolled back, nothing of the batch kept
+            # Raised inside the transaction: rolled back, nothing of the batch kept.
+            if rekinded:
+                raise KindChangeRefused(list(dict.fromkeys(rekinded)))
+            if moved:
                 raise PatientChangeRefused(list(dict.fromkeys(moved)))
             if record_rows:
                 tokens_written = self._write_versions(
@@ -1021,16 +1036,22 @@ class SqlStore(AuditQueueSql):
         return {str(value) for (value,) in self._raw.query(statement, params) if value is not None}
 
     def _load_heads(self, record_ids: Sequence[str]) -> dict[str, _Head]:
+        """The head of each of ``record_ids`` that exists, with its newest version's kind (joined
+        by primary key in the same query: ``record_heads`` keeps no kind)."""
         heads: dict[str, _Head] = {}
         unique = list(dict.fromkeys(record_ids))
         for chunk in _chunks(unique):
             rows = self._raw.query(
-                "SELECT record_id, version, content_hash, patient FROM record_heads "  # noqa: S608 (placeholders)
-                f"WHERE record_id IN ({self._raw.placeholders(len(chunk))})",
+                "SELECT h.record_id, h.version, h.content_hash, h.patient, r.kind, r.family "  # noqa: S608 (placeholders)
+                "FROM record_heads AS h JOIN records AS r "
+                "ON r.record_id = h.record_id AND r.version = h.version "
+                f"WHERE h.record_id IN ({self._raw.placeholders(len(chunk))})",
                 chunk,
             )
-            for record_id, version, content_hash, patient in rows:
-                heads[record_id] = _Head(version, content_hash, is_new=False, patient=patient)
+            for record_id, version, content_hash, patient, kind, family in rows:
+                heads[record_id] = _Head(
+                    version, content_hash, is_new=False, patient=patient, kind=(kind, family)
+                )
         return heads
 
     def _same_patient(self, stored: str, new: str) -> bool:

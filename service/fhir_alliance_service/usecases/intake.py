@@ -44,6 +44,7 @@ from fhir_alliance_service import audit
 from fhir_alliance_service.store.interface import (
     IntakeEvents,
     IntakeResult,
+    KindChangeRefused,
     NewRecord,
     PatientChangeRefused,
     PutOutcome,
@@ -194,6 +195,9 @@ def _history_kept(stored: StoredRecord, record: ConsentRecord, label: str) -> li
 #: How often intake starts again when a concurrent request created the same record first.
 MAX_INTAKE_ATTEMPTS = 10
 
+#: Why a record is refused whose id belongs to a stored record of another kind (or family).
+KIND_CHANGE_REFUSED = "this id belongs to a record of another kind"
+
 #: Why a new version naming another patient than the stored record is refused: the copy already
 #: sent for the first patient would stay on the FHIR server, no longer tracked (privacy).
 PATIENT_CHANGE_REFUSED = (
@@ -299,7 +303,7 @@ def _intake_once(
         seen[new.record_id] = label
         stored = stored_of.get(new.record_id)
         if stored is not None and (stored.kind, stored.family) != (new.kind, new.family):
-            issues.append(Issue(_at(label, "id"), "this id belongs to a record of another kind"))
+            issues.append(Issue(_at(label, "id"), KIND_CHANGE_REFUSED))
             continue
         if stored is not None and family == FAMILY_CONSENT:
             issues += _history_kept(stored, record, label)
@@ -323,12 +327,18 @@ def _intake_once(
     )
     try:
         results = store.put_records(new_records, audit=events, at=at)
-    except PatientChangeRefused as exc:
-        # The store checks in its write transaction that a new version names the record's patient
-        # (or an alias of it), so a concurrent intake for another patient cannot slip past.
+    except (KindChangeRefused, PatientChangeRefused) as exc:
+        # The store checks in its write transaction that a new version is of the record's kind
+        # and names the record's patient (or an alias of it), so a concurrent intake of another
+        # kind or for another patient cannot slip past.
         refused = set(exc.record_ids)
+        field, message = (
+            ("id", KIND_CHANGE_REFUSED)
+            if isinstance(exc, KindChangeRefused)
+            else ("patient", PATIENT_CHANGE_REFUSED)
+        )
         issues = [
-            Issue(_at(label, "patient"), PATIENT_CHANGE_REFUSED)
+            Issue(_at(label, field), message)
             for label, new, _ in entries
             if new.record_id in refused
         ]
