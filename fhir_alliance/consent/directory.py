@@ -41,6 +41,9 @@ ACTOR_RESOURCE_TYPES = frozenset(
 
 #: What the directory reads: the actors, and the Bundles that hold them.
 _DIRECTORY_TYPES = ACTOR_RESOURCE_TYPES | {"Bundle"}
+#: Resource types known without asking :func:`is_known_resource_type` (which imports a model):
+#: those read, and the Consents and Permissions passed over beside them.
+_PASSED_OVER_FAST = _DIRECTORY_TYPES | {"Consent", "Permission"}
 
 
 def misspelt_resource_type(resource_type: str, types: Iterable[str]) -> str | None:
@@ -117,7 +120,9 @@ class ActorDirectory:
         cls, resources: Iterable[Mapping[str, Any]], *, base: str | None = None
     ) -> ActorDirectory:
         """Collect actor resources (and those inside Bundles, at any depth). A resource is known by
-        ``Type/id`` and by its Bundle entry's ``fullUrl``. Without ``base``, the base is learned
+        ``Type/id`` and by its Bundle entry's ``fullUrl``. Resources of other FHIR R4 or R5 types
+        are passed over; a ``resourceType`` that misspells a type read here or is no FHIR
+        resource type (``Practitoner``) is a :class:`MappingError` at its path. Without ``base``, the base is learned
         from ``fullUrl``s ending in ``Type/id``, when they all name the same one."""
         entries: list[tuple[str, list[Identifier]]] = []
         bases: set[str] = set()
@@ -201,6 +206,14 @@ def _collect(
     if meant is not None:  # left out, an actor could make another's identifier unambiguous
         message = f"expected {meant}: a resource type is spelt exactly (case and spaces count)"
         raise MappingError(message, element=f"{path}.resourceType")
+    if isinstance(resource_type, str) and resource_type not in _PASSED_OVER_FAST:
+        # Only for a type not read here: the check imports that one model (fhir.resources).
+        from fhir_alliance.mapping.validation import is_known_resource_type
+
+        if not is_known_resource_type(resource_type):  # ``Practitoner``: passed over, lost
+            raise MappingError(
+                "not a FHIR resource type of R4 or R5", element=f"{path}.resourceType"
+            )
     if resource_type == "Bundle":
         for n, entry in enumerate(resource.get("entry") or ()):
             if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping):

@@ -245,6 +245,34 @@ def test_a_misspelt_consent_names_the_type_it_is_near(
     assert "Consent?" in err
 
 
+@pytest.mark.parametrize("name", NOT_FHIR_TYPES + NOT_TYPE_NAMES)
+def test_actor_directory_refuses_a_name_that_is_no_fhir_resource_type(name: str) -> None:
+    """``ActorDirectory.from_resources`` (public) refuses a resourceType that is no FHIR resource
+    type of R4 or R5 (``Practitoner``), loose or in a Bundle, at its path: library users get the
+    check ``decide`` makes. Before, the resource was passed over, and an actor so named was lost
+    (and with it what made another actor's identifier ambiguous)."""
+    with pytest.raises(MappingError) as caught:
+        ActorDirectory.from_resources([{"resourceType": name, "id": "a"}])
+    assert caught.value.element == "[0].resourceType"
+    bundle = _bundle()
+    bundle["entry"][4]["resource"]["resourceType"] = name
+    with pytest.raises(MappingError) as caught:
+        ActorDirectory.from_resources([_bundle(), bundle])
+    assert caught.value.element == "[1].entry[4].resource.resourceType"
+
+
+def test_actor_directory_still_passes_over_other_fhir_types() -> None:
+    """Resources of a FHIR type that is no actor (a Consent, a Provenance, R4's
+    MedicinalProduct, R5's ActorDefinition) are still passed over; the actors beside them
+    count."""
+    bundle = _bundle()
+    others = ["Consent", "Permission", "Provenance", "MedicinalProduct", "ActorDefinition"]
+    bundle["entry"].extend({"resource": {"resourceType": t, "id": "x1"}} for t in others)
+    loose = [{"resourceType": t, "id": "x2"} for t in others]
+    directory = ActorDirectory.from_resources([bundle, *loose])
+    assert len(directory) == len(ActorDirectory.from_resources([_bundle()]))
+
+
 #: FHIR resource types decide passes over: of R4 and R5, R4 only (dropped by R4B), R4B and R5,
 #: R5 only.
 OTHER_FHIR_TYPES = [
