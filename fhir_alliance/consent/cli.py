@@ -11,8 +11,9 @@ import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhir_alliance.consent.cds_hooks import (
     DEFAULT_HOOK_ACTION,
@@ -32,7 +33,7 @@ from fhir_alliance.errors import InputError, Issue, MappingError
 from fhir_alliance.jsonio import parse_json_documents, read_input
 from fhir_alliance.model.common import Coding, Identifier
 from fhir_alliance.model.consent import ConsentRecord
-from fhir_alliance.terminology import CONSENT_ACTION
+from fhir_alliance.terminology import CONSENT_ACTION, canonical_identifier
 
 __all__ = ["ConsentInputs", "read_consent_inputs", "register", "run_decide"]
 
@@ -138,14 +139,17 @@ def _read_text(path: str) -> bytes:
 def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
     """Read consent files: FHIR Consents (R4 or R5) and R5 Permissions (loose, in Bundles or
     NDJSON), actor resources (for the directory) and our consent records (with revocations, applied
-    in order). A Permission given beside the Consent it implements is read once, as that Consent,
-    and must agree with it."""
+    in order). Each consent is read once: a Permission given beside the Consent it implements is
+    read as that Consent and must agree with it, and two consents with one business identifier
+    must say the same (:func:`_once_by_identifier`)."""
     from fhir_alliance.mapping.consent import from_consent, from_permission
-    from fhir_alliance.schemas.consent import load_consent_records
+    from fhir_alliance.schemas.consent import RECORD_KIND_REVOCATION, load_consent_records
 
     fhir: list[tuple[Mapping[str, Any], str, str | None]] = []  # resource, where, location
     others: list[Mapping[str, Any]] = []
-    ours: list[Any] = []
+    # Our records and revocations, with where and when they were read: before the FHIR consent
+    # of that index (stable order among themselves).
+    ours: list[tuple[Any, str, tuple[int, int]]] = []
     for path in paths:
         for index, doc in enumerate(_read_json_documents(path, _read_text(path))):
             where = f"{path}[{index}]"
@@ -169,53 +173,157 @@ def read_consent_inputs(paths: Sequence[str]) -> ConsentInputs:
                 others.append(doc)
             elif "kind" in doc:
                 _check_depth(doc, "provisions", where)
-                ours.append(doc)
+                ours.append((doc, where, (len(fhir), 0)))
             else:
                 raise InputError(
                     f"{where}: neither a FHIR resource nor a consent record",
                     issues=[Issue(path=where, message="no resourceType and no kind")],
                 )
-    read: list[tuple[ConsentRecord, str | None]] = []  # with where it was, for a Permission
+    read: list[_Read] = []
     locations: dict[Identifier, str] = {}
-    for resource, where, location in fhir:
+    for n, (resource, where, location) in enumerate(fhir):
         permission = resource["resourceType"] == "Permission"
         try:
             record = from_permission(resource) if permission else from_consent(resource)
         except MappingError as exc:
             element = f"{where}.{exc.element}" if exc.element else where
             raise MappingError(exc.message, element=element) from None
-        read.append((record, where if permission else None))
+        read.append(_Read(record, where, _identifier_position(resource), permission, (n, 1)))
         if location:
             locations[record.id] = location
     if ours:
-        read.extend((record, None) for record in load_consent_records(ours))
-    records = _once_with_their_consents(read)
+        ours = _without_repeats(ours, RECORD_KIND_REVOCATION)
+        items = [doc for doc, _, _ in ours]
+        try:
+            loaded = load_consent_records(items)
+        except InputError as exc:
+            raise _at_file(exc, [where for _, where, _ in ours]) from None
+        consents = [(w, n) for doc, w, n in ours if doc.get("kind") != RECORD_KIND_REVOCATION]
+        read.extend(
+            _Read(record, where, "id", False, n)
+            for record, (where, n) in zip(loaded, consents, strict=True)
+        )
+    records = _once_by_identifier(sorted(read, key=lambda r: r.order))
     return ConsentInputs(records, ActorDirectory.from_resources(others), locations)
 
 
-def _once_with_their_consents(read: list[tuple[ConsentRecord, str | None]]) -> list[ConsentRecord]:
-    """The records read, a Permission's left out when the Consent it implements (the record of
-    reference: a Permission carries only part of it) was read too and the Permission says the same
-    (``from_permission(p) == permission_view(consent)``). One that says otherwise (a permit beside
-    the declining Consent, active beside the revoked one) is an error at the Permission: which of
-    the two is right is not for the reader to guess."""
+class _Read(NamedTuple):
+    """A consent record as read: where, the position of its identifier there (``identifier[0]``,
+    a record's ``id``, a Permission's evidence of its Consent), and in which order."""
+
+    record: ConsentRecord
+    where: str
+    identifier_at: str
+    permission: bool
+    order: tuple[int, int]
+
+
+def _identifier_position(resource: Mapping[str, Any]) -> str:
+    """Where in ``resource`` (already read by the mapping) the identifier of its record is: the
+    first ``identifier`` with a system and a value, else ``id``; in a Permission, its evidence
+    naming the Consent it implements by identifier."""
+    if resource["resourceType"] == "Permission":
+        justification = resource.get("justification") or {}
+        for n, item in enumerate(justification.get("evidence") or ()):
+            if item.get("type") == "Consent" and item.get("identifier") is not None:
+                return f"justification.evidence[{n}].identifier"
+        return "justification.evidence"
+    for n, item in enumerate(resource.get("identifier") or ()):
+        if item.get("system") is not None and item.get("value") is not None:
+            return f"identifier[{n}]"
+    return "id"
+
+
+def _without_repeats(
+    ours: list[tuple[Any, str, tuple[int, int]]], revocation: str
+) -> list[tuple[Any, str, tuple[int, int]]]:
+    """Our records, a consent record given again as it was (the same file twice) left out: it is
+    the same consent. Two records with one ``id`` that differ are refused by the loader."""
+    seen: set[str] = set()
+    kept = []
+    for item in ours:
+        if item[0].get("kind") != revocation:
+            text = json.dumps(item[0], sort_keys=True)
+            if text in seen:
+                continue
+            seen.add(text)
+        kept.append(item)
+    return kept
+
+
+def _at_file(exc: InputError, wheres: list[str]) -> InputError:
+    """An error of :func:`load_consent_records` (paths begin with the item's index among the
+    records read) with each path beginning where that item was: its file and place."""
+    issues = []
+    for issue in exc.issues:
+        head, dot, rest = issue.path.partition(".")
+        if head.isdigit() and int(head) < len(wheres):
+            issue = Issue(path=f"{wheres[int(head)]}{dot}{rest}", message=issue.message)
+        issues.append(issue)
+    return InputError.from_issues(issues)
+
+
+def _once_by_identifier(read: list[_Read]) -> list[ConsentRecord]:
+    """The records read, each consent once. Two with one business identifier (compared as URIs:
+    :func:`canonical_identifier`) that say the same are one; two that say otherwise (a history
+    export's older, active version beside its newer, revoked one) are an error at the second
+    one's identifier, naming where it is and never its value: the docs define no rule for which
+    version counts, and reading both lets the older one's permit answer.
+
+    A Permission is left out when the Consent it implements (the record of reference: a
+    Permission carries only part of it) was read too and the Permission says the same
+    (``from_permission(p) == permission_view(consent)``); one that says otherwise (a permit beside
+    the declining Consent, active beside the revoked one) is an error at the Permission."""
     from fhir_alliance.mapping.consent import permission_view
 
-    consents: dict[Identifier, list[ConsentRecord]] = {}
-    for record, permission_at in read:
-        if permission_at is None:
-            consents.setdefault(record.id, []).append(record)
+    consents: dict[Identifier, _Read] = {}
+    for item in read:
+        if not item.permission:
+            key = _canonical_id(item.record.id)
+            first = consents.setdefault(key, item)
+            if first is not item and _meaning(first.record) != _meaning(item.record):
+                raise _same_identifier(item, first)
+    permissions: dict[Identifier, _Read] = {}
     records: list[ConsentRecord] = []
-    for record, permission_at in read:
-        if permission_at is None or record.id not in consents:
-            records.append(record)
-        elif any(permission_view(consent) != record for consent in consents[record.id]):
-            raise _refused(
-                permission_at,
-                "this Permission disagrees with the Consent it implements, also given: "
-                "give the two as they now are, or the Consent alone",
-            )
+    for item in read:
+        key = _canonical_id(item.record.id)
+        if not item.permission:
+            if consents[key] is item:
+                records.append(item.record)
+            continue
+        consent = consents.get(key)
+        if consent is not None:
+            if _meaning(permission_view(consent.record)) != _meaning(item.record):
+                raise _refused(
+                    item.where,
+                    "this Permission disagrees with the Consent it implements, also given: "
+                    "give the two as they now are, or the Consent alone",
+                )
+            continue
+        first = permissions.setdefault(key, item)
+        if first is item:
+            records.append(item.record)
+        elif _meaning(first.record) != _meaning(item.record):
+            raise _same_identifier(item, first)
     return records
+
+
+def _canonical_id(identifier: Identifier) -> Identifier:
+    system, value = canonical_identifier(identifier.system, identifier.value)
+    return Identifier(system=system, value=value)
+
+
+def _meaning(record: ConsentRecord) -> ConsentRecord:
+    """``record`` with its identifier in the form identifiers are compared in."""
+    return replace(record, id=_canonical_id(record.id))
+
+
+def _same_identifier(second: _Read, first: _Read) -> InputError:
+    message = (
+        f"a consent with the same identifier, read before at {first.where}, says otherwise "
+        "(another version?): give each consent once, as it now is"
+    )
+    return _refused(f"{second.where}.{second.identifier_at}", message)
 
 
 def _refused(where: str, message: str) -> InputError:
