@@ -21,19 +21,10 @@ from fhir_alliance.mapping.consent import to_consent, to_permission
 from fhir_alliance.model.common import Identifier
 from fhir_alliance.model.consent import ConsentRecord, ConsentStatus, Decision, StatusChange
 from fhir_alliance.schemas.consent import dump_consent, load_consent
+from tests.consent.test_cli_permissions import DECLINED, REQUEST, SHARING
 
-ROOT = Path(__file__).resolve().parents[2]
-SHARING = ROOT / "examples" / "consent" / "sharing.json"
-DECLINED = ROOT / "examples" / "consent" / "treatment-declined.json"
 #: The identifier's value: never in an error message.
 VALUE = "c-2025-0001"
-REQUEST = {
-    "patient": {"reference": "Patient/p1"},
-    "actors": [{"reference": "Organization/ehr-clinic"}],
-    "purposes": ["TREAT"],
-    "action": "disclose",
-    "at": "2025-06-01T09:00:00Z",
-}
 
 
 def _sharing() -> ConsentRecord:

@@ -41,6 +41,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Row,
@@ -537,6 +538,16 @@ def _lost_overwrite(row: AnyRow) -> AuditEntry | None:
         patient=row.patient,
         resource=kept["resource"],
         at=datetime.fromisoformat(kept["at"]),
+    )
+
+
+def _leased_to(worker: str, item_ids: Sequence[int]) -> tuple[ColumnElement[bool], ...]:
+    """The compare-and-set of a worker's writes on its items: each of ``item_ids`` still pending
+    and ``worker`` the holder of its lease."""
+    return (
+        outbox.c.item_id.in_(list(item_ids)),
+        outbox.c.lease_owner == worker,
+        outbox.c.state.in_(_PENDING),
     )
 
 
@@ -1423,9 +1434,7 @@ class SqlStore(AuditQueueSql):
             result = connection.execute(
                 update(outbox)
                 .where(
-                    outbox.c.item_id.in_(list(item_ids)),
-                    outbox.c.lease_owner == worker,
-                    outbox.c.state.in_(_PENDING),
+                    *_leased_to(worker, item_ids),
                 )
                 .values(**values)
             )
@@ -1443,9 +1452,7 @@ class SqlStore(AuditQueueSql):
             result = connection.execute(
                 update(outbox)
                 .where(
-                    outbox.c.item_id == item_id,
-                    outbox.c.lease_owner == worker,
-                    outbox.c.state.in_(_PENDING),
+                    *_leased_to(worker, [item_id]),
                 )
                 .values(lost_overwrite=_lost_overwrite_json(overwrite, against))
             )
@@ -1458,9 +1465,7 @@ class SqlStore(AuditQueueSql):
             result = connection.execute(
                 update(outbox)
                 .where(
-                    outbox.c.item_id == item_id,
-                    outbox.c.lease_owner == worker,
-                    outbox.c.state.in_(_PENDING),
+                    *_leased_to(worker, [item_id]),
                     outbox.c.lost_overwrite.is_not(None),
                 )
                 .values(lost_overwrite=null())
@@ -1506,9 +1511,7 @@ class SqlStore(AuditQueueSql):
             written = connection.execute(
                 update(outbox)
                 .where(
-                    outbox.c.item_id == item_id,
-                    outbox.c.lease_owner == worker,
-                    outbox.c.state.in_(_PENDING),
+                    *_leased_to(worker, [item_id]),
                 )
                 .values(lease_owner=None, lease_until=None, lost_leases=0, **values)
                 .returning(outbox.c.state)
@@ -1570,9 +1573,7 @@ class SqlStore(AuditQueueSql):
                     connection.execute(
                         select(outbox.c.item_id)
                         .where(
-                            outbox.c.item_id.in_(ids[start : start + LOOKUP_CHUNK]),
-                            outbox.c.lease_owner == worker,
-                            outbox.c.state.in_(_PENDING),
+                            *_leased_to(worker, ids[start : start + LOOKUP_CHUNK]),
                         )
                         .with_for_update()
                     ).scalars()
