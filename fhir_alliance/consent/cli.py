@@ -11,7 +11,6 @@ import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -28,12 +27,13 @@ from fhir_alliance.consent.directory import (
     misspelt_resource_type,
 )
 from fhir_alliance.consent.engine import MAX_PROVISION_DEPTH, ConsentEngine
+from fhir_alliance.consent.identity import consent_identifier, says_the_same
 from fhir_alliance.consent.request_form import decision_to_json, load_decision_request
 from fhir_alliance.errors import InputError, Issue, MappingError
 from fhir_alliance.jsonio import parse_json_documents, read_input
 from fhir_alliance.model.common import Coding, Identifier
 from fhir_alliance.model.consent import ConsentRecord
-from fhir_alliance.terminology import CONSENT_ACTION, canonical_identifier
+from fhir_alliance.terminology import CONSENT_ACTION
 
 __all__ = ["ConsentInputs", "read_consent_inputs", "register", "run_decide"]
 
@@ -265,10 +265,11 @@ def _at_file(exc: InputError, wheres: list[str]) -> InputError:
 
 def _once_by_identifier(read: list[_Read]) -> list[ConsentRecord]:
     """The records read, each consent once. Two with one business identifier (compared as URIs:
-    :func:`canonical_identifier`) that say the same are one; two that say otherwise (a history
-    export's older, active version beside its newer, revoked one) are an error at the second
-    one's identifier, naming where it is and never its value: the docs define no rule for which
-    version counts, and reading both lets the older one's permit answer.
+    :func:`~fhir_alliance.consent.identity.says_the_same`) that say the same are one; two that
+    say otherwise (a history export's older, active version beside its newer, revoked one) are an
+    error at the second one's identifier, naming where it is and never its value: the docs
+    define no rule for which version counts, and reading both lets the older one's permit
+    answer.
 
     A Permission is left out when the Consent it implements (the record of reference: a
     Permission carries only part of it) was read too and the Permission says the same
@@ -279,21 +280,21 @@ def _once_by_identifier(read: list[_Read]) -> list[ConsentRecord]:
     consents: dict[Identifier, _Read] = {}
     for item in read:
         if not item.permission:
-            key = _canonical_id(item.record.id)
+            key = consent_identifier(item.record.id)
             first = consents.setdefault(key, item)
-            if first is not item and _meaning(first.record) != _meaning(item.record):
+            if first is not item and not says_the_same(first.record, item.record):
                 raise _same_identifier(item, first)
     permissions: dict[Identifier, _Read] = {}
     records: list[ConsentRecord] = []
     for item in read:
-        key = _canonical_id(item.record.id)
+        key = consent_identifier(item.record.id)
         if not item.permission:
             if consents[key] is item:
                 records.append(item.record)
             continue
         consent = consents.get(key)
         if consent is not None:
-            if _meaning(permission_view(consent.record)) != _meaning(item.record):
+            if not says_the_same(permission_view(consent.record), item.record):
                 raise _refused(
                     item.where,
                     "this Permission disagrees with the Consent it implements, also given: "
@@ -303,19 +304,9 @@ def _once_by_identifier(read: list[_Read]) -> list[ConsentRecord]:
         first = permissions.setdefault(key, item)
         if first is item:
             records.append(item.record)
-        elif _meaning(first.record) != _meaning(item.record):
+        elif not says_the_same(first.record, item.record):
             raise _same_identifier(item, first)
     return records
-
-
-def _canonical_id(identifier: Identifier) -> Identifier:
-    system, value = canonical_identifier(identifier.system, identifier.value)
-    return Identifier(system=system, value=value)
-
-
-def _meaning(record: ConsentRecord) -> ConsentRecord:
-    """``record`` with its identifier in the form identifiers are compared in."""
-    return replace(record, id=_canonical_id(record.id))
 
 
 def _same_identifier(second: _Read, first: _Read) -> InputError:
