@@ -757,6 +757,11 @@ class Store(Protocol):
         ``server`` (its base URL), with the base URL it was pulled from: consents no pull of
         ``server`` will ever update."""
 
+    def pulled_consents_of(self, server: str, patients: Sequence[str]) -> list[StoredRecord]:
+        """The newest version of every consent record pulled from ``server`` (its base URL) and
+        filed under one of ``patients`` (keys as filed, aliases not followed): one indexed query
+        per chunk of patients, for a page of the pull."""
+
     def consents_stamp(self, patient: str) -> str:
         """A cheap value that changes whenever any consent record of ``patient`` changes (one
         indexed query), so that compiled consent engines can be cached per patient."""
@@ -863,6 +868,13 @@ class Store(Protocol):
         self, server: str, resource_type: str, resource_ids: Sequence[str]
     ) -> dict[str, PulledResource]:
         """The pulled resources among ``resource_ids`` that were seen before, by id."""
+
+    def pulled_of_records(
+        self, server: str, resource_type: str, record_ids: Sequence[str]
+    ) -> dict[str, PulledResource]:
+        """The pulled resources of ``server`` that local records among ``record_ids`` were made
+        from, by record id (when two, the one saved last). Not indexed: for the rare lookups
+        (two consents with one business identifier), never per resource."""
 
     def save_pulled(self, resources: Sequence[PulledResource], *, at: datetime) -> None:
         """Insert or replace these pulled resources (keyed by server, type and id)."""

@@ -1946,6 +1946,22 @@ class SqlStore(AuditQueueSql):
         with self._read() as connection:
             return [(row.origin, _stored_record(row)) for row in connection.execute(query)]
 
+    def pulled_consents_of(self, server: str, patients: Sequence[str]) -> list[StoredRecord]:
+        found: list[StoredRecord] = []
+        with self._read() as connection:
+            for chunk in _chunks(sorted(set(patients))):
+                query = (
+                    self._newest_records()
+                    .where(
+                        record_heads.c.patient.in_(chunk),
+                        record_heads.c.family == "consent",
+                        record_heads.c.origin == server,
+                    )
+                    .order_by(record_heads.c.record_id)
+                )
+                found.extend(_stored_record(row) for row in connection.execute(query))
+        return found
+
     def consents_stamp(self, patient: str) -> str:
         # Versions only ever grow and records are never deleted, so (count, sum of versions)
         # changes with every new consent record and every new version of one.
@@ -2238,6 +2254,25 @@ class SqlStore(AuditQueueSql):
                 )
                 for row in rows:
                     found[row.resource_id] = _pulled(row)
+        return found
+
+    def pulled_of_records(
+        self, server: str, resource_type: str, record_ids: Sequence[str]
+    ) -> dict[str, PulledResource]:
+        found: dict[str, PulledResource] = {}
+        with self._read() as connection:
+            for chunk in _chunks(list(dict.fromkeys(record_ids))):
+                rows = connection.execute(
+                    select(pulled_resources)
+                    .where(
+                        pulled_resources.c.server == server,
+                        pulled_resources.c.resource_type == resource_type,
+                        pulled_resources.c.record_id.in_(chunk),
+                    )
+                    .order_by(pulled_resources.c.updated_at, pulled_resources.c.resource_id)
+                )
+                for row in rows:
+                    found[row.record_id] = _pulled(row)
         return found
 
     def save_pulled(self, resources: Sequence[PulledResource], *, at: datetime) -> None:

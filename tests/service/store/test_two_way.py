@@ -78,6 +78,43 @@ def test_pulled_resources_dedupe_and_listing_generations(store: SqlStore) -> Non
     assert store.unlisted(SERVER, "Consent", 1) == []
 
 
+def test_pulled_resources_are_found_by_the_record_made_from_them(store: SqlStore) -> None:
+    """The copies local records were made from are found by record id, on one server and type
+    only; a record id no copy names is missing."""
+    store.save_pulled(
+        [
+            replace(_pulled("a", "1"), record_id="r-a"),
+            replace(_pulled("b", "1"), record_id="r-b", state="deleted"),
+            replace(_pulled("c", "1"), server="http://other.example.org/fhir", record_id="r-c"),
+            replace(_pulled("d", "1"), resource_type="Observation", record_id="r-d"),
+            _pulled("e", "1"),
+        ],
+        at=T0,
+    )
+    found = store.pulled_of_records(SERVER, "Consent", ["r-a", "r-b", "r-c", "r-d", "r-x"])
+    assert {k: (v.resource_id, v.state) for k, v in found.items()} == {
+        "r-a": ("a", "merged"),
+        "r-b": ("b", "deleted"),
+    }
+
+
+def test_pulled_consents_of_patients_are_those_of_the_server_named(store: SqlStore) -> None:
+    """Consents pulled from the server named, filed under the patients named, newest version;
+    never local ones, those of another server or another patient."""
+    store.put_records([consent(1)], audit=[], at=T0)  # local: no origin
+    store.put_remote_records([consent(2)], origin=SERVER, audit=[], at=T0)
+    store.put_remote_records([consent(2, status="revoked")], origin=SERVER, audit=[], at=at(1))
+    store.put_remote_records([consent(3, patient="Patient/p2")], origin=SERVER, audit=[], at=T0)
+    store.put_remote_records([consent(4, patient="Patient/p3")], origin=SERVER, audit=[], at=T0)
+    store.put_remote_records([consent(5)], origin="http://old.example.org/fhir", audit=[], at=T0)
+    found = store.pulled_consents_of(SERVER, ["Patient/p1", "Patient/p2", "Patient/p1"])
+    assert [(r.record_id, r.version, r.body["score"]) for r in found] == [
+        ("rec-000002", 2, "revoked"),
+        ("rec-000003", 1, "active"),
+    ]
+    assert store.pulled_consents_of(SERVER, []) == []
+
+
 def test_remote_records_make_no_outbox_item_but_count_as_consents(store: SqlStore) -> None:
     """A pulled consent is stored (versions, stamp) without anything to push."""
     before = store.consents_stamp("Patient/p1")
