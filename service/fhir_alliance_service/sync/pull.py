@@ -27,9 +27,11 @@ whose consents changed. See docs/two-way-sync.md.
 * **Source of truth**: a Consent written by someone else (foreign) belongs to the server: it is
   mapped with the library (IHE PCF / LEAP shapes included) and stored as a *remote-origin* consent
   record (never pushed back) that joins the patient's engine, deny-overrides. One that cannot be
-  read is stored as unreadable, which holds the patient's records (never "no consent"). Deleted
-  on the server, it is revoked here. A Consent **we** pushed belongs to us: our own versions are
-  skipped; someone else's edit that withdraws it (status no longer active, for a draft no longer
+  read is stored as unreadable, which holds the patient's records (never "no consent"); so is one
+  with the business identifier (compared as URIs) of another foreign Consent of the patient that
+  says otherwise (two versions of one consent: ``SAME_IDENTIFIER``), read again until the server
+  holds one version. Deleted on the server, it is revoked here. A Consent **we** pushed belongs
+  to us: our own versions are skipped; someone else's edit that withdraws it (status no longer active, for a draft no longer
   a draft either, or a deletion) is adopted at once as a local revocation (so the next push carries it); an edit that undoes our
   withdrawal (a consent revoked, expired or withdrawn here set back to active, draft or proposed
   there) is never adopted: our version is queued to be written back at once, ``If-Match`` the
@@ -54,6 +56,7 @@ from typing import Any
 from fhir_alliance.client import FhirClient
 from fhir_alliance.client.bundles import search_token
 from fhir_alliance.consent import ActorDirectory
+from fhir_alliance.consent.identity import consent_identifier, says_the_same
 from fhir_alliance.errors import (
     FhirAllianceError,
     InputError,
@@ -141,6 +144,19 @@ HISTORY_CURSOR = "{}/_history"
 #: Why a foreign Consent that may permit is held as unreadable although it reads: whether it is
 #: newer than the copy seen before cannot be told (``store/ordering.py``).
 ORDER_UNSURE = "Consent.meta (cannot tell whether this copy is newer than the one read before)"
+#: Why a foreign Consent that reads is held as unreadable: another Consent of its patient on the
+#: server has its business identifier (compared as URIs) and says otherwise. Two versions of one
+#: consent (an older, active one beside the newer, revoked one); which counts is not for the pull
+#: to guess, and reading both lets the older one's permit answer.
+SAME_IDENTIFIER = (
+    "Consent.identifier (another Consent of the patient has this identifier and says otherwise)"
+)
+#: The state of the pulled row of a Consent held for :data:`SAME_IDENTIFIER`: read again, it is
+#: merged again (not skipped as a duplicate), so the listing after the server settled on one
+#: version releases it.
+SAME_IDENTIFIER_STATE = "same-identifier"
+#: States of a pulled row whose Consent no longer stands on the server for its patient.
+_GONE_STATES = frozenset({"deleted", "ignored"})
 #: Unreadable consents are stored with this body: loading it fails, so the gate holds.
 UNREADABLE_KIND = "consent"
 #: In the body of a pulled consent that could not be read and was then deleted on the server:
@@ -247,6 +263,11 @@ class Puller:
         #: Whether the consents pulled from another base URL were withdrawn (once per puller,
         #: after its first pass without error: ``_withdraw_pulled_elsewhere``).
         self._elsewhere_checked = False
+        #: Patients whose foreign consents were deleted or moved away in this pass: their
+        #: consents held for :data:`SAME_IDENTIFIER` are read again (:meth:`_recheck_versions`).
+        self._recheck: set[str] = set()
+        #: Consents held for :data:`SAME_IDENTIFIER` by this pass (compared with what it read).
+        self._held_now: set[str] = set()
 
     # ------------------------------------------------------------------ patients
 
@@ -392,6 +413,8 @@ class Puller:
         patients, _ = self.patient_map()
         # New patient links are left to the next pull, which reads those patients in full.
         self._merge_page(resource_type, list(resources), patients, None, report)
+        if resource_type == "Consent":
+            self._recheck_versions(patients, report)
         now = self.clock()
         for patient in sorted(report.changed_patients):
             report.released += self.store.release_held(patient, at=now)
@@ -474,6 +497,8 @@ class Puller:
                         newest_at, newest = at, str(stamp)
         if full:
             self._deletions(resource_type, generation, report)
+        if resource_type == "Consent":
+            self._recheck_versions(patients, report)
         saved_at = self.clock()
         if history and history_at is not None:
             cursor_row = PullCursor(self.server, history_key, last_updated=history_at)
@@ -689,7 +714,11 @@ class Puller:
                     before.version_id, before.last_updated, copy.version_id, copy.last_updated
                 )
             )
-            if order is RemoteOrder.SAME:  # deleted since: a copy read again stays deleted
+            # The same version is a duplicate (deleted since: a copy read again stays deleted),
+            # unless it is held for another version's identifier: that is decided again.
+            if order is RemoteOrder.SAME and (
+                before is None or before.state != SAME_IDENTIFIER_STATE
+            ):
                 report.duplicates += 1
                 PULLED.labels(resource_type, "duplicate").inc()
                 continue
@@ -844,6 +873,7 @@ class Puller:
             foreign.append((resource, new, row))
         self._withdraw_moved_away(moved_away, now, report)
         foreign = self._unsure_in_force_held(foreign, unsure, report)
+        foreign = self._one_version_each(foreign)
         if foreign:
             entries = [
                 audit.two_way_event(
@@ -857,7 +887,7 @@ class Puller:
                 for resource, new, _ in foreign
             ]
             for new, row, result in self._save_foreign(foreign, entries, now, report):
-                if row.state == "unreadable":
+                if row.state in ("unreadable", SAME_IDENTIFIER_STATE):
                     report.unreadable += 1
                 PULLED.labels("Consent", row.state).inc()
                 if result.outcome is not PutOutcome.UNCHANGED:
@@ -880,6 +910,7 @@ class Puller:
         changed."""
         if not moved:
             return
+        self._recheck.update(new.patient for _, new, _ in moved)
         entries = [
             audit.two_way_event(
                 "pull",
@@ -955,6 +986,96 @@ class Puller:
             kept.append((resource, held, replace(row, state="unreadable")))
             log.warning("a consent copy of unsure order is held as unreadable")
         return kept
+
+    def _one_version_each(
+        self, foreign: list[tuple[dict[str, Any], NewRecord, PulledResource]]
+    ) -> list[tuple[dict[str, Any], NewRecord, PulledResource]]:
+        """``foreign`` with each readable consent that has the business identifier (compared as
+        URIs: :func:`consent_identifier`) of another foreign consent of its patient on this
+        server and says otherwise replaced by an unreadable placeholder (:data:`SAME_IDENTIFIER`,
+        which holds the patient's records): another one earlier in ``foreign``, or one stored
+        whose copy was not deleted on the server since (nor moved to another patient). The same
+        consent twice is merged as it is: identical records decide alike. Consents are compared
+        under the patient key they are filed under (one query per page); a consent of ours is
+        not compared (its copy on the server is matched by resource id)."""
+        readable: dict[int, tuple[tuple[str, Identifier], ConsentRecord]] = {}
+        for n, (_, new, row) in enumerate(foreign):
+            record = _loaded_consent(new.body) if row.state == "merged" else None
+            if record is not None:
+                readable[n] = ((new.patient, consent_identifier(record.id)), record)
+        if not readable:
+            return foreign
+        wanted = {key for key, _ in readable.values()}
+        in_page = {new.record_id for _, new, _ in foreign}
+        stored: dict[str, tuple[tuple[str, Identifier], ConsentRecord]] = {}
+        patients = sorted({patient for patient, _ in wanted})
+        for head in self.store.pulled_consents_of(self.server, patients):
+            key = (head.patient, _identifier_key(head.identifier))
+            if head.record_id in in_page or key not in wanted:
+                continue  # the page's own copy replaces it; another consent
+            record = _readable_consent(head)
+            if record is not None:
+                stored[head.record_id] = (key, record)
+        seen: dict[tuple[str, Identifier], list[ConsentRecord]] = {}
+        if stored:
+            copies = self.store.pulled_of_records(self.server, "Consent", sorted(stored))
+            for record_id, (key, record) in stored.items():
+                copy = copies.get(record_id)
+                if copy is not None and copy.state not in _GONE_STATES:
+                    seen.setdefault(key, []).append(record)
+        kept: list[tuple[dict[str, Any], NewRecord, PulledResource]] = []
+        held = 0
+        for n, (resource, new, row) in enumerate(foreign):
+            found = readable.get(n)
+            if found is None:
+                kept.append((resource, new, row))
+                continue
+            key, record = found
+            others = seen.setdefault(key, [])
+            if any(not says_the_same(other, record) for other in others):
+                placeholder = _unreadable_record(new.record_id, new.patient, SAME_IDENTIFIER)
+                kept.append((resource, placeholder, replace(row, state=SAME_IDENTIFIER_STATE)))
+                self._held_now.add(new.record_id)
+                held += 1
+                continue
+            others.append(record)
+            kept.append((resource, new, row))
+        if held:
+            log.warning(
+                "consents sharing an identifier with another that says otherwise held: %d", held
+            )
+        return kept
+
+    def _recheck_versions(self, patients: Mapping[str, str], report: PullReport) -> None:
+        """The consents held for :data:`SAME_IDENTIFIER` of the patients whose consents changed
+        or were deleted in this pass are read again by id and merged again: the other version
+        may be gone or agree now (a deletion of an already withdrawn consent changes nothing
+        here, so its patients are noted apart: ``_recheck``). Those this pass held are read
+        again only after a deletion (it came after them: a listing notices deletions last). One
+        round: what is merged here is compared with what the pass stored."""
+        deleted, held_now = self._recheck, self._held_now
+        self._recheck, self._held_now = set(), set()
+        concerned = sorted(deleted | report.changed_patients)
+        if not concerned:
+            return
+        held = [
+            head.record_id
+            for head in self.store.pulled_consents_of(self.server, concerned)
+            if head.body.get("unreadable") == SAME_IDENTIFIER
+            and (head.patient in deleted or head.record_id not in held_now)
+        ]
+        if not held:
+            return
+        copies = self.store.pulled_of_records(self.server, "Consent", held)
+        resources = []
+        for copy in copies.values():
+            if copy.state != SAME_IDENTIFIER_STATE:
+                continue
+            try:
+                resources.append(self.client.read("Consent", copy.resource_id))
+            except NotFoundError:
+                continue  # deleted: noticed as deletions are (history or the listing)
+        self._merge_page("Consent", resources, patients, None, report)
 
     def _merge_ours(
         self,
@@ -1070,6 +1191,7 @@ class Puller:
             if row.origin == ORIGIN_OURS:
                 self._withdraw_ours(row.record_id, row.patient, report)
                 continue
+            self._recheck.add(row.patient)
             withdrawn = _revoked_copy(self.store, row.record_id, now)
             if withdrawn is not None:
                 revoked.append(withdrawn)
@@ -1228,11 +1350,25 @@ def _stored_consent(store: Store, record_id: str) -> ConsentRecord | None:
 
 def _readable_consent(stored: StoredRecord) -> ConsentRecord | None:
     """The consent a stored record holds; None if it cannot be read as one."""
+    return _loaded_consent(stored.body)
+
+
+def _loaded_consent(body: Mapping[str, Any]) -> ConsentRecord | None:
+    """The consent a record body (our JSON form) holds; None if it cannot be read as one."""
     try:
-        record = CONSENT_MAPPER.load(stored.body)
+        record = CONSENT_MAPPER.load(body)
     except InputError:
         return None
     return record if isinstance(record, ConsentRecord) else None
+
+
+def _identifier_key(text: str) -> Identifier | None:
+    """A stored record's identifier (``system|value``) as consent identifiers are compared; None
+    when it is not one (an unreadable placeholder's is, and matches no consent's)."""
+    try:
+        return consent_identifier(Identifier.parse(text, path="identifier"))
+    except InputError:
+        return None
 
 
 def _undoes_withdrawal(remote_status: object, ours: ConsentStatus) -> bool:

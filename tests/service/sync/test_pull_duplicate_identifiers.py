@@ -1,0 +1,160 @@
+"""Two Consents on the FHIR server (two resource ids) with one business identifier, compared as
+URIs as ``decide`` compares them: the same consent twice is read once; two that say otherwise
+(an older, active version beside the newer, revoked one) hold the patient's records as a consent
+that cannot be read, never let the older permit answer, until the server holds one of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fhir_alliance_service.store.interface import SyncState
+
+from tests.service.sync import records as R
+from tests.service.sync import remote
+from tests.service.sync.conftest import SyncHarness, known_patient, puller
+
+UNREADABLE = "a consent for this patient could not be read"
+
+
+def _with_identifier(
+    harness: SyncHarness, patient: str, system: str, *, status: str = "active"
+) -> dict[str, Any]:
+    consent = remote.foreign_consent(harness.server, patient, status=status)
+    consent["identifier"] = [{"system": system, "value": f"consent-{harness.run}"}]
+    return consent
+
+
+def _rating_held_why(harness: SyncHarness, n: int, patient: str) -> str | None:
+    """Take in rating ``n`` of ``patient``, drain the worker: its hold reason (None: sent)."""
+    [rating] = harness.intake([R.rating(harness.run, n, patient)])
+    harness.drain()
+    status = harness.store.sync_status(rating.record_id)
+    assert status is not None
+    if status.state is SyncState.SENT:
+        return None
+    assert status.state is SyncState.HELD
+    return status.held_reason
+
+
+@pytest.mark.parametrize("revoked_first", [False, True])
+def test_an_active_and_a_revoked_copy_of_one_consent_hold_and_never_permit(
+    harness: SyncHarness, revoked_first: bool
+) -> None:
+    """The server holds the active version of a consent and, under another resource id, its
+    revoked version (the identifier's system spelled another way): the patient's records are held
+    as for an unreadable consent, in whichever order the two were written and read."""
+    patient = known_patient(harness)
+    active = _with_identifier(harness, patient, "urn:oid:1.2.3.4")
+    revoked = _with_identifier(harness, patient, "URN:OID:1.2.3.4", status="inactive")
+    for consent in [revoked, active] if revoked_first else [active, revoked]:
+        remote.create(harness.server, consent)
+    report = puller(harness).pull()
+    assert _rating_held_why(harness, 1, patient) == UNREADABLE
+    assert report.error is None and report.unreadable == 1
+
+
+def test_a_revoked_copy_read_after_the_active_one_holds(harness: SyncHarness) -> None:
+    """The revoked copy written (and pulled) after the active one was merged and sent on:
+    later records are held, the active copy's permit no longer answers."""
+    patient = known_patient(harness)
+    remote.create(harness.server, _with_identifier(harness, patient, "urn:oid:1.2.3.4"))
+    assert puller(harness).pull().merged == 1
+    assert _rating_held_why(harness, 1, patient) is None
+
+    revoked = _with_identifier(harness, patient, "urn:oid:1.2.3.4", status="inactive")
+    remote.create(harness.server, revoked)
+    report = puller(harness).pull()
+    assert _rating_held_why(harness, 2, patient) == UNREADABLE
+    assert (report.merged, report.unreadable) == (1, 1)
+
+
+def test_the_same_consent_twice_is_read_once(harness: SyncHarness) -> None:
+    """Two copies that say the same (an import made twice) are one consent: its permit answers."""
+    patient = known_patient(harness)
+    for system in ("urn:oid:1.2.3.4", "URN:OID:1.2.3.4"):
+        remote.create(harness.server, _with_identifier(harness, patient, system))
+    report = puller(harness).pull()
+    assert (report.merged, report.unreadable) == (2, 0)
+    assert _rating_held_why(harness, 1, patient) is None
+
+
+@pytest.mark.parametrize("deleted", ["revoked", "active"])
+def test_once_the_server_holds_one_copy_that_one_decides(
+    harness: SyncHarness, deleted: str
+) -> None:
+    """The duplicate deleted on the server: after the listing that notices it, the copy left
+    decides (an active permit releases the records; a revoked one leaves no consent)."""
+    patient = known_patient(harness)
+    copies = {
+        "active": remote.create(
+            harness.server, _with_identifier(harness, patient, "urn:oid:1.2.3.4")
+        ),
+        "revoked": remote.create(
+            harness.server,
+            _with_identifier(harness, patient, "urn:oid:1.2.3.4", status="inactive"),
+        ),
+    }
+    puller(harness).pull()
+    assert _rating_held_why(harness, 1, patient) == UNREADABLE
+
+    remote.delete(harness.server, copies[deleted])
+    report = puller(harness).pull(full_listing=True)
+    assert report.error is None and report.deleted == 1
+    expected = "no consent to share with the clinic's EHR" if deleted == "active" else None
+    assert _rating_held_why(harness, 2, patient) == expected
+
+
+def _two_copies_pulled(harness: SyncHarness, patient: str, *, held: str) -> dict[str, Any]:
+    """The active and the revoked copy of one consent, each created on the server and pulled in
+    turn (no overlap window), the one named ``held`` second (it is the one held), then another
+    patient's consent: the revoked copy as the server has it."""
+    copies = {
+        "active": _with_identifier(harness, patient, "urn:oid:1.2.3.4"),
+        "revoked": _with_identifier(harness, patient, "urn:oid:1.2.3.4", status="inactive"),
+    }
+    first = "revoked" if held == "active" else "active"
+    created = {}
+    for name in (first, held):
+        created[name] = remote.create(harness.server, copies[name])
+        puller(harness, pull_overlap_seconds=0.0).pull()
+    # Written later: the pull cursor moves past both copies, so no pass reads them again unasked.
+    other = f"Patient/pull-b-{harness.run}"
+    harness.intake([R.rating(harness.run, 99, other)])
+    remote.create(harness.server, remote.foreign_consent(harness.server, other))
+    puller(harness, pull_overlap_seconds=0.0).pull()
+    return created["revoked"]
+
+
+@pytest.mark.parametrize("held", ["active", "revoked"])
+def test_a_deletion_read_from_history_settles_it_in_that_pass(
+    harness: SyncHarness, held: str
+) -> None:
+    """Where deletions are read from ``_history``, the incremental pass that reads the deletion
+    of the revoked copy reads the copy held again (no overlap window reads it): the active copy
+    left decides at once, not at the next listing."""
+    if not harness.client.capabilities().resource("Consent").supports("history-type"):
+        pytest.skip("the server offers no Consent history")
+    patient = known_patient(harness)
+    revoked = _two_copies_pulled(harness, patient, held=held)
+    assert _rating_held_why(harness, 1, patient) == UNREADABLE
+
+    remote.delete(harness.server, revoked)
+    report = puller(harness, pull_overlap_seconds=0.0).pull()
+    assert (report.full_listing, report.deleted, report.error) == (False, 1, None)
+    assert _rating_held_why(harness, 2, patient) is None
+
+
+@pytest.mark.parametrize("held", ["active", "revoked"])
+def test_copies_made_to_agree_on_the_server_are_read_once(harness: SyncHarness, held: str) -> None:
+    """The revoked copy set active again on the server, so that both say the same: the next
+    incremental pass reads the copy held again (no overlap window reads it): both are merged,
+    and their permit answers."""
+    patient = known_patient(harness)
+    revoked = _two_copies_pulled(harness, patient, held=held)
+    assert _rating_held_why(harness, 1, patient) == UNREADABLE
+
+    remote.update(harness.server, revoked, status="active")
+    report = puller(harness, pull_overlap_seconds=0.0).pull(full_listing=False)
+    assert (report.error, report.unreadable) == (None, 0)
+    assert _rating_held_why(harness, 2, patient) is None
