@@ -121,9 +121,10 @@ class ActorDirectory:
     ) -> ActorDirectory:
         """Collect actor resources (and those inside Bundles, at any depth). A resource is known by
         ``Type/id`` and by its Bundle entry's ``fullUrl``. Resources of other FHIR R4 or R5 types
-        are passed over; a ``resourceType`` that misspells a type read here or is no FHIR
-        resource type (``Practitoner``) is a :class:`MappingError` at its path. Without ``base``, the base is learned
-        from ``fullUrl``s ending in ``Type/id``, when they all name the same one."""
+        are passed over; a ``resourceType`` that misspells a type read here, is no FHIR resource
+        type (``Practitoner``) or is no string (a number, null, none) is a :class:`MappingError`
+        at its path. Without ``base``, the base is learned from ``fullUrl``s ending in
+        ``Type/id``, when they all name the same one."""
         entries: list[tuple[str, list[Identifier]]] = []
         bases: set[str] = set()
         for index, resource in enumerate(resources):
@@ -198,15 +199,13 @@ def _collect(
     if not isinstance(resource, Mapping):
         raise MappingError("expected a FHIR resource (JSON object)", element=path)
     resource_type = resource.get("resourceType")
-    meant = (
-        misspelt_resource_type(resource_type, _DIRECTORY_TYPES)
-        if isinstance(resource_type, str)
-        else None
-    )
+    if not isinstance(resource_type, str):  # a number, null, an array, none: passed over, lost
+        raise MappingError("expected a resource type (a string)", element=f"{path}.resourceType")
+    meant = misspelt_resource_type(resource_type, _DIRECTORY_TYPES)
     if meant is not None:  # left out, an actor could make another's identifier unambiguous
         message = f"expected {meant}: a resource type is spelt exactly (case and spaces count)"
         raise MappingError(message, element=f"{path}.resourceType")
-    if isinstance(resource_type, str) and resource_type not in _PASSED_OVER_FAST:
+    if resource_type not in _PASSED_OVER_FAST:
         # Only for a type not read here: the check imports that one model (fhir.resources).
         from fhir_alliance.mapping.validation import is_known_resource_type
 
@@ -226,8 +225,7 @@ def _collect(
                     bases,
                 )
         return
-    # (A resourceType that is not a string, an array say, names no actor: never a TypeError.)
-    if not isinstance(resource_type, str) or resource_type not in ACTOR_RESOURCE_TYPES:
+    if resource_type not in ACTOR_RESOURCE_TYPES:
         return
     identifiers: list[Identifier] = []
     for n, item in enumerate(resource.get("identifier") or ()):

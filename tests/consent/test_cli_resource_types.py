@@ -261,6 +261,25 @@ def test_actor_directory_refuses_a_name_that_is_no_fhir_resource_type(name: str)
     assert caught.value.element == "[1].entry[4].resource.resourceType"
 
 
+@pytest.mark.parametrize("value", [7, None, ["Practitioner"], {"name": "Practitioner"}, True])
+def test_actor_directory_refuses_a_resource_type_that_is_no_string(value: object) -> None:
+    """``ActorDirectory.from_resources`` refuses a resourceType that is not a string (a number,
+    null, an array), or none at all, loose or in a Bundle, at its path, as ``decide`` does.
+    Before, the resource was passed over: an actor so written was lost without a word."""
+    with pytest.raises(MappingError, match="expected a resource type") as caught:
+        ActorDirectory.from_resources([{"resourceType": value, "id": "a"}])
+    assert caught.value.element == "[0].resourceType"
+    bundle = _bundle()
+    bundle["entry"][4]["resource"]["resourceType"] = value
+    with pytest.raises(MappingError) as caught:
+        ActorDirectory.from_resources([_bundle(), bundle])
+    assert caught.value.element == "[1].entry[4].resource.resourceType"
+    del bundle["entry"][4]["resource"]["resourceType"]
+    with pytest.raises(MappingError) as caught:
+        ActorDirectory.from_resources([bundle])
+    assert caught.value.element == "[0].entry[4].resource.resourceType"
+
+
 def test_actor_directory_still_passes_over_other_fhir_types() -> None:
     """Resources of a FHIR type that is no actor (a Consent, a Provenance, R4's
     MedicinalProduct, R5's ActorDefinition) are still passed over; the actors beside them
