@@ -1946,21 +1946,35 @@ class SqlStore(AuditQueueSql):
         with self._read() as connection:
             return [(row.origin, _stored_record(row)) for row in connection.execute(query)]
 
-    def pulled_consents_of(self, server: str, patients: Sequence[str]) -> list[StoredRecord]:
-        found: list[StoredRecord] = []
+    def pulled_consent_identifiers(
+        self, server: str, patients: Sequence[str]
+    ) -> list[tuple[str, str, str]]:
+        found: list[tuple[str, str, str]] = []
         with self._read() as connection:
             for chunk in _chunks(sorted(set(patients))):
                 query = (
-                    self._newest_records()
+                    select(
+                        record_heads.c.record_id,
+                        record_heads.c.patient,
+                        record_versions.c.identifier,
+                    )
+                    .join(
+                        record_versions,
+                        and_(
+                            record_versions.c.record_id == record_heads.c.record_id,
+                            record_versions.c.version == record_heads.c.version,
+                        ),
+                    )
                     .where(
                         record_heads.c.patient.in_(chunk),
                         record_heads.c.family == "consent",
                         record_heads.c.origin == server,
                     )
-                    .order_by(record_heads.c.record_id)
                 )
-                found.extend(_stored_record(row) for row in connection.execute(query))
-        return found
+                found.extend(
+                    (r.record_id, r.patient, r.identifier) for r in connection.execute(query)
+                )
+        return sorted(found)
 
     def consents_stamp(self, patient: str) -> str:
         # Versions only ever grow and records are never deleted, so (count, sum of versions)

@@ -48,6 +48,7 @@ Logs carry counts only: never resource content, patient keys or identifiers.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -159,6 +160,8 @@ SAME_IDENTIFIER_STATE = "same-identifier"
 _GONE_STATES = frozenset({"deleted", "ignored"})
 #: Unreadable consents are stored with this body: loading it fails, so the gate holds.
 UNREADABLE_KIND = "consent"
+#: The start of an unreadable consent's stored identifier (its record id follows).
+UNREADABLE_IDENTIFIER = "urn:fhir-alliance:unreadable|"
 #: In the body of a pulled consent that could not be read and was then deleted on the server:
 #: the consent loader (``usecases/consents.py``) skips it.
 DELETED_MARK = PULLED_DELETED_MARK
@@ -339,6 +342,7 @@ class Puller:
         """Read what changed, merge it, re-run the gate for changed patients. ``full_listing``
         forces (True) or skips (False) the listing that notices deletions; None: when due."""
         report = PullReport()
+        self._held_now = set()  # a pass that ended early leaves its own (its deletions stay noted)
         try:
             patients, new = self.patient_map()
             types = ["Consent"] + (["Observation"] if self.settings.pull_observations else [])
@@ -410,6 +414,7 @@ class Puller:
         """Merge resources read outside a pull pass (a subscription notification's focus) as a
         pull would, and re-run the gate for the patients whose consents changed."""
         report = PullReport()
+        self._held_now = set()
         patients, _ = self.patient_map()
         # New patient links are left to the next pull, which reads those patients in full.
         self._merge_page(resource_type, list(resources), patients, None, report)
@@ -998,40 +1003,46 @@ class Puller:
         consent twice is merged as it is: identical records decide alike. Consents are compared
         under the patient key they are filed under (one query per page); a consent of ours is
         not compared (its copy on the server is matched by resource id)."""
-        readable: dict[int, tuple[tuple[str, Identifier], ConsentRecord]] = {}
+        # By the identifier as stored (``system|value``): a consent is read (loaded) only when
+        # another one shares its identifier, so a page of distinct consents costs one query.
+        keys: dict[int, tuple[str, Identifier]] = {}
         for n, (_, new, row) in enumerate(foreign):
-            record = _loaded_consent(new.body) if row.state == "merged" else None
-            if record is not None:
-                readable[n] = ((new.patient, consent_identifier(record.id)), record)
-        if not readable:
+            identifier = _identifier_key(new.identifier) if row.state == "merged" else None
+            if identifier is not None:
+                keys[n] = (new.patient, identifier)
+        if not keys:
             return foreign
-        wanted = {key for key, _ in readable.values()}
         in_page = {new.record_id for _, new, _ in foreign}
-        stored: dict[str, tuple[tuple[str, Identifier], ConsentRecord]] = {}
+        wanted = set(keys.values())
+        candidates: dict[str, tuple[str, Identifier]] = {}
         patients = sorted({patient for patient, _ in wanted})
-        for head in self.store.pulled_consents_of(self.server, patients):
-            key = (head.patient, _identifier_key(head.identifier))
-            if head.record_id in in_page or key not in wanted:
-                continue  # the page's own copy replaces it; another consent
-            record = _readable_consent(head)
-            if record is not None:
-                stored[head.record_id] = (key, record)
+        for record_id, patient, text in self.store.pulled_consent_identifiers(
+            self.server, patients
+        ):
+            identifier = _identifier_key(text)
+            if identifier is None or record_id in in_page:
+                continue  # the page's own copy replaces it
+            if (patient, identifier) in wanted:
+                candidates[record_id] = (patient, identifier)
         seen: dict[tuple[str, Identifier], list[ConsentRecord]] = {}
-        if stored:
-            copies = self.store.pulled_of_records(self.server, "Consent", sorted(stored))
-            for record_id, (key, record) in stored.items():
-                copy = copies.get(record_id)
-                if copy is not None and copy.state not in _GONE_STATES:
-                    seen.setdefault(key, []).append(record)
+        if candidates:
+            copies = self.store.pulled_of_records(self.server, "Consent", sorted(candidates))
+            standing = [r for r, c in copies.items() if c.state not in _GONE_STATES]
+            for record_id, head in sorted(self.store.get_records(standing).items()):
+                stored = _readable_consent(head)
+                if stored is not None:
+                    seen.setdefault(candidates[record_id], []).append(stored)
+        in_page_count = Counter(keys.values())
         kept: list[tuple[dict[str, Any], NewRecord, PulledResource]] = []
         held = 0
         for n, (resource, new, row) in enumerate(foreign):
-            found = readable.get(n)
-            if found is None:
+            found = keys.get(n)
+            alone = found is None or (in_page_count[found] == 1 and found not in seen)
+            record = None if alone else _loaded_consent(new.body)
+            if found is None or record is None:
                 kept.append((resource, new, row))
                 continue
-            key, record = found
-            others = seen.setdefault(key, [])
+            others = seen.setdefault(found, [])
             if any(not says_the_same(other, record) for other in others):
                 placeholder = _unreadable_record(new.record_id, new.patient, SAME_IDENTIFIER)
                 kept.append((resource, placeholder, replace(row, state=SAME_IDENTIFIER_STATE)))
@@ -1058,23 +1069,27 @@ class Puller:
         concerned = sorted(deleted | report.changed_patients)
         if not concerned:
             return
-        held = [
-            head.record_id
-            for head in self.store.pulled_consents_of(self.server, concerned)
-            if head.body.get("unreadable") == SAME_IDENTIFIER
-            and (head.patient in deleted or head.record_id not in held_now)
+        placeholders = [
+            record_id
+            for record_id, patient, identifier in self.store.pulled_consent_identifiers(
+                self.server, concerned
+            )
+            if identifier.startswith(UNREADABLE_IDENTIFIER)
+            and (patient in deleted or record_id not in held_now)
         ]
-        if not held:
+        if not placeholders:
             return
-        copies = self.store.pulled_of_records(self.server, "Consent", held)
+        copies = self.store.pulled_of_records(self.server, "Consent", placeholders)
         resources = []
         for copy in copies.values():
             if copy.state != SAME_IDENTIFIER_STATE:
                 continue
             try:
-                resources.append(self.client.read("Consent", copy.resource_id))
+                resource = self.client.read("Consent", copy.resource_id)
             except NotFoundError:
                 continue  # deleted: noticed as deletions are (history or the listing)
+            if resource.get("id") == copy.resource_id:  # else not the copy asked for: held on
+                resources.append(resource)
         self._merge_page("Consent", resources, patients, None, report)
 
     def _merge_ours(
@@ -1299,9 +1314,9 @@ def _foreign_record(
 
 def _unreadable_record(record_id: str, patient: str, why: str) -> NewRecord:
     """The placeholder of a foreign Consent that holds its patient's records: ``why`` is the
-    element that could not be read, or ``ORDER_UNSURE``."""
+    element that could not be read, ``ORDER_UNSURE`` or ``SAME_IDENTIFIER``."""
     body: dict[str, Any] = {"kind": UNREADABLE_KIND, "unreadable": why}
-    return _new_consent(record_id, f"urn:fhir-alliance:unreadable|{record_id}", patient, body)
+    return _new_consent(record_id, f"{UNREADABLE_IDENTIFIER}{record_id}", patient, body)
 
 
 def _new_consent(record_id: str, identifier: str, patient: str, body: dict[str, Any]) -> NewRecord:

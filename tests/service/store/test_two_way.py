@@ -98,21 +98,22 @@ def test_pulled_resources_are_found_by_the_record_made_from_them(store: SqlStore
     }
 
 
-def test_pulled_consents_of_patients_are_those_of_the_server_named(store: SqlStore) -> None:
-    """Consents pulled from the server named, filed under the patients named, newest version;
-    never local ones, those of another server or another patient."""
+def test_pulled_consent_identifiers_are_those_of_the_server_named(store: SqlStore) -> None:
+    """The identifiers of the consents pulled from the server named and filed under the patients
+    named, newest version; never local ones, those of another server or another patient."""
     store.put_records([consent(1)], audit=[], at=T0)  # local: no origin
     store.put_remote_records([consent(2)], origin=SERVER, audit=[], at=T0)
-    store.put_remote_records([consent(2, status="revoked")], origin=SERVER, audit=[], at=at(1))
+    changed = replace(consent(2, status="revoked"), identifier="urn:test:record|2b")
+    store.put_remote_records([changed], origin=SERVER, audit=[], at=at(1))
     store.put_remote_records([consent(3, patient="Patient/p2")], origin=SERVER, audit=[], at=T0)
     store.put_remote_records([consent(4, patient="Patient/p3")], origin=SERVER, audit=[], at=T0)
     store.put_remote_records([consent(5)], origin="http://old.example.org/fhir", audit=[], at=T0)
-    found = store.pulled_consents_of(SERVER, ["Patient/p1", "Patient/p2", "Patient/p1"])
-    assert [(r.record_id, r.version, r.body["score"]) for r in found] == [
-        ("rec-000002", 2, "revoked"),
-        ("rec-000003", 1, "active"),
+    found = store.pulled_consent_identifiers(SERVER, ["Patient/p1", "Patient/p2", "Patient/p1"])
+    assert found == [
+        ("rec-000002", "Patient/p1", "urn:test:record|2b"),
+        ("rec-000003", "Patient/p2", "urn:test:record|3"),
     ]
-    assert store.pulled_consents_of(SERVER, []) == []
+    assert store.pulled_consent_identifiers(SERVER, []) == []
 
 
 def test_remote_records_make_no_outbox_item_but_count_as_consents(store: SqlStore) -> None:
