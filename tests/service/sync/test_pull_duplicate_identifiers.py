@@ -158,3 +158,19 @@ def test_copies_made_to_agree_on_the_server_are_read_once(harness: SyncHarness, 
     report = puller(harness, pull_overlap_seconds=0.0).pull(full_listing=False)
     assert (report.error, report.unreadable) == (None, 0)
     assert _rating_held_why(harness, 2, patient) is None
+
+
+def test_a_revoked_copy_arriving_by_notification_holds(harness: SyncHarness) -> None:
+    """The revoked copy given to the pull outside a pass (a subscription notification's focus,
+    ``Puller.merge``) is compared as in a pass: the active copy's permit no longer answers."""
+    patient = known_patient(harness)
+    remote.create(harness.server, _with_identifier(harness, patient, "urn:oid:1.2.3.4"))
+    puller(harness).pull()
+    assert _rating_held_why(harness, 1, patient) is None
+
+    revoked = remote.create(
+        harness.server, _with_identifier(harness, patient, "urn:oid:1.2.3.4", status="inactive")
+    )
+    report = puller(harness).merge("Consent", [revoked])
+    assert (report.merged, report.unreadable) == (1, 1)
+    assert _rating_held_why(harness, 2, patient) == UNREADABLE
