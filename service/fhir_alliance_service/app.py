@@ -31,6 +31,7 @@ from fhir_alliance_service.store.interface import Store
 from fhir_alliance_service.store.schema_watch import SchemaWatch
 
 if TYPE_CHECKING:
+    from fhir_alliance_service.sync.subscriptions import NotificationGate
     from fhir_alliance_service.sync.target import FhirServerLink
 
 __all__ = ["EXTENSION", "ServiceState", "create_app", "current_service", "wsgi_app"]
@@ -41,19 +42,24 @@ EXTENSION: Final = "fhir_alliance"
 @dataclass(frozen=True, slots=True)
 class ServiceState:
     """What every request handler needs: the settings and the store (one per app), the app's
-    cache of looked-up API keys, its link to the FHIR server (one client per process), and the
-    watch on the store's schema revision."""
+    cache of looked-up API keys, its link to the FHIR server (one client per process), its bounds
+    on subscription notifications, and the watch on the store's schema revision."""
 
     settings: Settings
     store: Store
     api_keys: ApiKeyCache = field(default_factory=lambda: ApiKeyCache(0))
     fhir: FhirServerLink = field(init=False)
+    notifications: NotificationGate = field(init=False)
     schema: SchemaWatch = field(init=False)
 
     def __post_init__(self) -> None:
-        from fhir_alliance_service.sync.target import FhirServerLink  # the sync loads on use
+        # the sync loads on use
+        from fhir_alliance_service.sync.subscriptions import NotificationGate
+        from fhir_alliance_service.sync.target import FhirServerLink
 
         object.__setattr__(self, "fhir", FhirServerLink(self.settings))
+        gate = NotificationGate(self.settings.max_notifications_per_minute)
+        object.__setattr__(self, "notifications", gate)
         object.__setattr__(self, "schema", SchemaWatch(self.store.schema_revision))
 
 

@@ -123,6 +123,10 @@ class Settings:
     #: revoked elsewhere stops working in every process within this many seconds.
     api_key_cache_seconds: float = 5.0
     max_records_per_request: int = 1_000
+    #: Notifications (``POST /v1/fhir/notifications``) one API key may deliver per minute to one
+    #: serve process; beyond it 429 with ``Retry-After`` (no consent change is lost: the next
+    #: notification's gap and the scheduled pull read it).
+    max_notifications_per_minute: int = 60
     cds_source_label: str = "fhir-alliance consent consult"
     cds_source_url: str | None = None
     # -- the console ---------------------------------------------------------------------------
@@ -472,6 +476,7 @@ _COERCE: Final[dict[str, Callable[[Any], Any]]] = {
     "max_body_bytes": _positive_int,
     "api_key_cache_seconds": _non_negative_float,
     "max_records_per_request": _positive_int,
+    "max_notifications_per_minute": _positive_int,
     "cds_source_label": _label,
     "cds_source_url": _http_url,
     "console_idle_minutes": _console_idle_minutes,

@@ -413,11 +413,17 @@ class Puller:
     def merge(self, resource_type: str, resources: Sequence[dict[str, Any]]) -> PullReport:
         """Merge resources read outside a pull pass (a subscription notification's focus) as a
         pull would, and re-run the gate for the patients whose consents changed."""
+        return self.merge_pages(resource_type, [list(resources)])
+
+    def merge_pages(self, resource_type: str, pages: Iterable[list[dict[str, Any]]]) -> PullReport:
+        """:meth:`merge` of resources that come a page at a time (read as they are merged: one
+        page in memory), the patients looked up once."""
         report = PullReport()
         self._held_now = set()
         patients, _ = self.patient_map()
         # New patient links are left to the next pull, which reads those patients in full.
-        self._merge_page(resource_type, list(resources), patients, None, report)
+        for page in pages:
+            self._merge_page(resource_type, page, patients, None, report)
         if resource_type == "Consent":
             self._recheck_versions(patients, report)
         now = self.clock()

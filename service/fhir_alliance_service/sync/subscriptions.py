@@ -16,8 +16,19 @@ while polling (``sync/pull.py``) stays the fallback that always runs:
 
 Whatever the payload carries (empty, id-only or full-resource), the focus is **read from the
 server** (a notification is a hint, not data to trust), only when it names a Consent or an
-Observation within the configured base; it is merged as a pull would merge it. A gap in event
-numbers (a lost notification) triggers an incremental pull at once.
+Observation within the configured base; it is merged as a pull would merge it, a page of
+``FOCUS_PAGE`` resources at a time (no more are held at once). A gap in event numbers (a lost
+notification) triggers an incremental pull at once.
+
+**Bounds** (what a leaked ``notify`` key can make the service do; :class:`NotificationGate`, one
+per serve process): a notification of more than ``MAX_EVENTS`` events is refused (413 at the path
+of the first event beyond); beyond ``max_notifications_per_minute`` per API key a notification is
+refused (429 with ``Retry-After``) before anything is stored or read; one arriving while a re-read
+of the same key runs is **coalesced** (202): its focus (and any pull its gap asks for) is added to
+what is due, and the running re-read reads it right after its own. No consent change is lost by
+either: a refused notification's event number is not taken, so the next one admitted sees the gap
+and pulls; and the worker's scheduled pull reads every change since its cursor, which only a pull
+moves (a notification never does).
 
 :func:`subscription_resource` builds the R4 backport rest-hook Subscription the service
 registers, and :func:`register_subscription` (``fhir-alliance subscribe --endpoint URL``) registers
@@ -32,16 +43,19 @@ the operator knows. Polling runs either way.
 from __future__ import annotations
 
 import logging
+import math
 import re
+import threading
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from fhir_alliance.client import FhirClient, ServerCapabilities
 from fhir_alliance.client.links import is_loopback_host
-from fhir_alliance.errors import InputError, Issue, NotFoundError
+from fhir_alliance.errors import InputError, Issue, LimitExceededError, NotFoundError
 from fhir_alliance.terminology import CANONICAL_BASE
 from fhir_alliance_service.store.interface import Store
 from fhir_alliance_service.sync.pull import Puller, PullReport
@@ -50,11 +64,15 @@ __all__ = [
     "BACKPORT_STATUS_PROFILE",
     "CONSENT_TOPIC",
     "Notification",
+    "NotificationGate",
     "NotificationResult",
+    "NotificationWork",
     "handle_notification",
+    "notification_work",
     "parse_notification",
     "register_subscription",
     "subscription_resource",
+    "run_work",
     "subscription_support",
 ]
 
@@ -77,8 +95,16 @@ NOTIFICATION_TYPES = frozenset(
 )
 #: Types whose focus the service merges; anything else in a notification is ignored.
 MERGED_TYPES = ("Consent", "Observation")
-#: Most events taken from one notification (a bound; the rest is left to the poll).
+#: Most events one notification may carry (a bound: beyond it the notification is a 413 naming
+#: the first event beyond, and nothing of it is read or stored).
 MAX_EVENTS = 500
+#: Focus resources read before they are merged: at most this many are held in memory at once.
+FOCUS_PAGE = 20
+#: The window of ``max_notifications_per_minute``, in seconds.
+RATE_WINDOW_SECONDS = 60.0
+#: Rounds of coalesced work one running re-read takes on after its own; what is still due then
+#: waits for the key's next notification (or the scheduled pull, which reads it anyway).
+MAX_COALESCED_ROUNDS = 8
 #: Store meta name: the newest event number taken, per subscription.
 META_EVENTS = "subscription.events."
 #: A FHIR id (``[A-Za-z0-9\-\.]{1,64}``); ``.`` and ``..`` are refused besides.
@@ -133,6 +159,19 @@ def _first(parameter: Mapping[str, Any], *names: str) -> tuple[Any, str]:
         if parameter.get(name) is not None:
             return parameter[name], name
     return None, names[-1]
+
+
+def _too_many(path: str) -> LimitExceededError:
+    return LimitExceededError(
+        f"too many events in one notification at {path}",
+        issues=[
+            Issue(
+                path=path,
+                message=f"at most {MAX_EVENTS} events in one notification",
+                code="too-costly",
+            )
+        ],
+    )
 
 
 def _code(value: Any, path: str) -> str:
@@ -195,11 +234,16 @@ def _backport(status: Mapping[str, Any]) -> Notification:
     focus: list[str] = []
     paths: list[str] = []
     numbers: list[int] = []
+    events = 0
     for n, parameter in enumerate(parameters):
         at = f"entry[0].resource.parameter[{n}]"
         if not isinstance(parameter, Mapping):
             raise _fail(at, "expected an object")
         name = parameter.get("name")
+        if name == "notification-event":
+            events += 1
+            if events > MAX_EVENTS:
+                raise _too_many(at)
         if name == "type":
             kind = _code(parameter.get("valueCode"), "entry[0].resource.parameter.type")
         elif name == "subscription":
@@ -231,6 +275,8 @@ def _r5(status: Mapping[str, Any]) -> Notification:
     paths: list[str] = []
     numbers: list[int] = []
     events = _list(status.get("notificationEvent"), f"{at}.notificationEvent")
+    if len(events) > MAX_EVENTS:
+        raise _too_many(f"{at}.notificationEvent[{MAX_EVENTS}]")
     for n, event in enumerate(events):
         if not isinstance(event, Mapping):
             continue
@@ -272,41 +318,189 @@ def _local(reference: str, base: str, path: str = "focus") -> tuple[str, str] | 
     raise _fail(path, f"expected {parts[0]}/<id> with a FHIR id ([A-Za-z0-9-.], 1 to 64)")
 
 
-def handle_notification(puller: Puller, store: Store, bundle: Any) -> NotificationResult:
-    """Take one notification: read each focus from the server and merge it; on a gap in event
-    numbers run an incremental pull. Raises :class:`InputError` for a Bundle that does not fit."""
-    notification = parse_notification(bundle)
-    result = NotificationResult(type=notification.type)
-    client: FhirClient = puller.client
+@dataclass(slots=True)
+class NotificationWork:
+    """What notifications ask to be read: focus resources (``(Type, id)`` on the server, each
+    once, in order) and whether an incremental pull is due (a gap, or more focus than one
+    notification may name)."""
+
+    focus: dict[tuple[str, str], None] = field(default_factory=dict)
+    pull: bool = False
+    ignored: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.focus) or self.pull
+
+    def add(self, other: NotificationWork) -> None:
+        """Take on ``other`` (coalescing): the same focus is read once; beyond ``MAX_EVENTS``
+        focus resources a pull reads them all instead."""
+        self.focus.update(other.focus)
+        self.pull = self.pull or other.pull
+        if len(self.focus) > MAX_EVENTS:
+            self.focus.clear()
+            self.pull = True
+
+
+def notification_work(
+    store: Store, notification: Notification, base: str
+) -> tuple[NotificationWork, bool]:
+    """The reads ``notification`` asks for on the server at ``base``, and whether its event
+    numbers show a gap (noting its event count: call it only for a notification that is taken).
+    Raises :class:`InputError` for a focus of a merged type that is no ``Type/<FHIR id>``."""
     paths = notification.focus_paths or tuple("focus" for _ in notification.focus)
     # every focus checked before anything is stored or read
     locals_ = [
-        _local(reference, client.base.url, path)
-        for reference, path in zip(notification.focus[:MAX_EVENTS], paths, strict=False)
+        _local(reference, base, path)
+        for reference, path in zip(notification.focus, paths, strict=False)
     ]
-    gap = _gap(store, notification)
+    work = NotificationWork()
     if notification.type == "event-notification":
-        by_type: dict[str, list[dict[str, Any]]] = {}
         for local in locals_:
             if local is None:
-                result.ignored.append("focus outside the server or of another type")
-                continue
-            rtype, rid = local
-            try:
-                by_type.setdefault(rtype, []).append(client.read(rtype, rid))
-            except NotFoundError:
-                gap = True  # deleted since: the next full listing notices it; pull now
-            result.read += 1
-        for rtype, resources in by_type.items():
-            merged: PullReport = puller.merge(rtype, resources)
-            result.merged += merged.merged + merged.withdrawn + merged.unreadable
-            result.released += merged.released
-    if gap:
+                work.ignored.append("focus outside the server or of another type")
+            else:
+                work.focus[local] = None
+    gap = _gap(store, notification)
+    work.pull = gap
+    return work, gap
+
+
+def run_work(puller: Puller, work: NotificationWork) -> NotificationResult:
+    """Read each focus from the server and merge it, ``FOCUS_PAGE`` at a time; a focus gone
+    (deleted since) or ``work.pull`` runs an incremental pull after. The result's ``type`` is
+    left empty for the caller."""
+    result = NotificationResult(type="", ignored=list(work.ignored))
+    pull = work.pull
+    by_type: dict[str, list[str]] = {}
+    for rtype, rid in work.focus:
+        by_type.setdefault(rtype, []).append(rid)
+    for rtype, ids in by_type.items():
+        gone: list[bool] = []
+        merged: PullReport = puller.merge_pages(
+            rtype, _read_pages(puller.client, rtype, ids, result, gone)
+        )
+        result.merged += merged.merged + merged.withdrawn + merged.unreadable
+        result.released += merged.released
+        pull = pull or any(gone)
+    if pull:
         result.gap = True
         report = puller.pull(full_listing=False)
         result.merged += report.merged
         result.released += report.released
     return result
+
+
+def _read_pages(
+    client: FhirClient,
+    rtype: str,
+    ids: Sequence[str],
+    result: NotificationResult,
+    gone: list[bool],
+) -> Iterator[list[dict[str, Any]]]:
+    """The focus resources ``rtype/ids``, read from the server ``FOCUS_PAGE`` at a time."""
+    page: list[dict[str, Any]] = []
+    for rid in ids:
+        try:
+            page.append(client.read(rtype, rid))
+        except NotFoundError:
+            gone.append(True)  # deleted since: the next full listing notices it; pull now
+        result.read += 1
+        if len(page) >= FOCUS_PAGE:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+def handle_notification(puller: Puller, store: Store, bundle: Any) -> NotificationResult:
+    """Take one notification: read each focus from the server and merge it; on a gap in event
+    numbers run an incremental pull. Raises :class:`InputError` for a Bundle that does not fit
+    (:class:`LimitExceededError` for one of more than ``MAX_EVENTS`` events). No bounds per key:
+    the endpoint goes through :class:`NotificationGate`."""
+    notification = parse_notification(bundle)
+    work, _ = notification_work(store, notification, puller.client.base.url)
+    result = run_work(puller, work)
+    result.type = notification.type
+    return result
+
+
+@dataclass(slots=True)
+class _KeyState:
+    window_start: float = 0.0
+    taken: int = 0
+    running: bool = False
+    due: NotificationWork = field(default_factory=NotificationWork)
+
+
+class NotificationGate:
+    """One serve process's bounds on notifications, per API key: at most ``per_minute``
+    notifications in each window of ``RATE_WINDOW_SECONDS`` (:meth:`admit`), and one re-read
+    running at a time, later notifications coalesced into it (:meth:`run`). In memory: with
+    several serve processes each has its own (a key may cause ``web_workers`` times as much)."""
+
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._keys: dict[str, _KeyState] = {}
+
+    def admit(self, key: str) -> int | None:
+        """None when ``key`` may deliver one more notification now (counted), else the seconds
+        until it may (its ``Retry-After``)."""
+        now = self.clock()
+        with self._lock:
+            state = self._keys.setdefault(key, _KeyState())
+            if now - state.window_start >= RATE_WINDOW_SECONDS:
+                state.window_start, state.taken = now, 0
+            if state.taken >= self.per_minute:
+                return max(1, math.ceil(state.window_start + RATE_WINDOW_SECONDS - now))
+            state.taken += 1
+            return None
+
+    def run(
+        self,
+        key: str,
+        work: NotificationWork,
+        execute: Callable[[NotificationWork], NotificationResult],
+    ) -> NotificationResult | None:
+        """``execute(work)`` now, then what notifications of ``key`` left due meanwhile (up to
+        ``MAX_COALESCED_ROUNDS`` rounds), and the sum of what they read; None when a re-read of
+        ``key`` is running: ``work`` is then added to what is due and read by that run. If
+        ``execute`` raises, what was due stays due for the key's next run."""
+        with self._lock:
+            state = self._keys.setdefault(key, _KeyState())
+            if state.running:
+                state.due.add(work)
+                return None
+            state.running = True
+        total = NotificationResult(type="")
+        try:
+            for _ in range(1 + MAX_COALESCED_ROUNDS):
+                if work:
+                    _sum(total, execute(work))
+                with self._lock:
+                    work, state.due = state.due, NotificationWork()
+                if not work:
+                    break
+            else:
+                with self._lock:
+                    state.due.add(work)  # left for the next run (the scheduled pull reads it too)
+        except BaseException:
+            with self._lock:
+                state.due.add(work)
+            raise
+        finally:
+            with self._lock:
+                state.running = False
+        return total
+
+
+def _sum(total: NotificationResult, more: NotificationResult) -> None:
+    total.read += more.read
+    total.merged += more.merged
+    total.released += more.released
+    total.gap = total.gap or more.gap
+    total.ignored.extend(more.ignored)
 
 
 def _gap(store: Store, notification: Notification) -> bool:
