@@ -97,8 +97,18 @@ def register(subparsers: Any) -> None:
         help="compare sent records with the FHIR server: missing, duplicated, drifted",
         description=_reconcile.__doc__,
     )
-    reconcile.add_argument(
-        "--patient", help="only this patient's records (Patient/<id> or system|value)"
+    named = reconcile.add_mutually_exclusive_group()
+    named.add_argument(
+        "--patient",
+        metavar="KEY",
+        help="only this patient's records (Patient/<id> or system|value); '-' reads it from "
+        "stdin, which keeps it out of the command line that ps shows every user (a value here "
+        "is warned about on stderr)",
+    )
+    named.add_argument(
+        "--patient-file",
+        metavar="PATH",
+        help="only the records of the patient named on the one line of this file",
     )
     reconcile.add_argument("--fix", action="store_true", help="repair what is found")
     reconcile.add_argument("--json", action="store_true", help="machine-readable report")
@@ -719,23 +729,14 @@ def _reconcile(args: argparse.Namespace) -> int:
     """Compare every sent record with the FHIR server by business identifier and report the
     resources that are missing, duplicated or drifted (content differs from what the mapping
     gives now); ``--fix`` repairs them (the gate is asked again first). Exit 1 when something is
-    found and not fixed."""
+    found and not fixed. ``--patient -`` (stdin) or ``--patient-file PATH`` limit it to one
+    patient without putting the patient on the command line."""
     settings = _settings()
+    patient = _reconcile_patient(args)  # before the client: a refusal leaves nothing open
     client = _client(settings)
     _configure_logging(settings)
     from fhir_alliance_service.sync.reconcile import Reconciler
 
-    patient = None
-    if args.patient:
-        from fhir_alliance.errors import InputError
-        from fhir_alliance_service.usecases.consents import patient_key
-        from fhir_alliance_service.usecases.decisions import parse_party
-
-        try:
-            # Filed under the canonical key: any spelling of the identifier names the patient.
-            patient = patient_key(parse_party(args.patient, path="--patient"))
-        except InputError:
-            raise _StopCommand("--patient: expected Patient/<id> or system|value") from None
     with _opened_store(settings) as store:
         try:
             report = Reconciler(settings, store, client).run(patient=patient, fix=args.fix)
@@ -760,6 +761,56 @@ def _reconcile(args: argparse.Namespace) -> int:
             print(f"  {finding.problem:10} record {finding.record_id} {finding.resource} ({state})")
     unfixed = [f for f in report.findings if not f.fixed]
     return 1 if unfixed else 0
+
+
+#: One ``warning:`` line for a patient given on the command line (the value is never echoed).
+PATIENT_IN_ARGV_WARNING = (
+    "warning: --patient with a value puts the patient on the command line, where ps shows it to "
+    "every user of this machine; use --patient - (stdin) or --patient-file PATH"
+)
+
+
+def _reconcile_patient(args: argparse.Namespace) -> str | None:
+    """The canonical key of the patient ``reconcile`` is limited to, or None: from ``--patient``
+    (``-``: stdin's one line; a value: warned about, since argv is public on the machine) or from
+    ``--patient-file``'s one line. A value that cannot be read or is no patient stops the command
+    with one line naming the option, never the value."""
+    if args.patient_file is not None:
+        option = "--patient-file"
+        try:
+            text = Path(args.patient_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _StopCommand(
+                f"{option}: cannot read {args.patient_file!r} ({type(exc).__name__})"
+            ) from None
+        value = _one_line(text, option, "in the file")
+    elif args.patient == "-":
+        option = "--patient"
+        value = _one_line(sys.stdin.read(), option, "on stdin")
+    elif args.patient:
+        option = "--patient"
+        print(PATIENT_IN_ARGV_WARNING, file=sys.stderr)
+        value = args.patient
+    else:
+        return None
+    from fhir_alliance.errors import InputError
+    from fhir_alliance_service.usecases.consents import patient_key
+    from fhir_alliance_service.usecases.decisions import parse_party
+
+    try:
+        # Filed under the canonical key: any spelling of the identifier names the patient.
+        return patient_key(parse_party(value, path=option))
+    except InputError:
+        raise _StopCommand(f"{option}: expected Patient/<id> or system|value") from None
+
+
+def _one_line(text: str, option: str, where: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise _StopCommand(f"{option}: no patient {where}")
+    if len(lines) > 1:
+        raise _StopCommand(f"{option}: expected one line (one patient) {where}")
+    return lines[0]
 
 
 def _subscribe(args: argparse.Namespace) -> int:

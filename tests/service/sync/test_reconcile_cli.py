@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import json
+from pathlib import Path
 
 import pytest
 from fhir_alliance_service.sync.pull import PullReport
@@ -97,6 +99,111 @@ def test_reconcile_finds_the_patient_by_another_spelling_of_their_identifier(
     capsys.readouterr()
     assert main(["reconcile", "--patient", mrn.replace("urn:oid:", "URN:OID:"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["records"] == 2
+
+
+def _two_records_by_identifier(harness: SyncHarness) -> str:
+    """A patient known by an MRN with a consent and a rating sent; the MRN."""
+    mrn = f"urn:oid:2.16.840.1.113883.3.9999.7|mrn-{harness.run}"
+    harness.intake(
+        [
+            _by_identifier(R.sharing_consent(harness.run), mrn),
+            _by_identifier(R.rating(harness.run, 1), mrn),
+        ]
+    )
+    harness.drain()
+    return mrn
+
+
+def test_reconcile_reads_the_patient_from_stdin_with_a_dash(
+    harness: SyncHarness,
+    environment: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--patient -`` reads the patient from stdin (not on the command line, where ``ps`` shows
+    it to every user of the machine): that patient's records are checked, and no warning."""
+    mrn = _two_records_by_identifier(harness)
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{mrn}\n"))
+    assert main(["reconcile", "--patient", "-", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["records"] == 2
+    assert "warning" not in captured.err
+
+
+def test_reconcile_reads_the_patient_from_a_file(
+    harness: SyncHarness,
+    environment: None,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """``--patient-file PATH`` reads the patient from the file's one line."""
+    mrn = _two_records_by_identifier(harness)
+    path = tmp_path / "patient"
+    path.write_text(f"{mrn}\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["reconcile", "--patient-file", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["records"] == 2
+    assert "warning" not in captured.err
+
+
+def test_reconcile_warns_once_when_the_patient_is_on_the_command_line(
+    harness: SyncHarness, environment: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The old form still works, with one ``warning:`` line on stderr naming the ways that keep
+    the value out of argv, and never the value."""
+    mrn = _two_records_by_identifier(harness)
+    capsys.readouterr()
+    assert main(["reconcile", "--patient", mrn, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["records"] == 2
+    [line] = captured.err.splitlines()
+    assert line.startswith("warning: ") and "--patient -" in line and "--patient-file" in line
+    assert mrn not in captured.err and "mrn" not in captured.err
+
+
+@pytest.mark.parametrize(
+    ("given", "stdin", "says"),
+    [
+        (["--patient", "-"], "", "--patient: no patient on stdin"),
+        (["--patient", "-"], "not a patient\n", "--patient: expected"),
+        (["--patient", "-"], "Patient/a\nPatient/b\n", "--patient: expected one line"),
+        (["--patient-file", "{missing}"], "", "--patient-file: cannot read"),
+        (["--patient-file", "{bad}"], "", "--patient-file: expected"),
+    ],
+)
+def test_reconcile_refuses_a_patient_it_cannot_read_without_echoing_it(
+    environment: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    given: list[str],
+    stdin: str,
+    says: str,
+) -> None:
+    """Empty stdin, more than one line, a value that is no patient, a file that cannot be read:
+    exit 2, one line naming the option, never the value read."""
+    bad = tmp_path / "bad"
+    bad.write_text("not a patient\n", encoding="utf-8")
+    argv = [a.format(missing=tmp_path / "missing", bad=bad) for a in given]
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    assert main(["reconcile", *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert "not a patient" not in err and "Patient/a" not in err
+
+
+def test_reconcile_takes_one_way_of_naming_the_patient(
+    environment: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--patient`` and ``--patient-file`` together: a usage error (exit 2)."""
+    path = tmp_path / "patient"
+    path.write_text("Patient/a\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as stopped:
+        main(["reconcile", "--patient", "-", "--patient-file", str(path)])
+    assert stopped.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
 
 
 def test_pull_json_merges_and_releases(
