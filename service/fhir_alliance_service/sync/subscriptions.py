@@ -88,6 +88,9 @@ BACKPORT_TOPIC_EXTENSION = (
 BACKPORT_PAYLOAD_EXTENSION = (
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content"
 )
+BACKPORT_MAX_COUNT_EXTENSION = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-max-count"
+)
 #: The topic the service subscribes to (a server defines its own topics; this is the one asked for).
 CONSENT_TOPIC = "http://hl7.org/SubscriptionTopic/consent-change"
 NOTIFICATION_TYPES = frozenset(
@@ -520,7 +523,8 @@ def subscription_resource(
     endpoint: str, *, topic: str = CONSENT_TOPIC, header: Sequence[str] = ()
 ) -> dict[str, Any]:
     """The R4 backport rest-hook Subscription the service registers: ``id-only`` payloads (no
-    content travels in notifications; the service reads each focus itself)."""
+    content travels in notifications; the service reads each focus itself), at most
+    ``MAX_EVENTS`` events a notification (``max-count``: more is refused with a 413)."""
     return {
         "resourceType": "Subscription",
         "status": "requested",
@@ -528,6 +532,7 @@ def subscription_resource(
         "criteria": topic,
         "_criteria": {"extension": [{"url": BACKPORT_TOPIC_EXTENSION, "valueCanonical": topic}]},
         "channel": {
+            "extension": [{"url": BACKPORT_MAX_COUNT_EXTENSION, "valuePositiveInt": MAX_EVENTS}],
             "type": "rest-hook",
             "endpoint": endpoint,
             "payload": "application/fhir+json",

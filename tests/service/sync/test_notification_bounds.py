@@ -22,6 +22,7 @@ from fhir_alliance_service.sync.subscriptions import (
     META_EVENTS,
     NotificationWork,
     run_work,
+    subscription_resource,
 )
 from flask import Flask
 
@@ -220,3 +221,16 @@ def test_a_notification_of_many_focus_resources_merges_them_all(
     assert response.json["merged"] == 27 and response.json["released"] == 3
     harness.drain()
     assert {harness.state(r.record_id) for r in held} == {SyncState.SENT}
+
+
+def test_the_registered_subscription_asks_for_no_more_events_than_the_bound() -> None:
+    """The Subscription ``subscribe`` registers carries the backport ``max-count`` extension on
+    its channel: a server that honours it never sends a notification the endpoint refuses (413)."""
+    resource = subscription_resource("https://sync.clinic.example/v1/fhir/notifications")
+    assert resource["channel"]["extension"] == [
+        {
+            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+            "backport-max-count",
+            "valuePositiveInt": MAX_EVENTS,
+        }
+    ]
