@@ -891,6 +891,19 @@ def _denies_within(rules: list[_Scoped]) -> Iterable[_Scoped]:
             yield rule
 
 
+def _all_denies(rules: list[_Scoped]) -> Iterable[_Scoped]:
+    """Every scoped deny among ``rules`` and further in, through permits and denies alike.
+
+    A deny nested inside a scope that is redacted whole adds nothing to what is released, but it
+    still redacts its own scope: an added deny can make that scope's decider a deny (redacted whole)
+    where it was a permit whose nested denies redacted (their scopes may reach beyond it). Keeping
+    them means adding a deny never drops a redaction, so it never turns a deny into a permit."""
+    for rule in rules:
+        if not rule.decider.permit:
+            yield rule
+        yield from _all_denies(rule.nested)
+
+
 @dataclass(slots=True)
 class _General:
     """One consent's answer about the patient's data in general."""
@@ -938,6 +951,7 @@ def _flatten(rules: list[_Scoped], outer_permit: bool, depth: int, out: _General
         if outer_permit:
             if not permit:
                 out.redact.append(rule)  # permits nested inside stay redacted (safe side)
+                out.redact.extend(_all_denies(rule.nested))  # so do the denies (see _all_denies)
                 out.dropped += sum(1 for r in rule.nested if r.decider.permit)
             else:
                 _flatten(rule.nested, True, depth + 1, out)
@@ -949,12 +963,12 @@ def _flatten(rules: list[_Scoped], outer_permit: bool, depth: int, out: _General
                 out.dropped += 1
                 # Its content is not kept, but what it denies further in still overrides the
                 # permits of other consents (deny overrides).
-                out.redact.extend(_denies_within(rule.nested))
+                out.redact.extend(_all_denies(rule.nested))
         else:
-            if depth == 0:
-                # A scoped deny beside the scoped permits kept below overrides them inside its
-                # scope (deny overrides among siblings): redacted, should a permit keep content.
-                out.redact.append(rule)
+            # A scoped deny beside the scoped permits kept below overrides them inside its scope
+            # (deny overrides among siblings): redacted, should a permit keep content. One nested
+            # deeper redacts too, though its scope around it is redacted (see _all_denies).
+            out.redact.append(rule)
             _flatten(rule.nested, False, depth + 1, out)
 
 
@@ -988,6 +1002,7 @@ def _general(c: _Consent, q: _Request) -> _General | None:
             _flatten([scoped], False, 0, result)
         else:
             result.redact.append(scoped)
+            result.redact.extend(_all_denies(rules))  # (see _all_denies)
             result.dropped += sum(1 for r in rules if r.decider.permit)
     else:
         result = _General(c, decider, [], [], set(), 0)

@@ -418,18 +418,15 @@ def test_general_answers_stay_sound_with_categories_and_combining(
         assert decided.outcome is DecisionOutcome.PERMIT, (resource, decided)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a deny added inside a scoped consent can narrow the redactions that made a deny",
-)
 def test_a_deny_added_to_a_scoped_consent_never_turns_a_general_deny_into_a_permit() -> None:
-    """Known and not fixed. A sharing permit, and a consent that denies DocumentReference/o2
-    except a permit with a nested deny of DocumentReference content. Asked in general about
-    DocumentReferences: the nested deny redacts every DocumentReference (more than its scope,
-    the safe side), which removes all that was asked for: deny. Add an unscoped deny beside the
-    permit and the consent denies its whole scope, redacting o2 only: permit. Each answer is
-    sound, but adding a deny widened the answer. The random check above
-    (test_a_deny_provision_added_to_a_consent_never_widens) meets this now and then."""
+    """A sharing permit, and a consent that denies DocumentReference/o2 except a permit, beside
+    which a deny of DocumentReference content. Asked in general about DocumentReferences: the
+    nested deny redacts every DocumentReference (more than its scope, the safe side), which
+    removes all that was asked for: deny. Add an unscoped deny beside the permit and the consent
+    denies its whole scope: that redacts o2, and the deny nested inside still redacts every
+    DocumentReference, so the answer stays deny (it was a permit redacting o2 only: adding a deny
+    widened the answer). The random check above
+    (test_a_deny_provision_added_to_a_consent_never_widens) met this now and then."""
     docs = [Coding(RESOURCE_TYPES, "DocumentReference")]
     o2 = DataRef(meaning=DataMeaning.INSTANCE, reference=Ref(reference="DocumentReference/o2"))
 
@@ -441,4 +438,36 @@ def test_a_deny_added_to_a_scoped_consent_never_turns_a_general_deny_into_a_perm
     before = ConsentEngine([share, scoped()]).decide(q)
     after = ConsentEngine([share, scoped(prov("deny", actions=[act("disclose")]))]).decide(q)
     assert before.outcome is DecisionOutcome.DENY
+    assert after.outcome is not DecisionOutcome.PERMIT, after.explain()
+
+
+def _scoped_exception(*extra: Provision) -> Provision:
+    """A deny of DocumentReference/o2 except a permit, beside which a deny of every
+    DocumentReference: decided by the permit (its nested deny redacts DocumentReferences), until
+    ``extra`` adds an unscoped deny beside the permit (then the deny decides the whole scope)."""
+    docs = [Coding(RESOURCE_TYPES, "DocumentReference")]
+    o2 = DataRef(meaning=DataMeaning.INSTANCE, reference=Ref(reference="DocumentReference/o2"))
+    return prov("deny", *extra, prov("permit"), prov("deny", classes=docs), data=[o2])
+
+
+@pytest.mark.parametrize("where", ["under-a-permit", "beside-a-kept-permit"])
+def test_a_deny_that_takes_over_a_scoped_exception_keeps_the_denies_nested_in_it(
+    where: str,
+) -> None:
+    """The same within one consent, wherever the scoped exception sits: under the consent's
+    permit (its scope redacted), or beside a scoped permit under a deny (its scope then kept
+    beside the permit's, later redacted). Once an added deny decides the exception's whole scope,
+    the deny nested inside it still redacts, so the answer about DocumentReferences stays deny."""
+    docs = [Coding(RESOURCE_TYPES, "DocumentReference")]
+
+    def record(*extra: Provision) -> ConsentRecord:
+        exception = _scoped_exception(*extra)
+        if where == "under-a-permit":
+            return consent("c1", "permit", exception)
+        return consent("c1", "deny", prov("permit", classes=docs), exception)
+
+    q = request(Ref(reference="Organization/ehr"), classes=tuple(docs))
+    before = ConsentEngine([record()]).decide(q)
+    after = ConsentEngine([record(prov("deny", actions=[act("disclose")]))]).decide(q)
+    assert before.outcome is DecisionOutcome.DENY, before.explain()
     assert after.outcome is not DecisionOutcome.PERMIT, after.explain()
