@@ -825,32 +825,45 @@ def _may_concern(n: _Node, q: _Request) -> bool:
 @dataclass(slots=True)
 class _Scoped:
     """A data-scoped exception met without a resource: ``scope`` is the filtering provision,
-    ``decider`` what decides inside it for this context, ``nested`` the scoped exceptions within."""
+    ``decider`` what decides inside it for this context, ``nested`` the scoped exceptions within.
+    ``overrode``: a deny decides where, without some deny, a permit would (see
+    :func:`_redacted_within`)."""
 
     scope: _Node
     decider: _Node
     nested: list[_Scoped]
+    overrode: bool = False
 
 
 _NO_RULES: list[_Scoped] = []  # shared, never mutated: leaves have no nested rules
 
 
-def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped]]:
+def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped], bool]:
+    """What decides below ``n`` for the request's context, the scoped exceptions met, and whether
+    that decider is a deny overriding a permit that would decide without it (or without a deny
+    further in: ``overrode`` of :class:`_Scoped`)."""
     best = n
     best_nested: list[_Scoped] = _NO_RULES
     scoped: list[_Scoped] = []
     passed_over: list[list[_Scoped]] = []  # the nested rules of unfiltered siblings not chosen
+    permit_met = n.permit  # ``n`` or an unfiltered child permits: it decides unless a deny does
+    deny_overrode = False  # an unfiltered deny below overrode a permit further in
     classes = q.content_classes
     for child in n.children:
         if not _context_matches(child, q) or (classes and not _may_concern(child, q)):
             continue
         if child.children:
-            decider, nested = _walk_general(child, q)
+            decider, nested, overrode = _walk_general(child, q)
         else:
-            decider, nested = child, _NO_RULES
+            decider, nested, overrode = child, _NO_RULES, False
         if child.has_filter:
-            scoped.append(_Scoped(child, decider, nested))
-        elif best is n or (best.permit and not decider.permit):
+            scoped.append(_Scoped(child, decider, nested, overrode))
+            continue
+        if decider.permit:
+            permit_met = True
+        else:
+            deny_overrode = deny_overrode or overrode
+        if best is n or (best.permit and not decider.permit):
             if best is not n:
                 passed_over.append(best_nested)
             best, best_nested = decider, nested
@@ -878,7 +891,7 @@ def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped]]:
         # An unfiltered sibling that did not decide still denies inside its scoped exceptions,
         # and there a deny overrides whatever the deciding sibling permits.
         scoped.extend(_denies_within(nested))
-    return best, scoped
+    return best, scoped, not best.permit and (permit_met or deny_overrode)
 
 
 def _denies_within(rules: list[_Scoped]) -> Iterable[_Scoped]:
@@ -891,17 +904,24 @@ def _denies_within(rules: list[_Scoped]) -> Iterable[_Scoped]:
             yield rule
 
 
-def _all_denies(rules: list[_Scoped]) -> Iterable[_Scoped]:
-    """Every scoped deny among ``rules`` and further in, through permits and denies alike.
+def _redacted_within(rules: list[_Scoped]) -> Iterable[_Scoped]:
+    """What ``rules`` redact under a permit: the scoped denies among them and, through permits,
+    further in; and, inside a deny that overrode a permit, what that permit's rules would redact.
 
-    A deny nested inside a scope that is redacted whole adds nothing to what is released, but it
-    still redacts its own scope: an added deny can make that scope's decider a deny (redacted whole)
-    where it was a permit whose nested denies redacted (their scopes may reach beyond it). Keeping
-    them means adding a deny never drops a redaction, so it never turns a deny into a permit."""
+    A scope a deny decides is redacted whole, and the denies nested inside it add nothing to what
+    is released. But where the deny overrode a permit (a deny added beside it, or further in), the
+    permit would decide without it, and the denies nested inside would then redact their own scopes,
+    which may reach beyond the scope around them (no obligation can say "both"). Dropping them then
+    would let an added deny swap their wide redaction for the scope's narrower one and turn a deny
+    into a permit: they still redact. A deny that decides with no permit in its way keeps its nested
+    denies out (no fewer denies would make it a permit)."""
     for rule in rules:
-        if not rule.decider.permit:
+        if rule.decider.permit:
+            yield from _redacted_within(rule.nested)
+        else:
             yield rule
-        yield from _all_denies(rule.nested)
+            if rule.overrode:
+                yield from _redacted_within(rule.nested)
 
 
 @dataclass(slots=True)
@@ -951,7 +971,8 @@ def _flatten(rules: list[_Scoped], outer_permit: bool, depth: int, out: _General
         if outer_permit:
             if not permit:
                 out.redact.append(rule)  # permits nested inside stay redacted (safe side)
-                out.redact.extend(_all_denies(rule.nested))  # so do the denies (see _all_denies)
+                if rule.overrode:  # (see _redacted_within)
+                    out.redact.extend(_redacted_within(rule.nested))
                 out.dropped += sum(1 for r in rule.nested if r.decider.permit)
             else:
                 _flatten(rule.nested, True, depth + 1, out)
@@ -963,12 +984,14 @@ def _flatten(rules: list[_Scoped], outer_permit: bool, depth: int, out: _General
                 out.dropped += 1
                 # Its content is not kept, but what it denies further in still overrides the
                 # permits of other consents (deny overrides).
-                out.redact.extend(_all_denies(rule.nested))
+                out.redact.extend(_redacted_within(rule.nested))
         else:
-            # A scoped deny beside the scoped permits kept below overrides them inside its scope
-            # (deny overrides among siblings): redacted, should a permit keep content. One nested
-            # deeper redacts too, though its scope around it is redacted (see _all_denies).
-            out.redact.append(rule)
+            if depth == 0:
+                # A scoped deny beside the scoped permits kept below overrides them inside its
+                # scope (deny overrides among siblings): redacted, should a permit keep content.
+                out.redact.append(rule)
+            if rule.overrode:  # (see _redacted_within; a permit there would redact them)
+                out.redact.extend(_redacted_within(rule.nested))
             _flatten(rule.nested, False, depth + 1, out)
 
 
@@ -990,24 +1013,29 @@ def _general(c: _Consent, q: _Request) -> _General | None:
     if not root.children:
         if not root.has_filter:
             return _General(c, root, [], [], set(), 0).classify()
-        decider, rules = root, _NO_RULES
+        decider, rules, overrode = root, _NO_RULES, False
     else:
-        decider, rules = _walk_general(root, q)
+        decider, rules, overrode = _walk_general(root, q)
     if root.has_filter:
         # The consent speaks only about content in the root's scope: a permit keeps only that
         # content, a deny redacts it (and any permit nested inside stays redacted: safe side).
-        scoped = _Scoped(root, decider, rules)
+        scoped = _Scoped(root, decider, rules, overrode)
         result = _General(c, None, [], [], set(), 0)
         if decider.permit:
             _flatten([scoped], False, 0, result)
         else:
             result.redact.append(scoped)
-            result.redact.extend(_all_denies(rules))  # (see _all_denies)
+            if overrode:  # (see _redacted_within)
+                result.redact.extend(_redacted_within(rules))
             result.dropped += sum(1 for r in rules if r.decider.permit)
     else:
         result = _General(c, decider, [], [], set(), 0)
         if rules:
             _flatten(rules, decider.permit, 0, result)
+    if len(result.redact) > 1:
+        # A rule redacted inside a deny that overrode a permit (see _redacted_within) may be
+        # met again further in: one obligation each.
+        result.redact = list({id(r): r for r in result.redact}.values())
     return result.classify()
 
 
