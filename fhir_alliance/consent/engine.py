@@ -846,8 +846,7 @@ def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped], bool]:
     best_nested: list[_Scoped] = _NO_RULES
     scoped: list[_Scoped] = []
     passed_over: list[list[_Scoped]] = []  # the nested rules of unfiltered siblings not chosen
-    permit_met = n.permit  # ``n`` or an unfiltered child permits: it decides unless a deny does
-    deny_overrode = False  # an unfiltered deny below overrode a permit further in
+    best_overrode = False  # the unfiltered denies chosen overrode a permit further in
     classes = q.content_classes
     for child in n.children:
         if not _context_matches(child, q) or (classes and not _may_concern(child, q)):
@@ -858,20 +857,16 @@ def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped], bool]:
             decider, nested, overrode = child, _NO_RULES, False
         if child.has_filter:
             scoped.append(_Scoped(child, decider, nested, overrode))
-            continue
-        if decider.permit:
-            permit_met = True
-        else:
-            deny_overrode = deny_overrode or overrode
-        if best is n or (best.permit and not decider.permit):
+        elif best is n or (best.permit and not decider.permit):
             if best is not n:
                 passed_over.append(best_nested)
-            best, best_nested = decider, nested
+            best, best_nested, best_overrode = decider, nested, overrode
         elif not best.permit and not decider.permit:
             # Two denies: content either one denies is denied, so what stays released is what
             # the exceptions of both permit; no obligation can say that much: neither's permits
             # are kept (the safe side), the denies within them still count.
             best_nested = [*_denies_within(best_nested), *_denies_within(nested)]
+            best_overrode = best_overrode or overrode
         else:
             passed_over.append(nested)
     if best is not n:
@@ -891,7 +886,10 @@ def _walk_general(n: _Node, q: _Request) -> tuple[_Node, list[_Scoped], bool]:
         # An unfiltered sibling that did not decide still denies inside its scoped exceptions,
         # and there a deny overrides whatever the deciding sibling permits.
         scoped.extend(_denies_within(nested))
-    return best, scoped, not best.permit and (permit_met or deny_overrode)
+    # A deny decides; it overrode a permit when ``n`` permits, when a permit was passed over
+    # (only unfiltered permits are), or when one of the denies chosen did further in.
+    overrode = not best.permit and (n.permit or bool(passed_over) or best_overrode)
+    return best, scoped, overrode
 
 
 def _denies_within(rules: list[_Scoped]) -> Iterable[_Scoped]:
@@ -937,6 +935,8 @@ class _General:
     kind: str = "none"
     #: Explicit labels permitted only as written (see :func:`_flatten`): they stay redacted.
     as_written: set[_CodeKey] = field(default_factory=set)
+    #: ``redact`` may list a rule twice (see :func:`_flatten`).
+    repeats: bool = False
 
     def classify(self) -> _General:
         if self.base is not None and self.base.permit:
@@ -992,6 +992,7 @@ def _flatten(rules: list[_Scoped], outer_permit: bool, depth: int, out: _General
                 out.redact.append(rule)
             if rule.overrode:  # (see _redacted_within; a permit there would redact them)
                 out.redact.extend(_redacted_within(rule.nested))
+                out.repeats = True  # some of them again, below
             _flatten(rule.nested, False, depth + 1, out)
 
 
@@ -1032,9 +1033,7 @@ def _general(c: _Consent, q: _Request) -> _General | None:
         result = _General(c, decider, [], [], set(), 0)
         if rules:
             _flatten(rules, decider.permit, 0, result)
-    if len(result.redact) > 1:
-        # A rule redacted inside a deny that overrode a permit (see _redacted_within) may be
-        # met again further in: one obligation each.
+    if result.repeats:  # one obligation each
         result.redact = list({id(r): r for r in result.redact}.values())
     return result.classify()
 
