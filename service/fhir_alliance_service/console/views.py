@@ -134,15 +134,35 @@ _FORWARDING_HEADERS: Final = (
 
 def _from_this_machine() -> bool:
     """Whether the browser runs on this machine: the connection comes from a loopback address,
-    the page was asked for by a loopback name, and no proxy says it passes the request on. A
+    the page was asked for by a loopback name, no proxy says it passes the request on, and the
+    page the browser names (``Origin``, ``Referer``), if it names one, is on a loopback name. A
     proxy on this machine forwarding other machines' requests connects from loopback too; it
     passes on their host name, or (Apache's default) asks by the upstream's loopback name and
-    adds forwarding headers."""
+    adds forwarding headers, or (nginx's bare ``proxy_pass``) asks by that name and adds none:
+    the browser's ``Origin`` (on every form post, the sign-in included) and ``Referer`` then
+    still carry the host name it used."""
     environ = request.environ
     if any(environ.get(name) for name in _FORWARDING_HEADERS):
         return False
     host = urlsplit(f"//{request.host}").hostname or ""
-    return is_loopback_host(request.remote_addr or "") and is_loopback_host(host)
+    if not (is_loopback_host(request.remote_addr or "") and is_loopback_host(host)):
+        return False
+    return all(
+        _names_a_loopback_page(environ.get(name)) for name in ("HTTP_ORIGIN", "HTTP_REFERER")
+    )
+
+
+def _names_a_loopback_page(value: str | None) -> bool:
+    """``value`` (an ``Origin`` or ``Referer``) is absent, says nothing (``null``: an opaque
+    origin), or names a page on a loopback host; anything else (a host name, an address of the
+    network, an unreadable value) is a page elsewhere."""
+    if not value or value == "null":
+        return True
+    try:
+        page_host = urlsplit(value).hostname
+    except ValueError:
+        return False
+    return page_host is not None and is_loopback_host(page_host)
 
 
 @blueprint.before_request

@@ -244,6 +244,41 @@ def test_plain_http_passed_on_by_a_proxy_that_names_the_upstream_is_refused(
     )
 
 
+def test_plain_http_passed_on_by_a_bare_proxy_is_refused_once_the_browser_names_its_page(
+    console_client: FlaskClient, console_keys: dict[str, str]
+) -> None:
+    """nginx's bare ``proxy_pass http://127.0.0.1:8080`` adds no forwarding header and asks by
+    the upstream's loopback name, so the request looks like one from a browser on this machine.
+    The browser's own headers still say where its page is: a sign-in posted from the clinic's
+    host name (``Origin``) or a page opened from one (``Referer``) is refused (403, no session),
+    as from any other machine. A browser on this machine names a loopback page, and is served."""
+    bare_proxy = {"base_url": "http://127.0.0.1:8080", "environ_base": {"REMOTE_ADDR": "127.0.0.1"}}
+    answer = console_client.post(
+        "/console/sign-in",
+        data={"api_key": console_keys["read"], "sign_in_token": "x"},
+        headers={"Origin": "http://clinic.example"},
+        **bare_proxy,
+    )
+    assert answer.status_code == 403
+    assert "served only over HTTPS" in answer.text
+    assert not [c for c in answer.headers.getlist("Set-Cookie") if SESSION_COOKIE in c]
+    page = console_client.get(
+        "/console/static/console.css",
+        headers={"Referer": "http://clinic.example/console/sign-in"},
+        **bare_proxy,
+    )
+    assert page.status_code == 403
+    # A browser on this machine: its page is on a loopback name.
+    local = {"Referer": "http://127.0.0.1:8080/console/sign-in"}
+    assert console_client.get("/console/sign-in", headers=local, **bare_proxy).status_code == 200
+    signed_in = console_client.post(
+        "/console/sign-in",
+        data={"api_key": console_keys["read"], "sign_in_token": _sign_in_token(console_client)},
+        headers={"Origin": "http://localhost"},
+    )
+    assert signed_in.status_code == 303
+
+
 def test_plain_http_to_other_machines_is_a_setting(make_app: Callable[..., Flask]) -> None:
     """FHIR_ALLIANCE_CONSOLE_ALLOW_PLAIN_HTTP lets a clinic serve the console over plain HTTP on
     a network it trusts."""
