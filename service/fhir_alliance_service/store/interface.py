@@ -757,13 +757,14 @@ class Store(Protocol):
         ``server`` (its base URL), with the base URL it was pulled from: consents no pull of
         ``server`` will ever update."""
 
-    def pulled_consent_identifiers(
+    def consent_identifiers(
         self, server: str, patients: Sequence[str]
-    ) -> list[tuple[str, str, str]]:
-        """``(record_id, patient, identifier)`` of the newest version of every consent record
-        pulled from ``server`` (its base URL) and filed under one of ``patients`` (keys as filed,
-        aliases not followed), by record id: one indexed query per chunk of patients, no body
-        read, for a page of the pull."""
+    ) -> list[tuple[str, str, str, str | None]]:
+        """``(record_id, patient, identifier, origin)`` of the newest version of every consent
+        record filed under one of ``patients`` (keys as filed, aliases not followed) that was
+        pulled from ``server`` (its base URL: ``origin``) or taken in here (``origin`` None),
+        by record id: one indexed query per chunk of patients, no body read, for a page of the
+        pull. Never those pulled from another server."""
 
     def consents_stamp(self, patient: str) -> str:
         """A cheap value that changes whenever any consent record of ``patient`` changes (one

@@ -1946,10 +1946,10 @@ class SqlStore(AuditQueueSql):
         with self._read() as connection:
             return [(row.origin, _stored_record(row)) for row in connection.execute(query)]
 
-    def pulled_consent_identifiers(
+    def consent_identifiers(
         self, server: str, patients: Sequence[str]
-    ) -> list[tuple[str, str, str]]:
-        found: list[tuple[str, str, str]] = []
+    ) -> list[tuple[str, str, str, str | None]]:
+        found: list[tuple[str, str, str, str | None]] = []
         with self._read() as connection:
             for chunk in _chunks(sorted(set(patients))):
                 query = (
@@ -1957,6 +1957,7 @@ class SqlStore(AuditQueueSql):
                         record_heads.c.record_id,
                         record_heads.c.patient,
                         record_versions.c.identifier,
+                        record_heads.c.origin,
                     )
                     .join(
                         record_versions,
@@ -1968,13 +1969,14 @@ class SqlStore(AuditQueueSql):
                     .where(
                         record_heads.c.patient.in_(chunk),
                         record_heads.c.family == "consent",
-                        record_heads.c.origin == server,
+                        or_(record_heads.c.origin == server, record_heads.c.origin.is_(None)),
                     )
                 )
                 found.extend(
-                    (r.record_id, r.patient, r.identifier) for r in connection.execute(query)
+                    (r.record_id, r.patient, r.identifier, r.origin)
+                    for r in connection.execute(query)
                 )
-        return sorted(found)
+        return sorted(found, key=lambda row: row[0])
 
     def consents_stamp(self, patient: str) -> str:
         # Versions only ever grow and records are never deleted, so (count, sum of versions)

@@ -28,10 +28,11 @@ whose consents changed. See docs/two-way-sync.md.
   mapped with the library (IHE PCF / LEAP shapes included) and stored as a *remote-origin* consent
   record (never pushed back) that joins the patient's engine, deny-overrides. One that cannot be
   read is stored as unreadable, which holds the patient's records (never "no consent"); so is one
-  with the business identifier (compared as URIs) of another foreign Consent of the patient that
-  says otherwise (two versions of one consent: ``SAME_IDENTIFIER``), read again until the server
-  holds one version. Deleted on the server, it is revoked here. A Consent **we** pushed belongs
-  to us: our own versions are skipped; someone else's edit that withdraws it (status no longer active, for a draft no longer
+  with the business identifier (compared as URIs) of another foreign Consent of the patient, or
+  of a consent of ours, that says otherwise (two versions of one consent: ``SAME_IDENTIFIER``),
+  read again until the server holds one version. A copy of ours that says what ours says is not
+  read as a consent (``OURS_COPY_STATE``): ours decides. Deleted on the server, it is revoked
+  here. A Consent **we** pushed belongs to us: our own versions are skipped; someone else's edit that withdraws it (status no longer active, for a draft no longer
   a draft either, or a deletion) is adopted at once as a local revocation (so the next push carries it); an edit that undoes our
   withdrawal (a consent revoked, expired or withdrawn here set back to active, draft or proposed
   there) is never adopted: our version is queued to be written back at once, ``If-Match`` the
@@ -156,8 +157,14 @@ SAME_IDENTIFIER = (
 #: merged again (not skipped as a duplicate), so the listing after the server settled on one
 #: version releases it.
 SAME_IDENTIFIER_STATE = "same-identifier"
-#: States of a pulled row whose Consent no longer stands on the server for its patient.
-_GONE_STATES = frozenset({"deleted", "ignored"})
+#: The state of the pulled row of a foreign Consent with the business identifier of one of ours
+#: that says what ours says (a copy of it under another resource id): not read as a consent of
+#: its own (ours decides), so that it cannot outlive a revocation of ours. One that says
+#: otherwise is held for :data:`SAME_IDENTIFIER`.
+OURS_COPY_STATE = "copy-of-ours"
+#: States of a pulled row whose Consent does not stand on the server as a consent of its patient
+#: (deleted, moved to a patient not ours, a copy of ours).
+_GONE_STATES = frozenset({"deleted", "ignored", OURS_COPY_STATE})
 #: Unreadable consents are stored with this body: loading it fails, so the gate holds.
 UNREADABLE_KIND = "consent"
 #: The start of an unreadable consent's stored identifier (its record id follows).
@@ -884,7 +891,8 @@ class Puller:
             foreign.append((resource, new, row))
         self._withdraw_moved_away(moved_away, now, report)
         foreign = self._unsure_in_force_held(foreign, unsure, report)
-        foreign = self._one_version_each(foreign)
+        foreign, copies_of_ours = self._one_version_each(foreign, now, report)
+        rows.extend(copies_of_ours)
         if foreign:
             entries = [
                 audit.two_way_event(
@@ -999,16 +1007,22 @@ class Puller:
         return kept
 
     def _one_version_each(
-        self, foreign: list[tuple[dict[str, Any], NewRecord, PulledResource]]
-    ) -> list[tuple[dict[str, Any], NewRecord, PulledResource]]:
+        self,
+        foreign: list[tuple[dict[str, Any], NewRecord, PulledResource]],
+        now: datetime,
+        report: PullReport,
+    ) -> tuple[list[tuple[dict[str, Any], NewRecord, PulledResource]], list[PulledResource]]:
         """``foreign`` with each readable consent that has the business identifier (compared as
-        URIs: :func:`consent_identifier`) of another foreign consent of its patient on this
-        server and says otherwise replaced by an unreadable placeholder (:data:`SAME_IDENTIFIER`,
-        which holds the patient's records): another one earlier in ``foreign``, or one stored
-        whose copy was not deleted on the server since (nor moved to another patient). The same
-        consent twice is merged as it is: identical records decide alike. Consents are compared
-        under the patient key they are filed under (one query per page); a consent of ours is
-        not compared (its copy on the server is matched by resource id)."""
+        URIs: :func:`consent_identifier`) of another consent of its patient and says otherwise
+        replaced by an unreadable placeholder (:data:`SAME_IDENTIFIER`, which holds the
+        patient's records): one of ours (taken in here, whatever its copy on the server says),
+        another foreign one earlier in ``foreign``, or one stored whose copy was not deleted on
+        the server since (nor moved to another patient). The same consent twice is merged as it
+        is: identical records decide alike. A copy of one of ours that says what ours says is
+        not kept as a consent (:data:`OURS_COPY_STATE`; a record stored for it before is
+        withdrawn): ours decides, and a revocation of ours is not undone by the copy left on the
+        server. Returns what to store, and the pulled rows of those copies. Consents are
+        compared under the patient key they are filed under (one query per page)."""
         # By the identifier as stored (``system|value``): a consent is read (loaded) only when
         # another one shares its identifier, so a page of distinct consents costs one query.
         keys: dict[int, tuple[str, Identifier]] = {}
@@ -1017,12 +1031,13 @@ class Puller:
             if identifier is not None:
                 keys[n] = (new.patient, identifier)
         if not keys:
-            return foreign
+            return foreign, []
         in_page = {new.record_id for _, new, _ in foreign}
         wanted = set(keys.values())
         candidates: dict[str, tuple[str, Identifier]] = {}
+        mine: set[str] = set()  # record ids of ours among the candidates
         patients = sorted({patient for patient, _ in wanted})
-        for record_id, patient, text in self.store.pulled_consent_identifiers(
+        for record_id, patient, text, origin in self.store.consent_identifiers(
             self.server, patients
         ):
             identifier = _identifier_key(text)
@@ -1030,38 +1045,60 @@ class Puller:
                 continue  # the page's own copy replaces it
             if (patient, identifier) in wanted:
                 candidates[record_id] = (patient, identifier)
+                if origin is None:
+                    mine.add(record_id)
         seen: dict[tuple[str, Identifier], list[ConsentRecord]] = {}
+        # Ours by key: None when one of them cannot be read (nothing says the same as it).
+        ours: dict[tuple[str, Identifier], list[ConsentRecord] | None] = {}
         if candidates:
-            copies = self.store.pulled_of_records(self.server, "Consent", sorted(candidates))
+            pulled = sorted(set(candidates) - mine)
+            copies = self.store.pulled_of_records(self.server, "Consent", pulled) if pulled else {}
             standing = [r for r, c in copies.items() if c.state not in _GONE_STATES]
-            for record_id, head in sorted(self.store.get_records(standing).items()):
-                stored = _readable_consent(head)
-                if stored is not None:
-                    seen.setdefault(candidates[record_id], []).append(stored)
+            for record_id, head in sorted(self.store.get_records([*standing, *mine]).items()):
+                key, stored = candidates[record_id], _readable_consent(head)
+                if record_id in mine:
+                    known = ours.setdefault(key, [])
+                    ours[key] = None if stored is None or known is None else [*known, stored]
+                elif stored is not None:
+                    seen.setdefault(key, []).append(stored)
         in_page_count = Counter(keys.values())
         kept: list[tuple[dict[str, Any], NewRecord, PulledResource]] = []
+        copies_of_ours: list[PulledResource] = []
         held = 0
         for n, (resource, new, row) in enumerate(foreign):
             found = keys.get(n)
-            alone = found is None or (in_page_count[found] == 1 and found not in seen)
+            alone = found is None or (
+                in_page_count[found] == 1 and found not in seen and found not in ours
+            )
             record = None if alone else _loaded_consent(new.body)
             if found is None or record is None:
                 kept.append((resource, new, row))
                 continue
-            others = seen.setdefault(found, [])
-            if any(not says_the_same(other, record) for other in others):
-                placeholder = _unreadable_record(new.record_id, new.patient, SAME_IDENTIFIER)
-                kept.append((resource, placeholder, replace(row, state=SAME_IDENTIFIER_STATE)))
-                self._held_now.add(new.record_id)
-                held += 1
+            if found in ours:  # ours decides: a copy that says the same is not read
+                known = ours[found]
+                if known is not None and all(says_the_same(o, record) for o in known):
+                    report.duplicates += 1
+                    copy_row = replace(row, state=OURS_COPY_STATE)
+                    withdrawn = _revoked_copy(self.store, new.record_id, now)
+                    if withdrawn is None:
+                        PULLED.labels("Consent", OURS_COPY_STATE).inc()
+                        copies_of_ours.append(copy_row)
+                    else:  # stored before (held, or read before ours came): stands no more
+                        kept.append((resource, withdrawn, copy_row))
+                    continue
+            elif all(says_the_same(other, record) for other in seen.setdefault(found, [])):
+                seen[found].append(record)
+                kept.append((resource, new, row))
                 continue
-            others.append(record)
-            kept.append((resource, new, row))
+            placeholder = _unreadable_record(new.record_id, new.patient, SAME_IDENTIFIER)
+            kept.append((resource, placeholder, replace(row, state=SAME_IDENTIFIER_STATE)))
+            self._held_now.add(new.record_id)
+            held += 1
         if held:
             log.warning(
                 "consents sharing an identifier with another that says otherwise held: %d", held
             )
-        return kept
+        return kept, copies_of_ours
 
     def _recheck_versions(self, patients: Mapping[str, str], report: PullReport) -> None:
         """The consents held for :data:`SAME_IDENTIFIER` of the patients whose consents changed
@@ -1077,10 +1114,11 @@ class Puller:
             return
         placeholders = [
             record_id
-            for record_id, patient, identifier in self.store.pulled_consent_identifiers(
+            for record_id, patient, identifier, origin in self.store.consent_identifiers(
                 self.server, concerned
             )
-            if identifier.startswith(UNREADABLE_IDENTIFIER)
+            if origin == self.server
+            and identifier.startswith(UNREADABLE_IDENTIFIER)
             and (patient in deleted or record_id not in held_now)
         ]
         if not placeholders:

@@ -98,22 +98,27 @@ def test_pulled_resources_are_found_by_the_record_made_from_them(store: SqlStore
     }
 
 
-def test_pulled_consent_identifiers_are_those_of_the_server_named(store: SqlStore) -> None:
-    """The identifiers of the consents pulled from the server named and filed under the patients
-    named, newest version; never local ones, those of another server or another patient."""
+def test_consent_identifiers_are_those_taken_in_here_or_pulled_from_the_server_named(
+    store: SqlStore,
+) -> None:
+    """The identifiers of the consents filed under the patients named, newest version, that were
+    taken in here (no origin) or pulled from the server named; never those of another server or
+    another patient."""
     store.put_records([consent(1)], audit=[], at=T0)  # local: no origin
     store.put_remote_records([consent(2)], origin=SERVER, audit=[], at=T0)
     changed = replace(consent(2, status="revoked"), identifier="urn:test:record|2b")
     store.put_remote_records([changed], origin=SERVER, audit=[], at=at(1))
     store.put_remote_records([consent(3, patient="Patient/p2")], origin=SERVER, audit=[], at=T0)
     store.put_remote_records([consent(4, patient="Patient/p3")], origin=SERVER, audit=[], at=T0)
+    store.put_records([consent(6, patient="Patient/p3")], audit=[], at=T0)
     store.put_remote_records([consent(5)], origin="http://old.example.org/fhir", audit=[], at=T0)
-    found = store.pulled_consent_identifiers(SERVER, ["Patient/p1", "Patient/p2", "Patient/p1"])
+    found = store.consent_identifiers(SERVER, ["Patient/p1", "Patient/p2", "Patient/p1"])
     assert found == [
-        ("rec-000002", "Patient/p1", "urn:test:record|2b"),
-        ("rec-000003", "Patient/p2", "urn:test:record|3"),
+        ("rec-000001", "Patient/p1", "urn:test:record|1", None),
+        ("rec-000002", "Patient/p1", "urn:test:record|2b", SERVER),
+        ("rec-000003", "Patient/p2", "urn:test:record|3", SERVER),
     ]
-    assert store.pulled_consent_identifiers(SERVER, []) == []
+    assert store.consent_identifiers(SERVER, []) == []
 
 
 def test_remote_records_make_no_outbox_item_but_count_as_consents(store: SqlStore) -> None:

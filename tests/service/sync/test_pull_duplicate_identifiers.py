@@ -1,7 +1,10 @@
 """Two Consents on the FHIR server (two resource ids) with one business identifier, compared as
 URIs as ``decide`` compares them: the same consent twice is read once; two that say otherwise
 (an older, active version beside the newer, revoked one) hold the patient's records as a consent
-that cannot be read, never let the older permit answer, until the server holds one of them."""
+that cannot be read, never let the older permit answer, until the server holds one of them. A
+foreign copy of a consent of ours (our identifier under another resource id) is compared with
+ours: one that says otherwise holds the same way; one that says the same is not read, so that
+it never answers after our revocation."""
 
 from __future__ import annotations
 
@@ -174,3 +177,93 @@ def test_a_revoked_copy_arriving_by_notification_holds(harness: SyncHarness) -> 
     report = puller(harness).merge("Consent", [revoked])
     assert (report.merged, report.unreadable) == (1, 1)
     assert _rating_held_why(harness, 2, patient) == UNREADABLE
+
+
+NO_CONSENT = "no consent to share with the clinic's EHR"
+
+
+def _our_consent_pushed(harness: SyncHarness, patient: str) -> dict[str, Any]:
+    """Our sharing consent of ``patient``, taken in and pushed: the server's copy."""
+    harness.intake([R.sharing_consent(harness.run, patient)])
+    harness.drain()
+    [on_server] = harness.on_server("Consent", R.consent_id(harness.run, patient))
+    return on_server
+
+
+def _copy_elsewhere(harness: SyncHarness, consent: dict[str, Any]) -> dict[str, Any]:
+    """``consent`` created again on the server under another resource id (someone's import or
+    copy, our business identifier included): the server's copy."""
+    copy = {k: v for k, v in consent.items() if k not in ("id", "meta")}
+    return remote.create(harness.server, harness.server.tagged(copy))
+
+
+def _revoke_ours(harness: SyncHarness, patient: str) -> None:
+    """The patient withdraws our consent here; the revoked version is pushed."""
+    harness.intake([R.revocation(harness.run, patient)])
+    harness.drain()
+
+
+def test_an_active_copy_of_our_revoked_consent_holds_and_never_permits(
+    harness: SyncHarness,
+) -> None:
+    """Our consent revoked here (and pushed as revoked), then its active version created again
+    on the server under another resource id: the copy says otherwise than ours, so the patient's
+    records are held as for an unreadable consent; its permit never answers after our
+    revocation."""
+    patient = known_patient(harness)
+    active = _our_consent_pushed(harness, patient)
+    assert _rating_held_why(harness, 1, patient) is None
+    _revoke_ours(harness, patient)
+    assert _rating_held_why(harness, 2, patient) == NO_CONSENT
+
+    _copy_elsewhere(harness, active)
+    report = puller(harness).pull()
+    assert _rating_held_why(harness, 3, patient) == UNREADABLE
+    assert report.error is None and report.unreadable == 1
+
+
+def test_a_copy_that_says_what_ours_says_is_not_read_and_our_revocation_holds(
+    harness: SyncHarness,
+) -> None:
+    """A copy of our active consent under another resource id says what ours says: not held
+    (our permit answers), and not read as a consent of its own, so that our revocation later
+    holds the patient's records: the copy left active on the server never permits."""
+    patient = known_patient(harness)
+    active = _our_consent_pushed(harness, patient)
+    _copy_elsewhere(harness, active)
+    report = puller(harness).pull()
+    assert _rating_held_why(harness, 1, patient) is None
+    assert (report.error, report.unreadable, report.merged, report.duplicates) == (None, 0, 0, 1)
+
+    _revoke_ours(harness, patient)
+    assert _rating_held_why(harness, 2, patient) == NO_CONSENT
+    puller(harness).pull()
+    assert _rating_held_why(harness, 3, patient) == NO_CONSENT
+
+
+@pytest.mark.parametrize("settled", ["deleted", "made to agree"])
+def test_once_the_copy_of_ours_is_gone_or_agrees_ours_decides(
+    harness: SyncHarness, settled: str
+) -> None:
+    """The active copy of our revoked consent deleted on the server, or edited there to say what
+    ours says (its revoked version): the hold is released and ours decides (no consent)."""
+    patient = known_patient(harness)
+    active = _our_consent_pushed(harness, patient)
+    _revoke_ours(harness, patient)
+    [revoked] = harness.on_server("Consent", R.consent_id(harness.run, patient))
+    copy = _copy_elsewhere(harness, active)
+    puller(harness).pull()
+    assert _rating_held_why(harness, 1, patient) == UNREADABLE
+
+    if settled == "deleted":
+        remote.delete(harness.server, copy)
+        report = puller(harness).pull(full_listing=True)
+        assert (report.error, report.deleted) == (None, 1)
+    else:
+        content = {k: v for k, v in revoked.items() if k not in ("id", "meta")}
+        remote.update(harness.server, copy, **content)
+        report = puller(harness).pull()
+        assert (report.error, report.unreadable) == (None, 0)
+        row = harness.store.pulled(harness.client.base.url, "Consent", [copy["id"]])[copy["id"]]
+        assert row.state == "copy-of-ours"
+    assert _rating_held_why(harness, 2, patient) == NO_CONSENT
