@@ -278,6 +278,9 @@ class Puller:
         self._recheck: set[str] = set()
         #: Consents held for :data:`SAME_IDENTIFIER` by this pass (compared with what it read).
         self._held_now: set[str] = set()
+        #: Patients a new version of whose consent of ours this pass read (our own write): their
+        #: consents held for :data:`SAME_IDENTIFIER` are read again, a copy of ours may agree now.
+        self._ours_read: set[str] = set()
 
     # ------------------------------------------------------------------ patients
 
@@ -349,7 +352,8 @@ class Puller:
         """Read what changed, merge it, re-run the gate for changed patients. ``full_listing``
         forces (True) or skips (False) the listing that notices deletions; None: when due."""
         report = PullReport()
-        self._held_now = set()  # a pass that ended early leaves its own (its deletions stay noted)
+        # A pass that ended early leaves its own marks (its deletions stay noted).
+        self._held_now, self._ours_read = set(), set()
         try:
             patients, new = self.patient_map()
             types = ["Consent"] + (["Observation"] if self.settings.pull_observations else [])
@@ -426,7 +430,7 @@ class Puller:
         """:meth:`merge` of resources that come a page at a time (read as they are merged: one
         page in memory), the patients looked up once."""
         report = PullReport()
-        self._held_now = set()
+        self._held_now, self._ours_read = set(), set()
         patients, _ = self.patient_map()
         # New patient links are left to the next pull, which reads those patients in full.
         for page in pages:
@@ -1102,14 +1106,16 @@ class Puller:
 
     def _recheck_versions(self, patients: Mapping[str, str], report: PullReport) -> None:
         """The consents held for :data:`SAME_IDENTIFIER` of the patients whose consents changed
-        or were deleted in this pass are read again by id and merged again: the other version
-        may be gone or agree now (a deletion of an already withdrawn consent changes nothing
-        here, so its patients are noted apart: ``_recheck``). Those this pass held are read
-        again only after a deletion (it came after them: a listing notices deletions last). One
-        round: what is merged here is compared with what the pass stored."""
-        deleted, held_now = self._recheck, self._held_now
-        self._recheck, self._held_now = set(), set()
-        concerned = sorted(deleted | report.changed_patients)
+        or were deleted in this pass, or a new version of whose consent of ours it read, are
+        read again by id and merged again: the other version may be gone or agree now (a
+        deletion of an already withdrawn consent changes nothing here, so its patients are noted
+        apart: ``_recheck``; ours changes here, not by the pull: ``_ours_read``). Those this
+        pass held are read again only after a deletion (it came after them: a listing notices
+        deletions last). One round: what is merged here is compared with what the pass
+        stored."""
+        deleted, held_now, ours_read = self._recheck, self._held_now, self._ours_read
+        self._recheck, self._held_now, self._ours_read = set(), set(), set()
+        concerned = sorted(deleted | report.changed_patients | ours_read)
         if not concerned:
             return
         placeholders = [
@@ -1162,6 +1168,7 @@ class Puller:
         if last is None or version in sent_versions:
             # Our own write (or one in flight whose send is not recorded yet: a crash between
             # the PUT and mark_sent; the retry writes it again).
+            self._ours_read.add(patient)
             return row("merged")
         # Read the status as written: an edit of the status alone leaves our consent-state
         # extension disagreeing with it, which the mapper (rightly) refuses to read.

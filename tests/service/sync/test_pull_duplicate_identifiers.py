@@ -267,3 +267,30 @@ def test_once_the_copy_of_ours_is_gone_or_agrees_ours_decides(
         row = harness.store.pulled(harness.client.base.url, "Consent", [copy["id"]])[copy["id"]]
         assert row.state == "copy-of-ours"
     assert _rating_held_why(harness, 2, patient) == NO_CONSENT
+
+
+def test_a_copy_held_is_read_again_when_ours_comes_to_agree(harness: SyncHarness) -> None:
+    """A copy of a later version of our consent (one that also lets PSYTHPN through) held beside
+    ours; ours then changed here to that version and pushed: the pass that reads our new version
+    reads the copy held again (no overlap window reads it) and the hold is released."""
+    patient = known_patient(harness)
+    _our_consent_pushed(harness, patient)
+    harness.intake([R.sharing_consent(harness.run, patient, permit_psythpn=True)])
+    harness.drain()
+    [later] = harness.on_server("Consent", R.consent_id(harness.run, patient))
+    harness.intake([R.sharing_consent(harness.run, patient)])
+    harness.drain()
+    _copy_elsewhere(harness, later)
+    puller(harness, pull_overlap_seconds=0.0).pull()
+    # Written later: the pull cursor moves past the copy, so no pass reads it again unasked.
+    other = f"Patient/pull-b-{harness.run}"
+    harness.intake([R.rating(harness.run, 99, other)])
+    remote.create(harness.server, remote.foreign_consent(harness.server, other))
+    puller(harness, pull_overlap_seconds=0.0).pull()
+    assert _rating_held_why(harness, 1, patient) == UNREADABLE
+
+    harness.intake([R.sharing_consent(harness.run, patient, permit_psythpn=True)])
+    harness.drain()
+    report = puller(harness, pull_overlap_seconds=0.0).pull(full_listing=False)
+    assert (report.error, report.unreadable) == (None, 0)
+    assert _rating_held_why(harness, 2, patient) is None
