@@ -23,7 +23,10 @@ Two rules every part of the service shares:
   consents filed under ``Patient/<id>`` and the other way round.
 * **Unreadable means held, never "no consent"**: a stored consent that no longer loads, or that the
   engine refuses to compile, is listed in :attr:`PatientConsents.unreadable`; the gate holds every
-  record of that patient while the list is not empty.
+  record of that patient while the list is not empty. So are two consents posted here whose
+  identifiers are spellings of one (compared as URIs, as ``decide`` compares them:
+  :func:`fhir_alliance.consent.identity.consent_identifier`) and that say otherwise: two versions
+  of one consent, and nothing says which counts (the same consent twice is read once).
 
 Compiled engines are cached per process (bounded LRU) under ``(store, patient,
 store.patient_consents_stamp(patient))``: one read transaction per call (the patient's keys and
@@ -34,6 +37,7 @@ spellings of one identifier share one entry (and processes start afresh after ``
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections import OrderedDict
@@ -44,7 +48,9 @@ from typing import Any
 
 from fhir_alliance.consent import ConsentEngine
 from fhir_alliance.consent.directory import ActorDirectory
+from fhir_alliance.consent.identity import consent_identifier, says_the_same
 from fhir_alliance.errors import FhirAllianceError, InputError, Issue
+from fhir_alliance.mapping._ids import resource_id
 from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
 from fhir_alliance.model.common import Identifier, Ref
 from fhir_alliance.model.consent import ConsentRecord, ConsentRevocation, ConsentStatus
@@ -71,6 +77,8 @@ __all__ = [
     "register_patient_alias",
     "revoke_stored_consent",
 ]
+
+log = logging.getLogger(__name__)
 
 #: In the body of a pulled consent that could not be read and was then deleted on the server
 #: (``sync/pull.py``): skipped.
@@ -125,7 +133,7 @@ def _compiles(record: ConsentRecord) -> bool:
 
 
 def _load(stored: list[StoredRecord]) -> tuple[list[ConsentRecord], list[str]]:
-    readable: list[ConsentRecord] = []
+    readable: list[tuple[str, ConsentRecord]] = []
     unreadable: list[str] = []
     for row in stored:
         if row.body.get(PULLED_DELETED_MARK):
@@ -136,10 +144,45 @@ def _load(stored: list[StoredRecord]) -> tuple[list[ConsentRecord], list[str]]:
             unreadable.append(row.record_id)
             continue
         if isinstance(record, ConsentRecord) and _compiles(record):
-            readable.append(record)
+            readable.append((row.record_id, record))
         else:  # a stored revocation or a consent the engine refuses: never silently dropped
             unreadable.append(row.record_id)
-    return readable, unreadable
+    kept, conflicting = _one_version_each(readable)
+    return kept, unreadable + conflicting
+
+
+def _one_version_each(
+    readable: list[tuple[str, ConsentRecord]],
+) -> tuple[list[ConsentRecord], list[str]]:
+    """``readable`` (record id, consent) with the consents posted here read as ``decide`` reads
+    consents: records whose identifiers are spellings of one (compared as URIs:
+    :func:`consent_identifier`) are one consent. The same consent stored twice is read once; two
+    that say otherwise are two versions of it, and which one counts is not for the loader to
+    guess (an older, active version beside the newer, revoked one let the permit answer): each
+    of them is returned as unreadable (the gate holds). Returns the consents to compile and those
+    record ids. A consent posted here is filed under the record id its identifier gives
+    (``resource_id``); pulled consents are not (``sync/pull.py`` compares them itself, knowing
+    which copies still stand on the server) and are read as they are."""
+    local = [resource_id(record.id) == record_id for record_id, record in readable]
+    keys = [consent_identifier(record.id) for _, record in readable]
+    versions: dict[Identifier, list[ConsentRecord]] = {}
+    for key, is_local, (_, record) in zip(keys, local, readable, strict=True):
+        if is_local:
+            versions.setdefault(key, []).append(record)
+    kept: list[ConsentRecord] = []
+    conflicting: list[str] = []
+    for key, is_local, (record_id, record) in zip(keys, local, readable, strict=True):
+        if not is_local:
+            kept.append(record)
+            continue
+        first, *others = versions[key]
+        if any(not says_the_same(first, other) for other in others):
+            conflicting.append(record_id)
+        elif record is first:  # the same consent stored twice: read once
+            kept.append(record)
+    if conflicting:
+        log.warning("consents stored under one identifier that say otherwise: %d", len(conflicting))
+    return kept, conflicting
 
 
 def _directory(keys: list[str]) -> ActorDirectory | None:

@@ -198,3 +198,33 @@ def test_a_deny_by_document_type_holds_the_session_note(
     else:
         assert results[note.record_id].permitted
     assert results[srs.record_id].permitted
+
+
+def test_a_revoked_version_under_another_spelling_of_the_consent_holds(
+    sync_store: SqlStore,
+) -> None:
+    """An active sharing consent, then its revoked version posted under another spelling of its
+    identifier (the host in upper case): two records of one consent that say otherwise, so a
+    rating is held as for an unreadable consent, never released by the older permit."""
+    run = R.run_token()
+    active = R.sharing_consent(run)
+    intake_records(sync_store, [active], at=now())
+    sync_store.mark_sent(consent_item(sync_store), "gate-test", sent=[], audit=[], at=now())
+    revoked = dict(
+        active,
+        id=active["id"].replace("https://clinic.example.org", "https://CLINIC.example.org"),
+        status="revoked",
+        history=[
+            *active["history"],
+            {
+                "status": "revoked",
+                "at": "2026-11-10T09:00:00+00:00",
+                "by": {"reference": "Patient/p1", "type": "Patient"},
+            },
+        ],
+    )
+    intake_records(sync_store, [revoked], at=now())
+    sync_store.mark_sent(consent_item(sync_store), "gate-test", sent=[], audit=[], at=now())
+    [rating] = intake_records(sync_store, [R.rating(run, 1)], at=now())
+    result = _gate_all(sync_store)[rating.record_id]
+    assert result.hold is HoldReason.CONSENT_UNREADABLE

@@ -1,0 +1,107 @@
+"""One consent, one record, however its identifier is spelt: a revoked version posted under
+another spelling of the consent's identifier (an http(s) host in another case, ``URN:OID:``) is a
+new version of the stored consent, not a second consent beside it. Before, each spelling was a
+record of its own and the older, active version's permit still answered (fail open)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.service.usecases.payloads import EHR, plain_sharing
+
+Headers = dict[str, dict[str, str]]
+AT = "2025-06-01T00:00:00+00:00"
+REVOKED_AT = "2025-05-01T00:00:00+00:00"
+
+
+def _revoked(sharing: dict[str, Any], identifier: str) -> dict[str, Any]:
+    """``sharing``'s next version under ``identifier``: revoked on 2025-05-01 by the patient."""
+    out = dict(sharing, id=identifier, status="revoked")
+    out["history"] = [
+        *sharing["history"],
+        {
+            "status": "revoked",
+            "at": REVOKED_AT,
+            "by": {"reference": "Patient/p1", "type": "Patient"},
+        },
+    ]
+    return out
+
+
+def _decide(client: FlaskClient, headers: Headers) -> Any:
+    return client.get(
+        "/v1/patients/Patient/p1/decision",
+        query_string={"recipient": EHR, "purpose": "TREAT", "at": AT},
+        headers=headers["read"],
+    )
+
+
+#: (the identifier the active consent is posted under, its revoked version's): spellings of one URI.
+SPELLINGS = [
+    pytest.param(
+        "https://clinic.example.org/consents|c-plain-1",
+        "HTTPS://Clinic.Example.ORG/consents|c-plain-1",
+        id="host-case",
+    ),
+    pytest.param(
+        "URN:OID:2.16.840.1.113883.3.9999.7|c-plain-1",
+        "urn:oid:2.16.840.1.113883.3.9999.7|c-plain-1",
+        id="oid-case",
+    ),
+]
+
+
+@pytest.mark.parametrize(("first", "second"), SPELLINGS)
+def test_a_revoked_version_under_another_spelling_never_leaves_the_permit_answering(
+    client: FlaskClient, auth_headers: Headers, first: str, second: str
+) -> None:
+    """An active sharing consent, then its revoked version posted under another spelling of its
+    identifier: the decision is no permit."""
+    sharing = dict(plain_sharing(), id=first)
+    posted = client.post("/v1/consents", json=sharing, headers=auth_headers["write"])
+    assert posted.status_code == 201, posted.json
+    assert _decide(client, auth_headers).json["decision"] == "permit"
+    client.post("/v1/consents", json=_revoked(sharing, second), headers=auth_headers["write"])
+    decided = _decide(client, auth_headers)
+    assert decided.status_code == 200, decided.json
+    assert decided.json["decision"] != "permit", decided.json
+
+
+def test_both_versions_are_named_unreadable_until_they_agree(
+    client: FlaskClient, auth_headers: Headers
+) -> None:
+    """The two records of the consent count as unreadable consents (deny); posting the revoked
+    version under the first spelling too makes them agree, and the revocation decides."""
+    first, second = SPELLINGS[0].values
+    sharing = dict(plain_sharing(), id=first)
+    client.post("/v1/consents", json=sharing, headers=auth_headers["write"])
+    client.post("/v1/consents", json=_revoked(sharing, second), headers=auth_headers["write"])
+    held = _decide(client, auth_headers).json
+    assert (held["decision"], held["unreadable_consents"]) == ("deny", 2)
+    agreed = client.post(
+        "/v1/consents", json=_revoked(sharing, first), headers=auth_headers["write"]
+    )
+    assert agreed.status_code in (200, 201), agreed.json
+    settled = _decide(client, auth_headers).json
+    assert (settled["decision"], settled["unreadable_consents"]) == ("no-consent", 0)
+
+
+def test_the_same_consent_under_two_spellings_is_read_once(
+    client: FlaskClient, auth_headers: Headers
+) -> None:
+    """The same consent posted under two spellings of its identifier permits, and the basis names
+    it once."""
+    first, second = SPELLINGS[0].values
+    sharing = dict(plain_sharing(), id=first)
+    for identifier in (first, second):
+        posted = client.post(
+            "/v1/consents", json=dict(sharing, id=identifier), headers=auth_headers["write"]
+        )
+        assert posted.status_code in (200, 201), posted.json
+    decided = _decide(client, auth_headers).json
+    assert (decided["decision"], decided["unreadable_consents"]) == ("permit", 0)
+    assert len(decided["basis"]) == 1
+    assert decided["basis"][0]["consent"] in (first, second)
