@@ -23,12 +23,13 @@ import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from fhir_alliance.consent.identity import consent_identifier
 from fhir_alliance.errors import InputError, Issue, MappingError
 from fhir_alliance.mapping._ids import resource_id
 from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
@@ -173,6 +174,56 @@ def _consents(
         return [], _tidy(exc.issues)
 
 
+def _posted_spellings(store: Store, patient: str) -> dict[Identifier, Identifier]:
+    """The consents posted here of ``patient`` (under every key of the patient): each one's
+    identifier in the form identifiers are compared in → the identifier as it was posted. A
+    consent posted here is filed under the record id of its identifier as posted; a pulled one
+    is not, and is left out."""
+    found: dict[Identifier, Identifier] = {}
+    for key in store.patient_keys(patient):
+        for row in store.consents_for_patient(key):
+            try:
+                identifier = Identifier.parse(row.identifier)
+            except InputError:
+                continue
+            if resource_id(identifier) == row.record_id:
+                found.setdefault(consent_identifier(identifier), identifier)
+    return found
+
+
+def _as_first_posted(store: Store, consents: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``consents`` with each identifier that is another spelling (compared as URIs:
+    :func:`consent_identifier`) of a consent's identifier as first posted, to the store or
+    earlier in the batch, replaced by that one: a new version of that consent's record, never a
+    second record beside it (an older, active version beside the newer, revoked one let the
+    permit answer). A consent stored under the identifier as given stays as it is (record ids
+    are derived from the identifier as posted, and were always; they do not change). The
+    stored consents of a patient are read only for a consent that is not stored as given."""
+    records = [r for _, r in consents if isinstance(r, ConsentRecord)]
+    if not records:
+        return consents
+    stored = store.get_records([resource_id(r.id) for r in records])
+    first_posted: dict[Identifier, Identifier] = {}
+    posted_of: dict[str, dict[Identifier, Identifier]] = {}
+    out: list[tuple[str, Any]] = []
+    for label, record in consents:
+        if not isinstance(record, ConsentRecord):
+            out.append((label, record))
+            continue
+        key = consent_identifier(record.id)
+        if key not in first_posted:
+            if resource_id(record.id) in stored:
+                first_posted[key] = record.id
+            else:
+                patient = patient_key(record.patient)
+                if patient not in posted_of:
+                    posted_of[patient] = _posted_spellings(store, patient)
+                first_posted[key] = posted_of[patient].get(key, record.id)
+        spelling = first_posted[key]
+        out.append((label, record if spelling == record.id else replace(record, id=spelling)))
+    return out
+
+
 def _history_kept(stored: StoredRecord, record: ConsentRecord, label: str) -> list[Issue]:
     """A consent's lifecycle is append-only: a new version must keep every recorded change."""
     try:
@@ -257,6 +308,7 @@ def _intake_once(
     issues += more
     consents, more = _consents(store, by_family[FAMILY_CONSENT])
     issues += more
+    consents = _as_first_posted(store, consents)
     # An AI-drafted note needs the client's recording/AI-notes consent (usecases/notes.py).
     notes = by_family[FAMILY_NOTE]
     issues += ai_drafting_issues(

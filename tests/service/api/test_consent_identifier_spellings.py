@@ -70,25 +70,6 @@ def test_a_revoked_version_under_another_spelling_never_leaves_the_permit_answer
     assert decided.json["decision"] != "permit", decided.json
 
 
-def test_both_versions_are_named_unreadable_until_they_agree(
-    client: FlaskClient, auth_headers: Headers
-) -> None:
-    """The two records of the consent count as unreadable consents (deny); posting the revoked
-    version under the first spelling too makes them agree, and the revocation decides."""
-    first, second = SPELLINGS[0].values
-    sharing = dict(plain_sharing(), id=first)
-    client.post("/v1/consents", json=sharing, headers=auth_headers["write"])
-    client.post("/v1/consents", json=_revoked(sharing, second), headers=auth_headers["write"])
-    held = _decide(client, auth_headers).json
-    assert (held["decision"], held["unreadable_consents"]) == ("deny", 2)
-    agreed = client.post(
-        "/v1/consents", json=_revoked(sharing, first), headers=auth_headers["write"]
-    )
-    assert agreed.status_code in (200, 201), agreed.json
-    settled = _decide(client, auth_headers).json
-    assert (settled["decision"], settled["unreadable_consents"]) == ("no-consent", 0)
-
-
 def test_the_same_consent_under_two_spellings_is_read_once(
     client: FlaskClient, auth_headers: Headers
 ) -> None:
@@ -105,3 +86,37 @@ def test_the_same_consent_under_two_spellings_is_read_once(
     assert (decided["decision"], decided["unreadable_consents"]) == ("permit", 0)
     assert len(decided["basis"]) == 1
     assert decided["basis"][0]["consent"] in (first, second)
+
+
+@pytest.mark.parametrize(("first", "second"), SPELLINGS)
+def test_a_version_under_another_spelling_is_a_new_version_of_the_stored_consent(
+    client: FlaskClient, auth_headers: Headers, first: str, second: str
+) -> None:
+    """The revoked version posted under another spelling of the identifier is version 2 of the
+    consent's record, kept under the spelling it was first posted with: the revocation decides."""
+    sharing = dict(plain_sharing(), id=first)
+    posted = client.post("/v1/consents", json=sharing, headers=auth_headers["write"])
+    revoked = client.post(
+        "/v1/consents", json=_revoked(sharing, second), headers=auth_headers["write"]
+    )
+    assert revoked.status_code == 201, revoked.json
+    [record] = revoked.json["records"]
+    assert (record["id"], record["version"]) == (posted.json["records"][0]["id"], 2)
+    assert record["identifier"] == first
+    decided = _decide(client, auth_headers).json
+    assert (decided["decision"], decided["unreadable_consents"]) == ("no-consent", 0)
+
+
+def test_two_spellings_of_one_identifier_in_one_batch_are_refused(
+    client: FlaskClient, auth_headers: Headers
+) -> None:
+    """One batch holding a consent under two spellings of its identifier is one record twice:
+    refused at the second one's id, nothing stored."""
+    first, second = SPELLINGS[0].values
+    sharing = dict(plain_sharing(), id=first)
+    response = client.post(
+        "/v1/consents", json=[sharing, _revoked(sharing, second)], headers=auth_headers["write"]
+    )
+    assert response.status_code == 422, response.json
+    assert [i["expression"] for i in response.json["issue"]] == [["1.id"]]
+    assert _decide(client, auth_headers).json["decision"] == "no-consent"

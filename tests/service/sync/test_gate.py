@@ -200,12 +200,12 @@ def test_a_deny_by_document_type_holds_the_session_note(
     assert results[srs.record_id].permitted
 
 
-def test_a_revoked_version_under_another_spelling_of_the_consent_holds(
+def test_a_revoked_version_under_another_spelling_of_the_consent_never_permits(
     sync_store: SqlStore,
 ) -> None:
     """An active sharing consent, then its revoked version posted under another spelling of its
-    identifier (the host in upper case): two records of one consent that say otherwise, so a
-    rating is held as for an unreadable consent, never released by the older permit."""
+    identifier (the host in upper case): the revoked version is a new version of the consent's
+    record, so a rating is held for want of a consent, never released by the older permit."""
     run = R.run_token()
     active = R.sharing_consent(run)
     intake_records(sync_store, [active], at=now())
@@ -227,4 +227,4 @@ def test_a_revoked_version_under_another_spelling_of_the_consent_holds(
     sync_store.mark_sent(consent_item(sync_store), "gate-test", sent=[], audit=[], at=now())
     [rating] = intake_records(sync_store, [R.rating(run, 1)], at=now())
     result = _gate_all(sync_store)[rating.record_id]
-    assert result.hold is HoldReason.CONSENT_UNREADABLE
+    assert result.hold is HoldReason.NO_CONSENT

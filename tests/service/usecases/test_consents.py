@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from fhir_alliance_service.store import SqlStore, open_store, upgrade
 from fhir_alliance_service.store.interface import NewRecord
 from fhir_alliance_service.usecases.consents import engine_for_patient, patient_key
 from fhir_alliance_service.usecases.intake import content_hash, intake_records
 
+from fhir_alliance.mapping._ids import resource_id
+from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
 from fhir_alliance.model.common import Identifier, Ref
+from tests.service.api.test_consent_identifier_spellings import _revoked
 from tests.service.usecases.payloads import plain_restriction, plain_sharing
 
 AT = datetime(2026, 12, 1, tzinfo=UTC)
@@ -81,3 +85,40 @@ def test_unreadable_consents_are_listed_not_dropped(store: SqlStore) -> None:
     found = engine_for_patient(store, "Patient/p1")
     assert found.unreadable == (record.record_id,)
     assert len(found.records) == 1
+
+
+def _posted_before(body: dict[str, Any]) -> NewRecord:
+    """``body`` as intake filed it before a consent's spellings were one record: under the
+    record id of its identifier as posted."""
+    dumped = CONSENT_MAPPER.dump(CONSENT_MAPPER.load(body))
+    return NewRecord(
+        record_id=resource_id(Identifier.parse(body["id"])),
+        identifier=body["id"],
+        kind="consent",
+        family="consent",
+        patient="Patient/p1",
+        body=dumped,
+        content_hash=content_hash(dumped),
+    )
+
+
+def test_two_versions_stored_under_two_spellings_are_unreadable_until_they_agree(
+    store: SqlStore,
+) -> None:
+    """An active consent and its revoked version, stored before as two records under two
+    spellings of one identifier: both are unreadable and nothing is compiled (the gate holds).
+    The revoked version posted under the first spelling too makes them say the same: read once,
+    nothing unreadable."""
+    first = "https://clinic.example.org/consents|c-plain-1"
+    second = "HTTPS://Clinic.Example.ORG/consents|c-plain-1"
+    sharing = dict(plain_sharing(), id=first)
+    stored = [_posted_before(sharing), _posted_before(_revoked(sharing, second))]
+    store.put_records(stored, audit=[], at=AT)
+    held = engine_for_patient(store, "Patient/p1")
+    assert held.unreadable == tuple(sorted(r.record_id for r in stored))
+    assert held.records == ()
+    [result] = intake_records(store, [_revoked(sharing, first)], at=AT)
+    assert (result.record_id, result.version) == (stored[0].record_id, 2)
+    settled = engine_for_patient(store, "Patient/p1")
+    assert settled.unreadable == ()
+    assert [r.status.value for r in settled.records] == ["revoked"]
