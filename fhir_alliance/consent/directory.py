@@ -123,8 +123,10 @@ class ActorDirectory:
         ``Type/id`` and by its Bundle entry's ``fullUrl``. Resources of other FHIR R4 or R5 types
         are passed over; a ``resourceType`` that misspells a type read here, is no FHIR resource
         type (``Practitoner``) or is no string (a number, null, none) is a :class:`MappingError`
-        at its path. Without ``base``, the base is learned from ``fullUrl``s ending in
-        ``Type/id``, when they all name the same one."""
+        at its path; so is a Bundle's ``entry`` that is no array, an entry that is no object and
+        an entry's ``resource`` that is no object (an entry without one, a request or a
+        response, is passed over). Without ``base``, the base is learned from ``fullUrl``s
+        ending in ``Type/id``, when they all name the same one."""
         entries: list[tuple[str, list[Identifier]]] = []
         bases: set[str] = set()
         for index, resource in enumerate(resources):
@@ -214,16 +216,27 @@ def _collect(
                 "not a FHIR resource type of R4 or R5", element=f"{path}.resourceType"
             )
     if resource_type == "Bundle":
-        for n, entry in enumerate(resource.get("entry") or ()):
-            if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping):
-                url = entry.get("fullUrl")
-                _collect(
-                    entry["resource"],
-                    url if isinstance(url, str) else None,
-                    f"{path}.entry[{n}].resource",
-                    out,
-                    bases,
+        entries = resource.get("entry")
+        if entries is None:
+            return
+        if not isinstance(entries, list):  # an object's keys, a string's letters: no entries
+            raise MappingError("expected an array", element=f"{path}.entry")
+        for n, entry in enumerate(entries):
+            # Passed over, an entry or resource that is no object could have been an actor.
+            if not isinstance(entry, Mapping):
+                raise MappingError(
+                    "expected a Bundle entry (JSON object)", element=f"{path}.entry[{n}]"
                 )
+            if entry.get("resource") is None:  # a request or response entry without a resource
+                continue
+            url = entry.get("fullUrl")
+            _collect(
+                entry["resource"],
+                url if isinstance(url, str) else None,
+                f"{path}.entry[{n}].resource",
+                out,
+                bases,
+            )
         return
     if resource_type not in ACTOR_RESOURCE_TYPES:
         return

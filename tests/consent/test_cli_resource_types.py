@@ -280,6 +280,45 @@ def test_actor_directory_refuses_a_resource_type_that_is_no_string(value: object
     assert caught.value.element == "[0].entry[4].resource.resourceType"
 
 
+@pytest.mark.parametrize("value", [7, "Practitioner/t1", None, ["entry"], True])
+def test_actor_directory_refuses_a_bundle_entry_that_is_no_object(value: object) -> None:
+    """``ActorDirectory.from_resources`` refuses a Bundle entry that is not an object, at its path,
+    as ``decide`` does. Before, it was passed over: an actor so written was lost without a word."""
+    bundle = _bundle()
+    bundle["entry"][4] = value
+    with pytest.raises(MappingError, match="expected a Bundle entry") as caught:
+        ActorDirectory.from_resources([_bundle(), bundle])
+    assert caught.value.element == "[1].entry[4]"
+
+
+@pytest.mark.parametrize("value", [7, "Practitioner/t1", ["Practitioner"], False])
+def test_actor_directory_refuses_an_entry_resource_that_is_no_object(value: object) -> None:
+    """A Bundle entry whose ``resource`` is not an object is refused at the resource's path, as
+    ``decide`` does (in a Bundle inside a Bundle too); an entry without a resource (a request or
+    a response) is still passed over."""
+    bundle = _bundle()
+    bundle["entry"][4]["resource"] = value
+    with pytest.raises(MappingError, match="expected a FHIR resource") as caught:
+        ActorDirectory.from_resources([bundle])
+    assert caught.value.element == "[0].entry[4].resource"
+    outer = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": bundle}]}
+    with pytest.raises(MappingError) as caught:
+        ActorDirectory.from_resources([outer])
+    assert caught.value.element == "[0].entry[0].resource.entry[4].resource"
+    del bundle["entry"][4]["resource"]
+    ActorDirectory.from_resources([bundle])
+
+
+def test_actor_directory_refuses_bundle_entries_that_are_no_array() -> None:
+    """A Bundle whose ``entry`` is not an array is refused at it, as ``decide`` does: before, an
+    object's keys (or a string's letters) were read as entries and all passed over."""
+    bundle = _bundle()
+    bundle["entry"] = bundle["entry"][4]
+    with pytest.raises(MappingError, match="expected an array") as caught:
+        ActorDirectory.from_resources([bundle])
+    assert caught.value.element == "[0].entry"
+
+
 def test_actor_directory_still_passes_over_other_fhir_types() -> None:
     """Resources of a FHIR type that is no actor (a Consent, a Provenance, R4's
     MedicinalProduct, R5's ActorDefinition) are still passed over; the actors beside them
