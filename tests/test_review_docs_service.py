@@ -459,6 +459,37 @@ def test_every_service_command_is_in_the_commands_table() -> None:
     assert not missing, f"service commands missing from docs/service.md's Commands: {missing}"
 
 
+def _command_rows(section: str) -> list[tuple[str, str]]:
+    """(the command a row documents, the row) for each row of a table whose first cell starts
+    with ``fhir-alliance NAME`` (``db upgrade`` for a nested one)."""
+    rows: list[tuple[str, str]] = []
+    for line in section.splitlines():
+        match = re.match(r"\| `fhir-alliance ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?", line)
+        if match is not None:
+            rows.append((" ".join(w for w in match.groups() if w), line))
+    return rows
+
+
+def test_each_command_has_one_row_in_the_commands_table() -> None:
+    """docs/service.md's Commands table documents each command in one row: two rows of one
+    command (``pull`` and ``subscribe`` had two, which said different things) leave a reader to
+    guess which is true."""
+    rows = _command_rows(_section(SERVICE_DOC.read_text(encoding="utf-8"), "Commands"))
+    names = [name for name, _ in rows]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    assert not repeated, f"commands with more than one row in docs/service.md: {repeated}"
+
+
+def test_the_subscribe_row_asks_for_a_notify_key() -> None:
+    """The key ``subscribe --key-env`` stores in the Subscription needs scope ``notify`` (what
+    ``subscribe`` itself advises; ``write`` and ``admin`` include it); the row never asks for
+    scope ``write``, a key that could also post consents."""
+    rows = _command_rows(_section(SERVICE_DOC.read_text(encoding="utf-8"), "Commands"))
+    [row] = [row for name, row in rows if name == "subscribe"]
+    assert "API key of scope `notify`" in row
+    assert "scope `write`" not in row
+
+
 def test_the_service_readme_names_every_service_command() -> None:
     """service/README.md lists the subcommands the service adds: all of them (``db``'s own
     subcommands one by one), each in backquotes."""
