@@ -914,7 +914,7 @@ class Worker:
         self._check_landings(batch.version, record_id=item.record_id)
         if self._record_if_ours(entry, current, report):
             return  # our own write whose answer was lost (a crash, a timeout): not a conflict
-        entry = self._settle_lost_overwrite(entry, current)
+        entry = self._settle_lost_overwrite(entry, current, written_over=policy == "overwrite")
         ours = self._our_versions(entry, current, batch)
         if ours is not None:
             # Our own later write (an older version of this record whose send outlasted its
@@ -1001,7 +1001,11 @@ class Worker:
             CONFLICTS.labels(outcome).inc()
 
     def _settle_lost_overwrite(
-        self, entry: _Ready, current: Sequence[Mapping[str, Any] | None]
+        self,
+        entry: _Ready,
+        current: Sequence[Mapping[str, Any] | None],
+        *,
+        written_over: bool,
     ) -> _Ready:
         """The retry's 412 of an item whose overwrite's answer was lost (``OutboxItem.
         lost_overwrite``) read what the server holds now (``current``), and it is not ours: that
@@ -1010,7 +1014,14 @@ class Worker:
         replaced someone's edit, so its conflict AuditEvent is recorded, at the overwrite's
         time, with the outcome ``overwrite-landing-unknown``; either way it is no longer kept
         (``Store.settle_lost_overwrite``, under the lease, once), before the policy settles
-        what the server holds now as a conflict of its own. ``entry`` without it."""
+        what the server holds now as a conflict of its own. ``entry`` without it.
+
+        Those versions still there show only that it has not landed *yet* while a slow server
+        may still be writing it (``_may_still_land``: within a lease of the overwrite, the time
+        read-backs wait). Unless the policy writes ours over them now (``written_over``: an
+        overwrite again, noted and audited with its own send), nothing of ours would follow,
+        and an overwrite the server applied after this read would reach it unaudited: its
+        AuditEvent is then recorded ``overwrite-landing-unknown`` too."""
         item = entry.item
         kept = item.lost_overwrite
         if kept is None:
@@ -1019,7 +1030,9 @@ class Worker:
             (str(mine["resourceType"]), str(mine["id"])): theirs
             for mine, theirs in zip(entry.resources, current, strict=True)
         }
-        unknown = not _never_landed(item.lost_overwrite_against, found)
+        unknown = not _never_landed(item.lost_overwrite_against, found) or (
+            not written_over and self._may_still_land(kept)
+        )
         audit_entries = [_landing_unknown_event(kept)] if unknown else []
         if self.store.settle_lost_overwrite(item.item_id, self.worker_id, audit=audit_entries):
             log.warning(
@@ -1028,6 +1041,12 @@ class Worker:
                 "audited, landing unknown" if unknown else "it never landed",
             )
         return replace(entry, item=replace(item, lost_overwrite=None, lost_overwrite_against=()))
+
+    def _may_still_land(self, kept: AuditEntry) -> bool:
+        """Whether a lost overwrite (its conflict AuditEvent ``kept``, at the overwrite's time)
+        may still be applied by a slow server: less than a lease has passed since (the wait a
+        read-back of a lost send makes before it is due, ``_fail``)."""
+        return self.clock() < kept.at + timedelta(seconds=self.settings.lease_seconds)
 
     def _read_or_gone(self, resource: Mapping[str, Any]) -> dict[str, Any] | None:
         """The server's copy of ``resource`` (read back after a 412), None when it is not there

@@ -10,6 +10,7 @@ gave up, while reads answer 503."""
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,11 +25,12 @@ from fhir_alliance_service.sync.leases import LeaseLedger
 from pytest_httpserver import HTTPServer
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
+from werkzeug import Response
 
 from fhir_alliance.client import BundleRequest, FhirClient
 from tests.service.sync import records as R
 from tests.service.sync.conftest import QUICK_RETRY, decide_flagged, now, sync_settings
-from tests.service.sync.fake_fhir import FakeFhir, status
+from tests.service.sync.fake_fhir import FakeFhir, Fault, status
 from tests.service.sync.test_landing_unknown import FailsFirstRecording, Killed, _answer_lost
 from tests.service.sync.test_superseded_in_hand import Rig as InHandRig
 from tests.service.sync.test_superseded_in_hand import sent_consent
@@ -327,6 +329,52 @@ def test_a_lost_overwrite_changed_again_before_its_retry_is_audited_landing_unkn
     assert _overwritten() == before + (policy == "overwrite")
     assert _kept_overwrite(rig, record_id, 2) is None
     assert (rig.fake.resources[key]["status"] == "corrected") is (policy != "overwrite")
+    rig.worker(later=200, policy=policy).run_once()
+    assert rig.conflict_events(record_id) == ["overwrite-landing-unknown", settled]
+    assert rig.store.landing_unknown_count() == 0
+
+
+def _held_back(rig: Rig, held: list[dict[str, Any]]) -> Fault:
+    """The overwrite's Bundle reaches a slow server, which has not applied it yet (``held``
+    keeps it, for the test to apply later) when its answer is lost; reads answer 503."""
+
+    def fault(bundle: dict[str, Any]) -> Response:
+        held.append(copy.deepcopy(bundle))
+        rig.fake.read_status = 503
+        time.sleep(0.45)
+        return Response("{}", status=200, content_type="application/fhir+json")
+
+    return fault
+
+
+@pytest.mark.parametrize("policy", ["keep-remote", "flag"])
+def test_a_lost_overwrite_applied_after_its_retrys_412_is_audited_landing_unknown(
+    rig: Rig, policy: str
+) -> None:
+    """The overwrite's answer is lost (its read-back at once fails) while the server has not yet
+    applied it; the retry comes within a lease, under a worker whose policy writes nothing
+    (``keep-remote`` or ``flag``: the setting changed, or another worker's), and its 412 finds
+    the server still holding the version the overwrite was written over. The server then
+    applies the overwrite: our content is there. That 412 could not tell whether it would land,
+    so the overwrite's conflict AuditEvent is recorded ``overwrite-landing-unknown`` (it used to
+    be dropped as one that never landed: our write reached the server and the audit trail said
+    nothing of it), once, with no disclosure claimed; the policy's own conflict follows."""
+    record_id, key = _edited_elsewhere(rig)
+    held: list[dict[str, Any]] = []
+    rig.fake.faults = [_passes, _held_back(rig, held)]
+    rig.worker().run_once()
+    rig.fake.read_status = None
+    assert len(held) == 1 and rig.store.landing_unknown_count() == 1
+    assert rig.fake.resources[key]["status"] == "amended"  # theirs, still
+    disclosed = rig.actions(record_id).count("disclose")
+
+    rig.worker(later=10, policy=policy).run_once()  # the retry's 412: theirs still there
+    rig.fake.apply(held[0])  # the slow server applies the overwrite now
+    assert rig.fake.resources[key]["status"] != "amended"  # ours reached the server
+    settled = {"keep-remote": "kept-remote", "flag": "flagged"}[policy]
+    assert rig.conflict_events(record_id) == ["overwrite-landing-unknown", settled]
+    assert _conflict_times(rig, record_id)[0] < now() + timedelta(seconds=10)
+    assert rig.actions(record_id).count("disclose") == disclosed
     rig.worker(later=200, policy=policy).run_once()
     assert rig.conflict_events(record_id) == ["overwrite-landing-unknown", settled]
     assert rig.store.landing_unknown_count() == 0
