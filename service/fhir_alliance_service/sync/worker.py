@@ -911,7 +911,9 @@ class Worker:
         # with its conflict AuditEvent; then ours below), and a lost overwrite not found is
         # audited as one that may have landed, unless the server still holds what it was
         # written over.
-        self._check_landings(batch.version, record_id=item.record_id)
+        self._check_landings(
+            batch.version, record_id=item.record_id, written_over=policy == "overwrite"
+        )
         if self._record_if_ours(entry, current, report):
             return  # our own write whose answer was lost (a crash, a timeout): not a conflict
         entry = self._settle_lost_overwrite(entry, current, written_over=policy == "overwrite")
@@ -1127,7 +1129,9 @@ class Worker:
 
     # ------------------------------------------------------------------ landing unknown
 
-    def _check_landings(self, version: str, *, record_id: str | None = None) -> None:
+    def _check_landings(
+        self, version: str, *, record_id: str | None = None, written_over: bool = False
+    ) -> None:
         """Read back the sends whose answer was lost, of items noted *landing unknown* that
         nothing will send again now (superseded, held or dead-lettered; ``Store.
         claim_landing_checks``, under a lease, so that workers sharing the store read each once;
@@ -1144,7 +1148,9 @@ class Worker:
         its own send): the note is dropped and nothing is recorded, but for a lost overwrite
         that may have landed and been changed since (the server no longer holds every version
         it was written over): its conflict AuditEvent is recorded with the drop, outcome
-        ``overwrite-landing-unknown`` (``_landing_check``).
+        ``overwrite-landing-unknown`` (``_landing_check``; also when the server still holds
+        them but may still be writing it, unless ``written_over``: the 412 calling it writes
+        ours over them).
         An item whose read-back fails, whatever the reason (its record does not map now, the
         mapping crashes, the server's answer cannot be read), stays noted and is read back
         again after a wait as long as it has waited (``_recheck_at``: the waits double, from a
@@ -1173,7 +1179,7 @@ class Worker:
         later: dict[int, datetime] = {}
         for n, item in enumerate(items):
             try:
-                mark = self._landing_check(item, version)
+                mark = self._landing_check(item, version, written_over=written_over)
             except Exception as exc:  # one item's failure never stops the others
                 if is_store_outage(exc):
                     raise
@@ -1277,21 +1283,28 @@ class Worker:
             self.store.record_landing_checks([], [], at=self.clock(), later=recheck)
         return recorded
 
-    def _landing_check(self, item: OutboxItem, version: str) -> SentMark | AuditEntry | None:
+    def _landing_check(
+        self, item: OutboxItem, version: str, *, written_over: bool = False
+    ) -> SentMark | AuditEntry | None:
         """Read ``item``'s resources back (``_check_landings``): what recording it SENT takes
         when a form it was sent in is on the server and ours, else None; the overwrite it was,
         with its conflict, when its lost send was one (``OutboxItem.lost_overwrite``). A lost
         overwrite not found (or found written by another item) may have landed and been
         changed since: its conflict AuditEvent as recorded then (outcome
         ``overwrite-landing-unknown``), unless the server still holds every version it was
-        written over (``_never_landed``: it never landed; None). Raises whatever the mapping or
+        written over (``_never_landed``: it never landed; None) and either no server may still
+        be writing it (``_may_still_land``: a read a 412 makes early, before the item is due)
+        or ours is written over them now (``written_over``). Raises whatever the mapping or
         the reads raise."""
         forms = sendable_forms(item, store=self.store, version=version)
         current = self._read_back(forms)
         sent = self._landed_form(forms, current)
         if sent is None or self._written_by_another_item(item, sent):
             kept = item.lost_overwrite
-            if kept is None or _never_landed(item.lost_overwrite_against, current):
+            if kept is None or (
+                _never_landed(item.lost_overwrite_against, current)
+                and (written_over or not self._may_still_land(kept))
+            ):
                 return None
             return _landing_unknown_event(kept)
         return self._sent_mark(item, sent, self.clock(), overwrite=item.lost_overwrite)

@@ -334,11 +334,13 @@ def test_a_lost_overwrite_changed_again_before_its_retry_is_audited_landing_unkn
     assert rig.store.landing_unknown_count() == 0
 
 
-def _held_back(rig: Rig, held: list[dict[str, Any]]) -> Fault:
+def _held_back(rig: Rig, held: list[dict[str, Any]], *meanwhile: dict[str, Any]) -> Fault:
     """The overwrite's Bundle reaches a slow server, which has not applied it yet (``held``
-    keeps it, for the test to apply later) when its answer is lost; reads answer 503."""
+    keeps it, for the test to apply later) when its answer is lost; reads answer 503.
+    ``meanwhile`` is taken in while it is on its way."""
 
     def fault(bundle: dict[str, Any]) -> Response:
+        rig.intake(*meanwhile)
         held.append(copy.deepcopy(bundle))
         rig.fake.read_status = 503
         time.sleep(0.45)
@@ -347,21 +349,25 @@ def _held_back(rig: Rig, held: list[dict[str, Any]]) -> Fault:
     return fault
 
 
+@pytest.mark.parametrize("retry", ["retried", "superseded"])
 @pytest.mark.parametrize("policy", ["keep-remote", "flag"])
 def test_a_lost_overwrite_applied_after_its_retrys_412_is_audited_landing_unknown(
-    rig: Rig, policy: str
+    rig: Rig, policy: str, retry: str
 ) -> None:
     """The overwrite's answer is lost (its read-back at once fails) while the server has not yet
-    applied it; the retry comes within a lease, under a worker whose policy writes nothing
-    (``keep-remote`` or ``flag``: the setting changed, or another worker's), and its 412 finds
-    the server still holding the version the overwrite was written over. The server then
-    applies the overwrite: our content is there. That 412 could not tell whether it would land,
-    so the overwrite's conflict AuditEvent is recorded ``overwrite-landing-unknown`` (it used to
-    be dropped as one that never landed: our write reached the server and the audit trail said
-    nothing of it), once, with no disclosure claimed; the policy's own conflict follows."""
+    applied it; within a lease, under a worker whose policy writes nothing (``keep-remote`` or
+    ``flag``: the setting changed, or another worker's), its retry, or version 3 taken in
+    meanwhile (``superseded``: its 412 reads version 2's item back, not due yet), meets a 412
+    and finds the server still holding the version the overwrite was written over. The server
+    then applies the overwrite: our content is there. That 412 could not tell whether it would
+    land, so the overwrite's conflict AuditEvent is recorded ``overwrite-landing-unknown`` (it
+    used to be dropped as one that never landed: our write reached the server and the audit
+    trail said nothing of it), once, with no disclosure claimed; the policy's own conflict
+    follows."""
     record_id, key = _edited_elsewhere(rig)
     held: list[dict[str, Any]] = []
-    rig.fake.faults = [_passes, _held_back(rig, held)]
+    newer = [R.rating(rig.run, 1, value=1)] if retry == "superseded" else []
+    rig.fake.faults = [_passes, _held_back(rig, held, *newer)]
     rig.worker().run_once()
     rig.fake.read_status = None
     assert len(held) == 1 and rig.store.landing_unknown_count() == 1
