@@ -689,10 +689,17 @@ class Worker:
             batch.recordings.append(self._recorder.submit(record))
 
     def _record_sent(
-        self, sends: list[tuple[_Ready, list[EntryOutcome]]], report: BatchReport
+        self,
+        sends: list[tuple[_Ready, list[EntryOutcome]]],
+        report: BatchReport,
+        *,
+        disclosed: bool = True,
     ) -> None:
         """Record a Bundle's items as sent, in one store transaction (``mark_sent_many``); those
-        whose lease was lost meanwhile all the same (``mark_sent_late``): they landed."""
+        whose lease was lost meanwhile all the same (``mark_sent_late``): they landed. Not
+        ``disclosed``: the server's versions are a write another item of the record is recorded
+        (and audited) for, so no disclosure AuditEvent or Provenance of their own
+        (``_sent_mark``)."""
         at = self.clock()
         marks: list[SentMark] = []
         for entry, outcomes in sends:
@@ -712,7 +719,14 @@ class Worker:
                 if o.status == 201
             }
             marks.append(
-                self._sent_mark(entry.item, sent, at, overwrite=entry.overwrite, created=created)
+                self._sent_mark(
+                    entry.item,
+                    sent,
+                    at,
+                    overwrite=entry.overwrite,
+                    created=created,
+                    disclosed=disclosed,
+                )
             )
         landed = self.store.mark_sent_many(self.worker_id, marks, at=at)
         for mark, recorded in zip(marks, landed, strict=True):
@@ -744,11 +758,16 @@ class Worker:
         *,
         overwrite: AuditEntry | None = None,
         created: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
+        disclosed: bool = True,
     ) -> SentMark:
         """What recording ``item`` sent takes: the server's versions ``sent``, the disclosure
         AuditEvent and a Provenance per resource (queued for the server with ``push_audit``).
         For an overwrite, also ``conflict: overwritten`` and its conflict AuditEvent
-        (``overwrite``; kept locally like every two-way sync event, never pushed)."""
+        (``overwrite``; kept locally like every two-way sync event, never pushed). Not
+        ``disclosed`` (a plain send found to be another item's recorded write): the versions
+        alone, as one write is one disclosure."""
+        if not disclosed and overwrite is None:
+            return SentMark(item.item_id, sent, [])
         for resource in sent:
             SENDS.labels(resource.resource_type).inc()
         entries = [
@@ -1085,7 +1104,14 @@ class Worker:
             for n, (mine, theirs) in enumerate(zip(entry.resources, found, strict=True))
         ]
         overwrite = entry.overwrite or entry.item.lost_overwrite
-        self._record_sent([(replace(entry, overwrite=overwrite), answers)], report)
+        # The server's versions may be a write another item of the record is recorded for
+        # already (its read-back just now, ``_check_landings``: an older version of the same
+        # content whose answer was lost): one write, one disclosure, already audited.
+        written = [SentResource(a.resource_type or "", a.id or "", a.version_id) for a in answers]
+        disclosed = overwrite is not None or not self._written_by_another_item(entry.item, written)
+        self._record_sent(
+            [(replace(entry, overwrite=overwrite), answers)], report, disclosed=disclosed
+        )
         return True
 
     def _landed_after_all(self, entry: _Ready, report: BatchReport) -> bool:

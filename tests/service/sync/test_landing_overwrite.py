@@ -657,3 +657,50 @@ def test_an_overwrite_whose_lease_is_lost_before_its_note_is_not_sent(rig: Rig) 
     assert rig.fake.resources[key]["status"] == "amended"
     assert _kept_overwrite(rig, record_id, 2) is None
     assert rig.conflict_events(record_id) == []
+
+
+def test_one_write_found_by_a_newer_version_of_identical_content_is_one_disclosure(
+    rig: Rig,
+) -> None:
+    """Version 2 of a rating lands, its answer is lost and the read-back fails; versions 3 and
+    4 are taken in meanwhile, 4 with version 2's content again. Version 4 goes out If-Match our
+    last recorded version and meets a 412 against version 2's write. That one write is one
+    disclosure: version 2 is recorded SENT with its AuditEvent and Provenance, and version 4,
+    whose content the server holds already, is recorded SENT at that same server version
+    without a second disclosure (it used to be audited again: two disclosures and two
+    Provenances for one server version)."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    assert rig.worker().run_once().sent == 1
+    rig.intake(R.rating(rig.run, 1, value=5))
+    lost = _answer_lost(rig, R.rating(rig.run, 1, value=1), applied=True, reads_down=True)
+
+    def answer_lost(bundle: dict[str, Any]) -> Response:
+        answer = lost(bundle)  # version 3 taken in, version 2 applied, the answer late
+        rig.intake(R.rating(rig.run, 1, value=5))  # version 4: version 2's content again
+        return answer
+
+    rig.fake.faults = [answer_lost]
+    rig.worker().run_once()
+    rig.fake.read_status = None
+    assert rig.items(record_id) == {
+        1: SyncState.SENT,
+        2: SyncState.SUPERSEDED,
+        3: SyncState.SUPERSEDED,
+        4: SyncState.QUEUED,
+    }
+    disclosed = rig.actions(record_id).count("disclose")
+    attested = rig.actions(record_id).count("provenance")
+    [key] = [k for k in rig.fake.resources if k.startswith("Observation/")]
+    assert rig.fake.writes[key] == 2
+
+    rig.worker(later=10).run_once()
+    assert rig.items(record_id)[2] is SyncState.SENT
+    assert rig.items(record_id)[4] is SyncState.SENT
+    assert rig.fake.writes[key] == 2  # nothing written again
+    assert rig.actions(record_id).count("disclose") == disclosed + 1
+    assert rig.actions(record_id).count("provenance") == attested + 1
+    last = rig.store.last_sent(record_id)
+    assert last is not None and (last.record_version, last.sent[0].version_id) == (4, "2")
+    assert rig.store.landing_unknown_count() == 0
+    rig.worker(later=200).run_once()
+    assert rig.actions(record_id).count("disclose") == disclosed + 1
