@@ -2291,6 +2291,29 @@ class SqlStore(AuditQueueSql):
                     found[row.record_id] = _pulled(row)
         return found
 
+    def pulled_states_of_records(self, record_ids: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self._read() as connection:
+            for chunk in _chunks(list(dict.fromkeys(record_ids))):
+                rows = connection.execute(
+                    select(pulled_resources.c.record_id, pulled_resources.c.state)
+                    .join(
+                        record_heads,
+                        and_(
+                            record_heads.c.record_id == pulled_resources.c.record_id,
+                            record_heads.c.origin == pulled_resources.c.server,
+                        ),
+                    )
+                    .where(
+                        pulled_resources.c.resource_type == "Consent",
+                        pulled_resources.c.record_id.in_(chunk),
+                    )
+                    .order_by(pulled_resources.c.updated_at, pulled_resources.c.resource_id)
+                )
+                for row in rows:
+                    found[row.record_id] = row.state
+        return found
+
     def save_pulled(self, resources: Sequence[PulledResource], *, at: datetime) -> None:
         if not resources:
             return

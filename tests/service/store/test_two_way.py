@@ -98,6 +98,29 @@ def test_pulled_resources_are_found_by_the_record_made_from_them(store: SqlStore
     }
 
 
+def test_pulled_states_are_those_of_the_server_each_record_was_pulled_from(
+    store: SqlStore,
+) -> None:
+    """A pulled record's state is that of the pulled row of the server its newest version came
+    from (the one saved last when two); a record taken in here (a row of ours names it) and one
+    no row of its server names are missing."""
+    store.put_records([consent(1)], audit=[], at=T0)  # local: no origin
+    store.put_remote_records([consent(n) for n in (2, 3, 4)], origin=SERVER, audit=[], at=T0)
+    ids = {n: consent(n).record_id for n in (1, 2, 3, 4)}
+    other = "http://other.example.org/fhir"
+    store.save_pulled(
+        [
+            replace(_pulled("a", "1"), record_id=ids[1], origin="ours"),
+            replace(_pulled("b", "1"), record_id=ids[2]),
+            replace(_pulled("c", "1"), server=other, record_id=ids[3], state="deleted"),
+        ],
+        at=T0,
+    )
+    store.save_pulled([replace(_pulled("b2", "1"), record_id=ids[2], state="deleted")], at=at(1))
+    found = store.pulled_states_of_records([ids[n] for n in (1, 2, 3, 4)] + ["r-x"])
+    assert found == {ids[2]: "deleted"}
+
+
 def test_consent_identifiers_are_those_taken_in_here_or_pulled_from_the_server_named(
     store: SqlStore,
 ) -> None:
