@@ -96,7 +96,11 @@ from fhir_alliance_service.store.interface import (
 )
 from fhir_alliance_service.store.ordering import RemoteOrder, parse_instant, remote_order
 from fhir_alliance_service.sync.history import HistoryEntry, history_entries
-from fhir_alliance_service.usecases.consents import PULLED_DELETED_MARK, canonical_patient_key
+from fhir_alliance_service.usecases.consents import (
+    PULLED_DELETED_MARK,
+    PULLED_GONE_STATES,
+    canonical_patient_key,
+)
 from fhir_alliance_service.usecases.intake import content_hash, intake_records
 
 __all__ = [
@@ -163,8 +167,9 @@ SAME_IDENTIFIER_STATE = "same-identifier"
 #: otherwise is held for :data:`SAME_IDENTIFIER`.
 OURS_COPY_STATE = "copy-of-ours"
 #: States of a pulled row whose Consent does not stand on the server as a consent of its patient
-#: (deleted, moved to a patient not ours, a copy of ours).
-_GONE_STATES = frozenset({"deleted", "ignored", OURS_COPY_STATE})
+#: (deleted, moved to a patient not ours, a copy of ours); the consent loader reads them too.
+_GONE_STATES = PULLED_GONE_STATES
+assert OURS_COPY_STATE in _GONE_STATES
 #: Unreadable consents are stored with this body: loading it fails, so the gate holds.
 UNREADABLE_KIND = "consent"
 #: The start of an unreadable consent's stored identifier (its record id follows).

@@ -26,7 +26,9 @@ Two rules every part of the service shares:
   record of that patient while the list is not empty. So are two consents posted here whose
   identifiers are spellings of one (compared as URIs, as ``decide`` compares them:
   :func:`fhir_alliance.consent.identity.consent_identifier`) and that say otherwise: two versions
-  of one consent, and nothing says which counts (the same consent twice is read once).
+  of one consent, and nothing says which counts (the same consent twice is read once). So are a
+  consent posted here and one pulled from the FHIR server with one identifier that say otherwise,
+  while the pulled one's copy stands on the server (two pulled ones are the pull's to compare).
 
 Compiled engines are cached per process (bounded LRU) under ``(store, patient,
 store.patient_consents_stamp(patient))``: one read transaction per call (the patient's keys and
@@ -84,6 +86,11 @@ log = logging.getLogger(__name__)
 #: (``sync/pull.py``): skipped.
 PULLED_DELETED_MARK = "pulled_deleted"
 
+#: States of a pulled row (``sync/pull.py``) whose Consent no longer stands on the server as a
+#: consent of its patient: deleted there, moved to a patient not ours (``ignored``), a copy of a
+#: consent of ours (``copy-of-ours``). The record kept for it is no version of a consent.
+PULLED_GONE_STATES = frozenset({"deleted", "ignored", "copy-of-ours"})
+
 #: How many compiled patient engines one process keeps (least recently used go first).
 ENGINE_CACHE_SIZE = 4096
 
@@ -132,7 +139,7 @@ def _compiles(record: ConsentRecord) -> bool:
     return True
 
 
-def _load(stored: list[StoredRecord]) -> tuple[list[ConsentRecord], list[str]]:
+def _load(store: Store, stored: list[StoredRecord]) -> tuple[list[ConsentRecord], list[str]]:
     readable: list[tuple[str, ConsentRecord]] = []
     unreadable: list[str] = []
     for row in stored:
@@ -147,12 +154,12 @@ def _load(stored: list[StoredRecord]) -> tuple[list[ConsentRecord], list[str]]:
             readable.append((row.record_id, record))
         else:  # a stored revocation or a consent the engine refuses: never silently dropped
             unreadable.append(row.record_id)
-    kept, conflicting = _one_version_each(readable)
+    kept, conflicting = _one_version_each(store, readable)
     return kept, unreadable + conflicting
 
 
 def _one_version_each(
-    readable: list[tuple[str, ConsentRecord]],
+    store: Store, readable: list[tuple[str, ConsentRecord]]
 ) -> tuple[list[ConsentRecord], list[str]]:
     """``readable`` (record id, consent) with the consents posted here read as ``decide`` reads
     consents: records whose identifiers are spellings of one (compared as URIs:
@@ -160,25 +167,52 @@ def _one_version_each(
     that say otherwise are two versions of it, and which one counts is not for the loader to
     guess (an older, active version beside the newer, revoked one let the permit answer): each
     of them is returned as unreadable (the gate holds). Returns the consents to compile and those
-    record ids. A consent posted here is filed under the record id its identifier gives
-    (``resource_id``); pulled consents are not (``sync/pull.py`` compares them itself, knowing
-    which copies still stand on the server) and are read as they are."""
+    record ids.
+
+    A consent posted here is filed under the record id its identifier gives (``resource_id``);
+    pulled consents are not. Two pulled ones are left to ``sync/pull.py``, which compares them
+    knowing which copies still stand on the server, and are read as they are. A pulled one with
+    the identifier of one posted here is compared with it: the same consent is read once (the
+    one posted here); one that says otherwise is another version (the EHR's active consent
+    pulled, its revoked version posted by the clinic's app), and both are unreadable while the
+    pulled copy stands on the server. The pull's own revoked copy of a consent deleted there (or
+    moved to a patient not ours, or a copy of one of ours: :data:`PULLED_GONE_STATES`) is no
+    version of it and is read as it is. Only such a pair costs a query (the pulled rows' states,
+    for those records alone)."""
     local = [resource_id(record.id) == record_id for record_id, record in readable]
     keys = [consent_identifier(record.id) for _, record in readable]
     versions: dict[Identifier, list[ConsentRecord]] = {}
     for key, is_local, (_, record) in zip(keys, local, readable, strict=True):
         if is_local:
             versions.setdefault(key, []).append(record)
+    # Pulled consents with the identifier of one posted here that say otherwise than it: the
+    # pulled rows' states tell whether their copies still stand on the server.
+    differing = [
+        record_id
+        for key, is_local, (record_id, record) in zip(keys, local, readable, strict=True)
+        if not is_local and key in versions and not says_the_same(versions[key][0], record)
+    ]
+    gone: set[str] = set()
+    if differing:
+        states = store.pulled_states_of_records(differing)
+        gone = {r for r in differing if states.get(r) in PULLED_GONE_STATES}
+    standing = set(differing) - gone
+    conflicted = {
+        key for key, (record_id, _) in zip(keys, readable, strict=True) if record_id in standing
+    }
     kept: list[ConsentRecord] = []
     conflicting: list[str] = []
     for key, is_local, (record_id, record) in zip(keys, local, readable, strict=True):
-        if not is_local:
-            kept.append(record)
+        if not is_local and (key not in versions or record_id in gone):
+            kept.append(record)  # left to the pull; or no version on the server any more
             continue
         first, *others = versions[key]
-        if any(not says_the_same(first, other) for other in others):
-            conflicting.append(record_id)
-        elif record is first:  # the same consent stored twice: read once
+        if key in conflicted or any(not says_the_same(first, other) for other in others):
+            if is_local or record_id in standing:
+                conflicting.append(record_id)
+            else:  # pulled, says what the first one posted here says: held by the others
+                kept.append(record)
+        elif record is first:  # the same consent stored twice, here or pulled: read once
             kept.append(record)
     if conflicting:
         log.warning("consents stored under one identifier that say otherwise: %d", len(conflicting))
@@ -206,7 +240,8 @@ def load_patient_consents(
     """Load and compile ``patient``'s consents now (under every key of the patient), without the
     cache."""
     keys = store.patient_keys(patient) if keys is None else keys
-    readable, unreadable = _load([row for key in keys for row in store.consents_for_patient(key)])
+    stored = [row for key in keys for row in store.consents_for_patient(key)]
+    readable, unreadable = _load(store, stored)
     return PatientConsents(
         patient=patient,
         stamp=stamp,

@@ -5,16 +5,21 @@ record of its own and the older, active version's permit still answered (fail op
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from fhir_alliance_service.store.interface import NewRecord, PulledResource, Store
+from fhir_alliance_service.usecases.intake import content_hash
 from flask.testing import FlaskClient
 
+from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
 from tests.service.usecases.payloads import EHR, plain_sharing
 
 Headers = dict[str, dict[str, str]]
 AT = "2025-06-01T00:00:00+00:00"
 REVOKED_AT = "2025-05-01T00:00:00+00:00"
+PULLED_AT = datetime(2025, 4, 1, tzinfo=UTC)
 
 
 def _revoked(sharing: dict[str, Any], identifier: str) -> dict[str, Any]:
@@ -29,6 +34,39 @@ def _revoked(sharing: dict[str, Any], identifier: str) -> dict[str, Any]:
         },
     ]
     return out
+
+
+SERVER = "https://ehr.example.org/fhir"
+
+
+def _pulled(store: Store, body: dict[str, Any], state: str | None) -> str:
+    """``body`` stored as a consent pulled from :data:`SERVER` (filed under a record id of the
+    pull's, not its identifier's), its pulled row in ``state`` (None: no row); its record id."""
+    dumped = CONSENT_MAPPER.dump(CONSENT_MAPPER.load(body))
+    record = NewRecord(
+        record_id="pulled-consent-1",
+        identifier=body["id"],
+        kind="consent",
+        family="consent",
+        patient="Patient/p1",
+        body=dumped,
+        content_hash=content_hash(dumped),
+    )
+    store.put_remote_records([record], origin=SERVER, audit=[], at=PULLED_AT)
+    if state is not None:
+        row = PulledResource(
+            server=SERVER,
+            resource_type="Consent",
+            resource_id="c1",
+            version_id="1",
+            last_updated="2026-11-01T09:00:00.000Z",
+            patient="Patient/p1",
+            record_id=record.record_id,
+            origin="foreign",
+            state=state,
+        )
+        store.save_pulled([row], at=PULLED_AT)
+    return record.record_id
 
 
 def _decide(client: FlaskClient, headers: Headers) -> Any:
@@ -120,3 +158,22 @@ def test_two_spellings_of_one_identifier_in_one_batch_are_refused(
     assert response.status_code == 422, response.json
     assert [i["expression"] for i in response.json["issue"]] == [["1.id"]]
     assert _decide(client, auth_headers).json["decision"] == "no-consent"
+
+
+@pytest.mark.parametrize(("first", "second"), SPELLINGS)
+def test_a_revoked_version_posted_of_a_pulled_consent_never_leaves_its_permit_answering(
+    client: FlaskClient, auth_headers: Headers, store: Store, first: str, second: str
+) -> None:
+    """The EHR's active sharing consent pulled (stored as the pull stores it, its copy standing
+    on the server), then its revoked version posted here: two versions of one consent, both
+    unreadable, the decision is no permit. The same consent posted as it is permits."""
+    sharing = dict(plain_sharing(), id=first)
+    _pulled(store, sharing, "merged")
+    assert _decide(client, auth_headers).json["decision"] == "permit"
+    posted = client.post(
+        "/v1/consents", json=_revoked(sharing, second), headers=auth_headers["write"]
+    )
+    assert posted.status_code == 201, posted.json
+    decided = _decide(client, auth_headers)
+    assert decided.status_code == 200, decided.json
+    assert (decided.json["decision"], decided.json["unreadable_consents"]) == ("deny", 2)

@@ -294,3 +294,86 @@ def test_a_copy_held_is_read_again_when_ours_comes_to_agree(harness: SyncHarness
     report = puller(harness, pull_overlap_seconds=0.0).pull(full_listing=False)
     assert (report.error, report.unreadable) == (None, 0)
     assert _rating_held_why(harness, 2, patient) is None
+
+
+def _pulled_consent_body(harness: SyncHarness, patient: str) -> dict[str, Any]:
+    """The one consent of ``patient`` stored here (pulled), in our JSON form."""
+    [stored] = harness.store.consents_for_patient(patient)
+    return dict(stored.body)
+
+
+def _revoked_version(body: dict[str, Any], patient: str) -> dict[str, Any]:
+    """``body``'s next version: revoked by the patient."""
+    revoked = dict(body, status="revoked")
+    at = "2026-11-25T12:00:00+00:00"
+    by = {"reference": patient, "type": "Patient"}
+    revoked["history"] = [*body.get("history", []), {"status": "revoked", "at": at, "by": by}]
+    return revoked
+
+
+@pytest.mark.parametrize("system", ["urn:oid:1.2.3.4", "URN:OID:1.2.3.4"])
+def test_a_revoked_version_posted_here_of_a_pulled_consent_holds_and_never_permits(
+    harness: SyncHarness, system: str
+) -> None:
+    """The EHR's sharing consent pulled (it permits), then the clinic's app posts its revoked
+    version (one identifier, compared as URIs) through the API: the pulled copy still stands on
+    the server and says otherwise, so the patient's records are held as for an unreadable
+    consent; its permit never answers after the revocation."""
+    patient = known_patient(harness)
+    remote.create(harness.server, _with_identifier(harness, patient, "urn:oid:1.2.3.4"))
+    assert puller(harness).pull().merged == 1
+    assert _rating_held_why(harness, 1, patient) is None
+
+    revoked = _revoked_version(_pulled_consent_body(harness, patient), patient)
+    revoked["id"] = f"{system}|consent-{harness.run}"
+    harness.intake([revoked])
+    assert _rating_held_why(harness, 2, patient) == UNREADABLE
+    report = puller(harness).pull()
+    assert report.error is None
+    assert _rating_held_why(harness, 3, patient) == UNREADABLE
+
+
+def test_a_pulled_consent_posted_here_as_it_is_is_read_once(harness: SyncHarness) -> None:
+    """The pulled consent posted here unchanged (the app keeps its own copy): one consent, its
+    permit answers."""
+    patient = known_patient(harness)
+    remote.create(harness.server, _with_identifier(harness, patient, "urn:oid:1.2.3.4"))
+    puller(harness).pull()
+    harness.intake([_pulled_consent_body(harness, patient)])
+    assert _rating_held_why(harness, 1, patient) is None
+
+
+def test_once_the_pulled_copy_is_deleted_the_version_posted_here_decides(
+    harness: SyncHarness,
+) -> None:
+    """The EHR deletes its active copy: the pull's own revoked copy of it stands on no server,
+    so the revoked version posted here decides alone (no consent), never held for good."""
+    patient = known_patient(harness)
+    active = remote.create(harness.server, _with_identifier(harness, patient, "urn:oid:1.2.3.4"))
+    puller(harness).pull()
+    harness.intake([_revoked_version(_pulled_consent_body(harness, patient), patient)])
+    assert _rating_held_why(harness, 1, patient) == UNREADABLE
+
+    remote.delete(harness.server, active)
+    report = puller(harness).pull(full_listing=True)
+    assert (report.error, report.deleted) == (None, 1)
+    assert _rating_held_why(harness, 2, patient) == NO_CONSENT
+
+
+def test_a_pulled_active_version_of_a_consent_revoked_here_holds(harness: SyncHarness) -> None:
+    """The other order: the revoked version posted here first (never active here), then the
+    EHR's active version pulled (one identifier spelt another way, another resource id): held,
+    never a permit (the pull compares it with the consent taken in here)."""
+    patient = known_patient(harness)
+    harness.intake([_revoked_version(R.sharing_consent(harness.run, patient), patient)])
+    harness.drain()
+    assert _rating_held_why(harness, 1, patient) == NO_CONSENT
+
+    system, value = R.consent_id(harness.run, patient).split("|")
+    active = remote.foreign_consent(harness.server, patient)
+    spelt = system.replace("clinic.example.org", "Clinic.Example.ORG")
+    active["identifier"] = [{"system": spelt, "value": value}]
+    remote.create(harness.server, active)
+    report = puller(harness).pull()
+    assert report.error is None and report.unreadable == 1
+    assert _rating_held_why(harness, 2, patient) == UNREADABLE

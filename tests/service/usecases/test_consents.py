@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fhir_alliance_service.store import SqlStore, open_store, upgrade
 from fhir_alliance_service.store.interface import NewRecord
 from fhir_alliance_service.usecases.consents import engine_for_patient, patient_key
@@ -14,7 +15,7 @@ from fhir_alliance_service.usecases.intake import content_hash, intake_records
 from fhir_alliance.mapping._ids import resource_id
 from fhir_alliance.mapping.consent import MAPPER as CONSENT_MAPPER
 from fhir_alliance.model.common import Identifier, Ref
-from tests.service.api.test_consent_identifier_spellings import _revoked
+from tests.service.api.test_consent_identifier_spellings import _pulled, _revoked
 from tests.service.usecases.payloads import plain_restriction, plain_sharing
 
 AT = datetime(2026, 12, 1, tzinfo=UTC)
@@ -122,3 +123,48 @@ def test_two_versions_stored_under_two_spellings_are_unreadable_until_they_agree
     settled = engine_for_patient(store, "Patient/p1")
     assert settled.unreadable == ()
     assert [r.status.value for r in settled.records] == ["revoked"]
+
+
+@pytest.mark.parametrize("state", ["merged", "same-identifier", None])
+def test_a_pulled_version_of_a_consent_posted_here_holds_while_it_stands(
+    store: SqlStore, state: str | None
+) -> None:
+    """The EHR's active consent pulled, its revoked version posted here (one identifier,
+    spelt another way): two versions, both unreadable while the pulled copy stands on the server
+    (no row saying it does not: held too), nothing compiled."""
+    first = "https://clinic.example.org/consents|c-plain-1"
+    second = "HTTPS://Clinic.Example.ORG/consents|c-plain-1"
+    sharing = dict(plain_sharing(), id=first)
+    pulled = _pulled(store, sharing, state)
+    [posted] = intake_records(store, [_revoked(sharing, second)], at=AT)
+    held = engine_for_patient(store, "Patient/p1")
+    assert held.unreadable == tuple(sorted([pulled, posted.record_id]))
+    assert held.records == ()
+
+
+@pytest.mark.parametrize("state", ["deleted", "ignored", "copy-of-ours"])
+def test_a_pulled_copy_gone_from_the_server_is_no_version_of_a_consent_posted_here(
+    store: SqlStore, state: str
+) -> None:
+    """The pull's own revoked copy of a consent deleted on the server (or moved away, or a copy
+    of ours) beside an active version posted here: read as they are, the posted one decides."""
+    first = "https://clinic.example.org/consents|c-plain-1"
+    sharing = dict(plain_sharing(), id=first)
+    _pulled(store, _revoked(sharing, first), state)
+    intake_records(store, [sharing], at=AT)
+    found = engine_for_patient(store, "Patient/p1")
+    assert found.unreadable == ()
+    assert sorted(r.status.value for r in found.records) == ["active", "revoked"]
+
+
+def test_a_pulled_consent_posted_here_as_it_is_is_read_once(store: SqlStore) -> None:
+    """The pulled consent posted here unchanged (under another spelling): one consent, read
+    once, nothing unreadable."""
+    sharing = dict(plain_sharing(), id="https://clinic.example.org/consents|c-plain-1")
+    _pulled(store, sharing, "merged")
+    intake_records(
+        store, [dict(sharing, id="HTTPS://clinic.example.org/consents|c-plain-1")], at=AT
+    )
+    found = engine_for_patient(store, "Patient/p1")
+    assert found.unreadable == ()
+    assert [r.status.value for r in found.records] == ["active"]
