@@ -28,7 +28,10 @@ Two rules every part of the service shares:
   :func:`fhir_alliance.consent.identity.consent_identifier`) and that say otherwise: two versions
   of one consent, and nothing says which counts (the same consent twice is read once). So are a
   consent posted here and one pulled from the FHIR server with one identifier that say otherwise,
-  while the pulled one's copy stands on the server (two pulled ones are the pull's to compare).
+  while the pulled one's copy stands on the server; and two pulled ones with one identifier that
+  say otherwise while both copies stand (the pull compares what it reads, but not pairs merged
+  before it compared identifiers, nor those filed under two keys of one patient), unless none of
+  them is active (none can permit).
 
 Compiled engines are cached per process (bounded LRU) under ``(store, patient,
 store.patient_consents_stamp(patient))``: one read transaction per call (the patient's keys and
@@ -161,59 +164,74 @@ def _load(store: Store, stored: list[StoredRecord]) -> tuple[list[ConsentRecord]
 def _one_version_each(
     store: Store, readable: list[tuple[str, ConsentRecord]]
 ) -> tuple[list[ConsentRecord], list[str]]:
-    """``readable`` (record id, consent) with the consents posted here read as ``decide`` reads
-    consents: records whose identifiers are spellings of one (compared as URIs:
-    :func:`consent_identifier`) are one consent. The same consent stored twice is read once; two
-    that say otherwise are two versions of it, and which one counts is not for the loader to
-    guess (an older, active version beside the newer, revoked one let the permit answer): each
-    of them is returned as unreadable (the gate holds). Returns the consents to compile and those
-    record ids.
+    """``readable`` (record id, consent) read as ``decide`` reads consents: records whose
+    identifiers are spellings of one (compared as URIs: :func:`consent_identifier`) are one
+    consent. The same consent stored twice is read once; two that say otherwise are two versions
+    of it, and which one counts is not for the loader to guess (an older, active version beside
+    the newer, revoked one let the permit answer): each of them is returned as unreadable (the
+    gate holds). Returns the consents to compile and those record ids.
 
     A consent posted here is filed under the record id its identifier gives (``resource_id``);
-    pulled consents are not. Two pulled ones are left to ``sync/pull.py``, which compares them
-    knowing which copies still stand on the server, and are read as they are. A pulled one with
-    the identifier of one posted here is compared with it: the same consent is read once (the
-    one posted here); one that says otherwise is another version (the EHR's active consent
-    pulled, its revoked version posted by the clinic's app), and both are unreadable while the
-    pulled copy stands on the server. The pull's own revoked copy of a consent deleted there (or
-    moved to a patient not ours, or a copy of one of ours: :data:`PULLED_GONE_STATES`) is no
-    version of it and is read as it is. Only such a pair costs a query (the pulled rows' states,
-    for those records alone)."""
+    pulled consents are not. Pulled ones are versions only while their copies stand on the
+    server they came from: the pull's own revoked copy of a consent deleted there (or moved to a
+    patient not ours, or a copy of one of ours: :data:`PULLED_GONE_STATES`) is no version of it
+    and is read as it is. A pulled one with the identifier of one posted here is compared with
+    it: the same consent is read once (the one posted here); one that says otherwise (the EHR's
+    active consent pulled, its revoked version posted by the clinic's app) makes both unreadable
+    while its copy stands. Two pulled ones with one identifier are the pull's to compare when it
+    reads them (it stores the second as a placeholder that holds), but two may stand side by
+    side all the same: merged before the pull compared identifiers, or filed under two keys of
+    one patient (the pull compares under the key a consent is filed under). The same consent is
+    then read once; two that say otherwise are both unreadable while both copies stand, unless
+    none of them is active (withdrawn here by the pull, as those pulled under an old base URL
+    are: none can permit, and no pull reads them again to settle it). Only such a pair costs a
+    query (the pulled rows' states, for those records alone)."""
     local = [resource_id(record.id) == record_id for record_id, record in readable]
     keys = [consent_identifier(record.id) for _, record in readable]
-    versions: dict[Identifier, list[ConsentRecord]] = {}
-    for key, is_local, (_, record) in zip(keys, local, readable, strict=True):
-        if is_local:
-            versions.setdefault(key, []).append(record)
-    # Pulled consents with the identifier of one posted here that say otherwise than it: the
-    # pulled rows' states tell whether their copies still stand on the server.
-    differing = [
-        record_id
-        for key, is_local, (record_id, record) in zip(keys, local, readable, strict=True)
-        if not is_local and key in versions and not says_the_same(versions[key][0], record)
-    ]
-    gone: set[str] = set()
-    if differing:
-        states = store.pulled_states_of_records(differing)
-        gone = {r for r in differing if states.get(r) in PULLED_GONE_STATES}
-    standing = set(differing) - gone
-    conflicted = {
-        key for key, (record_id, _) in zip(keys, readable, strict=True) if record_id in standing
-    }
-    kept: list[ConsentRecord] = []
-    conflicting: list[str] = []
-    for key, is_local, (record_id, record) in zip(keys, local, readable, strict=True):
-        if not is_local and (key not in versions or record_id in gone):
-            kept.append(record)  # left to the pull; or no version on the server any more
+    posted: dict[Identifier, list[int]] = {}
+    pulled: dict[Identifier, list[int]] = {}
+    for n, (key, is_local) in enumerate(zip(keys, local, strict=True)):
+        (posted if is_local else pulled).setdefault(key, []).append(n)
+
+    def same(a: int, b: int) -> bool:
+        return says_the_same(readable[a][1], readable[b][1])
+
+    # Pulled copies whose pulled rows' states tell whether they still stand on the server: those
+    # that say otherwise than the first consent posted here with their identifier; with none
+    # posted here, every copy of an identifier whose pulled copies say otherwise than each other.
+    asked: list[int] = []
+    for key, copies in pulled.items():
+        if key in posted:
+            asked.extend(n for n in copies if not same(posted[key][0], n))
+        elif any(not same(copies[0], n) for n in copies[1:]):
+            asked.extend(copies)
+    gone: set[int] = set()
+    if asked:
+        states = store.pulled_states_of_records([readable[n][0] for n in asked])
+        gone = {n for n in asked if states.get(readable[n][0]) in PULLED_GONE_STATES}
+    read: set[int] = set(gone)  # no version on the server any more: read as they are
+    held: set[int] = set()
+    for key in dict.fromkeys(keys):
+        mine = posted.get(key, [])
+        theirs = [n for n in pulled.get(key, []) if n not in gone]
+        if mine:
+            differing = [n for n in theirs if n in asked]
+            if differing or any(not same(mine[0], n) for n in mine[1:]):
+                held.update(mine, differing)
+                # pulled, says what the first one posted here says: held by the others
+                read.update(n for n in theirs if n not in asked)
+            else:  # the same consent stored twice, here or pulled: read once
+                read.add(mine[0])
+        elif not theirs:
             continue
-        first, *others = versions[key]
-        if key in conflicted or any(not says_the_same(first, other) for other in others):
-            if is_local or record_id in standing:
-                conflicting.append(record_id)
-            else:  # pulled, says what the first one posted here says: held by the others
-                kept.append(record)
-        elif record is first:  # the same consent stored twice, here or pulled: read once
-            kept.append(record)
+        elif all(same(theirs[0], n) for n in theirs[1:]):
+            read.add(theirs[0])  # one pulled copy, or the same consent pulled twice: read once
+        elif any(readable[n][1].status is ConsentStatus.ACTIVE for n in theirs):
+            held.update(theirs)
+        else:  # none in force: none can permit
+            read.update(theirs)
+    kept = [record for n, (_, record) in enumerate(readable) if n in read]
+    conflicting = [readable[n][0] for n in sorted(held)]
     if conflicting:
         log.warning("consents stored under one identifier that say otherwise: %d", len(conflicting))
     return kept, conflicting

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fhir_alliance_service.store.interface import NewRecord, PulledResource, Store
+from fhir_alliance_service.sync.pull import foreign_record_id
 from fhir_alliance_service.usecases.intake import content_hash
 from flask.testing import FlaskClient
 
@@ -39,16 +40,24 @@ def _revoked(sharing: dict[str, Any], identifier: str) -> dict[str, Any]:
 SERVER = "https://ehr.example.org/fhir"
 
 
-def _pulled(store: Store, body: dict[str, Any], state: str | None) -> str:
-    """``body`` stored as a consent pulled from :data:`SERVER` (filed under a record id of the
-    pull's, not its identifier's), its pulled row in ``state`` (None: no row); its record id."""
+def _pulled(
+    store: Store,
+    body: dict[str, Any],
+    state: str | None,
+    *,
+    resource: str = "c1",
+    patient: str = "Patient/p1",
+) -> str:
+    """``body`` stored as the pull stores Consent ``resource`` of :data:`SERVER` (filed under
+    ``patient`` and the record id the pull gives it, not its identifier's), its pulled row in
+    ``state`` (None: no row); its record id."""
     dumped = CONSENT_MAPPER.dump(CONSENT_MAPPER.load(body))
     record = NewRecord(
-        record_id="pulled-consent-1",
+        record_id=foreign_record_id(SERVER, resource),
         identifier=body["id"],
         kind="consent",
         family="consent",
-        patient="Patient/p1",
+        patient=patient,
         body=dumped,
         content_hash=content_hash(dumped),
     )
@@ -57,10 +66,10 @@ def _pulled(store: Store, body: dict[str, Any], state: str | None) -> str:
         row = PulledResource(
             server=SERVER,
             resource_type="Consent",
-            resource_id="c1",
+            resource_id=resource,
             version_id="1",
             last_updated="2026-11-01T09:00:00.000Z",
-            patient="Patient/p1",
+            patient=patient,
             record_id=record.record_id,
             origin="foreign",
             state=state,
@@ -174,6 +183,22 @@ def test_a_revoked_version_posted_of_a_pulled_consent_never_leaves_its_permit_an
         "/v1/consents", json=_revoked(sharing, second), headers=auth_headers["write"]
     )
     assert posted.status_code == 201, posted.json
+    decided = _decide(client, auth_headers)
+    assert decided.status_code == 200, decided.json
+    assert (decided.json["decision"], decided.json["unreadable_consents"]) == ("deny", 2)
+
+
+@pytest.mark.parametrize(("first", "second"), SPELLINGS)
+def test_two_pulled_versions_of_one_consent_never_leave_the_permit_answering(
+    client: FlaskClient, auth_headers: Headers, store: Store, first: str, second: str
+) -> None:
+    """The EHR's active sharing consent and its revoked version, both pulled (stored as the pull
+    stores them, both copies standing on the server): two versions of one consent, both
+    unreadable, the decision is no permit."""
+    sharing = dict(plain_sharing(), id=first)
+    _pulled(store, sharing, "merged")
+    assert _decide(client, auth_headers).json["decision"] == "permit"
+    _pulled(store, _revoked(sharing, second), "merged", resource="c2")
     decided = _decide(client, auth_headers)
     assert decided.status_code == 200, decided.json
     assert (decided.json["decision"], decided.json["unreadable_consents"]) == ("deny", 2)

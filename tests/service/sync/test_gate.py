@@ -12,6 +12,7 @@ from fhir_alliance_service.store.interface import SentResource
 from fhir_alliance_service.sync.gate import HoldReason, gate_item, ref_for_key
 from fhir_alliance_service.usecases.intake import intake_records
 
+from tests.service.api.test_consent_identifier_spellings import _pulled
 from tests.service.api.test_notes import _note, _sharing_consent
 from tests.service.sync import records as R
 from tests.service.sync.conftest import now, sync_settings
@@ -228,3 +229,42 @@ def test_a_revoked_version_under_another_spelling_of_the_consent_never_permits(
     [rating] = intake_records(sync_store, [R.rating(run, 1)], at=now())
     result = _gate_all(sync_store)[rating.record_id]
     assert result.hold is HoldReason.NO_CONSENT
+
+
+@pytest.mark.parametrize("alias", [False, True], ids=["one key", "two alias keys"])
+def test_two_pulled_versions_of_one_consent_hold_a_rating(
+    sync_store: SqlStore, alias: bool
+) -> None:
+    """The EHR's active sharing consent and its revoked version, both stored as the pull stores
+    them with their copies standing on the server (merged before the pull compared identifiers,
+    or filed under two keys of one patient): a rating is held as for an unreadable consent,
+    never released by the older permit."""
+    run = R.run_token()
+    alias_key = f"urn:oid:2.16.840.1.113883.4.1|{run}"
+    if alias:
+        sync_store.add_patient_alias("Patient/p1", alias_key, at=now())
+    active = R.sharing_consent(run)
+    revoked = dict(
+        active,
+        id=active["id"].replace("https://clinic.example.org", "https://CLINIC.example.org"),
+        status="revoked",
+        history=[
+            *active["history"],
+            {
+                "status": "revoked",
+                "at": "2026-11-10T09:00:00+00:00",
+                "by": {"reference": "Patient/p1", "type": "Patient"},
+            },
+        ],
+    )
+    _pulled(sync_store, active, "merged", resource=f"a-{run}")
+    _pulled(
+        sync_store,
+        revoked,
+        "merged",
+        resource=f"r-{run}",
+        patient=alias_key if alias else "Patient/p1",
+    )
+    [rating] = intake_records(sync_store, [R.rating(run, 1)], at=now())
+    result = _gate_all(sync_store)[rating.record_id]
+    assert result.hold is HoldReason.CONSENT_UNREADABLE

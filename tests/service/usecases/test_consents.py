@@ -168,3 +168,90 @@ def test_a_pulled_consent_posted_here_as_it_is_is_read_once(store: SqlStore) -> 
     found = engine_for_patient(store, "Patient/p1")
     assert found.unreadable == ()
     assert [r.status.value for r in found.records] == ["active"]
+
+
+#: Two keys of one patient: the reference, and an identifier registered as its alias.
+ALIAS = "urn:oid:2.16.840.1.113883.4.1|123-45-6789"
+
+
+@pytest.mark.parametrize("alias", [False, True], ids=["one key", "two alias keys"])
+def test_two_pulled_versions_of_one_consent_hold_while_both_stand(
+    store: SqlStore, alias: bool
+) -> None:
+    """The EHR's active consent and its revoked version, both pulled (merged before the pull
+    compared identifiers, or filed under two keys of one patient, which the pull compares
+    apart), both copies standing on the server: both unreadable, nothing compiled."""
+    if alias:
+        store.add_patient_alias("Patient/p1", ALIAS, at=AT)
+    identifier = "https://clinic.example.org/consents|c-plain-1"
+    sharing = dict(plain_sharing(), id=identifier)
+    active = _pulled(store, sharing, "merged")
+    revoked = _pulled(
+        store,
+        _revoked(sharing, "HTTPS://Clinic.Example.ORG/consents|c-plain-1"),
+        "merged",
+        resource="c2",
+        patient=ALIAS if alias else "Patient/p1",
+    )
+    held = engine_for_patient(store, "Patient/p1")
+    assert held.unreadable == tuple(sorted([active, revoked]))
+    assert held.records == ()
+
+
+@pytest.mark.parametrize("state", ["deleted", "ignored", "copy-of-ours"])
+@pytest.mark.parametrize("both", [False, True], ids=["one gone", "both gone"])
+def test_a_pulled_copy_gone_from_the_server_is_no_version_of_another_pulled_one(
+    store: SqlStore, state: str, both: bool
+) -> None:
+    """The pull's own revoked copy of a consent deleted on the server (or moved away, or a copy
+    of ours) beside the pulled copy that remains: read as they are, the one left decides."""
+    identifier = "https://clinic.example.org/consents|c-plain-1"
+    sharing = dict(plain_sharing(), id=identifier)
+    _pulled(store, sharing, state if both else "merged")
+    _pulled(store, _revoked(sharing, identifier), state, resource="c2", patient=f"{ALIAS}")
+    store.add_patient_alias("Patient/p1", ALIAS, at=AT)
+    found = engine_for_patient(store, "Patient/p1")
+    assert found.unreadable == ()
+    assert sorted(r.status.value for r in found.records) == ["active", "revoked"]
+
+
+def test_the_same_consent_pulled_twice_is_read_once(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One consent pulled twice under two resource ids (an import made twice, one identifier
+    spelt two ways): one consent, read once, without asking the pulled rows."""
+    asked: list[list[str]] = []
+    real = store.pulled_states_of_records
+
+    def counted(record_ids: list[str]) -> dict[str, str]:
+        asked.append(list(record_ids))
+        return real(record_ids)
+
+    monkeypatch.setattr(store, "pulled_states_of_records", counted)
+    sharing = dict(plain_sharing(), id="https://clinic.example.org/consents|c-plain-1")
+    _pulled(store, sharing, "merged")
+    _pulled(
+        store,
+        dict(sharing, id="HTTPS://clinic.example.org/consents|c-plain-1"),
+        "merged",
+        resource="c2",
+    )
+    found = engine_for_patient(store, "Patient/p1")
+    assert found.unreadable == ()
+    assert [r.status.value for r in found.records] == ["active"]
+    assert asked == []
+
+
+def test_two_pulled_versions_none_of_them_active_are_read_as_they_are(store: SqlStore) -> None:
+    """Two pulled versions of one consent that say otherwise, neither in force (the active one
+    withdrawn here by the pull, as one pulled under an old base URL is, whose pulled row still
+    says merged): none can permit, and no pull reads them again, so both are read."""
+    identifier = "https://clinic.example.org/consents|c-plain-1"
+    sharing = dict(plain_sharing(), id=identifier)
+    _pulled(store, _revoked(sharing, identifier), "merged")
+    withdrawn = _revoked(sharing, identifier)
+    withdrawn["history"][-1] = dict(withdrawn["history"][-1], at="2025-05-02T00:00:00+00:00")
+    _pulled(store, withdrawn, "merged", resource="c2")
+    found = engine_for_patient(store, "Patient/p1")
+    assert found.unreadable == ()
+    assert [r.status.value for r in found.records] == ["revoked", "revoked"]
