@@ -4,7 +4,8 @@ URIs as ``decide`` compares them: the same consent twice is read once; two that 
 that cannot be read, never let the older permit answer, until the server holds one of them. A
 foreign copy of a consent of ours (our identifier under another resource id) is compared with
 ours: one that says otherwise holds the same way; one that says the same is not read, so that
-it never answers after our revocation."""
+it never answers after our revocation. Two versions filed under two alias keys of one patient,
+which the pull compares apart, are held by the consent loader."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fhir_alliance_service.store.interface import SyncState
 
 from tests.service.sync import records as R
 from tests.service.sync import remote
-from tests.service.sync.conftest import SyncHarness, known_patient, puller
+from tests.service.sync.conftest import SyncHarness, known_patient, now, puller
 
 UNREADABLE = "a consent for this patient could not be read"
 
@@ -180,6 +181,58 @@ def test_a_revoked_copy_arriving_by_notification_holds(harness: SyncHarness) -> 
 
 
 NO_CONSENT = "no consent to share with the clinic's EHR"
+
+
+@pytest.mark.parametrize("revoked_first", [False, True])
+def test_two_versions_filed_under_two_alias_keys_of_one_patient_hold(
+    harness: SyncHarness, revoked_first: bool
+) -> None:
+    """One person with two Patient resources on the server, linked here as aliases: the active
+    version of a consent names one, its revoked version the other. The pull compares them under
+    the key each is filed under and merges both; the consent loader reads every key of the
+    patient and holds the records, never lets the older permit answer."""
+    patient = known_patient(harness)
+    other = f"Patient/pull-b-{harness.run}"
+    harness.intake([R.rating(harness.run, 50, other)])  # known here too
+    harness.store.add_patient_alias(patient, other, at=now())
+    active = _with_identifier(harness, patient, "urn:oid:1.2.3.4")
+    revoked = _with_identifier(harness, other, "URN:OID:1.2.3.4", status="inactive")
+    for consent in [revoked, active] if revoked_first else [active, revoked]:
+        remote.create(harness.server, consent)
+    report = puller(harness).pull()
+    assert (report.error, report.merged, report.unreadable) == (None, 2, 0)
+    assert _rating_held_why(harness, 1, patient) == UNREADABLE
+    assert _rating_held_why(harness, 2, other) == UNREADABLE
+
+
+@pytest.mark.parametrize("deleted", ["revoked", "active"])
+def test_once_one_of_two_under_alias_keys_is_deleted_the_other_decides(
+    harness: SyncHarness, deleted: str
+) -> None:
+    """The two versions filed under two alias keys, one deleted on the server: the pull's own
+    revoked copy of it is no version of the consent, and the one left decides (an active permit
+    releases the records; a revoked one leaves no consent)."""
+    patient = known_patient(harness)
+    other = f"Patient/pull-b-{harness.run}"
+    harness.intake([R.rating(harness.run, 50, other)])
+    harness.store.add_patient_alias(patient, other, at=now())
+    copies = {
+        "active": remote.create(
+            harness.server, _with_identifier(harness, patient, "urn:oid:1.2.3.4")
+        ),
+        "revoked": remote.create(
+            harness.server,
+            _with_identifier(harness, other, "urn:oid:1.2.3.4", status="inactive"),
+        ),
+    }
+    puller(harness).pull()
+    assert _rating_held_why(harness, 1, patient) == UNREADABLE
+
+    remote.delete(harness.server, copies[deleted])
+    report = puller(harness).pull(full_listing=True)
+    assert report.error is None and report.deleted == 1
+    expected = "no consent to share with the clinic's EHR" if deleted == "active" else None
+    assert _rating_held_why(harness, 2, patient) == expected
 
 
 def _our_consent_pushed(harness: SyncHarness, patient: str) -> dict[str, Any]:
