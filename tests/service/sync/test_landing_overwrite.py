@@ -704,3 +704,38 @@ def test_one_write_found_by_a_newer_version_of_identical_content_is_one_disclosu
     assert rig.store.landing_unknown_count() == 0
     rig.worker(later=200).run_once()
     assert rig.actions(record_id).count("disclose") == disclosed + 1
+
+
+@pytest.mark.parametrize("policy", ["keep-remote", "flag", "overwrite"])
+def test_a_superseded_lost_send_edited_over_is_audited_landing_unknown_once(
+    rig: Rig, policy: str
+) -> None:
+    """A plain update (version 2) lands, its answer is lost and the read-back fails; version 3
+    supersedes it, and someone else edits the resource over ours. Version 3 meets a 412 and
+    reads version 2's item back: their edit, and whether ours landed before it cannot be told.
+    It is audited so, once: a conflict AuditEvent ``disclosure-landing-unknown``, no disclosure
+    claimed (it used to be dropped with nothing recorded); then the policy settles version 3
+    (an overwrite with its own disclosure)."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    assert rig.worker(policy=policy).run_once().sent == 1
+    rig.intake(R.rating(rig.run, 1, value=5))
+    newer = R.rating(rig.run, 1, value=1)
+    rig.fake.faults = [_answer_lost(rig, newer, applied=True, reads_down=True)]
+    rig.worker(policy=policy).run_once()
+    rig.fake.read_status = None
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.SUPERSEDED, 3: SyncState.QUEUED}
+    [key] = [k for k in rig.fake.resources if k.startswith("Observation/")]
+    theirs = copy.deepcopy(rig.fake.resources[key])
+    theirs["status"] = "amended"
+    rig.fake.apply({"entry": [{"request": {"method": "PUT", "url": key}, "resource": theirs}]})
+    assert rig.fake.resources[key]["meta"]["versionId"] == "3"
+    disclosed = rig.actions(record_id).count("disclose")
+
+    rig.worker(later=10, policy=policy).run_once()
+    settled = {"keep-remote": "kept-remote", "flag": "flagged", "overwrite": "overwritten"}
+    assert rig.conflict_events(record_id) == ["disclosure-landing-unknown", settled[policy]]
+    written = 1 if policy == "overwrite" else 0
+    assert rig.actions(record_id).count("disclose") == disclosed + written
+    assert rig.store.landing_unknown_count() == 0
+    rig.worker(later=7200, policy=policy).run_once()
+    assert rig.conflict_events(record_id) == ["disclosure-landing-unknown", settled[policy]]
