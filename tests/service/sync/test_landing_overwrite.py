@@ -739,3 +739,28 @@ def test_a_superseded_lost_send_edited_over_is_audited_landing_unknown_once(
     assert rig.store.landing_unknown_count() == 0
     rig.worker(later=7200, policy=policy).run_once()
     assert rig.conflict_events(record_id) == ["disclosure-landing-unknown", settled[policy]]
+
+
+def test_a_lost_plain_send_the_server_never_took_is_not_audited(rig: Rig) -> None:
+    """A plain update (version 2) never reaches the resource (the Bundle not applied), its answer
+    is lost and the read-back fails; the patient revokes meanwhile, so its retry is held. The
+    read-back, once due, finds version 1, the one the send was made against and ours: it never
+    landed, and nothing is recorded (no disclosure, no ``disclosure-landing-unknown``), the
+    note dropped."""
+    [record_id] = rig.intake(R.rating(rig.run, 1, value=2))
+    assert rig.worker().run_once().sent == 1
+    [key] = [k for k in rig.fake.resources if k.startswith("Observation/")]
+    rig.intake(R.rating(rig.run, 1, value=5))
+    rig.fake.faults = [_answer_lost(rig, R.revocation(rig.run), applied=False, reads_down=True)]
+    rig.worker().run_once()
+    rig.fake.read_status = None
+    assert rig.store.landing_unknown_count() == 1
+    before = rig.actions(record_id)
+
+    rig.worker(later=10).run_once()  # the retry: held by the gate
+    rig.worker(later=200).run_once()  # the read-back, due
+    assert rig.items(record_id) == {1: SyncState.SENT, 2: SyncState.HELD}
+    assert rig.store.landing_unknown_count() == 0
+    assert rig.conflict_events(record_id) == []
+    assert rig.actions(record_id).count("disclose") == before.count("disclose")
+    assert rig.fake.resources[key]["meta"]["versionId"] == "1"
