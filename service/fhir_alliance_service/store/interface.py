@@ -283,10 +283,6 @@ class OutboxItem:
     #: it: a read finding every resource still at its version shows it never landed. Empty when
     #: not known (a resource was not there or had no version id, or it was kept before).
     lost_overwrite_against: tuple[SentResource, ...] = ()
-    #: The item is noted *landing unknown* (an earlier send of it whose answer was lost may have
-    #: landed): a retry's 412 that finds someone else's version settles a lost plain send
-    #: (:meth:`Store.settle_lost_send`).
-    landing_unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,30 +568,15 @@ class Store(Protocol):
         no longer pending: send nothing)."""
 
     def settle_lost_overwrite(
-        self,
-        item_id: int,
-        worker: str,
-        *,
-        audit: Sequence[AuditEntry],
-        drop_note: bool = False,
+        self, item_id: int, worker: str, *, audit: Sequence[AuditEntry]
     ) -> bool:
         """The item's kept overwrite (``OutboxItem.lost_overwrite``) is not what the server holds
         (its retry's 412 read someone else's version): drop it and add ``audit`` (its conflict
         AuditEvent recorded as *landing unknown*, or nothing when the read showed it never
         landed), in one compare-and-set while ``worker`` holds the lease on the pending item and
         the overwrite is still kept (the item's state, its notes and ``updated_at`` are left
-        alone, but with ``drop_note`` the *landing unknown* note, which the overwrite was the lost
-        send of). Whether it was written (False: the lease is lost, or nothing is kept: nothing
+        alone). Whether it was written (False: the lease is lost, or nothing is kept: nothing
         written, so an overwrite is settled once)."""
-
-    def settle_lost_send(self, item_id: int, worker: str, *, audit: Sequence[AuditEntry]) -> bool:
-        """The item's *landing unknown* note of a lost plain send (no overwrite kept) is settled
-        by its retry's 412, which read someone else's version: drop the note and add ``audit``
-        (the send's ``disclosure-landing-unknown`` AuditEvent: it may have landed before that
-        version), each under an id of its own, in one compare-and-set while ``worker`` holds the
-        lease on the pending item and the note is still there (the item's state and
-        ``updated_at`` are left alone). Whether it was written (False: the lease is lost, or the
-        item is no longer noted: nothing written, so a lost send is audited once)."""
 
     def mark_sent(
         self,

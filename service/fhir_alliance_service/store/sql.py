@@ -581,7 +581,6 @@ def _leased_items(
             outbox.c.conflict_versions,
             outbox.c.updated_at,
             outbox.c.lost_overwrite,
-            outbox.c.landing_check_at,
             record_versions.c.kind,
             record_versions.c.family,
             record_versions.c.body,
@@ -615,7 +614,6 @@ def _leased_items(
             left_unsent_at=row.updated_at if left_unsent else None,
             lost_overwrite=_lost_overwrite(row),
             lost_overwrite_against=_lost_overwrite_against(row),
-            landing_unknown=row.landing_check_at is not None,
         )
         for row in rows
     ]
@@ -1461,14 +1459,8 @@ class SqlStore(AuditQueueSql):
             return int(result.rowcount) == 1
 
     def settle_lost_overwrite(
-        self,
-        item_id: int,
-        worker: str,
-        *,
-        audit: Sequence[AuditEntry],
-        drop_note: bool = False,
+        self, item_id: int, worker: str, *, audit: Sequence[AuditEntry]
     ) -> bool:
-        note = {"landing_check_at": None} if drop_note else {}
         with self._write() as connection:
             result = connection.execute(
                 update(outbox)
@@ -1476,27 +1468,12 @@ class SqlStore(AuditQueueSql):
                     *_leased_to(worker, [item_id]),
                     outbox.c.lost_overwrite.is_not(None),
                 )
-                .values(lost_overwrite=null(), **note)
+                .values(lost_overwrite=null())
             )
             if int(result.rowcount) != 1:
                 return False
-            insert_audit(connection, audit)
-            return True
-
-    def settle_lost_send(self, item_id: int, worker: str, *, audit: Sequence[AuditEntry]) -> bool:
-        with self._write() as connection:
-            result = connection.execute(
-                update(outbox)
-                .where(
-                    *_leased_to(worker, [item_id]),
-                    _LANDING_UNKNOWN,
-                    outbox.c.lost_overwrite.is_(None),
-                )
-                .values(landing_check_at=None)
-            )
-            if int(result.rowcount) != 1:
-                return False
-            insert_audit(connection, audit)
+            if audit:
+                connection.execute(insert(audit_log), [_audit_row(entry) for entry in audit])
             return True
 
     def _finish(
@@ -1872,7 +1849,8 @@ class SqlStore(AuditQueueSql):
                 )
                 # A lost overwrite not found, which may have landed: its AuditEvent, with the drop.
                 unfound = [e for i in gone for e in (absent_audit or {}).get(i, ())]
-                insert_audit(connection, unfound)
+                if unfound:
+                    connection.execute(insert(audit_log), [_audit_row(e) for e in unfound])
             _insert_mark_audit(connection, landed, recorded)
         return recorded
 

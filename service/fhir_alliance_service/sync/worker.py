@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -130,11 +130,6 @@ OVERWRITTEN = "overwritten"
 #: The outcome of the conflict AuditEvent of an overwrite whose answer was lost, recorded when
 #: it is not found on the server and may have landed all the same (changed again since).
 OVERWRITE_LANDING_UNKNOWN = "overwrite-landing-unknown"
-
-#: The outcome of the conflict AuditEvent of a plain send whose answer was lost, recorded when
-#: the server is found holding someone else's version: ours may have landed before it (a
-#: disclosure neither confirmed nor ruled out), or never.
-DISCLOSURE_LANDING_UNKNOWN = "disclosure-landing-unknown"
 
 #: The conflict note of a record whose consent someone deleted on the server while a version of
 #: ours in force was on its way: a withdrawal (as the pull takes it), revoked here, never written
@@ -940,7 +935,6 @@ class Worker:
         )
         if self._record_if_ours(entry, current, report):
             return  # our own write whose answer was lost (a crash, a timeout): not a conflict
-        lost_plain_send = item.landing_unknown and item.lost_overwrite is None
         entry = self._settle_lost_overwrite(entry, current, written_over=policy == "overwrite")
         ours = self._our_versions(entry, current, batch)
         if ours is not None:
@@ -950,8 +944,6 @@ class Worker:
             log.info("item %d: the 412 answered a version we wrote: sent again", item.item_id)
             self._send_group([replace(entry, if_match=ours)], batch)
             return
-        if lost_plain_send:
-            self._settle_lost_send(entry, current, now)
         outcome = {"overwrite": OVERWRITTEN, "keep-remote": "kept-remote"}.get(policy, "flagged")
         withdraw_here = False
         if any(rtype == "Consent" for rtype, _ in gone):
@@ -1063,63 +1055,13 @@ class Worker:
             not written_over and self._may_still_land(kept)
         )
         audit_entries = [_landing_unknown_event(kept)] if unknown else []
-        # The note goes with it: an earlier plain send of the item whose answer was lost too
-        # was settled by the 412 that made this overwrite (``_settle_lost_send``), so no later
-        # read-back takes the note for one (``disclosure-landing-unknown``).
-        if self.store.settle_lost_overwrite(
-            item.item_id, self.worker_id, audit=audit_entries, drop_note=True
-        ):
+        if self.store.settle_lost_overwrite(item.item_id, self.worker_id, audit=audit_entries):
             log.warning(
                 "item %d: an overwrite whose answer was lost is not on the server: %s",
                 item.item_id,
                 "audited, landing unknown" if unknown else "it never landed",
             )
         return replace(entry, item=replace(item, lost_overwrite=None, lost_overwrite_against=()))
-
-    def _settle_lost_send(
-        self, entry: _Ready, current: Sequence[Mapping[str, Any] | None], at: datetime
-    ) -> None:
-        """The retry's 412 of an item noted *landing unknown* whose lost send was a plain one
-        (no overwrite kept) read what the server holds now (``current``), and it is not ours.
-        Where it holds someone else's version (``_theirs``), ours may have landed before it (a
-        send If-Match the version it was made against lands on that version or never, so no
-        slow server applies it after theirs): neither confirmed nor ruled out, it is audited
-        so, once, whatever the policy settles next (``keep-remote`` and ``flag`` write nothing
-        of ours; an overwrite is a write of its own): a conflict AuditEvent
-        ``disclosure-landing-unknown``, never a disclosure, and the note is dropped
-        (``Store.settle_lost_send``, under the lease), so that no later read-back audits it
-        again. Otherwise (deleted on the server) the note stays for the read-back."""
-        item = entry.item
-        theirs = self._theirs(item, current)
-        if not theirs:
-            return
-        event = _send_landing_unknown_event(item, theirs, at)
-        if self.store.settle_lost_send(item.item_id, self.worker_id, audit=[event]):
-            log.warning(
-                "item %d: a send whose answer was lost meets someone else's version: "
-                "audited, landing unknown",
-                item.item_id,
-            )
-
-    def _theirs(
-        self, item: OutboxItem, current: Iterable[Mapping[str, Any] | None]
-    ) -> list[SentResource]:
-        """The server's versions in ``current`` that no item of ``item``'s record lists as sent
-        (``Store.sent_versions``): someone else's writes (none: every resource is a version of
-        ours, or not there)."""
-        recorded: set[SentResource] | None = None
-        theirs: list[SentResource] = []
-        for resource in current:
-            if resource is None:
-                continue
-            found = SentResource(
-                str(resource["resourceType"]), str(resource["id"]), server_version(resource)
-            )
-            if recorded is None:
-                recorded = set(self.store.sent_versions(item.record_id))
-            if not found.version_id or found not in recorded:
-                theirs.append(found)
-        return theirs
 
     def _may_still_land(self, kept: AuditEntry) -> bool:
         """Whether a lost overwrite (its conflict AuditEvent ``kept``, at the overwrite's time)
@@ -1234,8 +1176,7 @@ class Worker:
         it was written over): its conflict AuditEvent is recorded with the drop, outcome
         ``overwrite-landing-unknown`` (``_landing_check``; also when the server still holds
         them but may still be writing it, unless ``written_over``: the 412 calling it writes
-        ours over them); and for a lost plain send when the server holds someone else's version
-        (ours may have landed before it): a conflict AuditEvent ``disclosure-landing-unknown``.
+        ours over them).
         An item whose read-back fails, whatever the reason (its record does not map now, the
         mapping crashes, the server's answer cannot be read), stays noted and is read back
         again after a wait as long as it has waited (``_recheck_at``: the waits double, from a
@@ -1260,7 +1201,7 @@ class Worker:
         landed: list[SentMark] = []
         patients: list[str] = []  # each landed mark's
         absent: list[int] = []
-        unfound: dict[int, list[AuditEntry]] = {}  # lost sends not found: landing unknown
+        unfound: dict[int, list[AuditEntry]] = {}  # lost overwrites not found: landing unknown
         later: dict[int, datetime] = {}
         for n, item in enumerate(items):
             try:
@@ -1312,7 +1253,7 @@ class Worker:
         if landed or absent:
             log.info(
                 "landing unknown, read back: %d landed (recorded sent), %d not there "
-                "(%d of them lost sends that may have landed: audited)",
+                "(%d of them lost overwrites that may have landed: audited)",
                 sum(recorded),
                 len(absent),
                 len(unfound),
@@ -1379,19 +1320,13 @@ class Worker:
         ``overwrite-landing-unknown``), unless the server still holds every version it was
         written over (``_never_landed``: it never landed; None) and either no server may still
         be writing it (``_may_still_land``: a read a 412 makes early, before the item is due)
-        or ours is written over them now (``written_over``). A lost plain send not found, where
-        the server holds someone else's version (``_theirs``): ``disclosure-landing-unknown``
-        (``_send_landing_unknown_event``); where it holds versions of ours, or nothing, None.
-        Raises whatever the mapping or the reads raise."""
+        or ours is written over them now (``written_over``). Raises whatever the mapping or
+        the reads raise."""
         forms = sendable_forms(item, store=self.store, version=version)
         current = self._read_back(forms)
         sent = self._landed_form(forms, current)
         if sent is None or self._written_by_another_item(item, sent):
             kept = item.lost_overwrite
-            if kept is None and sent is None:
-                # A plain send: someone else's version there now may have been written over ours.
-                theirs = self._theirs(item, current.values())
-                return _send_landing_unknown_event(item, theirs, self.clock()) if theirs else None
             if kept is None or (
                 _never_landed(item.lost_overwrite_against, current)
                 and (written_over or not self._may_still_land(kept))
@@ -1885,22 +1820,6 @@ def _landing_unknown_event(kept: AuditEntry) -> AuditEntry:
     """A lost overwrite's conflict AuditEvent (``kept``, at the overwrite's time) as recorded
     when it is not found on the server and may have landed: ``overwrite-landing-unknown``."""
     return replace(kept, resource={**kept.resource, "outcomeDesc": OVERWRITE_LANDING_UNKNOWN})
-
-
-def _send_landing_unknown_event(
-    item: OutboxItem, theirs: Sequence[SentResource], at: datetime
-) -> AuditEntry:
-    """The conflict AuditEvent of ``item``'s plain send whose answer was lost, found at ``at``
-    with someone else's versions ``theirs`` on the server: ``disclosure-landing-unknown``."""
-    return audit.two_way_event(
-        "conflict",
-        item.record_id,
-        item.patient,
-        at,
-        version=item.record_version,
-        resources=theirs,
-        outcome_code=DISCLOSURE_LANDING_UNKNOWN,
-    )
 
 
 def _stale_version(error: BaseException) -> bool:

@@ -805,32 +805,3 @@ def test_a_pass_whose_record_fails_on_one_row_records_nothing_and_each_apart_onc
     assert _row(store, gone)[:2] == (SyncState.DEAD_LETTERED.value, None)
     assert _row(store, spoilt)[:2] == (SyncState.DEAD_LETTERED.value, at(60))
     assert store.landing_unknown_count() == 1 and disclosures() == 1
-
-
-def test_a_lost_plain_send_its_retry_settles_is_audited_once(store: SqlStore) -> None:
-    """``settle_lost_send``: the retry's 412 of an item noted *landing unknown* (handed out so,
-    ``OutboxItem.landing_unknown``) found someone else's version. Under the worker's lease,
-    while the item is noted and keeps no overwrite, the note is dropped and the AuditEvents
-    given are added under ids of their own, in one write, the state left as it was; another
-    worker, or a second settlement, writes nothing; the next claim hands it out not noted."""
-    store.put_records([record(1)], audit=[], at=T0)
-    item_id = _lost(store)
-    [retry] = store.claim("w2", limit=1, lease_seconds=LEASE, now=at(3))
-    assert retry.item_id == item_id and retry.landing_unknown
-    event = audit_entry("conflict", "rec-000001", when=at(3))
-    unknown = replace(
-        event,
-        resource={**event.resource, "id": "e1", "outcomeDesc": "disclosure-landing-unknown"},
-    )
-    state = _row(store, item_id)[0]
-    assert store.settle_lost_send(item_id, "w9", audit=[unknown]) is False
-    assert store.settle_lost_send(item_id, "w2", audit=[unknown, unknown]) is True
-    assert store.settle_lost_send(item_id, "w2", audit=[unknown]) is False
-    stored = _conflicts(store)
-    assert [e.resource["outcomeDesc"] for e in stored] == ["disclosure-landing-unknown"] * 2
-    assert len({e.resource["id"] for e in stored}) == 2
-    assert _row(store, item_id)[:2] == (state, None)
-    assert store.landing_unknown_count() == 0
-    store.mark_failed(item_id, "w2", outcome=OUTCOME, next_attempt_at=at(4), at=at(3))
-    [again] = store.claim("w3", limit=1, lease_seconds=LEASE, now=at(40))
-    assert not again.landing_unknown

@@ -164,39 +164,3 @@ def test_an_overwrite_the_server_applies_after_the_retrys_412_is_audited(
     assert actions.count("disclose") == disclosed
     rig.worker(policy=policy, later=200).run_once()
     assert rig.conflict_events(record_id) == ["overwrite-landing-unknown", settled]
-
-
-@pytest.mark.parametrize("policy", ["keep-remote", "flag"])
-def test_a_lost_plain_send_edited_over_before_its_retry_is_audited_landing_unknown(
-    rig: Rig, policy: str
-) -> None:
-    """A rating sent (server version 1), changed here: its update (If-Match 1) is applied by the
-    server after the client gave up (the answer lost, reads failing: version 2, ours), then
-    someone else edits it (version 3). The retry, under ``policy``, meets a 412 and finds their
-    edit: whether ours landed before it cannot be told from what the server holds. The audit
-    trail says so, once: a conflict AuditEvent ``disclosure-landing-unknown`` (it used to be
-    nothing at all: no disclosure recorded, the note dropped by the later read-back), then the
-    policy's own; no disclosure is claimed for it."""
-    [record_id] = rig.intake(R.sharing_consent(rig.run), R.rating(rig.run, 1, value=4))[1:]
-    assert rig.worker(policy=policy).run_once().sent == 2
-    rig.intake(R.rating(rig.run, 1, value=5))
-    rig.proxy.hold = rig.proxy.posts + 1  # the update If-Match 1
-    rig.worker(policy=policy).run_once()
-    assert len(rig.proxy.held) == 1 and rig.store.landing_unknown_count() == 1
-    rig.proxy.reads_down = False
-    rig.proxy.release()  # ours lands: version 2
-    ours = rig.on_server()
-    assert ours["meta"]["versionId"] == "2" and ours.get("valueInteger") != 1
-    theirs = remote.update(rig.proxy.server, ours, valueInteger=1)
-    assert theirs["meta"]["versionId"] == "3"
-    disclosed = [e.action for e in rig.store.list_audit(record_id=record_id)].count("disclose")
-
-    rig.worker(policy=policy, later=10).run_once()  # the retry's 412: their version 3
-    settled = {"keep-remote": "kept-remote", "flag": "flagged"}[policy]
-    assert rig.conflict_events(record_id) == ["disclosure-landing-unknown", settled]
-    actions = [e.action for e in rig.store.list_audit(record_id=record_id)]
-    assert actions.count("disclose") == disclosed
-    rig.worker(policy=policy, later=200).run_once()  # the read-back, were the note kept
-    rig.worker(policy=policy, later=7200).run_once()
-    assert rig.conflict_events(record_id) == ["disclosure-landing-unknown", settled]
-    assert rig.store.landing_unknown_count() == 0
