@@ -880,11 +880,11 @@ class Store(Protocol):
         from, by record id (when two, the one saved last). Not indexed: for the rare lookups
         (two consents with one business identifier), never per resource."""
 
-    def pulled_states_of_records(self, record_ids: Sequence[str]) -> dict[str, str]:
+    def pulled_states_of_records(self, record_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """For each of ``record_ids`` that was pulled (its newest version's ``origin`` a server's
         base URL), the ``state`` of the pulled resource of that server it was made from (when
-        two, the one saved last); records taken in here, and pulled ones without such a row,
-        are left out. Not indexed: for the consent loader's rare lookups (a consent taken in here
+        two, the one saved last) and that server; records taken in here, and pulled ones without
+        such a row, are left out. Not indexed: for the consent loader's rare lookups (a consent taken in here
         and a pulled one with one business identifier that say otherwise), never per record."""
 
     def save_pulled(self, resources: Sequence[PulledResource], *, at: datetime) -> None:

@@ -2291,12 +2291,16 @@ class SqlStore(AuditQueueSql):
                     found[row.record_id] = _pulled(row)
         return found
 
-    def pulled_states_of_records(self, record_ids: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
+    def pulled_states_of_records(self, record_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        found: dict[str, tuple[str, str]] = {}
         with self._read() as connection:
             for chunk in _chunks(list(dict.fromkeys(record_ids))):
                 rows = connection.execute(
-                    select(pulled_resources.c.record_id, pulled_resources.c.state)
+                    select(
+                        pulled_resources.c.record_id,
+                        pulled_resources.c.state,
+                        pulled_resources.c.server,
+                    )
                     .join(
                         record_heads,
                         and_(
@@ -2311,7 +2315,7 @@ class SqlStore(AuditQueueSql):
                     .order_by(pulled_resources.c.updated_at, pulled_resources.c.resource_id)
                 )
                 for row in rows:
-                    found[row.record_id] = row.state
+                    found[row.record_id] = (row.state, row.server)
         return found
 
     def save_pulled(self, resources: Sequence[PulledResource], *, at: datetime) -> None:

@@ -206,9 +206,13 @@ def _one_version_each(
         elif any(not same(copies[0], n) for n in copies[1:]):
             asked.extend(copies)
     gone: set[int] = set()
+    server: dict[int, str] = {}  # the server each copy asked about was pulled from
     if asked:
         states = store.pulled_states_of_records([readable[n][0] for n in asked])
-        gone = {n for n in asked if states.get(readable[n][0]) in PULLED_GONE_STATES}
+        for n in asked:
+            state, server[n] = states.get(readable[n][0], ("", ""))
+            if state in PULLED_GONE_STATES:
+                gone.add(n)
     read: set[int] = set(gone)  # no version on the server any more: read as they are
     held: set[int] = set()
     for key in dict.fromkeys(keys):
@@ -226,15 +230,35 @@ def _one_version_each(
             continue
         elif all(same(theirs[0], n) for n in theirs[1:]):
             read.add(theirs[0])  # one pulled copy, or the same consent pulled twice: read once
-        elif any(readable[n][1].status is ConsentStatus.ACTIVE for n in theirs):
-            held.update(theirs)
-        else:  # none in force: none can permit
-            read.update(theirs)
+        else:
+            for group in _by_server(theirs, server):
+                if all(same(group[0], n) for n in group[1:]):
+                    read.add(group[0])
+                elif any(readable[n][1].status is ConsentStatus.ACTIVE for n in group):
+                    held.update(group)
+                else:  # none in force: none can permit
+                    read.update(group)
     kept = [record for n, (_, record) in enumerate(readable) if n in read]
     conflicting = [readable[n][0] for n in sorted(held)]
     if conflicting:
         log.warning("consents stored under one identifier that say otherwise: %d", len(conflicting))
     return kept, conflicting
+
+
+def _by_server(copies: list[int], server: Mapping[int, str]) -> list[list[int]]:
+    """``copies`` (pulled, one identifier) grouped by the server each was pulled from: versions
+    of one consent on one server are compared with each other. Copies from two servers are not:
+    one pulled under an old ``FHIR_BASE_URL`` (the same server named another way) was withdrawn
+    by the pull when the new URL's copy was read (``sync/pull.py``), and stays beside it. A copy
+    whose server is unknown (no pulled row) is compared with every group."""
+    unknown = [n for n in copies if not server.get(n)]
+    groups: dict[str, list[int]] = {}
+    for n in copies:
+        if server.get(n):
+            groups.setdefault(server[n], []).append(n)
+    if not groups:
+        return [unknown]
+    return [sorted(group + unknown) for group in groups.values()]
 
 
 def _directory(keys: list[str]) -> ActorDirectory | None:

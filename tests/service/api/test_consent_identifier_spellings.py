@@ -47,13 +47,14 @@ def _pulled(
     *,
     resource: str = "c1",
     patient: str = "Patient/p1",
+    server: str = SERVER,
 ) -> str:
-    """``body`` stored as the pull stores Consent ``resource`` of :data:`SERVER` (filed under
+    """``body`` stored as the pull stores Consent ``resource`` of ``server`` (filed under
     ``patient`` and the record id the pull gives it, not its identifier's), its pulled row in
     ``state`` (None: no row); its record id."""
     dumped = CONSENT_MAPPER.dump(CONSENT_MAPPER.load(body))
     record = NewRecord(
-        record_id=foreign_record_id(SERVER, resource),
+        record_id=foreign_record_id(server, resource),
         identifier=body["id"],
         kind="consent",
         family="consent",
@@ -61,10 +62,10 @@ def _pulled(
         body=dumped,
         content_hash=content_hash(dumped),
     )
-    store.put_remote_records([record], origin=SERVER, audit=[], at=PULLED_AT)
+    store.put_remote_records([record], origin=server, audit=[], at=PULLED_AT)
     if state is not None:
         row = PulledResource(
-            server=SERVER,
+            server=server,
             resource_type="Consent",
             resource_id=resource,
             version_id="1",

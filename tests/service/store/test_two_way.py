@@ -118,7 +118,7 @@ def test_pulled_states_are_those_of_the_server_each_record_was_pulled_from(
     )
     store.save_pulled([replace(_pulled("b2", "1"), record_id=ids[2], state="deleted")], at=at(1))
     found = store.pulled_states_of_records([ids[n] for n in (1, 2, 3, 4)] + ["r-x"])
-    assert found == {ids[2]: "deleted"}
+    assert found == {ids[2]: ("deleted", SERVER)}
 
 
 def test_consent_identifiers_are_those_taken_in_here_or_pulled_from_the_server_named(

@@ -198,6 +198,22 @@ def test_two_pulled_versions_of_one_consent_hold_while_both_stand(
     assert held.records == ()
 
 
+def test_pulled_copies_of_one_consent_from_two_servers_are_not_versions_of_each_other(
+    store: SqlStore,
+) -> None:
+    """The same server under a new FHIR_BASE_URL: the copy pulled under the old URL, withdrawn
+    by the pull (revoked here, its pulled row still ``merged``), beside the copy the new URL's
+    pass read (active). Not two versions on one server: nothing held, the active copy decides
+    (tests/service/sync/test_settings_changes.py runs this through the real pull)."""
+    identifier = "https://clinic.example.org/consents|c-plain-1"
+    sharing = dict(plain_sharing(), id=identifier)
+    _pulled(store, _revoked(sharing, identifier), "merged", server="https://old.example.org/fhir")
+    _pulled(store, sharing, "merged", resource="c2")
+    found = engine_for_patient(store, "Patient/p1")
+    assert found.unreadable == ()
+    assert sorted(r.status.value for r in found.records) == ["active", "revoked"]
+
+
 @pytest.mark.parametrize("state", ["deleted", "ignored", "copy-of-ours"])
 @pytest.mark.parametrize("both", [False, True], ids=["one gone", "both gone"])
 def test_a_pulled_copy_gone_from_the_server_is_no_version_of_another_pulled_one(
@@ -223,7 +239,7 @@ def test_the_same_consent_pulled_twice_is_read_once(
     asked: list[list[str]] = []
     real = store.pulled_states_of_records
 
-    def counted(record_ids: list[str]) -> dict[str, str]:
+    def counted(record_ids: list[str]) -> dict[str, tuple[str, str]]:
         asked.append(list(record_ids))
         return real(record_ids)
 
