@@ -758,13 +758,14 @@ class Store(Protocol):
         ``server`` will ever update."""
 
     def consent_identifiers(
-        self, server: str, patients: Sequence[str]
+        self, server: str | None, patients: Sequence[str]
     ) -> list[tuple[str, str, str, str | None]]:
         """``(record_id, patient, identifier, origin)`` of the newest version of every consent
         record filed under one of ``patients`` (keys as filed, aliases not followed) that was
-        pulled from ``server`` (its base URL: ``origin``) or taken in here (``origin`` None),
-        by record id: one indexed query per chunk of patients, no body read, for a page of the
-        pull. Never those pulled from another server."""
+        pulled from ``server`` (its base URL: ``origin``) or taken in here (``origin`` None;
+        ``server`` None: those alone), by record id: one indexed query per chunk of patients, no
+        body read, for a page of the pull or an intake's consents. Never those pulled from
+        another server."""
 
     def consents_stamp(self, patient: str) -> str:
         """A cheap value that changes whenever any consent record of ``patient`` changes (one

@@ -1947,8 +1947,10 @@ class SqlStore(AuditQueueSql):
             return [(row.origin, _stored_record(row)) for row in connection.execute(query)]
 
     def consent_identifiers(
-        self, server: str, patients: Sequence[str]
+        self, server: str | None, patients: Sequence[str]
     ) -> list[tuple[str, str, str, str | None]]:
+        taken_here = record_heads.c.origin.is_(None)
+        origin = taken_here if server is None else or_(record_heads.c.origin == server, taken_here)
         found: list[tuple[str, str, str, str | None]] = []
         with self._read() as connection:
             for chunk in _chunks(sorted(set(patients))):
@@ -1969,7 +1971,7 @@ class SqlStore(AuditQueueSql):
                     .where(
                         record_heads.c.patient.in_(chunk),
                         record_heads.c.family == "consent",
-                        or_(record_heads.c.origin == server, record_heads.c.origin.is_(None)),
+                        origin,
                     )
                 )
                 found.extend(

@@ -178,16 +178,19 @@ def _posted_spellings(store: Store, patient: str) -> dict[Identifier, Identifier
     """The consents posted here of ``patient`` (under every key of the patient): each one's
     identifier in the form identifiers are compared in → the identifier as it was posted. A
     consent posted here is filed under the record id of its identifier as posted; a pulled one
-    is not, and is left out."""
+    is not, and is left out. Identifiers alone are read (``Store.consent_identifiers``), no
+    bodies: the patient's keys in their order, each key's consents by record id."""
+    keys = store.patient_keys(patient)
+    order = {key: n for n, key in enumerate(keys)}
+    rows = sorted(store.consent_identifiers(None, keys), key=lambda row: (order[row[1]], row[0]))
     found: dict[Identifier, Identifier] = {}
-    for key in store.patient_keys(patient):
-        for row in store.consents_for_patient(key):
-            try:
-                identifier = Identifier.parse(row.identifier)
-            except InputError:
-                continue
-            if resource_id(identifier) == row.record_id:
-                found.setdefault(consent_identifier(identifier), identifier)
+    for record_id, _, text, _ in rows:
+        try:
+            identifier = Identifier.parse(text)
+        except InputError:
+            continue
+        if resource_id(identifier) == record_id:
+            found.setdefault(consent_identifier(identifier), identifier)
     return found
 
 

@@ -142,6 +142,12 @@ def test_consent_identifiers_are_those_taken_in_here_or_pulled_from_the_server_n
         ("rec-000003", "Patient/p2", "urn:test:record|3", SERVER),
     ]
     assert store.consent_identifiers(SERVER, []) == []
+    # No server: those taken in here alone (an intake's lookup of other spellings).
+    found = store.consent_identifiers(None, ["Patient/p1", "Patient/p2", "Patient/p3"])
+    assert found == [
+        ("rec-000001", "Patient/p1", "urn:test:record|1", None),
+        ("rec-000006", "Patient/p3", "urn:test:record|6", None),
+    ]
 
 
 def test_remote_records_make_no_outbox_item_but_count_as_consents(store: SqlStore) -> None:
