@@ -1201,13 +1201,20 @@ class SqlStore(AuditQueueSql):
                 )
         return found
 
-    def _newest_records(self) -> Select[*tuple[Any, ...]]:
-        return select(*_RECORD_COLUMNS).join(
-            record_heads,
-            and_(
-                record_heads.c.record_id == record_versions.c.record_id,
-                record_heads.c.version == record_versions.c.version,
-            ),
+    def _newest_records(self, *columns: Any) -> Select[*tuple[Any, ...]]:
+        """The newest version of each record (``columns``: a record's, by default) joined to its
+        head."""
+        chosen = columns or _RECORD_COLUMNS
+        return (
+            select(*chosen)
+            .select_from(record_versions)
+            .join(
+                record_heads,
+                and_(
+                    record_heads.c.record_id == record_versions.c.record_id,
+                    record_heads.c.version == record_versions.c.version,
+                ),
+            )
         )
 
     def list_records(
@@ -1954,25 +1961,15 @@ class SqlStore(AuditQueueSql):
         found: list[tuple[str, str, str, str | None]] = []
         with self._read() as connection:
             for chunk in _chunks(sorted(set(patients))):
-                query = (
-                    select(
-                        record_heads.c.record_id,
-                        record_heads.c.patient,
-                        record_versions.c.identifier,
-                        record_heads.c.origin,
-                    )
-                    .join(
-                        record_versions,
-                        and_(
-                            record_versions.c.record_id == record_heads.c.record_id,
-                            record_versions.c.version == record_heads.c.version,
-                        ),
-                    )
-                    .where(
-                        record_heads.c.patient.in_(chunk),
-                        record_heads.c.family == "consent",
-                        origin,
-                    )
+                query = self._newest_records(
+                    record_heads.c.record_id,
+                    record_heads.c.patient,
+                    record_versions.c.identifier,
+                    record_heads.c.origin,
+                ).where(
+                    record_heads.c.patient.in_(chunk),
+                    record_heads.c.family == "consent",
+                    origin,
                 )
                 found.extend(
                     (r.record_id, r.patient, r.identifier, r.origin)
